@@ -1,0 +1,1 @@
+"""Emulated wearables, the patient phone gateway, the staff client and load generators."""

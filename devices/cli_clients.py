@@ -1,0 +1,124 @@
+"""`medchain patient ...` and `medchain staff ...`: the phone and the staff client from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from pathlib import Path
+
+from devices.client import NodeClient
+from devices.phone import Phone
+from devices.staff import Staff
+from node.crypto.keys import Identity
+from node.tx.model import DATA_TYPES
+
+DEFAULT_NODE = "http://127.0.0.1:8545"
+
+
+def _print(args: argparse.Namespace, obj: object, text: str) -> None:
+    print(json.dumps(obj, indent=1) if args.json else text)
+
+
+async def _connect(args: argparse.Namespace) -> tuple[NodeClient, str, list[bytes]]:
+    c = NodeClient(args.node)
+    await c.__aenter__()
+    if args.genesis:  # trust anchor from a file: commits are then checked by proof and certificate
+        g = json.loads(Path(args.genesis).read_text())
+    else:
+        g = await c.genesis()
+    return c, g["chain_id"], [bytes.fromhex(v["public_key"]) for v in g["validators"]]
+
+
+def _addr(s: str) -> bytes:
+    b = bytes.fromhex(s)
+    if len(b) != 32:
+        raise ValueError("an address is 32 bytes of hex")
+    return b
+
+
+def patient_cmd(args: argparse.Namespace) -> int:
+    async def go() -> tuple[object, str]:
+        c, chain, vals = await _connect(args)
+        try:
+            ph = Phone(Identity.load(args.key), c, chain, vals)
+            if args.action == "grant":
+                txid = await ph.grant(_addr(args.staff), args.types, args.expiry_ms)
+                return {"tx": txid, "staff": args.staff, "types": args.types}, f"granted {args.types}: tx {txid}"
+            if args.action == "revoke":
+                txid = await ph.revoke(_addr(args.staff))
+                return {"tx": txid}, f"revoked: tx {txid}"
+            if args.action == "upload":
+                from devices.wearables import make_wearable
+                now = int(time.time() * 1000)
+                w = make_wearable(args.type, "cli", args.seed)
+                frames = list(w.frames_between(now - args.seconds * 1000, now))
+                res = await ph.write_window(args.type, frames)
+                return ({"tx": res.txid, "cid": res.cid, "epoch": res.epoch, "size": res.size, "readings": len(frames)},
+                        f"uploaded {len(frames)} {args.type} readings: cid {res.cid} tx {res.txid}")
+            reads = await ph.audit()
+            lines = [f"{r['time_ms']}  {r['reader'][:16]}…  {r['type']:16} {'allowed' if r['allowed'] else 'DENIED'}"
+                     f"  {r['cid'] or 'range'}" for r in reads]
+            return {"reads": reads}, "\n".join(lines) or "no reads"
+        finally:
+            await c.close()
+    obj, text = asyncio.run(go())
+    _print(args, obj, text)
+    return 0
+
+
+def staff_cmd(args: argparse.Namespace) -> int:
+    async def go() -> tuple[object, str]:
+        c, chain, _ = await _connect(args)
+        try:
+            st = Staff(Identity.load(args.key), c, chain)
+            if args.action == "register":
+                txid = await st.register(args.name, args.role, args.org)
+                return {"tx": txid, "address": st.address.hex()}, f"registered {st.address.hex()}: tx {txid}"
+            from devices.gatt import decode
+            wins = await st.read(_addr(args.patient), args.type, args.cid)
+            rows = [{"time_ms": t, **decode(u, f, t).values} for w in wins for t, u, f in w.readings]
+            return {"windows": len(wins), "readings": rows}, "\n".join(json.dumps(r) for r in rows)
+        finally:
+            await c.close()
+    obj, text = asyncio.run(go())
+    _print(args, obj, text)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction, add) -> None:  # noqa: ANN001
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--key", required=True, help="key file (from `medchain keygen`)")
+        sp.add_argument("--node", default=DEFAULT_NODE, help="validator API URL")
+        sp.add_argument("--genesis", help="genesis.json to verify commits against (default: ask the node)")
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = add("patient", patient_cmd, "The patient's phone: grant, revoke, upload readings, audit reads.")
+    ps = p.add_subparsers(dest="action", required=True)
+    g = ps.add_parser("grant", help="grant a staff member exactly these data types (replaces their grant)")
+    g.add_argument("staff", help="staff address (hex)")
+    g.add_argument("types", nargs="+", choices=list(DATA_TYPES))
+    g.add_argument("--expiry-ms", type=int, default=0, help="unix time in ms when the grant lapses (0: never)")
+    r = ps.add_parser("revoke", help="revoke every type from a staff member (rotates the data keys)")
+    r.add_argument("staff")
+    u = ps.add_parser("upload", help="encrypt and record a window of readings from an emulated wearable")
+    u.add_argument("--type", required=True, choices=list(DATA_TYPES))
+    u.add_argument("--seconds", type=int, default=60, help="length of the window")
+    u.add_argument("--seed", type=int, default=1)
+    ps.add_parser("audit", help="list every read of your data")
+    for sp in (g, r, u, ps.choices["audit"]):
+        common(sp)
+
+    s = add("staff", staff_cmd, "The staff client: register a profile, read permitted data.")
+    ss = s.add_subparsers(dest="action", required=True)
+    reg = ss.add_parser("register", help="publish your profile (signing key, X25519 key, name, role, org)")
+    reg.add_argument("--name", required=True)
+    reg.add_argument("--role", default="physician")
+    reg.add_argument("--org", default="")
+    rd = ss.add_parser("read", help="read (and decrypt) a patient's data of one type; the read is on chain")
+    rd.add_argument("patient", help="patient address (hex)")
+    rd.add_argument("--type", required=True, choices=list(DATA_TYPES))
+    rd.add_argument("--cid", help="one blob (default: every blob of the type)")
+    for sp in (reg, rd):
+        common(sp)

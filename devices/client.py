@@ -1,0 +1,122 @@
+"""Async HTTP client for a validator's API (used by phones, staff, the CLI and load generators)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import aiohttp
+
+from node.crypto.keys import Identity
+from node.tx.requests import blob_request_digest
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"HTTP {status}: {reason}")
+        self.status, self.reason = status, reason
+
+
+class NodeClient:
+    def __init__(self, base_url: str, session: aiohttp.ClientSession | None = None) -> None:
+        self.base = base_url.rstrip("/")
+        self._own = session is None
+        self.session = session
+
+    async def __aenter__(self) -> NodeClient:
+        if self.session is None:
+            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._own and self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    async def _check(self, resp: aiohttp.ClientResponse) -> None:
+        if resp.status >= 400:
+            try:
+                reason = (await resp.json())["error"]
+            except (aiohttp.ContentTypeError, KeyError, ValueError):
+                reason = (await resp.text())[:200]
+            raise ApiError(resp.status, reason)
+
+    async def get_json(self, path: str, **params: Any) -> dict:
+        if self.session is None:
+            await self.__aenter__()
+        async with self.session.get(self.base + path, params=params or None) as resp:
+            await self._check(resp)
+            return await resp.json()
+
+    async def status(self) -> dict:
+        return await self.get_json("/v1/status")
+
+    async def genesis(self) -> dict:
+        return await self.get_json("/v1/genesis")
+
+    async def submit(self, raw: bytes) -> str:
+        if self.session is None:
+            await self.__aenter__()
+        async with self.session.post(self.base + "/v1/tx", data=raw,
+                                     headers={"Content-Type": "application/msgpack"}) as resp:
+            await self._check(resp)
+            return (await resp.json())["id"]
+
+    async def tx(self, txid: str, wait: float = 0) -> dict:
+        return await self.get_json(f"/v1/tx/{txid}", **({"wait": int(wait)} if wait else {}))
+
+    async def wait_committed(self, txid: str, timeout: float = 30.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            st = await self.tx(txid, wait=max(1, min(10, left)))
+            if st["status"] in ("committed", "rejected") or left <= 0:
+                return st
+
+    async def block_raw(self, height: int) -> bytes:
+        if self.session is None:
+            await self.__aenter__()
+        async with self.session.get(f"{self.base}/v1/blocks/{height}", params={"format": "msgpack"}) as resp:
+            await self._check(resp)
+            return await resp.read()
+
+    async def upload(self, data: bytes) -> str:
+        if self.session is None:
+            await self.__aenter__()
+        async with self.session.post(self.base + "/v1/blobs", data=data,
+                                     headers={"Content-Type": "application/octet-stream"}) as resp:
+            await self._check(resp)
+            return (await resp.json())["cid"]
+
+    async def download(self, ident: Identity, chain_id: str, cid: str, cid_bytes: bytes,
+                       read_txid: bytes = b"") -> bytes:
+        """Fetch a blob with a request signed by `ident` (naming its committed read, for staff)."""
+        if self.session is None:
+            await self.__aenter__()
+        t = int(time.time() * 1000)
+        sig = ident.sign(blob_request_digest(chain_id, cid_bytes, read_txid, t))
+        headers = {"X-Medchain-Pubkey": ident.public_key.hex(), "X-Medchain-Time": str(t),
+                   "X-Medchain-Signature": sig.hex()}
+        if read_txid:
+            headers["X-Medchain-Read"] = read_txid.hex()
+        async with self.session.get(f"{self.base}/v1/blobs/{cid}", headers=headers) as resp:
+            await self._check(resp)
+            return await resp.read()
+
+    async def account(self, addr: bytes) -> dict:
+        return await self.get_json(f"/v1/accounts/{addr.hex()}")
+
+    async def audit(self, patient: bytes) -> dict:
+        return await self.get_json(f"/v1/patients/{patient.hex()}/audit")
+
+    async def grants(self, patient: bytes) -> dict:
+        return await self.get_json(f"/v1/patients/{patient.hex()}/grants")
+
+    async def sealed_keys(self, patient: bytes, staff: bytes) -> dict:
+        return await self.get_json(f"/v1/patients/{patient.hex()}/keys/{staff.hex()}")
+
+    async def data(self, patient: bytes, **query: Any) -> dict:
+        return await self.get_json(f"/v1/patients/{patient.hex()}/data", **query)

@@ -1,0 +1,81 @@
+"""Start and stop real validator processes on 127.0.0.1 (used by the demo, benchmarks and tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from node.genesis import Params, init_home
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class NodeProcess:
+    home: Path
+    port: int
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+    env: dict = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> NodeProcess:
+        self.log_path = self.home / "node.log"
+        logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "node.cli", "node", "--home", str(self.home), "--port", str(self.port)],
+            stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
+        logf.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"validator exited with {self.proc.returncode}: {self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "/v1/status", timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError(f"validator did not come up: {self.log_tail()}")
+
+    def log_tail(self, n: int = 2000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:] if self.log_path and self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def kill(self) -> int | None:
+        return self.stop(signal.SIGKILL)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the live process, from /proc."""
+        with open(f"/proc/{self.proc.pid}/stat") as fh:
+            parts = fh.read().rsplit(")", 1)[1].split()
+        return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def make_network(root: Path, validators: int = 1, chain_id: str = "medchain-local",
+                 params: Params | None = None) -> list[NodeProcess]:
+    ports = [free_port() for _ in range(validators)]
+    homes = init_home(root, chain_id, [f"127.0.0.1:{p}" for p in ports], int(time.time() * 1000), params)
+    return [NodeProcess(h, p) for h, p in zip(homes, ports, strict=True)]

@@ -1,0 +1,150 @@
+"""The patient's phone: identity, data keys per (type, epoch), encryption, upload, access control."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from devices import envelope
+from devices.client import ApiError, NodeClient
+from node.crypto import seal
+from node.ipfs.cid import Cid
+from node.proof import verify_inclusion
+from node.tx import Grant, Read, SealedKey, Tx, Write, data_type_id, data_type_name
+from node.tx.model import DATA_TYPES
+
+log = logging.getLogger("medchain.phone")
+HISTORY_EPOCHS = 12  # how many past key epochs a new grant carries (history a grantee can read)
+
+
+class TxRejected(Exception):
+    def __init__(self, status: dict) -> None:
+        super().__init__(status.get("result") or status.get("reason") or str(status))
+        self.status = status
+
+
+@dataclass
+class WriteResult:
+    txid: str
+    cid: str
+    epoch: int
+    size: int
+
+
+class Phone:
+    def __init__(self, identity, client: NodeClient, chain_id: str, validators: list[bytes] | None = None) -> None:
+        self.identity = identity
+        self.client = client
+        self.chain_id = chain_id
+        self.validators = validators  # genesis keys: when set, commits are checked by proof, not trusted
+        self.master = envelope.master_secret(identity.secret)
+        self.next_nonce: int | None = None
+        self.epochs: dict[int, int] = {}
+
+    @property
+    def address(self) -> bytes:
+        return self.identity.address
+
+    async def sync(self) -> None:
+        acct = await self.client.account(self.address)
+        self.next_nonce = acct["next_nonce"]
+        self.epochs = {DATA_TYPES[k]: v for k, v in acct["epochs"].items()}
+
+    async def _nonce(self) -> int:
+        if self.next_nonce is None:
+            await self.sync()
+        n = self.next_nonce
+        self.next_nonce += 1
+        return n
+
+    async def send(self, body, wait: bool = True, timeout: float = 30.0) -> str:  # noqa: ANN001
+        """Sign and submit; with wait, block until committed and check it was applied."""
+        tx = Tx.build(self.identity, self.chain_id, await self._nonce(), body)
+        try:
+            txid = await self.client.submit(tx.raw)
+        except ApiError:
+            self.next_nonce = None  # resync on the next send
+            raise
+        if wait:
+            await self.confirm(txid, timeout)
+        return txid
+
+    async def confirm(self, txid: str, timeout: float = 30.0) -> dict:
+        st = await self.client.wait_committed(txid, timeout)
+        if st["status"] != "committed":
+            raise TxRejected(st)
+        if self.validators is not None:
+            raw = await self.client.block_raw(st["height"])
+            verify_inclusion(bytes.fromhex(txid), st["index"], st["tx_count"],
+                             [bytes.fromhex(p) for p in st["proof"]], raw, self.validators, self.chain_id)
+        if st["code"] != 0:
+            raise TxRejected(st)
+        return st
+
+    def data_key(self, dtype: int, epoch: int) -> bytes:
+        return envelope.data_key(self.master, dtype, epoch)
+
+    async def write_window(self, dtype: str | int, readings: list[envelope.Reading], wait: bool = True) -> WriteResult:
+        """Encrypt a window of readings of one type, upload it, record its CID on chain."""
+        tid = data_type_id(dtype)
+        if not readings:
+            raise ValueError("empty window")
+        if self.next_nonce is None:
+            await self.sync()
+        epoch = self.epochs.get(tid, 0)
+        t0, t1 = min(r[0] for r in readings), max(r[0] for r in readings)
+        ad = envelope.aad(self.chain_id, self.address, tid, epoch, t0, t1)
+        blob = envelope.seal_window(self.data_key(tid, epoch), ad, readings)
+        cid = await self.client.upload(blob)
+        txid = await self.send(Write(tid, Cid.parse(cid).to_bytes(), len(blob), epoch, t0, t1), wait=wait)
+        return WriteResult(txid, cid, epoch, len(blob))
+
+    async def _sealed_keys(self, staff: bytes, types: tuple[int, ...], epochs: dict[int, int]) -> tuple[SealedKey, ...]:
+        prof = (await self.client.account(staff))["profile"]
+        if prof is None:
+            raise ValueError(f"staff {staff.hex()} has not registered a profile")
+        box = bytes.fromhex(prof["x25519_public"])
+        out = []
+        for t in types:
+            cur = epochs.get(t, 0)
+            for e in range(max(0, cur - HISTORY_EPOCHS + 1), cur + 1):
+                out.append(SealedKey(t, e, seal.seal(box, self.data_key(t, e))))
+        return tuple(out)
+
+    async def grant(self, staff: bytes, types: list[str | int], expiry_ms: int = 0) -> str:
+        """Grant (or change to) exactly `types`; an empty list revokes. Types taken away get a new key
+        epoch on chain; the phone then re-seals the new keys to everyone who still holds those types."""
+        await self.sync()
+        tids = tuple(sorted({data_type_id(t) for t in types}))
+        before = {g["staff"]: g for g in (await self.client.grants(self.address))["grants"]}
+        prev = {data_type_id(t) for t in before.get(staff.hex(), {}).get("types", [])}
+        removed = prev - set(tids)
+        keys = await self._sealed_keys(staff, tids, self.epochs)
+        txid = await self.send(Grant(staff, tids, expiry_ms, keys))
+        if removed:
+            await self.sync()
+            for other, g in before.items():
+                gt = tuple(sorted(data_type_id(t) for t in g["types"]))
+                if other == staff.hex() or not removed & set(gt):
+                    continue
+                okeys = await self._sealed_keys(bytes.fromhex(other), gt, self.epochs)
+                await self.send(Grant(bytes.fromhex(other), gt, g["expiry_ms"], okeys))
+        return txid
+
+    async def revoke(self, staff: bytes) -> str:
+        return await self.grant(staff, [])
+
+    async def read_own(self, dtype: str | int) -> list[envelope.Reading]:
+        """The patient reads their own data (no grant needed; the read is still on the ledger)."""
+        tid = data_type_id(dtype)
+        await self.send(Read(self.address, tid, b"", 0, 2**63 - 1))
+        out: list[envelope.Reading] = []
+        for rec in (await self.client.data(self.address, type=data_type_name(tid)))["data"]:
+            cid = Cid.parse(rec["cid"])
+            blob = await self.client.download(self.identity, self.chain_id, rec["cid"], cid.to_bytes())
+            ad = envelope.aad(self.chain_id, self.address, tid, rec["epoch"], rec["t_start_ms"], rec["t_end_ms"])
+            out += envelope.open_window(self.data_key(tid, rec["epoch"]), ad, blob)
+        return out
+
+    async def audit(self) -> list[dict]:
+        return (await self.client.audit(self.address))["reads"]

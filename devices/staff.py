@@ -1,0 +1,85 @@
+"""The staff client: register a profile, read permitted data (each read committed on chain), decrypt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from devices import envelope
+from devices.client import ApiError, NodeClient
+from devices.phone import TxRejected
+from node.crypto import seal
+from node.crypto.keys import Identity
+from node.ipfs.cid import Cid
+from node.tx import Profile, Read, Tx, data_type_id
+
+
+class AccessDenied(Exception):
+    pass
+
+
+@dataclass
+class Window:
+    cid: str
+    epoch: int
+    t_start_ms: int
+    t_end_ms: int
+    readings: list[envelope.Reading]
+
+
+class Staff:
+    def __init__(self, identity: Identity, client: NodeClient, chain_id: str) -> None:
+        self.identity, self.client, self.chain_id = identity, client, chain_id
+        self.next_nonce: int | None = None
+
+    @property
+    def address(self) -> bytes:
+        return self.identity.address
+
+    async def _send(self, body, timeout: float = 30.0) -> tuple[str, dict]:  # noqa: ANN001
+        if self.next_nonce is None:
+            self.next_nonce = (await self.client.account(self.address))["next_nonce"]
+        tx = Tx.build(self.identity, self.chain_id, self.next_nonce, body)
+        try:
+            txid = await self.client.submit(tx.raw)
+        except ApiError as exc:
+            self.next_nonce = None
+            if exc.status == 403:
+                raise AccessDenied(exc.reason) from None
+            raise
+        self.next_nonce += 1
+        st = await self.client.wait_committed(txid, timeout)
+        if st["status"] != "committed":
+            raise TxRejected(st)
+        if st["code"] == 3:
+            raise AccessDenied(st["result"])
+        if st["code"] != 0:
+            raise TxRejected(st)
+        return txid, st
+
+    async def register(self, name: str, role: str, org: str) -> str:
+        txid, _ = await self._send(Profile(name, role, org, self.identity.box_public))
+        return txid
+
+    async def read(self, patient: bytes, dtype: str | int, cid: str | None = None,
+                   t_from_ms: int = 0, t_to_ms: int = 2**63 - 1) -> list[Window]:
+        """Commit a read of one CID (or a time range) and decrypt what it covers."""
+        tid = data_type_id(dtype)
+        cid_b = Cid.parse(cid).to_bytes() if cid else b""
+        txid, _ = await self._send(Read(patient, tid, cid_b, t_from_ms, t_to_ms))
+        recs = (await self.client.data(patient))["data"]
+        recs = [r for r in recs if data_type_id(r["type"]) == tid and
+                (r["cid"] == cid if cid else (r["t_end_ms"] >= t_from_ms and r["t_start_ms"] <= t_to_ms))]
+        sealed = {(data_type_id(k["type"]), k["epoch"]): bytes.fromhex(k["sealed"])
+                  for k in (await self.client.sealed_keys(patient, self.address))["keys"]}
+        out = []
+        for r in recs:
+            blob = await self.client.download(self.identity, self.chain_id, r["cid"], Cid.parse(r["cid"]).to_bytes(),
+                                              bytes.fromhex(txid))
+            key_sealed = sealed.get((tid, r["epoch"]))
+            if key_sealed is None:
+                raise AccessDenied(f"no key for epoch {r['epoch']} of this data type was sealed to us")
+            key = seal.unseal(self.identity.box_secret, key_sealed)
+            ad = envelope.aad(self.chain_id, patient, tid, r["epoch"], r["t_start_ms"], r["t_end_ms"])
+            out.append(Window(r["cid"], r["epoch"], r["t_start_ms"], r["t_end_ms"],
+                              envelope.open_window(key, ad, blob)))
+        return out

@@ -1,0 +1,1 @@
+"""Cython hot loops (batched ECDSA verification, batched AES-GCM)."""

@@ -1,0 +1,1 @@
+"""medchain validator and core library."""

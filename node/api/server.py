@@ -1,0 +1,271 @@
+"""aiohttp routes over a Validator. Every refusal is a 4xx with a JSON {"error": reason}."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiohttp import web
+
+from node.block import Block
+from node.crypto import ecdsa
+from node.crypto.keys import address_of
+from node.ipfs.blockstore import IntegrityError
+from node.ipfs.cid import Cid, CidError
+from node.mempool import AdmissionError
+from node.state import CODES, keys
+from node.state.machine import Overlay, read_allowed
+from node.tx import DATA_TYPES, KIND_READ, Tx, data_type_name
+from node.tx.requests import blob_request_digest
+from node.validator import Validator
+from node.wire import MAX_TX_BYTES, decode
+
+log = logging.getLogger("medchain.api")
+MSGPACK = "application/msgpack"
+
+
+def _err(status: int, reason: str, headers: dict | None = None) -> web.Response:
+    return web.json_response({"error": reason}, status=status, headers=headers)
+
+
+def _hex(s: str, n: int, what: str) -> bytes:
+    try:
+        b = bytes.fromhex(s)
+    except ValueError:
+        b = b""
+    if len(b) != n:
+        raise web.HTTPBadRequest(text=f'{{"error": "{what} must be {n} bytes of hex"}}', content_type="application/json")
+    return b
+
+
+def _int_q(req: web.Request, name: str, default: int) -> int:
+    try:
+        return int(req.query.get(name, default))
+    except ValueError:
+        raise web.HTTPBadRequest(text=f'{{"error": "{name} must be an integer"}}',
+                                 content_type="application/json") from None
+
+
+def make_app(v: Validator) -> web.Application:
+    max_blob = v.params.max_blob_bytes
+    app = web.Application(client_max_size=max_blob + 4096)
+    routes = web.RouteTableDef()
+
+    @web.middleware
+    async def count(req: web.Request, handler):  # noqa: ANN001, ANN202
+        resp = await handler(req)
+        route = req.match_info.route.resource.canonical if req.match_info.route.resource else "unmatched"
+        v.metrics.http.labels(route, str(resp.status)).inc()
+        return resp
+
+    app.middlewares.append(count)
+
+    @routes.get("/v1/status")
+    async def status(req: web.Request) -> web.Response:
+        head = v.ledger.head()
+        return web.json_response({
+            "chain_id": v.chain_id, "height": head.height, "last_block_hash": head.hash.hex(),
+            "state_root": head.state_root.hex(), "validators": v.n, "validator_index": v.index,
+            "view": v.replica.view, "primary": v.replica.primary, "mempool_size": len(v.mempool),
+            "blobs": v.blobs.count(), "native": False,
+        })
+
+    @routes.get("/v1/genesis")
+    async def genesis(req: web.Request) -> web.Response:
+        return web.json_response(v.genesis.to_json())
+
+    @routes.post("/v1/tx")
+    async def post_tx(req: web.Request) -> web.Response:
+        if req.content_length is not None and req.content_length > MAX_TX_BYTES:
+            return _err(413, f"transaction too large: {req.content_length} bytes, limit {MAX_TX_BYTES}")
+        body = await req.content.read(MAX_TX_BYTES + 1)
+        if len(body) > MAX_TX_BYTES:
+            return _err(413, f"transaction too large: limit {MAX_TX_BYTES} bytes")
+        try:
+            txid = v.submit(body)
+        except AdmissionError as exc:
+            hdr = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
+            return _err(exc.status, exc.reason, hdr)
+        return web.json_response({"id": txid.hex(), "status": "pending"}, status=202)
+
+    @routes.get("/v1/tx/{id}")
+    async def get_tx(req: web.Request) -> web.Response:
+        txid = _hex(req.match_info["id"], 32, "transaction id")
+        wait = min(max(float(_int_q(req, "wait", 0)), 0.0), 30.0)
+        if wait:
+            await v.wait_committed(txid, wait)
+        st = v.tx_status(txid)
+        return web.json_response(st, status=404 if st["status"] == "unknown" else 200)
+
+    @routes.get("/v1/blocks/{height}")
+    async def get_block(req: web.Request) -> web.Response:
+        h = req.match_info["height"]
+        height = v.ledger.head().height if h == "latest" else (int(h) if h.isdigit() else -1)
+        raw = v.ledger.block_raw(height) if 1 <= height < 2**63 else None
+        if raw is None:
+            return _err(404, f"no block at height {h}")
+        if req.query.get("format") == "msgpack":
+            return web.Response(body=raw, content_type=MSGPACK)
+        b = Block.decode(raw)
+        hd = b.header
+        return web.json_response({
+            "hash": b.hash.hex(), "height": hd.height, "prev_hash": hd.prev_hash.hex(), "view": hd.view,
+            "seq": hd.seq, "time_ms": hd.time_ms, "tx_root": hd.tx_root.hex(), "state_root": hd.state_root.hex(),
+            "proposer": hd.proposer, "tx_ids": [t.hex() for t in b.tx_ids],
+            "certificate": [[i, s.hex()] for i, s in b.cert], "header": b.header.encode().hex(),
+        })
+
+    @routes.post("/v1/blobs")
+    async def post_blob(req: web.Request) -> web.Response:
+        if req.content_length is not None and req.content_length > max_blob:
+            return _err(413, f"blob too large: {req.content_length} bytes, limit {max_blob}")
+        data = await req.content.read(max_blob + 1)
+        if len(data) > max_blob:
+            return _err(413, f"blob too large: limit {max_blob} bytes")
+        cid = v.blobs.put(data)
+        v.metrics.blobs.set(v.blobs.count())
+        return web.json_response({"cid": str(cid), "size": len(data)}, status=201)
+
+    @routes.get("/v1/blobs/{cid}")
+    async def get_blob(req: web.Request) -> web.Response:
+        try:
+            cid = Cid.parse(req.match_info["cid"])
+        except CidError as exc:
+            return _err(400, f"bad cid: {exc}")
+        h = req.headers
+        try:
+            pub = bytes.fromhex(h["X-Medchain-Pubkey"])
+            t_ms = int(h["X-Medchain-Time"])
+            sig = bytes.fromhex(h["X-Medchain-Signature"])
+            read_id = bytes.fromhex(h.get("X-Medchain-Read", ""))
+        except (KeyError, ValueError):
+            return _err(401, "a signed request is required: X-Medchain-Pubkey, X-Medchain-Time, "
+                             "X-Medchain-Signature (and X-Medchain-Read for staff)")
+        if abs(time.time() * 1000 - t_ms) > v.params.request_skew_ms:
+            return _err(401, "request time is too far from the validator's clock")
+        if not ecdsa.verify(pub, blob_request_digest(v.chain_id, cid.to_bytes(), read_id, t_ms), sig):
+            return _err(401, "bad request signature")
+        reader = address_of(pub)
+        rec_raw = v.ledger.get_state(keys.blob(cid.to_bytes()))
+        if rec_raw is None:
+            return _err(404, "cid is not on chain")
+        rec = decode(rec_raw)
+        patient, dtype, t0, t1 = rec[0], rec[1], rec[4], rec[5]
+        if reader != patient:
+            reason = _read_covers(v, read_id, reader, patient, dtype, cid.to_bytes(), t0, t1)
+            if reason:
+                return _err(403, reason)
+        try:
+            data = v.blobs.get(cid)
+        except IntegrityError as exc:
+            v.metrics.blob_integrity.inc()
+            return _err(502, f"integrity error: {exc}")
+        if data is None:
+            return _err(404, "blob is on chain but not held by this validator")
+        return web.Response(body=data, content_type="application/octet-stream",
+                            headers={"X-Medchain-Epoch": str(rec[2])})
+
+    @routes.get("/v1/accounts/{addr}")
+    async def account(req: web.Request) -> web.Response:
+        addr = _hex(req.match_info["addr"], 32, "address")
+        committed = v.committed_nonce(addr)
+        prof = v.ledger.get_state(keys.profile(addr))
+        epochs = {}
+        for name, tid in DATA_TYPES.items():
+            e = v.ledger.get_state(keys.epoch(addr, tid))
+            epochs[name] = 0 if e is None else decode(e)
+        out = {"address": addr.hex(), "nonce": committed, "next_nonce": v.mempool.next_nonce(addr, committed),
+               "epochs": epochs, "profile": None}
+        if prof is not None:
+            p = decode(prof)
+            out["profile"] = {"name": p[0], "role": p[1], "org": p[2], "x25519_public": p[3].hex(),
+                              "public_key": p[4].hex(), "height": p[5]}
+        return web.json_response(out)
+
+    @routes.get("/v1/patients/{addr}/audit")
+    async def audit(req: web.Request) -> web.Response:
+        addr = _hex(req.match_info["addr"], 32, "address")
+        out = []
+        for k, raw in v.ledger.scan_state(b"a" + addr, _int_q(req, "limit", 10_000)):
+            reader, dt, cid, f, t, when, txid, code = decode(raw)
+            out.append({"reader": reader.hex(), "type": data_type_name(dt), "cid": str(Cid.from_bytes(cid)) if cid else None,
+                        "from_ms": f, "to_ms": t, "time_ms": when, "tx": txid.hex(), "allowed": code == 0,
+                        "result": CODES.get(code, "unknown"), "height": int.from_bytes(k[33:41], "big")})
+        return web.json_response({"patient": addr.hex(), "reads": out})
+
+    @routes.get("/v1/patients/{addr}/grants")
+    async def grants(req: web.Request) -> web.Response:
+        addr = _hex(req.match_info["addr"], 32, "address")
+        out = []
+        for k, raw in v.ledger.scan_state(b"g" + addr):
+            types, expiry, height, txid = decode(raw)
+            out.append({"staff": k[33:].hex(), "types": [data_type_name(t) for t in types], "expiry_ms": expiry,
+                        "height": height, "tx": txid.hex()})
+        return web.json_response({"patient": addr.hex(), "grants": out})
+
+    @routes.get("/v1/patients/{addr}/keys/{staff}")
+    async def sealed_keys(req: web.Request) -> web.Response:
+        addr = _hex(req.match_info["addr"], 32, "address")
+        staff = _hex(req.match_info["staff"], 32, "staff address")
+        out = [{"type": data_type_name(k[65]), "epoch": int.from_bytes(k[66:70], "big"), "sealed": raw.hex()}
+               for k, raw in v.ledger.scan_state(b"k" + addr + staff)]
+        return web.json_response({"keys": out})
+
+    @routes.get("/v1/patients/{addr}/data")
+    async def data(req: web.Request) -> web.Response:
+        addr = _hex(req.match_info["addr"], 32, "address")
+        prefix = b"i" + addr
+        if "type" in req.query:
+            if req.query["type"] not in DATA_TYPES:
+                return _err(400, f"unknown data type {req.query['type']!r}")
+            prefix += bytes([DATA_TYPES[req.query["type"]]])
+        t_from, t_to = _int_q(req, "from", 0), _int_q(req, "to", 2**63 - 1)
+        out = []
+        for k, _ in v.ledger.scan_state(prefix):
+            cidb = k[42:]
+            rec = decode(v.ledger.get_state(keys.blob(cidb)))
+            if rec[5] < t_from or rec[4] > t_to:
+                continue
+            out.append({"cid": str(Cid.from_bytes(cidb)), "type": data_type_name(rec[1]), "epoch": rec[2],
+                        "size": rec[3], "t_start_ms": rec[4], "t_end_ms": rec[5], "height": rec[6], "tx": rec[7].hex()})
+        return web.json_response({"patient": addr.hex(), "data": out})
+
+    @routes.get("/metrics")
+    async def metrics(req: web.Request) -> web.Response:
+        return web.Response(body=v.metrics.render(), content_type="text/plain", charset="utf-8")
+
+    app.add_routes(routes)
+    return app
+
+
+def _read_covers(v: Validator, read_id: bytes, reader: bytes, patient: bytes, dtype: int, cid: bytes,
+                 t0: int, t1: int) -> str | None:
+    """None if the committed read transaction `read_id` lets `reader` fetch this blob now, else why not."""
+    if len(read_id) != 32:
+        return "staff must name their committed read transaction (X-Medchain-Read)"
+    loc = v.ledger.tx_location(read_id)
+    if loc is None:
+        return "the read transaction is not committed"
+    rec = decode(v.ledger.get_state(keys.receipt(read_id)))
+    block = v.ledger.block(loc[0])
+    tx = Tx.decode(block.txs[loc[1]], check_sig=False)
+    if tx.kind != KIND_READ or tx.address != reader or rec[2] != 0:
+        return "that transaction is not an allowed read by this requester"
+    r = tx.body
+    if r.patient != patient or r.dtype != dtype:
+        return "the read transaction is for another patient or data type"
+    if r.cid and r.cid != cid:
+        return "the read transaction names another cid"
+    if not r.cid and (t1 < r.t_from_ms or t0 > r.t_to_ms):
+        return "the blob is outside the read transaction's time range"
+    if not read_allowed(Overlay(v.ledger.get_state), reader, patient, dtype, int(time.time() * 1000)):
+        return "access denied by the patient's current policy"
+    return None
+
+
+async def serve(v: Validator, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(make_app(v), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    return runner

@@ -1,0 +1,123 @@
+"""Blocks: header, transactions and the commit certificate; exact encodings in docs/PROTOCOL.md.
+
+header = [version, chain_id, height, prev_hash, view, seq, time_ms, tx_root, state_root, proposer]
+block  = [header_bytes, [tx_raw, ...], certificate]; certificate = [[validator_index, sig], ...]
+The block hash is SHA-256(header_bytes); validators sign commit votes over vote_digest().
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from node import merkle
+from node.crypto import ecdsa
+from node.wire import MAX_BLOCK_BYTES, WireError, decode_canonical, encode
+
+BLOCK_VERSION = 1
+GENESIS_PREV = bytes(32)
+
+
+class BlockError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Header:
+    chain_id: str
+    height: int
+    prev_hash: bytes
+    view: int
+    seq: int
+    time_ms: int
+    tx_root: bytes
+    state_root: bytes
+    proposer: int
+
+    def encode(self) -> bytes:
+        return encode([BLOCK_VERSION, self.chain_id, self.height, self.prev_hash, self.view, self.seq,
+                       self.time_ms, self.tx_root, self.state_root, self.proposer])
+
+    @property
+    def hash(self) -> bytes:
+        return ecdsa.sha256(self.encode())
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Header:
+        h = decode_canonical(raw, 1024)
+        if not isinstance(h, list) or len(h) != 10 or h[0] != BLOCK_VERSION:
+            raise BlockError("header is [1, chain_id, height, prev, view, seq, time_ms, tx_root, state_root, proposer]")
+        _, chain_id, height, prev, view, seq, t, txr, sr, prop = h
+        ints = (height, view, seq, t, prop)
+        if not isinstance(chain_id, str) or not all(isinstance(i, int) and i >= 0 for i in ints):
+            raise BlockError("bad header field types")
+        if not all(isinstance(x, bytes) and len(x) == 32 for x in (prev, txr, sr)):
+            raise BlockError("hashes in the header must be 32 bytes")
+        return cls(chain_id, height, prev, view, seq, t, txr, sr, prop)
+
+
+def vote_digest(chain_id: str, view: int, seq: int, block_hash: bytes) -> bytes:
+    """What a validator signs to commit a block (the commit-phase vote of PBFT)."""
+    return ecdsa.sha256(encode(["medchain/commit", chain_id, view, seq, block_hash]))
+
+
+@dataclass(frozen=True)
+class Block:
+    header: Header
+    txs: tuple[bytes, ...]  # raw transactions, in execution order
+    cert: tuple[tuple[int, bytes], ...] = field(default=())
+
+    @property
+    def hash(self) -> bytes:
+        return self.header.hash
+
+    @property
+    def tx_ids(self) -> list[bytes]:
+        return [ecdsa.sha256(t) for t in self.txs]
+
+    def encode(self) -> bytes:
+        return encode([self.header.encode(), list(self.txs), [list(c) for c in self.cert]])
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Block:
+        try:
+            b = decode_canonical(raw, MAX_BLOCK_BYTES)
+        except WireError as exc:
+            raise BlockError(f"block encoding: {exc}") from None
+        if not isinstance(b, list) or len(b) != 3 or not isinstance(b[0], bytes):
+            raise BlockError("block is [header_bytes, txs, certificate]")
+        if not isinstance(b[1], list) or not all(isinstance(t, bytes) for t in b[1]):
+            raise BlockError("txs must be a list of byte strings")
+        if not isinstance(b[2], list) or not all(
+            isinstance(c, list) and len(c) == 2 and isinstance(c[0], int) and isinstance(c[1], bytes) for c in b[2]
+        ):
+            raise BlockError("certificate must be a list of [validator_index, signature]")
+        return cls(Header.decode(b[0]), tuple(b[1]), tuple((c[0], c[1]) for c in b[2]))
+
+    def with_cert(self, cert: Sequence[tuple[int, bytes]]) -> Block:
+        return Block(self.header, self.txs, tuple(sorted(cert)))
+
+    def check_tx_root(self) -> bool:
+        return merkle.root(self.tx_ids) == self.header.tx_root
+
+
+def quorum(n: int) -> int:
+    """2f+1 for n = 3f+1 validators (n=1 gives 1)."""
+    f = (n - 1) // 3
+    return 2 * f + 1
+
+
+def verify_cert(block: Block, validators: Sequence[bytes]) -> bool:
+    """2f+1 distinct genesis validators signed the commit vote for this block."""
+    h = block.header
+    digest = vote_digest(h.chain_id, h.view, h.seq, block.hash)
+    seen: set[int] = set()
+    items = []
+    for idx, sig in block.cert:
+        if idx in seen or not 0 <= idx < len(validators):
+            return False
+        seen.add(idx)
+        items.append((validators[idx], digest, sig))
+    if len(seen) < quorum(len(validators)):
+        return False
+    return all(ecdsa.verify_batch_fallback(items))

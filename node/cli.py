@@ -1,0 +1,149 @@
+"""The `medchain` command line. Every command takes --json for machine-readable output."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from node.crypto.keys import Identity
+
+DEFAULT_NODE = "http://127.0.0.1:8545"
+
+
+def _out(args: argparse.Namespace, obj: dict, text: str) -> None:
+    print(json.dumps(obj, indent=1) if args.json else text)
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        print(f"{out} exists; pass --force to overwrite", file=sys.stderr)
+        return 2
+    ident = Identity.generate()
+    ident.save(out)
+    _out(args, {"file": str(out), "address": ident.address.hex(), "public_key": ident.public_key.hex()},
+         f"wrote {out} (mode 0600)\naddress    {ident.address.hex()}\npublic key {ident.public_key.hex()}")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from node.genesis import init_home
+    apis = [f"{args.host}:{args.base_port + i}" for i in range(args.validators)]
+    dirs = init_home(args.dir, args.chain_id, apis, int(time.time() * 1000))
+    _out(args, {"homes": [str(d) for d in dirs], "apis": apis},
+         "\n".join(f"validator {i}: home {d}  api http://{a}" for i, (d, a) in enumerate(zip(dirs, apis, strict=True))))
+    return 0
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    from node.genesis import Genesis
+    from node.run import main as run_main
+    home = Path(args.home)
+    if not (home / "genesis.json").exists():
+        print(f"{home} has no genesis.json: run `medchain init --dir DIR` first", file=sys.stderr)
+        return 2
+    host, port = args.host, args.port
+    if port is None:
+        gen = Genesis.load(home / "genesis.json")
+        me = Identity.load(home / "node_key.json")
+        host, _, p = gen.validators[gen.index_of(me.public_key)].api.rpartition(":")
+        port = int(p)
+    run_main(home, host, port, Path(args.ready_file) if args.ready_file else None)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from node.genesis import Genesis
+    from node.verify import verify_ledger
+    home = Path(args.home)
+    gen = Genesis.load(Path(args.genesis) if args.genesis else home / "genesis.json")
+    rep = verify_ledger(home / "ledger" if (home / "ledger").exists() else home, gen)
+    _out(args, {"ok": rep.ok, "height": rep.height, "transactions": rep.transactions, "errors": rep.errors},
+         (f"OK: {rep.height} blocks, {rep.transactions} transactions: hash links, Merkle roots, "
+          "certificates and state roots all check") if rep.ok else
+         "FAILED:\n" + "\n".join(f"  {e}" for e in rep.errors))
+    return 0 if rep.ok else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from devices.client import NodeClient
+
+    async def go() -> dict:
+        async with NodeClient(args.node) as c:
+            return await c.status()
+    st = asyncio.run(go())
+    _out(args, st, "\n".join(f"{k:16} {v}" for k, v in st.items()))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from devices.demo import main as demo_main
+    return demo_main(args.windows)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medchain", description="Patient-owned wearable health data on a PBFT chain.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def add(name: str, fn, help_: str) -> argparse.ArgumentParser:  # noqa: ANN001
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = add("keygen", cmd_keygen, "Create a key file (secp256k1 signing key, X25519 sealing key), mode 0600.")
+    sp.add_argument("--out", required=True, help="key file to write")
+    sp.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    sp = add("init", cmd_init, "Write validator homes (keys + shared genesis) for a local network.")
+    sp.add_argument("--dir", required=True, help="parent directory; creates node0, node1, ...")
+    sp.add_argument("--validators", type=int, default=1, help="number of validators (n = 3f+1)")
+    sp.add_argument("--chain-id", default="medchain-local")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--base-port", type=int, default=8545, help="API port of validator 0; others count up")
+
+    sp = add("node", cmd_node, "Run one validator from its home directory until Ctrl-C.")
+    sp.add_argument("--home", required=True)
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, help="API port (default: from genesis)")
+    sp.add_argument("--ready-file", help="write the API URL here once serving")
+
+    sp = add("verify", cmd_verify, "Check a ledger offline: hash links, Merkle roots, certificates, state roots.")
+    sp.add_argument("--home", required=True, help="validator home (or a ledger directory with --genesis)")
+    sp.add_argument("--genesis", help="genesis.json (default: HOME/genesis.json)")
+
+    sp = add("status", cmd_status, "Show a validator's status.")
+    sp.add_argument("--node", default=DEFAULT_NODE)
+
+    sp = add("demo", cmd_demo, "Run the paper's flow on a local network with emulated wearables, then a summary.")
+    sp.add_argument("--windows", type=int, default=4, help="5-minute windows of readings per wearable")
+
+    from devices import cli_clients
+    cli_clients.register(sub, add)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) or args.cmd == "node" else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.fn(args) or 0
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a clear one-line error for every failure a user can cause
+        from devices.client import ApiError
+        if isinstance(exc, (ApiError, ValueError, PermissionError, FileNotFoundError, ConnectionError, OSError)):
+            print(f"medchain {args.cmd}: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Signed PBFT messages and their wire form: [tag, view, seq, digest, sender, sig, (block)].
+
+Each message is signed by its validator over SHA-256 of [domain, chain_id, view, seq, digest];
+the commit domain is the block's vote digest, so 2f+1 commits form the block's certificate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from node.block import Block, BlockError, vote_digest
+from node.crypto import ecdsa
+from node.wire import MAX_BLOCK_BYTES, WireError, decode_canonical, encode
+
+T_PREPREPARE, T_PREPARE, T_COMMIT = 1, 2, 3
+_DOMAIN = {T_PREPREPARE: "medchain/pre-prepare", T_PREPARE: "medchain/prepare"}
+
+
+class ConsensusError(ValueError):
+    pass
+
+
+def signed_digest(tag: int, chain_id: str, view: int, seq: int, digest: bytes) -> bytes:
+    if tag == T_COMMIT:
+        return vote_digest(chain_id, view, seq, digest)
+    return ecdsa.sha256(encode([_DOMAIN[tag], chain_id, view, seq, digest]))
+
+
+@dataclass(frozen=True)
+class _Msg:
+    view: int
+    seq: int
+    digest: bytes  # the block hash
+    sender: int  # validator index
+    sig: bytes
+
+    tag = 0
+
+    def signing_digest(self, chain_id: str) -> bytes:
+        return signed_digest(self.tag, chain_id, self.view, self.seq, self.digest)
+
+    def encode(self) -> bytes:
+        return encode([self.tag, self.view, self.seq, self.digest, self.sender, self.sig])
+
+
+@dataclass(frozen=True)
+class Prepare(_Msg):
+    tag = T_PREPARE
+
+
+@dataclass(frozen=True)
+class Commit(_Msg):
+    tag = T_COMMIT
+
+
+@dataclass(frozen=True)
+class PrePrepare(_Msg):
+    block: Block | None = None
+    tag = T_PREPREPARE
+
+    def encode(self) -> bytes:
+        return encode([self.tag, self.view, self.seq, self.digest, self.sender, self.sig, self.block.encode()])
+
+
+def decode_message(raw: bytes) -> _Msg:
+    try:
+        m = decode_canonical(raw, MAX_BLOCK_BYTES + 1024)
+    except WireError as exc:
+        raise ConsensusError(f"consensus message: {exc}") from None
+    if not isinstance(m, list) or len(m) < 6:
+        raise ConsensusError("consensus message is [tag, view, seq, digest, sender, sig, ...]")
+    tag, view, seq, digest, sender, sig = m[:6]
+    if not all(isinstance(x, int) and x >= 0 for x in (tag, view, seq, sender)):
+        raise ConsensusError("bad integer field")
+    if not (isinstance(digest, bytes) and len(digest) == 32 and isinstance(sig, bytes) and len(sig) == 64):
+        raise ConsensusError("bad digest or signature length")
+    if tag == T_PREPREPARE:
+        if len(m) != 7 or not isinstance(m[6], bytes):
+            raise ConsensusError("pre-prepare carries the block")
+        try:
+            block = Block.decode(m[6])
+        except BlockError as exc:
+            raise ConsensusError(str(exc)) from None
+        return PrePrepare(view, seq, digest, sender, sig, block)
+    if len(m) != 6:
+        raise ConsensusError("trailing fields")
+    if tag == T_PREPARE:
+        return Prepare(view, seq, digest, sender, sig)
+    if tag == T_COMMIT:
+        return Commit(view, seq, digest, sender, sig)
+    raise ConsensusError(f"unknown consensus message tag {tag}")

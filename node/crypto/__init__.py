@@ -1,0 +1,1 @@
+"""Keys, addresses, signatures (single and batch), AEAD and key sealing."""

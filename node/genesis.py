@@ -1,0 +1,89 @@
+"""Genesis: the chain id, the validator set and the chain parameters, as JSON in a node's home."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from node.crypto import ecdsa
+from node.crypto.keys import Identity
+from node.state import genesis_state_root
+
+
+@dataclass(frozen=True)
+class ValidatorInfo:
+    public_key: str  # hex, 33-byte compressed secp256k1
+    api: str  # host:port of the HTTP API
+    p2p: str = ""  # libp2p multiaddr (the consensus issue fills it in)
+
+
+@dataclass(frozen=True)
+class Params:
+    block_max_txs: int = 2000
+    block_interval_ms: int = 20  # how long a batch may wait to fill
+    sender_rate: float = 200.0  # per-sender token bucket, transactions per second
+    sender_burst: float = 400.0
+    mempool_capacity: int = 200_000
+    max_blob_bytes: int = 2 * 1024 * 1024
+    request_skew_ms: int = 300_000  # signed blob requests older or newer than this are refused
+
+
+@dataclass(frozen=True)
+class Genesis:
+    chain_id: str
+    time_ms: int
+    validators: tuple[ValidatorInfo, ...]
+    params: Params = field(default_factory=Params)
+
+    @property
+    def validator_keys(self) -> list[bytes]:
+        return [bytes.fromhex(v.public_key) for v in self.validators]
+
+    @property
+    def state_root(self) -> bytes:
+        return genesis_state_root(self.chain_id, self.validator_keys)
+
+    @property
+    def hash(self) -> bytes:
+        return ecdsa.sha256(json.dumps(self.to_json(), sort_keys=True).encode())
+
+    def index_of(self, public_key: bytes) -> int:
+        keys = self.validator_keys
+        if public_key not in keys:
+            raise ValueError("this node's key is not in the genesis validator set")
+        return keys.index(public_key)
+
+    def to_json(self) -> dict:
+        return {"chain_id": self.chain_id, "time_ms": self.time_ms,
+                "validators": [asdict(v) for v in self.validators], "params": asdict(self.params)}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Genesis:
+        d = json.loads(Path(path).read_text())
+        try:
+            return cls(d["chain_id"], int(d["time_ms"]), tuple(ValidatorInfo(**v) for v in d["validators"]),
+                       Params(**d.get("params", {})))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not a medchain genesis file ({exc})") from None
+
+
+def init_home(home: str | Path, chain_id: str, apis: list[str], time_ms: int,
+              params: Params | None = None) -> list[Path]:
+    """Create one home directory per validator under `home` (node0, node1, ...) with its key and
+    the shared genesis file; returns the directories."""
+    home = Path(home)
+    idents = [Identity.generate() for _ in apis]
+    gen = Genesis(chain_id, time_ms, tuple(ValidatorInfo(i.public_key.hex(), a) for i, a in zip(idents, apis, strict=False)),
+                  params or Params())
+    dirs = []
+    for k, ident in enumerate(idents):
+        d = home / f"node{k}"
+        d.mkdir(parents=True, exist_ok=True)
+        ident.save(d / "node_key.json")
+        gen.save(d / "genesis.json")
+        dirs.append(d)
+    return dirs

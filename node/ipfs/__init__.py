@@ -1,0 +1,1 @@
+"""IPFS content addressing: CIDs (``cid``) and a UnixFS importer/exporter (``unixfs``)."""

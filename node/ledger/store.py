@@ -1,0 +1,141 @@
+"""The LMDB ledger. One write transaction per committed block (never one per transaction):
+the block, its transaction index, the state writes and the new head land atomically, so a
+process killed mid-write leaves the previous block as the head and nothing half-written."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import lmdb
+
+from node.block import GENESIS_PREV, Block
+from node.wire import decode, encode
+
+_MAP_SIZE = 1 << 36  # 64 GiB of address space; the file grows only as data is written
+
+
+class LedgerError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Head:
+    height: int
+    hash: bytes
+    state_root: bytes
+    time_ms: int
+
+
+def _h(height: int) -> bytes:
+    return struct.pack(">Q", height)
+
+
+class Ledger:
+    def __init__(self, path: str | Path, readonly: bool = False, genesis_root: bytes | None = None) -> None:
+        path = Path(path)
+        if not readonly:
+            path.mkdir(parents=True, exist_ok=True)
+        elif not (path / "data.mdb").exists():
+            raise LedgerError(f"no ledger at {path}")
+        self.env = lmdb.open(str(path), map_size=_MAP_SIZE, max_dbs=8, readonly=readonly, lock=not readonly,
+                             sync=True, metasync=True)
+        self.blocks = self.env.open_db(b"blocks", create=not readonly)
+        self.hashes = self.env.open_db(b"hashes", create=not readonly)
+        self.txloc = self.env.open_db(b"txloc", create=not readonly)
+        self.state = self.env.open_db(b"state", create=not readonly)
+        self.meta = self.env.open_db(b"meta", create=not readonly)
+        self.consensus = self.env.open_db(b"consensus", create=not readonly)
+        if not readonly and genesis_root is not None and self.head() is None:
+            with self.env.begin(write=True) as txn:
+                txn.put(b"head", encode([0, GENESIS_PREV, genesis_root, 0]), db=self.meta)
+
+    def close(self) -> None:
+        self.env.close()
+
+    def head(self) -> Head | None:
+        with self.env.begin() as txn:
+            raw = txn.get(b"head", db=self.meta)
+        if raw is None:
+            return None
+        h, hsh, root, t = decode(raw)
+        return Head(h, hsh, root, t)
+
+    def get_state(self, key: bytes) -> bytes | None:
+        with self.env.begin(db=self.state) as txn:
+            return txn.get(key)
+
+    def state_reader(self):  # noqa: ANN201 - returns (get, close)
+        """A consistent snapshot for executing a block: one read transaction."""
+        txn = self.env.begin(db=self.state)
+        return txn.get, txn.abort
+
+    def scan_state(self, prefix: bytes, limit: int = 10_000) -> list[tuple[bytes, bytes]]:
+        out = []
+        with self.env.begin(db=self.state) as txn:
+            cur = txn.cursor()
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    if not k.startswith(prefix) or len(out) >= limit:
+                        break
+                    out.append((bytes(k), bytes(v)))
+        return out
+
+    def commit_block(self, block: Block, writes: dict[bytes, bytes]) -> Head:
+        """Append a certified block and its state writes atomically; refuses anything but head+1."""
+        h = block.header
+        with self.env.begin(write=True) as txn:
+            cur = decode(txn.get(b"head", db=self.meta))
+            if h.height != cur[0] + 1 or h.prev_hash != cur[1]:
+                raise LedgerError(f"block {h.height} does not extend head {cur[0]}")
+            txn.put(_h(h.height), block.encode(), db=self.blocks)
+            txn.put(block.hash, _h(h.height), db=self.hashes)
+            for i, tid in enumerate(block.tx_ids):
+                txn.put(tid, encode([h.height, i]), db=self.txloc)
+            for k, v in writes.items():
+                txn.put(k, v, db=self.state)
+            head = Head(h.height, block.hash, h.state_root, h.time_ms)
+            txn.put(b"head", encode([head.height, head.hash, head.state_root, head.time_ms]), db=self.meta)
+        return head
+
+    def block(self, height: int) -> Block | None:
+        with self.env.begin(db=self.blocks) as txn:
+            raw = txn.get(_h(height))
+        return None if raw is None else Block.decode(raw)
+
+    def block_raw(self, height: int) -> bytes | None:
+        with self.env.begin(db=self.blocks) as txn:
+            raw = txn.get(_h(height))
+        return None if raw is None else bytes(raw)
+
+    def tx_location(self, txid: bytes) -> tuple[int, int] | None:
+        with self.env.begin(db=self.txloc) as txn:
+            raw = txn.get(txid)
+        if raw is None:
+            return None
+        h, i = decode(raw)
+        return h, i
+
+    def iter_blocks(self, start: int = 1) -> Iterator[tuple[int, bytes]]:
+        with self.env.begin(db=self.blocks) as txn:
+            cur = txn.cursor()
+            if cur.set_range(_h(start)):
+                for k, v in cur:
+                    yield struct.unpack(">Q", k)[0], bytes(v)
+
+    def iter_state(self) -> Iterator[tuple[bytes, bytes]]:
+        with self.env.begin(db=self.state) as txn:
+            for k, v in txn.cursor():
+                yield bytes(k), bytes(v)
+
+    # The consensus log: what this replica signed, persisted before it is sent.
+    def log_put(self, key: bytes, value: bytes) -> None:
+        with self.env.begin(write=True, db=self.consensus) as txn:
+            txn.put(key, value)
+
+    def log_get(self, key: bytes) -> bytes | None:
+        with self.env.begin(db=self.consensus) as txn:
+            v = txn.get(key)
+        return None if v is None else bytes(v)

@@ -1,0 +1,81 @@
+"""RFC 6962 Merkle trees over 32-byte leaves (transaction ids), with inclusion proofs.
+
+leaf hash = SHA-256(0x00 || leaf), node hash = SHA-256(0x01 || left || right); a tree of n leaves
+splits at the largest power of two below n. The domain bytes stop a leaf posing as a node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+EMPTY_ROOT = hashlib.sha256(b"").digest()
+
+
+def _leaf(x: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + x).digest()
+
+
+def _node(a: bytes, b: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + a + b).digest()
+
+
+def _split(n: int) -> int:
+    k = 1
+    while k * 2 < n:
+        k *= 2
+    return k
+
+
+def _root(hashes: Sequence[bytes]) -> bytes:
+    # Bottom-up: pair neighbours, carry an odd last node up unchanged; equals RFC 6962's recursion.
+    level = list(hashes)
+    while len(level) > 1:
+        nxt = [_node(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0]
+
+
+def root(leaves: Sequence[bytes]) -> bytes:
+    if not leaves:
+        return EMPTY_ROOT
+    return _root([_leaf(x) for x in leaves])
+
+
+def proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
+    """The audit path of leaf `index`, leaf-side first (RFC 6962 section 2.1.1)."""
+    if not 0 <= index < len(leaves):
+        raise IndexError("leaf index out of range")
+
+    def path(hs: Sequence[bytes], m: int) -> list[bytes]:
+        if len(hs) == 1:
+            return []
+        k = _split(len(hs))
+        if m < k:
+            return path(hs[:k], m) + [_root(hs[k:])]
+        return path(hs[k:], m - k) + [_root(hs[:k])]
+
+    return path([_leaf(x) for x in leaves], index)
+
+
+def verify(leaf: bytes, index: int, size: int, path: Sequence[bytes], expected_root: bytes) -> bool:
+    """Check an audit path (RFC 9162 section 2.1.3.2)."""
+    if not 0 <= index < size:
+        return False
+    fn, sn, r = index, size - 1, _leaf(leaf)
+    for p in path:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = _node(p, r)
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            r = _node(r, p)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and r == expected_root

@@ -1,0 +1,178 @@
+"""Deterministic execution of transactions over a key-value view.
+
+Pure logic: the caller supplies the committed state as a `get(key) -> bytes | None` view and the
+block's height and time; execution returns the writes and the new state root. No clock, no I/O.
+
+State root: root_h = SHA-256(root_{h-1} || SHA-256(canonical [[key, value], ...] sorted by key)),
+a hash chain over each block's write set. It is cheap per block (no global tree to rehash) and any
+divergence in any write makes every later root differ. It does not give proofs of single keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from node.crypto import ecdsa
+from node.state import keys
+from node.tx import KIND_GRANT, KIND_PROFILE, KIND_READ, KIND_WRITE, Grant, Profile, Read, Tx, Write
+from node.wire import decode, encode
+
+Get = Callable[[bytes], "bytes | None"]
+
+OK = 0
+CODES = {
+    0: "ok",
+    1: "bad nonce: not the sender's next nonce",
+    2: "staff member has no registered profile",
+    3: "access denied by the patient's policy",
+    4: "cid is not on chain",
+    5: "stale key epoch: a revoke rotated this data type's key",
+    6: "cid already recorded",
+    7: "invalid grant",
+    8: "cid belongs to another patient or data type",
+    9: "duplicate transaction",
+}
+
+
+def genesis_state_root(chain_id: str, validators: Iterable[bytes]) -> bytes:
+    return ecdsa.sha256(encode(["medchain/genesis/v1", chain_id, list(validators)]))
+
+
+class Overlay:
+    """Buffered writes over a read view; reads see the buffer first."""
+
+    def __init__(self, base: Get) -> None:
+        self.base = base
+        self.writes: dict[bytes, bytes] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        v = self.writes.get(key)
+        return v if v is not None else self.base(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.writes[key] = value
+
+    def get_obj(self, key: bytes):  # noqa: ANN201 - msgpack value
+        v = self.get(key)
+        return None if v is None else decode(v)
+
+    def put_obj(self, key: bytes, obj: object) -> None:
+        self.put(key, encode(obj))
+
+    def root(self, prev_root: bytes) -> bytes:
+        items = sorted(self.writes.items())
+        return ecdsa.sha256(prev_root + ecdsa.sha256(encode([[k, v] for k, v in items])))
+
+
+def _nonce(view: Overlay, addr: bytes) -> int:
+    v = view.get_obj(keys.nonce(addr))
+    return 0 if v is None else v
+
+
+def read_allowed(view: Overlay, reader: bytes, patient: bytes, dtype: int, time_ms: int) -> bool:
+    """The policy check: the patient always; staff iff the latest grant has the type and is unexpired."""
+    if reader == patient:
+        return True
+    g = view.get_obj(keys.grant(patient, reader))
+    if g is None:
+        return False
+    types, expiry_ms = g[0], g[1]
+    return dtype in types and (expiry_ms == 0 or time_ms < expiry_ms)
+
+
+def check_tx(view: Overlay, tx: Tx, time_ms: int) -> int:
+    """The stateful checks other than the nonce; OK or a code from CODES."""
+    b = tx.body
+    addr = tx.address
+    if isinstance(b, Grant):
+        if b.staff == addr:
+            return 7
+        if view.get(keys.profile(b.staff)) is None:
+            return 2
+        if b.expiry_ms and b.expiry_ms <= time_ms:
+            return 7
+        prev = view.get_obj(keys.grant(addr, b.staff))
+        removed = set(prev[0]) - set(b.types) if prev else set()
+        for k in b.keys:
+            cur = _epoch(view, addr, k.dtype) + (1 if k.dtype in removed else 0)
+            if k.epoch > cur:
+                return 7
+        return OK
+    if isinstance(b, Write):
+        if b.epoch != _epoch(view, addr, b.dtype):
+            return 5
+        if view.get(keys.blob(b.cid)) is not None:
+            return 6
+        return OK
+    if isinstance(b, Read):
+        if not read_allowed(view, addr, b.patient, b.dtype, time_ms):
+            return 3
+        if b.cid:
+            d = view.get_obj(keys.blob(b.cid))
+            if d is None:
+                return 4
+            if d[0] != b.patient or d[1] != b.dtype:
+                return 8
+        return OK
+    return OK  # Profile: any key may register or update its own profile
+
+
+def _epoch(view: Overlay, patient: bytes, dtype: int) -> int:
+    v = view.get_obj(keys.epoch(patient, dtype))
+    return 0 if v is None else v
+
+
+def _apply(view: Overlay, tx: Tx, height: int, idx: int, time_ms: int) -> None:
+    b = tx.body
+    addr = tx.address
+    if isinstance(b, Profile):
+        view.put_obj(keys.profile(addr), [b.name, b.role, b.org, b.box_public, tx.sender, height])
+    elif isinstance(b, Grant):
+        prev = view.get_obj(keys.grant(addr, b.staff))
+        # Types taken away from anyone start a new key epoch, so later writes are unreadable to them.
+        for dt in sorted(set(prev[0]) - set(b.types) if prev else ()):
+            view.put_obj(keys.epoch(addr, dt), _epoch(view, addr, dt) + 1)
+        view.put_obj(keys.grant(addr, b.staff), [list(b.types), b.expiry_ms, height, tx.id])
+        for k in b.keys:
+            view.put(keys.sealed_key(addr, b.staff, k.dtype, k.epoch), k.sealed)
+    elif isinstance(b, Write):
+        view.put_obj(keys.blob(b.cid), [addr, b.dtype, b.epoch, b.size, b.t_start_ms, b.t_end_ms, height, tx.id])
+        view.put(keys.data_index(addr, b.dtype, b.t_start_ms, b.cid), b"")
+
+
+@dataclass
+class BlockResult:
+    codes: list[int]
+    writes: dict[bytes, bytes]
+    state_root: bytes
+
+
+def apply_tx(view: Overlay, tx: Tx, height: int, idx: int, time_ms: int) -> int:
+    """Apply one transaction; every outcome leaves a receipt, and reads (allowed or not) an audit entry."""
+    addr = tx.address
+    if view.get(keys.receipt(tx.id)) is not None:
+        return 9  # already executed: never overwrite its receipt
+    if tx.nonce != _nonce(view, addr) + 1:
+        code = 1
+    else:
+        view.put_obj(keys.nonce(addr), tx.nonce)
+        code = check_tx(view, tx, time_ms)
+        if code == OK:
+            _apply(view, tx, height, idx, time_ms)
+        if tx.kind == KIND_READ:
+            r = tx.body
+            view.put_obj(keys.audit(r.patient, height, idx),
+                         [addr, r.dtype, r.cid, r.t_from_ms, r.t_to_ms, time_ms, tx.id, code])
+    view.put_obj(keys.receipt(tx.id), [height, idx, code])
+    return code
+
+
+def apply_block(base: Get, txs: Iterable[Tx], height: int, time_ms: int, prev_root: bytes) -> BlockResult:
+    view = Overlay(base)
+    codes = [apply_tx(view, tx, height, i, time_ms) for i, tx in enumerate(txs)]
+    return BlockResult(codes, view.writes, view.root(prev_root))
+
+
+__all__ = ["CODES", "KIND_GRANT", "KIND_PROFILE", "KIND_WRITE", "OK", "Overlay", "apply_block", "apply_tx",
+           "check_tx", "genesis_state_root", "read_allowed"]

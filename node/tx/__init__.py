@@ -1,0 +1,24 @@
+"""The two transaction families (access, data): build, sign, stateless validation."""
+
+from node.tx.model import (
+    DATA_TYPES,
+    KIND_GRANT,
+    KIND_NAMES,
+    KIND_PROFILE,
+    KIND_READ,
+    KIND_WRITE,
+    Grant,
+    Profile,
+    Read,
+    SealedKey,
+    Tx,
+    TxError,
+    Write,
+    data_type_id,
+    data_type_name,
+)
+
+__all__ = [
+    "DATA_TYPES", "KIND_GRANT", "KIND_NAMES", "KIND_PROFILE", "KIND_READ", "KIND_WRITE", "Grant",
+    "Profile", "Read", "SealedKey", "Tx", "TxError", "Write", "data_type_id", "data_type_name",
+]

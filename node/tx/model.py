@@ -1,0 +1,261 @@
+"""Transactions: exact encodings, signing and stateless validation.
+
+Wire form: msgpack array [payload: bin, signature: bin(64)].
+payload is the canonical msgpack array [version, kind, chain_id, sender_pubkey, nonce, *fields].
+The signature is low-S compact ECDSA over SHA-256(payload); the transaction id is
+SHA-256 of the whole wire form. docs/PROTOCOL.md is the normative description.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from node.crypto import ecdsa
+from node.crypto.keys import Identity, address_of
+from node.wire import MAX_TX_BYTES, WireError, decode_canonical, encode
+
+VERSION = 1
+KIND_GRANT = 0x10  # access family: grant / change / revoke (empty set)
+KIND_PROFILE = 0x11  # access family: staff profile registration
+KIND_WRITE = 0x20  # data family: patient writes a blob reference
+KIND_READ = 0x21  # data family: staff (or patient) reads, committed for the audit log
+KIND_NAMES = {KIND_GRANT: "grant", KIND_PROFILE: "profile", KIND_WRITE: "write", KIND_READ: "read"}
+
+DATA_TYPES = {"heart_rate": 1, "blood_pressure": 2, "body_temperature": 3, "glucose": 4, "spo2": 5}
+_TYPE_NAMES = {v: k for k, v in DATA_TYPES.items()}
+
+MAX_CHAIN_ID = 32
+MAX_NAME = 64
+MAX_CID = 128
+MAX_SEALED = 128
+MAX_KEYS_PER_GRANT = 64
+U63 = (1 << 63) - 1
+
+
+class TxError(ValueError):
+    """A transaction that is malformed or fails stateless validation; the message says why."""
+
+
+def data_type_id(name: str | int) -> int:
+    if isinstance(name, int) and name in _TYPE_NAMES:
+        return name
+    try:
+        return DATA_TYPES[name]
+    except (KeyError, TypeError):
+        raise TxError(f"unknown data type {name!r}; known: {', '.join(DATA_TYPES)}") from None
+
+
+def data_type_name(tid: int) -> str:
+    return _TYPE_NAMES[tid]
+
+
+def _uint(v: object, what: str, hi: int = U63) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= hi:
+        raise TxError(f"{what} must be an integer in [0, {hi}]")
+    return v
+
+
+def _bytes(v: object, what: str, lo: int, hi: int) -> bytes:
+    if not isinstance(v, bytes) or not lo <= len(v) <= hi:
+        raise TxError(f"{what} must be {lo}..{hi} bytes")
+    return v
+
+
+def _str(v: object, what: str, hi: int) -> str:
+    if not isinstance(v, str) or len(v.encode()) > hi:
+        raise TxError(f"{what} must be a string of at most {hi} bytes")
+    return v
+
+
+def _dtype(v: object) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v not in _TYPE_NAMES:
+        raise TxError(f"unknown data type {v!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class SealedKey:
+    dtype: int
+    epoch: int
+    sealed: bytes  # the 32-byte data key sealed to the staff X25519 key
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Patient grants staff the set `types` (replacing the previous grant); empty set = revoke."""
+
+    kind: ClassVar[int] = KIND_GRANT
+    staff: bytes  # staff address
+    types: tuple[int, ...]
+    expiry_ms: int  # 0 = never
+    keys: tuple[SealedKey, ...]
+
+    def fields(self) -> list:
+        return [self.staff, list(self.types), self.expiry_ms,
+                [[k.dtype, k.epoch, k.sealed] for k in self.keys]]
+
+    @classmethod
+    def parse(cls, f: list) -> Grant:
+        if len(f) != 4:
+            raise TxError("grant takes 4 fields: staff, types, expiry_ms, keys")
+        staff = _bytes(f[0], "staff address", 32, 32)
+        if not isinstance(f[1], list) or len(f[1]) > len(DATA_TYPES):
+            raise TxError("types must be a list of data types")
+        types = tuple(_dtype(t) for t in f[1])
+        if list(types) != sorted(set(types)):
+            raise TxError("types must be sorted and unique")
+        if not isinstance(f[3], list) or len(f[3]) > MAX_KEYS_PER_GRANT:
+            raise TxError(f"keys must be a list of at most {MAX_KEYS_PER_GRANT}")
+        keys = []
+        for k in f[3]:
+            if not isinstance(k, list) or len(k) != 3:
+                raise TxError("each sealed key is [type, epoch, sealed]")
+            dt = _dtype(k[0])
+            if dt not in types:
+                raise TxError("a sealed key for a type that is not granted")
+            keys.append(SealedKey(dt, _uint(k[1], "epoch", 2**32 - 1), _bytes(k[2], "sealed key", 1, MAX_SEALED)))
+        return cls(staff, types, _uint(f[2], "expiry_ms"), tuple(keys))
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Staff profile registration; the signing key is the transaction's sender."""
+
+    kind: ClassVar[int] = KIND_PROFILE
+    name: str
+    role: str
+    org: str
+    box_public: bytes  # X25519 public key that grants seal data keys to
+
+    def fields(self) -> list:
+        return [self.name, self.role, self.org, self.box_public]
+
+    @classmethod
+    def parse(cls, f: list) -> Profile:
+        if len(f) != 4:
+            raise TxError("profile takes 4 fields: name, role, org, x25519_public")
+        return cls(_str(f[0], "name", MAX_NAME), _str(f[1], "role", MAX_NAME), _str(f[2], "org", MAX_NAME),
+                   _bytes(f[3], "x25519 public key", 32, 32))
+
+
+@dataclass(frozen=True)
+class Write:
+    """Patient records the CID of an encrypted window of readings of one type."""
+
+    kind: ClassVar[int] = KIND_WRITE
+    dtype: int
+    cid: bytes  # binary CID of the ciphertext
+    size: int
+    epoch: int
+    t_start_ms: int
+    t_end_ms: int
+
+    def fields(self) -> list:
+        return [self.dtype, self.cid, self.size, self.epoch, self.t_start_ms, self.t_end_ms]
+
+    @classmethod
+    def parse(cls, f: list) -> Write:
+        if len(f) != 6:
+            raise TxError("write takes 6 fields: type, cid, size, epoch, t_start_ms, t_end_ms")
+        w = cls(_dtype(f[0]), _bytes(f[1], "cid", 2, MAX_CID), _uint(f[2], "size", 1 << 40),
+                _uint(f[3], "epoch", 2**32 - 1), _uint(f[4], "t_start_ms"), _uint(f[5], "t_end_ms"))
+        if w.t_end_ms < w.t_start_ms:
+            raise TxError("t_end_ms before t_start_ms")
+        return w
+
+
+@dataclass(frozen=True)
+class Read:
+    """A read of patient data: one CID, or (cid empty) every blob of the type in a time range."""
+
+    kind: ClassVar[int] = KIND_READ
+    patient: bytes
+    dtype: int
+    cid: bytes  # b"" for a range read
+    t_from_ms: int
+    t_to_ms: int
+
+    def fields(self) -> list:
+        return [self.patient, self.dtype, self.cid, self.t_from_ms, self.t_to_ms]
+
+    @classmethod
+    def parse(cls, f: list) -> Read:
+        if len(f) != 5:
+            raise TxError("read takes 5 fields: patient, type, cid, t_from_ms, t_to_ms")
+        r = cls(_bytes(f[0], "patient address", 32, 32), _dtype(f[1]), _bytes(f[2], "cid", 0, MAX_CID),
+                _uint(f[3], "t_from_ms"), _uint(f[4], "t_to_ms"))
+        if r.t_to_ms < r.t_from_ms:
+            raise TxError("t_to_ms before t_from_ms")
+        return r
+
+
+Body = Grant | Profile | Write | Read
+_PARSERS = {KIND_GRANT: Grant.parse, KIND_PROFILE: Profile.parse, KIND_WRITE: Write.parse, KIND_READ: Read.parse}
+
+
+@dataclass(frozen=True)
+class Tx:
+    chain_id: str
+    sender: bytes  # 33-byte compressed public key
+    nonce: int
+    body: Body
+    payload: bytes
+    sig: bytes
+    raw: bytes  # the wire encoding
+    id: bytes  # SHA-256 of raw
+
+    @property
+    def kind(self) -> int:
+        return self.body.kind
+
+    @property
+    def address(self) -> bytes:
+        return address_of(self.sender)
+
+    @property
+    def digest(self) -> bytes:
+        """What the sender signed."""
+        return ecdsa.sha256(self.payload)
+
+    @classmethod
+    def build(cls, ident: Identity, chain_id: str, nonce: int, body: Body) -> Tx:
+        payload = encode([VERSION, body.kind, chain_id, ident.public_key, nonce, *body.fields()])
+        sig = ident.sign(ecdsa.sha256(payload))
+        return cls.decode(encode([payload, sig]), chain_id=chain_id, check_sig=False)
+
+    @classmethod
+    def decode(cls, raw: bytes, chain_id: str | None = None, check_sig: bool = True) -> Tx:
+        """Parse and statelessly validate; raises TxError or WireError with the reason."""
+        outer = decode_canonical(raw, MAX_TX_BYTES)
+        if not isinstance(outer, list) or len(outer) != 2:
+            raise TxError("a transaction is [payload, signature]")
+        payload, sig = outer
+        if not isinstance(payload, bytes) or not isinstance(sig, bytes):
+            raise TxError("payload and signature must be bytes")
+        if len(sig) != ecdsa.SIG_LEN:
+            raise TxError(f"signature must be {ecdsa.SIG_LEN} bytes (compact r||s)")
+        p = decode_canonical(payload, MAX_TX_BYTES)
+        if not isinstance(p, list) or len(p) < 5:
+            raise TxError("payload is [version, kind, chain_id, sender, nonce, *fields]")
+        version, kind, cid, sender, nonce = p[:5]
+        if version != VERSION:
+            raise TxError(f"unsupported transaction version {version!r}")
+        if kind not in _PARSERS:
+            raise TxError(f"unknown transaction kind {kind!r}")
+        _str(cid, "chain id", MAX_CHAIN_ID)
+        if chain_id is not None and cid != chain_id:
+            raise TxError(f"wrong chain id {cid!r} (this chain is {chain_id!r})")
+        if not isinstance(sender, bytes) or not ecdsa.valid_pubkey(sender):
+            raise TxError("sender is not a valid 33-byte compressed secp256k1 public key")
+        _uint(nonce, "nonce")
+        if nonce == 0:
+            raise TxError("nonces start at 1")
+        body = _PARSERS[kind](p[5:])
+        tx = cls(cid, sender, nonce, body, payload, sig, bytes(raw), ecdsa.sha256(raw))
+        if check_sig and not ecdsa.verify(sender, tx.digest, sig):
+            raise TxError("bad signature (invalid, not by the sender, or high-S)")
+        return tx
+
+
+__all__ = ["Tx", "TxError", "WireError"]

@@ -1,0 +1,12 @@
+"""Canonical msgpack codec with hard size limits."""
+
+from node.wire.codec import (
+    MAX_BLOCK_BYTES,
+    MAX_TX_BYTES,
+    WireError,
+    decode,
+    decode_canonical,
+    encode,
+)
+
+__all__ = ["MAX_BLOCK_BYTES", "MAX_TX_BYTES", "WireError", "decode", "decode_canonical", "encode"]

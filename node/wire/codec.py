@@ -1,0 +1,75 @@
+"""Canonical msgpack: arrays, ints, bytes, str, bool and nil only, with hard limits.
+
+Consensus-critical structures are arrays, never maps, so there is no key order to agree on.
+A value is canonical when re-encoding its decoded form gives the same bytes (msgpack's
+smallest-int and shortest-header rules), which makes one value have exactly one encoding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+MAX_TX_BYTES = 16 * 1024
+MAX_BLOCK_BYTES = 8 * 1024 * 1024
+_MAX_DEPTH = 8
+
+
+class WireError(ValueError):
+    """Bytes that are not a well-formed, canonical, in-limits encoding."""
+
+
+def encode(obj: Any) -> bytes:
+    """Encode with the canonical options (bin type for bytes, no floats in structures)."""
+    return msgpack.packb(obj, use_bin_type=True, strict_types=False)
+
+
+def _check_types(obj: Any, depth: int = 0) -> None:
+    if depth > _MAX_DEPTH:
+        raise WireError("nesting too deep")
+    if isinstance(obj, (list, tuple)):
+        for item in obj:
+            _check_types(item, depth + 1)
+    elif obj is None or isinstance(obj, (bool, int, bytes, str)):
+        return
+    else:
+        raise WireError(f"type {type(obj).__name__} is not allowed on the wire")
+
+
+def decode(data: bytes, max_bytes: int = MAX_TX_BYTES) -> Any:
+    """Decode exactly one msgpack value; reject oversized input, trailing bytes, maps, floats, ext."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise WireError("expected bytes")
+    if len(data) > max_bytes:
+        raise WireError(f"encoding is {len(data)} bytes, limit {max_bytes}")
+    if len(data) == 0:
+        raise WireError("empty input")
+    try:
+        obj = msgpack.unpackb(
+            bytes(data),
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_bin_len=max_bytes,
+            max_str_len=max_bytes,
+            max_array_len=max_bytes,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except msgpack.ExtraData:
+        raise WireError("trailing bytes after the value") from None
+    except (ValueError, msgpack.UnpackException, TypeError) as exc:
+        raise WireError(f"malformed msgpack: {exc}") from None
+    except RecursionError:
+        raise WireError("nesting too deep") from None
+    _check_types(obj)
+    return obj
+
+
+def decode_canonical(data: bytes, max_bytes: int = MAX_TX_BYTES) -> Any:
+    """Decode and require that the bytes are the canonical encoding of the value."""
+    obj = decode(data, max_bytes)
+    if encode(obj) != bytes(data):
+        raise WireError("non-canonical msgpack encoding")
+    return obj

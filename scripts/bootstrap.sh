@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the build needs (when root), then the virtual environment.
+# Re-running it is cheap: each step checks first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+
+need=()
+"$PY" -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+"$PY" -c 'import sysconfig,os,sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"],"Python.h")) else 1)' || need+=(python3-dev)
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+[ -f /usr/include/openssl/evp.h ] || need+=(libssl-dev)
+[ -f /usr/include/secp256k1.h ] || need+=(libsecp256k1-dev)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing Debian packages: ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "bootstrap: missing Debian packages: ${need[*]}" >&2
+    echo "bootstrap: run as root: apt-get install ${need[*]}" >&2
+    exit 1
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade "pip>=23,<27" "setuptools>=68,<81" "wheel<1" "Cython>=3.0,<4"
+.venv/bin/python -m pip install -q --no-build-isolation -e ".[test]"
