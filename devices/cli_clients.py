@@ -24,10 +24,14 @@ def _print(args: argparse.Namespace, obj: object, text: str) -> None:
 async def _connect(args: argparse.Namespace) -> tuple[NodeClient, str, list[bytes]]:
     c = NodeClient(args.node)
     await c.__aenter__()
-    if args.genesis:  # trust anchor from a file: commits are then checked by proof and certificate
-        g = json.loads(Path(args.genesis).read_text())
-    else:
-        g = await c.genesis()
+    try:
+        if args.genesis:  # trust anchor from a file: commits are then checked by proof and certificate
+            g = json.loads(Path(args.genesis).read_text())
+        else:
+            g = await c.genesis()
+    except BaseException:
+        await c.close()
+        raise
     return c, g["chain_id"], [bytes.fromhex(v["public_key"]) for v in g["validators"]]
 
 
@@ -39,10 +43,12 @@ def _addr(s: str) -> bytes:
 
 
 def patient_cmd(args: argparse.Namespace) -> int:
+    ident = Identity.load(args.key)
+
     async def go() -> tuple[object, str]:
         c, chain, vals = await _connect(args)
         try:
-            ph = Phone(Identity.load(args.key), c, chain, vals)
+            ph = Phone(ident, c, chain, vals)
             if args.action == "grant":
                 txid = await ph.grant(_addr(args.staff), args.types, args.expiry_ms)
                 return {"tx": txid, "staff": args.staff, "types": args.types}, f"granted {args.types}: tx {txid}"
@@ -69,10 +75,12 @@ def patient_cmd(args: argparse.Namespace) -> int:
 
 
 def staff_cmd(args: argparse.Namespace) -> int:
+    ident = Identity.load(args.key)
+
     async def go() -> tuple[object, str]:
         c, chain, _ = await _connect(args)
         try:
-            st = Staff(Identity.load(args.key), c, chain)
+            st = Staff(ident, c, chain)
             if args.action == "register":
                 txid = await st.register(args.name, args.role, args.org)
                 return {"tx": txid, "address": st.address.hex()}, f"registered {st.address.hex()}: tx {txid}"

@@ -98,13 +98,14 @@ class Validator:
         v = self.ledger.get_state(keys.nonce(addr))
         return 0 if v is None else decode(v)
 
-    def _reject(self, txid: bytes | None, status: int, reason: str) -> AdmissionError:
+    def _reject(self, txid: bytes | None, status: int, reason: str,
+                retry_after: float | None = None) -> AdmissionError:
         self.metrics.rejected.labels(reason.split(":")[0]).inc()
         if txid is not None:
             self._rejected[txid] = reason
             while len(self._rejected) > 100_000:
                 self._rejected.popitem(last=False)
-        return AdmissionError(status, reason)
+        return AdmissionError(status, reason, retry_after)
 
     def submit(self, raw: bytes) -> bytes:
         """Admit one signed transaction; returns its id or raises AdmissionError (a 4xx reason)."""
@@ -126,7 +127,7 @@ class Validator:
         try:
             self.mempool.admit(tx, self.committed_nonce(tx.address), time.monotonic())
         except AdmissionError as exc:
-            raise self._reject(txid, exc.status, exc.reason) from None
+            raise self._reject(txid, exc.status, exc.reason, exc.retry_after) from None
         self._rejected.pop(tx.id, None)
         self._submitted_at[tx.id] = time.monotonic()
         self.metrics.admitted.inc()

@@ -1,0 +1,61 @@
+"""The `medchain` command line, run as real processes against a real validator."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+
+def medchain(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, "-m", "node.cli", *args], capture_output=True, text=True, timeout=120)
+    if ok:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+def test_cli_flow(node, tmp_path):
+    pk, sk = tmp_path / "patient.json", tmp_path / "staff.json"
+    pat = json.loads(medchain("keygen", "--out", str(pk), "--json").stdout)
+    doc = json.loads(medchain("keygen", "--out", str(sk), "--json").stdout)
+    assert os.stat(pk).st_mode & 0o777 == 0o600
+    assert medchain("keygen", "--out", str(pk), ok=False).returncode == 2
+
+    url = ["--node", node.url, "--json"]
+    genesis = ["--genesis", str(node.home / "genesis.json")]
+    medchain("staff", "register", "--key", str(sk), "--name", "Dr. X", "--role", "nurse", *url)
+    medchain("patient", "grant", doc["address"], "heart_rate", "spo2", "--key", str(pk), *url, *genesis)
+    up = json.loads(medchain("patient", "upload", "--type", "heart_rate", "--seconds", "30", "--key", str(pk),
+                             *url, *genesis).stdout)
+    assert up["readings"] == 30 and up["cid"].startswith("bafkrei")
+    rd = json.loads(medchain("staff", "read", pat["address"], "--type", "heart_rate", "--key", str(sk), *url).stdout)
+    assert rd["windows"] == 1 and len(rd["readings"]) == 30
+    assert all(40 <= r["heart_rate"] <= 200 for r in rd["readings"]), rd["readings"][:2]
+
+    denied = medchain("staff", "read", pat["address"], "--type", "glucose", "--key", str(sk), *url, ok=False)
+    assert denied.returncode != 0 and "denied" in denied.stderr
+
+    medchain("patient", "revoke", doc["address"], "--key", str(pk), *url)
+    audit = json.loads(medchain("patient", "audit", "--key", str(pk), *url).stdout)
+    assert [(r["reader"], r["type"]) for r in audit["reads"]] == [(doc["address"], "heart_rate")]
+
+    st = json.loads(medchain("status", "--node", node.url, "--json").stdout)
+    assert st["height"] >= 5 and st["validators"] == 1
+    node.stop()
+    v = json.loads(medchain("verify", "--home", str(node.home), "--json").stdout)
+    assert v["ok"] and v["height"] == st["height"]
+
+
+def test_cli_errors_are_clear(tmp_path):
+    p = medchain("status", "--node", "http://127.0.0.1:9", ok=False)
+    assert p.returncode == 1 and "medchain status:" in p.stderr and "Traceback" not in p.stderr
+    assert "Unclosed" not in p.stderr
+    bad = tmp_path / "k.json"
+    bad.write_text("{}")
+    os.chmod(bad, 0o644)
+    p = medchain("patient", "audit", "--key", str(bad), ok=False)
+    assert p.returncode == 1 and "must be 0600" in p.stderr
+    assert "usage" in medchain("--help").stdout
+    for sub in ("patient", "staff", "node", "verify", "init", "keygen", "demo"):
+        assert medchain(sub, "--help").returncode == 0

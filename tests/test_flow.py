@@ -1,0 +1,116 @@
+"""The paper's flow end to end over the real HTTP API of a real validator process."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from devices import envelope
+from devices.client import ApiError, NodeClient
+from devices.phone import Phone
+from devices.staff import AccessDenied, Staff
+from devices.wearables import make_wearable
+from node.crypto import aead, seal
+from node.crypto.keys import Identity
+from node.ipfs.cid import Cid
+from node.tx import DATA_TYPES
+from tests.conftest import run
+
+KINDS = ["heart_rate", "blood_pressure", "body_temperature", "glucose", "spo2"]
+
+
+def test_paper_flow(node, genesis):
+    async def go():
+        async with NodeClient(node.url) as c:
+            pat, doc = Identity.from_seed(b"patient"), Identity.from_seed(b"doctor")
+            phone = Phone(pat, c, genesis.chain_id, genesis.validator_keys)
+            staff = Staff(doc, c, genesis.chain_id)
+            await staff.register("Dr. Grace Hopper", "physician", "General Hospital")
+            await phone.grant(doc.address, ["heart_rate", "blood_pressure"])
+
+            now = int(time.time() * 1000)
+            written = {}
+            for i, k in enumerate(KINDS):
+                frames = list(make_wearable(k, k, seed=i).frames_between(now - 600_000, now))
+                assert frames, k
+                res = await phone.write_window(k, frames)
+                written[k] = (res, frames)
+
+            # staff reads and decrypts heart rate: exactly the frames the wearable emitted
+            hr = await staff.read(pat.address, "heart_rate")
+            assert [w.readings for w in hr] == [written["heart_rate"][1]]
+            bp = await staff.read(pat.address, "blood_pressure", cid=written["blood_pressure"][0].cid)
+            assert bp[0].readings == written["blood_pressure"][1]
+
+            with pytest.raises(AccessDenied, match="denied"):
+                await staff.read(pat.address, "glucose")
+
+            # change: {heart_rate, spo2}; blood pressure is gone, spo2 is readable
+            await phone.grant(doc.address, ["heart_rate", "spo2"])
+            with pytest.raises(AccessDenied):
+                await staff.read(pat.address, "blood_pressure")
+            assert (await staff.read(pat.address, "spo2"))[0].readings == written["spo2"][1]
+            acct = await c.account(pat.address)
+            assert acct["epochs"]["blood_pressure"] == 1 and acct["epochs"]["heart_rate"] == 0
+
+            # revoke: empty set
+            await phone.revoke(doc.address)
+            with pytest.raises(AccessDenied):
+                await staff.read(pat.address, "heart_rate")
+            grants = (await c.grants(pat.address))["grants"]
+            assert grants[0]["types"] == []
+
+            # data written after the revoke is under a new epoch the revoked staff has no key for
+            later = list(make_wearable("heart_rate", "hr", seed=9).frames_between(now, now + 60_000))
+            res = await phone.write_window("heart_rate", later)
+            assert res.epoch == 1
+            blob = await c.download(pat, genesis.chain_id, res.cid, Cid.parse(res.cid).to_bytes())
+            keys = {(k["type"], k["epoch"]): k["sealed"] for k in (await c.sealed_keys(pat.address, doc.address))["keys"]}
+            assert ("heart_rate", 1) not in keys
+            old_key = seal.unseal(doc.box_secret, bytes.fromhex(keys[("heart_rate", 0)]))
+            ad = envelope.aad(genesis.chain_id, pat.address, DATA_TYPES["heart_rate"], 1,
+                              later[0][0], later[-1][0])
+            with pytest.raises(aead.AeadError):
+                envelope.open_window(old_key, ad, blob)
+            # ...while the patient's own key for epoch 1 opens it (so the failure above is the key's)
+            assert envelope.open_window(phone.data_key(DATA_TYPES["heart_rate"], 1), ad, blob) == later
+
+            # downloading the ciphertext directly without a committed read is refused
+            with pytest.raises(ApiError) as ei:
+                await c.download(doc, genesis.chain_id, res.cid, Cid.parse(res.cid).to_bytes())
+            assert ei.value.status == 403
+
+            reads = await phone.audit()
+            assert [(r["reader"], r["type"], r["allowed"]) for r in reads] == [
+                (doc.address.hex(), "heart_rate", True),
+                (doc.address.hex(), "blood_pressure", True),
+                (doc.address.hex(), "spo2", True),
+            ]
+            assert all(r["time_ms"] > 0 and r["height"] > 0 for r in reads)
+            assert reads[1]["cid"] == written["blood_pressure"][0].cid
+    run(go())
+
+
+def test_rekey_reaches_other_grantees(node, genesis):
+    """Revoking one staff member rotates the key; another grantee still reads new data."""
+    async def go():
+        async with NodeClient(node.url) as c:
+            pat = Identity.from_seed(b"p2")
+            a, b = Identity.from_seed(b"a"), Identity.from_seed(b"b")
+            phone = Phone(pat, c, genesis.chain_id, genesis.validator_keys)
+            sa, sb = Staff(a, c, genesis.chain_id), Staff(b, c, genesis.chain_id)
+            await sa.register("A", "nurse", "X")
+            await sb.register("B", "nurse", "X")
+            await phone.grant(a.address, ["glucose"])
+            await phone.grant(b.address, ["glucose"])
+            now = int(time.time() * 1000)
+            first = list(make_wearable("glucose", "g", seed=1).frames_between(now - 3_600_000, now))
+            await phone.write_window("glucose", first)
+            await phone.revoke(a.address)
+            second = list(make_wearable("glucose", "g", seed=2).frames_between(now, now + 3_600_000))
+            await phone.write_window("glucose", second)
+            wins = await sb.read(pat.address, "glucose")
+            assert [w.readings for w in wins] == [first, second]
+            assert [w.epoch for w in wins] == [0, 1]
+    run(go())
