@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import aiohttp
+import msgpack
 
 from node.crypto.keys import Identity
 from node.tx.requests import blob_request_digest
@@ -64,6 +65,15 @@ class NodeClient:
                                      headers={"Content-Type": "application/msgpack"}) as resp:
             await self._check(resp)
             return (await resp.json())["id"]
+
+    async def submit_many(self, raws: list[bytes]) -> list[dict]:
+        """Submit a batch; one result per transaction: {"status": 202, "id"} or {"status", "error"}."""
+        if self.session is None:
+            await self.__aenter__()
+        async with self.session.post(self.base + "/v1/txs", data=msgpack.packb(raws, use_bin_type=True),
+                                     headers={"Content-Type": "application/msgpack"}) as resp:
+            await self._check(resp)
+            return (await resp.json())["results"]
 
     async def tx(self, txid: str, wait: float = 0) -> dict:
         return await self.get_json(f"/v1/tx/{txid}", **({"wait": int(wait)} if wait else {}))

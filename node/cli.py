@@ -86,6 +86,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(args.windows)
 
 
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from devices.loadgen import run_load
+    from devices.localnet import make_network
+    from node.genesis import Params
+
+    def go(url: str) -> dict:
+        return asyncio.run(run_load(url, args.senders, args.per_sender, args.batch, args.submitters)).as_dict()
+
+    if args.node:
+        res = go(args.node)
+    else:
+        with tempfile.TemporaryDirectory(prefix="medchain-load-") as tmp:
+            nodes = make_network(Path(tmp), args.validators, params=Params(sender_rate=1e6, sender_burst=1e6))
+            for n in nodes:
+                n.start()
+            try:
+                c0 = [n.cpu_seconds() for n in nodes]
+                res = go(nodes[0].url)
+                res["validator_cpu_s"] = [round(n.cpu_seconds() - c, 2) for n, c in zip(nodes, c0, strict=True)]
+            finally:
+                for n in nodes:
+                    n.stop()
+    lat = res["latency_ms"]
+    _out(args, res, f"committed {res['committed']}/{res['submitted']} in {res['seconds']:.2f} s: "
+         f"{res['tps']:.0f} tx/s over {res['blocks']} blocks; refused {res['refused']}\n"
+         f"commit latency ms: p50 {lat['p50']:.0f}  p95 {lat['p95']:.0f}  p99 {lat['p99']:.0f}  max {lat['max']:.0f}"
+         + (f"\nvalidator CPU s: {res['validator_cpu_s']}" if "validator_cpu_s" in res else ""))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medchain", description="Patient-owned wearable health data on a PBFT chain.")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -123,6 +155,14 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = add("demo", cmd_demo, "Run the paper's flow on a local network with emulated wearables, then a summary.")
     sp.add_argument("--windows", type=int, default=4, help="5-minute windows of readings per wearable")
+
+    sp = add("loadtest", cmd_loadtest, "Pre-signed data-write load: committed tx/s and commit latency.")
+    sp.add_argument("--node", help="target this validator (default: start a local network)")
+    sp.add_argument("--validators", type=int, default=1)
+    sp.add_argument("--senders", type=int, default=200)
+    sp.add_argument("--per-sender", type=int, default=50)
+    sp.add_argument("--batch", type=int, default=500, help="transactions per POST /v1/txs")
+    sp.add_argument("--submitters", type=int, default=4, help="concurrent submitting connections")
 
     from devices import cli_clients
     cli_clients.register(sub, add)

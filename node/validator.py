@@ -19,6 +19,7 @@ from node import merkle
 from node.block import Block, Header
 from node.consensus import Broadcast, Deliver, Replica
 from node.crypto import ecdsa
+from node.crypto.ecdsa import verify_batch_fallback as verify_batch
 from node.crypto.keys import Identity
 from node.genesis import Genesis
 from node.ipfs.blockstore import BlockStore
@@ -28,7 +29,8 @@ from node.mempool import AdmissionError, Mempool
 from node.metrics import Metrics
 from node.state import CODES, OK, Overlay, apply_block, check_tx, keys
 from node.tx import KIND_WRITE, Tx, TxError
-from node.wire import WireError, decode
+from node.tx.model import BAD_SIGNATURE
+from node.wire import MAX_TX_BYTES, WireError, decode
 
 log = logging.getLogger("medchain.validator")
 
@@ -109,42 +111,65 @@ class Validator:
 
     def submit(self, raw: bytes) -> bytes:
         """Admit one signed transaction; returns its id or raises AdmissionError (a 4xx reason)."""
-        txid = ecdsa.sha256(raw) if len(raw) <= 1 << 20 else None
-        try:
-            tx = Tx.decode(raw)
-        except (TxError, WireError) as exc:
-            raise self._reject(txid, 400, f"invalid transaction: {exc}") from None
-        if tx.chain_id != self.chain_id:
-            raise self._reject(txid, 400, f"wrong chain id: {tx.chain_id!r}, this chain is {self.chain_id!r}")
-        if self.ledger.tx_location(tx.id) is not None:
-            raise self._reject(txid, 409, "duplicate: transaction already committed (replay)")
+        res = self.submit_many([raw])[0]
+        if isinstance(res, AdmissionError):
+            raise res
+        return res
+
+    def submit_many(self, raws: list[bytes]) -> list[bytes | AdmissionError]:
+        """Admit a batch: parse each, verify all signatures in one batch call, then admit in order."""
+        out: list[bytes | AdmissionError] = []
+        parsed: list[tuple[int, Tx]] = []
+        for raw in raws:
+            try:
+                tx = Tx.decode(raw, check_sig=False)
+                if tx.chain_id != self.chain_id:
+                    out.append(self._reject(tx.id, 400, f"wrong chain id: {tx.chain_id!r}, "
+                                                        f"this chain is {self.chain_id!r}"))
+                    continue
+                parsed.append((len(out), tx))
+                out.append(tx.id)
+            except (TxError, WireError) as exc:
+                txid = ecdsa.sha256(raw) if len(raw) <= MAX_TX_BYTES else None
+                out.append(self._reject(txid, 400, f"invalid transaction: {exc}"))
+        oks = verify_batch([(tx.sender, tx.digest, tx.sig) for _, tx in parsed])
+        now_ms, now = self._now_ms(), time.monotonic()
         view = Overlay(self.ledger.get_state)
-        code = check_tx(view, tx, self._now_ms())
-        if code != OK:
-            raise self._reject(txid, _CODE_STATUS.get(code, 422), f"refused: {CODES[code]}")
-        if tx.kind == KIND_WRITE:
-            self._check_blob_present(tx, txid)
-        try:
-            self.mempool.admit(tx, self.committed_nonce(tx.address), time.monotonic())
-        except AdmissionError as exc:
-            raise self._reject(txid, exc.status, exc.reason, exc.retry_after) from None
-        self._rejected.pop(tx.id, None)
-        self._submitted_at[tx.id] = time.monotonic()
-        self.metrics.admitted.inc()
+        for (i, tx), ok in zip(parsed, oks, strict=True):
+            if not ok:
+                out[i] = self._reject(tx.id, 400, f"invalid transaction: {BAD_SIGNATURE}")
+                continue
+            try:
+                self._admit(tx, view, now_ms, now)
+            except AdmissionError as exc:
+                out[i] = self._reject(tx.id, exc.status, exc.reason, exc.retry_after)
         self.metrics.mempool.set(len(self.mempool))
         self._wake.set()
-        return tx.id
+        return out
 
-    def _check_blob_present(self, tx: Tx, txid: bytes) -> None:
+    def _admit(self, tx: Tx, view: Overlay, now_ms: int, now: float) -> None:
+        if self.ledger.tx_location(tx.id) is not None:
+            raise AdmissionError(409, "duplicate: transaction already committed (replay)")
+        code = check_tx(view, tx, now_ms)
+        if code != OK:
+            raise AdmissionError(_CODE_STATUS.get(code, 422), f"refused: {CODES[code]}")
+        if tx.kind == KIND_WRITE:
+            self._check_blob_present(tx)
+        self.mempool.admit(tx, self.committed_nonce(tx.address), now)
+        self._rejected.pop(tx.id, None)
+        self._submitted_at[tx.id] = now
+        self.metrics.admitted.inc()
+
+    def _check_blob_present(self, tx: Tx) -> None:
         try:
             cid = Cid.from_bytes(tx.body.cid)
         except CidError as exc:
-            raise self._reject(txid, 400, f"invalid transaction: bad cid: {exc}") from None
+            raise AdmissionError(400, f"invalid transaction: bad cid: {exc}") from None
         size = self.blobs.size(cid)
         if size is None:
-            raise self._reject(txid, 422, f"blob not uploaded: upload {cid} before recording it")
+            raise AdmissionError(422, f"blob not uploaded: upload {cid} before recording it")
         if size != tx.body.size:
-            raise self._reject(txid, 422, f"size mismatch: blob {cid} is {size} bytes, transaction says {tx.body.size}")
+            raise AdmissionError(422, f"size mismatch: blob {cid} is {size} bytes, transaction says {tx.body.size}")
 
     def tx_status(self, txid: bytes) -> dict:
         loc = self.ledger.tx_location(txid)

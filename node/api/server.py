@@ -18,10 +18,12 @@ from node.state.machine import Overlay, read_allowed
 from node.tx import DATA_TYPES, KIND_READ, Tx, data_type_name
 from node.tx.requests import blob_request_digest
 from node.validator import Validator
-from node.wire import MAX_TX_BYTES, decode
+from node.wire import MAX_TX_BYTES, WireError, decode
 
 log = logging.getLogger("medchain.api")
 MSGPACK = "application/msgpack"
+MAX_BATCH_TXS = 4096
+MAX_BATCH_BYTES = 2 * 1024 * 1024
 
 
 def _err(status: int, reason: str, headers: dict | None = None) -> web.Response:
@@ -87,6 +89,28 @@ def make_app(v: Validator) -> web.Application:
             hdr = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
             return _err(exc.status, exc.reason, hdr)
         return web.json_response({"id": txid.hex(), "status": "pending"}, status=202)
+
+    @routes.post("/v1/txs")
+    async def post_txs(req: web.Request) -> web.Response:
+        """A batch of signed transactions (a phone proxy's window): msgpack array of tx bytes."""
+        body = await req.content.read(MAX_BATCH_BYTES + 1)
+        if len(body) > MAX_BATCH_BYTES:
+            return _err(413, f"batch too large: limit {MAX_BATCH_BYTES} bytes")
+        try:
+            raws = decode(body, MAX_BATCH_BYTES)
+        except WireError as exc:
+            return _err(400, f"invalid batch: {exc}")
+        if not isinstance(raws, list) or not all(isinstance(r, bytes) for r in raws):
+            return _err(400, "invalid batch: expected a msgpack array of transaction byte strings")
+        if len(raws) > MAX_BATCH_TXS:
+            return _err(413, f"batch too large: {len(raws)} transactions, limit {MAX_BATCH_TXS}")
+        results = []
+        for r in v.submit_many(raws):
+            if isinstance(r, AdmissionError):
+                results.append({"status": r.status, "error": r.reason})
+            else:
+                results.append({"status": 202, "id": r.hex()})
+        return web.json_response({"results": results})
 
     @routes.get("/v1/tx/{id}")
     async def get_tx(req: web.Request) -> web.Response:

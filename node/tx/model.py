@@ -31,6 +31,7 @@ MAX_CID = 128
 MAX_SEALED = 128
 MAX_KEYS_PER_GRANT = 64
 U63 = (1 << 63) - 1
+BAD_SIGNATURE = "bad signature (invalid, not by the sender, or high-S)"
 
 
 class TxError(ValueError):
@@ -254,7 +255,7 @@ class Tx:
         body = _PARSERS[kind](p[5:])
         tx = cls(cid, sender, nonce, body, payload, sig, bytes(raw), ecdsa.sha256(raw))
         if check_sig and not ecdsa.verify(sender, tx.digest, sig):
-            raise TxError("bad signature (invalid, not by the sender, or high-S)")
+            raise TxError(BAD_SIGNATURE)
         return tx
 
 
