@@ -16,7 +16,9 @@ setup(
         "uvloop>=0.19,<1",
         "pynacl>=1.5,<2",
         "prometheus-client>=0.19,<1",
-        "cryptography>=42,<49",
+        "cryptography>=42,<51",
+        "libp2p>=0.8.1,<0.9",
+        "trio>=0.26,<1",
     ],
     extras_require={
         "test": [
