@@ -44,12 +44,15 @@ class Header:
 
     @classmethod
     def decode(cls, raw: bytes) -> Header:
-        h = decode_canonical(raw, 1024)
-        if not isinstance(h, list) or len(h) != 10 or h[0] != BLOCK_VERSION:
+        try:
+            h = decode_canonical(raw, 1024)
+        except WireError as exc:
+            raise BlockError(f"header encoding: {exc}") from None
+        if not isinstance(h, list) or len(h) != 10 or type(h[0]) is not int or h[0] != BLOCK_VERSION:
             raise BlockError("header is [1, chain_id, height, prev, view, seq, time_ms, tx_root, state_root, proposer]")
         _, chain_id, height, prev, view, seq, t, txr, sr, prop = h
         ints = (height, view, seq, t, prop)
-        if not isinstance(chain_id, str) or not all(isinstance(i, int) and i >= 0 for i in ints):
+        if not isinstance(chain_id, str) or not all(type(i) is int and i >= 0 for i in ints):
             raise BlockError("bad header field types")
         if not all(isinstance(x, bytes) and len(x) == 32 for x in (prev, txr, sr)):
             raise BlockError("hashes in the header must be 32 bytes")
@@ -89,7 +92,7 @@ class Block:
         if not isinstance(b[1], list) or not all(isinstance(t, bytes) for t in b[1]):
             raise BlockError("txs must be a list of byte strings")
         if not isinstance(b[2], list) or not all(
-            isinstance(c, list) and len(c) == 2 and isinstance(c[0], int) and isinstance(c[1], bytes) for c in b[2]
+            isinstance(c, list) and len(c) == 2 and type(c[0]) is int and isinstance(c[1], bytes) for c in b[2]
         ):
             raise BlockError("certificate must be a list of [validator_index, signature]")
         return cls(Header.decode(b[0]), tuple(b[1]), tuple((c[0], c[1]) for c in b[2]))
@@ -102,9 +105,10 @@ class Block:
 
 
 def quorum(n: int) -> int:
-    """2f+1 for n = 3f+1 validators (n=1 gives 1)."""
+    """The smallest quorum any two of which share f+1 validators: 2f+1 when n = 3f+1 (n=1 gives 1),
+    and still safe for the other sizes (n=3 needs 2, n=5 needs 4)."""
     f = (n - 1) // 3
-    return 2 * f + 1
+    return (n + f) // 2 + 1
 
 
 def verify_cert(block: Block, validators: Sequence[bytes]) -> bool:

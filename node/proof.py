@@ -23,6 +23,8 @@ def verify_inclusion(txid: bytes, index: int, tx_count: int, path: Sequence[byte
         raise ProofError(f"block does not decode: {exc}") from None
     if block.header.chain_id != chain_id:
         raise ProofError("block is from another chain")
+    if tx_count != len(block.txs) or not 0 <= index < tx_count or block.tx_ids[index] != txid:
+        raise ProofError("the transaction is not at that index of the block")
     if not verify_cert(block, validators):
         raise ProofError("commit certificate does not carry 2f+1 valid validator signatures")
     if not merkle.verify(txid, index, tx_count, path, block.header.tx_root):

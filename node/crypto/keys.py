@@ -46,6 +46,11 @@ class Identity:
     def box_public(self) -> bytes:
         return seal.public_key(self.box_secret)
 
+    @property
+    def p2p_secret(self) -> bytes:
+        """The validator's libp2p key, derived from its signing key (one key file per validator)."""
+        return ecdsa.sha256(b"medchain/libp2p/v1" + self.secret)
+
     def sign(self, digest: bytes) -> bytes:
         return ecdsa.sign(self.secret, digest)
 
@@ -63,6 +68,7 @@ class Identity:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a leftover temp file keeps its old mode otherwise
         with os.fdopen(fd, "w") as fh:
             json.dump(self.to_json(), fh, indent=1)
             fh.flush()

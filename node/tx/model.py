@@ -240,9 +240,9 @@ class Tx:
         if not isinstance(p, list) or len(p) < 5:
             raise TxError("payload is [version, kind, chain_id, sender, nonce, *fields]")
         version, kind, cid, sender, nonce = p[:5]
-        if version != VERSION:
+        if type(version) is not int or version != VERSION:
             raise TxError(f"unsupported transaction version {version!r}")
-        if kind not in _PARSERS:
+        if type(kind) is not int or kind not in _PARSERS:
             raise TxError(f"unknown transaction kind {kind!r}")
         _str(cid, "chain id", MAX_CHAIN_ID)
         if chain_id is not None and cid != chain_id:

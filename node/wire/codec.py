@@ -28,7 +28,7 @@ def encode(obj: Any) -> bytes:
 def _check_types(obj: Any, depth: int = 0) -> None:
     if depth > _MAX_DEPTH:
         raise WireError("nesting too deep")
-    if isinstance(obj, (list, tuple)):
+    if type(obj) is list:  # exactly list: msgpack's ExtType is a tuple subclass
         for item in obj:
             _check_types(item, depth + 1)
     elif obj is None or isinstance(obj, (bool, int, bytes, str)):
