@@ -34,12 +34,18 @@ class NodeProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> NodeProcess:
+        self.launch()
+        return self.wait_ready(timeout)
+
+    def launch(self) -> None:
         self.log_path = self.home / "node.log"
         logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "node.cli", "node", "--home", str(self.home), "--port", str(self.port)],
             stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
         logf.close()
+
+    def wait_ready(self, timeout: float = 20.0) -> NodeProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -75,7 +81,16 @@ class NodeProcess:
 
 
 def make_network(root: Path, validators: int = 1, chain_id: str = "medchain-local",
-                 params: Params | None = None) -> list[NodeProcess]:
+                 params: Params | None = None, p2p_mode: str = "direct") -> list[NodeProcess]:
     ports = [free_port() for _ in range(validators)]
-    homes = init_home(root, chain_id, [f"127.0.0.1:{p}" for p in ports], int(time.time() * 1000), params)
-    return [NodeProcess(h, p) for h, p in zip(homes, ports, strict=True)]
+    p2p = [f"127.0.0.1:{free_port()}" for _ in range(validators)] if validators > 1 else None
+    homes = init_home(root, chain_id, [f"127.0.0.1:{p}" for p in ports], int(time.time() * 1000), params, p2p)
+    return [NodeProcess(h, p, env={"MEDCHAIN_P2P_MODE": p2p_mode}) for h, p in zip(homes, ports, strict=True)]
+
+
+def start_all(nodes: list[NodeProcess], timeout: float = 30.0) -> None:
+    """Start every validator process, then wait until each API answers."""
+    for n in nodes:
+        n.launch()
+    for n in nodes:
+        n.wait_ready(timeout)

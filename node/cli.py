@@ -34,7 +34,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     from node.genesis import init_home
     apis = [f"{args.host}:{args.base_port + i}" for i in range(args.validators)]
-    dirs = init_home(args.dir, args.chain_id, apis, int(time.time() * 1000))
+    p2p = [f"{args.host}:{args.p2p_base_port + i}" for i in range(args.validators)] if args.validators > 1 else None
+    dirs = init_home(args.dir, args.chain_id, apis, int(time.time() * 1000), p2p=p2p)
     _out(args, {"homes": [str(d) for d in dirs], "apis": apis},
          "\n".join(f"validator {i}: home {d}  api http://{a}" for i, (d, a) in enumerate(zip(dirs, apis, strict=True))))
     return 0
@@ -78,6 +79,30 @@ def cmd_status(args: argparse.Namespace) -> int:
             return await c.status()
     st = asyncio.run(go())
     _out(args, st, "\n".join(f"{k:16} {v}" for k, v in st.items()))
+    return 0
+
+
+def cmd_devnet(args: argparse.Namespace) -> int:
+    import signal
+    import tempfile
+
+    from devices.localnet import make_network, start_all
+
+    with tempfile.TemporaryDirectory(prefix="medchain-devnet-") as tmp:
+        root = Path(args.dir) if args.dir else Path(tmp)
+        nodes = make_network(root, args.validators, p2p_mode=args.p2p)
+        start_all(nodes)
+        _out(args, {"validators": [{"index": i, "api": n.url, "home": str(n.home)} for i, n in enumerate(nodes)]},
+             "\n".join(f"validator {i}: {n.url}  (home {n.home})" for i, n in enumerate(nodes))
+             + "\nCtrl-C to stop")
+        sys.stdout.flush()
+        try:
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        except KeyboardInterrupt:
+            pass
+        finally:
+            for n in nodes:
+                n.stop()
     return 0
 
 
@@ -139,6 +164,12 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--chain-id", default="medchain-local")
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--base-port", type=int, default=8545, help="API port of validator 0; others count up")
+    sp.add_argument("--p2p-base-port", type=int, default=9545, help="libp2p port of validator 0; others count up")
+
+    sp = add("devnet", cmd_devnet, "Run a local network, each validator its own process on 127.0.0.1, until Ctrl-C.")
+    sp.add_argument("--validators", type=int, default=4, help="n = 3f+1 validators")
+    sp.add_argument("--dir", help="keep the homes here (default: a temporary directory)")
+    sp.add_argument("--p2p", choices=["direct", "gossipsub"], default="direct", help="how PBFT messages travel")
 
     sp = add("node", cmd_node, "Run one validator from its home directory until Ctrl-C.")
     sp.add_argument("--home", required=True)

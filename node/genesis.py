@@ -72,12 +72,22 @@ class Genesis:
 
 
 def init_home(home: str | Path, chain_id: str, apis: list[str], time_ms: int,
-              params: Params | None = None) -> list[Path]:
+              params: Params | None = None, p2p: list[str] | None = None) -> list[Path]:
     """Create one home directory per validator under `home` (node0, node1, ...) with its key and
-    the shared genesis file; returns the directories."""
+    the shared genesis file; returns the directories. `p2p` gives each validator's libp2p
+    host:port (needed when there is more than one validator)."""
     home = Path(home)
     idents = [Identity.generate() for _ in apis]
-    gen = Genesis(chain_id, time_ms, tuple(ValidatorInfo(i.public_key.hex(), a) for i, a in zip(idents, apis, strict=False)),
+    addrs = [""] * len(apis)
+    if p2p:
+        from node.p2p import peer_id_from_secret
+        for k, (ident, hp) in enumerate(zip(idents, p2p, strict=True)):
+            host, port = hp.rsplit(":", 1)
+            addrs[k] = f"/ip4/{host}/tcp/{port}/p2p/{peer_id_from_secret(ident.p2p_secret)}"
+    elif len(apis) > 1:
+        raise ValueError("a network of several validators needs p2p addresses")
+    gen = Genesis(chain_id, time_ms, tuple(ValidatorInfo(i.public_key.hex(), a, pa)
+                                           for i, a, pa in zip(idents, apis, addrs, strict=True)),
                   params or Params())
     dirs = []
     for k, ident in enumerate(idents):

@@ -1,15 +1,20 @@
 """Admission and batching of transactions.
 
-Per sender: a queue in nonce order and a token bucket (the per-sender rate limit). Blocks are cut
+Per sender: pending transactions by nonce and a token bucket (the per-sender rate limit). Clients
+must submit in nonce order; batches forwarded by other validators may arrive reordered, so they
+may run ahead by a bounded gap. Blocks take each sender's contiguous run from its next nonce,
 round-robin across senders, so one busy sender cannot crowd the others out of a batch.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
+from collections.abc import Container
 from dataclasses import dataclass
 
 from node.tx import Tx
+
+MAX_FORWARD_GAP = 256
 
 
 class AdmissionError(Exception):
@@ -37,14 +42,27 @@ class TokenBucket:
         return (1.0 - self.tokens) / self.rate
 
 
+class _Sender:
+    __slots__ = ("base", "txs")
+
+    def __init__(self, base: int) -> None:
+        self.base = base  # the next nonce the chain will accept from this sender
+        self.txs: dict[int, Tx] = {}
+
+    def contiguous_end(self) -> int:
+        n = self.base
+        while n in self.txs:
+            n += 1
+        return n
+
+
 class Mempool:
     def __init__(self, capacity: int = 100_000, rate: float = 200.0, burst: float = 400.0,
                  max_per_sender: int = 1024) -> None:
         self.capacity, self.rate, self.burst, self.max_per_sender = capacity, rate, burst, max_per_sender
-        self.queues: OrderedDict[bytes, deque[Tx]] = OrderedDict()  # address -> txs in nonce order
+        self.senders: OrderedDict[bytes, _Sender] = OrderedDict()
         self.by_id: dict[bytes, Tx] = {}
         self.buckets: dict[bytes, TokenBucket] = {}
-        self.rejections: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -53,75 +71,95 @@ class Mempool:
         return txid in self.by_id
 
     def next_nonce(self, addr: bytes, committed: int) -> int:
-        q = self.queues.get(addr)
-        return (q[-1].nonce if q else committed) + 1
+        s = self.senders.get(addr)
+        if s is None:
+            return committed + 1
+        n = max(s.base, committed + 1)
+        while n in s.txs:
+            n += 1
+        return n
 
-    def refuse(self, status: int, reason: str, retry_after: float | None = None) -> AdmissionError:
-        key = reason.split(":")[0]
-        self.rejections[key] = self.rejections.get(key, 0) + 1
-        return AdmissionError(status, reason, retry_after)
-
-    def admit(self, tx: Tx, committed_nonce: int, now: float) -> None:
-        """Queue a transaction that passed stateless and stateful checks; enforce nonce order and limits."""
+    def admit(self, tx: Tx, committed_nonce: int, now: float, forwarded: bool = False) -> None:
+        """Queue a transaction that passed stateless and stateful checks; enforce nonce order and limits.
+        `forwarded` batches (from other validators) skip the rate limit, which their entry validator
+        applied, and may run ahead of the next nonce by up to MAX_FORWARD_GAP."""
         addr = tx.address
         if tx.id in self.by_id:
-            raise self.refuse(409, "duplicate: transaction already pending")
-        expected = self.next_nonce(addr, committed_nonce)
+            raise AdmissionError(409, "duplicate: transaction already pending")
+        s = self.senders.get(addr)
+        if s is not None and s.base <= committed_nonce:
+            self._advance(addr, s, committed_nonce + 1)
+            s = self.senders.get(addr)
+        expected = committed_nonce + 1 if s is None else s.contiguous_end()
         if tx.nonce <= committed_nonce:
-            raise self.refuse(409, f"stale nonce: {tx.nonce} already used (replay?); next is {expected}")
-        if tx.nonce != expected:
-            raise self.refuse(409, f"nonce out of order: got {tx.nonce}, expected {expected}")
+            raise AdmissionError(409, f"stale nonce: {tx.nonce} already used (replay?); next is {expected}")
+        if s is not None and tx.nonce in s.txs:
+            raise AdmissionError(409, f"nonce {tx.nonce} already pending with another transaction")
+        if tx.nonce != expected and not (forwarded and tx.nonce <= committed_nonce + MAX_FORWARD_GAP):
+            raise AdmissionError(409, f"nonce out of order: got {tx.nonce}, expected {expected}")
         if len(self.by_id) >= self.capacity:
-            raise self.refuse(503, "mempool full: try again later", 1.0)
-        q = self.queues.get(addr)
-        if q is not None and len(q) >= self.max_per_sender:
-            raise self.refuse(429, f"rate limited: {self.max_per_sender} transactions already pending", 1.0)
-        bucket = self.buckets.get(addr)
-        if bucket is None:
-            bucket = self.buckets[addr] = TokenBucket(self.rate, self.burst, self.burst, now)
-        wait = bucket.take(now)
-        if wait > 0:
-            raise self.refuse(429, f"rate limited: sender exceeds {self.rate:g} tx/s", wait)
-        if q is None:
-            q = self.queues[addr] = deque()
-        q.append(tx)
+            raise AdmissionError(503, "mempool full: try again later", 1.0)
+        if s is not None and len(s.txs) >= self.max_per_sender:
+            raise AdmissionError(429, f"rate limited: {self.max_per_sender} transactions already pending", 1.0)
+        if not forwarded:
+            bucket = self.buckets.get(addr)
+            if bucket is None:
+                bucket = self.buckets[addr] = TokenBucket(self.rate, self.burst, self.burst, now)
+            wait = bucket.take(now)
+            if wait > 0:
+                raise AdmissionError(429, f"rate limited: sender exceeds {self.rate:g} tx/s", wait)
+        if s is None:
+            s = self.senders[addr] = _Sender(committed_nonce + 1)
+        s.txs[tx.nonce] = tx
         self.by_id[tx.id] = tx
 
-    def batch(self, max_txs: int) -> list[Tx]:
-        """Up to max_txs transactions, round-robin over senders, each sender's in nonce order.
-        They stay in the pool until committed (remove) so a failed round loses nothing."""
+    def batch(self, max_txs: int, exclude: Container[bytes] = ()) -> list[Tx]:
+        """Up to max_txs transactions, round-robin over senders, each sender's contiguous nonce run
+        (skipping ids in `exclude`, e.g. those already proposed). They stay in the pool until
+        committed (remove), so a failed round loses nothing."""
         out: list[Tx] = []
-        cursors = {a: 0 for a in self.queues}
+        cursors: dict[bytes, int] = {}
+        for addr, s in self.senders.items():
+            n = s.base
+            while n in s.txs and s.txs[n].id in exclude:
+                n += 1
+            if n in s.txs:
+                cursors[addr] = n
         while len(out) < max_txs and cursors:
             for addr in list(cursors):
-                i = cursors[addr]
-                q = self.queues[addr]
-                if i >= len(q):
+                s = self.senders[addr]
+                n = cursors[addr]
+                tx = s.txs.get(n)
+                if tx is None or tx.id in exclude:
                     del cursors[addr]
                     continue
-                out.append(q[i])
-                cursors[addr] = i + 1
+                out.append(tx)
+                cursors[addr] = n + 1
                 if len(out) >= max_txs:
                     break
         return out
 
+    def _advance(self, addr: bytes, s: _Sender, base: int) -> None:
+        for n in [n for n in s.txs if n < base]:
+            self.by_id.pop(s.txs.pop(n).id, None)
+        s.base = base
+        if not s.txs:
+            del self.senders[addr]
+
     def remove(self, txs: list[Tx]) -> None:
-        """Drop committed transactions (and any now-stale ones queued behind them)."""
+        """Drop committed transactions (and any stale ones for the same nonces)."""
+        top: dict[bytes, int] = {}
         for tx in txs:
-            if self.by_id.pop(tx.id, None) is None:
-                continue
-            q = self.queues.get(tx.address)
-            if q is None:
-                continue
-            while q and q[0].nonce <= tx.nonce:
-                self.by_id.pop(q.popleft().id, None)
-            if not q:
-                del self.queues[tx.address]
-            else:
-                self.queues.move_to_end(tx.address)
+            top[tx.address] = max(top.get(tx.address, 0), tx.nonce)
+        for addr, nonce in top.items():
+            s = self.senders.get(addr)
+            if s is not None and nonce >= s.base:
+                self._advance(addr, s, nonce + 1)
+                if addr in self.senders:
+                    self.senders.move_to_end(addr)
 
     def prune_buckets(self, now: float) -> None:
         """Forget full buckets of idle senders so memory stays bounded by active senders."""
-        for addr in [a for a, b in self.buckets.items() if a not in self.queues and
+        for addr in [a for a, b in self.buckets.items() if a not in self.senders and
                      b.tokens + (now - b.stamp) * b.rate >= b.burst]:
             del self.buckets[addr]

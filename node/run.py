@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -16,7 +17,7 @@ log = logging.getLogger("medchain.node")
 
 
 async def run_node(home: Path, host: str, port: int, ready_file: Path | None = None) -> None:
-    v = Validator(home)
+    v = Validator(home, p2p_mode=os.environ.get("MEDCHAIN_P2P_MODE", "direct"))
     await v.start()
     runner = await serve(v, host, port)
     addr = f"http://{host}:{port}"

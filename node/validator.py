@@ -1,8 +1,10 @@
-"""The driver that wires the layers: mempool -> block building -> PBFT replica -> ledger.
+"""The driver that wires the layers: mempool -> block building -> PBFT replica -> ledger, and the
+p2p adapter for n > 1.
 
-All blocking work (execution, LMDB commits with fsync) runs in a worker thread so the asyncio
-loop keeps serving the API. Blocks come only from the replica's Deliver action: with a single
-validator that is PBFT with a quorum of one, the same path the multi-validator network uses.
+One asyncio task owns the replica (the sans-IO PBFT core): network messages, ticks and proposals
+all reach it through that task, in order. Blocking work (execution, LMDB commits with fsync) runs
+in one worker thread so the loop keeps serving the API. Blocks come only from the replica's Deliver
+action: a single validator is PBFT with a quorum of one, the same path the network uses.
 """
 
 from __future__ import annotations
@@ -12,85 +14,97 @@ import logging
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 from node import merkle
-from node.block import Block, Header
-from node.consensus import Broadcast, Deliver, Replica
+from node.block import Block
+from node.consensus import Broadcast, Catchup, ConsensusError, Deliver, Replica, Send, decode_message
+from node.consensus.messages import T_PREPREPARE
 from node.crypto import ecdsa
 from node.crypto.ecdsa import verify_batch_fallback as verify_batch
 from node.crypto.keys import Identity
+from node.execution import Executed, InvalidBlock, Tip, build_block, check_block
 from node.genesis import Genesis
 from node.ipfs.blockstore import BlockStore
 from node.ipfs.cid import Cid, CidError
 from node.ledger import Ledger
 from node.mempool import AdmissionError, Mempool
 from node.metrics import Metrics
-from node.state import CODES, OK, Overlay, apply_block, check_tx, keys
+from node.state import CODES, OK, Overlay, check_tx, keys
 from node.tx import KIND_WRITE, Tx, TxError
 from node.tx.model import BAD_SIGNATURE
-from node.wire import MAX_TX_BYTES, WireError, decode
+from node.wire import MAX_BLOCK_BYTES, MAX_TX_BYTES, WireError, decode, decode_canonical, encode
 
 log = logging.getLogger("medchain.validator")
 
 # How an admission check's state code maps to an HTTP status.
 _CODE_STATUS = {2: 422, 3: 403, 4: 404, 5: 409, 6: 409, 7: 422, 8: 422}
-
-
-@dataclass
-class Executed:
-    block: Block
-    txs: list[Tx]
-    codes: list[int]
-    writes: dict[bytes, bytes]
+T_TXS = 16  # p2p message: a batch of transactions forwarded among validators
+_VERIFIED_CACHE = 1 << 19
+PIPELINE = 4  # proposals in flight at once
+TICK_S = 0.05
 
 
 class Validator:
-    def __init__(self, home: str | Path, identity: Identity | None = None, genesis: Genesis | None = None) -> None:
+    def __init__(self, home: str | Path, identity: Identity | None = None, genesis: Genesis | None = None,
+                 p2p_mode: str = "direct") -> None:
         self.home = Path(home)
         self.genesis = genesis or Genesis.load(self.home / "genesis.json")
         self.identity = identity or Identity.load(self.home / "node_key.json")
         self.chain_id = self.genesis.chain_id
         self.index = self.genesis.index_of(self.identity.public_key)
         self.n = len(self.genesis.validators)
-        p = self.genesis.params
-        self.params = p
+        self.params = p = self.genesis.params
         self.ledger = Ledger(self.home / "ledger", genesis_root=self.genesis.state_root)
         self.blobs = BlockStore(self.home / "blobs")
         self.mempool = Mempool(p.mempool_capacity, p.sender_rate, p.sender_burst)
         self.metrics = Metrics()
         head = self.ledger.head()
+        last = self.ledger.block(head.height) if head.height else None
         self.replica = Replica(self.chain_id, self.n, self.index, self.identity.sign, self._verify_vote,
-                               self._check_block, last_delivered=self._last_seq(), view=self._last_view())
+                               self._known_block, last_delivered=head.height,
+                               view=last.header.view if last else 0, last_hash=head.hash)
         self.metrics.height.set(head.height)
-        self._executed: dict[bytes, Executed] = {}
+        self.p2p_mode = p2p_mode
+        self.net = None  # the P2PNode when n > 1
+        self._peer_index = {v.p2p.rsplit("/p2p/", 1)[-1]: i for i, v in enumerate(self.genesis.validators) if v.p2p}
+        self._executed: dict[bytes, Executed] = {}  # block hash -> executed, not yet committed
+        self._tip: Tip | None = None  # the primary's newest proposal, to pipeline on
+        self._verified: OrderedDict[bytes, None] = OrderedDict()
+        self._forward: list[bytes] = []
         self._rejected: OrderedDict[bytes, str] = OrderedDict()
         self._waiters: dict[bytes, list[asyncio.Future]] = {}
         self._submitted_at: dict[bytes, float] = {}
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+        self._inbox: asyncio.Queue = asyncio.Queue()
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
         self._stopping = False
+        self.msgs_in = self.msgs_out = 0
         log.info("validator %d of %d, chain %s, height %d", self.index, self.n, self.chain_id, head.height)
 
     # ---- start and stop ----------------------------------------------------------------------
-    def _last_seq(self) -> int:
-        head = self.ledger.head()
-        return 0 if head.height == 0 else self.ledger.block(head.height).header.seq
-
-    def _last_view(self) -> int:
-        head = self.ledger.head()
-        return 0 if head.height == 0 else self.ledger.block(head.height).header.view
-
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._produce(), name="producer")
+        if self.n > 1:
+            from node.p2p import P2PNode
+            me = self.genesis.validators[self.index].p2p
+            host, port = me.split("/")[2], int(me.split("/")[4])
+            self.net = P2PNode(self.identity.p2p_secret, host, port, [v.p2p for v in self.genesis.validators],
+                               self._on_net, mode=self.p2p_mode, max_frame=MAX_BLOCK_BYTES + 4096)
+            await self.net.start()
+            log.info("p2p %s listening on %s (%s)", self.net.peer_id, self.net.listen_addr, self.p2p_mode)
+        self._tasks = [asyncio.create_task(self._produce(), name="producer"),
+                       asyncio.create_task(self._consensus(), name="consensus"),
+                       asyncio.create_task(self._ticker(), name="ticker")]
 
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
-        if self._task:
-            await self._task
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.net is not None:
+            await self.net.stop()
         self._worker.shutdown(wait=True)
         self.ledger.close()
         self.blobs.close()
@@ -116,8 +130,9 @@ class Validator:
             raise res
         return res
 
-    def submit_many(self, raws: list[bytes]) -> list[bytes | AdmissionError]:
-        """Admit a batch: parse each, verify all signatures in one batch call, then admit in order."""
+    def submit_many(self, raws: list[bytes], forwarded: bool = False) -> list[bytes | AdmissionError]:
+        """Admit a batch: parse each, verify all signatures in one batch call, then admit in order.
+        Transactions from clients are forwarded to the other validators in batches."""
         out: list[bytes | AdmissionError] = []
         parsed: list[tuple[int, Tx]] = []
         for raw in raws:
@@ -132,22 +147,33 @@ class Validator:
             except (TxError, WireError) as exc:
                 txid = ecdsa.sha256(raw) if len(raw) <= MAX_TX_BYTES else None
                 out.append(self._reject(txid, 400, f"invalid transaction: {exc}"))
-        oks = verify_batch([(tx.sender, tx.digest, tx.sig) for _, tx in parsed])
+        todo = [(i, tx) for i, tx in parsed if tx.id not in self._verified]
+        oks = dict(zip((tx.id for _, tx in todo), verify_batch([(t.sender, t.digest, t.sig) for _, t in todo]),
+                       strict=True))
         now_ms, now = self._now_ms(), time.monotonic()
         view = Overlay(self.ledger.get_state)
-        for (i, tx), ok in zip(parsed, oks, strict=True):
-            if not ok:
+        for i, tx in parsed:
+            if not oks.get(tx.id, True):
                 out[i] = self._reject(tx.id, 400, f"invalid transaction: {BAD_SIGNATURE}")
                 continue
+            self._mark_verified(tx.id)
             try:
-                self._admit(tx, view, now_ms, now)
+                self._admit(tx, view, now_ms, now, forwarded)
             except AdmissionError as exc:
                 out[i] = self._reject(tx.id, exc.status, exc.reason, exc.retry_after)
+                continue
+            if not forwarded and self.net is not None:
+                self._forward.append(tx.raw)
         self.metrics.mempool.set(len(self.mempool))
         self._wake.set()
         return out
 
-    def _admit(self, tx: Tx, view: Overlay, now_ms: int, now: float) -> None:
+    def _mark_verified(self, txid: bytes) -> None:
+        self._verified[txid] = None
+        if len(self._verified) > _VERIFIED_CACHE:
+            self._verified.popitem(last=False)
+
+    def _admit(self, tx: Tx, view: Overlay, now_ms: int, now: float, forwarded: bool = False) -> None:
         if self.ledger.tx_location(tx.id) is not None:
             raise AdmissionError(409, "duplicate: transaction already committed (replay)")
         code = check_tx(view, tx, now_ms)
@@ -155,7 +181,7 @@ class Validator:
             raise AdmissionError(_CODE_STATUS.get(code, 422), f"refused: {CODES[code]}")
         if tx.kind == KIND_WRITE:
             self._check_blob_present(tx)
-        self.mempool.admit(tx, self.committed_nonce(tx.address), now)
+        self.mempool.admit(tx, self.committed_nonce(tx.address), now, forwarded)
         self._rejected.pop(tx.id, None)
         self._submitted_at[tx.id] = now
         self.metrics.admitted.inc()
@@ -205,63 +231,152 @@ class Validator:
                 if not lst:
                     del self._waiters[txid]
 
-    # ---- block production and consensus ------------------------------------------------------------
+    # ---- consensus -------------------------------------------------------------------------------
     def _now_ms(self) -> int:
         return int(time.time() * 1000)
 
     def _verify_vote(self, index: int, digest: bytes, sig: bytes) -> bool:
         return ecdsa.verify(self.genesis.validator_keys[index], digest, sig)
 
-    def _check_block(self, block: Block) -> bool:
-        """A proposal is acceptable iff re-executing it here gives the same header (own proposals are cached)."""
+    def _known_block(self, block: Block) -> bool:
+        """The core's block check: true iff the driver executed this exact block and it matched."""
         return block.hash in self._executed
 
-    def _build(self, txs: list[Tx]) -> Executed:
-        head = self.ledger.head()
-        time_ms = max(self._now_ms(), head.time_ms)
-        get, close = self.ledger.state_reader()
-        try:
-            res = apply_block(get, txs, head.height + 1, time_ms, head.state_root)
-        finally:
-            close()
-        header = Header(self.chain_id, head.height + 1, head.hash, self.replica.view, self.replica.next_seq,
-                        time_ms, merkle.root([t.id for t in txs]), res.state_root, self.index)
-        return Executed(Block(header, tuple(t.raw for t in txs)), txs, res.codes, res.writes)
+    def _head_tip(self) -> Tip:
+        h = self.ledger.head()
+        return Tip(h.height, h.hash, h.state_root, h.time_ms, self.ledger.get_state)
+
+    def _tip_for(self, prev_hash: bytes) -> Tip | None:
+        head = self._head_tip()
+        if prev_hash == head.hash:
+            return head
+        ex = self._executed.get(prev_hash)
+        return ex.tip() if ex is not None else None
+
+    async def _run(self, fn, *args):  # noqa: ANN001, ANN202 - runs blocking work off the loop
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
 
     async def _produce(self) -> None:
-        loop = asyncio.get_running_loop()
         interval = self.params.block_interval_ms / 1000
         while not self._stopping:
-            if not len(self.mempool):
+            r = self.replica
+            if not r.is_primary or r.in_flight() >= PIPELINE or len(self.mempool) == 0:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if len(self.mempool) < self.params.block_max_txs:
-                await asyncio.sleep(interval)  # let a batch fill: one round carries many transactions
-            if self._stopping or not self.replica.is_primary or self.replica.in_flight():
-                await asyncio.sleep(interval)
+            tip = self._tip if (self._tip and self._tip.hash in self._executed) else self._head_tip()
+            exclude = {t.id for ex in self._executed.values() for t in ex.txs}
+            if len(self.mempool) - len(exclude) < self.params.block_max_txs:
+                await asyncio.sleep(interval)  # let a batch fill: one round should carry many transactions
+            txs = self.mempool.batch(self.params.block_max_txs, exclude)
+            if not txs:
+                self._wake.clear()
+                await self._wake.wait()
                 continue
-            txs = self.mempool.batch(self.params.block_max_txs)
             try:
-                ex = await loop.run_in_executor(self._worker, self._build, txs)
+                ex = await self._run(build_block, tip, txs, self.chain_id, r.view, self.index, self._now_ms())
                 self._executed[ex.block.hash] = ex
-                await self._handle(self.replica.propose(ex.block))
+                self._tip = ex.tip()
+                await self._inbox.put(("propose", ex.block))
             except Exception:  # keep producing: the transactions stay in the pool
                 log.exception("block production failed")
                 await asyncio.sleep(interval)
+
+    async def _ticker(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(TICK_S)
+            await self._inbox.put(("tick", None))
+            if self._forward and self.net is not None:
+                batch, self._forward = self._forward, []
+                self.net.broadcast(encode([T_TXS, batch]))
+                self.msgs_out += 1
+
+    def _on_net(self, peer: str, data: bytes) -> None:
+        self.msgs_in += 1
+        self._inbox.put_nowait(("net", data))
+
+    async def _consensus(self) -> None:
+        while True:
+            kind, item = await self._inbox.get()
+            try:
+                if kind == "propose":
+                    acts = self.replica.propose(item)
+                elif kind == "tick":
+                    acts = self.replica.tick(self._now_ms())
+                else:
+                    acts = await self._on_wire(item)
+                await self._handle(acts)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("consensus step failed (%s)", kind)
+
+    async def _on_wire(self, data: bytes) -> list:
+        try:
+            obj = decode_canonical(data, MAX_BLOCK_BYTES + 4096)
+            if isinstance(obj, list) and obj and obj[0] == T_TXS:
+                if len(obj) == 2 and isinstance(obj[1], list) and all(isinstance(x, bytes) for x in obj[1]):
+                    self.submit_many(obj[1], forwarded=True)
+                return []
+            msg = decode_message(data)
+        except (WireError, ConsensusError) as exc:
+            log.debug("dropped malformed p2p message: %s", exc)
+            return []
+        if msg.tag == T_PREPREPARE and msg.block.hash not in self._executed:
+            await self._execute_proposal(msg.block, check_time=True)
+        return self.replica.on_message(msg)
+
+    async def _execute_proposal(self, block: Block, check_time: bool) -> Executed | None:
+        tip = self._tip_for(block.header.prev_hash)
+        if tip is None:
+            return None  # its parent is not executed here yet; the retransmission will bring it again
+        try:
+            ex = await self._run(check_block, block, tip, self.chain_id, self._now_ms(),
+                                 self._verified.__contains__, verify_batch, check_time)
+        except InvalidBlock as exc:
+            log.warning("rejected block %d from the primary: %s", block.header.height, exc)
+            return None
+        for t in ex.txs:
+            self._mark_verified(t.id)
+        self._executed[block.hash] = ex
+        return ex
 
     async def _handle(self, actions: list) -> None:
         for act in actions:
             if isinstance(act, Deliver):
                 await self._deliver(act.block)
-            elif isinstance(act, Broadcast):
-                pass  # a single validator has no peers; the p2p adapter sends these
+            elif isinstance(act, Broadcast) and self.net is not None:
+                self.net.broadcast(act.msg.encode())
+                self.msgs_out += 1
+            elif isinstance(act, Send) and self.net is not None:
+                self._send(act.to, act.msg.encode())
+            elif isinstance(act, Catchup) and self.net is not None:
+                for h in range(act.first, act.last + 1):
+                    b = self.ledger.block(h)
+                    if b is None:
+                        break
+                    self._send(act.to, self.replica.certified_message(b).encode())
+
+    def _send(self, index: int, data: bytes) -> None:
+        peer = self.genesis.validators[index].p2p.rsplit("/p2p/", 1)[-1]
+        self.net.send(peer, data)
+        self.msgs_out += 1
 
     async def _deliver(self, block: Block) -> None:
-        ex = self._executed.pop(block.hash)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._worker, self.ledger.commit_block, block, ex.writes)
-        self.mempool.remove(ex.txs)
+        ex = self._executed.get(block.hash)
+        if ex is None:  # a certified block we did not see proposed: execute it now
+            ex = await self._execute_proposal(block, check_time=False)
+            if ex is None:
+                log.critical("certified block %d does not execute to its state root here: stopping",
+                             block.header.height)
+                raise SystemExit(3)
+        await self._run(self.ledger.commit_block, block, ex.writes)
+        del self._executed[block.hash]
+        # proposals at or below this height that lost (none without view change) are stale now
+        for h, e in list(self._executed.items()):
+            if e.block.header.height <= block.header.height:
+                del self._executed[h]
+        self.mempool.remove([t for t, c in zip(ex.txs, ex.codes, strict=True) if c != 1])
         now = time.monotonic()
         for tx in ex.txs:
             t0 = self._submitted_at.pop(tx.id, None)
@@ -274,3 +389,4 @@ class Validator:
         self.metrics.committed.inc(len(ex.txs))
         self.metrics.mempool.set(len(self.mempool))
         self.mempool.prune_buckets(now)
+        self._wake.set()

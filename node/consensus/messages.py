@@ -12,8 +12,9 @@ from node.block import Block, BlockError, vote_digest
 from node.crypto import ecdsa
 from node.wire import MAX_BLOCK_BYTES, WireError, decode_canonical, encode
 
-T_PREPREPARE, T_PREPARE, T_COMMIT = 1, 2, 3
-_DOMAIN = {T_PREPREPARE: "medchain/pre-prepare", T_PREPARE: "medchain/prepare"}
+T_PREPREPARE, T_PREPARE, T_COMMIT, T_STATUS, T_BLOCK = 1, 2, 3, 4, 5
+_DOMAIN = {T_PREPREPARE: "medchain/pre-prepare", T_PREPARE: "medchain/prepare", T_STATUS: "medchain/status",
+           T_BLOCK: "medchain/certified-block"}
 
 
 class ConsensusError(ValueError):
@@ -54,12 +55,26 @@ class Commit(_Msg):
 
 
 @dataclass(frozen=True)
+class Status(_Msg):
+    """Heartbeat: seq = the sender's last delivered sequence, digest = that block's hash."""
+
+    tag = T_STATUS
+
+
+@dataclass(frozen=True)
 class PrePrepare(_Msg):
     block: Block | None = None
     tag = T_PREPREPARE
 
     def encode(self) -> bytes:
         return encode([self.tag, self.view, self.seq, self.digest, self.sender, self.sig, self.block.encode()])
+
+
+@dataclass(frozen=True)
+class CertifiedBlock(PrePrepare):
+    """A committed block with its 2f+1 certificate, sent to a replica that is behind."""
+
+    tag = T_BLOCK
 
 
 def decode_message(raw: bytes) -> _Msg:
@@ -70,22 +85,24 @@ def decode_message(raw: bytes) -> _Msg:
     if not isinstance(m, list) or len(m) < 6:
         raise ConsensusError("consensus message is [tag, view, seq, digest, sender, sig, ...]")
     tag, view, seq, digest, sender, sig = m[:6]
-    if not all(isinstance(x, int) and x >= 0 for x in (tag, view, seq, sender)):
+    if not all(type(x) is int and x >= 0 for x in (tag, view, seq, sender)):
         raise ConsensusError("bad integer field")
     if not (isinstance(digest, bytes) and len(digest) == 32 and isinstance(sig, bytes) and len(sig) == 64):
         raise ConsensusError("bad digest or signature length")
-    if tag == T_PREPREPARE:
+    if tag in (T_PREPREPARE, T_BLOCK):
         if len(m) != 7 or not isinstance(m[6], bytes):
-            raise ConsensusError("pre-prepare carries the block")
+            raise ConsensusError("pre-prepare and certified block carry the block")
         try:
             block = Block.decode(m[6])
         except BlockError as exc:
             raise ConsensusError(str(exc)) from None
-        return PrePrepare(view, seq, digest, sender, sig, block)
+        return (PrePrepare if tag == T_PREPREPARE else CertifiedBlock)(view, seq, digest, sender, sig, block)
     if len(m) != 6:
         raise ConsensusError("trailing fields")
     if tag == T_PREPARE:
         return Prepare(view, seq, digest, sender, sig)
     if tag == T_COMMIT:
         return Commit(view, seq, digest, sender, sig)
+    if tag == T_STATUS:
+        return Status(view, seq, digest, sender, sig)
     raise ConsensusError(f"unknown consensus message tag {tag}")

@@ -1,0 +1,87 @@
+"""Building and checking blocks on top of a tip that may itself be executed but not yet committed
+(so the primary can pipeline several proposals). Pure apart from the injected state reader."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from node import merkle
+from node.block import Block, Header
+from node.state import apply_block
+from node.state.machine import Get
+from node.tx import Tx, TxError
+from node.wire import WireError
+
+MAX_FUTURE_MS = 10_000  # a proposal's time may run ahead of our clock by this much
+
+
+class InvalidBlock(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Tip:
+    """The state a new block builds on: the committed head or an executed, uncommitted block."""
+
+    height: int
+    hash: bytes
+    state_root: bytes
+    time_ms: int
+    get: Get
+
+
+@dataclass
+class Executed:
+    block: Block
+    txs: list[Tx]
+    codes: list[int]
+    writes: dict[bytes, bytes]
+    parent_get: Get
+
+    def get(self, key: bytes) -> bytes | None:
+        v = self.writes.get(key)
+        return v if v is not None else self.parent_get(key)
+
+    def tip(self) -> Tip:
+        h = self.block.header
+        return Tip(h.height, self.block.hash, h.state_root, h.time_ms, self.get)
+
+
+def build_block(tip: Tip, txs: list[Tx], chain_id: str, view: int, proposer: int, now_ms: int) -> Executed:
+    height = tip.height + 1
+    time_ms = max(now_ms, tip.time_ms)
+    res = apply_block(tip.get, txs, height, time_ms, tip.state_root)
+    header = Header(chain_id, height, tip.hash, view, height, time_ms, merkle.root([t.id for t in txs]),
+                    res.state_root, proposer)
+    return Executed(Block(header, tuple(t.raw for t in txs)), txs, res.codes, res.writes, tip.get)
+
+
+def check_block(block: Block, tip: Tip, chain_id: str, now_ms: int, verified: Callable[[bytes], bool],
+                verify_batch: Callable[[Sequence[tuple[bytes, bytes, bytes]]], list[bool]],
+                check_time: bool = True) -> Executed:
+    """Re-execute a proposed (or certified) block; raise InvalidBlock unless its header is exactly
+    what executing its transactions on `tip` gives. `verified(txid)` skips signatures already
+    checked at admission."""
+    h = block.header
+    if h.chain_id != chain_id:
+        raise InvalidBlock("wrong chain id")
+    if h.height != tip.height + 1 or h.prev_hash != tip.hash:
+        raise InvalidBlock(f"block {h.height} does not extend tip {tip.height}")
+    if h.time_ms < tip.time_ms or (check_time and h.time_ms > now_ms + MAX_FUTURE_MS):
+        raise InvalidBlock("block time out of bounds")
+    if not block.check_tx_root():
+        raise InvalidBlock("transaction root mismatch")
+    try:
+        txs = [Tx.decode(raw, chain_id, check_sig=False) for raw in block.txs]
+    except (TxError, WireError) as exc:
+        raise InvalidBlock(f"invalid transaction: {exc}") from None
+    if len({t.id for t in txs}) != len(txs):
+        raise InvalidBlock("duplicate transaction in block")
+    todo = [t for t in txs if not verified(t.id)]
+    if todo and not all(verify_batch([(t.sender, t.digest, t.sig) for t in todo])):
+        raise InvalidBlock("a transaction signature does not verify")
+    res = apply_block(tip.get, txs, h.height, h.time_ms, tip.state_root)
+    if res.state_root != h.state_root:
+        raise InvalidBlock("state root mismatch")
+    return Executed(block, txs, res.codes, res.writes, tip.get)

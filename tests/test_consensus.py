@@ -1,0 +1,457 @@
+"""PBFT normal case on a seeded simulated network: agreement, certificates, and what is ignored."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from node import merkle
+from node.block import GENESIS_PREV, Block, Header, quorum, verify_cert, vote_digest
+from node.consensus import (
+    Broadcast,
+    Catchup,
+    Commit,
+    ConsensusError,
+    Deliver,
+    Prepare,
+    PrePrepare,
+    Replica,
+    Send,
+    decode_message,
+)
+from node.crypto import ecdsa
+from node.crypto.keys import Identity
+from node.wire import MAX_BLOCK_BYTES, encode
+
+CHAIN = "pbft-test"
+T0 = 1_700_000_000_000
+IDS = [Identity.from_seed(b"validator-%d" % i) for i in range(8)]  # index 7 is never a validator
+
+
+def pubs(n):
+    return [IDS[i].public_key for i in range(n)]
+
+
+def make_replica(n, i, **kw):
+    keys = pubs(n)
+    return Replica(CHAIN, n, i, IDS[i].sign, lambda idx, d, s: ecdsa.verify(keys[idx], d, s), **kw)
+
+
+def make_block(seq, n=4, view=0, txs=(), prev=GENESIS_PREV, proposer=None, salt=b""):
+    txs = tuple(txs)
+    h = Header(CHAIN, seq, prev, view, seq, T0 + seq, merkle.root([ecdsa.sha256(t) for t in txs]),
+               ecdsa.sha256(b"state-%d" % seq + salt), view % n if proposer is None else proposer)
+    return Block(h, txs)
+
+
+def signed(cls, sender, view, seq, digest, signer=None, **kw):
+    tmp = cls(view, seq, digest, sender, bytes(64), **kw)
+    sig = IDS[sender if signer is None else signer].sign(tmp.signing_digest(CHAIN))
+    return cls(view, seq, digest, sender, sig, **kw)
+
+
+def pre_prepare(block, sender=None):
+    h = block.header
+    return signed(PrePrepare, h.proposer if sender is None else sender, h.view, h.seq, block.hash, block=block)
+
+
+def sent(actions, cls):
+    return [a.msg for a in actions if isinstance(a, Broadcast) and isinstance(a.msg, cls)]
+
+
+def delivered(actions):
+    return [a for a in actions if isinstance(a, Deliver)]
+
+
+class SimNet:
+    """Every Broadcast goes, encoded, to every other replica through one queue that is popped in random
+    order, with random duplicates and (if lossy) drops of messages from at most f non-primary senders per
+    sequence number, so that a quorum always remains."""
+
+    def __init__(self, n, seed, lossy=False, dup=0.2, silent=(), p_any=0.0):
+        self.n, self.f, self.rng = n, (n - 1) // 3, random.Random(seed)
+        self.replicas = [make_replica(n, i, check_block=Block.check_tx_root) for i in range(n)]
+        self.queue: list[tuple[int, bytes]] = []
+        self.out: list[list[Deliver]] = [[] for _ in range(n)]
+        self.lossy, self.dup, self.silent = lossy, dup, set(silent)
+        self.loss: dict[int, tuple[set[int], float]] = {}
+        self.dropped, self.p_any, self.now = 0, p_any, 0
+
+    def _loss(self, seq):
+        if seq not in self.loss:
+            k = self.rng.randint(0, self.f) if self.lossy else 0
+            backups = [i for i in range(self.n) if i != self.replicas[0].primary]
+            self.loss[seq] = (set(self.rng.sample(backups, k)) | self.silent, self.rng.choice((0.3, 1.0)))
+        return self.loss[seq]
+
+    def send(self, src, actions):
+        for a in actions:
+            if isinstance(a, Deliver):
+                self.out[src].append(a)
+                continue
+            if isinstance(a, Catchup):  # the driver reads the blocks from its ledger
+                for s in range(a.first, a.last + 1):
+                    self._put(src, a.to, self.replicas[src].certified_message(self.out[src][s - 1].block))
+                continue
+            for dst in [a.to] if isinstance(a, Send) else range(self.n):
+                if dst != src:
+                    self._put(src, dst, a.msg)
+
+    def _put(self, src, dst, msg):
+        lossy, p = self._loss(msg.seq)
+        if src in self.silent or (src in lossy and self.rng.random() < p) or self.rng.random() < self.p_any:
+            self.dropped += 1
+            return
+        raw = msg.encode()
+        self.queue.append((dst, raw))
+        if self.rng.random() < self.dup:
+            self.queue.append((dst, raw))
+
+    def step(self):
+        dst, raw = self.queue.pop(self.rng.randrange(len(self.queue)))
+        self.send(dst, self.replicas[dst].on_message(decode_message(raw)))
+
+    def run(self, count, pipeline=4, max_ticks=0):
+        primary, prev, proposed, ticks = self.replicas[0], GENESIS_PREV, [], 0
+        while True:
+            can = len(proposed) < count and primary.in_flight() < pipeline
+            done = len(proposed) == count and all(len(o) == count for o in self.out)
+            if ticks < max_ticks and not done and (not self.queue or self.rng.random() < 0.05):
+                ticks, self.now = ticks + 1, self.now + 100
+                for i, r in enumerate(self.replicas):
+                    self.send(i, r.tick(self.now))
+            elif can and (not self.queue or self.rng.random() < 0.3):
+                seq = primary.next_seq
+                txs = [self.rng.randbytes(self.rng.randint(1, 40)) for _ in range(self.rng.randint(0, 3))]
+                b = make_block(seq, self.n, txs=txs, prev=prev)
+                proposed.append(b)
+                prev = b.hash
+                self.send(0, primary.propose(b))
+            elif self.queue:
+                self.step()
+            else:
+                return proposed
+
+    def check_agreement(self, proposed, replicas=None):
+        keys = pubs(self.n)
+        for r in range(self.n) if replicas is None else replicas:
+            got = self.out[r]
+            assert [d.seq for d in got] == list(range(1, len(proposed) + 1)), f"replica {r}"
+            assert [d.block.hash for d in got] == [b.hash for b in proposed]
+            for d, b in zip(got, proposed, strict=True):
+                assert d.block.txs == b.txs and d.block.check_tx_root()
+                assert verify_cert(d.block, keys)
+                assert len({i for i, _ in d.block.cert}) >= quorum(self.n)
+            assert self.replicas[r].last_delivered == len(proposed) and self.replicas[r].log == {}
+
+
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("n", [1, 4, 7])
+def test_agreement_on_shuffled_duplicating_network(n, seed):
+    net = SimNet(n, seed)
+    proposed = net.run(10 if n < 7 else 6)
+    net.check_agreement(proposed)
+
+
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("n", [4, 7])
+def test_agreement_with_bounded_losses(n, seed):
+    net = SimNet(n, 1000 + seed, lossy=True)
+    proposed = net.run(10 if n < 7 else 6)
+    net.check_agreement(proposed)
+    assert net.dropped > 0 or all(not s for s, _ in net.loss.values())
+
+
+@pytest.mark.parametrize("n,silent", [(4, {3}), (4, {1}), (7, {5, 6}), (7, {1, 4})])
+def test_f_silent_replicas_still_commit(n, silent):
+    net = SimNet(n, 7, silent=silent)
+    proposed = net.run(8)
+    net.check_agreement(proposed)  # the silent ones still receive, so they deliver too
+    assert net.dropped > 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("n", [4, 7])
+def test_unbounded_loss_heals_by_retransmission_and_catchup(n, seed):
+    """Any message, pre-prepares included, may be lost; ticks re-send and Status/Catchup fill the gaps."""
+    net = SimNet(n, 5000 + seed, p_any=0.25)
+    proposed = net.run(6, max_ticks=400)
+    net.check_agreement(proposed)
+    assert net.dropped > 0
+
+
+def test_f_plus_one_silent_replicas_commit_nothing():
+    net = SimNet(4, 3, silent={2, 3})
+    net.run(3, pipeline=3)
+    assert all(not o for o in net.out)
+
+
+def test_single_validator_delivers_on_propose():
+    r = make_replica(1, 0)
+    b = make_block(1, n=1, txs=[b"a", b"b"])
+    acts = r.propose(b)
+    (d,) = delivered(acts)
+    assert d.seq == 1 and d.block.hash == b.hash and verify_cert(d.block, pubs(1))
+    assert [i for i, _ in d.block.cert] == [0]
+
+
+def test_votes_before_pre_prepare_count():
+    r = make_replica(4, 1)
+    b = make_block(1)
+    acts = []
+    for s in (2, 3):
+        acts += r.on_message(signed(Prepare, s, 0, 1, b.hash))
+    for s in (0, 2):
+        acts += r.on_message(signed(Commit, s, 0, 1, b.hash))
+    assert acts == []
+    acts = r.on_message(pre_prepare(b))
+    assert len(sent(acts, Prepare)) == 1 and len(sent(acts, Commit)) == 1
+    (d,) = delivered(acts)
+    assert verify_cert(d.block, pubs(4)) and r.ignored == 0
+
+
+def _prepared_backup():
+    """Replica 1 of 4 holding the pre-prepare for block A at seq 1 (its own prepare sent)."""
+    r = make_replica(4, 1)
+    a = make_block(1, txs=[b"A"])
+    acts = r.on_message(pre_prepare(a))
+    assert len(sent(acts, Prepare)) == 1 and not sent(acts, Commit)
+    return r, a
+
+
+def test_bad_signatures_ignored():
+    r, a = _prepared_backup()
+    good = signed(Prepare, 2, 0, 1, a.hash)
+    flipped = Prepare(0, 1, a.hash, 2, good.sig[:-1] + bytes([good.sig[-1] ^ 1]))
+    wrong_key = signed(Prepare, 2, 0, 1, a.hash, signer=3)
+    wrong_chain = Prepare(0, 1, a.hash, 2, IDS[2].sign(Prepare(0, 1, a.hash, 2, b"").signing_digest("other")))
+    for m in (flipped, wrong_key, wrong_chain, Prepare(0, 1, a.hash, 2, bytes(64))):
+        assert r.on_message(m) == []
+    assert r.ignored == 4
+    assert sent(r.on_message(good), Commit)
+
+
+def test_non_validator_and_own_index_ignored():
+    r, a = _prepared_backup()
+    for m in (signed(Prepare, 4, 0, 1, a.hash, signer=7), signed(Commit, 99, 0, 1, a.hash, signer=7),
+              signed(Prepare, 1, 0, 1, a.hash)):  # a message claiming to be from this replica itself
+        assert r.on_message(m) == []
+    assert r.ignored == 3
+    assert len(r.log[1].prepares) == 1
+
+
+def test_wrong_view_ignored():
+    r, a = _prepared_backup()
+    assert r.on_message(signed(Prepare, 2, 1, 1, a.hash)) == []
+    assert r.on_message(pre_prepare(make_block(2, view=2))) == []  # from the primary of view 2
+    assert r.ignored == 2
+    assert sent(r.on_message(signed(Prepare, 2, 0, 1, a.hash)), Commit)
+
+
+def test_outside_window_ignored():
+    r = make_replica(4, 1, window=4)
+    for seq in (0, 5, 100):
+        assert r.on_message(pre_prepare(make_block(seq))) == []
+        assert r.on_message(signed(Prepare, 2, 0, seq, bytes(32))) == []
+    assert r.ignored == 6 and r.log == {}
+    assert sent(r.on_message(pre_prepare(make_block(4))), Prepare)  # the window's top edge is inside
+    # after seq 1 is delivered the window slides: seq 1 is below it, seq 5 inside
+    a = make_block(1)
+    acts = r.on_message(pre_prepare(a))
+    for m in (signed(Prepare, 2, 0, 1, a.hash), signed(Commit, 0, 0, 1, a.hash), signed(Commit, 2, 0, 1, a.hash)):
+        acts += r.on_message(m)
+    assert [d.seq for d in delivered(acts)] == [1] and r.low == 1
+    before = r.ignored
+    assert r.on_message(signed(Commit, 3, 0, 1, a.hash)) == []
+    assert r.ignored == before + 1
+    assert sent(r.on_message(pre_prepare(make_block(5))), Prepare)
+
+
+def test_equivocating_pre_prepare_ignored():
+    r, a = _prepared_backup()
+    b = make_block(1, txs=[b"B"])
+    assert r.on_message(pre_prepare(b)) == []
+    assert r.ignored == 1 and r.log[1].digest == a.hash
+    assert r.on_message(pre_prepare(a)) == [] and r.ignored == 1  # a plain duplicate is harmless
+    acts = []
+    for m in (signed(Prepare, 2, 0, 1, b.hash), signed(Prepare, 3, 0, 1, b.hash),
+              signed(Commit, 0, 0, 1, b.hash), signed(Commit, 2, 0, 1, b.hash), signed(Commit, 3, 0, 1, b.hash)):
+        acts += r.on_message(m)
+    assert acts == [] and r.ignored == 6
+    acts = r.on_message(signed(Prepare, 2, 0, 1, a.hash))
+    acts += r.on_message(signed(Commit, 0, 0, 1, a.hash))
+    acts += r.on_message(signed(Commit, 3, 0, 1, a.hash))
+    (d,) = delivered(acts)
+    assert d.block.hash == a.hash and verify_cert(d.block, pubs(4))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_equivocating_primary_on_network(seed):
+    """The primary sends A to everyone, then a conflicting B: everyone ignores B and delivers A."""
+    net = SimNet(4, seed)
+    a = make_block(1, txs=[b"A"])
+    b = make_block(1, txs=[b"B"])
+    net.replicas[0].propose(a)
+    for i in (1, 2, 3):
+        net.send(i, net.replicas[i].on_message(pre_prepare(a)))
+        assert net.replicas[i].on_message(pre_prepare(b)) == [] and net.replicas[i].ignored == 1
+    while net.queue:
+        net.step()
+    net.check_agreement([a])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_split_equivocation_never_forks(seed):
+    """A byzantine primary sends A to replica 1 and B to 2 and 3, and commits both: at most one is delivered."""
+    net = SimNet(4, seed)
+    a, b = make_block(1, txs=[b"A"]), make_block(1, txs=[b"B"])
+    for i, blk in ((1, a), (2, b), (3, b)):
+        net.send(i, net.replicas[i].on_message(pre_prepare(blk)))
+    for i in (1, 2, 3):
+        for blk in (a, b):
+            net.send(i, net.replicas[i].on_message(signed(Commit, 0, 0, 1, blk.hash)))
+    while net.queue:
+        net.step()
+    hashes = {d.block.hash for r in (1, 2, 3) for d in net.out[r]}
+    assert hashes == {b.hash} and net.out[1] == []
+    for r in (2, 3):
+        assert verify_cert(net.out[r][0].block, pubs(4))
+
+
+def test_prepares_for_other_digest_do_not_count():
+    r, a = _prepared_backup()
+    other = ecdsa.sha256(b"other")
+    for s in (2, 3):
+        assert r.on_message(signed(Prepare, s, 0, 1, other)) == []
+    assert r.ignored == 2 and set(r.log[1].prepares) == {1}
+    assert r.on_message(signed(Prepare, 0, 0, 1, a.hash)) == []  # the primary's prepare is not a vote
+    assert r.ignored == 3
+    assert sent(r.on_message(signed(Prepare, 3, 0, 1, a.hash)), Commit)
+
+
+def test_commit_certificate_needs_quorum_of_distinct_signers():
+    r, a = _prepared_backup()
+    assert sent(r.on_message(signed(Prepare, 2, 0, 1, a.hash)), Commit)
+    c2 = signed(Commit, 2, 0, 1, a.hash)
+    assert r.on_message(c2) == [] and r.on_message(c2) == []  # a duplicate vote counts once
+    assert r.last_delivered == 0
+    (d,) = delivered(r.on_message(signed(Commit, 3, 0, 1, a.hash)))
+    cert = d.block.cert
+    assert [i for i, _ in cert] == [1, 2, 3]
+    keys = pubs(4)
+    assert verify_cert(d.block, keys)
+    assert not verify_cert(d.block.with_cert(cert[:2]), keys)  # 2 < 2f+1
+    assert not verify_cert(d.block.with_cert([*cert[:2], cert[1]]), keys)  # duplicate signer
+    assert not verify_cert(d.block.with_cert([*cert[:2], (7, IDS[7].sign(bytes(32)))]), keys)
+    bad = (3, cert[2][1][:-1] + bytes([cert[2][1][-1] ^ 1]))
+    assert not verify_cert(d.block.with_cert([*cert[:2], bad]), keys)
+    other = make_block(1, txs=[b"other"])
+    assert not verify_cert(other.with_cert(cert), keys)  # votes are bound to the block hash
+
+
+def test_certified_blocks_need_a_quorum_certificate_and_deliver_in_order():
+    r, peer = make_replica(4, 3), make_replica(4, 1)
+    a = make_block(1, txs=[b"A"])
+    b = make_block(2, prev=a.hash)
+    votes = {blk.hash: [(i, IDS[i].sign(vote_digest(CHAIN, 0, blk.header.seq, blk.hash))) for i in range(4)]
+             for blk in (a, b)}
+    va = votes[a.hash]
+    for cert in (va[:2], [*va[:2], va[1]], [*va[:2], (2, va[3][1])], [*va[:3], (7, va[3][1])]):
+        assert r.on_message(peer.certified_message(a.with_cert(cert))) == []
+    assert r.ignored == 4 and r.last_delivered == 0
+    assert r.on_message(peer.certified_message(b.with_cert(votes[b.hash][1:]))) == []  # ahead of its turn
+    got = delivered(r.on_message(peer.certified_message(a.with_cert(va[:3]))))
+    assert [(d.seq, d.block.hash, d.certified) for d in got] == [(1, a.hash, True), (2, b.hash, True)]
+    assert r.last_delivered == 2 and r.last_hash == b.hash
+
+
+def test_bad_pre_prepares_ignored():
+    a = make_block(1)
+    cases = [
+        pre_prepare(make_block(1, proposer=2), sender=2),  # not from the primary
+        PrePrepare(0, 1, ecdsa.sha256(b"x"), 0, IDS[0].sign(PrePrepare(0, 1, ecdsa.sha256(b"x"), 0, b"")
+                                                           .signing_digest(CHAIN)), block=a),  # digest != hash
+        signed(PrePrepare, 0, 0, 2, make_block(1).hash, block=make_block(1)),  # header seq != seq
+        pre_prepare(make_block(1, proposer=3), sender=0),  # header proposer != sender
+        pre_prepare(Block(make_block(1, salt=b"s").header, (b"t",))),  # tx root does not match
+    ]
+    r = make_replica(4, 1, check_block=Block.check_tx_root)
+    for m in cases:
+        assert r.on_message(m) == []
+    assert r.ignored == len(cases)
+    assert sent(r.on_message(pre_prepare(a)), Prepare)
+
+
+def test_propose_preconditions():
+    with pytest.raises(RuntimeError):
+        make_replica(4, 1).propose(make_block(1))
+    p = make_replica(4, 0, window=2)
+    with pytest.raises(ValueError):
+        p.propose(make_block(2))
+    with pytest.raises(ValueError):
+        p.propose(make_block(1, view=4))
+    p.propose(make_block(1))
+    p.propose(make_block(2))
+    with pytest.raises(RuntimeError):
+        p.propose(make_block(3))
+    assert p.in_flight() == 2
+    with pytest.raises(ValueError):
+        make_replica(4, 4)
+
+
+def test_messages_round_trip():
+    b = make_block(3, txs=[b"x", b"yz"]).with_cert([(0, bytes(64))])
+    msgs = [pre_prepare(b), signed(Prepare, 2, 5, 3, b.hash), signed(Commit, 3, 0, 2**40, b.hash)]
+    for m in msgs:
+        back = decode_message(m.encode())
+        assert back == m and type(back) is type(m) and back.encode() == m.encode()
+        assert back.signing_digest(CHAIN) == m.signing_digest(CHAIN)
+    assert decode_message(msgs[0].encode()).block.hash == b.hash
+    # domains differ per phase, so a prepare signature is no commit signature
+    assert msgs[1].signing_digest(CHAIN) != Commit(*vars(msgs[1]).values()).signing_digest(CHAIN)
+
+
+D, S = bytes(32), bytes(64)
+BLOCK = make_block(1).encode()
+MALFORMED = [
+    b"", b"\xc1", encode([2, 0, 1, D, 0, S]) + b"\x00", encode(5), encode([2, 0, 1, D, 0]),
+    encode([2, -1, 1, D, 0, S]), encode([2, 0, 1, D[:31], 0, S]), encode([2, 0, 1, D, 0, S[:63]]),
+    encode([2, 0, 1, "d" * 32, 0, S]), encode([1, 0, 1, D, 0, S]), encode([1, 0, 1, D, 0, S, "blk"]),
+    encode([1, 0, 1, D, 0, S, encode([1, 2])]), encode([2, 0, 1, D, 0, S, BLOCK]), encode([9, 0, 1, D, 0, S]),
+    b"\x96\x02\xcd\x00\x00\x01" + encode(D) + b"\x00" + encode(S),  # non-canonical int width
+    encode([2, 0, 1, D, 0, S, b"x" * (MAX_BLOCK_BYTES + 1024)]),
+]
+
+
+@pytest.mark.parametrize("raw", MALFORMED, ids=range(len(MALFORMED)))
+def test_malformed_messages_raise(raw):
+    with pytest.raises(ConsensusError):
+        decode_message(raw)
+
+
+def test_malformed_header_inside_pre_prepare_raises_consensus_error():
+    with pytest.raises(ConsensusError):
+        decode_message(encode([1, 0, 1, D, 0, S, encode([b"\xc1", [], []])]))
+
+
+def test_bool_fields_cannot_smuggle_a_bad_signature_into_the_certificate():
+    r, a = _prepared_backup()
+    r.on_message(signed(Prepare, 2, 0, 1, a.hash))
+    raw = signed(Commit, 3, False, True, a.hash).encode()  # byzantine replica 3 signs over bool fields
+    try:
+        acts = r.on_message(decode_message(raw))
+    except ConsensusError:
+        acts = []
+    acts += r.on_message(signed(Commit, 0, 0, 1, a.hash))
+    acts += r.on_message(signed(Commit, 2, 0, 1, a.hash))
+    (d,) = delivered(acts)
+    assert verify_cert(d.block, pubs(4))
+
+
+def test_early_bogus_vote_does_not_discard_honest_votes():
+    r = make_replica(4, 1)
+    a = make_block(1)
+    r.on_message(signed(Prepare, 3, 0, 1, ecdsa.sha256(b"bogus")))  # byzantine replica 3, ahead of the primary
+    r.on_message(signed(Prepare, 2, 0, 1, a.hash))  # honest, reordered before the pre-prepare
+    assert sent(r.on_message(pre_prepare(a)), Commit)

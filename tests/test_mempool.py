@@ -1,0 +1,274 @@
+"""Mempool admission (nonce order, per-sender token bucket, capacity) and round-robin batching."""
+
+from __future__ import annotations
+
+import pytest
+
+from node.crypto import ecdsa
+from node.crypto.keys import Identity
+from node.mempool import MAX_FORWARD_GAP, AdmissionError, Mempool, TokenBucket
+from node.tx import DATA_TYPES, Tx, Write
+
+CHAIN = "mempool-test"
+HR = DATA_TYPES["heart_rate"]
+A, B, C = (Identity.from_seed(s) for s in (b"sender-a", b"sender-b", b"sender-c"))
+
+
+def tx(ident, nonce, tag=b""):
+    cid = b"\x01\x55\x12\x20" + ecdsa.sha256(ident.public_key + nonce.to_bytes(8, "big") + tag)
+    return Tx.build(ident, CHAIN, nonce, Write(HR, cid, 100, 0, 0, 1))
+
+
+def refused(mp, t, committed=0, now=0.0):
+    with pytest.raises(AdmissionError) as ei:
+        mp.admit(t, committed, now)
+    return ei.value
+
+
+def big_pool(**kw):
+    return Mempool(**{"rate": 1e6, "burst": 1e6, **kw})
+
+
+def pending(mp, ident):
+    """The sender's pending nonces, as the pool hands them to a block."""
+    return [t.nonce for t in mp.batch(len(mp) + 1) if t.address == ident.address]
+
+
+def test_nonce_ordering():
+    mp = big_pool()
+    t1, t2, t3 = tx(A, 1), tx(A, 2), tx(A, 3)
+    mp.admit(t1, 0, 0.0)
+    assert mp.next_nonce(A.address, 0) == 2 and mp.next_nonce(B.address, 7) == 8
+    gap = refused(mp, t3)
+    assert gap.status == 409 and "out of order" in gap.reason and "expected 2" in gap.reason
+    dup = refused(mp, t1)
+    assert dup.status == 409 and dup.reason.startswith("duplicate")
+    other1 = refused(mp, tx(A, 1, b"other"))  # same nonce as a pending tx, different content
+    assert other1.status == 409 and "already pending" in other1.reason
+    mp.admit(t2, 0, 0.0)
+    mp.admit(t3, 0, 0.0)
+    assert pending(mp, A) == [1, 2, 3] and len(mp) == 3
+    assert t2.id in mp and tx(A, 4).id not in mp and t1.id in mp
+
+
+def test_stale_nonce_refused():
+    mp = big_pool()
+    for n in (1, 5):
+        e = refused(mp, tx(B, n), committed=5)
+        assert e.status == 409 and e.reason.startswith("stale nonce") and "next is 6" in e.reason
+    gap = refused(mp, tx(B, 7), committed=5)
+    assert gap.status == 409 and "out of order" in gap.reason
+    mp.admit(tx(B, 6), 5, 0.0)
+    assert mp.next_nonce(B.address, 5) == 7
+    assert len(mp) == 1
+
+
+def test_admit_drops_pending_txs_made_stale_by_a_commit():
+    mp = big_pool()
+    for n in (1, 2, 3):
+        mp.admit(tx(A, n), 0, 0.0)
+    mp.admit(tx(A, 4), 2, 0.0)  # nonces 1 and 2 were committed meanwhile
+    assert pending(mp, A) == [3, 4] and len(mp) == 2
+    assert refused(mp, tx(A, 2, b"again"), committed=2).reason.startswith("stale nonce")
+
+
+def test_rate_limit_returns_429_and_refills():
+    mp = Mempool(rate=8.0, burst=3.0)  # times below are exact binary fractions
+    for n in (1, 2, 3):
+        mp.admit(tx(A, n), 0, 0.0)
+    e = refused(mp, tx(A, 4), now=0.0)
+    assert e.status == 429 and "rate limited" in e.reason
+    assert e.retry_after == pytest.approx(0.125)
+    e = refused(mp, tx(A, 4), now=0.0625)
+    assert 0 < e.retry_after == pytest.approx(0.0625)
+    assert len(mp) == 3  # a refused tx is not queued
+    mp.admit(tx(B, 1), 0, 0.0625)  # buckets are per sender
+    mp.admit(tx(A, 4), 0, 0.125)  # refilled: one token per 1/rate seconds
+    refused(mp, tx(A, 5), now=0.125)
+    # an idle sender's bucket refills up to the burst, not beyond
+    for n in (5, 6, 7):
+        mp.admit(tx(A, n), 0, 100.0)
+    e = refused(mp, tx(A, 8), now=100.0)
+    assert e.status == 429 and e.retry_after == pytest.approx(0.125)
+
+
+def test_refusals_other_than_rate_limit_take_no_token():
+    mp = Mempool(rate=1.0, burst=2.0)
+    mp.admit(tx(A, 1), 0, 0.0)
+    for bad in (tx(A, 3), tx(A, 1), tx(A, 9)):
+        refused(mp, bad)
+    mp.admit(tx(A, 2), 0, 0.0)
+    assert refused(mp, tx(A, 3)).status == 429
+
+
+def test_token_bucket():
+    b = TokenBucket(rate=4.0, burst=2.0, tokens=2.0, stamp=10.0)
+    assert b.take(10.0) == 0.0 and b.take(10.0) == 0.0
+    assert b.take(10.0) == pytest.approx(0.25)
+    assert b.take(10.125) == pytest.approx(0.125)
+    assert b.take(10.25) == 0.0
+    assert b.take(1000.0) == 0.0 and b.tokens == pytest.approx(1.0)
+
+
+def _per_sender(batch):
+    out = {}
+    for t in batch:
+        out.setdefault(t.address, []).append(t.nonce)
+    return out
+
+
+def test_batch_fair_share_against_a_flooding_sender():
+    mp = big_pool()
+    for n in range(1, 1001):
+        mp.admit(tx(A, n), 0, 0.0)  # the flooder arrived first
+    others = [Identity.from_seed(b"small-%d" % i) for i in range(10)]
+    for o in others:
+        mp.admit(tx(o, 1), 0, 0.0)
+    batch = mp.batch(20)
+    assert len(batch) == 20 and len({t.id for t in batch}) == 20
+    per = _per_sender(batch)
+    assert all(per[o.address] == [1] for o in others)
+    assert per[A.address] == list(range(1, 11))
+    assert len({t.address for t in batch[:11]}) == 11  # the first round takes one from every sender
+    assert len(mp) == 1010  # batching does not remove
+
+
+def test_batch_keeps_nonce_order_round_robin():
+    mp = big_pool()
+    counts = {A: 5, B: 3, C: 1}
+    for ident, k in counts.items():
+        for n in range(1, k + 1):
+            mp.admit(tx(ident, n), 0, 0.0)
+    batch = mp.batch(100)
+    assert len(batch) == 9
+    assert [t.address for t in batch] == [A.address, B.address, C.address, A.address, B.address, A.address,
+                                          B.address, A.address, A.address]
+    assert _per_sender(batch) == {i.address: list(range(1, k + 1)) for i, k in counts.items()}
+    assert mp.batch(0) == [] and Mempool().batch(10) == []
+    assert [t.nonce for t in mp.batch(4)] == [1, 1, 1, 2]
+
+
+def test_batch_exclude_skips_already_proposed():
+    mp = big_pool()
+    a = [tx(A, n) for n in (1, 2, 3)]
+    for t in [*a, tx(B, 1)]:
+        mp.admit(t, 0, 0.0)
+    got = mp.batch(10, exclude={a[0].id, a[1].id})
+    assert [(t.address, t.nonce) for t in got] == [(A.address, 3), (B.address, 1)]
+
+
+def test_forwarded_txs_may_run_ahead_and_skip_the_rate_limit():
+    mp = Mempool(rate=1.0, burst=1.0)
+    mp.admit(tx(A, 3), 0, 0.0, forwarded=True)  # arrived ahead of nonces 1 and 2
+    assert mp.batch(10) == []  # a gap: nothing from A is batchable yet
+    assert refused(mp, tx(A, 2)).status == 409  # a client must still submit in order
+    mp.admit(tx(A, 1), 0, 0.0, forwarded=True)
+    mp.admit(tx(A, 2), 0, 0.0, forwarded=True)
+    assert pending(mp, A) == [1, 2, 3]
+    far = refused(mp, tx(B, MAX_FORWARD_GAP + 1), now=0.0)
+    assert far.status == 409
+    with pytest.raises(AdmissionError):
+        mp.admit(tx(B, MAX_FORWARD_GAP + 1), 0, 0.0, forwarded=True)
+    mp.admit(tx(A, 4), 0, 0.0)  # the client's own bucket was not drained by the forwarded ones
+    assert refused(mp, tx(A, 5)).status == 429
+
+
+def test_capacity_503():
+    mp = big_pool(capacity=3)
+    txs = [tx(A, 1), tx(B, 1), tx(C, 1)]
+    for t in txs:
+        mp.admit(t, 0, 0.0)
+    e = refused(mp, tx(A, 2))
+    assert e.status == 503 and e.retry_after and e.retry_after > 0
+    assert len(mp) == 3
+    mp.remove([txs[0]])
+    mp.admit(tx(A, 2), 1, 0.0)
+    assert len(mp) == 3
+
+
+def test_per_sender_pending_cap():
+    mp = big_pool(max_per_sender=3)
+    for n in (1, 2, 3):
+        mp.admit(tx(A, n), 0, 0.0)
+    e = refused(mp, tx(A, 4))
+    assert e.status == 429 and e.retry_after > 0 and "pending" in e.reason
+    mp.admit(tx(B, 1), 0, 0.0)
+
+
+def test_remove_drops_committed_and_stale():
+    mp = big_pool()
+    a = [tx(A, n) for n in range(1, 6)]
+    b = [tx(B, n) for n in range(1, 3)]
+    for t in a + b:
+        mp.admit(t, 0, 0.0)
+    mp.remove([a[2]])  # nonce 3 committed: 1 and 2 are stale now
+    assert pending(mp, A) == [4, 5]
+    assert all(t.id not in mp for t in a[:3]) and len(mp) == 4
+    assert mp.next_nonce(A.address, 3) == 6
+    mp.remove([tx(C, 1)])  # unknown sender: no effect
+    mp.remove([a[0]])  # already gone: no effect
+    assert len(mp) == 4
+    mp.remove(b)
+    assert pending(mp, B) == [] and len(mp) == 2
+    mp.remove([a[4], a[3]])
+    assert len(mp) == 0 and mp.batch(10) == []
+    mp.admit(tx(A, 6), 5, 0.0)
+
+
+def test_remove_drops_pending_tx_whose_nonce_was_committed_by_another_tx():
+    mp = big_pool()
+    mp.admit(tx(A, 1), 0, 0.0)
+    mp.admit(tx(A, 2), 0, 0.0)
+    mp.remove([tx(A, 1, b"submitted elsewhere")])  # a different tx with nonce 1 was committed
+    assert pending(mp, A) == [2] and len(mp) == 1
+
+
+def test_remove_moves_sender_to_the_back_of_the_round():
+    mp = big_pool()
+    for ident in (A, B):
+        for n in (1, 2, 3):
+            mp.admit(tx(ident, n), 0, 0.0)
+    assert mp.batch(1)[0].address == A.address
+    mp.remove([mp.batch(1)[0]])
+    assert [(t.address, t.nonce) for t in mp.batch(3)] == [(B.address, 1), (A.address, 2), (B.address, 2)]
+
+
+def test_next_nonce_respects_the_committed_nonce():
+    mp = big_pool()
+    mp.admit(tx(A, 1), 0, 0.0)
+    mp.admit(tx(A, 2), 0, 0.0)
+    assert mp.next_nonce(A.address, 5) == 6  # nonces up to 5 committed (e.g. through another validator)
+
+
+def test_prune_buckets_forgets_idle_senders():
+    mp = Mempool(rate=8.0, burst=3.0)
+    ta, tb = tx(A, 1), tx(B, 1)
+    mp.admit(ta, 0, 0.0)
+    mp.admit(tb, 0, 0.0)
+    mp.remove([ta])
+    mp.prune_buckets(0.0625)  # A is idle but its bucket is not full yet (2.5 of 3 tokens)
+    assert set(mp.buckets) == {A.address, B.address}
+    mp.prune_buckets(0.125)
+    assert set(mp.buckets) == {B.address}  # B still has a pending tx
+    mp.prune_buckets(1000.0)
+    assert set(mp.buckets) == {B.address}
+    # a pruned sender starts again with a full bucket
+    for n in (2, 3, 4):
+        mp.admit(tx(A, n), 1, 1000.0)
+    assert refused(mp, tx(A, 5), committed=1, now=1000.0).status == 429
+
+
+def test_prune_keeps_recently_limited_senders():
+    mp = Mempool(rate=1.0, burst=2.0)
+    t1, t2 = tx(A, 1), tx(A, 2)
+    mp.admit(t1, 0, 0.0)
+    mp.admit(t2, 0, 0.0)
+    mp.remove([t2])
+    mp.prune_buckets(1.0)  # 1 of 2 tokens: forgetting it now would hand A a fresh burst
+    assert A.address in mp.buckets
+    t3 = tx(A, 3)
+    mp.admit(t3, 2, 1.0)
+    assert refused(mp, tx(A, 4), committed=2, now=1.0).status == 429
+    mp.remove([t3])
+    mp.prune_buckets(3.0)
+    assert mp.buckets == {}
