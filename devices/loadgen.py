@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from devices.client import NodeClient
 from node.crypto.keys import Identity
 from node.ipfs.cid import Cid
-from node.tx import Tx, Write
+from node.tx import Profile, Tx, Write
 
 
 @dataclass
@@ -40,84 +40,103 @@ def percentile(sorted_vals: list[float], p: float) -> float:
     return sorted_vals[k]
 
 
-async def _prepare(c: NodeClient, chain: str, senders: int, per_sender: int) -> list[list[Tx]]:
+async def _prepare(clients: list[NodeClient], chain: str, senders: int, per_sender: int,
+                   kind: str) -> list[list[Tx]]:
+    """Pre-sign every transaction; sender s talks to validator s mod len(clients)."""
     idents = [Identity.from_seed(os.urandom(16)) for _ in range(senders)]
     now = int(time.time() * 1000)
     sem = asyncio.Semaphore(32)
 
-    async def one(ident: Identity) -> list[Tx]:
+    async def one(s: int, ident: Identity) -> list[Tx]:
+        c = clients[s % len(clients)]
         out = []
         for n in range(1, per_sender + 1):
+            if kind == "profile":
+                out.append(Tx.build(ident, chain, n, Profile(f"load-{n}", "bench", "medchain", bytes(32))))
+                continue
             blob = os.urandom(96)  # a small encrypted window (the bytes are opaque to the chain)
             async with sem:
                 cid = await c.upload(blob)
             out.append(Tx.build(ident, chain, n, Write(1, Cid.parse(cid).to_bytes(), len(blob), 0,
                                                        now + n * 1000, now + n * 1000 + 999)))
         return out
-    return await asyncio.gather(*(one(i) for i in idents))
+    return await asyncio.gather(*(one(s, i) for s, i in enumerate(idents)))
 
 
-async def run_load(url: str, senders: int = 200, per_sender: int = 50, batch: int = 500,
-                   submitters: int = 4, timeout: float = 120.0) -> LoadResult:
-    async with NodeClient(url) as c:
-        chain = (await c.status())["chain_id"]
-        per = await _prepare(c, chain, senders, per_sender)
-        # interleave senders so every batch carries many senders, each in nonce order
-        order = [per[s][n] for n in range(per_sender) for s in range(senders)]
-        batches = [order[i:i + batch] for i in range(0, len(order), batch)]
-        sent_at: dict[bytes, float] = {}
-        done_at: dict[bytes, float] = {}
-        refused = 0
-        start_height = (await c.status())["height"]
-        stop = asyncio.Event()
+async def run_load(urls: list[str], senders: int = 200, per_sender: int = 50, batch: int = 500,
+                   lanes: int = 2, timeout: float = 300.0, kind: str = "write") -> LoadResult:
+    """Submit to every validator in `urls` (sender s to validator s mod n); follow commits on the first."""
+    clients = [NodeClient(u) for u in urls]
+    for cl in clients:
+        await cl.__aenter__()
+    try:
+        return await _run(clients, senders, per_sender, batch, lanes, timeout, kind)
+    finally:
+        for cl in clients:
+            await cl.close()
 
-        async def follow() -> int:
-            h = start_height
-            while not stop.is_set():
-                st = await c.status()
-                while h < st["height"]:
-                    h += 1
-                    blk = await c.get_json(f"/v1/blocks/{h}")
-                    t = time.monotonic()
-                    for tid in blk["tx_ids"]:
-                        done_at.setdefault(bytes.fromhex(tid), t)
-                if len(done_at) >= len(sent_at) and sent_at and all_sent.is_set():
-                    break
-                await asyncio.sleep(0.005)
-            return h - start_height
 
-        all_sent = asyncio.Event()
-        queue: asyncio.Queue = asyncio.Queue()
-        for b in batches:
-            queue.put_nowait(b)
+async def _run(clients: list[NodeClient], senders: int, per_sender: int, batch: int, lanes: int,
+               timeout: float, kind: str) -> LoadResult:
+    c = clients[0]
+    chain = (await c.status())["chain_id"]
+    per = await _prepare(clients, chain, senders, per_sender, kind)
+    # sender s talks to validator s mod V over lane (s // V) mod L; a lane submits its batches one
+    # after another, so each sender's nonces arrive in order; lanes and validators run concurrently
+    nv = len(clients)
+    plan: dict[tuple[int, int], list[Tx]] = {}
+    for s_ in range(senders):
+        plan.setdefault((s_ % nv, (s_ // nv) % lanes), []).append(s_)
+    work = []
+    for (v, _), group in plan.items():
+        order = [per[s_][n] for n in range(per_sender) for s_ in group]
+        work.append((clients[v], [order[i:i + batch] for i in range(0, len(order), batch)]))
+    total = senders * per_sender
+    sent_at: dict[bytes, float] = {}
+    done_at: dict[bytes, float] = {}
+    refused = 0
+    start_height = (await c.status())["height"]
+    all_sent = asyncio.Event()
 
-        async def submitter() -> None:
-            nonlocal refused
-            while not queue.empty():
-                b = queue.get_nowait()
+    async def follow() -> int:
+        h = start_height
+        while True:
+            st = await c.status()
+            while h < st["height"]:
+                h += 1
+                blk = await c.get_json(f"/v1/blocks/{h}")
                 t = time.monotonic()
-                for tx in b:
-                    sent_at[tx.id] = t
-                res = await c.submit_many([tx.raw for tx in b])
-                for tx, r in zip(b, res, strict=True):
-                    if r["status"] != 202:
-                        refused += 1
-                        sent_at.pop(tx.id, None)
+                for tid in blk["tx_ids"]:
+                    done_at.setdefault(bytes.fromhex(tid), t)
+            if all_sent.is_set() and all(t in done_at for t in sent_at):
+                return h - start_height
+            await asyncio.sleep(0.005)
 
-        follower = asyncio.create_task(follow())
-        t0 = time.monotonic()
-        await asyncio.gather(*(submitter() for _ in range(submitters)))
-        all_sent.set()
-        try:
-            blocks = await asyncio.wait_for(follower, timeout)
-        except TimeoutError:
-            stop.set()
-            blocks = -1
-        lat = sorted((done_at[t] - s) * 1000 for t, s in sent_at.items() if t in done_at)
-        committed = len(lat)
-        last = max((done_at[t] for t in sent_at if t in done_at), default=t0)
-        secs = last - t0
-        return LoadResult(len(order), committed, refused, secs, committed / secs if secs > 0 else 0.0,
-                          {"min": lat[0] if lat else float("nan"), "avg": sum(lat) / len(lat) if lat else float("nan"),
-                           "p50": percentile(lat, 50), "p95": percentile(lat, 95), "p99": percentile(lat, 99),
-                           "max": lat[-1] if lat else float("nan")}, blocks)
+    async def lane(cl: NodeClient, batches: list[list[Tx]]) -> None:
+        nonlocal refused
+        for b in batches:
+            t = time.monotonic()
+            for tx in b:
+                sent_at[tx.id] = t
+            res = await cl.submit_many([tx.raw for tx in b])
+            for tx, r in zip(b, res, strict=True):
+                if r["status"] != 202:
+                    refused += 1
+                    sent_at.pop(tx.id, None)
+
+    follower = asyncio.create_task(follow())
+    t0 = time.monotonic()
+    await asyncio.gather(*(lane(cl, bs) for cl, bs in work))
+    all_sent.set()
+    try:
+        blocks = await asyncio.wait_for(follower, timeout)
+    except TimeoutError:
+        blocks = -1
+    lat = sorted((done_at[t] - s_) * 1000 for t, s_ in sent_at.items() if t in done_at)
+    last = max((done_at[t] for t in sent_at if t in done_at), default=t0)
+    secs = last - t0
+    nan = float("nan")
+    return LoadResult(total, len(lat), refused, secs, len(lat) / secs if secs > 0 else 0.0,
+                      {"min": lat[0] if lat else nan, "avg": sum(lat) / len(lat) if lat else nan,
+                       "p50": percentile(lat, 50), "p95": percentile(lat, 95), "p99": percentile(lat, 99),
+                       "max": lat[-1] if lat else nan}, blocks)

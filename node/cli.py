@@ -9,6 +9,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from urllib.request import urlopen
 
 from node.crypto.keys import Identity
 
@@ -115,31 +116,41 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     import tempfile
 
     from devices.loadgen import run_load
-    from devices.localnet import make_network
+    from devices.localnet import make_network, start_all
     from node.genesis import Params
 
-    def go(url: str) -> dict:
-        return asyncio.run(run_load(url, args.senders, args.per_sender, args.batch, args.submitters)).as_dict()
+    def go(urls: list[str]) -> dict:
+        return asyncio.run(run_load(urls, args.senders, args.per_sender, args.batch, args.lanes,
+                                    kind=args.kind)).as_dict()
 
     if args.node:
         res = go(args.node)
     else:
         with tempfile.TemporaryDirectory(prefix="medchain-load-") as tmp:
-            nodes = make_network(Path(tmp), args.validators, params=Params(sender_rate=1e6, sender_burst=1e6))
-            for n in nodes:
-                n.start()
+            nodes = make_network(Path(tmp), args.validators, params=Params(sender_rate=1e6, sender_burst=1e6),
+                                 p2p_mode=args.p2p)
+            start_all(nodes)
             try:
                 c0 = [n.cpu_seconds() for n in nodes]
-                res = go(nodes[0].url)
+                res = go([n.url for n in nodes])
                 res["validator_cpu_s"] = [round(n.cpu_seconds() - c, 2) for n, c in zip(nodes, c0, strict=True)]
+                stats = [json.loads(urlopen(n.url + "/v1/status").read()) for n in nodes]
+                res["p2p_messages_out"] = sum(s["p2p_messages_out"] for s in stats)
             finally:
                 for n in nodes:
                     n.stop()
+        if res["blocks"] > 0:
+            res["messages_per_block"] = round(res["p2p_messages_out"] / res["blocks"], 1)
+            res["cpu_s_per_block"] = round(sum(res["validator_cpu_s"]) / res["blocks"], 3)
     lat = res["latency_ms"]
-    _out(args, res, f"committed {res['committed']}/{res['submitted']} in {res['seconds']:.2f} s: "
-         f"{res['tps']:.0f} tx/s over {res['blocks']} blocks; refused {res['refused']}\n"
-         f"commit latency ms: p50 {lat['p50']:.0f}  p95 {lat['p95']:.0f}  p99 {lat['p99']:.0f}  max {lat['max']:.0f}"
-         + (f"\nvalidator CPU s: {res['validator_cpu_s']}" if "validator_cpu_s" in res else ""))
+    text = (f"committed {res['committed']}/{res['submitted']} in {res['seconds']:.2f} s: "
+            f"{res['tps']:.0f} tx/s over {res['blocks']} blocks; refused {res['refused']}\n"
+            f"commit latency ms: p50 {lat['p50']:.0f}  p95 {lat['p95']:.0f}  p99 {lat['p99']:.0f}  max {lat['max']:.0f}")
+    if "validator_cpu_s" in res:
+        text += f"\nvalidator CPU s (whole run, preparation included): {res['validator_cpu_s']}"
+    if "messages_per_block" in res:
+        text += f"\np2p messages per block {res['messages_per_block']}, CPU s per block {res['cpu_s_per_block']}"
+    _out(args, res, text)
     return 0
 
 
@@ -188,12 +199,15 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--windows", type=int, default=4, help="5-minute windows of readings per wearable")
 
     sp = add("loadtest", cmd_loadtest, "Pre-signed data-write load: committed tx/s and commit latency.")
-    sp.add_argument("--node", help="target this validator (default: start a local network)")
+    sp.add_argument("--node", action="append", help="target these validators (repeat; default: start a local network)")
     sp.add_argument("--validators", type=int, default=1)
+    sp.add_argument("--p2p", choices=["direct", "gossipsub"], default="direct")
+    sp.add_argument("--kind", choices=["write", "profile"], default="write",
+                    help="data writes (one blob upload each, in preparation) or profile updates")
     sp.add_argument("--senders", type=int, default=200)
     sp.add_argument("--per-sender", type=int, default=50)
     sp.add_argument("--batch", type=int, default=500, help="transactions per POST /v1/txs")
-    sp.add_argument("--submitters", type=int, default=4, help="concurrent submitting connections")
+    sp.add_argument("--lanes", type=int, default=2, help="concurrent submitting connections per validator")
 
     from devices import cli_clients
     cli_clients.register(sub, add)

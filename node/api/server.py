@@ -69,7 +69,9 @@ def make_app(v: Validator) -> web.Application:
             "chain_id": v.chain_id, "height": head.height, "last_block_hash": head.hash.hex(),
             "state_root": head.state_root.hex(), "validators": v.n, "validator_index": v.index,
             "view": v.replica.view, "primary": v.replica.primary, "mempool_size": len(v.mempool),
-            "blobs": v.blobs.count(), "native": False,
+            "blobs": v.blobs.count(), "native": False, "p2p_mode": v.p2p_mode if v.n > 1 else None,
+            "p2p_messages_in": v.msgs_in, "p2p_messages_out": v.msgs_out,
+            "peers": len(v.net.connected_peers()) if v.net is not None else 0,
         })
 
     @routes.get("/v1/genesis")
