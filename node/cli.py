@@ -109,7 +109,7 @@ def cmd_devnet(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from devices.demo import main as demo_main
-    return demo_main(args.windows)
+    return demo_main(args.windows, args.validators, args.seconds, args.phones)
 
 
 def cmd_loadtest(args: argparse.Namespace) -> int:
@@ -196,7 +196,10 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--node", default=DEFAULT_NODE)
 
     sp = add("demo", cmd_demo, "Run the paper's flow on a local network with emulated wearables, then a summary.")
-    sp.add_argument("--windows", type=int, default=4, help="5-minute windows of readings per wearable")
+    sp.add_argument("--windows", type=int, default=4, help="5-minute windows of readings per wearable in the flow")
+    sp.add_argument("--validators", type=int, default=4)
+    sp.add_argument("--seconds", type=float, default=30.0, help="how long the phone fleet runs")
+    sp.add_argument("--phones", type=int, default=64, help="phones in the fleet, five wearables each")
 
     sp = add("loadtest", cmd_loadtest, "Pre-signed data-write load: committed tx/s and commit latency.")
     sp.add_argument("--node", action="append", help="target these validators (repeat; default: start a local network)")
