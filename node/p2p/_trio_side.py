@@ -20,7 +20,7 @@ import trio
 from libp2p import new_host
 from libp2p.abc import INotifee
 from libp2p.custom_types import TProtocol
-from libp2p.network.config import RetryConfig
+from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
@@ -28,21 +28,24 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
-from libp2p.tools.anyio_service import background_trio_service
 from libp2p.transport.exceptions import SecurityUpgradeFailure
 
 log = logging.getLogger("medchain.p2p")
 
 
-class _QuietDialFailures(logging.Filter):
-    """py-libp2p logs every refused TCP dial at ERROR; a validator redials peers that are down
-    (or not up yet) every second, so those records are dropped here (we log them at DEBUG)."""
+class _QuietChurn(logging.Filter):
+    """py-libp2p logs every refused dial and every stream that could not be opened on a closing
+    connection at ERROR (with multi-line dumps). A validator redials peers that are down, or not
+    up yet, every second; those records are dropped here (the adapter logs its own at DEBUG)."""
+
+    PREFIXES = ("Failed to open TCP stream", "Failed to open stream to peer", "MultiselectClient handshake")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Failed to open TCP stream")
+        return not str(record.msg).startswith(self.PREFIXES)
 
 
-logging.getLogger("libp2p.transport.tcp.tcp").addFilter(_QuietDialFailures())
+for _name in ("libp2p.transport.tcp.tcp", "libp2p.host.basic_host", "libp2p.protocol_muxer.multiselect_client"):
+    logging.getLogger(_name).addFilter(_QuietChurn())
 
 DIRECT_PROTOCOL = TProtocol("/medchain/pbft/1.0.0")
 READ_CHUNK = 256 * 1024  # bytes asked of the muxer per read
@@ -50,13 +53,13 @@ WRITE_BATCH_BYTES = 256 * 1024  # queued frames coalesced into one stream write
 WRITE_BATCH_FRAMES = 1024
 DIAL_TIMEOUT = 5.0
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 1.0
-GOSSIP_QUEUE = 100_000  # pubsub's per-peer outbound RPC queue (library default: 32)
+INBOX_HIGH = 20_000  # undelivered inbound messages at which direct-stream reads pause
 
 
 class PeerOut:
     """Outbound state for one validator: its frame queue and the trio wake-up plumbing."""
 
-    __slots__ = ("pid", "name", "addr", "queue", "event", "waiting", "sessions")
+    __slots__ = ("pid", "name", "addr", "queue", "event", "waiting", "sessions", "stream", "scope", "retry")
 
     def __init__(self, name: str, addr: str, queue: deque) -> None:
         self.name = name
@@ -66,29 +69,9 @@ class PeerOut:
         self.event = trio.Event()
         self.waiting = False
         self.sessions = 0
-
-
-class _Sink:
-    """Stands in for pubsub's 32-slot subscription channel (which drops when full): every
-    message is handed straight to the adapter, in the trio thread, without a queue."""
-
-    def __init__(self, fn: Callable[[Any], None]) -> None:
-        self.send_nowait = fn
-
-    async def aclose(self) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-
-class _BigQueues(dict):
-    """pubsub.peer_queues replacement: raises each new per-peer RpcQueue's bound."""
-
-    def __setitem__(self, key: Any, queue: Any) -> None:
-        with contextlib.suppress(AttributeError):
-            queue._queue.max_size = GOSSIP_QUEUE
-        super().__setitem__(key, queue)
+        self.stream: Any = None
+        self.scope: trio.CancelScope | None = None
+        self.retry: list[bytes] | None = None  # a batch whose write failed: retried once
 
 
 class _ConnWatch(INotifee):
@@ -100,6 +83,7 @@ class _ConnWatch(INotifee):
 
     async def disconnected(self, network: Any, conn: Any) -> None:
         self.side._conn_changed(conn.muxed_conn.peer_id, -1)
+        self.side._conn_lost(conn.muxed_conn)
 
     async def opened_stream(self, network: Any, stream: Any) -> None:
         return None
@@ -125,6 +109,7 @@ class TrioSide:
         queues: dict[str, deque],
         gossip_queue: deque,
         deliver: Callable[[str, bytes], None],
+        backlog: Callable[[], int],
         stats: dict[str, int],
         mode: str,
         topic: str,
@@ -140,6 +125,7 @@ class TrioSide:
         self.allowed_bytes: dict[bytes, str] = {o.pid.to_bytes(): o.name for o in self.outs.values()}
         self.gossip_queue = gossip_queue
         self.deliver = deliver
+        self.backlog = backlog
         self.stats = stats
         self.mode = mode
         self.topic = topic
@@ -151,10 +137,9 @@ class TrioSide:
         self.connected: tuple[str, ...] = ()  # snapshot read by the asyncio side
         self._conns: dict[str, int] = {}
         self._kick_pending = False
-        self._gossip_event = trio.Event()
-        self._gossip_waiting = False
+        self.gossip: Any = None  # GossipChannel in gossipsub mode
         self._stop = trio.Event()
-        self._pubsub: Any = None
+        self._stop_requested = False
         self.host: Any = None
 
     # ---- called from any thread -------------------------------------------------------------
@@ -169,6 +154,7 @@ class TrioSide:
             pass
 
     def request_stop(self) -> None:
+        self._stop_requested = True  # seen by main() if the trio run has no token yet
         if self.token is None:
             return
         with contextlib.suppress(trio.RunFinishedError):
@@ -180,8 +166,8 @@ class TrioSide:
         for o in self.outs.values():
             if o.waiting:
                 o.event.set()
-        if self._gossip_waiting:
-            self._gossip_event.set()
+        if self.gossip is not None and self.gossip.waiting:
+            self.gossip.event.set()
 
     def _build_host(self) -> Any:
         noise = NoiseTransport(self.key_pair, noise_privkey=_x25519_key())
@@ -194,6 +180,17 @@ class TrioSide:
             sec_opt={TProtocol(NOISE_PROTOCOL_ID): noise},  # noise only: no plaintext/secio/TLS
             muxer_opt=muxers,
             listen_addrs=[self.listen],
+            connection_config=ConnectionConfig(
+                # a closed validator set: no auto-connector dialing strangers to fill a quota
+                max_connections=16 + 4 * len(self.outs),
+                high_watermark=16 + 4 * len(self.outs),
+                low_watermark=0,
+                min_connections=0,
+                auto_connect_interval=3600.0,
+                dial_timeout=DIAL_TIMEOUT,
+                inbound_upgrade_timeout=DIAL_TIMEOUT,
+                outbound_upgrade_timeout=DIAL_TIMEOUT,
+            ),
         )
         swarm = host.get_network()
         swarm.retry_config = RetryConfig(max_retries=0)  # we redial ourselves, with backoff
@@ -213,6 +210,8 @@ class TrioSide:
 
         upgrader.upgrade_security = gated_upgrade_security  # admission by peer id, right after noise
         swarm.register_notifee(_ConnWatch(self))
+        for o in self.outs.values():
+            swarm.protect(o.pid, "medchain-validator")  # never pruned by the connection manager
         host.set_stream_handler(DIRECT_PROTOCOL, self._on_stream)
         return host
 
@@ -227,6 +226,16 @@ class TrioSide:
             self._conns.pop(name, None)
         self.connected = tuple(sorted(self._conns))
 
+    def _conn_lost(self, muxed_conn: Any) -> None:
+        """A connection closed: end the session whose stream rode on it, so the writer redials
+        now instead of finding out on its next write (mplex cannot read and write a stream
+        concurrently, so an idle outbound stream cannot watch for EOF itself)."""
+        name = self.allowed.get(muxed_conn.peer_id)
+        o = self.outs.get(name) if name else None
+        if o is not None and o.stream is not None and o.scope is not None:
+            if getattr(o.stream, "muxed_conn", None) is muxed_conn:
+                o.scope.cancel()
+
     async def main(self, ready: Callable[[BaseException | None, int], None]) -> None:
         self.token = trio.lowlevel.current_trio_token()
         signalled = False
@@ -234,24 +243,39 @@ class TrioSide:
             with trio.CancelScope() as self._scope:
                 self.host = host = self._build_host()
                 async with contextlib.AsyncExitStack() as stack:
+                    if self.mode == "gossipsub":  # entered first so it is torn down after the host
+                        from ._gossip import GossipChannel
+
+                        self.gossip = GossipChannel(self)
+                        await self.gossip.start(stack)
                     await stack.enter_async_context(host.run(listen_addrs=[self.listen]))
                     self.port = self._bound_port(host)
-                    if self.mode == "gossipsub":
-                        await self._start_gossipsub(stack)
                     async with trio.open_nursery() as nursery:
                         for o in self.outs.values():
                             nursery.start_soon(self._peer_loop, o)
-                        if self.mode == "gossipsub":
-                            nursery.start_soon(self._gossip_pump)
+                        if self.gossip is not None:
+                            nursery.start_soon(self.gossip.pump)
                         signalled = True
                         ready(None, self.port)
+                        if self._stop_requested:
+                            self._stop.set()
                         await self._stop.wait()
                         # bound the shutdown: a stuck close must not hang stop()
                         self._scope.deadline = trio.current_time() + 2.0
                         nursery.cancel_scope.cancel()
+                    # Close connections and listener explicitly: leaving host.run() only cancels
+                    # tasks, and the peers would keep seeing open sockets until garbage collection.
+                    # In parallel: each py-libp2p connection close sleeps 0.2 s or more.
+                    async with trio.open_nursery() as closer:
+                        for conn in host.get_network().get_connections():
+                            closer.start_soon(_close_quietly, conn)
+                    await host.close()
         except BaseException as exc:  # noqa: BLE001 - reported to the asyncio side
             if not signalled:
                 ready(exc, 0)
+                return
+            if self._stop.is_set():  # py-libp2p services can trip over each other while closing
+                log.debug("error during p2p teardown (ignored): %r", exc)
                 return
             raise
         finally:
@@ -286,49 +310,53 @@ class TrioSide:
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
             delay = BACKOFF_MIN
+            log.debug("stream to %s open (session %d)", o.name, o.sessions + 1)
             if o.sessions:
                 self.stats["reconnects"] += 1
             o.sessions += 1
             try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._watch, stream, nursery.cancel_scope)
+                with trio.CancelScope() as o.scope:
+                    o.stream = stream
                     await self._pump(o, stream)
             except Exception as exc:  # noqa: BLE001
                 log.debug("stream to %s ended: %r", o.name, exc)
             finally:
+                o.stream = o.scope = None
                 with trio.CancelScope(shield=True), trio.move_on_after(0.5), contextlib.suppress(Exception):
                     await stream.reset()
             await trio.sleep(BACKOFF_MIN)
-
-    async def _watch(self, stream: Any, scope: trio.CancelScope) -> None:
-        """The peer never writes on our outbound stream: any read result means it is gone."""
-        with contextlib.suppress(Exception):
-            while await stream.read(1024):
-                pass
-        scope.cancel()
 
     async def _pump(self, o: PeerOut, stream: Any) -> None:
         q = o.queue
         stats = self.stats
         while True:
-            while not q:
-                o.waiting = True
-                if q:
+            batch, o.retry = o.retry, None
+            retrying = batch is not None
+            if batch is None:
+                while not q:
+                    o.waiting = True
+                    if q:
+                        o.waiting = False
+                        break
+                    await o.event.wait()
+                    o.event = trio.Event()
                     o.waiting = False
-                    break
-                await o.event.wait()
-                o.event = trio.Event()
-                o.waiting = False
-            batch: list[bytes] = []
-            size = 0
-            while q and size < WRITE_BATCH_BYTES and len(batch) < WRITE_BATCH_FRAMES:
-                frame = q.popleft()
-                batch.append(frame)
-                size += len(frame)
+                batch = []
+                size = 0
+                while q and size < WRITE_BATCH_BYTES and len(batch) < WRITE_BATCH_FRAMES:
+                    frame = q.popleft()
+                    batch.append(frame)
+                    size += len(frame)
+            size = sum(map(len, batch))
             try:
                 await stream.write(batch[0] if len(batch) == 1 else b"".join(batch))
             except BaseException:
-                stats["send_failed"] += len(batch)  # lost with the stream; PBFT retransmits
+                # A write on a stream the peer already reset or dropped: retry the batch once on
+                # the next stream (once only, so a frame the peer refuses cannot loop forever).
+                if retrying:
+                    stats["send_failed"] += len(batch)  # PBFT retransmits
+                else:
+                    o.retry = batch
                 raise
             stats["msgs_sent"] += len(batch)
             stats["bytes_sent"] += size - 4 * len(batch)
@@ -365,79 +393,17 @@ class TrioSide:
                     deliver(name, payload)
                 if pos:
                     del buf[:pos]
+                if self.backlog() > INBOX_HIGH:  # the asyncio loop is behind: stop reading, so
+                    stats["inbound_paused"] += 1  # the muxer/TCP windows push back on the sender
+                    while self.backlog() > INBOX_HIGH // 2:
+                        await trio.sleep(0.002)
         except Exception as exc:  # noqa: BLE001 - EOF / reset / connection gone
             log.debug("inbound stream from %s ended: %r", name, exc)
 
-    # ---- gossipsub --------------------------------------------------------------------------
-    async def _start_gossipsub(self, stack: contextlib.AsyncExitStack) -> None:
-        from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
-        from libp2p.pubsub.pubsub import Pubsub
 
-        d = max(1, min(6, len(self.outs)))
-        router = GossipSub(
-            protocols=[PROTOCOL_ID_V11],  # v1.1: no IDONTWANT per message (that is v1.2+)
-            degree=d,
-            degree_low=max(1, min(4, d)),
-            degree_high=max(d, 12),
-            heartbeat_initial_delay=0.1,
-            heartbeat_interval=1,  # library default: 120 s
-            gossip_window=3,
-            gossip_history=5,
-            adaptive_gossip_enabled=False,
-            spam_protection_enabled=False,  # library default: 10 msg/s per topic per peer
-            max_messages_per_topic_per_second=1e9,
-            eclipse_protection_enabled=False,  # all validators may share one IP (loopback, NAT)
-            do_px=False,
-        )
-        pubsub = Pubsub(self.host, router, strict_signing=self.strict_signing)
-        pubsub.peer_queues = _BigQueues()
-        inner_drop = router._handle_dropped_rpc
-
-        def counted_drop(peer_id: Any, rpc: Any, reason: str) -> Any:
-            self.stats["gossip_dropped"] += 1
-            return inner_drop(peer_id, rpc, reason)
-
-        router._handle_dropped_rpc = counted_drop
-        await stack.enter_async_context(background_trio_service(pubsub))
-        await stack.enter_async_context(background_trio_service(router))
-        await pubsub.wait_until_ready()
-        await pubsub.subscribe(self.topic)
-        pubsub.subscribed_topics_send[self.topic] = _Sink(self._on_gossip)
-        self._pubsub = pubsub
-
-    def _on_gossip(self, msg: Any) -> None:
-        origin = msg.from_id
-        name = self.allowed_bytes.get(origin)
-        if name is None:
-            if origin != self.my_id.to_bytes():
-                self.stats["unknown_dropped"] += 1
-            return
-        data = msg.data
-        self.stats["msgs_recv"] += 1
-        self.stats["bytes_recv"] += len(data)
-        self.deliver(name, data)
-
-    async def _gossip_pump(self) -> None:
-        q, pubsub, topic, stats = self.gossip_queue, self._pubsub, self.topic, self.stats
-        while True:
-            while not q:
-                self._gossip_waiting = True
-                if q:
-                    self._gossip_waiting = False
-                    break
-                await self._gossip_event.wait()
-                self._gossip_event = trio.Event()
-                self._gossip_waiting = False
-            data = q.popleft()
-            try:
-                await pubsub.publish(topic, data)
-            except Exception as exc:  # noqa: BLE001
-                stats["send_failed"] += 1
-                log.debug("publish failed: %r", exc)
-                continue
-            stats["gossip_published"] += 1
-            stats["msgs_sent"] += 1
-            stats["bytes_sent"] += len(data)
+async def _close_quietly(conn: Any) -> None:
+    with contextlib.suppress(Exception):
+        await conn.close()
 
 
 def _x25519_key() -> Any:

@@ -1,0 +1,286 @@
+"""The libp2p adapter with real py-libp2p hosts on 127.0.0.1 (noise, yamux/mplex, one process)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import threading
+from collections import Counter, defaultdict
+
+import pytest
+
+from node.p2p import P2PError, P2PNode, peer_id_from_secret
+
+MODES = ["direct", "gossipsub"]
+PROBE, GPROBE = b"\0probe", b"\0gossip-probe"
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def secret(i: int) -> bytes:
+    return bytes([i + 1]) * 32
+
+
+class Net:
+    """n validators (secrets 0..n-1) plus optional outsiders; records every delivery."""
+
+    def __init__(self, n: int, mode: str, **kw) -> None:
+        self.mode, self.kw = mode, kw
+        self.ports = free_ports(n + 2)
+        self.ids = [peer_id_from_secret(secret(i)) for i in range(n + 2)]
+        self.addrs = [f"/ip4/127.0.0.1/tcp/{self.ports[i]}/p2p/{self.ids[i]}" for i in range(n + 2)]
+        self.allowed = self.addrs[:n]
+        self.got: dict[int, list[tuple[str, bytes]]] = defaultdict(list)
+        self.probes: dict[int, list[tuple[str, bytes]]] = defaultdict(list)
+        self.threads: set[int] = set()
+        self.nodes: dict[int, P2PNode] = {}
+        self.n = n
+
+    def make(self, i: int, peers: list[str] | None = None, **kw) -> P2PNode:
+        def on_message(peer: str, data: bytes) -> None:
+            self.threads.add(threading.get_ident())
+            if data in (PROBE, GPROBE):
+                self.probes[i].append((peer, data))
+            else:
+                self.got[i].append((peer, data))
+
+        node = P2PNode(
+            secret(i),
+            "127.0.0.1",
+            self.ports[i],
+            peers or self.allowed,
+            on_message,
+            mode=self.mode,
+            **{**self.kw, **kw},
+        )
+        self.nodes[i] = node
+        return node
+
+    async def start(self, *idx: int) -> None:
+        await asyncio.gather(*(self.make(i).start() for i in idx or range(self.n)))
+
+    async def wait_mesh(self, timeout: float = 15.0) -> None:
+        """Connected, and every path the tests use proven by a probe: each direct stream, and in
+        gossipsub mode the mesh (probes re-published until they arrive, as PBFT retransmits)."""
+        idx = range(self.n)
+        await until(lambda: all(len(self.nodes[i].connected_peers()) == self.n - 1 for i in idx), timeout)
+        self.probes.clear()
+        for i in idx:
+            for j in idx:
+                if i != j:
+                    self.nodes[i].send(self.ids[j], PROBE)
+        kinds = (PROBE, GPROBE) if self.mode == "gossipsub" else (PROBE,)
+
+        def done() -> bool:
+            return all(len({p for p, d in self.probes[i] if d == k}) == self.n - 1 for i in idx for k in kinds)
+
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while not done():
+            assert loop.time() < end, "network did not come up"
+            if self.mode == "gossipsub":
+                for i in idx:
+                    self.nodes[i].broadcast(GPROBE)
+            with contextlib.suppress(AssertionError):
+                await until(done, 0.5)
+
+    def from_(self, i: int, sender: int) -> list[bytes]:
+        return [d for p, d in self.got[i] if p == self.ids[sender]]
+
+    async def stop(self) -> None:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await asyncio.gather(*(n.stop() for n in self.nodes.values()))
+        assert loop.time() - t0 < 3.0, "stop() is prompt"
+        assert not [t for t in threading.enumerate() if t.name.startswith("p2p-")], "no thread left behind"
+
+
+async def until(pred, timeout: float, step: float = 0.02) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not pred():
+        if loop.time() > end:
+            raise AssertionError("timed out waiting for condition")
+        await asyncio.sleep(step)
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def test_peer_id_is_deterministic() -> None:
+    a = peer_id_from_secret(secret(0))
+    assert a == peer_id_from_secret(secret(0)) and a != peer_id_from_secret(secret(1))
+    assert a.startswith("12D3KooW")  # ed25519, public key inlined
+    with pytest.raises(ValueError):
+        peer_id_from_secret(b"short")
+
+
+def test_busy_port_and_no_leaked_thread() -> None:
+    async def main() -> None:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        before = threading.active_count()
+        node = P2PNode(secret(0), "127.0.0.1", s.getsockname()[1], [], lambda p, d: None)
+        with pytest.raises(P2PError, match="busy"):
+            await node.start()
+        s.close()
+        assert threading.active_count() == before
+        with pytest.raises(P2PError):
+            node.broadcast(b"x")  # not started
+
+    run(main())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_all_to_all_send_and_big_message(mode: str) -> None:
+    per_node = 200 if mode == "direct" else 100
+    net = Net(4, mode)
+
+    async def main() -> None:
+        loop_thread = threading.get_ident()
+        await net.start()
+        try:
+            await net.wait_mesh()
+            node0 = net.nodes[0]
+            assert node0.listen_addr == net.addrs[0]
+            assert sorted(node0.connected_peers()) == sorted(net.ids[1:4])
+            for k in range(per_node):
+                for i in range(4):
+                    net.nodes[i].broadcast(b"%d:%d" % (i, k))
+                if k % 20 == 19:
+                    await asyncio.sleep(0)
+            await until(lambda: all(len(net.got[i]) >= 3 * per_node for i in range(4)), 30)
+            for i in range(4):
+                assert len(net.got[i]) == 3 * per_node, "no duplicates"
+                for j in range(4):
+                    if j != i:
+                        want = [b"%d:%d" % (j, k) for k in range(per_node)]
+                        if mode == "direct":
+                            assert net.from_(i, j) == want  # one stream per peer: FIFO
+                        else:
+                            assert sorted(net.from_(i, j)) == sorted(want)
+            assert net.threads == {loop_thread}  # on_message ran on the asyncio loop only
+            # send(): exactly one peer, over a direct stream in both modes
+            node0.send(net.ids[2], b"only-for-2")
+            await until(lambda: any(d == b"only-for-2" for _, d in net.got[2]), 10)
+            await asyncio.sleep(0.2)
+            assert all(d != b"only-for-2" for i in (1, 3) for _, d in net.got[i])
+            with pytest.raises(P2PError):
+                node0.send(net.ids[0], b"self is not a peer")
+            # 1 MiB broadcast (over pubsub's 1 MiB RPC cap: gossipsub mode sends it direct)
+            big = os.urandom(1 << 20)
+            net.nodes[3].broadcast(big)
+            await until(lambda: all(any(d == big for _, d in net.got[i]) for i in range(3)), 20)
+            if mode == "gossipsub":
+                assert net.nodes[3].stats["direct_fallback"] == 1
+            st = node0.stats
+            assert st["msgs_recv"] >= 3 * per_node and st["drops"] == 0 and st["refused_peers"] == 0
+        finally:
+            await net.stop()
+
+    run(main())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_outsider_is_refused(mode: str) -> None:
+    net = Net(2, mode)
+
+    async def main() -> None:
+        await net.start()
+        outsider = net.make(3, peers=[*net.allowed, net.addrs[3]])  # believes it is a validator
+        await outsider.start()
+        try:
+            await net.wait_mesh()
+            await until(lambda: all(net.nodes[i].stats["refused_peers"] >= 1 for i in range(2)), 10)
+            for k in range(20):
+                outsider.broadcast(b"evil %d" % k)
+                outsider.send(net.ids[0], b"evil direct")
+                await asyncio.sleep(0.02)
+            net.nodes[0].broadcast(b"hello")
+            await until(lambda: net.got[1] == [(net.ids[0], b"hello")], 10)
+            await asyncio.sleep(0.5)
+            assert all(p != net.ids[3] for i in range(2) for p, _ in net.got[i])
+            assert not net.got[3], "the outsider receives nothing either"
+            assert outsider.connected_peers() == []
+            assert net.ids[3] not in net.nodes[0].connected_peers()
+        finally:
+            await net.stop()
+
+    run(main())
+
+
+def test_oversized_frame_refused_then_stream_recovers() -> None:
+    net = Net(2, "direct")
+
+    async def main() -> None:
+        a = net.make(0, max_frame=2 << 20)
+        b = net.make(1, max_frame=64 << 10)
+        await asyncio.gather(a.start(), b.start())
+        try:
+            await net.wait_mesh()
+            with pytest.raises(P2PError):
+                b.send(net.ids[0], bytes((64 << 10) + 1))  # refused on the sending side too
+            a.send(net.ids[1], bytes(100_000))
+            await until(lambda: b.stats["oversized"] == 1, 10)
+            assert not net.got[1]
+            for k in range(5):
+                a.send(net.ids[1], b"after %d" % k)
+            await until(lambda: len(net.got[1]) == 5, 10)  # a redialled a fresh stream
+            assert [d for _, d in net.got[1]] == [b"after %d" % k for k in range(5)]
+            assert a.stats["reconnects"] >= 1
+        finally:
+            await net.stop()
+
+    run(main())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_restart_reconnects_both_ways(mode: str) -> None:
+    net = Net(4, mode)
+
+    async def main() -> None:
+        await net.start()
+        try:
+            await net.wait_mesh()
+            await net.nodes[3].stop()
+            await until(lambda: all(net.ids[3] not in net.nodes[i].connected_peers() for i in range(3)), 10)
+            for i in range(3):
+                net.nodes[i].broadcast(b"while 3 is down")
+            await asyncio.sleep(0.3)
+            net.got[3].clear()
+            await net.start(3)  # same identity and port, fresh process state
+            await net.wait_mesh()
+            assert all(net.nodes[i].stats["reconnects"] >= 1 for i in range(3))
+            rounds = 20
+            for k in range(rounds):
+                for i in range(4):
+                    net.nodes[i].broadcast(b"after restart %d:%d" % (i, k))
+                await asyncio.sleep(0.01)
+
+            def complete() -> bool:
+                return all(
+                    len([d for _, d in net.got[i] if d.startswith(b"after restart")]) == 3 * rounds for i in range(4)
+                )
+
+            await until(complete, 20)
+            for i in range(4):
+                senders = Counter(p for p, d in net.got[i] if d.startswith(b"after restart"))
+                assert senders == {net.ids[j]: rounds for j in range(4) if j != i}
+            if mode == "direct":  # queued while the peer was down: delivered once it is back
+                assert sum(d == b"while 3 is down" for _, d in net.got[3]) == 3
+        finally:
+            await net.stop()
+
+    run(main())
