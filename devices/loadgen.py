@@ -64,20 +64,22 @@ async def _prepare(clients: list[NodeClient], chain: str, senders: int, per_send
 
 
 async def run_load(urls: list[str], senders: int = 200, per_sender: int = 50, batch: int = 500,
-                   lanes: int = 2, timeout: float = 300.0, kind: str = "write") -> LoadResult:
-    """Submit to every validator in `urls` (sender s to validator s mod n); follow commits on the first."""
+                   lanes: int = 2, timeout: float = 300.0, kind: str = "write", rate: float = 0.0) -> LoadResult:
+    """Submit to every validator in `urls` (sender s to validator s mod n); follow commits on the first.
+    rate > 0 offers load open-loop at that many tx/s in total (a slow system cannot slow the
+    arrivals down and hide its latency); rate = 0 submits as fast as admission answers."""
     clients = [NodeClient(u) for u in urls]
     for cl in clients:
         await cl.__aenter__()
     try:
-        return await _run(clients, senders, per_sender, batch, lanes, timeout, kind)
+        return await _run(clients, senders, per_sender, batch, lanes, timeout, kind, rate)
     finally:
         for cl in clients:
             await cl.close()
 
 
 async def _run(clients: list[NodeClient], senders: int, per_sender: int, batch: int, lanes: int,
-               timeout: float, kind: str) -> LoadResult:
+               timeout: float, kind: str, rate: float = 0.0) -> LoadResult:
     c = clients[0]
     chain = (await c.status())["chain_id"]
     per = await _prepare(clients, chain, senders, per_sender, kind)
@@ -112,9 +114,17 @@ async def _run(clients: list[NodeClient], senders: int, per_sender: int, batch: 
                 return h - start_height
             await asyncio.sleep(0.005)
 
+    lane_rate = rate / len(work) if rate > 0 else 0.0
+
     async def lane(cl: NodeClient, batches: list[list[Tx]]) -> None:
         nonlocal refused
+        due = time.monotonic()
         for b in batches:
+            if lane_rate:
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                due += len(b) / lane_rate
             t = time.monotonic()
             for tx in b:
                 sent_at[tx.id] = t

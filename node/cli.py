@@ -121,7 +121,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
     def go(urls: list[str]) -> dict:
         return asyncio.run(run_load(urls, args.senders, args.per_sender, args.batch, args.lanes,
-                                    kind=args.kind)).as_dict()
+                                    kind=args.kind, rate=args.rate)).as_dict()
 
     if args.node:
         res = go(args.node)
@@ -211,6 +211,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--per-sender", type=int, default=50)
     sp.add_argument("--batch", type=int, default=500, help="transactions per POST /v1/txs")
     sp.add_argument("--lanes", type=int, default=2, help="concurrent submitting connections per validator")
+    sp.add_argument("--rate", type=float, default=0.0, help="offered load in tx/s, open loop (0: as fast as possible)")
 
     from devices import cli_clients
     cli_clients.register(sub, add)
