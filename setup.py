@@ -1,6 +1,68 @@
 """medchain: patient-owned health data from wearables on a PBFT permissioned chain."""
 
-from setuptools import find_packages, setup
+import sys
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+# --- native extensions (native/_secp.pyx, native/_aesgcm.pyx) ---------------------------------
+# Optional: without Cython, a C compiler, libsecp256k1-dev or libssl-dev the package still
+# installs, with a warning, and node/crypto/batch.py falls back to coincurve and `cryptography`.
+# Threads are plain pthreads started per call (native/_parallel.h), not OpenMP: libgomp's pool
+# makes a child process forked after a parallel region hang in its next one.
+_CFLAGS = ["-O3", "-pthread"]
+
+
+def _native_warning(what: str) -> None:
+    bar = "=" * 78
+    print(f"\n{bar}\nWARNING: medchain native extensions: {what}\n"
+          "         installing without them; node/crypto/batch.py will use the slower fallback\n"
+          "         (needs Cython>=3, gcc, libsecp256k1-dev, libssl-dev, python3-dev)\n"
+          f"{bar}\n", file=sys.stderr, flush=True)
+
+
+def _native_extensions() -> list:
+    common = {"include_dirs": ["native"], "depends": ["native/_parallel.h"],
+              "extra_compile_args": _CFLAGS, "extra_link_args": ["-pthread"]}
+    exts = [
+        Extension("native._secp", ["native/_secp.pyx"], libraries=["secp256k1"], **common),
+        Extension("native._aesgcm", ["native/_aesgcm.pyx"], libraries=["crypto"], **common),
+    ]
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        _native_warning("Cython is not installed")
+        return []
+    try:
+        return cythonize(exts, compiler_directives={"language_level": "3"}, quiet=True)
+    except Exception as exc:  # a Cython compile error must not break the install
+        _native_warning(f"cythonize failed: {exc}")
+        return []
+
+
+class OptionalBuildExt(build_ext):
+    """build_ext that never fails the install: an extension that cannot be built is skipped."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # e.g. no C compiler at all (DistutilsPlatformError)
+            _native_warning(f"build_ext failed: {exc}")
+            self.extensions = []
+
+    def build_extensions(self) -> None:
+        self._failed: set[str] = set()
+        super().build_extensions()
+        # forget what failed, so the in-place copy and the install/editable outputs skip it
+        self.extensions = [ext for ext in self.extensions if ext.name not in self._failed]
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # missing header or library, compiler error
+            self._failed.add(ext.name)
+            _native_warning(f"could not build {ext.name}: {exc}")
+
 
 setup(
     name="medchain",
@@ -28,6 +90,10 @@ setup(
             "hypothesis>=6.100,<7",
             "ruff>=0.5,<1",
         ],
+        # optional comparison point for `make bench` (pycryptodome, a new cipher per message)
+        "bench": ["pycryptodome>=3.19,<4"],
     },
     entry_points={"console_scripts": ["medchain=node.cli:main"]},
+    ext_modules=_native_extensions(),
+    cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -4,8 +4,9 @@ The native path (native/_secp.pyx over libsecp256k1, native/_aesgcm.pyx over Ope
 with the GIL released on all cores; the fallback is coincurve (two threads, as
 `ecdsa.verify_batch_fallback`) and `cryptography`'s AESGCM. Native and fallback give identical
 results on every input (tests/test_native.py). The native path is chosen when the extension is
-built and importable, unless MEDCHAIN_NO_NATIVE=1 forces the fallback; which one is in use is
-logged once (on first use) and available from `backend_name()` / `NATIVE`.
+built and importable (each of the two modules on its own), unless MEDCHAIN_NO_NATIVE=1 forces
+the fallback; which one is in use is logged once (on first use) and available from
+`backend_name()`, `NATIVE`, `NATIVE_ECDSA` and `NATIVE_AEAD`.
 
 Semantics shared by both paths:
 - `verify_batch(items)`: items are (pubkey33, digest32, sig64); one bool per item. Anything
@@ -21,6 +22,7 @@ Semantics shared by both paths:
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -35,6 +37,8 @@ log = logging.getLogger("medchain.crypto")
 
 __all__ = [
     "NATIVE",
+    "NATIVE_AEAD",
+    "NATIVE_ECDSA",
     "aead_open_batch",
     "aead_open_batch_fallback",
     "aead_open_batch_native",
@@ -55,39 +59,46 @@ __all__ = [
 _BAD_ITEM = (b"", b"", b"")  # fails the fallback's length check: False, no exception
 
 
-def _load_native() -> tuple[ModuleType | None, ModuleType | None, str]:
+def _load(name: str) -> tuple[ModuleType | None, str]:
     try:
-        from native import _aesgcm, _secp
+        return importlib.import_module(f"native.{name}"), ""
     except ImportError as exc:  # not built (no Cython, compiler or headers at install time)
-        return None, None, f"native extension not importable: {exc}"
-    return _secp, _aesgcm, ""
+        return None, f"native.{name} not importable: {exc}"
 
 
-_secp, _aesgcm, _native_error = _load_native()
+_secp, _secp_error = _load("_secp")
+_aesgcm, _aesgcm_error = _load("_aesgcm")
 _FORCED_OFF = os.environ.get("MEDCHAIN_NO_NATIVE", "").strip() not in ("", "0")
 
-#: True when the batch functions below dispatch to the native extension.
-NATIVE: bool = _secp is not None and _aesgcm is not None and not _FORCED_OFF
+#: Whether verify_batch / sign_batch dispatch to native/_secp.pyx.
+NATIVE_ECDSA: bool = _secp is not None and not _FORCED_OFF
+#: Whether aead_seal_batch / aead_open_batch dispatch to native/_aesgcm.pyx.
+NATIVE_AEAD: bool = _aesgcm is not None and not _FORCED_OFF
+#: True when every batch function below dispatches to the native extension.
+NATIVE: bool = NATIVE_ECDSA and NATIVE_AEAD
 
 
 def native_available() -> bool:
-    """Whether the extension is built and importable (whatever MEDCHAIN_NO_NATIVE says)."""
+    """Whether both extension modules are built and importable (whatever MEDCHAIN_NO_NATIVE says)."""
     return _secp is not None and _aesgcm is not None
 
 
 def native_error() -> str:
-    """Why the native path is not in use ('' when it is)."""
+    """Why the native path is not (fully) in use; '' when it is."""
     if NATIVE:
         return ""
     if _FORCED_OFF:
         return "MEDCHAIN_NO_NATIVE is set"
-    return _native_error
+    return "; ".join(e for e in (_secp_error, _aesgcm_error) if e)
 
 
 def backend_name() -> str:
     """One line for logs and `medchain status`."""
     if NATIVE:
         return f"native (libsecp256k1 + OpenSSL EVP AES-GCM, {_secp.default_threads()} threads)"
+    if NATIVE_ECDSA or NATIVE_AEAD:
+        which = "ECDSA native, AES-GCM fallback" if NATIVE_ECDSA else "ECDSA fallback, AES-GCM native"
+        return f"partly native ({which}; {native_error()})"
     return f"fallback (coincurve + cryptography AESGCM; {native_error()})"
 
 
@@ -104,9 +115,10 @@ def _announce() -> None:
             log.warning("medchain: fallback crypto in use: %s", backend_name())
 
 
-def _require_native() -> None:
-    if not native_available():
-        raise RuntimeError(_native_error or "native extension not built")
+def _require(module: ModuleType | None, error: str) -> ModuleType:
+    if module is None:
+        raise RuntimeError(error)
+    return module
 
 
 # --- ECDSA verify ---------------------------------------------------------------------------
@@ -141,14 +153,13 @@ def verify_batch_fallback(items: Iterable[tuple[bytes, bytes, bytes]]) -> list[b
 
 def verify_batch_native(items: Iterable[tuple[bytes, bytes, bytes]], threads: int | None = None) -> list[bool]:
     """libsecp256k1 on `threads` threads (default: all usable CPUs) with the GIL released."""
-    _require_native()
-    return _secp.verify_batch(items, threads)
+    return _require(_secp, _secp_error).verify_batch(items, threads)
 
 
 def verify_batch(items: Sequence[tuple[bytes, bytes, bytes]]) -> list[bool]:
     """Verify (pubkey33, digest32, sig64) triples; one bool per item, in order."""
     _announce()
-    if NATIVE:
+    if NATIVE_ECDSA:
         return _secp.verify_batch(items)
     return verify_batch_fallback(items)
 
@@ -184,15 +195,15 @@ def sign_batch_fallback(secret: bytes, digests: Iterable[bytes]) -> list[bytes]:
 
 
 def sign_batch_native(secret: bytes, digests: Iterable[bytes], threads: int | None = None) -> list[bytes]:
-    _require_native()
+    secp = _require(_secp, _secp_error)
     sk, ds = _check_sign_args(secret, digests)
-    return _secp.sign_batch(sk, ds, threads)
+    return secp.sign_batch(sk, ds, threads)
 
 
 def sign_batch(secret: bytes, digests: Iterable[bytes]) -> list[bytes]:
     """Sign 32-byte digests with one key: 64-byte compact low-S signatures (RFC 6979)."""
     _announce()
-    if NATIVE:
+    if NATIVE_ECDSA:
         return sign_batch_native(secret, digests)
     return sign_batch_fallback(secret, digests)
 
@@ -211,27 +222,27 @@ def aead_open_batch_fallback(key: bytes, items: Sequence[tuple[bytes, bytes, byt
 def aead_seal_batch_native(
     key: bytes, items: Iterable[tuple[bytes, bytes, bytes]], threads: int | None = None
 ) -> list[bytes]:
-    _require_native()
+    mod = _require(_aesgcm, _aesgcm_error)
     try:
-        return _aesgcm.seal_batch(key, items, threads)
-    except _aesgcm.UnsupportedParameters as exc:  # key or nonce size, raised before any work
+        return mod.seal_batch(key, items, threads)
+    except mod.UnsupportedParameters as exc:  # key or nonce size, raised before any work
         raise AeadError(str(exc)) from None
 
 
 def aead_open_batch_native(
     key: bytes, items: Iterable[tuple[bytes, bytes, bytes]], threads: int | None = None
 ) -> list[bytes | None]:
-    _require_native()
+    mod = _require(_aesgcm, _aesgcm_error)
     try:
-        return _aesgcm.open_batch(key, items, threads)
-    except _aesgcm.UnsupportedParameters as exc:
+        return mod.open_batch(key, items, threads)
+    except mod.UnsupportedParameters as exc:
         raise AeadError(str(exc)) from None
 
 
 def aead_seal_batch(key: bytes, items: Sequence[tuple[bytes, bytes, bytes]]) -> list[bytes]:
     """Seal (nonce, plaintext, aad) items under one key: ciphertext || tag for each."""
     _announce()
-    if NATIVE:
+    if NATIVE_AEAD:
         return aead_seal_batch_native(key, items)
     return aead_seal_batch_fallback(key, items)
 
@@ -239,6 +250,6 @@ def aead_seal_batch(key: bytes, items: Sequence[tuple[bytes, bytes, bytes]]) -> 
 def aead_open_batch(key: bytes, items: Sequence[tuple[bytes, bytes, bytes]]) -> list[bytes | None]:
     """Open (nonce, ciphertext || tag, aad) items under one key; None where authentication fails."""
     _announce()
-    if NATIVE:
+    if NATIVE_AEAD:
         return aead_open_batch_native(key, items)
     return aead_open_batch_fallback(key, items)
