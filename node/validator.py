@@ -21,7 +21,7 @@ from node.block import Block
 from node.consensus import Broadcast, Catchup, ConsensusError, Deliver, Replica, Send, decode_message
 from node.consensus.messages import T_PREPREPARE
 from node.crypto import ecdsa
-from node.crypto.ecdsa import verify_batch_fallback as verify_batch
+from node.crypto.batch import verify_batch
 from node.crypto.keys import Identity
 from node.execution import Executed, InvalidBlock, Tip, build_block, check_block
 from node.genesis import Genesis

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from node.block import Block
 from node.crypto import ecdsa
+from node.crypto.batch import backend_name
 from node.crypto.keys import address_of
 from node.ipfs.blockstore import IntegrityError
 from node.ipfs.cid import Cid, CidError
@@ -69,7 +70,7 @@ def make_app(v: Validator) -> web.Application:
             "chain_id": v.chain_id, "height": head.height, "last_block_hash": head.hash.hex(),
             "state_root": head.state_root.hex(), "validators": v.n, "validator_index": v.index,
             "view": v.replica.view, "primary": v.replica.primary, "mempool_size": len(v.mempool),
-            "blobs": v.blobs.count(), "native": False, "p2p_mode": v.p2p_mode if v.n > 1 else None,
+            "blobs": v.blobs.count(), "crypto": backend_name(), "p2p_mode": v.p2p_mode if v.n > 1 else None,
             "p2p_messages_in": v.msgs_in, "p2p_messages_out": v.msgs_out,
             "peers": len(v.net.connected_peers()) if v.net is not None else 0,
         })
