@@ -59,10 +59,11 @@ def build_block(tip: Tip, txs: list[Tx], chain_id: str, view: int, proposer: int
 
 def check_block(block: Block, tip: Tip, chain_id: str, now_ms: int, verified: Callable[[bytes], bool],
                 verify_batch: Callable[[Sequence[tuple[bytes, bytes, bytes]]], list[bool]],
-                check_time: bool = True) -> Executed:
+                check_time: bool = True, known: Callable[[bytes], Tx | None] = lambda _: None) -> Executed:
     """Re-execute a proposed (or certified) block; raise InvalidBlock unless its header is exactly
     what executing its transactions on `tip` gives. `verified(txid)` skips signatures already
-    checked at admission."""
+    checked at admission; `known(txid)` gives transactions already parsed (the mempool's), so
+    most of a block is not decoded twice."""
     h = block.header
     if h.chain_id != chain_id:
         raise InvalidBlock("wrong chain id")
@@ -70,12 +71,15 @@ def check_block(block: Block, tip: Tip, chain_id: str, now_ms: int, verified: Ca
         raise InvalidBlock(f"block {h.height} does not extend tip {tip.height}")
     if h.time_ms < tip.time_ms or (check_time and h.time_ms > now_ms + MAX_FUTURE_MS):
         raise InvalidBlock("block time out of bounds")
-    if not block.check_tx_root():
+    ids = block.tx_ids
+    if merkle.root(ids) != h.tx_root:
         raise InvalidBlock("transaction root mismatch")
     try:
-        txs = [Tx.decode(raw, chain_id, check_sig=False) for raw in block.txs]
+        txs = [known(i) or Tx.decode(raw, chain_id, check_sig=False) for i, raw in zip(ids, block.txs, strict=True)]
     except (TxError, WireError) as exc:
         raise InvalidBlock(f"invalid transaction: {exc}") from None
+    if any(t.chain_id != chain_id for t in txs):
+        raise InvalidBlock("a transaction of another chain")
     if len({t.id for t in txs}) != len(txs):
         raise InvalidBlock("duplicate transaction in block")
     todo = [t for t in txs if not verified(t.id)]

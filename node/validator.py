@@ -332,7 +332,7 @@ class Validator:
             return None  # its parent is not executed here yet; the retransmission will bring it again
         try:
             ex = await self._run(check_block, block, tip, self.chain_id, self._now_ms(),
-                                 self._verified.__contains__, verify_batch, check_time)
+                                 self._verified.__contains__, verify_batch, check_time, self.mempool.by_id.get)
         except InvalidBlock as exc:
             log.warning("rejected block %d from the primary: %s", block.header.height, exc)
             return None
