@@ -179,7 +179,8 @@ class Validator:
         code = check_tx(view, tx, now_ms)
         if code != OK:
             raise AdmissionError(_CODE_STATUS.get(code, 422), f"refused: {CODES[code]}")
-        if tx.kind == KIND_WRITE:
+        if tx.kind == KIND_WRITE and not forwarded:
+            # the entry validator holds the blob; copying it to the others is the block exchange's job
             self._check_blob_present(tx)
         self.mempool.admit(tx, self.committed_nonce(tx.address), now, forwarded)
         self._rejected.pop(tx.id, None)
