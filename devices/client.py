@@ -58,22 +58,20 @@ class NodeClient:
     async def genesis(self) -> dict:
         return await self.get_json("/v1/genesis")
 
-    async def submit(self, raw: bytes) -> str:
+    async def _post(self, path: str, body: bytes, content_type: str) -> dict:
         if self.session is None:
             await self.__aenter__()
-        async with self.session.post(self.base + "/v1/tx", data=raw,
-                                     headers={"Content-Type": "application/msgpack"}) as resp:
+        async with self.session.post(self.base + path, data=body, headers={"Content-Type": content_type}) as resp:
             await self._check(resp)
-            return (await resp.json())["id"]
+            return await resp.json()
+
+    async def submit(self, raw: bytes) -> str:
+        return (await self._post("/v1/tx", raw, "application/msgpack"))["id"]
 
     async def submit_many(self, raws: list[bytes]) -> list[dict]:
         """Submit a batch; one result per transaction: {"status": 202, "id"} or {"status", "error"}."""
-        if self.session is None:
-            await self.__aenter__()
-        async with self.session.post(self.base + "/v1/txs", data=msgpack.packb(raws, use_bin_type=True),
-                                     headers={"Content-Type": "application/msgpack"}) as resp:
-            await self._check(resp)
-            return (await resp.json())["results"]
+        body = msgpack.packb(raws, use_bin_type=True)
+        return (await self._post("/v1/txs", body, "application/msgpack"))["results"]
 
     async def tx(self, txid: str, wait: float = 0) -> dict:
         return await self.get_json(f"/v1/tx/{txid}", **({"wait": int(wait)} if wait else {}))
@@ -94,12 +92,7 @@ class NodeClient:
             return await resp.read()
 
     async def upload(self, data: bytes) -> str:
-        if self.session is None:
-            await self.__aenter__()
-        async with self.session.post(self.base + "/v1/blobs", data=data,
-                                     headers={"Content-Type": "application/octet-stream"}) as resp:
-            await self._check(resp)
-            return (await resp.json())["cid"]
+        return (await self._post("/v1/blobs", data, "application/octet-stream"))["cid"]
 
     async def download(self, ident: Identity, chain_id: str, cid: str, cid_bytes: bytes,
                        read_txid: bytes = b"") -> bytes:

@@ -31,6 +31,18 @@ def _err(status: int, reason: str, headers: dict | None = None) -> web.Response:
     return web.json_response({"error": reason}, status=status, headers=headers)
 
 
+async def _read_body(req: web.Request, limit: int, what: str) -> bytes:
+    """The request body, refused with 413 before or while reading once it exceeds `limit`."""
+    if req.content_length is not None and req.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=req.content_length, content_type="application/json",
+                                            text=f'{{"error": "{what} too large: {req.content_length} bytes, limit {limit}"}}')
+    body = await req.content.read(limit + 1)
+    if len(body) > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body), content_type="application/json",
+                                            text=f'{{"error": "{what} too large: limit {limit} bytes"}}')
+    return body
+
+
 def _hex(s: str, n: int, what: str) -> bytes:
     try:
         b = bytes.fromhex(s)
@@ -81,11 +93,7 @@ def make_app(v: Validator) -> web.Application:
 
     @routes.post("/v1/tx")
     async def post_tx(req: web.Request) -> web.Response:
-        if req.content_length is not None and req.content_length > MAX_TX_BYTES:
-            return _err(413, f"transaction too large: {req.content_length} bytes, limit {MAX_TX_BYTES}")
-        body = await req.content.read(MAX_TX_BYTES + 1)
-        if len(body) > MAX_TX_BYTES:
-            return _err(413, f"transaction too large: limit {MAX_TX_BYTES} bytes")
+        body = await _read_body(req, MAX_TX_BYTES, "transaction")
         try:
             txid = v.submit(body)
         except AdmissionError as exc:
@@ -96,9 +104,7 @@ def make_app(v: Validator) -> web.Application:
     @routes.post("/v1/txs")
     async def post_txs(req: web.Request) -> web.Response:
         """A batch of signed transactions (a phone proxy's window): msgpack array of tx bytes."""
-        body = await req.content.read(MAX_BATCH_BYTES + 1)
-        if len(body) > MAX_BATCH_BYTES:
-            return _err(413, f"batch too large: limit {MAX_BATCH_BYTES} bytes")
+        body = await _read_body(req, MAX_BATCH_BYTES, "batch")
         try:
             raws = decode(body, MAX_BATCH_BYTES)
         except WireError as exc:
@@ -144,11 +150,7 @@ def make_app(v: Validator) -> web.Application:
 
     @routes.post("/v1/blobs")
     async def post_blob(req: web.Request) -> web.Response:
-        if req.content_length is not None and req.content_length > max_blob:
-            return _err(413, f"blob too large: {req.content_length} bytes, limit {max_blob}")
-        data = await req.content.read(max_blob + 1)
-        if len(data) > max_blob:
-            return _err(413, f"blob too large: limit {max_blob} bytes")
+        data = await _read_body(req, max_blob, "blob")
         cid = v.blobs.put(data)
         v.metrics.blobs.set(v.blobs.count())
         return web.json_response({"cid": str(cid), "size": len(data)}, status=201)
