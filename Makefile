@@ -21,6 +21,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider --timeout=300 $(PYTEST_ARGS) tests
 
 bench: $(STAMP)
+	$(PY) -m pip install -q --no-build-isolation -e ".[bench]"
 	$(PY) -m pytest -q -p no:cacheprovider bench --benchmark-only --benchmark-columns=mean,ops,rounds
 
 lint: $(STAMP)
