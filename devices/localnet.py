@@ -81,9 +81,16 @@ class NodeProcess:
 
 
 def make_network(root: Path, validators: int = 1, chain_id: str = "medchain-local",
-                 params: Params | None = None, p2p_mode: str = "direct") -> list[NodeProcess]:
-    ports = [free_port() for _ in range(validators)]
-    p2p = [f"127.0.0.1:{free_port()}" for _ in range(validators)] if validators > 1 else None
+                 params: Params | None = None, p2p_mode: str = "direct",
+                 base_port: int | None = None) -> list[NodeProcess]:
+    """Homes for a local network: API ports base_port+i and libp2p ports base_port+1000+i, or free ports."""
+    if base_port:
+        ports = [base_port + i for i in range(validators)]
+        p2p_ports = [base_port + 1000 + i for i in range(validators)]
+    else:
+        ports = [free_port() for _ in range(validators)]
+        p2p_ports = [free_port() for _ in range(validators)]
+    p2p = [f"127.0.0.1:{p}" for p in p2p_ports] if validators > 1 else None
     homes = init_home(root, chain_id, [f"127.0.0.1:{p}" for p in ports], int(time.time() * 1000), params, p2p)
     return [NodeProcess(h, p, env={"MEDCHAIN_P2P_MODE": p2p_mode}) for h, p in zip(homes, ports, strict=True)]
 

@@ -91,7 +91,7 @@ def cmd_devnet(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="medchain-devnet-") as tmp:
         root = Path(args.dir) if args.dir else Path(tmp)
-        nodes = make_network(root, args.validators, p2p_mode=args.p2p)
+        nodes = make_network(root, args.validators, p2p_mode=args.p2p, base_port=args.base_port)
         start_all(nodes)
         _out(args, {"validators": [{"index": i, "api": n.url, "home": str(n.home)} for i, n in enumerate(nodes)]},
              "\n".join(f"validator {i}: {n.url}  (home {n.home})" for i, n in enumerate(nodes))
@@ -181,6 +181,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--validators", type=int, default=4, help="n = 3f+1 validators")
     sp.add_argument("--dir", help="keep the homes here (default: a temporary directory)")
     sp.add_argument("--p2p", choices=["direct", "gossipsub"], default="direct", help="how PBFT messages travel")
+    sp.add_argument("--base-port", type=int, default=8545,
+                    help="API port of validator 0 (others count up; libp2p ports are 1000 higher); 0 picks free ports")
 
     sp = add("node", cmd_node, "Run one validator from its home directory until Ctrl-C.")
     sp.add_argument("--home", required=True)

@@ -124,3 +124,42 @@ def test_lagging_replica_catches_up(devnet):
         async with NodeClient(node.url) as c:
             return (await c.get_json(f"/v1/blocks/{height}"))["hash"]
     assert run(block_hash(nodes[3], h)) == run(block_hash(nodes[0], h))
+
+
+def test_light_client_proof(devnet):
+    """A phone checks a commit from the Merkle path and the certificate alone; forgeries fail."""
+    from node.block import Block
+    from node.genesis import Genesis
+    from node.proof import ProofError, verify_inclusion
+    from node.wire import encode
+
+    gen = Genesis.load(devnet[0].home / "genesis.json")
+
+    async def go():
+        async with NodeClient(devnet[2].url) as c:
+            txs = [Tx.build(Identity.from_seed(b"lc%d" % i), gen.chain_id, 1, Profile("p", "r", "o", bytes(32)))
+                   for i in range(7)]
+            await c.submit_many([t.raw for t in txs])
+            st = await c.wait_committed(txs[5].id.hex(), 30)
+            return txs[5].id, st, await c.block_raw(st["height"])
+    txid, st, raw = run(go())
+    path = [bytes.fromhex(p) for p in st["proof"]]
+    keys = gen.validator_keys
+    block = verify_inclusion(txid, st["index"], st["tx_count"], path, raw, keys, gen.chain_id)
+    assert len(block.cert) >= 3
+    with pytest.raises(ProofError, match="not at that index"):
+        verify_inclusion(txid, (st["index"] + 1) % st["tx_count"], st["tx_count"], path, raw, keys, gen.chain_id)
+    if path:
+        with pytest.raises(ProofError, match="Merkle"):
+            verify_inclusion(txid, st["index"], st["tx_count"], [bytes(32)] + path[1:], raw, keys, gen.chain_id)
+    # a certificate with one signature dropped (below 2f+1), or a signature from another key
+    short = encode([block.header.encode(), list(block.txs), [list(x) for x in block.cert[:2]]])
+    with pytest.raises(ProofError, match="certificate"):
+        verify_inclusion(txid, st["index"], st["tx_count"], path, short, keys, gen.chain_id)
+    signer = Block.decode(raw).cert[0][0]
+    forged_keys = list(keys)
+    forged_keys[signer] = Identity.from_seed(b"not a validator").public_key
+    with pytest.raises(ProofError, match="certificate"):
+        verify_inclusion(txid, st["index"], st["tx_count"], path, raw, forged_keys, gen.chain_id)
+    with pytest.raises(ProofError, match="another chain"):
+        verify_inclusion(txid, st["index"], st["tx_count"], path, raw, keys, "other-chain")
