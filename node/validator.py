@@ -42,6 +42,8 @@ _CODE_STATUS = {2: 422, 3: 403, 4: 404, 5: 409, 6: 409, 7: 422, 8: 422}
 T_TXS = 16  # p2p message: a batch of transactions forwarded among validators
 _VERIFIED_CACHE = 1 << 19
 PIPELINE = 4  # proposals in flight at once
+REFORWARD_S = 1.0
+MAX_REFORWARD = 4000
 TICK_S = 0.05
 
 
@@ -80,11 +82,13 @@ class Validator:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
+        self._persisted: dict[int, list[int]] = {}  # seq -> message tags already in the consensus log
         self.msgs_in = self.msgs_out = 0
         log.info("validator %d of %d, chain %s, height %d", self.index, self.n, self.chain_id, head.height)
 
     # ---- start and stop ----------------------------------------------------------------------
     async def start(self) -> None:
+        await self._recover()
         if self.n > 1:
             from node.p2p import P2PNode
             me = self.genesis.validators[self.index].p2p
@@ -284,13 +288,30 @@ class Validator:
                 await asyncio.sleep(interval)
 
     async def _ticker(self) -> None:
+        last_reforward = time.monotonic()
         while not self._stopping:
             await asyncio.sleep(TICK_S)
             await self._inbox.put(("tick", None))
-            if self._forward and self.net is not None:
+            if self.net is None:
+                continue
+            if self._forward:
                 batch, self._forward = self._forward, []
                 self.net.broadcast(encode([T_TXS, batch]))
                 self.msgs_out += 1
+            now = time.monotonic()
+            if now - last_reforward >= REFORWARD_S:
+                last_reforward = now
+                self._reforward(now)
+
+    def _reforward(self, now: float) -> None:
+        """A forwarded batch can be lost (a peer down or restarting): transactions still pending here
+        after REFORWARD_S go to the primary again, so a client's accepted transaction is not stranded."""
+        if self.replica.is_primary:
+            return
+        stale = [self.mempool.by_id[t].raw for t, t0 in self._submitted_at.items()
+                 if now - t0 > REFORWARD_S and t in self.mempool][:MAX_REFORWARD]
+        if stale:
+            self._send(self.replica.primary, encode([T_TXS, stale]))
 
     def _on_net(self, peer: str, data: bytes) -> None:
         self.msgs_in += 1
@@ -342,11 +363,47 @@ class Validator:
         self._executed[block.hash] = ex
         return ex
 
+    async def _recover(self) -> None:
+        """Reload what this replica signed before a crash; a log that does not decode or execute is
+        a fault we must not guess past, so the validator stops loudly."""
+        head = self.ledger.head()
+        for seq, raw in self.ledger.log_entries():
+            if seq <= head.height:
+                continue
+            try:
+                view, block_raw, tags = decode(raw, MAX_BLOCK_BYTES + 1024)
+                block = Block.decode(block_raw)
+            except (WireError, ValueError, TypeError) as exc:
+                log.critical("consensus log entry %d is corrupt (%s): refusing to start", seq, exc)
+                raise SystemExit(4) from None
+            ex = await self._execute_proposal(block, check_time=False)
+            if ex is None:
+                log.critical("consensus log entry %d does not execute on the ledger: refusing to start", seq)
+                raise SystemExit(4)
+            self.replica.restore(seq, view, block, tags)
+            self._persisted[seq] = list(tags)
+            if self.replica.is_primary:
+                self._tip = ex.tip()
+            log.info("recovered our signed messages %s for sequence %d", tags, seq)
+
+    async def _persist(self, msg) -> None:  # noqa: ANN001
+        """Before one of our own phase messages leaves for the first time, log it durably."""
+        if msg.tag not in (1, 2, 3) or msg.tag in self._persisted.get(msg.seq, ()):
+            return
+        rec = self.replica.signed_record(msg.seq)
+        if rec is None:
+            return
+        view, block, tags = rec
+        await self._run(self.ledger.log_put, msg.seq, encode([view, block.encode(), tags]))
+        self._persisted[msg.seq] = tags
+
     async def _handle(self, actions: list) -> None:
         for act in actions:
             if isinstance(act, Deliver):
                 await self._deliver(act.block)
             elif isinstance(act, Broadcast) and self.net is not None:
+                if act.msg.sender == self.index:
+                    await self._persist(act.msg)
                 self.net.broadcast(act.msg.encode())
                 self.msgs_out += 1
             elif isinstance(act, Send) and self.net is not None:
@@ -373,6 +430,7 @@ class Validator:
                 raise SystemExit(3)
         await self._run(self.ledger.commit_block, block, ex.writes)
         del self._executed[block.hash]
+        self._persisted.pop(block.header.height, None)
         # proposals at or below this height that lost (none without view change) are stale now
         for h, e in list(self._executed.items()):
             if e.block.header.height <= block.header.height:

@@ -304,6 +304,36 @@ class Replica:
         self._catchup_sent[j] = self.now_ms
         return [Catchup(j, theirs + 1, min(self.last_delivered, theirs + self.catchup_batch))]
 
+    # ---- crash recovery ----------------------------------------------------------------------------------
+    def signed_record(self, seq: int) -> tuple[int, Block, list[int]] | None:
+        """What this replica has signed for `seq` (view, block, message tags): the driver persists it
+        before the message leaves, so a restarted replica never signs anything that conflicts."""
+        inst = self.log.get(seq)
+        if inst is None or inst.block is None:
+            return None
+        return self.view, inst.block, sorted({m.tag for m in inst.mine})
+
+    def restore(self, seq: int, view: int, block: Block, tags: list[int]) -> None:
+        """Reload a persisted record after a restart; the next tick re-sends the messages (RFC 6979
+        signatures are deterministic, so they are byte for byte what was sent before)."""
+        if view != self.view or seq <= self.last_delivered or block.header.seq != seq:
+            return
+        inst = self.log.setdefault(seq, _Instance())
+        inst.digest, inst.block = block.hash, block
+        if T_PREPREPARE in tags and self.is_primary:
+            inst.mine.append(self._make(PrePrepare, seq, block.hash, block=block))
+            self.next_seq = max(self.next_seq, seq + 1)
+        if T_PREPARE in tags:
+            prep = self._make(Prepare, seq, block.hash)
+            inst.prepares[self.index] = prep.sig
+            inst.mine.append(prep)
+        if T_COMMIT in tags:
+            c = self._make(Commit, seq, block.hash)
+            inst.sent_commit = True
+            inst.commits[self.index] = c.sig
+            inst.mine.append(c)
+        inst.sent_at = -(10**12)
+
     def certified_message(self, block: Block) -> CertifiedBlock:
         """Wrap a committed block (with its certificate) for sending to a replica that is behind."""
         return self._make(CertifiedBlock, block.header.seq, block.hash, block=block)

@@ -96,6 +96,7 @@ class Ledger:
                 txn.put(tid, encode([h.height, i]), db=self.txloc)
             for k, v in writes.items():
                 txn.put(k, v, db=self.state)
+            txn.delete(_h(h.height), db=self.consensus)
             head = Head(h.height, block.hash, h.state_root, h.time_ms)
             txn.put(b"head", encode([head.height, head.hash, head.state_root, head.time_ms]), db=self.meta)
         return head
@@ -130,12 +131,12 @@ class Ledger:
             for k, v in txn.cursor():
                 yield bytes(k), bytes(v)
 
-    # The consensus log: what this replica signed, persisted before it is sent.
-    def log_put(self, key: bytes, value: bytes) -> None:
+    # The consensus log: what this replica signed for sequences not yet committed, persisted
+    # (synced) before the message is sent, and dropped in the same transaction that commits the block.
+    def log_put(self, seq: int, value: bytes) -> None:
         with self.env.begin(write=True, db=self.consensus) as txn:
-            txn.put(key, value)
+            txn.put(_h(seq), value)
 
-    def log_get(self, key: bytes) -> bytes | None:
+    def log_entries(self) -> list[tuple[int, bytes]]:
         with self.env.begin(db=self.consensus) as txn:
-            v = txn.get(key)
-        return None if v is None else bytes(v)
+            return [(struct.unpack(">Q", k)[0], bytes(v)) for k, v in txn.cursor()]
