@@ -7,8 +7,10 @@ bench/README.md. Each benchmark round processes one whole batch; the summary pri
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import sys
 
 import pytest
 
@@ -23,6 +25,19 @@ needs_native = pytest.mark.skipif(not batch.native_available(),
                                   reason=f"native extension not built: {batch.native_error()}")
 needs_pycryptodome = pytest.mark.skipif(_PyCryptodomeAES is None,
                                         reason="pycryptodome not installed (pip install -e .[bench])")
+
+@contextlib.contextmanager
+def system_libsecp256k1():
+    """native._secp on the libsecp256k1 it links (Debian's), instead of coincurve's, for a while."""
+    secp = sys.modules["native._secp"]
+    before = secp.library()
+    secp.use_system_library()
+    try:
+        yield
+    finally:
+        if before == "coincurve":
+            secp.use_coincurve_library()
+
 
 VERIFY_BATCH = 4096
 SIGNERS = 64  # repeat senders, as in a mempool: the native path's key cache gets hits
@@ -77,6 +92,24 @@ def test_verify_native_one_thread(benchmark, bench, verify_items):
 
 @needs_native
 @pytest.mark.benchmark(group=f"ecdsa verify, batch of {VERIFY_BATCH}")
+def test_verify_native_all_cores_system_lib(benchmark, bench, verify_items):
+    """As test_verify_native_all_cores, over Debian's libsecp256k1 (the extension's fallback)."""
+    with system_libsecp256k1():
+        out = bench(benchmark, lambda: batch.verify_batch_native(verify_items), items=len(verify_items))
+    assert all(out)
+
+
+@needs_native
+@pytest.mark.benchmark(group=f"ecdsa verify, batch of {VERIFY_BATCH}")
+def test_verify_native_one_thread_system_lib(benchmark, bench, verify_items):
+    with system_libsecp256k1():
+        out = bench(benchmark, lambda: batch.verify_batch_native(verify_items, threads=1),
+                    items=len(verify_items))
+    assert all(out)
+
+
+@needs_native
+@pytest.mark.benchmark(group=f"ecdsa verify, batch of {VERIFY_BATCH}")
 def test_verify_native_all_cores_cold_key_cache(benchmark, bench, verify_items):
     """Every public key parsed again each round (cache cleared): the first batch from new senders."""
     import native._secp as secp
@@ -112,6 +145,14 @@ def test_sign_ecdsa_sign_loop(benchmark, bench):
 @pytest.mark.benchmark(group="ecdsa sign, batch of 4096")
 def test_sign_native_all_cores(benchmark, bench):
     out = bench(benchmark, lambda: batch.sign_batch_native(SIGN_KEY, SIGN_DIGESTS), items=len(SIGN_DIGESTS))
+    assert out[:8] == [ecdsa.sign(SIGN_KEY, d) for d in SIGN_DIGESTS[:8]]
+
+
+@needs_native
+@pytest.mark.benchmark(group="ecdsa sign, batch of 4096")
+def test_sign_native_all_cores_system_lib(benchmark, bench):
+    with system_libsecp256k1():
+        out = bench(benchmark, lambda: batch.sign_batch_native(SIGN_KEY, SIGN_DIGESTS), items=len(SIGN_DIGESTS))
     assert out[:8] == [ecdsa.sign(SIGN_KEY, d) for d in SIGN_DIGESTS[:8]]
 
 
@@ -208,6 +249,15 @@ def test_open_native_batch(benchmark, bench, label):
 def test_paired_verify_native_vs_coincurve_loop(benchmark, paired, verify_items):
     ratios = paired(benchmark, f"ecdsa verify {VERIFY_BATCH}: native all cores vs coincurve loop (goal >= 1.8x)",
                     lambda: batch.verify_batch_native(verify_items),
+                    lambda: [ecdsa.verify(pk, d, s) for pk, d, s in verify_items], rounds=20)
+    assert ratios
+
+
+@needs_native
+@pytest.mark.benchmark(group="paired A/B (time of one A+B pair)")
+def test_paired_verify_native_one_thread_vs_coincurve_loop(benchmark, paired, verify_items):
+    ratios = paired(benchmark, f"ecdsa verify {VERIFY_BATCH}: native 1 thread vs coincurve loop (per core)",
+                    lambda: batch.verify_batch_native(verify_items, threads=1),
                     lambda: [ecdsa.verify(pk, d, s) for pk, d, s in verify_items], rounds=20)
     assert ratios
 

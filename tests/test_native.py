@@ -3,6 +3,8 @@
 Every verification and AEAD path (native batch, native single-item batch, fallback batch, the
 single-item functions of node/crypto) must agree with the published vectors and with each other
 on random and malformed inputs; big batches must not leak; forking after a native call must work.
+The native ECDSA paths run over both libsecp256k1 builds: coincurve's (the default) and the
+system one the extension links (its fallback).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -37,6 +40,26 @@ needs_native = pytest.mark.skipif(
 HYP = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+def _secp():
+    return sys.modules["native._secp"]
+
+
+def _on_system_lib(fn):
+    """fn run with native._secp switched to the system libsecp256k1, then switched back."""
+
+    def run(*args, **kwargs):
+        secp = _secp()
+        before = secp.library()
+        secp.use_system_library()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if before == "coincurve":
+                secp.use_coincurve_library()
+
+    return run
+
+
 # --- the paths under test -------------------------------------------------------------------
 
 
@@ -49,6 +72,9 @@ def _verify_paths() -> dict:
         paths["native batch"] = batch.verify_batch_native
         paths["native batch 1 thread"] = lambda items: batch.verify_batch_native(items, threads=1)
         paths["native single"] = lambda items: [batch.verify_batch_native([it])[0] for it in items]
+        paths["native batch, system libsecp256k1"] = _on_system_lib(batch.verify_batch_native)
+        paths["native batch 1 thread, system libsecp256k1"] = _on_system_lib(
+            lambda items: batch.verify_batch_native(items, threads=1))
     return paths
 
 
@@ -300,6 +326,7 @@ def test_sign_batch_matches_coincurve_byte_for_byte(sk, ds):
     want = [PrivateKey(sk).sign_recoverable(d, hasher=None)[:64] for d in ds]
     assert batch.sign_batch_native(sk, ds) == want
     assert batch.sign_batch_native(sk, ds, threads=2) == want
+    assert _on_system_lib(batch.sign_batch_native)(sk, ds, threads=2) == want
     assert batch.sign_batch_fallback(sk, ds) == want
     assert [ecdsa.sign(sk, d) for d in ds] == want
     pk = ecdsa.public_key(sk)
@@ -404,7 +431,8 @@ def test_public_verify_batch_on_malformed_input_and_empty():
 
 
 @needs_native
-@pytest.mark.parametrize("fn", [batch.sign_batch_native, batch.sign_batch_fallback])
+@pytest.mark.parametrize("fn", [batch.sign_batch_native, batch.sign_batch_fallback,
+                                _on_system_lib(batch.sign_batch_native)])
 def test_sign_batch_rejects_bad_input_before_signing(fn):
     d = bytes(32)
     with pytest.raises(ValueError, match="secret key must be 32 bytes"):
@@ -575,6 +603,127 @@ def test_fork_after_parallel_native_call_does_not_hang():
     assert p.exitcode == 0 and q.get(timeout=5) is True
 
 
+# --- which libsecp256k1 build ----------------------------------------------------------------
+
+
+@needs_native
+def test_native_uses_coincurves_libsecp256k1_by_default():
+    assert batch.SECP_LIBRARY_ERROR == ""
+    assert batch.secp_library() == _secp().library() == "coincurve"
+    assert "coincurve" in batch.backend_name() and "libsecp256k1" in batch.backend_name()
+
+
+def _coincurve_addresses() -> dict[str, int]:
+    from coincurve._libsecp256k1 import ffi, lib
+
+    return {n: int(ffi.cast("uintptr_t", ffi.addressof(lib, n))) for n in _secp().FUNCTIONS}
+
+
+@needs_native
+def test_init_from_coincurve_rejects_bad_arguments_and_keeps_the_library():
+    secp = _secp()
+    good = _coincurve_addresses()
+    before = secp.library()
+    with pytest.raises(ValueError, match="struct sizes"):
+        secp.init_from_coincurve(good, 96, 64)
+    with pytest.raises(ValueError, match="no address for secp256k1_ecdsa_verify"):
+        secp.init_from_coincurve({k: v for k, v in good.items() if k != "secp256k1_ecdsa_verify"}, 64, 64)
+    with pytest.raises(ValueError, match="bad address"):
+        secp.init_from_coincurve(good | {"secp256k1_ecdsa_sign": 0}, 64, 64)
+    with pytest.raises(RuntimeError, match="other addresses"):  # e.g. Debian's functions, once coincurve's are in
+        secp.init_from_coincurve(good | {"secp256k1_ecdsa_verify": good["secp256k1_ecdsa_verify"] + 16}, 64, 64)
+    assert secp.library() == before
+    secp.init_from_coincurve(good, 64, 64)  # the same addresses again: selects the same build
+    assert secp.library() == "coincurve"
+
+
+@needs_native
+def test_switching_library_clears_the_key_cache_and_gives_the_same_results():
+    secp = _secp()
+    sk = hashlib.sha256(b"switch").digest()
+    ds = [hashlib.sha256(b"s%d" % i).digest() for i in range(40)]
+    pk = ecdsa.public_key(sk)
+    items = [(pk, d, s) for d, s in zip(ds, batch.sign_batch_native(sk, ds), strict=True)]
+    items += [(pk, ds[0], items[1][2])]
+    want = [True] * 40 + [False]
+    assert batch.verify_batch_native(items) == want
+    assert secp.cache_info()[0] >= 1
+    try:
+        secp.use_system_library()
+        assert secp.library() == "system" and secp.cache_info()[0] == 0
+        assert batch.verify_batch_native(items) == want
+    finally:
+        secp.use_coincurve_library()
+    assert secp.library() == "coincurve" and secp.cache_info()[0] == 0
+    assert batch.verify_batch_native(items) == want
+
+
+@needs_native
+def test_switching_library_while_other_threads_verify_and_sign():
+    # every call keeps the build it started with; keys parsed by one build never reach a call on
+    # the other through the cache
+    secp = _secp()
+    sk = hashlib.sha256(b"switch threads").digest()
+    ds = [hashlib.sha256(b"t%d" % i).digest() for i in range(64)]
+    sigs = batch.sign_batch_native(sk, ds)
+    others = [ecdsa.public_key(hashlib.sha256(b"o%d" % i).digest()) for i in range(64)]
+    pk = ecdsa.public_key(sk)
+    items = [(pk, d, s) for d, s in zip(ds, sigs, strict=True)] + [(o, ds[0], sigs[0]) for o in others]
+    want = [True] * 64 + [False] * 64
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    calls = [0, 0]
+
+    def work(t):
+        try:
+            while not stop.is_set():
+                assert batch.verify_batch_native(items, threads=2) == want
+                assert batch.sign_batch_native(sk, ds[:20], threads=2) == sigs[:20]
+                calls[t] += 1
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(2)]
+    for th in threads:
+        th.start()
+    try:
+        for i in range(200):
+            secp.use_system_library() if i % 2 == 0 else secp.use_coincurve_library()
+            time.sleep(0.002)  # mid-call for the workers, mostly
+    finally:
+        stop.set()
+        for th in threads:
+            th.join(60)
+        secp.use_coincurve_library()
+    assert not errors, errors
+    assert min(calls) >= 5, calls
+
+
+@needs_native
+def test_falls_back_to_the_system_libsecp256k1_when_coincurves_is_unusable():
+    code = (
+        "import coincurve._libsecp256k1 as cc\n"
+        "cc.ffi = None  # no cffi module to take addresses from\n"
+        "import hashlib\n"
+        "from node.crypto import batch, ecdsa\n"
+        "print(batch.secp_library()); print(batch.backend_name())\n"
+        "sk = hashlib.sha256(b'fallback lib').digest(); pk = ecdsa.public_key(sk)\n"
+        "ds = [hashlib.sha256(bytes([i])).digest() for i in range(40)]\n"
+        "sigs = batch.sign_batch_native(sk, ds, threads=2)\n"
+        "print(sigs == [ecdsa.sign(sk, d) for d in ds])\n"
+        "print(batch.verify_batch_native([(pk, d, s) for d, s in zip(ds, sigs)] + [(pk, ds[0], sigs[1])]) "
+        "== [True] * 40 + [False])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MEDCHAIN_NO_NATIVE"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=60, check=True)
+    lines = out.stdout.splitlines()
+    assert lines[0] == "system", out
+    assert lines[1].startswith("native (system libsecp256k1 [coincurve's unusable: AttributeError"), lines[1]
+    assert lines[2:] == ["True", "True"]
+    assert "native ECDSA keeps the system libsecp256k1" in out.stderr
+
+
 # --- dispatch --------------------------------------------------------------------------------
 
 
@@ -594,7 +743,7 @@ def _probe(env_extra: dict) -> list[str]:
 @needs_native
 def test_native_is_used_by_default_and_logged_once():
     lines = _probe({})
-    assert lines[0] == "True" and lines[1].startswith("native")
+    assert lines[0] == "True" and lines[1].startswith("native (coincurve ")
     assert sum("medchain: native crypto in use" in line for line in lines) == 1
 
 

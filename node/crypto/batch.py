@@ -2,7 +2,12 @@
 
 The native path (native/_secp.pyx over libsecp256k1, native/_aesgcm.pyx over OpenSSL EVP) runs
 with the GIL released on all cores; the fallback is coincurve (two threads, as
-`ecdsa.verify_batch_fallback`) and `cryptography`'s AESGCM. Native and fallback give identical
+`ecdsa.verify_batch_fallback`) and `cryptography`'s AESGCM. The native ECDSA loops call the
+libsecp256k1 that coincurve bundles (newer and faster per core than Debian's 0.2.0 that the
+extension links): at import this module takes the function addresses from coincurve's cffi
+module and hands them to `native._secp.init_from_coincurve`, then checks the result against
+coincurve on a known answer; if any of that fails, the extension keeps Debian's library, and
+`backend_name()` / `secp_library()` say which one is in use. Native and fallback give identical
 results on every input (tests/test_native.py). The native path is chosen when the extension is
 built and importable (each of the two modules on its own), unless MEDCHAIN_NO_NATIVE=1 forces
 the fallback; which one is in use is logged once (on first use) and available from
@@ -39,6 +44,7 @@ __all__ = [
     "NATIVE",
     "NATIVE_AEAD",
     "NATIVE_ECDSA",
+    "SECP_LIBRARY_ERROR",
     "aead_open_batch",
     "aead_open_batch_fallback",
     "aead_open_batch_native",
@@ -48,6 +54,7 @@ __all__ = [
     "backend_name",
     "native_available",
     "native_error",
+    "secp_library",
     "sign_batch",
     "sign_batch_fallback",
     "sign_batch_native",
@@ -68,6 +75,101 @@ def _load(name: str) -> tuple[ModuleType | None, str]:
 
 _secp, _secp_error = _load("_secp")
 _aesgcm, _aesgcm_error = _load("_aesgcm")
+
+
+# --- which libsecp256k1 the native ECDSA loops call ------------------------------------------
+
+# How coincurve's cffi module types the functions native._secp calls (cffi drops `const`):
+# a guard against a coincurve build whose declarations differ from the stable API.
+_COINCURVE_TYPES = {
+    "secp256k1_context_create": "struct secp256k1_context_struct *(*)(unsigned int)",
+    "secp256k1_context_destroy": "void(*)(struct secp256k1_context_struct *)",
+    "secp256k1_context_randomize": "int(*)(struct secp256k1_context_struct *, unsigned char *)",
+    "secp256k1_context_set_illegal_callback":
+        "void(*)(struct secp256k1_context_struct *, void(*)(char *, void *), void *)",
+    "secp256k1_ec_pubkey_parse":
+        "int(*)(struct secp256k1_context_struct *, struct secp256k1_pubkey *, unsigned char *, size_t)",
+    "secp256k1_ecdsa_signature_parse_compact":
+        "int(*)(struct secp256k1_context_struct *, struct secp256k1_ecdsa_signature *, unsigned char *)",
+    "secp256k1_ecdsa_signature_serialize_compact":
+        "int(*)(struct secp256k1_context_struct *, unsigned char *, struct secp256k1_ecdsa_signature *)",
+    "secp256k1_ecdsa_verify":
+        "int(*)(struct secp256k1_context_struct *, struct secp256k1_ecdsa_signature *, unsigned char *, "
+        "struct secp256k1_pubkey *)",
+    "secp256k1_ecdsa_sign":
+        "int(*)(struct secp256k1_context_struct *, struct secp256k1_ecdsa_signature *, unsigned char *, "
+        "unsigned char *, int(*)(unsigned char *, unsigned char *, unsigned char *, unsigned char *, void *, "
+        "unsigned int), void *)",
+    "secp256k1_ec_seckey_verify": "int(*)(struct secp256k1_context_struct *, unsigned char *)",
+}
+
+
+def _coincurve_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("coincurve")
+    except Exception:  # noqa: BLE001 - only for the description
+        return "?"
+
+
+def _self_check(secp: ModuleType) -> None:
+    """A known answer against coincurve itself: same signatures, same verdicts."""
+    sk = bytes(31) + b"\x07"
+    digests = [bytes(32), bytes(range(32)), b"\xff" * 32]
+    want = [PrivateKey(sk).sign_recoverable(d, hasher=None)[:64] for d in digests]
+    got = secp.sign_batch(sk, digests, 1)
+    if got != want:
+        raise RuntimeError("signatures differ from coincurve's")
+    pk = PrivateKey(sk).public_key.format(compressed=True)
+    bad = want[0][:63] + bytes([want[0][63] ^ 1])
+    items = [(pk, d, s) for d, s in zip(digests, want, strict=True)] + [(pk, digests[0], bad)]
+    if secp.verify_batch(items, 1) != [True, True, True, False]:
+        raise RuntimeError("verification differs from coincurve's")
+
+
+def _use_coincurve_libsecp256k1(secp: ModuleType) -> str:
+    """Point native._secp at coincurve's libsecp256k1; '' on success, else why it keeps Debian's."""
+    try:
+        from coincurve import _libsecp256k1 as cc
+
+        ffi, lib = cc.ffi, cc.lib
+        addresses = {}
+        for name in secp.FUNCTIONS:
+            fn = ffi.addressof(lib, name)
+            ctype = ffi.getctype(ffi.typeof(fn))
+            if ctype != _COINCURVE_TYPES.get(name):
+                return f"coincurve declares {name} as {ctype}"
+            addresses[name] = int(ffi.cast("uintptr_t", fn))
+        secp.init_from_coincurve(addresses, ffi.sizeof("secp256k1_pubkey"),
+                                 ffi.sizeof("secp256k1_ecdsa_signature"), cc)
+    except Exception as exc:  # noqa: BLE001 - no coincurve internals: the linked library serves
+        return f"{type(exc).__name__}: {exc}"
+    try:
+        _self_check(secp)
+    except Exception as exc:  # noqa: BLE001
+        secp.use_system_library()
+        return f"self-check failed: {exc}"
+    return ""
+
+
+#: Why the native ECDSA loops use Debian's libsecp256k1 rather than coincurve's ('' if they don't).
+SECP_LIBRARY_ERROR: str = _use_coincurve_libsecp256k1(_secp) if _secp is not None else ""
+if SECP_LIBRARY_ERROR:
+    log.warning("medchain: native ECDSA keeps the system libsecp256k1: %s", SECP_LIBRARY_ERROR)
+
+
+def secp_library() -> str | None:
+    """The libsecp256k1 the native ECDSA loops call: "coincurve", "system", or None (not built)."""
+    return _secp.library() if _secp is not None else None
+
+
+def _secp_description() -> str:
+    if secp_library() == "coincurve":
+        return f"coincurve {_coincurve_version()}'s libsecp256k1"
+    reason = f"coincurve's unusable: {SECP_LIBRARY_ERROR}" if SECP_LIBRARY_ERROR else "coincurve's not selected"
+    return f"system libsecp256k1 [{reason}]"
+
 _FORCED_OFF = os.environ.get("MEDCHAIN_NO_NATIVE", "").strip() not in ("", "0")
 
 #: Whether verify_batch / sign_batch dispatch to native/_secp.pyx.
@@ -95,9 +197,10 @@ def native_error() -> str:
 def backend_name() -> str:
     """One line for logs and `medchain status`."""
     if NATIVE:
-        return f"native (libsecp256k1 + OpenSSL EVP AES-GCM, {_secp.default_threads()} threads)"
+        return f"native ({_secp_description()} + OpenSSL EVP AES-GCM, {_secp.default_threads()} threads)"
     if NATIVE_ECDSA or NATIVE_AEAD:
-        which = "ECDSA native, AES-GCM fallback" if NATIVE_ECDSA else "ECDSA fallback, AES-GCM native"
+        which = (f"ECDSA native over {_secp_description()}, AES-GCM fallback" if NATIVE_ECDSA
+                 else "ECDSA fallback, AES-GCM native")
         return f"partly native ({which}; {native_error()})"
     return f"fallback (coincurve + cryptography AESGCM; {native_error()})"
 
@@ -152,7 +255,7 @@ def verify_batch_fallback(items: Iterable[tuple[bytes, bytes, bytes]]) -> list[b
 
 
 def verify_batch_native(items: Iterable[tuple[bytes, bytes, bytes]], threads: int | None = None) -> list[bool]:
-    """libsecp256k1 on `threads` threads (default: all usable CPUs) with the GIL released."""
+    """libsecp256k1 (`secp_library()`) on `threads` threads (default: all usable CPUs), GIL released."""
     return _require(_secp, _secp_error).verify_batch(items, threads)
 
 
