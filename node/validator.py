@@ -42,7 +42,7 @@ _CODE_STATUS = {2: 422, 3: 403, 4: 404, 5: 409, 6: 409, 7: 422, 8: 422}
 T_TXS = 16  # p2p message: a batch of transactions forwarded among validators
 _VERIFIED_CACHE = 1 << 19
 PIPELINE = 4  # proposals in flight at once
-REFORWARD_S = 1.0
+REFORWARD_S = 5.0  # well above a healthy p99 commit latency: only stranded transactions are resent
 MAX_REFORWARD = 4000
 TICK_S = 0.05
 
@@ -76,7 +76,8 @@ class Validator:
         self._forward: list[bytes] = []
         self._rejected: OrderedDict[bytes, str] = OrderedDict()
         self._waiters: dict[bytes, list[asyncio.Future]] = {}
-        self._submitted_at: dict[bytes, float] = {}
+        self._submitted_at: dict[bytes, float] = {}  # client submissions here, for the latency metric
+        self._pending_since: dict[bytes, float] = {}  # every admitted tx: when to re-forward it next
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
         self._inbox: asyncio.Queue = asyncio.Queue()
         self._wake = asyncio.Event()
@@ -140,6 +141,9 @@ class Validator:
         out: list[bytes | AdmissionError] = []
         parsed: list[tuple[int, Tx]] = []
         for raw in raws:
+            if forwarded and len(raw) <= MAX_TX_BYTES and ecdsa.sha256(raw) in self.mempool:
+                out.append(AdmissionError(409, "duplicate: transaction already pending"))
+                continue  # a re-forwarded copy we hold already: costs a hash, not a decode
             try:
                 tx = Tx.decode(raw, check_sig=False)
                 if tx.chain_id != self.chain_id:
@@ -188,7 +192,9 @@ class Validator:
             self._check_blob_present(tx)
         self.mempool.admit(tx, self.committed_nonce(tx.address), now, forwarded)
         self._rejected.pop(tx.id, None)
-        self._submitted_at[tx.id] = now
+        if not forwarded:
+            self._submitted_at[tx.id] = now
+        self._pending_since[tx.id] = now + REFORWARD_S
         self.metrics.admitted.inc()
 
     def _check_blob_present(self, tx: Tx) -> None:
@@ -308,8 +314,18 @@ class Validator:
         after REFORWARD_S go to the primary again, so a client's accepted transaction is not stranded."""
         if self.replica.is_primary:
             return
-        stale = [self.mempool.by_id[t].raw for t, t0 in self._submitted_at.items()
-                 if now - t0 > REFORWARD_S and t in self.mempool][:MAX_REFORWARD]
+        # first after REFORWARD_S, then every 4 x REFORWARD_S while it stays pending, so an overloaded
+        # primary is not flooded with copies; ones already proposed are not resent
+        proposed = {t.id for ex in self._executed.values() for t in ex.txs}
+        stale = []
+        for t, due in list(self._pending_since.items()):
+            if t not in self.mempool:
+                del self._pending_since[t]  # dropped without a commit (superseded nonce)
+            elif due <= now and t not in proposed and len(stale) < MAX_REFORWARD:
+                stale.append(t)
+        for t in stale:
+            self._pending_since[t] = now + REFORWARD_S * 4
+        stale = [self.mempool.by_id[t].raw for t in stale]
         if stale:
             self._send(self.replica.primary, encode([T_TXS, stale]))
 
@@ -438,6 +454,7 @@ class Validator:
         self.mempool.remove([t for t, c in zip(ex.txs, ex.codes, strict=True) if c != 1])
         now = time.monotonic()
         for tx in ex.txs:
+            self._pending_since.pop(tx.id, None)
             t0 = self._submitted_at.pop(tx.id, None)
             if t0 is not None:
                 self.metrics.commit_latency.observe(now - t0)

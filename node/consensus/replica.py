@@ -79,6 +79,7 @@ class _Instance:
     early: dict[tuple[bool, bytes], dict[int, bytes]] = field(default_factory=dict)  # votes before the pre-prepare
     mine: list[_Msg] = field(default_factory=list)  # what this replica sent, for retransmission
     sent_at: int = 0
+    backoff: int = 0  # ms until the next retransmission; doubles each time, so slow rounds are not flooded
 
 
 class Replica:
@@ -125,6 +126,7 @@ class Replica:
     def _send_mine(self, inst: _Instance, msg: _Msg) -> Broadcast:
         inst.mine.append(msg)
         inst.sent_at = self.now_ms
+        inst.backoff = self.retransmit_ms
         return Broadcast(msg)
 
     # ---- inputs ------------------------------------------------------------------------------------
@@ -154,9 +156,16 @@ class Replica:
             self._last_status = now_ms
             out.append(Broadcast(self._make(Status, self.last_delivered, self.last_hash)))
         for inst in self.log.values():
-            if inst.mine and not inst.committed and now_ms - inst.sent_at >= self.retransmit_ms:
+            if inst.mine and not inst.committed and now_ms - inst.sent_at >= inst.backoff:
                 inst.sent_at = now_ms
-                out += [Broadcast(m) for m in inst.mine]
+                inst.backoff = min(2 * max(inst.backoff, self.retransmit_ms), 16 * self.retransmit_ms)
+                for m in inst.mine:
+                    if m.tag == T_PREPREPARE:
+                        # the block is large: only to replicas that have not shown (by a vote) they hold it
+                        out += [Send(j, m) for j in range(self.n)
+                                if j != self.index and j not in inst.prepares and j not in inst.commits]
+                    else:
+                        out.append(Broadcast(m))
         return out
 
     def on_message(self, msg: _Msg) -> list[Action]:
@@ -294,9 +303,10 @@ class Replica:
 
     def _on_status(self, msg: Status) -> list[Action]:
         j, theirs = msg.sender, msg.seq
-        self.peer_delivered[j] = max(self.peer_delivered.get(j, 0), theirs)
-        if theirs >= self.last_delivered:
-            return []
+        before = self.peer_delivered.get(j)
+        self.peer_delivered[j] = max(before or 0, theirs)
+        if theirs >= self.last_delivered or before is None or theirs > before:
+            return []  # level, or still progressing on its own: certified blocks would only duplicate work
         # a peer is behind: send it certified blocks, at most one batch per status round per peer
         sent = self._catchup_sent.get(j)
         if sent is not None and self.now_ms - sent < self.status_ms:
@@ -333,6 +343,7 @@ class Replica:
             inst.commits[self.index] = c.sig
             inst.mine.append(c)
         inst.sent_at = -(10**12)
+        inst.backoff = self.retransmit_ms
 
     def certified_message(self, block: Block) -> CertifiedBlock:
         """Wrap a committed block (with its certificate) for sending to a replica that is behind."""
