@@ -94,7 +94,7 @@ class Mempool:
         if tx.nonce <= committed_nonce:
             raise AdmissionError(409, f"stale nonce: {tx.nonce} already used (replay?); next is {expected}")
         if s is not None and tx.nonce in s.txs:
-            raise AdmissionError(409, f"nonce {tx.nonce} already pending with another transaction")
+            raise AdmissionError(409, f"nonce conflict: {tx.nonce} already pending with another transaction")
         if tx.nonce != expected and not (forwarded and tx.nonce <= committed_nonce + MAX_FORWARD_GAP):
             raise AdmissionError(409, f"nonce out of order: got {tx.nonce}, expected {expected}")
         if len(self.by_id) >= self.capacity:
