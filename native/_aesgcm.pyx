@@ -102,29 +102,19 @@ cdef bytes _check_key(object key):
     return <bytes>k
 
 
-cdef inline int _enc_update(EVP_CIPHER_CTX* ctx, unsigned char* out, const unsigned char* inp,
-                            size_t n) noexcept nogil:
-    """Feed n bytes (out NULL: associated data). 1 on success."""
+ctypedef int (*_evp_update_fn)(EVP_CIPHER_CTX* ctx, unsigned char* out, int* outl,
+                               const unsigned char* inp, int inl) noexcept nogil
+
+
+cdef inline int _update(_evp_update_fn update, EVP_CIPHER_CTX* ctx, unsigned char* out,
+                        const unsigned char* inp, size_t n) noexcept nogil:
+    """Feed n bytes through EVP_EncryptUpdate or EVP_DecryptUpdate (out NULL: associated data).
+    1 on success."""
     cdef int outl = 0
     cdef size_t step
     while n > 0:
         step = n if n < _CHUNK else _CHUNK
-        if EVP_EncryptUpdate(ctx, out, &outl, inp, <int>step) != 1:
-            return 0
-        inp += step
-        if out != NULL:
-            out += outl
-        n -= step
-    return 1
-
-
-cdef inline int _dec_update(EVP_CIPHER_CTX* ctx, unsigned char* out, const unsigned char* inp,
-                            size_t n) noexcept nogil:
-    cdef int outl = 0
-    cdef size_t step
-    while n > 0:
-        step = n if n < _CHUNK else _CHUNK
-        if EVP_DecryptUpdate(ctx, out, &outl, inp, <int>step) != 1:
+        if update(ctx, out, &outl, inp, <int>step) != 1:
             return 0
         inp += step
         if out != NULL:
@@ -139,9 +129,9 @@ cdef int _seal_one(EVP_CIPHER_CTX* ctx, const unsigned char* iv, const unsigned 
     cdef int outl = 0
     if EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, iv) != 1:
         return 0
-    if aadlen and not _enc_update(ctx, NULL, aad, aadlen):
+    if aadlen and not _update(<_evp_update_fn>EVP_EncryptUpdate, ctx, NULL, aad, aadlen):
         return 0
-    if ptlen and not _enc_update(ctx, out, pt, ptlen):
+    if ptlen and not _update(<_evp_update_fn>EVP_EncryptUpdate, ctx, out, pt, ptlen):
         return 0
     if EVP_EncryptFinal_ex(ctx, out + ptlen, &outl) != 1:
         return 0
@@ -159,9 +149,9 @@ cdef int _open_one(EVP_CIPHER_CTX* ctx, const unsigned char* iv, const unsigned 
         tag[i] = ct[n + i]
     if EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, iv) != 1:
         return 0
-    if aadlen and not _dec_update(ctx, NULL, aad, aadlen):
+    if aadlen and not _update(<_evp_update_fn>EVP_DecryptUpdate, ctx, NULL, aad, aadlen):
         return 0
-    if n and not _dec_update(ctx, out, ct, n):
+    if n and not _update(<_evp_update_fn>EVP_DecryptUpdate, ctx, out, ct, n):
         return 0
     if EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, _TAG, tag) != 1:
         return 0
