@@ -49,17 +49,16 @@ async def _prepare(clients: list[NodeClient], chain: str, senders: int, per_send
 
     async def one(s: int, ident: Identity) -> list[Tx]:
         c = clients[s % len(clients)]
-        out = []
+        bodies = []
         for n in range(1, per_sender + 1):
             if kind == "profile":
-                out.append(Tx.build(ident, chain, n, Profile(f"load-{n}", "bench", "medchain", bytes(32))))
+                bodies.append(Profile(f"load-{n}", "bench", "medchain", bytes(32)))
                 continue
             blob = os.urandom(96)  # a small encrypted window (the bytes are opaque to the chain)
             async with sem:
                 cid = await c.upload(blob)
-            out.append(Tx.build(ident, chain, n, Write(1, Cid.parse(cid).to_bytes(), len(blob), 0,
-                                                       now + n * 1000, now + n * 1000 + 999)))
-        return out
+            bodies.append(Write(1, Cid.parse(cid).to_bytes(), len(blob), 0, now + n * 1000, now + n * 1000 + 999))
+        return Tx.build_batch(ident, chain, 1, bodies)
     return await asyncio.gather(*(one(s, i) for s, i in enumerate(idents)))
 
 

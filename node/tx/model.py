@@ -221,9 +221,17 @@ class Tx:
 
     @classmethod
     def build(cls, ident: Identity, chain_id: str, nonce: int, body: Body) -> Tx:
-        payload = encode([VERSION, body.kind, chain_id, ident.public_key, nonce, *body.fields()])
-        sig = ident.sign(ecdsa.sha256(payload))
-        return cls.decode(encode([payload, sig]), chain_id=chain_id, check_sig=False)
+        return cls.build_batch(ident, chain_id, nonce, [body])[0]
+
+    @classmethod
+    def build_batch(cls, ident: Identity, chain_id: str, first_nonce: int, bodies: list[Body]) -> list[Tx]:
+        """Transactions with consecutive nonces from one sender, signed in one batch call (the
+        native batch signer when it is built: load generators sign thousands at once)."""
+        from node.crypto.batch import sign_batch
+        payloads = [encode([VERSION, b.kind, chain_id, ident.public_key, first_nonce + i, *b.fields()])
+                    for i, b in enumerate(bodies)]
+        sigs = sign_batch(ident.secret, [ecdsa.sha256(p) for p in payloads])
+        return [cls.decode(encode([p, s]), chain_id=chain_id, check_sig=False) for p, s in zip(payloads, sigs, strict=True)]
 
     @classmethod
     def decode(cls, raw: bytes, chain_id: str | None = None, check_sig: bool = True) -> Tx:
