@@ -15,10 +15,19 @@ from pathlib import Path
 from node.genesis import Params, init_home
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports: all sockets stay bound until every port is chosen, so the kernel
+    cannot hand out the same port twice (picking them one by one could)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 @dataclass
@@ -55,6 +64,7 @@ class NodeProcess:
                     return self
             except OSError:
                 time.sleep(0.05)
+        self.kill()
         raise TimeoutError(f"validator did not come up: {self.log_tail()}")
 
     def log_tail(self, n: int = 2000) -> str:
@@ -88,16 +98,22 @@ def make_network(root: Path, validators: int = 1, chain_id: str = "medchain-loca
         ports = [base_port + i for i in range(validators)]
         p2p_ports = [base_port + 1000 + i for i in range(validators)]
     else:
-        ports = [free_port() for _ in range(validators)]
-        p2p_ports = [free_port() for _ in range(validators)]
+        both = free_ports(2 * validators)
+        ports, p2p_ports = both[:validators], both[validators:]
     p2p = [f"127.0.0.1:{p}" for p in p2p_ports] if validators > 1 else None
     homes = init_home(root, chain_id, [f"127.0.0.1:{p}" for p in ports], int(time.time() * 1000), params, p2p)
     return [NodeProcess(h, p, env={"MEDCHAIN_P2P_MODE": p2p_mode}) for h, p in zip(homes, ports, strict=True)]
 
 
 def start_all(nodes: list[NodeProcess], timeout: float = 30.0) -> None:
-    """Start every validator process, then wait until each API answers."""
-    for n in nodes:
-        n.launch()
-    for n in nodes:
-        n.wait_ready(timeout)
+    """Start every validator process, then wait until each API answers; if one fails, stop them all
+    (a half-started network must not outlive its caller)."""
+    try:
+        for n in nodes:
+            n.launch()
+        for n in nodes:
+            n.wait_ready(timeout)
+    except BaseException:
+        for n in nodes:
+            n.kill()
+        raise
