@@ -27,6 +27,8 @@ from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 
+from node.p2p._wake import wait_for_items
+
 if TYPE_CHECKING:
     from ._trio_side import TrioSide
 
@@ -117,14 +119,7 @@ class GossipChannel:
         """Publish what the asyncio side queued, one message at a time, in order."""
         q, pubsub, topic, stats = self.side.gossip_queue, self.pubsub, self.side.topic, self.stats
         while True:
-            while not q:
-                self.waiting = True
-                if q:
-                    self.waiting = False
-                    break
-                await self.event.wait()
-                self.event = trio.Event()
-                self.waiting = False
+            await wait_for_items(self, q)
             data = q.popleft()
             try:
                 await pubsub.publish(topic, data)

@@ -30,6 +30,8 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.transport.exceptions import SecurityUpgradeFailure
 
+from node.p2p._wake import wait_for_items, wake
+
 log = logging.getLogger("medchain.p2p")
 
 
@@ -164,10 +166,9 @@ class TrioSide:
     def _on_kick(self) -> None:
         self._kick_pending = False
         for o in self.outs.values():
-            if o.waiting:
-                o.event.set()
-        if self.gossip is not None and self.gossip.waiting:
-            self.gossip.event.set()
+            wake(o)
+        if self.gossip is not None:
+            wake(self.gossip)
 
     def _build_host(self) -> Any:
         noise = NoiseTransport(self.key_pair, noise_privkey=_x25519_key())
@@ -333,14 +334,7 @@ class TrioSide:
             batch, o.retry = o.retry, None
             retrying = batch is not None
             if batch is None:
-                while not q:
-                    o.waiting = True
-                    if q:
-                        o.waiting = False
-                        break
-                    await o.event.wait()
-                    o.event = trio.Event()
-                    o.waiting = False
+                await wait_for_items(o, q)
                 batch = []
                 size = 0
                 while q and size < WRITE_BATCH_BYTES and len(batch) < WRITE_BATCH_FRAMES:
