@@ -1,20 +1,38 @@
 """Content-addressed block store in LMDB, keyed by multihash (so a CIDv0 and a CIDv1 of the same
 bytes share one entry). Every read re-hashes the bytes: a block altered on disk is refused with
-an IntegrityError instead of being served (the paper's storage attack)."""
+an IntegrityError instead of being served (the paper's storage attack).
+
+Blobs (whole UnixFS files) on top of blocks:
+
+- ``roots``: root multihash -> (file size, added time). Written in the same LMDB transaction as
+  the blob's blocks, so "the root is listed" means "every block of the DAG was stored".
+- ``pins``: root multihash -> reference count. A blob referenced by a committed transaction is
+  pinned; ``gc`` deletes every block not reachable from a pinned root or from a root added less
+  than ``grace`` seconds ago (an upload whose transaction has not committed yet).
+"""
 
 from __future__ import annotations
 
+import struct
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import lmdb
 
-from node.ipfs.cid import Cid, cid_v1_raw, verify
+from node.ipfs.cid import CODEC_DAG_PB, CODEC_RAW, Cid, cid_v1_raw, verify
+from node.ipfs.unixfs import decode_pbnode, export_bytes, import_bytes
 
 MAX_BLOCK = 2 * 1024 * 1024  # bitswap peers accept blocks up to 2 MiB
+_ROOT = struct.Struct(">QdB")  # file size, time added, root codec
 
 
 class IntegrityError(RuntimeError):
     """Stored bytes do not hash to their CID."""
+
+
+class MissingBlock(LookupError):
+    """A block of a blob is not in the store (never fetched, or deleted)."""
 
 
 class BlockStore:
@@ -22,6 +40,8 @@ class BlockStore:
         Path(path).mkdir(parents=True, exist_ok=True)
         self.env = lmdb.open(str(path), map_size=1 << 38, max_dbs=4, sync=True)
         self.blocks = self.env.open_db(b"blocks")
+        self.roots = self.env.open_db(b"roots")
+        self.pins = self.env.open_db(b"pins")
         self.corrupt_reads = 0
 
     def close(self) -> None:
@@ -71,3 +91,144 @@ class BlockStore:
     def count(self) -> int:
         with self.env.begin(db=self.blocks) as txn:
             return txn.stat(self.blocks)["entries"]
+
+    # ---- blobs: whole UnixFS files ---------------------------------------------------------------
+    def put_blob(self, data: bytes, profile: str = "helia-default") -> tuple[Cid, list[Cid]]:
+        """Import ``data`` as a UnixFS file (the profile's chunking and CIDs; a blob of at most
+        one chunk is a single raw block, as Helia makes it); returns the root and every block."""
+        root, blocks = import_bytes(data, profile)
+        self.put_dag(root, blocks.items(), len(data))
+        return root, list(blocks)
+
+    def put_dag(self, root: Cid, blocks: Iterable[tuple[Cid, bytes]], filesize: int) -> None:
+        """Store a complete DAG (every block checked against its CID) and list its root, in one
+        transaction."""
+        self.put_dags([(root, blocks, filesize)])
+
+    def put_dags(self, dags: Iterable[tuple[Cid, Iterable[tuple[Cid, bytes]], int]]) -> None:
+        """Several complete DAGs in one (synced) transaction."""
+        now = time.time()
+        with self.env.begin(write=True) as txn:
+            for root, blocks, filesize in dags:
+                for cid, data in blocks:
+                    if len(data) > MAX_BLOCK:
+                        raise ValueError(f"block of {len(data)} bytes exceeds {MAX_BLOCK}")
+                    if not verify(cid, data):
+                        raise IntegrityError(f"bytes do not match {cid}")
+                    txn.put(cid.multihash, data, db=self.blocks)
+                txn.put(root.multihash, _ROOT.pack(filesize, now, root.codec), db=self.roots)
+
+    def pin_many(self, roots: Iterable[Cid]) -> None:
+        """One more on-chain reference to each root, in one transaction."""
+        with self.env.begin(write=True, db=self.pins) as txn:
+            for root in roots:
+                key = root.to_v1().to_bytes()
+                v = txn.get(key)
+                txn.put(key, ((0 if v is None else int.from_bytes(v, "big")) + 1).to_bytes(8, "big"))
+
+    def blob_size(self, root: Cid) -> int | None:
+        """File size of a stored blob; a bare raw block (stored with ``put``) counts as a blob."""
+        with self.env.begin(buffers=True) as txn:
+            meta = txn.get(root.multihash, db=self.roots)
+            if meta is not None:
+                return _ROOT.unpack(bytes(meta))[0]
+            if root.codec == CODEC_RAW:
+                v = txn.get(root.multihash, db=self.blocks)
+                return None if v is None else len(v)
+        return None
+
+    def has_blob(self, root: Cid) -> bool:
+        """True if the root is listed and its root block is present (a cheap check: a deleted
+        inner block shows up as MissingBlock on read)."""
+        return self.blob_size(root) is not None and self.has(root)
+
+    def get_blob(self, root: Cid) -> bytes:
+        """The file's bytes, every block verified; MissingBlock or IntegrityError otherwise."""
+
+        def block(cid: Cid) -> bytes:
+            data = self.get(cid)
+            if data is None:
+                raise MissingBlock(f"block {cid} of {root} is not held")
+            return data
+
+        return export_bytes(root, block)
+
+    def dag_cids(self, root: Cid) -> list[Cid]:
+        """Every CID of the DAG below ``root`` that is held (root first)."""
+        out, stack, seen = [], [root], set()
+        with self.env.begin(db=self.blocks) as txn:
+            while stack:
+                cid = stack.pop()
+                if cid.multihash in seen:
+                    continue
+                seen.add(cid.multihash)
+                data = txn.get(cid.multihash)
+                if data is None:
+                    continue
+                out.append(cid)
+                if cid.codec == CODEC_DAG_PB:
+                    try:
+                        stack.extend(link.hash for link in decode_pbnode(data).links)
+                    except ValueError:
+                        pass  # a corrupt block: nothing below it is reachable
+        return out
+
+    def unlist(self, root: Cid) -> None:
+        """Forget that the blob is complete here (a block went missing or is corrupt), so the
+        next fetch re-downloads it; fetched blocks overwrite the bad ones."""
+        with self.env.begin(write=True, db=self.roots) as txn:
+            txn.delete(root.multihash)
+
+    def delete_blob(self, root: Cid) -> int:
+        """Delete a blob's blocks and its listing (pins are kept); returns blocks deleted."""
+        cids = self.dag_cids(root)
+        with self.env.begin(write=True) as txn:
+            txn.delete(root.multihash, db=self.roots)
+            return sum(bool(txn.delete(c.multihash, db=self.blocks)) for c in cids)
+
+    # ---- pins and garbage collection ------------------------------------------------------------
+    def pin(self, root: Cid) -> int:
+        """One more on-chain reference to ``root``; returns the new count."""
+        self.pin_many([root])
+        return self.pin_count(root)
+
+    def unpin(self, root: Cid) -> int:
+        with self.env.begin(write=True, db=self.pins) as txn:
+            key = root.to_v1().to_bytes()
+            v = txn.get(key)
+            n = max(0, (0 if v is None else int.from_bytes(v, "big")) - 1)
+            if n:
+                txn.put(key, n.to_bytes(8, "big"))
+            else:
+                txn.delete(key)
+            return n
+
+    def pin_count(self, root: Cid) -> int:
+        with self.env.begin(db=self.pins) as txn:
+            v = txn.get(root.to_v1().to_bytes())
+            return 0 if v is None else int.from_bytes(v, "big")
+
+    def gc(self, grace: float = 3600.0, now: float | None = None) -> int:
+        """Delete blocks not reachable from a pinned root or a root younger than ``grace``
+        seconds; returns how many blocks were deleted."""
+        now = time.time() if now is None else now
+        keep: list[Cid] = []
+        with self.env.begin() as txn:
+            keep += [Cid.from_bytes(bytes(k)) for k, _ in txn.cursor(db=self.pins)]
+            for k, v in txn.cursor(db=self.roots):
+                _size, added, codec = _ROOT.unpack(bytes(v))
+                if now - added < grace:
+                    keep.append(Cid(1, codec, bytes(k)))
+        live: set[bytes] = set()
+        for root in keep:
+            live.update(c.multihash for c in self.dag_cids(root))
+        deleted = 0
+        with self.env.begin(write=True) as txn:
+            doomed = [bytes(k) for k in txn.cursor(db=self.blocks).iternext(keys=True, values=False)
+                      if bytes(k) not in live]
+            for k in doomed:
+                deleted += bool(txn.delete(k, db=self.blocks))
+            for k in [bytes(k) for k in txn.cursor(db=self.roots).iternext(keys=True, values=False)]:
+                if k not in live:
+                    txn.delete(k, db=self.roots)
+        return deleted

@@ -206,7 +206,11 @@ class Cid:
         """Binary CID; a CIDv0 is the bare multihash."""
         if self.version == 0:
             return self.multihash
-        return encode_varint(1) + encode_varint(self.codec) + self.multihash
+        b = self.__dict__.get("_bytes")  # cached: bitswap encodes the same CIDs over and over
+        if b is None:
+            b = encode_varint(1) + encode_varint(self.codec) + self.multihash
+            object.__setattr__(self, "_bytes", b)
+        return b
 
     def encode(self) -> str:
         """String form: base58btc for v0, multibase base32 ('b' prefix) for v1."""

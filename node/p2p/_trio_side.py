@@ -118,13 +118,27 @@ class TrioSide:
         max_frame: int,
         muxer: str,
         strict_signing: bool,
+        services: dict[str, int] | None = None,  # request-response protocol -> max_request
+        call: Callable[[str, str, bytes], Any] | None = None,  # runs a handler on asyncio
+        blockstore: Any = None,  # enables bitswap
+        on_have: Callable[[str, list[bytes]], None] | None = None,  # bitswap HAVEs (peer, cids), trio thread
+        external: dict[str, str] | None = None,  # bitswap-only peers: peer id -> multiaddr
     ) -> None:
         self.key_pair = key_pair
+        self.services = dict(services or {})
+        self.call = call
+        self.nursery: trio.Nursery | None = None
+        self._requests: dict[int, trio.CancelScope] = {}
         self.my_id = ID.from_pubkey(key_pair.public_key)
         self.listen = multiaddr.Multiaddr(f"/ip4/{listen_host}/tcp/{listen_port}")
         self.outs = {name: PeerOut(name, addr, queues[name]) for name, addr in peers.items()}
         self.allowed: dict[ID, str] = {o.pid: o.name for o in self.outs.values()}
         self.allowed_bytes: dict[bytes, str] = {o.pid.to_bytes(): o.name for o in self.outs.values()}
+        self.bitswap: Any = None
+        if blockstore is not None:
+            from ._bitswap import BitswapService
+
+            self.bitswap = BitswapService(self, blockstore, on_have, external or {})
         self.gossip_queue = gossip_queue
         self.deliver = deliver
         self.backlog = backlog
@@ -154,6 +168,72 @@ class TrioSide:
             self.token.run_sync_soon(self._on_kick)
         except trio.RunFinishedError:
             pass
+
+    def spawn(self, fn: Callable[..., Any], *args: Any, on_fail: Callable[[], None] | None = None) -> None:
+        """Start ``fn(*args)`` in the host's nursery, from any thread. If the host is not running
+        (or stops before the task starts) ``on_fail()`` is called instead."""
+
+        def start() -> None:
+            if self.nursery is None:
+                if on_fail is not None:
+                    on_fail()
+                return
+            self.nursery.start_soon(fn, *args)
+
+        try:
+            if self.token is None:
+                raise trio.RunFinishedError
+            self.token.run_sync_soon(start)
+        except trio.RunFinishedError:
+            if on_fail is not None:
+                on_fail()
+
+    def run_task(self, rid: int, afn: Callable[[], Any], finish: Callable[[Any, str | None], None],
+                 expected: tuple[type[BaseException], ...] = ()) -> None:
+        """Run ``await afn()`` on the host; ``finish(result, error)`` is called exactly once (error
+        is str(exc) for the ``expected`` exception types, a generic reason otherwise)."""
+
+        async def run() -> None:
+            scope = self._requests[rid] = trio.CancelScope()
+            try:
+                with scope:
+                    result = await afn()
+                if scope.cancelled_caught:
+                    finish(None, "cancelled")
+                    return
+            except expected as exc:
+                finish(None, str(exc))
+            except BaseException as exc:  # host stopping, or a bug: still answer the caller
+                finish(None, f"aborted: {exc!r}")
+                if not isinstance(exc, Exception):
+                    raise
+                log.exception("p2p task failed")
+            else:
+                finish(result, None)
+            finally:
+                self._requests.pop(rid, None)
+
+        self.spawn(run, on_fail=lambda: finish(None, "p2p host is not running"))
+
+    def start_request(self, rid: int, name: str, protocol: str, payload: bytes, timeout: float,
+                      max_response: int, finish: Callable[[bytes | None, str | None], None]) -> None:
+        """Run one request-response exchange; ``finish(body, error)`` is called exactly once."""
+        from ._reqresp import RequestFailed, request
+
+        async def afn() -> bytes:
+            return await request(self, name, protocol, payload, timeout, max_response)
+
+        self.run_task(rid, afn, finish, (RequestFailed,))
+
+    def cancel_request(self, rid: int) -> None:
+        def cancel() -> None:
+            scope = self._requests.get(rid)
+            if scope is not None:
+                scope.cancel()
+
+        if self.token is not None:
+            with contextlib.suppress(trio.RunFinishedError):
+                self.token.run_sync_soon(cancel)
 
     def request_stop(self) -> None:
         self._stop_requested = True  # seen by main() if the trio run has no token yet
@@ -201,7 +281,7 @@ class TrioSide:
         async def gated_upgrade_security(raw_conn: Any, is_initiator: bool, peer_id: Any = None) -> Any:
             secured = await inner(raw_conn, is_initiator, peer_id)
             remote = secured.get_remote_peer()
-            if remote not in self.allowed:
+            if remote not in self.allowed and (self.bitswap is None or remote not in self.bitswap.external):
                 self.stats["refused_peers"] += 1
                 log.info("refused connection from non-validator peer %s", remote)
                 with contextlib.suppress(Exception):
@@ -214,6 +294,16 @@ class TrioSide:
         for o in self.outs.values():
             swarm.protect(o.pid, "medchain-validator")  # never pruned by the connection manager
         host.set_stream_handler(DIRECT_PROTOCOL, self._on_stream)
+        if self.services:
+            from ._reqresp import serve_stream
+
+            for proto, max_request in self.services.items():
+                async def on_request(stream: Any, proto: str = proto, limit: int = max_request) -> None:
+                    await serve_stream(self, stream, proto, limit, self.call)
+
+                host.set_stream_handler(TProtocol(proto), on_request)
+        if self.bitswap is not None:
+            self.bitswap.register(host)
         return host
 
     def _conn_changed(self, pid: ID, delta: int) -> None:
@@ -231,6 +321,8 @@ class TrioSide:
         """A connection closed: end the session whose stream rode on it, so the writer redials
         now instead of finding out on its next write (mplex cannot read and write a stream
         concurrently, so an idle outbound stream cannot watch for EOF itself)."""
+        if self.bitswap is not None:
+            self.bitswap.conn_closed(muxed_conn.peer_id)
         name = self.allowed.get(muxed_conn.peer_id)
         o = self.outs.get(name) if name else None
         if o is not None and o.stream is not None and o.scope is not None:
@@ -252,10 +344,13 @@ class TrioSide:
                     await stack.enter_async_context(host.run(listen_addrs=[self.listen]))
                     self.port = self._bound_port(host)
                     async with trio.open_nursery() as nursery:
+                        self.nursery = nursery
                         for o in self.outs.values():
                             nursery.start_soon(self._peer_loop, o)
                         if self.gossip is not None:
                             nursery.start_soon(self.gossip.pump)
+                        if self.bitswap is not None and self.bitswap.external:
+                            nursery.start_soon(self.bitswap.keep_external)
                         signalled = True
                         ready(None, self.port)
                         if self._stop_requested:
@@ -264,6 +359,7 @@ class TrioSide:
                         # bound the shutdown: a stuck close must not hang stop()
                         self._scope.deadline = trio.current_time() + 2.0
                         nursery.cancel_scope.cancel()
+                    self.nursery = None
                     # Close connections and listener explicitly: leaving host.run() only cancels
                     # tasks, and the peers would keep seeing open sockets until garbage collection.
                     # In parallel: each py-libp2p connection close sleeps 0.2 s or more.

@@ -23,11 +23,13 @@ Choices, measured with ``python -m node.p2p.measure`` (4 processes on loopback, 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import itertools
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .identity import key_pair_from_secret, peer_id_from_secret
@@ -38,6 +40,8 @@ MODES = ("direct", "gossipsub")
 QUEUE_MAX = 10_000  # frames per peer; when full the oldest is dropped (PBFT retransmits)
 GOSSIP_MAX = 1024 * 1024 - 16 * 1024  # pubsub refuses RPCs over 1 MiB: larger payloads go direct
 STOP_TIMEOUT = 3.0
+MAX_REQUEST = 1024 * 1024  # default request size a served protocol accepts
+MAX_RESPONSE = 16 * 1024 * 1024  # default response size request() accepts (blocks are <= 8 MiB)
 STAT_KEYS = (
     "msgs_sent",  # frames written to streams + messages published
     "bytes_sent",
@@ -97,6 +101,9 @@ class P2PNode:
         muxer: str | None = None,
         strict_signing: bool = True,
         runner: str = "thread",
+        blockstore: Any = None,
+        external_peers: list[str] | None = None,
+        on_have: Callable[[str, list[bytes]], None] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
@@ -133,6 +140,20 @@ class P2PNode:
         self._done: asyncio.Future | None = None
         self._inbox: deque = deque()
         self._inbox_scheduled = False
+        self._services: dict[str, tuple[Callable[[str, bytes], Awaitable[bytes]], int]] = {}
+        # bitswap (node/p2p/_bitswap.py): on when a block store is given; external peers are
+        # IPFS nodes (kubo, Helia, a cluster) admitted for bitswap only
+        self.blockstore = blockstore
+        self._on_have = on_have
+        self._external: dict[str, str] = {}
+        for addr in external_peers or ():
+            head, sep, pid = addr.rpartition("/p2p/")
+            if not sep or not pid or not head:
+                raise ValueError(f"external peer address without /p2p/<peer id>: {addr!r}")
+            if pid in self._peers:
+                raise ValueError(f"external peer {pid} is a validator")
+            self._external[pid] = head
+        self._rids = itertools.count(1)
 
     # ---- properties -------------------------------------------------------------------------
     @property
@@ -142,6 +163,11 @@ class P2PNode:
     @property
     def listen_addr(self) -> str:
         return f"/ip4/{self._host}/tcp/{self._port}/p2p/{self._peer_id}"
+
+    @property
+    def peers(self) -> list[str]:
+        """The other validators' peer ids."""
+        return list(self._peers)
 
     def connected_peers(self) -> list[str]:
         return list(self._side.connected) if self._side is not None else []
@@ -171,6 +197,11 @@ class P2PNode:
             max_frame=self.max_frame,
             muxer=self.muxer,
             strict_signing=self.strict_signing,
+            services={proto: limit for proto, (_h, limit) in self._services.items()},
+            call=self._call_handler,
+            blockstore=self.blockstore,
+            on_have=self._have_from_trio if self._on_have is not None else None,
+            external=self._external,
         )
 
         def set_once(fut: asyncio.Future, value: Any) -> None:
@@ -285,6 +316,160 @@ class P2PNode:
         if self._side is None:
             raise P2PError("not started")
         return self._side
+
+    # ---- request-response (asyncio loop) ------------------------------------------------------
+    def serve(
+        self,
+        protocol_id: str,
+        handler: Callable[[str, bytes], Awaitable[bytes]],
+        max_request: int = MAX_REQUEST,
+    ) -> None:
+        """Answer requests on ``protocol_id`` (register before ``start()``). ``handler(peer_id,
+        request)`` runs on the asyncio loop; its return value is the response, and an exception
+        it raises reaches the requester as a P2PError naming it. Only validator peers can ask."""
+        if self._side is not None:
+            raise P2PError("serve() must be called before start()")
+        if not protocol_id.startswith("/") or protocol_id == "/medchain/pbft/1.0.0":
+            raise ValueError(f"bad protocol id {protocol_id!r}")
+        if protocol_id in self._services:
+            raise ValueError(f"protocol {protocol_id} is already served")
+        if max_request < 0:
+            raise ValueError("max_request must be >= 0")
+        self._services[protocol_id] = (handler, max_request)
+
+    async def request(
+        self,
+        peer_id: str,
+        protocol_id: str,
+        payload: bytes,
+        timeout: float,
+        max_response: int = MAX_RESPONSE,
+    ) -> bytes:
+        """Send ``payload`` to validator ``peer_id`` on a new stream and return its response.
+        Every failure (unknown peer, not started, timeout, stream reset, protocol not served,
+        response over ``max_response``, the peer's handler raising or refusing the request as too
+        large) raises P2PError with a message saying which."""
+        side = self._require()
+        if peer_id not in self._peers:
+            raise P2PError(f"{protocol_id} request to unknown peer {peer_id} (not a validator)")
+        if timeout <= 0:
+            raise ValueError("timeout must be > 0")
+        fut, finish = self._trio_future()
+        rid = next(self._rids)
+        side.start_request(rid, peer_id, protocol_id, bytes(payload), timeout, max_response, finish)
+        return await self._await_trio(side, rid, fut, timeout, f"{protocol_id} request to {peer_id}")
+
+    def _trio_future(self) -> tuple[asyncio.Future, Callable[[Any, str | None], None]]:
+        """A future on this loop, and a thread-safe ``finish(result, error)`` that settles it."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+
+        def settle(result: Any, error: str | None) -> None:
+            if not fut.done():
+                if error is not None:
+                    fut.set_exception(P2PError(error))
+                else:
+                    fut.set_result(result)
+
+        def finish(result: Any, error: str | None) -> None:  # trio thread
+            with contextlib.suppress(RuntimeError):  # loop closed
+                loop.call_soon_threadsafe(settle, result, error)
+
+        return fut, finish
+
+    async def _await_trio(self, side: Any, rid: int, fut: asyncio.Future, timeout: float, what: str) -> Any:
+        try:
+            # the trio side enforces the timeout; this bound only guards against a wedged host
+            return await asyncio.wait_for(fut, timeout + STOP_TIMEOUT)
+        except P2PError:
+            raise
+        except TimeoutError:
+            side.cancel_request(rid)
+            raise P2PError(f"{what} timed out after {timeout:g} s") from None
+        except BaseException:  # the caller was cancelled: stop the exchange on the trio side
+            side.cancel_request(rid)
+            raise
+
+    # ---- bitswap (asyncio loop) ----------------------------------------------------------------
+    async def fetch_blob(self, root: Any, timeout: float, peers: list[str] | None = None) -> dict:
+        """Fetch the UnixFS DAG under CID ``root`` over bitswap from ``peers`` (default: every
+        validator and external peer), verify every block against its CID, store it; returns the
+        fetch's counters. P2PError on timeout or when no usable peer is left."""
+        from node.ipfs.fetch import FetchError
+
+        side = self._require()
+        self._check_bitswap_peers(side, peers)
+        fut, finish = self._trio_future()
+        rid = next(self._rids)
+        side.run_task(rid, lambda: side.bitswap.fetch(root, timeout, peers), finish, (FetchError,))
+        return await self._await_trio(side, rid, fut, timeout, f"bitswap fetch of {root}")
+
+    async def fetch_blobs(self, roots: list[Any], timeout: float, peers: list[str] | None = None) -> dict:
+        """Fetch many blobs in one bitswap session; never raises for blobs that stay missing:
+        the result's ``held`` lists the root multihashes now held and ``error`` says why not all."""
+        side = self._require()
+        self._check_bitswap_peers(side, peers)
+        fut, finish = self._trio_future()
+        rid = next(self._rids)
+        side.run_task(rid, lambda: side.bitswap.fetch_many(list(roots), timeout, peers), finish)
+        return await self._await_trio(side, rid, fut, timeout, f"bitswap fetch of {len(roots)} blobs")
+
+    def _check_bitswap_peers(self, side: Any, peers: list[str] | None) -> None:
+        if side.bitswap is None:
+            raise P2PError("bitswap is off (no block store given)")
+        unknown = [p for p in peers or () if p not in self._peers and p not in self._external]
+        if unknown:
+            raise P2PError(f"bitswap peers not configured (neither validators nor external peers): {unknown}")
+
+    def blocks_added(self, cids: list[Any]) -> None:
+        """Tell bitswap we now hold ``cids`` (stored by someone else): answers waiting wants."""
+        side = self._require()
+        if side.bitswap is not None and cids:
+            side.spawn(self._sync_call, side.bitswap.blocks_added, list(cids))
+
+    def track_have(self, cids: list[Any], peers: list[str] | None = None, renew: bool = False) -> None:
+        """Ask validators (default: all) to send HAVE for each of ``cids`` once they hold it (now
+        or later); HAVEs reach ``on_have(peer_id, [cid_bytes, ...])`` on this loop (a peer that
+        sends us a block counts as saying HAVE for it)."""
+        side = self._require()
+        if side.bitswap is not None and cids:
+            side.spawn(self._sync_call, side.bitswap.track, list(cids), list(peers or self._peers), renew)
+
+    @staticmethod
+    async def _sync_call(fn: Callable[..., Any], *args: Any) -> None:
+        fn(*args)
+
+    def bitswap_stats(self) -> dict[str, int]:
+        side = self._side
+        return dict(side.bitswap.stats) if side is not None and side.bitswap is not None else {}
+
+    @property
+    def external_peers(self) -> list[str]:
+        return list(self._external)
+
+    def _have_from_trio(self, peer: str, cids: list[bytes]) -> None:  # trio thread
+        loop = self._loop
+        if loop is not None and self._on_have is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._on_have, peer, cids)
+
+    def _call_handler(self, protocol: str, peer: str, request: bytes) -> concurrent.futures.Future:
+        """Trio thread: run the protocol's handler on the asyncio loop."""
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("no asyncio loop")
+        return asyncio.run_coroutine_threadsafe(self._run_handler(protocol, peer, request), loop)
+
+    async def _run_handler(self, protocol: str, peer: str, request: bytes) -> tuple[int, bytes]:
+        handler = self._services[protocol][0]
+        try:
+            body = await handler(peer, request)
+            if not isinstance(body, bytes | bytearray | memoryview):
+                raise TypeError(f"handler returned {type(body).__name__}, not bytes")
+            return 0, bytes(body)
+        except Exception as exc:  # noqa: BLE001 - reported to the requester, logged here
+            log.warning("%s handler failed for %s: %r", protocol, peer, exc)
+            return 1, f"{type(exc).__name__}: {exc}".encode()[:1024]
 
     # ---- receiving ----------------------------------------------------------------------------
     def _deliver(self, peer: str, payload: bytes) -> None:  # trio thread

@@ -1,0 +1,314 @@
+"""Blob replication among validators (the asyncio-side driver over the block store and bitswap).
+
+When block h commits, every data write in it with result OK names a blob (its root CID):
+
+1. the blobs are pinned here (on chain now: never garbage-collected);
+2. the ones we lack are fetched over bitswap from the other validators (and external IPFS
+   peers), every block verified against its CID; what is still missing is retried with backoff.
+   A fetched DAG is stored in one LMDB transaction, so a listed root means the whole DAG is here;
+3. once this validator holds every blob of block h, it tells each other validator so, in one
+   small request-response message per batch of blocks (``/medchain/blobs-held/1.0.0``:
+   ``[heights we hold, heights we ask about]`` -> ``[asked heights we hold]``).
+
+Holders of a blob of block h = this validator (if it holds the blob) + the validators that said
+they hold block h. The blob is **available** once holders >= 2f+1: it survives f validators
+losing it, and f+1 honest validators hold it. Announcing per block, not per blob, keeps the cost
+at one message per peer per batch of blocks instead of a bitswap want-have and a HAVE per blob
+per peer (measured: that per-blob tracking cost more CPU than the fetches themselves). What peers
+said is kept in memory; after a restart ``availability`` asks them again (rate-limited).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from node.ipfs.blockstore import BlockStore
+from node.ipfs.cid import Cid, CidError
+from node.state import keys
+from node.tx import KIND_WRITE, Tx
+from node.wire import WireError, decode, encode
+
+log = logging.getLogger("medchain.replication")
+
+PROTOCOL = "/medchain/blobs-held/1.0.0"
+FETCH_TIMEOUT = 20.0  # per session; what is still missing is retried with backoff
+SESSIONS = 4  # bitswap sessions in flight at once
+RETRY_MIN, RETRY_MAX = 1.0, 30.0
+ASK_EVERY_S = 5.0  # an unavailable block is asked about at most this often
+REQUEST_TIMEOUT = 5.0
+MAX_HEIGHTS = 100_000  # heights remembered (ours pending, peers' announcements)
+MAX_MSG_HEIGHTS = 4096
+
+
+class Replicator:
+    def __init__(self, store: BlockStore, n: int, roots_of: Callable[[int], list[Cid]] | None = None) -> None:
+        self.store = store
+        self.n = n
+        self.f = (n - 1) // 3
+        self.quorum = 2 * self.f + 1
+        self.roots_of = roots_of  # height -> blob roots of that committed block (from the ledger)
+        self.net: Any = None  # the P2PNode, with bitswap on (None for a single validator)
+        self.peer_held: OrderedDict[int, set[str]] = OrderedDict()  # height -> peers holding all its blobs
+        self._pending: OrderedDict[int, set[bytes]] = OrderedDict()  # height -> roots not held yet
+        self._complete: OrderedDict[int, None] = OrderedDict()
+        self._announce: dict[str, set[int]] = {}  # peer -> heights to tell it about
+        self._announce_evt = asyncio.Event()
+        self._asked: dict[int, float] = {}
+        self._queue: asyncio.Queue[list[Cid]] = asyncio.Queue()
+        self._retry: dict[bytes, tuple[Cid, float, float]] = {}  # mh -> (cid, due, backoff)
+        self._tasks: list[asyncio.Task] = []
+        self._sessions: set[asyncio.Task] = set()
+        self._inflight: set[bytes] = set()
+        self.stats = {"committed_blobs": 0, "fetched": 0, "fetch_failures": 0, "read_fetches": 0,
+                      "announced": 0, "announce_failures": 0}
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def attach(self, net: Any) -> None:
+        """Register the announcement protocol on ``net`` (before it starts)."""
+        net.serve(PROTOCOL, self._on_request, max_request=64 * 1024)
+
+    def start(self, net: Any) -> None:
+        """Replicate over ``net`` (a started P2PNode with bitswap). Without one (a single
+        validator) the loop starts on the first commit and only pins."""
+        self.net = net
+        if not self._tasks:
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._run(), name="replicator")]
+            if net is not None:
+                self._tasks.append(loop.create_task(self._announcer(), name="blob-announcer"))
+
+    async def stop(self) -> None:
+        tasks = [*self._tasks, *self._sessions]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks = []
+
+    # ---- events --------------------------------------------------------------------------------
+    def on_commit(self, height: int, cid_bytes: Iterable[bytes]) -> None:
+        """Block ``height`` committed; ``cid_bytes``: the CIDs its data writes recorded (result OK)."""
+        roots = []
+        for b in cid_bytes:
+            try:
+                roots.append(Cid.from_bytes(b))
+            except CidError:
+                continue  # admission refuses bad CIDs; nothing to replicate
+        if not roots:
+            return
+        self.stats["committed_blobs"] += len(roots)
+        self._pending[height] = {r.multihash for r in roots}
+        _trim(self._pending)
+        self._queue.put_nowait(roots)
+        if not self._tasks:
+            self.start(self.net)
+
+    def stored(self, cids: list[Cid]) -> None:
+        """Blocks stored here by the API (an upload): answer wants that were waiting for them."""
+        if self.net is not None:
+            self.net.blocks_added(cids)
+
+    # ---- queries -------------------------------------------------------------------------------
+    def availability(self, root: Cid, height: int) -> dict:
+        held_here = self.store.has_blob(root)
+        peers = self.peer_held.get(height, set())
+        count = len(peers) + (1 if held_here else 0)
+        if count < self.quorum and self.net is not None:
+            now = time.monotonic()
+            if now - self._asked.get(height, 0.0) > ASK_EVERY_S:  # e.g. after our restart
+                self._asked[height] = now
+                _trim(self._asked)
+                self._spawn(self._ask([height]))
+        return {"cid": str(root), "holders": count, "held_here": held_here, "quorum": self.quorum,
+                "available": count >= self.quorum}
+
+    async def ensure(self, root: Cid, timeout: float = 15.0) -> bool:
+        """Hold ``root`` (fetching it from peers if needed) for a read; False if it cannot be had."""
+        if self.store.has_blob(root):
+            return True
+        if self.net is None:
+            return False
+        self.stats["read_fetches"] += 1
+        try:
+            await self.net.fetch_blob(root, timeout)
+        except Exception as exc:  # noqa: BLE001 - P2PError: no peer holds it (yet)
+            log.info("read fetch of %s failed: %s", root, exc)
+            return False
+        return self.store.has_blob(root)
+
+    # ---- announcements ---------------------------------------------------------------------------
+    def _held_block(self, height: int) -> bool:
+        if height in self._complete:
+            return True
+        if height in self._pending or self.roots_of is None:
+            return False
+        roots = self.roots_of(height)  # not seen since our start: check the store
+        return bool(roots) and all(self.store.has_blob(r) for r in roots)
+
+    async def _on_request(self, peer: str, req: bytes) -> bytes:
+        try:
+            held, ask = decode(req, 64 * 1024)
+            held = [h for h in held if isinstance(h, int)][:MAX_MSG_HEIGHTS]
+            ask = [h for h in ask if isinstance(h, int)][:MAX_MSG_HEIGHTS]
+        except (WireError, ValueError, TypeError) as exc:
+            raise ValueError(f"bad blobs-held message: {exc}") from None
+        for h in held:
+            self.peer_held.setdefault(h, set()).add(peer)
+        _trim(self.peer_held)
+        return encode([h for h in ask if self._held_block(h)])
+
+    def _mark_complete(self) -> None:
+        done = [h for h, left in self._pending.items() if not left]
+        for h in done:
+            del self._pending[h]
+            self._complete[h] = None
+            for p in self._peers():
+                self._announce.setdefault(p, set()).add(h)
+        _trim(self._complete)
+        if done:
+            self._announce_evt.set()
+
+    def _peers(self) -> list[str]:
+        return self.net.peers if self.net is not None else []
+
+    async def _announcer(self) -> None:
+        """Tell peers which blocks' blobs we now hold; what fails is retried next round."""
+        while True:
+            await self._announce_evt.wait()
+            self._announce_evt.clear()
+            batch, self._announce = self._announce, {}
+            results = await asyncio.gather(*(self._send(p, sorted(hs)[:MAX_MSG_HEIGHTS], []) for p, hs in batch.items()),
+                                           return_exceptions=True)
+            for (p, hs), ok in zip(batch.items(), results, strict=True):
+                if ok is not True:
+                    self._announce.setdefault(p, set()).update(hs)
+            if self._announce:
+                await asyncio.sleep(RETRY_MIN)
+                self._announce_evt.set()
+
+    async def _send(self, peer: str, held: list[int], ask: list[int]) -> bool:
+        try:
+            resp = await self.net.request(peer, PROTOCOL, encode([held, ask]), REQUEST_TIMEOUT)
+            for h in decode(resp, 64 * 1024):
+                if isinstance(h, int) and h in ask:
+                    self.peer_held.setdefault(h, set()).add(peer)
+            self.stats["announced"] += len(held)
+            return True
+        except Exception as exc:  # noqa: BLE001 - P2PError: peer down; retried
+            self.stats["announce_failures"] += 1
+            log.debug("blobs-held to %s failed: %s", peer, exc)
+            return False
+
+    async def _ask(self, heights: list[int]) -> None:
+        mine = [h for h in heights if self._held_block(h)]
+        await asyncio.gather(*(self._send(p, mine, heights) for p in self._peers()))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._sessions.add(task)
+        task.add_done_callback(self._sessions.discard)
+
+    # ---- the fetch loop --------------------------------------------------------------------------
+    async def _run(self) -> None:
+        slots = asyncio.Semaphore(SESSIONS)
+        while True:
+            try:
+                roots = [r for r in dict.fromkeys(await self._next_batch()) if r.multihash not in self._inflight]
+                self._settle(roots)
+                roots = [r for r in roots if not self.store.has_blob(r)]
+                if not roots or self.net is None:
+                    continue
+                await slots.acquire()
+                self._inflight.update(r.multihash for r in roots)
+                self._spawn(self._session(roots, slots))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - keep replicating
+                log.exception("replication step failed")
+                await asyncio.sleep(RETRY_MIN)
+
+    async def _next_batch(self) -> list[Cid]:
+        """New commits (all that queued up, so one bitswap session serves many), or due retries."""
+        due = min((d for c, d, _ in self._retry.values() if c.multihash not in self._inflight), default=None)
+        wait = None if due is None else max(0.0, due - time.monotonic())
+        roots: list[Cid] = []
+        try:
+            roots += await asyncio.wait_for(self._queue.get(), wait) if wait is not None else await self._queue.get()
+        except TimeoutError:
+            pass
+        while not self._queue.empty():
+            roots += self._queue.get_nowait()
+        if roots:
+            await asyncio.to_thread(self.store.pin_many, roots)
+        now = time.monotonic()
+        for cid, at, b in list(self._retry.values()):
+            if at <= now and cid.multihash not in self._inflight:
+                roots.append(cid)
+                self._retry[cid.multihash] = (cid, now + RETRY_MAX, b)  # the session reschedules it
+        return roots
+
+    def _settle(self, roots: list[Cid]) -> None:
+        """Roots now held leave the per-block pending sets (and their retries)."""
+        held = {r.multihash for r in roots if self.store.has_blob(r)}
+        for mh in held:
+            self._retry.pop(mh, None)
+        if held:
+            for left in self._pending.values():
+                left -= held
+            self._mark_complete()
+
+    async def _session(self, roots: list[Cid], slots: asyncio.Semaphore) -> None:
+        try:
+            try:
+                res = await self.net.fetch_blobs(roots, FETCH_TIMEOUT)
+                held, error = res["held"], res.get("error")
+            except Exception as exc:  # noqa: BLE001 - the host stopped, or a wedged fetch
+                held, error = set(), str(exc)
+            now = time.monotonic()
+            for r in roots:
+                if r.multihash in held:
+                    self.stats["fetched"] += 1
+                else:
+                    self.stats["fetch_failures"] += 1
+                    _c, _at, backoff = self._retry.get(r.multihash, (r, 0.0, RETRY_MIN / 2))
+                    backoff = min(backoff * 2, RETRY_MAX)
+                    self._retry[r.multihash] = (r, now + backoff, backoff)
+            self._settle([r for r in roots if r.multihash in held])
+            if error:
+                log.info("replication: %d of %d blobs not fetched yet (%s)", len(roots) - len(held), len(roots), error)
+        except Exception:  # noqa: BLE001
+            log.exception("replication session failed")
+        finally:
+            self._inflight.difference_update(r.multihash for r in roots)
+            slots.release()
+            self._queue.put_nowait([])  # wake the loop: retries may be due now
+
+
+def roots_from_ledger(ledger: Any) -> Callable[[int], list[Cid]]:
+    """height -> the blob roots its data writes recorded with result OK (for peers' questions
+    about blocks committed before our last restart)."""
+
+    def roots_of(height: int) -> list[Cid]:
+        block = ledger.block(height)
+        out = []
+        for raw in block.txs if block is not None else ():
+            tx = Tx.decode(raw, check_sig=False)
+            if tx.kind == KIND_WRITE:
+                rec = ledger.get_state(keys.receipt(tx.id))
+                if rec is not None and decode(rec)[2] == 0:
+                    try:
+                        out.append(Cid.from_bytes(tx.body.cid))
+                    except CidError:
+                        pass
+        return out
+
+    return roots_of
+
+
+def _trim(d: OrderedDict | dict) -> None:
+    while len(d) > MAX_HEIGHTS:
+        d.pop(next(iter(d)))

@@ -1,0 +1,124 @@
+"""Blob replication among 4 real validator processes (bitswap over py-libp2p, LMDB block stores)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import lmdb
+import pytest
+
+from devices.client import ApiError, NodeClient
+from devices.localnet import make_network, start_all
+from devices.phone import Phone
+from node.crypto.keys import Identity
+from node.genesis import Params
+from node.ipfs.blockstore import BlockStore
+from node.ipfs.cid import Cid
+from node.tx import DATA_TYPES
+from node.tx.model import Write
+from tests.conftest import run
+
+
+@pytest.fixture
+def net4(tmp_path):
+    nodes = make_network(tmp_path, 4, params=Params(sender_rate=1e5, sender_burst=1e5))
+    start_all(nodes)
+    yield nodes
+    for n in nodes:
+        n.stop()
+    for n in nodes:
+        assert "Traceback" not in n.log_tail(200_000), n.log_tail()
+
+
+async def _until(pred, timeout: float, what: str):
+    end = time.monotonic() + timeout
+    while True:
+        res = await pred()
+        if res:
+            return res
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+def _holds(node, cid: Cid) -> bool:
+    store = BlockStore(node.home / "blobs")  # LMDB: a second process may read (and write) it
+    try:
+        return store.has_blob(cid) and store.pin_count(cid) >= 1
+    finally:
+        store.close()
+
+
+def test_committed_blob_replicates_becomes_available_and_is_read_anywhere(net4):
+    async def go():
+        entry = net4[1]  # not the primary
+        async with NodeClient(entry.url) as c:
+            g = await c.genesis()
+            keys = [bytes.fromhex(v["public_key"]) for v in g["validators"]]
+            pat = Identity.from_seed(b"replication patient")
+            phone = Phone(pat, c, g["chain_id"], keys)
+            big = os.urandom(2 * 1024 * 1024)  # the API's limit: two 1 MiB chunks and a root
+            small = os.urandom(12)
+            now = int(time.time() * 1000)
+            ids = {}
+            for name, blob in (("big", big), ("small", small)):
+                cid = Cid.parse(await c.upload(blob))
+                assert (cid.codec == 0x70) == (name == "big")  # multi-block DAG vs one raw block
+                ids[name] = (cid, await phone.send(Write(DATA_TYPES["heart_rate"], cid.to_bytes(), len(blob), 0,
+                                                         now - 1000, now)))
+            # every validator fetches what it lacks; 2f+1 = 3 holders make it available
+            for name, (cid, txid) in ids.items():
+                for n in net4:
+                    async with NodeClient(n.url) as cn:
+                        async def avail(cn=cn, txid=txid):
+                            st = await cn.tx(txid)
+                            return st if st.get("available") else None
+                        st = await _until(avail, 30, f"{name} available at {n.url}")
+                        assert st["blob"]["cid"] == str(cid) and st["blob"]["quorum"] == 3
+                await _until(lambda cid=cid: _all_hold(net4, cid), 30, f"{name} on every validator")
+            cid, _ = ids["big"]
+            # a validator whose copy was deleted refetches it to serve a read
+            store = BlockStore(net4[3].home / "blobs")
+            assert store.delete_blob(cid) == 3
+            store.close()
+            async with NodeClient(net4[3].url) as c3:
+                assert await c3.download(pat, g["chain_id"], str(cid), cid.to_bytes()) == big
+            assert _holds(net4[3], cid)
+            # a corrupted block is refused, counted, and replaced from a peer
+            env = lmdb.open(str(net4[2].home / "blobs"), max_dbs=4, map_size=1 << 38)
+            db = env.open_db(b"blocks")
+            with env.begin(write=True, db=db) as txn:
+                leaf = next(k for k, v in txn.cursor() if len(v) == 1024 * 1024)
+                data = bytearray(txn.get(leaf))
+                data[7] ^= 1
+                txn.put(leaf, bytes(data))
+            env.close()
+            async with NodeClient(net4[2].url) as c2:
+                assert await c2.download(pat, g["chain_id"], str(cid), cid.to_bytes()) == big
+                metrics = await (await c2.session.get(net4[2].url + "/metrics")).text()
+                assert "medchain_blob_integrity_failures_total 1.0" in metrics
+                status = await c2.status()
+                assert status["replication"]["read_fetches"] >= 1
+            # a blob nobody holds any more (all copies deleted): a clear refusal, not a hang
+            ghost = os.urandom(100)
+            async with NodeClient(net4[0].url) as c0:
+                gcid = Cid.parse(await c0.upload(ghost))
+                await Phone(pat, c0, g["chain_id"], keys).send(
+                    Write(DATA_TYPES["heart_rate"], gcid.to_bytes(), len(ghost), 0, now, now + 1))
+            await _until(lambda: _all_hold(net4, gcid), 30, "ghost on every validator")
+            for n in net4:
+                store = BlockStore(n.home / "blobs")
+                store.delete_blob(gcid)
+                store.close()
+            async with NodeClient(net4[3].url) as c3:
+                with pytest.raises(ApiError) as ei:
+                    await c3.download(pat, g["chain_id"], str(gcid), gcid.to_bytes())
+                assert ei.value.status == 404 and "not held" in ei.value.reason
+
+    run(go())
+
+
+async def _all_hold(nodes, cid: Cid) -> bool:
+    return all(_holds(n, cid) for n in nodes)
