@@ -12,7 +12,7 @@ from devices.client import NodeClient
 from devices.phone import Phone
 from devices.staff import Staff
 from node.crypto.keys import Identity
-from node.tx.model import DATA_TYPES
+from node.tx.model import BREAK_GLASS_REASONS, DATA_TYPES
 
 DEFAULT_NODE = "http://127.0.0.1:8545"
 
@@ -63,15 +63,54 @@ def patient_cmd(args: argparse.Namespace) -> int:
                 res = await ph.write_window(args.type, frames)
                 return ({"tx": res.txid, "cid": res.cid, "epoch": res.epoch, "size": res.size, "readings": len(frames)},
                         f"uploaded {len(frames)} {args.type} readings: cid {res.cid} tx {res.txid}")
-            reads = await ph.audit()
-            lines = [f"{r['time_ms']}  {r['reader'][:16]}…  {r['type']:16} {'allowed' if r['allowed'] else 'DENIED'}"
-                     f"  {r['cid'] or 'range'}" for r in reads]
-            return {"reads": reads}, "\n".join(lines) or "no reads"
+            if args.action == "break-glass":
+                if args.setting == "release":
+                    txids = await ph.answer_break_glass()
+                    return {"grants": txids}, f"released keys for emergency reads: {len(txids)} grant(s)"
+                txid = await ph.set_break_glass(args.setting == "on")
+                return {"tx": txid, "break_glass": args.setting == "on"}, f"break-glass {args.setting}: tx {txid}"
+            if args.action == "grants":
+                return await _grants(args, c, ph.address)
+            return await _audit(args, c, ph.address)
         finally:
             await c.close()
     obj, text = asyncio.run(go())
     _print(args, obj, text)
     return 0
+
+
+async def _audit(args: argparse.Namespace, c: NodeClient, patient: bytes) -> tuple[object, str]:
+    """The audit log; break-glass reads come first under a banner, so they cannot be missed."""
+    log = await c.audit(patient)
+    reads, emergency = log["reads"], log["break_glass"]
+    if args.fhir:
+        from devices import fhir
+        b = fhir.bundle([fhir.audit_event(patient.hex(), r) for r in reads])
+        return b, json.dumps(b, indent=1)
+
+    def line(r: dict) -> str:
+        flag = f"  !! BREAK-GLASS ({r['break_glass']})" if r["break_glass"] else ""
+        return (f"{r['time_ms']}  {r['reader'][:16]}…  {r['type']:16} {'allowed' if r['allowed'] else 'DENIED'}"
+                f"  {r['cid'] or 'range'}{flag}")
+    text = []
+    if emergency:
+        text += [f"!! {len(emergency)} EMERGENCY (BREAK-GLASS) READ(S) OF YOUR DATA !!", *map(line, emergency), ""]
+    text += [line(r) for r in reads]
+    return {"reads": reads, "break_glass": emergency}, "\n".join(text) or "no reads"
+
+
+async def _grants(args: argparse.Namespace, c: NodeClient, patient: bytes) -> tuple[object, str]:
+    gs = (await c.grants(patient))["grants"]
+    bg = (await c.account(patient))["break_glass"]
+    if args.fhir:
+        from devices import fhir
+        now = int(time.time() * 1000)
+        b = fhir.bundle([fhir.consent(patient.hex(), g, now) for g in gs] + [fhir.break_glass_consent(patient.hex(), bg)])
+        return b, json.dumps(b, indent=1)
+    lines = [f"{g['staff'][:16]}…  {', '.join(g['types']) or '(revoked)'}  expiry {g['expiry_ms'] or 'never'}"
+             for g in gs]
+    return {"grants": gs, "break_glass": bg}, "\n".join([*lines, f"break-glass: {'on' if bg else 'off'}"])
+
 
 
 def staff_cmd(args: argparse.Namespace) -> int:
@@ -85,9 +124,18 @@ def staff_cmd(args: argparse.Namespace) -> int:
                 txid = await st.register(args.name, args.role, args.org)
                 return {"tx": txid, "address": st.address.hex()}, f"registered {st.address.hex()}: tx {txid}"
             from devices.gatt import decode
-            wins = await st.read(_addr(args.patient), args.type, args.cid)
+            wins = await st.read(_addr(args.patient), args.type, args.cid, break_glass=args.break_glass or "")
+            sealed = [w.cid for w in wins if w.sealed]
+            note = (f"break-glass: {len(sealed)} window(s) fetched but no data key sealed to you yet; the "
+                    "patient's phone releases keys for emergency reads (`medchain patient break-glass release`)"
+                    if sealed else "")
+            if args.fhir:
+                from devices import fhir
+                b = fhir.bundle(fhir.observations(args.patient, wins))
+                return b, json.dumps(b, indent=1) + (f"\n{note}" if note else "")
             rows = [{"time_ms": t, **decode(u, f, t).values} for w in wins for t, u, f in w.readings]
-            return {"windows": len(wins), "readings": rows}, "\n".join(json.dumps(r) for r in rows)
+            return ({"windows": len(wins), "readings": rows, "sealed": sealed},
+                    "\n".join([*(json.dumps(r) for r in rows), *([note] if note else [])]))
         finally:
             await c.close()
     obj, text = asyncio.run(go())
@@ -114,8 +162,14 @@ def register(sub: argparse._SubParsersAction, add) -> None:  # noqa: ANN001
     u.add_argument("--type", required=True, choices=list(DATA_TYPES))
     u.add_argument("--seconds", type=int, default=60, help="length of the window")
     u.add_argument("--seed", type=int, default=1)
-    ps.add_parser("audit", help="list every read of your data")
-    for sp in (g, r, u, ps.choices["audit"]):
+    a = ps.add_parser("audit", help="list every read of your data (emergency reads first)")
+    a.add_argument("--fhir", action="store_true", help="print a FHIR R4 Bundle of AuditEvent resources")
+    gl = ps.add_parser("grants", help="list your grants and break-glass setting")
+    gl.add_argument("--fhir", action="store_true", help="print a FHIR R4 Bundle of Consent resources")
+    bg = ps.add_parser("break-glass", help="allow (on) or forbid (off) emergency reads of your data, or "
+                                           "release data keys to the staff who made one (release)")
+    bg.add_argument("setting", choices=["on", "off", "release"])
+    for sp in (g, r, u, a, gl, bg):
         common(sp)
 
     s = add("staff", staff_cmd, "The staff client: register a profile, read permitted data.")
@@ -128,5 +182,9 @@ def register(sub: argparse._SubParsersAction, add) -> None:  # noqa: ANN001
     rd.add_argument("patient", help="patient address (hex)")
     rd.add_argument("--type", required=True, choices=list(DATA_TYPES))
     rd.add_argument("--cid", help="one blob (default: every blob of the type)")
+    rd.add_argument("--break-glass", metavar="REASON", choices=list(BREAK_GLASS_REASONS),
+                    help="emergency read without a grant, with an HL7 v3-ActReason code (ETREAT); "
+                         "committed, flagged in the patient's audit log, rate-limited")
+    rd.add_argument("--fhir", action="store_true", help="print a FHIR R4 Bundle of Observation resources")
     for sp in (reg, rd):
         common(sp)

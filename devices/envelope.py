@@ -1,6 +1,7 @@
 """The encrypted window of readings stored off-chain (shared by phone and staff).
 
 plaintext = msgpack [1, [[time_ms, gatt_uuid, frame], ...]]
+            or, padded, msgpack [2, [[time_ms, gatt_uuid, frame], ...], zeros: bin]
 blob      = nonce (12) || AES-256-GCM(data_key, nonce, plaintext, aad)
 aad       = msgpack ["medchain/blob/v1", chain_id, patient, type, epoch, t_start_ms, t_end_ms]
 The associated data binds the ciphertext to its on-chain record: a blob swapped under another
@@ -33,9 +34,26 @@ def aad(chain_id: str, patient: bytes, dtype: int, epoch: int, t_start_ms: int, 
     return encode(["medchain/blob/v1", chain_id, patient, dtype, epoch, t_start_ms, t_end_ms])
 
 
-def seal_window(key: bytes, ad: bytes, readings: list[Reading]) -> bytes:
+def padded_plaintext(readings: list[Reading], pad_to: int) -> bytes:
+    """msgpack [2, rows, zeros: bin] whose length is the smallest multiple of pad_to that fits, so
+    every window of up to pad_to bytes of readings has the same ciphertext size (metadata privacy)."""
+    rows = [list(r) for r in readings]
+    base = len(encode([2, rows, b""])) - 2  # without the empty bin's 2-byte encoding
+    target = -(-(base + 2) // pad_to) * pad_to
+    while True:
+        for head, hi in ((2, 0xFF), (3, 0xFFFF), (5, 0xFFFFFFFF)):  # bin8 / bin16 / bin32 header sizes
+            n = target - base - head
+            if 0 <= n <= hi and (head == 2 or n > (0xFF if head == 3 else 0xFFFF)):
+                out = encode([2, rows, bytes(n)])
+                assert len(out) == target
+                return out
+        target += pad_to  # the header size straddles a boundary: the next multiple fits
+
+
+def seal_window(key: bytes, ad: bytes, readings: list[Reading], pad_to: int = 0) -> bytes:
+    """Encrypt a window; with pad_to > 0 the plaintext is padded to a multiple of pad_to bytes."""
     nonce = aead.new_nonce()
-    plaintext = encode([1, [list(r) for r in readings]])
+    plaintext = padded_plaintext(readings, pad_to) if pad_to > 0 else encode([1, [list(r) for r in readings]])
     return nonce + aead.seal(key, nonce, plaintext, ad)
 
 
@@ -43,7 +61,7 @@ def open_window(key: bytes, ad: bytes, blob: bytes) -> list[Reading]:
     if len(blob) < aead.NONCE_LEN + aead.TAG_LEN:
         raise aead.AeadError("blob too short")
     pt = aead.open_(key, blob[: aead.NONCE_LEN], blob[aead.NONCE_LEN:], ad)
-    ver, rows = msgpack.unpackb(pt, raw=False)
-    if ver != 1:
+    ver, rows, *pad = msgpack.unpackb(pt, raw=False)
+    if ver not in (1, 2) or len(pad) != ver - 1:  # version 2 carries padding after the rows
         raise ValueError(f"unknown envelope version {ver}")
     return [(int(t), int(u), bytes(f)) for t, u, f in rows]

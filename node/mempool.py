@@ -4,10 +4,16 @@ Per sender: pending transactions by nonce and a token bucket (the per-sender rat
 must submit in nonce order; batches forwarded by other validators may arrive reordered, so they
 may run ahead by a bounded gap. Blocks take each sender's contiguous run from its next nonce,
 round-robin across senders, so one busy sender cannot crowd the others out of a batch.
+
+The pool is bounded. When it is full, room is made by evicting the newest transaction of the sender
+holding the most (not the newest arrival, which is likely an honest one): a flooder loses its own
+tail first. `KeyedLimiter` is the same token bucket keyed by client IP (API) or by peer (forwarded
+batches between validators).
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from collections.abc import Container
 from dataclasses import dataclass
@@ -32,14 +38,44 @@ class TokenBucket:
     tokens: float
     stamp: float
 
-    def take(self, now: float) -> float:
-        """0.0 if a token was taken, else the seconds until one is available."""
+    def take(self, now: float, n: float = 1.0) -> float:
+        """0.0 if n tokens were taken, else the seconds until they are available (never, if n is
+        over the burst: size the burst above the largest legitimate cost)."""
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if self.tokens >= n:
+            self.tokens -= n
             return 0.0
-        return (1.0 - self.tokens) / self.rate
+        return (n - self.tokens) / self.rate
+
+    def full(self, now: float) -> bool:
+        return self.tokens + (now - self.stamp) * self.rate >= self.burst
+
+
+class KeyedLimiter:
+    """One token bucket per key (client IP, peer id), at most `max_keys` of them: idle full buckets
+    are forgotten first, then the least recently used."""
+
+    def __init__(self, rate: float, burst: float, max_keys: int = 65_536) -> None:
+        self.rate, self.burst, self.max_keys = rate, burst, max_keys
+        self.buckets: OrderedDict[object, TokenBucket] = OrderedDict()
+
+    def take(self, key: object, now: float, n: float = 1.0) -> float:
+        """0.0 if allowed, else the seconds to wait (the Retry-After)."""
+        b = self.buckets.get(key)
+        if b is None:
+            if len(self.buckets) >= self.max_keys:
+                self._prune(now)
+            b = self.buckets[key] = TokenBucket(self.rate, self.burst, self.burst, now)
+        else:
+            self.buckets.move_to_end(key)
+        return b.take(now, n)
+
+    def _prune(self, now: float) -> None:
+        for k in [k for k, b in self.buckets.items() if b.full(now)]:
+            del self.buckets[k]
+        while len(self.buckets) >= self.max_keys:
+            self.buckets.popitem(last=False)
 
 
 class _Sender:
@@ -63,6 +99,8 @@ class Mempool:
         self.senders: OrderedDict[bytes, _Sender] = OrderedDict()
         self.by_id: dict[bytes, Tx] = {}
         self.buckets: dict[bytes, TokenBucket] = {}
+        self._heavy: list[tuple[int, bytes]] = []  # lazy max-heap of (-pending, sender) for eviction
+        self.evictions = 0
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -79,10 +117,11 @@ class Mempool:
             n += 1
         return n
 
-    def admit(self, tx: Tx, committed_nonce: int, now: float, forwarded: bool = False) -> None:
+    def admit(self, tx: Tx, committed_nonce: int, now: float, forwarded: bool = False) -> list[Tx]:
         """Queue a transaction that passed stateless and stateful checks; enforce nonce order and limits.
         `forwarded` batches (from other validators) skip the rate limit, which their entry validator
-        applied, and may run ahead of the next nonce by up to MAX_FORWARD_GAP."""
+        applied, and may run ahead of the next nonce by up to MAX_FORWARD_GAP. Returns the
+        transactions evicted to make room (empty unless the pool was full)."""
         addr = tx.address
         if tx.id in self.by_id:
             raise AdmissionError(409, "duplicate: transaction already pending")
@@ -97,8 +136,6 @@ class Mempool:
             raise AdmissionError(409, f"nonce conflict: {tx.nonce} already pending with another transaction")
         if tx.nonce != expected and not (forwarded and tx.nonce <= committed_nonce + MAX_FORWARD_GAP):
             raise AdmissionError(409, f"nonce out of order: got {tx.nonce}, expected {expected}")
-        if len(self.by_id) >= self.capacity:
-            raise AdmissionError(503, "mempool full: try again later", 1.0)
         if s is not None and len(s.txs) >= self.max_per_sender:
             raise AdmissionError(429, f"rate limited: {self.max_per_sender} transactions already pending", 1.0)
         if not forwarded:
@@ -108,10 +145,48 @@ class Mempool:
             wait = bucket.take(now)
             if wait > 0:
                 raise AdmissionError(429, f"rate limited: sender exceeds {self.rate:g} tx/s", wait)
+        evicted = self._make_room(addr, 0 if s is None else len(s.txs)) if len(self.by_id) >= self.capacity else []
         if s is None:
             s = self.senders[addr] = _Sender(committed_nonce + 1)
         s.txs[tx.nonce] = tx
         self.by_id[tx.id] = tx
+        heapq.heappush(self._heavy, (-len(s.txs), addr))
+        return evicted
+
+    def _make_room(self, addr: bytes, mine: int) -> list[Tx]:
+        """Evict the newest transaction of the sender holding the most, if it holds more than the
+        newcomer would; otherwise the newcomer is the heavy one (429) or everyone is equal (503)."""
+        heavy = self._heaviest()
+        most = 0 if heavy is None else len(self.senders[heavy].txs)
+        if most <= mine + 1:
+            if mine > 1 and mine >= most:
+                raise AdmissionError(429, "mempool full: this sender holds the most pending transactions", 1.0)
+            raise AdmissionError(503, "mempool full: try again later", 1.0)
+        s = self.senders[heavy]
+        victim = s.txs.pop(max(s.txs))
+        del self.by_id[victim.id]
+        self.evictions += 1
+        if s.txs:
+            heapq.heappush(self._heavy, (-len(s.txs), heavy))
+        else:
+            del self.senders[heavy]
+        return [victim]
+
+    def _heaviest(self) -> bytes | None:
+        """The sender with the most pending transactions (stale heap entries are dropped lazily)."""
+        h = self._heavy
+        if len(h) > 4 * len(self.senders) + 1024:  # compact: one entry per sender
+            h[:] = [(-len(s.txs), a) for a, s in self.senders.items()]
+            heapq.heapify(h)
+        while h:
+            neg, addr = h[0]
+            s = self.senders.get(addr)
+            if s is not None and len(s.txs) == -neg:
+                return addr
+            heapq.heappop(h)
+            if s is not None and s.txs:
+                heapq.heappush(h, (-len(s.txs), addr))
+        return None
 
     def batch(self, max_txs: int, exclude: Container[bytes] = ()) -> list[Tx]:
         """Up to max_txs transactions, round-robin over senders, each sender's contiguous nonce run

@@ -1,8 +1,21 @@
-"""Prometheus metrics of one validator (its own registry, so several can share a process)."""
+"""Prometheus metrics of one validator (its own registry, so several can share a process).
+
+Names follow the Prometheus conventions: the `medchain_` prefix, `_total` on counters (the client
+library appends it), `_seconds` on durations, base units. What the validator already holds (view,
+peers, p2p message counts, mempool evictions, the crypto path) is read at scrape time by
+`bind()`, so the hot paths do not update it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+if TYPE_CHECKING:
+    from node.validator import Validator
 
 
 class Metrics:
@@ -12,7 +25,8 @@ class Metrics:
         self.mempool = Gauge("medchain_mempool_transactions", "Transactions waiting in the mempool", registry=r)
         self.admitted = Counter("medchain_tx_admitted", "Transactions admitted to the mempool", registry=r)
         self.committed = Counter("medchain_tx_committed", "Transactions committed in blocks", registry=r)
-        self.rejected = Counter("medchain_tx_rejected", "Transactions refused at admission", ["reason"], registry=r)
+        self.rejected = Counter("medchain_tx_rejected", "Transactions refused at admission, by reason",
+                                ["reason"], registry=r)
         self.commit_latency = Histogram(
             "medchain_commit_latency_seconds", "Admission to commit", registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
@@ -20,6 +34,53 @@ class Metrics:
         self.blob_integrity = Counter("medchain_blob_integrity_failures", "Stored blocks that failed their hash",
                                       registry=r)
         self.http = Counter("medchain_http_requests", "HTTP requests", ["route", "status"], registry=r)
+        self.throttled = Counter("medchain_throttled", "Requests or messages refused by a rate limit, by scope "
+                                 "(client_ip at the API, peer for forwarded transaction batches)", ["scope"],
+                                 registry=r)
+        self._bound = False
+
+    def bind(self, v: Validator) -> None:
+        """Expose what the validator holds, read at scrape time (idempotent)."""
+        if self._bound:
+            return
+        self._bound = True
+        self.registry.register(_ValidatorCollector(v))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _ValidatorCollector:
+    """Gauges and counters computed from the validator's own state when /metrics is scraped."""
+
+    def __init__(self, v: Validator) -> None:
+        self.v = v
+        self.last_view = v.replica.view
+        self.view_changes = 0
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        from node.crypto.batch import NATIVE, backend_name
+        v = self.v
+        view = v.replica.view
+        if view > self.last_view:  # each view change moves to a higher view
+            self.view_changes += view - self.last_view
+            self.last_view = view
+        changes = getattr(v.replica, "view_changes", None)  # the replica's own count, when it keeps one
+        yield GaugeMetricFamily("medchain_view", "Current PBFT view", value=view)
+        yield CounterMetricFamily("medchain_view_changes", "PBFT view changes completed by this validator",
+                                  value=self.view_changes if changes is None else changes)
+        yield GaugeMetricFamily("medchain_view_changing", "1 while a view change is in progress",
+                                value=1.0 if getattr(v.replica, "changing", False) else 0.0)
+        peers = len(v.net.connected_peers()) if v.net is not None else 0
+        yield GaugeMetricFamily("medchain_peers", "Connected validator peers", value=peers)
+        msgs = CounterMetricFamily("medchain_p2p_messages", "Validator-to-validator messages", labels=["direction"])
+        msgs.add_metric(["in"], v.msgs_in)
+        msgs.add_metric(["out"], v.msgs_out)
+        yield msgs
+        yield CounterMetricFamily("medchain_mempool_evictions", "Transactions evicted from a full mempool "
+                                  "(the heaviest sender's newest)", value=v.mempool.evictions)
+        yield GaugeMetricFamily("medchain_mempool_capacity", "Mempool capacity", value=v.mempool.capacity)
+        native = GaugeMetricFamily("medchain_native_crypto", "1 if the native (Cython) crypto path is in use, "
+                                   "else 0; the label names the backend", labels=["backend"])
+        native.add_metric([backend_name().split(" (")[0]], 1.0 if NATIVE else 0.0)
+        yield native

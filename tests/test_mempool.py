@@ -6,7 +6,7 @@ import pytest
 
 from node.crypto import ecdsa
 from node.crypto.keys import Identity
-from node.mempool import MAX_FORWARD_GAP, AdmissionError, Mempool, TokenBucket
+from node.mempool import MAX_FORWARD_GAP, AdmissionError, KeyedLimiter, Mempool, TokenBucket
 from node.tx import DATA_TYPES, Tx, Write
 
 CHAIN = "mempool-test"
@@ -272,3 +272,62 @@ def test_prune_keeps_recently_limited_senders():
     mp.remove([t3])
     mp.prune_buckets(3.0)
     assert mp.buckets == {}
+
+
+# ---- bounded pool, fair eviction, keyed limiters ----------------------------------------------
+
+HONEST = [Identity.from_seed(b"honest-%d" % i) for i in range(6)]
+
+
+def test_full_pool_evicts_the_heaviest_senders_newest():
+    mp = big_pool(capacity=8)
+    flood = [tx(A, n) for n in range(1, 7)]
+    for t in flood:
+        mp.admit(t, 0, 0.0)
+    mp.admit(tx(B, 1), 0, 0.0)
+    mp.admit(tx(C, 1), 0, 0.0)
+    assert len(mp) == 8
+    evicted = mp.admit(tx(HONEST[0], 1), 0, 0.0)  # a newcomer: the flooder's tail makes room
+    assert evicted == [flood[-1]] and flood[-1].id not in mp and len(mp) == 8 and mp.evictions == 1
+    assert pending(mp, A) == [1, 2, 3, 4, 5] and mp.next_nonce(A.address, 0) == 6
+    for h in HONEST[1:4]:
+        assert [t.nonce for t in mp.admit(tx(h, 1), 0, 0.0)] == [5 - HONEST.index(h) + 1]
+    assert pending(mp, A) == [1, 2] and len(mp) == 8
+    # now the heaviest holds 2, as much as a second transaction of B would make: nobody to evict
+    e = refused(mp, tx(B, 2))
+    assert e.status == 503 and "mempool full" in e.reason
+    # the flooder itself cannot push others out: it holds the most
+    e = refused(mp, tx(A, 3))
+    assert e.status == 429 and "holds the most" in e.reason and e.retry_after
+
+
+def test_eviction_keeps_each_senders_run_contiguous():
+    mp = big_pool(capacity=5)
+    a = [tx(A, n) for n in range(1, 5)]
+    for t in a:
+        mp.admit(t, 0, 0.0)
+    mp.admit(tx(B, 1), 0, 0.0)
+    assert mp.admit(tx(C, 1), 0, 0.0) == [a[3]]
+    assert pending(mp, A) == [1, 2, 3]
+    mp.remove(a[:2])  # committed: the eviction heap's counts for A are stale now, and corrected lazily
+    a4 = tx(A, 4, b"again")
+    mp.admit(a4, 2, 0.0)
+    mp.admit(tx(HONEST[0], 1), 0, 0.0)
+    assert len(mp) == 5 and pending(mp, A) == [3, 4]
+    assert mp.admit(tx(HONEST[1], 1), 0, 0.0) == [a4]  # the tail, never a hole in the middle
+    assert pending(mp, A) == [3] and mp.next_nonce(A.address, 2) == 4
+
+
+def test_keyed_limiter():
+    lim = KeyedLimiter(rate=2.0, burst=3.0, max_keys=2)
+    assert [lim.take("ip1", 0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert lim.take("ip1", 0.0) == pytest.approx(0.5)  # one token at 2/s
+    assert lim.take("ip2", 0.0) == 0.0  # another client has its own bucket
+    assert lim.take("ip1", 0.5) == 0.0
+    assert lim.take("peer", 0.0, n=3) == 0.0 and lim.take("peer2", 0.0, n=4) == pytest.approx(0.5)
+    assert lim.take("peer2", 100.0, n=4) > 0  # a cost above the burst never passes
+    assert len(lim.buckets) <= 2
+    big = KeyedLimiter(rate=1.0, burst=1.0, max_keys=1000)
+    for i in range(5000):
+        big.take(i, float(i))
+    assert len(big.buckets) <= 1000

@@ -352,4 +352,4 @@ def test_apply_tx_on_overlay_and_codes_table():
     assert decode(view.get(keys.receipt(tx.id))) == [7, 3, OK]
     assert apply_tx(view, tx, 7, 4, T0) == 9
     assert decode(view.get(keys.receipt(tx.id))) == [7, 3, OK]
-    assert set(CODES) == set(range(10))
+    assert set(CODES) == set(range(12))

@@ -87,7 +87,7 @@ def test_wrong_chain_id():
         Tx.decode(raw_tx(chain=b"medchain-test"), CHAIN)
 
 
-@pytest.mark.parametrize("kind", [0, 0x12, 0x1F, 0x22, -1, 1 << 40, "grant", None, b"\x10"])
+@pytest.mark.parametrize("kind", [0, 0x13, 0x1F, 0x22, 0x30, -1, 1 << 40, "grant", None, b"\x10"])
 def test_unknown_kind(kind):
     with pytest.raises(TxError, match="unknown transaction kind"):
         Tx.decode(raw_tx(kind=kind, fields=OK[KIND_PROFILE]), CHAIN)
@@ -444,3 +444,14 @@ def test_build_batch_equals_one_by_one():
     single = [Tx.build(ident, "c", 7 + i, b) for i, b in enumerate(bodies)]
     assert [t.raw for t in batch] == [t.raw for t in single]
     assert [Tx.decode(t.raw, "c").nonce for t in batch] == list(range(7, 57))
+
+
+def test_only_the_two_families_are_admitted():
+    """Every kind byte: exactly grant, profile, policy (access, 0x1_) and write, read (data, 0x2_) parse."""
+    from node.tx.model import _PARSERS, FAMILIES, KIND_POLICY
+    assert set(_PARSERS) == {KIND_GRANT, KIND_PROFILE, KIND_POLICY, KIND_WRITE, KIND_READ}
+    assert {k & 0xF0 for k in _PARSERS} == set(FAMILIES)
+    for kind in range(256):
+        if kind not in _PARSERS:
+            with pytest.raises(TxError, match="unknown transaction kind"):
+                Tx.decode(raw_tx(kind=kind, fields=OK[KIND_PROFILE]), CHAIN)

@@ -39,3 +39,11 @@ def audit(patient: bytes, height: int, idx: int) -> bytes:
 
 def receipt(txid: bytes) -> bytes:
     return b"r" + txid
+
+
+def policy(patient: bytes) -> bytes:
+    return b"o" + patient
+
+
+def break_glass(staff: bytes) -> bytes:
+    return b"b" + staff

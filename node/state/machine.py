@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from node.crypto import ecdsa
 from node.state import keys
-from node.tx import KIND_GRANT, KIND_PROFILE, KIND_READ, KIND_WRITE, Grant, Profile, Read, Tx, Write
+from node.tx import KIND_GRANT, KIND_PROFILE, KIND_READ, KIND_WRITE, Grant, Policy, Profile, Read, Tx, Write
 from node.wire import decode, encode
 
 Get = Callable[[bytes], "bytes | None"]
@@ -32,7 +32,16 @@ CODES = {
     7: "invalid grant",
     8: "cid belongs to another patient or data type",
     9: "duplicate transaction",
+    10: "break-glass refused: the patient has disabled emergency access",
+    11: "break-glass refused: this staff member's emergency-read limit is reached",
 }
+# Break-glass limits, in block time (the state machine reads no clock): each staff member may make
+# BREAK_GLASS_LIMIT emergency reads per window of BREAK_GLASS_WINDOW_MS, counted from the first
+# read of the window; a committed emergency read lets its reader fetch the blobs it covers for
+# BREAK_GLASS_ACCESS_MS after its block time.
+BREAK_GLASS_LIMIT = 3
+BREAK_GLASS_WINDOW_MS = 24 * 3600 * 1000
+BREAK_GLASS_ACCESS_MS = 24 * 3600 * 1000
 
 
 def genesis_state_root(chain_id: str, validators: Iterable[bytes]) -> bytes:
@@ -81,6 +90,23 @@ def read_allowed(view: Overlay, reader: bytes, patient: bytes, dtype: int, time_
     return dtype in types and (expiry_ms == 0 or time_ms < expiry_ms)
 
 
+def break_glass_enabled(view: Overlay, patient: bytes) -> bool:
+    """Emergency reads are allowed unless the patient's latest policy transaction turned them off."""
+    p = view.get_obj(keys.policy(patient))
+    return p is None or bool(p[0])
+
+
+def _break_glass_check(view: Overlay, reader: bytes, patient: bytes, time_ms: int) -> int:
+    if view.get(keys.profile(reader)) is None:
+        return 2  # an emergency reader must be identifiable: a registered staff profile
+    if not break_glass_enabled(view, patient):
+        return 10
+    rl = view.get_obj(keys.break_glass(reader))
+    if rl is not None and time_ms - rl[0] < BREAK_GLASS_WINDOW_MS and rl[1] >= BREAK_GLASS_LIMIT:
+        return 11
+    return OK
+
+
 def check_tx(view: Overlay, tx: Tx, time_ms: int) -> int:
     """The stateful checks other than the nonce; OK or a code from CODES."""
     b = tx.body
@@ -103,7 +129,11 @@ def check_tx(view: Overlay, tx: Tx, time_ms: int) -> int:
             return 6
         return OK
     if isinstance(b, Read):
-        if not read_allowed(view, addr, b.patient, b.dtype, time_ms):
+        if b.reason:
+            code = _break_glass_check(view, addr, b.patient, time_ms)
+            if code != OK:
+                return code
+        elif not read_allowed(view, addr, b.patient, b.dtype, time_ms):
             return 3
         if b.cid:
             d = view.get_obj(keys.blob(b.cid))
@@ -112,7 +142,7 @@ def check_tx(view: Overlay, tx: Tx, time_ms: int) -> int:
             if d[0] != b.patient or d[1] != b.dtype:
                 return 8
         return OK
-    return OK  # Profile: any key may register or update its own profile
+    return OK  # Profile: any key may register or update its own profile; Policy: any patient
 
 
 def _epoch(view: Overlay, patient: bytes, dtype: int) -> int:
@@ -133,6 +163,13 @@ def _apply(view: Overlay, tx: Tx, height: int, idx: int, time_ms: int) -> None:
         view.put_obj(keys.grant(addr, b.staff), [list(b.types), b.expiry_ms, height, tx.id])
         for k in b.keys:
             view.put(keys.sealed_key(addr, b.staff, k.dtype, k.epoch), k.sealed)
+    elif isinstance(b, Policy):
+        view.put_obj(keys.policy(addr), [b.break_glass, height])
+    elif isinstance(b, Read) and b.reason:
+        rl = view.get_obj(keys.break_glass(addr))
+        if rl is None or time_ms - rl[0] >= BREAK_GLASS_WINDOW_MS:
+            rl = [time_ms, 0]  # a new window starts at this read's block time
+        view.put_obj(keys.break_glass(addr), [rl[0], rl[1] + 1])
     elif isinstance(b, Write):
         view.put_obj(keys.blob(b.cid), [addr, b.dtype, b.epoch, b.size, b.t_start_ms, b.t_end_ms, height, tx.id])
         view.put(keys.data_index(addr, b.dtype, b.t_start_ms, b.cid), b"")
@@ -159,8 +196,8 @@ def apply_tx(view: Overlay, tx: Tx, height: int, idx: int, time_ms: int) -> int:
             _apply(view, tx, height, idx, time_ms)
         if tx.kind == KIND_READ:
             r = tx.body
-            view.put_obj(keys.audit(r.patient, height, idx),
-                         [addr, r.dtype, r.cid, r.t_from_ms, r.t_to_ms, time_ms, tx.id, code])
+            entry = [addr, r.dtype, r.cid, r.t_from_ms, r.t_to_ms, time_ms, tx.id, code]
+            view.put_obj(keys.audit(r.patient, height, idx), entry + [r.reason] if r.reason else entry)
     view.put_obj(keys.receipt(tx.id), [height, idx, code])
     return code
 
@@ -171,5 +208,6 @@ def apply_block(base: Get, txs: Iterable[Tx], height: int, time_ms: int, prev_ro
     return BlockResult(codes, view.writes, view.root(prev_root))
 
 
-__all__ = ["CODES", "KIND_GRANT", "KIND_PROFILE", "KIND_WRITE", "OK", "Overlay", "apply_block", "apply_tx",
+__all__ = ["BREAK_GLASS_ACCESS_MS", "BREAK_GLASS_LIMIT", "BREAK_GLASS_WINDOW_MS", "CODES", "KIND_GRANT",
+           "KIND_PROFILE", "KIND_WRITE", "OK", "Overlay", "apply_block", "apply_tx", "break_glass_enabled",
            "check_tx", "genesis_state_root", "read_allowed"]

@@ -1,13 +1,16 @@
 """The two transaction families (access, data): build, sign, stateless validation."""
 
 from node.tx.model import (
+    BREAK_GLASS_REASONS,
     DATA_TYPES,
     KIND_GRANT,
     KIND_NAMES,
+    KIND_POLICY,
     KIND_PROFILE,
     KIND_READ,
     KIND_WRITE,
     Grant,
+    Policy,
     Profile,
     Read,
     SealedKey,
@@ -19,6 +22,6 @@ from node.tx.model import (
 )
 
 __all__ = [
-    "DATA_TYPES", "KIND_GRANT", "KIND_NAMES", "KIND_PROFILE", "KIND_READ", "KIND_WRITE", "Grant",
-    "Profile", "Read", "SealedKey", "Tx", "TxError", "Write", "data_type_id", "data_type_name",
+    "BREAK_GLASS_REASONS", "DATA_TYPES", "KIND_GRANT", "KIND_NAMES", "KIND_POLICY", "KIND_PROFILE",
+    "KIND_READ", "KIND_WRITE", "Grant", "Policy", "Profile", "Read", "SealedKey", "Tx", "TxError", "Write", "data_type_id", "data_type_name",
 ]

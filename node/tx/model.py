@@ -18,9 +18,15 @@ from node.wire import MAX_TX_BYTES, WireError, decode_canonical, encode
 VERSION = 1
 KIND_GRANT = 0x10  # access family: grant / change / revoke (empty set)
 KIND_PROFILE = 0x11  # access family: staff profile registration
+KIND_POLICY = 0x12  # access family: the patient's own settings (break-glass opt-out)
 KIND_WRITE = 0x20  # data family: patient writes a blob reference
 KIND_READ = 0x21  # data family: staff (or patient) reads, committed for the audit log
-KIND_NAMES = {KIND_GRANT: "grant", KIND_PROFILE: "profile", KIND_WRITE: "write", KIND_READ: "read"}
+KIND_NAMES = {KIND_GRANT: "grant", KIND_PROFILE: "profile", KIND_POLICY: "policy", KIND_WRITE: "write",
+              KIND_READ: "read"}
+# The two families, by the kind's high nibble: 0x1_ access, 0x2_ data. Nothing else is admitted.
+FAMILIES = {0x10: "access", 0x20: "data"}
+# Break-glass reason codes (HL7 v3-ActReason); a break-glass read must carry one of these.
+BREAK_GLASS_REASONS = ("ETREAT",)
 
 DATA_TYPES = {"heart_rate": 1, "blood_pressure": 2, "body_temperature": 3, "glucose": 4, "spo2": 5}
 _TYPE_NAMES = {v: k for k, v in DATA_TYPES.items()}
@@ -141,6 +147,24 @@ class Profile:
 
 
 @dataclass(frozen=True)
+class Policy:
+    """The patient's settings for their own data. `break_glass` False makes every emergency
+    (break-glass) read of this patient's data fail on chain."""
+
+    kind: ClassVar[int] = KIND_POLICY
+    break_glass: bool
+
+    def fields(self) -> list:
+        return [self.break_glass]
+
+    @classmethod
+    def parse(cls, f: list) -> Policy:
+        if len(f) != 1 or type(f[0]) is not bool:
+            raise TxError("policy takes 1 field: break_glass (true or false)")
+        return cls(f[0])
+
+
+@dataclass(frozen=True)
 class Write:
     """Patient records the CID of an encrypted window of readings of one type."""
 
@@ -168,7 +192,9 @@ class Write:
 
 @dataclass(frozen=True)
 class Read:
-    """A read of patient data: one CID, or (cid empty) every blob of the type in a time range."""
+    """A read of patient data: one CID, or (cid empty) every blob of the type in a time range.
+    With a `reason` (a break-glass code, e.g. "ETREAT") it is an emergency read without a grant: a
+    6th field, present only then, so an ordinary read keeps its exact 5-field encoding."""
 
     kind: ClassVar[int] = KIND_READ
     patient: bytes
@@ -176,23 +202,37 @@ class Read:
     cid: bytes  # b"" for a range read
     t_from_ms: int
     t_to_ms: int
+    reason: str = ""  # "" = ordinary read; else a code from BREAK_GLASS_REASONS
+
+    @property
+    def break_glass(self) -> bool:
+        return bool(self.reason)
 
     def fields(self) -> list:
-        return [self.patient, self.dtype, self.cid, self.t_from_ms, self.t_to_ms]
+        f = [self.patient, self.dtype, self.cid, self.t_from_ms, self.t_to_ms]
+        return f + [self.reason] if self.reason else f
 
     @classmethod
     def parse(cls, f: list) -> Read:
-        if len(f) != 5:
-            raise TxError("read takes 5 fields: patient, type, cid, t_from_ms, t_to_ms")
+        if len(f) not in (5, 6):
+            raise TxError("read takes 5 fields: patient, type, cid, t_from_ms, t_to_ms (and a break-glass reason)")
+        reason = ""
+        if len(f) == 6:  # one encoding per read: an ordinary read never carries the 6th field
+            if not isinstance(f[5], str) or f[5] not in BREAK_GLASS_REASONS:
+                raise TxError("read takes 5 fields, or 6 with a break-glass reason: one of "
+                              f"{', '.join(BREAK_GLASS_REASONS)} (HL7 v3-ActReason)")
+            reason = f[5]
         r = cls(_bytes(f[0], "patient address", 32, 32), _dtype(f[1]), _bytes(f[2], "cid", 0, MAX_CID),
-                _uint(f[3], "t_from_ms"), _uint(f[4], "t_to_ms"))
+                _uint(f[3], "t_from_ms"), _uint(f[4], "t_to_ms"), reason)
         if r.t_to_ms < r.t_from_ms:
             raise TxError("t_to_ms before t_from_ms")
         return r
 
 
-Body = Grant | Profile | Write | Read
-_PARSERS = {KIND_GRANT: Grant.parse, KIND_PROFILE: Profile.parse, KIND_WRITE: Write.parse, KIND_READ: Read.parse}
+Body = Grant | Profile | Policy | Write | Read
+_PARSERS = {KIND_GRANT: Grant.parse, KIND_PROFILE: Profile.parse, KIND_POLICY: Policy.parse,
+            KIND_WRITE: Write.parse, KIND_READ: Read.parse}
+assert all(k & 0xF0 in FAMILIES for k in _PARSERS)  # only the two families have parsers
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,201 @@
+"""Break-glass: an emergency read without a grant (reason ETREAT), committed, flagged in the audit
+log, rate-limited per staff member in block time, and impossible once the patient opts out. The
+state machine as pure logic, then the whole path through real validator processes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import pytest
+
+from devices.client import ApiError, NodeClient
+from devices.phone import Phone
+from devices.staff import AccessDenied, Staff
+from devices.wearables import make_wearable
+from node.crypto.keys import Identity
+from node.ipfs.cid import Cid
+from node.state import keys
+from node.state.machine import BREAK_GLASS_LIMIT, BREAK_GLASS_WINDOW_MS
+from node.tx import Policy, Read, Tx, TxError, Write
+from node.tx.model import KIND_POLICY, VERSION
+from node.wire import encode
+from tests.conftest import run
+from tests.test_cli import medchain
+from tests.test_state import BP, CHAIN, DOC, HR, NURSE, PAT, PAT2, T0, Chain, cid
+
+
+def emergency(patient: Identity, dtype: int = HR, c: bytes = b"") -> Read:
+    return Read(patient.address, dtype, c, 0, 2**62, "ETREAT")
+
+
+# ---- the wire form --------------------------------------------------------------------------
+
+def test_ordinary_read_keeps_its_five_fields_and_the_reason_is_a_sixth():
+    plain, bg = Read(PAT.address, HR, b"", 0, 5), Read(PAT.address, HR, b"", 0, 5, "ETREAT")
+    assert len(plain.fields()) == 5 and bg.fields()[5] == "ETREAT"
+    for body in (plain, bg, Policy(True), Policy(False)):
+        tx = Tx.build(DOC, CHAIN, 1, body)
+        assert Tx.decode(tx.raw, CHAIN).body == body
+
+
+@pytest.mark.parametrize("reason", ["", "BTG", "etreat", "ETREAT ", 1, None, b"ETREAT", True])
+def test_bad_reason_refused(reason):
+    payload = encode([VERSION, 0x21, CHAIN, DOC.public_key, 1, PAT.address, HR, b"", 0, 5, reason])
+    raw = encode([payload, DOC.sign(hashlib.sha256(payload).digest())])
+    with pytest.raises(TxError, match="break-glass reason"):
+        Tx.decode(raw, CHAIN)
+
+
+@pytest.mark.parametrize("fields", [[], [1], [0], [True, True], [None], ["yes"]])
+def test_bad_policy_refused(fields):
+    payload = encode([VERSION, KIND_POLICY, CHAIN, PAT.public_key, 1, *fields])
+    raw = encode([payload, PAT.sign(hashlib.sha256(payload).digest())])
+    with pytest.raises(TxError, match="policy"):
+        Tx.decode(raw, CHAIN)
+
+
+# ---- the state machine --------------------------------------------------------------------------
+
+def test_emergency_read_without_grant_is_allowed_and_audited():
+    ch = Chain()
+    assert ch.run(DOC, emergency(PAT)) == 2  # no profile: an emergency reader must be identifiable
+    assert ch.profile(DOC) == 0
+    assert ch.run(DOC, Read(PAT.address, HR, b"", 0, 5)) == 3  # an ordinary read is still refused
+    assert ch.run(DOC, emergency(PAT)) == 0
+    audits = ch.audits(PAT)
+    assert [a[7] for a in audits] == [2, 3, 0]
+    assert [len(a) for a in audits] == [9, 8, 9] and audits[2][8] == "ETREAT"
+
+
+def test_emergency_read_checks_the_cid():
+    ch = Chain()
+    ch.profile(DOC)
+    assert ch.run(DOC, emergency(PAT, HR, cid("nothing"))) == 4
+    assert ch.run(PAT2, Write(HR, cid("x"), 10, 0, 1, 2)) == 0
+    assert ch.run(DOC, emergency(PAT, HR, cid("x"))) == 8  # the cid is another patient's
+
+
+def test_rate_limit_per_staff_member_in_block_time():
+    ch = Chain()
+    ch.profile(DOC)
+    ch.profile(NURSE)
+    codes = [ch.run(DOC, emergency(PAT), T0 + i) for i in range(BREAK_GLASS_LIMIT + 2)]
+    assert codes == [0] * BREAK_GLASS_LIMIT + [11, 11]
+    assert ch.run(DOC, emergency(PAT2), T0 + 10) == 11  # per staff member, whatever the patient
+    assert ch.run(NURSE, emergency(PAT), T0 + 10) == 0  # another staff member has their own budget
+    assert ch.run(DOC, emergency(PAT), T0 + BREAK_GLASS_WINDOW_MS - 1) == 11
+    assert ch.run(DOC, emergency(PAT), T0 + BREAK_GLASS_WINDOW_MS) == 0  # a new window
+    assert ch.obj(keys.break_glass(DOC.address)) == [T0 + BREAK_GLASS_WINDOW_MS, 1]
+
+
+def test_patient_opt_out_and_back():
+    ch = Chain()
+    ch.profile(DOC)
+    assert ch.run(PAT, Policy(False)) == 0
+    assert ch.run(DOC, emergency(PAT)) == 10
+    assert ch.run(DOC, emergency(PAT2)) == 0  # another patient did not opt out
+    assert ch.run(PAT, Policy(True)) == 0
+    assert ch.run(DOC, emergency(PAT)) == 0
+    assert ch.obj(keys.policy(PAT.address))[0] is True
+
+
+def test_deterministic_replay():
+    def build() -> bytes:
+        ch = Chain()
+        ch.profile(DOC)
+        ch.apply([ch.tx(PAT, Policy(False)), ch.tx(DOC, emergency(PAT)), ch.tx(DOC, emergency(PAT2))])
+        ch.apply([ch.tx(PAT, Policy(True))] + [ch.tx(DOC, emergency(PAT, BP)) for _ in range(4)], T0 + 5)
+        return ch.root
+    assert build() == build()
+
+
+# ---- real validator processes -----------------------------------------------------------------------
+
+def test_break_glass_end_to_end(node, genesis):
+    async def go():
+        async with NodeClient(node.url) as c:
+            pat, doc = Identity.from_seed(b"bg-patient"), Identity.from_seed(b"bg-doctor")
+            other = Identity.from_seed(b"bg-patient-2")
+            phone = Phone(pat, c, genesis.chain_id, genesis.validator_keys)
+            phone2 = Phone(other, c, genesis.chain_id, genesis.validator_keys)
+            staff = Staff(doc, c, genesis.chain_id)
+            await staff.register("Dr. ER", "emergency physician", "General Hospital")
+            now = int(time.time() * 1000)
+            frames = list(make_wearable("heart_rate", "hr", 1).frames_between(now - 120_000, now))
+            res = await phone.write_window("heart_rate", frames)
+            await phone2.write_window("heart_rate", frames)
+
+            with pytest.raises(AccessDenied):  # no grant: an ordinary read is refused
+                await staff.read(pat.address, "heart_rate")
+            wins = await staff.read(pat.address, "heart_rate", break_glass="ETREAT")
+            # the blob GET honoured the emergency read: fetched, but no data key was sealed to us yet
+            assert [(w.cid, w.sealed, w.readings) for w in wins] == [(res.cid, True, [])]
+
+            log = await c.audit(pat.address)
+            assert len(log["break_glass"]) == 1 and log["break_glass"][0]["reader"] == doc.address.hex()
+            assert log["break_glass"][0]["break_glass"] == "ETREAT" and log["break_glass"][0]["allowed"]
+
+            # the phone, the patient's key agent, releases the keys for the emergency read
+            assert len(await phone.answer_break_glass()) == 1
+            assert await phone.answer_break_glass() == []  # once
+            grant = (await c.grants(pat.address))["grants"][0]
+            assert grant["types"] == ["heart_rate"] and grant["expiry_ms"] > now
+            wins = await staff.read(pat.address, "heart_rate", break_glass="ETREAT")
+            assert wins[0].readings == frames and not wins[0].sealed
+
+            # the patient opts out: refused at admission (403) and never committed
+            await phone2.set_break_glass(False)
+            assert (await c.account(other.address))["break_glass"] is False
+            with pytest.raises(AccessDenied, match="disabled emergency access"):
+                await staff.read(other.address, "heart_rate", break_glass="ETREAT")
+            assert (await c.audit(other.address))["reads"] == []
+
+            # rate limit: the third emergency read of the day was the last one
+            await phone2.set_break_glass(True)
+            await staff.read(other.address, "heart_rate", break_glass="ETREAT")
+            assert BREAK_GLASS_LIMIT == 3
+            with pytest.raises(AccessDenied, match="limit"):
+                await staff.read(other.address, "heart_rate", break_glass="ETREAT")
+
+            # an emergency read that was never committed opens nothing
+            cid_b = Cid.parse(res.cid).to_bytes()
+            rd = Tx.build(doc, genesis.chain_id, 99, Read(pat.address, 1, b"", 0, 5, "ETREAT"))
+            with pytest.raises(ApiError) as e:
+                await c.download(doc, genesis.chain_id, res.cid, cid_b, rd.id)
+            assert e.value.status == 403
+
+            # opting out also closes blobs an earlier emergency read opened
+            await phone.revoke(doc.address)
+            await phone.set_break_glass(False)
+            with pytest.raises(ApiError) as e:
+                await c.download(doc, genesis.chain_id, res.cid, cid_b, bytes.fromhex(log["break_glass"][0]["tx"]))
+            assert e.value.status == 403 and "disabled emergency access" in e.value.reason
+
+    run(go())
+
+
+def test_break_glass_cli(node, tmp_path):
+    pk, sk = tmp_path / "patient.json", tmp_path / "staff.json"
+    pat = json.loads(medchain("keygen", "--out", str(pk), "--json").stdout)
+    medchain("keygen", "--out", str(sk), "--json")
+    url = ["--node", node.url]
+    medchain("staff", "register", "--key", str(sk), "--name", "Dr. ER", *url)
+    medchain("patient", "upload", "--type", "heart_rate", "--seconds", "20", "--key", str(pk), *url)
+    rd = json.loads(medchain("staff", "read", pat["address"], "--type", "heart_rate", "--break-glass", "ETREAT",
+                             "--key", str(sk), *url, "--json").stdout)
+    assert rd["windows"] == 1 and len(rd["sealed"]) == 1 and rd["readings"] == []
+    text = medchain("patient", "audit", "--key", str(pk), *url).stdout
+    assert text.startswith("!! 1 EMERGENCY (BREAK-GLASS) READ(S) OF YOUR DATA !!") and "BREAK-GLASS (ETREAT)" in text
+    medchain("patient", "break-glass", "release", "--key", str(pk), *url)
+    rd = json.loads(medchain("staff", "read", pat["address"], "--type", "heart_rate", "--break-glass", "ETREAT",
+                             "--key", str(sk), *url, "--json").stdout)
+    assert len(rd["readings"]) == 20 and rd["sealed"] == []
+    medchain("patient", "break-glass", "off", "--key", str(pk), *url)
+    bad = medchain("staff", "read", pat["address"], "--type", "heart_rate", "--break-glass", "ETREAT",
+                   "--key", str(sk), *url, ok=False)
+    assert bad.returncode != 0 and "disabled emergency access" in bad.stderr
+    bad = medchain("staff", "read", pat["address"], "--type", "heart_rate", "--break-glass", "BTG",
+                   "--key", str(sk), *url, ok=False)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
