@@ -83,6 +83,13 @@ class NodeProcess:
     def kill(self) -> int | None:
         return self.stop(signal.SIGKILL)
 
+    def pause(self) -> None:
+        """SIGSTOP: the process keeps its sockets but does nothing (a hung or descheduled validator)."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
     def cpu_seconds(self) -> float:
         """User + system CPU of the live process, from /proc."""
         with open(f"/proc/{self.proc.pid}/stat") as fh:

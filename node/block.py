@@ -1,8 +1,10 @@
 """Blocks: header, transactions and the commit certificate; exact encodings in docs/PROTOCOL.md.
 
 header = [version, chain_id, height, prev_hash, view, seq, time_ms, tx_root, state_root, proposer]
-block  = [header_bytes, [tx_raw, ...], certificate]; certificate = [[validator_index, sig], ...]
-The block hash is SHA-256(header_bytes); validators sign commit votes over vote_digest().
+block  = [header_bytes, [tx_raw, ...], certificate, cert_view]; certificate = [[validator_index, sig], ...]
+The block hash is SHA-256(header_bytes); validators sign commit votes over vote_digest(). The header's
+view is the view the block was first proposed in; cert_view is the view it committed in (later when a
+view change carried it over), and the certificate's votes are over that view.
 """
 
 from __future__ import annotations
@@ -70,6 +72,11 @@ class Block:
     header: Header
     txs: tuple[bytes, ...]  # raw transactions, in execution order
     cert: tuple[tuple[int, bytes], ...] = field(default=())
+    cert_view: int = -1  # -1: the header's view
+
+    def __post_init__(self) -> None:
+        if self.cert_view < 0:
+            object.__setattr__(self, "cert_view", self.header.view)
 
     @property
     def hash(self) -> bytes:
@@ -80,7 +87,7 @@ class Block:
         return [ecdsa.sha256(t) for t in self.txs]
 
     def encode(self) -> bytes:
-        return encode([self.header.encode(), list(self.txs), [list(c) for c in self.cert]])
+        return encode([self.header.encode(), list(self.txs), [list(c) for c in self.cert], self.cert_view])
 
     @classmethod
     def decode(cls, raw: bytes) -> Block:
@@ -88,18 +95,22 @@ class Block:
             b = decode_canonical(raw, MAX_BLOCK_BYTES)
         except WireError as exc:
             raise BlockError(f"block encoding: {exc}") from None
-        if not isinstance(b, list) or len(b) != 3 or not isinstance(b[0], bytes):
-            raise BlockError("block is [header_bytes, txs, certificate]")
+        if not isinstance(b, list) or len(b) != 4 or not isinstance(b[0], bytes):
+            raise BlockError("block is [header_bytes, txs, certificate, cert_view]")
         if not isinstance(b[1], list) or not all(isinstance(t, bytes) for t in b[1]):
             raise BlockError("txs must be a list of byte strings")
         if not isinstance(b[2], list) or not all(
             isinstance(c, list) and len(c) == 2 and type(c[0]) is int and isinstance(c[1], bytes) for c in b[2]
         ):
             raise BlockError("certificate must be a list of [validator_index, signature]")
-        return cls(Header.decode(b[0]), tuple(b[1]), tuple((c[0], c[1]) for c in b[2]))
+        header = Header.decode(b[0])
+        if type(b[3]) is not int or b[3] < header.view:
+            raise BlockError("cert_view must be an integer no lower than the header's view")
+        return cls(header, tuple(b[1]), tuple((c[0], c[1]) for c in b[2]), b[3])
 
-    def with_cert(self, cert: Sequence[tuple[int, bytes]]) -> Block:
-        return Block(self.header, self.txs, tuple(sorted(cert)))
+    def with_cert(self, cert: Sequence[tuple[int, bytes]], view: int = -1) -> Block:
+        """This block with a commit certificate whose votes are over `view` (default: the header's)."""
+        return Block(self.header, self.txs, tuple(sorted(cert)), view)
 
     def check_tx_root(self) -> bool:
         return merkle.root(self.tx_ids) == self.header.tx_root
@@ -115,7 +126,7 @@ def quorum(n: int) -> int:
 def verify_cert(block: Block, validators: Sequence[bytes]) -> bool:
     """2f+1 distinct genesis validators signed the commit vote for this block."""
     h = block.header
-    digest = vote_digest(h.chain_id, h.view, h.seq, block.hash)
+    digest = vote_digest(h.chain_id, block.cert_view, h.seq, block.hash)
     seen: set[int] = set()
     items = []
     for idx, sig in block.cert:

@@ -1,149 +1,34 @@
-"""PBFT normal case on a seeded simulated network: agreement, certificates, and what is ignored."""
+"""PBFT normal case on the seeded simulated network: agreement, certificates, and what is ignored."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
-from node import merkle
-from node.block import GENESIS_PREV, Block, Header, quorum, verify_cert, vote_digest
+from node.block import Block, verify_cert, vote_digest
 from node.consensus import (
-    Broadcast,
-    Catchup,
+    Checkpoint,
     Commit,
     ConsensusError,
-    Deliver,
     Prepare,
     PrePrepare,
-    Replica,
-    Send,
+    ViewChange,
+    ViewChanged,
     decode_message,
 )
 from node.crypto import ecdsa
-from node.crypto.keys import Identity
 from node.wire import MAX_BLOCK_BYTES, encode
-
-CHAIN = "pbft-test"
-T0 = 1_700_000_000_000
-IDS = [Identity.from_seed(b"validator-%d" % i) for i in range(8)]  # index 7 is never a validator
-
-
-def pubs(n):
-    return [IDS[i].public_key for i in range(n)]
-
-
-def make_replica(n, i, **kw):
-    keys = pubs(n)
-    return Replica(CHAIN, n, i, IDS[i].sign, lambda idx, d, s: ecdsa.verify(keys[idx], d, s), **kw)
-
-
-def make_block(seq, n=4, view=0, txs=(), prev=GENESIS_PREV, proposer=None, salt=b""):
-    txs = tuple(txs)
-    h = Header(CHAIN, seq, prev, view, seq, T0 + seq, merkle.root([ecdsa.sha256(t) for t in txs]),
-               ecdsa.sha256(b"state-%d" % seq + salt), view % n if proposer is None else proposer)
-    return Block(h, txs)
-
-
-def signed(cls, sender, view, seq, digest, signer=None, **kw):
-    tmp = cls(view, seq, digest, sender, bytes(64), **kw)
-    sig = IDS[sender if signer is None else signer].sign(tmp.signing_digest(CHAIN))
-    return cls(view, seq, digest, sender, sig, **kw)
-
-
-def pre_prepare(block, sender=None):
-    h = block.header
-    return signed(PrePrepare, h.proposer if sender is None else sender, h.view, h.seq, block.hash, block=block)
-
-
-def sent(actions, cls):
-    return [a.msg for a in actions if isinstance(a, Broadcast) and isinstance(a.msg, cls)]
-
-
-def delivered(actions):
-    return [a for a in actions if isinstance(a, Deliver)]
-
-
-class SimNet:
-    """Every Broadcast goes, encoded, to every other replica through one queue that is popped in random
-    order, with random duplicates and (if lossy) drops of messages from at most f non-primary senders per
-    sequence number, so that a quorum always remains."""
-
-    def __init__(self, n, seed, lossy=False, dup=0.2, silent=(), p_any=0.0):
-        self.n, self.f, self.rng = n, (n - 1) // 3, random.Random(seed)
-        self.replicas = [make_replica(n, i, check_block=Block.check_tx_root) for i in range(n)]
-        self.queue: list[tuple[int, bytes]] = []
-        self.out: list[list[Deliver]] = [[] for _ in range(n)]
-        self.lossy, self.dup, self.silent = lossy, dup, set(silent)
-        self.loss: dict[int, tuple[set[int], float]] = {}
-        self.dropped, self.p_any, self.now = 0, p_any, 0
-
-    def _loss(self, seq):
-        if seq not in self.loss:
-            k = self.rng.randint(0, self.f) if self.lossy else 0
-            backups = [i for i in range(self.n) if i != self.replicas[0].primary]
-            self.loss[seq] = (set(self.rng.sample(backups, k)) | self.silent, self.rng.choice((0.3, 1.0)))
-        return self.loss[seq]
-
-    def send(self, src, actions):
-        for a in actions:
-            if isinstance(a, Deliver):
-                self.out[src].append(a)
-                continue
-            if isinstance(a, Catchup):  # the driver reads the blocks from its ledger
-                for s in range(a.first, a.last + 1):
-                    self._put(src, a.to, self.replicas[src].certified_message(self.out[src][s - 1].block))
-                continue
-            for dst in [a.to] if isinstance(a, Send) else range(self.n):
-                if dst != src:
-                    self._put(src, dst, a.msg)
-
-    def _put(self, src, dst, msg):
-        lossy, p = self._loss(msg.seq)
-        if src in self.silent or (src in lossy and self.rng.random() < p) or self.rng.random() < self.p_any:
-            self.dropped += 1
-            return
-        raw = msg.encode()
-        self.queue.append((dst, raw))
-        if self.rng.random() < self.dup:
-            self.queue.append((dst, raw))
-
-    def step(self):
-        dst, raw = self.queue.pop(self.rng.randrange(len(self.queue)))
-        self.send(dst, self.replicas[dst].on_message(decode_message(raw)))
-
-    def run(self, count, pipeline=4, max_ticks=0):
-        primary, prev, proposed, ticks = self.replicas[0], GENESIS_PREV, [], 0
-        while True:
-            can = len(proposed) < count and primary.in_flight() < pipeline
-            done = len(proposed) == count and all(len(o) == count for o in self.out)
-            if ticks < max_ticks and not done and (not self.queue or self.rng.random() < 0.05):
-                ticks, self.now = ticks + 1, self.now + 100
-                for i, r in enumerate(self.replicas):
-                    self.send(i, r.tick(self.now))
-            elif can and (not self.queue or self.rng.random() < 0.3):
-                seq = primary.next_seq
-                txs = [self.rng.randbytes(self.rng.randint(1, 40)) for _ in range(self.rng.randint(0, 3))]
-                b = make_block(seq, self.n, txs=txs, prev=prev)
-                proposed.append(b)
-                prev = b.hash
-                self.send(0, primary.propose(b))
-            elif self.queue:
-                self.step()
-            else:
-                return proposed
-
-    def check_agreement(self, proposed, replicas=None):
-        keys = pubs(self.n)
-        for r in range(self.n) if replicas is None else replicas:
-            got = self.out[r]
-            assert [d.seq for d in got] == list(range(1, len(proposed) + 1)), f"replica {r}"
-            assert [d.block.hash for d in got] == [b.hash for b in proposed]
-            for d, b in zip(got, proposed, strict=True):
-                assert d.block.txs == b.txs and d.block.check_tx_root()
-                assert verify_cert(d.block, keys)
-                assert len({i for i, _ in d.block.cert}) >= quorum(self.n)
-            assert self.replicas[r].last_delivered == len(proposed) and self.replicas[r].log == {}
+from tests.consensus_sim import (
+    CHAIN,
+    IDS,
+    SimNet,
+    delivered,
+    make_block,
+    make_replica,
+    pre_prepare,
+    pubs,
+    sent,
+    signed,
+)
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -175,7 +60,7 @@ def test_f_silent_replicas_still_commit(n, silent):
 @pytest.mark.parametrize("n", [4, 7])
 def test_unbounded_loss_heals_by_retransmission_and_catchup(n, seed):
     """Any message, pre-prepares included, may be lost; ticks re-send and Status/Catchup fill the gaps."""
-    net = SimNet(n, 5000 + seed, p_any=0.25)
+    net = SimNet(n, 5000 + seed, p_any=0.25, view_timeout_ms=30_000)  # the normal case heals without one
     proposed = net.run(6, max_ticks=400)
     net.check_agreement(proposed)
     assert net.dropped > 0
@@ -250,60 +135,78 @@ def test_wrong_view_ignored():
 
 
 def test_outside_window_ignored():
-    r = make_replica(4, 1, window=4)
+    r = make_replica(4, 1, window=4)  # a checkpoint every window/4 = 1 blocks
     for seq in (0, 5, 100):
         assert r.on_message(pre_prepare(make_block(seq))) == []
         assert r.on_message(signed(Prepare, 2, 0, seq, bytes(32))) == []
     assert r.ignored == 6 and r.log == {}
     assert sent(r.on_message(pre_prepare(make_block(4))), Prepare)  # the window's top edge is inside
-    # after seq 1 is delivered the window slides: seq 1 is below it, seq 5 inside
     a = make_block(1)
     acts = r.on_message(pre_prepare(a))
     for m in (signed(Prepare, 2, 0, 1, a.hash), signed(Commit, 0, 0, 1, a.hash), signed(Commit, 2, 0, 1, a.hash)):
         acts += r.on_message(m)
-    assert [d.seq for d in delivered(acts)] == [1] and r.low == 1
+    assert [d.seq for d in delivered(acts)] == [1] and sent(acts, Checkpoint)
     before = r.ignored
-    assert r.on_message(signed(Commit, 3, 0, 1, a.hash)) == []
-    assert r.ignored == before + 1
+    assert r.on_message(signed(Commit, 3, 0, 1, a.hash)) == []  # delivered: below the window now
+    assert r.on_message(pre_prepare(make_block(5))) == []  # the low watermark waits for a stable checkpoint
+    assert r.ignored == before + 2 and r.low == 0
+    root = a.header.state_root
+    r.on_message(signed(Checkpoint, 2, 0, 1, root))
+    assert r.low == 0  # 2 of 2f+1 = 3
+    r.on_message(signed(Checkpoint, 3, 0, 1, ecdsa.sha256(b"another root")))
+    assert r.low == 0  # roots must match
+    r.on_message(signed(Checkpoint, 0, 0, 1, root))
+    assert r.low == 1 and r.checkpoints == {}  # stable: the window slides and older checkpoints are collected
     assert sent(r.on_message(pre_prepare(make_block(5))), Prepare)
 
 
-def test_equivocating_pre_prepare_ignored():
+def test_equivocating_pre_prepare_is_evidence_and_starts_a_view_change():
+    r, a = _prepared_backup()
+    assert r.on_message(pre_prepare(a)) == [] and r.ignored == 0  # a plain duplicate is harmless
+    b = make_block(1, txs=[b"B"])
+    acts = r.on_message(pre_prepare(b))
+    assert r.ignored == 1 and r.log == {} and r.view == 1 and r.changing
+    assert acts[0] == ViewChanged(1, False) and sent(acts, ViewChange)
+    (ev,) = r.evidence
+    assert ev["kind"] == "equivocating-primary" and ev["validator"] == 0 and ev["seq"] == 1
+    # the evidence verifies on its own: two pre-prepare signatures of validator 0 over different blocks
+    for d, sig in zip(ev["digests"], ev["sigs"], strict=True):
+        assert ecdsa.verify(IDS[0].public_key, PrePrepare(0, 1, bytes.fromhex(d), 0, b"").signing_digest(CHAIN),
+                            bytes.fromhex(sig))
+    # messages of the abandoned view are ignored now
+    assert r.on_message(signed(Prepare, 2, 0, 1, a.hash)) == [] and r.ignored == 2
+
+
+def test_prepare_carrying_another_pre_prepare_proves_equivocation():
     r, a = _prepared_backup()
     b = make_block(1, txs=[b"B"])
-    assert r.on_message(pre_prepare(b)) == []
-    assert r.ignored == 1 and r.log[1].digest == a.hash
-    assert r.on_message(pre_prepare(a)) == [] and r.ignored == 1  # a plain duplicate is harmless
-    acts = []
-    for m in (signed(Prepare, 2, 0, 1, b.hash), signed(Prepare, 3, 0, 1, b.hash),
-              signed(Commit, 0, 0, 1, b.hash), signed(Commit, 2, 0, 1, b.hash), signed(Commit, 3, 0, 1, b.hash)):
-        acts += r.on_message(m)
-    assert acts == [] and r.ignored == 6
-    acts = r.on_message(signed(Prepare, 2, 0, 1, a.hash))
-    acts += r.on_message(signed(Commit, 0, 0, 1, a.hash))
-    acts += r.on_message(signed(Commit, 3, 0, 1, a.hash))
-    (d,) = delivered(acts)
-    assert d.block.hash == a.hash and verify_cert(d.block, pubs(4))
+    pp_b = pre_prepare(b)
+    acts = r.on_message(signed(Prepare, 2, 0, 1, b.hash, pp_sig=pp_b.sig))
+    assert r.changing and sent(acts, ViewChange) and r.evidence[0]["kind"] == "equivocating-primary"
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_equivocating_primary_on_network(seed):
-    """The primary sends A to everyone, then a conflicting B: everyone ignores B and delivers A."""
+    """The primary sends A to everyone, then a conflicting B: everyone holds proof, changes view, and
+    the next primary's blocks commit everywhere."""
     net = SimNet(4, seed)
     a = make_block(1, txs=[b"A"])
     b = make_block(1, txs=[b"B"])
     net.replicas[0].propose(a)
     for i in (1, 2, 3):
         net.send(i, net.replicas[i].on_message(pre_prepare(a)))
-        assert net.replicas[i].on_message(pre_prepare(b)) == [] and net.replicas[i].ignored == 1
-    while net.queue:
-        net.step()
-    net.check_agreement([a])
+        net.send(i, net.replicas[i].on_message(pre_prepare(b)))
+        assert net.replicas[i].evidence
+    proposed = net.run(3, max_ticks=200)
+    net.check_agreement(proposed + [a, b], count=3)
+    assert all(r.view >= 1 for r in net.replicas)
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_split_equivocation_never_forks(seed):
-    """A byzantine primary sends A to replica 1 and B to 2 and 3, and commits both: at most one is delivered."""
+    """A byzantine primary sends A to replica 1 and B to 2 and 3, and commits both: B may commit (only 2 and
+    3 can prepare it), A never can; proofs travel in the prepares, and after the view change everyone
+    agrees on one block at each sequence."""
     net = SimNet(4, seed)
     a, b = make_block(1, txs=[b"A"]), make_block(1, txs=[b"B"])
     for i, blk in ((1, a), (2, b), (3, b)):
@@ -311,12 +214,11 @@ def test_split_equivocation_never_forks(seed):
     for i in (1, 2, 3):
         for blk in (a, b):
             net.send(i, net.replicas[i].on_message(signed(Commit, 0, 0, 1, blk.hash)))
-    while net.queue:
-        net.step()
-    hashes = {d.block.hash for r in (1, 2, 3) for d in net.out[r]}
-    assert hashes == {b.hash} and net.out[1] == []
-    for r in (2, 3):
-        assert verify_cert(net.out[r][0].block, pubs(4))
+    net.crash(0)  # the byzantine primary goes quiet
+    proposed = net.run(3, max_ticks=300)
+    assert any(e["kind"] == "equivocating-primary" for e in net.replicas[1].evidence)
+    net.check_agreement(proposed + [a, b], count=3)
+    assert len({net.out[r][0].block.hash for r in (1, 2, 3)} - {a.hash}) == 1
 
 
 def test_prepares_for_other_digest_do_not_count():
@@ -324,10 +226,12 @@ def test_prepares_for_other_digest_do_not_count():
     other = ecdsa.sha256(b"other")
     for s in (2, 3):
         assert r.on_message(signed(Prepare, s, 0, 1, other)) == []
-    assert r.ignored == 2 and set(r.log[1].prepares) == {1}
+    assert r.ignored == 2 and set(r.log[1].prepares) == {1} and not r.evidence  # no pre-prepare proof attached
     assert r.on_message(signed(Prepare, 0, 0, 1, a.hash)) == []  # the primary's prepare is not a vote
     assert r.ignored == 3
-    assert sent(r.on_message(signed(Prepare, 3, 0, 1, a.hash)), Commit)
+    # replica 3 now prepares A too: two prepares from one replica for one sequence are evidence, not a vote
+    assert r.on_message(signed(Prepare, 3, 0, 1, a.hash)) == []
+    assert r.evidence[0]["kind"] == "conflicting-votes" and r.evidence[0]["validator"] == 3
 
 
 def test_commit_certificate_needs_quorum_of_distinct_signers():
@@ -409,7 +313,7 @@ def test_messages_round_trip():
         assert back.signing_digest(CHAIN) == m.signing_digest(CHAIN)
     assert decode_message(msgs[0].encode()).block.hash == b.hash
     # domains differ per phase, so a prepare signature is no commit signature
-    assert msgs[1].signing_digest(CHAIN) != Commit(*vars(msgs[1]).values()).signing_digest(CHAIN)
+    assert msgs[1].signing_digest(CHAIN) != Commit(*list(vars(msgs[1]).values())[:5]).signing_digest(CHAIN)
 
 
 D, S = bytes(32), bytes(64)

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from devices.client import ApiError, NodeClient
+from devices.client import NodeClient
+from devices.faultharness import acknowledged_load
 from devices.localnet import make_network, start_all
 from node.crypto.keys import Identity
 from node.genesis import Params
@@ -153,7 +154,7 @@ def test_light_client_proof(devnet):
         with pytest.raises(ProofError, match="Merkle"):
             verify_inclusion(txid, st["index"], st["tx_count"], [bytes(32)] + path[1:], raw, keys, gen.chain_id)
     # a certificate with one signature dropped (below 2f+1), or a signature from another key
-    short = encode([block.header.encode(), list(block.txs), [list(x) for x in block.cert[:2]]])
+    short = encode([block.header.encode(), list(block.txs), [list(x) for x in block.cert[:2]], block.cert_view])
     with pytest.raises(ProofError, match="certificate"):
         verify_inclusion(txid, st["index"], st["tx_count"], path, short, keys, gen.chain_id)
     signer = Block.decode(raw).cert[0][0]
@@ -166,37 +167,8 @@ def test_light_client_proof(devnet):
 
 
 async def _load_until(nodes, stop_evt, committed, tag):
-    """Senders spread over validators, each waiting for its commit; counts acknowledged commits."""
-    clients = [NodeClient(n.url) for n in nodes]
-    for c in clients:
-        await c.__aenter__()
-    chain = (await clients[1].status())["chain_id"]
-
-    async def sender(i):
-        ident = Identity.from_seed(b"%s%d" % (tag, i))
-        c = clients[1 + i % 3]  # never the primary's API, so its death does not stop submissions
-        n = 1
-        while not stop_evt.is_set():
-            tx = Tx.build(ident, chain, n, Profile(f"p{n}", "r", "o", bytes(32)))
-            try:
-                try:
-                    st = await c.tx(tx.id.hex())
-                except ApiError as exc:  # 404: this validator has never seen it
-                    st = {"status": "unknown" if exc.status == 404 else "error"}
-                if st["status"] not in ("pending", "committed"):
-                    await c.submit(tx.raw)  # new, or refused earlier (e.g. while a peer was down)
-                st = await c.wait_committed(tx.id.hex(), 3)
-            except Exception:
-                await asyncio.sleep(0.1)
-                continue
-            if st["status"] == "committed":  # acknowledged: only now the next nonce
-                committed.append(tx.id.hex())
-                n += 1
-    try:
-        await asyncio.gather(*(sender(i) for i in range(12)))
-    finally:
-        for c in clients:
-            await c.close()
+    """Closed-loop senders over the backups' APIs, counting acknowledged commits (devices/faultharness.py)."""
+    await acknowledged_load(nodes, stop_evt, committed, tag)
 
 
 @pytest.mark.parametrize("victim", [0, 2])

@@ -86,7 +86,7 @@ def test_verify_finds_altered_block_and_state(node, genesis):
     def swap_tx(raw):
         original["raw"] = bytes(raw)
         b = Block.decode(raw)
-        return encode([b.header.encode(), [other.raw], [list(x) for x in b.cert]])
+        return encode([b.header.encode(), [other.raw], [list(x) for x in b.cert], b.cert_view])
     _tamper_block(node.home, 2, swap_tx)
     bad = medchain("verify", "--home", str(node.home))
     assert bad.returncode == 1
@@ -118,7 +118,7 @@ def test_verify_finds_altered_header(node, genesis):
         h = b.header
         from dataclasses import replace
         h2 = replace(h, time_ms=h.time_ms + 1)
-        return encode([h2.encode(), list(b.txs), [list(x) for x in b.cert]])
+        return encode([h2.encode(), list(b.txs), [list(x) for x in b.cert], b.cert_view])
     _tamper_block(node.home, 1, bump_time)
     bad = medchain("verify", "--home", str(node.home))
     assert bad.returncode == 1

@@ -2,14 +2,17 @@
 
 from node.consensus.messages import (
     CertifiedBlock,
+    Checkpoint,
     Commit,
     ConsensusError,
+    NewView,
     Prepare,
     PrePrepare,
     Status,
+    ViewChange,
     decode_message,
 )
-from node.consensus.replica import Broadcast, Catchup, Deliver, Replica, Send
+from node.consensus.replica import Broadcast, Catchup, Deliver, Replica, Send, ViewChanged
 
-__all__ = ["Broadcast", "Catchup", "CertifiedBlock", "Commit", "ConsensusError", "Deliver", "PrePrepare", "Prepare",
-           "Replica", "Send", "Status", "decode_message"]
+__all__ = ["Broadcast", "Catchup", "CertifiedBlock", "Checkpoint", "Commit", "ConsensusError", "Deliver", "NewView",
+           "PrePrepare", "Prepare", "Replica", "Send", "Status", "ViewChange", "ViewChanged", "decode_message"]

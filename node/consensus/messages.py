@@ -1,7 +1,10 @@
-"""Signed PBFT messages and their wire form: [tag, view, seq, digest, sender, sig, (block)].
+"""Signed PBFT messages and their wire form: [tag, view, seq, digest, sender, sig, ...extra].
 
 Each message is signed by its validator over SHA-256 of [domain, chain_id, view, seq, digest];
 the commit domain is the block's vote digest, so 2f+1 commits form the block's certificate.
+Messages with a body (view change, new view) sign digest = SHA-256(body), so the body is covered.
+A prepare also carries the primary's pre-prepare signature it answers (unsigned by the preparer, but
+self-verifying): two of those for one (view, seq) and different digests prove the primary equivocated.
 """
 
 from __future__ import annotations
@@ -13,8 +16,13 @@ from node.crypto import ecdsa
 from node.wire import MAX_BLOCK_BYTES, WireError, decode_canonical, encode
 
 T_PREPREPARE, T_PREPARE, T_COMMIT, T_STATUS, T_BLOCK = 1, 2, 3, 4, 5
+T_VIEWCHANGE, T_NEWVIEW, T_CHECKPOINT = 6, 7, 8
 _DOMAIN = {T_PREPREPARE: "medchain/pre-prepare", T_PREPARE: "medchain/prepare", T_STATUS: "medchain/status",
-           T_BLOCK: "medchain/certified-block"}
+           T_BLOCK: "medchain/certified-block", T_VIEWCHANGE: "medchain/view-change",
+           T_NEWVIEW: "medchain/new-view", T_CHECKPOINT: "medchain/checkpoint"}
+# a view change carries the sender's prepared blocks (at most a window of them) and a new view carries
+# 2f+1 view changes without their blocks: both may exceed one block
+MAX_MESSAGE_BYTES = 4 * MAX_BLOCK_BYTES + 64 * 1024
 
 
 class ConsensusError(ValueError):
@@ -46,7 +54,11 @@ class _Msg:
 
 @dataclass(frozen=True)
 class Prepare(_Msg):
+    pp_sig: bytes = bytes(64)  # the primary's pre-prepare signature this prepare answers
     tag = T_PREPARE
+
+    def encode(self) -> bytes:
+        return encode([self.tag, self.view, self.seq, self.digest, self.sender, self.sig, self.pp_sig])
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,39 @@ class Status(_Msg):
     """Heartbeat: seq = the sender's last delivered sequence, digest = that block's hash."""
 
     tag = T_STATUS
+
+
+@dataclass(frozen=True)
+class Checkpoint(_Msg):
+    """seq = a multiple of the checkpoint interval, digest = the state root after that block."""
+
+    tag = T_CHECKPOINT
+
+
+@dataclass(frozen=True)
+class ViewChange(_Msg):
+    """view = the view moved to, seq = the sender's last committed sequence, digest = H(body);
+    body = [last_hash, cert_view, cert, prepared]; blocks = the prepared blocks (outside the signature,
+    each must hash to a prepared digest). See node/consensus/viewchange.py."""
+
+    body: bytes = b""
+    blocks: tuple[bytes, ...] = ()
+    tag = T_VIEWCHANGE
+
+    def encode(self) -> bytes:
+        return encode([self.tag, self.view, self.seq, self.digest, self.sender, self.sig, self.body,
+                       list(self.blocks)])
+
+
+@dataclass(frozen=True)
+class NewView(_Msg):
+    """From the new primary: body = [view change without blocks, ...] (2f+1 of them), digest = H(body)."""
+
+    body: bytes = b""
+    tag = T_NEWVIEW
+
+    def encode(self) -> bytes:
+        return encode([self.tag, self.view, self.seq, self.digest, self.sender, self.sig, self.body])
 
 
 @dataclass(frozen=True)
@@ -79,7 +124,7 @@ class CertifiedBlock(PrePrepare):
 
 def decode_message(raw: bytes) -> _Msg:
     try:
-        m = decode_canonical(raw, MAX_BLOCK_BYTES + 1024)
+        m = decode_canonical(raw, MAX_MESSAGE_BYTES)
     except WireError as exc:
         raise ConsensusError(f"consensus message: {exc}") from None
     if not isinstance(m, list) or len(m) < 6:
@@ -97,12 +142,27 @@ def decode_message(raw: bytes) -> _Msg:
         except BlockError as exc:
             raise ConsensusError(str(exc)) from None
         return (PrePrepare if tag == T_PREPREPARE else CertifiedBlock)(view, seq, digest, sender, sig, block)
+    if tag == T_PREPARE:
+        if len(m) != 7 or not (isinstance(m[6], bytes) and len(m[6]) == 64):
+            raise ConsensusError("a prepare carries the 64-byte pre-prepare signature it answers")
+        return Prepare(view, seq, digest, sender, sig, m[6])
+    if tag in (T_VIEWCHANGE, T_NEWVIEW):
+        want = 8 if tag == T_VIEWCHANGE else 7
+        if len(m) != want or not isinstance(m[6], bytes):
+            raise ConsensusError("view change is [..., body, blocks]; new view is [..., body]")
+        if ecdsa.sha256(m[6]) != digest:
+            raise ConsensusError("digest is not the hash of the body")
+        if tag == T_NEWVIEW:
+            return NewView(view, seq, digest, sender, sig, m[6])
+        if not isinstance(m[7], list) or not all(isinstance(b, bytes) for b in m[7]):
+            raise ConsensusError("view change blocks must be a list of byte strings")
+        return ViewChange(view, seq, digest, sender, sig, m[6], tuple(m[7]))
     if len(m) != 6:
         raise ConsensusError("trailing fields")
-    if tag == T_PREPARE:
-        return Prepare(view, seq, digest, sender, sig)
     if tag == T_COMMIT:
         return Commit(view, seq, digest, sender, sig)
     if tag == T_STATUS:
         return Status(view, seq, digest, sender, sig)
+    if tag == T_CHECKPOINT:
+        return Checkpoint(view, seq, digest, sender, sig)
     raise ConsensusError(f"unknown consensus message tag {tag}")

@@ -1,16 +1,23 @@
-"""The PBFT normal case (Castro & Liskov, section 4.2) as a sans-IO state machine.
+"""PBFT (Castro & Liskov) as a sans-IO state machine: normal case, checkpoints, view change.
 
 Inputs are method calls (propose, on_message, tick); outputs are actions for the driver:
 Broadcast a message, Send one to a single replica, Catchup (send certified blocks a peer lacks),
-and Deliver a block with its commit certificate, strictly in sequence order. Signing and verifying
-are injected pure functions and time arrives only through tick(), so the same core runs in seeded
-simulations and over libp2p. With n = 1 every quorum is this replica alone: the single-validator
-node runs exactly this code path.
+Deliver a block with its commit certificate (strictly in sequence order), and ViewChanged (persist
+the view before anything of the new view leaves). Signing and verifying are injected pure functions
+and time arrives only through tick(), so the same core runs in seeded simulations and over libp2p.
+With n = 1 every quorum is this replica alone: the single-validator node runs this code path.
 
-Loss tolerance: pubsub may drop silently, so every tick re-sends this replica's own messages for
-instances not yet delivered, and replicas exchange signed Status heartbeats; a replica that is
-behind receives the committed blocks with their certificates (it checks 2f+1 signatures).
-View change and checkpoints are not here yet: a silent primary stalls the network.
+- Loss tolerance: every tick re-sends this replica's own messages of open instances (with backoff);
+  signed Status heartbeats let a replica that is behind receive certified blocks.
+- Chained commits: a replica sends COMMIT for sequence s only once s-1 is delivered here and is the
+  block's parent. Blocks are hash-chained, so this is what lets a view change carry over exactly the
+  blocks that may have committed (node/consensus/viewchange.py).
+- Checkpoints every `checkpoint_interval` blocks: 2f+1 matching state roots make it stable; the low
+  watermark moves to it and what lies below is garbage-collected.
+- View change: when work is pending and nothing was delivered for `view_timeout_ms`, on proof that
+  the primary equivocated, or when f+1 replicas moved to later views. The timeout doubles with each
+  view change that does not lead to a delivery, so views do not churn.
+- Evidence: two conflicting signed messages from one validator are kept (self-verifying) and reported.
 """
 
 from __future__ import annotations
@@ -19,91 +26,102 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from node.block import Block, quorum, vote_digest
+from node.consensus import viewchange as vcm
+from node.consensus.actions import Action, Broadcast, Catchup, Deliver, Send, ViewChanged
 from node.consensus.messages import (
     T_BLOCK,
+    T_CHECKPOINT,
     T_COMMIT,
+    T_NEWVIEW,
     T_PREPARE,
     T_PREPREPARE,
     T_STATUS,
+    T_VIEWCHANGE,
     CertifiedBlock,
+    Checkpoint,
     Commit,
+    NewView,
     Prepare,
     PrePrepare,
     Status,
+    ViewChange,
     _Msg,
+    signed_digest,
 )
+from node.consensus.viewchange import ViewChangeRole
 
 Signer = Callable[[bytes], bytes]
 Verifier = Callable[[int, bytes, bytes], bool]  # (validator index, digest, sig) -> ok
 BlockCheck = Callable[[Block], bool]
 
 
-@dataclass(frozen=True)
-class Broadcast:
-    msg: _Msg
-
-
-@dataclass(frozen=True)
-class Send:
-    to: int
-    msg: _Msg
-
-
-@dataclass(frozen=True)
-class Catchup:
-    """Send replica `to` the committed blocks first..last (the driver reads them from the ledger)."""
-
-    to: int
-    first: int
-    last: int
-
-
-@dataclass(frozen=True)
-class Deliver:
-    seq: int
-    block: Block  # carries its 2f+1 commit certificate
-    certified: bool = False  # True when it arrived as a certified block rather than through our own votes
-
-
-Action = Broadcast | Send | Catchup | Deliver
 
 
 @dataclass
 class _Instance:
     digest: bytes | None = None
     block: Block | None = None
+    pp_sig: bytes = bytes(64)
     prepares: dict[int, bytes] = field(default_factory=dict)
     commits: dict[int, bytes] = field(default_factory=dict)
     sent_commit: bool = False
     committed: bool = False
     early: dict[tuple[bool, bytes], dict[int, bytes]] = field(default_factory=dict)  # votes before the pre-prepare
+    seen: dict[tuple[int, int], tuple[bytes, bytes]] = field(default_factory=dict)  # (tag, sender) -> (digest, sig)
     mine: list[_Msg] = field(default_factory=list)  # what this replica sent, for retransmission
     sent_at: int = 0
     backoff: int = 0  # ms until the next retransmission; doubles each time, so slow rounds are not flooded
 
 
-class Replica:
+class Replica(ViewChangeRole):
     def __init__(self, chain_id: str, n: int, index: int, sign: Signer, verify: Verifier,
                  check_block: BlockCheck | None = None, window: int = 64, last_delivered: int = 0,
                  view: int = 0, last_hash: bytes = bytes(32), retransmit_ms: int = 250,
-                 status_ms: int = 500, catchup_batch: int = 32) -> None:
+                 status_ms: int = 500, catchup_batch: int = 32, last_cert: tuple[int, tuple] = (0, ()),
+                 view_timeout_ms: int = 1500, checkpoint_interval: int = 0, awaiting_new_view: bool = False,
+                 push_gap_max: int | None = None) -> None:
         if not 0 <= index < n:
             raise ValueError("replica index out of range")
         self.chain_id, self.n, self.index = chain_id, n, index
+        self.f = (n - 1) // 3
         self.q = quorum(n)
         self._sign, self._verify = sign, verify
         self._check_block = check_block or (lambda b: True)
         self.window = window
+        self.checkpoint_interval = checkpoint_interval or max(1, window // 4)
         self.view = view
-        self.low = last_delivered  # low watermark: everything at or below is delivered
+        self.changing = awaiting_new_view and view > 0  # sent (or owe) a view change; waiting for NEW-VIEW
+        self.stable = last_delivered  # low watermark h: the last stable checkpoint (or where we started)
         self.last_delivered = last_delivered
         self.last_hash = last_hash
+        self.last_cert = last_cert  # (cert_view, cert) of the last delivered block, for view changes
         self.next_seq = last_delivered + 1
         self.log: dict[int, _Instance] = {}
         self.certified: dict[int, Block] = {}  # certified blocks that arrived ahead of their turn
+        self.prepared: dict[int, tuple[vcm.PreparedCert, Block]] = {}  # highest-view prepared, above delivered
+        self.checkpoints: dict[int, dict[bytes, dict[int, bytes]]] = {}  # seq -> root -> sender -> sig
+        self._own_checkpoint: Checkpoint | None = None
+        self.peer_stable = 0  # highest checkpoint 2f+1 others agree on (above ours: we are behind)
+        self.vcs: dict[int, dict[int, vcm.ViewChangeInfo]] = {}  # view -> sender -> checked view change
+        self._own_vc: ViewChange | None = None
+        self.new_view_msg: NewView | None = None
+        self.fixed: dict[int, bytes] = {}  # seq -> digest the current view must re-propose there
+        self.floor = 0  # the new view's base: committed at or below (by a certificate), never re-proposed
+        self._early_view: list[_Msg] = []  # messages of the view we wait to enter, replayed once in it
+        self.view_timeout_ms = view_timeout_ms
+        self._vc_attempt = 0  # view changes since the last delivery: the timeout doubles with each
+        self._vc_started = 0
+        self._progress_at = 0
+        self._vc_sent_at = -(10**12)
+        self.view_changes = 0  # views entered through a new view
+        self.evidence: list[dict] = []
+        self._evidence_keys: set[tuple] = set()
         self.peer_delivered: dict[int, int] = {}
+        self._heard: dict[int, int] = {}  # validator -> when we last got a valid message from it
         self._catchup_sent: dict[int, int] = {}
+        self._nv_sent: dict[int, int] = {}
         self.retransmit_ms, self.status_ms, self.catchup_batch = retransmit_ms, status_ms, catchup_batch
+        self.push_gap_max = push_gap_max  # a peer further behind pulls by state transfer instead (None: push all)
         self.now_ms = 0
         self._last_status = -(10**12)
         self.ignored = 0  # messages dropped (bad signature, non-validator, outside window, conflicting)
@@ -116,8 +134,15 @@ class Replica:
     def is_primary(self) -> bool:
         return self.primary == self.index
 
+    @property
+    def low(self) -> int:
+        return self.stable
+
     def in_flight(self) -> int:
         return self.next_seq - 1 - self.last_delivered
+
+    def can_propose(self) -> bool:
+        return self.is_primary and not self.changing and self.next_seq <= self.stable + self.window
 
     def _make(self, cls: type, seq: int, digest: bytes, **kw: object) -> _Msg:
         tmp = cls(self.view, seq, digest, self.index, bytes(64), **kw)
@@ -131,30 +156,46 @@ class Replica:
 
     # ---- inputs ------------------------------------------------------------------------------------
     def propose(self, block: Block) -> list[Action]:
-        """Primary only: order a block at the next sequence number."""
-        if not self.is_primary:
-            raise RuntimeError("only the primary proposes")
+        """Primary only: order a fresh block at the next sequence number."""
+        if not self.is_primary or self.changing:
+            raise RuntimeError("only the primary of an active view proposes")
         seq = self.next_seq
-        if seq > self.low + self.window:
+        if seq > self.stable + self.window:
             raise RuntimeError("sequence window full")
         h = block.header
         if h.seq != seq or h.view != self.view or h.height != seq:
             raise ValueError("block header must carry the view and sequence (= height) it is proposed at")
-        self.next_seq += 1
+        return self._pre_prepare(block)
+
+    def _pre_prepare(self, block: Block) -> list[Action]:
+        seq = block.header.seq
+        self.next_seq = max(self.next_seq, seq + 1)
         pp = self._make(PrePrepare, seq, block.hash, block=block)
         inst = self.log.setdefault(seq, _Instance())
-        out: list[Action] = [self._send_mine(inst, pp)]
-        return out + self._on_preprepare(pp)
+        return [self._send_mine(inst, pp)] + self._on_preprepare(pp)
 
-    def tick(self, now_ms: int) -> list[Action]:
-        """Time passes: heartbeat our progress, re-send our messages of instances still open."""
+    def tick(self, now_ms: int, pending: bool = False) -> list[Action]:
+        """Time passes: heartbeat, re-send our open messages, and run the view-change timer, which
+        runs only while work is waiting (`pending`: the driver holds uncommitted transactions)."""
+        if now_ms - self.now_ms >= self.view_timeout_ms:
+            self._progress_at = now_ms  # we were not running (paused, descheduled): not the primary's fault
         self.now_ms = now_ms
         out: list[Action] = []
         if self.n == 1:
             return out
         if now_ms - self._last_status >= self.status_ms:
             self._last_status = now_ms
-            out.append(Broadcast(self._make(Status, self.last_delivered, self.last_hash)))
+            # while waiting for a new view, report the view before it, so its primary re-sends NEW-VIEW
+            out.append(Broadcast(self._make(Status, self.last_delivered, self.last_hash)
+                                 if not self.changing else self._status_before_view()))
+            if self._own_checkpoint is not None and self._own_checkpoint.seq > self.stable:
+                out.append(Broadcast(self._own_checkpoint))
+        out += self._view_timer(now_ms, pending)
+        if self.changing:
+            if self._own_vc is not None and now_ms - self._vc_sent_at >= 4 * self.status_ms:
+                self._vc_sent_at = now_ms
+                out.append(Broadcast(self._own_vc))
+            return out
         for inst in self.log.values():
             if inst.mine and not inst.committed and now_ms - inst.sent_at >= inst.backoff:
                 inst.sent_at = now_ms
@@ -168,30 +209,55 @@ class Replica:
                         out.append(Broadcast(m))
         return out
 
+    def _status_before_view(self) -> Status:
+        tmp = Status(self.view - 1, self.last_delivered, self.last_hash, self.index, bytes(64))
+        return Status(tmp.view, tmp.seq, tmp.digest, self.index, self._sign(tmp.signing_digest(self.chain_id)))
+
+    def _view_timer(self, now_ms: int, pending: bool) -> list[Action]:
+        if self.changing:
+            # escalate only once 2f+1 replicas are in this view change too (PBFT): a replica cut off
+            # alone must not race to ever higher views and then be unable to rejoin
+            if len(self.vcs.get(self.view, {})) >= self.q and \
+                    now_ms - self._vc_started >= self.view_timeout_ms << min(self._vc_attempt, 6):
+                return self.start_view_change(self.view + 1)
+            return []
+        if not pending and not any(i.block is not None for i in self.log.values()):
+            self._progress_at = now_ms  # nothing waiting: the timer is not running
+            return []
+        heard = sum(1 for t in self._heard.values() if now_ms - t <= self.view_timeout_ms)
+        if self.behind_by() > 0 or heard < self.q - 1:
+            # the others are ahead (we must catch up, the view is live), or we cannot hear 2f of them (cut
+            # off: a view change could not complete, and a replica that raced ahead alone could not rejoin)
+            self._progress_at = now_ms
+            return []
+        if now_ms - self._progress_at >= self.view_timeout_ms << min(self._vc_attempt, 6):
+            return self.start_view_change(self.view + 1)
+        return []
+
     def on_message(self, msg: _Msg) -> list[Action]:
         if not 0 <= msg.sender < self.n or msg.sender == self.index:
             self.ignored += 1
             return []
         ordered = msg.tag in (T_PREPREPARE, T_PREPARE, T_COMMIT)
+        if ordered and self.changing and msg.view == self.view and len(self._early_view) < 4 * self.n * self.window:
+            self._early_view.append(msg)  # it overtook the NEW-VIEW (other senders, other paths): keep it
+            return []
         # cheap checks before the signature, so out-of-window floods cost little CPU
-        if ordered and (msg.view != self.view or not self.low < msg.seq <= self.low + self.window):
+        if ordered and (msg.view != self.view or self.changing
+                        or not self.last_delivered < msg.seq <= self.stable + self.window):
             self.ignored += 1
             return []
         if not self._verify(msg.sender, msg.signing_digest(self.chain_id), msg.sig):
             self.ignored += 1
             return []
-        if msg.tag == T_STATUS:
-            return self._on_status(msg)
-        if msg.tag == T_BLOCK:
-            return self._on_certified(msg)
-        if msg.tag == T_PREPREPARE:
-            return self._on_preprepare(msg)
-        if msg.tag == T_PREPARE:
-            return self._on_vote(msg, prepare=True)
-        if msg.tag == T_COMMIT:
-            return self._on_vote(msg, prepare=False)
-        self.ignored += 1
-        return []
+        self._heard[msg.sender] = self.now_ms
+        handler = {T_STATUS: self._on_status, T_BLOCK: self._on_certified, T_PREPREPARE: self._on_preprepare,
+                   T_PREPARE: self._on_prepare, T_COMMIT: self._on_commit, T_CHECKPOINT: self._on_checkpoint,
+                   T_VIEWCHANGE: self._on_view_change, T_NEWVIEW: self._on_new_view}.get(msg.tag)
+        if handler is None:
+            self.ignored += 1
+            return []
+        return handler(msg)
 
     # ---- the three phases -----------------------------------------------------------------------------
     def _on_preprepare(self, pp: PrePrepare) -> list[Action]:
@@ -199,35 +265,59 @@ class Replica:
             self.ignored += 1
             return []
         h = pp.block.header
-        if h.seq != pp.seq or h.view != pp.view or h.proposer != pp.sender or h.height != pp.seq:
+        fixed = self.fixed.get(pp.seq)
+        # at or below the new view's base a block is committed already: a lagging replica must take it
+        # from its certificate, never prepare whatever a (byzantine) new primary offers there
+        if h.seq != pp.seq or h.height != pp.seq or pp.seq <= self.floor:
+            self.ignored += 1
+            return []
+        if fixed is not None:  # the new view decided this sequence: only that block, as first proposed
+            if pp.digest != fixed or h.view > pp.view or h.proposer != h.view % self.n:
+                self.ignored += 1
+                return []
+        elif h.view != pp.view or h.proposer != pp.sender:
             self.ignored += 1
             return []
         inst = self.log.setdefault(pp.seq, _Instance())
         if inst.block is not None:
             if inst.digest != pp.digest:
                 self.ignored += 1  # equivocation: a second block for one sequence number
+                return self._primary_equivocated(pp.seq, inst.digest, inst.pp_sig, pp.digest, pp.sig)
             return []
-        if not self._check_block(pp.block):
+        if pp.sender != self.index and not self._check_block(pp.block):
             self.ignored += 1
             return []
-        inst.digest, inst.block = pp.digest, pp.block
+        inst.digest, inst.block, inst.pp_sig = pp.digest, pp.block, pp.sig
         # adopt the votes that arrived early for this block; those for any other digest are dropped
         inst.prepares.update(inst.early.get((True, pp.digest), {}))
         inst.commits.update(inst.early.get((False, pp.digest), {}))
         inst.early.clear()
         out: list[Action] = []
         if not self.is_primary:
-            prep = self._make(Prepare, pp.seq, pp.digest)
+            prep = self._make(Prepare, pp.seq, pp.digest, pp_sig=pp.sig)
             out.append(self._send_mine(inst, prep))
             inst.prepares[self.index] = prep.sig
         out += self._progress(pp.seq)
         return out
+
+    def _on_prepare(self, msg: Prepare) -> list[Action]:
+        return self._on_vote(msg, prepare=True)
+
+    def _on_commit(self, msg: Commit) -> list[Action]:
+        return self._on_vote(msg, prepare=False)
 
     def _on_vote(self, msg: _Msg, prepare: bool) -> list[Action]:
         inst = self.log.setdefault(msg.seq, _Instance())
         if prepare and msg.sender == self.primary:
             self.ignored += 1  # the primary's pre-prepare stands for its prepare
             return []
+        seen = inst.seen.get((msg.tag, msg.sender))
+        if seen is not None and seen[0] != msg.digest:
+            self.ignored += 1
+            self._add_evidence("conflicting-votes", msg.sender, msg.tag, msg.view, msg.seq,
+                               (seen[0], seen[1]), (msg.digest, msg.sig))
+            return []
+        inst.seen[(msg.tag, msg.sender)] = (msg.digest, msg.sig)
         if inst.block is None:
             # before the pre-prepare: keep votes per digest, so a bogus early vote cannot shadow honest ones
             early = inst.early.setdefault((prepare, msg.digest), {})
@@ -238,6 +328,9 @@ class Replica:
             return []
         if msg.digest != inst.digest:
             self.ignored += 1
+            if prepare and self._verify(self.primary, signed_digest(T_PREPREPARE, self.chain_id, msg.view,
+                                                                    msg.seq, msg.digest), msg.pp_sig):
+                return self._primary_equivocated(msg.seq, inst.digest, inst.pp_sig, msg.digest, msg.pp_sig)
             return []
         votes = inst.prepares if prepare else inst.commits
         votes.setdefault(msg.sender, msg.sig)
@@ -249,92 +342,181 @@ class Replica:
 
     def _progress(self, seq: int) -> list[Action]:
         inst = self.log[seq]
+        if self._prepared(inst):
+            cur = self.prepared.get(seq)
+            if cur is None or cur[0].view < self.view or cur[0].digest != inst.digest:
+                preps = tuple(sorted(inst.prepares.items()))
+                self.prepared[seq] = (vcm.PreparedCert(seq, self.view, inst.block.header, inst.pp_sig, preps),
+                                      inst.block)
+        return self._try_commit(seq) + self._deliver()
+
+    def _try_commit(self, seq: int) -> list[Action]:
+        inst = self.log.get(seq)
+        if inst is None:
+            return []
         out: list[Action] = []
-        if not inst.sent_commit and self._prepared(inst):
+        if (not inst.sent_commit and self._prepared(inst) and seq == self.last_delivered + 1
+                and inst.block.header.prev_hash == self.last_hash):
             inst.sent_commit = True
             c = self._make(Commit, seq, inst.digest)
             inst.commits[self.index] = c.sig
             out.append(self._send_mine(inst, c))
         if inst.sent_commit and not inst.committed and len(inst.commits) >= self.q:
             inst.committed = True
-        out += self._deliver()
         return out
 
-    # ---- delivery and catch-up ------------------------------------------------------------------------
+    # ---- delivery, checkpoints and catch-up -------------------------------------------------------------
     def _deliver(self) -> list[Action]:
         out: list[Action] = []
         while True:
             seq = self.last_delivered + 1
             inst = self.log.get(seq)
             if inst is not None and inst.committed:
-                out.append(Deliver(seq, inst.block.with_cert(sorted(inst.commits.items()))))
+                out.append(Deliver(seq, inst.block.with_cert(sorted(inst.commits.items()), self.view)))
             elif seq in self.certified:
                 out.append(Deliver(seq, self.certified[seq], certified=True))
             else:
                 return out
-            self._advance(seq, out[-1].block.hash)
+            out += self._advance(seq, out[-1].block)
+            out += self._try_commit(seq + 1)
 
-    def _advance(self, seq: int, block_hash: bytes) -> None:
+    def _advance(self, seq: int, block: Block) -> list[Action]:
         self.last_delivered = seq
-        self.last_hash = block_hash
-        self.low = seq  # no checkpoints yet: the window slides with delivery
+        self.last_hash = block.hash
+        self.last_cert = (block.cert_view, block.cert)
         self.log.pop(seq, None)
         self.certified.pop(seq, None)
+        for s in [s for s in self.prepared if s <= seq]:
+            del self.prepared[s]
         self.next_seq = max(self.next_seq, seq + 1)
+        self._progress_at, self._vc_attempt = self.now_ms, 0
+        if self.n == 1:
+            self.stable = seq
+            return []
+        if seq % self.checkpoint_interval:
+            return []
+        cp = self._make(Checkpoint, seq, block.header.state_root)
+        self._own_checkpoint = cp
+        self.checkpoints.setdefault(seq, {}).setdefault(cp.digest, {})[self.index] = cp.sig
+        self._check_stable(seq)
+        return [Broadcast(cp)]
+
+    def _on_checkpoint(self, msg: Checkpoint) -> list[Action]:
+        if msg.seq <= self.stable or msg.seq % self.checkpoint_interval or \
+                msg.seq > self.last_delivered + 16 * self.window:
+            return []
+        self.checkpoints.setdefault(msg.seq, {}).setdefault(msg.digest, {}).setdefault(msg.sender, msg.sig)
+        self._check_stable(msg.seq)
+        return []
+
+    def _check_stable(self, seq: int) -> None:
+        for root, votes in self.checkpoints.get(seq, {}).items():
+            if len(votes) < self.q:
+                continue
+            self.peer_stable = max(self.peer_stable, seq)
+            mine = self._own_checkpoint
+            if seq > self.last_delivered or mine is None or mine.seq != seq:
+                return  # we are behind: state transfer brings us there (node/validator.py)
+            if mine.digest != root:
+                self._add_evidence("state-divergence", self.index, T_CHECKPOINT, 0, seq, (mine.digest, mine.sig),
+                                   (root, b""))
+                return
+            self.stable = seq  # the low watermark moves; what lies below it is collected
+            for s in [s for s in self.checkpoints if s <= seq]:
+                del self.checkpoints[s]
+            return
 
     def cert_valid(self, block: Block) -> bool:
         h = block.header
-        digest = vote_digest(self.chain_id, h.view, h.seq, block.hash)
+        digest = vote_digest(self.chain_id, block.cert_view, h.seq, block.hash)
         signers = {i for i, s in block.cert if 0 <= i < self.n and self._verify(i, digest, s)}
         return len(signers) >= self.q and len(signers) == len(block.cert)
 
     def _on_certified(self, msg: CertifiedBlock) -> list[Action]:
-        b = msg.block
-        if b is None or b.hash != msg.digest or b.header.seq != msg.seq or b.header.height != msg.seq:
+        return self.offer_certified(msg.block, msg.digest, msg.seq)
+
+    def offer_certified(self, b: Block | None, digest: bytes | None = None, seq: int | None = None) -> list[Action]:
+        """A committed block with its certificate, pushed by a peer or fetched by state transfer: it is
+        checked against the validator keys alone, so no single peer is trusted."""
+        if b is None or (digest is not None and b.hash != digest) or b.header.height != b.header.seq or \
+                (seq is not None and b.header.seq != seq):
             self.ignored += 1
             return []
-        if msg.seq <= self.last_delivered or msg.seq in self.certified:
+        seq = b.header.seq
+        if seq <= self.last_delivered or seq in self.certified:
             return []
-        if msg.seq > self.last_delivered + 4 * self.window or not self.cert_valid(b):
+        if seq > self.last_delivered + 4 * self.window or not self.cert_valid(b):
             self.ignored += 1
             return []
-        self.certified[msg.seq] = b
+        self.certified[seq] = b
         return self._deliver()
 
     def _on_status(self, msg: Status) -> list[Action]:
         j, theirs = msg.sender, msg.seq
+        out: list[Action] = []
+        if msg.view < self.view and self.is_primary and not self.changing and self.new_view_msg is not None:
+            sent = self._nv_sent.get(j)
+            if sent is None or self.now_ms - sent >= 2 * self.status_ms:  # it missed our NEW-VIEW
+                self._nv_sent[j] = self.now_ms
+                out.append(Send(j, self.new_view_msg))
+        if theirs == self.last_delivered and theirs > 0 and msg.digest != self.last_hash:
+            # a validator signs that it delivered another block at our height: the chain forked, which
+            # only more than f faulty validators can cause (kept as evidence, reported loudly)
+            self._add_evidence("fork", j, T_STATUS, msg.view, theirs, (self.last_hash, b""), (msg.digest, msg.sig))
         before = self.peer_delivered.get(j)
         self.peer_delivered[j] = max(before or 0, theirs)
         if theirs >= self.last_delivered or before is None or theirs > before:
-            return []  # level, or still progressing on its own: certified blocks would only duplicate work
+            return out  # level, or still progressing on its own: certified blocks would only duplicate work
+        if self.push_gap_max is not None and self.last_delivered - theirs > self.push_gap_max:
+            return out  # far behind: it pulls from several peers by state transfer (node/sync.py)
         # a peer is behind: send it certified blocks, at most one batch per status round per peer
         sent = self._catchup_sent.get(j)
         if sent is not None and self.now_ms - sent < self.status_ms:
-            return []
+            return out
         self._catchup_sent[j] = self.now_ms
-        return [Catchup(j, theirs + 1, min(self.last_delivered, theirs + self.catchup_batch))]
+        return out + [Catchup(j, theirs + 1, min(self.last_delivered, theirs + self.catchup_batch))]
+
+    def behind_by(self) -> int:
+        """How far the f+1-th most advanced peer is ahead of us (a lower bound no liar can inflate)."""
+        ahead = sorted(self.peer_delivered.values(), reverse=True)
+        if len(ahead) <= self.f:
+            return 0
+        return max(0, ahead[self.f] - self.last_delivered, self.peer_stable - self.last_delivered)
 
     # ---- crash recovery ----------------------------------------------------------------------------------
-    def signed_record(self, seq: int) -> tuple[int, Block, list[int]] | None:
-        """What this replica has signed for `seq` (view, block, message tags): the driver persists it
-        before the message leaves, so a restarted replica never signs anything that conflicts."""
+    def signed_record(self, seq: int) -> tuple[int, Block, list[int], bytes, list] | None:
+        """What this replica has signed for `seq` (view, block, message tags, the pre-prepare signature
+        answered, and the 2f prepares once prepared): the driver persists it before the message leaves,
+        so a restarted replica never signs anything that conflicts, and its view changes still carry
+        the prepared certificate."""
         inst = self.log.get(seq)
         if inst is None or inst.block is None:
             return None
-        return self.view, inst.block, sorted({m.tag for m in inst.mine})
+        prepares = [list(p) for p in sorted(inst.prepares.items())] if self._prepared(inst) else []
+        return self.view, inst.block, sorted({m.tag for m in inst.mine}), inst.pp_sig, prepares
 
-    def restore(self, seq: int, view: int, block: Block, tags: list[int]) -> None:
+    def restore_prepared(self, seq: int, view: int, block: Block, pp_sig: bytes, prepares: list) -> None:
+        """A prepared certificate from the consensus log (of any view): view changes must carry it."""
+        if seq <= self.last_delivered or len(prepares) + 1 < self.q or block.header.seq != seq:
+            return
+        cur = self.prepared.get(seq)
+        if cur is None or cur[0].view < view:
+            cert = vcm.PreparedCert(seq, view, block.header, pp_sig, tuple((int(i), bytes(s)) for i, s in prepares))
+            self.prepared[seq] = (cert, block)
+
+    def restore(self, seq: int, view: int, block: Block, tags: list[int], pp_sig: bytes = bytes(64)) -> None:
         """Reload a persisted record after a restart; the next tick re-sends the messages (RFC 6979
-        signatures are deterministic, so they are byte for byte what was sent before)."""
-        if view != self.view or seq <= self.last_delivered or block.header.seq != seq:
+        signatures are deterministic, so they are byte for byte what was sent before). A record of an
+        earlier view binds nothing: the view change that followed allows other blocks at `seq`."""
+        if view != self.view or self.changing or seq <= self.last_delivered or block.header.seq != seq:
             return
         inst = self.log.setdefault(seq, _Instance())
-        inst.digest, inst.block = block.hash, block
+        inst.digest, inst.block, inst.pp_sig = block.hash, block, pp_sig
         if T_PREPREPARE in tags and self.is_primary:
             inst.mine.append(self._make(PrePrepare, seq, block.hash, block=block))
             self.next_seq = max(self.next_seq, seq + 1)
         if T_PREPARE in tags:
-            prep = self._make(Prepare, seq, block.hash)
+            prep = self._make(Prepare, seq, block.hash, pp_sig=pp_sig)
             inst.prepares[self.index] = prep.sig
             inst.mine.append(prep)
         if T_COMMIT in tags:
@@ -350,4 +532,4 @@ class Replica:
         return self._make(CertifiedBlock, block.header.seq, block.hash, block=block)
 
 
-__all__ = ["T_COMMIT", "Action", "Broadcast", "Catchup", "Deliver", "Replica", "Send"]
+__all__ = ["T_COMMIT", "Action", "Broadcast", "Catchup", "Deliver", "Replica", "Send", "ViewChanged"]

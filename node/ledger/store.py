@@ -131,6 +131,16 @@ class Ledger:
             for k, v in txn.cursor():
                 yield bytes(k), bytes(v)
 
+    def get_view(self) -> int:
+        with self.env.begin(db=self.meta) as txn:
+            raw = txn.get(b"view")
+        return 0 if raw is None else decode(raw)
+
+    def put_view(self, view: int) -> None:
+        """The replica's view, synced before any message of that view is sent."""
+        with self.env.begin(write=True, db=self.meta) as txn:
+            txn.put(b"view", encode(view))
+
     # The consensus log: what this replica signed for sequences not yet committed, persisted
     # (synced) before the message is sent, and dropped in the same transaction that commits the block.
     def log_put(self, seq: int, value: bytes) -> None:

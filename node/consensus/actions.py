@@ -1,0 +1,49 @@
+"""What the sans-IO PBFT core asks its driver to do (node/consensus/replica.py returns lists of these)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from node.block import Block
+from node.consensus.messages import _Msg
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    msg: _Msg
+
+
+@dataclass(frozen=True)
+class Send:
+    to: int
+    msg: _Msg
+
+
+@dataclass(frozen=True)
+class Catchup:
+    """Send replica `to` the committed blocks first..last (the driver reads them from the ledger)."""
+
+    to: int
+    first: int
+    last: int
+
+
+@dataclass(frozen=True)
+class Deliver:
+    seq: int
+    block: Block  # carries its 2f+1 commit certificate
+    certified: bool = False  # True when it arrived as a certified block rather than through our own votes
+
+
+@dataclass(frozen=True)
+class ViewChanged:
+    """The replica moved to `view`: waiting for its new view (active=False) or in it (active=True).
+    The driver persists the view before acting on what follows; `reproposed` are the blocks the new
+    view carries over (in sequence order), which a new primary builds on."""
+
+    view: int
+    active: bool
+    reproposed: tuple[Block, ...] = ()
+
+
+Action = Broadcast | Send | Catchup | Deliver | ViewChanged

@@ -1,0 +1,305 @@
+"""View change (Castro & Liskov section 4.4, the signature variant) as pure functions.
+
+A replica that gives up on view v broadcasts VIEW-CHANGE(v+1) carrying
+- its last committed block (seq, hash) with that block's commit certificate: everything at or below
+  it is final, so the new view starts above the highest such block in the set (PBFT's min-s);
+- P: for every sequence above that, the prepared certificate of the highest view it prepared in:
+  the block header, the primary's pre-prepare signature and 2f prepare signatures. Blocks ride
+  along outside the signed body so the new primary can re-propose them.
+
+The new primary collects 2f+1 of them and broadcasts NEW-VIEW with those view changes (without
+their blocks); every replica recomputes the same selection from them (``select``), so a byzantine
+new primary cannot choose differently. Per sequence the highest-view prepared certificate wins
+(PBFT's rule); blocks form a hash chain, so the selection is the longest prefix whose prev hashes
+link from the base block. That prefix contains every block that may have committed: a replica
+sends COMMIT for a block only once the block before it is delivered here and is its parent, so a
+committed block's parent is committed and (by PBFT's invariant) selected too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from node.block import GENESIS_PREV, Block, BlockError, Header, quorum, vote_digest
+from node.consensus.actions import Action, Broadcast, Send, ViewChanged
+from node.consensus.messages import T_PREPARE, T_PREPREPARE, ConsensusError, NewView, ViewChange, signed_digest
+from node.crypto import ecdsa
+from node.wire import WireError, decode_canonical, encode
+
+Verifier = Callable[[int, bytes, bytes], bool]
+MAX_EVIDENCE = 256
+
+
+@dataclass(frozen=True)
+class PreparedCert:
+    seq: int
+    view: int
+    header: Header
+    pp_sig: bytes  # the view's primary signed the pre-prepare
+    prepares: tuple[tuple[int, bytes], ...]  # 2f prepares from other replicas
+
+    @property
+    def digest(self) -> bytes:
+        return self.header.hash
+
+    def wire(self) -> list:
+        return [self.seq, self.view, self.header.encode(), self.pp_sig, [list(p) for p in self.prepares]]
+
+
+@dataclass(frozen=True)
+class ViewChangeInfo:
+    msg: ViewChange
+    last_seq: int
+    last_hash: bytes
+    prepared: dict[int, PreparedCert]
+    blocks: dict[bytes, Block]  # digest -> block, for the prepared certificates (empty when stripped)
+
+
+def make_body(last_hash: bytes, cert_view: int, cert: tuple[tuple[int, bytes], ...],
+              prepared: list[PreparedCert]) -> bytes:
+    return encode([last_hash, cert_view, [list(c) for c in cert], [p.wire() for p in prepared]])
+
+
+def strip(vc: ViewChange) -> bytes:
+    """The view change without its blocks, as the new view carries it (the signature still holds)."""
+    return ViewChange(vc.view, vc.seq, vc.digest, vc.sender, vc.sig, vc.body, ()).encode()
+
+
+def _quorum_signed(pairs: list, digest: bytes, n: int, verify: Verifier, exclude: int = -1) -> set[int] | None:
+    signers: set[int] = set()
+    for p in pairs:
+        if not (isinstance(p, list) and len(p) == 2 and type(p[0]) is int and isinstance(p[1], bytes)):
+            return None
+        i, sig = p
+        if not 0 <= i < n or i == exclude or i in signers or len(sig) != 64 or not verify(i, digest, sig):
+            return None
+        signers.add(i)
+    return signers
+
+
+def parse(vc: ViewChange, chain_id: str, n: int, verify: Verifier, need_blocks: bool = True) -> ViewChangeInfo:
+    """Check a view change's certificates (its own signature is checked by the caller); raise
+    ConsensusError on anything that does not hold."""
+    q = quorum(n)
+    try:
+        body = decode_canonical(vc.body, len(vc.body))
+    except WireError as exc:
+        raise ConsensusError(f"view change body: {exc}") from None
+    if not (isinstance(body, list) and len(body) == 4 and isinstance(body[0], bytes) and len(body[0]) == 32
+            and type(body[1]) is int and isinstance(body[2], list) and isinstance(body[3], list)):
+        raise ConsensusError("view change body is [last_hash, cert_view, cert, prepared]")
+    last_hash, cert_view, cert, plist = body
+    if vc.seq == 0:
+        if last_hash != GENESIS_PREV or cert:
+            raise ConsensusError("a view change from height 0 carries no certificate")
+    else:
+        signers = _quorum_signed(cert, vote_digest(chain_id, cert_view, vc.seq, last_hash), n, verify)
+        if signers is None or len(signers) < q:
+            raise ConsensusError("the last committed block's certificate does not verify")
+    prepared: dict[int, PreparedCert] = {}
+    for e in plist:
+        if not (isinstance(e, list) and len(e) == 5 and type(e[0]) is int and type(e[1]) is int
+                and isinstance(e[2], bytes) and isinstance(e[3], bytes) and isinstance(e[4], list)):
+            raise ConsensusError("prepared entry is [seq, view, header, pp_sig, prepares]")
+        seq, view, hraw, pp_sig, preps = e
+        try:
+            header = Header.decode(hraw)
+        except BlockError as exc:
+            raise ConsensusError(f"prepared header: {exc}") from None
+        if seq <= vc.seq or seq in prepared or not 0 <= view < vc.view or header.seq != seq or header.view > view:
+            raise ConsensusError("prepared entry out of range or repeated")
+        primary = view % n
+        if not verify(primary, signed_digest(T_PREPREPARE, chain_id, view, seq, header.hash), pp_sig):
+            raise ConsensusError("prepared entry: bad pre-prepare signature")
+        signers = _quorum_signed(preps, signed_digest(T_PREPARE, chain_id, view, seq, header.hash), n, verify,
+                                 exclude=primary)
+        if signers is None or len(signers) + 1 < q:
+            raise ConsensusError("prepared entry: fewer than 2f valid prepares")
+        prepared[seq] = PreparedCert(seq, view, header, pp_sig, tuple((p[0], p[1]) for p in preps))
+    blocks: dict[bytes, Block] = {}
+    digests = {p.digest for p in prepared.values()}
+    for raw in vc.blocks:
+        try:
+            b = Block.decode(raw)
+        except BlockError as exc:
+            raise ConsensusError(f"view change block: {exc}") from None
+        if b.hash not in digests:
+            raise ConsensusError("view change carries a block it did not prepare")
+        blocks[b.hash] = b
+    if need_blocks and len(blocks) != len(digests):
+        raise ConsensusError("view change lacks the blocks of its prepared certificates")
+    return ViewChangeInfo(vc, vc.seq, last_hash, prepared, blocks)
+
+
+@dataclass(frozen=True)
+class Selection:
+    base_seq: int  # everything at or below is committed (a certificate exists)
+    base_hash: bytes
+    chain: tuple[tuple[int, bytes], ...]  # (seq, digest) the new view re-proposes, in order from base_seq + 1
+
+    @property
+    def top(self) -> int:
+        return self.chain[-1][0] if self.chain else self.base_seq
+
+
+def select(infos: list[ViewChangeInfo]) -> Selection:
+    """The deterministic new-view decision from 2f+1 checked view changes."""
+    base = max(infos, key=lambda i: (i.last_seq, i.last_hash))
+    best: dict[int, PreparedCert] = {}
+    for info in infos:
+        for seq, p in info.prepared.items():
+            cur = best.get(seq)
+            if seq > base.last_seq and (cur is None or (p.view, p.digest) > (cur.view, cur.digest)):
+                best[seq] = p
+    chain: list[tuple[int, bytes]] = []
+    prev, seq = base.last_hash, base.last_seq + 1
+    while seq in best and best[seq].header.prev_hash == prev:
+        prev = best[seq].digest
+        chain.append((seq, prev))
+        seq += 1
+    return Selection(base.last_seq, base.last_hash, tuple(chain))
+
+
+def parse_new_view_body(body: bytes) -> list[ViewChange]:
+    from node.consensus.messages import decode_message  # local: messages imports nothing from here
+
+    try:
+        raws = decode_canonical(body, len(body))
+    except WireError as exc:
+        raise ConsensusError(f"new view body: {exc}") from None
+    if not isinstance(raws, list) or not all(isinstance(r, bytes) for r in raws):
+        raise ConsensusError("new view body is a list of view changes")
+    out = []
+    for r in raws:
+        m = decode_message(r)
+        if not isinstance(m, ViewChange):
+            raise ConsensusError("new view body holds a message that is not a view change")
+        out.append(m)
+    return out
+
+
+def body_hash(body: bytes) -> bytes:
+    return ecdsa.sha256(body)
+
+
+class ViewChangeRole:
+    """The replica's view-change half (mixed into node.consensus.replica.Replica, whose state it uses):
+    leaving a view, gathering view changes, the new primary's NEW-VIEW, installing a view, evidence."""
+
+    # the Replica defines these; declared for readers and type checkers
+    view: int
+    changing: bool
+    log: dict
+    prepared: dict
+    vcs: dict
+
+    # ---- view change -----------------------------------------------------------------------------------
+    def start_view_change(self, new_view: int) -> list[Action]:
+        """Stop accepting view `self.view` and ask for `new_view` (its primary will gather 2f+1 of these)."""
+        if new_view <= self.view and (self.changing or new_view < self.view):
+            return []
+        if self.changing or new_view > self.view:
+            self._vc_attempt += 1
+        self.view, self.changing = new_view, True
+        self._vc_started = self.now_ms
+        self._early_view = []
+        self.fixed, self.new_view_msg = {}, None
+        self.log = {s: i for s, i in self.log.items() if s <= self.last_delivered}
+        certs = [p for _, (p, _) in sorted(self.prepared.items())]
+        body = make_body(self.last_hash, self.last_cert[0], tuple(self.last_cert[1]), certs)
+        blocks = tuple(b.encode() for _, (_, b) in sorted(self.prepared.items()))
+        vc = self._make(ViewChange, self.last_delivered, body_hash(body), body=body, blocks=blocks)
+        self._own_vc, self._vc_sent_at = vc, self.now_ms
+        info = ViewChangeInfo(vc, self.last_delivered, self.last_hash, {p.seq: p for p in certs},
+                              {b.hash: b for _, b in self.prepared.values()})
+        self.vcs.setdefault(new_view, {})[self.index] = info
+        return [ViewChanged(new_view, False), Broadcast(vc)] + self._maybe_new_view()
+
+    def _on_view_change(self, msg: ViewChange) -> list[Action]:
+        if msg.view < self.view or (msg.view == self.view and not self.changing):
+            if self.is_primary and msg.view == self.view and self.new_view_msg is not None:
+                return [Send(msg.sender, self.new_view_msg)]  # a straggler: it missed our NEW-VIEW
+            return []
+        if msg.view > self.view + 1000 or msg.sender in self.vcs.get(msg.view, {}):
+            return []
+        try:
+            info = parse(msg, self.chain_id, self.n, self._verify)
+        except ConsensusError:
+            self.ignored += 1
+            return []
+        self.vcs.setdefault(msg.view, {})[msg.sender] = info
+        out: list[Action] = []
+        # f+1 replicas moved past our view: at least one is honest, so follow to the lowest such view
+        later = {s: v for v, vs in self.vcs.items() if v > self.view for s in vs if s != self.index}
+        if len(later) >= self.f + 1:
+            out += self.start_view_change(min(later.values()))
+        return out + self._maybe_new_view()
+
+    def _maybe_new_view(self) -> list[Action]:
+        vs = self.vcs.get(self.view, {})
+        if not (self.changing and self.is_primary and len(vs) >= self.q):
+            return []
+        infos = [vs[s] for s in sorted(vs)]
+        body = encode([strip(i.msg) for i in infos])
+        nv = self._make(NewView, 0, body_hash(body), body=body)
+        blocks = {h: b for i in infos for h, b in i.blocks.items()}
+        return [Broadcast(nv)] + self._install(nv, select(infos), blocks)
+
+    def _on_new_view(self, msg: NewView) -> list[Action]:
+        w = msg.view
+        if msg.sender != w % self.n or w < self.view or (w == self.view and not self.changing):
+            return []
+        try:
+            vcs = parse_new_view_body(msg.body)
+            infos, senders = [], set()
+            for vc in vcs:
+                if vc.view != w or vc.sender in senders or not 0 <= vc.sender < self.n or \
+                        not self._verify(vc.sender, vc.signing_digest(self.chain_id), vc.sig):
+                    raise ConsensusError("new view holds a bad or repeated view change")
+                senders.add(vc.sender)
+                infos.append(parse(vc, self.chain_id, self.n, self._verify, need_blocks=False))
+            if len(infos) < self.q:
+                raise ConsensusError("new view holds fewer than 2f+1 view changes")
+        except ConsensusError:
+            self.ignored += 1
+            return []
+        self.view = w
+        return [ViewChanged(w, False)] + self._install(msg, select(infos), {})
+
+    def _install(self, nv: NewView, sel: Selection, blocks: dict[bytes, Block]) -> list[Action]:
+        self.changing, self.new_view_msg = False, nv
+        self.view_changes += 1
+        self.fixed = {s: d for s, d in sel.chain if s > self.last_delivered}
+        self.floor = sel.base_seq
+        self.log = {s: i for s, i in self.log.items() if s <= self.last_delivered}
+        self.next_seq = max(self.last_delivered, sel.top) + 1
+        self._progress_at = self.now_ms
+        self.vcs = {v: vs for v, vs in self.vcs.items() if v > self.view}
+        own = {b.hash: b for _, b in self.prepared.values()}
+        chain = [blocks.get(d) or own.get(d) for s, d in sel.chain if s > self.last_delivered]
+        out: list[Action] = [ViewChanged(self.view, True, tuple(b for b in chain if b is not None))]
+        if self.is_primary:
+            for b in chain:
+                if b is None:
+                    break  # cannot happen: each selected digest came with its block in a checked view change
+                out += self._pre_prepare(b)
+        early, self._early_view = self._early_view, []
+        for m in early:
+            out += self.on_message(m)
+        return out
+
+    # ---- evidence ---------------------------------------------------------------------------------------
+    def _primary_equivocated(self, seq: int, d1: bytes, s1: bytes, d2: bytes, s2: bytes) -> list[Action]:
+        self._add_evidence("equivocating-primary", self.primary, T_PREPREPARE, self.view, seq, (d1, s1), (d2, s2))
+        return self.start_view_change(self.view + 1)  # proof in hand: no need to wait for the timer
+
+    def _add_evidence(self, kind: str, who: int, tag: int, view: int, seq: int,
+                      a: tuple[bytes, bytes], b: tuple[bytes, bytes]) -> None:
+        key = (kind, who, view, seq)
+        if key in self._evidence_keys or len(self.evidence) >= MAX_EVIDENCE:
+            return
+        self._evidence_keys.add(key)
+        self.evidence.append({"kind": kind, "validator": who, "tag": tag, "view": view, "seq": seq,
+                              "digests": [a[0].hex(), b[0].hex()], "sigs": [a[1].hex(), b[1].hex()]})
+

@@ -1,0 +1,160 @@
+"""State transfer: a validator that is behind (past the checkpoint window, freshly started, or restored
+from an old copy) pulls committed blocks with their certificates from its peers over a libp2p
+request-response protocol.
+
+No single peer is trusted: every block goes through the replica's certified-block check (2f+1 commit
+signatures against the genesis validator keys, in sequence order) and is then executed and must reach
+the state root in its header. A peer that answers with nothing useful or with blocks that fail is
+skipped for the next attempt. How far behind we are is the f+1-th highest height that peers report
+in their signed status heartbeats (so f liars cannot make us chase a height that does not exist), or
+a stable checkpoint 2f+1 validators signed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import TYPE_CHECKING
+
+from node.block import Block, BlockError
+from node.wire import MAX_BLOCK_BYTES, WireError, decode_canonical, encode
+
+if TYPE_CHECKING:
+    from node.validator import Validator
+
+log = logging.getLogger("medchain.sync")
+
+PROTOCOL = "/medchain/sync/1.0.0"
+MAX_BLOCKS = 64  # per request
+MAX_RESPONSE = 2 * MAX_BLOCK_BYTES  # a response holds at least one block, then stops before this size
+THRESHOLD = 8  # blocks behind before pulling (below it the push catch-up in the status exchange suffices)
+TIMEOUT_S = 10.0
+
+
+class SyncError(ValueError):
+    pass
+
+
+def encode_request(first: int, count: int) -> bytes:
+    return encode([first, count])
+
+
+def decode_request(raw: bytes) -> tuple[int, int]:
+    try:
+        req = decode_canonical(raw, 64)
+    except WireError as exc:
+        raise SyncError(f"sync request: {exc}") from None
+    if not (isinstance(req, list) and len(req) == 2 and all(type(x) is int for x in req)
+            and req[0] >= 1 and 1 <= req[1] <= MAX_BLOCKS):
+        raise SyncError(f"sync request is [first >= 1, 1 <= count <= {MAX_BLOCKS}]")
+    return req[0], req[1]
+
+
+def decode_response(raw: bytes) -> list[Block]:
+    try:
+        blocks = decode_canonical(raw, MAX_RESPONSE)
+    except WireError as exc:
+        raise SyncError(f"sync response: {exc}") from None
+    if not isinstance(blocks, list) or not all(isinstance(b, bytes) for b in blocks) or len(blocks) > MAX_BLOCKS:
+        raise SyncError("sync response is a list of at most 64 encoded blocks")
+    try:
+        return [Block.decode(b) for b in blocks]
+    except BlockError as exc:
+        raise SyncError(f"sync response block: {exc}") from None
+
+
+class StateSync:
+    def __init__(self, v: Validator) -> None:
+        self.v = v
+        self.fetched = 0  # blocks received and delivered
+        self.bad_responses = 0
+        self.requests = 0
+        self._task: asyncio.Task | None = None
+
+    def register(self) -> None:
+        """Serve our blocks (call before the p2p host starts)."""
+        self.v.net.serve(PROTOCOL, self._serve, max_request=64)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="state-sync")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _serve(self, peer: str, raw: bytes) -> bytes:
+        first, count = decode_request(raw)
+        out, size = [], 0
+        for h in range(first, first + count):
+            b = self.v.ledger.block_raw(h)
+            if b is None or (out and size + len(b) > MAX_RESPONSE - 1024):
+                break
+            out.append(b)
+            size += len(b) + 8
+        return encode(out)
+
+    async def _loop(self) -> None:
+        """Pull while behind, one batch in flight ahead of the one being applied (certified blocks that
+        arrive early wait in the replica, up to four windows ahead)."""
+        v, skip = self.v, set()
+        applying: asyncio.Future | None = None
+        next_first = 0
+        while True:
+            r = v.replica
+            ahead = [j for j, h in r.peer_delivered.items()
+                     if h > r.last_delivered and j not in skip and j not in v.faults.cut]
+            if r.behind_by() < THRESHOLD or not ahead:
+                if applying is not None:
+                    await applying
+                    applying = None
+                skip.clear()
+                await asyncio.sleep(0.25)
+                continue
+            first = max(next_first, r.last_delivered + 1)
+            # the replica keeps certified blocks up to four windows ahead of its delivery: no further
+            count = min(MAX_BLOCKS, r.last_delivered + 4 * r.window - first + 1)
+            if count <= 0 or first > r.last_delivered + 2 * MAX_BLOCKS:
+                if applying is not None:
+                    await applying  # far enough ahead: let the consensus task apply what it has
+                applying = None
+                next_first = 0
+                continue
+            j = random.choice(ahead)
+            done = await self._fetch_from(j, first, count)
+            if done is None:
+                skip.add(j)
+                next_first = 0
+                continue
+            next_first = first + count
+            if applying is not None and await applying == 0:
+                next_first = 0  # the previous batch was refused: start again from what is delivered
+            applying = done
+
+    async def _fetch_from(self, j: int, first: int, count: int = MAX_BLOCKS) -> asyncio.Future | None:
+        """Request blocks from validator j and hand them to the consensus task; the future it returns
+        resolves to how many were delivered. None if the peer did not help."""
+        v = self.v
+        peer = v.genesis.validators[j].p2p.rsplit("/p2p/", 1)[-1]
+        self.requests += 1
+        try:
+            raw = await v.net.request(peer, PROTOCOL, encode_request(first, count), TIMEOUT_S, MAX_RESPONSE)
+            blocks = decode_response(raw)
+        except Exception as exc:  # P2PError, SyncError: this peer did not help, try another
+            self.bad_responses += 1
+            log.info("state transfer from validator %d failed: %s", j, exc)
+            return None
+        if not blocks or blocks[0].header.height != first:
+            self.bad_responses += 1
+            return None
+        log.info("state transfer: blocks %d..%d from validator %d", first, first + len(blocks) - 1, j)
+        done = asyncio.get_running_loop().create_future()
+        done.add_done_callback(self._count)
+        await v.submit_certified(blocks, done)
+        return done
+
+    def _count(self, done: asyncio.Future) -> None:
+        if not done.cancelled() and done.exception() is None:
+            self.fetched += done.result()
+            self.v.synced_blocks = self.fetched
