@@ -71,6 +71,14 @@ class _ValidatorCollector:
                                   value=self.view_changes if changes is None else changes)
         yield GaugeMetricFamily("medchain_view_changing", "1 while a view change is in progress",
                                 value=1.0 if getattr(v.replica, "changing", False) else 0.0)
+        r = v.replica
+        yield GaugeMetricFamily("medchain_stable_checkpoint", "Height of the last stable PBFT checkpoint",
+                                value=r.stable)
+        yield GaugeMetricFamily("medchain_consensus_evidence", "Conflicting signed messages kept as evidence "
+                                "of a misbehaving validator (details under consensus.evidence in /v1/status)",
+                                value=len(r.evidence))
+        yield CounterMetricFamily("medchain_state_transfer_blocks", "Blocks fetched from peers by state transfer",
+                                  value=v.synced_blocks)
         peers = len(v.net.connected_peers()) if v.net is not None else 0
         yield GaugeMetricFamily("medchain_peers", "Connected validator peers", value=peers)
         msgs = CounterMetricFamily("medchain_p2p_messages", "Validator-to-validator messages", labels=["direction"])

@@ -100,6 +100,7 @@ class StateSync:
         arrive early wait in the replica, up to four windows ahead)."""
         v, skip = self.v, set()
         applying: asyncio.Future | None = None
+        applying_from = -1
         next_first = 0
         while True:
             r = v.replica
@@ -130,7 +131,8 @@ class StateSync:
             next_first = first + count
             if applying is not None and await applying == 0:
                 next_first = 0  # the previous batch was refused: start again from what is delivered
-            applying = done
+                skip.add(applying_from)  # and do not ask that peer again for a while
+            applying, applying_from = done, j
 
     async def _fetch_from(self, j: int, first: int, count: int = MAX_BLOCKS) -> asyncio.Future | None:
         """Request blocks from validator j and hand them to the consensus task; the future it returns

@@ -8,7 +8,8 @@ import random
 
 from node import merkle
 from node.block import GENESIS_PREV, Block, Header, quorum, verify_cert
-from node.consensus import Broadcast, Catchup, Deliver, PrePrepare, Replica, Send, ViewChanged, decode_message
+from node.consensus import Broadcast, Catchup, Deliver, Persist, PrePrepare, Replica, Send, ViewChanged, decode_message
+from node.consensus.recovery import decode_record
 from node.crypto import ecdsa
 from node.crypto.keys import Identity
 
@@ -52,6 +53,101 @@ def delivered(actions):
     return [a for a in actions if isinstance(a, Deliver)]
 
 
+def recover_replica(n, i, ledger, view, nv, log, now, **kw):
+    """A fresh replica from what survives a crash, reloaded as node/validator.py does: the delivered
+    blocks (the ledger), the persisted view and its NEW-VIEW, then the consensus-log records."""
+    last = ledger[-1] if ledger else None
+    block_view = last.cert_view if last else 0
+    view = max(view, block_view)
+    r = make_replica(n, i, last_delivered=len(ledger), last_hash=last.hash if last else GENESIS_PREV,
+                     last_cert=(last.cert_view, last.cert) if last else (0, ()), view=view,
+                     awaiting_new_view=view > block_view, **kw)
+    r.now_ms = now
+    if nv is not None and r.changing:
+        assert r.reinstall(decode_message(nv))
+    for seq, raw in sorted(log.items()):
+        if seq > r.last_delivered:
+            r.restore_record(seq, decode_record(raw))
+    r.resume_view_change()
+    return r
+
+
+class HandNode:
+    """One replica of a hand-scheduled network, with the driver's persistence (ledger, view, NEW-VIEW,
+    consensus-log records) so that crashes and restarts are modelled exactly."""
+
+    def __init__(self, n, i):
+        self.n, self.i = n, i
+        self.ledger = []
+        self.disk_view, self.disk_nv, self.disk_log = 0, None, {}
+        self.r = make_replica(n, i)
+
+    def handle(self, acts, net):
+        for a in acts:
+            if isinstance(a, Deliver):
+                self.ledger.append(a.block)
+                self.disk_log.pop(a.seq, None)
+            elif isinstance(a, ViewChanged):
+                self.disk_view, self.disk_nv = a.view, a.new_view
+            elif isinstance(a, Persist):
+                self.disk_log[a.seq] = a.record
+            elif isinstance(a, Broadcast):
+                net.pending += [(self.i, d, a.msg) for d in range(self.n) if d != self.i]
+            elif isinstance(a, Send):
+                net.pending.append((self.i, a.to, a.msg))
+            elif isinstance(a, Catchup):
+                for s in range(a.first, a.last + 1):
+                    net.pending.append((self.i, a.to, self.r.certified_message(self.ledger[s - 1])))
+
+    def restart(self, now):
+        self.r = recover_replica(self.n, self.i, self.ledger, self.disk_view, self.disk_nv, self.disk_log, now)
+
+
+class HandNet:
+    """Messages wait in `pending` as (src, dst, msg) until a test delivers or drops them by predicate."""
+
+    def __init__(self, n):
+        self.n, self.now, self.pending = n, 0, []
+        self.nodes = [HandNode(n, i) for i in range(n)]
+
+    def deliver(self, pred, limit=10**6):
+        k = 0
+        while k < limit:
+            idx = next((j for j, (s, d, m) in enumerate(self.pending) if pred(s, d, m)), None)
+            if idx is None:
+                return k
+            s, d, m = self.pending.pop(idx)
+            self.inject(d, m)
+            k += 1
+        return k
+
+    def inject(self, dst, msg):
+        node = self.nodes[dst]
+        node.handle(node.r.on_message(decode_message(msg.encode())), self)
+
+    def drop(self, pred):
+        self.pending = [p for p in self.pending if not pred(*p)]
+
+    def tick(self, who, dt=100, pending=True):
+        self.now += dt
+        for i in who:
+            self.nodes[i].handle(self.nodes[i].r.tick(self.now, pending=pending), self)
+
+    def propose_all(self, who):
+        for i in who:
+            r = self.nodes[i].r
+            if r.can_propose() and r.next_seq == r.last_delivered + 1:
+                b = make_block(r.next_seq, view=r.view, proposer=i, prev=r.last_hash, txs=[b"t%d" % r.next_seq])
+                self.nodes[i].handle(r.propose(b), self)
+
+    def assert_no_fork(self):
+        chains = [[b.hash for b in nd.ledger] for nd in self.nodes]
+        for a in chains:
+            for b in chains:
+                k = min(len(a), len(b))
+                assert a[:k] == b[:k], "fork"
+
+
 class SimNet:
     """Every Broadcast goes, encoded, to every other replica through one queue that is popped in random
     order, with random duplicates and (if lossy) drops of messages from at most f non-primary senders per
@@ -69,6 +165,8 @@ class SimNet:
         self.crashed: set[int] = set()
         self.cut: set[frozenset] = set()
         self.views: list[int] = [0] * n  # the view each replica persisted (ViewChanged)
+        # what each replica persisted, as node/validator.py does: consensus-log records and the NEW-VIEW
+        self.disk: list[dict] = [{"log": {}, "nv": None} for _ in range(n)]
         self.loss: dict[int, tuple[set[int], float]] = {}
         self.dropped, self.p_any, self.now = 0, p_any, 0
 
@@ -83,9 +181,14 @@ class SimNet:
         for a in actions:
             if isinstance(a, Deliver):
                 self.out[src].append(a)
+                self.disk[src]["log"].pop(a.seq, None)  # the ledger commit deletes the record
                 continue
             if isinstance(a, ViewChanged):
                 self.views[src] = a.view
+                self.disk[src]["nv"] = a.new_view
+                continue
+            if isinstance(a, Persist):
+                self.disk[src]["log"][a.seq] = a.record
                 continue
             if isinstance(a, Catchup):  # the driver reads the blocks from its ledger
                 for s in range(a.first, a.last + 1):
@@ -117,13 +220,8 @@ class SimNet:
         self.crashed.add(i)
 
     def restart(self, i):
-        """A fresh replica from what survives a crash: the delivered blocks (the ledger) and the view."""
-        last = self.out[i][-1].block if self.out[i] else None
-        self.replicas[i] = make_replica(
-            self.n, i, last_delivered=len(self.out[i]), last_hash=last.hash if last else GENESIS_PREV,
-            last_cert=(last.cert_view, last.cert) if last else (0, ()), view=self.views[i],
-            awaiting_new_view=self.views[i] > 0, **self.kw)
-        self.replicas[i].tick(self.now)
+        self.replicas[i] = recover_replica(self.n, i, [d.block for d in self.out[i]], self.views[i],
+                                           self.disk[i]["nv"], self.disk[i]["log"], self.now, **self.kw)
         self.crashed.discard(i)
 
     def _propose(self, r, count):

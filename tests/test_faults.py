@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from devices import faultharness
 from devices.client import NodeClient
@@ -192,6 +194,14 @@ def test_equivocating_primary_commits_at_most_one_block_per_sequence(tmp_path):
             assert all(h["consensus"]["view"] >= 1 for h in heads)
             ev = [e for h in heads for e in h["consensus"]["evidence"]]
             assert any(e["kind"] == "equivocating-primary" and e["validator"] == 0 for e in ev), ev
+            # and the operators' metrics count it
+            counts = []
+            for i in honest:
+                text = await asyncio.to_thread(lambda u=nodes[i].url: urllib.request.urlopen(u + "/metrics").read())
+                fams = {f.name: f for f in text_string_to_metric_families(text.decode())}
+                counts.append(fams["medchain_consensus_evidence"].samples[0].value)
+                assert fams["medchain_view"].samples[0].value >= 1
+            assert max(counts) >= 1
             for i in honest:
                 await _all_committed(nodes[i], committed)
             # at most one block per height: the honest ledgers agree block by block

@@ -12,7 +12,7 @@ from node.consensus.messages import (
     ViewChange,
     decode_message,
 )
-from node.consensus.replica import Broadcast, Catchup, Deliver, Replica, Send, ViewChanged
+from node.consensus.replica import Broadcast, Catchup, Deliver, Persist, Replica, Send, ViewChanged
 
 __all__ = ["Broadcast", "Catchup", "CertifiedBlock", "Checkpoint", "Commit", "ConsensusError", "Deliver", "NewView",
-           "PrePrepare", "Prepare", "Replica", "Send", "Status", "ViewChange", "ViewChanged", "decode_message"]
+           "Persist", "PrePrepare", "Prepare", "Replica", "Send", "Status", "ViewChange", "ViewChanged", "decode_message"]

@@ -44,6 +44,16 @@ class ViewChanged:
     view: int
     active: bool
     reproposed: tuple[Block, ...] = ()
+    new_view: bytes | None = None  # the NEW-VIEW that installed it (persisted: a restart reinstalls it)
 
 
-Action = Broadcast | Send | Catchup | Deliver | ViewChanged
+@dataclass(frozen=True)
+class Persist:
+    """Write this consensus-log record for `seq` durably before doing the actions after it: what this
+    replica signed there, and the highest-view prepared certificate it holds (Replica.restore_record)."""
+
+    seq: int
+    record: bytes
+
+
+Action = Broadcast | Send | Catchup | Deliver | ViewChanged | Persist

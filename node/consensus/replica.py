@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from node.block import Block, quorum, vote_digest
 from node.consensus import viewchange as vcm
-from node.consensus.actions import Action, Broadcast, Catchup, Deliver, Send, ViewChanged
+from node.consensus.actions import Action, Broadcast, Catchup, Deliver, Persist, Send, ViewChanged
 from node.consensus.messages import (
     T_BLOCK,
     T_CHECKPOINT,
@@ -48,6 +48,7 @@ from node.consensus.messages import (
     _Msg,
     signed_digest,
 )
+from node.consensus.recovery import RecoveryRole
 from node.consensus.viewchange import ViewChangeRole
 
 Signer = Callable[[bytes], bytes]
@@ -73,7 +74,7 @@ class _Instance:
     backoff: int = 0  # ms until the next retransmission; doubles each time, so slow rounds are not flooded
 
 
-class Replica(ViewChangeRole):
+class Replica(ViewChangeRole, RecoveryRole):
     def __init__(self, chain_id: str, n: int, index: int, sign: Signer, verify: Verifier,
                  check_block: BlockCheck | None = None, window: int = 64, last_delivered: int = 0,
                  view: int = 0, last_hash: bytes = bytes(32), retransmit_ms: int = 250,
@@ -144,15 +145,22 @@ class Replica(ViewChangeRole):
     def can_propose(self) -> bool:
         return self.is_primary and not self.changing and self.next_seq <= self.stable + self.window
 
+    @staticmethod
+    def _new_instance() -> _Instance:
+        return _Instance()
+
     def _make(self, cls: type, seq: int, digest: bytes, **kw: object) -> _Msg:
         tmp = cls(self.view, seq, digest, self.index, bytes(64), **kw)
         return cls(self.view, seq, digest, self.index, self._sign(tmp.signing_digest(self.chain_id)), **kw)
 
-    def _send_mine(self, inst: _Instance, msg: _Msg) -> Broadcast:
+    def _send_mine(self, inst: _Instance, msg: _Msg) -> list[Action]:
+        """Our own phase message: logged durably first (Persist), then sent; kept for retransmission."""
         inst.mine.append(msg)
         inst.sent_at = self.now_ms
         inst.backoff = self.retransmit_ms
-        return Broadcast(msg)
+        if self.n == 1:
+            return []  # nobody to send to, nothing that could ever conflict
+        return [Persist(msg.seq, self.record(msg.seq, inst)), Broadcast(msg)]
 
     # ---- inputs ------------------------------------------------------------------------------------
     def propose(self, block: Block) -> list[Action]:
@@ -172,7 +180,8 @@ class Replica(ViewChangeRole):
         self.next_seq = max(self.next_seq, seq + 1)
         pp = self._make(PrePrepare, seq, block.hash, block=block)
         inst = self.log.setdefault(seq, _Instance())
-        return [self._send_mine(inst, pp)] + self._on_preprepare(pp)
+        after = self._on_preprepare(pp)  # takes the block in (with n = 1 it is delivered at once)
+        return self._send_mine(inst, pp) + after
 
     def tick(self, now_ms: int, pending: bool = False) -> list[Action]:
         """Time passes: heartbeat, re-send our open messages, and run the view-change timer, which
@@ -234,21 +243,30 @@ class Replica(ViewChangeRole):
             return self.start_view_change(self.view + 1)
         return []
 
+    def worth_executing(self, pp: PrePrepare) -> bool:
+        """Whether the driver should execute a pre-prepare's block before handing it in: only a signed
+        one from the primary of our (awaited) view, inside the window. Execution is the costly part,
+        so nobody else gets to spend our CPU on it."""
+        return (0 <= pp.sender < self.n and pp.view == self.view and pp.sender == self.primary
+                and self.last_delivered < pp.seq <= self.stable + self.window and pp.seq > self.floor
+                and self._verify(pp.sender, pp.signing_digest(self.chain_id), pp.sig))
+
     def on_message(self, msg: _Msg) -> list[Action]:
         if not 0 <= msg.sender < self.n or msg.sender == self.index:
             self.ignored += 1
             return []
         ordered = msg.tag in (T_PREPREPARE, T_PREPARE, T_COMMIT)
-        if ordered and self.changing and msg.view == self.view and len(self._early_view) < 4 * self.n * self.window:
-            self._early_view.append(msg)  # it overtook the NEW-VIEW (other senders, other paths): keep it
-            return []
+        early = ordered and self.changing and msg.view == self.view and len(self._early_view) < 4 * self.n * self.window
         # cheap checks before the signature, so out-of-window floods cost little CPU
-        if ordered and (msg.view != self.view or self.changing
-                        or not self.last_delivered < msg.seq <= self.stable + self.window):
+        if ordered and not early and (msg.view != self.view or self.changing
+                                      or not self.last_delivered < msg.seq <= self.stable + self.window):
             self.ignored += 1
             return []
         if not self._verify(msg.sender, msg.signing_digest(self.chain_id), msg.sig):
             self.ignored += 1
+            return []
+        if early:
+            self._early_view.append(msg)  # it overtook the NEW-VIEW (other senders, other paths): keep it
             return []
         self._heard[msg.sender] = self.now_ms
         handler = {T_STATUS: self._on_status, T_BLOCK: self._on_certified, T_PREPREPARE: self._on_preprepare,
@@ -295,7 +313,7 @@ class Replica(ViewChangeRole):
         out: list[Action] = []
         if not self.is_primary:
             prep = self._make(Prepare, pp.seq, pp.digest, pp_sig=pp.sig)
-            out.append(self._send_mine(inst, prep))
+            out += self._send_mine(inst, prep)
             inst.prepares[self.index] = prep.sig
         out += self._progress(pp.seq)
         return out
@@ -360,7 +378,7 @@ class Replica(ViewChangeRole):
             inst.sent_commit = True
             c = self._make(Commit, seq, inst.digest)
             inst.commits[self.index] = c.sig
-            out.append(self._send_mine(inst, c))
+            out += self._send_mine(inst, c)
         if inst.sent_commit and not inst.committed and len(inst.commits) >= self.q:
             inst.committed = True
         return out
@@ -405,7 +423,10 @@ class Replica(ViewChangeRole):
         if msg.seq <= self.stable or msg.seq % self.checkpoint_interval or \
                 msg.seq > self.last_delivered + 16 * self.window:
             return []
-        self.checkpoints.setdefault(msg.seq, {}).setdefault(msg.digest, {}).setdefault(msg.sender, msg.sig)
+        roots = self.checkpoints.setdefault(msg.seq, {})
+        if any(msg.sender in votes for votes in roots.values()):
+            return []  # one root per validator and sequence (a second one would only be noise)
+        roots.setdefault(msg.digest, {})[msg.sender] = msg.sig
         self._check_stable(msg.seq)
         return []
 
@@ -483,53 +504,9 @@ class Replica(ViewChangeRole):
             return 0
         return max(0, ahead[self.f] - self.last_delivered, self.peer_stable - self.last_delivered)
 
-    # ---- crash recovery ----------------------------------------------------------------------------------
-    def signed_record(self, seq: int) -> tuple[int, Block, list[int], bytes, list] | None:
-        """What this replica has signed for `seq` (view, block, message tags, the pre-prepare signature
-        answered, and the 2f prepares once prepared): the driver persists it before the message leaves,
-        so a restarted replica never signs anything that conflicts, and its view changes still carry
-        the prepared certificate."""
-        inst = self.log.get(seq)
-        if inst is None or inst.block is None:
-            return None
-        prepares = [list(p) for p in sorted(inst.prepares.items())] if self._prepared(inst) else []
-        return self.view, inst.block, sorted({m.tag for m in inst.mine}), inst.pp_sig, prepares
-
-    def restore_prepared(self, seq: int, view: int, block: Block, pp_sig: bytes, prepares: list) -> None:
-        """A prepared certificate from the consensus log (of any view): view changes must carry it."""
-        if seq <= self.last_delivered or len(prepares) + 1 < self.q or block.header.seq != seq:
-            return
-        cur = self.prepared.get(seq)
-        if cur is None or cur[0].view < view:
-            cert = vcm.PreparedCert(seq, view, block.header, pp_sig, tuple((int(i), bytes(s)) for i, s in prepares))
-            self.prepared[seq] = (cert, block)
-
-    def restore(self, seq: int, view: int, block: Block, tags: list[int], pp_sig: bytes = bytes(64)) -> None:
-        """Reload a persisted record after a restart; the next tick re-sends the messages (RFC 6979
-        signatures are deterministic, so they are byte for byte what was sent before). A record of an
-        earlier view binds nothing: the view change that followed allows other blocks at `seq`."""
-        if view != self.view or self.changing or seq <= self.last_delivered or block.header.seq != seq:
-            return
-        inst = self.log.setdefault(seq, _Instance())
-        inst.digest, inst.block, inst.pp_sig = block.hash, block, pp_sig
-        if T_PREPREPARE in tags and self.is_primary:
-            inst.mine.append(self._make(PrePrepare, seq, block.hash, block=block))
-            self.next_seq = max(self.next_seq, seq + 1)
-        if T_PREPARE in tags:
-            prep = self._make(Prepare, seq, block.hash, pp_sig=pp_sig)
-            inst.prepares[self.index] = prep.sig
-            inst.mine.append(prep)
-        if T_COMMIT in tags:
-            c = self._make(Commit, seq, block.hash)
-            inst.sent_commit = True
-            inst.commits[self.index] = c.sig
-            inst.mine.append(c)
-        inst.sent_at = -(10**12)
-        inst.backoff = self.retransmit_ms
-
     def certified_message(self, block: Block) -> CertifiedBlock:
         """Wrap a committed block (with its certificate) for sending to a replica that is behind."""
         return self._make(CertifiedBlock, block.header.seq, block.hash, block=block)
 
 
-__all__ = ["T_COMMIT", "Action", "Broadcast", "Catchup", "Deliver", "Replica", "Send", "ViewChanged"]
+__all__ = ["T_COMMIT", "Action", "Broadcast", "Catchup", "Deliver", "Persist", "Replica", "Send", "ViewChanged"]

@@ -19,16 +19,17 @@ committed block's parent is committed and (by PBFT's invariant) selected too.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from node.block import GENESIS_PREV, Block, BlockError, Header, quorum, vote_digest
 from node.consensus.actions import Action, Broadcast, Send, ViewChanged
 from node.consensus.messages import T_PREPARE, T_PREPREPARE, ConsensusError, NewView, ViewChange, signed_digest
 from node.crypto import ecdsa
-from node.wire import WireError, decode_canonical, encode
+from node.wire import MAX_BLOCK_BYTES, WireError, decode_canonical, encode
 
 Verifier = Callable[[int, bytes, bytes], bool]
 MAX_EVIDENCE = 256
+VC_BLOCK_BUDGET = 3 * MAX_BLOCK_BYTES  # prepared blocks a view change carries (the message limit is 4 blocks)
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,9 @@ class ViewChangeInfo:
     last_seq: int
     last_hash: bytes
     prepared: dict[int, PreparedCert]
-    blocks: dict[bytes, Block]  # digest -> block, for the prepared certificates (empty when stripped)
+    blocks: dict[bytes, Block]  # digest -> block, for the prepared certificates it carried
+    cert_view: int = 0  # the certificate of the last committed block (last_seq, last_hash)
+    cert: tuple[tuple[int, bytes], ...] = ()
 
 
 def make_body(last_hash: bytes, cert_view: int, cert: tuple[tuple[int, bytes], ...],
@@ -78,9 +81,10 @@ def _quorum_signed(pairs: list, digest: bytes, n: int, verify: Verifier, exclude
     return signers
 
 
-def parse(vc: ViewChange, chain_id: str, n: int, verify: Verifier, need_blocks: bool = True) -> ViewChangeInfo:
+def parse(vc: ViewChange, chain_id: str, n: int, verify: Verifier) -> ViewChangeInfo:
     """Check a view change's certificates (its own signature is checked by the caller); raise
-    ConsensusError on anything that does not hold."""
+    ConsensusError on anything that does not hold. Blocks are optional (a view change carries as many
+    of its prepared blocks as fit in one message; a new primary lacking one cannot lead the view)."""
     q = quorum(n)
     try:
         body = decode_canonical(vc.body, len(vc.body))
@@ -127,9 +131,8 @@ def parse(vc: ViewChange, chain_id: str, n: int, verify: Verifier, need_blocks: 
         if b.hash not in digests:
             raise ConsensusError("view change carries a block it did not prepare")
         blocks[b.hash] = b
-    if need_blocks and len(blocks) != len(digests):
-        raise ConsensusError("view change lacks the blocks of its prepared certificates")
-    return ViewChangeInfo(vc, vc.seq, last_hash, prepared, blocks)
+    return ViewChangeInfo(vc, vc.seq, last_hash, prepared, blocks, cert_view,
+                          tuple((c[0], c[1]) for c in cert))
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,8 @@ class Selection:
     base_seq: int  # everything at or below is committed (a certificate exists)
     base_hash: bytes
     chain: tuple[tuple[int, bytes], ...]  # (seq, digest) the new view re-proposes, in order from base_seq + 1
+    base_cert_view: int = 0
+    base_cert: tuple[tuple[int, bytes], ...] = ()
 
     @property
     def top(self) -> int:
@@ -158,7 +163,7 @@ def select(infos: list[ViewChangeInfo]) -> Selection:
         prev = best[seq].digest
         chain.append((seq, prev))
         seq += 1
-    return Selection(base.last_seq, base.last_hash, tuple(chain))
+    return Selection(base.last_seq, base.last_hash, tuple(chain), base.cert_view, base.cert)
 
 
 def parse_new_view_body(body: bytes) -> list[ViewChange]:
@@ -206,28 +211,41 @@ class ViewChangeRole:
         self._early_view = []
         self.fixed, self.new_view_msg = {}, None
         self.log = {s: i for s, i in self.log.items() if s <= self.last_delivered}
+        vc = self._build_view_change()
+        self._own_vc, self._vc_sent_at = vc, self.now_ms
+        return [ViewChanged(new_view, False), Broadcast(vc)] + self._maybe_new_view()
+
+    def _build_view_change(self) -> ViewChange:
         certs = [p for _, (p, _) in sorted(self.prepared.items())]
         body = make_body(self.last_hash, self.last_cert[0], tuple(self.last_cert[1]), certs)
-        blocks = tuple(b.encode() for _, (_, b) in sorted(self.prepared.items()))
-        vc = self._make(ViewChange, self.last_delivered, body_hash(body), body=body, blocks=blocks)
-        self._own_vc, self._vc_sent_at = vc, self.now_ms
+        blocks, size = [], 0
+        for _, (_, b) in sorted(self.prepared.items()):  # the lowest first, within what one message may carry
+            raw = b.encode()
+            if size + len(raw) > VC_BLOCK_BUDGET:
+                break
+            blocks.append(raw)
+            size += len(raw)
+        vc = self._make(ViewChange, self.last_delivered, body_hash(body), body=body, blocks=tuple(blocks))
         info = ViewChangeInfo(vc, self.last_delivered, self.last_hash, {p.seq: p for p in certs},
-                              {b.hash: b for _, b in self.prepared.values()})
-        self.vcs.setdefault(new_view, {})[self.index] = info
-        return [ViewChanged(new_view, False), Broadcast(vc)] + self._maybe_new_view()
+                              {b.hash: b for _, b in self.prepared.values()}, self.last_cert[0],
+                              tuple(self.last_cert[1]))
+        self.vcs.setdefault(self.view, {})[self.index] = info
+        return vc
 
     def _on_view_change(self, msg: ViewChange) -> list[Action]:
         if msg.view < self.view or (msg.view == self.view and not self.changing):
             if self.is_primary and msg.view == self.view and self.new_view_msg is not None:
                 return [Send(msg.sender, self.new_view_msg)]  # a straggler: it missed our NEW-VIEW
             return []
-        if msg.view > self.view + 1000 or msg.sender in self.vcs.get(msg.view, {}):
-            return []
+        if msg.view > self.view + 4 * self.n or msg.sender in self.vcs.get(msg.view, {}):
+            return []  # bounded: a byzantine replica cannot make us hold view changes for endless views
         try:
             info = parse(msg, self.chain_id, self.n, self._verify)
         except ConsensusError:
             self.ignored += 1
             return []
+        if msg.view % self.n != self.index:
+            info = replace(info, blocks={})  # only that view's primary needs the blocks
         self.vcs.setdefault(msg.view, {})[msg.sender] = info
         out: list[Action] = []
         # f+1 replicas moved past our view: at least one is honest, so follow to the lowest such view
@@ -258,7 +276,7 @@ class ViewChangeRole:
                         not self._verify(vc.sender, vc.signing_digest(self.chain_id), vc.sig):
                     raise ConsensusError("new view holds a bad or repeated view change")
                 senders.add(vc.sender)
-                infos.append(parse(vc, self.chain_id, self.n, self._verify, need_blocks=False))
+                infos.append(parse(vc, self.chain_id, self.n, self._verify))
             if len(infos) < self.q:
                 raise ConsensusError("new view holds fewer than 2f+1 view changes")
         except ConsensusError:
@@ -278,11 +296,17 @@ class ViewChangeRole:
         self.vcs = {v: vs for v, vs in self.vcs.items() if v > self.view}
         own = {b.hash: b for _, b in self.prepared.values()}
         chain = [blocks.get(d) or own.get(d) for s, d in sel.chain if s > self.last_delivered]
-        out: list[Action] = [ViewChanged(self.view, True, tuple(b for b in chain if b is not None))]
+        out: list[Action] = [ViewChanged(self.view, True, tuple(b for b in chain if b is not None), nv.encode())]
+        base = own.get(sel.base_hash) or blocks.get(sel.base_hash)
+        if sel.base_seq == self.last_delivered + 1 and base is not None and sel.base_cert:
+            # the base may be certified only inside a view change (its holder need not serve it): we
+            # prepared it, so we hold the block; with that certificate it is ours to deliver
+            self.certified[sel.base_seq] = base.with_cert(sel.base_cert, sel.base_cert_view)
+            out += self._deliver()
         if self.is_primary:
             for b in chain:
                 if b is None:
-                    break  # cannot happen: each selected digest came with its block in a checked view change
+                    break  # a view change could not carry it: this view times out, a later primary leads
                 out += self._pre_prepare(b)
         early, self._early_view = self._early_view, []
         for m in early:

@@ -136,10 +136,20 @@ class Ledger:
             raw = txn.get(b"view")
         return 0 if raw is None else decode(raw)
 
-    def put_view(self, view: int) -> None:
-        """The replica's view, synced before any message of that view is sent."""
+    def put_view(self, view: int, new_view: bytes | None = None) -> None:
+        """The replica's view and the NEW-VIEW that installed it (None while it waits for one), synced
+        before any message of that view is sent."""
         with self.env.begin(write=True, db=self.meta) as txn:
             txn.put(b"view", encode(view))
+            if new_view is None:
+                txn.delete(b"new_view")
+            else:
+                txn.put(b"new_view", new_view)
+
+    def get_new_view(self) -> bytes | None:
+        with self.env.begin(db=self.meta) as txn:
+            raw = txn.get(b"new_view")
+        return None if raw is None else bytes(raw)
 
     # The consensus log: what this replica signed for sequences not yet committed, persisted
     # (synced) before the message is sent, and dropped in the same transaction that commits the block.
