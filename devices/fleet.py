@@ -1,0 +1,614 @@
+"""A fleet of emulated wearables behind phone proxies, in one asyncio process.
+
+Wearable i belongs to phone i mod M and measures kind KINDS[(i // M) mod 5] at its own period
+(devices/wearables.py), notifying real GATT frames over its own modelled BLE link
+(devices/ble.py: connection events, losses and retransmissions delay a frame, never drop it).
+Each phone buffers the readings it receives per data type. A window closes (the phone "flushes"):
+  - natural mode (rate = 0): window_s after its first reading;
+  - open loop (rate > 0): arrivals at exactly `rate` windows per second over the whole fleet, each
+    taking the oldest non-empty buffer in round-robin order; arrivals never wait for commits, so a
+    slow network shows up as latency, not as a slower load;
+  - closed loop: a phone flushes only when its previous write has committed.
+The proxy then, for all windows closed since its last pass: encrypts each with AES-256-GCM
+(envelope format, node/crypto/batch.py's batch AEAD, one call per key), uploads the ciphertext to
+the phone's validator, signs each phone's transactions in one batch call, and submits them per
+validator in one POST /v1/txs. A follower reads every new block and stamps commit times.
+Mixes add staff reads (a committed Read of one CID, then a signed fetch and decryption with the
+key unsealed from the chain) and grant changes / revokes (the phone holds its writes until the
+grant commits, then re-reads its key epochs).
+
+At the end every buffer is flushed and every transaction followed to commit; `check` then counts
+every committed write against each patient's on-chain records and has a permitted staff member
+decrypt a sample of patients' windows and compare them with what the wearables emitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import heapq
+import math
+import os
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import aiohttp
+from hdrh.histogram import HdrHistogram
+
+from devices import envelope
+from devices.ble import Link, LinkParams
+from devices.client import ApiError, NodeClient
+from devices.wearables import make_wearable
+from node.crypto import seal
+from node.crypto.batch import aead_seal_batch
+from node.crypto.keys import Identity
+from node.ipfs.cid import Cid
+from node.tx import Grant, Profile, Read, SealedKey, Tx, Write, data_type_id
+from node.wire import encode
+
+KINDS = ["heart_rate", "spo2", "body_temperature", "blood_pressure", "glucose"]
+ALL_TYPES = tuple(sorted(data_type_id(k) for k in KINDS))
+HISTORY_EPOCHS = 12  # as devices/phone.py: past key epochs a grant carries
+MAX_BATCH = 4000  # transactions per POST /v1/txs (the API allows 4096)
+
+
+@dataclass
+class FleetConfig:
+    wearables: int = 50
+    phones: int = 10
+    seconds: float = 5.0
+    window_s: float = 10.0  # natural mode: how long a phone collects one type before it writes
+    rate: float = 0.0  # open loop: windows per second over the fleet (0: natural windows)
+    closed: bool = False  # closed loop: one write in flight per phone
+    reads: float = 0.0  # staff reads per second (open loop)
+    read_fetch: float = 1.0  # fraction of committed reads whose blob is fetched and decrypted
+    grants: float = 0.0  # grant changes / revokes per second (open loop)
+    staff: int = 2
+    link: LinkParams = field(default_factory=LinkParams)
+    tick_ms: float = 20.0
+    # concurrent uploads over the fleet: 2,000 real phones would each have their own connection, so
+    # a slow validator must not throttle the offered load through a small client pool
+    uploads_in_flight: int = 512
+    seed: int = 1
+    drain_timeout: float = 300.0  # after the run: how long to wait for every transaction to commit
+
+
+@dataclass
+class Meta:
+    kind: str  # write | read | grant | profile
+    owner: int  # phone index (write, grant) or staff index (read, profile)
+    t_sched: float  # when the workload asked for it (monotonic)
+    t_sent: float = 0.0
+    dtype: int = 0
+    cid: str = ""
+    n: int = 0  # readings in the window
+    digest: bytes = b""  # SHA-256 of the window's plaintext (compared after decryption)
+    body: object = None
+    tx: Tx | None = None
+    tries: int = 0
+    readings: list | None = None
+    blob: bytes = b""
+    epoch: int = 0
+    t0: int = 0
+    t1: int = 0
+    patient: int = -1  # reads: the phone whose data is read
+    done: bool = False  # committed or refused
+    final: bool = False  # the end-of-run flush of partial windows: counted, but not in rate or latency
+
+
+class _Phone:
+    __slots__ = ("addr", "blocked", "bufs", "cids", "clinician", "epochs", "granted", "ident", "master",
+                 "nonce", "outstanding", "resync", "v")
+
+    def __init__(self, ident: Identity, v: int, clinician: int) -> None:
+        self.ident, self.addr, self.v, self.clinician = ident, ident.address, v, clinician
+        self.master = envelope.master_secret(ident.secret)
+        self.nonce = 1  # nonces start at 1
+        self.epochs: dict[int, int] = {}
+        self.bufs: dict[int, list[envelope.Reading]] = {}
+        self.granted: tuple[int, ...] = ()
+        self.cids: list[tuple[int, str, int]] = []  # committed (dtype, cid, epoch), for staff reads
+        self.blocked = False  # a grant change is in flight: hold writes until it commits
+        self.outstanding = 0
+        self.resync = False
+
+
+class Fleet:
+    def __init__(self, urls: list[str], cfg: FleetConfig, progress=None, mark=None) -> None:  # noqa: ANN001
+        # mark(name) is called at "start" (setup done) and "end" (everything committed, before the
+        # check), so a caller can read the validators' counters over exactly the measured window
+        self.urls, self.cfg, self.progress, self.mark = urls, cfg, progress, mark
+        self.rng = random.Random(f"fleet|{cfg.seed}")
+        self.hist = HdrHistogram(1, 3_600_000_000, 3)  # commit latency, microseconds (Caliper)
+        self.hist_e2e = HdrHistogram(1, 3_600_000_000, 3)  # window closed -> committed
+        self.tracked: dict[bytes, Meta] = {}
+        self.committed: dict[str, int] = {}
+        self.failed: dict[str, int] = {}
+        self.written: dict[str, Meta] = {}  # committed writes by CID
+        self.first_submit = self.last_submit = self.last_commit = 0.0
+        self.submitted = self.emitted = self.starved = self.reads_decrypted = self.reads_refused = 0
+        self.reads_failed = 0
+        self.work: asyncio.Queue = asyncio.Queue()
+        self.lanes: list[list[Meta]] = [[] for _ in urls]
+        self.lane_wake = [asyncio.Event() for _ in urls]
+        self.unseal_cache: dict[tuple, bytes] = {}
+        self.staff_resync = False
+        self.cpu_emul = 0.0  # CPU spent emulating wearables and links (not the phones' work)
+        self.unsent = self.drain_submitted = self.drain_committed = 0
+        self.open_ops = 0  # staged and not yet committed or finally refused (the drain waits for 0)
+        self.bg: set[asyncio.Task] = set()
+
+    def _spawn(self, coro) -> None:  # noqa: ANN001
+        t = asyncio.get_running_loop().create_task(coro)
+        self.bg.add(t)
+        t.add_done_callback(self.bg.discard)
+
+    # --- setup (not timed) ----------------------------------------------------------------
+    async def setup(self) -> None:
+        cfg = self.cfg
+        nv = len(self.clients)
+        # a clinician's patients all use the clinician's validator: a staff read and the patient's
+        # grant change then travel in one ordered lane, so a read is never admitted after a revoke
+        # it was staged before (it may still commit after it, and then be denied: counted)
+        cfg.staff = -(-max(cfg.staff, 1) // nv) * nv
+        tag = os.urandom(4).hex()  # fresh accounts per run: the chain may have seen earlier fleets
+        self.staff = [Identity.from_seed(f"staff|{tag}|{s}".encode()) for s in range(cfg.staff + 1)]
+        self.staff_nonce = [1] * len(self.staff)
+        self.phones = [_Phone(Identity.from_seed(f"phone|{tag}|{k}".encode()), (k % cfg.staff) % nv, k % cfg.staff)
+                       for k in range(cfg.phones)]
+        t = time.monotonic()
+        profiles = [Meta("profile", s, t, body=Profile(f"Dr. {s}", "clinician", "bench", st.box_public))
+                    for s, st in enumerate(self.staff)]
+        await self._submit_and_wait(profiles)
+        grants = []
+        for k, ph in enumerate(self.phones):
+            box = self.staff[ph.clinician].box_public
+            keys = tuple(SealedKey(d, 0, seal.seal(box, envelope.data_key(ph.master, d, 0))) for d in ALL_TYPES)
+            grants.append(Meta("grant", k, t, body=Grant(self.staff[ph.clinician].address, ALL_TYPES, 0, keys)))
+            ph.granted = ALL_TYPES
+        await self._submit_and_wait(grants)
+        # the timed run starts from zero
+        self.committed.clear()
+        self.hist.reset()
+        self.hist_e2e.reset()
+        self.first_submit = self.last_submit = self.last_commit = 0.0
+        self.submitted = self.open_ops = 0
+
+    async def _submit_and_wait(self, metas: list[Meta]) -> None:
+        for m in metas:
+            self._sign(m)
+            self._enqueue(m)
+        while not all(m.done for m in metas):
+            await asyncio.sleep(0.05)
+        bad = [m for m in metas if m.kind in self.failed]
+        if bad:
+            raise RuntimeError(f"setup transactions refused: {self.failed}")
+
+    # --- signing and submission -----------------------------------------------------------
+    def _sign(self, m: Meta) -> None:
+        if m.kind in ("read", "profile"):
+            s = m.owner
+            m.tx = Tx.build(self.staff[s], self.chain, self.staff_nonce[s], m.body)
+            self.staff_nonce[s] += 1
+        else:
+            ph = self.phones[m.owner]
+            m.tx = Tx.build(ph.ident, self.chain, ph.nonce, m.body)
+            ph.nonce += 1
+
+    def _sign_batch(self, ms: list[Meta]) -> None:
+        """A phone's transactions of one pass, signed in one batch call with consecutive nonces."""
+        by: dict[int, list[Meta]] = {}
+        for m in ms:
+            by.setdefault(m.owner, []).append(m)
+        for k, group in by.items():
+            ph = self.phones[k]
+            for m, tx in zip(group, Tx.build_batch(ph.ident, self.chain, ph.nonce, [m.body for m in group]),
+                             strict=True):
+                m.tx = tx
+            ph.nonce += len(group)
+
+    def _lane_of(self, m: Meta) -> int:
+        return m.owner % len(self.clients) if m.kind in ("read", "profile") else self.phones[m.owner].v
+
+    def _enqueue(self, m: Meta) -> None:
+        v = self._lane_of(m)
+        self.lanes[v].append(m)
+        self.lane_wake[v].set()
+
+    async def _lane(self, v: int) -> None:
+        """Submit lane v's transactions in order, as many per POST as have queued up."""
+        c = self.clients[v]
+        while True:
+            await self.lane_wake[v].wait()
+            self.lane_wake[v].clear()
+            while self.lanes[v]:
+                batch, self.lanes[v] = self.lanes[v][:MAX_BATCH], self.lanes[v][MAX_BATCH:]
+                t = time.monotonic()
+                for m in batch:
+                    m.t_sent = t
+                    self.tracked[m.tx.id] = m
+                timed = sum(1 for m in batch if not m.final)
+                if timed:
+                    self.first_submit = self.first_submit or t
+                try:
+                    res = await c.submit_many([m.tx.raw for m in batch])
+                except Exception as exc:  # noqa: BLE001 - a lane must survive one bad request
+                    res = [{"status": 599, "error": str(exc)}] * len(batch)
+                if timed:
+                    self.last_submit = time.monotonic()
+                self.submitted += timed
+                self.drain_submitted += len(batch) - timed
+                for m, r in zip(batch, res, strict=True):
+                    if r["status"] != 202:
+                        self.tracked.pop(m.tx.id, None)
+                        self._refused(m, r)
+
+    def _refused(self, m: Meta, r: dict) -> None:
+        m.done = True
+        if m.kind != "write" or m.tries >= 5:
+            self.open_ops -= 1
+        self.failed[m.kind] = self.failed.get(m.kind, 0) + 1
+        self.failed.setdefault("reasons", {})
+        key = f"{r['status']} {str(r.get('error', ''))[:60]}"
+        self.failed["reasons"][key] = self.failed["reasons"].get(key, 0) + 1
+        if m.kind in ("write", "grant"):
+            ph = self.phones[m.owner]
+            ph.resync = True  # the nonce sequence has a gap now: re-read it before signing again
+            if m.kind == "write" and m.tries < 5:  # a window is retried, never dropped
+                m.tries += 1
+                self.work.put_nowait([m])
+            elif m.kind == "write":
+                ph.outstanding -= 1
+            else:
+                ph.blocked = False
+        elif m.kind == "read":
+            self.staff_resync = True
+
+    # --- the follower -----------------------------------------------------------------------
+    async def _follow(self) -> None:
+        c = self.clients[-1]  # a backup: keeps the harness's polling off the primary
+        h = (await c.status())["height"]
+        while True:
+            try:
+                st = await c.status()
+                while h < st["height"]:
+                    blk = await c.get_json(f"/v1/blocks/{h + 1}")
+                    h += 1
+                    t = time.monotonic()
+                    for tid in blk["tx_ids"]:
+                        m = self.tracked.pop(bytes.fromhex(tid), None)
+                        if m is not None:
+                            self._on_commit(m, t)
+            except (aiohttp.ClientError, ApiError, TimeoutError):  # a slow or busy validator: poll again
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.01)
+
+    def _on_commit(self, m: Meta, t: float) -> None:
+        m.done = True
+        self.open_ops -= 1
+        if m.final:
+            self.drain_committed += 1
+        else:
+            self.committed[m.kind] = self.committed.get(m.kind, 0) + 1
+            self.last_commit = t
+        if m.kind == "profile":
+            return
+        if not m.final:
+            self.hist.record_value(max(1, int((t - m.t_sent) * 1e6)))
+            self.hist_e2e.record_value(max(1, int((t - m.t_sched) * 1e6)))
+        if m.kind == "write":
+            ph = self.phones[m.owner]
+            ph.outstanding -= 1
+            self.written[m.cid] = m
+            ph.cids.append((m.dtype, m.cid, m.body.epoch))
+        elif m.kind == "grant" and self.phones[m.owner].blocked:
+            self._spawn(self._after_grant(m))
+        elif m.kind == "read" and self.rng.random() < self.cfg.read_fetch:
+            self._spawn(self._fetch(m))
+
+    async def _after_grant(self, m: Meta) -> None:
+        ph = self.phones[m.owner]
+        acct = await self.clients[ph.v].account(ph.addr)
+        ph.epochs = {data_type_id(k): v for k, v in acct["epochs"].items()}
+        ph.granted = m.body.types
+        ph.blocked = False
+
+    async def _fetch(self, m: Meta) -> None:
+        """The staff member fetches the blob its committed read names and decrypts it."""
+        s, ph = m.owner, self.phones[m.patient]
+        c = self.clients[s % len(self.clients)]
+        cid, epoch = m.cid, m.epoch
+        try:
+            blob = await c.download(self.staff[s], self.chain, cid, Cid.parse(cid).to_bytes(), m.tx.id)
+            ck = (s, ph.addr, m.dtype, epoch)
+            if ck not in self.unseal_cache:
+                keys = (await c.sealed_keys(ph.addr, self.staff[s].address))["keys"]
+                for k in keys:
+                    self.unseal_cache[(s, ph.addr, data_type_id(k["type"]), k["epoch"])] = seal.unseal(
+                        self.staff[s].box_secret, bytes.fromhex(k["sealed"]))
+            w = self.written[cid]
+            ad = envelope.aad(self.chain, ph.addr, m.dtype, epoch, w.t0, w.t1)
+            envelope.open_window(self.unseal_cache[ck], ad, blob)
+            self.reads_decrypted += 1
+        except ApiError as exc:
+            # 403: the read committed after a grant change it was staged before, and was denied
+            if exc.status == 403:
+                self.reads_refused += 1
+            else:
+                self.reads_failed += 1
+        except Exception:  # noqa: BLE001 - counted: anything else is a failed read (must be 0)
+            self.reads_failed += 1
+
+    # --- the proxy: seal, upload, sign, enqueue --------------------------------------------
+    async def _proxy(self) -> None:
+        sem = asyncio.Semaphore(self.cfg.uploads_in_flight)
+        while True:
+            items: list[Meta] = await self.work.get()
+            while not self.work.empty():
+                items += self.work.get_nowait()
+            fresh = [m for m in items if m.kind == "write" and m.body is None]
+            self._seal(fresh)
+
+            async def up(m: Meta) -> None:
+                async with sem:
+                    try:
+                        m.cid = await self.clients[self.phones[m.owner].v].upload(m.blob)
+                    except (aiohttp.ClientError, ApiError, TimeoutError) as exc:
+                        m.cid = ""
+                        self._refused(m, {"status": getattr(exc, "status", 599), "error": f"upload: {exc}"})
+            await asyncio.gather(*(up(m) for m in fresh))
+            items = [m for m in items if m.kind != "write" or m.body is not None or m.cid]
+            fresh = [m for m in fresh if m.cid]
+            for m in fresh:
+                m.body = Write(m.dtype, Cid.parse(m.cid).to_bytes(), len(m.blob), m.epoch, m.t0, m.t1)
+                m.blob, m.readings = b"", None
+            for k in {m.owner for m in items if m.kind != "read" and self.phones[m.owner].resync}:
+                ph = self.phones[k]
+                ph.nonce = (await self.clients[ph.v].account(ph.addr))["next_nonce"]
+                ph.resync = False
+            if getattr(self, "staff_resync", False):
+                for s, st in enumerate(self.staff):
+                    self.staff_nonce[s] = (await self.clients[0].account(st.address))["next_nonce"]
+                self.staff_resync = False
+            self._sign_batch([m for m in items if m.kind in ("write", "grant")])
+            for m in items:
+                if m.kind == "read":
+                    self._sign(m)
+                self._enqueue(m)
+
+    def _seal(self, ms: list[Meta]) -> None:
+        """Encrypt each window as envelope.seal_window does, one batch AEAD call per data key."""
+        by_key: dict[bytes, list[tuple[Meta, bytes, bytes, bytes]]] = {}
+        for m in ms:
+            ph = self.phones[m.owner]
+            m.epoch = ph.epochs.get(m.dtype, 0)
+            m.t0, m.t1 = min(r[0] for r in m.readings), max(r[0] for r in m.readings)
+            ad = envelope.aad(self.chain, ph.addr, m.dtype, m.epoch, m.t0, m.t1)
+            pt = encode([1, [list(r) for r in m.readings]])
+            m.digest = hashlib.sha256(pt).digest()
+            key = envelope.data_key(ph.master, m.dtype, m.epoch)
+            by_key.setdefault(key, []).append((m, os.urandom(12), pt, ad))
+        for key, group in by_key.items():
+            for (m, nonce, _, _), ct in zip(group, aead_seal_batch(key, [(n, p, a) for _, n, p, a in group]),
+                                            strict=True):
+                m.blob = nonce + ct
+
+    # --- the workload ------------------------------------------------------------------------
+    def _flush(self, k: int, dtype: int, t: float, final: bool = False) -> None:
+        ph = self.phones[k]
+        readings = ph.bufs.pop(dtype)
+        ph.outstanding += 1
+        self.open_ops += 1
+        self.work.put_nowait([Meta("write", k, t, dtype=dtype, n=len(readings), readings=readings, final=final)])
+
+    def _stage_read(self, t: float) -> None:
+        for _ in range(8):  # a random patient of a random clinician with something to read
+            k = self.rng.randrange(len(self.phones))
+            ph = self.phones[k]
+            cands = [x for x in ph.cids if x[0] in ph.granted] if not ph.blocked else []
+            if cands:
+                dtype, cid, epoch = cands[self.rng.randrange(len(cands))]
+                body = Read(ph.addr, dtype, Cid.parse(cid).to_bytes(), 0, 2**63 - 1)
+                self.open_ops += 1
+                self.work.put_nowait([Meta("read", ph.clinician, t, dtype=dtype, cid=cid, epoch=epoch, body=body,
+                                           patient=k)])
+                return
+
+    def _stage_grant(self, t: float) -> None:
+        k = self.rng.randrange(len(self.phones))
+        ph = self.phones[k]
+        if ph.blocked:
+            return
+        r = self.rng.random()
+        types = () if r < 0.3 else tuple(sorted(self.rng.sample(ALL_TYPES, self.rng.randint(1, len(ALL_TYPES)))))
+        box = self.staff[ph.clinician].box_public
+        keys = tuple(SealedKey(d, e, seal.seal(box, envelope.data_key(ph.master, d, e)))
+                     for d in types for e in range(max(0, ph.epochs.get(d, 0) - HISTORY_EPOCHS + 1),
+                                                   ph.epochs.get(d, 0) + 1))
+        ph.blocked = True
+        self.open_ops += 1
+        self.work.put_nowait([Meta("grant", k, t, body=Grant(self.staff[ph.clinician].address, types, 0, keys))])
+
+    async def run(self) -> dict:
+        per = max(8, self.cfg.uploads_in_flight // len(self.urls) + 4)
+        self.clients = [NodeClient(u, aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=per), timeout=aiohttp.ClientTimeout(total=120))) for u in self.urls]
+        self.chain = (await self.clients[0].status())["chain_id"]
+        tasks = [asyncio.create_task(x) for x in (self._follow(), self._proxy(),
+                                                  *(self._lane(v) for v in range(len(self.clients))))]
+        try:
+            await self.setup()
+            return await self._timed(tasks)
+        finally:
+            for x in tasks:
+                x.cancel()
+
+    async def _timed(self, tasks: list[asyncio.Task]) -> dict:
+        cfg = self.cfg
+        if self.mark:
+            self.mark("start")
+        cpu0, t0 = time.process_time(), time.monotonic()
+        wall0 = time.time() * 1000
+        end_ms = wall0 + cfg.seconds * 1000
+        devs, heap, links = [], [], []
+        for i in range(cfg.wearables):
+            k, kind = i % cfg.phones, KINDS[(i // cfg.phones) % len(KINDS)]
+            w = make_wearable(kind, f"{kind}-{i}", seed=cfg.seed * 1_000_003 + i)
+            devs.append((w, k, data_type_id(kind)))
+            links.append(Link(cfg.link, f"{cfg.seed}|{i}"))
+            heap.append((wall0 + self.rng.uniform(0, w.period_ms), i))
+        heapq.heapify(heap)
+        phase = [self.rng.uniform(0, cfg.window_s * 1000) for _ in range(cfg.phones)]
+        air: list[tuple[float, int, int, int, envelope.Reading]] = []  # frames on the BLE links
+        windows: list[tuple[float, int, int]] = []  # natural mode: when each open window closes
+        ready: deque[tuple[int, int]] = deque()  # buffers that hold readings, oldest first
+        seq = staged_rate = staged_reads = staged_grants = 0
+        last_progress = t0
+        while True:
+            now_ms, mono = time.time() * 1000, time.monotonic()
+            stop = now_ms >= end_ms
+            c_emul = time.process_time()
+            while heap and heap[0][0] <= min(now_ms, end_ms):  # wearables measure and notify
+                due, i = heapq.heappop(heap)
+                w, k, dtype = devs[i]
+                uuid, frame = w.next_frame(int(due))
+                self.emitted += 1
+                arr = links[i].deliver(due, len(frame))
+                if arr is not None:
+                    seq += 1
+                    heapq.heappush(air, (arr, seq, k, dtype, (int(due), uuid, frame)))
+                heapq.heappush(heap, (due + w.period_ms, i))
+            while air and (stop or air[0][0] <= now_ms):  # frames reach their phone
+                _, _, k, dtype, reading = heapq.heappop(air)
+                buf = self.phones[k].bufs.setdefault(dtype, [])
+                if not buf and (cfg.closed or cfg.rate > 0):
+                    ready.append((k, dtype))
+                elif not buf:  # windows end on the phone's own clock: phones are not in step
+                    w_ms, ph_ms = cfg.window_s * 1000, phase[k]
+                    heapq.heappush(windows, (wall0 + ph_ms + math.ceil((now_ms - wall0 - ph_ms) / w_ms + 1e-9) * w_ms,
+                                             k, dtype))
+                buf.append(reading)
+            self.cpu_emul += time.process_time() - c_emul
+            if stop:
+                break
+            if cfg.closed:
+                for _ in range(len(ready)):
+                    k, d = ready.popleft()
+                    ph = self.phones[k]
+                    if ph.outstanding or ph.blocked:
+                        ready.append((k, d))
+                    else:
+                        self._flush(k, d, mono)
+            elif cfg.rate > 0:
+                due_n = int((mono - t0) * cfg.rate)
+                while staged_rate < due_n:
+                    staged_rate += 1
+                    for _ in range(len(ready)):
+                        k, d = ready.popleft()
+                        if not self.phones[k].blocked:
+                            self._flush(k, d, t0 + staged_rate / cfg.rate)
+                            break
+                        ready.append((k, d))
+                    else:
+                        self.starved += 1  # no buffered reading to send: the fleet is too small
+            else:
+                while windows and windows[0][0] <= now_ms:
+                    _, k, d = heapq.heappop(windows)
+                    if self.phones[k].bufs.get(d) and not self.phones[k].blocked:
+                        self._flush(k, d, mono)
+                    elif self.phones[k].bufs.get(d):
+                        heapq.heappush(windows, (now_ms + cfg.tick_ms, k, d))
+            while staged_reads < int((mono - t0) * cfg.reads):
+                staged_reads += 1
+                self._stage_read(mono)
+            while staged_grants < int((mono - t0) * cfg.grants):
+                staged_grants += 1
+                self._stage_grant(mono)
+            if self.progress and mono - last_progress >= 1.0:
+                last_progress = mono
+                self.progress(self.snapshot(mono - t0))
+            await asyncio.sleep(cfg.tick_ms / 1000)
+        # the end: hold for pending grants, then flush every buffer and follow everything to commit
+        deadline = time.monotonic() + cfg.drain_timeout
+        while any(p.blocked for p in self.phones) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        mono = time.monotonic()
+        if cfg.rate > 0:  # open loop sends only at the offered rate: what is left stays on the phones
+            self.unsent = sum(len(b) for ph in self.phones for b in ph.bufs.values())
+        else:
+            for k, ph in enumerate(self.phones):
+                for d in list(ph.bufs):
+                    if ph.bufs[d]:
+                        self._flush(k, d, mono, final=True)
+        while self.open_ops > 0 and time.monotonic() < deadline:
+            if self.progress and time.monotonic() - last_progress >= 1.0:
+                last_progress = time.monotonic()
+                self.progress(self.snapshot(time.monotonic() - t0))
+            await asyncio.sleep(0.05)
+        if self.bg:  # the last staff fetches
+            await asyncio.wait(list(self.bg), timeout=30)
+        cpu = time.process_time() - cpu0
+        if self.mark:
+            self.mark("end")
+        return self.result(cpu, links)
+
+    def snapshot(self, elapsed: float) -> dict:
+        n = sum(self.committed.values())
+        return {"t": elapsed, "submitted": self.submitted, "committed": n, "pending": len(self.tracked),
+                "queued": self.work.qsize() + sum(len(x) for x in self.lanes),
+                "p50_ms": self.hist.get_value_at_percentile(50) / 1000 if n else 0.0}
+
+    def result(self, cpu: float, links: list[Link]) -> dict:
+        n = sum(self.committed.values())
+        span = self.last_commit - self.first_submit
+        send_span = self.last_submit - self.first_submit
+        h = self.hist
+        lat = {"min": h.get_min_value(), "avg": h.get_mean_value(), "p50": h.get_value_at_percentile(50),
+               "p95": h.get_value_at_percentile(95), "p99": h.get_value_at_percentile(99), "max": h.get_max_value()}
+        e2e = {p: self.hist_e2e.get_value_at_percentile(p) / 1000 for p in (50, 95, 99)}
+        readings_committed = sum(m.n for m in self.written.values())
+        notif = sum(lk.notifications for lk in links)
+        return {
+            "submitted": self.submitted, "committed": n, "committed_by_kind": dict(self.committed),
+            "failed": sum(v for k, v in self.failed.items() if k != "reasons"), "failed_by_kind": dict(self.failed),
+            "unfinished": self.open_ops, "send_rate": self.submitted / send_span if send_span > 0 else 0.0,
+            "tps": n / span if span > 0 else 0.0, "seconds": span,
+            "latency_ms": {k: v / 1000 for k, v in lat.items()} if n else {}, "window_to_commit_ms": e2e,
+            "generator_cpu_s": cpu, "generator_cpu_ms_per_tx": 1000 * cpu / max(1, self.submitted),
+            # the split: wearables + BLE links (per reading), and everything else (phones, proxy, follower)
+            "generator_cpu_wearables_s": self.cpu_emul,
+            "generator_cpu_us_per_reading": 1e6 * self.cpu_emul / max(1, self.emitted),
+            "generator_cpu_phones_ms_per_tx": 1000 * (cpu - self.cpu_emul) / max(1, self.submitted + self.drain_submitted),
+            "readings_emitted": self.emitted, "readings_committed": readings_committed,
+            "readings_unsent": self.unsent, "drain": {"writes_submitted": self.drain_submitted,
+                                                      "writes_committed": self.drain_committed},
+            "starved_arrivals": self.starved, "reads_decrypted": self.reads_decrypted,
+            "reads_refused": self.reads_refused, "reads_failed": self.reads_failed,
+            "ble": {"notifications": notif, "attempts": sum(lk.attempts for lk in links),
+                    "bytes_on_air": sum(lk.bytes_on_air for lk in links), "dropped": sum(lk.dropped for lk in links),
+                    "uj_per_reading": sum(lk.energy_uj for lk in links) / max(1, notif)},
+        }
+
+    async def check(self, sample: int = 10) -> dict:
+        """The no-lost-readings check (devices/fleet_check.py)."""
+        from devices.fleet_check import check_fleet
+        return await check_fleet(self, sample)
+
+    async def close(self) -> None:
+        for c in getattr(self, "clients", []):
+            await c.session.close()
+
+
+async def run_fleet(urls: list[str], cfg: FleetConfig, progress=None, check_sample: int = 0,  # noqa: ANN001
+                    mark=None) -> dict:  # noqa: ANN001
+    """Run the fleet against validators at `urls`; with check_sample, also the no-lost-readings check."""
+    f = Fleet(urls, cfg, progress, mark)
+    try:
+        res = await f.run()
+        if check_sample:
+            res["check"] = await f.check(check_sample)
+        return res
+    finally:
+        await f.close()

@@ -1,0 +1,62 @@
+"""The fleet's closing check: no reading lost between the wearables and a permitted staff member.
+
+Counts every committed write against its patient's on-chain records (GET /v1/patients/{p}/data for
+every patient), then for a sample of patients: the patient grants a fresh staff member every type
+(devices/phone.py), the staff member commits a read per type, unseals the keys from the chain,
+fetches and decrypts every window (devices/staff.py), and each window's plaintext is compared with
+the SHA-256 of what the phone sealed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import TYPE_CHECKING
+
+from devices.fleet import ALL_TYPES, KINDS, _Phone
+from devices.phone import Phone
+from devices.staff import Staff
+from node.wire import encode
+
+if TYPE_CHECKING:
+    from devices.fleet import Fleet
+
+
+async def check_fleet(fleet: Fleet, sample: int = 10) -> dict:
+    """Count every committed write against its patient's on-chain records, then have a permitted
+    staff member decrypt every window of a sample of patients and compare with what was emitted."""
+    sem = asyncio.Semaphore(32)
+    on_chain: set[str] = set()
+
+    async def records(ph: _Phone) -> None:
+        async with sem:
+            for r in (await fleet.clients[ph.v].data(ph.addr))["data"]:
+                on_chain.add(r["cid"])
+    await asyncio.gather(*(records(p) for p in fleet.phones))
+    missing = [c for c in fleet.written if c not in on_chain]
+    counted = sum(m.n for c, m in fleet.written.items() if c in on_chain)
+    verifier = fleet.staff[-1]
+    picks = fleet.rng.sample(range(len(fleet.phones)), min(sample, len(fleet.phones)))
+    windows = readings = mismatched = 0
+    for k in picks:
+        ph = fleet.phones[k]
+        c = fleet.clients[ph.v]
+        await Phone(ph.ident, c, fleet.chain).grant(verifier.address, list(KINDS))
+        st = Staff(verifier, c, fleet.chain)
+        for d in ALL_TYPES:
+            if not any(m.owner == k and m.dtype == d for m in fleet.written.values()):
+                continue
+            for w in await st.read(ph.addr, d):
+                m = fleet.written.get(w.cid)
+                pt = encode([1, [list(r) for r in w.readings]])
+                ok = m is not None and m.owner == k and hashlib.sha256(pt).digest() == m.digest
+                windows += 1
+                readings += len(w.readings)
+                mismatched += 0 if ok else 1
+    want = sum(m.n for m in fleet.written.values() if m.owner in set(picks))
+    return {"writes_committed": len(fleet.written), "writes_missing_on_chain": len(missing),
+            "readings_emitted": fleet.emitted, "readings_in_committed_blobs": counted,
+            "readings_unsent_open_loop": fleet.unsent, "readings_lost": fleet.emitted - counted - fleet.unsent,
+            "sampled_patients": len(picks),
+            "sampled_windows_decrypted": windows, "sampled_readings_decrypted": readings,
+            "sampled_readings_expected": want, "sampled_windows_mismatched": mismatched}

@@ -1,0 +1,63 @@
+"""The wearable fleet against real validator processes: no reading lost, mixes, open and closed loop."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from devices.ble import LinkParams
+from devices.fleet import FleetConfig, run_fleet
+from tests.conftest import run
+
+
+def test_fleet_loses_no_reading(node):
+    cfg = FleetConfig(wearables=50, phones=10, seconds=4, window_s=1.5, staff=2, reads=5, grants=2,
+                      link=LinkParams(loss=0.1), drain_timeout=60)
+    res = run(run_fleet([node.url], cfg, check_sample=3))
+    chk = res["check"]
+    assert res["failed"] == 0 and res["unfinished"] == 0, res["failed_by_kind"]
+    assert res["committed_by_kind"]["write"] + res["drain"]["writes_committed"] > 20 and res["committed_by_kind"].get("read", 0) > 0
+    assert res["readings_emitted"] >= 60 and res["ble"]["dropped"] == 0
+    assert res["ble"]["attempts"] > res["ble"]["notifications"]  # 10% loss: retransmissions happened
+    # every reading emitted is in a committed blob recorded on chain...
+    assert chk["writes_missing_on_chain"] == 0
+    assert chk["readings_in_committed_blobs"] == chk["readings_emitted"] == res["readings_emitted"]
+    assert chk["readings_lost"] == 0
+    # ...and a permitted staff member decrypts the sampled patients' windows to exactly what was sent
+    assert chk["sampled_windows_decrypted"] > 0 and chk["sampled_windows_mismatched"] == 0
+    assert chk["sampled_readings_decrypted"] == chk["sampled_readings_expected"] > 0
+    assert res["generator_cpu_ms_per_tx"] > 0 and res["latency_ms"]["p50"] > 0
+    # staff fetched and decrypted what they read; only reads that committed after a revoke are denied
+    assert res["reads_decrypted"] > 0 and res["reads_failed"] == 0
+
+
+def test_fleet_open_and_closed_loop(node):
+    res = run(run_fleet([node.url], FleetConfig(wearables=20, phones=10, seconds=3, rate=20, drain_timeout=60)))
+    assert res["failed"] == 0 and res["unfinished"] == 0
+    # open loop sends only at the offered rate; what is left stays buffered on the phones, counted
+    assert res["readings_committed"] + res["readings_unsent"] == res["readings_emitted"]
+    assert 50 <= res["committed_by_kind"]["write"] <= 61  # 20/s for 3 s (no end-of-run flush)
+    res = run(run_fleet([node.url], FleetConfig(wearables=20, phones=10, seconds=3, closed=True, drain_timeout=60)))
+    assert res["failed"] == 0 and res["readings_committed"] == res["readings_emitted"]
+
+
+def test_medchain_bench_writes_report_and_plot(tmp_path):
+    """`medchain bench` end to end: its own 1-validator devnet, a two-step sweep, JSON and PNG."""
+    p = subprocess.run([sys.executable, "-m", "node.cli", "bench", "sweep", "--validators", "1", "--wearables", "40",
+                        "--phones", "10", "--seconds", "2", "--rates", "10,20", "--idle-seconds", "0.5",
+                        "--pause", "0", "--out", str(tmp_path), "--json"],
+                       capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rep = json.loads(p.stdout)
+    assert [s["offered_rate"] for s in rep["steps"]] == [10, 20]
+    for s in rep["steps"]:
+        assert s["committed"] > 0 and s["failed"] == 0 and s["unfinished"] == 0
+        assert s["readings_committed"] + s["readings_unsent"] == s["readings_emitted"]
+        assert set(s["latency_ms"]) == {"min", "avg", "p50", "p95", "p99", "max"}
+        assert len(s["validator_cpu_s"]) == 1 and s["validator_rss_peak_mb"][0] > 10
+        assert "RAPL" in s["energy"]["method"] or set(s["energy"]["models"]) == {"x86-server-core", "raspberry-pi-4"}
+    assert rep["wearable_energy"]["heart_rate"]["uj_per_reading"] > 0
+    assert rep["machine"]["command"].startswith("medchain bench sweep") and rep["validators_agree"]
+    assert sorted(f.rsplit(".", 1)[1] for f in rep["files"]) == ["json", "png"]
+    assert all((tmp_path / f.rsplit("/", 1)[1]).stat().st_size > 0 for f in rep["files"])
