@@ -5,7 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medchain-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench lint setup clean
+FUZZ_SECONDS ?= 300
+
+.PHONY: demo test bench lint setup clean interop fuzz
 
 setup: $(STAMP)
 
@@ -23,6 +25,24 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install -q --no-build-isolation -e ".[bench]"
 	$(PY) -m pytest -q -p no:cacheprovider bench --benchmark-only --benchmark-columns=mean,ops,rounds
+
+# every atheris target (tests/fuzz/) for FUZZ_SECONDS each; crashes land in fuzz-artifacts/
+fuzz: $(STAMP)
+	$(PY) -m pip install -q --no-build-isolation -e ".[fuzz]"
+	mkdir -p fuzz-artifacts
+	for t in wire tx block consensus gatt http; do \
+	  $(PY) -m tests.fuzz.run $$t -max_total_time=$(FUZZ_SECONDS) -timeout=30 -artifact_prefix=fuzz-artifacts/$$t- \
+	    $$( [ $$t = http ] && echo -dict=tests/fuzz/http.dict ) || exit 1; \
+	done
+
+# Bitswap interop with Helia (JavaScript IPFS) on Node 22, both npm packages installed into
+# build/interop. Separate from `make test`: it needs the npm registry (~1 min the first time).
+INTEROP := $(CURDIR)/build/interop
+interop: $(STAMP)
+	mkdir -p $(INTEROP)
+	cp interop/package.json interop/helia_peer.mjs $(INTEROP)/
+	cd $(INTEROP) && npm install --no-audit --no-fund --loglevel=error
+	MEDCHAIN_HELIA_DIR=$(INTEROP) $(PY) -m pytest -q -p no:cacheprovider --timeout=600 interop
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -81,6 +81,10 @@ setup(
         "cryptography>=42,<51",
         "libp2p>=0.8.1,<0.9",
         "trio>=0.26,<1",
+        # `medchain bench` (devices/benchmark.py): HDR latency histograms and the PNG plot; in
+        # install_requires, not an extra, so the command works right after `make demo` / `make test`
+        "hdrhistogram>=0.10,<0.11",
+        "matplotlib>=3.8,<4",
     ],
     extras_require={
         "test": [
@@ -89,7 +93,16 @@ setup(
             "pytest-timeout>=2.2,<3",
             "hypothesis>=6.100,<7",
             "ruff>=0.5,<1",
+            # `make test` runs the fuzzers briefly and validates the FHIR export
+            "atheris>=2.3,<4",
+            "fhir.resources>=6.4,<6.5",
+            "pydantic>=1.10,<2",
         ],
+        # coverage-guided fuzzing (`make fuzz`, tests/fuzz/)
+        "fuzz": ["atheris>=2.3,<4", "hypothesis>=6.100,<7"],
+        # FHIR R4 validation of devices/fhir.py's export: fhir.resources 6.4 is the last release whose
+        # top-level models are R4 (4.0.1); 6.5+ moved to R4B/R5. It needs pydantic v1.
+        "fhir": ["fhir.resources>=6.4,<6.5", "pydantic>=1.10,<2"],
         # optional comparison point for `make bench` (pycryptodome, a new cipher per message)
         "bench": ["pycryptodome>=3.19,<4"],
     },

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from node.genesis import Params, init_home
+from node.p2p import swarmkey
 
 
 def free_ports(n: int) -> list[int]:
@@ -99,7 +100,7 @@ class NodeProcess:
 
 def make_network(root: Path, validators: int = 1, chain_id: str = "medchain-local",
                  params: Params | None = None, p2p_mode: str = "direct",
-                 base_port: int | None = None) -> list[NodeProcess]:
+                 base_port: int | None = None, private_network: bool = False) -> list[NodeProcess]:
     """Homes for a local network: API ports base_port+i and libp2p ports base_port+1000+i, or free ports."""
     if base_port:
         ports = [base_port + i for i in range(validators)]
@@ -109,6 +110,10 @@ def make_network(root: Path, validators: int = 1, chain_id: str = "medchain-loca
         ports, p2p_ports = both[:validators], both[validators:]
     p2p = [f"127.0.0.1:{p}" for p in p2p_ports] if validators > 1 else None
     homes = init_home(root, chain_id, [f"127.0.0.1:{p}" for p in ports], int(time.time() * 1000), params, p2p)
+    if private_network:
+        key = swarmkey.new_key()
+        for h in homes:
+            swarmkey.write(h, key)
     return [NodeProcess(h, p, env={"MEDCHAIN_P2P_MODE": p2p_mode}) for h, p in zip(homes, ports, strict=True)]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from devices import envelope
@@ -10,7 +11,8 @@ from devices.client import ApiError, NodeClient
 from node.crypto import seal
 from node.ipfs.cid import Cid
 from node.proof import verify_inclusion
-from node.tx import Grant, Read, SealedKey, Tx, Write, data_type_id, data_type_name
+from node.state.machine import BREAK_GLASS_ACCESS_MS
+from node.tx import Grant, Policy, Read, SealedKey, Tx, Write, data_type_id, data_type_name
 from node.tx.model import DATA_TYPES
 
 log = logging.getLogger("medchain.phone")
@@ -32,8 +34,10 @@ class WriteResult:
 
 
 class Phone:
-    def __init__(self, identity, client: NodeClient, chain_id: str, validators: list[bytes] | None = None) -> None:
+    def __init__(self, identity, client: NodeClient, chain_id: str, validators: list[bytes] | None = None,
+                 pad_to: int = 0) -> None:
         self.identity = identity
+        self.pad_to = pad_to  # metadata privacy: pad every window's plaintext to a multiple of this
         self.client = client
         self.chain_id = chain_id
         self.validators = validators  # genesis keys: when set, commits are checked by proof, not trusted
@@ -84,20 +88,34 @@ class Phone:
     def data_key(self, dtype: int, epoch: int) -> bytes:
         return envelope.data_key(self.master, dtype, epoch)
 
-    async def write_window(self, dtype: str | int, readings: list[envelope.Reading], wait: bool = True) -> WriteResult:
-        """Encrypt a window of readings of one type, upload it, record its CID on chain."""
+    async def write_window(self, dtype: str | int, readings: list[envelope.Reading], wait: bool = True,
+                           slot: tuple[int, int] | None = None) -> WriteResult:
+        """Encrypt a window of readings of one type, upload it, record its CID on chain. With `slot`
+        (start_ms, end_ms) the window is that schedule slot, even empty: see write_slot."""
         tid = data_type_id(dtype)
-        if not readings:
+        if not readings and slot is None:
             raise ValueError("empty window")
         if self.next_nonce is None:
             await self.sync()
         epoch = self.epochs.get(tid, 0)
-        t0, t1 = min(r[0] for r in readings), max(r[0] for r in readings)
+        t0, t1 = slot if slot is not None else (min(r[0] for r in readings), max(r[0] for r in readings))
         ad = envelope.aad(self.chain_id, self.address, tid, epoch, t0, t1)
-        blob = envelope.seal_window(self.data_key(tid, epoch), ad, readings)
+        blob = envelope.seal_window(self.data_key(tid, epoch), ad, readings, self.pad_to)
         cid = await self.client.upload(blob)
         txid = await self.send(Write(tid, Cid.parse(cid).to_bytes(), len(blob), epoch, t0, t1), wait=wait)
         return WriteResult(txid, cid, epoch, len(blob))
+
+    async def write_slot(self, dtype: str | int, readings: list[envelope.Reading], slot_start_ms: int,
+                         period_ms: int, wait: bool = True) -> WriteResult:
+        """Metadata privacy: upload on a fixed schedule. Every slot of every type is written, with
+        or without readings, its window is the slot (not the readings' times) and, with pad_to set,
+        every ciphertext has the same size; so upload time, window and size do not reveal when a
+        wearable measured or how much. Costs one write per slot per type and padded storage."""
+        if slot_start_ms % period_ms:
+            raise ValueError("slots start at multiples of the period")
+        if any(not slot_start_ms <= r[0] < slot_start_ms + period_ms for r in readings):
+            raise ValueError("a reading outside the slot")
+        return await self.write_window(dtype, readings, wait, (slot_start_ms, slot_start_ms + period_ms - 1))
 
     async def _sealed_keys(self, staff: bytes, types: tuple[int, ...], epochs: dict[int, int]) -> tuple[SealedKey, ...]:
         prof = (await self.client.account(staff))["profile"]
@@ -148,3 +166,28 @@ class Phone:
 
     async def audit(self) -> list[dict]:
         return (await self.client.audit(self.address))["reads"]
+
+    async def set_break_glass(self, enabled: bool) -> str:
+        """Allow (default) or forbid emergency (break-glass) reads of this patient's data, on chain."""
+        return await self.send(Policy(enabled))
+
+    async def answer_break_glass(self, within_ms: int = BREAK_GLASS_ACCESS_MS) -> list[str]:
+        """The phone as the patient's key agent: a break-glass read opens the ciphertext, not the
+        data key. For each allowed emergency read of the last `within_ms`, grant its reader the type
+        (keys sealed to them), expiring with the emergency window unless a lasting grant covers it."""
+        now = int(time.time() * 1000)
+        want: dict[str, set[int]] = {}
+        for r in (await self.client.audit(self.address))["break_glass"]:
+            if r["allowed"] and now - r["time_ms"] < within_ms:
+                want.setdefault(r["reader"], set()).add(data_type_id(r["type"]))
+        grants = {g["staff"]: g for g in (await self.client.grants(self.address))["grants"]}
+        txids = []
+        for staff, types in sorted(want.items()):
+            g = grants.get(staff)
+            have = {data_type_id(t) for t in g["types"]} if g else set()
+            if types <= have:
+                continue
+            lasting = g is not None and have and g["expiry_ms"] == 0
+            expiry = 0 if lasting else max(now + within_ms, g["expiry_ms"] if g else 0)
+            txids.append(await self.grant(bytes.fromhex(staff), sorted(have | types), expiry))
+        return txids

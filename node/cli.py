@@ -37,6 +37,11 @@ def cmd_init(args: argparse.Namespace) -> int:
     apis = [f"{args.host}:{args.base_port + i}" for i in range(args.validators)]
     p2p = [f"{args.host}:{args.p2p_base_port + i}" for i in range(args.validators)] if args.validators > 1 else None
     dirs = init_home(args.dir, args.chain_id, apis, int(time.time() * 1000), p2p=p2p)
+    if args.private_network:
+        from node.p2p import swarmkey
+        key = swarmkey.new_key()
+        for d in dirs:
+            swarmkey.write(d, key)
     _out(args, {"homes": [str(d) for d in dirs], "apis": apis},
          "\n".join(f"validator {i}: home {d}  api http://{a}" for i, (d, a) in enumerate(zip(dirs, apis, strict=True))))
     return 0
@@ -55,7 +60,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         me = Identity.load(home / "node_key.json")
         host, _, p = gen.validators[gen.index_of(me.public_key)].api.rpartition(":")
         port = int(p)
-    run_main(home, host, port, Path(args.ready_file) if args.ready_file else None)
+    run_main(home, host, port, Path(args.ready_file) if args.ready_file else None, ipfs_peers=args.ipfs_peer)
     return 0
 
 
@@ -91,7 +96,8 @@ def cmd_devnet(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="medchain-devnet-") as tmp:
         root = Path(args.dir) if args.dir else Path(tmp)
-        nodes = make_network(root, args.validators, p2p_mode=args.p2p, base_port=args.base_port)
+        nodes = make_network(root, args.validators, p2p_mode=args.p2p, base_port=args.base_port,
+                             private_network=args.private_network)
         start_all(nodes)
         _out(args, {"validators": [{"index": i, "api": n.url, "home": str(n.home)} for i, n in enumerate(nodes)]},
              "\n".join(f"validator {i}: {n.url}  (home {n.home})" for i, n in enumerate(nodes))
@@ -154,6 +160,11 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from devices.benchmark import main as bench_main
+    return bench_main(args, sys.argv[1:])
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medchain", description="Patient-owned wearable health data on a PBFT chain.")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -176,11 +187,14 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--base-port", type=int, default=8545, help="API port of validator 0; others count up")
     sp.add_argument("--p2p-base-port", type=int, default=9545, help="libp2p port of validator 0; others count up")
+    sp.add_argument("--private-network", action="store_true",
+                    help="also write a shared libp2p private-network key (HOME/swarm.key) into every home")
 
     sp = add("devnet", cmd_devnet, "Run a local network, each validator its own process on 127.0.0.1, until Ctrl-C.")
     sp.add_argument("--validators", type=int, default=4, help="n = 3f+1 validators")
     sp.add_argument("--dir", help="keep the homes here (default: a temporary directory)")
     sp.add_argument("--p2p", choices=["direct", "gossipsub"], default="direct", help="how PBFT messages travel")
+    sp.add_argument("--private-network", action="store_true", help="validators share a libp2p pre-shared key")
     sp.add_argument("--base-port", type=int, default=8545,
                     help="API port of validator 0 (others count up; libp2p ports are 1000 higher); 0 picks free ports")
 
@@ -189,6 +203,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=int, help="API port (default: from genesis)")
     sp.add_argument("--ready-file", help="write the API URL here once serving")
+    sp.add_argument("--ipfs-peer", action="append", default=[], metavar="MULTIADDR",
+                    help="an external IPFS peer (kubo, Helia, a cluster; /p2p/<id> included) to exchange blobs "
+                         "with over bitswap (repeatable)")
 
     sp = add("verify", cmd_verify, "Check a ledger offline: hash links, Merkle roots, certificates, state roots.")
     sp.add_argument("--home", required=True, help="validator home (or a ledger directory with --genesis)")
@@ -215,8 +232,16 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--lanes", type=int, default=2, help="concurrent submitting connections per validator")
     sp.add_argument("--rate", type=float, default=0.0, help="offered load in tx/s, open loop (0: as fast as possible)")
 
+    sp = add("bench", cmd_bench, "Wearable-fleet workloads on a devnet: JSON report and PNG plot in bench/results/.")
+    from devices.benchmark import add_arguments as bench_arguments
+    bench_arguments(sp)
+
     from devices import cli_clients
     cli_clients.register(sub, add)
+    from node import ipfs_cli
+    ipfs_cli.register(sub, add)
+    from devices import faultharness
+    faultharness.register(sub, add)
     return p
 
 

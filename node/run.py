@@ -16,8 +16,9 @@ from node.validator import Validator
 log = logging.getLogger("medchain.node")
 
 
-async def run_node(home: Path, host: str, port: int, ready_file: Path | None = None) -> None:
-    v = Validator(home, p2p_mode=os.environ.get("MEDCHAIN_P2P_MODE", "direct"))
+async def run_node(home: Path, host: str, port: int, ready_file: Path | None = None,
+                   ipfs_peers: list[str] | None = None) -> None:
+    v = Validator(home, p2p_mode=os.environ.get("MEDCHAIN_P2P_MODE", "direct"), ipfs_peers=ipfs_peers)
     await v.start()
     runner = await serve(v, host, port)
     addr = f"http://{host}:{port}"
@@ -34,5 +35,6 @@ async def run_node(home: Path, host: str, port: int, ready_file: Path | None = N
     await v.stop()
 
 
-def main(home: Path, host: str, port: int, ready_file: Path | None = None) -> None:
-    uvloop.run(run_node(home, host, port, ready_file))
+def main(home: Path, host: str, port: int, ready_file: Path | None = None,
+         ipfs_peers: list[str] | None = None) -> None:
+    uvloop.run(run_node(home, host, port, ready_file, ipfs_peers))

@@ -10,36 +10,53 @@ action: a single validator is PBFT with a quorum of one, the same path the netwo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from node import merkle
+from node import faults, merkle
 from node.block import Block
-from node.consensus import Broadcast, Catchup, ConsensusError, Deliver, Replica, Send, decode_message
-from node.consensus.messages import T_PREPREPARE
+from node.consensus import (
+    Broadcast,
+    Catchup,
+    ConsensusError,
+    Deliver,
+    NewView,
+    Persist,
+    Replica,
+    Send,
+    ViewChanged,
+    decode_message,
+)
+from node.consensus.messages import MAX_MESSAGE_BYTES, T_PREPREPARE
+from node.consensus.recovery import decode_record
 from node.crypto import ecdsa
 from node.crypto.batch import verify_batch
 from node.crypto.keys import Identity
-from node.execution import Executed, InvalidBlock, Tip, build_block, check_block
+from node.execution import MAX_FUTURE_MS, Executed, InvalidBlock, Tip, build_block, check_block
 from node.genesis import Genesis
 from node.ipfs.blockstore import BlockStore
 from node.ipfs.cid import Cid, CidError
 from node.ledger import Ledger
-from node.mempool import AdmissionError, Mempool
+from node.mempool import AdmissionError, KeyedLimiter, Mempool
 from node.metrics import Metrics
+from node.replication import Replicator, roots_from_ledger
 from node.state import CODES, OK, Overlay, check_tx, keys
+from node.sync import THRESHOLD as SYNC_THRESHOLD
+from node.sync import StateSync
 from node.tx import KIND_WRITE, Tx, TxError
 from node.tx.model import BAD_SIGNATURE
-from node.wire import MAX_BLOCK_BYTES, MAX_TX_BYTES, WireError, decode, decode_canonical, encode
+from node.wire import MAX_TX_BYTES, WireError, decode, decode_canonical, encode
 
 log = logging.getLogger("medchain.validator")
 
 # How an admission check's state code maps to an HTTP status.
-_CODE_STATUS = {2: 422, 3: 403, 4: 404, 5: 409, 6: 409, 7: 422, 8: 422}
+_CODE_STATUS = {2: 422, 3: 403, 4: 404, 5: 409, 6: 409, 7: 422, 8: 422, 10: 403, 11: 429}
 T_TXS = 16  # p2p message: a batch of transactions forwarded among validators
+_TXS_PREFIX = bytes([0x92, T_TXS])  # how an encoded [T_TXS, batch] starts: checked before decoding
 _VERIFIED_CACHE = 1 << 19
 PIPELINE = 4  # proposals in flight at once
 REFORWARD_S = 5.0  # well above a healthy p99 commit latency: only stranded transactions are resent
@@ -49,7 +66,7 @@ TICK_S = 0.05
 
 class Validator:
     def __init__(self, home: str | Path, identity: Identity | None = None, genesis: Genesis | None = None,
-                 p2p_mode: str = "direct") -> None:
+                 p2p_mode: str = "direct", ipfs_peers: list[str] | None = None) -> None:
         self.home = Path(home)
         self.genesis = genesis or Genesis.load(self.home / "genesis.json")
         self.identity = identity or Identity.load(self.home / "node_key.json")
@@ -59,13 +76,22 @@ class Validator:
         self.params = p = self.genesis.params
         self.ledger = Ledger(self.home / "ledger", genesis_root=self.genesis.state_root)
         self.blobs = BlockStore(self.home / "blobs")
+        self.replicator = Replicator(self.blobs, self.n, roots_from_ledger(self.ledger))  # blobs over bitswap
+        self.ipfs_peers = list(ipfs_peers or [])  # external IPFS peers (multiaddrs), bitswap only
         self.mempool = Mempool(p.mempool_capacity, p.sender_rate, p.sender_burst)
+        self._peer_limit = KeyedLimiter(p.peer_forward_bytes, 2 * p.peer_forward_bytes)  # per peer, bytes
         self.metrics = Metrics()
         head = self.ledger.head()
         last = self.ledger.block(head.height) if head.height else None
+        # the view: the persisted one (a view change in progress survives a restart), else the last block's
+        block_view = last.cert_view if last else 0
+        view = max(self.ledger.get_view(), block_view)
         self.replica = Replica(self.chain_id, self.n, self.index, self.identity.sign, self._verify_vote,
-                               self._known_block, last_delivered=head.height,
-                               view=last.header.view if last else 0, last_hash=head.hash)
+                               self._known_block, last_delivered=head.height, view=view, last_hash=head.hash,
+                               last_cert=(last.cert_view, last.cert) if last else (0, ()),
+                               view_timeout_ms=p.view_timeout_ms, awaiting_new_view=view > block_view,
+                               window=p.pbft_window,
+                               push_gap_max=SYNC_THRESHOLD)
         self.metrics.height.set(head.height)
         self.p2p_mode = p2p_mode
         self.net = None  # the P2PNode when n > 1
@@ -83,24 +109,35 @@ class Validator:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
-        self._persisted: dict[int, list[int]] = {}  # seq -> message tags already in the consensus log
         self.msgs_in = self.msgs_out = 0
+        self.synced_blocks = 0  # blocks fetched by state transfer
+        self.sync = StateSync(self)
+        self.faults = faults.FaultFile(self.home)
+        self._byzantine = faults.mode()
+        if self._byzantine:
+            log.critical("BYZANTINE MODE %r (fault-injection tests only)", self._byzantine)
         log.info("validator %d of %d, chain %s, height %d", self.index, self.n, self.chain_id, head.height)
 
     # ---- start and stop ----------------------------------------------------------------------
     async def start(self) -> None:
         await self._recover()
         if self.n > 1:
-            from node.p2p import P2PNode
+            from node.p2p import P2PNode, swarmkey
             me = self.genesis.validators[self.index].p2p
             host, port = me.split("/")[2], int(me.split("/")[4])
             self.net = P2PNode(self.identity.p2p_secret, host, port, [v.p2p for v in self.genesis.validators],
-                               self._on_net, mode=self.p2p_mode, max_frame=MAX_BLOCK_BYTES + 4096)
+                               self._on_net, mode=self.p2p_mode, max_frame=MAX_MESSAGE_BYTES + 4096,
+                               blockstore=self.blobs, external_peers=self.ipfs_peers, psk=swarmkey.load(self.home))
+            self.replicator.attach(self.net)
+            self.sync.register()
             await self.net.start()
+            self.replicator.start(self.net)
             log.info("p2p %s listening on %s (%s)", self.net.peer_id, self.net.listen_addr, self.p2p_mode)
         self._tasks = [asyncio.create_task(self._produce(), name="producer"),
                        asyncio.create_task(self._consensus(), name="consensus"),
                        asyncio.create_task(self._ticker(), name="ticker")]
+        if self.net is not None:
+            self.sync.start()
 
     async def stop(self) -> None:
         self._stopping = True
@@ -108,6 +145,8 @@ class Validator:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.replicator.stop()
+        await self.sync.stop()
         if self.net is not None:
             await self.net.stop()
         self._worker.shutdown(wait=True)
@@ -190,7 +229,10 @@ class Validator:
         if tx.kind == KIND_WRITE and not forwarded:
             # the entry validator holds the blob; copying it to the others is the block exchange's job
             self._check_blob_present(tx)
-        self.mempool.admit(tx, self.committed_nonce(tx.address), now, forwarded)
+        for ev in self.mempool.admit(tx, self.committed_nonce(tx.address), now, forwarded):
+            # fair eviction made room: the heaviest sender's newest transaction leaves the pool
+            self._submitted_at.pop(ev.id, None)
+            self._reject(ev.id, 503, "evicted: mempool full and its sender held the most pending transactions")
         self._rejected.pop(tx.id, None)
         if not forwarded:
             self._submitted_at[tx.id] = now
@@ -202,7 +244,7 @@ class Validator:
             cid = Cid.from_bytes(tx.body.cid)
         except CidError as exc:
             raise AdmissionError(400, f"invalid transaction: bad cid: {exc}") from None
-        size = self.blobs.size(cid)
+        size = self.blobs.blob_size(cid)
         if size is None:
             raise AdmissionError(422, f"blob not uploaded: upload {cid} before recording it")
         if size != tx.body.size:
@@ -271,11 +313,16 @@ class Validator:
         interval = self.params.block_interval_ms / 1000
         while not self._stopping:
             r = self.replica
-            if not r.is_primary or r.in_flight() >= PIPELINE or len(self.mempool) == 0:
+            if not r.can_propose() or r.in_flight() >= PIPELINE or len(self.mempool) == 0:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             tip = self._tip if (self._tip and self._tip.hash in self._executed) else self._head_tip()
+            if tip.height != r.next_seq - 1:  # after a view change: build on what the new view carried over
+                self._wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), interval)
+                continue
             exclude = {t.id for ex in self._executed.values() for t in ex.txs}
             if len(self.mempool) - len(exclude) < self.params.block_max_txs:
                 await asyncio.sleep(interval)  # let a batch fill: one round should carry many transactions
@@ -298,12 +345,12 @@ class Validator:
         while not self._stopping:
             await asyncio.sleep(TICK_S)
             await self._inbox.put(("tick", None))
+            self.faults.poll()
             if self.net is None:
                 continue
             if self._forward:
                 batch, self._forward = self._forward, []
-                self.net.broadcast(encode([T_TXS, batch]))
-                self.msgs_out += 1
+                self._broadcast(encode([T_TXS, batch]))
             now = time.monotonic()
             if now - last_reforward >= REFORWARD_S:
                 last_reforward = now
@@ -331,6 +378,11 @@ class Validator:
 
     def _on_net(self, peer: str, data: bytes) -> None:
         self.msgs_in += 1
+        if self.faults.cut and self._peer_index.get(peer) in self.faults.cut:
+            return  # fault injection: cut off from that validator
+        if data[:2] == _TXS_PREFIX and self._peer_limit.take(peer, time.monotonic(), len(data)) > 0:
+            self.metrics.throttled.labels("peer").inc()
+            return  # over this peer's forwarding budget; its entry validator re-forwards what is pending
         self._inbox.put_nowait(("net", data))
 
     async def _consensus(self) -> None:
@@ -340,7 +392,10 @@ class Validator:
                 if kind == "propose":
                     acts = self.replica.propose(item)
                 elif kind == "tick":
-                    acts = self.replica.tick(self._now_ms())
+                    acts = self.replica.tick(self._now_ms(), pending=len(self.mempool) > 0)
+                elif kind == "synced":
+                    await self._on_synced(*item)
+                    continue
                 else:
                     acts = await self._on_wire(item)
                 await self._handle(acts)
@@ -351,7 +406,7 @@ class Validator:
 
     async def _on_wire(self, data: bytes) -> list:
         try:
-            obj = decode_canonical(data, MAX_BLOCK_BYTES + 4096)
+            obj = decode_canonical(data, MAX_MESSAGE_BYTES)
             if isinstance(obj, list) and obj and obj[0] == T_TXS:
                 if len(obj) == 2 and isinstance(obj[1], list) and all(isinstance(x, bytes) for x in obj[1]):
                     self.submit_many(obj[1], forwarded=True)
@@ -360,8 +415,14 @@ class Validator:
         except (WireError, ConsensusError) as exc:
             log.debug("dropped malformed p2p message: %s", exc)
             return []
-        if msg.tag == T_PREPREPARE and msg.block.hash not in self._executed:
-            await self._execute_proposal(msg.block, check_time=True)
+        if msg.tag == T_PREPREPARE and self.replica.worth_executing(msg):
+            # a block a view change carried over was timed when first proposed: only fresh ones are timed
+            fresh = msg.block.header.view == msg.view
+            ex = self._executed.get(msg.block.hash)
+            if ex is None:
+                await self._execute_proposal(msg.block, check_time=fresh)
+            elif fresh and msg.block.header.time_ms > self._now_ms() + MAX_FUTURE_MS:
+                del self._executed[msg.block.hash]  # executed untimed earlier; as a fresh proposal it is too late
         return self.replica.on_message(msg)
 
     async def _execute_proposal(self, block: Block, check_time: bool) -> Executed | None:
@@ -380,48 +441,53 @@ class Validator:
         return ex
 
     async def _recover(self) -> None:
-        """Reload what this replica signed before a crash; a log that does not decode or execute is
-        a fault we must not guess past, so the validator stops loudly."""
+        """Reload what this replica persisted before a crash: the NEW-VIEW of its view, then its consensus
+        log (node/consensus/recovery.py). A log that does not decode or execute is a fault we must not
+        guess past, so the validator stops loudly."""
+        r = self.replica
+        nv_raw = self.ledger.get_new_view()
+        if nv_raw is not None and r.changing:
+            try:
+                nv = decode_message(nv_raw)
+                if not isinstance(nv, NewView) or not r.reinstall(nv):
+                    raise ConsensusError("it does not install our view")
+            except ConsensusError as exc:
+                log.critical("the persisted NEW-VIEW is unusable (%s): refusing to start", exc)
+                raise SystemExit(4) from None
+            log.info("back in view %d (its NEW-VIEW reinstalled)", r.view)
         head = self.ledger.head()
         for seq, raw in self.ledger.log_entries():
             if seq <= head.height:
                 continue
             try:
-                view, block_raw, tags = decode(raw, MAX_BLOCK_BYTES + 1024)
-                block = Block.decode(block_raw)
-            except (WireError, ValueError, TypeError) as exc:
+                rec = decode_record(raw)
+            except ConsensusError as exc:
                 log.critical("consensus log entry %d is corrupt (%s): refusing to start", seq, exc)
                 raise SystemExit(4) from None
-            ex = await self._execute_proposal(block, check_time=False)
+            if not r.restore_record(seq, rec):
+                log.info("consensus log entry %d (view %d) binds nothing in view %d", seq, rec.view, r.view)
+                continue
+            ex = await self._execute_proposal(rec.block, check_time=False)
             if ex is None:
                 log.critical("consensus log entry %d does not execute on the ledger: refusing to start", seq)
                 raise SystemExit(4)
-            self.replica.restore(seq, view, block, tags)
-            self._persisted[seq] = list(tags)
-            if self.replica.is_primary:
+            if r.is_primary:
                 self._tip = ex.tip()
-            log.info("recovered our signed messages %s for sequence %d", tags, seq)
-
-    async def _persist(self, msg) -> None:  # noqa: ANN001
-        """Before one of our own phase messages leaves for the first time, log it durably."""
-        if msg.tag not in (1, 2, 3) or msg.tag in self._persisted.get(msg.seq, ()):
-            return
-        rec = self.replica.signed_record(msg.seq)
-        if rec is None:
-            return
-        view, block, tags = rec
-        await self._run(self.ledger.log_put, msg.seq, encode([view, block.encode(), tags]))
-        self._persisted[msg.seq] = tags
+            log.info("recovered our signed messages %s for sequence %d", list(rec.tags), seq)
+        r.resume_view_change()
 
     async def _handle(self, actions: list) -> None:
         for act in actions:
             if isinstance(act, Deliver):
                 await self._deliver(act.block)
+            elif isinstance(act, ViewChanged):
+                await self._view_changed(act)
+            elif isinstance(act, Persist):  # synced before the message it covers leaves
+                await self._run(self.ledger.log_put, act.seq, act.record)
             elif isinstance(act, Broadcast) and self.net is not None:
-                if act.msg.sender == self.index:
-                    await self._persist(act.msg)
-                self.net.broadcast(act.msg.encode())
-                self.msgs_out += 1
+                if self._byzantine == "equivocate" and act.msg.tag == T_PREPREPARE and faults.equivocate(self, act.msg):
+                    continue
+                self._broadcast(act.msg.encode())
             elif isinstance(act, Send) and self.net is not None:
                 self._send(act.to, act.msg.encode())
             elif isinstance(act, Catchup) and self.net is not None:
@@ -431,9 +497,66 @@ class Validator:
                         break
                     self._send(act.to, self.replica.certified_message(b).encode())
 
+    async def submit_certified(self, blocks: list[Block], done: asyncio.Future) -> None:
+        """State transfer hands fetched blocks to the consensus task; `done` gets how many were delivered."""
+        await self._inbox.put(("synced", (blocks, done)))
+
+    async def _on_synced(self, blocks: list[Block], done: asyncio.Future) -> None:
+        accepted = 0
+        try:
+            for b in blocks:
+                known = b.header.seq <= self.replica.last_delivered or b.header.seq in self.replica.certified
+                await self._handle(self.replica.offer_certified(b))
+                accepted += not known and (b.header.seq <= self.replica.last_delivered
+                                           or b.header.seq in self.replica.certified)
+        finally:
+            if not done.done():
+                done.set_result(accepted)
+
+    def consensus_status(self) -> dict:
+        """PBFT state for /v1/status: view, watermarks, view changes, and the evidence of misbehaviour."""
+        r = self.replica
+        return {"view": r.view, "view_changing": r.changing, "view_changes": r.view_changes,
+                "stable_checkpoint": r.stable, "peer_stable_checkpoint": r.peer_stable, "in_flight": r.in_flight(),
+                "behind_by": r.behind_by(), "ignored_messages": r.ignored, "evidence": list(r.evidence),
+                "synced_blocks": self.synced_blocks}
+
+    async def _view_changed(self, act: ViewChanged) -> None:
+        """Persist the view before any message of it leaves (a restarted replica must not go back to an
+        older view); once in the new view, drop proposals it abandoned and build on what it carried over."""
+        await self._run(self.ledger.put_view, act.view, act.new_view)
+        if not act.active:
+            log.warning("view change: leaving for view %d (primary %d)", act.view, act.view % self.n)
+            return
+        keep = {b.hash for b in act.reproposed}
+        head = self.ledger.head().height
+        for h, e in list(self._executed.items()):
+            if e.block.header.height > head and e.block.header.view < act.view and h not in keep:
+                del self._executed[h]  # abandoned: their transactions are free for the new primary's blocks
+        self._tip = None
+        for b in act.reproposed:
+            ex = self._executed.get(b.hash) or await self._execute_proposal(b, check_time=False)
+            if ex is None:
+                break  # its parent is not here yet: catch-up brings it, and the producer waits
+            self._tip = ex.tip()
+        log.warning("view %d installed (primary %d, %d block(s) carried over)", act.view, act.view % self.n,
+                    len(act.reproposed))
+        self._wake.set()
+
     def _send(self, index: int, data: bytes) -> None:
+        if index in self.faults.cut:
+            return
         peer = self.genesis.validators[index].p2p.rsplit("/p2p/", 1)[-1]
         self.net.send(peer, data)
+        self.msgs_out += 1
+
+    def _broadcast(self, data: bytes) -> None:
+        if self.faults.cut:  # fault injection: a partition leaves some validators out
+            for j in range(self.n):
+                if j != self.index:
+                    self._send(j, data)
+            return
+        self.net.broadcast(data)
         self.msgs_out += 1
 
     async def _deliver(self, block: Block) -> None:
@@ -446,7 +569,6 @@ class Validator:
                 raise SystemExit(3)
         await self._run(self.ledger.commit_block, block, ex.writes)
         del self._executed[block.hash]
-        self._persisted.pop(block.header.height, None)
         # proposals at or below this height that lost (none without view change) are stale now
         for h, e in list(self._executed.items()):
             if e.block.header.height <= block.header.height:
@@ -461,6 +583,9 @@ class Validator:
             for fut in self._waiters.pop(tx.id, ()):
                 if not fut.done():
                     fut.set_result(True)
+        # blobs recorded by this block: pin them, and fetch over bitswap the ones not held here
+        self.replicator.on_commit(block.header.height, (t.body.cid for t, c in zip(ex.txs, ex.codes, strict=True)
+                                                        if t.kind == KIND_WRITE and c == OK))
         self.metrics.height.set(block.header.height)
         self.metrics.committed.inc(len(ex.txs))
         self.metrics.mempool.set(len(self.mempool))

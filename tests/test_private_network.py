@@ -120,3 +120,48 @@ def test_rejections_by_reason_and_latency_metrics(node):
     count = [s.value for s in m["medchain_commit_latency_seconds"] if s.name.endswith("_count")]
     assert count == [1.0]
     assert m["medchain_peers"][0].value == 0 and m["medchain_view"][0].value == 0
+
+
+PRIVATE = True  # False shows the contrast: without the key the stolen identity does connect
+
+
+def test_private_network_key_keeps_out_even_a_stolen_validator_identity(tmp_path):
+    """With `swarm.key` (libp2p pnet) the validators commit as usual; a host holding a validator's own
+    libp2p identity and address but not the key cannot connect to any of them."""
+    from node.crypto.keys import Identity as Ident
+    from node.p2p import swarmkey
+
+    nodes = make_network(tmp_path, 4, params=Params(sender_rate=1e5, sender_burst=1e5), private_network=PRIVATE)
+    if swarmkey.load(nodes[0].home) is not None:
+        assert swarmkey.load(nodes[0].home) == swarmkey.load(nodes[3].home)
+        assert (nodes[0].home / "swarm.key").stat().st_mode & 0o777 == 0o600
+    start_all(nodes)
+    try:
+        genesis = Genesis.load(nodes[0].home / "genesis.json")
+
+        async def go() -> tuple[list[str], dict]:
+            async with NodeClient(nodes[1].url) as c:
+                chain = (await c.status())["chain_id"]
+                tx = Tx.build(Identity.from_seed(b"pnet"), chain, 1, Profile("p", "r", "o", bytes(32)))
+                await c.submit(tx.raw)
+                assert (await c.wait_committed(tx.id.hex(), 30))["status"] == "committed"
+            nodes[3].stop()  # its identity is "stolen": same key, same address, no swarm key
+            stolen = Ident.load(nodes[3].home / "node_key.json")
+            me = genesis.validators[3].p2p
+            impostor = P2PNode(stolen.p2p_secret, "127.0.0.1", int(me.split("/")[4]),
+                               [v.p2p for v in genesis.validators], lambda p, d: None)
+            await impostor.start()
+            try:
+                await asyncio.sleep(4.0)
+                return impostor.connected_peers(), dict(impostor.stats)
+            finally:
+                await impostor.stop()
+        peers, stats = run(go())
+        assert peers == [], stats
+        with pytest.raises(swarmkey.SwarmKeyError):
+            (tmp_path / "bad").mkdir()
+            (tmp_path / "bad" / "swarm.key").write_text("abcd")
+            swarmkey.load(tmp_path / "bad")
+    finally:
+        for n in nodes:
+            n.stop()

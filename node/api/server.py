@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 from aiohttp import web
@@ -11,12 +12,12 @@ from node.block import Block
 from node.crypto import ecdsa
 from node.crypto.batch import backend_name
 from node.crypto.keys import address_of
-from node.ipfs.blockstore import IntegrityError
+from node.ipfs.blockstore import IntegrityError, MissingBlock
 from node.ipfs.cid import Cid, CidError
-from node.mempool import AdmissionError
+from node.mempool import AdmissionError, KeyedLimiter
 from node.state import CODES, keys
-from node.state.machine import Overlay, read_allowed
-from node.tx import DATA_TYPES, KIND_READ, Tx, data_type_name
+from node.state.machine import BREAK_GLASS_ACCESS_MS, Overlay, break_glass_enabled, read_allowed
+from node.tx import DATA_TYPES, KIND_READ, KIND_WRITE, Tx, data_type_name
 from node.tx.requests import blob_request_digest
 from node.validator import Validator
 from node.wire import MAX_TX_BYTES, WireError, decode
@@ -36,11 +37,27 @@ async def _read_body(req: web.Request, limit: int, what: str) -> bytes:
     if req.content_length is not None and req.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=req.content_length, content_type="application/json",
                                             text=f'{{"error": "{what} too large: {req.content_length} bytes, limit {limit}"}}')
-    body = await req.content.read(limit + 1)
+    # StreamReader.read(n) returns what has arrived (a partial body for large uploads): loop to EOF
+    buf = bytearray()
+    while len(buf) <= limit:
+        try:
+            chunk = await req.content.read(limit + 1 - len(buf))
+        except ConnectionError:  # the client went away mid-body
+            raise web.HTTPBadRequest(text=f'{{"error": "incomplete {what}: connection lost"}}',
+                                     content_type="application/json") from None
+        if not chunk:
+            break
+        buf += chunk
+    body = bytes(buf)
     if len(body) > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body), content_type="application/json",
                                             text=f'{{"error": "{what} too large: limit {limit} bytes"}}')
     return body
+
+
+def _retry_after(seconds: float) -> str:
+    """HTTP Retry-After is whole seconds; never 0, so a client does not retry in a busy loop."""
+    return str(max(1, math.ceil(seconds)))
 
 
 def _hex(s: str, n: int, what: str) -> bytes:
@@ -63,6 +80,7 @@ def _int_q(req: web.Request, name: str, default: int) -> int:
 
 def make_app(v: Validator) -> web.Application:
     max_blob = v.params.max_blob_bytes
+    v.metrics.bind(v)
     app = web.Application(client_max_size=max_blob + 4096)
     routes = web.RouteTableDef()
 
@@ -74,6 +92,21 @@ def make_app(v: Validator) -> web.Application:
         return resp
 
     app.middlewares.append(count)
+    clients = KeyedLimiter(v.params.client_rate, v.params.client_burst)
+
+    @web.middleware
+    async def per_client(req: web.Request, handler):  # noqa: ANN001, ANN202
+        """The per-connection limit: a token bucket per client IP over all requests, so one host
+        cannot monopolise the API (per-sender limits apply to transactions on top)."""
+        ip = req.remote or "unknown"
+        wait = clients.take(ip, time.monotonic())
+        if wait > 0:
+            v.metrics.throttled.labels("client_ip").inc()
+            return _err(429, f"rate limited: client {ip} exceeds {v.params.client_rate:g} requests/s",
+                        {"Retry-After": _retry_after(wait)})
+        return await handler(req)
+
+    app.middlewares.append(per_client)
 
     @routes.get("/v1/status")
     async def status(req: web.Request) -> web.Response:
@@ -85,6 +118,8 @@ def make_app(v: Validator) -> web.Application:
             "blobs": v.blobs.count(), "crypto": backend_name(), "p2p_mode": v.p2p_mode if v.n > 1 else None,
             "p2p_messages_in": v.msgs_in, "p2p_messages_out": v.msgs_out,
             "peers": len(v.net.connected_peers()) if v.net is not None else 0,
+            "bitswap": v.net.bitswap_stats() if v.net is not None else {}, "replication": v.replicator.stats,
+            "consensus": v.consensus_status(),
         })
 
     @routes.get("/v1/genesis")
@@ -97,7 +132,7 @@ def make_app(v: Validator) -> web.Application:
         try:
             txid = v.submit(body)
         except AdmissionError as exc:
-            hdr = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
+            hdr = {"Retry-After": _retry_after(exc.retry_after)} if exc.retry_after else None
             return _err(exc.status, exc.reason, hdr)
         return web.json_response({"id": txid.hex(), "status": "pending"}, status=202)
 
@@ -116,7 +151,10 @@ def make_app(v: Validator) -> web.Application:
         results = []
         for r in v.submit_many(raws):
             if isinstance(r, AdmissionError):
-                results.append({"status": r.status, "error": r.reason})
+                res = {"status": r.status, "error": r.reason}
+                if r.retry_after:
+                    res["retry_after"] = int(_retry_after(r.retry_after))
+                results.append(res)
             else:
                 results.append({"status": 202, "id": r.hex()})
         return web.json_response({"results": results})
@@ -124,16 +162,19 @@ def make_app(v: Validator) -> web.Application:
     @routes.get("/v1/tx/{id}")
     async def get_tx(req: web.Request) -> web.Response:
         txid = _hex(req.match_info["id"], 32, "transaction id")
-        wait = min(max(float(_int_q(req, "wait", 0)), 0.0), 30.0)
+        wait = min(max(_int_q(req, "wait", 0), 0), 30)  # clamp as ints: float(10**400) overflows
         if wait:
             await v.wait_committed(txid, wait)
         st = v.tx_status(txid)
+        if st["status"] == "committed":
+            _add_availability(v, st)
         return web.json_response(st, status=404 if st["status"] == "unknown" else 200)
 
     @routes.get("/v1/blocks/{height}")
     async def get_block(req: web.Request) -> web.Response:
         h = req.match_info["height"]
-        height = v.ledger.head().height if h == "latest" else (int(h) if h.isdigit() else -1)
+        # isascii: str.isdigit() is true for "²", which int() refuses (a 500 found by the fuzzer)
+        height = v.ledger.head().height if h == "latest" else (int(h) if h.isascii() and h.isdigit() else -1)
         raw = v.ledger.block_raw(height) if 1 <= height < 2**63 else None
         if raw is None:
             return _err(404, f"no block at height {h}")
@@ -145,13 +186,15 @@ def make_app(v: Validator) -> web.Application:
             "hash": b.hash.hex(), "height": hd.height, "prev_hash": hd.prev_hash.hex(), "view": hd.view,
             "seq": hd.seq, "time_ms": hd.time_ms, "tx_root": hd.tx_root.hex(), "state_root": hd.state_root.hex(),
             "proposer": hd.proposer, "tx_ids": [t.hex() for t in b.tx_ids],
-            "certificate": [[i, s.hex()] for i, s in b.cert], "header": b.header.encode().hex(),
+            "certificate": [[i, s.hex()] for i, s in b.cert], "cert_view": b.cert_view,
+            "header": b.header.encode().hex(),
         })
 
     @routes.post("/v1/blobs")
     async def post_blob(req: web.Request) -> web.Response:
         data = await _read_body(req, max_blob, "blob")
-        cid = v.blobs.put(data)
+        cid, blocks = v.blobs.put_blob(data)  # UnixFS, Helia's defaults: <= 1 MiB is one raw block
+        v.replicator.stored(blocks)
         v.metrics.blobs.set(v.blobs.count())
         return web.json_response({"cid": str(cid), "size": len(data)}, status=201)
 
@@ -170,7 +213,8 @@ def make_app(v: Validator) -> web.Application:
         except (KeyError, ValueError):
             return _err(401, "a signed request is required: X-Medchain-Pubkey, X-Medchain-Time, "
                              "X-Medchain-Signature (and X-Medchain-Read for staff)")
-        if abs(time.time() * 1000 - t_ms) > v.params.request_skew_ms:
+        # integer ms: a huge X-Medchain-Time must not overflow a float (a 500 found by fuzzing)
+        if abs(int(time.time() * 1000) - t_ms) > v.params.request_skew_ms:
             return _err(401, "request time is too far from the validator's clock")
         if not ecdsa.verify(pub, blob_request_digest(v.chain_id, cid.to_bytes(), read_id, t_ms), sig):
             return _err(401, "bad request signature")
@@ -184,13 +228,9 @@ def make_app(v: Validator) -> web.Application:
             reason = _read_covers(v, read_id, reader, patient, dtype, cid.to_bytes(), t0, t1)
             if reason:
                 return _err(403, reason)
-        try:
-            data = v.blobs.get(cid)
-        except IntegrityError as exc:
-            v.metrics.blob_integrity.inc()
-            return _err(502, f"integrity error: {exc}")
-        if data is None:
-            return _err(404, "blob is on chain but not held by this validator")
+        data = await _load_blob(v, cid)
+        if isinstance(data, web.Response):
+            return data
         return web.Response(body=data, content_type="application/octet-stream",
                             headers={"X-Medchain-Epoch": str(rec[2])})
 
@@ -204,7 +244,8 @@ def make_app(v: Validator) -> web.Application:
             e = v.ledger.get_state(keys.epoch(addr, tid))
             epochs[name] = 0 if e is None else decode(e)
         out = {"address": addr.hex(), "nonce": committed, "next_nonce": v.mempool.next_nonce(addr, committed),
-               "epochs": epochs, "profile": None}
+               "epochs": epochs, "profile": None,
+               "break_glass": break_glass_enabled(Overlay(v.ledger.get_state), addr)}
         if prof is not None:
             p = decode(prof)
             out["profile"] = {"name": p[0], "role": p[1], "org": p[2], "x25519_public": p[3].hex(),
@@ -216,11 +257,14 @@ def make_app(v: Validator) -> web.Application:
         addr = _hex(req.match_info["addr"], 32, "address")
         out = []
         for k, raw in v.ledger.scan_state(b"a" + addr, _int_q(req, "limit", 10_000)):
-            reader, dt, cid, f, t, when, txid, code = decode(raw)
+            reader, dt, cid, f, t, when, txid, code, *bg = decode(raw)  # 9th: break-glass reason
             out.append({"reader": reader.hex(), "type": data_type_name(dt), "cid": str(Cid.from_bytes(cid)) if cid else None,
                         "from_ms": f, "to_ms": t, "time_ms": when, "tx": txid.hex(), "allowed": code == 0,
-                        "result": CODES.get(code, "unknown"), "height": int.from_bytes(k[33:41], "big")})
-        return web.json_response({"patient": addr.hex(), "reads": out})
+                        "result": CODES.get(code, "unknown"), "height": int.from_bytes(k[33:41], "big"),
+                        "break_glass": bg[0] if bg else None})
+        # emergency reads first and apart, so a patient cannot miss them
+        emergency = [r for r in out if r["break_glass"]]
+        return web.json_response({"patient": addr.hex(), "break_glass": emergency, "reads": out})
 
     @routes.get("/v1/patients/{addr}/grants")
     async def grants(req: web.Request) -> web.Response:
@@ -287,9 +331,50 @@ def _read_covers(v: Validator, read_id: bytes, reader: bytes, patient: bytes, dt
         return "the read transaction names another cid"
     if not r.cid and (t1 < r.t_from_ms or t0 > r.t_to_ms):
         return "the blob is outside the read transaction's time range"
-    if not read_allowed(Overlay(v.ledger.get_state), reader, patient, dtype, int(time.time() * 1000)):
+    view, now_ms = Overlay(v.ledger.get_state), int(time.time() * 1000)
+    if r.reason:  # break-glass: no grant needed, but the patient's opt-out and the access window apply
+        if not break_glass_enabled(view, patient):
+            return "break-glass refused: the patient has disabled emergency access"
+        if now_ms - block.header.time_ms > BREAK_GLASS_ACCESS_MS:
+            return "the break-glass read is too old: commit a new one"
+        return None
+    if not read_allowed(view, reader, patient, dtype, now_ms):
         return "access denied by the patient's current policy"
     return None
+
+
+def _add_availability(v: Validator, st: dict) -> None:
+    """For a committed data write: how many validators hold its blob, and whether 2f+1 do."""
+    block = v.ledger.block(st["height"])
+    tx = Tx.decode(block.txs[st["index"]], check_sig=False)
+    if tx.kind == KIND_WRITE:
+        try:
+            blob = v.replicator.availability(Cid.from_bytes(tx.body.cid), st["height"])
+        except CidError:
+            return
+        st["available"] = blob["available"]
+        st["blob"] = blob
+
+
+async def _load_blob(v: Validator, cid: Cid) -> bytes | web.Response:
+    """The blob, every block verified: the local copy, or (missing or corrupt here) fetched from
+    the other validators over bitswap. A corrupt local block is counted and refused (502)."""
+    for attempt in (0, 1):
+        try:
+            return v.blobs.get_blob(cid)
+        except IntegrityError as exc:
+            v.metrics.blob_integrity.inc()
+            failure = _err(502, f"integrity error: {exc}")
+        except MissingBlock:
+            failure = _err(404, "blob is on chain but not held by this validator (nor served by a peer)")
+        except ValueError as exc:  # UnixfsError: a malformed DAG
+            failure = _err(502, f"integrity error: stored DAG is malformed: {exc}")
+        if attempt or v.net is None:
+            return failure
+        v.blobs.unlist(cid)  # refetch from peers; fetched blocks replace missing or corrupt ones
+        if not await v.replicator.ensure(cid):
+            return failure
+    return failure
 
 
 async def serve(v: Validator, host: str, port: int) -> web.AppRunner:

@@ -123,8 +123,10 @@ class TrioSide:
         blockstore: Any = None,  # enables bitswap
         on_have: Callable[[str, list[bytes]], None] | None = None,  # bitswap HAVEs (peer, cids), trio thread
         external: dict[str, str] | None = None,  # bitswap-only peers: peer id -> multiaddr
+        psk: bytes | None = None,  # private network: a 32-byte pre-shared key wraps every connection
     ) -> None:
         self.key_pair = key_pair
+        self.psk = psk
         self.services = dict(services or {})
         self.call = call
         self.nursery: trio.Nursery | None = None
@@ -261,6 +263,7 @@ class TrioSide:
             sec_opt={TProtocol(NOISE_PROTOCOL_ID): noise},  # noise only: no plaintext/secio/TLS
             muxer_opt=muxers,
             listen_addrs=[self.listen],
+            psk=self.psk.hex() if self.psk is not None else None,
             connection_config=ConnectionConfig(
                 # a closed validator set: no auto-connector dialing strangers to fill a quota
                 max_connections=16 + 4 * len(self.outs),

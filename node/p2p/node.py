@@ -104,6 +104,7 @@ class P2PNode:
         blockstore: Any = None,
         external_peers: list[str] | None = None,
         on_have: Callable[[str, list[bytes]], None] | None = None,
+        psk: bytes | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
@@ -154,6 +155,12 @@ class P2PNode:
                 raise ValueError(f"external peer {pid} is a validator")
             self._external[pid] = head
         self._rids = itertools.count(1)
+        if psk is not None and len(psk) != 32:
+            raise ValueError("the private-network key (psk) must be 32 bytes")
+        # libp2p private network: every connection is encrypted with the pre-shared key under noise, so a
+        # host without it cannot even complete the handshake (py-libp2p's pnet: Salsa20, 8-byte nonce; it
+        # does not interoperate with go-libp2p's XSalsa20 swarm keys, so external IPFS peers need psk=None)
+        self.psk = psk
 
     # ---- properties -------------------------------------------------------------------------
     @property
@@ -202,6 +209,7 @@ class P2PNode:
             blockstore=self.blockstore,
             on_have=self._have_from_trio if self._on_have is not None else None,
             external=self._external,
+            psk=self.psk,
         )
 
         def set_once(fut: asyncio.Future, value: Any) -> None:

@@ -1,0 +1,48 @@
+"""The private-network key of a validator set (libp2p pnet): 32 random bytes shared by the validators
+only, in `HOME/swarm.key` as 64 hex digits, mode 0600. With it, every libp2p connection is encrypted
+with the key beneath noise, so a host without it cannot complete even the first handshake; this is
+on top of admitting only genesis peer ids. Absent file: no private network."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+FILENAME = "swarm.key"
+
+
+class SwarmKeyError(ValueError):
+    pass
+
+
+def new_key() -> bytes:
+    return secrets.token_bytes(32)
+
+
+def write(home: str | Path, key: bytes) -> Path:
+    if len(key) != 32:
+        raise SwarmKeyError("a swarm key is 32 bytes")
+    path = Path(home) / FILENAME
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        os.fchmod(fh.fileno(), 0o600)
+        fh.write(key.hex() + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load(home: str | Path) -> bytes | None:
+    path = Path(home) / FILENAME
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise SwarmKeyError(f"{path}: not hex") from None
+    if len(key) != 32:
+        raise SwarmKeyError(f"{path}: a swarm key is 64 hex digits (32 bytes), found {len(key)} bytes")
+    return key
