@@ -62,6 +62,7 @@ PIPELINE = 4  # proposals in flight at once
 REFORWARD_S = 5.0  # well above a healthy p99 commit latency: only stranded transactions are resent
 MAX_REFORWARD = 4000
 TICK_S = 0.05
+TXIN_MAX = 4096  # forwarded batches waiting for admission; beyond, they are dropped (and re-forwarded)
 
 
 class Validator:
@@ -106,6 +107,7 @@ class Validator:
         self._pending_since: dict[bytes, float] = {}  # every admitted tx: when to re-forward it next
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
         self._inbox: asyncio.Queue = asyncio.Queue()
+        self._txin: asyncio.Queue = asyncio.Queue()  # forwarded transaction batches, admitted apart
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
@@ -135,7 +137,8 @@ class Validator:
             log.info("p2p %s listening on %s (%s)", self.net.peer_id, self.net.listen_addr, self.p2p_mode)
         self._tasks = [asyncio.create_task(self._produce(), name="producer"),
                        asyncio.create_task(self._consensus(), name="consensus"),
-                       asyncio.create_task(self._ticker(), name="ticker")]
+                       asyncio.create_task(self._ticker(), name="ticker"),
+                       asyncio.create_task(self._admit_forwarded(), name="admit-forwarded")]
         if self.net is not None:
             self.sync.start()
 
@@ -383,7 +386,28 @@ class Validator:
         if data[:2] == _TXS_PREFIX and self._peer_limit.take(peer, time.monotonic(), len(data)) > 0:
             self.metrics.throttled.labels("peer").inc()
             return  # over this peer's forwarding budget; its entry validator re-forwards what is pending
+        if data[:2] == _TXS_PREFIX:
+            # admission of forwarded transactions runs in its own task: under overload it must not hold
+            # up PBFT messages (or the replicas would see no progress and change view for nothing)
+            if self._txin.qsize() >= TXIN_MAX:
+                self.metrics.throttled.labels("backlog").inc()
+                return  # its entry validator re-forwards what stays pending
+            self._txin.put_nowait(data)
+            return
         self._inbox.put_nowait(("net", data))
+
+    async def _admit_forwarded(self) -> None:
+        while True:
+            data = await self._txin.get()
+            try:
+                obj = decode_canonical(data, MAX_MESSAGE_BYTES)
+                if len(obj) == 2 and isinstance(obj[1], list) and all(isinstance(x, bytes) for x in obj[1]):
+                    self.submit_many(obj[1], forwarded=True)
+            except WireError as exc:
+                log.debug("dropped malformed forwarded batch: %s", exc)
+            except Exception:
+                log.exception("admitting a forwarded batch failed")
+            await asyncio.sleep(0)  # let the consensus task in between batches
 
     async def _consensus(self) -> None:
         while True:

@@ -111,6 +111,7 @@ class Replica(ViewChangeRole, RecoveryRole):
         self._early_view: list[_Msg] = []  # messages of the view we wait to enter, replayed once in it
         self.view_timeout_ms = view_timeout_ms
         self._vc_attempt = 0  # view changes since the last delivery: the timeout doubles with each
+        self._round_ema = 0.0  # moving average of the time between deliveries while work waited (ms)
         self._vc_started = 0
         self._progress_at = 0
         self._vc_sent_at = -(10**12)
@@ -222,12 +223,19 @@ class Replica(ViewChangeRole, RecoveryRole):
         tmp = Status(self.view - 1, self.last_delivered, self.last_hash, self.index, bytes(64))
         return Status(tmp.view, tmp.seq, tmp.digest, self.index, self._sign(tmp.signing_digest(self.chain_id)))
 
+    def _timeout(self) -> int:
+        """The view-change timeout: view_timeout_ms, or 4x the recent time between deliveries while work
+        waited if that is longer (an overloaded primary is slow, not faulty: changing view would only
+        add work), at most 8x; doubled for each view change that brought no delivery."""
+        base = min(max(self.view_timeout_ms, 4 * int(self._round_ema)), 8 * self.view_timeout_ms)
+        return base << min(self._vc_attempt, 6)
+
     def _view_timer(self, now_ms: int, pending: bool) -> list[Action]:
         if self.changing:
             # escalate only once 2f+1 replicas are in this view change too (PBFT): a replica cut off
             # alone must not race to ever higher views and then be unable to rejoin
             if len(self.vcs.get(self.view, {})) >= self.q and \
-                    now_ms - self._vc_started >= self.view_timeout_ms << min(self._vc_attempt, 6):
+                    now_ms - self._vc_started >= self._timeout():
                 return self.start_view_change(self.view + 1)
             return []
         if not pending and not any(i.block is not None for i in self.log.values()):
@@ -239,7 +247,7 @@ class Replica(ViewChangeRole, RecoveryRole):
             # off: a view change could not complete, and a replica that raced ahead alone could not rejoin)
             self._progress_at = now_ms
             return []
-        if now_ms - self._progress_at >= self.view_timeout_ms << min(self._vc_attempt, 6):
+        if now_ms - self._progress_at >= self._timeout():
             return self.start_view_change(self.view + 1)
         return []
 
@@ -407,6 +415,8 @@ class Replica(ViewChangeRole, RecoveryRole):
         for s in [s for s in self.prepared if s <= seq]:
             del self.prepared[s]
         self.next_seq = max(self.next_seq, seq + 1)
+        # the time this delivery took while work waited feeds the adaptive timeout
+        self._round_ema = 0.7 * self._round_ema + 0.3 * max(0, self.now_ms - self._progress_at)
         self._progress_at, self._vc_attempt = self.now_ms, 0
         if self.n == 1:
             self.stable = seq
