@@ -78,6 +78,7 @@ setup(
         "uvloop>=0.19,<1",
         "pynacl>=1.5,<2",
         "prometheus-client>=0.19,<1",
+        "python-json-logger>=3.1,<4",  # structured (JSON lines) logs for operators
         "cryptography>=42,<51",
         "libp2p>=0.8.1,<0.9",
         "trio>=0.26,<1",

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -168,6 +169,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medchain", description="Patient-owned wearable health data on a PBFT chain.")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    p.add_argument("--log-json", action="store_true",
+                   help="structured logs: one JSON object per line (also MEDCHAIN_LOG_FORMAT=json)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def add(name: str, fn, help_: str) -> argparse.ArgumentParser:  # noqa: ANN001
@@ -247,8 +250,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) or args.cmd == "node" else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from node.logs import configure
+    if args.log_json:
+        os.environ["MEDCHAIN_LOG_FORMAT"] = "json"  # validator processes started from here inherit it
+    configure(logging.INFO if getattr(args, "verbose", False) or args.cmd == "node" else logging.WARNING, args.log_json)
     try:
         return args.fn(args) or 0
     except KeyboardInterrupt:

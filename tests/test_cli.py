@@ -59,3 +59,19 @@ def test_cli_errors_are_clear(tmp_path):
     assert "usage" in medchain("--help").stdout
     for sub in ("patient", "staff", "node", "verify", "init", "keygen", "demo"):
         assert medchain(sub, "--help").returncode == 0
+
+
+def test_structured_logs_are_json_lines(tmp_path):
+    """Operators' log pipelines: with MEDCHAIN_LOG_FORMAT=json (or `medchain --log-json`) a validator
+    writes every log record as one JSON object per line."""
+    import json as _json
+
+    from devices.localnet import make_network
+    (node,) = make_network(tmp_path, 1)
+    node.env["MEDCHAIN_LOG_FORMAT"] = "json"
+    node.start()
+    node.stop()
+    lines = [ln for ln in node.log_tail(100_000).splitlines() if ln.strip()]
+    recs = [_json.loads(ln) for ln in lines]
+    assert recs and all({"time", "level", "logger", "message"} <= set(r) for r in recs)
+    assert any(r["logger"] == "medchain.validator" and "validator 0 of 1" in r["message"] for r in recs)
