@@ -43,10 +43,16 @@ class _QuietChurn(logging.Filter):
     PREFIXES = ("Failed to open TCP stream", "Failed to open stream to peer", "MultiselectClient handshake")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.PREFIXES)
+        msg = str(record.msg)
+        if msg.startswith("[ADDCONN_FAIL]"):
+            # a connection still being added when the host stops is cancelled: not an error, but
+            # py-libp2p logs it with a whole traceback; any other failure is kept
+            return not any(type(a).__name__ == "Cancelled" for a in record.args or ())
+        return not msg.startswith(self.PREFIXES)
 
 
-for _name in ("libp2p.transport.tcp.tcp", "libp2p.host.basic_host", "libp2p.protocol_muxer.multiselect_client"):
+for _name in ("libp2p.transport.tcp.tcp", "libp2p.host.basic_host", "libp2p.protocol_muxer.multiselect_client",
+              "libp2p.network.swarm"):
     logging.getLogger(_name).addFilter(_QuietChurn())
 
 DIRECT_PROTOCOL = TProtocol("/medchain/pbft/1.0.0")
