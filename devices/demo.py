@@ -155,7 +155,13 @@ def main(windows: int = 4, validators: int = 4, seconds: float = 30.0, phones: i
             print(f"\n2. {phones} phones x {len(KINDS)} wearables for {seconds:.0f} s (closed loop)")
             load = asyncio.run(fleet([n.url for n in nodes], genesis, phones, seconds))
             cpu = [n.cpu_seconds() - c for n, c in zip(nodes, cpu0, strict=True)]
-            heads = [json.loads(urlopen(n.url + "/v1/status").read()) for n in nodes]
+            # the last blocks may still be landing on some validators: give them a moment to converge
+            deadline = time.monotonic() + 15
+            while True:
+                heads = [json.loads(urlopen(n.url + "/v1/status").read()) for n in nodes]
+                if len({(h["height"], h["last_block_hash"]) for h in heads}) == 1 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
         finally:
             for n in nodes:
                 n.stop()
