@@ -38,6 +38,7 @@ from node.crypto.batch import verify_batch
 from node.crypto.keys import Identity
 from node.execution import MAX_FUTURE_MS, Executed, InvalidBlock, Tip, build_block, check_block
 from node.genesis import Genesis
+from node.ipfs.blobwriter import BlobWriter
 from node.ipfs.blockstore import BlockStore
 from node.ipfs.cid import Cid, CidError
 from node.ledger import Ledger
@@ -77,6 +78,7 @@ class Validator:
         self.params = p = self.genesis.params
         self.ledger = Ledger(self.home / "ledger", genesis_root=self.genesis.state_root)
         self.blobs = BlockStore(self.home / "blobs")
+        self.blob_writer = BlobWriter(self.blobs)  # uploads: one synced transaction per batch, off the loop
         self.replicator = Replicator(self.blobs, self.n, roots_from_ledger(self.ledger))  # blobs over bitswap
         self.ipfs_peers = list(ipfs_peers or [])  # external IPFS peers (multiaddrs), bitswap only
         self.mempool = Mempool(p.mempool_capacity, p.sender_rate, p.sender_burst)
@@ -152,6 +154,7 @@ class Validator:
         await self.sync.stop()
         if self.net is not None:
             await self.net.stop()
+        await self.blob_writer.close()
         self._worker.shutdown(wait=True)
         self.ledger.close()
         self.blobs.close()

@@ -193,7 +193,8 @@ def make_app(v: Validator) -> web.Application:
     @routes.post("/v1/blobs")
     async def post_blob(req: web.Request) -> web.Response:
         data = await _read_body(req, max_blob, "blob")
-        cid, blocks = v.blobs.put_blob(data)  # UnixFS, Helia's defaults: <= 1 MiB is one raw block
+        # UnixFS, Helia's defaults (<= 1 MiB is one raw block), group-committed off the event loop
+        cid, blocks = await v.blob_writer.put(data)
         v.replicator.stored(blocks)
         v.metrics.blobs.set(v.blobs.count())
         return web.json_response({"cid": str(cid), "size": len(data)}, status=201)
