@@ -189,6 +189,11 @@ def plot(report: dict, path: Path) -> None:
         ax.set_xlabel("offered load (tx/s)")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3, which="both")
+    _finish(plt, fig, report, path)
+
+
+def _finish(plt, fig, report: dict, path: Path) -> None:  # noqa: ANN001
+    """Title with the machine and time, then write the PNG."""
     m = report["machine"]
     fig.suptitle(f"medchain bench {report['workload']}: {report['validators']} validators, "
                  f"{m['cpus']} CPUs ({m['cpu']}), {m['time_utc']}", fontsize=9)
@@ -216,9 +221,4 @@ def _bars(plt, report: dict, steps: list[dict], path: Path) -> None:  # noqa: AN
         ax.set_xticks(list(xs), labels, fontsize=7)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3, axis="y")
-    m = report["machine"]
-    fig.suptitle(f"medchain bench {report['workload']}: {report['validators']} validators, "
-                 f"{m['cpus']} CPUs ({m['cpu']}), {m['time_utc']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(plt, fig, report, path)

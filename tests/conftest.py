@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from devices.localnet import NodeProcess, make_network
+from devices.localnet import NodeProcess, make_network, start_all
 from node.genesis import Genesis, Params
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
@@ -26,6 +28,23 @@ def node(tmp_path: Path):
 @pytest.fixture
 def genesis(node: NodeProcess) -> Genesis:
     return Genesis.load(node.home / "genesis.json")
+
+
+@contextlib.contextmanager
+def running_network(tmp_path: Path, n: int = 4, clean_logs: bool = True, **kw) -> Iterator[list[NodeProcess]]:
+    """`n` validator processes with generous per-sender limits (and `kw` for Params or make_network),
+    stopped afterwards; with `clean_logs`, no validator may have logged a traceback."""
+    net_kw = {k: kw.pop(k) for k in ("private_network", "p2p_mode") if k in kw}
+    nodes = make_network(tmp_path, n, params=Params(**{"sender_rate": 1e5, "sender_burst": 1e5, **kw}), **net_kw)
+    start_all(nodes)
+    try:
+        yield nodes
+    finally:
+        for nd in nodes:
+            nd.stop()
+    if clean_logs:
+        for nd in nodes:
+            assert "Traceback" not in nd.log_tail(200_000), nd.log_tail()
 
 
 def run(coro):

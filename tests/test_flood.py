@@ -19,7 +19,7 @@ from node.crypto.keys import Identity
 from node.genesis import Params
 from node.tx import Profile, Tx
 from node.wire import encode
-from tests.conftest import run
+from tests.conftest import run, running_network
 
 SENDER_RATE = 5.0  # the per-sender limit on this devnet, tx/s
 FLOOD_RATE = 20 * SENDER_RATE  # the flooder offers 20 times its limit
@@ -36,13 +36,8 @@ def p99(xs: list[float]) -> float:
 
 @pytest.fixture
 def devnet(tmp_path):
-    nodes = make_network(tmp_path, 4, params=Params(sender_rate=SENDER_RATE, sender_burst=SENDER_RATE))
-    start_all(nodes)
-    yield nodes
-    for n in nodes:
-        n.stop()
-    for n in nodes:
-        assert "Traceback" not in n.log_tail(200_000), n.log_tail()
+    with running_network(tmp_path, sender_rate=SENDER_RATE, sender_burst=SENDER_RATE) as nodes:
+        yield nodes
 
 
 async def _post_tx(session: aiohttp.ClientSession, url: str, raw: bytes) -> tuple[int, dict, dict]:

@@ -18,18 +18,15 @@ from node.genesis import Genesis, Params
 from node.p2p import P2PNode, peer_id_from_secret
 from node.tx import Profile, Tx
 from node.wire import encode
-from tests.conftest import run
+from tests.conftest import run, running_network
 
 T_TXS = 16  # the forwarded-batch message type (node/validator.py)
 
 
 @pytest.fixture
 def devnet(tmp_path):
-    nodes = make_network(tmp_path, 4, params=Params(sender_rate=1e5, sender_burst=1e5))
-    start_all(nodes)
-    yield nodes
-    for n in nodes:
-        n.stop()
+    with running_network(tmp_path, clean_logs=False) as nodes:
+        yield nodes
 
 
 def metrics(text: str) -> dict[str, list]:

@@ -10,26 +10,19 @@ import lmdb
 import pytest
 
 from devices.client import ApiError, NodeClient
-from devices.localnet import make_network, start_all
 from devices.phone import Phone
 from node.crypto.keys import Identity
-from node.genesis import Params
 from node.ipfs.blockstore import BlockStore
 from node.ipfs.cid import Cid
 from node.tx import DATA_TYPES
 from node.tx.model import Write
-from tests.conftest import run
+from tests.conftest import run, running_network
 
 
 @pytest.fixture
 def net4(tmp_path):
-    nodes = make_network(tmp_path, 4, params=Params(sender_rate=1e5, sender_burst=1e5))
-    start_all(nodes)
-    yield nodes
-    for n in nodes:
-        n.stop()
-    for n in nodes:
-        assert "Traceback" not in n.log_tail(200_000), n.log_tail()
+    with running_network(tmp_path) as nodes:
+        yield nodes
 
 
 async def _until(pred, timeout: float, what: str):
