@@ -113,21 +113,34 @@ async def heal(nodes: list[NodeProcess], step: Step) -> None:
         _cut(nodes, ())
 
 
-async def converged(nodes: list[NodeProcess], timeout: float = 60.0) -> list[dict]:
+async def converged(nodes: list[NodeProcess], timeout: float = 60.0, same_view: bool = True) -> list[dict]:
+    """Wait until the validators hold the same chain (height, last block, state root) and, with
+    `same_view`, are in the same view with no view change under way (a replica left alone in a later
+    view would not vote); their statuses, or AssertionError after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         heads = []
         for n in nodes:
             async with NodeClient(n.url) as c:
                 heads.append(await c.status())
-        # the same chain, and everyone in the same view (a replica left alone in a later view would not vote)
-        if len({(h["height"], h["last_block_hash"], h["state_root"], h["consensus"]["view"],
-                 h["consensus"]["view_changing"]) for h in heads}) == 1:
+        keys = {(h["height"], h["last_block_hash"], h["state_root"])
+                + ((h["consensus"]["view"], h["consensus"]["view_changing"]) if same_view else ()) for h in heads}
+        if len(keys) == 1:
             return heads
         if time.monotonic() > deadline:
             raise AssertionError("validators did not converge: " + repr(
                 [(h["height"], h["last_block_hash"][:12], h["consensus"]["view"]) for h in heads]))
         await asyncio.sleep(0.2)
+
+
+async def assert_committed(nodes: list[NodeProcess], committed: list[str]) -> None:
+    """Every acknowledged transaction is committed on every one of `nodes`."""
+    for n in nodes:
+        async with NodeClient(n.url) as c:
+            for tid in committed:
+                st = await c.tx(tid)
+                if st["status"] != "committed":
+                    raise AssertionError(f"acknowledged {tid} is {st['status']} on {n.url}")
 
 
 async def run(nodes: list[NodeProcess], seed: int, steps: int, log=print) -> dict:  # noqa: ANN001
@@ -151,12 +164,7 @@ async def run(nodes: list[NodeProcess], seed: int, steps: int, log=print) -> dic
         stop.set()
         await load
     heads = await converged(nodes)
-    for n in nodes:
-        async with NodeClient(n.url) as c:
-            for tid in committed:
-                st = await c.tx(tid)
-                if st["status"] != "committed":
-                    raise AssertionError(f"acknowledged {tid} is {st['status']} on {n.url}")
+    await assert_committed(nodes, committed)
     return {"seed": seed, "schedule": [asdict(s) for s in plan], "acknowledged": len(committed),
             "height": heads[0]["height"], "views": [h["consensus"]["view"] for h in heads],
             "seconds": round(time.monotonic() - t0, 1)}

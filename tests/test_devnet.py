@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from devices.client import NodeClient
-from devices.faultharness import acknowledged_load
+from devices.faultharness import acknowledged_load, assert_committed, converged
 from devices.localnet import make_network, start_all
 from node.crypto.keys import Identity
 from node.genesis import Params
@@ -59,12 +59,7 @@ def test_devnet_commits_consistently(devnet):
                 st = await clients[3].wait_committed(tid, 60)
                 assert st["status"] == "committed" and st["code"] == 0, st
             # every validator reaches the same height, block hashes and state root
-            for _ in range(100):
-                heads = await _heads(nodes)
-                if len({(h["height"], h["last_block_hash"], h["state_root"]) for h in heads}) == 1:
-                    break
-                await asyncio.sleep(0.1)
-            assert len({(h["height"], h["last_block_hash"], h["state_root"]) for h in heads}) == 1, heads
+            heads = await converged(nodes, timeout=10.0, same_view=False)
             height = heads[0]["height"]
             for hgt in range(1, height + 1):
                 hashes = {(await c.get_json(f"/v1/blocks/{hgt}"))["hash"] for c in clients}
@@ -200,15 +195,8 @@ def test_sigkill_and_restart_under_load(devnet, victim):
     assert len(committed) > restarted + 20, "commits did not resume after the restart"
 
     async def check():
-        for _ in range(100):
-            heads = await _heads(nodes)
-            if len({(h["height"], h["last_block_hash"], h["state_root"]) for h in heads}) == 1:
-                break
-            await asyncio.sleep(0.1)
-        assert len({(h["height"], h["last_block_hash"], h["state_root"]) for h in heads}) == 1, heads
-        async with NodeClient(nodes[victim].url) as c:
-            for tid in committed:
-                assert (await c.tx(tid))["status"] == "committed"
+        await converged(nodes, timeout=10.0, same_view=False)
+        await assert_committed([nodes[victim]], committed)
     run(check())
 
 

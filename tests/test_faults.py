@@ -43,26 +43,9 @@ def devnet(tmp_path):
         n.stop()
 
 
-async def _converged(nodes, honest, timeout=30.0) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while True:
-        heads = [await _status(nodes[i]) for i in sorted(honest)]
-        if len({(h["height"], h["last_block_hash"], h["state_root"]) for h in heads}) == 1:
-            return heads
-        if time.monotonic() > deadline:
-            raise AssertionError(f"honest replicas did not converge: {heads}")
-        await asyncio.sleep(0.2)
-
-
 async def _status(node) -> dict:
     async with NodeClient(node.url) as c:
         return await c.status()
-
-
-async def _all_committed(node, committed):
-    async with NodeClient(node.url) as c:
-        for tid in committed:
-            assert (await c.tx(tid))["status"] == "committed", tid
 
 
 def test_primary_killed_new_view_takes_over_then_it_rejoins(devnet):
@@ -93,9 +76,9 @@ def test_primary_killed_new_view_takes_over_then_it_rejoins(devnet):
         stop.set()
         await task
         print(f"\nprimary killed -> first commit in view {st['consensus']['view']}: {first:.2f} s")
-        heads = await _converged(nodes, {0, 1, 2, 3})
+        heads = await faultharness.converged(nodes, timeout=30.0, same_view=False)
         assert all(h["consensus"]["view"] >= 1 for h in heads)
-        await _all_committed(nodes[0], committed)
+        await faultharness.assert_committed([nodes[0]], committed)
     run(go())
 
 
@@ -140,8 +123,8 @@ def test_paused_replica_catches_up(devnet):
         st = await _status(nodes[3])
         print(f"\npaused replica: {target - start} blocks behind, level in {took:.2f} s "
               f"({st['consensus']['synced_blocks']} by state transfer)")
-        await _converged(nodes, {0, 1, 2, 3})
-        await _all_committed(nodes[3], committed)
+        await faultharness.converged(nodes, timeout=30.0, same_view=False)
+        await faultharness.assert_committed([nodes[3]], committed)
     run(go())
 
 
@@ -170,8 +153,8 @@ def test_replica_restored_from_an_old_copy_catches_up_by_state_transfer(devnet):
         print(f"\nstate transfer: {gap} blocks behind, level in {took:.2f} s ({gap / took:.0f} blocks/s, "
               f"{st['consensus']['synced_blocks']} pulled)")
         assert gap > WINDOW and st["consensus"]["synced_blocks"] > WINDOW
-        await _converged(nodes, {0, 1, 2, 3})
-        await _all_committed(nodes[3], committed)
+        await faultharness.converged(nodes, timeout=30.0, same_view=False)
+        await faultharness.assert_committed([nodes[3]], committed)
     run(go())
 
 
@@ -190,7 +173,7 @@ def test_equivocating_primary_commits_at_most_one_block_per_sequence(tmp_path):
             await task
             assert len(committed) > 30, "no progress after the equivocation"
             honest = {1, 2, 3}
-            heads = await _converged(nodes, honest)
+            heads = await faultharness.converged([nodes[i] for i in sorted(honest)], timeout=30.0, same_view=False)
             assert all(h["consensus"]["view"] >= 1 for h in heads)
             ev = [e for h in heads for e in h["consensus"]["evidence"]]
             assert any(e["kind"] == "equivocating-primary" and e["validator"] == 0 for e in ev), ev
@@ -202,8 +185,7 @@ def test_equivocating_primary_commits_at_most_one_block_per_sequence(tmp_path):
                 counts.append(fams["medchain_consensus_evidence"].samples[0].value)
                 assert fams["medchain_view"].samples[0].value >= 1
             assert max(counts) >= 1
-            for i in honest:
-                await _all_committed(nodes[i], committed)
+            await faultharness.assert_committed([nodes[i] for i in sorted(honest)], committed)
             # at most one block per height: the honest ledgers agree block by block
             async with NodeClient(nodes[1].url) as a, NodeClient(nodes[2].url) as b, NodeClient(nodes[3].url) as c:
                 for height in range(1, heads[0]["height"] + 1):

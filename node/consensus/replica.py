@@ -120,6 +120,7 @@ class Replica(ViewChangeRole, RecoveryRole):
         self._evidence_keys: set[tuple] = set()
         self.peer_delivered: dict[int, int] = {}
         self._heard: dict[int, int] = {}  # validator -> when we last got a valid message from it
+        self._checked: tuple | None = None  # (sender, digest, sig) of the pre-prepare worth_executing verified
         self._catchup_sent: dict[int, int] = {}
         self._nv_sent: dict[int, int] = {}
         self.retransmit_ms, self.status_ms, self.catchup_batch = retransmit_ms, status_ms, catchup_batch
@@ -255,9 +256,14 @@ class Replica(ViewChangeRole, RecoveryRole):
         """Whether the driver should execute a pre-prepare's block before handing it in: only a signed
         one from the primary of our (awaited) view, inside the window. Execution is the costly part,
         so nobody else gets to spend our CPU on it."""
-        return (0 <= pp.sender < self.n and pp.view == self.view and pp.sender == self.primary
-                and self.last_delivered < pp.seq <= self.stable + self.window and pp.seq > self.floor
-                and self._verify(pp.sender, pp.signing_digest(self.chain_id), pp.sig))
+        if not (0 <= pp.sender < self.n and pp.view == self.view and pp.sender == self.primary
+                and self.last_delivered < pp.seq <= self.stable + self.window and pp.seq > self.floor):
+            return False
+        signed = (pp.sender, pp.signing_digest(self.chain_id), pp.sig)
+        if not self._verify(*signed):
+            return False
+        self._checked = signed  # on_message need not verify this one again
+        return True
 
     def on_message(self, msg: _Msg) -> list[Action]:
         if not 0 <= msg.sender < self.n or msg.sender == self.index:
@@ -270,7 +276,8 @@ class Replica(ViewChangeRole, RecoveryRole):
                                       or not self.last_delivered < msg.seq <= self.stable + self.window):
             self.ignored += 1
             return []
-        if not self._verify(msg.sender, msg.signing_digest(self.chain_id), msg.sig):
+        signed = (msg.sender, msg.signing_digest(self.chain_id), msg.sig)
+        if signed != self._checked and not self._verify(*signed):
             self.ignored += 1
             return []
         if early:
