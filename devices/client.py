@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
@@ -9,13 +10,14 @@ import aiohttp
 import msgpack
 
 from node.crypto.keys import Identity
-from node.tx.requests import blob_request_digest
+from node.sidecar import encode_submission, item_obj
+from node.tx.requests import blob_request_digest, blob_upload_digest
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, retry_after: float | None = None) -> None:
         super().__init__(f"HTTP {status}: {reason}")
-        self.status, self.reason = status, reason
+        self.status, self.reason, self.retry_after = status, reason, retry_after
 
 
 class NodeClient:
@@ -43,7 +45,11 @@ class NodeClient:
                 reason = (await resp.json())["error"]
             except (aiohttp.ContentTypeError, KeyError, ValueError):
                 reason = (await resp.text())[:200]
-            raise ApiError(resp.status, reason)
+            try:
+                retry = float(resp.headers.get("Retry-After", ""))
+            except ValueError:
+                retry = None
+            raise ApiError(resp.status, reason, retry)
 
     async def get_json(self, path: str, **params: Any) -> dict:
         if self.session is None:
@@ -65,12 +71,14 @@ class NodeClient:
             await self._check(resp)
             return await resp.json()
 
-    async def submit(self, raw: bytes) -> str:
-        return (await self._post("/v1/tx", raw, "application/msgpack"))["id"]
+    async def submit(self, raw: bytes, sidecar: bytes | None = None) -> str:
+        """One transaction; a data write may carry its ciphertext as a sidecar (node/sidecar.py)."""
+        return (await self._post("/v1/tx", encode_submission(raw, sidecar), "application/msgpack"))["id"]
 
-    async def submit_many(self, raws: list[bytes]) -> list[dict]:
-        """Submit a batch; one result per transaction: {"status": 202, "id"} or {"status", "error"}."""
-        body = msgpack.packb(raws, use_bin_type=True)
+    async def submit_many(self, items: list[bytes | tuple[bytes, bytes | None]]) -> list[dict]:
+        """Submit a batch of transactions or (transaction, sidecar) pairs; one result each:
+        {"status": 202, "id"} or {"status", "error"}."""
+        body = msgpack.packb([x if isinstance(x, bytes) else item_obj(*x) for x in items], use_bin_type=True)
         return (await self._post("/v1/txs", body, "application/msgpack"))["results"]
 
     async def tx(self, txid: str, wait: float = 0) -> dict:
@@ -91,8 +99,17 @@ class NodeClient:
             await self._check(resp)
             return await resp.read()
 
-    async def upload(self, data: bytes) -> str:
-        return (await self._post("/v1/blobs", data, "application/octet-stream"))["cid"]
+    async def upload(self, data: bytes, ident: Identity, chain_id: str) -> str:
+        """A standalone upload (blobs too large for a sidecar), signed by the uploading patient."""
+        if self.session is None:
+            await self.__aenter__()
+        t = int(time.time() * 1000)
+        sig = ident.sign(blob_upload_digest(chain_id, hashlib.sha256(data).digest(), len(data), t))
+        headers = {"Content-Type": "application/octet-stream", "X-Medchain-Pubkey": ident.public_key.hex(),
+                   "X-Medchain-Time": str(t), "X-Medchain-Signature": sig.hex()}
+        async with self.session.post(self.base + "/v1/blobs", data=data, headers=headers) as resp:
+            await self._check(resp)
+            return (await resp.json())["cid"]
 
     async def download(self, ident: Identity, chain_id: str, cid: str, cid_bytes: bytes,
                        read_txid: bytes = b"") -> bytes:

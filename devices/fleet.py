@@ -44,7 +44,7 @@ from devices.wearables import make_wearable
 from node.crypto import seal
 from node.crypto.batch import aead_seal_batch
 from node.crypto.keys import Identity
-from node.ipfs.cid import Cid
+from node.ipfs.cid import Cid, cid_v1_raw
 from node.tx import Grant, Profile, Read, SealedKey, Tx, Write, data_type_id
 from node.wire import encode
 
@@ -52,6 +52,7 @@ KINDS = ["heart_rate", "spo2", "body_temperature", "blood_pressure", "glucose"]
 ALL_TYPES = tuple(sorted(data_type_id(k) for k in KINDS))
 HISTORY_EPOCHS = 12  # as devices/phone.py: past key epochs a grant carries
 MAX_BATCH = 4000  # transactions per POST /v1/txs (the API allows 4096)
+MAX_BATCH_BYTES = 1900 * 1024  # and bytes, sidecars included (the API allows 2 MiB)
 
 
 @dataclass
@@ -224,7 +225,11 @@ class Fleet:
             await self.lane_wake[v].wait()
             self.lane_wake[v].clear()
             while self.lanes[v]:
-                batch, self.lanes[v] = self.lanes[v][:MAX_BATCH], self.lanes[v][MAX_BATCH:]
+                lane, size, k = self.lanes[v], 0, 0
+                while k < len(lane) and k < MAX_BATCH and (k == 0 or size + len(lane[k].blob) < MAX_BATCH_BYTES):
+                    size += len(lane[k].tx.raw) + len(lane[k].blob) + 16
+                    k += 1
+                batch, self.lanes[v] = lane[:k], lane[k:]
                 t = time.monotonic()
                 for m in batch:
                     m.t_sent = t
@@ -233,7 +238,8 @@ class Fleet:
                 if timed:
                     self.first_submit = self.first_submit or t
                 try:
-                    res = await c.submit_many([m.tx.raw for m in batch])
+                    # a write carries its ciphertext as a sidecar: no upload, no bitswap fetch
+                    res = await c.submit_many([(m.tx.raw, m.blob or None) for m in batch])
                 except Exception as exc:  # noqa: BLE001 - a lane must survive one bad request
                     res = [{"status": 599, "error": str(exc)}] * len(batch)
                 if timed:
@@ -300,6 +306,7 @@ class Fleet:
             self.hist_e2e.record_value(max(1, int((t - m.t_sched) * 1e6)))
         if m.kind == "write":
             ph = self.phones[m.owner]
+            m.blob = b""  # committed: every validator holds it now
             ph.outstanding -= 1
             self.written[m.cid] = m
             ph.cids.append((m.dtype, m.cid, m.body.epoch))
@@ -341,29 +348,19 @@ class Fleet:
         except Exception:  # noqa: BLE001 - counted: anything else is a failed read (must be 0)
             self.reads_failed += 1
 
-    # --- the proxy: seal, upload, sign, enqueue --------------------------------------------
+    # --- the proxy: seal, sign, enqueue (each ciphertext rides as its write's sidecar) ---------
     async def _proxy(self) -> None:
-        sem = asyncio.Semaphore(self.cfg.uploads_in_flight)
         while True:
             items: list[Meta] = await self.work.get()
             while not self.work.empty():
                 items += self.work.get_nowait()
             fresh = [m for m in items if m.kind == "write" and m.body is None]
             self._seal(fresh)
-
-            async def up(m: Meta) -> None:
-                async with sem:
-                    try:
-                        m.cid = await self.clients[self.phones[m.owner].v].upload(m.blob)
-                    except (aiohttp.ClientError, ApiError, TimeoutError) as exc:
-                        m.cid = ""
-                        self._refused(m, {"status": getattr(exc, "status", 599), "error": f"upload: {exc}"})
-            await asyncio.gather(*(up(m) for m in fresh))
-            items = [m for m in items if m.kind != "write" or m.body is not None or m.cid]
-            fresh = [m for m in fresh if m.cid]
-            for m in fresh:
-                m.body = Write(m.dtype, Cid.parse(m.cid).to_bytes(), len(m.blob), m.epoch, m.t0, m.t1)
-                m.blob, m.readings = b"", None
+            for m in fresh:  # one raw block: the CID is one SHA-256 here (node/sidecar.py)
+                cid = cid_v1_raw(m.blob)
+                m.cid = str(cid)
+                m.body = Write(m.dtype, cid.to_bytes(), len(m.blob), m.epoch, m.t0, m.t1)
+                m.readings = None
             for k in {m.owner for m in items if m.kind != "read" and self.phones[m.owner].resync}:
                 ph = self.phones[k]
                 ph.nonce = (await self.clients[ph.v].account(ph.addr))["next_nonce"]

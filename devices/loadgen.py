@@ -1,9 +1,10 @@
 """Pre-signed load against a validator: committed tx/s and commit latency (Caliper's definitions).
 
-Phase 1 (not timed): make senders, upload one small ciphertext per transaction, pre-sign data-write
-transactions. Phase 2 (timed): submit them in batches (POST /v1/txs, as a phone proxy would) from
-several concurrent submitters while a follower reads each new block and stamps its transactions'
-commit time. throughput = committed / (last commit - first submit).
+Phase 1 (not timed): make senders, one small ciphertext per write, pre-sign the transactions.
+Phase 2 (timed): submit them in batches (POST /v1/txs, as a phone proxy would; each write carries
+its ciphertext as a sidecar) from several concurrent submitters while a follower reads each new
+block and stamps its transactions' commit time. throughput = committed / (last commit - first
+submit). A 429 or 503 (a rate limit, a full pool) is retried after its Retry-After, never fatal.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import os
 import time
 from dataclasses import dataclass
 
-from devices.client import NodeClient
+from devices.client import ApiError, NodeClient
 from node.crypto.keys import Identity
-from node.ipfs.cid import Cid
+from node.ipfs.cid import cid_v1_raw
 from node.tx import Profile, Tx, Write
+
+Sub = tuple[Tx, bytes | None]  # a transaction and its sidecar
+MAX_RETRIES = 20
 
 
 @dataclass
@@ -40,26 +44,23 @@ def percentile(sorted_vals: list[float], p: float) -> float:
     return sorted_vals[k]
 
 
-async def _prepare(clients: list[NodeClient], chain: str, senders: int, per_sender: int,
-                   kind: str) -> list[list[Tx]]:
-    """Pre-sign every transaction; sender s talks to validator s mod len(clients)."""
-    idents = [Identity.from_seed(os.urandom(16)) for _ in range(senders)]
+def _prepare(chain: str, senders: int, per_sender: int, kind: str) -> list[list[Sub]]:
+    """Pre-sign every transaction (writes with their ciphertext as sidecar)."""
     now = int(time.time() * 1000)
-    sem = asyncio.Semaphore(32)
-
-    async def one(s: int, ident: Identity) -> list[Tx]:
-        c = clients[s % len(clients)]
-        bodies = []
+    out = []
+    for _ in range(senders):
+        ident = Identity.from_seed(os.urandom(16))
+        bodies, blobs = [], []
         for n in range(1, per_sender + 1):
             if kind == "profile":
                 bodies.append(Profile(f"load-{n}", "bench", "medchain", bytes(32)))
+                blobs.append(None)
                 continue
             blob = os.urandom(96)  # a small encrypted window (the bytes are opaque to the chain)
-            async with sem:
-                cid = await c.upload(blob)
-            bodies.append(Write(1, Cid.parse(cid).to_bytes(), len(blob), 0, now + n * 1000, now + n * 1000 + 999))
-        return Tx.build_batch(ident, chain, 1, bodies)
-    return await asyncio.gather(*(one(s, i) for s, i in enumerate(idents)))
+            bodies.append(Write(1, cid_v1_raw(blob).to_bytes(), len(blob), 0, now + n * 1000, now + n * 1000 + 999))
+            blobs.append(blob)
+        out.append(list(zip(Tx.build_batch(ident, chain, 1, bodies), blobs, strict=True)))
+    return out
 
 
 async def run_load(urls: list[str], senders: int = 200, per_sender: int = 50, batch: int = 500,
@@ -81,11 +82,11 @@ async def _run(clients: list[NodeClient], senders: int, per_sender: int, batch: 
                timeout: float, kind: str, rate: float = 0.0) -> LoadResult:
     c = clients[-1]  # follow commits on a backup: keeps the harness's polling off the primary
     chain = (await c.status())["chain_id"]
-    per = await _prepare(clients, chain, senders, per_sender, kind)
+    per = _prepare(chain, senders, per_sender, kind)
     # sender s talks to validator s mod V over lane (s // V) mod L; a lane submits its batches one
     # after another, so each sender's nonces arrive in order; lanes and validators run concurrently
     nv = len(clients)
-    plan: dict[tuple[int, int], list[Tx]] = {}
+    plan: dict[tuple[int, int], list[int]] = {}
     for s_ in range(senders):
         plan.setdefault((s_ % nv, (s_ // nv) % lanes), []).append(s_)
     work = []
@@ -115,8 +116,40 @@ async def _run(clients: list[NodeClient], senders: int, per_sender: int, batch: 
 
     lane_rate = rate / len(work) if rate > 0 else 0.0
 
-    async def lane(cl: NodeClient, batches: list[list[Tx]]) -> None:
+    async def submit(cl: NodeClient, b: list[Sub]) -> None:
+        """Submit a batch; what a rate limit or a full pool refused (and, behind it, the same senders'
+        later nonces) is sent again after the Retry-After."""
         nonlocal refused
+        for _ in range(MAX_RETRIES):
+            t = time.monotonic()
+            for tx, _s in b:
+                sent_at.setdefault(tx.id, t)
+            try:
+                res = await cl.submit_many([(tx.raw, side) for tx, side in b])
+            except ApiError as exc:  # the whole request refused (the per-client limit)
+                if exc.status not in (429, 503):
+                    raise
+                await asyncio.sleep(exc.retry_after or 1.0)
+                continue
+            again, wait, blocked = [], 0.0, set()
+            for (tx, side), r in zip(b, res, strict=True):
+                st = r["status"]
+                if st in (429, 503) or (st == 409 and tx.address in blocked):
+                    again.append((tx, side))
+                    blocked.add(tx.address)
+                    wait = max(wait, float(r.get("retry_after", 1)))
+                elif st != 202 and not (st == 409 and "already pending" in r.get("error", "")):
+                    refused += 1
+                    sent_at.pop(tx.id, None)
+            if not again:
+                return
+            b = again
+            await asyncio.sleep(wait)
+        for tx, _s in b:
+            refused += 1
+            sent_at.pop(tx.id, None)
+
+    async def lane(cl: NodeClient, batches: list[list[Sub]]) -> None:
         due = time.monotonic()
         for b in batches:
             if lane_rate:
@@ -124,14 +157,7 @@ async def _run(clients: list[NodeClient], senders: int, per_sender: int, batch: 
                 if delay > 0:
                     await asyncio.sleep(delay)
                 due += len(b) / lane_rate
-            t = time.monotonic()
-            for tx in b:
-                sent_at[tx.id] = t
-            res = await cl.submit_many([tx.raw for tx in b])
-            for tx, r in zip(b, res, strict=True):
-                if r["status"] != 202:
-                    refused += 1
-                    sent_at.pop(tx.id, None)
+            await submit(cl, b)
 
     follower = asyncio.create_task(follow())
     t0 = time.monotonic()

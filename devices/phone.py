@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from devices import envelope
 from devices.client import ApiError, NodeClient
 from node.crypto import seal
-from node.ipfs.cid import Cid
+from node.ipfs.cid import Cid, cid_v1_raw
 from node.proof import verify_inclusion
+from node.sidecar import SIDECAR_MAX
 from node.state.machine import BREAK_GLASS_ACCESS_MS
 from node.tx import Grant, Policy, Read, SealedKey, Tx, Write, data_type_id, data_type_name
 from node.tx.model import DATA_TYPES
@@ -61,11 +62,13 @@ class Phone:
         self.next_nonce += 1
         return n
 
-    async def send(self, body, wait: bool = True, timeout: float = 30.0) -> str:  # noqa: ANN001
-        """Sign and submit; with wait, block until committed and check it was applied."""
+    async def send(self, body, wait: bool = True, timeout: float = 30.0,  # noqa: ANN001
+                   sidecar: bytes | None = None) -> str:
+        """Sign and submit (a write with its ciphertext as sidecar); with wait, block until committed
+        and check it was applied."""
         tx = Tx.build(self.identity, self.chain_id, await self._nonce(), body)
         try:
-            txid = await self.client.submit(tx.raw)
+            txid = await self.client.submit(tx.raw, sidecar)
         except ApiError:
             self.next_nonce = None  # resync on the next send
             raise
@@ -101,8 +104,12 @@ class Phone:
         t0, t1 = slot if slot is not None else (min(r[0] for r in readings), max(r[0] for r in readings))
         ad = envelope.aad(self.chain_id, self.address, tid, epoch, t0, t1)
         blob = envelope.seal_window(self.data_key(tid, epoch), ad, readings, self.pad_to)
-        cid = await self.client.upload(blob)
-        txid = await self.send(Write(tid, Cid.parse(cid).to_bytes(), len(blob), epoch, t0, t1), wait=wait)
+        if len(blob) <= SIDECAR_MAX:  # one raw block: its CID is computed here, the blob rides along
+            cid, side = str(cid_v1_raw(blob)), blob
+        else:  # a large window: a signed standalone upload, then the write names it
+            cid, side = await self.client.upload(blob, self.identity, self.chain_id), None
+        txid = await self.send(Write(tid, Cid.parse(cid).to_bytes(), len(blob), epoch, t0, t1), wait=wait,
+                               sidecar=side)
         return WriteResult(txid, cid, epoch, len(blob))
 
     async def write_slot(self, dtype: str | int, readings: list[envelope.Reading], slot_start_ms: int,

@@ -32,6 +32,7 @@ class Params:
     client_rate: float = 2000.0  # API requests (a batch counts its transactions) per second per client IP
     client_burst: float = 4000.0
     peer_forward_bytes: float = 8 * 1024 * 1024  # forwarded tx batches, bytes/s per validator peer (burst 2x)
+    upload_grace_s: float = 600.0  # a standalone upload no committed write names within this is collected
 
 
 @dataclass(frozen=True)

@@ -94,8 +94,11 @@ class _Sender:
 
 class Mempool:
     def __init__(self, capacity: int = 100_000, rate: float = 200.0, burst: float = 400.0,
-                 max_per_sender: int = 1024) -> None:
+                 max_per_sender: int = 1024, max_sidecar_bytes: int = 64 * 1024 * 1024) -> None:
         self.capacity, self.rate, self.burst, self.max_per_sender = capacity, rate, burst, max_per_sender
+        # sidecars (node/sidecar.py) wait here with their writes, bounded in bytes: memory stays flat
+        self.sidecars: dict[bytes, bytes] = {}
+        self.sidecar_bytes, self.max_sidecar_bytes = 0, max_sidecar_bytes
         self.senders: OrderedDict[bytes, _Sender] = OrderedDict()
         self.by_id: dict[bytes, Tx] = {}
         self.buckets: dict[bytes, TokenBucket] = {}
@@ -117,7 +120,8 @@ class Mempool:
             n += 1
         return n
 
-    def admit(self, tx: Tx, committed_nonce: int, now: float, forwarded: bool = False) -> list[Tx]:
+    def admit(self, tx: Tx, committed_nonce: int, now: float, forwarded: bool = False,
+              sidecar: bytes | None = None) -> list[Tx]:
         """Queue a transaction that passed stateless and stateful checks; enforce nonce order and limits.
         `forwarded` batches (from other validators) skip the rate limit, which their entry validator
         applied, and may run ahead of the next nonce by up to MAX_FORWARD_GAP. Returns the
@@ -138,6 +142,8 @@ class Mempool:
             raise AdmissionError(409, f"nonce out of order: got {tx.nonce}, expected {expected}")
         if s is not None and len(s.txs) >= self.max_per_sender:
             raise AdmissionError(429, f"rate limited: {self.max_per_sender} transactions already pending", 1.0)
+        if sidecar is not None and self.sidecar_bytes + len(sidecar) > self.max_sidecar_bytes:
+            raise AdmissionError(503, f"mempool full: {self.sidecar_bytes} bytes of sidecars pending", 1.0)
         if not forwarded:
             bucket = self.buckets.get(addr)
             if bucket is None:
@@ -150,6 +156,9 @@ class Mempool:
             s = self.senders[addr] = _Sender(committed_nonce + 1)
         s.txs[tx.nonce] = tx
         self.by_id[tx.id] = tx
+        if sidecar is not None:
+            self.sidecars[tx.id] = sidecar
+            self.sidecar_bytes += len(sidecar)
         heapq.heappush(self._heavy, (-len(s.txs), addr))
         return evicted
 
@@ -164,13 +173,30 @@ class Mempool:
             raise AdmissionError(503, "mempool full: try again later", 1.0)
         s = self.senders[heavy]
         victim = s.txs.pop(max(s.txs))
-        del self.by_id[victim.id]
+        self._forget(victim.id)
         self.evictions += 1
         if s.txs:
             heapq.heappush(self._heavy, (-len(s.txs), heavy))
         else:
             del self.senders[heavy]
         return [victim]
+
+    def charge(self, addr: bytes, now: float, n: float = 1.0) -> float:
+        """Take n tokens from a sender's bucket outside admission (a standalone upload); 0.0 if
+        taken, else the seconds to wait."""
+        bucket = self.buckets.get(addr)
+        if bucket is None:
+            bucket = self.buckets[addr] = TokenBucket(self.rate, self.burst, self.burst, now)
+        return bucket.take(now, n)
+
+    def _forget(self, txid: bytes) -> None:
+        self.by_id.pop(txid, None)
+        side = self.sidecars.pop(txid, None)
+        if side is not None:
+            self.sidecar_bytes -= len(side)
+
+    def sidecar(self, txid: bytes) -> bytes | None:
+        return self.sidecars.get(txid)
 
     def _heaviest(self) -> bytes | None:
         """The sender with the most pending transactions (stale heap entries are dropped lazily)."""
@@ -216,7 +242,7 @@ class Mempool:
 
     def _advance(self, addr: bytes, s: _Sender, base: int) -> None:
         for n in [n for n in s.txs if n < base]:
-            self.by_id.pop(s.txs.pop(n).id, None)
+            self._forget(s.txs.pop(n).id)
         s.base = base
         if not s.txs:
             del self.senders[addr]

@@ -31,6 +31,10 @@ class Metrics:
             "medchain_commit_latency_seconds", "Admission to commit", registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
         self.blobs = Gauge("medchain_blobs_held", "Blocks in the IPFS block store", registry=r)
+        self.sidecars_stored = Counter("medchain_sidecars_stored", "Blobs stored from the sidecars of committed "
+                                       "writes (no bitswap round)", registry=r)
+        self.uploads_collected = Counter("medchain_uploads_collected", "Standalone uploads no committed write "
+                                         "named within the grace, deleted", registry=r)
         self.blob_integrity = Counter("medchain_blob_integrity_failures", "Stored blocks that failed their hash",
                                       registry=r)
         self.http = Counter("medchain_http_requests", "HTTP requests", ["route", "status"], registry=r)

@@ -64,6 +64,8 @@ class Replicator:
         self._tasks: list[asyncio.Task] = []
         self._sessions: set[asyncio.Task] = set()
         self._inflight: set[bytes] = set()
+        self._to_pin: list[Cid] = []
+        self._wanted: set[bytes] = set()  # multihashes recorded in the store's wanted table
         self.stats = {"committed_blobs": 0, "fetched": 0, "fetch_failures": 0, "read_fetches": 0,
                       "announced": 0, "announce_failures": 0}
 
@@ -76,6 +78,11 @@ class Replicator:
         """Replicate over ``net`` (a started P2PNode with bitswap). Without one (a single
         validator) the loop starts on the first commit and only pins."""
         self.net = net
+        # repair survives restarts: blobs of committed blocks that were still missing at the stop
+        for root, height in self.store.wanted_blobs():
+            self._pending.setdefault(height, set()).add(root.multihash)
+            self._wanted.add(root.multihash)
+            self._queue.put_nowait([root])
         if not self._tasks:
             loop = asyncio.get_running_loop()
             self._tasks = [loop.create_task(self._run(), name="replicator")]
@@ -90,8 +97,11 @@ class Replicator:
         self._tasks = []
 
     # ---- events --------------------------------------------------------------------------------
-    def on_commit(self, height: int, cid_bytes: Iterable[bytes]) -> None:
-        """Block ``height`` committed; ``cid_bytes``: the CIDs its data writes recorded (result OK)."""
+    def on_commit(self, height: int, cid_bytes: Iterable[bytes], pinned: bool = False,
+                  wanted: list[Cid] | None = None) -> None:
+        """Block ``height`` committed; ``cid_bytes``: the CIDs its data writes recorded (result OK).
+        `pinned`: the commit already pinned them (with its sidecars, node/validator.py), and
+        `wanted` are the ones it did not hold (recorded in the store): only those are fetched."""
         roots = []
         for b in cid_bytes:
             try:
@@ -101,9 +111,17 @@ class Replicator:
         if not roots:
             return
         self.stats["committed_blobs"] += len(roots)
-        self._pending[height] = {r.multihash for r in roots}
+        if not pinned:
+            self._to_pin += roots
+        fetch = roots if wanted is None else wanted
+        self._pending[height] = {r.multihash for r in fetch}
         _trim(self._pending)
-        self._queue.put_nowait(roots)
+        if wanted is not None:
+            self._wanted.update(r.multihash for r in wanted)
+            if not wanted:
+                self._mark_complete()  # every blob rode in as a sidecar
+                return
+        self._queue.put_nowait(fetch)
         if not self._tasks:
             self.start(self.net)
 
@@ -242,8 +260,9 @@ class Replicator:
             pass
         while not self._queue.empty():
             roots += self._queue.get_nowait()
-        if roots:
-            await asyncio.to_thread(self.store.pin_many, roots)
+        if self._to_pin:
+            pins, self._to_pin = self._to_pin, []
+            await asyncio.to_thread(self.store.pin_many, pins)
         now = time.monotonic()
         for cid, at, b in list(self._retry.values()):
             if at <= now and cid.multihash not in self._inflight:
@@ -253,7 +272,12 @@ class Replicator:
 
     def _settle(self, roots: list[Cid]) -> None:
         """Roots now held leave the per-block pending sets (and their retries)."""
-        held = {r.multihash for r in roots if self.store.has_blob(r)}
+        now_held = [r for r in roots if self.store.has_blob(r)]
+        held = {r.multihash for r in now_held}
+        unwant = [r for r in now_held if r.multihash in self._wanted]
+        if unwant:
+            self._wanted.difference_update(r.multihash for r in unwant)
+            self._spawn(asyncio.to_thread(self.store.unwant, unwant))
         for mh in held:
             self._retry.pop(mh, None)
         if held:

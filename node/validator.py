@@ -40,24 +40,33 @@ from node.execution import MAX_FUTURE_MS, Executed, InvalidBlock, Tip, build_blo
 from node.genesis import Genesis
 from node.ipfs.blobwriter import BlobWriter
 from node.ipfs.blockstore import BlockStore
-from node.ipfs.cid import Cid, CidError
+from node.ipfs.cid import CODEC_RAW, Cid, CidError
 from node.ledger import Ledger
 from node.mempool import AdmissionError, KeyedLimiter, Mempool
 from node.metrics import Metrics
 from node.replication import Replicator, roots_from_ledger
+from node.sidecar import (
+    SIDECAR_MAX,
+    TXS_PREFIX,
+    Item,
+    SidecarError,
+    check_sidecar,
+    decode_forwarded,
+    forward_messages,
+)
 from node.state import CODES, OK, Overlay, check_tx, keys
 from node.sync import THRESHOLD as SYNC_THRESHOLD
 from node.sync import StateSync
 from node.tx import KIND_WRITE, Tx, TxError
 from node.tx.model import BAD_SIGNATURE
-from node.wire import MAX_TX_BYTES, WireError, decode, decode_canonical, encode
+from node.wire import MAX_TX_BYTES, WireError, decode
 
 log = logging.getLogger("medchain.validator")
 
 # How an admission check's state code maps to an HTTP status.
 _CODE_STATUS = {2: 422, 3: 403, 4: 404, 5: 409, 6: 409, 7: 422, 8: 422, 10: 403, 11: 429}
-T_TXS = 16  # p2p message: a batch of transactions forwarded among validators
-_TXS_PREFIX = bytes([0x92, T_TXS])  # how an encoded [T_TXS, batch] starts: checked before decoding
+_TXS_PREFIX = TXS_PREFIX
+_BAD_SIG_CACHE = 1 << 16  # ids whose signature failed: a replayed bad transaction costs a lookup
 _VERIFIED_CACHE = 1 << 19
 PIPELINE = 4  # proposals in flight at once
 REFORWARD_S = 5.0  # well above a healthy p99 commit latency: only stranded transactions are resent
@@ -102,12 +111,15 @@ class Validator:
         self._executed: dict[bytes, Executed] = {}  # block hash -> executed, not yet committed
         self._tip: Tip | None = None  # the primary's newest proposal, to pipeline on
         self._verified: OrderedDict[bytes, None] = OrderedDict()
-        self._forward: list[bytes] = []
+        self._forward: list[Item] = []  # admitted client transactions (and sidecars) to forward
+        self._forward_bytes = 0
+        self._bad_sigs: OrderedDict[bytes, None] = OrderedDict()  # ids that failed verification
         self._rejected: OrderedDict[bytes, str] = OrderedDict()
         self._waiters: dict[bytes, list[asyncio.Future]] = {}
         self._submitted_at: dict[bytes, float] = {}  # client submissions here, for the latency metric
         self._pending_since: dict[bytes, float] = {}  # every admitted tx: when to re-forward it next
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+        self._verifier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify")  # FIFO: keeps order
         self._inbox: asyncio.Queue = asyncio.Queue()
         self._txin: asyncio.Queue = asyncio.Queue()  # forwarded transaction batches, admitted apart
         self._wake = asyncio.Event()
@@ -140,7 +152,8 @@ class Validator:
         self._tasks = [asyncio.create_task(self._produce(), name="producer"),
                        asyncio.create_task(self._consensus(), name="consensus"),
                        asyncio.create_task(self._ticker(), name="ticker"),
-                       asyncio.create_task(self._admit_forwarded(), name="admit-forwarded")]
+                       asyncio.create_task(self._admit_forwarded(), name="admit-forwarded"),
+                       asyncio.create_task(self._collect_uploads(), name="upload-collector")]
         if self.net is not None:
             self.sync.start()
 
@@ -156,6 +169,7 @@ class Validator:
             await self.net.stop()
         await self.blob_writer.close()
         self._worker.shutdown(wait=True)
+        self._verifier.shutdown(wait=True)
         self.ledger.close()
         self.blobs.close()
 
@@ -173,50 +187,87 @@ class Validator:
                 self._rejected.popitem(last=False)
         return AdmissionError(status, reason, retry_after)
 
-    def submit(self, raw: bytes) -> bytes:
-        """Admit one signed transaction; returns its id or raises AdmissionError (a 4xx reason)."""
-        res = self.submit_many([raw])[0]
+    async def submit(self, raw: bytes, sidecar: bytes | None = None) -> bytes:
+        """Admit one signed transaction (with its sidecar); returns its id or raises AdmissionError."""
+        res = (await self.submit_many([(raw, sidecar)]))[0]
         if isinstance(res, AdmissionError):
             raise res
         return res
 
-    def submit_many(self, raws: list[bytes], forwarded: bool = False) -> list[bytes | AdmissionError]:
-        """Admit a batch: parse each, verify all signatures in one batch call, then admit in order.
-        Transactions from clients are forwarded to the other validators in batches."""
-        out: list[bytes | AdmissionError] = []
-        parsed: list[tuple[int, Tx]] = []
-        for raw in raws:
+    async def submit_many(self, items: list[Item], forwarded: bool = False) -> list[bytes | AdmissionError]:
+        """Admit a batch of (transaction, sidecar or None): parse and verify every signature in the
+        verifier thread (the loop keeps serving; the native batch verifier releases the GIL), then
+        admit in order on the loop. Client transactions are forwarded to the other validators in
+        batches, with their sidecars. Admission order follows submission order: one FIFO thread."""
+        checked = await asyncio.get_running_loop().run_in_executor(self._verifier, self._check_items, items, forwarded)
+        return self._admit_checked(checked, forwarded)
+
+    def submit_many_sync(self, items: list[Item], forwarded: bool = False) -> list[bytes | AdmissionError]:
+        """submit_many on the caller's thread (the loop): for tests and small in-process callers."""
+        return self._admit_checked(self._check_items(items, forwarded), forwarded)
+
+    def _check_items(self, items: list[Item], forwarded: bool) -> list:
+        """Stateless checks (decode, chain id, sidecar, signature): pure, runs off the loop. Returns per
+        item an AdmissionError, or (tx, sidecar, verified). Known bad signatures cost a lookup."""
+        out: list = []
+        todo: list[tuple[int, Tx]] = []
+        for raw, side in items:
             if forwarded and len(raw) <= MAX_TX_BYTES and ecdsa.sha256(raw) in self.mempool:
                 out.append(AdmissionError(409, "duplicate: transaction already pending"))
                 continue  # a re-forwarded copy we hold already: costs a hash, not a decode
             try:
                 tx = Tx.decode(raw, check_sig=False)
-                if tx.chain_id != self.chain_id:
-                    out.append(self._reject(tx.id, 400, f"wrong chain id: {tx.chain_id!r}, "
-                                                        f"this chain is {self.chain_id!r}"))
-                    continue
-                parsed.append((len(out), tx))
-                out.append(tx.id)
             except (TxError, WireError) as exc:
                 txid = ecdsa.sha256(raw) if len(raw) <= MAX_TX_BYTES else None
-                out.append(self._reject(txid, 400, f"invalid transaction: {exc}"))
-        todo = [(i, tx) for i, tx in parsed if tx.id not in self._verified]
-        oks = dict(zip((tx.id for _, tx in todo), verify_batch([(t.sender, t.digest, t.sig) for _, t in todo]),
-                       strict=True))
+                out.append((txid, 400, f"invalid transaction: {exc}"))
+                continue
+            if tx.chain_id != self.chain_id:
+                out.append((tx.id, 400, f"wrong chain id: {tx.chain_id!r}, this chain is {self.chain_id!r}"))
+                continue
+            if tx.id in self._bad_sigs:
+                out.append((tx.id, 400, f"invalid transaction: {BAD_SIGNATURE}"))
+                continue
+            if side is not None:
+                why = check_sidecar(tx, side)
+                if why is not None:
+                    out.append((tx.id, 400, f"invalid sidecar: {why}"))
+                    continue
+            if tx.id not in self._verified:
+                todo.append((len(out), tx))
+            out.append((tx, side))
+        oks = verify_batch([(t.sender, t.digest, t.sig) for _, t in todo]) if todo else []
+        for (i, tx), ok in zip(todo, oks, strict=True):
+            if not ok:
+                out[i] = (tx.id, 400, f"invalid transaction: {BAD_SIGNATURE}")
+        return out
+
+    def _admit_checked(self, checked: list, forwarded: bool) -> list[bytes | AdmissionError]:
+        out: list[bytes | AdmissionError] = []
         now_ms, now = self._now_ms(), time.monotonic()
         view = Overlay(self.ledger.get_state)
-        for i, tx in parsed:
-            if not oks.get(tx.id, True):
-                out[i] = self._reject(tx.id, 400, f"invalid transaction: {BAD_SIGNATURE}")
+        for c in checked:
+            if isinstance(c, AdmissionError):
+                out.append(c)
                 continue
+            if len(c) == 3:  # (txid, status, reason): refused by the stateless checks
+                txid, status, reason = c
+                if reason.endswith(BAD_SIGNATURE) and txid is not None:
+                    self._bad_sigs[txid] = None
+                    while len(self._bad_sigs) > _BAD_SIG_CACHE:
+                        self._bad_sigs.popitem(last=False)
+                out.append(self._reject(txid, status, reason))
+                continue
+            tx, side = c
             self._mark_verified(tx.id)
             try:
-                self._admit(tx, view, now_ms, now, forwarded)
+                side = self._admit(tx, side, view, now_ms, now, forwarded)
             except AdmissionError as exc:
-                out[i] = self._reject(tx.id, exc.status, exc.reason, exc.retry_after)
+                out.append(self._reject(tx.id, exc.status, exc.reason, exc.retry_after))
                 continue
+            out.append(tx.id)
             if not forwarded and self.net is not None:
-                self._forward.append(tx.raw)
+                self._forward.append((tx.raw, side))
+                self._forward_bytes += len(tx.raw) + (len(side) if side else 0)
         self.metrics.mempool.set(len(self.mempool))
         self._wake.set()
         return out
@@ -226,16 +277,20 @@ class Validator:
         if len(self._verified) > _VERIFIED_CACHE:
             self._verified.popitem(last=False)
 
-    def _admit(self, tx: Tx, view: Overlay, now_ms: int, now: float, forwarded: bool = False) -> None:
+    def _admit(self, tx: Tx, sidecar: bytes | None, view: Overlay, now_ms: int, now: float,
+               forwarded: bool = False) -> bytes | None:
+        """Stateful admission; returns the sidecar to forward with the transaction (None if none)."""
         if self.ledger.tx_location(tx.id) is not None:
             raise AdmissionError(409, "duplicate: transaction already committed (replay)")
         code = check_tx(view, tx, now_ms)
         if code != OK:
             raise AdmissionError(_CODE_STATUS.get(code, 422), f"refused: {CODES[code]}")
-        if tx.kind == KIND_WRITE and not forwarded:
-            # the entry validator holds the blob; copying it to the others is the block exchange's job
-            self._check_blob_present(tx)
-        for ev in self.mempool.admit(tx, self.committed_nonce(tx.address), now, forwarded):
+        forward_side = sidecar
+        if tx.kind == KIND_WRITE and sidecar is None and not forwarded:
+            # no sidecar: the blob must be held here already (a standalone upload); a small one is
+            # attached to the forwarded batch, so the other validators hold it at commit too
+            forward_side = self._held_blob(tx)
+        for ev in self.mempool.admit(tx, self.committed_nonce(tx.address), now, forwarded, sidecar):
             # fair eviction made room: the heaviest sender's newest transaction leaves the pool
             self._submitted_at.pop(ev.id, None)
             self._reject(ev.id, 503, "evicted: mempool full and its sender held the most pending transactions")
@@ -244,17 +299,24 @@ class Validator:
             self._submitted_at[tx.id] = now
         self._pending_since[tx.id] = now + REFORWARD_S
         self.metrics.admitted.inc()
+        return forward_side
 
-    def _check_blob_present(self, tx: Tx) -> None:
+    def _held_blob(self, tx: Tx) -> bytes | None:
+        """A write without a sidecar: its blob must be held here with the size the write states.
+        Returns the blob's bytes when it is small enough to ride as a sidecar, else None."""
         try:
             cid = Cid.from_bytes(tx.body.cid)
         except CidError as exc:
             raise AdmissionError(400, f"invalid transaction: bad cid: {exc}") from None
         size = self.blobs.blob_size(cid)
         if size is None:
-            raise AdmissionError(422, f"blob not uploaded: upload {cid} before recording it")
+            raise AdmissionError(422, f"blob not held: send the ciphertext as the write's sidecar, or upload "
+                                      f"{cid} (POST /v1/blobs) to this validator first")
         if size != tx.body.size:
             raise AdmissionError(422, f"size mismatch: blob {cid} is {size} bytes, transaction says {tx.body.size}")
+        if cid.codec == CODEC_RAW and size <= SIDECAR_MAX:
+            return self.blobs.get(cid)
+        return None
 
     def tx_status(self, txid: bytes) -> dict:
         loc = self.ledger.tx_location(txid)
@@ -355,12 +417,28 @@ class Validator:
             if self.net is None:
                 continue
             if self._forward:
-                batch, self._forward = self._forward, []
-                self._broadcast(encode([T_TXS, batch]))
+                batch, self._forward, self._forward_bytes = self._forward, [], 0
+                for msg in forward_messages(batch):
+                    self._broadcast(msg)
             now = time.monotonic()
             if now - last_reforward >= REFORWARD_S:
                 last_reforward = now
                 self._reforward(now)
+
+    async def _collect_uploads(self) -> None:
+        """Standalone uploads that no committed write pinned within the grace are deleted: an
+        unreferenced upload costs its uploader's rate, and the disk only for the grace."""
+        grace = self.params.upload_grace_s
+        while not self._stopping:
+            await asyncio.sleep(min(60.0, max(0.5, grace / 4)))
+            try:
+                n = await asyncio.to_thread(self.blobs.collect_uploads, grace)
+            except Exception:  # noqa: BLE001 - keep collecting next round
+                log.exception("collecting unreferenced uploads failed")
+                continue
+            if n:
+                self.metrics.uploads_collected.inc(n)
+                log.info("collected %d unreferenced upload(s) older than %.0f s", n, grace)
 
     def _reforward(self, now: float) -> None:
         """A forwarded batch can be lost (a peer down or restarting): transactions still pending here
@@ -378,9 +456,9 @@ class Validator:
                 stale.append(t)
         for t in stale:
             self._pending_since[t] = now + REFORWARD_S * 4
-        stale = [self.mempool.by_id[t].raw for t in stale]
-        if stale:
-            self._send(self.replica.primary, encode([T_TXS, stale]))
+        items = [(self.mempool.by_id[t].raw, self.mempool.sidecar(t)) for t in stale]
+        for msg in forward_messages(items):
+            self._send(self.replica.primary, msg)
 
     def _on_net(self, peer: str, data: bytes) -> None:
         self.msgs_in += 1
@@ -403,10 +481,10 @@ class Validator:
         while True:
             data = await self._txin.get()
             try:
-                obj = decode_canonical(data, MAX_MESSAGE_BYTES)
-                if len(obj) == 2 and isinstance(obj[1], list) and all(isinstance(x, bytes) for x in obj[1]):
-                    self.submit_many(obj[1], forwarded=True)
-            except WireError as exc:
+                items = decode_forwarded(data)
+                if items:
+                    await self.submit_many(items, forwarded=True)
+            except (WireError, SidecarError) as exc:
                 log.debug("dropped malformed forwarded batch: %s", exc)
             except Exception:
                 log.exception("admitting a forwarded batch failed")
@@ -433,13 +511,11 @@ class Validator:
 
     async def _on_wire(self, data: bytes) -> list:
         try:
-            obj = decode_canonical(data, MAX_MESSAGE_BYTES)
-            if isinstance(obj, list) and obj and obj[0] == T_TXS:
-                if len(obj) == 2 and isinstance(obj[1], list) and all(isinstance(x, bytes) for x in obj[1]):
-                    self.submit_many(obj[1], forwarded=True)
+            if data[:2] == _TXS_PREFIX:
+                await self.submit_many(decode_forwarded(data), forwarded=True)
                 return []
             msg = decode_message(data)
-        except (WireError, ConsensusError) as exc:
+        except (WireError, ConsensusError, SidecarError) as exc:
             log.debug("dropped malformed p2p message: %s", exc)
             return []
         if msg.tag == T_PREPREPARE and self.replica.worth_executing(msg):
@@ -586,6 +662,12 @@ class Validator:
         self.net.broadcast(data)
         self.msgs_out += 1
 
+    def _commit_block(self, block: Block, writes: dict[bytes, bytes], sidecars: list[tuple[Cid, bytes]],
+                      roots: list[Cid]) -> tuple[list[Cid], list[Cid]]:
+        done = self.blobs.commit_blobs(sidecars, roots, block.header.height) if roots else ([], [])
+        self.ledger.commit_block(block, writes)
+        return done
+
     async def _deliver(self, block: Block) -> None:
         ex = self._executed.get(block.hash)
         if ex is None:  # a certified block we did not see proposed: execute it now
@@ -594,7 +676,21 @@ class Validator:
                 log.critical("certified block %d does not execute to its state root here: stopping",
                              block.header.height)
                 raise SystemExit(3)
-        await self._run(self.ledger.commit_block, block, ex.writes)
+        # the block's blobs: sidecars held here are stored and every recorded blob pinned (one synced
+        # blob-store transaction, before the block: a crash between leaves blobs, never a block
+        # whose blobs are missing); what is not held here is fetched over bitswap (repair)
+        roots, sidecars = [], []
+        for t, c in zip(ex.txs, ex.codes, strict=True):
+            if t.kind == KIND_WRITE and c == OK:
+                try:
+                    cid = Cid.from_bytes(t.body.cid)
+                except CidError:
+                    continue
+                roots.append(cid)
+                side = self.mempool.sidecar(t.id)
+                if side is not None:
+                    sidecars.append((cid, side))
+        stored, wanted = await self._run(self._commit_block, block, ex.writes, sidecars, roots)
         del self._executed[block.hash]
         # proposals at or below this height that lost (none without view change) are stale now
         for h, e in list(self._executed.items()):
@@ -610,9 +706,10 @@ class Validator:
             for fut in self._waiters.pop(tx.id, ()):
                 if not fut.done():
                     fut.set_result(True)
-        # blobs recorded by this block: pin them, and fetch over bitswap the ones not held here
-        self.replicator.on_commit(block.header.height, (t.body.cid for t, c in zip(ex.txs, ex.codes, strict=True)
-                                                        if t.kind == KIND_WRITE and c == OK))
+        if stored:
+            self.replicator.stored(stored)  # answers peers' wants waiting for them
+            self.metrics.sidecars_stored.inc(len(stored))
+        self.replicator.on_commit(block.header.height, (r.to_bytes() for r in roots), pinned=True, wanted=wanted)
         self.metrics.height.set(block.header.height)
         self.metrics.committed.inc(len(ex.txs))
         self.metrics.mempool.set(len(self.mempool))

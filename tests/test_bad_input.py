@@ -139,7 +139,12 @@ def test_bad_http_requests(node, genesis):
                 assert r.status == 404
             async with s.get(node.url + "/v1/blobs/notacid") as r:
                 assert r.status == 400 and "bad cid" in (await r.json())["error"]
-            cid = await c.upload(b"some ciphertext")
+            async with s.post(node.url + "/v1/blobs", data=b"some ciphertext") as r:  # unsigned upload
+                assert r.status == 401 and "signed upload" in (await r.json())["error"]
+            with pytest.raises(ApiError) as ei:  # signed, by a key with no committed transaction
+                await c.upload(b"some ciphertext", Identity.from_seed(b"nobody"), genesis.chain_id)
+            assert ei.value.status == 403
+            cid = str(cid_v1_raw(b"some ciphertext"))
             async with s.get(node.url + "/v1/blobs/" + cid) as r:
                 assert r.status == 401 and "signed request" in (await r.json())["error"]
             ident = Identity.from_seed(b"q")

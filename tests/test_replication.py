@@ -13,7 +13,7 @@ from devices.client import ApiError, NodeClient
 from devices.phone import Phone
 from node.crypto.keys import Identity
 from node.ipfs.blockstore import BlockStore
-from node.ipfs.cid import Cid
+from node.ipfs.cid import Cid, cid_v1_raw
 from node.tx import DATA_TYPES
 from node.tx.model import Write
 from tests.conftest import run, running_network
@@ -56,11 +56,13 @@ def test_committed_blob_replicates_becomes_available_and_is_read_anywhere(net4):
             small = os.urandom(12)
             now = int(time.time() * 1000)
             ids = {}
-            for name, blob in (("big", big), ("small", small)):
-                cid = Cid.parse(await c.upload(blob))
+            for name, blob in (("small", small), ("big", big)):
+                # a small blob rides as its write's sidecar; a big one (after the patient's first
+                # commit) is a signed standalone upload, fetched by the others over bitswap
+                cid = cid_v1_raw(blob) if name == "small" else Cid.parse(await c.upload(blob, pat, g["chain_id"]))
                 assert (cid.codec == 0x70) == (name == "big")  # multi-block DAG vs one raw block
                 ids[name] = (cid, await phone.send(Write(DATA_TYPES["heart_rate"], cid.to_bytes(), len(blob), 0,
-                                                         now - 1000, now)))
+                                                         now - 1000, now), sidecar=small if name == "small" else None))
             # every validator fetches what it lacks; 2f+1 = 3 holders make it available
             for name, (cid, txid) in ids.items():
                 for n in net4:
@@ -97,7 +99,7 @@ def test_committed_blob_replicates_becomes_available_and_is_read_anywhere(net4):
             # a blob nobody holds any more (all copies deleted): a clear refusal, not a hang
             ghost = os.urandom(100)
             async with NodeClient(net4[0].url) as c0:
-                gcid = Cid.parse(await c0.upload(ghost))
+                gcid = Cid.parse(await c0.upload(ghost, pat, g["chain_id"]))
                 await Phone(pat, c0, g["chain_id"], keys).send(
                     Write(DATA_TYPES["heart_rate"], gcid.to_bytes(), len(ghost), 0, now, now + 1))
             await _until(lambda: _all_hold(net4, gcid), 30, "ghost on every validator")

@@ -15,10 +15,11 @@ from node.crypto.keys import address_of
 from node.ipfs.blockstore import IntegrityError, MissingBlock
 from node.ipfs.cid import Cid, CidError
 from node.mempool import AdmissionError, KeyedLimiter
+from node.sidecar import SIDECAR_MAX, SidecarError, decode_submission, parse_item
 from node.state import CODES, keys
 from node.state.machine import BREAK_GLASS_ACCESS_MS, Overlay, break_glass_enabled, read_allowed
 from node.tx import DATA_TYPES, KIND_READ, KIND_WRITE, Tx, data_type_name
-from node.tx.requests import blob_request_digest
+from node.tx.requests import blob_request_digest, blob_upload_digest
 from node.validator import Validator
 from node.wire import MAX_TX_BYTES, WireError, decode
 
@@ -128,9 +129,16 @@ def make_app(v: Validator) -> web.Application:
 
     @routes.post("/v1/tx")
     async def post_tx(req: web.Request) -> web.Response:
-        body = await _read_body(req, MAX_TX_BYTES, "transaction")
+        """One transaction, or [transaction, sidecar] (node/sidecar.py)."""
+        body = await _read_body(req, MAX_TX_BYTES + SIDECAR_MAX + 64, "transaction")
         try:
-            txid = v.submit(body)
+            raw, side = decode_submission(body, MAX_TX_BYTES + SIDECAR_MAX + 64)
+        except (WireError, SidecarError) as exc:
+            return _err(400, f"invalid submission: {exc}")
+        if len(raw) > MAX_TX_BYTES:
+            return _err(413, f"transaction too large: {len(raw)} bytes, limit {MAX_TX_BYTES}")
+        try:
+            txid = await v.submit(raw, side)
         except AdmissionError as exc:
             hdr = {"Retry-After": _retry_after(exc.retry_after)} if exc.retry_after else None
             return _err(exc.status, exc.reason, hdr)
@@ -138,18 +146,20 @@ def make_app(v: Validator) -> web.Application:
 
     @routes.post("/v1/txs")
     async def post_txs(req: web.Request) -> web.Response:
-        """A batch of signed transactions (a phone proxy's window): msgpack array of tx bytes."""
+        """A batch (a phone proxy's window): msgpack array of items, each a transaction's bytes or
+        [transaction, sidecar] (node/sidecar.py)."""
         body = await _read_body(req, MAX_BATCH_BYTES, "batch")
         try:
             raws = decode(body, MAX_BATCH_BYTES)
-        except WireError as exc:
+            if not isinstance(raws, list):
+                raise SidecarError("expected a msgpack array of items")
+            if len(raws) > MAX_BATCH_TXS:
+                return _err(413, f"batch too large: {len(raws)} transactions, limit {MAX_BATCH_TXS}")
+            items = [parse_item(x) for x in raws]
+        except (WireError, SidecarError) as exc:
             return _err(400, f"invalid batch: {exc}")
-        if not isinstance(raws, list) or not all(isinstance(r, bytes) for r in raws):
-            return _err(400, "invalid batch: expected a msgpack array of transaction byte strings")
-        if len(raws) > MAX_BATCH_TXS:
-            return _err(413, f"batch too large: {len(raws)} transactions, limit {MAX_BATCH_TXS}")
         results = []
-        for r in v.submit_many(raws):
+        for r in await v.submit_many(items):
             if isinstance(r, AdmissionError):
                 res = {"status": r.status, "error": r.reason}
                 if r.retry_after:
@@ -192,7 +202,28 @@ def make_app(v: Validator) -> web.Application:
 
     @routes.post("/v1/blobs")
     async def post_blob(req: web.Request) -> web.Response:
+        """A standalone upload (a blob too large to ride as a sidecar): signed by an account with a
+        committed transaction, charged to its sender rate, collected unless a write names it in time."""
         data = await _read_body(req, max_blob, "blob")
+        h = req.headers
+        try:
+            pub = bytes.fromhex(h["X-Medchain-Pubkey"])
+            t_ms = int(h["X-Medchain-Time"])
+            sig = bytes.fromhex(h["X-Medchain-Signature"])
+        except (KeyError, ValueError):
+            return _err(401, "a signed upload is required: X-Medchain-Pubkey, X-Medchain-Time, X-Medchain-Signature")
+        if abs(int(time.time() * 1000) - t_ms) > v.params.request_skew_ms:
+            return _err(401, "request time is too far from the validator's clock")
+        if not ecdsa.verify(pub, blob_upload_digest(v.chain_id, ecdsa.sha256(data), len(data), t_ms), sig):
+            return _err(401, "bad upload signature")
+        uploader = address_of(pub)
+        if v.committed_nonce(uploader) == 0:
+            return _err(403, "uploads are for accounts with a committed transaction: send small blobs as sidecars")
+        # one sender token per started MiB: an upload costs its patient's rate like a transaction
+        wait = v.mempool.charge(uploader, time.monotonic(), 1 + len(data) // (1024 * 1024))
+        if wait > 0:
+            return _err(429, f"rate limited: sender exceeds {v.params.sender_rate:g} tx/s",
+                        {"Retry-After": _retry_after(wait)})
         # UnixFS, Helia's defaults (<= 1 MiB is one raw block), group-committed off the event loop
         cid, blocks = await v.blob_writer.put(data)
         v.replicator.stored(blocks)

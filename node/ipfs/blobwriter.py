@@ -43,7 +43,7 @@ class BlobWriter:
                 continue
             dags.append((root, blocks.items(), len(data)))
             out.append((root, list(blocks)))
-        self.store.put_dags(dags)
+        self.store.put_dags(dags, upload=True)  # standalone uploads: collected unless a write pins them
         return out
 
     async def _run(self) -> None:

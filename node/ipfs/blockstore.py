@@ -27,6 +27,10 @@ MAX_BLOCK = 2 * 1024 * 1024  # bitswap peers accept blocks up to 2 MiB
 _ROOT = struct.Struct(">QdB")  # file size, time added, root codec
 
 
+def _upload_key(t: float) -> bytes:
+    return struct.pack(">Q", max(0, int(t * 1000)))
+
+
 class IntegrityError(RuntimeError):
     """Stored bytes do not hash to their CID."""
 
@@ -38,10 +42,16 @@ class MissingBlock(LookupError):
 class BlockStore:
     def __init__(self, path: str | Path) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
-        self.env = lmdb.open(str(path), map_size=1 << 38, max_dbs=4, sync=True)
+        self.env = lmdb.open(str(path), map_size=1 << 38, max_dbs=6, sync=True)
         self.blocks = self.env.open_db(b"blocks")
         self.roots = self.env.open_db(b"roots")
         self.pins = self.env.open_db(b"pins")
+        # standalone uploads by time added (8-byte big-endian ms + root multihash): what no committed
+        # write pins within the grace is collected by a range scan, never a scan of the whole store
+        self.uploads = self.env.open_db(b"uploads")
+        # blobs committed blocks recorded but this store lacks (root CID -> height): repair survives a
+        # restart, so a validator killed before its fetch finished still fetches them afterwards
+        self.wanted = self.env.open_db(b"wanted")
         self.corrupt_reads = 0
 
     def close(self) -> None:
@@ -105,8 +115,9 @@ class BlockStore:
         transaction."""
         self.put_dags([(root, blocks, filesize)])
 
-    def put_dags(self, dags: Iterable[tuple[Cid, Iterable[tuple[Cid, bytes]], int]]) -> None:
-        """Several complete DAGs in one (synced) transaction."""
+    def put_dags(self, dags: Iterable[tuple[Cid, Iterable[tuple[Cid, bytes]], int]], upload: bool = False) -> None:
+        """Several complete DAGs in one (synced) transaction; `upload`: standalone uploads, collected
+        by ``collect_uploads`` unless a committed write pins them in time."""
         now = time.time()
         with self.env.begin(write=True) as txn:
             for root, blocks, filesize in dags:
@@ -117,6 +128,78 @@ class BlockStore:
                         raise IntegrityError(f"bytes do not match {cid}")
                     txn.put(cid.multihash, data, db=self.blocks)
                 txn.put(root.multihash, _ROOT.pack(filesize, now, root.codec), db=self.roots)
+                if upload:
+                    txn.put(_upload_key(now) + root.multihash, b"", db=self.uploads)
+
+    def commit_blobs(self, sidecars: Iterable[tuple[Cid, bytes]], pins: Iterable[Cid],
+                     height: int = 0) -> tuple[list[Cid], list[Cid]]:
+        """A committed block's blobs: its sidecars (raw blocks, each checked against its CID) stored
+        and listed, every blob the block records pinned, and the ones still not held here recorded
+        as wanted, in one synced transaction. Returns (CIDs newly stored, roots wanted)."""
+        now = time.time()
+        stored, wanted = [], []
+        with self.env.begin(write=True) as txn:
+            for cid, data in sidecars:
+                if not verify(cid, data):
+                    raise IntegrityError(f"bytes do not match {cid}")
+                if txn.put(cid.multihash, data, db=self.blocks, overwrite=False):
+                    stored.append(cid)
+                if txn.get(cid.multihash, db=self.roots) is None:
+                    txn.put(cid.multihash, _ROOT.pack(len(data), now, cid.codec), db=self.roots)
+            for root in pins:
+                key = root.to_v1().to_bytes()
+                v = txn.get(key, db=self.pins)
+                txn.put(key, ((0 if v is None else int.from_bytes(v, "big")) + 1).to_bytes(8, "big"), db=self.pins)
+                if txn.get(root.multihash, db=self.roots) is None:
+                    txn.put(key, struct.pack(">Q", height), db=self.wanted)
+                    wanted.append(root)
+        return stored, wanted
+
+    def wanted_blobs(self, limit: int = 100_000) -> list[tuple[Cid, int]]:
+        """Blobs committed blocks recorded that this store still lacks, with their heights."""
+        with self.env.begin(db=self.wanted) as txn:
+            out = []
+            for k, v in txn.cursor():
+                if len(out) >= limit:
+                    break
+                out.append((Cid.from_bytes(bytes(k)), struct.unpack(">Q", bytes(v))[0]))
+            return out
+
+    def unwant(self, roots: Iterable[Cid]) -> None:
+        with self.env.begin(write=True, db=self.wanted) as txn:
+            for r in roots:
+                txn.delete(r.to_v1().to_bytes())
+
+    def collect_uploads(self, grace: float, now: float | None = None, limit: int = 10_000) -> int:
+        """Delete standalone uploads older than `grace` seconds that no committed write pinned;
+        returns how many blobs were deleted. A block that is itself a listed blob is kept; a chunk two
+        dag-pb uploads share (identical 1 MiB chunks) is not tracked: `medchain ipfs gc` and repair
+        over bitswap cover that corner."""
+        now = time.time() if now is None else now
+        cutoff = _upload_key(now - grace)
+        expired: list[bytes] = []
+        with self.env.begin(db=self.uploads) as txn:
+            for k in txn.cursor().iternext(keys=True, values=False):
+                if bytes(k[:8]) >= cutoff or len(expired) >= limit:
+                    break
+                expired.append(bytes(k))
+        deleted = 0
+        for k in expired:
+            mh = k[8:]
+            with self.env.begin(db=self.roots) as txn:
+                meta = txn.get(mh)
+            inner = [] if meta is None else self.dag_cids(Cid(1, _ROOT.unpack(bytes(meta))[2], mh))
+            # the pin check and the delete in one write transaction: a commit pinning it meanwhile wins
+            with self.env.begin(write=True) as txn:
+                txn.delete(k, db=self.uploads)
+                if meta is None or txn.get(Cid(1, _ROOT.unpack(bytes(meta))[2], mh).to_bytes(), db=self.pins):
+                    continue
+                txn.delete(mh, db=self.roots)
+                for c in inner:
+                    if c.multihash == mh or txn.get(c.multihash, db=self.roots) is None:
+                        txn.delete(c.multihash, db=self.blocks)
+                deleted += 1
+        return deleted
 
     def pin_many(self, roots: Iterable[Cid]) -> None:
         """One more on-chain reference to each root, in one transaction."""

@@ -1,4 +1,4 @@
-"""Signed off-chain requests (blob downloads): what is signed and how it is checked."""
+"""Signed off-chain requests (blob downloads and standalone uploads): what is signed."""
 
 from __future__ import annotations
 
@@ -11,3 +11,11 @@ BLOB_GET_DOMAIN = "medchain/blob-get/v1"
 def blob_request_digest(chain_id: str, cid: bytes, read_txid: bytes, time_ms: int) -> bytes:
     """SHA-256 of the canonical [domain, chain_id, cid, read_txid (or empty), time_ms]."""
     return ecdsa.sha256(encode([BLOB_GET_DOMAIN, chain_id, cid, read_txid, time_ms]))
+
+
+BLOB_PUT_DOMAIN = "medchain/blob-put/v1"
+
+
+def blob_upload_digest(chain_id: str, blob_sha256: bytes, size: int, time_ms: int) -> bytes:
+    """SHA-256 of the canonical [domain, chain_id, SHA-256 of the blob, its size, time_ms]."""
+    return ecdsa.sha256(encode([BLOB_PUT_DOMAIN, chain_id, blob_sha256, size, time_ms]))

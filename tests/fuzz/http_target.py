@@ -68,7 +68,7 @@ class HttpHarness:
         self.good_txs = [read.raw]
 
     async def _commit(self, txs: list[Tx]) -> None:
-        for r in self.v.submit_many([t.raw for t in txs]):
+        for r in await self.v.submit_many([(t.raw, None) for t in txs]):
             assert isinstance(r, bytes), r
         for t in txs:
             assert await self.v.wait_committed(t.id, 10), "setup transaction did not commit"
