@@ -104,8 +104,8 @@ setup(
         # FHIR R4 validation of devices/fhir.py's export: fhir.resources 6.4 is the last release whose
         # top-level models are R4 (4.0.1); 6.5+ moved to R4B/R5. It needs pydantic v1.
         "fhir": ["fhir.resources>=6.4,<6.5", "pydantic>=1.10,<2"],
-        # optional comparison point for `make bench` (pycryptodome, a new cipher per message)
-        "bench": ["pycryptodome>=3.19,<4"],
+        # optional comparison point for `make bench` (pycryptodome, a new cipher per message); py-spy to profile
+        "bench": ["pycryptodome>=3.19,<4", "py-spy>=0.3.14,<1"],
     },
     entry_points={"console_scripts": ["medchain=node.cli:main"]},
     ext_modules=_native_extensions(),

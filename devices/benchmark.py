@@ -146,6 +146,9 @@ def _row(label: str, cfg: FleetConfig, res: dict, d: dict, eng: dict) -> dict:
 def run_bench(args: argparse.Namespace, argv: list[str]) -> dict:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed bench still stops its validators
     say = sys.stderr if getattr(args, "json", False) else sys.stdout  # --json: stdout holds only the report
+    from devices.floor import floor_line, measure_floor
+    floor_us = measure_floor()  # before the devnet starts: the floor on an idle machine
+    print(floor_line(floor_us), file=say, flush=True)
     nodes, tmp = [], None
     if args.node:
         urls, pids = args.node, None
@@ -190,6 +193,10 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> dict:
             if not pids:
                 eng = {"method": "not measured: validators given by --node (no pids to read CPU from)"}
             steps.append(_row(label, cfg, res, d, eng))
+            if pids and done:
+                per = cpu / len(pids) / done * 1e6
+                steps[-1]["validator_cpu_us_per_tx"] = round(per, 1)
+                steps[-1]["floor_ratio"] = round(per / floor_us, 2) if floor_us else None
             print(_line(steps[-1]), file=say, flush=True)
             if args.pause and label != _steps(args)[-1][0]:
                 time.sleep(args.pause)  # let the validators drain between steps
@@ -199,7 +206,7 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> dict:
             n.stop()
         if tmp:
             tmp.cleanup()
-    return {"workload": args.workload, "validators": len(urls), "machine": machine(argv),
+    return {"workload": args.workload, "validators": len(urls), "machine": machine(argv), "floor_us": floor_us,
             "crypto": b.get("crypto"), "idle": {"validator_cpu_s_per_s": idle_cpu, "rapl_w": idle_w},
             "validators_agree": len({h[1:] for h in heads if h[0] == heads[0][0]}) == 1,
             "wearable_energy": wearable_energy(ble.LinkParams(interval_ms=args.conn_interval, loss=args.ble_loss,
@@ -220,6 +227,9 @@ def _line(s: dict) -> str:
     if "validator_cpu_s" in s:
         out += (f"; validator CPU s {s['validator_cpu_s']}, peak RSS MB {s['validator_rss_peak_mb']}; "
                 f"PBFT messages per block {s['pbft_messages_per_block']}\n    energy: {ej}")
+    if "validator_cpu_us_per_tx" in s:
+        ratio = f" = {s['floor_ratio']:.1f}x the floor" if s.get("floor_ratio") else ""
+        out += f"\n    validator CPU per committed tx per validator: {s['validator_cpu_us_per_tx']:.0f} us{ratio}"
     if "check" in s:
         c = s["check"]
         out += (f"\n    readings: emitted {c['readings_emitted']}, in committed blobs {c['readings_in_committed_blobs']}, "

@@ -130,6 +130,10 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         return asyncio.run(run_load(urls, args.senders, args.per_sender, args.batch, args.lanes,
                                     kind=args.kind, rate=args.rate)).as_dict()
 
+    from devices.floor import floor_line, measure_floor
+    floor_us = measure_floor()
+    if not args.json:
+        print(floor_line(floor_us), flush=True)
     if args.node:
         res = go(args.node)
     else:
@@ -149,6 +153,10 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         if res["blocks"] > 0:
             res["messages_per_block"] = round(res["p2p_messages_out"] / res["blocks"], 1)
             res["cpu_s_per_block"] = round(sum(res["validator_cpu_s"]) / res["blocks"], 3)
+        if res["committed"]:
+            per = sum(res["validator_cpu_s"]) / len(res["validator_cpu_s"]) / res["committed"] * 1e6
+            res["validator_cpu_us_per_tx"] = round(per, 1)
+    res["floor_us"] = floor_us
     lat = res["latency_ms"]
     text = (f"committed {res['committed']}/{res['submitted']} in {res['seconds']:.2f} s: "
             f"{res['tps']:.0f} tx/s over {res['blocks']} blocks; refused {res['refused']}\n"
@@ -157,6 +165,9 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         text += f"\nvalidator CPU s (whole run, preparation included): {res['validator_cpu_s']}"
     if "messages_per_block" in res:
         text += f"\np2p messages per block {res['messages_per_block']}, CPU s per block {res['cpu_s_per_block']}"
+    if "validator_cpu_us_per_tx" in res:
+        ratio = f" = {res['validator_cpu_us_per_tx'] / floor_us:.1f}x the floor" if floor_us else ""
+        text += f"\nvalidator CPU per committed tx per validator: {res['validator_cpu_us_per_tx']:.0f} us{ratio}"
     _out(args, res, text)
     return 0
 

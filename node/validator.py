@@ -73,6 +73,8 @@ REFORWARD_S = 5.0  # well above a healthy p99 commit latency: only stranded tran
 MAX_REFORWARD = 4000
 TICK_S = 0.05
 TXIN_MAX = 4096  # forwarded batches waiting for admission; beyond, they are dropped (and re-forwarded)
+TXIN_MAX_BYTES = 64 * 1024 * 1024  # and their bytes (sidecars ride in them): memory stays flat
+INBOX_MAX = 16_384  # consensus messages waiting; beyond, dropped (PBFT retransmits what is missing)
 
 
 class Validator:
@@ -122,6 +124,7 @@ class Validator:
         self._verifier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify")  # FIFO: keeps order
         self._inbox: asyncio.Queue = asyncio.Queue()
         self._txin: asyncio.Queue = asyncio.Queue()  # forwarded transaction batches, admitted apart
+        self._txin_bytes = 0
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
@@ -290,6 +293,8 @@ class Validator:
             # no sidecar: the blob must be held here already (a standalone upload); a small one is
             # attached to the forwarded batch, so the other validators hold it at commit too
             forward_side = self._held_blob(tx)
+        elif tx.kind == KIND_WRITE and sidecar is None:
+            self._check_forwarded_write(tx)
         for ev in self.mempool.admit(tx, self.committed_nonce(tx.address), now, forwarded, sidecar):
             # fair eviction made room: the heaviest sender's newest transaction leaves the pool
             self._submitted_at.pop(ev.id, None)
@@ -300,6 +305,17 @@ class Validator:
         self._pending_since[tx.id] = now + REFORWARD_S
         self.metrics.admitted.inc()
         return forward_side
+
+    def _check_forwarded_write(self, tx: Tx) -> None:
+        """An honest entry validator forwards every write of one raw block with its sidecar; one
+        without it (a faulty peer dropped it) is refused unless the blob is held here already.
+        Only a dag-pb blob (a standalone upload, over 1 MiB) comes without, and is repaired at commit."""
+        try:
+            cid = Cid.from_bytes(tx.body.cid)
+        except CidError as exc:
+            raise AdmissionError(400, f"invalid transaction: bad cid: {exc}") from None
+        if cid.codec == CODEC_RAW and self.blobs.blob_size(cid) is None:
+            raise AdmissionError(422, "blob not held: a forwarded write of one raw block must carry its sidecar")
 
     def _held_blob(self, tx: Tx) -> bytes | None:
         """A write without a sidecar: its blob must be held here with the size the write states.
@@ -470,16 +486,21 @@ class Validator:
         if data[:2] == _TXS_PREFIX:
             # admission of forwarded transactions runs in its own task: under overload it must not hold
             # up PBFT messages (or the replicas would see no progress and change view for nothing)
-            if self._txin.qsize() >= TXIN_MAX:
+            if self._txin.qsize() >= TXIN_MAX or self._txin_bytes + len(data) > TXIN_MAX_BYTES:
                 self.metrics.throttled.labels("backlog").inc()
                 return  # its entry validator re-forwards what stays pending
+            self._txin_bytes += len(data)
             self._txin.put_nowait(data)
             return
+        if self._inbox.qsize() >= INBOX_MAX:
+            self.metrics.throttled.labels("consensus_backlog").inc()
+            return  # a flood of consensus messages: PBFT tolerates the loss and retransmits
         self._inbox.put_nowait(("net", data))
 
     async def _admit_forwarded(self) -> None:
         while True:
             data = await self._txin.get()
+            self._txin_bytes -= len(data)
             try:
                 items = decode_forwarded(data)
                 if items:

@@ -242,3 +242,69 @@ def test_killed_validator_loses_no_committed_blob_and_repairs(tmp_path):
                     st = await c3.wait_committed(txid, 60)
                     assert st["status"] == "committed" and st["blob"]["held_here"]
         run(go())
+
+
+def test_a_lying_validator_cannot_forward_forged_transactions_or_sidecars(tmp_path):
+    """Validator 3's process is replaced by a host holding its real libp2p identity that forwards
+    (as validators do, [16, [item, ...]]) a transaction with a forged signature, a write whose
+    sidecar is not its blob, and a write with no blob at all; the honest three admit none of the
+    forged ones, store none of the bad bytes, and keep committing."""
+    from devices.localnet import make_network, start_all
+    from node.consensus.messages import MAX_MESSAGE_BYTES
+    from node.genesis import Genesis, Params
+    from node.p2p import P2PNode
+    from node.sidecar import forward_messages
+
+    nodes = make_network(tmp_path, 4, params=Params(sender_rate=1e5, sender_burst=1e5))
+    honest, liar = nodes[:3], nodes[3]
+    start_all(honest)
+    try:
+        genesis = Genesis.load(honest[0].home / "genesis.json")
+        me = genesis.validators[3].p2p
+        secret = Identity.load(liar.home / "node_key.json").p2p_secret
+        chain = genesis.chain_id
+        pat = Identity.from_seed(b"victim patient")
+        t = int(time.time() * 1000)
+        blob, other = os.urandom(300), os.urandom(300)
+        forged = Tx.build(pat, chain, 1, Profile("forged", "r", "o", bytes(32)))
+        forged = Tx.decode(msgpack.packb([forged.payload, bytes(64)]), check_sig=False)  # signature zeroed
+        mismatched = _write(pat, chain, 1, blob, t)
+        no_blob = _write(Identity.from_seed(b"other patient"), chain, 1, other, t)
+        items = [(forged.raw, None), (mismatched.raw, other), (no_blob.raw, None)]
+
+        async def go() -> list[dict]:
+            host = P2PNode(secret, me.split("/")[2], int(me.split("/")[4]), [v.p2p for v in genesis.validators],
+                           lambda p, d: None, max_frame=MAX_MESSAGE_BYTES + 4096)
+            await host.start()
+            try:
+                for _ in range(25):  # ~5 s: past connection set-up and a re-forward
+                    for msg in forward_messages(items):
+                        host.broadcast(msg)
+                    await asyncio.sleep(0.2)
+                assert host.connected_peers(), "the lying validator never connected"
+                # the honest network is live: a real write with its sidecar commits on all three
+                async with NodeClient(honest[1].url) as c:
+                    good_blob = os.urandom(200)
+                    good = _write(Identity.from_seed(os.urandom(8)), chain, 1, good_blob, t)
+                    await c.submit(good.raw, good_blob)
+                    assert (await c.wait_committed(good.id.hex(), 30))["code"] == 0
+                out = []
+                for n in honest:
+                    async with NodeClient(n.url) as cn:
+                        out.append({"status": await cn.status(),
+                                    "txs": [await (await cn.session.get(f"{n.url}/v1/tx/{x.id.hex()}")).json()
+                                            for x in (forged, mismatched, no_blob)]})
+                return out
+            finally:
+                await host.stop()
+
+        for res in run(go()):
+            for st in res["txs"]:
+                assert st["status"] in ("unknown", "rejected"), st  # never pending, never committed
+            assert res["status"]["mempool_size"] == 0
+        # the forged sidecar's bytes are stored nowhere
+        for n in honest:
+            assert not _held(n.home, cid_v1_raw(other))
+    finally:
+        for n in nodes:
+            n.stop()

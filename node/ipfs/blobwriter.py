@@ -26,7 +26,7 @@ class BlobWriter:
     async def put(self, data: bytes) -> tuple[Cid, list[Cid]]:
         """Store a blob durably; returns its root CID and every block's CID."""
         if self._task is None:
-            self._queue = asyncio.Queue()
+            self._queue = asyncio.Queue(maxsize=4 * MAX_BATCH)  # bounded: a flood of uploads waits here
             self._task = asyncio.create_task(self._run(), name="blob-writer")
         fut = asyncio.get_running_loop().create_future()
         await self._queue.put((data, fut))
