@@ -36,7 +36,7 @@ def _txs(chain: str, n: int, kind: str) -> list[tuple[bytes, bytes | None]]:
     per = n // SENDERS
     now = int(time.time() * 1000)
     out: list[tuple[bytes, bytes | None]] = []
-    for s in range(SENDERS):
+    for _ in range(SENDERS):
         ident = Identity.from_seed(os.urandom(16))
         if kind == "profile":
             bodies, blobs = [Profile("p", "r", "o", bytes(32))] * per, [None] * per
@@ -82,7 +82,7 @@ def run(kind: str, n: int) -> dict[str, float]:
             return {k: s / n * 1e6 for k, s in cpu.items()}
         finally:
             v._worker.shutdown()
-            v._verifier.shutdown()
+            v.admission.close()
             v.ledger.close()
             v.blobs.close()
 

@@ -13,11 +13,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from node import faults, merkle
+from node.admission import REFORWARD_S, Admission
 from node.block import Block
 from node.consensus import (
     Broadcast,
@@ -40,36 +40,28 @@ from node.execution import MAX_FUTURE_MS, Executed, InvalidBlock, Tip, build_blo
 from node.genesis import Genesis
 from node.ipfs.blobwriter import BlobWriter
 from node.ipfs.blockstore import BlockStore
-from node.ipfs.cid import CODEC_RAW, Cid, CidError
+from node.ipfs.cid import Cid, CidError
 from node.ledger import Ledger
 from node.mempool import AdmissionError, KeyedLimiter, Mempool
 from node.metrics import Metrics
 from node.replication import Replicator, roots_from_ledger
 from node.sidecar import (
-    SIDECAR_MAX,
     TXS_PREFIX,
     Item,
     SidecarError,
-    check_sidecar,
     decode_forwarded,
     forward_messages,
 )
-from node.state import CODES, OK, Overlay, check_tx, keys
+from node.state import CODES, OK, keys
 from node.sync import THRESHOLD as SYNC_THRESHOLD
 from node.sync import StateSync
-from node.tx import KIND_WRITE, Tx, TxError
-from node.tx.model import BAD_SIGNATURE
-from node.wire import MAX_TX_BYTES, WireError, decode
+from node.tx import KIND_WRITE
+from node.wire import WireError, decode
 
 log = logging.getLogger("medchain.validator")
 
-# How an admission check's state code maps to an HTTP status.
-_CODE_STATUS = {2: 422, 3: 403, 4: 404, 5: 409, 6: 409, 7: 422, 8: 422, 10: 403, 11: 429}
 _TXS_PREFIX = TXS_PREFIX
-_BAD_SIG_CACHE = 1 << 16  # ids whose signature failed: a replayed bad transaction costs a lookup
-_VERIFIED_CACHE = 1 << 19
 PIPELINE = 4  # proposals in flight at once
-REFORWARD_S = 5.0  # well above a healthy p99 commit latency: only stranded transactions are resent
 MAX_REFORWARD = 4000
 TICK_S = 0.05
 TXIN_MAX = 4096  # forwarded batches waiting for admission; beyond, they are dropped (and re-forwarded)
@@ -112,16 +104,9 @@ class Validator:
         self._peer_index = {v.p2p.rsplit("/p2p/", 1)[-1]: i for i, v in enumerate(self.genesis.validators) if v.p2p}
         self._executed: dict[bytes, Executed] = {}  # block hash -> executed, not yet committed
         self._tip: Tip | None = None  # the primary's newest proposal, to pipeline on
-        self._verified: OrderedDict[bytes, None] = OrderedDict()
-        self._forward: list[Item] = []  # admitted client transactions (and sidecars) to forward
-        self._forward_bytes = 0
-        self._bad_sigs: OrderedDict[bytes, None] = OrderedDict()  # ids that failed verification
-        self._rejected: OrderedDict[bytes, str] = OrderedDict()
+        self.admission = Admission(self.chain_id, self.ledger, self.blobs, self.mempool, self.metrics)
         self._waiters: dict[bytes, list[asyncio.Future]] = {}
-        self._submitted_at: dict[bytes, float] = {}  # client submissions here, for the latency metric
-        self._pending_since: dict[bytes, float] = {}  # every admitted tx: when to re-forward it next
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
-        self._verifier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify")  # FIFO: keeps order
         self._inbox: asyncio.Queue = asyncio.Queue()
         self._txin: asyncio.Queue = asyncio.Queue()  # forwarded transaction batches, admitted apart
         self._txin_bytes = 0
@@ -151,6 +136,7 @@ class Validator:
             self.sync.register()
             await self.net.start()
             self.replicator.start(self.net)
+            self.admission.forwarding = True
             log.info("p2p %s listening on %s (%s)", self.net.peer_id, self.net.listen_addr, self.p2p_mode)
         self._tasks = [asyncio.create_task(self._produce(), name="producer"),
                        asyncio.create_task(self._consensus(), name="consensus"),
@@ -172,23 +158,13 @@ class Validator:
             await self.net.stop()
         await self.blob_writer.close()
         self._worker.shutdown(wait=True)
-        self._verifier.shutdown(wait=True)
+        self.admission.close()
         self.ledger.close()
         self.blobs.close()
 
-    # ---- admission -----------------------------------------------------------------------------
+    # ---- admission (node/admission.py) -----------------------------------------------------------
     def committed_nonce(self, addr: bytes) -> int:
-        v = self.ledger.get_state(keys.nonce(addr))
-        return 0 if v is None else decode(v)
-
-    def _reject(self, txid: bytes | None, status: int, reason: str,
-                retry_after: float | None = None) -> AdmissionError:
-        self.metrics.rejected.labels(reason.split(":")[0]).inc()
-        if txid is not None:
-            self._rejected[txid] = reason
-            while len(self._rejected) > 100_000:
-                self._rejected.popitem(last=False)
-        return AdmissionError(status, reason, retry_after)
+        return self.admission.committed_nonce(addr)
 
     async def submit(self, raw: bytes, sidecar: bytes | None = None) -> bytes:
         """Admit one signed transaction (with its sidecar); returns its id or raises AdmissionError."""
@@ -198,141 +174,16 @@ class Validator:
         return res
 
     async def submit_many(self, items: list[Item], forwarded: bool = False) -> list[bytes | AdmissionError]:
-        """Admit a batch of (transaction, sidecar or None): parse and verify every signature in the
-        verifier thread (the loop keeps serving; the native batch verifier releases the GIL), then
-        admit in order on the loop. Client transactions are forwarded to the other validators in
-        batches, with their sidecars. Admission order follows submission order: one FIFO thread."""
-        checked = await asyncio.get_running_loop().run_in_executor(self._verifier, self._check_items, items, forwarded)
-        return self._admit_checked(checked, forwarded)
-
-    def submit_many_sync(self, items: list[Item], forwarded: bool = False) -> list[bytes | AdmissionError]:
-        """submit_many on the caller's thread (the loop): for tests and small in-process callers."""
-        return self._admit_checked(self._check_items(items, forwarded), forwarded)
-
-    def _check_items(self, items: list[Item], forwarded: bool) -> list:
-        """Stateless checks (decode, chain id, sidecar, signature): pure, runs off the loop. Returns per
-        item an AdmissionError, or (tx, sidecar, verified). Known bad signatures cost a lookup."""
-        out: list = []
-        todo: list[tuple[int, Tx]] = []
-        for raw, side in items:
-            if forwarded and len(raw) <= MAX_TX_BYTES and ecdsa.sha256(raw) in self.mempool:
-                out.append(AdmissionError(409, "duplicate: transaction already pending"))
-                continue  # a re-forwarded copy we hold already: costs a hash, not a decode
-            try:
-                tx = Tx.decode(raw, check_sig=False)
-            except (TxError, WireError) as exc:
-                txid = ecdsa.sha256(raw) if len(raw) <= MAX_TX_BYTES else None
-                out.append((txid, 400, f"invalid transaction: {exc}"))
-                continue
-            if tx.chain_id != self.chain_id:
-                out.append((tx.id, 400, f"wrong chain id: {tx.chain_id!r}, this chain is {self.chain_id!r}"))
-                continue
-            if tx.id in self._bad_sigs:
-                out.append((tx.id, 400, f"invalid transaction: {BAD_SIGNATURE}"))
-                continue
-            if side is not None:
-                why = check_sidecar(tx, side)
-                if why is not None:
-                    out.append((tx.id, 400, f"invalid sidecar: {why}"))
-                    continue
-            if tx.id not in self._verified:
-                todo.append((len(out), tx))
-            out.append((tx, side))
-        oks = verify_batch([(t.sender, t.digest, t.sig) for _, t in todo]) if todo else []
-        for (i, tx), ok in zip(todo, oks, strict=True):
-            if not ok:
-                out[i] = (tx.id, 400, f"invalid transaction: {BAD_SIGNATURE}")
-        return out
-
-    def _admit_checked(self, checked: list, forwarded: bool) -> list[bytes | AdmissionError]:
-        out: list[bytes | AdmissionError] = []
-        now_ms, now = self._now_ms(), time.monotonic()
-        view = Overlay(self.ledger.get_state)
-        for c in checked:
-            if isinstance(c, AdmissionError):
-                out.append(c)
-                continue
-            if len(c) == 3:  # (txid, status, reason): refused by the stateless checks
-                txid, status, reason = c
-                if reason.endswith(BAD_SIGNATURE) and txid is not None:
-                    self._bad_sigs[txid] = None
-                    while len(self._bad_sigs) > _BAD_SIG_CACHE:
-                        self._bad_sigs.popitem(last=False)
-                out.append(self._reject(txid, status, reason))
-                continue
-            tx, side = c
-            self._mark_verified(tx.id)
-            try:
-                side = self._admit(tx, side, view, now_ms, now, forwarded)
-            except AdmissionError as exc:
-                out.append(self._reject(tx.id, exc.status, exc.reason, exc.retry_after))
-                continue
-            out.append(tx.id)
-            if not forwarded and self.net is not None:
-                self._forward.append((tx.raw, side))
-                self._forward_bytes += len(tx.raw) + (len(side) if side else 0)
-        self.metrics.mempool.set(len(self.mempool))
+        """Admit a batch of (transaction, sidecar or None); one id or AdmissionError each."""
+        out = await self.admission.submit_many(items, forwarded)
         self._wake.set()
         return out
 
-    def _mark_verified(self, txid: bytes) -> None:
-        self._verified[txid] = None
-        if len(self._verified) > _VERIFIED_CACHE:
-            self._verified.popitem(last=False)
-
-    def _admit(self, tx: Tx, sidecar: bytes | None, view: Overlay, now_ms: int, now: float,
-               forwarded: bool = False) -> bytes | None:
-        """Stateful admission; returns the sidecar to forward with the transaction (None if none)."""
-        if self.ledger.tx_location(tx.id) is not None:
-            raise AdmissionError(409, "duplicate: transaction already committed (replay)")
-        code = check_tx(view, tx, now_ms)
-        if code != OK:
-            raise AdmissionError(_CODE_STATUS.get(code, 422), f"refused: {CODES[code]}")
-        forward_side = sidecar
-        if tx.kind == KIND_WRITE and sidecar is None and not forwarded:
-            # no sidecar: the blob must be held here already (a standalone upload); a small one is
-            # attached to the forwarded batch, so the other validators hold it at commit too
-            forward_side = self._held_blob(tx)
-        elif tx.kind == KIND_WRITE and sidecar is None:
-            self._check_forwarded_write(tx)
-        for ev in self.mempool.admit(tx, self.committed_nonce(tx.address), now, forwarded, sidecar):
-            # fair eviction made room: the heaviest sender's newest transaction leaves the pool
-            self._submitted_at.pop(ev.id, None)
-            self._reject(ev.id, 503, "evicted: mempool full and its sender held the most pending transactions")
-        self._rejected.pop(tx.id, None)
-        if not forwarded:
-            self._submitted_at[tx.id] = now
-        self._pending_since[tx.id] = now + REFORWARD_S
-        self.metrics.admitted.inc()
-        return forward_side
-
-    def _check_forwarded_write(self, tx: Tx) -> None:
-        """An honest entry validator forwards every write of one raw block with its sidecar; one
-        without it (a faulty peer dropped it) is refused unless the blob is held here already.
-        Only a dag-pb blob (a standalone upload, over 1 MiB) comes without, and is repaired at commit."""
-        try:
-            cid = Cid.from_bytes(tx.body.cid)
-        except CidError as exc:
-            raise AdmissionError(400, f"invalid transaction: bad cid: {exc}") from None
-        if cid.codec == CODEC_RAW and self.blobs.blob_size(cid) is None:
-            raise AdmissionError(422, "blob not held: a forwarded write of one raw block must carry its sidecar")
-
-    def _held_blob(self, tx: Tx) -> bytes | None:
-        """A write without a sidecar: its blob must be held here with the size the write states.
-        Returns the blob's bytes when it is small enough to ride as a sidecar, else None."""
-        try:
-            cid = Cid.from_bytes(tx.body.cid)
-        except CidError as exc:
-            raise AdmissionError(400, f"invalid transaction: bad cid: {exc}") from None
-        size = self.blobs.blob_size(cid)
-        if size is None:
-            raise AdmissionError(422, f"blob not held: send the ciphertext as the write's sidecar, or upload "
-                                      f"{cid} (POST /v1/blobs) to this validator first")
-        if size != tx.body.size:
-            raise AdmissionError(422, f"size mismatch: blob {cid} is {size} bytes, transaction says {tx.body.size}")
-        if cid.codec == CODEC_RAW and size <= SIDECAR_MAX:
-            return self.blobs.get(cid)
-        return None
+    def submit_many_sync(self, items: list[Item], forwarded: bool = False) -> list[bytes | AdmissionError]:
+        """submit_many on the caller's thread (the loop): for tests and in-process benchmarks."""
+        out = self.admission.submit_many_sync(items, forwarded)
+        self._wake.set()
+        return out
 
     def tx_status(self, txid: bytes) -> dict:
         loc = self.ledger.tx_location(txid)
@@ -347,8 +198,8 @@ class Validator:
                     "proof": [p.hex() for p in merkle.proof(ids, idx)]}
         if txid in self.mempool:
             return {"status": "pending"}
-        if txid in self._rejected:
-            return {"status": "rejected", "reason": self._rejected[txid]}
+        if txid in self.admission.rejected:
+            return {"status": "rejected", "reason": self.admission.rejected[txid]}
         return {"status": "unknown"}
 
     async def wait_committed(self, txid: bytes, timeout: float) -> bool:
@@ -432,9 +283,8 @@ class Validator:
             self.faults.poll()
             if self.net is None:
                 continue
-            if self._forward:
-                batch, self._forward, self._forward_bytes = self._forward, [], 0
-                for msg in forward_messages(batch):
+            if self.admission.forward:
+                for msg in forward_messages(self.admission.take_forward()):
                     self._broadcast(msg)
             now = time.monotonic()
             if now - last_reforward >= REFORWARD_S:
@@ -465,13 +315,13 @@ class Validator:
         # primary is not flooded with copies; ones already proposed are not resent
         proposed = {t.id for ex in self._executed.values() for t in ex.txs}
         stale = []
-        for t, due in list(self._pending_since.items()):
+        for t, due in list(self.admission.pending_since.items()):
             if t not in self.mempool:
-                del self._pending_since[t]  # dropped without a commit (superseded nonce)
+                del self.admission.pending_since[t]  # dropped without a commit (superseded nonce)
             elif due <= now and t not in proposed and len(stale) < MAX_REFORWARD:
                 stale.append(t)
         for t in stale:
-            self._pending_since[t] = now + REFORWARD_S * 4
+            self.admission.pending_since[t] = now + REFORWARD_S * 4
         items = [(self.mempool.by_id[t].raw, self.mempool.sidecar(t)) for t in stale]
         for msg in forward_messages(items):
             self._send(self.replica.primary, msg)
@@ -555,12 +405,12 @@ class Validator:
             return None  # its parent is not executed here yet; the retransmission will bring it again
         try:
             ex = await self._run(check_block, block, tip, self.chain_id, self._now_ms(),
-                                 self._verified.__contains__, verify_batch, check_time, self.mempool.by_id.get)
+                                 self.admission.verified.__contains__, verify_batch, check_time, self.mempool.by_id.get)
         except InvalidBlock as exc:
             log.warning("rejected block %d from the primary: %s", block.header.height, exc)
             return None
         for t in ex.txs:
-            self._mark_verified(t.id)
+            self.admission.mark_verified(t.id)
         self._executed[block.hash] = ex
         return ex
 
@@ -720,8 +570,8 @@ class Validator:
         self.mempool.remove([t for t, c in zip(ex.txs, ex.codes, strict=True) if c != 1])
         now = time.monotonic()
         for tx in ex.txs:
-            self._pending_since.pop(tx.id, None)
-            t0 = self._submitted_at.pop(tx.id, None)
+            self.admission.pending_since.pop(tx.id, None)
+            t0 = self.admission.submitted_at.pop(tx.id, None)
             if t0 is not None:
                 self.metrics.commit_latency.observe(now - t0)
             for fut in self._waiters.pop(tx.id, ()):

@@ -1,0 +1,206 @@
+"""The admission stage: what a transaction passes before it waits in the mempool.
+
+Stateless checks (decode, chain id, the sidecar against its CID, one batch signature check) run in
+the verifier thread, off the event loop; stateful checks (replay, policy, nonce, blob held, the
+mempool's limits) run on the loop, in submission order. The stage owns its state: the caches of
+verified and failed signatures, the recent refusals (for `GET /v1/tx`), the client transactions
+waiting to be forwarded with their sidecars, and when each pending transaction arrived. It returns
+its own errors (AdmissionError); what they become on the wire is the API's business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+
+from node.crypto import ecdsa
+from node.crypto.batch import verify_batch
+from node.ipfs.blockstore import BlockStore
+from node.ipfs.cid import CODEC_RAW, Cid, CidError
+from node.ledger import Ledger
+from node.mempool import AdmissionError, Mempool
+from node.metrics import Metrics
+from node.sidecar import SIDECAR_MAX, Item, check_sidecar
+from node.state import CODES, OK, Overlay, check_tx, keys
+from node.tx import KIND_WRITE, Tx, TxError
+from node.tx.model import BAD_SIGNATURE
+from node.wire import MAX_TX_BYTES, WireError, decode
+
+# How an admission check's state code maps to an HTTP status.
+_CODE_STATUS = {2: 422, 3: 403, 4: 404, 5: 409, 6: 409, 7: 422, 8: 422, 10: 403, 11: 429}
+_VERIFIED_CACHE = 1 << 19
+_BAD_SIG_CACHE = 1 << 16  # ids whose signature failed: a replayed bad transaction costs a lookup
+_REJECTED_CACHE = 100_000
+REFORWARD_S = 5.0  # well above a healthy p99 commit latency: only stranded transactions are resent
+
+
+class Admission:
+    def __init__(self, chain_id: str, ledger: Ledger, blobs: BlockStore, mempool: Mempool, metrics: Metrics) -> None:
+        self.chain_id, self.ledger, self.blobs, self.mempool, self.metrics = chain_id, ledger, blobs, mempool, metrics
+        self.forwarding = False  # set once the p2p adapter runs: client transactions are then forwarded
+        self.verified: OrderedDict[bytes, None] = OrderedDict()
+        self.bad_sigs: OrderedDict[bytes, None] = OrderedDict()
+        self.rejected: OrderedDict[bytes, str] = OrderedDict()
+        self.forward: list[Item] = []  # admitted client transactions (and sidecars) to forward
+        self.forward_bytes = 0
+        self.submitted_at: dict[bytes, float] = {}  # client submissions here, for the latency metric
+        self.pending_since: dict[bytes, float] = {}  # every admitted tx: when to re-forward it next
+        self._verifier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify")  # FIFO: keeps order
+
+    def close(self) -> None:
+        self._verifier.shutdown(wait=True)
+
+    def take_forward(self) -> list[Item]:
+        batch, self.forward, self.forward_bytes = self.forward, [], 0
+        return batch
+
+    def committed_nonce(self, addr: bytes) -> int:
+        v = self.ledger.get_state(keys.nonce(addr))
+        return 0 if v is None else decode(v)
+
+    def reject(self, txid: bytes | None, status: int, reason: str,
+                retry_after: float | None = None) -> AdmissionError:
+        self.metrics.rejected.labels(reason.split(":")[0]).inc()
+        if txid is not None:
+            self.rejected[txid] = reason
+            while len(self.rejected) > _REJECTED_CACHE:
+                self.rejected.popitem(last=False)
+        return AdmissionError(status, reason, retry_after)
+
+    async def submit_many(self, items: list[Item], forwarded: bool = False) -> list[bytes | AdmissionError]:
+        """Admit a batch of (transaction, sidecar or None): parse and verify every signature in the
+        verifier thread (the loop keeps serving; the native batch verifier releases the GIL), then
+        admit in order on the loop. Client transactions are forwarded to the other validators in
+        batches, with their sidecars. Admission order follows submission order: one FIFO thread."""
+        checked = await asyncio.get_running_loop().run_in_executor(self._verifier, self._check_items, items, forwarded)
+        return self._admit_checked(checked, forwarded)
+
+    def submit_many_sync(self, items: list[Item], forwarded: bool = False) -> list[bytes | AdmissionError]:
+        """submit_many on the caller's thread (the loop): for tests and small in-process callers."""
+        return self._admit_checked(self._check_items(items, forwarded), forwarded)
+
+    def _check_items(self, items: list[Item], forwarded: bool) -> list:
+        """Stateless checks (decode, chain id, sidecar, signature): pure, runs off the loop. Returns per
+        item an AdmissionError, or (tx, sidecar, verified). Known bad signatures cost a lookup."""
+        out: list = []
+        todo: list[tuple[int, Tx]] = []
+        for raw, side in items:
+            if forwarded and len(raw) <= MAX_TX_BYTES and ecdsa.sha256(raw) in self.mempool:
+                out.append(AdmissionError(409, "duplicate: transaction already pending"))
+                continue  # a re-forwarded copy we hold already: costs a hash, not a decode
+            try:
+                tx = Tx.decode(raw, check_sig=False)
+            except (TxError, WireError) as exc:
+                txid = ecdsa.sha256(raw) if len(raw) <= MAX_TX_BYTES else None
+                out.append((txid, 400, f"invalid transaction: {exc}"))
+                continue
+            if tx.chain_id != self.chain_id:
+                out.append((tx.id, 400, f"wrong chain id: {tx.chain_id!r}, this chain is {self.chain_id!r}"))
+                continue
+            if tx.id in self.bad_sigs:
+                out.append((tx.id, 400, f"invalid transaction: {BAD_SIGNATURE}"))
+                continue
+            if side is not None:
+                why = check_sidecar(tx, side)
+                if why is not None:
+                    out.append((tx.id, 400, f"invalid sidecar: {why}"))
+                    continue
+            if tx.id not in self.verified:
+                todo.append((len(out), tx))
+            out.append((tx, side))
+        oks = verify_batch([(t.sender, t.digest, t.sig) for _, t in todo]) if todo else []
+        for (i, tx), ok in zip(todo, oks, strict=True):
+            if not ok:
+                out[i] = (tx.id, 400, f"invalid transaction: {BAD_SIGNATURE}")
+        return out
+
+    def _admit_checked(self, checked: list, forwarded: bool) -> list[bytes | AdmissionError]:
+        out: list[bytes | AdmissionError] = []
+        now_ms, now = int(time.time() * 1000), time.monotonic()
+        view = Overlay(self.ledger.get_state)
+        for c in checked:
+            if isinstance(c, AdmissionError):
+                out.append(c)
+                continue
+            if len(c) == 3:  # (txid, status, reason): refused by the stateless checks
+                txid, status, reason = c
+                if reason.endswith(BAD_SIGNATURE) and txid is not None:
+                    self.bad_sigs[txid] = None
+                    while len(self.bad_sigs) > _BAD_SIG_CACHE:
+                        self.bad_sigs.popitem(last=False)
+                out.append(self.reject(txid, status, reason))
+                continue
+            tx, side = c
+            self.mark_verified(tx.id)
+            try:
+                side = self._admit(tx, side, view, now_ms, now, forwarded)
+            except AdmissionError as exc:
+                out.append(self.reject(tx.id, exc.status, exc.reason, exc.retry_after))
+                continue
+            out.append(tx.id)
+            if not forwarded and self.forwarding:
+                self.forward.append((tx.raw, side))
+                self.forward_bytes += len(tx.raw) + (len(side) if side else 0)
+        self.metrics.mempool.set(len(self.mempool))
+        return out
+
+    def mark_verified(self, txid: bytes) -> None:
+        self.verified[txid] = None
+        if len(self.verified) > _VERIFIED_CACHE:
+            self.verified.popitem(last=False)
+
+    def _admit(self, tx: Tx, sidecar: bytes | None, view: Overlay, now_ms: int, now: float,
+               forwarded: bool = False) -> bytes | None:
+        """Stateful admission; returns the sidecar to forward with the transaction (None if none)."""
+        if self.ledger.tx_location(tx.id) is not None:
+            raise AdmissionError(409, "duplicate: transaction already committed (replay)")
+        code = check_tx(view, tx, now_ms)
+        if code != OK:
+            raise AdmissionError(_CODE_STATUS.get(code, 422), f"refused: {CODES[code]}")
+        forward_side = sidecar
+        if tx.kind == KIND_WRITE and sidecar is None and not forwarded:
+            # no sidecar: the blob must be held here already (a standalone upload); a small one is
+            # attached to the forwarded batch, so the other validators hold it at commit too
+            forward_side = self._held_blob(tx)
+        elif tx.kind == KIND_WRITE and sidecar is None:
+            self._check_forwarded_write(tx)
+        for ev in self.mempool.admit(tx, self.committed_nonce(tx.address), now, forwarded, sidecar):
+            # fair eviction made room: the heaviest sender's newest transaction leaves the pool
+            self.submitted_at.pop(ev.id, None)
+            self.reject(ev.id, 503, "evicted: mempool full and its sender held the most pending transactions")
+        self.rejected.pop(tx.id, None)
+        if not forwarded:
+            self.submitted_at[tx.id] = now
+        self.pending_since[tx.id] = now + REFORWARD_S
+        self.metrics.admitted.inc()
+        return forward_side
+
+    def _check_forwarded_write(self, tx: Tx) -> None:
+        """An honest entry validator forwards every write of one raw block with its sidecar; one
+        without it (a faulty peer dropped it) is refused unless the blob is held here already.
+        Only a dag-pb blob (a standalone upload, over 1 MiB) comes without, and is repaired at commit."""
+        try:
+            cid = Cid.from_bytes(tx.body.cid)
+        except CidError as exc:
+            raise AdmissionError(400, f"invalid transaction: bad cid: {exc}") from None
+        if cid.codec == CODEC_RAW and self.blobs.blob_size(cid) is None:
+            raise AdmissionError(422, "blob not held: a forwarded write of one raw block must carry its sidecar")
+
+    def _held_blob(self, tx: Tx) -> bytes | None:
+        """A write without a sidecar: its blob must be held here with the size the write states.
+        Returns the blob's bytes when it is small enough to ride as a sidecar, else None."""
+        try:
+            cid = Cid.from_bytes(tx.body.cid)
+        except CidError as exc:
+            raise AdmissionError(400, f"invalid transaction: bad cid: {exc}") from None
+        size = self.blobs.blob_size(cid)
+        if size is None:
+            raise AdmissionError(422, f"blob not held: send the ciphertext as the write's sidecar, or upload "
+                                      f"{cid} (POST /v1/blobs) to this validator first")
+        if size != tx.body.size:
+            raise AdmissionError(422, f"size mismatch: blob {cid} is {size} bytes, transaction says {tx.body.size}")
+        if cid.codec == CODEC_RAW and size <= SIDECAR_MAX:
+            return self.blobs.get(cid)
+        return None
