@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from node.crypto import ecdsa
@@ -20,6 +21,7 @@ from node.crypto.batch import verify_batch
 from node.ipfs.blockstore import BlockStore
 from node.ipfs.cid import CODEC_RAW, Cid, CidError
 from node.ledger import Ledger
+from node.ledger.store import Snapshot
 from node.mempool import AdmissionError, Mempool
 from node.metrics import Metrics
 from node.sidecar import SIDECAR_MAX, Item, check_sidecar
@@ -56,8 +58,8 @@ class Admission:
         batch, self.forward, self.forward_bytes = self.forward, [], 0
         return batch
 
-    def committed_nonce(self, addr: bytes) -> int:
-        v = self.ledger.get_state(keys.nonce(addr))
+    def committed_nonce(self, addr: bytes, get: Callable[[bytes], bytes | None] | None = None) -> int:
+        v = (get or self.ledger.get_state)(keys.nonce(addr))
         return 0 if v is None else decode(v)
 
     def reject(self, txid: bytes | None, status: int, reason: str,
@@ -117,9 +119,13 @@ class Admission:
         return out
 
     def _admit_checked(self, checked: list, forwarded: bool) -> list[bytes | AdmissionError]:
+        with self.ledger.snapshot() as snap:
+            return self._admit_all(checked, forwarded, snap)
+
+    def _admit_all(self, checked: list, forwarded: bool, snap: Snapshot) -> list[bytes | AdmissionError]:
         out: list[bytes | AdmissionError] = []
         now_ms, now = int(time.time() * 1000), time.monotonic()
-        view = Overlay(self.ledger.get_state)
+        view = Overlay(snap.get_state)
         for c in checked:
             if isinstance(c, AdmissionError):
                 out.append(c)
@@ -135,7 +141,7 @@ class Admission:
             tx, side = c
             self.mark_verified(tx.id)
             try:
-                side = self._admit(tx, side, view, now_ms, now, forwarded)
+                side = self._admit(tx, side, view, snap, now_ms, now, forwarded)
             except AdmissionError as exc:
                 out.append(self.reject(tx.id, exc.status, exc.reason, exc.retry_after))
                 continue
@@ -151,10 +157,10 @@ class Admission:
         if len(self.verified) > _VERIFIED_CACHE:
             self.verified.popitem(last=False)
 
-    def _admit(self, tx: Tx, sidecar: bytes | None, view: Overlay, now_ms: int, now: float,
+    def _admit(self, tx: Tx, sidecar: bytes | None, view: Overlay, snap: Snapshot, now_ms: int, now: float,
                forwarded: bool = False) -> bytes | None:
         """Stateful admission; returns the sidecar to forward with the transaction (None if none)."""
-        if self.ledger.tx_location(tx.id) is not None:
+        if snap.has_tx(tx.id):
             raise AdmissionError(409, "duplicate: transaction already committed (replay)")
         code = check_tx(view, tx, now_ms)
         if code != OK:
@@ -166,7 +172,7 @@ class Admission:
             forward_side = self._held_blob(tx)
         elif tx.kind == KIND_WRITE and sidecar is None:
             self._check_forwarded_write(tx)
-        for ev in self.mempool.admit(tx, self.committed_nonce(tx.address), now, forwarded, sidecar):
+        for ev in self.mempool.admit(tx, self.committed_nonce(tx.address, snap.get_state), now, forwarded, sidecar):
             # fair eviction made room: the heaviest sender's newest transaction leaves the pool
             self.submitted_at.pop(ev.id, None)
             self.reject(ev.id, 503, "evicted: mempool full and its sender held the most pending transactions")

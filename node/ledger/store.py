@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,19 @@ class Head:
     hash: bytes
     state_root: bytes
     time_ms: int
+
+
+class Snapshot:
+    """State and transaction-index lookups inside one LMDB read transaction (Ledger.snapshot)."""
+
+    def __init__(self, txn: lmdb.Transaction, state: object, txloc: object) -> None:
+        self._txn, self._state, self._txloc = txn, state, txloc
+
+    def get_state(self, key: bytes) -> bytes | None:
+        return self._txn.get(key, db=self._state)
+
+    def has_tx(self, txid: bytes) -> bool:
+        return self._txn.get(txid, db=self._txloc) is not None
 
 
 def _h(height: int) -> bytes:
@@ -71,6 +85,16 @@ class Ledger:
         """A consistent snapshot for executing a block: one read transaction."""
         txn = self.env.begin(db=self.state)
         return txn.get, txn.abort
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Snapshot]:
+        """One read transaction for many lookups (admission of a batch): a consistent view, and one
+        transaction begun instead of one per lookup."""
+        txn = self.env.begin()
+        try:
+            yield Snapshot(txn, self.state, self.txloc)
+        finally:
+            txn.abort()
 
     def scan_state(self, prefix: bytes, limit: int = 10_000) -> list[tuple[bytes, bytes]]:
         out = []

@@ -25,15 +25,23 @@ def encode(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True, strict_types=False)
 
 
+_SCALARS = frozenset((type(None), bool, int, bytes, str))  # exact types: msgpack makes no subclasses
+
+
 def _check_types(obj: Any, depth: int = 0) -> None:
+    """Only nil, bool, int, bytes, str and lists of them (a hot path: one type lookup per item)."""
     if depth > _MAX_DEPTH:
         raise WireError("nesting too deep")
     if type(obj) is list:  # exactly list: msgpack's ExtType is a tuple subclass
+        if obj and depth >= _MAX_DEPTH:
+            raise WireError("nesting too deep")  # its items would sit deeper than the limit
         for item in obj:
-            _check_types(item, depth + 1)
-    elif obj is None or isinstance(obj, (bool, int, bytes, str)):
-        return
-    else:
+            t = type(item)
+            if t is list:
+                _check_types(item, depth + 1)
+            elif t not in _SCALARS:
+                raise WireError(f"type {t.__name__} is not allowed on the wire")
+    elif type(obj) not in _SCALARS:
         raise WireError(f"type {type(obj).__name__} is not allowed on the wire")
 
 
