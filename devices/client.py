@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from typing import Any
@@ -12,6 +13,8 @@ import msgpack
 from node.crypto.keys import Identity
 from node.sidecar import encode_submission, item_obj
 from node.tx.requests import blob_request_digest, blob_upload_digest
+
+RETRY_FOR = 60.0  # how long a read keeps retrying a validator that answers 429/503
 
 
 class ApiError(Exception):
@@ -52,11 +55,21 @@ class NodeClient:
             raise ApiError(resp.status, reason, retry)
 
     async def get_json(self, path: str, **params: Any) -> dict:
+        """GET a JSON document; a 429 or 503 is retried after its Retry-After (reads are idempotent),
+        up to RETRY_FOR seconds in all."""
         if self.session is None:
             await self.__aenter__()
-        async with self.session.get(self.base + path, params=params or None) as resp:
-            await self._check(resp)
-            return await resp.json()
+        deadline = time.monotonic() + RETRY_FOR
+        while True:
+            try:
+                async with self.session.get(self.base + path, params=params or None) as resp:
+                    await self._check(resp)
+                    return await resp.json()
+            except ApiError as exc:
+                wait = exc.retry_after or 1.0
+                if exc.status not in (429, 503) or time.monotonic() + wait > deadline:
+                    raise
+                await asyncio.sleep(wait)
 
     async def status(self) -> dict:
         return await self.get_json("/v1/status")
