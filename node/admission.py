@@ -76,12 +76,13 @@ class Admission:
         verifier thread (the loop keeps serving; the native batch verifier releases the GIL), then
         admit in order on the loop. Client transactions are forwarded to the other validators in
         batches, with their sidecars. Admission order follows submission order: one FIFO thread."""
+        arrived = time.monotonic()  # rate limits count arrivals, not when verification finished
         checked = await asyncio.get_running_loop().run_in_executor(self._verifier, self._check_items, items, forwarded)
-        return self._admit_checked(checked, forwarded)
+        return self._admit_checked(checked, forwarded, arrived)
 
     def submit_many_sync(self, items: list[Item], forwarded: bool = False) -> list[bytes | AdmissionError]:
         """submit_many on the caller's thread (the loop): for tests and small in-process callers."""
-        return self._admit_checked(self._check_items(items, forwarded), forwarded)
+        return self._admit_checked(self._check_items(items, forwarded), forwarded, time.monotonic())
 
     def _check_items(self, items: list[Item], forwarded: bool) -> list:
         """Stateless checks (decode, chain id, sidecar, signature): pure, runs off the loop. Returns per
@@ -118,13 +119,13 @@ class Admission:
                 out[i] = (tx.id, 400, f"invalid transaction: {BAD_SIGNATURE}")
         return out
 
-    def _admit_checked(self, checked: list, forwarded: bool) -> list[bytes | AdmissionError]:
+    def _admit_checked(self, checked: list, forwarded: bool, now: float) -> list[bytes | AdmissionError]:
         with self.ledger.snapshot() as snap:
-            return self._admit_all(checked, forwarded, snap)
+            return self._admit_all(checked, forwarded, snap, now)
 
-    def _admit_all(self, checked: list, forwarded: bool, snap: Snapshot) -> list[bytes | AdmissionError]:
+    def _admit_all(self, checked: list, forwarded: bool, snap: Snapshot, now: float) -> list[bytes | AdmissionError]:
         out: list[bytes | AdmissionError] = []
-        now_ms, now = int(time.time() * 1000), time.monotonic()
+        now_ms = int(time.time() * 1000)
         view = Overlay(snap.get_state)
         for c in checked:
             if isinstance(c, AdmissionError):

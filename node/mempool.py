@@ -41,8 +41,9 @@ class TokenBucket:
     def take(self, now: float, n: float = 1.0) -> float:
         """0.0 if n tokens were taken, else the seconds until they are available (never, if n is
         over the burst: size the burst above the largest legitimate cost)."""
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
+        if now > self.stamp:  # a caller may pass an earlier arrival time: never refill backwards
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
         if self.tokens >= n:
             self.tokens -= n
             return 0.0
