@@ -39,6 +39,7 @@ PROTOCOL = "/medchain/blobs-held/1.0.0"
 FETCH_TIMEOUT = 20.0  # per session; what is still missing is retried with backoff
 SESSIONS = 4  # bitswap sessions in flight at once
 RETRY_MIN, RETRY_MAX = 1.0, 30.0
+ANNOUNCE_EVERY_S = 1.0  # holdings are announced at most this often (availability lags by as much)
 ASK_EVERY_S = 5.0  # an unavailable block is asked about at most this often
 REQUEST_TIMEOUT = 5.0
 MAX_HEIGHTS = 100_000  # heights remembered (ours pending, peers' announcements)
@@ -197,6 +198,9 @@ class Replicator:
         """Tell peers which blocks' blobs we now hold; what fails is retried next round."""
         while True:
             await self._announce_evt.wait()
+            # gather a round's worth of heights first: one request per peer per round, not per block
+            # (a request is a new libp2p stream; per block it was the largest p2p cost at light load)
+            await asyncio.sleep(ANNOUNCE_EVERY_S)
             self._announce_evt.clear()
             batch, self._announce = self._announce, {}
             results = await asyncio.gather(*(self._send(p, sorted(hs)[:MAX_MSG_HEIGHTS], []) for p, hs in batch.items()),

@@ -21,6 +21,7 @@ Larger blobs are dag-pb DAGs: uploaded on their own (`POST /v1/blobs`) and excha
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 
 from node.consensus.messages import MAX_MESSAGE_BYTES
 from node.ipfs.cid import CODEC_RAW, Cid, CidError
@@ -83,6 +84,30 @@ def check_sidecar(tx: Tx, data: bytes) -> str | None:
     if hashlib.sha256(data).digest() != cid.digest:
         return f"sidecar does not hash to {cid}"
     return None
+
+
+class SidecarCache:
+    """Sidecars seen in forwarded batches, by the SHA-256 of their bytes (a raw CID's digest), so a
+    block that commits before its batch is admitted still finds them. Self-verifying: a lookup by
+    digest can only return the bytes with that digest. Bounded in bytes; oldest out first."""
+
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
+        self.max_bytes, self.bytes = max_bytes, 0
+        self._items: OrderedDict[bytes, bytes] = OrderedDict()
+
+    def add(self, data: bytes) -> None:
+        if len(data) > SIDECAR_MAX:
+            return
+        key = hashlib.sha256(data).digest()
+        if key in self._items:
+            return
+        self._items[key] = data
+        self.bytes += len(data)
+        while self.bytes > self.max_bytes:
+            self.bytes -= len(self._items.popitem(last=False)[1])
+
+    def get(self, digest: bytes) -> bytes | None:
+        return self._items.get(digest)
 
 
 # ---- forwarded batches among validators: [T_TXS, [item, ...]] ---------------------------------

@@ -40,7 +40,7 @@ from node.execution import MAX_FUTURE_MS, Executed, InvalidBlock, Tip, build_blo
 from node.genesis import Genesis
 from node.ipfs.blobwriter import BlobWriter
 from node.ipfs.blockstore import BlockStore
-from node.ipfs.cid import Cid, CidError
+from node.ipfs.cid import CODEC_RAW, Cid, CidError
 from node.ledger import Ledger
 from node.mempool import AdmissionError, KeyedLimiter, Mempool
 from node.metrics import Metrics
@@ -48,6 +48,7 @@ from node.replication import Replicator, roots_from_ledger
 from node.sidecar import (
     TXS_PREFIX,
     Item,
+    SidecarCache,
     SidecarError,
     decode_forwarded,
     forward_messages,
@@ -104,6 +105,7 @@ class Validator:
         self._peer_index = {v.p2p.rsplit("/p2p/", 1)[-1]: i for i, v in enumerate(self.genesis.validators) if v.p2p}
         self._executed: dict[bytes, Executed] = {}  # block hash -> executed, not yet committed
         self._tip: Tip | None = None  # the primary's newest proposal, to pipeline on
+        self.sidecars = SidecarCache()  # recently forwarded sidecars by SHA-256: self-verifying
         self.admission = Admission(self.chain_id, self.ledger, self.blobs, self.mempool, self.metrics)
         self._waiters: dict[bytes, list[asyncio.Future]] = {}
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
@@ -266,6 +268,7 @@ class Validator:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            self._flush_forward()  # the sidecars of our own clients' writes travel ahead of the block
             try:
                 ex = await self._run(build_block, tip, txs, self.chain_id, r.view, self.index, self._now_ms())
                 self._executed[ex.block.hash] = ex
@@ -283,9 +286,7 @@ class Validator:
             self.faults.poll()
             if self.net is None:
                 continue
-            if self.admission.forward:
-                for msg in forward_messages(self.admission.take_forward()):
-                    self._broadcast(msg)
+            self._flush_forward()
             now = time.monotonic()
             if now - last_reforward >= REFORWARD_S:
                 last_reforward = now
@@ -305,6 +306,11 @@ class Validator:
             if n:
                 self.metrics.uploads_collected.inc(n)
                 log.info("collected %d unreferenced upload(s) older than %.0f s", n, grace)
+
+    def _flush_forward(self) -> None:
+        if self.net is not None and self.admission.forward:
+            for msg in forward_messages(self.admission.take_forward()):
+                self._broadcast(msg)
 
     def _reforward(self, now: float) -> None:
         """A forwarded batch can be lost (a peer down or restarting): transactions still pending here
@@ -353,6 +359,9 @@ class Validator:
             self._txin_bytes -= len(data)
             try:
                 items = decode_forwarded(data)
+                for _raw, side in items:
+                    if side is not None:  # usable at commit even if the block beats this admission
+                        self.sidecars.add(side)
                 if items:
                     await self.submit_many(items, forwarded=True)
             except (WireError, SidecarError) as exc:
@@ -559,6 +568,8 @@ class Validator:
                     continue
                 roots.append(cid)
                 side = self.mempool.sidecar(t.id)
+                if side is None and cid.codec == CODEC_RAW:
+                    side = self.sidecars.get(cid.digest)
                 if side is not None:
                     sidecars.append((cid, side))
         stored, wanted = await self._run(self._commit_block, block, ex.writes, sidecars, roots)
