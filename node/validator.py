@@ -42,7 +42,7 @@ from node.ipfs.blobwriter import BlobWriter
 from node.ipfs.blockstore import BlockStore
 from node.ipfs.cid import Cid, CidError
 from node.ledger import Ledger
-from node.mempool import AdmissionError, KeyedLimiter, Mempool
+from node.mempool import AdmissionError, KeyedLimiter, Mempool, admission_origin, origin
 from node.metrics import Metrics
 from node.replication import Replicator, roots_from_ledger
 from node.state import CODES, OK, Overlay, check_tx, keys
@@ -81,7 +81,7 @@ class Validator:
         self.blob_writer = BlobWriter(self.blobs)  # uploads: one synced transaction per batch, off the loop
         self.replicator = Replicator(self.blobs, self.n, roots_from_ledger(self.ledger))  # blobs over bitswap
         self.ipfs_peers = list(ipfs_peers or [])  # external IPFS peers (multiaddrs), bitswap only
-        self.mempool = Mempool(p.mempool_capacity, p.sender_rate, p.sender_burst)
+        self.mempool = Mempool(p.mempool_capacity, p.sender_rate, p.sender_burst, origin_share=p.client_mempool_share)
         self._peer_limit = KeyedLimiter(p.peer_forward_bytes, 2 * p.peer_forward_bytes)  # per peer, bytes
         self.metrics = Metrics()
         head = self.ledger.head()
@@ -235,10 +235,10 @@ class Validator:
         if tx.kind == KIND_WRITE and not forwarded:
             # the entry validator holds the blob; copying it to the others is the block exchange's job
             self._check_blob_present(tx)
-        for ev in self.mempool.admit(tx, self.committed_nonce(tx.address), now, forwarded):
-            # fair eviction made room: the heaviest sender's newest transaction leaves the pool
+        for ev in self.mempool.admit(tx, self.committed_nonce(tx.address), now, forwarded, admission_origin.get()):
+            # fair eviction made room: the heaviest origin's (client IP's) newest sender gave way
             self._submitted_at.pop(ev.id, None)
-            self._reject(ev.id, 503, "evicted: mempool full and its sender held the most pending transactions")
+            self._reject(ev.id, 503, "evicted: mempool full and its client or sender held the most pending transactions")
         self._rejected.pop(tx.id, None)
         if not forwarded:
             self._submitted_at[tx.id] = now
@@ -395,17 +395,18 @@ class Validator:
             if self._txin.qsize() >= TXIN_MAX:
                 self.metrics.throttled.labels("backlog").inc()
                 return  # its entry validator re-forwards what stays pending
-            self._txin.put_nowait(data)
+            self._txin.put_nowait((peer, data))
             return
         self._inbox.put_nowait(("net", data))
 
     async def _admit_forwarded(self) -> None:
         while True:
-            data = await self._txin.get()
+            peer, data = await self._txin.get()
             try:
                 obj = decode_canonical(data, MAX_MESSAGE_BYTES)
                 if len(obj) == 2 and isinstance(obj[1], list) and all(isinstance(x, bytes) for x in obj[1]):
-                    self.submit_many(obj[1], forwarded=True)
+                    with origin(f"peer:{peer}"):  # forwarded: no client IP, so the peer is the origin
+                        self.submit_many(obj[1], forwarded=True)
             except WireError as exc:
                 log.debug("dropped malformed forwarded batch: %s", exc)
             except Exception:
