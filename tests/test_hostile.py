@@ -251,3 +251,30 @@ def test_slowloris_connections_are_capped_and_timed_out(tmp_path):
         assert after <= idle + RSS_SLACK_MB, (idle, after)
     finally:
         finish(n)
+
+
+def test_chunked_bodies_are_counted_as_they_arrive_and_slow_ones_time_out(tmp_path):
+    """Without Content-Length the budget is charged chunk by chunk; a body trickled slower than
+    the body timeout gets 408; the budget is released either way."""
+    n = start(tmp_path, client_body_bytes=MIB, body_timeout_ms=1500)
+    try:
+        async def chunked(ip: str, size: int, pause: float) -> int:
+            async def gen():  # noqa: ANN202
+                for _ in range(size // (64 * 1024)):
+                    yield os.urandom(64 * 1024)
+                    await asyncio.sleep(pause)
+            async with session(ip) as s, s.post(n.url + "/v1/blobs", data=gen()) as r:
+                return r.status
+
+        async def go() -> tuple[list[int], int, int]:
+            # two 768 KiB chunked uploads at once from one IP: together over its 1 MiB
+            both = await asyncio.gather(chunked("127.0.0.2", 768 * 1024, 0.02), chunked("127.0.0.2", 768 * 1024, 0.02))
+            slow = await chunked("127.0.0.3", 256 * 1024, 1.0)  # 4 chunks over 4 s: past the timeout
+            again = await chunked("127.0.0.2", 768 * 1024, 0.0)  # the budget was given back
+            return sorted(both), slow, again
+
+        both, slow, again = run(go())
+        assert both == [201, 429], both
+        assert slow == 408 and again == 201
+    finally:
+        finish(n)

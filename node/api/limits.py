@@ -138,8 +138,9 @@ class Limits:
                     got += len(chunk)
                     if got > limit:
                         raise _too_large(what, limit, got, f"limit {limit} bytes")
-                    if got > req.get(_RESERVED, 0):  # chunked, or more than declared
-                        self._reserve(req, ip, got - req[_RESERVED])
+                    held = req.get(_RESERVED, 0)
+                    if got > held:  # chunked, or more than declared
+                        self._reserve(req, ip, got - held)
                     chunks.append(chunk)
             body = b"".join(chunks)
         except TimeoutError:
