@@ -24,11 +24,11 @@ from node.genesis import Params
 from node.mempool import KeyedLimiter, origin
 
 log = logging.getLogger("medchain.api")
-LINGER_S = 2.0
+LINGER_S = 2.0  # after an early refusal, read and drop the rest of a body this long, then close
 # bodies up to this size (single transactions, a phone's window of readings) pass the overall budget
 # (not the client's): a flood of large uploads from many IPs cannot lock out the small requests
 SMALL_BODY = 64 * 1024
-TRIM_AFTER = 16 * 1024 * 1024  # give freed heap pages back to the OS after this many body bytes  # after an early refusal, read and drop the rest of a body this long, then close
+TRIM_AFTER = 16 * 1024 * 1024  # give freed heap pages back to the OS after this many body bytes
 _RESERVED = "medchain.body_reserved"  # request key: body bytes this request holds in the budget
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
