@@ -192,8 +192,8 @@ class Mempool:
                 raise AdmissionError(429, f"rate limited: sender exceeds {self.rate:g} tx/s", wait)
         evicted = []
         if len(self.by_id) >= self.capacity:
+            # never the newcomer's own sender: it holds less than the victim, or has history
             evicted = self._make_room(key, s, committed_nonce > 0)
-            s = self.senders.get(addr)  # (never the newcomer's own sender: it was not the victim)
         if s is None:
             s = self.senders[addr] = _Sender(committed_nonce + 1, key)
             o = self.origins.get(key)
