@@ -399,3 +399,34 @@ def test_origin_bookkeeping_is_released_when_senders_leave():
     assert set(mp.origins) == {"ip-c"}
     mp.admit(tx(A, 3), 2, 0.0, origin="ip-x")  # back with history, counted at its new origin
     assert mp.origins["ip-x"].n == 1 and not mp.origins["ip-x"].fresh
+
+
+def test_origin_counts_stay_consistent_under_random_admit_evict_commit():
+    import random
+    rnd = random.Random(16)
+    idents = [Identity.from_seed(b"r%d" % i) for i in range(30)]
+    mp = big_pool(capacity=25, origin_share=0.6)
+    committed = {i.address: 0 for i in idents}
+    for step in range(1500):
+        ident = rnd.choice(idents)
+        a = ident.address
+        if rnd.random() < 0.15 and a in mp.senders:  # a block commits this sender's first pending
+            s = mp.senders[a]
+            first = s.txs.get(s.base)
+            if first is not None:
+                mp.remove([first])
+                committed[a] = first.nonce
+        else:
+            nonce = mp.next_nonce(a, committed[a])
+            try:
+                mp.admit(tx(ident, nonce, b"%d" % step), committed[a], 0.0, forwarded=rnd.random() < 0.3,
+                         origin=rnd.choice(["ip1", "ip2", "ip3", "peer:x"]))
+            except AdmissionError:
+                pass
+        assert sum(o.n for o in mp.origins.values()) == len(mp) <= 25
+        for key, o in mp.origins.items():
+            assert o.senders and all(mp.senders[x].origin == key for x in o.senders)
+            assert o.n == sum(len(mp.senders[x].txs) for x in o.senders)
+            assert set(o.fresh) <= o.senders and all(mp.senders[x].fresh for x in o.fresh)
+        assert set(mp.senders) == set().union(*(o.senders for o in mp.origins.values()))
+    assert mp.evictions > 10  # the pool was full often enough to exercise eviction
