@@ -45,21 +45,22 @@ async def attack(name: str, url: str, seconds: float) -> dict:
     if name == "batch-flood":  # one IP, 1,000-transaction batches from fresh keys, back to back
         bodies = sybil_batches(chain, b"flood", 12, 1000)
         run = lambda: post_batches(url, "127.0.0.2", bodies * 50, seconds)  # noqa: E731
-    elif name == "sybil":  # two IPs, 500 fresh single-transaction senders a batch
-        per_ip = {ip: sybil_batches(chain, ip.encode(), 16, 500) for ip in ("127.0.0.2", "127.0.0.3")}
+    elif name == "sybil":  # two IPs, 500 fresh single-transaction senders a batch (20,000 each: their budget)
+        per_ip = {ip: sybil_batches(chain, ip.encode(), 40, 500) for ip in ("127.0.0.2", "127.0.0.3")}
 
-        async def run() -> Counter:
-            got = await asyncio.gather(*(post_batches(url, ip, b, seconds) for ip, b in per_ip.items()))
+        async def run() -> Counter:  # then the same again (duplicates, replays) until the phase ends
+            got = await asyncio.gather(*(post_batches(url, ip, b * 3, seconds) for ip, b in per_ip.items()))
             return sum(got, Counter())
-    elif name == "uploads":  # 200 uploads from 10 IPs, each stalled one byte short of 2 MiB
-        end = time.monotonic() + seconds
-        ips = iter(f"127.0.0.{10 + k % 10}" for k in range(10**6))
-        run = lambda: repeat(lambda: stalled_upload(next(ips), port, max(0.1, end - time.monotonic())),  # noqa: E731
-                             seconds, width=200, max_total=600)
-    elif name == "slowloris":  # 1,500 unfinished request heads from one IP (cap 1,024), reopened when closed
-        end = time.monotonic() + seconds
-        run = lambda: repeat(lambda: slow_headers("127.0.0.4", port, max(0.1, end - time.monotonic())),  # noqa: E731
-                             seconds, width=1500, max_total=5000)
+    elif name in ("uploads", "slowloris"):
+        async def run() -> Counter:
+            end = time.monotonic() + seconds  # from the cue
+            if name == "uploads":  # 200 uploads from 10 IPs, each stalled one byte short of 2 MiB
+                ips = iter(f"127.0.0.{10 + k % 10}" for k in range(10**6))
+                return await repeat(lambda: stalled_upload(next(ips), port, max(0.1, end - time.monotonic())),
+                                    seconds, width=200, max_total=600)
+            # 1,500 unfinished request heads from one IP (the cap is 1,024), reopened when closed
+            return await repeat(lambda: slow_headers("127.0.0.4", port, max(0.1, end - time.monotonic())),
+                                seconds, width=1500, max_total=5000)
     else:
         raise SystemExit(f"unknown attack {name}")
     print("ready", flush=True)
