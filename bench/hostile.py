@@ -26,6 +26,8 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+import aiohttp
+
 from devices.attacks import post_batches, repeat, rss_mb, session, slow_headers, stalled_upload, sybil_batches
 from devices.localnet import make_network
 from node.crypto.keys import Identity
@@ -85,7 +87,7 @@ async def phase(url: str, pid: int, chain: str, senders: list[Identity], nonces:
     rss: list[float] = []
     end = time.monotonic() + seconds
 
-    async def sender(i: int, s) -> None:  # noqa: ANN001
+    async def sender(i: int, s: aiohttp.ClientSession) -> None:
         t_next = time.monotonic() + i * 0.25 / len(senders)
         while t_next < end:
             await asyncio.sleep(max(0.0, t_next - time.monotonic()))
@@ -104,7 +106,7 @@ async def phase(url: str, pid: int, chain: str, senders: list[Identity], nonces:
             else:
                 refused[st["status"]] += 1
 
-    async def poll(s) -> None:  # noqa: ANN001
+    async def poll(s: aiohttp.ClientSession) -> None:
         while time.monotonic() < end:
             t0 = time.monotonic()
             async with s.get(url + "/v1/status") as r:
