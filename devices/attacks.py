@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
+from devices.benchmeter import proc_status_mb
 from node.crypto.keys import Identity
 from node.tx import Profile, Tx
 from node.wire import encode
@@ -23,12 +24,8 @@ MIB = 1024 * 1024
 
 
 def rss_mb(pid: int) -> float:
-    """Resident set size of a process, from /proc (MiB)."""
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+    """Resident set size of a process now, from /proc (MiB)."""
+    return proc_status_mb(pid, "VmRSS")
 
 
 def session(ip: str | None = None, limit: int = 100) -> aiohttp.ClientSession:

@@ -63,13 +63,15 @@ async def honest_commits(url: str, chain: str, seed: bytes, count: int = 5, firs
     return out
 
 
-def settle_rss(n: NodeProcess, idle: float, seconds: float = 10.0) -> float:
-    """RSS once the attack is over: the smallest reading within `seconds` that is within the slack."""
+def assert_memory_flat(n: NodeProcess, idle: float, seconds: float = 10.0) -> None:
+    """Once the attack is over, RSS comes back to within the slack of its idle value (the smallest
+    reading within `seconds`: freed memory is handed back to the OS a moment later)."""
     deadline, best = time.monotonic() + seconds, rss_mb(n)
     while best > idle + RSS_SLACK_MB and time.monotonic() < deadline:
         time.sleep(0.5)
         best = min(best, rss_mb(n))
-    return best
+    print(f"RSS idle {idle:.0f} MB, after the attack {best:.0f} MB")
+    assert best <= idle + RSS_SLACK_MB, (idle, best)
 
 
 def finish(n: NodeProcess) -> None:
@@ -116,8 +118,7 @@ def test_batches_of_fresh_keys_are_charged_per_transaction(tmp_path):
         assert got["admitted"] <= burst + rate * elapsed
         assert got["refused_batches"] >= 6 and got["retry_after"]
         assert all(h["status"] == "committed" and h["code"] == 0 for h in honest), honest
-        after = settle_rss(n, idle)
-        assert after <= idle + RSS_SLACK_MB, (idle, after)
+        assert_memory_flat(n, idle)
     finally:
         finish(n)
 
@@ -159,9 +160,7 @@ def test_stalled_uploads_are_bounded_timed_out_and_memory_released(tmp_path):
         assert peak <= idle + total / MIB + RSS_SLACK_MB, (idle, peak)  # the overall budget, plus slack
         assert up == 201  # a small upload is not locked out by the big ones
         assert all(h["status"] == "committed" for h in honest), honest
-        after = settle_rss(n, idle)
-        print(f"RSS after the attack {after:.0f} MB")
-        assert after <= idle + RSS_SLACK_MB, (idle, after)
+        assert_memory_flat(n, idle)
     finally:
         finish(n)
 
@@ -208,8 +207,7 @@ def test_sybil_senders_from_one_ip_cannot_evict_honest_ones(tmp_path):
         assert not any(isinstance(k, str) for k in got), got  # no whole batch was refused
         assert got[429] > 0  # each IP held at its share
         assert all(f["status"] == "committed" and f["code"] == 0 for f in final), final
-        after = settle_rss(n, idle)
-        assert after <= idle + RSS_SLACK_MB, (idle, after)
+        assert_memory_flat(n, idle)
     finally:
         finish(n)
 
@@ -247,8 +245,7 @@ def test_slowloris_connections_are_capped_and_timed_out(tmp_path):
         assert kinds.get("closed", 0) <= cap and kinds.get("refused", 0) >= 1000 - cap - 50, kinds
         assert closed_after <= idle_s + 2.0  # the keep-alive timer closes unfinished heads
         assert all(h["status"] == "committed" for h in honest), honest
-        after = settle_rss(n, idle)
-        assert after <= idle + RSS_SLACK_MB, (idle, after)
+        assert_memory_flat(n, idle)
     finally:
         finish(n)
 
