@@ -123,6 +123,35 @@ def test_batches_of_fresh_keys_are_charged_per_transaction(tmp_path):
         finish(n)
 
 
+def test_an_honest_phone_proxy_batching_its_phones_is_not_limited(tmp_path):
+    """The default per-IP limits leave room for a proxy of 1,000 phones: three 4,000-transaction
+    batches (four windows per phone) two seconds apart, 2,000 tx/s, all admitted and committed."""
+    n = start(tmp_path, sender_rate=Params().sender_rate, sender_burst=Params().sender_burst)
+    try:
+        async def go() -> list[int]:
+            chain = await chain_id(n.url)
+            phones = [Identity.from_seed(b"phone-%d" % i) for i in range(1000)]
+            statuses: list[int] = []
+            last: Tx | None = None
+            async with session() as s:
+                for k in range(3):
+                    txs = [t for p in phones for t in
+                           Tx.build_batch(p, chain, 1 + 4 * k, [Profile(f"w{k}", "x", "y", bytes(32))] * 4)]
+                    last = txs[-1]
+                    async with s.post(n.url + "/v1/txs", data=encode([t.raw for t in txs]), headers=MSGPACK) as r:
+                        assert r.status == 200, await r.text()
+                        statuses += [x["status"] for x in (await r.json())["results"]]
+                    await asyncio.sleep(2.0)
+                async with s.get(f"{n.url}/v1/tx/{last.id.hex()}", params={"wait": "30"}) as r:
+                    assert (await r.json())["status"] == "committed"
+            return statuses
+
+        statuses = run(go())
+        assert statuses == [202] * 12_000, Counter(statuses)
+    finally:
+        finish(n)
+
+
 # ---- 3. request bodies: bounded in flight, timed out, memory released ---------------------------
 
 def test_stalled_uploads_are_bounded_timed_out_and_memory_released(tmp_path):
