@@ -155,6 +155,12 @@ class Mempool:
             n += 1
         return n
 
+    def origin_full(self, key: str) -> bool:
+        """Whether client origin `key` holds its whole share: the API refuses its transactions before
+        paying to decode and verify them."""
+        o = self.origins.get(key)
+        return self.max_per_origin is not None and o is not None and o.n >= self.max_per_origin
+
     def admit(self, tx: Tx, committed_nonce: int, now: float, forwarded: bool = False,
               origin: str = "") -> list[Tx]:
         """Queue a transaction that passed stateless and stateful checks; enforce nonce order and limits.
@@ -179,8 +185,7 @@ class Mempool:
         if s is not None and len(s.txs) >= self.max_per_sender:
             raise AdmissionError(429, f"rate limited: {self.max_per_sender} transactions already pending", 1.0)
         key = origin if s is None else s.origin
-        o = self.origins.get(key)
-        if not forwarded and o is not None and self.max_per_origin is not None and o.n >= self.max_per_origin:
+        if not forwarded and self.origin_full(key):
             raise AdmissionError(429, f"rate limited: client {key or '?'} holds its share of the mempool "
                                       f"({self.max_per_origin} pending transactions)", 1.0)
         if not forwarded:

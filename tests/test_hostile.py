@@ -233,8 +233,8 @@ def test_sybil_senders_from_one_ip_cannot_evict_honest_ones(tmp_path):
         got, final, size, _, idle = run(go())
         print(f"\nsybil flood: {dict(got)}; mempool at {size} when the honest client came")
         assert size >= 900  # the pool was (nearly) full
-        assert not any(isinstance(k, str) for k in got), got  # no whole batch was refused
-        assert got[429] > 0  # each IP held at its share
+        assert set(got) <= {202, 429, 503, "batch 429"}, got
+        assert got[429] + got["batch 429"] > 0  # each IP held at its share (whole batches once it is full)
         assert all(f["status"] == "committed" and f["code"] == 0 for f in final), final
         assert_memory_flat(n, idle)
     finally:

@@ -56,7 +56,8 @@ def client_ip(req: web.Request) -> str:
 class Limits:
     """Per-client-IP transaction buckets and the in-flight request-body budget (per IP and overall)."""
 
-    def __init__(self, p: Params, throttled: Callable[[str], None], min_tx_burst: int) -> None:
+    def __init__(self, p: Params, throttled: Callable[[str], None], min_tx_burst: int,
+                 origin_full: Callable[[str], bool] = lambda ip: False) -> None:
         # the burst never below the largest batch the API accepts, or such a batch could never pass
         self.txs = KeyedLimiter(p.client_tx_rate, max(p.client_tx_burst, min_tx_burst))
         self.tx_rate = p.client_tx_rate
@@ -65,6 +66,7 @@ class Limits:
         self.in_flight: Counter[str] = Counter()  # body bytes held per client IP
         self.in_flight_total = 0
         self.throttled = throttled
+        self.origin_full = origin_full  # the mempool holds this client's whole share
         self._freed = 0  # body bytes released since the heap was last trimmed
         self._trim: asyncio.TimerHandle | None = None
 
@@ -81,8 +83,13 @@ class Limits:
 
     def charge_txs(self, req: web.Request, n: int) -> web.Response | None:
         """Charge `n` transactions to the client IP's transaction bucket: None if allowed, else the
-        429 to answer (the whole batch is refused, with the wait until it would fit)."""
+        429 to answer (the whole batch is refused, with the wait until it would fit, or at once if
+        the client already holds its share of the mempool)."""
         ip = client_ip(req)
+        if self.origin_full(ip):  # its new senders would be refused, after paying for their signatures
+            self.throttled("client_share")
+            return web.json_response({"error": f"rate limited: client {ip} holds its share of the mempool"},
+                                     status=429, headers={"Retry-After": "1"})
         wait = self.txs.take(ip, time.monotonic(), n)
         if wait <= 0:
             return None

@@ -86,7 +86,8 @@ def make_app(v: Validator) -> web.Application:
         return await handler(req)
 
     app.middlewares.append(per_client)
-    limits = app[LIMITS] = Limits(v.params, lambda scope: v.metrics.throttled.labels(scope).inc(), MAX_BATCH_TXS)
+    limits = app[LIMITS] = Limits(v.params, lambda scope: v.metrics.throttled.labels(scope).inc(), MAX_BATCH_TXS,
+                                  v.mempool.origin_full)
     app.middlewares.append(limits.middleware)
 
     @routes.get("/v1/status")
