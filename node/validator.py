@@ -238,6 +238,7 @@ class Validator:
         for ev in self.mempool.admit(tx, self.committed_nonce(tx.address), now, forwarded, admission_origin.get()):
             # fair eviction made room: the heaviest origin's (client IP's) newest sender gave way
             self._submitted_at.pop(ev.id, None)
+            self._pending_since.pop(ev.id, None)  # only non-primaries sweep it: it would outlive the tx
             self._reject(ev.id, 503, "evicted: mempool full and its client or sender held the most pending transactions")
         self._rejected.pop(tx.id, None)
         if not forwarded:
