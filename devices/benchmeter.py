@@ -59,13 +59,18 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def proc_peak_rss_mb(pid: int) -> float:
-    """VmHWM: the process's peak resident set since it started (kernel-tracked, no sampling)."""
+def proc_status_mb(pid: int, field: str) -> float:
+    """A memory figure of /proc/PID/status in MiB: VmRSS (resident now), VmHWM (peak since start)."""
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def proc_peak_rss_mb(pid: int) -> float:
+    """VmHWM: the process's peak resident set since it started (kernel-tracked, no sampling)."""
+    return proc_status_mb(pid, "VmHWM")
 
 
 def set_affinity(pid: int, cpus: set[int]) -> None:

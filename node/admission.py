@@ -22,7 +22,7 @@ from node.ipfs.blockstore import BlockStore
 from node.ipfs.cid import CODEC_RAW, Cid, CidError
 from node.ledger import Ledger
 from node.ledger.store import Snapshot
-from node.mempool import AdmissionError, Mempool
+from node.mempool import AdmissionError, Mempool, admission_origin
 from node.metrics import Metrics
 from node.sidecar import SIDECAR_MAX, Item, check_sidecar
 from node.state import CODES, OK, Overlay, check_tx, keys
@@ -173,10 +173,12 @@ class Admission:
             forward_side = self._held_blob(tx)
         elif tx.kind == KIND_WRITE and sidecar is None:
             self._check_forwarded_write(tx)
-        for ev in self.mempool.admit(tx, self.committed_nonce(tx.address, snap.get_state), now, forwarded, sidecar):
-            # fair eviction made room: the heaviest sender's newest transaction leaves the pool
+        for ev in self.mempool.admit(tx, self.committed_nonce(tx.address, snap.get_state), now, forwarded,
+                                     admission_origin.get(), sidecar):
+            # fair eviction made room: the heaviest origin's (client IP's) newest sender gave way
             self.submitted_at.pop(ev.id, None)
-            self.reject(ev.id, 503, "evicted: mempool full and its sender held the most pending transactions")
+            self.pending_since.pop(ev.id, None)  # only non-primaries sweep it: it would outlive the tx
+            self.reject(ev.id, 503, "evicted: mempool full and its client or sender held the most pending transactions")
         self.rejected.pop(tx.id, None)
         if not forwarded:
             self.submitted_at[tx.id] = now

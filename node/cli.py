@@ -138,8 +138,9 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         res = go(args.node)
     else:
         with tempfile.TemporaryDirectory(prefix="medchain-load-") as tmp:
-            nodes = make_network(Path(tmp), args.validators, params=Params(sender_rate=1e6, sender_burst=1e6),
-                                 p2p_mode=args.p2p)
+            # one load generator is a whole fleet behind one address: lift the per-client-IP limits
+            nodes = make_network(Path(tmp), args.validators, p2p_mode=args.p2p, params=Params(
+                sender_rate=1e6, sender_burst=1e6, client_tx_rate=1e7, client_tx_burst=1e7, client_mempool_share=1))
             start_all(nodes)
             try:
                 c0 = [n.cpu_seconds() for n in nodes]

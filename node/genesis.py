@@ -29,8 +29,18 @@ class Params:
     request_skew_ms: int = 300_000  # signed blob requests older or newer than this are refused
     view_timeout_ms: int = 2000  # no delivery for this long while work waits: change view (doubles per try)
     pbft_window: int = 64  # sequence numbers above the stable checkpoint; a checkpoint every window/4 blocks
-    client_rate: float = 2000.0  # API requests (a batch counts its transactions) per second per client IP
+    client_rate: float = 2000.0  # API requests per second per client IP
     client_burst: float = 4000.0
+    # transactions per second per client IP (POST /v1/tx and /v1/txs): a phone proxy batching a
+    # thousand phones' windows needs a few hundred; the burst holds two full 4096-transaction batches
+    client_tx_rate: float = 2000.0
+    client_tx_burst: float = 8192.0
+    client_mempool_share: float = 0.5  # of mempool_capacity one client IP may hold pending (1: no cap)
+    client_body_bytes: int = 8 * 1024 * 1024  # request-body bytes in flight per client IP (beyond: 429)
+    server_body_bytes: int = 64 * 1024 * 1024  # request-body bytes in flight overall (beyond: 503)
+    body_timeout_ms: int = 30_000  # a request body must arrive within this (408 and close)
+    idle_timeout_ms: int = 10_000  # a connection without a complete request for this long is closed
+    client_max_conns: int = 1024  # open connections per client IP; more are refused (503, closed)
     peer_forward_bytes: float = 8 * 1024 * 1024  # forwarded tx batches, bytes/s per validator peer (burst 2x)
     upload_grace_s: float = 600.0  # a standalone upload no committed write names within this is collected
 

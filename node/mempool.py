@@ -5,22 +5,43 @@ must submit in nonce order; batches forwarded by other validators may arrive reo
 may run ahead by a bounded gap. Blocks take each sender's contiguous run from its next nonce,
 round-robin across senders, so one busy sender cannot crowd the others out of a batch.
 
-The pool is bounded. When it is full, room is made by evicting the newest transaction of the sender
-holding the most (not the newest arrival, which is likely an honest one): a flooder loses its own
-tail first. `KeyedLimiter` is the same token bucket keyed by client IP (API) or by peer (forwarded
-batches between validators).
+The pool is bounded, and fair between origins: an origin is an opaque key for where a sender's
+transactions entered (the API passes the client IP; forwarded batches their peer), and a sender
+belongs to the origin of its first pending transaction. One client origin may hold at most
+`origin_share` of the pool, so fresh keys from one IP cannot fill it. When the pool is full, room
+is made in the origin holding the most, if it holds more than the newcomer's own: a flood from one
+IP loses its own transactions, never another IP's. Inside the losing origin, a brand-new sender
+(no committed transaction) goes before a sender with history, then the sender holding the most
+loses its newest (never a hole in its nonce run). `KeyedLimiter` is the same token bucket keyed
+by client IP (API) or by peer (forwarded batches between validators).
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 from collections import OrderedDict
-from collections.abc import Container
+from collections.abc import Container, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from node.tx import Tx
 
 MAX_FORWARD_GAP = 256
+
+# Where the transactions being admitted come from (client IP, "peer:<id>"), set by the caller around
+# a submission: admission reads it without every layer in between passing it along.
+admission_origin: ContextVar[str] = ContextVar("admission_origin", default="")
+
+
+@contextlib.contextmanager
+def origin(key: str) -> Iterator[None]:
+    """Admit the transactions submitted inside this block as coming from `key`."""
+    token = admission_origin.set(key)
+    try:
+        yield
+    finally:
+        admission_origin.reset(token)
 
 
 class AdmissionError(Exception):
@@ -49,6 +70,11 @@ class TokenBucket:
             return 0.0
         return (n - self.tokens) / self.rate
 
+    def drain(self, now: float, n: float) -> None:
+        """Take n tokens even if that leaves a debt (at most one burst deep): a penalty, never refused."""
+        self.take(now, 0.0)
+        self.tokens = max(-self.burst, self.tokens - n)
+
     def full(self, now: float) -> bool:
         return self.tokens + (now - self.stamp) * self.rate >= self.burst
 
@@ -72,6 +98,12 @@ class KeyedLimiter:
             self.buckets.move_to_end(key)
         return b.take(now, n)
 
+    def penalise(self, key: object, now: float, n: float) -> None:
+        """Charge `key` n extra tokens, into debt if need be (e.g. for transactions that failed
+        their signature check: they cost a verification each)."""
+        self.take(key, now, 0.0)
+        self.buckets[key].drain(now, n)
+
     def _prune(self, now: float) -> None:
         for k in [k for k, b in self.buckets.items() if b.full(now)]:
             del self.buckets[k]
@@ -80,11 +112,13 @@ class KeyedLimiter:
 
 
 class _Sender:
-    __slots__ = ("base", "txs")
+    __slots__ = ("base", "fresh", "origin", "txs")
 
-    def __init__(self, base: int) -> None:
+    def __init__(self, base: int, origin: str) -> None:
         self.base = base  # the next nonce the chain will accept from this sender
         self.txs: dict[int, Tx] = {}
+        self.origin = origin  # the origin of its first pending transaction: it is counted there
+        self.fresh = base == 1  # no committed transaction yet: first to go when its origin must give way
 
     def contiguous_end(self) -> int:
         n = self.base
@@ -93,17 +127,33 @@ class _Sender:
         return n
 
 
+class _Origin:
+    """The senders one origin brought in: their pending count, the brand-new ones in arrival order,
+    and a lazy max-heap of (-pending, sender) to find its heaviest sender."""
+    __slots__ = ("fresh", "heavy", "n", "senders")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.senders: set[bytes] = set()
+        self.fresh: dict[bytes, None] = {}
+        self.heavy: list[tuple[int, bytes]] = []
+
+
 class Mempool:
     def __init__(self, capacity: int = 100_000, rate: float = 200.0, burst: float = 400.0,
-                 max_per_sender: int = 1024, max_sidecar_bytes: int = 64 * 1024 * 1024) -> None:
+                 max_per_sender: int = 1024, origin_share: float = 1.0,
+                 max_sidecar_bytes: int = 64 * 1024 * 1024) -> None:
         self.capacity, self.rate, self.burst, self.max_per_sender = capacity, rate, burst, max_per_sender
+        # for client origins (not forwarded); a share of 1 or more: no cap beyond the pool's own
+        self.max_per_origin = max(1, int(capacity * origin_share)) if origin_share < 1 else None
         # sidecars (node/sidecar.py) wait here with their writes, bounded in bytes: memory stays flat
         self.sidecars: dict[bytes, bytes] = {}
         self.sidecar_bytes, self.max_sidecar_bytes = 0, max_sidecar_bytes
         self.senders: OrderedDict[bytes, _Sender] = OrderedDict()
         self.by_id: dict[bytes, Tx] = {}
         self.buckets: dict[bytes, TokenBucket] = {}
-        self._heavy: list[tuple[int, bytes]] = []  # lazy max-heap of (-pending, sender) for eviction
+        self.origins: dict[str, _Origin] = {}
+        self._heavy_origins: list[tuple[int, str]] = []  # lazy max-heap of (-pending, origin)
         self.evictions = 0
 
     def __len__(self) -> int:
@@ -121,11 +171,18 @@ class Mempool:
             n += 1
         return n
 
+    def origin_full(self, key: str) -> bool:
+        """Whether client origin `key` holds its whole share: the API refuses its transactions before
+        paying to decode and verify them."""
+        o = self.origins.get(key)
+        return self.max_per_origin is not None and o is not None and o.n >= self.max_per_origin
+
     def admit(self, tx: Tx, committed_nonce: int, now: float, forwarded: bool = False,
-              sidecar: bytes | None = None) -> list[Tx]:
+              origin: str = "", sidecar: bytes | None = None) -> list[Tx]:
         """Queue a transaction that passed stateless and stateful checks; enforce nonce order and limits.
-        `forwarded` batches (from other validators) skip the rate limit, which their entry validator
-        applied, and may run ahead of the next nonce by up to MAX_FORWARD_GAP. Returns the
+        `forwarded` batches (from other validators) skip the rate limit and the origin share, which
+        their entry validator applied, and may run ahead of the next nonce by up to MAX_FORWARD_GAP.
+        `origin` is an opaque key for where the transaction entered (client IP, peer). Returns the
         transactions evicted to make room (empty unless the pool was full)."""
         addr = tx.address
         if tx.id in self.by_id:
@@ -145,6 +202,10 @@ class Mempool:
             raise AdmissionError(429, f"rate limited: {self.max_per_sender} transactions already pending", 1.0)
         if sidecar is not None and self.sidecar_bytes + len(sidecar) > self.max_sidecar_bytes:
             raise AdmissionError(503, f"mempool full: {self.sidecar_bytes} bytes of sidecars pending", 1.0)
+        key = origin if s is None else s.origin
+        if not forwarded and self.origin_full(key):
+            raise AdmissionError(429, f"rate limited: client {key or '?'} holds its share of the mempool "
+                                      f"({self.max_per_origin} pending transactions)", 1.0)
         if not forwarded:
             bucket = self.buckets.get(addr)
             if bucket is None:
@@ -152,35 +213,103 @@ class Mempool:
             wait = bucket.take(now)
             if wait > 0:
                 raise AdmissionError(429, f"rate limited: sender exceeds {self.rate:g} tx/s", wait)
-        evicted = self._make_room(addr, 0 if s is None else len(s.txs)) if len(self.by_id) >= self.capacity else []
+        evicted = []
+        if len(self.by_id) >= self.capacity:
+            # never the newcomer's own sender: it holds less than the victim, or has history
+            evicted = self._make_room(key, s, committed_nonce > 0)
         if s is None:
-            s = self.senders[addr] = _Sender(committed_nonce + 1)
+            s = self.senders[addr] = _Sender(committed_nonce + 1, key)
+            o = self.origins.get(key)
+            if o is None:
+                o = self.origins[key] = _Origin()
+            o.senders.add(addr)
+            if s.fresh:
+                o.fresh[addr] = None
+        else:
+            o = self.origins[key]
         s.txs[tx.nonce] = tx
         self.by_id[tx.id] = tx
         if sidecar is not None:
             self.sidecars[tx.id] = sidecar
             self.sidecar_bytes += len(sidecar)
-        heapq.heappush(self._heavy, (-len(s.txs), addr))
+        o.n += 1
+        heapq.heappush(o.heavy, (-len(s.txs), addr))
+        heapq.heappush(self._heavy_origins, (-o.n, key))
         return evicted
 
-    def _make_room(self, addr: bytes, mine: int) -> list[Tx]:
-        """Evict the newest transaction of the sender holding the most, if it holds more than the
-        newcomer would; otherwise the newcomer is the heavy one (429) or everyone is equal (503)."""
-        heavy = self._heaviest()
-        most = 0 if heavy is None else len(self.senders[heavy].txs)
-        if most <= mine + 1:
-            if mine > 1 and mine >= most:
+    def _make_room(self, key: str, s: _Sender | None, history: bool) -> list[Tx]:
+        """Evict one transaction for a newcomer from origin `key` (sender `s`, with committed
+        `history` or not), or refuse it: 429 if the newcomer's sender holds the most in its own
+        origin, 503 if everyone there holds about as much."""
+        mine = self.origins[key].n if key in self.origins else 0
+        heavy = self._heaviest_origin()
+        if heavy is not None and heavy != key and self.origins[heavy].n > mine + 1:
+            # another origin holds more: it gives way, its brand-new senders first
+            return [self._evict(self._victim(heavy, prefer_fresh=True))]
+        o = self.origins.get(key)
+        if o is None:
+            raise AdmissionError(503, "mempool full: try again later", 1.0)
+        if history and o.fresh:
+            # a sender with committed history goes before the brand-new senders of its own origin
+            return [self._evict(next(reversed(o.fresh)))]
+        mine_s = 0 if s is None else len(s.txs)
+        victim = self._victim(key, prefer_fresh=False)
+        most = len(self.senders[victim].txs)
+        if most <= mine_s + 1:
+            if mine_s > 1 and mine_s >= most:
                 raise AdmissionError(429, "mempool full: this sender holds the most pending transactions", 1.0)
             raise AdmissionError(503, "mempool full: try again later", 1.0)
-        s = self.senders[heavy]
+        return [self._evict(victim)]
+
+    def _victim(self, key: str, prefer_fresh: bool) -> bytes:
+        """The sender of origin `key` to lose a transaction: its newest brand-new sender (if
+        `prefer_fresh` and it has one), else the sender holding the most (stale heap entries are
+        dropped lazily)."""
+        o = self.origins[key]
+        if prefer_fresh and o.fresh:
+            return next(reversed(o.fresh))
+        h = o.heavy
+        if len(h) > 4 * len(o.senders) + 1024:  # compact: one entry per sender
+            h[:] = [(-len(self.senders[a].txs), a) for a in o.senders]
+            heapq.heapify(h)
+        while True:
+            neg, addr = h[0]
+            s = self.senders.get(addr)
+            if s is not None and s.origin == key and len(s.txs) == -neg:
+                return addr
+            heapq.heappop(h)
+            if s is not None and s.origin == key and s.txs:
+                heapq.heappush(h, (-len(s.txs), addr))
+
+    def _heaviest_origin(self) -> str | None:
+        h = self._heavy_origins
+        if len(h) > 4 * len(self.origins) + 1024:
+            h[:] = [(-o.n, k) for k, o in self.origins.items()]
+            heapq.heapify(h)
+        while h:
+            neg, key = h[0]
+            o = self.origins.get(key)
+            if o is not None and o.n == -neg:
+                return key
+            heapq.heappop(h)
+            if o is not None and o.n:
+                heapq.heappush(h, (-o.n, key))
+        return None
+
+    def _evict(self, addr: bytes) -> Tx:
+        """Drop the newest pending transaction of `addr` (its run stays contiguous)."""
+        s = self.senders[addr]
         victim = s.txs.pop(max(s.txs))
-        self._forget(victim.id)
+        self._drop_tx(victim.id)
         self.evictions += 1
+        o = self.origins[s.origin]
+        o.n -= 1
         if s.txs:
-            heapq.heappush(self._heavy, (-len(s.txs), heavy))
+            heapq.heappush(o.heavy, (-len(s.txs), addr))
         else:
-            del self.senders[heavy]
-        return [victim]
+            self._forget(addr, s)
+        heapq.heappush(self._heavy_origins, (-o.n, s.origin))
+        return victim
 
     def charge(self, addr: bytes, now: float, n: float = 1.0) -> float:
         """Take n tokens from a sender's bucket outside admission (a standalone upload); 0.0 if
@@ -190,7 +319,7 @@ class Mempool:
             bucket = self.buckets[addr] = TokenBucket(self.rate, self.burst, self.burst, now)
         return bucket.take(now, n)
 
-    def _forget(self, txid: bytes) -> None:
+    def _drop_tx(self, txid: bytes) -> None:
         self.by_id.pop(txid, None)
         side = self.sidecars.pop(txid, None)
         if side is not None:
@@ -199,21 +328,14 @@ class Mempool:
     def sidecar(self, txid: bytes) -> bytes | None:
         return self.sidecars.get(txid)
 
-    def _heaviest(self) -> bytes | None:
-        """The sender with the most pending transactions (stale heap entries are dropped lazily)."""
-        h = self._heavy
-        if len(h) > 4 * len(self.senders) + 1024:  # compact: one entry per sender
-            h[:] = [(-len(s.txs), a) for a, s in self.senders.items()]
-            heapq.heapify(h)
-        while h:
-            neg, addr = h[0]
-            s = self.senders.get(addr)
-            if s is not None and len(s.txs) == -neg:
-                return addr
-            heapq.heappop(h)
-            if s is not None and s.txs:
-                heapq.heappush(h, (-len(s.txs), addr))
-        return None
+    def _forget(self, addr: bytes, s: _Sender) -> None:
+        """A sender with nothing pending leaves the pool and its origin."""
+        del self.senders[addr]
+        o = self.origins[s.origin]
+        o.senders.discard(addr)
+        o.fresh.pop(addr, None)
+        if not o.senders:
+            del self.origins[s.origin]
 
     def batch(self, max_txs: int, exclude: Container[bytes] = ()) -> list[Tx]:
         """Up to max_txs transactions, round-robin over senders, each sender's contiguous nonce run
@@ -242,11 +364,18 @@ class Mempool:
         return out
 
     def _advance(self, addr: bytes, s: _Sender, base: int) -> None:
-        for n in [n for n in s.txs if n < base]:
-            self._forget(s.txs.pop(n).id)
+        gone = [n for n in s.txs if n < base]
+        for n in gone:
+            self._drop_tx(s.txs.pop(n).id)
         s.base = base
+        o = self.origins[s.origin]
+        o.n -= len(gone)
+        s.fresh = False  # it has committed history now
+        o.fresh.pop(addr, None)
+        if gone:
+            heapq.heappush(self._heavy_origins, (-o.n, s.origin))
         if not s.txs:
-            del self.senders[addr]
+            self._forget(addr, s)
 
     def remove(self, txs: list[Tx]) -> None:
         """Drop committed transactions (and any stale ones for the same nonces)."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import uvloop
 
+from node.api.limits import release_freed_memory
 from node.api.server import serve
 from node.validator import Validator
 
@@ -37,4 +38,5 @@ async def run_node(home: Path, host: str, port: int, ready_file: Path | None = N
 
 def main(home: Path, host: str, port: int, ready_file: Path | None = None,
          ipfs_peers: list[str] | None = None) -> None:
+    release_freed_memory()
     uvloop.run(run_node(home, host, port, ready_file, ipfs_peers))

@@ -42,7 +42,7 @@ from node.ipfs.blobwriter import BlobWriter
 from node.ipfs.blockstore import BlockStore
 from node.ipfs.cid import CODEC_RAW, Cid, CidError
 from node.ledger import Ledger
-from node.mempool import AdmissionError, KeyedLimiter, Mempool
+from node.mempool import AdmissionError, KeyedLimiter, Mempool, origin
 from node.metrics import Metrics
 from node.replication import Replicator, roots_from_ledger
 from node.sidecar import (
@@ -85,7 +85,7 @@ class Validator:
         self.blob_writer = BlobWriter(self.blobs)  # uploads: one synced transaction per batch, off the loop
         self.replicator = Replicator(self.blobs, self.n, roots_from_ledger(self.ledger))  # blobs over bitswap
         self.ipfs_peers = list(ipfs_peers or [])  # external IPFS peers (multiaddrs), bitswap only
-        self.mempool = Mempool(p.mempool_capacity, p.sender_rate, p.sender_burst)
+        self.mempool = Mempool(p.mempool_capacity, p.sender_rate, p.sender_burst, origin_share=p.client_mempool_share)
         self._peer_limit = KeyedLimiter(p.peer_forward_bytes, 2 * p.peer_forward_bytes)  # per peer, bytes
         self.metrics = Metrics()
         head = self.ledger.head()
@@ -346,7 +346,7 @@ class Validator:
                 self.metrics.throttled.labels("backlog").inc()
                 return  # its entry validator re-forwards what stays pending
             self._txin_bytes += len(data)
-            self._txin.put_nowait(data)
+            self._txin.put_nowait((peer, data))
             return
         if self._inbox.qsize() >= INBOX_MAX:
             self.metrics.throttled.labels("consensus_backlog").inc()
@@ -355,7 +355,7 @@ class Validator:
 
     async def _admit_forwarded(self) -> None:
         while True:
-            data = await self._txin.get()
+            peer, data = await self._txin.get()
             self._txin_bytes -= len(data)
             try:
                 items = decode_forwarded(data)
@@ -363,7 +363,8 @@ class Validator:
                     if side is not None:  # usable at commit even if the block beats this admission
                         self.sidecars.add(side)
                 if items:
-                    await self.submit_many(items, forwarded=True)
+                    with origin(f"peer:{peer}"):  # forwarded: no client IP, so the peer is the origin
+                        await self.submit_many(items, forwarded=True)
             except (WireError, SidecarError) as exc:
                 log.debug("dropped malformed forwarded batch: %s", exc)
             except Exception:

@@ -154,7 +154,7 @@ def test_full_mempool_evicts_the_heaviest_sender_on_a_real_node(tmp_path):
     extra transactions get 429, a newcomer is admitted, and the heavy sender's newest is evicted
     (its status says so) instead of the newcomer being refused."""
     (n,) = make_network(tmp_path, 1, params=Params(sender_rate=1e5, sender_burst=1e5, mempool_capacity=50,
-                                                    block_interval_ms=1000))
+                                                    block_interval_ms=1000, client_mempool_share=1))
     n.start()
     try:
         async def go() -> tuple[list[dict], dict, str]:

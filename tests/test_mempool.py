@@ -331,3 +331,102 @@ def test_keyed_limiter():
     for i in range(5000):
         big.take(i, float(i))
     assert len(big.buckets) <= 1000
+
+
+# ---- origins: per-client share, eviction from the heaviest origin, senders with history first ---
+
+def test_sybil_flood_from_one_origin_cannot_evict_another_origins_sender():
+    mp = big_pool(capacity=20)
+    honest = [tx(A, n) for n in (1, 2, 3)]
+    for t in honest:
+        mp.admit(t, 0, 0.0, origin="10.0.0.2")
+    sybils = [Identity.from_seed(b"sybil-%d" % i) for i in range(40)]
+    admitted = refused_n = 0
+    for ident in sybils:  # single-transaction fresh keys, all from one IP
+        try:
+            mp.admit(tx(ident, 1), 0, 0.0, origin="10.0.0.66")
+            admitted += 1
+        except AdmissionError as e:
+            assert e.status == 503
+            refused_n += 1
+    assert len(mp) == 20 and admitted == 17 and refused_n == 23
+    assert pending(mp, A) == [1, 2, 3]  # the honest sender lost nothing
+    # an honest newcomer from another IP gets in: the flooding IP gives way, its newest key first
+    evicted = mp.admit(tx(B, 1), 0, 0.0, origin="10.0.0.3")
+    assert len(evicted) == 1 and evicted[0].address == sybils[16].address
+    assert mp.admit(tx(A, 4), 0, 0.0, origin="10.0.0.2")[0].address == sybils[15].address
+    assert mp.origins["10.0.0.66"].n == 15 and mp.origins["10.0.0.2"].n == 4
+
+
+def test_client_origin_share_caps_one_ip_but_not_forwarded_batches():
+    mp = big_pool(capacity=10, origin_share=0.5)
+    for i in range(5):
+        mp.admit(tx(Identity.from_seed(b"s%d" % i), 1), 0, 0.0, origin="ip-a")
+    with pytest.raises(AdmissionError) as ei:
+        mp.admit(tx(C, 1), 0, 0.0, origin="ip-a")
+    e = ei.value
+    assert e.status == 429 and "share of the mempool" in e.reason and e.retry_after
+    mp.admit(tx(C, 1), 0, 0.0, origin="ip-b")
+    for i in range(5, 9):  # forwarded: the entry validator applied its clients' shares
+        mp.admit(tx(Identity.from_seed(b"s%d" % i), 1), 0, 0.0, forwarded=True, origin="peer:x")
+    assert len(mp) == 10 and mp.origins["peer:x"].n == 4
+
+
+def test_full_pool_prefers_senders_with_committed_history():
+    mp = big_pool(capacity=6)
+    fresh = [Identity.from_seed(b"fresh-%d" % i) for i in range(6)]
+    for ident in fresh:  # forwarded by one peer: one origin
+        mp.admit(tx(ident, 1), 0, 0.0, forwarded=True, origin="peer:1")
+    with pytest.raises(AdmissionError) as ei:  # a brand-new sender from the same origin: nobody holds more
+        mp.admit(tx(A, 1), 0, 0.0, forwarded=True, origin="peer:1")
+    assert ei.value.status == 503
+    # a sender with history takes the place of the newest brand-new one
+    evicted = mp.admit(tx(B, 8), 7, 0.0, forwarded=True, origin="peer:1")
+    assert [t.address for t in evicted] == [fresh[-1].address] and B.address in mp.senders
+    assert len(mp) == 6
+
+
+def test_origin_bookkeeping_is_released_when_senders_leave():
+    mp = big_pool(capacity=4)
+    txs = [tx(A, 1), tx(A, 2), tx(B, 1)]
+    for t in txs:
+        mp.admit(t, 0, 0.0, origin="ip-a")
+    mp.admit(tx(C, 1), 0, 0.0, origin="ip-c")
+    assert mp.origins["ip-a"].n == 3 and set(mp.origins["ip-a"].fresh) == {A.address, B.address}
+    mp.remove(txs[:1])  # A now has history
+    assert mp.origins["ip-a"].n == 2 and set(mp.origins["ip-a"].fresh) == {B.address}
+    mp.remove(txs[1:])
+    assert set(mp.origins) == {"ip-c"}
+    mp.admit(tx(A, 3), 2, 0.0, origin="ip-x")  # back with history, counted at its new origin
+    assert mp.origins["ip-x"].n == 1 and not mp.origins["ip-x"].fresh
+
+
+def test_origin_counts_stay_consistent_under_random_admit_evict_commit():
+    import random
+    rnd = random.Random(16)
+    idents = [Identity.from_seed(b"r%d" % i) for i in range(30)]
+    mp = big_pool(capacity=25, origin_share=0.6)
+    committed = {i.address: 0 for i in idents}
+    for step in range(1500):
+        ident = rnd.choice(idents)
+        a = ident.address
+        if rnd.random() < 0.15 and a in mp.senders:  # a block commits this sender's first pending
+            s = mp.senders[a]
+            first = s.txs.get(s.base)
+            if first is not None:
+                mp.remove([first])
+                committed[a] = first.nonce
+        else:
+            nonce = mp.next_nonce(a, committed[a])
+            try:
+                mp.admit(tx(ident, nonce, b"%d" % step), committed[a], 0.0, forwarded=rnd.random() < 0.3,
+                         origin=rnd.choice(["ip1", "ip2", "ip3", "peer:x"]))
+            except AdmissionError:
+                pass
+        assert sum(o.n for o in mp.origins.values()) == len(mp) <= 25
+        for key, o in mp.origins.items():
+            assert o.senders and all(mp.senders[x].origin == key for x in o.senders)
+            assert o.n == sum(len(mp.senders[x].txs) for x in o.senders)
+            assert set(o.fresh) <= o.senders and all(mp.senders[x].fresh for x in o.fresh)
+        assert set(mp.senders) == set().union(*(o.senders for o in mp.origins.values()))
+    assert mp.evictions > 10  # the pool was full often enough to exercise eviction

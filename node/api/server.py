@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 from aiohttp import web
 
+from node.api.limits import Limits, cap_connections, serve_kwargs
+from node.api.limits import retry_after as _retry_after
 from node.block import Block
 from node.crypto import ecdsa
 from node.crypto.batch import backend_name
@@ -19,6 +20,7 @@ from node.sidecar import SIDECAR_MAX, SidecarError, decode_submission, parse_ite
 from node.state import CODES, keys
 from node.state.machine import BREAK_GLASS_ACCESS_MS, Overlay, break_glass_enabled, read_allowed
 from node.tx import DATA_TYPES, KIND_READ, KIND_WRITE, Tx, data_type_name
+from node.tx.model import BAD_SIGNATURE
 from node.tx.requests import blob_request_digest, blob_upload_digest
 from node.validator import Validator
 from node.wire import MAX_TX_BYTES, WireError, decode
@@ -27,6 +29,7 @@ log = logging.getLogger("medchain.api")
 MSGPACK = "application/msgpack"
 MAX_BATCH_TXS = 4096
 MAX_BATCH_BYTES = 2 * 1024 * 1024
+LIMITS = web.AppKey("limits", Limits)
 
 
 def _err(status: int, reason: str, headers: dict | None = None) -> web.Response:
@@ -34,31 +37,8 @@ def _err(status: int, reason: str, headers: dict | None = None) -> web.Response:
 
 
 async def _read_body(req: web.Request, limit: int, what: str) -> bytes:
-    """The request body, refused with 413 before or while reading once it exceeds `limit`."""
-    if req.content_length is not None and req.content_length > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=req.content_length, content_type="application/json",
-                                            text=f'{{"error": "{what} too large: {req.content_length} bytes, limit {limit}"}}')
-    # StreamReader.read(n) returns what has arrived (a partial body for large uploads): loop to EOF
-    buf = bytearray()
-    while len(buf) <= limit:
-        try:
-            chunk = await req.content.read(limit + 1 - len(buf))
-        except ConnectionError:  # the client went away mid-body
-            raise web.HTTPBadRequest(text=f'{{"error": "incomplete {what}: connection lost"}}',
-                                     content_type="application/json") from None
-        if not chunk:
-            break
-        buf += chunk
-    body = bytes(buf)
-    if len(body) > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body), content_type="application/json",
-                                            text=f'{{"error": "{what} too large: limit {limit} bytes"}}')
-    return body
-
-
-def _retry_after(seconds: float) -> str:
-    """HTTP Retry-After is whole seconds; never 0, so a client does not retry in a busy loop."""
-    return str(max(1, math.ceil(seconds)))
+    """The request body within `limit` and the client's and server's in-flight budgets (limits.py)."""
+    return await req.app[LIMITS].read_body(req, limit, what)
 
 
 def _hex(s: str, n: int, what: str) -> bytes:
@@ -108,6 +88,9 @@ def make_app(v: Validator) -> web.Application:
         return await handler(req)
 
     app.middlewares.append(per_client)
+    limits = app[LIMITS] = Limits(v.params, lambda scope: v.metrics.throttled.labels(scope).inc(), MAX_BATCH_TXS,
+                                  v.mempool.origin_full)
+    app.middlewares.append(limits.middleware)
 
     @routes.get("/v1/status")
     async def status(req: web.Request) -> web.Response:
@@ -131,6 +114,8 @@ def make_app(v: Validator) -> web.Application:
     async def post_tx(req: web.Request) -> web.Response:
         """One transaction, or [transaction, sidecar] (node/sidecar.py)."""
         body = await _read_body(req, MAX_TX_BYTES + SIDECAR_MAX + 64, "transaction")
+        if (over := limits.charge_txs(req, 1)) is not None:
+            return over
         try:
             raw, side = decode_submission(body, MAX_TX_BYTES + SIDECAR_MAX + 64)
         except (WireError, SidecarError) as exc:
@@ -140,6 +125,7 @@ def make_app(v: Validator) -> web.Application:
         try:
             txid = await v.submit(raw, side)
         except AdmissionError as exc:
+            limits.penalise_bad_signatures(req, int(exc.reason.endswith(BAD_SIGNATURE)))
             hdr = {"Retry-After": _retry_after(exc.retry_after)} if exc.retry_after else None
             return _err(exc.status, exc.reason, hdr)
         return web.json_response({"id": txid.hex(), "status": "pending"}, status=202)
@@ -158,8 +144,13 @@ def make_app(v: Validator) -> web.Application:
             items = [parse_item(x) for x in raws]
         except (WireError, SidecarError) as exc:
             return _err(400, f"invalid batch: {exc}")
+        if (over := limits.charge_txs(req, len(items))) is not None:  # per transaction, not per request
+            return over
         results = []
-        for r in await v.submit_many(items):
+        out = await v.submit_many(items)
+        limits.penalise_bad_signatures(req, sum(isinstance(r, AdmissionError) and r.reason.endswith(BAD_SIGNATURE)
+                                                for r in out))
+        for r in out:
             if isinstance(r, AdmissionError):
                 res = {"status": r.status, "error": r.reason}
                 if r.retry_after:
@@ -410,8 +401,9 @@ async def _load_blob(v: Validator, cid: Cid) -> bytes | web.Response:
 
 
 async def serve(v: Validator, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(make_app(v), access_log=None)
+    runner = web.AppRunner(make_app(v), access_log=None, **serve_kwargs(v.params))
     await runner.setup()
+    cap_connections(runner.server, v.params.client_max_conns, v.metrics.throttled.labels("connections").inc)
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
     return runner
