@@ -1,0 +1,240 @@
+"""Authenticated state: a compacted radix-16 sparse Merkle tree over SHA-256(key) (exact bytes in
+docs/PROTOCOL.md, "Authenticated state").
+
+Pure: nodes are read through an injected `get(position) -> record | None` and a block's update
+returns its dirty nodes as a dict, which the caller keeps with the executed block (an uncommitted
+tip) until the ledger writes them in the block's LMDB transaction.
+
+- A node's hash is SHA-256 of its record; the record's first byte separates the two kinds:
+  leaf = 0x00 || key_hash(32) || value_hash(32); internal = 0x01 || bitmap(2, big-endian) ||
+  the present children's hashes in nibble order. The empty tree's root is 32 zero bytes.
+- Compacted: a subtree holding one key is that key's leaf, placed where the key's path first
+  leaves every other key's, so a path is ~log16(n)+1 nodes, not 64.
+- A node lives at its position: one byte of depth (in nibbles) then the path's nibbles packed
+  (an odd last nibble in the high half). The state never deletes keys, so positions only change
+  from empty to leaf to internal and the tree is the canonical one for its key set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from node.wire import WireError, decode_canonical, encode
+
+GetNode = Callable[[bytes], "bytes | None"]
+EMPTY_ROOT = bytes(32)
+LEAF, INTERNAL = 0, 1
+ROOT_POS = b"\x00"
+MAX_PROOF_BYTES = 64 * (3 + 16 * 32) + 128
+
+_sha = hashlib.sha256
+
+
+def position(key_hash: bytes, depth: int) -> bytes:
+    """Where the node at `depth` nibbles along `key_hash`'s path is stored."""
+    if depth & 1:
+        i = depth >> 1
+        return bytes((depth,)) + key_hash[:i] + bytes((key_hash[i] & 0xF0,))
+    return bytes((depth,)) + key_hash[: depth >> 1]
+
+
+def nibble(key_hash: bytes, depth: int) -> int:
+    b = key_hash[depth >> 1]
+    return b & 15 if depth & 1 else b >> 4
+
+
+def root_of(get: GetNode) -> bytes:
+    rec = get(ROOT_POS)
+    return EMPTY_ROOT if rec is None else _sha(rec).digest()
+
+
+def _children(rec: bytes) -> dict[int, bytes]:
+    bm = (rec[1] << 8) | rec[2]
+    out, off = {}, 3
+    for n in range(16):
+        if bm >> n & 1:
+            out[n] = rec[off:off + 32]
+            off += 32
+    return out
+
+
+def _internal(children: Mapping[int, bytes]) -> bytes:
+    bm = 0
+    for n in children:
+        bm |= 1 << n
+    return b"\x01" + bm.to_bytes(2, "big") + b"".join(children[n] for n in sorted(children))
+
+
+class _Updater:
+    __slots__ = ("get", "out")
+
+    def __init__(self, get: GetNode) -> None:
+        self.get = get
+        self.out: dict[bytes, bytes] = {}
+
+    def run(self, depth: int, items: list[tuple[bytes, bytes]], rec: bytes | None) -> bytes:
+        """The new hash of the subtree at depth `depth` on the common path of `items` (sorted
+        (key_hash, value_hash) pairs) whose current record is `rec`; dirty records go to `out`."""
+        kh0 = items[0][0]
+        if rec is None:
+            if len(items) == 1:
+                leaf = b"\x00" + kh0 + items[0][1]
+                self.out[position(kh0, depth)] = leaf
+                return _sha(leaf).digest()
+            children: dict[int, bytes] = {}
+        elif rec[0] == LEAF:
+            lk = rec[1:33]
+            if not any(kh == lk for kh, _ in items):  # the resident key moves down beside the new ones
+                items = sorted([*items, (lk, rec[33:65])])
+            if len(items) == 1:
+                leaf = b"\x00" + kh0 + items[0][1]
+                self.out[position(kh0, depth)] = leaf
+                return _sha(leaf).digest()
+            children = {}
+        else:
+            children = _children(rec)
+        # group the (sorted) items by their nibble at this depth: each group is one child's update
+        d1 = depth + 1
+        i, n_items = 0, len(items)
+        while i < n_items:
+            nib = nibble(items[i][0], depth)
+            j = i + 1
+            while j < n_items and nibble(items[j][0], depth) == nib:
+                j += 1
+            group = items[i:j]
+            child = self.get(position(group[0][0], d1)) if nib in children else None
+            children[nib] = self.run(d1, group, child)
+            i = j
+        node = _internal(children)
+        self.out[position(kh0, depth)] = node
+        return _sha(node).digest()
+
+
+def update(get: GetNode, writes: Mapping[bytes, bytes]) -> tuple[bytes, dict[bytes, bytes]]:
+    """Apply one block's state writes: the new root and the dirty node records (position -> record),
+    each dirty node hashed once."""
+    if not writes:
+        return root_of(get), {}
+    items = sorted((_sha(k).digest(), _sha(v).digest()) for k, v in writes.items())
+    u = _Updater(get)
+    root = u.run(0, items, get(ROOT_POS))
+    return root, u.out
+
+
+def layered(nodes: Mapping[bytes, bytes], parent: GetNode) -> GetNode:
+    """A node reader for a tip: this block's dirty nodes over its parent's reader."""
+    def get(pos: bytes) -> bytes | None:
+        v = nodes.get(pos)
+        return v if v is not None else parent(pos)
+    return get
+
+
+# ---- proofs ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Proof:
+    """The path to a key: per internal node from the root, its bitmap and its other children's
+    hashes; then the leaf where the path ends (its key hash and value hash), or None when the path
+    ends in an empty slot of the last node (then that node's level carries all its children)."""
+
+    levels: tuple[tuple[int, bytes], ...]
+    leaf: tuple[bytes, bytes] | None
+
+    def encode(self) -> bytes:
+        return encode([[[bm, sib] for bm, sib in self.levels], None if self.leaf is None else list(self.leaf)])
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Proof:
+        try:
+            p = decode_canonical(raw, MAX_PROOF_BYTES)
+        except WireError as exc:
+            raise ValueError(f"proof encoding: {exc}") from None
+        if not (isinstance(p, list) and len(p) == 2 and isinstance(p[0], list) and len(p[0]) <= 64):
+            raise ValueError("proof is [levels, leaf]")
+        levels = []
+        for lv in p[0]:
+            if not (isinstance(lv, list) and len(lv) == 2 and type(lv[0]) is int and 0 < lv[0] < 1 << 16
+                    and isinstance(lv[1], bytes) and len(lv[1]) % 32 == 0):
+                raise ValueError("a proof level is [bitmap, sibling hashes]")
+            levels.append((lv[0], lv[1]))
+        leaf = p[1]
+        if leaf is not None and not (isinstance(leaf, list) and len(leaf) == 2
+                                     and all(isinstance(x, bytes) and len(x) == 32 for x in leaf)):
+            raise ValueError("a proof leaf is [key_hash, value_hash]")
+        return cls(tuple(levels), None if leaf is None else (leaf[0], leaf[1]))
+
+
+def prove(get: GetNode, key: bytes) -> Proof:
+    kh = _sha(key).digest()
+    rec, depth, levels = get(ROOT_POS), 0, []
+    while rec is not None and rec[0] == INTERNAL:
+        nib = nibble(kh, depth)
+        bm = (rec[1] << 8) | rec[2]
+        if not bm >> nib & 1:
+            levels.append((bm, rec[3:]))  # the path ends in an empty slot: every child is a sibling
+            return Proof(tuple(levels), None)
+        rank = bin(bm & ((1 << nib) - 1)).count("1")
+        levels.append((bm, rec[3:3 + 32 * rank] + rec[3 + 32 * (rank + 1):]))
+        depth += 1
+        rec = get(position(kh, depth))
+        if rec is None:
+            raise ValueError(f"tree node missing at depth {depth}")
+    if rec is None:
+        return Proof((), None)  # the empty tree
+    return Proof(tuple(levels), (rec[1:33], rec[33:65]))
+
+
+def verify(root: bytes, key: bytes, value: bytes | None, proof: Proof) -> bool:
+    """True iff `proof` shows that `key` holds `value` (None: that `key` is absent) under `root`."""
+    kh = _sha(key).digest()
+    levels, n = proof.levels, len(proof.levels)
+    if n > 64:
+        return False
+    if proof.leaf is not None:
+        lk, lv = proof.leaf
+        if value is not None and (lk != kh or lv != _sha(value).digest()):
+            return False
+        if value is None and lk == kh:
+            return False
+        if any(nibble(lk, d) != nibble(kh, d) for d in range(n)):
+            return False  # a leaf off the key's path proves nothing about the key
+        h = _sha(b"\x00" + lk + lv).digest()
+        top = n
+    else:
+        if value is not None:
+            return False
+        if n == 0:
+            return root == EMPTY_ROOT
+        bm, sib = levels[-1]
+        if bm >> nibble(kh, n - 1) & 1 or len(sib) != 32 * bin(bm).count("1"):
+            return False
+        h = _sha(b"\x01" + bm.to_bytes(2, "big") + sib).digest()
+        top = n - 1
+    for d in range(top - 1, -1, -1):
+        bm, sib = levels[d]
+        nib = nibble(kh, d)
+        cnt = bin(bm).count("1")
+        if not bm >> nib & 1 or len(sib) != 32 * (cnt - 1):
+            return False
+        r = 32 * bin(bm & ((1 << nib) - 1)).count("1")
+        h = _sha(b"\x01" + bm.to_bytes(2, "big") + sib[:r] + h + sib[r:]).digest()
+    return h == root
+
+
+def naive_root(state: Mapping[bytes, bytes]) -> bytes:
+    """The root recomputed from scratch from the key set (for tests and `medchain verify`)."""
+    items = sorted((_sha(k).digest(), _sha(v).digest()) for k, v in state.items())
+    if not items:
+        return EMPTY_ROOT
+
+    def sub(depth: int, its: list[tuple[bytes, bytes]]) -> bytes:
+        if len(its) == 1:
+            return _sha(b"\x00" + its[0][0] + its[0][1]).digest()
+        groups: dict[int, list[tuple[bytes, bytes]]] = {}
+        for it in its:
+            groups.setdefault(nibble(it[0], depth), []).append(it)
+        return _sha(_internal({nb: sub(depth + 1, g) for nb, g in groups.items()})).digest()
+
+    return sub(0, items)
