@@ -124,6 +124,7 @@ class Validator:
 
     # ---- start and stop ----------------------------------------------------------------------
     async def start(self) -> None:
+        self._check_state()
         await self._recover()
         if self.n > 1:
             from node.p2p import P2PNode, swarmkey
@@ -143,6 +144,19 @@ class Validator:
                        asyncio.create_task(self._admit_forwarded(), name="admit-forwarded")]
         if self.net is not None:
             self.sync.start()
+
+    def _check_state(self) -> None:
+        """Refuse to serve a stored state that is not the one the last certified block commits to
+        (a rewritten LMDB record would otherwise be enforced and served)."""
+        from node.verify import check_stored_state
+        t0 = time.monotonic()
+        errors = check_stored_state(self.ledger)
+        if errors:
+            for e in errors:
+                log.critical("state check failed: %s", e)
+            log.critical("stored state does not match the certified state root: refusing to serve")
+            raise SystemExit(3)
+        log.info("stored state matches the certified state root (%.2f s)", time.monotonic() - t0)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -303,7 +317,7 @@ class Validator:
 
     def _head_tip(self) -> Tip:
         h = self.ledger.head()
-        return Tip(h.height, h.hash, h.state_root, h.time_ms, self.ledger.get_state)
+        return Tip(h.height, h.hash, h.state_root, h.time_ms, self.ledger.get_state, self.ledger.get_node)
 
     def _tip_for(self, prev_hash: bytes) -> Tip | None:
         head = self._head_tip()
@@ -594,7 +608,7 @@ class Validator:
                 log.critical("certified block %d does not execute to its state root here: stopping",
                              block.header.height)
                 raise SystemExit(3)
-        await self._run(self.ledger.commit_block, block, ex.writes)
+        await self._run(self.ledger.commit_block, block, ex.writes, ex.nodes)
         del self._executed[block.hash]
         # proposals at or below this height that lost (none without view change) are stale now
         for h, e in list(self._executed.items()):

@@ -12,6 +12,7 @@ from pathlib import Path
 import lmdb
 
 from node.block import GENESIS_PREV, Block
+from node.state import smt
 from node.wire import decode, encode
 
 _MAP_SIZE = 1 << 36  # 64 GiB of address space; the file grows only as data is written
@@ -48,6 +49,7 @@ class Ledger:
         self.state = self.env.open_db(b"state", create=not readonly)
         self.meta = self.env.open_db(b"meta", create=not readonly)
         self.consensus = self.env.open_db(b"consensus", create=not readonly)
+        self.tree = self.env.open_db(b"smt", create=not readonly)  # state tree nodes: position -> record
         if not readonly and genesis_root is not None and self.head() is None:
             with self.env.begin(write=True) as txn:
                 txn.put(b"head", encode([0, GENESIS_PREV, genesis_root, 0]), db=self.meta)
@@ -83,7 +85,32 @@ class Ledger:
                     out.append((bytes(k), bytes(v)))
         return out
 
-    def commit_block(self, block: Block, writes: dict[bytes, bytes]) -> Head:
+    def get_node(self, pos: bytes) -> bytes | None:
+        with self.env.begin(db=self.tree) as txn:
+            return txn.get(pos)
+
+    def iter_nodes(self) -> Iterator[tuple[bytes, bytes]]:
+        with self.env.begin(db=self.tree) as txn:
+            for k, v in txn.cursor():
+                yield bytes(k), bytes(v)
+
+    def prove(self, state_keys: list[bytes]) -> tuple[bytes | None, list[tuple[bytes | None, smt.Proof]]]:
+        """The head block (with its certificate) and each key's value and proof against its state
+        root, all from one read transaction so they agree."""
+        with self.env.begin() as txn:
+            head = decode(txn.get(b"head", db=self.meta))
+            raw = txn.get(_h(head[0]), db=self.blocks) if head[0] else None
+
+            def node(pos: bytes) -> bytes | None:
+                return txn.get(pos, db=self.tree)
+            out = []
+            for k in state_keys:
+                v = txn.get(k, db=self.state)
+                out.append((None if v is None else bytes(v), smt.prove(node, k)))
+        return (None if raw is None else bytes(raw)), out
+
+    def commit_block(self, block: Block, writes: dict[bytes, bytes],
+                     nodes: dict[bytes, bytes] | None = None) -> Head:
         """Append a certified block and its state writes atomically; refuses anything but head+1."""
         h = block.header
         with self.env.begin(write=True) as txn:
@@ -96,6 +123,8 @@ class Ledger:
                 txn.put(tid, encode([h.height, i]), db=self.txloc)
             for k, v in writes.items():
                 txn.put(k, v, db=self.state)
+            for k, v in (nodes or {}).items():  # the state tree's dirty nodes for this block
+                txn.put(k, v, db=self.tree)
             txn.delete(_h(h.height), db=self.consensus)
             head = Head(h.height, block.hash, h.state_root, h.time_ms)
             txn.put(b"head", encode([head.height, head.hash, head.state_root, head.time_ms]), db=self.meta)
