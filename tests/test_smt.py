@@ -120,3 +120,35 @@ def test_incremental_root_equals_naive(blocks, committed_every):
         assert smt.verify(root, k, v, smt.prove(store.get, k))
     for k in (b"\xff\xff\xff\xff", b""):
         assert smt.verify(root, k, None, smt.prove(store.get, k))
+
+
+@pytest.mark.skipif(smt.update_native is None, reason="native/_smt not built")
+@settings(max_examples=200, deadline=None)
+@given(st.lists(block_st, max_size=8))
+def test_native_and_python_updates_agree(blocks):
+    """native/_smt.pyx and the pure-Python update give the same roots and the same dirty nodes."""
+    a: dict[bytes, bytes] = {}
+    b: dict[bytes, bytes] = {}
+    for w in blocks:
+        ra, na = smt.update_native(a.get, w) if w else smt.update_py(a.get, w)
+        rb, nb = smt.update_py(b.get, w)
+        assert ra == rb and na == nb
+        a.update(na)
+        b.update(nb)
+
+
+@pytest.mark.skipif(smt.update_native is None, reason="native/_smt not built")
+def test_native_matches_on_a_larger_tree():
+    import os
+    a: dict[bytes, bytes] = {}
+    b: dict[bytes, bytes] = {}
+    keys_ = []
+    for _ in range(5):
+        w = {os.urandom(33): os.urandom(20) for _ in range(2000)}
+        w.update({k: b"new" for k in keys_[:300]})
+        keys_ = list(w)
+        ra, na = smt.update_native(a.get, w)
+        rb, nb = smt.update_py(b.get, w)
+        assert ra == rb and na == nb
+        a.update(na)
+        b.update(nb)

@@ -5,6 +5,7 @@ process killed mid-write leaves the previous block as the head and nothing half-
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,11 +51,14 @@ class Ledger:
         self.meta = self.env.open_db(b"meta", create=not readonly)
         self.consensus = self.env.open_db(b"consensus", create=not readonly)
         self.tree = self.env.open_db(b"smt", create=not readonly)  # state tree nodes: position -> record
+        self._local = threading.local()  # per thread: a read transaction for get_node
+        self._gen = 0  # bumped by every commit: cached read transactions are then stale
         if not readonly and genesis_root is not None and self.head() is None:
             with self.env.begin(write=True) as txn:
                 txn.put(b"head", encode([0, GENESIS_PREV, genesis_root, 0]), db=self.meta)
 
     def close(self) -> None:
+        self._gen += 1
         self.env.close()
 
     def head(self) -> Head | None:
@@ -86,8 +90,15 @@ class Ledger:
         return out
 
     def get_node(self, pos: bytes) -> bytes | None:
-        with self.env.begin(db=self.tree) as txn:
-            return txn.get(pos)
+        """A state-tree node at the committed head. A block's update reads a dozen nodes per
+        transaction, so each thread keeps one read transaction, renewed after every commit,
+        instead of opening one per node (~1.5 us each)."""
+        loc = self._local
+        if getattr(loc, "gen", -1) != self._gen:
+            if getattr(loc, "txn", None) is not None:
+                loc.txn.abort()
+            loc.txn, loc.gen = self.env.begin(db=self.tree), self._gen
+        return loc.txn.get(pos)
 
     def iter_nodes(self) -> Iterator[tuple[bytes, bytes]]:
         with self.env.begin(db=self.tree) as txn:
@@ -128,6 +139,7 @@ class Ledger:
             txn.delete(_h(h.height), db=self.consensus)
             head = Head(h.height, block.hash, h.state_root, h.time_ms)
             txn.put(b"head", encode([head.height, head.hash, head.state_root, head.time_ms]), db=self.meta)
+        self._gen += 1
         return head
 
     def block(self, height: int) -> Block | None:

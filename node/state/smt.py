@@ -18,6 +18,7 @@ tip) until the ledger writes them in the block's LMDB transaction.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -112,15 +113,38 @@ class _Updater:
         return _sha(node).digest()
 
 
-def update(get: GetNode, writes: Mapping[bytes, bytes]) -> tuple[bytes, dict[bytes, bytes]]:
-    """Apply one block's state writes: the new root and the dirty node records (position -> record),
-    each dirty node hashed once."""
+def update_py(get: GetNode, writes: Mapping[bytes, bytes]) -> tuple[bytes, dict[bytes, bytes]]:
+    """The pure-Python update (the reference, and the fallback without the native build)."""
     if not writes:
         return root_of(get), {}
     items = sorted((_sha(k).digest(), _sha(v).digest()) for k, v in writes.items())
     u = _Updater(get)
     root = u.run(0, items, get(ROOT_POS))
     return root, u.out
+
+
+def _load_native() -> Callable[..., tuple[bytes, dict[bytes, bytes]]] | None:
+    if os.environ.get("MEDCHAIN_NO_NATIVE") == "1":
+        return None
+    try:
+        from native import _smt
+    except ImportError:
+        return None
+    return _smt.update
+
+
+update_native = _load_native()
+BACKEND = "native" if update_native is not None else "python"
+
+
+def update(get: GetNode, writes: Mapping[bytes, bytes]) -> tuple[bytes, dict[bytes, bytes]]:
+    """Apply one block's state writes (bytes to bytes): the new root and the dirty node records
+    (position -> record), each dirty node hashed once. Native (native/_smt.pyx) when built."""
+    if not writes:
+        return root_of(get), {}
+    if update_native is not None:
+        return update_native(get, writes)
+    return update_py(get, writes)
 
 
 def layered(nodes: Mapping[bytes, bytes], parent: GetNode) -> GetNode:
