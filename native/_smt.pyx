@@ -56,74 +56,90 @@ cdef class _Updater:
     cdef unsigned char* items  # n entries of key_hash(32) || value_hash(32), sorted
     cdef Py_ssize_t n
 
-    cdef int _leaf(self, const unsigned char* kv, int depth, unsigned char* h) except -1:
-        cdef unsigned char rec[65]
-        rec[0] = 0
-        memcpy(rec + 1, kv, 64)
-        SHA256(rec, 65, h)
-        self.out[_pos(kv, depth)] = PyBytes_FromStringAndSize(<char*>rec, 65)
-        return 0
-
-    cdef int run(self, int depth, Py_ssize_t lo, Py_ssize_t hi, object rec,
-                 const unsigned char* extra, unsigned char* h) except -1:
-        """The new hash (into h) of the subtree at `depth` over items[lo:hi] (plus `extra`, a
-        resident leaf moving down), whose current record is `rec` (None: empty)."""
+    cdef int run(self, int depth, Py_ssize_t lo, Py_ssize_t hi, object rec, const unsigned char* resident,
+                 unsigned char* h, const unsigned char** kv_out) except -1:
+        """The new hash (into h) of the subtree at `depth` over items[lo:hi], whose stored internal
+        node is `rec`, or whose single leaf is `resident` (kh || vh), or which is empty. Sets
+        *kv_out to the leaf's kh || vh when the subtree is now one leaf, else NULL. Pointers stay
+        valid: they point into the items array or into records held by this or a caller's frame."""
         cdef unsigned char children[16 * 32]
-        cdef unsigned char node[3 + 16 * 32]
-        cdef int present = 0  # bitmap
-        cdef Py_ssize_t cnt = hi - lo + (1 if extra != NULL else 0)
+        cdef const unsigned char* leaves[16]
+        cdef unsigned char node[3 + 16 * 32 + 2 + 16 * 64]
+        cdef int present = 0, leafmask = 0  # bitmaps
         cdef const unsigned char* r
         cdef const unsigned char* kh0
-        cdef Py_ssize_t i, j, k, a, b, m
-        cdef int nib, bm, has_extra, extra_nib = -1
-        cdef object child, keep = None
+        cdef const unsigned char* ckv
+        cdef const unsigned char* cres
+        cdef Py_ssize_t i, j, k, a, b, m, cnt
+        cdef int nib, bm, lm, has_res, res_nib = -1
+        cdef object child
+        if resident != NULL:  # an existing leaf here: it moves down unless this block rewrites it
+            a, b = lo, hi
+            while a < b:
+                m = (a + b) >> 1
+                if memcmp(self.items + 64 * m, resident, 32) < 0:
+                    a = m + 1
+                else:
+                    b = m
+            if a < hi and memcmp(self.items + 64 * a, resident, 32) == 0:
+                resident = NULL
+        cnt = hi - lo + (1 if resident != NULL else 0)
+        if rec is None and cnt == 1:
+            ckv = self.items + 64 * lo if hi > lo else resident
+            node[0] = 0
+            memcpy(node + 1, ckv, 64)
+            SHA256(node, 65, h)
+            if depth == 0:
+                self.out[b"\x00"] = PyBytes_FromStringAndSize(<char*>node, 65)
+            kv_out[0] = ckv
+            return 0
         if rec is not None:
             r = <const unsigned char*>PyBytes_AS_STRING(rec)
-            if r[0] == 0:  # a leaf: its key moves down unless this block rewrites it
-                a, b = lo, hi
-                while a < b:
-                    m = (a + b) >> 1
-                    if memcmp(self.items + 64 * m, r + 1, 32) < 0:
-                        a = m + 1
-                    else:
-                        b = m
-                if not (a < hi and memcmp(self.items + 64 * a, r + 1, 32) == 0):
-                    extra = r + 1  # points into rec's bytes, which `keep` holds for this call
-                    cnt += 1
-                keep = rec
-                rec = None
-            else:
-                bm = (r[1] << 8) | r[2]
-                k = 3
-                for nib in range(16):
-                    if bm >> nib & 1:
-                        memcpy(children + 32 * nib, r + k, 32)
-                        k += 32
-                present = bm
-        if rec is None and present == 0 and cnt == 1:
-            return self._leaf(self.items + 64 * lo if hi > lo else extra, depth, h)
-        kh0 = self.items + 64 * lo if hi > lo else extra
-        if extra != NULL:
-            extra_nib = _nib(extra, depth)
+            bm = (r[1] << 8) | r[2]
+            k = 3
+            for nib in range(16):
+                if bm >> nib & 1:
+                    memcpy(children + 32 * nib, r + k, 32)
+                    k += 32
+            lm = (r[k] << 8) | r[k + 1]
+            k += 2
+            for nib in range(16):
+                if lm >> nib & 1:
+                    leaves[nib] = r + k
+                    k += 64
+            present, leafmask = bm, lm
+        kh0 = self.items + 64 * lo if hi > lo else resident
+        if resident != NULL:
+            res_nib = _nib(resident, depth)
         i = lo
-        while i < hi or extra_nib >= 0:
+        while i < hi or res_nib >= 0:
             nib = _nib(self.items + 64 * i, depth) if i < hi else 16
-            if extra_nib >= 0 and extra_nib < nib:
-                nib = extra_nib  # the resident leaf alone under this nibble
+            if res_nib >= 0 and res_nib < nib:
+                nib = res_nib  # the resident leaf alone under this nibble
                 j = i
             else:
                 j = i + 1
                 while j < hi and _nib(self.items + 64 * j, depth) == nib:
                     j += 1
-            has_extra = extra_nib == nib
-            if has_extra:
-                extra_nib = -1
-            if j > i:
-                child = self.get(_pos(self.items + 64 * i, depth + 1)) if present >> nib & 1 else None
-            else:
+            has_res = res_nib == nib
+            if has_res:
+                res_nib = -1
+                cres = resident
                 child = None
-            self.run(depth + 1, i, j, child, extra if has_extra else NULL, children + 32 * nib)
+            elif leafmask >> nib & 1:
+                cres = leaves[nib]
+                child = None
+            else:
+                cres = NULL
+                child = self.get(_pos(self.items + 64 * i, depth + 1)) if present >> nib & 1 else None
+            ckv = NULL
+            self.run(depth + 1, i, j, child, cres, children + 32 * nib, &ckv)
             present |= 1 << nib
+            if ckv != NULL:
+                leafmask |= 1 << nib
+                leaves[nib] = ckv
+            else:
+                leafmask &= ~(1 << nib)
             i = j
         node[0] = 1
         node[1] = present >> 8
@@ -134,7 +150,15 @@ cdef class _Updater:
                 memcpy(node + k, children + 32 * nib, 32)
                 k += 32
         SHA256(node, k, h)
+        node[k] = leafmask >> 8
+        node[k + 1] = leafmask & 255
+        k += 2
+        for nib in range(16):
+            if leafmask >> nib & 1:
+                memcpy(node + k, leaves[nib], 64)
+                k += 64
         self.out[_pos(kh0, depth)] = PyBytes_FromStringAndSize(<char*>node, k)
+        kv_out[0] = NULL
         return 0
 
 
@@ -143,6 +167,7 @@ def update(get, writes):
     cdef Py_ssize_t n = len(writes), i = 0
     cdef unsigned char* items = <unsigned char*>malloc(64 * n if n else 64)
     cdef unsigned char root[32]
+    cdef const unsigned char* kv = NULL
     cdef bytes kb, vb
     cdef _Updater u
     if items == NULL:
@@ -156,7 +181,11 @@ def update(get, writes):
         qsort(items, n, 64, _cmp)
         u = _Updater.__new__(_Updater)
         u.get, u.out, u.items, u.n = get, {}, items, n
-        u.run(0, 0, n, get(b"\x00"), NULL, root)
+        rec = get(b"\x00")
+        if rec is not None and (<bytes>rec)[0] == 0:  # a lone leaf at the root
+            u.run(0, 0, n, None, <const unsigned char*>PyBytes_AS_STRING(rec) + 1, root, &kv)
+        else:
+            u.run(0, 0, n, rec, NULL, root, &kv)
         return PyBytes_FromStringAndSize(<char*>root, 32), u.out
     finally:
         free(items)

@@ -10,9 +10,12 @@ tip) until the ledger writes them in the block's LMDB transaction.
   the present children's hashes in nibble order. The empty tree's root is 32 zero bytes.
 - Compacted: a subtree holding one key is that key's leaf, placed where the key's path first
   leaves every other key's, so a path is ~log16(n)+1 nodes, not 64.
-- A node lives at its position: one byte of depth (in nibbles) then the path's nibbles packed
-  (an odd last nibble in the high half). The state never deletes keys, so positions only change
-  from empty to leaf to internal and the tree is the canonical one for its key set.
+- Stored: an internal node at its position (one byte of depth in nibbles, then the path's nibbles
+  packed, an odd last nibble in the high half) as its encoding followed by its leaf children
+  inline: leafmask (u16 BE) || kh || value_hash per leaf child, in nibble order. A leaf is never
+  stored on its own (except a lone leaf at the root), so a block's commit touches about one
+  LMDB page per dirty key instead of two. The state never deletes keys: a position only changes
+  from empty (or a leaf inside its parent) to internal, and the tree is canonical for its key set.
 """
 
 from __future__ import annotations
@@ -48,17 +51,31 @@ def nibble(key_hash: bytes, depth: int) -> int:
 
 def root_of(get: GetNode) -> bytes:
     rec = get(ROOT_POS)
-    return EMPTY_ROOT if rec is None else _sha(rec).digest()
+    if rec is None:
+        return EMPTY_ROOT
+    return _sha(rec if rec[0] == LEAF else _hash_part(rec)).digest()
 
 
-def _children(rec: bytes) -> dict[int, bytes]:
+def _parse(rec: bytes) -> tuple[int, dict[int, bytes], dict[int, bytes]]:
+    """A stored internal node: (bitmap, child hashes by nibble, inline leaves (kh || vh) by nibble)."""
     bm = (rec[1] << 8) | rec[2]
-    out, off = {}, 3
+    hashes, off = {}, 3
     for n in range(16):
         if bm >> n & 1:
-            out[n] = rec[off:off + 32]
+            hashes[n] = rec[off:off + 32]
             off += 32
-    return out
+    lm = (rec[off] << 8) | rec[off + 1]
+    leaves, off = {}, off + 2
+    for n in range(16):
+        if lm >> n & 1:
+            leaves[n] = rec[off:off + 64]
+            off += 64
+    return bm, hashes, leaves
+
+
+def _hash_part(rec: bytes) -> bytes:
+    """The hashed prefix of a stored internal node (without its inline leaves)."""
+    return rec[:3 + 32 * bin((rec[1] << 8) | rec[2]).count("1")]
 
 
 def _internal(children: Mapping[int, bytes]) -> bytes:
@@ -68,6 +85,13 @@ def _internal(children: Mapping[int, bytes]) -> bytes:
     return b"\x01" + bm.to_bytes(2, "big") + b"".join(children[n] for n in sorted(children))
 
 
+def _stored(children: Mapping[int, bytes], leaves: Mapping[int, bytes]) -> bytes:
+    lm = 0
+    for n in leaves:
+        lm |= 1 << n
+    return _internal(children) + lm.to_bytes(2, "big") + b"".join(leaves[n] for n in sorted(leaves))
+
+
 class _Updater:
     __slots__ = ("get", "out")
 
@@ -75,27 +99,25 @@ class _Updater:
         self.get = get
         self.out: dict[bytes, bytes] = {}
 
-    def run(self, depth: int, items: list[tuple[bytes, bytes]], rec: bytes | None) -> bytes:
-        """The new hash of the subtree at depth `depth` on the common path of `items` (sorted
-        (key_hash, value_hash) pairs) whose current record is `rec`; dirty records go to `out`."""
+    def run(self, depth: int, items: list[tuple[bytes, bytes]], rec: bytes | None,
+            resident: bytes | None) -> tuple[bytes, bytes | None]:
+        """(new hash, kh || vh if the subtree is now one leaf) of the subtree at `depth` on the
+        common path of `items` (sorted (key_hash, value_hash) pairs), whose stored internal node is
+        `rec`, or whose single leaf is `resident` (kh || vh), or which is empty. Dirty internal
+        nodes go to `out`; leaves live inside their parent's record (the root's alone is stored)."""
+        if resident is not None and not any(kh == resident[:32] for kh, _ in items):
+            items = sorted([*items, (resident[:32], resident[32:])])  # the resident key moves down
         kh0 = items[0][0]
+        if rec is None and len(items) == 1:
+            kv = kh0 + items[0][1]
+            if depth == 0:
+                self.out[ROOT_POS] = b"\x00" + kv
+            return _sha(b"\x00" + kv).digest(), kv
         if rec is None:
-            if len(items) == 1:
-                leaf = b"\x00" + kh0 + items[0][1]
-                self.out[position(kh0, depth)] = leaf
-                return _sha(leaf).digest()
-            children: dict[int, bytes] = {}
-        elif rec[0] == LEAF:
-            lk = rec[1:33]
-            if not any(kh == lk for kh, _ in items):  # the resident key moves down beside the new ones
-                items = sorted([*items, (lk, rec[33:65])])
-            if len(items) == 1:
-                leaf = b"\x00" + kh0 + items[0][1]
-                self.out[position(kh0, depth)] = leaf
-                return _sha(leaf).digest()
-            children = {}
+            hashes: dict[int, bytes] = {}
+            leaves: dict[int, bytes] = {}
         else:
-            children = _children(rec)
+            _, hashes, leaves = _parse(rec)
         # group the (sorted) items by their nibble at this depth: each group is one child's update
         d1 = depth + 1
         i, n_items = 0, len(items)
@@ -105,12 +127,15 @@ class _Updater:
             while j < n_items and nibble(items[j][0], depth) == nib:
                 j += 1
             group = items[i:j]
-            child = self.get(position(group[0][0], d1)) if nib in children else None
-            children[nib] = self.run(d1, group, child)
+            res = leaves.pop(nib, None)
+            child = self.get(position(group[0][0], d1)) if nib in hashes and res is None else None
+            hashes[nib], kv = self.run(d1, group, child, res)
+            if kv is not None:
+                leaves[nib] = kv
             i = j
-        node = _internal(children)
+        node = _stored(hashes, leaves)
         self.out[position(kh0, depth)] = node
-        return _sha(node).digest()
+        return _sha(_hash_part(node)).digest(), None
 
 
 def update_py(get: GetNode, writes: Mapping[bytes, bytes]) -> tuple[bytes, dict[bytes, bytes]]:
@@ -119,7 +144,11 @@ def update_py(get: GetNode, writes: Mapping[bytes, bytes]) -> tuple[bytes, dict[
         return root_of(get), {}
     items = sorted((_sha(k).digest(), _sha(v).digest()) for k, v in writes.items())
     u = _Updater(get)
-    root = u.run(0, items, get(ROOT_POS))
+    rec = get(ROOT_POS)
+    if rec is not None and rec[0] == LEAF:
+        root, _ = u.run(0, items, None, rec[1:65])
+    else:
+        root, _ = u.run(0, items, rec, None)
     return root, u.out
 
 
@@ -193,21 +222,25 @@ class Proof:
 def prove(get: GetNode, key: bytes) -> Proof:
     kh = _sha(key).digest()
     rec, depth, levels = get(ROOT_POS), 0, []
-    while rec is not None and rec[0] == INTERNAL:
+    if rec is None:
+        return Proof((), None)  # the empty tree
+    if rec[0] == LEAF:
+        return Proof((), (rec[1:33], rec[33:65]))
+    while True:
         nib = nibble(kh, depth)
-        bm = (rec[1] << 8) | rec[2]
+        bm, _, leaves = _parse(rec)
+        hp = _hash_part(rec)
         if not bm >> nib & 1:
-            levels.append((bm, rec[3:]))  # the path ends in an empty slot: every child is a sibling
+            levels.append((bm, hp[3:]))  # the path ends in an empty slot: every child is a sibling
             return Proof(tuple(levels), None)
         rank = bin(bm & ((1 << nib) - 1)).count("1")
-        levels.append((bm, rec[3:3 + 32 * rank] + rec[3 + 32 * (rank + 1):]))
+        levels.append((bm, hp[3:3 + 32 * rank] + hp[3 + 32 * (rank + 1):]))
+        if nib in leaves:
+            return Proof(tuple(levels), (leaves[nib][:32], leaves[nib][32:]))
         depth += 1
         rec = get(position(kh, depth))
         if rec is None:
             raise ValueError(f"tree node missing at depth {depth}")
-    if rec is None:
-        return Proof((), None)  # the empty tree
-    return Proof(tuple(levels), (rec[1:33], rec[33:65]))
 
 
 def verify(root: bytes, key: bytes, value: bytes | None, proof: Proof) -> bool:
