@@ -50,6 +50,7 @@ from node.sync import THRESHOLD as SYNC_THRESHOLD
 from node.sync import StateSync
 from node.tx import KIND_WRITE, Tx, TxError
 from node.tx.model import BAD_SIGNATURE
+from node.verify import refuse_unless_certified_state
 from node.wire import MAX_TX_BYTES, WireError, decode, decode_canonical, encode
 
 log = logging.getLogger("medchain.validator")
@@ -124,7 +125,7 @@ class Validator:
 
     # ---- start and stop ----------------------------------------------------------------------
     async def start(self) -> None:
-        self._check_state()
+        refuse_unless_certified_state(self.ledger)  # a rewritten LMDB record must not be served
         await self._recover()
         if self.n > 1:
             from node.p2p import P2PNode, swarmkey
@@ -144,19 +145,6 @@ class Validator:
                        asyncio.create_task(self._admit_forwarded(), name="admit-forwarded")]
         if self.net is not None:
             self.sync.start()
-
-    def _check_state(self) -> None:
-        """Refuse to serve a stored state that is not the one the last certified block commits to
-        (a rewritten LMDB record would otherwise be enforced and served)."""
-        from node.verify import check_stored_state
-        t0 = time.monotonic()
-        errors = check_stored_state(self.ledger)
-        if errors:
-            for e in errors:
-                log.critical("state check failed: %s", e)
-            log.critical("stored state does not match the certified state root: refusing to serve")
-            raise SystemExit(3)
-        log.info("stored state matches the certified state root (%.2f s)", time.monotonic() - t0)
 
     async def stop(self) -> None:
         self._stopping = True

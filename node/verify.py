@@ -3,6 +3,8 @@ state machine from genesis compared with every header's state root and with the 
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +14,8 @@ from node.ledger import Ledger
 from node.state import apply_block, smt
 from node.tx import Tx, TxError
 from node.wire import WireError
+
+log = logging.getLogger("medchain.verify")
 
 
 @dataclass
@@ -106,3 +110,16 @@ def check_stored_state(led: Ledger) -> list[str]:
         bad = len(set(stored) ^ set(nodes)) + sum(1 for k in set(stored) & set(nodes) if stored[k] != nodes[k])
         errors.append(f"stored state tree differs from the stored state at {bad} nodes")
     return errors
+
+
+def refuse_unless_certified_state(led: Ledger) -> None:
+    """At a validator's start: exit (code 3) unless the stored state is the one the last certified
+    block commits to, so a record rewritten behind the chain's back is never enforced or served."""
+    t0 = time.monotonic()
+    errors = check_stored_state(led)
+    if errors:
+        for e in errors:
+            log.critical("state check failed: %s", e)
+        log.critical("stored state does not match the certified state root: refusing to serve")
+        raise SystemExit(3)
+    log.info("stored state matches the certified state root (%.2f s)", time.monotonic() - t0)

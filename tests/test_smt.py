@@ -116,6 +116,7 @@ def test_incremental_root_equals_naive(blocks, committed_every):
         store.update(n)
     root = smt.root_of(store.get)
     assert root == smt.naive_root(state)
+    assert store == build(state)[1]  # the same stored nodes as one update from scratch
     for k, v in state.items():
         assert smt.verify(root, k, v, smt.prove(store.get, k))
     for k in (b"\xff\xff\xff\xff", b""):
