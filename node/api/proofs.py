@@ -5,8 +5,9 @@ trust no validator.
 
 - `POST /v1/proofs`, body msgpack [key, ...] (at most MAX_KEYS): msgpack
   [header_bytes, certificate, cert_view, [[value or nil, proof_bytes], ...]], one pair per key.
-- `?proof=1` on the JSON read routes adds "proof": the same bundle (hex) for the keys the route read.
-  The JSON beside it is a convenience; a verifying client decodes the values from the bundle.
+- `?proof=1` on the JSON read routes adds "proof": the same bundle (hex) for the keys the route read,
+  and "proof_keys": those keys (hex), in the bundle's order. The JSON beside it is a convenience;
+  a verifying client decodes the values from the bundle.
 """
 
 from __future__ import annotations

@@ -317,6 +317,7 @@ def make_app(v: Validator) -> web.Application:
         if proofs.wants_proof(req):
             b = proofs.bundle(v, read) if read else None
             out["proof"] = None if b is None else b.hex()
+            out["proof_keys"] = [k.hex() for k in read]  # what the bundle proves, in its order
         return web.json_response(out)
 
     proofs.add_routes(routes, v)
