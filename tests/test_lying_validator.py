@@ -6,6 +6,9 @@ Also: a validator whose stored state was rewritten while it was stopped refuses 
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
 import time
 
 import aiohttp
@@ -92,6 +95,14 @@ class LyingProxy:
             hdr = Header(h.chain_id, h.height, h.prev_hash, h.view, h.seq, h.time_ms, h.tx_root, bytes(32),
                          h.proposer).encode()
         return encode([hdr, cert, cv, ents])
+
+
+async def _cli(*args: str) -> tuple[str, str]:
+    p = await asyncio.create_subprocess_exec(sys.executable, "-m", "node.cli", *args, stdout=asyncio.subprocess.PIPE,
+                                             stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(p.communicate(), 120)
+    assert p.returncode == 0, err.decode()
+    return out.decode(), err.decode()
 
 
 def _named(reader: VerifiedReader, url: str, what: str) -> None:
@@ -190,6 +201,24 @@ def test_every_client_refuses_a_lying_validator(tmp_path):
                         phone = Phone(pat, c, chain, vals, reader=r)
                         assert await phone.audit() == truth
                         _named(r, proxy.url, "proof")
+
+                    # the command-line clients (genesis.json beside the key file: verifying by default)
+                    kdir = tmp_path / "cli"
+                    kdir.mkdir()
+                    pat.save(kdir / "pat.json")
+                    doc.save(kdir / "doc.json")
+                    (kdir / "genesis.json").write_text((nodes[0].home / "genesis.json").read_text())
+                    proxy.mode = "forge_audit"
+                    out, err = await _cli("patient", "audit", "--key", str(kdir / "pat.json"), "--node", proxy.url,
+                                          "--json")
+                    assert [r["reader"] for r in json.loads(out)["reads"]] == [doc.address.hex()] * 3
+                    assert f"validator {proxy.url} lied or is stale" in err
+                    proxy.mode = "sealed"
+                    await phone.grant(doc.address, ["heart_rate"])
+                    out, err = await _cli("staff", "read", pat.address.hex(), "--type", "heart_rate", "--key",
+                                          str(kdir / "doc.json"), "--node", proxy.url, "--json")
+                    assert len(json.loads(out)["readings"]) == 2 * len(frames)
+                    assert f"validator {proxy.url} lied or is stale" in err
 
                     # 7. a forged header (another state root under the real certificate)
                     proxy.mode = "forged_header"
