@@ -30,6 +30,7 @@ from node.wire import WireError, decode, decode_canonical, encode
 
 log = logging.getLogger("medchain.verified")
 MAX_RESPONSE = 32 * 1024 * 1024
+CHUNK = 1024  # keys per proof request
 Values = dict[bytes, "bytes | None"]
 
 
@@ -145,10 +146,17 @@ class VerifiedReader:
         """Every entry of a committed list, each with the values of `extra(entry_value)` keys."""
         n = _int((await self.fetch([count_key]))[count_key])
         ks = [entry(i) for i in range(n)]
-        vals = await self.fetch(ks, _all_present) if ks else {}
-        extra_keys = [k for e in ks for k in extra(vals[e])]
-        more = await self.fetch(extra_keys) if extra_keys else {}
+        vals = await self._chunked(ks, _all_present)
+        more = await self._chunked([k for e in ks for k in extra(vals[e])])
         return [(vals[e], more) for e in ks]
+
+    async def _chunked(self, ks: list[bytes], check: Callable[[Values], None] | None = None) -> Values:
+        """fetch() in requests of at most CHUNK keys (the API takes 4096); each chunk is proven on
+        its own, against a header no older than the last one seen."""
+        out: Values = {}
+        for i in range(0, len(ks), CHUNK):
+            out.update(await self.fetch(ks[i:i + CHUNK], check))
+        return out
 
     # ---- the reads clients act on, in the API's JSON shapes ----------------------------------
     async def account(self, addr: bytes, min_epochs: dict[int, int] | None = None) -> dict:
@@ -208,7 +216,7 @@ class VerifiedReader:
         ek = {t: keys.epoch(patient, t) for t in DATA_TYPES.values()}
         ep = await self.fetch(list(ek.values()))
         want = [keys.sealed_key(patient, staff, t, e) for t, k in ek.items() for e in range(_int(ep[k]) + 1)]
-        v = await self.fetch(want)
+        v = await self._chunked(want)
         return {"keys": [sealed_entry(k, raw) for k in want if (raw := v[k]) is not None]}
 
 

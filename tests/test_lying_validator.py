@@ -265,7 +265,7 @@ def test_validator_refuses_to_serve_rewritten_state(tmp_path):
         assert "stored state does not match the certified state root: refusing to serve" in tail
 
 
-def test_read_routes_carry_proofs(node, genesis):
+def test_read_routes_carry_proofs(node, genesis, monkeypatch):
     """`?proof=1` on every JSON read route: the bundle verifies against the certified header and
     its values are the ones the JSON shows."""
     from devices.verified_reads import check_bundle
@@ -299,4 +299,14 @@ def test_read_routes_carry_proofs(node, genesis):
             _, values = check_bundle(bytes.fromhex(audit["proof"]), [bytes.fromhex(k) for k in audit["proof_keys"]],
                                      genesis.chain_id, genesis.validator_keys, 0)
             assert decode(values[keys.audit_count(pat.address)]) == len(audit["reads"]) == 1
+            # the verifying reader gives the routes' JSON, also when lists come in many requests
+            from devices import verified_reads
+            monkeypatch.setattr(verified_reads, "CHUNK", 1)
+            r = VerifiedReader([node.url], genesis.chain_id, genesis.validator_keys, session=c.session)
+            for name in ("audit", "grants", "data"):
+                assert await getattr(r, name)(pat.address) == await getattr(c, name)(pat.address), name
+            assert await r.sealed_keys(pat.address, doc.address) == await c.sealed_keys(pat.address, doc.address)
+            mine, theirs = await r.account(doc.address), await c.account(doc.address)
+            assert mine["profile"] == theirs["profile"] and mine["epochs"] == theirs["epochs"]
+            assert not r.refused
     run(go())
