@@ -3,8 +3,9 @@ the API"): every value a phone or staff client acts on comes from `POST /v1/proo
 against the state root of a block whose commit certificate carries 2f+1 valid signatures of the
 genesis validators. A validator whose answer does not check is named and the next one is asked.
 
-Also refused: a header older than one the client has already seen or committed in (a stale
-header), and any answer a caller's own record contradicts (`check`). Lists are committed as a
+Also refused: a header older than one the client has already seen or committed in, or than the
+(f+1)-th highest head height the validators report when the reader starts (a stale header), and
+any answer a caller's own record contradicts (`check`). Lists are committed as a
 count plus indexed entries, so every entry below the proven count is fetched with its proof.
 
 The read methods return the same JSON shapes as the validator's routes (node/api/shapes.py), so
@@ -92,6 +93,7 @@ class VerifiedReader:
         self.min_height = min_height  # the newest block seen or committed in: older headers are stale
         self.wait_s = wait_s  # how long to wait for validators that are merely behind
         self.refused: list[LyingValidator] = []  # every refused answer, for the caller to report
+        self._fresh = False  # min_height raised to a height f+1 validators report (once)
 
     async def close(self) -> None:
         if self._own and self.session is not None:
@@ -102,17 +104,38 @@ class VerifiedReader:
         self.min_height = max(self.min_height, height)
 
     async def _ask(self, url: str, state_keys: list[bytes]) -> bytes:
-        if self.session is None:
-            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         async with self.session.post(url + "/v1/proofs", data=encode(state_keys),
                                      headers={"Content-Type": "application/msgpack"}) as resp:
             if resp.status != 200:
                 raise ConnectionError(f"HTTP {resp.status}")
             return await resp.read()
 
+    async def _freshness(self) -> None:
+        """Before the first read: raise min_height to the (f+1)-th highest head height the validators
+        report, a height at least one honest validator has reached, so a validator cannot serve an
+        old (validly certified) state to a client that has seen nothing newer. f liars can neither
+        raise it past every honest validator nor lower it."""
+        self._fresh = True
+        f = (len(self.validators) - 1) // 3
+
+        async def height(url: str) -> int | None:
+            try:
+                async with self.session.get(url + "/v1/status", timeout=aiohttp.ClientTimeout(total=5)) as r:
+                    return int((await r.json())["height"]) if r.status == 200 else None
+            except (TimeoutError, aiohttp.ClientError, OSError, ValueError, KeyError, TypeError):
+                return None
+        hs = sorted((h for h in await asyncio.gather(*(height(u) for u in self.urls)) if h is not None),
+                    reverse=True)
+        if len(hs) > f:
+            self.saw_height(hs[f])
+
     async def fetch(self, state_keys: list[bytes], check: Callable[[Values], None] | None = None) -> Values:
         """The proven values of `state_keys` from the first validator whose answer verifies (and
         passes `check`, which raises ValueError on values the caller knows to be false)."""
+        if self.session is None:
+            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        if not self._fresh:
+            await self._freshness()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait_s
         while True:
