@@ -25,7 +25,7 @@ from node.ledger import Ledger
 from node.state import smt
 
 N_KEYS = int(os.environ.get("MEDCHAIN_BENCH_KEYS", "1000000"))
-BLOCK_TXS = 1000
+BLOCK_TXS = int(os.environ.get("MEDCHAIN_BENCH_BLOCK", "1000"))  # transactions per block
 FLOOR = Path("/work/shared/bench/floor.py")
 REPORT: dict[str, float] = {}
 
@@ -100,7 +100,7 @@ def test_state_commitment_per_tx(benchmark, ledger):
         w = _block(accts, next(counter))
         return smt.update(led.get_node, w)
 
-    benchmark.group = "state commitment, 1000-tx block"
+    benchmark.group = f"state commitment, {BLOCK_TXS}-tx block"
     benchmark.extra_info["keys_in_state"] = N_KEYS
     benchmark.pedantic(one_block, rounds=5, iterations=1, warmup_rounds=1)
     upd, put = _measure(led, accts, smt.update, 5)

@@ -174,7 +174,7 @@ class VerifiedReader:
         return [(vals[e], more) for e in ks]
 
     async def _chunked(self, ks: list[bytes], check: Callable[[Values], None] | None = None) -> Values:
-        """fetch() in requests of at most CHUNK keys (the API takes 4096); each chunk is proven on
+        """fetch() in requests of at most CHUNK keys (the API takes up to 1024); each chunk is proven on
         its own, against a header no older than the last one seen."""
         out: Values = {}
         for i in range(0, len(ks), CHUNK):

@@ -18,7 +18,7 @@ from node.block import Block
 from node.validator import Validator
 from node.wire import WireError, decode, encode
 
-MAX_KEYS = 4096
+MAX_KEYS = 1024  # per request: bounds the work one request puts on the event loop
 MSGPACK = "application/msgpack"
 
 

@@ -315,8 +315,12 @@ def make_app(v: Validator) -> web.Application:
 
     def _with_proof(req: web.Request, out: dict, read: list[bytes]) -> web.Response:
         if proofs.wants_proof(req):
-            b = proofs.bundle(v, read) if read else None
-            out["proof"] = None if b is None else b.hex()
+            if len(read) > proofs.MAX_KEYS:
+                out["proof"], out["proof_error"] = None, (f"{len(read)} keys: fetch them from POST /v1/proofs "
+                                                          f"in requests of at most {proofs.MAX_KEYS}")
+            else:
+                b = proofs.bundle(v, read) if read else None
+                out["proof"] = None if b is None else b.hex()
             out["proof_keys"] = [k.hex() for k in read]  # what the bundle proves, in its order
         return web.json_response(out)
 
