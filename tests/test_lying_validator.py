@@ -315,3 +315,17 @@ def test_read_routes_carry_proofs(node, genesis, monkeypatch):
             assert mine["profile"] == theirs["profile"] and mine["epochs"] == theirs["epochs"]
             assert not r.refused
     run(go())
+
+
+def test_proofs_route_refuses_bad_requests(node, genesis):
+    async def go():
+        async with aiohttp.ClientSession() as s:
+            async def post(body: bytes) -> tuple[int, str]:
+                async with s.post(node.url + "/v1/proofs", data=body) as r:
+                    return r.status, (await r.json())["error"] if r.status != 200 else ""
+            assert (await post(encode([b"n" + bytes(32)])))[0] == 404  # no block committed yet
+            for bad in (b"\xc1", encode([]), encode(b"x"), encode([1]), encode([b""]), encode([b"x" * 257]),
+                        encode([b"k"] * 1025)):
+                status, err = await post(bad)
+                assert status == 400, (bad[:8], status, err)
+    run(go())
