@@ -22,17 +22,15 @@ from typing import Any
 import aiohttp
 
 from node.api.shapes import audit_entry, data_entry, grant_entry, sealed_entry
-from node.block import Block, BlockError, Header, verify_cert
 from node.crypto.keys import address_of
-from node.state import keys, smt
+from node.proof import Values, check_bundle
+from node.state import keys
 from node.tx import data_type_name
 from node.tx.model import DATA_TYPES
-from node.wire import WireError, decode, decode_canonical, encode
+from node.wire import decode, encode
 
 log = logging.getLogger("medchain.verified")
-MAX_RESPONSE = 32 * 1024 * 1024
 CHUNK = 1024  # keys per proof request
-Values = dict[bytes, "bytes | None"]
 
 
 class LyingValidator(Exception):
@@ -47,41 +45,6 @@ class NoHonestAnswer(Exception):
     def __init__(self, failures: list[str]) -> None:
         super().__init__("no validator gave a verifiable answer: " + "; ".join(failures))
         self.failures = failures
-
-
-def check_bundle(raw: bytes, state_keys: Sequence[bytes], chain_id: str, validators: Sequence[bytes],
-                 min_height: int) -> tuple[Header, Values]:
-    """Verify a proof bundle for `state_keys`; its header and the proven values. Raises ValueError."""
-    try:
-        b = decode_canonical(raw, MAX_RESPONSE)
-    except WireError as exc:
-        raise ValueError(f"proof bundle does not decode: {exc}") from None
-    if not (isinstance(b, list) and len(b) == 4 and isinstance(b[0], bytes) and isinstance(b[1], list)
-            and type(b[2]) is int and isinstance(b[3], list)):
-        raise ValueError("proof bundle is [header, certificate, cert_view, entries]")
-    try:
-        header = Header.decode(b[0])
-        cert = tuple((c[0], c[1]) for c in b[1])
-        block = Block(header, (), cert, b[2])
-    except (BlockError, TypeError, IndexError, KeyError) as exc:
-        raise ValueError(f"bad header or certificate: {exc}") from None
-    if header.chain_id != chain_id:
-        raise ValueError(f"header of chain {header.chain_id!r}")
-    if not verify_cert(block, validators):
-        raise ValueError(f"block {header.height}: the certificate lacks 2f+1 valid genesis validator signatures")
-    if header.height < min_height:
-        raise ValueError(f"stale header: block {header.height}, but block {min_height} is already known")
-    if len(b[3]) != len(state_keys):
-        raise ValueError(f"{len(b[3])} proofs for {len(state_keys)} keys")
-    out: Values = {}
-    for k, ent in zip(state_keys, b[3], strict=True):
-        if not (isinstance(ent, list) and len(ent) == 2 and (ent[0] is None or isinstance(ent[0], bytes))
-                and isinstance(ent[1], bytes)):
-            raise ValueError("a proof entry is [value or nil, proof]")
-        if not smt.verify(header.state_root, k, ent[0], smt.Proof.decode(ent[1])):
-            raise ValueError(f"proof for state key {k[:1]!r}{k[1:9].hex()}… does not lead to the certified state root")
-        out[k] = ent[0]
-    return header, out
 
 
 class VerifiedReader:

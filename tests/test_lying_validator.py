@@ -273,7 +273,7 @@ def test_validator_refuses_to_serve_rewritten_state(tmp_path):
 def test_read_routes_carry_proofs(node, genesis, monkeypatch):
     """`?proof=1` on every JSON read route: the bundle verifies against the certified header and
     its values are the ones the JSON shows."""
-    from devices.verified_reads import check_bundle
+    from node.proof import check_bundle
 
     async def go():
         async with NodeClient(node.url) as c:
@@ -304,6 +304,18 @@ def test_read_routes_carry_proofs(node, genesis, monkeypatch):
             _, values = check_bundle(bytes.fromhex(audit["proof"]), [bytes.fromhex(k) for k in audit["proof_keys"]],
                                      genesis.chain_id, genesis.validator_keys, 0)
             assert decode(values[keys.audit_count(pat.address)]) == len(audit["reads"]) == 1
+            # any single corrupted byte of a real bundle: refused (ValueError) or the same values
+            import random
+            raw, ks = bytes.fromhex(audit["proof"]), [bytes.fromhex(k) for k in audit["proof_keys"]]
+            rnd = random.Random(15)
+            for _ in range(300):
+                bad = bytearray(raw)
+                bad[rnd.randrange(len(bad))] ^= 1 << rnd.randrange(8)
+                try:
+                    _, got = check_bundle(bytes(bad), ks, genesis.chain_id, genesis.validator_keys, 0)
+                except ValueError:
+                    continue
+                assert got == values
             # the verifying reader gives the routes' JSON, also when lists come in many requests
             from devices import verified_reads
             monkeypatch.setattr(verified_reads, "CHUNK", 1)
