@@ -76,8 +76,8 @@ class VerifiedReader:
     async def _freshness(self) -> None:
         """Before the first read: raise min_height to the (f+1)-th highest head height the validators
         report, a height at least one honest validator has reached, so a validator cannot serve an
-        old (validly certified) state to a client that has seen nothing newer. f liars can neither
-        raise it past every honest validator nor lower it."""
+        old (validly certified) state to a client that has seen nothing newer. f liars cannot raise it
+        past every honest validator (they can only lower it while fewer than f+1 honest ones answer)."""
         self._fresh = True
         f = (len(self.validators) - 1) // 3
 
