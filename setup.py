@@ -5,7 +5,7 @@ import sys
 from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
-# --- native extensions (native/_secp.pyx, native/_aesgcm.pyx) ---------------------------------
+# --- native extensions (native/_secp.pyx, native/_aesgcm.pyx, native/_smt.pyx) ---------------------------------
 # Optional: without Cython, a C compiler, libsecp256k1-dev or libssl-dev the package still
 # installs, with a warning, and node/crypto/batch.py falls back to coincurve and `cryptography`.
 # Threads are plain pthreads started per call (native/_parallel.h), not OpenMP: libgomp's pool
@@ -27,6 +27,7 @@ def _native_extensions() -> list:
     exts = [
         Extension("native._secp", ["native/_secp.pyx"], libraries=["secp256k1"], **common),
         Extension("native._aesgcm", ["native/_aesgcm.pyx"], libraries=["crypto"], **common),
+        Extension("native._smt", ["native/_smt.pyx"], libraries=["crypto"], **common),
     ]
     try:
         from Cython.Build import cythonize

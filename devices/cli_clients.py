@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
 from pathlib import Path
 
 from devices.client import NodeClient
 from devices.phone import Phone
 from devices.staff import Staff
+from devices.verified_reads import VerifiedReader
 from node.crypto.keys import Identity
 from node.tx.model import BREAK_GLASS_REASONS, DATA_TYPES
 
@@ -21,18 +23,39 @@ def _print(args: argparse.Namespace, obj: object, text: str) -> None:
     print(json.dumps(obj, indent=1) if args.json else text)
 
 
-async def _connect(args: argparse.Namespace) -> tuple[NodeClient, str, list[bytes]]:
+def _genesis_file(args: argparse.Namespace) -> Path | None:
+    """--genesis, else a genesis.json at hand (beside the key file, or here): the trust anchor."""
+    if args.genesis:
+        return Path(args.genesis)
+    for p in (Path(args.key).parent / "genesis.json", Path("genesis.json")):
+        if p.exists():
+            return p
+    return None
+
+
+async def _connect(args: argparse.Namespace) -> tuple[NodeClient, str, list[bytes], VerifiedReader | None]:
+    """The client, chain id and validator keys; with a genesis file, also a reader that checks every
+    state read by proof and certificate and falls back across the genesis validators."""
     c = NodeClient(args.node)
     await c.__aenter__()
+    gfile = _genesis_file(args)
     try:
-        if args.genesis:  # trust anchor from a file: commits are then checked by proof and certificate
-            g = json.loads(Path(args.genesis).read_text())
-        else:
-            g = await c.genesis()
+        g = json.loads(gfile.read_text()) if gfile else await c.genesis()
     except BaseException:
         await c.close()
         raise
-    return c, g["chain_id"], [bytes.fromhex(v["public_key"]) for v in g["validators"]]
+    vals = [bytes.fromhex(v["public_key"]) for v in g["validators"]]
+    reader = None
+    if gfile:
+        urls = [args.node] + [u for v in g["validators"] if (u := f"http://{v['api']}") != args.node.rstrip("/")]
+        reader = VerifiedReader(urls, g["chain_id"], vals, session=c.session)
+    return c, g["chain_id"], vals, reader
+
+
+def _refusals(reader: VerifiedReader | None) -> str:
+    if reader is None or not reader.refused:
+        return ""
+    return "\n".join(f"warning: refused an answer: {r}" for r in reader.refused) + "\n"
 
 
 def _addr(s: str) -> bytes:
@@ -46,9 +69,10 @@ def patient_cmd(args: argparse.Namespace) -> int:
     ident = Identity.load(args.key)
 
     async def go() -> tuple[object, str]:
-        c, chain, vals = await _connect(args)
+        c, chain, vals, reader = await _connect(args)
         try:
-            ph = Phone(ident, c, chain, vals)
+            ph = Phone(ident, c, chain, vals, reader=reader,
+                       record=Path(args.key).with_suffix(".record.json") if reader else None)
             if args.action == "grant":
                 txid = await ph.grant(_addr(args.staff), args.types, args.expiry_ms)
                 return {"tx": txid, "staff": args.staff, "types": args.types}, f"granted {args.types}: tx {txid}"
@@ -70,16 +94,17 @@ def patient_cmd(args: argparse.Namespace) -> int:
                 txid = await ph.set_break_glass(args.setting == "on")
                 return {"tx": txid, "break_glass": args.setting == "on"}, f"break-glass {args.setting}: tx {txid}"
             if args.action == "grants":
-                return await _grants(args, c, ph.address)
-            return await _audit(args, c, ph.address)
+                return await _grants(args, ph.reads, ph.address)
+            return await _audit(args, ph.reads, ph.address)
         finally:
+            print(_refusals(reader), end="", file=sys.stderr)
             await c.close()
     obj, text = asyncio.run(go())
     _print(args, obj, text)
     return 0
 
 
-async def _audit(args: argparse.Namespace, c: NodeClient, patient: bytes) -> tuple[object, str]:
+async def _audit(args: argparse.Namespace, c: NodeClient | VerifiedReader, patient: bytes) -> tuple[object, str]:
     """The audit log; break-glass reads come first under a banner, so they cannot be missed."""
     log = await c.audit(patient)
     reads, emergency = log["reads"], log["break_glass"]
@@ -99,7 +124,7 @@ async def _audit(args: argparse.Namespace, c: NodeClient, patient: bytes) -> tup
     return {"reads": reads, "break_glass": emergency}, "\n".join(text) or "no reads"
 
 
-async def _grants(args: argparse.Namespace, c: NodeClient, patient: bytes) -> tuple[object, str]:
+async def _grants(args: argparse.Namespace, c: NodeClient | VerifiedReader, patient: bytes) -> tuple[object, str]:
     gs = (await c.grants(patient))["grants"]
     bg = (await c.account(patient))["break_glass"]
     if args.fhir:
@@ -117,9 +142,9 @@ def staff_cmd(args: argparse.Namespace) -> int:
     ident = Identity.load(args.key)
 
     async def go() -> tuple[object, str]:
-        c, chain, _ = await _connect(args)
+        c, chain, vals, reader = await _connect(args)
         try:
-            st = Staff(ident, c, chain)
+            st = Staff(ident, c, chain, reader=reader, validators=vals if reader else None)
             if args.action == "register":
                 txid = await st.register(args.name, args.role, args.org)
                 return {"tx": txid, "address": st.address.hex()}, f"registered {st.address.hex()}: tx {txid}"
@@ -137,6 +162,7 @@ def staff_cmd(args: argparse.Namespace) -> int:
             return ({"windows": len(wins), "readings": rows, "sealed": sealed},
                     "\n".join([*(json.dumps(r) for r in rows), *([note] if note else [])]))
         finally:
+            print(_refusals(reader), end="", file=sys.stderr)
             await c.close()
     obj, text = asyncio.run(go())
     _print(args, obj, text)
@@ -147,7 +173,9 @@ def register(sub: argparse._SubParsersAction, add) -> None:  # noqa: ANN001
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--key", required=True, help="key file (from `medchain keygen`)")
         sp.add_argument("--node", default=DEFAULT_NODE, help="validator API URL")
-        sp.add_argument("--genesis", help="genesis.json to verify commits against (default: ask the node)")
+        sp.add_argument("--genesis", help="genesis.json: commits and every state read are then checked by proof and "
+                                          "certificate, across its validators (default: a genesis.json beside the "
+                                          "key file or here; without one, the node is trusted)")
         sp.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = add("patient", patient_cmd, "The patient's phone: grant, revoke, upload readings, audit reads.")

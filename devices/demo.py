@@ -14,6 +14,7 @@ from devices.client import NodeClient
 from devices.localnet import make_network, start_all
 from devices.phone import Phone
 from devices.staff import AccessDenied, Staff
+from devices.verified_reads import VerifiedReader
 from devices.wearables import make_wearable
 from node.crypto import aead, seal
 from node.crypto.keys import Identity
@@ -33,14 +34,19 @@ async def flow(url: str, genesis: Genesis, windows: int) -> dict:
     chain, vals = genesis.chain_id, genesis.validator_keys
     async with NodeClient(url) as c:
         patient, doctor = Identity.generate(), Identity.generate()
-        phone, staff = Phone(patient, c, chain, vals), Staff(doctor, c, chain)
+        # every state read the phone and the staff client act on is proven against a certified
+        # block, falling back across the genesis validators (devices/verified_reads.py)
+        urls = [url, *(u for v in genesis.validators if (u := f"http://{v.api}") != url)]
+        phone = Phone(patient, c, chain, vals, reader=VerifiedReader(urls, chain, vals, session=c.session))
+        staff = Staff(doctor, c, chain, reader=VerifiedReader(urls, chain, vals, session=c.session), validators=vals)
         wearables = {k: make_wearable(k, f"{k}-1", seed=i) for i, k in enumerate(KINDS)}
         print(f"patient {patient.address.hex()[:16]}…  staff {doctor.address.hex()[:16]}…")
 
         await staff.register("Dr. Ada Lovelace", "cardiologist", "St. Example Hospital")
         say("staff registered a profile (signing key, X25519 key, name, role, organisation)")
         await phone.grant(doctor.address, ["heart_rate", "blood_pressure"])
-        say("patient granted {heart_rate, blood_pressure} with the data keys sealed to the staff key")
+        say("patient granted {heart_rate, blood_pressure} with the data keys sealed to the staff key "
+            "(its X25519 key taken from a state proof against a certified block, not on trust)")
 
         now = int(time.time() * 1000)
         t0 = time.monotonic()

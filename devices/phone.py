@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from devices import envelope
 from devices.client import ApiError, NodeClient
+from devices.verified_reads import VerifiedReader
 from node.crypto import seal
 from node.ipfs.cid import Cid, cid_v1_raw
 from node.proof import verify_inclusion
@@ -36,7 +39,7 @@ class WriteResult:
 
 class Phone:
     def __init__(self, identity, client: NodeClient, chain_id: str, validators: list[bytes] | None = None,
-                 pad_to: int = 0) -> None:
+                 pad_to: int = 0, reader: VerifiedReader | None = None, record: Path | None = None) -> None:
         self.identity = identity
         self.pad_to = pad_to  # metadata privacy: pad every window's plaintext to a multiple of this
         self.client = client
@@ -45,15 +48,41 @@ class Phone:
         self.master = envelope.master_secret(identity.secret)
         self.next_nonce: int | None = None
         self.epochs: dict[int, int] = {}
+        # Reads a phone acts on: proven (reader) or taken on trust from one validator (client)
+        self.reader = reader
+        self.reads = reader or client
+        # The phone's own record of its key epochs (it alone changes them) and of the newest block
+        # it committed in: no answer below either is believed, and no window is sealed under less.
+        self.record_path = record
+        self.own_epochs: dict[int, int] = {}
+        if record is not None and record.exists():
+            r = json.loads(record.read_text())
+            self.own_epochs = {int(t): e for t, e in r["epochs"].items()}
+            if reader is not None:
+                reader.saw_height(r["height"])
 
     @property
     def address(self) -> bytes:
         return self.identity.address
 
     async def sync(self) -> None:
-        acct = await self.client.account(self.address)
+        if self.reader is not None:
+            acct = await self.reader.account(self.address, min_epochs=self.own_epochs)
+        else:
+            acct = await self.client.account(self.address)
         self.next_nonce = acct["next_nonce"]
-        self.epochs = {DATA_TYPES[k]: v for k, v in acct["epochs"].items()}
+        proven = {DATA_TYPES[k]: v for k, v in acct["epochs"].items()}
+        self.epochs = {t: max(e, self.own_epochs.get(t, 0)) for t, e in proven.items()}
+        self._save_record()
+
+    def _save_record(self) -> None:
+        for t, e in self.epochs.items():
+            self.own_epochs[t] = max(e, self.own_epochs.get(t, 0))
+        if self.record_path is not None:
+            h = self.reader.min_height if self.reader is not None else 0
+            tmp = self.record_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"epochs": self.own_epochs, "height": h}))
+            tmp.replace(self.record_path)
 
     async def _nonce(self) -> int:
         if self.next_nonce is None:
@@ -84,6 +113,8 @@ class Phone:
             raw = await self.client.block_raw(st["height"])
             verify_inclusion(bytes.fromhex(txid), st["index"], st["tx_count"],
                              [bytes.fromhex(p) for p in st["proof"]], raw, self.validators, self.chain_id)
+            if self.reader is not None:  # proven committed at this height: older state is stale now
+                self.reader.saw_height(st["height"])
         if st["code"] != 0:
             raise TxRejected(st)
         return st
@@ -125,7 +156,8 @@ class Phone:
         return await self.write_window(dtype, readings, wait, (slot_start_ms, slot_start_ms + period_ms - 1))
 
     async def _sealed_keys(self, staff: bytes, types: tuple[int, ...], epochs: dict[int, int]) -> tuple[SealedKey, ...]:
-        prof = (await self.client.account(staff))["profile"]
+        # with a reader, the X25519 key is the one a proof binds to the staff member's address
+        prof = (await self.reads.account(staff))["profile"]
         if prof is None:
             raise ValueError(f"staff {staff.hex()} has not registered a profile")
         box = bytes.fromhex(prof["x25519_public"])
@@ -141,12 +173,14 @@ class Phone:
         epoch on chain; the phone then re-seals the new keys to everyone who still holds those types."""
         await self.sync()
         tids = tuple(sorted({data_type_id(t) for t in types}))
-        before = {g["staff"]: g for g in (await self.client.grants(self.address))["grants"]}
+        before = {g["staff"]: g for g in (await self.reads.grants(self.address))["grants"]}
         prev = {data_type_id(t) for t in before.get(staff.hex(), {}).get("types", [])}
         removed = prev - set(tids)
         keys = await self._sealed_keys(staff, tids, self.epochs)
         txid = await self.send(Grant(staff, tids, expiry_ms, keys))
-        if removed:
+        if removed:  # the chain moved these types to a new epoch: record it before anyone answers
+            for t in removed:
+                self.own_epochs[t] = max(self.own_epochs.get(t, 0), self.epochs.get(t, 0) + 1)
             await self.sync()
             for other, g in before.items():
                 gt = tuple(sorted(data_type_id(t) for t in g["types"]))
@@ -164,7 +198,7 @@ class Phone:
         tid = data_type_id(dtype)
         await self.send(Read(self.address, tid, b"", 0, 2**63 - 1))
         out: list[envelope.Reading] = []
-        for rec in (await self.client.data(self.address, type=data_type_name(tid)))["data"]:
+        for rec in (await self.reads.data(self.address, type=data_type_name(tid)))["data"]:
             cid = Cid.parse(rec["cid"])
             blob = await self.client.download(self.identity, self.chain_id, rec["cid"], cid.to_bytes())
             ad = envelope.aad(self.chain_id, self.address, tid, rec["epoch"], rec["t_start_ms"], rec["t_end_ms"])
@@ -172,7 +206,7 @@ class Phone:
         return out
 
     async def audit(self) -> list[dict]:
-        return (await self.client.audit(self.address))["reads"]
+        return (await self.reads.audit(self.address))["reads"]
 
     async def set_break_glass(self, enabled: bool) -> str:
         """Allow (default) or forbid emergency (break-glass) reads of this patient's data, on chain."""
@@ -184,10 +218,10 @@ class Phone:
         (keys sealed to them), expiring with the emergency window unless a lasting grant covers it."""
         now = int(time.time() * 1000)
         want: dict[str, set[int]] = {}
-        for r in (await self.client.audit(self.address))["break_glass"]:
+        for r in (await self.reads.audit(self.address))["break_glass"]:
             if r["allowed"] and now - r["time_ms"] < within_ms:
                 want.setdefault(r["reader"], set()).add(data_type_id(r["type"]))
-        grants = {g["staff"]: g for g in (await self.client.grants(self.address))["grants"]}
+        grants = {g["staff"]: g for g in (await self.reads.grants(self.address))["grants"]}
         txids = []
         for staff, types in sorted(want.items()):
             g = grants.get(staff)

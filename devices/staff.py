@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from devices import envelope
 from devices.client import ApiError, NodeClient
 from devices.phone import TxRejected
+from devices.verified_reads import VerifiedReader
 from node.crypto import seal
 from node.crypto.keys import Identity
 from node.ipfs.cid import Cid
+from node.proof import verify_inclusion
 from node.tx import Profile, Read, Tx, data_type_id
 
 
@@ -30,9 +32,13 @@ class Window:
 
 
 class Staff:
-    def __init__(self, identity: Identity, client: NodeClient, chain_id: str) -> None:
+    def __init__(self, identity: Identity, client: NodeClient, chain_id: str, reader: VerifiedReader | None = None,
+                 validators: list[bytes] | None = None) -> None:
         self.identity, self.client, self.chain_id = identity, client, chain_id
         self.next_nonce: int | None = None
+        self.reader = reader  # when set, the data index and sealed keys are proven, not trusted
+        self.reads = reader or client
+        self.validators = validators  # genesis keys: when set, commits are checked by proof
 
     @property
     def address(self) -> bytes:
@@ -53,6 +59,12 @@ class Staff:
         st = await self.client.wait_committed(txid, timeout)
         if st["status"] != "committed":
             raise TxRejected(st)
+        if self.validators is not None:
+            raw = await self.client.block_raw(st["height"])
+            verify_inclusion(bytes.fromhex(txid), st["index"], st["tx_count"],
+                             [bytes.fromhex(p) for p in st["proof"]], raw, self.validators, self.chain_id)
+            if self.reader is not None:  # our read is committed at this height: older state is stale
+                self.reader.saw_height(st["height"])
         if st["code"] in (3, 10, 11):  # policy, break-glass opt-out, break-glass limit
             raise AccessDenied(st["result"])
         if st["code"] != 0:
@@ -71,11 +83,11 @@ class Staff:
         tid = data_type_id(dtype)
         cid_b = Cid.parse(cid).to_bytes() if cid else b""
         txid, _ = await self._send(Read(patient, tid, cid_b, t_from_ms, t_to_ms, break_glass))
-        recs = (await self.client.data(patient))["data"]
+        recs = (await self.reads.data(patient))["data"]
         recs = [r for r in recs if data_type_id(r["type"]) == tid and
                 (r["cid"] == cid if cid else (r["t_end_ms"] >= t_from_ms and r["t_start_ms"] <= t_to_ms))]
         sealed = {(data_type_id(k["type"]), k["epoch"]): bytes.fromhex(k["sealed"])
-                  for k in (await self.client.sealed_keys(patient, self.address))["keys"]}
+                  for k in (await self.reads.sealed_keys(patient, self.address))["keys"]}
         out = []
         for r in recs:
             blob = await self.client.download(self.identity, self.chain_id, r["cid"], Cid.parse(r["cid"]).to_bytes(),

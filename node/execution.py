@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from node import merkle
 from node.block import Block, Header
-from node.state import apply_block
+from node.state import apply_block, smt
 from node.state.machine import Get
 from node.tx import Tx, TxError
 from node.wire import WireError
@@ -29,6 +29,7 @@ class Tip:
     state_root: bytes
     time_ms: int
     get: Get
+    tree: smt.GetNode  # the state tree's nodes at this tip
 
 
 @dataclass
@@ -38,6 +39,8 @@ class Executed:
     codes: list[int]
     writes: dict[bytes, bytes]
     parent_get: Get
+    nodes: dict[bytes, bytes]  # the state tree's dirty nodes, written with the block at commit
+    parent_tree: smt.GetNode
 
     def get(self, key: bytes) -> bytes | None:
         v = self.writes.get(key)
@@ -45,16 +48,18 @@ class Executed:
 
     def tip(self) -> Tip:
         h = self.block.header
-        return Tip(h.height, self.block.hash, h.state_root, h.time_ms, self.get)
+        return Tip(h.height, self.block.hash, h.state_root, h.time_ms, self.get,
+                   smt.layered(self.nodes, self.parent_tree))
 
 
 def build_block(tip: Tip, txs: list[Tx], chain_id: str, view: int, proposer: int, now_ms: int) -> Executed:
     height = tip.height + 1
     time_ms = max(now_ms, tip.time_ms)
-    res = apply_block(tip.get, txs, height, time_ms, tip.state_root)
+    res = apply_block(tip.get, txs, height, time_ms, tip.tree)
     header = Header(chain_id, height, tip.hash, view, height, time_ms, merkle.root([t.id for t in txs]),
                     res.state_root, proposer)
-    return Executed(Block(header, tuple(t.raw for t in txs)), txs, res.codes, res.writes, tip.get)
+    return Executed(Block(header, tuple(t.raw for t in txs)), txs, res.codes, res.writes, tip.get, res.nodes,
+                    tip.tree)
 
 
 def check_block(block: Block, tip: Tip, chain_id: str, now_ms: int, verified: Callable[[bytes], bool],
@@ -85,7 +90,7 @@ def check_block(block: Block, tip: Tip, chain_id: str, now_ms: int, verified: Ca
     todo = [t for t in txs if not verified(t.id)]
     if todo and not all(verify_batch([(t.sender, t.digest, t.sig) for t in todo])):
         raise InvalidBlock("a transaction signature does not verify")
-    res = apply_block(tip.get, txs, h.height, h.time_ms, tip.state_root)
+    res = apply_block(tip.get, txs, h.height, h.time_ms, tip.tree)
     if res.state_root != h.state_root:
         raise InvalidBlock("state root mismatch")
-    return Executed(block, txs, res.codes, res.writes, tip.get)
+    return Executed(block, txs, res.codes, res.writes, tip.get, res.nodes, tip.tree)

@@ -1,13 +1,19 @@
-"""Light-client check that a transaction is committed: the Merkle path to the block's tx root and
-the block's commit certificate against the genesis validator keys. Nothing the answering validator
-says is trusted beyond what these two checks prove."""
+"""Light-client checks: that a transaction is committed (the Merkle path to the block's tx root and
+the block's commit certificate against the genesis validator keys), and that state keys hold the
+values a validator claims (a proof bundle of `POST /v1/proofs`: a certified header and a state-tree
+proof per key). Nothing the answering validator says is trusted beyond what these checks prove."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from node import merkle
-from node.block import Block, BlockError, verify_cert
+from node.block import Block, BlockError, Header, verify_cert
+from node.state import smt
+from node.wire import WireError, decode_canonical
+
+MAX_BUNDLE = 32 * 1024 * 1024
+Values = dict[bytes, "bytes | None"]
 
 
 class ProofError(ValueError):
@@ -30,3 +36,41 @@ def verify_inclusion(txid: bytes, index: int, tx_count: int, path: Sequence[byte
     if not merkle.verify(txid, index, tx_count, path, block.header.tx_root):
         raise ProofError("Merkle path does not lead to the block's transaction root")
     return block
+
+
+def check_bundle(raw: bytes, state_keys: Sequence[bytes], chain_id: str, validators: Sequence[bytes],
+                 min_height: int) -> tuple[Header, Values]:
+    """Verify a proof bundle for `state_keys`: its header and the proven values. Raises ProofError
+    (a ValueError) unless the header is of `chain_id`, certified by 2f+1 of `validators`, at height
+    `min_height` or above, and every key's proof leads to its state root."""
+    try:
+        b = decode_canonical(raw, MAX_BUNDLE)
+    except WireError as exc:
+        raise ProofError(f"proof bundle does not decode: {exc}") from None
+    if not (isinstance(b, list) and len(b) == 4 and isinstance(b[0], bytes) and isinstance(b[1], list)
+            and type(b[2]) is int and isinstance(b[3], list)):
+        raise ProofError("proof bundle is [header, certificate, cert_view, entries]")
+    if not all(isinstance(c, list) and len(c) == 2 and type(c[0]) is int and isinstance(c[1], bytes) for c in b[1]):
+        raise ProofError("a certificate is [[validator_index, signature], ...]")
+    try:
+        header = Header.decode(b[0])
+    except BlockError as exc:
+        raise ProofError(f"bad header: {exc}") from None
+    block = Block(header, (), tuple((c[0], c[1]) for c in b[1]), b[2])
+    if header.chain_id != chain_id:
+        raise ProofError(f"header of chain {header.chain_id!r}")
+    if not verify_cert(block, validators):
+        raise ProofError(f"block {header.height}: the certificate lacks 2f+1 valid genesis validator signatures")
+    if header.height < min_height:
+        raise ProofError(f"stale header: block {header.height}, but block {min_height} is already known")
+    if len(b[3]) != len(state_keys):
+        raise ProofError(f"{len(b[3])} proofs for {len(state_keys)} keys")
+    out: Values = {}
+    for k, ent in zip(state_keys, b[3], strict=True):
+        if not (isinstance(ent, list) and len(ent) == 2 and (ent[0] is None or isinstance(ent[0], bytes))
+                and isinstance(ent[1], bytes)):
+            raise ProofError("a proof entry is [value or nil, proof]")
+        if not smt.verify(header.state_root, k, ent[0], smt.Proof.decode(ent[1])):
+            raise ProofError(f"proof for state key {k[:1]!r}{k[1:9].hex()}… does not lead to the certified state root")
+        out[k] = ent[0]
+    return header, out

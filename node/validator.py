@@ -57,6 +57,7 @@ from node.state import CODES, OK, keys
 from node.sync import THRESHOLD as SYNC_THRESHOLD
 from node.sync import StateSync
 from node.tx import KIND_WRITE
+from node.verify import refuse_unless_certified_state
 from node.wire import WireError, decode
 
 log = logging.getLogger("medchain.validator")
@@ -126,6 +127,7 @@ class Validator:
 
     # ---- start and stop ----------------------------------------------------------------------
     async def start(self) -> None:
+        refuse_unless_certified_state(self.ledger)  # a rewritten LMDB record must not be served
         await self._recover()
         if self.n > 1:
             from node.p2p import P2PNode, swarmkey
@@ -234,7 +236,7 @@ class Validator:
 
     def _head_tip(self) -> Tip:
         h = self.ledger.head()
-        return Tip(h.height, h.hash, h.state_root, h.time_ms, self.ledger.get_state)
+        return Tip(h.height, h.hash, h.state_root, h.time_ms, self.ledger.get_state, self.ledger.get_node)
 
     def _tip_for(self, prev_hash: bytes) -> Tip | None:
         head = self._head_tip()
@@ -543,10 +545,10 @@ class Validator:
         self.net.broadcast(data)
         self.msgs_out += 1
 
-    def _commit_block(self, block: Block, writes: dict[bytes, bytes], sidecars: list[tuple[Cid, bytes]],
-                      roots: list[Cid]) -> tuple[list[Cid], list[Cid]]:
+    def _commit_block(self, block: Block, writes: dict[bytes, bytes], nodes: dict[bytes, bytes],
+                      sidecars: list[tuple[Cid, bytes]], roots: list[Cid]) -> tuple[list[Cid], list[Cid]]:
         done = self.blobs.commit_blobs(sidecars, roots, block.header.height) if roots else ([], [])
-        self.ledger.commit_block(block, writes)
+        self.ledger.commit_block(block, writes, nodes)
         return done
 
     async def _deliver(self, block: Block) -> None:
@@ -573,7 +575,7 @@ class Validator:
                     side = self.sidecars.get(cid.digest)
                 if side is not None:
                     sidecars.append((cid, side))
-        stored, wanted = await self._run(self._commit_block, block, ex.writes, sidecars, roots)
+        stored, wanted = await self._run(self._commit_block, block, ex.writes, ex.nodes, sidecars, roots)
         del self._executed[block.hash]
         # proposals at or below this height that lost (none without view change) are stale now
         for h, e in list(self._executed.items()):

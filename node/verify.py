@@ -3,15 +3,19 @@ state machine from genesis compared with every header's state root and with the 
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from node.block import GENESIS_PREV, Block, BlockError, verify_cert
 from node.genesis import Genesis
 from node.ledger import Ledger
-from node.state import apply_block
+from node.state import apply_block, smt
 from node.tx import Tx, TxError
 from node.wire import WireError
+
+log = logging.getLogger("medchain.verify")
 
 
 @dataclass
@@ -30,7 +34,8 @@ def verify_ledger(ledger_dir: str | Path, genesis: Genesis, max_errors: int = 20
     led = Ledger(ledger_dir, readonly=True)
     try:
         state: dict[bytes, bytes] = {}
-        prev_hash, root, prev_time = GENESIS_PREV, genesis.state_root, 0
+        tree: dict[bytes, bytes] = {}
+        prev_hash, prev_time = GENESIS_PREV, 0
         expected = 1
         keys = genesis.validator_keys
         for height, raw in led.iter_blocks(1):
@@ -61,11 +66,12 @@ def verify_ledger(ledger_dir: str | Path, genesis: Genesis, max_errors: int = 20
             except (TxError, WireError) as exc:
                 rep.errors.append(f"{where}: invalid transaction: {exc}")
                 break
-            res = apply_block(state.get, txs, height, h.time_ms, root)
+            res = apply_block(state.get, txs, height, h.time_ms, tree.get)
             state.update(res.writes)
+            tree.update(res.nodes)
             if res.state_root != h.state_root:
                 rep.errors.append(f"{where}: state root differs from replaying its transactions")
-            root, prev_hash, prev_time = h.state_root, b.hash, h.time_ms
+            prev_hash, prev_time = b.hash, h.time_ms
             rep.height = height
             rep.transactions += len(txs)
         head = led.head()
@@ -76,6 +82,44 @@ def verify_ledger(ledger_dir: str | Path, genesis: Genesis, max_errors: int = 20
             diff = sorted(set(stored) ^ set(state)) + sorted(k for k in set(stored) & set(state) if stored[k] != state[k])
             rep.errors.append(f"stored state differs from the replayed state at {len(diff)} keys "
                               f"(first {diff[0][:1]!r} {diff[0][1:9].hex()}…)")
+        rep.errors += check_stored_state(led)
     finally:
         led.close()
     return rep
+
+
+def check_stored_state(led: Ledger) -> list[str]:
+    """Recompute the state root from every stored key and compare it with the head block's
+    (certified) root, and the stored tree nodes with the ones that state gives. [] if they agree."""
+    head = led.head()
+    if head is None:
+        return []
+    state = dict(led.iter_state())
+    root, nodes = smt.update({}.get, state)
+    errors = []
+    if head.height == 0:
+        if state:
+            errors.append(f"no block is committed, yet {len(state)} state keys are stored")
+    elif (blk := led.block(head.height)) is None or blk.header.state_root != head.state_root:
+        errors.append(f"the head record's state root is not block {head.height}'s")
+    elif root != head.state_root:
+        errors.append(f"stored state ({len(state)} keys) has root {root.hex()[:16]}…, but block {head.height} "
+                      f"certifies {head.state_root.hex()[:16]}…")
+    stored = dict(led.iter_nodes())
+    if stored != nodes:
+        bad = len(set(stored) ^ set(nodes)) + sum(1 for k in set(stored) & set(nodes) if stored[k] != nodes[k])
+        errors.append(f"stored state tree differs from the stored state at {bad} nodes")
+    return errors
+
+
+def refuse_unless_certified_state(led: Ledger) -> None:
+    """At a validator's start: exit (code 3) unless the stored state is the one the last certified
+    block commits to, so a record rewritten behind the chain's back is never enforced or served."""
+    t0 = time.monotonic()
+    errors = check_stored_state(led)
+    if errors:
+        for e in errors:
+            log.critical("state check failed: %s", e)
+        log.critical("stored state does not match the certified state root: refusing to serve")
+        raise SystemExit(3)
+    log.info("stored state matches the certified state root (%.2f s)", time.monotonic() - t0)

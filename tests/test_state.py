@@ -6,10 +6,10 @@ import pytest
 
 from node.crypto import ecdsa
 from node.crypto.keys import Identity
-from node.state import CODES, OK, Overlay, apply_block, check_tx, genesis_state_root, keys
+from node.state import CODES, OK, Overlay, apply_block, check_tx, genesis_state_root, keys, smt
 from node.state.machine import apply_tx, read_allowed
 from node.tx import DATA_TYPES, Grant, Profile, Read, SealedKey, Tx, Write
-from node.wire import decode, encode
+from node.wire import decode
 
 CHAIN = "state-test"
 T0 = 1_700_000_000_000
@@ -31,6 +31,7 @@ class Chain:
     def __init__(self) -> None:
         self.state: dict[bytes, bytes] = {}
         self.root = genesis_state_root(CHAIN, [b"v0"])
+        self.tree: dict[bytes, bytes] = {}
         self.height = 0
         self.nonces: dict[bytes, int] = {}
 
@@ -42,8 +43,9 @@ class Chain:
 
     def apply(self, txs, time_ms: int = T0) -> list[int]:
         self.height += 1
-        res = apply_block(self.state.get, txs, self.height, time_ms, self.root)
+        res = apply_block(self.state.get, txs, self.height, time_ms, self.tree.get)
         self.state.update(res.writes)
+        self.tree.update(res.nodes)
         self.root = res.state_root
         return res.codes
 
@@ -267,11 +269,12 @@ def test_every_read_leaves_an_audit_entry(chain):
     assert len(audits) == len(expected)
     for (who, dt, n, code), a, tx in zip(expected, audits, txs, strict=True):
         assert a == [who.address, dt, cid(n) if n else b"", 0, T0, T0 + 5, tx.id, code]
-    # keyed by (patient, height, index): a later block adds, never overwrites
+    # an append-only list (count + entry per index): a later block adds, never overwrites
     assert chain.read(DOC, PAT, HR) == OK
     assert len(chain.audits(PAT)) == len(expected) + 1
     assert chain.audits(PAT2) == []
-    assert keys.audit(PAT.address, chain.height, 0) in chain.state
+    assert chain.obj(keys.audit_count(PAT.address)) == len(expected) + 1
+    assert keys.audit(PAT.address, len(expected)) in chain.state
 
 
 def test_writes_grants_and_profiles_leave_no_audit():
@@ -295,31 +298,29 @@ def test_determinism_same_block_same_result():
     c = Chain()
     txs = _scenario(c)
     snapshot = dict(c.state)
-    r1 = apply_block(c.state.get, txs, 1, T0, c.root)
-    r2 = apply_block(dict(snapshot).get, list(txs), 1, T0, c.root)
+    r1 = apply_block(c.state.get, txs, 1, T0, c.tree.get)
+    r2 = apply_block(dict(snapshot).get, list(txs), 1, T0, {}.get)
     assert c.state == snapshot  # the base view is never written
     assert r1.codes == r2.codes == [OK, OK, OK, OK, OK, 3]
-    assert r1.writes == r2.writes and r1.state_root == r2.state_root
-    items = sorted(r1.writes.items())
-    assert r1.state_root == ecdsa.sha256(c.root + ecdsa.sha256(encode([[k, v] for k, v in items])))
-    # height, time and the previous root all feed the root
-    assert apply_block(c.state.get, txs, 2, T0, c.root).state_root != r1.state_root
-    assert apply_block(c.state.get, txs, 1, T0 + 1, c.root).state_root != r1.state_root
-    assert apply_block(c.state.get, txs, 1, T0, bytes(32)).state_root != r1.state_root
+    assert r1.writes == r2.writes and r1.state_root == r2.state_root and r1.nodes == r2.nodes
+    assert r1.state_root == smt.naive_root(r1.writes)  # the root commits to the whole state
+    # height and time feed the root (receipts and audit entries carry them)
+    assert apply_block(c.state.get, txs, 2, T0, c.tree.get).state_root != r1.state_root
+    assert apply_block(c.state.get, txs, 1, T0 + 1, c.tree.get).state_root != r1.state_root
 
 
 def test_determinism_tx_order_changes_root():
     c = Chain()
     txs = _scenario(c)
-    base = apply_block(c.state.get, txs, 1, T0, c.root)
+    base = apply_block(c.state.get, txs, 1, T0, c.tree.get)
     # two independent senders swapped: same outcome codes, but receipts carry indices
     swapped = [txs[4], *txs[:4], txs[5]]
-    res = apply_block(c.state.get, swapped, 1, T0, c.root)
+    res = apply_block(c.state.get, swapped, 1, T0, c.tree.get)
     assert sorted(res.codes) == sorted(base.codes)
     assert res.state_root != base.state_root
     # order also changes outcomes: the read before the grant is denied
     reordered = [txs[0], txs[1], txs[3], txs[2]]
-    assert apply_block(c.state.get, reordered, 1, T0, c.root).codes == [OK, OK, 3, OK]
+    assert apply_block(c.state.get, reordered, 1, T0, c.tree.get).codes == [OK, OK, 3, OK]
 
 
 def test_sealed_keys_for_future_epoch_refused(chain):

@@ -7,8 +7,10 @@ import time
 
 from aiohttp import web
 
+from node.api import proofs
 from node.api.limits import Limits, cap_connections, serve_kwargs
 from node.api.limits import retry_after as _retry_after
+from node.api.shapes import audit_entry, data_entry, grant_entry, sealed_entry
 from node.block import Block
 from node.crypto import ecdsa
 from node.crypto.batch import backend_name
@@ -17,9 +19,9 @@ from node.ipfs.blockstore import IntegrityError, MissingBlock
 from node.ipfs.cid import Cid, CidError
 from node.mempool import AdmissionError, KeyedLimiter
 from node.sidecar import SIDECAR_MAX, SidecarError, decode_submission, parse_item
-from node.state import CODES, keys
+from node.state import keys
 from node.state.machine import BREAK_GLASS_ACCESS_MS, Overlay, break_glass_enabled, read_allowed
-from node.tx import DATA_TYPES, KIND_READ, KIND_WRITE, Tx, data_type_name
+from node.tx import DATA_TYPES, KIND_READ, KIND_WRITE, Tx
 from node.tx.model import BAD_SIGNATURE
 from node.tx.requests import blob_request_digest, blob_upload_digest
 from node.validator import Validator
@@ -273,63 +275,78 @@ def make_app(v: Validator) -> web.Application:
             p = decode(prof)
             out["profile"] = {"name": p[0], "role": p[1], "org": p[2], "x25519_public": p[3].hex(),
                               "public_key": p[4].hex(), "height": p[5]}
-        return web.json_response(out)
+        return _with_proof(req, out, [keys.profile(addr), keys.nonce(addr), keys.policy(addr),
+                                      *(keys.epoch(addr, t) for t in DATA_TYPES.values())])
 
     @routes.get("/v1/patients/{addr}/audit")
     async def audit(req: web.Request) -> web.Response:
         addr = _hex(req.match_info["addr"], 32, "address")
-        out = []
-        for k, raw in v.ledger.scan_state(b"a" + addr, _int_q(req, "limit", 10_000)):
-            reader, dt, cid, f, t, when, txid, code, *bg = decode(raw)  # 9th: break-glass reason
-            out.append({"reader": reader.hex(), "type": data_type_name(dt), "cid": str(Cid.from_bytes(cid)) if cid else None,
-                        "from_ms": f, "to_ms": t, "time_ms": when, "tx": txid.hex(), "allowed": code == 0,
-                        "result": CODES.get(code, "unknown"), "height": int.from_bytes(k[33:41], "big"),
-                        "break_glass": bg[0] if bg else None})
+        out, read = [], [keys.audit_count(addr)]
+        for k, raw in v.ledger.scan_state(keys.audit_prefix(addr), _int_q(req, "limit", 10_000)):
+            entry = decode(raw)
+            rec = decode(v.ledger.get_state(keys.receipt(entry[6])))
+            out.append(audit_entry(entry, rec[0]))
+            read += [k, keys.receipt(entry[6])]
         # emergency reads first and apart, so a patient cannot miss them
         emergency = [r for r in out if r["break_glass"]]
-        return web.json_response({"patient": addr.hex(), "break_glass": emergency, "reads": out})
+        return _with_proof(req, {"patient": addr.hex(), "break_glass": emergency, "reads": out}, read)
 
     @routes.get("/v1/patients/{addr}/grants")
     async def grants(req: web.Request) -> web.Response:
         addr = _hex(req.match_info["addr"], 32, "address")
-        out = []
-        for k, raw in v.ledger.scan_state(b"g" + addr):
-            types, expiry, height, txid = decode(raw)
-            out.append({"staff": k[33:].hex(), "types": [data_type_name(t) for t in types], "expiry_ms": expiry,
-                        "height": height, "tx": txid.hex()})
-        return web.json_response({"patient": addr.hex(), "grants": out})
+        out = [grant_entry(keys.grant_staff(k), decode(raw)) for k, raw in v.ledger.scan_state(keys.grants_prefix(addr))]
+        n = decode(v.ledger.get_state(keys.grant_count(addr)) or b"\x00")
+        read = [keys.grant_count(addr), *(keys.grant_entry(addr, i) for i in range(n)),
+                *(keys.grant(addr, bytes.fromhex(g["staff"])) for g in out)]
+        return _with_proof(req, {"patient": addr.hex(), "grants": out}, read)
 
     @routes.get("/v1/patients/{addr}/keys/{staff}")
     async def sealed_keys(req: web.Request) -> web.Response:
         addr = _hex(req.match_info["addr"], 32, "address")
         staff = _hex(req.match_info["staff"], 32, "staff address")
-        out = [{"type": data_type_name(k[65]), "epoch": int.from_bytes(k[66:70], "big"), "sealed": raw.hex()}
-               for k, raw in v.ledger.scan_state(b"k" + addr + staff)]
-        return web.json_response({"keys": out})
+        found = v.ledger.scan_state(keys.sealed_keys_prefix(addr, staff))
+        out = [sealed_entry(k, raw) for k, raw in found]
+        return _with_proof(req, {"keys": out}, [k for k, _ in found])
 
     @routes.get("/v1/patients/{addr}/data")
     async def data(req: web.Request) -> web.Response:
         addr = _hex(req.match_info["addr"], 32, "address")
-        prefix = b"i" + addr
+        dtype = None
         if "type" in req.query:
             if req.query["type"] not in DATA_TYPES:
                 return _err(400, f"unknown data type {req.query['type']!r}")
-            prefix += bytes([DATA_TYPES[req.query["type"]]])
+            dtype = DATA_TYPES[req.query["type"]]
         t_from, t_to = _int_q(req, "from", 0), _int_q(req, "to", 2**63 - 1)
         out = []
-        for k, _ in v.ledger.scan_state(prefix):
-            cidb = k[42:]
+        for k, _ in v.ledger.scan_state(keys.data_index_prefix(addr, dtype)):
+            cidb = keys.data_index_cid(k)
             rec = decode(v.ledger.get_state(keys.blob(cidb)))
             if rec[5] < t_from or rec[4] > t_to:
                 continue
-            out.append({"cid": str(Cid.from_bytes(cidb)), "type": data_type_name(rec[1]), "epoch": rec[2],
-                        "size": rec[3], "t_start_ms": rec[4], "t_end_ms": rec[5], "height": rec[6], "tx": rec[7].hex()})
-        return web.json_response({"patient": addr.hex(), "data": out})
+            out.append(data_entry(cidb, rec))
+        read: list[bytes] = []
+        if proofs.wants_proof(req):  # the whole committed list: a client filters what it proved itself
+            n = decode(v.ledger.get_state(keys.data_count(addr)) or b"\x00")
+            ents = [keys.data_entry(addr, i) for i in range(n)]
+            read = [keys.data_count(addr), *ents, *(keys.blob(v.ledger.get_state(e)) for e in ents)]
+        return _with_proof(req, {"patient": addr.hex(), "data": out}, read)
 
     @routes.get("/metrics")
     async def metrics(req: web.Request) -> web.Response:
         return web.Response(body=v.metrics.render(), content_type="text/plain", charset="utf-8")
 
+    def _with_proof(req: web.Request, out: dict, read: list[bytes]) -> web.Response:
+        if proofs.wants_proof(req):
+            if len(read) > proofs.MAX_KEYS:
+                out["proof"], out["proof_error"] = None, (f"{len(read)} keys: fetch them from POST /v1/proofs "
+                                                          f"in requests of at most {proofs.MAX_KEYS}")
+            else:
+                b = proofs.bundle(v, read) if read else None
+                out["proof"] = None if b is None else b.hex()
+            out["proof_keys"] = [k.hex() for k in read]  # what the bundle proves, in its order
+        return web.json_response(out)
+
+    proofs.add_routes(routes, v)
     app.add_routes(routes)
     return app
 

@@ -1,5 +1,6 @@
 """The replicated state machine: deterministic block execution and the state root."""
 
+from node.state import smt
 from node.state.machine import (
     CODES,
     OK,
@@ -10,4 +11,4 @@ from node.state.machine import (
     keys,
 )
 
-__all__ = ["CODES", "OK", "Overlay", "apply_block", "check_tx", "genesis_state_root", "keys"]
+__all__ = ["CODES", "OK", "Overlay", "apply_block", "check_tx", "genesis_state_root", "keys", "smt"]

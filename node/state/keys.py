@@ -1,4 +1,11 @@
-"""State key layout (one byte prefix, then fixed-width parts so range scans work)."""
+"""State key layout (one byte prefix, then fixed-width parts so range scans work), and the parsers
+of those keys: nothing else slices a state key.
+
+Every key is committed by the authenticated state tree (node/state/smt.py). Lists a client acts on
+are append-only and committed as a count key plus one key per index (docs/PROTOCOL.md), so a
+client that fetches the proven count and every index with its proof sees every entry: a forged or
+hidden entry would need a proof that does not exist.
+"""
 
 from __future__ import annotations
 
@@ -33,8 +40,31 @@ def data_index(patient: bytes, dtype: int, t_start_ms: int, cid: bytes) -> bytes
     return b"i" + patient + struct.pack(">BQ", dtype, t_start_ms) + cid
 
 
-def audit(patient: bytes, height: int, idx: int) -> bytes:
-    return b"a" + patient + struct.pack(">QI", height, idx)
+def audit(patient: bytes, seq: int) -> bytes:
+    """The patient's `seq`-th audit entry (0-based); audit_count holds how many there are."""
+    return b"a" + patient + struct.pack(">Q", seq)
+
+
+def audit_count(patient: bytes) -> bytes:
+    return b"A" + patient
+
+
+def data_entry(patient: bytes, seq: int) -> bytes:
+    """The CID of the patient's `seq`-th recorded blob; data_count holds how many there are."""
+    return b"x" + patient + struct.pack(">Q", seq)
+
+
+def data_count(patient: bytes) -> bytes:
+    return b"D" + patient
+
+
+def grant_entry(patient: bytes, seq: int) -> bytes:
+    """The `seq`-th staff member the patient ever granted (each once); grant_count holds how many."""
+    return b"h" + patient + struct.pack(">Q", seq)
+
+
+def grant_count(patient: bytes) -> bytes:
+    return b"G" + patient
 
 
 def receipt(txid: bytes) -> bytes:
@@ -47,3 +77,35 @@ def policy(patient: bytes) -> bytes:
 
 def break_glass(staff: bytes) -> bytes:
     return b"b" + staff
+
+
+# ---- parsers and scan prefixes (for the API and the verifier) ----------------------------------
+
+def grants_prefix(patient: bytes) -> bytes:
+    return b"g" + patient
+
+
+def grant_staff(key: bytes) -> bytes:
+    return key[33:65]
+
+
+def sealed_keys_prefix(patient: bytes, staff: bytes) -> bytes:
+    return b"k" + patient + staff
+
+
+def sealed_key_parts(key: bytes) -> tuple[int, int]:
+    """(data type, epoch) of a sealed-key key."""
+    dtype, ep = struct.unpack(">BI", key[65:70])
+    return dtype, ep
+
+
+def data_index_prefix(patient: bytes, dtype: int | None = None) -> bytes:
+    return b"i" + patient + (b"" if dtype is None else bytes([dtype]))
+
+
+def data_index_cid(key: bytes) -> bytes:
+    return key[42:]
+
+
+def audit_prefix(patient: bytes) -> bytes:
+    return b"a" + patient

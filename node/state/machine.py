@@ -1,11 +1,11 @@
 """Deterministic execution of transactions over a key-value view.
 
-Pure logic: the caller supplies the committed state as a `get(key) -> bytes | None` view and the
-block's height and time; execution returns the writes and the new state root. No clock, no I/O.
+Pure logic: the caller supplies the committed state as a `get(key) -> bytes | None` view, the
+state tree's nodes as a `get(position)` view, and the block's height and time; execution returns
+the writes, the tree's dirty nodes and the new state root. No clock, no I/O.
 
-State root: root_h = SHA-256(root_{h-1} || SHA-256(canonical [[key, value], ...] sorted by key)),
-a hash chain over each block's write set. It is cheap per block (no global tree to rehash) and any
-divergence in any write makes every later root differ. It does not give proofs of single keys.
+State root: the root of the authenticated state tree (node/state/smt.py) over every key after the
+block, so any single key can be proven present with its value, or absent.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from node.crypto import ecdsa
-from node.state import keys
+from node.state import keys, smt
 from node.tx import KIND_GRANT, KIND_PROFILE, KIND_READ, KIND_WRITE, Grant, Policy, Profile, Read, Tx, Write
 from node.wire import decode, encode
 
@@ -69,9 +69,11 @@ class Overlay:
     def put_obj(self, key: bytes, obj: object) -> None:
         self.put(key, encode(obj))
 
-    def root(self, prev_root: bytes) -> bytes:
-        items = sorted(self.writes.items())
-        return ecdsa.sha256(prev_root + ecdsa.sha256(encode([[k, v] for k, v in items])))
+    def append(self, count_key: bytes, entry_key: Callable[[int], bytes], value: bytes) -> None:
+        """Append to a committed list: its entry at the current count, then the count + 1."""
+        n = self.get_obj(count_key) or 0
+        self.put(entry_key(n), value)
+        self.put_obj(count_key, n + 1)
 
 
 def _nonce(view: Overlay, addr: bytes) -> int:
@@ -160,6 +162,8 @@ def _apply(view: Overlay, tx: Tx, height: int, idx: int, time_ms: int) -> None:
         # Types taken away from anyone start a new key epoch, so later writes are unreadable to them.
         for dt in sorted(set(prev[0]) - set(b.types) if prev else ()):
             view.put_obj(keys.epoch(addr, dt), _epoch(view, addr, dt) + 1)
+        if prev is None:  # a staff member joins the patient's committed list of grantees once
+            view.append(keys.grant_count(addr), lambda i: keys.grant_entry(addr, i), b.staff)
         view.put_obj(keys.grant(addr, b.staff), [list(b.types), b.expiry_ms, height, tx.id])
         for k in b.keys:
             view.put(keys.sealed_key(addr, b.staff, k.dtype, k.epoch), k.sealed)
@@ -173,6 +177,7 @@ def _apply(view: Overlay, tx: Tx, height: int, idx: int, time_ms: int) -> None:
     elif isinstance(b, Write):
         view.put_obj(keys.blob(b.cid), [addr, b.dtype, b.epoch, b.size, b.t_start_ms, b.t_end_ms, height, tx.id])
         view.put(keys.data_index(addr, b.dtype, b.t_start_ms, b.cid), b"")
+        view.append(keys.data_count(addr), lambda i: keys.data_entry(addr, i), b.cid)
 
 
 @dataclass
@@ -180,6 +185,7 @@ class BlockResult:
     codes: list[int]
     writes: dict[bytes, bytes]
     state_root: bytes
+    nodes: dict[bytes, bytes]  # the state tree's dirty nodes (position -> record)
 
 
 def apply_tx(view: Overlay, tx: Tx, height: int, idx: int, time_ms: int) -> int:
@@ -197,15 +203,18 @@ def apply_tx(view: Overlay, tx: Tx, height: int, idx: int, time_ms: int) -> int:
         if tx.kind == KIND_READ:
             r = tx.body
             entry = [addr, r.dtype, r.cid, r.t_from_ms, r.t_to_ms, time_ms, tx.id, code]
-            view.put_obj(keys.audit(r.patient, height, idx), entry + [r.reason] if r.reason else entry)
+            view.append(keys.audit_count(r.patient), lambda i: keys.audit(r.patient, i),
+                        encode(entry + [r.reason] if r.reason else entry))
     view.put_obj(keys.receipt(tx.id), [height, idx, code])
     return code
 
 
-def apply_block(base: Get, txs: Iterable[Tx], height: int, time_ms: int, prev_root: bytes) -> BlockResult:
+def apply_block(base: Get, txs: Iterable[Tx], height: int, time_ms: int, tree: smt.GetNode) -> BlockResult:
+    """Execute a block on the state `base` whose tree nodes `tree` reads; the tree is updated once."""
     view = Overlay(base)
     codes = [apply_tx(view, tx, height, i, time_ms) for i, tx in enumerate(txs)]
-    return BlockResult(codes, view.writes, view.root(prev_root))
+    root, nodes = smt.update(tree, view.writes)
+    return BlockResult(codes, view.writes, root, nodes)
 
 
 __all__ = ["BREAK_GLASS_ACCESS_MS", "BREAK_GLASS_LIMIT", "BREAK_GLASS_WINDOW_MS", "CODES", "KIND_GRANT",

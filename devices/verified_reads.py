@@ -1,0 +1,216 @@
+"""State reads that trust no single validator (the light-client rule, docs/PROTOCOL.md "Proofs in
+the API"): every value a phone or staff client acts on comes from `POST /v1/proofs` with a proof
+against the state root of a block whose commit certificate carries 2f+1 valid signatures of the
+genesis validators. A validator whose answer does not check is named and the next one is asked.
+
+Also refused: a header older than one the client has already seen or committed in, or than the
+(f+1)-th highest head height the validators report when the reader starts (a stale header), and
+any answer a caller's own record contradicts (`check`). Lists are committed as a
+count plus indexed entries, so every entry below the proven count is fetched with its proof.
+
+The read methods return the same JSON shapes as the validator's routes (node/api/shapes.py), so
+`Phone` and `Staff` use this object in place of a `NodeClient` for reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import aiohttp
+
+from node.api.shapes import audit_entry, data_entry, grant_entry, sealed_entry
+from node.crypto.keys import address_of
+from node.proof import Values, check_bundle
+from node.state import keys
+from node.tx import data_type_name
+from node.tx.model import DATA_TYPES
+from node.wire import decode, encode
+
+log = logging.getLogger("medchain.verified")
+CHUNK = 1024  # keys per proof request
+
+
+class LyingValidator(Exception):
+    """A validator's answer failed verification; `url` names it."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"validator {url} lied or is stale: {reason}")
+        self.url, self.reason = url, reason
+
+
+class NoHonestAnswer(Exception):
+    def __init__(self, failures: list[str]) -> None:
+        super().__init__("no validator gave a verifiable answer: " + "; ".join(failures))
+        self.failures = failures
+
+
+class VerifiedReader:
+    def __init__(self, urls: Sequence[str], chain_id: str, validators: Sequence[bytes],
+                 session: aiohttp.ClientSession | None = None, min_height: int = 0, wait_s: float = 10.0) -> None:
+        self.urls = [u.rstrip("/") for u in urls]
+        self.chain_id, self.validators = chain_id, list(validators)
+        self.session, self._own = session, session is None
+        self.min_height = min_height  # the newest block seen or committed in: older headers are stale
+        self.wait_s = wait_s  # how long to wait for validators that are merely behind
+        self.refused: list[LyingValidator] = []  # every refused answer, for the caller to report
+        self._fresh = False  # min_height raised to a height f+1 validators report (once)
+
+    async def close(self) -> None:
+        if self._own and self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    def saw_height(self, height: int) -> None:
+        self.min_height = max(self.min_height, height)
+
+    async def _ask(self, url: str, state_keys: list[bytes]) -> bytes:
+        async with self.session.post(url + "/v1/proofs", data=encode(state_keys),
+                                     headers={"Content-Type": "application/msgpack"}) as resp:
+            if resp.status != 200:
+                raise ConnectionError(f"HTTP {resp.status}")
+            return await resp.read()
+
+    async def _freshness(self) -> None:
+        """Before the first read: raise min_height to the (f+1)-th highest head height the validators
+        report, a height at least one honest validator has reached, so a validator cannot serve an
+        old (validly certified) state to a client that has seen nothing newer. f liars cannot raise it
+        past every honest validator (they can only lower it while fewer than f+1 honest ones answer)."""
+        self._fresh = True
+        f = (len(self.validators) - 1) // 3
+
+        async def height(url: str) -> int | None:
+            try:
+                async with self.session.get(url + "/v1/status", timeout=aiohttp.ClientTimeout(total=5)) as r:
+                    return int((await r.json())["height"]) if r.status == 200 else None
+            except (TimeoutError, aiohttp.ClientError, OSError, ValueError, KeyError, TypeError):
+                return None
+        hs = sorted((h for h in await asyncio.gather(*(height(u) for u in self.urls)) if h is not None),
+                    reverse=True)
+        if len(hs) > f:
+            self.saw_height(hs[f])
+
+    async def fetch(self, state_keys: list[bytes], check: Callable[[Values], None] | None = None) -> Values:
+        """The proven values of `state_keys` from the first validator whose answer verifies (and
+        passes `check`, which raises ValueError on values the caller knows to be false)."""
+        if self.session is None:
+            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        if not self._fresh:
+            await self._freshness()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_s
+        while True:
+            failures, stale = [], 0
+            for url in self.urls:
+                try:
+                    raw = await self._ask(url, state_keys)
+                except (TimeoutError, aiohttp.ClientError, ConnectionError, OSError) as exc:
+                    failures.append(f"{url}: unreachable ({exc})")
+                    continue
+                try:
+                    header, values = check_bundle(raw, state_keys, self.chain_id, self.validators, self.min_height)
+                    if check is not None:
+                        check(values)
+                except ValueError as exc:
+                    lie = LyingValidator(url, str(exc))
+                    self.refused.append(lie)
+                    log.warning("%s", lie)
+                    failures.append(str(lie))
+                    stale += str(exc).startswith("stale header")
+                    continue
+                self.saw_height(header.height)
+                return values
+            # only staleness (a validator behind, or lying about the head) is worth waiting out
+            if stale == 0 or loop.time() >= deadline:
+                raise NoHonestAnswer(failures)
+            await asyncio.sleep(0.2)
+
+    async def _list(self, count_key: bytes, entry: Callable[[int], bytes],
+                    extra: Callable[[bytes], list[bytes]] = lambda _: []) -> list[tuple[bytes, Values]]:
+        """Every entry of a committed list, each with the values of `extra(entry_value)` keys."""
+        n = _int((await self.fetch([count_key]))[count_key])
+        ks = [entry(i) for i in range(n)]
+        vals = await self._chunked(ks, _all_present)
+        more = await self._chunked([k for e in ks for k in extra(vals[e])])
+        return [(vals[e], more) for e in ks]
+
+    async def _chunked(self, ks: list[bytes], check: Callable[[Values], None] | None = None) -> Values:
+        """fetch() in requests of at most CHUNK keys (the API takes up to 1024); each chunk is proven on
+        its own, against a header no older than the last one seen."""
+        out: Values = {}
+        for i in range(0, len(ks), CHUNK):
+            out.update(await self.fetch(ks[i:i + CHUNK], check))
+        return out
+
+    # ---- the reads clients act on, in the API's JSON shapes ----------------------------------
+    async def account(self, addr: bytes, min_epochs: dict[int, int] | None = None) -> dict:
+        """The account with its proven profile and key epochs; `min_epochs` (the owner's own record)
+        refuses an answer with any lower epoch."""
+        ek = {t: keys.epoch(addr, t) for t in DATA_TYPES.values()}
+        ks = [keys.profile(addr), keys.nonce(addr), keys.policy(addr), *ek.values()]
+
+        def check(v: Values) -> None:
+            for t, floor in (min_epochs or {}).items():
+                if _int(v[ek[t]]) < floor:
+                    raise ValueError(f"proves key epoch {_int(v[ek[t]])} for {data_type_name(t)}, below the "
+                                     f"owner's own record {floor} (an old state)")
+            prof = v[keys.profile(addr)]
+            if prof is not None and address_of(decode(prof)[4]) != addr:
+                raise ValueError("the profile's signing key is not the account's")
+        v = await self.fetch(ks, check)
+        nonce = _int(v[keys.nonce(addr)])
+        pol = v[keys.policy(addr)]
+        out: dict[str, Any] = {"address": addr.hex(), "nonce": nonce, "next_nonce": nonce + 1,
+                               "epochs": {data_type_name(t): _int(v[k]) for t, k in ek.items()}, "profile": None,
+                               "break_glass": pol is None or bool(decode(pol)[0])}
+        if v[keys.profile(addr)] is not None:
+            p = decode(v[keys.profile(addr)])
+            out["profile"] = {"name": p[0], "role": p[1], "org": p[2], "x25519_public": p[3].hex(),
+                              "public_key": p[4].hex(), "height": p[5]}
+        return out
+
+    async def grants(self, patient: bytes) -> dict:
+        rows = await self._list(keys.grant_count(patient), lambda i: keys.grant_entry(patient, i),
+                                lambda staff: [keys.grant(patient, staff)])
+        out = []
+        for staff, more in rows:
+            rec = more[keys.grant(patient, staff)]
+            if rec is None:
+                raise NoHonestAnswer([f"grantee {staff.hex()} is listed without a grant record"])
+            out.append(grant_entry(staff, decode(rec)))
+        return {"patient": patient.hex(), "grants": out}
+
+    async def audit(self, patient: bytes) -> dict:
+        rows = await self._list(keys.audit_count(patient), lambda i: keys.audit(patient, i),
+                                lambda raw: [keys.receipt(decode(raw)[6])])
+        reads = [audit_entry(decode(raw), decode(more[keys.receipt(decode(raw)[6])])[0]) for raw, more in rows]
+        return {"patient": patient.hex(), "break_glass": [r for r in reads if r["break_glass"]], "reads": reads}
+
+    async def data(self, patient: bytes, type: str | None = None, **query: Any) -> dict:
+        rows = await self._list(keys.data_count(patient), lambda i: keys.data_entry(patient, i),
+                                lambda cid: [keys.blob(cid)])
+        t_from, t_to = int(query.get("from", 0)), int(query.get("to", 2**63 - 1))
+        recs = sorted(((cid, decode(more[keys.blob(cid)])) for cid, more in rows), key=lambda r: (r[1][1], r[1][4], r[0]))
+        out = [data_entry(cid, rec) for cid, rec in recs
+               if (type is None or data_type_name(rec[1]) == type) and rec[5] >= t_from and rec[4] <= t_to]
+        return {"patient": patient.hex(), "data": out}
+
+    async def sealed_keys(self, patient: bytes, staff: bytes) -> dict:
+        """The data keys sealed to `staff` for every type and epoch up to the proven current one."""
+        ek = {t: keys.epoch(patient, t) for t in DATA_TYPES.values()}
+        ep = await self.fetch(list(ek.values()))
+        want = [keys.sealed_key(patient, staff, t, e) for t, k in ek.items() for e in range(_int(ep[k]) + 1)]
+        v = await self._chunked(want)
+        return {"keys": [sealed_entry(k, raw) for k in want if (raw := v[k]) is not None]}
+
+
+def _int(raw: bytes | None) -> int:
+    return 0 if raw is None else decode(raw)
+
+
+def _all_present(v: Values) -> None:
+    missing = [k for k, x in v.items() if x is None]
+    if missing:
+        raise ValueError(f"{len(missing)} entries below the list's proven count are absent")

@@ -1,0 +1,343 @@
+"""Clients trust no single validator: a rewriting HTTP proxy in front of one real validator of a
+real 4-validator devnet lies in each way a validator could (swapped X25519 key, lower epoch, dropped
+or forged audit entries, forged grants, a tampered sealed key, a forged header, a stale header); the
+phone and the staff client refuse every lie, name the proxy, and succeed through honest validators.
+Also: a validator whose stored state was rewritten while it was stopped refuses to start."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+import aiohttp
+import lmdb
+import pytest
+from aiohttp import web
+
+from devices.client import NodeClient
+from devices.localnet import free_ports
+from devices.phone import Phone
+from devices.staff import Staff
+from devices.verified_reads import NoHonestAnswer, VerifiedReader
+from devices.wearables import make_wearable
+from node.crypto import seal
+from node.crypto.keys import Identity
+from node.genesis import Genesis
+from node.state import keys
+from node.tx import DATA_TYPES
+from node.wire import decode, encode
+from tests.conftest import run, running_network
+
+MALLORY = Identity.from_seed(b"mallory")
+HR = DATA_TYPES["heart_rate"]
+
+
+class LyingProxy:
+    """Forwards every request to `upstream`; rewrites `POST /v1/proofs` answers per `mode`."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream, self.mode = upstream, "honest"
+        self.recorded: dict[bytes, bytes] = {}  # request body -> first answer, for "replay"
+        self.port = free_ports(1)[0]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=64 << 20)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        self.session = aiohttp.ClientSession()
+
+    async def stop(self) -> None:
+        await self.session.close()
+        await self.runner.cleanup()
+
+    async def _handle(self, req: web.Request) -> web.Response:
+        body = await req.read()
+        async with self.session.request(req.method, self.upstream + req.path_qs, data=body,
+                                        headers={k: v for k, v in req.headers.items() if k.lower() != "host"}) as r:
+            out, status, ctype = await r.read(), r.status, r.content_type
+        if req.path == "/v1/proofs" and status == 200:
+            out = self.rewrite(body, out)
+        return web.Response(body=out, status=status, content_type=ctype)
+
+    def rewrite(self, req_body: bytes, raw: bytes) -> bytes:
+        if self.mode == "record":
+            self.recorded.setdefault(req_body, raw)
+        if self.mode == "replay" and req_body in self.recorded:
+            return self.recorded[req_body]  # valid proofs, certified header: only old
+        ks = decode(req_body)
+        hdr, cert, cv, ents = decode(raw)
+        for k, ent in zip(ks, ents, strict=True):
+            v = ent[0]
+            if self.mode == "x25519" and k[:1] == b"p" and v is not None:
+                p = decode(v)
+                p[3] = MALLORY.box_public
+                ent[0] = encode(p)
+            elif self.mode == "epoch" and k[:1] == b"e":
+                ent[0] = None  # "this type was never rotated": epoch 0
+            elif self.mode == "drop_audit" and k[:1] == b"A" and v is not None:
+                ent[0] = encode(decode(v) - 1)
+            elif self.mode == "forge_audit" and k[:1] == b"a" and v is not None:
+                e = decode(v)
+                e[0] = MALLORY.address  # someone else read it, or it was allowed
+                ent[0] = encode(e)
+            elif self.mode == "forge_grant" and k[:1] == b"h" and v is not None:
+                ent[0] = MALLORY.address  # Mallory holds a grant: the phone would re-seal keys to her
+            elif self.mode == "sealed" and k[:1] == b"k" and v is not None:
+                ent[0] = seal.seal(MALLORY.box_public, bytes(32))
+        if self.mode == "forged_header":
+            from node.block import Header
+            h = Header.decode(hdr)
+            hdr = Header(h.chain_id, h.height, h.prev_hash, h.view, h.seq, h.time_ms, h.tx_root, bytes(32),
+                         h.proposer).encode()
+        return encode([hdr, cert, cv, ents])
+
+
+async def _cli(*args: str) -> tuple[str, str]:
+    p = await asyncio.create_subprocess_exec(sys.executable, "-m", "node.cli", *args, stdout=asyncio.subprocess.PIPE,
+                                             stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(p.communicate(), 120)
+    assert p.returncode == 0, err.decode()
+    return out.decode(), err.decode()
+
+
+def _named(reader: VerifiedReader, url: str, what: str) -> None:
+    said = [str(r) for r in reader.refused]
+    assert any(r.url == url and what in r.reason for r in reader.refused), said  # the liar is named
+    assert url in str(next(r for r in reader.refused if r.url == url))
+    # an honest validator is only ever passed over for being a block behind the others
+    assert all(r.url == url or r.reason.startswith("stale header") for r in reader.refused), said
+
+
+def test_every_client_refuses_a_lying_validator(tmp_path):
+    with running_network(tmp_path) as nodes:
+        genesis = Genesis.load(nodes[0].home / "genesis.json")
+        vals, chain = genesis.validator_keys, genesis.chain_id
+        honest = [n.url for n in nodes[1:]]
+
+        async def go():
+            proxy = LyingProxy(nodes[0].url)
+            await proxy.start()
+            try:
+                async with NodeClient(nodes[1].url) as c:
+                    def reader(**kw) -> VerifiedReader:
+                        return VerifiedReader([proxy.url, *honest], chain, vals, session=c.session, **kw)
+
+                    pat, doc = Identity.from_seed(b"patient"), Identity.from_seed(b"doctor")
+                    nurse = Identity.from_seed(b"nurse")
+                    await Staff(doc, c, chain).register("Dr D", "physician", "H")
+                    await Staff(nurse, c, chain).register("N", "nurse", "H")
+                    now = int(time.time() * 1000)
+                    frames = list(make_wearable("heart_rate", "hr", seed=1).frames_between(now - 60_000, now))
+
+                    # 1. swapped X25519 key: the phone seals the data key to the doctor's real key
+                    proxy.mode = "x25519"
+                    r = reader()
+                    phone = Phone(pat, c, chain, vals, reader=r, record=tmp_path / "pat.record.json")
+                    await phone.grant(doc.address, ["heart_rate"])
+                    _named(r, proxy.url, "does not lead to the certified state root")
+                    await phone.write_window("heart_rate", frames)
+                    sr = reader()
+                    staff = Staff(doc, c, chain, reader=sr, validators=vals)
+                    assert (await staff.read(pat.address, "heart_rate"))[0].readings == frames
+
+                    # 2. a tampered sealed key: the staff client refuses it and decrypts with the real one
+                    proxy.mode = "sealed"
+                    sr = reader()
+                    staff = Staff(doc, c, chain, reader=sr, validators=vals)
+                    assert (await staff.read(pat.address, "heart_rate"))[0].readings == frames
+                    _named(sr, proxy.url, "proof")
+
+                    # 3. forged grant (Mallory among the grantees): the phone does not believe it
+                    proxy.mode = "forge_grant"
+                    r = reader()
+                    phone = Phone(pat, c, chain, vals, reader=r, record=tmp_path / "pat.record.json")
+                    gs = (await phone.reads.grants(pat.address))["grants"]
+                    assert [g["staff"] for g in gs] == [doc.address.hex()]
+                    _named(r, proxy.url, "proof")
+
+                    # record an honest answer to the account read (before the revoke), for replay
+                    proxy.mode = "record"
+                    await reader().account(pat.address)
+
+                    # the doctor reads (audit entry), then the patient revokes: heart rate -> epoch 1
+                    await staff.read(pat.address, "heart_rate")
+                    await phone.revoke(doc.address)
+                    assert phone.epochs[HR] == 1 and phone.own_epochs[HR] == 1
+
+                    # 4. lower epoch by rewriting: refused; the next window is sealed under epoch 1
+                    proxy.mode = "epoch"
+                    r = reader()
+                    phone = Phone(pat, c, chain, vals, reader=r, record=tmp_path / "pat.record.json")
+                    res = await phone.write_window("heart_rate", frames)
+                    assert res.epoch == 1
+                    _named(r, proxy.url, "proof")
+
+                    # 5. stale header: the recorded pre-revoke answer (valid proofs, old block), to a
+                    # fresh phone process whose only memory is its own record file
+                    proxy.mode = "replay"
+                    r = reader()
+                    phone = Phone(pat, c, chain, vals, reader=r, record=tmp_path / "pat.record.json")
+                    await phone.sync()
+                    assert phone.epochs[HR] == 1
+                    _named(r, proxy.url, "stale header")
+                    # ...and a reader that has seen nothing refuses it: f+1 validators report a newer head
+                    r = reader()
+                    assert (await r.account(pat.address))["epochs"]["heart_rate"] == 1
+                    _named(r, proxy.url, "stale header")
+                    # ...and with no record at all, a phone that committed after that block refuses it too
+                    r = reader()
+                    phone = Phone(pat, c, chain, vals, reader=r)
+                    await phone.confirm(res.txid)
+                    await phone.sync()
+                    assert phone.epochs[HR] == 1
+                    _named(r, proxy.url, "stale header")
+
+                    # 6. dropped and forged audit entries: the patient sees exactly the committed reads
+                    truth = (await VerifiedReader(honest, chain, vals, session=c.session).audit(pat.address))["reads"]
+                    assert len(truth) == 3 and all(e["reader"] == doc.address.hex() for e in truth)
+                    for mode in ("drop_audit", "forge_audit"):
+                        proxy.mode = mode
+                        r = reader()
+                        phone = Phone(pat, c, chain, vals, reader=r)
+                        assert await phone.audit() == truth
+                        _named(r, proxy.url, "proof")
+
+                    # the command-line clients (genesis.json beside the key file: verifying by default)
+                    kdir = tmp_path / "cli"
+                    kdir.mkdir()
+                    pat.save(kdir / "pat.json")
+                    doc.save(kdir / "doc.json")
+                    (kdir / "genesis.json").write_text((nodes[0].home / "genesis.json").read_text())
+                    proxy.mode = "forge_audit"
+                    out, err = await _cli("patient", "audit", "--key", str(kdir / "pat.json"), "--node", proxy.url,
+                                          "--json")
+                    assert [r["reader"] for r in json.loads(out)["reads"]] == [doc.address.hex()] * 3
+                    assert f"validator {proxy.url} lied or is stale" in err
+                    proxy.mode = "sealed"
+                    await phone.grant(doc.address, ["heart_rate"])
+                    out, err = await _cli("staff", "read", pat.address.hex(), "--type", "heart_rate", "--key",
+                                          str(kdir / "doc.json"), "--node", proxy.url, "--json")
+                    assert len(json.loads(out)["readings"]) == 2 * len(frames)
+                    assert f"validator {proxy.url} lied or is stale" in err
+
+                    # 7. a forged header (another state root under the real certificate)
+                    proxy.mode = "forged_header"
+                    r = reader()
+                    assert (await r.account(pat.address))["epochs"]["heart_rate"] == 1
+                    _named(r, proxy.url, "certificate")
+
+                    # 8. with only the liar to ask, the client refuses outright, naming it
+                    proxy.mode = "x25519"
+                    alone = VerifiedReader([proxy.url], chain, vals)
+                    with pytest.raises(NoHonestAnswer, match=proxy.url):
+                        await alone.account(doc.address)
+                    await alone.close()
+            finally:
+                await proxy.stop()
+        run(go())
+
+
+def test_validator_refuses_to_serve_rewritten_state(tmp_path):
+    with running_network(tmp_path, n=1, clean_logs=False) as nodes:
+        node = nodes[0]
+        genesis = Genesis.load(node.home / "genesis.json")
+
+        async def go():
+            async with NodeClient(node.url) as c:
+                pat, doc = Identity.from_seed(b"patient"), Identity.from_seed(b"doctor")
+                await Staff(doc, c, genesis.chain_id).register("Dr D", "physician", "H")
+                await Phone(pat, c, genesis.chain_id, genesis.validator_keys).grant(doc.address, ["heart_rate"])
+                return pat, doc
+        pat, doc = run(go())
+        node.stop()
+        env = lmdb.open(str(node.home / "ledger"), max_dbs=8, map_size=1 << 36)
+        db = env.open_db(b"state")
+        with env.begin(write=True, db=db) as txn:
+            k = keys.grant(pat.address, doc.address)
+            g = decode(txn.get(k))
+            g[0] = sorted(DATA_TYPES.values())  # every data type
+            txn.put(k, encode(g))
+        env.close()
+        with pytest.raises(RuntimeError, match="exited"):
+            node.start(timeout=20)
+        assert node.proc.returncode != 0
+        tail = node.log_tail(5000)
+        assert "stored state does not match the certified state root: refusing to serve" in tail
+
+
+def test_read_routes_carry_proofs(node, genesis, monkeypatch):
+    """`?proof=1` on every JSON read route: the bundle verifies against the certified header and
+    its values are the ones the JSON shows."""
+    from node.proof import check_bundle
+
+    async def go():
+        async with NodeClient(node.url) as c:
+            pat, doc = Identity.from_seed(b"patient"), Identity.from_seed(b"doctor")
+            staff = Staff(doc, c, genesis.chain_id)
+            await staff.register("Dr D", "physician", "H")
+            phone = Phone(pat, c, genesis.chain_id, genesis.validator_keys)
+            await phone.grant(doc.address, ["heart_rate"])
+            now = int(time.time() * 1000)
+            await phone.write_window("heart_rate", list(make_wearable("heart_rate", "hr", seed=2).frames_between(now - 60_000, now)))
+            await staff.read(pat.address, "heart_rate")
+            p = pat.address.hex()
+            routes = [f"/v1/accounts/{doc.address.hex()}", f"/v1/patients/{p}/audit", f"/v1/patients/{p}/grants",
+                      f"/v1/patients/{p}/keys/{doc.address.hex()}", f"/v1/patients/{p}/data"]
+            for route in routes:
+                out = await c.get_json(route, proof="1")
+                ks = [bytes.fromhex(k) for k in out["proof_keys"]]
+                header, values = check_bundle(bytes.fromhex(out["proof"]), ks, genesis.chain_id,
+                                              genesis.validator_keys, 0)
+                assert header.height >= 1 and values, route
+                if "accounts" not in route:  # lists and records: every proven key is present
+                    assert all(v is not None for v in values.values()), route
+            acct = await c.get_json(f"/v1/accounts/{doc.address.hex()}", proof="1")
+            _, values = check_bundle(bytes.fromhex(acct["proof"]), [bytes.fromhex(k) for k in acct["proof_keys"]],
+                                     genesis.chain_id, genesis.validator_keys, 0)
+            assert decode(values[keys.profile(doc.address)])[3].hex() == acct["profile"]["x25519_public"]
+            audit = await c.get_json(f"/v1/patients/{p}/audit", proof="1")
+            _, values = check_bundle(bytes.fromhex(audit["proof"]), [bytes.fromhex(k) for k in audit["proof_keys"]],
+                                     genesis.chain_id, genesis.validator_keys, 0)
+            assert decode(values[keys.audit_count(pat.address)]) == len(audit["reads"]) == 1
+            # any single corrupted byte of a real bundle: refused (ValueError) or the same values
+            import random
+            raw, ks = bytes.fromhex(audit["proof"]), [bytes.fromhex(k) for k in audit["proof_keys"]]
+            rnd = random.Random(15)
+            for _ in range(300):
+                bad = bytearray(raw)
+                bad[rnd.randrange(len(bad))] ^= 1 << rnd.randrange(8)
+                try:
+                    _, got = check_bundle(bytes(bad), ks, genesis.chain_id, genesis.validator_keys, 0)
+                except ValueError:
+                    continue
+                assert got == values
+            # the verifying reader gives the routes' JSON, also when lists come in many requests
+            from devices import verified_reads
+            monkeypatch.setattr(verified_reads, "CHUNK", 1)
+            r = VerifiedReader([node.url], genesis.chain_id, genesis.validator_keys, session=c.session)
+            for name in ("audit", "grants", "data"):
+                assert await getattr(r, name)(pat.address) == await getattr(c, name)(pat.address), name
+            assert await r.sealed_keys(pat.address, doc.address) == await c.sealed_keys(pat.address, doc.address)
+            mine, theirs = await r.account(doc.address), await c.account(doc.address)
+            assert mine["profile"] == theirs["profile"] and mine["epochs"] == theirs["epochs"]
+            assert not r.refused
+    run(go())
+
+
+def test_proofs_route_refuses_bad_requests(node, genesis):
+    async def go():
+        async with aiohttp.ClientSession() as s:
+            async def post(body: bytes) -> tuple[int, str]:
+                async with s.post(node.url + "/v1/proofs", data=body) as r:
+                    return r.status, (await r.json())["error"] if r.status != 200 else ""
+            assert (await post(encode([b"n" + bytes(32)])))[0] == 404  # no block committed yet
+            for bad in (b"\xc1", encode([]), encode(b"x"), encode([1]), encode([b""]), encode([b"x" * 257]),
+                        encode([b"k"] * 1025)):
+                status, err = await post(bad)
+                assert status == 400, (bad[:8], status, err)
+    run(go())

@@ -1,0 +1,155 @@
+"""The authenticated state tree (node/state/smt.py): proofs, and incremental roots equal to a
+from-scratch recomputation over random histories, including across uncommitted tips."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from node.state import smt
+
+
+def build(state: dict[bytes, bytes]) -> tuple[bytes, dict[bytes, bytes]]:
+    store: dict[bytes, bytes] = {}
+    root, nodes = smt.update(store.get, state)
+    store.update(nodes)
+    return root, store
+
+
+STATE = {b"k%d" % i: b"v%d" % i for i in range(300)}
+ROOT, STORE = build(STATE)
+
+
+def test_empty_tree():
+    assert smt.update({}.get, {}) == (smt.EMPTY_ROOT, {})
+    p = smt.prove({}.get, b"x")
+    assert p == smt.Proof((), None)
+    assert smt.verify(smt.EMPTY_ROOT, b"x", None, p)
+    assert not smt.verify(smt.EMPTY_ROOT, b"x", b"v", p)
+
+
+def test_single_key_is_a_leaf_at_the_root():
+    root, store = build({b"a": b"1"})
+    assert list(store) == [smt.ROOT_POS] and store[smt.ROOT_POS][0] == smt.LEAF
+    assert root == smt.naive_root({b"a": b"1"})
+    assert smt.verify(root, b"a", b"1", smt.prove(store.get, b"a"))
+    assert smt.verify(root, b"b", None, smt.prove(store.get, b"b"))
+
+
+def test_membership_for_every_key():
+    assert ROOT == smt.naive_root(STATE)
+    for k, v in STATE.items():
+        p = smt.Proof.decode(smt.prove(STORE.get, k).encode())
+        assert smt.verify(ROOT, k, v, p)
+        assert not smt.verify(ROOT, k, v + b"x", p)  # another value
+        assert not smt.verify(ROOT, k, None, p)  # a member cannot be shown absent
+
+
+def test_non_membership_both_endings():
+    endings = set()
+    for i in range(400):
+        k = b"absent%d" % i
+        p = smt.prove(STORE.get, k)
+        endings.add(p.leaf is None)
+        assert smt.verify(ROOT, k, None, p)
+        assert not smt.verify(ROOT, k, b"v", p)
+    assert endings == {True, False}  # paths ending in an empty slot and at another key's leaf
+
+
+def test_wrong_root_and_proof_for_another_key():
+    p = smt.prove(STORE.get, b"k1")
+    assert not smt.verify(hashlib.sha256(b"other").digest(), b"k1", b"v1", p)
+    assert not smt.verify(ROOT, b"k2", b"v1", p)
+    assert not smt.verify(ROOT, b"k2", b"v2", p)
+    assert not smt.verify(ROOT, b"k2", None, p)  # k1's leaf is not on k2's path (or is k1, not k2)
+
+
+def test_truncated_and_extended_paths():
+    p = smt.prove(STORE.get, b"k7")
+    assert len(p.levels) >= 2
+    assert not smt.verify(ROOT, b"k7", b"v7", smt.Proof(p.levels[:-1], p.leaf))
+    assert not smt.verify(ROOT, b"k7", b"v7", smt.Proof(p.levels[1:], p.leaf))
+    assert not smt.verify(ROOT, b"k7", b"v7", smt.Proof(p.levels + (p.levels[-1],), p.leaf))
+    bm, sib = p.levels[0]
+    assert not smt.verify(ROOT, b"k7", b"v7", smt.Proof(((bm, sib[:-32]),) + p.levels[1:], p.leaf))
+    assert not smt.verify(ROOT, b"k7", b"v7", smt.Proof(((bm, sib + bytes(32)),) + p.levels[1:], p.leaf))
+    # an absent key: dropping the leaf or the empty-slot level must not pass either
+    q = smt.prove(STORE.get, b"absent1")
+    assert not smt.verify(ROOT, b"absent1", None, smt.Proof(q.levels[:-1], None))
+    assert not smt.verify(ROOT, b"absent1", None, smt.Proof(q.levels, None if q.leaf else (bytes(32), bytes(32))))
+
+
+@pytest.mark.parametrize("raw", [b"", b"\x90", b"\x92\x90\x91\x01", b"\x92\x91\x92\x00\xc4\x00\xc0"])
+def test_malformed_proofs_refused(raw):
+    with pytest.raises(ValueError):
+        smt.Proof.decode(raw)
+
+
+keys_st = st.binary(min_size=1, max_size=3)
+block_st = st.dictionaries(keys_st, st.binary(max_size=4), max_size=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(block_st, max_size=8), st.integers(0, 4))
+def test_incremental_root_equals_naive(blocks, committed_every):
+    """Blocks executed on a chain of uncommitted tips (each a layer of dirty nodes over its parent),
+    committed every `committed_every` blocks (0: only at the end): the root after each block equals
+    a from-scratch recomputation, and every key has a valid proof."""
+    store: dict[bytes, bytes] = {}
+    state: dict[bytes, bytes] = {}
+    pending: list[dict[bytes, bytes]] = []
+    get = store.get
+    for i, w in enumerate(blocks):
+        root, nodes = smt.update(get, w)
+        state.update(w)
+        assert root == smt.naive_root(state)
+        pending.append(nodes)
+        get = smt.layered(nodes, get)
+        if committed_every and (i + 1) % committed_every == 0:
+            for n in pending:
+                store.update(n)
+            pending, get = [], store.get
+    for n in pending:
+        store.update(n)
+    root = smt.root_of(store.get)
+    assert root == smt.naive_root(state)
+    assert store == build(state)[1]  # the same stored nodes as one update from scratch
+    for k, v in state.items():
+        assert smt.verify(root, k, v, smt.prove(store.get, k))
+    for k in (b"\xff\xff\xff\xff", b""):
+        assert smt.verify(root, k, None, smt.prove(store.get, k))
+
+
+@pytest.mark.skipif(smt.update_native is None, reason="native/_smt not built")
+@settings(max_examples=200, deadline=None)
+@given(st.lists(block_st, max_size=8))
+def test_native_and_python_updates_agree(blocks):
+    """native/_smt.pyx and the pure-Python update give the same roots and the same dirty nodes."""
+    a: dict[bytes, bytes] = {}
+    b: dict[bytes, bytes] = {}
+    for w in blocks:
+        ra, na = smt.update_native(a.get, w) if w else smt.update_py(a.get, w)
+        rb, nb = smt.update_py(b.get, w)
+        assert ra == rb and na == nb
+        a.update(na)
+        b.update(nb)
+
+
+@pytest.mark.skipif(smt.update_native is None, reason="native/_smt not built")
+def test_native_matches_on_a_larger_tree():
+    import os
+    a: dict[bytes, bytes] = {}
+    b: dict[bytes, bytes] = {}
+    keys_ = []
+    for _ in range(5):
+        w = {os.urandom(33): os.urandom(20) for _ in range(2000)}
+        w.update({k: b"new" for k in keys_[:300]})
+        keys_ = list(w)
+        ra, na = smt.update_native(a.get, w)
+        rb, nb = smt.update_py(b.get, w)
+        assert ra == rb and na == nb
+        a.update(na)
+        b.update(nb)
