@@ -25,8 +25,8 @@ from devices.floor import floor_line, measure_floor
 from node.crypto.keys import Identity
 from node.execution import build_block
 from node.genesis import Params, init_home
-from node.ipfs.cid import Cid, cid_v1_raw
-from node.tx import KIND_WRITE, Profile, Tx, Write
+from node.ipfs.cid import cid_v1_raw
+from node.tx import Profile, Tx, Write
 from node.validator import Validator
 
 SENDERS = 100
@@ -68,13 +68,8 @@ def run(kind: str, n: int) -> dict[str, float]:
                 t0 = time.process_time()
                 ex = build_block(v._head_tip(), v.mempool.batch(2000), v.chain_id, 0, 0, v._now_ms())
                 t1 = time.process_time()
-                roots, sidecars = [], []
-                for t, c in zip(ex.txs, ex.codes, strict=True):
-                    if t.kind == KIND_WRITE and c == 0:
-                        cid = Cid.from_bytes(t.body.cid)
-                        roots.append(cid)
-                        sidecars.append((cid, v.mempool.sidecar(t.id)))
-                v._commit_block(ex.block, ex.writes, sidecars, roots)
+                roots, sidecars = v.committer._blobs_of(ex)
+                v.committer._write(ex.block, ex, sidecars, roots)
                 v.mempool.remove(ex.txs)
                 t2 = time.process_time()
                 cpu["execute"] += t1 - t0

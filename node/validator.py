@@ -19,6 +19,7 @@ from pathlib import Path
 from node import faults, merkle
 from node.admission import REFORWARD_S, Admission
 from node.block import Block
+from node.commit import Commit
 from node.consensus import (
     Broadcast,
     Catchup,
@@ -40,7 +41,6 @@ from node.execution import MAX_FUTURE_MS, Executed, InvalidBlock, Tip, build_blo
 from node.genesis import Genesis
 from node.ipfs.blobwriter import BlobWriter
 from node.ipfs.blockstore import BlockStore
-from node.ipfs.cid import CODEC_RAW, Cid, CidError
 from node.ledger import Ledger
 from node.mempool import AdmissionError, KeyedLimiter, Mempool, origin
 from node.metrics import Metrics
@@ -53,10 +53,9 @@ from node.sidecar import (
     decode_forwarded,
     forward_messages,
 )
-from node.state import CODES, OK, keys
+from node.state import CODES, keys
 from node.sync import THRESHOLD as SYNC_THRESHOLD
 from node.sync import StateSync
-from node.tx import KIND_WRITE
 from node.verify import refuse_unless_certified_state
 from node.wire import WireError, decode
 
@@ -108,8 +107,9 @@ class Validator:
         self._tip: Tip | None = None  # the primary's newest proposal, to pipeline on
         self.sidecars = SidecarCache()  # recently forwarded sidecars by SHA-256: self-verifying
         self.admission = Admission(self.chain_id, self.ledger, self.blobs, self.mempool, self.metrics)
-        self._waiters: dict[bytes, list[asyncio.Future]] = {}
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+        self.committer = Commit(self.ledger, self.blobs, self.mempool, self.admission, self.sidecars,
+                                self.replicator, self.metrics, self._run)
         self._inbox: asyncio.Queue = asyncio.Queue()
         self._txin: asyncio.Queue = asyncio.Queue()  # forwarded transaction batches, admitted apart
         self._txin_bytes = 0
@@ -207,21 +207,7 @@ class Validator:
         return {"status": "unknown"}
 
     async def wait_committed(self, txid: bytes, timeout: float) -> bool:
-        if self.ledger.tx_location(txid) is not None:
-            return True
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(txid, []).append(fut)
-        try:
-            await asyncio.wait_for(fut, timeout)
-            return True
-        except TimeoutError:
-            return self.ledger.tx_location(txid) is not None
-        finally:
-            lst = self._waiters.get(txid)
-            if lst and fut in lst:
-                lst.remove(fut)
-                if not lst:
-                    del self._waiters[txid]
+        return await self.committer.wait_committed(txid, timeout)
 
     # ---- consensus -------------------------------------------------------------------------------
     def _now_ms(self) -> int:
@@ -545,12 +531,6 @@ class Validator:
         self.net.broadcast(data)
         self.msgs_out += 1
 
-    def _commit_block(self, block: Block, writes: dict[bytes, bytes], nodes: dict[bytes, bytes],
-                      sidecars: list[tuple[Cid, bytes]], roots: list[Cid]) -> tuple[list[Cid], list[Cid]]:
-        done = self.blobs.commit_blobs(sidecars, roots, block.header.height) if roots else ([], [])
-        self.ledger.commit_block(block, writes, nodes)
-        return done
-
     async def _deliver(self, block: Block) -> None:
         ex = self._executed.get(block.hash)
         if ex is None:  # a certified block we did not see proposed: execute it now
@@ -559,44 +539,10 @@ class Validator:
                 log.critical("certified block %d does not execute to its state root here: stopping",
                              block.header.height)
                 raise SystemExit(3)
-        # the block's blobs: sidecars held here are stored and every recorded blob pinned (one synced
-        # blob-store transaction, before the block: a crash between leaves blobs, never a block
-        # whose blobs are missing); what is not held here is fetched over bitswap (repair)
-        roots, sidecars = [], []
-        for t, c in zip(ex.txs, ex.codes, strict=True):
-            if t.kind == KIND_WRITE and c == OK:
-                try:
-                    cid = Cid.from_bytes(t.body.cid)
-                except CidError:
-                    continue
-                roots.append(cid)
-                side = self.mempool.sidecar(t.id)
-                if side is None and cid.codec == CODEC_RAW:
-                    side = self.sidecars.get(cid.digest)
-                if side is not None:
-                    sidecars.append((cid, side))
-        stored, wanted = await self._run(self._commit_block, block, ex.writes, ex.nodes, sidecars, roots)
+        await self.committer.commit(block, ex)
         del self._executed[block.hash]
         # proposals at or below this height that lost (none without view change) are stale now
         for h, e in list(self._executed.items()):
             if e.block.header.height <= block.header.height:
                 del self._executed[h]
-        self.mempool.remove([t for t, c in zip(ex.txs, ex.codes, strict=True) if c != 1])
-        now = time.monotonic()
-        for tx in ex.txs:
-            self.admission.pending_since.pop(tx.id, None)
-            t0 = self.admission.submitted_at.pop(tx.id, None)
-            if t0 is not None:
-                self.metrics.commit_latency.observe(now - t0)
-            for fut in self._waiters.pop(tx.id, ()):
-                if not fut.done():
-                    fut.set_result(True)
-        if stored:
-            self.replicator.stored(stored)  # answers peers' wants waiting for them
-            self.metrics.sidecars_stored.inc(len(stored))
-        self.replicator.on_commit(block.header.height, (r.to_bytes() for r in roots), pinned=True, wanted=wanted)
-        self.metrics.height.set(block.header.height)
-        self.metrics.committed.inc(len(ex.txs))
-        self.metrics.mempool.set(len(self.mempool))
-        self.mempool.prune_buckets(now)
         self._wake.set()

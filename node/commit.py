@@ -1,0 +1,104 @@
+"""The commit stage: a certified, executed block becomes durable, with its blobs.
+
+It owns what a commit touches: the ledger write (block, state, the state tree's nodes) and, before
+it, one synced block-store transaction that stores the sidecars held here for the block's
+successful writes and pins every blob the block records (a crash between the two leaves blobs
+and no block, never a block whose blobs are missing); the clients waiting for their
+transactions; the mempool's removal of what committed; and telling replication which blobs are
+still wanted (fetched over bitswap: the repair path). Blocking work runs in the ledger worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from node.admission import Admission
+from node.block import Block
+from node.execution import Executed
+from node.ipfs.blockstore import BlockStore
+from node.ipfs.cid import CODEC_RAW, Cid, CidError
+from node.ledger import Ledger
+from node.mempool import Mempool
+from node.metrics import Metrics
+from node.replication import Replicator
+from node.sidecar import SidecarCache
+from node.state import OK
+from node.tx import KIND_WRITE
+
+Run = Callable[..., Awaitable[Any]]  # runs blocking work in the ledger worker thread
+
+
+class Commit:
+    def __init__(self, ledger: Ledger, blobs: BlockStore, mempool: Mempool, admission: Admission,
+                 sidecars: SidecarCache, replicator: Replicator, metrics: Metrics, run: Run) -> None:
+        self.ledger, self.blobs, self.mempool, self.admission = ledger, blobs, mempool, admission
+        self.sidecars, self.replicator, self.metrics, self._run = sidecars, replicator, metrics, run
+        self._waiters: dict[bytes, list[asyncio.Future]] = {}
+
+    async def commit(self, block: Block, ex: Executed) -> None:
+        roots, sidecars = self._blobs_of(ex)
+        stored, wanted = await self._run(self._write, block, ex, sidecars, roots)
+        self.mempool.remove([t for t, c in zip(ex.txs, ex.codes, strict=True) if c != 1])
+        now = time.monotonic()
+        for tx in ex.txs:
+            self.admission.pending_since.pop(tx.id, None)
+            t0 = self.admission.submitted_at.pop(tx.id, None)
+            if t0 is not None:
+                self.metrics.commit_latency.observe(now - t0)
+            for fut in self._waiters.pop(tx.id, ()):
+                if not fut.done():
+                    fut.set_result(True)
+        if stored:
+            self.replicator.stored(stored)  # answers peers' wants waiting for them
+            self.metrics.sidecars_stored.inc(len(stored))
+        self.replicator.on_commit(block.header.height, (r.to_bytes() for r in roots), pinned=True, wanted=wanted)
+        self.metrics.height.set(block.header.height)
+        self.metrics.committed.inc(len(ex.txs))
+        self.metrics.mempool.set(len(self.mempool))
+        self.mempool.prune_buckets(now)
+
+    def _blobs_of(self, ex: Executed) -> tuple[list[Cid], list[tuple[Cid, bytes]]]:
+        """The blobs the block's successful writes record, and the sidecars held here for them (with
+        the write in the mempool, or seen in a forwarded batch the block overtook)."""
+        roots, sidecars = [], []
+        for t, c in zip(ex.txs, ex.codes, strict=True):
+            if t.kind != KIND_WRITE or c != OK:
+                continue
+            try:
+                cid = Cid.from_bytes(t.body.cid)
+            except CidError:
+                continue
+            roots.append(cid)
+            side = self.mempool.sidecar(t.id)
+            if side is None and cid.codec == CODEC_RAW:
+                side = self.sidecars.get(cid.digest)
+            if side is not None:
+                sidecars.append((cid, side))
+        return roots, sidecars
+
+    def _write(self, block: Block, ex: Executed, sidecars: list[tuple[Cid, bytes]],
+               roots: list[Cid]) -> tuple[list[Cid], list[Cid]]:
+        done = self.blobs.commit_blobs(sidecars, roots, block.header.height) if roots else ([], [])
+        self.ledger.commit_block(block, ex.writes, ex.nodes)
+        return done
+
+    async def wait_committed(self, txid: bytes, timeout: float) -> bool:
+        """True once `txid` is committed here (waiting up to `timeout` seconds)."""
+        if self.ledger.tx_location(txid) is not None:
+            return True
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(txid, []).append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except TimeoutError:
+            return self.ledger.tx_location(txid) is not None
+        finally:
+            lst = self._waiters.get(txid)
+            if lst and fut in lst:
+                lst.remove(fut)
+                if not lst:
+                    del self._waiters[txid]
