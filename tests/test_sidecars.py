@@ -291,6 +291,7 @@ def test_a_lying_validator_cannot_forward_forged_transactions_or_sidecars(tmp_pa
                 out = []
                 for n in honest:
                     async with NodeClient(n.url) as cn:
+                        await cn.wait_committed(good.id.hex(), 30)  # then nothing honest is pending here
                         out.append({"status": await cn.status(),
                                     "txs": [await (await cn.session.get(f"{n.url}/v1/tx/{x.id.hex()}")).json()
                                             for x in (forged, mismatched, no_blob)]})
