@@ -8,6 +8,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -136,3 +137,128 @@ def test_key_file_and_genesis_json_load(ex: dict, tmp_path: Path) -> None:
     g = tmp_path / "genesis.json"
     g.write_text(json.dumps(ex["api/genesis"]))
     assert Genesis.load(g).to_json() == ex["api/genesis"]
+
+
+# ---- docs/openapi.json against a running validator ----------------------------------------------
+
+OPENAPI = DOC.parent / "openapi.json"
+
+
+def test_openapi_document_is_valid_and_matches_the_routes() -> None:
+    """Every route the API serves is in the schema, and the schema names no route the API lacks."""
+    from jsonschema import Draft202012Validator
+
+    spec = json.loads(OPENAPI.read_text())
+    for schema in spec["components"]["schemas"].values():
+        Draft202012Validator.check_schema(schema)
+    src = (DOC.parent.parent / "node" / "api" / "server.py").read_text()
+    src += (DOC.parent.parent / "node" / "api" / "proofs.py").read_text()
+    served = {(m.lower(), p) for m, p in re.findall(r'@routes\.(get|post)\("([^"]+)"\)', src)}
+    documented = {(m, p) for p, ops in spec["paths"].items() for m in ops}
+    assert served == documented
+    readme = (DOC.parent.parent / "README.md").read_text()
+    table = {(m.lower(), re.sub(r"\{[^}]*\}", "{}", p)) for m, p in re.findall(r"^\| `(GET|POST) (/[^`\[]*)", readme, re.M)}
+    assert table == {(m, re.sub(r"\{[^}]*\}", "{}", p)) for m, p in documented}  # README's route table: the same routes
+
+
+class _Api:
+    """Validates every JSON answer against its route's schema in docs/openapi.json."""
+
+    def __init__(self, url: str) -> None:
+        from jsonschema import Draft202012Validator
+        self.url, self.spec, self.checked = url, json.loads(OPENAPI.read_text()), set()
+        self._v = Draft202012Validator
+
+    def check(self, method: str, route: str, status: int, body: object) -> None:
+        resp = self.spec["paths"][route][method]["responses"][str(status)]
+        schema = {**resp["content"]["application/json"]["schema"], "components": self.spec["components"]}
+        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in self._v(schema).iter_errors(body)]
+        assert not errors, f"{method.upper()} {route} {status}: {errors}"
+        self.checked.add((method, route, status))
+
+    async def call(self, method: str, route: str, path: str, expect: int, **kw: Any) -> Any:
+        import aiohttp
+        async with aiohttp.ClientSession() as s, s.request(method, self.url + path, **kw) as r:
+            assert r.status == expect, (path, r.status, await r.text())
+            body = await r.json()
+        self.check(method, route, expect, body)
+        return body
+
+
+def test_a_running_validator_answers_as_the_openapi_schemas_say(node) -> None:  # noqa: ANN001 - fixture
+    import asyncio
+    import hashlib
+    import time
+
+    import msgpack
+
+    from node.ipfs.cid import cid_v1_raw
+    from node.tx import Grant, Policy, Profile, Read, SealedKey, Write
+    from node.tx.requests import blob_request_digest, blob_upload_digest
+
+    api = _Api(node.url)
+    patient, staff = seed_identity("patient"), seed_identity("staff")
+    pa, sa = patient.address.hex(), staff.address.hex()
+
+    async def flow() -> None:
+        st = await api.call("get", "/v1/status", "/v1/status", 200)
+        chain = st["chain_id"]
+        await api.call("get", "/v1/genesis", "/v1/genesis", 200)
+        now = int(time.time() * 1000)
+        blob = b"\x00" * 12 + b"ciphertext of the example window" + b"\x00" * 16
+        cid = cid_v1_raw(blob)
+        profile = Tx.build(staff, chain, 1, Profile("Dr. Ada", "physician", "General Hospital", staff.box_public))
+        res = await api.call("post", "/v1/tx", "/v1/tx", 202, data=profile.raw)
+        await api.call("get", "/v1/tx/{id}", f"/v1/tx/{res['id']}?wait=10", 200)
+        bad = Tx.build(staff, chain, 5, Profile("x", "y", "z", staff.box_public))  # nonce gap: refused
+        await api.call("post", "/v1/tx", "/v1/tx", 409, data=bad.raw)
+        await api.call("get", "/v1/tx/{id}", f"/v1/tx/{bad.id.hex()}", 200)  # rejected, with the reason
+        await api.call("get", "/v1/tx/{id}", f"/v1/tx/{'00' * 32}", 404)
+        await api.call("get", "/v1/tx/{id}", "/v1/tx/zz", 400)
+        k = seal.seal(staff.box_public, b"k" * 32)
+        txs = [Tx.build(patient, chain, 1, Grant(staff.address, (1, 2), 0, (SealedKey(1, 0, k),))),
+               Tx.build(patient, chain, 2, Policy(True)),
+               Tx.build(patient, chain, 3, Write(1, cid.to_bytes(), len(blob), 0, now - 60_000, now - 30_000))]
+        items = [txs[0].raw, txs[1].raw, [txs[2].raw, blob], b"\x01"]
+        res = await api.call("post", "/v1/txs", "/v1/txs", 200, data=msgpack.packb(items))
+        assert [r["status"] for r in res["results"]] == [202, 202, 202, 400]
+        st = await api.call("get", "/v1/tx/{id}", f"/v1/tx/{txs[2].id.hex()}?wait=10", 200)
+        assert st["status"] == "committed" and "blob" in st
+        reads = [Tx.build(staff, chain, 2, Read(patient.address, 1, cid.to_bytes(), 0, now)),
+                 Tx.build(staff, chain, 3, Read(patient.address, 1, b"", 0, now, "ETREAT"))]
+        await api.call("post", "/v1/txs", "/v1/txs", 200, data=msgpack.packb([r.raw for r in reads]))
+        await api.call("get", "/v1/tx/{id}", f"/v1/tx/{reads[1].id.hex()}?wait=10", 200)
+        await api.call("get", "/v1/blocks/{height}", "/v1/blocks/latest", 200)
+        await api.call("get", "/v1/blocks/{height}", "/v1/blocks/1", 200)
+        await api.call("get", "/v1/blocks/{height}", "/v1/blocks/999999", 404)
+        t = int(time.time() * 1000)
+        up = b"an upload" * 100
+        hdr = {"X-Medchain-Pubkey": patient.public_key.hex(), "X-Medchain-Time": str(t),
+               "X-Medchain-Signature": patient.sign(blob_upload_digest(chain, hashlib.sha256(up).digest(), len(up), t)).hex()}
+        await api.call("post", "/v1/blobs", "/v1/blobs", 201, data=up, headers=hdr)
+        await api.call("post", "/v1/blobs", "/v1/blobs", 401, data=up)
+        hdr = {"X-Medchain-Pubkey": staff.public_key.hex(), "X-Medchain-Time": str(t), "X-Medchain-Read": reads[0].id.hex(),
+               "X-Medchain-Signature": staff.sign(blob_request_digest(chain, cid.to_bytes(), reads[0].id, t)).hex()}
+        import aiohttp
+        async with aiohttp.ClientSession() as s, s.get(f"{node.url}/v1/blobs/{cid}", headers=hdr) as r:
+            assert r.status == 200 and await r.read() == blob and r.headers["X-Medchain-Epoch"] == "0"
+        await api.call("get", "/v1/blobs/{cid}", f"/v1/blobs/{cid}", 401)
+        for q in ("", "?proof=1"):
+            await api.call("get", "/v1/accounts/{addr}", f"/v1/accounts/{pa}{q}", 200)
+            await api.call("get", "/v1/accounts/{addr}", f"/v1/accounts/{sa}{q}", 200)
+            audit = await api.call("get", "/v1/patients/{addr}/audit", f"/v1/patients/{pa}/audit{q}", 200)
+            assert len(audit["reads"]) == 2 and len(audit["break_glass"]) == 1
+            await api.call("get", "/v1/patients/{addr}/grants", f"/v1/patients/{pa}/grants{q}", 200)
+            keys = await api.call("get", "/v1/patients/{addr}/keys/{staff}", f"/v1/patients/{pa}/keys/{sa}{q}", 200)
+            assert keys["keys"][0]["type"] == "heart_rate"
+            data = await api.call("get", "/v1/patients/{addr}/data", f"/v1/patients/{pa}/data{q}", 200)
+            assert len(data["data"]) == 1
+        data = await api.call("get", "/v1/patients/{addr}/data", f"/v1/patients/{pa}/data?type=heart_rate", 200)
+        assert len(data["data"]) == 1
+        await api.call("get", "/v1/patients/{addr}/data", f"/v1/patients/{pa}/data?type=1", 400)  # a name, not a number
+        await api.call("get", "/v1/accounts/{addr}", "/v1/accounts/abc", 400)
+        await api.call("post", "/v1/proofs", "/v1/proofs", 400, data=b"\xc1")
+
+    asyncio.run(flow())
+    routes = {(m, r) for m, r, _ in api.checked}
+    assert len(routes) == 14, sorted(routes)  # every JSON route but the binary-only ones was exercised
