@@ -4,6 +4,7 @@ the independent decoders and verifiers (a second implementation would use the sa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -187,7 +188,6 @@ class _Api:
 
 def test_a_running_validator_answers_as_the_openapi_schemas_say(node) -> None:  # noqa: ANN001 - fixture
     import asyncio
-    import hashlib
     import time
 
     import msgpack
@@ -262,3 +262,17 @@ def test_a_running_validator_answers_as_the_openapi_schemas_say(node) -> None:  
     asyncio.run(flow())
     routes = {(m, r) for m, r, _ in api.checked}
     assert len(routes) == 14, sorted(routes)  # every JSON route but the binary-only ones was exercised
+
+
+def test_grant_types_have_one_order(ex: dict) -> None:
+    """Section 3: a grant's types are strictly increasing; any other order or a repeat is refused."""
+    from node.tx import TxError
+    from node.wire import encode
+
+    payload = decode_canonical(_bytes(ex, "tx/grant/payload"))
+    patient = seed_identity("patient")
+    for types in ([2, 1], [1, 1]):
+        p = encode([*payload[:6], types, payload[7], []])
+        raw = encode([p, patient.sign(hashlib.sha256(p).digest())])
+        with pytest.raises(TxError, match="sorted and unique"):
+            Tx.decode(raw, CHAIN_ID)
