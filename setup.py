@@ -99,6 +99,8 @@ setup(
             "atheris>=2.3,<4",
             "fhir.resources>=6.4,<6.5",
             "pydantic>=1.10,<2",
+            # tests/test_protocol_doc.py checks a validator's answers against docs/openapi.json
+            "jsonschema>=4.18,<5",
         ],
         # coverage-guided fuzzing (`make fuzz`, tests/fuzz/)
         "fuzz": ["atheris>=2.3,<4", "hypothesis>=6.100,<7"],
