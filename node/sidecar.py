@@ -113,7 +113,7 @@ class SidecarCache:
 # ---- forwarded batches among validators: [T_TXS, [item, ...]] ---------------------------------
 T_TXS = 16  # p2p message tag: a batch of client transactions (and sidecars) forwarded to the others
 TXS_PREFIX = bytes([0x92, T_TXS])  # how an encoded [T_TXS, batch] starts: checked before decoding
-FORWARD_CHUNK = 4 * 1024 * 1024  # bytes per forwarded message: well under a p2p frame
+FORWARD_CHUNK = 768 * 1024  # bytes per forwarded message: under a p2p frame and the 1 MiB mmap threshold
 
 
 def forward_messages(items: list[Item], chunk: int = FORWARD_CHUNK) -> list[bytes]:
