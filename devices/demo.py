@@ -178,7 +178,7 @@ def main(windows: int = 4, validators: int = 4, seconds: float = 30.0, phones: i
         say(f"flow: blocks {summary['height']}, {summary['writes']} windows ({summary['readings']} readings)")
         say(f"fleet: {load['writes']} encrypted windows committed ({load['readings']} readings) in {load['seconds']:.1f} s"
             f" = {load['tps']:.0f} committed writes/s")
-        say(f"commit latency (upload + submit + commit) ms: p50 {lat[50]:.0f}  p95 {lat[95]:.0f}  p99 {lat[99]:.0f}")
+        say(f"commit latency (submit with sidecar + commit) ms: p50 {lat[50]:.0f}  p95 {lat[95]:.0f}  p99 {lat[99]:.0f}")
         say("validator CPU s during the fleet: " + "  ".join(f"v{i} {c:.1f}" for i, c in enumerate(cpu)))
         say(f"validators agree: {'yes' if same else 'NO'} (height {heads[0]['height']}, "
             f"state root {heads[0]['state_root'][:16]}…)")
