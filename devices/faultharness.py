@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 from devices.client import ApiError, NodeClient
 from devices.localnet import NodeProcess
+from node.block import max_faulty
 from node.crypto.keys import Identity
 from node.faults import write_cut
 from node.tx import Profile, Tx
@@ -33,7 +34,7 @@ class Step:
 
 def schedule(seed: int, n: int, steps: int) -> list[Step]:
     rng = random.Random(seed)
-    f = (n - 1) // 3
+    f = max_faulty(n)
     return [Step(rng.choice(ACTIONS), tuple(sorted(rng.sample(range(n), f))), round(rng.uniform(1.0, 4.0), 2),
                  round(rng.uniform(1.0, 2.5), 2)) for _ in range(steps)]
 

@@ -116,11 +116,21 @@ class Block:
         return merkle.root(self.tx_ids) == self.header.tx_root
 
 
+def max_faulty(n: int) -> int:
+    """f: how many of n validators may be byzantine (n >= 3f + 1)."""
+    return (n - 1) // 3
+
+
 def quorum(n: int) -> int:
     """The smallest quorum any two of which share f+1 validators: 2f+1 when n = 3f+1 (n=1 gives 1),
     and still safe for the other sizes (n=3 needs 2, n=5 needs 4)."""
-    f = (n - 1) // 3
-    return (n + f) // 2 + 1
+    return (n + max_faulty(n)) // 2 + 1
+
+
+def availability(n: int) -> int:
+    """Holders that make a blob available: 2f+1, so f+1 honest validators hold it and it survives f
+    of them losing it. Not quorum(n): no two holder sets need to intersect."""
+    return 2 * max_faulty(n) + 1
 
 
 def verify_cert(block: Block, validators: Sequence[bytes]) -> bool:

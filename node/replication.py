@@ -27,6 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from node.block import availability, max_faulty
 from node.ipfs.blockstore import BlockStore
 from node.ipfs.cid import Cid, CidError
 from node.state import keys
@@ -50,8 +51,8 @@ class Replicator:
     def __init__(self, store: BlockStore, n: int, roots_of: Callable[[int], list[Cid]] | None = None) -> None:
         self.store = store
         self.n = n
-        self.f = (n - 1) // 3
-        self.quorum = 2 * self.f + 1
+        self.f = max_faulty(n)
+        self.quorum = availability(n)  # holders for "available": 2f+1 (node/block.py says why)
         self.roots_of = roots_of  # height -> blob roots of that committed block (from the ledger)
         self.net: Any = None  # the P2PNode, with bitswap on (None for a single validator)
         self.peer_held: OrderedDict[int, set[str]] = OrderedDict()  # height -> peers holding all its blobs

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from node.block import Block, quorum, vote_digest
+from node.block import Block, max_faulty, quorum, vote_digest
 from node.consensus import viewchange as vcm
 from node.consensus.actions import Action, Broadcast, Catchup, Deliver, Persist, Send, ViewChanged
 from node.consensus.messages import (
@@ -84,7 +84,7 @@ class Replica(ViewChangeRole, RecoveryRole):
         if not 0 <= index < n:
             raise ValueError("replica index out of range")
         self.chain_id, self.n, self.index = chain_id, n, index
-        self.f = (n - 1) // 3
+        self.f = max_faulty(n)
         self.q = quorum(n)
         self._sign, self._verify = sign, verify
         self._check_block = check_block or (lambda b: True)
