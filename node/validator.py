@@ -541,8 +541,12 @@ class Validator:
                 raise SystemExit(3)
         await self.committer.commit(block, ex)
         del self._executed[block.hash]
-        # proposals at or below this height that lost (none without view change) are stale now
         for h, e in list(self._executed.items()):
             if e.block.header.height <= block.header.height:
-                del self._executed[h]
+                del self._executed[h]  # proposals at or below this height that lost (a view change)
+            elif e.block.header.prev_hash == block.hash:
+                # its parent is committed: read through the ledger now, so the parent (and its
+                # writes, tree nodes and transactions) can be freed; under a pipelined load each
+                # block otherwise kept the whole history of executed blocks alive through its parent
+                e.parent_get, e.parent_tree = self.ledger.get_state, self.ledger.get_node
         self._wake.set()
