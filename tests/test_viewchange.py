@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from node.block import verify_cert
+from node.block import verify_cert, vote_digest
 from node.consensus import (
     Broadcast,
     Checkpoint,
@@ -21,6 +21,7 @@ from node.crypto import ecdsa
 from node.wire import encode
 from tests.consensus_sim import (
     CHAIN,
+    IDS,
     SimNet,
     chaos_run,
     make_block,
@@ -256,3 +257,24 @@ def test_buffers_hold_only_verified_bounded_input(monkeypatch):
     monkeypatch.setattr(vcm, "VC_BLOCK_BUDGET", 10)
     (vc,) = sent(net.replicas[2].start_view_change(1), ViewChange)
     assert vc.blocks == () and 2 in vcm.parse(vc, CHAIN, 4, lambda i, d, s: ecdsa.verify(pubs(4)[i], d, s)).prepared
+
+
+@pytest.mark.parametrize("n", [4, 7])
+def test_view_change_needs_a_full_quorum_on_its_last_commit_certificate(n):
+    """2f+1 commit signatures certify the last committed block; 2f (one short) do not, nor do 2f+1
+    entries with a repeated signer. Checked for n=4 (q=3) and n=7 (q=5)."""
+    q = (n + (n - 1) // 3) // 2 + 1
+    last = make_block(1, n=n)
+    digest = vote_digest(CHAIN, 0, 1, last.hash)
+    votes = [[i, IDS[i].sign(digest)] for i in range(n)]
+    verify = lambda i, d, s: ecdsa.verify(pubs(n)[i], d, s)  # noqa: E731
+
+    def vc_with(cert):
+        body = vcm.make_body(last.hash, 0, tuple(map(tuple, cert)), [])
+        return ViewChange(1, 1, vcm.body_hash(body), 1, bytes(64), body, ())
+
+    info = vcm.parse(vc_with(votes[:q]), CHAIN, n, verify)
+    assert info.last_seq == 1 and len(info.cert) == q
+    for short in (votes[:q - 1], votes[n - q + 1:], votes[:q - 1] + [votes[0]]):
+        with pytest.raises(ConsensusError, match="certificate does not verify"):
+            vcm.parse(vc_with(short), CHAIN, n, verify)
