@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,16 @@ import pytest
 from devices.localnet import NodeProcess, make_network, start_all
 from node.genesis import Genesis, Params
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
+# shared/vectors beside the checkout, or MEDCHAIN_VECTORS (a checkout elsewhere, a mutation-testing copy)
+VECTORS = Path(os.environ.get("MEDCHAIN_VECTORS") or Path(__file__).resolve().parents[1].parent / "shared" / "vectors")
+
+
+def vector_file(name: str) -> Path:
+    """A required reference-vector file: a missing one fails and says where it was looked for."""
+    path = VECTORS / name
+    assert path.is_file(), (f"missing test vectors {path} (required, not optional): set MEDCHAIN_VECTORS "
+                            "to the folder holding shared/vectors")
+    return path
 
 
 @pytest.fixture

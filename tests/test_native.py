@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 
 from node.crypto import aead, batch, ecdsa
 from node.crypto.aead import AeadError
+from tests.conftest import vector_file
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
 ROOT = Path(__file__).resolve().parents[1]
 N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141  # secp256k1 group order
 
@@ -145,7 +145,7 @@ def _compress(uncompressed: bytes) -> bytes:
 
 def _ecdsa_cases() -> tuple[list, list]:
     """(strict cases as (tcId, (pk, digest, sig), expected), ids of non-strict-DER cases)."""
-    data = json.loads((VECTORS / "wycheproof_ecdsa_secp256k1_sha256_bitcoin_test.json").read_text())
+    data = json.loads(vector_file("wycheproof_ecdsa_secp256k1_sha256_bitcoin_test.json").read_text())
     strict, loose = [], []
     for group in data["testGroups"]:
         assert group["sha"] == "SHA-256"
@@ -193,7 +193,7 @@ def test_wycheproof_ecdsa_high_s_variant_of_each_valid_case_is_rejected():
 
 
 def _aes_cases() -> tuple[list, list]:
-    data = json.loads((VECTORS / "wycheproof_aes_gcm_test.json").read_text())
+    data = json.loads(vector_file("wycheproof_aes_gcm_test.json").read_text())
     supported, unsupported = [], []
     for group in data["testGroups"]:
         for t in group["tests"]:
