@@ -63,10 +63,11 @@ def prepare(module: str, tests: list[str], work: Path) -> None:
             shutil.copy2(src, work / rel)
     for so in (ROOT / "native").glob("*.so"):  # the built extensions, so the native paths are tested too
         shutil.copy2(so, work / "native" / so.name)
-    sel = "\n    ".join([*tests, "-k", DESELECT, "-p", "no:cacheprovider"])
+    sel = "\n    ".join([*tests, "-k", DESELECT, "-p", "no:cacheprovider", "--hypothesis-profile=mutation"])
+    # a mutant that makes the tests 4x slower than measured (+1 s) counts as caught (a timeout)
     (work / "setup.cfg").write_text(
         f"[mutmut]\nsource_paths = {module}\npytest_add_cli_args_test_selection =\n    {sel}\n"
-        "also_copy =\n    node\n    devices\n    native\n    tests\n")
+        "also_copy =\n    node\n    devices\n    native\n    tests\ntimeout_multiplier = 2\n")
 
 
 def run_module(module: str, children: int, equiv: set[str]) -> dict:
