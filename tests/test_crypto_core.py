@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import stat
 
 import pytest
@@ -149,3 +150,15 @@ def test_key_files_are_0600_and_checked_on_load(tmp_path) -> None:
     del data["public_key"]  # optional: older key files lack it
     path.write_text(json.dumps(data))
     assert Identity.load(path) == ident
+
+
+def test_key_files_are_created_0600_not_narrowed_after(tmp_path, monkeypatch) -> None:
+    """Created with mode 0600 by os.open itself: a file created wider and narrowed later could be
+    opened by another user in between, and that descriptor would read the secret once written."""
+    monkeypatch.setattr(os, "fchmod", lambda fd, mode: None)
+    old = os.umask(0o022)
+    try:
+        Identity.from_seed(b"dave").save(tmp_path / "k.json")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "k.json").stat().st_mode) == 0o600
