@@ -97,3 +97,12 @@ def test_padding_is_the_smallest_multiple_that_fits(pad_to: int, n_rows: int) ->
     assert len(out) == _padded_len_oracle([list(r) for r in rows], pad_to) and len(out) % pad_to == 0
     ver, got, zeros = msgpack.unpackb(out)
     assert ver == 2 and [tuple(r) for r in got] == rows and zeros == bytes(len(zeros))
+
+
+@pytest.mark.parametrize("pad_to,version", [(None, 1), (0, 1), (1, 2), (64, 2)])
+def test_windows_are_padded_only_when_asked(pad_to: int | None, version: int) -> None:
+    ad = envelope.aad(*RECORD)
+    blob = envelope.seal_window(KEY, ad, READINGS) if pad_to is None else envelope.seal_window(KEY, ad, READINGS, pad_to)
+    plain = msgpack.unpackb(aead.open_(KEY, blob[: aead.NONCE_LEN], blob[aead.NONCE_LEN:], ad))
+    assert plain[0] == version and len(plain) == version + 1
+    assert envelope.open_window(KEY, ad, blob) == READINGS
