@@ -354,3 +354,15 @@ def test_apply_tx_on_overlay_and_codes_table():
     assert apply_tx(view, tx, 7, 4, T0) == 9
     assert decode(view.get(keys.receipt(tx.id))) == [7, 3, OK]
     assert set(CODES) == set(range(12))
+
+
+def test_each_grantee_joins_the_committed_grantee_list_once(chain):
+    """The list a client proves a patient's grants from: a change or revoke adds no second entry."""
+    assert chain.profile(NURSE) == OK
+    count = lambda: chain.obj(keys.grant_count(PAT.address))  # noqa: E731
+    assert count() is None
+    assert chain.grant(PAT, DOC, [HR]) == OK and count() == 1
+    assert chain.state[keys.grant_entry(PAT.address, 0)] == DOC.address
+    assert chain.grant(PAT, DOC, [HR, BP]) == OK and chain.grant(PAT, DOC, []) == OK and count() == 1
+    assert chain.grant(PAT, NURSE, [BP]) == OK and count() == 2
+    assert chain.state[keys.grant_entry(PAT.address, 1)] == NURSE.address
