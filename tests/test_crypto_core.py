@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import stat
+import threading
 
 import pytest
 from coincurve import PrivateKey as PrivateKeyCC
@@ -162,3 +163,14 @@ def test_key_files_are_created_0600_not_narrowed_after(tmp_path, monkeypatch) ->
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "k.json").stat().st_mode) == 0o600
+
+
+def test_verify_batch_fallback_reuses_one_pool() -> None:
+    """One bounded pool for every batch: a pool per call would leak threads under load."""
+    d = ecdsa.sha256(b"pool")
+    items = [(PK, d, ecdsa.sign(SK, d))] * 64
+    assert ecdsa.verify_batch_fallback(items) == [True] * 64
+    before = set(threading.enumerate())
+    for _ in range(5):
+        assert ecdsa.verify_batch_fallback(items) == [True] * 64
+    assert set(threading.enumerate()) - before == set()
