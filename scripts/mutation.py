@@ -38,7 +38,7 @@ MODULES: dict[str, list[str]] = {
                                    "tests/test_viewchange.py"],
     "node/block.py": ["tests/test_block.py", "tests/test_consensus.py", "tests/test_viewchange.py"],
     "node/state/machine.py": ["tests/test_state.py", "tests/test_break_glass.py", "tests/test_smt.py"],
-    "node/tx/model.py": ["tests/test_tx.py", "tests/test_state.py", "tests/test_break_glass.py"],
+    "node/tx/model.py": ["tests/test_tx_reasons.py", "tests/test_tx.py", "tests/test_state.py", "tests/test_break_glass.py"],
     "node/consensus/viewchange.py": ["tests/test_viewchange.py", "tests/test_consensus.py"],
 }
 # pytest -k for every module: the tests that start validator processes are left out
