@@ -134,3 +134,19 @@ def test_tx_root_check() -> None:
     b = make_block(1, txs=[b"a", b"b"])
     assert b.check_tx_root() and not Block(b.header, (b"a",)).check_tx_root()
     assert make_block(1, prev=GENESIS_PREV).header.prev_hash == bytes(32)
+
+
+def _header_of_size(size: int) -> bytes:
+    for n in range(size):  # the chain id's length that makes the encoding exactly `size` bytes
+        raw = Header("c" * n, 1, H32, 0, 1, 5, H32, H32, 0).encode()
+        if len(raw) == size:
+            return raw
+    raise AssertionError(size)
+
+
+def test_size_limits_of_headers_and_blocks() -> None:
+    assert Header.decode(_header_of_size(1024)).height == 1
+    with pytest.raises(BlockError, match="^header encoding: "):
+        Header.decode(_header_of_size(1025))
+    big = make_block(1, txs=[bytes(16 * 1024)] * 4)  # a block far above one transaction's limit
+    assert Block.decode(big.encode()) == big
