@@ -90,6 +90,7 @@ def run_module(module: str, children: int, equiv: set[str]) -> dict:
     for name, code in sorted(codes.items()):
         if code in KILLED:
             status["killed"] += 1
+            status["timeout"] += code not in (1, 3)  # caught, but by the CPU limit: spurious under load?
         elif name in equiv:
             status["equivalent"] += 1
         else:
@@ -121,7 +122,8 @@ def main() -> int:
             print(f"{module:32} ERROR {r['error']}", flush=True)
             continue
         print(f"{module:32} {r['score']:5.1f}%  killed {r.get('killed', 0):3} of {r['mutants']:3}"
-              f"  equivalent {r.get('equivalent', 0):2}  survived {r.get('survived', 0):2}"
+              f" ({r.get('timeout', 0)} by timeout)  equivalent {r.get('equivalent', 0):2}"
+              f"  survived {r.get('survived', 0):2}"
               f"  no tests {r.get('no tests', 0):2}  (survivors: {OUT.relative_to(ROOT)}/"
               f"{module.replace('/', '_').removesuffix('.py')}/survivors.txt)", flush=True)
     return 1 if any("error" in r for r in rows) else 0
