@@ -23,6 +23,7 @@ from node.tx.model import (
     data_type_id,
     data_type_name,
 )
+from node.wire import encode
 from tests.test_tx import ALICE, CHAIN, OK, SEALED, raw_tx
 
 A32 = bytes(32)
@@ -114,6 +115,18 @@ def test_envelope_refusals_say_exactly_why() -> None:
     refused(PROFILE, OK[PROFILE], f"chain id must be a string of at most {MAX_CHAIN_ID} bytes",
             chain="c" * (MAX_CHAIN_ID + 1))
     refused(PROFILE, OK[PROFILE], "nonces start at 1", nonce=0)
+    for bad in (b"\x02" + bytes(32), ALICE.public_key[:32], "k" * 33):  # not on the curve, short, not bytes
+        refused(PROFILE, OK[PROFILE], "sender is not a valid 33-byte compressed secp256k1 public key", pubkey=bad)
+    for raw, why in ((encode([b"p"]), "a transaction is [payload, signature]"),
+                     (encode(b"x"), "a transaction is [payload, signature]"),
+                     (encode(["p", bytes(64)]), "payload and signature must be bytes"),
+                     (encode([b"p", "s" * 64]), "payload and signature must be bytes"),
+                     (encode([encode([1, PROFILE, CHAIN, ALICE.public_key]), bytes(64)]),
+                      "payload is [version, kind, chain_id, sender, nonce, *fields]"),
+                     (encode([encode(b"payload"), bytes(64)]), "payload is [version, kind, chain_id, sender, nonce, *fields]")):
+        with pytest.raises(TxError) as exc:
+            Tx.decode(raw, CHAIN)
+        assert str(exc.value) == why
     refused(PROFILE, OK[PROFILE], uint("nonce"), nonce=U63 + 1)
 
 
