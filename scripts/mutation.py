@@ -40,7 +40,12 @@ MODULES: dict[str, list[str]] = {
     "node/block.py": ["tests/test_block.py", "tests/test_tx.py", "tests/test_viewchange.py"],
     "node/state/machine.py": ["tests/test_state.py", "tests/test_break_glass.py", "tests/test_smt.py"],
     "node/tx/model.py": ["tests/test_tx_reasons.py", "tests/test_tx.py", "tests/test_state.py", "tests/test_break_glass.py"],
-    "node/consensus/viewchange.py": ["tests/test_viewchange.py"],
+    "node/consensus/viewchange.py": [
+        "tests/test_viewchange.py",
+        *(f"tests/test_consensus.py::{t}" for t in (  # the replica-level evidence tests, not the soak
+            "test_equivocating_pre_prepare_is_evidence_and_starts_a_view_change",
+            "test_prepare_carrying_another_pre_prepare_proves_equivocation",
+            "test_prepares_for_other_digest_do_not_count"))],
 }
 # pytest -k for every module: the tests that start validator processes are left out
 DESELECT = "not end_to_end and not break_glass_cli"
