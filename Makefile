@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 FUZZ_SECONDS ?= 300
 
-.PHONY: demo test bench lint setup clean interop fuzz
+.PHONY: demo test bench lint setup clean interop fuzz mutation
 
 setup: $(STAMP)
 
@@ -25,6 +25,15 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install -q --no-build-isolation -e ".[bench]"
 	$(PY) -m pytest -q -p no:cacheprovider bench --benchmark-only --benchmark-columns=mean,ops,rounds
+
+# mutation testing of the security core (scripts/mutation.py; not part of `make test`): each module
+# against its fast test files, a score per module; MUTATION_MODULES picks some, e.g. node/crypto/seal.py
+MUTATION_MODULES ?=
+MUTATION_CHILDREN ?= 2
+mutation: $(STAMP)
+	# the pin is the `mutation` extra in setup.py, installed alone so the native build is not redone
+	$(PY) -m pip install -q "$$(sed -n 's/.*"\(mutmut[^"]*\)".*/\1/p' setup.py)"
+	nice -n 19 $(PY) scripts/mutation.py --children $(MUTATION_CHILDREN) $(MUTATION_MODULES)
 
 # every atheris target (tests/fuzz/) for FUZZ_SECONDS each; crashes land in fuzz-artifacts/
 fuzz: $(STAMP)

@@ -4,15 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import Phase, settings
 
 from devices.localnet import NodeProcess, make_network, start_all
 from node.genesis import Genesis, Params
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
+# `make mutation` (scripts/mutation.py) asks only whether a test fails: no shrinking of a failure
+# (minutes per mutant) and no example database shared between copies of the tree
+settings.register_profile("mutation", phases=[Phase.explicit, Phase.reuse, Phase.generate], database=None)
+
+# shared/vectors beside the checkout, or MEDCHAIN_VECTORS (a checkout elsewhere, a mutation-testing copy)
+VECTORS = Path(os.environ.get("MEDCHAIN_VECTORS") or Path(__file__).resolve().parents[1].parent / "shared" / "vectors")
+
+
+def vector_file(name: str) -> Path:
+    """A required reference-vector file: a missing one fails and says where it was looked for."""
+    path = VECTORS / name
+    assert path.is_file(), (f"missing test vectors {path} (required, not optional): set MEDCHAIN_VECTORS "
+                            "to the folder holding shared/vectors")
+    return path
 
 
 @pytest.fixture

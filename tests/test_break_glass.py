@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +28,8 @@ from node.wire import encode
 from tests.conftest import run
 from tests.test_cli import medchain
 from tests.test_state import BP, CHAIN, DOC, HR, NURSE, PAT, PAT2, T0, Chain, cid
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def emergency(patient: Identity, dtype: int = HR, c: bytes = b"") -> Read:
@@ -101,14 +107,25 @@ def test_patient_opt_out_and_back():
     assert ch.obj(keys.policy(PAT.address))[0] is True
 
 
+def replay_root() -> bytes:
+    """The state root after a fixed history of policy changes and emergency reads (some refused)."""
+    ch = Chain()
+    ch.profile(DOC)
+    ch.apply([ch.tx(PAT, Policy(False)), ch.tx(DOC, emergency(PAT)), ch.tx(DOC, emergency(PAT2))])
+    ch.apply([ch.tx(PAT, Policy(True))] + [ch.tx(DOC, emergency(PAT, BP)) for _ in range(4)], T0 + 5)
+    return ch.root
+
+
 def test_deterministic_replay():
-    def build() -> bytes:
-        ch = Chain()
-        ch.profile(DOC)
-        ch.apply([ch.tx(PAT, Policy(False)), ch.tx(DOC, emergency(PAT)), ch.tx(DOC, emergency(PAT2))])
-        ch.apply([ch.tx(PAT, Policy(True))] + [ch.tx(DOC, emergency(PAT, BP)) for _ in range(4)], T0 + 5)
-        return ch.root
-    assert build() == build()
+    """Every validator replays the same root: checked across processes with different hash seeds
+    (set and dict orders of str and bytes differ between them), not only twice in one process."""
+    code = "from tests.test_break_glass import replay_root; print(replay_root().hex())"
+    roots = {replay_root().hex()}
+    for seed in ("1", "2", "random"):
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": seed},
+                             capture_output=True, text=True, timeout=120, check=True)
+        roots.add(out.stdout.strip())
+    assert len(roots) == 1, roots
 
 
 # ---- real validator processes -----------------------------------------------------------------------

@@ -9,6 +9,7 @@ import math
 import pytest
 
 fhir_resources = pytest.importorskip("fhir.resources")
+import pydantic  # noqa: E402  (installed with fhir.resources: its models are pydantic v1)
 from fhir.resources import construct_fhir_element  # noqa: E402
 
 from devices import fhir, gatt  # noqa: E402
@@ -21,8 +22,30 @@ STAFF = "cd" * 32
 T = 1_700_000_000_000
 
 
+# R5 forms of the resource types the export writes: an R4 validator must refuse every one
+R5_ONLY = [
+    {"resourceType": "Observation", "status": "final", "code": {"text": "hr"},
+     "triggeredBy": [{"observation": {"reference": "Observation/1"}, "type": "reflex"}]},
+    {"resourceType": "Observation", "status": "final", "code": {"text": "hr"},
+     "bodyStructure": {"reference": "BodyStructure/1"}},
+    {"resourceType": "Consent", "status": "active", "decision": "permit"},  # R4 needs scope and category
+    {"resourceType": "AuditEvent", "code": {"text": "read"}, "recorded": "2024-01-01T00:00:00Z",  # R4: type
+     "agent": [{"who": {"reference": "Practitioner/1"}}], "source": {"observer": {"reference": "Device/1"}}},
+]
+
+
 def test_library_is_r4():
+    """The version string is only the library's claim: the models must also judge by R4's rules,
+    accepting the R4 form and refusing the R5 form of the resource types the export writes."""
     assert fhir_resources.__fhir_version__ == "4.0.1"
+    valid({"resourceType": "Observation", "status": "final", "code": {"text": "hr"}})
+    valid({"resourceType": "Device", "deviceName": [{"name": "band", "type": "user-friendly-name"}]})  # R5: name
+    valid({"resourceType": "AuditEvent", "type": {"code": "rest"}, "recorded": "2024-01-01T00:00:00Z",
+           "agent": [{"requestor": True, "who": {"reference": "Practitioner/1"}}],
+           "source": {"observer": {"reference": "Device/1"}}})
+    for resource in R5_ONLY:
+        with pytest.raises(pydantic.ValidationError):
+            valid(resource)
 
 
 def valid(resource: dict) -> dict:

@@ -454,7 +454,13 @@ def _decodes_or_gatt_error(uuid: int, frame: bytes) -> None:
         m = decode_measurement(uuid, frame)
     except GattError:
         return
-    assert decode_measurement(uuid, m.encode()) is not None  # whatever decodes re-encodes
+    # whatever decodes re-encodes to a frame that decodes to the same measurement (repr: NaN-safe),
+    # and that frame is canonical: encoding it again gives the same bytes
+    again = decode_measurement(uuid, m.encode())
+    assert type(again) is type(m) and repr(again) == repr(m)
+    assert again.encode() == m.encode()
+    # same length: every byte was parsed into a field (normalising SFLOATs or contact bits keeps sizes)
+    assert len(m.encode()) == len(frame), (m, frame.hex())
 
 
 @settings(max_examples=500)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -38,8 +37,9 @@ from node.ipfs.unixfs import (
     import_chunks,
     iter_chunks,
 )
+from tests.conftest import VECTORS as SHARED_VECTORS
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "ipfs_cids.json"
+VECTORS = SHARED_VECTORS / "ipfs_cids.json"
 INPUTS = {
     "hello": b"hello world\n",
     "empty": b"",
@@ -51,7 +51,7 @@ HELLO_V1_RAW = "bafkreifjjcie6lypi6ny7amxnfftagclbuxndqonfipmb64f2km2devei4"
 
 def _vectors() -> dict:
     if not VECTORS.is_file():
-        pytest.skip(f"reference vectors not found at {VECTORS}")
+        pytest.skip(f"reference vectors not found at {VECTORS} (set MEDCHAIN_VECTORS to shared/vectors)")
     return json.loads(VECTORS.read_text())
 
 

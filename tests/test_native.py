@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 
 from node.crypto import aead, batch, ecdsa
 from node.crypto.aead import AeadError
+from tests.conftest import vector_file
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
 ROOT = Path(__file__).resolve().parents[1]
 N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141  # secp256k1 group order
 
@@ -145,7 +145,7 @@ def _compress(uncompressed: bytes) -> bytes:
 
 def _ecdsa_cases() -> tuple[list, list]:
     """(strict cases as (tcId, (pk, digest, sig), expected), ids of non-strict-DER cases)."""
-    data = json.loads((VECTORS / "wycheproof_ecdsa_secp256k1_sha256_bitcoin_test.json").read_text())
+    data = json.loads(vector_file("wycheproof_ecdsa_secp256k1_sha256_bitcoin_test.json").read_text())
     strict, loose = [], []
     for group in data["testGroups"]:
         assert group["sha"] == "SHA-256"
@@ -193,7 +193,7 @@ def test_wycheproof_ecdsa_high_s_variant_of_each_valid_case_is_rejected():
 
 
 def _aes_cases() -> tuple[list, list]:
-    data = json.loads((VECTORS / "wycheproof_aes_gcm_test.json").read_text())
+    data = json.loads(vector_file("wycheproof_aes_gcm_test.json").read_text())
     supported, unsupported = [], []
     for group in data["testGroups"]:
         for t in group["tests"]:
@@ -753,5 +753,40 @@ def test_env_var_forces_fallback_and_logs_it():
     assert sum("medchain: fallback crypto in use" in line for line in lines) == 1
 
 
-def test_backend_name_matches_flag():
-    assert batch.backend_name().startswith("native" if batch.NATIVE else "fallback")
+def _fallbacks_used(monkeypatch) -> set[str]:
+    """Which fallback paths a batch verify and a batch seal take, observed by spying on them."""
+    used: set[str] = set()
+    for name in ("verify_batch_fallback", "aead_seal_batch_fallback"):
+        real = getattr(batch, name)
+        monkeypatch.setattr(batch, name, lambda *a, _n=name, _r=real: used.add(_n) or _r(*a))
+    sk = hashlib.sha256(b"backend name").digest()
+    d = hashlib.sha256(b"d").digest()
+    assert batch.verify_batch([(ecdsa.public_key(sk), d, ecdsa.sign(sk, d))]) == [True]
+    assert len(batch.aead_seal_batch(bytes(32), [(bytes(12), b"x", b"")])[0]) == 1 + aead.TAG_LEN
+    return used
+
+
+@pytest.mark.parametrize("ecdsa_native,aead_native", [(True, True), (True, False), (False, True), (False, False)])
+def test_backend_name_says_which_paths_the_batch_functions_take(monkeypatch, ecdsa_native, aead_native):
+    """The name is checked against the dispatch actually observed, not against the flag it is built
+    from; each combination is forced where the extension is built (else only the fallback one)."""
+    if (ecdsa_native or aead_native) and not batch.native_available():
+        pytest.skip("native extension not built")
+    monkeypatch.setattr(batch, "NATIVE_ECDSA", ecdsa_native)
+    monkeypatch.setattr(batch, "NATIVE_AEAD", aead_native)
+    monkeypatch.setattr(batch, "NATIVE", ecdsa_native and aead_native)
+    used, name = _fallbacks_used(monkeypatch), batch.backend_name()
+    assert used == {n for n, native in (("verify_batch_fallback", ecdsa_native),
+                                        ("aead_seal_batch_fallback", aead_native)) if not native}
+    if not used:
+        assert name.startswith("native (") and "AES-GCM" in name
+    elif len(used) == 2:
+        assert name.startswith("fallback (")
+    else:
+        assert name.startswith("partly native (") and ("AES-GCM fallback" in name) == (not aead_native)
+        assert ("ECDSA native" in name) == ecdsa_native
+
+
+def test_backend_name_in_this_process_matches_the_observed_dispatch(monkeypatch):
+    used, name = _fallbacks_used(monkeypatch), batch.backend_name()
+    assert name.startswith({0: "native (", 1: "partly native (", 2: "fallback ("}[len(used)]), (name, used)

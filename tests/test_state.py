@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+
+import msgpack
 import pytest
 
 from node.crypto import ecdsa
@@ -198,7 +201,7 @@ def test_write_with_stale_epoch_refused(chain):
     assert chain.write(PAT, BP, "bp", epoch=0) == OK  # other types stay at epoch 0
     blob = chain.obj(keys.blob(cid("fresh")))
     assert blob[:3] == [PAT.address, HR, 1]
-    assert keys.data_index(PAT.address, HR, T0 - 60_000, cid("fresh")) in chain.state
+    assert chain.state[keys.data_index(PAT.address, HR, T0 - 60_000, cid("fresh"))] == b""  # the key says it all
 
 
 def test_duplicate_cid_refused(chain):
@@ -354,3 +357,22 @@ def test_apply_tx_on_overlay_and_codes_table():
     assert apply_tx(view, tx, 7, 4, T0) == 9
     assert decode(view.get(keys.receipt(tx.id))) == [7, 3, OK]
     assert set(CODES) == set(range(12))
+
+
+def test_each_grantee_joins_the_committed_grantee_list_once(chain):
+    """The list a client proves a patient's grants from: a change or revoke adds no second entry."""
+    assert chain.profile(NURSE) == OK
+    count = lambda: chain.obj(keys.grant_count(PAT.address))  # noqa: E731
+    assert count() is None
+    assert chain.grant(PAT, DOC, [HR]) == OK and count() == 1
+    assert chain.state[keys.grant_entry(PAT.address, 0)] == DOC.address
+    assert chain.grant(PAT, DOC, [HR, BP]) == OK and chain.grant(PAT, DOC, []) == OK and count() == 1
+    assert chain.grant(PAT, NURSE, [BP]) == OK and count() == 2
+    assert chain.state[keys.grant_entry(PAT.address, 1)] == NURSE.address
+
+
+def test_genesis_state_root_is_the_documented_hash():
+    """docs/PROTOCOL.md: H(msgpack ["medchain/genesis/v1", chain_id, [validator_public_key, ...]])."""
+    vals = [PAT.public_key, DOC.public_key]
+    want = hashlib.sha256(msgpack.packb(["medchain/genesis/v1", CHAIN, vals], use_bin_type=True)).digest()
+    assert genesis_state_root(CHAIN, iter(vals)) == want != genesis_state_root(CHAIN, vals[:1])

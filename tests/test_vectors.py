@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -13,17 +12,15 @@ from hypothesis import strategies as st
 
 from node.crypto import aead, ecdsa
 from node.crypto.aead import AeadError
+from tests.conftest import vector_file
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
 ECDSA_FILE = "wycheproof_ecdsa_secp256k1_sha256_bitcoin_test.json"
 GCM_FILE = "wycheproof_aes_gcm_test.json"
 N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
 def load(name: str) -> dict:
-    path = VECTORS / name
-    assert path.is_file(), f"missing test vectors {path} (they are required, not optional)"
-    return json.loads(path.read_text())
+    return json.loads(vector_file(name).read_text())
 
 
 # ---------------------------------------------------------------- strict DER

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from node.block import verify_cert
+from node.block import verify_cert, vote_digest
 from node.consensus import (
     Broadcast,
     Checkpoint,
@@ -21,6 +21,7 @@ from node.crypto import ecdsa
 from node.wire import encode
 from tests.consensus_sim import (
     CHAIN,
+    IDS,
     SimNet,
     chaos_run,
     make_block,
@@ -256,3 +257,129 @@ def test_buffers_hold_only_verified_bounded_input(monkeypatch):
     monkeypatch.setattr(vcm, "VC_BLOCK_BUDGET", 10)
     (vc,) = sent(net.replicas[2].start_view_change(1), ViewChange)
     assert vc.blocks == () and 2 in vcm.parse(vc, CHAIN, 4, lambda i, d, s: ecdsa.verify(pubs(4)[i], d, s)).prepared
+
+
+@pytest.mark.parametrize("n", [4, 7])
+def test_view_change_needs_a_full_quorum_on_its_last_commit_certificate(n):
+    """2f+1 commit signatures certify the last committed block; 2f (one short) do not, nor do 2f+1
+    entries with a repeated signer. Checked for n=4 (q=3) and n=7 (q=5)."""
+    q = (n + (n - 1) // 3) // 2 + 1
+    last = make_block(1, n=n)
+    digest = vote_digest(CHAIN, 0, 1, last.hash)
+    votes = [[i, IDS[i].sign(digest)] for i in range(n)]
+    verify = lambda i, d, s: ecdsa.verify(pubs(n)[i], d, s)  # noqa: E731
+
+    def vc_with(cert):
+        body = vcm.make_body(last.hash, 0, tuple(map(tuple, cert)), [])
+        return ViewChange(1, 1, vcm.body_hash(body), 1, bytes(64), body, ())
+
+    info = vcm.parse(vc_with(votes[:q]), CHAIN, n, verify)
+    assert info.last_seq == 1 and len(info.cert) == q
+    for short in (votes[:q - 1], votes[n - q + 1:], votes[:q - 1] + [votes[0]]):
+        with pytest.raises(ConsensusError, match="certificate does not verify"):
+            vcm.parse(vc_with(short), CHAIN, n, verify)
+
+
+# ---- viewchange.parse and select as pure functions, on hand-made certificates ---------------------------
+def _vc_parts(n=4):
+    """Block A committed at seq 1 (view 0); block B prepared at seq 2 in view 1 (primary 1)."""
+    a = make_block(1, n=n)
+    b = make_block(2, n=n, view=1, prev=a.hash)
+    vd = vote_digest(CHAIN, 0, 1, a.hash)
+    cert = [[i, IDS[i].sign(vd)] for i in range(3)]
+    pp_sig = IDS[1].sign(m_signed(1, 1, 2, b.hash))
+    preps = [[i, IDS[i].sign(m_signed(2, 1, 2, b.hash))] for i in (0, 2)]
+    return a, b, cert, [2, 1, b.header.encode(), pp_sig, preps]
+
+
+def m_signed(tag, view, seq, digest):
+    from node.consensus.messages import signed_digest
+    return signed_digest(tag, CHAIN, view, seq, digest)
+
+
+def _vc(body_obj, seq=1, blocks=(), view=2):
+    body = encode(body_obj)
+    return ViewChange(view, seq, vcm.body_hash(body), 3, bytes(64), body, tuple(blocks))
+
+
+def test_parse_and_select_accept_well_formed_certificates():
+    a, b, cert, prep = _vc_parts()
+    verify = lambda i, d, s: ecdsa.verify(pubs(4)[i], d, s)  # noqa: E731
+    info = vcm.parse(_vc([a.hash, 0, cert, [prep]], blocks=[b.encode()]), CHAIN, 4, verify)
+    assert (info.last_seq, info.last_hash, info.cert_view) == (1, a.hash, 0)
+    assert info.prepared[2].view == 1 and info.prepared[2].digest == b.hash and info.blocks[b.hash] == b
+    assert info.prepared[2].prepares == ((0, prep[4][0][1]), (2, prep[4][1][1]))
+    sel = vcm.select([info])
+    assert (sel.base_seq, sel.base_hash, sel.chain, sel.top) == (1, a.hash, ((2, b.hash),), 2)
+    assert sel.base_cert == tuple((c[0], c[1]) for c in cert) and sel.base_cert_view == 0
+    genesis = vcm.parse(_vc([bytes(32), 0, [], []], seq=0), CHAIN, 4, verify)
+    assert genesis.last_seq == 0 and genesis.prepared == {} and vcm.select([genesis]).top == 0
+
+
+def _bad_bodies():
+    a, b, cert, prep = _vc_parts()
+    p = lambda i, v: [*prep[:i], v, *prep[i + 1:]]  # noqa: E731
+    other = make_block(2, view=1, prev=a.hash, txs=[b"x"])
+    return [
+        (_vc([a.hash, 0, cert]), r"^view change body is \[last_hash, cert_view, cert, prepared\]$"),
+        (_vc([a.hash[:31], 0, cert, []]), r"^view change body is \["),
+        (_vc([a.hash, "0", cert, []]), r"^view change body is \["),
+        (_vc([a.hash, 0, b"c", []]), r"^view change body is \["),
+        (_vc([a.hash, 0, cert, b"p"]), r"^view change body is \["),
+        (_vc(b"x"), r"^view change body is \["),
+        (_vc([a.hash, 0, [], []], seq=0), "^a view change from height 0 carries no certificate$"),
+        (_vc([bytes(32), 0, cert, []], seq=0), "^a view change from height 0 carries no certificate$"),
+        (_vc([a.hash, 0, cert[:1] + [[1, "s"]], []]), "^the last committed block's certificate does not verify$"),
+        (_vc([a.hash, 0, cert[:2] + [[3, cert[2][1]]], []]), "certificate does not verify"),  # not 3's vote
+        (_vc([a.hash, 0, cert[:2] + [[4, cert[2][1]]], []]), "certificate does not verify"),  # index out of range
+        (_vc([a.hash, 1, cert, []]), "certificate does not verify"),  # votes were over view 0
+        (_vc([a.hash, 0, cert, [prep[:4]]]), r"^prepared entry is \[seq, view, header, pp_sig, prepares\]$"),
+        (_vc([a.hash, 0, cert, [p(0, "2")]]), r"^prepared entry is \["),
+        (_vc([a.hash, 0, cert, [p(2, "h")]]), r"^prepared entry is \["),
+        (_vc([a.hash, 0, cert, [p(4, b"x")]]), r"^prepared entry is \["),
+        (_vc([a.hash, 0, cert, [p(2, b"bad")]]), "^prepared header: "),
+        (_vc([a.hash, 0, cert, [prep, prep]]), "^prepared entry out of range or repeated$"),
+        (_vc([a.hash, 0, cert, [[1, 1, make_block(1, view=1).header.encode(), prep[3], prep[4]]]]),
+         "out of range or repeated"),  # at or below its last commit
+        (_vc([a.hash, 0, cert, [prep]], view=1), "out of range or repeated"),  # prepared in the view it enters
+        (_vc([a.hash, 0, cert, [p(0, 3)]]), "out of range or repeated"),  # header is for seq 2
+        (_vc([a.hash, 0, cert, [p(1, 0)]]), "out of range or repeated"),  # header's view 1 > entry's view 0
+        (_vc([a.hash, 0, cert, [p(3, bytes(64))]]), "^prepared entry: bad pre-prepare signature$"),
+        (_vc([a.hash, 0, cert, [p(4, prep[4][:1])]]), "^prepared entry: fewer than 2f valid prepares$"),
+        (_vc([a.hash, 0, cert, [p(4, [prep[4][0], [1, prep[4][1][1]]])]]), "fewer than 2f"),  # the primary's
+        (_vc([a.hash, 0, cert, [prep]], blocks=[other.encode()]), "^view change carries a block it did not prepare$"),
+        (_vc([a.hash, 0, cert, [prep]], blocks=[b"junk"]), "^view change block: "),
+    ]
+
+
+@pytest.mark.parametrize("i", range(27))
+def test_parse_refuses_each_malformed_view_change_for_its_own_reason(i):
+    vc, why = _bad_bodies()[i]
+    verify = lambda i, d, s: ecdsa.verify(pubs(4)[i], d, s)  # noqa: E731
+    with pytest.raises(ConsensusError, match=why):
+        vcm.parse(vc, CHAIN, 4, verify)
+    bad = ViewChange(2, 1, vcm.body_hash(b"\xc1"), 3, bytes(64), b"\xc1", ())
+    with pytest.raises(ConsensusError, match="^view change body: "):
+        vcm.parse(bad, CHAIN, 4, verify)
+
+
+def test_select_takes_the_highest_view_per_sequence_and_stops_at_a_broken_link():
+    a, b, cert, prep = _vc_parts()
+    verify = lambda i, d, s: ecdsa.verify(pubs(4)[i], d, s)  # noqa: E731
+    low = vcm.parse(_vc([a.hash, 0, cert, [prep]]), CHAIN, 4, verify)
+    # another replica prepared a different block 2 in the same view: the larger digest wins, in any order
+    b2 = make_block(2, view=1, prev=a.hash, txs=[b"later"])
+    pp2 = IDS[1].sign(m_signed(1, 1, 2, b2.hash))
+    pr2 = [[i, IDS[i].sign(m_signed(2, 1, 2, b2.hash))] for i in (0, 2)]
+    tie = vcm.parse(_vc([a.hash, 0, cert, [[2, 1, b2.header.encode(), pp2, pr2]]]), CHAIN, 4, verify)
+    want = max((b.hash, b2.hash))
+    assert vcm.select([low, tie]).chain == ((2, want),) == vcm.select([tie, low]).chain
+    # a certificate whose block does not link to the base is not selected
+    stray = make_block(2, view=1, prev=bytes(range(32)))
+    pp3 = IDS[1].sign(m_signed(1, 1, 2, stray.hash))
+    pr3 = [[i, IDS[i].sign(m_signed(2, 1, 2, stray.hash))] for i in (0, 2)]
+    off = vcm.parse(_vc([a.hash, 0, cert, [[2, 1, stray.header.encode(), pp3, pr3]]]), CHAIN, 4, verify)
+    assert vcm.select([off]).chain == () and vcm.select([off]).top == 1
+    # the base is the highest committed block among the view changes
+    genesis = vcm.parse(_vc([bytes(32), 0, [], []], seq=0), CHAIN, 4, verify)
+    assert vcm.select([genesis, low]).base_seq == 1 and vcm.select([low, genesis]).base_hash == a.hash

@@ -1,0 +1,138 @@
+"""Mutation testing of the security core with mutmut 3 (`make mutation`; not part of `make test`).
+
+For each module: a fresh copy of the tracked tree (plus the built native extensions) under
+build/mutation/<module>/, mutmut run there with only that module's fast test files. mutmut records
+which of those tests reach each function and runs only them against that function's mutants.
+Prints a score per module: killed / (mutants - known equivalents), where the known equivalents
+are the mutant names listed in docs/TESTING.md. Survivors' diffs go to survivors.txt beside the run.
+
+    python scripts/mutation.py                      # every module below, smallest first
+    python scripts/mutation.py node/crypto/seal.py  # some of them
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "build" / "mutation"
+DOC = ROOT / "docs" / "TESTING.md"
+
+# module -> the fast test files that exercise it (no validator processes: those take seconds per
+# run, and mutmut's per-test selection keeps the unit tests that reach a function anyway). The
+# simulated-network soak of tests/test_consensus.py is left out too: a mutant that breaks liveness
+# makes it run to its tick limit, about 2 minutes of CPU per mutant before the timeout.
+MODULES: dict[str, list[str]] = {
+    "node/crypto/seal.py": ["tests/test_crypto_core.py", "tests/test_tx.py", "tests/test_state.py"],
+    "devices/envelope.py": ["tests/test_envelope.py", "tests/test_privacy.py::test_padding_sizes_and_round_trip"],
+    "node/crypto/aead.py": ["tests/test_crypto_core.py", "tests/test_vectors.py", "tests/test_native.py"],
+    "node/crypto/ecdsa.py": ["tests/test_crypto_core.py", "tests/test_vectors.py", "tests/test_native.py", "tests/test_tx.py"],
+    "node/crypto/keys.py": ["tests/test_crypto_core.py", "tests/test_tx.py", "tests/test_state.py", "tests/test_native.py"],
+    "node/consensus/messages.py": ["tests/test_consensus_messages.py", "tests/test_viewchange.py"],
+    "node/block.py": ["tests/test_block.py", "tests/test_tx.py", "tests/test_viewchange.py"],
+    "node/state/machine.py": ["tests/test_state.py", "tests/test_break_glass.py", "tests/test_smt.py"],
+    "node/tx/model.py": ["tests/test_tx_reasons.py", "tests/test_tx.py", "tests/test_state.py", "tests/test_break_glass.py"],
+    "node/consensus/viewchange.py": [
+        "tests/test_viewchange.py",
+        *(f"tests/test_consensus.py::{t}" for t in (  # the replica-level evidence tests, not the soak
+            "test_equivocating_pre_prepare_is_evidence_and_starts_a_view_change",
+            "test_prepare_carrying_another_pre_prepare_proves_equivocation",
+            "test_prepares_for_other_digest_do_not_count"))],
+}
+# pytest -k for every module: the tests that start validator processes are left out
+DESELECT = "not end_to_end and not break_glass_cli"
+MUTANT = re.compile(r"`((?:node|devices)\.[\w.]+__mutmut_\d+)`")
+KILLED = {1, 3, 36, 24, -24, 152, 255}  # a failing test, pytest's internal error, or a timeout
+
+
+def equivalents() -> set[str]:
+    """Mutant names docs/TESTING.md lists as equivalent (each with its reason there)."""
+    return set(MUTANT.findall(DOC.read_text())) if DOC.is_file() else set()
+
+
+def prepare(module: str, tests: list[str], work: Path) -> None:
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for rel in filter(None, files.decode().split("\0")):
+        src = ROOT / rel
+        if src.is_file():
+            (work / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, work / rel)
+    for so in (ROOT / "native").glob("*.so"):  # the built extensions, so the native paths are tested too
+        shutil.copy2(so, work / "native" / so.name)
+    sel = "\n    ".join([*tests, "-k", DESELECT, "-p", "no:cacheprovider", "--hypothesis-profile=mutation"])
+    # a mutant that makes the tests 4x slower than measured (+1 s) counts as caught (a timeout)
+    (work / "setup.cfg").write_text(
+        f"[mutmut]\nsource_paths = {module}\npytest_add_cli_args_test_selection =\n    {sel}\n"
+        "also_copy =\n    node\n    devices\n    native\n    tests\ntimeout_multiplier = 2\n")
+
+
+def run_module(module: str, children: int, equiv: set[str]) -> dict:
+    work = OUT / module.replace("/", "_").removesuffix(".py")
+    prepare(module, MODULES[module], work)
+    env = dict(os.environ)
+    env.setdefault("MEDCHAIN_VECTORS", str(ROOT.parent / "shared" / "vectors"))
+    mutmut = Path(sys.executable).with_name("mutmut")
+    with open(work / "mutmut.log", "w") as log:
+        subprocess.run([str(mutmut), "run", "--max-children", str(children)], cwd=work, env=env,
+                       stdout=log, stderr=subprocess.STDOUT, check=False)
+    meta = work / "mutants" / (module + ".meta")
+    if not meta.is_file():
+        return {"module": module, "error": f"mutmut produced no results: see {work / 'mutmut.log'}"}
+    codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
+    status = Counter()
+    survivors = []
+    for name, code in sorted(codes.items()):
+        if code in KILLED:
+            status["killed"] += 1
+            status["timeout"] += code not in (1, 3)  # caught, but by the CPU limit: spurious under load?
+        elif name in equiv:
+            status["equivalent"] += 1
+        else:
+            status["survived" if code == 0 else "no tests" if code in (5, 33) else f"exit {code}"] += 1
+            survivors.append(name)
+    with open(work / "survivors.txt", "w") as f:
+        for name in survivors:
+            f.write(subprocess.run([str(mutmut), "show", name], cwd=work, env=env, capture_output=True,
+                                   text=True, check=False).stdout + "\n")
+    counted = len(codes) - status["equivalent"]
+    return {"module": module, "mutants": len(codes), **status,
+            "score": 100.0 * status["killed"] / counted if counted else 100.0}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("modules", nargs="*", help=f"default: all of {', '.join(MODULES)}")
+    ap.add_argument("--children", type=int, default=2, help="parallel mutmut workers")
+    args = ap.parse_args()
+    unknown = [m for m in args.modules if m not in MODULES]
+    if unknown:
+        ap.error(f"no test map for {unknown}: add them to MODULES in {Path(__file__).name}")
+    equiv = equivalents()
+    rows = []
+    for module in args.modules or list(MODULES):
+        r = run_module(module, args.children, equiv)
+        rows.append(r)
+        if "error" in r:
+            print(f"{module:32} ERROR {r['error']}", flush=True)
+            continue
+        print(f"{module:32} {r['score']:5.1f}%  killed {r.get('killed', 0):3} of {r['mutants']:3}"
+              f" ({r.get('timeout', 0)} by timeout)  equivalent {r.get('equivalent', 0):2}"
+              f"  survived {r.get('survived', 0):2}"
+              f"  no tests {r.get('no tests', 0):2}  (survivors: {OUT.relative_to(ROOT)}/"
+              f"{module.replace('/', '_').removesuffix('.py')}/survivors.txt)", flush=True)
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
