@@ -29,7 +29,7 @@ LINGER_S = 2.0  # after an early refusal, read and drop the rest of a body this 
 # (not the client's): a flood of large uploads from many IPs cannot lock out the small requests
 SMALL_BODY = 64 * 1024
 TRIM_AFTER = 16 * 1024 * 1024  # give freed heap pages back to the OS after this many body bytes
-_RESERVED = "medchain.body_reserved"  # request key: body bytes this request holds in the budget
+_RESERVED = web.RequestKey("medchain.body_reserved", int)  # body bytes this request holds in the budget
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
