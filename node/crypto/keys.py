@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from coincurve import PrivateKey
@@ -34,15 +35,17 @@ class Identity:
         sk = ecdsa.sha256(b"medchain/seed/secp256k1/" + seed)
         return cls(PrivateKey(sk).secret, ecdsa.sha256(b"medchain/seed/x25519/" + seed))
 
-    @property
+    # derived once per identity (cached in the instance; the fields stay frozen): deriving a public
+    # key costs ~80 us, and a phone proxy signs with each of thousands of identities many times
+    @cached_property
     def public_key(self) -> bytes:
         return ecdsa.public_key(self.secret)
 
-    @property
+    @cached_property
     def address(self) -> bytes:
         return address_of(self.public_key)
 
-    @property
+    @cached_property
     def box_public(self) -> bytes:
         return seal.public_key(self.box_secret)
 
