@@ -14,6 +14,7 @@ from node.consensus import (
     Prepare,
     PrePrepare,
     ViewChange,
+    ViewChanged,
     decode_message,
 )
 from node.consensus import viewchange as vcm
@@ -383,3 +384,41 @@ def test_select_takes_the_highest_view_per_sequence_and_stops_at_a_broken_link()
     # the base is the highest committed block among the view changes
     genesis = vcm.parse(_vc([bytes(32), 0, [], []], seq=0), CHAIN, 4, verify)
     assert vcm.select([genesis, low]).base_seq == 1 and vcm.select([low, genesis]).base_hash == a.hash
+
+
+def test_parse_new_view_body_refuses_each_malformed_body():
+    vc = sent(make_replica(4, 2).start_view_change(1), ViewChange)[0]
+    assert vcm.parse_new_view_body(encode([vcm.strip(vc)])) == [ViewChange(1, 0, vc.digest, 2, vc.sig, vc.body, ())]
+    for body, why in ((b"\xc1", "^new view body: "), (encode(b"x"), "^new view body is a list of view changes$"),
+                      (encode([vcm.strip(vc), "x"]), "^new view body is a list of view changes$"),
+                      (encode([signed(Commit, 1, 0, 1, bytes(32)).encode()]),
+                       "^new view body holds a message that is not a view change$")):
+        with pytest.raises(ConsensusError, match=why):
+            vcm.parse_new_view_body(body)
+
+
+def test_new_view_refuses_repeated_foreign_or_unsigned_view_changes():
+    net, a, b = _committed_pair()
+    vcs = [sent(net.replicas[i].start_view_change(1), ViewChange)[0] for i in (0, 2, 3)]
+    stripped = [vcm.strip(v) for v in vcs]
+    forged = ViewChange(1, vcs[2].seq, vcs[2].digest, 3, bytes(64), vcs[2].body, ())  # 3's body, no signature
+    outsider = signed(ViewChange, 4, 1, vcs[2].seq, vcs[2].digest, body=vcs[2].body)  # index 4: not a validator
+    later = sent(make_replica(4, 3).start_view_change(2), ViewChange)[0]  # a view change for view 2
+    for raws in ([stripped[0], stripped[0], stripped[1]], [stripped[0], stripped[1], forged.encode()],
+                 [stripped[0], stripped[1], outsider.encode()], [stripped[0], stripped[1], vcm.strip(later)]):
+        body = encode(raws)
+        nv = signed(NewView, 1, 1, 0, vcm.body_hash(body), body=body)
+        fresh = make_replica(4, 2)
+        fresh.start_view_change(1)
+        before = fresh.ignored
+        assert fresh.on_message(nv) == [] and fresh.changing and fresh.view == 1
+        assert fresh.ignored == before + 1  # counted once, as one ignored message
+    # the honest new view installs, and says so: active, carrying block 2 over, with itself to persist
+    body = encode(stripped)
+    nv = signed(NewView, 1, 1, 0, vcm.body_hash(body), body=body)
+    r = net.replicas[2]
+    acts = r.on_message(nv)
+    changed = [x for x in acts if isinstance(x, ViewChanged)]
+    assert changed[0] == ViewChanged(1, False)
+    assert changed[1] == ViewChanged(1, True, (b,), nv.encode())
+    assert r.view_changes == 1 and r.fixed == {2: b.hash} and not r.changing
