@@ -347,13 +347,17 @@ def _bad_bodies():
         (_vc([a.hash, 0, cert, [p(1, 0)]]), "out of range or repeated"),  # header's view 1 > entry's view 0
         (_vc([a.hash, 0, cert, [p(3, bytes(64))]]), "^prepared entry: bad pre-prepare signature$"),
         (_vc([a.hash, 0, cert, [p(4, prep[4][:1])]]), "^prepared entry: fewer than 2f valid prepares$"),
-        (_vc([a.hash, 0, cert, [p(4, [prep[4][0], [1, prep[4][1][1]]])]]), "fewer than 2f"),  # the primary's
+        (_vc([a.hash, 0, cert, [p(4, [prep[4][0], [1, IDS[1].sign(m_signed(2, 1, 2, b.hash))]])]]),
+         "fewer than 2f"),  # the primary's own prepare does not count
+        (_vc([a.hash, 0, cert[:2] + [["2", cert[2][1]]], []]), "certificate does not verify"),  # entry shapes
+        (_vc([a.hash, 0, cert[:2] + [[2]], []]), "certificate does not verify"),
+        (_vc([a.hash, 0, cert[:2] + [[2, cert[2][1], b""]], []]), "certificate does not verify"),
         (_vc([a.hash, 0, cert, [prep]], blocks=[other.encode()]), "^view change carries a block it did not prepare$"),
         (_vc([a.hash, 0, cert, [prep]], blocks=[b"junk"]), "^view change block: "),
     ]
 
 
-@pytest.mark.parametrize("i", range(27))
+@pytest.mark.parametrize("i", range(30))
 def test_parse_refuses_each_malformed_view_change_for_its_own_reason(i):
     vc, why = _bad_bodies()[i]
     verify = lambda i, d, s: ecdsa.verify(pubs(4)[i], d, s)  # noqa: E731
@@ -422,3 +426,23 @@ def test_new_view_refuses_repeated_foreign_or_unsigned_view_changes():
     assert changed[0] == ViewChanged(1, False)
     assert changed[1] == ViewChanged(1, True, (b,), nv.encode())
     assert r.view_changes == 1 and r.fixed == {2: b.hash} and not r.changing
+
+
+def test_select_follows_a_chain_of_several_prepared_blocks():
+    """Built from checked view changes' contents directly: the chain from the base runs through every
+    linked sequence, and a higher view's certificate replaces a lower one."""
+    b1 = make_block(1, view=1, proposer=1)
+    b2 = make_block(2, view=1, prev=b1.hash, proposer=1)
+    b2_later = make_block(2, view=2, prev=b1.hash, proposer=2, salt=b"later")
+
+    def cert(blk, view):
+        return vcm.PreparedCert(blk.header.seq, view, blk.header, bytes(64), ())
+
+    def info(*certs):
+        return vcm.ViewChangeInfo(None, 0, bytes(32), {c.seq: c for c in certs}, {})
+
+    sel = vcm.select([info(cert(b1, 1), cert(b2, 1))])
+    assert sel.base_seq == 0 and sel.chain == ((1, b1.hash), (2, b2.hash)) and sel.top == 2
+    for order in ([info(cert(b1, 1), cert(b2, 1)), info(cert(b2_later, 2))],
+                  [info(cert(b2_later, 2)), info(cert(b1, 1), cert(b2, 1))]):
+        assert vcm.select(order).chain == ((1, b1.hash), (2, b2_later.hash))
