@@ -13,6 +13,7 @@ from node.consensus import (
     NewView,
     Prepare,
     PrePrepare,
+    Send,
     ViewChange,
     ViewChanged,
     decode_message,
@@ -446,3 +447,22 @@ def test_select_follows_a_chain_of_several_prepared_blocks():
     for order in ([info(cert(b1, 1), cert(b2, 1)), info(cert(b2_later, 2))],
                   [info(cert(b2_later, 2)), info(cert(b1, 1), cert(b2, 1))]):
         assert vcm.select(order).chain == ((1, b1.hash), (2, b2_later.hash))
+
+
+def test_the_new_primary_resends_its_new_view_to_stragglers_only():
+    net, a, b = _committed_pair()
+    vcs = [sent(net.replicas[i].start_view_change(1), ViewChange)[0] for i in (0, 2, 3)]
+    primary, backup = net.replicas[1], net.replicas[2]
+    acts = [x for vc in vcs for x in primary.on_message(vc)]
+    nv = [x.msg for x in acts if isinstance(x, Broadcast) and x.msg.tag == 7][0]
+    backup.on_message(nv)
+    assert primary.view == backup.view == 1 and not primary.changing and not backup.changing
+    # a straggler's view change for the installed view: only the view's primary answers, with its NEW-VIEW
+    assert primary.on_message(vcs[2]) == [Send(3, nv)]
+    assert backup.on_message(vcs[2]) == []
+    # a view change for a view already left is dropped unread
+    body = vcs[2].body
+    stale = signed(ViewChange, 3, 0, vcs[2].seq, vcm.body_hash(body), body=body)
+    for r in (primary, backup):
+        before = r.ignored
+        assert r.on_message(stale) == [] and 0 not in r.vcs and r.ignored == before
