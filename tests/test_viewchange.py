@@ -466,3 +466,19 @@ def test_the_new_primary_resends_its_new_view_to_stragglers_only():
     for r in (primary, backup):
         before = r.ignored
         assert r.on_message(stale) == [] and 0 not in r.vcs and r.ignored == before
+
+
+def test_evidence_records_are_complete_deduplicated_and_bounded():
+    r = make_replica(4, 1)
+    a, b = make_block(1, txs=[b"A"]), make_block(1, txs=[b"B"])
+    pa, pb = pre_prepare(a), pre_prepare(b)
+    r.on_message(pa)
+    r.on_message(pb)
+    (ev,) = r.evidence  # exactly what a third party needs to check it, nothing guessed
+    assert ev == {"kind": "equivocating-primary", "validator": 0, "tag": 1, "view": 0, "seq": 1,
+                  "digests": [a.hash.hex(), b.hash.hex()], "sigs": [pa.sig.hex(), pb.sig.hex()]}
+    r._add_evidence("equivocating-primary", 0, 1, 0, 1, (a.hash, pa.sig), (b.hash, pb.sig))
+    assert len(r.evidence) == 1  # the same (kind, validator, view, seq) is recorded once
+    for seq in range(2, vcm.MAX_EVIDENCE + 10):  # a flood of distinct evidence stops at the bound
+        r._add_evidence("conflicting-votes", 3, 2, 0, seq, (a.hash, pa.sig), (b.hash, pb.sig))
+    assert len(r.evidence) == vcm.MAX_EVIDENCE
