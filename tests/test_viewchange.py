@@ -10,6 +10,7 @@ from node.consensus import (
     Checkpoint,
     Commit,
     ConsensusError,
+    Deliver,
     NewView,
     Prepare,
     PrePrepare,
@@ -409,12 +410,12 @@ def test_new_view_refuses_repeated_foreign_or_unsigned_view_changes():
     forged = ViewChange(1, vcs[2].seq, vcs[2].digest, 3, bytes(64), vcs[2].body, ())  # 3's body, no signature
     outsider = signed(ViewChange, 4, 1, vcs[2].seq, vcs[2].digest, body=vcs[2].body)  # index 4: not a validator
     later = sent(make_replica(4, 3).start_view_change(2), ViewChange)[0]  # a view change for view 2
+    fresh = make_replica(4, 2)  # one replica refuses them all, each counted
+    fresh.start_view_change(1)
     for raws in ([stripped[0], stripped[0], stripped[1]], [stripped[0], stripped[1], forged.encode()],
                  [stripped[0], stripped[1], outsider.encode()], [stripped[0], stripped[1], vcm.strip(later)]):
         body = encode(raws)
         nv = signed(NewView, 1, 1, 0, vcm.body_hash(body), body=body)
-        fresh = make_replica(4, 2)
-        fresh.start_view_change(1)
         before = fresh.ignored
         assert fresh.on_message(nv) == [] and fresh.changing and fresh.view == 1
         assert fresh.ignored == before + 1  # counted once, as one ignored message
@@ -455,6 +456,8 @@ def test_the_new_primary_resends_its_new_view_to_stragglers_only():
     primary, backup = net.replicas[1], net.replicas[2]
     acts = [x for vc in vcs for x in primary.on_message(vc)]
     nv = [x.msg for x in acts if isinstance(x, Broadcast) and x.msg.tag == 7][0]
+    # the new primary installs its own view (persisted first) and re-proposes the carried-over block
+    assert ViewChanged(1, True, (b,), nv.encode()) in acts and [p.digest for p in sent(acts, PrePrepare)] == [b.hash]
     backup.on_message(nv)
     assert primary.view == backup.view == 1 and not primary.changing and not backup.changing
     # a straggler's view change for the installed view: only the view's primary answers, with its NEW-VIEW
@@ -482,3 +485,36 @@ def test_evidence_records_are_complete_deduplicated_and_bounded():
     for seq in range(2, vcm.MAX_EVIDENCE + 10):  # a flood of distinct evidence stops at the bound
         r._add_evidence("conflicting-votes", 3, 2, 0, seq, (a.hash, pa.sig), (b.hash, pb.sig))
     assert len(r.evidence) == vcm.MAX_EVIDENCE
+
+
+def test_a_replica_that_missed_the_commits_delivers_the_base_from_the_new_view():
+    """Replica 2 prepared block 1 but lost every commit; the others committed it. The new view's
+    certificates prove it committed, and replica 2 holds the block: it delivers it, certified."""
+    net = SimNet(4, 1)
+    a = make_block(1, txs=[b"a"])
+    net.send(0, net.replicas[0].propose(a))
+    while net.queue:
+        dst, raw = net.queue.pop(0)
+        m = decode_message(raw)
+        if not (dst == 2 and isinstance(m, Commit)):
+            net.send(dst, net.replicas[dst].on_message(m))
+    lagging = net.replicas[2]
+    assert lagging.last_delivered == 0 and 1 in lagging.prepared
+    assert all(net.replicas[i].last_delivered == 1 for i in (0, 1, 3))
+    vcs = [sent(net.replicas[i].start_view_change(1), ViewChange)[0] for i in (0, 2, 3)]
+    nv_acts = [x for vc in vcs for x in net.replicas[1].on_message(vc)]
+    nv = [x.msg for x in nv_acts if isinstance(x, Broadcast) and x.msg.tag == 7][0]
+    acts = lagging.on_message(nv)
+    (d,) = [x for x in acts if isinstance(x, Deliver)]
+    committed = net.out[0][0].block
+    assert d.seq == 1 and d.block.hash == a.hash and d.block.txs == a.txs
+    assert d.block.cert == committed.cert and d.block.cert_view == 0 and verify_cert(d.block, pubs(4))
+    assert acts.index(d) > 0 and isinstance(acts[0], ViewChanged)  # after the view is persisted
+    assert lagging.last_delivered == 1 and lagging.view == 1 and not lagging.changing
+
+
+def test_a_new_view_body_may_exceed_one_transaction_s_size_limit():
+    """2f+1 view changes with their prepared certificates easily pass 16 KiB (the wire default)."""
+    body = bytes(20_000)
+    vc = ViewChange(1, 0, vcm.body_hash(body), 2, bytes(64), body, ())
+    assert vcm.parse_new_view_body(encode([vcm.strip(vc)] * 3)) == [vc] * 3
