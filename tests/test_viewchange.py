@@ -518,3 +518,29 @@ def test_a_new_view_body_may_exceed_one_transaction_s_size_limit():
     body = bytes(20_000)
     vc = ViewChange(1, 0, vcm.body_hash(body), 2, bytes(64), body, ())
     assert vcm.parse_new_view_body(encode([vcm.strip(vc)] * 3)) == [vc] * 3
+
+
+def test_view_changes_are_held_for_at_most_4n_views_ahead_and_refusals_counted():
+    r = make_replica(4, 2)
+    for view, held in ((16, True), (17, False)):  # 4n = 16 views ahead of view 0
+        vc = sent(make_replica(4, 3).start_view_change(view), ViewChange)[0]
+        r.on_message(vc)
+        assert (view in r.vcs) is held
+    r.ignored = 5
+    bad = ViewChange(1, 0, vcm.body_hash(b"\xc1"), 3, bytes(64), b"\xc1", ())
+    r.on_message(signed(ViewChange, 3, 1, 0, bad.digest, body=bad.body))
+    assert r.ignored == 6
+
+
+def test_a_view_change_body_may_exceed_one_transaction_s_size_limit():
+    """A replica with a window of prepared blocks sends one certificate each: well past 16 KiB."""
+    a, b, cert, prep = _vc_parts()
+    entries = []
+    for seq in range(2, 60):
+        blk = make_block(seq, view=1, prev=a.hash)
+        entries.append([seq, 1, blk.header.encode(), IDS[1].sign(m_signed(1, 1, seq, blk.hash)),
+                        [[i, IDS[i].sign(m_signed(2, 1, seq, blk.hash))] for i in (0, 2)]])
+    vc = _vc([a.hash, 0, cert, entries])
+    assert len(vc.body) > 16 * 1024
+    info = vcm.parse(vc, CHAIN, 4, lambda i, d, s: ecdsa.verify(pubs(4)[i], d, s))
+    assert sorted(info.prepared) == list(range(2, 60))
