@@ -458,6 +458,7 @@ def test_the_new_primary_resends_its_new_view_to_stragglers_only():
     nv = [x.msg for x in acts if isinstance(x, Broadcast) and x.msg.tag == 7][0]
     # the new primary installs its own view (persisted first) and re-proposes the carried-over block
     assert ViewChanged(1, True, (b,), nv.encode()) in acts and [p.digest for p in sent(acts, PrePrepare)] == [b.hash]
+    assert (nv.view, nv.seq, nv.sender) == (1, 0, 1)
     backup.on_message(nv)
     assert primary.view == backup.view == 1 and not primary.changing and not backup.changing
     # a straggler's view change for the installed view: only the view's primary answers, with its NEW-VIEW
@@ -510,6 +511,7 @@ def test_a_replica_that_missed_the_commits_delivers_the_base_from_the_new_view()
     assert d.seq == 1 and d.block.hash == a.hash and d.block.txs == a.txs
     assert d.block.cert == committed.cert and d.block.cert_view == 0 and verify_cert(d.block, pubs(4))
     assert acts.index(d) > 0 and isinstance(acts[0], ViewChanged)  # after the view is persisted
+    assert [x for x in acts if isinstance(x, ViewChanged)] == [ViewChanged(1, False), ViewChanged(1, True, (), nv.encode())]
     assert lagging.last_delivered == 1 and lagging.view == 1 and not lagging.changing
 
 
@@ -544,3 +546,18 @@ def test_a_view_change_body_may_exceed_one_transaction_s_size_limit():
     assert len(vc.body) > 16 * 1024
     info = vcm.parse(vc, CHAIN, 4, lambda i, d, s: ecdsa.verify(pubs(4)[i], d, s))
     assert sorted(info.prepared) == list(range(2, 60))
+
+
+def test_only_the_new_views_primary_keeps_the_carried_blocks_and_view_changes_start_once():
+    net, a, b = _committed_pair()
+    vc = sent(net.replicas[3].start_view_change(1), ViewChange)[0]
+    assert vc.blocks  # replica 3 prepared block 2 and carries it
+    primary, backup = net.replicas[1], net.replicas[2]
+    backup.start_view_change(1)
+    primary.on_message(vc)
+    backup.on_message(vc)
+    assert primary.vcs[1][3].blocks == {b.hash: b} and backup.vcs[1][3].blocks == {}
+    assert backup.vcs[1][3].prepared == primary.vcs[1][3].prepared  # the certificates stay
+    # a replica already changing to view 1 does not start it again, nor go back to an older view
+    assert backup.start_view_change(1) == [] and backup.start_view_change(0) == []
+    assert backup.view == 1 and backup.changing
