@@ -30,8 +30,8 @@ bench: $(STAMP)
 # against its fast test files, a score per module; MUTATION_MODULES picks some, e.g. node/crypto/seal.py
 MUTATION_MODULES ?=
 MUTATION_CHILDREN ?= 2
+# the pin is the `mutation` extra in setup.py, installed alone so the native build is not redone
 mutation: $(STAMP)
-	# the pin is the `mutation` extra in setup.py, installed alone so the native build is not redone
 	$(PY) -m pip install -q "$$(sed -n 's/.*"\(mutmut[^"]*\)".*/\1/p' setup.py)"
 	nice -n 19 $(PY) scripts/mutation.py --children $(MUTATION_CHILDREN) $(MUTATION_MODULES)
 

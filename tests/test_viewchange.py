@@ -10,10 +10,13 @@ from node.consensus import (
     Checkpoint,
     Commit,
     ConsensusError,
+    Deliver,
     NewView,
     Prepare,
     PrePrepare,
+    Send,
     ViewChange,
+    ViewChanged,
     decode_message,
 )
 from node.consensus import viewchange as vcm
@@ -346,13 +349,17 @@ def _bad_bodies():
         (_vc([a.hash, 0, cert, [p(1, 0)]]), "out of range or repeated"),  # header's view 1 > entry's view 0
         (_vc([a.hash, 0, cert, [p(3, bytes(64))]]), "^prepared entry: bad pre-prepare signature$"),
         (_vc([a.hash, 0, cert, [p(4, prep[4][:1])]]), "^prepared entry: fewer than 2f valid prepares$"),
-        (_vc([a.hash, 0, cert, [p(4, [prep[4][0], [1, prep[4][1][1]]])]]), "fewer than 2f"),  # the primary's
+        (_vc([a.hash, 0, cert, [p(4, [prep[4][0], [1, IDS[1].sign(m_signed(2, 1, 2, b.hash))]])]]),
+         "fewer than 2f"),  # the primary's own prepare does not count
+        (_vc([a.hash, 0, cert[:2] + [["2", cert[2][1]]], []]), "certificate does not verify"),  # entry shapes
+        (_vc([a.hash, 0, cert[:2] + [[2]], []]), "certificate does not verify"),
+        (_vc([a.hash, 0, cert[:2] + [[2, cert[2][1], b""]], []]), "certificate does not verify"),
         (_vc([a.hash, 0, cert, [prep]], blocks=[other.encode()]), "^view change carries a block it did not prepare$"),
         (_vc([a.hash, 0, cert, [prep]], blocks=[b"junk"]), "^view change block: "),
     ]
 
 
-@pytest.mark.parametrize("i", range(27))
+@pytest.mark.parametrize("i", range(30))
 def test_parse_refuses_each_malformed_view_change_for_its_own_reason(i):
     vc, why = _bad_bodies()[i]
     verify = lambda i, d, s: ecdsa.verify(pubs(4)[i], d, s)  # noqa: E731
@@ -383,3 +390,174 @@ def test_select_takes_the_highest_view_per_sequence_and_stops_at_a_broken_link()
     # the base is the highest committed block among the view changes
     genesis = vcm.parse(_vc([bytes(32), 0, [], []], seq=0), CHAIN, 4, verify)
     assert vcm.select([genesis, low]).base_seq == 1 and vcm.select([low, genesis]).base_hash == a.hash
+
+
+def test_parse_new_view_body_refuses_each_malformed_body():
+    vc = sent(make_replica(4, 2).start_view_change(1), ViewChange)[0]
+    assert vcm.parse_new_view_body(encode([vcm.strip(vc)])) == [ViewChange(1, 0, vc.digest, 2, vc.sig, vc.body, ())]
+    for body, why in ((b"\xc1", "^new view body: "), (encode(b"x"), "^new view body is a list of view changes$"),
+                      (encode([vcm.strip(vc), "x"]), "^new view body is a list of view changes$"),
+                      (encode([signed(Commit, 1, 0, 1, bytes(32)).encode()]),
+                       "^new view body holds a message that is not a view change$")):
+        with pytest.raises(ConsensusError, match=why):
+            vcm.parse_new_view_body(body)
+
+
+def test_new_view_refuses_repeated_foreign_or_unsigned_view_changes():
+    net, a, b = _committed_pair()
+    vcs = [sent(net.replicas[i].start_view_change(1), ViewChange)[0] for i in (0, 2, 3)]
+    stripped = [vcm.strip(v) for v in vcs]
+    forged = ViewChange(1, vcs[2].seq, vcs[2].digest, 3, bytes(64), vcs[2].body, ())  # 3's body, no signature
+    outsider = signed(ViewChange, 4, 1, vcs[2].seq, vcs[2].digest, body=vcs[2].body)  # index 4: not a validator
+    later = sent(make_replica(4, 3).start_view_change(2), ViewChange)[0]  # a view change for view 2
+    fresh = make_replica(4, 2)  # one replica refuses them all, each counted
+    fresh.start_view_change(1)
+    for raws in ([stripped[0], stripped[0], stripped[1]], [stripped[0], stripped[1], forged.encode()],
+                 [stripped[0], stripped[1], outsider.encode()], [stripped[0], stripped[1], vcm.strip(later)]):
+        body = encode(raws)
+        nv = signed(NewView, 1, 1, 0, vcm.body_hash(body), body=body)
+        before = fresh.ignored
+        assert fresh.on_message(nv) == [] and fresh.changing and fresh.view == 1
+        assert fresh.ignored == before + 1  # counted once, as one ignored message
+    # the honest new view installs, and says so: active, carrying block 2 over, with itself to persist
+    body = encode(stripped)
+    nv = signed(NewView, 1, 1, 0, vcm.body_hash(body), body=body)
+    r = net.replicas[2]
+    acts = r.on_message(nv)
+    changed = [x for x in acts if isinstance(x, ViewChanged)]
+    assert changed[0] == ViewChanged(1, False)
+    assert changed[1] == ViewChanged(1, True, (b,), nv.encode())
+    assert r.view_changes == 1 and r.fixed == {2: b.hash} and not r.changing
+
+
+def test_select_follows_a_chain_of_several_prepared_blocks():
+    """Built from checked view changes' contents directly: the chain from the base runs through every
+    linked sequence, and a higher view's certificate replaces a lower one."""
+    b1 = make_block(1, view=1, proposer=1)
+    b2 = make_block(2, view=1, prev=b1.hash, proposer=1)
+    b2_later = make_block(2, view=2, prev=b1.hash, proposer=2, salt=b"later")
+
+    def cert(blk, view):
+        return vcm.PreparedCert(blk.header.seq, view, blk.header, bytes(64), ())
+
+    def info(*certs):
+        return vcm.ViewChangeInfo(None, 0, bytes(32), {c.seq: c for c in certs}, {})
+
+    sel = vcm.select([info(cert(b1, 1), cert(b2, 1))])
+    assert sel.base_seq == 0 and sel.chain == ((1, b1.hash), (2, b2.hash)) and sel.top == 2
+    for order in ([info(cert(b1, 1), cert(b2, 1)), info(cert(b2_later, 2))],
+                  [info(cert(b2_later, 2)), info(cert(b1, 1), cert(b2, 1))]):
+        assert vcm.select(order).chain == ((1, b1.hash), (2, b2_later.hash))
+
+
+def test_the_new_primary_resends_its_new_view_to_stragglers_only():
+    net, a, b = _committed_pair()
+    vcs = [sent(net.replicas[i].start_view_change(1), ViewChange)[0] for i in (0, 2, 3)]
+    primary, backup = net.replicas[1], net.replicas[2]
+    acts = [x for vc in vcs for x in primary.on_message(vc)]
+    nv = [x.msg for x in acts if isinstance(x, Broadcast) and x.msg.tag == 7][0]
+    # the new primary installs its own view (persisted first) and re-proposes the carried-over block
+    assert ViewChanged(1, True, (b,), nv.encode()) in acts and [p.digest for p in sent(acts, PrePrepare)] == [b.hash]
+    assert (nv.view, nv.seq, nv.sender) == (1, 0, 1)
+    backup.on_message(nv)
+    assert primary.view == backup.view == 1 and not primary.changing and not backup.changing
+    # a straggler's view change for the installed view: only the view's primary answers, with its NEW-VIEW
+    assert primary.on_message(vcs[2]) == [Send(3, nv)]
+    assert backup.on_message(vcs[2]) == []
+    # a view change for a view already left is dropped unread
+    body = vcs[2].body
+    stale = signed(ViewChange, 3, 0, vcs[2].seq, vcm.body_hash(body), body=body)
+    for r in (primary, backup):
+        before = r.ignored
+        assert r.on_message(stale) == [] and 0 not in r.vcs and r.ignored == before
+
+
+def test_evidence_records_are_complete_deduplicated_and_bounded():
+    r = make_replica(4, 1)
+    a, b = make_block(1, txs=[b"A"]), make_block(1, txs=[b"B"])
+    pa, pb = pre_prepare(a), pre_prepare(b)
+    r.on_message(pa)
+    r.on_message(pb)
+    (ev,) = r.evidence  # exactly what a third party needs to check it, nothing guessed
+    assert ev == {"kind": "equivocating-primary", "validator": 0, "tag": 1, "view": 0, "seq": 1,
+                  "digests": [a.hash.hex(), b.hash.hex()], "sigs": [pa.sig.hex(), pb.sig.hex()]}
+    r._add_evidence("equivocating-primary", 0, 1, 0, 1, (a.hash, pa.sig), (b.hash, pb.sig))
+    assert len(r.evidence) == 1  # the same (kind, validator, view, seq) is recorded once
+    for seq in range(2, vcm.MAX_EVIDENCE + 10):  # a flood of distinct evidence stops at the bound
+        r._add_evidence("conflicting-votes", 3, 2, 0, seq, (a.hash, pa.sig), (b.hash, pb.sig))
+    assert len(r.evidence) == vcm.MAX_EVIDENCE
+
+
+def test_a_replica_that_missed_the_commits_delivers_the_base_from_the_new_view():
+    """Replica 2 prepared block 1 but lost every commit; the others committed it. The new view's
+    certificates prove it committed, and replica 2 holds the block: it delivers it, certified."""
+    net = SimNet(4, 1)
+    a = make_block(1, txs=[b"a"])
+    net.send(0, net.replicas[0].propose(a))
+    while net.queue:
+        dst, raw = net.queue.pop(0)
+        m = decode_message(raw)
+        if not (dst == 2 and isinstance(m, Commit)):
+            net.send(dst, net.replicas[dst].on_message(m))
+    lagging = net.replicas[2]
+    assert lagging.last_delivered == 0 and 1 in lagging.prepared
+    assert all(net.replicas[i].last_delivered == 1 for i in (0, 1, 3))
+    vcs = [sent(net.replicas[i].start_view_change(1), ViewChange)[0] for i in (0, 2, 3)]
+    nv_acts = [x for vc in vcs for x in net.replicas[1].on_message(vc)]
+    nv = [x.msg for x in nv_acts if isinstance(x, Broadcast) and x.msg.tag == 7][0]
+    acts = lagging.on_message(nv)
+    (d,) = [x for x in acts if isinstance(x, Deliver)]
+    committed = net.out[0][0].block
+    assert d.seq == 1 and d.block.hash == a.hash and d.block.txs == a.txs
+    assert d.block.cert == committed.cert and d.block.cert_view == 0 and verify_cert(d.block, pubs(4))
+    assert acts.index(d) > 0 and isinstance(acts[0], ViewChanged)  # after the view is persisted
+    assert [x for x in acts if isinstance(x, ViewChanged)] == [ViewChanged(1, False), ViewChanged(1, True, (), nv.encode())]
+    assert lagging.last_delivered == 1 and lagging.view == 1 and not lagging.changing
+
+
+def test_a_new_view_body_may_exceed_one_transaction_s_size_limit():
+    """2f+1 view changes with their prepared certificates easily pass 16 KiB (the wire default)."""
+    body = bytes(20_000)
+    vc = ViewChange(1, 0, vcm.body_hash(body), 2, bytes(64), body, ())
+    assert vcm.parse_new_view_body(encode([vcm.strip(vc)] * 3)) == [vc] * 3
+
+
+def test_view_changes_are_held_for_at_most_4n_views_ahead_and_refusals_counted():
+    r = make_replica(4, 2)
+    for view, held in ((16, True), (17, False)):  # 4n = 16 views ahead of view 0
+        vc = sent(make_replica(4, 3).start_view_change(view), ViewChange)[0]
+        r.on_message(vc)
+        assert (view in r.vcs) is held
+    r.ignored = 5
+    bad = ViewChange(1, 0, vcm.body_hash(b"\xc1"), 3, bytes(64), b"\xc1", ())
+    r.on_message(signed(ViewChange, 3, 1, 0, bad.digest, body=bad.body))
+    assert r.ignored == 6
+
+
+def test_a_view_change_body_may_exceed_one_transaction_s_size_limit():
+    """A replica with a window of prepared blocks sends one certificate each: well past 16 KiB."""
+    a, b, cert, prep = _vc_parts()
+    entries = []
+    for seq in range(2, 60):
+        blk = make_block(seq, view=1, prev=a.hash)
+        entries.append([seq, 1, blk.header.encode(), IDS[1].sign(m_signed(1, 1, seq, blk.hash)),
+                        [[i, IDS[i].sign(m_signed(2, 1, seq, blk.hash))] for i in (0, 2)]])
+    vc = _vc([a.hash, 0, cert, entries])
+    assert len(vc.body) > 16 * 1024
+    info = vcm.parse(vc, CHAIN, 4, lambda i, d, s: ecdsa.verify(pubs(4)[i], d, s))
+    assert sorted(info.prepared) == list(range(2, 60))
+
+
+def test_only_the_new_views_primary_keeps_the_carried_blocks_and_view_changes_start_once():
+    net, a, b = _committed_pair()
+    vc = sent(net.replicas[3].start_view_change(1), ViewChange)[0]
+    assert vc.blocks  # replica 3 prepared block 2 and carries it
+    primary, backup = net.replicas[1], net.replicas[2]
+    backup.start_view_change(1)
+    primary.on_message(vc)
+    backup.on_message(vc)
+    assert primary.vcs[1][3].blocks == {b.hash: b} and backup.vcs[1][3].blocks == {}
+    assert backup.vcs[1][3].prepared == primary.vcs[1][3].prepared  # the certificates stay
+    # a replica already changing to view 1 does not start it again, nor go back to an older view
+    assert backup.start_view_change(1) == [] and backup.start_view_change(0) == []
+    assert backup.view == 1 and backup.changing
