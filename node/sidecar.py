@@ -91,7 +91,7 @@ class SidecarCache:
     block that commits before its batch is admitted still finds them. Self-verifying: a lookup by
     digest can only return the bytes with that digest. Bounded in bytes; oldest out first."""
 
-    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
+    def __init__(self, max_bytes: int = 16 * 1024 * 1024) -> None:
         self.max_bytes, self.bytes = max_bytes, 0
         self._items: OrderedDict[bytes, bytes] = OrderedDict()
 
