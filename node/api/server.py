@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -198,17 +199,9 @@ def make_app(v: Validator) -> web.Application:
         """A standalone upload (a blob too large to ride as a sidecar): signed by an account with a
         committed transaction, charged to its sender rate, collected unless a write names it in time."""
         data = await _read_body(req, max_blob, "blob")
-        h = req.headers
-        try:
-            pub = bytes.fromhex(h["X-Medchain-Pubkey"])
-            t_ms = int(h["X-Medchain-Time"])
-            sig = bytes.fromhex(h["X-Medchain-Signature"])
-        except (KeyError, ValueError):
-            return _err(401, "a signed upload is required: X-Medchain-Pubkey, X-Medchain-Time, X-Medchain-Signature")
-        if abs(int(time.time() * 1000) - t_ms) > v.params.request_skew_ms:
-            return _err(401, "request time is too far from the validator's clock")
-        if not ecdsa.verify(pub, blob_upload_digest(v.chain_id, ecdsa.sha256(data), len(data), t_ms), sig):
-            return _err(401, "bad upload signature")
+        pub = _signed_by(req, v, "upload", lambda t_ms: blob_upload_digest(v.chain_id, ecdsa.sha256(data), len(data), t_ms))
+        if isinstance(pub, web.Response):
+            return pub
         uploader = address_of(pub)
         if v.committed_nonce(uploader) == 0:
             return _err(403, "uploads are for accounts with a committed transaction: send small blobs as sidecars")
@@ -229,20 +222,14 @@ def make_app(v: Validator) -> web.Application:
             cid = Cid.parse(req.match_info["cid"])
         except CidError as exc:
             return _err(400, f"bad cid: {exc}")
-        h = req.headers
         try:
-            pub = bytes.fromhex(h["X-Medchain-Pubkey"])
-            t_ms = int(h["X-Medchain-Time"])
-            sig = bytes.fromhex(h["X-Medchain-Signature"])
-            read_id = bytes.fromhex(h.get("X-Medchain-Read", ""))
-        except (KeyError, ValueError):
-            return _err(401, "a signed request is required: X-Medchain-Pubkey, X-Medchain-Time, "
-                             "X-Medchain-Signature (and X-Medchain-Read for staff)")
-        # integer ms: a huge X-Medchain-Time must not overflow a float (a 500 found by fuzzing)
-        if abs(int(time.time() * 1000) - t_ms) > v.params.request_skew_ms:
-            return _err(401, "request time is too far from the validator's clock")
-        if not ecdsa.verify(pub, blob_request_digest(v.chain_id, cid.to_bytes(), read_id, t_ms), sig):
-            return _err(401, "bad request signature")
+            read_id = bytes.fromhex(req.headers.get("X-Medchain-Read", ""))
+        except ValueError:
+            read_id = None
+        pub = _signed_by(req, v, "request", lambda t_ms: blob_request_digest(v.chain_id, cid.to_bytes(), read_id, t_ms),
+                         " (and X-Medchain-Read for staff)", read_id is not None)
+        if isinstance(pub, web.Response):
+            return pub
         reader = address_of(pub)
         rec_raw = v.ledger.get_state(keys.blob(cid.to_bytes()))
         if rec_raw is None:
@@ -349,6 +336,27 @@ def make_app(v: Validator) -> web.Application:
     proofs.add_routes(routes, v)
     app.add_routes(routes)
     return app
+
+
+def _signed_by(req: web.Request, v: Validator, what: str, digest: Callable[[int], bytes], extra: str = "",
+               well_formed: bool = True) -> bytes | web.Response:
+    """The signer's public key once X-Medchain-Pubkey, -Time and -Signature check out against
+    `digest(time_ms)` (docs/PROTOCOL.md 6.1 and 7), else the 401 to answer."""
+    h = req.headers
+    try:
+        pub = bytes.fromhex(h["X-Medchain-Pubkey"])
+        t_ms = int(h["X-Medchain-Time"])
+        sig = bytes.fromhex(h["X-Medchain-Signature"])
+    except (KeyError, ValueError):
+        well_formed = False
+    if not well_formed:
+        return _err(401, f"a signed {what} is required: X-Medchain-Pubkey, X-Medchain-Time, X-Medchain-Signature{extra}")
+    # integer ms: a huge X-Medchain-Time must not overflow a float (a 500 found by fuzzing)
+    if abs(int(time.time() * 1000) - t_ms) > v.params.request_skew_ms:
+        return _err(401, "request time is too far from the validator's clock")
+    if not ecdsa.verify(pub, digest(t_ms), sig):
+        return _err(401, f"bad {what} signature")
+    return pub
 
 
 def _read_covers(v: Validator, read_id: bytes, reader: bytes, patient: bytes, dtype: int, cid: bytes,
