@@ -54,7 +54,7 @@ class Commit:
         if stored:
             self.replicator.stored(stored)  # answers peers' wants waiting for them
             self.metrics.sidecars_stored.inc(len(stored))
-        self.replicator.on_commit(block.header.height, (r.to_bytes() for r in roots), pinned=True, wanted=wanted)
+        self.replicator.on_commit(block.header.height, roots, wanted)
         self.metrics.height.set(block.header.height)
         self.metrics.committed.inc(len(ex.txs))
         self.metrics.mempool.set(len(self.mempool))

@@ -2,8 +2,10 @@
 
 When block h commits, every data write in it with result OK names a blob (its root CID):
 
-1. the blobs are pinned here (on chain now: never garbage-collected);
-2. the ones we lack are fetched over bitswap from the other validators (and external IPFS
+1. the commit (node/commit.py) pinned them (on chain now: never garbage-collected), stored the
+   sidecars held here and recorded the rest as wanted, in the block store (so this survives a
+   restart);
+2. the wanted ones are fetched over bitswap from the other validators (and external IPFS
    peers), every block verified against its CID; what is still missing is retried with backoff.
    A fetched DAG is stored in one LMDB transaction, so a listed root means the whole DAG is here;
 3. once this validator holds every blob of block h, it tells each other validator so, in one
@@ -24,7 +26,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from node.block import availability, max_faulty
@@ -66,7 +68,6 @@ class Replicator:
         self._tasks: list[asyncio.Task] = []
         self._sessions: set[asyncio.Task] = set()
         self._inflight: set[bytes] = set()
-        self._to_pin: list[Cid] = []
         self._wanted: set[bytes] = set()  # multihashes recorded in the store's wanted table
         self.stats = {"committed_blobs": 0, "fetched": 0, "fetch_failures": 0, "read_fetches": 0,
                       "announced": 0, "announce_failures": 0}
@@ -99,31 +100,20 @@ class Replicator:
         self._tasks = []
 
     # ---- events --------------------------------------------------------------------------------
-    def on_commit(self, height: int, cid_bytes: Iterable[bytes], pinned: bool = False,
-                  wanted: list[Cid] | None = None) -> None:
-        """Block ``height`` committed; ``cid_bytes``: the CIDs its data writes recorded (result OK).
-        `pinned`: the commit already pinned them (with its sidecars, node/validator.py), and
-        `wanted` are the ones it did not hold (recorded in the store): only those are fetched."""
-        roots = []
-        for b in cid_bytes:
-            try:
-                roots.append(Cid.from_bytes(b))
-            except CidError:
-                continue  # admission refuses bad CIDs; nothing to replicate
+    def on_commit(self, height: int, roots: list[Cid], wanted: list[Cid]) -> None:
+        """Block ``height`` committed, recording ``roots`` (its data writes with result OK). The
+        commit stored and pinned what it held and recorded the rest as ``wanted`` (node/commit.py):
+        only those are fetched."""
         if not roots:
             return
         self.stats["committed_blobs"] += len(roots)
-        if not pinned:
-            self._to_pin += roots
-        fetch = roots if wanted is None else wanted
-        self._pending[height] = {r.multihash for r in fetch}
+        self._pending[height] = {r.multihash for r in wanted}
         _trim(self._pending)
-        if wanted is not None:
-            self._wanted.update(r.multihash for r in wanted)
-            if not wanted:
-                self._mark_complete()  # every blob rode in as a sidecar
-                return
-        self._queue.put_nowait(fetch)
+        self._wanted.update(r.multihash for r in wanted)
+        if not wanted:
+            self._mark_complete()  # every blob rode in as a sidecar
+            return
+        self._queue.put_nowait(wanted)
         if not self._tasks:
             self.start(self.net)
 
@@ -265,9 +255,6 @@ class Replicator:
             pass
         while not self._queue.empty():
             roots += self._queue.get_nowait()
-        if self._to_pin:
-            pins, self._to_pin = self._to_pin, []
-            await asyncio.to_thread(self.store.pin_many, pins)
         now = time.monotonic()
         for cid, at, b in list(self._retry.values()):
             if at <= now and cid.multihash not in self._inflight:

@@ -147,11 +147,9 @@ class BlockStore:
                 if txn.get(cid.multihash, db=self.roots) is None:
                     txn.put(cid.multihash, _ROOT.pack(len(data), now, cid.codec), db=self.roots)
             for root in pins:
-                key = root.to_v1().to_bytes()
-                v = txn.get(key, db=self.pins)
-                txn.put(key, ((0 if v is None else int.from_bytes(v, "big")) + 1).to_bytes(8, "big"), db=self.pins)
+                self._pin_in(txn, root)
                 if txn.get(root.multihash, db=self.roots) is None:
-                    txn.put(key, struct.pack(">Q", height), db=self.wanted)
+                    txn.put(root.to_v1().to_bytes(), struct.pack(">Q", height), db=self.wanted)
                     wanted.append(root)
         return stored, wanted
 
@@ -188,11 +186,12 @@ class BlockStore:
             mh = k[8:]
             with self.env.begin(db=self.roots) as txn:
                 meta = txn.get(mh)
-            inner = [] if meta is None else self.dag_cids(Cid(1, _ROOT.unpack(bytes(meta))[2], mh))
+            root = None if meta is None else Cid(1, _ROOT.unpack(bytes(meta))[2], mh)
+            inner = [] if root is None else self.dag_cids(root)
             # the pin check and the delete in one write transaction: a commit pinning it meanwhile wins
             with self.env.begin(write=True) as txn:
                 txn.delete(k, db=self.uploads)
-                if meta is None or txn.get(Cid(1, _ROOT.unpack(bytes(meta))[2], mh).to_bytes(), db=self.pins):
+                if root is None or txn.get(root.to_bytes(), db=self.pins):
                     continue
                 txn.delete(mh, db=self.roots)
                 for c in inner:
@@ -203,11 +202,14 @@ class BlockStore:
 
     def pin_many(self, roots: Iterable[Cid]) -> None:
         """One more on-chain reference to each root, in one transaction."""
-        with self.env.begin(write=True, db=self.pins) as txn:
+        with self.env.begin(write=True) as txn:
             for root in roots:
-                key = root.to_v1().to_bytes()
-                v = txn.get(key)
-                txn.put(key, ((0 if v is None else int.from_bytes(v, "big")) + 1).to_bytes(8, "big"))
+                self._pin_in(txn, root)
+
+    def _pin_in(self, txn: lmdb.Transaction, root: Cid) -> None:
+        key = root.to_v1().to_bytes()
+        v = txn.get(key, db=self.pins)
+        txn.put(key, ((0 if v is None else int.from_bytes(v, "big")) + 1).to_bytes(8, "big"), db=self.pins)
 
     def blob_size(self, root: Cid) -> int | None:
         """File size of a stored blob; a bare raw block (stored with ``put``) counts as a blob."""
