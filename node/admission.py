@@ -49,7 +49,6 @@ class Admission:
         self.bad_sigs: OrderedDict[bytes, None] = OrderedDict()
         self.rejected: OrderedDict[bytes, str] = OrderedDict()
         self.forward: list[Item] = []  # admitted client transactions (and sidecars) to forward
-        self.forward_bytes = 0
         self.submitted_at: dict[bytes, float] = {}  # client submissions here, for the latency metric
         self.pending_since: dict[bytes, float] = {}  # every admitted tx: when to re-forward it next
         self._verifier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify")  # FIFO: keeps order
@@ -58,7 +57,7 @@ class Admission:
         self._verifier.shutdown(wait=True)
 
     def take_forward(self) -> list[Item]:
-        batch, self.forward, self.forward_bytes = self.forward, [], 0
+        batch, self.forward = self.forward, []
         return batch
 
     def committed_nonce(self, addr: bytes, get: Callable[[bytes], bytes | None] | None = None) -> int:
@@ -89,7 +88,8 @@ class Admission:
 
     def _check_items(self, items: list[Item], forwarded: bool) -> list:
         """Stateless checks (decode, chain id, sidecar, signature): pure, runs off the loop. Returns per
-        item an AdmissionError, or (tx, sidecar, verified). Known bad signatures cost a lookup."""
+        item an AdmissionError, (txid or None, status, reason) for a refusal, or (tx, sidecar). Known
+        bad signatures cost a lookup."""
         out: list = []
         todo: list[tuple[int, Tx]] = []
         for raw, side in items:
@@ -136,11 +136,12 @@ class Admission:
                 continue
             if len(c) == 3:  # (txid, status, reason): refused by the stateless checks
                 txid, status, reason = c
-                if reason.endswith(BAD_SIGNATURE) and txid is not None:
+                err = self.reject(txid, status, reason)
+                if err.bad_signature and txid is not None:
                     self.bad_sigs[txid] = None
                     while len(self.bad_sigs) > _BAD_SIG_CACHE:
                         self.bad_sigs.popitem(last=False)
-                out.append(self.reject(txid, status, reason))
+                out.append(err)
                 continue
             tx, side = c
             self.mark_verified(tx.id)
@@ -152,7 +153,6 @@ class Admission:
             out.append(tx.id)
             if not forwarded and self.forwarding:
                 self.forward.append((tx.raw, side))
-                self.forward_bytes += len(tx.raw) + (len(side) if side else 0)
         self.metrics.mempool.set(len(self.mempool))
         return out
 
@@ -189,24 +189,25 @@ class Admission:
         self.metrics.admitted.inc()
         return forward_side
 
+    @staticmethod
+    def _cid_of(tx: Tx) -> Cid:
+        try:
+            return Cid.from_bytes(tx.body.cid)
+        except CidError as exc:
+            raise AdmissionError(400, f"invalid transaction: bad cid: {exc}") from None
+
     def _check_forwarded_write(self, tx: Tx) -> None:
         """An honest entry validator forwards every write of one raw block with its sidecar; one
         without it (a faulty peer dropped it) is refused unless the blob is held here already.
         Only a dag-pb blob (a standalone upload, over 1 MiB) comes without, and is repaired at commit."""
-        try:
-            cid = Cid.from_bytes(tx.body.cid)
-        except CidError as exc:
-            raise AdmissionError(400, f"invalid transaction: bad cid: {exc}") from None
+        cid = self._cid_of(tx)
         if cid.codec == CODEC_RAW and self.blobs.blob_size(cid) is None:
             raise AdmissionError(422, "blob not held: a forwarded write of one raw block must carry its sidecar")
 
     def _held_blob(self, tx: Tx) -> bytes | None:
         """A write without a sidecar: its blob must be held here with the size the write states.
         Returns the blob's bytes when it is small enough to ride as a sidecar, else None."""
-        try:
-            cid = Cid.from_bytes(tx.body.cid)
-        except CidError as exc:
-            raise AdmissionError(400, f"invalid transaction: bad cid: {exc}") from None
+        cid = self._cid_of(tx)
         size = self.blobs.blob_size(cid)
         if size is None:
             raise AdmissionError(422, f"blob not held: send the ciphertext as the write's sidecar, or upload "

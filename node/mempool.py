@@ -26,6 +26,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 from node.tx import Tx
+from node.tx.model import BAD_SIGNATURE
 
 MAX_FORWARD_GAP = 256
 
@@ -50,6 +51,11 @@ class AdmissionError(Exception):
     def __init__(self, status: int, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.status, self.reason, self.retry_after = status, reason, retry_after
+
+    @property
+    def bad_signature(self) -> bool:
+        """Refused for a signature that does not verify (clients sending these are charged more)."""
+        return self.reason.endswith(BAD_SIGNATURE)
 
 
 @dataclass

@@ -23,7 +23,6 @@ from node.sidecar import SIDECAR_MAX, SidecarError, decode_submission, parse_ite
 from node.state import keys
 from node.state.machine import BREAK_GLASS_ACCESS_MS, Overlay, break_glass_enabled, read_allowed
 from node.tx import DATA_TYPES, KIND_READ, KIND_WRITE, Tx
-from node.tx.model import BAD_SIGNATURE
 from node.tx.requests import blob_request_digest, blob_upload_digest
 from node.validator import Validator
 from node.wire import MAX_TX_BYTES, WireError, decode
@@ -128,7 +127,7 @@ def make_app(v: Validator) -> web.Application:
         try:
             txid = await v.submit(raw, side)
         except AdmissionError as exc:
-            limits.penalise_bad_signatures(req, int(exc.reason.endswith(BAD_SIGNATURE)))
+            limits.penalise_bad_signatures(req, int(exc.bad_signature))
             hdr = {"Retry-After": _retry_after(exc.retry_after)} if exc.retry_after else None
             return _err(exc.status, exc.reason, hdr)
         return web.json_response({"id": txid.hex(), "status": "pending"}, status=202)
@@ -151,8 +150,7 @@ def make_app(v: Validator) -> web.Application:
             return over
         results = []
         out = await v.submit_many(items)
-        limits.penalise_bad_signatures(req, sum(isinstance(r, AdmissionError) and r.reason.endswith(BAD_SIGNATURE)
-                                                for r in out))
+        limits.penalise_bad_signatures(req, sum(isinstance(r, AdmissionError) and r.bad_signature for r in out))
         for r in out:
             if isinstance(r, AdmissionError):
                 res = {"status": r.status, "error": r.reason}
