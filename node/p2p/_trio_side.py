@@ -67,7 +67,7 @@ INBOX_HIGH = 20_000  # undelivered inbound messages at which direct-stream reads
 class PeerOut:
     """Outbound state for one validator: its frame queue and the trio wake-up plumbing."""
 
-    __slots__ = ("pid", "name", "addr", "queue", "event", "waiting", "sessions", "stream", "scope", "retry")
+    __slots__ = ("pid", "name", "addr", "queue", "event", "waiting", "sessions", "stream", "scope", "retry", "redial")
 
     def __init__(self, name: str, addr: str, queue: deque) -> None:
         self.name = name
@@ -80,6 +80,7 @@ class PeerOut:
         self.stream: Any = None
         self.scope: trio.CancelScope | None = None
         self.retry: list[bytes] | None = None  # a batch whose write failed: retried once
+        self.redial = trio.Event()  # set when the peer connects to us: end a dial backoff early
 
 
 class _ConnWatch(INotifee):
@@ -322,6 +323,9 @@ class TrioSide:
         n = self._conns.get(name, 0) + delta
         if n > 0:
             self._conns[name] = n
+            o = self.outs.get(name)
+            if delta > 0 and o is not None and o.stream is None:
+                o.redial.set()  # it is up (it dialled us): our writer need not sit out its backoff
         else:
             self._conns.pop(name, None)
         self.connected = tuple(sorted(self._conns))
@@ -412,7 +416,10 @@ class TrioSide:
                     stream = await self.host.new_stream(o.pid, [DIRECT_PROTOCOL])
             except Exception as exc:  # noqa: BLE001 - peer down / not up yet / refused
                 log.debug("dial %s failed: %r", o.name, exc)
-                await trio.sleep(delay * (0.75 + random.random() / 2))
+                o.redial = trio.Event()
+                with trio.move_on_after(delay * (0.75 + random.random() / 2)):
+                    await o.redial.wait()  # at startup peers come up in any order: a connection
+                    # from the peer ends the wait, so its stream opens in ms, not after up to 1 s
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
             delay = BACKOFF_MIN

@@ -179,6 +179,12 @@ class P2PNode:
     def connected_peers(self) -> list[str]:
         return list(self._side.connected) if self._side is not None else []
 
+    def streaming_peers(self) -> list[str]:
+        """Peers our direct stream to is open for (a connection alone may be the peer's, with our
+        writer still dialling): what a frame sent now reaches without a dial."""
+        side = self._side
+        return [o.name for o in side.outs.values() if o.stream is not None] if side is not None else []
+
     # ---- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         if self._side is not None:
