@@ -9,6 +9,10 @@
   conflicting block (the same transactions, time + 1 ms, so it is valid too) to the others. Honest
   replicas must commit at most one of them per sequence number, prove the equivocation from the
   pre-prepare signatures carried in the prepares, and move to a new view.
+- ``withhold``: admit clients' writes but keep none of their ciphertexts: forward them without
+  sidecars and commit nothing to the block store. As primary it proposes writes whose blobs no
+  other validator holds; honest backups must not vote for them (node/availability.py), so no
+  certificate names a blob that nobody holds.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ if TYPE_CHECKING:
     from node.validator import Validator
 
 log = logging.getLogger("medchain.faults")
-MODES = ("equivocate",)
+MODES = ("equivocate", "withhold")
 
 
 class FaultFile:
@@ -96,3 +100,14 @@ def equivocate(v: Validator, pp: PrePrepare) -> bool:
     log.warning("byzantine: equivocated at sequence %d (%s to %s, %s to %s)", pp.seq, b.hash.hex()[:8],
                 others[:half], alt.block.hash.hex()[:8], others[half:])
     return True
+
+
+def withhold_sidecars(v: Validator) -> None:
+    """The ``withhold`` mode: sidecars are dropped as they enter the pool and the forward buffer."""
+    admit, take = v.mempool.admit, v.admission.take_forward
+
+    def admit_without(tx, committed_nonce, now, forwarded=False, origin="", sidecar=None):  # noqa: ANN001, ANN202
+        return admit(tx, committed_nonce, now, forwarded, origin, None)
+
+    v.mempool.admit = admit_without
+    v.admission.take_forward = lambda: [(raw, None) for raw, _ in take()]

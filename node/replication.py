@@ -70,7 +70,7 @@ class Replicator:
         self._inflight: set[bytes] = set()
         self._wanted: set[bytes] = set()  # multihashes recorded in the store's wanted table
         self.stats = {"committed_blobs": 0, "fetched": 0, "fetch_failures": 0, "read_fetches": 0,
-                      "announced": 0, "announce_failures": 0}
+                      "vote_fetches": 0, "announced": 0, "announce_failures": 0}
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def attach(self, net: Any) -> None:
@@ -136,17 +136,18 @@ class Replicator:
         return {"cid": str(root), "holders": count, "held_here": held_here, "quorum": self.quorum,
                 "available": count >= self.quorum}
 
-    async def ensure(self, root: Cid, timeout: float = 15.0) -> bool:
-        """Hold ``root`` (fetching it from peers if needed) for a read; False if it cannot be had."""
+    async def ensure(self, root: Cid, timeout: float = 15.0, purpose: str = "read") -> bool:
+        """Hold ``root`` (fetching it from peers if needed) for a read (or, `purpose` "vote", before
+        preparing a block that records it); False if it cannot be had."""
         if self.store.has_blob(root):
             return True
         if self.net is None:
             return False
-        self.stats["read_fetches"] += 1
+        self.stats[f"{purpose}_fetches"] += 1
         try:
             await self.net.fetch_blob(root, timeout)
         except Exception as exc:  # noqa: BLE001 - P2PError: no peer holds it (yet)
-            log.info("read fetch of %s failed: %s", root, exc)
+            log.info("%s fetch of %s failed: %s", purpose, root, exc)
             return False
         return self.store.has_blob(root)
 

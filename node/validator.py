@@ -18,6 +18,7 @@ from pathlib import Path
 
 from node import faults, merkle
 from node.admission import REFORWARD_S, Admission
+from node.availability import AvailabilityGate
 from node.block import Block
 from node.commit import Commit
 from node.consensus import (
@@ -41,6 +42,7 @@ from node.execution import MAX_FUTURE_MS, Executed, InvalidBlock, Tip, build_blo
 from node.genesis import Genesis
 from node.ipfs.blobwriter import BlobWriter
 from node.ipfs.blockstore import BlockStore
+from node.ipfs.cid import CODEC_RAW, Cid
 from node.ledger import Ledger
 from node.mempool import AdmissionError, KeyedLimiter, Mempool, origin
 from node.metrics import Metrics
@@ -112,6 +114,9 @@ class Validator:
         self.committer = Commit(self.ledger, self.blobs, self.mempool, self.admission, self.sidecars,
                                 self.replicator, self.metrics, self._run)
         self._inbox: asyncio.Queue = asyncio.Queue()
+        # a backup votes for a block only once it holds the blobs its writes record (node/availability.py)
+        self.gate = AvailabilityGate(self._blob_here, lambda cid, t: self.replicator.ensure(cid, t, "vote"),
+                                     lambda data: self._inbox.put_nowait(("net", data)))
         self._txin: asyncio.Queue = asyncio.Queue()  # forwarded transaction batches, admitted apart
         self._txin_bytes = 0
         self._early_flush: asyncio.TimerHandle | None = None
@@ -126,6 +131,8 @@ class Validator:
         self._byzantine = faults.mode()
         if self._byzantine:
             log.critical("BYZANTINE MODE %r (fault-injection tests only)", self._byzantine)
+            if self._byzantine == "withhold":
+                faults.withhold_sidecars(self)
         log.info("validator %d of %d, chain %s, height %d", self.index, self.n, self.chain_id, head.height)
 
     # ---- start and stop ----------------------------------------------------------------------
@@ -156,6 +163,7 @@ class Validator:
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
+        self.gate.close()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -184,6 +192,8 @@ class Validator:
         """Admit a batch of (transaction, sidecar or None); one id or AdmissionError each."""
         out = await self.admission.submit_many(items, forwarded)
         self._wake.set()
+        if not forwarded and self.gate.parked():
+            self.gate.recheck()  # a client's sidecar may be what a held-back vote waits for
         if not forwarded and self.admission.forward and self._early_flush is None:
             # after a quiet spell, forward within FORWARD_SOON_S instead of at the next tick: a
             # lightly loaded network commits sooner; at most one early flush per tick, so a busy
@@ -347,8 +357,18 @@ class Validator:
             if self._txin.qsize() >= TXIN_MAX or self._txin_bytes + len(data) > TXIN_MAX_BYTES:
                 self.metrics.throttled.labels("backlog").inc()
                 return  # its entry validator re-forwards what stays pending
+            try:
+                items = decode_forwarded(data)
+            except (WireError, SidecarError) as exc:
+                log.debug("dropped malformed forwarded batch from %s: %s", peer, exc)
+                return
+            for _raw, side in items:
+                if side is not None:  # usable at once: by a held-back vote, by a block that beats admission
+                    self.sidecars.add(side)
+            if self.gate.parked():
+                self.gate.recheck()
             self._txin_bytes += len(data)
-            self._txin.put_nowait((peer, data))
+            self._txin.put_nowait((peer, items, len(data)))
             return
         if self._inbox.qsize() >= INBOX_MAX:
             self.metrics.throttled.labels("consensus_backlog").inc()
@@ -357,18 +377,12 @@ class Validator:
 
     async def _admit_forwarded(self) -> None:
         while True:
-            peer, data = await self._txin.get()
-            self._txin_bytes -= len(data)
+            peer, items, size = await self._txin.get()
+            self._txin_bytes -= size
             try:
-                items = decode_forwarded(data)
-                for _raw, side in items:
-                    if side is not None:  # usable at commit even if the block beats this admission
-                        self.sidecars.add(side)
                 if items:
                     with origin(f"peer:{peer}"):  # forwarded: no client IP, so the peer is the origin
                         await self.submit_many(items, forwarded=True)
-            except (WireError, SidecarError) as exc:
-                log.debug("dropped malformed forwarded batch: %s", exc)
             except Exception:
                 log.exception("admitting a forwarded batch failed")
             await asyncio.sleep(0)  # let the consensus task in between batches
@@ -406,10 +420,21 @@ class Validator:
             fresh = msg.block.header.view == msg.view
             ex = self._executed.get(msg.block.hash)
             if ex is None:
-                await self._execute_proposal(msg.block, check_time=fresh)
+                ex = await self._execute_proposal(msg.block, check_time=fresh)
             elif fresh and msg.block.header.time_ms > self._now_ms() + MAX_FUTURE_MS:
                 del self._executed[msg.block.hash]  # executed untimed earlier; as a fresh proposal it is too late
+                ex = None
+            missing = self.gate.missing(ex) if ex is not None else None
+            if missing:
+                self.gate.park(msg.block.hash, data, missing)  # no PREPARE before the blobs are here
+                return []
         return self.replica.on_message(msg)
+
+    def _blob_here(self, txid: bytes, cid: Cid) -> bool:
+        """Whether a write's blob is here: its sidecar in the pool or the forwarded-sidecar cache, or stored."""
+        return (self.mempool.sidecar(txid) is not None
+                or (cid.codec == CODEC_RAW and self.sidecars.get(cid.digest) is not None)
+                or self.blobs.has_blob(cid))
 
     async def _execute_proposal(self, block: Block, check_time: bool) -> Executed | None:
         tip = self._tip_for(block.header.prev_hash)
@@ -554,6 +579,7 @@ class Validator:
                              block.header.height)
                 raise SystemExit(3)
         await self.committer.commit(block, ex)
+        self.gate.forget(block.hash)
         del self._executed[block.hash]
         for h, e in list(self._executed.items()):
             if e.block.header.height <= block.header.height:

@@ -66,12 +66,12 @@ async def _metric(url: str, name: str) -> float:
 def test_sidecar_to_a_backup_is_held_everywhere_at_commit(tmp_path):
     with running_network(tmp_path, 4) as nodes:
         async def go():
-            # every validator connected to every other first: a batch forwarded while a connection
-            # is still being set up can arrive after its block, and is then fetched (repaired)
+            # every validator's streams to every other open first: a batch forwarded while its
+            # stream is still being dialled can arrive after its block (then the block waits for it)
             deadline = time.monotonic() + 30
             for n in nodes:
                 async with NodeClient(n.url) as cn:
-                    while (await cn.status())["peers"] < len(nodes) - 1 and time.monotonic() < deadline:
+                    while (await cn.status())["streams_out"] < len(nodes) - 1 and time.monotonic() < deadline:
                         await asyncio.sleep(0.1)
             async with NodeClient(nodes[2].url) as c:  # a backup: the primary of view 0 is 0
                 g = await c.genesis()
@@ -96,6 +96,7 @@ def test_sidecar_to_a_backup_is_held_everywhere_at_commit(tmp_path):
                         assert status["replication"]["fetched"] == 0, (nodes.index(n), status["replication"],
                                                                        status["p2p_messages_in"], n.log_tail(3000))
                         assert status["replication"]["read_fetches"] == 0
+                        assert status["replication"]["vote_fetches"] == 0, status["availability"]
                     assert await _metric(n.url, "medchain_sidecars_stored_total") == len(txs)
                 # the patient reads a window back from another validator: the bytes are the sidecar's
                 async with NodeClient(nodes[3].url) as c3:

@@ -104,7 +104,9 @@ def make_app(v: Validator) -> web.Application:
             "blobs": v.blobs.count(), "crypto": backend_name(), "p2p_mode": v.p2p_mode if v.n > 1 else None,
             "p2p_messages_in": v.msgs_in, "p2p_messages_out": v.msgs_out,
             "peers": len(v.net.connected_peers()) if v.net is not None else 0,
+            "streams_out": len(v.net.streaming_peers()) if v.net is not None else 0,
             "bitswap": v.net.bitswap_stats() if v.net is not None else {}, "replication": v.replicator.stats,
+            "availability": v.gate.stats,
             "consensus": v.consensus_status(),
         })
 

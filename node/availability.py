@@ -1,0 +1,135 @@
+"""Data availability before a vote: a backup prepares a block only once it holds the ciphertext of
+every write the block records (the sidecars of Protocol 4).
+
+Why: a commit certificate then proves more than an order. Each honest replica that sent PREPARE
+(and so COMMIT) held every blob of the block, and 2f+1 COMMITs include f+1 honest ones: a
+certified block's blobs are held by at least f+1 honest validators, so the repair path (bitswap
+from holders) always finds them. Without the gate a byzantine primary could certify writes whose
+ciphertext nobody holds, and the patient's data would be named on the chain and lost.
+
+How: the driver asks `missing` for each executed pre-prepare; a backup that lacks blobs parks the
+message here instead of handing it to the replica. The sidecars usually arrive a moment later (a
+forwarded batch the block overtook): `recheck` releases the message then. After `GRACE_S` what is
+still missing is fetched from peers (bitswap); once held, the message is released, and if a blob
+cannot be had the message is dropped, this replica does not vote, and a block that 2f+1 others
+certify reaches it through its certificate (and its blobs through repair). The gate holds no
+state the replica depends on: dropping a parked message is always safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+
+from node.execution import Executed
+from node.ipfs.cid import Cid, CidError
+from node.state import OK
+from node.tx import KIND_WRITE
+
+log = logging.getLogger("medchain.availability")
+
+GRACE_S = 0.5  # a forwarded batch overtaken by its block arrives within this on a healthy network
+FETCH_TIMEOUT_S = 5.0  # well under the view timeout's doublings: a stuck fetch does not hold a view
+MAX_PARKED = 64  # pre-prepares waiting for blobs (the PBFT window is far smaller)
+
+Held = Callable[[bytes, Cid], bool]  # (txid, cid) -> held here (sidecar in the pool or cache, or stored)
+Fetch = Callable[[Cid, float], Awaitable[bool]]  # fetch from peers within the timeout; True once held
+Release = Callable[[bytes], None]  # hand the raw message back to the consensus task
+
+
+def blobs_of(ex: Executed) -> list[tuple[bytes, Cid]]:
+    """(txid, cid) for each write the block records (those that executed OK)."""
+    out = []
+    for t, c in zip(ex.txs, ex.codes, strict=True):
+        if t.kind == KIND_WRITE and c == OK:
+            try:
+                out.append((t.id, Cid.from_bytes(t.body.cid)))
+            except CidError:
+                continue  # cannot execute OK: admission and execution both parse the CID
+    return out
+
+
+class _Parked:
+    __slots__ = ("data", "missing", "task")
+
+    def __init__(self, data: bytes, missing: list[tuple[bytes, Cid]]) -> None:
+        self.data, self.missing = data, missing
+        self.task: asyncio.Task | None = None
+
+
+class AvailabilityGate:
+    def __init__(self, held: Held, fetch: Fetch, release: Release, grace_s: float = GRACE_S,
+                 fetch_timeout_s: float = FETCH_TIMEOUT_S) -> None:
+        self._held, self._fetch, self._release = held, fetch, release
+        self.grace_s, self.fetch_timeout_s = grace_s, fetch_timeout_s
+        self._parked: OrderedDict[bytes, _Parked] = OrderedDict()  # block hash -> waiting pre-prepare
+        self.stats = {"parked": 0, "released_by_sidecar": 0, "released_by_fetch": 0, "fetched": 0,
+                      "unavailable": 0, "dropped": 0}
+
+    def missing(self, ex: Executed) -> list[tuple[bytes, Cid]]:
+        return [(txid, cid) for txid, cid in blobs_of(ex) if not self._held(txid, cid)]
+
+    def parked(self) -> int:
+        return len(self._parked)
+
+    def park(self, block_hash: bytes, data: bytes, missing: list[tuple[bytes, Cid]]) -> None:
+        """Hold the pre-prepare `data` until the `missing` blobs are here; a retransmission of one
+        already parked changes nothing."""
+        if block_hash in self._parked:
+            return
+        while len(self._parked) >= MAX_PARKED:
+            _, old = self._parked.popitem(last=False)
+            self._cancel(old)
+            self.stats["dropped"] += 1
+        p = _Parked(data, missing)
+        self._parked[block_hash] = p
+        self.stats["parked"] += 1
+        p.task = asyncio.get_running_loop().create_task(self._fetch_after_grace(block_hash, p))
+
+    def recheck(self) -> None:
+        """Sidecars arrived (a forwarded batch): release each parked message now complete."""
+        for h, p in list(self._parked.items()):
+            p.missing = [(txid, cid) for txid, cid in p.missing if not self._held(txid, cid)]
+            if not p.missing:
+                del self._parked[h]
+                self._cancel(p)
+                self.stats["released_by_sidecar"] += 1
+                self._release(p.data)
+
+    def forget(self, block_hash: bytes) -> None:
+        """The block was decided without our vote (its certificate came): nothing to wait for."""
+        p = self._parked.pop(block_hash, None)
+        if p is not None:
+            self._cancel(p)
+
+    def close(self) -> None:
+        for p in self._parked.values():
+            self._cancel(p)
+        self._parked.clear()
+
+    @staticmethod
+    def _cancel(p: _Parked) -> None:
+        if p.task is not None and p.task is not asyncio.current_task():
+            p.task.cancel()
+
+    async def _fetch_after_grace(self, block_hash: bytes, p: _Parked) -> None:
+        await asyncio.sleep(self.grace_s)
+        if self._parked.get(block_hash) is not p:
+            return
+        todo = [cid for txid, cid in p.missing if not self._held(txid, cid)]
+        self.stats["fetched"] += len(todo)
+        got = await asyncio.gather(*(self._fetch(cid, self.fetch_timeout_s) for cid in todo),
+                                   return_exceptions=True)
+        if self._parked.get(block_hash) is not p:
+            return  # released by sidecars meanwhile, or forgotten
+        del self._parked[block_hash]
+        lacking = [cid for cid, ok in zip(todo, got, strict=True) if ok is not True]
+        if lacking:
+            self.stats["unavailable"] += 1
+            log.warning("not voting for block %s: %d blob(s) it records are held by no reachable peer "
+                        "(first %s)", block_hash.hex()[:16], len(lacking), lacking[0])
+            return
+        self.stats["released_by_fetch"] += 1
+        self._release(p.data)

@@ -1,0 +1,195 @@
+"""Data availability before a vote (node/availability.py): a backup prepares a block only once it
+holds the blob of every write the block records.
+
+The gate's logic is driven directly (asyncio, no network); the attack runs on real processes: a
+byzantine primary that keeps no ciphertext (MEDCHAIN_BYZANTINE=withhold) proposes writes whose
+blobs nobody holds, and no honest validator commits them, while the network moves on to a new
+primary and keeps committing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from devices import faultharness
+from devices.client import ApiError, NodeClient
+from node.availability import MAX_PARKED, AvailabilityGate
+from node.crypto.keys import Identity
+from node.execution import Executed
+from node.ipfs.cid import Cid, cid_v1_raw
+from node.state import OK
+from node.tx import DATA_TYPES, Tx, Write
+from tests.conftest import run
+from tests.test_faults import _network
+from tests.test_sidecars import _held
+
+HR = DATA_TYPES["heart_rate"]
+PAT = Identity.from_seed(b"availability patient")
+
+
+def _writes(n: int, chain: str = "c", t0: int = 1_700_000_000_000) -> tuple[list[Tx], list[bytes]]:
+    blobs = [os.urandom(64 + k) for k in range(n)]
+    txs = [Tx.build(PAT, chain, k + 1, Write(HR, cid_v1_raw(b).to_bytes(), len(b), 0, t0 + 1000 * k,
+                                             t0 + 1000 * k + 999)) for k, b in enumerate(blobs)]
+    return txs, blobs
+
+
+def _executed(txs: list[Tx], codes: list[int] | None = None) -> Executed:
+    ex = Executed.__new__(Executed)  # only txs and codes matter to the gate
+    ex.txs, ex.codes = txs, codes or [OK] * len(txs)
+    return ex
+
+
+class _World:
+    """What the gate sees of a validator: which blobs are here, and what peers can serve."""
+
+    def __init__(self, peers_hold: set[bytes] = frozenset()) -> None:
+        self.here: set[bytes] = set()
+        self.peers_hold = set(peers_hold)
+        self.fetches: list[Cid] = []
+        self.released: list[bytes] = []
+
+    def held(self, txid: bytes, cid: Cid) -> bool:
+        return cid.digest in self.here
+
+    async def fetch(self, cid: Cid, timeout: float) -> bool:
+        self.fetches.append(cid)
+        await asyncio.sleep(0.01)
+        if cid.digest in self.peers_hold:
+            self.here.add(cid.digest)
+            return True
+        return False
+
+    def gate(self, grace: float = 0.05) -> AvailabilityGate:
+        return AvailabilityGate(self.held, self.fetch, self.released.append, grace_s=grace, fetch_timeout_s=1)
+
+
+def test_held_blobs_pass_and_failed_writes_are_not_asked_for():
+    w = _World()
+    txs, blobs = _writes(3)
+    w.here = {cid_v1_raw(blobs[0]).digest, cid_v1_raw(blobs[1]).digest}
+    g = w.gate()
+    assert [c for _, c in g.missing(_executed(txs))] == [cid_v1_raw(blobs[2])]
+    # a write that failed in execution records no blob: nothing to hold
+    assert g.missing(_executed(txs, [OK, OK, 5])) == []
+
+
+def test_sidecars_arriving_release_the_vote_without_a_fetch():
+    async def go():
+        w = _World()
+        g = w.gate(grace=0.3)
+        txs, blobs = _writes(2)
+        g.park(b"B" * 32, b"pp-bytes", g.missing(_executed(txs)))
+        g.park(b"B" * 32, b"pp-bytes", g.missing(_executed(txs)))  # a retransmission: one entry
+        assert g.parked() == 1
+        w.here.add(cid_v1_raw(blobs[0]).digest)
+        g.recheck()
+        assert w.released == [] and g.parked() == 1  # one blob still missing: no vote yet
+        w.here.add(cid_v1_raw(blobs[1]).digest)
+        g.recheck()
+        assert w.released == [b"pp-bytes"] and g.parked() == 0
+        await asyncio.sleep(0.4)
+        assert w.fetches == [] and g.stats["released_by_sidecar"] == 1
+    run(go())
+
+
+def test_after_the_grace_missing_blobs_are_fetched_then_the_vote_goes():
+    async def go():
+        txs, blobs = _writes(3)
+        w = _World(peers_hold={cid_v1_raw(b).digest for b in blobs})
+        w.here.add(cid_v1_raw(blobs[0]).digest)
+        g = w.gate()
+        g.park(b"B" * 32, b"pp", g.missing(_executed(txs)))
+        await asyncio.sleep(0.2)
+        assert sorted(c.digest for c in w.fetches) == sorted(cid_v1_raw(b).digest for b in blobs[1:])
+        assert w.released == [b"pp"] and g.stats["released_by_fetch"] == 1
+    run(go())
+
+
+def test_a_blob_nobody_holds_means_no_vote():
+    async def go():
+        txs, blobs = _writes(2)
+        w = _World(peers_hold={cid_v1_raw(blobs[0]).digest})  # the second is held by no peer
+        g = w.gate()
+        g.park(b"B" * 32, b"pp", g.missing(_executed(txs)))
+        await asyncio.sleep(0.2)
+        assert w.released == [] and g.parked() == 0 and g.stats["unavailable"] == 1
+    run(go())
+
+
+def test_a_block_decided_meanwhile_is_forgotten_and_parking_is_bounded():
+    async def go():
+        txs, blobs = _writes(1)
+        w = _World(peers_hold={cid_v1_raw(blobs[0]).digest})
+        g = w.gate(grace=0.1)
+        g.park(b"A" * 32, b"pp-a", g.missing(_executed(txs)))
+        g.forget(b"A" * 32)  # its certificate came: the block is committed without our vote
+        await asyncio.sleep(0.2)
+        assert w.fetches == [] and w.released == []
+        for k in range(MAX_PARKED + 5):  # a primary flooding proposals cannot grow the gate
+            g.park(k.to_bytes(32, "big"), b"pp", g.missing(_executed(txs)))
+        assert g.parked() == MAX_PARKED and g.stats["dropped"] == 5
+        g.close()
+        assert g.parked() == 0
+    run(go())
+
+
+def test_a_primary_withholding_ciphertexts_certifies_none_of_them(tmp_path):
+    """Validator 0, the first primary, keeps no ciphertext: it admits writes with their sidecars,
+    forwards them bare and stores nothing at commit. Honest backups refuse the bare forwards, park
+    its proposals, find the blobs nowhere, and do not vote; honest traffic leaves the stalled view
+    and commits under the next primary. None of the withheld writes is committed by an honest
+    validator, and every write they commit has its blob held by each of them."""
+    nodes = _network(tmp_path, env={0: {"MEDCHAIN_BYZANTINE": "withhold"}})
+    honest = nodes[1:]
+    committed: list[str] = []
+    try:
+        async def go():
+            async with NodeClient(nodes[0].url) as c0, NodeClient(nodes[1].url) as c1:
+                chain = (await c0.status())["chain_id"]
+                txs, blobs = _writes(5, chain, int(time.time() * 1000))
+                res = await c0.submit_many(list(zip([t.raw for t in txs], blobs, strict=True)))
+                assert all(r["status"] == 202 for r in res), res  # the byzantine entry admits them
+                # an honest write through an honest validator, and steady honest traffic
+                good = Identity.from_seed(b"honest writer")
+                gt, gb = _writes(1, chain, int(time.time() * 1000))
+                gtx = Tx.build(good, chain, 1, gt[0].body)
+                await c1.submit(gtx.raw, gb[0])
+                stop = asyncio.Event()
+                load = asyncio.create_task(faultharness.acknowledged_load(nodes, stop, committed, b"da-"))
+                for _ in range(400):
+                    if len(committed) > 20:
+                        break
+                    await asyncio.sleep(0.1)
+                stop.set()
+                await load
+                assert len(committed) > 20, "honest traffic stalled behind the withholding primary"
+                st = await c1.wait_committed(gtx.id.hex(), 30)
+                assert st["status"] == "committed" and st["code"] == 0, st
+                for n in honest:
+                    async with NodeClient(n.url) as c:
+                        for t in txs:
+                            try:
+                                st = await c.tx(t.id.hex())
+                            except ApiError as exc:
+                                assert exc.status == 404
+                                continue
+                            assert st["status"] != "committed", (n.url, st)
+                        status = await c.status()
+                        assert status["consensus"]["view"] >= 1
+                        # it looked for the blobs (after the grace, over bitswap) and found them nowhere
+                        deadline = time.monotonic() + 15
+                        while status["availability"]["unavailable"] < 1 and time.monotonic() < deadline:
+                            await asyncio.sleep(0.2)
+                            status = await c.status()
+                        assert status["availability"]["unavailable"] >= 1, status["availability"]
+                        assert status["availability"]["released_by_fetch"] == 0
+                return gb[0]
+        good_blob = run(go())
+    finally:
+        for n in nodes:
+            n.stop()
+    for n in honest:
+        assert _held(n.home, cid_v1_raw(good_blob))
