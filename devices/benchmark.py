@@ -31,7 +31,8 @@ from devices.benchmeter import (
     rapl_zones,
     set_affinity,
 )
-from devices.fleet import FleetConfig, run_fleet
+from devices.fleet import FleetConfig
+from devices.fleet_check import run_fleet
 from devices.wearables import DEFAULT_PERIOD_MS, make_wearable
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"

@@ -99,7 +99,9 @@ class Meta:
     final: bool = False  # the end-of-run flush of partial windows: counted, but not in rate or latency
 
 
-class _Phone:
+class FleetPhone:
+    """One emulated phone's state in the fleet: its keys, nonce, key epochs, buffers and grants."""
+
     __slots__ = ("addr", "blocked", "bufs", "cids", "clinician", "epochs", "granted", "ident", "master",
                  "nonce", "outstanding", "resync", "v")
 
@@ -157,7 +159,7 @@ class Fleet:
         tag = os.urandom(4).hex()  # fresh accounts per run: the chain may have seen earlier fleets
         self.staff = [Identity.from_seed(f"staff|{tag}|{s}".encode()) for s in range(cfg.staff + 1)]
         self.staff_nonce = [1] * len(self.staff)
-        self.phones = [_Phone(Identity.from_seed(f"phone|{tag}|{k}".encode()), (k % cfg.staff) % nv, k % cfg.staff)
+        self.phones = [FleetPhone(Identity.from_seed(f"phone|{tag}|{k}".encode()), (k % cfg.staff) % nv, k % cfg.staff)
                        for k in range(cfg.phones)]
         t = time.monotonic()
         profiles = [Meta("profile", s, t, body=Profile(f"Dr. {s}", "clinician", "bench", st.box_public))
@@ -588,24 +590,6 @@ class Fleet:
                     "uj_per_reading": sum(lk.energy_uj for lk in links) / max(1, notif)},
         }
 
-    async def check(self, sample: int = 10) -> dict:
-        """The no-lost-readings check (devices/fleet_check.py)."""
-        from devices.fleet_check import check_fleet
-        return await check_fleet(self, sample)
-
     async def close(self) -> None:
         for c in getattr(self, "clients", []):
             await c.session.close()
-
-
-async def run_fleet(urls: list[str], cfg: FleetConfig, progress=None, check_sample: int = 0,  # noqa: ANN001
-                    mark=None) -> dict:  # noqa: ANN001
-    """Run the fleet against validators at `urls`; with check_sample, also the no-lost-readings check."""
-    f = Fleet(urls, cfg, progress, mark)
-    try:
-        res = await f.run()
-        if check_sample:
-            res["check"] = await f.check(check_sample)
-        return res
-    finally:
-        await f.close()

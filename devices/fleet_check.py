@@ -4,22 +4,18 @@ Counts every committed write against its patient's on-chain records (GET /v1/pat
 every patient), then for a sample of patients: the patient grants a fresh staff member every type
 (devices/phone.py), the staff member commits a read per type, unseals the keys from the chain,
 fetches and decrypts every window (devices/staff.py), and each window's plaintext is compared with
-the SHA-256 of what the phone sealed.
+the SHA-256 of what the phone sealed. `run_fleet` runs a fleet and, when asked, this check.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from typing import TYPE_CHECKING
 
-from devices.fleet import ALL_TYPES, KINDS, _Phone
+from devices.fleet import ALL_TYPES, KINDS, Fleet, FleetConfig, FleetPhone
 from devices.phone import Phone
 from devices.staff import Staff
 from node.wire import encode
-
-if TYPE_CHECKING:
-    from devices.fleet import Fleet
 
 
 async def check_fleet(fleet: Fleet, sample: int = 10) -> dict:
@@ -28,7 +24,7 @@ async def check_fleet(fleet: Fleet, sample: int = 10) -> dict:
     sem = asyncio.Semaphore(32)
     on_chain: set[str] = set()
 
-    async def records(ph: _Phone) -> None:
+    async def records(ph: FleetPhone) -> None:
         async with sem:
             for r in (await fleet.clients[ph.v].data(ph.addr))["data"]:
                 on_chain.add(r["cid"])
@@ -60,3 +56,16 @@ async def check_fleet(fleet: Fleet, sample: int = 10) -> dict:
             "sampled_patients": len(picks),
             "sampled_windows_decrypted": windows, "sampled_readings_decrypted": readings,
             "sampled_readings_expected": want, "sampled_windows_mismatched": mismatched}
+
+
+async def run_fleet(urls: list[str], cfg: FleetConfig, progress=None, check_sample: int = 0,  # noqa: ANN001
+                    mark=None) -> dict:  # noqa: ANN001
+    """Run the fleet against validators at `urls`; with check_sample, also the no-lost-readings check."""
+    f = Fleet(urls, cfg, progress, mark)
+    try:
+        res = await f.run()
+        if check_sample:
+            res["check"] = await check_fleet(f, check_sample)
+        return res
+    finally:
+        await f.close()

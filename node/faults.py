@@ -20,14 +20,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from node.admission import Admission
 from node.consensus import PrePrepare
-from node.execution import build_block
-
-if TYPE_CHECKING:
-    from node.validator import Validator
+from node.execution import Executed, Tip, build_block
+from node.mempool import Mempool
 
 log = logging.getLogger("medchain.faults")
 MODES = ("equivocate", "withhold")
@@ -78,36 +77,32 @@ def mode() -> str | None:
     return m
 
 
-def equivocate(v: Validator, pp: PrePrepare) -> bool:
-    """Send `pp` to half the replicas and a conflicting pre-prepare to the rest; False if not possible."""
+def equivocate(pp: PrePrepare, tip: Tip | None, ex: Executed | None, chain_id: str, n: int, index: int,
+               sign: Callable[[bytes], bytes]) -> tuple[Executed, list[tuple[int, bytes]]] | None:
+    """The ``equivocate`` mode: `pp` for half the replicas and a conflicting pre-prepare, signed
+    with `sign`, for the rest. Returns the conflicting block executed and the (validator, message)
+    sends, or None if `pp` cannot be equivocated (a re-proposal, or its parent is not executed)."""
     b = pp.block
-    if b is None or b.header.view != pp.view:
-        return False
-    tip = v._tip_for(b.header.prev_hash)
-    ex = v._executed.get(b.hash)
-    if tip is None or ex is None:
-        return False
-    alt = build_block(tip, ex.txs, v.chain_id, pp.view, v.index, b.header.time_ms + 1)
-    v._executed[alt.block.hash] = alt
-    r = v.replica
-    pp2 = r._make(PrePrepare, pp.seq, alt.block.hash, block=alt.block)
-    others = [j for j in range(v.n) if j != v.index]
+    if b is None or b.header.view != pp.view or tip is None or ex is None:
+        return None
+    alt = build_block(tip, ex.txs, chain_id, pp.view, index, b.header.time_ms + 1)
+    unsigned = PrePrepare(pp.view, pp.seq, alt.block.hash, index, bytes(64), block=alt.block)
+    pp2 = PrePrepare(pp.view, pp.seq, alt.block.hash, index, sign(unsigned.signing_digest(chain_id)),
+                     block=alt.block)
+    others = [j for j in range(n) if j != index]
     half = len(others) // 2 or 1
-    for j in others[:half]:
-        v._send(j, pp.encode())
-    for j in others[half:]:
-        v._send(j, pp2.encode())
+    sends = [(j, pp.encode()) for j in others[:half]] + [(j, pp2.encode()) for j in others[half:]]
     log.warning("byzantine: equivocated at sequence %d (%s to %s, %s to %s)", pp.seq, b.hash.hex()[:8],
                 others[:half], alt.block.hash.hex()[:8], others[half:])
-    return True
+    return alt, sends
 
 
-def withhold_sidecars(v: Validator) -> None:
+def withhold_sidecars(mempool: Mempool, admission: Admission) -> None:
     """The ``withhold`` mode: sidecars are dropped as they enter the pool and the forward buffer."""
-    admit, take = v.mempool.admit, v.admission.take_forward
+    admit, take = mempool.admit, admission.take_forward
 
     def admit_without(tx, committed_nonce, now, forwarded=False, origin="", sidecar=None):  # noqa: ANN001, ANN202
         return admit(tx, committed_nonce, now, forwarded, origin, None)
 
-    v.mempool.admit = admit_without
-    v.admission.take_forward = lambda: [(raw, None) for raw, _ in take()]
+    mempool.admit = admit_without  # type: ignore[method-assign]
+    admission.take_forward = lambda: [(raw, None) for raw, _ in take()]  # type: ignore[method-assign]

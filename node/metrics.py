@@ -9,13 +9,27 @@ peers, p2p message counts, mempool evictions, the crypto path) is read at scrape
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-if TYPE_CHECKING:
-    from node.validator import Validator
+if TYPE_CHECKING:  # types only: none of these imports this module
+    from node.consensus import Replica
+    from node.mempool import Mempool
+    from node.p2p import P2PNode
+
+
+
+class Observed(Protocol):
+    """What the scrape-time collector reads of a validator (node/validator.py provides it)."""
+
+    replica: Replica
+    mempool: Mempool
+    net: P2PNode | None
+    synced_blocks: int
+    msgs_in: int
+    msgs_out: int
 
 
 class Metrics:
@@ -43,7 +57,7 @@ class Metrics:
                                  registry=r)
         self._bound = False
 
-    def bind(self, v: Validator) -> None:
+    def bind(self, v: Observed) -> None:
         """Expose what the validator holds, read at scrape time (idempotent)."""
         if self._bound:
             return
@@ -57,7 +71,7 @@ class Metrics:
 class _ValidatorCollector:
     """Gauges and counters computed from the validator's own state when /metrics is scraped."""
 
-    def __init__(self, v: Validator) -> None:
+    def __init__(self, v: Observed) -> None:
         self.v = v
         self.last_view = v.replica.view
         self.view_changes = 0

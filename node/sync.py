@@ -15,13 +15,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from node.block import Block, BlockError
 from node.wire import MAX_BLOCK_BYTES, WireError, decode_canonical, encode
 
-if TYPE_CHECKING:
-    from node.validator import Validator
+if TYPE_CHECKING:  # types only: none of these imports this module
+    from node.consensus import Replica
+    from node.faults import FaultFile
+    from node.genesis import Genesis
+    from node.ledger import Ledger
+    from node.p2p import P2PNode
+
+
+
+class SyncHost(Protocol):
+    """What state transfer uses of its validator (node/validator.py provides it)."""
+
+    genesis: Genesis
+    ledger: Ledger
+    net: P2PNode | None
+    replica: Replica
+    faults: FaultFile
+    synced_blocks: int
+
+    async def submit_certified(self, blocks: list[Block], done: asyncio.Future) -> None: ...
 
 log = logging.getLogger("medchain.sync")
 
@@ -65,7 +83,7 @@ def decode_response(raw: bytes) -> list[Block]:
 
 
 class StateSync:
-    def __init__(self, v: Validator) -> None:
+    def __init__(self, v: SyncHost) -> None:
         self.v = v
         self.fetched = 0  # blocks received and delivered
         self.bad_responses = 0

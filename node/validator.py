@@ -132,7 +132,7 @@ class Validator:
         if self._byzantine:
             log.critical("BYZANTINE MODE %r (fault-injection tests only)", self._byzantine)
             if self._byzantine == "withhold":
-                faults.withhold_sidecars(self)
+                faults.withhold_sidecars(self.mempool, self.admission)
         log.info("validator %d of %d, chain %s, height %d", self.index, self.n, self.chain_id, head.height)
 
     # ---- start and stop ----------------------------------------------------------------------
@@ -496,7 +496,7 @@ class Validator:
             elif isinstance(act, Persist):  # synced before the message it covers leaves
                 await self._run(self.ledger.log_put, act.seq, act.record)
             elif isinstance(act, Broadcast) and self.net is not None:
-                if self._byzantine == "equivocate" and act.msg.tag == T_PREPREPARE and faults.equivocate(self, act.msg):
+                if self._byzantine == "equivocate" and act.msg.tag == T_PREPREPARE and self._equivocate(act.msg):
                     continue
                 self._broadcast(act.msg.encode())
             elif isinstance(act, Send) and self.net is not None:
@@ -553,6 +553,18 @@ class Validator:
         log.warning("view %d installed (primary %d, %d block(s) carried over)", act.view, act.view % self.n,
                     len(act.reproposed))
         self._wake.set()
+
+    def _equivocate(self, pp) -> bool:  # noqa: ANN001 - fault injection (node/faults.py)
+        b = pp.block
+        done = faults.equivocate(pp, self._tip_for(b.header.prev_hash) if b else None, self._executed.get(pp.digest),
+                                 self.chain_id, self.n, self.index, self.identity.sign)
+        if done is None:
+            return False
+        alt, sends = done
+        self._executed[alt.block.hash] = alt
+        for j, data in sends:
+            self._send(j, data)
+        return True
 
     def _send(self, index: int, data: bytes) -> None:
         if index in self.faults.cut:

@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 from devices.ble import LinkParams
-from devices.fleet import FleetConfig, run_fleet
+from devices.fleet import FleetConfig
+from devices.fleet_check import run_fleet
 from tests.conftest import run
 
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
@@ -29,8 +30,19 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from node.p2p._wake import wait_for_items
 
-if TYPE_CHECKING:
-    from ._trio_side import TrioSide
+
+class GossipSide(Protocol):
+    """What the gossip channel uses of the trio side that owns it (``_trio_side.TrioSide``)."""
+
+    host: Any  # the libp2p host
+    my_id: Any  # our libp2p peer ID
+    outs: dict  # the other validators, by name
+    allowed_bytes: dict[bytes, str]  # peer id bytes -> validator name
+    topic: str
+    strict_signing: bool
+    stats: dict[str, int]
+    gossip_queue: deque
+    deliver: Callable[[str, bytes], None]
 
 log = logging.getLogger("medchain.p2p")
 
@@ -61,7 +73,7 @@ class _BigQueues(dict):
 
 
 class GossipChannel:
-    def __init__(self, side: TrioSide) -> None:
+    def __init__(self, side: GossipSide) -> None:
         self.side = side
         self.stats = side.stats
         self.event = trio.Event()
