@@ -21,10 +21,11 @@ from typing import Any
 
 import aiohttp
 
-from node.api.shapes import audit_entry, data_entry, grant_entry, sealed_entry
+from node.api.shapes import audit_entry, data_entry, grant_entry, profile_entry, sealed_entry
 from node.crypto.keys import address_of
 from node.proof import Values, check_bundle
 from node.state import keys
+from node.state.records import AuditRec, BlobRec, GrantRec, PolicyRec, ProfileRec, Receipt
 from node.tx import data_type_name
 from node.tx.model import DATA_TYPES
 from node.wire import decode, encode
@@ -157,18 +158,16 @@ class VerifiedReader:
                     raise ValueError(f"proves key epoch {_int(v[ek[t]])} for {data_type_name(t)}, below the "
                                      f"owner's own record {floor} (an old state)")
             prof = v[keys.profile(addr)]
-            if prof is not None and address_of(decode(prof)[4]) != addr:
+            if prof is not None and address_of(ProfileRec.decode(prof).public_key) != addr:
                 raise ValueError("the profile's signing key is not the account's")
         v = await self.fetch(ks, check)
         nonce = _int(v[keys.nonce(addr)])
         pol = v[keys.policy(addr)]
         out: dict[str, Any] = {"address": addr.hex(), "nonce": nonce, "next_nonce": nonce + 1,
                                "epochs": {data_type_name(t): _int(v[k]) for t, k in ek.items()}, "profile": None,
-                               "break_glass": pol is None or bool(decode(pol)[0])}
+                               "break_glass": pol is None or bool(PolicyRec.decode(pol).break_glass)}
         if v[keys.profile(addr)] is not None:
-            p = decode(v[keys.profile(addr)])
-            out["profile"] = {"name": p[0], "role": p[1], "org": p[2], "x25519_public": p[3].hex(),
-                              "public_key": p[4].hex(), "height": p[5]}
+            out["profile"] = profile_entry(ProfileRec.decode(v[keys.profile(addr)]))
         return out
 
     async def grants(self, patient: bytes) -> dict:
@@ -179,22 +178,25 @@ class VerifiedReader:
             rec = more[keys.grant(patient, staff)]
             if rec is None:
                 raise NoHonestAnswer([f"grantee {staff.hex()} is listed without a grant record"])
-            out.append(grant_entry(staff, decode(rec)))
+            out.append(grant_entry(staff, GrantRec.decode(rec)))
         return {"patient": patient.hex(), "grants": out}
 
     async def audit(self, patient: bytes) -> dict:
         rows = await self._list(keys.audit_count(patient), lambda i: keys.audit(patient, i),
-                                lambda raw: [keys.receipt(decode(raw)[6])])
-        reads = [audit_entry(decode(raw), decode(more[keys.receipt(decode(raw)[6])])[0]) for raw, more in rows]
+                                lambda raw: [keys.receipt(AuditRec.decode(raw).tx)])
+        entries = [(AuditRec.decode(raw), more) for raw, more in rows]
+        reads = [audit_entry(e, Receipt.decode(more[keys.receipt(e.tx)]).height) for e, more in entries]
         return {"patient": patient.hex(), "break_glass": [r for r in reads if r["break_glass"]], "reads": reads}
 
     async def data(self, patient: bytes, type: str | None = None, **query: Any) -> dict:
         rows = await self._list(keys.data_count(patient), lambda i: keys.data_entry(patient, i),
                                 lambda cid: [keys.blob(cid)])
         t_from, t_to = int(query.get("from", 0)), int(query.get("to", 2**63 - 1))
-        recs = sorted(((cid, decode(more[keys.blob(cid)])) for cid, more in rows), key=lambda r: (r[1][1], r[1][4], r[0]))
+        recs = sorted(((cid, BlobRec.decode(more[keys.blob(cid)])) for cid, more in rows),
+                      key=lambda r: (r[1].dtype, r[1].t_start_ms, r[0]))
         out = [data_entry(cid, rec) for cid, rec in recs
-               if (type is None or data_type_name(rec[1]) == type) and rec[5] >= t_from and rec[4] <= t_to]
+               if (type is None or data_type_name(rec.dtype) == type) and rec.t_end_ms >= t_from
+               and rec.t_start_ms <= t_to]
         return {"patient": patient.hex(), "data": out}
 
     async def sealed_keys(self, patient: bytes, staff: bytes) -> dict:

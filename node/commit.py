@@ -25,7 +25,7 @@ from node.mempool import Mempool
 from node.metrics import Metrics
 from node.replication import Replicator
 from node.sidecar import SidecarCache
-from node.state import OK
+from node.state import OK, Code
 from node.tx import KIND_WRITE
 
 Run = Callable[..., Awaitable[Any]]  # runs blocking work in the ledger worker thread
@@ -41,7 +41,7 @@ class Commit:
     async def commit(self, block: Block, ex: Executed) -> None:
         roots, sidecars = self._blobs_of(ex)
         stored, wanted = await self._run(self._write, block, ex, sidecars, roots)
-        self.mempool.remove([t for t, c in zip(ex.txs, ex.codes, strict=True) if c != 1])
+        self.mempool.remove([t for t, c in zip(ex.txs, ex.codes, strict=True) if c != Code.BAD_NONCE])  # a nonce gap may close: keep those
         now = time.monotonic()
         for tx in ex.txs:
             self.admission.pending_since.pop(tx.id, None)

@@ -32,7 +32,8 @@ from typing import Any
 from node.block import availability, max_faulty
 from node.ipfs.blockstore import BlockStore
 from node.ipfs.cid import Cid, CidError
-from node.state import keys
+from node.state import Code, keys
+from node.state.records import Receipt
 from node.tx import KIND_WRITE, Tx
 from node.wire import WireError, decode, encode
 
@@ -316,7 +317,7 @@ def roots_from_ledger(ledger: Any) -> Callable[[int], list[Cid]]:
             tx = Tx.decode(raw, check_sig=False)
             if tx.kind == KIND_WRITE:
                 rec = ledger.get_state(keys.receipt(tx.id))
-                if rec is not None and decode(rec)[2] == 0:
+                if rec is not None and Receipt.decode(rec).code == Code.OK:
                     try:
                         out.append(Cid.from_bytes(tx.body.cid))
                     except CidError:

@@ -56,10 +56,11 @@ from node.sidecar import (
     forward_messages,
 )
 from node.state import CODES, keys
+from node.state.records import Receipt
 from node.sync import THRESHOLD as SYNC_THRESHOLD
 from node.sync import StateSync
 from node.verify import refuse_unless_certified_state
-from node.wire import WireError, decode
+from node.wire import WireError
 
 log = logging.getLogger("medchain.validator")
 
@@ -215,9 +216,9 @@ class Validator:
             height, idx = loc
             block = self.ledger.block(height)
             ids = block.tx_ids
-            rec = decode(self.ledger.get_state(keys.receipt(txid)))
-            return {"status": "committed", "height": height, "index": idx, "code": rec[2],
-                    "result": CODES.get(rec[2], "unknown"), "block_hash": block.hash.hex(),
+            rec = Receipt.decode(self.ledger.get_state(keys.receipt(txid)))
+            return {"status": "committed", "height": height, "index": idx, "code": rec.code,
+                    "result": CODES.get(rec.code, "unknown"), "block_hash": block.hash.hex(),
                     "tx_root": block.header.tx_root.hex(), "tx_count": len(ids),
                     "proof": [p.hex() for p in merkle.proof(ids, idx)]}
         if txid in self.mempool:

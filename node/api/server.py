@@ -11,7 +11,7 @@ from aiohttp import web
 from node.api import proofs
 from node.api.limits import Limits, cap_connections, serve_kwargs
 from node.api.limits import retry_after as _retry_after
-from node.api.shapes import audit_entry, data_entry, grant_entry, sealed_entry
+from node.api.shapes import audit_entry, data_entry, grant_entry, profile_entry, sealed_entry
 from node.block import Block
 from node.crypto import ecdsa
 from node.crypto.batch import backend_name
@@ -20,8 +20,9 @@ from node.ipfs.blockstore import IntegrityError, MissingBlock
 from node.ipfs.cid import Cid, CidError
 from node.mempool import AdmissionError, KeyedLimiter
 from node.sidecar import SIDECAR_MAX, SidecarError, decode_submission, parse_item
-from node.state import keys
+from node.state import Code, keys
 from node.state.machine import BREAK_GLASS_ACCESS_MS, Overlay, break_glass_enabled, read_allowed
+from node.state.records import AuditRec, BlobRec, GrantRec, ProfileRec, Receipt
 from node.tx import DATA_TYPES, KIND_READ, KIND_WRITE, Tx
 from node.tx.requests import blob_request_digest, blob_upload_digest
 from node.validator import Validator
@@ -234,17 +235,17 @@ def make_app(v: Validator) -> web.Application:
         rec_raw = v.ledger.get_state(keys.blob(cid.to_bytes()))
         if rec_raw is None:
             return _err(404, "cid is not on chain")
-        rec = decode(rec_raw)
-        patient, dtype, t0, t1 = rec[0], rec[1], rec[4], rec[5]
-        if reader != patient:
-            reason = _read_covers(v, read_id, reader, patient, dtype, cid.to_bytes(), t0, t1)
+        rec = BlobRec.decode(rec_raw)
+        if reader != rec.patient:
+            reason = _read_covers(v, read_id, reader, rec.patient, rec.dtype, cid.to_bytes(), rec.t_start_ms,
+                                  rec.t_end_ms)
             if reason:
                 return _err(403, reason)
         data = await _load_blob(v, cid)
         if isinstance(data, web.Response):
             return data
         return web.Response(body=data, content_type="application/octet-stream",
-                            headers={"X-Medchain-Epoch": str(rec[2])})
+                            headers={"X-Medchain-Epoch": str(rec.epoch)})
 
     @routes.get("/v1/accounts/{addr}")
     async def account(req: web.Request) -> web.Response:
@@ -259,9 +260,7 @@ def make_app(v: Validator) -> web.Application:
                "epochs": epochs, "profile": None,
                "break_glass": break_glass_enabled(Overlay(v.ledger.get_state), addr)}
         if prof is not None:
-            p = decode(prof)
-            out["profile"] = {"name": p[0], "role": p[1], "org": p[2], "x25519_public": p[3].hex(),
-                              "public_key": p[4].hex(), "height": p[5]}
+            out["profile"] = profile_entry(ProfileRec.decode(prof))
         return _with_proof(req, out, [keys.profile(addr), keys.nonce(addr), keys.policy(addr),
                                       *(keys.epoch(addr, t) for t in DATA_TYPES.values())])
 
@@ -270,10 +269,9 @@ def make_app(v: Validator) -> web.Application:
         addr = _hex(req.match_info["addr"], 32, "address")
         out, read = [], [keys.audit_count(addr)]
         for k, raw in v.ledger.scan_state(keys.audit_prefix(addr), _int_q(req, "limit", 10_000)):
-            entry = decode(raw)
-            rec = decode(v.ledger.get_state(keys.receipt(entry[6])))
-            out.append(audit_entry(entry, rec[0]))
-            read += [k, keys.receipt(entry[6])]
+            entry = AuditRec.decode(raw)
+            out.append(audit_entry(entry, Receipt.decode(v.ledger.get_state(keys.receipt(entry.tx))).height))
+            read += [k, keys.receipt(entry.tx)]
         # emergency reads first and apart, so a patient cannot miss them
         emergency = [r for r in out if r["break_glass"]]
         return _with_proof(req, {"patient": addr.hex(), "break_glass": emergency, "reads": out}, read)
@@ -281,7 +279,7 @@ def make_app(v: Validator) -> web.Application:
     @routes.get("/v1/patients/{addr}/grants")
     async def grants(req: web.Request) -> web.Response:
         addr = _hex(req.match_info["addr"], 32, "address")
-        out = [grant_entry(keys.grant_staff(k), decode(raw)) for k, raw in v.ledger.scan_state(keys.grants_prefix(addr))]
+        out = [grant_entry(keys.grant_staff(k), GrantRec.decode(raw)) for k, raw in v.ledger.scan_state(keys.grants_prefix(addr))]
         n = decode(v.ledger.get_state(keys.grant_count(addr)) or b"\x00")
         read = [keys.grant_count(addr), *(keys.grant_entry(addr, i) for i in range(n)),
                 *(keys.grant(addr, bytes.fromhex(g["staff"])) for g in out)]
@@ -307,8 +305,8 @@ def make_app(v: Validator) -> web.Application:
         out = []
         for k, _ in v.ledger.scan_state(keys.data_index_prefix(addr, dtype)):
             cidb = keys.data_index_cid(k)
-            rec = decode(v.ledger.get_state(keys.blob(cidb)))
-            if rec[5] < t_from or rec[4] > t_to:
+            rec = BlobRec.decode(v.ledger.get_state(keys.blob(cidb)))
+            if rec.t_end_ms < t_from or rec.t_start_ms > t_to:
                 continue
             out.append(data_entry(cidb, rec))
         read: list[bytes] = []
@@ -367,10 +365,10 @@ def _read_covers(v: Validator, read_id: bytes, reader: bytes, patient: bytes, dt
     loc = v.ledger.tx_location(read_id)
     if loc is None:
         return "the read transaction is not committed"
-    rec = decode(v.ledger.get_state(keys.receipt(read_id)))
+    rec = Receipt.decode(v.ledger.get_state(keys.receipt(read_id)))
     block = v.ledger.block(loc[0])
     tx = Tx.decode(block.txs[loc[1]], check_sig=False)
-    if tx.kind != KIND_READ or tx.address != reader or rec[2] != 0:
+    if tx.kind != KIND_READ or tx.address != reader or rec.code != Code.OK:
         return "that transaction is not an allowed read by this requester"
     r = tx.body
     if r.patient != patient or r.dtype != dtype:

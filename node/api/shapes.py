@@ -4,22 +4,27 @@
 from __future__ import annotations
 
 from node.ipfs.cid import Cid
-from node.state import CODES, keys
+from node.state import CODES, Code, keys
+from node.state.records import AuditRec, BlobRec, GrantRec, ProfileRec
 from node.tx import data_type_name
 
 
 # The JSON shapes of state records, shared with the verifying clients (devices/verified_reads.py).
-def audit_entry(entry: list, height: int) -> dict:
-    reader, dt, cid, f, t, when, txid, code, *bg = entry  # 9th: break-glass reason
-    return {"reader": reader.hex(), "type": data_type_name(dt), "cid": str(Cid.from_bytes(cid)) if cid else None,
-            "from_ms": f, "to_ms": t, "time_ms": when, "tx": txid.hex(), "allowed": code == 0,
-            "result": CODES.get(code, "unknown"), "height": height, "break_glass": bg[0] if bg else None}
+def audit_entry(e: AuditRec, height: int) -> dict:
+    return {"reader": e.reader.hex(), "type": data_type_name(e.dtype),
+            "cid": str(Cid.from_bytes(e.cid)) if e.cid else None, "from_ms": e.t_from_ms, "to_ms": e.t_to_ms,
+            "time_ms": e.time_ms, "tx": e.tx.hex(), "allowed": e.code == Code.OK,
+            "result": CODES.get(e.code, "unknown"), "height": height, "break_glass": e.reason}
 
 
-def grant_entry(staff: bytes, rec: list) -> dict:
-    types, expiry, height, txid = rec
-    return {"staff": staff.hex(), "types": [data_type_name(t) for t in types], "expiry_ms": expiry,
-            "height": height, "tx": txid.hex()}
+def grant_entry(staff: bytes, g: GrantRec) -> dict:
+    return {"staff": staff.hex(), "types": [data_type_name(t) for t in g.types], "expiry_ms": g.expiry_ms,
+            "height": g.height, "tx": g.tx.hex()}
+
+
+def profile_entry(p: ProfileRec) -> dict:
+    return {"name": p.name, "role": p.role, "org": p.org, "x25519_public": p.box_public.hex(),
+            "public_key": p.public_key.hex(), "height": p.height}
 
 
 def sealed_entry(key: bytes, raw: bytes) -> dict:
@@ -27,6 +32,7 @@ def sealed_entry(key: bytes, raw: bytes) -> dict:
     return {"type": data_type_name(dtype), "epoch": ep, "sealed": raw.hex()}
 
 
-def data_entry(cid: bytes, rec: list) -> dict:
-    return {"cid": str(Cid.from_bytes(cid)), "type": data_type_name(rec[1]), "epoch": rec[2],
-            "size": rec[3], "t_start_ms": rec[4], "t_end_ms": rec[5], "height": rec[6], "tx": rec[7].hex()}
+def data_entry(cid: bytes, b: BlobRec) -> dict:
+    return {"cid": str(Cid.from_bytes(cid)), "type": data_type_name(b.dtype), "epoch": b.epoch,
+            "size": b.size, "t_start_ms": b.t_start_ms, "t_end_ms": b.t_end_ms, "height": b.height,
+            "tx": b.tx.hex()}

@@ -4,6 +4,7 @@ from node.state import smt
 from node.state.machine import (
     CODES,
     OK,
+    Code,
     Overlay,
     apply_block,
     check_tx,
@@ -11,4 +12,4 @@ from node.state.machine import (
     keys,
 )
 
-__all__ = ["CODES", "OK", "Overlay", "apply_block", "check_tx", "genesis_state_root", "keys", "smt"]
+__all__ = ["CODES", "OK", "Code", "Overlay", "apply_block", "check_tx", "genesis_state_root", "keys", "smt"]

@@ -15,26 +15,23 @@ from dataclasses import dataclass
 
 from node.crypto import ecdsa
 from node.state import keys, smt
+from node.state.records import (
+    CODES,
+    AuditRec,
+    BlobRec,
+    BreakGlassRec,
+    Code,
+    GrantRec,
+    PolicyRec,
+    ProfileRec,
+    Receipt,
+)
 from node.tx import KIND_GRANT, KIND_PROFILE, KIND_READ, KIND_WRITE, Grant, Policy, Profile, Read, Tx, Write
 from node.wire import decode, encode
 
 Get = Callable[[bytes], "bytes | None"]
 
-OK = 0
-CODES = {
-    0: "ok",
-    1: "bad nonce: not the sender's next nonce",
-    2: "staff member has no registered profile",
-    3: "access denied by the patient's policy",
-    4: "cid is not on chain",
-    5: "stale key epoch: a revoke rotated this data type's key",
-    6: "cid already recorded",
-    7: "invalid grant",
-    8: "cid belongs to another patient or data type",
-    9: "duplicate transaction",
-    10: "break-glass refused: the patient has disabled emergency access",
-    11: "break-glass refused: this staff member's emergency-read limit is reached",
-}
+OK = Code.OK
 # Break-glass limits, in block time (the state machine reads no clock): each staff member may make
 # BREAK_GLASS_LIMIT emergency reads per window of BREAK_GLASS_WINDOW_MS, counted from the first
 # read of the window; a committed emergency read lets its reader fetch the blobs it covers for
@@ -85,27 +82,29 @@ def read_allowed(view: Overlay, reader: bytes, patient: bytes, dtype: int, time_
     """The policy check: the patient always; staff iff the latest grant has the type and is unexpired."""
     if reader == patient:
         return True
-    g = view.get_obj(keys.grant(patient, reader))
-    if g is None:
+    raw = view.get(keys.grant(patient, reader))
+    if raw is None:
         return False
-    types, expiry_ms = g[0], g[1]
-    return dtype in types and (expiry_ms == 0 or time_ms < expiry_ms)
+    g = GrantRec.decode(raw)
+    return dtype in g.types and (g.expiry_ms == 0 or time_ms < g.expiry_ms)
 
 
 def break_glass_enabled(view: Overlay, patient: bytes) -> bool:
     """Emergency reads are allowed unless the patient's latest policy transaction turned them off."""
-    p = view.get_obj(keys.policy(patient))
-    return p is None or bool(p[0])
+    raw = view.get(keys.policy(patient))
+    return raw is None or bool(PolicyRec.decode(raw).break_glass)
 
 
 def _break_glass_check(view: Overlay, reader: bytes, patient: bytes, time_ms: int) -> int:
     if view.get(keys.profile(reader)) is None:
-        return 2  # an emergency reader must be identifiable: a registered staff profile
+        return Code.NO_PROFILE  # an emergency reader must be identifiable: a registered staff profile
     if not break_glass_enabled(view, patient):
-        return 10
-    rl = view.get_obj(keys.break_glass(reader))
-    if rl is not None and time_ms - rl[0] < BREAK_GLASS_WINDOW_MS and rl[1] >= BREAK_GLASS_LIMIT:
-        return 11
+        return Code.BREAK_GLASS_OFF
+    raw = view.get(keys.break_glass(reader))
+    if raw is not None:
+        rl = BreakGlassRec.decode(raw)
+        if time_ms - rl.window_start_ms < BREAK_GLASS_WINDOW_MS and rl.reads >= BREAK_GLASS_LIMIT:
+            return Code.BREAK_GLASS_LIMIT
     return OK
 
 
@@ -115,20 +114,20 @@ def check_tx(view: Overlay, tx: Tx, time_ms: int) -> int:
     addr = tx.address
     if isinstance(b, Grant):
         if b.staff == addr:
-            return 7
+            return Code.INVALID_GRANT
         if view.get(keys.profile(b.staff)) is None:
-            return 2
+            return Code.NO_PROFILE
         if b.expiry_ms and b.expiry_ms <= time_ms:
-            return 7
+            return Code.INVALID_GRANT
         # sealed keys are only for granted types, which this grant does not rotate
         if any(k.epoch > _epoch(view, addr, k.dtype) for k in b.keys):
-            return 7
+            return Code.INVALID_GRANT
         return OK
     if isinstance(b, Write):
         if b.epoch != _epoch(view, addr, b.dtype):
-            return 5
+            return Code.STALE_EPOCH
         if view.get(keys.blob(b.cid)) is not None:
-            return 6
+            return Code.CID_RECORDED
         return OK
     if isinstance(b, Read):
         if b.reason:
@@ -136,13 +135,14 @@ def check_tx(view: Overlay, tx: Tx, time_ms: int) -> int:
             if code != OK:
                 return code
         elif not read_allowed(view, addr, b.patient, b.dtype, time_ms):
-            return 3
+            return Code.DENIED
         if b.cid:
-            d = view.get_obj(keys.blob(b.cid))
-            if d is None:
-                return 4
-            if d[0] != b.patient or d[1] != b.dtype:
-                return 8
+            raw = view.get(keys.blob(b.cid))
+            if raw is None:
+                return Code.CID_UNKNOWN
+            d = BlobRec.decode(raw)
+            if d.patient != b.patient or d.dtype != b.dtype:
+                return Code.CID_MISMATCH
         return OK
     return OK  # Profile: any key may register or update its own profile; Policy: any patient
 
@@ -156,26 +156,28 @@ def _apply(view: Overlay, tx: Tx, height: int, idx: int, time_ms: int) -> None:
     b = tx.body
     addr = tx.address
     if isinstance(b, Profile):
-        view.put_obj(keys.profile(addr), [b.name, b.role, b.org, b.box_public, tx.sender, height])
+        view.put_obj(keys.profile(addr), ProfileRec(b.name, b.role, b.org, b.box_public, tx.sender, height))
     elif isinstance(b, Grant):
-        prev = view.get_obj(keys.grant(addr, b.staff))
+        raw = view.get(keys.grant(addr, b.staff))
+        prev = GrantRec.decode(raw) if raw is not None else None
         # Types taken away from anyone start a new key epoch, so later writes are unreadable to them.
-        for dt in sorted(set(prev[0]) - set(b.types) if prev else ()):
+        for dt in sorted(set(prev.types) - set(b.types) if prev else ()):
             view.put_obj(keys.epoch(addr, dt), _epoch(view, addr, dt) + 1)
         if prev is None:  # a staff member joins the patient's committed list of grantees once
             view.append(keys.grant_count(addr), lambda i: keys.grant_entry(addr, i), b.staff)
-        view.put_obj(keys.grant(addr, b.staff), [list(b.types), b.expiry_ms, height, tx.id])
+        view.put_obj(keys.grant(addr, b.staff), GrantRec(list(b.types), b.expiry_ms, height, tx.id))
         for k in b.keys:
             view.put(keys.sealed_key(addr, b.staff, k.dtype, k.epoch), k.sealed)
     elif isinstance(b, Policy):
-        view.put_obj(keys.policy(addr), [b.break_glass, height])
+        view.put_obj(keys.policy(addr), PolicyRec(b.break_glass, height))
     elif isinstance(b, Read) and b.reason:
-        rl = view.get_obj(keys.break_glass(addr))
-        if rl is None or time_ms - rl[0] >= BREAK_GLASS_WINDOW_MS:
-            rl = [time_ms, 0]  # a new window starts at this read's block time
-        view.put_obj(keys.break_glass(addr), [rl[0], rl[1] + 1])
+        raw = view.get(keys.break_glass(addr))
+        rl = BreakGlassRec.decode(raw) if raw is not None else None
+        if rl is None or time_ms - rl.window_start_ms >= BREAK_GLASS_WINDOW_MS:
+            rl = BreakGlassRec(time_ms, 0)  # a new window starts at this read's block time
+        view.put_obj(keys.break_glass(addr), BreakGlassRec(rl.window_start_ms, rl.reads + 1))
     elif isinstance(b, Write):
-        view.put_obj(keys.blob(b.cid), [addr, b.dtype, b.epoch, b.size, b.t_start_ms, b.t_end_ms, height, tx.id])
+        view.put_obj(keys.blob(b.cid), BlobRec(addr, b.dtype, b.epoch, b.size, b.t_start_ms, b.t_end_ms, height, tx.id))
         view.put(keys.data_index(addr, b.dtype, b.t_start_ms, b.cid), b"")
         view.append(keys.data_count(addr), lambda i: keys.data_entry(addr, i), b.cid)
 
@@ -192,9 +194,9 @@ def apply_tx(view: Overlay, tx: Tx, height: int, idx: int, time_ms: int) -> int:
     """Apply one transaction; every outcome leaves a receipt, and reads (allowed or not) an audit entry."""
     addr = tx.address
     if view.get(keys.receipt(tx.id)) is not None:
-        return 9  # already executed: never overwrite its receipt
+        return Code.DUPLICATE  # already executed: never overwrite its receipt
     if tx.nonce != _nonce(view, addr) + 1:
-        code = 1
+        code = Code.BAD_NONCE
     else:
         view.put_obj(keys.nonce(addr), tx.nonce)
         code = check_tx(view, tx, time_ms)
@@ -202,10 +204,9 @@ def apply_tx(view: Overlay, tx: Tx, height: int, idx: int, time_ms: int) -> int:
             _apply(view, tx, height, idx, time_ms)
         if tx.kind == KIND_READ:
             r = tx.body
-            entry = [addr, r.dtype, r.cid, r.t_from_ms, r.t_to_ms, time_ms, tx.id, code]
-            view.append(keys.audit_count(r.patient), lambda i: keys.audit(r.patient, i),
-                        encode(entry + [r.reason] if r.reason else entry))
-    view.put_obj(keys.receipt(tx.id), [height, idx, code])
+            entry = AuditRec(addr, r.dtype, r.cid, r.t_from_ms, r.t_to_ms, time_ms, tx.id, code, r.reason or None)
+            view.append(keys.audit_count(r.patient), lambda i: keys.audit(r.patient, i), entry.encode())
+    view.put_obj(keys.receipt(tx.id), Receipt(height, idx, code))
     return code
 
 
@@ -217,6 +218,6 @@ def apply_block(base: Get, txs: Iterable[Tx], height: int, time_ms: int, tree: s
     return BlockResult(codes, view.writes, root, nodes)
 
 
-__all__ = ["BREAK_GLASS_ACCESS_MS", "BREAK_GLASS_LIMIT", "BREAK_GLASS_WINDOW_MS", "CODES", "KIND_GRANT",
+__all__ = ["BREAK_GLASS_ACCESS_MS", "BREAK_GLASS_LIMIT", "BREAK_GLASS_WINDOW_MS", "CODES", "KIND_GRANT", "Code",
            "KIND_PROFILE", "KIND_WRITE", "OK", "Overlay", "apply_block", "apply_tx", "break_glass_enabled",
            "check_tx", "genesis_state_root", "read_allowed"]
