@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from node.api.shapes import audit_entry, data_entry, grant_entry, profile_entry, sealed_entry
+from node.block import max_faulty
 from node.crypto.keys import address_of
 from node.proof import Values, check_bundle
 from node.state import keys
@@ -80,7 +81,7 @@ class VerifiedReader:
         old (validly certified) state to a client that has seen nothing newer. f liars cannot raise it
         past every honest validator (they can only lower it while fewer than f+1 honest ones answer)."""
         self._fresh = True
-        f = (len(self.validators) - 1) // 3
+        f = max_faulty(len(self.validators))
 
         async def height(url: str) -> int | None:
             try:

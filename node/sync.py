@@ -18,6 +18,7 @@ import random
 from typing import TYPE_CHECKING, Protocol
 
 from node.block import Block, BlockError
+from node.multiaddr import peer_id
 from node.wire import MAX_BLOCK_BYTES, WireError, decode_canonical, encode
 
 if TYPE_CHECKING:  # types only: none of these imports this module
@@ -156,7 +157,7 @@ class StateSync:
         """Request blocks from validator j and hand them to the consensus task; the future it returns
         resolves to how many were delivered. None if the peer did not help."""
         v = self.v
-        peer = v.genesis.validators[j].p2p.rsplit("/p2p/", 1)[-1]
+        peer = peer_id(v.genesis.validators[j].p2p)
         self.requests += 1
         try:
             raw = await v.net.request(peer, PROTOCOL, encode_request(first, count), TIMEOUT_S, MAX_RESPONSE)

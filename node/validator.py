@@ -46,6 +46,7 @@ from node.ipfs.cid import CODEC_RAW, Cid
 from node.ledger import Ledger
 from node.mempool import AdmissionError, KeyedLimiter, Mempool, origin
 from node.metrics import Metrics
+from node.multiaddr import host_port, peer_id
 from node.replication import Replicator, roots_from_ledger
 from node.sidecar import (
     TXS_PREFIX,
@@ -106,7 +107,7 @@ class Validator:
         self.metrics.height.set(head.height)
         self.p2p_mode = p2p_mode
         self.net = None  # the P2PNode when n > 1
-        self._peer_index = {v.p2p.rsplit("/p2p/", 1)[-1]: i for i, v in enumerate(self.genesis.validators) if v.p2p}
+        self._peer_index = {peer_id(v.p2p): i for i, v in enumerate(self.genesis.validators) if v.p2p}
         self._executed: dict[bytes, Executed] = {}  # block hash -> executed, not yet committed
         self._tip: Tip | None = None  # the primary's newest proposal, to pipeline on
         self.sidecars = SidecarCache()  # recently forwarded sidecars by SHA-256: self-verifying
@@ -143,7 +144,7 @@ class Validator:
         if self.n > 1:
             from node.p2p import P2PNode, swarmkey
             me = self.genesis.validators[self.index].p2p
-            host, port = me.split("/")[2], int(me.split("/")[4])
+            host, port = host_port(me)
             self.net = P2PNode(self.identity.p2p_secret, host, port, [v.p2p for v in self.genesis.validators],
                                self._on_net, mode=self.p2p_mode, max_frame=MAX_MESSAGE_BYTES + 4096,
                                blockstore=self.blobs, external_peers=self.ipfs_peers, psk=swarmkey.load(self.home))
@@ -570,7 +571,7 @@ class Validator:
     def _send(self, index: int, data: bytes) -> None:
         if index in self.faults.cut:
             return
-        peer = self.genesis.validators[index].p2p.rsplit("/p2p/", 1)[-1]
+        peer = peer_id(self.genesis.validators[index].p2p)
         self.net.send(peer, data)
         self.msgs_out += 1
 

@@ -279,3 +279,16 @@ def test_fuzz_mutated_encodings_only_wire_error(value, pos, byte):
     except WireError:
         return
     assert encode(out) == bytes(raw)
+
+
+def test_multiaddr_parser_takes_the_peer_id_and_listen_address():
+    from node.multiaddr import host_port, peer_id, split_peer
+    a = "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWabc"
+    assert split_peer(a) == ("/ip4/127.0.0.1/tcp/4001", "12D3KooWabc") and peer_id(a) == "12D3KooWabc"
+    assert host_port(a) == ("127.0.0.1", 4001)
+    for bad in ("/ip4/127.0.0.1/tcp/4001", "/p2p/12D3KooWabc", "/ip4/127.0.0.1/tcp/4001/p2p/"):
+        with pytest.raises(ValueError, match="peer id"):
+            split_peer(bad)
+    for bad in ("/ip4/127.0.0.1/udp/4001", "/ip4/127.0.0.1/tcp/x", "127.0.0.1:4001"):
+        with pytest.raises(ValueError):
+            host_port(bad)

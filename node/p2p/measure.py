@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+from node.multiaddr import host_port, peer_id
+
 from .identity import peer_id_from_secret
 
 
@@ -44,10 +46,10 @@ async def _child(args: argparse.Namespace) -> None:
     from .node import P2PNode
 
     addrs = args.addrs.split(",")
-    node_ids = [a.rsplit("/", 1)[1] for a in addrs]
+    node_ids = [peer_id(a) for a in addrs]
     me = args.child
     secret = bytes([me + 1]) * 32
-    port = int(addrs[me].split("/")[4])
+    port = host_port(addrs[me])[1]
     others = len(addrs) - 1
     want = others * args.n
     got = 0

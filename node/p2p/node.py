@@ -32,6 +32,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from node.multiaddr import split_peer
+
 from .identity import key_pair_from_secret, peer_id_from_secret
 
 log = logging.getLogger("medchain.p2p")
@@ -120,9 +122,7 @@ class P2PNode:
         self._port = listen_port
         self._peers: dict[str, str] = {}
         for addr in peers:
-            head, sep, pid = addr.rpartition("/p2p/")
-            if not sep or not pid or not head:
-                raise ValueError(f"peer address without /p2p/<peer id>: {addr!r}")
+            head, pid = split_peer(addr)
             if pid != self._peer_id:
                 self._peers[pid] = head
         self._on_message = on_message
@@ -148,9 +148,7 @@ class P2PNode:
         self._on_have = on_have
         self._external: dict[str, str] = {}
         for addr in external_peers or ():
-            head, sep, pid = addr.rpartition("/p2p/")
-            if not sep or not pid or not head:
-                raise ValueError(f"external peer address without /p2p/<peer id>: {addr!r}")
+            head, pid = split_peer(addr)
             if pid in self._peers:
                 raise ValueError(f"external peer {pid} is a validator")
             self._external[pid] = head
