@@ -294,7 +294,9 @@ def test_slowloris_connections_are_capped_and_timed_out(tmp_path):
               f"/v1/status max {status_max:.0f} ms")
         assert "held" not in kinds, kinds
         assert kinds.get("closed", 0) <= cap and kinds.get("refused", 0) >= 1000 - cap - 50, kinds
-        assert closed_after <= idle_s + 2.0  # the keep-alive timer closes unfinished heads
+        # the keep-alive timer closes unfinished heads: well before the 15 s each attacker would hold
+        # one (slack for a loaded machine: this is a timer's effect, not a speed)
+        assert closed_after <= idle_s + 6.0
         assert all(h["status"] == "committed" for h in honest), honest
         assert_memory_flat(n, idle)
     finally:
