@@ -95,6 +95,7 @@ setup(
             "pytest-timeout>=2.2,<3",
             "hypothesis>=6.100,<7",
             "ruff>=0.5,<1",
+            "mypy>=1.10,<2",  # `make test`: strict over the sans-IO core (mypy.ini)
             # `make test` runs the fuzzers briefly and validates the FHIR export
             "atheris>=2.3,<4",
             "fhir.resources>=6.4,<6.5",

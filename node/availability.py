@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from node.execution import Executed
 from node.ipfs.cid import Cid, CidError
 from node.state import OK
-from node.tx import KIND_WRITE
+from node.tx import Write
 
 log = logging.getLogger("medchain.availability")
 
@@ -43,7 +43,7 @@ def blobs_of(ex: Executed) -> list[tuple[bytes, Cid]]:
     """(txid, cid) for each write the block records (those that executed OK)."""
     out = []
     for t, c in zip(ex.txs, ex.codes, strict=True):
-        if t.kind == KIND_WRITE and c == OK:
+        if isinstance(t.body, Write) and c == OK:
             try:
                 out.append((t.id, Cid.from_bytes(t.body.cid)))
             except CidError:
@@ -56,7 +56,7 @@ class _Parked:
 
     def __init__(self, data: bytes, missing: list[tuple[bytes, Cid]]) -> None:
         self.data, self.missing = data, missing
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task[None] | None = None
 
 
 class AvailabilityGate:

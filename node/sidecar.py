@@ -25,7 +25,7 @@ from collections import OrderedDict
 
 from node.consensus.messages import MAX_MESSAGE_BYTES
 from node.ipfs.cid import CODEC_RAW, Cid, CidError
-from node.tx import KIND_WRITE, Tx
+from node.tx import Tx, Write
 from node.wire import WireError, decode, encode
 
 SIDECAR_MAX = 1024 * 1024
@@ -69,14 +69,15 @@ def decode_submission(body: bytes, max_bytes: int) -> Item:
 
 def check_sidecar(tx: Tx, data: bytes) -> str | None:
     """None if `data` is exactly the blob the write names (size and CID), else why not."""
-    if tx.kind != KIND_WRITE:
+    w = tx.body
+    if not isinstance(w, Write):
         return "a sidecar rides only with a data write"
-    if len(data) != tx.body.size:
-        return f"sidecar is {len(data)} bytes, the write says {tx.body.size}"
+    if len(data) != w.size:
+        return f"sidecar is {len(data)} bytes, the write says {w.size}"
     if len(data) > SIDECAR_MAX:
         return f"sidecar of {len(data)} bytes exceeds {SIDECAR_MAX}: upload larger blobs with POST /v1/blobs"
     try:
-        cid = Cid.from_bytes(tx.body.cid)
+        cid = Cid.from_bytes(w.cid)
     except CidError as exc:
         return f"bad cid: {exc}"
     if cid.codec != CODEC_RAW:

@@ -27,11 +27,11 @@ Semantics shared by both paths:
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from collections.abc import Iterable, Sequence
 from types import ModuleType
+from typing import cast
 
 from coincurve import PrivateKey
 
@@ -66,15 +66,19 @@ __all__ = [
 _BAD_ITEM = (b"", b"", b"")  # fails the fallback's length check: False, no exception
 
 
-def _load(name: str) -> tuple[ModuleType | None, str]:
-    try:
-        return importlib.import_module(f"native.{name}"), ""
-    except ImportError as exc:  # not built (no Cython, compiler or headers at install time)
-        return None, f"native.{name} not importable: {exc}"
-
-
-_secp, _secp_error = _load("_secp")
-_aesgcm, _aesgcm_error = _load("_aesgcm")
+# not built (no Cython, compiler or headers at install time): the fallbacks serve, and say why.
+# Typed through native/*.pyi; None when absent, which every use checks (NATIVE_*, _require).
+_secp_error = _aesgcm_error = ""
+try:
+    from native import _secp
+except ImportError as exc:
+    _secp = None  # type: ignore[assignment]
+    _secp_error = f"native._secp not importable: {exc}"
+try:
+    from native import _aesgcm
+except ImportError as exc:
+    _aesgcm = None  # type: ignore[assignment]
+    _aesgcm_error = f"native._aesgcm not importable: {exc}"
 
 
 # --- which libsecp256k1 the native ECDSA loops call ------------------------------------------
@@ -218,12 +222,6 @@ def _announce() -> None:
             log.warning("medchain: fallback crypto in use: %s", backend_name())
 
 
-def _require(module: ModuleType | None, error: str) -> ModuleType:
-    if module is None:
-        raise RuntimeError(error)
-    return module
-
-
 # --- ECDSA verify ---------------------------------------------------------------------------
 
 
@@ -240,10 +238,10 @@ def _as_bytes(x: object) -> bytes | None:
 
 def _normalise(item: object) -> tuple[bytes, bytes, bytes]:
     try:
-        pk, d, s = item  # type: ignore[misc]
+        raw_pk, raw_d, raw_s = cast("Iterable[object]", item)  # anything at all: a caller's bad item
     except (TypeError, ValueError):
         return _BAD_ITEM
-    pk, d, s = _as_bytes(pk), _as_bytes(d), _as_bytes(s)
+    pk, d, s = _as_bytes(raw_pk), _as_bytes(raw_d), _as_bytes(raw_s)
     if pk is None or d is None or s is None:
         return _BAD_ITEM
     return pk, d, s
@@ -256,7 +254,9 @@ def verify_batch_fallback(items: Iterable[tuple[bytes, bytes, bytes]]) -> list[b
 
 def verify_batch_native(items: Iterable[tuple[bytes, bytes, bytes]], threads: int | None = None) -> list[bool]:
     """libsecp256k1 (`secp_library()`) on `threads` threads (default: all usable CPUs), GIL released."""
-    return _require(_secp, _secp_error).verify_batch(items, threads)
+    if _secp is None:
+        raise RuntimeError(_secp_error)
+    return _secp.verify_batch(items, threads)
 
 
 def verify_batch(items: Sequence[tuple[bytes, bytes, bytes]]) -> list[bool]:
@@ -298,9 +298,10 @@ def sign_batch_fallback(secret: bytes, digests: Iterable[bytes]) -> list[bytes]:
 
 
 def sign_batch_native(secret: bytes, digests: Iterable[bytes], threads: int | None = None) -> list[bytes]:
-    secp = _require(_secp, _secp_error)
+    if _secp is None:
+        raise RuntimeError(_secp_error)
     sk, ds = _check_sign_args(secret, digests)
-    return secp.sign_batch(sk, ds, threads)
+    return _secp.sign_batch(sk, ds, threads)
 
 
 def sign_batch(secret: bytes, digests: Iterable[bytes]) -> list[bytes]:
@@ -325,20 +326,22 @@ def aead_open_batch_fallback(key: bytes, items: Sequence[tuple[bytes, bytes, byt
 def aead_seal_batch_native(
     key: bytes, items: Iterable[tuple[bytes, bytes, bytes]], threads: int | None = None
 ) -> list[bytes]:
-    mod = _require(_aesgcm, _aesgcm_error)
+    if _aesgcm is None:
+        raise RuntimeError(_aesgcm_error)
     try:
-        return mod.seal_batch(key, items, threads)
-    except mod.UnsupportedParameters as exc:  # key or nonce size, raised before any work
+        return _aesgcm.seal_batch(key, items, threads)
+    except _aesgcm.UnsupportedParameters as exc:  # key or nonce size, raised before any work
         raise AeadError(str(exc)) from None
 
 
 def aead_open_batch_native(
     key: bytes, items: Iterable[tuple[bytes, bytes, bytes]], threads: int | None = None
 ) -> list[bytes | None]:
-    mod = _require(_aesgcm, _aesgcm_error)
+    if _aesgcm is None:
+        raise RuntimeError(_aesgcm_error)
     try:
-        return mod.open_batch(key, items, threads)
-    except mod.UnsupportedParameters as exc:
+        return _aesgcm.open_batch(key, items, threads)
+    except _aesgcm.UnsupportedParameters as exc:
         raise AeadError(str(exc)) from None
 
 

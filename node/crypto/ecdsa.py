@@ -10,6 +10,7 @@ import hashlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
+from typing import Any
 
 from coincurve import PrivateKey, PublicKey
 from coincurve._libsecp256k1 import ffi, lib
@@ -32,7 +33,7 @@ def sign(secret: bytes, digest: bytes) -> bytes:
 
 
 @lru_cache(maxsize=65536)
-def _parsed_pubkey(pubkey: bytes):  # noqa: ANN202 - cffi object
+def _parsed_pubkey(pubkey: bytes) -> Any:  # a cffi secp256k1_pubkey*, or None
     """Parse (decompress) a public key once; repeat senders hit the cache."""
     out = ffi.new("secp256k1_pubkey *")
     if not lib.secp256k1_ec_pubkey_parse(_CTX, out, pubkey, len(pubkey)):

@@ -1,6 +1,6 @@
 """The replicated state machine: deterministic block execution and the state root."""
 
-from node.state import smt
+from node.state import keys, smt
 from node.state.machine import (
     CODES,
     OK,
@@ -9,7 +9,6 @@ from node.state.machine import (
     apply_block,
     check_tx,
     genesis_state_root,
-    keys,
 )
 
 __all__ = ["CODES", "OK", "Code", "Overlay", "apply_block", "check_tx", "genesis_state_root", "keys", "smt"]

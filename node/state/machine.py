@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from node.crypto import ecdsa
 from node.state import keys, smt
@@ -26,7 +27,7 @@ from node.state.records import (
     ProfileRec,
     Receipt,
 )
-from node.tx import KIND_GRANT, KIND_PROFILE, KIND_READ, KIND_WRITE, Grant, Policy, Profile, Read, Tx, Write
+from node.tx import KIND_GRANT, KIND_PROFILE, KIND_WRITE, Grant, Policy, Profile, Read, Tx, Write
 from node.wire import decode, encode
 
 Get = Callable[[bytes], "bytes | None"]
@@ -59,7 +60,7 @@ class Overlay:
     def put(self, key: bytes, value: bytes) -> None:
         self.writes[key] = value
 
-    def get_obj(self, key: bytes):  # noqa: ANN201 - msgpack value
+    def get_obj(self, key: bytes) -> Any:  # a msgpack value
         v = self.get(key)
         return None if v is None else decode(v)
 
@@ -195,6 +196,7 @@ def apply_tx(view: Overlay, tx: Tx, height: int, idx: int, time_ms: int) -> int:
     addr = tx.address
     if view.get(keys.receipt(tx.id)) is not None:
         return Code.DUPLICATE  # already executed: never overwrite its receipt
+    code: int
     if tx.nonce != _nonce(view, addr) + 1:
         code = Code.BAD_NONCE
     else:
@@ -202,10 +204,11 @@ def apply_tx(view: Overlay, tx: Tx, height: int, idx: int, time_ms: int) -> int:
         code = check_tx(view, tx, time_ms)
         if code == OK:
             _apply(view, tx, height, idx, time_ms)
-        if tx.kind == KIND_READ:
-            r = tx.body
+        r = tx.body
+        if isinstance(r, Read):
             entry = AuditRec(addr, r.dtype, r.cid, r.t_from_ms, r.t_to_ms, time_ms, tx.id, code, r.reason or None)
-            view.append(keys.audit_count(r.patient), lambda i: keys.audit(r.patient, i), entry.encode())
+            patient = r.patient
+            view.append(keys.audit_count(patient), lambda i: keys.audit(patient, i), entry.encode())
     view.put_obj(keys.receipt(tx.id), Receipt(height, idx, code))
     return code
 

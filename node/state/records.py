@@ -142,7 +142,7 @@ class Receipt(NamedTuple):
     """keys.receipt(txid): where a transaction committed and its result."""
 
     height: int
-    index: int
+    tx_index: int  # its position in the block (`index` would shadow tuple.index)
     code: int
 
     @classmethod

@@ -109,10 +109,10 @@ class _Updater:
             items = sorted([*items, (resident[:32], resident[32:])])  # the resident key moves down
         kh0 = items[0][0]
         if rec is None and len(items) == 1:
-            kv = kh0 + items[0][1]
+            leaf = kh0 + items[0][1]
             if depth == 0:
-                self.out[ROOT_POS] = b"\x00" + kv
-            return _sha(b"\x00" + kv).digest(), kv
+                self.out[ROOT_POS] = b"\x00" + leaf
+            return _sha(b"\x00" + leaf).digest(), leaf
         if rec is None:
             hashes: dict[int, bytes] = {}
             leaves: dict[int, bytes] = {}

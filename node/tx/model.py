@@ -8,8 +8,9 @@ SHA-256 of the whole wire form. docs/PROTOCOL.md is the normative description.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from node.crypto import ecdsa
 from node.crypto.keys import Identity, address_of
@@ -45,8 +46,10 @@ class TxError(ValueError):
 
 
 def data_type_id(name: str | int) -> int:
-    if isinstance(name, int) and name in _TYPE_NAMES:
-        return name
+    if isinstance(name, int):
+        if name in _TYPE_NAMES:
+            return name
+        raise TxError(f"unknown data type {name!r}; known: {', '.join(DATA_TYPES)}")
     try:
         return DATA_TYPES[name]
     except (KeyError, TypeError):
@@ -98,12 +101,12 @@ class Grant:
     expiry_ms: int  # 0 = never
     keys: tuple[SealedKey, ...]
 
-    def fields(self) -> list:
+    def fields(self) -> list[Any]:
         return [self.staff, list(self.types), self.expiry_ms,
                 [[k.dtype, k.epoch, k.sealed] for k in self.keys]]
 
     @classmethod
-    def parse(cls, f: list) -> Grant:
+    def parse(cls, f: list[Any]) -> Grant:
         if len(f) != 4:
             raise TxError("grant takes 4 fields: staff, types, expiry_ms, keys")
         staff = _bytes(f[0], "staff address", 32, 32)
@@ -135,11 +138,11 @@ class Profile:
     org: str
     box_public: bytes  # X25519 public key that grants seal data keys to
 
-    def fields(self) -> list:
+    def fields(self) -> list[Any]:
         return [self.name, self.role, self.org, self.box_public]
 
     @classmethod
-    def parse(cls, f: list) -> Profile:
+    def parse(cls, f: list[Any]) -> Profile:
         if len(f) != 4:
             raise TxError("profile takes 4 fields: name, role, org, x25519_public")
         return cls(_str(f[0], "name", MAX_NAME), _str(f[1], "role", MAX_NAME), _str(f[2], "org", MAX_NAME),
@@ -154,11 +157,11 @@ class Policy:
     kind: ClassVar[int] = KIND_POLICY
     break_glass: bool
 
-    def fields(self) -> list:
+    def fields(self) -> list[Any]:
         return [self.break_glass]
 
     @classmethod
-    def parse(cls, f: list) -> Policy:
+    def parse(cls, f: list[Any]) -> Policy:
         if len(f) != 1 or type(f[0]) is not bool:
             raise TxError("policy takes 1 field: break_glass (true or false)")
         return cls(f[0])
@@ -176,11 +179,11 @@ class Write:
     t_start_ms: int
     t_end_ms: int
 
-    def fields(self) -> list:
+    def fields(self) -> list[Any]:
         return [self.dtype, self.cid, self.size, self.epoch, self.t_start_ms, self.t_end_ms]
 
     @classmethod
-    def parse(cls, f: list) -> Write:
+    def parse(cls, f: list[Any]) -> Write:
         if len(f) != 6:
             raise TxError("write takes 6 fields: type, cid, size, epoch, t_start_ms, t_end_ms")
         w = cls(_dtype(f[0]), _bytes(f[1], "cid", 2, MAX_CID), _uint(f[2], "size", 1 << 40),
@@ -208,12 +211,12 @@ class Read:
     def break_glass(self) -> bool:
         return bool(self.reason)
 
-    def fields(self) -> list:
+    def fields(self) -> list[Any]:
         f = [self.patient, self.dtype, self.cid, self.t_from_ms, self.t_to_ms]
         return f + [self.reason] if self.reason else f
 
     @classmethod
-    def parse(cls, f: list) -> Read:
+    def parse(cls, f: list[Any]) -> Read:
         if len(f) not in (5, 6):
             raise TxError("read takes 5 fields: patient, type, cid, t_from_ms, t_to_ms (and a break-glass reason)")
         reason = ""
@@ -230,7 +233,7 @@ class Read:
 
 
 Body = Grant | Profile | Policy | Write | Read
-_PARSERS = {KIND_GRANT: Grant.parse, KIND_PROFILE: Profile.parse, KIND_POLICY: Policy.parse,
+_PARSERS: dict[int, Callable[[list[Any]], Body]] = {KIND_GRANT: Grant.parse, KIND_PROFILE: Profile.parse, KIND_POLICY: Policy.parse,
             KIND_WRITE: Write.parse, KIND_READ: Read.parse}
 assert all(k & 0xF0 in FAMILIES for k in _PARSERS)  # only the two families have parsers
 

@@ -22,7 +22,8 @@ class WireError(ValueError):
 
 def encode(obj: Any) -> bytes:
     """Encode with the canonical options (bin type for bytes, no floats in structures)."""
-    return msgpack.packb(obj, use_bin_type=True, strict_types=False)
+    out: bytes = msgpack.packb(obj, use_bin_type=True, strict_types=False)
+    return out
 
 
 _SCALARS = frozenset((type(None), bool, int, bytes, str))  # exact types: msgpack makes no subclasses
