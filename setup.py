@@ -36,7 +36,7 @@ def _native_extensions() -> list:
         return []
     try:
         return cythonize(exts, compiler_directives={"language_level": "3"}, quiet=True)
-    except Exception as exc:  # a Cython compile error must not break the install
+    except Exception as exc:  # noqa: BLE001 - a Cython compile error must not break the install
         _native_warning(f"cythonize failed: {exc}")
         return []
 
@@ -47,7 +47,7 @@ class OptionalBuildExt(build_ext):
     def run(self) -> None:
         try:
             super().run()
-        except Exception as exc:  # e.g. no C compiler at all (DistutilsPlatformError)
+        except Exception as exc:  # noqa: BLE001 - e.g. no C compiler at all (DistutilsPlatformError)
             _native_warning(f"build_ext failed: {exc}")
             self.extensions = []
 
@@ -60,7 +60,7 @@ class OptionalBuildExt(build_ext):
     def build_extension(self, ext: Extension) -> None:
         try:
             super().build_extension(ext)
-        except Exception as exc:  # missing header or library, compiler error
+        except Exception as exc:  # noqa: BLE001 - missing header or library, compiler error
             self._failed.add(ext.name)
             _native_warning(f"could not build {ext.name}: {exc}")
 

@@ -24,7 +24,7 @@ from devices.localnet import make_network, start_all
 from node.genesis import Params
 
 
-async def height(node) -> int:  # noqa: ANN001
+async def height(node) -> int:
     async with NodeClient(node.url) as c:
         return (await c.status())["height"]
 

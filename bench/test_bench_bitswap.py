@@ -46,7 +46,7 @@ class Pair:
         self.thread.start()
         self.run(self._start())
 
-    def run(self, coro):  # noqa: ANN001, ANN201
+    def run(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(300)
 
     async def _start(self) -> None:
@@ -82,7 +82,7 @@ def pair(tmp_path_factory, request):
 def test_bitswap_fetch_throughput(benchmark, pair: Pair, size_mib: int) -> None:
     data = os.urandom(size_mib * MiB)
     root, blocks = pair.stores[0].put_blob(data)  # Helia's defaults: 1 MiB raw leaves
-    a, b = pair.nodes
+    _a, b = pair.nodes
 
     def setup() -> None:
         pair.stores[1].delete_blob(root)

@@ -86,7 +86,7 @@ def _measure(led: Ledger, accts: list[bytes], update, blocks: int) -> tuple[floa
     for i in range(2 * blocks):
         w = _block(accts, 1000 + i)
         t0 = time.process_time()
-        root, nodes = update(led.get_node, w)
+        _root, nodes = update(led.get_node, w)
         upd += time.process_time() - t0
         if i % 2:
             with_nodes += _commit(led, w, nodes)

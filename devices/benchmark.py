@@ -92,7 +92,7 @@ def _steps(args: argparse.Namespace) -> list[tuple[str, FleetConfig, str]]:
     raise ValueError(f"unknown workload {w!r}")
 
 
-def _run(coro):  # noqa: ANN001, ANN202
+def _run(coro):
     """The generator runs on uvloop, as the validators do: it halves the CPU of each HTTP request."""
     try:
         import uvloop

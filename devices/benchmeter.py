@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -76,10 +77,8 @@ def proc_peak_rss_mb(pid: int) -> float:
 def set_affinity(pid: int, cpus: set[int]) -> None:
     """Pin every thread of a process (sched_setaffinity on the pid alone moves only its main thread)."""
     for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.sched_setaffinity(int(tid), cpus)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 def status(url: str) -> dict:
@@ -197,7 +196,7 @@ def plot(report: dict, path: Path) -> None:
     _finish(plt, fig, report, path)
 
 
-def _finish(plt, fig, report: dict, path: Path) -> None:  # noqa: ANN001
+def _finish(plt, fig, report: dict, path: Path) -> None:
     """Title with the machine and time, then write the PNG."""
     m = report["machine"]
     fig.suptitle(f"medchain bench {report['workload']}: {report['validators']} validators, "
@@ -207,7 +206,7 @@ def _finish(plt, fig, report: dict, path: Path) -> None:  # noqa: ANN001
     plt.close(fig)
 
 
-def _bars(plt, report: dict, steps: list[dict], path: Path) -> None:  # noqa: ANN001
+def _bars(plt, report: dict, steps: list[dict], path: Path) -> None:
     """One bar group per step (the budget's three phases; a single fleet or clinic run)."""
     labels = [s["label"] for s in steps]
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(15, 4.2))

@@ -169,7 +169,7 @@ def staff_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction, add) -> None:  # noqa: ANN001
+def register(sub: argparse._SubParsersAction, add) -> None:
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--key", required=True, help="key file (from `medchain keygen`)")
         sp.add_argument("--node", default=DEFAULT_NODE, help="validator API URL")

@@ -53,7 +53,7 @@ async def acknowledged_load(nodes: list[NodeProcess], stop: asyncio.Event, commi
             try:
                 chain = (await c.status())["chain_id"]
                 break
-            except Exception:  # that validator is down right now
+            except Exception:  # noqa: BLE001 - that validator is down right now
                 await asyncio.sleep(0.1)
 
     async def sender(i: int) -> None:
@@ -70,8 +70,8 @@ async def acknowledged_load(nodes: list[NodeProcess], stop: asyncio.Event, commi
                 if st["status"] not in ("pending", "committed"):
                     await c.submit(tx.raw)  # new, or refused earlier (e.g. while a peer was down)
                 st = await c.wait_committed(tx.id.hex(), 3)
-            except Exception:
-                k += 1  # that validator may be down: try the next one
+            except Exception:  # noqa: BLE001 - any failure: that validator may be down
+                k += 1  # try the next one
                 await asyncio.sleep(0.1)
                 continue
             if st["status"] == "committed":  # acknowledged: only now the next nonce
@@ -144,7 +144,7 @@ async def assert_committed(nodes: list[NodeProcess], committed: list[str]) -> No
                     raise AssertionError(f"acknowledged {tid} is {st['status']} on {n.url}")
 
 
-async def run(nodes: list[NodeProcess], seed: int, steps: int, log=print) -> dict:  # noqa: ANN001
+async def run(nodes: list[NodeProcess], seed: int, steps: int, log=print) -> dict:
     """Run the schedule under load, heal, and check convergence and every acknowledged commit."""
     plan = schedule(seed, len(nodes), steps)
     committed: list[str] = []
@@ -171,7 +171,7 @@ async def run(nodes: list[NodeProcess], seed: int, steps: int, log=print) -> dic
             "seconds": round(time.monotonic() - t0, 1)}
 
 
-def _cmd(args) -> int:  # noqa: ANN001
+def _cmd(args) -> int:
     import json
     import tempfile
     from pathlib import Path
@@ -200,7 +200,7 @@ def _cmd(args) -> int:  # noqa: ANN001
     return 0
 
 
-def register(sub, add) -> None:  # noqa: ANN001
+def register(sub, add) -> None:
     """`medchain faults`: a seeded fault schedule against a fresh local network under load."""
     sp = add("faults", _cmd, "Kill, pause and partition f validators on a seeded schedule under load; "
                              "then check every acknowledged commit and that all validators converge.")

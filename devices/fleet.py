@@ -119,7 +119,7 @@ class FleetPhone:
 
 
 class Fleet:
-    def __init__(self, urls: list[str], cfg: FleetConfig, progress=None, mark=None) -> None:  # noqa: ANN001
+    def __init__(self, urls: list[str], cfg: FleetConfig, progress=None, mark=None) -> None:
         # mark(name) is called at "start" (setup done) and "end" (everything committed, before the
         # check), so a caller can read the validators' counters over exactly the measured window
         self.urls, self.cfg, self.progress, self.mark = urls, cfg, progress, mark
@@ -143,7 +143,7 @@ class Fleet:
         self.open_ops = 0  # staged and not yet committed or finally refused (the drain waits for 0)
         self.bg: set[asyncio.Task] = set()
 
-    def _spawn(self, coro) -> None:  # noqa: ANN001
+    def _spawn(self, coro) -> None:
         t = asyncio.get_running_loop().create_task(coro)
         self.bg.add(t)
         t.add_done_callback(self.bg.discard)

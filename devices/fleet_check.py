@@ -58,8 +58,8 @@ async def check_fleet(fleet: Fleet, sample: int = 10) -> dict:
             "sampled_readings_expected": want, "sampled_windows_mismatched": mismatched}
 
 
-async def run_fleet(urls: list[str], cfg: FleetConfig, progress=None, check_sample: int = 0,  # noqa: ANN001
-                    mark=None) -> dict:  # noqa: ANN001
+async def run_fleet(urls: list[str], cfg: FleetConfig, progress=None, check_sample: int = 0,
+                    mark=None) -> dict:
     """Run the fleet against validators at `urls`; with check_sample, also the no-lost-readings check."""
     f = Fleet(urls, cfg, progress, mark)
     try:

@@ -91,7 +91,7 @@ class Phone:
         self.next_nonce += 1
         return n
 
-    async def send(self, body, wait: bool = True, timeout: float = 30.0,  # noqa: ANN001
+    async def send(self, body, wait: bool = True, timeout: float = 30.0,
                    sidecar: bytes | None = None) -> str:
         """Sign and submit (a write with its ciphertext as sidecar); with wait, block until committed
         and check it was applied."""

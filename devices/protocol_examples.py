@@ -145,7 +145,7 @@ def _tree_get(nodes: dict[bytes, bytes]) -> smt.GetNode:
     return nodes.get
 
 
-def examples() -> dict[str, Example]:  # noqa: PLR0915 - one linear story, told in order
+def examples() -> dict[str, Example]:  # one linear story, told in order
     out: dict[str, Example] = {}
     patient, staff = seed_identity("patient"), seed_identity("staff")
     validators = [seed_identity(f"validator-{i}") for i in range(4)]

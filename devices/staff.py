@@ -44,7 +44,7 @@ class Staff:
     def address(self) -> bytes:
         return self.identity.address
 
-    async def _send(self, body, timeout: float = 30.0) -> tuple[str, dict]:  # noqa: ANN001
+    async def _send(self, body, timeout: float = 30.0) -> tuple[str, dict]:
         if self.next_nonce is None:
             self.next_nonce = (await self.client.account(self.address))["next_nonce"]
         tx = Tx.build(self.identity, self.chain_id, self.next_nonce, body)

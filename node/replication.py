@@ -23,6 +23,7 @@ said is kept in memory; after a restart ``availability`` asks them again (rate-l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -242,7 +243,7 @@ class Replicator:
                 self._spawn(self._session(roots, slots))
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - keep replicating
+            except Exception:  # keep replicating
                 log.exception("replication step failed")
                 await asyncio.sleep(RETRY_MIN)
 
@@ -251,10 +252,8 @@ class Replicator:
         due = min((d for c, d, _ in self._retry.values() if c.multihash not in self._inflight), default=None)
         wait = None if due is None else max(0.0, due - time.monotonic())
         roots: list[Cid] = []
-        try:
+        with contextlib.suppress(TimeoutError):
             roots += await asyncio.wait_for(self._queue.get(), wait) if wait is not None else await self._queue.get()
-        except TimeoutError:
-            pass
         while not self._queue.empty():
             roots += self._queue.get_nowait()
         now = time.monotonic()
@@ -298,7 +297,7 @@ class Replicator:
             self._settle([r for r in roots if r.multihash in held])
             if error:
                 log.info("replication: %d of %d blobs not fetched yet (%s)", len(roots) - len(held), len(roots), error)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("replication session failed")
         finally:
             self._inflight.difference_update(r.multihash for r in roots)
@@ -318,10 +317,8 @@ def roots_from_ledger(ledger: Any) -> Callable[[int], list[Cid]]:
             if tx.kind == KIND_WRITE:
                 rec = ledger.get_state(keys.receipt(tx.id))
                 if rec is not None and Receipt.decode(rec).code == Code.OK:
-                    try:
+                    with contextlib.suppress(CidError):
                         out.append(Cid.from_bytes(tx.body.cid))
-                    except CidError:
-                        pass
         return out
 
     return roots_of

@@ -162,7 +162,7 @@ class StateSync:
         try:
             raw = await v.net.request(peer, PROTOCOL, encode_request(first, count), TIMEOUT_S, MAX_RESPONSE)
             blocks = decode_response(raw)
-        except Exception as exc:  # P2PError, SyncError: this peer did not help, try another
+        except Exception as exc:  # noqa: BLE001 - P2PError, SyncError, a dropped stream: try another peer
             self.bad_responses += 1
             log.info("state transfer from validator %d failed: %s", j, exc)
             return None

@@ -13,8 +13,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from node import faults, merkle
 from node.admission import REFORWARD_S, Admission
@@ -253,7 +255,7 @@ class Validator:
         ex = self._executed.get(prev_hash)
         return ex.tip() if ex is not None else None
 
-    async def _run(self, fn, *args):  # noqa: ANN001, ANN202 - runs blocking work off the loop
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:  # blocking work, off the loop
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
 
     async def _produce(self) -> None:
@@ -310,7 +312,7 @@ class Validator:
             await asyncio.sleep(min(60.0, max(0.5, grace / 4)))
             try:
                 n = await asyncio.to_thread(self.blobs.collect_uploads, grace)
-            except Exception:  # noqa: BLE001 - keep collecting next round
+            except Exception:  # keep collecting next round
                 log.exception("collecting unreferenced uploads failed")
                 continue
             if n:

@@ -204,7 +204,7 @@ def test_replies_come_on_a_new_outbound_stream_to_a_plain_bitswap_client(tmp_pat
                         listen_addrs=[multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{ports[1]}")])
         done = trio.Event()
 
-        async def on_stream(stream) -> None:  # noqa: ANN001 - the medchain host's outbound stream
+        async def on_stream(stream) -> None:  # the medchain host's outbound stream
             reader = StreamReader(stream)
             while (n := await reader.uvarint()) is not None:
                 got.append(decode_message(await reader.exactly(n)))

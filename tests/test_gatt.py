@@ -137,7 +137,7 @@ def test_float_spec_example_temperature() -> None:
     (decode_sfloat, 0x0802, "-inf"), (decode_float, 0x007FFFFF, "nan"), (decode_float, 0x00800000, "nan"),
     (decode_float, 0x007FFFFE, "inf"), (decode_float, 0x00800002, "-inf"),
 ])
-def test_special_values_decode(decoder, raw: int, expected: str) -> None:  # noqa: ANN001
+def test_special_values_decode(decoder, raw: int, expected: str) -> None:
     v = decoder(raw)
     assert math.isnan(v) if expected == "nan" else v == float(expected)
 
@@ -158,7 +158,7 @@ def test_special_values_encode_and_reserved() -> None:
     (encode_sfloat, True), (encode_float, None), (decode_sfloat, 0x10000), (decode_sfloat, -1),
     (decode_float, 1 << 32),
 ])
-def test_float_codec_rejects(func, bad: object) -> None:  # noqa: ANN001
+def test_float_codec_rejects(func, bad: object) -> None:
     with pytest.raises(GattError):
         func(bad)
 
@@ -369,7 +369,7 @@ def test_encode_helper() -> None:
     lambda: encode_reading(Reading("weight", 0, {"weight": 70.0}, "kg")),
     lambda: DateTime.from_ms(10**18),
 ])
-def test_encoders_reject(call) -> None:  # noqa: ANN001
+def test_encoders_reject(call) -> None:
     with pytest.raises(GattError):
         call()
 

@@ -311,7 +311,7 @@ def test_chunked_bodies_are_counted_as_they_arrive_and_slow_ones_time_out(tmp_pa
         async def chunked(ip: str, size: int, pause: float) -> int:
             data = os.urandom(size)
 
-            async def gen():  # noqa: ANN202
+            async def gen():
                 for k in range(0, size, 64 * 1024):
                     yield data[k:k + 64 * 1024]
                     await asyncio.sleep(pause)

@@ -186,7 +186,7 @@ class _Api:
         return body
 
 
-def test_a_running_validator_answers_as_the_openapi_schemas_say(node) -> None:  # noqa: ANN001 - fixture
+def test_a_running_validator_answers_as_the_openapi_schemas_say(node) -> None:  # fixture
     import asyncio
     import time
 

@@ -40,7 +40,7 @@ def test_single_key_is_a_leaf_at_the_root():
 
 
 def test_membership_for_every_key():
-    assert ROOT == smt.naive_root(STATE)
+    assert smt.naive_root(STATE) == ROOT
     for k, v in STATE.items():
         p = smt.Proof.decode(smt.prove(STORE.get, k).encode())
         assert smt.verify(ROOT, k, v, p)
@@ -146,7 +146,7 @@ def test_native_matches_on_a_larger_tree():
     keys_ = []
     for _ in range(5):
         w = {os.urandom(33): os.urandom(20) for _ in range(2000)}
-        w.update({k: b"new" for k in keys_[:300]})
+        w.update(dict.fromkeys(keys_[:300], b"new"))
         keys_ = list(w)
         ra, na = smt.update_native(a.get, w)
         rb, nb = smt.update_py(b.get, w)

@@ -263,7 +263,7 @@ def decode_unixfs_data(buf: bytes) -> UnixfsData:
             while pos < len(value):
                 size, pos = _read_varint(value, pos)
                 sizes.append(size)
-        elif field_no in (5, 6, 7) and wire_type == _WT_VARINT or field_no == 8 and wire_type == _WT_LEN:
+        elif (field_no in (5, 6, 7) and wire_type == _WT_VARINT) or (field_no == 8 and wire_type == _WT_LEN):
             pass  # hashType, fanout, mode, mtime: irrelevant to file contents
         else:
             raise UnixfsError(f"unexpected UnixFS field {field_no} (wire type {wire_type})")

@@ -47,7 +47,7 @@ STAT_KEYS = ("msgs_in", "msgs_out", "blocks_in", "blocks_out", "bytes_in", "byte
 
 
 class _Out:
-    __slots__ = ("name", "pid", "addr", "queue", "bytes", "event", "waiting", "running")
+    __slots__ = ("addr", "bytes", "event", "name", "pid", "queue", "running", "waiting")
 
     def __init__(self, name: str, pid: ID, addr: multiaddr.Multiaddr | None) -> None:
         self.name, self.pid, self.addr = name, pid, addr
@@ -289,7 +289,7 @@ class BitswapService:
             if self.store.has_blob(r):
                 held.add(r.multihash)
         res["held"] = held
-        if len(held) < len(set(r.multihash for r in roots)) and res["error"] is None:
+        if len(held) < len({r.multihash for r in roots}) and res["error"] is None:
             res["error"] = "fetch of a blob being fetched by another session did not complete"
         return res
 

@@ -18,7 +18,7 @@ class StreamClosedEarly(Exception):
 
 
 class StreamReader:
-    __slots__ = ("stream", "buf")
+    __slots__ = ("buf", "stream")
 
     def __init__(self, stream: Any) -> None:
         self.stream = stream

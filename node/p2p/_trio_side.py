@@ -67,7 +67,7 @@ INBOX_HIGH = 20_000  # undelivered inbound messages at which direct-stream reads
 class PeerOut:
     """Outbound state for one validator: its frame queue and the trio wake-up plumbing."""
 
-    __slots__ = ("pid", "name", "addr", "queue", "event", "waiting", "sessions", "stream", "scope", "retry", "redial")
+    __slots__ = ("addr", "event", "name", "pid", "queue", "redial", "retry", "scope", "sessions", "stream", "waiting")
 
     def __init__(self, name: str, addr: str, queue: deque) -> None:
         self.name = name
@@ -173,10 +173,8 @@ class TrioSide:
         if self._kick_pending or self.token is None:
             return
         self._kick_pending = True
-        try:
+        with contextlib.suppress(trio.RunFinishedError):
             self.token.run_sync_soon(self._on_kick)
-        except trio.RunFinishedError:
-            pass
 
     def spawn(self, fn: Callable[..., Any], *args: Any, on_fail: Callable[[], None] | None = None) -> None:
         """Start ``fn(*args)`` in the host's nursery, from any thread. If the host is not running
@@ -338,8 +336,8 @@ class TrioSide:
             self.bitswap.conn_closed(muxed_conn.peer_id)
         name = self.allowed.get(muxed_conn.peer_id)
         o = self.outs.get(name) if name else None
-        if o is not None and o.stream is not None and o.scope is not None:
-            if getattr(o.stream, "muxed_conn", None) is muxed_conn:
+        if (o is not None and o.stream is not None and o.scope is not None
+                and getattr(o.stream, "muxed_conn", None) is muxed_conn):
                 o.scope.cancel()
 
     async def main(self, ready: Callable[[BaseException | None, int], None]) -> None:
@@ -380,7 +378,7 @@ class TrioSide:
                         for conn in host.get_network().get_connections():
                             closer.start_soon(_close_quietly, conn)
                     await host.close()
-        except BaseException as exc:  # noqa: BLE001 - reported to the asyncio side
+        except BaseException as exc:  # reported to the asyncio side
             if not signalled:
                 ready(exc, 0)
                 return

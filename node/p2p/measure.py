@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -91,7 +92,7 @@ async def _child(args: argparse.Namespace) -> None:
                 time.sleep(args.busy_ms / 1000)
                 await asyncio.sleep(0)
 
-        busy_task = loop.create_task(busy())  # noqa: F841 - runs until the process exits
+        busy_task = loop.create_task(busy())  # noqa: F841, RUF006 - runs until the process exits
     deadline = loop.time() + 30
     while len(node.connected_peers()) < others and loop.time() < deadline:
         await asyncio.sleep(0.05)
@@ -122,10 +123,8 @@ async def _child(args: argparse.Namespace) -> None:
         node.broadcast(k.to_bytes(4, "big") + payload[4:])
         if k % 100 == 99:
             await asyncio.sleep(0)  # as a validator would: the loop keeps turning while it sends
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(done.wait(), args.timeout)
-    except TimeoutError:
-        pass
     t1, c1 = time.perf_counter(), time.process_time()
     print(json.dumps({"recv": got, "want": want, "wall": t1 - t0, "cpu": c1 - c0, "stats": node.stats}), flush=True)
     await loop.run_in_executor(None, sys.stdin.readline)  # "stop" (others may still be receiving)

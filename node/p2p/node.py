@@ -500,5 +500,5 @@ class P2PNode:
             peer, payload = inbox.popleft()
             try:
                 cb(peer, payload)
-            except Exception:  # noqa: BLE001 - a handler bug must not stall the network
+            except Exception:  # a handler bug must not stall the network
                 log.exception("on_message handler failed")

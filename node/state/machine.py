@@ -221,6 +221,21 @@ def apply_block(base: Get, txs: Iterable[Tx], height: int, time_ms: int, tree: s
     return BlockResult(codes, view.writes, root, nodes)
 
 
-__all__ = ["BREAK_GLASS_ACCESS_MS", "BREAK_GLASS_LIMIT", "BREAK_GLASS_WINDOW_MS", "CODES", "KIND_GRANT", "Code",
-           "KIND_PROFILE", "KIND_WRITE", "OK", "Overlay", "apply_block", "apply_tx", "break_glass_enabled",
-           "check_tx", "genesis_state_root", "read_allowed"]
+__all__ = [
+    "BREAK_GLASS_ACCESS_MS",
+    "BREAK_GLASS_LIMIT",
+    "BREAK_GLASS_WINDOW_MS",
+    "CODES",
+    "KIND_GRANT",
+    "KIND_PROFILE",
+    "KIND_WRITE",
+    "OK",
+    "Code",
+    "Overlay",
+    "apply_block",
+    "apply_tx",
+    "break_glass_enabled",
+    "check_tx",
+    "genesis_state_root",
+    "read_allowed",
+]

@@ -29,7 +29,7 @@ def test_regression(target: str, path: Path, request: pytest.FixtureRequest) -> 
 
 
 @pytest.fixture(scope="module")
-def http():  # noqa: ANN201 - the HTTP harness, started once for every http regression
+def http():  # the HTTP harness, started once for every http regression
     from tests.fuzz.http_target import HttpHarness
     h = HttpHarness()
     yield h
