@@ -1,4 +1,4 @@
-"""Who may fetch or upload a blob, through a real validator process (node/api/server.py): a committed
+"""Who may fetch or upload a blob, through a real validator process (node/api/blobs.py): a committed
 read whose result was a refusal opens nothing, and a signed request just outside the allowed clock
 skew is refused while one just inside is served."""
 

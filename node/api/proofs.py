@@ -3,7 +3,7 @@ state key its value and its proof against that header's state root (docs/PROTOCO
 the API"). A client that checks the certificate against the genesis keys and each proof needs to
 trust no validator.
 
-- `POST /v1/proofs`, body msgpack [key, ...] (at most MAX_KEYS): msgpack
+- `POST /v1/proofs` (node/api/chain.py), body msgpack [key, ...] (at most MAX_KEYS): msgpack
   [header_bytes, certificate, cert_view, [[value or nil, proof_bytes], ...]], one pair per key.
 - `?proof=1` on the JSON read routes adds "proof": the same bundle (hex) for the keys the route read,
   and "proof_keys": those keys (hex), in the bundle's order. The JSON beside it is a convenience;
@@ -16,10 +16,9 @@ from aiohttp import web
 
 from node.block import Block
 from node.validator import Validator
-from node.wire import WireError, decode, encode
+from node.wire import encode
 
 MAX_KEYS = 1024  # per request: bounds the work one request puts on the event loop
-MSGPACK = "application/msgpack"
 
 
 def bundle(v: Validator, state_keys: list[bytes]) -> bytes | None:
@@ -34,20 +33,3 @@ def bundle(v: Validator, state_keys: list[bytes]) -> bytes | None:
 
 def wants_proof(req: web.Request) -> bool:
     return req.query.get("proof") in ("1", "true")
-
-
-def add_routes(routes: web.RouteTableDef, v: Validator) -> None:
-    @routes.post("/v1/proofs")
-    async def proofs(req: web.Request) -> web.Response:
-        body = await req.read()
-        try:
-            ks = decode(body, 256 * MAX_KEYS)
-        except WireError as exc:
-            return web.json_response({"error": f"invalid request: {exc}"}, status=400)
-        if not (isinstance(ks, list) and 0 < len(ks) <= MAX_KEYS
-                and all(isinstance(k, bytes) and 0 < len(k) <= 256 for k in ks)):
-            return web.json_response({"error": f"expected a msgpack array of 1..{MAX_KEYS} state keys"}, status=400)
-        out = bundle(v, ks)
-        if out is None:
-            return web.json_response({"error": "no block is committed yet"}, status=404)
-        return web.Response(body=out, content_type=MSGPACK)

@@ -1,0 +1,137 @@
+"""Blobs: signed standalone uploads (`POST /v1/blobs`) and signed downloads (`GET /v1/blobs/{cid}`),
+authorised by the patient's own key or by a committed read transaction the blob falls under."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from node.api.common import (
+    err,
+    read_body,
+    retry_after,
+    signed_by,
+    validator,
+)
+from node.crypto import ecdsa
+from node.crypto.keys import address_of
+from node.ipfs.blockstore import IntegrityError, MissingBlock
+from node.ipfs.cid import Cid, CidError
+from node.state import Code, keys
+from node.state.machine import BREAK_GLASS_ACCESS_MS, Overlay, break_glass_enabled, read_allowed
+from node.state.records import BlobRec, Receipt
+from node.tx import KIND_READ, Tx
+from node.tx.requests import blob_request_digest, blob_upload_digest
+from node.validator import Validator
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/v1/blobs")
+async def post_blob(req: web.Request) -> web.Response:
+    """A standalone upload (a blob too large to ride as a sidecar): signed by an account with a
+    committed transaction, charged to its sender rate, collected unless a write names it in time."""
+    v = validator(req)
+    data = await read_body(req, v.params.max_blob_bytes, "blob")
+    pub = signed_by(req, v, "upload", lambda t_ms: blob_upload_digest(v.chain_id, ecdsa.sha256(data), len(data), t_ms))
+    if isinstance(pub, web.Response):
+        return pub
+    uploader = address_of(pub)
+    if v.committed_nonce(uploader) == 0:
+        return err(403, "uploads are for accounts with a committed transaction: send small blobs as sidecars")
+    # one sender token per started MiB: an upload costs its patient's rate like a transaction
+    wait = v.mempool.charge(uploader, time.monotonic(), 1 + len(data) // (1024 * 1024))
+    if wait > 0:
+        return err(429, f"rate limited: sender exceeds {v.params.sender_rate:g} tx/s",
+                    {"Retry-After": retry_after(wait)})
+    # UnixFS, Helia's defaults (<= 1 MiB is one raw block), group-committed off the event loop
+    cid, blocks = await v.blob_writer.put(data)
+    v.replicator.stored(blocks)
+    v.metrics.blobs.set(v.blobs.count())
+    return web.json_response({"cid": str(cid), "size": len(data)}, status=201)
+
+
+@routes.get("/v1/blobs/{cid}")
+async def get_blob(req: web.Request) -> web.Response:
+    v = validator(req)
+    try:
+        cid = Cid.parse(req.match_info["cid"])
+    except CidError as exc:
+        return err(400, f"bad cid: {exc}")
+    try:
+        read_id = bytes.fromhex(req.headers.get("X-Medchain-Read", ""))
+    except ValueError:
+        read_id = None
+    pub = signed_by(req, v, "request", lambda t_ms: blob_request_digest(v.chain_id, cid.to_bytes(), read_id, t_ms),
+                     " (and X-Medchain-Read for staff)", read_id is not None)
+    if isinstance(pub, web.Response):
+        return pub
+    reader = address_of(pub)
+    rec_raw = v.ledger.get_state(keys.blob(cid.to_bytes()))
+    if rec_raw is None:
+        return err(404, "cid is not on chain")
+    rec = BlobRec.decode(rec_raw)
+    if reader != rec.patient:
+        reason = read_covers(v, read_id, reader, rec.patient, rec.dtype, cid.to_bytes(), rec.t_start_ms,
+                              rec.t_end_ms)
+        if reason:
+            return err(403, reason)
+    data = await load_blob(v, cid)
+    if isinstance(data, web.Response):
+        return data
+    return web.Response(body=data, content_type="application/octet-stream",
+                        headers={"X-Medchain-Epoch": str(rec.epoch)})
+
+
+def read_covers(v: Validator, read_id: bytes, reader: bytes, patient: bytes, dtype: int, cid: bytes,
+                 t0: int, t1: int) -> str | None:
+    """None if the committed read transaction `read_id` lets `reader` fetch this blob now, else why not."""
+    if len(read_id) != 32:
+        return "staff must name their committed read transaction (X-Medchain-Read)"
+    loc = v.ledger.tx_location(read_id)
+    if loc is None:
+        return "the read transaction is not committed"
+    rec = Receipt.decode(v.ledger.get_state(keys.receipt(read_id)))
+    block = v.ledger.block(loc[0])
+    tx = Tx.decode(block.txs[loc[1]], check_sig=False)
+    if tx.kind != KIND_READ or tx.address != reader or rec.code != Code.OK:
+        return "that transaction is not an allowed read by this requester"
+    r = tx.body
+    if r.patient != patient or r.dtype != dtype:
+        return "the read transaction is for another patient or data type"
+    if r.cid and r.cid != cid:
+        return "the read transaction names another cid"
+    if not r.cid and (t1 < r.t_from_ms or t0 > r.t_to_ms):
+        return "the blob is outside the read transaction's time range"
+    view, now_ms = Overlay(v.ledger.get_state), int(time.time() * 1000)
+    if r.reason:  # break-glass: no grant needed, but the patient's opt-out and the access window apply
+        if not break_glass_enabled(view, patient):
+            return "break-glass refused: the patient has disabled emergency access"
+        if now_ms - block.header.time_ms > BREAK_GLASS_ACCESS_MS:
+            return "the break-glass read is too old: commit a new one"
+        return None
+    if not read_allowed(view, reader, patient, dtype, now_ms):
+        return "access denied by the patient's current policy"
+    return None
+
+
+async def load_blob(v: Validator, cid: Cid) -> bytes | web.Response:
+    """The blob, every block verified: the local copy, or (missing or corrupt here) fetched from
+    the other validators over bitswap. A corrupt local block is counted and refused (502)."""
+    for attempt in (0, 1):
+        try:
+            return v.blobs.get_blob(cid)
+        except IntegrityError as exc:
+            v.metrics.blob_integrity.inc()
+            failure = err(502, f"integrity error: {exc}")
+        except MissingBlock:
+            failure = err(404, "blob is on chain but not held by this validator (nor served by a peer)")
+        except ValueError as exc:  # UnixfsError: a malformed DAG
+            failure = err(502, f"integrity error: stored DAG is malformed: {exc}")
+        if attempt or v.net is None:
+            return failure
+        v.blobs.unlist(cid)  # refetch from peers; fetched blocks replace missing or corrupt ones
+        if not await v.replicator.ensure(cid):
+            return failure
+    return failure

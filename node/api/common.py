@@ -1,0 +1,85 @@
+"""What every route module shares: the app's keys (the validator, the body limits), JSON refusals,
+parameter parsing, signed-request checks and proof bundles. Every refusal is a 4xx with a JSON
+{"error": reason}; HTTP statuses live in node/api only."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+
+from node.api import proofs
+from node.api.limits import Limits
+from node.api.limits import retry_after as retry_after
+from node.crypto import ecdsa
+from node.validator import Validator
+
+MSGPACK = "application/msgpack"
+VALIDATOR = web.AppKey("validator", Validator)
+LIMITS = web.AppKey("limits", Limits)
+
+
+def validator(req: web.Request) -> Validator:
+    return req.app[VALIDATOR]
+
+
+def err(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": reason}, status=status, headers=headers)
+
+
+async def read_body(req: web.Request, limit: int, what: str) -> bytes:
+    """The request body within `limit` and the client's and server's in-flight budgets (limits.py)."""
+    return await req.app[LIMITS].read_body(req, limit, what)
+
+
+def hex_param(s: str, n: int, what: str) -> bytes:
+    try:
+        b = bytes.fromhex(s)
+    except ValueError:
+        b = b""
+    if len(b) != n:
+        raise web.HTTPBadRequest(text=f'{{"error": "{what} must be {n} bytes of hex"}}', content_type="application/json")
+    return b
+
+
+def int_query(req: web.Request, name: str, default: int) -> int:
+    try:
+        return int(req.query.get(name, default))
+    except ValueError:
+        raise web.HTTPBadRequest(text=f'{{"error": "{name} must be an integer"}}',
+                                 content_type="application/json") from None
+
+
+def with_proof(req: web.Request, out: dict, read: list[bytes]) -> web.Response:
+    """`out` as JSON; with ?proof=1, plus the proof bundle for the state keys the route `read`."""
+    if proofs.wants_proof(req):
+        if len(read) > proofs.MAX_KEYS:
+            out["proof"], out["proof_error"] = None, (f"{len(read)} keys: fetch them from POST /v1/proofs "
+                                                      f"in requests of at most {proofs.MAX_KEYS}")
+        else:
+            b = proofs.bundle(validator(req), read) if read else None
+            out["proof"] = None if b is None else b.hex()
+        out["proof_keys"] = [k.hex() for k in read]  # what the bundle proves, in its order
+    return web.json_response(out)
+
+
+def signed_by(req: web.Request, v: Validator, what: str, digest: Callable[[int], bytes], extra: str = "",
+              well_formed: bool = True) -> bytes | web.Response:
+    """The signer's public key once X-Medchain-Pubkey, -Time and -Signature check out against
+    `digest(time_ms)` (docs/PROTOCOL.md 6.1 and 7), else the 401 to answer."""
+    h = req.headers
+    try:
+        pub = bytes.fromhex(h["X-Medchain-Pubkey"])
+        t_ms = int(h["X-Medchain-Time"])
+        sig = bytes.fromhex(h["X-Medchain-Signature"])
+    except (KeyError, ValueError):
+        well_formed = False
+    if not well_formed:
+        return err(401, f"a signed {what} is required: X-Medchain-Pubkey, X-Medchain-Time, X-Medchain-Signature{extra}")
+    # integer ms: a huge X-Medchain-Time must not overflow a float (a 500 found by fuzzing)
+    if abs(int(time.time() * 1000) - t_ms) > v.params.request_skew_ms:
+        return err(401, "request time is too far from the validator's clock")
+    if not ecdsa.verify(pub, digest(t_ms), sig):
+        return err(401, f"bad {what} signature")
+    return pub

@@ -1,0 +1,102 @@
+"""A patient's and an account's state, each with an optional proof bundle (`?proof=1`): the
+account, the audit log, the grants, the sealed keys and the data index."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from node.api import proofs
+from node.api.common import (
+    err,
+    hex_param,
+    int_query,
+    validator,
+    with_proof,
+)
+from node.api.shapes import audit_entry, data_entry, grant_entry, profile_entry, sealed_entry
+from node.state import keys
+from node.state.machine import Overlay, break_glass_enabled
+from node.state.records import AuditRec, BlobRec, GrantRec, ProfileRec, Receipt
+from node.tx import DATA_TYPES
+from node.wire import decode
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/v1/accounts/{addr}")
+async def account(req: web.Request) -> web.Response:
+    v = validator(req)
+    addr = hex_param(req.match_info["addr"], 32, "address")
+    committed = v.committed_nonce(addr)
+    prof = v.ledger.get_state(keys.profile(addr))
+    epochs = {}
+    for name, tid in DATA_TYPES.items():
+        e = v.ledger.get_state(keys.epoch(addr, tid))
+        epochs[name] = 0 if e is None else decode(e)
+    out = {"address": addr.hex(), "nonce": committed, "next_nonce": v.mempool.next_nonce(addr, committed),
+           "epochs": epochs, "profile": None,
+           "break_glass": break_glass_enabled(Overlay(v.ledger.get_state), addr)}
+    if prof is not None:
+        out["profile"] = profile_entry(ProfileRec.decode(prof))
+    return with_proof(req, out, [keys.profile(addr), keys.nonce(addr), keys.policy(addr),
+                                  *(keys.epoch(addr, t) for t in DATA_TYPES.values())])
+
+
+@routes.get("/v1/patients/{addr}/audit")
+async def audit(req: web.Request) -> web.Response:
+    v = validator(req)
+    addr = hex_param(req.match_info["addr"], 32, "address")
+    out, read = [], [keys.audit_count(addr)]
+    for k, raw in v.ledger.scan_state(keys.audit_prefix(addr), int_query(req, "limit", 10_000)):
+        entry = AuditRec.decode(raw)
+        out.append(audit_entry(entry, Receipt.decode(v.ledger.get_state(keys.receipt(entry.tx))).height))
+        read += [k, keys.receipt(entry.tx)]
+    # emergency reads first and apart, so a patient cannot miss them
+    emergency = [r for r in out if r["break_glass"]]
+    return with_proof(req, {"patient": addr.hex(), "break_glass": emergency, "reads": out}, read)
+
+
+@routes.get("/v1/patients/{addr}/grants")
+async def grants(req: web.Request) -> web.Response:
+    v = validator(req)
+    addr = hex_param(req.match_info["addr"], 32, "address")
+    out = [grant_entry(keys.grant_staff(k), GrantRec.decode(raw)) for k, raw in v.ledger.scan_state(keys.grants_prefix(addr))]
+    n = decode(v.ledger.get_state(keys.grant_count(addr)) or b"\x00")
+    read = [keys.grant_count(addr), *(keys.grant_entry(addr, i) for i in range(n)),
+            *(keys.grant(addr, bytes.fromhex(g["staff"])) for g in out)]
+    return with_proof(req, {"patient": addr.hex(), "grants": out}, read)
+
+
+@routes.get("/v1/patients/{addr}/keys/{staff}")
+async def sealed_keys(req: web.Request) -> web.Response:
+    v = validator(req)
+    addr = hex_param(req.match_info["addr"], 32, "address")
+    staff = hex_param(req.match_info["staff"], 32, "staff address")
+    found = v.ledger.scan_state(keys.sealed_keys_prefix(addr, staff))
+    out = [sealed_entry(k, raw) for k, raw in found]
+    return with_proof(req, {"keys": out}, [k for k, _ in found])
+
+
+@routes.get("/v1/patients/{addr}/data")
+async def data(req: web.Request) -> web.Response:
+    v = validator(req)
+    addr = hex_param(req.match_info["addr"], 32, "address")
+    dtype = None
+    if "type" in req.query:
+        if req.query["type"] not in DATA_TYPES:
+            return err(400, f"unknown data type {req.query['type']!r}")
+        dtype = DATA_TYPES[req.query["type"]]
+    t_from, t_to = int_query(req, "from", 0), int_query(req, "to", 2**63 - 1)
+    out = []
+    for k, _ in v.ledger.scan_state(keys.data_index_prefix(addr, dtype)):
+        cidb = keys.data_index_cid(k)
+        rec = BlobRec.decode(v.ledger.get_state(keys.blob(cidb)))
+        if rec.t_end_ms < t_from or rec.t_start_ms > t_to:
+            continue
+        out.append(data_entry(cidb, rec))
+    read: list[bytes] = []
+    if proofs.wants_proof(req):  # the whole committed list: a client filters what it proved itself
+        n = decode(v.ledger.get_state(keys.data_count(addr)) or b"\x00")
+        ents = [keys.data_entry(addr, i) for i in range(n)]
+        read = [keys.data_count(addr), *ents, *(keys.blob(v.ledger.get_state(e)) for e in ents)]
+    return with_proof(req, {"patient": addr.hex(), "data": out}, read)
