@@ -83,7 +83,7 @@ setup(
         "cryptography>=42,<51",
         "libp2p>=0.8.1,<0.9",
         "trio>=0.26,<1",
-        # `medchain bench` (devices/benchmark.py): HDR latency histograms and the PNG plot; in
+        # `medchain bench` (devices/load/benchmark.py): HDR latency histograms and the PNG plot; in
         # install_requires, not an extra, so the command works right after `make demo` / `make test`
         "hdrhistogram>=0.10,<0.11",
         "matplotlib>=3.8,<4",
@@ -105,7 +105,7 @@ setup(
         ],
         # coverage-guided fuzzing (`make fuzz`, tests/fuzz/)
         "fuzz": ["atheris>=2.3,<4", "hypothesis>=6.100,<7"],
-        # FHIR R4 validation of devices/fhir.py's export: fhir.resources 6.4 is the last release whose
+        # FHIR R4 validation of devices/patient/fhir.py's export: fhir.resources 6.4 is the last release whose
         # top-level models are R4 (4.0.1); 6.5+ moved to R4B/R5. It needs pydantic v1.
         "fhir": ["fhir.resources>=6.4,<6.5", "pydantic>=1.10,<2"],
         # `make mutation` (scripts/mutation.py): mutmut 3 runs only the tests that reach each mutated

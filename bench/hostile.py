@@ -28,8 +28,8 @@ from pathlib import Path
 
 import aiohttp
 
-from devices.attacks import post_batches, repeat, rss_mb, session, slow_headers, stalled_upload, sybil_batches
-from devices.localnet import make_network
+from devices.load.attacks import post_batches, repeat, rss_mb, session, slow_headers, stalled_upload, sybil_batches
+from devices.net.localnet import make_network
 from node.crypto.keys import Identity
 from node.genesis import Params
 from node.tx import Profile, Tx

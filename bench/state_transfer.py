@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from devices.client import NodeClient
-from devices.faultharness import acknowledged_load
-from devices.localnet import make_network, start_all
+from devices.net.faultharness import acknowledged_load
+from devices.net.localnet import make_network, start_all
+from devices.patient.client import NodeClient
 from node.genesis import Params
 
 

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from devices.floor import floor_line, measure_floor
+from devices.load.floor import floor_line, measure_floor
 from node.crypto.keys import Identity
 from node.execution import build_block
 from node.genesis import Params, init_home

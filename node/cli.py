@@ -79,7 +79,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from devices.client import NodeClient
+    from devices.patient.client import NodeClient
 
     async def go() -> dict:
         async with NodeClient(args.node) as c:
@@ -93,7 +93,7 @@ def cmd_devnet(args: argparse.Namespace) -> int:
     import signal
     import tempfile
 
-    from devices.localnet import make_network, start_all
+    from devices.net.localnet import make_network, start_all
 
     with tempfile.TemporaryDirectory(prefix="medchain-devnet-") as tmp:
         root = Path(args.dir) if args.dir else Path(tmp)
@@ -115,22 +115,22 @@ def cmd_devnet(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from devices.demo import main as demo_main
+    from devices.net.demo import main as demo_main
     return demo_main(args.windows, args.validators, args.seconds, args.phones)
 
 
 def cmd_loadtest(args: argparse.Namespace) -> int:
     import tempfile
 
-    from devices.loadgen import run_load
-    from devices.localnet import make_network, start_all
+    from devices.load.loadgen import run_load
+    from devices.net.localnet import make_network, start_all
     from node.genesis import Params
 
     def go(urls: list[str]) -> dict:
         return asyncio.run(run_load(urls, args.senders, args.per_sender, args.batch, args.lanes,
                                     kind=args.kind, rate=args.rate)).as_dict()
 
-    from devices.floor import floor_line, measure_floor
+    from devices.load.floor import floor_line, measure_floor
     floor_us = measure_floor()
     if not args.json:
         print(floor_line(floor_us), flush=True)
@@ -174,7 +174,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from devices.benchmark import main as bench_main
+    from devices.load.benchmark import main as bench_main
     return bench_main(args, sys.argv[1:])
 
 
@@ -248,14 +248,14 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--rate", type=float, default=0.0, help="offered load in tx/s, open loop (0: as fast as possible)")
 
     sp = add("bench", cmd_bench, "Wearable-fleet workloads on a devnet: JSON report and PNG plot in bench/results/.")
-    from devices.benchmark import add_arguments as bench_arguments
+    from devices.load.benchmark import add_arguments as bench_arguments
     bench_arguments(sp)
 
-    from devices import cli_clients
+    from devices.patient import cli_clients
     cli_clients.register(sub, add)
     from node import ipfs_cli
     ipfs_cli.register(sub, add)
-    from devices import faultharness
+    from devices.net import faultharness
     faultharness.register(sub, add)
     return p
 
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a clear one-line error for every failure a user can cause
-        from devices.client import ApiError
+        from devices.patient.client import ApiError
         if isinstance(exc, (ApiError, ValueError, PermissionError, FileNotFoundError, ConnectionError, OSError)):
             print(f"medchain {args.cmd}: {exc}", file=sys.stderr)
             return 1

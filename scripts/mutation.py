@@ -32,7 +32,7 @@ DOC = ROOT / "docs" / "TESTING.md"
 # makes it run to its tick limit, about 2 minutes of CPU per mutant before the timeout.
 MODULES: dict[str, list[str]] = {
     "node/crypto/seal.py": ["tests/test_crypto_core.py", "tests/test_tx.py", "tests/test_state.py"],
-    "devices/envelope.py": ["tests/test_envelope.py", "tests/test_privacy.py::test_padding_sizes_and_round_trip"],
+    "devices/patient/envelope.py": ["tests/test_envelope.py", "tests/test_privacy.py::test_padding_sizes_and_round_trip"],
     "node/crypto/aead.py": ["tests/test_crypto_core.py", "tests/test_vectors.py", "tests/test_native.py"],
     "node/crypto/ecdsa.py": ["tests/test_crypto_core.py", "tests/test_vectors.py", "tests/test_native.py", "tests/test_tx.py"],
     "node/crypto/keys.py": ["tests/test_crypto_core.py", "tests/test_tx.py", "tests/test_state.py", "tests/test_native.py"],

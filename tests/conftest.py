@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import Phase, settings
 
-from devices.localnet import NodeProcess, make_network, start_all
+from devices.net.localnet import NodeProcess, make_network, start_all
 from node.genesis import Genesis, Params
 
 # `make mutation` (scripts/mutation.py) asks only whether a test fails: no shrinking of a failure

@@ -13,8 +13,8 @@ import asyncio
 import os
 import time
 
-from devices import faultharness
-from devices.client import ApiError, NodeClient
+from devices.net import faultharness
+from devices.patient.client import ApiError, NodeClient
 from node.availability import MAX_PARKED, AvailabilityGate
 from node.crypto.keys import Identity
 from node.execution import Executed

@@ -7,10 +7,10 @@ import time
 import aiohttp
 import pytest
 
-from devices.client import ApiError, NodeClient
-from devices.phone import Phone
-from devices.staff import Staff
-from devices.wearables import make_wearable
+from devices.patient.client import ApiError, NodeClient
+from devices.patient.phone import Phone
+from devices.patient.staff import Staff
+from devices.wearable.wearables import make_wearable
 from node.crypto import ecdsa
 from node.crypto.keys import Identity
 from node.ipfs.cid import cid_v1_raw
@@ -161,7 +161,7 @@ def test_bad_http_requests(node, genesis):
 
 
 def test_rate_limit_429(tmp_path):
-    from devices.localnet import make_network
+    from devices.net.localnet import make_network
     from node.genesis import Params
     (n,) = make_network(tmp_path, 1, params=Params(sender_rate=5, sender_burst=5, block_interval_ms=2000))
     n.start()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from devices import ble
-from devices.wearables import DEFAULT_PERIOD_MS, make_wearable
+from devices.wearable import ble
+from devices.wearable.wearables import DEFAULT_PERIOD_MS, make_wearable
 
 
 def test_bytes_on_air_follow_the_spec():

@@ -9,10 +9,10 @@ import time
 
 import aiohttp
 
-from devices.client import NodeClient
-from devices.phone import Phone
-from devices.staff import Staff
-from devices.wearables import make_wearable
+from devices.patient.client import NodeClient
+from devices.patient.phone import Phone
+from devices.patient.staff import Staff
+from devices.wearable.wearables import make_wearable
 from node.crypto.keys import Identity
 from node.genesis import Genesis, Params
 from node.ipfs.cid import Cid

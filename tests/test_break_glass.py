@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from devices.client import ApiError, NodeClient
-from devices.phone import Phone
-from devices.staff import AccessDenied, Staff
-from devices.wearables import make_wearable
+from devices.patient.client import ApiError, NodeClient
+from devices.patient.phone import Phone
+from devices.patient.staff import AccessDenied, Staff
+from devices.wearable.wearables import make_wearable
 from node.crypto.keys import Identity
 from node.ipfs.cid import Cid
 from node.state import keys

@@ -66,7 +66,7 @@ def test_structured_logs_are_json_lines(tmp_path):
     writes every log record as one JSON object per line."""
     import json as _json
 
-    from devices.localnet import make_network
+    from devices.net.localnet import make_network
     (node,) = make_network(tmp_path, 1)
     node.env["MEDCHAIN_LOG_FORMAT"] = "json"
     node.start()

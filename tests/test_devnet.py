@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from devices.client import NodeClient
-from devices.faultharness import acknowledged_load, assert_committed, converged
-from devices.localnet import make_network, start_all
+from devices.net.faultharness import acknowledged_load, assert_committed, converged
+from devices.net.localnet import make_network, start_all
+from devices.patient.client import NodeClient
 from node.crypto.keys import Identity
 from node.genesis import Params
 from node.tx import Profile, Tx
@@ -162,7 +162,7 @@ def test_light_client_proof(devnet):
 
 
 async def _load_until(nodes, stop_evt, committed, tag):
-    """Closed-loop senders over the backups' APIs, counting acknowledged commits (devices/faultharness.py)."""
+    """Closed-loop senders over the backups' APIs, counting acknowledged commits (devices/net/faultharness.py)."""
     await acknowledged_load(nodes, stop_evt, committed, tag)
 
 

@@ -1,4 +1,4 @@
-"""The envelope's associated data binds a ciphertext to its on-chain record (devices/envelope.py):
+"""The envelope's associated data binds a ciphertext to its on-chain record (devices/patient/envelope.py):
 a window sealed for one record must not open under any other record's associated data."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import hmac
 import msgpack
 import pytest
 
-from devices import envelope
+from devices.patient import envelope
 from node.crypto import aead
 
 KEY = bytes(range(32))

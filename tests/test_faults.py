@@ -16,9 +16,9 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from devices import faultharness
-from devices.client import NodeClient
-from devices.localnet import make_network, start_all
+from devices.net import faultharness
+from devices.net.localnet import make_network, start_all
+from devices.patient.client import NodeClient
 from node.block import Block
 from node.genesis import Params
 from tests.conftest import run

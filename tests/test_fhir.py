@@ -12,9 +12,10 @@ fhir_resources = pytest.importorskip("fhir.resources")
 import pydantic  # noqa: E402  (installed with fhir.resources: its models are pydantic v1)
 from fhir.resources import construct_fhir_element  # noqa: E402
 
-from devices import fhir, gatt  # noqa: E402
-from devices.staff import Window  # noqa: E402
-from devices.wearables import make_wearable  # noqa: E402
+from devices.patient import fhir  # noqa: E402
+from devices.patient.staff import Window  # noqa: E402
+from devices.wearable import gatt  # noqa: E402
+from devices.wearable.wearables import make_wearable  # noqa: E402
 from tests.test_cli import medchain  # noqa: E402
 
 PATIENT = "ab" * 32

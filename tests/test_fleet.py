@@ -6,9 +6,9 @@ import json
 import subprocess
 import sys
 
-from devices.ble import LinkParams
-from devices.fleet import FleetConfig
-from devices.fleet_check import run_fleet
+from devices.load.fleet import FleetConfig
+from devices.load.fleet_check import run_fleet
+from devices.wearable.ble import LinkParams
 from tests.conftest import run
 
 

@@ -16,7 +16,7 @@ import time
 import aiohttp
 import pytest
 
-from devices.localnet import make_network, start_all
+from devices.net.localnet import make_network, start_all
 from node.crypto.keys import Identity
 from node.genesis import Params
 from node.tx import Profile, Tx

@@ -1,4 +1,4 @@
-"""GATT measurement codecs (devices.gatt) and the emulated wearables (devices.wearables)."""
+"""GATT measurement codecs (devices.wearable.gatt) and the emulated wearables (devices.wearable.wearables)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devices.gatt import (
+from devices.wearable.gatt import (
     BLOOD_PRESSURE_MEASUREMENT,
     GLUCOSE_MEASUREMENT,
     HEART_RATE_MEASUREMENT,
@@ -34,7 +34,7 @@ from devices.gatt import (
     encode_reading,
     encode_sfloat,
 )
-from devices.wearables import DEFAULT_PERIOD_MS, Wearable, make_wearable
+from devices.wearable.wearables import DEFAULT_PERIOD_MS, Wearable, make_wearable
 
 KINDS = list(UUID_BY_KIND)
 SPECIALS = [math.nan, math.inf, -math.inf]

@@ -12,9 +12,9 @@ import os
 import time
 from collections import Counter
 
-from devices.attacks import MIB, MSGPACK, post_batches, session, slow_headers, stalled_upload, sybil_batches
-from devices.attacks import rss_mb as _rss_mb
-from devices.localnet import NodeProcess, make_network
+from devices.load.attacks import MIB, MSGPACK, post_batches, session, slow_headers, stalled_upload, sybil_batches
+from devices.load.attacks import rss_mb as _rss_mb
+from devices.net.localnet import NodeProcess, make_network
 from node.crypto.keys import Identity
 from node.genesis import Params
 from node.tx import Profile, Tx

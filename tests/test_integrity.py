@@ -11,10 +11,10 @@ import time
 import lmdb
 import pytest
 
-from devices.client import ApiError, NodeClient
-from devices.phone import Phone
-from devices.staff import Staff
-from devices.wearables import make_wearable
+from devices.patient.client import ApiError, NodeClient
+from devices.patient.phone import Phone
+from devices.patient.staff import Staff
+from devices.wearable.wearables import make_wearable
 from node.block import Block
 from node.crypto.keys import Identity
 from node.ipfs.cid import Cid

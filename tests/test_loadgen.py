@@ -3,7 +3,7 @@ limits are far below the offered load, every transaction still commits and none 
 
 from __future__ import annotations
 
-from devices.loadgen import run_load
+from devices.load.loadgen import run_load
 from tests.conftest import run, running_network
 
 

@@ -16,12 +16,12 @@ import lmdb
 import pytest
 from aiohttp import web
 
-from devices.client import NodeClient
-from devices.localnet import free_ports
-from devices.phone import Phone
-from devices.staff import Staff
-from devices.verified_reads import NoHonestAnswer, VerifiedReader
-from devices.wearables import make_wearable
+from devices.net.localnet import free_ports
+from devices.patient.client import NodeClient
+from devices.patient.phone import Phone
+from devices.patient.staff import Staff
+from devices.patient.verified_reads import NoHonestAnswer, VerifiedReader
+from devices.wearable.wearables import make_wearable
 from node.crypto import seal
 from node.crypto.keys import Identity
 from node.genesis import Genesis
@@ -317,7 +317,7 @@ def test_read_routes_carry_proofs(node, genesis, monkeypatch):
                     continue
                 assert got == values
             # the verifying reader gives the routes' JSON, also when lists come in many requests
-            from devices import verified_reads
+            from devices.patient import verified_reads
             monkeypatch.setattr(verified_reads, "CHUNK", 1)
             r = VerifiedReader([node.url], genesis.chain_id, genesis.validator_keys, session=c.session)
             for name in ("audit", "grants", "data"):

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from devices import envelope
-from devices.client import NodeClient
-from devices.phone import Phone
-from devices.staff import Staff
-from devices.wearables import make_wearable
+from devices.patient import envelope
+from devices.patient.client import NodeClient
+from devices.patient.phone import Phone
+from devices.patient.staff import Staff
+from devices.wearable.wearables import make_wearable
 from node.crypto import aead
 from node.crypto.keys import Identity
 from tests.conftest import run

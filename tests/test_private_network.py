@@ -11,8 +11,8 @@ import json
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from devices.client import NodeClient
-from devices.localnet import free_ports, make_network, start_all
+from devices.net.localnet import free_ports, make_network, start_all
+from devices.patient.client import NodeClient
 from node.crypto.keys import Identity
 from node.genesis import Genesis, Params
 from node.p2p import P2PNode, peer_id_from_secret

@@ -1,5 +1,5 @@
 """docs/PROTOCOL.md's worked examples are the code's bytes: every labelled block is regenerated from
-the same fixed seeds (devices/protocol_examples.py) and compared, and the examples are checked with
+the same fixed seeds (devices/net/protocol_examples.py) and compared, and the examples are checked with
 the independent decoders and verifiers (a second implementation would use the same checks)."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from devices import envelope
-from devices.protocol_examples import CHAIN_ID, Msgpack, blocks, examples, render, seed_identity
+from devices.net.protocol_examples import CHAIN_ID, Msgpack, blocks, examples, render, seed_identity
+from devices.patient import envelope
 from node import merkle
 from node.block import Block, Header, verify_cert
 from node.crypto import seal
@@ -57,7 +57,7 @@ def test_every_labelled_block_matches_the_code(ex: dict, doc: str) -> None:
         elif kind == "json":
             assert json.loads(body) == ex[name], name
         else:
-            assert body == render(kind, ex[name]), f"{name}: regenerate with python -m devices.protocol_examples --write"
+            assert body == render(kind, ex[name]), f"{name}: regenerate with python -m devices.net.protocol_examples --write"
 
 
 def test_hex_of_every_annotated_dump_is_the_encoding(ex: dict, doc: str) -> None:

@@ -9,8 +9,8 @@ import time
 import lmdb
 import pytest
 
-from devices.client import ApiError, NodeClient
-from devices.phone import Phone
+from devices.patient.client import ApiError, NodeClient
+from devices.patient.phone import Phone
 from node.crypto.keys import Identity
 from node.ipfs.blockstore import BlockStore
 from node.ipfs.cid import Cid, cid_v1_raw

@@ -18,8 +18,8 @@ import aiohttp
 import msgpack
 import pytest
 
-from devices.client import ApiError, NodeClient
-from devices.phone import Phone
+from devices.patient.client import ApiError, NodeClient
+from devices.patient.phone import Phone
 from node.crypto.keys import Identity
 from node.ipfs.blockstore import BlockStore
 from node.ipfs.cid import Cid, cid_v1_raw
@@ -259,7 +259,7 @@ def test_a_lying_validator_cannot_forward_forged_transactions_or_sidecars(tmp_pa
     (as validators do, [16, [item, ...]]) a transaction with a forged signature, a write whose
     sidecar is not its blob, and a write with no blob at all; the honest three admit none of the
     forged ones, store none of the bad bytes, and keep committing."""
-    from devices.localnet import make_network, start_all
+    from devices.net.localnet import make_network, start_all
     from node.consensus.messages import MAX_MESSAGE_BYTES
     from node.genesis import Genesis, Params
     from node.p2p import P2PNode

@@ -1,5 +1,5 @@
 """The JSON shapes of state records, shared by the API's read routes and the verifying clients
-(devices/verified_reads.py), which build the same shapes from proven values."""
+(devices/patient/verified_reads.py), which build the same shapes from proven values."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from node.state.records import AuditRec, BlobRec, GrantRec, ProfileRec
 from node.tx import data_type_name
 
 
-# The JSON shapes of state records, shared with the verifying clients (devices/verified_reads.py).
+# The JSON shapes of state records, shared with the verifying clients (devices/patient/verified_reads.py).
 def audit_entry(e: AuditRec, height: int) -> dict:
     return {"reader": e.reader.hex(), "type": data_type_name(e.dtype),
             "cid": str(Cid.from_bytes(e.cid)) if e.cid else None, "from_ms": e.t_from_ms, "to_ms": e.t_to_ms,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from devices import gatt
+from devices.wearable import gatt
 from node.block import Block, BlockError
 from node.consensus import ConsensusError, decode_message
 from node.tx import Tx, TxError
@@ -92,7 +92,7 @@ TARGETS = {"wire": fuzz_wire, "tx": fuzz_tx, "block": fuzz_block, "consensus": f
 
 def seeds() -> dict[str, list[bytes]]:
     """Valid inputs of each kind, so the fuzzers start from deep inside the decoders."""
-    from devices.wearables import make_wearable
+    from devices.wearable.wearables import make_wearable
     from node.block import Header
     from node.consensus.messages import T_PREPARE, Prepare, PrePrepare
     from node.crypto.keys import Identity

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from devices import gatt
+from devices.wearable import gatt
 from node.crypto.keys import Identity
 from node.tx import BREAK_GLASS_REASONS, Grant, Policy, Profile, Read, SealedKey, Tx, TxError, Write
 from node.wire import encode

@@ -2,8 +2,8 @@
 
 Counts every committed write against its patient's on-chain records (GET /v1/patients/{p}/data for
 every patient), then for a sample of patients: the patient grants a fresh staff member every type
-(devices/phone.py), the staff member commits a read per type, unseals the keys from the chain,
-fetches and decrypts every window (devices/staff.py), and each window's plaintext is compared with
+(devices/patient/phone.py), the staff member commits a read per type, unseals the keys from the chain,
+fetches and decrypts every window (devices/patient/staff.py), and each window's plaintext is compared with
 the SHA-256 of what the phone sealed. `run_fleet` runs a fleet and, when asked, this check.
 """
 
@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
-from devices.fleet import ALL_TYPES, KINDS, Fleet, FleetConfig, FleetPhone
-from devices.phone import Phone
-from devices.staff import Staff
+from devices.load.fleet import ALL_TYPES, KINDS, Fleet, FleetConfig, FleetPhone
+from devices.patient.phone import Phone
+from devices.patient.staff import Staff
 from node.wire import encode
 
 

@@ -3,7 +3,7 @@
 Every example is a named value: bytes (a ```hex NAME``` block in the document), an annotated msgpack
 dump (```msgpack NAME```) or a JSON value (```json NAME```). `tests/test_protocol_doc.py`
 regenerates them and compares them with the document, so the document cannot drift from the code;
-`python -m devices.protocol_examples --write docs/PROTOCOL.md` refills the blocks after a deliberate
+`python -m devices.net.protocol_examples --write docs/PROTOCOL.md` refills the blocks after a deliberate
 change. Nothing here is random: identities come from `Identity.from_seed`, ECDSA nonces are RFC 6979,
 the AES-GCM nonce is fixed, and the sealed boxes use fixed ephemeral keys (a real phone draws them
 at random; the format is the same and the staff key opens them).
@@ -158,7 +158,7 @@ def examples() -> dict[str, Example]:  # one linear story, told in order
     out["keys/staff-x25519-public"] = staff.box_public
 
     # ---- data key, the sealed keys of the grant, the blob ----
-    from devices.envelope import aad, data_key, master_secret
+    from devices.patient.envelope import aad, data_key, master_secret
     master = master_secret(patient.secret)
     k_hr, k_bp = data_key(master, HR, 0), data_key(master, BP, 0)
     out["blob/data-key-hr-0"] = k_hr

@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from devices.client import ApiError, NodeClient
+from devices.patient.client import ApiError, NodeClient
 from node.crypto.keys import Identity
 from node.ipfs.cid import cid_v1_raw
 from node.tx import Profile, Tx, Write

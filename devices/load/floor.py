@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "bench" / "floor.py"
+_DEFAULT = Path(__file__).resolve().parents[3] / "shared" / "bench" / "floor.py"
 
 
 def measure_floor(n: int = 20000) -> float | None:

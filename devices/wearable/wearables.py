@@ -10,7 +10,7 @@ import math
 import random
 from collections.abc import Callable, Iterator
 
-from devices.gatt import (
+from devices.wearable.gatt import (
     UUID_BY_KIND,
     BloodPressureMeasurement,
     DateTime,

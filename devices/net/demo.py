@@ -9,13 +9,13 @@ import time
 from pathlib import Path
 from urllib.request import urlopen
 
-from devices import envelope
-from devices.client import NodeClient
-from devices.localnet import make_network, start_all
-from devices.phone import Phone
-from devices.staff import AccessDenied, Staff
-from devices.verified_reads import VerifiedReader
-from devices.wearables import make_wearable
+from devices.net.localnet import make_network, start_all
+from devices.patient import envelope
+from devices.patient.client import NodeClient
+from devices.patient.phone import Phone
+from devices.patient.staff import AccessDenied, Staff
+from devices.patient.verified_reads import VerifiedReader
+from devices.wearable.wearables import make_wearable
 from node.crypto import aead, seal
 from node.crypto.keys import Identity
 from node.genesis import Genesis
@@ -35,7 +35,7 @@ async def flow(url: str, genesis: Genesis, windows: int) -> dict:
     async with NodeClient(url) as c:
         patient, doctor = Identity.generate(), Identity.generate()
         # every state read the phone and the staff client act on is proven against a certified
-        # block, falling back across the genesis validators (devices/verified_reads.py)
+        # block, falling back across the genesis validators (devices/patient/verified_reads.py)
         urls = [url, *(u for v in genesis.validators if (u := f"http://{v.api}") != url)]
         phone = Phone(patient, c, chain, vals, reader=VerifiedReader(urls, chain, vals, session=c.session))
         staff = Staff(doctor, c, chain, reader=VerifiedReader(urls, chain, vals, session=c.session), validators=vals)

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from devices.benchmeter import proc_status_mb
+from devices.load.benchmeter import proc_status_mb
 from node.crypto.keys import Identity
 from node.tx import Profile, Tx
 from node.wire import encode

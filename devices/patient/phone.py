@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from devices import envelope
-from devices.client import ApiError, NodeClient
-from devices.verified_reads import VerifiedReader
+from devices.patient import envelope
+from devices.patient.client import ApiError, NodeClient
+from devices.patient.verified_reads import VerifiedReader
 from node.crypto import seal
 from node.ipfs.cid import Cid, cid_v1_raw
 from node.proof import verify_inclusion

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from devices import envelope
-from devices.client import ApiError, NodeClient
-from devices.phone import TxRejected
-from devices.verified_reads import VerifiedReader
+from devices.patient import envelope
+from devices.patient.client import ApiError, NodeClient
+from devices.patient.phone import TxRejected
+from devices.patient.verified_reads import VerifiedReader
 from node.crypto import seal
 from node.crypto.keys import Identity
 from node.ipfs.cid import Cid

@@ -21,8 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from devices import ble
-from devices.benchmeter import (
+from devices.load.benchmeter import (
     Validators,
     energy,
     machine,
@@ -31,11 +30,12 @@ from devices.benchmeter import (
     rapl_zones,
     set_affinity,
 )
-from devices.fleet import FleetConfig
-from devices.fleet_check import run_fleet
-from devices.wearables import DEFAULT_PERIOD_MS, make_wearable
+from devices.load.fleet import FleetConfig
+from devices.load.fleet_check import run_fleet
+from devices.wearable import ble
+from devices.wearable.wearables import DEFAULT_PERIOD_MS, make_wearable
 
-RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 
 
 class Progress:
@@ -147,14 +147,14 @@ def _row(label: str, cfg: FleetConfig, res: dict, d: dict, eng: dict) -> dict:
 def run_bench(args: argparse.Namespace, argv: list[str]) -> dict:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed bench still stops its validators
     say = sys.stderr if getattr(args, "json", False) else sys.stdout  # --json: stdout holds only the report
-    from devices.floor import floor_line, measure_floor
+    from devices.load.floor import floor_line, measure_floor
     floor_us = measure_floor()  # before the devnet starts: the floor on an idle machine
     print(floor_line(floor_us), file=say, flush=True)
     nodes, tmp = [], None
     if args.node:
         urls, pids = args.node, None
     else:
-        from devices.localnet import make_network, start_all
+        from devices.net.localnet import make_network, start_all
         tmp = tempfile.TemporaryDirectory(prefix="medchain-bench-")
         nodes = make_network(Path(tmp.name), args.validators, p2p_mode=args.p2p)
         start_all(nodes)

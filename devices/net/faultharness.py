@@ -14,8 +14,8 @@ import random
 import time
 from dataclasses import asdict, dataclass
 
-from devices.client import ApiError, NodeClient
-from devices.localnet import NodeProcess
+from devices.net.localnet import NodeProcess
+from devices.patient.client import ApiError, NodeClient
 from node.block import max_faulty
 from node.crypto.keys import Identity
 from node.faults import write_cut
@@ -176,7 +176,7 @@ def _cmd(args) -> int:
     import tempfile
     from pathlib import Path
 
-    from devices.localnet import make_network, start_all
+    from devices.net.localnet import make_network, start_all
     from node.genesis import Params
 
     with tempfile.TemporaryDirectory(prefix="medchain-faults-") as tmp:

@@ -147,9 +147,9 @@ def machine(argv: list[str]) -> dict:
                 if ln.startswith("model name")), platform.processor())
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parents[1], timeout=5).stdout.strip()
+                             cwd=Path(__file__).resolve().parents[2], timeout=5).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True,
-                               cwd=Path(__file__).resolve().parents[1], timeout=5).stdout.strip() != ""
+                               cwd=Path(__file__).resolve().parents[2], timeout=5).stdout.strip() != ""
     except OSError:
         rev, dirty = None, None
     return {"command": " ".join(["medchain", *argv]), "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -9,10 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-from devices.client import NodeClient
-from devices.phone import Phone
-from devices.staff import Staff
-from devices.verified_reads import VerifiedReader
+from devices.patient.client import NodeClient
+from devices.patient.phone import Phone
+from devices.patient.staff import Staff
+from devices.patient.verified_reads import VerifiedReader
 from node.crypto.keys import Identity
 from node.tx.model import BREAK_GLASS_REASONS, DATA_TYPES
 
@@ -80,7 +80,7 @@ def patient_cmd(args: argparse.Namespace) -> int:
                 txid = await ph.revoke(_addr(args.staff))
                 return {"tx": txid}, f"revoked: tx {txid}"
             if args.action == "upload":
-                from devices.wearables import make_wearable
+                from devices.wearable.wearables import make_wearable
                 now = int(time.time() * 1000)
                 w = make_wearable(args.type, "cli", args.seed)
                 frames = list(w.frames_between(now - args.seconds * 1000, now))
@@ -109,7 +109,7 @@ async def _audit(args: argparse.Namespace, c: NodeClient | VerifiedReader, patie
     log = await c.audit(patient)
     reads, emergency = log["reads"], log["break_glass"]
     if args.fhir:
-        from devices import fhir
+        from devices.patient import fhir
         b = fhir.bundle([fhir.audit_event(patient.hex(), r) for r in reads])
         return b, json.dumps(b, indent=1)
 
@@ -128,7 +128,7 @@ async def _grants(args: argparse.Namespace, c: NodeClient | VerifiedReader, pati
     gs = (await c.grants(patient))["grants"]
     bg = (await c.account(patient))["break_glass"]
     if args.fhir:
-        from devices import fhir
+        from devices.patient import fhir
         now = int(time.time() * 1000)
         b = fhir.bundle([fhir.consent(patient.hex(), g, now) for g in gs] + [fhir.break_glass_consent(patient.hex(), bg)])
         return b, json.dumps(b, indent=1)
@@ -148,14 +148,14 @@ def staff_cmd(args: argparse.Namespace) -> int:
             if args.action == "register":
                 txid = await st.register(args.name, args.role, args.org)
                 return {"tx": txid, "address": st.address.hex()}, f"registered {st.address.hex()}: tx {txid}"
-            from devices.gatt import decode
+            from devices.wearable.gatt import decode
             wins = await st.read(_addr(args.patient), args.type, args.cid, break_glass=args.break_glass or "")
             sealed = [w.cid for w in wins if w.sealed]
             note = (f"break-glass: {len(sealed)} window(s) fetched but no data key sealed to you yet; the "
                     "patient's phone releases keys for emergency reads (`medchain patient break-glass release`)"
                     if sealed else "")
             if args.fhir:
-                from devices import fhir
+                from devices.patient import fhir
                 b = fhir.bundle(fhir.observations(args.patient, wins))
                 return b, json.dumps(b, indent=1) + (f"\n{note}" if note else "")
             rows = [{"time_ms": t, **decode(u, f, t).values} for w in wins for t, u, f in w.readings]

@@ -1,8 +1,8 @@
 """A fleet of emulated wearables behind phone proxies, in one asyncio process.
 
 Wearable i belongs to phone i mod M and measures kind KINDS[(i // M) mod 5] at its own period
-(devices/wearables.py), notifying real GATT frames over its own modelled BLE link
-(devices/ble.py: connection events, losses and retransmissions delay a frame, never drop it).
+(devices/wearable/wearables.py), notifying real GATT frames over its own modelled BLE link
+(devices/wearable/ble.py: connection events, losses and retransmissions delay a frame, never drop it).
 Each phone buffers the readings it receives per data type. A window closes (the phone "flushes"):
   - natural mode (rate = 0): window_s after its first reading;
   - open loop (rate > 0): arrivals at exactly `rate` windows per second over the whole fleet, each
@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 import aiohttp
 from hdrh.histogram import HdrHistogram
 
-from devices import envelope
-from devices.ble import Link, LinkParams
-from devices.client import ApiError, NodeClient
-from devices.wearables import make_wearable
+from devices.patient import envelope
+from devices.patient.client import ApiError, NodeClient
+from devices.wearable.ble import Link, LinkParams
+from devices.wearable.wearables import make_wearable
 from node.crypto import seal
 from node.crypto.batch import aead_seal_batch
 from node.crypto.keys import Identity
@@ -50,7 +50,7 @@ from node.wire import encode
 
 KINDS = ["heart_rate", "spo2", "body_temperature", "blood_pressure", "glucose"]
 ALL_TYPES = tuple(sorted(data_type_id(k) for k in KINDS))
-HISTORY_EPOCHS = 12  # as devices/phone.py: past key epochs a grant carries
+HISTORY_EPOCHS = 12  # as devices/patient/phone.py: past key epochs a grant carries
 MAX_BATCH = 4000  # transactions per POST /v1/txs (the API allows 4096)
 MAX_BATCH_BYTES = 1900 * 1024  # and bytes, sidecars included (the API allows 2 MiB)
 

@@ -13,7 +13,7 @@ import math
 import uuid
 from datetime import UTC, datetime
 
-from devices import gatt
+from devices.wearable import gatt
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -112,7 +112,7 @@ def bundle(resources: list[dict]) -> dict:
 
 
 def observations(patient: str, windows: list) -> list[dict]:
-    """Observations for decrypted windows (devices.staff.Window: cid and (time_ms, uuid, frame) rows)."""
+    """Observations for decrypted windows (devices.patient.staff.Window: cid and (time_ms, uuid, frame) rows)."""
     out = []
     for w in windows:
         for i, (t, u, frame) in enumerate(w.readings):

@@ -1,0 +1,1 @@
+"""Local networks: starting validators on one host, the demo, the fault harness, the protocol's worked examples."""
