@@ -31,7 +31,7 @@ from node.tx.model import BAD_SIGNATURE
 from node.wire import MAX_TX_BYTES, WireError, decode
 
 # How an admission check's state code maps to an HTTP status.
-_CODE_STATUS = {2: 422, 3: 403, 4: 404, 5: 409, 6: 409, 7: 422, 8: 422, 10: 403, 11: 429}
+_CODE_STATUS = {2: 422, 3: 403, 4: 404, 5: 409, 6: 409, 7: 422, 8: 422, 10: 403, 11: 429, 12: 409}
 # Bounded caches, sized for memory on edge hardware (~170 bytes an entry): ids verified at admission
 # (a block's transactions are not verified twice while they wait: seconds, not minutes), ids whose
 # signature failed (a replayed bad transaction costs a lookup), recent refusals (for GET /v1/tx)

@@ -9,7 +9,7 @@ import pytest
 
 from node.crypto import ecdsa
 from node.crypto.keys import Identity
-from node.state import CODES, OK, Overlay, apply_block, check_tx, genesis_state_root, keys, smt
+from node.state import CODES, OK, Code, Overlay, apply_block, check_tx, genesis_state_root, keys, smt
 from node.state.machine import apply_tx, read_allowed
 from node.tx import DATA_TYPES, Grant, Profile, Read, SealedKey, Tx, Write
 from node.wire import decode
@@ -74,8 +74,9 @@ class Chain:
     def grant(self, patient: Identity, staff: Identity, types, expiry_ms: int = 0, sealed=(), t: int = T0) -> int:
         return self.run(patient, Grant(staff.address, tuple(sorted(types)), expiry_ms, tuple(sealed)), t)
 
-    def write(self, patient: Identity, dtype: int, name: str, epoch: int = 0, t_start: int = T0 - 60_000) -> int:
-        return self.run(patient, Write(dtype, cid(name), 1000, epoch, t_start, t_start + 60_000))
+    def write(self, patient: Identity, dtype: int, name: str, epoch: int = 0, t_start: int = T0 - 60_000,
+              t: int = T0) -> int:
+        return self.run(patient, Write(dtype, cid(name), 1000, epoch, t_start, t_start + 60_000), t)
 
     def read(self, reader: Identity, patient: Identity, dtype: int, name: str | None = None, t: int = T0) -> int:
         return self.run(reader, Read(patient.address, dtype, cid(name) if name else b"", 0, T0), t)
@@ -188,6 +189,33 @@ def test_revoke_bumps_epoch_of_removed_types_only(chain):
     assert chain.profile(Identity.from_seed(b"other staff")) == OK
     assert chain.grant(PAT, Identity.from_seed(b"other staff"), []) == OK
     assert chain.epoch(PAT, HR) == 1 and chain.epoch(PAT, GLU) == 0
+
+
+def test_an_expired_grant_ends_its_key_epoch_like_a_revoke(chain):
+    """A grantee keeps the keys it was sealed; once its grant expires, nothing more may be written
+    under that epoch (KEY_EXPIRED) until a revoke moves the type to an epoch it never held."""
+    assert chain.profile(NURSE) == OK
+    assert chain.grant(PAT, DOC, [HR, BP], expiry_ms=T0 + 1000) == OK
+    assert chain.grant(PAT, NURSE, [HR]) == OK  # no expiry: never blocks a write
+    assert chain.write(PAT, HR, "before", t=T0 + 999) == OK
+    assert chain.write(PAT, HR, "after", t=T0 + 1000) == 12 == Code.KEY_EXPIRED
+    assert chain.write(PAT, BP, "after-bp", t=T0 + 5000) == 12
+    assert chain.write(PAT, GLU, "glucose", t=T0 + 5000) == OK  # a type the expired grant never held
+    assert chain.obj(keys.blob(cid("after"))) is None
+    # the patient extends the grant: the grantee holds the epoch until the new expiry
+    assert chain.grant(PAT, DOC, [HR, BP], expiry_ms=T0 + 9000, t=T0 + 5000) == OK
+    assert chain.write(PAT, HR, "extended", t=T0 + 8999) == OK
+    assert chain.write(PAT, HR, "extended-late", t=T0 + 9000) == 12
+    # the revoke moves both types to epoch 1, held by nobody with an expiry
+    assert chain.grant(PAT, DOC, [], t=T0 + 9000) == OK
+    assert chain.epoch(PAT, HR) == chain.epoch(PAT, BP) == 1
+    assert chain.write(PAT, HR, "rotated", epoch=1, t=T0 + 9001) == OK
+    assert chain.write(PAT, BP, "rotated-bp", epoch=1, t=T0 + 9001) == OK
+    # a grant that can expire again, then made lasting (expiry 0): it no longer blocks
+    assert chain.grant(PAT, NURSE, [HR], expiry_ms=T0 + 10_000, t=T0 + 9001) == OK
+    assert chain.grant(PAT, NURSE, [HR], expiry_ms=0, t=T0 + 9002) == OK
+    assert chain.write(PAT, HR, "lasting", epoch=1, t=T0 + 20_000) == OK
+    assert chain.obj(keys.expiring(PAT.address, HR)) == []
 
 
 def test_write_with_stale_epoch_refused(chain):
@@ -356,7 +384,7 @@ def test_apply_tx_on_overlay_and_codes_table():
     assert decode(view.get(keys.receipt(tx.id))) == [7, 3, OK]
     assert apply_tx(view, tx, 7, 4, T0) == 9
     assert decode(view.get(keys.receipt(tx.id))) == [7, 3, OK]
-    assert set(CODES) == set(range(12))
+    assert set(CODES) == set(range(13))
 
 
 def test_each_grantee_joins_the_committed_grantee_list_once(chain):

@@ -48,6 +48,7 @@ class Phone:
         self.master = envelope.master_secret(identity.secret)
         self.next_nonce: int | None = None
         self.epochs: dict[int, int] = {}
+        self.rekey_failures: dict[str, str] = {}  # grantee (hex) -> why its new keys did not commit
         # Reads a phone acts on: proven (reader) or taken on trust from one validator (client)
         self.reader = reader
         self.reads = reader or client
@@ -131,6 +132,7 @@ class Phone:
             raise ValueError("empty window")
         if self.next_nonce is None:
             await self.sync()
+        await self.rotate_expired(tid)
         epoch = self.epochs.get(tid, 0)
         t0, t1 = slot if slot is not None else (min(r[0] for r in readings), max(r[0] for r in readings))
         ad = envelope.aad(self.chain_id, self.address, tid, epoch, t0, t1)
@@ -168,6 +170,16 @@ class Phone:
                 out.append(SealedKey(t, e, seal.seal(box, self.data_key(t, e))))
         return tuple(out)
 
+    async def rotate_expired(self, dtype: int | None = None) -> list[str]:
+        """Expiry ends access like a revoke: before writing (type `dtype`, or any), revoke every grant
+        that has expired, so the type moves to a new key epoch its former grantee never held (the
+        chain refuses a write under an epoch an expired grant holds: Code.KEY_EXPIRED)."""
+        now = int(time.time() * 1000)
+        expired = [g for g in (await self.reads.grants(self.address))["grants"]
+                   if g["types"] and 0 < g["expiry_ms"] <= now
+                   and (dtype is None or dtype in {data_type_id(t) for t in g["types"]})]
+        return [await self.revoke(bytes.fromhex(g["staff"])) for g in expired]
+
     async def grant(self, staff: bytes, types: list[str | int], expiry_ms: int = 0) -> str:
         """Grant (or change to) exactly `types`; an empty list revokes. Types taken away get a new key
         epoch on chain; the phone then re-seals the new keys to everyone who still holds those types."""
@@ -182,12 +194,20 @@ class Phone:
             for t in removed:
                 self.own_epochs[t] = max(self.own_epochs.get(t, 0), self.epochs.get(t, 0) + 1)
             await self.sync()
+            now = int(time.time() * 1000)
+            self.rekey_failures = {}
             for other, g in before.items():
                 gt = tuple(sorted(data_type_id(t) for t in g["types"]))
                 if other == staff.hex() or not removed & set(gt):
                     continue
-                okeys = await self._sealed_keys(bytes.fromhex(other), gt, self.epochs)
-                await self.send(Grant(bytes.fromhex(other), gt, g["expiry_ms"], okeys))
+                if 0 < g["expiry_ms"] <= now:
+                    continue  # expired: it gets no new key (and the chain would refuse its grant)
+                try:  # one grantee's failure must not leave the others without the new key
+                    okeys = await self._sealed_keys(bytes.fromhex(other), gt, self.epochs)
+                    await self.send(Grant(bytes.fromhex(other), gt, g["expiry_ms"], okeys))
+                except (ApiError, TxRejected, ValueError) as exc:
+                    self.rekey_failures[other] = str(exc)
+                    log.warning("re-keying grantee %s failed (the others go on): %s", other, exc)
         return txid
 
     async def revoke(self, staff: bytes) -> str:

@@ -32,6 +32,12 @@ def epoch(patient: bytes, dtype: int) -> bytes:
     return b"e" + patient + bytes([dtype])
 
 
+def expiring(patient: bytes, dtype: int) -> bytes:
+    """The grants with an expiry that hold the current key epoch of (patient, dtype): no data may be
+    written under that epoch once one of them has expired (an expired grantee keeps its keys)."""
+    return b"E" + patient + bytes([dtype])
+
+
 def blob(cid: bytes) -> bytes:
     return b"d" + cid
 

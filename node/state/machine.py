@@ -23,6 +23,7 @@ from node.state.records import (
     BreakGlassRec,
     Code,
     GrantRec,
+    Holder,
     PolicyRec,
     ProfileRec,
     Receipt,
@@ -127,6 +128,8 @@ def check_tx(view: Overlay, tx: Tx, time_ms: int) -> int:
     if isinstance(b, Write):
         if b.epoch != _epoch(view, addr, b.dtype):
             return Code.STALE_EPOCH
+        if any(0 < h[1] <= time_ms for h in view.get_obj(keys.expiring(addr, b.dtype)) or ()):
+            return Code.KEY_EXPIRED  # a grantee whose access ended holds this epoch's key
         if view.get(keys.blob(b.cid)) is not None:
             return Code.CID_RECORDED
         return OK
@@ -148,6 +151,18 @@ def check_tx(view: Overlay, tx: Tx, time_ms: int) -> int:
     return OK  # Profile: any key may register or update its own profile; Policy: any patient
 
 
+def _hold(view: Overlay, patient: bytes, dtype: int, staff: bytes, expiry_ms: int) -> None:
+    """Record that `staff` holds (patient, dtype)'s current key epoch until `expiry_ms` (0: no
+    expiry, then nothing is recorded: only grants that can expire are tracked)."""
+    raw = view.get(keys.expiring(patient, dtype))
+    holders = [Holder(*h) for h in decode(raw)] if raw is not None else []
+    kept = [h for h in holders if h.staff != staff]
+    if expiry_ms:
+        kept.append(Holder(staff, expiry_ms))
+    if kept != holders:
+        view.put_obj(keys.expiring(patient, dtype), sorted(kept))
+
+
 def _epoch(view: Overlay, patient: bytes, dtype: int) -> int:
     v = view.get_obj(keys.epoch(patient, dtype))
     return 0 if v is None else v
@@ -161,9 +176,14 @@ def _apply(view: Overlay, tx: Tx, height: int, idx: int, time_ms: int) -> None:
     elif isinstance(b, Grant):
         raw = view.get(keys.grant(addr, b.staff))
         prev = GrantRec.decode(raw) if raw is not None else None
-        # Types taken away from anyone start a new key epoch, so later writes are unreadable to them.
+        # Types taken away from anyone start a new key epoch, so later writes are unreadable to them;
+        # nobody holds the new epoch's key yet (the phone re-seals it to those who keep the type)
         for dt in sorted(set(prev.types) - set(b.types) if prev else ()):
             view.put_obj(keys.epoch(addr, dt), _epoch(view, addr, dt) + 1)
+            if view.get(keys.expiring(addr, dt)) is not None:
+                view.put_obj(keys.expiring(addr, dt), [])
+        for dt in b.types:  # this grantee holds each granted type's current epoch until its expiry
+            _hold(view, addr, dt, b.staff, b.expiry_ms)
         if prev is None:  # a staff member joins the patient's committed list of grantees once
             view.append(keys.grant_count(addr), lambda i: keys.grant_entry(addr, i), b.staff)
         view.put_obj(keys.grant(addr, b.staff), GrantRec(list(b.types), b.expiry_ms, height, tx.id))

@@ -31,6 +31,7 @@ class Code(IntEnum):
     DUPLICATE = 9
     BREAK_GLASS_OFF = 10
     BREAK_GLASS_LIMIT = 11
+    KEY_EXPIRED = 12
 
 
 CODES: dict[int, str] = {
@@ -46,6 +47,7 @@ CODES: dict[int, str] = {
     Code.DUPLICATE: "duplicate transaction",
     Code.BREAK_GLASS_OFF: "break-glass refused: the patient has disabled emergency access",
     Code.BREAK_GLASS_LIMIT: "break-glass refused: this staff member's emergency-read limit is reached",
+    Code.KEY_EXPIRED: "key epoch held by an expired grant: rotate the key (revoke the expired grant) before writing",
 }
 
 
@@ -136,6 +138,13 @@ class AuditRec(NamedTuple):
 
     def encode(self) -> bytes:
         return encode(self if self.reason else self[:8])
+
+
+class Holder(NamedTuple):
+    """An entry of keys.expiring(patient, dtype): a grantee holding the current key epoch until `expiry_ms`."""
+
+    staff: bytes
+    expiry_ms: int
 
 
 class Receipt(NamedTuple):
