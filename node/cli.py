@@ -34,10 +34,10 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from node.genesis import init_home
+    from node.genesis import init_home, new_chain_id
     apis = [f"{args.host}:{args.base_port + i}" for i in range(args.validators)]
     p2p = [f"{args.host}:{args.p2p_base_port + i}" for i in range(args.validators)] if args.validators > 1 else None
-    dirs = init_home(args.dir, args.chain_id, apis, int(time.time() * 1000), p2p=p2p)
+    dirs = init_home(args.dir, args.chain_id or new_chain_id(), apis, int(time.time() * 1000), p2p=p2p)
     if args.private_network:
         from node.p2p import swarmkey
         key = swarmkey.new_key()
@@ -198,7 +198,8 @@ def _parser() -> argparse.ArgumentParser:
     sp = add("init", cmd_init, "Write validator homes (keys + shared genesis) for a local network.")
     sp.add_argument("--dir", required=True, help="parent directory; creates node0, node1, ...")
     sp.add_argument("--validators", type=int, default=1, help="number of validators (n = 3f+1)")
-    sp.add_argument("--chain-id", default="medchain-local")
+    sp.add_argument("--chain-id", default=None,
+                    help="the network's id, signed by every transaction (default: a new random one, so no two networks share it)")
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--base-port", type=int, default=8545, help="API port of validator 0; others count up")
     sp.add_argument("--p2p-base-port", type=int, default=9545, help="libp2p port of validator 0; others count up")

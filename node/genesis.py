@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -85,6 +86,12 @@ class Genesis:
                        Params(**d.get("params", {})))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"{path}: not a medchain genesis file ({exc})") from None
+
+
+def new_chain_id(prefix: str = "medchain") -> str:
+    """A chain id no other network has: every transaction signs it, so a transaction (a profile,
+    a grant) signed for one network is refused by any other ("wrong chain id")."""
+    return f"{prefix}-{secrets.token_hex(8)}"
 
 
 def init_home(home: str | Path, chain_id: str, apis: list[str], time_ms: int,

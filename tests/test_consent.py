@@ -1,7 +1,7 @@
-"""Consent that means what the patient thinks, tried as an attacker would on a real validator
-process: an expired grantee must not decrypt data written after its expiry (even with the
-ciphertext in hand, e.g. through a break-glass read), and re-keying after a revoke goes on past
-an expired co-grantee.
+"""Consent that means what the patient thinks, tried as an attacker would on real validator
+processes: an expired grantee must not decrypt data written after its expiry (even with the
+ciphertext in hand, e.g. through a break-glass read); re-keying after a revoke goes on past an
+expired co-grantee; a transaction signed for one network is refused by every other.
 """
 
 from __future__ import annotations
@@ -11,13 +11,15 @@ import time
 
 import pytest
 
+from devices.net.localnet import make_network
 from devices.patient import envelope
 from devices.patient.client import ApiError, NodeClient
 from devices.patient.phone import Phone
 from devices.patient.staff import Staff
 from node.crypto.keys import Identity
+from node.genesis import Genesis, Params
 from node.ipfs.cid import cid_v1_raw
-from node.tx import DATA_TYPES, Tx, Write
+from node.tx import DATA_TYPES, Grant, Profile, Tx, Write
 from tests.conftest import run
 
 HR, BP = DATA_TYPES["heart_rate"], DATA_TYPES["blood_pressure"]
@@ -97,3 +99,32 @@ def test_revoking_one_grantee_re_keys_the_others_past_an_expired_one(node, genes
             assert [len(x.readings) for x in await staff[1].read(phone.address, "heart_rate", w.cid)] == [5]
     run(go())
 
+
+
+def test_a_transaction_signed_for_one_network_is_refused_by_another(tmp_path):
+    """Two networks made independently (`medchain init` twice, as two hospitals' test setups would)
+    get different chain ids; a profile and a grant committed on A are refused by B."""
+    a = make_network(tmp_path / "a", 1, params=Params(sender_rate=1000, sender_burst=2000))[0]
+    b = make_network(tmp_path / "b", 1, params=Params(sender_rate=1000, sender_burst=2000))[0]
+    chain_a = Genesis.load(a.home / "genesis.json").chain_id
+    chain_b = Genesis.load(b.home / "genesis.json").chain_id
+    assert chain_a != chain_b
+    a.start()
+    b.start()
+    try:
+        async def go():
+            async with NodeClient(a.url) as ca, NodeClient(b.url) as cb:
+                doc = Identity.from_seed(b"cross-network doctor")
+                pat = Identity.from_seed(b"cross-network patient")
+                txs = [Tx.build(doc, chain_a, 1, Profile("Dr A", "physician", "A", doc.box_public)),
+                       Tx.build(pat, chain_a, 1, Grant(doc.address, (HR,), 0, ()))]
+                for tx in txs:
+                    assert (await ca.wait_committed(await ca.submit(tx.raw), 30))["code"] == 0
+                    with pytest.raises(ApiError) as refused:
+                        await cb.submit(tx.raw)
+                    assert refused.value.status == 400 and "wrong chain id" in refused.value.reason
+                assert (await cb.account(doc.address))["profile"] is None
+        run(go())
+    finally:
+        a.stop()
+        b.stop()

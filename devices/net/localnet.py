@@ -12,7 +12,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from node.genesis import Params, init_home
+from node.genesis import Params, init_home, new_chain_id
 from node.p2p import swarmkey
 
 
@@ -98,7 +98,7 @@ class NodeProcess:
         return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def make_network(root: Path, validators: int = 1, chain_id: str = "medchain-local",
+def make_network(root: Path, validators: int = 1, chain_id: str | None = None,
                  params: Params | None = None, p2p_mode: str = "direct",
                  base_port: int | None = None, private_network: bool = False) -> list[NodeProcess]:
     """Homes for a local network: API ports base_port+i and libp2p ports base_port+1000+i, or free ports."""
@@ -109,7 +109,7 @@ def make_network(root: Path, validators: int = 1, chain_id: str = "medchain-loca
         both = free_ports(2 * validators)
         ports, p2p_ports = both[:validators], both[validators:]
     p2p = [f"127.0.0.1:{p}" for p in p2p_ports] if validators > 1 else None
-    homes = init_home(root, chain_id, [f"127.0.0.1:{p}" for p in ports], int(time.time() * 1000), params, p2p)
+    homes = init_home(root, chain_id or new_chain_id(), [f"127.0.0.1:{p}" for p in ports], int(time.time() * 1000), params, p2p)
     if private_network:
         key = swarmkey.new_key()
         for h in homes:
