@@ -272,11 +272,27 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a clear one-line error for every failure a user can cause
-        from devices.patient.client import ApiError
-        if isinstance(exc, (ApiError, ValueError, PermissionError, FileNotFoundError, ConnectionError, OSError)):
-            print(f"medchain {args.cmd}: {exc}", file=sys.stderr)
-            return 1
-        raise
+        if not isinstance(exc, _user_errors()):
+            raise
+        what = f"{args.cmd} {getattr(args, 'action', '') or ''}".strip()
+        msg = str(exc) or type(exc).__name__
+        if getattr(args, "json", False):
+            print(json.dumps({"error": msg, "kind": type(exc).__name__, "command": what}))
+        print(f"medchain {what}: {msg}", file=sys.stderr)
+        return 1
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Refusals and failures a user meets (a denied read, a refused transaction, an unreachable or
+    lying validator, a bad key file): one line and exit 1, never a traceback."""
+    import aiohttp
+
+    from devices.patient.client import ApiError
+    from devices.patient.phone import TxRejected
+    from devices.patient.staff import AccessDenied
+    from devices.patient.verified_reads import NoHonestAnswer
+    return (ApiError, TxRejected, AccessDenied, NoHonestAnswer, aiohttp.ClientError, TimeoutError, ValueError,
+            PermissionError, FileNotFoundError, ConnectionError, OSError)
 
 
 if __name__ == "__main__":

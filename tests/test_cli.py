@@ -75,3 +75,34 @@ def test_structured_logs_are_json_lines(tmp_path):
     recs = [_json.loads(ln) for ln in lines]
     assert recs and all({"time", "level", "logger", "message"} <= set(r) for r in recs)
     assert any(r["logger"] == "medchain.validator" and "validator 0 of 1" in r["message"] for r in recs)
+
+
+def test_every_refusal_is_one_line_and_a_non_zero_exit(node, tmp_path):
+    """A refusal a user meets prints one clear line (with --json, also an object on stdout) and
+    exits 1, never a traceback: a grant to an unregistered staff member, a malformed address, a
+    read without a grant, an emergency read the patient forbade, an unreachable validator."""
+    pk, sk = tmp_path / "patient.json", tmp_path / "staff.json"
+    pat = json.loads(medchain("keygen", "--out", str(pk), "--json").stdout)
+    doc = json.loads(medchain("keygen", "--out", str(sk), "--json").stdout)
+    url = ["--node", node.url]
+
+    def refused(argv: list[str], words: str) -> None:
+        for extra in ([], ["--json"]):
+            p = medchain(*argv, *url, *extra, ok=False)
+            assert p.returncode == 1, (argv, p.stdout, p.stderr)
+            assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, (argv, p.stderr)
+            assert p.stderr.startswith(f"medchain {argv[0]} {argv[1]}: ") and words in p.stderr, (argv, p.stderr)
+            if extra:
+                obj = json.loads(p.stdout)
+                assert obj["command"] == f"{argv[0]} {argv[1]}" and words in obj["error"] and obj["kind"], obj
+
+    refused(["patient", "grant", doc["address"], "heart_rate", "--key", str(pk)], "has not registered a profile")
+    refused(["patient", "revoke", "zz", "--key", str(pk)], "hex")
+    medchain("staff", "register", "--key", str(sk), "--name", "Dr. R", *url)
+    refused(["staff", "read", pat["address"], "--type", "glucose", "--key", str(sk)], "access denied")
+    medchain("patient", "break-glass", "off", "--key", str(pk), *url)
+    refused(["staff", "read", pat["address"], "--type", "glucose", "--break-glass", "ETREAT", "--key", str(sk)],
+            "disabled emergency access")
+    p = medchain("staff", "read", pat["address"], "--type", "glucose", "--key", str(sk), "--node",
+                 "http://127.0.0.1:9", "--json", ok=False)
+    assert p.returncode == 1 and "Traceback" not in p.stderr and json.loads(p.stdout)["error"]
