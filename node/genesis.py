@@ -27,7 +27,7 @@ class Params:
     sender_burst: float = 400.0
     mempool_capacity: int = 200_000
     max_blob_bytes: int = 2 * 1024 * 1024
-    request_skew_ms: int = 300_000  # signed blob requests older or newer than this are refused
+    request_skew_ms: int = 30_000  # signed blob requests older or newer than this are refused
     view_timeout_ms: int = 2000  # no delivery for this long while work waits: change view (doubles per try)
     pbft_window: int = 64  # sequence numbers above the stable checkpoint; a checkpoint every window/4 blocks
     client_rate: float = 2000.0  # API requests per second per client IP

@@ -1,6 +1,7 @@
-"""Who may fetch or upload a blob, through a real validator process (node/api/blobs.py): a committed
-read whose result was a refusal opens nothing, and a signed request just outside the allowed clock
-skew is refused while one just inside is served."""
+"""Who may fetch or upload a blob, through real validator processes (node/api/blobs.py): a committed
+read whose result was a refusal opens nothing; a signed request just outside the allowed clock
+skew is refused while one just inside is served; a captured download is served once, and only by
+the validator it names."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from node.ipfs.cid import Cid
 from node.state.machine import BREAK_GLASS_LIMIT
 from node.tx import Read, Tx
 from node.tx.requests import blob_request_digest, blob_upload_digest
-from tests.conftest import run
+from tests.conftest import run, running_network
 
 SKEW_MS = Params().request_skew_ms
 MARGIN_MS = 5_000  # far above the time a request takes on loopback, far below the skew itself
@@ -60,7 +61,8 @@ async def _get_blob(c: NodeClient, ident: Identity, chain_id: str, cid: str, cid
                     t_ms: int) -> tuple[int, str]:
     """GET /v1/blobs/{cid} signed at a chosen time (the client library always signs with now)."""
     headers = {"X-Medchain-Pubkey": ident.public_key.hex(), "X-Medchain-Time": str(t_ms),
-               "X-Medchain-Signature": ident.sign(blob_request_digest(chain_id, cid_b, read_id, t_ms)).hex()}
+               "X-Medchain-Signature": ident.sign(blob_request_digest(chain_id, await c.validator_key(), cid_b, read_id,
+                                                                      t_ms)).hex()}
     if read_id:
         headers["X-Medchain-Read"] = read_id.hex()
     async with aiohttp.ClientSession() as s, s.get(f"{c.base}/v1/blobs/{cid}", headers=headers) as resp:
@@ -94,3 +96,27 @@ def test_signed_blob_requests_just_outside_the_skew_are_refused(node, genesis):
                                         int(time.time() * 1000) - offset))[0] == 201
 
     run(go())
+
+
+def test_a_captured_download_is_served_once_and_by_the_validator_it_names(tmp_path):
+    """Headers captured off the wire (plain HTTP) open nothing: the validator asked serves them
+    once, every other validator finds the signature bad (it names the validator asked)."""
+    with running_network(tmp_path, 4) as nodes:
+        async def go():
+            async with NodeClient(nodes[1].url) as c1:
+                g = Genesis.load(nodes[1].home / "genesis.json")
+                pat = Identity.from_seed(b"captured-download patient")
+                cid, cid_b = await _write_one(c1, g, pat)
+                t = int(time.time() * 1000)
+                assert (await _get_blob(c1, pat, g.chain_id, cid, cid_b, b"", t))[0] == 200
+                status, body = await _get_blob(c1, pat, g.chain_id, cid, cid_b, b"", t)  # the same headers again
+                assert status == 401 and "used already" in body, body
+                for other in (nodes[0], nodes[2], nodes[3]):
+                    async with NodeClient(other.url) as co:
+                        co._validator_key = await c1.validator_key()  # the captured request, as it was signed
+                        status, body = await _get_blob(co, pat, g.chain_id, cid, cid_b, b"", t + 1)
+                        assert status == 401 and "bad request signature" in body, (other.url, body)
+                        # a request signed for that validator is served there
+                        co._validator_key = None
+                        assert await co.download(pat, g.chain_id, cid, cid_b)
+        run(go())

@@ -204,11 +204,13 @@ def examples() -> dict[str, Example]:  # one linear story, told in order
 
     # ---- signed blob requests ----
     t_req = T0 + 5_000
-    out["request/blob-get-digest"] = blob_request_digest(CHAIN_ID, cid.to_bytes(), txs[4].id, t_req)
+    asked = vkeys[1]  # the request goes to validator 1: it names that validator's key
+    out["request/blob-get-digest"] = blob_request_digest(CHAIN_ID, asked, cid.to_bytes(), txs[4].id, t_req)
     out["request/blob-get-headers"] = {
         "X-Medchain-Pubkey": staff.public_key.hex(), "X-Medchain-Time": str(t_req),
         "X-Medchain-Read": txs[4].id.hex(),
-        "X-Medchain-Signature": staff.sign(blob_request_digest(CHAIN_ID, cid.to_bytes(), txs[4].id, t_req)).hex()}
+        "X-Medchain-Signature": staff.sign(blob_request_digest(CHAIN_ID, asked, cid.to_bytes(), txs[4].id,
+                                                               t_req)).hex()}
     out["request/blob-put-digest"] = blob_upload_digest(CHAIN_ID, hashlib.sha256(blob).digest(), len(blob), t_req)
 
     # ---- execution of block 1 on the empty state, and its header ----

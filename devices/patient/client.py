@@ -26,6 +26,7 @@ class ApiError(Exception):
 class NodeClient:
     def __init__(self, base_url: str, session: aiohttp.ClientSession | None = None) -> None:
         self.base = base_url.rstrip("/")
+        self._validator_key: bytes | None = None
         self._own = session is None
         self.session = session
 
@@ -76,6 +77,14 @@ class NodeClient:
 
     async def genesis(self) -> dict:
         return await self.get_json("/v1/genesis")
+
+    async def validator_key(self) -> bytes:
+        """The public key of the validator behind this URL (its index in the genesis it serves): a
+        signed download names it, so the request opens nothing at any other validator."""
+        if self._validator_key is None:
+            idx = (await self.status())["validator_index"]
+            self._validator_key = bytes.fromhex((await self.genesis())["validators"][idx]["public_key"])
+        return self._validator_key
 
     async def _post(self, path: str, body: bytes, content_type: str) -> dict:
         if self.session is None:
@@ -129,8 +138,9 @@ class NodeClient:
         """Fetch a blob with a request signed by `ident` (naming its committed read, for staff)."""
         if self.session is None:
             await self.__aenter__()
+        me = await self.validator_key()
         t = int(time.time() * 1000)
-        sig = ident.sign(blob_request_digest(chain_id, cid_bytes, read_txid, t))
+        sig = ident.sign(blob_request_digest(chain_id, me, cid_bytes, read_txid, t))
         headers = {"X-Medchain-Pubkey": ident.public_key.hex(), "X-Medchain-Time": str(t),
                    "X-Medchain-Signature": sig.hex()}
         if read_txid:

@@ -63,8 +63,9 @@ async def get_blob(req: web.Request) -> web.Response:
         read_id = bytes.fromhex(req.headers.get("X-Medchain-Read", ""))
     except ValueError:
         read_id = None
-    pub = signed_by(req, v, "request", lambda t_ms: blob_request_digest(v.chain_id, cid.to_bytes(), read_id, t_ms),
-                     " (and X-Medchain-Read for staff)", read_id is not None)
+    me = v.identity.public_key
+    pub = signed_by(req, v, "request", lambda t_ms: blob_request_digest(v.chain_id, me, cid.to_bytes(), read_id, t_ms),
+                     " (and X-Medchain-Read for staff)", read_id is not None, once=True)
     if isinstance(pub, web.Response):
         return pub
     reader = address_of(pub)

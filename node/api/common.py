@@ -5,6 +5,7 @@ parameter parsing, signed-request checks and proof bundles. Every refusal is a 4
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 from aiohttp import web
@@ -16,8 +17,30 @@ from node.crypto import ecdsa
 from node.validator import Validator
 
 MSGPACK = "application/msgpack"
+
+
+class SeenRequests:
+    """Signatures of signed requests already served, kept for twice the allowed clock skew (after
+    that the time check refuses them anyway): a captured request is served once. ECDSA here is
+    deterministic (RFC 6979), so the same request always carries the same signature. Bounded:
+    beyond `cap` entries the oldest go (refilling it takes that many authorised requests)."""
+
+    def __init__(self, keep_s: float, cap: int = 200_000) -> None:
+        self.keep_s, self.cap = keep_s, cap
+        self._seen: OrderedDict[bytes, float] = OrderedDict()
+
+    def first_use(self, sig: bytes, now: float) -> bool:
+        while self._seen and (next(iter(self._seen.values())) < now or len(self._seen) >= self.cap):
+            self._seen.popitem(last=False)
+        if sig in self._seen:
+            return False
+        self._seen[sig] = now + self.keep_s
+        return True
+
+
 VALIDATOR = web.AppKey("validator", Validator)
 LIMITS = web.AppKey("limits", Limits)
+SEEN = web.AppKey("seen_requests", SeenRequests)
 
 
 def validator(req: web.Request) -> Validator:
@@ -65,9 +88,10 @@ def with_proof(req: web.Request, out: dict, read: list[bytes]) -> web.Response:
 
 
 def signed_by(req: web.Request, v: Validator, what: str, digest: Callable[[int], bytes], extra: str = "",
-              well_formed: bool = True) -> bytes | web.Response:
+              well_formed: bool = True, once: bool = False) -> bytes | web.Response:
     """The signer's public key once X-Medchain-Pubkey, -Time and -Signature check out against
-    `digest(time_ms)` (docs/PROTOCOL.md 6.1 and 7), else the 401 to answer."""
+    `digest(time_ms)` (docs/PROTOCOL.md 6.1 and 7), else the 401 to answer. With `once`, a
+    request already served (the same signature) is refused too."""
     h = req.headers
     try:
         pub = bytes.fromhex(h["X-Medchain-Pubkey"])
@@ -82,4 +106,6 @@ def signed_by(req: web.Request, v: Validator, what: str, digest: Callable[[int],
         return err(401, "request time is too far from the validator's clock")
     if not ecdsa.verify(pub, digest(t_ms), sig):
         return err(401, f"bad {what} signature")
+    if once and not req.app[SEEN].first_use(sig, time.monotonic()):
+        return err(401, f"this signed {what} was used already: sign a new one")
     return pub

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from node.api import blobs, chain, patients, submit
-from node.api.common import LIMITS, VALIDATOR, err, retry_after
+from node.api.common import LIMITS, SEEN, VALIDATOR, SeenRequests, err, retry_after
 from node.api.limits import Limits, cap_connections, serve_kwargs
 from node.api.submit import MAX_BATCH_TXS
 from node.mempool import KeyedLimiter
@@ -32,6 +32,7 @@ def make_app(v: Validator) -> web.Application:
     v.metrics.bind(v)
     app = web.Application(client_max_size=v.params.max_blob_bytes + 4096)
     app[VALIDATOR] = v
+    app[SEEN] = SeenRequests(2 * v.params.request_skew_ms / 1000)
 
     @web.middleware
     async def count(req: web.Request, handler: Handler) -> web.StreamResponse:

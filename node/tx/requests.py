@@ -5,12 +5,14 @@ from __future__ import annotations
 from node.crypto import ecdsa
 from node.wire import encode
 
-BLOB_GET_DOMAIN = "medchain/blob-get/v1"
+BLOB_GET_DOMAIN = "medchain/blob-get/v2"
 
 
-def blob_request_digest(chain_id: str, cid: bytes, read_txid: bytes, time_ms: int) -> bytes:
-    """SHA-256 of the canonical [domain, chain_id, cid, read_txid (or empty), time_ms]."""
-    return ecdsa.sha256(encode([BLOB_GET_DOMAIN, chain_id, cid, read_txid, time_ms]))
+def blob_request_digest(chain_id: str, validator: bytes, cid: bytes, read_txid: bytes, time_ms: int) -> bytes:
+    """SHA-256 of the canonical [domain, chain_id, validator (the public key of the validator
+    asked), cid, read_txid (or empty), time_ms]: a captured request opens nothing at another
+    validator, and the one asked serves it once."""
+    return ecdsa.sha256(encode([BLOB_GET_DOMAIN, chain_id, validator, cid, read_txid, time_ms]))
 
 
 BLOB_PUT_DOMAIN = "medchain/blob-put/v1"
