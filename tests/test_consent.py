@@ -1,7 +1,8 @@
 """Consent that means what the patient thinks, tried as an attacker would on real validator
 processes: an expired grantee must not decrypt data written after its expiry (even with the
 ciphertext in hand, e.g. through a break-glass read); re-keying after a revoke goes on past an
-expired co-grantee; a transaction signed for one network is refused by every other.
+expired co-grantee; a transaction signed for one network is refused by every other; a long
+audit log hides no emergency read, and an old read opens no later data.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from devices.patient.phone import Phone
 from devices.patient.staff import Staff
 from node.crypto.keys import Identity
 from node.genesis import Genesis, Params
-from node.ipfs.cid import cid_v1_raw
-from node.tx import DATA_TYPES, Grant, Profile, Tx, Write
+from node.ipfs.cid import Cid, cid_v1_raw
+from node.tx import DATA_TYPES, Grant, Profile, Read, Tx, Write
 from tests.conftest import run
 
 HR, BP = DATA_TYPES["heart_rate"], DATA_TYPES["blood_pressure"]
@@ -128,3 +129,48 @@ def test_a_transaction_signed_for_one_network_is_refused_by_another(tmp_path):
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_long_audit_log_hides_no_emergency_read_and_old_reads_open_no_new_data(node, genesis):
+    """An insider commits 1,100 allowed reads, then another staff member one break-glass read: the
+    patient's client reads the log to its end (newest first, page by page) and finds the emergency
+    read both in the log and in its own index, on every page. A read committed before a window was
+    written never opens that window."""
+    chain = genesis.chain_id
+
+    async def go():
+        async with NodeClient(node.url) as c:
+            phone = Phone(Identity.from_seed(b"audit patient"), c, chain)
+            insider = Staff(Identity.from_seed(b"audit insider"), c, chain)
+            medic = Staff(Identity.from_seed(b"audit medic"), c, chain)
+            await insider.register("In Sider", "nurse", "Ward")
+            await medic.register("E Medic", "physician", "ER")
+            await phone.grant(insider.address, ["heart_rate"])
+            first = await phone.write_window("heart_rate", _readings(int(time.time() * 1000) - 60_000))
+            n = 1100
+            reads = [Tx.build(insider.identity, chain, 2 + k, Read(phone.address, HR, b"", 0, 2**62))
+                     for k in range(n)]
+            for i in range(0, n, 400):  # a sender may have 1,024 pending: batch by batch
+                res = await c.submit_many([t.raw for t in reads[i:i + 400]])
+                assert all(r["status"] == 202 for r in res), [r for r in res if r["status"] != 202][:2]
+                assert (await c.wait_committed(reads[min(i + 399, n - 1)].id.hex(), 60))["code"] == 0
+            [bg] = await medic.read(phone.address, "heart_rate", first.cid, break_glass="ETREAT")
+            log = await phone.client.audit(phone.address)
+            assert log["count"] == n + 1 == len(log["reads"]) and log["next"] is None
+            assert [r["seq"] for r in log["reads"]] == list(range(n, -1, -1))  # newest first, to the end
+            assert log["reads"][0]["break_glass"] == "ETREAT" and log["reads"][0]["reader"] == medic.address.hex()
+            assert [r["seq"] for r in log["break_glass"]] == [n]
+            # a page far from the newest still carries every emergency read
+            page = await c.get_json(f"/v1/patients/{phone.address.hex()}/audit", before=100, limit=50)
+            assert [r["seq"] for r in page["reads"]] == list(range(99, 49, -1)) and page["next"] == 50
+            assert [r["seq"] for r in page["break_glass"]] == [n]
+
+            # the insider's last read (a range to the far future) was committed before this window ...
+            later = await phone.write_window("heart_rate", _readings(int(time.time() * 1000) - 30_000))
+            blob = Cid.parse(later.cid).to_bytes()
+            with pytest.raises(ApiError) as refused:
+                await c.download(insider.identity, chain, later.cid, blob, reads[-1].id)
+            assert refused.value.status == 403 and "written after the read" in refused.value.reason
+            # ... while what was on chain when it committed stays open to it
+            assert await c.download(insider.identity, chain, first.cid, Cid.parse(first.cid).to_bytes(), reads[-1].id)
+    run(go())

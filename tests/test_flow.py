@@ -81,7 +81,8 @@ def test_paper_flow(node, genesis):
                 await c.download(doc, genesis.chain_id, res.cid, Cid.parse(res.cid).to_bytes())
             assert ei.value.status == 403
 
-            reads = await phone.audit()
+            reads = (await phone.audit())[::-1]  # the log comes newest first: in order here
+            assert [r["seq"] for r in reads] == [0, 1, 2]
             assert [(r["reader"], r["type"], r["allowed"]) for r in reads] == [
                 (doc.address.hex(), "heart_rate", True),
                 (doc.address.hex(), "blood_pressure", True),

@@ -153,7 +153,14 @@ class NodeClient:
         return await self.get_json(f"/v1/accounts/{addr.hex()}")
 
     async def audit(self, patient: bytes) -> dict:
-        return await self.get_json(f"/v1/patients/{patient.hex()}/audit")
+        """The whole audit log, newest first: every page, to the end (a log of any length hides
+        nothing), and every break-glass read from its own index."""
+        out = await self.get_json(f"/v1/patients/{patient.hex()}/audit")
+        while out["next"] is not None:
+            page = await self.get_json(f"/v1/patients/{patient.hex()}/audit", before=out["next"])
+            out["reads"] += page["reads"]
+            out["next"] = page["next"]
+        return out
 
     async def grants(self, patient: bytes) -> dict:
         return await self.get_json(f"/v1/patients/{patient.hex()}/grants")

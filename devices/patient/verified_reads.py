@@ -186,8 +186,17 @@ class VerifiedReader:
         rows = await self._list(keys.audit_count(patient), lambda i: keys.audit(patient, i),
                                 lambda raw: [keys.receipt(AuditRec.decode(raw).tx)])
         entries = [(AuditRec.decode(raw), more) for raw, more in rows]
-        reads = [audit_entry(e, Receipt.decode(more[keys.receipt(e.tx)]).height) for e, more in entries]
-        return {"patient": patient.hex(), "break_glass": [r for r in reads if r["break_glass"]], "reads": reads}
+        reads = [audit_entry(e, Receipt.decode(more[keys.receipt(e.tx)]).height, seq)
+                 for seq, (e, more) in enumerate(entries)][::-1]  # newest first, as the API pages them
+        # the emergency index, proven on its own: it must name exactly the break-glass entries
+        index = [_int(raw) for raw, _ in await self._list(keys.emergency_count(patient),
+                                                          lambda i: keys.emergency_entry(patient, i))]
+        flagged = [seq for seq, (e, _) in enumerate(entries) if e.reason]
+        if index != flagged:
+            raise NoHonestAnswer([f"the emergency index {index} does not match the audit log's break-glass "
+                                  f"entries {flagged}"])
+        return {"patient": patient.hex(), "count": len(reads), "next": None,
+                "break_glass": [r for r in reads if r["break_glass"]], "reads": reads}
 
     async def data(self, patient: bytes, type: str | None = None, **query: Any) -> dict:
         rows = await self._list(keys.data_count(patient), lambda i: keys.data_entry(patient, i),

@@ -75,7 +75,7 @@ async def get_blob(req: web.Request) -> web.Response:
     rec = BlobRec.decode(rec_raw)
     if reader != rec.patient:
         reason = read_covers(v, read_id, reader, rec.patient, rec.dtype, cid.to_bytes(), rec.t_start_ms,
-                              rec.t_end_ms)
+                             rec.t_end_ms, rec.height)
         if reason:
             return err(403, reason)
     data = await load_blob(v, cid)
@@ -86,8 +86,10 @@ async def get_blob(req: web.Request) -> web.Response:
 
 
 def read_covers(v: Validator, read_id: bytes, reader: bytes, patient: bytes, dtype: int, cid: bytes,
-                 t0: int, t1: int) -> str | None:
-    """None if the committed read transaction `read_id` lets `reader` fetch this blob now, else why not."""
+                t0: int, t1: int, written: int) -> str | None:
+    """None if the committed read transaction `read_id` lets `reader` fetch this blob (window
+    t0..t1, recorded at height `written`) now, else why not. A read covers only what was on chain
+    when it committed: its range ends at its block's time, so it never opens a later write."""
     if len(read_id) != 32:
         return "staff must name their committed read transaction (X-Medchain-Read)"
     loc = v.ledger.tx_location(read_id)
@@ -103,8 +105,10 @@ def read_covers(v: Validator, read_id: bytes, reader: bytes, patient: bytes, dty
         return "the read transaction is for another patient or data type"
     if r.cid and r.cid != cid:
         return "the read transaction names another cid"
-    if not r.cid and (t1 < r.t_from_ms or t0 > r.t_to_ms):
-        return "the blob is outside the read transaction's time range"
+    if not r.cid and (t1 < r.t_from_ms or t0 > min(r.t_to_ms, block.header.time_ms)):
+        return "the blob is outside the read transaction's time range (which ends at its block's time)"
+    if written > loc[0]:
+        return "the blob was written after the read transaction committed: commit a new read"
     view, now_ms = Overlay(v.ledger.get_state), int(time.time() * 1000)
     if r.reason:  # break-glass: no grant needed, but the patient's opt-out and the access window apply
         if not break_glass_enabled(view, patient):

@@ -42,18 +42,35 @@ async def account(req: web.Request) -> web.Response:
                                   *(keys.epoch(addr, t) for t in DATA_TYPES.values())])
 
 
+AUDIT_PAGE = 1000  # entries per page of GET /v1/patients/{p}/audit (at most AUDIT_PAGE_MAX with ?limit)
+AUDIT_PAGE_MAX = 10_000
+
+
 @routes.get("/v1/patients/{addr}/audit")
 async def audit(req: web.Request) -> web.Response:
+    """The audit log, newest first, a page at a time (`?before=` the cursor `next` of the previous
+    page); every break-glass read, whatever the page, under "break_glass" (its own index)."""
     v = validator(req)
     addr = hex_param(req.match_info["addr"], 32, "address")
-    out, read = [], [keys.audit_count(addr)]
-    for k, raw in v.ledger.scan_state(keys.audit_prefix(addr), int_query(req, "limit", 10_000)):
-        entry = AuditRec.decode(raw)
-        out.append(audit_entry(entry, Receipt.decode(v.ledger.get_state(keys.receipt(entry.tx))).height))
-        read += [k, keys.receipt(entry.tx)]
-    # emergency reads first and apart, so a patient cannot miss them
-    emergency = [r for r in out if r["break_glass"]]
-    return with_proof(req, {"patient": addr.hex(), "break_glass": emergency, "reads": out}, read)
+    get = v.ledger.get_state
+    count = decode(get(keys.audit_count(addr)) or b"\x00")
+    before = min(max(int_query(req, "before", count), 0), count)
+    limit = min(max(int_query(req, "limit", AUDIT_PAGE), 1), AUDIT_PAGE_MAX)
+    read = [keys.audit_count(addr), keys.emergency_count(addr)]
+
+    def entry(seq: int) -> dict:
+        rec = AuditRec.decode(get(keys.audit(addr, seq)))
+        read.extend((keys.audit(addr, seq), keys.receipt(rec.tx)))
+        return audit_entry(rec, Receipt.decode(get(keys.receipt(rec.tx))).height, seq)
+
+    reads = [entry(seq) for seq in range(before - 1, max(before - limit, 0) - 1, -1)]
+    emergency = []
+    for i in range(decode(get(keys.emergency_count(addr)) or b"\x00") - 1, -1, -1):
+        read.append(keys.emergency_entry(addr, i))
+        emergency.append(entry(decode(get(keys.emergency_entry(addr, i)))))
+    nxt = before - limit if before - limit > 0 else None
+    return with_proof(req, {"patient": addr.hex(), "count": count, "next": nxt, "break_glass": emergency,
+                            "reads": reads}, read)
 
 
 @routes.get("/v1/patients/{addr}/grants")

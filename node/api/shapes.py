@@ -10,8 +10,8 @@ from node.tx import data_type_name
 
 
 # The JSON shapes of state records, shared with the verifying clients (devices/patient/verified_reads.py).
-def audit_entry(e: AuditRec, height: int) -> dict:
-    return {"reader": e.reader.hex(), "type": data_type_name(e.dtype),
+def audit_entry(e: AuditRec, height: int, seq: int) -> dict:
+    return {"seq": seq, "reader": e.reader.hex(), "type": data_type_name(e.dtype),
             "cid": str(Cid.from_bytes(e.cid)) if e.cid else None, "from_ms": e.t_from_ms, "to_ms": e.t_to_ms,
             "time_ms": e.time_ms, "tx": e.tx.hex(), "allowed": e.code == Code.OK,
             "result": CODES.get(e.code, "unknown"), "height": height, "break_glass": e.reason}

@@ -55,6 +55,16 @@ def audit_count(patient: bytes) -> bytes:
     return b"A" + patient
 
 
+def emergency_entry(patient: bytes, seq: int) -> bytes:
+    """The audit index (an int) of the patient's `seq`-th break-glass read: emergency reads are
+    indexed apart, so a client finds every one without reading the whole audit log."""
+    return b"y" + patient + struct.pack(">Q", seq)
+
+
+def emergency_count(patient: bytes) -> bytes:
+    return b"Y" + patient
+
+
 def data_entry(patient: bytes, seq: int) -> bytes:
     """The CID of the patient's `seq`-th recorded blob; data_count holds how many there are."""
     return b"x" + patient + struct.pack(">Q", seq)

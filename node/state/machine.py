@@ -228,7 +228,10 @@ def apply_tx(view: Overlay, tx: Tx, height: int, idx: int, time_ms: int) -> int:
         if isinstance(r, Read):
             entry = AuditRec(addr, r.dtype, r.cid, r.t_from_ms, r.t_to_ms, time_ms, tx.id, code, r.reason or None)
             patient = r.patient
+            seq = view.get_obj(keys.audit_count(patient)) or 0
             view.append(keys.audit_count(patient), lambda i: keys.audit(patient, i), entry.encode())
+            if r.reason:  # every emergency read, allowed or not, is indexed apart as well
+                view.append(keys.emergency_count(patient), lambda i: keys.emergency_entry(patient, i), encode(seq))
     view.put_obj(keys.receipt(tx.id), Receipt(height, idx, code))
     return code
 
