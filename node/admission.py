@@ -22,16 +22,20 @@ from node.ipfs.blockstore import BlockStore
 from node.ipfs.cid import CODEC_RAW, Cid, CidError
 from node.ledger import Ledger
 from node.ledger.store import Snapshot
-from node.mempool import AdmissionError, Mempool, admission_origin
+from node.mempool import AdmissionError, Mempool, Refusal, admission_origin
 from node.metrics import Metrics
 from node.sidecar import SIDECAR_MAX, Item, check_sidecar
-from node.state import CODES, OK, Overlay, check_tx, keys
+from node.state import CODES, OK, Code, Overlay, check_tx, keys
 from node.tx import KIND_WRITE, Tx, TxError
 from node.tx.model import BAD_SIGNATURE
 from node.wire import MAX_TX_BYTES, WireError, decode
 
-# How an admission check's state code maps to an HTTP status.
-_CODE_STATUS = {2: 422, 3: 403, 4: 404, 5: 409, 6: 409, 7: 422, 8: 422, 10: 403, 11: 429, 12: 409}
+# The kind of refusal each state check's code is.
+_CODE_REFUSAL = {Code.NO_PROFILE: Refusal.UNPROCESSABLE, Code.DENIED: Refusal.FORBIDDEN,
+                 Code.CID_UNKNOWN: Refusal.NOT_FOUND, Code.STALE_EPOCH: Refusal.CONFLICT,
+                 Code.CID_RECORDED: Refusal.CONFLICT, Code.INVALID_GRANT: Refusal.UNPROCESSABLE,
+                 Code.CID_MISMATCH: Refusal.UNPROCESSABLE, Code.BREAK_GLASS_OFF: Refusal.FORBIDDEN,
+                 Code.BREAK_GLASS_LIMIT: Refusal.RATE_LIMITED, Code.KEY_EXPIRED: Refusal.CONFLICT}
 # Bounded caches, sized for memory on edge hardware (~170 bytes an entry): ids verified at admission
 # (a block's transactions are not verified twice while they wait: seconds, not minutes), ids whose
 # signature failed (a replayed bad transaction costs a lookup), recent refusals (for GET /v1/tx)
@@ -64,14 +68,14 @@ class Admission:
         v = (get or self.ledger.get_state)(keys.nonce(addr))
         return 0 if v is None else decode(v)
 
-    def reject(self, txid: bytes | None, status: int, reason: str,
+    def reject(self, txid: bytes | None, kind: Refusal, reason: str,
                 retry_after: float | None = None) -> AdmissionError:
         self.metrics.rejected.labels(reason.split(":")[0]).inc()
         if txid is not None:
             self.rejected[txid] = reason
             while len(self.rejected) > _REJECTED_CACHE:
                 self.rejected.popitem(last=False)
-        return AdmissionError(status, reason, retry_after)
+        return AdmissionError(kind, reason, retry_after)
 
     async def submit_many(self, items: list[Item], forwarded: bool = False) -> list[bytes | AdmissionError]:
         """Admit a batch of (transaction, sidecar or None): parse and verify every signature in the
@@ -88,30 +92,30 @@ class Admission:
 
     def _check_items(self, items: list[Item], forwarded: bool) -> list:
         """Stateless checks (decode, chain id, sidecar, signature): pure, runs off the loop. Returns per
-        item an AdmissionError, (txid or None, status, reason) for a refusal, or (tx, sidecar). Known
+        item an AdmissionError, (txid or None, Refusal, reason) for a refusal, or (tx, sidecar). Known
         bad signatures cost a lookup."""
         out: list = []
         todo: list[tuple[int, Tx]] = []
         for raw, side in items:
             if forwarded and len(raw) <= MAX_TX_BYTES and ecdsa.sha256(raw) in self.mempool:
-                out.append(AdmissionError(409, "duplicate: transaction already pending"))
+                out.append(AdmissionError(Refusal.CONFLICT, "duplicate: transaction already pending"))
                 continue  # a re-forwarded copy we hold already: costs a hash, not a decode
             try:
                 tx = Tx.decode(raw, check_sig=False)
             except (TxError, WireError) as exc:
                 txid = ecdsa.sha256(raw) if len(raw) <= MAX_TX_BYTES else None
-                out.append((txid, 400, f"invalid transaction: {exc}"))
+                out.append((txid, Refusal.INVALID, f"invalid transaction: {exc}"))
                 continue
             if tx.chain_id != self.chain_id:
-                out.append((tx.id, 400, f"wrong chain id: {tx.chain_id!r}, this chain is {self.chain_id!r}"))
+                out.append((tx.id, Refusal.INVALID, f"wrong chain id: {tx.chain_id!r}, this chain is {self.chain_id!r}"))
                 continue
             if tx.id in self.bad_sigs:
-                out.append((tx.id, 400, f"invalid transaction: {BAD_SIGNATURE}"))
+                out.append((tx.id, Refusal.INVALID, f"invalid transaction: {BAD_SIGNATURE}"))
                 continue
             if side is not None:
                 why = check_sidecar(tx, side)
                 if why is not None:
-                    out.append((tx.id, 400, f"invalid sidecar: {why}"))
+                    out.append((tx.id, Refusal.INVALID, f"invalid sidecar: {why}"))
                     continue
             if tx.id not in self.verified:
                 todo.append((len(out), tx))
@@ -119,7 +123,7 @@ class Admission:
         oks = verify_batch([(t.sender, t.digest, t.sig) for _, t in todo]) if todo else []
         for (i, tx), ok in zip(todo, oks, strict=True):
             if not ok:
-                out[i] = (tx.id, 400, f"invalid transaction: {BAD_SIGNATURE}")
+                out[i] = (tx.id, Refusal.INVALID, f"invalid transaction: {BAD_SIGNATURE}")
         return out
 
     def _admit_checked(self, checked: list, forwarded: bool, now: float) -> list[bytes | AdmissionError]:
@@ -134,9 +138,9 @@ class Admission:
             if isinstance(c, AdmissionError):
                 out.append(c)
                 continue
-            if len(c) == 3:  # (txid, status, reason): refused by the stateless checks
-                txid, status, reason = c
-                err = self.reject(txid, status, reason)
+            if len(c) == 3:  # (txid, kind, reason): refused by the stateless checks
+                txid, kind, reason = c
+                err = self.reject(txid, kind, reason)
                 if err.bad_signature and txid is not None:
                     self.bad_sigs[txid] = None
                     while len(self.bad_sigs) > _BAD_SIG_CACHE:
@@ -148,7 +152,7 @@ class Admission:
             try:
                 side = self._admit(tx, side, view, snap, now_ms, now, forwarded)
             except AdmissionError as exc:
-                out.append(self.reject(tx.id, exc.status, exc.reason, exc.retry_after))
+                out.append(self.reject(tx.id, exc.kind, exc.reason, exc.retry_after))
                 continue
             out.append(tx.id)
             if not forwarded and self.forwarding:
@@ -165,10 +169,10 @@ class Admission:
                forwarded: bool = False) -> bytes | None:
         """Stateful admission; returns the sidecar to forward with the transaction (None if none)."""
         if snap.has_tx(tx.id):
-            raise AdmissionError(409, "duplicate: transaction already committed (replay)")
+            raise AdmissionError(Refusal.CONFLICT, "duplicate: transaction already committed (replay)")
         code = check_tx(view, tx, now_ms)
         if code != OK:
-            raise AdmissionError(_CODE_STATUS.get(code, 422), f"refused: {CODES[code]}")
+            raise AdmissionError(_CODE_REFUSAL.get(code, Refusal.UNPROCESSABLE), f"refused: {CODES[code]}")
         forward_side = sidecar
         if tx.kind == KIND_WRITE and sidecar is None and not forwarded:
             # no sidecar: the blob must be held here already (a standalone upload); a small one is
@@ -181,7 +185,7 @@ class Admission:
             # fair eviction made room: the heaviest origin's (client IP's) newest sender gave way
             self.submitted_at.pop(ev.id, None)
             self.pending_since.pop(ev.id, None)  # only non-primaries sweep it: it would outlive the tx
-            self.reject(ev.id, 503, "evicted: mempool full and its client or sender held the most pending transactions")
+            self.reject(ev.id, Refusal.OVERLOADED, "evicted: mempool full and its client or sender held the most pending transactions")
         self.rejected.pop(tx.id, None)
         if not forwarded:
             self.submitted_at[tx.id] = now
@@ -194,7 +198,7 @@ class Admission:
         try:
             return Cid.from_bytes(tx.body.cid)
         except CidError as exc:
-            raise AdmissionError(400, f"invalid transaction: bad cid: {exc}") from None
+            raise AdmissionError(Refusal.INVALID, f"invalid transaction: bad cid: {exc}") from None
 
     def _check_forwarded_write(self, tx: Tx) -> None:
         """An honest entry validator forwards every write of one raw block with its sidecar; one
@@ -202,7 +206,7 @@ class Admission:
         Only a dag-pb blob (a standalone upload, over 1 MiB) comes without, and is repaired at commit."""
         cid = self._cid_of(tx)
         if cid.codec == CODEC_RAW and self.blobs.blob_size(cid) is None:
-            raise AdmissionError(422, "blob not held: a forwarded write of one raw block must carry its sidecar")
+            raise AdmissionError(Refusal.UNPROCESSABLE, "blob not held: a forwarded write of one raw block must carry its sidecar")
 
     def _held_blob(self, tx: Tx) -> bytes | None:
         """A write without a sidecar: its blob must be held here with the size the write states.
@@ -210,10 +214,10 @@ class Admission:
         cid = self._cid_of(tx)
         size = self.blobs.blob_size(cid)
         if size is None:
-            raise AdmissionError(422, f"blob not held: send the ciphertext as the write's sidecar, or upload "
+            raise AdmissionError(Refusal.UNPROCESSABLE, f"blob not held: send the ciphertext as the write's sidecar, or upload "
                                       f"{cid} (POST /v1/blobs) to this validator first")
         if size != tx.body.size:
-            raise AdmissionError(422, f"size mismatch: blob {cid} is {size} bytes, transaction says {tx.body.size}")
+            raise AdmissionError(Refusal.UNPROCESSABLE, f"size mismatch: blob {cid} is {size} bytes, transaction says {tx.body.size}")
         if cid.codec == CODEC_RAW and size <= SIDECAR_MAX:
             return self.blobs.get(cid)
         return None

@@ -24,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import Container, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
+from enum import Enum
 
 from node.tx import Tx
 from node.tx.model import BAD_SIGNATURE
@@ -45,12 +46,26 @@ def origin(key: str) -> Iterator[None]:
         admission_origin.reset(token)
 
 
-class AdmissionError(Exception):
-    """A transaction refused at admission; `status` is the HTTP status the API answers with."""
+class Refusal(Enum):
+    """Why admission refused a transaction, in kinds a client acts on; the API maps each to its HTTP
+    status (node/api/submit.py), the core knows no HTTP."""
 
-    def __init__(self, status: int, reason: str, retry_after: float | None = None) -> None:
+    INVALID = "invalid"  # malformed, wrong chain, bad signature or sidecar: fix the transaction
+    FORBIDDEN = "forbidden"  # the policy refuses it
+    NOT_FOUND = "not found"  # it names what is not on chain
+    CONFLICT = "conflict"  # duplicate, replay, nonce order, key epoch: resync, then resubmit
+    UNPROCESSABLE = "unprocessable"  # well formed but not acceptable as it is (a blob not held, a bad grant)
+    TOO_LARGE = "too large"
+    RATE_LIMITED = "rate limited"  # the sender or client is over its share: retry after retry_after
+    OVERLOADED = "overloaded"  # the validator is full: retry after retry_after, or elsewhere
+
+
+class AdmissionError(Exception):
+    """A transaction refused at admission: the kind of refusal, why, and when to retry (if ever)."""
+
+    def __init__(self, kind: Refusal, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
-        self.status, self.reason, self.retry_after = status, reason, retry_after
+        self.kind, self.reason, self.retry_after = kind, reason, retry_after
 
     @property
     def bad_signature(self) -> bool:
@@ -192,25 +207,25 @@ class Mempool:
         transactions evicted to make room (empty unless the pool was full)."""
         addr = tx.address
         if tx.id in self.by_id:
-            raise AdmissionError(409, "duplicate: transaction already pending")
+            raise AdmissionError(Refusal.CONFLICT, "duplicate: transaction already pending")
         s = self.senders.get(addr)
         if s is not None and s.base <= committed_nonce:
             self._advance(addr, s, committed_nonce + 1)
             s = self.senders.get(addr)
         expected = committed_nonce + 1 if s is None else s.contiguous_end()
         if tx.nonce <= committed_nonce:
-            raise AdmissionError(409, f"stale nonce: {tx.nonce} already used (replay?); next is {expected}")
+            raise AdmissionError(Refusal.CONFLICT, f"stale nonce: {tx.nonce} already used (replay?); next is {expected}")
         if s is not None and tx.nonce in s.txs:
-            raise AdmissionError(409, f"nonce conflict: {tx.nonce} already pending with another transaction")
+            raise AdmissionError(Refusal.CONFLICT, f"nonce conflict: {tx.nonce} already pending with another transaction")
         if tx.nonce != expected and not (forwarded and tx.nonce <= committed_nonce + MAX_FORWARD_GAP):
-            raise AdmissionError(409, f"nonce out of order: got {tx.nonce}, expected {expected}")
+            raise AdmissionError(Refusal.CONFLICT, f"nonce out of order: got {tx.nonce}, expected {expected}")
         if s is not None and len(s.txs) >= self.max_per_sender:
-            raise AdmissionError(429, f"rate limited: {self.max_per_sender} transactions already pending", 1.0)
+            raise AdmissionError(Refusal.RATE_LIMITED, f"rate limited: {self.max_per_sender} transactions already pending", 1.0)
         if sidecar is not None and self.sidecar_bytes + len(sidecar) > self.max_sidecar_bytes:
-            raise AdmissionError(503, f"mempool full: {self.sidecar_bytes} bytes of sidecars pending", 1.0)
+            raise AdmissionError(Refusal.OVERLOADED, f"mempool full: {self.sidecar_bytes} bytes of sidecars pending", 1.0)
         key = origin if s is None else s.origin
         if not forwarded and self.origin_full(key):
-            raise AdmissionError(429, f"rate limited: client {key or '?'} holds its share of the mempool "
+            raise AdmissionError(Refusal.RATE_LIMITED, f"rate limited: client {key or '?'} holds its share of the mempool "
                                       f"({self.max_per_origin} pending transactions)", 1.0)
         if not forwarded:
             bucket = self.buckets.get(addr)
@@ -218,7 +233,7 @@ class Mempool:
                 bucket = self.buckets[addr] = TokenBucket(self.rate, self.burst, self.burst, now)
             wait = bucket.take(now)
             if wait > 0:
-                raise AdmissionError(429, f"rate limited: sender exceeds {self.rate:g} tx/s", wait)
+                raise AdmissionError(Refusal.RATE_LIMITED, f"rate limited: sender exceeds {self.rate:g} tx/s", wait)
         evicted = []
         if len(self.by_id) >= self.capacity:
             # never the newcomer's own sender: it holds less than the victim, or has history
@@ -254,7 +269,7 @@ class Mempool:
             return [self._evict(self._victim(heavy, prefer_fresh=True))]
         o = self.origins.get(key)
         if o is None:
-            raise AdmissionError(503, "mempool full: try again later", 1.0)
+            raise AdmissionError(Refusal.OVERLOADED, "mempool full: try again later", 1.0)
         if history and o.fresh:
             # a sender with committed history goes before the brand-new senders of its own origin
             return [self._evict(next(reversed(o.fresh)))]
@@ -263,8 +278,8 @@ class Mempool:
         most = len(self.senders[victim].txs)
         if most <= mine_s + 1:
             if mine_s > 1 and mine_s >= most:
-                raise AdmissionError(429, "mempool full: this sender holds the most pending transactions", 1.0)
-            raise AdmissionError(503, "mempool full: try again later", 1.0)
+                raise AdmissionError(Refusal.RATE_LIMITED, "mempool full: this sender holds the most pending transactions", 1.0)
+            raise AdmissionError(Refusal.OVERLOADED, "mempool full: try again later", 1.0)
         return [self._evict(victim)]
 
     def _victim(self, key: str, prefer_fresh: bool) -> bytes:

@@ -8,7 +8,7 @@ import pytest
 
 from node.crypto import ecdsa
 from node.crypto.keys import Identity
-from node.mempool import MAX_FORWARD_GAP, AdmissionError, KeyedLimiter, Mempool, TokenBucket
+from node.mempool import MAX_FORWARD_GAP, AdmissionError, KeyedLimiter, Mempool, Refusal, TokenBucket
 from node.tx import DATA_TYPES, Tx, Write
 
 CHAIN = "mempool-test"
@@ -42,11 +42,11 @@ def test_nonce_ordering():
     mp.admit(t1, 0, 0.0)
     assert mp.next_nonce(A.address, 0) == 2 and mp.next_nonce(B.address, 7) == 8
     gap = refused(mp, t3)
-    assert gap.status == 409 and "out of order" in gap.reason and "expected 2" in gap.reason
+    assert gap.kind == Refusal.CONFLICT and "out of order" in gap.reason and "expected 2" in gap.reason
     dup = refused(mp, t1)
-    assert dup.status == 409 and dup.reason.startswith("duplicate")
+    assert dup.kind == Refusal.CONFLICT and dup.reason.startswith("duplicate")
     other1 = refused(mp, tx(A, 1, b"other"))  # same nonce as a pending tx, different content
-    assert other1.status == 409 and "already pending" in other1.reason
+    assert other1.kind == Refusal.CONFLICT and "already pending" in other1.reason
     mp.admit(t2, 0, 0.0)
     mp.admit(t3, 0, 0.0)
     assert pending(mp, A) == [1, 2, 3] and len(mp) == 3
@@ -57,9 +57,9 @@ def test_stale_nonce_refused():
     mp = big_pool()
     for n in (1, 5):
         e = refused(mp, tx(B, n), committed=5)
-        assert e.status == 409 and e.reason.startswith("stale nonce") and "next is 6" in e.reason
+        assert e.kind == Refusal.CONFLICT and e.reason.startswith("stale nonce") and "next is 6" in e.reason
     gap = refused(mp, tx(B, 7), committed=5)
-    assert gap.status == 409 and "out of order" in gap.reason
+    assert gap.kind == Refusal.CONFLICT and "out of order" in gap.reason
     mp.admit(tx(B, 6), 5, 0.0)
     assert mp.next_nonce(B.address, 5) == 7
     assert len(mp) == 1
@@ -79,7 +79,7 @@ def test_rate_limit_returns_429_and_refills():
     for n in (1, 2, 3):
         mp.admit(tx(A, n), 0, 0.0)
     e = refused(mp, tx(A, 4), now=0.0)
-    assert e.status == 429 and "rate limited" in e.reason
+    assert e.kind == Refusal.RATE_LIMITED and "rate limited" in e.reason
     assert e.retry_after == pytest.approx(0.125)
     e = refused(mp, tx(A, 4), now=0.0625)
     assert 0 < e.retry_after == pytest.approx(0.0625)
@@ -91,7 +91,7 @@ def test_rate_limit_returns_429_and_refills():
     for n in (5, 6, 7):
         mp.admit(tx(A, n), 0, 100.0)
     e = refused(mp, tx(A, 8), now=100.0)
-    assert e.status == 429 and e.retry_after == pytest.approx(0.125)
+    assert e.kind == Refusal.RATE_LIMITED and e.retry_after == pytest.approx(0.125)
 
 
 def test_refusals_other_than_rate_limit_take_no_token():
@@ -100,7 +100,7 @@ def test_refusals_other_than_rate_limit_take_no_token():
     for bad in (tx(A, 3), tx(A, 1), tx(A, 9)):
         refused(mp, bad)
     mp.admit(tx(A, 2), 0, 0.0)
-    assert refused(mp, tx(A, 3)).status == 429
+    assert refused(mp, tx(A, 3)).kind == Refusal.RATE_LIMITED
 
 
 def test_token_bucket():
@@ -163,16 +163,16 @@ def test_forwarded_txs_may_run_ahead_and_skip_the_rate_limit():
     mp = Mempool(rate=1.0, burst=1.0)
     mp.admit(tx(A, 3), 0, 0.0, forwarded=True)  # arrived ahead of nonces 1 and 2
     assert mp.batch(10) == []  # a gap: nothing from A is batchable yet
-    assert refused(mp, tx(A, 2)).status == 409  # a client must still submit in order
+    assert refused(mp, tx(A, 2)).kind == Refusal.CONFLICT  # a client must still submit in order
     mp.admit(tx(A, 1), 0, 0.0, forwarded=True)
     mp.admit(tx(A, 2), 0, 0.0, forwarded=True)
     assert pending(mp, A) == [1, 2, 3]
     far = refused(mp, tx(B, MAX_FORWARD_GAP + 1), now=0.0)
-    assert far.status == 409
+    assert far.kind == Refusal.CONFLICT
     with pytest.raises(AdmissionError):
         mp.admit(tx(B, MAX_FORWARD_GAP + 1), 0, 0.0, forwarded=True)
     mp.admit(tx(A, 4), 0, 0.0)  # the client's own bucket was not drained by the forwarded ones
-    assert refused(mp, tx(A, 5)).status == 429
+    assert refused(mp, tx(A, 5)).kind == Refusal.RATE_LIMITED
 
 
 def test_capacity_503():
@@ -181,7 +181,7 @@ def test_capacity_503():
     for t in txs:
         mp.admit(t, 0, 0.0)
     e = refused(mp, tx(A, 2))
-    assert e.status == 503 and e.retry_after and e.retry_after > 0
+    assert e.kind == Refusal.OVERLOADED and e.retry_after and e.retry_after > 0
     assert len(mp) == 3
     mp.remove([txs[0]])
     mp.admit(tx(A, 2), 1, 0.0)
@@ -193,7 +193,7 @@ def test_per_sender_pending_cap():
     for n in (1, 2, 3):
         mp.admit(tx(A, n), 0, 0.0)
     e = refused(mp, tx(A, 4))
-    assert e.status == 429 and e.retry_after > 0 and "pending" in e.reason
+    assert e.kind == Refusal.RATE_LIMITED and e.retry_after > 0 and "pending" in e.reason
     mp.admit(tx(B, 1), 0, 0.0)
 
 
@@ -257,7 +257,7 @@ def test_prune_buckets_forgets_idle_senders():
     # a pruned sender starts again with a full bucket
     for n in (2, 3, 4):
         mp.admit(tx(A, n), 1, 1000.0)
-    assert refused(mp, tx(A, 5), committed=1, now=1000.0).status == 429
+    assert refused(mp, tx(A, 5), committed=1, now=1000.0).kind == Refusal.RATE_LIMITED
 
 
 def test_prune_keeps_recently_limited_senders():
@@ -270,7 +270,7 @@ def test_prune_keeps_recently_limited_senders():
     assert A.address in mp.buckets
     t3 = tx(A, 3)
     mp.admit(t3, 2, 1.0)
-    assert refused(mp, tx(A, 4), committed=2, now=1.0).status == 429
+    assert refused(mp, tx(A, 4), committed=2, now=1.0).kind == Refusal.RATE_LIMITED
     mp.remove([t3])
     mp.prune_buckets(3.0)
     assert mp.buckets == {}
@@ -297,10 +297,10 @@ def test_full_pool_evicts_the_heaviest_senders_newest():
     assert pending(mp, A) == [1, 2] and len(mp) == 8
     # now the heaviest holds 2, as much as a second transaction of B would make: nobody to evict
     e = refused(mp, tx(B, 2))
-    assert e.status == 503 and "mempool full" in e.reason
+    assert e.kind == Refusal.OVERLOADED and "mempool full" in e.reason
     # the flooder itself cannot push others out: it holds the most
     e = refused(mp, tx(A, 3))
-    assert e.status == 429 and "holds the most" in e.reason and e.retry_after
+    assert e.kind == Refusal.RATE_LIMITED and "holds the most" in e.reason and e.retry_after
 
 
 def test_eviction_keeps_each_senders_run_contiguous():
@@ -349,7 +349,7 @@ def test_sybil_flood_from_one_origin_cannot_evict_another_origins_sender():
             mp.admit(tx(ident, 1), 0, 0.0, origin="10.0.0.66")
             admitted += 1
         except AdmissionError as e:
-            assert e.status == 503
+            assert e.kind == Refusal.OVERLOADED
             refused_n += 1
     assert len(mp) == 20 and admitted == 17 and refused_n == 23
     assert pending(mp, A) == [1, 2, 3]  # the honest sender lost nothing
@@ -367,7 +367,7 @@ def test_client_origin_share_caps_one_ip_but_not_forwarded_batches():
     with pytest.raises(AdmissionError) as ei:
         mp.admit(tx(C, 1), 0, 0.0, origin="ip-a")
     e = ei.value
-    assert e.status == 429 and "share of the mempool" in e.reason and e.retry_after
+    assert e.kind == Refusal.RATE_LIMITED and "share of the mempool" in e.reason and e.retry_after
     mp.admit(tx(C, 1), 0, 0.0, origin="ip-b")
     for i in range(5, 9):  # forwarded: the entry validator applied its clients' shares
         mp.admit(tx(Identity.from_seed(b"s%d" % i), 1), 0, 0.0, forwarded=True, origin="peer:x")
@@ -381,7 +381,7 @@ def test_full_pool_prefers_senders_with_committed_history():
         mp.admit(tx(ident, 1), 0, 0.0, forwarded=True, origin="peer:1")
     with pytest.raises(AdmissionError) as ei:  # a brand-new sender from the same origin: nobody holds more
         mp.admit(tx(A, 1), 0, 0.0, forwarded=True, origin="peer:1")
-    assert ei.value.status == 503
+    assert ei.value.kind == Refusal.OVERLOADED
     # a sender with history takes the place of the newest brand-new one
     evicted = mp.admit(tx(B, 8), 7, 0.0, forwarded=True, origin="peer:1")
     assert [t.address for t in evicted] == [fresh[-1].address] and B.address in mp.senders

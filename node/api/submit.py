@@ -12,11 +12,15 @@ from node.api.common import (
     retry_after,
     validator,
 )
-from node.mempool import AdmissionError
+from node.mempool import AdmissionError, Refusal
 from node.sidecar import SIDECAR_MAX, SidecarError, decode_submission, parse_item
 from node.wire import MAX_TX_BYTES, WireError, decode
 
 routes = web.RouteTableDef()
+# what each kind of admission refusal is on the wire
+HTTP_STATUS = {Refusal.INVALID: 400, Refusal.FORBIDDEN: 403, Refusal.NOT_FOUND: 404, Refusal.CONFLICT: 409,
+               Refusal.TOO_LARGE: 413, Refusal.UNPROCESSABLE: 422, Refusal.RATE_LIMITED: 429,
+               Refusal.OVERLOADED: 503}
 MAX_BATCH_TXS = 4096
 MAX_BATCH_BYTES = 2 * 1024 * 1024
 
@@ -40,7 +44,7 @@ async def post_tx(req: web.Request) -> web.Response:
     except AdmissionError as exc:
         limits.penalise_bad_signatures(req, int(exc.bad_signature))
         hdr = {"Retry-After": retry_after(exc.retry_after)} if exc.retry_after else None
-        return err(exc.status, exc.reason, hdr)
+        return err(HTTP_STATUS[exc.kind], exc.reason, hdr)
     return web.json_response({"id": txid.hex(), "status": "pending"}, status=202)
 
 
@@ -67,7 +71,7 @@ async def post_txs(req: web.Request) -> web.Response:
     limits.penalise_bad_signatures(req, sum(isinstance(r, AdmissionError) and r.bad_signature for r in out))
     for r in out:
         if isinstance(r, AdmissionError):
-            res = {"status": r.status, "error": r.reason}
+            res = {"status": HTTP_STATUS[r.kind], "error": r.reason}
             if r.retry_after:
                 res["retry_after"] = int(retry_after(r.retry_after))
             results.append(res)
