@@ -1,25 +1,33 @@
-"""Who may fetch or upload a blob, through real validator processes (node/api/blobs.py): a committed
+"""Who may fetch or upload a blob (node/api/blobs.py). Through real validator processes: a committed
 read whose result was a refusal opens nothing; a signed request just outside the allowed clock
 skew is refused while one just inside is served; a captured download is served once, and only by
-the validator it names."""
+the validator it names. In this process: the blob authorisation itself (`read_covers`) on a real
+validator's LMDB ledger holding real committed state, each refusal at its boundary (so
+`make mutation` can map its mutants to these tests)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
+import types
 
 import aiohttp
+import pytest
 
 from devices.patient.client import NodeClient
 from devices.patient.phone import Phone
 from devices.patient.staff import Staff
 from devices.wearable.wearables import make_wearable
+from node.api import blobs
 from node.crypto.keys import Identity
-from node.genesis import Genesis, Params
+from node.execution import build_block
+from node.genesis import Genesis, Params, init_home
 from node.ipfs.cid import Cid
-from node.state.machine import BREAK_GLASS_LIMIT
-from node.tx import Read, Tx
+from node.state.machine import BREAK_GLASS_ACCESS_MS, BREAK_GLASS_LIMIT
+from node.tx import DATA_TYPES, Grant, Policy, Profile, Read, Tx, Write
 from node.tx.requests import blob_request_digest, blob_upload_digest
+from node.validator import Validator
 from tests.conftest import run, running_network
 
 SKEW_MS = Params().request_skew_ms
@@ -120,3 +128,113 @@ def test_a_captured_download_is_served_once_and_by_the_validator_it_names(tmp_pa
                         co._validator_key = None
                         assert await co.download(pat, g.chain_id, cid, cid_b)
         run(go())
+
+
+# ---- _read_covers in this process, on a real validator's ledger ---------------------------------------
+T = 1_700_000_000_000  # block 1's time, and the reads' block time
+DAY = 24 * 3600 * 1000
+HR, BP = DATA_TYPES["heart_rate"], DATA_TYPES["blood_pressure"]
+PAT, PAT2 = Identity.from_seed(b"covers-patient"), Identity.from_seed(b"covers-patient-2")
+DOC, NURSE = Identity.from_seed(b"covers-doctor"), Identity.from_seed(b"covers-nurse")
+CID_A, CID_B = (b"\x01\x55\x12\x20" + hashlib.sha256(n).digest() for n in (b"a", b"b"))
+EXPIRY = T + 2 * DAY  # the doctor's heart-rate grant
+OUTSIDE = "the blob is outside the read transaction's time range (which ends at its block's time)"
+
+
+@pytest.fixture(scope="module")
+def covers(tmp_path_factory):
+    """A validator (constructed, not started) whose ledger holds blocks executed and committed by the
+    node's own code: the doctor's grant, reads allowed and refused, emergency reads, an opt-out."""
+    home = init_home(tmp_path_factory.mktemp("covers"), "read-covers", ["127.0.0.1:0"], 0)[0]
+    v, loop = Validator(home), asyncio.new_event_loop()
+    nonces: dict[bytes, int] = {}
+
+    def tx(ident, body):
+        nonces[ident.address] = nonces.get(ident.address, 0) + 1
+        return Tx.build(ident, v.chain_id, nonces[ident.address], body)
+
+    def commit(txs, time_ms):
+        ex = build_block(v._head_tip(), txs, v.chain_id, 0, 0, time_ms)
+        loop.run_until_complete(v.committer.commit(ex.block, ex))
+        return dict(zip((t.id for t in txs), ex.codes, strict=True))
+
+    staff = [tx(DOC, Profile("Dr C", "physician", "org", DOC.box_public)),
+             tx(NURSE, Profile("N C", "nurse", "org", NURSE.box_public)),
+             tx(PAT, Write(HR, CID_B, 100, 0, T - 60_000, T))]
+    ids = {
+        "write": tx(PAT, Write(HR, CID_A, 100, 0, T - 60_000, T)),
+        "grant": tx(PAT, Grant(DOC.address, (HR,), EXPIRY, ())),
+    }
+    codes = commit([*staff, *ids.values()], T - 1000)
+    reads = {
+        "cid": tx(DOC, Read(PAT.address, HR, CID_A, 0, 0)),
+        "range": tx(DOC, Read(PAT.address, HR, b"", T - 60_000, T)),
+        "refused": tx(DOC, Read(PAT.address, BP, b"", 0, T)),  # no grant for blood pressure: code 3
+        "emergency": tx(NURSE, Read(PAT.address, BP, b"", 0, T, "ETREAT")),
+        "opted_out": tx(NURSE, Read(PAT2.address, HR, b"", 0, T, "ETREAT")),  # allowed, then opted out
+        "open": tx(DOC, Read(PAT.address, HR, b"", 0, 2**62)),  # a range into the future: it ends at T
+    }
+    codes |= commit(list(reads.values()), T)
+    codes |= commit([tx(PAT2, Policy(False))], T + 1000)
+    ids |= reads
+    assert codes == {**dict.fromkeys(codes, 0), ids["refused"].id: 3}
+    yield v, {k: t.id for k, t in ids.items()}
+    loop.run_until_complete(v.stop())
+    loop.close()
+
+
+def _covers(monkeypatch, covers, name, now_ms=T, reader=DOC, patient=PAT, dtype=HR, cid=CID_A,
+            t0=T - 60_000, t1=T, read_id=None, written=1):
+    """read_covers with the clock at `now_ms` (the only thing not taken from the ledger), for a blob
+    recorded at height `written` (the reads are at height 2)."""
+    v, ids = covers
+    monkeypatch.setattr(blobs, "time", types.SimpleNamespace(time=lambda: (now_ms + 0.5) / 1000))
+    return blobs.read_covers(v, ids[name] if read_id is None else read_id, reader.address, patient.address,
+                             dtype, cid, t0, t1, written)
+
+
+def test_read_covers_serves_the_blobs_a_committed_read_allows(monkeypatch, covers):
+    assert _covers(monkeypatch, covers, "cid") is None
+    assert _covers(monkeypatch, covers, "cid", t0=0, t1=1) is None  # a cid read: the blob's times do not matter
+    assert _covers(monkeypatch, covers, "range", cid=CID_B) is None  # a range read: any blob of the range
+    for t0, t1 in ((T, T + 5), (T - 70_000, T - 60_000)):  # touching either end of the range
+        assert _covers(monkeypatch, covers, "range", t0=t0, t1=t1) is None
+    assert _covers(monkeypatch, covers, "write", reader=PAT) == \
+        "that transaction is not an allowed read by this requester"  # the patient's own write is no read
+    assert _covers(monkeypatch, covers, "emergency", reader=NURSE, dtype=BP) is None  # no grant needed
+    assert _covers(monkeypatch, covers, "open", t0=T, t1=T + 5, written=2) is None  # its own block, at its time
+
+
+@pytest.mark.parametrize(("name", "kw", "why"), [
+    ("cid", {"read_id": b""}, "staff must name their committed read transaction (X-Medchain-Read)"),
+    ("cid", {"read_id": bytes(31)}, "staff must name their committed read transaction (X-Medchain-Read)"),
+    ("cid", {"read_id": bytes(33)}, "staff must name their committed read transaction (X-Medchain-Read)"),
+    ("cid", {"read_id": bytes(32)}, "the read transaction is not committed"),
+    ("refused", {"dtype": BP, "t0": 0}, "that transaction is not an allowed read by this requester"),
+    ("cid", {"reader": NURSE}, "that transaction is not an allowed read by this requester"),
+    ("grant", {"reader": PAT}, "that transaction is not an allowed read by this requester"),
+    ("cid", {"patient": PAT2}, "the read transaction is for another patient or data type"),
+    ("cid", {"dtype": BP}, "the read transaction is for another patient or data type"),
+    ("cid", {"cid": CID_B}, "the read transaction names another cid"),
+    ("range", {"t0": T + 1, "t1": T + 5}, OUTSIDE),
+    ("range", {"t0": T - 70_000, "t1": T - 60_001}, OUTSIDE),
+    ("open", {"t0": T + 1, "t1": T + 5}, OUTSIDE),  # the range is capped at the read's block time
+    ("open", {"written": 3}, "the blob was written after the read transaction committed: commit a new read"),
+    ("cid", {"written": 3}, "the blob was written after the read transaction committed: commit a new read"),
+    ("opted_out", {"reader": NURSE, "patient": PAT2},
+     "break-glass refused: the patient has disabled emergency access"),
+])
+def test_read_covers_refuses_each_case_for_its_own_reason(monkeypatch, covers, name, kw, why):
+    assert _covers(monkeypatch, covers, name, **kw) == why
+
+
+def test_read_covers_applies_the_patient_s_policy_and_the_emergency_window_now(monkeypatch, covers):
+    """Checked at download time, not at the read's commit: the grant's expiry, and the emergency
+    read's access window counted from its block time (T), each at its last allowed millisecond."""
+    assert _covers(monkeypatch, covers, "cid", now_ms=EXPIRY - 1) is None
+    assert _covers(monkeypatch, covers, "cid", now_ms=EXPIRY) == "access denied by the patient's current policy"
+    assert _covers(monkeypatch, covers, "range", now_ms=EXPIRY) == "access denied by the patient's current policy"
+    bg = {"reader": NURSE, "dtype": BP}
+    assert _covers(monkeypatch, covers, "emergency", now_ms=T + BREAK_GLASS_ACCESS_MS, **bg) is None
+    assert _covers(monkeypatch, covers, "emergency", now_ms=T + BREAK_GLASS_ACCESS_MS + 1, **bg) == \
+        "the break-glass read is too old: commit a new one"

@@ -8,7 +8,7 @@ import hashlib
 import msgpack
 import pytest
 
-from node.block import GENESIS_PREV, Block, BlockError, Header, quorum, verify_cert, vote_digest
+from node.block import GENESIS_PREV, Block, BlockError, Header, availability, quorum, verify_cert, vote_digest
 from tests.consensus_sim import CHAIN, IDS, make_block, pubs
 
 H32 = bytes(range(32))
@@ -101,6 +101,15 @@ def test_quorum_is_the_smallest_size_any_two_of_which_share_f_plus_1(n: int) -> 
     assert quorum(n) == smallest
     if n % 3 == 1:
         assert quorum(n) == 2 * f + 1 == n - f  # PBFT's 2f+1, reachable with f silent
+
+
+@pytest.mark.parametrize("n", range(1, 14))
+def test_availability_is_the_fewest_holders_of_which_f_plus_1_are_honest(n: int) -> None:
+    """A blob is available once f+1 honest validators hold it, whichever f of its holders lie; the
+    count must be reachable with f validators silent, and needs no quorum (n=5: 3 holders, quorum 4)."""
+    f = (n - 1) // 3
+    assert availability(n) == next(k for k in range(1, n + 1) if k - f >= f + 1)
+    assert availability(n) <= n - f and availability(n) <= quorum(n)
 
 
 def _certified(n: int, signers: list[int], view: int = 0) -> Block:

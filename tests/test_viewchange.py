@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from node.block import verify_cert, vote_digest
+from node.block import GENESIS_PREV, verify_cert, vote_digest
 from node.consensus import (
     Broadcast,
     Checkpoint,
@@ -25,8 +25,10 @@ from node.wire import encode
 from tests.consensus_sim import (
     CHAIN,
     IDS,
+    HandNet,
     SimNet,
     chaos_run,
+    delivered,
     make_block,
     make_replica,
     pre_prepare,
@@ -163,6 +165,7 @@ def test_view_change_carries_commit_proof_and_prepared_certificate():
     info = vcm.parse(back, CHAIN, 4, lambda i, d, s: ecdsa.verify(pubs(4)[i], d, s))
     assert info.last_seq == 1 and info.last_hash == a.hash and info.prepared[2].digest == b.hash
     assert info.blocks[b.hash].txs == b.txs
+    assert info.prepared[2] == r.prepared[2][0]  # the certificate as the sender holds it, every field
     sel = vcm.select([info])
     assert sel.base_seq == 1 and sel.chain == ((2, b.hash),)
 
@@ -561,3 +564,142 @@ def test_only_the_new_views_primary_keeps_the_carried_blocks_and_view_changes_st
     # a replica already changing to view 1 does not start it again, nor go back to an older view
     assert backup.start_view_change(1) == [] and backup.start_view_change(0) == []
     assert backup.view == 1 and backup.changing
+
+
+# ---- the view-change paths mutation testing found unexercised (issue 21) -------------------------------
+def _commit_cert(block, view, signers=(0, 1, 3)):
+    return tuple((i, IDS[i].sign(vote_digest(CHAIN, view, block.header.seq, block.hash))) for i in signers)
+
+
+def _prepared_in(block, view, n=4):
+    """A prepared certificate for `block` in `view`: its primary's pre-prepare and 2f prepares from others."""
+    primary, seq = view % n, block.header.seq
+    preps = [i for i in range(n) if i != primary][:2 * ((n - 1) // 3)]
+    return vcm.PreparedCert(seq, view, block.header, IDS[primary].sign(m_signed(1, view, seq, block.hash)),
+                            tuple((i, IDS[i].sign(m_signed(2, view, seq, block.hash))) for i in preps))
+
+
+def _signed_vc(sender, view, last_seq, last_hash, cert_view=0, cert=(), prepared=(), blocks=()):
+    body = vcm.make_body(last_hash, cert_view, cert, list(prepared))
+    return signed(ViewChange, sender, view, last_seq, vcm.body_hash(body), body=body,
+                  blocks=tuple(b.encode() for b in blocks))
+
+
+def _vc_for(sender, view):
+    """The view change a fresh replica `sender` sends for `view` (nothing delivered, nothing prepared)."""
+    return sent(make_replica(4, sender).start_view_change(view), ViewChange)[0]
+
+
+@pytest.mark.parametrize("carried", [True, False])
+def test_a_new_primary_leads_with_blocks_only_the_view_changes_carried(carried):
+    """Replica 2, the primary of view 2, saw nothing of blocks 1 and 2. The others committed block 1 in
+    view 1 (its certificate is over view 1, its header says view 0) and prepared block 2 in view 1.
+    Replica 2 delivers block 1 from a view change's blocks, with the view-1 certificate, and re-proposes
+    block 2 if a view change carried it; if none did, it proposes nothing (a later primary leads)."""
+    b1 = make_block(1)
+    b2 = make_block(2, view=1, prev=b1.hash)
+    vc0 = _signed_vc(0, 2, 0, GENESIS_PREV, prepared=[_prepared_in(b1, 1), _prepared_in(b2, 1)],
+                     blocks=[b1, b2] if carried else [b1])
+    vc3 = _signed_vc(3, 2, 1, b1.hash, cert_view=1, cert=_commit_cert(b1, 1), prepared=[_prepared_in(b2, 1)])
+    r = make_replica(4, 2)
+    acts = r.start_view_change(2) + r.on_message(vc0) + r.on_message(vc3)
+    (nv,) = [x.msg for x in acts if isinstance(x, Broadcast) and isinstance(x.msg, NewView)]
+    (d,) = delivered(acts)
+    assert d.seq == 1 and d.block.hash == b1.hash and d.block.txs == b1.txs
+    assert d.block.cert_view == 1 and verify_cert(d.block, pubs(4))
+    assert r.last_delivered == 1 and r.view == 2 and not r.changing
+    assert ViewChanged(2, True, (b2,) if carried else (), nv.encode()) in acts
+    assert [(p.view, p.seq, p.digest) for p in sent(acts, PrePrepare)] == ([(2, 2, b2.hash)] if carried else [])
+
+
+def test_a_new_primary_that_delivered_past_the_base_re_proposes_nothing_it_delivered():
+    """The new primary (1) delivered block 2 from its certificate after it sent its view change; the
+    view changes' base is block 1 and they carry block 2 as prepared. Block 2 is not proposed again."""
+    net, a, b = _committed_pair()
+    r = net.replicas[1]
+    r.start_view_change(1)
+    assert delivered(r.offer_certified(b.with_cert(_commit_cert(b, 0, (0, 2, 3)), 0)))[0].seq == 2
+    vcs = [sent(net.replicas[i].start_view_change(1), ViewChange)[0] for i in (0, 2)]
+    acts = [x for vc in vcs for x in r.on_message(vc)]
+    (nv,) = [x.msg for x in acts if isinstance(x, Broadcast) and isinstance(x.msg, NewView)]
+    assert ViewChanged(1, True, (), nv.encode()) in acts and sent(acts, PrePrepare) == []
+    assert r.view == 1 and not r.changing and r.next_seq == 3 and r.can_propose()
+
+
+def test_a_pre_prepare_that_overtakes_the_new_view_is_replayed_once_installed():
+    net, a, b = _committed_pair()
+    vcs = [sent(net.replicas[i].start_view_change(1), ViewChange)[0] for i in (0, 2, 3)]
+    acts = [x for vc in vcs for x in net.replicas[1].on_message(vc)]
+    (nv,) = [x.msg for x in acts if isinstance(x, Broadcast) and isinstance(x.msg, NewView)]
+    (pp,) = sent(acts, PrePrepare)
+    r = net.replicas[3]
+    assert r.on_message(pp) == [] and r._early_view == [pp]  # kept for the view it waits to enter
+    got = r.on_message(nv)
+    assert ViewChanged(1, True, (b,), nv.encode()) in got  # the install's own actions ...
+    assert [p.digest for p in sent(got, Prepare)] == [b.hash]  # ... and the replayed pre-prepare's
+    assert r._early_view == []
+
+
+def test_f_plus_one_view_changes_for_later_views_pull_a_replica_along_and_one_each_is_read():
+    r = make_replica(4, 3)
+    r.start_view_change(1)
+    r.on_message(_vc_for(0, 1))  # a view change for the view it is changing to: not a later one
+    assert r.on_message(_vc_for(1, 2)) == [] and r.view == 1  # f replicas in later views: maybe faulty
+    acts = r.on_message(_vc_for(2, 2))  # f+1: one of them is honest, follow
+    assert r.view == 2 and r.changing and [vc.view for vc in sent(acts, ViewChange)] == [2]
+    # one view change per sender and view is read: a second one, valid or not, is dropped unparsed
+    first, before = r.vcs[2][1].msg, r.ignored
+    b1 = make_block(1)
+    other = _signed_vc(1, 2, 0, GENESIS_PREV, prepared=[_prepared_in(b1, 1)])
+    junk = signed(ViewChange, 1, 2, 0, vcm.body_hash(b"\xc1"), body=b"\xc1")
+    assert r.on_message(other) == [] and r.on_message(junk) == []
+    assert r.vcs[2][1].msg == first and r.ignored == before
+
+
+def test_the_view_change_timeout_doubles_with_each_view_change_in_a_row():
+    """Replica 0 leaves view 0, then views 1 and 2 whose primaries stay silent (2f+1 view changes
+    each, so it escalates): it waits 2, then 4 times the timeout (simulated time, in ms)."""
+    r = make_replica(4, 0, view_timeout_ms=1000)
+    r.tick(10_000)
+    r.start_view_change(1)
+    for view, t0, wait in ((1, 10_000, 2000), (2, 12_000, 4000)):
+        for s in {1, 2, 3} - {view % 4}:
+            r.on_message(_vc_for(s, view))
+        assert r.view == view and len(r.vcs[view]) == 3 and r.changing
+        r.tick(t0 + wait - 1)
+        assert r.view == view
+        assert [vc.view for vc in sent(r.tick(t0 + wait), ViewChange)] == [view + 1] and r.view == view + 1
+
+
+def test_two_view_changes_in_a_row_are_both_counted():
+    net = HandNet(4)
+    for view in (1, 2):
+        for nd in net.nodes:
+            nd.handle(nd.r.start_view_change(view), net)
+        net.deliver(lambda s, d, m: True)
+        assert all(nd.r.view == view and not nd.r.changing for nd in net.nodes)
+    assert [nd.r.view_changes for nd in net.nodes] == [2, 2, 2, 2]
+
+
+def test_a_view_change_carries_the_lowest_prepared_blocks_that_fit_its_budget_exactly(monkeypatch):
+    """Blocks 1-3 prepared (no commits delivered), all of one size: a budget of exactly two blocks
+    carries blocks 1 and 2; one byte less carries block 1 only."""
+    net = SimNet(4, 1)
+    prev, blocks = GENESIS_PREV, []
+    for seq in (1, 2, 3):
+        blocks.append(make_block(seq, txs=[b"tx %d" % seq], prev=prev))
+        prev = blocks[-1].hash
+        net.send(0, net.replicas[0].propose(blocks[-1]))
+    while net.queue:
+        dst, raw = net.queue.pop(0)
+        m = decode_message(raw)
+        if not isinstance(m, Commit):
+            net.send(dst, net.replicas[dst].on_message(m))
+    r = net.replicas[2]
+    assert sorted(r.prepared) == [1, 2, 3] and r.last_delivered == 0
+    sizes = [len(b.encode()) for b in blocks]
+    assert len(set(sizes)) == 1
+    for view, budget, carried in ((1, 2 * sizes[0], blocks[:2]), (2, 2 * sizes[0] - 1, blocks[:1])):
+        monkeypatch.setattr(vcm, "VC_BLOCK_BUDGET", budget)
+        (vc,) = sent(r.start_view_change(view), ViewChange)
+        assert vc.blocks == tuple(b.encode() for b in carried), (view, budget)
