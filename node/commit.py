@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from node import merkle
 from node.admission import Admission
 from node.block import Block
 from node.execution import Executed
@@ -25,8 +26,9 @@ from node.mempool import Mempool
 from node.metrics import Metrics
 from node.replication import Replicator
 from node.sidecar import SidecarCache
-from node.state import OK
+from node.state import CODES, OK, keys
 from node.tx import KIND_WRITE
+from node.wire import decode
 
 Run = Callable[..., Awaitable[Any]]  # runs blocking work in the ledger worker thread
 
@@ -84,6 +86,24 @@ class Commit:
         done = self.blobs.commit_blobs(sidecars, roots, block.header.height) if roots else ([], [])
         self.ledger.commit_block(block, ex.writes, ex.nodes)
         return done
+
+    def tx_status(self, txid: bytes) -> dict:
+        """For GET /v1/tx: committed (with its inclusion proof), pending, rejected (why) or unknown."""
+        loc = self.ledger.tx_location(txid)
+        if loc is not None:
+            height, idx = loc
+            block = self.ledger.block(height)
+            ids = block.tx_ids
+            rec = decode(self.ledger.get_state(keys.receipt(txid)))
+            return {"status": "committed", "height": height, "index": idx, "code": rec[2],
+                    "result": CODES.get(rec[2], "unknown"), "block_hash": block.hash.hex(),
+                    "tx_root": block.header.tx_root.hex(), "tx_count": len(ids),
+                    "proof": [p.hex() for p in merkle.proof(ids, idx)]}
+        if txid in self.mempool:
+            return {"status": "pending"}
+        if txid in self.admission.rejected:
+            return {"status": "rejected", "reason": self.admission.rejected[txid]}
+        return {"status": "unknown"}
 
     async def wait_committed(self, txid: bytes, timeout: float) -> bool:
         """True once `txid` is committed here (waiting up to `timeout` seconds)."""

@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from node import faults, merkle
+from node import faults
 from node.admission import REFORWARD_S, Admission
 from node.availability import AvailabilityGate
 from node.block import Block
@@ -55,11 +55,10 @@ from node.sidecar import (
     decode_forwarded,
     forward_messages,
 )
-from node.state import CODES, keys
 from node.sync import THRESHOLD as SYNC_THRESHOLD
 from node.sync import StateSync
 from node.verify import refuse_unless_certified_state
-from node.wire import WireError, decode
+from node.wire import WireError
 
 log = logging.getLogger("medchain.validator")
 
@@ -210,21 +209,7 @@ class Validator:
         return out
 
     def tx_status(self, txid: bytes) -> dict:
-        loc = self.ledger.tx_location(txid)
-        if loc is not None:
-            height, idx = loc
-            block = self.ledger.block(height)
-            ids = block.tx_ids
-            rec = decode(self.ledger.get_state(keys.receipt(txid)))
-            return {"status": "committed", "height": height, "index": idx, "code": rec[2],
-                    "result": CODES.get(rec[2], "unknown"), "block_hash": block.hash.hex(),
-                    "tx_root": block.header.tx_root.hex(), "tx_count": len(ids),
-                    "proof": [p.hex() for p in merkle.proof(ids, idx)]}
-        if txid in self.mempool:
-            return {"status": "pending"}
-        if txid in self.admission.rejected:
-            return {"status": "rejected", "reason": self.admission.rejected[txid]}
-        return {"status": "unknown"}
+        return self.committer.tx_status(txid)
 
     async def wait_committed(self, txid: bytes, timeout: float) -> bool:
         return await self.committer.wait_committed(txid, timeout)
