@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from node import faults
+from node import faults, storage
 from node.admission import REFORWARD_S, Admission
 from node.availability import AvailabilityGate
 from node.block import Block
@@ -82,8 +82,10 @@ class Validator:
         self.index = self.genesis.index_of(self.identity.public_key)
         self.n = len(self.genesis.validators)
         self.params = p = self.genesis.params
-        self.ledger = Ledger(self.home / "ledger", genesis_root=self.genesis.state_root)
-        self.blobs = BlockStore(self.home / "blobs")
+        self.ledger = Ledger(self.home / "ledger", genesis_root=self.genesis.state_root, map_size=storage.map_size())
+        self.blobs = BlockStore(self.home / "blobs", map_size=storage.map_size())
+        self.disk = storage.DiskGuard([storage.Store("ledger", self.home / "ledger", self.ledger.env),
+                                       storage.Store("block store", self.home / "blobs", self.blobs.env)])
         self.blob_writer = BlobWriter(self.blobs)  # uploads: one synced transaction per batch, off the loop
         self.replicator = Replicator(self.blobs, self.n, roots_from_ledger(self.ledger))  # blobs over bitswap
         self.ipfs_peers = list(ipfs_peers or [])  # external IPFS peers (multiaddrs), bitswap only
@@ -91,16 +93,7 @@ class Validator:
         self._peer_limit = KeyedLimiter(p.peer_forward_bytes, 2 * p.peer_forward_bytes)  # per peer, bytes
         self.metrics = Metrics()
         head = self.ledger.head()
-        last = self.ledger.block(head.height) if head.height else None
-        # the view: the persisted one (a view change in progress survives a restart), else the last block's
-        block_view = last.cert_view if last else 0
-        view = max(self.ledger.get_view(), block_view)
-        self.replica = Replica(self.chain_id, self.n, self.index, self.identity.sign, self._verify_vote,
-                               self._known_block, last_delivered=head.height, view=view, last_hash=head.hash,
-                               last_cert=(last.cert_view, last.cert) if last else (0, ()),
-                               view_timeout_ms=p.view_timeout_ms, awaiting_new_view=view > block_view,
-                               window=p.pbft_window,
-                               push_gap_max=SYNC_THRESHOLD)
+        self.replica = self._new_replica()
         self.metrics.height.set(head.height)
         self.p2p_mode = p2p_mode
         self.net = None  # the P2PNode when n > 1
@@ -134,6 +127,19 @@ class Validator:
                 faults.withhold_sidecars(self)
         log.info("validator %d of %d, chain %s, height %d", self.index, self.n, self.chain_id, head.height)
 
+    def _new_replica(self) -> Replica:
+        """The PBFT core as on disk: at start, and when a validator whose disk filled resumes (storage.py)."""
+        head = self.ledger.head()
+        last = self.ledger.block(head.height) if head.height else None
+        # the view: the persisted one (a view change in progress survives a restart), else the last block's
+        block_view = last.cert_view if last else 0
+        view = max(self.ledger.get_view(), block_view)
+        return Replica(self.chain_id, self.n, self.index, self.identity.sign, self._verify_vote, self._known_block,
+                       last_delivered=head.height, view=view, last_hash=head.hash,
+                       last_cert=(last.cert_view, last.cert) if last else (0, ()),
+                       view_timeout_ms=self.params.view_timeout_ms, awaiting_new_view=view > block_view,
+                       window=self.params.pbft_window, push_gap_max=SYNC_THRESHOLD)
+
     # ---- start and stop ----------------------------------------------------------------------
     async def start(self) -> None:
         refuse_unless_certified_state(self.ledger)  # a rewritten LMDB record must not be served
@@ -155,7 +161,8 @@ class Validator:
                        asyncio.create_task(self._consensus(), name="consensus"),
                        asyncio.create_task(self._ticker(), name="ticker"),
                        asyncio.create_task(self._admit_forwarded(), name="admit-forwarded"),
-                       asyncio.create_task(self._collect_uploads(), name="upload-collector")]
+                       asyncio.create_task(self._collect_uploads(), name="upload-collector"),
+                       asyncio.create_task(storage.watch(self), name="disk-watch")]
         if self.net is not None:
             self.sync.start()
 
@@ -188,7 +195,10 @@ class Validator:
         return res
 
     async def submit_many(self, items: list[Item], forwarded: bool = False) -> list[bytes | AdmissionError]:
-        """Admit a batch of (transaction, sidecar or None); one id or AdmissionError each."""
+        """Admit a batch of (transaction, sidecar or None); one id or AdmissionError each. StorageFull
+        (the API's 507) while this validator's disk is full: forwarded ones are still admitted."""
+        if not forwarded:
+            self.disk.check()
         out = await self.admission.submit_many(items, forwarded)
         self._wake.set()
         if not forwarded and self.gate.parked():
@@ -204,6 +214,8 @@ class Validator:
 
     def submit_many_sync(self, items: list[Item], forwarded: bool = False) -> list[bytes | AdmissionError]:
         """submit_many on the caller's thread (the loop): for tests and in-process benchmarks."""
+        if not forwarded:
+            self.disk.check()
         out = self.admission.submit_many_sync(items, forwarded)
         self._wake.set()
         return out
@@ -243,7 +255,7 @@ class Validator:
         interval = self.params.block_interval_ms / 1000
         while not self._stopping:
             r = self.replica
-            if not r.can_propose() or r.in_flight() >= PIPELINE or len(self.mempool) == 0:
+            if self.disk.stalled or not r.can_propose() or r.in_flight() >= PIPELINE or len(self.mempool) == 0:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -375,6 +387,9 @@ class Validator:
     async def _consensus(self) -> None:
         while True:
             kind, item = await self._inbox.get()
+            if self.disk.stalled or kind == "resume":
+                await storage.while_stalled(self, kind, item)  # a failed write: nothing reaches the replica
+                continue
             try:
                 if kind == "propose":
                     acts = self.replica.propose(item)
@@ -388,8 +403,11 @@ class Validator:
                 await self._handle(acts)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("consensus step failed (%s)", kind)
+            except Exception as exc:
+                if storage.is_storage_error(exc):  # the replica may now be ahead of its disk: stop it
+                    self.disk.failed(f"handling {kind}", exc)
+                else:
+                    log.exception("consensus step failed (%s)", kind)
 
     async def _on_wire(self, data: bytes) -> list:
         try:

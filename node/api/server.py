@@ -22,6 +22,7 @@ from node.mempool import AdmissionError, KeyedLimiter
 from node.sidecar import SIDECAR_MAX, SidecarError, decode_submission, parse_item
 from node.state import keys
 from node.state.machine import BREAK_GLASS_ACCESS_MS, Overlay, break_glass_enabled, read_allowed
+from node.storage import StorageFull
 from node.tx import DATA_TYPES, KIND_READ, KIND_WRITE, Tx
 from node.tx.requests import blob_request_digest, blob_upload_digest
 from node.validator import Validator
@@ -94,6 +95,16 @@ def make_app(v: Validator) -> web.Application:
                                   v.mempool.origin_full)
     app.middlewares.append(limits.middleware)
 
+    @web.middleware
+    async def storage_full(req: web.Request, handler):  # noqa: ANN001, ANN202
+        """The one place a full disk becomes HTTP: 507 Insufficient Storage, with Retry-After."""
+        try:
+            return await handler(req)
+        except StorageFull as exc:
+            return _err(507, exc.reason, {"Retry-After": _retry_after(exc.retry_after)})
+
+    app.middlewares.append(storage_full)
+
     @routes.get("/v1/status")
     async def status(req: web.Request) -> web.Response:
         head = v.ledger.head()
@@ -107,7 +118,7 @@ def make_app(v: Validator) -> web.Application:
             "streams_out": len(v.net.streaming_peers()) if v.net is not None else 0,
             "bitswap": v.net.bitswap_stats() if v.net is not None else {}, "replication": v.replicator.stats,
             "availability": v.gate.stats,
-            "consensus": v.consensus_status(),
+            "consensus": v.consensus_status(), "storage": v.disk.status(),
         })
 
     @routes.get("/v1/genesis")
@@ -198,6 +209,7 @@ def make_app(v: Validator) -> web.Application:
     async def post_blob(req: web.Request) -> web.Response:
         """A standalone upload (a blob too large to ride as a sidecar): signed by an account with a
         committed transaction, charged to its sender rate, collected unless a write names it in time."""
+        v.disk.check()  # a full disk refuses before the body is read
         data = await _read_body(req, max_blob, "blob")
         pub = _signed_by(req, v, "upload", lambda t_ms: blob_upload_digest(v.chain_id, ecdsa.sha256(data), len(data), t_ms))
         if isinstance(pub, web.Response):
@@ -211,7 +223,10 @@ def make_app(v: Validator) -> web.Application:
             return _err(429, f"rate limited: sender exceeds {v.params.sender_rate:g} tx/s",
                         {"Retry-After": _retry_after(wait)})
         # UnixFS, Helia's defaults (<= 1 MiB is one raw block), group-committed off the event loop
-        cid, blocks = await v.blob_writer.put(data)
+        try:
+            cid, blocks = await v.blob_writer.put(data)
+        except Exception as exc:
+            raise v.disk.refusal("storing an upload", exc) from exc
         v.replicator.stored(blocks)
         v.metrics.blobs.set(v.blobs.count())
         return web.json_response({"cid": str(cid), "size": len(data)}, status=201)

@@ -40,9 +40,9 @@ class MissingBlock(LookupError):
 
 
 class BlockStore:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, map_size: int | None = None) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
-        self.env = lmdb.open(str(path), map_size=1 << 38, max_dbs=6, sync=True)
+        self.env = lmdb.open(str(path), map_size=map_size or 1 << 38, max_dbs=6, sync=True)
         self.blocks = self.env.open_db(b"blocks")
         self.roots = self.env.open_db(b"roots")
         self.pins = self.env.open_db(b"pins")

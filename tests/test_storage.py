@@ -1,0 +1,184 @@
+"""A full disk, in one process (node/storage.py): a single validator whose LMDB map fills, and one
+whose home is a size-limited tmpfs that fills. Real LMDB, a real filesystem; the 4-process version
+with catch-up from the network is tests/test_disk_full.py."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from node.crypto.keys import Identity
+from node.genesis import Genesis, Params, init_home
+from node.storage import StorageFull, is_storage_error
+from node.tx import Profile, Tx
+from node.validator import Validator
+from node.verify import verify_ledger
+
+
+@pytest.mark.parametrize("exc, full", [
+    (lmdb.MapFullError("mdb_txn_commit: MDB_MAP_FULL"), True),
+    (lmdb.DiskError("mdb_txn_commit: No space left on device"), True),
+    (lmdb.Error("mdb_txn_commit: Input/output error"), True),  # LMDB's word for a short page write
+    (OSError(errno.ENOSPC, "No space left on device"), True),
+    (lmdb.KeyExistsError("mdb_put: MDB_KEYEXIST"), False),
+    (OSError(errno.ENOENT, "No such file or directory"), False),
+    (ValueError("bad"), False),
+])
+def test_storage_errors_are_told_from_other_errors(exc: BaseException, full: bool) -> None:
+    assert is_storage_error(exc) is full
+
+
+def _txs(chain: str, tag: bytes, n: int) -> list[tuple[bytes, None]]:
+    """Profile updates from fresh senders, each with long fields so the ledger grows fast."""
+    return [(Tx.build(Identity.from_seed(tag + b"%d" % i), chain, 1,
+                      Profile("n" * 64, "r" * 64, "o" * 64, bytes(32))).raw, None) for i in range(n)]
+
+
+def _home(root: Path) -> Path:
+    (home,) = init_home(root, "medchain-disk", ["127.0.0.1:1"], int(time.time() * 1000),
+                        Params(sender_rate=1e9, sender_burst=1e9, mempool_capacity=100_000))
+    return home
+
+
+async def _fill(v: Validator, tag: bytes, timeout: float = 60.0) -> int:
+    """Submit batches until the validator refuses them for its disk; returns how many it admitted."""
+    admitted, k = 0, 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            res = await v.submit_many(_txs(v.chain_id, tag + b"%d-" % k, 500))
+        except StorageFull:
+            return admitted
+        admitted += sum(isinstance(r, bytes) for r in res)
+        k += 1
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the disk never filled: {v.disk.status()}")
+
+
+async def _until(cond, timeout: float, what: str) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def test_a_full_map_stops_consensus_refuses_work_and_a_restart_with_a_larger_map_resumes(tmp_path, monkeypatch,
+                                                                                       caplog) -> None:
+    monkeypatch.setenv("MEDCHAIN_LMDB_MAP_GB", str(16 / 1024))  # 16 MiB maps
+    monkeypatch.setenv("MEDCHAIN_DISK_RESERVE_MB", "0")
+    home = _home(tmp_path)
+
+    async def full() -> int:
+        v = Validator(home)
+        await v.start()
+        try:
+            await _fill(v, b"map-")
+            await _until(lambda: v.disk.stalled, 30, "the consensus stage to stop")
+            assert "LMDB map is full" in v.disk.stalled and "MEDCHAIN_LMDB_MAP_GB" in v.disk.stalled
+            with pytest.raises(StorageFull, match="LMDB map is full"):
+                await v.submit_many(_txs(v.chain_id, b"late-", 1))
+            head, delivered = v.ledger.head().height, v.replica.last_delivered
+            await asyncio.sleep(1.5)  # stalled: nothing reaches the replica, nothing is delivered or written
+            assert (v.ledger.head().height, v.replica.last_delivered) == (head, delivered)
+            assert len(v.mempool) > 0  # what the failed block held is still pending, not lost
+            return head
+        finally:
+            await v.stop()
+
+    with caplog.at_level("CRITICAL", logger="medchain.storage"):
+        head = asyncio.run(full())
+    assert any("STORAGE FULL" in r.getMessage() and "LMDB map is full" in r.getMessage() for r in caplog.records)
+    rep = verify_ledger(home / "ledger", Genesis.load(home / "genesis.json"))
+    assert rep.ok and rep.height == head, rep.errors
+
+    monkeypatch.setenv("MEDCHAIN_LMDB_MAP_GB", "1")  # what the log tells the operator to do
+
+    async def restarted() -> None:
+        v = Validator(home)
+        await v.start()
+        try:
+            assert v.disk.stalled is None and v.disk.low is None
+            res = await v.submit_many(_txs(v.chain_id, b"after-", 50))
+            assert all(isinstance(r, bytes) for r in res)
+            await _until(lambda: all(v.ledger.tx_location(r) for r in res), 30, "commits after the restart")
+            assert v.ledger.head().height > head
+        finally:
+            await v.stop()
+
+    asyncio.run(restarted())
+
+
+def _mount_tmpfs(path: Path, size_mb: int) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)], check=True,
+                       capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        err = getattr(exc, "stderr", "") or exc
+        pytest.skip(f"a size-limited tmpfs cannot be mounted here (needs root or CAP_SYS_ADMIN): {err}")
+
+
+def _umount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+
+
+def ballast(dir_: Path, leave_free: int) -> Path:
+    """A file filling the filesystem at `dir_` until `leave_free` bytes are left."""
+    st = os.statvfs(dir_)
+    path = dir_ / "ballast"
+    size = st.f_bavail * st.f_frsize - leave_free
+    with open(path, "wb") as fh:
+        chunk = b"\0" * (1 << 20)
+        while size > 0:
+            fh.write(chunk[:size])
+            size -= len(chunk)
+    return path
+
+
+def test_a_full_filesystem_stops_consensus_and_freeing_space_resumes_it_without_a_restart(tmp_path, monkeypatch,
+                                                                                         caplog) -> None:
+    monkeypatch.setenv("MEDCHAIN_DISK_RESERVE_MB", "1")
+    mnt = tmp_path / "disk"
+    _mount_tmpfs(mnt, 24)
+    try:
+        home = _home(mnt)
+        weight = ballast(mnt, 4 << 20)
+
+        async def go() -> None:
+            v = Validator(home)
+            await v.start()
+            try:
+                admitted = await _fill(v, b"fs-")
+                await _until(lambda: v.disk.stalled, 30, "the consensus stage to stop")
+                assert "filesystem holding the" in v.disk.stalled and str(mnt) in v.disk.stalled
+                stalled_at, delivered = v.ledger.head().height, v.replica.last_delivered
+                await asyncio.sleep(1.5)
+                assert (v.ledger.head().height, v.replica.last_delivered) == (stalled_at, delivered)
+                weight.unlink()  # the operator frees space
+                await _until(lambda: v.disk.stalled is None and len(v.mempool) == 0, 60,
+                             "the validator to resume and commit what was pending")
+                assert v.ledger.head().height > stalled_at and v.disk.resumed == 1
+                res = await v.submit_many(_txs(v.chain_id, b"again-", 20))  # and it serves again
+                assert all(isinstance(r, bytes) for r in res), res
+                await _until(lambda: all(v.ledger.tx_location(r) for r in res), 30, "new commits")
+                assert admitted > 0
+            finally:
+                await v.stop()
+
+        with caplog.at_level("WARNING", logger="medchain.storage"):
+            asyncio.run(go())
+        msgs = [r.getMessage() for r in caplog.records]
+        assert any("STORAGE FULL" in m and str(mnt) in m for m in msgs), msgs
+        assert any("consensus resumed from height" in m for m in msgs), msgs
+        rep = verify_ledger(home / "ledger", Genesis.load(home / "genesis.json"))
+        assert rep.ok, rep.errors
+    finally:
+        _umount(mnt)
