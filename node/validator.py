@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from node import faults, storage
+from node import clock, faults, storage
 from node.admission import REFORWARD_S, Admission
 from node.availability import AvailabilityGate
 from node.block import Block
@@ -94,6 +94,7 @@ class Validator:
         self.metrics = Metrics()
         head = self.ledger.head()
         self.replica = self._new_replica()
+        self.chain_clock = clock.ChainClock(max(head.time_ms, self.genesis.time_ms))  # bounds of block times
         self.metrics.height.set(head.height)
         self.p2p_mode = p2p_mode
         self.net = None  # the P2PNode when n > 1
@@ -228,7 +229,7 @@ class Validator:
 
     # ---- consensus -------------------------------------------------------------------------------
     def _now_ms(self) -> int:
-        return int(time.time() * 1000)
+        return clock.now_ms()
 
     def _verify_vote(self, index: int, digest: bytes, sig: bytes) -> bool:
         return ecdsa.verify(self.genesis.validator_keys[index], digest, sig)
@@ -275,7 +276,9 @@ class Validator:
                 continue
             self._flush_forward()  # the sidecars of our own clients' writes travel ahead of the block
             try:
-                ex = await self._run(build_block, tip, txs, self.chain_id, r.view, self.index, self._now_ms())
+                now = self._now_ms()
+                ex = await self._run(build_block, tip, txs, self.chain_id, r.view, self.index, now)
+                self.chain_clock.check_own(ex.block.header.time_ms, now)  # our clock behind the chain's: say so
                 self._executed[ex.block.hash] = ex
                 self._tip = ex.tip()
                 await self._inbox.put(("propose", ex.block))
@@ -443,11 +446,14 @@ class Validator:
         tip = self._tip_for(block.header.prev_hash)
         if tip is None:
             return None  # its parent is not executed here yet; the retransmission will bring it again
+        if check_time and self.chain_clock.refuses(block, self._now_ms()):
+            return None  # its time is off (node/clock.py): logged once per block
         try:
             ex = await self._run(check_block, block, tip, self.chain_id, self._now_ms(),
                                  self.admission.verified.__contains__, verify_batch, check_time, self.mempool.by_id.get)
         except InvalidBlock as exc:
-            log.warning("rejected block %d from the primary: %s", block.header.height, exc)
+            h = block.header
+            log.warning("refused block %d from validator %d (view %d): %s", h.height, h.proposer, h.view, exc)
             return None
         for t in ex.txs:
             self.admission.mark_verified(t.id)
@@ -533,7 +539,7 @@ class Validator:
         return {"view": r.view, "view_changing": r.changing, "view_changes": r.view_changes,
                 "stable_checkpoint": r.stable, "peer_stable_checkpoint": r.peer_stable, "in_flight": r.in_flight(),
                 "behind_by": r.behind_by(), "ignored_messages": r.ignored, "evidence": list(r.evidence),
-                "synced_blocks": self.synced_blocks}
+                "synced_blocks": self.synced_blocks, "block_times_refused": dict(self.chain_clock.refused)}
 
     async def _view_changed(self, act: ViewChanged) -> None:
         """Persist the view before any message of it leaves (a restarted replica must not go back to an
@@ -582,6 +588,7 @@ class Validator:
                              block.header.height)
                 raise SystemExit(3)
         await self.committer.commit(block, ex)
+        self.chain_clock.committed(block.header.time_ms)
         self.gate.forget(block.hash)
         del self._executed[block.hash]
         for h, e in list(self._executed.items()):

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from node import clock
 from node.api import proofs
 from node.api.limits import Limits, cap_connections, serve_kwargs
 from node.api.limits import retry_after as _retry_after
@@ -367,8 +368,13 @@ def _signed_by(req: web.Request, v: Validator, what: str, digest: Callable[[int]
     if not well_formed:
         return _err(401, f"a signed {what} is required: X-Medchain-Pubkey, X-Medchain-Time, X-Medchain-Signature{extra}")
     # integer ms: a huge X-Medchain-Time must not overflow a float (a 500 found by fuzzing)
-    if abs(int(time.time() * 1000) - t_ms) > v.params.request_skew_ms:
-        return _err(401, "request time is too far from the validator's clock")
+    off = clock.now_ms() - t_ms
+    if abs(off) > v.params.request_skew_ms:
+        why = (f"request time is {abs(off) / 1000:.1f} s {'behind' if off > 0 else 'ahead of'} this validator's "
+               f"clock (at most {v.params.request_skew_ms / 1000:.0f} s): check this client's clock, or ask "
+               f"another validator")
+        log.info("refused a signed %s: %s", what, why)
+        return _err(401, why)
     if not ecdsa.verify(pub, digest(t_ms), sig):
         return _err(401, f"bad {what} signature")
     return pub
@@ -394,7 +400,7 @@ def _read_covers(v: Validator, read_id: bytes, reader: bytes, patient: bytes, dt
         return "the read transaction names another cid"
     if not r.cid and (t1 < r.t_from_ms or t0 > r.t_to_ms):
         return "the blob is outside the read transaction's time range"
-    view, now_ms = Overlay(v.ledger.get_state), int(time.time() * 1000)
+    view, now_ms = Overlay(v.ledger.get_state), clock.now_ms()
     if r.reason:  # break-glass: no grant needed, but the patient's opt-out and the access window apply
         if not break_glass_enabled(view, patient):
             return "break-glass refused: the patient has disabled emergency access"
