@@ -2,8 +2,9 @@
 
 It owns what a commit touches: the ledger write (block, state, the state tree's nodes) and, before
 it, one synced block-store transaction that stores the sidecars held here for the block's
-successful writes and pins every blob the block records (a crash between the two leaves blobs
-and no block, never a block whose blobs are missing); the clients waiting for their
+successful writes and pins every blob the block records (a crash or a full disk between the two leaves
+blobs and no block, never a block whose blobs are missing; the retried commit does not pin them
+twice); the clients waiting for their
 transactions; the mempool's removal of what committed; and telling replication which blobs are
 still wanted (fetched over bitswap: the repair path). Blocking work runs in the ledger worker.
 """

@@ -182,3 +182,50 @@ def test_a_full_filesystem_stops_consensus_and_freeing_space_resumes_it_without_
         assert rep.ok, rep.errors
     finally:
         _umount(mnt)
+
+
+def test_a_block_whose_ledger_write_failed_is_not_pinned_twice_when_it_commits_again(tmp_path) -> None:
+    from node.ipfs.blockstore import BlockStore
+    from node.ipfs.cid import cid_v1_raw
+
+    store = BlockStore(tmp_path / "blobs")
+    a, b = b"first blob", b"second blob"
+    ca, cb = cid_v1_raw(a), cid_v1_raw(b)
+    store.commit_blobs([(ca, a)], [ca], height=5)
+    store.commit_blobs([(ca, a)], [ca], height=5)  # block 5 again: its ledger write had failed
+    assert store.pin_count(ca) == 1
+    store.commit_blobs([(cb, b)], [ca, cb], height=6)  # the next block pins as usual
+    assert (store.pin_count(ca), store.pin_count(cb)) == (2, 1)
+    store.close()
+
+
+def test_a_block_store_on_a_full_filesystem_refuses_the_commit_whole(tmp_path) -> None:
+    """Sidecars until the filesystem is full: the failing commit is a storage error, and none of its
+    blobs is listed or pinned; the store reopens with every earlier commit whole."""
+    from node.ipfs.blockstore import BlockStore
+    from node.ipfs.cid import cid_v1_raw
+
+    mnt = tmp_path / "disk"
+    _mount_tmpfs(mnt, 4)
+    try:
+        store = BlockStore(mnt / "blobs")
+        done: list = []
+        failed = None
+        for height in range(1, 200):
+            blobs = [os.urandom(64 * 1024) for _ in range(4)]
+            cids = [cid_v1_raw(x) for x in blobs]
+            try:
+                store.commit_blobs(list(zip(cids, blobs, strict=True)), cids, height)
+            except Exception as exc:  # noqa: BLE001 - what a full filesystem raises is the point
+                failed = (exc, cids)
+                break
+            done.append(cids)
+        assert failed is not None and is_storage_error(failed[0]), failed
+        assert done
+        store.close()
+        store = BlockStore(mnt / "blobs")
+        assert all(store.has_blob(c) and store.pin_count(c) == 1 for cids in done for c in cids)
+        assert not any(store.has_blob(c) or store.pin_count(c) for c in failed[1])
+        store.close()
+    finally:
+        _umount(mnt)
