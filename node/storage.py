@@ -42,6 +42,7 @@ log = logging.getLogger("medchain.storage")
 MIB = 1024 * 1024
 RETRY_AFTER_S = 30.0
 WATCH_S = 0.5
+BACKOFF_S, BACKOFF_MAX_S = 1.0, 60.0  # before a resume; doubled when writes fail again soon after one
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO)
 
 
@@ -126,6 +127,9 @@ class DiskGuard:
         self.map_full = False  # an LMDB map filled: only a restart with a larger map helps
         self.failures = 0
         self.resumed = 0
+        self.backoff = BACKOFF_S
+        self._stalled_at = 0.0
+        self._resumed_at: float | None = None
         self.refresh()
 
     def _shortage(self) -> str | None:
@@ -173,6 +177,10 @@ class DiskGuard:
         until = ("it is restarted with a larger map" if self.map_full else
                  f"{_mib(self.reserve)} are free again; then it resumes from its disk and catches up")
         if not self.stalled:
+            now = time.monotonic()  # a write error that space does not cure (EIO): do not spin on it
+            again = self._resumed_at is not None and now - self._resumed_at < BACKOFF_MAX_S
+            self.backoff = min(BACKOFF_MAX_S, 2 * self.backoff) if again else BACKOFF_S
+            self._stalled_at = now
             log.critical("STORAGE FULL while %s: %s [%s]. Nothing was half-written (LMDB aborted the "
                          "transaction). This validator does not vote, propose or deliver until %s",
                          what, why, cause, until)
@@ -188,7 +196,12 @@ class DiskGuard:
         return StorageFull(f"insufficient storage on this validator: {self.low or exc}; retry later")
 
     def can_resume(self) -> bool:
-        return self.stalled is not None and self._shortage() is None
+        return (self.stalled is not None and time.monotonic() - self._stalled_at >= self.backoff
+                and self._shortage() is None)
+
+    def mark_resumed(self) -> None:
+        self.resumed += 1
+        self._resumed_at = time.monotonic()
 
     def status(self) -> dict:
         return {"low": self.low, "stalled": self.stalled, "reserve_bytes": self.reserve,
@@ -232,7 +245,7 @@ async def while_stalled(v: Validator, kind: str, item: object) -> None:
             v.disk.failed("resuming", exc)
             return
         raise
-    v.disk.resumed += 1
+    v.disk.mark_resumed()
     v.disk.refresh()
     log.warning("storage writable again: consensus resumed from height %d in view %d (rebuilt from disk in "
                 "%.2f s); catching up with the network", v.replica.last_delivered, v.replica.view,

@@ -229,3 +229,32 @@ def test_a_block_store_on_a_full_filesystem_refuses_the_commit_whole(tmp_path) -
         store.close()
     finally:
         _umount(mnt)
+
+
+def test_a_write_that_fails_again_right_after_a_resume_backs_off(tmp_path, monkeypatch) -> None:
+    """A write error that free space does not cure (a failing disk's EIO) must not spin: each failure
+    soon after a resume doubles the wait before the next try, up to a minute."""
+    from node import storage
+
+    env = lmdb.open(str(tmp_path / "db"), map_size=1 << 24)
+    guard = storage.DiskGuard([storage.Store("ledger", tmp_path / "db", env)], reserve=0)
+    clock = [1000.0]
+    monkeypatch.setattr(storage.time, "monotonic", lambda: clock[0])
+    eio = lmdb.Error("mdb_txn_commit: Input/output error")
+    waits = []
+    for _ in range(8):
+        guard.failed("committing", eio)
+        assert guard.stalled and not guard.can_resume()
+        with pytest.raises(StorageFull):
+            guard.check()
+        waits.append(guard.backoff)
+        clock[0] += guard.backoff
+        assert guard.can_resume()
+        guard.stalled = None  # what the consensus task does when it resumes
+        guard.mark_resumed()
+        clock[0] += 1.0  # and the next write fails a second later
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+    clock[0] += storage.BACKOFF_MAX_S + 1  # a failure long after the last resume starts over
+    guard.failed("committing", eio)
+    assert guard.backoff == storage.BACKOFF_S
+    env.close()
