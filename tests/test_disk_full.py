@@ -17,7 +17,9 @@ from devices.faultharness import acknowledged_load, assert_committed, converged
 from devices.localnet import make_network, start_all
 from node.crypto.keys import Identity
 from node.genesis import Params
+from node.ipfs.cid import cid_v1_raw
 from node.tx import Profile, Tx
+from tests.test_sidecars import _held, _write
 from tests.test_storage import _mount_tmpfs, _umount, ballast
 
 FULL = 3  # the validator whose disk fills
@@ -26,6 +28,37 @@ FULL = 3  # the validator whose disk fills
 async def _status(node) -> dict:  # noqa: ANN001
     async with NodeClient(node.url) as c:
         return await c.status()
+
+
+async def _write_load(nodes, stop: asyncio.Event, blobs: list, senders: int = 6) -> None:  # noqa: ANN001
+    """Data writes carrying 8 KiB ciphertexts as sidecars, spread over every validator, each sender
+    waiting for its commit; `blobs` collects the CIDs of the acknowledged ones."""
+    clients = [NodeClient(n.url) for n in nodes]
+    chain = (await clients[0].status())["chain_id"]
+
+    async def sender(i: int) -> None:
+        ident, n, k = Identity.from_seed(b"disk-writer-%d" % i), 1, i
+        while not stop.is_set():
+            blob = os.urandom(8192)
+            tx = _write(ident, chain, n, blob, int(time.time() * 1000))
+            c = clients[k % len(clients)]
+            try:
+                await c.submit(tx.raw, blob)
+                st = await c.wait_committed(tx.id.hex(), 5)
+            except Exception:  # a 507 from the full validator, or a timeout: the next one, same nonce
+                k += 1
+                await asyncio.sleep(0.1)
+                continue
+            if st["status"] == "committed":
+                blobs.append(cid_v1_raw(blob))
+                n += 1
+            else:
+                k += 1
+    try:
+        await asyncio.gather(*(sender(i) for i in range(senders)))
+    finally:
+        for c in clients:
+            await c.close()
 
 
 async def _wait(cond, timeout: float, what: str) -> None:  # noqa: ANN001 - an async predicate
@@ -49,11 +82,17 @@ def test_a_validator_whose_disk_fills_refuses_work_stops_voting_and_catches_up_o
         full.env["MEDCHAIN_DISK_RESERVE_MB"] = "1"
         weight = ballast(full.home, 5 << 20)
         start_all(nodes)
+        blobs: list = []
         try:
-            asyncio.run(_scenario(nodes, weight))
+            asyncio.run(_scenario(nodes, weight, blobs))
         finally:
             for n in nodes:
                 n.stop()
+        # every acknowledged write's ciphertext is on the validator whose disk filled (repaired over
+        # bitswap for the blocks it took by state transfer)
+        assert len(blobs) > 20
+        missing = [c for c in blobs if not _held(full.home, c)]
+        assert not missing, f"{len(missing)} of {len(blobs)} blobs missing on validator {FULL}"
         for n in nodes:
             assert "Traceback" not in n.log_tail(500_000), n.log_tail()
             out = subprocess.run([sys.executable, "-m", "node.cli", "verify", "--home", str(n.home)],
@@ -63,11 +102,12 @@ def test_a_validator_whose_disk_fills_refuses_work_stops_voting_and_catches_up_o
         _umount(full.home)
 
 
-async def _scenario(nodes, weight) -> None:  # noqa: ANN001
+async def _scenario(nodes, weight, blobs: list) -> None:  # noqa: ANN001
     full = nodes[FULL]
     committed: list[str] = []
     stop = asyncio.Event()
-    load = asyncio.create_task(acknowledged_load(nodes, stop, committed, b"disk-", senders=48, avoid=None))
+    load = asyncio.gather(acknowledged_load(nodes, stop, committed, b"disk-", senders=32, avoid=None),
+                          _write_load(nodes, stop, blobs))
     try:
         async def stalled() -> bool:
             return (await _status(full))["storage"]["stalled"] is not None
