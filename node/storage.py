@@ -83,8 +83,9 @@ class StorageFull(Exception):
 
 def is_storage_error(exc: BaseException) -> bool:
     """A write that failed for want of space or an I/O error (LMDB reports ENOSPC as DiskError, a
-    short page write as a plain Error 'Input/output error', a full map as MapFullError)."""
-    if isinstance(exc, (lmdb.MapFullError, lmdb.DiskError)):
+    short page write as a plain Error 'Input/output error', a full map as MapFullError, and every
+    call after a failed meta-page write as PanicError)."""
+    if isinstance(exc, (lmdb.MapFullError, lmdb.DiskError, lmdb.PanicError)):
         return True
     if isinstance(exc, lmdb.Error):
         msg = str(exc)
@@ -125,6 +126,7 @@ class DiskGuard:
         self.low: str | None = None  # why new work is refused (below the reserve), or None
         self.stalled: str | None = None  # why consensus stopped (a write failed), or None
         self.map_full = False  # an LMDB map filled: only a restart with a larger map helps
+        self.panic = False  # an LMDB environment is unusable (MDB_PANIC): only a restart helps
         self.failures = 0
         self.resumed = 0
         self.backoff = BACKOFF_S
@@ -134,6 +136,8 @@ class DiskGuard:
 
     def _shortage(self) -> str | None:
         """Why the stores are below their reserve now, or None."""
+        if self.panic:
+            return "an LMDB environment hit a fatal error (MDB_PANIC): restart this validator once the disk is fixed"
         if self.map_full:
             used = ", ".join(f"the {s.name} at {s.path}: {_mib(s.env.info()['map_size'] - s.map_room())} of "
                              f"{_mib(s.env.info()['map_size'])}" for s in self.stores)
@@ -171,11 +175,14 @@ class DiskGuard:
         """A write of the consensus task failed: stop consensus until space is back (module doc)."""
         self.failures += 1
         self.map_full = self.map_full or isinstance(exc, lmdb.MapFullError)
+        self.panic = self.panic or isinstance(exc, lmdb.PanicError)
         self.refresh()
         cause = ("LMDB map full" if isinstance(exc, lmdb.MapFullError) else f"{type(exc).__name__}: {exc}")
         why = self.low or f"a write failed ({cause})"
-        until = ("it is restarted with a larger map" if self.map_full else
-                 f"{_mib(self.reserve)} are free again; then it resumes from its disk and catches up")
+        if self.panic or self.map_full:
+            until = "it is restarted" if self.panic else "it is restarted with a larger map"
+        else:
+            until = f"{_mib(self.reserve)} are free again; then it resumes from its disk and catches up"
         if not self.stalled:
             now = time.monotonic()  # a write error that space does not cure (EIO): do not spin on it
             again = self._resumed_at is not None and now - self._resumed_at < BACKOFF_MAX_S

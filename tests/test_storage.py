@@ -27,6 +27,7 @@ from node.verify import verify_ledger
     (lmdb.DiskError("mdb_txn_commit: No space left on device"), True),
     (lmdb.Error("mdb_txn_commit: Input/output error"), True),  # LMDB's word for a short page write
     (OSError(errno.ENOSPC, "No space left on device"), True),
+    (lmdb.PanicError("mdb_txn_begin: MDB_PANIC: Update of meta page failed"), True),
     (lmdb.KeyExistsError("mdb_put: MDB_KEYEXIST"), False),
     (OSError(errno.ENOENT, "No such file or directory"), False),
     (ValueError("bad"), False),
@@ -257,4 +258,19 @@ def test_a_write_that_fails_again_right_after_a_resume_backs_off(tmp_path, monke
     clock[0] += storage.BACKOFF_MAX_S + 1  # a failure long after the last resume starts over
     guard.failed("committing", eio)
     assert guard.backoff == storage.BACKOFF_S
+    env.close()
+
+
+def test_an_lmdb_panic_stalls_until_a_restart(tmp_path, monkeypatch) -> None:
+    """After MDB_PANIC (a failed meta-page write) every call on that environment fails: free space
+    cannot cure it, so the validator stays stalled and says to restart."""
+    from node import storage
+
+    env = lmdb.open(str(tmp_path / "db"), map_size=1 << 24)
+    guard = storage.DiskGuard([storage.Store("ledger", tmp_path / "db", env)], reserve=0)
+    guard.failed("committing", lmdb.PanicError("mdb_txn_begin: MDB_PANIC: Update of meta page failed"))
+    monkeypatch.setattr(storage.time, "monotonic", lambda: 1e12)  # long after any backoff
+    assert not guard.can_resume() and "restart this validator" in guard.stalled
+    with pytest.raises(StorageFull, match="MDB_PANIC"):
+        guard.check()
     env.close()
