@@ -370,9 +370,9 @@ def _signed_by(req: web.Request, v: Validator, what: str, digest: Callable[[int]
     # integer ms: a huge X-Medchain-Time must not overflow a float (a 500 found by fuzzing)
     off = clock.now_ms() - t_ms
     if abs(off) > v.params.request_skew_ms:
-        why = (f"request time is {abs(off) / 1000:.1f} s {'behind' if off > 0 else 'ahead of'} this validator's "
-               f"clock (at most {v.params.request_skew_ms / 1000:.0f} s): check this client's clock, or ask "
-               f"another validator")
+        by = f"{abs(off) // 1000} s" if abs(off) < 10**15 else "more than 10^12 s"  # ints: a huge time must not overflow
+        why = (f"request time is too far from this validator's clock: {by} {'behind' if off > 0 else 'ahead of'} "
+               f"it (at most {v.params.request_skew_ms // 1000} s); check this client's clock, or ask another validator")
         log.info("refused a signed %s: %s", what, why)
         return _err(401, why)
     if not ecdsa.verify(pub, digest(t_ms), sig):
