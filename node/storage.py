@@ -10,8 +10,9 @@ committed transaction.
 Two levels:
 
 - **low**: free space (or room left in a map) under the reserve (`MEDCHAIN_DISK_RESERVE_MB`,
-  default 64). The validator refuses new client work (transactions, uploads: 507 with Retry-After)
-  but keeps committing the network's blocks into the reserve it kept.
+  default 64), until it is a quarter of the reserve above it again (at most 16 MiB), so a disk at
+  the edge does not flip every half second. The validator refuses new client work (transactions,
+  uploads: 507 with Retry-After) but keeps committing the network's blocks into the reserve it kept.
 - **stalled**: a write the consensus task made failed (a block's commit, the consensus log, the
   view). The replica may now believe in a block or a signed message that is not on disk, so it stops
   at once: no vote, no delivery, no proposal, every consensus message dropped (to the others it is a
@@ -123,6 +124,7 @@ class DiskGuard:
     def __init__(self, stores: list[Store], reserve: int | None = None) -> None:
         self.stores = stores
         self.reserve = reserve_bytes() if reserve is None else reserve
+        self.margin = min(self.reserve // 4, 16 * MIB)  # free above the reserve before work is taken again
         self.low: str | None = None  # why new work is refused (below the reserve), or None
         self.stalled: str | None = None  # why consensus stopped (a write failed), or None
         self.map_full = False  # an LMDB map filled: only a restart with a larger map helps
@@ -134,8 +136,8 @@ class DiskGuard:
         self._resumed_at: float | None = None
         self.refresh()
 
-    def _shortage(self) -> str | None:
-        """Why the stores are below their reserve now, or None."""
+    def _shortage(self, margin: int = 0) -> str | None:
+        """Why the stores are below their reserve (plus `margin`) now, or None."""
         if self.panic:
             return "an LMDB environment hit a fatal error (MDB_PANIC): restart this validator once the disk is fixed"
         if self.map_full:
@@ -148,17 +150,17 @@ class DiskGuard:
                 free, room = s.free(), s.map_room()
             except (OSError, lmdb.Error) as exc:
                 return f"the {s.name} at {s.path} cannot be checked: {exc}"
-            if room < self.reserve:
+            if room < self.reserve + margin:
                 return (f"the {s.name}'s LMDB map at {s.path} is full ({_mib(room)} left of "
                         f"{_mib(s.env.info()['map_size'])}): restart with a larger MEDCHAIN_LMDB_MAP_GB")
-            if free < self.reserve:
+            if free < self.reserve + margin:
                 return (f"the filesystem holding the {s.name} at {s.path} is full ({_mib(free)} free of "
                         f"{_mib(s.total())}, reserve {_mib(self.reserve)})")
         return None
 
     def refresh(self) -> None:
         """Re-read free space; log when new work starts or stops being refused."""
-        why = self._shortage()
+        why = self._shortage(self.margin if self.low or self.stalled else 0)  # no flapping at the edge
         if why and not self.low:
             log.error("DISK FULL: %s; refusing new transactions and uploads (507) until space is freed", why)
         elif self.low and not why and not self.stalled:
@@ -204,7 +206,7 @@ class DiskGuard:
 
     def can_resume(self) -> bool:
         return (self.stalled is not None and time.monotonic() - self._stalled_at >= self.backoff
-                and self._shortage() is None)
+                and self._shortage(self.margin) is None)
 
     def mark_resumed(self) -> None:
         self.resumed += 1

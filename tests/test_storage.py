@@ -274,3 +274,24 @@ def test_an_lmdb_panic_stalls_until_a_restart(tmp_path, monkeypatch) -> None:
     with pytest.raises(StorageFull, match="MDB_PANIC"):
         guard.check()
     env.close()
+
+
+def test_work_is_refused_below_the_reserve_and_taken_again_only_a_margin_above_it(tmp_path, monkeypatch,
+                                                                                   caplog) -> None:
+    """Free space hovering at the reserve must not flip the validator between refusing and accepting
+    (and logging each flip) every half second."""
+    from node import storage
+
+    env = lmdb.open(str(tmp_path / "db"), map_size=1 << 30)
+    free = [100 * storage.MIB]
+    monkeypatch.setattr(storage.Store, "free", lambda self: free[0])
+    guard = storage.DiskGuard([storage.Store("ledger", tmp_path / "db", env)], reserve=64 * storage.MIB)
+    assert guard.low is None and guard.margin == 16 * storage.MIB
+    with caplog.at_level("WARNING", logger="medchain.storage"):
+        for mib, refused in ((63, True), (65, True), (70, True), (79, True), (80, False), (70, False), (63, True)):
+            free[0] = mib * storage.MIB
+            guard.refresh()
+            assert (guard.low is not None) is refused, (mib, guard.low)
+    assert sum("DISK FULL" in r.getMessage() for r in caplog.records) == 2
+    assert sum("back above the reserve" in r.getMessage() for r in caplog.records) == 1
+    env.close()
