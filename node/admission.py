@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from node import clock
 from node.crypto import ecdsa
 from node.crypto.batch import verify_batch
 from node.ipfs.blockstore import BlockStore
@@ -132,7 +133,7 @@ class Admission:
 
     def _admit_all(self, checked: list, forwarded: bool, snap: Snapshot, now: float) -> list[bytes | AdmissionError]:
         out: list[bytes | AdmissionError] = []
-        now_ms = int(time.time() * 1000)
+        now_ms = clock.now_ms()
         view = Overlay(snap.get_state)
         for c in checked:
             if isinstance(c, AdmissionError):

@@ -2,8 +2,9 @@
 
 It owns what a commit touches: the ledger write (block, state, the state tree's nodes) and, before
 it, one synced block-store transaction that stores the sidecars held here for the block's
-successful writes and pins every blob the block records (a crash between the two leaves blobs
-and no block, never a block whose blobs are missing); the clients waiting for their
+successful writes and pins every blob the block records (a crash or a full disk between the two leaves
+blobs and no block, never a block whose blobs are missing; the retried commit does not pin them
+twice); the clients waiting for their
 transactions; the mempool's removal of what committed; and telling replication which blobs are
 still wanted (fetched over bitswap: the repair path). Blocking work runs in the ledger worker.
 """
@@ -15,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from node import merkle
 from node.admission import Admission
 from node.block import Block
 from node.execution import Executed
@@ -25,7 +27,8 @@ from node.mempool import Mempool
 from node.metrics import Metrics
 from node.replication import Replicator
 from node.sidecar import SidecarCache
-from node.state import OK, Code
+from node.state import CODES, OK, Code, keys
+from node.state.records import Receipt
 from node.tx import KIND_WRITE
 
 Run = Callable[..., Awaitable[Any]]  # runs blocking work in the ledger worker thread
@@ -84,6 +87,24 @@ class Commit:
         done = self.blobs.commit_blobs(sidecars, roots, block.header.height) if roots else ([], [])
         self.ledger.commit_block(block, ex.writes, ex.nodes)
         return done
+
+    def tx_status(self, txid: bytes) -> dict:
+        """For GET /v1/tx: committed (with its inclusion proof), pending, rejected (why) or unknown."""
+        loc = self.ledger.tx_location(txid)
+        if loc is not None:
+            height, idx = loc
+            block = self.ledger.block(height)
+            ids = block.tx_ids
+            rec = Receipt.decode(self.ledger.get_state(keys.receipt(txid)))
+            return {"status": "committed", "height": height, "index": idx, "code": rec.code,
+                    "result": CODES.get(rec.code, "unknown"), "block_hash": block.hash.hex(),
+                    "tx_root": block.header.tx_root.hex(), "tx_count": len(ids),
+                    "proof": [p.hex() for p in merkle.proof(ids, idx)]}
+        if txid in self.mempool:
+            return {"status": "pending"}
+        if txid in self.admission.rejected:
+            return {"status": "rejected", "reason": self.admission.rejected[txid]}
+        return {"status": "unknown"}
 
     async def wait_committed(self, txid: bytes, timeout: float) -> bool:
         """True once `txid` is committed here (waiting up to `timeout` seconds)."""

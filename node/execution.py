@@ -74,8 +74,11 @@ def check_block(block: Block, tip: Tip, chain_id: str, now_ms: int, verified: Ca
         raise InvalidBlock("wrong chain id")
     if h.height != tip.height + 1 or h.prev_hash != tip.hash:
         raise InvalidBlock(f"block {h.height} does not extend tip {tip.height}")
-    if h.time_ms < tip.time_ms or (check_time and h.time_ms > now_ms + MAX_FUTURE_MS):
-        raise InvalidBlock("block time out of bounds")
+    if h.time_ms < tip.time_ms:
+        raise InvalidBlock(f"block time goes back: {h.time_ms - tip.time_ms} ms before its parent's")
+    if check_time and h.time_ms > now_ms + MAX_FUTURE_MS:
+        raise InvalidBlock(f"block time is {(h.time_ms - now_ms) / 1000:.1f} s ahead of this validator's clock "
+                           f"(at most {MAX_FUTURE_MS / 1000:.0f} s)")
     ids = block.tx_ids
     if merkle.root(ids) != h.tx_root:
         raise InvalidBlock("transaction root mismatch")

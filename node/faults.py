@@ -3,6 +3,8 @@
 - MEDCHAIN_FAULTS=1: the validator polls `HOME/faults.json` ({"cut": [validator indices]}) and drops
   every consensus, forwarding and state-transfer message to and from those validators: a partition at
   the p2p layer that the harness (devices/net/faultharness.py) sets and heals without restarting anything.
+- MEDCHAIN_CLOCK_SKEW_MS=<ms>: the validator's clock runs that far ahead (or behind, negative); read
+  in node/clock.py, the one place a validator reads wall time.
 - MEDCHAIN_BYZANTINE=<mode>: byzantine behaviour (the node logs it loudly at start):
 
 - ``equivocate``: as primary, send every fresh proposal to the first half of the other validators and a

@@ -123,6 +123,9 @@ class StateSync:
         next_first = 0
         while True:
             r = v.replica
+            if v.disk.stalled:  # its disk is full: nothing fetched could be stored (node/storage.py)
+                await asyncio.sleep(0.25)
+                continue
             ahead = [j for j, h in r.peer_delivered.items()
                      if h > r.last_delivered and j not in skip and j not in v.faults.cut]
             if r.behind_by() < THRESHOLD or not ahead:

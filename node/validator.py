@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from node import faults, merkle
+from node import clock, faults, storage
 from node.admission import REFORWARD_S, Admission
 from node.availability import AvailabilityGate
 from node.block import Block
@@ -58,8 +58,6 @@ from node.sidecar import (
     decode_forwarded,
     forward_messages,
 )
-from node.state import CODES, keys
-from node.state.records import Receipt
 from node.sync import THRESHOLD as SYNC_THRESHOLD
 from node.sync import StateSync
 from node.verify import refuse_unless_certified_state
@@ -87,8 +85,10 @@ class Validator:
         self.index = self.genesis.index_of(self.identity.public_key)
         self.n = len(self.genesis.validators)
         self.params = p = self.genesis.params
-        self.ledger = Ledger(self.home / "ledger", genesis_root=self.genesis.state_root)
-        self.blobs = BlockStore(self.home / "blobs")
+        self.ledger = Ledger(self.home / "ledger", genesis_root=self.genesis.state_root, map_size=storage.map_size())
+        self.blobs = BlockStore(self.home / "blobs", map_size=storage.map_size())
+        self.disk = storage.DiskGuard([storage.Store("ledger", self.home / "ledger", self.ledger.env),
+                                       storage.Store("block store", self.home / "blobs", self.blobs.env)])
         self.blob_writer = BlobWriter(self.blobs)  # uploads: one synced transaction per batch, off the loop
         self.replicator = Replicator(self.blobs, self.n, roots_from_ledger(self.ledger))  # blobs over bitswap
         self.ipfs_peers = list(ipfs_peers or [])  # external IPFS peers (multiaddrs), bitswap only
@@ -96,16 +96,8 @@ class Validator:
         self._peer_limit = KeyedLimiter(p.peer_forward_bytes, 2 * p.peer_forward_bytes)  # per peer, bytes
         self.metrics = Metrics()
         head = self.ledger.head()
-        last = self.ledger.block(head.height) if head.height else None
-        # the view: the persisted one (a view change in progress survives a restart), else the last block's
-        block_view = last.cert_view if last else 0
-        view = max(self.ledger.get_view(), block_view)
-        self.replica = Replica(self.chain_id, self.n, self.index, self.identity.sign, self._verify_vote,
-                               self._known_block, last_delivered=head.height, view=view, last_hash=head.hash,
-                               last_cert=(last.cert_view, last.cert) if last else (0, ()),
-                               view_timeout_ms=p.view_timeout_ms, awaiting_new_view=view > block_view,
-                               window=p.pbft_window,
-                               push_gap_max=SYNC_THRESHOLD)
+        self.replica = self._new_replica()
+        self.chain_clock = clock.ChainClock(max(head.time_ms, self.genesis.time_ms))  # bounds of block times
         self.metrics.height.set(head.height)
         self.p2p_mode = p2p_mode
         self.net = None  # the P2PNode when n > 1
@@ -139,6 +131,29 @@ class Validator:
                 faults.withhold_sidecars(self.mempool, self.admission)
         log.info("validator %d of %d, chain %s, height %d", self.index, self.n, self.chain_id, head.height)
 
+    async def _rebuild_from_disk(self) -> tuple[int, int]:
+        """After a full disk: the consensus stage as a restart builds it, from what is on disk."""
+        self.gate.close()
+        self._executed.clear()
+        self._tip = None
+        self.replica = self._new_replica()
+        await self._recover()
+        self._wake.set()
+        return self.replica.last_delivered, self.replica.view
+
+    def _new_replica(self) -> Replica:
+        """The PBFT core as on disk: at start, and when a validator whose disk filled resumes (storage.py)."""
+        head = self.ledger.head()
+        last = self.ledger.block(head.height) if head.height else None
+        # the view: the persisted one (a view change in progress survives a restart), else the last block's
+        block_view = last.cert_view if last else 0
+        view = max(self.ledger.get_view(), block_view)
+        return Replica(self.chain_id, self.n, self.index, self.identity.sign, self._verify_vote, self._known_block,
+                       last_delivered=head.height, view=view, last_hash=head.hash,
+                       last_cert=(last.cert_view, last.cert) if last else (0, ()),
+                       view_timeout_ms=self.params.view_timeout_ms, awaiting_new_view=view > block_view,
+                       window=self.params.pbft_window, push_gap_max=SYNC_THRESHOLD)
+
     # ---- start and stop ----------------------------------------------------------------------
     async def start(self) -> None:
         refuse_unless_certified_state(self.ledger)  # a rewritten LMDB record must not be served
@@ -160,7 +175,9 @@ class Validator:
                        asyncio.create_task(self._consensus(), name="consensus"),
                        asyncio.create_task(self._ticker(), name="ticker"),
                        asyncio.create_task(self._admit_forwarded(), name="admit-forwarded"),
-                       asyncio.create_task(self._collect_uploads(), name="upload-collector")]
+                       asyncio.create_task(self._collect_uploads(), name="upload-collector"),
+                       asyncio.create_task(storage.watch(self.disk, lambda: self._inbox.put(("resume", None))),
+                                           name="disk-watch")]
         if self.net is not None:
             self.sync.start()
 
@@ -193,7 +210,10 @@ class Validator:
         return res
 
     async def submit_many(self, items: list[Item], forwarded: bool = False) -> list[bytes | AdmissionError]:
-        """Admit a batch of (transaction, sidecar or None); one id or AdmissionError each."""
+        """Admit a batch of (transaction, sidecar or None); one id or AdmissionError each. StorageFull
+        (the API's 507) while this validator's disk is full: forwarded ones are still admitted."""
+        if not forwarded:
+            self.disk.check()
         out = await self.admission.submit_many(items, forwarded)
         self._wake.set()
         if not forwarded and self.gate.parked():
@@ -209,33 +229,21 @@ class Validator:
 
     def submit_many_sync(self, items: list[Item], forwarded: bool = False) -> list[bytes | AdmissionError]:
         """submit_many on the caller's thread (the loop): for tests and in-process benchmarks."""
+        if not forwarded:
+            self.disk.check()
         out = self.admission.submit_many_sync(items, forwarded)
         self._wake.set()
         return out
 
     def tx_status(self, txid: bytes) -> dict:
-        loc = self.ledger.tx_location(txid)
-        if loc is not None:
-            height, idx = loc
-            block = self.ledger.block(height)
-            ids = block.tx_ids
-            rec = Receipt.decode(self.ledger.get_state(keys.receipt(txid)))
-            return {"status": "committed", "height": height, "index": idx, "code": rec.code,
-                    "result": CODES.get(rec.code, "unknown"), "block_hash": block.hash.hex(),
-                    "tx_root": block.header.tx_root.hex(), "tx_count": len(ids),
-                    "proof": [p.hex() for p in merkle.proof(ids, idx)]}
-        if txid in self.mempool:
-            return {"status": "pending"}
-        if txid in self.admission.rejected:
-            return {"status": "rejected", "reason": self.admission.rejected[txid]}
-        return {"status": "unknown"}
+        return self.committer.tx_status(txid)
 
     async def wait_committed(self, txid: bytes, timeout: float) -> bool:
         return await self.committer.wait_committed(txid, timeout)
 
     # ---- consensus -------------------------------------------------------------------------------
     def _now_ms(self) -> int:
-        return int(time.time() * 1000)
+        return clock.now_ms()
 
     def _verify_vote(self, index: int, digest: bytes, sig: bytes) -> bool:
         return ecdsa.verify(self.genesis.validator_keys[index], digest, sig)
@@ -262,7 +270,7 @@ class Validator:
         interval = self.params.block_interval_ms / 1000
         while not self._stopping:
             r = self.replica
-            if not r.can_propose() or r.in_flight() >= PIPELINE or len(self.mempool) == 0:
+            if self.disk.stalled or not r.can_propose() or r.in_flight() >= PIPELINE or len(self.mempool) == 0:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -282,7 +290,9 @@ class Validator:
                 continue
             self._flush_forward()  # the sidecars of our own clients' writes travel ahead of the block
             try:
-                ex = await self._run(build_block, tip, txs, self.chain_id, r.view, self.index, self._now_ms())
+                now = self._now_ms()
+                ex = await self._run(build_block, tip, txs, self.chain_id, r.view, self.index, now)
+                self.chain_clock.check_own(ex.block.header.time_ms, now)  # our clock behind the chain's: say so
                 self._executed[ex.block.hash] = ex
                 self._tip = ex.tip()
                 await self._inbox.put(("propose", ex.block))
@@ -394,6 +404,10 @@ class Validator:
     async def _consensus(self) -> None:
         while True:
             kind, item = await self._inbox.get()
+            if self.disk.stalled or kind == "resume":
+                await storage.while_stalled(self.disk, kind, item, self._rebuild_from_disk)  # a failed write:
+                # nothing reaches the replica until the disk takes writes again
+                continue
             try:
                 if kind == "propose":
                     acts = self.replica.propose(item)
@@ -407,8 +421,11 @@ class Validator:
                 await self._handle(acts)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("consensus step failed (%s)", kind)
+            except Exception as exc:
+                if storage.is_storage_error(exc):  # the replica may now be ahead of its disk: stop it
+                    self.disk.failed(f"handling {kind}", exc)
+                else:
+                    log.exception("consensus step failed (%s)", kind)
 
     async def _on_wire(self, data: bytes) -> list:
         try:
@@ -444,11 +461,14 @@ class Validator:
         tip = self._tip_for(block.header.prev_hash)
         if tip is None:
             return None  # its parent is not executed here yet; the retransmission will bring it again
+        if check_time and self.chain_clock.refuses(block, self._now_ms()):
+            return None  # its time is off (node/clock.py): logged once per block
         try:
             ex = await self._run(check_block, block, tip, self.chain_id, self._now_ms(),
                                  self.admission.verified.__contains__, verify_batch, check_time, self.mempool.by_id.get)
         except InvalidBlock as exc:
-            log.warning("rejected block %d from the primary: %s", block.header.height, exc)
+            h = block.header
+            log.warning("refused block %d from validator %d (view %d): %s", h.height, h.proposer, h.view, exc)
             return None
         for t in ex.txs:
             self.admission.mark_verified(t.id)
@@ -534,7 +554,7 @@ class Validator:
         return {"view": r.view, "view_changing": r.changing, "view_changes": r.view_changes,
                 "stable_checkpoint": r.stable, "peer_stable_checkpoint": r.peer_stable, "in_flight": r.in_flight(),
                 "behind_by": r.behind_by(), "ignored_messages": r.ignored, "evidence": list(r.evidence),
-                "synced_blocks": self.synced_blocks}
+                "synced_blocks": self.synced_blocks, "block_times_refused": dict(self.chain_clock.refused)}
 
     async def _view_changed(self, act: ViewChanged) -> None:
         """Persist the view before any message of it leaves (a restarted replica must not go back to an
@@ -595,6 +615,7 @@ class Validator:
                              block.header.height)
                 raise SystemExit(3)
         await self.committer.commit(block, ex)
+        self.chain_clock.committed(block.header.time_ms)
         self.gate.forget(block.hash)
         del self._executed[block.hash]
         for h, e in list(self._executed.items()):

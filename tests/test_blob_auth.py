@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-import types
 
 import aiohttp
 import pytest
@@ -119,8 +118,11 @@ def test_a_captured_download_is_served_once_and_by_the_validator_it_names(tmp_pa
                 assert (await _get_blob(c1, pat, g.chain_id, cid, cid_b, b"", t))[0] == 200
                 status, body = await _get_blob(c1, pat, g.chain_id, cid, cid_b, b"", t)  # the same headers again
                 assert status == 401 and "used already" in body, body
+                height = (await c1.status())["height"]
                 for other in (nodes[0], nodes[2], nodes[3]):
                     async with NodeClient(other.url) as co:
+                        while (await co.status())["height"] < height:  # it has committed the write too
+                            await asyncio.sleep(0.05)
                         co._validator_key = await c1.validator_key()  # the captured request, as it was signed
                         status, body = await _get_blob(co, pat, g.chain_id, cid, cid_b, b"", t + 1)
                         assert status == 401 and "bad request signature" in body, (other.url, body)
@@ -188,7 +190,7 @@ def _covers(monkeypatch, covers, name, now_ms=T, reader=DOC, patient=PAT, dtype=
     """read_covers with the clock at `now_ms` (the only thing not taken from the ledger), for a blob
     recorded at height `written` (the reads are at height 2)."""
     v, ids = covers
-    monkeypatch.setattr(blobs, "time", types.SimpleNamespace(time=lambda: (now_ms + 0.5) / 1000))
+    monkeypatch.setattr(blobs.clock, "now_ms", lambda: now_ms)
     return blobs.read_covers(v, ids[name] if read_id is None else read_id, reader.address, patient.address,
                              dtype, cid, t0, t1, written)
 

@@ -48,7 +48,7 @@ class NodeProcess:
         return self.wait_ready(timeout)
 
     def launch(self) -> None:
-        self.log_path = self.home / "node.log"
+        self.log_path = self.log_path or self.home / "node.log"  # set it to keep the log off a full home
         logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "node.cli", "node", "--home", str(self.home), "--port", str(self.port)],

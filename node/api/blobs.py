@@ -7,6 +7,7 @@ import time
 
 from aiohttp import web
 
+from node import clock
 from node.api.common import (
     err,
     read_body,
@@ -33,6 +34,7 @@ async def post_blob(req: web.Request) -> web.Response:
     """A standalone upload (a blob too large to ride as a sidecar): signed by an account with a
     committed transaction, charged to its sender rate, collected unless a write names it in time."""
     v = validator(req)
+    v.disk.check()  # a full disk refuses before the body is read
     data = await read_body(req, v.params.max_blob_bytes, "blob")
     pub = signed_by(req, v, "upload", lambda t_ms: blob_upload_digest(v.chain_id, ecdsa.sha256(data), len(data), t_ms))
     if isinstance(pub, web.Response):
@@ -46,7 +48,10 @@ async def post_blob(req: web.Request) -> web.Response:
         return err(429, f"rate limited: sender exceeds {v.params.sender_rate:g} tx/s",
                     {"Retry-After": retry_after(wait)})
     # UnixFS, Helia's defaults (<= 1 MiB is one raw block), group-committed off the event loop
-    cid, blocks = await v.blob_writer.put(data)
+    try:
+        cid, blocks = await v.blob_writer.put(data)
+    except Exception as exc:
+        raise v.disk.refusal("storing an upload", exc) from exc
     v.replicator.stored(blocks)
     v.metrics.blobs.set(v.blobs.count())
     return web.json_response({"cid": str(cid), "size": len(data)}, status=201)
@@ -109,7 +114,7 @@ def read_covers(v: Validator, read_id: bytes, reader: bytes, patient: bytes, dty
         return "the blob is outside the read transaction's time range (which ends at its block's time)"
     if written > loc[0]:
         return "the blob was written after the read transaction committed: commit a new read"
-    view, now_ms = Overlay(v.ledger.get_state), int(time.time() * 1000)
+    view, now_ms = Overlay(v.ledger.get_state), clock.now_ms()
     if r.reason:  # break-glass: no grant needed, but the patient's opt-out and the access window apply
         if not break_glass_enabled(view, patient):
             return "break-glass refused: the patient has disabled emergency access"

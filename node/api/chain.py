@@ -37,7 +37,7 @@ async def status(req: web.Request) -> web.Response:
         "streams_out": len(v.net.streaming_peers()) if v.net is not None else 0,
         "bitswap": v.net.bitswap_stats() if v.net is not None else {}, "replication": v.replicator.stats,
         "availability": v.gate.stats,
-        "consensus": v.consensus_status(),
+        "consensus": v.consensus_status(), "storage": v.disk.status(),
     })
 
 

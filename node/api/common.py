@@ -4,18 +4,21 @@ parameter parsing, signed-request checks and proof bundles. Every refusal is a 4
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 
 from aiohttp import web
 
+from node import clock
 from node.api import proofs
 from node.api.limits import Limits
 from node.api.limits import retry_after as retry_after
 from node.crypto import ecdsa
 from node.validator import Validator
 
+log = logging.getLogger("medchain.api")
 MSGPACK = "application/msgpack"
 
 
@@ -102,8 +105,13 @@ def signed_by(req: web.Request, v: Validator, what: str, digest: Callable[[int],
     if not well_formed:
         return err(401, f"a signed {what} is required: X-Medchain-Pubkey, X-Medchain-Time, X-Medchain-Signature{extra}")
     # integer ms: a huge X-Medchain-Time must not overflow a float (a 500 found by fuzzing)
-    if abs(int(time.time() * 1000) - t_ms) > v.params.request_skew_ms:
-        return err(401, "request time is too far from the validator's clock")
+    off = clock.now_ms() - t_ms
+    if abs(off) > v.params.request_skew_ms:
+        by = f"{abs(off) // 1000} s" if abs(off) < 10**15 else "more than 10^12 s"  # ints: no float overflow
+        why = (f"request time is too far from this validator's clock: {by} {'behind' if off > 0 else 'ahead of'} "
+               f"it (at most {v.params.request_skew_ms // 1000} s); check this client's clock, or ask another validator")
+        log.info("refused a signed %s: %s", what, why)
+        return err(401, why)
     if not ecdsa.verify(pub, digest(t_ms), sig):
         return err(401, f"bad {what} signature")
     if once and not req.app[SEEN].first_use(sig, time.monotonic()):

@@ -22,6 +22,7 @@ from node.api.common import LIMITS, SEEN, VALIDATOR, SeenRequests, err, retry_af
 from node.api.limits import Limits, cap_connections, serve_kwargs
 from node.api.submit import MAX_BATCH_TXS
 from node.mempool import KeyedLimiter
+from node.storage import StorageFull
 from node.validator import Validator
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -57,7 +58,16 @@ def make_app(v: Validator) -> web.Application:
 
     limits = app[LIMITS] = Limits(v.params, lambda scope: v.metrics.throttled.labels(scope).inc(), MAX_BATCH_TXS,
                                   v.mempool.origin_full)
-    app.middlewares.extend([count, per_client, limits.middleware])
+
+    @web.middleware
+    async def storage_full(req: web.Request, handler: Handler) -> web.StreamResponse:
+        """The one place a full disk becomes HTTP: 507 Insufficient Storage, with Retry-After."""
+        try:
+            return await handler(req)
+        except StorageFull as exc:
+            return err(507, exc.reason, {"Retry-After": retry_after(exc.retry_after)})
+
+    app.middlewares.extend([count, per_client, limits.middleware, storage_full])
     for module in ROUTE_MODULES:
         app.add_routes(module.routes)
     return app

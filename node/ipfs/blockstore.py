@@ -40,9 +40,9 @@ class MissingBlock(LookupError):
 
 
 class BlockStore:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, map_size: int | None = None) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
-        self.env = lmdb.open(str(path), map_size=1 << 38, max_dbs=6, sync=True)
+        self.env = lmdb.open(str(path), map_size=map_size or 1 << 38, max_dbs=6, sync=True)
         self.blocks = self.env.open_db(b"blocks")
         self.roots = self.env.open_db(b"roots")
         self.pins = self.env.open_db(b"pins")
@@ -52,6 +52,8 @@ class BlockStore:
         # blobs committed blocks recorded but this store lacks (root CID -> height): repair survives a
         # restart, so a validator killed before its fetch finished still fetches them afterwards
         self.wanted = self.env.open_db(b"wanted")
+        # b"pinned": the height of the last block whose pins were counted (commit_blobs)
+        self.meta = self.env.open_db(b"meta")
         self.corrupt_reads = 0
 
     def close(self) -> None:
@@ -135,10 +137,15 @@ class BlockStore:
                      height: int = 0) -> tuple[list[Cid], list[Cid]]:
         """A committed block's blobs: its sidecars (raw blocks, each checked against its CID) stored
         and listed, every blob the block records pinned, and the ones still not held here recorded
-        as wanted, in one synced transaction. Returns (CIDs newly stored, roots wanted)."""
+        as wanted, in one synced transaction. Returns (CIDs newly stored, roots wanted).
+
+        A block's pins are counted once: the ledger commits the block after this, in another store,
+        so a commit retried after the ledger write failed (a crash, a full disk) must not pin again."""
         now = time.time()
         stored, wanted = [], []
         with self.env.begin(write=True) as txn:
+            last = txn.get(b"pinned", db=self.meta)
+            counted = bool(height) and last is not None and height <= struct.unpack(">Q", last)[0]
             for cid, data in sidecars:
                 if not verify(cid, data):
                     raise IntegrityError(f"bytes do not match {cid}")
@@ -147,10 +154,13 @@ class BlockStore:
                 if txn.get(cid.multihash, db=self.roots) is None:
                     txn.put(cid.multihash, _ROOT.pack(len(data), now, cid.codec), db=self.roots)
             for root in pins:
-                self._pin_in(txn, root)
+                if not counted:
+                    self._pin_in(txn, root)
                 if txn.get(root.multihash, db=self.roots) is None:
                     txn.put(root.to_v1().to_bytes(), struct.pack(">Q", height), db=self.wanted)
                     wanted.append(root)
+            if height and not counted:
+                txn.put(b"pinned", struct.pack(">Q", height), db=self.meta)
         return stored, wanted
 
     def wanted_blobs(self, limit: int = 100_000) -> list[tuple[Cid, int]]:

@@ -50,13 +50,14 @@ def _h(height: int) -> bytes:
 
 
 class Ledger:
-    def __init__(self, path: str | Path, readonly: bool = False, genesis_root: bytes | None = None) -> None:
+    def __init__(self, path: str | Path, readonly: bool = False, genesis_root: bytes | None = None,
+                 map_size: int | None = None) -> None:
         path = Path(path)
         if not readonly:
             path.mkdir(parents=True, exist_ok=True)
         elif not (path / "data.mdb").exists():
             raise LedgerError(f"no ledger at {path}")
-        self.env = lmdb.open(str(path), map_size=_MAP_SIZE, max_dbs=8, readonly=readonly, lock=not readonly,
+        self.env = lmdb.open(str(path), map_size=map_size or _MAP_SIZE, max_dbs=8, readonly=readonly, lock=not readonly,
                              sync=True, metasync=True)
         self.blocks = self.env.open_db(b"blocks", create=not readonly)
         self.hashes = self.env.open_db(b"hashes", create=not readonly)
