@@ -11,7 +11,8 @@ from node.crypto import ecdsa
 from node.crypto.keys import Identity
 from node.state import CODES, OK, Code, Overlay, apply_block, check_tx, genesis_state_root, keys, smt
 from node.state.machine import apply_tx, read_allowed
-from node.tx import DATA_TYPES, Grant, Profile, Read, SealedKey, Tx, Write
+from node.state.records import BlobRec
+from node.tx import DATA_TYPES, Grant, Policy, Profile, Read, SealedKey, Tx, Write
 from node.wire import decode
 
 CHAIN = "state-test"
@@ -306,6 +307,29 @@ def test_every_read_leaves_an_audit_entry(chain):
     assert chain.audits(PAT2) == []
     assert chain.obj(keys.audit_count(PAT.address)) == len(expected) + 1
     assert keys.audit(PAT.address, len(expected)) in chain.state
+
+
+def test_emergency_reads_are_indexed_apart_by_their_audit_index(chain):
+    """Every break-glass read, allowed or not, is also listed in the patient's emergency index,
+    which holds its index in the audit log (so a client finds each without reading the log)."""
+    assert chain.profile(NURSE) == OK
+    bg = [chain.tx(DOC, Read(PAT.address, HR, b"", 0, T0, "ETREAT")),  # audit index 0, allowed
+          chain.tx(DOC, Read(PAT.address, BP, b"", 0, T0)),  # 1: an ordinary read, refused (no grant)
+          chain.tx(NURSE, Read(PAT.address, BP, b"", 0, T0, "ETREAT"))]  # 2, allowed
+    assert chain.apply(bg, T0 + 5) == [OK, 3, OK]
+    assert chain.obj(keys.emergency_count(PAT.address)) == 2
+    assert [chain.obj(keys.emergency_entry(PAT.address, i)) for i in range(2)] == [0, 2]
+    assert chain.run(PAT, Policy(False)) == OK
+    assert chain.run(NURSE, Read(PAT.address, HR, b"", 0, T0, "ETREAT"), T0 + 6) == 10  # refused: indexed too
+    assert chain.obj(keys.emergency_entry(PAT.address, 2)) == 3
+    assert chain.obj(keys.emergency_count(PAT2.address)) is None
+
+
+def test_a_write_records_its_blob_with_the_transaction_that_wrote_it(chain):
+    tx = chain.tx(PAT, Write(HR, cid("rec"), 1000, 0, T0 - 60_000, T0))
+    assert chain.apply([tx]) == [OK]
+    rec = BlobRec.decode(chain.state[keys.blob(cid("rec"))])
+    assert rec == BlobRec(PAT.address, HR, 0, 1000, T0 - 60_000, T0, chain.height, tx.id)
 
 
 def test_writes_grants_and_profiles_leave_no_audit():
