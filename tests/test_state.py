@@ -11,7 +11,7 @@ from node.crypto import ecdsa
 from node.crypto.keys import Identity
 from node.state import CODES, OK, Code, Overlay, apply_block, check_tx, genesis_state_root, keys, smt
 from node.state.machine import apply_tx, read_allowed
-from node.state.records import BlobRec
+from node.state.records import BlobRec, GrantRec, PolicyRec
 from node.tx import DATA_TYPES, Grant, Policy, Profile, Read, SealedKey, Tx, Write
 from node.wire import decode
 
@@ -323,6 +323,15 @@ def test_emergency_reads_are_indexed_apart_by_their_audit_index(chain):
     assert chain.run(NURSE, Read(PAT.address, HR, b"", 0, T0, "ETREAT"), T0 + 6) == 10  # refused: indexed too
     assert chain.obj(keys.emergency_entry(PAT.address, 2)) == 3
     assert chain.obj(keys.emergency_count(PAT2.address)) is None
+
+
+def test_grant_and_policy_records_say_when_and_by_which_transaction(chain):
+    g = chain.tx(PAT, Grant(DOC.address, tuple(sorted((BP, HR))), T0 + 10**6, ()))
+    assert chain.apply([g]) == [OK]
+    assert GrantRec.decode(chain.state[keys.grant(PAT.address, DOC.address)]) == \
+        GrantRec(sorted([BP, HR]), T0 + 10**6, chain.height, g.id)
+    assert chain.run(PAT, Policy(False)) == OK
+    assert PolicyRec.decode(chain.state[keys.policy(PAT.address)]) == PolicyRec(False, chain.height)
 
 
 def test_a_write_records_its_blob_with_the_transaction_that_wrote_it(chain):

@@ -128,7 +128,7 @@ def check_tx(view: Overlay, tx: Tx, time_ms: int) -> int:
     if isinstance(b, Write):
         if b.epoch != _epoch(view, addr, b.dtype):
             return Code.STALE_EPOCH
-        if any(0 < h[1] <= time_ms for h in view.get_obj(keys.expiring(addr, b.dtype)) or ()):
+        if any(h[1] <= time_ms for h in view.get_obj(keys.expiring(addr, b.dtype)) or ()):  # expiries are > 0
             return Code.KEY_EXPIRED  # a grantee whose access ended holds this epoch's key
         if view.get(keys.blob(b.cid)) is not None:
             return Code.CID_RECORDED
