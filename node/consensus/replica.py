@@ -16,7 +16,10 @@ With n = 1 every quorum is this replica alone: the single-validator node runs th
   watermark moves to it and what lies below is garbage-collected.
 - View change: when work is pending and nothing was delivered for `view_timeout_ms`, on proof that
   the primary equivocated, or when f+1 replicas moved to later views. The timeout doubles with each
-  view change that does not lead to a delivery, so views do not churn.
+  view change that does not lead to a delivery, so views do not churn. A replica waiting for a NEW-VIEW
+  asks for the next view only after 2f+1 replicas gave up on its view (a VIEW-CHANGE for it or a later
+  one) and a timeout in which it heard 2f others; any replica in a view relays its NEW-VIEW to one
+  whose heartbeat shows it still below (docs/PROTOCOL.md section 8).
 - Evidence: two conflicting signed messages from one validator are kept (self-verifying) and reported.
 """
 
@@ -232,17 +235,24 @@ class Replica(ViewChangeRole, RecoveryRole):
         return base << min(self._vc_attempt, 6)
 
     def _view_timer(self, now_ms: int, pending: bool) -> list[Action]:
+        heard = sum(1 for t in self._heard.values() if now_ms - t <= self.view_timeout_ms)
         if self.changing:
-            # escalate only once 2f+1 replicas are in this view change too (PBFT): a replica cut off
-            # alone must not race to ever higher views and then be unable to rejoin
-            if len(self.vcs.get(self.view, {})) >= self.q and \
-                    now_ms - self._vc_started >= self._timeout():
+            # PBFT: the timer for the next view starts once 2f+1 replicas are in this view change, and here it
+            # runs only while we hear 2f others: cut off or paused we could not have received the NEW-VIEW, and
+            # a replica that escalated then would be stranded in a view the others (working in the one it
+            # missed) never join; it may not act in a lower view again (its VIEW-CHANGE still counts there).
+            # A replica asking for a later view has given up on this one too: counting it lets the others
+            # reach a replica left behind in a higher view instead of waiting for its VIEW-CHANGE here.
+            given_up = {s for v, vs in self.vcs.items() if v >= self.view for s in vs}
+            if heard < self.q - 1 or len(given_up) < self.q:
+                self._vc_started = now_ms  # the timer starts (again) from here
+                return []
+            if now_ms - self._vc_started >= self._timeout():
                 return self.start_view_change(self.view + 1)
             return []
         if not pending and not any(i.block is not None for i in self.log.values()):
             self._progress_at = now_ms  # nothing waiting: the timer is not running
             return []
-        heard = sum(1 for t in self._heard.values() if now_ms - t <= self.view_timeout_ms)
         if self.behind_by() > 0 or heard < self.q - 1:
             # the others are ahead (we must catch up, the view is live), or we cannot hear 2f of them (cut
             # off: a view change could not complete, and a replica that raced ahead alone could not rejoin)
@@ -492,9 +502,12 @@ class Replica(ViewChangeRole, RecoveryRole):
     def _on_status(self, msg: Status) -> list[Action]:
         j, theirs = msg.sender, msg.seq
         out: list[Action] = []
-        if msg.view < self.view and self.is_primary and not self.changing and self.new_view_msg is not None:
+        if msg.view < self.view and not self.changing and self.new_view_msg is not None:
+            # it missed the NEW-VIEW of our view: the primary sends it again, and (less often) so does every
+            # replica in the view, as it is self-certifying: one that cannot hear the primary (a cut link,
+            # a primary withholding it) gets in rather than escalating to a view no one else would join
             sent = self._nv_sent.get(j)
-            if sent is None or self.now_ms - sent >= 2 * self.status_ms:  # it missed our NEW-VIEW
+            if sent is None or self.now_ms - sent >= (2 if self.is_primary else 4) * self.status_ms:
                 self._nv_sent[j] = self.now_ms
                 out.append(Send(j, self.new_view_msg))
         if theirs == self.last_delivered and theirs > 0 and msg.digest != self.last_hash:

@@ -287,6 +287,9 @@ class ViewChangeRole:
 
     def _install(self, nv: NewView, sel: Selection, blocks: dict[bytes, Block]) -> list[Action]:
         self.changing, self.new_view_msg = False, nv
+        # the others relay it only to a replica still below the view two heartbeats on (it missed the
+        # primary's broadcast), not to every one the broadcast is still on its way to
+        self._nv_sent = {} if self.is_primary else dict.fromkeys(range(self.n), self.now_ms - 2 * self.status_ms)
         self.view_changes += 1
         self.fixed = {s: d for s, d in sel.chain if s > self.last_delivered}
         self.floor = sel.base_seq

@@ -1,0 +1,106 @@
+"""Liveness at n = 7 with two faults at a time (issue 19): no honest replica is left outside the working view.
+
+`medchain faults --seed 11 --steps 8 --validators 7` once ended with five validators in view 1 and two
+waiting for view 2: the two had sent VIEW-CHANGE for view 1 and held 2f+1 of them, were then cut off (or
+paused) before the NEW-VIEW reached them, and their escalation timer ran out while they could hear no
+one, so they asked for view 2, where no one else would ever follow. These are that case on the seeded
+simulated network, and the rules that bring a replica back.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.consensus_sim import SimNet
+
+N, Q = 7, 5
+STRANDED = (5, 6)
+
+
+def _same_view(net, replicas):
+    return {(net.replicas[i].view, net.replicas[i].changing) for i in replicas}
+
+
+def _cut_off(net, group):
+    net.cut = {frozenset((g, j)) for g in group for j in range(net.n) if j not in group}
+    net.queue = [(d, raw) for d, raw in net.queue if d not in group]  # in flight to them: dropped at the cut
+
+
+def _step_until(net, cond, limit=20_000):
+    """Deliver one message at a time (100 ms ticks when none is in flight) until `cond` holds."""
+    for _ in range(limit):
+        if cond():
+            return True
+        if net.queue:
+            net.step()
+        else:
+            net.tick_all()
+    return False
+
+
+# seeds whose message order has 5 and 6 holding 2f+1 view changes for view 1 before its NEW-VIEW reaches them
+@pytest.mark.parametrize("seed", [1900, 1906, 1908])
+@pytest.mark.parametrize("fault", ["cut", "pause"])
+def test_two_replicas_cut_off_while_waiting_for_a_new_view_rejoin_it(fault, seed):
+    net = SimNet(N, seed)
+    net.run(3)
+    net.crash(0)  # the primary and a backup go while work waits: the other five change to view 1
+    net.crash(3)
+    # 5 and 6 hold 2f+1 view changes for view 1 and wait for its NEW-VIEW
+    assert _step_until(net, lambda: all(net.replicas[i].changing and net.replicas[i].view == 1
+                                        and len(net.replicas[i].vcs.get(1, {})) >= Q for i in STRANDED))
+    if fault == "cut":
+        _cut_off(net, STRANDED)
+    else:
+        for i in STRANDED:
+            net.pause(i)
+    net.restart(0)
+    net.restart(3)
+    others = [i for i in range(N) if i not in STRANDED]
+    net.run(6, max_ticks=400, idle_after=True, until=lambda: all(len(net.out[i]) >= 6 for i in others))
+    assert _same_view(net, others) == {(1, False)}  # view 1 formed without them
+    net.run(10, max_ticks=80, idle_after=True, until=lambda: False)  # the fault outlasts their escalation timeout
+    if fault == "cut":
+        net.cut = set()
+    else:
+        for i in STRANDED:
+            net.resume(i)
+    net.run(14, max_ticks=400, idle_after=True)
+    net.run(14, max_ticks=100, idle_after=True, until=lambda: False)  # the load has stopped: a quiet spell
+    net.check_agreement([d.block for o in net.out for d in o], count=14)
+    trace = [(i, net.replicas[i].view, net.replicas[i].changing, len(net.out[i])) for i in range(N)]
+    assert _same_view(net, range(N)) == {(1, False)}, trace
+
+
+def test_replicas_left_in_a_higher_view_are_reached_by_the_next_view_change():
+    """5 and 6 wait in view 2 while the others work on in view 0 (however they got there: they must not act
+    in a lower view again). When the primary then fails, the four left ask for view 1 and count only four
+    VIEW-CHANGEs for it, and two replicas in a later view are f, too few to pull them up (f+1): unless a
+    VIEW-CHANGE for a later view counts as giving up on view 1 too, the six live replicas never form a view."""
+    net = SimNet(N, 1950)
+    net.run(3)
+    for i in STRANDED:
+        net.send(i, net.replicas[i].start_view_change(2))
+    net.run(6, max_ticks=50, idle_after=True)
+    assert _same_view(net, range(5)) == {(0, False)} and _same_view(net, STRANDED) == {(2, True)}
+    net.crash(0)
+    net.run(10, max_ticks=600, idle_after=True)
+    live = range(1, N)
+    net.check_agreement([d.block for o in net.out for d in o], count=10)
+    assert _same_view(net, live) == {(2, False)}, [(i, net.replicas[i].view, net.replicas[i].changing) for i in live]
+
+
+def test_a_replica_that_cannot_hear_the_new_primary_gets_the_new_view_from_the_others():
+    """The link between 6 and the primary of view 1 is cut (or that primary withholds its NEW-VIEW from 6):
+    6 holds 2f+1 VIEW-CHANGEs for view 1 and hears everyone else, so without the NEW-VIEW it would escalate
+    to view 2 alone. Any replica in view 1 answers 6's status heartbeat (which names the view before the
+    one it waits for) with the NEW-VIEW, which is self-certifying."""
+    net = SimNet(N, 1960)
+    net.run(3)
+    net.cut = {frozenset((1, 6))}
+    net.crash(0)
+    net.run(8, max_ticks=400, idle_after=True)
+    net.run(8, max_ticks=100, idle_after=True, until=lambda: False)
+    live = range(1, N)
+    net.check_agreement([d.block for o in net.out for d in o], count=8)
+    assert _same_view(net, live) == {(1, False)}, [(i, net.replicas[i].view, net.replicas[i].changing) for i in live]
