@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.consensus_sim import SimNet
+from node.consensus import Broadcast, Commit, PrePrepare
+from tests.consensus_sim import SimNet, make_block, signed
 
 N, Q = 7, 5
 STRANDED = (5, 6)
@@ -104,3 +105,50 @@ def test_a_replica_that_cannot_hear_the_new_primary_gets_the_new_view_from_the_o
     live = range(1, N)
     net.check_agreement([d.block for o in net.out for d in o], count=8)
     assert _same_view(net, live) == {(1, False)}, [(i, net.replicas[i].view, net.replicas[i].changing) for i in live]
+
+
+class _EquivocatingPrimaryNet(SimNet):
+    """Replica 0 is byzantine (MEDCHAIN_BYZANTINE=equivocate, and worse): each block it proposes goes to
+    half the others, a conflicting one (same transactions and parent) to the rest, and it sends a COMMIT
+    for that second block too. Otherwise it runs the honest code."""
+
+    BYZ = 0
+
+    def send(self, src, actions):
+        if src != self.BYZ:
+            return super().send(src, actions)
+        for a in actions:
+            pp = a.msg if isinstance(a, Broadcast) else None
+            if not isinstance(pp, PrePrepare) or pp.tag != PrePrepare.tag or pp.block.header.view != pp.view:
+                super().send(src, [a])
+                continue
+            h = pp.block.header
+            alt = make_block(h.seq, self.n, view=h.view, txs=pp.block.txs, prev=h.prev_hash, proposer=src, salt=b"B")
+            others = [j for j in range(self.n) if j != src]
+            half = others[: len(others) // 2]
+            for j in others:
+                if j in half:
+                    self._put(src, j, pp)
+                else:
+                    self._put(src, j, signed(PrePrepare, src, pp.view, h.seq, alt.hash, block=alt))
+                    self._put(src, j, signed(Commit, src, pp.view, h.seq, alt.hash))
+
+
+@pytest.mark.parametrize("seed", range(2))
+@pytest.mark.parametrize("killed", [2, 5])  # one that gets the primary's first block, one that gets its second
+def test_an_equivocating_primary_and_a_killed_replica_at_once(killed, seed):
+    """f = 2 at n = 7: the primary equivocates and a replica is killed (SIGKILL: its disk survives). No two
+    honest replicas deliver different blocks at any height, the five honest ones left move to a new view
+    and commit, and the killed one, restarted, catches up and joins that view."""
+    net = _EquivocatingPrimaryNet(N, 1970 + seed)
+    net.crash(killed)
+    honest = [i for i in range(1, N) if i != killed]
+    net.run(8, max_ticks=600, idle_after=True, until=lambda: all(len(net.out[i]) >= 8 for i in honest))
+    assert all(net.replicas[i].view >= 1 for i in honest)
+    assert any(e["kind"] == "equivocating-primary" and e["validator"] == 0
+               for i in honest for e in net.replicas[i].evidence)
+    net.restart(killed)
+    net.run(12, max_ticks=600, idle_after=True, until=lambda: all(len(net.out[i]) >= 12 for i in range(1, N)))
+    net.run(12, max_ticks=100, idle_after=True, until=lambda: False)
+    net.check_agreement([d.block for o in net.out for d in o], replicas=list(range(1, N)), count=12)
+    assert len(_same_view(net, range(1, N))) == 1 and not net.replicas[1].changing
