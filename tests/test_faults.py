@@ -44,6 +44,14 @@ def devnet(tmp_path):
         n.stop()
 
 
+async def _until_committed(committed, count, seconds=30.0):
+    """Wait until `committed` holds more than `count` acknowledged transactions (or `seconds` pass)."""
+    for _ in range(int(seconds * 10)):
+        if len(committed) > count:
+            return
+        await asyncio.sleep(0.1)
+
+
 async def _status(node) -> dict:
     async with NodeClient(node.url) as c:
         return await c.status()
@@ -166,10 +174,7 @@ def test_equivocating_primary_commits_at_most_one_block_per_sequence(tmp_path):
         async def go():
             stop = asyncio.Event()
             task = asyncio.create_task(_load_until(nodes, stop, committed, b"eq-"))
-            for _ in range(300):
-                if len(committed) > 30:
-                    break
-                await asyncio.sleep(0.1)
+            await _until_committed(committed, 30)
             stop.set()
             await task
             assert len(committed) > 30, "no progress after the equivocation"
@@ -227,17 +232,10 @@ def test_equivocating_primary_and_a_killed_replica_at_seven(tmp_path):
             nodes[killed].kill()
             stop = asyncio.Event()
             task = asyncio.create_task(_load_until(nodes, stop, committed, b"eq7-"))
-            for _ in range(600):
-                if len(committed) > 30:
-                    break
-                await asyncio.sleep(0.1)
+            await _until_committed(committed, 30, 60.0)
             assert len(committed) > 30, "no progress with a byzantine primary and a validator down"
             await asyncio.to_thread(nodes[killed].start)
-            restarted = len(committed)
-            for _ in range(300):
-                if len(committed) > restarted + 20:
-                    break
-                await asyncio.sleep(0.1)
+            await _until_committed(committed, len(committed) + 20)
             stop.set()
             await task
             heads = await faultharness.converged([nodes[i] for i in honest], timeout=60.0)
