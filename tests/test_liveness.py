@@ -152,3 +152,33 @@ def test_an_equivocating_primary_and_a_killed_replica_at_once(killed, seed):
     net.run(12, max_ticks=100, idle_after=True, until=lambda: False)
     net.check_agreement([d.block for o in net.out for d in o], replicas=list(range(1, N)), count=12)
     assert len(_same_view(net, range(1, N))) == 1 and not net.replicas[1].changing
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_replicas_cut_off_just_after_the_primary_slowed_down_do_not_leave_alone(seed):
+    """`medchain faults --seed 13 --steps 8 --validators 7`: the primary was slow for a moment, then 3 and 4
+    were cut off; 1.9 s later, before the 2 s in which it counts whom it has heard had passed, 4's view timer
+    ran out and it asked for view 1 alone, while the primary went on with the other five. A replica counts as
+    heard only one that sent something in the last two heartbeats (1 s here), so cut off it stops its timer
+    within that time: it can leave only if the view had been stalled for most of the timeout before the cut."""
+    net = SimNet(N, 1980 + seed)
+    net.run(4)
+    net.run(4, max_ticks=5, idle_after=True, until=lambda: False)  # quiet: no view timer runs
+    while net.now - net.replicas[4]._last_status != 200:  # heartbeats go every 500 ms: the next one in 300 ms
+        net.tick_all(pending=False)
+    net.pause(0)  # work arrives; the primary is slow for 300 ms, in which the others' heartbeats arrive
+    for _ in range(3):
+        net.tick_all(pending=True)
+        while net.queue:
+            net.step()
+    assert net.replicas[4]._last_status == net.now
+    _cut_off(net, (3, 4))
+    net.resume(0)
+    net.run(10, max_ticks=30, idle_after=True, until=lambda: False)  # the cut lasts 3 s
+    assert _same_view(net, (0, 1, 2, 5, 6)) == {(0, False)} and len(net.out[1]) == 10
+    net.cut = set()
+    net.run(14, max_ticks=300, idle_after=True)
+    net.run(14, max_ticks=100, idle_after=True, until=lambda: False)
+    net.check_agreement([d.block for o in net.out for d in o], count=14)
+    assert _same_view(net, range(N)) == {(0, False)}, [(i, net.replicas[i].view, net.replicas[i].changing)
+                                                        for i in range(N)]

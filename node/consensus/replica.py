@@ -235,7 +235,10 @@ class Replica(ViewChangeRole, RecoveryRole):
         return base << min(self._vc_attempt, 6)
 
     def _view_timer(self, now_ms: int, pending: bool) -> list[Action]:
-        heard = sum(1 for t in self._heard.values() if now_ms - t <= self.view_timeout_ms)
+        # heard: sent us something within two heartbeats. Counted over the whole timeout instead, a replica
+        # cut off just after the view slowed down ran out its timer before it noticed the cut, and left alone.
+        window = min(self.view_timeout_ms, 2 * self.status_ms)
+        heard = sum(1 for t in self._heard.values() if now_ms - t <= window)
         if self.changing:
             # PBFT: the timer for the next view starts once 2f+1 replicas are in this view change, and here it
             # runs only while we hear 2f others: cut off or paused we could not have received the NEW-VIEW, and
