@@ -14,8 +14,9 @@ With n = 1 every quorum is this replica alone: the single-validator node runs th
   blocks that may have committed (node/consensus/viewchange.py).
 - Checkpoints every `checkpoint_interval` blocks: 2f+1 matching state roots make it stable; the low
   watermark moves to it and what lies below is garbage-collected.
-- View change: when work is pending and nothing was delivered for `view_timeout_ms`, on proof that
-  the primary equivocated, or when f+1 replicas moved to later views. The timeout doubles with each
+- View change: when work is pending and nothing was delivered for `view_timeout_ms` a replica says
+  SUSPECT, and the view changes once 2f+1 do (f+1 make the others join the suspicion); at once on proof
+  that the primary equivocated, or when f+1 replicas moved to later views. The timeout doubles with each
   view change that does not lead to a delivery, so views do not churn. A replica waiting for a NEW-VIEW
   asks for the next view only after 2f+1 replicas gave up on its view (a VIEW-CHANGE for it or a later
   one) and a timeout in which it heard 2f others; any replica in a view relays its NEW-VIEW to one
@@ -39,6 +40,7 @@ from node.consensus.messages import (
     T_PREPARE,
     T_PREPREPARE,
     T_STATUS,
+    T_SUSPECT,
     T_VIEWCHANGE,
     CertifiedBlock,
     Checkpoint,
@@ -47,6 +49,7 @@ from node.consensus.messages import (
     Prepare,
     PrePrepare,
     Status,
+    Suspect,
     ViewChange,
     _Msg,
     signed_digest,
@@ -118,6 +121,8 @@ class Replica(ViewChangeRole, RecoveryRole):
         self._vc_started = 0
         self._progress_at = 0
         self._vc_sent_at = -(10**12)
+        self.suspects: dict[int, int] = {}  # validator -> when its SUSPECT for our view last came
+        self._suspecting = False  # our view timer ran out and nothing was delivered since
         self.view_changes = 0  # views entered through a new view
         self.evidence: list[dict] = []
         self._evidence_keys: set[tuple] = set()
@@ -204,6 +209,8 @@ class Replica(ViewChangeRole, RecoveryRole):
                                  if not self.changing else self._status_before_view()))
             if self._own_checkpoint is not None and self._own_checkpoint.seq > self.stable:
                 out.append(Broadcast(self._own_checkpoint))
+            if self._suspecting and not self.changing:
+                out.append(Broadcast(self._make(Suspect, self.last_delivered, self.last_hash)))
         out += self._view_timer(now_ms, pending)
         if self.changing:
             if self._own_vc is not None and now_ms - self._vc_sent_at >= 4 * self.status_ms:
@@ -262,7 +269,7 @@ class Replica(ViewChangeRole, RecoveryRole):
             self._progress_at = now_ms
             return []
         if now_ms - self._progress_at >= self._timeout():
-            return self.start_view_change(self.view + 1)
+            return self.suspect()
         return []
 
     def worth_executing(self, pp: PrePrepare) -> bool:
@@ -299,7 +306,8 @@ class Replica(ViewChangeRole, RecoveryRole):
         self._heard[msg.sender] = self.now_ms
         handler = {T_STATUS: self._on_status, T_BLOCK: self._on_certified, T_PREPREPARE: self._on_preprepare,
                    T_PREPARE: self._on_prepare, T_COMMIT: self._on_commit, T_CHECKPOINT: self._on_checkpoint,
-                   T_VIEWCHANGE: self._on_view_change, T_NEWVIEW: self._on_new_view}.get(msg.tag)
+                   T_VIEWCHANGE: self._on_view_change, T_NEWVIEW: self._on_new_view,
+                   T_SUSPECT: self._on_suspect}.get(msg.tag)
         if handler is None:
             self.ignored += 1
             return []
@@ -437,7 +445,7 @@ class Replica(ViewChangeRole, RecoveryRole):
         self.next_seq = max(self.next_seq, seq + 1)
         # the time this delivery took while work waited feeds the adaptive timeout
         self._round_ema = 0.7 * self._round_ema + 0.3 * max(0, self.now_ms - self._progress_at)
-        self._progress_at, self._vc_attempt = self.now_ms, 0
+        self._progress_at, self._vc_attempt, self._suspecting = self.now_ms, 0, False
         if self.n == 1:
             self.stable = seq
             return []
