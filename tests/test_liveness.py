@@ -160,7 +160,8 @@ def test_replicas_cut_off_just_after_the_primary_slowed_down_do_not_leave_alone(
     were cut off; 1.9 s later, before the 2 s in which it counts whom it has heard had passed, 4's view timer
     ran out and it asked for view 1 alone, while the primary went on with the other five. A replica counts as
     heard only one that sent something in the last two heartbeats (1 s here), so cut off it stops its timer
-    within that time: it can leave only if the view had been stalled for most of the timeout before the cut."""
+    within that time: it can leave (or, since, suspect the view) only if the view had been stalled for most of
+    the timeout before the cut."""
     net = SimNet(N, 1980 + seed)
     net.run(4)
     net.run(4, max_ticks=5, idle_after=True, until=lambda: False)  # quiet: no view timer runs
@@ -176,6 +177,8 @@ def test_replicas_cut_off_just_after_the_primary_slowed_down_do_not_leave_alone(
     net.resume(0)
     net.run(10, max_ticks=30, idle_after=True, until=lambda: False)  # the cut lasts 3 s
     assert _same_view(net, (0, 1, 2, 5, 6)) == {(0, False)} and len(net.out[1]) == 10
+    # nor do they suspect the view (after the heal two suspicions and one byzantine would make f+1)
+    assert not net.replicas[3]._suspecting and not net.replicas[4]._suspecting
     net.cut = set()
     net.run(14, max_ticks=300, idle_after=True)
     net.run(14, max_ticks=100, idle_after=True, until=lambda: False)
