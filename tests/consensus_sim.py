@@ -163,6 +163,7 @@ class SimNet:
         self.out: list[list[Deliver]] = [[] for _ in range(n)]
         self.lossy, self.dup, self.silent = lossy, dup, set(silent)
         self.crashed: set[int] = set()
+        self.paused: dict[int, list[bytes]] = {}  # SIGSTOP: no ticks, what arrives waits until it resumes
         self.cut: set[frozenset] = set()
         self.views: list[int] = [0] * n  # the view each replica persisted (ViewChanged)
         # what each replica persisted, as node/validator.py does: consensus-log records and the NEW-VIEW
@@ -207,17 +208,30 @@ class SimNet:
             self.dropped += 1
             return
         raw = msg.encode()
-        self.queue.append((dst, raw))
-        if self.rng.random() < self.dup:
-            self.queue.append((dst, raw))
+        for _ in range(2 if self.rng.random() < self.dup else 1):
+            if dst in self.paused:
+                self.paused[dst].append(raw)
+            else:
+                self.queue.append((dst, raw))
 
     def step(self):
         dst, raw = self.queue.pop(self.rng.randrange(len(self.queue)))
-        if dst not in self.crashed:
+        if dst in self.paused:
+            self.paused[dst].append(raw)
+        elif dst not in self.crashed:
             self.send(dst, self.replicas[dst].on_message(decode_message(raw)))
 
     def crash(self, i):
         self.crashed.add(i)
+
+    def pause(self, i):
+        self.paused[i] = []
+
+    def resume(self, i):
+        """SIGCONT: the overdue tick runs first, then the messages that waited (as the driver may order them)."""
+        held = self.paused.pop(i)
+        self.send(i, self.replicas[i].tick(self.now, pending=True))
+        self.queue += [(i, raw) for raw in held]
 
     def restart(self, i):
         self.replicas[i] = recover_replica(self.n, i, [d.block for d in self.out[i]], self.views[i],
@@ -237,18 +251,27 @@ class SimNet:
         self.send(r.index, r.propose(b))
         return b
 
-    def run(self, count, pipeline=4, max_ticks=0, until=None):
+    def tick_all(self, pending=True):
+        """100 ms pass for every replica that runs."""
+        self.now += 100
+        for i, r in enumerate(self.replicas):
+            if i not in self.crashed and i not in self.paused:
+                self.send(i, r.tick(self.now, pending=pending(r) if callable(pending) else pending))
+
+    def run(self, count, pipeline=4, max_ticks=0, until=None, idle_after=False):
+        """Propose up to `count` blocks while running the network; `idle_after`: work waits (the view
+        timer runs) only at a replica that has not delivered `count` yet, so a finished load is quiet."""
         proposed, ticks = [], 0
+        pending = (lambda r: r.last_delivered < count) if idle_after else True
         until = until or (lambda: all(len(self.out[i]) >= count for i in range(self.n) if i not in self.crashed))
         while not until():
-            live = [r for i, r in enumerate(self.replicas) if i not in self.crashed]
+            live = [r for i, r in enumerate(self.replicas) if i not in self.crashed and i not in self.paused]
             can = [r for r in live if r.can_propose() and r.in_flight() < pipeline and r.next_seq <= count
                    and r.index not in self.silent]
             # a tick (100 ms) about once per queue's worth of deliveries: each message takes ~one tick
             if ticks < max_ticks and (not self.queue or self.rng.random() < 1 / (1 + len(self.queue))):
-                ticks, self.now = ticks + 1, self.now + 100
-                for r in live:
-                    self.send(r.index, r.tick(self.now, pending=True))
+                ticks += 1
+                self.tick_all(pending)
             elif can and (not self.queue or self.rng.random() < 0.3):
                 b = self._propose(self.rng.choice(can), count)
                 if b is not None:

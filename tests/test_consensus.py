@@ -11,6 +11,7 @@ from node.consensus import (
     ConsensusError,
     Prepare,
     PrePrepare,
+    Suspect,
     ViewChange,
     ViewChanged,
     decode_message,
@@ -306,7 +307,8 @@ def test_propose_preconditions():
 
 def test_messages_round_trip():
     b = make_block(3, txs=[b"x", b"yz"]).with_cert([(0, bytes(64))])
-    msgs = [pre_prepare(b), signed(Prepare, 2, 5, 3, b.hash), signed(Commit, 3, 0, 2**40, b.hash)]
+    msgs = [pre_prepare(b), signed(Prepare, 2, 5, 3, b.hash), signed(Commit, 3, 0, 2**40, b.hash),
+            signed(Suspect, 1, 4, 2, b.hash)]
     for m in msgs:
         back = decode_message(m.encode())
         assert back == m and type(back) is type(m) and back.encode() == m.encode()
@@ -322,7 +324,7 @@ MALFORMED = [
     b"", b"\xc1", encode([2, 0, 1, D, 0, S]) + b"\x00", encode(5), encode([2, 0, 1, D, 0]),
     encode([2, -1, 1, D, 0, S]), encode([2, 0, 1, D[:31], 0, S]), encode([2, 0, 1, D, 0, S[:63]]),
     encode([2, 0, 1, "d" * 32, 0, S]), encode([1, 0, 1, D, 0, S]), encode([1, 0, 1, D, 0, S, "blk"]),
-    encode([1, 0, 1, D, 0, S, encode([1, 2])]), encode([2, 0, 1, D, 0, S, BLOCK]), encode([9, 0, 1, D, 0, S]),
+    encode([1, 0, 1, D, 0, S, encode([1, 2])]), encode([2, 0, 1, D, 0, S, BLOCK]), encode([10, 0, 1, D, 0, S]),
     b"\x96\x02\xcd\x00\x00\x01" + encode(D) + b"\x00" + encode(S),  # non-canonical int width
     encode([2, 0, 1, D, 0, S, b"x" * (MAX_BLOCK_BYTES + 1024)]),
 ]

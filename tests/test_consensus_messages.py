@@ -40,7 +40,7 @@ def _all_messages() -> list:
     bd = hashlib.sha256(body).digest()
     return [m.PrePrepare(0, 1, block.hash, 0, SIG, block), m.CertifiedBlock(0, 1, block.hash, 2, SIG, block),
             m.Prepare(0, 1, D, 1, SIG, bytes(range(1, 65))), m.Commit(0, 1, D, 2, SIG), m.Status(0, 1, D, 3, SIG),
-            m.Checkpoint(0, 1, D, 3, SIG), m.ViewChange(1, 0, bd, 2, SIG, body, (b"b1", b"b2")),
+            m.Checkpoint(0, 1, D, 3, SIG), m.Suspect(2, 1, D, 4, SIG), m.ViewChange(1, 0, bd, 2, SIG, body, (b"b1", b"b2")),
             m.ViewChange(1, 0, bd, 2, SIG, body, ()), m.NewView(1, 0, bd, 1, SIG, body)]
 
 
@@ -89,7 +89,8 @@ BAD = [
     (_head(6, BODY, [b"ok", "no"], digest=BD), "^view change blocks must be a list of byte strings$"),
     (_head(3, b""), "^trailing fields$"),
     (_head(4, b""), "^trailing fields$"),
-    (_head(9), "^unknown consensus message tag 9$"),
+    (_head(9, b""), "^trailing fields$"),
+    (_head(10), "^unknown consensus message tag 10$"),
     (_head(0), "^unknown consensus message tag 0$"),
 ]
 

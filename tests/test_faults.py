@@ -1,7 +1,8 @@
 """DESIGN.md section 5 on a real 4-process devnet (PBFT over py-libp2p on 127.0.0.1), under load:
 the primary killed (a new view takes over), a replica paused past the checkpoint window (state
-transfer), an equivocating primary (real byzantine process). After each: identical block hashes and
-state roots on the honest replicas, and every acknowledged commit still there.
+transfer), an equivocating primary (real byzantine process), and at n = 7 an equivocating primary and a
+killed replica at once (f = 2). After each: identical block hashes and state roots on the honest
+replicas, and every acknowledged commit still there.
 
 Figures (time to the first commit in a new view, state-transfer rate) are printed, not asserted:
 run with `-s` to see them."""
@@ -27,8 +28,8 @@ from tests.test_devnet import _load_until
 WINDOW = 16  # a small PBFT window (checkpoint every 4 blocks), so "past the window" takes seconds
 
 
-def _network(tmp_path, env=None):
-    nodes = make_network(tmp_path, 4, params=Params(sender_rate=1e5, sender_burst=1e5, pbft_window=WINDOW))
+def _network(tmp_path, env=None, n=4):
+    nodes = make_network(tmp_path, n, params=Params(sender_rate=1e5, sender_burst=1e5, pbft_window=WINDOW))
     for i, e in (env or {}).items():
         nodes[i].env.update(e)
     start_all(nodes)
@@ -41,6 +42,14 @@ def devnet(tmp_path):
     yield nodes
     for n in nodes:
         n.stop()
+
+
+async def _until_committed(committed, count, seconds=30.0):
+    """Wait until `committed` holds more than `count` acknowledged transactions (or `seconds` pass)."""
+    for _ in range(int(seconds * 10)):
+        if len(committed) > count:
+            return
+        await asyncio.sleep(0.1)
 
 
 async def _status(node) -> dict:
@@ -165,10 +174,7 @@ def test_equivocating_primary_commits_at_most_one_block_per_sequence(tmp_path):
         async def go():
             stop = asyncio.Event()
             task = asyncio.create_task(_load_until(nodes, stop, committed, b"eq-"))
-            for _ in range(300):
-                if len(committed) > 30:
-                    break
-                await asyncio.sleep(0.1)
+            await _until_committed(committed, 30)
             stop.set()
             await task
             assert len(committed) > 30, "no progress after the equivocation"
@@ -192,6 +198,52 @@ def test_equivocating_primary_commits_at_most_one_block_per_sequence(tmp_path):
                     # (certificates may hold different 2f+1 subsets of signatures: compare the block hashes)
                     hashes = {Block.decode(await x.block_raw(height)).hash for x in (a, b, c)}
                     assert len(hashes) == 1, height
+        run(go())
+        assert "equivocated at sequence" in nodes[0].log_tail(200_000)
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+async def _same_blocks(nodes, height):
+    """The validators hold the same block at every height (certificates may hold different 2f+1 subsets of
+    signatures: the block hashes are compared)."""
+    clients = [NodeClient(n.url) for n in nodes]
+    try:
+        for c in clients:
+            await c.__aenter__()
+        for h in range(1, height + 1):
+            assert len({Block.decode(await c.block_raw(h)).hash for c in clients}) == 1, h
+    finally:
+        for c in clients:
+            await c.close()
+
+
+def test_equivocating_primary_and_a_killed_replica_at_seven(tmp_path):
+    """f = 2 at n = 7 (issue 19): validator 0 equivocates as primary (its second block goes to 4, 5 and 6)
+    while validator 4 is SIGKILLed. The five honest validators left prove the equivocation, change view and
+    commit; restarted, 4 catches up into their view; the honest ledgers agree block by block and hold every
+    acknowledged commit."""
+    nodes = _network(tmp_path, env={0: {"MEDCHAIN_BYZANTINE": "equivocate"}}, n=7)
+    killed, honest = 4, [1, 2, 3, 4, 5, 6]
+    committed: list[str] = []
+    try:
+        async def go():
+            nodes[killed].kill()
+            stop = asyncio.Event()
+            task = asyncio.create_task(_load_until(nodes, stop, committed, b"eq7-"))
+            await _until_committed(committed, 30, 60.0)
+            assert len(committed) > 30, "no progress with a byzantine primary and a validator down"
+            await asyncio.to_thread(nodes[killed].start)
+            await _until_committed(committed, len(committed) + 20)
+            stop.set()
+            await task
+            heads = await faultharness.converged([nodes[i] for i in honest], timeout=60.0)
+            assert heads[0]["consensus"]["view"] >= 1
+            ev = [e for h in heads for e in h["consensus"]["evidence"]]
+            assert any(e["kind"] == "equivocating-primary" and e["validator"] == 0 for e in ev), ev
+            await faultharness.assert_committed([nodes[i] for i in honest], committed)
+            await _same_blocks([nodes[i] for i in honest], heads[0]["height"])
         run(go())
         assert "equivocated at sequence" in nodes[0].log_tail(200_000)
     finally:

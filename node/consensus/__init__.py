@@ -9,10 +9,11 @@ from node.consensus.messages import (
     Prepare,
     PrePrepare,
     Status,
+    Suspect,
     ViewChange,
     decode_message,
 )
 from node.consensus.replica import Broadcast, Catchup, Deliver, Persist, Replica, Send, ViewChanged
 
 __all__ = ["Broadcast", "Catchup", "CertifiedBlock", "Checkpoint", "Commit", "ConsensusError", "Deliver", "NewView",
-           "Persist", "PrePrepare", "Prepare", "Replica", "Send", "Status", "ViewChange", "ViewChanged", "decode_message"]
+           "Persist", "PrePrepare", "Prepare", "Replica", "Send", "Status", "Suspect", "ViewChange", "ViewChanged", "decode_message"]

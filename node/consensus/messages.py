@@ -16,10 +16,10 @@ from node.crypto import ecdsa
 from node.wire import MAX_BLOCK_BYTES, WireError, decode_canonical, encode
 
 T_PREPREPARE, T_PREPARE, T_COMMIT, T_STATUS, T_BLOCK = 1, 2, 3, 4, 5
-T_VIEWCHANGE, T_NEWVIEW, T_CHECKPOINT = 6, 7, 8
+T_VIEWCHANGE, T_NEWVIEW, T_CHECKPOINT, T_SUSPECT = 6, 7, 8, 9
 _DOMAIN = {T_PREPREPARE: "medchain/pre-prepare", T_PREPARE: "medchain/prepare", T_STATUS: "medchain/status",
            T_BLOCK: "medchain/certified-block", T_VIEWCHANGE: "medchain/view-change",
-           T_NEWVIEW: "medchain/new-view", T_CHECKPOINT: "medchain/checkpoint"}
+           T_NEWVIEW: "medchain/new-view", T_CHECKPOINT: "medchain/checkpoint", T_SUSPECT: "medchain/suspect"}
 # a view change carries the sender's prepared blocks (at most a window of them) and a new view carries
 # 2f+1 view changes without their blocks: both may exceed one block
 MAX_MESSAGE_BYTES = 4 * MAX_BLOCK_BYTES + 64 * 1024
@@ -78,6 +78,14 @@ class Checkpoint(_Msg):
     """seq = a multiple of the checkpoint interval, digest = the state root after that block."""
 
     tag = T_CHECKPOINT
+
+
+@dataclass(frozen=True)
+class Suspect(_Msg):
+    """The sender's view timer for `view` ran out (sent again with each heartbeat while it lasts);
+    seq, digest = its last delivered block. 2f+1 of them for a view make it change."""
+
+    tag = T_SUSPECT
 
 
 @dataclass(frozen=True)
@@ -165,4 +173,6 @@ def decode_message(raw: bytes) -> _Msg:
         return Status(view, seq, digest, sender, sig)
     if tag == T_CHECKPOINT:
         return Checkpoint(view, seq, digest, sender, sig)
+    if tag == T_SUSPECT:
+        return Suspect(view, seq, digest, sender, sig)
     raise ConsensusError(f"unknown consensus message tag {tag}")

@@ -14,9 +14,13 @@ With n = 1 every quorum is this replica alone: the single-validator node runs th
   blocks that may have committed (node/consensus/viewchange.py).
 - Checkpoints every `checkpoint_interval` blocks: 2f+1 matching state roots make it stable; the low
   watermark moves to it and what lies below is garbage-collected.
-- View change: when work is pending and nothing was delivered for `view_timeout_ms`, on proof that
-  the primary equivocated, or when f+1 replicas moved to later views. The timeout doubles with each
-  view change that does not lead to a delivery, so views do not churn.
+- View change: when work is pending and nothing was delivered for `view_timeout_ms` a replica says
+  SUSPECT, and the view changes once 2f+1 do (f+1 make the others join the suspicion); at once on proof
+  that the primary equivocated, or when f+1 replicas moved to later views. The timeout doubles with each
+  view change that does not lead to a delivery, so views do not churn. A replica waiting for a NEW-VIEW
+  asks for the next view only after 2f+1 replicas gave up on its view (a VIEW-CHANGE for it or a later
+  one) and a timeout in which it heard 2f others; any replica in a view relays its NEW-VIEW to one
+  whose heartbeat shows it still below (docs/PROTOCOL.md section 8).
 - Evidence: two conflicting signed messages from one validator are kept (self-verifying) and reported.
 """
 
@@ -36,6 +40,7 @@ from node.consensus.messages import (
     T_PREPARE,
     T_PREPREPARE,
     T_STATUS,
+    T_SUSPECT,
     T_VIEWCHANGE,
     CertifiedBlock,
     Checkpoint,
@@ -44,6 +49,7 @@ from node.consensus.messages import (
     Prepare,
     PrePrepare,
     Status,
+    Suspect,
     ViewChange,
     _Msg,
     signed_digest,
@@ -115,6 +121,8 @@ class Replica(ViewChangeRole, RecoveryRole):
         self._vc_started = 0
         self._progress_at = 0
         self._vc_sent_at = -(10**12)
+        self.suspects: dict[int, int] = {}  # validator -> when its SUSPECT for our view last came
+        self._suspecting = False  # our view timer ran out and nothing was delivered since
         self.view_changes = 0  # views entered through a new view
         self.evidence: list[dict] = []
         self._evidence_keys: set[tuple] = set()
@@ -201,6 +209,8 @@ class Replica(ViewChangeRole, RecoveryRole):
                                  if not self.changing else self._status_before_view()))
             if self._own_checkpoint is not None and self._own_checkpoint.seq > self.stable:
                 out.append(Broadcast(self._own_checkpoint))
+            if self._suspecting and not self.changing:
+                out.append(Broadcast(self._make(Suspect, self.last_delivered, self.last_hash)))
         out += self._view_timer(now_ms, pending)
         if self.changing:
             if self._own_vc is not None and now_ms - self._vc_sent_at >= 4 * self.status_ms:
@@ -232,24 +242,34 @@ class Replica(ViewChangeRole, RecoveryRole):
         return base << min(self._vc_attempt, 6)
 
     def _view_timer(self, now_ms: int, pending: bool) -> list[Action]:
+        # heard: sent us something within two heartbeats. Counted over the whole timeout instead, a replica
+        # cut off just after the view slowed down ran out its timer before it noticed the cut, and left alone.
+        window = min(self.view_timeout_ms, 2 * self.status_ms)
+        heard = sum(1 for t in self._heard.values() if now_ms - t <= window)
         if self.changing:
-            # escalate only once 2f+1 replicas are in this view change too (PBFT): a replica cut off
-            # alone must not race to ever higher views and then be unable to rejoin
-            if len(self.vcs.get(self.view, {})) >= self.q and \
-                    now_ms - self._vc_started >= self._timeout():
+            # PBFT: the timer for the next view starts once 2f+1 replicas are in this view change, and here it
+            # runs only while we hear 2f others: cut off or paused we could not have received the NEW-VIEW, and
+            # a replica that escalated then would be stranded in a view the others (working in the one it
+            # missed) never join; it may not act in a lower view again (its VIEW-CHANGE still counts there).
+            # A replica asking for a later view has given up on this one too: counting it lets the others
+            # reach a replica left behind in a higher view instead of waiting for its VIEW-CHANGE here.
+            given_up = {s for v, vs in self.vcs.items() if v >= self.view for s in vs}
+            if heard < self.q - 1 or len(given_up) < self.q:
+                self._vc_started = now_ms  # the timer starts (again) from here
+                return []
+            if now_ms - self._vc_started >= self._timeout():
                 return self.start_view_change(self.view + 1)
             return []
         if not pending and not any(i.block is not None for i in self.log.values()):
             self._progress_at = now_ms  # nothing waiting: the timer is not running
             return []
-        heard = sum(1 for t in self._heard.values() if now_ms - t <= self.view_timeout_ms)
         if self.behind_by() > 0 or heard < self.q - 1:
             # the others are ahead (we must catch up, the view is live), or we cannot hear 2f of them (cut
             # off: a view change could not complete, and a replica that raced ahead alone could not rejoin)
             self._progress_at = now_ms
             return []
         if now_ms - self._progress_at >= self._timeout():
-            return self.start_view_change(self.view + 1)
+            return self.suspect()
         return []
 
     def worth_executing(self, pp: PrePrepare) -> bool:
@@ -286,7 +306,8 @@ class Replica(ViewChangeRole, RecoveryRole):
         self._heard[msg.sender] = self.now_ms
         handler = {T_STATUS: self._on_status, T_BLOCK: self._on_certified, T_PREPREPARE: self._on_preprepare,
                    T_PREPARE: self._on_prepare, T_COMMIT: self._on_commit, T_CHECKPOINT: self._on_checkpoint,
-                   T_VIEWCHANGE: self._on_view_change, T_NEWVIEW: self._on_new_view}.get(msg.tag)
+                   T_VIEWCHANGE: self._on_view_change, T_NEWVIEW: self._on_new_view,
+                   T_SUSPECT: self._on_suspect}.get(msg.tag)
         if handler is None:
             self.ignored += 1
             return []
@@ -424,7 +445,7 @@ class Replica(ViewChangeRole, RecoveryRole):
         self.next_seq = max(self.next_seq, seq + 1)
         # the time this delivery took while work waited feeds the adaptive timeout
         self._round_ema = 0.7 * self._round_ema + 0.3 * max(0, self.now_ms - self._progress_at)
-        self._progress_at, self._vc_attempt = self.now_ms, 0
+        self._progress_at, self._vc_attempt, self._suspecting = self.now_ms, 0, False
         if self.n == 1:
             self.stable = seq
             return []
@@ -492,9 +513,12 @@ class Replica(ViewChangeRole, RecoveryRole):
     def _on_status(self, msg: Status) -> list[Action]:
         j, theirs = msg.sender, msg.seq
         out: list[Action] = []
-        if msg.view < self.view and self.is_primary and not self.changing and self.new_view_msg is not None:
+        if msg.view < self.view and not self.changing and self.new_view_msg is not None:
+            # it missed the NEW-VIEW of our view: the primary sends it again, and (less often) so does every
+            # replica in the view, as it is self-certifying: one that cannot hear the primary (a cut link,
+            # a primary withholding it) gets in rather than escalating to a view no one else would join
             sent = self._nv_sent.get(j)
-            if sent is None or self.now_ms - sent >= 2 * self.status_ms:  # it missed our NEW-VIEW
+            if sent is None or self.now_ms - sent >= (2 if self.is_primary else 4) * self.status_ms:
                 self._nv_sent[j] = self.now_ms
                 out.append(Send(j, self.new_view_msg))
         if theirs == self.last_delivered and theirs > 0 and msg.digest != self.last_hash:

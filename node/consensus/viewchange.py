@@ -23,7 +23,15 @@ from dataclasses import dataclass, replace
 
 from node.block import GENESIS_PREV, Block, BlockError, Header, quorum, vote_digest
 from node.consensus.actions import Action, Broadcast, Send, ViewChanged
-from node.consensus.messages import T_PREPARE, T_PREPREPARE, ConsensusError, NewView, ViewChange, signed_digest
+from node.consensus.messages import (
+    T_PREPARE,
+    T_PREPREPARE,
+    ConsensusError,
+    NewView,
+    Suspect,
+    ViewChange,
+    signed_digest,
+)
 from node.crypto import ecdsa
 from node.wire import MAX_BLOCK_BYTES, WireError, decode_canonical, encode
 
@@ -199,6 +207,33 @@ class ViewChangeRole:
     prepared: dict
     vcs: dict
 
+    # ---- suspicion: the view timer ran out -------------------------------------------------------------
+    def suspect(self) -> list[Action]:
+        """Our view timer ran out: say so (SUSPECT, again with each heartbeat until something is delivered).
+        The view changes once 2f+1 replicas say so, not on one timer: a replica whose timer ran out just
+        before the view went on for the others would otherwise be left alone in a view nobody joins."""
+        out: list[Action] = []
+        if not self._suspecting:
+            self._suspecting = True
+            out.append(Broadcast(self._make(Suspect, self.last_delivered, self.last_hash)))
+        return out + self._suspicion_ripe()
+
+    def _on_suspect(self, msg: Suspect) -> list[Action]:
+        if msg.view != self.view or self.changing:
+            return []
+        self.suspects[msg.sender] = self.now_ms
+        return self._suspicion_ripe()
+
+    def _suspicion_ripe(self) -> list[Action]:
+        window = 2 * self.status_ms  # a SUSPECT counts while its sender repeats it with its heartbeats
+        others = {j for j, t in self.suspects.items() if self.now_ms - t <= window}
+        others |= {j for v, vs in self.vcs.items() if v > self.view for j in vs if j != self.index}
+        if not self._suspecting and len(others) > self.f:
+            return self.suspect()  # f+1 suspect the view: at least one honest one does; join it
+        if self._suspecting and len(others) + 1 >= self.q:
+            return self.start_view_change(self.view + 1)
+        return []
+
     # ---- view change -----------------------------------------------------------------------------------
     def start_view_change(self, new_view: int) -> list[Action]:
         """Stop accepting view `self.view` and ask for `new_view` (its primary will gather 2f+1 of these)."""
@@ -207,6 +242,7 @@ class ViewChangeRole:
         if self.changing or new_view > self.view:
             self._vc_attempt += 1
         self.view, self.changing = new_view, True
+        self.suspects, self._suspecting = {}, False
         self._vc_started = self.now_ms
         self._early_view = []
         self.fixed, self.new_view_msg = {}, None
@@ -287,6 +323,10 @@ class ViewChangeRole:
 
     def _install(self, nv: NewView, sel: Selection, blocks: dict[bytes, Block]) -> list[Action]:
         self.changing, self.new_view_msg = False, nv
+        self.suspects, self._suspecting = {}, False
+        # the others relay it only to a replica still below the view two heartbeats on (it missed the
+        # primary's broadcast), not to every one the broadcast is still on its way to
+        self._nv_sent = {} if self.is_primary else dict.fromkeys(range(self.n), self.now_ms - 2 * self.status_ms)
         self.view_changes += 1
         self.fixed = {s: d for s, d in sel.chain if s > self.last_delivered}
         self.floor = sel.base_seq
