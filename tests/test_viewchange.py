@@ -658,16 +658,22 @@ def test_f_plus_one_view_changes_for_later_views_pull_a_replica_along_and_one_ea
 
 def test_the_view_change_timeout_doubles_with_each_view_change_in_a_row():
     """Replica 0 leaves view 0, then views 1 and 2 whose primaries stay silent (2f+1 view changes
-    each, so it escalates): it waits 2, then 4 times the timeout (simulated time, in ms)."""
+    each, so it escalates): it waits 2, then 4 times the timeout (simulated time, in ms). The others
+    stay heard throughout (their view changes are repeated): the next view's timer runs only while
+    a replica hears 2f others."""
     r = make_replica(4, 0, view_timeout_ms=1000)
     r.tick(10_000)
     r.start_view_change(1)
     for view, t0, wait in ((1, 10_000, 2000), (2, 12_000, 4000)):
-        for s in {1, 2, 3} - {view % 4}:
-            r.on_message(_vc_for(s, view))
+        vcs = [_vc_for(s, view) for s in sorted({1, 2, 3} - {view % 4})]
+        for vc in vcs:
+            r.on_message(vc)
         assert r.view == view and len(r.vcs[view]) == 3 and r.changing
-        r.tick(t0 + wait - 1)
-        assert r.view == view
+        for t in range(t0, t0 + wait, 250):
+            assert {vc.view for vc in sent(r.tick(t), ViewChange)} <= {view} and r.view == view, t  # resends only
+            for vc in vcs:
+                r.on_message(vc)
+        assert {vc.view for vc in sent(r.tick(t0 + wait - 1), ViewChange)} <= {view} and r.view == view
         assert [vc.view for vc in sent(r.tick(t0 + wait), ViewChange)] == [view + 1] and r.view == view + 1
 
 
