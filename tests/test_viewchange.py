@@ -20,6 +20,7 @@ from node.consensus import (
     decode_message,
 )
 from node.consensus import viewchange as vcm
+from node.consensus.messages import Status, Suspect
 from node.crypto import ecdsa
 from node.wire import encode
 from tests.consensus_sim import (
@@ -709,3 +710,70 @@ def test_a_view_change_carries_the_lowest_prepared_blocks_that_fit_its_budget_ex
         monkeypatch.setattr(vcm, "VC_BLOCK_BUDGET", budget)
         (vc,) = sent(r.start_view_change(view), ViewChange)
         assert vc.blocks == tuple(b.encode() for b in carried), (view, budget)
+
+
+# ---- suspicion (SUSPECT, tag 9) and the NEW-VIEW relay: their thresholds, found by mutation testing -----
+def _suspect(sender, view=0):
+    return signed(Suspect, sender, view, 0, GENESIS_PREV)
+
+
+def test_f_plus_1_suspicions_are_joined_and_2f_plus_1_change_the_view_to_the_next():
+    """n = 7 (f = 2, 2f+1 = 5), replica 1 has no work of its own: f suspicions move it to nothing,
+    f+1 make it suspect too (one of them is honest), and with 2f+1 in all it asks for view 1."""
+    r = make_replica(7, 1)
+    r.tick(1000, pending=False)
+    for s in (2, 3):
+        assert not sent(r.on_message(_suspect(s)), Suspect)
+    assert not r._suspecting
+    acts = r.on_message(_suspect(4))
+    assert sent(acts, Suspect) and r._suspecting and not r.changing and r.view == 0  # 4 of 5
+    acts = r.on_message(_suspect(5))
+    assert [vc.view for vc in sent(acts, ViewChange)] == [1] and r.view == 1 and r.changing
+
+
+def test_a_suspicion_counts_while_repeated_with_the_heartbeats_and_only_for_our_view():
+    for late, changes in ((0, True), (1, False)):
+        r = make_replica(7, 1)  # status_ms 500: a SUSPECT counts for 2 heartbeats, 1000 ms
+        r.tick(1000, pending=False)
+        for s in (2, 3, 4):
+            r.on_message(_suspect(s))
+        assert r._suspecting
+        r.tick(2000 + late, pending=False)
+        r.on_message(_suspect(5))
+        assert r.changing is changes, late
+    r = make_replica(7, 1)
+    r.tick(1000, pending=False)
+    for s in (2, 3, 4, 5):
+        r.on_message(_suspect(s, view=1))  # for another view: not ours to suspect
+    assert not r._suspecting and not r.changing
+
+
+def test_view_changes_of_others_for_later_views_count_as_suspicion():
+    """f view changes for a later view (too few to pull it along) and one SUSPECT make f+1 that
+    suspect the view (it joins), a second SUSPECT makes 2f+1 with ours."""
+    r = make_replica(7, 1)
+    r.tick(1000, pending=False)
+    for s in (2, 3):
+        r.on_message(sent(make_replica(7, s).start_view_change(1), ViewChange)[0])
+    assert not r.changing
+    r.on_message(_suspect(4))
+    assert r._suspecting and not r.changing
+    acts = r.on_message(_suspect(5))
+    assert r.changing and r.view == 1 and sent(acts, ViewChange)
+
+
+def test_a_backup_relays_its_new_view_to_a_laggard_two_heartbeats_after_installing_it():
+    """Every replica in a view relays its NEW-VIEW to one whose heartbeat shows it below, the
+    primary at once, the others only once two heartbeats (1000 ms) passed since they installed it."""
+    net = HandNet(4)
+    for nd in net.nodes:
+        nd.handle(nd.r.start_view_change(1), net)
+    net.deliver(lambda s, d, m: True)
+    assert all(nd.r.view == 1 and not nd.r.changing for nd in net.nodes)
+    behind = signed(Status, 3, 0, 0, GENESIS_PREV)  # validator 3 says it is still in view 0
+    backup, primary = net.nodes[2].r, net.nodes[1].r
+    assert [a.to for a in primary.on_message(behind) if isinstance(a, Send) and isinstance(a.msg, NewView)] == [3]
+    for t, relays in ((0, False), (999, False), (1000, True)):
+        backup.tick(t, pending=False)
+        got = [a for a in backup.on_message(behind) if isinstance(a, Send) and isinstance(a.msg, NewView)]
+        assert bool(got) is relays, t
