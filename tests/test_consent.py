@@ -174,3 +174,26 @@ def test_a_long_audit_log_hides_no_emergency_read_and_old_reads_open_no_new_data
             # ... while what was on chain when it committed stays open to it
             assert await c.download(insider.identity, chain, first.cid, Cid.parse(first.cid).to_bytes(), reads[-1].id)
     run(go())
+
+
+def test_a_phone_that_did_not_see_a_grant_expire_rotates_when_the_chain_refuses(node, genesis):
+    """The phone reads the grants only when one of its grants may have expired; a grant made by
+    another device of the same patient is not in that knowledge: the chain refuses the write
+    (KEY_EXPIRED), and the phone rotates and writes under the new epoch."""
+    chain = genesis.chain_id
+
+    async def go():
+        async with NodeClient(node.url) as c:
+            me = Identity.from_seed(b"two-device patient")
+            phone, tablet = Phone(me, c, chain), Phone(me, c, chain)
+            doc = Staff(Identity.from_seed(b"two-device doctor"), c, chain)
+            await doc.register("Dr Two", "physician", "General")
+            first = await phone.write_window("heart_rate", _readings(int(time.time() * 1000) - 90_000))
+            assert first.epoch == 0  # the phone has read the grants: none expires
+            expiry = int(time.time() * 1000) + 2000
+            await tablet.grant(doc.address, ["heart_rate"], expiry)
+            await _wait_until(expiry)
+            phone.next_nonce = None  # the tablet used nonces: resync
+            after = await phone.write_window("heart_rate", _readings(int(time.time() * 1000) - 30_000))
+            assert after.epoch == 1
+    run(go())

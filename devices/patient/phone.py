@@ -15,6 +15,7 @@ from node.crypto import seal
 from node.ipfs.cid import Cid, cid_v1_raw
 from node.proof import verify_inclusion
 from node.sidecar import SIDECAR_MAX
+from node.state import CODES, Code
 from node.state.machine import BREAK_GLASS_ACCESS_MS
 from node.tx import Grant, Policy, Read, SealedKey, Tx, Write, data_type_id, data_type_name
 from node.tx.model import DATA_TYPES
@@ -27,6 +28,22 @@ class TxRejected(Exception):
     def __init__(self, status: dict) -> None:
         super().__init__(status.get("result") or status.get("reason") or str(status))
         self.status = status
+
+
+async def wait_proven(client: NodeClient, txid: str, timeout: float, validators: list[bytes] | None,
+                      chain_id: str, reader: VerifiedReader | None) -> dict:
+    """The committed status of `txid` (TxRejected if it did not commit); with the genesis keys, its
+    inclusion is checked against a certified block, and the reader takes that height as seen."""
+    st = await client.wait_committed(txid, timeout)
+    if st["status"] != "committed":
+        raise TxRejected(st)
+    if validators is not None:
+        raw = await client.block_raw(st["height"])
+        verify_inclusion(bytes.fromhex(txid), st["index"], st["tx_count"],
+                         [bytes.fromhex(p) for p in st["proof"]], raw, validators, chain_id)
+        if reader is not None:  # proven committed at this height: older state is stale now
+            reader.saw_height(st["height"])
+    return st
 
 
 @dataclass
@@ -49,6 +66,7 @@ class Phone:
         self.next_nonce: int | None = None
         self.epochs: dict[int, int] = {}
         self.rekey_failures: dict[str, str] = {}  # grantee (hex) -> why its new keys did not commit
+        self._expiry_due: dict[int, int] = {}  # data type -> the earliest expiry of a grant holding it
         # Reads a phone acts on: proven (reader) or taken on trust from one validator (client)
         self.reader = reader
         self.reads = reader or client
@@ -107,15 +125,7 @@ class Phone:
         return txid
 
     async def confirm(self, txid: str, timeout: float = 30.0) -> dict:
-        st = await self.client.wait_committed(txid, timeout)
-        if st["status"] != "committed":
-            raise TxRejected(st)
-        if self.validators is not None:
-            raw = await self.client.block_raw(st["height"])
-            verify_inclusion(bytes.fromhex(txid), st["index"], st["tx_count"],
-                             [bytes.fromhex(p) for p in st["proof"]], raw, self.validators, self.chain_id)
-            if self.reader is not None:  # proven committed at this height: older state is stale now
-                self.reader.saw_height(st["height"])
+        st = await wait_proven(self.client, txid, timeout, self.validators, self.chain_id, self.reader)
         if st["code"] != 0:
             raise TxRejected(st)
         return st
@@ -132,9 +142,20 @@ class Phone:
             raise ValueError("empty window")
         if self.next_nonce is None:
             await self.sync()
+        t0, t1 = slot if slot is not None else (min(r[0] for r in readings), max(r[0] for r in readings))
+        try:
+            return await self._seal_and_write(tid, readings, t0, t1, wait)
+        except (ApiError, TxRejected) as exc:  # a grant expired that the phone's cache did not know of
+            code = exc.status.get("code") if isinstance(exc, TxRejected) else None
+            if code != Code.KEY_EXPIRED and CODES[Code.KEY_EXPIRED] not in str(exc):
+                raise
+            self._expiry_due = {}
+            return await self._seal_and_write(tid, readings, t0, t1, wait)
+
+    async def _seal_and_write(self, tid: int, readings: list[envelope.Reading], t0: int, t1: int,
+                              wait: bool) -> WriteResult:
         await self.rotate_expired(tid)
         epoch = self.epochs.get(tid, 0)
-        t0, t1 = slot if slot is not None else (min(r[0] for r in readings), max(r[0] for r in readings))
         ad = envelope.aad(self.chain_id, self.address, tid, epoch, t0, t1)
         blob = envelope.seal_window(self.data_key(tid, epoch), ad, readings, self.pad_to)
         if len(blob) <= SIDECAR_MAX:  # one raw block: its CID is computed here, the blob rides along
@@ -175,10 +196,24 @@ class Phone:
         that has expired, so the type moves to a new key epoch its former grantee never held (the
         chain refuses a write under an epoch an expired grant holds: Code.KEY_EXPIRED)."""
         now = int(time.time() * 1000)
-        expired = [g for g in (await self.reads.grants(self.address))["grants"]
-                   if g["types"] and 0 < g["expiry_ms"] <= now
+        due = self._expiry_due.get(dtype) if dtype is not None else None
+        if due is not None and now < due:
+            return []  # no grant of this type can have expired since the grants were last read
+        grants = (await self.reads.grants(self.address))["grants"]
+        expired = [g for g in grants if g["types"] and 0 < g["expiry_ms"] <= now
                    and (dtype is None or dtype in {data_type_id(t) for t in g["types"]})]
-        return [await self.revoke(bytes.fromhex(g["staff"])) for g in expired]
+        txids = [await self.revoke(bytes.fromhex(g["staff"])) for g in expired]
+        # per type, the earliest expiry among the grants left (expired ones of other types included,
+        # so their next write looks again): writes before it need not read the grants
+        gone = {g["staff"] for g in expired}
+        due_by_type = dict.fromkeys(DATA_TYPES.values(), 2**63)
+        for g in grants:
+            if g["staff"] not in gone and g["expiry_ms"]:
+                for t in g["types"]:
+                    tid = data_type_id(t)
+                    due_by_type[tid] = min(due_by_type[tid], g["expiry_ms"])
+        self._expiry_due = due_by_type
+        return txids
 
     async def grant(self, staff: bytes, types: list[str | int], expiry_ms: int = 0) -> str:
         """Grant (or change to) exactly `types`; an empty list revokes. Types taken away get a new key
@@ -189,6 +224,7 @@ class Phone:
         prev = {data_type_id(t) for t in before.get(staff.hex(), {}).get("types", [])}
         removed = prev - set(tids)
         keys = await self._sealed_keys(staff, tids, self.epochs)
+        self._expiry_due = {}  # the grants change: read them again before the next write
         txid = await self.send(Grant(staff, tids, expiry_ms, keys))
         if removed:  # the chain moved these types to a new epoch: record it before anyone answers
             for t in removed:

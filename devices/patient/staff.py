@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 from devices.patient import envelope
 from devices.patient.client import ApiError, NodeClient
-from devices.patient.phone import TxRejected
+from devices.patient.phone import TxRejected, wait_proven
 from devices.patient.verified_reads import VerifiedReader
 from node.crypto import seal
 from node.crypto.keys import Identity
 from node.ipfs.cid import Cid
-from node.proof import verify_inclusion
+from node.state import Code
 from node.tx import Profile, Read, Tx, data_type_id
 
 
@@ -56,16 +56,8 @@ class Staff:
                 raise AccessDenied(exc.reason) from None
             raise
         self.next_nonce += 1
-        st = await self.client.wait_committed(txid, timeout)
-        if st["status"] != "committed":
-            raise TxRejected(st)
-        if self.validators is not None:
-            raw = await self.client.block_raw(st["height"])
-            verify_inclusion(bytes.fromhex(txid), st["index"], st["tx_count"],
-                             [bytes.fromhex(p) for p in st["proof"]], raw, self.validators, self.chain_id)
-            if self.reader is not None:  # our read is committed at this height: older state is stale
-                self.reader.saw_height(st["height"])
-        if st["code"] in (3, 10, 11):  # policy, break-glass opt-out, break-glass limit
+        st = await wait_proven(self.client, txid, timeout, self.validators, self.chain_id, self.reader)
+        if st["code"] in (Code.DENIED, Code.BREAK_GLASS_OFF, Code.BREAK_GLASS_LIMIT):
             raise AccessDenied(st["result"])
         if st["code"] != 0:
             raise TxRejected(st)
