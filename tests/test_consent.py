@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from devices.net.localnet import make_network
+from devices.net.localnet import dev_issuer, make_network
 from devices.patient import envelope
 from devices.patient.client import ApiError, NodeClient
 from devices.patient.phone import Phone
@@ -21,9 +21,15 @@ from node.crypto.keys import Identity
 from node.genesis import Genesis, Params
 from node.ipfs.cid import Cid, cid_v1_raw
 from node.tx import DATA_TYPES, Grant, Profile, Read, Tx, Write
+from node.tx.credential import issue
 from tests.conftest import run
 
 HR, BP = DATA_TYPES["heart_rate"], DATA_TYPES["blood_pressure"]
+
+
+def clinician(node, genesis, staff: bytes):
+    """A credential of the local network's issuer: the holder may break the glass."""
+    return issue(dev_issuer(node.home), genesis.chain_id, staff, int(time.time() * 1000) + 10**8)
 
 
 def _readings(t0: int, n: int = 5) -> list[envelope.Reading]:
@@ -41,7 +47,7 @@ def test_an_expired_grantee_cannot_open_data_written_after_the_expiry(node, gene
         async with NodeClient(node.url) as c:
             phone = Phone(Identity.from_seed(b"consent patient"), c, chain)
             doc = Staff(Identity.from_seed(b"consent doctor"), c, chain)
-            await doc.register("Dr Exp", "physician", "General")
+            await doc.register("Dr Exp", "physician", "General", clinician(node, genesis, doc.address))
             expiry = int(time.time() * 1000) + 3000
             await phone.grant(doc.address, ["heart_rate"], expiry)
             now = int(time.time() * 1000)
@@ -144,7 +150,7 @@ def test_a_long_audit_log_hides_no_emergency_read_and_old_reads_open_no_new_data
             insider = Staff(Identity.from_seed(b"audit insider"), c, chain)
             medic = Staff(Identity.from_seed(b"audit medic"), c, chain)
             await insider.register("In Sider", "nurse", "Ward")
-            await medic.register("E Medic", "physician", "ER")
+            await medic.register("E Medic", "physician", "ER", clinician(node, genesis, medic.address))
             await phone.grant(insider.address, ["heart_rate"])
             first = await phone.write_window("heart_rate", _readings(int(time.time() * 1000) - 60_000))
             n = 1100
