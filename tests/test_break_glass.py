@@ -203,6 +203,22 @@ def test_break_glass_end_to_end(node, genesis):
     run(go())
 
 
+def at_a_terminal(answer: str, *args: str) -> str:
+    """Run `medchain ARGS` with a terminal (a pty) as its stdin, typing `answer`; its stdout."""
+    import pty
+    master, slave = pty.openpty()
+    try:
+        os.write(master, answer.encode())
+        p = subprocess.run([sys.executable, "-m", "node.cli", *args], stdin=slave, capture_output=True, text=True,
+                           timeout=120)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert p.returncode == 0, p.stderr
+    assert "Release these keys? [y/N]" in p.stdout and "key epochs [0]" in p.stderr
+    return p.stdout
+
+
 def test_break_glass_cli(node, tmp_path):
     pk, sk = tmp_path / "patient.json", tmp_path / "staff.json"
     pat = json.loads(medchain("keygen", "--out", str(pk), "--json").stdout)
@@ -224,6 +240,7 @@ def test_break_glass_cli(node, tmp_path):
     assert text.startswith("!! 1 EMERGENCY (BREAK-GLASS) READ(S) OF YOUR DATA !!") and "BREAK-GLASS (ETREAT)" in text
     bad = medchain("patient", "break-glass", "release", "--key", str(pk), *url, ok=False)
     assert bad.returncode == 1 and "needs your confirmation" in bad.stderr and "heart_rate" in bad.stderr
+    assert at_a_terminal("n\n", "patient", "break-glass", "release", "--key", str(pk), *url).endswith("nothing released\n")
     out = json.loads(medchain("patient", "break-glass", "release", "--yes", "--key", str(pk), *url, "--json").stdout)
     assert [r["type"] for r in out["released"]] == ["heart_rate"] and len(out["tx"]) == 1
     rd = json.loads(medchain("staff", "read", pat["address"], "--type", "heart_rate", "--break-glass", "ETREAT",

@@ -151,10 +151,14 @@ async def _grants(args: argparse.Namespace, c: NodeClient | VerifiedReader, pati
     if args.fhir:
         from devices.patient import fhir
         now = int(time.time() * 1000)
-        b = fhir.bundle([fhir.consent(patient.hex(), g, now) for g in gs] + [fhir.break_glass_consent(patient.hex(), bg)])
+        b = fhir.bundle([fhir.consent(patient.hex(), g, now) for g in gs]
+                        + [fhir.release_consent(patient.hex(), g["staff"], r, now) for g in gs for r in g["released"]]
+                        + [fhir.break_glass_consent(patient.hex(), bg)])
         return b, json.dumps(b, indent=1)
     lines = [f"{g['staff'][:16]}…  {', '.join(g['types']) or '(revoked)'}  expiry {g['expiry_ms'] or 'never'}"
              for g in gs]
+    lines += [f"{g['staff'][:16]}…  EMERGENCY RELEASE {r['type']} epochs {r['epochs']}  until {r['expiry_ms']}"
+              for g in gs for r in g["released"]]
     return {"grants": gs, "break_glass": bg}, "\n".join([*lines, f"break-glass: {'on' if bg else 'off'}"])
 
 

@@ -292,11 +292,11 @@ class Phone:
         """Allow (default) or forbid emergency (break-glass) reads of this patient's data, on chain."""
         return await self.send(Policy(enabled))
 
-    async def plan_release(self, within_ms: int = BREAK_GLASS_ACCESS_MS) -> list[ReleasePlan]:
+    async def plan_release(self, within_ms: int = BREAK_GLASS_ACCESS_MS, hold_ms: int | None = None) -> list[ReleasePlan]:
         """What answering the emergency reads of the last `within_ms` would release: per reader and
         data type, only the key epochs of the blobs those reads covered (on chain when each read
         committed, in its range capped at its block time), until the latest read's access window
-        ends. Nothing for a reader whose lasting grant already holds the type."""
+        ends (or, with `hold_ms`, sooner). Nothing for a reader whose lasting grant holds the type."""
         now = int(time.time() * 1000)
         await self.sync()
         reads = [r for r in (await self.reads.audit(self.address))["break_glass"]
@@ -314,6 +314,8 @@ class Phone:
                                  ReleasePlan(r["reader"], data_type_id(r["type"]), [], 0, []))
             p.epochs = sorted(set(p.epochs) | touched)
             p.expiry_ms = max(p.expiry_ms, r["time_ms"] + BREAK_GLASS_ACCESS_MS)
+            if hold_ms is not None:
+                p.expiry_ms = min(p.expiry_ms, now + hold_ms)
             p.reads.append(r["tx"])
         out = []
         for (staff, t), p in sorted(plans.items()):
