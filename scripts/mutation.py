@@ -41,8 +41,11 @@ MODULES: dict[str, list[str]] = {
     "node/crypto/keys.py": ["tests/test_crypto_core.py", "tests/test_tx.py", "tests/test_state.py", "tests/test_native.py"],
     "node/consensus/messages.py": ["tests/test_consensus_messages.py", "tests/test_viewchange.py"],
     "node/block.py": ["tests/test_block.py", "tests/test_tx.py", "tests/test_viewchange.py"],
-    "node/state/machine.py": ["tests/test_state.py", "tests/test_break_glass.py", "tests/test_smt.py"],
-    "node/tx/model.py": ["tests/test_tx_reasons.py", "tests/test_tx.py", "tests/test_state.py", "tests/test_break_glass.py"],
+    "node/state/machine.py": ["tests/test_state.py", "tests/test_break_glass.py", "tests/test_emergency_access.py",
+                              "tests/test_smt.py"],
+    "node/tx/credential.py": ["tests/test_emergency_access.py", "tests/test_tx.py"],
+    "node/tx/model.py": ["tests/test_tx_reasons.py", "tests/test_tx.py", "tests/test_state.py", "tests/test_break_glass.py",
+                         "tests/test_emergency_access.py"],
     "node/consensus/viewchange.py": [
         "tests/test_viewchange.py",
         *(f"tests/test_consensus.py::{t}" for t in (  # the replica-level evidence tests, not the soak
