@@ -61,8 +61,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         me = Identity.load(home / "node_key.json")
         host, _, p = gen.validators[gen.index_of(me.public_key)].api.rpartition(":")
         port = int(p)
-    run_main(home, host, port, Path(args.ready_file) if args.ready_file else None, ipfs_peers=args.ipfs_peer)
-    return 0
+    return run_main(home, host, port, Path(args.ready_file) if args.ready_file else None, ipfs_peers=args.ipfs_peer)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -90,28 +89,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_devnet(args: argparse.Namespace) -> int:
-    import signal
-    import tempfile
-
-    from devices.net.localnet import make_network, start_all
-
-    with tempfile.TemporaryDirectory(prefix="medchain-devnet-") as tmp:
-        root = Path(args.dir) if args.dir else Path(tmp)
-        nodes = make_network(root, args.validators, p2p_mode=args.p2p, base_port=args.base_port,
-                             private_network=args.private_network)
-        start_all(nodes)
-        _out(args, {"validators": [{"index": i, "api": n.url, "home": str(n.home)} for i, n in enumerate(nodes)]},
-             "\n".join(f"validator {i}: {n.url}  (home {n.home})" for i, n in enumerate(nodes))
-             + "\nCtrl-C to stop")
-        sys.stdout.flush()
-        try:
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
-        except KeyboardInterrupt:
-            pass
-        finally:
-            for n in nodes:
-                n.stop()
-    return 0
+    from devices.net import devnet
+    return devnet.run(args.validators, Path(args.dir) if args.dir else None, args.p2p, args.base_port,
+                      args.private_network, args.json)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
