@@ -238,6 +238,8 @@ def _parser() -> argparse.ArgumentParser:
     ipfs_cli.register(sub, add)
     from devices.net import faultharness
     faultharness.register(sub, add)
+    from node import operator
+    operator.register(sub, add)
     return p
 
 
