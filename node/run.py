@@ -26,7 +26,7 @@ from node.config import NodeSettings
 from node.crypto.keys import Identity
 from node.genesis import Genesis, load_checked
 from node.multiaddr import split_peer
-from node.service import die_with_parent
+from node.service import die_with_parent, sd_notify
 from node.validator import Validator
 
 log = logging.getLogger("medchain.node")
@@ -85,6 +85,7 @@ async def run_node(s: NodeSettings) -> int:
     log.info("validator %d serving %s", v.index, addr)
     if s.ready_file:
         Path(s.ready_file).write_text(addr + "\n")
+    sd_notify(f"READY=1\nSTATUS=validator {v.index} serving {addr}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -101,6 +102,7 @@ async def run_node(s: NodeSettings) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
     await stop.wait()
     t0 = time.monotonic()
+    sd_notify("STOPPING=1")
     runner.app[SERVICE].stopping = True
     for r in (runner, *extra):
         await r.cleanup()  # stop listening, drain requests in flight (DRAIN_S at most)

@@ -1,5 +1,5 @@
-"""Process plumbing for running validators as a service: tying a child to its parent's life, and
-checking that ports are free before anything is started on them."""
+"""Process plumbing for running validators as a service: tying a child to its parent's life,
+checking that ports are free before anything is started on them, systemd's readiness protocol."""
 
 from __future__ import annotations
 
@@ -56,6 +56,24 @@ def busy_ports(wanted: list[tuple[str, int, str]]) -> list[str]:
     """Of (host, port, what) triples, a line for each port something already holds."""
     return [f"{what}: {host}:{port} is already in use" for host, port, what in wanted
             if port and port_in_use(host, port)]
+
+
+def sd_notify(state: str) -> bool:
+    """Tell systemd (Type=notify) about the service's state, e.g. READY=1 once the API serves and
+    STOPPING=1 when a drain starts; a no-op (False) when not started by systemd (no NOTIFY_SOCKET)."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr.startswith("@"):  # an abstract socket
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            s.sendall(state.encode())
+    except OSError as exc:
+        log.warning("sd_notify(%s) to %s failed: %s", state, addr, exc)
+        return False
+    return True
 
 
 def ignore_signals(*sigs: signal.Signals) -> None:

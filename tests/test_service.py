@@ -155,6 +155,12 @@ def test_sigterm_under_load_drains_restarts_and_verifies(tmp_path: Path) -> None
             await converged(nodes, timeout=20.0, same_view=False)
             await assert_committed(nodes, committed)
         run(go())
+        text = urllib.request.urlopen(nodes[1].url + "/metrics", timeout=5).read().decode()
+        for direction in ("in", "out"):  # the p2p counters split by message type
+            for kind in ("pre_prepare", "prepare", "commit", "forwarded_txs"):
+                line = f'medchain_p2p_messages_by_type_total{{direction="{direction}",type="{kind}"}}'
+                if (direction, kind) != ("out", "pre_prepare"):  # validator 1 is a backup: it proposes nothing
+                    assert line in text and float(text.split(line)[1].split()[0]) > 0, (line, text[-3000:])
         status, body = _get(victim.url + "/readyz")
         assert status == 200 and body["ready"] and body["peers"] == 3, body
     for n in nodes:
@@ -187,3 +193,14 @@ def test_readyz_without_a_quorum_of_peers(tmp_path: Path) -> None:
         assert status == 503 and not body["ready"] and body["quorum_peers"] == 2, body
         assert any("a quorum needs" in f for f in body["failed"]), body
         _Api(nodes[0].url).check("get", "/readyz", 503, body)
+
+
+def test_message_tags_are_read_without_decoding() -> None:
+    from node.consensus.messages import T_COMMIT, Prepare
+    from node.p2p.node import message_tag
+    from node.sidecar import T_TXS
+    from node.wire import encode
+    assert message_tag(Prepare(1, 2, bytes(32), 0, bytes(64)).encode()) == 2
+    assert message_tag(encode([T_COMMIT, *range(20)])) == T_COMMIT  # array16
+    assert message_tag(encode([T_TXS, [b"x"]])) == T_TXS
+    assert message_tag(b"") == message_tag(b"\x91") == message_tag(encode([300, 1])) == message_tag(b"junk") == -1
