@@ -43,10 +43,13 @@ class NodeProcess:
     chain_id: str = ""  # when set, wait_ready checks the API answering is this validator of this chain
     index: int = -1
     die_with_parent: bool = False  # the kernel stops the validator when this process dies (node/service.py)
+    host: str = "127.0.0.1"  # where its API is reached
+    prefix: list[str] = field(default_factory=list)  # run it under this, e.g. ["ip", "netns", "exec", NS]
+    args: list[str] = field(default_factory=list)  # more `medchain node` flags (--config, --p2p-listen...)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 20.0) -> NodeProcess:
         self.launch()
@@ -59,7 +62,8 @@ class NodeProcess:
         if self.die_with_parent:
             env[PARENT_ENV] = str(os.getpid())
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", "node", "--home", str(self.home), "--port", str(self.port)],
+            [*self.prefix, sys.executable, "-m", "node.cli", "node", "--home", str(self.home), "--port", str(self.port),
+             *self.args],
             stdout=logf, stderr=subprocess.STDOUT, env=env,
             # a supervised validator is stopped by its supervisor only: a terminal's Ctrl-C (sent to the
             # whole foreground process group) reaches the supervisor, which then stops each validator once
