@@ -62,6 +62,21 @@ async def _serve_metrics(v: Validator, listen: str) -> web.AppRunner:
 
 async def run_node(s: NodeSettings) -> int:
     assert s.home is not None
+    # handlers first: a stop asked for while the validator recovers waits until it can stop in order
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            if sig == signal.SIGINT:  # Ctrl-C twice: the operator wants out now
+                log.warning("SIGINT during shutdown: exiting now (LMDB commits are atomic)")
+                os._exit(128 + sig)
+            return
+        log.info("%s: stopping", sig.name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
     home = s.home
     gen = load_checked(home / "genesis.json")
     index = gen.index_of(Identity.load(home / "node_key.json").public_key)
@@ -86,20 +101,6 @@ async def run_node(s: NodeSettings) -> int:
     if s.ready_file:
         Path(s.ready_file).write_text(addr + "\n")
     sd_notify(f"READY=1\nSTATUS=validator {v.index} serving {addr}")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_signal(sig: signal.Signals) -> None:
-        if stop.is_set():
-            if sig == signal.SIGINT:  # Ctrl-C twice: the operator wants out now
-                log.warning("SIGINT during shutdown: exiting now (LMDB commits are atomic)")
-                os._exit(128 + sig)
-            return
-        log.info("%s: stopping", sig.name)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
     await stop.wait()
     t0 = time.monotonic()
     sd_notify("STOPPING=1")
@@ -108,9 +109,10 @@ async def run_node(s: NodeSettings) -> int:
         await r.cleanup()  # stop listening, drain requests in flight (DRAIN_S at most)
     try:
         await asyncio.wait_for(v.stop(), STOP_S)
-    except TimeoutError:
-        log.error("validator did not stop within %.0f s; exiting anyway", STOP_S)
-        return 1
+    except TimeoutError:  # a thread that would not finish could keep the process alive: leave for certain
+        log.error("validator did not stop within %.0f s; exiting anyway (LMDB commits are atomic)", STOP_S)
+        logging.shutdown()
+        os._exit(1)
     log.info("stopped cleanly in %.1f s", time.monotonic() - t0)
     return 0
 
