@@ -27,6 +27,7 @@ from node.mempool import AdmissionError, Mempool, Refusal, admission_origin
 from node.metrics import Metrics
 from node.sidecar import SIDECAR_MAX, Item, check_sidecar
 from node.state import CODES, OK, Code, Overlay, check_tx, keys
+from node.state.rules import NO_ISSUERS, Rules
 from node.tx import KIND_WRITE, Tx, TxError
 from node.tx.model import BAD_SIGNATURE
 from node.wire import MAX_TX_BYTES, WireError, decode
@@ -36,7 +37,8 @@ _CODE_REFUSAL = {Code.NO_PROFILE: Refusal.UNPROCESSABLE, Code.DENIED: Refusal.FO
                  Code.CID_UNKNOWN: Refusal.NOT_FOUND, Code.STALE_EPOCH: Refusal.CONFLICT,
                  Code.CID_RECORDED: Refusal.CONFLICT, Code.INVALID_GRANT: Refusal.UNPROCESSABLE,
                  Code.CID_MISMATCH: Refusal.UNPROCESSABLE, Code.BREAK_GLASS_OFF: Refusal.FORBIDDEN,
-                 Code.BREAK_GLASS_LIMIT: Refusal.RATE_LIMITED, Code.KEY_EXPIRED: Refusal.CONFLICT}
+                 Code.BREAK_GLASS_LIMIT: Refusal.RATE_LIMITED, Code.KEY_EXPIRED: Refusal.CONFLICT,
+                 Code.NO_CREDENTIAL: Refusal.FORBIDDEN}
 # Bounded caches, sized for memory on edge hardware (~170 bytes an entry): ids verified at admission
 # (a block's transactions are not verified twice while they wait: seconds, not minutes), ids whose
 # signature failed (a replayed bad transaction costs a lookup), recent refusals (for GET /v1/tx)
@@ -47,8 +49,10 @@ REFORWARD_S = 5.0  # well above a healthy p99 commit latency: only stranded tran
 
 
 class Admission:
-    def __init__(self, chain_id: str, ledger: Ledger, blobs: BlockStore, mempool: Mempool, metrics: Metrics) -> None:
+    def __init__(self, chain_id: str, ledger: Ledger, blobs: BlockStore, mempool: Mempool, metrics: Metrics,
+                 rules: Rules = NO_ISSUERS) -> None:
         self.chain_id, self.ledger, self.blobs, self.mempool, self.metrics = chain_id, ledger, blobs, mempool, metrics
+        self.rules = rules  # the genesis's: credential issuers and break-glass limits
         self.forwarding = False  # set once the p2p adapter runs: client transactions are then forwarded
         self.verified: OrderedDict[bytes, None] = OrderedDict()
         self.bad_sigs: OrderedDict[bytes, None] = OrderedDict()
@@ -171,7 +175,7 @@ class Admission:
         """Stateful admission; returns the sidecar to forward with the transaction (None if none)."""
         if snap.has_tx(tx.id):
             raise AdmissionError(Refusal.CONFLICT, "duplicate: transaction already committed (replay)")
-        code = check_tx(view, tx, now_ms)
+        code = check_tx(view, tx, now_ms, self.rules)
         if code != OK:
             raise AdmissionError(_CODE_REFUSAL.get(code, Refusal.UNPROCESSABLE), f"refused: {CODES[code]}")
         forward_side = sidecar

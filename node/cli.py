@@ -34,10 +34,11 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from node.genesis import init_home, new_chain_id
+    from node.genesis import init_home, new_chain_id, parse_issuer
     apis = [f"{args.host}:{args.base_port + i}" for i in range(args.validators)]
     p2p = [f"{args.host}:{args.p2p_base_port + i}" for i in range(args.validators)] if args.validators > 1 else None
-    dirs = init_home(args.dir, args.chain_id or new_chain_id(), apis, int(time.time() * 1000), p2p=p2p)
+    dirs = init_home(args.dir, args.chain_id or new_chain_id(), apis, int(time.time() * 1000), p2p=p2p,
+                     issuers=tuple(parse_issuer(i) for i in args.issuer))
     if args.private_network:
         from node.p2p import swarmkey
         key = swarmkey.new_key()
@@ -182,6 +183,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--p2p-base-port", type=int, default=9545, help="libp2p port of validator 0; others count up")
     sp.add_argument("--private-network", action="store_true",
                     help="also write a shared libp2p private-network key (HOME/swarm.key) into every home")
+    sp.add_argument("--issuer", action="append", default=[], metavar="NAME=PUBLIC_KEY",
+                    help="an organisation whose clinician credentials allow break-glass reads (its secp256k1 "
+                         "public key, hex, e.g. from `medchain keygen`); repeatable; none: nobody may break the glass")
 
     sp = add("devnet", cmd_devnet, "Run a local network, each validator its own process on 127.0.0.1, until Ctrl-C.")
     sp.add_argument("--validators", type=int, default=4, help="n = 3f+1 validators")

@@ -10,6 +10,7 @@ from node import merkle
 from node.block import Block, Header
 from node.state import apply_block, smt
 from node.state.machine import Get
+from node.state.rules import NO_ISSUERS, Rules
 from node.tx import Tx, TxError
 from node.wire import WireError
 
@@ -30,6 +31,7 @@ class Tip:
     time_ms: int
     get: Get
     tree: smt.GetNode  # the state tree's nodes at this tip
+    rules: Rules = NO_ISSUERS  # the genesis's rules, carried from tip to tip
 
 
 @dataclass
@@ -41,6 +43,7 @@ class Executed:
     parent_get: Get
     nodes: dict[bytes, bytes]  # the state tree's dirty nodes, written with the block at commit
     parent_tree: smt.GetNode
+    rules: Rules = NO_ISSUERS
 
     def get(self, key: bytes) -> bytes | None:
         v = self.writes.get(key)
@@ -49,17 +52,17 @@ class Executed:
     def tip(self) -> Tip:
         h = self.block.header
         return Tip(h.height, self.block.hash, h.state_root, h.time_ms, self.get,
-                   smt.layered(self.nodes, self.parent_tree))
+                   smt.layered(self.nodes, self.parent_tree), self.rules)
 
 
 def build_block(tip: Tip, txs: list[Tx], chain_id: str, view: int, proposer: int, now_ms: int) -> Executed:
     height = tip.height + 1
     time_ms = max(now_ms, tip.time_ms)
-    res = apply_block(tip.get, txs, height, time_ms, tip.tree)
+    res = apply_block(tip.get, txs, height, time_ms, tip.tree, tip.rules)
     header = Header(chain_id, height, tip.hash, view, height, time_ms, merkle.root([t.id for t in txs]),
                     res.state_root, proposer)
     return Executed(Block(header, tuple(t.raw for t in txs)), txs, res.codes, res.writes, tip.get, res.nodes,
-                    tip.tree)
+                    tip.tree, tip.rules)
 
 
 def check_block(block: Block, tip: Tip, chain_id: str, now_ms: int, verified: Callable[[bytes], bool],
@@ -93,7 +96,7 @@ def check_block(block: Block, tip: Tip, chain_id: str, now_ms: int, verified: Ca
     todo = [t for t in txs if not verified(t.id)]
     if todo and not all(verify_batch([(t.sender, t.digest, t.sig) for t in todo])):
         raise InvalidBlock("a transaction signature does not verify")
-    res = apply_block(tip.get, txs, h.height, h.time_ms, tip.tree)
+    res = apply_block(tip.get, txs, h.height, h.time_ms, tip.tree, tip.rules)
     if res.state_root != h.state_root:
         raise InvalidBlock("state root mismatch")
-    return Executed(block, txs, res.codes, res.writes, tip.get, res.nodes, tip.tree)
+    return Executed(block, txs, res.codes, res.writes, tip.get, res.nodes, tip.tree, tip.rules)

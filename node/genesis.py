@@ -11,6 +11,7 @@ from pathlib import Path
 from node.crypto import ecdsa
 from node.crypto.keys import Identity
 from node.state import genesis_state_root
+from node.state.rules import Rules
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,14 @@ class ValidatorInfo:
     public_key: str  # hex, 33-byte compressed secp256k1
     api: str  # host:port of the HTTP API
     p2p: str = ""  # libp2p multiaddr (the consensus issue fills it in)
+
+
+@dataclass(frozen=True)
+class IssuerInfo:
+    """An organisation whose credentials make a staff member a clinician who may break the glass."""
+
+    name: str
+    public_key: str  # hex, 33-byte compressed secp256k1
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,10 @@ class Params:
     client_max_conns: int = 1024  # open connections per client IP; more are refused (503, closed)
     peer_forward_bytes: float = 8 * 1024 * 1024  # forwarded tx batches, bytes/s per validator peer (burst 2x)
     upload_grace_s: float = 600.0  # a standalone upload no committed write names within this is collected
+    # emergency (break-glass) reads per 24 h: per staff member, per credential issuer, per patient
+    break_glass_per_staff: int = 3
+    break_glass_per_issuer: int = 30
+    break_glass_per_patient: int = 6
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,14 @@ class Genesis:
     time_ms: int
     validators: tuple[ValidatorInfo, ...]
     params: Params = field(default_factory=Params)
+    issuers: tuple[IssuerInfo, ...] = ()
+
+    @property
+    def rules(self) -> Rules:
+        """What the state machine needs of the genesis: the credential issuers and break-glass limits."""
+        p = self.params
+        return Rules(frozenset(bytes.fromhex(i.public_key) for i in self.issuers), p.break_glass_per_staff,
+                     p.break_glass_per_issuer, p.break_glass_per_patient)
 
     @property
     def validator_keys(self) -> list[bytes]:
@@ -74,7 +95,8 @@ class Genesis:
 
     def to_json(self) -> dict:
         return {"chain_id": self.chain_id, "time_ms": self.time_ms,
-                "validators": [asdict(v) for v in self.validators], "params": asdict(self.params)}
+                "validators": [asdict(v) for v in self.validators], "params": asdict(self.params),
+                "issuers": [asdict(i) for i in self.issuers]}
 
     def save(self, path: str | Path) -> None:
         """Write the finished genesis with its hash beside the content (load_checked checks it)."""
@@ -84,8 +106,12 @@ class Genesis:
     def load(cls, path: str | Path) -> Genesis:
         d = json.loads(Path(path).read_text())
         try:
-            return cls(d["chain_id"], int(d["time_ms"]), tuple(ValidatorInfo(**v) for v in d["validators"]),
-                       Params(**d.get("params", {})))
+            gen = cls(d["chain_id"], int(d["time_ms"]), tuple(ValidatorInfo(**v) for v in d["validators"]),
+                      Params(**d.get("params", {})), tuple(IssuerInfo(**i) for i in d.get("issuers", [])))
+            for i in gen.issuers:
+                if not ecdsa.valid_pubkey(bytes.fromhex(i.public_key)):
+                    raise ValueError(f"issuer {i.name!r}: not a compressed secp256k1 public key")
+            return gen
         except (KeyError, TypeError) as exc:
             raise ValueError(f"{path}: not a medchain genesis file ({exc})") from None
 
@@ -114,6 +140,18 @@ def load_checked(path: str | Path) -> Genesis:
     return gen
 
 
+def parse_issuer(spec: str) -> IssuerInfo:
+    """NAME=PUBLIC_KEY (hex, compressed secp256k1) as given on the command line."""
+    name, sep, key = spec.partition("=")
+    try:
+        ok = bool(sep and name) and ecdsa.valid_pubkey(bytes.fromhex(key))
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"--issuer {spec!r}: expected NAME=PUBLIC_KEY (33-byte compressed secp256k1, hex)")
+    return IssuerInfo(name, key.lower())
+
+
 def new_chain_id(prefix: str = "medchain") -> str:
     """A chain id no other network has: every transaction signs it, so a transaction (a profile,
     a grant) signed for one network is refused by any other ("wrong chain id")."""
@@ -121,10 +159,12 @@ def new_chain_id(prefix: str = "medchain") -> str:
 
 
 def init_home(home: str | Path, chain_id: str, apis: list[str], time_ms: int,
-              params: Params | None = None, p2p: list[str] | None = None) -> list[Path]:
+              params: Params | None = None, p2p: list[str] | None = None,
+              issuers: tuple[IssuerInfo, ...] = ()) -> list[Path]:
     """Create one home directory per validator under `home` (node0, node1, ...) with its key and
     the shared genesis file; returns the directories. `p2p` gives each validator's libp2p
-    host:port (needed when there is more than one validator)."""
+    host:port (needed when there is more than one validator); `issuers` the organisations whose
+    credentials let staff break the glass."""
     home = Path(home)
     idents = [Identity.generate() for _ in apis]
     addrs = [""] * len(apis)
@@ -137,7 +177,7 @@ def init_home(home: str | Path, chain_id: str, apis: list[str], time_ms: int,
         raise ValueError("a network of several validators needs p2p addresses")
     gen = Genesis(chain_id, time_ms, tuple(ValidatorInfo(i.public_key.hex(), a, pa)
                                            for i, a, pa in zip(idents, apis, addrs, strict=True)),
-                  params or Params())
+                  params or Params(), issuers)
     dirs = []
     for k, ident in enumerate(idents):
         d = home / f"node{k}"

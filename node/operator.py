@@ -29,7 +29,17 @@ from typing import Any
 
 from node.crypto import ecdsa
 from node.crypto.keys import Identity
-from node.genesis import DRAFT_FIELD, HASH_FIELD, Genesis, Params, ValidatorInfo, load_checked, new_chain_id
+from node.genesis import (
+    DRAFT_FIELD,
+    HASH_FIELD,
+    Genesis,
+    IssuerInfo,
+    Params,
+    ValidatorInfo,
+    load_checked,
+    new_chain_id,
+    parse_issuer,
+)
 from node.multiaddr import host_port, split_peer
 
 PART_KIND = "medchain-validator-part/v1"
@@ -183,6 +193,17 @@ def genesis_add(path: Path, part_path: Path) -> ValidatorInfo:
     return info
 
 
+def genesis_add_issuer(path: Path, spec: str) -> IssuerInfo:
+    """List a credential issuer (NAME=PUBLIC_KEY) whose credentials make staff clinicians."""
+    d = _read_draft(path)
+    info = parse_issuer(spec)
+    if any(i["public_key"] == info.public_key for i in d.get("issuers", [])):
+        raise ValueError(f"issuer key {info.public_key} is listed already")
+    d.setdefault("issuers", []).append(dataclasses.asdict(info))
+    _write(path, d)
+    return info
+
+
 def genesis_finalize(path: Path) -> Genesis:
     d = _read_draft(path)
     if not d["validators"]:
@@ -230,6 +251,10 @@ def genesis_cmd(args: argparse.Namespace) -> int:
         n = len(json.loads(path.read_text())["validators"])
         _print(args, {"genesis": str(path), "index": n - 1, **dataclasses.asdict(info)},
                f"validator {n - 1}: {info.public_key} api {info.api} p2p {info.p2p}")
+    elif args.action == "add-issuer":
+        issuer = genesis_add_issuer(path, args.issuer)
+        _print(args, {"genesis": str(path), **dataclasses.asdict(issuer)},
+               f"issuer {issuer.name}: {issuer.public_key}")
     elif args.action == "finalize":
         gen = genesis_finalize(path)
         n = len(gen.validators)
@@ -274,9 +299,12 @@ def register(sub: argparse._SubParsersAction, add: Any) -> None:
     v = gs.add_parser("add-validator", help="add an operator's public part (its signature is checked)")
     v.add_argument("genesis", help="the draft genesis file")
     v.add_argument("part", help="the operator's validator.json")
+    i = gs.add_parser("add-issuer", help="list a credential issuer (staff it certifies may break the glass)")
+    i.add_argument("genesis", help="the draft genesis file")
+    i.add_argument("issuer", metavar="NAME=PUBLIC_KEY", help="the issuer's name and compressed secp256k1 key (hex)")
     f = gs.add_parser("finalize", help="close the draft and write its hash into it")
     f.add_argument("genesis", help="the draft genesis file")
     s = gs.add_parser("show", help="print a finished genesis and check its hash")
     s.add_argument("genesis", help="the genesis file")
-    for sp in (n, v, f, s):
+    for sp in (n, v, i, f, s):
         sp.add_argument("--json", action="store_true", help="machine-readable output")

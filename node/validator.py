@@ -105,7 +105,8 @@ class Validator:
         self._executed: dict[bytes, Executed] = {}  # block hash -> executed, not yet committed
         self._tip: Tip | None = None  # the primary's newest proposal, to pipeline on
         self.sidecars = SidecarCache()  # recently forwarded sidecars by SHA-256: self-verifying
-        self.admission = Admission(self.chain_id, self.ledger, self.blobs, self.mempool, self.metrics)
+        self.admission = Admission(self.chain_id, self.ledger, self.blobs, self.mempool, self.metrics,
+                                   self.genesis.rules)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
         self.committer = Commit(self.ledger, self.blobs, self.mempool, self.admission, self.sidecars,
                                 self.replicator, self.metrics, self._run)
@@ -254,7 +255,8 @@ class Validator:
 
     def _head_tip(self) -> Tip:
         h = self.ledger.head()
-        return Tip(h.height, h.hash, h.state_root, h.time_ms, self.ledger.get_state, self.ledger.get_node)
+        return Tip(h.height, h.hash, h.state_root, h.time_ms, self.ledger.get_state, self.ledger.get_node,
+                   self.genesis.rules)
 
     def _tip_for(self, prev_hash: bytes) -> Tip | None:
         head = self._head_tip()

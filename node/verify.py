@@ -66,7 +66,7 @@ def verify_ledger(ledger_dir: str | Path, genesis: Genesis, max_errors: int = 20
             except (TxError, WireError) as exc:
                 rep.errors.append(f"{where}: invalid transaction: {exc}")
                 break
-            res = apply_block(state.get, txs, height, h.time_ms, tree.get)
+            res = apply_block(state.get, txs, height, h.time_ms, tree.get, genesis.rules)
             state.update(res.writes)
             tree.update(res.nodes)
             if res.state_root != h.state_root:

@@ -14,6 +14,7 @@ import time
 import aiohttp
 import pytest
 
+from devices.net.localnet import dev_issuer
 from devices.patient.client import NodeClient
 from devices.patient.phone import Phone
 from devices.patient.staff import Staff
@@ -21,10 +22,11 @@ from devices.wearable.wearables import make_wearable
 from node.api import blobs
 from node.crypto.keys import Identity
 from node.execution import build_block
-from node.genesis import Genesis, Params, init_home
+from node.genesis import Genesis, IssuerInfo, Params, init_home
 from node.ipfs.cid import Cid
 from node.state.machine import BREAK_GLASS_ACCESS_MS, BREAK_GLASS_LIMIT
 from node.tx import DATA_TYPES, Grant, Policy, Profile, Read, Tx, Write
+from node.tx.credential import issue
 from node.tx.requests import blob_request_digest, blob_upload_digest
 from node.validator import Validator
 from tests.conftest import run, running_network
@@ -46,7 +48,8 @@ def test_a_committed_but_refused_read_opens_no_blob(node, genesis):
         async with NodeClient(node.url) as c:
             pat, doc = Identity.from_seed(b"refused-read-patient"), Identity.from_seed(b"refused-read-doctor")
             cid, cid_b = await _write_one(c, genesis, pat)
-            await Staff(doc, c, genesis.chain_id).register("Dr. R", "physician", "org")
+            await Staff(doc, c, genesis.chain_id).register(
+                "Dr. R", "physician", "org", issue(dev_issuer(node.home), genesis.chain_id, doc.address, 2**62))
             # one emergency read over the limit: admission checks each against committed state only,
             # so all are admitted together and the last is refused in execution (code 11, committed)
             reads = [Tx.build(doc, genesis.chain_id, 2 + i, Read(pat.address, 1, b"", 0, 2**62, "ETREAT"))
@@ -147,7 +150,9 @@ OUTSIDE = "the blob is outside the read transaction's time range (which ends at 
 def covers(tmp_path_factory):
     """A validator (constructed, not started) whose ledger holds blocks executed and committed by the
     node's own code: the doctor's grant, reads allowed and refused, emergency reads, an opt-out."""
-    home = init_home(tmp_path_factory.mktemp("covers"), "read-covers", ["127.0.0.1:0"], 0)[0]
+    issuer = Identity.from_seed(b"covers-issuer")
+    home = init_home(tmp_path_factory.mktemp("covers"), "read-covers", ["127.0.0.1:0"], 0,
+                     issuers=(IssuerInfo("covers", issuer.public_key.hex()),))[0]
     v, loop = Validator(home), asyncio.new_event_loop()
     nonces: dict[bytes, int] = {}
 
@@ -161,7 +166,8 @@ def covers(tmp_path_factory):
         return dict(zip((t.id for t in txs), ex.codes, strict=True))
 
     staff = [tx(DOC, Profile("Dr C", "physician", "org", DOC.box_public)),
-             tx(NURSE, Profile("N C", "nurse", "org", NURSE.box_public)),
+             tx(NURSE, Profile("N C", "nurse", "org", NURSE.box_public,
+                               issue(issuer, "read-covers", NURSE.address, T + 10 * DAY))),
              tx(PAT, Write(HR, CID_B, 100, 0, T - 60_000, T))]
     ids = {
         "write": tx(PAT, Write(HR, CID_A, 100, 0, T - 60_000, T)),

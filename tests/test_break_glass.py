@@ -14,15 +14,17 @@ from pathlib import Path
 
 import pytest
 
+from devices.net.localnet import dev_issuer
 from devices.patient.client import ApiError, NodeClient
 from devices.patient.phone import Phone
 from devices.patient.staff import AccessDenied, Staff
 from devices.wearable.wearables import make_wearable
 from node.crypto.keys import Identity
 from node.ipfs.cid import Cid
-from node.state import keys
+from node.state import Code, keys
 from node.state.machine import BREAK_GLASS_LIMIT, BREAK_GLASS_WINDOW_MS
 from node.tx import Policy, Read, Tx, TxError, Write
+from node.tx.credential import issue
 from node.tx.model import KIND_POLICY, VERSION
 from node.wire import encode
 from tests.conftest import run
@@ -68,16 +70,18 @@ def test_emergency_read_without_grant_is_allowed_and_audited():
     ch = Chain()
     assert ch.run(DOC, emergency(PAT)) == 2  # no profile: an emergency reader must be identifiable
     assert ch.profile(DOC) == 0
+    assert ch.run(DOC, emergency(PAT)) == Code.NO_CREDENTIAL  # a self-registered profile is no clinician
+    assert ch.clinician(DOC) == 0
     assert ch.run(DOC, Read(PAT.address, HR, b"", 0, 5)) == 3  # an ordinary read is still refused
     assert ch.run(DOC, emergency(PAT)) == 0
     audits = ch.audits(PAT)
-    assert [a[7] for a in audits] == [2, 3, 0]
-    assert [len(a) for a in audits] == [9, 8, 9] and audits[2][8] == "ETREAT"
+    assert [a[7] for a in audits] == [2, 13, 3, 0]
+    assert [len(a) for a in audits] == [9, 9, 8, 9] and audits[3][8] == "ETREAT"
 
 
 def test_emergency_read_checks_the_cid():
     ch = Chain()
-    ch.profile(DOC)
+    ch.clinician(DOC)
     assert ch.run(DOC, emergency(PAT, HR, cid("nothing"))) == 4
     assert ch.run(PAT2, Write(HR, cid("x"), 10, 0, 1, 2)) == 0
     assert ch.run(DOC, emergency(PAT, HR, cid("x"))) == 8  # the cid is another patient's
@@ -85,8 +89,8 @@ def test_emergency_read_checks_the_cid():
 
 def test_rate_limit_per_staff_member_in_block_time():
     ch = Chain()
-    ch.profile(DOC)
-    ch.profile(NURSE)
+    ch.clinician(DOC)
+    ch.clinician(NURSE)
     codes = [ch.run(DOC, emergency(PAT), T0 + i) for i in range(BREAK_GLASS_LIMIT + 2)]
     assert codes == [0] * BREAK_GLASS_LIMIT + [11, 11]
     assert ch.run(DOC, emergency(PAT2), T0 + 10) == 11  # per staff member, whatever the patient
@@ -98,7 +102,7 @@ def test_rate_limit_per_staff_member_in_block_time():
 
 def test_patient_opt_out_and_back():
     ch = Chain()
-    ch.profile(DOC)
+    ch.clinician(DOC)
     assert ch.run(PAT, Policy(False)) == 0
     assert ch.run(DOC, emergency(PAT)) == 10
     assert ch.run(DOC, emergency(PAT2)) == 0  # another patient did not opt out
@@ -110,7 +114,7 @@ def test_patient_opt_out_and_back():
 def replay_root() -> bytes:
     """The state root after a fixed history of policy changes and emergency reads (some refused)."""
     ch = Chain()
-    ch.profile(DOC)
+    ch.clinician(DOC)
     ch.apply([ch.tx(PAT, Policy(False)), ch.tx(DOC, emergency(PAT)), ch.tx(DOC, emergency(PAT2))])
     ch.apply([ch.tx(PAT, Policy(True))] + [ch.tx(DOC, emergency(PAT, BP)) for _ in range(4)], T0 + 5)
     return ch.root
@@ -140,6 +144,10 @@ def test_break_glass_end_to_end(node, genesis):
             staff = Staff(doc, c, genesis.chain_id)
             await staff.register("Dr. ER", "emergency physician", "General Hospital")
             now = int(time.time() * 1000)
+            with pytest.raises(AccessDenied, match="no valid clinician credential"):  # self-registered
+                await staff.read(pat.address, "heart_rate", break_glass="ETREAT")
+            await staff.register("Dr. ER", "emergency physician", "General Hospital",
+                                 issue(dev_issuer(node.home), genesis.chain_id, doc.address, now + 10**8))
             frames = list(make_wearable("heart_rate", "hr", 1).frames_between(now - 120_000, now))
             res = await phone.write_window("heart_rate", frames)
             await phone2.write_window("heart_rate", frames)
@@ -157,8 +165,10 @@ def test_break_glass_end_to_end(node, genesis):
             # the phone, the patient's key agent, releases the keys for the emergency read
             assert len(await phone.answer_break_glass()) == 1
             assert await phone.answer_break_glass() == []  # once
-            grant = (await c.grants(pat.address))["grants"][0]
-            assert grant["types"] == ["heart_rate"] and grant["expiry_ms"] > now
+            grant = (await c.grants(pat.address))["grants"][0]  # a release, apart from any lasting grant
+            assert grant["types"] == [] and grant["expiry_ms"] == 0
+            (rel,) = grant["released"]
+            assert rel["type"] == "heart_rate" and rel["epochs"] == [res.epoch] and rel["expiry_ms"] > now
             wins = await staff.read(pat.address, "heart_rate", break_glass="ETREAT")
             assert wins[0].readings == frames and not wins[0].sealed
 
@@ -193,19 +203,46 @@ def test_break_glass_end_to_end(node, genesis):
     run(go())
 
 
+def at_a_terminal(answer: str, *args: str) -> str:
+    """Run `medchain ARGS` with a terminal (a pty) as its stdin, typing `answer`; its stdout."""
+    import pty
+    master, slave = pty.openpty()
+    try:
+        os.write(master, answer.encode())
+        p = subprocess.run([sys.executable, "-m", "node.cli", *args], stdin=slave, capture_output=True, text=True,
+                           timeout=120)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert p.returncode == 0, p.stderr
+    assert "Release these keys? [y/N]" in p.stdout and "key epochs [0]" in p.stderr
+    return p.stdout
+
+
 def test_break_glass_cli(node, tmp_path):
     pk, sk = tmp_path / "patient.json", tmp_path / "staff.json"
     pat = json.loads(medchain("keygen", "--out", str(pk), "--json").stdout)
     medchain("keygen", "--out", str(sk), "--json")
     url = ["--node", node.url]
-    medchain("staff", "register", "--key", str(sk), "--name", "Dr. ER", *url)
+    bad = medchain("issuer", "credential", "--key", str(sk), "--staff", "00" * 32, "--genesis",
+                   str(node.home / "genesis.json"), ok=False)  # not an issuer of this network
+    assert bad.returncode == 1 and "is not an issuer" in bad.stderr
+    cred = tmp_path / "cred.json"
+    addr = Identity.load(sk).address.hex()
+    medchain("issuer", "credential", "--key", str(node.home.parent / "issuer_key.json"), "--staff", addr,
+             "--genesis", str(node.home / "genesis.json"), "--days", "1", "--out", str(cred))
+    medchain("staff", "register", "--key", str(sk), "--name", "Dr. ER", "--credential", str(cred), *url)
     medchain("patient", "upload", "--type", "heart_rate", "--seconds", "20", "--key", str(pk), *url)
     rd = json.loads(medchain("staff", "read", pat["address"], "--type", "heart_rate", "--break-glass", "ETREAT",
                              "--key", str(sk), *url, "--json").stdout)
     assert rd["windows"] == 1 and len(rd["sealed"]) == 1 and rd["readings"] == []
     text = medchain("patient", "audit", "--key", str(pk), *url).stdout
     assert text.startswith("!! 1 EMERGENCY (BREAK-GLASS) READ(S) OF YOUR DATA !!") and "BREAK-GLASS (ETREAT)" in text
-    medchain("patient", "break-glass", "release", "--key", str(pk), *url)
+    bad = medchain("patient", "break-glass", "release", "--key", str(pk), *url, ok=False)
+    assert bad.returncode == 1 and "needs your confirmation" in bad.stderr and "heart_rate" in bad.stderr
+    assert at_a_terminal("n\n", "patient", "break-glass", "release", "--key", str(pk), *url).endswith("nothing released\n")
+    out = json.loads(medchain("patient", "break-glass", "release", "--yes", "--key", str(pk), *url, "--json").stdout)
+    assert [r["type"] for r in out["released"]] == ["heart_rate"] and len(out["tx"]) == 1
     rd = json.loads(medchain("staff", "read", pat["address"], "--type", "heart_rate", "--break-glass", "ETREAT",
                              "--key", str(sk), *url, "--json").stdout)
     assert len(rd["readings"]) == 20 and rd["sealed"] == []

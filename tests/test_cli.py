@@ -100,6 +100,12 @@ def test_every_refusal_is_one_line_and_a_non_zero_exit(node, tmp_path):
     refused(["patient", "revoke", "zz", "--key", str(pk)], "hex")
     medchain("staff", "register", "--key", str(sk), "--name", "Dr. R", *url)
     refused(["staff", "read", pat["address"], "--type", "glucose", "--key", str(sk)], "access denied")
+    refused(["staff", "read", pat["address"], "--type", "glucose", "--break-glass", "ETREAT", "--key", str(sk)],
+            "no valid clinician credential")  # a self-registered profile is not a clinician
+    cred = tmp_path / "cred.json"
+    medchain("issuer", "credential", "--key", str(node.home.parent / "issuer_key.json"), "--staff", doc["address"],
+             "--genesis", str(node.home / "genesis.json"), "--out", str(cred))
+    medchain("staff", "register", "--key", str(sk), "--name", "Dr. R", "--credential", str(cred), *url)
     medchain("patient", "break-glass", "off", "--key", str(pk), *url)
     refused(["staff", "read", pat["address"], "--type", "glucose", "--break-glass", "ETREAT", "--key", str(sk)],
             "disabled emergency access")

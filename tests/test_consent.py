@@ -12,18 +12,24 @@ import time
 
 import pytest
 
-from devices.net.localnet import make_network
+from devices.net.localnet import dev_issuer, make_network
 from devices.patient import envelope
 from devices.patient.client import ApiError, NodeClient
 from devices.patient.phone import Phone
-from devices.patient.staff import Staff
+from devices.patient.staff import AccessDenied, Staff
 from node.crypto.keys import Identity
 from node.genesis import Genesis, Params
 from node.ipfs.cid import Cid, cid_v1_raw
 from node.tx import DATA_TYPES, Grant, Profile, Read, Tx, Write
+from node.tx.credential import issue
 from tests.conftest import run
 
 HR, BP = DATA_TYPES["heart_rate"], DATA_TYPES["blood_pressure"]
+
+
+def clinician(node, genesis, staff: bytes):
+    """A credential of the local network's issuer: the holder may break the glass."""
+    return issue(dev_issuer(node.home), genesis.chain_id, staff, int(time.time() * 1000) + 10**8)
 
 
 def _readings(t0: int, n: int = 5) -> list[envelope.Reading]:
@@ -41,7 +47,7 @@ def test_an_expired_grantee_cannot_open_data_written_after_the_expiry(node, gene
         async with NodeClient(node.url) as c:
             phone = Phone(Identity.from_seed(b"consent patient"), c, chain)
             doc = Staff(Identity.from_seed(b"consent doctor"), c, chain)
-            await doc.register("Dr Exp", "physician", "General")
+            await doc.register("Dr Exp", "physician", "General", clinician(node, genesis, doc.address))
             expiry = int(time.time() * 1000) + 3000
             await phone.grant(doc.address, ["heart_rate"], expiry)
             now = int(time.time() * 1000)
@@ -144,7 +150,7 @@ def test_a_long_audit_log_hides_no_emergency_read_and_old_reads_open_no_new_data
             insider = Staff(Identity.from_seed(b"audit insider"), c, chain)
             medic = Staff(Identity.from_seed(b"audit medic"), c, chain)
             await insider.register("In Sider", "nurse", "Ward")
-            await medic.register("E Medic", "physician", "ER")
+            await medic.register("E Medic", "physician", "ER", clinician(node, genesis, medic.address))
             await phone.grant(insider.address, ["heart_rate"])
             first = await phone.write_window("heart_rate", _readings(int(time.time() * 1000) - 60_000))
             n = 1100
@@ -196,4 +202,69 @@ def test_a_phone_that_did_not_see_a_grant_expire_rotates_when_the_chain_refuses(
             phone.next_nonce = None  # the tablet used nonces: resync
             after = await phone.write_window("heart_rate", _readings(int(time.time() * 1000) - 30_000))
             assert after.epoch == 1
+    run(go())
+
+
+def test_break_glass_is_for_clinicians_and_a_release_is_scoped_and_ends(node, genesis):
+    """Item 2 of the attack list, on a real validator: self-registered profiles (fresh keys, a
+    Sybil) cannot break the glass; a clinician's emergency read gets, on release, only the key
+    epochs its read touched, to that reader alone, apart from its lasting grant; and the release
+    ends like an expiry: data written after it is under a key the reader never held."""
+    chain = genesis.chain_id
+
+    async def go():
+        async with NodeClient(node.url) as c:
+            for k in range(3):  # fresh self-registered keys: none is a clinician
+                sybil = Staff(Identity.from_seed(b"sybil %d" % k), c, chain)
+                await sybil.register(f"Dr Sybil {k}", "physician", "Nowhere")
+                with pytest.raises(AccessDenied, match="no valid clinician credential"):
+                    await sybil.read(Identity.from_seed(b"scoped patient").address, "glucose", break_glass="ETREAT")
+            me = Identity.from_seed(b"scoped patient")
+            phone = Phone(me, c, chain, genesis.validator_keys)
+            nurse = Staff(Identity.from_seed(b"scoped nurse"), c, chain)
+            doc = Staff(Identity.from_seed(b"scoped doctor"), c, chain)
+            await nurse.register("N", "nurse", "Ward")
+            await doc.register("Dr S", "physician", "ER", clinician(node, genesis, doc.address))
+            await phone.grant(doc.address, ["heart_rate"])  # a lasting grant of another type
+            now = int(time.time() * 1000)
+            w0 = await phone.write_window("glucose", _readings(now - 90_000))
+            await phone.grant(nurse.address, ["glucose"])
+            await phone.revoke(nurse.address)  # glucose moves to epoch 1
+            w1 = await phone.write_window("glucose", _readings(now - 60_000))
+            assert (w0.epoch, w1.epoch) == (0, 1)
+
+            # an emergency read of one blob: the release holds that blob's epoch only
+            [win] = await doc.read(me.address, "glucose", w0.cid, break_glass="ETREAT")
+            assert win.sealed and not win.readings  # the ciphertext, but no key yet
+            (plan,) = await phone.plan_release()
+            assert (plan.staff, plan.dtype, plan.epochs) == (doc.address.hex(), DATA_TYPES["glucose"], [0])
+            await phone.release([plan])
+            assert await phone.plan_release() == []  # answered once
+            g = next(x for x in (await c.grants(me.address))["grants"] if x["staff"] == doc.address.hex())
+            assert g["types"] == ["heart_rate"] and g["expiry_ms"] == 0  # the lasting grant is untouched
+            assert [(r["type"], r["epochs"]) for r in g["released"]] == [("glucose", [0])]
+            wins = {w.cid: w for w in await doc.read(me.address, "glucose", break_glass="ETREAT")}
+            assert not wins[w0.cid].sealed and wins[w0.cid].readings  # decrypted with the released key
+            assert wins[w1.cid].sealed and not wins[w1.cid].readings  # epoch 1 was not released
+
+            # the range read touched epoch 1 too: a release of the current epoch, held briefly
+            (plan,) = await phone.plan_release(hold_ms=2500)
+            assert plan.epochs == [0, 1]
+            await phone.release([plan])
+            wins = {w.cid: w for w in await doc.read(me.address, "glucose", break_glass="ETREAT")}
+            assert not wins[w1.cid].sealed and wins[w1.cid].readings
+
+            # it ends like an expiry: the next write rotates, and the reader never gets the new key
+            await _wait_until(plan.expiry_ms)
+            w2 = await phone.write_window("glucose", _readings(int(time.time() * 1000) - 30_000))
+            assert w2.epoch == 2  # the phone ended the expired release, and the chain rotated
+            g = next(x for x in (await c.grants(me.address))["grants"] if x["staff"] == doc.address.hex())
+            assert g["released"] == [] and g["types"] == ["heart_rate"]
+            held = {(k["type"], k["epoch"]) for k in (await c.get_json(
+                f"/v1/patients/{me.address.hex()}/keys/{doc.address.hex()}"))["keys"]}
+            assert ("glucose", 2) not in held and {("glucose", 0), ("glucose", 1)} <= held
+            with pytest.raises(AccessDenied, match="limit"):  # and its emergency budget is spent
+                await doc.read(me.address, "glucose", w2.cid, break_glass="ETREAT")
+            assert (await c.account(doc.address))["profile"]["credential"]["issuer"] == \
+                dev_issuer(node.home).public_key.hex()
     run(go())

@@ -146,6 +146,12 @@ def test_consents():
     assert c["provision"]["period"]["end"].startswith("2023-11-14T")
     assert valid(fhir.consent(PATIENT, g, T + 1000))["status"] == "inactive"  # expired
     assert valid(fhir.consent(PATIENT, {**g, "types": [], "expiry_ms": 0}, T))["status"] == "inactive"  # revoked
+    rel = valid(fhir.release_consent(PATIENT, STAFF, {"type": "glucose", "expiry_ms": T + 5, "epochs": [0, 2],
+                                                      "tx": "02" * 32}, T))
+    assert rel["status"] == "active" and rel["id"] != c["id"] and rel["provision"]["purpose"][0]["code"] == "ETREAT"
+    assert rel["provision"]["period"]["end"].startswith("2023-11-14T") and len(rel["provision"]["data"]) == 2
+    assert valid(fhir.release_consent(PATIENT, STAFF, {"type": "glucose", "expiry_ms": T, "epochs": [0],
+                                                       "tx": "02" * 32}, T))["status"] == "inactive"  # ended
     off = valid(fhir.break_glass_consent(PATIENT, False))
     assert off["provision"]["type"] == "deny" and off["provision"]["purpose"][0]["code"] == "ETREAT"
 

@@ -17,6 +17,7 @@ import pytest
 from devices.net.faultharness import acknowledged_load, assert_committed, converged
 from devices.net.localnet import NodeProcess, free_ports, start_all, stop_all
 from node.cli import main
+from node.crypto.keys import Identity
 from node.genesis import Genesis
 from node.operator import check_part
 from tests.conftest import run
@@ -47,6 +48,8 @@ def build_network(root: Path, capsys: pytest.CaptureFixture[str], n: int = 4,
          "--param", "sender_rate=1e5", "--param", "sender_burst=1e5")
     for i in range(n):
         _cli(capsys, "genesis", "add-validator", str(g), str(coord / f"part{i}.json"))
+    issuer = Identity.from_seed(b"medical-council")
+    _cli(capsys, "genesis", "add-issuer", str(g), f"Medical Council={issuer.public_key.hex()}")
     digest = _cli(capsys, "genesis", "finalize", str(g))["genesis_hash"]
     for i, home in enumerate(homes):
         got = _cli(capsys, "operator", "install-genesis", "--home", str(home), str(g), "--expect-hash", digest)
@@ -61,6 +64,7 @@ def test_four_operators_build_a_network_that_commits(tmp_path: Path, capsys: pyt
         assert not any(s in f.read_text() for s in secrets), f
     gen = Genesis.load(g)
     assert gen.hash.hex() == digest and gen.params.sender_rate == 1e5 and len(gen.validators) == 4
+    assert [i.name for i in gen.issuers] == ["Medical Council"]
     nodes = [NodeProcess(h, int(gen.validators[i].api.rsplit(":", 1)[1]), chain_id=gen.chain_id, index=i)
              for i, h in enumerate(homes)]
     start_all(nodes)

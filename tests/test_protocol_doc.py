@@ -8,11 +8,13 @@ import hashlib
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from devices.net.localnet import dev_issuer
 from devices.net.protocol_examples import CHAIN_ID, Msgpack, blocks, examples, render, seed_identity
 from devices.patient import envelope
 from node import merkle
@@ -25,6 +27,7 @@ from node.proof import check_bundle
 from node.sidecar import check_sidecar, decode_submission
 from node.state import smt
 from node.tx import KIND_NAMES, Tx
+from node.tx.credential import issue
 from node.wire import decode_canonical
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
@@ -74,7 +77,7 @@ def test_hex_of_every_annotated_dump_is_the_encoding(ex: dict, doc: str) -> None
 
 
 def test_transactions_decode_verify_and_have_the_ids_shown(ex: dict) -> None:
-    for name in ("profile", "grant", "policy", "write", "read", "break-glass-read", "revoke"):
+    for name in ("profile", "grant", "policy", "write", "read", "break-glass-read", "release", "revoke"):
         tx = Tx.decode(_bytes(ex, f"tx/{name}/tx"), chain_id=CHAIN_ID)  # checks the signature too
         assert tx.payload == _bytes(ex, f"tx/{name}/payload")
         if f"tx/{name}/id" in ex:
@@ -187,7 +190,6 @@ class _Api:
 
 def test_a_running_validator_answers_as_the_openapi_schemas_say(node) -> None:  # fixture
     import asyncio
-    import time
 
     import msgpack
 
@@ -207,7 +209,8 @@ def test_a_running_validator_answers_as_the_openapi_schemas_say(node) -> None:  
         now = int(time.time() * 1000)
         blob = b"\x00" * 12 + b"ciphertext of the example window" + b"\x00" * 16
         cid = cid_v1_raw(blob)
-        profile = Tx.build(staff, chain, 1, Profile("Dr. Ada", "physician", "General Hospital", staff.box_public))
+        cred = issue(dev_issuer(node.home), chain, staff.address, int(time.time() * 1000) + 10**8)
+        profile = Tx.build(staff, chain, 1, Profile("Dr. Ada", "physician", "General Hospital", staff.box_public, cred))
         res = await api.call("post", "/v1/tx", "/v1/tx", 202, data=profile.raw)
         await api.call("get", "/v1/tx/{id}", f"/v1/tx/{res['id']}?wait=10", 200)
         bad = Tx.build(staff, chain, 5, Profile("x", "y", "z", staff.box_public))  # nonce gap: refused
@@ -276,3 +279,13 @@ def test_grant_types_have_one_order(ex: dict) -> None:
         raw = encode([p, patient.sign(hashlib.sha256(p).digest())])
         with pytest.raises(TxError, match="sorted and unique"):
             Tx.decode(raw, CHAIN_ID)
+
+
+def test_the_credential_shown_is_the_genesis_issuers_for_the_staff_member(ex: dict) -> None:
+    from node.tx.credential import credential_digest, from_json, signed_by_issuer
+    cred, staff = from_json(ex["credential/json"]), seed_identity("staff")
+    assert cred.issuer == seed_identity("issuer").public_key
+    assert ex["credential/digest"] == credential_digest(CHAIN_ID, staff.address, cred.not_after_ms)
+    assert signed_by_issuer(cred, CHAIN_ID, staff.address)
+    issuers = [i["public_key"] for i in ex["api/genesis"]["issuers"]]
+    assert issuers == [cred.issuer.hex()]

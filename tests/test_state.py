@@ -12,7 +12,9 @@ from node.crypto.keys import Identity
 from node.state import CODES, OK, Code, Overlay, apply_block, check_tx, genesis_state_root, keys, smt
 from node.state.machine import apply_tx, read_allowed
 from node.state.records import BlobRec, GrantRec, PolicyRec
+from node.state.rules import Rules
 from node.tx import DATA_TYPES, Grant, Policy, Profile, Read, SealedKey, Tx, Write
+from node.tx.credential import issue
 from node.wire import decode
 
 CHAIN = "state-test"
@@ -23,6 +25,8 @@ PAT = Identity.from_seed(b"patient")
 PAT2 = Identity.from_seed(b"patient-2")
 DOC = Identity.from_seed(b"doctor")
 NURSE = Identity.from_seed(b"nurse")
+ISSUER = Identity.from_seed(b"hospital issuer")  # the one credential issuer of these tests' genesis
+RULES = Rules(frozenset({ISSUER.public_key}))
 
 
 def cid(name: str) -> bytes:
@@ -38,6 +42,7 @@ class Chain:
         self.tree: dict[bytes, bytes] = {}
         self.height = 0
         self.nonces: dict[bytes, int] = {}
+        self.rules = RULES
 
     def tx(self, ident: Identity, body, nonce: int | None = None) -> Tx:
         if nonce is None:
@@ -47,7 +52,7 @@ class Chain:
 
     def apply(self, txs, time_ms: int = T0) -> list[int]:
         self.height += 1
-        res = apply_block(self.state.get, txs, self.height, time_ms, self.tree.get)
+        res = apply_block(self.state.get, txs, self.height, time_ms, self.tree.get, self.rules)
         self.state.update(res.writes)
         self.tree.update(res.nodes)
         self.root = res.state_root
@@ -71,6 +76,11 @@ class Chain:
     # shorthands
     def profile(self, ident: Identity, name: str = "Dr X") -> int:
         return self.run(ident, Profile(name, "physician", "General", ident.box_public))
+
+    def clinician(self, ident: Identity, issuer: Identity = ISSUER, until_ms: int = T0 + 10**12, t: int = T0) -> int:
+        """A profile with a credential of `issuer` (by default the genesis's): one who may break the glass."""
+        cred = issue(issuer, CHAIN, ident.address, until_ms)
+        return self.run(ident, Profile("Dr E", "emergency physician", "General", ident.box_public, cred), t)
 
     def grant(self, patient: Identity, staff: Identity, types, expiry_ms: int = 0, sealed=(), t: int = T0) -> int:
         return self.run(patient, Grant(staff.address, tuple(sorted(types)), expiry_ms, tuple(sealed)), t)
@@ -312,7 +322,7 @@ def test_every_read_leaves_an_audit_entry(chain):
 def test_emergency_reads_are_indexed_apart_by_their_audit_index(chain):
     """Every break-glass read, allowed or not, is also listed in the patient's emergency index,
     which holds its index in the audit log (so a client finds each without reading the log)."""
-    assert chain.profile(NURSE) == OK
+    assert chain.clinician(NURSE) == OK and chain.clinician(DOC) == OK
     bg = [chain.tx(DOC, Read(PAT.address, HR, b"", 0, T0, "ETREAT")),  # audit index 0, allowed
           chain.tx(DOC, Read(PAT.address, BP, b"", 0, T0)),  # 1: an ordinary read, refused (no grant)
           chain.tx(NURSE, Read(PAT.address, BP, b"", 0, T0, "ETREAT"))]  # 2, allowed
@@ -417,7 +427,7 @@ def test_apply_tx_on_overlay_and_codes_table():
     assert decode(view.get(keys.receipt(tx.id))) == [7, 3, OK]
     assert apply_tx(view, tx, 7, 4, T0) == 9
     assert decode(view.get(keys.receipt(tx.id))) == [7, 3, OK]
-    assert set(CODES) == set(range(13))
+    assert set(CODES) == set(range(16)) == set(Code)
 
 
 def test_each_grantee_joins_the_committed_grantee_list_once(chain):

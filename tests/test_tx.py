@@ -15,7 +15,21 @@ from node.block import Block, BlockError, Header, quorum, verify_cert, vote_dige
 from node.crypto import ecdsa, seal
 from node.crypto.keys import Identity
 from node.crypto.seal import SealError
-from node.tx import KIND_GRANT, KIND_PROFILE, KIND_READ, KIND_WRITE, Grant, Profile, Read, SealedKey, Tx, TxError, Write
+from node.tx import (
+    KIND_GRANT,
+    KIND_PROFILE,
+    KIND_READ,
+    KIND_RELEASE,
+    KIND_WRITE,
+    Grant,
+    Profile,
+    Read,
+    Release,
+    SealedKey,
+    Tx,
+    TxError,
+    Write,
+)
 from node.tx.model import BAD_SIGNATURE, MAX_CID, MAX_NAME
 from node.wire import MAX_TX_BYTES, WireError, decode, encode
 
@@ -27,6 +41,7 @@ SEALED = seal.seal(STAFF.box_public, bytes(range(32)))
 BODIES = {
     KIND_GRANT: Grant(STAFF.address, (1, 3), 0, (SealedKey(1, 0, SEALED), SealedKey(3, 2, SEALED))),
     KIND_PROFILE: Profile("Dr Ada", "doctor", "St Mary", STAFF.box_public),
+    KIND_RELEASE: Release(STAFF.address, 4, 1_000, (SealedKey(4, 2, SEALED), SealedKey(4, 3, SEALED))),
     KIND_WRITE: Write(1, CID, 4096, 0, 1_000, 2_000),
     KIND_READ: Read(ALICE.address, 1, CID, 0, 0),
 }
@@ -87,7 +102,7 @@ def test_wrong_chain_id():
         Tx.decode(raw_tx(chain=b"medchain-test"), CHAIN)
 
 
-@pytest.mark.parametrize("kind", [0, 0x13, 0x1F, 0x22, 0x30, -1, 1 << 40, "grant", None, b"\x10"])
+@pytest.mark.parametrize("kind", [0, 0x14, 0x1F, 0x22, 0x30, -1, 1 << 40, "grant", None, b"\x10"])
 def test_unknown_kind(kind):
     with pytest.raises(TxError, match="unknown transaction kind"):
         Tx.decode(raw_tx(kind=kind, fields=OK[KIND_PROFILE]), CHAIN)
@@ -227,7 +242,8 @@ def test_bool_where_int_expected(kind, i, value):
 
 @pytest.mark.parametrize("kind", sorted(BODIES))
 def test_wrong_field_count(kind):
-    for fields in (OK[kind][:-1], [*OK[kind], 0], []):
+    extra = 1 + (kind == KIND_PROFILE)  # a profile may carry a 5th field, its credential
+    for fields in (OK[kind][:-1], [*OK[kind], *[[ALICE.public_key, 1, bytes(64)]] * extra], []):
         with pytest.raises(TxError, match="takes"):
             Tx.decode(raw_tx(kind, fields), CHAIN)
 
@@ -447,9 +463,9 @@ def test_build_batch_equals_one_by_one():
 
 
 def test_only_the_two_families_are_admitted():
-    """Every kind byte: exactly grant, profile, policy (access, 0x1_) and write, read (data, 0x2_) parse."""
+    """Every kind byte: exactly grant, profile, policy, release (access, 0x1_) and write, read (data, 0x2_) parse."""
     from node.tx.model import _PARSERS, FAMILIES, KIND_POLICY
-    assert set(_PARSERS) == {KIND_GRANT, KIND_PROFILE, KIND_POLICY, KIND_WRITE, KIND_READ}
+    assert set(_PARSERS) == {KIND_GRANT, KIND_PROFILE, KIND_POLICY, KIND_RELEASE, KIND_WRITE, KIND_READ}
     assert {k & 0xF0 for k in _PARSERS} == set(FAMILIES)
     for kind in range(256):
         if kind not in _PARSERS:

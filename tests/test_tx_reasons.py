@@ -26,6 +26,9 @@ from node.tx.model import (
 from node.wire import encode
 from tests.test_tx import ALICE, CHAIN, OK, SEALED, raw_tx
 
+RELEASE = 0x13
+CRED = [ALICE.public_key, 5, bytes(64)]
+
 A32 = bytes(32)
 GRANT, PROFILE, POLICY, WRITE, READ = KIND_GRANT, KIND_PROFILE, KIND_POLICY, KIND_WRITE, KIND_READ
 
@@ -69,7 +72,28 @@ CASES = [
     (GRANT, [A32, [1], 0, [[1, 0, b""]]], f"sealed key must be 1..{MAX_SEALED} bytes"),
     (GRANT, [A32, [1], 0, [[1, 0, bytes(MAX_SEALED + 1)]]], f"sealed key must be 1..{MAX_SEALED} bytes"),
     # profiles
-    (PROFILE, ["n", "r", "o"], "profile takes 4 fields: name, role, org, x25519_public"),
+    (PROFILE, ["n", "r", "o"], "profile takes 4 fields: name, role, org, x25519_public (and a clinician credential)"),
+    (PROFILE, [*OK[PROFILE], CRED, 1], "profile takes 4 fields: name, role, org, x25519_public (and a clinician credential)"),
+    (PROFILE, [*OK[PROFILE], CRED[:2]], "a credential is [issuer public key, not_after_ms, signature]"),
+    (PROFILE, [*OK[PROFILE], b"cred"], "a credential is [issuer public key, not_after_ms, signature]"),
+    (PROFILE, [*OK[PROFILE], [bytes(32), 5, bytes(64)]], "credential issuer must be 33..33 bytes"),
+    (PROFILE, [*OK[PROFILE], [b"\x02" + bytes(32), 5, bytes(64)]],
+     "credential issuer is not a valid compressed secp256k1 public key"),
+    (PROFILE, [*OK[PROFILE], [ALICE.public_key, -1, bytes(64)]], uint("credential not_after_ms")),
+    (PROFILE, [*OK[PROFILE], [ALICE.public_key, 5, bytes(63)]], "credential signature must be 64..64 bytes"),
+    # releases
+    (RELEASE, [A32, 1, 5], "release takes 4 fields: staff, type, expiry_ms, keys"),
+    (RELEASE, [bytes(31), 1, 5, [[0, SEALED]]], "staff address must be 32..32 bytes"),
+    (RELEASE, [A32, 9, 5, [[0, SEALED]]], "unknown data type 9"),
+    (RELEASE, [A32, 1, -5, [[0, SEALED]]], uint("expiry_ms")),
+    (RELEASE, [A32, 1, 5, [[0, SEALED]] * (MAX_KEYS_PER_GRANT + 1)], f"keys must be a list of at most {MAX_KEYS_PER_GRANT}"),
+    (RELEASE, [A32, 1, 5, [[1, 0, SEALED]]], "each released key is [epoch, sealed]"),
+    (RELEASE, [A32, 1, 5, [[2**32, SEALED]]], uint("epoch", 2**32 - 1)),
+    (RELEASE, [A32, 1, 5, [[0, b""]]], f"sealed key must be 1..{MAX_SEALED} bytes"),
+    (RELEASE, [A32, 1, 5, [[2, SEALED], [1, SEALED]]], "released epochs must be sorted and unique"),
+    (RELEASE, [A32, 1, 5, [[1, SEALED], [1, SEALED]]], "released epochs must be sorted and unique"),
+    (RELEASE, [A32, 1, 5, []], "a release carries keys and an expiry; an end of a release carries neither"),
+    (RELEASE, [A32, 1, 0, [[1, SEALED]]], "a release carries keys and an expiry; an end of a release carries neither"),
     (PROFILE, with_(PROFILE, 0, "x" * (MAX_NAME + 1)), f"name must be a string of at most {MAX_NAME} bytes"),
     (PROFILE, with_(PROFILE, 0, "é" * 33), f"name must be a string of at most {MAX_NAME} bytes"),  # bytes, not chars
     (PROFILE, with_(PROFILE, 1, b"r"), f"role must be a string of at most {MAX_NAME} bytes"),
@@ -134,6 +158,9 @@ def test_boundary_values_are_accepted() -> None:
     for kind, fields in [(GRANT, [A32, [1, 2, 3, 4, 5], U63, [[1, 2**32 - 1, b"k"]]]),  # a 1-byte sealed key
                          (GRANT, [A32, [], 0, []]),  # a revoke
                          (PROFILE, ["é" * 32, "", "x" * MAX_NAME, A32]),
+                         (PROFILE, ["n", "", "", A32, [ALICE.public_key, U63, bytes(64)]]),  # any signature: checked on chain
+                         (RELEASE, [A32, 5, U63, [[0, b"k"], [2**32 - 1, bytes(MAX_SEALED)]]]),
+                         (RELEASE, [A32, 1, 0, []]),  # the end of a release
                          (WRITE, [5, bytes(2), 1 << 40, 2**32 - 1, 7, 7]),
                          (WRITE, [1, bytes(MAX_CID), 0, 0, 0, U63]),
                          (READ, [A32, 1, bytes(MAX_CID), 5, 5]),

@@ -13,7 +13,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from node.genesis import Params, init_home, new_chain_id
+from node.crypto.keys import Identity
+from node.genesis import IssuerInfo, Params, init_home, new_chain_id
 from node.p2p import swarmkey
 from node.service import PARENT_ENV
 
@@ -121,6 +122,14 @@ class NodeProcess:
         return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
 
 
+DEV_ISSUER_FILE = "issuer_key.json"
+
+
+def dev_issuer(home: Path) -> Identity:
+    """The credential issuer of the local network whose validator home is `home`."""
+    return Identity.load(Path(home).parent / DEV_ISSUER_FILE)
+
+
 def make_network(root: Path, validators: int = 1, chain_id: str | None = None,
                  params: Params | None = None, p2p_mode: str = "direct",
                  base_port: int | None = None, private_network: bool = False) -> list[NodeProcess]:
@@ -133,7 +142,13 @@ def make_network(root: Path, validators: int = 1, chain_id: str | None = None,
         ports, p2p_ports = both[:validators], both[validators:]
     p2p = [f"127.0.0.1:{p}" for p in p2p_ports] if validators > 1 else None
     chain_id = chain_id or new_chain_id()
-    homes = init_home(root, chain_id, [f"127.0.0.1:{p}" for p in ports], int(time.time() * 1000), params, p2p)
+    # a local network's own credential issuer (DEV_ISSUER_FILE in the root), so its staff can be
+    # made clinicians: `medchain issuer credential --key ROOT/issuer_key.json ...`
+    issuer = Identity.generate()
+    root.mkdir(parents=True, exist_ok=True)
+    issuer.save(root / DEV_ISSUER_FILE)
+    homes = init_home(root, chain_id, [f"127.0.0.1:{p}" for p in ports], int(time.time() * 1000),
+                      params, p2p, (IssuerInfo("local network issuer", issuer.public_key.hex()),))
     if private_network:
         key = swarmkey.new_key()
         for h in homes:

@@ -27,11 +27,13 @@ from node import merkle
 from node.block import Block, Header, vote_digest
 from node.crypto import aead, ecdsa
 from node.crypto.keys import Identity
-from node.genesis import Genesis, Params, ValidatorInfo
+from node.genesis import Genesis, IssuerInfo, Params, ValidatorInfo
 from node.ipfs.cid import cid_v1_raw
 from node.sidecar import encode_submission
 from node.state import apply_block, genesis_state_root, keys, smt
-from node.tx import Grant, Policy, Profile, Read, SealedKey, Tx, Write
+from node.state.rules import Rules
+from node.tx import Grant, Policy, Profile, Read, Release, SealedKey, Tx, Write
+from node.tx.credential import credential_digest, issue, to_json
 from node.tx.requests import blob_request_digest, blob_upload_digest
 from node.wire import encode
 
@@ -131,12 +133,13 @@ Example = bytes | Msgpack | dict | list
 
 _TX_HEAD = ("version", "kind", "chain_id", "sender", "nonce")
 _FIELDS = {
-    "profile": ("name", "role", "org", "x25519_public"),
+    "profile": ("name", "role", "org", "x25519_public", "credential"),
     "grant": ("staff", "types", "expiry_ms", "keys"),
     "policy": ("break_glass",),
     "write": ("type", "cid", "size", "epoch", "t_start_ms", "t_end_ms"),
     "read": ("patient", "type", "cid", "t_from_ms", "t_to_ms"),
     "break-glass-read": ("patient", "type", "cid", "t_from_ms", "t_to_ms", "reason"),
+    "release": ("staff", "type", "expiry_ms", "keys"),
     "revoke": ("staff", "types", "expiry_ms", "keys"),
 }
 
@@ -147,7 +150,8 @@ def _tree_get(nodes: dict[bytes, bytes]) -> smt.GetNode:
 
 def examples() -> dict[str, Example]:  # one linear story, told in order
     out: dict[str, Example] = {}
-    patient, staff = seed_identity("patient"), seed_identity("staff")
+    patient, staff, issuer = seed_identity("patient"), seed_identity("staff"), seed_identity("issuer")
+    rules = Rules(frozenset({issuer.public_key}))
     validators = [seed_identity(f"validator-{i}") for i in range(4)]
     vkeys = [v.public_key for v in validators]
 
@@ -179,14 +183,22 @@ def examples() -> dict[str, Example]:  # one linear story, told in order
     out["blob/cid"] = cid.to_bytes()
     out["blob/cid-string"] = {"cid": str(cid)}
 
+    # ---- a clinician credential, by the genesis's issuer ----
+    cred = issue(issuer, CHAIN_ID, staff.address, T0 + 365 * 86_400_000)
+    out["credential/digest"] = credential_digest(CHAIN_ID, staff.address, cred.not_after_ms)
+    out["credential/json"] = to_json(cred)
+    # the key the patient releases to the emergency reader (block 1's break-glass read)
+    sealed_hr_rel = sealed_box(staff.box_public, k_hr, ecdsa.sha256(b"example/ephemeral/3"))
+
     # ---- block 1: one transaction of each kind ----
     bodies: list[tuple[str, Identity, int, Any]] = [
-        ("profile", staff, 1, Profile("Dr. Ada", "physician", "General Hospital", staff.box_public)),
+        ("profile", staff, 1, Profile("Dr. Ada", "physician", "General Hospital", staff.box_public, cred)),
         ("grant", patient, 1, Grant(staff.address, (HR, BP), 0, (SealedKey(HR, 0, sealed_hr), SealedKey(BP, 0, sealed_bp)))),
         ("policy", patient, 2, Policy(True)),
         ("write", patient, 3, Write(HR, cid.to_bytes(), len(blob), 0, t_start, t_end)),
         ("read", staff, 2, Read(patient.address, HR, cid.to_bytes(), t_start, t_end)),
         ("break-glass-read", staff, 3, Read(patient.address, HR, b"", T0 - 3_600_000, T0, "ETREAT")),
+        ("release", patient, 4, Release(staff.address, HR, T0 + 86_400_000, (SealedKey(HR, 0, sealed_hr_rel),))),
     ]
     txs: list[Tx] = []
     for name, who, nonce_, body in bodies:
@@ -217,7 +229,7 @@ def examples() -> dict[str, Example]:  # one linear story, told in order
     state: dict[bytes, bytes] = {}
     nodes: dict[bytes, bytes] = {}
     out["state/genesis-root"] = genesis_state_root(CHAIN_ID, vkeys)
-    res1 = apply_block(state.get, txs, 1, T0, _tree_get(nodes))
+    res1 = apply_block(state.get, txs, 1, T0, _tree_get(nodes), rules)
     assert res1.codes == [0] * len(txs), res1.codes
     state.update(res1.writes)
     nodes.update(res1.nodes)
@@ -235,7 +247,7 @@ def examples() -> dict[str, Example]:  # one linear story, told in order
     b1 = Block(h1, tuple(t.raw for t in txs), cert1, 0)
     out["block/block-1"] = b1.encode()
 
-    # ---- inclusion proof of the write (index 3 of 6), as GET /v1/tx/{id} answers ----
+    # ---- inclusion proof of the write (index 3 of 7), as GET /v1/tx/{id} answers ----
     path = merkle.proof(ids, 3)
     assert merkle.verify(write.id, 3, len(ids), path, h1.tx_root)
     out["api/tx-committed"] = {
@@ -249,10 +261,10 @@ def examples() -> dict[str, Example]:  # one linear story, told in order
     out["api/keys"] = {"keys": [sealed_entry(k, v) for k, v in found]}
 
     # ---- block 2: a revoke, and the state-root step it makes ----
-    revoke = Tx.build(patient, CHAIN_ID, 4, Grant(staff.address, (), 0, ()))
+    revoke = Tx.build(patient, CHAIN_ID, 5, Grant(staff.address, (), 0, ()))
     out["tx/revoke/payload"] = Msgpack(revoke.payload, _TX_HEAD + _FIELDS["revoke"])
     out["tx/revoke/tx"] = Msgpack(revoke.raw, ("payload", "signature"))
-    res2 = apply_block(state.get, [revoke], 2, T0 + 1_000, _tree_get(nodes))
+    res2 = apply_block(state.get, [revoke], 2, T0 + 1_000, _tree_get(nodes), rules)
     assert res2.codes == [0]
     out["state/block2-writes"] = Msgpack(encode([[k, v] for k, v in sorted(res2.writes.items())]))
     out["state/block2-leaves"] = [[hashlib.sha256(k).hexdigest(), hashlib.sha256(v).hexdigest()]
@@ -285,7 +297,7 @@ def examples() -> dict[str, Example]:  # one linear story, told in order
     gen = Genesis(CHAIN_ID, T0 - 86_400_000, tuple(
         ValidatorInfo(v.public_key.hex(), f"127.0.0.1:{8545 + i}",
                       f"/ip4/127.0.0.1/tcp/{9545 + i}/p2p/{peer_id_from_secret(v.p2p_secret)}")
-        for i, v in enumerate(validators)), Params())
+        for i, v in enumerate(validators)), Params(), (IssuerInfo("General Hospital", issuer.public_key.hex()),))
     out["api/genesis"] = gen.to_json()
     return out
 

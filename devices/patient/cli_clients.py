@@ -14,7 +14,7 @@ from devices.patient.phone import Phone
 from devices.patient.staff import Staff
 from devices.patient.verified_reads import VerifiedReader
 from node.crypto.keys import Identity
-from node.tx.model import BREAK_GLASS_REASONS, DATA_TYPES
+from node.tx.model import BREAK_GLASS_REASONS, DATA_TYPES, data_type_name
 
 DEFAULT_NODE = "http://127.0.0.1:8545"
 
@@ -89,8 +89,7 @@ def patient_cmd(args: argparse.Namespace) -> int:
                         f"uploaded {len(frames)} {args.type} readings: cid {res.cid} tx {res.txid}")
             if args.action == "break-glass":
                 if args.setting == "release":
-                    txids = await ph.answer_break_glass()
-                    return {"grants": txids}, f"released keys for emergency reads: {len(txids)} grant(s)"
+                    return await _release(args, ph)
                 txid = await ph.set_break_glass(args.setting == "on")
                 return {"tx": txid, "break_glass": args.setting == "on"}, f"break-glass {args.setting}: tx {txid}"
             if args.action == "grants":
@@ -102,6 +101,28 @@ def patient_cmd(args: argparse.Namespace) -> int:
     obj, text = asyncio.run(go())
     _print(args, obj, text)
     return 0
+
+
+async def _release(args: argparse.Namespace, ph: Phone) -> tuple[object, str]:
+    """Release keys to emergency readers, each plan shown first and confirmed by the patient."""
+    plans = await ph.plan_release()
+    if not plans:
+        return {"released": [], "tx": []}, "no emergency read is waiting for keys"
+    lines = ["Emergency (break-glass) reads of your data wait for keys. Releasing lets each reader decrypt,",
+             "until the time shown, only the data its read covered:"]
+    for p in plans:
+        until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(p.expiry_ms / 1000))
+        lines.append(f"  {p.name or '?'} ({p.org or 'no organisation'}, {p.staff[:16]}..., credential issuer "
+                     f"{p.issuer[:16] or 'none'}...): {data_type_name(p.dtype)}, key epochs {p.epochs}, until {until}")
+    print("\n".join(lines), file=sys.stderr)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise ValueError("releasing keys needs your confirmation: run it at a terminal, or pass --yes")
+        if input("Release these keys? [y/N] ").strip().lower() not in ("y", "yes"):
+            return {"released": [], "tx": []}, "nothing released"
+    txids = await ph.release(plans)
+    return ({"released": [p.to_json() for p in plans], "tx": txids},
+            f"released keys to {len(plans)} emergency reader(s): tx {', '.join(txids)}")
 
 
 async def _audit(args: argparse.Namespace, c: NodeClient | VerifiedReader, patient: bytes) -> tuple[object, str]:
@@ -130,10 +151,14 @@ async def _grants(args: argparse.Namespace, c: NodeClient | VerifiedReader, pati
     if args.fhir:
         from devices.patient import fhir
         now = int(time.time() * 1000)
-        b = fhir.bundle([fhir.consent(patient.hex(), g, now) for g in gs] + [fhir.break_glass_consent(patient.hex(), bg)])
+        b = fhir.bundle([fhir.consent(patient.hex(), g, now) for g in gs]
+                        + [fhir.release_consent(patient.hex(), g["staff"], r, now) for g in gs for r in g["released"]]
+                        + [fhir.break_glass_consent(patient.hex(), bg)])
         return b, json.dumps(b, indent=1)
     lines = [f"{g['staff'][:16]}…  {', '.join(g['types']) or '(revoked)'}  expiry {g['expiry_ms'] or 'never'}"
              for g in gs]
+    lines += [f"{g['staff'][:16]}…  EMERGENCY RELEASE {r['type']} epochs {r['epochs']}  until {r['expiry_ms']}"
+              for g in gs for r in g["released"]]
     return {"grants": gs, "break_glass": bg}, "\n".join([*lines, f"break-glass: {'on' if bg else 'off'}"])
 
 
@@ -146,7 +171,11 @@ def staff_cmd(args: argparse.Namespace) -> int:
         try:
             st = Staff(ident, c, chain, reader=reader, validators=vals if reader else None)
             if args.action == "register":
-                txid = await st.register(args.name, args.role, args.org)
+                cred = None
+                if args.credential:
+                    from node.tx.credential import from_json
+                    cred = from_json(json.loads(Path(args.credential).read_text()))
+                txid = await st.register(args.name, args.role, args.org, cred)
                 return {"tx": txid, "address": st.address.hex()}, f"registered {st.address.hex()}: tx {txid}"
             from devices.wearable.gatt import decode
             wins = await st.read(_addr(args.patient), args.type, args.cid, break_glass=args.break_glass or "")
@@ -166,6 +195,29 @@ def staff_cmd(args: argparse.Namespace) -> int:
             await c.close()
     obj, text = asyncio.run(go())
     _print(args, obj, text)
+    return 0
+
+
+def issuer_cmd(args: argparse.Namespace) -> int:
+    """An organisation vouches for a clinician: a credential for one staff address on one chain."""
+    from node.tx.credential import issue, to_json
+    ident = Identity.load(args.key)
+    if args.genesis:
+        g = json.loads(Path(args.genesis).read_text())
+        chain = g["chain_id"]
+        if ident.public_key.hex() not in {i["public_key"] for i in g.get("issuers", [])}:
+            raise ValueError(f"this key ({ident.public_key.hex()}) is not an issuer in {args.genesis}: the chain "
+                             "would refuse its credentials")
+    elif args.chain_id:
+        chain = args.chain_id
+    else:
+        raise ValueError("name the network: --genesis FILE (checked) or --chain-id ID")
+    until = int(time.time() * 1000) + int(args.days * 86_400_000)
+    cred = to_json(issue(ident, chain, _addr(args.staff), until))
+    doc = {**cred, "staff": args.staff, "chain_id": chain}
+    if args.out:
+        Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
+    _print(args, doc, f"wrote {args.out}" if args.out else json.dumps(doc, indent=1))
     return 0
 
 
@@ -197,6 +249,8 @@ def register(sub: argparse._SubParsersAction, add) -> None:
     bg = ps.add_parser("break-glass", help="allow (on) or forbid (off) emergency reads of your data, or "
                                            "release data keys to the staff who made one (release)")
     bg.add_argument("setting", choices=["on", "off", "release"])
+    bg.add_argument("--yes", action="store_true", help="release without asking (release shows what it will "
+                                                      "release and asks for confirmation)")
     for sp in (g, r, u, a, gl, bg):
         common(sp)
 
@@ -206,6 +260,8 @@ def register(sub: argparse._SubParsersAction, add) -> None:
     reg.add_argument("--name", required=True)
     reg.add_argument("--role", default="physician")
     reg.add_argument("--org", default="")
+    reg.add_argument("--credential", help="a clinician credential (JSON, from `medchain issuer credential`): "
+                                          "needed to make emergency (break-glass) reads")
     rd = ss.add_parser("read", help="read (and decrypt) a patient's data of one type; the read is on chain")
     rd.add_argument("patient", help="patient address (hex)")
     rd.add_argument("--type", required=True, choices=list(DATA_TYPES))
@@ -216,3 +272,14 @@ def register(sub: argparse._SubParsersAction, add) -> None:
     rd.add_argument("--fhir", action="store_true", help="print a FHIR R4 Bundle of Observation resources")
     for sp in (reg, rd):
         common(sp)
+
+    i = add("issuer", issuer_cmd, "An organisation listed in the genesis: issue clinician credentials.")
+    iss = i.add_subparsers(dest="action", required=True)
+    cr = iss.add_parser("credential", help="vouch that a staff address may make emergency (break-glass) reads")
+    cr.add_argument("--key", required=True, help="the organisation's key file (its public key is in the genesis)")
+    cr.add_argument("--staff", required=True, help="the clinician's address (hex)")
+    cr.add_argument("--genesis", help="the network's genesis.json (checks that this key is an issuer there)")
+    cr.add_argument("--chain-id", help="the network's chain id (without --genesis)")
+    cr.add_argument("--days", type=float, default=365.0, help="how long the credential lasts")
+    cr.add_argument("--out", help="write the credential (JSON) here")
+    cr.add_argument("--json", action="store_true", help="machine-readable output")

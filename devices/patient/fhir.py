@@ -177,6 +177,25 @@ def consent(patient: str, grant: dict, now_ms: int) -> dict:
     return {**_consent_base(patient, _id("consent", grant["tx"]), active, grant["tx"]), "provision": provision}
 
 
+def release_consent(patient: str, staff: str, rel: dict, now_ms: int) -> dict:
+    """An emergency release (a `released` entry of a grant) as its own R4 Consent: a time-limited
+    permit, for emergency treatment only, to one staff member for one type's released key epochs.
+    It is never folded into the grant's Consent: the two end apart."""
+    provision = {
+        "type": "permit",
+        "period": {"end": instant(rel["expiry_ms"])},
+        "actor": [{"role": {"coding": [_coding("http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                               "IRCP", "information recipient")]},
+                   "reference": {"identifier": {"system": ADDRESS_SYSTEM, "value": staff}}}],
+        "action": [{"coding": [_coding("http://terminology.hl7.org/CodeSystem/consentaction", "access")]}],
+        "purpose": [_coding(ACT_REASON, "ETREAT", "emergency treatment")],
+        "code": [{"coding": [_coding(LOINC, _TYPE_CODES[rel["type"]])], "text": rel["type"]}],
+        "data": [{"meaning": "related", "reference": {"display": f"key epoch {e}"}} for e in rel["epochs"]],
+    }
+    c = _consent_base(patient, _id("release", rel["tx"]), now_ms < rel["expiry_ms"], rel["tx"])
+    return {**c, "provision": provision}
+
+
 def break_glass_consent(patient: str, enabled: bool) -> dict:
     """The patient's break-glass setting as a Consent: deny (or permit) emergency-treatment access."""
     c = _consent_base(patient, _id("break-glass", patient), True, None)

@@ -17,7 +17,7 @@ from node.proof import verify_inclusion
 from node.sidecar import SIDECAR_MAX
 from node.state import CODES, Code
 from node.state.machine import BREAK_GLASS_ACCESS_MS
-from node.tx import Grant, Policy, Read, SealedKey, Tx, Write, data_type_id, data_type_name
+from node.tx import Grant, Policy, Read, Release, SealedKey, Tx, Write, data_type_id, data_type_name
 from node.tx.model import DATA_TYPES
 
 log = logging.getLogger("medchain.phone")
@@ -193,8 +193,9 @@ class Phone:
 
     async def rotate_expired(self, dtype: int | None = None) -> list[str]:
         """Expiry ends access like a revoke: before writing (type `dtype`, or any), revoke every grant
-        that has expired, so the type moves to a new key epoch its former grantee never held (the
-        chain refuses a write under an epoch an expired grant holds: Code.KEY_EXPIRED)."""
+        and end every emergency release that has expired, so the type moves to a new key epoch its
+        former holder never held (the chain refuses a write under an epoch an expired grant or
+        release holds: Code.KEY_EXPIRED)."""
         now = int(time.time() * 1000)
         due = self._expiry_due.get(dtype) if dtype is not None else None
         if due is not None and now < due:
@@ -203,15 +204,21 @@ class Phone:
         expired = [g for g in grants if g["types"] and 0 < g["expiry_ms"] <= now
                    and (dtype is None or dtype in {data_type_id(t) for t in g["types"]})]
         txids = [await self.revoke(bytes.fromhex(g["staff"])) for g in expired]
-        # per type, the earliest expiry among the grants left (expired ones of other types included,
-        # so their next write looks again): writes before it need not read the grants
+        for g in grants:
+            for r in g.get("released", []):
+                t = data_type_id(r["type"])
+                if r["expiry_ms"] <= now and (dtype is None or dtype == t):
+                    txids.append(await self.end_release(bytes.fromhex(g["staff"]), t))
+        # per type, the earliest expiry among the grants and releases left (expired grants of other
+        # types included, so their next write looks again): writes before it need not read the grants
         gone = {g["staff"] for g in expired}
         due_by_type = dict.fromkeys(DATA_TYPES.values(), 2**63)
         for g in grants:
-            if g["staff"] not in gone and g["expiry_ms"]:
-                for t in g["types"]:
-                    tid = data_type_id(t)
-                    due_by_type[tid] = min(due_by_type[tid], g["expiry_ms"])
+            held = [(data_type_id(t), g["expiry_ms"]) for t in g["types"] if g["expiry_ms"]] \
+                if g["staff"] not in gone else []
+            held += [(data_type_id(r["type"]), r["expiry_ms"]) for r in g.get("released", []) if r["expiry_ms"] > now]
+            for tid, until in held:
+                due_by_type[tid] = min(due_by_type[tid], until)
         self._expiry_due = due_by_type
         return txids
 
@@ -229,22 +236,39 @@ class Phone:
         if removed:  # the chain moved these types to a new epoch: record it before anyone answers
             for t in removed:
                 self.own_epochs[t] = max(self.own_epochs.get(t, 0), self.epochs.get(t, 0) + 1)
-            await self.sync()
-            now = int(time.time() * 1000)
-            self.rekey_failures = {}
-            for other, g in before.items():
-                gt = tuple(sorted(data_type_id(t) for t in g["types"]))
-                if other == staff.hex() or not removed & set(gt):
-                    continue
-                if 0 < g["expiry_ms"] <= now:
-                    continue  # expired: it gets no new key (and the chain would refuse its grant)
-                try:  # one grantee's failure must not leave the others without the new key
-                    okeys = await self._sealed_keys(bytes.fromhex(other), gt, self.epochs)
-                    await self.send(Grant(bytes.fromhex(other), gt, g["expiry_ms"], okeys))
-                except (ApiError, TxRejected, ValueError) as exc:
-                    self.rekey_failures[other] = str(exc)
-                    log.warning("re-keying grantee %s failed (the others go on): %s", other, exc)
+            await self._rekey(before, removed, staff)
         return txid
+
+    async def end_release(self, staff: bytes, dtype: int) -> str:
+        """End an emergency release; if it held the current key epoch the chain rotates the type
+        (as for a revoke) and the phone re-seals the new key to the type's remaining grantees."""
+        await self.sync()
+        before = {g["staff"]: g for g in (await self.reads.grants(self.address))["grants"]}
+        epoch = self.epochs.get(dtype, 0)
+        self._expiry_due = {}
+        txid = await self.send(Release(staff, dtype, 0, ()))
+        await self.sync()
+        if self.epochs.get(dtype, 0) > epoch:
+            await self._rekey(before, {dtype}, staff)
+        return txid
+
+    async def _rekey(self, before: dict[str, dict], rotated: set[int], staff: bytes) -> None:
+        """Re-seal the new epochs of the `rotated` types to every unexpired grantee of them but `staff`."""
+        await self.sync()
+        now = int(time.time() * 1000)
+        self.rekey_failures = {}
+        for other, g in before.items():
+            gt = tuple(sorted(data_type_id(t) for t in g["types"]))
+            if other == staff.hex() or not rotated & set(gt):
+                continue
+            if 0 < g["expiry_ms"] <= now:
+                continue  # expired: it gets no new key (and the chain would refuse its grant)
+            try:  # one grantee's failure must not leave the others without the new key
+                okeys = await self._sealed_keys(bytes.fromhex(other), gt, self.epochs)
+                await self.send(Grant(bytes.fromhex(other), gt, g["expiry_ms"], okeys))
+            except (ApiError, TxRejected, ValueError) as exc:
+                self.rekey_failures[other] = str(exc)
+                log.warning("re-keying grantee %s failed (the others go on): %s", other, exc)
 
     async def revoke(self, staff: bytes) -> str:
         return await self.grant(staff, [])
@@ -268,23 +292,91 @@ class Phone:
         """Allow (default) or forbid emergency (break-glass) reads of this patient's data, on chain."""
         return await self.send(Policy(enabled))
 
-    async def answer_break_glass(self, within_ms: int = BREAK_GLASS_ACCESS_MS) -> list[str]:
-        """The phone as the patient's key agent: a break-glass read opens the ciphertext, not the
-        data key. For each allowed emergency read of the last `within_ms`, grant its reader the type
-        (keys sealed to them), expiring with the emergency window unless a lasting grant covers it."""
+    async def plan_release(self, within_ms: int = BREAK_GLASS_ACCESS_MS, hold_ms: int | None = None) -> list[ReleasePlan]:
+        """What answering the emergency reads of the last `within_ms` would release: per reader and
+        data type, only the key epochs of the blobs those reads covered (on chain when each read
+        committed, in its range capped at its block time), until the latest read's access window
+        ends (or, with `hold_ms`, sooner). Nothing for a reader whose lasting grant holds the type."""
         now = int(time.time() * 1000)
-        want: dict[str, set[int]] = {}
-        for r in (await self.reads.audit(self.address))["break_glass"]:
-            if r["allowed"] and now - r["time_ms"] < within_ms:
-                want.setdefault(r["reader"], set()).add(data_type_id(r["type"]))
+        await self.sync()
+        reads = [r for r in (await self.reads.audit(self.address))["break_glass"]
+                 if r["allowed"] and now - r["time_ms"] < min(within_ms, BREAK_GLASS_ACCESS_MS)]
+        if not reads:
+            return []
         grants = {g["staff"]: g for g in (await self.reads.grants(self.address))["grants"]}
-        txids = []
-        for staff, types in sorted(want.items()):
+        data: dict[str, list[dict]] = {}
+        plans: dict[tuple[str, int], ReleasePlan] = {}
+        for r in reads:
+            if r["type"] not in data:
+                data[r["type"]] = (await self.reads.data(self.address, type=r["type"]))["data"]
+            touched = {b["epoch"] for b in data[r["type"]] if b["height"] <= r["height"] and _covers(r, b)}
+            p = plans.setdefault((r["reader"], data_type_id(r["type"])),
+                                 ReleasePlan(r["reader"], data_type_id(r["type"]), [], 0, []))
+            p.epochs = sorted(set(p.epochs) | touched)
+            p.expiry_ms = max(p.expiry_ms, r["time_ms"] + BREAK_GLASS_ACCESS_MS)
+            if hold_ms is not None:
+                p.expiry_ms = min(p.expiry_ms, now + hold_ms)
+            p.reads.append(r["tx"])
+        out = []
+        for (staff, t), p in sorted(plans.items()):
             g = grants.get(staff)
-            have = {data_type_id(t) for t in g["types"]} if g else set()
-            if types <= have:
-                continue
-            lasting = g is not None and have and g["expiry_ms"] == 0
-            expiry = 0 if lasting else max(now + within_ms, g["expiry_ms"] if g else 0)
-            txids.append(await self.grant(bytes.fromhex(staff), sorted(have | types), expiry))
+            if g is not None and data_type_name(t) in g["types"] and g["expiry_ms"] == 0:
+                continue  # a lasting grant of the type: the reader holds its keys already
+            old = next((x for x in (g or {}).get("released", []) if x["type"] == data_type_name(t)), None)
+            if old is not None and old["expiry_ms"] > now:  # a release replaces the last: keep its epochs
+                if set(p.epochs) <= set(old["epochs"]) and old["expiry_ms"] >= p.expiry_ms:
+                    continue
+                p.epochs = sorted(set(p.epochs) | set(old["epochs"]))
+            if p.epochs:
+                prof = (await self.reads.account(bytes.fromhex(staff)))["profile"] or {}
+                p.name, p.org = prof.get("name", "?"), prof.get("org", "")
+                p.issuer = (prof.get("credential") or {}).get("issuer", "")
+                out.append(p)
+        return out
+
+    async def release(self, plans: list[ReleasePlan]) -> list[str]:
+        """Carry out release plans: each reader gets its epochs' keys sealed to it alone, as a
+        separate emergency release that expires and never widens a lasting grant."""
+        txids = []
+        for p in plans:
+            staff = bytes.fromhex(p.staff)
+            prof = (await self.reads.account(staff))["profile"]
+            if prof is None:
+                raise ValueError(f"staff {p.staff} has no registered profile")
+            box = bytes.fromhex(prof["x25519_public"])
+            keys = tuple(SealedKey(p.dtype, e, seal.seal(box, self.data_key(p.dtype, e))) for e in p.epochs)
+            self._expiry_due = {}
+            txids.append(await self.send(Release(staff, p.dtype, p.expiry_ms, keys)))
         return txids
+
+    async def answer_break_glass(self, within_ms: int = BREAK_GLASS_ACCESS_MS) -> list[str]:
+        """The phone as the patient's key agent, without asking (the CLI asks first): a break-glass
+        read opens the ciphertext, not the data key; release what plan_release finds."""
+        return await self.release(await self.plan_release(within_ms))
+
+
+@dataclass
+class ReleasePlan:
+    """Keys one emergency reader would get: what the patient is asked to confirm."""
+
+    staff: str  # hex address
+    dtype: int
+    epochs: list[int]
+    expiry_ms: int
+    reads: list[str]  # the emergency reads (tx ids) it answers
+    name: str = ""
+    org: str = ""
+    issuer: str = ""  # hex: the credential's issuer
+
+    def to_json(self) -> dict:
+        return {"staff": self.staff, "name": self.name, "org": self.org, "issuer": self.issuer,
+                "type": data_type_name(self.dtype), "epochs": self.epochs, "expiry_ms": self.expiry_ms,
+                "reads": self.reads}
+
+
+def _covers(read: dict, blob: dict) -> bool:
+    """Whether an emergency read (an audit entry) covered a blob (a data entry): its CID, or its
+    time range capped at the read's block time, as validators serve it (node/api/blobs.read_covers)."""
+    if read["cid"]:
+        return blob["cid"] == read["cid"]
+    return blob["t_end_ms"] >= read["from_ms"] and blob["t_start_ms"] <= min(read["to_ms"], read["time_ms"])

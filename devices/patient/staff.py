@@ -12,7 +12,7 @@ from node.crypto import seal
 from node.crypto.keys import Identity
 from node.ipfs.cid import Cid
 from node.state import Code
-from node.tx import Profile, Read, Tx, data_type_id
+from node.tx import Credential, Profile, Read, Tx, data_type_id
 
 
 class AccessDenied(Exception):
@@ -57,14 +57,16 @@ class Staff:
             raise
         self.next_nonce += 1
         st = await wait_proven(self.client, txid, timeout, self.validators, self.chain_id, self.reader)
-        if st["code"] in (Code.DENIED, Code.BREAK_GLASS_OFF, Code.BREAK_GLASS_LIMIT):
+        if st["code"] in (Code.DENIED, Code.BREAK_GLASS_OFF, Code.BREAK_GLASS_LIMIT, Code.NO_CREDENTIAL):
             raise AccessDenied(st["result"])
         if st["code"] != 0:
             raise TxRejected(st)
         return txid, st
 
-    async def register(self, name: str, role: str, org: str) -> str:
-        txid, _ = await self._send(Profile(name, role, org, self.identity.box_public))
+    async def register(self, name: str, role: str, org: str, credential: Credential | None = None) -> str:
+        """Publish the profile; with a clinician credential (node/tx/credential.py) from an issuer in
+        the genesis, its holder may make emergency (break-glass) reads."""
+        txid, _ = await self._send(Profile(name, role, org, self.identity.box_public, credential))
         return txid
 
     async def read(self, patient: bytes, dtype: str | int, cid: str | None = None,

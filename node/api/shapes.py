@@ -19,12 +19,15 @@ def audit_entry(e: AuditRec, height: int, seq: int) -> dict:
 
 def grant_entry(staff: bytes, g: GrantRec) -> dict:
     return {"staff": staff.hex(), "types": [data_type_name(t) for t in g.types], "expiry_ms": g.expiry_ms,
-            "height": g.height, "tx": g.tx.hex()}
+            "height": g.height, "tx": g.tx.hex(),
+            "released": [{"type": data_type_name(r.dtype), "expiry_ms": r.expiry_ms, "epochs": r.epochs,
+                          "tx": r.tx.hex()} for r in g.released]}
 
 
 def profile_entry(p: ProfileRec) -> dict:
     return {"name": p.name, "role": p.role, "org": p.org, "x25519_public": p.box_public.hex(),
-            "public_key": p.public_key.hex(), "height": p.height}
+            "public_key": p.public_key.hex(), "height": p.height,
+            "credential": {"issuer": p.issuer.hex(), "until_ms": p.credential_until_ms} if p.issuer else None}
 
 
 def sealed_entry(key: bytes, raw: bytes) -> dict:

@@ -95,6 +95,21 @@ def break_glass(staff: bytes) -> bytes:
     return b"b" + staff
 
 
+def break_glass_issuer(issuer: bytes) -> bytes:
+    """The emergency reads made under one credential issuer's key (33 bytes) in its window."""
+    return b"c" + issuer
+
+
+def break_glass_patient(patient: bytes) -> bytes:
+    return b"j" + patient
+
+
+def emergency_read(patient: bytes, staff: bytes, dtype: int) -> bytes:
+    """The block time of the staff member's latest allowed emergency read of (patient, dtype): a
+    release of keys to them must end within that read's access window."""
+    return b"q" + patient + staff + bytes([dtype])
+
+
 # ---- parsers and scan prefixes (for the API and the verifier) ----------------------------------
 
 def grants_prefix(patient: bytes) -> bytes:

@@ -32,6 +32,9 @@ class Code(IntEnum):
     BREAK_GLASS_OFF = 10
     BREAK_GLASS_LIMIT = 11
     KEY_EXPIRED = 12
+    NO_CREDENTIAL = 13
+    INVALID_CREDENTIAL = 14
+    NO_EMERGENCY_READ = 15
 
 
 CODES: dict[int, str] = {
@@ -46,13 +49,20 @@ CODES: dict[int, str] = {
     Code.CID_MISMATCH: "cid belongs to another patient or data type",
     Code.DUPLICATE: "duplicate transaction",
     Code.BREAK_GLASS_OFF: "break-glass refused: the patient has disabled emergency access",
-    Code.BREAK_GLASS_LIMIT: "break-glass refused: this staff member's emergency-read limit is reached",
+    Code.BREAK_GLASS_LIMIT: "break-glass refused: an emergency-read limit (of the staff member, their credential's "
+                            "issuer or the patient) is reached",
     Code.KEY_EXPIRED: "key epoch held by an expired grant: rotate the key (revoke the expired grant) before writing",
+    Code.NO_CREDENTIAL: "break-glass refused: the reader holds no valid clinician credential from an issuer in the genesis",
+    Code.INVALID_CREDENTIAL: "invalid credential: not signed for this staff member and chain by an issuer in the "
+                             "genesis, or expired",
+    Code.NO_EMERGENCY_READ: "release refused: the staff member made no allowed emergency read of this data type "
+                            "whose access window covers the release",
 }
 
 
 class ProfileRec(NamedTuple):
-    """keys.profile(addr): a registered staff member or patient."""
+    """keys.profile(addr): a registered staff member or patient; a clinician's also names the
+    issuer of its credential and the credential's end (the stored array then has eight elements)."""
 
     name: str
     role: str
@@ -60,23 +70,47 @@ class ProfileRec(NamedTuple):
     box_public: bytes  # X25519: data keys are sealed to it
     public_key: bytes  # secp256k1, compressed: the profile's signer
     height: int
+    issuer: bytes = b""  # the credential's issuer (a genesis issuer key); b"": no credential
+    credential_until_ms: int = 0
 
     @classmethod
     def decode(cls, raw: bytes) -> Self:
         return cls(*decode(raw))
 
+    def encode(self) -> bytes:
+        return encode(self if self.issuer else self[:6])
+
+
+class Released(NamedTuple):
+    """An emergency release within a GrantRec: keys of `epochs` of one type, held until `expiry_ms`."""
+
+    dtype: int
+    expiry_ms: int
+    epochs: list[int]
+    tx: bytes
+
 
 class GrantRec(NamedTuple):
-    """keys.grant(patient, staff): the latest grant (an empty type list after a revoke)."""
+    """keys.grant(patient, staff): the latest grant (an empty type list after a revoke), and apart
+    from it the emergency releases to this staff member (a fifth element, present only when there
+    is one): a release never widens the lasting grant, and the grant never extends a release."""
 
     types: list[int]
     expiry_ms: int  # 0: no expiry
     height: int
     tx: bytes
+    released: tuple[Released, ...] = ()
 
     @classmethod
     def decode(cls, raw: bytes) -> Self:
-        return cls(*decode(raw))
+        f = decode(raw)
+        return cls(f[0], f[1], f[2], f[3], tuple(Released(*r) for r in f[4]) if len(f) > 4 else ())
+
+    def encode(self) -> bytes:
+        return encode(self if self.released else self[:4])
+
+    def release_of(self, dtype: int) -> Released | None:
+        return next((r for r in self.released if r.dtype == dtype), None)
 
 
 class PolicyRec(NamedTuple):
@@ -91,7 +125,9 @@ class PolicyRec(NamedTuple):
 
 
 class BreakGlassRec(NamedTuple):
-    """keys.break_glass(staff): the staff member's emergency reads in the current window."""
+    """keys.break_glass(staff), break_glass_issuer(issuer), break_glass_patient(patient): the
+    emergency reads in the current window by the staff member, by the staff of one credential
+    issuer, and of one patient's data."""
 
     window_start_ms: int
     reads: int

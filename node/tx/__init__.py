@@ -8,11 +8,14 @@ from node.tx.model import (
     KIND_POLICY,
     KIND_PROFILE,
     KIND_READ,
+    KIND_RELEASE,
     KIND_WRITE,
+    Credential,
     Grant,
     Policy,
     Profile,
     Read,
+    Release,
     SealedKey,
     Tx,
     TxError,
@@ -23,5 +26,5 @@ from node.tx.model import (
 
 __all__ = [
     "BREAK_GLASS_REASONS", "DATA_TYPES", "KIND_GRANT", "KIND_NAMES", "KIND_POLICY", "KIND_PROFILE",
-    "KIND_READ", "KIND_WRITE", "Grant", "Policy", "Profile", "Read", "SealedKey", "Tx", "TxError", "Write", "data_type_id", "data_type_name",
+    "KIND_READ", "KIND_RELEASE", "KIND_WRITE", "Credential", "Grant", "Policy", "Profile", "Read", "Release", "SealedKey", "Tx", "TxError", "Write", "data_type_id", "data_type_name",
 ]

@@ -20,10 +20,11 @@ VERSION = 1
 KIND_GRANT = 0x10  # access family: grant / change / revoke (empty set)
 KIND_PROFILE = 0x11  # access family: staff profile registration
 KIND_POLICY = 0x12  # access family: the patient's own settings (break-glass opt-out)
+KIND_RELEASE = 0x13  # access family: keys released to an emergency reader, time-limited
 KIND_WRITE = 0x20  # data family: patient writes a blob reference
 KIND_READ = 0x21  # data family: staff (or patient) reads, committed for the audit log
-KIND_NAMES = {KIND_GRANT: "grant", KIND_PROFILE: "profile", KIND_POLICY: "policy", KIND_WRITE: "write",
-              KIND_READ: "read"}
+KIND_NAMES = {KIND_GRANT: "grant", KIND_PROFILE: "profile", KIND_POLICY: "policy", KIND_RELEASE: "release",
+              KIND_WRITE: "write", KIND_READ: "read"}
 # The two families, by the kind's high nibble: 0x1_ access, 0x2_ data. Nothing else is admitted.
 FAMILIES = {0x10: "access", 0x20: "data"}
 # Break-glass reason codes (HL7 v3-ActReason); a break-glass read must carry one of these.
@@ -129,24 +130,51 @@ class Grant:
 
 
 @dataclass(frozen=True)
+class Credential:
+    """A clinician credential: an issuer listed in the genesis (an organisation's key) signs that
+    the staff address may make emergency (break-glass) reads on this chain until `not_after_ms`
+    (node/tx/credential.py makes and checks the signature; the state machine checks the issuer)."""
+
+    issuer: bytes  # 33-byte compressed secp256k1 public key
+    not_after_ms: int
+    sig: bytes  # compact ECDSA over credential_digest(chain_id, staff address, not_after_ms)
+
+    def fields(self) -> list[Any]:
+        return [self.issuer, self.not_after_ms, self.sig]
+
+    @classmethod
+    def parse(cls, f: object) -> Credential:
+        if not isinstance(f, list) or len(f) != 3:
+            raise TxError("a credential is [issuer public key, not_after_ms, signature]")
+        issuer = _bytes(f[0], "credential issuer", 33, 33)
+        if not ecdsa.valid_pubkey(issuer):
+            raise TxError("credential issuer is not a valid compressed secp256k1 public key")
+        return cls(issuer, _uint(f[1], "credential not_after_ms"), _bytes(f[2], "credential signature", 64, 64))
+
+
+@dataclass(frozen=True)
 class Profile:
-    """Staff profile registration; the signing key is the transaction's sender."""
+    """Staff profile registration; the signing key is the transaction's sender. A clinician's
+    profile carries a credential (a 5th field, present only then, so a plain profile keeps its
+    exact 4-field encoding): only such a profile may break the glass."""
 
     kind: ClassVar[int] = KIND_PROFILE
     name: str
     role: str
     org: str
     box_public: bytes  # X25519 public key that grants seal data keys to
+    credential: Credential | None = None
 
     def fields(self) -> list[Any]:
-        return [self.name, self.role, self.org, self.box_public]
+        f: list[Any] = [self.name, self.role, self.org, self.box_public]
+        return f + [self.credential.fields()] if self.credential else f
 
     @classmethod
     def parse(cls, f: list[Any]) -> Profile:
-        if len(f) != 4:
-            raise TxError("profile takes 4 fields: name, role, org, x25519_public")
+        if len(f) not in (4, 5):
+            raise TxError("profile takes 4 fields: name, role, org, x25519_public (and a clinician credential)")
         return cls(_str(f[0], "name", MAX_NAME), _str(f[1], "role", MAX_NAME), _str(f[2], "org", MAX_NAME),
-                   _bytes(f[3], "x25519 public key", 32, 32))
+                   _bytes(f[3], "x25519 public key", 32, 32), Credential.parse(f[4]) if len(f) == 5 else None)
 
 
 @dataclass(frozen=True)
@@ -165,6 +193,45 @@ class Policy:
         if len(f) != 1 or type(f[0]) is not bool:
             raise TxError("policy takes 1 field: break_glass (true or false)")
         return cls(f[0])
+
+
+@dataclass(frozen=True)
+class Release:
+    """The patient releases data keys of one type to a staff member who made an emergency read:
+    the `keys` (epochs the read's window touched) are sealed to that reader alone and held until
+    `expiry_ms`, apart from any lasting grant. With no keys and expiry 0 it ends the release (the
+    type then moves to a new key epoch if the release held the current one, as a revoke does)."""
+
+    kind: ClassVar[int] = KIND_RELEASE
+    staff: bytes
+    dtype: int
+    expiry_ms: int  # 0 only to end a release
+    keys: tuple[SealedKey, ...]
+
+    @property
+    def ends(self) -> bool:
+        return not self.keys
+
+    def fields(self) -> list[Any]:
+        return [self.staff, self.dtype, self.expiry_ms, [[k.epoch, k.sealed] for k in self.keys]]
+
+    @classmethod
+    def parse(cls, f: list[Any]) -> Release:
+        if len(f) != 4:
+            raise TxError("release takes 4 fields: staff, type, expiry_ms, keys")
+        staff, dtype, expiry = _bytes(f[0], "staff address", 32, 32), _dtype(f[1]), _uint(f[2], "expiry_ms")
+        if not isinstance(f[3], list) or len(f[3]) > MAX_KEYS_PER_GRANT:
+            raise TxError(f"keys must be a list of at most {MAX_KEYS_PER_GRANT}")
+        keys = []
+        for k in f[3]:
+            if not isinstance(k, list) or len(k) != 2:
+                raise TxError("each released key is [epoch, sealed]")
+            keys.append(SealedKey(dtype, _uint(k[0], "epoch", 2**32 - 1), _bytes(k[1], "sealed key", 1, MAX_SEALED)))
+        if [k.epoch for k in keys] != sorted({k.epoch for k in keys}):
+            raise TxError("released epochs must be sorted and unique")
+        if bool(keys) != bool(expiry):
+            raise TxError("a release carries keys and an expiry; an end of a release carries neither")
+        return cls(staff, dtype, expiry, tuple(keys))
 
 
 @dataclass(frozen=True)
@@ -232,9 +299,10 @@ class Read:
         return r
 
 
-Body = Grant | Profile | Policy | Write | Read
-_PARSERS: dict[int, Callable[[list[Any]], Body]] = {KIND_GRANT: Grant.parse, KIND_PROFILE: Profile.parse, KIND_POLICY: Policy.parse,
-            KIND_WRITE: Write.parse, KIND_READ: Read.parse}
+Body = Grant | Profile | Policy | Release | Write | Read
+_PARSERS: dict[int, Callable[[list[Any]], Body]] = {
+    KIND_GRANT: Grant.parse, KIND_PROFILE: Profile.parse, KIND_POLICY: Policy.parse, KIND_RELEASE: Release.parse,
+    KIND_WRITE: Write.parse, KIND_READ: Read.parse}
 assert all(k & 0xF0 in FAMILIES for k in _PARSERS)  # only the two families have parsers
 
 

@@ -15,8 +15,9 @@ import aiohttp
 
 from node.api.server import serve
 from node.crypto.keys import Identity
-from node.genesis import Params, init_home
+from node.genesis import IssuerInfo, Params, init_home
 from node.tx import Grant, Profile, Read, SealedKey, Tx, Write
+from node.tx.credential import issue
 from node.validator import Validator
 
 ROUTES = [
@@ -43,8 +44,10 @@ class HttpHarness:
         self.loop.run_until_complete(self._start(Path(self._tmp.name)))
 
     async def _start(self, root: Path) -> None:
+        issuer = Identity.from_seed(b"fuzz-issuer")
         (home,) = init_home(root, "medchain-fuzz", ["127.0.0.1:0"], int(time.time() * 1000),
-                            Params(client_rate=1e9, client_burst=1e9, sender_rate=1e6, sender_burst=1e6))
+                            Params(client_rate=1e9, client_burst=1e9, sender_rate=1e6, sender_burst=1e6),
+                            issuers=(IssuerInfo("fuzz", issuer.public_key.hex()),))
         self.v = v = Validator(home)
         await v.start()
         self.runner = await serve(v, "127.0.0.1", 0)
@@ -54,7 +57,8 @@ class HttpHarness:
         patient, staff = Identity.from_seed(b"fuzz-patient"), Identity.from_seed(b"fuzz-staff")
         blob = b"\x00" * 12 + b"ciphertext and tag..."
         cid = v.blobs.put(blob)
-        txs = [Tx.build(staff, v.chain_id, 1, Profile("Dr Fuzz", "md", "org", staff.box_public)),
+        cred = issue(issuer, v.chain_id, staff.address, 2**62)
+        txs = [Tx.build(staff, v.chain_id, 1, Profile("Dr Fuzz", "md", "org", staff.box_public, cred)),
                Tx.build(patient, v.chain_id, 1, Write(1, cid.to_bytes(), len(blob), 0, 1000, 2000))]
         await self._commit(txs)
         txs = [Tx.build(patient, v.chain_id, 2, Grant(staff.address, (1,), 0, (SealedKey(1, 0, b"s" * 48),))),
