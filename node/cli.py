@@ -50,20 +50,16 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    from node.genesis import Genesis
+    from node.config import apply_environment, resolve
     from node.run import main as run_main
-    home = Path(args.home)
-    if not (home / "genesis.json").exists():
-        print(f"{home} has no genesis.json: run `medchain init --dir DIR` first", file=sys.stderr)
+    settings = resolve(args)  # flags, then environment, then --config FILE (node/config.py)
+    assert settings.home is not None
+    if not (settings.home / "genesis.json").exists():
+        print(f"{settings.home} has no genesis.json: run `medchain init --dir DIR` (one host) or "
+              "`medchain operator install-genesis` first", file=sys.stderr)
         return 2
-    host, port = args.host, args.port
-    if port is None:
-        gen = Genesis.load(home / "genesis.json")
-        me = Identity.load(home / "node_key.json")
-        host, _, p = gen.validators[gen.index_of(me.public_key)].api.rpartition(":")
-        port = int(p)
-    run_main(home, host, port, Path(args.ready_file) if args.ready_file else None, ipfs_peers=args.ipfs_peer)
-    return 0
+    apply_environment(settings)
+    return run_main(settings)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -91,28 +87,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_devnet(args: argparse.Namespace) -> int:
-    import signal
-    import tempfile
-
-    from devices.net.localnet import make_network, start_all
-
-    with tempfile.TemporaryDirectory(prefix="medchain-devnet-") as tmp:
-        root = Path(args.dir) if args.dir else Path(tmp)
-        nodes = make_network(root, args.validators, p2p_mode=args.p2p, base_port=args.base_port,
-                             private_network=args.private_network)
-        start_all(nodes)
-        _out(args, {"validators": [{"index": i, "api": n.url, "home": str(n.home)} for i, n in enumerate(nodes)]},
-             "\n".join(f"validator {i}: {n.url}  (home {n.home})" for i, n in enumerate(nodes))
-             + "\nCtrl-C to stop")
-        sys.stdout.flush()
-        try:
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
-        except KeyboardInterrupt:
-            pass
-        finally:
-            for n in nodes:
-                n.stop()
-    return 0
+    from devices.net import devnet
+    return devnet.run(args.validators, Path(args.dir) if args.dir else None, args.p2p, args.base_port,
+                      args.private_network, args.json)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -218,12 +195,17 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--base-port", type=int, default=8545,
                     help="API port of validator 0 (others count up; libp2p ports are 1000 higher); 0 picks free ports")
 
-    sp = add("node", cmd_node, "Run one validator from its home directory until Ctrl-C.")
-    sp.add_argument("--home", required=True)
-    sp.add_argument("--host", default="127.0.0.1")
-    sp.add_argument("--port", type=int, help="API port (default: from genesis)")
+    sp = add("node", cmd_node, "Run one validator from its home directory until SIGTERM or Ctrl-C.")
+    sp.add_argument("--config", help="node configuration file (TOML; deploy/node.toml); flags override it")
+    sp.add_argument("--home", help="the validator's home (or `home` in the configuration file)")
+    sp.add_argument("--host", help="API listen host (default: from the genesis)")
+    sp.add_argument("--port", type=int, help="API listen port (default: from the genesis)")
+    sp.add_argument("--p2p-listen", metavar="HOST:PORT", help="libp2p listen address (default: the advertised one)")
+    sp.add_argument("--p2p-mode", choices=["direct", "gossipsub"], help="how PBFT messages travel (default: direct)")
+    sp.add_argument("--metrics-listen", metavar="HOST:PORT", help="also serve /metrics alone on this address")
+    sp.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default: info")
     sp.add_argument("--ready-file", help="write the API URL here once serving")
-    sp.add_argument("--ipfs-peer", action="append", default=[], metavar="MULTIADDR",
+    sp.add_argument("--ipfs-peer", action="append", default=None, metavar="MULTIADDR",
                     help="an external IPFS peer (kubo, Helia, a cluster; /p2p/<id> included) to exchange blobs "
                          "with over bitswap (repeatable)")
 
@@ -262,6 +244,8 @@ def _parser() -> argparse.ArgumentParser:
     ipfs_cli.register(sub, add)
     from devices.net import faultharness
     faultharness.register(sub, add)
+    from node import operator
+    operator.register(sub, add)
     return p
 
 

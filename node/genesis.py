@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -98,7 +99,8 @@ class Genesis:
                 "issuers": [asdict(i) for i in self.issuers]}
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        """Write the finished genesis with its hash beside the content (load_checked checks it)."""
+        Path(path).write_text(json.dumps({**self.to_json(), HASH_FIELD: self.hash.hex()}, indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> Genesis:
@@ -112,6 +114,30 @@ class Genesis:
             return gen
         except (KeyError, TypeError) as exc:
             raise ValueError(f"{path}: not a medchain genesis file ({exc})") from None
+
+
+HASH_FIELD = "genesis_hash"  # in a finished genesis file: the hash of everything else in it
+DRAFT_FIELD = "draft"  # in a genesis still being assembled (node/operator.py): not for a node
+
+
+def load_checked(path: str | Path) -> Genesis:
+    """Load a genesis a node is to run on, refusing one whose recorded hash does not match its
+    content (edited after it was finished, or damaged) and one still being assembled. A file without
+    a hash (written before hashes were recorded) loads, with a warning."""
+    path = Path(path)
+    d = json.loads(path.read_text())
+    if d.get(DRAFT_FIELD):
+        raise ValueError(f"{path} is a draft genesis: run `medchain genesis finalize` on it first")
+    gen = Genesis.load(path)
+    want = d.get(HASH_FIELD)
+    if want is None:
+        logging.getLogger("medchain.genesis").warning("%s records no hash; its content hashes to %s",
+                                                      path, gen.hash.hex())
+    elif want != gen.hash.hex():
+        raise ValueError(f"{path}: genesis hash mismatch: the file records {want} but its content hashes to "
+                         f"{gen.hash.hex()}; it was changed after it was finalized: get the network's genesis "
+                         "again and check its hash with your coordinator")
+    return gen
 
 
 def parse_issuer(spec: str) -> IssuerInfo:

@@ -103,6 +103,8 @@ class _ValidatorCollector:
         msgs.add_metric(["in"], v.msgs_in)
         msgs.add_metric(["out"], v.msgs_out)
         yield msgs
+        if v.net is not None:
+            yield _by_type(v.net)
         yield CounterMetricFamily("medchain_mempool_evictions", "Transactions evicted from a full mempool "
                                   "(the heaviest sender's newest)", value=v.mempool.evictions)
         yield GaugeMetricFamily("medchain_mempool_capacity", "Mempool capacity", value=v.mempool.capacity)
@@ -110,3 +112,27 @@ class _ValidatorCollector:
                                    "else 0; the label names the backend", labels=["backend"])
         native.add_metric([backend_name().split(" (")[0]], 1.0 if NATIVE else 0.0)
         yield native
+
+
+def _tag_names() -> dict[int, str]:
+    from node.consensus import messages as m
+    from node.sidecar import T_TXS
+    return {m.T_PREPREPARE: "pre_prepare", m.T_PREPARE: "prepare", m.T_COMMIT: "commit", m.T_STATUS: "status",
+            m.T_BLOCK: "certified_block", m.T_VIEWCHANGE: "view_change", m.T_NEWVIEW: "new_view",
+            m.T_CHECKPOINT: "checkpoint", m.T_SUSPECT: "suspect", T_TXS: "forwarded_txs"}
+
+
+def _by_type(net: P2PNode) -> CounterMetricFamily:
+    """Validator-to-validator messages by type: in, as delivered; out, one per send or broadcast
+    (as medchain_p2p_messages counts them; a direct broadcast is n-1 frames on the wire)."""
+    names = _tag_names()
+    fam = CounterMetricFamily("medchain_p2p_messages_by_type", "Validator-to-validator messages by type",
+                              labels=["direction", "type"])
+    for direction, counts in (("in", net.tags_in), ("out", net.tags_out)):
+        merged: dict[str, int] = {}
+        for tag, c in counts.items():  # written on the asyncio loop only, where the scrape runs too
+            name = names.get(tag, "other")
+            merged[name] = merged.get(name, 0) + c
+        for name, c in sorted(merged.items()):
+            fam.add_metric([direction, name], c)
+    return fam

@@ -26,6 +26,14 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
+# optional, for tests only: iproute2 lets tests/test_netns.py build its network namespaces (as root);
+# without it that test is skipped, so it is installed when we can and never required
+if ! command -v ip >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "bootstrap: installing iproute2 (optional: the network-namespace test)"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null; } ||
+    echo "bootstrap: could not install iproute2; tests/test_netns.py will be skipped" >&2
+fi
+
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

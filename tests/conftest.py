@@ -30,6 +30,24 @@ def vector_file(name: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _contained_tmpdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Temporary directories made by the code under test, and by the processes it starts, go under
+    pytest's own (rotated) base directory instead of the system temp dir: a process a test ends
+    with SIGKILL, or a timeout, cannot clean up after itself."""
+    import tempfile
+    inner = tmp_path_factory.mktemp("tmpdir", numbered=False)
+    old = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(inner)
+    tempfile.tempdir = None  # re-read TMPDIR
+    yield
+    if old is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = old
+    tempfile.tempdir = None
+
+
 @pytest.fixture
 def node(tmp_path: Path):
     """One running validator (PBFT with a quorum of one)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ from pathlib import Path
 from node.crypto.keys import Identity
 from node.genesis import IssuerInfo, Params, init_home, new_chain_id
 from node.p2p import swarmkey
+from node.service import PARENT_ENV
 
 
 def free_ports(n: int) -> list[int]:
@@ -39,10 +41,16 @@ class NodeProcess:
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
     env: dict = field(default_factory=dict)
+    chain_id: str = ""  # when set, wait_ready checks the API answering is this validator of this chain
+    index: int = -1
+    die_with_parent: bool = False  # the kernel stops the validator when this process dies (node/service.py)
+    host: str = "127.0.0.1"  # where its API is reached
+    prefix: list[str] = field(default_factory=list)  # run it under this, e.g. ["ip", "netns", "exec", NS]
+    args: list[str] = field(default_factory=list)  # more `medchain node` flags (--config, --p2p-listen...)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 20.0) -> NodeProcess:
         self.launch()
@@ -51,9 +59,16 @@ class NodeProcess:
     def launch(self) -> None:
         self.log_path = self.log_path or self.home / "node.log"  # set it to keep the log off a full home
         logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        env = {**os.environ, **self.env}
+        if self.die_with_parent:
+            env[PARENT_ENV] = str(os.getpid())
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", "node", "--home", str(self.home), "--port", str(self.port)],
-            stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
+            [*self.prefix, sys.executable, "-m", "node.cli", "node", "--home", str(self.home), "--port", str(self.port),
+             *self.args],
+            stdout=logf, stderr=subprocess.STDOUT, env=env,
+            # a supervised validator is stopped by its supervisor only: a terminal's Ctrl-C (sent to the
+            # whole foreground process group) reaches the supervisor, which then stops each validator once
+            process_group=0 if self.die_with_parent else None)
         logf.close()
 
     def wait_ready(self, timeout: float = 20.0) -> NodeProcess:
@@ -62,10 +77,18 @@ class NodeProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"validator exited with {self.proc.returncode}: {self.log_tail()}")
             try:
-                with urllib.request.urlopen(self.url + "/v1/status", timeout=1):
-                    return self
-            except OSError:
+                with urllib.request.urlopen(self.url + "/v1/status", timeout=1) as resp:
+                    st = json.loads(resp.read())
+            except (OSError, ValueError):
                 time.sleep(0.05)
+                continue
+            if self.chain_id and (st.get("chain_id"), st.get("validator_index")) != (self.chain_id, self.index):
+                # another process holds our port (an orphan of another network, say): never report it as ours
+                self.kill()
+                raise RuntimeError(f"{self.url} answers as validator {st.get('validator_index')} of chain "
+                                   f"{st.get('chain_id')}, not as validator {self.index} of {self.chain_id}: "
+                                   f"port {self.port} is taken by another process")
+            return self
         self.kill()
         raise TimeoutError(f"validator did not come up: {self.log_tail()}")
 
@@ -118,18 +141,20 @@ def make_network(root: Path, validators: int = 1, chain_id: str | None = None,
         both = free_ports(2 * validators)
         ports, p2p_ports = both[:validators], both[validators:]
     p2p = [f"127.0.0.1:{p}" for p in p2p_ports] if validators > 1 else None
+    chain_id = chain_id or new_chain_id()
     # a local network's own credential issuer (DEV_ISSUER_FILE in the root), so its staff can be
     # made clinicians: `medchain issuer credential --key ROOT/issuer_key.json ...`
     issuer = Identity.generate()
     root.mkdir(parents=True, exist_ok=True)
     issuer.save(root / DEV_ISSUER_FILE)
-    homes = init_home(root, chain_id or new_chain_id(), [f"127.0.0.1:{p}" for p in ports], int(time.time() * 1000),
+    homes = init_home(root, chain_id, [f"127.0.0.1:{p}" for p in ports], int(time.time() * 1000),
                       params, p2p, (IssuerInfo("local network issuer", issuer.public_key.hex()),))
     if private_network:
         key = swarmkey.new_key()
         for h in homes:
             swarmkey.write(h, key)
-    return [NodeProcess(h, p, env={"MEDCHAIN_P2P_MODE": p2p_mode}) for h, p in zip(homes, ports, strict=True)]
+    return [NodeProcess(h, p, env={"MEDCHAIN_P2P_MODE": p2p_mode}, chain_id=chain_id, index=i)
+            for i, (h, p) in enumerate(zip(homes, ports, strict=True))]
 
 
 def start_all(nodes: list[NodeProcess], timeout: float = 30.0) -> None:
@@ -144,3 +169,19 @@ def start_all(nodes: list[NodeProcess], timeout: float = 30.0) -> None:
         for n in nodes:
             n.kill()
         raise
+
+
+def stop_all(nodes: list[NodeProcess], sig: int = signal.SIGTERM, timeout: float = 15.0) -> list[int | None]:
+    """Signal every running validator at once, wait for all (up to `timeout` in total), SIGKILL any
+    still running after it; their exit codes (None: never started)."""
+    live = [n for n in nodes if n.proc is not None and n.proc.poll() is None]
+    for n in live:
+        n.proc.send_signal(sig)
+    deadline = time.monotonic() + timeout
+    for n in live:
+        try:
+            n.proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            n.proc.kill()
+            n.proc.wait()
+    return [None if n.proc is None else n.proc.returncode for n in nodes]

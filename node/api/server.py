@@ -6,6 +6,7 @@ server. The routes are plain functions in their modules:
 - node/api/chain.py: /v1/status, /v1/genesis, /v1/tx/{id}, /v1/blocks/{height}, POST /v1/proofs, /metrics
 - node/api/blobs.py: POST /v1/blobs, GET /v1/blobs/{cid}
 - node/api/patients.py: /v1/accounts/{addr}, /v1/patients/{addr}/audit|grants|keys/{staff}|data
+- node/api/health.py: /healthz, /readyz
 
 Every refusal is a 4xx (or 5xx) with a JSON {"error": reason}; HTTP statuses live in node/api only.
 """
@@ -17,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from node.api import blobs, chain, patients, submit
+from node.api import blobs, chain, health, patients, submit
 from node.api.common import LIMITS, SEEN, VALIDATOR, SeenRequests, err, retry_after
 from node.api.limits import Limits, cap_connections, serve_kwargs
 from node.api.submit import MAX_BATCH_TXS
@@ -26,7 +27,7 @@ from node.storage import StorageFull
 from node.validator import Validator
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-ROUTE_MODULES = (chain, submit, blobs, patients)  # each holds `routes`, a RouteTableDef
+ROUTE_MODULES = (chain, submit, blobs, patients, health)  # each holds `routes`, a RouteTableDef
 
 
 def make_app(v: Validator) -> web.Application:
@@ -34,6 +35,7 @@ def make_app(v: Validator) -> web.Application:
     app = web.Application(client_max_size=v.params.max_blob_bytes + 4096)
     app[VALIDATOR] = v
     app[SEEN] = SeenRequests(2 * v.params.request_skew_ms / 1000)
+    app[health.SERVICE] = health.ServiceState()
 
     @web.middleware
     async def count(req: web.Request, handler: Handler) -> web.StreamResponse:
@@ -73,8 +75,11 @@ def make_app(v: Validator) -> web.Application:
     return app
 
 
+DRAIN_S = 3.0  # at shutdown, requests in flight (long polls included) get this long to finish
+
+
 async def serve(v: Validator, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(make_app(v), access_log=None, **serve_kwargs(v.params))
+    runner = web.AppRunner(make_app(v), access_log=None, shutdown_timeout=DRAIN_S, **serve_kwargs(v.params))
     await runner.setup()
     cap_connections(runner.server, v.params.client_max_conns, v.metrics.throttled.labels("connections").inc)
     site = web.TCPSite(runner, host, port, reuse_address=True)

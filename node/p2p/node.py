@@ -62,6 +62,22 @@ STAT_KEYS = (
 )
 
 
+def message_tag(data: bytes) -> int:
+    """The tag of a validator message (a msgpack array whose first element is a small int: PBFT's
+    T_* and T_TXS), read from its first bytes without decoding; -1 for anything else. Counting by
+    it keeps the adapter ignorant of what the tags mean (node/metrics.py names them)."""
+    n = len(data)
+    if n > 1 and 0x90 <= data[0] <= 0x9F:
+        tag = data[1]
+    elif n > 3 and data[0] == 0xDC:
+        tag = data[3]
+    elif n > 5 and data[0] == 0xDD:
+        tag = data[5]
+    else:
+        return -1
+    return tag if tag < 0x80 else -1
+
+
 def _leaf(exc: BaseException) -> BaseException:
     """The first real error inside (nested) exception groups, for a readable message."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
@@ -135,6 +151,9 @@ class P2PNode:
         self._queues: dict[str, deque] = {pid: deque(maxlen=queue_max) for pid in self._peers}
         self._gossip_queue: deque = deque(maxlen=queue_max)
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+        # messages by tag (message_tag): out counts send/broadcast calls, in counts deliveries
+        self.tags_out: dict[int, int] = {}
+        self.tags_in: dict[int, int] = {}
         self._side: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -304,6 +323,8 @@ class P2PNode:
     def broadcast(self, data: bytes) -> None:
         """Queue ``data`` for every other validator."""
         side = self._require()
+        tag = message_tag(data)
+        self.tags_out[tag] = self.tags_out.get(tag, 0) + 1
         if self.mode == "gossipsub":
             if len(data) <= GOSSIP_MAX:
                 self._enqueue(self._gossip_queue, bytes(data))
@@ -321,6 +342,8 @@ class P2PNode:
         q = self._queues.get(peer_id)
         if q is None:
             raise P2PError(f"unknown peer {peer_id}")
+        tag = message_tag(data)
+        self.tags_out[tag] = self.tags_out.get(tag, 0) + 1
         self._enqueue(q, self._frame(data))
         side.kick()
 
@@ -495,9 +518,11 @@ class P2PNode:
 
     def _drain_inbox(self) -> None:  # asyncio loop
         self._inbox_scheduled = False
-        inbox, cb = self._inbox, self._on_message
+        inbox, cb, tags = self._inbox, self._on_message, self.tags_in
         while inbox:
             peer, payload = inbox.popleft()
+            tag = message_tag(payload)
+            tags[tag] = tags.get(tag, 0) + 1
             try:
                 cb(peer, payload)
             except Exception:  # a handler bug must not stall the network

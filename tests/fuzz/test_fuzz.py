@@ -42,7 +42,9 @@ def test_atheris_briefly(target: str, tmp_path: Path) -> None:
     p = subprocess.run(
         [sys.executable, "-m", "tests.fuzz.run", target, f"-max_total_time={SECONDS}", "-timeout=20",
          f"-artifact_prefix={tmp_path}/", *(["-dict=tests/fuzz/http.dict"] if target == "http" else [])],
-        cwd=ROOT, capture_output=True, text=True, timeout=SECONDS + 120)
+        # TMPDIR: libFuzzer ends the process with exit(), which runs no Python finalizer, so the
+        # harness's temporary validator home and corpus would outlive the run in the system temp dir
+        cwd=ROOT, capture_output=True, text=True, timeout=SECONDS + 120, env={**os.environ, "TMPDIR": str(tmp_path)})
     crashes = list(tmp_path.glob("crash-*"))
     assert p.returncode == 0 and not crashes, f"{target}: {crashes}\n{p.stderr[-3000:]}"
     assert "Done" in p.stderr

@@ -1,0 +1,168 @@
+"""The node configuration file (TOML) beside `medchain node`'s flags.
+
+Precedence, highest first: command-line flags, environment variables (MEDCHAIN_P2P_MODE,
+MEDCHAIN_LOG_FORMAT, MEDCHAIN_LMDB_MAP_GB, MEDCHAIN_DISK_RESERVE_MB), the file, then defaults (the
+genesis gives the API and p2p addresses a validator advertises, and by default listens on). Every
+setting is optional; unknown sections or keys and wrong types are refused with the file and key
+named, so a typo never passes silently. See deploy/node.toml for a commented example.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# section -> key -> (type, meaning); the one description of the file, also used for its errors
+SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
+    "": {"home": (str, "the validator's home: key, genesis, ledger, block store")},
+    "api": {"listen": (str, "HOST:PORT the HTTP API listens on (default: the genesis address)"),
+            "ready_file": (str, "write the API URL here once serving")},
+    "p2p": {"listen": (str, "HOST:PORT the libp2p host listens on (default: the advertised genesis address)"),
+            "mode": (str, "direct or gossipsub"),
+            "ipfs_peers": (list, "external IPFS peers (multiaddrs with /p2p/ID) for bitswap")},
+    "log": {"format": (str, "text or json"), "level": (str, "debug, info, warning or error")},
+    "metrics": {"listen": (str, "HOST:PORT of a separate /metrics listener (it is also on the API)")},
+    "limits": {"lmdb_map_gb": ((int, float), "LMDB map size of the ledger and block store, GiB"),
+               "disk_reserve_mb": ((int, float), "free disk kept for committing the network's blocks, MiB")},
+}
+P2P_MODES = ("direct", "gossipsub")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names the file and the setting."""
+
+
+@dataclass
+class NodeSettings:
+    home: Path | None = None
+    api_host: str | None = None  # None: the host, or port, of this validator's genesis API address
+    api_port: int | None = None
+    ready_file: str | None = None
+    p2p_listen: str | None = None
+    p2p_mode: str = "direct"
+    ipfs_peers: list[str] = field(default_factory=list)
+    log_format: str = "text"
+    log_level: str = "info"
+    metrics_listen: str | None = None
+    lmdb_map_gb: float | None = None
+    disk_reserve_mb: float | None = None
+
+
+def _hostport(value: str, where: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{where}: {value!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """The file's settings as {"section.key": value} (top-level keys bare), checked against SCHEMA."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            if key not in SCHEMA or not key:
+                raise ConfigError(f"{path}: unknown section [{key}] (known: "
+                                  f"{', '.join(f'[{s}]' for s in SCHEMA if s)})")
+            items, prefix = value.items(), f"{key}."
+        else:
+            items, prefix = [(key, value)], ""
+        section = prefix.rstrip(".")
+        for k, v in items:
+            if k not in SCHEMA[section]:
+                where = f"[{section}] {k}" if section else k
+                raise ConfigError(f"{path}: unknown setting {where} (known: {', '.join(SCHEMA[section])})")
+            kind, _ = SCHEMA[section][k]
+            if not isinstance(v, kind) or isinstance(v, bool):
+                want = " or ".join(t.__name__ for t in (kind if isinstance(kind, tuple) else (kind,)))
+                raise ConfigError(f"{path}: {prefix}{k} must be a {want}, not {type(v).__name__} ({v!r})")
+            out[prefix + k] = v
+    return out
+
+
+def _check(s: NodeSettings, where: str) -> NodeSettings:
+    if s.p2p_mode not in P2P_MODES:
+        raise ConfigError(f"{where}: p2p.mode {s.p2p_mode!r}: one of {', '.join(P2P_MODES)}")
+    if s.log_format not in LOG_FORMATS:
+        raise ConfigError(f"{where}: log.format {s.log_format!r}: one of {', '.join(LOG_FORMATS)}")
+    if s.log_level not in LOG_LEVELS:
+        raise ConfigError(f"{where}: log.level {s.log_level!r}: one of {', '.join(LOG_LEVELS)}")
+    for name in ("p2p_listen", "metrics_listen"):
+        value = getattr(s, name)
+        if value is not None:
+            _hostport(value, f"{where}: {name.replace('_', '.')}")
+    if not all(isinstance(p, str) and "/p2p/" in p for p in s.ipfs_peers):
+        raise ConfigError(f"{where}: p2p.ipfs_peers: multiaddrs ending in /p2p/<peer id>")
+    for name in ("lmdb_map_gb", "disk_reserve_mb"):
+        value = getattr(s, name)
+        if value is not None and value < 0:
+            raise ConfigError(f"{where}: limits.{name} must not be negative")
+    return s
+
+
+def resolve(args: argparse.Namespace, env: dict[str, str] | None = None) -> NodeSettings:
+    """Settings for `medchain node` from its flags (args), the environment, the file (args.config)."""
+    env = dict(os.environ) if env is None else env
+    f = read_file(Path(args.config)) if getattr(args, "config", None) else {}
+    where = str(args.config) if getattr(args, "config", None) else "command line"
+
+    def pick(flag: Any, env_key: str | None, file_key: str, default: Any) -> Any:
+        if flag is not None:
+            return flag
+        if env_key and env.get(env_key):
+            return env[env_key]
+        return f.get(file_key, default)
+
+    api_host, api_port = _hostport(f["api.listen"], f"{where}: api.listen") if "api.listen" in f else (None, None)
+    home = pick(args.home, None, "home", None)
+    s = NodeSettings(
+        home=Path(home) if home else None,
+        api_host=args.host if args.host is not None else api_host,
+        api_port=args.port if args.port is not None else api_port,
+        ready_file=pick(args.ready_file, None, "api.ready_file", None),
+        p2p_listen=pick(getattr(args, "p2p_listen", None), None, "p2p.listen", None),
+        p2p_mode=pick(getattr(args, "p2p_mode", None), "MEDCHAIN_P2P_MODE", "p2p.mode", "direct"),
+        ipfs_peers=list(args.ipfs_peer or f.get("p2p.ipfs_peers", [])),
+        log_format="json" if getattr(args, "log_json", False) else pick(None, "MEDCHAIN_LOG_FORMAT", "log.format",
+                                                                         "text"),
+        log_level=pick(getattr(args, "log_level", None), None, "log.level", "info"),
+        metrics_listen=pick(getattr(args, "metrics_listen", None), None, "metrics.listen", None),
+        lmdb_map_gb=_num(pick(None, "MEDCHAIN_LMDB_MAP_GB", "limits.lmdb_map_gb", None)),
+        disk_reserve_mb=_num(pick(None, "MEDCHAIN_DISK_RESERVE_MB", "limits.disk_reserve_mb", None)),
+    )
+    if s.home is None:
+        raise ConfigError(f"{where}: no home: pass --home DIR or set home = \"DIR\" in the configuration file")
+    return _check(s, where)
+
+
+def _num(v: Any) -> float | None:
+    if v is None:
+        return None
+    try:
+        return float(v)
+    except ValueError:
+        raise ConfigError(f"{v!r} is not a number") from None
+
+
+def apply_environment(s: NodeSettings) -> None:
+    """Hand the settings read through the environment (storage.py, the p2p mode) to the validator,
+    and the log format to the logger."""
+    os.environ["MEDCHAIN_P2P_MODE"] = s.p2p_mode
+    if s.lmdb_map_gb is not None:
+        os.environ["MEDCHAIN_LMDB_MAP_GB"] = repr(s.lmdb_map_gb)
+    if s.disk_reserve_mb is not None:
+        os.environ["MEDCHAIN_DISK_RESERVE_MB"] = repr(s.disk_reserve_mb)
+    from node.logs import configure
+    configure(getattr(logging, s.log_level.upper()), s.log_format == "json")

@@ -1,0 +1,126 @@
+"""The node configuration file: precedence (flags, then environment, then the file, then the genesis
+defaults), clear errors for a bad file, and a real validator process run from one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from devices.net.localnet import free_ports
+from node.cli import _parser, main
+from node.config import ConfigError, NodeSettings, read_file, resolve
+from node.genesis import init_home
+
+FULL = """
+home = "/srv/medchain"
+[api]
+listen = "0.0.0.0:8600"
+[p2p]
+listen = "0.0.0.0:9600"
+mode = "gossipsub"
+ipfs_peers = ["/ip4/10.0.0.9/tcp/4001/p2p/12D3KooWabc"]
+[log]
+format = "json"
+level = "warning"
+[metrics]
+listen = "127.0.0.1:9100"
+[limits]
+lmdb_map_gb = 2
+disk_reserve_mb = 32.5
+"""
+
+
+def _settings(tmp_path: Path, text: str, *flags: str, env: dict[str, str] | None = None) -> NodeSettings:
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(text)
+    return resolve(_parser().parse_args(["node", "--config", str(cfg), *flags]), env or {})
+
+
+def test_the_file_alone(tmp_path: Path) -> None:
+    s = _settings(tmp_path, FULL)
+    assert (str(s.home), s.api_host, s.api_port, s.p2p_listen, s.p2p_mode) == (
+        "/srv/medchain", "0.0.0.0", 8600, "0.0.0.0:9600", "gossipsub")
+    assert s.ipfs_peers == ["/ip4/10.0.0.9/tcp/4001/p2p/12D3KooWabc"]
+    assert (s.log_format, s.log_level, s.metrics_listen, s.lmdb_map_gb, s.disk_reserve_mb) == (
+        "json", "warning", "127.0.0.1:9100", 2.0, 32.5)
+
+
+def test_flags_then_environment_then_file(tmp_path: Path) -> None:
+    s = _settings(tmp_path, FULL, "--home", "/elsewhere", "--port", "8700", "--p2p-mode", "direct",
+                  "--p2p-listen", "10.1.1.1:9700", "--log-level", "debug",
+                  env={"MEDCHAIN_LMDB_MAP_GB": "5", "MEDCHAIN_P2P_MODE": "gossipsub"})
+    assert (str(s.home), s.api_host, s.api_port) == ("/elsewhere", "0.0.0.0", 8700)  # --port only: host from file
+    assert (s.p2p_mode, s.p2p_listen, s.log_level) == ("direct", "10.1.1.1:9700", "debug")  # flag over env
+    assert (s.lmdb_map_gb, s.disk_reserve_mb) == (5.0, 32.5)  # environment over file; file otherwise
+    s = _settings(tmp_path, FULL, "--host", "127.0.0.2", env={"MEDCHAIN_P2P_MODE": "direct"})
+    assert (s.api_host, s.api_port, s.p2p_mode) == ("127.0.0.2", 8600, "direct")
+    s = _settings(tmp_path, 'home = "/h"\n')  # nothing else set: the genesis gives the addresses
+    assert (s.api_host, s.api_port, s.p2p_listen, s.p2p_mode, s.log_format) == (None, None, None, "direct", "text")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[api\nlisten = 1", "not valid TOML"),
+    ('[apii]\nlisten = "h:1"', "unknown section [apii]"),
+    ('[api]\nlisen = "h:1"', "unknown setting [api] lisen (known: listen, ready_file)"),
+    ('hme = "/x"', "unknown setting hme"),
+    ("[api]\nlisten = 8545", "api.listen must be a str, not int"),
+    ('[limits]\nlmdb_map_gb = "big"', "limits.lmdb_map_gb must be a int or float"),
+    ('home = "/h"\n[p2p]\nmode = "carrier-pigeon"', "p2p.mode 'carrier-pigeon': one of direct, gossipsub"),
+    ('home = "/h"\n[p2p]\nlisten = "nowhere"', "p2p.listen: 'nowhere' is not HOST:PORT"),
+    ('home = "/h"\n[log]\nformat = "xml"', "log.format 'xml'"),
+    ("[log]\nlevel = \"info\"", "no home"),
+])
+def test_bad_files_are_refused_clearly(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=None) as exc:
+        _settings(tmp_path, text)
+    assert message in str(exc.value) and str(tmp_path / "node.toml") in str(exc.value)
+
+
+def test_the_command_line_says_what_is_wrong(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["node", "--config", str(tmp_path / "missing.toml")]) == 1
+    assert "missing.toml: no such configuration file" in capsys.readouterr().err
+    with pytest.raises(ConfigError):
+        read_file(tmp_path / "missing.toml")
+
+
+def test_a_validator_runs_from_a_configuration_file(tmp_path: Path) -> None:
+    genesis_port, api, metrics = free_ports(3)
+    (home,) = init_home(tmp_path, "medchain-cfg", [f"127.0.0.1:{genesis_port}"], int(time.time() * 1000))
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(f'home = "{home}"\n[api]\nlisten = "127.0.0.1:{api}"\n[metrics]\nlisten = "127.0.0.1:{metrics}"\n'
+                   '[log]\nformat = "json"\n[limits]\ndisk_reserve_mb = 1\n')
+    log = tmp_path / "node.log"
+    with open(log, "wb") as out:
+        p = subprocess.Popen([sys.executable, "-m", "node.cli", "node", "--config", str(cfg)], stdout=out,
+                             stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                st = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{api}/v1/status", timeout=1).read())
+                break
+            except OSError:
+                assert p.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+                time.sleep(0.1)
+        assert st["chain_id"] == "medchain-cfg"
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read().decode()
+        assert "medchain_block_height" in text and "medchain_p2p_messages_total" in text
+        reserve = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{api}/v1/status").read())["storage"]
+        assert reserve["reserve_bytes"] == 1024 * 1024, reserve
+    finally:
+        p.terminate()
+        assert p.wait(30) == 0
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]  # every line JSON
+    assert any("stopped cleanly" in rec.get("msg", rec.get("message", "")) for rec in lines), lines[-3:]
+
+
+def test_the_example_in_deploy_parses() -> None:
+    example = Path(__file__).resolve().parents[1] / "deploy" / "node.toml"
+    s = resolve(_parser().parse_args(["node", "--config", str(example)]), {})
+    assert str(s.home) == "/var/lib/medchain" and s.api_port == 8545 and s.metrics_listen == "127.0.0.1:9615"

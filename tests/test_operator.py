@@ -1,0 +1,112 @@
+"""A network built the way separate operators build it: four homes made apart (each key stays in
+its home), a genesis assembled by a coordinator from the public parts alone, installed after a hash
+check, then real validator processes that commit. And the refusals: a tampered part, a draft, a
+genesis changed after it was finalized, a hash other than the one announced."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from devices.net.faultharness import acknowledged_load, assert_committed, converged
+from devices.net.localnet import NodeProcess, free_ports, start_all, stop_all
+from node.cli import main
+from node.crypto.keys import Identity
+from node.genesis import Genesis
+from node.operator import check_part
+from tests.conftest import run
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
+    assert main([*argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def build_network(root: Path, capsys: pytest.CaptureFixture[str], n: int = 4,
+                  hosts: list[str] | None = None) -> tuple[list[Path], Path, str]:
+    """n operator homes under root/hostI, a coordinator's genesis from their parts only, installed
+    in each home; (homes, genesis file, genesis hash)."""
+    ports = free_ports(2 * n)
+    hosts = hosts or ["127.0.0.1"] * n
+    homes = []
+    coord = root / "coordinator"
+    coord.mkdir()
+    for i in range(n):
+        home = root / f"host{i}" / "medchain"
+        part = _cli(capsys, "operator", "init", "--home", str(home), "--api", f"{hosts[i]}:{ports[i]}",
+                    "--p2p", f"{hosts[i]}:{ports[n + i]}", "--name", f"hospital-{i}")
+        shutil.copy(part["part"], coord / f"part{i}.json")  # only the public part travels
+        homes.append(home)
+    g = coord / "genesis.json"
+    _cli(capsys, "genesis", "new", "--out", str(g), "--chain-id", "medchain-consortium",
+         "--param", "sender_rate=1e5", "--param", "sender_burst=1e5")
+    for i in range(n):
+        _cli(capsys, "genesis", "add-validator", str(g), str(coord / f"part{i}.json"))
+    issuer = Identity.from_seed(b"medical-council")
+    _cli(capsys, "genesis", "add-issuer", str(g), f"Medical Council={issuer.public_key.hex()}")
+    digest = _cli(capsys, "genesis", "finalize", str(g))["genesis_hash"]
+    for i, home in enumerate(homes):
+        got = _cli(capsys, "operator", "install-genesis", "--home", str(home), str(g), "--expect-hash", digest)
+        assert got["validator_index"] == i and got["genesis_hash"] == digest
+    return homes, g, digest
+
+
+def test_four_operators_build_a_network_that_commits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    homes, g, digest = build_network(tmp_path, capsys)
+    secrets = [json.loads((h / "node_key.json").read_text())["secp256k1_secret"] for h in homes]
+    for f in (tmp_path / "coordinator").iterdir():  # nothing secret reached the coordinator
+        assert not any(s in f.read_text() for s in secrets), f
+    gen = Genesis.load(g)
+    assert gen.hash.hex() == digest and gen.params.sender_rate == 1e5 and len(gen.validators) == 4
+    assert [i.name for i in gen.issuers] == ["Medical Council"]
+    nodes = [NodeProcess(h, int(gen.validators[i].api.rsplit(":", 1)[1]), chain_id=gen.chain_id, index=i)
+             for i, h in enumerate(homes)]
+    start_all(nodes)
+    try:
+        committed: list[str] = []
+
+        async def go() -> None:
+            stop = asyncio.Event()
+            task = asyncio.create_task(acknowledged_load(nodes, stop, committed, b"op-", avoid=None))
+            while len(committed) < 40:
+                await asyncio.sleep(0.1)
+            stop.set()
+            await task
+            await converged(nodes, timeout=20.0, same_view=False)
+            await assert_committed(nodes, committed)
+        run(go())
+    finally:
+        assert stop_all(nodes) == [0, 0, 0, 0]
+    for n in nodes:
+        assert "Traceback" not in n.log_tail(1_000_000), n.log_tail()
+
+
+def test_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    homes, g, digest = build_network(tmp_path, capsys, n=1)
+    home = homes[0]
+    part = json.loads((home / "validator.json").read_text())
+    with pytest.raises(ValueError, match="bad signature"):  # a coordinator cannot redirect a validator
+        check_part({**part, "api": "203.0.113.9:8545"})
+    assert main(["operator", "init", "--home", str(home), "--api", "h:1", "--p2p", "h:2"]) == 1  # key kept
+    assert "exists" in capsys.readouterr().err
+    assert main(["genesis", "add-validator", str(g), str(home / "validator.json")]) == 1  # finalized: closed
+    assert "is finalized" in capsys.readouterr().err
+    draft = tmp_path / "draft.json"
+    assert main(["genesis", "new", "--out", str(draft)]) == 0
+    assert main(["operator", "install-genesis", "--home", str(home), str(draft)]) == 1
+    assert "draft genesis" in capsys.readouterr().err
+    assert main(["operator", "install-genesis", "--home", str(home), str(g), "--expect-hash", "ab" * 32]) == 1
+    assert "not the" in capsys.readouterr().err
+    # a genesis edited after it was finalized: the node refuses to start on it, and says why
+    d = json.loads((home / "genesis.json").read_text())
+    d["params"]["block_max_txs"] = 1
+    (home / "genesis.json").write_text(json.dumps(d))
+    p = subprocess.run([sys.executable, "-m", "node.cli", "node", "--home", str(home)], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 1 and "genesis hash mismatch" in p.stderr, p.stderr[-2000:]
