@@ -14,7 +14,7 @@ from node.state.machine import BREAK_GLASS_ACCESS_MS, BREAK_GLASS_WINDOW_MS
 from node.state.records import GrantRec, ProfileRec, Released
 from node.state.rules import Rules
 from node.tx import Policy, Profile, Read, Release, SealedKey, Write
-from node.tx.credential import issue, signed_by_issuer
+from node.tx.credential import from_json, issue, signed_by_issuer, to_json
 from node.tx.model import Credential
 from tests.test_state import BP, CHAIN, DOC, GLU, HR, ISSUER, NURSE, PAT, PAT2, RULES, T0, Chain, cid
 
@@ -47,6 +47,17 @@ def test_a_credential_binds_issuer_chain_staff_and_end():
     assert not signed_by_issuer(c, CHAIN, NURSE.address)  # not transferable to another key
     assert not signed_by_issuer(Credential(c.issuer, c.not_after_ms + 1, c.sig), CHAIN, DOC.address)  # end forged
     assert not signed_by_issuer(Credential(OTHER_ISSUER.public_key, c.not_after_ms, c.sig), CHAIN, DOC.address)
+
+
+def test_a_credential_file_round_trips_and_a_broken_one_is_refused():
+    c = issue(ISSUER, CHAIN, DOC.address, T0 + 5)
+    d = to_json(c)
+    assert d == {"issuer": ISSUER.public_key.hex(), "not_after_ms": T0 + 5, "signature": c.sig.hex()}
+    assert from_json(d) == c and from_json({**d, "staff": "extra keys are ignored"}) == c
+    for broken in ({k: v for k, v in d.items() if k != "signature"}, {**d, "issuer": "zz"},
+                   {**d, "not_after_ms": "soon"}, {**d, "signature": None}):
+        with pytest.raises(ValueError, match="not a medchain credential"):
+            from_json(broken)
 
 
 @pytest.mark.parametrize("why, cred", [
@@ -146,7 +157,9 @@ def test_keys_go_only_to_an_emergency_reader_of_that_type_within_its_window(ch):
     assert ch.run(PAT, release(DOC, GLU, until + 1, 0)) == Code.NO_EMERGENCY_READ  # outlives the window
     assert ch.run(PAT, release(DOC, GLU, until, 2)) == Code.INVALID_GRANT  # an epoch not yet used
     assert ch.run(PAT, release(DOC, GLU, T0 + 20, 0), T0 + 20) == Code.INVALID_GRANT  # already expired
-    assert ch.run(PAT, release(DOC, GLU, until, 0)) == Code.OK
+    tx = ch.tx(PAT, release(DOC, GLU, until, 0))
+    assert ch.apply([tx]) == [Code.OK]
+    assert grant_rec(ch, PAT, DOC) == GrantRec([], 0, ch.height, tx.id, (Released(GLU, until, [0], tx.id),))
     assert ch.state[keys.sealed_key(PAT.address, DOC.address, GLU, 0)] == K
     assert keys.sealed_key(PAT.address, DOC.address, GLU, 1) not in ch.state  # only what was released
 

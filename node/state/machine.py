@@ -252,13 +252,14 @@ def _epoch(view: Overlay, patient: bytes, dtype: int) -> int:
     return 0 if v is None else v
 
 
-def _apply(view: Overlay, tx: Tx, height: int, idx: int, time_ms: int, rules: Rules) -> None:
+def _apply(view: Overlay, tx: Tx, height: int, time_ms: int, rules: Rules) -> None:
     b = tx.body
     addr = tx.address
     if isinstance(b, Profile):
         c = b.credential
-        rec = ProfileRec(b.name, b.role, b.org, b.box_public, tx.sender, height,
-                         c.issuer if c else b"", c.not_after_ms if c else 0)
+        rec = ProfileRec(b.name, b.role, b.org, b.box_public, tx.sender, height)
+        if c is not None:
+            rec = rec._replace(issuer=c.issuer, credential_until_ms=c.not_after_ms)
         view.put(keys.profile(addr), rec.encode())
     elif isinstance(b, Grant):
         raw = view.get(keys.grant(addr, b.staff))
@@ -312,7 +313,7 @@ def apply_tx(view: Overlay, tx: Tx, height: int, idx: int, time_ms: int, rules: 
         view.put_obj(keys.nonce(addr), tx.nonce)
         code = check_tx(view, tx, time_ms, rules)
         if code == OK:
-            _apply(view, tx, height, idx, time_ms, rules)
+            _apply(view, tx, height, time_ms, rules)
         r = tx.body
         if isinstance(r, Read):
             entry = AuditRec(addr, r.dtype, r.cid, r.t_from_ms, r.t_to_ms, time_ms, tx.id, code, r.reason or None)
