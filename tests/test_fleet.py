@@ -62,3 +62,15 @@ def test_medchain_bench_writes_report_and_plot(tmp_path):
     assert rep["machine"]["command"].startswith("medchain bench sweep") and rep["validators_agree"]
     assert sorted(f.rsplit(".", 1)[1] for f in rep["files"]) == ["json", "png"]
     assert all((tmp_path / f.rsplit("/", 1)[1]).stat().st_size > 0 for f in rep["files"])
+
+
+def test_the_edge_workload_confines_every_validator_to_one_core_in_every_step():
+    """`medchain bench edge`: each offered rate is a step with the validators pinned to CPU 0."""
+    import argparse
+
+    from devices.load.benchmark import _steps, add_arguments
+    sp = argparse.ArgumentParser()
+    add_arguments(sp)
+    steps = _steps(sp.parse_args(["edge", "--rates", "300,600"]))
+    assert [(label, cfg.rate, pin) for label, cfg, pin in steps] == [
+        ("300 tx/s, 1 core", 300.0, "validators"), ("600 tx/s, 1 core", 600.0, "validators")]

@@ -84,6 +84,8 @@ def _steps(args: argparse.Namespace) -> list[tuple[str, FleetConfig, str]]:
         return [("clinic", cfg(reads=args.reads or 200.0, grants=args.grants or 1.0, read_fetch=args.read_fetch), "")]
     if w == "sweep":
         return [(f"{r:g} tx/s", cfg(rate=r), "") for r in args.rates]
+    if w == "edge":  # edge hardware: every validator confined to one core (CPU 0) for every step
+        return [(f"{r:g} tx/s, 1 core", cfg(rate=r), "validators") for r in args.rates]
     if w == "budget":
         r = args.rate or 1000.0
         nice = f", nice {args.budget_nice}" if args.budget_nice else ""
@@ -266,7 +268,7 @@ def _bad(report: dict) -> bool:
 
 
 def add_arguments(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("workload", choices=["fleet", "clinic", "sweep", "budget"])
+    sp.add_argument("workload", choices=["fleet", "clinic", "sweep", "budget", "edge"])
     sp.add_argument("--node", action="append", help="target these validators (repeat; default: start a devnet)")
     sp.add_argument("--validators", type=int, default=4)
     sp.add_argument("--p2p", choices=["direct", "gossipsub"], default="direct")
