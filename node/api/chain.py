@@ -38,7 +38,7 @@ async def status(req: web.Request) -> web.Response:
         "bitswap": v.net.bitswap_stats() if v.net is not None else {}, "replication": v.replicator.stats,
         "availability": v.gate.stats,
         "consensus": v.consensus_status(), "storage": v.disk.status(),
-        "base_height": v.ledger.base_height(),
+        "base_height": v.ledger.base_height(), "state_transfer": v.sync.checkpoint_stats,
     })
 
 

@@ -123,15 +123,24 @@ class Ledger:
         """The head block and the whole state at it, pinned in one read transaction (close it)."""
         return StateView(self.env.begin(), self)
 
-    def install_base(self, block: Block, state: dict[bytes, bytes], nodes: dict[bytes, bytes]) -> Head:
-        """Start an empty ledger from a proven checkpoint (node/checkpoint.py): its block (the new
-        head and base), the whole state at it and its state-tree nodes, in one transaction."""
+    def install_base(self, block: Block, state: dict[bytes, bytes], nodes: dict[bytes, bytes],
+                     replace: bool = False) -> Head:
+        """Start the ledger from a proven checkpoint (node/checkpoint.py): its block (the new head and
+        base), the whole state at it and its state-tree nodes, in one transaction. Into an empty
+        ledger only, or with `replace` over one whose head is below the checkpoint (state transfer
+        to a validator that took a few blocks meanwhile: they are history below the new base)."""
         h = block.header
         with self.env.begin(write=True) as txn:
             cur = decode(txn.get(b"head", db=self.meta))
-            if cur[0] != 0 or txn.stat(self.blocks)["entries"] or txn.stat(self.state)["entries"]:
+            if replace and cur[0] < h.height:
+                for db in (self.blocks, self.hashes, self.txloc, self.state, self.tree):
+                    txn.drop(db, delete=False)
+            elif cur[0] != 0 or txn.stat(self.blocks)["entries"] or txn.stat(self.state)["entries"]:
                 raise LedgerError(f"the ledger already holds blocks (head {cur[0]}): a checkpoint is installed "
                                   "only into an empty ledger")
+            for seq, _ in list(txn.cursor(db=self.consensus)):  # what we signed at or below it binds nothing
+                if struct.unpack(">Q", seq)[0] <= h.height:
+                    txn.delete(seq, db=self.consensus)
             txn.put(_h(h.height), block.encode(), db=self.blocks)
             txn.put(block.hash, _h(h.height), db=self.hashes)
             for i, tid in enumerate(block.tx_ids):
@@ -140,7 +149,6 @@ class Ledger:
                 txn.put(k, v, db=self.state)
             for k, v in sorted(nodes.items()):
                 txn.put(k, v, db=self.tree)
-            txn.drop(self.consensus, delete=False)  # nothing signed below the checkpoint binds us
             head = Head(h.height, block.hash, h.state_root, h.time_ms)
             txn.put(b"head", encode([head.height, head.hash, head.state_root, head.time_ms]), db=self.meta)
             txn.put(b"base", encode(h.height), db=self.meta)
