@@ -8,6 +8,9 @@ the state root in its header. A peer that answers with nothing useful or with bl
 skipped for the next attempt. How far behind we are is the f+1-th highest height that peers report
 in their signed status heartbeats (so f liars cannot make us chase a height that does not exist), or
 a stable checkpoint 2f+1 validators signed.
+
+A validator with an empty ledger that far behind (a new or wiped one) first takes a certified
+checkpoint of the state from a peer instead (node/statesync.py), then pulls the blocks after it here.
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from node.block import Block, BlockError
 from node.multiaddr import peer_id
+from node.statesync import PROTOCOL as STATE_PROTOCOL
+from node.statesync import CheckpointClient, CheckpointServer
 from node.wire import MAX_BLOCK_BYTES, WireError, decode_canonical, encode
 
 if TYPE_CHECKING:  # types only: none of these imports this module
@@ -39,8 +45,15 @@ class SyncHost(Protocol):
     replica: Replica
     faults: FaultFile
     synced_blocks: int
+    chain_clock: Any
+    metrics: Any
+    disk: Any
 
     async def submit_certified(self, blocks: list[Block], done: asyncio.Future) -> None: ...
+
+    async def in_consensus(self, fn: Callable[[], Awaitable[None]]) -> None: ...
+
+    async def rebuild_from_disk(self) -> tuple[int, int]: ...
 
 log = logging.getLogger("medchain.sync")
 
@@ -90,10 +103,17 @@ class StateSync:
         self.bad_responses = 0
         self.requests = 0
         self._task: asyncio.Task | None = None
+        self.checkpoints = CheckpointClient(v)
+        self._state_server = CheckpointServer(v.ledger)
+
+    @property
+    def checkpoint_stats(self) -> dict:
+        return self.checkpoints.stats
 
     def register(self) -> None:
-        """Serve our blocks (call before the p2p host starts)."""
+        """Serve our blocks and our state (call before the p2p host starts)."""
         self.v.net.serve(PROTOCOL, self._serve, max_request=64)
+        self.v.net.serve(STATE_PROTOCOL, self._state_server.serve, max_request=1024)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="state-sync")
@@ -102,6 +122,7 @@ class StateSync:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        self._state_server.close()
 
     async def _serve(self, peer: str, raw: bytes) -> bytes:
         first, count = decode_request(raw)
@@ -125,6 +146,13 @@ class StateSync:
             r = v.replica
             if v.disk.stalled:  # its disk is full: nothing fetched could be stored (node/storage.py)
                 await asyncio.sleep(0.25)
+                continue
+            if self.checkpoints.due():
+                try:
+                    await self.checkpoints.run()
+                except Exception:  # never let state transfer end the loop; blocks remain the way
+                    log.exception("state transfer from a checkpoint failed")
+                    await asyncio.sleep(1.0)
                 continue
             ahead = [j for j, h in r.peer_delivered.items()
                      if h > r.last_delivered and j not in skip and j not in v.faults.cut]

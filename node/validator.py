@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -418,6 +418,9 @@ class Validator:
                 elif kind == "synced":
                     await self._on_synced(*item)
                     continue
+                elif kind == "call":  # another stage's step that must not interleave with ours (node/statesync.py)
+                    await item()
+                    continue
                 else:
                     acts = await self._on_wire(item)
                 await self._handle(acts)
@@ -533,6 +536,12 @@ class Validator:
                     if b is None:
                         break
                     self._send(act.to, self.replica.certified_message(b).encode())
+
+    async def in_consensus(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run `fn` in the consensus task between its steps (a checkpoint install, node/statesync.py)."""
+        await self._inbox.put(("call", fn))
+
+    rebuild_from_disk = _rebuild_from_disk  # public: state transfer rebuilds the replica on a checkpoint
 
     async def submit_certified(self, blocks: list[Block], done: asyncio.Future) -> None:
         """State transfer hands fetched blocks to the consensus task; `done` gets how many were delivered."""

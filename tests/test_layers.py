@@ -13,7 +13,7 @@ PACKAGES = ("node", "devices", "bench")
 # pure logic: driven by tests and by adapters, never touching sockets, threads, trio or LMDB
 SANS_IO = ("node.wire", "node.tx", "node.state", "node.consensus", "node.crypto", "node.merkle", "node.block",
            "node.proof", "node.execution", "node.sidecar", "node.ipfs.cid", "node.ipfs.unixfs",
-           "node.ipfs.bitswap", "node.ipfs.bitswap_pb")
+           "node.ipfs.bitswap", "node.ipfs.bitswap_pb", "node.checkpoint")
 IO_LIBS = {"asyncio", "trio", "lmdb", "aiohttp", "libp2p", "socket", "threading", "subprocess", "uvloop"}
 ADAPTERS = ("node.validator", "node.api", "node.p2p", "node.ledger", "node.ipfs.blockstore", "node.run",
             "node.replication", "node.sync", "node.commit", "node.admission")

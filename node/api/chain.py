@@ -38,6 +38,7 @@ async def status(req: web.Request) -> web.Response:
         "bitswap": v.net.bitswap_stats() if v.net is not None else {}, "replication": v.replicator.stats,
         "availability": v.gate.stats,
         "consensus": v.consensus_status(), "storage": v.disk.status(),
+        "base_height": v.ledger.base_height(), "state_transfer": v.sync.checkpoint_stats,
     })
 
 
@@ -68,6 +69,11 @@ async def get_block(req: web.Request) -> web.Response:
     height = v.ledger.head().height if h == "latest" else (int(h) if h.isascii() and h.isdigit() else -1)
     raw = v.ledger.block_raw(height) if 1 <= height < 2**63 else None
     if raw is None:
+        base = v.ledger.base_height()
+        if 1 <= height < base:
+            return err(404, f"block {height} is below this validator's checkpoint (it started from the certified "
+                            f"state at block {base}: a snapshot or state transfer) and is not held here; ask "
+                            "another validator")
         return err(404, f"no block at height {h}")
     if req.query.get("format") == "msgpack":
         return web.Response(body=raw, content_type=MSGPACK)

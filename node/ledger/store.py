@@ -45,19 +45,47 @@ class Snapshot:
         return self._txn.get(txid, db=self._txloc) is not None
 
 
+class StateView:
+    """One read transaction pinned at a head: its block and its state in key order, in chunks. It
+    holds LMDB pages from reuse while open, so its holders close it when done (or idle)."""
+
+    def __init__(self, txn: lmdb.Transaction, led: Ledger) -> None:
+        self._txn, self._state = txn, led.state
+        head = decode(txn.get(b"head", db=led.meta))
+        self.height: int = head[0]
+        raw = txn.get(_h(self.height), db=led.blocks) if self.height else None
+        self.block_raw: bytes | None = None if raw is None else bytes(raw)
+        self.keys: int = txn.stat(led.state)["entries"]
+
+    def pairs(self, after: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """The state's pairs with keys after `after`, in key order."""
+        cur = self._txn.cursor(db=self._state)
+        if not (cur.set_range(after) if after else cur.first()):
+            return
+        for k, v in cur:
+            if bytes(k) > after:
+                yield bytes(k), bytes(v)
+
+    def close(self) -> None:
+        self._txn.abort()
+
+
 def _h(height: int) -> bytes:
     return struct.pack(">Q", height)
 
 
 class Ledger:
     def __init__(self, path: str | Path, readonly: bool = False, genesis_root: bytes | None = None,
-                 map_size: int | None = None) -> None:
+                 map_size: int | None = None, lock: bool | None = None) -> None:
+        """`lock`: take LMDB's reader lock (default: only when writing). A reader beside a running
+        validator needs it (`medchain snapshot`), or the writer may reuse the pages it reads."""
         path = Path(path)
         if not readonly:
             path.mkdir(parents=True, exist_ok=True)
         elif not (path / "data.mdb").exists():
             raise LedgerError(f"no ledger at {path}")
-        self.env = lmdb.open(str(path), map_size=map_size or _MAP_SIZE, max_dbs=8, readonly=readonly, lock=not readonly,
+        self.env = lmdb.open(str(path), map_size=map_size or _MAP_SIZE, max_dbs=8, readonly=readonly,
+                             lock=(not readonly) if lock is None else lock,
                              sync=True, metasync=True)
         self.blocks = self.env.open_db(b"blocks", create=not readonly)
         self.hashes = self.env.open_db(b"hashes", create=not readonly)
@@ -83,6 +111,49 @@ class Ledger:
             return None
         h, hsh, root, t = decode(raw)
         return Head(h, hsh, root, t)
+
+    def base_height(self) -> int:
+        """The checkpoint this ledger starts from (restored or state-transferred), 0 for genesis:
+        blocks below it are not held here."""
+        with self.env.begin(db=self.meta) as txn:
+            raw = txn.get(b"base")
+        return 0 if raw is None else decode(raw)
+
+    def state_view(self) -> StateView:
+        """The head block and the whole state at it, pinned in one read transaction (close it)."""
+        return StateView(self.env.begin(), self)
+
+    def install_base(self, block: Block, state: dict[bytes, bytes], nodes: dict[bytes, bytes],
+                     replace: bool = False) -> Head:
+        """Start the ledger from a proven checkpoint (node/checkpoint.py): its block (the new head and
+        base), the whole state at it and its state-tree nodes, in one transaction. Into an empty
+        ledger only, or with `replace` over one whose head is below the checkpoint (state transfer
+        to a validator that took a few blocks meanwhile: they are history below the new base)."""
+        h = block.header
+        with self.env.begin(write=True) as txn:
+            cur = decode(txn.get(b"head", db=self.meta))
+            if replace and cur[0] < h.height:
+                for db in (self.blocks, self.hashes, self.txloc, self.state, self.tree):
+                    txn.drop(db, delete=False)
+            elif cur[0] != 0 or txn.stat(self.blocks)["entries"] or txn.stat(self.state)["entries"]:
+                raise LedgerError(f"the ledger already holds blocks (head {cur[0]}): a checkpoint is installed "
+                                  "only into an empty ledger")
+            for seq, _ in list(txn.cursor(db=self.consensus)):  # what we signed at or below it binds nothing
+                if struct.unpack(">Q", seq)[0] <= h.height:
+                    txn.delete(seq, db=self.consensus)
+            txn.put(_h(h.height), block.encode(), db=self.blocks)
+            txn.put(block.hash, _h(h.height), db=self.hashes)
+            for i, tid in enumerate(block.tx_ids):
+                txn.put(tid, encode([h.height, i]), db=self.txloc)
+            for k, v in sorted(state.items()):
+                txn.put(k, v, db=self.state)
+            for k, v in sorted(nodes.items()):
+                txn.put(k, v, db=self.tree)
+            head = Head(h.height, block.hash, h.state_root, h.time_ms)
+            txn.put(b"head", encode([head.height, head.hash, head.state_root, head.time_ms]), db=self.meta)
+            txn.put(b"base", encode(h.height), db=self.meta)
+        self._gen += 1
+        return head
 
     def get_state(self, key: bytes) -> bytes | None:
         with self.env.begin(db=self.state) as txn:

@@ -1,0 +1,252 @@
+"""State transfer from a certified checkpoint: a new or wiped validator far behind its peers asks
+one of them for its state at its certified head, instead of replaying every block from genesis.
+
+Protocol `/medchain/state/1.0.0` (request-response over the p2p adapter, like node/sync.py):
+- `[0]` -> `[height, block, keys]`: the peer pins its head (one LMDB read transaction) and offers it:
+  the head block with its commit certificate and how many state pairs it holds.
+- `[1, height, after]` -> `[[key, value], ...]`: the next chunk of that pinned state, keys after
+  `after` in order (an empty list: the end). A peer holds a pinned view PIN_IDLE_S after its last
+  use and at most PINS of them; a request for one it dropped is refused, and the node starts over.
+
+No single peer is trusted (node/checkpoint.py): the block must be certified by 2f+1 genesis keys,
+and the pairs must hash to its state root. A peer that fails either, answers malformed frames or
+stalls is skipped and another is tried. Only then is the state installed, in the consensus task
+between its steps, and the replica is rebuilt on it; node/sync.py pulls the blocks after it as usual.
+
+When: the validator holds fewer than MEDCHAIN_STATE_SYNC_BLOCKS (default 512) blocks (a new or wiped
+one; the few it took meanwhile are dropped as history below the new base). It then asks its peers
+for their offers directly (every RETRY_S; their heartbeats can come later than the first pushed
+blocks) and takes a certified one at least that many blocks ahead of it. A validator with a longer
+history replays blocks and keeps it; one less far behind replays too (cheaper than moving the state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from node.checkpoint import (
+    MAX_CHUNK_FRAME,
+    MAX_MANIFEST,
+    Checkpoint,
+    CheckpointError,
+    StateAssembler,
+    check_block,
+    chunked,
+    decode_chunk,
+    encode_chunk,
+)
+from node.multiaddr import peer_id
+from node.wire import WireError, decode_canonical, encode
+
+if TYPE_CHECKING:  # types only
+    from node.consensus import Replica
+    from node.faults import FaultFile
+    from node.genesis import Genesis
+    from node.ledger import Ledger, StateView
+    from node.p2p import P2PNode
+
+log = logging.getLogger("medchain.statesync")
+
+PROTOCOL = "/medchain/state/1.0.0"
+PIN_IDLE_S = 30.0
+PINS = 2
+TIMEOUT_S = 20.0
+RETRY_S = 5.0  # after every peer failed, before the next round
+
+
+def min_blocks() -> int:
+    raw = os.environ.get("MEDCHAIN_STATE_SYNC_BLOCKS", "512")
+    try:
+        return max(1, int(raw))
+    except ValueError:
+        raise SystemExit(f"MEDCHAIN_STATE_SYNC_BLOCKS={raw!r}: a number of blocks") from None
+
+
+class StateSyncError(ValueError):
+    pass
+
+
+class CheckpointHost(Protocol):
+    """What state transfer uses of its validator (node/validator.py provides it)."""
+
+    genesis: Genesis
+    index: int
+    ledger: Ledger
+    net: P2PNode | None
+    replica: Replica
+    faults: FaultFile
+    chain_clock: Any
+    metrics: Any
+
+    async def in_consensus(self, fn: Callable[[], Awaitable[None]]) -> None: ...
+
+    async def rebuild_from_disk(self) -> tuple[int, int]: ...
+
+
+def decode_request(raw: bytes) -> tuple[int, int, bytes]:
+    """(0, 0, b"") for an offer, (1, height, after) for a chunk."""
+    try:
+        req = decode_canonical(raw, 1024)
+    except WireError as exc:
+        raise StateSyncError(f"state request: {exc}") from None
+    if req == [0]:
+        return 0, 0, b""
+    if (isinstance(req, list) and len(req) == 3 and req[0] == 1 and type(req[1]) is int and req[1] >= 1
+            and isinstance(req[2], bytes)):
+        return 1, req[1], req[2]
+    raise StateSyncError("a state request is [0] (offer) or [1, height, after_key] (chunk)")
+
+
+def decode_offer(raw: bytes) -> tuple[int, bytes, int]:
+    try:
+        o = decode_canonical(raw, MAX_MANIFEST)
+    except WireError as exc:
+        raise StateSyncError(f"state offer: {exc}") from None
+    if not (isinstance(o, list) and len(o) == 3 and type(o[0]) is int and isinstance(o[1], bytes)
+            and type(o[2]) is int and o[2] >= 0):
+        raise StateSyncError("a state offer is [height, block, keys]")
+    return o[0], o[1], o[2]
+
+
+class CheckpointServer:
+    """Serves pinned views of our state (see the module doc)."""
+
+    def __init__(self, ledger: Any) -> None:
+        self.ledger = ledger
+        self._pins: dict[int, tuple[StateView, float]] = {}  # height -> (view, last used)
+
+    def _pin(self) -> StateView:
+        now = time.monotonic()
+        for h, (view, used) in list(self._pins.items()):
+            if now - used > PIN_IDLE_S:
+                view.close()
+                del self._pins[h]
+        head = self.ledger.head().height
+        if head in self._pins:
+            return self._pins[head][0]
+        if len(self._pins) >= PINS:
+            oldest = min(self._pins, key=lambda h: self._pins[h][1])
+            self._pins.pop(oldest)[0].close()
+        view = self.ledger.state_view()
+        self._pins[view.height] = (view, now)
+        return view
+
+    async def serve(self, peer: str, raw: bytes) -> bytes:
+        kind, height, after = decode_request(raw)
+        if kind == 0:
+            view = self._pin()
+            if view.block_raw is None:
+                raise StateSyncError("no block committed here yet")
+            return encode([view.height, view.block_raw, view.keys])
+        pinned = self._pins.get(height)
+        if pinned is None:
+            raise StateSyncError(f"the state at block {height} is no longer held here: ask for a new offer")
+        view = pinned[0]
+        self._pins[height] = (view, time.monotonic())
+        return encode_chunk(next(chunked(view.pairs(after)), []))
+
+    def close(self) -> None:
+        for view, _ in self._pins.values():
+            view.close()
+        self._pins.clear()
+
+
+class CheckpointClient:
+    """Fetches, proves and installs a peer's checkpoint (see the module doc)."""
+
+    def __init__(self, v: CheckpointHost) -> None:
+        self.v = v
+        self.stats: dict[str, Any] = {"installed_height": 0, "attempts": 0, "failures": 0, "chunks": 0,
+                                      "keys": 0, "last_error": None}
+        self._next_try = 0.0
+
+    def due(self) -> bool:
+        """Whether to transfer the state now: an empty ledger far behind its peers."""
+        r = self.v.replica
+        return r.last_delivered < min_blocks() and time.monotonic() >= self._next_try
+
+    async def run(self) -> bool:
+        """Try the peers in random order until one's checkpoint, far enough ahead, proves and installs."""
+        v = self.v
+        peers = [j for j in range(len(v.genesis.validators)) if j != v.index and j not in v.faults.cut]
+        random.shuffle(peers)
+        for j in peers:
+            try:
+                got = await self._fetch(j)
+                if got is None:
+                    continue  # not far enough ahead of us (or not yet reachable): blocks will do
+                cp, state, nodes = got
+            except Exception as exc:  # noqa: BLE001 - P2PError, a refusal, a lie: try another peer
+                self.stats["failures"] += 1
+                self.stats["last_error"] = f"validator {j}: {exc}"
+                log.warning("state transfer from validator %d failed: %s", j, exc)
+                continue
+            if await self._install(cp, state, nodes):
+                return True
+            break
+        self._next_try = time.monotonic() + RETRY_S
+        return False
+
+    async def _fetch(self, j: int) -> tuple[Checkpoint, dict[bytes, bytes], dict[bytes, bytes]] | None:
+        v = self.v
+        peer = peer_id(v.genesis.validators[j].p2p)
+        try:
+            offer = await v.net.request(peer, PROTOCOL, encode([0]), TIMEOUT_S, MAX_MANIFEST)
+        except Exception as exc:  # noqa: BLE001 - P2PError: not connected yet, or down: ask the next one
+            log.debug("no state offer from validator %d: %s", j, exc)
+            return None
+        height, block_raw, keys = decode_offer(offer)
+        if height < v.replica.last_delivered + min_blocks():
+            return None
+        self.stats["attempts"] += 1
+        block = check_block(block_raw, v.genesis.chain_id, v.genesis.validator_keys)
+        if block.header.height != height:
+            raise CheckpointError(f"offered height {height}, but its block is {block.header.height}")
+        cp = Checkpoint(block, keys)
+        asm = StateAssembler(cp)
+        log.info("state transfer: validator %d offers block %d with %d state keys", j, height, keys)
+        after = b""
+        while True:
+            raw = await v.net.request(peer, PROTOCOL, encode([1, height, after]), TIMEOUT_S, MAX_CHUNK_FRAME)
+            pairs = decode_chunk(raw)
+            if not pairs:
+                break
+            asm.add(pairs)
+            self.stats["chunks"] += 1
+            after = pairs[-1][0]
+        state, nodes = await asyncio.to_thread(asm.finish)  # the root check: off the loop
+        return cp, state, nodes
+
+    async def _install(self, cp: Checkpoint, state: dict[bytes, bytes], nodes: dict[bytes, bytes]) -> bool:
+        """Install in the consensus task (between its steps), then rebuild the replica on it."""
+        v = self.v
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+        async def step() -> None:
+            try:
+                if v.ledger.head().height >= cp.height:
+                    done.set_result(False)  # blocks got us there meanwhile: keep replaying
+                    return
+                await asyncio.to_thread(v.ledger.install_base, cp.block, state, nodes, True)
+                v.chain_clock.committed(cp.block.header.time_ms)
+                v.metrics.height.set(cp.height)
+                await v.rebuild_from_disk()
+                done.set_result(True)
+            except Exception as exc:  # noqa: BLE001 - reported to the waiting client
+                if not done.done():
+                    done.set_exception(exc)
+
+        await v.in_consensus(step)
+        ok = await asyncio.wait_for(done, 300)
+        if ok:
+            self.stats["installed_height"] = cp.height
+            self.stats["keys"] = len(state)
+            log.warning("state transfer: installed the certified state at block %d (%d keys); pulling the "
+                        "blocks after it", cp.height, len(state))
+        return ok

@@ -1,0 +1,209 @@
+"""`medchain snapshot` / `medchain restore` with real validator processes and real LMDB files: a
+snapshot taken while a validator runs restores into a fresh home, which verifies and commits again;
+a snapshot of another genesis, a damaged one, or one whose state is not the certified one is refused
+with a message that says so, and the home is left as it was."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from devices.net.faultharness import acknowledged_load, assert_committed, converged
+from devices.net.localnet import NodeProcess, make_network
+from devices.patient.client import NodeClient
+from node.checkpoint import MAGIC, end_frame
+from node.crypto.keys import Identity
+from node.genesis import Genesis, Params
+from node.tx import Profile, Tx
+from tests.conftest import run, running_network
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "node.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+async def _commit_profiles(url: str, chain: str, tag: bytes, count: int) -> list[str]:
+    async with NodeClient(url) as c:
+        ids = []
+        for i in range(count):
+            tx = Tx.build(Identity.from_seed(tag + b"%d" % i), chain, 1, Profile(f"p{i}", "r", "o", bytes(32)))
+            await c.submit(tx.raw)
+            ids.append(tx.id.hex())
+        for t in ids:
+            assert (await c.wait_committed(t, 20))["status"] == "committed"
+    return ids
+
+
+def _fresh_home(src: Path, dst: Path) -> Path:
+    """A home with the validator's own key and genesis, and no ledger (a new or wiped host)."""
+    dst.mkdir(parents=True)
+    for f in ("genesis.json", "node_key.json"):
+        shutil.copy2(src / f, dst / f)
+    return dst
+
+
+def _get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.fixture(scope="module")
+def one_node_snapshot(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, int]:
+    """A single validator with some state, snapshotted while it runs: (its home, the file, the height)."""
+    tmp = tmp_path_factory.mktemp("snap")
+    (n,) = make_network(tmp / "net", 1, params=Params(sender_rate=1000, sender_burst=2000))
+    n.start()
+    try:
+        chain = Genesis.load(n.home / "genesis.json").chain_id
+        run(_commit_profiles(n.url, chain, b"snap-", 20))
+        p = _cli("snapshot", "--home", str(n.home), "--out", str(tmp / "s.snap"), "--json")
+        assert p.returncode == 0, p.stderr
+        m = json.loads(p.stdout)
+        assert m["height"] >= 1 and m["state_keys"] > 20 and m["certificate"]["signers"] == [0]
+        assert m["genesis_hash"] == Genesis.load(n.home / "genesis.json").hash.hex()
+    finally:
+        assert n.stop() == 0
+    return n.home, tmp / "s.snap", m["height"]
+
+
+def test_restore_into_a_fresh_home_verifies_and_commits(one_node_snapshot, tmp_path: Path) -> None:
+    src, snap, height = one_node_snapshot
+    home = _fresh_home(src, tmp_path / "restored")
+    p = _cli("restore", "--home", str(home), str(snap), "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["height"] == height
+    p = _cli("verify", "--home", str(home), "--json")
+    rep = json.loads(p.stdout)
+    assert rep["ok"] and rep["base"] == height and rep["height"] == height, rep
+    p = _cli("restore", "--home", str(home), str(snap))  # a second restore over a ledger is refused
+    assert p.returncode == 1 and "already holds a ledger" in p.stderr
+    (n,) = make_network(tmp_path / "unused", 1)  # a free port; the restored home keeps its own genesis
+    node = NodeProcess(home, n.port)
+    node.start()
+    try:
+        chain = Genesis.load(home / "genesis.json").chain_id
+        run(_commit_profiles(node.url, chain, b"after-", 5))
+        st = _get(node.url + "/v1/status")[1]
+        assert st["base_height"] == height and st["height"] > height
+        code, body = _get(node.url + f"/v1/blocks/{height - 1}") if height > 1 else (404, {"error": "below"})
+        assert code == 404 and "below" in body["error"]
+        assert _get(node.url + f"/v1/blocks/{height}")[0] == 200
+    finally:
+        assert node.stop() == 0
+    assert "Traceback" not in node.log_tail(100_000)
+    rep = json.loads(_cli("verify", "--home", str(home), "--json").stdout)
+    assert rep["ok"] and rep["base"] == height and rep["height"] > height, rep
+
+
+def _refused(home: Path, snap: Path, why: str) -> None:
+    p = _cli("restore", "--home", str(home), str(snap))
+    assert p.returncode == 1, p.stdout
+    assert why in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
+    assert not (home / "ledger" / "data.mdb").exists() or json.loads(
+        _cli("verify", "--home", str(home), "--json").stdout)["height"] == 0  # nothing was installed
+
+
+def _frames(raw: bytes) -> list[bytes]:
+    out, off = [], len(MAGIC)
+    while off < len(raw):
+        n = int.from_bytes(raw[off:off + 4], "big")
+        out.append(raw[off + 4:off + 4 + n])
+        off += 4 + n
+    return out
+
+
+def _reseal(frames: list[bytes]) -> bytes:
+    """A file whose digest matches its (altered) content: only the certified root can catch it."""
+    import hashlib
+    body = MAGIC + b"".join(len(f).to_bytes(4, "big") + f for f in frames[:-1])
+    return body + end_frame(hashlib.sha256(body).digest())
+
+
+def test_a_damaged_forged_or_foreign_snapshot_is_refused(one_node_snapshot, tmp_path: Path) -> None:
+    from node.wire import decode, encode
+    src, snap, _ = one_node_snapshot
+    home = _fresh_home(src, tmp_path / "h")
+    raw = snap.read_bytes()
+    bad = tmp_path / "bad.snap"
+
+    flipped = bytearray(raw)
+    flipped[len(raw) // 2] ^= 1  # one bit in a state chunk
+    bad.write_bytes(bytes(flipped))
+    _refused(home, bad, "")
+    bad.write_bytes(raw[: len(raw) - 10])
+    _refused(home, bad, "truncated")
+    bad.write_bytes(b"hello" + raw)
+    _refused(home, bad, "not a medchain snapshot")
+
+    frames = _frames(raw)
+    chunk = decode(frames[1])
+    chunk[0][1] = chunk[0][1] + b"x"  # a value changed, the file resealed: the root check catches it
+    bad.write_bytes(_reseal([frames[0], encode(chunk), *frames[2:]]))
+    _refused(home, bad, "is not the state root")
+
+    bad.write_bytes(_reseal([frames[0], encode(chunk[1:]), *frames[2:]]))  # a key left out
+    _refused(home, bad, "were declared")
+
+    m = decode(frames[0])  # a block whose certificate is not the genesis validators'
+    blk = decode(m[7])
+    blk[2] = [[0, bytes(64)]]
+    m[7] = encode(blk)
+    bad.write_bytes(_reseal([encode(m), *frames[1:]]))
+    _refused(home, bad, "commit certificate")
+
+    other = make_network(tmp_path / "other", 1)[0].home  # same shape, another chain and genesis
+    _refused(_fresh_home(other, tmp_path / "o"), snap, "is of chain")
+
+
+def test_snapshot_of_a_running_network_restores_a_wiped_validator(tmp_path: Path) -> None:
+    """Four validators under load: a snapshot of validator 1 while it runs; validator 3 stopped, its
+    ledger and blobs wiped, restored from that snapshot; it rejoins, catches up, commits new load."""
+    snap = tmp_path / "v1.snap"
+    with running_network(tmp_path, 4) as nodes:
+        committed: list[str] = []
+
+        async def go() -> None:
+            stop = asyncio.Event()
+            task = asyncio.create_task(acknowledged_load(nodes, stop, committed, b"restore-", avoid=3))
+            while len(committed) < 40:
+                await asyncio.sleep(0.1)
+            p = await asyncio.to_thread(_cli, "snapshot", "--home", str(nodes[1].home), "--out", str(snap), "--json")
+            assert p.returncode == 0, p.stderr
+            height = json.loads(p.stdout)["height"]
+            assert await asyncio.to_thread(nodes[3].stop) == 0
+            for d in ("ledger", "blobs"):
+                shutil.rmtree(nodes[3].home / d)
+            p = await asyncio.to_thread(_cli, "restore", "--home", str(nodes[3].home), str(snap))
+            assert p.returncode == 0, p.stderr
+            while len(committed) < 80:  # the network moves on past the snapshot meanwhile
+                await asyncio.sleep(0.1)
+            await asyncio.to_thread(nodes[3].start)
+            before = len(committed)
+            while len(committed) < before + 40:
+                await asyncio.sleep(0.1)
+            stop.set()
+            await task
+            heads = await converged(nodes, timeout=60.0, same_view=False)
+            st = heads[3]
+            assert st["base_height"] == height and st["height"] > height
+            after = [t for t in committed[before:]]
+            await assert_committed(nodes, after)  # validator 3 holds what was committed after its restore
+            await assert_committed(nodes[:3], committed)
+        run(go())
+    rep = json.loads(_cli("verify", "--home", str(nodes[3].home), "--json").stdout)
+    assert rep["ok"] and rep["base"] > 0, rep

@@ -1,0 +1,192 @@
+"""State transfer from a certified checkpoint, in process: real LMDB ledgers serve their pinned state
+in chunks (node/statesync.py's server), and the client proves what it gets before installing it.
+The request-response transport is the one stand-in (a function call per request); the libp2p path is
+covered by the devnet test in tests/test_snapshot_join.py."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from node import merkle, statesync
+from node.block import Block, Header, vote_digest
+from node.checkpoint import (
+    MAX_CHUNK_KEYS,
+    Checkpoint,
+    CheckpointError,
+    StateAssembler,
+    check_block,
+    decode_chunk,
+    encode_chunk,
+)
+from node.crypto.keys import Identity
+from node.ledger import Ledger
+from node.state import smt
+from node.statesync import CheckpointClient, CheckpointServer, StateSyncError, decode_offer, decode_request
+from node.verify import check_stored_state
+from node.wire import decode, encode
+
+CHAIN = "medchain-test-state"
+IDS = [Identity.from_seed(b"statesync-%d" % i) for i in range(4)]
+KEYS = [i.public_key for i in IDS]
+HEIGHT = 60
+
+
+def _certified(state: dict[bytes, bytes], signers=(0, 1, 2), height: int = HEIGHT) -> Block:
+    root, _ = smt.update({}.get, state)
+    h = Header(CHAIN, height, bytes(32), 0, height, 1_700_000_000_000, merkle.root([]), root, 0)
+    unsigned = Block(h, ())
+    digest = vote_digest(CHAIN, 0, height, unsigned.hash)
+    return Block(h, (), tuple((i, IDS[i].sign(digest)) for i in signers), 0)
+
+
+def _state(n: int = 9000) -> dict[bytes, bytes]:
+    return {b"k" + os.urandom(16): os.urandom(200) for _ in range(n)}
+
+
+def _ledger(path: Path, block: Block, state: dict[bytes, bytes]) -> Ledger:
+    led = Ledger(path, genesis_root=bytes(32))
+    _, nodes = smt.update({}.get, state)
+    led.install_base(block, state, nodes)
+    return led
+
+
+class Liar(CheckpointServer):
+    """Serves its (honest) pinned state with one value changed in every chunk after the first."""
+
+    async def serve(self, peer: str, raw: bytes) -> bytes:
+        out = await super().serve(peer, raw)
+        kind, _, after = decode_request(raw)
+        if kind == 1 and after:
+            pairs = decode(out, 1 << 24)
+            if pairs:
+                pairs[-1][1] = b"forged"
+            out = encode(pairs)
+        return out
+
+
+class Net:
+    """Requests go straight to the peers' servers (a P2PError-like failure for a refusal)."""
+
+    def __init__(self, servers: dict[str, CheckpointServer]) -> None:
+        self.servers = servers
+        self.requests = 0
+
+    async def request(self, peer: str, proto: str, payload: bytes, timeout: float, max_response: int) -> bytes:
+        assert proto == statesync.PROTOCOL
+        self.requests += 1
+        out = await self.servers[peer].serve("me", payload)
+        if len(out) > max_response:
+            raise RuntimeError(f"response over {max_response} bytes")
+        return out
+
+
+def _host(tmp_path: Path, servers: dict[str, CheckpointServer]) -> SimpleNamespace:
+    led = Ledger(tmp_path / "mine", genesis_root=bytes(32))
+    rebuilt = []
+
+    async def in_consensus(fn):
+        await fn()
+
+    async def rebuild_from_disk():  # as the validator does: a replica built on the new head
+        rebuilt.append(led.head().height)
+        host.replica.last_delivered = led.head().height
+        return led.head().height, 0
+
+    host = SimpleNamespace(
+        genesis=SimpleNamespace(chain_id=CHAIN, validator_keys=KEYS,
+                                validators=[SimpleNamespace(p2p=f"/ip4/127.0.0.1/tcp/1/p2p/peer{j}") for j in range(4)]),
+        index=0, ledger=led, net=Net(servers), faults=SimpleNamespace(cut=()),
+        replica=SimpleNamespace(last_delivered=0, peer_delivered={1: HEIGHT, 2: HEIGHT, 3: HEIGHT},
+                                behind_by=lambda: HEIGHT),
+        chain_clock=SimpleNamespace(committed=lambda t: None), metrics=SimpleNamespace(height=SimpleNamespace(set=id)),
+        in_consensus=in_consensus, rebuild_from_disk=rebuild_from_disk, rebuilt=rebuilt)
+    return host
+
+
+def test_a_lying_peer_fails_the_root_check_and_another_peer_is_used(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MEDCHAIN_STATE_SYNC_BLOCKS", "10")
+    monkeypatch.setattr(statesync.random, "shuffle", lambda xs: None)  # peers in order: 1, 2, 3
+    state = _state()
+    good = _certified(state)
+    liar = Liar(_ledger(tmp_path / "liar", good, state))
+    # a peer whose head carries a certificate of only f+1 = 2 validators (not a quorum)
+    weak = CheckpointServer(_ledger(tmp_path / "weak", _certified(state, signers=(0, 1)), state))
+    honest = CheckpointServer(_ledger(tmp_path / "honest", good, state))
+    v = _host(tmp_path, {"peer1": liar, "peer2": weak, "peer3": honest})
+    client = CheckpointClient(v)
+    assert client.due()
+    assert asyncio.run(client.run())
+    assert client.stats["failures"] == 2 and client.stats["installed_height"] == HEIGHT
+    assert client.stats["keys"] == len(state)
+    assert v.rebuilt == [HEIGHT] and v.ledger.base_height() == HEIGHT and v.ledger.head().hash == good.hash
+    assert dict(v.ledger.iter_state()) == state and check_stored_state(v.ledger) == []
+    assert not client.due()  # installed: the blocks after it come by block sync
+    for s in (liar, weak, honest):
+        s.close()
+        s.ledger.close()
+
+
+def test_the_liar_alone_is_never_installed(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MEDCHAIN_STATE_SYNC_BLOCKS", "10")
+    state = _state(5000)
+    liar = Liar(_ledger(tmp_path / "liar", _certified(state), state))
+    v = _host(tmp_path, {f"peer{j}": liar for j in (1, 2, 3)})
+    client = CheckpointClient(v)
+    assert not asyncio.run(client.run())
+    assert "is not the state root" in client.stats["last_error"]
+    assert v.ledger.head().height == 0 and v.ledger.base_height() == 0 and not list(v.ledger.iter_state())
+    assert not client.due()  # it waits RETRY_S before asking again
+    liar.close()
+    liar.ledger.close()
+
+
+def test_server_pins_one_view_and_refuses_a_dropped_one(tmp_path: Path) -> None:
+    state = _state(100)
+    srv = CheckpointServer(_ledger(tmp_path / "s", _certified(state), state))
+    height, raw, keys = decode_offer(asyncio.run(srv.serve("p", encode([0]))))
+    assert (height, keys) == (HEIGHT, 100) and check_block(raw, CHAIN, KEYS).header.height == HEIGHT
+    pairs = decode_chunk(asyncio.run(srv.serve("p", encode([1, HEIGHT, b""]))))
+    assert pairs == sorted(state.items())
+    assert decode_chunk(asyncio.run(srv.serve("p", encode([1, HEIGHT, pairs[-1][0]])))) == []
+    with pytest.raises(StateSyncError, match="no longer held"):
+        asyncio.run(srv.serve("p", encode([1, HEIGHT + 1, b""])))
+    for bad in (encode([2]), encode([1, 0, b""]), encode([1, 5]), encode([1, 5, "x"]), b"\xc1", b""):
+        with pytest.raises(StateSyncError):
+            asyncio.run(srv.serve("p", bad))
+    srv.close()
+    srv.ledger.close()
+
+
+def test_chunks_are_checked_in_order_and_within_limits() -> None:
+    state = {b"k%04d" % i: b"v%d" % i for i in range(50)}
+    cp = Checkpoint(_certified(state), len(state))
+    items = sorted(state.items())
+    asm = StateAssembler(cp)
+    asm.add(items[:20])
+    with pytest.raises(CheckpointError, match="out of order or repeated"):
+        asm.add(items[19:25])  # a repeated key
+    with pytest.raises(CheckpointError, match="out of order"):
+        StateAssembler(cp).add([items[1], items[0]])
+    with pytest.raises(CheckpointError, match="empty state chunk"):
+        StateAssembler(cp).add([])
+    with pytest.raises(CheckpointError, match="more state pairs than"):
+        StateAssembler(Checkpoint(cp.block, 10)).add(items[:11])
+    with pytest.raises(CheckpointError, match="bytes before its root"):
+        StateAssembler(cp, max_bytes=100).add(items)
+    ok = StateAssembler(cp)
+    ok.add(items)
+    assert ok.finish()[0] == state
+    for bad in (encode(1), encode([[b"", b"v"]]), encode([[b"k"]]), encode([["k", b"v"]]),
+                encode([[b"k", b"v"]] * (MAX_CHUNK_KEYS + 1)), b"\xc1", encode([[b"k", b"v"]]) + b"\x00"):
+        with pytest.raises(CheckpointError):
+            decode_chunk(bad)
+    assert decode_chunk(encode_chunk(items)) == items
+    with pytest.raises(CheckpointError, match="another|chain"):
+        check_block(cp.block.encode(), "medchain-other", KEYS)
+    with pytest.raises(CheckpointError, match="does not decode"):
+        check_block(b"junk", CHAIN, KEYS)
