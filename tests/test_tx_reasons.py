@@ -161,6 +161,7 @@ def test_boundary_values_are_accepted() -> None:
                          (PROFILE, ["n", "", "", A32, [ALICE.public_key, U63, bytes(64)]]),  # any signature: checked on chain
                          (RELEASE, [A32, 5, U63, [[0, b"k"], [2**32 - 1, bytes(MAX_SEALED)]]]),
                          (RELEASE, [A32, 1, 0, []]),  # the end of a release
+                         (RELEASE, [A32, 1, 5, [[e, b"k"] for e in range(MAX_KEYS_PER_GRANT)]]),
                          (WRITE, [5, bytes(2), 1 << 40, 2**32 - 1, 7, 7]),
                          (WRITE, [1, bytes(MAX_CID), 0, 0, 0, U63]),
                          (READ, [A32, 1, bytes(MAX_CID), 5, 5]),
