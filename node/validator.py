@@ -555,7 +555,8 @@ class Validator:
         r = self.replica
         return {"view": r.view, "view_changing": r.changing, "view_changes": r.view_changes,
                 "stable_checkpoint": r.stable, "peer_stable_checkpoint": r.peer_stable, "in_flight": r.in_flight(),
-                "behind_by": r.behind_by(), "ignored_messages": r.ignored, "evidence": list(r.evidence),
+                "behind_by": r.behind_by(), "ignored_messages": r.ignored,
+                "ignored_by_reason": r.ignored_by_reason(), "evidence": list(r.evidence),
                 "synced_blocks": self.synced_blocks, "block_times_refused": dict(self.chain_clock.refused)}
 
     async def _view_changed(self, act: ViewChanged) -> None:
