@@ -242,7 +242,7 @@ class Replica:
                 out.append(Broadcast(self.s.own_checkpoint))
             if self.s.phase is Phase.SUSPECTING:
                 out.append(Broadcast(self.s.make(Suspect, self.s.last_delivered, self.s.last_hash)))
-        out += self._view_timer(now_ms, pending)
+        out += self.views.timer(now_ms, pending)
         if self.s.changing:
             if self.s.own_vc is not None and now_ms - self.s.vc_sent_at >= 4 * self.s.status_ms:
                 self.s.vc_sent_at = now_ms
@@ -264,44 +264,6 @@ class Replica:
     def _status_before_view(self) -> Status:
         tmp = Status(self.s.view - 1, self.s.last_delivered, self.s.last_hash, self.s.index, bytes(64))
         return Status(tmp.view, tmp.seq, tmp.digest, self.s.index, self.s.sign(tmp.signing_digest(self.s.chain_id)))
-
-    def _timeout(self) -> int:
-        """The view-change timeout: view_timeout_ms, or 4x the recent time between deliveries while work
-        waited if that is longer (an overloaded primary is slow, not faulty: changing view would only
-        add work), at most 8x; doubled for each view change that brought no delivery."""
-        base = min(max(self.s.view_timeout_ms, 4 * int(self.s.round_ema)), 8 * self.s.view_timeout_ms)
-        return base << min(self.s.vc_attempt, 6)
-
-    def _view_timer(self, now_ms: int, pending: bool) -> list[Action]:
-        # heard: sent us something within two heartbeats. Counted over the whole timeout instead, a replica
-        # cut off just after the view slowed down ran out its timer before it noticed the cut, and left alone.
-        window = min(self.s.view_timeout_ms, 2 * self.s.status_ms)
-        heard = sum(1 for t in self.s.heard.values() if now_ms - t <= window)
-        if self.s.changing:
-            # PBFT: the timer for the next view starts once 2f+1 replicas are in this view change, and here it
-            # runs only while we hear 2f others: cut off or paused we could not have received the NEW-VIEW, and
-            # a replica that escalated then would be stranded in a view the others (working in the one it
-            # missed) never join; it may not act in a lower view again (its VIEW-CHANGE still counts there).
-            # A replica asking for a later view has given up on this one too: counting it lets the others
-            # reach a replica left behind in a higher view instead of waiting for its VIEW-CHANGE here.
-            given_up = {s for v, vs in self.s.vcs.items() if v >= self.s.view for s in vs}
-            if heard < self.s.q - 1 or len(given_up) < self.s.q:
-                self.s.vc_started = now_ms  # the timer starts (again) from here
-                return []
-            if now_ms - self.s.vc_started >= self._timeout():
-                return self.views.start_view_change(self.s.view + 1)
-            return []
-        if not pending and not any(i.block is not None for i in self.s.log.values()):
-            self.s.progress_at = now_ms  # nothing waiting: the timer is not running
-            return []
-        if self.behind_by() > 0 or heard < self.s.q - 1:
-            # the others are ahead (we must catch up, the view is live), or we cannot hear 2f of them (cut
-            # off: a view change could not complete, and a replica that raced ahead alone could not rejoin)
-            self.s.progress_at = now_ms
-            return []
-        if now_ms - self.s.progress_at >= self._timeout():
-            return self.views.suspect()
-        return []
 
     def worth_executing(self, pp: PrePrepare) -> bool:
         """Whether the driver should execute a pre-prepare's block before handing it in: only a signed
@@ -615,11 +577,7 @@ class Replica:
         self.recovery.resume_view_change()
 
     def behind_by(self) -> int:
-        """How far the f+1-th most advanced peer is ahead of us (a lower bound no liar can inflate)."""
-        ahead = sorted(self.s.peer_delivered.values(), reverse=True)
-        if len(ahead) <= self.s.f:
-            return 0
-        return max(0, ahead[self.s.f] - self.s.last_delivered, self.s.peer_stable - self.s.last_delivered)
+        return self.s.behind_by()
 
     def certified_message(self, block: Block) -> CertifiedBlock:
         """Wrap a committed block (with its certificate) for sending to a replica that is behind."""

@@ -192,6 +192,13 @@ class ReplicaState:
     def suspecting(self) -> bool:
         return self.phase is Phase.SUSPECTING
 
+    def behind_by(self) -> int:
+        """How far the f+1-th most advanced peer is ahead of us (a lower bound no liar can inflate)."""
+        ahead = sorted(self.peer_delivered.values(), reverse=True)
+        if len(ahead) <= self.f:
+            return 0
+        return max(0, ahead[self.f] - self.last_delivered, self.peer_stable - self.last_delivered)
+
     def ignore(self, reason: Ignored) -> None:
         self.ignored[reason] += 1
 

@@ -14,6 +14,9 @@ new primary cannot choose differently. Per sequence the highest-view prepared ce
 link from the base block. That prefix contains every block that may have committed: a replica
 sends COMMIT for a block only once the block before it is delivered here and is its parent, so a
 committed block's parent is committed and (by PBFT's invariant) selected too.
+
+`ViewChanges` is the replica's role that runs all this on its state (node/consensus/state.py): when
+to suspect the view and when to leave it, the messages of a view change, and installing the new view.
 """
 
 from __future__ import annotations
@@ -180,8 +183,9 @@ class Ordering(Protocol):
 
 
 class ViewChanges:
-    """The replica's view-change role, on the replica's one state: suspecting the view, leaving it,
-    gathering view changes, the new primary's NEW-VIEW, installing a view, the primary's equivocation."""
+    """The replica's view-change role, on the replica's one state: the view timer, suspecting the view,
+    leaving it, gathering view changes, the new primary's NEW-VIEW, installing a view, the primary's
+    equivocation."""
 
     def __init__(self, s: ReplicaState, ordering: Ordering) -> None:
         self.s = s
@@ -212,6 +216,46 @@ class ViewChanges:
             return self.suspect()  # f+1 suspect the view: at least one honest one does; join it
         if self.s.phase is Phase.SUSPECTING and len(others) + 1 >= self.s.q:
             return self.start_view_change(self.s.view + 1)
+        return []
+
+    def _timeout(self) -> int:
+        """The view-change timeout: view_timeout_ms, or 4x the recent time between deliveries while work
+        waited if that is longer (an overloaded primary is slow, not faulty: changing view would only
+        add work), at most 8x; doubled for each view change that brought no delivery."""
+        base = min(max(self.s.view_timeout_ms, 4 * int(self.s.round_ema)), 8 * self.s.view_timeout_ms)
+        return base << min(self.s.vc_attempt, 6)
+
+    def timer(self, now_ms: int, pending: bool) -> list[Action]:
+        """The view-change timer, run on each tick: suspect the view (or, in a view change, ask for the
+        next one) once it ran out; it runs only while work waits (`pending`, or blocks in flight)."""
+        # heard: sent us something within two heartbeats. Counted over the whole timeout instead, a replica
+        # cut off just after the view slowed down ran out its timer before it noticed the cut, and left alone.
+        window = min(self.s.view_timeout_ms, 2 * self.s.status_ms)
+        heard = sum(1 for t in self.s.heard.values() if now_ms - t <= window)
+        if self.s.changing:
+            # PBFT: the timer for the next view starts once 2f+1 replicas are in this view change, and here it
+            # runs only while we hear 2f others: cut off or paused we could not have received the NEW-VIEW, and
+            # a replica that escalated then would be stranded in a view the others (working in the one it
+            # missed) never join; it may not act in a lower view again (its VIEW-CHANGE still counts there).
+            # A replica asking for a later view has given up on this one too: counting it lets the others
+            # reach a replica left behind in a higher view instead of waiting for its VIEW-CHANGE here.
+            given_up = {s for v, vs in self.s.vcs.items() if v >= self.s.view for s in vs}
+            if heard < self.s.q - 1 or len(given_up) < self.s.q:
+                self.s.vc_started = now_ms  # the timer starts (again) from here
+                return []
+            if now_ms - self.s.vc_started >= self._timeout():
+                return self.start_view_change(self.s.view + 1)
+            return []
+        if not pending and not any(i.block is not None for i in self.s.log.values()):
+            self.s.progress_at = now_ms  # nothing waiting: the timer is not running
+            return []
+        if self.s.behind_by() > 0 or heard < self.s.q - 1:
+            # the others are ahead (we must catch up, the view is live), or we cannot hear 2f of them (cut
+            # off: a view change could not complete, and a replica that raced ahead alone could not rejoin)
+            self.s.progress_at = now_ms
+            return []
+        if now_ms - self.s.progress_at >= self._timeout():
+            return self.suspect()
         return []
 
     # ---- view change -----------------------------------------------------------------------------------
