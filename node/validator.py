@@ -510,7 +510,7 @@ class Validator:
     def consensus_status(self) -> dict:
         """PBFT state for /v1/status: view, watermarks, view changes, and the evidence of misbehaviour."""
         r = self.replica
-        return {"view": r.view, "view_changing": r.changing, "view_changes": r.view_changes,
+        return {"view": r.view, "phase": r.phase.value, "view_changing": r.changing, "view_changes": r.view_changes,
                 "stable_checkpoint": r.stable, "peer_stable_checkpoint": r.peer_stable, "in_flight": r.in_flight(),
                 "behind_by": r.behind_by(), "ignored_messages": r.ignored,
                 "ignored_by_reason": r.ignored_by_reason(), "evidence": list(r.evidence),
