@@ -61,7 +61,7 @@ def ledger(tmp_path_factory):
                 txn.put(k, v, db=led.state)
             for k, v in nodes.items():
                 txn.put(k, v, db=led.tree)
-        led._gen += 1  # as commit_block does: the cached node reader must see the new nodes
+        led.invalidate_reads()  # as commit_block does: the cached node reader must see the new nodes
     print(f"\nset-up: {len(keys_):,} keys in state, tree built and stored in {time.monotonic() - t0:.1f} s")
     yield led, accts
     led.close()
@@ -75,7 +75,7 @@ def _commit(led: Ledger, w: dict[bytes, bytes], nodes: dict[bytes, bytes]) -> fl
             txn.put(k, v, db=led.state)
         for k, v in nodes.items():
             txn.put(k, v, db=led.tree)
-    led._gen += 1
+    led.invalidate_reads()
     return time.process_time() - t0
 
 

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from devices.load.floor import floor_line, measure_floor
+from node import clock
 from node.crypto.keys import Identity
 from node.execution import build_block
 from node.genesis import Params, init_home
@@ -66,17 +67,17 @@ def run(kind: str, n: int) -> dict[str, float]:
             cpu["execute"] = cpu["commit"] = 0.0
             while len(v.mempool):
                 t0 = time.process_time()
-                ex = build_block(v._head_tip(), v.mempool.batch(2000), v.chain_id, 0, 0, v._now_ms())
+                ex = build_block(v.pipeline.head_tip(), v.mempool.batch(2000), v.chain_id, 0, 0, clock.now_ms())
                 t1 = time.process_time()
-                roots, sidecars = v.committer._blobs_of(ex)
-                v.committer._write(ex.block, ex, sidecars, roots)
+                roots, sidecars = v.committer.blobs_of(ex)
+                v.committer.write(ex.block, ex, sidecars, roots)
                 v.mempool.remove(ex.txs)
                 t2 = time.process_time()
                 cpu["execute"] += t1 - t0
                 cpu["commit"] += t2 - t1
             return {k: s / n * 1e6 for k, s in cpu.items()}
         finally:
-            v._worker.shutdown()
+            v.pipeline.close()
             v.admission.close()
             v.ledger.close()
             v.blobs.close()

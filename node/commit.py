@@ -42,8 +42,8 @@ class Commit:
         self._waiters: dict[bytes, list[asyncio.Future]] = {}
 
     async def commit(self, block: Block, ex: Executed) -> None:
-        roots, sidecars = self._blobs_of(ex)
-        stored, wanted = await self._run(self._write, block, ex, sidecars, roots)
+        roots, sidecars = self.blobs_of(ex)
+        stored, wanted = await self._run(self.write, block, ex, sidecars, roots)
         self.mempool.remove([t for t, c in zip(ex.txs, ex.codes, strict=True) if c != Code.BAD_NONCE])  # a nonce gap may close: keep those
         now = time.monotonic()
         for tx in ex.txs:
@@ -63,7 +63,7 @@ class Commit:
         self.metrics.mempool.set(len(self.mempool))
         self.mempool.prune_buckets(now)
 
-    def _blobs_of(self, ex: Executed) -> tuple[list[Cid], list[tuple[Cid, bytes]]]:
+    def blobs_of(self, ex: Executed) -> tuple[list[Cid], list[tuple[Cid, bytes]]]:
         """The blobs the block's successful writes record, and the sidecars held here for them (with
         the write in the mempool, or seen in a forwarded batch the block overtook)."""
         roots, sidecars = [], []
@@ -82,8 +82,10 @@ class Commit:
                 sidecars.append((cid, side))
         return roots, sidecars
 
-    def _write(self, block: Block, ex: Executed, sidecars: list[tuple[Cid, bytes]],
+    def write(self, block: Block, ex: Executed, sidecars: list[tuple[Cid, bytes]],
                roots: list[Cid]) -> tuple[list[Cid], list[Cid]]:
+        """The blocking part of a commit (on the worker thread): the blobs, then the block with its state,
+        each in one synced LMDB transaction. Returns the blobs stored now and the ones still wanted."""
         done = self.blobs.commit_blobs(sidecars, roots, block.header.height) if roots else ([], [])
         self.ledger.commit_block(block, ex.writes, ex.nodes)
         return done

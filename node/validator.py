@@ -14,9 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from node import clock, faults, storage
 from node.admission import REFORWARD_S, Admission
@@ -35,12 +33,11 @@ from node.consensus import (
     ViewChanged,
     decode_message,
 )
-from node.consensus.messages import MAX_MESSAGE_BYTES, T_PREPREPARE
+from node.consensus.messages import MAX_MESSAGE_BYTES, T_PREPREPARE, PrePrepare
 from node.consensus.recovery import decode_record
 from node.crypto import ecdsa
-from node.crypto.batch import verify_batch
 from node.crypto.keys import Identity
-from node.execution import MAX_FUTURE_MS, Executed, InvalidBlock, Tip, build_block, check_block
+from node.execution import MAX_FUTURE_MS
 from node.genesis import Genesis
 from node.ipfs.blobwriter import BlobWriter
 from node.ipfs.blockstore import BlockStore
@@ -49,6 +46,7 @@ from node.ledger import Ledger
 from node.mempool import AdmissionError, KeyedLimiter, Mempool, origin
 from node.metrics import Metrics
 from node.multiaddr import host_port, peer_id
+from node.pipeline import Pipeline
 from node.replication import Replicator, roots_from_ledger
 from node.sidecar import (
     TXS_PREFIX,
@@ -96,20 +94,20 @@ class Validator:
         self._peer_limit = KeyedLimiter(p.peer_forward_bytes, 2 * p.peer_forward_bytes)  # per peer, bytes
         self.metrics = Metrics()
         head = self.ledger.head()
-        self.replica = self._new_replica()
         self.chain_clock = clock.ChainClock(max(head.time_ms, self.genesis.time_ms))  # bounds of block times
         self.metrics.height.set(head.height)
         self.p2p_mode = p2p_mode
         self.net = None  # the P2PNode when n > 1
         self._peer_index = {peer_id(v.p2p): i for i, v in enumerate(self.genesis.validators) if v.p2p}
-        self._executed: dict[bytes, Executed] = {}  # block hash -> executed, not yet committed
-        self._tip: Tip | None = None  # the primary's newest proposal, to pipeline on
         self.sidecars = SidecarCache()  # recently forwarded sidecars by SHA-256: self-verifying
         self.admission = Admission(self.chain_id, self.ledger, self.blobs, self.mempool, self.metrics,
                                    self.genesis.rules)
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+        # blocks executed on an uncommitted tip, and the worker thread all blocking work runs on
+        self.pipeline = Pipeline(self.chain_id, self.ledger, self.admission, self.mempool, self.chain_clock,
+                                 self.genesis.rules)
         self.committer = Commit(self.ledger, self.blobs, self.mempool, self.admission, self.sidecars,
-                                self.replicator, self.metrics, self._run)
+                                self.replicator, self.metrics, self.pipeline.run)
+        self.replica = self._new_replica()
         self._inbox: asyncio.Queue = asyncio.Queue()
         # a backup votes for a block only once it holds the blobs its writes record (node/availability.py)
         self.gate = AvailabilityGate(self._blob_here, lambda cid, t: self.replicator.ensure(cid, t, "vote"),
@@ -135,8 +133,7 @@ class Validator:
     async def _rebuild_from_disk(self) -> tuple[int, int]:
         """After a full disk: the consensus stage as a restart builds it, from what is on disk."""
         self.gate.close()
-        self._executed.clear()
-        self._tip = None
+        self.pipeline.reset()
         self.replica = self._new_replica()
         await self._recover()
         self._wake.set()
@@ -149,7 +146,7 @@ class Validator:
         # the view: the persisted one (a view change in progress survives a restart), else the last block's
         block_view = last.cert_view if last else 0
         view = max(self.ledger.get_view(), block_view)
-        return Replica(self.chain_id, self.n, self.index, self.identity.sign, self._verify_vote, self._known_block,
+        return Replica(self.chain_id, self.n, self.index, self.identity.sign, self._verify_vote, self.pipeline.known,
                        last_delivered=head.height, view=view, last_hash=head.hash,
                        last_cert=(last.cert_view, last.cert) if last else (0, ()),
                        view_timeout_ms=self.params.view_timeout_ms, awaiting_new_view=view > block_view,
@@ -194,7 +191,7 @@ class Validator:
         if self.net is not None:
             await self.net.stop()
         await self.blob_writer.close()
-        self._worker.shutdown(wait=True)
+        self.pipeline.close()
         self.admission.close()
         self.ledger.close()
         self.blobs.close()
@@ -249,25 +246,6 @@ class Validator:
     def _verify_vote(self, index: int, digest: bytes, sig: bytes) -> bool:
         return ecdsa.verify(self.genesis.validator_keys[index], digest, sig)
 
-    def _known_block(self, block: Block) -> bool:
-        """The core's block check: true iff the driver executed this exact block and it matched."""
-        return block.hash in self._executed
-
-    def _head_tip(self) -> Tip:
-        h = self.ledger.head()
-        return Tip(h.height, h.hash, h.state_root, h.time_ms, self.ledger.get_state, self.ledger.get_node,
-                   self.genesis.rules)
-
-    def _tip_for(self, prev_hash: bytes) -> Tip | None:
-        head = self._head_tip()
-        if prev_hash == head.hash:
-            return head
-        ex = self._executed.get(prev_hash)
-        return ex.tip() if ex is not None else None
-
-    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:  # blocking work, off the loop
-        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
-
     async def _produce(self) -> None:
         interval = self.params.block_interval_ms / 1000
         while not self._stopping:
@@ -276,13 +254,13 @@ class Validator:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            tip = self._tip if (self._tip and self._tip.hash in self._executed) else self._head_tip()
+            tip = self.pipeline.build_tip()
             if tip.height != r.next_seq - 1:  # after a view change: build on what the new view carried over
                 self._wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), interval)
                 continue
-            exclude = {t.id for ex in self._executed.values() for t in ex.txs}
+            exclude = self.pipeline.proposed_ids()
             if len(self.mempool) - len(exclude) < self.params.block_max_txs:
                 await asyncio.sleep(interval)  # let a batch fill: one round should carry many transactions
             txs = self.mempool.batch(self.params.block_max_txs, exclude)
@@ -293,10 +271,8 @@ class Validator:
             self._flush_forward()  # the sidecars of our own clients' writes travel ahead of the block
             try:
                 now = self._now_ms()
-                ex = await self._run(build_block, tip, txs, self.chain_id, r.view, self.index, now)
+                ex = await self.pipeline.build(tip, txs, r.view, self.index, now)
                 self.chain_clock.check_own(ex.block.header.time_ms, now)  # our clock behind the chain's: say so
-                self._executed[ex.block.hash] = ex
-                self._tip = ex.tip()
                 await self._inbox.put(("propose", ex.block))
             except Exception:  # keep producing: the transactions stay in the pool
                 log.exception("block production failed")
@@ -347,7 +323,7 @@ class Validator:
             return
         # first after REFORWARD_S, then every 4 x REFORWARD_S while it stays pending, so an overloaded
         # primary is not flooded with copies; ones already proposed are not resent
-        proposed = {t.id for ex in self._executed.values() for t in ex.txs}
+        proposed = self.pipeline.proposed_ids()
         stale = []
         for t, due in list(self.admission.pending_since.items()):
             if t not in self.mempool:
@@ -444,11 +420,11 @@ class Validator:
         if msg.tag == T_PREPREPARE and self.replica.worth_executing(msg):
             # a block a view change carried over was timed when first proposed: only fresh ones are timed
             fresh = msg.block.header.view == msg.view
-            ex = self._executed.get(msg.block.hash)
+            ex = self.pipeline.executed.get(msg.block.hash)
             if ex is None:
-                ex = await self._execute_proposal(msg.block, check_time=fresh)
+                ex = await self.pipeline.execute(msg.block, check_time=fresh)
             elif fresh and msg.block.header.time_ms > self._now_ms() + MAX_FUTURE_MS:
-                del self._executed[msg.block.hash]  # executed untimed earlier; as a fresh proposal it is too late
+                del self.pipeline.executed[msg.block.hash]  # executed untimed earlier; as a fresh proposal it is too late
                 ex = None
             missing = self.gate.missing(ex) if ex is not None else None
             if missing:
@@ -461,24 +437,6 @@ class Validator:
         return (self.mempool.sidecar(txid) is not None
                 or (cid.codec == CODEC_RAW and self.sidecars.get(cid.digest) is not None)
                 or self.blobs.has_blob(cid))
-
-    async def _execute_proposal(self, block: Block, check_time: bool) -> Executed | None:
-        tip = self._tip_for(block.header.prev_hash)
-        if tip is None:
-            return None  # its parent is not executed here yet; the retransmission will bring it again
-        if check_time and self.chain_clock.refuses(block, self._now_ms()):
-            return None  # its time is off (node/clock.py): logged once per block
-        try:
-            ex = await self._run(check_block, block, tip, self.chain_id, self._now_ms(),
-                                 self.admission.verified.__contains__, verify_batch, check_time, self.mempool.by_id.get)
-        except InvalidBlock as exc:
-            h = block.header
-            log.warning("refused block %d from validator %d (view %d): %s", h.height, h.proposer, h.view, exc)
-            return None
-        for t in ex.txs:
-            self.admission.mark_verified(t.id)
-        self._executed[block.hash] = ex
-        return ex
 
     async def _recover(self) -> None:
         """Reload what this replica persisted before a crash: the NEW-VIEW of its view, then its consensus
@@ -507,12 +465,12 @@ class Validator:
             if not r.restore_record(seq, rec):
                 log.info("consensus log entry %d (view %d) binds nothing in view %d", seq, rec.view, r.view)
                 continue
-            ex = await self._execute_proposal(rec.block, check_time=False)
+            ex = await self.pipeline.execute(rec.block, check_time=False)
             if ex is None:
                 log.critical("consensus log entry %d does not execute on the ledger: refusing to start", seq)
                 raise SystemExit(4)
             if r.is_primary:
-                self._tip = ex.tip()
+                self.pipeline.tip = ex.tip()
             log.info("recovered our signed messages %s for sequence %d", list(rec.tags), seq)
         r.resume_view_change()
 
@@ -523,7 +481,7 @@ class Validator:
             elif isinstance(act, ViewChanged):
                 await self._view_changed(act)
             elif isinstance(act, Persist):  # synced before the message it covers leaves
-                await self._run(self.ledger.log_put, act.seq, act.record)
+                await self.pipeline.run(self.ledger.log_put, act.seq, act.record)
             elif isinstance(act, Broadcast) and self.net is not None:
                 if self._byzantine == "equivocate" and act.msg.tag == T_PREPREPARE and self._equivocate(act.msg):
                     continue
@@ -562,41 +520,34 @@ class Validator:
     def consensus_status(self) -> dict:
         """PBFT state for /v1/status: view, watermarks, view changes, and the evidence of misbehaviour."""
         r = self.replica
-        return {"view": r.view, "view_changing": r.changing, "view_changes": r.view_changes,
+        return {"view": r.view, "phase": r.phase.value, "view_changing": r.changing, "view_changes": r.view_changes,
                 "stable_checkpoint": r.stable, "peer_stable_checkpoint": r.peer_stable, "in_flight": r.in_flight(),
-                "behind_by": r.behind_by(), "ignored_messages": r.ignored, "evidence": list(r.evidence),
+                "behind_by": r.behind_by(), "ignored_messages": r.ignored,
+                "ignored_by_reason": r.ignored_by_reason(), "evidence": list(r.evidence),
                 "synced_blocks": self.synced_blocks, "block_times_refused": dict(self.chain_clock.refused)}
 
     async def _view_changed(self, act: ViewChanged) -> None:
         """Persist the view before any message of it leaves (a restarted replica must not go back to an
         older view); once in the new view, drop proposals it abandoned and build on what it carried over."""
-        await self._run(self.ledger.put_view, act.view, act.new_view)
+        await self.pipeline.run(self.ledger.put_view, act.view, act.new_view)
         if not act.active:
             log.warning("view change: leaving for view %d (primary %d)", act.view, act.view % self.n)
             return
-        keep = {b.hash for b in act.reproposed}
-        head = self.ledger.head().height
-        for h, e in list(self._executed.items()):
-            if e.block.header.height > head and e.block.header.view < act.view and h not in keep:
-                del self._executed[h]  # abandoned: their transactions are free for the new primary's blocks
-        self._tip = None
-        for b in act.reproposed:
-            ex = self._executed.get(b.hash) or await self._execute_proposal(b, check_time=False)
-            if ex is None:
-                break  # its parent is not here yet: catch-up brings it, and the producer waits
-            self._tip = ex.tip()
+        await self.pipeline.new_view(act.view, act.reproposed)
         log.warning("view %d installed (primary %d, %d block(s) carried over)", act.view, act.view % self.n,
                     len(act.reproposed))
         self._wake.set()
 
-    def _equivocate(self, pp) -> bool:  # noqa: ANN001 - fault injection (node/faults.py)
+    def _equivocate(self, pp: PrePrepare) -> bool:
+        """Fault injection (node/faults.py): a conflicting proposal for half the others."""
         b = pp.block
-        done = faults.equivocate(pp, self._tip_for(b.header.prev_hash) if b else None, self._executed.get(pp.digest),
-                                 self.chain_id, self.n, self.index, self.identity.sign)
+        done = faults.equivocate(pp, self.pipeline.tip_for(b.header.prev_hash) if b else None,
+                                 self.pipeline.executed.get(pp.digest), self.chain_id, self.n, self.index,
+                                 self.identity.sign)
         if done is None:
             return False
         alt, sends = done
-        self._executed[alt.block.hash] = alt
+        self.pipeline.add(alt)
         for j, data in sends:
             self._send(j, data)
         return True
@@ -618,9 +569,9 @@ class Validator:
         self.msgs_out += 1
 
     async def _deliver(self, block: Block) -> None:
-        ex = self._executed.get(block.hash)
+        ex = self.pipeline.executed.get(block.hash)
         if ex is None:  # a certified block we did not see proposed: execute it now
-            ex = await self._execute_proposal(block, check_time=False)
+            ex = await self.pipeline.execute(block, check_time=False)
             if ex is None:
                 log.critical("certified block %d does not execute to its state root here: stopping",
                              block.header.height)
@@ -628,13 +579,5 @@ class Validator:
         await self.committer.commit(block, ex)
         self.chain_clock.committed(block.header.time_ms)
         self.gate.forget(block.hash)
-        del self._executed[block.hash]
-        for h, e in list(self._executed.items()):
-            if e.block.header.height <= block.header.height:
-                del self._executed[h]  # proposals at or below this height that lost (a view change)
-            elif e.block.header.prev_hash == block.hash:
-                # its parent is committed: read through the ledger now, so the parent (and its
-                # writes, tree nodes and transactions) can be freed; under a pipelined load each
-                # block otherwise kept the whole history of executed blocks alive through its parent
-                e.parent_get, e.parent_tree = self.ledger.get_state, self.ledger.get_node
+        self.pipeline.committed(block)
         self._wake.set()

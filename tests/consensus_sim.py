@@ -62,7 +62,7 @@ def recover_replica(n, i, ledger, view, nv, log, now, **kw):
     r = make_replica(n, i, last_delivered=len(ledger), last_hash=last.hash if last else GENESIS_PREV,
                      last_cert=(last.cert_view, last.cert) if last else (0, ()), view=view,
                      awaiting_new_view=view > block_view, **kw)
-    r.now_ms = now
+    r.state.now_ms = now
     if nv is not None and r.changing:
         assert r.reinstall(decode_message(nv))
     for seq, raw in sorted(log.items()):
@@ -242,8 +242,8 @@ class SimNet:
         seq = r.next_seq
         if seq - 1 == r.last_delivered:
             prev = r.last_hash
-        elif seq - 1 in r.log and r.log[seq - 1].block is not None:
-            prev = r.log[seq - 1].block.hash
+        elif seq - 1 in r.state.log and r.state.log[seq - 1].block is not None:
+            prev = r.state.log[seq - 1].block.hash
         else:
             return None
         txs = [self.rng.randbytes(self.rng.randint(1, 40)) for _ in range(self.rng.randint(0, 3))]
@@ -308,7 +308,7 @@ class SimNet:
                 assert verify_cert(d.block, keys)
                 assert len({i for i, _ in d.block.cert}) >= quorum(self.n)
             if count is None:
-                assert self.replicas[r].last_delivered == len(proposed) and self.replicas[r].log == {}
+                assert self.replicas[r].last_delivered == len(proposed) and self.replicas[r].state.log == {}
 
 
 

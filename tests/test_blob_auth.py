@@ -161,7 +161,7 @@ def covers(tmp_path_factory):
         return Tx.build(ident, v.chain_id, nonces[ident.address], body)
 
     def commit(txs, time_ms):
-        ex = build_block(v._head_tip(), txs, v.chain_id, 0, 0, time_ms)
+        ex = build_block(v.pipeline.head_tip(), txs, v.chain_id, 0, 0, time_ms)
         loop.run_until_complete(v.committer.commit(ex.block, ex))
         return dict(zip((t.id for t in txs), ex.codes, strict=True))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from node.block import Block, verify_cert, vote_digest
@@ -16,6 +18,7 @@ from node.consensus import (
     ViewChanged,
     decode_message,
 )
+from node.consensus.state import Ignored, Phase
 from node.crypto import ecdsa
 from node.wire import MAX_BLOCK_BYTES, encode
 from tests.consensus_sim import (
@@ -114,7 +117,7 @@ def test_bad_signatures_ignored():
     wrong_chain = Prepare(0, 1, a.hash, 2, IDS[2].sign(Prepare(0, 1, a.hash, 2, b"").signing_digest("other")))
     for m in (flipped, wrong_key, wrong_chain, Prepare(0, 1, a.hash, 2, bytes(64))):
         assert r.on_message(m) == []
-    assert r.ignored == 4
+    assert r.ignored == 4 and r.ignored_by_reason() == {"bad-signature": 4}
     assert sent(r.on_message(good), Commit)
 
 
@@ -123,15 +126,15 @@ def test_non_validator_and_own_index_ignored():
     for m in (signed(Prepare, 4, 0, 1, a.hash, signer=7), signed(Commit, 99, 0, 1, a.hash, signer=7),
               signed(Prepare, 1, 0, 1, a.hash)):  # a message claiming to be from this replica itself
         assert r.on_message(m) == []
-    assert r.ignored == 3
-    assert len(r.log[1].prepares) == 1
+    assert r.ignored == 3 and r.ignored_by_reason() == {"bad-sender": 3}
+    assert len(r.state.log[1].prepares) == 1
 
 
 def test_wrong_view_ignored():
     r, a = _prepared_backup()
     assert r.on_message(signed(Prepare, 2, 1, 1, a.hash)) == []
     assert r.on_message(pre_prepare(make_block(2, view=2))) == []  # from the primary of view 2
-    assert r.ignored == 2
+    assert r.ignored == 2 and r.ignored_by_reason() == {"future-view": 2}
     assert sent(r.on_message(signed(Prepare, 2, 0, 1, a.hash)), Commit)
 
 
@@ -140,7 +143,7 @@ def test_outside_window_ignored():
     for seq in (0, 5, 100):
         assert r.on_message(pre_prepare(make_block(seq))) == []
         assert r.on_message(signed(Prepare, 2, 0, seq, bytes(32))) == []
-    assert r.ignored == 6 and r.log == {}
+    assert r.ignored == 6 and r.ignored_by_reason() == {"outside-window": 6} and r.state.log == {}
     assert sent(r.on_message(pre_prepare(make_block(4))), Prepare)  # the window's top edge is inside
     a = make_block(1)
     acts = r.on_message(pre_prepare(a))
@@ -157,7 +160,7 @@ def test_outside_window_ignored():
     r.on_message(signed(Checkpoint, 3, 0, 1, ecdsa.sha256(b"another root")))
     assert r.low == 0  # roots must match
     r.on_message(signed(Checkpoint, 0, 0, 1, root))
-    assert r.low == 1 and r.checkpoints == {}  # stable: the window slides and older checkpoints are collected
+    assert r.low == 1 and r.state.checkpoints == {}  # stable: the window slides and older checkpoints are collected
     assert sent(r.on_message(pre_prepare(make_block(5))), Prepare)
 
 
@@ -166,7 +169,7 @@ def test_equivocating_pre_prepare_is_evidence_and_starts_a_view_change():
     assert r.on_message(pre_prepare(a)) == [] and r.ignored == 0  # a plain duplicate is harmless
     b = make_block(1, txs=[b"B"])
     acts = r.on_message(pre_prepare(b))
-    assert r.ignored == 1 and r.log == {} and r.view == 1 and r.changing
+    assert r.ignored_by_reason() == {"equivocation": 1} and r.state.log == {} and r.view == 1 and r.changing
     assert acts[0] == ViewChanged(1, False) and sent(acts, ViewChange)
     (ev,) = r.evidence
     assert ev["kind"] == "equivocating-primary" and ev["validator"] == 0 and ev["seq"] == 1
@@ -227,7 +230,7 @@ def test_prepares_for_other_digest_do_not_count():
     other = ecdsa.sha256(b"other")
     for s in (2, 3):
         assert r.on_message(signed(Prepare, s, 0, 1, other)) == []
-    assert r.ignored == 2 and set(r.log[1].prepares) == {1} and not r.evidence  # no pre-prepare proof attached
+    assert r.ignored == 2 and set(r.state.log[1].prepares) == {1} and not r.evidence  # no pre-prepare proof attached
     assert r.on_message(signed(Prepare, 0, 0, 1, a.hash)) == []  # the primary's prepare is not a vote
     assert r.ignored == 3
     # replica 3 now prepares A too: two prepares from one replica for one sequence are evidence, not a vote
@@ -361,3 +364,33 @@ def test_early_bogus_vote_does_not_discard_honest_votes():
     r.on_message(signed(Prepare, 3, 0, 1, ecdsa.sha256(b"bogus")))  # byzantine replica 3, ahead of the primary
     r.on_message(signed(Prepare, 2, 0, 1, a.hash))  # honest, reordered before the pre-prepare
     assert sent(r.on_message(pre_prepare(a)), Commit)
+
+
+def test_ignored_messages_are_counted_by_reason():
+    """Each dropped message counts once, under why it was dropped (ReplicaState.ignored; /v1/status)."""
+    r, a = _prepared_backup()
+    assert r.phase is Phase.NORMAL
+    r.start_view_change(1)
+    assert r.phase is Phase.VIEW_CHANGE
+    # waiting for the NEW-VIEW of view 1: a vote of the view we left is from a stale view
+    assert r.on_message(signed(Prepare, 2, 0, 1, a.hash)) == []
+    assert r.state.ignored == Counter({Ignored.OLD_VIEW: 1})
+    assert r.on_message(signed(Commit, 2, 2, 1, a.hash)) == []  # and one of a view beyond ours is early
+    assert r.state.ignored[Ignored.FUTURE_VIEW] == 1
+    r.state.early_view.extend([signed(Prepare, 2, 1, 1, a.hash)] * (4 * r.n * r.window))  # the buffer is full
+    assert r.on_message(signed(Prepare, 3, 1, 1, a.hash)) == []
+    assert r.state.ignored[Ignored.VIEW_CHANGING] == 1
+    assert r.on_message(signed(Suspect, 9, 1, 0, bytes(32), signer=2)) == []
+    assert r.state.ignored[Ignored.BAD_SENDER] == 1
+    assert r.ignored == 4 == sum(r.ignored_by_reason().values())
+
+    q = make_replica(4, 1)
+    assert q.on_message(signed(PrePrepare, 2, 0, 1, make_block(1).hash, block=make_block(1))) == []
+    assert q.on_message(signed(Prepare, 0, 0, 1, make_block(1).hash)) == []  # the primary's own prepare
+    b = make_block(1)
+    q.on_message(pre_prepare(b))
+    assert q.on_message(signed(Prepare, 2, 0, 1, bytes(32))) == []  # a vote for another block
+    uncertified = make_block(1)
+    assert q.offer_certified(make_block(9 * q.window)) == [] and q.offer_certified(uncertified) == []
+    assert q.ignored_by_reason() == {"not-primary": 1, "primary-prepare": 1, "wrong-digest": 1,
+                                     "outside-window": 1, "bad-certificate": 1}

@@ -1,6 +1,7 @@
 """The shape of the code (DESIGN.md section 8), read from its imports: no import circles (type-only
 and function-level imports count: a circle is a circle for a reader too), the sans-IO core
 imports no IO library and no adapter, and the validator library does not reach into devices/.
+Read from its attribute accesses: no module touches another object's private (`_x`) members.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ SANS_IO = ("node.wire", "node.tx", "node.state", "node.consensus", "node.crypto"
            "node.ipfs.bitswap", "node.ipfs.bitswap_pb", "node.checkpoint")
 IO_LIBS = {"asyncio", "trio", "lmdb", "aiohttp", "libp2p", "socket", "threading", "subprocess", "uvloop"}
 ADAPTERS = ("node.validator", "node.api", "node.p2p", "node.ledger", "node.ipfs.blockstore", "node.run",
-            "node.replication", "node.sync", "node.commit", "node.admission")
+            "node.replication", "node.sync", "node.commit", "node.admission", "node.pipeline")
 
 
 def _modules() -> dict[str, Path]:
@@ -135,3 +136,42 @@ def test_the_validator_library_does_not_import_devices():
     bad = {m: sorted(d for d in deps if d.startswith("devices"))
            for m, deps in inner.items() if m.startswith("node") and m != "node.cli"}
     assert {m: b for m, b in bad.items() if b} == {}
+
+
+# private members the code may reach: standard-library names with no public spelling, and what the p2p
+# adapter does to py-libp2p's objects (and between its own two halves), which is that adapter's to tidy
+PRIVATE_ALLOWED = {
+    "argparse._SubParsersAction",  # the type of add_subparsers(): argparse has no public name for it
+    "os._exit",  # the documented way to leave without running cleanup (node/run.py: a stop that overran)
+    "queue._queue", "router._handle_dropped_rpc",  # node/p2p/_gossip.py: py-libp2p's pubsub internals
+    "self.side._conn_changed", "self.side._conn_lost",  # node/p2p/_trio_side.py -> its loop side
+}
+
+NAMEDTUPLE_API = {"_replace", "_asdict", "_fields", "_make", "_field_defaults"}  # public, underscore or not
+
+
+def _private_reaches(source: str) -> list[str]:
+    """`x._name` where x is not self or cls: one object reaching into another's private members."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")):
+            continue
+        if (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")) or node.attr in NAMEDTUPLE_API:
+            continue
+        out.append(ast.unparse(node))
+    return out
+
+
+def test_the_private_reach_finder():
+    src = ("self._a = 1\ncls._b()\nv._executed.clear()\nself.replica._sign(x)\nt.__class__\nx.public\n"
+           "g._replace(a=1)\n")
+    assert sorted(_private_reaches(src)) == ["self.replica._sign", "v._executed"]
+
+
+def test_no_module_touches_another_objects_private_members():
+    bad = {}
+    for name, path in _modules().items():
+        found = sorted(set(_private_reaches(path.read_text())) - PRIVATE_ALLOWED)
+        if found:
+            bad[name] = found
+    assert bad == {}

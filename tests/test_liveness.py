@@ -49,7 +49,7 @@ def test_two_replicas_cut_off_while_waiting_for_a_new_view_rejoin_it(fault, seed
     net.crash(3)
     # 5 and 6 hold 2f+1 view changes for view 1 and wait for its NEW-VIEW
     assert _step_until(net, lambda: all(net.replicas[i].changing and net.replicas[i].view == 1
-                                        and len(net.replicas[i].vcs.get(1, {})) >= Q for i in STRANDED))
+                                        and len(net.replicas[i].state.vcs.get(1, {})) >= Q for i in STRANDED))
     if fault == "cut":
         _cut_off(net, STRANDED)
     else:
@@ -165,20 +165,20 @@ def test_replicas_cut_off_just_after_the_primary_slowed_down_do_not_leave_alone(
     net = SimNet(N, 1980 + seed)
     net.run(4)
     net.run(4, max_ticks=5, idle_after=True, until=lambda: False)  # quiet: no view timer runs
-    while net.now - net.replicas[4]._last_status != 200:  # heartbeats go every 500 ms: the next one in 300 ms
+    while net.now - net.replicas[4].state.last_status != 200:  # heartbeats go every 500 ms: the next one in 300 ms
         net.tick_all(pending=False)
     net.pause(0)  # work arrives; the primary is slow for 300 ms, in which the others' heartbeats arrive
     for _ in range(3):
         net.tick_all(pending=True)
         while net.queue:
             net.step()
-    assert net.replicas[4]._last_status == net.now
+    assert net.replicas[4].state.last_status == net.now
     _cut_off(net, (3, 4))
     net.resume(0)
     net.run(10, max_ticks=30, idle_after=True, until=lambda: False)  # the cut lasts 3 s
     assert _same_view(net, (0, 1, 2, 5, 6)) == {(0, False)} and len(net.out[1]) == 10
     # nor do they suspect the view (after the heal two suspicions and one byzantine would make f+1)
-    assert not net.replicas[3]._suspecting and not net.replicas[4]._suspecting
+    assert not net.replicas[3].state.suspecting and not net.replicas[4].state.suspecting
     net.cut = set()
     net.run(14, max_ticks=300, idle_after=True)
     net.run(14, max_ticks=100, idle_after=True, until=lambda: False)
@@ -199,9 +199,9 @@ def test_a_replica_whose_view_timer_runs_out_alone_stays_in_the_working_view():
         while net.queue:
             net.step()
     assert _same_view(net, range(N)) == {(0, False)}, [(i, net.replicas[i].view) for i in range(N)]
-    assert net.replicas[6]._suspecting
+    assert net.replicas[6].state.suspecting
     net.run(6, max_ticks=200, idle_after=True)  # the primary proposes again
-    assert not net.replicas[6]._suspecting
+    assert not net.replicas[6].state.suspecting
     net.check_agreement([d.block for o in net.out for d in o], count=6)
     assert _same_view(net, range(N)) == {(0, False)}
 

@@ -34,7 +34,7 @@ def test_restart_keeps_the_installed_view_and_its_signed_records():
     net.drop(lambda s, d, m: 0 in (s, d))
     net.nodes[0].restart(net.now)
     r0 = net.nodes[0].r
-    assert r0.view == 1 and not r0.changing and r0.log[1].digest == x.hash  # reinstalled, bound by its record
+    assert r0.view == 1 and not r0.changing and r0.state.log[1].digest == x.hash  # reinstalled, bound by its record
     net.tick([0], dt=600)
     net.deliver(lambda s, d, m: s == 0 and d == 1 and m.tag == 4)
     net.deliver(lambda s, d, m: s == 1 and d == 0 and m.tag == 7)
@@ -77,12 +77,12 @@ def test_prepared_certificate_survives_its_record_being_rewritten_in_a_later_vie
         net.deliver(ok)
         net.drop(lambda s, d, m: not ok(s, d, m))
         r0 = n[0].r
-        if not crashed and r0.view == 1 and not r0.changing and 1 in r0.log and r0.log[1].block is not None:
+        if not crashed and r0.view == 1 and not r0.changing and 1 in r0.state.log and r0.state.log[1].block is not None:
             rec = decode_record(n[0].disk_log[1])
             assert rec.view == 1 and rec.pcert is not None and rec.pcert[0].view == 0  # still on disk
             net.pending = [p for p in net.pending if 0 not in p[:2]]
             n[0].restart(net.now)
-            assert n[0].r.prepared[1][0].digest == c.hash
+            assert n[0].r.state.prepared[1][0].digest == c.hash
             crashed = True
         r3 = n[3].r
         if r3.view == 3 and r3.can_propose() and r3.next_seq == 1:
@@ -146,7 +146,7 @@ def test_replica_restarted_during_a_view_change_sends_its_view_change_again():
         if n[2].disk_view == 1:
             break
     n[2].restart(net.now)
-    assert n[2].r.changing and n[2].r._own_vc is not None
+    assert n[2].r.changing and n[2].r.state.own_vc is not None
     before = [len(n[i].ledger) for i in alive]
     for _ in range(600):
         net.propose_all(alive)

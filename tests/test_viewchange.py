@@ -21,6 +21,7 @@ from node.consensus import (
 )
 from node.consensus import viewchange as vcm
 from node.consensus.messages import Status, Suspect
+from node.consensus.state import MAX_EVIDENCE, Ignored
 from node.crypto import ecdsa
 from node.wire import encode
 from tests.consensus_sim import (
@@ -99,7 +100,7 @@ def test_replica_behind_the_window_catches_up_past_stable_checkpoints(seed):
     net.crash(3)
     net.run(30, max_ticks=50, until=lambda: all(len(net.out[i]) >= 30 for i in range(3)))
     assert all(net.replicas[i].low >= 22 for i in range(3))  # stable checkpoints moved the window on
-    assert all(not net.replicas[i].checkpoints or min(net.replicas[i].checkpoints) > net.replicas[i].low
+    assert all(not net.replicas[i].state.checkpoints or min(net.replicas[i].state.checkpoints) > net.replicas[i].low
                for i in range(3))  # and what lay below was collected
     net.restart(3)
     net.run(34, max_ticks=400)
@@ -158,7 +159,7 @@ def _committed_pair():
 def test_view_change_carries_commit_proof_and_prepared_certificate():
     net, a, b = _committed_pair()
     r = net.replicas[2]
-    assert r.last_delivered == 1 and 2 in r.prepared
+    assert r.last_delivered == 1 and 2 in r.state.prepared
     acts = r.start_view_change(1)
     (vc,) = sent(acts, ViewChange)
     back = decode_message(vc.encode())
@@ -166,7 +167,7 @@ def test_view_change_carries_commit_proof_and_prepared_certificate():
     info = vcm.parse(back, CHAIN, 4, lambda i, d, s: ecdsa.verify(pubs(4)[i], d, s))
     assert info.last_seq == 1 and info.last_hash == a.hash and info.prepared[2].digest == b.hash
     assert info.blocks[b.hash].txs == b.txs
-    assert info.prepared[2] == r.prepared[2][0]  # the certificate as the sender holds it, every field
+    assert info.prepared[2] == r.state.prepared[2][0]  # the certificate as the sender holds it, every field
     sel = vcm.select([info])
     assert sel.base_seq == 1 and sel.chain == ((2, b.hash),)
 
@@ -185,7 +186,7 @@ def test_tampered_view_changes_are_refused():
     with pytest.raises(ConsensusError, match="certificate does not verify"):
         vcm.parse(ViewChange(1, 1, vcm.body_hash(body), 2, bytes(64), body, ()), CHAIN, 4, verify)
     # a prepared certificate with too few prepares
-    cert, _ = net.replicas[2].prepared[2]
+    cert, _ = net.replicas[2].state.prepared[2]
     weak = vcm.PreparedCert(2, 0, cert.header, cert.pp_sig, cert.prepares[:1])
     body = vcm.make_body(a.hash, 0, net.out[2][0].block.cert, [weak])
     with pytest.raises(ConsensusError, match="fewer than 2f"):
@@ -212,7 +213,7 @@ def test_new_view_needs_2f_plus_1_valid_view_changes():
     assert [p.digest for p in pps] == [b.hash] and pps[0].view == 1 and pps[0].block.header.view == 0
     # a backup installs the same new view and prepares the carried-over block
     got = net.replicas[2].on_message(nv[0])
-    assert net.replicas[2].view == 1 and not net.replicas[2].changing and net.replicas[2].fixed == {2: b.hash}
+    assert net.replicas[2].view == 1 and not net.replicas[2].changing and net.replicas[2].state.fixed == {2: b.hash}
     got += net.replicas[2].on_message(pps[0])
     assert sent(got, Prepare)
     # a new view with a view change dropped (2 < 2f+1) or from the wrong sender is refused
@@ -239,9 +240,9 @@ def test_lagging_replica_refuses_a_new_primary_block_below_the_new_view_base():
         nv_acts += net.replicas[1].on_message(vc)
     nv = [x.msg for x in nv_acts if isinstance(x, Broadcast) and x.msg.tag == 7][0]
     lagging.on_message(nv)
-    assert lagging.view == 1 and lagging.floor == 1
+    assert lagging.view == 1 and lagging.state.floor == 1
     forged = make_block(1, view=1, proposer=1, txs=[b"conflicting"])
-    assert lagging.on_message(pre_prepare(forged)) == [] and 1 not in lagging.log
+    assert lagging.on_message(pre_prepare(forged)) == [] and 1 not in lagging.state.log
 
 
 def test_buffers_hold_only_verified_bounded_input(monkeypatch):
@@ -249,17 +250,17 @@ def test_buffers_hold_only_verified_bounded_input(monkeypatch):
     r.start_view_change(1)
     a = make_block(1, view=1, proposer=1)
     junk = Prepare(1, 1, a.hash, 3, bytes(64))  # unsigned, for the view we wait to enter
-    assert r.on_message(junk) == [] and r._early_view == []
-    assert r.on_message(signed(Prepare, 3, 1, 1, a.hash)) == [] and len(r._early_view) == 1
+    assert r.on_message(junk) == [] and r.state.early_view == []
+    assert r.on_message(signed(Prepare, 3, 1, 1, a.hash)) == [] and len(r.state.early_view) == 1
     # one checkpoint root per validator and sequence
     q = make_replica(4, 1, window=4)
     for k in range(50):
         q.on_message(signed(Checkpoint, 3, 0, 1, ecdsa.sha256(b"root %d" % k)))
-    assert sum(len(v) for v in q.checkpoints[1].values()) == 1
+    assert sum(len(v) for v in q.state.checkpoints[1].values()) == 1
     # view changes for far-future views are not kept
     net, _, _ = _committed_pair()
     far = sent(net.replicas[3].start_view_change(100), ViewChange)[0]
-    assert net.replicas[1].on_message(far) == [] and 100 not in net.replicas[1].vcs
+    assert net.replicas[1].on_message(far) == [] and 100 not in net.replicas[1].state.vcs
     # a view change carries only the prepared blocks that fit in one message
     monkeypatch.setattr(vcm, "VC_BLOCK_BUDGET", 10)
     (vc,) = sent(net.replicas[2].start_view_change(1), ViewChange)
@@ -431,7 +432,7 @@ def test_new_view_refuses_repeated_foreign_or_unsigned_view_changes():
     changed = [x for x in acts if isinstance(x, ViewChanged)]
     assert changed[0] == ViewChanged(1, False)
     assert changed[1] == ViewChanged(1, True, (b,), nv.encode())
-    assert r.view_changes == 1 and r.fixed == {2: b.hash} and not r.changing
+    assert r.view_changes == 1 and r.state.fixed == {2: b.hash} and not r.changing
 
 
 def test_select_follows_a_chain_of_several_prepared_blocks():
@@ -473,7 +474,7 @@ def test_the_new_primary_resends_its_new_view_to_stragglers_only():
     stale = signed(ViewChange, 3, 0, vcs[2].seq, vcm.body_hash(body), body=body)
     for r in (primary, backup):
         before = r.ignored
-        assert r.on_message(stale) == [] and 0 not in r.vcs and r.ignored == before
+        assert r.on_message(stale) == [] and 0 not in r.state.vcs and r.ignored == before
 
 
 def test_evidence_records_are_complete_deduplicated_and_bounded():
@@ -485,11 +486,11 @@ def test_evidence_records_are_complete_deduplicated_and_bounded():
     (ev,) = r.evidence  # exactly what a third party needs to check it, nothing guessed
     assert ev == {"kind": "equivocating-primary", "validator": 0, "tag": 1, "view": 0, "seq": 1,
                   "digests": [a.hash.hex(), b.hash.hex()], "sigs": [pa.sig.hex(), pb.sig.hex()]}
-    r._add_evidence("equivocating-primary", 0, 1, 0, 1, (a.hash, pa.sig), (b.hash, pb.sig))
+    r.state.add_evidence("equivocating-primary", 0, 1, 0, 1, (a.hash, pa.sig), (b.hash, pb.sig))
     assert len(r.evidence) == 1  # the same (kind, validator, view, seq) is recorded once
-    for seq in range(2, vcm.MAX_EVIDENCE + 10):  # a flood of distinct evidence stops at the bound
-        r._add_evidence("conflicting-votes", 3, 2, 0, seq, (a.hash, pa.sig), (b.hash, pb.sig))
-    assert len(r.evidence) == vcm.MAX_EVIDENCE
+    for seq in range(2, MAX_EVIDENCE + 10):  # a flood of distinct evidence stops at the bound
+        r.state.add_evidence("conflicting-votes", 3, 2, 0, seq, (a.hash, pa.sig), (b.hash, pb.sig))
+    assert len(r.evidence) == MAX_EVIDENCE
 
 
 def test_a_replica_that_missed_the_commits_delivers_the_base_from_the_new_view():
@@ -504,7 +505,7 @@ def test_a_replica_that_missed_the_commits_delivers_the_base_from_the_new_view()
         if not (dst == 2 and isinstance(m, Commit)):
             net.send(dst, net.replicas[dst].on_message(m))
     lagging = net.replicas[2]
-    assert lagging.last_delivered == 0 and 1 in lagging.prepared
+    assert lagging.last_delivered == 0 and 1 in lagging.state.prepared
     assert all(net.replicas[i].last_delivered == 1 for i in (0, 1, 3))
     vcs = [sent(net.replicas[i].start_view_change(1), ViewChange)[0] for i in (0, 2, 3)]
     nv_acts = [x for vc in vcs for x in net.replicas[1].on_message(vc)]
@@ -531,11 +532,11 @@ def test_view_changes_are_held_for_at_most_4n_views_ahead_and_refusals_counted()
     for view, held in ((16, True), (17, False)):  # 4n = 16 views ahead of view 0
         vc = sent(make_replica(4, 3).start_view_change(view), ViewChange)[0]
         r.on_message(vc)
-        assert (view in r.vcs) is held
-    r.ignored = 5
+        assert (view in r.state.vcs) is held
+    r.state.ignored[Ignored.BAD_SIGNATURE] = 5  # added to, not set
     bad = ViewChange(1, 0, vcm.body_hash(b"\xc1"), 3, bytes(64), b"\xc1", ())
     r.on_message(signed(ViewChange, 3, 1, 0, bad.digest, body=bad.body))
-    assert r.ignored == 6
+    assert r.ignored == 6 and r.state.ignored[Ignored.BAD_VIEW_CHANGE] == 1
 
 
 def test_a_view_change_body_may_exceed_one_transaction_s_size_limit():
@@ -560,8 +561,8 @@ def test_only_the_new_views_primary_keeps_the_carried_blocks_and_view_changes_st
     backup.start_view_change(1)
     primary.on_message(vc)
     backup.on_message(vc)
-    assert primary.vcs[1][3].blocks == {b.hash: b} and backup.vcs[1][3].blocks == {}
-    assert backup.vcs[1][3].prepared == primary.vcs[1][3].prepared  # the certificates stay
+    assert primary.state.vcs[1][3].blocks == {b.hash: b} and backup.state.vcs[1][3].blocks == {}
+    assert backup.state.vcs[1][3].prepared == primary.state.vcs[1][3].prepared  # the certificates stay
     # a replica already changing to view 1 does not start it again, nor go back to an older view
     assert backup.start_view_change(1) == [] and backup.start_view_change(0) == []
     assert backup.view == 1 and backup.changing
@@ -634,11 +635,11 @@ def test_a_pre_prepare_that_overtakes_the_new_view_is_replayed_once_installed():
     (nv,) = [x.msg for x in acts if isinstance(x, Broadcast) and isinstance(x.msg, NewView)]
     (pp,) = sent(acts, PrePrepare)
     r = net.replicas[3]
-    assert r.on_message(pp) == [] and r._early_view == [pp]  # kept for the view it waits to enter
+    assert r.on_message(pp) == [] and r.state.early_view == [pp]  # kept for the view it waits to enter
     got = r.on_message(nv)
     assert ViewChanged(1, True, (b,), nv.encode()) in got  # the install's own actions ...
     assert [p.digest for p in sent(got, Prepare)] == [b.hash]  # ... and the replayed pre-prepare's
-    assert r._early_view == []
+    assert r.state.early_view == []
 
 
 def test_f_plus_one_view_changes_for_later_views_pull_a_replica_along_and_one_each_is_read():
@@ -649,12 +650,12 @@ def test_f_plus_one_view_changes_for_later_views_pull_a_replica_along_and_one_ea
     acts = r.on_message(_vc_for(2, 2))  # f+1: one of them is honest, follow
     assert r.view == 2 and r.changing and [vc.view for vc in sent(acts, ViewChange)] == [2]
     # one view change per sender and view is read: a second one, valid or not, is dropped unparsed
-    first, before = r.vcs[2][1].msg, r.ignored
+    first, before = r.state.vcs[2][1].msg, r.ignored
     b1 = make_block(1)
     other = _signed_vc(1, 2, 0, GENESIS_PREV, prepared=[_prepared_in(b1, 1)])
     junk = signed(ViewChange, 1, 2, 0, vcm.body_hash(b"\xc1"), body=b"\xc1")
     assert r.on_message(other) == [] and r.on_message(junk) == []
-    assert r.vcs[2][1].msg == first and r.ignored == before
+    assert r.state.vcs[2][1].msg == first and r.ignored == before
 
 
 def test_the_view_change_timeout_doubles_with_each_view_change_in_a_row():
@@ -669,7 +670,7 @@ def test_the_view_change_timeout_doubles_with_each_view_change_in_a_row():
         vcs = [_vc_for(s, view) for s in sorted({1, 2, 3} - {view % 4})]
         for vc in vcs:
             r.on_message(vc)
-        assert r.view == view and len(r.vcs[view]) == 3 and r.changing
+        assert r.view == view and len(r.state.vcs[view]) == 3 and r.changing
         for t in range(t0, t0 + wait, 250):
             assert {vc.view for vc in sent(r.tick(t), ViewChange)} <= {view} and r.view == view, t  # resends only
             for vc in vcs:
@@ -703,7 +704,7 @@ def test_a_view_change_carries_the_lowest_prepared_blocks_that_fit_its_budget_ex
         if not isinstance(m, Commit):
             net.send(dst, net.replicas[dst].on_message(m))
     r = net.replicas[2]
-    assert sorted(r.prepared) == [1, 2, 3] and r.last_delivered == 0
+    assert sorted(r.state.prepared) == [1, 2, 3] and r.last_delivered == 0
     sizes = [len(b.encode()) for b in blocks]
     assert len(set(sizes)) == 1
     for view, budget, carried in ((1, 2 * sizes[0], blocks[:2]), (2, 2 * sizes[0] - 1, blocks[:1])):
@@ -724,9 +725,9 @@ def test_f_plus_1_suspicions_are_joined_and_2f_plus_1_change_the_view_to_the_nex
     r.tick(1000, pending=False)
     for s in (2, 3):
         assert not sent(r.on_message(_suspect(s)), Suspect)
-    assert not r._suspecting
+    assert not r.state.suspecting
     acts = r.on_message(_suspect(4))
-    assert sent(acts, Suspect) and r._suspecting and not r.changing and r.view == 0  # 4 of 5
+    assert sent(acts, Suspect) and r.state.suspecting and not r.changing and r.view == 0  # 4 of 5
     acts = r.on_message(_suspect(5))
     assert [vc.view for vc in sent(acts, ViewChange)] == [1] and r.view == 1 and r.changing
 
@@ -737,7 +738,7 @@ def test_a_suspicion_counts_while_repeated_with_the_heartbeats_and_only_for_our_
         r.tick(1000, pending=False)
         for s in (2, 3, 4):
             r.on_message(_suspect(s))
-        assert r._suspecting
+        assert r.state.suspecting
         r.tick(2000 + late, pending=False)
         r.on_message(_suspect(5))
         assert r.changing is changes, late
@@ -745,7 +746,7 @@ def test_a_suspicion_counts_while_repeated_with_the_heartbeats_and_only_for_our_
     r.tick(1000, pending=False)
     for s in (2, 3, 4, 5):
         r.on_message(_suspect(s, view=1))  # for another view: not ours to suspect
-    assert not r._suspecting and not r.changing
+    assert not r.state.suspecting and not r.changing
 
 
 def test_view_changes_of_others_for_later_views_count_as_suspicion():
@@ -757,7 +758,7 @@ def test_view_changes_of_others_for_later_views_count_as_suspicion():
         r.on_message(sent(make_replica(7, s).start_view_change(1), ViewChange)[0])
     assert not r.changing
     r.on_message(_suspect(4))
-    assert r._suspecting and not r.changing
+    assert r.state.suspecting and not r.changing
     acts = r.on_message(_suspect(5))
     assert r.changing and r.view == 1 and sent(acts, ViewChange)
 

@@ -14,6 +14,8 @@ from node.consensus.messages import (
     decode_message,
 )
 from node.consensus.replica import Broadcast, Catchup, Deliver, Persist, Replica, Send, ViewChanged
+from node.consensus.state import Ignored, Phase, ReplicaState
 
-__all__ = ["Broadcast", "Catchup", "CertifiedBlock", "Checkpoint", "Commit", "ConsensusError", "Deliver", "NewView",
-           "Persist", "PrePrepare", "Prepare", "Replica", "Send", "Status", "Suspect", "ViewChange", "ViewChanged", "decode_message"]
+__all__ = ["Broadcast", "Catchup", "CertifiedBlock", "Checkpoint", "Commit", "ConsensusError", "Deliver", "Ignored",
+           "NewView", "Persist", "Phase", "PrePrepare", "Prepare", "Replica", "ReplicaState", "Send", "Status", "Suspect",
+           "ViewChange", "ViewChanged", "decode_message"]

@@ -5,18 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from node.block import Block
-from node.consensus.messages import _Msg
+from node.consensus.messages import Message
 
 
 @dataclass(frozen=True)
 class Broadcast:
-    msg: _Msg
+    msg: Message
 
 
 @dataclass(frozen=True)
 class Send:
     to: int
-    msg: _Msg
+    msg: Message
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ def signed_digest(tag: int, chain_id: str, view: int, seq: int, digest: bytes) -
 
 
 @dataclass(frozen=True)
-class _Msg:
+class Message:
     view: int
     seq: int
     digest: bytes  # the block hash
@@ -53,7 +53,7 @@ class _Msg:
 
 
 @dataclass(frozen=True)
-class Prepare(_Msg):
+class Prepare(Message):
     pp_sig: bytes = bytes(64)  # the primary's pre-prepare signature this prepare answers
     tag = T_PREPARE
 
@@ -62,26 +62,26 @@ class Prepare(_Msg):
 
 
 @dataclass(frozen=True)
-class Commit(_Msg):
+class Commit(Message):
     tag = T_COMMIT
 
 
 @dataclass(frozen=True)
-class Status(_Msg):
+class Status(Message):
     """Heartbeat: seq = the sender's last delivered sequence, digest = that block's hash."""
 
     tag = T_STATUS
 
 
 @dataclass(frozen=True)
-class Checkpoint(_Msg):
+class Checkpoint(Message):
     """seq = a multiple of the checkpoint interval, digest = the state root after that block."""
 
     tag = T_CHECKPOINT
 
 
 @dataclass(frozen=True)
-class Suspect(_Msg):
+class Suspect(Message):
     """The sender's view timer for `view` ran out (sent again with each heartbeat while it lasts);
     seq, digest = its last delivered block. 2f+1 of them for a view make it change."""
 
@@ -89,7 +89,7 @@ class Suspect(_Msg):
 
 
 @dataclass(frozen=True)
-class ViewChange(_Msg):
+class ViewChange(Message):
     """view = the view moved to, seq = the sender's last committed sequence, digest = H(body);
     body = [last_hash, cert_view, cert, prepared]; blocks = the prepared blocks (outside the signature,
     each must hash to a prepared digest). See node/consensus/viewchange.py."""
@@ -104,7 +104,7 @@ class ViewChange(_Msg):
 
 
 @dataclass(frozen=True)
-class NewView(_Msg):
+class NewView(Message):
     """From the new primary: body = [view change without blocks, ...] (2f+1 of them), digest = H(body)."""
 
     body: bytes = b""
@@ -115,11 +115,13 @@ class NewView(_Msg):
 
 
 @dataclass(frozen=True)
-class PrePrepare(_Msg):
+class PrePrepare(Message):
     block: Block | None = None
     tag = T_PREPREPARE
 
     def encode(self) -> bytes:
+        if self.block is None:
+            raise ConsensusError("a pre-prepare is sent with its block")
         return encode([self.tag, self.view, self.seq, self.digest, self.sender, self.sig, self.block.encode()])
 
 
@@ -130,7 +132,7 @@ class CertifiedBlock(PrePrepare):
     tag = T_BLOCK
 
 
-def decode_message(raw: bytes) -> _Msg:
+def decode_message(raw: bytes) -> Message:
     try:
         m = decode_canonical(raw, MAX_MESSAGE_BYTES)
     except WireError as exc:

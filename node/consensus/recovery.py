@@ -15,7 +15,6 @@ pcert  = [] | [view, block, pp_sig, [[validator_index, prepare_sig], ...]]
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from node.block import Block, BlockError
 from node.consensus.messages import (
@@ -28,7 +27,8 @@ from node.consensus.messages import (
     Prepare,
     PrePrepare,
 )
-from node.consensus.viewchange import PreparedCert
+from node.consensus.state import Instance, PreparedCert, ReplicaState
+from node.consensus.viewchange import ViewChanges
 from node.wire import MAX_BLOCK_BYTES, WireError, decode_canonical, encode
 
 MAX_RECORD_BYTES = 2 * MAX_BLOCK_BYTES + 64 * 1024
@@ -67,26 +67,32 @@ def decode_record(raw: bytes) -> Record:
         raise ConsensusError(f"consensus log record: {exc}") from None
 
 
-class RecoveryRole:
-    """The replica's crash-recovery half (mixed into node.consensus.replica.Replica)."""
+class Recovery:
+    """The replica's crash-recovery role, on the replica's one state: the records it persists before
+    sending, and reloading them (and the NEW-VIEW of its view) after a restart."""
 
-    def record(self, seq: int, inst: Any = None) -> bytes:
+    def __init__(self, s: ReplicaState, views: ViewChanges) -> None:
+        self.s = s
+        self.views = views
+
+    def record(self, seq: int, inst: Instance | None = None) -> bytes:
         """The consensus-log record for `seq` (of instance `inst`, default the one in the log)."""
-        inst = inst or self.log[seq]
-        best = self.prepared.get(seq)
+        inst = inst if inst is not None else self.s.log[seq]
+        assert inst.block is not None  # a record is written for our own message, which follows the block
+        best = self.s.prepared.get(seq)
         pcert = [] if best is None else [best[0].view, best[1].encode(), best[0].pp_sig,
                                          [list(p) for p in best[0].prepares]]
-        return encode([self.view, inst.block.encode(), sorted({m.tag for m in inst.mine}), inst.pp_sig, pcert])
+        return encode([self.s.view, inst.block.encode(), sorted({m.tag for m in inst.mine}), inst.pp_sig, pcert])
 
     def reinstall(self, nv: NewView) -> bool:
         """After a restart: re-enter the view the persisted NEW-VIEW installed (checked again)."""
-        if not self.changing or nv.view != self.view:
+        if not self.s.changing or nv.view != self.s.view:
             return False
-        before = self.view_changes
-        self._on_new_view(nv)
-        if self.view_changes == before:
+        before = self.s.view_changes
+        self.views.on_new_view(nv)
+        if self.s.view_changes == before:
             return False
-        self.view_changes = before  # the same view change, not another one
+        self.s.view_changes = before  # the same view change, not another one
         return True
 
     def restore_record(self, seq: int, rec: Record) -> bool:
@@ -94,37 +100,37 @@ class RecoveryRole:
         messages bind only in the view they were signed in, which it returns True for (the driver then
         re-executes the block). The next tick re-sends them: RFC 6979 signatures are deterministic, so
         they are byte for byte what was sent before."""
-        if seq <= self.last_delivered or rec.block.header.seq != seq:
+        if seq <= self.s.last_delivered or rec.block.header.seq != seq:
             return False
         if rec.pcert is not None:
             cert, block = rec.pcert
-            cur = self.prepared.get(seq)
-            if cert.seq == seq and len(cert.prepares) + 1 >= self.q and (cur is None or cur[0].view < cert.view):
-                self.prepared[seq] = (cert, block)
-        if rec.view != self.view or self.changing:
+            cur = self.s.prepared.get(seq)
+            if cert.seq == seq and len(cert.prepares) + 1 >= self.s.q and (cur is None or cur[0].view < cert.view):
+                self.s.prepared[seq] = (cert, block)
+        if rec.view != self.s.view or self.s.changing:
             return False
-        inst = self.log.setdefault(seq, self._new_instance())
+        inst = self.s.log.setdefault(seq, Instance())
         block = rec.block
         inst.digest, inst.block, inst.pp_sig = block.hash, block, rec.pp_sig
-        if T_PREPREPARE in rec.tags and self.is_primary:
-            inst.mine.append(self._make(PrePrepare, seq, block.hash, block=block))
-            self.next_seq = max(self.next_seq, seq + 1)
+        if T_PREPREPARE in rec.tags and self.s.is_primary:
+            inst.mine.append(self.s.make(PrePrepare, seq, block.hash, block=block))
+            self.s.next_seq = max(self.s.next_seq, seq + 1)
         if T_PREPARE in rec.tags:
-            prep = self._make(Prepare, seq, block.hash, pp_sig=rec.pp_sig)
-            inst.prepares[self.index] = prep.sig
+            prep = self.s.make(Prepare, seq, block.hash, pp_sig=rec.pp_sig)
+            inst.prepares[self.s.index] = prep.sig
             inst.mine.append(prep)
         if T_COMMIT in rec.tags:
-            c = self._make(Commit, seq, block.hash)
+            c = self.s.make(Commit, seq, block.hash)
             inst.sent_commit = True
-            inst.commits[self.index] = c.sig
+            inst.commits[self.s.index] = c.sig
             inst.mine.append(c)
         inst.sent_at = -(10**12)
-        inst.backoff = self.retransmit_ms
+        inst.backoff = self.s.retransmit_ms
         return True
 
     def resume_view_change(self) -> None:
         """After a restart in the middle of a view change: our VIEW-CHANGE goes out again on the next
         tick (rebuilt from the restored prepared certificates), or the change could never complete."""
-        if self.changing and self._own_vc is None:
-            self._own_vc = self._build_view_change()
-            self._vc_sent_at = -(10**12)
+        if self.s.changing and self.s.own_vc is None:
+            self.s.own_vc = self.views.build_view_change()
+            self.s.vc_sent_at = -(10**12)

@@ -7,6 +7,11 @@ the view before anything of the new view leaves). Signing and verifying are inje
 and time arrives only through tick(), so the same core runs in seeded simulations and over libp2p.
 With n = 1 every quorum is this replica alone: the single-validator node runs this code path.
 
+All of the replica's state is one object, `ReplicaState` (node/consensus/state.py), with a named phase
+(NORMAL, SUSPECTING, VIEW_CHANGE) and every ignored message counted by its reason. Three roles act on
+it: this module (the normal case, and the one entry point), `ViewChanges` (viewchange.py) and
+`Recovery` (recovery.py); they hold nothing of their own.
+
 - Loss tolerance: every tick re-sends this replica's own messages of open instances (with backoff);
   signed Status heartbeats let a replica that is behind receive certified blocks.
 - Chained commits: a replica sends COMMIT for sequence s only once s-1 is delivered here and is the
@@ -27,10 +32,9 @@ With n = 1 every quorum is this replica alone: the single-validator node runs th
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import Any
 
-from node.block import Block, max_faulty, quorum, vote_digest
-from node.consensus import viewchange as vcm
+from node.block import Block, vote_digest
 from node.consensus.actions import Action, Broadcast, Catchup, Deliver, Persist, Send, ViewChanged
 from node.consensus.messages import (
     T_BLOCK,
@@ -45,301 +49,309 @@ from node.consensus.messages import (
     CertifiedBlock,
     Checkpoint,
     Commit,
+    Message,
     NewView,
     Prepare,
     PrePrepare,
     Status,
     Suspect,
-    ViewChange,
-    _Msg,
     signed_digest,
 )
-from node.consensus.recovery import RecoveryRole
-from node.consensus.viewchange import ViewChangeRole
-
-Signer = Callable[[bytes], bytes]
-Verifier = Callable[[int, bytes, bytes], bool]  # (validator index, digest, sig) -> ok
-BlockCheck = Callable[[Block], bool]
-
-
-
-
-@dataclass
-class _Instance:
-    digest: bytes | None = None
-    block: Block | None = None
-    pp_sig: bytes = bytes(64)
-    prepares: dict[int, bytes] = field(default_factory=dict)
-    commits: dict[int, bytes] = field(default_factory=dict)
-    sent_commit: bool = False
-    committed: bool = False
-    early: dict[tuple[bool, bytes], dict[int, bytes]] = field(default_factory=dict)  # votes before the pre-prepare
-    seen: dict[tuple[int, int], tuple[bytes, bytes]] = field(default_factory=dict)  # (tag, sender) -> (digest, sig)
-    mine: list[_Msg] = field(default_factory=list)  # what this replica sent, for retransmission
-    sent_at: int = 0
-    backoff: int = 0  # ms until the next retransmission; doubles each time, so slow rounds are not flooded
+from node.consensus.recovery import Record, Recovery
+from node.consensus.state import (
+    BlockCheck,
+    Ignored,
+    Instance,
+    Phase,
+    PreparedCert,
+    ReplicaState,
+    Signer,
+    Verifier,
+    Votes,
+)
+from node.consensus.viewchange import ViewChanges
 
 
-class Replica(ViewChangeRole, RecoveryRole):
+class Replica:
+    """The normal case (pre-prepare, prepare, commit, delivery, checkpoints, catch-up) and the one
+    entry point of the core: the view-change and recovery roles act on the same state `s`."""
+
     def __init__(self, chain_id: str, n: int, index: int, sign: Signer, verify: Verifier,
                  check_block: BlockCheck | None = None, window: int = 64, last_delivered: int = 0,
                  view: int = 0, last_hash: bytes = bytes(32), retransmit_ms: int = 250,
-                 status_ms: int = 500, catchup_batch: int = 32, last_cert: tuple[int, tuple] = (0, ()),
+                 status_ms: int = 500, catchup_batch: int = 32, last_cert: tuple[int, Votes] = (0, ()),
                  view_timeout_ms: int = 1500, checkpoint_interval: int = 0, awaiting_new_view: bool = False,
                  push_gap_max: int | None = None) -> None:
         if not 0 <= index < n:
             raise ValueError("replica index out of range")
-        self.chain_id, self.n, self.index = chain_id, n, index
-        self.f = max_faulty(n)
-        self.q = quorum(n)
-        self._sign, self._verify = sign, verify
-        self._check_block = check_block or (lambda b: True)
-        self.window = window
-        self.checkpoint_interval = checkpoint_interval or max(1, window // 4)
-        self.view = view
-        self.changing = awaiting_new_view and view > 0  # sent (or owe) a view change; waiting for NEW-VIEW
-        self.stable = last_delivered  # low watermark h: the last stable checkpoint (or where we started)
-        self.last_delivered = last_delivered
-        self.last_hash = last_hash
-        self.last_cert = last_cert  # (cert_view, cert) of the last delivered block, for view changes
-        self.next_seq = last_delivered + 1
-        self.log: dict[int, _Instance] = {}
-        self.certified: dict[int, Block] = {}  # certified blocks that arrived ahead of their turn
-        self.prepared: dict[int, tuple[vcm.PreparedCert, Block]] = {}  # highest-view prepared, above delivered
-        self.checkpoints: dict[int, dict[bytes, dict[int, bytes]]] = {}  # seq -> root -> sender -> sig
-        self._own_checkpoint: Checkpoint | None = None
-        self.peer_stable = 0  # highest checkpoint 2f+1 others agree on (above ours: we are behind)
-        self.vcs: dict[int, dict[int, vcm.ViewChangeInfo]] = {}  # view -> sender -> checked view change
-        self._own_vc: ViewChange | None = None
-        self.new_view_msg: NewView | None = None
-        self.fixed: dict[int, bytes] = {}  # seq -> digest the current view must re-propose there
-        self.floor = 0  # the new view's base: committed at or below (by a certificate), never re-proposed
-        self._early_view: list[_Msg] = []  # messages of the view we wait to enter, replayed once in it
-        self.view_timeout_ms = view_timeout_ms
-        self._vc_attempt = 0  # view changes since the last delivery: the timeout doubles with each
-        self._round_ema = 0.0  # moving average of the time between deliveries while work waited (ms)
-        self._vc_started = 0
-        self._progress_at = 0
-        self._vc_sent_at = -(10**12)
-        self.suspects: dict[int, int] = {}  # validator -> when its SUSPECT for our view last came
-        self._suspecting = False  # our view timer ran out and nothing was delivered since
-        self.view_changes = 0  # views entered through a new view
-        self.evidence: list[dict] = []
-        self._evidence_keys: set[tuple] = set()
-        self.peer_delivered: dict[int, int] = {}
-        self._heard: dict[int, int] = {}  # validator -> when we last got a valid message from it
-        self._checked: tuple | None = None  # (sender, digest, sig) of the pre-prepare worth_executing verified
-        self._catchup_sent: dict[int, int] = {}
-        self._nv_sent: dict[int, int] = {}
-        self.retransmit_ms, self.status_ms, self.catchup_batch = retransmit_ms, status_ms, catchup_batch
-        self.push_gap_max = push_gap_max  # a peer further behind pulls by state transfer instead (None: push all)
-        self.now_ms = 0
-        self._last_status = -(10**12)
-        self.ignored = 0  # messages dropped (bad signature, non-validator, outside window, conflicting)
+        self.s = ReplicaState(
+            chain_id=chain_id, n=n, index=index, sign=sign, verify=verify,
+            check_block=check_block or (lambda b: True), window=window,
+            checkpoint_interval=checkpoint_interval or max(1, window // 4), view_timeout_ms=view_timeout_ms,
+            retransmit_ms=retransmit_ms, status_ms=status_ms, catchup_batch=catchup_batch,
+            push_gap_max=push_gap_max, view=view,
+            # sent (or owe) a view change: waiting for the NEW-VIEW
+            phase=Phase.VIEW_CHANGE if awaiting_new_view and view > 0 else Phase.NORMAL,
+            stable=last_delivered, last_delivered=last_delivered, last_hash=last_hash, last_cert=last_cert,
+            next_seq=last_delivered + 1)
+        self.views = ViewChanges(self.s, self)
+        self.recovery = Recovery(self.s, self.views)
+        # by tag; each handler takes the message class decode_message gives for that tag
+        self._handlers: dict[int, Callable[[Any], list[Action]]] = {
+            T_STATUS: self._on_status, T_BLOCK: self._on_certified, T_PREPREPARE: self._on_preprepare,
+            T_PREPARE: self._on_prepare, T_COMMIT: self._on_commit, T_CHECKPOINT: self._on_checkpoint,
+            T_VIEWCHANGE: self.views.on_view_change, T_NEWVIEW: self.views.on_new_view,
+            T_SUSPECT: self.views.on_suspect}
+
+    # ---- what the driver, the metrics and state transfer read ----------------------------------------
+    @property
+    def state(self) -> ReplicaState:
+        return self.s
+
+    @property
+    def view(self) -> int:
+        return self.s.view
+
+    @property
+    def phase(self) -> Phase:
+        return self.s.phase
+
+    @property
+    def changing(self) -> bool:
+        return self.s.changing
 
     @property
     def primary(self) -> int:
-        return self.view % self.n
+        return self.s.primary
 
     @property
     def is_primary(self) -> bool:
-        return self.primary == self.index
+        return self.s.is_primary
+
+    @property
+    def n(self) -> int:
+        return self.s.n
+
+    @property
+    def index(self) -> int:
+        return self.s.index
+
+    @property
+    def window(self) -> int:
+        return self.s.window
 
     @property
     def low(self) -> int:
-        return self.stable
+        return self.s.stable
+
+    @property
+    def stable(self) -> int:
+        return self.s.stable
+
+    @property
+    def peer_stable(self) -> int:
+        return self.s.peer_stable
+
+    @property
+    def last_delivered(self) -> int:
+        return self.s.last_delivered
+
+    @property
+    def last_hash(self) -> bytes:
+        return self.s.last_hash
+
+    @property
+    def next_seq(self) -> int:
+        return self.s.next_seq
+
+    @property
+    def certified(self) -> dict[int, Block]:
+        return self.s.certified
+
+    @property
+    def peer_delivered(self) -> dict[int, int]:
+        return self.s.peer_delivered
+
+    @property
+    def view_changes(self) -> int:
+        return self.s.view_changes
+
+    @property
+    def evidence(self) -> list[dict[str, Any]]:
+        return self.s.evidence
+
+    @property
+    def ignored(self) -> int:
+        """Messages dropped, all reasons together (ignored_by_reason has them one by one)."""
+        return self.s.ignored.total()
+
+    def ignored_by_reason(self) -> dict[str, int]:
+        return {r.value: c for r, c in sorted(self.s.ignored.items(), key=lambda rc: rc[0].value)}
 
     def in_flight(self) -> int:
-        return self.next_seq - 1 - self.last_delivered
+        return self.s.next_seq - 1 - self.s.last_delivered
 
     def can_propose(self) -> bool:
-        return self.is_primary and not self.changing and self.next_seq <= self.stable + self.window
+        return self.s.is_primary and not self.s.changing and self.s.next_seq <= self.s.stable + self.s.window
 
-    @staticmethod
-    def _new_instance() -> _Instance:
-        return _Instance()
-
-    def _make(self, cls: type, seq: int, digest: bytes, **kw: object) -> _Msg:
-        tmp = cls(self.view, seq, digest, self.index, bytes(64), **kw)
-        return cls(self.view, seq, digest, self.index, self._sign(tmp.signing_digest(self.chain_id)), **kw)
-
-    def _send_mine(self, inst: _Instance, msg: _Msg) -> list[Action]:
+    def _send_mine(self, inst: Instance, msg: Message) -> list[Action]:
         """Our own phase message: logged durably first (Persist), then sent; kept for retransmission."""
         inst.mine.append(msg)
-        inst.sent_at = self.now_ms
-        inst.backoff = self.retransmit_ms
-        if self.n == 1:
+        inst.sent_at = self.s.now_ms
+        inst.backoff = self.s.retransmit_ms
+        if self.s.n == 1:
             return []  # nobody to send to, nothing that could ever conflict
-        return [Persist(msg.seq, self.record(msg.seq, inst)), Broadcast(msg)]
+        return [Persist(msg.seq, self.recovery.record(msg.seq, inst)), Broadcast(msg)]
 
     # ---- inputs ------------------------------------------------------------------------------------
     def propose(self, block: Block) -> list[Action]:
         """Primary only: order a fresh block at the next sequence number."""
-        if not self.is_primary or self.changing:
+        if not self.s.is_primary or self.s.changing:
             raise RuntimeError("only the primary of an active view proposes")
-        seq = self.next_seq
-        if seq > self.stable + self.window:
+        seq = self.s.next_seq
+        if seq > self.s.stable + self.s.window:
             raise RuntimeError("sequence window full")
         h = block.header
-        if h.seq != seq or h.view != self.view or h.height != seq:
+        if h.seq != seq or h.view != self.s.view or h.height != seq:
             raise ValueError("block header must carry the view and sequence (= height) it is proposed at")
-        return self._pre_prepare(block)
+        return self.pre_prepare(block)
 
-    def _pre_prepare(self, block: Block) -> list[Action]:
+    def pre_prepare(self, block: Block) -> list[Action]:
         seq = block.header.seq
-        self.next_seq = max(self.next_seq, seq + 1)
-        pp = self._make(PrePrepare, seq, block.hash, block=block)
-        inst = self.log.setdefault(seq, _Instance())
+        self.s.next_seq = max(self.s.next_seq, seq + 1)
+        pp = self.s.make(PrePrepare, seq, block.hash, block=block)
+        inst = self.s.log.setdefault(seq, Instance())
         after = self._on_preprepare(pp)  # takes the block in (with n = 1 it is delivered at once)
         return self._send_mine(inst, pp) + after
 
     def tick(self, now_ms: int, pending: bool = False) -> list[Action]:
         """Time passes: heartbeat, re-send our open messages, and run the view-change timer, which
         runs only while work is waiting (`pending`: the driver holds uncommitted transactions)."""
-        if now_ms - self.now_ms >= self.view_timeout_ms:
-            self._progress_at = now_ms  # we were not running (paused, descheduled): not the primary's fault
-        self.now_ms = now_ms
+        if now_ms - self.s.now_ms >= self.s.view_timeout_ms:
+            self.s.progress_at = now_ms  # we were not running (paused, descheduled): not the primary's fault
+        self.s.now_ms = now_ms
         out: list[Action] = []
-        if self.n == 1:
+        if self.s.n == 1:
             return out
-        if now_ms - self._last_status >= self.status_ms:
-            self._last_status = now_ms
+        if now_ms - self.s.last_status >= self.s.status_ms:
+            self.s.last_status = now_ms
             # while waiting for a new view, report the view before it, so its primary re-sends NEW-VIEW
-            out.append(Broadcast(self._make(Status, self.last_delivered, self.last_hash)
-                                 if not self.changing else self._status_before_view()))
-            if self._own_checkpoint is not None and self._own_checkpoint.seq > self.stable:
-                out.append(Broadcast(self._own_checkpoint))
-            if self._suspecting and not self.changing:
-                out.append(Broadcast(self._make(Suspect, self.last_delivered, self.last_hash)))
-        out += self._view_timer(now_ms, pending)
-        if self.changing:
-            if self._own_vc is not None and now_ms - self._vc_sent_at >= 4 * self.status_ms:
-                self._vc_sent_at = now_ms
-                out.append(Broadcast(self._own_vc))
+            out.append(Broadcast(self.s.make(Status, self.s.last_delivered, self.s.last_hash)
+                                 if not self.s.changing else self._status_before_view()))
+            if self.s.own_checkpoint is not None and self.s.own_checkpoint.seq > self.s.stable:
+                out.append(Broadcast(self.s.own_checkpoint))
+            if self.s.phase is Phase.SUSPECTING:
+                out.append(Broadcast(self.s.make(Suspect, self.s.last_delivered, self.s.last_hash)))
+        out += self.views.timer(now_ms, pending)
+        if self.s.changing:
+            if self.s.own_vc is not None and now_ms - self.s.vc_sent_at >= 4 * self.s.status_ms:
+                self.s.vc_sent_at = now_ms
+                out.append(Broadcast(self.s.own_vc))
             return out
-        for inst in self.log.values():
+        for inst in self.s.log.values():
             if inst.mine and not inst.committed and now_ms - inst.sent_at >= inst.backoff:
                 inst.sent_at = now_ms
-                inst.backoff = min(2 * max(inst.backoff, self.retransmit_ms), 16 * self.retransmit_ms)
+                inst.backoff = min(2 * max(inst.backoff, self.s.retransmit_ms), 16 * self.s.retransmit_ms)
                 for m in inst.mine:
                     if m.tag == T_PREPREPARE:
                         # the block is large: only to replicas that have not shown (by a vote) they hold it
-                        out += [Send(j, m) for j in range(self.n)
-                                if j != self.index and j not in inst.prepares and j not in inst.commits]
+                        out += [Send(j, m) for j in range(self.s.n)
+                                if j != self.s.index and j not in inst.prepares and j not in inst.commits]
                     else:
                         out.append(Broadcast(m))
         return out
 
     def _status_before_view(self) -> Status:
-        tmp = Status(self.view - 1, self.last_delivered, self.last_hash, self.index, bytes(64))
-        return Status(tmp.view, tmp.seq, tmp.digest, self.index, self._sign(tmp.signing_digest(self.chain_id)))
-
-    def _timeout(self) -> int:
-        """The view-change timeout: view_timeout_ms, or 4x the recent time between deliveries while work
-        waited if that is longer (an overloaded primary is slow, not faulty: changing view would only
-        add work), at most 8x; doubled for each view change that brought no delivery."""
-        base = min(max(self.view_timeout_ms, 4 * int(self._round_ema)), 8 * self.view_timeout_ms)
-        return base << min(self._vc_attempt, 6)
-
-    def _view_timer(self, now_ms: int, pending: bool) -> list[Action]:
-        # heard: sent us something within two heartbeats. Counted over the whole timeout instead, a replica
-        # cut off just after the view slowed down ran out its timer before it noticed the cut, and left alone.
-        window = min(self.view_timeout_ms, 2 * self.status_ms)
-        heard = sum(1 for t in self._heard.values() if now_ms - t <= window)
-        if self.changing:
-            # PBFT: the timer for the next view starts once 2f+1 replicas are in this view change, and here it
-            # runs only while we hear 2f others: cut off or paused we could not have received the NEW-VIEW, and
-            # a replica that escalated then would be stranded in a view the others (working in the one it
-            # missed) never join; it may not act in a lower view again (its VIEW-CHANGE still counts there).
-            # A replica asking for a later view has given up on this one too: counting it lets the others
-            # reach a replica left behind in a higher view instead of waiting for its VIEW-CHANGE here.
-            given_up = {s for v, vs in self.vcs.items() if v >= self.view for s in vs}
-            if heard < self.q - 1 or len(given_up) < self.q:
-                self._vc_started = now_ms  # the timer starts (again) from here
-                return []
-            if now_ms - self._vc_started >= self._timeout():
-                return self.start_view_change(self.view + 1)
-            return []
-        if not pending and not any(i.block is not None for i in self.log.values()):
-            self._progress_at = now_ms  # nothing waiting: the timer is not running
-            return []
-        if self.behind_by() > 0 or heard < self.q - 1:
-            # the others are ahead (we must catch up, the view is live), or we cannot hear 2f of them (cut
-            # off: a view change could not complete, and a replica that raced ahead alone could not rejoin)
-            self._progress_at = now_ms
-            return []
-        if now_ms - self._progress_at >= self._timeout():
-            return self.suspect()
-        return []
+        tmp = Status(self.s.view - 1, self.s.last_delivered, self.s.last_hash, self.s.index, bytes(64))
+        return Status(tmp.view, tmp.seq, tmp.digest, self.s.index, self.s.sign(tmp.signing_digest(self.s.chain_id)))
 
     def worth_executing(self, pp: PrePrepare) -> bool:
         """Whether the driver should execute a pre-prepare's block before handing it in: only a signed
         one from the primary of our (awaited) view, inside the window. Execution is the costly part,
         so nobody else gets to spend our CPU on it."""
-        if not (0 <= pp.sender < self.n and pp.view == self.view and pp.sender == self.primary
-                and self.last_delivered < pp.seq <= self.stable + self.window and pp.seq > self.floor):
+        if not (0 <= pp.sender < self.s.n and pp.view == self.s.view and pp.sender == self.s.primary
+                and self.s.last_delivered < pp.seq <= self.s.stable + self.s.window and pp.seq > self.s.floor):
             return False
-        signed = (pp.sender, pp.signing_digest(self.chain_id), pp.sig)
-        if not self._verify(*signed):
+        signed = (pp.sender, pp.signing_digest(self.s.chain_id), pp.sig)
+        if not self.s.verify(*signed):
             return False
-        self._checked = signed  # on_message need not verify this one again
+        self.s.checked = signed  # on_message need not verify this one again
         return True
 
-    def on_message(self, msg: _Msg) -> list[Action]:
-        if not 0 <= msg.sender < self.n or msg.sender == self.index:
-            self.ignored += 1
+    def on_message(self, msg: Message) -> list[Action]:
+        s = self.s
+        if not 0 <= msg.sender < s.n or msg.sender == s.index:
+            s.ignore(Ignored.BAD_SENDER)
             return []
         ordered = msg.tag in (T_PREPREPARE, T_PREPARE, T_COMMIT)
-        early = ordered and self.changing and msg.view == self.view and len(self._early_view) < 4 * self.n * self.window
+        early = ordered and s.changing and msg.view == s.view and len(s.early_view) < 4 * s.n * s.window
         # cheap checks before the signature, so out-of-window floods cost little CPU
-        if ordered and not early and (msg.view != self.view or self.changing
-                                      or not self.last_delivered < msg.seq <= self.stable + self.window):
-            self.ignored += 1
-            return []
-        signed = (msg.sender, msg.signing_digest(self.chain_id), msg.sig)
-        if signed != self._checked and not self._verify(*signed):
-            self.ignored += 1
+        if ordered and not early:
+            reason = self._out_of_turn(msg)
+            if reason is not None:
+                s.ignore(reason)
+                return []
+        signed = (msg.sender, msg.signing_digest(s.chain_id), msg.sig)
+        if signed != s.checked and not s.verify(*signed):
+            s.ignore(Ignored.BAD_SIGNATURE)
             return []
         if early:
-            self._early_view.append(msg)  # it overtook the NEW-VIEW (other senders, other paths): keep it
+            s.early_view.append(msg)  # it overtook the NEW-VIEW (other senders, other paths): keep it
             return []
-        self._heard[msg.sender] = self.now_ms
-        handler = {T_STATUS: self._on_status, T_BLOCK: self._on_certified, T_PREPREPARE: self._on_preprepare,
-                   T_PREPARE: self._on_prepare, T_COMMIT: self._on_commit, T_CHECKPOINT: self._on_checkpoint,
-                   T_VIEWCHANGE: self._on_view_change, T_NEWVIEW: self._on_new_view,
-                   T_SUSPECT: self._on_suspect}.get(msg.tag)
+        s.heard[msg.sender] = s.now_ms
+        handler = self._handlers.get(msg.tag)
         if handler is None:
-            self.ignored += 1
+            s.ignore(Ignored.UNKNOWN_TYPE)
             return []
         return handler(msg)
 
+    def _out_of_turn(self, msg: Message) -> Ignored | None:
+        """Why a phase message cannot be taken now (None: it can): not of our view, our view is being
+        left, or its sequence is not in the window above what we delivered."""
+        s = self.s
+        if msg.view < s.view:
+            return Ignored.OLD_VIEW
+        if msg.view > s.view:
+            return Ignored.FUTURE_VIEW
+        if s.changing:
+            return Ignored.VIEW_CHANGING
+        if not s.last_delivered < msg.seq <= s.stable + s.window:
+            return Ignored.OUTSIDE_WINDOW
+        return None
+
     # ---- the three phases -----------------------------------------------------------------------------
     def _on_preprepare(self, pp: PrePrepare) -> list[Action]:
-        if pp.sender != self.primary or pp.block is None or pp.block.hash != pp.digest:
-            self.ignored += 1
+        if pp.sender != self.s.primary:
+            self.s.ignore(Ignored.NOT_PRIMARY)
+            return []
+        if pp.block is None or pp.block.hash != pp.digest:
+            self.s.ignore(Ignored.MALFORMED)
             return []
         h = pp.block.header
-        fixed = self.fixed.get(pp.seq)
+        fixed = self.s.fixed.get(pp.seq)
         # at or below the new view's base a block is committed already: a lagging replica must take it
         # from its certificate, never prepare whatever a (byzantine) new primary offers there
-        if h.seq != pp.seq or h.height != pp.seq or pp.seq <= self.floor:
-            self.ignored += 1
+        if h.seq != pp.seq or h.height != pp.seq:
+            self.s.ignore(Ignored.MALFORMED)
+            return []
+        if pp.seq <= self.s.floor:
+            self.s.ignore(Ignored.BELOW_FLOOR)
             return []
         if fixed is not None:  # the new view decided this sequence: only that block, as first proposed
-            if pp.digest != fixed or h.view > pp.view or h.proposer != h.view % self.n:
-                self.ignored += 1
+            if pp.digest != fixed or h.view > pp.view or h.proposer != h.view % self.s.n:
+                self.s.ignore(Ignored.NOT_FIXED)
                 return []
         elif h.view != pp.view or h.proposer != pp.sender:
-            self.ignored += 1
+            self.s.ignore(Ignored.MALFORMED)
             return []
-        inst = self.log.setdefault(pp.seq, _Instance())
+        inst = self.s.log.setdefault(pp.seq, Instance())
         if inst.block is not None:
             if inst.digest != pp.digest:
-                self.ignored += 1  # equivocation: a second block for one sequence number
-                return self._primary_equivocated(pp.seq, inst.digest, inst.pp_sig, pp.digest, pp.sig)
+                self.s.ignore(Ignored.EQUIVOCATION)  # a second block for one sequence number
+                return self.views.primary_equivocated(pp.seq, inst.digest, inst.pp_sig, pp.digest, pp.sig)
             return []
-        if pp.sender != self.index and not self._check_block(pp.block):
-            self.ignored += 1
+        if pp.sender != self.s.index and not self.s.check_block(pp.block):
+            self.s.ignore(Ignored.INVALID_BLOCK)
             return []
         inst.digest, inst.block, inst.pp_sig = pp.digest, pp.block, pp.sig
         # adopt the votes that arrived early for this block; those for any other digest are dropped
@@ -347,10 +359,10 @@ class Replica(ViewChangeRole, RecoveryRole):
         inst.commits.update(inst.early.get((False, pp.digest), {}))
         inst.early.clear()
         out: list[Action] = []
-        if not self.is_primary:
-            prep = self._make(Prepare, pp.seq, pp.digest, pp_sig=pp.sig)
+        if not self.s.is_primary:
+            prep = self.s.make(Prepare, pp.seq, pp.digest, pp_sig=pp.sig)
             out += self._send_mine(inst, prep)
-            inst.prepares[self.index] = prep.sig
+            inst.prepares[self.s.index] = prep.sig
         out += self._progress(pp.seq)
         return out
 
@@ -360,108 +372,114 @@ class Replica(ViewChangeRole, RecoveryRole):
     def _on_commit(self, msg: Commit) -> list[Action]:
         return self._on_vote(msg, prepare=False)
 
-    def _on_vote(self, msg: _Msg, prepare: bool) -> list[Action]:
-        inst = self.log.setdefault(msg.seq, _Instance())
-        if prepare and msg.sender == self.primary:
-            self.ignored += 1  # the primary's pre-prepare stands for its prepare
+    def _on_vote(self, msg: Prepare | Commit, prepare: bool) -> list[Action]:
+        inst = self.s.log.setdefault(msg.seq, Instance())
+        if prepare and msg.sender == self.s.primary:
+            self.s.ignore(Ignored.PRIMARY_PREPARE)  # the primary's pre-prepare stands for its prepare
             return []
         seen = inst.seen.get((msg.tag, msg.sender))
         if seen is not None and seen[0] != msg.digest:
-            self.ignored += 1
-            self._add_evidence("conflicting-votes", msg.sender, msg.tag, msg.view, msg.seq,
-                               (seen[0], seen[1]), (msg.digest, msg.sig))
+            self.s.ignore(Ignored.CONFLICTING_VOTE)
+            self.s.add_evidence("conflicting-votes", msg.sender, msg.tag, msg.view, msg.seq,
+                                (seen[0], seen[1]), (msg.digest, msg.sig))
             return []
         inst.seen[(msg.tag, msg.sender)] = (msg.digest, msg.sig)
         if inst.block is None:
             # before the pre-prepare: keep votes per digest, so a bogus early vote cannot shadow honest ones
             early = inst.early.setdefault((prepare, msg.digest), {})
-            if len(inst.early) > 2 * self.n:
-                self.ignored += 1
+            if len(inst.early) > 2 * self.s.n:
+                self.s.ignore(Ignored.EARLY_VOTES_FULL)
                 return []
             early.setdefault(msg.sender, msg.sig)
             return []
         if msg.digest != inst.digest:
-            self.ignored += 1
-            if prepare and self._verify(self.primary, signed_digest(T_PREPREPARE, self.chain_id, msg.view,
-                                                                    msg.seq, msg.digest), msg.pp_sig):
-                return self._primary_equivocated(msg.seq, inst.digest, inst.pp_sig, msg.digest, msg.pp_sig)
+            self.s.ignore(Ignored.WRONG_DIGEST)
+            # a prepare carries the pre-prepare it answers: a valid one for another block proves equivocation
+            if isinstance(msg, Prepare) and self.s.verify(
+                    self.s.primary, signed_digest(T_PREPREPARE, self.s.chain_id, msg.view, msg.seq, msg.digest),
+                    msg.pp_sig):
+                return self.views.primary_equivocated(msg.seq, inst.digest, inst.pp_sig, msg.digest, msg.pp_sig)
             return []
         votes = inst.prepares if prepare else inst.commits
         votes.setdefault(msg.sender, msg.sig)
         return self._progress(msg.seq)
 
-    def _prepared(self, inst: _Instance) -> bool:
-        # pre-prepare plus 2f prepares from others (the primary's pre-prepare counts as its vote)
-        return inst.block is not None and len(inst.prepares) + 1 >= self.q
+    def _prepared(self, inst: Instance) -> Block | None:
+        """The block, if prepared: pre-prepare plus 2f prepares from others (the primary's pre-prepare
+        counts as its vote)."""
+        return inst.block if inst.block is not None and len(inst.prepares) + 1 >= self.s.q else None
 
     def _progress(self, seq: int) -> list[Action]:
-        inst = self.log[seq]
-        if self._prepared(inst):
-            cur = self.prepared.get(seq)
-            if cur is None or cur[0].view < self.view or cur[0].digest != inst.digest:
+        inst = self.s.log[seq]
+        block = self._prepared(inst)
+        if block is not None:
+            cur = self.s.prepared.get(seq)
+            if cur is None or cur[0].view < self.s.view or cur[0].digest != inst.digest:
                 preps = tuple(sorted(inst.prepares.items()))
-                self.prepared[seq] = (vcm.PreparedCert(seq, self.view, inst.block.header, inst.pp_sig, preps),
-                                      inst.block)
-        return self._try_commit(seq) + self._deliver()
+                self.s.prepared[seq] = (PreparedCert(seq, self.s.view, block.header, inst.pp_sig, preps), block)
+        return self._try_commit(seq) + self.deliver()
 
     def _try_commit(self, seq: int) -> list[Action]:
-        inst = self.log.get(seq)
+        inst = self.s.log.get(seq)
         if inst is None:
             return []
         out: list[Action] = []
-        if (not inst.sent_commit and self._prepared(inst) and seq == self.last_delivered + 1
-                and inst.block.header.prev_hash == self.last_hash):
+        if (not inst.sent_commit and (block := self._prepared(inst)) is not None
+                and seq == self.s.last_delivered + 1 and block.header.prev_hash == self.s.last_hash):
             inst.sent_commit = True
-            c = self._make(Commit, seq, inst.digest)
-            inst.commits[self.index] = c.sig
+            c = self.s.make(Commit, seq, inst.digest)
+            inst.commits[self.s.index] = c.sig
             out += self._send_mine(inst, c)
-        if inst.sent_commit and not inst.committed and len(inst.commits) >= self.q:
+        if inst.sent_commit and not inst.committed and len(inst.commits) >= self.s.q:
             inst.committed = True
         return out
 
     # ---- delivery, checkpoints and catch-up -------------------------------------------------------------
-    def _deliver(self) -> list[Action]:
+    def deliver(self) -> list[Action]:
         out: list[Action] = []
         while True:
-            seq = self.last_delivered + 1
-            inst = self.log.get(seq)
-            if inst is not None and inst.committed:
-                out.append(Deliver(seq, inst.block.with_cert(sorted(inst.commits.items()), self.view)))
-            elif seq in self.certified:
-                out.append(Deliver(seq, self.certified[seq], certified=True))
+            seq = self.s.last_delivered + 1
+            inst = self.s.log.get(seq)
+            if inst is not None and inst.committed and inst.block is not None:
+                d = Deliver(seq, inst.block.with_cert(sorted(inst.commits.items()), self.s.view))
+            elif seq in self.s.certified:
+                d = Deliver(seq, self.s.certified[seq], certified=True)
             else:
                 return out
-            out += self._advance(seq, out[-1].block)
+            out.append(d)
+            out += self._advance(seq, d.block)
             out += self._try_commit(seq + 1)
 
     def _advance(self, seq: int, block: Block) -> list[Action]:
-        self.last_delivered = seq
-        self.last_hash = block.hash
-        self.last_cert = (block.cert_view, block.cert)
-        self.log.pop(seq, None)
-        self.certified.pop(seq, None)
-        for s in [s for s in self.prepared if s <= seq]:
-            del self.prepared[s]
-        self.next_seq = max(self.next_seq, seq + 1)
+        self.s.last_delivered = seq
+        self.s.last_hash = block.hash
+        self.s.last_cert = (block.cert_view, block.cert)
+        self.s.log.pop(seq, None)
+        self.s.certified.pop(seq, None)
+        for s in [s for s in self.s.prepared if s <= seq]:
+            del self.s.prepared[s]
+        self.s.next_seq = max(self.s.next_seq, seq + 1)
         # the time this delivery took while work waited feeds the adaptive timeout
-        self._round_ema = 0.7 * self._round_ema + 0.3 * max(0, self.now_ms - self._progress_at)
-        self._progress_at, self._vc_attempt, self._suspecting = self.now_ms, 0, False
-        if self.n == 1:
-            self.stable = seq
+        self.s.round_ema = 0.7 * self.s.round_ema + 0.3 * max(0, self.s.now_ms - self.s.progress_at)
+        self.s.progress_at, self.s.vc_attempt = self.s.now_ms, 0
+        if self.s.phase is Phase.SUSPECTING:
+            self.s.phase = Phase.NORMAL
+        if self.s.n == 1:
+            self.s.stable = seq
             return []
-        if seq % self.checkpoint_interval:
+        if seq % self.s.checkpoint_interval:
             return []
-        cp = self._make(Checkpoint, seq, block.header.state_root)
-        self._own_checkpoint = cp
-        self.checkpoints.setdefault(seq, {}).setdefault(cp.digest, {})[self.index] = cp.sig
+        cp = self.s.make(Checkpoint, seq, block.header.state_root)
+        self.s.own_checkpoint = cp
+        self.s.checkpoints.setdefault(seq, {}).setdefault(cp.digest, {})[self.s.index] = cp.sig
         self._check_stable(seq)
         return [Broadcast(cp)]
 
     def _on_checkpoint(self, msg: Checkpoint) -> list[Action]:
-        if msg.seq <= self.stable or msg.seq % self.checkpoint_interval or \
-                msg.seq > self.last_delivered + 16 * self.window:
+        if msg.seq <= self.s.stable or msg.seq % self.s.checkpoint_interval or \
+                msg.seq > self.s.last_delivered + 16 * self.s.window:
             return []
-        roots = self.checkpoints.setdefault(msg.seq, {})
+        roots = self.s.checkpoints.setdefault(msg.seq, {})
         if any(msg.sender in votes for votes in roots.values()):
             return []  # one root per validator and sequence (a second one would only be noise)
         roots.setdefault(msg.digest, {})[msg.sender] = msg.sig
@@ -469,27 +487,27 @@ class Replica(ViewChangeRole, RecoveryRole):
         return []
 
     def _check_stable(self, seq: int) -> None:
-        for root, votes in self.checkpoints.get(seq, {}).items():
-            if len(votes) < self.q:
+        for root, votes in self.s.checkpoints.get(seq, {}).items():
+            if len(votes) < self.s.q:
                 continue
-            self.peer_stable = max(self.peer_stable, seq)
-            mine = self._own_checkpoint
-            if seq > self.last_delivered or mine is None or mine.seq != seq:
+            self.s.peer_stable = max(self.s.peer_stable, seq)
+            mine = self.s.own_checkpoint
+            if seq > self.s.last_delivered or mine is None or mine.seq != seq:
                 return  # we are behind: state transfer brings us there (node/validator.py)
             if mine.digest != root:
-                self._add_evidence("state-divergence", self.index, T_CHECKPOINT, 0, seq, (mine.digest, mine.sig),
+                self.s.add_evidence("state-divergence", self.s.index, T_CHECKPOINT, 0, seq, (mine.digest, mine.sig),
                                    (root, b""))
                 return
-            self.stable = seq  # the low watermark moves; what lies below it is collected
-            for s in [s for s in self.checkpoints if s <= seq]:
-                del self.checkpoints[s]
+            self.s.stable = seq  # the low watermark moves; what lies below it is collected
+            for s in [s for s in self.s.checkpoints if s <= seq]:
+                del self.s.checkpoints[s]
             return
 
     def cert_valid(self, block: Block) -> bool:
         h = block.header
-        digest = vote_digest(self.chain_id, block.cert_view, h.seq, block.hash)
-        signers = {i for i, s in block.cert if 0 <= i < self.n and self._verify(i, digest, s)}
-        return len(signers) >= self.q and len(signers) == len(block.cert)
+        digest = vote_digest(self.s.chain_id, block.cert_view, h.seq, block.hash)
+        signers = {i for i, s in block.cert if 0 <= i < self.s.n and self.s.verify(i, digest, s)}
+        return len(signers) >= self.s.q and len(signers) == len(block.cert)
 
     def _on_certified(self, msg: CertifiedBlock) -> list[Action]:
         return self.offer_certified(msg.block, msg.digest, msg.seq)
@@ -499,55 +517,71 @@ class Replica(ViewChangeRole, RecoveryRole):
         checked against the validator keys alone, so no single peer is trusted."""
         if b is None or (digest is not None and b.hash != digest) or b.header.height != b.header.seq or \
                 (seq is not None and b.header.seq != seq):
-            self.ignored += 1
+            self.s.ignore(Ignored.MALFORMED)
             return []
         seq = b.header.seq
-        if seq <= self.last_delivered or seq in self.certified:
+        if seq <= self.s.last_delivered or seq in self.s.certified:
             return []
-        if seq > self.last_delivered + 4 * self.window or not self.cert_valid(b):
-            self.ignored += 1
+        if seq > self.s.last_delivered + 4 * self.s.window:
+            self.s.ignore(Ignored.OUTSIDE_WINDOW)
             return []
-        self.certified[seq] = b
-        return self._deliver()
+        if not self.cert_valid(b):
+            self.s.ignore(Ignored.BAD_CERTIFICATE)
+            return []
+        self.s.certified[seq] = b
+        return self.deliver()
 
     def _on_status(self, msg: Status) -> list[Action]:
         j, theirs = msg.sender, msg.seq
         out: list[Action] = []
-        if msg.view < self.view and not self.changing and self.new_view_msg is not None:
+        if msg.view < self.s.view and not self.s.changing and self.s.new_view_msg is not None:
             # it missed the NEW-VIEW of our view: the primary sends it again, and (less often) so does every
             # replica in the view, as it is self-certifying: one that cannot hear the primary (a cut link,
             # a primary withholding it) gets in rather than escalating to a view no one else would join
-            sent = self._nv_sent.get(j)
-            if sent is None or self.now_ms - sent >= (2 if self.is_primary else 4) * self.status_ms:
-                self._nv_sent[j] = self.now_ms
-                out.append(Send(j, self.new_view_msg))
-        if theirs == self.last_delivered and theirs > 0 and msg.digest != self.last_hash:
+            sent = self.s.nv_sent.get(j)
+            if sent is None or self.s.now_ms - sent >= (2 if self.s.is_primary else 4) * self.s.status_ms:
+                self.s.nv_sent[j] = self.s.now_ms
+                out.append(Send(j, self.s.new_view_msg))
+        if theirs == self.s.last_delivered and theirs > 0 and msg.digest != self.s.last_hash:
             # a validator signs that it delivered another block at our height: the chain forked, which
             # only more than f faulty validators can cause (kept as evidence, reported loudly)
-            self._add_evidence("fork", j, T_STATUS, msg.view, theirs, (self.last_hash, b""), (msg.digest, msg.sig))
-        before = self.peer_delivered.get(j)
-        self.peer_delivered[j] = max(before or 0, theirs)
-        if theirs >= self.last_delivered or before is None or theirs > before:
+            self.s.add_evidence("fork", j, T_STATUS, msg.view, theirs, (self.s.last_hash, b""), (msg.digest, msg.sig))
+        before = self.s.peer_delivered.get(j)
+        self.s.peer_delivered[j] = max(before or 0, theirs)
+        if theirs >= self.s.last_delivered or before is None or theirs > before:
             return out  # level, or still progressing on its own: certified blocks would only duplicate work
-        if self.push_gap_max is not None and self.last_delivered - theirs > self.push_gap_max:
+        if self.s.push_gap_max is not None and self.s.last_delivered - theirs > self.s.push_gap_max:
             return out  # far behind: it pulls from several peers by state transfer (node/sync.py)
         # a peer is behind: send it certified blocks, at most one batch per status round per peer
-        sent = self._catchup_sent.get(j)
-        if sent is not None and self.now_ms - sent < self.status_ms:
+        sent = self.s.catchup_sent.get(j)
+        if sent is not None and self.s.now_ms - sent < self.s.status_ms:
             return out
-        self._catchup_sent[j] = self.now_ms
-        return out + [Catchup(j, theirs + 1, min(self.last_delivered, theirs + self.catchup_batch))]
+        self.s.catchup_sent[j] = self.s.now_ms
+        return out + [Catchup(j, theirs + 1, min(self.s.last_delivered, theirs + self.s.catchup_batch))]
+
+    # ---- the view-change and recovery roles' entry points ---------------------------------------------
+    def start_view_change(self, new_view: int) -> list[Action]:
+        """Stop accepting the current view and ask for `new_view` (node/consensus/viewchange.py)."""
+        return self.views.start_view_change(new_view)
+
+    def record(self, seq: int, inst: Instance | None = None) -> bytes:
+        return self.recovery.record(seq, inst)
+
+    def reinstall(self, nv: NewView) -> bool:
+        return self.recovery.reinstall(nv)
+
+    def restore_record(self, seq: int, rec: Record) -> bool:
+        return self.recovery.restore_record(seq, rec)
+
+    def resume_view_change(self) -> None:
+        self.recovery.resume_view_change()
 
     def behind_by(self) -> int:
-        """How far the f+1-th most advanced peer is ahead of us (a lower bound no liar can inflate)."""
-        ahead = sorted(self.peer_delivered.values(), reverse=True)
-        if len(ahead) <= self.f:
-            return 0
-        return max(0, ahead[self.f] - self.last_delivered, self.peer_stable - self.last_delivered)
+        return self.s.behind_by()
 
     def certified_message(self, block: Block) -> CertifiedBlock:
         """Wrap a committed block (with its certificate) for sending to a replica that is behind."""
-        return self._make(CertifiedBlock, block.header.seq, block.hash, block=block)
+        return self.s.make(CertifiedBlock, block.header.seq, block.hash, block=block)
 
 
 __all__ = ["T_COMMIT", "Action", "Broadcast", "Catchup", "Deliver", "Persist", "Replica", "Send", "ViewChanged"]

@@ -14,12 +14,15 @@ new primary cannot choose differently. Per sequence the highest-view prepared ce
 link from the base block. That prefix contains every block that may have committed: a replica
 sends COMMIT for a block only once the block before it is delivered here and is its parent, so a
 committed block's parent is committed and (by PBFT's invariant) selected too.
+
+`ViewChanges` is the replica's role that runs all this on its state (node/consensus/state.py): when
+to suspect the view and when to leave it, the messages of a view change, and installing the new view.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from node.block import GENESIS_PREV, Block, BlockError, Header, quorum, vote_digest
 from node.consensus.actions import Action, Broadcast, Send, ViewChanged
@@ -27,44 +30,17 @@ from node.consensus.messages import (
     T_PREPARE,
     T_PREPREPARE,
     ConsensusError,
+    Message,
     NewView,
     Suspect,
     ViewChange,
     signed_digest,
 )
+from node.consensus.state import Ignored, Phase, PreparedCert, ReplicaState, Verifier, ViewChangeInfo
 from node.crypto import ecdsa
 from node.wire import MAX_BLOCK_BYTES, WireError, decode_canonical, encode
 
-Verifier = Callable[[int, bytes, bytes], bool]
-MAX_EVIDENCE = 256
 VC_BLOCK_BUDGET = 3 * MAX_BLOCK_BYTES  # prepared blocks a view change carries (the message limit is 4 blocks)
-
-
-@dataclass(frozen=True)
-class PreparedCert:
-    seq: int
-    view: int
-    header: Header
-    pp_sig: bytes  # the view's primary signed the pre-prepare
-    prepares: tuple[tuple[int, bytes], ...]  # 2f prepares from other replicas
-
-    @property
-    def digest(self) -> bytes:
-        return self.header.hash
-
-    def wire(self) -> list:
-        return [self.seq, self.view, self.header.encode(), self.pp_sig, [list(p) for p in self.prepares]]
-
-
-@dataclass(frozen=True)
-class ViewChangeInfo:
-    msg: ViewChange
-    last_seq: int
-    last_hash: bytes
-    prepared: dict[int, PreparedCert]
-    blocks: dict[bytes, Block]  # digest -> block, for the prepared certificates it carried
-    cert_view: int = 0  # the certificate of the last committed block (last_seq, last_hash)
-    cert: tuple[tuple[int, bytes], ...] = ()
 
 
 def make_body(last_hash: bytes, cert_view: int, cert: tuple[tuple[int, bytes], ...],
@@ -77,7 +53,7 @@ def strip(vc: ViewChange) -> bytes:
     return ViewChange(vc.view, vc.seq, vc.digest, vc.sender, vc.sig, vc.body, ()).encode()
 
 
-def _quorum_signed(pairs: list, digest: bytes, n: int, verify: Verifier, exclude: int = -1) -> set[int] | None:
+def _quorum_signed(pairs: list[object], digest: bytes, n: int, verify: Verifier, exclude: int = -1) -> set[int] | None:
     signers: set[int] = set()
     for p in pairs:
         if not (isinstance(p, list) and len(p) == 2 and type(p[0]) is int and isinstance(p[1], bytes)):
@@ -196,16 +172,24 @@ def body_hash(body: bytes) -> bytes:
     return ecdsa.sha256(body)
 
 
-class ViewChangeRole:
-    """The replica's view-change half (mixed into node.consensus.replica.Replica, whose state it uses):
-    leaving a view, gathering view changes, the new primary's NEW-VIEW, installing a view, evidence."""
+class Ordering(Protocol):
+    """What installing a new view asks of the normal case (node.consensus.replica.Replica)."""
 
-    # the Replica defines these; declared for readers and type checkers
-    view: int
-    changing: bool
-    log: dict
-    prepared: dict
-    vcs: dict
+    def deliver(self) -> list[Action]: ...
+
+    def pre_prepare(self, block: Block) -> list[Action]: ...
+
+    def on_message(self, msg: Message) -> list[Action]: ...
+
+
+class ViewChanges:
+    """The replica's view-change role, on the replica's one state: the view timer, suspecting the view,
+    leaving it, gathering view changes, the new primary's NEW-VIEW, installing a view, the primary's
+    equivocation."""
+
+    def __init__(self, s: ReplicaState, ordering: Ordering) -> None:
+        self.s = s
+        self.ordering = ordering
 
     # ---- suspicion: the view timer ran out -------------------------------------------------------------
     def suspect(self) -> list[Action]:
@@ -213,157 +197,188 @@ class ViewChangeRole:
         The view changes once 2f+1 replicas say so, not on one timer: a replica whose timer ran out just
         before the view went on for the others would otherwise be left alone in a view nobody joins."""
         out: list[Action] = []
-        if not self._suspecting:
-            self._suspecting = True
-            out.append(Broadcast(self._make(Suspect, self.last_delivered, self.last_hash)))
+        if self.s.phase is Phase.NORMAL:
+            self.s.phase = Phase.SUSPECTING
+            out.append(Broadcast(self.s.make(Suspect, self.s.last_delivered, self.s.last_hash)))
         return out + self._suspicion_ripe()
 
-    def _on_suspect(self, msg: Suspect) -> list[Action]:
-        if msg.view != self.view or self.changing:
+    def on_suspect(self, msg: Suspect) -> list[Action]:
+        if msg.view != self.s.view or self.s.changing:
             return []
-        self.suspects[msg.sender] = self.now_ms
+        self.s.suspects[msg.sender] = self.s.now_ms
         return self._suspicion_ripe()
 
     def _suspicion_ripe(self) -> list[Action]:
-        window = 2 * self.status_ms  # a SUSPECT counts while its sender repeats it with its heartbeats
-        others = {j for j, t in self.suspects.items() if self.now_ms - t <= window}
-        others |= {j for v, vs in self.vcs.items() if v > self.view for j in vs if j != self.index}
-        if not self._suspecting and len(others) > self.f:
+        window = 2 * self.s.status_ms  # a SUSPECT counts while its sender repeats it with its heartbeats
+        others = {j for j, t in self.s.suspects.items() if self.s.now_ms - t <= window}
+        others |= {j for v, vs in self.s.vcs.items() if v > self.s.view for j in vs if j != self.s.index}
+        if self.s.phase is Phase.NORMAL and len(others) > self.s.f:
             return self.suspect()  # f+1 suspect the view: at least one honest one does; join it
-        if self._suspecting and len(others) + 1 >= self.q:
-            return self.start_view_change(self.view + 1)
+        if self.s.phase is Phase.SUSPECTING and len(others) + 1 >= self.s.q:
+            return self.start_view_change(self.s.view + 1)
+        return []
+
+    def _timeout(self) -> int:
+        """The view-change timeout: view_timeout_ms, or 4x the recent time between deliveries while work
+        waited if that is longer (an overloaded primary is slow, not faulty: changing view would only
+        add work), at most 8x; doubled for each view change that brought no delivery."""
+        base = min(max(self.s.view_timeout_ms, 4 * int(self.s.round_ema)), 8 * self.s.view_timeout_ms)
+        return base << min(self.s.vc_attempt, 6)
+
+    def timer(self, now_ms: int, pending: bool) -> list[Action]:
+        """The view-change timer, run on each tick: suspect the view (or, in a view change, ask for the
+        next one) once it ran out; it runs only while work waits (`pending`, or blocks in flight)."""
+        # heard: sent us something within two heartbeats. Counted over the whole timeout instead, a replica
+        # cut off just after the view slowed down ran out its timer before it noticed the cut, and left alone.
+        window = min(self.s.view_timeout_ms, 2 * self.s.status_ms)
+        heard = sum(1 for t in self.s.heard.values() if now_ms - t <= window)
+        if self.s.changing:
+            # PBFT: the timer for the next view starts once 2f+1 replicas are in this view change, and here it
+            # runs only while we hear 2f others: cut off or paused we could not have received the NEW-VIEW, and
+            # a replica that escalated then would be stranded in a view the others (working in the one it
+            # missed) never join; it may not act in a lower view again (its VIEW-CHANGE still counts there).
+            # A replica asking for a later view has given up on this one too: counting it lets the others
+            # reach a replica left behind in a higher view instead of waiting for its VIEW-CHANGE here.
+            given_up = {s for v, vs in self.s.vcs.items() if v >= self.s.view for s in vs}
+            if heard < self.s.q - 1 or len(given_up) < self.s.q:
+                self.s.vc_started = now_ms  # the timer starts (again) from here
+                return []
+            if now_ms - self.s.vc_started >= self._timeout():
+                return self.start_view_change(self.s.view + 1)
+            return []
+        if not pending and not any(i.block is not None for i in self.s.log.values()):
+            self.s.progress_at = now_ms  # nothing waiting: the timer is not running
+            return []
+        if self.s.behind_by() > 0 or heard < self.s.q - 1:
+            # the others are ahead (we must catch up, the view is live), or we cannot hear 2f of them (cut
+            # off: a view change could not complete, and a replica that raced ahead alone could not rejoin)
+            self.s.progress_at = now_ms
+            return []
+        if now_ms - self.s.progress_at >= self._timeout():
+            return self.suspect()
         return []
 
     # ---- view change -----------------------------------------------------------------------------------
     def start_view_change(self, new_view: int) -> list[Action]:
-        """Stop accepting view `self.view` and ask for `new_view` (its primary will gather 2f+1 of these)."""
-        if new_view <= self.view and (self.changing or new_view < self.view):
+        """Stop accepting view `self.s.view` and ask for `new_view` (its primary will gather 2f+1 of these)."""
+        if new_view <= self.s.view and (self.s.changing or new_view < self.s.view):
             return []
-        if self.changing or new_view > self.view:
-            self._vc_attempt += 1
-        self.view, self.changing = new_view, True
-        self.suspects, self._suspecting = {}, False
-        self._vc_started = self.now_ms
-        self._early_view = []
-        self.fixed, self.new_view_msg = {}, None
-        self.log = {s: i for s, i in self.log.items() if s <= self.last_delivered}
-        vc = self._build_view_change()
-        self._own_vc, self._vc_sent_at = vc, self.now_ms
-        return [ViewChanged(new_view, False), Broadcast(vc)] + self._maybe_new_view()
+        if self.s.changing or new_view > self.s.view:
+            self.s.vc_attempt += 1
+        self.s.view, self.s.phase = new_view, Phase.VIEW_CHANGE
+        self.s.suspects = {}
+        self.s.vc_started = self.s.now_ms
+        self.s.early_view = []
+        self.s.fixed, self.s.new_view_msg = {}, None
+        self.s.log = {s: i for s, i in self.s.log.items() if s <= self.s.last_delivered}
+        vc = self.build_view_change()
+        self.s.own_vc, self.s.vc_sent_at = vc, self.s.now_ms
+        out: list[Action] = [ViewChanged(new_view, False), Broadcast(vc)]
+        return out + self._maybe_new_view()
 
-    def _build_view_change(self) -> ViewChange:
-        certs = [p for _, (p, _) in sorted(self.prepared.items())]
-        body = make_body(self.last_hash, self.last_cert[0], tuple(self.last_cert[1]), certs)
+    def build_view_change(self) -> ViewChange:
+        certs = [p for _, (p, _) in sorted(self.s.prepared.items())]
+        body = make_body(self.s.last_hash, self.s.last_cert[0], tuple(self.s.last_cert[1]), certs)
         blocks, size = [], 0
-        for _, (_, b) in sorted(self.prepared.items()):  # the lowest first, within what one message may carry
+        for _, (_, b) in sorted(self.s.prepared.items()):  # the lowest first, within what one message may carry
             raw = b.encode()
             if size + len(raw) > VC_BLOCK_BUDGET:
                 break
             blocks.append(raw)
             size += len(raw)
-        vc = self._make(ViewChange, self.last_delivered, body_hash(body), body=body, blocks=tuple(blocks))
-        info = ViewChangeInfo(vc, self.last_delivered, self.last_hash, {p.seq: p for p in certs},
-                              {b.hash: b for _, b in self.prepared.values()}, self.last_cert[0],
-                              tuple(self.last_cert[1]))
-        self.vcs.setdefault(self.view, {})[self.index] = info
+        vc = self.s.make(ViewChange, self.s.last_delivered, body_hash(body), body=body, blocks=tuple(blocks))
+        info = ViewChangeInfo(vc, self.s.last_delivered, self.s.last_hash, {p.seq: p for p in certs},
+                              {b.hash: b for _, b in self.s.prepared.values()}, self.s.last_cert[0],
+                              tuple(self.s.last_cert[1]))
+        self.s.vcs.setdefault(self.s.view, {})[self.s.index] = info
         return vc
 
-    def _on_view_change(self, msg: ViewChange) -> list[Action]:
-        if msg.view < self.view or (msg.view == self.view and not self.changing):
-            if self.is_primary and msg.view == self.view and self.new_view_msg is not None:
-                return [Send(msg.sender, self.new_view_msg)]  # a straggler: it missed our NEW-VIEW
+    def on_view_change(self, msg: ViewChange) -> list[Action]:
+        if msg.view < self.s.view or (msg.view == self.s.view and not self.s.changing):
+            if self.s.is_primary and msg.view == self.s.view and self.s.new_view_msg is not None:
+                return [Send(msg.sender, self.s.new_view_msg)]  # a straggler: it missed our NEW-VIEW
             return []
-        if msg.view > self.view + 4 * self.n or msg.sender in self.vcs.get(msg.view, {}):
+        if msg.view > self.s.view + 4 * self.s.n or msg.sender in self.s.vcs.get(msg.view, {}):
             return []  # bounded: a byzantine replica cannot make us hold view changes for endless views
         try:
-            info = parse(msg, self.chain_id, self.n, self._verify)
+            info = parse(msg, self.s.chain_id, self.s.n, self.s.verify)
         except ConsensusError:
-            self.ignored += 1
+            self.s.ignore(Ignored.BAD_VIEW_CHANGE)
             return []
-        if msg.view % self.n != self.index:
+        if msg.view % self.s.n != self.s.index:
             info = replace(info, blocks={})  # only that view's primary needs the blocks
-        self.vcs.setdefault(msg.view, {})[msg.sender] = info
+        self.s.vcs.setdefault(msg.view, {})[msg.sender] = info
         out: list[Action] = []
         # f+1 replicas moved past our view: at least one is honest, so follow to the lowest such view
-        later = {s: v for v, vs in self.vcs.items() if v > self.view for s in vs if s != self.index}
-        if len(later) >= self.f + 1:
+        later = {s: v for v, vs in self.s.vcs.items() if v > self.s.view for s in vs if s != self.s.index}
+        if len(later) >= self.s.f + 1:
             out += self.start_view_change(min(later.values()))
         return out + self._maybe_new_view()
 
     def _maybe_new_view(self) -> list[Action]:
-        vs = self.vcs.get(self.view, {})
-        if not (self.changing and self.is_primary and len(vs) >= self.q):
+        vs = self.s.vcs.get(self.s.view, {})
+        if not (self.s.changing and self.s.is_primary and len(vs) >= self.s.q):
             return []
         infos = [vs[s] for s in sorted(vs)]
         body = encode([strip(i.msg) for i in infos])
-        nv = self._make(NewView, 0, body_hash(body), body=body)
+        nv = self.s.make(NewView, 0, body_hash(body), body=body)
         blocks = {h: b for i in infos for h, b in i.blocks.items()}
         return [Broadcast(nv)] + self._install(nv, select(infos), blocks)
 
-    def _on_new_view(self, msg: NewView) -> list[Action]:
+    def on_new_view(self, msg: NewView) -> list[Action]:
         w = msg.view
-        if msg.sender != w % self.n or w < self.view or (w == self.view and not self.changing):
+        if msg.sender != w % self.s.n or w < self.s.view or (w == self.s.view and not self.s.changing):
             return []
         try:
             vcs = parse_new_view_body(msg.body)
             infos, senders = [], set()
             for vc in vcs:
-                if vc.view != w or vc.sender in senders or not 0 <= vc.sender < self.n or \
-                        not self._verify(vc.sender, vc.signing_digest(self.chain_id), vc.sig):
+                if vc.view != w or vc.sender in senders or not 0 <= vc.sender < self.s.n or \
+                        not self.s.verify(vc.sender, vc.signing_digest(self.s.chain_id), vc.sig):
                     raise ConsensusError("new view holds a bad or repeated view change")
                 senders.add(vc.sender)
-                infos.append(parse(vc, self.chain_id, self.n, self._verify))
-            if len(infos) < self.q:
+                infos.append(parse(vc, self.s.chain_id, self.s.n, self.s.verify))
+            if len(infos) < self.s.q:
                 raise ConsensusError("new view holds fewer than 2f+1 view changes")
         except ConsensusError:
-            self.ignored += 1
+            self.s.ignore(Ignored.BAD_NEW_VIEW)
             return []
-        self.view = w
+        self.s.view = w
         return [ViewChanged(w, False)] + self._install(msg, select(infos), {})
 
     def _install(self, nv: NewView, sel: Selection, blocks: dict[bytes, Block]) -> list[Action]:
-        self.changing, self.new_view_msg = False, nv
-        self.suspects, self._suspecting = {}, False
+        self.s.phase, self.s.new_view_msg = Phase.NORMAL, nv
+        self.s.suspects = {}
         # the others relay it only to a replica still below the view two heartbeats on (it missed the
         # primary's broadcast), not to every one the broadcast is still on its way to
-        self._nv_sent = {} if self.is_primary else dict.fromkeys(range(self.n), self.now_ms - 2 * self.status_ms)
-        self.view_changes += 1
-        self.fixed = {s: d for s, d in sel.chain if s > self.last_delivered}
-        self.floor = sel.base_seq
-        self.log = {s: i for s, i in self.log.items() if s <= self.last_delivered}
-        self.next_seq = max(self.last_delivered, sel.top) + 1
-        self._progress_at = self.now_ms
-        self.vcs = {v: vs for v, vs in self.vcs.items() if v > self.view}
-        own = {b.hash: b for _, b in self.prepared.values()}
-        chain = [blocks.get(d) or own.get(d) for s, d in sel.chain if s > self.last_delivered]
-        out: list[Action] = [ViewChanged(self.view, True, tuple(b for b in chain if b is not None), nv.encode())]
+        self.s.nv_sent = {} if self.s.is_primary else dict.fromkeys(range(self.s.n), self.s.now_ms - 2 * self.s.status_ms)
+        self.s.view_changes += 1
+        self.s.fixed = {s: d for s, d in sel.chain if s > self.s.last_delivered}
+        self.s.floor = sel.base_seq
+        self.s.log = {s: i for s, i in self.s.log.items() if s <= self.s.last_delivered}
+        self.s.next_seq = max(self.s.last_delivered, sel.top) + 1
+        self.s.progress_at = self.s.now_ms
+        self.s.vcs = {v: vs for v, vs in self.s.vcs.items() if v > self.s.view}
+        own = {b.hash: b for _, b in self.s.prepared.values()}
+        chain = [blocks.get(d) or own.get(d) for s, d in sel.chain if s > self.s.last_delivered]
+        out: list[Action] = [ViewChanged(self.s.view, True, tuple(b for b in chain if b is not None), nv.encode())]
         base = own.get(sel.base_hash) or blocks.get(sel.base_hash)
-        if sel.base_seq == self.last_delivered + 1 and base is not None and sel.base_cert:
+        if sel.base_seq == self.s.last_delivered + 1 and base is not None and sel.base_cert:
             # the base may be certified only inside a view change (its holder need not serve it): we
             # prepared it, so we hold the block; with that certificate it is ours to deliver
-            self.certified[sel.base_seq] = base.with_cert(sel.base_cert, sel.base_cert_view)
-            out += self._deliver()
-        if self.is_primary:
+            self.s.certified[sel.base_seq] = base.with_cert(sel.base_cert, sel.base_cert_view)
+            out += self.ordering.deliver()
+        if self.s.is_primary:
             for b in chain:
                 if b is None:
                     break  # a view change could not carry it: this view times out, a later primary leads
-                out += self._pre_prepare(b)
-        early, self._early_view = self._early_view, []
+                out += self.ordering.pre_prepare(b)
+        early, self.s.early_view = self.s.early_view, []
         for m in early:
-            out += self.on_message(m)
+            out += self.ordering.on_message(m)
         return out
 
     # ---- evidence ---------------------------------------------------------------------------------------
-    def _primary_equivocated(self, seq: int, d1: bytes, s1: bytes, d2: bytes, s2: bytes) -> list[Action]:
-        self._add_evidence("equivocating-primary", self.primary, T_PREPREPARE, self.view, seq, (d1, s1), (d2, s2))
-        return self.start_view_change(self.view + 1)  # proof in hand: no need to wait for the timer
-
-    def _add_evidence(self, kind: str, who: int, tag: int, view: int, seq: int,
-                      a: tuple[bytes, bytes], b: tuple[bytes, bytes]) -> None:
-        key = (kind, who, view, seq)
-        if key in self._evidence_keys or len(self.evidence) >= MAX_EVIDENCE:
-            return
-        self._evidence_keys.add(key)
-        self.evidence.append({"kind": kind, "validator": who, "tag": tag, "view": view, "seq": seq,
-                              "digests": [a[0].hex(), b[0].hex()], "sigs": [a[1].hex(), b[1].hex()]})
-
+    def primary_equivocated(self, seq: int, d1: bytes, s1: bytes, d2: bytes, s2: bytes) -> list[Action]:
+        self.s.add_evidence("equivocating-primary", self.s.primary, T_PREPREPARE, self.s.view, seq, (d1, s1), (d2, s2))
+        return self.start_view_change(self.s.view + 1)  # proof in hand: no need to wait for the timer

@@ -122,8 +122,7 @@ class Engine:
             if len(data) > self.max_block:
                 r.oversized += 1
             elif mh in self.wants:
-                asked = self.wants[mh]
-                asked.pop(peer, None)
+                self.wants[mh].pop(peer, None)
                 r.blocks.append((self._want_cid.get(mh, cid), data))
             elif mh in self._recent:
                 r.duplicates += 1
@@ -186,7 +185,7 @@ class Engine:
     # ---- server side -------------------------------------------------------------------------
     def blocks_added(self, cids: Iterable[Cid]) -> list[tuple[str, Message]]:
         """We now hold ``cids``: answer every ledger want waiting for them."""
-        per_peer: dict[str, tuple[list, list]] = {}
+        per_peer: dict[str, tuple[list[tuple[Cid, bytes]], list[tuple[Cid, int]]]] = {}
         for cid in cids:
             waiting = self._by_mh.get(cid.multihash)
             if not waiting:

@@ -83,7 +83,7 @@ def _int_field(no: int, v: int) -> bytes:
     return _KEYS[no, 0] + _uvarint(v & (2**64 - 1))  # int32 negatives: 10-byte two's complement
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+def _varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
     value = 0
     for i in range(10):
         if pos >= len(buf):
@@ -101,7 +101,7 @@ def _int32(v: int) -> int:
     return v - (1 << 32) if v >= 1 << 31 else v
 
 
-def _fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
+def _fields(buf: bytes | memoryview) -> Iterator[tuple[int, int | bytes | memoryview]]:
     pos, end = 0, len(buf)
     while pos < end:
         key, pos = _varint(buf, pos)
@@ -181,14 +181,14 @@ def encode_message(msg: Message) -> bytes:
 
 
 # ---- decode -------------------------------------------------------------------------------------
-def _cid(b: bytes, what: str) -> Cid:
+def _cid(b: bytes | memoryview, what: str) -> Cid:
     try:
         return Cid.from_bytes(bytes(b))
     except CidError as exc:
         raise MessageError(f"{what}: {exc}") from None
 
 
-def _entry(buf: bytes) -> Entry:
+def _entry(buf: bytes | memoryview) -> Entry:
     cid, prio, cancel, wtype, sdh = None, 1, False, WANT_BLOCK, False
     for no, v in _fields(buf):
         if no == 1 and not isinstance(v, int):

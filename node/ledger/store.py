@@ -104,6 +104,10 @@ class Ledger:
         self._gen += 1
         self.env.close()
 
+    def invalidate_reads(self) -> None:
+        """After a write made straight to `env` (benchmark set-up): cached read transactions are stale."""
+        self._gen += 1
+
     def head(self) -> Head | None:
         with self.env.begin() as txn:
             raw = txn.get(b"head", db=self.meta)

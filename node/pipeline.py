@@ -1,0 +1,142 @@
+"""The pipeline stage of the driver: blocks executed on a tip that is not committed yet.
+
+The primary builds its next block on its newest proposal rather than on the ledger's head, so up to
+PIPELINE blocks are in flight at once; a backup executes a proposal on the block it extends before
+it votes (the replica's block check asks whether that exact block executed here and matched). Both
+kinds wait here, by hash, until the commit stage writes them or a view change abandons them. The
+blocking work of the driver (execution, LMDB commits with fsync) runs on this stage's one worker
+thread, in order, so the asyncio loop keeps serving the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from node import clock
+from node.admission import Admission
+from node.block import Block
+from node.crypto.batch import verify_batch
+from node.execution import Executed, InvalidBlock, Tip, build_block, check_block
+from node.ledger import Ledger
+from node.mempool import Mempool
+from node.state.rules import NO_ISSUERS, Rules
+from node.tx import Tx
+
+log = logging.getLogger("medchain.validator")
+
+
+class Pipeline:
+    def __init__(self, chain_id: str, ledger: Ledger, admission: Admission, mempool: Mempool,
+                 chain_clock: clock.ChainClock, rules: Rules = NO_ISSUERS) -> None:
+        self.chain_id = chain_id
+        self.rules = rules  # the genesis's rules, carried from tip to tip
+        self.ledger = ledger
+        self.admission = admission
+        self.mempool = mempool
+        self.chain_clock = chain_clock
+        self.executed: dict[bytes, Executed] = {}  # block hash -> executed, not yet committed
+        self.tip: Tip | None = None  # the primary's newest proposal, to pipeline on
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Blocking work, off the loop, on the one worker thread (in the order it was asked for)."""
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=True)
+
+    def reset(self) -> None:
+        """Forget every uncommitted block (the consensus stage is rebuilt from disk)."""
+        self.executed.clear()
+        self.tip = None
+
+    # ---- tips ------------------------------------------------------------------------------------
+    def head_tip(self) -> Tip:
+        """The ledger's committed head, as a tip to execute on."""
+        h = self.ledger.head()
+        return Tip(h.height, h.hash, h.state_root, h.time_ms, self.ledger.get_state, self.ledger.get_node,
+                   self.rules)
+
+    def tip_for(self, prev_hash: bytes) -> Tip | None:
+        """The tip a block extending `prev_hash` executes on: the head, or an executed block (None: neither)."""
+        head = self.head_tip()
+        if prev_hash == head.hash:
+            return head
+        ex = self.executed.get(prev_hash)
+        return ex.tip() if ex is not None else None
+
+    def build_tip(self) -> Tip:
+        """Where the primary's next block goes: on its newest proposal while that is still executed here."""
+        return self.tip if (self.tip and self.tip.hash in self.executed) else self.head_tip()
+
+    def known(self, block: Block) -> bool:
+        """The replica's block check: true iff this exact block executed here and matched."""
+        return block.hash in self.executed
+
+    def proposed_ids(self) -> set[bytes]:
+        """The transactions of blocks in flight (not free for another block, not to be re-forwarded)."""
+        return {t.id for ex in self.executed.values() for t in ex.txs}
+
+    # ---- execution -------------------------------------------------------------------------------
+    async def build(self, tip: Tip, txs: list[Tx], view: int, index: int, now: int) -> Executed:
+        """The primary's next block, executed on `tip`; it becomes the tip to build on."""
+        ex: Executed = await self.run(build_block, tip, txs, self.chain_id, view, index, now)
+        self.add(ex)
+        self.tip = ex.tip()
+        return ex
+
+    def add(self, ex: Executed) -> None:
+        self.executed[ex.block.hash] = ex
+
+    async def execute(self, block: Block, check_time: bool) -> Executed | None:
+        """Execute a proposal (or a certified or re-proposed block) on its parent; None if its parent is
+        not executed here yet, its time is off (only `check_time`: fresh proposals), or it is invalid."""
+        tip = self.tip_for(block.header.prev_hash)
+        if tip is None:
+            return None  # its parent is not executed here yet; the retransmission will bring it again
+        if check_time and self.chain_clock.refuses(block, clock.now_ms()):
+            return None  # its time is off (node/clock.py): logged once per block
+        try:
+            ex: Executed = await self.run(check_block, block, tip, self.chain_id, clock.now_ms(),
+                                          self.admission.verified.__contains__, verify_batch, check_time,
+                                          self.mempool.by_id.get)
+        except InvalidBlock as exc:
+            h = block.header
+            log.warning("refused block %d from validator %d (view %d): %s", h.height, h.proposer, h.view, exc)
+            return None
+        for t in ex.txs:
+            self.admission.mark_verified(t.id)
+        self.executed[block.hash] = ex
+        return ex
+
+    # ---- what commits and view changes leave ------------------------------------------------------
+    def committed(self, block: Block) -> None:
+        """`block` is on the ledger: it leaves, and so do the proposals at or below its height (they lost)."""
+        del self.executed[block.hash]
+        for h, e in list(self.executed.items()):
+            if e.block.header.height <= block.header.height:
+                del self.executed[h]  # proposals at or below this height that lost (a view change)
+            elif e.block.header.prev_hash == block.hash:
+                # its parent is committed: read through the ledger now, so the parent (and its
+                # writes, tree nodes and transactions) can be freed; under a pipelined load each
+                # block otherwise kept the whole history of executed blocks alive through its parent
+                e.parent_get, e.parent_tree = self.ledger.get_state, self.ledger.get_node
+
+    async def new_view(self, view: int, reproposed: tuple[Block, ...]) -> None:
+        """Installed `view`: drop the proposals it abandoned (their transactions are free again) and build
+        on the blocks it carried over, executing those we have not."""
+        keep = {b.hash for b in reproposed}
+        head = self.ledger.head().height
+        for h, e in list(self.executed.items()):
+            if e.block.header.height > head and e.block.header.view < view and h not in keep:
+                del self.executed[h]
+        self.tip = None
+        for b in reproposed:
+            ex = self.executed.get(b.hash) or await self.execute(b, check_time=False)
+            if ex is None:
+                break  # its parent is not here yet: catch-up brings it, and the producer waits
+            self.tip = ex.tip()
