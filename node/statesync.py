@@ -58,6 +58,7 @@ PIN_IDLE_S = 30.0
 PINS = 2
 TIMEOUT_S = 20.0
 RETRY_S = 5.0  # after every peer failed, before the next round
+HOLD_S = 30.0  # how long a fresh validator waits for a checkpoint before it replays blocks instead
 
 
 def min_blocks() -> int:
@@ -165,6 +166,19 @@ class CheckpointClient:
         self.stats: dict[str, Any] = {"installed_height": 0, "attempts": 0, "failures": 0, "chunks": 0,
                                       "keys": 0, "last_error": None}
         self._next_try = 0.0
+        # Until a peer says it is not far ahead (or HOLD_S passes), a fresh validator pulls no blocks:
+        # a replay racing the transfer would otherwise win under load, block by block
+        self._settled = False
+        self._hold_until: float | None = None
+
+    def holds_blocks(self) -> bool:
+        """Whether block pulls wait: a fresh ledger whose state transfer is not yet decided."""
+        if self._settled or self.v.replica.last_delivered >= min_blocks():
+            return False
+        now = time.monotonic()
+        if self._hold_until is None:
+            self._hold_until = now + HOLD_S
+        return now < self._hold_until
 
     def due(self) -> bool:
         """Whether to transfer the state now: an empty ledger far behind its peers."""
@@ -180,7 +194,7 @@ class CheckpointClient:
             try:
                 got = await self._fetch(j)
                 if got is None:
-                    continue  # not far enough ahead of us (or not yet reachable): blocks will do
+                    continue  # not far enough ahead of us (then blocks will do), or not yet reachable
                 cp, state, nodes = got
             except Exception as exc:  # noqa: BLE001 - P2PError, a refusal, a lie: try another peer
                 self.stats["failures"] += 1
@@ -203,6 +217,7 @@ class CheckpointClient:
             return None
         height, block_raw, keys = decode_offer(offer)
         if height < v.replica.last_delivered + min_blocks():
+            self._settled = True  # a peer answered and is not far ahead: replaying blocks costs less
             return None
         self.stats["attempts"] += 1
         block = check_block(block_raw, v.genesis.chain_id, v.genesis.validator_keys)
@@ -244,6 +259,7 @@ class CheckpointClient:
 
         await v.in_consensus(step)
         ok = await asyncio.wait_for(done, 300)
+        self._settled = True
         if ok:
             self.stats["installed_height"] = cp.height
             self.stats["keys"] = len(state)
