@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from node.block import max_faulty
 from node.crypto import ecdsa
 from node.crypto.keys import Identity
 from node.genesis import (
@@ -258,7 +259,7 @@ def genesis_cmd(args: argparse.Namespace) -> int:
     elif args.action == "finalize":
         gen = genesis_finalize(path)
         n = len(gen.validators)
-        f = (n - 1) // 3
+        f = max_faulty(n)  # the one definition (node/block.py)
         note = "" if n == 3 * f + 1 else f"\nnote: {n} validators tolerate {f} faulty, as {3 * f + 1} would"
         _print(args, {"genesis": str(path), "chain_id": gen.chain_id, "validators": n,
                       "genesis_hash": gen.hash.hex()},
