@@ -14,9 +14,11 @@ stalls is skipped and another is tried. Only then is the state installed, in the
 between its steps, and the replica is rebuilt on it; node/sync.py pulls the blocks after it as usual.
 
 When: the validator holds fewer than MEDCHAIN_STATE_SYNC_BLOCKS (default 512) blocks (a new or wiped
-one; the few it took meanwhile are dropped as history below the new base). It then asks its peers
-for their offers directly (every RETRY_S; their heartbeats can come later than the first pushed
-blocks) and takes a certified one at least that many blocks ahead of it. A validator with a longer
+one; the few it took meanwhile are dropped as history below the new base) and the f+1-th highest
+height in its peers' signed heartbeats is at least that many blocks ahead. It then asks its peers
+for offers (every RETRY_S while none installs) and takes a certified one that far ahead of it. A
+young network asks nobody: each offer pins a read transaction on the peer for a while. Known gap:
+blocks pushed and pulled meanwhile can take it past the offer first; it then simply replays. A validator with a longer
 history replays blocks and keeps it; one less far behind replays too (cheaper than moving the state).
 """
 
@@ -30,6 +32,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from node.block import max_faulty
 from node.checkpoint import (
     MAX_CHUNK_FRAME,
     MAX_MANIFEST,
@@ -58,7 +61,6 @@ PIN_IDLE_S = 30.0
 PINS = 2
 TIMEOUT_S = 20.0
 RETRY_S = 5.0  # after every peer failed, before the next round
-HOLD_S = 30.0  # how long a fresh validator waits for a checkpoint before it replays blocks instead
 
 
 def min_blocks() -> int:
@@ -166,24 +168,24 @@ class CheckpointClient:
         self.stats: dict[str, Any] = {"installed_height": 0, "attempts": 0, "failures": 0, "chunks": 0,
                                       "keys": 0, "last_error": None}
         self._next_try = 0.0
-        # Until a peer says it is not far ahead (or HOLD_S passes), a fresh validator pulls no blocks:
-        # a replay racing the transfer would otherwise win under load, block by block
-        self._settled = False
-        self._hold_until: float | None = None
 
-    def holds_blocks(self) -> bool:
-        """Whether block pulls wait: a fresh ledger whose state transfer is not yet decided."""
-        if self._settled or self.v.replica.last_delivered >= min_blocks():
-            return False
-        now = time.monotonic()
-        if self._hold_until is None:
-            self._hold_until = now + HOLD_S
-        return now < self._hold_until
+    def _far_ahead(self) -> bool | None:
+        """Whether the peers are at least min_blocks() ahead, by the f+1-th highest height their signed
+        heartbeats report (so f liars cannot send us after a height that does not exist); None while
+        fewer than f+1 peers have reported."""
+        r = self.v.replica
+        f = max_faulty(len(self.v.genesis.validators))
+        heights = sorted(r.peer_delivered.values(), reverse=True)
+        if len(heights) <= f:
+            return None
+        return heights[f] >= r.last_delivered + min_blocks()
 
     def due(self) -> bool:
-        """Whether to transfer the state now: an empty ledger far behind its peers."""
+        """Whether to transfer the state now: a fresh ledger whose peers are far ahead (a young network
+        asks nobody for offers: each offer pins a read transaction on the peer for a while)."""
         r = self.v.replica
-        return r.last_delivered < min_blocks() and time.monotonic() >= self._next_try
+        return (r.last_delivered < min_blocks() and time.monotonic() >= self._next_try
+                and self._far_ahead() is True)
 
     async def run(self) -> bool:
         """Try the peers in random order until one's checkpoint, far enough ahead, proves and installs."""
@@ -217,7 +219,6 @@ class CheckpointClient:
             return None
         height, block_raw, keys = decode_offer(offer)
         if height < v.replica.last_delivered + min_blocks():
-            self._settled = True  # a peer answered and is not far ahead: replaying blocks costs less
             return None
         self.stats["attempts"] += 1
         block = check_block(block_raw, v.genesis.chain_id, v.genesis.validator_keys)
@@ -259,7 +260,6 @@ class CheckpointClient:
 
         await v.in_consensus(step)
         ok = await asyncio.wait_for(done, 300)
-        self._settled = True
         if ok:
             self.stats["installed_height"] = cp.height
             self.stats["keys"] = len(state)

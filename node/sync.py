@@ -154,9 +154,6 @@ class StateSync:
                     log.exception("state transfer from a checkpoint failed")
                     await asyncio.sleep(1.0)
                 continue
-            if self.checkpoints.holds_blocks():  # a fresh ledger: the checkpoint first, then blocks after it
-                await asyncio.sleep(0.25)
-                continue
             ahead = [j for j, h in r.peer_delivered.items()
                      if h > r.last_delivered and j not in skip and j not in v.faults.cut]
             if r.behind_by() < THRESHOLD or not ahead:

@@ -190,3 +190,21 @@ def test_chunks_are_checked_in_order_and_within_limits() -> None:
         check_block(cp.block.encode(), "medchain-other", KEYS)
     with pytest.raises(CheckpointError, match="does not decode"):
         check_block(b"junk", CHAIN, KEYS)
+
+
+def test_only_a_fresh_validator_whose_peers_are_far_ahead_asks_for_a_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    """A young network asks nobody for offers (each offer pins a read transaction on the peer: asked
+    by every validator every few seconds, that grew a 24 MiB ledger disk full), and f liars cannot
+    make a validator throw its history away for a height that does not exist."""
+    monkeypatch.setenv("MEDCHAIN_STATE_SYNC_BLOCKS", "10")
+    v = _host(tmp_path, {})
+    client = CheckpointClient(v)
+    v.replica.peer_delivered = {1: 9}  # one report: f+1 = 2 are needed
+    assert not client.due()
+    v.replica.peer_delivered = {1: 500, 2: 9, 3: 9}  # one peer (maybe lying) far ahead, f+1 near
+    assert not client.due()
+    v.replica.peer_delivered = {1: 500, 2: 400, 3: 9}
+    assert client.due()
+    v.replica.last_delivered = 10  # not fresh any more: it keeps its history and replays
+    assert not client.due()
+    v.ledger.close()
