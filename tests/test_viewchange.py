@@ -21,7 +21,7 @@ from node.consensus import (
 )
 from node.consensus import viewchange as vcm
 from node.consensus.messages import Status, Suspect
-from node.consensus.state import MAX_EVIDENCE, Ignored
+from node.consensus.state import MAX_EVIDENCE, Ignored, Instance
 from node.crypto import ecdsa
 from node.wire import encode
 from tests.consensus_sim import (
@@ -424,6 +424,7 @@ def test_new_view_refuses_repeated_foreign_or_unsigned_view_changes():
         before = fresh.ignored
         assert fresh.on_message(nv) == [] and fresh.changing and fresh.view == 1
         assert fresh.ignored == before + 1  # counted once, as one ignored message
+    assert fresh.ignored_by_reason() == {"bad-new-view": 4}
     # the honest new view installs, and says so: active, carrying block 2 over, with itself to persist
     body = encode(stripped)
     nv = signed(NewView, 1, 1, 0, vcm.body_hash(body), body=body)
@@ -778,3 +779,84 @@ def test_a_backup_relays_its_new_view_to_a_laggard_two_heartbeats_after_installi
         backup.tick(t, pending=False)
         got = [a for a in backup.on_message(behind) if isinstance(a, Send) and isinstance(a.msg, NewView)]
         assert bool(got) is relays, t
+
+
+# ---- the view timer's boundaries (node/consensus/viewchange.py ViewChanges.timer and _timeout) --------
+def _timed(view_timeout_ms: int = 1000, status_ms: int = 500):
+    """Replica 1 of 4 in view 0 at t=10 s, hearing replicas 0 and 2 (2f others) just now."""
+    r = make_replica(4, 1, view_timeout_ms=view_timeout_ms, status_ms=status_ms)
+    r.state.now_ms = r.state.progress_at = 10_000
+    r.state.heard = {0: 10_000, 2: 10_000}
+    return r
+
+
+def test_the_view_timeout_follows_the_delivery_pace_within_its_bounds():
+    r = _timed()
+    assert r.views._timeout() == 1000
+    r.state.round_ema = 300.0
+    assert r.views._timeout() == 1200  # 4 rounds of the recent pace when that is longer
+    r.state.round_ema = 3000.0
+    assert r.views._timeout() == 8000  # at most 8x the configured timeout
+    r.state.vc_attempt = 6
+    assert r.views._timeout() == 8000 << 6
+    r.state.vc_attempt = 9
+    assert r.views._timeout() == 8000 << 6  # the doubling stops after six view changes in a row
+
+
+def test_the_view_timer_suspects_exactly_when_the_timeout_has_passed_with_work_waiting():
+    r = _timed()
+    for t in (10_500, 10_999):
+        r.state.heard = {0: t, 2: t}
+        assert r.views.timer(t, pending=True) == [], t
+    r.state.heard = {0: 11_000, 2: 11_000}
+    assert sent(r.views.timer(11_000, pending=True), Suspect)
+
+
+def test_a_block_in_flight_runs_the_timer_without_pending_transactions():
+    r = _timed()
+    r.state.log[1] = Instance(block=make_block(1))
+    r.state.heard = {0: 11_000, 2: 11_000}
+    assert sent(r.views.timer(11_000, pending=False), Suspect)
+
+
+def test_an_instance_without_a_block_is_not_work_in_flight():
+    r = _timed()
+    r.state.log[1] = Instance()  # votes that came before their pre-prepare
+    r.state.heard = {0: 20_000, 2: 20_000}
+    assert r.views.timer(20_000, pending=False) == [] and r.state.progress_at == 20_000
+
+
+def test_with_nothing_waiting_the_timer_does_not_run():
+    r = _timed()
+    r.state.heard = {0: 20_000, 2: 20_000}
+    assert r.views.timer(20_000, pending=False) == [] and r.state.progress_at == 20_000
+    assert r.views.timer(20_000, pending=True) == []  # it starts now, not at the last progress
+
+
+def test_the_timer_waits_while_behind_or_while_fewer_than_2f_others_are_heard():
+    r = _timed()
+    r.state.peer_delivered = {0: 1, 2: 1, 3: 0}  # f+1 peers one block ahead: catch up first
+    r.state.heard = {0: 11_000, 2: 11_000}
+    assert r.views.timer(11_000, pending=True) == [] and r.state.progress_at == 11_000
+    r = _timed()
+    r.state.heard = {0: 11_000}  # one other heard, not 2f: cut off, a view change could not complete
+    assert r.views.timer(11_000, pending=True) == [] and r.state.progress_at == 11_000
+
+
+def test_heard_means_within_two_heartbeats():
+    r = _timed(view_timeout_ms=5000, status_ms=500)  # the window: min(5000, 2 x 500) = 1000 ms
+    r.state.heard = {0: 14_000, 2: 14_000}  # exactly two heartbeats ago: heard
+    assert sent(r.views.timer(15_000, pending=True), Suspect)
+    r = _timed(view_timeout_ms=5000, status_ms=500)
+    r.state.heard = {0: 15_000, 2: 13_800}  # one of them 1.2 s ago: not heard
+    assert r.views.timer(15_000, pending=True) == [] and r.state.progress_at == 15_000
+
+
+def test_in_a_view_change_the_next_view_waits_for_2f_others_heard():
+    r = _timed()
+    r.start_view_change(1)
+    for s in (0, 2, 3):
+        r.state.vcs.setdefault(1, {})[s] = None  # 2f+1 have given up on view 1's predecessor
+    r.state.vc_started = 10_000
+    r.state.heard = {0: 30_000}  # but only one other is heard
+    assert r.views.timer(30_000, pending=True) == [] and r.state.vc_started == 30_000 and r.view == 1
