@@ -32,7 +32,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from node.block import max_faulty
 from node.checkpoint import (
     MAX_CHUNK_FRAME,
     MAX_MANIFEST,
@@ -169,23 +168,14 @@ class CheckpointClient:
                                       "keys": 0, "last_error": None}
         self._next_try = 0.0
 
-    def _far_ahead(self) -> bool | None:
-        """Whether the peers are at least min_blocks() ahead, by the f+1-th highest height their signed
-        heartbeats report (so f liars cannot send us after a height that does not exist); None while
-        fewer than f+1 peers have reported."""
-        r = self.v.replica
-        f = max_faulty(len(self.v.genesis.validators))
-        heights = sorted(r.peer_delivered.values(), reverse=True)
-        if len(heights) <= f:
-            return None
-        return heights[f] >= r.last_delivered + min_blocks()
-
     def due(self) -> bool:
-        """Whether to transfer the state now: a fresh ledger whose peers are far ahead (a young network
-        asks nobody for offers: each offer pins a read transaction on the peer for a while)."""
+        """Whether to transfer the state now: a fresh ledger whose peers are far ahead, by the replica's
+        own measure (the f+1-th highest height in signed heartbeats: f liars cannot send us after a
+        height that does not exist). A young network asks nobody for offers: each offer pins a read
+        transaction on the peer for a while."""
         r = self.v.replica
         return (r.last_delivered < min_blocks() and time.monotonic() >= self._next_try
-                and self._far_ahead() is True)
+                and r.behind_by() >= min_blocks())
 
     async def run(self) -> bool:
         """Try the peers in random order until one's checkpoint, far enough ahead, proves and installs."""

@@ -101,10 +101,14 @@ def _host(tmp_path: Path, servers: dict[str, CheckpointServer]) -> SimpleNamespa
         genesis=SimpleNamespace(chain_id=CHAIN, validator_keys=KEYS,
                                 validators=[SimpleNamespace(p2p=f"/ip4/127.0.0.1/tcp/1/p2p/peer{j}") for j in range(4)]),
         index=0, ledger=led, net=Net(servers), faults=SimpleNamespace(cut=()),
-        replica=SimpleNamespace(last_delivered=0, peer_delivered={1: HEIGHT, 2: HEIGHT, 3: HEIGHT},
-                                behind_by=lambda: HEIGHT),
+        replica=SimpleNamespace(last_delivered=0, peer_delivered={1: HEIGHT, 2: HEIGHT, 3: HEIGHT}),
         chain_clock=SimpleNamespace(committed=lambda t: None), metrics=SimpleNamespace(height=SimpleNamespace(set=id)),
         in_consensus=in_consensus, rebuild_from_disk=rebuild_from_disk, rebuilt=rebuilt)
+
+    def behind_by() -> int:  # as ReplicaState.behind_by with f = 1: the second most advanced peer's lead
+        ahead = sorted(host.replica.peer_delivered.values(), reverse=True)
+        return max(0, ahead[1] - host.replica.last_delivered) if len(ahead) > 1 else 0
+    host.replica.behind_by = behind_by
     return host
 
 
