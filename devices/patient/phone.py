@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,17 +180,18 @@ class Phone:
         return await self.write_window(dtype, readings, wait, (slot_start_ms, slot_start_ms + period_ms - 1))
 
     async def _sealed_keys(self, staff: bytes, types: tuple[int, ...], epochs: dict[int, int]) -> tuple[SealedKey, ...]:
-        # with a reader, the X25519 key is the one a proof binds to the staff member's address
+        """The keys a grant of `types` carries: each type's current epoch and HISTORY_EPOCHS - 1 before it."""
+        return await self._seal_to(staff, {t: range(max(0, epochs.get(t, 0) - HISTORY_EPOCHS + 1), epochs.get(t, 0) + 1)
+                                           for t in types})
+
+    async def _seal_to(self, staff: bytes, wanted: dict[int, Iterable[int]]) -> tuple[SealedKey, ...]:
+        """The data keys of these (type: epochs), each sealed to the staff member's X25519 key (with a
+        reader, the one a proof binds to its address)."""
         prof = (await self.reads.account(staff))["profile"]
         if prof is None:
             raise ValueError(f"staff {staff.hex()} has not registered a profile")
         box = bytes.fromhex(prof["x25519_public"])
-        out = []
-        for t in types:
-            cur = epochs.get(t, 0)
-            for e in range(max(0, cur - HISTORY_EPOCHS + 1), cur + 1):
-                out.append(SealedKey(t, e, seal.seal(box, self.data_key(t, e))))
-        return tuple(out)
+        return tuple(SealedKey(t, e, seal.seal(box, self.data_key(t, e))) for t, es in wanted.items() for e in es)
 
     async def rotate_expired(self, dtype: int | None = None) -> list[str]:
         """Expiry ends access like a revoke: before writing (type `dtype`, or any), revoke every grant
@@ -340,11 +342,7 @@ class Phone:
         txids = []
         for p in plans:
             staff = bytes.fromhex(p.staff)
-            prof = (await self.reads.account(staff))["profile"]
-            if prof is None:
-                raise ValueError(f"staff {p.staff} has no registered profile")
-            box = bytes.fromhex(prof["x25519_public"])
-            keys = tuple(SealedKey(p.dtype, e, seal.seal(box, self.data_key(p.dtype, e))) for e in p.epochs)
+            keys = await self._seal_to(staff, {p.dtype: p.epochs})
             self._expiry_due = {}
             txids.append(await self.send(Release(staff, p.dtype, p.expiry_ms, keys)))
         return txids
