@@ -203,9 +203,10 @@ def issuer_cmd(args: argparse.Namespace) -> int:
     from node.tx.credential import issue, to_json
     ident = Identity.load(args.key)
     if args.genesis:
-        g = json.loads(Path(args.genesis).read_text())
-        chain = g["chain_id"]
-        if ident.public_key.hex() not in {i["public_key"] for i in g.get("issuers", [])}:
+        from node.genesis import Genesis
+        gen = Genesis.load(args.genesis)
+        chain = gen.chain_id
+        if ident.public_key not in gen.rules.issuers:
             raise ValueError(f"this key ({ident.public_key.hex()}) is not an issuer in {args.genesis}: the chain "
                              "would refuse its credentials")
     elif args.chain_id:
