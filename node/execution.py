@@ -45,14 +45,20 @@ class Executed:
     parent_tree: smt.GetNode
     rules: Rules = NO_ISSUERS
 
+    # Both readers look their parent up at each call (not a closure over it) so that the pipeline's
+    # commit stage can re-point a child at the ledger once its parent commits: a chain of executed
+    # blocks then stays as long as the pipeline, instead of reaching back to the process's start.
     def get(self, key: bytes) -> bytes | None:
         v = self.writes.get(key)
         return v if v is not None else self.parent_get(key)
 
+    def tree(self, pos: bytes) -> bytes | None:
+        v = self.nodes.get(pos)
+        return v if v is not None else self.parent_tree(pos)
+
     def tip(self) -> Tip:
         h = self.block.header
-        return Tip(h.height, self.block.hash, h.state_root, h.time_ms, self.get,
-                   smt.layered(self.nodes, self.parent_tree), self.rules)
+        return Tip(h.height, self.block.hash, h.state_root, h.time_ms, self.get, self.tree, self.rules)
 
 
 def build_block(tip: Tip, txs: list[Tx], chain_id: str, view: int, proposer: int, now_ms: int) -> Executed:

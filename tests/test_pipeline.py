@@ -1,0 +1,71 @@
+"""The pipeline stage over a real LMDB ledger: what a chain of executed, uncommitted blocks keeps alive."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from pathlib import Path
+
+from node import clock
+from node.crypto.keys import Identity
+from node.execution import Executed
+from node.ledger import Ledger
+from node.pipeline import Pipeline
+from node.tx import Profile, Tx
+
+CHAIN = "pipeline-test"
+DEPTH = 3  # blocks in flight, as the primary pipelines them
+BLOCKS = 40
+
+
+def _profiles(height: int) -> list[Tx]:
+    """A few staff profiles: each writes state, so each block has dirty tree nodes."""
+    out = []
+    for j in range(3):
+        ident = Identity.from_seed(f"staff {height} {j}".encode())
+        out.append(Tx.build(ident, CHAIN, 1, Profile(f"S{height}.{j}", "nurse", "Ward", ident.box_public)))
+    return out
+
+
+def test_a_pipelined_chain_keeps_only_the_blocks_in_flight(tmp_path: Path) -> None:
+    """The primary builds each block on its newest (uncommitted) proposal and the commit stage writes
+    them DEPTH behind. Once a block is committed its writes and tree nodes must be read from the
+    ledger, not through a chain of parents reaching back to the first block: that chain held every
+    block's dirty nodes in memory (80 MB after a minute of writes) and made each tree read walk it."""
+    led = Ledger(tmp_path / "ledger", genesis_root=bytes(32))
+    pipe = Pipeline(CHAIN, led, None, None, clock.ChainClock(clock.now_ms()))  # type: ignore[arg-type]  # build only
+    built: list[Executed] = []
+    first: list[weakref.ref[Executed]] = []
+
+    async def run() -> None:
+        for height in range(1, BLOCKS + 1):
+            ex = await pipe.build(pipe.build_tip(), _profiles(height), 0, 0, clock.now_ms())
+            assert ex.block.header.height == height  # on the newest proposal, not on the head
+            built.append(ex)
+            if height > DEPTH:
+                old = built.pop(0)
+                led.commit_block(old.block, old.writes, old.nodes)
+                pipe.committed(old.block)
+                old.nodes[b"\xffsentinel"] = b"only in a committed block's memory"
+                if len(first) < 5:
+                    first.append(weakref.ref(old))
+                del old
+    try:
+        asyncio.run(run())
+    finally:
+        pipe.close()
+    gc.collect()
+    assert len(pipe.executed) == DEPTH
+    assert [r() for r in first] == [None] * len(first), "committed blocks are still reachable"
+    tip = pipe.build_tip()
+    assert tip.height == BLOCKS
+    # a tree read at the newest tip misses through the blocks in flight to the ledger, never into a
+    # committed block's memory
+    assert tip.tree(b"\xffsentinel") is None
+    # and what those blocks wrote is read from the ledger
+    for ex in built:
+        led.commit_block(ex.block, ex.writes, ex.nodes)
+    assert led.head().height == BLOCKS
+    for key, value in built[0].writes.items():
+        assert led.get_state(key) == value
