@@ -11,7 +11,8 @@ FUZZ_SECONDS ?= 300
 
 setup: $(STAMP)
 
-$(STAMP): setup.py scripts/bootstrap.sh
+# the native sources too: an edited .pyx is rebuilt by the next make, not left stale in the .venv
+$(STAMP): setup.py scripts/bootstrap.sh $(wildcard native/*.pyx native/*.h)
 	bash scripts/bootstrap.sh
 	touch $(STAMP)
 
