@@ -102,6 +102,10 @@ class Validators:
         if self.pids:
             out["cpu"] = [proc_cpu_seconds(p) for p in self.pids]
             out["rss_peak_mb"] = [proc_peak_rss_mb(p) for p in self.pids]
+            # what is resident now, split: the process's own memory, and the LMDB maps' (and shared
+            # libraries') file pages, clean page cache the kernel reclaims under pressure
+            out["rss_anon_mb"] = [proc_status_mb(p, "RssAnon") for p in self.pids]
+            out["rss_file_mb"] = [proc_status_mb(p, "RssFile") for p in self.pids]
         return out
 
     @staticmethod
@@ -115,6 +119,8 @@ class Validators:
         if "cpu" in a:
             d["validator_cpu_s"] = [round(y - x, 3) for x, y in zip(a["cpu"], b["cpu"], strict=True)]
             d["validator_rss_peak_mb"] = [round(x, 1) for x in b["rss_peak_mb"]]
+            d["validator_rss_anon_end_mb"] = [round(x, 1) for x in b["rss_anon_mb"]]
+            d["validator_rss_file_end_mb"] = [round(x, 1) for x in b["rss_file_mb"]]
         return d
 
 
