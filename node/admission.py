@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from node import clock
+from node.backlog import MAX_WAIT_S, Backlog
 from node.crypto import ecdsa
 from node.crypto.batch import verify_batch
 from node.ipfs.blockstore import BlockStore
@@ -50,8 +51,11 @@ REFORWARD_S = 5.0  # well above a healthy p99 commit latency: only stranded tran
 
 class Admission:
     def __init__(self, chain_id: str, ledger: Ledger, blobs: BlockStore, mempool: Mempool, metrics: Metrics,
-                 rules: Rules = NO_ISSUERS) -> None:
+                 rules: Rules = NO_ISSUERS, backlog: Backlog | None = None) -> None:
         self.chain_id, self.ledger, self.blobs, self.mempool, self.metrics = chain_id, ledger, blobs, mempool, metrics
+        # what clients may make this validator take on: a bounded wait, not the pool's whole capacity
+        self.backlog = backlog or Backlog(MAX_WAIT_S, min(4000, mempool.capacity), mempool.capacity)
+        self.checking = 0  # client transactions in the verifier thread: taken on, not yet in the pool
         self.rules = rules  # the genesis's: credential issuers and break-glass limits
         self.forwarding = False  # set once the p2p adapter runs: client transactions are then forwarded
         self.verified: OrderedDict[bytes, None] = OrderedDict()
@@ -88,12 +92,31 @@ class Admission:
         admit in order on the loop. Client transactions are forwarded to the other validators in
         batches, with their sidecars. Admission order follows submission order: one FIFO thread."""
         arrived = time.monotonic()  # rate limits count arrivals, not when verification finished
-        checked = await asyncio.get_running_loop().run_in_executor(self._verifier, self._check_items, items, forwarded)
+        taken = 0 if forwarded else len(items)
+        self.checking += taken
+        try:
+            checked = await asyncio.get_running_loop().run_in_executor(self._verifier, self._check_items, items,
+                                                                       forwarded)
+        finally:
+            self.checking -= taken
         return self._admit_checked(checked, forwarded, arrived)
 
     def submit_many_sync(self, items: list[Item], forwarded: bool = False) -> list[bytes | AdmissionError]:
         """submit_many on the caller's thread (the loop): for tests and small in-process callers."""
         return self._admit_checked(self._check_items(items, forwarded), forwarded, time.monotonic())
+
+    def full(self) -> AdmissionError | None:
+        """A 503 for a client's submission, checked before its body is decoded, while the verifier
+        already holds a whole bound's worth of client transactions (node/backlog.py): their
+        signatures are this validator's costliest work, and the pool could not take them anyway.
+        Otherwise None: the pool's own bound then decides per transaction, fairly between clients."""
+        now = time.monotonic()
+        if self.checking < self.backlog.limit(now):
+            return None
+        self.backlog.refused += 1
+        return self.reject(None, Refusal.OVERLOADED, f"overloaded: {self.checking} client transactions are being "
+                           f"verified, the {self.backlog.limit(now)} this validator takes at the chain's current "
+                           "rate: retry later or elsewhere", self.backlog.retry_after())
 
     def _check_items(self, items: list[Item], forwarded: bool) -> list:
         """Stateless checks (decode, chain id, sidecar, signature): pure, runs off the loop. Returns per
@@ -185,8 +208,11 @@ class Admission:
             forward_side = self._held_blob(tx)
         elif tx.kind == KIND_WRITE and sidecar is None:
             self._check_forwarded_write(tx)
+        # a client's transaction fits the backlog bound too (the chain's rate times max_queue_s), not
+        # only the pool's capacity
+        limit = None if forwarded else self.backlog.limit(now)
         for ev in self.mempool.admit(tx, self.committed_nonce(tx.address, snap.get_state), now, forwarded,
-                                     admission_origin.get(), sidecar):
+                                     admission_origin.get(), sidecar, limit):
             # fair eviction made room: the heaviest origin's (client IP's) newest sender gave way
             self.submitted_at.pop(ev.id, None)
             self.pending_since.pop(ev.id, None)  # only non-primaries sweep it: it would outlive the tx

@@ -46,6 +46,7 @@ class Commit:
         stored, wanted = await self._run(self.write, block, ex, sidecars, roots)
         self.mempool.remove([t for t, c in zip(ex.txs, ex.codes, strict=True) if c != Code.BAD_NONCE])  # a nonce gap may close: keep those
         now = time.monotonic()
+        self.admission.backlog.committed(len(ex.txs), now)
         for tx in ex.txs:
             self.admission.pending_since.pop(tx.id, None)
             t0 = self.admission.submitted_at.pop(tx.id, None)

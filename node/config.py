@@ -1,7 +1,7 @@
 """The node configuration file (TOML) beside `medchain node`'s flags.
 
 Precedence, highest first: command-line flags, environment variables (MEDCHAIN_P2P_MODE,
-MEDCHAIN_LOG_FORMAT, MEDCHAIN_LMDB_MAP_GB, MEDCHAIN_DISK_RESERVE_MB), the file, then defaults (the
+MEDCHAIN_LOG_FORMAT, MEDCHAIN_LMDB_MAP_GB, MEDCHAIN_DISK_RESERVE_MB, MEDCHAIN_MAX_QUEUE_S), the file, then defaults (the
 genesis gives the API and p2p addresses a validator advertises, and by default listens on). Every
 setting is optional; unknown sections or keys and wrong types are refused with the file and key
 named, so a typo never passes silently. See deploy/node.toml for a commented example.
@@ -28,7 +28,9 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
     "log": {"format": (str, "text or json"), "level": (str, "debug, info, warning or error")},
     "metrics": {"listen": (str, "HOST:PORT of a separate /metrics listener (it is also on the API)")},
     "limits": {"lmdb_map_gb": ((int, float), "LMDB map size of the ledger and block store, GiB"),
-               "disk_reserve_mb": ((int, float), "free disk kept for committing the network's blocks, MiB")},
+               "disk_reserve_mb": ((int, float), "free disk kept for committing the network's blocks, MiB"),
+               "max_queue_s": ((int, float), "clients' transactions are taken on while the pool holds less "
+                               "than this many seconds of the chain's work (beyond: 503, Retry-After)")},
 }
 P2P_MODES = ("direct", "gossipsub")
 LOG_FORMATS = ("text", "json")
@@ -53,6 +55,7 @@ class NodeSettings:
     metrics_listen: str | None = None
     lmdb_map_gb: float | None = None
     disk_reserve_mb: float | None = None
+    max_queue_s: float | None = None
 
 
 def _hostport(value: str, where: str) -> tuple[str, int]:
@@ -109,6 +112,8 @@ def _check(s: NodeSettings, where: str) -> NodeSettings:
         value = getattr(s, name)
         if value is not None and value < 0:
             raise ConfigError(f"{where}: limits.{name} must not be negative")
+    if s.max_queue_s is not None and not s.max_queue_s > 0:
+        raise ConfigError(f"{where}: limits.max_queue_s must be above 0")
     return s
 
 
@@ -141,6 +146,7 @@ def resolve(args: argparse.Namespace, env: dict[str, str] | None = None) -> Node
         metrics_listen=pick(getattr(args, "metrics_listen", None), None, "metrics.listen", None),
         lmdb_map_gb=_num(pick(None, "MEDCHAIN_LMDB_MAP_GB", "limits.lmdb_map_gb", None)),
         disk_reserve_mb=_num(pick(None, "MEDCHAIN_DISK_RESERVE_MB", "limits.disk_reserve_mb", None)),
+        max_queue_s=_num(pick(None, "MEDCHAIN_MAX_QUEUE_S", "limits.max_queue_s", None)),
     )
     if s.home is None:
         raise ConfigError(f"{where}: no home: pass --home DIR or set home = \"DIR\" in the configuration file")
@@ -164,5 +170,20 @@ def apply_environment(s: NodeSettings) -> None:
         os.environ["MEDCHAIN_LMDB_MAP_GB"] = repr(s.lmdb_map_gb)
     if s.disk_reserve_mb is not None:
         os.environ["MEDCHAIN_DISK_RESERVE_MB"] = repr(s.disk_reserve_mb)
+    if s.max_queue_s is not None:
+        os.environ["MEDCHAIN_MAX_QUEUE_S"] = repr(s.max_queue_s)
     from node.logs import configure
     configure(getattr(logging, s.log_level.upper()), s.log_format == "json")
+
+
+def max_queue_s() -> float:
+    """limits.max_queue_s as the validator reads it (MEDCHAIN_MAX_QUEUE_S; node/backlog.py)."""
+    from node.backlog import MAX_WAIT_S
+    raw = os.environ.get("MEDCHAIN_MAX_QUEUE_S", "")
+    try:
+        value = float(raw) if raw else MAX_WAIT_S
+    except ValueError:
+        raise ConfigError(f"MEDCHAIN_MAX_QUEUE_S={raw!r}: a number of seconds") from None
+    if not value > 0:
+        raise ConfigError(f"MEDCHAIN_MAX_QUEUE_S={raw!r}: must be above 0")
+    return value

@@ -167,6 +167,7 @@ class Mempool:
         self.capacity, self.rate, self.burst, self.max_per_sender = capacity, rate, burst, max_per_sender
         # for client origins (not forwarded); a share of 1 or more: no cap beyond the pool's own
         self.max_per_origin = max(1, int(capacity * origin_share)) if origin_share < 1 else None
+        self.origin_share = min(1.0, origin_share)
         # sidecars (node/sidecar.py) wait here with their writes, bounded in bytes: memory stays flat
         self.sidecars: dict[bytes, bytes] = {}
         self.sidecar_bytes, self.max_sidecar_bytes = 0, max_sidecar_bytes
@@ -199,12 +200,13 @@ class Mempool:
         return self.max_per_origin is not None and o is not None and o.n >= self.max_per_origin
 
     def admit(self, tx: Tx, committed_nonce: int, now: float, forwarded: bool = False,
-              origin: str = "", sidecar: bytes | None = None) -> list[Tx]:
+              origin: str = "", sidecar: bytes | None = None, limit: int | None = None) -> list[Tx]:
         """Queue a transaction that passed stateless and stateful checks; enforce nonce order and limits.
         `forwarded` batches (from other validators) skip the rate limit and the origin share, which
         their entry validator applied, and may run ahead of the next nonce by up to MAX_FORWARD_GAP.
         `origin` is an opaque key for where the transaction entered (client IP, peer). Returns the
-        transactions evicted to make room (empty unless the pool was full)."""
+        transactions evicted to make room (empty unless the pool was full). `limit`: the client
+        backlog bound (node/backlog.py); at it, clients are refused, not evicted for."""
         addr = tx.address
         if tx.id in self.by_id:
             raise AdmissionError(Refusal.CONFLICT, "duplicate: transaction already pending")
@@ -235,6 +237,8 @@ class Mempool:
             if wait > 0:
                 raise AdmissionError(Refusal.RATE_LIMITED, f"rate limited: sender exceeds {self.rate:g} tx/s", wait)
         evicted = []
+        if limit is not None and not forwarded and limit <= len(self.by_id) < self.capacity:
+            self._over_bound(key, limit)
         if len(self.by_id) >= self.capacity:
             # never the newcomer's own sender: it holds less than the victim, or has history
             evicted = self._make_room(key, s, committed_nonce > 0)
@@ -257,6 +261,16 @@ class Mempool:
         heapq.heappush(o.heavy, (-len(s.txs), addr))
         heapq.heappush(self._heavy_origins, (-o.n, key))
         return evicted
+
+    def _over_bound(self, key: str, limit: int) -> None:
+        """The pool holds a client's backlog bound (node/backlog.py) or more: refuse the newcomer (503,
+        no eviction: what was admitted stays admitted) unless its origin holds less than its share
+        of the bound, so one flooding client cannot keep the others out; never beyond twice it."""
+        o = self.origins.get(key)
+        if len(self.by_id) >= 2 * limit or (o is not None and o.n >= max(1, int(limit * self.origin_share))):
+            raise AdmissionError(Refusal.OVERLOADED, f"overloaded: {len(self.by_id)} transactions pending, the "
+                                 f"{limit} this validator takes at the chain's current rate: retry later or "
+                                 "elsewhere", 1.0)
 
     def _make_room(self, key: str, s: _Sender | None, history: bool) -> list[Tx]:
         """Evict one transaction for a newcomer from origin `key` (sender `s`, with committed

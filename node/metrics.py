@@ -8,6 +8,7 @@ peers, p2p message counts, mempool evictions, the crypto path) is read at scrape
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:  # types only: none of these imports this module
+    from node.backlog import Backlog
     from node.consensus import Replica
     from node.mempool import Mempool
     from node.p2p import P2PNode
@@ -26,6 +28,7 @@ class Observed(Protocol):
 
     replica: Replica
     mempool: Mempool
+    backlog: Backlog
     net: P2PNode | None
     synced_blocks: int
     msgs_in: int
@@ -108,6 +111,14 @@ class _ValidatorCollector:
         yield CounterMetricFamily("medchain_mempool_evictions", "Transactions evicted from a full mempool "
                                   "(the heaviest sender's newest)", value=v.mempool.evictions)
         yield GaugeMetricFamily("medchain_mempool_capacity", "Mempool capacity", value=v.mempool.capacity)
+        b = v.backlog
+        yield GaugeMetricFamily("medchain_admission_backlog_limit", "Client transactions this validator takes on "
+                                "(pool and verifier) before answering 503: the chain's commit rate times "
+                                "limits.max_queue_s", value=b.limit(time.monotonic()))
+        yield CounterMetricFamily("medchain_admission_overloaded", "Client submissions refused with 503 before "
+                                  "decoding, the verifier holding the backlog bound's worth (per transaction, "
+                                  "the pool's refusals are medchain_tx_rejected{reason=\"mempool full\"})",
+                                  value=b.refused)
         native = GaugeMetricFamily("medchain_native_crypto", "1 if the native (Cython) crypto path is in use, "
                                    "else 0; the label names the backend", labels=["backend"])
         native.add_metric([backend_name().split(" (")[0]], 1.0 if NATIVE else 0.0)

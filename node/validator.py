@@ -19,8 +19,10 @@ from pathlib import Path
 from node import clock, faults, storage
 from node.admission import REFORWARD_S, Admission
 from node.availability import AvailabilityGate
+from node.backlog import Backlog
 from node.block import Block
 from node.commit import Commit
+from node.config import max_queue_s
 from node.consensus import (
     Broadcast,
     Catchup,
@@ -100,8 +102,10 @@ class Validator:
         self.net = None  # the P2PNode when n > 1
         self._peer_index = {peer_id(v.p2p): i for i, v in enumerate(self.genesis.validators) if v.p2p}
         self.sidecars = SidecarCache()  # recently forwarded sidecars by SHA-256: self-verifying
+        # what clients may make this validator take on (node/backlog.py)
+        self.backlog = Backlog(max_queue_s(), min(2 * p.block_max_txs, p.mempool_capacity), p.mempool_capacity)
         self.admission = Admission(self.chain_id, self.ledger, self.blobs, self.mempool, self.metrics,
-                                   self.genesis.rules)
+                                   self.genesis.rules, self.backlog)
         # blocks executed on an uncommitted tip, and the worker thread all blocking work runs on
         self.pipeline = Pipeline(self.chain_id, self.ledger, self.admission, self.mempool, self.chain_clock,
                                  self.genesis.rules)

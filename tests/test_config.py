@@ -33,6 +33,7 @@ listen = "127.0.0.1:9100"
 [limits]
 lmdb_map_gb = 2
 disk_reserve_mb = 32.5
+max_queue_s = 0.5
 """
 
 
@@ -47,8 +48,8 @@ def test_the_file_alone(tmp_path: Path) -> None:
     assert (str(s.home), s.api_host, s.api_port, s.p2p_listen, s.p2p_mode) == (
         "/srv/medchain", "0.0.0.0", 8600, "0.0.0.0:9600", "gossipsub")
     assert s.ipfs_peers == ["/ip4/10.0.0.9/tcp/4001/p2p/12D3KooWabc"]
-    assert (s.log_format, s.log_level, s.metrics_listen, s.lmdb_map_gb, s.disk_reserve_mb) == (
-        "json", "warning", "127.0.0.1:9100", 2.0, 32.5)
+    assert (s.log_format, s.log_level, s.metrics_listen, s.lmdb_map_gb, s.disk_reserve_mb, s.max_queue_s) == (
+        "json", "warning", "127.0.0.1:9100", 2.0, 32.5, 0.5)
 
 
 def test_flags_then_environment_then_file(tmp_path: Path) -> None:
@@ -74,6 +75,7 @@ def test_flags_then_environment_then_file(tmp_path: Path) -> None:
     ('home = "/h"\n[p2p]\nmode = "carrier-pigeon"', "p2p.mode 'carrier-pigeon': one of direct, gossipsub"),
     ('home = "/h"\n[p2p]\nlisten = "nowhere"', "p2p.listen: 'nowhere' is not HOST:PORT"),
     ('home = "/h"\n[log]\nformat = "xml"', "log.format 'xml'"),
+    ('home = "/h"\n[limits]\nmax_queue_s = 0', "limits.max_queue_s must be above 0"),
     ("[log]\nlevel = \"info\"", "no home"),
 ])
 def test_bad_files_are_refused_clearly(tmp_path: Path, text: str, message: str) -> None:
@@ -124,3 +126,15 @@ def test_the_example_in_deploy_parses() -> None:
     example = Path(__file__).resolve().parents[1] / "deploy" / "node.toml"
     s = resolve(_parser().parse_args(["node", "--config", str(example)]), {})
     assert str(s.home) == "/var/lib/medchain" and s.api_port == 8545 and s.metrics_listen == "127.0.0.1:9615"
+
+
+def test_the_backlog_bound_reaches_the_validator_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from node.config import max_queue_s
+    monkeypatch.delenv("MEDCHAIN_MAX_QUEUE_S", raising=False)
+    assert max_queue_s() == 2.0
+    monkeypatch.setenv("MEDCHAIN_MAX_QUEUE_S", "0.25")
+    assert max_queue_s() == 0.25
+    for bad in ("soon", "0", "-1"):
+        monkeypatch.setenv("MEDCHAIN_MAX_QUEUE_S", bad)
+        with pytest.raises(ConfigError, match="MEDCHAIN_MAX_QUEUE_S"):
+            max_queue_s()

@@ -3,6 +3,8 @@ proof and its blob's availability, blocks, and the Prometheus `/metrics`."""
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 
 from node.api import proofs
@@ -37,6 +39,7 @@ async def status(req: web.Request) -> web.Response:
         "streams_out": len(v.net.streaming_peers()) if v.net is not None else 0,
         "bitswap": v.net.bitswap_stats() if v.net is not None else {}, "replication": v.replicator.stats,
         "availability": v.gate.stats,
+        "admission": v.backlog.status(len(v.mempool) + v.admission.checking, time.monotonic()),
         "consensus": v.consensus_status(), "storage": v.disk.status(),
         "base_height": v.ledger.base_height(), "state_transfer": v.sync.checkpoint_stats,
     })

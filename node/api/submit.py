@@ -25,6 +25,11 @@ MAX_BATCH_TXS = 4096
 MAX_BATCH_BYTES = 2 * 1024 * 1024
 
 
+def _refusal(exc: AdmissionError) -> web.Response:
+    hdr = {"Retry-After": retry_after(exc.retry_after)} if exc.retry_after else None
+    return err(HTTP_STATUS[exc.kind], exc.reason, hdr)
+
+
 @routes.post("/v1/tx")
 async def post_tx(req: web.Request) -> web.Response:
     """One transaction, or [transaction, sidecar] (node/sidecar.py)."""
@@ -33,6 +38,8 @@ async def post_tx(req: web.Request) -> web.Response:
     body = await read_body(req, MAX_TX_BYTES + SIDECAR_MAX + 64, "transaction")
     if (over := limits.charge_txs(req, 1)) is not None:
         return over
+    if (full := v.admission.full()) is not None:
+        return _refusal(full)
     try:
         raw, side = decode_submission(body, MAX_TX_BYTES + SIDECAR_MAX + 64)
     except (WireError, SidecarError) as exc:
@@ -43,8 +50,7 @@ async def post_tx(req: web.Request) -> web.Response:
         txid = await v.submit(raw, side)
     except AdmissionError as exc:
         limits.penalise_bad_signatures(req, int(exc.bad_signature))
-        hdr = {"Retry-After": retry_after(exc.retry_after)} if exc.retry_after else None
-        return err(HTTP_STATUS[exc.kind], exc.reason, hdr)
+        return _refusal(exc)
     return web.json_response({"id": txid.hex(), "status": "pending"}, status=202)
 
 
@@ -55,6 +61,8 @@ async def post_txs(req: web.Request) -> web.Response:
     v = validator(req)
     limits = req.app[LIMITS]
     body = await read_body(req, MAX_BATCH_BYTES, "batch")
+    if (full := v.admission.full()) is not None:  # before paying to decode it
+        return _refusal(full)
     try:
         raws = decode(body, MAX_BATCH_BYTES)
         if not isinstance(raws, list):
