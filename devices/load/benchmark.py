@@ -140,7 +140,7 @@ def _row(label: str, cfg: FleetConfig, res: dict, d: dict, eng: dict) -> dict:
         "open loop" if cfg.rate else "natural windows"), "wearables": cfg.wearables, "phones": cfg.phones,
         "seconds": cfg.seconds, **{k: res[k] for k in (
             "send_rate", "tps", "submitted", "committed", "committed_by_kind", "failed", "failed_by_kind",
-            "unfinished", "latency_ms", "window_to_commit_ms", "generator_cpu_s", "generator_cpu_ms_per_tx",
+            "overloaded_retried", "unfinished", "latency_ms", "window_to_commit_ms", "generator_cpu_s", "generator_cpu_ms_per_tx",
             "generator_cpu_wearables_s", "generator_cpu_us_per_reading", "generator_cpu_phones_ms_per_tx",
             "readings_emitted", "readings_committed", "readings_unsent", "drain", "starved_arrivals", "reads_decrypted", "reads_refused", "reads_failed", "ble")},
         **d, "energy": eng, **({"check": res["check"]} if "check" in res else {})}
@@ -218,17 +218,22 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> dict:
 
 def _line(s: dict) -> str:
     lat = s["latency_ms"] or {k: float("nan") for k in ("min", "avg", "p50", "p95", "p99", "max")}
+    e2e = {int(k): v for k, v in (s.get("window_to_commit_ms") or {}).items()}
     e = s["energy"]
     ej = (f"RAPL {e['j_per_tx']:.4f} J/tx" if "j_per_tx" in e and e["j_per_tx"] is not None else
           "  ".join(f"{k} {m['j_per_tx']:.4f} J/tx" for k, m in e.get("models", {}).items() if m["j_per_tx"]))
     out = (f"  {s['label']}: sent {s['send_rate']:.0f}/s, committed {s['tps']:.0f} tx/s ({s['committed']} ok, "
-           f"{s['failed']} failed, {s['unfinished']} unfinished); latency ms min {lat['min']:.0f} avg {lat['avg']:.0f}"
-           f" p50 {lat['p50']:.0f} p95 {lat['p95']:.0f} p99 {lat['p99']:.0f} max {lat['max']:.0f}\n"
+           f"{s['failed']} failed, {s['unfinished']} unfinished, {s.get('overloaded_retried', 0)} refused with 429/503 "
+           f"and sent again); latency ms min {lat['min']:.0f} avg {lat['avg']:.0f}"
+           f" p50 {lat['p50']:.0f} p95 {lat['p95']:.0f} p99 {lat['p99']:.0f} max {lat['max']:.0f}; window closed to "
+           f"commit p50 {e2e.get(50, float('nan')):.0f} p99 {e2e.get(99, float('nan')):.0f}\n"
            f"    generator {s['generator_cpu_ms_per_tx']:.3f} ms CPU per tx ({s['generator_cpu_s']:.1f} s: wearables"
            f" + links {s['generator_cpu_us_per_reading']:.0f} us per reading, phones + proxy "
            f"{s['generator_cpu_phones_ms_per_tx']:.3f} ms per tx)")
     if "validator_cpu_s" in s:
-        out += (f"; validator CPU s {s['validator_cpu_s']}, peak RSS MB {s['validator_rss_peak_mb']}; "
+        out += (f"; validator CPU s {s['validator_cpu_s']}, peak RSS MB {s['validator_rss_peak_mb']} (at the end: "
+                f"anonymous {s.get('validator_rss_anon_end_mb')}, LMDB and other file pages "
+                f"{s.get('validator_rss_file_end_mb')}); "
                 f"PBFT messages per block {s['pbft_messages_per_block']}\n    energy: {ej}")
     if "validator_cpu_us_per_tx" in s:
         ratio = f" = {s['floor_ratio']:.1f}x the floor" if s.get("floor_ratio") else ""

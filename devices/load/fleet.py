@@ -97,6 +97,7 @@ class Meta:
     patient: int = -1  # reads: the phone whose data is read
     done: bool = False  # committed or refused
     final: bool = False  # the end-of-run flush of partial windows: counted, but not in rate or latency
+    overloaded: bool = False  # refused with 429/503 and sent again: counted once in the send rate
 
 
 class FleetPhone:
@@ -132,6 +133,7 @@ class Fleet:
         self.written: dict[str, Meta] = {}  # committed writes by CID
         self.first_submit = self.last_submit = self.last_commit = 0.0
         self.submitted = self.emitted = self.starved = self.reads_decrypted = self.reads_refused = 0
+        self.overloaded = 0  # writes refused with 429/503 and sent again after the Retry-After
         self.reads_failed = 0
         self.work: asyncio.Queue = asyncio.Queue()
         self.lanes: list[list[Meta]] = [[] for _ in urls]
@@ -234,24 +236,41 @@ class Fleet:
                 batch, self.lanes[v] = lane[:k], lane[k:]
                 t = time.monotonic()
                 for m in batch:
-                    m.t_sent = t
+                    m.t_sent = m.t_sent or t  # latency counts from the first submission, through any waits
                     self.tracked[m.tx.id] = m
-                timed = sum(1 for m in batch if not m.final)
+                timed = sum(1 for m in batch if not m.final and not m.overloaded)
                 if timed:
                     self.first_submit = self.first_submit or t
                 try:
                     # a write carries its ciphertext as a sidecar: no upload, no bitswap fetch
                     res = await c.submit_many([(m.tx.raw, m.blob or None) for m in batch])
+                except ApiError as exc:  # a whole batch refused (the client IP's rate, a full server)
+                    res = [{"status": exc.status, "error": exc.reason, "retry_after": exc.retry_after}] * len(batch)
                 except Exception as exc:  # noqa: BLE001 - a lane must survive one bad request
                     res = [{"status": 599, "error": str(exc)}] * len(batch)
                 if timed:
                     self.last_submit = time.monotonic()
                 self.submitted += timed
                 self.drain_submitted += len(batch) - timed
+                back, wait = [], 0.0
                 for m, r in zip(batch, res, strict=True):
+                    again = r["status"] == 503 or (r["status"] == 429 and m.kind != "read")  # not a read limit
+                    if again:
+                        back.append(m)  # the validator is overloaded, or limits this client's rate
+                        wait = max(wait, float(r.get("retry_after") or 1.0))
                     if r["status"] != 202:
                         self.tracked.pop(m.tx.id, None)
-                        self._refused(m, r)
+                        if not again:
+                            self._refused(m, r)
+                if back:
+                    # a good client: the refused transactions (a batch's tail, so each sender's nonces
+                    # stay in order) go back to the head of this validator's lane, and the lane waits for the
+                    # Retry-After; neither a failure nor one of the window's tries
+                    self.overloaded += len(back)
+                    for m in back:
+                        m.overloaded = True
+                    self.lanes[v] = back + self.lanes[v]
+                    await asyncio.sleep(wait)
 
     def _refused(self, m: Meta, r: dict) -> None:
         m.done = True
@@ -572,6 +591,7 @@ class Fleet:
         return {
             "submitted": self.submitted, "committed": n, "committed_by_kind": dict(self.committed),
             "failed": sum(v for k, v in self.failed.items() if k != "reasons"), "failed_by_kind": dict(self.failed),
+            "overloaded_retried": self.overloaded,
             "unfinished": self.open_ops, "send_rate": self.submitted / send_span if send_span > 0 else 0.0,
             "tps": n / span if span > 0 else 0.0, "seconds": span,
             "latency_ms": {k: v / 1000 for k, v in lat.items()} if n else {}, "window_to_commit_ms": e2e,
