@@ -183,23 +183,26 @@ class CheckpointClient:
         peers = [j for j in range(len(v.genesis.validators)) if j != v.index and j not in v.faults.cut]
         random.shuffle(peers)
         for j in peers:
+            stage = ["peer"]  # what failed, for the refusal metric: "peer", then "block", then "state"
             try:
-                got = await self._fetch(j)
+                got = await self._fetch(j, stage)
                 if got is None:
                     continue  # not far enough ahead of us (then blocks will do), or not yet reachable
                 cp, state, nodes = got
             except Exception as exc:  # noqa: BLE001 - P2PError, a refusal, a lie: try another peer
                 self.stats["failures"] += 1
                 self.stats["last_error"] = f"validator {j}: {exc}"
+                v.metrics.xfer_refused.labels(stage[0] if isinstance(exc, CheckpointError) else "peer").inc()
                 log.warning("state transfer from validator %d failed: %s", j, exc)
                 continue
             if await self._install(cp, state, nodes):
                 return True
+            v.metrics.xfer_refused.labels("overtaken").inc()
             break
         self._next_try = time.monotonic() + RETRY_S
         return False
 
-    async def _fetch(self, j: int) -> tuple[Checkpoint, dict[bytes, bytes], dict[bytes, bytes]] | None:
+    async def _fetch(self, j: int, stage: list[str]) -> tuple[Checkpoint, dict[bytes, bytes], dict[bytes, bytes]] | None:
         v = self.v
         peer = peer_id(v.genesis.validators[j].p2p)
         try:
@@ -207,10 +210,13 @@ class CheckpointClient:
         except Exception as exc:  # noqa: BLE001 - P2PError: not connected yet, or down: ask the next one
             log.debug("no state offer from validator %d: %s", j, exc)
             return None
+        v.metrics.xfer_bytes.inc(len(offer))
         height, block_raw, keys = decode_offer(offer)
         if height < v.replica.last_delivered + min_blocks():
             return None
         self.stats["attempts"] += 1
+        v.metrics.xfer_started.inc()
+        stage[0] = "block"
         block = check_block(block_raw, v.genesis.chain_id, v.genesis.validator_keys)
         if block.header.height != height:
             raise CheckpointError(f"offered height {height}, but its block is {block.header.height}")
@@ -219,12 +225,16 @@ class CheckpointClient:
         log.info("state transfer: validator %d offers block %d with %d state keys", j, height, keys)
         after = b""
         while True:
+            stage[0] = "peer"
             raw = await v.net.request(peer, PROTOCOL, encode([1, height, after]), TIMEOUT_S, MAX_CHUNK_FRAME)
+            stage[0] = "state"
+            v.metrics.xfer_bytes.inc(len(raw))
             pairs = decode_chunk(raw)
             if not pairs:
                 break
             asm.add(pairs)
             self.stats["chunks"] += 1
+            v.metrics.xfer_chunks.inc()
             after = pairs[-1][0]
         state, nodes = await asyncio.to_thread(asm.finish)  # the root check: off the loop
         return cp, state, nodes
@@ -253,6 +263,8 @@ class CheckpointClient:
         if ok:
             self.stats["installed_height"] = cp.height
             self.stats["keys"] = len(state)
+            v.metrics.xfer_installed.inc()
+            v.metrics.xfer_height.set(cp.height)
             log.warning("state transfer: installed the certified state at block %d (%d keys); pulling the "
                         "blocks after it", cp.height, len(state))
         return ok

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import urllib.error
@@ -56,6 +57,14 @@ def test_fresh_validator_catches_up_by_state_transfer(tmp_path: Path) -> None:
             assert st["base_height"] == xfer["installed_height"]
             # it fetched only the blocks after the checkpoint, never the history before it
             assert st["consensus"]["synced_blocks"] < height - THRESHOLD, st["consensus"]
+            # and says so to Prometheus
+            exported = urllib.request.urlopen(late.url + "/metrics", timeout=5).read().decode()
+            metrics = dict(re.findall(r"^(medchain_state_transfer_[a-z_]+(?:\{[^}]*\})?) (\S+)$", exported, re.M))
+            assert float(metrics["medchain_state_transfer_installed_total"]) == 1, metrics
+            assert float(metrics["medchain_state_transfer_started_total"]) >= 1, metrics
+            assert float(metrics["medchain_state_transfer_installed_height"]) == xfer["installed_height"], metrics
+            assert float(metrics["medchain_state_transfer_chunks_total"]) == xfer["chunks"] >= 1, metrics
+            assert float(metrics["medchain_state_transfer_received_bytes_total"]) > 0, metrics
             before = len(committed)
             stop.set()
             await task

@@ -25,6 +25,7 @@ from node.checkpoint import (
 )
 from node.crypto.keys import Identity
 from node.ledger import Ledger
+from node.metrics import Metrics
 from node.state import smt
 from node.statesync import CheckpointClient, CheckpointServer, StateSyncError, decode_offer, decode_request
 from node.verify import check_stored_state
@@ -102,7 +103,7 @@ def _host(tmp_path: Path, servers: dict[str, CheckpointServer]) -> SimpleNamespa
                                 validators=[SimpleNamespace(p2p=f"/ip4/127.0.0.1/tcp/1/p2p/peer{j}") for j in range(4)]),
         index=0, ledger=led, net=Net(servers), faults=SimpleNamespace(cut=()),
         replica=SimpleNamespace(last_delivered=0, peer_delivered={1: HEIGHT, 2: HEIGHT, 3: HEIGHT}),
-        chain_clock=SimpleNamespace(committed=lambda t: None), metrics=SimpleNamespace(height=SimpleNamespace(set=id)),
+        chain_clock=SimpleNamespace(committed=lambda t: None), metrics=Metrics(),
         in_consensus=in_consensus, rebuild_from_disk=rebuild_from_disk, rebuilt=rebuilt)
 
     def behind_by() -> int:  # as ReplicaState.behind_by with f = 1: the second most advanced peer's lead
@@ -127,6 +128,12 @@ def test_a_lying_peer_fails_the_root_check_and_another_peer_is_used(tmp_path: Pa
     assert asyncio.run(client.run())
     assert client.stats["failures"] == 2 and client.stats["installed_height"] == HEIGHT
     assert client.stats["keys"] == len(state)
+    m = v.metrics.registry.get_sample_value
+    assert (m("medchain_state_transfer_started_total"), m("medchain_state_transfer_installed_total")) == (3, 1)
+    assert [m("medchain_state_transfer_refused_total", {"reason": r}) for r in ("block", "state", "peer")] == [1, 1, 0]
+    assert m("medchain_state_transfer_chunks_total") == client.stats["chunks"] >= 3
+    assert m("medchain_state_transfer_received_bytes_total") > 9000 * 200
+    assert m("medchain_state_transfer_installed_height") == HEIGHT
     assert v.rebuilt == [HEIGHT] and v.ledger.base_height() == HEIGHT and v.ledger.head().hash == good.hash
     assert dict(v.ledger.iter_state()) == state and check_stored_state(v.ledger) == []
     assert not client.due()  # installed: the blocks after it come by block sync
@@ -143,6 +150,8 @@ def test_the_liar_alone_is_never_installed(tmp_path: Path, monkeypatch) -> None:
     client = CheckpointClient(v)
     assert not asyncio.run(client.run())
     assert "is not the state root" in client.stats["last_error"]
+    refused = v.metrics.registry.get_sample_value("medchain_state_transfer_refused_total", {"reason": "state"})
+    assert refused == client.stats["failures"] == 3
     assert v.ledger.head().height == 0 and v.ledger.base_height() == 0 and not list(v.ledger.iter_state())
     assert not client.due()  # it waits RETRY_S before asking again
     liar.close()
