@@ -13,13 +13,14 @@ and the pairs must hash to its state root. A peer that fails either, answers mal
 stalls is skipped and another is tried. Only then is the state installed, in the consensus task
 between its steps, and the replica is rebuilt on it; node/sync.py pulls the blocks after it as usual.
 
-When: the validator holds fewer than MEDCHAIN_STATE_SYNC_BLOCKS (default 512) blocks (a new or wiped
-one; the few it took meanwhile are dropped as history below the new base) and the f+1-th highest
-height in its peers' signed heartbeats is at least that many blocks ahead. It then asks its peers
-for offers (every RETRY_S while none installs) and takes a certified one that far ahead of it. A
-young network asks nobody: each offer pins a read transaction on the peer for a while. Known gap:
-blocks pushed and pulled meanwhile can take it past the offer first; it then simply replays. A validator with a longer
-history replays blocks and keeps it; one less far behind replays too (cheaper than moving the state).
+When: the validator is new (it holds fewer than MEDCHAIN_STATE_SYNC_BLOCKS, default 512, blocks plus
+one PBFT window: see fresh(); the few it took meanwhile are dropped as history below the new base)
+and the f+1-th highest height in its peers' signed heartbeats is at least MEDCHAIN_STATE_SYNC_BLOCKS
+ahead. It then asks its peers for offers (every RETRY_S while none installs) and takes a certified
+one that far ahead of it. A young network asks nobody: each offer pins a read transaction on the
+peer for a while. Known gap: blocks pushed and pulled meanwhile can take it past the offer first; it
+then simply replays. A validator with a longer history replays blocks and keeps it; one less far
+behind replays too (cheaper than moving the state).
 """
 
 from __future__ import annotations
@@ -68,6 +69,17 @@ def min_blocks() -> int:
         return max(1, int(raw))
     except ValueError:
         raise SystemExit(f"MEDCHAIN_STATE_SYNC_BLOCKS={raw!r}: a number of blocks") from None
+
+
+def fresh(delivered: int, window: int) -> bool:
+    """Whether a validator that holds `delivered` blocks counts as new (a checkpoint replaces them).
+    Fewer than min_blocks(), plus one PBFT window: when a new validator connects, each peer first
+    sends it the frames queued for it since the network started (node/p2p/node.py QUEUE_MAX), the
+    network's early PBFT messages and heartbeats. With nothing delivered its window is blocks
+    1..window, and when that burst arrives faster than it executes, the pre-prepares above the
+    window are dropped: it commits that window with its own votes, then hears the live heartbeats
+    that say how far behind it is. A validator that merely replayed that window is still new."""
+    return delivered < min_blocks() + window
 
 
 class StateSyncError(ValueError):
@@ -174,7 +186,7 @@ class CheckpointClient:
         height that does not exist). A young network asks nobody for offers: each offer pins a read
         transaction on the peer for a while."""
         r = self.v.replica
-        return (r.last_delivered < min_blocks() and time.monotonic() >= self._next_try
+        return (fresh(r.last_delivered, r.window) and time.monotonic() >= self._next_try
                 and r.behind_by() >= min_blocks())
 
     async def run(self) -> bool:
