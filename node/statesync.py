@@ -15,10 +15,12 @@ between its steps, and the replica is rebuilt on it; node/sync.py pulls the bloc
 
 When: the validator is new (it holds fewer than MEDCHAIN_STATE_SYNC_BLOCKS, default 512, blocks plus
 one PBFT window: see fresh(); the few it took meanwhile are dropped as history below the new base)
-and the f+1-th highest height in its peers' signed heartbeats is at least MEDCHAIN_STATE_SYNC_BLOCKS
-ahead. It then asks its peers for offers (every RETRY_S while none installs) and takes a certified
-one that far ahead of it. A young network asks nobody: each offer pins a read transaction on the
-peer for a while. Known gap: blocks pushed and pulled meanwhile can take it past the offer first; it
+and, once, as soon as it hears f+1 peers (the first heartbeats can be the stale ones queued for it
+since the network started, see CheckpointClient.due), then whenever the f+1-th highest height in its
+peers' signed heartbeats is at least MEDCHAIN_STATE_SYNC_BLOCKS ahead. It then asks its peers for
+offers (every RETRY_S while none installs) and takes a certified one that far ahead of it. Past that
+first round a young network asks nobody: each offer pins a read transaction on the peer for a
+while. Known gap: blocks pushed and pulled meanwhile can take it past the offer first; it
 then simply replays. A validator with a longer history replays blocks and keeps it; one less far
 behind replays too (cheaper than moving the state).
 """
@@ -33,6 +35,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from node.block import max_faulty
 from node.checkpoint import (
     MAX_CHUNK_FRAME,
     MAX_MANIFEST,
@@ -179,15 +182,23 @@ class CheckpointClient:
         self.stats: dict[str, Any] = {"installed_height": 0, "attempts": 0, "failures": 0, "chunks": 0,
                                       "keys": 0, "last_error": None}
         self._next_try = 0.0
+        self._asked = False  # the one round of offers a new validator asks for at the start
 
     def due(self) -> bool:
-        """Whether to transfer the state now: a fresh ledger whose peers are far ahead, by the replica's
-        own measure (the f+1-th highest height in signed heartbeats: f liars cannot send us after a
-        height that does not exist). A young network asks nobody for offers: each offer pins a read
-        transaction on the peer for a while."""
+        """Whether to ask for offers now: a fresh ledger, once as soon as f+1 peers are heard, then
+        whenever its peers are far ahead by the replica's own measure (the f+1-th highest height in
+        signed heartbeats: f liars cannot send us after a height that does not exist). Past that first
+        round a young network asks nobody for offers: each offer pins a read transaction on the peer
+        for a while."""
         r = self.v.replica
-        return (fresh(r.last_delivered, r.window) and time.monotonic() >= self._next_try
-                and r.behind_by() >= min_blocks())
+        if not fresh(r.last_delivered, r.window) or time.monotonic() < self._next_try:
+            return False
+        if not self._asked and len(r.peer_delivered) > max_faulty(r.n):
+            # once, as soon as f+1 peers are heard: their first heartbeats can be as old as the frames
+            # queued for us since the network started, and while we replay those behind_by() stays small
+            self._asked = True
+            return True
+        return r.behind_by() >= min_blocks()
 
     async def run(self) -> bool:
         """Try the peers in random order until one's checkpoint, far enough ahead, proves and installs."""
