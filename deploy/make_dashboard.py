@@ -34,6 +34,13 @@ PANELS = [  # (title, unit, [(expr, legend)], kind)
         (f"medchain_stable_checkpoint{{{SEL}}}", "checkpoint {{instance}}"),
         (f"increase(medchain_state_transfer_blocks_total{{{SEL}}}[5m])", "blocks fetched/5m {{instance}}")],
      "timeseries"),
+    ("Checkpoint state transfer", "none", [
+        (f"increase(medchain_state_transfer_started_total{{{SEL}}}[1h])", "started/h {{instance}}"),
+        (f"increase(medchain_state_transfer_installed_total{{{SEL}}}[1h])", "installed/h {{instance}}"),
+        (f"sum by (reason) (increase(medchain_state_transfer_refused_total{{{SEL}}}[1h]))", "refused/h: {{reason}}")],
+     "timeseries"),
+    ("Checkpoint state received", "Bps", [
+        (f"rate(medchain_state_transfer_received_bytes_total{{{SEL}}}[1m])", "{{instance}}")], "timeseries"),
     ("p2p messages/s by type", "ops", [
         (f"sum by (direction, type) (rate(medchain_p2p_messages_by_type_total{{{SEL}}}[1m]))",
          "{{direction}} {{type}}")], "timeseries"),

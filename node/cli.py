@@ -104,7 +104,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     import tempfile
 
     from devices.load.loadgen import run_load
-    from devices.net.localnet import make_network, start_all
+    from devices.net.localnet import make_network, supervised
     from node.genesis import Params
 
     def go(urls: list[str]) -> dict:
@@ -122,16 +122,12 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
             # one load generator is a whole fleet behind one address: lift the per-client-IP limits
             nodes = make_network(Path(tmp), args.validators, p2p_mode=args.p2p, params=Params(
                 sender_rate=1e6, sender_burst=1e6, client_tx_rate=1e7, client_tx_burst=1e7, client_mempool_share=1))
-            start_all(nodes)
-            try:
+            with supervised(nodes):  # as `medchain devnet`: no validator outlives this command
                 c0 = [n.cpu_seconds() for n in nodes]
                 res = go([n.url for n in nodes])
                 res["validator_cpu_s"] = [round(n.cpu_seconds() - c, 2) for n, c in zip(nodes, c0, strict=True)]
                 stats = [json.loads(urlopen(n.url + "/v1/status").read()) for n in nodes]
                 res["p2p_messages_out"] = sum(s["p2p_messages_out"] for s in stats)
-            finally:
-                for n in nodes:
-                    n.stop()
         if res["blocks"] > 0:
             res["messages_per_block"] = round(res["p2p_messages_out"] / res["blocks"], 1)
             res["cpu_s_per_block"] = round(sum(res["validator_cpu_s"]) / res["blocks"], 3)

@@ -35,6 +35,9 @@ class Observed(Protocol):
     msgs_out: int
 
 
+XFER_REFUSALS = ("block", "state", "peer", "overtaken")
+
+
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
@@ -58,6 +61,24 @@ class Metrics:
         self.throttled = Counter("medchain_throttled", "Requests or messages refused by a rate limit, by scope "
                                  "(client_ip at the API, peer for forwarded transaction batches)", ["scope"],
                                  registry=r)
+        # state transfer from a certified checkpoint (node/statesync.py); /v1/status has the same in its
+        # state_transfer object. Refusals by reason: "block" (the offered block is not this chain's or not
+        # certified by 2f+1 genesis keys), "state" (chunks out of order, over a limit, or not hashing to the
+        # block's state root), "peer" (no answer, a refusal, a malformed frame), "overtaken" (blocks brought
+        # the ledger past the checkpoint before it was installed)
+        self.xfer_started = Counter("medchain_state_transfer_started", "Checkpoint transfers started (a far "
+                                    "enough offer taken)", registry=r)
+        self.xfer_installed = Counter("medchain_state_transfer_installed", "Checkpoints proven and installed",
+                                      registry=r)
+        self.xfer_refused = Counter("medchain_state_transfer_refused", "Checkpoint transfers dropped, by reason",
+                                    ["reason"], registry=r)
+        for reason in XFER_REFUSALS:
+            self.xfer_refused.labels(reason)
+        self.xfer_chunks = Counter("medchain_state_transfer_chunks", "State chunks received", registry=r)
+        self.xfer_bytes = Counter("medchain_state_transfer_received_bytes", "Bytes of checkpoint offers and state "
+                                  "chunks received", registry=r)
+        self.xfer_height = Gauge("medchain_state_transfer_installed_height", "Height of the last checkpoint "
+                                 "installed (0: none)", registry=r)
         self._bound = False
 
     def bind(self, v: Observed) -> None:

@@ -13,13 +13,16 @@ and the pairs must hash to its state root. A peer that fails either, answers mal
 stalls is skipped and another is tried. Only then is the state installed, in the consensus task
 between its steps, and the replica is rebuilt on it; node/sync.py pulls the blocks after it as usual.
 
-When: the validator holds fewer than MEDCHAIN_STATE_SYNC_BLOCKS (default 512) blocks (a new or wiped
-one; the few it took meanwhile are dropped as history below the new base) and the f+1-th highest
-height in its peers' signed heartbeats is at least that many blocks ahead. It then asks its peers
-for offers (every RETRY_S while none installs) and takes a certified one that far ahead of it. A
-young network asks nobody: each offer pins a read transaction on the peer for a while. Known gap:
-blocks pushed and pulled meanwhile can take it past the offer first; it then simply replays. A validator with a longer
-history replays blocks and keeps it; one less far behind replays too (cheaper than moving the state).
+When: the validator is new (it holds fewer than MEDCHAIN_STATE_SYNC_BLOCKS, default 512, blocks plus
+one PBFT window: see fresh(); the few it took meanwhile are dropped as history below the new base)
+and, once, as soon as it hears f+1 peers (the first heartbeats can be the stale ones queued for it
+since the network started, see CheckpointClient.due), then whenever the f+1-th highest height in its
+peers' signed heartbeats is at least MEDCHAIN_STATE_SYNC_BLOCKS ahead. It then asks its peers for
+offers (every RETRY_S while none installs) and takes a certified one that far ahead of it. Past that
+first round a young network asks nobody: each offer pins a read transaction on the peer for a
+while. Known gap: blocks pushed and pulled meanwhile can take it past the offer first; it
+then simply replays. A validator with a longer history replays blocks and keeps it; one less far
+behind replays too (cheaper than moving the state).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from node.block import max_faulty
 from node.checkpoint import (
     MAX_CHUNK_FRAME,
     MAX_MANIFEST,
@@ -68,6 +72,17 @@ def min_blocks() -> int:
         return max(1, int(raw))
     except ValueError:
         raise SystemExit(f"MEDCHAIN_STATE_SYNC_BLOCKS={raw!r}: a number of blocks") from None
+
+
+def fresh(delivered: int, window: int) -> bool:
+    """Whether a validator that holds `delivered` blocks counts as new (a checkpoint replaces them).
+    Fewer than min_blocks(), plus one PBFT window: when a new validator connects, each peer first
+    sends it the frames queued for it since the network started (node/p2p/node.py QUEUE_MAX), the
+    network's early PBFT messages and heartbeats. With nothing delivered its window is blocks
+    1..window, and when that burst arrives faster than it executes, the pre-prepares above the
+    window are dropped: it commits that window with its own votes, then hears the live heartbeats
+    that say how far behind it is. A validator that merely replayed that window is still new."""
+    return delivered < min_blocks() + window
 
 
 class StateSyncError(ValueError):
@@ -167,15 +182,23 @@ class CheckpointClient:
         self.stats: dict[str, Any] = {"installed_height": 0, "attempts": 0, "failures": 0, "chunks": 0,
                                       "keys": 0, "last_error": None}
         self._next_try = 0.0
+        self._asked = False  # the one round of offers a new validator asks for at the start
 
     def due(self) -> bool:
-        """Whether to transfer the state now: a fresh ledger whose peers are far ahead, by the replica's
-        own measure (the f+1-th highest height in signed heartbeats: f liars cannot send us after a
-        height that does not exist). A young network asks nobody for offers: each offer pins a read
-        transaction on the peer for a while."""
+        """Whether to ask for offers now: a fresh ledger, once as soon as f+1 peers are heard, then
+        whenever its peers are far ahead by the replica's own measure (the f+1-th highest height in
+        signed heartbeats: f liars cannot send us after a height that does not exist). Past that first
+        round a young network asks nobody for offers: each offer pins a read transaction on the peer
+        for a while."""
         r = self.v.replica
-        return (r.last_delivered < min_blocks() and time.monotonic() >= self._next_try
-                and r.behind_by() >= min_blocks())
+        if not fresh(r.last_delivered, r.window) or time.monotonic() < self._next_try:
+            return False
+        if not self._asked and len(r.peer_delivered) > max_faulty(r.n):
+            # once, as soon as f+1 peers are heard: their first heartbeats can be as old as the frames
+            # queued for us since the network started, and while we replay those behind_by() stays small
+            self._asked = True
+            return True
+        return r.behind_by() >= min_blocks()
 
     async def run(self) -> bool:
         """Try the peers in random order until one's checkpoint, far enough ahead, proves and installs."""
@@ -183,23 +206,26 @@ class CheckpointClient:
         peers = [j for j in range(len(v.genesis.validators)) if j != v.index and j not in v.faults.cut]
         random.shuffle(peers)
         for j in peers:
+            stage = ["peer"]  # what failed, for the refusal metric: "peer", then "block", then "state"
             try:
-                got = await self._fetch(j)
+                got = await self._fetch(j, stage)
                 if got is None:
                     continue  # not far enough ahead of us (then blocks will do), or not yet reachable
                 cp, state, nodes = got
             except Exception as exc:  # noqa: BLE001 - P2PError, a refusal, a lie: try another peer
                 self.stats["failures"] += 1
                 self.stats["last_error"] = f"validator {j}: {exc}"
+                v.metrics.xfer_refused.labels(stage[0] if isinstance(exc, CheckpointError) else "peer").inc()
                 log.warning("state transfer from validator %d failed: %s", j, exc)
                 continue
             if await self._install(cp, state, nodes):
                 return True
+            v.metrics.xfer_refused.labels("overtaken").inc()
             break
         self._next_try = time.monotonic() + RETRY_S
         return False
 
-    async def _fetch(self, j: int) -> tuple[Checkpoint, dict[bytes, bytes], dict[bytes, bytes]] | None:
+    async def _fetch(self, j: int, stage: list[str]) -> tuple[Checkpoint, dict[bytes, bytes], dict[bytes, bytes]] | None:
         v = self.v
         peer = peer_id(v.genesis.validators[j].p2p)
         try:
@@ -207,10 +233,13 @@ class CheckpointClient:
         except Exception as exc:  # noqa: BLE001 - P2PError: not connected yet, or down: ask the next one
             log.debug("no state offer from validator %d: %s", j, exc)
             return None
+        v.metrics.xfer_bytes.inc(len(offer))
         height, block_raw, keys = decode_offer(offer)
         if height < v.replica.last_delivered + min_blocks():
             return None
         self.stats["attempts"] += 1
+        v.metrics.xfer_started.inc()
+        stage[0] = "block"
         block = check_block(block_raw, v.genesis.chain_id, v.genesis.validator_keys)
         if block.header.height != height:
             raise CheckpointError(f"offered height {height}, but its block is {block.header.height}")
@@ -219,12 +248,16 @@ class CheckpointClient:
         log.info("state transfer: validator %d offers block %d with %d state keys", j, height, keys)
         after = b""
         while True:
+            stage[0] = "peer"
             raw = await v.net.request(peer, PROTOCOL, encode([1, height, after]), TIMEOUT_S, MAX_CHUNK_FRAME)
+            stage[0] = "state"
+            v.metrics.xfer_bytes.inc(len(raw))
             pairs = decode_chunk(raw)
             if not pairs:
                 break
             asm.add(pairs)
             self.stats["chunks"] += 1
+            v.metrics.xfer_chunks.inc()
             after = pairs[-1][0]
         state, nodes = await asyncio.to_thread(asm.finish)  # the root check: off the loop
         return cp, state, nodes
@@ -253,6 +286,8 @@ class CheckpointClient:
         if ok:
             self.stats["installed_height"] = cp.height
             self.stats["keys"] = len(state)
+            v.metrics.xfer_installed.inc()
+            v.metrics.xfer_height.set(cp.height)
             log.warning("state transfer: installed the certified state at block %d (%d keys); pulling the "
                         "blocks after it", cp.height, len(state))
         return ok

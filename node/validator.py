@@ -10,6 +10,7 @@ action: a single validator is PBFT with a quorum of one, the same path the netwo
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -113,6 +114,7 @@ class Validator:
                                 self.replicator, self.metrics, self.pipeline.run)
         self.replica = self._new_replica()
         self._inbox: asyncio.Queue = asyncio.Queue()
+        self._calls: collections.deque[Callable[[], Awaitable[None]]] = collections.deque()  # see in_consensus
         # a backup votes for a block only once it holds the blobs its writes record (node/availability.py)
         self.gate = AvailabilityGate(self._blob_here, lambda cid, t: self.replicator.ensure(cid, t, "vote"),
                                      lambda data: self._inbox.put_nowait(("net", data)))
@@ -385,7 +387,7 @@ class Validator:
 
     async def _consensus(self) -> None:
         while True:
-            kind, item = await self._inbox.get()
+            kind, item = ("call", self._calls.popleft()) if self._calls else await self._inbox.get()
             if self.disk.stalled or kind == "resume":
                 await storage.while_stalled(self.disk, kind, item, self._rebuild_from_disk)  # a failed write:
                 # nothing reaches the replica until the disk takes writes again
@@ -399,7 +401,8 @@ class Validator:
                     await self._on_synced(*item)
                     continue
                 elif kind == "call":  # another stage's step that must not interleave with ours (node/statesync.py)
-                    await item()
+                    if item is not None:  # None: in_consensus's wake-up, its call already taken from _calls
+                        await item()
                     continue
                 else:
                     acts = await self._on_wire(item)
@@ -500,8 +503,12 @@ class Validator:
                     self._send(act.to, self.replica.certified_message(b).encode())
 
     async def in_consensus(self, fn: Callable[[], Awaitable[None]]) -> None:
-        """Run `fn` in the consensus task between its steps (a checkpoint install, node/statesync.py)."""
-        await self._inbox.put(("call", fn))
+        """Run `fn` in the consensus task between its steps (a checkpoint install, node/statesync.py),
+        before the messages waiting in its inbox: a new validator's inbox holds the frames its peers
+        had queued for it since the network started, and replaying them first would take it past
+        the checkpoint it came to install."""
+        self._calls.append(fn)
+        await self._inbox.put(("call", None))  # wakes the task if it waits on an empty inbox
 
     rebuild_from_disk = _rebuild_from_disk  # public: state transfer rebuilds the replica on a checkpoint
 

@@ -204,3 +204,45 @@ def test_message_tags_are_read_without_decoding() -> None:
     assert message_tag(encode([T_COMMIT, *range(20)])) == T_COMMIT  # array16
     assert message_tag(encode([T_TXS, [b"x"]])) == T_TXS
     assert message_tag(b"") == message_tag(b"\x91") == message_tag(encode([300, 1])) == message_tag(b"junk") == -1
+
+
+def _validators_under(root: Path) -> list[int]:
+    """Pids of the validator processes whose home is below `root`."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"node.cli" in cmd and b"node" in cmd and any(str(root).encode() in c for c in cmd):
+                pids.append(int(d.name))
+    return [p for p in pids if _alive(p)]
+
+
+def test_loadtest_sigterm_mid_run_leaves_no_validator(tmp_path: Path) -> None:
+    """`medchain loadtest` (like demo and faults) runs its network as `medchain devnet` does
+    (devices/net/localnet.py supervised): SIGTERM while it loads stops every validator it started."""
+    p = subprocess.Popen([sys.executable, "-m", "node.cli", "loadtest", "--validators", "4", "--kind", "profile",
+                          "--senders", "50", "--per-sender", "100000", "--rate", "200"], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "TMPDIR": str(tmp_path)})
+    try:
+        deadline = time.monotonic() + 120
+        while len(pids := _validators_under(tmp_path)) < 4 or not all(
+                "serving http" in log.read_text() for log in tmp_path.glob("medchain-load-*/node*/node.log")):
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            time.sleep(0.2)
+        time.sleep(2)  # mid-run: the load is on
+        assert p.poll() is None and len(pids) == 4
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 128 + signal.SIGTERM, (out, err[-3000:])
+        assert "SIGTERM: stopping 4 validator(s)" in err and "Traceback" not in err, err[-3000:]
+        assert _wait_gone(pids, 5) == [], "validators outlived their loadtest"
+        assert _validators_under(tmp_path) == [] and list(tmp_path.glob("medchain-load-*")) == []
+    finally:
+        p.kill()
+        p.wait()
+        for q in _validators_under(tmp_path):  # never leave one behind, even when the test fails
+            os.kill(q, signal.SIGKILL)

@@ -25,6 +25,7 @@ from node.checkpoint import (
 )
 from node.crypto.keys import Identity
 from node.ledger import Ledger
+from node.metrics import Metrics
 from node.state import smt
 from node.statesync import CheckpointClient, CheckpointServer, StateSyncError, decode_offer, decode_request
 from node.verify import check_stored_state
@@ -101,8 +102,8 @@ def _host(tmp_path: Path, servers: dict[str, CheckpointServer]) -> SimpleNamespa
         genesis=SimpleNamespace(chain_id=CHAIN, validator_keys=KEYS,
                                 validators=[SimpleNamespace(p2p=f"/ip4/127.0.0.1/tcp/1/p2p/peer{j}") for j in range(4)]),
         index=0, ledger=led, net=Net(servers), faults=SimpleNamespace(cut=()),
-        replica=SimpleNamespace(last_delivered=0, peer_delivered={1: HEIGHT, 2: HEIGHT, 3: HEIGHT}),
-        chain_clock=SimpleNamespace(committed=lambda t: None), metrics=SimpleNamespace(height=SimpleNamespace(set=id)),
+        replica=SimpleNamespace(last_delivered=0, peer_delivered={1: HEIGHT, 2: HEIGHT, 3: HEIGHT}, window=8, n=4),
+        chain_clock=SimpleNamespace(committed=lambda t: None), metrics=Metrics(),
         in_consensus=in_consensus, rebuild_from_disk=rebuild_from_disk, rebuilt=rebuilt)
 
     def behind_by() -> int:  # as ReplicaState.behind_by with f = 1: the second most advanced peer's lead
@@ -127,6 +128,12 @@ def test_a_lying_peer_fails_the_root_check_and_another_peer_is_used(tmp_path: Pa
     assert asyncio.run(client.run())
     assert client.stats["failures"] == 2 and client.stats["installed_height"] == HEIGHT
     assert client.stats["keys"] == len(state)
+    m = v.metrics.registry.get_sample_value
+    assert (m("medchain_state_transfer_started_total"), m("medchain_state_transfer_installed_total")) == (3, 1)
+    assert [m("medchain_state_transfer_refused_total", {"reason": r}) for r in ("block", "state", "peer")] == [1, 1, 0]
+    assert m("medchain_state_transfer_chunks_total") == client.stats["chunks"] >= 3
+    assert m("medchain_state_transfer_received_bytes_total") > 9000 * 200
+    assert m("medchain_state_transfer_installed_height") == HEIGHT
     assert v.rebuilt == [HEIGHT] and v.ledger.base_height() == HEIGHT and v.ledger.head().hash == good.hash
     assert dict(v.ledger.iter_state()) == state and check_stored_state(v.ledger) == []
     assert not client.due()  # installed: the blocks after it come by block sync
@@ -143,6 +150,8 @@ def test_the_liar_alone_is_never_installed(tmp_path: Path, monkeypatch) -> None:
     client = CheckpointClient(v)
     assert not asyncio.run(client.run())
     assert "is not the state root" in client.stats["last_error"]
+    refused = v.metrics.registry.get_sample_value("medchain_state_transfer_refused_total", {"reason": "state"})
+    assert refused == client.stats["failures"] == 3
     assert v.ledger.head().height == 0 and v.ledger.base_height() == 0 and not list(v.ledger.iter_state())
     assert not client.due()  # it waits RETRY_S before asking again
     liar.close()
@@ -197,18 +206,27 @@ def test_chunks_are_checked_in_order_and_within_limits() -> None:
 
 
 def test_only_a_fresh_validator_whose_peers_are_far_ahead_asks_for_a_checkpoint(tmp_path: Path, monkeypatch) -> None:
-    """A young network asks nobody for offers (each offer pins a read transaction on the peer: asked
-    by every validator every few seconds, that grew a 24 MiB ledger disk full), and f liars cannot
-    make a validator throw its history away for a height that does not exist."""
+    """A young network asks nobody for offers past one round at the start (each offer pins a read
+    transaction on the peer: asked by every validator every few seconds, that grew a 24 MiB ledger
+    disk full), and f liars cannot make a validator throw its history away for a height that does
+    not exist."""
     monkeypatch.setenv("MEDCHAIN_STATE_SYNC_BLOCKS", "10")
     v = _host(tmp_path, {})
     client = CheckpointClient(v)
-    v.replica.peer_delivered = {1: 9}  # one report: f+1 = 2 are needed
+    v.replica.peer_delivered = {1: 9}  # one report: f+1 = 2 are needed, even for the first round
     assert not client.due()
+    # f+1 peers heard: one round at once, whatever their heartbeats say (the first ones can be stale)
+    v.replica.peer_delivered = {1: 9, 2: 9}
+    assert client.due() and not client.due()
     v.replica.peer_delivered = {1: 500, 2: 9, 3: 9}  # one peer (maybe lying) far ahead, f+1 near
     assert not client.due()
     v.replica.peer_delivered = {1: 500, 2: 400, 3: 9}
     assert client.due()
-    v.replica.last_delivered = 10  # not fresh any more: it keeps its history and replays
+    # up to a PBFT window (8 here) past the threshold it still counts as new: that many blocks can come
+    # from its peers' queued messages before it hears how far behind it is
+    v.replica.peer_delivered = {1: 500, 2: 400, 3: 400}
+    v.replica.last_delivered = 17
+    assert client.due()
+    v.replica.last_delivered = 18  # not fresh any more: it keeps its history and replays
     assert not client.due()
     v.ledger.close()

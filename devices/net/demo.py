@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from urllib.request import urlopen
 
-from devices.net.localnet import make_network, start_all
+from devices.net.localnet import make_network, supervised
 from devices.patient import envelope
 from devices.patient.client import NodeClient
 from devices.patient.phone import Phone
@@ -151,10 +151,9 @@ def main(windows: int = 4, validators: int = 4, seconds: float = 30.0, phones: i
         nodes = make_network(Path(tmp), validators=validators)
         kind = "PBFT, quorum of one" if validators == 1 else f"PBFT over py-libp2p, n={validators}"
         print(f"starting {validators} validator process(es) ({kind}): " + ", ".join(n.url for n in nodes))
-        start_all(nodes)
         genesis = Genesis.load(nodes[0].home / "genesis.json")
         entry = nodes[1 % validators].url
-        try:
+        with supervised(nodes):  # as `medchain devnet`: no validator outlives the demo
             print(f"\n1. the paper's flow, through validator {1 % validators} (not the primary)")
             summary = asyncio.run(flow(entry, genesis, windows))
             cpu0 = [n.cpu_seconds() for n in nodes]
@@ -168,9 +167,6 @@ def main(windows: int = 4, validators: int = 4, seconds: float = 30.0, phones: i
                 if len({(h["height"], h["last_block_hash"]) for h in heads}) == 1 or time.monotonic() > deadline:
                     break
                 time.sleep(0.2)
-        finally:
-            for n in nodes:
-                n.stop()
         reps = [verify_ledger(n.home / "ledger", genesis) for n in nodes]
         same = len({(h["height"], h["last_block_hash"], h["state_root"]) for h in heads}) == 1
         lat = load["latency_ms"]

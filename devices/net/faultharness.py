@@ -106,7 +106,8 @@ async def apply(nodes: list[NodeProcess], step: Step) -> None:
 async def heal(nodes: list[NodeProcess], step: Step) -> None:
     if step.action == "kill":
         for t in step.targets:
-            await asyncio.to_thread(nodes[t].start)
+            nodes[t].launch()  # on this (the main) thread: a supervised validator dies with its launching thread
+            await asyncio.to_thread(nodes[t].wait_ready)
     elif step.action == "pause":
         for t in step.targets:
             nodes[t].resume()
@@ -176,7 +177,7 @@ def _cmd(args) -> int:
     import tempfile
     from pathlib import Path
 
-    from devices.net.localnet import make_network, start_all
+    from devices.net.localnet import make_network, supervised
     from node.genesis import Params
 
     with tempfile.TemporaryDirectory(prefix="medchain-faults-") as tmp:
@@ -184,13 +185,9 @@ def _cmd(args) -> int:
                              params=Params(sender_rate=1e5, sender_burst=1e5))
         for n in nodes:
             n.env["MEDCHAIN_FAULTS"] = "1"
-        start_all(nodes)
-        try:
+        with supervised(nodes):  # as `medchain devnet`: no validator outlives this command
             quiet = args.json
             result = asyncio.run(run(nodes, args.seed, args.steps, log=(lambda s: None) if quiet else print))
-        finally:
-            for n in nodes:
-                n.stop()
     if args.json:
         print(json.dumps(result))
     else:

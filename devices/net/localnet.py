@@ -1,4 +1,10 @@
-"""Start and stop real validator processes on 127.0.0.1 (used by the demo, benchmarks and tests)."""
+"""Start and stop real validator processes on 127.0.0.1 (used by the demo, benchmarks and tests).
+
+`supervised()` is how a command that owns its validators runs them (`medchain devnet`, `demo`,
+`loadtest`, `faults`): ports checked free first, each validator tied to this process's life
+(PR_SET_PDEATHSIG, node/service.py), and SIGTERM, SIGINT or SIGHUP stopping them all before the
+command ends, so none outlives it.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +16,17 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
 from node.crypto.keys import Identity
-from node.genesis import IssuerInfo, Params, init_home, new_chain_id
+from node.genesis import Genesis, IssuerInfo, Params, init_home, new_chain_id
+from node.multiaddr import host_port
 from node.p2p import swarmkey
-from node.service import PARENT_ENV
+from node.service import PARENT_ENV, busy_ports, ignore_signals
 
 
 def free_ports(n: int) -> list[int]:
@@ -43,7 +53,9 @@ class NodeProcess:
     env: dict = field(default_factory=dict)
     chain_id: str = ""  # when set, wait_ready checks the API answering is this validator of this chain
     index: int = -1
-    die_with_parent: bool = False  # the kernel stops the validator when this process dies (node/service.py)
+    # the kernel stops the validator when the thread that launched it ends (node/service.py): launch a
+    # supervised one from the main thread (an asyncio worker thread ends when its loop shuts down)
+    die_with_parent: bool = False
     host: str = "127.0.0.1"  # where its API is reached
     prefix: list[str] = field(default_factory=list)  # run it under this, e.g. ["ip", "netns", "exec", NS]
     args: list[str] = field(default_factory=list)  # more `medchain node` flags (--config, --p2p-listen...)
@@ -185,3 +197,65 @@ def stop_all(nodes: list[NodeProcess], sig: int = signal.SIGTERM, timeout: float
             n.proc.kill()
             n.proc.wait()
     return [None if n.proc is None else n.proc.returncode for n in nodes]
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class Stopped(SystemExit):
+    """A stop signal reached a supervisor (see `supervised`). A SystemExit (exit status 128 + the
+    signal's number), so no `except Exception` on the way up swallows it and asyncio.run re-raises it
+    at once; the `with supervised(...)` it crosses stops the validators."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+
+
+class PortsTaken(RuntimeError):
+    """Something already listens on a port a validator of the network would use."""
+
+
+def _raise_stopped(signum: int, frame: FrameType | None) -> None:
+    raise Stopped(signum)
+
+
+def network_ports(nodes: list[NodeProcess]) -> list[tuple[str, int, str]]:
+    """(host, port, what) for every API and libp2p port of the network's validators (its genesis)."""
+    gen = Genesis.load(nodes[0].home / "genesis.json")
+    out = []
+    for i, v in enumerate(gen.validators):
+        host, port = v.api.rsplit(":", 1)
+        out.append((host, int(port), f"validator {i} API"))
+        if v.p2p:
+            out.append((*host_port(v.p2p), f"validator {i} libp2p"))
+    return out
+
+
+@contextmanager
+def supervised(nodes: list[NodeProcess], timeout: float = 30.0) -> Iterator[list[NodeProcess]]:
+    """Start `nodes` for the body of the `with` and stop them all when it ends, however it ends.
+
+    - PortsTaken (nothing started) if an API or libp2p port is already in use;
+    - each validator dies with this process, even one killed by SIGKILL (PR_SET_PDEATHSIG);
+    - SIGTERM, SIGINT and SIGHUP raise Stopped in the body; then every validator is signalled at
+      once and waited for (SIGKILL after a grace), and further signals are ignored until that is done.
+    Main thread only (signal handlers), as a command's body is."""
+    old = {s: signal.signal(s, _raise_stopped) for s in STOP_SIGNALS}
+    try:
+        busy = busy_ports(network_ports(nodes))
+        if busy:
+            raise PortsTaken("; ".join(busy))
+        for n in nodes:
+            n.die_with_parent = True
+        start_all(nodes, timeout)
+        yield nodes
+    except Stopped as exc:
+        print(f"{exc.name}: stopping {len(nodes)} validator(s)", file=sys.stderr, flush=True)
+        raise
+    finally:
+        ignore_signals(*STOP_SIGNALS)  # the cleanup below must run to its end
+        stop_all(nodes)
+        for s, h in old.items():
+            signal.signal(s, h)
