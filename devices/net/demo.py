@@ -157,9 +157,11 @@ def main(windows: int = 4, validators: int = 4, seconds: float = 30.0, phones: i
             print(f"\n1. the paper's flow, through validator {1 % validators} (not the primary)")
             summary = asyncio.run(flow(entry, genesis, windows))
             cpu0 = [n.cpu_seconds() for n in nodes]
+            h0 = json.loads(urlopen(nodes[0].url + "/v1/status").read())["height"]
             print(f"\n2. {phones} phones x {len(KINDS)} wearables for {seconds:.0f} s (closed loop)")
             load = asyncio.run(fleet([n.url for n in nodes], genesis, phones, seconds))
             cpu = [n.cpu_seconds() - c for n, c in zip(nodes, cpu0, strict=True)]
+            blocks = json.loads(urlopen(nodes[0].url + "/v1/status").read())["height"] - h0
             # the last blocks may still be landing on some validators: give them a moment to converge
             deadline = time.monotonic() + 15
             while True:
@@ -176,6 +178,9 @@ def main(windows: int = 4, validators: int = 4, seconds: float = 30.0, phones: i
             f" = {load['tps']:.0f} committed writes/s")
         say(f"commit latency (submit with sidecar + commit) ms: p50 {lat[50]:.0f}  p95 {lat[95]:.0f}  p99 {lat[99]:.0f}")
         say("validator CPU s during the fleet: " + "  ".join(f"v{i} {c:.1f}" for i, c in enumerate(cpu)))
+        mean = sum(cpu) / len(cpu)
+        say(f"  per validator: {1000 * mean / max(1, blocks):.1f} ms of CPU per block ({blocks} blocks), "
+            f"{1e6 * mean / max(1, load['writes']):.0f} us per committed write")
         say(f"validators agree: {'yes' if same else 'NO'} (height {heads[0]['height']}, "
             f"state root {heads[0]['state_root'][:16]}…)")
         say("offline verify: " + ", ".join(f"v{i} {'OK' if r.ok else 'FAILED'}" for i, r in enumerate(reps))
