@@ -137,13 +137,35 @@ class CheckpointServer:
     def __init__(self, ledger: Any) -> None:
         self.ledger = ledger
         self._pins: dict[int, tuple[StateView, float]] = {}  # height -> (view, last used)
+        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry_loop: asyncio.AbstractEventLoop | None = None
 
-    def _pin(self) -> StateView:
-        now = time.monotonic()
+    def expire_idle(self, now: float | None = None) -> None:
+        """Close the views idle for PIN_IDLE_S. Each holds an LMDB read transaction, and while one is
+        open LMDB reuses no page freed after it: the ledger file (and the pages mapped from it) grows
+        by every block's rewritten pages until it closes."""
+        now = time.monotonic() if now is None else now
         for h, (view, used) in list(self._pins.items()):
             if now - used > PIN_IDLE_S:
                 view.close()
                 del self._pins[h]
+
+    def _expire_later(self) -> None:
+        """Expire on a timer, not only at the next request: after a transfer (or a newcomer's one
+        round of offers) no request may ever come."""
+        self._expiry = None
+        self.expire_idle()
+        if self._pins:
+            self._schedule_expiry()
+
+    def _schedule_expiry(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._expiry is None or self._expiry_loop is not loop:
+            self._expiry, self._expiry_loop = loop.call_later(PIN_IDLE_S / 2, self._expire_later), loop
+
+    def _pin(self) -> StateView:
+        now = time.monotonic()
+        self.expire_idle(now)
         head = self.ledger.head().height
         if head in self._pins:
             return self._pins[head][0]
@@ -152,11 +174,14 @@ class CheckpointServer:
             self._pins.pop(oldest)[0].close()
         view = self.ledger.state_view()
         self._pins[view.height] = (view, now)
+        self._schedule_expiry()
         return view
 
     async def serve(self, peer: str, raw: bytes) -> bytes:
         kind, height, after = decode_request(raw)
         if kind == 0:
+            if self.ledger.head().height == 0:  # nothing to offer: pin nothing
+                raise StateSyncError("no block committed here yet")
             view = self._pin()
             if view.block_raw is None:
                 raise StateSyncError("no block committed here yet")
@@ -169,6 +194,9 @@ class CheckpointServer:
         return encode_chunk(next(chunked(view.pairs(after)), []))
 
     def close(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         for view, _ in self._pins.values():
             view.close()
         self._pins.clear()
