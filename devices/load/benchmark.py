@@ -158,11 +158,12 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> dict:
     else:
         from devices.net.localnet import make_network, start_all
         tmp = tempfile.TemporaryDirectory(prefix="medchain-bench-")
-        from node.genesis import Params
+        from node.operator import parse_params
         # the fleet's proxy is thousands of phones behind one address (as medchain loadtest's generator
         # is): lift the per-client-IP limits, so what is measured is the validators, not the limiter
-        nodes = make_network(Path(tmp.name), args.validators, p2p_mode=args.p2p, params=Params(
-            client_tx_rate=1e7, client_tx_burst=1e7, client_mempool_share=1))
+        lifted = ["client_tx_rate=1e7", "client_tx_burst=1e7", "client_mempool_share=1"]
+        nodes = make_network(Path(tmp.name), args.validators, p2p_mode=args.p2p,
+                             params=parse_params([*lifted, *getattr(args, "param", [])]))
         start_all(nodes)
         urls, pids = [n.url for n in nodes], [n.proc.pid for n in nodes]
     try:
@@ -304,4 +305,7 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--budget-nice", type=int, default=0,
                     help="budget: also renice the side that is pinned (a shared machine's other load competes)")
     sp.add_argument("--seed", type=int, default=1)
+    sp.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="a chain parameter of the devnet's genesis (as medchain genesis new), e.g. "
+                         "block_max_txs=500 for a small machine")
     sp.add_argument("--out", help="results directory (default bench/results)")
