@@ -103,8 +103,8 @@ def withhold_sidecars(mempool: Mempool, admission: Admission) -> None:
     """The ``withhold`` mode: sidecars are dropped as they enter the pool and the forward buffer."""
     admit, take = mempool.admit, admission.take_forward
 
-    def admit_without(tx, committed_nonce, now, forwarded=False, origin="", sidecar=None):  # noqa: ANN001, ANN202
-        return admit(tx, committed_nonce, now, forwarded, origin, None)
+    def admit_without(tx, committed_nonce, now, forwarded=False, origin="", sidecar=None, limit=None):  # noqa: ANN001, ANN202
+        return admit(tx, committed_nonce, now, forwarded, origin, None, limit)
 
     mempool.admit = admit_without  # type: ignore[method-assign]
     admission.take_forward = lambda: [(raw, None) for raw, _ in take()]  # type: ignore[method-assign]

@@ -180,8 +180,15 @@ class CheckpointServer:
     async def serve(self, peer: str, raw: bytes) -> bytes:
         kind, height, after = decode_request(raw)
         if kind == 0:
-            if self.ledger.head().height == 0:  # nothing to offer: pin nothing
+            head = self.ledger.head().height
+            if head == 0:  # nothing to offer: pin nothing
                 raise StateSyncError("no block committed here yet")
+            if head < min_blocks():
+                # a young chain is cheaper to replay than to transfer, and every validator of a new
+                # network asks each peer once at start: pinning a view for each would hold LMDB's
+                # freed pages from reuse on every one of them for PIN_IDLE_S
+                raise StateSyncError(f"this chain is {head} blocks high, under the {min_blocks()} a checkpoint "
+                                     "is worth: replay its blocks")
             view = self._pin()
             if view.block_raw is None:
                 raise StateSyncError("no block committed here yet")

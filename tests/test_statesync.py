@@ -158,7 +158,8 @@ def test_the_liar_alone_is_never_installed(tmp_path: Path, monkeypatch) -> None:
     liar.ledger.close()
 
 
-def test_server_pins_one_view_and_refuses_a_dropped_one(tmp_path: Path) -> None:
+def test_server_pins_one_view_and_refuses_a_dropped_one(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MEDCHAIN_STATE_SYNC_BLOCKS", str(HEIGHT))
     state = _state(100)
     srv = CheckpointServer(_ledger(tmp_path / "s", _certified(state), state))
     height, raw, keys = decode_offer(asyncio.run(srv.serve("p", encode([0]))))
@@ -180,7 +181,8 @@ def test_a_pinned_view_is_released_when_idle_even_if_no_request_comes(tmp_path: 
     after it, so every block's rewritten pages grow the ledger file. A network's newcomers ask for
     offers once at start; the view must close after PIN_IDLE_S on its own, not at a next request that
     may never come (it stayed open for the process's life: 973 MB of ledger for 20,000 writes). A
-    ledger with no block pins nothing."""
+    ledger with no block pins nothing, nor does a chain younger than the state-transfer threshold
+    (cheaper to replay; every validator of a new network asks each peer once at start)."""
     monkeypatch.setattr(statesync, "PIN_IDLE_S", 0.2)
     empty = CheckpointServer(Ledger(tmp_path / "empty", genesis_root=bytes(32)))
     state = _state(100)
@@ -188,6 +190,12 @@ def test_a_pinned_view_is_released_when_idle_even_if_no_request_comes(tmp_path: 
 
     def open_readers(led: Ledger) -> int:  # reader slots holding a transaction (an idle slot shows "-")
         return sum(1 for line in led.env.readers().splitlines()[1:] if not line.rstrip().endswith("-"))
+
+    monkeypatch.setenv("MEDCHAIN_STATE_SYNC_BLOCKS", str(HEIGHT + 1))
+    with pytest.raises(StateSyncError, match="under the 61 a checkpoint is worth"):
+        asyncio.run(srv.serve("p", encode([0])))
+    assert open_readers(srv.ledger) == 0
+    monkeypatch.setenv("MEDCHAIN_STATE_SYNC_BLOCKS", str(HEIGHT))
 
     async def go() -> tuple[int, int]:
         with pytest.raises(StateSyncError, match="no block committed"):
