@@ -252,10 +252,15 @@ class Fleet:
                     self.last_submit = time.monotonic()
                 self.submitted += timed
                 self.drain_submitted += len(batch) - timed
-                back, wait = [], 0.0
+                back, wait, held = [], 0.0, set()
                 for m, r in zip(batch, res, strict=True):
                     again = r["status"] == 503 or (r["status"] == 429 and m.kind != "read")  # not a read limit
+                    # a later write of a phone refused earlier in this batch is "out of order" only for that
+                    again = again or (r["status"] == 409 and m.kind == "write" and m.owner in held
+                                      and "out of order" in str(r.get("error", "")))
                     if again:
+                        if m.kind == "write":
+                            held.add(m.owner)
                         back.append(m)  # the validator is overloaded, or limits this client's rate
                         wait = max(wait, float(r.get("retry_after") or 1.0))
                     if r["status"] != 202:
@@ -263,14 +268,28 @@ class Fleet:
                         if not again:
                             self._refused(m, r)
                 if back:
-                    # a good client: the refused transactions (a batch's tail, so each sender's nonces
-                    # stay in order) go back to the head of this validator's lane, and the lane waits for the
-                    # Retry-After; neither a failure nor one of the window's tries
-                    self.overloaded += len(back)
-                    for m in back:
-                        m.overloaded = True
-                    self.lanes[v] = back + self.lanes[v]
-                    await asyncio.sleep(wait)
+                    await self._hold_back(v, back, wait)
+
+    async def _hold_back(self, v: int, back: list[Meta], wait: float) -> None:
+        """A good client: transactions refused with 429/503 wait for the Retry-After, and are neither
+        failures nor one of their window's tries. The lane pauses meanwhile. A phone's writes (the
+        refused ones and those of its still queued behind them) are signed again, in order, from the
+        nonce the validator expects next: the refused nonces were never taken, and re-signing only
+        some of them would collide with the others ("nonce conflict"). Other kinds keep their place
+        at the head of the lane, in order."""
+        self.overloaded += len(back)
+        for m in back:
+            m.overloaded = True
+        phones = {m.owner for m in back if m.kind == "write"}
+        writes = [m for m in back if m.kind == "write"]
+        writes += [m for m in self.lanes[v] if m.kind == "write" and m.owner in phones]
+        self.lanes[v] = [m for m in back if m.kind != "write"] + [
+            m for m in self.lanes[v] if not (m.kind == "write" and m.owner in phones)]
+        for k in phones:
+            self.phones[k].resync = True  # windows signed meanwhile start from the validator's next nonce
+        await asyncio.sleep(wait)
+        if writes:
+            self.work.put_nowait(writes)  # the proxy signs them again after those
 
     def _refused(self, m: Meta, r: dict) -> None:
         m.done = True
