@@ -89,6 +89,12 @@ class StateSyncError(ValueError):
     pass
 
 
+class NothingToOffer(StateSyncError):
+    """A peer with no checkpoint worth transferring: an answer, not a fault (logged at debug)."""
+
+    expected = True
+
+
 class CheckpointHost(Protocol):
     """What state transfer uses of its validator (node/validator.py provides it)."""
 
@@ -182,16 +188,16 @@ class CheckpointServer:
         if kind == 0:
             head = self.ledger.head().height
             if head == 0:  # nothing to offer: pin nothing
-                raise StateSyncError("no block committed here yet")
+                raise NothingToOffer("no block committed here yet")
             if head < min_blocks():
                 # a young chain is cheaper to replay than to transfer, and every validator of a new
                 # network asks each peer once at start: pinning a view for each would hold LMDB's
                 # freed pages from reuse on every one of them for PIN_IDLE_S
-                raise StateSyncError(f"this chain is {head} blocks high, under the {min_blocks()} a checkpoint "
+                raise NothingToOffer(f"this chain is {head} blocks high, under the {min_blocks()} a checkpoint "
                                      "is worth: replay its blocks")
             view = self._pin()
             if view.block_raw is None:
-                raise StateSyncError("no block committed here yet")
+                raise NothingToOffer("no block committed here yet")
             return encode([view.height, view.block_raw, view.keys])
         pinned = self._pins.get(height)
         if pinned is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import threading
 
@@ -16,6 +17,13 @@ PROTO = "/medchain/test-echo/1"
 SLOW = "/medchain/test-slow/1"
 BOOM = "/medchain/test-boom/1"
 BIG = "/medchain/test-big/1"
+NOPE = "/medchain/test-nope/1"
+
+
+class Nothing(ValueError):
+    """A handler's expected refusal (as node/statesync.py NothingToOffer)."""
+
+    expected = True
 
 
 class Pair:
@@ -49,6 +57,9 @@ class Pair:
         async def boom(peer: str, req: bytes) -> bytes:
             raise KeyError("no such block")
 
+        async def nope(peer: str, req: bytes) -> bytes:
+            raise Nothing("nothing to offer here")
+
         async def big(peer: str, req: bytes) -> bytes:
             n = int(req.decode())
             return hashlib.sha256(req).digest() * (n // 32)
@@ -57,6 +68,7 @@ class Pair:
             node.serve(PROTO, echo, max_request=64 * 1024)
             node.serve(SLOW, slow)
             node.serve(BOOM, boom)
+            node.serve(NOPE, nope)
             node.serve(BIG, big)
         await asyncio.gather(a.start(), b.start())
         await until(lambda: a.connected_peers() and b.connected_peers(), 15)
@@ -99,7 +111,7 @@ def test_request_response_happy_path_and_limits() -> None:
     run(main())
 
 
-def test_timeout_oversized_handler_error_unknown_protocol_and_peer() -> None:
+def test_timeout_oversized_handler_error_unknown_protocol_and_peer(caplog: pytest.LogCaptureFixture) -> None:
     pair = Pair()
 
     async def main() -> None:
@@ -110,8 +122,15 @@ def test_timeout_oversized_handler_error_unknown_protocol_and_peer() -> None:
                 await a.request(b.peer_id, SLOW, b"5", timeout=0.5)
             with pytest.raises(P2PError, match="over max_response 1000"):
                 await a.request(b.peer_id, BIG, b"4096", timeout=10, max_response=1000)
-            with pytest.raises(P2PError, match=r"handler failed: KeyError: 'no such block'"):
-                await a.request(b.peer_id, BOOM, b"x", timeout=10)
+            with caplog.at_level(logging.DEBUG, logger="medchain.p2p"):
+                with pytest.raises(P2PError, match=r"handler failed: KeyError: 'no such block'"):
+                    await a.request(b.peer_id, BOOM, b"x", timeout=10)
+                # an expected refusal reaches the requester the same way, but is no warning on the server
+                with pytest.raises(P2PError, match="handler failed: Nothing: nothing to offer here"):
+                    await a.request(b.peer_id, NOPE, b"x", timeout=10)
+            failed = [r for r in caplog.records if "handler failed" in r.getMessage()]
+            assert [(r.levelno, "KeyError" in r.getMessage()) for r in failed] == [
+                (logging.WARNING, True), (logging.DEBUG, False)]
             with pytest.raises(P2PError, match="does not serve this protocol"):
                 await a.request(b.peer_id, "/medchain/nobody/1", b"x", timeout=10)
             with pytest.raises(P2PError, match="unknown peer"):

@@ -503,7 +503,10 @@ class P2PNode:
                 raise TypeError(f"handler returned {type(body).__name__}, not bytes")
             return 0, bytes(body)
         except Exception as exc:  # noqa: BLE001 - reported to the requester, logged here
-            log.warning("%s handler failed for %s: %r", protocol, peer, exc)
+            # an exception marked `expected` is a handler's ordinary answer (nothing to offer, say),
+            # not a fault worth an operator's attention
+            (log.debug if getattr(exc, "expected", False) else log.warning)(
+                "%s handler failed for %s: %r", protocol, peer, exc)
             return 1, f"{type(exc).__name__}: {exc}".encode()[:1024]
 
     # ---- receiving ----------------------------------------------------------------------------
