@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from node import clock
-from node.backlog import MAX_WAIT_S, Backlog
+from node.backlog import Backlog
 from node.crypto import ecdsa
 from node.crypto.batch import verify_batch
 from node.ipfs.blockstore import BlockStore
@@ -51,10 +51,9 @@ REFORWARD_S = 5.0  # well above a healthy p99 commit latency: only stranded tran
 
 class Admission:
     def __init__(self, chain_id: str, ledger: Ledger, blobs: BlockStore, mempool: Mempool, metrics: Metrics,
-                 rules: Rules = NO_ISSUERS, backlog: Backlog | None = None) -> None:
+                 backlog: Backlog, rules: Rules = NO_ISSUERS) -> None:
         self.chain_id, self.ledger, self.blobs, self.mempool, self.metrics = chain_id, ledger, blobs, mempool, metrics
-        # what clients may make this validator take on: a bounded wait, not the pool's whole capacity
-        self.backlog = backlog or Backlog(MAX_WAIT_S, min(4000, mempool.capacity), mempool.capacity)
+        self.backlog = backlog  # what clients may make this validator take on: a bounded wait, not the whole pool
         self.checking = 0  # client transactions in the verifier thread: taken on, not yet in the pool
         self.rules = rules  # the genesis's: credential issuers and break-glass limits
         self.forwarding = False  # set once the p2p adapter runs: client transactions are then forwarded
@@ -110,13 +109,13 @@ class Admission:
         already holds a whole bound's worth of client transactions (node/backlog.py): their
         signatures are this validator's costliest work, and the pool could not take them anyway.
         Otherwise None: the pool's own bound then decides per transaction, fairly between clients."""
-        now = time.monotonic()
-        if self.checking < self.backlog.limit(now):
+        limit = self.backlog.limit(time.monotonic())
+        if self.checking < limit:
             return None
         self.backlog.refused += 1
         return self.reject(None, Refusal.OVERLOADED, f"overloaded: {self.checking} client transactions are being "
-                           f"verified, the {self.backlog.limit(now)} this validator takes at the chain's current "
-                           "rate: retry later or elsewhere", self.backlog.retry_after())
+                           f"verified, the {limit} this validator takes at the chain's current rate: retry later "
+                           "or elsewhere", self.backlog.retry_after())
 
     def _check_items(self, items: list[Item], forwarded: bool) -> list:
         """Stateless checks (decode, chain id, sidecar, signature): pure, runs off the loop. Returns per
@@ -162,6 +161,9 @@ class Admission:
         out: list[bytes | AdmissionError] = []
         now_ms = clock.now_ms()
         view = Overlay(snap.get_state)
+        # a client's transaction fits the backlog bound too (the chain's rate times max_queue_s), not
+        # only the pool's capacity; no block commits during this loop, so it is one bound per batch
+        limit = None if forwarded else self.backlog.limit(now)
         for c in checked:
             if isinstance(c, AdmissionError):
                 out.append(c)
@@ -178,7 +180,7 @@ class Admission:
             tx, side = c
             self.mark_verified(tx.id)
             try:
-                side = self._admit(tx, side, view, snap, now_ms, now, forwarded)
+                side = self._admit(tx, side, view, snap, now_ms, now, forwarded, limit)
             except AdmissionError as exc:
                 out.append(self.reject(tx.id, exc.kind, exc.reason, exc.retry_after))
                 continue
@@ -194,7 +196,7 @@ class Admission:
             self.verified.popitem(last=False)
 
     def _admit(self, tx: Tx, sidecar: bytes | None, view: Overlay, snap: Snapshot, now_ms: int, now: float,
-               forwarded: bool = False) -> bytes | None:
+               forwarded: bool = False, limit: int | None = None) -> bytes | None:
         """Stateful admission; returns the sidecar to forward with the transaction (None if none)."""
         if snap.has_tx(tx.id):
             raise AdmissionError(Refusal.CONFLICT, "duplicate: transaction already committed (replay)")
@@ -208,9 +210,6 @@ class Admission:
             forward_side = self._held_blob(tx)
         elif tx.kind == KIND_WRITE and sidecar is None:
             self._check_forwarded_write(tx)
-        # a client's transaction fits the backlog bound too (the chain's rate times max_queue_s), not
-        # only the pool's capacity
-        limit = None if forwarded else self.backlog.limit(now)
         for ev in self.mempool.admit(tx, self.committed_nonce(tx.address, snap.get_state), now, forwarded,
                                      admission_origin.get(), sidecar, limit):
             # fair eviction made room: the heaviest origin's (client IP's) newest sender gave way

@@ -106,7 +106,7 @@ class Validator:
         # what clients may make this validator take on (node/backlog.py)
         self.backlog = Backlog(max_queue_s(), min(2 * p.block_max_txs, p.mempool_capacity), p.mempool_capacity)
         self.admission = Admission(self.chain_id, self.ledger, self.blobs, self.mempool, self.metrics,
-                                   self.genesis.rules, self.backlog)
+                                   self.backlog, self.genesis.rules)
         # blocks executed on an uncommitted tip, and the worker thread all blocking work runs on
         self.pipeline = Pipeline(self.chain_id, self.ledger, self.admission, self.mempool, self.chain_clock,
                                  self.genesis.rules)
