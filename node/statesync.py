@@ -144,7 +144,6 @@ class CheckpointServer:
         self.ledger = ledger
         self._pins: dict[int, tuple[StateView, float]] = {}  # height -> (view, last used)
         self._expiry: asyncio.TimerHandle | None = None
-        self._expiry_loop: asyncio.AbstractEventLoop | None = None
 
     def expire_idle(self, now: float | None = None) -> None:
         """Close the views idle for PIN_IDLE_S. Each holds an LMDB read transaction, and while one is
@@ -165,9 +164,8 @@ class CheckpointServer:
             self._schedule_expiry()
 
     def _schedule_expiry(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._expiry is None or self._expiry_loop is not loop:
-            self._expiry, self._expiry_loop = loop.call_later(PIN_IDLE_S / 2, self._expire_later), loop
+        if self._expiry is None:
+            self._expiry = asyncio.get_running_loop().call_later(PIN_IDLE_S / 2, self._expire_later)
 
     def _pin(self) -> StateView:
         now = time.monotonic()
@@ -187,17 +185,14 @@ class CheckpointServer:
         kind, height, after = decode_request(raw)
         if kind == 0:
             head = self.ledger.head().height
-            if head == 0:  # nothing to offer: pin nothing
-                raise NothingToOffer("no block committed here yet")
-            if head < min_blocks():
+            if head < min_blocks():  # min_blocks() >= 1: so past this there is a head block to offer
                 # a young chain is cheaper to replay than to transfer, and every validator of a new
                 # network asks each peer once at start: pinning a view for each would hold LMDB's
                 # freed pages from reuse on every one of them for PIN_IDLE_S
-                raise NothingToOffer(f"this chain is {head} blocks high, under the {min_blocks()} a checkpoint "
-                                     "is worth: replay its blocks")
-            view = self._pin()
-            if view.block_raw is None:
-                raise NothingToOffer("no block committed here yet")
+                raise NothingToOffer("no block committed here yet" if head == 0 else
+                                     f"this chain is {head} blocks high, under the {min_blocks()} a checkpoint is "
+                                     "worth: replay its blocks")
+            view = self._pin()  # heights only grow: the view is at `head` or above, with its block
             return encode([view.height, view.block_raw, view.keys])
         pinned = self._pins.get(height)
         if pinned is None:
