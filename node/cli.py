@@ -104,7 +104,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     import tempfile
 
     from devices.load.loadgen import run_load
-    from devices.net.localnet import make_network, supervised
+    from devices.net.localnet import ONE_ADDRESS_FLEET, make_network, supervised
     from node.genesis import Params
 
     def go(urls: list[str]) -> dict:
@@ -119,9 +119,8 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         res = go(args.node)
     else:
         with tempfile.TemporaryDirectory(prefix="medchain-load-") as tmp:
-            # one load generator is a whole fleet behind one address: lift the per-client-IP limits
-            nodes = make_network(Path(tmp), args.validators, p2p_mode=args.p2p, params=Params(
-                sender_rate=1e6, sender_burst=1e6, client_tx_rate=1e7, client_tx_burst=1e7, client_mempool_share=1))
+            nodes = make_network(Path(tmp), args.validators, p2p_mode=args.p2p,
+                                 params=Params(sender_rate=1e6, sender_burst=1e6, **ONE_ADDRESS_FLEET))
             with supervised(nodes):  # as `medchain devnet`: no validator outlives this command
                 c0 = [n.cpu_seconds() for n in nodes]
                 res = go([n.url for n in nodes])

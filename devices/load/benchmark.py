@@ -156,12 +156,11 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> dict:
     if args.node:
         urls, pids = args.node, None
     else:
-        from devices.net.localnet import make_network, start_all
-        tmp = tempfile.TemporaryDirectory(prefix="medchain-bench-")
+        from devices.net.localnet import ONE_ADDRESS_FLEET, make_network, start_all
         from node.operator import parse_params
-        # the fleet's proxy is thousands of phones behind one address (as medchain loadtest's generator
-        # is): lift the per-client-IP limits, so what is measured is the validators, not the limiter
-        lifted = ["client_tx_rate=1e7", "client_tx_burst=1e7", "client_mempool_share=1"]
+        tmp = tempfile.TemporaryDirectory(prefix="medchain-bench-")
+        # the fleet's proxy is thousands of phones behind one address; --param may still set them
+        lifted = [f"{k}={v}" for k, v in ONE_ADDRESS_FLEET.items()]
         nodes = make_network(Path(tmp.name), args.validators, p2p_mode=args.p2p,
                              params=parse_params([*lifted, *getattr(args, "param", [])]))
         start_all(nodes)

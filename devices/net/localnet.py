@@ -28,6 +28,10 @@ from node.multiaddr import host_port
 from node.p2p import swarmkey
 from node.service import PARENT_ENV, busy_ports, ignore_signals
 
+# A load generator is a whole fleet behind one address: the genesis parameters that lift the
+# per-client-IP limits for it, so a benchmark measures the validators, not the limiter
+ONE_ADDRESS_FLEET: dict[str, float] = {"client_tx_rate": 1e7, "client_tx_burst": 1e7, "client_mempool_share": 1.0}
+
 
 def free_ports(n: int) -> list[int]:
     """n distinct free ports: all sockets stay bound until every port is chosen, so the kernel
