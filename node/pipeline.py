@@ -38,7 +38,12 @@ class Pipeline:
         self.admission = admission
         self.mempool = mempool
         self.chain_clock = chain_clock
-        self.executed: dict[bytes, Executed] = {}  # block hash -> executed, not yet committed
+        # block hash -> executed, not yet committed. The primary's producer counts these, not only the
+        # replica's undelivered proposals: a proposal still queued for the replica, or delivered and
+        # waiting for its ledger write, is neither, and a commit stage slower than execution (one
+        # validator on one core) otherwise let executed blocks, each with its state writes and tree
+        # nodes, pile up without bound
+        self.executed: dict[bytes, Executed] = {}
         self.tip: Tip | None = None  # the primary's newest proposal, to pipeline on
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
 
@@ -85,6 +90,7 @@ class Pipeline:
     async def build(self, tip: Tip, txs: list[Tx], view: int, index: int, now: int) -> Executed:
         """The primary's next block, executed on `tip`; it becomes the tip to build on."""
         ex: Executed = await self.run(build_block, tip, txs, self.chain_id, view, index, now)
+        self._settle(ex)
         self.add(ex)
         self.tip = ex.tip()
         return ex
@@ -110,8 +116,19 @@ class Pipeline:
             return None
         for t in ex.txs:
             self.admission.mark_verified(t.id)
+        self._settle(ex)
         self.executed[block.hash] = ex
         return ex
+
+    def _settle(self, ex: Executed) -> None:
+        """`ex`'s parent committed while `ex` executed (the producer waits for a batch to fill holding its
+        tip; a check runs on the worker after the parent's write): the cut in `committed` missed it, so
+        make it here, or each block would keep its parent, and so on back to the process's start."""
+        prev = ex.block.header.prev_hash
+        if prev not in self.executed:
+            head = self.ledger.head()
+            if head is not None and head.hash == prev:
+                ex.parent_get, ex.parent_tree = self.ledger.get_state, self.ledger.get_node
 
     # ---- what commits and view changes leave ------------------------------------------------------
     def committed(self, block: Block) -> None:

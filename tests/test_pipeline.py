@@ -69,3 +69,32 @@ def test_a_pipelined_chain_keeps_only_the_blocks_in_flight(tmp_path: Path) -> No
     assert led.head().height == BLOCKS
     for key, value in built[0].writes.items():
         assert led.get_state(key) == value
+
+
+def test_a_block_whose_parent_commits_while_it_executes_reads_through_the_ledger(tmp_path: Path) -> None:
+    """The producer takes its tip, then waits for a batch to fill; the tip's block may commit meanwhile,
+    so the cut in `committed` finds no child to re-point. The child, built on that tip, must still read
+    through the ledger, or each block keeps its parent alive, and the newest block all before it: one
+    validator on one core held 100 executed blocks, 500 MB, at 2,400 writes/s."""
+    led = Ledger(tmp_path / "ledger", genesis_root=bytes(32))
+    pipe = Pipeline(CHAIN, led, None, None, clock.ChainClock(clock.now_ms()))  # type: ignore[arg-type]  # build only
+    blocks: list[weakref.ref[Executed]] = []
+
+    async def run() -> None:
+        prev = await pipe.build(pipe.build_tip(), _profiles(0), 0, 0, clock.now_ms())
+        for height in range(2, BLOCKS + 1):
+            tip = pipe.build_tip()  # the producer holds this tip while the batch fills
+            assert tip.hash == prev.block.hash
+            led.commit_block(prev.block, prev.writes, prev.nodes)
+            pipe.committed(prev.block)  # no child yet: nothing to cut
+            blocks.append(weakref.ref(prev))
+            prev = await pipe.build(tip, _profiles(height), 0, 0, clock.now_ms())
+            assert prev.block.header.height == height
+            del tip
+    try:
+        asyncio.run(run())
+    finally:
+        pipe.close()
+    gc.collect()
+    assert len(pipe.executed) == 1  # the newest, not committed
+    assert [r() for r in blocks] == [None] * len(blocks), "committed blocks are still reachable"
