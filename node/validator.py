@@ -67,7 +67,7 @@ from node.wire import WireError
 log = logging.getLogger("medchain.validator")
 
 _TXS_PREFIX = TXS_PREFIX
-PIPELINE = 4  # proposals in flight at once
+PIPELINE = 4  # blocks executed and not yet written to the ledger, at most, on the primary
 MAX_REFORWARD = 4000
 TICK_S = 0.05
 FORWARD_SOON_S = 0.005  # client transactions after a quiet spell are forwarded this soon
@@ -256,7 +256,8 @@ class Validator:
         interval = self.params.block_interval_ms / 1000
         while not self._stopping:
             r = self.replica
-            if self.disk.stalled or not r.can_propose() or r.in_flight() >= PIPELINE or len(self.mempool) == 0:
+            if (self.disk.stalled or not r.can_propose() or len(self.mempool) == 0
+                    or max(r.in_flight(), len(self.pipeline.executed)) >= PIPELINE):
                 self._wake.clear()
                 await self._wake.wait()
                 continue
