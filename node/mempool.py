@@ -258,8 +258,8 @@ class Mempool:
             self.sidecars[tx.id] = sidecar
             self.sidecar_bytes += len(sidecar)
         o.n += 1
-        heapq.heappush(o.heavy, (-len(s.txs), addr))
-        heapq.heappush(self._heavy_origins, (-o.n, key))
+        self._weigh_sender(o, addr, len(s.txs))
+        self._weigh_origin(key, o.n)
         return evicted
 
     def _over_bound(self, key: str, limit: int) -> None:
@@ -304,9 +304,6 @@ class Mempool:
         if prefer_fresh and o.fresh:
             return next(reversed(o.fresh))
         h = o.heavy
-        if len(h) > 4 * len(o.senders) + 1024:  # compact: one entry per sender
-            h[:] = [(-len(self.senders[a].txs), a) for a in o.senders]
-            heapq.heapify(h)
         while True:
             neg, addr = h[0]
             s = self.senders.get(addr)
@@ -318,9 +315,6 @@ class Mempool:
 
     def _heaviest_origin(self) -> str | None:
         h = self._heavy_origins
-        if len(h) > 4 * len(self.origins) + 1024:
-            h[:] = [(-o.n, k) for k, o in self.origins.items()]
-            heapq.heapify(h)
         while h:
             neg, key = h[0]
             o = self.origins.get(key)
@@ -331,6 +325,24 @@ class Mempool:
                 heapq.heappush(h, (-o.n, key))
         return None
 
+    # The two lazy heaps get an entry per change of weight and lose stale ones only when read (a full
+    # pool), so they are compacted to one entry per sender (origin) once stale entries dominate:
+    # otherwise they grew by three entries per transaction for the life of a pool that never fills
+    # (2.4 MB in 40 s at 2,400 writes/s).
+    def _weigh_sender(self, o: _Origin, addr: bytes, pending: int) -> None:
+        h = o.heavy
+        heapq.heappush(h, (-pending, addr))
+        if len(h) > 4 * len(o.senders) + 1024:
+            h[:] = [(-len(self.senders[a].txs), a) for a in o.senders]
+            heapq.heapify(h)
+
+    def _weigh_origin(self, key: str, pending: int) -> None:
+        h = self._heavy_origins
+        heapq.heappush(h, (-pending, key))
+        if len(h) > 4 * len(self.origins) + 1024:
+            h[:] = [(-o.n, k) for k, o in self.origins.items()]
+            heapq.heapify(h)
+
     def _evict(self, addr: bytes) -> Tx:
         """Drop the newest pending transaction of `addr` (its run stays contiguous)."""
         s = self.senders[addr]
@@ -340,10 +352,10 @@ class Mempool:
         o = self.origins[s.origin]
         o.n -= 1
         if s.txs:
-            heapq.heappush(o.heavy, (-len(s.txs), addr))
+            self._weigh_sender(o, addr, len(s.txs))
         else:
             self._forget(addr, s)
-        heapq.heappush(self._heavy_origins, (-o.n, s.origin))
+        self._weigh_origin(s.origin, o.n)
         return victim
 
     def charge(self, addr: bytes, now: float, n: float = 1.0) -> float:
@@ -408,7 +420,7 @@ class Mempool:
         s.fresh = False  # it has committed history now
         o.fresh.pop(addr, None)
         if gone:
-            heapq.heappush(self._heavy_origins, (-o.n, s.origin))
+            self._weigh_origin(s.origin, o.n)
         if not s.txs:
             self._forget(addr, s)
 

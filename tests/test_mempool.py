@@ -430,3 +430,28 @@ def test_origin_counts_stay_consistent_under_random_admit_evict_commit():
             assert set(o.fresh) <= o.senders and all(mp.senders[x].fresh for x in o.fresh)
         assert set(mp.senders) == set().union(*(o.senders for o in mp.origins.values()))
     assert mp.evictions > 10  # the pool was full often enough to exercise eviction
+
+
+def test_the_lazy_heaps_stay_bounded_in_a_pool_that_never_fills():
+    """Admission and commits push an entry per change of a sender's weight; only a full pool pops
+    them. In a pool that never fills they grew by three entries per transaction (2.4 MB in 40 s at
+    2,400 writes/s), so they are compacted to one entry per sender (origin) as they go."""
+    mp = big_pool(capacity=1000)
+    senders = [Identity.from_seed(b"steady-%d" % i) for i in range(5)]
+    for n in range(1, 801):
+        for s in senders:
+            mp.admit(tx(s, n), n - 1, float(n), origin="10.0.0.1")
+        mp.remove([t for t in mp.batch(len(mp)) if t.nonce == n])  # each round commits
+    assert len(mp) == 0
+    for s in senders:  # a second origin's senders stay pending
+        mp.admit(tx(s, 801), 800, 801.0, origin="10.0.0.2")
+    (o,) = mp.origins.values()
+    assert len(o.heavy) <= 4 * len(o.senders) + 1024
+    assert len(mp._heavy_origins) <= 4 * len(mp.origins) + 1024
+    # and the heaps still find the heaviest: the pool fills, and the heaviest sender gives way
+    heavy = Identity.from_seed(b"steady-heavy")
+    for n in range(1, 996):
+        mp.admit(tx(heavy, n), 0, 900.0, origin="10.0.0.3")
+    assert len(mp) == 1000
+    evicted = mp.admit(tx(Identity.from_seed(b"newcomer"), 1), 0, 900.0, origin="10.0.0.4")
+    assert [(t.address, t.nonce) for t in evicted] == [(heavy.address, 995)]
