@@ -41,9 +41,10 @@ _CODE_REFUSAL = {Code.NO_PROFILE: Refusal.UNPROCESSABLE, Code.DENIED: Refusal.FO
                  Code.BREAK_GLASS_LIMIT: Refusal.RATE_LIMITED, Code.KEY_EXPIRED: Refusal.CONFLICT,
                  Code.NO_CREDENTIAL: Refusal.FORBIDDEN}
 # Bounded caches, sized for memory on edge hardware (~170 bytes an entry): ids verified at admission
-# (a block's transactions are not verified twice while they wait: seconds, not minutes), ids whose
+# (a block's transactions are not verified twice while they wait: seconds, not minutes; 32,768 is
+# 13 s of the network's writes at 2,500/s, and one that ages out is only verified again), ids whose
 # signature failed (a replayed bad transaction costs a lookup), recent refusals (for GET /v1/tx)
-_VERIFIED_CACHE = 1 << 17
+_VERIFIED_CACHE = 1 << 15
 _BAD_SIG_CACHE = 1 << 16
 _REJECTED_CACHE = 50_000
 REFORWARD_S = 5.0  # well above a healthy p99 commit latency: only stranded transactions are resent
@@ -182,7 +183,9 @@ class Admission:
             try:
                 side = self._admit(tx, side, view, snap, now_ms, now, forwarded, limit)
             except AdmissionError as exc:
-                out.append(self.reject(tx.id, exc.kind, exc.reason, exc.retry_after))
+                # a full pool, or the backlog bound: come back when the chain has worked it down
+                retry = self.backlog.retry_after() if exc.kind is Refusal.OVERLOADED else exc.retry_after
+                out.append(self.reject(tx.id, exc.kind, exc.reason, retry))
                 continue
             out.append(tx.id)
             if not forwarded and self.forwarding:

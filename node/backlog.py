@@ -57,10 +57,6 @@ class Backlog:
     def limit(self, now: float) -> int:
         return min(self.cap, max(self.floor, int(self.current_rate(now) * self.max_wait_s)))
 
-    def room(self, pending: int, now: float) -> int:
-        """How many more client transactions to take on, with `pending` already taken on."""
-        return max(0, self.limit(now) - pending)
-
     def retry_after(self) -> float:
         """When a refused client should come back: half the bound's wait, so the pool still holds work
         when it does (it never runs dry between a client's retries), and a stalled chain is asked
