@@ -11,7 +11,9 @@ node/snapshot.py) and state transfer from peers (node/sync.py), feed it through 
    of all of them must equal the certified block's state root. One wrong byte anywhere fails that
    check, and nothing is installed until it passes.
 
-The state is assembled in memory (about its own size) before the root check; see MAX_STATE_BYTES.
+The installer assembles the state in memory (about its own size) before the root check (see
+MAX_STATE_BYTES); a running validator streams a transferred state to a file and installs it from a
+short-lived process, so neither the state nor LMDB's copy of every page it writes stays in its memory.
 """
 
 from __future__ import annotations
@@ -106,13 +108,14 @@ def chunked(pairs: Iterable[tuple[bytes, bytes]], max_keys: int = MAX_CHUNK_KEYS
         yield cur
 
 
-class StateAssembler:
-    """Rebuilds a checkpoint's state from its chunks and proves it against the certified root."""
+class StateChecker:
+    """Checks a checkpoint's chunks as they arrive (order, limits, the declared count) without holding
+    them: state transfer streams them to a file, and the installer (node/snapshot.py) proves them."""
 
     def __init__(self, cp: Checkpoint, max_bytes: int = MAX_STATE_BYTES) -> None:
         self.cp = cp
         self.max_bytes = max_bytes
-        self.state: dict[bytes, bytes] = {}
+        self.count = 0
         self.size = 0
         self.chunks = 0
         self.last: bytes = b""  # every key must sort after this one
@@ -127,18 +130,33 @@ class StateAssembler:
             if len(k) + len(v) > MAX_PAIR_BYTES:
                 raise CheckpointError(f"state chunk {self.chunks}: a pair of {len(k) + len(v)} bytes")
             self.last = k
-            self.state[k] = v
             self.size += len(k) + len(v)
+        self.count += len(pairs)
         self.chunks += 1
-        if len(self.state) > self.cp.keys:
+        if self.count > self.cp.keys:
             raise CheckpointError(f"more state pairs than the {self.cp.keys} declared")
         if self.size > self.max_bytes:
             raise CheckpointError(f"the state passes {self.max_bytes} bytes before its root was checked")
 
+    def complete(self) -> None:
+        if self.count != self.cp.keys:
+            raise CheckpointError(f"{self.count} state pairs, but {self.cp.keys} were declared")
+
+
+class StateAssembler(StateChecker):
+    """Rebuilds a checkpoint's state from its chunks and proves it against the certified root."""
+
+    def __init__(self, cp: Checkpoint, max_bytes: int = MAX_STATE_BYTES) -> None:
+        super().__init__(cp, max_bytes)
+        self.state: dict[bytes, bytes] = {}
+
+    def add(self, pairs: Pairs) -> None:
+        super().add(pairs)
+        self.state.update(pairs)
+
     def finish(self) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
         """(state, state-tree nodes) once the pairs hash to the certified root; CheckpointError if not."""
-        if len(self.state) != self.cp.keys:
-            raise CheckpointError(f"{len(self.state)} state pairs, but {self.cp.keys} were declared")
+        self.complete()
         empty: dict[bytes, bytes] = {}
         root, nodes = smt.update(empty.get, self.state)
         if root != self.cp.state_root:

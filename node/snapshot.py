@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -32,6 +33,7 @@ from node.checkpoint import (
     Checkpoint,
     CheckpointError,
     Manifest,
+    Pairs,
     StateAssembler,
     check_manifest,
     chunk_or_end,
@@ -45,43 +47,67 @@ from node.checkpoint import (
 from node.crypto.keys import Identity
 from node.genesis import Genesis, load_checked
 from node.ledger import Ledger
+from node.storage import map_size
 
 
 def _ledger_dir(home: Path) -> Path:
     return home / "ledger" if (home / "ledger").exists() or (home / "genesis.json").exists() else home
 
 
+class SnapshotWriter:
+    """A snapshot file as it is written: MAGIC, the manifest, the state chunks in key order, then the end
+    frame with the digest of every byte before it; into OUT.partial, renamed to OUT by `finish`."""
+
+    def __init__(self, out: Path, genesis_hash: bytes, block_raw: bytes, block: Block, keys: int) -> None:
+        self.out, self.tmp = out, out.with_name(out.name + ".partial")
+        self._digest = hashlib.sha256()
+        self._fh = open(self.tmp, "wb")  # noqa: SIM115 - closed by finish or abort
+        self._put(MAGIC)
+        self._put(manifest_frame(genesis_hash, block_raw, block, keys))
+
+    def _put(self, data: bytes) -> None:
+        self._digest.update(data)
+        self._fh.write(data)
+
+    def chunk(self, pairs: Pairs) -> None:
+        self._put(frame(encode_chunk(pairs)))
+
+    def finish(self, sync: bool = True) -> None:
+        """`sync`: make it durable (a file kept; a transfer's file is read back at once and dropped)."""
+        self._fh.write(end_frame(self._digest.digest()))
+        self._fh.flush()
+        if sync:
+            os.fsync(self._fh.fileno())
+        self._fh.close()
+        os.replace(self.tmp, self.out)
+
+    def abort(self) -> None:
+        self._fh.close()
+        self.tmp.unlink(missing_ok=True)
+
+
 def write_snapshot(home: Path, out: Path) -> dict[str, Any]:
     """Write HOME's certified head and state to `out` (atomically: a temporary file renamed); its manifest."""
     gen = load_checked(home / "genesis.json")
     led = Ledger(_ledger_dir(home), readonly=True, lock=True)
-    tmp = out.with_name(out.name + ".partial")
     try:
         view = led.state_view()
         try:
             if view.block_raw is None:
                 raise ValueError(f"{home} has committed no block yet: nothing to snapshot")
             block = Block.decode(view.block_raw)
-            digest = hashlib.sha256()
-            with open(tmp, "wb") as fh:
-                def put(data: bytes) -> None:
-                    digest.update(data)
-                    fh.write(data)
-                put(MAGIC)
-                put(manifest_frame(gen.hash, view.block_raw, block, view.keys))
+            w = SnapshotWriter(out, gen.hash, view.block_raw, block, view.keys)
+            try:
                 for pairs in chunked(view.pairs()):
-                    put(frame(encode_chunk(pairs)))
-                fh.write(end_frame(digest.digest()))
-                fh.flush()
-                os.fsync(fh.fileno())
+                    w.chunk(pairs)
+                w.finish()
+            except BaseException:
+                w.abort()
+                raise
         finally:
             view.close()
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     finally:
         led.close()
-    os.replace(tmp, out)
     m = Manifest(gen.chain_id, gen.hash, block.header.height, block.hash, block.header.state_root, view.keys,
                  view.block_raw)
     return {**m.as_json(block), "file": str(out), "bytes": out.stat().st_size}
@@ -144,14 +170,42 @@ def restore(home: Path, path: Path) -> dict[str, Any]:
         if head is not None and head.height > 0:
             raise ValueError(f"{ledger_dir} already holds a ledger at height {head.height}: restore only into a "
                              "fresh or wiped home (stop the validator and move that directory away first)")
+    return {**install(ledger_dir, gen, path), "home": str(home)}
+
+
+def install(ledger_dir: Path, gen: Genesis, path: Path, replace: bool = False) -> dict[str, Any]:
+    """Prove the snapshot at `path` against `gen` and install it into the ledger at `ledger_dir`: into an
+    empty ledger, or with `replace` over one whose head is below it."""
     cp, state, nodes = read_snapshot(path, gen)
-    led = Ledger(ledger_dir, genesis_root=gen.state_root)
+    # the running validator's map size, if it runs (two sizes on one environment do not mix)
+    led = Ledger(ledger_dir, genesis_root=gen.state_root, map_size=map_size())
     try:
-        led.install_base(cp.block, state, nodes)
+        led.install_base(cp.block, state, nodes, replace=replace)
     finally:
         led.close()
     return {"height": cp.height, "block_hash": cp.block.hash.hex(), "state_root": cp.state_root.hex(),
-            "state_keys": len(state), "home": str(home)}
+            "state_keys": len(state)}
+
+
+def install_main(argv: list[str] | None = None) -> int:
+    """`python -m node.snapshot HOME FILE`: a running validator's state transfer installs the snapshot
+    it received into HOME's ledger (over the blocks it holds below it) here, in a process of its own.
+    LMDB keeps a copy of every page one transaction wrote (its dirty-page list is reused, never
+    freed), and the state is held in memory for its root check: for a state of 200,000 keys that is
+    64 MB the validator would otherwise keep for its lifetime. Prints what was installed as JSON;
+    exit 1 with the reason on stderr."""
+    ap = argparse.ArgumentParser(prog="python -m node.snapshot")
+    ap.add_argument("home")
+    ap.add_argument("file")
+    args = ap.parse_args(argv)
+    try:
+        home = Path(args.home)
+        out = install(home / "ledger", Genesis.load(home / "genesis.json"), Path(args.file), replace=True)
+    except Exception as exc:  # noqa: BLE001 - the validator reads the reason
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(out))
+    return 0
 
 
 def _cmd_snapshot(args: argparse.Namespace) -> int:
@@ -180,3 +234,7 @@ def register(sub: argparse._SubParsersAction, add: Any) -> None:
             "against the home's genesis.")
     r.add_argument("--home", required=True, help="a home with its own node_key.json and genesis.json, no ledger")
     r.add_argument("file", help="the snapshot file")
+
+
+if __name__ == "__main__":
+    sys.exit(install_main())

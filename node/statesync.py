@@ -28,11 +28,14 @@ behind replays too (cheaper than moving the state).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from node.block import max_faulty
@@ -41,13 +44,14 @@ from node.checkpoint import (
     MAX_MANIFEST,
     Checkpoint,
     CheckpointError,
-    StateAssembler,
+    StateChecker,
     check_block,
     chunked,
     decode_chunk,
     encode_chunk,
 )
 from node.multiaddr import peer_id
+from node.snapshot import SnapshotWriter
 from node.wire import WireError, decode_canonical, encode
 
 if TYPE_CHECKING:  # types only
@@ -64,6 +68,7 @@ PIN_IDLE_S = 30.0
 PINS = 2
 TIMEOUT_S = 20.0
 RETRY_S = 5.0  # after every peer failed, before the next round
+TRANSFER_FILE = "state-transfer.snapshot"  # in the home, while a transfer is fetched and installed
 
 
 def min_blocks() -> int:
@@ -99,6 +104,7 @@ class CheckpointHost(Protocol):
     """What state transfer uses of its validator (node/validator.py provides it)."""
 
     genesis: Genesis
+    home: Path
     index: int
     ledger: Ledger
     net: P2PNode | None
@@ -219,6 +225,8 @@ class CheckpointClient:
                                       "keys": 0, "last_error": None}
         self._next_try = 0.0
         self._asked = False  # the one round of offers a new validator asks for at the start
+        for leftover in (TRANSFER_FILE, TRANSFER_FILE + ".partial"):  # of a transfer a crash cut short
+            (v.home / leftover).unlink(missing_ok=True)
 
     def due(self) -> bool:
         """Whether to ask for offers now: a fresh ledger, once as soon as f+1 peers are heard, then
@@ -247,21 +255,32 @@ class CheckpointClient:
                 got = await self._fetch(j, stage)
                 if got is None:
                     continue  # not far enough ahead of us (then blocks will do), or not yet reachable
-                cp, state, nodes = got
+                cp, path = got
             except Exception as exc:  # noqa: BLE001 - P2PError, a refusal, a lie: try another peer
                 self.stats["failures"] += 1
                 self.stats["last_error"] = f"validator {j}: {exc}"
                 v.metrics.xfer_refused.labels(stage[0] if isinstance(exc, CheckpointError) else "peer").inc()
                 log.warning("state transfer from validator %d failed: %s", j, exc)
                 continue
-            if await self._install(cp, state, nodes):
-                return True
+            try:
+                if await self._install(cp, path):
+                    return True
+            except CheckpointError as exc:  # the installer proved it wrong (its root), or failed
+                self.stats["failures"] += 1
+                self.stats["last_error"] = f"validator {j}: {exc}"
+                v.metrics.xfer_refused.labels("state").inc()
+                log.warning("state transfer from validator %d failed: %s", j, exc)
+                continue
+            finally:
+                path.unlink(missing_ok=True)
             v.metrics.xfer_refused.labels("overtaken").inc()
             break
         self._next_try = time.monotonic() + RETRY_S
         return False
 
-    async def _fetch(self, j: int, stage: list[str]) -> tuple[Checkpoint, dict[bytes, bytes], dict[bytes, bytes]] | None:
+    async def _fetch(self, j: int, stage: list[str]) -> tuple[Checkpoint, Path] | None:
+        """The peer's checkpoint, its chunks checked as they come (order, limits, count) and streamed to a
+        snapshot file in the home (never held here); its root is proven by the installer."""
         v = self.v
         peer = peer_id(v.genesis.validators[j].p2p)
         try:
@@ -280,26 +299,36 @@ class CheckpointClient:
         if block.header.height != height:
             raise CheckpointError(f"offered height {height}, but its block is {block.header.height}")
         cp = Checkpoint(block, keys)
-        asm = StateAssembler(cp)
+        checker = StateChecker(cp)
         log.info("state transfer: validator %d offers block %d with %d state keys", j, height, keys)
-        after = b""
-        while True:
-            stage[0] = "peer"
-            raw = await v.net.request(peer, PROTOCOL, encode([1, height, after]), TIMEOUT_S, MAX_CHUNK_FRAME)
-            stage[0] = "state"
-            v.metrics.xfer_bytes.inc(len(raw))
-            pairs = decode_chunk(raw)
-            if not pairs:
-                break
-            asm.add(pairs)
-            self.stats["chunks"] += 1
-            v.metrics.xfer_chunks.inc()
-            after = pairs[-1][0]
-        state, nodes = await asyncio.to_thread(asm.finish)  # the root check: off the loop
-        return cp, state, nodes
+        writer = SnapshotWriter(self.v.home / TRANSFER_FILE, v.genesis.hash, block_raw, block, keys)
+        try:
+            after = b""
+            while True:
+                stage[0] = "peer"
+                raw = await v.net.request(peer, PROTOCOL, encode([1, height, after]), TIMEOUT_S, MAX_CHUNK_FRAME)
+                stage[0] = "state"
+                v.metrics.xfer_bytes.inc(len(raw))
+                pairs = decode_chunk(raw)
+                if not pairs:
+                    break
+                checker.add(pairs)
+                await asyncio.to_thread(writer.chunk, pairs)
+                self.stats["chunks"] += 1
+                v.metrics.xfer_chunks.inc()
+                after = pairs[-1][0]
+            checker.complete()
+            await asyncio.to_thread(writer.finish, False)
+        except BaseException:
+            writer.abort()
+            raise
+        return cp, writer.out
 
-    async def _install(self, cp: Checkpoint, state: dict[bytes, bytes], nodes: dict[bytes, bytes]) -> bool:
-        """Install in the consensus task (between its steps), then rebuild the replica on it."""
+    async def _install(self, cp: Checkpoint, path: Path) -> bool:
+        """Install in the consensus task (between its steps), then rebuild the replica on it. The install
+        (the root check, then one LMDB transaction) runs in a process of its own (node/snapshot.py
+        install_main): LMDB keeps a copy of every page a transaction wrote for the process's life, the
+        whole state here. CheckpointError if it fails (the state does not prove, the disk is full)."""
         v = self.v
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
@@ -308,7 +337,15 @@ class CheckpointClient:
                 if v.ledger.head().height >= cp.height:
                     done.set_result(False)  # blocks got us there meanwhile: keep replaying
                     return
-                await asyncio.to_thread(v.ledger.install_base, cp.block, state, nodes, True)
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "node.snapshot", str(v.home), str(path),
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                out, err = await proc.communicate()
+                v.ledger.invalidate_reads()  # another process wrote: cached read transactions are stale
+                if proc.returncode != 0:
+                    why = err.decode(errors="replace").strip().splitlines()
+                    raise CheckpointError(f"the installer failed: {why[-1] if why else f'exit {proc.returncode}'}")
+                self.stats["keys"] = json.loads(out)["state_keys"]
                 v.chain_clock.committed(cp.block.header.time_ms)
                 v.metrics.height.set(cp.height)
                 await v.rebuild_from_disk()
@@ -321,9 +358,8 @@ class CheckpointClient:
         ok = await asyncio.wait_for(done, 300)
         if ok:
             self.stats["installed_height"] = cp.height
-            self.stats["keys"] = len(state)
             v.metrics.xfer_installed.inc()
             v.metrics.xfer_height.set(cp.height)
             log.warning("state transfer: installed the certified state at block %d (%d keys); pulling the "
-                        "blocks after it", cp.height, len(state))
+                        "blocks after it", cp.height, self.stats["keys"])
         return ok

@@ -24,6 +24,7 @@ from node.checkpoint import (
     encode_chunk,
 )
 from node.crypto.keys import Identity
+from node.genesis import Genesis, ValidatorInfo
 from node.ledger import Ledger
 from node.metrics import Metrics
 from node.state import smt
@@ -87,7 +88,13 @@ class Net:
 
 
 def _host(tmp_path: Path, servers: dict[str, CheckpointServer]) -> SimpleNamespace:
-    led = Ledger(tmp_path / "mine", genesis_root=bytes(32))
+    """A validator's home (its genesis file, its ledger) and what state transfer uses of the validator."""
+    home = tmp_path / "mine"
+    home.mkdir()
+    gen = Genesis(CHAIN, 0, tuple(ValidatorInfo(k.hex(), f"127.0.0.1:{8000 + j}", f"/ip4/127.0.0.1/tcp/1/p2p/peer{j}")
+                                  for j, k in enumerate(KEYS)))
+    gen.save(home / "genesis.json")
+    led = Ledger(home / "ledger", genesis_root=bytes(32))
     rebuilt = []
 
     async def in_consensus(fn):
@@ -99,9 +106,7 @@ def _host(tmp_path: Path, servers: dict[str, CheckpointServer]) -> SimpleNamespa
         return led.head().height, 0
 
     host = SimpleNamespace(
-        genesis=SimpleNamespace(chain_id=CHAIN, validator_keys=KEYS,
-                                validators=[SimpleNamespace(p2p=f"/ip4/127.0.0.1/tcp/1/p2p/peer{j}") for j in range(4)]),
-        index=0, ledger=led, net=Net(servers), faults=SimpleNamespace(cut=()),
+        genesis=gen, home=home, index=0, ledger=led, net=Net(servers), faults=SimpleNamespace(cut=()),
         replica=SimpleNamespace(last_delivered=0, peer_delivered={1: HEIGHT, 2: HEIGHT, 3: HEIGHT}, window=8, n=4),
         chain_clock=SimpleNamespace(committed=lambda t: None), metrics=Metrics(),
         in_consensus=in_consensus, rebuild_from_disk=rebuild_from_disk, rebuilt=rebuilt)
@@ -137,6 +142,7 @@ def test_a_lying_peer_fails_the_root_check_and_another_peer_is_used(tmp_path: Pa
     assert v.rebuilt == [HEIGHT] and v.ledger.base_height() == HEIGHT and v.ledger.head().hash == good.hash
     assert dict(v.ledger.iter_state()) == state and check_stored_state(v.ledger) == []
     assert not client.due()  # installed: the blocks after it come by block sync
+    assert sorted(p.name for p in v.home.iterdir()) == ["genesis.json", "ledger"]  # the transfer file went
     for s in (liar, weak, honest):
         s.close()
         s.ledger.close()
@@ -154,6 +160,7 @@ def test_the_liar_alone_is_never_installed(tmp_path: Path, monkeypatch) -> None:
     assert refused == client.stats["failures"] == 3
     assert v.ledger.head().height == 0 and v.ledger.base_height() == 0 and not list(v.ledger.iter_state())
     assert not client.due()  # it waits RETRY_S before asking again
+    assert sorted(p.name for p in v.home.iterdir()) == ["genesis.json", "ledger"]  # no transfer file left
     liar.close()
     liar.ledger.close()
 
