@@ -41,11 +41,11 @@ def main(keys: int) -> None:
     os.environ["MEDCHAIN_STATE_SYNC_BLOCKS"] = "10"
     tmp = Path(tempfile.mkdtemp(prefix="medchain-xfer-mem-"))
     start = anon_mb()
-    state = harness._state(keys)
-    source = harness._ledger(tmp / "source", harness._certified(state), state)
+    state = harness.make_state(keys)
+    source = harness.serving_ledger(tmp / "source", harness.certified(state), state)
     server = CheckpointServer(source)
     del state
-    host = harness._host(tmp, {f"peer{j}": server for j in (1, 2, 3)})
+    host = harness.validator_host(tmp, {f"peer{j}": server for j in (1, 2, 3)})
     client = CheckpointClient(host)
     ok = asyncio.run(client.run())
     server.close()

@@ -38,7 +38,7 @@ KEYS = [i.public_key for i in IDS]
 HEIGHT = 60
 
 
-def _certified(state: dict[bytes, bytes], signers=(0, 1, 2), height: int = HEIGHT) -> Block:
+def certified(state: dict[bytes, bytes], signers=(0, 1, 2), height: int = HEIGHT) -> Block:
     root, _ = smt.update({}.get, state)
     h = Header(CHAIN, height, bytes(32), 0, height, 1_700_000_000_000, merkle.root([]), root, 0)
     unsigned = Block(h, ())
@@ -46,11 +46,11 @@ def _certified(state: dict[bytes, bytes], signers=(0, 1, 2), height: int = HEIGH
     return Block(h, (), tuple((i, IDS[i].sign(digest)) for i in signers), 0)
 
 
-def _state(n: int = 9000) -> dict[bytes, bytes]:
+def make_state(n: int = 9000) -> dict[bytes, bytes]:
     return {b"k" + os.urandom(16): os.urandom(200) for _ in range(n)}
 
 
-def _ledger(path: Path, block: Block, state: dict[bytes, bytes]) -> Ledger:
+def serving_ledger(path: Path, block: Block, state: dict[bytes, bytes]) -> Ledger:
     led = Ledger(path, genesis_root=bytes(32))
     _, nodes = smt.update({}.get, state)
     led.install_base(block, state, nodes)
@@ -87,7 +87,7 @@ class Net:
         return out
 
 
-def _host(tmp_path: Path, servers: dict[str, CheckpointServer]) -> SimpleNamespace:
+def validator_host(tmp_path: Path, servers: dict[str, CheckpointServer]) -> SimpleNamespace:
     """A validator's home (its genesis file, its ledger) and what state transfer uses of the validator."""
     home = tmp_path / "mine"
     home.mkdir()
@@ -121,13 +121,13 @@ def _host(tmp_path: Path, servers: dict[str, CheckpointServer]) -> SimpleNamespa
 def test_a_lying_peer_fails_the_root_check_and_another_peer_is_used(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("MEDCHAIN_STATE_SYNC_BLOCKS", "10")
     monkeypatch.setattr(statesync.random, "shuffle", lambda xs: None)  # peers in order: 1, 2, 3
-    state = _state()
-    good = _certified(state)
-    liar = Liar(_ledger(tmp_path / "liar", good, state))
+    state = make_state()
+    good = certified(state)
+    liar = Liar(serving_ledger(tmp_path / "liar", good, state))
     # a peer whose head carries a certificate of only f+1 = 2 validators (not a quorum)
-    weak = CheckpointServer(_ledger(tmp_path / "weak", _certified(state, signers=(0, 1)), state))
-    honest = CheckpointServer(_ledger(tmp_path / "honest", good, state))
-    v = _host(tmp_path, {"peer1": liar, "peer2": weak, "peer3": honest})
+    weak = CheckpointServer(serving_ledger(tmp_path / "weak", certified(state, signers=(0, 1)), state))
+    honest = CheckpointServer(serving_ledger(tmp_path / "honest", good, state))
+    v = validator_host(tmp_path, {"peer1": liar, "peer2": weak, "peer3": honest})
     client = CheckpointClient(v)
     assert client.due()
     assert asyncio.run(client.run())
@@ -150,9 +150,9 @@ def test_a_lying_peer_fails_the_root_check_and_another_peer_is_used(tmp_path: Pa
 
 def test_the_liar_alone_is_never_installed(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("MEDCHAIN_STATE_SYNC_BLOCKS", "10")
-    state = _state(5000)
-    liar = Liar(_ledger(tmp_path / "liar", _certified(state), state))
-    v = _host(tmp_path, {f"peer{j}": liar for j in (1, 2, 3)})
+    state = make_state(5000)
+    liar = Liar(serving_ledger(tmp_path / "liar", certified(state), state))
+    v = validator_host(tmp_path, {f"peer{j}": liar for j in (1, 2, 3)})
     client = CheckpointClient(v)
     assert not asyncio.run(client.run())
     assert "is not the state root" in client.stats["last_error"]
@@ -167,8 +167,8 @@ def test_the_liar_alone_is_never_installed(tmp_path: Path, monkeypatch) -> None:
 
 def test_server_pins_one_view_and_refuses_a_dropped_one(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("MEDCHAIN_STATE_SYNC_BLOCKS", str(HEIGHT))
-    state = _state(100)
-    srv = CheckpointServer(_ledger(tmp_path / "s", _certified(state), state))
+    state = make_state(100)
+    srv = CheckpointServer(serving_ledger(tmp_path / "s", certified(state), state))
     height, raw, keys = decode_offer(asyncio.run(srv.serve("p", encode([0]))))
     assert (height, keys) == (HEIGHT, 100) and check_block(raw, CHAIN, KEYS).header.height == HEIGHT
     pairs = decode_chunk(asyncio.run(srv.serve("p", encode([1, HEIGHT, b""]))))
@@ -192,8 +192,8 @@ def test_a_pinned_view_is_released_when_idle_even_if_no_request_comes(tmp_path: 
     (cheaper to replay; every validator of a new network asks each peer once at start)."""
     monkeypatch.setattr(statesync, "PIN_IDLE_S", 0.2)
     empty = CheckpointServer(Ledger(tmp_path / "empty", genesis_root=bytes(32)))
-    state = _state(100)
-    srv = CheckpointServer(_ledger(tmp_path / "s", _certified(state), state))
+    state = make_state(100)
+    srv = CheckpointServer(serving_ledger(tmp_path / "s", certified(state), state))
 
     def open_readers(led: Ledger) -> int:  # reader slots holding a transaction (an idle slot shows "-")
         return sum(1 for line in led.env.readers().splitlines()[1:] if not line.rstrip().endswith("-"))
@@ -225,7 +225,7 @@ def test_a_pinned_view_is_released_when_idle_even_if_no_request_comes(tmp_path: 
 
 def test_chunks_are_checked_in_order_and_within_limits() -> None:
     state = {b"k%04d" % i: b"v%d" % i for i in range(50)}
-    cp = Checkpoint(_certified(state), len(state))
+    cp = Checkpoint(certified(state), len(state))
     items = sorted(state.items())
     asm = StateAssembler(cp)
     asm.add(items[:20])
@@ -259,7 +259,7 @@ def test_only_a_fresh_validator_whose_peers_are_far_ahead_asks_for_a_checkpoint(
     disk full), and f liars cannot make a validator throw its history away for a height that does
     not exist."""
     monkeypatch.setenv("MEDCHAIN_STATE_SYNC_BLOCKS", "10")
-    v = _host(tmp_path, {})
+    v = validator_host(tmp_path, {})
     client = CheckpointClient(v)
     v.replica.peer_delivered = {1: 9}  # one report: f+1 = 2 are needed, even for the first round
     assert not client.due()
