@@ -82,8 +82,8 @@ def min_blocks() -> int:
 def fresh(delivered: int, window: int) -> bool:
     """Whether a validator that holds `delivered` blocks counts as new (a checkpoint replaces them).
     Fewer than min_blocks(), plus one PBFT window: when a new validator connects, each peer first
-    sends it the frames queued for it since the network started (node/p2p/node.py QUEUE_MAX), the
-    network's early PBFT messages and heartbeats. With nothing delivered its window is blocks
+    sends it the frames queued for it (up to node/p2p/node.py QUEUE_MAX_AGE_S old), the network's
+    recent PBFT messages and heartbeats. With nothing delivered its window is blocks
     1..window, and when that burst arrives faster than it executes, the pre-prepares above the
     window are dropped: it commits that window with its own votes, then hears the live heartbeats
     that say how far behind it is. A validator that merely replayed that window is still new."""

@@ -287,3 +287,28 @@ def test_restart_reconnects_both_ways(mode: str) -> None:
             await net.stop()
 
     run(main())
+
+
+def test_frames_queued_too_long_for_a_peer_are_dropped_unsent() -> None:
+    """A peer that was down (or joins late) gets what was queued for it recently, not everything
+    queued since it left: PBFT retransmits what still matters. Before, a newcomer was sent up to
+    QUEUE_MAX frames of the network's old rounds and heartbeats and replayed them first."""
+    net = Net(2, "direct", queue_max_age=0.5)
+
+    async def main() -> None:
+        await net.start(0)
+        try:
+            node0 = net.nodes[0]
+            for k in range(50):
+                node0.send(net.ids[1], b"stale %d" % k)
+            node0.broadcast(b"stale broadcast")
+            await asyncio.sleep(1.0)  # older than queue_max_age by the time the peer is up
+            node0.send(net.ids[1], b"fresh")
+            await net.start(1)
+            await until(lambda: any(d == b"fresh" for _, d in net.got[1]), 15)
+            assert [d for _, d in net.got[1] if d.startswith(b"stale")] == []
+            assert node0.stats["expired"] == 51 and node0.stats["msgs_sent"] >= 1
+        finally:
+            await net.stop()
+
+    run(main())

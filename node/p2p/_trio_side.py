@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -115,7 +116,7 @@ class TrioSide:
         listen_host: str,
         listen_port: int,
         peers: dict[str, str],  # peer id -> multiaddr (without self)
-        queues: dict[str, deque],
+        queues: dict[str, deque],  # per peer: (time.monotonic() when queued, frame)
         gossip_queue: deque,
         deliver: Callable[[str, bytes], None],
         backlog: Callable[[], int],
@@ -131,7 +132,9 @@ class TrioSide:
         on_have: Callable[[str, list[bytes]], None] | None = None,  # bitswap HAVEs (peer, cids), trio thread
         external: dict[str, str] | None = None,  # bitswap-only peers: peer id -> multiaddr
         psk: bytes | None = None,  # private network: a 32-byte pre-shared key wraps every connection
+        queue_max_age: float = float("inf"),  # a frame queued longer is dropped unsent
     ) -> None:
+        self.queue_max_age = queue_max_age
         self.key_pair = key_pair
         self.psk = psk
         self.services = dict(services or {})
@@ -447,10 +450,16 @@ class TrioSide:
                 await wait_for_items(o, q)
                 batch = []
                 size = 0
+                oldest = time.monotonic() - self.queue_max_age
                 while q and size < WRITE_BATCH_BYTES and len(batch) < WRITE_BATCH_FRAMES:
-                    frame = q.popleft()
+                    queued, frame = q.popleft()
+                    if queued < oldest:
+                        stats["expired"] += 1  # stale: PBFT retransmits what still matters
+                        continue
                     batch.append(frame)
                     size += len(frame)
+                if not batch:
+                    continue
             size = sum(map(len, batch))
             try:
                 await stream.write(batch[0] if len(batch) == 1 else b"".join(batch))

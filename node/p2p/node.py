@@ -28,6 +28,7 @@ import contextlib
 import itertools
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -40,6 +41,11 @@ log = logging.getLogger("medchain.p2p")
 
 MODES = ("direct", "gossipsub")
 QUEUE_MAX = 10_000  # frames per peer; when full the oldest is dropped (PBFT retransmits)
+# A frame still queued after this long is dropped unsent: PBFT retransmits what still matters,
+# heartbeats repeat, forwarded transactions are forwarded again. Without it, a validator that joins
+# (or comes back) was sent everything queued for it since the network started, up to QUEUE_MAX
+# frames of old rounds and heartbeats, and replayed them before it learned where the network was.
+QUEUE_MAX_AGE_S = 10.0
 GOSSIP_MAX = 1024 * 1024 - 16 * 1024  # pubsub refuses RPCs over 1 MiB: larger payloads go direct
 STOP_TIMEOUT = 3.0
 MAX_REQUEST = 1024 * 1024  # default request size a served protocol accepts
@@ -50,6 +56,7 @@ STAT_KEYS = (
     "msgs_recv",
     "bytes_recv",
     "drops",  # dropped from a full outbound queue (oldest first)
+    "expired",  # dropped unsent from an outbound queue after queue_max_age seconds
     "send_failed",  # lost with a broken stream, or a failed publish
     "oversized",  # inbound frames over max_frame (stream closed)
     "refused_peers",  # connections from peer ids outside the validator set
@@ -93,14 +100,15 @@ class P2PNode:
     """One validator's network endpoint. Delivery semantics (PBFT must retransmit; it does):
 
     - direct streams are FIFO per sender; frames queued while a peer is down or not up yet wait
-      in its bounded queue (oldest dropped when full, ``stats["drops"]``) and go out on reconnect;
+      in its bounded queue (oldest dropped when full, ``stats["drops"]``) and go out on reconnect,
+      unless they waited more than ``queue_max_age`` seconds (``stats["expired"]``);
     - a batch whose write fails is retried once on the next stream, so a frame can (rarely) arrive
       twice, and frames in flight when a peer dies are lost (``send_failed`` counts what we know);
     - gossipsub may drop silently while a (re)connected peer is not yet in the mesh (~1 heartbeat);
     - ``on_message(peer_id, payload)`` runs on the asyncio loop, never on the trio thread.
 
-    Keyword-only extras: ``queue_max`` (frames per peer), ``muxer`` ("yamux"/"mplex"; default per
-    mode), ``strict_signing`` (gossipsub message signatures), ``runner`` ("thread", or "guest" for
+    Keyword-only extras: ``queue_max`` (frames per peer), ``queue_max_age`` (seconds), ``muxer``
+    ("yamux"/"mplex"; default per mode), ``strict_signing`` (gossipsub message signatures), ``runner`` ("thread", or "guest" for
     measurement only).
     """
 
@@ -116,6 +124,7 @@ class P2PNode:
         max_frame: int = 9 * 1024 * 1024,
         *,
         queue_max: int = QUEUE_MAX,
+        queue_max_age: float = QUEUE_MAX_AGE_S,
         muxer: str | None = None,
         strict_signing: bool = True,
         runner: str = "thread",
@@ -149,6 +158,7 @@ class P2PNode:
         self.strict_signing = strict_signing
         self.runner = runner
         self._queues: dict[str, deque] = {pid: deque(maxlen=queue_max) for pid in self._peers}
+        self._queue_max_age = queue_max_age
         self._gossip_queue: deque = deque(maxlen=queue_max)
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         # messages by tag (message_tag): out counts send/broadcast calls, in counts deliveries
@@ -218,6 +228,7 @@ class P2PNode:
             listen_port=self._port,
             peers=self._peers,
             queues=self._queues,
+            queue_max_age=self._queue_max_age,
             gossip_queue=self._gossip_queue,
             deliver=self._deliver,
             backlog=self._inbox.__len__,
@@ -315,7 +326,8 @@ class P2PNode:
             raise P2PError(f"message of {n} bytes over max_frame {self.max_frame}")
         return n.to_bytes(4, "big") + data
 
-    def _enqueue(self, q: deque, item: bytes) -> None:
+    def _enqueue(self, q: deque, item: Any) -> None:
+        """`item`: a direct queue's (time queued, frame), or a gossip queue's payload."""
         if len(q) == q.maxlen:
             self.stats["drops"] += 1
         q.append(item)
@@ -331,9 +343,9 @@ class P2PNode:
                 side.kick()
                 return
             self.stats["direct_fallback"] += 1
-        frame = self._frame(data)
+        item = (time.monotonic(), self._frame(data))
         for q in self._queues.values():
-            self._enqueue(q, frame)
+            self._enqueue(q, item)
         side.kick()
 
     def send(self, peer_id: str, data: bytes) -> None:
@@ -344,7 +356,7 @@ class P2PNode:
             raise P2PError(f"unknown peer {peer_id}")
         tag = message_tag(data)
         self.tags_out[tag] = self.tags_out.get(tag, 0) + 1
-        self._enqueue(q, self._frame(data))
+        self._enqueue(q, (time.monotonic(), self._frame(data)))
         side.kick()
 
     def _require(self) -> Any:
