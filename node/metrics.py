@@ -129,6 +129,13 @@ class _ValidatorCollector:
         yield msgs
         if v.net is not None:
             yield _by_type(v.net)
+        dropped = CounterMetricFamily("medchain_p2p_frames_dropped", "Frames dropped unsent from a peer's outbound "
+                                      "queue: full (the oldest go) or expired (queued longer than 10 s; PBFT "
+                                      "retransmits what still matters)", labels=["reason"])
+        st = v.net.stats if v.net is not None else {}
+        dropped.add_metric(["queue_full"], st.get("drops", 0))
+        dropped.add_metric(["expired"], st.get("expired", 0))
+        yield dropped
         yield CounterMetricFamily("medchain_mempool_evictions", "Transactions evicted from a full mempool "
                                   "(the heaviest sender's newest)", value=v.mempool.evictions)
         yield GaugeMetricFamily("medchain_mempool_capacity", "Mempool capacity", value=v.mempool.capacity)

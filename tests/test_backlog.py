@@ -122,6 +122,7 @@ def test_a_real_validator_refuses_what_it_cannot_commit_soon_with_503_and_retry_
         metrics = urllib.request.urlopen(n.url + "/metrics", timeout=5).read().decode()
         assert 'medchain_tx_rejected_total{reason="overloaded"}' in metrics
         assert "medchain_admission_backlog_limit" in metrics
+        assert 'medchain_p2p_frames_dropped_total{reason="expired"}' in metrics
         # the pool drains block by block; the refused ones get in once there is room again
         pending = txs[20:]
         for _ in range(60):
