@@ -330,32 +330,28 @@ class CheckpointClient:
         install_main): LMDB keeps a copy of every page a transaction wrote for the process's life, the
         whole state here. CheckpointError if it fails (the state does not prove, the disk is full)."""
         v = self.v
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        installed: list[bool] = []
 
         async def step() -> None:
-            try:
-                if v.ledger.head().height >= cp.height:
-                    done.set_result(False)  # blocks got us there meanwhile: keep replaying
-                    return
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "node.snapshot", str(v.home), str(path),
-                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-                out, err = await proc.communicate()
-                v.ledger.invalidate_reads()  # another process wrote: cached read transactions are stale
-                if proc.returncode != 0:
-                    why = err.decode(errors="replace").strip().splitlines()
-                    raise CheckpointError(f"the installer failed: {why[-1] if why else f'exit {proc.returncode}'}")
-                self.stats["keys"] = json.loads(out)["state_keys"]
-                v.chain_clock.committed(cp.block.header.time_ms)
-                v.metrics.height.set(cp.height)
-                await v.rebuild_from_disk()
-                done.set_result(True)
-            except Exception as exc:  # noqa: BLE001 - reported to the waiting client
-                if not done.done():
-                    done.set_exception(exc)
+            if v.ledger.head().height >= cp.height:
+                installed.append(False)  # blocks got us there meanwhile: keep replaying
+                return
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "node.snapshot", str(v.home), str(path),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await proc.communicate()
+            v.ledger.invalidate_reads()  # another process wrote: cached read transactions are stale
+            if proc.returncode != 0:
+                why = err.decode(errors="replace").strip().splitlines()
+                raise CheckpointError("the installer failed: " + (why[-1] if why else f"exit {proc.returncode}"))
+            self.stats["keys"] = json.loads(out)["state_keys"]
+            v.chain_clock.committed(cp.block.header.time_ms)
+            v.metrics.height.set(cp.height)
+            await v.rebuild_from_disk()
+            installed.append(True)
 
-        await v.in_consensus(step)
-        ok = await asyncio.wait_for(done, 300)
+        await asyncio.wait_for(v.in_consensus(step), 300)  # raises what the step raised
+        ok = installed[0]
         if ok:
             self.stats["installed_height"] = cp.height
             v.metrics.xfer_installed.inc()

@@ -114,7 +114,8 @@ class Validator:
                                 self.replicator, self.metrics, self.pipeline.run)
         self.replica = self._new_replica()
         self._inbox: asyncio.Queue = asyncio.Queue()
-        self._calls: collections.deque[Callable[[], Awaitable[None]]] = collections.deque()  # see in_consensus
+        self._calls: collections.deque[tuple[Callable[[], Awaitable[None]], asyncio.Future[None]]] = (
+            collections.deque())  # see in_consensus
         # a backup votes for a block only once it holds the blobs its writes record (node/availability.py)
         self.gate = AvailabilityGate(self._blob_here, lambda cid, t: self.replicator.ensure(cid, t, "vote"),
                                      lambda data: self._inbox.put_nowait(("net", data)))
@@ -390,6 +391,8 @@ class Validator:
         while True:
             kind, item = ("call", self._calls.popleft()) if self._calls else await self._inbox.get()
             if self.disk.stalled or kind == "resume":
+                if kind == "call" and item is not None and not item[1].done():  # its caller must not wait on
+                    item[1].set_exception(storage.StorageFull("storage stalled: not run"))  # a dropped step
                 await storage.while_stalled(self.disk, kind, item, self._rebuild_from_disk)  # a failed write:
                 # nothing reaches the replica until the disk takes writes again
                 continue
@@ -403,7 +406,7 @@ class Validator:
                     continue
                 elif kind == "call":  # another stage's step that must not interleave with ours (node/statesync.py)
                     if item is not None:  # None: in_consensus's wake-up, its call already taken from _calls
-                        await item()
+                        await self._call(*item)
                     continue
                 else:
                     acts = await self._on_wire(item)
@@ -507,9 +510,23 @@ class Validator:
         """Run `fn` in the consensus task between its steps (a checkpoint install, node/statesync.py),
         before the messages waiting in its inbox: a new validator's inbox holds the frames its peers
         had queued for it since the network started, and replaying them first would take it past
-        the checkpoint it came to install."""
-        self._calls.append(fn)
+        the checkpoint it came to install. Returns once `fn` ran, raising what it raised; StorageFull
+        if the storage stalled before its turn (nothing runs while it is stalled)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._calls.append((fn, done))
         await self._inbox.put(("call", None))  # wakes the task if it waits on an empty inbox
+        await done
+
+    @staticmethod
+    async def _call(fn: Callable[[], Awaitable[None]], done: asyncio.Future[None]) -> None:
+        try:
+            await fn()
+        except Exception as exc:  # noqa: BLE001 - the caller of in_consensus gets it
+            if not done.done():
+                done.set_exception(exc)
+        else:
+            if not done.done():
+                done.set_result(None)
 
     rebuild_from_disk = _rebuild_from_disk  # public: state transfer rebuilds the replica on a checkpoint
 

@@ -90,6 +90,15 @@ def test_a_full_map_stops_consensus_refuses_work_and_a_restart_with_a_larger_map
             await asyncio.sleep(1.5)  # stalled: nothing reaches the replica, nothing is delivered or written
             assert (v.ledger.head().height, v.replica.last_delivered) == (head, delivered)
             assert len(v.mempool) > 0  # what the failed block held is still pending, not lost
+            # another stage's step (a checkpoint install) is not run, and its caller is told, not left
+            # waiting: it waited for its own timeout (300 s) before
+            ran: list[int] = []
+
+            async def step() -> None:
+                ran.append(1)
+            with pytest.raises(StorageFull, match="storage stalled"):
+                await asyncio.wait_for(v.in_consensus(step), 10)
+            assert ran == []
             return head
         finally:
             await v.stop()
