@@ -293,7 +293,7 @@ def test_frames_queued_too_long_for_a_peer_are_dropped_unsent() -> None:
     """A peer that was down (or joins late) gets what was queued for it recently, not everything
     queued since it left: PBFT retransmits what still matters. Before, a newcomer was sent up to
     QUEUE_MAX frames of the network's old rounds and heartbeats and replayed them first."""
-    net = Net(2, "direct", queue_max_age=0.5)
+    net = Net(2, "direct", queue_max_age=3.0)  # ample for a stream to open (dial backoff <= 1 s)
 
     async def main() -> None:
         await net.start(0)
@@ -302,9 +302,9 @@ def test_frames_queued_too_long_for_a_peer_are_dropped_unsent() -> None:
             for k in range(50):
                 node0.send(net.ids[1], b"stale %d" % k)
             node0.broadcast(b"stale broadcast")
-            await asyncio.sleep(1.0)  # older than queue_max_age by the time the peer is up
-            node0.send(net.ids[1], b"fresh")
+            await asyncio.sleep(3.5)  # older than queue_max_age before the peer is even up
             await net.start(1)
+            node0.send(net.ids[1], b"fresh")
             await until(lambda: any(d == b"fresh" for _, d in net.got[1]), 15)
             assert [d for _, d in net.got[1] if d.startswith(b"stale")] == []
             assert node0.stats["expired"] == 51 and node0.stats["msgs_sent"] >= 1
