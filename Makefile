@@ -38,13 +38,18 @@ mutation: $(STAMP)
 	nice -n 19 $(PY) scripts/mutation.py --children $(MUTATION_CHILDREN) $(MUTATION_MODULES)
 
 # every atheris target (tests/fuzz/) for FUZZ_SECONDS each; crashes land in fuzz-artifacts/
+# libFuzzer ends each run with exit(), so no Python finalizer removes the run's temporary corpus and
+# validator home: TMPDIR points them into fuzz-artifacts/tmp, emptied before each target and removed
+# after the last (a failing target leaves its own there, beside its crash file)
 fuzz: $(STAMP)
 	$(PY) -m pip install -q --no-build-isolation -e ".[fuzz]"
 	mkdir -p fuzz-artifacts
 	for t in wire tx block consensus gatt http; do \
-	  $(PY) -m tests.fuzz.run $$t -max_total_time=$(FUZZ_SECONDS) -timeout=30 -artifact_prefix=fuzz-artifacts/$$t- \
-	    $$( [ $$t = http ] && echo -dict=tests/fuzz/http.dict ) || exit 1; \
+	  rm -rf fuzz-artifacts/tmp && mkdir fuzz-artifacts/tmp && \
+	  TMPDIR=$(CURDIR)/fuzz-artifacts/tmp $(PY) -m tests.fuzz.run $$t -max_total_time=$(FUZZ_SECONDS) -timeout=30 \
+	    -artifact_prefix=fuzz-artifacts/$$t- $$( [ $$t = http ] && echo -dict=tests/fuzz/http.dict ) || exit 1; \
 	done
+	rm -rf fuzz-artifacts/tmp
 
 # Bitswap interop with Helia (JavaScript IPFS) on Node 22, both npm packages installed into
 # build/interop. Separate from `make test`: it needs the npm registry (~1 min the first time).
