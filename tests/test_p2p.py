@@ -258,7 +258,9 @@ def test_restart_reconnects_both_ways(mode: str) -> None:
         try:
             await net.wait_mesh()
             await net.nodes[3].stop()
-            await until(lambda: all(net.ids[3] not in net.nodes[i].connected_peers() for i in range(3)), 10)
+            # a liveness wait, not a timing claim: under the full suite's load gossipsub peers once took
+            # over 10 s to see the stopped host's connections close
+            await until(lambda: all(net.ids[3] not in net.nodes[i].connected_peers() for i in range(3)), 30)
             for i in range(3):
                 net.nodes[i].broadcast(b"while 3 is down")
             await asyncio.sleep(0.3)
