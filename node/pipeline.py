@@ -90,13 +90,26 @@ class Pipeline:
     async def build(self, tip: Tip, txs: list[Tx], view: int, index: int, now: int) -> Executed:
         """The primary's next block, executed on `tip`; it becomes the tip to build on."""
         ex: Executed = await self.run(build_block, tip, txs, self.chain_id, view, index, now)
-        self._settle(ex)
         self.add(ex)
         self.tip = ex.tip()
         return ex
 
     def add(self, ex: Executed) -> None:
+        """An executed block waits here. If its parent committed while it executed (the producer waits
+        for a batch to fill holding its tip; a check runs on the worker after the parent's write), the
+        cut in `committed` missed it: make it now, or each block would keep its parent, and so on back
+        to the process's start."""
+        prev = ex.block.header.prev_hash
+        if prev not in self.executed:
+            head = self.ledger.head()
+            if head is not None and head.hash == prev:
+                self._read_ledger(ex)
         self.executed[ex.block.hash] = ex
+
+    def _read_ledger(self, ex: Executed) -> None:
+        """`ex`'s parent is on the ledger: read through it, so the parent's `Executed` (its writes,
+        tree nodes and transactions) can be freed."""
+        ex.parent_get, ex.parent_tree = self.ledger.get_state, self.ledger.get_node
 
     async def execute(self, block: Block, check_time: bool) -> Executed | None:
         """Execute a proposal (or a certified or re-proposed block) on its parent; None if its parent is
@@ -116,19 +129,8 @@ class Pipeline:
             return None
         for t in ex.txs:
             self.admission.mark_verified(t.id)
-        self._settle(ex)
-        self.executed[block.hash] = ex
+        self.add(ex)
         return ex
-
-    def _settle(self, ex: Executed) -> None:
-        """`ex`'s parent committed while `ex` executed (the producer waits for a batch to fill holding its
-        tip; a check runs on the worker after the parent's write): the cut in `committed` missed it, so
-        make it here, or each block would keep its parent, and so on back to the process's start."""
-        prev = ex.block.header.prev_hash
-        if prev not in self.executed:
-            head = self.ledger.head()
-            if head is not None and head.hash == prev:
-                ex.parent_get, ex.parent_tree = self.ledger.get_state, self.ledger.get_node
 
     # ---- what commits and view changes leave ------------------------------------------------------
     def committed(self, block: Block) -> None:
@@ -138,10 +140,9 @@ class Pipeline:
             if e.block.header.height <= block.header.height:
                 del self.executed[h]  # proposals at or below this height that lost (a view change)
             elif e.block.header.prev_hash == block.hash:
-                # its parent is committed: read through the ledger now, so the parent (and its
-                # writes, tree nodes and transactions) can be freed; under a pipelined load each
-                # block otherwise kept the whole history of executed blocks alive through its parent
-                e.parent_get, e.parent_tree = self.ledger.get_state, self.ledger.get_node
+                # its parent is committed: under a pipelined load each block otherwise kept the
+                # whole history of executed blocks alive through its parent
+                self._read_ledger(e)
 
     async def new_view(self, view: int, reproposed: tuple[Block, ...]) -> None:
         """Installed `view`: drop the proposals it abandoned (their transactions are free again) and build
