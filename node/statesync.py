@@ -257,19 +257,13 @@ class CheckpointClient:
                     continue  # not far enough ahead of us (then blocks will do), or not yet reachable
                 cp, path = got
             except Exception as exc:  # noqa: BLE001 - P2PError, a refusal, a lie: try another peer
-                self.stats["failures"] += 1
-                self.stats["last_error"] = f"validator {j}: {exc}"
-                v.metrics.xfer_refused.labels(stage[0] if isinstance(exc, CheckpointError) else "peer").inc()
-                log.warning("state transfer from validator %d failed: %s", j, exc)
+                self._failed(j, exc, stage[0] if isinstance(exc, CheckpointError) else "peer")
                 continue
             try:
                 if await self._install(cp, path):
                     return True
             except CheckpointError as exc:  # the installer proved it wrong (its root), or failed
-                self.stats["failures"] += 1
-                self.stats["last_error"] = f"validator {j}: {exc}"
-                v.metrics.xfer_refused.labels("state").inc()
-                log.warning("state transfer from validator %d failed: %s", j, exc)
+                self._failed(j, exc, "state")
                 continue
             finally:
                 path.unlink(missing_ok=True)
@@ -277,6 +271,12 @@ class CheckpointClient:
             break
         self._next_try = time.monotonic() + RETRY_S
         return False
+
+    def _failed(self, j: int, exc: Exception, reason: str) -> None:
+        self.stats["failures"] += 1
+        self.stats["last_error"] = f"validator {j}: {exc}"
+        self.v.metrics.xfer_refused.labels(reason).inc()
+        log.warning("state transfer from validator %d failed: %s", j, exc)
 
     async def _fetch(self, j: int, stage: list[str]) -> tuple[Checkpoint, Path] | None:
         """The peer's checkpoint, its chunks checked as they come (order, limits, count) and streamed to a
@@ -301,7 +301,7 @@ class CheckpointClient:
         cp = Checkpoint(block, keys)
         checker = StateChecker(cp)
         log.info("state transfer: validator %d offers block %d with %d state keys", j, height, keys)
-        writer = SnapshotWriter(self.v.home / TRANSFER_FILE, v.genesis.hash, block_raw, block, keys)
+        writer = SnapshotWriter(v.home / TRANSFER_FILE, v.genesis.hash, block_raw, block, keys)
         try:
             after = b""
             while True:
