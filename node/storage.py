@@ -96,10 +96,11 @@ class Store:
     name: str  # "ledger", "block store"
     path: Path
     env: lmdb.Environment
+    spare: Callable[[], int] = lambda: 0  # blocks the store allocated ahead (node/mapfile.py): free to it
 
     def free(self) -> int:
         st = os.statvfs(self.path)
-        return st.f_bavail * st.f_frsize
+        return st.f_bavail * st.f_frsize + self.spare()
 
     def total(self) -> int:
         st = os.statvfs(self.path)
@@ -155,6 +156,17 @@ class DiskGuard:
                         f"{_mib(s.total())}, reserve {_mib(self.reserve)})")
         return None
 
+    def _too_full_for(self, exc: BaseException) -> str | None:
+        """The store whose filesystem could not hold a transaction's room (node/mapfile.py), though
+        its free space is above the reserve: a transaction larger than what is left."""
+        if not (isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS and exc.filename):
+            return None
+        for s in self.stores:
+            if Path(exc.filename).is_relative_to(s.path):
+                return (f"the filesystem holding the {s.name} at {s.path} is full ({_mib(s.free())} free of "
+                        f"{_mib(s.total())}: less than its next write needs)")
+        return None
+
     def refresh(self) -> None:
         """Re-read free space; log when new work starts or stops being refused."""
         why = self._shortage(self.margin if self.low or self.stalled else 0)  # no flapping at the edge
@@ -177,7 +189,7 @@ class DiskGuard:
         self.panic = self.panic or isinstance(exc, lmdb.PanicError)
         self.refresh()
         cause = ("LMDB map full" if isinstance(exc, lmdb.MapFullError) else f"{type(exc).__name__}: {exc}")
-        why = self.low or f"a write failed ({cause})"
+        why = self.low or self._too_full_for(exc) or f"a write failed ({cause})"
         if self.panic or self.map_full:
             until = "it is restarted" if self.panic else "it is restarted with a larger map"
         else:

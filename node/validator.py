@@ -88,8 +88,9 @@ class Validator:
         self.params = p = self.genesis.params
         self.ledger = Ledger(self.home / "ledger", genesis_root=self.genesis.state_root, map_size=storage.map_size())
         self.blobs = BlockStore(self.home / "blobs", map_size=storage.map_size())
-        self.disk = storage.DiskGuard([storage.Store("ledger", self.home / "ledger", self.ledger.env),
-                                       storage.Store("block store", self.home / "blobs", self.blobs.env)])
+        self.disk = storage.DiskGuard([storage.Store("ledger", self.home / "ledger", self.ledger.env, self.ledger.spare),
+                                       storage.Store("block store", self.home / "blobs", self.blobs.env,
+                                                     self.blobs.spare)])
         self.blob_writer = BlobWriter(self.blobs)  # uploads: one synced transaction per batch, off the loop
         self.replicator = Replicator(self.blobs, self.n, roots_from_ledger(self.ledger))  # blobs over bitswap
         self.ipfs_peers = list(ipfs_peers or [])  # external IPFS peers (multiaddrs), bitswap only

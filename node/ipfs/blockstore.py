@@ -22,6 +22,7 @@ import lmdb
 
 from node.ipfs.cid import CODEC_DAG_PB, CODEC_RAW, Cid, cid_v1_raw, verify
 from node.ipfs.unixfs import decode_pbnode, export_bytes, import_bytes
+from node.mapfile import MapFile
 
 MAX_BLOCK = 2 * 1024 * 1024  # bitswap peers accept blocks up to 2 MiB
 _ROOT = struct.Struct(">QdB")  # file size, time added, root codec
@@ -42,7 +43,9 @@ class MissingBlock(LookupError):
 class BlockStore:
     def __init__(self, path: str | Path, map_size: int | None = None) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
-        self.env = lmdb.open(str(path), map_size=map_size or 1 << 38, max_dbs=6, sync=True)
+        # written in place, each write transaction begun through self._map.write (node/mapfile.py)
+        self._map = MapFile(path, map_size or 1 << 38, 6, sync=True)
+        self.env = self._map.env
         self.blocks = self.env.open_db(b"blocks")
         self.roots = self.env.open_db(b"roots")
         self.pins = self.env.open_db(b"pins")
@@ -57,14 +60,18 @@ class BlockStore:
         self.corrupt_reads = 0
 
     def close(self) -> None:
-        self.env.close()
+        self._map.close()
+
+    def spare(self) -> int:
+        """Disk space allocated ahead for the next transactions (node/mapfile.py)."""
+        return self._map.spare()
 
     def put(self, data: bytes) -> Cid:
         """Store one raw block; returns its CIDv1 (raw codec, sha2-256)."""
         if len(data) > MAX_BLOCK:
             raise ValueError(f"block of {len(data)} bytes exceeds {MAX_BLOCK}")
         cid = cid_v1_raw(data)
-        with self.env.begin(write=True, db=self.blocks) as txn:
+        with self._map.write(1, len(data), db=self.blocks) as txn:
             txn.put(cid.multihash, data, overwrite=False)
         return cid
 
@@ -74,7 +81,7 @@ class BlockStore:
             raise ValueError(f"block of {len(data)} bytes exceeds {MAX_BLOCK}")
         if not verify(cid, data):
             raise IntegrityError(f"bytes do not match {cid}")
-        with self.env.begin(write=True, db=self.blocks) as txn:
+        with self._map.write(1, len(data), db=self.blocks) as txn:
             txn.put(cid.multihash, data)
 
     def has(self, cid: Cid) -> bool:
@@ -97,7 +104,7 @@ class BlockStore:
         return data
 
     def delete(self, cid: Cid) -> bool:
-        with self.env.begin(write=True, db=self.blocks) as txn:
+        with self._map.write(db=self.blocks) as txn:
             return txn.delete(cid.multihash)
 
     def count(self) -> int:
@@ -121,7 +128,9 @@ class BlockStore:
         """Several complete DAGs in one (synced) transaction; `upload`: standalone uploads, collected
         by ``collect_uploads`` unless a committed write pins them in time."""
         now = time.time()
-        with self.env.begin(write=True) as txn:
+        dags = [(root, list(blocks), filesize) for root, blocks, filesize in dags]
+        puts = sum(len(blocks) + 2 for _, blocks, _ in dags)
+        with self._map.write(puts, sum(len(d) for _, blocks, _ in dags for _, d in blocks)) as txn:
             for root, blocks, filesize in dags:
                 for cid, data in blocks:
                     if len(data) > MAX_BLOCK:
@@ -143,7 +152,8 @@ class BlockStore:
         so a commit retried after the ledger write failed (a crash, a full disk) must not pin again."""
         now = time.time()
         stored, wanted = [], []
-        with self.env.begin(write=True) as txn:
+        sidecars, pins = list(sidecars), list(pins)
+        with self._map.write(2 * len(sidecars) + 2 * len(pins) + 1, sum(len(d) for _, d in sidecars)) as txn:
             last = txn.get(b"pinned", db=self.meta)
             counted = bool(height) and last is not None and height <= struct.unpack(">Q", last)[0]
             for cid, data in sidecars:
@@ -174,7 +184,8 @@ class BlockStore:
             return out
 
     def unwant(self, roots: Iterable[Cid]) -> None:
-        with self.env.begin(write=True, db=self.wanted) as txn:
+        roots = list(roots)
+        with self._map.write(len(roots), db=self.wanted) as txn:
             for r in roots:
                 txn.delete(r.to_v1().to_bytes())
 
@@ -199,7 +210,7 @@ class BlockStore:
             root = None if meta is None else Cid(1, _ROOT.unpack(bytes(meta))[2], mh)
             inner = [] if root is None else self.dag_cids(root)
             # the pin check and the delete in one write transaction: a commit pinning it meanwhile wins
-            with self.env.begin(write=True) as txn:
+            with self._map.write(len(inner) + 2) as txn:
                 txn.delete(k, db=self.uploads)
                 if root is None or txn.get(root.to_bytes(), db=self.pins):
                     continue
@@ -212,7 +223,8 @@ class BlockStore:
 
     def pin_many(self, roots: Iterable[Cid]) -> None:
         """One more on-chain reference to each root, in one transaction."""
-        with self.env.begin(write=True) as txn:
+        roots = list(roots)
+        with self._map.write(len(roots)) as txn:
             for root in roots:
                 self._pin_in(txn, root)
 
@@ -271,13 +283,13 @@ class BlockStore:
     def unlist(self, root: Cid) -> None:
         """Forget that the blob is complete here (a block went missing or is corrupt), so the
         next fetch re-downloads it; fetched blocks overwrite the bad ones."""
-        with self.env.begin(write=True, db=self.roots) as txn:
+        with self._map.write(db=self.roots) as txn:
             txn.delete(root.multihash)
 
     def delete_blob(self, root: Cid) -> int:
         """Delete a blob's blocks and its listing (pins are kept); returns blocks deleted."""
         cids = self.dag_cids(root)
-        with self.env.begin(write=True) as txn:
+        with self._map.write(len(cids) + 1) as txn:
             txn.delete(root.multihash, db=self.roots)
             return sum(bool(txn.delete(c.multihash, db=self.blocks)) for c in cids)
 
@@ -288,7 +300,7 @@ class BlockStore:
         return self.pin_count(root)
 
     def unpin(self, root: Cid) -> int:
-        with self.env.begin(write=True, db=self.pins) as txn:
+        with self._map.write(db=self.pins) as txn:
             key = root.to_v1().to_bytes()
             v = txn.get(key)
             n = max(0, (0 if v is None else int.from_bytes(v, "big")) - 1)
@@ -318,7 +330,10 @@ class BlockStore:
         for root in keep:
             live.update(c.multihash for c in self.dag_cids(root))
         deleted = 0
-        with self.env.begin(write=True) as txn:
+        with self.env.begin() as txn:  # the deletes copy at most every page of the two trees once
+            stats = [txn.stat(db) for db in (self.blocks, self.roots)]
+        entries = sum(s["entries"] for s in stats) + 1
+        with self._map.write(entries, most_pages=sum(s["branch_pages"] + s["leaf_pages"] + 8 for s in stats)) as txn:
             doomed = [bytes(k) for k in txn.cursor(db=self.blocks).iternext(keys=True, values=False)
                       if bytes(k) not in live]
             for k in doomed:

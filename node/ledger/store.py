@@ -14,6 +14,7 @@ from pathlib import Path
 import lmdb
 
 from node.block import GENESIS_PREV, Block
+from node.mapfile import MapFile
 from node.state import smt
 from node.wire import decode, encode
 
@@ -84,9 +85,13 @@ class Ledger:
             path.mkdir(parents=True, exist_ok=True)
         elif not (path / "data.mdb").exists():
             raise LedgerError(f"no ledger at {path}")
-        self.env = lmdb.open(str(path), map_size=map_size or _MAP_SIZE, max_dbs=8, readonly=readonly,
-                             lock=(not readonly) if lock is None else lock,
-                             sync=True, metasync=True)
+        lock = (not readonly) if lock is None else lock
+        self._map: MapFile | None = None
+        if readonly:
+            self.env = lmdb.open(str(path), map_size=map_size or _MAP_SIZE, max_dbs=8, readonly=True, lock=lock)
+        else:  # writes in place (node/mapfile.py), each transaction begun through self._map.write
+            self._map = MapFile(path, map_size or _MAP_SIZE, 8, lock=lock, sync=True, metasync=True)
+            self.env = self._map.env
         self.blocks = self.env.open_db(b"blocks", create=not readonly)
         self.hashes = self.env.open_db(b"hashes", create=not readonly)
         self.txloc = self.env.open_db(b"txloc", create=not readonly)
@@ -96,13 +101,25 @@ class Ledger:
         self.tree = self.env.open_db(b"smt", create=not readonly)  # state tree nodes: position -> record
         self._local = threading.local()  # per thread: a read transaction for get_node
         self._gen = 0  # bumped by every commit: cached read transactions are then stale
-        if not readonly and genesis_root is not None and self.head() is None:
-            with self.env.begin(write=True) as txn:
+        if self._map is not None and genesis_root is not None and self.head() is None:
+            with self._map.write() as txn:
                 txn.put(b"head", encode([0, GENESIS_PREV, genesis_root, 0]), db=self.meta)
 
     def close(self) -> None:
         self._gen += 1
-        self.env.close()
+        if self._map is not None:
+            self._map.close()
+        else:
+            self.env.close()
+
+    def _write(self, puts: int = 1, payload: int = 0, db: object = None) -> lmdb.Transaction:
+        if self._map is None:
+            raise LedgerError("this ledger was opened read-only")
+        return self._map.write(puts, payload, db)
+
+    def spare(self) -> int:
+        """Disk space allocated ahead for the next transactions (node/mapfile.py)."""
+        return 0 if self._map is None else self._map.spare()
 
     def invalidate_reads(self) -> None:
         """After a write made straight to `env` (benchmark set-up): cached read transactions are stale."""
@@ -134,7 +151,11 @@ class Ledger:
         ledger only, or with `replace` over one whose head is below the checkpoint (state transfer
         to a validator that took a few blocks meanwhile: they are history below the new base)."""
         h = block.header
-        with self.env.begin(write=True) as txn:
+        raw = block.encode()
+        # the state and its nodes go in in key order: pages fill up, so their bytes (and LMDB's 8 per
+        # entry) bound what they take, not a path of pages per put as for a block's scattered writes
+        payload = len(raw) + sum(len(k) + len(v) + 8 for d in (state, nodes) for k, v in d.items())
+        with self._write(len(block.tx_ids) + 64, payload) as txn:
             cur = decode(txn.get(b"head", db=self.meta))
             if replace and cur[0] < h.height:
                 for db in (self.blocks, self.hashes, self.txloc, self.state, self.tree):
@@ -145,7 +166,7 @@ class Ledger:
             for seq, _ in list(txn.cursor(db=self.consensus)):  # what we signed at or below it binds nothing
                 if struct.unpack(">Q", seq)[0] <= h.height:
                     txn.delete(seq, db=self.consensus)
-            txn.put(_h(h.height), block.encode(), db=self.blocks)
+            txn.put(_h(h.height), raw, db=self.blocks)
             txn.put(block.hash, _h(h.height), db=self.hashes)
             for i, tid in enumerate(block.tx_ids):
                 txn.put(tid, encode([h.height, i]), db=self.txloc)
@@ -224,17 +245,20 @@ class Ledger:
                      nodes: dict[bytes, bytes] | None = None) -> Head:
         """Append a certified block and its state writes atomically; refuses anything but head+1."""
         h = block.header
-        with self.env.begin(write=True) as txn:
+        raw = block.encode()
+        nodes = nodes or {}
+        payload = len(raw) + sum(map(len, writes.values())) + sum(map(len, nodes.values()))
+        with self._write(len(block.tx_ids) + len(writes) + len(nodes) + 4, payload) as txn:
             cur = decode(txn.get(b"head", db=self.meta))
             if h.height != cur[0] + 1 or h.prev_hash != cur[1]:
                 raise LedgerError(f"block {h.height} does not extend head {cur[0]}")
-            txn.put(_h(h.height), block.encode(), db=self.blocks)
+            txn.put(_h(h.height), raw, db=self.blocks)
             txn.put(block.hash, _h(h.height), db=self.hashes)
             for i, tid in enumerate(block.tx_ids):
                 txn.put(tid, encode([h.height, i]), db=self.txloc)
             for k, v in writes.items():
                 txn.put(k, v, db=self.state)
-            for k, v in (nodes or {}).items():  # the state tree's dirty nodes for this block
+            for k, v in nodes.items():  # the state tree's dirty nodes for this block
                 txn.put(k, v, db=self.tree)
             txn.delete(_h(h.height), db=self.consensus)
             head = Head(h.height, block.hash, h.state_root, h.time_ms)
@@ -280,7 +304,7 @@ class Ledger:
     def put_view(self, view: int, new_view: bytes | None = None) -> None:
         """The replica's view and the NEW-VIEW that installed it (None while it waits for one), synced
         before any message of that view is sent."""
-        with self.env.begin(write=True, db=self.meta) as txn:
+        with self._write(2, len(new_view or b""), db=self.meta) as txn:
             txn.put(b"view", encode(view))
             if new_view is None:
                 txn.delete(b"new_view")
@@ -295,7 +319,7 @@ class Ledger:
     # The consensus log: what this replica signed for sequences not yet committed, persisted
     # (synced) before the message is sent, and dropped in the same transaction that commits the block.
     def log_put(self, seq: int, value: bytes) -> None:
-        with self.env.begin(write=True, db=self.consensus) as txn:
+        with self._write(1, len(value), db=self.consensus) as txn:
             txn.put(_h(seq), value)
 
     def log_entries(self) -> list[tuple[int, bytes]]:
