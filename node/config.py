@@ -1,7 +1,8 @@
 """The node configuration file (TOML) beside `medchain node`'s flags.
 
 Precedence, highest first: command-line flags, environment variables (MEDCHAIN_P2P_MODE,
-MEDCHAIN_LOG_FORMAT, MEDCHAIN_LMDB_MAP_GB, MEDCHAIN_DISK_RESERVE_MB, MEDCHAIN_MAX_QUEUE_S), the file, then defaults (the
+MEDCHAIN_LOG_FORMAT, MEDCHAIN_LMDB_MAP_GB, MEDCHAIN_DISK_RESERVE_MB, MEDCHAIN_LMDB_WRITEMAP,
+MEDCHAIN_MAX_QUEUE_S), the file, then defaults (the
 genesis gives the API and p2p addresses a validator advertises, and by default listens on). Every
 setting is optional; unknown sections or keys and wrong types are refused with the file and key
 named, so a typo never passes silently. See deploy/node.toml for a commented example.
@@ -29,6 +30,8 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
     "metrics": {"listen": (str, "HOST:PORT of a separate /metrics listener (it is also on the API)")},
     "limits": {"lmdb_map_gb": ((int, float), "LMDB map size of the ledger and block store, GiB"),
                "disk_reserve_mb": ((int, float), "free disk kept for committing the network's blocks, MiB"),
+               "lmdb_writemap": (bool, "write the LMDB maps in place: less anonymous memory, and data files "
+                                 "that are sparse files the size of the map (node/mapfile.py)"),
                "max_queue_s": ((int, float), "clients' transactions are taken on while the pool holds less "
                                "than this many seconds of the chain's work (beyond: 503, Retry-After)")},
 }
@@ -55,6 +58,7 @@ class NodeSettings:
     metrics_listen: str | None = None
     lmdb_map_gb: float | None = None
     disk_reserve_mb: float | None = None
+    lmdb_writemap: bool | None = None
     max_queue_s: float | None = None
 
 
@@ -88,7 +92,7 @@ def read_file(path: Path) -> dict[str, Any]:
                 where = f"[{section}] {k}" if section else k
                 raise ConfigError(f"{path}: unknown setting {where} (known: {', '.join(SCHEMA[section])})")
             kind, _ = SCHEMA[section][k]
-            if not isinstance(v, kind) or isinstance(v, bool):
+            if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):
                 want = " or ".join(t.__name__ for t in (kind if isinstance(kind, tuple) else (kind,)))
                 raise ConfigError(f"{path}: {prefix}{k} must be a {want}, not {type(v).__name__} ({v!r})")
             out[prefix + k] = v
@@ -146,6 +150,7 @@ def resolve(args: argparse.Namespace, env: dict[str, str] | None = None) -> Node
         metrics_listen=pick(getattr(args, "metrics_listen", None), None, "metrics.listen", None),
         lmdb_map_gb=_num(pick(None, "MEDCHAIN_LMDB_MAP_GB", "limits.lmdb_map_gb", None)),
         disk_reserve_mb=_num(pick(None, "MEDCHAIN_DISK_RESERVE_MB", "limits.disk_reserve_mb", None)),
+        lmdb_writemap=_flag(pick(None, "MEDCHAIN_LMDB_WRITEMAP", "limits.lmdb_writemap", None)),
         max_queue_s=_num(pick(None, "MEDCHAIN_MAX_QUEUE_S", "limits.max_queue_s", None)),
     )
     if s.home is None:
@@ -162,6 +167,15 @@ def _num(v: Any) -> float | None:
         raise ConfigError(f"{v!r} is not a number") from None
 
 
+def _flag(v: Any) -> bool | None:
+    """A boolean from the file (true/false) or the environment (1/0)."""
+    if v is None or isinstance(v, bool):
+        return v
+    if v not in ("0", "1"):
+        raise ConfigError(f"{v!r} is not 1 or 0")
+    return v == "1"
+
+
 def apply_environment(s: NodeSettings) -> None:
     """Hand the settings read through the environment (storage.py, the p2p mode) to the validator,
     and the log format to the logger."""
@@ -170,6 +184,8 @@ def apply_environment(s: NodeSettings) -> None:
         os.environ["MEDCHAIN_LMDB_MAP_GB"] = repr(s.lmdb_map_gb)
     if s.disk_reserve_mb is not None:
         os.environ["MEDCHAIN_DISK_RESERVE_MB"] = repr(s.disk_reserve_mb)
+    if s.lmdb_writemap is not None:
+        os.environ["MEDCHAIN_LMDB_WRITEMAP"] = "1" if s.lmdb_writemap else "0"
     if s.max_queue_s is not None:
         os.environ["MEDCHAIN_MAX_QUEUE_S"] = repr(s.max_queue_s)
     from node.logs import configure

@@ -16,8 +16,12 @@ last page by as much as the transaction can add: a full disk then fails that cal
 LMDB writes anything, and the storage-full path (node/storage.py) takes over as it does for a failed
 write(2).
 
-MEDCHAIN_LMDB_WRITEMAP=0 opens the stores without writemap (and the guard is a no-op): for a
-filesystem without sparse files or fallocate.
+Off by default: MEDCHAIN_LMDB_WRITEMAP=1 (or `lmdb_writemap = true` under [limits] in the node's
+configuration file) turns it on. The sparse files are the reason: the ledger's data file then shows
+64 GiB and the block store's 256 GiB (the default maps), and a copy by a tool that does not keep
+holes (Python's shutil, rsync without -S, scp) writes all of it; a home is backed up with
+`medchain snapshot`, or with `cp` (GNU cp keeps the holes). For an edge host whose memory is the
+limit, and a filesystem with sparse files and fallocate (ext4, XFS, btrfs, tmpfs).
 """
 
 from __future__ import annotations
@@ -41,9 +45,9 @@ GRAIN = 4 * MIB  # allocate at least this much at a time: one fallocate every fe
 
 
 def writemap_enabled() -> bool:
-    raw = os.environ.get("MEDCHAIN_LMDB_WRITEMAP", "1").strip()
+    raw = os.environ.get("MEDCHAIN_LMDB_WRITEMAP", "0").strip()
     if raw not in ("0", "1"):
-        raise SystemExit(f"MEDCHAIN_LMDB_WRITEMAP={raw!r}: 1 (the default) or 0")
+        raise SystemExit(f"MEDCHAIN_LMDB_WRITEMAP={raw!r}: 1, or 0 (the default)")
     return raw == "1"
 
 

@@ -33,6 +33,7 @@ listen = "127.0.0.1:9100"
 [limits]
 lmdb_map_gb = 2
 disk_reserve_mb = 32.5
+lmdb_writemap = true
 max_queue_s = 0.5
 """
 
@@ -50,6 +51,7 @@ def test_the_file_alone(tmp_path: Path) -> None:
     assert s.ipfs_peers == ["/ip4/10.0.0.9/tcp/4001/p2p/12D3KooWabc"]
     assert (s.log_format, s.log_level, s.metrics_listen, s.lmdb_map_gb, s.disk_reserve_mb, s.max_queue_s) == (
         "json", "warning", "127.0.0.1:9100", 2.0, 32.5, 0.5)
+    assert s.lmdb_writemap is True
 
 
 def test_flags_then_environment_then_file(tmp_path: Path) -> None:
@@ -59,6 +61,8 @@ def test_flags_then_environment_then_file(tmp_path: Path) -> None:
     assert (str(s.home), s.api_host, s.api_port) == ("/elsewhere", "0.0.0.0", 8700)  # --port only: host from file
     assert (s.p2p_mode, s.p2p_listen, s.log_level) == ("direct", "10.1.1.1:9700", "debug")  # flag over env
     assert (s.lmdb_map_gb, s.disk_reserve_mb) == (5.0, 32.5)  # environment over file; file otherwise
+    assert _settings(tmp_path, FULL, env={"MEDCHAIN_LMDB_WRITEMAP": "0"}).lmdb_writemap is False
+    assert _settings(tmp_path, 'home = "/h"\n').lmdb_writemap is None  # unset: node/mapfile.py's default
     s = _settings(tmp_path, FULL, "--host", "127.0.0.2", env={"MEDCHAIN_P2P_MODE": "direct"})
     assert (s.api_host, s.api_port, s.p2p_mode) == ("127.0.0.2", 8600, "direct")
     s = _settings(tmp_path, 'home = "/h"\n')  # nothing else set: the genesis gives the addresses

@@ -81,7 +81,8 @@ def test_without_the_allocation_ahead_the_same_fill_is_a_sigbus(tmp_path: Path) 
         _umount(mnt)
 
 
-def test_the_file_is_allocated_ahead_and_the_storage_counts_that_as_free(tmp_path: Path) -> None:
+def test_the_file_is_allocated_ahead_and_the_storage_counts_that_as_free(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MEDCHAIN_LMDB_WRITEMAP", "1")
     store = BlockStore(tmp_path / "blobs")
     try:
         data = os.urandom(100_000)
@@ -96,8 +97,8 @@ def test_the_file_is_allocated_ahead_and_the_storage_counts_that_as_free(tmp_pat
         store.close()
 
 
-def test_writemap_can_be_turned_off_and_a_bad_value_is_refused(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("MEDCHAIN_LMDB_WRITEMAP", "0")
+def test_writemap_is_off_unless_asked_for_and_a_bad_value_is_refused(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("MEDCHAIN_LMDB_WRITEMAP", raising=False)
     led = Ledger(tmp_path / "ledger", genesis_root=bytes(32))
     try:
         assert led.env.flags()["writemap"] is False and led.spare() == 0

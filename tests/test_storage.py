@@ -153,9 +153,11 @@ def ballast(dir_: Path, leave_free: int) -> Path:
     return path
 
 
+@pytest.mark.parametrize("writemap", ["0", "1"])  # written through write(2), or in place (node/mapfile.py)
 def test_a_full_filesystem_stops_consensus_and_freeing_space_resumes_it_without_a_restart(tmp_path, monkeypatch,
-                                                                                         caplog) -> None:
+                                                                                         caplog, writemap) -> None:
     monkeypatch.setenv("MEDCHAIN_DISK_RESERVE_MB", "1")
+    monkeypatch.setenv("MEDCHAIN_LMDB_WRITEMAP", writemap)
     mnt = tmp_path / "disk"
     _mount_tmpfs(mnt, 24)
     try:
@@ -209,12 +211,14 @@ def test_a_block_whose_ledger_write_failed_is_not_pinned_twice_when_it_commits_a
     store.close()
 
 
-def test_a_block_store_on_a_full_filesystem_refuses_the_commit_whole(tmp_path) -> None:
+@pytest.mark.parametrize("writemap", ["0", "1"])
+def test_a_block_store_on_a_full_filesystem_refuses_the_commit_whole(tmp_path, monkeypatch, writemap) -> None:
     """Sidecars until the filesystem is full: the failing commit is a storage error, and none of its
     blobs is listed or pinned; the store reopens with every earlier commit whole."""
     from node.ipfs.blockstore import BlockStore
     from node.ipfs.cid import cid_v1_raw
 
+    monkeypatch.setenv("MEDCHAIN_LMDB_WRITEMAP", writemap)
     mnt = tmp_path / "disk"
     _mount_tmpfs(mnt, 4)
     try:
