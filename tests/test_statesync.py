@@ -27,7 +27,8 @@ from node.crypto.keys import Identity
 from node.genesis import Genesis, ValidatorInfo
 from node.ledger import Ledger
 from node.metrics import Metrics
-from node.state import smt
+from node.state import keys, smt
+from node.state.records import Receipt
 from node.statesync import CheckpointClient, CheckpointServer, StateSyncError, decode_offer, decode_request
 from node.verify import check_stored_state
 from node.wire import decode, encode
@@ -278,3 +279,20 @@ def test_only_a_fresh_validator_whose_peers_are_far_ahead_asks_for_a_checkpoint(
     v.replica.last_delivered = 18  # not fresh any more: it keeps its history and replays
     assert not client.due()
     v.ledger.close()
+
+
+def test_transactions_are_located_by_their_receipts_and_one_below_the_base_is_known_but_not_held(tmp_path) -> None:
+    """The ledger keeps no index of its own: tx_location reads the receipt in the state. After a
+    checkpoint, a transaction executed below it is still known (so a replay is refused at admission)
+    but has no location here: its block is not held."""
+    old, at = os.urandom(32), os.urandom(32)
+    state = {**make_state(10), keys.receipt(old): encode(Receipt(HEIGHT - 5, 3, 0)),
+             keys.receipt(at): encode(Receipt(HEIGHT, 0, 0))}
+    led = serving_ledger(tmp_path / "ledger", certified(state), state)
+    try:
+        assert led.tx_location(at) == (HEIGHT, 0)
+        assert led.tx_location(old) is None and led.tx_location(os.urandom(32)) is None
+        with led.snapshot() as snap:
+            assert snap.has_tx(old) and snap.has_tx(at) and not snap.has_tx(os.urandom(32))
+    finally:
+        led.close()

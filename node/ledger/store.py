@@ -15,7 +15,8 @@ import lmdb
 
 from node.block import GENESIS_PREV, Block
 from node.mapfile import MapFile
-from node.state import smt
+from node.state import keys, smt
+from node.state.records import Receipt
 from node.wire import decode, encode
 
 _MAP_SIZE = 1 << 36  # 64 GiB of address space; the file grows only as data is written
@@ -34,16 +35,17 @@ class Head:
 
 
 class Snapshot:
-    """State and transaction-index lookups inside one LMDB read transaction (Ledger.snapshot)."""
+    """State lookups inside one LMDB read transaction (Ledger.snapshot)."""
 
-    def __init__(self, txn: lmdb.Transaction, state: object, txloc: object) -> None:
-        self._txn, self._state, self._txloc = txn, state, txloc
+    def __init__(self, txn: lmdb.Transaction, state: object) -> None:
+        self._txn, self._state = txn, state
 
     def get_state(self, key: bytes) -> bytes | None:
         return self._txn.get(key, db=self._state)
 
     def has_tx(self, txid: bytes) -> bool:
-        return self._txn.get(txid, db=self._txloc) is not None
+        """Whether the transaction was executed: every executed transaction has a receipt."""
+        return self._txn.get(keys.receipt(txid), db=self._state) is not None
 
 
 class StateView:
@@ -94,6 +96,8 @@ class Ledger:
             self.env = self._map.env
         self.blocks = self.env.open_db(b"blocks", create=not readonly)
         self.hashes = self.env.open_db(b"hashes", create=not readonly)
+        # txid -> (height, index), written by ledgers before the receipts (keys.receipt) took its place:
+        # kept only so a replace (install_base) empties it
         self.txloc = self.env.open_db(b"txloc", create=not readonly)
         self.state = self.env.open_db(b"state", create=not readonly)
         self.meta = self.env.open_db(b"meta", create=not readonly)
@@ -155,7 +159,7 @@ class Ledger:
         # the state and its nodes go in in key order: pages fill up, so their bytes (and LMDB's 8 per
         # entry) bound what they take, not a path of pages per put as for a block's scattered writes
         payload = len(raw) + sum(len(k) + len(v) + 8 for d in (state, nodes) for k, v in d.items())
-        with self._write(len(block.tx_ids) + 64, payload) as txn:
+        with self._write(64, payload) as txn:
             cur = decode(txn.get(b"head", db=self.meta))
             if replace and cur[0] < h.height:
                 for db in (self.blocks, self.hashes, self.txloc, self.state, self.tree):
@@ -168,8 +172,6 @@ class Ledger:
                     txn.delete(seq, db=self.consensus)
             txn.put(_h(h.height), raw, db=self.blocks)
             txn.put(block.hash, _h(h.height), db=self.hashes)
-            for i, tid in enumerate(block.tx_ids):
-                txn.put(tid, encode([h.height, i]), db=self.txloc)
             for k, v in sorted(state.items()):
                 txn.put(k, v, db=self.state)
             for k, v in sorted(nodes.items()):
@@ -195,7 +197,7 @@ class Ledger:
         transaction begun instead of one per lookup."""
         txn = self.env.begin()
         try:
-            yield Snapshot(txn, self.state, self.txloc)
+            yield Snapshot(txn, self.state)
         finally:
             txn.abort()
 
@@ -248,14 +250,12 @@ class Ledger:
         raw = block.encode()
         nodes = nodes or {}
         payload = len(raw) + sum(map(len, writes.values())) + sum(map(len, nodes.values()))
-        with self._write(len(block.tx_ids) + len(writes) + len(nodes) + 4, payload) as txn:
+        with self._write(len(writes) + len(nodes) + 4, payload) as txn:
             cur = decode(txn.get(b"head", db=self.meta))
             if h.height != cur[0] + 1 or h.prev_hash != cur[1]:
                 raise LedgerError(f"block {h.height} does not extend head {cur[0]}")
             txn.put(_h(h.height), raw, db=self.blocks)
             txn.put(block.hash, _h(h.height), db=self.hashes)
-            for i, tid in enumerate(block.tx_ids):
-                txn.put(tid, encode([h.height, i]), db=self.txloc)
             for k, v in writes.items():
                 txn.put(k, v, db=self.state)
             for k, v in nodes.items():  # the state tree's dirty nodes for this block
@@ -277,12 +277,15 @@ class Ledger:
         return None if raw is None else bytes(raw)
 
     def tx_location(self, txid: bytes) -> tuple[int, int] | None:
-        with self.env.begin(db=self.txloc) as txn:
-            raw = txn.get(txid)
-        if raw is None:
-            return None
-        h, i = decode(raw)
-        return h, i
+        """(height, index) of a committed transaction whose block is held here, from its receipt
+        (None for one below a checkpoint this ledger started from: its block is not held)."""
+        with self.env.begin() as txn:
+            raw = txn.get(keys.receipt(txid), db=self.state)
+            if raw is None:
+                return None
+            rec = Receipt.decode(raw)
+            base = txn.get(b"base", db=self.meta)
+            return None if base is not None and rec.height < decode(base) else (rec.height, rec.tx_index)
 
     def iter_blocks(self, start: int = 1) -> Iterator[tuple[int, bytes]]:
         with self.env.begin(db=self.blocks) as txn:
