@@ -27,6 +27,7 @@ Semantics shared by both paths:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -108,6 +109,7 @@ _COINCURVE_TYPES = {
 }
 
 
+@functools.cache  # importlib.metadata reads the distribution's files: ~0.1 ms, asked by every GET /v1/status
 def _coincurve_version() -> str:
     try:
         from importlib.metadata import version

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, ClassVar
 
 from node.crypto import ecdsa
@@ -321,8 +322,9 @@ class Tx:
     def kind(self) -> int:
         return self.body.kind
 
-    @property
+    @cached_property
     def address(self) -> bytes:
+        """H(sender): admission, the pool and execution each ask for it, so it is hashed once."""
         return address_of(self.sender)
 
     @property
