@@ -133,18 +133,23 @@ class KeyedLimiter:
 
 
 class _Sender:
-    __slots__ = ("base", "fresh", "origin", "txs")
+    __slots__ = ("base", "end", "fresh", "origin", "txs")
 
     def __init__(self, base: int, origin: str) -> None:
         self.base = base  # the next nonce the chain will accept from this sender
         self.txs: dict[int, Tx] = {}
         self.origin = origin  # the origin of its first pending transaction: it is counted there
         self.fresh = base == 1  # no committed transaction yet: first to go when its origin must give way
+        # every nonce from base up to here is pending: the run only grows at its end, a commit moves its
+        # start, and an eviction (of the newest) cuts it, so admitting k transactions is O(k), not O(k^2)
+        self.end = base
 
     def contiguous_end(self) -> int:
-        n = self.base
+        """The first nonce after the pending run that starts at base."""
+        n = max(self.base, self.end)
         while n in self.txs:
             n += 1
+        self.end = n
         return n
 
 
@@ -347,6 +352,7 @@ class Mempool:
         """Drop the newest pending transaction of `addr` (its run stays contiguous)."""
         s = self.senders[addr]
         victim = s.txs.pop(max(s.txs))
+        s.end = min(s.end, victim.nonce)
         self._drop_tx(victim.id)
         self.evictions += 1
         o = self.origins[s.origin]

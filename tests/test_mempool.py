@@ -419,10 +419,16 @@ def test_origin_counts_stay_consistent_under_random_admit_evict_commit():
                 mp.remove([first])
                 committed[a] = first.nonce
         else:
-            nonce = mp.next_nonce(a, committed[a])
+            forwarded = rnd.random() < 0.3
+            nonce = mp.next_nonce(a, committed[a]) + (rnd.choice([0, 0, 1, 2]) if forwarded else 0)  # gaps too
             with contextlib.suppress(AdmissionError):
-                mp.admit(tx(ident, nonce, b"%d" % step), committed[a], 0.0, forwarded=rnd.random() < 0.3,
+                mp.admit(tx(ident, nonce, b"%d" % step), committed[a], 0.0, forwarded=forwarded,
                          origin=rnd.choice(["ip1", "ip2", "ip3", "peer:x"]))
+        for s in mp.senders.values():  # the kept end of each sender's run is the run's end
+            n = s.base
+            while n in s.txs:
+                n += 1
+            assert s.contiguous_end() == n
         assert sum(o.n for o in mp.origins.values()) == len(mp) <= 25
         for key, o in mp.origins.items():
             assert o.senders and all(mp.senders[x].origin == key for x in o.senders)

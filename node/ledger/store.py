@@ -1,5 +1,5 @@
 """The LMDB ledger. One write transaction per committed block (never one per transaction):
-the block, its transaction index, the state writes and the new head land atomically, so a
+the block, its state writes (with every transaction's receipt) and the new head land atomically, so a
 process killed mid-write leaves the previous block as the head and nothing half-written."""
 
 from __future__ import annotations
