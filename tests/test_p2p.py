@@ -314,3 +314,21 @@ def test_frames_queued_too_long_for_a_peer_are_dropped_unsent() -> None:
             await net.stop()
 
     run(main())
+
+
+def test_an_identify_answer_to_a_peer_that_hung_up_is_not_logged_as_an_error() -> None:
+    """py-libp2p logs a failed identify answer at ERROR with a traceback in the message; a peer that
+    stopped meanwhile is ordinary churn (it broke a test's no-traceback check once), anything else stays."""
+    import logging
+
+    from libp2p.network.stream.exceptions import StreamError
+
+    import node.p2p._trio_side  # noqa: F401 - installs the filters
+    lg = logging.getLogger("libp2p.identity.identify.identify")
+
+    def record(exc: Exception) -> logging.LogRecord:
+        return logging.LogRecord(lg.name, logging.ERROR, __file__, 1,
+                                 "Error sending identify response to %s: %s (type: %s)\n%s",
+                                 ("QmPeer", exc, type(exc), "Traceback (most recent call last): ..."), None)
+    assert not lg.filter(record(StreamError("Write operation failed: TCP connection reset by remote peer")))
+    assert lg.filter(record(ValueError("a bug in the answer")))

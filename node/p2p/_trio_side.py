@@ -42,9 +42,14 @@ class _QuietChurn(logging.Filter):
     up yet, every second; those records are dropped here (the adapter logs its own at DEBUG)."""
 
     PREFIXES = ("Failed to open TCP stream", "Failed to open stream to peer", "MultiselectClient handshake")
+    # the identify answer to a peer that hangs up meanwhile (a validator stopping): a whole traceback
+    # in the message at ERROR; only a write that failed on the closed connection is dropped
+    CLOSED = ("StreamError", "ConnectionClosedError", "StreamClosed", "StreamReset")
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = str(record.msg)
+        if msg.startswith("Error sending identify response"):
+            return not any(type(a).__name__ in self.CLOSED for a in record.args or ())
         if msg.startswith("[ADDCONN_FAIL]"):
             # a connection still being added when the host stops is cancelled: not an error, but
             # py-libp2p logs it with a whole traceback; any other failure is kept
@@ -53,7 +58,7 @@ class _QuietChurn(logging.Filter):
 
 
 for _name in ("libp2p.transport.tcp.tcp", "libp2p.host.basic_host", "libp2p.protocol_muxer.multiselect_client",
-              "libp2p.network.swarm"):
+              "libp2p.network.swarm", "libp2p.identity.identify.identify"):
     logging.getLogger(_name).addFilter(_QuietChurn())
 
 DIRECT_PROTOCOL = TProtocol("/medchain/pbft/1.0.0")
