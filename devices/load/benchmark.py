@@ -32,6 +32,7 @@ from devices.load.benchmeter import (
 )
 from devices.load.fleet import FleetConfig
 from devices.load.fleet_check import run_fleet
+from devices.load.memcap import CapError, MemoryCap
 from devices.wearable import ble
 from devices.wearable.wearables import DEFAULT_PERIOD_MS, make_wearable
 
@@ -165,7 +166,12 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> dict:
                              params=parse_params([*lifted, *getattr(args, "param", [])]))
         start_all(nodes)
         urls, pids = [n.url for n in nodes], [n.proc.pid for n in nodes]
+    cap = None
     try:
+        if getattr(args, "memory_mb", None):
+            cap = _cap(args.memory_mb, pids)
+            print(f"  validators confined to a {args.memory_mb:g} MiB memory cgroup ({cap.path}; page cache "
+                  "charged)", file=say, flush=True)
         vals = Validators(urls, pids)
         zones = rapl_zones()
         print(f"medchain bench {args.workload}: {len(urls)} validators ({', '.join(urls)})", file=say, flush=True)
@@ -200,6 +206,8 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> dict:
             if not pids:
                 eng = {"method": "not measured: validators given by --node (no pids to read CPU from)"}
             steps.append(_row(label, cfg, res, d, eng))
+            if cap is not None:
+                steps[-1]["memory_cap"] = cap.usage()
             if pids and done:
                 per = cpu / len(pids) / done * 1e6
                 steps[-1]["validator_cpu_us_per_tx"] = round(per, 1)
@@ -211,6 +219,8 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> dict:
     finally:
         for n in nodes:
             n.stop()
+        if cap is not None:
+            cap.close()
         if tmp:
             tmp.cleanup()
     return {"workload": args.workload, "validators": len(urls), "machine": machine(argv), "floor_us": floor_us,
@@ -218,6 +228,19 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> dict:
             "validators_agree": len({h[1:] for h in heads if h[0] == heads[0][0]}) == 1,
             "wearable_energy": wearable_energy(ble.LinkParams(interval_ms=args.conn_interval, loss=args.ble_loss,
                                                               att_mtu=args.att_mtu)), "steps": steps}
+
+
+def _cap(limit_mb: float, pids: list[int] | None) -> MemoryCap:
+    """The validators moved into one memory cgroup (--memory-mb)."""
+    if not pids:
+        raise SystemExit("--memory-mb needs the validators' pids: run without --node")
+    try:
+        cap = MemoryCap(limit_mb)
+    except CapError as exc:
+        raise SystemExit(f"--memory-mb: {exc}") from None
+    for p in pids:
+        cap.add(p)
+    return cap
 
 
 def _line(s: dict) -> str:
@@ -242,6 +265,11 @@ def _line(s: dict) -> str:
     if "validator_cpu_us_per_tx" in s:
         ratio = f" = {s['floor_ratio']:.1f}x the floor" if s.get("floor_ratio") else ""
         out += f"\n    validator CPU per committed tx per validator: {s['validator_cpu_us_per_tx']:.0f} us{ratio}"
+    if "memory_cap" in s:
+        m = s["memory_cap"]
+        out += (f"\n    memory cgroup of {m['limit_mb']:g} MiB (all validators, page cache charged): {m['now_mb']} MiB "
+                f"at the end, peak so far {m['peak_mb']} MiB, the limit hit {m['limit_hits']} times"
+                + (f", {m['oom_kills']} OOM kills" if m["oom_kills"] >= 0 else ""))
     if "check" in s:
         c = s["check"]
         out += (f"\n    readings: emitted {c['readings_emitted']}, in committed blobs {c['readings_in_committed_blobs']}, "
@@ -308,3 +336,6 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
                     help="a chain parameter of the devnet's genesis (as medchain genesis new), e.g. "
                          "block_max_txs=500 for a small machine")
     sp.add_argument("--out", help="results directory (default bench/results)")
+    sp.add_argument("--memory-mb", type=float, default=None,
+                    help="confine the validators to one memory cgroup of this many MiB, page cache charged, "
+                         "as an edge host's RAM (needs root; the edge target is 150 with --validators 1)")
