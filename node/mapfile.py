@@ -77,14 +77,22 @@ class MapFile:
         """A write transaction that makes at most `puts` puts and deletes of `payload` value bytes
         in all, begun once the file has room for it. `most_pages`: a tighter bound on the pages it
         can copy (many deletes are bound by the size of the tree)."""
-        if self.writemap:
+        txn = self.env.begin(write=True, db=db)
+        if not self.writemap:
+            return txn
+        # measured inside the write transaction: no other writer (thread or process) can move the
+        # file's end between this measure and this transaction's own pages
+        try:
             with self._lock:
                 info = self.env.info()
                 pages = info["last_pgno"] + 1
                 copies = min(puts * PAGES_PER_PUT, pages, pages if most_pages is None else most_pages)
                 fresh = 2 * (payload + ENTRY * puts) // self._psize + 16
                 self._reserve(pages * self._psize, (copies + fresh) * self._psize + SLACK, info["map_size"])
-        return self.env.begin(write=True, db=db)
+        except BaseException:
+            txn.abort()
+            raise
+        return txn
 
     def _reserve(self, end: int, need: int, map_size: int) -> None:
         """Allocate the file's blocks through `need` bytes past its end; OSError (ENOSPC) if the
