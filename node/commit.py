@@ -27,8 +27,7 @@ from node.mempool import Mempool
 from node.metrics import Metrics
 from node.replication import Replicator
 from node.sidecar import SidecarCache
-from node.state import CODES, OK, Code, keys
-from node.state.records import Receipt
+from node.state import CODES, OK, Code
 from node.tx import KIND_WRITE
 
 Run = Callable[..., Awaitable[Any]]  # runs blocking work in the ledger worker thread
@@ -93,12 +92,11 @@ class Commit:
 
     def tx_status(self, txid: bytes) -> dict:
         """For GET /v1/tx: committed (with its inclusion proof), pending, rejected (why) or unknown."""
-        loc = self.ledger.tx_location(txid)
-        if loc is not None:
-            height, idx = loc
+        rec = self.ledger.receipt(txid)
+        if rec is not None:
+            height, idx = rec.height, rec.tx_index
             block = self.ledger.block(height)
             ids = block.tx_ids
-            rec = Receipt.decode(self.ledger.get_state(keys.receipt(txid)))
             return {"status": "committed", "height": height, "index": idx, "code": rec.code,
                     "result": CODES.get(rec.code, "unknown"), "block_hash": block.hash.hex(),
                     "tx_root": block.header.tx_root.hex(), "tx_count": len(ids),

@@ -21,7 +21,7 @@ from node.ipfs.blockstore import IntegrityError, MissingBlock
 from node.ipfs.cid import Cid, CidError
 from node.state import Code, keys
 from node.state.machine import BREAK_GLASS_ACCESS_MS, Overlay, break_glass_enabled, read_allowed
-from node.state.records import BlobRec, Receipt
+from node.state.records import BlobRec
 from node.tx import KIND_READ, Tx
 from node.tx.requests import blob_request_digest, blob_upload_digest
 from node.validator import Validator
@@ -97,12 +97,11 @@ def read_covers(v: Validator, read_id: bytes, reader: bytes, patient: bytes, dty
     when it committed: its range ends at its block's time, so it never opens a later write."""
     if len(read_id) != 32:
         return "staff must name their committed read transaction (X-Medchain-Read)"
-    loc = v.ledger.tx_location(read_id)
-    if loc is None:
+    rec = v.ledger.receipt(read_id)
+    if rec is None:
         return "the read transaction is not committed"
-    rec = Receipt.decode(v.ledger.get_state(keys.receipt(read_id)))
-    block = v.ledger.block(loc[0])
-    tx = Tx.decode(block.txs[loc[1]], check_sig=False)
+    block = v.ledger.block(rec.height)
+    tx = Tx.decode(block.txs[rec.tx_index], check_sig=False)
     if tx.kind != KIND_READ or tx.address != reader or rec.code != Code.OK:
         return "that transaction is not an allowed read by this requester"
     r = tx.body
@@ -112,7 +111,7 @@ def read_covers(v: Validator, read_id: bytes, reader: bytes, patient: bytes, dty
         return "the read transaction names another cid"
     if not r.cid and (t1 < r.t_from_ms or t0 > min(r.t_to_ms, block.header.time_ms)):
         return "the blob is outside the read transaction's time range (which ends at its block's time)"
-    if written > loc[0]:
+    if written > rec.height:
         return "the blob was written after the read transaction committed: commit a new read"
     view, now_ms = Overlay(v.ledger.get_state), clock.now_ms()
     if r.reason:  # break-glass: no grant needed, but the patient's opt-out and the access window apply

@@ -276,8 +276,8 @@ class Ledger:
             raw = txn.get(_h(height))
         return None if raw is None else bytes(raw)
 
-    def tx_location(self, txid: bytes) -> tuple[int, int] | None:
-        """(height, index) of a committed transaction whose block is held here, from its receipt
+    def receipt(self, txid: bytes) -> Receipt | None:
+        """A committed transaction's receipt (where it is, and its result), if its block is held here
         (None for one below a checkpoint this ledger started from: its block is not held)."""
         with self.env.begin() as txn:
             raw = txn.get(keys.receipt(txid), db=self.state)
@@ -285,7 +285,12 @@ class Ledger:
                 return None
             rec = Receipt.decode(raw)
             base = txn.get(b"base", db=self.meta)
-            return None if base is not None and rec.height < decode(base) else (rec.height, rec.tx_index)
+            return None if base is not None and rec.height < decode(base) else rec
+
+    def tx_location(self, txid: bytes) -> tuple[int, int] | None:
+        """(height, index) of a committed transaction whose block is held here (see receipt)."""
+        rec = self.receipt(txid)
+        return None if rec is None else (rec.height, rec.tx_index)
 
     def iter_blocks(self, start: int = 1) -> Iterator[tuple[int, bytes]]:
         with self.env.begin(db=self.blocks) as txn:
