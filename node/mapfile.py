@@ -4,9 +4,9 @@ safe on a full disk.
 Why writemap: without it LMDB copies every page a write transaction dirties into malloc'd memory and
 keeps those copies on a free list until the environment closes, so a validator's anonymous memory
 never falls below its largest block's dirty pages (about 15 per write). With writemap a transaction
-writes the mapped file in place: no copies, no extra write(2) per page. Measured on one core at
-2,400 writes/s (bench/README.md, "Memory under load"): anonymous memory 108 -> 59 MB, p99 731 ->
-361 ms, the same CPU.
+writes the mapped file in place: no copies, no extra write(2) per page. Measured on one core
+(`medchain bench edge`; bench/README.md, "Writing in place"): anonymous memory 74 -> 56 MB at 1,200
+writes/s and 209 -> 81 MB at 2,400/s, the same throughput and CPU per write.
 
 The price, and the guard: LMDB then sizes the data file to the whole map (a sparse file: it takes
 only the pages written, but `ls` shows the map size), and a page written into a hole of a full
@@ -63,8 +63,7 @@ class MapFile:
         self._ready = 0  # the file's blocks are allocated up to this offset (past the last page)
         self._lock = threading.Lock()
         if self.writemap:  # opening a named database writes too (the caller's open_db calls)
-            info = self.env.info()
-            self._reserve((info["last_pgno"] + 1) * self._psize, 4 * SLACK, info["map_size"])
+            self._reserve(4 * SLACK)
 
     def close(self) -> None:
         self.env.close()
@@ -84,19 +83,23 @@ class MapFile:
         # file's end between this measure and this transaction's own pages
         try:
             with self._lock:
-                info = self.env.info()
-                pages = info["last_pgno"] + 1
+                pages = self._end() // self._psize
                 copies = min(puts * PAGES_PER_PUT, pages, pages if most_pages is None else most_pages)
                 fresh = 2 * (payload + ENTRY * puts) // self._psize + 16
-                self._reserve(pages * self._psize, (copies + fresh) * self._psize + SLACK, info["map_size"])
+                self._reserve((copies + fresh) * self._psize + SLACK)
         except BaseException:
             txn.abort()
             raise
         return txn
 
-    def _reserve(self, end: int, need: int, map_size: int) -> None:
+    def _end(self) -> int:
+        """Where the file's last used page ends (as of the last commit)."""
+        return (self.env.info()["last_pgno"] + 1) * self._psize
+
+    def _reserve(self, need: int) -> None:
         """Allocate the file's blocks through `need` bytes past its end; OSError (ENOSPC) if the
         filesystem cannot hold them. Allocated blocks stay allocated: LMDB uses them next."""
+        end, map_size = self._end(), self.env.info()["map_size"]
         want = min(end + need, map_size)  # past the map LMDB refuses with MDB_MAP_FULL itself
         if want <= self._ready:
             return
@@ -119,4 +122,4 @@ class MapFile:
         """Bytes allocated past the last page: free space the store holds, not uses."""
         if not self.writemap:
             return 0
-        return max(0, self._ready - (self.env.info()["last_pgno"] + 1) * self._psize)
+        return max(0, self._ready - self._end())

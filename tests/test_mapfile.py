@@ -31,7 +31,7 @@ FILL = textwrap.dedent("""
     from node.ipfs.cid import cid_v1_raw
     from node import mapfile
     if sys.argv[2] == "unguarded":
-        mapfile.MapFile._reserve = lambda self, end, need, map_size: None
+        mapfile.MapFile._reserve = lambda self, need: None
     store = BlockStore(sys.argv[1] + "/blobs", map_size=1 << 30)
     for height in range(1, 10_000):
         blobs = [os.urandom(32 * 1024) for _ in range(4)]
