@@ -1,7 +1,7 @@
 """The pipeline stage of the driver: blocks executed on a tip that is not committed yet.
 
 The primary builds its next block on its newest proposal rather than on the ledger's head, so up to
-PIPELINE blocks are in flight at once; a backup executes a proposal on the block it extends before
+PIPELINE blocks are in flight at once (a further one only once enough waits: `propose_now`); a backup executes a proposal on the block it extends before
 it votes (the replica's block check asks whether that exact block executed here and matched). Both
 kinds wait here, by hash, until the commit stage writes them or a view change abandons them. The
 blocking work of the driver (execution, LMDB commits with fsync) runs on this stage's one worker
@@ -27,6 +27,22 @@ from node.state.rules import NO_ISSUERS, Rules
 from node.tx import Tx
 
 log = logging.getLogger("medchain.validator")
+
+
+FILL = 4  # with blocks in flight, a further one waits for 1/FILL of a full block
+
+
+def propose_now(in_flight: int, waiting: int, block_max_txs: int, depth: int) -> bool:
+    """Whether the primary proposes a block now, with `in_flight` of its blocks not yet committed and
+    `waiting` transactions not in any of them. None in flight: yes. Otherwise only while fewer than
+    `depth` are, and only once 1/FILL of a full block is waiting. Every block costs each validator
+    the same messages, signatures and synced commits however few transactions it carries: at light
+    load one block per round then carries all that arrived during the round, instead of a block of
+    a handful every batch interval (measured in bench/README.md), and a heavy load still overlaps
+    up to `depth` full blocks."""
+    if in_flight == 0:
+        return waiting > 0
+    return in_flight < depth and waiting >= max(1, block_max_txs // FILL)
 
 
 class Pipeline:
@@ -81,6 +97,10 @@ class Pipeline:
     def known(self, block: Block) -> bool:
         """The replica's block check: true iff this exact block executed here and matched."""
         return block.hash in self.executed
+
+    def in_flight_txs(self) -> int:
+        """How many transactions the executed, uncommitted blocks carry."""
+        return sum(len(ex.txs) for ex in self.executed.values())
 
     def proposed_ids(self) -> set[bytes]:
         """The transactions of blocks in flight (not free for another block, not to be re-forwarded)."""

@@ -49,7 +49,7 @@ from node.ledger import Ledger
 from node.mempool import AdmissionError, KeyedLimiter, Mempool, origin
 from node.metrics import Metrics
 from node.multiaddr import host_port, peer_id
-from node.pipeline import Pipeline
+from node.pipeline import Pipeline, propose_now
 from node.replication import Replicator, roots_from_ledger
 from node.sidecar import (
     TXS_PREFIX,
@@ -259,7 +259,9 @@ class Validator:
         while not self._stopping:
             r = self.replica
             if (self.disk.stalled or not r.can_propose() or len(self.mempool) == 0
-                    or max(r.in_flight(), len(self.pipeline.executed)) >= PIPELINE):
+                    or not propose_now(max(r.in_flight(), len(self.pipeline.executed)),
+                                       len(self.mempool) - self.pipeline.in_flight_txs(),
+                                       self.params.block_max_txs, PIPELINE)):
                 self._wake.clear()
                 await self._wake.wait()
                 continue

@@ -11,7 +11,7 @@ from node import clock
 from node.crypto.keys import Identity
 from node.execution import Executed
 from node.ledger import Ledger
-from node.pipeline import Pipeline
+from node.pipeline import FILL, Pipeline, propose_now
 from node.tx import Profile, Tx
 
 CHAIN = "pipeline-test"
@@ -98,3 +98,36 @@ def test_a_block_whose_parent_commits_while_it_executes_reads_through_the_ledger
     gc.collect()
     assert len(pipe.executed) == 1  # the newest, not committed
     assert [r() for r in blocks] == [None] * len(blocks), "committed blocks are still reachable"
+
+
+def test_a_further_block_waits_for_a_quarter_of_a_full_one() -> None:
+    """With none in flight the primary proposes whatever waits; with blocks in flight, a further one
+    only once FILL of a full block waits (at light load one block per round, not a block of a few
+    transactions every batch interval), and never more than the pipeline depth."""
+    assert FILL == 4
+    assert not propose_now(0, 0, 2000, 4)
+    assert propose_now(0, 1, 2000, 4)
+    assert not propose_now(1, 499, 2000, 4)
+    assert propose_now(1, 500, 2000, 4)
+    assert propose_now(3, 2000, 2000, 4)
+    assert not propose_now(4, 10_000, 2000, 4)  # the depth bounds a heavy load
+    assert propose_now(1, 1, 3, 4)  # a tiny block size still lets one transaction through
+
+
+def test_in_flight_txs_counts_the_transactions_of_executed_blocks(tmp_path: Path) -> None:
+    """The producer's count of transactions already proposed (what `propose_now` subtracts from the pool)."""
+    led = Ledger(tmp_path / "ledger", genesis_root=bytes(32))
+    pipe = Pipeline(CHAIN, led, None, None, clock.ChainClock(clock.now_ms()))  # type: ignore[arg-type]  # build only
+
+    async def run() -> None:
+        assert pipe.in_flight_txs() == 0
+        first = await pipe.build(pipe.build_tip(), _profiles(1), 0, 0, clock.now_ms())
+        await pipe.build(pipe.build_tip(), _profiles(2)[:2], 0, 0, clock.now_ms())
+        assert pipe.in_flight_txs() == 5
+        led.commit_block(first.block, first.writes, first.nodes)
+        pipe.committed(first.block)
+        assert pipe.in_flight_txs() == 2
+    try:
+        asyncio.run(run())
+    finally:
+        pipe.close()
