@@ -7,13 +7,14 @@ certified block's blobs are held by at least f+1 honest validators, so the repai
 from holders) always finds them. Without the gate a byzantine primary could certify writes whose
 ciphertext nobody holds, and the patient's data would be named on the chain and lost.
 
-How: the driver asks `missing` for each executed pre-prepare; a backup that lacks blobs parks the
-message here instead of handing it to the replica. The sidecars usually arrive a moment later (a
-forwarded batch the block overtook): `recheck` releases the message then. After `GRACE_S` what is
-still missing is fetched from peers (bitswap); once held, the message is released, and if a blob
-cannot be had the message is dropped, this replica does not vote, and a block that 2f+1 others
-certify reaches it through its certificate (and its blobs through repair). The gate holds no
-state the replica depends on: dropping a parked message is always safe.
+How: the driver asks `missing` for each block it executed on the replica's Execute; a backup that
+lacks blobs parks its answer (`executed`, which makes the replica vote) here instead of giving it.
+The sidecars usually arrive a moment later (a forwarded batch the block overtook): `recheck`
+releases the answer then. After `GRACE_S` what is still missing is fetched from peers (bitswap);
+once held, the answer is released, and if a blob cannot be had it is dropped, this replica does not
+vote, and a block that 2f+1 others certify reaches it through its certificate (and its blobs through
+repair). The gate holds no state the replica depends on: dropping a parked answer is always safe
+(the primary's retransmission makes the replica ask again).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from node.execution import Executed
 from node.ipfs.cid import Cid, CidError
@@ -36,7 +38,7 @@ MAX_PARKED = 64  # pre-prepares waiting for blobs (the PBFT window is far smalle
 
 Held = Callable[[bytes, Cid], bool]  # (txid, cid) -> held here (sidecar in the pool or cache, or stored)
 Fetch = Callable[[Cid, float], Awaitable[bool]]  # fetch from peers within the timeout; True once held
-Release = Callable[[bytes], None]  # hand the raw message back to the consensus task
+Release = Callable[[Any], None]  # hand the parked answer to the consensus task
 
 
 def blobs_of(ex: Executed) -> list[tuple[bytes, Cid]]:
@@ -52,10 +54,10 @@ def blobs_of(ex: Executed) -> list[tuple[bytes, Cid]]:
 
 
 class _Parked:
-    __slots__ = ("data", "missing", "task")
+    __slots__ = ("answer", "missing", "task")
 
-    def __init__(self, data: bytes, missing: list[tuple[bytes, Cid]]) -> None:
-        self.data, self.missing = data, missing
+    def __init__(self, answer: Any, missing: list[tuple[bytes, Cid]]) -> None:
+        self.answer, self.missing = answer, missing
         self.task: asyncio.Task[None] | None = None
 
 
@@ -74,29 +76,29 @@ class AvailabilityGate:
     def parked(self) -> int:
         return len(self._parked)
 
-    def park(self, block_hash: bytes, data: bytes, missing: list[tuple[bytes, Cid]]) -> None:
-        """Hold the pre-prepare `data` until the `missing` blobs are here; a retransmission of one
-        already parked changes nothing."""
+    def park(self, block_hash: bytes, answer: Any, missing: list[tuple[bytes, Cid]]) -> None:
+        """Hold the `answer` to the replica's Execute until the `missing` blobs are here; a block
+        already parked (the replica asked again) changes nothing."""
         if block_hash in self._parked:
             return
         while len(self._parked) >= MAX_PARKED:
             _, old = self._parked.popitem(last=False)
             self._cancel(old)
             self.stats["dropped"] += 1
-        p = _Parked(data, missing)
+        p = _Parked(answer, missing)
         self._parked[block_hash] = p
         self.stats["parked"] += 1
         p.task = asyncio.get_running_loop().create_task(self._fetch_after_grace(block_hash, p))
 
     def recheck(self) -> None:
-        """Sidecars arrived (a forwarded batch): release each parked message now complete."""
+        """Sidecars arrived (a forwarded batch): release each parked answer now complete."""
         for h, p in list(self._parked.items()):
             p.missing = [(txid, cid) for txid, cid in p.missing if not self._held(txid, cid)]
             if not p.missing:
                 del self._parked[h]
                 self._cancel(p)
                 self.stats["released_by_sidecar"] += 1
-                self._release(p.data)
+                self._release(p.answer)
 
     def forget(self, block_hash: bytes) -> None:
         """The block was decided without our vote (its certificate came): nothing to wait for."""
@@ -132,4 +134,4 @@ class AvailabilityGate:
                         "(first %s)", block_hash.hex()[:16], len(lacking), lacking[0])
             return
         self.stats["released_by_fetch"] += 1
-        self._release(p.data)
+        self._release(p.answer)

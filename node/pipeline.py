@@ -2,7 +2,8 @@
 
 The primary builds its next block on its newest proposal rather than on the ledger's head, so up to
 PIPELINE blocks are in flight at once (a further one only once enough waits: `propose_now`); a backup executes a proposal on the block it extends before
-it votes (the replica's block check asks whether that exact block executed here and matched). Both
+it votes (the replica's Execute action; the driver answers whether that exact block executed here
+and matched). Both
 kinds wait here, by hash, until the commit stage writes them or a view change abandons them. The
 blocking work of the driver (execution, LMDB commits with fsync) runs on this stage's one worker
 thread, in order, so the asyncio loop keeps serving the API.
@@ -93,10 +94,6 @@ class Pipeline:
     def build_tip(self) -> Tip:
         """Where the primary's next block goes: on its newest proposal while that is still executed here."""
         return self.tip if (self.tip and self.tip.hash in self.executed) else self.head_tip()
-
-    def known(self, block: Block) -> bool:
-        """The replica's block check: true iff this exact block executed here and matched."""
-        return block.hash in self.executed
 
     def in_flight_txs(self) -> int:
         """How many transactions the executed, uncommitted blocks carry."""

@@ -29,6 +29,7 @@ from node.consensus import (
     Catchup,
     ConsensusError,
     Deliver,
+    Execute,
     NewView,
     Persist,
     Replica,
@@ -119,7 +120,7 @@ class Validator:
             collections.deque())  # see in_consensus
         # a backup votes for a block only once it holds the blobs its writes record (node/availability.py)
         self.gate = AvailabilityGate(self._blob_here, lambda cid, t: self.replicator.ensure(cid, t, "vote"),
-                                     lambda data: self._inbox.put_nowait(("net", data)))
+                                     lambda answer: self._inbox.put_nowait(("executed", answer)))
         self._txin: asyncio.Queue = asyncio.Queue()  # forwarded transaction batches, admitted apart
         self._txin_bytes = 0
         self._early_flush: asyncio.TimerHandle | None = None
@@ -154,7 +155,7 @@ class Validator:
         # the view: the persisted one (a view change in progress survives a restart), else the last block's
         block_view = last.cert_view if last else 0
         view = max(self.ledger.get_view(), block_view)
-        return Replica(self.chain_id, self.n, self.index, self.identity.sign, self._verify_vote, self.pipeline.known,
+        return Replica(self.chain_id, self.n, self.index, self.identity.sign, self._verify_vote,
                        last_delivered=head.height, view=view, last_hash=head.hash,
                        last_cert=(last.cert_view, last.cert) if last else (0, ()),
                        view_timeout_ms=self.params.view_timeout_ms, awaiting_new_view=view > block_view,
@@ -404,6 +405,8 @@ class Validator:
                     acts = self.replica.propose(item)
                 elif kind == "tick":
                     acts = self.replica.tick(self._now_ms(), pending=len(self.mempool) > 0)
+                elif kind == "executed":  # a parked block's blobs are here now (node/availability.py)
+                    acts = self.replica.executed(*item, True)
                 elif kind == "synced":
                     await self._on_synced(*item)
                     continue
@@ -431,20 +434,25 @@ class Validator:
         except (WireError, ConsensusError, SidecarError) as exc:
             log.debug("dropped malformed p2p message: %s", exc)
             return []
-        if msg.tag == T_PREPREPARE and self.replica.worth_executing(msg):
-            # a block a view change carried over was timed when first proposed: only fresh ones are timed
-            fresh = msg.block.header.view == msg.view
-            ex = self.pipeline.executed.get(msg.block.hash)
-            if ex is None:
-                ex = await self.pipeline.execute(msg.block, check_time=fresh)
-            elif fresh and msg.block.header.time_ms > self._now_ms() + MAX_FUTURE_MS:
-                del self.pipeline.executed[msg.block.hash]  # executed untimed earlier; as a fresh proposal it is too late
-                ex = None
-            missing = self.gate.missing(ex) if ex is not None else None
-            if missing:
-                self.gate.park(msg.block.hash, data, missing)  # no PREPARE before the blobs are here
-                return []
         return self.replica.on_message(msg)
+
+    async def _execute(self, act: Execute) -> list:
+        """The replica's Execute: run the proposed block on its parent (once; a retransmission finds it
+        executed) and answer `executed`, or park the answer until the blobs its writes record are here."""
+        block = act.block
+        ex = self.pipeline.executed.get(block.hash)
+        if ex is None:
+            ex = await self.pipeline.execute(block, check_time=act.fresh)
+        elif act.fresh and block.header.time_ms > self._now_ms() + MAX_FUTURE_MS:
+            del self.pipeline.executed[block.hash]  # executed untimed earlier; as a fresh proposal it is too late
+            ex = None
+        if ex is None:
+            return self.replica.executed(act.seq, block.hash, False)
+        missing = self.gate.missing(ex)
+        if missing:
+            self.gate.park(block.hash, (act.seq, block.hash), missing)  # no PREPARE before the blobs are here
+            return []
+        return self.replica.executed(act.seq, block.hash, True)
 
     def _blob_here(self, txid: bytes, cid: Cid) -> bool:
         """Whether a write's blob is here: its sidecar in the pool or the forwarded-sidecar cache, or stored."""
@@ -490,7 +498,9 @@ class Validator:
 
     async def _handle(self, actions: list) -> None:
         for act in actions:
-            if isinstance(act, Deliver):
+            if isinstance(act, Execute):
+                await self._handle(await self._execute(act))
+            elif isinstance(act, Deliver):
                 await self._deliver(act.block)
             elif isinstance(act, ViewChanged):
                 await self._view_changed(act)

@@ -8,7 +8,18 @@ import random
 
 from node import merkle
 from node.block import GENESIS_PREV, Block, Header, quorum, verify_cert
-from node.consensus import Broadcast, Catchup, Deliver, Persist, PrePrepare, Replica, Send, ViewChanged, decode_message
+from node.consensus import (
+    Broadcast,
+    Catchup,
+    Deliver,
+    Execute,
+    Persist,
+    PrePrepare,
+    Replica,
+    Send,
+    ViewChanged,
+    decode_message,
+)
 from node.consensus.recovery import decode_record
 from node.crypto import ecdsa
 from node.crypto.keys import Identity
@@ -22,9 +33,42 @@ def pubs(n):
     return [IDS[i].public_key for i in range(n)]
 
 
-def make_replica(n, i, **kw):
+class Driven(Replica):
+    """A replica with the smallest driver: each Execute is answered at once, `check_block(block)`
+    standing for the execution (the protocol tests around it need no ledger). The raw contract,
+    Execute out and `executed` in, is tested on a plain Replica in tests/test_consensus.py."""
+
+    def __init__(self, *args, check_block=None, **kw):
+        super().__init__(*args, **kw)
+        self.check_block = check_block or (lambda b: True)
+
+    def drive(self, acts):
+        out = []
+        for a in acts:
+            if isinstance(a, Execute):
+                out += self.drive(self.executed(a.seq, a.block.hash, self.check_block(a.block)))
+            else:
+                out.append(a)
+        return out
+
+    def on_message(self, msg):
+        return self.drive(super().on_message(msg))
+
+    def tick(self, now_ms, pending=False):
+        return self.drive(super().tick(now_ms, pending))
+
+    def offer_certified(self, b, digest=None, seq=None):
+        return self.drive(super().offer_certified(b, digest, seq))
+
+
+def raw_replica(n, i, **kw):
     keys = pubs(n)
     return Replica(CHAIN, n, i, IDS[i].sign, lambda idx, d, s: ecdsa.verify(keys[idx], d, s), **kw)
+
+
+def make_replica(n, i, **kw):
+    keys = pubs(n)
+    return Driven(CHAIN, n, i, IDS[i].sign, lambda idx, d, s: ecdsa.verify(keys[idx], d, s), **kw)
 
 
 def make_block(seq, n=4, view=0, txs=(), prev=GENESIS_PREV, proposer=None, salt=b""):

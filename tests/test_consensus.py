@@ -11,8 +11,11 @@ from node.consensus import (
     Checkpoint,
     Commit,
     ConsensusError,
+    Execute,
+    Persist,
     Prepare,
     PrePrepare,
+    Replica,
     Suspect,
     ViewChange,
     ViewChanged,
@@ -394,3 +397,79 @@ def test_ignored_messages_are_counted_by_reason():
     assert q.offer_certified(make_block(9 * q.window)) == [] and q.offer_certified(uncertified) == []
     assert q.ignored_by_reason() == {"not-primary": 1, "primary-prepare": 1, "wrong-digest": 1,
                                      "outside-window": 1, "bad-certificate": 1}
+
+
+# ---- the execution contract: Execute out, `executed` in (what node/validator.py drives) -------------
+def _counting_replica(n=4, i=1):
+    keys, calls = pubs(n), Counter()
+
+    def verify(idx, d, s):
+        calls[d] += 1
+        return ecdsa.verify(keys[idx], d, s)
+    return Replica(CHAIN, n, i, IDS[i].sign, verify), calls
+
+
+def test_a_backup_asks_for_execution_and_votes_only_on_the_answer():
+    r, calls = _counting_replica()
+    a = make_block(1, txs=[b"A"])
+    pp = pre_prepare(a)
+    assert r.on_message(pp) == [Execute(1, a, fresh=True)]  # no vote before the block executed here
+    assert r.state.log[1].block is None
+    acts = r.executed(1, a.hash, True)
+    (prep,) = sent(acts, Prepare)
+    assert prep.digest == a.hash and prep.pp_sig == pp.sig
+    assert isinstance(acts[0], Persist)  # logged durably before it leaves
+    assert r.state.log[1].block == a
+    assert calls[pp.signing_digest(CHAIN)] == 1  # the pre-prepare's signature was checked once
+    assert r.executed(1, a.hash, True) == []  # a second answer changes nothing
+
+
+def test_a_block_that_did_not_execute_gets_no_vote_and_is_asked_for_again():
+    r, _ = _counting_replica()
+    a = make_block(1, txs=[b"A"])
+    assert r.on_message(pre_prepare(a)) == [Execute(1, a, fresh=True)]
+    assert r.executed(1, a.hash, False) == []
+    assert r.ignored_by_reason() == {"invalid-block": 1} and r.state.log[1].block is None
+    # the primary retransmits (its parent may have arrived meanwhile): asked again, and this time it runs
+    assert r.on_message(pre_prepare(a)) == [Execute(1, a, fresh=True)]
+    assert sent(r.executed(1, a.hash, True), Prepare)
+
+
+def test_a_retransmission_while_executing_asks_again_and_a_dropped_request_costs_nothing():
+    r, _ = _counting_replica()
+    a = make_block(1, txs=[b"A"])
+    assert r.on_message(pre_prepare(a)) == [Execute(1, a, fresh=True)]
+    # the driver dropped that request (a parked pre-prepare whose blobs never came): the next copy asks again
+    assert r.on_message(pre_prepare(a)) == [Execute(1, a, fresh=True)]
+    assert sent(r.executed(1, a.hash, True), Prepare)
+    assert r.on_message(pre_prepare(a)) == []  # held now: a plain duplicate
+
+
+def test_a_second_block_while_the_first_executes_is_equivocation():
+    r, _ = _counting_replica()
+    a, b = make_block(1, txs=[b"A"]), make_block(1, txs=[b"B"])
+    r.on_message(pre_prepare(a))
+    acts = r.on_message(pre_prepare(b))
+    assert r.ignored_by_reason() == {"equivocation": 1} and r.changing and sent(acts, ViewChange)
+    assert r.evidence[0]["kind"] == "equivocating-primary"
+    assert r.executed(1, a.hash, True) == [] and r.executed(1, b.hash, True) == []  # that view is gone
+
+
+def test_stale_answers_change_nothing():
+    r, _ = _counting_replica()
+    a = make_block(1, txs=[b"A"])
+    r.on_message(pre_prepare(a))
+    assert r.executed(1, make_block(1, txs=[b"B"]).hash, True) == []  # not the block it asked about
+    assert r.executed(2, a.hash, True) == []  # nor that sequence
+    assert r.state.log[1].executing is not None
+    r.start_view_change(1)
+    assert r.executed(1, a.hash, True) == [] and 1 not in r.state.log  # asked in a view since left
+
+
+def test_a_re_proposed_block_is_executed_untimed():
+    """A block a new view carries over was timed when first proposed: `fresh` is False for it."""
+    r, _ = _counting_replica(i=2)
+    old = make_block(1, view=0, txs=[b"A"])
+    pp = signed(PrePrepare, 1, 1, 1, old.hash, block=old)  # view 1's primary re-proposes view 0's block
+    r.state.view, r.state.fixed = 1, {1: old.hash}
+    assert r.on_message(pp) == [Execute(1, old, fresh=False)]

@@ -29,6 +29,18 @@ class Catchup:
 
 
 @dataclass(frozen=True)
+class Execute:
+    """Execute `block` (a signed pre-prepare from the primary, in turn and in the window) on its parent,
+    and answer with Replica.executed(seq, block.hash, ok). `fresh`: first proposed in this view, so its
+    time is checked too. The replica votes for no block before that answer; asked again (the primary
+    retransmits), the driver answers once more, so a request it dropped costs nothing."""
+
+    seq: int
+    block: Block
+    fresh: bool
+
+
+@dataclass(frozen=True)
 class Deliver:
     seq: int
     block: Block  # carries its 2f+1 commit certificate
@@ -56,4 +68,4 @@ class Persist:
     record: bytes
 
 
-Action = Broadcast | Send | Catchup | Deliver | ViewChanged | Persist
+Action = Broadcast | Send | Catchup | Execute | Deliver | ViewChanged | Persist

@@ -1,10 +1,11 @@
 """PBFT (Castro & Liskov) as a sans-IO state machine: normal case, checkpoints, view change.
 
-Inputs are method calls (propose, on_message, tick); outputs are actions for the driver:
+Inputs are method calls (propose, on_message, tick, executed); outputs are actions for the driver:
 Broadcast a message, Send one to a single replica, Catchup (send certified blocks a peer lacks),
-Deliver a block with its commit certificate (strictly in sequence order), and ViewChanged (persist
-the view before anything of the new view leaves). Signing and verifying are injected pure functions
-and time arrives only through tick(), so the same core runs in seeded simulations and over libp2p.
+Execute a proposed block (answered by `executed`: nothing calls back into the driver), Deliver a
+block with its commit certificate (strictly in sequence order), and ViewChanged (persist the view
+before anything of the new view leaves). Signing and verifying are injected pure functions and time
+arrives only through tick(), so the same core runs in seeded simulations and over libp2p.
 With n = 1 every quorum is this replica alone: the single-validator node runs this code path.
 
 All of the replica's state is one object, `ReplicaState` (node/consensus/state.py), with a named phase
@@ -35,7 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from node.block import Block, vote_digest
-from node.consensus.actions import Action, Broadcast, Catchup, Deliver, Persist, Send, ViewChanged
+from node.consensus.actions import Action, Broadcast, Catchup, Deliver, Execute, Persist, Send, ViewChanged
 from node.consensus.messages import (
     T_BLOCK,
     T_CHECKPOINT,
@@ -59,7 +60,6 @@ from node.consensus.messages import (
 )
 from node.consensus.recovery import Record, Recovery
 from node.consensus.state import (
-    BlockCheck,
     Ignored,
     Instance,
     Phase,
@@ -77,7 +77,7 @@ class Replica:
     entry point of the core: the view-change and recovery roles act on the same state `s`."""
 
     def __init__(self, chain_id: str, n: int, index: int, sign: Signer, verify: Verifier,
-                 check_block: BlockCheck | None = None, window: int = 64, last_delivered: int = 0,
+                 window: int = 64, last_delivered: int = 0,
                  view: int = 0, last_hash: bytes = bytes(32), retransmit_ms: int = 250,
                  status_ms: int = 500, catchup_batch: int = 32, last_cert: tuple[int, Votes] = (0, ()),
                  view_timeout_ms: int = 1500, checkpoint_interval: int = 0, awaiting_new_view: bool = False,
@@ -86,7 +86,7 @@ class Replica:
             raise ValueError("replica index out of range")
         self.s = ReplicaState(
             chain_id=chain_id, n=n, index=index, sign=sign, verify=verify,
-            check_block=check_block or (lambda b: True), window=window,
+            window=window,
             checkpoint_interval=checkpoint_interval or max(1, window // 4), view_timeout_ms=view_timeout_ms,
             retransmit_ms=retransmit_ms, status_ms=status_ms, catchup_batch=catchup_batch,
             push_gap_max=push_gap_max, view=view,
@@ -265,19 +265,6 @@ class Replica:
         tmp = Status(self.s.view - 1, self.s.last_delivered, self.s.last_hash, self.s.index, bytes(64))
         return Status(tmp.view, tmp.seq, tmp.digest, self.s.index, self.s.sign(tmp.signing_digest(self.s.chain_id)))
 
-    def worth_executing(self, pp: PrePrepare) -> bool:
-        """Whether the driver should execute a pre-prepare's block before handing it in: only a signed
-        one from the primary of our (awaited) view, inside the window. Execution is the costly part,
-        so nobody else gets to spend our CPU on it."""
-        if not (0 <= pp.sender < self.s.n and pp.view == self.s.view and pp.sender == self.s.primary
-                and self.s.last_delivered < pp.seq <= self.s.stable + self.s.window and pp.seq > self.s.floor):
-            return False
-        signed = (pp.sender, pp.signing_digest(self.s.chain_id), pp.sig)
-        if not self.s.verify(*signed):
-            return False
-        self.s.checked = signed  # on_message need not verify this one again
-        return True
-
     def on_message(self, msg: Message) -> list[Action]:
         s = self.s
         if not 0 <= msg.sender < s.n or msg.sender == s.index:
@@ -291,8 +278,7 @@ class Replica:
             if reason is not None:
                 s.ignore(reason)
                 return []
-        signed = (msg.sender, msg.signing_digest(s.chain_id), msg.sig)
-        if signed != s.checked and not s.verify(*signed):
+        if not s.verify(msg.sender, msg.signing_digest(s.chain_id), msg.sig):
             s.ignore(Ignored.BAD_SIGNATURE)
             return []
         if early:
@@ -345,14 +331,37 @@ class Replica:
             self.s.ignore(Ignored.MALFORMED)
             return []
         inst = self.s.log.setdefault(pp.seq, Instance())
+        ex = inst.executing
+        held = (inst.digest, inst.pp_sig) if inst.block is not None else (ex.digest, ex.sig) if ex else None
+        if held is not None and held[0] != pp.digest:
+            self.s.ignore(Ignored.EQUIVOCATION)  # a second block for one sequence number
+            return self.views.primary_equivocated(pp.seq, held[0], held[1], pp.digest, pp.sig)
         if inst.block is not None:
-            if inst.digest != pp.digest:
-                self.s.ignore(Ignored.EQUIVOCATION)  # a second block for one sequence number
-                return self.views.primary_equivocated(pp.seq, inst.digest, inst.pp_sig, pp.digest, pp.sig)
+            return []  # a retransmission of the block we hold
+        if pp.sender != self.s.index:
+            # a backup votes only for a block it executed to the same state root: the driver runs
+            # it (the costly part, so only for a signed pre-prepare in turn) and answers `executed`
+            inst.executing = pp
+            return [Execute(pp.seq, pp.block, fresh=h.view == pp.view)]
+        return self._adopt(inst, pp)
+
+    def executed(self, seq: int, digest: bytes, ok: bool) -> list[Action]:
+        """The driver's answer to Execute: the block of the pre-prepare for `seq` executed here on its
+        parent to the state root it claims (and its blobs are here), or not. Stale answers (the view
+        changed, the sequence was delivered meanwhile, another block is in) change nothing."""
+        inst = self.s.log.get(seq)
+        if inst is None or inst.executing is None or inst.executing.digest != digest:
             return []
-        if pp.sender != self.s.index and not self.s.check_block(pp.block):
-            self.s.ignore(Ignored.INVALID_BLOCK)
+        pp, inst.executing = inst.executing, None
+        if not ok:
+            self.s.ignore(Ignored.INVALID_BLOCK)  # a retransmission asks again (its parent may come)
             return []
+        if pp.view != self.s.view or self.s.changing or seq <= self.s.last_delivered or inst.block is not None:
+            return []
+        return self._adopt(inst, pp)
+
+    def _adopt(self, inst: Instance, pp: PrePrepare) -> list[Action]:
+        """The pre-prepare's block is the one for its sequence: vote for it (a backup) and move on."""
         inst.digest, inst.block, inst.pp_sig = pp.digest, pp.block, pp.sig
         # adopt the votes that arrived early for this block; those for any other digest are dropped
         inst.prepares.update(inst.early.get((True, pp.digest), {}))

@@ -24,11 +24,10 @@ from enum import Enum
 from typing import Any, TypeVar
 
 from node.block import Block, Header, max_faulty, quorum
-from node.consensus.messages import Checkpoint, Message, NewView, ViewChange
+from node.consensus.messages import Checkpoint, Message, NewView, PrePrepare, ViewChange
 
 Signer = Callable[[bytes], bytes]
 Verifier = Callable[[int, bytes, bytes], bool]  # (validator index, digest, sig) -> ok
-BlockCheck = Callable[[Block], bool]
 M = TypeVar("M", bound=Message)
 MAX_EVIDENCE = 256
 Votes = tuple[tuple[int, bytes], ...]  # (validator index, signature), sorted by index
@@ -99,6 +98,7 @@ class Instance:
     digest: bytes = b""  # the block's hash, once the pre-prepare is in (read only then)
     block: Block | None = None
     pp_sig: bytes = bytes(64)
+    executing: PrePrepare | None = None  # the pre-prepare whose block the driver was asked to execute
     prepares: dict[int, bytes] = field(default_factory=dict)
     commits: dict[int, bytes] = field(default_factory=dict)
     sent_commit: bool = False
@@ -118,7 +118,6 @@ class ReplicaState:
     index: int
     sign: Signer
     verify: Verifier
-    check_block: BlockCheck
     window: int
     checkpoint_interval: int
     view_timeout_ms: int
@@ -144,7 +143,6 @@ class ReplicaState:
     log: dict[int, Instance] = field(default_factory=dict)
     certified: dict[int, Block] = field(default_factory=dict)  # certified blocks that arrived ahead of their turn
     prepared: dict[int, tuple[PreparedCert, Block]] = field(default_factory=dict)  # highest-view prepared, above delivered
-    checked: tuple[int, bytes, bytes] | None = None  # (sender, digest, sig) of the pre-prepare worth_executing verified
     # ---- checkpoints ----
     checkpoints: dict[int, dict[bytes, dict[int, bytes]]] = field(default_factory=dict)  # seq -> root -> sender -> sig
     own_checkpoint: Checkpoint | None = None
