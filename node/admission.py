@@ -229,7 +229,7 @@ class Admission:
     @staticmethod
     def _cid_of(tx: Tx) -> Cid:
         try:
-            return Cid.from_bytes(tx.body.cid)
+            return tx.body.root
         except CidError as exc:
             raise AdmissionError(Refusal.INVALID, f"invalid transaction: bad cid: {exc}") from None
 

@@ -47,7 +47,7 @@ def blobs_of(ex: Executed) -> list[tuple[bytes, Cid]]:
     for t, c in zip(ex.txs, ex.codes, strict=True):
         if isinstance(t.body, Write) and c == OK:
             try:
-                out.append((t.id, Cid.from_bytes(t.body.cid)))
+                out.append((t.id, t.body.root))
             except CidError:
                 continue  # cannot execute OK: admission and execution both parse the CID
     return out

@@ -71,7 +71,7 @@ class Commit:
             if t.kind != KIND_WRITE or c != OK:
                 continue
             try:
-                cid = Cid.from_bytes(t.body.cid)
+                cid = t.body.root
             except CidError:
                 continue
             roots.append(cid)

@@ -24,7 +24,7 @@ import hashlib
 from collections import OrderedDict
 
 from node.consensus.messages import MAX_MESSAGE_BYTES
-from node.ipfs.cid import CODEC_RAW, Cid, CidError
+from node.ipfs.cid import CODEC_RAW, CidError
 from node.tx import Tx, Write
 from node.wire import WireError, decode, encode
 
@@ -77,7 +77,7 @@ def check_sidecar(tx: Tx, data: bytes) -> str | None:
     if len(data) > SIDECAR_MAX:
         return f"sidecar of {len(data)} bytes exceeds {SIDECAR_MAX}: upload larger blobs with POST /v1/blobs"
     try:
-        cid = Cid.from_bytes(w.cid)
+        cid = w.root
     except CidError as exc:
         return f"bad cid: {exc}"
     if cid.codec != CODEC_RAW:

@@ -54,7 +54,7 @@ class Ignored(Enum):
     BELOW_FLOOR = "below-floor"  # a pre-prepare at or below the new view's base (committed already)
     NOT_FIXED = "not-fixed"  # a pre-prepare other than the block the new view decided for that sequence
     EQUIVOCATION = "equivocation"  # a second block for one sequence from the primary
-    INVALID_BLOCK = "invalid-block"  # the driver's block check failed
+    INVALID_BLOCK = "invalid-block"  # the driver answered Execute: it did not execute here (or not yet)
     PRIMARY_PREPARE = "primary-prepare"  # the primary's pre-prepare stands for its prepare
     CONFLICTING_VOTE = "conflicting-vote"  # a second vote for another digest from one validator
     EARLY_VOTES_FULL = "early-votes-full"  # too many digests voted for before the pre-prepare

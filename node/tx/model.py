@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from node.crypto import ecdsa
 from node.crypto.keys import Identity, address_of
+from node.ipfs.cid import Cid
 from node.wire import MAX_TX_BYTES, WireError, decode_canonical, encode
 
 VERSION = 1
@@ -249,6 +250,12 @@ class Write:
 
     def fields(self) -> list[Any]:
         return [self.dtype, self.cid, self.size, self.epoch, self.t_start_ms, self.t_end_ms]
+
+    @cached_property
+    def root(self) -> Cid:
+        """The CID parsed, once per transaction: admission, the availability gate and the commit each
+        need it (CidError if `cid` is not one; a failed parse is not kept)."""
+        return Cid.from_bytes(self.cid)
 
     @classmethod
     def parse(cls, f: list[Any]) -> Write:
