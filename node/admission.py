@@ -165,6 +165,10 @@ class Admission:
         # a client's transaction fits the backlog bound too (the chain's rate times max_queue_s), not
         # only the pool's capacity; no block commits during this loop, so it is one bound per batch
         limit = None if forwarded else self.backlog.limit(now)
+        # senders whose transaction was refused for now (overload, rate) earlier in this batch: their
+        # later nonces are refused the same way, not as "out of order", so a client that sends the
+        # refused ones again, in order, loses none
+        held: dict[bytes, AdmissionError] = {}
         for c in checked:
             if isinstance(c, AdmissionError):
                 out.append(c)
@@ -180,12 +184,21 @@ class Admission:
                 continue
             tx, side = c
             self.mark_verified(tx.id)
+            first = held.get(tx.address)
+            if first is not None:
+                out.append(self.reject(tx.id, first.kind, f"{first.reason.split(':')[0]}: held back, an earlier "
+                                       f"transaction of this sender in the batch was refused ({first.reason})",
+                                       first.retry_after))
+                continue
             try:
                 side = self._admit(tx, side, view, snap, now_ms, now, forwarded, limit)
             except AdmissionError as exc:
                 # a full pool, or the backlog bound: come back when the chain has worked it down
                 retry = self.backlog.retry_after() if exc.kind is Refusal.OVERLOADED else exc.retry_after
-                out.append(self.reject(tx.id, exc.kind, exc.reason, retry))
+                err = self.reject(tx.id, exc.kind, exc.reason, retry)
+                if exc.kind in (Refusal.OVERLOADED, Refusal.RATE_LIMITED):
+                    held[tx.address] = err
+                out.append(err)
                 continue
             out.append(tx.id)
             if not forwarded and self.forwarding:

@@ -135,3 +135,41 @@ def test_a_real_validator_refuses_what_it_cannot_commit_soon_with_503_and_retry_
         assert not pending
     finally:
         n.stop()
+
+
+def test_a_senders_later_nonces_behind_a_refused_one_are_refused_the_same_way(tmp_path: Path) -> None:
+    """One sender's run of nonces in one batch, past the backlog bound: the first refused gets 503
+    (overloaded), and so does every later nonce of that sender (held back, not a permanent 409
+    "nonce out of order"); sent again in order once the chain has room, every one is admitted.
+    Another sender in the same batch is not held back by it."""
+    from node import clock
+    from node.execution import build_block
+    from node.genesis import init_home
+    from node.validator import Validator
+
+    (home,) = init_home(tmp_path, CHAIN, ["127.0.0.1:1"], int(time.time() * 1000),
+                        Params(block_max_txs=10, sender_rate=1e5, sender_burst=1e5))
+    v = Validator(home)
+    try:
+        a, b = Identity.from_seed(b"patient a"), Identity.from_seed(b"patient b")
+        run = [Tx.build(a, v.chain_id, k, Profile(f"a{k}", "patient", "", a.box_public)) for k in range(1, 31)]
+        other = Tx.build(b, v.chain_id, 1, Profile("b", "patient", "", b.box_public))
+        res = v.submit_many_sync([(t.raw, None) for t in run[:25]] + [(other.raw, None)] + [(t.raw, None)
+                                                                                          for t in run[25:]])
+        assert [isinstance(r, bytes) for r in res[:20]] == [True] * 20  # the floor: two blocks of 10
+        refused = res[20:25] + res[26:]
+        assert all(isinstance(r, AdmissionError) and r.kind is Refusal.OVERLOADED for r in refused), refused
+        assert all(r.retry_after == refused[0].retry_after for r in refused)
+        assert "held back" in refused[1].reason and "held back" not in refused[0].reason
+        assert isinstance(res[25], AdmissionError) and res[25].kind is Refusal.OVERLOADED  # the bound, not a hold
+        assert "held back" not in res[25].reason
+        ex = build_block(v.pipeline.head_tip(), v.mempool.batch(20), v.chain_id, 0, 0, clock.now_ms())
+        v.committer.write(ex.block, ex, [], [])  # the first twenty commit
+        v.mempool.remove(ex.txs)
+        again = v.submit_many_sync([(t.raw, None) for t in run[20:]])
+        assert all(isinstance(r, bytes) for r in again), again
+    finally:
+        v.pipeline.close()
+        v.admission.close()
+        v.ledger.close()
+        v.blobs.close()
