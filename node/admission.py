@@ -47,6 +47,7 @@ _CODE_REFUSAL = {Code.NO_PROFILE: Refusal.UNPROCESSABLE, Code.DENIED: Refusal.FO
 _VERIFIED_CACHE = 1 << 15
 _BAD_SIG_CACHE = 1 << 16
 _REJECTED_CACHE = 50_000
+_REFUSED_FOR_NOW_CACHE = 1 << 15  # senders whose nonce was refused for now (bounded)
 REFORWARD_S = 5.0  # well above a healthy p99 commit latency: only stranded transactions are resent
 
 
@@ -61,6 +62,8 @@ class Admission:
         self.verified: OrderedDict[bytes, None] = OrderedDict()
         self.bad_sigs: OrderedDict[bytes, None] = OrderedDict()
         self.rejected: OrderedDict[bytes, str] = OrderedDict()
+        # sender -> (its lowest nonce refused for now, until when later nonces wait for it, the refusal)
+        self.refused_for_now: OrderedDict[bytes, tuple[int, float, AdmissionError]] = OrderedDict()
         self.forward: list[Item] = []  # admitted client transactions (and sidecars) to forward
         self.submitted_at: dict[bytes, float] = {}  # client submissions here, for the latency metric
         self.pending_since: dict[bytes, float] = {}  # every admitted tx: when to re-forward it next
@@ -165,10 +168,6 @@ class Admission:
         # a client's transaction fits the backlog bound too (the chain's rate times max_queue_s), not
         # only the pool's capacity; no block commits during this loop, so it is one bound per batch
         limit = None if forwarded else self.backlog.limit(now)
-        # senders whose transaction was refused for now (overload, rate) earlier in this batch: their
-        # later nonces are refused the same way, not as "out of order", so a client that sends the
-        # refused ones again, in order, loses none
-        held: dict[bytes, AdmissionError] = {}
         for c in checked:
             if isinstance(c, AdmissionError):
                 out.append(c)
@@ -184,27 +183,41 @@ class Admission:
                 continue
             tx, side = c
             self.mark_verified(tx.id)
-            first = held.get(tx.address)
-            if first is not None:
-                out.append(self.reject(tx.id, first.kind, f"{first.reason.split(':')[0]}: held back, an earlier "
-                                       f"transaction of this sender in the batch was refused ({first.reason})",
-                                       first.retry_after))
-                continue
             try:
                 side = self._admit(tx, side, view, snap, now_ms, now, forwarded, limit)
             except AdmissionError as exc:
-                # a full pool, or the backlog bound: come back when the chain has worked it down
-                retry = self.backlog.retry_after() if exc.kind is Refusal.OVERLOADED else exc.retry_after
-                err = self.reject(tx.id, exc.kind, exc.reason, retry)
-                if exc.kind in (Refusal.OVERLOADED, Refusal.RATE_LIMITED):
-                    held[tx.address] = err
-                out.append(err)
+                out.append(self._held_back(tx, exc, now) or self._refuse(tx, exc, now))
                 continue
             out.append(tx.id)
             if not forwarded and self.forwarding:
                 self.forward.append((tx.raw, side))
         self.metrics.mempool.set(len(self.mempool))
         return out
+
+    def _refuse(self, tx: Tx, exc: AdmissionError, now: float) -> AdmissionError:
+        # a full pool, or the backlog bound: come back when the chain has worked it down
+        retry = self.backlog.retry_after() if exc.kind is Refusal.OVERLOADED else exc.retry_after
+        err = self.reject(tx.id, exc.kind, exc.reason, retry)
+        if exc.kind in (Refusal.OVERLOADED, Refusal.RATE_LIMITED):  # refused for now: remembered (_held_back)
+            held = self.refused_for_now.get(tx.address)
+            if held is None or held[0] >= tx.nonce or now >= held[1]:
+                self.refused_for_now[tx.address] = (tx.nonce, now + 2 * max(1.0, retry or 1.0), err)
+                self.refused_for_now.move_to_end(tx.address)
+                while len(self.refused_for_now) > _REFUSED_FOR_NOW_CACHE:
+                    self.refused_for_now.popitem(last=False)
+        return err
+
+    def _held_back(self, tx: Tx, exc: AdmissionError, now: float) -> AdmissionError | None:
+        """A nonce out of order only because the one before it was refused for now (overloaded, rate
+        limited), in this batch or a recent one: refused the same way, with the same Retry-After,
+        not with a 409 the client would take as final, so a client that sends the refused ones again,
+        in order, loses none. None: a plain refusal."""
+        held = self.refused_for_now.get(tx.address)
+        if exc.expected is None or held is None or held[0] != exc.expected or now >= held[1]:
+            return None
+        first = held[2]
+        return self.reject(tx.id, first.kind, f"{first.reason.split(':')[0]}: held back, nonce {held[0]} of this "
+                           f"sender was refused first ({first.reason})", first.retry_after)
 
     def mark_verified(self, txid: bytes) -> None:
         self.verified[txid] = None
@@ -233,6 +246,9 @@ class Admission:
             self.pending_since.pop(ev.id, None)  # only non-primaries sweep it: it would outlive the tx
             self.reject(ev.id, Refusal.OVERLOADED, "evicted: mempool full and its client or sender held the most pending transactions")
         self.rejected.pop(tx.id, None)
+        held = self.refused_for_now.get(tx.address)
+        if held is not None and held[0] <= tx.nonce:
+            del self.refused_for_now[tx.address]  # the refused nonce came again and got in
         if not forwarded:
             self.submitted_at[tx.id] = now
         self.pending_since[tx.id] = now + REFORWARD_S

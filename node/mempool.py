@@ -63,9 +63,11 @@ class Refusal(Enum):
 class AdmissionError(Exception):
     """A transaction refused at admission: the kind of refusal, why, and when to retry (if ever)."""
 
-    def __init__(self, kind: Refusal, reason: str, retry_after: float | None = None) -> None:
+    def __init__(self, kind: Refusal, reason: str, retry_after: float | None = None,
+                 expected: int | None = None) -> None:
         super().__init__(reason)
         self.kind, self.reason, self.retry_after = kind, reason, retry_after
+        self.expected = expected  # a nonce out of order: the one the pool takes next
 
     @property
     def bad_signature(self) -> bool:
@@ -225,7 +227,8 @@ class Mempool:
         if s is not None and tx.nonce in s.txs:
             raise AdmissionError(Refusal.CONFLICT, f"nonce conflict: {tx.nonce} already pending with another transaction")
         if tx.nonce != expected and not (forwarded and tx.nonce <= committed_nonce + MAX_FORWARD_GAP):
-            raise AdmissionError(Refusal.CONFLICT, f"nonce out of order: got {tx.nonce}, expected {expected}")
+            raise AdmissionError(Refusal.CONFLICT, f"nonce out of order: got {tx.nonce}, expected {expected}",
+                                 expected=expected)
         if s is not None and len(s.txs) >= self.max_per_sender:
             raise AdmissionError(Refusal.RATE_LIMITED, f"rate limited: {self.max_per_sender} transactions already pending", 1.0)
         if sidecar is not None and self.sidecar_bytes + len(sidecar) > self.max_sidecar_bytes:

@@ -163,6 +163,13 @@ def test_a_senders_later_nonces_behind_a_refused_one_are_refused_the_same_way(tm
         assert "held back" in refused[1].reason and "held back" not in refused[0].reason
         assert isinstance(res[25], AdmissionError) and res[25].kind is Refusal.OVERLOADED  # the bound, not a hold
         assert "held back" not in res[25].reason
+        # a later batch with only later nonces (the client sent on before its Retry-After): still held
+        # back, not 409; a sender with no refusal behind it gets the plain 409
+        c = Identity.from_seed(b"patient c")
+        gap = Tx.build(c, v.chain_id, 2, Profile("c", "patient", "", c.box_public))
+        later = v.submit_many_sync([(run[27].raw, None), (gap.raw, None)])
+        assert later[0].kind is Refusal.OVERLOADED and "nonce 21 of this sender" in later[0].reason, later[0]
+        assert later[1].kind is Refusal.CONFLICT and "out of order" in later[1].reason, later[1]
         ex = build_block(v.pipeline.head_tip(), v.mempool.batch(20), v.chain_id, 0, 0, clock.now_ms())
         v.committer.write(ex.block, ex, [], [])  # the first twenty commit
         v.mempool.remove(ex.txs)
