@@ -402,7 +402,14 @@ class Validator:
                 continue
             try:
                 if kind == "propose":
-                    acts = self.replica.propose(item)
+                    r = self.replica
+                    if not r.can_propose() or item.header.view != r.view or item.header.seq != r.next_seq:
+                        # the view moved on while the block was built (a view change, a restart into a
+                        # view the others left): its transactions stay pooled, the new view drops it
+                        log.info("block %d built for view %d not proposed: the replica is in view %d%s",
+                                 item.header.seq, item.header.view, r.view, " (changing)" if r.changing else "")
+                        continue
+                    acts = r.propose(item)
                 elif kind == "tick":
                     acts = self.replica.tick(self._now_ms(), pending=len(self.mempool) > 0)
                 elif kind == "executed":  # a parked block's blobs are here now (node/availability.py)
