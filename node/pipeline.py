@@ -1,12 +1,12 @@
 """The pipeline stage of the driver: blocks executed on a tip that is not committed yet.
 
 The primary builds its next block on its newest proposal rather than on the ledger's head, so up to
-PIPELINE blocks are in flight at once (a further one only once enough waits: `propose_now`); a backup executes a proposal on the block it extends before
-it votes (the replica's Execute action; the driver answers whether that exact block executed here
-and matched). Both
-kinds wait here, by hash, until the commit stage writes them or a view change abandons them. The
-blocking work of the driver (execution, LMDB commits with fsync) runs on this stage's one worker
-thread, in order, so the asyncio loop keeps serving the API.
+PIPELINE blocks are in flight at once (a further one only once enough waits: `propose_now`); a
+backup executes a proposal on the block it extends before it votes (the replica's Execute action;
+the driver answers whether that exact block executed here and matched). Both kinds wait here, by
+hash, until the commit stage writes them or a view change abandons them. The blocking work of the
+driver (execution, LMDB commits with fsync) runs on this stage's one worker thread, in order, so
+the asyncio loop keeps serving the API.
 """
 
 from __future__ import annotations

@@ -318,7 +318,7 @@ def roots_from_ledger(ledger: Any) -> Callable[[int], list[Cid]]:
                 rec = ledger.get_state(keys.receipt(tx.id))
                 if rec is not None and Receipt.decode(rec).code == Code.OK:
                     with contextlib.suppress(CidError):
-                        out.append(Cid.from_bytes(tx.body.cid))
+                        out.append(tx.body.root)
         return out
 
     return roots_of

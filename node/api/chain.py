@@ -17,7 +17,7 @@ from node.api.common import (
 )
 from node.block import Block
 from node.crypto.batch import backend_name
-from node.ipfs.cid import Cid, CidError
+from node.ipfs.cid import CidError
 from node.tx import KIND_WRITE, Tx
 from node.validator import Validator
 from node.wire import WireError, decode
@@ -103,7 +103,7 @@ def add_availability(v: Validator, st: dict) -> None:
     tx = Tx.decode(block.txs[st["index"]], check_sig=False)
     if tx.kind == KIND_WRITE:
         try:
-            blob = v.replicator.availability(Cid.from_bytes(tx.body.cid), st["height"])
+            blob = v.replicator.availability(tx.body.root, st["height"])
         except CidError:
             return
         st["available"] = blob["available"]
