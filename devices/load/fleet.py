@@ -83,7 +83,7 @@ class Meta:
     t_sched: float  # when the workload asked for it (monotonic)
     t_sent: float = 0.0
     dtype: int = 0
-    cid: str = ""
+    cid: bytes = b""  # binary CID (its text form only when a staff read fetches it)
     n: int = 0  # readings in the window
     digest: bytes = b""  # SHA-256 of the window's plaintext (compared after decryption)
     body: object = None
@@ -113,7 +113,7 @@ class FleetPhone:
         self.epochs: dict[int, int] = {}
         self.bufs: dict[int, list[envelope.Reading]] = {}
         self.granted: tuple[int, ...] = ()
-        self.cids: list[tuple[int, str, int]] = []  # committed (dtype, cid, epoch), for staff reads
+        self.cids: list[tuple[int, bytes, int]] = []  # committed (dtype, cid, epoch), for staff reads
         self.blocked = False  # a grant change is in flight: hold writes until it commits
         self.outstanding = 0
         self.resync = False
@@ -130,7 +130,7 @@ class Fleet:
         self.tracked: dict[bytes, Meta] = {}
         self.committed: dict[str, int] = {}
         self.failed: dict[str, int] = {}
-        self.written: dict[str, Meta] = {}  # committed writes by CID
+        self.written: dict[bytes, Meta] = {}  # committed writes by CID
         self.first_submit = self.last_submit = self.last_commit = 0.0
         self.submitted = self.emitted = self.starved = self.reads_decrypted = self.reads_refused = 0
         self.overloaded = 0  # writes refused with 429/503 and sent again after the Retry-After
@@ -368,7 +368,7 @@ class Fleet:
         c = self.clients[s % len(self.clients)]
         cid, epoch = m.cid, m.epoch
         try:
-            blob = await c.download(self.staff[s], self.chain, cid, Cid.parse(cid).to_bytes(), m.tx.id)
+            blob = await c.download(self.staff[s], self.chain, str(Cid.from_bytes(cid)), cid, m.tx.id)
             ck = (s, ph.addr, m.dtype, epoch)
             if ck not in self.unseal_cache:
                 keys = (await c.sealed_keys(ph.addr, self.staff[s].address))["keys"]
@@ -397,9 +397,8 @@ class Fleet:
             fresh = [m for m in items if m.kind == "write" and m.body is None]
             self._seal(fresh)
             for m in fresh:  # one raw block: the CID is one SHA-256 here (node/sidecar.py)
-                cid = cid_v1_raw(m.blob)
-                m.cid = str(cid)
-                m.body = Write(m.dtype, cid.to_bytes(), len(m.blob), m.epoch, m.t0, m.t1)
+                m.cid = cid_v1_raw(m.blob).to_bytes()
+                m.body = Write(m.dtype, m.cid, len(m.blob), m.epoch, m.t0, m.t1)
                 m.readings = None
             for k in {m.owner for m in items if m.kind != "read" and self.phones[m.owner].resync}:
                 ph = self.phones[k]
@@ -447,7 +446,7 @@ class Fleet:
             cands = [x for x in ph.cids if x[0] in ph.granted] if not ph.blocked else []
             if cands:
                 dtype, cid, epoch = cands[self.rng.randrange(len(cands))]
-                body = Read(ph.addr, dtype, Cid.parse(cid).to_bytes(), 0, 2**63 - 1)
+                body = Read(ph.addr, dtype, cid, 0, 2**63 - 1)
                 self.open_ops += 1
                 self.work.put_nowait([Meta("read", ph.clinician, t, dtype=dtype, cid=cid, epoch=epoch, body=body,
                                            patient=k)])

@@ -15,6 +15,7 @@ import hashlib
 from devices.load.fleet import ALL_TYPES, KINDS, Fleet, FleetConfig, FleetPhone
 from devices.patient.phone import Phone
 from devices.patient.staff import Staff
+from node.ipfs.cid import Cid
 from node.wire import encode
 
 
@@ -22,12 +23,12 @@ async def check_fleet(fleet: Fleet, sample: int = 10) -> dict:
     """Count every committed write against its patient's on-chain records, then have a permitted
     staff member decrypt every window of a sample of patients and compare with what was emitted."""
     sem = asyncio.Semaphore(32)
-    on_chain: set[str] = set()
+    on_chain: set[bytes] = set()  # binary CIDs, as the fleet keeps them
 
     async def records(ph: FleetPhone) -> None:
         async with sem:
             for r in (await fleet.clients[ph.v].data(ph.addr))["data"]:
-                on_chain.add(r["cid"])
+                on_chain.add(Cid.parse(r["cid"]).to_bytes())
     await asyncio.gather(*(records(p) for p in fleet.phones))
     missing = [c for c in fleet.written if c not in on_chain]
     counted = sum(m.n for c, m in fleet.written.items() if c in on_chain)
@@ -43,7 +44,7 @@ async def check_fleet(fleet: Fleet, sample: int = 10) -> dict:
             if not any(m.owner == k and m.dtype == d for m in fleet.written.values()):
                 continue
             for w in await st.read(ph.addr, d):
-                m = fleet.written.get(w.cid)
+                m = fleet.written.get(Cid.parse(w.cid).to_bytes())
                 pt = encode([1, [list(r) for r in w.readings]])
                 ok = m is not None and m.owner == k and hashlib.sha256(pt).digest() == m.digest
                 windows += 1

@@ -8,6 +8,7 @@ reports problems only as GattError (a ValueError), never as IndexError or struct
 from __future__ import annotations
 
 import calendar
+import functools
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -79,6 +80,18 @@ def _med_encode(value: float, mbits: int, ebits: int, what: str) -> int:
         return half - 1
     if math.isinf(value):
         return half - 2 if value > 0 else half + 2
+    raw = _med_raw(value, type(value), mbits, ebits)
+    if raw is None:
+        raise GattError(f"{what}: {value!r} is too large to encode")
+    return raw
+
+
+@functools.lru_cache(maxsize=8192)
+def _med_raw(value: float, _kind: type, mbits: int, ebits: int) -> int | None:
+    """The encoding of a finite number, None if too large. Cached: emulated devices send the same
+    few hundred rounded values again and again, and the search below costs ~5 us (the key holds the
+    type, as an int and an equal float may round apart at large exponents)."""
+    half = 1 << (mbits - 1)
     emin, emax = -(1 << (ebits - 1)), (1 << (ebits - 1)) - 1
     start = emin if value == 0 else max(emin, math.floor(math.log10(abs(value))) - len(str(half)))
     for e in range(start, emax + 1):  # the first exponent whose mantissa fits keeps the most precision
@@ -87,7 +100,7 @@ def _med_encode(value: float, mbits: int, ebits: int, what: str) -> int:
         if (-half <= m < half) if e else abs(m) <= half - 3:
             break
     else:
-        raise GattError(f"{what}: {value!r} is too large to encode")
+        return None
     while m and m % 10 == 0 and e < 0:  # shortest form, so 114 encodes as 0x0072 rather than 1140e-1
         m //= 10
         e += 1

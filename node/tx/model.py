@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from node.crypto import ecdsa
 from node.crypto.keys import Identity, address_of
 from node.ipfs.cid import Cid
-from node.wire import MAX_TX_BYTES, WireError, decode_canonical, encode
+from node.wire import MAX_TX_BYTES, WireError, decode, decode_canonical, encode
 
 VERSION = 1
 KIND_GRANT = 0x10  # access family: grant / change / revoke (empty set)
@@ -351,7 +351,15 @@ class Tx:
         payloads = [encode([VERSION, b.kind, chain_id, ident.public_key, first_nonce + i, *b.fields()])
                     for i, b in enumerate(bodies)]
         sigs = sign_batch(ident.secret, [ecdsa.sha256(p) for p in payloads])
-        return [cls.decode(encode([p, s]), chain_id=chain_id, check_sig=False) for p, s in zip(payloads, sigs, strict=True)]
+        out = []
+        for p, s in zip(payloads, sigs, strict=True):
+            raw = encode([p, s])
+            if len(raw) > MAX_TX_BYTES:
+                raise WireError(f"encoding is {len(raw)} bytes, limit {MAX_TX_BYTES}")
+            # the bytes are canonical by construction (encode); the payload's fields are parsed and
+            # checked as decode does (a bad body fails here, not at a validator), from one plain decode
+            out.append(cls._parse(decode(p), p, s, raw, chain_id))
+        return out
 
     @classmethod
     def decode(cls, raw: bytes, chain_id: str | None = None, check_sig: bool = True) -> Tx:
@@ -364,7 +372,14 @@ class Tx:
             raise TxError("payload and signature must be bytes")
         if len(sig) != ecdsa.SIG_LEN:
             raise TxError(f"signature must be {ecdsa.SIG_LEN} bytes (compact r||s)")
-        p = decode_canonical(payload, MAX_TX_BYTES)
+        tx = cls._parse(decode_canonical(payload, MAX_TX_BYTES), payload, sig, bytes(raw), chain_id)
+        if check_sig and not ecdsa.verify(tx.sender, tx.digest, sig):
+            raise TxError(BAD_SIGNATURE)
+        return tx
+
+    @classmethod
+    def _parse(cls, p: Any, payload: bytes, sig: bytes, raw: bytes, chain_id: str | None) -> Tx:
+        """The payload's decoded fields checked and parsed into a Tx (no signature check)."""
         if not isinstance(p, list) or len(p) < 5:
             raise TxError("payload is [version, kind, chain_id, sender, nonce, *fields]")
         version, kind, cid, sender, nonce = p[:5]
@@ -381,10 +396,7 @@ class Tx:
         if nonce == 0:
             raise TxError("nonces start at 1")
         body = _PARSERS[kind](p[5:])
-        tx = cls(cid, sender, nonce, body, payload, sig, bytes(raw), ecdsa.sha256(raw))
-        if check_sig and not ecdsa.verify(sender, tx.digest, sig):
-            raise TxError(BAD_SIGNATURE)
-        return tx
+        return cls(cid, sender, nonce, body, payload, sig, raw, ecdsa.sha256(raw))
 
 
 __all__ = ["Tx", "TxError", "WireError"]
