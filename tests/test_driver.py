@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 
 from node import clock
+from node.crypto.keys import Identity
 from node.genesis import Params, init_home
-from node.validator import Validator
+from node.sidecar import decode_forwarded
+from node.tx import Profile, Tx
+from node.validator import FORWARD_S, TICK_S, Validator
 
 
 def test_a_block_built_for_a_view_the_replica_left_is_not_proposed(tmp_path: Path,
@@ -41,6 +44,65 @@ def test_a_block_built_for_a_view_the_replica_left_is_not_proposed(tmp_path: Pat
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
         assert "block 1 built for view 0 not proposed: the replica is in view 1 (changing)" in caplog.text
         assert v.replica.in_flight() == 0 and v.replica.view == 1
+    finally:
+        v.pipeline.close()
+        v.admission.close()
+        v.ledger.close()
+        v.blobs.close()
+
+
+class _Sent:
+    """Stands in for the p2p adapter's broadcast: this test is about when the driver forwards."""
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+        self.times: list[float] = []
+
+    def broadcast(self, data: bytes) -> None:
+        self.messages.append(data)
+        self.times.append(time.monotonic())
+
+
+def test_a_client_submission_after_a_quiet_spell_is_forwarded_at_once_a_stream_every_forward_s(
+        tmp_path: Path) -> None:
+    """py-libp2p costs about the same CPU per message whatever its size, so a steady stream of client
+    transactions goes to the other validators FORWARD_S at a time; the first one after a quiet spell
+    (a phone writing and waiting for each commit) goes within FORWARD_SOON_S."""
+    homes = init_home(tmp_path, "driver-test", [f"127.0.0.1:{9000 + i}" for i in range(4)],
+                      int(time.time() * 1000), Params(), p2p=[f"127.0.0.1:{9100 + i}" for i in range(4)])
+    v = Validator(homes[1])  # a backup
+    v.net = _Sent()  # type: ignore[assignment]
+    v.admission.forwarding = True
+    ident = Identity.from_seed(b"forwarding-test!")
+    txs = Tx.build_batch(ident, v.chain_id, 1, [Profile("p", "r", "o", bytes(32))] * 3)
+    sent = v.net.messages  # type: ignore[attr-defined]
+
+    def forwarded(k: int) -> list[bytes]:
+        return [raw for raw, _ in decode_forwarded(sent[k])]
+
+    try:
+        async def go() -> None:
+            assert await v.submit_many([(txs[0].raw, None)]) == [txs[0].id]  # after a quiet spell
+            for _ in range(200):
+                if sent:
+                    break
+                await asyncio.sleep(0.005)
+            assert len(sent) == 1 and forwarded(0) == [txs[0].raw]
+            v._last_client = time.monotonic()  # another client submitted a moment ago: a stream
+            assert await v.submit_many([(txs[1].raw, None)]) == [txs[1].id]
+            assert await v.submit_many([(txs[2].raw, None)]) == [txs[2].id]
+            assert v._early_flush is None and len(sent) == 1  # waits for the next FORWARD_S
+            ticker = asyncio.create_task(v._ticker())
+            for _ in range(400):
+                if len(sent) > 1:
+                    break
+                await asyncio.sleep(0.005)
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+            assert len(sent) == 2 and forwarded(1) == [txs[1].raw, txs[2].raw]  # one message for both
+            gap = v.net.times[1] - v.net.times[0]  # type: ignore[attr-defined]
+            assert gap >= FORWARD_S - TICK_S / 2 - 0.001  # not at the next tick: a bound, not a timing
+        asyncio.run(go())
     finally:
         v.pipeline.close()
         v.admission.close()

@@ -3,11 +3,12 @@ N messages of 1 KiB at once; reports delivered messages/s and CPU per broadcast 
 
     python -m node.p2p.measure [--n 2000] [--gossip-n 300] [--modes direct,gossipsub]
                                [--muxer auto|mplex|yamux] [--runner thread|guest] [--nodes 4]
-                               [--size 1024] [--unsigned] [--busy-ms MS] [--rtt K]
+                               [--size 1024] [--unsigned] [--busy-ms MS] [--rtt K] [--rate R]
 
 --rtt K instead times K sequential round trips between 2 nodes (send() in direct mode, broadcast()
 both ways in gossipsub mode). --busy-ms keeps every node's asyncio loop inside a blocking,
 GIL-releasing call (like an LMDB commit or a batch of coincurve verifies) most of the time.
+--rate R paces each node's broadcasts at R per second, as a validator's come, instead of all at once.
 
 Throughput counts deliveries (each broadcast is delivered n-1 times) over the wall time from the
 "go" signal until the last process has received everything; CPU is the sum over the node
@@ -121,7 +122,9 @@ async def _child(args: argparse.Namespace) -> None:
         return
     for k in range(args.n):
         node.broadcast(k.to_bytes(4, "big") + payload[4:])
-        if k % 100 == 99:
+        if args.rate:  # paced: what one message costs when messages come one at a time
+            await asyncio.sleep(max(0.0, t0 + (k + 1) / args.rate - time.perf_counter()))
+        elif k % 100 == 99:
             await asyncio.sleep(0)  # as a validator would: the loop keeps turning while it sends
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(done.wait(), args.timeout)
@@ -138,7 +141,7 @@ def _run_mode(mode: str, n: int, args: argparse.Namespace) -> dict:
     cmd += ["--muxer", args.muxer, "--runner", args.runner, "--size", str(args.size), "--timeout", str(args.timeout)]
     cmd += ["--unsigned"] if args.unsigned else []
     cmd += ["--rtt", str(args.rtt)] if args.rtt else []
-    cmd += ["--busy-ms", str(args.busy_ms)]
+    cmd += ["--busy-ms", str(args.busy_ms), "--rate", str(args.rate)]
     procs = [
         subprocess.Popen([*cmd, "--child", str(i)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         for i in range(args.nodes)
@@ -201,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--unsigned", action="store_true", help="gossipsub without message signing")
     ap.add_argument("--rtt", type=int, default=0, help="instead: K sequential round trips between 2 nodes")
     ap.add_argument("--busy-ms", type=float, default=0.0, help="keep each node's asyncio loop busy (GIL released)")
+    ap.add_argument("--rate", type=float, default=0.0, help="broadcasts per second per node (0: all at once)")
     ap.add_argument("--timeout", type=float, default=120.0)
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--child-mode", dest="mode", help=argparse.SUPPRESS)
