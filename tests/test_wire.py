@@ -292,3 +292,30 @@ def test_multiaddr_parser_takes_the_peer_id_and_listen_address():
     for bad in ("/ip4/127.0.0.1/udp/4001", "/ip4/127.0.0.1/tcp/x", "127.0.0.1:4001"):
         with pytest.raises(ValueError):
             host_port(bad)
+
+
+def test_a_failed_encode_leaves_nothing_behind_for_the_next():
+    """encode reuses one msgpack Packer per thread: a value it refuses midway (an object after some
+    items were packed) must not leave those bytes in front of the next encoding."""
+    with pytest.raises(TypeError):
+        encode([1, b"xy", object()])
+    assert encode([7, b"ok"]) == bytes([0x92, 0x07, 0xC4, 0x02]) + b"ok"
+
+
+def test_encode_from_many_threads_at_once_gives_each_its_own_bytes():
+    import threading
+
+    values = [[i, bytes([i % 256]) * (i % 50), "s" * (i % 7), [i, [i]]] for i in range(2000)]
+    want = [msgpack.packb(v, use_bin_type=True) for v in values]
+    bad: list[int] = []
+
+    def work(k: int) -> None:
+        for i in range(k, len(values), 4):
+            if encode(values[i]) != want[i]:
+                bad.append(i)
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert bad == []

