@@ -80,7 +80,7 @@ class Pipeline:
     def head_tip(self) -> Tip:
         """The ledger's committed head, as a tip to execute on."""
         h = self.ledger.head()
-        return Tip(h.height, h.hash, h.state_root, h.time_ms, self.ledger.get_state, self.ledger.get_node,
+        return Tip(h.height, h.hash, h.state_root, h.time_ms, self.ledger.head_state, self.ledger.get_node,
                    self.rules)
 
     def tip_for(self, prev_hash: bytes) -> Tip | None:
@@ -126,7 +126,7 @@ class Pipeline:
     def _read_ledger(self, ex: Executed) -> None:
         """`ex`'s parent is on the ledger: read through it, so the parent's `Executed` (its writes,
         tree nodes and transactions) can be freed."""
-        ex.parent_get, ex.parent_tree = self.ledger.get_state, self.ledger.get_node
+        ex.parent_get, ex.parent_tree = self.ledger.head_state, self.ledger.get_node
 
     async def execute(self, block: Block, check_time: bool) -> Executed | None:
         """Execute a proposal (or a certified or re-proposed block) on its parent; None if its parent is

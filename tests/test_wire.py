@@ -295,7 +295,7 @@ def test_multiaddr_parser_takes_the_peer_id_and_listen_address():
 
 
 def test_a_failed_encode_leaves_nothing_behind_for_the_next():
-    """encode reuses one msgpack Packer per thread: a value it refuses midway (an object after some
+    """encode reuses one msgpack Packer: a value it refuses midway (an object after some
     items were packed) must not leave those bytes in front of the next encoding."""
     with pytest.raises(TypeError):
         encode([1, b"xy", object()])
@@ -303,6 +303,9 @@ def test_a_failed_encode_leaves_nothing_behind_for_the_next():
 
 
 def test_encode_from_many_threads_at_once_gives_each_its_own_bytes():
+    """The shared Packer is safe only while its pack runs under the GIL from start to end: threads
+    switching every microsecond would interleave in it otherwise."""
+    import sys
     import threading
 
     values = [[i, bytes([i % 256]) * (i % 50), "s" * (i % 7), [i, [i]]] for i in range(2000)]
@@ -314,8 +317,13 @@ def test_encode_from_many_threads_at_once_gives_each_its_own_bytes():
             if encode(values[i]) != want[i]:
                 bad.append(i)
     threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(before)
     assert bad == []
