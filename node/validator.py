@@ -195,6 +195,7 @@ class Validator:
 
     async def stop(self) -> None:
         self._stopping = True
+        self._flush_forward()  # client transactions admitted here and not yet forwarded go now
         self._wake.set()
         self.gate.close()
         for t in self._tasks:
@@ -228,8 +229,10 @@ class Validator:
         if not forwarded:
             self.disk.check()
             now = time.monotonic()
-            quiet, self._last_client = now - self._last_client >= QUIET_S, now
+            quiet = now - self._last_client >= QUIET_S
         out = await self.admission.submit_many(items, forwarded)
+        if not forwarded and any(isinstance(r, bytes) for r in out):
+            self._last_client = now  # a refused submission (and its retry) does not end a quiet spell
         self._wake.set()
         if not forwarded and self.gate.parked():
             self.gate.recheck()  # a client's sidecar may be what a held-back vote waits for

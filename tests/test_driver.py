@@ -12,6 +12,7 @@ import pytest
 from node import clock
 from node.crypto.keys import Identity
 from node.genesis import Params, init_home
+from node.mempool import AdmissionError
 from node.sidecar import decode_forwarded
 from node.tx import Profile, Tx
 from node.validator import FORWARD_S, TICK_S, Validator
@@ -62,6 +63,9 @@ class _Sent:
         self.messages.append(data)
         self.times.append(time.monotonic())
 
+    async def stop(self) -> None:
+        pass
+
 
 def test_a_client_submission_after_a_quiet_spell_is_forwarded_at_once_a_stream_every_forward_s(
         tmp_path: Path) -> None:
@@ -108,3 +112,50 @@ def test_a_client_submission_after_a_quiet_spell_is_forwarded_at_once_a_stream_e
         v.admission.close()
         v.ledger.close()
         v.blobs.close()
+
+
+def _backup_with_recorded_net(tmp_path: Path) -> tuple[Validator, _Sent, list[Tx]]:
+    homes = init_home(tmp_path, "driver-test", [f"127.0.0.1:{9000 + i}" for i in range(4)],
+                      int(time.time() * 1000), Params(), p2p=[f"127.0.0.1:{9100 + i}" for i in range(4)])
+    v = Validator(homes[1])
+    net = _Sent()
+    v.net = net  # type: ignore[assignment]
+    v.admission.forwarding = True
+    txs = Tx.build_batch(Identity.from_seed(b"forwarding-test!"), v.chain_id, 1, [Profile("p", "r", "o", bytes(32))] * 2)
+    return v, net, txs
+
+
+def test_a_refused_submission_does_not_end_a_quiet_spell(tmp_path: Path) -> None:
+    """A client's retry right after a refusal is the first admitted submission after a quiet spell:
+    forwarded at once, not at the next FORWARD_S."""
+    v, net, txs = _backup_with_recorded_net(tmp_path)
+    try:
+        async def go() -> None:
+            bad = await v.submit_many([(b"\x92not a transaction", None)])
+            assert isinstance(bad[0], AdmissionError)
+            assert await v.submit_many([(txs[0].raw, None)]) == [txs[0].id]
+            for _ in range(200):  # no ticker runs: only the early flush can send it
+                if net.messages:
+                    break
+                await asyncio.sleep(0.005)
+            assert [raw for raw, _ in decode_forwarded(net.messages[0])] == [txs[0].raw]
+        asyncio.run(go())
+    finally:
+        v.pipeline.close()
+        v.admission.close()
+        v.ledger.close()
+        v.blobs.close()
+
+
+def test_stop_forwards_what_was_admitted_and_not_yet_forwarded(tmp_path: Path) -> None:
+    """A validator stopping (SIGTERM's drain) sends the client transactions it admitted and holds
+    for the next forwarding round: they live only in its memory."""
+    v, net, txs = _backup_with_recorded_net(tmp_path)
+
+    async def go() -> None:
+        v._last_client = time.monotonic()  # a stream: waits for the next round
+        assert await v.submit_many([(txs[0].raw, None), (txs[1].raw, None)]) == [txs[0].id, txs[1].id]
+        assert net.messages == []
+        await v.stop()
+        assert [raw for m in net.messages for raw, _ in decode_forwarded(m)] == [txs[0].raw, txs[1].raw]
+    asyncio.run(go())

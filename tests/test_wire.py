@@ -303,8 +303,8 @@ def test_a_failed_encode_leaves_nothing_behind_for_the_next():
 
 
 def test_encode_from_many_threads_at_once_gives_each_its_own_bytes():
-    """The shared Packer is safe only while its pack runs under the GIL from start to end: threads
-    switching every microsecond would interleave in it otherwise."""
+    """encode lends its one Packer to one caller at a time: threads switching every microsecond
+    never write into the same buffer."""
     import sys
     import threading
 

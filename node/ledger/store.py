@@ -220,7 +220,8 @@ class Ledger:
         if getattr(loc, "gen", -1) != self._gen:
             if getattr(loc, "txn", None) is not None:
                 loc.txn.abort()
-            loc.txn, loc.gen = self.env.begin(), self._gen
+            gen = self._gen  # read first: a commit between the two leaves the next call renewing again
+            loc.txn, loc.gen = self.env.begin(), gen
         return loc.txn
 
     def head_state(self, key: bytes) -> bytes | None:

@@ -21,25 +21,28 @@ class WireError(ValueError):
 
 
 # One Packer, reused: packb builds one per call, two thirds of its cost (~2 us -> 0.7 us a value;
-# a validator encodes about a dozen per transaction). The C Packer's pack holds the GIL from start
-# to end for the types encoded here (no callback, no GIL release), so threads cannot interleave in
-# it; a call that finds it in use (re-entered from a value's own code) packs with a fresh one.
-_PACKER = (msgpack.Packer(use_bin_type=True, strict_types=False)
-           if msgpack.Packer.__module__ == "msgpack._cmsgpack" else None)
-_packing = False
+# a validator encodes about a dozen per transaction). A caller takes it out of the pool (list.pop is
+# one step under the GIL), so no two threads and no re-entered call ever share it; whoever finds
+# the pool empty packs with a fresh one, as does the pure-Python msgpack. A packer's buffer keeps
+# the size of the largest value it packed, so after a large value (a block) it is replaced.
+_C_PACKER = msgpack.Packer.__module__ == "msgpack._cmsgpack"
+_POOL = [msgpack.Packer(use_bin_type=True, strict_types=False)] if _C_PACKER else []
+_KEEP_BUFFER = 256 * 1024
 
 
 def encode(obj: Any) -> bytes:
     """Encode with the canonical options (bin type for bytes, no floats in structures)."""
-    global _packing
-    if _PACKER is None or _packing:
+    try:
+        packer = _POOL.pop()
+    except IndexError:
         fresh: bytes = msgpack.packb(obj, use_bin_type=True, strict_types=False)
         return fresh
-    _packing = True
     try:
-        out: bytes = _PACKER.pack(obj)
-    finally:
-        _packing = False
+        out: bytes = packer.pack(obj)  # on an error msgpack empties the buffer: nothing is left behind
+    except BaseException:
+        _POOL.append(packer)
+        raise
+    _POOL.append(packer if len(out) <= _KEEP_BUFFER else msgpack.Packer(use_bin_type=True, strict_types=False))
     return out
 
 
