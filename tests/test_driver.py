@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,15 +19,25 @@ from node.tx import Profile, Tx
 from node.validator import FORWARD_S, TICK_S, Validator
 
 
+def _homes(tmp_path: Path) -> list[Path]:
+    return init_home(tmp_path, "driver-test", [f"127.0.0.1:{9000 + i}" for i in range(4)],
+                     int(time.time() * 1000), Params(), p2p=[f"127.0.0.1:{9100 + i}" for i in range(4)])
+
+
+def _close(v: Validator) -> None:
+    v.pipeline.close()
+    v.admission.close()
+    v.ledger.close()
+    v.blobs.close()
+
+
 def test_a_block_built_for_a_view_the_replica_left_is_not_proposed(tmp_path: Path,
                                                                   caplog: pytest.LogCaptureFixture) -> None:
     """The producer builds a block in view 0, then the replica leaves view 0 (a view change, or a
     validator restarted into a view the others left) before the consensus task takes the block: it
     is dropped with an INFO line, not handed to the replica, which would refuse it with an error and
     a traceback in the log."""
-    homes = init_home(tmp_path, "driver-test", [f"127.0.0.1:{9000 + i}" for i in range(4)],
-                      int(time.time() * 1000), Params(), p2p=[f"127.0.0.1:{9100 + i}" for i in range(4)])
-    v = Validator(homes[0])  # validator 0: the primary of view 0
+    v = Validator(_homes(tmp_path)[0])  # validator 0: the primary of view 0
     try:
         async def go() -> None:
             task = asyncio.create_task(v._consensus())
@@ -46,14 +57,11 @@ def test_a_block_built_for_a_view_the_replica_left_is_not_proposed(tmp_path: Pat
         assert "block 1 built for view 0 not proposed: the replica is in view 1 (changing)" in caplog.text
         assert v.replica.in_flight() == 0 and v.replica.view == 1
     finally:
-        v.pipeline.close()
-        v.admission.close()
-        v.ledger.close()
-        v.blobs.close()
+        _close(v)
 
 
 class _Sent:
-    """Stands in for the p2p adapter's broadcast: this test is about when the driver forwards."""
+    """Stands in for the p2p adapter's broadcast: these tests are about when the driver forwards."""
 
     def __init__(self) -> None:
         self.messages: list[bytes] = []
@@ -66,96 +74,79 @@ class _Sent:
     async def stop(self) -> None:
         pass
 
+    def forwarded(self, k: int) -> list[bytes]:
+        return [raw for raw, _ in decode_forwarded(self.messages[k])]
+
+
+def _backup_with_recorded_net(tmp_path: Path, n: int) -> tuple[Validator, _Sent, list[Tx]]:
+    """A backup whose forwarding is recorded, and n profile updates of one sender to submit."""
+    v = Validator(_homes(tmp_path)[1])
+    net = _Sent()
+    v.net = net  # type: ignore[assignment]
+    v.admission.forwarding = True
+    txs = Tx.build_batch(Identity.from_seed(b"forwarding-test!"), v.chain_id, 1, [Profile("p", "r", "o", bytes(32))] * n)
+    return v, net, txs
+
+
+async def _until(cond: Callable[[], bool], rounds: int = 400) -> None:
+    for _ in range(rounds):
+        if cond():
+            return
+        await asyncio.sleep(0.005)
+
 
 def test_a_client_submission_after_a_quiet_spell_is_forwarded_at_once_a_stream_every_forward_s(
         tmp_path: Path) -> None:
     """py-libp2p costs about the same CPU per message whatever its size, so a steady stream of client
     transactions goes to the other validators FORWARD_S at a time; the first one after a quiet spell
     (a phone writing and waiting for each commit) goes within FORWARD_SOON_S."""
-    homes = init_home(tmp_path, "driver-test", [f"127.0.0.1:{9000 + i}" for i in range(4)],
-                      int(time.time() * 1000), Params(), p2p=[f"127.0.0.1:{9100 + i}" for i in range(4)])
-    v = Validator(homes[1])  # a backup
-    v.net = _Sent()  # type: ignore[assignment]
-    v.admission.forwarding = True
-    ident = Identity.from_seed(b"forwarding-test!")
-    txs = Tx.build_batch(ident, v.chain_id, 1, [Profile("p", "r", "o", bytes(32))] * 3)
-    sent = v.net.messages  # type: ignore[attr-defined]
-
-    def forwarded(k: int) -> list[bytes]:
-        return [raw for raw, _ in decode_forwarded(sent[k])]
-
+    v, net, txs = _backup_with_recorded_net(tmp_path, 3)
     try:
         async def go() -> None:
             assert await v.submit_many([(txs[0].raw, None)]) == [txs[0].id]  # after a quiet spell
-            for _ in range(200):
-                if sent:
-                    break
-                await asyncio.sleep(0.005)
-            assert len(sent) == 1 and forwarded(0) == [txs[0].raw]
+            await _until(lambda: bool(net.messages))
+            assert len(net.messages) == 1 and net.forwarded(0) == [txs[0].raw]
             v._last_client = time.monotonic()  # another client submitted a moment ago: a stream
             assert await v.submit_many([(txs[1].raw, None)]) == [txs[1].id]
             assert await v.submit_many([(txs[2].raw, None)]) == [txs[2].id]
-            assert v._early_flush is None and len(sent) == 1  # waits for the next FORWARD_S
+            assert v._early_flush is None and len(net.messages) == 1  # waits for the next FORWARD_S
             ticker = asyncio.create_task(v._ticker())
-            for _ in range(400):
-                if len(sent) > 1:
-                    break
-                await asyncio.sleep(0.005)
+            await _until(lambda: len(net.messages) > 1)
             ticker.cancel()
             await asyncio.gather(ticker, return_exceptions=True)
-            assert len(sent) == 2 and forwarded(1) == [txs[1].raw, txs[2].raw]  # one message for both
-            gap = v.net.times[1] - v.net.times[0]  # type: ignore[attr-defined]
+            assert len(net.messages) == 2 and net.forwarded(1) == [txs[1].raw, txs[2].raw]  # one message
+            gap = net.times[1] - net.times[0]
             assert gap >= FORWARD_S - TICK_S / 2 - 0.001  # not at the next tick: a bound, not a timing
         asyncio.run(go())
     finally:
-        v.pipeline.close()
-        v.admission.close()
-        v.ledger.close()
-        v.blobs.close()
-
-
-def _backup_with_recorded_net(tmp_path: Path) -> tuple[Validator, _Sent, list[Tx]]:
-    homes = init_home(tmp_path, "driver-test", [f"127.0.0.1:{9000 + i}" for i in range(4)],
-                      int(time.time() * 1000), Params(), p2p=[f"127.0.0.1:{9100 + i}" for i in range(4)])
-    v = Validator(homes[1])
-    net = _Sent()
-    v.net = net  # type: ignore[assignment]
-    v.admission.forwarding = True
-    txs = Tx.build_batch(Identity.from_seed(b"forwarding-test!"), v.chain_id, 1, [Profile("p", "r", "o", bytes(32))] * 2)
-    return v, net, txs
+        _close(v)
 
 
 def test_a_refused_submission_does_not_end_a_quiet_spell(tmp_path: Path) -> None:
     """A client's retry right after a refusal is the first admitted submission after a quiet spell:
     forwarded at once, not at the next FORWARD_S."""
-    v, net, txs = _backup_with_recorded_net(tmp_path)
+    v, net, txs = _backup_with_recorded_net(tmp_path, 1)
     try:
         async def go() -> None:
             bad = await v.submit_many([(b"\x92not a transaction", None)])
             assert isinstance(bad[0], AdmissionError)
             assert await v.submit_many([(txs[0].raw, None)]) == [txs[0].id]
-            for _ in range(200):  # no ticker runs: only the early flush can send it
-                if net.messages:
-                    break
-                await asyncio.sleep(0.005)
-            assert [raw for raw, _ in decode_forwarded(net.messages[0])] == [txs[0].raw]
+            await _until(lambda: bool(net.messages))  # no ticker runs: only the early flush sends it
+            assert net.forwarded(0) == [txs[0].raw]
         asyncio.run(go())
     finally:
-        v.pipeline.close()
-        v.admission.close()
-        v.ledger.close()
-        v.blobs.close()
+        _close(v)
 
 
 def test_stop_forwards_what_was_admitted_and_not_yet_forwarded(tmp_path: Path) -> None:
     """A validator stopping (SIGTERM's drain) sends the client transactions it admitted and holds
     for the next forwarding round: they live only in its memory."""
-    v, net, txs = _backup_with_recorded_net(tmp_path)
+    v, net, txs = _backup_with_recorded_net(tmp_path, 2)
 
     async def go() -> None:
         v._last_client = time.monotonic()  # a stream: waits for the next round
         assert await v.submit_many([(txs[0].raw, None), (txs[1].raw, None)]) == [txs[0].id, txs[1].id]
         assert net.messages == []
-        await v.stop()
-        assert [raw for m in net.messages for raw, _ in decode_forwarded(m)] == [txs[0].raw, txs[1].raw]
+        await v.stop()  # closes the stores too
+        assert [raw for k in range(len(net.messages)) for raw in net.forwarded(k)] == [txs[0].raw, txs[1].raw]
     asyncio.run(go())
