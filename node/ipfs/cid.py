@@ -222,7 +222,8 @@ class Cid:
         return self.encode()
 
     def to_v1(self) -> Cid:
-        return Cid(1, self.codec, self.multihash)
+        # a v1 CID is its own v1 form (immutable): no new object, and its cached bytes kept
+        return self if self.version == 1 else Cid(1, self.codec, self.multihash)
 
     @classmethod
     def from_bytes(cls, b: bytes) -> Cid:
