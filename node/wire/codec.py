@@ -26,8 +26,15 @@ class WireError(ValueError):
 # the pool empty packs with a fresh one, as does the pure-Python msgpack. A packer's buffer keeps
 # the size of the largest value it packed, so after a large value (a block) it is replaced.
 _C_PACKER = msgpack.Packer.__module__ == "msgpack._cmsgpack"
-_POOL = [msgpack.Packer(use_bin_type=True, strict_types=False)] if _C_PACKER else []
 _KEEP_BUFFER = 256 * 1024
+
+
+def _packer() -> msgpack.Packer:
+    """A packer with the canonical options (bin type for bytes, tuples as arrays)."""
+    return msgpack.Packer(use_bin_type=True, strict_types=False)
+
+
+_POOL = [_packer()] if _C_PACKER else []
 
 
 def encode(obj: Any) -> bytes:
@@ -35,14 +42,14 @@ def encode(obj: Any) -> bytes:
     try:
         packer = _POOL.pop()
     except IndexError:
-        fresh: bytes = msgpack.packb(obj, use_bin_type=True, strict_types=False)
+        fresh: bytes = _packer().pack(obj)  # what packb does
         return fresh
     try:
         out: bytes = packer.pack(obj)  # on an error msgpack empties the buffer: nothing is left behind
     except BaseException:
         _POOL.append(packer)
         raise
-    _POOL.append(packer if len(out) <= _KEEP_BUFFER else msgpack.Packer(use_bin_type=True, strict_types=False))
+    _POOL.append(packer if len(out) <= _KEEP_BUFFER else _packer())
     return out
 
 
