@@ -413,7 +413,7 @@ class Validator:
             try:
                 if kind == "propose":
                     r = self.replica
-                    if not r.can_propose() or item.header.view != r.view or item.header.seq != r.next_seq:
+                    if not (r.can_propose() and r.is_next(item)):
                         # the view moved on while the block was built (a view change, a restart into a
                         # view the others left): its transactions stay pooled, the new view drops it
                         log.info("block %d built for view %d not proposed: the replica is in view %d%s",

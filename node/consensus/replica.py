@@ -194,6 +194,11 @@ class Replica:
     def can_propose(self) -> bool:
         return self.s.is_primary and not self.s.changing and self.s.next_seq <= self.s.stable + self.s.window
 
+    def is_next(self, block: Block) -> bool:
+        """The block is built for this view at the next sequence number: what propose takes (a block
+        built while the view moved on is not)."""
+        return block.header.view == self.s.view and block.header.seq == self.s.next_seq
+
     def _send_mine(self, inst: Instance, msg: Message) -> list[Action]:
         """Our own phase message: logged durably first (Persist), then sent; kept for retransmission."""
         inst.mine.append(msg)
@@ -208,11 +213,9 @@ class Replica:
         """Primary only: order a fresh block at the next sequence number."""
         if not self.s.is_primary or self.s.changing:
             raise RuntimeError("only the primary of an active view proposes")
-        seq = self.s.next_seq
-        if seq > self.s.stable + self.s.window:
+        if self.s.next_seq > self.s.stable + self.s.window:
             raise RuntimeError("sequence window full")
-        h = block.header
-        if h.seq != seq or h.view != self.s.view or h.height != seq:
+        if not self.is_next(block) or block.header.height != block.header.seq:
             raise ValueError("block header must carry the view and sequence (= height) it is proposed at")
         return self.pre_prepare(block)
 
