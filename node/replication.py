@@ -64,6 +64,8 @@ class Replicator:
         self._complete: OrderedDict[int, None] = OrderedDict()
         self._announce: dict[str, set[int]] = {}  # peer -> heights to tell it about
         self._announce_evt = asyncio.Event()
+        # height -> when we last asked peers about it, or saw it commit: each peer announces the
+        # heights it completes unasked, within ANNOUNCE_EVERY_S, so a fresh commit is not asked about
         self._asked: dict[int, float] = {}
         self._queue: asyncio.Queue[list[Cid]] = asyncio.Queue()
         self._retry: dict[bytes, tuple[Cid, float, float]] = {}  # mh -> (cid, due, backoff)
@@ -72,7 +74,7 @@ class Replicator:
         self._inflight: set[bytes] = set()
         self._wanted: set[bytes] = set()  # multihashes recorded in the store's wanted table
         self.stats = {"committed_blobs": 0, "fetched": 0, "fetch_failures": 0, "read_fetches": 0,
-                      "vote_fetches": 0, "announced": 0, "announce_failures": 0}
+                      "vote_fetches": 0, "announced": 0, "announce_failures": 0, "asked": 0}
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def attach(self, net: Any) -> None:
@@ -109,6 +111,8 @@ class Replicator:
         if not roots:
             return
         self.stats["committed_blobs"] += len(roots)
+        self._asked[height] = time.monotonic()
+        _trim(self._asked)
         self._pending[height] = {r.multihash for r in wanted}
         _trim(self._pending)
         self._wanted.update(r.multihash for r in wanted)
@@ -131,9 +135,13 @@ class Replicator:
         count = len(peers) + (1 if held_here else 0)
         if count < self.quorum and self.net is not None:
             now = time.monotonic()
-            if now - self._asked.get(height, 0.0) > ASK_EVERY_S:  # e.g. after our restart
+            # asked only about a height older than that (e.g. committed before our restart): asking
+            # about every fresh one, as a status poll right after commit did, opened three libp2p
+            # streams per block and was the largest p2p cost of `medchain demo`
+            if now - self._asked.get(height, 0.0) > ASK_EVERY_S:
                 self._asked[height] = now
                 _trim(self._asked)
+                self.stats["asked"] += 1
                 self._spawn(self._ask([height]))
         return {"cid": str(root), "holders": count, "held_here": held_here, "quorum": self.quorum,
                 "available": count >= self.quorum}

@@ -97,6 +97,14 @@ def test_sidecar_to_a_backup_is_held_everywhere_at_commit(tmp_path):
                                                                        status["p2p_messages_in"], n.log_tail(3000))
                         assert status["replication"]["read_fetches"] == 0
                         assert status["replication"]["vote_fetches"] == 0, status["availability"]
+                        # a status poll right after commit asks no peer (three streams per block):
+                        # the peers announce what they hold unasked, and that makes it available
+                        assert status["replication"]["asked"] == 0, status["replication"]
+                        end = time.monotonic() + 20
+                        while not (st := await cn.tx(txs[-1].id.hex()))["available"]:
+                            assert time.monotonic() < end, st
+                            await asyncio.sleep(0.2)
+                        assert st["blob"]["holders"] >= 3 and (await cn.status())["replication"]["asked"] == 0
                     assert await _metric(n.url, "medchain_sidecars_stored_total") == len(txs)
                 # the patient reads a window back from another validator: the bytes are the sidecar's
                 async with NodeClient(nodes[3].url) as c3:
