@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,6 +32,11 @@ from node.state import CODES, OK, Code
 from node.tx import KIND_WRITE
 
 Run = Callable[..., Awaitable[Any]]  # runs blocking work in the ledger worker thread
+# Committed blocks kept decoded with their transaction tree, for the status polls that follow a
+# commit (each client asks about its own transaction of the newest blocks): bounded in blocks and
+# in transactions, so a few large blocks cannot hold much memory.
+RECENT_BLOCKS = 16
+RECENT_TXS = 4096
 
 
 class Commit:
@@ -39,6 +45,8 @@ class Commit:
         self.ledger, self.blobs, self.mempool, self.admission = ledger, blobs, mempool, admission
         self.sidecars, self.replicator, self.metrics, self._run = sidecars, replicator, metrics, run
         self._waiters: dict[bytes, list[asyncio.Future]] = {}
+        self._recent: OrderedDict[int, tuple[Block, merkle.Tree]] = OrderedDict()
+        self._recent_txs = 0
 
     async def commit(self, block: Block, ex: Executed) -> None:
         roots, sidecars = self.blobs_of(ex)
@@ -58,6 +66,8 @@ class Commit:
             self.replicator.stored(stored)  # answers peers' wants waiting for them
             self.metrics.sidecars_stored.inc(len(stored))
         self.replicator.on_commit(block.header.height, roots, wanted)
+        if ex.txs:
+            self._remember(block, merkle.Tree([t.id for t in ex.txs]))
         self.metrics.height.set(block.header.height)
         self.metrics.committed.inc(len(ex.txs))
         self.metrics.mempool.set(len(self.mempool))
@@ -90,17 +100,39 @@ class Commit:
         self.ledger.commit_block(block, ex.writes, ex.nodes)
         return done
 
+    def included(self, height: int) -> tuple[Block, merkle.Tree] | None:
+        """Committed block `height` and its transaction tree (None if not held here)."""
+        hit = self._recent.get(height)
+        if hit is None:
+            block = self.ledger.block(height)
+            if block is None or not block.txs:
+                return None
+            hit = self._remember(block, merkle.Tree(block.tx_ids))
+        return hit
+
+    def _remember(self, block: Block, tree: merkle.Tree) -> tuple[Block, merkle.Tree]:
+        h = block.header.height
+        if h in self._recent:
+            return self._recent[h]
+        self._recent[h] = hit = (block, tree)
+        self._recent_txs += tree.size
+        while len(self._recent) > 1 and (len(self._recent) > RECENT_BLOCKS or self._recent_txs > RECENT_TXS):
+            old = min(self._recent)  # the oldest height goes (an old one read now is not kept long)
+            self._recent_txs -= self._recent.pop(old)[1].size
+        return hit
+
     def tx_status(self, txid: bytes) -> dict:
         """For GET /v1/tx: committed (with its inclusion proof), pending, rejected (why) or unknown."""
         rec = self.ledger.receipt(txid)
         if rec is not None:
             height, idx = rec.height, rec.tx_index
-            block = self.ledger.block(height)
-            ids = block.tx_ids
-            return {"status": "committed", "height": height, "index": idx, "code": rec.code,
-                    "result": CODES.get(rec.code, "unknown"), "block_hash": block.hash.hex(),
-                    "tx_root": block.header.tx_root.hex(), "tx_count": len(ids),
-                    "proof": [p.hex() for p in merkle.proof(ids, idx)]}
+            hit = self.included(height)
+            if hit is not None:
+                block, tree = hit
+                return {"status": "committed", "height": height, "index": idx, "code": rec.code,
+                        "result": CODES.get(rec.code, "unknown"), "block_hash": block.hash.hex(),
+                        "tx_root": block.header.tx_root.hex(), "tx_count": tree.size,
+                        "proof": [p.hex() for p in tree.proof(idx)]}
         if txid in self.mempool:
             return {"status": "pending"}
         if txid in self.admission.rejected:

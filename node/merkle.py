@@ -44,20 +44,52 @@ def root(leaves: Sequence[bytes]) -> bytes:
     return _root([_leaf(x) for x in leaves])
 
 
+class Tree:
+    """A tree's levels, hashed once: its root, and any leaf's audit path without hashing again
+    (a status poll per transaction of a block asks for a path each; rebuilding the tree every time
+    was O(n) hashes per poll)."""
+
+    __slots__ = ("levels",)
+
+    def __init__(self, leaves: Sequence[bytes]) -> None:
+        if not leaves:
+            raise ValueError("a tree of no leaves has no paths")
+        level = [_leaf(x) for x in leaves]
+        self.levels = [level]
+        while len(level) > 1:  # the same bottom-up pairing as _root
+            nxt = [_node(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+            if len(level) % 2:
+                nxt.append(level[-1])
+            self.levels.append(nxt)
+            level = nxt
+
+    @property
+    def root(self) -> bytes:
+        return self.levels[-1][0]
+
+    @property
+    def size(self) -> int:
+        return len(self.levels[0])
+
+    def proof(self, index: int) -> list[bytes]:
+        """The audit path of leaf `index`, leaf side first (RFC 6962 section 2.1.1): the sibling at
+        each level, none where the node is an odd last one carried up unchanged."""
+        if not 0 <= index < self.size:
+            raise IndexError("leaf index out of range")
+        out = []
+        for level in self.levels[:-1]:
+            sib = index ^ 1
+            if sib < len(level):
+                out.append(level[sib])
+            index >>= 1
+        return out
+
+
 def proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
     """The audit path of leaf `index`, leaf-side first (RFC 6962 section 2.1.1)."""
     if not 0 <= index < len(leaves):
         raise IndexError("leaf index out of range")
-
-    def path(hs: Sequence[bytes], m: int) -> list[bytes]:
-        if len(hs) == 1:
-            return []
-        k = _split(len(hs))
-        if m < k:
-            return path(hs[:k], m) + [_root(hs[k:])]
-        return path(hs[k:], m - k) + [_root(hs[:k])]
-
-    return path([_leaf(x) for x in leaves], index)
+    return Tree(leaves).proof(index)
 
 
 def verify(leaf: bytes, index: int, size: int, path: Sequence[bytes], expected_root: bytes) -> bool:

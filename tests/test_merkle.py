@@ -103,6 +103,22 @@ def test_every_proof_verifies_and_matches_rfc_path(n):
 
 
 @pytest.mark.parametrize("n", range(1, MAX_N + 1))
+def test_a_tree_hashed_once_gives_the_rfc_root_and_every_rfc_path(n):
+    d = leaves(n)
+    t = merkle.Tree(d)
+    assert (t.root, t.size) == (mth(d), n)
+    assert [t.proof(i) for i in range(n)] == [rfc_path(i, d) for i in range(n)]
+    for bad in (-1, n):
+        with pytest.raises(IndexError):
+            t.proof(bad)
+
+
+def test_a_tree_needs_a_leaf():
+    with pytest.raises(ValueError):
+        merkle.Tree([])
+
+
+@pytest.mark.parametrize("n", range(1, MAX_N + 1))
 def test_tampered_proofs_fail(n):
     d = leaves(n)
     r = mth(d)
