@@ -37,6 +37,9 @@ Run = Callable[..., Awaitable[Any]]  # runs blocking work in the ledger worker t
 # in transactions, so a few large blocks cannot hold much memory.
 RECENT_BLOCKS = 16
 RECENT_TXS = 4096
+# A block long-polled for (GET /v1/blocks/{h}?wait=S) is waited for only this far past the head: a
+# client following the chain asks for the next one; nobody parks a waiter on a height years ahead.
+WAIT_AHEAD = 64
 
 
 class Commit:
@@ -45,6 +48,7 @@ class Commit:
         self.ledger, self.blobs, self.mempool, self.admission = ledger, blobs, mempool, admission
         self.sidecars, self.replicator, self.metrics, self._run = sidecars, replicator, metrics, run
         self._waiters: dict[bytes, list[asyncio.Future]] = {}
+        self._height_waiters: dict[int, list[asyncio.Future]] = {}
         self._recent: OrderedDict[int, tuple[Block, merkle.Tree]] = OrderedDict()
         self._recent_txs = 0
 
@@ -69,6 +73,7 @@ class Commit:
         if ex.txs:
             self._remember(block, merkle.Tree([t.id for t in ex.txs]))
         self.metrics.height.set(block.header.height)
+        self._wake_heights(block.header.height)
         self.metrics.committed.inc(len(ex.txs))
         self.metrics.mempool.set(len(self.mempool))
         self.mempool.prune_buckets(now)
@@ -138,6 +143,36 @@ class Commit:
         if txid in self.admission.rejected:
             return {"status": "rejected", "reason": self.admission.rejected[txid]}
         return {"status": "unknown"}
+
+    async def wait_height(self, height: int, timeout: float) -> bool:
+        """True once block `height` is committed here (waiting up to `timeout` seconds; at once
+        False for a height more than WAIT_AHEAD past the head)."""
+        head = self.ledger.head().height
+        if height <= head:
+            return True
+        if height > head + WAIT_AHEAD:
+            return False
+        fut = asyncio.get_running_loop().create_future()
+        self._height_waiters.setdefault(height, []).append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except TimeoutError:
+            return self.ledger.head().height >= height
+        finally:
+            lst = self._height_waiters.get(height)
+            if lst and fut in lst:
+                lst.remove(fut)
+                if not lst:
+                    del self._height_waiters[height]
+
+    def _wake_heights(self, head: int) -> None:
+        # every height up to the head: a checkpoint's install moves the head past heights that
+        # were never committed here one by one
+        for h in [h for h in self._height_waiters if h <= head]:
+            for fut in self._height_waiters.pop(h):
+                if not fut.done():
+                    fut.set_result(True)
 
     async def wait_committed(self, txid: bytes, timeout: float) -> bool:
         """True once `txid` is committed here (waiting up to `timeout` seconds)."""

@@ -70,6 +70,9 @@ async def get_block(req: web.Request) -> web.Response:
     h = req.match_info["height"]
     # isascii: str.isdigit() is true for "²", which int() refuses (a 500 found by the fuzzer)
     height = v.ledger.head().height if h == "latest" else (int(h) if h.isascii() and h.isdigit() else -1)
+    wait = min(max(int_query(req, "wait", 0), 0), 30)
+    if wait and 1 <= height < 2**63:  # a client following the chain: one request per block, no polling
+        await v.committer.wait_height(height, wait)
     raw = v.ledger.block_raw(height) if 1 <= height < 2**63 else None
     if raw is None:
         base = v.ledger.base_height()

@@ -1,0 +1,42 @@
+"""A client following the chain long-polls the next block (GET /v1/blocks/{h}?wait=S) on a real
+validator process: one request per block, answered when the block commits."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from devices.patient.client import NodeClient
+from node.crypto.keys import Identity
+from node.tx import Profile, Tx
+from tests.conftest import run
+
+
+def test_the_next_block_is_long_polled_and_a_far_height_is_refused_at_once(node, genesis):
+    async def go() -> None:
+        async with NodeClient(node.url) as c, aiohttp.ClientSession() as s:
+            head = (await c.status())["height"]
+
+            async def get(height: int, wait: str) -> tuple[int, dict]:
+                async with s.get(f"{node.url}/v1/blocks/{height}", params={"wait": wait}) as r:
+                    return r.status, await r.json()
+
+            poll = asyncio.create_task(get(head + 1, "20"))
+            await asyncio.sleep(0.5)
+            assert not poll.done()  # nothing committed: the request waits
+            ident = Identity.from_seed(b"follower test")
+            tx = Tx.build(ident, genesis.chain_id, 1, Profile("F", "nurse", "Ward", ident.box_public))
+            await c.submit(tx.raw)
+            status, blk = await asyncio.wait_for(poll, 15)  # answered by the commit, not the wait
+            assert status == 200 and blk["height"] == head + 1 and tx.id.hex() in blk["tx_ids"]
+            # a height not committed within the wait: 404, as without a wait
+            status, body = await get(head + 2, "1")
+            assert status == 404 and "no block" in body["error"]
+            # far past the head: 404 at once (no waiter is parked), whatever the wait asked
+            status, _ = await asyncio.wait_for(get(head + 1000, "30"), 10)
+            assert status == 404
+            status, body = await get(head + 2, "soon")
+            assert status == 400
+            assert (await get(head + 1, "5"))[0] == 200  # a committed block: at once
+    run(go())
