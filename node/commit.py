@@ -63,9 +63,7 @@ class Commit:
             t0 = self.admission.submitted_at.pop(tx.id, None)
             if t0 is not None:
                 self.metrics.commit_latency.observe(now - t0)
-            for fut in self._waiters.pop(tx.id, ()):
-                if not fut.done():
-                    fut.set_result(True)
+            _wake(self._waiters.pop(tx.id, []))
         if stored:
             self.replicator.stored(stored)  # answers peers' wants waiting for them
             self.metrics.sidecars_stored.inc(len(stored))
@@ -148,46 +146,43 @@ class Commit:
         """True once block `height` is committed here (waiting up to `timeout` seconds; at once
         False for a height more than WAIT_AHEAD past the head)."""
         head = self.ledger.head().height
-        if height <= head:
-            return True
         if height > head + WAIT_AHEAD:
             return False
-        fut = asyncio.get_running_loop().create_future()
-        self._height_waiters.setdefault(height, []).append(fut)
-        try:
-            await asyncio.wait_for(fut, timeout)
-            return True
-        except TimeoutError:
-            return self.ledger.head().height >= height
-        finally:
-            lst = self._height_waiters.get(height)
-            if lst and fut in lst:
-                lst.remove(fut)
-                if not lst:
-                    del self._height_waiters[height]
+        return await _wait(self._height_waiters, height, timeout, lambda: self.ledger.head().height >= height)
 
     def _wake_heights(self, head: int) -> None:
         # every height up to the head: a checkpoint's install moves the head past heights that
         # were never committed here one by one
         for h in [h for h in self._height_waiters if h <= head]:
-            for fut in self._height_waiters.pop(h):
-                if not fut.done():
-                    fut.set_result(True)
+            _wake(self._height_waiters.pop(h))
 
     async def wait_committed(self, txid: bytes, timeout: float) -> bool:
         """True once `txid` is committed here (waiting up to `timeout` seconds)."""
-        if self.ledger.tx_location(txid) is not None:
-            return True
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(txid, []).append(fut)
-        try:
-            await asyncio.wait_for(fut, timeout)
-            return True
-        except TimeoutError:
-            return self.ledger.tx_location(txid) is not None
-        finally:
-            lst = self._waiters.get(txid)
-            if lst and fut in lst:
-                lst.remove(fut)
-                if not lst:
-                    del self._waiters[txid]
+        return await _wait(self._waiters, txid, timeout, lambda: self.ledger.tx_location(txid) is not None)
+
+
+def _wake(futs: list[asyncio.Future]) -> None:
+    for fut in futs:
+        if not fut.done():
+            fut.set_result(True)
+
+
+async def _wait(waiters: dict[Any, list[asyncio.Future]], key: Any, timeout: float,
+                done: Callable[[], bool]) -> bool:
+    """Wait up to `timeout` seconds for `waiters[key]` to be woken; `done()` says whether what it
+    waits for happened already (then no waiter is parked), and is asked again after a timeout."""
+    if done():
+        return True
+    fut = asyncio.get_running_loop().create_future()
+    waiters.setdefault(key, []).append(fut)
+    try:
+        await asyncio.wait_for(fut, timeout)
+        return True
+    except TimeoutError:
+        return done()
+    finally:
+        lst = waiters.get(key)
+        if lst and fut in lst:
+            lst.remove(fut)
+            if not lst:
+                del waiters[key]
