@@ -103,13 +103,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_loadtest(args: argparse.Namespace) -> int:
     import tempfile
 
+    from devices import aio
     from devices.load.loadgen import run_load
     from devices.net.localnet import ONE_ADDRESS_FLEET, make_network, supervised
     from node.genesis import Params
 
     def go(urls: list[str]) -> dict:
-        return asyncio.run(run_load(urls, args.senders, args.per_sender, args.batch, args.lanes,
-                                    kind=args.kind, rate=args.rate)).as_dict()
+        return aio.run(run_load(urls, args.senders, args.per_sender, args.batch, args.lanes,
+                                  kind=args.kind, rate=args.rate)).as_dict()
 
     from devices.load.floor import floor_line, measure_floor
     floor_us = measure_floor()

@@ -12,7 +12,6 @@ Workloads:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import signal
@@ -21,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from devices import aio
 from devices.load.benchmeter import (
     Validators,
     energy,
@@ -93,15 +93,6 @@ def _steps(args: argparse.Namespace) -> list[tuple[str, FleetConfig, str]]:
         return [("all CPUs free", cfg(rate=r), ""), (f"validators on 1 CPU{nice}", cfg(rate=r), "validators"),
                 (f"generator on 1 CPU{nice}", cfg(rate=r), "generator")]
     raise ValueError(f"unknown workload {w!r}")
-
-
-def _run(coro):
-    """The generator runs on uvloop, as the validators do: it halves the CPU of each HTTP request."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
 
 
 def _renice(pid: int, nice: int) -> None:
@@ -193,7 +184,7 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> dict:
             def mark(name: str, marks: dict = marks) -> None:  # counters over the measured window only
                 marks[name] = (vals.sample(), rapl_joules(zones) if zones else None)
             try:
-                res = _run(run_fleet(urls, cfg, Progress(label), args.check_sample if args.workload == "fleet" else 0,
+                res = aio.run(run_fleet(urls, cfg, Progress(label), args.check_sample if args.workload == "fleet" else 0,
                                      mark))
             finally:
                 _unpin(pin, pids)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from urllib.request import urlopen
 
+from devices import aio
 from devices.net.localnet import make_network, supervised
 from devices.patient import envelope
 from devices.patient.client import NodeClient
@@ -155,11 +156,11 @@ def main(windows: int = 4, validators: int = 4, seconds: float = 30.0, phones: i
         entry = nodes[1 % validators].url
         with supervised(nodes):  # as `medchain devnet`: no validator outlives the demo
             print(f"\n1. the paper's flow, through validator {1 % validators} (not the primary)")
-            summary = asyncio.run(flow(entry, genesis, windows))
+            summary = aio.run(flow(entry, genesis, windows))
             cpu0 = [n.cpu_seconds() for n in nodes]
             h0 = json.loads(urlopen(nodes[0].url + "/v1/status").read())["height"]
             print(f"\n2. {phones} phones x {len(KINDS)} wearables for {seconds:.0f} s (closed loop)")
-            load = asyncio.run(fleet([n.url for n in nodes], genesis, phones, seconds))
+            load = aio.run(fleet([n.url for n in nodes], genesis, phones, seconds))
             cpu = [n.cpu_seconds() - c for n, c in zip(nodes, cpu0, strict=True)]
             blocks = json.loads(urlopen(nodes[0].url + "/v1/status").read())["height"] - h0
             # the last blocks may still be landing on some validators: give them a moment to converge
