@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,9 +33,9 @@ from node.tx import KIND_WRITE
 Run = Callable[..., Awaitable[Any]]  # runs blocking work in the ledger worker thread
 # Committed blocks kept decoded with their transaction tree, for the status polls that follow a
 # commit (each client asks about its own transaction of the newest blocks): bounded in blocks and
-# in transactions, so a few large blocks cannot hold much memory.
+# in bytes (transactions, and 64 bytes a leaf for the tree), so large blocks cannot hold much memory.
 RECENT_BLOCKS = 16
-RECENT_TXS = 4096
+RECENT_BYTES = 8 * 1024 * 1024
 # A block long-polled for (GET /v1/blocks/{h}?wait=S) is waited for only this far past the head: a
 # client following the chain asks for the next one; nobody parks a waiter on a height years ahead.
 WAIT_AHEAD = 64
@@ -49,8 +48,8 @@ class Commit:
         self.sidecars, self.replicator, self.metrics, self._run = sidecars, replicator, metrics, run
         self._waiters: dict[bytes, list[asyncio.Future]] = {}
         self._height_waiters: dict[int, list[asyncio.Future]] = {}
-        self._recent: OrderedDict[int, tuple[Block, merkle.Tree]] = OrderedDict()
-        self._recent_txs = 0
+        self._recent: dict[int, tuple[Block, merkle.Tree, int]] = {}  # height -> block, tree, bytes
+        self._recent_bytes = 0
 
     async def commit(self, block: Block, ex: Executed) -> None:
         roots, sidecars = self.blobs_of(ex)
@@ -71,7 +70,7 @@ class Commit:
         if ex.txs:
             self._remember(block, merkle.Tree([t.id for t in ex.txs]))
         self.metrics.height.set(block.header.height)
-        self._wake_heights(block.header.height)
+        self.wake_heights(block.header.height)
         self.metrics.committed.inc(len(ex.txs))
         self.metrics.mempool.set(len(self.mempool))
         self.mempool.prune_buckets(now)
@@ -106,23 +105,29 @@ class Commit:
     def included(self, height: int) -> tuple[Block, merkle.Tree] | None:
         """Committed block `height` and its transaction tree (None if not held here)."""
         hit = self._recent.get(height)
-        if hit is None:
-            block = self.ledger.block(height)
-            if block is None or not block.txs:
-                return None
-            hit = self._remember(block, merkle.Tree(block.tx_ids))
-        return hit
+        if hit is not None:
+            return hit[0], hit[1]
+        block = self.ledger.block(height)
+        if block is None or not block.txs:
+            return None
+        tree = merkle.Tree(block.tx_ids)
+        self._remember(block, tree)
+        return block, tree
 
-    def _remember(self, block: Block, tree: merkle.Tree) -> tuple[Block, merkle.Tree]:
+    def block_at(self, height: int) -> Block | None:
+        """Committed block `height` (from the newest kept, else the ledger), without its tree."""
+        hit = self._recent.get(height)
+        return hit[0] if hit is not None else self.ledger.block(height)
+
+    def _remember(self, block: Block, tree: merkle.Tree) -> None:
         h = block.header.height
-        if h in self._recent:
-            return self._recent[h]
-        self._recent[h] = hit = (block, tree)
-        self._recent_txs += tree.size
-        while len(self._recent) > 1 and (len(self._recent) > RECENT_BLOCKS or self._recent_txs > RECENT_TXS):
-            old = min(self._recent)  # the oldest height goes (an old one read now is not kept long)
-            self._recent_txs -= self._recent.pop(old)[1].size
-        return hit
+        if h in self._recent or (len(self._recent) >= RECENT_BLOCKS and h < min(self._recent)):
+            return  # an old block read for one poll is not kept: it would push out a newer one
+        size = sum(map(len, block.txs)) + 64 * tree.size
+        self._recent[h] = (block, tree, size)
+        self._recent_bytes += size
+        while len(self._recent) > 1 and (len(self._recent) > RECENT_BLOCKS or self._recent_bytes > RECENT_BYTES):
+            self._recent_bytes -= self._recent.pop(min(self._recent))[2]  # the oldest height goes
 
     def tx_status(self, txid: bytes) -> dict:
         """For GET /v1/tx: committed (with its inclusion proof), pending, rejected (why) or unknown."""
@@ -150,9 +155,9 @@ class Commit:
             return False
         return await _wait(self._height_waiters, height, timeout, lambda: self.ledger.head().height >= height)
 
-    def _wake_heights(self, head: int) -> None:
-        # every height up to the head: a checkpoint's install moves the head past heights that
-        # were never committed here one by one
+    def wake_heights(self, head: int) -> None:
+        """Wake the waiters of every height up to `head`: at each commit, and after a checkpoint's
+        install (Validator._rebuild_from_disk), which moves the head past heights never committed here."""
         for h in [h for h in self._height_waiters if h <= head]:
             _wake(self._height_waiters.pop(h))
 

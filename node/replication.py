@@ -111,7 +111,13 @@ class Replicator:
         if not roots:
             return
         self.stats["committed_blobs"] += len(roots)
-        self._asked[height] = time.monotonic()
+        now = time.monotonic()
+        self._asked[height] = now
+        while self._asked:  # entries older than ASK_EVERY_S mean what absence means: oldest first
+            h, t = next(iter(self._asked.items()))
+            if now - t <= ASK_EVERY_S:
+                break
+            del self._asked[h]
         _trim(self._asked)
         self._pending[height] = {r.multihash for r in wanted}
         _trim(self._pending)

@@ -151,6 +151,9 @@ class Validator:
         self.replica = self._new_replica()
         await self._recover()
         self._wake.set()
+        # a checkpoint's install (node/statesync.py) moves the head without a commit here: long
+        # polls for the heights it passed are answered now, not at their timeout
+        self.committer.wake_heights(self.ledger.head().height)
         return self.replica.last_delivered, self.replica.view
 
     def _new_replica(self) -> Replica:

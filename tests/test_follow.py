@@ -4,6 +4,7 @@ validator process: one request per block, answered when the block commits."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiohttp
 
@@ -30,9 +31,11 @@ def test_the_next_block_is_long_polled_and_a_far_height_is_refused_at_once(node,
             await c.submit(tx.raw)
             status, blk = await asyncio.wait_for(poll, 15)  # answered by the commit, not the wait
             assert status == 200 and blk["height"] == head + 1 and tx.id.hex() in blk["tx_ids"]
-            # a height not committed within the wait: 404, as without a wait
+            # a height not committed within the wait: 404 once the wait is over, as without a wait
+            asked = time.monotonic()
             status, body = await get(head + 2, "1")
             assert status == 404 and "no block" in body["error"]
+            assert time.monotonic() - asked >= 0.9  # it waited (a lower bound, not a speed)
             # far past the head: 404 at once (no waiter is parked), whatever the wait asked
             status, _ = await asyncio.wait_for(get(head + 1000, "30"), 10)
             assert status == 404

@@ -14,8 +14,10 @@ from devices.patient.phone import Phone
 from node.crypto.keys import Identity
 from node.ipfs.blockstore import BlockStore
 from node.ipfs.cid import Cid, cid_v1_raw
+from node.replication import ASK_EVERY_S, Replicator
 from node.tx import DATA_TYPES
 from node.tx.model import Write
+from node.wire import decode, encode
 from tests.conftest import run, running_network
 
 
@@ -117,3 +119,44 @@ def test_committed_blob_replicates_becomes_available_and_is_read_anywhere(net4):
 
 async def _all_hold(nodes, cid: Cid) -> bool:
     return all(_holds(n, cid) for n in nodes)
+
+
+class _Peers:
+    """The three other validators as the replicator's `net` sees them (P2PNode's `peers` and
+    `request`): each records what it is asked and holds nothing yet."""
+
+    def __init__(self) -> None:
+        self.peers = ["v1", "v2", "v3"]
+        self.asked: list[tuple[str, list[int]]] = []
+
+    async def request(self, peer: str, protocol: str, payload: bytes, timeout: float) -> bytes:
+        self.asked.append((peer, decode(payload)[1]))
+        return encode([])
+
+
+def test_a_fresh_commit_is_not_asked_about_an_old_or_unseen_height_is(tmp_path) -> None:
+    """A status poll right after a commit reports availability without asking the peers (they
+    announce it unasked within ANNOUNCE_EVERY_S); a height committed ASK_EVERY_S ago whose holders
+    never announced, or one this validator did not see commit (before its restart), is asked about."""
+    store = BlockStore(tmp_path / "blobs")
+    r = Replicator(store, 4)
+    net = r.net = _Peers()
+    cid = cid_v1_raw(b"a window")
+
+    async def go() -> None:
+        r.on_commit(7, [cid], [])  # its blob rode in as a sidecar: nothing wanted
+        assert r.availability(cid, 7)["available"] is False  # only announcements raise the count
+        await asyncio.sleep(0.01)
+        assert net.asked == [] and r.stats["asked"] == 0
+        r._asked[7] -= ASK_EVERY_S + 1  # no peer announced within ASK_EVERY_S
+        r.availability(cid, 7)
+        await asyncio.sleep(0.01)
+        assert sorted(net.asked) == [("v1", [7]), ("v2", [7]), ("v3", [7])]
+        net.asked.clear()
+        r.availability(cid, 3)  # not committed since this validator started
+        await asyncio.sleep(0.01)
+        assert sorted(net.asked) == [("v1", [3]), ("v2", [3]), ("v3", [3])] and r.stats["asked"] == 2
+    try:
+        asyncio.run(go())
+    finally:
+        store.close()

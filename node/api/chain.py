@@ -102,10 +102,10 @@ async def metrics(req: web.Request) -> web.Response:
 
 def add_availability(v: Validator, st: dict) -> None:
     """For a committed data write: how many validators hold its blob, and whether 2f+1 do."""
-    hit = v.committer.included(st["height"])
-    if hit is None:
+    block = v.committer.block_at(st["height"])
+    if block is None:
         return
-    tx = Tx.decode(hit[0].txs[st["index"]], check_sig=False)
+    tx = Tx.decode(block.txs[st["index"]], check_sig=False)
     if tx.kind == KIND_WRITE:
         try:
             blob = v.replicator.availability(tx.body.root, st["height"])
