@@ -214,8 +214,11 @@ class Replicator:
             results = await asyncio.gather(*(self._send(p, sorted(hs)[:MAX_MSG_HEIGHTS], []) for p, hs in batch.items()),
                                            return_exceptions=True)
             for (p, hs), ok in zip(batch.items(), results, strict=True):
-                if ok is not True:
-                    self._announce.setdefault(p, set()).update(hs)
+                # what failed goes again, and so does what one message could not hold (after an
+                # outage more than MAX_MSG_HEIGHTS heights may wait): the newest were left out
+                left = hs if ok is not True else set(sorted(hs)[MAX_MSG_HEIGHTS:])
+                if left:
+                    self._announce.setdefault(p, set()).update(left)
             if self._announce:
                 await asyncio.sleep(RETRY_MIN)
                 self._announce_evt.set()

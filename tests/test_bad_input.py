@@ -137,6 +137,8 @@ def test_bad_http_requests(node, genesis):
                 assert r.status == 404 and (await r.json())["status"] == "unknown"
             async with s.get(node.url + "/v1/blocks/999") as r:
                 assert r.status == 404
+            async with s.get(node.url + "/v1/blocks/" + "9" * 5000) as r:  # past int()'s digit limit
+                assert r.status == 404
             async with s.get(node.url + "/v1/blobs/notacid") as r:
                 assert r.status == 400 and "bad cid" in (await r.json())["error"]
             async with s.post(node.url + "/v1/blobs", data=b"some ciphertext") as r:  # unsigned upload

@@ -14,7 +14,7 @@ from devices.patient.phone import Phone
 from node.crypto.keys import Identity
 from node.ipfs.blockstore import BlockStore
 from node.ipfs.cid import Cid, cid_v1_raw
-from node.replication import ASK_EVERY_S, Replicator
+from node.replication import ASK_EVERY_S, MAX_MSG_HEIGHTS, Replicator
 from node.tx import DATA_TYPES
 from node.tx.model import Write
 from node.wire import decode, encode
@@ -128,9 +128,13 @@ class _Peers:
     def __init__(self) -> None:
         self.peers = ["v1", "v2", "v3"]
         self.asked: list[tuple[str, list[int]]] = []
+        self.told: dict[str, list[int]] = {}
 
     async def request(self, peer: str, protocol: str, payload: bytes, timeout: float) -> bytes:
-        self.asked.append((peer, decode(payload)[1]))
+        held, ask = decode(payload)
+        if ask:
+            self.asked.append((peer, ask))
+        self.told.setdefault(peer, []).extend(held)
         return encode([])
 
 
@@ -160,3 +164,30 @@ def test_a_fresh_commit_is_not_asked_about_an_old_or_unseen_height_is(tmp_path) 
         asyncio.run(go())
     finally:
         store.close()
+
+
+def test_announcements_beyond_one_message_go_in_the_next_round(tmp_path) -> None:
+    """After an outage more heights may wait than one blobs-held message holds (MAX_MSG_HEIGHTS):
+    the rest go in the next round instead of being dropped (a peer would then have to ask)."""
+    store = BlockStore(tmp_path / "blobs")
+    r = Replicator(store, 4)
+    net = r.net = _Peers()
+    waiting = set(range(1, MAX_MSG_HEIGHTS + 101))
+
+    async def go() -> None:
+        r._announce = {"v1": set(waiting)}
+        task = asyncio.create_task(r._announcer())
+        r._announce_evt.set()
+        try:
+            for _ in range(100):
+                await asyncio.sleep(0.1)
+                if len(net.told.get("v1", [])) == len(waiting):
+                    break
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    try:
+        asyncio.run(go())
+    finally:
+        store.close()
+    assert sorted(net.told["v1"]) == sorted(waiting) and not r._announce

@@ -69,7 +69,9 @@ async def get_block(req: web.Request) -> web.Response:
     v = validator(req)
     h = req.match_info["height"]
     # isascii: str.isdigit() is true for "²", which int() refuses (a 500 found by the fuzzer)
-    height = v.ledger.head().height if h == "latest" else (int(h) if h.isascii() and h.isdigit() else -1)
+    # at most 19 digits: int() refuses a string over 4,300 digits (a 500), and heights are below 2**63
+    height = v.ledger.head().height if h == "latest" else (int(h) if h.isascii() and h.isdigit() and len(h) <= 19
+                                                            else -1)
     wait = min(max(int_query(req, "wait", 0), 0), 30)
     if wait and 1 <= height < 2**63:  # a client following the chain: one request per block, no polling
         await v.committer.wait_height(height, wait)
