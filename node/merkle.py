@@ -20,28 +20,23 @@ def _node(a: bytes, b: bytes) -> bytes:
     return hashlib.sha256(b"\x01" + a + b).digest()
 
 
-def _split(n: int) -> int:
-    k = 1
-    while k * 2 < n:
-        k *= 2
-    return k
-
-
-def _root(hashes: Sequence[bytes]) -> bytes:
+def _levels(hashes: list[bytes]) -> list[list[bytes]]:
     # Bottom-up: pair neighbours, carry an odd last node up unchanged; equals RFC 6962's recursion.
-    level = list(hashes)
+    level = hashes
+    out = [level]
     while len(level) > 1:
         nxt = [_node(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
         if len(level) % 2:
             nxt.append(level[-1])
+        out.append(nxt)
         level = nxt
-    return level[0]
+    return out
 
 
 def root(leaves: Sequence[bytes]) -> bytes:
     if not leaves:
         return EMPTY_ROOT
-    return _root([_leaf(x) for x in leaves])
+    return Tree(leaves).root
 
 
 class Tree:
@@ -54,14 +49,7 @@ class Tree:
     def __init__(self, leaves: Sequence[bytes]) -> None:
         if not leaves:
             raise ValueError("a tree of no leaves has no paths")
-        level = [_leaf(x) for x in leaves]
-        self.levels = [level]
-        while len(level) > 1:  # the same bottom-up pairing as _root
-            nxt = [_node(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
-            if len(level) % 2:
-                nxt.append(level[-1])
-            self.levels.append(nxt)
-            level = nxt
+        self.levels = _levels([_leaf(x) for x in leaves])
 
     @property
     def root(self) -> bytes:
