@@ -67,8 +67,8 @@ class Commit:
             self.replicator.stored(stored)  # answers peers' wants waiting for them
             self.metrics.sidecars_stored.inc(len(stored))
         self.replicator.on_commit(block.header.height, roots, wanted)
-        if ex.txs:
-            self._remember(block, merkle.Tree([t.id for t in ex.txs]))
+        if ex.tx_tree is not None:  # hashed once, when the block was executed
+            self._remember(block, ex.tx_tree)
         self.metrics.height.set(block.header.height)
         self.wake_heights(block.header.height)
         self.metrics.committed.inc(len(ex.txs))

@@ -44,6 +44,8 @@ class Executed:
     nodes: dict[bytes, bytes]  # the state tree's dirty nodes, written with the block at commit
     parent_tree: smt.GetNode
     rules: Rules = NO_ISSUERS
+    tx_tree: merkle.Tree | None = None  # over the transaction ids (None: no transactions); the
+    # header's tx_root is its root, and status polls take their proofs from it after the commit
 
     # Both readers look their parent up at each call (not a closure over it) so that the pipeline's
     # commit stage can re-point a child at the ledger once its parent commits: a chain of executed
@@ -65,10 +67,14 @@ def build_block(tip: Tip, txs: list[Tx], chain_id: str, view: int, proposer: int
     height = tip.height + 1
     time_ms = max(now_ms, tip.time_ms)
     res = apply_block(tip.get, txs, height, time_ms, tip.tree, tip.rules)
-    header = Header(chain_id, height, tip.hash, view, height, time_ms, merkle.root([t.id for t in txs]),
-                    res.state_root, proposer)
+    tx_tree = merkle.Tree([t.id for t in txs]) if txs else None
+    header = Header(chain_id, height, tip.hash, view, height, time_ms, _tx_root(tx_tree), res.state_root, proposer)
     return Executed(Block(header, tuple(t.raw for t in txs)), txs, res.codes, res.writes, tip.get, res.nodes,
-                    tip.tree, tip.rules)
+                    tip.tree, tip.rules, tx_tree)
+
+
+def _tx_root(tx_tree: merkle.Tree | None) -> bytes:
+    return merkle.EMPTY_ROOT if tx_tree is None else tx_tree.root
 
 
 def check_block(block: Block, tip: Tip, chain_id: str, now_ms: int, verified: Callable[[bytes], bool],
@@ -89,7 +95,8 @@ def check_block(block: Block, tip: Tip, chain_id: str, now_ms: int, verified: Ca
         raise InvalidBlock(f"block time is {(h.time_ms - now_ms) / 1000:.1f} s ahead of this validator's clock "
                            f"(at most {MAX_FUTURE_MS / 1000:.0f} s)")
     ids = block.tx_ids
-    if merkle.root(ids) != h.tx_root:
+    tx_tree = merkle.Tree(ids) if ids else None
+    if _tx_root(tx_tree) != h.tx_root:
         raise InvalidBlock("transaction root mismatch")
     try:
         txs = [known(i) or Tx.decode(raw, chain_id, check_sig=False) for i, raw in zip(ids, block.txs, strict=True)]
@@ -105,4 +112,4 @@ def check_block(block: Block, tip: Tip, chain_id: str, now_ms: int, verified: Ca
     res = apply_block(tip.get, txs, h.height, h.time_ms, tip.tree, tip.rules)
     if res.state_root != h.state_root:
         raise InvalidBlock("state root mismatch")
-    return Executed(block, txs, res.codes, res.writes, tip.get, res.nodes, tip.tree, tip.rules)
+    return Executed(block, txs, res.codes, res.writes, tip.get, res.nodes, tip.tree, tip.rules, tx_tree)
