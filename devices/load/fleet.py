@@ -321,16 +321,11 @@ class Fleet:
             try:
                 # a long poll: one request per block (polling /v1/status every 10 ms cost the
                 # validator it asked about 3% of a core, counted in the validators' CPU)
-                asked = time.monotonic()
-                blk = await c.get_json(f"/v1/blocks/{h + 1}", wait=FOLLOW_WAIT_S)
-            except ApiError as exc:
-                # a 404 after the wait: not committed yet, ask again at once; any other refusal, or a
-                # 404 at once (a height below the validator's checkpoint), is not asked again in a loop
-                if exc.status != 404 or time.monotonic() - asked < FOLLOW_WAIT_S / 2:
-                    await asyncio.sleep(0.1)
-                continue
-            except (aiohttp.ClientError, TimeoutError):  # a slow or busy validator: ask again
+                blk = await c.next_block(h + 1, FOLLOW_WAIT_S)
+            except (aiohttp.ClientError, ApiError, TimeoutError):  # a slow or busy validator: ask again
                 await asyncio.sleep(0.1)
+                continue
+            if blk is None:
                 continue
             h += 1
             t = time.monotonic()

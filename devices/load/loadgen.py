@@ -103,15 +103,8 @@ async def _run(clients: list[NodeClient], senders: int, per_sender: int, batch: 
     async def follow() -> int:
         h = start_height
         while True:
-            asked = time.monotonic()
-            try:  # a long poll, one request per block (not /v1/status every 10 ms on a validator)
-                blk = await c.get_json(f"/v1/blocks/{h + 1}", wait=1)
-            except ApiError as exc:
-                if exc.status != 404:  # 404: no block within the wait
-                    raise
-                if time.monotonic() - asked < 0.5:  # at once (below a checkpoint): not in a tight loop
-                    await asyncio.sleep(0.1)
-            else:
+            blk = await c.next_block(h + 1, 1)  # a long poll: one request per block, not /v1/status every 10 ms
+            if blk is not None:
                 h += 1
                 t = time.monotonic()
                 for tid in blk["tx_ids"]:

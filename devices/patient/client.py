@@ -114,6 +114,20 @@ class NodeClient:
             if st["status"] in ("committed", "rejected") or left <= 0:
                 return st
 
+    async def next_block(self, height: int, wait: int) -> dict | None:
+        """Block `height` (JSON), long-polled up to `wait` seconds; None if it has not come. A 404
+        that comes at once (the height is below this validator's checkpoint) is answered after a
+        pause, so a follower calling again does not spin; other refusals raise ApiError."""
+        asked = time.monotonic()
+        try:
+            return await self.get_json(f"/v1/blocks/{height}", wait=wait)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            if time.monotonic() - asked < wait / 2:
+                await asyncio.sleep(0.1)
+            return None
+
     async def block_raw(self, height: int) -> bytes:
         if self.session is None:
             await self.__aenter__()
