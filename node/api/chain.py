@@ -72,10 +72,11 @@ async def get_block(req: web.Request) -> web.Response:
     # at most 19 digits: int() refuses a string over 4,300 digits (a 500), and heights are below 2**63
     height = v.ledger.head().height if h == "latest" else (int(h) if h.isascii() and h.isdigit() and len(h) <= 19
                                                             else -1)
+    valid = 1 <= height < 2**63
     wait = min(max(int_query(req, "wait", 0), 0), 30)
-    if wait and 1 <= height < 2**63:  # a client following the chain: one request per block, no polling
+    if wait and valid:  # a client following the chain: one request per block, no polling
         await v.committer.wait_height(height, wait)
-    raw = v.ledger.block_raw(height) if 1 <= height < 2**63 else None
+    raw = v.ledger.block_raw(height) if valid else None
     if raw is None:
         base = v.ledger.base_height()
         if 1 <= height < base:

@@ -65,9 +65,9 @@ for _name in ("libp2p.transport.tcp.tcp", "libp2p.host.basic_host", "libp2p.prot
 # py-libp2p's yamux (read at call time) answers every read with a WINDOW_UPDATE frame by default:
 # one more noise message and socket write per message received. Off, it sends one only when its
 # hysteresis says the sender's credit has fallen far enough (for small messages, about every other
-# read); flow control is unchanged (8 MiB messages and 16 MiB responses still pass). Two pairs each, us of CPU per write per
-# validator: `medchain demo` 890, 903 -> 842, 820; `medchain bench fleet --rate 700` 453, 448 ->
-# 444, 432. An operator's own setting is kept.
+# read); flow control is unchanged (8 MiB messages and 16 MiB responses still pass). Two pairs
+# each, us of CPU per write per validator: `medchain demo` 890, 903 -> 842, 820; `medchain bench
+# fleet --rate 700` 453, 448 -> 444, 432. An operator's own setting is kept.
 os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 
 DIRECT_PROTOCOL = TProtocol("/medchain/pbft/1.0.0")
