@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from node.crypto import ecdsa
 from node.crypto.keys import Identity, address_of
 from node.ipfs.cid import Cid
-from node.wire import MAX_TX_BYTES, WireError, decode, decode_canonical, encode
+from node.wire import MAX_TX_BYTES, WireError, check_size, decode, decode_canonical, encode
 
 VERSION = 1
 KIND_GRANT = 0x10  # access family: grant / change / revoke (empty set)
@@ -354,8 +354,7 @@ class Tx:
         out = []
         for p, s in zip(payloads, sigs, strict=True):
             raw = encode([p, s])
-            if len(raw) > MAX_TX_BYTES:
-                raise WireError(f"encoding is {len(raw)} bytes, limit {MAX_TX_BYTES}")
+            check_size(raw, MAX_TX_BYTES)
             # the bytes are canonical by construction (encode); the payload's fields are parsed and
             # checked as decode does (a bad body fails here, not at a validator), from one plain decode
             out.append(cls._parse(decode(p), p, s, raw, chain_id))

@@ -4,9 +4,10 @@ from node.wire.codec import (
     MAX_BLOCK_BYTES,
     MAX_TX_BYTES,
     WireError,
+    check_size,
     decode,
     decode_canonical,
     encode,
 )
 
-__all__ = ["MAX_BLOCK_BYTES", "MAX_TX_BYTES", "WireError", "decode", "decode_canonical", "encode"]
+__all__ = ["MAX_BLOCK_BYTES", "MAX_TX_BYTES", "WireError", "check_size", "decode", "decode_canonical", "encode"]

@@ -73,12 +73,17 @@ def _check_types(obj: Any, depth: int = 0) -> None:
         raise WireError(f"type {type(obj).__name__} is not allowed on the wire")
 
 
+def check_size(data: bytes, max_bytes: int) -> None:
+    """WireError if an encoding is over its limit (what decode checks first)."""
+    if len(data) > max_bytes:
+        raise WireError(f"encoding is {len(data)} bytes, limit {max_bytes}")
+
+
 def decode(data: bytes, max_bytes: int = MAX_TX_BYTES) -> Any:
     """Decode exactly one msgpack value; reject oversized input, trailing bytes, maps, floats, ext."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise WireError("expected bytes")
-    if len(data) > max_bytes:
-        raise WireError(f"encoding is {len(data)} bytes, limit {max_bytes}")
+    check_size(data, max_bytes)
     if len(data) == 0:
         raise WireError("empty input")
     try:
