@@ -260,6 +260,34 @@ def test_oversized_frame_refused_then_stream_recovers() -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_stop_closes_sockets_when_the_graceful_close_is_cut_short(mode: str, monkeypatch) -> None:
+    """On a loaded machine the bounded graceful close can run out of time: the sockets must be
+    closed all the same, or peers keep the stopped validator "connected" until the garbage
+    collector runs (the gossipsub restart test once waited 30 s for that), and its port stays busy."""
+    import gc
+
+    from node.p2p import _trio_side
+
+    monkeypatch.setattr(_trio_side, "TEARDOWN_S", 0.0)  # no time at all for the graceful close
+    net = Net(3, mode)
+
+    async def main() -> None:
+        await net.start()
+        try:
+            await net.wait_mesh()
+            gc.disable()  # no collector to close what the teardown left behind
+            await net.nodes[2].stop()
+            await until(lambda: all(net.ids[2] not in net.nodes[i].connected_peers() for i in range(2)), 10)
+            await net.start(2)  # the same port: free again
+            await net.wait_mesh()
+        finally:
+            gc.enable()
+            await net.stop()
+
+    run(main())
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_restart_reconnects_both_ways(mode: str) -> None:
     net = Net(4, mode)
 

@@ -76,6 +76,7 @@ WRITE_BATCH_BYTES = 256 * 1024  # queued frames coalesced into one stream write
 WRITE_BATCH_FRAMES = 1024
 DIAL_TIMEOUT = 5.0
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 1.0
+TEARDOWN_S = 2.0  # graceful close of connections and listener after stop(); then sockets are closed hard
 INBOX_HIGH = 20_000  # undelivered inbound messages at which direct-stream reads pause
 
 
@@ -385,7 +386,7 @@ class TrioSide:
                             self._stop.set()
                         await self._stop.wait()
                         # bound the shutdown: a stuck close must not hang stop()
-                        self._scope.deadline = trio.current_time() + 2.0
+                        self._scope.deadline = trio.current_time() + TEARDOWN_S
                         nursery.cancel_scope.cancel()
                     self.nursery = None
                     # Close connections and listener explicitly: leaving host.run() only cancels
@@ -405,6 +406,13 @@ class TrioSide:
             raise
         finally:
             self.connected = ()
+            if self.host is not None:
+                # A close cut short by the deadline (a loaded machine) leaves sockets that only the
+                # garbage collector would close: peers would keep a dead validator "connected" and
+                # a restart on the same port would find it busy.
+                n = _close_sockets(self.host.get_network())
+                if n:
+                    log.info("closed %d socket(s) left open by the p2p teardown", n)
 
     def _bound_port(self, host: Any) -> int:
         """py-libp2p only logs a failed listen; find our TCP address or fail loudly."""
@@ -526,6 +534,40 @@ class TrioSide:
                         await trio.sleep(0.002)
         except Exception as exc:  # noqa: BLE001 - EOF / reset / connection gone
             log.debug("inbound stream from %s ended: %r", name, exc)
+
+
+_SOCKET_PATH = ("muxed_conn", "secured_conn", "conn", "read_writer", "stream", "socket", "listeners")
+
+
+def _close_sockets(swarm: Any) -> int:
+    """Close, synchronously, every OS socket still open under the swarm's connections and
+    listeners (py-libp2p nests them: connection, muxer, secure session, raw connection, trio
+    stream, socket). Returns how many were open."""
+    seen: set[int] = set()
+    closed = 0
+
+    def walk(obj: Any, depth: int) -> None:
+        nonlocal closed
+        if obj is None or id(obj) in seen or depth > 12:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, trio.socket.SocketType):
+            if obj.fileno() != -1:
+                obj.close()
+                closed += 1
+            return
+        if isinstance(obj, list | tuple):
+            for item in obj:
+                walk(item, depth + 1)
+            return
+        for attr in _SOCKET_PATH:
+            walk(getattr(obj, attr, None), depth + 1)
+
+    for conn in list(swarm.get_connections()):
+        walk(conn, 0)
+    for listener in list(getattr(swarm, "listeners", {}).values()):
+        walk(listener, 0)
+    return closed
 
 
 async def _close_quietly(conn: Any) -> None:
