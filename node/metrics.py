@@ -53,6 +53,8 @@ class Metrics:
         self.blobs = Gauge("medchain_blobs_held", "Blocks in the IPFS block store", registry=r)
         self.sidecars_stored = Counter("medchain_sidecars_stored", "Blobs stored from the sidecars of committed "
                                        "writes (no bitswap round)", registry=r)
+        self.sidecar_cache = Gauge("medchain_sidecar_cache_bytes", "Bytes of forwarded sidecars held for writes "
+                                   "not yet committed", registry=r)
         self.uploads_collected = Counter("medchain_uploads_collected", "Standalone uploads no committed write "
                                          "named within the grace, deleted", registry=r)
         self.blob_integrity = Counter("medchain_blob_integrity_failures", "Stored blocks that failed their hash",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Iterable
 
 from node.consensus.messages import MAX_MESSAGE_BYTES
 from node.ipfs.cid import CODEC_RAW, CidError
@@ -90,7 +91,8 @@ def check_sidecar(tx: Tx, data: bytes) -> str | None:
 class SidecarCache:
     """Sidecars seen in forwarded batches, by the SHA-256 of their bytes (a raw CID's digest), so a
     block that commits before its batch is admitted still finds them. Self-verifying: a lookup by
-    digest can only return the bytes with that digest. Bounded in bytes; oldest out first."""
+    digest can only return the bytes with that digest. Bounded in bytes, oldest out first; the
+    commit takes out what it stored, so what stays is the writes in flight, not the last 16 MiB."""
 
     def __init__(self, max_bytes: int = 16 * 1024 * 1024) -> None:
         self.max_bytes, self.bytes = max_bytes, 0
@@ -109,6 +111,12 @@ class SidecarCache:
 
     def get(self, digest: bytes) -> bytes | None:
         return self._items.get(digest)
+
+    def discard(self, digests: Iterable[bytes]) -> None:
+        for d in digests:
+            data = self._items.pop(d, None)
+            if data is not None:
+                self.bytes -= len(data)
 
 
 # ---- forwarded batches among validators: [T_TXS, [item, ...]] ---------------------------------

@@ -382,6 +382,7 @@ class Validator:
             for _raw, side in items:
                 if side is not None:  # usable at once: by a held-back vote, by a block that beats admission
                     self.sidecars.add(side)
+            self.metrics.sidecar_cache.set(self.sidecars.bytes)
             if self.gate.parked():
                 self.gate.recheck()
             self._txin_bytes += len(data)

@@ -106,6 +106,8 @@ def test_sidecar_to_a_backup_is_held_everywhere_at_commit(tmp_path):
                             await asyncio.sleep(0.2)
                         assert st["blob"]["holders"] >= 3 and (await cn.status())["replication"]["asked"] == 0
                     assert await _metric(n.url, "medchain_sidecars_stored_total") == len(txs)
+                    # the forwarded copies went with the commit: the cache holds writes in flight only
+                    assert await _metric(n.url, "medchain_sidecar_cache_bytes") == 0
                 # the patient reads a window back from another validator: the bytes are the sidecar's
                 async with NodeClient(nodes[3].url) as c3:
                     cid = cid_v1_raw(blobs[5])
