@@ -43,3 +43,26 @@ def test_the_next_block_is_long_polled_and_a_far_height_is_refused_at_once(node,
             assert status == 400
             assert (await get(head + 1, "5"))[0] == 200  # a committed block: at once
     run(go())
+
+
+def test_next_block_returns_none_after_the_wait_and_pauses_on_an_immediate_404(node, genesis):
+    """`NodeClient.next_block`, the followers' call in the fleet and the load generator: a block
+    that has not come is None after the wait; a 404 the validator gives at once (a height far past
+    its head, or below its checkpoint) is answered after a pause, so a follower that calls again in
+    a loop does not spin on the validator."""
+    async def go() -> None:
+        async with NodeClient(node.url) as c:
+            head = (await c.status())["height"]
+            ident = Identity.from_seed(b"next_block test")
+            tx = Tx.build(ident, genesis.chain_id, 1, Profile("N", "nurse", "Ward", ident.box_public))
+            await c.submit(tx.raw)
+            blk = await c.next_block(head + 1, 15)  # answered by the commit
+            assert blk is not None and blk["height"] == head + 1 and tx.id.hex() in blk["tx_ids"]
+            assert await c.next_block(head + 2, 1) is None  # waited out
+            calls = 0
+            end = time.monotonic() + 1.0
+            while time.monotonic() < end:  # a follower's loop on a height the validator refuses at once
+                assert await c.next_block(head + 1000, 10) is None
+                calls += 1
+            assert calls <= 11, calls  # ~0.1 s apart, not hundreds of requests a second
+    run(go())
