@@ -144,7 +144,10 @@ class Commit:
                 return {"status": "committed", "height": height, "index": idx, "code": rec.code,
                         "result": CODES.get(rec.code, "unknown"), "block_hash": block.hash.hex(),
                         "tx_root": block.header.tx_root.hex(), "tx_count": tree.size,
-                        "proof": [p.hex() for p in tree.proof(idx)]}
+                        "proof": [p.hex() for p in tree.proof(idx)],
+                        # the certified header: a client checks the commit from this answer alone
+                        "header": block.header.encode().hex(), "certificate": [[i, s.hex()] for i, s in block.cert],
+                        "cert_view": block.cert_view}
         if txid in self.mempool:
             return {"status": "pending"}
         if txid in self.admission.rejected:

@@ -6,6 +6,7 @@ proof per key). Nothing the answering validator says is trusted beyond what thes
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from node import merkle
 from node.block import Block, BlockError, Header, verify_cert
@@ -38,6 +39,42 @@ def verify_inclusion(txid: bytes, index: int, tx_count: int, path: Sequence[byte
     return block
 
 
+def verify_status(txid: bytes, st: dict[str, Any], validators: Sequence[bytes], chain_id: str) -> Header:
+    """Check a committed answer of `GET /v1/tx/{id}` on its own: its `header` is certified by 2f+1
+    of `validators` (`certificate`, `cert_view`) and its audit path (`proof`, `index`, `tx_count`) leads
+    from `txid` to that header's transaction root. No block download: the header and certificate
+    ride in the answer; its `height` and `block_hash` must be the header's. Returns the header."""
+    try:
+        header_raw = bytes.fromhex(st["header"])
+        cert = [(i, bytes.fromhex(sig)) for i, sig in st["certificate"]]
+        cert_view, index, tx_count = st["cert_view"], st["index"], st["tx_count"]
+        path = [bytes.fromhex(p) for p in st["proof"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProofError(f"the answer carries no certified header and audit path ({exc!r})") from None
+    if not all(type(x) is int for x in (cert_view, index, tx_count, *(i for i, _ in cert))):
+        raise ProofError("cert_view, index, tx_count and validator indexes must be integers")
+    header = _certified_header(header_raw, cert, cert_view, validators, chain_id)
+    if not merkle.verify(txid, index, tx_count, path, header.tx_root):
+        raise ProofError("Merkle path does not lead to the block's transaction root")
+    if st.get("height") != header.height or st.get("block_hash") != header.hash.hex():
+        raise ProofError("the answer's height or block hash is not its certified header's")
+    return header
+
+
+def _certified_header(header_raw: bytes, cert: Sequence[tuple[int, bytes]], cert_view: int,
+                      validators: Sequence[bytes], chain_id: str) -> Header:
+    """The header, if it is of `chain_id` and 2f+1 of `validators` signed its commit vote."""
+    try:
+        header = Header.decode(header_raw)
+    except BlockError as exc:
+        raise ProofError(f"bad header: {exc}") from None
+    if header.chain_id != chain_id:
+        raise ProofError(f"header of chain {header.chain_id!r}")
+    if cert_view < header.view or not verify_cert(Block(header, (), tuple(cert), cert_view), validators):
+        raise ProofError(f"block {header.height}: the certificate lacks 2f+1 valid genesis validator signatures")
+    return header
+
+
 def check_bundle(raw: bytes, state_keys: Sequence[bytes], chain_id: str, validators: Sequence[bytes],
                  min_height: int) -> tuple[Header, Values]:
     """Verify a proof bundle for `state_keys`: its header and the proven values. Raises ProofError
@@ -52,15 +89,7 @@ def check_bundle(raw: bytes, state_keys: Sequence[bytes], chain_id: str, validat
         raise ProofError("proof bundle is [header, certificate, cert_view, entries]")
     if not all(isinstance(c, list) and len(c) == 2 and type(c[0]) is int and isinstance(c[1], bytes) for c in b[1]):
         raise ProofError("a certificate is [[validator_index, signature], ...]")
-    try:
-        header = Header.decode(b[0])
-    except BlockError as exc:
-        raise ProofError(f"bad header: {exc}") from None
-    block = Block(header, (), tuple((c[0], c[1]) for c in b[1]), b[2])
-    if header.chain_id != chain_id:
-        raise ProofError(f"header of chain {header.chain_id!r}")
-    if not verify_cert(block, validators):
-        raise ProofError(f"block {header.height}: the certificate lacks 2f+1 valid genesis validator signatures")
+    header = _certified_header(b[0], [(c[0], c[1]) for c in b[1]], b[2], validators, chain_id)
     if header.height < min_height:
         raise ProofError(f"stale header: block {header.height}, but block {min_height} is already known")
     if len(b[3]) != len(state_keys):

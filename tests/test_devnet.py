@@ -126,7 +126,7 @@ def test_light_client_proof(devnet):
     """A phone checks a commit from the Merkle path and the certificate alone; forgeries fail."""
     from node.block import Block
     from node.genesis import Genesis
-    from node.proof import ProofError, verify_inclusion
+    from node.proof import ProofError, verify_inclusion, verify_status
     from node.wire import encode
 
     gen = Genesis.load(devnet[0].home / "genesis.json")
@@ -159,6 +159,27 @@ def test_light_client_proof(devnet):
         verify_inclusion(txid, st["index"], st["tx_count"], path, raw, forged_keys, gen.chain_id)
     with pytest.raises(ProofError, match="another chain"):
         verify_inclusion(txid, st["index"], st["tx_count"], path, raw, keys, "other-chain")
+
+    # the same from the answer alone: it carries the certified header (no block download)
+    header = verify_status(txid, st, keys, gen.chain_id)
+    assert header == block.header and header.height == st["height"]
+    lies = {
+        "no certified header": {k: v for k, v in st.items() if k != "header"},
+        "certificate": {**st, "certificate": st["certificate"][:2]},  # below 2f+1
+        "Merkle": {**st, "proof": [bytes(32).hex()] + st["proof"][1:]} if path else {**st, "index": 1 - st["index"]},
+        "height or block hash": {**st, "height": st["height"] + 1},
+        "integers": {**st, "cert_view": str(st["cert_view"])},
+    }
+    for reason, lie in lies.items():
+        with pytest.raises(ProofError, match=reason):
+            verify_status(txid, lie, keys, gen.chain_id)
+    other = Tx.build(Identity.from_seed(b"not in it"), gen.chain_id, 1, Profile("p", "r", "o", bytes(32)))
+    with pytest.raises(ProofError, match="Merkle"):  # another transaction's inclusion: no path leads there
+        verify_status(other.id, st, keys, gen.chain_id)
+    with pytest.raises(ProofError, match="certificate"):
+        verify_status(txid, st, forged_keys, gen.chain_id)
+    with pytest.raises(ProofError, match="header of chain"):
+        verify_status(txid, st, keys, "other-chain")
 
 
 async def _load_until(nodes, stop_evt, committed, tag):

@@ -1,7 +1,8 @@
 """Clients trust no single validator: a rewriting HTTP proxy in front of one real validator of a
 real 4-validator devnet lies in each way a validator could (swapped X25519 key, lower epoch, dropped
-or forged audit entries, forged grants, a tampered sealed key, a forged header, a stale header); the
-phone and the staff client refuse every lie, name the proxy, and succeed through honest validators.
+or forged audit entries, forged grants, a tampered sealed key, a forged header, a stale header,
+another transaction's commit answer given for ours); the phone and the staff client refuse every
+lie, name the proxy, and succeed through honest validators.
 Also: a validator whose stored state was rewritten while it was stopped refuses to start."""
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from aiohttp import web
 
 from devices.net.localnet import free_ports
 from devices.patient.client import NodeClient
-from devices.patient.phone import Phone
+from devices.patient.phone import Phone, wait_proven
 from devices.patient.staff import Staff
 from devices.patient.verified_reads import NoHonestAnswer, VerifiedReader
 from devices.wearable.wearables import make_wearable
 from node.crypto import seal
 from node.crypto.keys import Identity
 from node.genesis import Genesis
+from node.proof import ProofError
 from node.state import keys
 from node.tx import DATA_TYPES
 from node.wire import decode, encode
@@ -40,6 +42,8 @@ class LyingProxy:
     def __init__(self, upstream: str) -> None:
         self.upstream, self.mode = upstream, "honest"
         self.recorded: dict[bytes, bytes] = {}  # request body -> first answer, for "replay"
+        self.decoy = b""  # mode "tx_decoy": the answer every GET /v1/tx/{id} gets (another tx's commit)
+        self.paths: list[str] = []
         self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -57,6 +61,9 @@ class LyingProxy:
 
     async def _handle(self, req: web.Request) -> web.Response:
         body = await req.read()
+        self.paths.append(req.path)
+        if self.mode == "tx_decoy" and req.path.startswith("/v1/tx/"):
+            return web.Response(body=self.decoy, content_type="application/json")
         async with self.session.request(req.method, self.upstream + req.path_qs, data=body,
                                         headers={k: v for k, v in req.headers.items() if k.lower() != "host"}) as r:
             out, status, ctype = await r.read(), r.status, r.content_type
@@ -237,6 +244,22 @@ def test_every_client_refuses_a_lying_validator(tmp_path):
                     with pytest.raises(NoHonestAnswer, match=proxy.url):
                         await alone.account(doc.address)
                     await alone.close()
+
+                    # 9. a commit claimed with another transaction's certified answer (valid header,
+                    # certificate and path, for the other one): the phone refuses it; it checks the
+                    # honest answer from that answer alone, with no block download
+                    proxy.mode = "honest"
+                    phone = Phone(pat, c, chain, vals)
+                    decoy = await phone.write_window("heart_rate", frames)
+                    res = await phone.write_window("heart_rate", frames, wait=False)
+                    async with NodeClient(proxy.url) as pc:
+                        proxy.decoy = json.dumps(await pc.wait_committed(decoy.txid, 30)).encode()
+                        proxy.mode = "tx_decoy"
+                        with pytest.raises(ProofError, match="Merkle"):
+                            await wait_proven(pc, res.txid, 30, vals, chain, None)
+                        proxy.mode, proxy.paths = "honest", []
+                        assert (await wait_proven(pc, res.txid, 30, vals, chain, None))["status"] == "committed"
+                        assert not [p for p in proxy.paths if p.startswith("/v1/blocks")], proxy.paths
             finally:
                 await proxy.stop()
         run(go())

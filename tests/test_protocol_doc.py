@@ -115,6 +115,9 @@ def test_block_certificate_and_inclusion_proof(ex: dict) -> None:
     write_id = ex["tx/write/id"]
     assert merkle.verify(write_id, st["index"], st["tx_count"], [bytes.fromhex(p) for p in st["proof"]], h.tx_root)
     assert st["block_hash"] == block.hash.hex()
+    # the answer alone proves the commit: its header and certificate are the block's
+    from node.proof import verify_status
+    assert verify_status(write_id, st, validators, CHAIN_ID) == block.header
 
 
 def test_state_root_replays_and_proofs_verify(ex: dict) -> None:

@@ -253,6 +253,7 @@ def examples() -> dict[str, Example]:  # one linear story, told in order
     out["api/tx-committed"] = {
         "status": "committed", "height": 1, "index": 3, "code": 0, "result": "ok", "block_hash": h1.hash.hex(),
         "tx_root": h1.tx_root.hex(), "tx_count": len(ids), "proof": [p.hex() for p in path],
+        "header": h1.encode().hex(), "certificate": [[i, sig.hex()] for i, sig in cert1], "cert_view": 0,
         "available": True, "blob": {"cid": str(cid), "holders": 4, "held_here": True, "quorum": 3, "available": True}}
 
     # ---- the /keys route's JSON after block 1 ----

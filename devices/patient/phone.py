@@ -14,7 +14,7 @@ from devices.patient.client import ApiError, NodeClient
 from devices.patient.verified_reads import VerifiedReader
 from node.crypto import seal
 from node.ipfs.cid import Cid, cid_v1_raw
-from node.proof import verify_inclusion
+from node.proof import verify_status
 from node.sidecar import SIDECAR_MAX
 from node.state import CODES, Code
 from node.state.machine import BREAK_GLASS_ACCESS_MS
@@ -34,16 +34,15 @@ class TxRejected(Exception):
 async def wait_proven(client: NodeClient, txid: str, timeout: float, validators: list[bytes] | None,
                       chain_id: str, reader: VerifiedReader | None) -> dict:
     """The committed status of `txid` (TxRejected if it did not commit); with the genesis keys, its
-    inclusion is checked against a certified block, and the reader takes that height as seen."""
+    inclusion is checked against the certified header the answer carries (no block download), and
+    the reader takes that height as seen."""
     st = await client.wait_committed(txid, timeout)
     if st["status"] != "committed":
         raise TxRejected(st)
     if validators is not None:
-        raw = await client.block_raw(st["height"])
-        verify_inclusion(bytes.fromhex(txid), st["index"], st["tx_count"],
-                         [bytes.fromhex(p) for p in st["proof"]], raw, validators, chain_id)
+        header = verify_status(bytes.fromhex(txid), st, validators, chain_id)
         if reader is not None:  # proven committed at this height: older state is stale now
-            reader.saw_height(st["height"])
+            reader.saw_height(header.height)
     return st
 
 
