@@ -5,6 +5,7 @@ proof per key). Nothing the answering validator says is trusted beyond what thes
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,13 +65,19 @@ def verify_status(txid: bytes, st: dict[str, Any], validators: Sequence[bytes], 
 def _certified_header(header_raw: bytes, cert: Sequence[tuple[int, bytes]], cert_view: int,
                       validators: Sequence[bytes], chain_id: str) -> Header:
     """The header, if it is of `chain_id` and 2f+1 of `validators` signed its commit vote."""
+    return _certified(header_raw, tuple(cert), cert_view, tuple(validators), chain_id)
+
+
+@functools.lru_cache(maxsize=256)  # a client checks many commits of one block: its 2f+1 signatures once
+def _certified(header_raw: bytes, cert: tuple[tuple[int, bytes], ...], cert_view: int,
+               validators: tuple[bytes, ...], chain_id: str) -> Header:
     try:
         header = Header.decode(header_raw)
     except BlockError as exc:
         raise ProofError(f"bad header: {exc}") from None
     if header.chain_id != chain_id:
         raise ProofError(f"header of chain {header.chain_id!r}")
-    if cert_view < header.view or not verify_cert(Block(header, (), tuple(cert), cert_view), validators):
+    if cert_view < header.view or not verify_cert(Block(header, (), cert, cert_view), validators):
         raise ProofError(f"block {header.height}: the certificate lacks 2f+1 valid genesis validator signatures")
     return header
 

@@ -108,7 +108,8 @@ async def flow(url: str, genesis: Genesis, windows: int) -> dict:
 
 async def fleet(urls: list[str], genesis: Genesis, phones: int, seconds: float) -> dict:
     """Phones with five wearables each write 1-minute windows as fast as their commits allow
-    (closed loop: each phone waits for its write to commit before the next), spread over validators."""
+    (closed loop: each phone waits for its write to commit before the next, and checks the commit
+    against the genesis keys from the validator's answer), spread over validators."""
     chain = genesis.chain_id
     clients = [NodeClient(u) for u in urls]
     for c in clients:
@@ -119,7 +120,8 @@ async def fleet(urls: list[str], genesis: Genesis, phones: int, seconds: float) 
 
     async def phone_loop(k: int) -> None:
         nonlocal readings
-        ph = Phone(Identity.from_seed(b"demo-phone-%d" % k), clients[k % len(clients)], chain)
+        ph = Phone(Identity.from_seed(b"demo-phone-%d" % k), clients[k % len(clients)], chain,
+                   genesis.validator_keys)
         devs = [make_wearable(kind, f"{kind}-{k}", seed=k) for kind in KINDS]
         t = int(time.time() * 1000) - 3_600_000
         while time.monotonic() < deadline:
