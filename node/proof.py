@@ -11,7 +11,8 @@ from typing import Any
 
 from node import merkle
 from node.block import Block, BlockError, Header, verify_cert
-from node.state import smt
+from node.state import keys, smt
+from node.state.records import Receipt
 from node.wire import WireError, decode_canonical
 
 MAX_BUNDLE = 32 * 1024 * 1024
@@ -44,7 +45,9 @@ def verify_status(txid: bytes, st: dict[str, Any], validators: Sequence[bytes], 
     """Check a committed answer of `GET /v1/tx/{id}` on its own: its `header` is certified by 2f+1
     of `validators` (`certificate`, `cert_view`) and its audit path (`proof`, `index`, `tx_count`) leads
     from `txid` to that header's transaction root. No block download: the header and certificate
-    ride in the answer; its `height` and `block_hash` must be the header's. Returns the header."""
+    ride in the answer; its `height` and `block_hash` must be the header's. Its result `code` is
+    proven too: `receipt` is a proof bundle for the receipt key at a certified head no lower than
+    the block, holding [height, index, code]. Returns the header."""
     try:
         header_raw = bytes.fromhex(st["header"])
         cert = [(i, bytes.fromhex(sig)) for i, sig in st["certificate"]]
@@ -59,6 +62,20 @@ def verify_status(txid: bytes, st: dict[str, Any], validators: Sequence[bytes], 
         raise ProofError("Merkle path does not lead to the block's transaction root")
     if st.get("height") != header.height or st.get("block_hash") != header.hash.hex():
         raise ProofError("the answer's height or block hash is not its certified header's")
+    try:
+        bundle = bytes.fromhex(st["receipt"])
+    except (KeyError, TypeError, ValueError):
+        raise ProofError("the answer carries no proven receipt") from None
+    key = keys.receipt(txid)
+    _, values = check_bundle(bundle, [key], chain_id, validators, header.height)
+    raw = values[key]
+    try:
+        rec = Receipt.decode(raw) if raw is not None else None
+    except (WireError, TypeError, ValueError):
+        rec = None
+    if rec is None or (rec.height, rec.tx_index, rec.code) != (header.height, index, st.get("code")):
+        raise ProofError(f"the proven receipt {tuple(rec) if rec else raw!r} is not the answer's "
+                         f"(height {header.height}, index {index}, code {st.get('code')!r})")
     return header
 
 

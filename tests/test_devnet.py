@@ -137,8 +137,9 @@ def test_light_client_proof(devnet):
                    for i in range(7)]
             await c.submit_many([t.raw for t in txs])
             st = await c.wait_committed(txs[5].id.hex(), 30)
-            return txs[5].id, st, await c.block_raw(st["height"])
-    txid, st, raw = run(go())
+            other = await c.wait_committed(txs[4].id.hex(), 30)
+            return txs[5].id, st, await c.block_raw(st["height"]), other
+    txid, st, raw, other = run(go())
     path = [bytes.fromhex(p) for p in st["proof"]]
     keys = gen.validator_keys
     block = verify_inclusion(txid, st["index"], st["tx_count"], path, raw, keys, gen.chain_id)
@@ -169,6 +170,9 @@ def test_light_client_proof(devnet):
         "Merkle": {**st, "proof": [bytes(32).hex()] + st["proof"][1:]} if path else {**st, "index": 1 - st["index"]},
         "height or block hash": {**st, "height": st["height"] + 1},
         "integers": {**st, "cert_view": str(st["cert_view"])},
+        "is not the answer's": {**st, "code": 1},  # a result the proven receipt contradicts
+        "no proven receipt": {k: v for k, v in st.items() if k != "receipt"},
+        "does not lead to the certified state root": {**st, "receipt": other["receipt"]},  # another's receipt
     }
     for reason, lie in lies.items():
         with pytest.raises(ProofError, match=reason):

@@ -1,8 +1,8 @@
 """Clients trust no single validator: a rewriting HTTP proxy in front of one real validator of a
 real 4-validator devnet lies in each way a validator could (swapped X25519 key, lower epoch, dropped
 or forged audit entries, forged grants, a tampered sealed key, a forged header, a stale header,
-another transaction's commit answer given for ours); the phone and the staff client refuse every
-lie, name the proxy, and succeed through honest validators.
+another transaction's commit answer given for ours, a wrong result code); the phone and the staff
+client refuse every lie, name the proxy, and succeed through honest validators.
 Also: a validator whose stored state was rewritten while it was stopped refuses to start."""
 
 from __future__ import annotations
@@ -67,6 +67,10 @@ class LyingProxy:
         async with self.session.request(req.method, self.upstream + req.path_qs, data=body,
                                         headers={k: v for k, v in req.headers.items() if k.lower() != "host"}) as r:
             out, status, ctype = await r.read(), r.status, r.content_type
+        if self.mode == "tx_code" and req.path.startswith("/v1/tx/") and status == 200:
+            st = json.loads(out)
+            st["code"] = 1 - st.get("code", 0)  # "your write failed" (or "it was applied")
+            out = json.dumps(st).encode()
         if req.path == "/v1/proofs" and status == 200:
             out = self.rewrite(body, out)
         return web.Response(body=out, status=status, content_type=ctype)
@@ -256,6 +260,9 @@ def test_every_client_refuses_a_lying_validator(tmp_path):
                         proxy.decoy = json.dumps(await pc.wait_committed(decoy.txid, 30)).encode()
                         proxy.mode = "tx_decoy"
                         with pytest.raises(ProofError, match="Merkle"):
+                            await wait_proven(pc, res.txid, 30, vals, chain, None)
+                        proxy.mode = "tx_code"  # the right commit, the wrong result code
+                        with pytest.raises(ProofError, match="receipt"):
                             await wait_proven(pc, res.txid, 30, vals, chain, None)
                         proxy.mode, proxy.paths = "honest", []
                         assert (await wait_proven(pc, res.txid, 30, vals, chain, None))["status"] == "committed"

@@ -254,6 +254,9 @@ def examples() -> dict[str, Example]:  # one linear story, told in order
         "status": "committed", "height": 1, "index": 3, "code": 0, "result": "ok", "block_hash": h1.hash.hex(),
         "tx_root": h1.tx_root.hex(), "tx_count": len(ids), "proof": [p.hex() for p in path],
         "header": h1.encode().hex(), "certificate": [[i, sig.hex()] for i, sig in cert1], "cert_view": 0,
+        "receipt": encode([h1.encode(), [list(c) for c in cert1], 0,
+                           [[state[keys.receipt(write.id)], smt.prove(_tree_get(nodes), keys.receipt(write.id)).encode()]]]
+                          ).hex(),
         "available": True, "blob": {"cid": str(cid), "holders": 4, "held_here": True, "quorum": 3, "available": True}}
 
     # ---- the /keys route's JSON after block 1 ----

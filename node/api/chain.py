@@ -18,6 +18,7 @@ from node.api.common import (
 from node.block import Block
 from node.crypto.batch import backend_name
 from node.ipfs.cid import CidError
+from node.state import keys
 from node.tx import KIND_WRITE, Tx
 from node.validator import Validator
 from node.wire import WireError, decode
@@ -61,6 +62,11 @@ async def get_tx(req: web.Request) -> web.Response:
     st = v.tx_status(txid)
     if st["status"] == "committed":
         add_availability(v, st)
+        # the receipt [height, index, code] proven against the certified head: the result code
+        # (what a phone acts on) is then no more the answering validator's word than the commit
+        receipt = proofs.bundle(v, [keys.receipt(txid)])
+        if receipt is not None:
+            st["receipt"] = receipt.hex()
     return web.json_response(st, status=404 if st["status"] == "unknown" else 200)
 
 

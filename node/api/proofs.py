@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from node.block import Block
 from node.validator import Validator
 from node.wire import encode
 
@@ -23,10 +22,10 @@ MAX_KEYS = 1024  # per request: bounds the work one request puts on the event lo
 
 def bundle(v: Validator, state_keys: list[bytes]) -> bytes | None:
     """The encoded proof bundle for `state_keys` at the committed head; None before block 1."""
-    raw, items = v.ledger.prove(state_keys)
-    if raw is None:
+    height, items = v.ledger.prove(state_keys)
+    b = v.committer.block_at(height) if height else None  # the head is among the blocks kept decoded
+    if b is None:
         return None
-    b = Block.decode(raw)
     return encode([b.header.encode(), [list(c) for c in b.cert], b.cert_view,
                    [[val, p.encode()] for val, p in items]])
 

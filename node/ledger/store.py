@@ -238,12 +238,11 @@ class Ledger:
             for k, v in txn.cursor():
                 yield bytes(k), bytes(v)
 
-    def prove(self, state_keys: list[bytes]) -> tuple[bytes | None, list[tuple[bytes | None, smt.Proof]]]:
-        """The head block (with its certificate) and each key's value and proof against its state
-        root, all from one read transaction so they agree."""
+    def prove(self, state_keys: list[bytes]) -> tuple[int, list[tuple[bytes | None, smt.Proof]]]:
+        """The head's height and each key's value and proof against the head's state root, from one
+        read transaction so they agree (the caller takes that block's header and certificate)."""
         with self.env.begin() as txn:
-            head = decode(txn.get(b"head", db=self.meta))
-            raw = txn.get(_h(head[0]), db=self.blocks) if head[0] else None
+            height = decode(txn.get(b"head", db=self.meta))[0]
 
             def node(pos: bytes) -> bytes | None:
                 return txn.get(pos, db=self.tree)
@@ -251,7 +250,7 @@ class Ledger:
             for k in state_keys:
                 v = txn.get(k, db=self.state)
                 out.append((None if v is None else bytes(v), smt.prove(node, k)))
-        return (None if raw is None else bytes(raw)), out
+        return height, out
 
     def commit_block(self, block: Block, writes: dict[bytes, bytes],
                      nodes: dict[bytes, bytes] | None = None) -> Head:
