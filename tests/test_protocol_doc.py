@@ -216,6 +216,10 @@ def test_a_running_validator_answers_as_the_openapi_schemas_say(node) -> None:  
         profile = Tx.build(staff, chain, 1, Profile("Dr. Ada", "physician", "General Hospital", staff.box_public, cred))
         res = await api.call("post", "/v1/tx", "/v1/tx", 202, data=profile.raw)
         await api.call("get", "/v1/tx/{id}", f"/v1/tx/{res['id']}?wait=10", 200)
+        staff2 = seed_identity("staff-2")
+        p2 = Tx.build(staff2, chain, 1, Profile("N", "nurse", "General Hospital", staff2.box_public))
+        st2 = await api.call("post", "/v1/tx", "/v1/tx?wait=10", 200, data=p2.raw)  # answered at the commit
+        assert st2["status"] == "committed" and st2["id"] == p2.id.hex() and "receipt" in st2
         bad = Tx.build(staff, chain, 5, Profile("x", "y", "z", staff.box_public))  # nonce gap: refused
         await api.call("post", "/v1/tx", "/v1/tx", 409, data=bad.raw)
         await api.call("get", "/v1/tx/{id}", f"/v1/tx/{bad.id.hex()}", 200)  # rejected, with the reason

@@ -97,6 +97,12 @@ class NodeClient:
         """One transaction; a data write may carry its ciphertext as a sidecar (node/sidecar.py)."""
         return (await self._post("/v1/tx", encode_submission(raw, sidecar), "application/msgpack"))["id"]
 
+    async def submit_and_wait(self, raw: bytes, sidecar: bytes | None, wait: float) -> dict:
+        """One transaction, answered when it commits (up to `wait` seconds, at most 30): the
+        answer of GET /v1/tx/{id} with its proofs, or {"id", "status": "pending"} if it has not."""
+        return await self._post(f"/v1/tx?wait={max(1, min(30, int(wait)))}", encode_submission(raw, sidecar),
+                                "application/msgpack")
+
     async def submit_many(self, items: list[bytes | tuple[bytes, bytes | None]]) -> list[dict]:
         """Submit a batch of transactions or (transaction, sidecar) pairs; one result each:
         {"status": 202, "id"} or {"status", "error"}."""

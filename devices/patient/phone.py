@@ -32,11 +32,14 @@ class TxRejected(Exception):
 
 
 async def wait_proven(client: NodeClient, txid: str, timeout: float, validators: list[bytes] | None,
-                      chain_id: str, reader: VerifiedReader | None) -> dict:
+                      chain_id: str, reader: VerifiedReader | None, answer: dict | None = None) -> dict:
     """The committed status of `txid` (TxRejected if it did not commit); with the genesis keys, its
-    inclusion is checked against the certified header the answer carries (no block download), and
-    the reader takes that height as seen."""
-    st = await client.wait_committed(txid, timeout)
+    inclusion and result are checked against the certified header and receipt the answer carries
+    (no block download), and the reader takes that height as seen. `answer`: what a submission
+    with ?wait already said (asked again only if it was not committed yet)."""
+    st = answer if answer is not None and answer.get("status") == "committed" else None
+    if st is None:
+        st = await client.wait_committed(txid, timeout)
     if st["status"] != "committed":
         raise TxRejected(st)
     if validators is not None:
@@ -115,17 +118,21 @@ class Phone:
         """Sign and submit (a write with its ciphertext as sidecar); with wait, block until committed
         and check it was applied."""
         tx = Tx.build(self.identity, self.chain_id, await self._nonce(), body)
+        txid = tx.id.hex()  # our own: never the answer's word
         try:
-            txid = await self.client.submit(tx.raw, sidecar)
+            if wait:  # one request: the answer comes with the commit and its proofs
+                answer = await self.client.submit_and_wait(tx.raw, sidecar, min(timeout, 10))
+            else:
+                await self.client.submit(tx.raw, sidecar)
         except ApiError:
             self.next_nonce = None  # resync on the next send
             raise
         if wait:
-            await self.confirm(txid, timeout)
+            await self.confirm(txid, timeout, answer)
         return txid
 
-    async def confirm(self, txid: str, timeout: float = 30.0) -> dict:
-        st = await wait_proven(self.client, txid, timeout, self.validators, self.chain_id, self.reader)
+    async def confirm(self, txid: str, timeout: float = 30.0, answer: dict | None = None) -> dict:
+        st = await wait_proven(self.client, txid, timeout, self.validators, self.chain_id, self.reader, answer)
         if st["code"] != 0:
             raise TxRejected(st)
         return st

@@ -48,15 +48,16 @@ class Staff:
         if self.next_nonce is None:
             self.next_nonce = (await self.client.account(self.address))["next_nonce"]
         tx = Tx.build(self.identity, self.chain_id, self.next_nonce, body)
+        txid = tx.id.hex()
         try:
-            txid = await self.client.submit(tx.raw)
+            answer = await self.client.submit_and_wait(tx.raw, None, min(timeout, 10))
         except ApiError as exc:
             self.next_nonce = None
             if exc.status == 403 or (exc.status == 429 and "break-glass" in exc.reason):
                 raise AccessDenied(exc.reason) from None
             raise
         self.next_nonce += 1
-        st = await wait_proven(self.client, txid, timeout, self.validators, self.chain_id, self.reader)
+        st = await wait_proven(self.client, txid, timeout, self.validators, self.chain_id, self.reader, answer)
         if st["code"] in (Code.DENIED, Code.BREAK_GLASS_OFF, Code.BREAK_GLASS_LIMIT, Code.NO_CREDENTIAL):
             raise AccessDenied(st["result"])
         if st["code"] != 0:

@@ -59,6 +59,13 @@ async def get_tx(req: web.Request) -> web.Response:
     wait = min(max(int_query(req, "wait", 0), 0), 30)  # clamp as ints: float(10**400) overflows
     if wait:
         await v.wait_committed(txid, wait)
+    st = tx_answer(v, txid)
+    return web.json_response(st, status=404 if st["status"] == "unknown" else 200)
+
+
+def tx_answer(v: Validator, txid: bytes) -> dict:
+    """A transaction's status as `GET /v1/tx/{id}` answers it: committed with its proofs (and a
+    write's blob availability), pending, rejected or unknown."""
     st = v.tx_status(txid)
     if st["status"] == "committed":
         add_availability(v, st)
@@ -67,7 +74,7 @@ async def get_tx(req: web.Request) -> web.Response:
         receipt = proofs.bundle(v, [keys.receipt(txid)])
         if receipt is not None:
             st["receipt"] = receipt.hex()
-    return web.json_response(st, status=404 if st["status"] == "unknown" else 200)
+    return st
 
 
 @routes.get("/v1/blocks/{height}")

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from node.api.chain import tx_answer
 from node.api.common import (
     LIMITS,
     err,
+    int_query,
     read_body,
     retry_after,
     validator,
@@ -32,8 +34,11 @@ def _refusal(exc: AdmissionError) -> web.Response:
 
 @routes.post("/v1/tx")
 async def post_tx(req: web.Request) -> web.Response:
-    """One transaction, or [transaction, sidecar] (node/sidecar.py)."""
+    """One transaction, or [transaction, sidecar] (node/sidecar.py). With `?wait=S` the answer
+    waits up to S seconds (at most 30) for the commit and is then `GET /v1/tx/{id}`'s with the id
+    (200; 202 while still pending), so a phone that waits for each write makes one request, not two."""
     v = validator(req)
+    wait = min(max(int_query(req, "wait", 0), 0), 30)
     limits = req.app[LIMITS]
     body = await read_body(req, MAX_TX_BYTES + SIDECAR_MAX + 64, "transaction")
     if (over := limits.charge_txs(req, 1)) is not None:
@@ -51,7 +56,11 @@ async def post_tx(req: web.Request) -> web.Response:
     except AdmissionError as exc:
         limits.penalise_bad_signatures(req, int(exc.bad_signature))
         return _refusal(exc)
-    return web.json_response({"id": txid.hex(), "status": "pending"}, status=202)
+    if not wait:
+        return web.json_response({"id": txid.hex(), "status": "pending"}, status=202)
+    await v.wait_committed(txid, wait)
+    st = tx_answer(v, txid)
+    return web.json_response({"id": txid.hex(), **st}, status=202 if st["status"] in ("pending", "unknown") else 200)
 
 
 @routes.post("/v1/txs")
