@@ -13,6 +13,9 @@ command -v gcc >/dev/null 2>&1 || need+=(gcc)
 [ -f /usr/include/openssl/evp.h ] || need+=(libssl-dev)
 [ -f /usr/include/secp256k1.h ] || need+=(libsecp256k1-dev)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+# fastecdsa (a py-libp2p dependency) builds from source where pip finds no wheel for this Python
+# (Debian 12's own python3.11, seen in a bare debootstrap): it needs GMP's headers
+[ -f /usr/include/gmp.h ] || [ -f "/usr/include/$(uname -m)-linux-gnu/gmp.h" ] || need+=(libgmp-dev)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
