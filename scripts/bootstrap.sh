@@ -13,9 +13,6 @@ command -v gcc >/dev/null 2>&1 || need+=(gcc)
 [ -f /usr/include/openssl/evp.h ] || need+=(libssl-dev)
 [ -f /usr/include/secp256k1.h ] || need+=(libsecp256k1-dev)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
-# fastecdsa (a py-libp2p dependency) builds from source where pip finds no wheel for this Python
-# (Debian 12's own python3.11, seen in a bare debootstrap): it needs GMP's headers
-[ -f /usr/include/gmp.h ] || [ -f "/usr/include/$(uname -m)-linux-gnu/gmp.h" ] || need+=(libgmp-dev)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -27,6 +24,16 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "bootstrap: run as root: apt-get install ${need[*]}" >&2
     exit 1
   fi
+fi
+
+# fastecdsa (a py-libp2p dependency) builds from source where pip finds no wheel for this Python
+# (Debian 12's own python3.11 in a bare debootstrap: deploy/systemd_check.sh) and then needs GMP's
+# headers. Installed when we can; without them pip still takes a wheel where there is one
+if ! [ -f /usr/include/gmp.h ] && ! [ -f "/usr/include/$(uname -m)-linux-gnu/gmp.h" ] &&
+   [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "bootstrap: installing libgmp-dev (fastecdsa's build, where no wheel fits)"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgmp-dev >/dev/null; } ||
+    echo "bootstrap: could not install libgmp-dev; fastecdsa must then come as a wheel" >&2
 fi
 
 # optional, for tests only: iproute2 lets tests/test_netns.py build its network namespaces (as root);
