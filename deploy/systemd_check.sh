@@ -35,6 +35,7 @@ cat >"$ROOT/root/walkthrough.sh" <<'INNER'
 #!/bin/bash
 set -euo pipefail
 cd /opt/medchain
+systemctl disable --now medchain >/dev/null 2>&1 || true  # a root reused: last run's unit started at boot
 id medchain >/dev/null 2>&1 || useradd --system --home-dir /var/lib/medchain --shell /usr/sbin/nologin medchain
 rm -rf /var/lib/medchain && install -d -o medchain -g medchain -m 0700 /var/lib/medchain
 runuser -u medchain -- .venv/bin/medchain operator init --home /var/lib/medchain --api 127.0.0.1:8545 \
