@@ -79,6 +79,27 @@ def verify_status(txid: bytes, st: dict[str, Any], validators: Sequence[bytes], 
     return header
 
 
+def verify_block_json(blk: dict[str, Any], validators: Sequence[bytes], chain_id: str) -> Header:
+    """Check a block as `GET /v1/blocks/{h}` gives it in JSON, for a client that follows the chain:
+    its `header` certified by 2f+1 of `validators` (`certificate`, `cert_view`), its `tx_ids` exactly
+    the leaves under the header's `tx_root`, and its `height` the header's. Returns the header."""
+    try:
+        header_raw = bytes.fromhex(blk["header"])
+        cert = [(i, bytes.fromhex(sig)) for i, sig in blk["certificate"]]
+        cert_view = blk["cert_view"]
+        ids = [bytes.fromhex(t) for t in blk["tx_ids"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProofError(f"the block carries no certified header and transaction ids ({exc!r})") from None
+    if not all(type(x) is int for x in (cert_view, *(i for i, _ in cert))):
+        raise ProofError("cert_view and validator indexes must be integers")
+    header = _certified_header(header_raw, cert, cert_view, validators, chain_id)
+    if merkle.root(ids) != header.tx_root:
+        raise ProofError(f"block {header.height}: its transaction ids are not the ones under its certified tx_root")
+    if blk.get("height") != header.height:
+        raise ProofError("the block's height is not its certified header's")
+    return header
+
+
 def _certified_header(header_raw: bytes, cert: Sequence[tuple[int, bytes]], cert_view: int,
                       validators: Sequence[bytes], chain_id: str) -> Header:
     """The header, if it is of `chain_id` and 2f+1 of `validators` signed its commit vote."""

@@ -126,7 +126,7 @@ def test_light_client_proof(devnet):
     """A phone checks a commit from the Merkle path and the certificate alone; forgeries fail."""
     from node.block import Block
     from node.genesis import Genesis
-    from node.proof import ProofError, verify_inclusion, verify_status
+    from node.proof import ProofError, verify_block_json, verify_inclusion, verify_status
     from node.wire import encode
 
     gen = Genesis.load(devnet[0].home / "genesis.json")
@@ -138,8 +138,8 @@ def test_light_client_proof(devnet):
             await c.submit_many([t.raw for t in txs])
             st = await c.wait_committed(txs[5].id.hex(), 30)
             other = await c.wait_committed(txs[4].id.hex(), 30)
-            return txs[5].id, st, await c.block_raw(st["height"]), other
-    txid, st, raw, other = run(go())
+            return txs[5].id, st, await c.block_raw(st["height"]), other, await c.get_json(f"/v1/blocks/{st['height']}")
+    txid, st, raw, other, blk = run(go())
     path = [bytes.fromhex(p) for p in st["proof"]]
     keys = gen.validator_keys
     block = verify_inclusion(txid, st["index"], st["tx_count"], path, raw, keys, gen.chain_id)
@@ -184,6 +184,19 @@ def test_light_client_proof(devnet):
         verify_status(txid, st, forged_keys, gen.chain_id)
     with pytest.raises(ProofError, match="header of chain"):
         verify_status(txid, st, keys, "other-chain")
+    # a follower's check of the block's JSON: certified header, and exactly the ids under its tx_root
+    assert verify_block_json(blk, keys, gen.chain_id) == block.header
+    ids = blk["tx_ids"]
+    block_lies = {
+        "not the ones under": {**blk, "tx_ids": ids[:-1]},  # a transaction hidden
+        "not the ones under its": {**blk, "tx_ids": [*ids, txid.hex()]},  # or one added
+        "certificate": {**blk, "certificate": blk["certificate"][:2]},
+        "height": {**blk, "height": blk["height"] + 1},
+        "no certified header": {k: v for k, v in blk.items() if k != "header"},
+    }
+    for reason, lie in block_lies.items():
+        with pytest.raises(ProofError, match=reason):
+            verify_block_json(lie, keys, gen.chain_id)
 
 
 async def _load_until(nodes, stop_evt, committed, tag):

@@ -12,12 +12,14 @@ from devices.wearable.ble import LinkParams
 from tests.conftest import run
 
 
-def test_fleet_loses_no_reading(node):
+def test_fleet_loses_no_reading(node, genesis):
     cfg = FleetConfig(wearables=50, phones=10, seconds=4, window_s=1.5, staff=2, reads=5, grants=2,
                       link=LinkParams(loss=0.1), drain_timeout=60)
-    res = run(run_fleet([node.url], cfg, check_sample=3))
+    res = run(run_fleet([node.url], cfg, check_sample=3, genesis=genesis))
     chk = res["check"]
     assert res["failed"] == 0 and res["unfinished"] == 0, res["failed_by_kind"]
+    # with the genesis, every commit counted was in a block whose certificate and ids checked
+    assert res["blocks_proven"] > 0 and res["blocks_refused"] == 0
     assert res["committed_by_kind"]["write"] + res["drain"]["writes_committed"] > 20 and res["committed_by_kind"].get("read", 0) > 0
     assert res["readings_emitted"] >= 60 and res["ble"]["dropped"] == 0
     assert res["ble"]["attempts"] > res["ble"]["notifications"]  # 10% loss: retransmissions happened
@@ -36,6 +38,7 @@ def test_fleet_loses_no_reading(node):
 def test_fleet_open_and_closed_loop(node):
     res = run(run_fleet([node.url], FleetConfig(wearables=20, phones=10, seconds=3, rate=20, drain_timeout=60)))
     assert res["failed"] == 0 and res["unfinished"] == 0
+    assert res["blocks_proven"] is None  # no genesis given: the followed validator's word, and said so
     # open loop sends only at the offered rate; what is left stays buffered on the phones, counted
     assert res["readings_committed"] + res["readings_unsent"] == res["readings_emitted"]
     assert 50 <= res["committed_by_kind"]["write"] <= 61  # 20/s for 3 s (no end-of-run flush)
@@ -54,6 +57,7 @@ def test_medchain_bench_writes_report_and_plot(tmp_path):
     assert [s["offered_rate"] for s in rep["steps"]] == [10, 20]
     for s in rep["steps"]:
         assert s["committed"] > 0 and s["failed"] == 0 and s["unfinished"] == 0
+        assert s["blocks_proven"] > 0 and s["blocks_refused"] == 0  # the devnet's own genesis checks them
         assert s["readings_committed"] + s["readings_unsent"] == s["readings_emitted"]
         assert set(s["latency_ms"]) == {"min", "avg", "p50", "p95", "p99", "max"}
         assert len(s["validator_cpu_s"]) == 1 and s["validator_rss_peak_mb"][0] > 10

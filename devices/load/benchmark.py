@@ -35,6 +35,7 @@ from devices.load.fleet_check import run_fleet
 from devices.load.memcap import CapError, MemoryCap
 from devices.wearable import ble
 from devices.wearable.wearables import DEFAULT_PERIOD_MS, make_wearable
+from node.genesis import Genesis
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 
@@ -132,7 +133,7 @@ def _row(label: str, cfg: FleetConfig, res: dict, d: dict, eng: dict) -> dict:
         "open loop" if cfg.rate else "natural windows"), "wearables": cfg.wearables, "phones": cfg.phones,
         "seconds": cfg.seconds, **{k: res[k] for k in (
             "send_rate", "tps", "submitted", "committed", "committed_by_kind", "failed", "failed_by_kind",
-            "overloaded_retried", "unfinished", "latency_ms", "window_to_commit_ms", "generator_cpu_s", "generator_cpu_ms_per_tx",
+            "overloaded_retried", "unfinished", "blocks_proven", "blocks_refused", "latency_ms", "window_to_commit_ms", "generator_cpu_s", "generator_cpu_ms_per_tx",
             "generator_cpu_wearables_s", "generator_cpu_us_per_reading", "generator_cpu_phones_ms_per_tx",
             "readings_emitted", "readings_committed", "readings_unsent", "drain", "starved_arrivals", "reads_decrypted", "reads_refused", "reads_failed", "ble")},
         **d, "energy": eng, **({"check": res["check"]} if "check" in res else {})}
@@ -145,8 +146,11 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> dict:
     floor_us = measure_floor()  # before the devnet starts: the floor on an idle machine
     print(floor_line(floor_us), file=say, flush=True)
     nodes, tmp = [], None
+    genesis = None  # with it the fleet's followers check every block's certificate (node/proof.py)
     if args.node:
         urls, pids = args.node, None
+        if getattr(args, "genesis", None):
+            genesis = Genesis.load(Path(args.genesis))
     else:
         from devices.net.localnet import ONE_ADDRESS_FLEET, make_network, start_all
         from node.operator import parse_params
@@ -157,6 +161,7 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> dict:
                              params=parse_params([*lifted, *getattr(args, "param", [])]))
         start_all(nodes)
         urls, pids = [n.url for n in nodes], [n.proc.pid for n in nodes]
+        genesis = Genesis.load(nodes[0].home / "genesis.json")
     cap = None
     try:
         if getattr(args, "memory_mb", None):
@@ -185,7 +190,7 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> dict:
                 marks[name] = (vals.sample(), rapl_joules(zones) if zones else None)
             try:
                 res = aio.run(run_fleet(urls, cfg, Progress(label), args.check_sample if args.workload == "fleet" else 0,
-                                     mark))
+                                     mark, genesis))
             finally:
                 _unpin(pin, pids)
             (a, j0), (b, j1) = marks["start"], marks["end"]
@@ -234,6 +239,12 @@ def _cap(limit_mb: float, pids: list[int] | None) -> MemoryCap:
     return cap
 
 
+def _proven(s: dict) -> str:
+    if s.get("blocks_proven") is None:
+        return "taken on the followed validator's word (no genesis given)"
+    return f"{s['blocks_proven']} proven by certificate, {s.get('blocks_refused', 0)} refused"
+
+
 def _line(s: dict) -> str:
     lat = s["latency_ms"] or {k: float("nan") for k in ("min", "avg", "p50", "p95", "p99", "max")}
     e2e = {int(k): v for k, v in (s.get("window_to_commit_ms") or {}).items()}
@@ -242,7 +253,7 @@ def _line(s: dict) -> str:
           "  ".join(f"{k} {m['j_per_tx']:.4f} J/tx" for k, m in e.get("models", {}).items() if m["j_per_tx"]))
     out = (f"  {s['label']}: sent {s['send_rate']:.0f}/s, committed {s['tps']:.0f} tx/s ({s['committed']} ok, "
            f"{s['failed']} failed, {s['unfinished']} unfinished, {s.get('overloaded_retried', 0)} refused with 429/503 "
-           f"and sent again); latency ms min {lat['min']:.0f} avg {lat['avg']:.0f}"
+           f"and sent again; blocks {_proven(s)}); latency ms min {lat['min']:.0f} avg {lat['avg']:.0f}"
            f" p50 {lat['p50']:.0f} p95 {lat['p95']:.0f} p99 {lat['p99']:.0f} max {lat['max']:.0f}; window closed to "
            f"commit p50 {e2e.get(50, float('nan')):.0f} p99 {e2e.get(99, float('nan')):.0f}\n"
            f"    generator {s['generator_cpu_ms_per_tx']:.3f} ms CPU per tx ({s['generator_cpu_s']:.1f} s: wearables"
@@ -298,6 +309,8 @@ def _bad(report: dict) -> bool:
 def add_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("workload", choices=["fleet", "clinic", "sweep", "budget", "edge"])
     sp.add_argument("--node", action="append", help="target these validators (repeat; default: start a devnet)")
+    sp.add_argument("--genesis", help="with --node: the network's genesis.json; commits then count only in blocks "
+                                      "whose certificate checks against its keys (a devnet's own is always used)")
     sp.add_argument("--validators", type=int, default=4)
     sp.add_argument("--p2p", choices=["direct", "gossipsub"], default="direct")
     sp.add_argument("--wearables", type=int, default=10_000)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import heapq
+import logging
 import math
 import os
 import random
@@ -44,10 +45,13 @@ from devices.wearable.wearables import make_wearable
 from node.crypto import seal
 from node.crypto.batch import aead_seal_batch
 from node.crypto.keys import Identity
+from node.genesis import Genesis
 from node.ipfs.cid import Cid, cid_v1_raw
+from node.proof import ProofError, verify_block_json
 from node.tx import Grant, Profile, Read, SealedKey, Tx, Write, data_type_id
 from node.wire import encode
 
+log = logging.getLogger("medchain.fleet")
 KINDS = ["heart_rate", "spo2", "body_temperature", "blood_pressure", "glucose"]
 ALL_TYPES = tuple(sorted(data_type_id(k) for k in KINDS))
 HISTORY_EPOCHS = 12  # as devices/patient/phone.py: past key epochs a grant carries
@@ -121,10 +125,16 @@ class FleetPhone:
 
 
 class Fleet:
-    def __init__(self, urls: list[str], cfg: FleetConfig, progress=None, mark=None) -> None:
+    def __init__(self, urls: list[str], cfg: FleetConfig, progress=None, mark=None,
+                 genesis: Genesis | None = None) -> None:
         # mark(name) is called at "start" (setup done) and "end" (everything committed, before the
         # check), so a caller can read the validators' counters over exactly the measured window
         self.urls, self.cfg, self.progress, self.mark = urls, cfg, progress, mark
+        # with the genesis, a commit counts only in a block whose certificate and transaction ids
+        # check against its keys (node/proof.py), as a phone proxy would before dropping its buffers
+        self.genesis = genesis
+        self.validators = genesis.validator_keys if genesis is not None else None
+        self.blocks_proven = self.blocks_refused = 0
         self.rng = random.Random(f"fleet|{cfg.seed}")
         self.hist = HdrHistogram(1, 3_600_000_000, 3)  # commit latency, microseconds (Caliper)
         self.hist_e2e = HdrHistogram(1, 3_600_000_000, 3)  # window closed -> committed
@@ -315,7 +325,8 @@ class Fleet:
 
     # --- the follower -----------------------------------------------------------------------
     async def _follow(self) -> None:
-        c = self.clients[-1]  # a backup: keeps the harness's requests off the primary
+        ask = len(self.clients) - 1  # a backup: keeps the harness's requests off the primary
+        c = self.clients[ask]
         h = (await c.status())["height"]
         while True:
             try:
@@ -327,6 +338,17 @@ class Fleet:
                 continue
             if blk is None:
                 continue
+            if self.validators is not None:
+                try:
+                    verify_block_json(blk, self.validators, self.chain)
+                except ProofError as exc:  # a lying validator: follow another one
+                    self.blocks_refused += 1
+                    log.warning("fleet: block %d from %s refused (%s); following another validator",
+                                h + 1, self.urls[ask], exc)
+                    ask = (ask + 1) % len(self.clients)
+                    c = self.clients[ask]
+                    continue
+                self.blocks_proven += 1
             h += 1
             t = time.monotonic()
             for tid in blk["tx_ids"]:
@@ -474,7 +496,7 @@ class Fleet:
         per = max(8, self.cfg.uploads_in_flight // len(self.urls) + 4)
         self.clients = [NodeClient(u, aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=per), timeout=aiohttp.ClientTimeout(total=120))) for u in self.urls]
-        self.chain = (await self.clients[0].status())["chain_id"]
+        self.chain = self.genesis.chain_id if self.genesis is not None else (await self.clients[0].status())["chain_id"]
         tasks = [asyncio.create_task(x) for x in (self._follow(), self._proxy(),
                                                   *(self._lane(v) for v in range(len(self.clients))))]
         try:
@@ -613,6 +635,9 @@ class Fleet:
             "submitted": self.submitted, "committed": n, "committed_by_kind": dict(self.committed),
             "failed": sum(v for k, v in self.failed.items() if k != "reasons"), "failed_by_kind": dict(self.failed),
             "overloaded_retried": self.overloaded,
+            # None: no genesis keys given, commits taken on the followed validator's word
+            "blocks_proven": self.blocks_proven if self.validators is not None else None,
+            "blocks_refused": self.blocks_refused,
             "unfinished": self.open_ops, "send_rate": self.submitted / send_span if send_span > 0 else 0.0,
             "tps": n / span if span > 0 else 0.0, "seconds": span,
             "latency_ms": {k: v / 1000 for k, v in lat.items()} if n else {}, "window_to_commit_ms": e2e,

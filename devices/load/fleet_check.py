@@ -15,6 +15,7 @@ import hashlib
 from devices.load.fleet import ALL_TYPES, KINDS, Fleet, FleetConfig, FleetPhone
 from devices.patient.phone import Phone
 from devices.patient.staff import Staff
+from node.genesis import Genesis
 from node.ipfs.cid import Cid
 from node.wire import encode
 
@@ -60,9 +61,10 @@ async def check_fleet(fleet: Fleet, sample: int = 10) -> dict:
 
 
 async def run_fleet(urls: list[str], cfg: FleetConfig, progress=None, check_sample: int = 0,
-                    mark=None) -> dict:
-    """Run the fleet against validators at `urls`; with check_sample, also the no-lost-readings check."""
-    f = Fleet(urls, cfg, progress, mark)
+                    mark=None, genesis: Genesis | None = None) -> dict:
+    """Run the fleet against validators at `urls`; with check_sample, also the no-lost-readings check.
+    With the genesis, a commit counts only in a block whose certificate checks against its keys."""
+    f = Fleet(urls, cfg, progress, mark, genesis)
     try:
         res = await f.run()
         if check_sample:
