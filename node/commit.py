@@ -64,7 +64,8 @@ class Commit:
                 self.metrics.commit_latency.observe(now - t0)
             _wake(self._waiters.pop(tx.id, []))
         # stored now: the forwarded copies are no longer needed (held, the cache would track the last
-        # 16 MiB forwarded instead of the writes in flight: ~20 MB of a validator's memory at 1,000/s)
+        # 16 MiB forwarded instead of the writes in flight; at 1,000 writes/s for 40 s, one pair:
+        # 138 -> 132 MB anonymous per validator)
         self.sidecars.discard([c.digest for c, _ in sidecars if c.codec == CODEC_RAW])
         self.metrics.sidecar_cache.set(self.sidecars.bytes)
         if stored:

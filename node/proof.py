@@ -48,16 +48,14 @@ def verify_status(txid: bytes, st: dict[str, Any], validators: Sequence[bytes], 
     ride in the answer; its `height` and `block_hash` must be the header's. Its result `code` is
     proven too: `receipt` is a proof bundle for the receipt key at a certified head no lower than
     the block, holding [height, index, code]. Returns the header."""
+    header = _json_certified_header(st, validators, chain_id)
     try:
-        header_raw = bytes.fromhex(st["header"])
-        cert = [(i, bytes.fromhex(sig)) for i, sig in st["certificate"]]
-        cert_view, index, tx_count = st["cert_view"], st["index"], st["tx_count"]
+        index, tx_count = st["index"], st["tx_count"]
         path = [bytes.fromhex(p) for p in st["proof"]]
     except (KeyError, TypeError, ValueError) as exc:
-        raise ProofError(f"the answer carries no certified header and audit path ({exc!r})") from None
-    if not all(type(x) is int for x in (cert_view, index, tx_count, *(i for i, _ in cert))):
-        raise ProofError("cert_view, index, tx_count and validator indexes must be integers")
-    header = _certified_header(header_raw, cert, cert_view, validators, chain_id)
+        raise ProofError(f"the answer carries no audit path ({exc!r})") from None
+    if not (type(index) is int and type(tx_count) is int):
+        raise ProofError("index and tx_count must be integers")
     if not merkle.verify(txid, index, tx_count, path, header.tx_root):
         raise ProofError("Merkle path does not lead to the block's transaction root")
     if st.get("height") != header.height or st.get("block_hash") != header.hash.hex():
@@ -83,21 +81,30 @@ def verify_block_json(blk: dict[str, Any], validators: Sequence[bytes], chain_id
     """Check a block as `GET /v1/blocks/{h}` gives it in JSON, for a client that follows the chain:
     its `header` certified by 2f+1 of `validators` (`certificate`, `cert_view`), its `tx_ids` exactly
     the leaves under the header's `tx_root`, and its `height` the header's. Returns the header."""
+    header = _json_certified_header(blk, validators, chain_id)
     try:
-        header_raw = bytes.fromhex(blk["header"])
-        cert = [(i, bytes.fromhex(sig)) for i, sig in blk["certificate"]]
-        cert_view = blk["cert_view"]
         ids = [bytes.fromhex(t) for t in blk["tx_ids"]]
     except (KeyError, TypeError, ValueError) as exc:
-        raise ProofError(f"the block carries no certified header and transaction ids ({exc!r})") from None
-    if not all(type(x) is int for x in (cert_view, *(i for i, _ in cert))):
-        raise ProofError("cert_view and validator indexes must be integers")
-    header = _certified_header(header_raw, cert, cert_view, validators, chain_id)
+        raise ProofError(f"the block carries no transaction ids ({exc!r})") from None
     if merkle.root(ids) != header.tx_root:
         raise ProofError(f"block {header.height}: its transaction ids are not the ones under its certified tx_root")
     if blk.get("height") != header.height:
         raise ProofError("the block's height is not its certified header's")
     return header
+
+
+def _json_certified_header(d: dict[str, Any], validators: Sequence[bytes], chain_id: str) -> Header:
+    """The header of a JSON answer (`header`, `certificate`, `cert_view`, as `GET /v1/tx` and
+    `GET /v1/blocks` give them), if it is of `chain_id` and certified by 2f+1 of `validators`."""
+    try:
+        header_raw = bytes.fromhex(d["header"])
+        cert = [(i, bytes.fromhex(sig)) for i, sig in d["certificate"]]
+        cert_view = d["cert_view"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProofError(f"the answer carries no certified header ({exc!r})") from None
+    if not all(type(x) is int for x in (cert_view, *(i for i, _ in cert))):
+        raise ProofError("cert_view and validator indexes must be integers")
+    return _certified_header(header_raw, cert, cert_view, validators, chain_id)
 
 
 def _certified_header(header_raw: bytes, cert: Sequence[tuple[int, bytes]], cert_view: int,

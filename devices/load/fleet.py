@@ -133,7 +133,6 @@ class Fleet:
         # with the genesis, a commit counts only in a block whose certificate and transaction ids
         # check against its keys (node/proof.py), as a phone proxy would before dropping its buffers
         self.genesis = genesis
-        self.validators = genesis.validator_keys if genesis is not None else None
         self.blocks_proven = self.blocks_refused = 0
         self.rng = random.Random(f"fleet|{cfg.seed}")
         self.hist = HdrHistogram(1, 3_600_000_000, 3)  # commit latency, microseconds (Caliper)
@@ -338,9 +337,9 @@ class Fleet:
                 continue
             if blk is None:
                 continue
-            if self.validators is not None:
+            if self.genesis is not None:
                 try:
-                    verify_block_json(blk, self.validators, self.chain)
+                    verify_block_json(blk, self.genesis.validator_keys, self.chain)
                 except ProofError as exc:  # a lying validator: follow another one
                     self.blocks_refused += 1
                     log.warning("fleet: block %d from %s refused (%s); following another validator",
@@ -636,7 +635,7 @@ class Fleet:
             "failed": sum(v for k, v in self.failed.items() if k != "reasons"), "failed_by_kind": dict(self.failed),
             "overloaded_retried": self.overloaded,
             # None: no genesis keys given, commits taken on the followed validator's word
-            "blocks_proven": self.blocks_proven if self.validators is not None else None,
+            "blocks_proven": self.blocks_proven if self.genesis is not None else None,
             "blocks_refused": self.blocks_refused,
             "unfinished": self.open_ops, "send_rate": self.submitted / send_span if send_span > 0 else 0.0,
             "tps": n / span if span > 0 else 0.0, "seconds": span,
