@@ -5,7 +5,7 @@ import sys
 from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
-# --- native extensions (native/_secp.pyx, native/_aesgcm.pyx, native/_smt.pyx) ---------------------------------
+# --- native extensions (native/_secp.pyx, native/_aesgcm.pyx, native/_smt.pyx, native/_wire.pyx) ---------------------------------
 # Optional: without Cython, a C compiler, libsecp256k1-dev or libssl-dev the package still
 # installs, with a warning, and node/crypto/batch.py falls back to coincurve and `cryptography`.
 # Threads are plain pthreads started per call (native/_parallel.h), not OpenMP: libgomp's pool
@@ -28,6 +28,7 @@ def _native_extensions() -> list:
         Extension("native._secp", ["native/_secp.pyx"], libraries=["secp256k1"], **common),
         Extension("native._aesgcm", ["native/_aesgcm.pyx"], libraries=["crypto"], **common),
         Extension("native._smt", ["native/_smt.pyx"], libraries=["crypto"], **common),
+        Extension("native._wire", ["native/_wire.pyx"], **common),
     ]
     try:
         from Cython.Build import cythonize

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from itertools import combinations
 
 import pytest
@@ -471,3 +472,46 @@ def test_only_the_two_families_are_admitted():
         if kind not in _PARSERS:
             with pytest.raises(TxError, match="unknown transaction kind"):
                 Tx.decode(raw_tx(kind=kind, fields=OK[KIND_PROFILE]), CHAIN)
+
+
+# --- the parser's fast paths against the field checks they inline --------------------------------
+
+_edgy_ints = st.sampled_from([0, 1, 5, 6, 2**32 - 1, 2**32, 1 << 40, (1 << 40) + 1, 2**63 - 1, 2**63, -1])
+_write_field = st.one_of(_edgy_ints, st.booleans(), st.none(), st.binary(max_size=130), st.text(max_size=3))
+
+
+def _write_reference(f: list) -> Write:
+    """Write.parse as each field's helper checks it (the fast path must give the same answer)."""
+    from node.tx.model import MAX_CID, _bytes, _dtype, _uint
+    if len(f) != 6:
+        raise TxError("write takes 6 fields: type, cid, size, epoch, t_start_ms, t_end_ms")
+    w = Write(_dtype(f[0]), _bytes(f[1], "cid", 2, MAX_CID), _uint(f[2], "size", 1 << 40),
+              _uint(f[3], "epoch", 2**32 - 1), _uint(f[4], "t_start_ms"), _uint(f[5], "t_end_ms"))
+    if w.t_end_ms < w.t_start_ms:
+        raise TxError("t_end_ms before t_start_ms")
+    return w
+
+
+@given(st.lists(_write_field, min_size=5, max_size=7), st.data())
+def test_write_parse_fast_path_agrees_with_the_field_checks(fields: list, data) -> None:
+    if len(fields) == 6 and data.draw(st.booleans()):  # mostly-valid writes, so the fast path runs
+        fields[0] = data.draw(st.sampled_from([1, 5, 0, 6, True]))
+        fields[1] = data.draw(st.binary(min_size=0, max_size=130))
+    try:
+        want = _write_reference(fields)
+    except TxError as exc:
+        with pytest.raises(TxError, match="^" + re.escape(str(exc))):
+            Write.parse(fields)
+        return
+    got = Write.parse(fields)
+    assert got == want and hash(got) == hash(want) and got.fields() == want.fields()
+    with pytest.raises(AttributeError):
+        got.size = 1  # still frozen
+
+
+def test_a_decoded_transaction_equals_the_one_built() -> None:
+    ident = Identity.from_seed(b"\x01" * 16)
+    built = Tx.build(ident, "c", 3, Write(2, b"\x01\x55\x12\x20" + bytes(32), 10, 0, 5, 9))
+    got = Tx.decode(built.raw, "c")
+    assert got == built and got.address == built.address == ecdsa.sha256(ident.public_key)
+    assert got.body.root == built.body.root and got.body.root.to_bytes() == built.body.cid

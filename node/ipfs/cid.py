@@ -174,6 +174,10 @@ def _check_multihash(mh: bytes) -> None:
 # --- CID -------------------------------------------------------------------------------------
 
 
+# the 4-byte prefixes of a CIDv1 with a sha2-256 digest (version 1, codec, 0x12 0x20), by codec
+_V1_SHA256 = {bytes((1, codec, SHA2_256, SHA2_256_LEN)): codec for codec in (CODEC_RAW, CODEC_DAG_PB)}
+
+
 @dataclass(frozen=True)
 class Cid:
     """A validated CID. ``multihash`` is the full multihash (code, length, digest)."""
@@ -229,6 +233,11 @@ class Cid:
     def from_bytes(cls, b: bytes) -> Cid:
         """Parse a binary CID (v0 bare multihash or v1 version/codec/multihash)."""
         b = bytes(b)
+        codec = _V1_SHA256.get(b[:4]) if len(b) == 4 + SHA2_256_LEN else None
+        if codec is not None:  # the CID of nearly every write: what __post_init__ checks holds by its prefix
+            cid = object.__new__(cls)
+            cid.__dict__.update(version=1, codec=codec, multihash=b[2:])
+            return cid
         if not b:
             raise CidError("empty CID")
         if len(b) > MAX_CID_BYTES:

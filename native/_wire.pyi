@@ -1,0 +1,3 @@
+"""Types of native/_wire.pyx (the wire decoder's fast path)."""
+
+def decode(data: bytes, canonical: bool) -> object: ...
