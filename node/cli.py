@@ -106,25 +106,25 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     from devices import aio
     from devices.load.loadgen import run_load
     from devices.net.localnet import ONE_ADDRESS_FLEET, make_network, supervised
-    from node.genesis import Params
+    from node.genesis import Genesis, Params
 
-    def go(urls: list[str]) -> dict:
+    def go(urls: list[str], genesis: Genesis | None) -> dict:
         return aio.run(run_load(urls, args.senders, args.per_sender, args.batch, args.lanes,
-                                  kind=args.kind, rate=args.rate)).as_dict()
+                                  kind=args.kind, rate=args.rate, genesis=genesis)).as_dict()
 
     from devices.load.floor import floor_line, measure_floor
     floor_us = measure_floor()
     if not args.json:
         print(floor_line(floor_us), flush=True)
     if args.node:
-        res = go(args.node)
+        res = go(args.node, Genesis.load(Path(args.genesis)) if args.genesis else None)
     else:
         with tempfile.TemporaryDirectory(prefix="medchain-load-") as tmp:
             nodes = make_network(Path(tmp), args.validators, p2p_mode=args.p2p,
                                  params=Params(sender_rate=1e6, sender_burst=1e6, **ONE_ADDRESS_FLEET))
             with supervised(nodes):  # as `medchain devnet`: no validator outlives this command
                 c0 = [n.cpu_seconds() for n in nodes]
-                res = go([n.url for n in nodes])
+                res = go([n.url for n in nodes], Genesis.load(nodes[0].home / "genesis.json"))
                 res["validator_cpu_s"] = [round(n.cpu_seconds() - c, 2) for n, c in zip(nodes, c0, strict=True)]
                 stats = [json.loads(urlopen(n.url + "/v1/status").read()) for n in nodes]
                 res["p2p_messages_out"] = sum(s["p2p_messages_out"] for s in stats)
@@ -137,7 +137,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     res["floor_us"] = floor_us
     lat = res["latency_ms"]
     text = (f"committed {res['committed']}/{res['submitted']} in {res['seconds']:.2f} s: "
-            f"{res['tps']:.0f} tx/s over {res['blocks']} blocks; refused {res['refused']}\n"
+            f"{res['tps']:.0f} tx/s over {res['blocks']} blocks ({_proven(res)}); refused {res['refused']}\n"
             f"commit latency ms: p50 {lat['p50']:.0f}  p95 {lat['p95']:.0f}  p99 {lat['p99']:.0f}  max {lat['max']:.0f}")
     if "validator_cpu_s" in res:
         text += f"\nvalidator CPU s (whole run, preparation included): {res['validator_cpu_s']}"
@@ -148,6 +148,12 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         text += f"\nvalidator CPU per committed tx per validator: {res['validator_cpu_us_per_tx']:.0f} us{ratio}"
     _out(args, res, text)
     return 0
+
+
+def _proven(res: dict) -> str:
+    if res["blocks_proven"] is None:
+        return "commits taken on the followed validator's word: no genesis given"
+    return f"{res['blocks_proven']} proven by certificate, {res['blocks_refused']} refused"
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -232,6 +238,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch", type=int, default=500, help="transactions per POST /v1/txs")
     sp.add_argument("--lanes", type=int, default=2, help="concurrent submitting connections per validator")
     sp.add_argument("--rate", type=float, default=0.0, help="offered load in tx/s, open loop (0: as fast as possible)")
+    sp.add_argument("--genesis", help="with --node: the network's genesis.json; commits then count only in blocks "
+                    "whose certificate and transaction ids check against its keys (a local network's own is always used)")
 
     sp = add("bench", cmd_bench, "Wearable-fleet workloads on a devnet: JSON report and PNG plot in bench/results/.")
     from devices.load.benchmark import add_arguments as bench_arguments

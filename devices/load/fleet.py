@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from hdrh.histogram import HdrHistogram
 
+from devices.load.follow import Follower
 from devices.patient import envelope
 from devices.patient.client import ApiError, NodeClient
 from devices.wearable.ble import Link, LinkParams
@@ -47,7 +48,6 @@ from node.crypto.batch import aead_seal_batch
 from node.crypto.keys import Identity
 from node.genesis import Genesis
 from node.ipfs.cid import Cid, cid_v1_raw
-from node.proof import ProofError, verify_block_json
 from node.tx import Grant, Profile, Read, SealedKey, Tx, Write, data_type_id
 from node.wire import encode
 
@@ -55,7 +55,6 @@ log = logging.getLogger("medchain.fleet")
 KINDS = ["heart_rate", "spo2", "body_temperature", "blood_pressure", "glucose"]
 ALL_TYPES = tuple(sorted(data_type_id(k) for k in KINDS))
 HISTORY_EPOCHS = 12  # as devices/patient/phone.py: past key epochs a grant carries
-FOLLOW_WAIT_S = 10  # the follower's long poll for the next block
 MAX_BATCH = 4000  # transactions per POST /v1/txs (the API allows 4096)
 MAX_BATCH_BYTES = 1900 * 1024  # and bytes, sidecars included (the API allows 2 MiB)
 
@@ -133,7 +132,7 @@ class Fleet:
         # with the genesis, a commit counts only in a block whose certificate and transaction ids
         # check against its keys (node/proof.py), as a phone proxy would before dropping its buffers
         self.genesis = genesis
-        self.blocks_proven = self.blocks_refused = 0
+        self.follower: Follower | None = None
         self.rng = random.Random(f"fleet|{cfg.seed}")
         self.hist = HdrHistogram(1, 3_600_000_000, 3)  # commit latency, microseconds (Caliper)
         self.hist_e2e = HdrHistogram(1, 3_600_000_000, 3)  # window closed -> committed
@@ -324,31 +323,11 @@ class Fleet:
 
     # --- the follower -----------------------------------------------------------------------
     async def _follow(self) -> None:
-        ask = len(self.clients) - 1  # a backup: keeps the harness's requests off the primary
-        c = self.clients[ask]
-        h = (await c.status())["height"]
-        while True:
-            try:
-                # a long poll: one request per block (polling /v1/status every 10 ms cost the
-                # validator it asked about 3% of a core, counted in the validators' CPU)
-                blk = await c.next_block(h + 1, FOLLOW_WAIT_S)
-            except (aiohttp.ClientError, ApiError, TimeoutError):  # a slow or busy validator: ask again
-                await asyncio.sleep(0.1)
-                continue
+        c = self.clients[-1]  # a backup: keeps the harness's requests off the primary
+        self.follower = Follower(self.clients, self.genesis, self.chain, (await c.status())["height"])
+        async for blk in self.follower.blocks():
             if blk is None:
                 continue
-            if self.genesis is not None:
-                try:
-                    verify_block_json(blk, self.genesis.validator_keys, self.chain)
-                except ProofError as exc:  # a lying validator: follow another one
-                    self.blocks_refused += 1
-                    log.warning("fleet: block %d from %s refused (%s); following another validator",
-                                h + 1, self.urls[ask], exc)
-                    ask = (ask + 1) % len(self.clients)
-                    c = self.clients[ask]
-                    continue
-                self.blocks_proven += 1
-            h += 1
             t = time.monotonic()
             for tid in blk["tx_ids"]:
                 m = self.tracked.pop(bytes.fromhex(tid), None)
@@ -635,8 +614,8 @@ class Fleet:
             "failed": sum(v for k, v in self.failed.items() if k != "reasons"), "failed_by_kind": dict(self.failed),
             "overloaded_retried": self.overloaded,
             # None: no genesis keys given, commits taken on the followed validator's word
-            "blocks_proven": self.blocks_proven if self.genesis is not None else None,
-            "blocks_refused": self.blocks_refused,
+            "blocks_proven": self.follower.proven_or_none if self.follower else None,
+            "blocks_refused": self.follower.refused if self.follower else 0,
             "unfinished": self.open_ops, "send_rate": self.submitted / send_span if send_span > 0 else 0.0,
             "tps": n / span if span > 0 else 0.0, "seconds": span,
             "latency_ms": {k: v / 1000 for k, v in lat.items()} if n else {}, "window_to_commit_ms": e2e,

@@ -3,8 +3,10 @@
 Phase 1 (not timed): make senders, one small ciphertext per write, pre-sign the transactions.
 Phase 2 (timed): submit them in batches (POST /v1/txs, as a phone proxy would; each write carries
 its ciphertext as a sidecar) from several concurrent submitters while a follower reads each new
-block and stamps its transactions' commit time. throughput = committed / (last commit - first
-submit). A 429 or 503 (a rate limit, a full pool) is retried after its Retry-After, never fatal.
+block and stamps its transactions' commit time (given the genesis, only a block whose certificate
+and transaction ids check against its keys: devices/load/follow.py). throughput = committed /
+(last commit - first submit). A 429 or 503 (a rate limit, a full pool) is retried after its
+Retry-After, never fatal.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import os
 import time
 from dataclasses import dataclass
 
+from devices.load.follow import Follower
 from devices.patient.client import ApiError, NodeClient
 from node.crypto.keys import Identity
+from node.genesis import Genesis
 from node.ipfs.cid import cid_v1_raw
 from node.tx import Profile, Tx, Write
 
@@ -32,6 +36,8 @@ class LoadResult:
     tps: float
     latency_ms: dict[str, float]
     blocks: int
+    blocks_proven: int | None = None  # None: no genesis given, commits taken on the validator's word
+    blocks_refused: int = 0
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
@@ -64,7 +70,8 @@ def _prepare(chain: str, senders: int, per_sender: int, kind: str) -> list[list[
 
 
 async def run_load(urls: list[str], senders: int = 200, per_sender: int = 50, batch: int = 500,
-                   lanes: int = 2, timeout: float = 300.0, kind: str = "write", rate: float = 0.0) -> LoadResult:
+                   lanes: int = 2, timeout: float = 300.0, kind: str = "write", rate: float = 0.0,
+                   genesis: Genesis | None = None) -> LoadResult:
     """Submit to every validator in `urls` (sender s to validator s mod n); follow commits on the last.
     rate > 0 offers load open-loop at that many tx/s in total (a slow system cannot slow the
     arrivals down and hide its latency); rate = 0 submits as fast as admission answers."""
@@ -72,16 +79,16 @@ async def run_load(urls: list[str], senders: int = 200, per_sender: int = 50, ba
     for cl in clients:
         await cl.__aenter__()
     try:
-        return await _run(clients, senders, per_sender, batch, lanes, timeout, kind, rate)
+        return await _run(clients, senders, per_sender, batch, lanes, timeout, kind, rate, genesis)
     finally:
         for cl in clients:
             await cl.close()
 
 
 async def _run(clients: list[NodeClient], senders: int, per_sender: int, batch: int, lanes: int,
-               timeout: float, kind: str, rate: float = 0.0) -> LoadResult:
+               timeout: float, kind: str, rate: float = 0.0, genesis: Genesis | None = None) -> LoadResult:
     c = clients[-1]  # follow commits on a backup: keeps the harness's polling off the primary
-    chain = (await c.status())["chain_id"]
+    chain = genesis.chain_id if genesis is not None else (await c.status())["chain_id"]
     per = _prepare(chain, senders, per_sender, kind)
     # sender s talks to validator s mod V over lane (s // V) mod L; a lane submits its batches one
     # after another, so each sender's nonces arrive in order; lanes and validators run concurrently
@@ -100,17 +107,17 @@ async def _run(clients: list[NodeClient], senders: int, per_sender: int, batch: 
     start_height = (await c.status())["height"]
     all_sent = asyncio.Event()
 
+    follower = Follower(clients, genesis, chain, start_height)
+
     async def follow() -> int:
-        h = start_height
-        while True:
-            blk = await c.next_block(h + 1, 1)  # a long poll: one request per block, not /v1/status every 10 ms
+        async for blk in follower.blocks(wait_s=1):  # a long poll: one request per block
             if blk is not None:
-                h += 1
                 t = time.monotonic()
                 for tid in blk["tx_ids"]:
                     done_at.setdefault(bytes.fromhex(tid), t)
             if all_sent.is_set() and all(t in done_at for t in sent_at):
-                return h - start_height
+                break
+        return follower.height - start_height
 
     lane_rate = rate / len(work) if rate > 0 else 0.0
 
@@ -157,12 +164,12 @@ async def _run(clients: list[NodeClient], senders: int, per_sender: int, batch: 
                 due += len(b) / lane_rate
             await submit(cl, b)
 
-    follower = asyncio.create_task(follow())
+    following = asyncio.create_task(follow())
     t0 = time.monotonic()
     await asyncio.gather(*(lane(cl, bs) for cl, bs in work))
     all_sent.set()
     try:
-        blocks = await asyncio.wait_for(follower, timeout)
+        blocks = await asyncio.wait_for(following, timeout)
     except TimeoutError:
         blocks = -1
     lat = sorted((done_at[t] - s_) * 1000 for t, s_ in sent_at.items() if t in done_at)
@@ -172,4 +179,4 @@ async def _run(clients: list[NodeClient], senders: int, per_sender: int, batch: 
     return LoadResult(total, len(lat), refused, secs, len(lat) / secs if secs > 0 else 0.0,
                       {"min": lat[0] if lat else nan, "avg": sum(lat) / len(lat) if lat else nan,
                        "p50": percentile(lat, 50), "p95": percentile(lat, 95), "p99": percentile(lat, 99),
-                       "max": lat[-1] if lat else nan}, blocks)
+                       "max": lat[-1] if lat else nan}, blocks, follower.proven_or_none, follower.refused)

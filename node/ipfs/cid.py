@@ -236,7 +236,7 @@ class Cid:
         codec = _V1_SHA256.get(b[:4]) if len(b) == 4 + SHA2_256_LEN else None
         if codec is not None:  # the CID of nearly every write: what __post_init__ checks holds by its prefix
             cid = object.__new__(cls)
-            cid.__dict__.update(version=1, codec=codec, multihash=b[2:])
+            cid.__dict__.update(version=1, codec=codec, multihash=b[2:], _bytes=b)  # to_bytes' cache too
             return cid
         if not b:
             raise CidError("empty CID")
