@@ -168,6 +168,7 @@ class Admission:
         # a client's transaction fits the backlog bound too (the chain's rate times max_queue_s), not
         # only the pool's capacity; no block commits during this loop, so it is one bound per batch
         limit = None if forwarded else self.backlog.limit(now)
+        admitted = 0
         for c in checked:
             if isinstance(c, AdmissionError):
                 out.append(c)
@@ -189,8 +190,10 @@ class Admission:
                 out.append(self._held_back(tx, exc, now) or self._refuse(tx, exc, now))
                 continue
             out.append(tx.id)
+            admitted += 1
             if not forwarded and self.forwarding:
                 self.forward.append((tx.raw, side))
+        self.metrics.admitted.inc(admitted)  # once a batch: the counter takes a lock per call
         self.metrics.mempool.set(len(self.mempool))
         return out
 
@@ -252,7 +255,6 @@ class Admission:
         if not forwarded:
             self.submitted_at[tx.id] = now
         self.pending_since[tx.id] = now + REFORWARD_S
-        self.metrics.admitted.inc()
         return forward_side
 
     @staticmethod

@@ -175,6 +175,8 @@ def test_a_senders_later_nonces_behind_a_refused_one_are_refused_the_same_way(tm
         v.mempool.remove(ex.txs)
         again = v.submit_many_sync([(t.raw, None) for t in run[20:]])
         assert all(isinstance(r, bytes) for r in again), again
+        # the counter (increased once a batch) counts each admission, and no refusal
+        assert v.metrics.registry.get_sample_value("medchain_tx_admitted_total") == 20 + 10
     finally:
         v.pipeline.close()
         v.admission.close()
