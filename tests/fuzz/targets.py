@@ -10,6 +10,8 @@ crash-regression replay (test_fuzz.py).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 from devices.wearable import gatt
 from node.block import Block, BlockError
@@ -17,9 +19,26 @@ from node.consensus import ConsensusError, decode_message
 from node.tx import Tx, TxError
 from node.tx.model import VERSION
 from node.wire import MAX_BLOCK_BYTES, WireError, decode, decode_canonical, encode
+from node.wire.codec import decode_canonical_py, decode_py
+
+
+def _outcome(fn: Callable[[bytes, int], Any], data: bytes) -> tuple[str, Any]:
+    try:
+        return "ok", _typed(fn(data, MAX_BLOCK_BYTES))
+    except WireError:
+        return "refused", None
+
+
+def _typed(v: Any) -> Any:
+    """A value with each scalar's type beside it: True and 1 compare unequal."""
+    return [_typed(x) for x in v] if type(v) is list else (type(v).__name__, v)
 
 
 def fuzz_wire(data: bytes) -> None:
+    # the codec's native fast path (native/_wire.pyx) and the pure-Python reference agree exactly
+    assert _outcome(decode, data) == _outcome(decode_py, data), "native decode differs from the reference"
+    assert _outcome(decode_canonical, data) == _outcome(decode_canonical_py, data), \
+        "native canonical decode differs from the reference"
     try:
         obj = decode(data, MAX_BLOCK_BYTES)
     except WireError:
