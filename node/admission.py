@@ -169,31 +169,33 @@ class Admission:
         # only the pool's capacity; no block commits during this loop, so it is one bound per batch
         limit = None if forwarded else self.backlog.limit(now)
         admitted = 0
-        for c in checked:
-            if isinstance(c, AdmissionError):
-                out.append(c)
-                continue
-            if len(c) == 3:  # (txid, kind, reason): refused by the stateless checks
-                txid, kind, reason = c
-                err = self.reject(txid, kind, reason)
-                if err.bad_signature and txid is not None:
-                    self.bad_sigs[txid] = None
-                    while len(self.bad_sigs) > _BAD_SIG_CACHE:
-                        self.bad_sigs.popitem(last=False)
-                out.append(err)
-                continue
-            tx, side = c
-            self.mark_verified(tx.id)
-            try:
-                side = self._admit(tx, side, view, snap, now_ms, now, forwarded, limit)
-            except AdmissionError as exc:
-                out.append(self._held_back(tx, exc, now) or self._refuse(tx, exc, now))
-                continue
-            out.append(tx.id)
-            admitted += 1
-            if not forwarded and self.forwarding:
-                self.forward.append((tx.raw, side))
-        self.metrics.admitted.inc(admitted)  # once a batch: the counter takes a lock per call
+        try:
+            for c in checked:
+                if isinstance(c, AdmissionError):
+                    out.append(c)
+                    continue
+                if len(c) == 3:  # (txid, kind, reason): refused by the stateless checks
+                    txid, kind, reason = c
+                    err = self.reject(txid, kind, reason)
+                    if err.bad_signature and txid is not None:
+                        self.bad_sigs[txid] = None
+                        while len(self.bad_sigs) > _BAD_SIG_CACHE:
+                            self.bad_sigs.popitem(last=False)
+                    out.append(err)
+                    continue
+                tx, side = c
+                self.mark_verified(tx.id)
+                try:
+                    side = self._admit(tx, side, view, snap, now_ms, now, forwarded, limit)
+                except AdmissionError as exc:
+                    out.append(self._held_back(tx, exc, now) or self._refuse(tx, exc, now))
+                    continue
+                out.append(tx.id)
+                admitted += 1
+                if not forwarded and self.forwarding:
+                    self.forward.append((tx.raw, side))
+        finally:  # an unexpected error mid-batch still counts the ones admitted before it
+            self.metrics.admitted.inc(admitted)  # once a batch: the counter takes a lock per call
         self.metrics.mempool.set(len(self.mempool))
         return out
 
