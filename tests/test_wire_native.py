@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import native as native_pkg
 from node.wire import codec
 from node.wire.codec import WireError, decode_canonical_py, decode_py, encode
 
@@ -53,7 +54,7 @@ def agree(data: bytes) -> None:
         assert same(got, want), (data.hex(), canonical, got, want)
 
 
-@pytest.mark.skipif(os.environ.get("MEDCHAIN_NO_NATIVE") == "1", reason="MEDCHAIN_NO_NATIVE=1 forces the reference")
+@pytest.mark.skipif(native_pkg.forced_off(), reason="MEDCHAIN_NO_NATIVE=1 forces the reference")
 def test_the_codec_uses_the_native_decoder() -> None:
     assert codec.BACKEND == "native"
 

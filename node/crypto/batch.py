@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from types import ModuleType
 from typing import cast
 
 from coincurve import PrivateKey
 
+import native
 from node.crypto import aead, ecdsa
 from node.crypto.aead import AeadError
 
@@ -176,7 +176,7 @@ def _secp_description() -> str:
     reason = f"coincurve's unusable: {SECP_LIBRARY_ERROR}" if SECP_LIBRARY_ERROR else "coincurve's not selected"
     return f"system libsecp256k1 [{reason}]"
 
-_FORCED_OFF = os.environ.get("MEDCHAIN_NO_NATIVE", "").strip() not in ("", "0")
+_FORCED_OFF = native.forced_off()
 
 #: Whether verify_batch / sign_batch dispatch to native/_secp.pyx.
 NATIVE_ECDSA: bool = _secp is not None and not _FORCED_OFF

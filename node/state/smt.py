@@ -21,10 +21,10 @@ tip) until the ledger writes them in the block's LMDB transaction.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import native
 from node.wire import WireError, decode_canonical, encode
 
 GetNode = Callable[[bytes], "bytes | None"]
@@ -152,17 +152,8 @@ def update_py(get: GetNode, writes: Mapping[bytes, bytes]) -> tuple[bytes, dict[
     return root, u.out
 
 
-def _load_native() -> Callable[..., tuple[bytes, dict[bytes, bytes]]] | None:
-    if os.environ.get("MEDCHAIN_NO_NATIVE") == "1":
-        return None
-    try:
-        from native import _smt
-    except ImportError:
-        return None
-    return _smt.update
-
-
-update_native = _load_native()
+_native = native.load("_smt")
+update_native: Callable[..., tuple[bytes, dict[bytes, bytes]]] | None = None if _native is None else _native.update
 BACKEND = "native" if update_native is not None else "python"
 
 
