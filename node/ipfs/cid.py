@@ -19,6 +19,8 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
+from node.frozen import frozen_from
+
 __all__ = [
     "CODEC_DAG_PB",
     "CODEC_RAW",
@@ -235,9 +237,7 @@ class Cid:
         b = bytes(b)
         codec = _V1_SHA256.get(b[:4]) if len(b) == 4 + SHA2_256_LEN else None
         if codec is not None:  # the CID of nearly every write: what __post_init__ checks holds by its prefix
-            cid = object.__new__(cls)
-            cid.__dict__.update(version=1, codec=codec, multihash=b[2:], _bytes=b)  # to_bytes' cache too
-            return cid
+            return frozen_from(cls, {"version": 1, "codec": codec, "multihash": b[2:], "_bytes": b})  # to_bytes' cache too
         if not b:
             raise CidError("empty CID")
         if len(b) > MAX_CID_BYTES:
