@@ -15,7 +15,6 @@ from node.api.common import (
     int_query,
     validator,
 )
-from node.block import Block
 from node.crypto.batch import backend_name
 from node.ipfs.cid import CidError
 from node.state import keys
@@ -89,18 +88,20 @@ async def get_block(req: web.Request) -> web.Response:
     wait = min(max(int_query(req, "wait", 0), 0), 30)
     if wait and valid:  # a client following the chain: one request per block, no polling
         await v.committer.wait_height(height, wait)
-    raw = v.ledger.block_raw(height) if valid else None
-    if raw is None:
+    msgpack = req.query.get("format") == "msgpack"
+    # JSON: a follower asks for the newest blocks, which the commit stage keeps decoded (no ledger
+    # read, no decode); older ones come from the ledger through the same call
+    found = (v.ledger.block_raw(height) if msgpack else v.committer.block_at(height)) if valid else None
+    if found is None:
         base = v.ledger.base_height()
         if 1 <= height < base:
             return err(404, f"block {height} is below this validator's checkpoint (it started from the certified "
                             f"state at block {base}: a snapshot or state transfer) and is not held here; ask "
                             "another validator")
         return err(404, f"no block at height {h}")
-    if req.query.get("format") == "msgpack":
-        return web.Response(body=raw, content_type=MSGPACK)
-    # a follower asks for the newest blocks, which the commit stage keeps decoded (ids hashed once)
-    b = v.committer.block_at(height) or Block.decode(raw)
+    if isinstance(found, bytes):
+        return web.Response(body=found, content_type=MSGPACK)
+    b = found
     hd = b.header
     return web.json_response({
         "hash": b.hash.hex(), "height": hd.height, "prev_hash": hd.prev_hash.hex(), "view": hd.view,
