@@ -104,6 +104,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     import tempfile
 
     from devices import aio
+    from devices.load.follow import describe
     from devices.load.loadgen import run_load
     from devices.net.localnet import ONE_ADDRESS_FLEET, make_network, supervised
     from node.genesis import Genesis, Params
@@ -137,7 +138,8 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     res["floor_us"] = floor_us
     lat = res["latency_ms"]
     text = (f"committed {res['committed']}/{res['submitted']} in {res['seconds']:.2f} s: "
-            f"{res['tps']:.0f} tx/s over {res['blocks']} blocks ({_proven(res)}); refused {res['refused']}\n"
+            f"{res['tps']:.0f} tx/s over {res['blocks']} blocks ({describe(res['blocks_proven'], res['blocks_refused'])}); "
+            f"refused {res['refused']}\n"
             f"commit latency ms: p50 {lat['p50']:.0f}  p95 {lat['p95']:.0f}  p99 {lat['p99']:.0f}  max {lat['max']:.0f}")
     if "validator_cpu_s" in res:
         text += f"\nvalidator CPU s (whole run, preparation included): {res['validator_cpu_s']}"
@@ -148,12 +150,6 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         text += f"\nvalidator CPU per committed tx per validator: {res['validator_cpu_us_per_tx']:.0f} us{ratio}"
     _out(args, res, text)
     return 0
-
-
-def _proven(res: dict) -> str:
-    if res["blocks_proven"] is None:
-        return "commits taken on the followed validator's word: no genesis given"
-    return f"{res['blocks_proven']} proven by certificate, {res['blocks_refused']} refused"
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

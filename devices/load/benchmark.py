@@ -32,6 +32,7 @@ from devices.load.benchmeter import (
 )
 from devices.load.fleet import FleetConfig
 from devices.load.fleet_check import run_fleet
+from devices.load.follow import describe
 from devices.load.memcap import CapError, MemoryCap
 from devices.wearable import ble
 from devices.wearable.wearables import DEFAULT_PERIOD_MS, make_wearable
@@ -239,12 +240,6 @@ def _cap(limit_mb: float, pids: list[int] | None) -> MemoryCap:
     return cap
 
 
-def _proven(s: dict) -> str:
-    if s.get("blocks_proven") is None:
-        return "taken on the followed validator's word (no genesis given)"
-    return f"{s['blocks_proven']} proven by certificate, {s.get('blocks_refused', 0)} refused"
-
-
 def _line(s: dict) -> str:
     lat = s["latency_ms"] or {k: float("nan") for k in ("min", "avg", "p50", "p95", "p99", "max")}
     e2e = {int(k): v for k, v in (s.get("window_to_commit_ms") or {}).items()}
@@ -253,7 +248,7 @@ def _line(s: dict) -> str:
           "  ".join(f"{k} {m['j_per_tx']:.4f} J/tx" for k, m in e.get("models", {}).items() if m["j_per_tx"]))
     out = (f"  {s['label']}: sent {s['send_rate']:.0f}/s, committed {s['tps']:.0f} tx/s ({s['committed']} ok, "
            f"{s['failed']} failed, {s['unfinished']} unfinished, {s.get('overloaded_retried', 0)} refused with 429/503 "
-           f"and sent again; blocks {_proven(s)}); latency ms min {lat['min']:.0f} avg {lat['avg']:.0f}"
+           f"and sent again; blocks {describe(s.get('blocks_proven'), s.get('blocks_refused', 0))}); latency ms min {lat['min']:.0f} avg {lat['avg']:.0f}"
            f" p50 {lat['p50']:.0f} p95 {lat['p95']:.0f} p99 {lat['p99']:.0f} max {lat['max']:.0f}; window closed to "
            f"commit p50 {e2e.get(50, float('nan')):.0f} p99 {e2e.get(99, float('nan')):.0f}\n"
            f"    generator {s['generator_cpu_ms_per_tx']:.3f} ms CPU per tx ({s['generator_cpu_s']:.1f} s: wearables"

@@ -5,8 +5,9 @@ Given the genesis, a block counts only when its certificate holds 2f+1 genesis s
 transaction ids hash to the header's tx_root (node/proof.py `verify_block_json`), its height is the
 one asked for and it extends the block proven before it: a lying validator can neither invent a
 commit nor hide one (by a made-up id, or a replayed certified block of another height), and a block
-it answers falsely makes the follower ask the next validator. Without a genesis (a benchmark pointed at validators whose genesis it was not
-given), every block is taken on the followed validator's word and `proven` says so (None).
+it answers falsely makes the follower ask the next validator. Without a genesis (a benchmark pointed
+at validators whose genesis it was not given), every block is taken on the followed validator's word
+and `proven_or_none` says so (None).
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ FAILURES_BEFORE_MOVING = 5  # failed requests in a row before the follower asks 
 # empty waits in a row before it asks another: a validator that withholds blocks ("not yet", for
 # ever) must not stall it; on an idle chain this only moves it round the honest ones
 EMPTY_BEFORE_MOVING = 3
+
+
+def describe(proven: int | None, refused: int) -> str:
+    """How a run's blocks were counted, for a report line."""
+    if proven is None:
+        return "taken on the followed validator's word (no genesis given)"
+    return f"{proven} proven by certificate, {refused} refused"
 
 
 class Follower:
