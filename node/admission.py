@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from node import clock
 from node.backlog import Backlog
@@ -171,33 +172,36 @@ class Admission:
         admitted = 0
         try:
             for c in checked:
-                if isinstance(c, AdmissionError):
-                    out.append(c)
-                    continue
-                if len(c) == 3:  # (txid, kind, reason): refused by the stateless checks
-                    txid, kind, reason = c
-                    err = self.reject(txid, kind, reason)
-                    if err.bad_signature and txid is not None:
-                        self.bad_sigs[txid] = None
-                        while len(self.bad_sigs) > _BAD_SIG_CACHE:
-                            self.bad_sigs.popitem(last=False)
-                    out.append(err)
-                    continue
-                tx, side = c
-                self.mark_verified(tx.id)
-                try:
-                    side = self._admit(tx, side, view, snap, now_ms, now, forwarded, limit)
-                except AdmissionError as exc:
-                    out.append(self._held_back(tx, exc, now) or self._refuse(tx, exc, now))
-                    continue
-                out.append(tx.id)
-                admitted += 1
-                if not forwarded and self.forwarding:
-                    self.forward.append((tx.raw, side))
+                r = self._admit_one(c, forwarded, view, snap, now_ms, now, limit)
+                out.append(r)
+                admitted += type(r) is bytes
         finally:  # an unexpected error mid-batch still counts the ones admitted before it
             self.metrics.admitted.inc(admitted)  # once a batch: the counter takes a lock per call
         self.metrics.mempool.set(len(self.mempool))
         return out
+
+    def _admit_one(self, c: Any, forwarded: bool, view: Overlay, snap: Snapshot, now_ms: int, now: float,
+                   limit: int | None) -> bytes | AdmissionError:
+        """One item of `_check_items`'s answer: its id once admitted, else the refusal."""
+        if isinstance(c, AdmissionError):
+            return c
+        if len(c) == 3:  # (txid, kind, reason): refused by the stateless checks
+            txid, kind, reason = c
+            err = self.reject(txid, kind, reason)
+            if err.bad_signature and txid is not None:
+                self.bad_sigs[txid] = None
+                while len(self.bad_sigs) > _BAD_SIG_CACHE:
+                    self.bad_sigs.popitem(last=False)
+            return err
+        tx, side = c
+        self.mark_verified(tx.id)
+        try:
+            side = self._admit(tx, side, view, snap, now_ms, now, forwarded, limit)
+        except AdmissionError as exc:
+            return self._held_back(tx, exc, now) or self._refuse(tx, exc, now)
+        if not forwarded and self.forwarding:
+            self.forward.append((tx.raw, side))
+        return tx.id
 
     def _refuse(self, tx: Tx, exc: AdmissionError, now: float) -> AdmissionError:
         # a full pool, or the backlog bound: come back when the chain has worked it down
