@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import native as native_pkg
 from node.wire import codec
 from node.wire.codec import WireError, decode_canonical_py, decode_py, encode
+from tests.test_wire import same
 
 native = pytest.importorskip("native._wire")
 
@@ -29,16 +30,6 @@ scalars = st.one_of(
     st.text(max_size=40),
 )
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=20), max_leaves=60)
-
-
-def same(a: object, b: object) -> bool:
-    """Equality that does not confuse True with 1 or a list with a tuple."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, list):
-        assert isinstance(b, list)
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    return a == b
 
 
 def agree(data: bytes) -> None:
