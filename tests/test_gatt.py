@@ -33,6 +33,8 @@ from devices.wearable.gatt import (
     encode_float,
     encode_reading,
     encode_sfloat,
+    heart_rate_frame,
+    plx_frame,
 )
 from devices.wearable.wearables import DEFAULT_PERIOD_MS, Wearable, make_wearable
 
@@ -559,3 +561,48 @@ def test_make_wearable_periods_and_errors() -> None:
         make_wearable("weight", "d", 0)
     with pytest.raises(ValueError):
         make_wearable("spo2", "d", 0, period_ms=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_wearable_frames_are_what_the_checked_encoder_gives(kind: str) -> None:
+    # heart rate and SpO2 devices encode with the unchecked frame functions: every frame must decode
+    # into a measurement that passes the dataclass's checks and encodes back to the same bytes
+    w = make_wearable(kind, "patient-9", 11)
+    for t, uuid, frame in w.frames_between(1_700_000_000_000, 1_700_000_000_000 + 3_000 * w.period_ms):
+        m = decode_measurement(uuid, frame)
+        assert m is not None and m.encode() == frame, (t, frame.hex())
+
+
+def _u16s(rr: tuple[int, ...]) -> bytes:
+    return b"".join(v.to_bytes(2, "little") for v in rr)
+
+
+@settings(max_examples=300, deadline=None)
+@given(bpm=st.integers(0, 0xFFFF), contact=st.sampled_from([None, False, True]),
+       ee=st.none() | st.integers(0, 0xFFFF), rr=st.lists(st.integers(0, 0xFFFF), max_size=9).map(tuple),
+       wide=st.booleans())
+def test_heart_rate_frame_by_the_spec(bpm: int, contact: bool | None, ee: int | None, rr: tuple[int, ...],
+                                      wide: bool) -> None:
+    wide = wide or bpm > 255  # the value is UINT16 when flag bit 0 is set
+    flags = wide | {None: 0, False: 0x04, True: 0x06}[contact] | (0x08 if ee is not None else 0) | (0x10 if rr else 0)
+    want = bytes([flags]) + bpm.to_bytes(2 if wide else 1, "little") + (b"" if ee is None else ee.to_bytes(2, "little"))
+    assert heart_rate_frame(bpm, contact, ee, rr, wide) == want + _u16s(rr)
+    assert HeartRateMeasurement(bpm, contact, ee, rr, wide).encode() == want + _u16s(rr)
+
+
+@settings(max_examples=300, deadline=None)
+@given(spo2=st.integers(0, 100), pr=st.integers(0, 300), status=st.none() | st.sampled_from([0, 0x20, 0xFFE0]),
+       dev=st.none() | st.sampled_from([0, 0x1234]), pai=st.none() | st.sampled_from([0.5, 3.4, 10.0]),
+       fast=st.none() | st.tuples(st.integers(0, 100), st.integers(0, 300)))
+def test_plx_frame_by_the_spec(spo2: int, pr: int, status: int | None, dev: int | None, pai: float | None,
+                               fast: tuple[int, int] | None) -> None:
+    flags = (fast is not None) | (status is not None) << 2 | (dev is not None) << 3 | (pai is not None) << 4
+    sf = encode_sfloat
+    want = bytes([flags]) + sf(spo2).to_bytes(2, "little") + sf(pr).to_bytes(2, "little")
+    if fast is not None:
+        want += sf(fast[0]).to_bytes(2, "little") + sf(fast[1]).to_bytes(2, "little")
+    want += b"" if status is None else status.to_bytes(2, "little")
+    want += b"" if dev is None else dev.to_bytes(3, "little")
+    want += b"" if pai is None else sf(pai).to_bytes(2, "little")
+    assert plx_frame(spo2, pr, fast, None, status, dev, pai) == want
+    assert PlxContinuousMeasurement(spo2, pr, fast, None, status, dev, pai).encode() == want

@@ -10,6 +10,7 @@ from __future__ import annotations
 import calendar
 import functools
 import math
+import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -262,6 +263,20 @@ def _set(obj: object, **fields: Any) -> None:
 
 # --- 0x2A37 Heart Rate Measurement ---
 
+def heart_rate_frame(bpm: int, contact: bool | None, energy_kj: int | None, rr: tuple[int, ...],
+                     wide: bool = False) -> bytes:
+    """The frame HeartRateMeasurement(...).encode() gives, for fields it would accept. Unchecked:
+    an emulated device that makes its values in range calls this directly, as the dataclass's checks
+    cost more than the encoding (tests/test_gatt.py holds the devices' frames to the checked path)."""
+    wide = wide or bpm > 255
+    # Bits 1-2 are contact status then contact supported: None -> 00, False -> 10 (0x04), True -> 11.
+    flags = wide | (0 if contact is None else 6 if contact else 4) | (0 if energy_kj is None else 8) | (16 if rr else 0)
+    out = bytes((flags,)) + bpm.to_bytes(2 if wide else 1, "little")
+    if energy_kj is not None:
+        out += energy_kj.to_bytes(2, "little")
+    return out + struct.pack(f"<{len(rr)}H", *rr) if rr else out
+
+
 @dataclass(frozen=True)
 class HeartRateMeasurement:
     uuid: ClassVar[int] = HEART_RATE_MEASUREMENT
@@ -282,12 +297,8 @@ class HeartRateMeasurement:
                 _uint(v, 16, "energy expended / RR interval")
 
     def encode(self) -> bytes:
-        ee = self.energy_expended_kj
-        # Bits 1-2 are contact status then contact supported: None -> 00, False -> 10 (0x04), True -> 11.
-        flags = _flags(self.wide, self.sensor_contact, self.sensor_contact is not None, ee is not None,
-                       self.rr_intervals)
-        out = flags + self.bpm.to_bytes(2 if self.wide else 1, "little") + _le(ee, 2)
-        return out + b"".join(rr.to_bytes(2, "little") for rr in self.rr_intervals)
+        return heart_rate_frame(self.bpm, self.sensor_contact, self.energy_expended_kj, self.rr_intervals,
+                                self.wide)
 
     @classmethod
     def decode(cls, frame: bytes) -> HeartRateMeasurement:
@@ -485,6 +496,24 @@ PLX_MEASUREMENT_STATUS_MASK = 0xFFE0  # bits 0-4 reserved
 PLX_DEVICE_STATUS_MASK = 0x00FFFF  # bits 16-23 reserved
 
 
+def plx_frame(spo2: float, pulse_rate: float, fast: tuple[float, float] | None = None,
+              slow: tuple[float, float] | None = None, measurement_status: int | None = None,
+              device_status: int | None = None, pai: float | None = None) -> bytes:
+    """The frame PlxContinuousMeasurement(...).encode() gives, for fields it would accept (status
+    bits unchecked here, as heart_rate_frame; a number SFLOAT cannot hold still raises GattError)."""
+    flags = ((fast is not None) | (slow is not None) << 1 | (measurement_status is not None) << 2
+             | (device_status is not None) << 3 | (pai is not None) << 4)
+    out = bytes((flags,)) + _sf(spo2, "SpO2") + _sf(pulse_rate, "pulse rate")
+    for pair in (fast, slow):
+        if pair:
+            out += _sf(pair[0], "SpO2") + _sf(pair[1], "pulse rate")
+    if measurement_status is not None:
+        out += measurement_status.to_bytes(2, "little")
+    if device_status is not None:
+        out += device_status.to_bytes(3, "little")
+    return out + _sf(pai, "pulse amplitude index")
+
+
 @dataclass(frozen=True)
 class PlxContinuousMeasurement:
     uuid: ClassVar[int] = PLX_CONTINUOUS_MEASUREMENT
@@ -508,13 +537,8 @@ class PlxContinuousMeasurement:
         _bits(self.device_status, 24, ~PLX_DEVICE_STATUS_MASK & 0xFFFFFF, "PLX device and sensor status")
 
     def encode(self) -> bytes:
-        out = _flags(self.fast, self.slow, self.measurement_status is not None,
-                     self.device_status is not None, self.pulse_amplitude_index is not None)
-        out += _sf(self.spo2, "SpO2") + _sf(self.pulse_rate, "pulse rate")
-        for pair in (self.fast, self.slow):
-            out += _sf(pair[0], "SpO2") + _sf(pair[1], "pulse rate") if pair else b""
-        out += _le(self.measurement_status, 2) + _le(self.device_status, 3)
-        return out + _sf(self.pulse_amplitude_index, "pulse amplitude index")
+        return plx_frame(self.spo2, self.pulse_rate, self.fast, self.slow, self.measurement_status,
+                         self.device_status, self.pulse_amplitude_index)
 
     @classmethod
     def decode(cls, frame: bytes) -> PlxContinuousMeasurement:

@@ -15,11 +15,11 @@ from devices.wearable.gatt import (
     BloodPressureMeasurement,
     DateTime,
     GlucoseMeasurement,
-    HeartRateMeasurement,
-    PlxContinuousMeasurement,
     Reading,
     TemperatureMeasurement,
     decode,
+    heart_rate_frame,
+    plx_frame,
 )
 
 DEFAULT_PERIOD_MS: dict[str, int] = {
@@ -38,10 +38,11 @@ class _Walk:
         self.x = min(hi, max(lo, rng.gauss(target, sigma)))
 
     def step(self, target: float | None = None) -> float:
-        t = self.target if target is None else target
-        self.x += self.pull * (t - self.x) + self.rng.gauss(0.0, self.sigma)
-        self.x = min(self.hi, max(self.lo, self.x))
-        return self.x
+        x = self.x
+        x += self.pull * ((self.target if target is None else target) - x) + self.rng.gauss(0.0, self.sigma)
+        x = self.hi if x > self.hi else self.lo if x < self.lo else x  # min/max calls cost more
+        self.x = x
+        return x
 
 
 class Wearable:
@@ -111,7 +112,8 @@ class HeartRateMonitor(Wearable):
         # MTU then leaves room for 8 RR intervals (9 without it), so the oldest are dropped.
         ee = int(self.energy_kj) if self.frames_sent % 10 == 0 else None
         keep = 8 if ee is not None else 9
-        return HeartRateMeasurement(round(hr), True, ee, tuple(rr[-keep:])).encode()
+        # in range by construction (55-110 bpm, RR below 1,300, energy capped): the unchecked encoder
+        return heart_rate_frame(round(hr), True, ee, tuple(rr[-keep:]))
 
 
 class BloodPressureMonitor(Wearable):
@@ -180,9 +182,8 @@ class PulseOximeter(Wearable):
 
     def _measure(self, now_ms: int) -> bytes:
         # Status 0x0020 = "measurement ongoing", as a continuous oximeter reports while clipped on.
-        return PlxContinuousMeasurement(round(self.spo2.step()), round(self.pulse.step()),
-                                        measurement_status=0x0020,
-                                        pulse_amplitude_index=round(self.pai.step(), 1)).encode()
+        return plx_frame(round(self.spo2.step()), round(self.pulse.step()), measurement_status=0x0020,
+                         pai=round(self.pai.step(), 1))
 
 
 # Subclasses fix their kind, so they are built from (device_id, seed, period_ms).
