@@ -1,12 +1,14 @@
 """CPU per transaction on one validator, stage by stage, in one process: where a write's cost goes.
 
-    .venv/bin/python bench/write_path.py [N]
+    .venv/bin/python bench/write_path.py [N] [BLOCK]
 
 No network and no other process: the CPU time of each stage over N transactions (data writes with
 their 200-byte ciphertext as sidecar, and profile updates for comparison), from 100 senders:
   admit    the entry validator's admission (decode, sidecar hash, batch signature check, state
            checks, mempool), batches of 500 as POST /v1/txs brings them;
-  execute  building the block (apply every transaction on the state, state root), blocks of 2000;
+  execute  building the block (apply every transaction on the state, state root), blocks of BLOCK
+           transactions (2000 unless given: a loaded network's blocks are smaller, and a write
+           in a smaller block costs the state tree more);
   commit   the block's LMDB commit and, for writes, its blobs (one synced transaction each).
 Printed as microseconds per transaction and as a ratio to the per-transaction floor
 (../shared/bench/floor.py), measured in the same run. CPU time (time.process_time) is what is
@@ -50,7 +52,7 @@ def _txs(chain: str, n: int, kind: str) -> list[tuple[bytes, bytes | None]]:
     return [out[s * per + k] for k in range(per) for s in range(SENDERS)]
 
 
-def run(kind: str, n: int) -> dict[str, float]:
+def run(kind: str, n: int, block: int = 2000) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="medchain-writepath-") as d:
         (home,) = init_home(Path(d), "medchain-bench", ["127.0.0.1:1"], int(time.time() * 1000),
                             Params(sender_rate=1e9, sender_burst=1e9, mempool_capacity=10 * n))
@@ -68,7 +70,7 @@ def run(kind: str, n: int) -> dict[str, float]:
             cpu["execute"] = cpu["commit"] = 0.0
             while len(v.mempool):
                 t0 = time.process_time()
-                ex = build_block(v.pipeline.head_tip(), v.mempool.batch(2000), v.chain_id, 0, 0, clock.now_ms())
+                ex = build_block(v.pipeline.head_tip(), v.mempool.batch(block), v.chain_id, 0, 0, clock.now_ms())
                 t1 = time.process_time()
                 roots, sidecars = v.committer.blobs_of(ex)
                 v.committer.write(ex.block, ex, sidecars, roots)
@@ -86,14 +88,15 @@ def run(kind: str, n: int) -> dict[str, float]:
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
+    block = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
     floor = measure_floor()
     print(floor_line(floor))
     for kind in ("write", "profile"):
-        us = run(kind, n)
+        us = run(kind, n, block)
         total = sum(us.values())
         parts = "  ".join(f"{k} {v:.1f}" for k, v in us.items())
         ratio = f" = {total / floor:.2f}x the floor" if floor else ""
-        print(f"{kind:8s} us CPU per tx: {parts}  total {total:.1f}{ratio}")
+        print(f"{kind:8s} blocks of {block}, us CPU per tx: {parts}  total {total:.1f}{ratio}")
 
 
 if __name__ == "__main__":
