@@ -78,7 +78,7 @@ def _steps(args: argparse.Namespace) -> list[tuple[str, FleetConfig, str]]:
     def cfg(**kw: object) -> FleetConfig:
         base = {"wearables": args.wearables, "phones": args.phones, "seconds": args.seconds,
                 "window_s": args.window, "staff": args.staff, "link": link, "seed": args.seed,
-                "drain_timeout": args.drain_timeout}
+                "drain_timeout": args.drain_timeout, "linger_ms": args.linger_ms}
         return FleetConfig(**{**base, **kw})
     w = args.workload
     if w == "fleet":
@@ -320,6 +320,8 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--read-fetch", type=float, default=1.0, help="fraction of reads whose blob is fetched")
     sp.add_argument("--grants", type=float, default=0.0, help="grant changes / revokes per second")
     sp.add_argument("--staff", type=int, default=8)
+    sp.add_argument("--linger-ms", type=float, default=FleetConfig.linger_ms,
+                    help="how long a proxy lane holds its first queued transaction before it posts (0: at once)")
     sp.add_argument("--check-sample", type=int, default=50, help="fleet: patients whose windows staff decrypt")
     sp.add_argument("--conn-interval", type=float, default=30.0, help="BLE connection interval, ms")
     sp.add_argument("--att-mtu", type=int, default=23)

@@ -20,7 +20,7 @@ from devices.load.follow import Follower
 from devices.patient.client import ApiError, NodeClient
 from node.crypto.keys import Identity
 from node.genesis import Genesis
-from node.ipfs.cid import cid_v1_raw
+from node.ipfs.cid import raw_cid_bytes
 from node.tx import Profile, Tx, Write
 
 Sub = tuple[Tx, bytes | None]  # a transaction and its sidecar
@@ -63,7 +63,7 @@ def _prepare(chain: str, senders: int, per_sender: int, kind: str) -> list[list[
                 blobs.append(None)
                 continue
             blob = os.urandom(96)  # a small encrypted window (the bytes are opaque to the chain)
-            bodies.append(Write(1, cid_v1_raw(blob).to_bytes(), len(blob), 0, now + n * 1000, now + n * 1000 + 999))
+            bodies.append(Write(1, raw_cid_bytes(blob), len(blob), 0, now + n * 1000, now + n * 1000 + 999))
             blobs.append(blob)
         out.append(list(zip(Tx.build_batch(ident, chain, 1, bodies), blobs, strict=True)))
     return out
