@@ -409,6 +409,8 @@ def default_threads():
 
 
 cdef int _threads_for(object threads, Py_ssize_t n):
+    if threads is None and n < PARALLEL_MIN_ITEMS:
+        return 1  # one thread anyway: not the environment and affinity lookups (~3 us, per call)
     cdef Py_ssize_t t = default_threads() if threads is None else int(threads)
     if t < 1:
         t = 1
