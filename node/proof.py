@@ -71,9 +71,10 @@ def verify_status(txid: bytes, st: dict[str, Any], validators: Sequence[bytes], 
         rec = Receipt.decode(raw) if raw is not None else None
     except (WireError, TypeError, ValueError):
         rec = None
-    if rec is None or (rec.height, rec.tx_index, rec.code) != (header.height, index, st.get("code")):
+    code = st.get("code")  # an int, as the receipt's: false or 0.0 would compare equal to 0
+    if rec is None or type(code) is not int or (rec.height, rec.tx_index, rec.code) != (header.height, index, code):
         raise ProofError(f"the proven receipt {tuple(rec) if rec else raw!r} is not the answer's "
-                         f"(height {header.height}, index {index}, code {st.get('code')!r})")
+                         f"(height {header.height}, index {index}, code {code!r})")
     return header
 
 
@@ -151,7 +152,11 @@ def check_bundle(raw: bytes, state_keys: Sequence[bytes], chain_id: str, validat
         if not (isinstance(ent, list) and len(ent) == 2 and (ent[0] is None or isinstance(ent[0], bytes))
                 and isinstance(ent[1], bytes)):
             raise ProofError("a proof entry is [value or nil, proof]")
-        if not smt.verify(header.state_root, k, ent[0], smt.Proof.decode(ent[1])):
+        try:
+            proof = smt.Proof.decode(ent[1])
+        except ValueError as exc:
+            raise ProofError(f"proof for state key {k[:1]!r}{k[1:9].hex()}…: {exc}") from None
+        if not smt.verify(header.state_root, k, ent[0], proof):
             raise ProofError(f"proof for state key {k[:1]!r}{k[1:9].hex()}… does not lead to the certified state root")
         out[k] = ent[0]
     return header, out
