@@ -68,7 +68,7 @@ def verify_status(txid: bytes, st: dict[str, Any], validators: Sequence[bytes], 
     _, values = check_bundle(bundle, [key], chain_id, validators, header.height)
     raw = values[key]
     try:
-        rec = Receipt.decode(raw) if raw is not None else None
+        rec = Receipt.decode(raw)  # proven absent (None) or not a receipt: WireError or TypeError
     except (WireError, TypeError, ValueError):
         rec = None
     code = st.get("code")  # an int, as the receipt's: false or 0.0 would compare equal to 0
