@@ -153,3 +153,129 @@ def test_native_matches_on_a_larger_tree():
         assert ra == rb and na == nb
         a.update(na)
         b.update(nb)
+
+
+# ---- the verifier and the proof parser at their edges (what mutation testing found unchecked) ----
+
+def test_root_of_a_lone_leaf_and_of_a_tree():
+    for state in ({b"a": b"1"}, STATE):
+        root, store = build(state)
+        assert smt.root_of(store.get) == root == smt.naive_root(state)
+    assert smt.root_of({}.get) == smt.EMPTY_ROOT
+
+
+def test_the_python_update_serves_when_the_native_build_is_absent(monkeypatch):
+    native_root, native_nodes = smt.update({}.get, STATE)
+    monkeypatch.setattr(smt, "update_native", None)
+    assert smt.update({}.get, STATE) == (native_root, native_nodes) == smt.update_py({}.get, STATE)
+    store = dict(native_nodes)
+    more = {b"k%d" % i: b"w%d" % i for i in range(250, 400)}
+    root, nodes = smt.update(store.get, more)
+    assert root == smt.naive_root({**STATE, **more})
+
+
+def test_prove_names_the_missing_node():
+    store = dict(STORE)
+    kh = hashlib.sha256(b"k7").digest()
+    depth = len(smt.prove(store.get, b"k7").levels) - 1  # the deepest internal node on its path
+    del store[smt.position(kh, depth)]
+    with pytest.raises(ValueError, match=f"^tree node missing at depth {depth}$"):
+        smt.prove(store.get, b"k7")
+
+
+def _levels(n: int, bm: int = 1, sib: bytes = b"") -> list:
+    return [[bm, sib] for _ in range(n)]
+
+
+def test_proof_decode_bounds():
+    from node.wire import encode
+    ok = [(1, b""), (0xFFFF, bytes(32 * 15))]
+    for bm, sib in ok:
+        assert smt.Proof.decode(encode([[[bm, sib]], None])).levels == ((bm, sib),)
+    assert len(smt.Proof.decode(encode([_levels(64), None])).levels) == 64
+    big = encode([_levels(64, 0xFFFF, bytes(32 * 15)), [bytes(32), bytes(32)]])  # ~31 KiB: the largest shape
+    assert len(big) > 16 * 1024 and len(smt.Proof.decode(big).levels) == 64
+    cases = [
+        (encode([_levels(65), None]), "proof is \\[levels, leaf\\]"),
+        (encode([[[0, b""]], None]), "a proof level is \\[bitmap, sibling hashes\\]"),
+        (encode([[[1 << 16, b""]], None]), "a proof level is \\[bitmap, sibling hashes\\]"),
+        (encode([[[True, b""]], None]), "a proof level is \\[bitmap, sibling hashes\\]"),
+        (encode([[[1, bytes(31)]], None]), "a proof level is \\[bitmap, sibling hashes\\]"),
+        (encode([[], [bytes(32)]]), "a proof leaf is \\[key_hash, value_hash\\]"),
+        (encode([[], [bytes(32)] * 3]), "a proof leaf is \\[key_hash, value_hash\\]"),
+        (encode([[], [bytes(32), bytes(31)]]), "a proof leaf is \\[key_hash, value_hash\\]"),
+        (encode([[], ["a" * 32, bytes(32)]]), "a proof leaf is \\[key_hash, value_hash\\]"),
+        (encode([[], b"x"]), "a proof leaf is \\[key_hash, value_hash\\]"),
+        (encode([[]]), "proof is \\[levels, leaf\\]"),
+    ]
+    for raw, why in cases:
+        with pytest.raises(ValueError, match=f"^{why}$"):
+            smt.Proof.decode(raw)
+    with pytest.raises(ValueError, match="^proof encoding: "):
+        smt.Proof.decode(encode([[], None]) + b"\x00")
+
+
+def test_verify_refuses_more_than_64_levels():
+    # decode already refuses such a proof; verify must not trust that its caller used decode
+    p = smt.prove(STORE.get, b"k1")
+    deep = smt.Proof(p.levels + ((p.levels[-1]),) * (65 - len(p.levels)), p.leaf)
+    assert len(deep.levels) == 65
+    assert not smt.verify(ROOT, b"k1", b"v1", deep)
+
+
+def _with_nibble(kh: bytes, depth: int, nib: int) -> bytes:
+    b = bytearray(kh)
+    i = depth >> 1
+    b[i] = (b[i] & 0xF0) | nib if depth & 1 else (b[i] & 0x0F) | nib << 4
+    return bytes(b)
+
+
+def _fold(levels: tuple, kh: bytes, h: bytes) -> bytes:
+    """The root that `levels` (the tree's nodes from the root down) give over `h`, with no checks."""
+    for d in range(len(levels) - 1, -1, -1):
+        bm, sib = levels[d]
+        r = 32 * bin(bm & ((1 << smt.nibble(kh, d)) - 1)).count("1")
+        h = hashlib.sha256(b"\x01" + bm.to_bytes(2, "big") + sib[:r] + h + sib[r:]).digest()
+    return h
+
+
+def test_verify_refuses_a_level_that_skips_the_path_even_when_it_hashes_right():
+    # An absent key whose path ends in an empty slot at depth d, next to a set slot m: a proof that
+    # goes on through that empty slot into m's real subtree (down to an empty slot there) hashes to
+    # the real root, since the key's child takes m's rank. Its claim (absent) is true, but the proof
+    # is not the tree's: verify refuses a level whose bitmap does not hold the key's nibble.
+    for i in range(20_000):
+        key = b"absent%d" % i
+        kh = hashlib.sha256(key).digest()
+        p = smt.prove(STORE.get, key)
+        d = len(p.levels) - 1
+        if p.leaf is not None or d < 1:
+            continue
+        bm, children = p.levels[-1]
+        nib = smt.nibble(kh, d)
+        above = [b for b in range(nib + 1, 16) if bm >> b & 1]
+        if not above or above[0] in smt._parse(STORE[smt.position(kh, d)])[2]:
+            continue  # no set slot above, or it holds a leaf, not a subtree
+        m = above[0]
+        crec = STORE[smt.position(_with_nibble(kh, d, m), d + 1)]
+        cbm = (crec[1] << 8) | crec[2]
+        if cbm >> smt.nibble(kh, d + 1) & 1:
+            continue
+        r = 32 * bin(bm & ((1 << m) - 1)).count("1")
+        levels = p.levels[:-1] + ((bm, children[:r] + children[r + 32:]), (cbm, smt._hash_part(crec)[3:]))
+        bad = smt.Proof(levels, None)
+        last = hashlib.sha256(smt._hash_part(crec)).digest()
+        assert _fold(levels[:-1], kh, last) == ROOT  # what makes it dangerous: it hashes right
+        assert not smt.verify(ROOT, key, None, bad)
+        assert smt.verify(ROOT, key, None, p)  # the tree's own proof of the same absence passes
+        return
+    pytest.fail("no absent key of that shape among 20,000")
+
+
+def test_verify_refuses_a_level_with_a_sibling_missing():
+    key = b"k7"
+    p = smt.prove(STORE.get, key)
+    bm, sib = p.levels[0]
+    short = smt.Proof(((bm, sib[:-32]),) + p.levels[1:], p.leaf)
+    assert smt.verify(ROOT, key, STATE[key], p)
+    assert not smt.verify(ROOT, key, STATE[key], short)
