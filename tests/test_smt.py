@@ -279,3 +279,29 @@ def test_verify_refuses_a_level_with_a_sibling_missing():
     short = smt.Proof(((bm, sib[:-32]),) + p.levels[1:], p.leaf)
     assert smt.verify(ROOT, key, STATE[key], p)
     assert not smt.verify(ROOT, key, STATE[key], short)
+
+
+def test_verify_refuses_an_empty_slot_proof_where_the_slot_is_taken():
+    # a present key's proof cut at a level and shown as "its slot is empty here" with every child
+    # listed: the node hashes right, so only the bitmap check stands between it and a forged absence
+    for key in (b"k7", b"k100", b"k299"):
+        p = smt.prove(STORE.get, key)
+        kh = hashlib.sha256(key).digest()
+        for d, (bm, _sib) in enumerate(p.levels):
+            rec = STORE[smt.position(kh, d)]
+            full = smt.Proof(p.levels[:d] + ((bm, smt._hash_part(rec)[3:]),), None)
+            assert bm >> smt.nibble(kh, d) & 1
+            assert not smt.verify(ROOT, key, None, full)
+
+
+def test_root_of_small_trees():
+    # a lone leaf whose key hash starts with at most one set bit in its first two bytes (its record
+    # is shorter than an internal node's hashed part would be), and a root whose children all sit
+    # in nibbles 0-7 (its bitmap's high byte is zero)
+    lone = next(b"lone%d" % i for i in range(1_000_000)
+                if bin(int.from_bytes(hashlib.sha256(b"lone%d" % i).digest()[:2], "big")).count("1") <= 1)
+    low = [k for k in (b"low%d" % i for i in range(200)) if hashlib.sha256(k).digest()[0] >> 4 < 8]
+    pair = next((a, b) for a in low for b in low if hashlib.sha256(a).digest()[0] >> 4 != hashlib.sha256(b).digest()[0] >> 4)
+    for state in ({lone: b"1"}, {pair[0]: b"x", pair[1]: b"y"}):
+        root, store = build(state)
+        assert smt.root_of(store.get) == root == smt.naive_root(state)
