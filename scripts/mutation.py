@@ -55,6 +55,7 @@ MODULES: dict[str, list[str]] = {
     # the light client's checks (what a phone or staff client acts on) and the state proofs under them
     "node/proof.py": ["tests/test_proof.py"],
     "node/state/smt.py": ["tests/test_smt.py", "tests/test_proof.py"],
+    "node/sidecar.py": ["tests/test_sidecar_codec.py"],
     "node/api/blobs.py": [f"tests/test_blob_auth.py::test_read_covers_{t}" for t in (
         "serves_the_blobs_a_committed_read_allows", "refuses_each_case_for_its_own_reason",
         "applies_the_patient_s_policy_and_the_emergency_window_now")],
