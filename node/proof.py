@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from node import merkle
 from node.block import Block, BlockError, Header, verify_cert
@@ -68,7 +68,7 @@ def verify_status(txid: bytes, st: dict[str, Any], validators: Sequence[bytes], 
     _, values = check_bundle(bundle, [key], chain_id, validators, header.height)
     raw = values[key]
     try:
-        rec = Receipt.decode(raw)  # proven absent (None) or not a receipt: WireError or TypeError
+        rec = Receipt.decode(cast(bytes, raw))  # proven absent (None: WireError) or not a receipt
     except (WireError, TypeError, ValueError):
         rec = None
     code = st.get("code")  # an int, as the receipt's: false or 0.0 would compare equal to 0
