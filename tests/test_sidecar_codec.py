@@ -96,6 +96,18 @@ def test_anything_else_is_left_whole_for_the_transaction_decoder(body: bytes) ->
     assert decode_submission(body, 1 << 20) == (body, None)
 
 
+def test_a_submission_whose_transaction_needs_a_longer_bin_header() -> None:
+    # a transaction of 256 bytes or more is a bin16 (0xc5) in the array; above 65,535 a bin32
+    # (0xc6): the API refuses that one as too large, after it is taken apart here
+    tx = Tx.build(PAT, "c", 1, Profile("p" * 64, "patient", "o" * 64, bytes(32)))
+    assert len(tx.raw) > 255
+    body = encode_submission(tx.raw, b"side")
+    assert body[1:2] == b"\xc5" and decode_submission(body, 1 << 20) == (tx.raw, b"side")
+    huge = b"\x92" + bytes(70_000)
+    body = encode([huge, b"side"])
+    assert body[1:2] == b"\xc6" and decode_submission(body, 1 << 20) == (huge, b"side")
+
+
 def test_a_submission_whose_sidecar_is_not_bytes_is_refused() -> None:
     # [transaction, sidecar] in shape, with a str for the sidecar: the API answers 400 with this
     with pytest.raises(SidecarError, match="^an item is transaction bytes"):
@@ -129,6 +141,7 @@ def test_chunking_at_the_limit() -> None:
     item = (b"t" * 100, b"s" * 100)  # counted as 100 + 116 + 8 = 224 bytes
     assert len(forward_messages([item] * 4, 4 * 224)) == 1
     assert len(forward_messages([item] * 4, 4 * 224 - 1)) == 2
+    assert [len(decode_forwarded(m)) for m in forward_messages([item] * 8, 4 * 224)] == [4, 4]  # each chunk from 0
     assert len(forward_messages([(b"t" * 100, None)] * 2, 216)) == 1  # 108 each without a sidecar
     assert len(forward_messages([(b"t" * 100, None)] * 2, 215)) == 2
     assert len(forward_messages([item] * 1000)) == 1 and FORWARD_CHUNK > 224_000
@@ -165,6 +178,11 @@ def test_the_cache_is_bounded_self_verifying_and_counts_bytes() -> None:
     assert c.get(hashlib.sha256(d).digest()) == d
     c.discard([hashlib.sha256(b).digest(), hashlib.sha256(b"never").digest()])
     assert c.bytes == 400 and c.get(hashlib.sha256(b).digest()) is None
+    three = SidecarCache()
+    for x in (b"1" * 100, b"2" * 200, b"3" * 300):
+        three.add(x)
+    three.discard([hashlib.sha256(b"2" * 200).digest()])
+    assert three.bytes == 400
     exact = SidecarCache(max_bytes=800)
     exact.add(a)
     exact.add(b)  # exactly at the bound: both stay
