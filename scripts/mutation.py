@@ -56,13 +56,16 @@ MODULES: dict[str, list[str]] = {
     "node/proof.py": ["tests/test_proof.py"],
     "node/state/smt.py": ["tests/test_smt.py", "tests/test_proof.py"],
     "node/sidecar.py": ["tests/test_sidecar_codec.py"],
+    "devices/load/follow.py": ["tests/test_proof.py"],
     "node/api/blobs.py": [f"tests/test_blob_auth.py::test_read_covers_{t}" for t in (
         "serves_the_blobs_a_committed_read_allows", "refuses_each_case_for_its_own_reason",
         "applies_the_patient_s_policy_and_the_emergency_window_now")],
 }
 # modules mutated only in part (mutmut's mutant-name pattern): of the API, the blob authorisation; its
 # handlers run in a validator process, where mutmut cannot see which test reaches them
-ONLY = {"node/api/blobs.py": "node.api.blobs.x_read_covers__mutmut_*"}
+ONLY = {"node/api/blobs.py": "node.api.blobs.x_read_covers__mutmut_*",
+        # of the follower, the check of each block (the rest is its polling loop, over HTTP)
+        "devices/load/follow.py": "devices.load.follow.xǁFollowerǁcheck__mutmut_*"}
 # pytest -k for every module: the tests that start validator processes are left out
 DESELECT = "not end_to_end and not break_glass_cli"
 MUTANT = re.compile(r"`((?:node|devices)\.[\w.]+__mutmut_\d+)`")

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from devices.load.follow import Follower, describe
+from devices.patient.client import NodeClient
 from node import clock, merkle
 from node.api import proofs
 from node.api.chain import tx_answer
@@ -463,3 +465,47 @@ def test_inclusion_in_a_downloaded_block(net: Net) -> None:
     uncertified = net.sign(net.blocks[1], [0, 1], 1).encode()
     refused("commit certificate does not carry 2f\\+1 valid validator signatures", verify_inclusion, tid, 1, 2,
             path, uncertified, net.validators, CHAIN)
+
+
+# ---- the load generators' follower (devices/load/follow.py) --------------------------------------
+
+def _follower(net: Net, genesis: bool = True) -> Follower:
+    # check() does no I/O: the client is never asked anything here
+    return Follower([NodeClient("http://127.0.0.1:9")], net.v.genesis if genesis else None, CHAIN, 0)
+
+
+def test_the_follower_takes_each_next_proven_block_in_turn(net: Net) -> None:
+    f = _follower(net)
+    for height in (1, 2):
+        f.check(net.block_json(height))
+        f.height += 1  # as blocks() does once a block is taken
+        assert f.last_hash == net.blocks[height - 1].hash
+
+
+def test_the_follower_refuses_a_replayed_or_unlinked_certified_block(net: Net) -> None:
+    f = _follower(net)
+    refused("asked for block 1, answered with block 2 \\(certified, but another\\)", f.check, net.block_json(2))
+    f.check(net.block_json(1))
+    f.height, f.last_hash = 1, bytes(32)  # as if another block 1 had been proven before
+    refused("block 2 does not extend the block 1 proven before it", f.check, net.block_json(2))
+    f.last_hash = None  # the first block a follower takes has nothing to extend
+    f.check(net.block_json(2))
+    b = net.block_json(2)
+    b["tx_ids"].pop()
+    f.last_hash = net.blocks[0].hash
+    refused("block 2: its transaction ids are not the ones under its certified tx_root", f.check, b)
+
+
+def test_without_a_genesis_the_follower_checks_only_the_height(net: Net) -> None:
+    f = _follower(net, genesis=False)
+    assert f.proven_or_none is None
+    b = net.block_json(1)
+    b["tx_ids"].append("00" * 32)  # taken on the validator's word: nothing can be checked
+    f.check(b)
+    refused("asked for block 1, answered with 2", f.check, net.block_json(2))
+    refused("asked for block 1, answered with None", f.check, {})
+    assert describe(None, 0) == "taken on the followed validator's word (no genesis given)"
+    assert describe(5, 2) == "5 proven by certificate, 2 refused"
+    g = _follower(net)
+    g.proven = 3
+    assert g.proven_or_none == 3
