@@ -89,6 +89,8 @@ def run(kind: str, n: int, block: int = 2000) -> dict[str, float]:
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
     block = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
+    if n < 1 or block < 1:
+        raise SystemExit("usage: write_path.py [N >= 1] [BLOCK >= 1]")
     floor = measure_floor()
     print(floor_line(floor))
     for kind in ("write", "profile"):

@@ -593,16 +593,19 @@ def test_heart_rate_frame_by_the_spec(bpm: int, contact: bool | None, ee: int | 
 @settings(max_examples=300, deadline=None)
 @given(spo2=st.integers(0, 100), pr=st.integers(0, 300), status=st.none() | st.sampled_from([0, 0x20, 0xFFE0]),
        dev=st.none() | st.sampled_from([0, 0x1234]), pai=st.none() | st.sampled_from([0.5, 3.4, 10.0]),
-       fast=st.none() | st.tuples(st.integers(0, 100), st.integers(0, 300)))
+       fast=st.none() | st.tuples(st.integers(0, 100), st.integers(0, 300)),
+       slow=st.none() | st.tuples(st.integers(0, 100), st.integers(0, 300)))
 def test_plx_frame_by_the_spec(spo2: int, pr: int, status: int | None, dev: int | None, pai: float | None,
-                               fast: tuple[int, int] | None) -> None:
-    flags = (fast is not None) | (status is not None) << 2 | (dev is not None) << 3 | (pai is not None) << 4
+                               fast: tuple[int, int] | None, slow: tuple[int, int] | None) -> None:
+    flags = ((fast is not None) | (slow is not None) << 1 | (status is not None) << 2 | (dev is not None) << 3
+             | (pai is not None) << 4)
     sf = encode_sfloat
     want = bytes([flags]) + sf(spo2).to_bytes(2, "little") + sf(pr).to_bytes(2, "little")
-    if fast is not None:
-        want += sf(fast[0]).to_bytes(2, "little") + sf(fast[1]).to_bytes(2, "little")
+    for pair in (fast, slow):
+        if pair is not None:
+            want += sf(pair[0]).to_bytes(2, "little") + sf(pair[1]).to_bytes(2, "little")
     want += b"" if status is None else status.to_bytes(2, "little")
     want += b"" if dev is None else dev.to_bytes(3, "little")
     want += b"" if pai is None else sf(pai).to_bytes(2, "little")
-    assert plx_frame(spo2, pr, fast, None, status, dev, pai) == want
-    assert PlxContinuousMeasurement(spo2, pr, fast, None, status, dev, pai).encode() == want
+    assert plx_frame(spo2, pr, fast, slow, status, dev, pai) == want
+    assert PlxContinuousMeasurement(spo2, pr, fast, slow, status, dev, pai).encode() == want

@@ -215,6 +215,22 @@ def test_proof_decode_bounds():
         smt.Proof.decode(encode([[], None]) + b"\x00")
 
 
+def test_verify_takes_a_proof_of_exactly_64_levels():
+    # no real tree is that deep (two keys sharing 63 nibbles of SHA-256), but 64 levels is the
+    # format's limit, which decode allows: a made-up absence proof folded into its own root verifies
+    key = b"any key"
+    kh = hashlib.sha256(key).digest()
+    levels = []
+    for d in range(64):
+        nib, other = smt.nibble(kh, d), (smt.nibble(kh, d) + 1) % 16
+        levels.append(((1 << other) if d == 63 else (1 << nib) | (1 << other), bytes(32)))
+    last = hashlib.sha256(b"\x01" + levels[63][0].to_bytes(2, "big") + levels[63][1]).digest()
+    root = _fold(tuple(levels[:63]), kh, last)
+    p = smt.Proof(tuple(levels), None)
+    assert smt.Proof.decode(p.encode()) == p
+    assert smt.verify(root, key, None, p)
+
+
 def test_verify_refuses_more_than_64_levels():
     # decode already refuses such a proof; verify must not trust that its caller used decode
     p = smt.prove(STORE.get, b"k1")

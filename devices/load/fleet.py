@@ -238,6 +238,9 @@ class Fleet:
         return m.owner % len(self.clients) if m.kind in ("read", "profile") else self.phones[m.owner].v
 
     def _enqueue(self, m: Meta) -> None:
+        # latency counts from here (the first time only): the lane's linger and any wait behind a
+        # POST in flight are the client's time too
+        m.t_sent = m.t_sent or time.monotonic()
         v = self._lane_of(m)
         self.lanes[v].append(m)
         self.lane_wake[v].set()
@@ -258,7 +261,6 @@ class Fleet:
                 batch, self.lanes[v] = lane[:k], lane[k:]
                 t = time.monotonic()
                 for m in batch:
-                    m.t_sent = m.t_sent or t  # latency counts from the first submission, through any waits
                     self.tracked[m.tx.id] = m
                 timed = sum(1 for m in batch if not m.final and not m.overloaded)
                 if timed:
@@ -492,9 +494,6 @@ class Fleet:
                                                   *(self._lane(v) for v in range(len(self.clients))))]
         try:
             await self.setup()
-            # the long-lived objects (thousands of wearables, links and phones) leave the cyclic
-            # collector's full scans for the timed run: 3-4% of the generator's CPU under perf
-            gc.freeze()
             return await self._timed(tasks)
         finally:
             gc.unfreeze()
@@ -517,6 +516,10 @@ class Fleet:
             heap.append((wall0 + self.rng.uniform(0, w.period_ms), i))
         heapq.heapify(heap)
         phase = [self.rng.uniform(0, cfg.window_s * 1000) for _ in range(cfg.phones)]
+        # the long-lived objects (the wearables and links just made, the phones) leave the cyclic
+        # collector's full scans for the timed run (run() unfreezes): 3-4% of the generator's CPU
+        gc.collect()
+        gc.freeze()
         air: list[tuple[float, int, int, int, envelope.Reading]] = []  # frames on the BLE links
         windows: list[tuple[float, int, int]] = []  # natural mode: when each open window closes
         ready: deque[tuple[int, int]] = deque()  # buffers that hold readings, oldest first
