@@ -56,6 +56,7 @@ MODULES: dict[str, list[str]] = {
     "node/proof.py": ["tests/test_proof.py"],
     "node/state/smt.py": ["tests/test_smt.py", "tests/test_proof.py"],
     "node/sidecar.py": ["tests/test_sidecar_codec.py"],
+    "node/merkle.py": ["tests/test_merkle.py", "tests/test_proof.py"],
     "devices/load/follow.py": ["tests/test_proof.py"],
     "node/api/blobs.py": [f"tests/test_blob_auth.py::test_read_covers_{t}" for t in (
         "serves_the_blobs_a_committed_read_allows", "refuses_each_case_for_its_own_reason",
