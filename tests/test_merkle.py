@@ -109,12 +109,12 @@ def test_a_tree_hashed_once_gives_the_rfc_root_and_every_rfc_path(n):
     assert (t.root, t.size) == (mth(d), n)
     assert [t.proof(i) for i in range(n)] == [rfc_path(i, d) for i in range(n)]
     for bad in (-1, n):
-        with pytest.raises(IndexError):
+        with pytest.raises(IndexError, match="^leaf index out of range$"):
             t.proof(bad)
 
 
 def test_a_tree_needs_a_leaf():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^a tree of no leaves has no paths$"):
         merkle.Tree([])
 
 
@@ -188,9 +188,9 @@ def test_leaf_cannot_pose_as_node():
 def test_proof_index_out_of_range():
     d = leaves(5)
     for bad in (-1, 5, 6):
-        with pytest.raises(IndexError):
+        with pytest.raises(IndexError, match="^leaf index out of range$"):
             merkle.proof(d, bad)
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="^leaf index out of range$"):
         merkle.proof([], 0)
 
 
