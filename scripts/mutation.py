@@ -57,6 +57,11 @@ MODULES: dict[str, list[str]] = {
     "node/state/smt.py": ["tests/test_smt.py", "tests/test_proof.py"],
     "node/sidecar.py": ["tests/test_sidecar_codec.py"],
     "node/merkle.py": ["tests/test_merkle.py", "tests/test_proof.py"],
+    # state transfer's checks of a peer's checkpoint (the running-network snapshot test is left out:
+    # 11 s per mutant that reaches it)
+    "node/checkpoint.py": ["tests/test_statesync.py",
+                           "tests/test_snapshot.py::test_a_damaged_forged_or_foreign_snapshot_is_refused",
+                           "tests/test_snapshot.py::test_restore_into_a_fresh_home_verifies_and_commits"],
     "devices/load/follow.py": ["tests/test_proof.py"],
     "node/api/blobs.py": [f"tests/test_blob_auth.py::test_read_covers_{t}" for t in (
         "serves_the_blobs_a_committed_read_allows", "refuses_each_case_for_its_own_reason",
