@@ -59,7 +59,7 @@ MODULES: dict[str, list[str]] = {
     "node/merkle.py": ["tests/test_merkle.py", "tests/test_proof.py"],
     # state transfer's checks of a peer's checkpoint (the running-network snapshot test is left out:
     # 11 s per mutant that reaches it)
-    "node/checkpoint.py": ["tests/test_statesync.py",
+    "node/checkpoint.py": ["tests/test_checkpoint.py", "tests/test_statesync.py",
                            "tests/test_snapshot.py::test_a_damaged_forged_or_foreign_snapshot_is_refused",
                            "tests/test_snapshot.py::test_restore_into_a_fresh_home_verifies_and_commits"],
     "devices/load/follow.py": ["tests/test_proof.py"],
