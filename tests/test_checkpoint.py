@@ -236,3 +236,18 @@ def test_frames_after_the_manifest() -> None:
     for other in (encode(["end"]), encode(["end", digest, 1])):  # not the end frame's shape: read as chunks
         refused("a state chunk entry is [key (non-empty bytes), value (bytes)]", chunk_or_end, other)
     refused("a state chunk entry is [key (non-empty bytes), value (bytes)]", chunk_or_end, encode(["ends", digest]))
+
+
+def test_edges_of_the_order_the_split_and_the_manifest_size() -> None:
+    # the first key may be the smallest there is (state keys start with any byte, "A" sorts early)
+    low = {b"\x01": b"", b"A": b"1", b"B": b"2"}
+    a = StateAssembler(Checkpoint(block(state_root=smt.naive_root(low)), 3))
+    a.add(sorted(low.items()))
+    assert a.finish()[0] == low
+    # every chunk's byte count starts from zero
+    four = [(b"a", b"1"), (b"b", b"2"), (b"c", b"3"), (b"d", b"4")]
+    assert list(chunked(four, max_bytes=4)) == [four[:2], four[2:]]
+    # a manifest above the 16 KiB a transaction may have: a block of many transactions
+    b = block(txs=tuple(b"t%05d" % i + bytes(100) for i in range(300)))
+    raw = manifest_frame(GENESIS_HASH, b.encode(), b, 0)[4:]
+    assert len(raw) > 16 * 1024 and decode_manifest(raw).block_raw == b.encode()
