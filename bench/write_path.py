@@ -80,10 +80,7 @@ def run(kind: str, n: int, block: int = 2000) -> dict[str, float]:
                 cpu["commit"] += t2 - t1
             return {k: s / n * 1e6 for k, s in cpu.items()}
         finally:
-            v.pipeline.close()
-            v.admission.close()
-            v.ledger.close()
-            v.blobs.close()
+            v.close()
 
 
 def main() -> None:

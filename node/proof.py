@@ -155,8 +155,13 @@ def check_bundle(raw: bytes, state_keys: Sequence[bytes], chain_id: str, validat
         try:
             proof = smt.Proof.decode(ent[1])
         except ValueError as exc:
-            raise ProofError(f"proof for state key {k[:1]!r}{k[1:9].hex()}…: {exc}") from None
+            raise ProofError(f"{_proof_for(k)}: {exc}") from None
         if not smt.verify(header.state_root, k, ent[0], proof):
-            raise ProofError(f"proof for state key {k[:1]!r}{k[1:9].hex()}… does not lead to the certified state root")
+            raise ProofError(f"{_proof_for(k)} does not lead to the certified state root")
         out[k] = ent[0]
     return header, out
+
+
+def _proof_for(key: bytes) -> str:
+    """How a refusal names a key's proof: its prefix byte and the next 8 bytes in hex."""
+    return f"proof for state key {key[:1]!r}{key[1:9].hex()}…"

@@ -209,6 +209,11 @@ class Validator:
         if self.net is not None:
             await self.net.stop()
         await self.blob_writer.close()
+        self.close()
+
+    def close(self) -> None:
+        """Release the worker threads and the stores: the end of `stop`, and all a validator that was
+        constructed but never started (a benchmark, a test) needs."""
         self.pipeline.close()
         self.admission.close()
         self.ledger.close()

@@ -178,7 +178,4 @@ def test_a_senders_later_nonces_behind_a_refused_one_are_refused_the_same_way(tm
         # the counter (increased once a batch) counts each admission, and no refusal
         assert v.metrics.registry.get_sample_value("medchain_tx_admitted_total") == 20 + 10
     finally:
-        v.pipeline.close()
-        v.admission.close()
-        v.ledger.close()
-        v.blobs.close()
+        v.close()

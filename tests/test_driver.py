@@ -24,13 +24,6 @@ def _homes(tmp_path: Path) -> list[Path]:
                      int(time.time() * 1000), Params(), p2p=[f"127.0.0.1:{9100 + i}" for i in range(4)])
 
 
-def _close(v: Validator) -> None:
-    v.pipeline.close()
-    v.admission.close()
-    v.ledger.close()
-    v.blobs.close()
-
-
 def test_a_block_built_for_a_view_the_replica_left_is_not_proposed(tmp_path: Path,
                                                                   caplog: pytest.LogCaptureFixture) -> None:
     """The producer builds a block in view 0, then the replica leaves view 0 (a view change, or a
@@ -57,7 +50,7 @@ def test_a_block_built_for_a_view_the_replica_left_is_not_proposed(tmp_path: Pat
         assert "block 1 built for view 0 not proposed: the replica is in view 1 (changing)" in caplog.text
         assert v.replica.in_flight() == 0 and v.replica.view == 1
     finally:
-        _close(v)
+        v.close()
 
 
 class _Sent:
@@ -119,7 +112,7 @@ def test_a_client_submission_after_a_quiet_spell_is_forwarded_at_once_a_stream_e
             assert gap >= FORWARD_S - TICK_S / 2 - 0.001  # not at the next tick: a bound, not a timing
         asyncio.run(go())
     finally:
-        _close(v)
+        v.close()
 
 
 def test_a_refused_submission_does_not_end_a_quiet_spell(tmp_path: Path) -> None:
@@ -135,7 +128,7 @@ def test_a_refused_submission_does_not_end_a_quiet_spell(tmp_path: Path) -> None
             assert net.forwarded(0) == [txs[0].raw]
         asyncio.run(go())
     finally:
-        _close(v)
+        v.close()
 
 
 def test_stop_forwards_what_was_admitted_and_not_yet_forwarded(tmp_path: Path) -> None:

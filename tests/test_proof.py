@@ -86,10 +86,7 @@ class Net:
                 "cert_view": b.cert_view, "tx_ids": [t.hex() for t in b.tx_ids]}
 
     def close(self) -> None:
-        self.v.pipeline.close()
-        self.v.admission.close()
-        self.v.ledger.close()
-        self.v.blobs.close()
+        self.v.close()
 
 
 @pytest.fixture(scope="module")

@@ -31,13 +31,6 @@ def _validator(tmp_path: Path) -> Validator:
     return Validator(home)
 
 
-def _close(v: Validator) -> None:
-    v.pipeline.close()
-    v.admission.close()
-    v.ledger.close()
-    v.blobs.close()
-
-
 async def _commit(v: Validator, txs: list[Tx]) -> None:
     ex = await v.pipeline.build(v.pipeline.build_tip(), txs, 0, 0, clock.now_ms())
     await v.committer.commit(ex.block, ex)
@@ -78,7 +71,7 @@ def test_committed_status_proves_inclusion_from_a_bounded_cache(tmp_path: Path, 
             assert sorted(recent) == kept
         assert v.tx_status(bytes(32)) == {"status": "unknown"}
     finally:
-        _close(v)
+        v.close()
 
 
 def test_block_waiters_are_woken_time_out_or_are_cancelled_and_leave_nothing(tmp_path: Path) -> None:
@@ -111,4 +104,4 @@ def test_block_waiters_are_woken_time_out_or_are_cancelled_and_leave_nothing(tmp
             assert await waiter and c._waiters == {} and c._height_waiters == {}
         asyncio.run(go())
     finally:
-        _close(v)
+        v.close()
