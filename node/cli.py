@@ -63,10 +63,10 @@ def cmd_node(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from node.genesis import Genesis
+    from node.genesis import load_checked
     from node.verify import verify_ledger
     home = Path(args.home)
-    gen = Genesis.load(Path(args.genesis) if args.genesis else home / "genesis.json")
+    gen = load_checked(Path(args.genesis) if args.genesis else home / "genesis.json")  # its recorded hash too
     rep = verify_ledger(home / "ledger" if (home / "ledger").exists() else home, gen)
     since = (f" from the checkpoint at block {rep.base} (no blocks below it here; transactions not "
              "replayed, stored state checked against the certified head)") if rep.base else ""
@@ -107,7 +107,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     from devices.load.follow import describe
     from devices.load.loadgen import run_load
     from devices.net.localnet import ONE_ADDRESS_FLEET, make_network, supervised
-    from node.genesis import Genesis, Params
+    from node.genesis import Genesis, Params, load_checked
 
     def go(urls: list[str], genesis: Genesis | None) -> dict:
         return aio.run(run_load(urls, args.senders, args.per_sender, args.batch, args.lanes,
@@ -118,7 +118,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     if not args.json:
         print(floor_line(floor_us), flush=True)
     if args.node:
-        res = go(args.node, Genesis.load(Path(args.genesis)) if args.genesis else None)
+        res = go(args.node, load_checked(Path(args.genesis)) if args.genesis else None)
     else:
         with tempfile.TemporaryDirectory(prefix="medchain-load-") as tmp:
             nodes = make_network(Path(tmp), args.validators, p2p_mode=args.p2p,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from node.crypto import ecdsa
 from node.crypto.keys import Identity
+from node.multiaddr import host_port, peer_id
 from node.state import genesis_state_root
 from node.state.rules import Rules
 
@@ -59,6 +61,27 @@ class Params:
     break_glass_per_issuer: int = 30
     break_glass_per_patient: int = 6
 
+    def __post_init__(self) -> None:
+        """Every parameter of its declared type and in range: a genesis is read by every node and
+        client, and a string where a number belongs would otherwise fail later, somewhere else."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            # a float parameter may be written as an int ("sender_rate": 1000)
+            ok = type(v) is int if f.type == "int" else type(v) in (int, float) and math.isfinite(v)
+            if not ok:
+                raise ValueError(f"genesis parameter {f.name}: {v!r} is not {'an int' if f.type == 'int' else 'a number'}")
+            zero = f.name in _MAY_BE_ZERO
+            if v < 0 or (v == 0 and not zero):
+                raise ValueError(f"genesis parameter {f.name}: {v!r} must be {'at least 0' if zero else 'positive'}")
+        if self.client_mempool_share > 1:
+            raise ValueError(f"genesis parameter client_mempool_share: {self.client_mempool_share!r} is a share, at most 1")
+
+
+# parameters for which 0 means something (propose without waiting, collect an unreferenced upload
+# at once, no break-glass reads); every other parameter is positive
+_MAY_BE_ZERO = frozenset({"block_interval_ms", "upload_grace_s", "break_glass_per_staff", "break_glass_per_issuer",
+                          "break_glass_per_patient"})
+
 
 @dataclass(frozen=True)
 class Genesis:
@@ -67,6 +90,42 @@ class Genesis:
     validators: tuple[ValidatorInfo, ...]
     params: Params = field(default_factory=Params)
     issuers: tuple[IssuerInfo, ...] = ()
+
+    def __post_init__(self) -> None:
+        """What every certificate check rests on: each validator key a valid compressed secp256k1
+        key and listed once (a key at two indices would sign twice, and one validator would count as
+        two towards every 2f+1 quorum), each libp2p peer id listed once, each issuer key valid and
+        listed once. A draft genesis (node/operator.py) may have no validators yet."""
+        if not (isinstance(self.chain_id, str) and self.chain_id):
+            raise ValueError(f"genesis chain_id: {self.chain_id!r} is not a non-empty string")
+        if type(self.time_ms) is not int or self.time_ms < 0:
+            raise ValueError(f"genesis time_ms: {self.time_ms!r} is not a time in ms since the epoch")
+        seen: dict[bytes, int] = {}
+        peers: dict[str, int] = {}
+        for i, v in enumerate(self.validators):
+            if not all(isinstance(x, str) for x in (v.public_key, v.api, v.p2p)):
+                raise ValueError(f"genesis validator {i}: public_key, api and p2p are strings")
+            key = _pubkey(v.public_key, f"genesis validator {i}")
+            if key in seen:
+                raise ValueError(f"genesis validator {i}: the key of validator {seen[key]} again ({v.public_key})")
+            seen[key] = i
+            if len(self.validators) > 1 or v.p2p:
+                try:
+                    host_port(v.p2p)
+                    pid = peer_id(v.p2p)
+                except ValueError as exc:
+                    raise ValueError(f"genesis validator {i}: {exc}") from None
+                if pid in peers:
+                    raise ValueError(f"genesis validator {i}: the libp2p peer id of validator {peers[pid]} again")
+                peers[pid] = i
+        issuers: set[bytes] = set()
+        for i in self.issuers:
+            if not isinstance(i.name, str):
+                raise ValueError(f"genesis issuer {i.name!r}: the name is a string")
+            key = _pubkey(i.public_key, f"genesis issuer {i.name!r}")
+            if key in issuers:
+                raise ValueError(f"genesis issuer {i.name!r}: its key is listed already")
+            issuers.add(key)
 
     @property
     def rules(self) -> Rules:
@@ -104,20 +163,36 @@ class Genesis:
 
     @classmethod
     def load(cls, path: str | Path) -> Genesis:
-        d = json.loads(Path(path).read_text())
+        """A genesis file a node runs on (or a client checks certificates against); ValueError naming
+        the file and what is wrong. It lists at least one validator."""
         try:
-            gen = cls(d["chain_id"], int(d["time_ms"]), tuple(ValidatorInfo(**v) for v in d["validators"]),
+            d = json.loads(Path(path).read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: not a medchain genesis file (not JSON: {exc})") from None
+        try:
+            gen = cls(d["chain_id"], d["time_ms"], tuple(ValidatorInfo(**v) for v in d["validators"]),
                       Params(**d.get("params", {})), tuple(IssuerInfo(**i) for i in d.get("issuers", [])))
-            for i in gen.issuers:
-                if not ecdsa.valid_pubkey(bytes.fromhex(i.public_key)):
-                    raise ValueError(f"issuer {i.name!r}: not a compressed secp256k1 public key")
-            return gen
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"{path}: not a medchain genesis file ({exc})") from None
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{path}: not a medchain genesis file ({type(exc).__name__}: {exc})") from None
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        if not gen.validators:
+            raise ValueError(f"{path}: the genesis lists no validator")
+        return gen
 
 
 HASH_FIELD = "genesis_hash"  # in a finished genesis file: the hash of everything else in it
 DRAFT_FIELD = "draft"  # in a genesis still being assembled (node/operator.py): not for a node
+
+
+def _pubkey(hexkey: str, what: str) -> bytes:
+    try:
+        key = bytes.fromhex(hexkey)
+    except ValueError:
+        key = b""
+    if not ecdsa.valid_pubkey(key):
+        raise ValueError(f"{what}: {hexkey!r} is not a compressed secp256k1 public key (hex)")
+    return key
 
 
 def load_checked(path: str | Path) -> Genesis:

@@ -63,6 +63,8 @@ MODULES: dict[str, list[str]] = {
                            "tests/test_snapshot.py::test_a_damaged_forged_or_foreign_snapshot_is_refused",
                            "tests/test_snapshot.py::test_restore_into_a_fresh_home_verifies_and_commits"],
     "devices/load/follow.py": ["tests/test_proof.py"],
+    # the genesis every node and client checks certificates against (its loading and refusals)
+    "node/genesis.py": ["tests/test_genesis.py"],
     "node/api/blobs.py": [f"tests/test_blob_auth.py::test_read_covers_{t}" for t in (
         "serves_the_blobs_a_committed_read_allows", "refuses_each_case_for_its_own_reason",
         "applies_the_patient_s_policy_and_the_emergency_window_now")],

@@ -36,7 +36,7 @@ from devices.load.follow import describe
 from devices.load.memcap import CapError, MemoryCap
 from devices.wearable import ble
 from devices.wearable.wearables import DEFAULT_PERIOD_MS, make_wearable
-from node.genesis import Genesis
+from node.genesis import Genesis, load_checked
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 
@@ -151,7 +151,7 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> dict:
     if args.node:
         urls, pids = args.node, None
         if getattr(args, "genesis", None):
-            genesis = Genesis.load(Path(args.genesis))
+            genesis = load_checked(Path(args.genesis))  # a file edited after it was finalized is refused
     else:
         from devices.net.localnet import ONE_ADDRESS_FLEET, make_network, start_all
         from node.operator import parse_params
