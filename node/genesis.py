@@ -188,11 +188,11 @@ DRAFT_FIELD = "draft"  # in a genesis still being assembled (node/operator.py): 
 def _pubkey(hexkey: str, what: str) -> bytes:
     try:
         key = bytes.fromhex(hexkey)
+        if ecdsa.valid_pubkey(key):
+            return key
     except ValueError:
-        key = b""
-    if not ecdsa.valid_pubkey(key):
-        raise ValueError(f"{what}: {hexkey!r} is not a compressed secp256k1 public key (hex)")
-    return key
+        pass
+    raise ValueError(f"{what}: {hexkey!r} is not a compressed secp256k1 public key (hex)")
 
 
 def load_checked(path: str | Path) -> Genesis:
@@ -219,12 +219,11 @@ def parse_issuer(spec: str) -> IssuerInfo:
     """NAME=PUBLIC_KEY (hex, compressed secp256k1) as given on the command line."""
     name, sep, key = spec.partition("=")
     try:
-        ok = bool(sep and name) and ecdsa.valid_pubkey(bytes.fromhex(key))
+        if sep and name and ecdsa.valid_pubkey(bytes.fromhex(key)):
+            return IssuerInfo(name, key.lower())
     except ValueError:
-        ok = False
-    if not ok:
-        raise ValueError(f"--issuer {spec!r}: expected NAME=PUBLIC_KEY (33-byte compressed secp256k1, hex)")
-    return IssuerInfo(name, key.lower())
+        pass
+    raise ValueError(f"--issuer {spec!r}: expected NAME=PUBLIC_KEY (33-byte compressed secp256k1, hex)")
 
 
 def new_chain_id(prefix: str = "medchain") -> str:
@@ -247,11 +246,11 @@ def init_home(home: str | Path, chain_id: str, apis: list[str], time_ms: int,
         from node.p2p import peer_id_from_secret
         for k, (ident, hp) in enumerate(zip(idents, p2p, strict=True)):
             host, port = hp.rsplit(":", 1)
-            addrs[k] = f"/ip4/{host}/tcp/{port}/p2p/{peer_id_from_secret(ident.p2p_secret)}"
+            addrs[k] = f"/{'ip6' if ':' in host else 'ip4'}/{host}/tcp/{port}/p2p/{peer_id_from_secret(ident.p2p_secret)}"
     elif len(apis) > 1:
         raise ValueError("a network of several validators needs p2p addresses")
-    gen = Genesis(chain_id, time_ms, tuple(ValidatorInfo(i.public_key.hex(), a, pa)
-                                           for i, a, pa in zip(idents, apis, addrs, strict=True)),
+    gen = Genesis(chain_id, time_ms, tuple(ValidatorInfo(idents[k].public_key.hex(), apis[k], addrs[k])
+                                           for k in range(len(apis))),
                   params or Params(), issuers)
     dirs = []
     for k, ident in enumerate(idents):

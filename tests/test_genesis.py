@@ -62,6 +62,7 @@ def test_save_load_round_trip_and_hash(tmp_path: Path) -> None:
     gen.save(p)
     d = json.loads(p.read_text())
     assert d[HASH_FIELD] == gen.hash.hex() and p.read_text().endswith("}\n")
+    assert '{\n "chain_id": "medchain-test",\n' in p.read_text()  # one field a line: an operator reads it
     back = load_checked(p)
     assert back == gen and back.hash == gen.hash
     assert back.validator_keys == [bytes.fromhex(k) for k in KEYS]
@@ -114,6 +115,12 @@ def test_a_draft_is_refused_and_a_file_without_hash_loads_with_a_warning(
     with caplog.at_level(logging.WARNING, logger="medchain.genesis"):
         assert load_checked(p) == _genesis()
     assert caplog.messages == [f"{p} records no hash; its content hashes to {_genesis().hash.hex()}"]
+    assert [r.name for r in caplog.records] == ["medchain.genesis"]
+
+
+def test_params_and_issuers_may_be_left_out(tmp_path: Path) -> None:
+    d = {k: v for k, v in _genesis().to_json().items() if k not in ("params", "issuers")}
+    assert Genesis.load(_file(tmp_path, d)) == _genesis()
 
 
 def test_a_file_of_one_validator_needs_no_p2p_address(tmp_path: Path) -> None:
@@ -139,6 +146,17 @@ def test_init_home_writes_the_same_genesis_to_every_home(tmp_path: Path) -> None
         init_home(tmp_path / "b", "c", ["h:1", "h:2"], 0)
     (one,) = init_home(tmp_path / "one", "c", ["h:1"], 0)
     assert load_checked(one / "genesis.json").validators[0].p2p == ""
+    with pytest.raises(ValueError, match="zip"):  # a p2p address for each validator, no more, no fewer
+        init_home(tmp_path / "c", "c", ["h:1", "h:2"], 0, p2p=["127.0.0.1:3", "127.0.0.1:4", "127.0.0.1:5"])
+    # an IPv6 host, the issuers and the parameters are written into the genesis; a home whose
+    # directories exist already (made empty beforehand) is filled in
+    (tmp_path / "six" / "node0").mkdir(parents=True)
+    issuer = IssuerInfo("General Hospital", KEYS[3])
+    dirs = init_home(tmp_path / "six", "c", ["[::1]:1", "[::1]:2"], 0, params=Params(block_max_txs=7),
+                     p2p=["::1:3", "::1:4"], issuers=(issuer,))
+    gen = load_checked(dirs[0] / "genesis.json")
+    assert [v.p2p.split("/p2p/")[0] for v in gen.validators] == ["/ip6/::1/tcp/3", "/ip6/::1/tcp/4"]
+    assert gen.issuers == (issuer,) and gen.params == Params(block_max_txs=7)
 
 
 # ---- refusals -----------------------------------------------------------------------------------
@@ -196,6 +214,9 @@ def test_validator_addresses(tmp_path: Path) -> None:
     d = _genesis().to_json()
     d["validators"][2]["p2p"] = d["validators"][0]["p2p"].replace("9000", "9100")
     assert _refused(tmp_path, d) == "genesis validator 2: the libp2p peer id of validator 0 again"
+    d = _genesis(validators=(_validator(0), _validator(1))).to_json()
+    d["validators"][1]["p2p"] = ""  # two validators: the second needs its libp2p address too
+    assert _refused(tmp_path, d) == "genesis validator 1: not a /ip4|ip6|dns/HOST/tcp/PORT address: ''"
     d = _genesis().to_json()
     d["validators"][1]["p2p"] = ""  # several validators: each needs its libp2p address
     assert _refused(tmp_path, d) == "genesis validator 1: not a /ip4|ip6|dns/HOST/tcp/PORT address: ''"
@@ -280,7 +301,7 @@ def test_the_mempool_share_is_at_most_one() -> None:
 
 def test_parse_issuer() -> None:
     assert parse_issuer(f"Hospital={KEYS[2].upper()}") == IssuerInfo("Hospital", KEYS[2])
-    for spec in ("", "=", f"={KEYS[2]}", "Hospital", "Hospital=", "Hospital=zz", "Hospital=" + "02" + "00" * 32):
+    for spec in ("", "=", f"={KEYS[2]}", f"a=b={KEYS[2]}", "Hospital", "Hospital=", "Hospital=zz", "Hospital=" + "02" + "00" * 32):
         with pytest.raises(ValueError) as err:
             parse_issuer(spec)
         assert str(err.value) == f"--issuer {spec!r}: expected NAME=PUBLIC_KEY (33-byte compressed secp256k1, hex)"
