@@ -14,6 +14,7 @@ from node.crypto.keys import Identity
 from node.multiaddr import host_port, peer_id
 from node.state import genesis_state_root
 from node.state.rules import Rules
+from node.tx.model import MAX_CHAIN_ID
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,9 @@ class Genesis:
         key and listed once (a key at two indices would sign twice, and one validator would count as
         two towards every 2f+1 quorum), each libp2p peer id listed once, each issuer key valid and
         listed once. A draft genesis (node/operator.py) may have no validators yet."""
-        if not (isinstance(self.chain_id, str) and self.chain_id):
-            raise ValueError(f"genesis chain_id: {self.chain_id!r} is not a non-empty string")
+        if not (isinstance(self.chain_id, str) and 0 < len(self.chain_id.encode()) <= MAX_CHAIN_ID):
+            # every transaction signs the chain id, and one longer than this is refused (node/tx)
+            raise ValueError(f"genesis chain_id: {self.chain_id!r} is not a string of 1 to {MAX_CHAIN_ID} bytes")
         if type(self.time_ms) is not int or self.time_ms < 0:
             raise ValueError(f"genesis time_ms: {self.time_ms!r} is not a time in ms since the epoch")
         seen: dict[bytes, int] = {}

@@ -183,8 +183,10 @@ def test_not_a_genesis_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
-    ("chain_id", "", "genesis chain_id: '' is not a non-empty string"),
-    ("chain_id", 7, "genesis chain_id: 7 is not a non-empty string"),
+    ("chain_id", "", "genesis chain_id: '' is not a string of 1 to 32 bytes"),
+    ("chain_id", 7, "genesis chain_id: 7 is not a string of 1 to 32 bytes"),
+    ("chain_id", "m" * 33, f"genesis chain_id: {'m' * 33!r} is not a string of 1 to 32 bytes"),
+    ("chain_id", "é" * 17, f"genesis chain_id: {'é' * 17!r} is not a string of 1 to 32 bytes"),  # 34 bytes
     ("time_ms", "1700000000000", "genesis time_ms: '1700000000000' is not a time in ms since the epoch"),
     ("time_ms", 1.5, "genesis time_ms: 1.5 is not a time in ms since the epoch"),
     ("time_ms", True, "genesis time_ms: True is not a time in ms since the epoch"),
@@ -193,6 +195,7 @@ def test_not_a_genesis_file(tmp_path: Path) -> None:
 def test_chain_fields(tmp_path: Path, field: str, value: object, message: str) -> None:
     assert _refused(tmp_path, {**_genesis().to_json(), field: value}) == message
     assert Genesis.load(_file(tmp_path, {**_genesis().to_json(), "time_ms": 0})).time_ms == 0
+    assert Genesis.load(_file(tmp_path, {**_genesis().to_json(), "chain_id": "é" * 16})).chain_id == "é" * 16
 
 
 def test_a_validator_key_listed_twice_would_count_twice_and_is_refused(tmp_path: Path) -> None:
