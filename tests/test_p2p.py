@@ -196,6 +196,30 @@ def test_all_to_all_send_and_big_message(mode: str) -> None:
     run(main())
 
 
+def test_credit_returns_at_half_window_and_many_windows_flow() -> None:
+    """The adapter turns yamux's credit-per-read off (node/p2p/node.py): credit then goes back only
+    at half the 256 KiB window, so a stream carrying far more than a window, in frames of every
+    size around the window's, must still deliver all of it, in order, without a stall."""
+    assert os.environ["PY_YAMUX_RELEASE_ON_READ"] == "0"
+    net = Net(2, "direct")
+    sizes = [1, 300, 128 * 1024 - 7, 128 * 1024, 256 * 1024 - 1, 256 * 1024, 256 * 1024 + 1, 700_000, 5] * 4
+
+    async def main() -> None:
+        await net.start()
+        try:
+            await net.wait_mesh()
+            sent = [os.urandom(n) for n in sizes]  # ~8.6 MiB: 33 windows
+            for m in sent:
+                net.nodes[0].send(net.ids[1], m)
+            await until(lambda: len(net.got[1]) >= len(sent), 60)
+            assert net.from_(1, 0) == sent
+            assert net.nodes[0].stats["drops"] == 0 and net.nodes[0].stats["send_failed"] == 0
+        finally:
+            await net.stop()
+
+    run(main())
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_outsider_is_refused(mode: str) -> None:
     net = Net(2, mode)

@@ -18,6 +18,7 @@ Choices, measured with ``python -m node.p2p.measure`` (4 processes on loopback, 
 - Direct streams beat gossipsub by ~90x in CPU per broadcast (0.055 vs ~4.7-5 ms) and ~60x in
   throughput (60-100k vs ~1.1k deliveries/s); gossipsub round trip ~4 ms vs ~1.1 ms.
   ``mode="direct"`` is the default.
+- Yamux credit goes back at half the receive window, not after every read (below).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import concurrent.futures
 import contextlib
 import itertools
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -38,6 +40,13 @@ from node.multiaddr import split_peer
 from .identity import key_pair_from_secret, peer_id_from_secret
 
 log = logging.getLogger("medchain.p2p")
+
+# py-libp2p 0.8's yamux answers every read of stream data with a WINDOW_UPDATE frame by default
+# (PY_YAMUX_RELEASE_ON_READ=1, read at each call): PBFT's messages are small and come one at a time,
+# so that is a frame back, encrypted, written, read, decrypted and parsed, for every frame sent.
+# Off, credit goes back once half the window is consumed (go-yamux's hysteresis; the library's
+# other path): ~10% less CPU per block at light load (bench/README.md). An operator's own setting wins.
+os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 
 MODES = ("direct", "gossipsub")
 QUEUE_MAX = 10_000  # frames per peer; when full the oldest is dropped (PBFT retransmits)
