@@ -157,10 +157,12 @@ class _ValidatorCollector:
 
 def _tag_names() -> dict[int, str]:
     from node.consensus import messages as m
+    from node.replication import T_HELD
     from node.sidecar import T_TXS
     return {m.T_PREPREPARE: "pre_prepare", m.T_PREPARE: "prepare", m.T_COMMIT: "commit", m.T_STATUS: "status",
             m.T_BLOCK: "certified_block", m.T_VIEWCHANGE: "view_change", m.T_NEWVIEW: "new_view",
-            m.T_CHECKPOINT: "checkpoint", m.T_SUSPECT: "suspect", T_TXS: "forwarded_txs"}
+            m.T_CHECKPOINT: "checkpoint", m.T_SUSPECT: "suspect", T_TXS: "forwarded_txs",
+            T_HELD: "blobs_held"}
 
 
 def _by_type(net: P2PNode) -> CounterMetricFamily:

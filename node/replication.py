@@ -9,8 +9,13 @@ When block h commits, every data write in it with result OK names a blob (its ro
    peers), every block verified against its CID; what is still missing is retried with backoff.
    A fetched DAG is stored in one LMDB transaction, so a listed root means the whole DAG is here;
 3. once this validator holds every blob of block h, it tells each other validator so, in one
-   small request-response message per batch of blocks (``/medchain/blobs-held/1.0.0``:
-   ``[heights we hold, heights we ask about]`` -> ``[asked heights we hold]``).
+   small message per batch of blocks on the validators' direct stream (``[T_HELD, heights we hold,
+   heights we ask about]``); a validator asked about heights answers with the same message:
+   ``[T_HELD, the asked heights it holds, []]``. One-way: a message lost to a peer that was down
+   is made good by asking (an unavailable block is asked about every ASK_EVERY_S). Until the
+   thirteenth session this was a request on a new libp2p stream (``/medchain/blobs-held/1.0.0``):
+   a stream, its protocol negotiation and its close cost about a sixth of a validator's p2p CPU at
+   light load.
 
 Holders of a blob of block h = this validator (if it holds the blob) + the validators that said
 they hold block h. The blob is **available** once holders >= 2f+1: it survives f validators
@@ -40,13 +45,14 @@ from node.wire import WireError, decode, encode
 
 log = logging.getLogger("medchain.replication")
 
-PROTOCOL = "/medchain/blobs-held/1.0.0"
+T_HELD = 17  # p2p message tag (beside PBFT's and node/sidecar.py's T_TXS = 16)
+HELD_PREFIX = bytes([0x93, T_HELD])  # how an encoded [T_HELD, held, ask] starts: checked before decoding
+MAX_HELD_BYTES = 64 * 1024
 FETCH_TIMEOUT = 20.0  # per session; what is still missing is retried with backoff
 SESSIONS = 4  # bitswap sessions in flight at once
 RETRY_MIN, RETRY_MAX = 1.0, 30.0
 ANNOUNCE_EVERY_S = 1.0  # holdings are announced at most this often (availability lags by as much)
 ASK_EVERY_S = 5.0  # an unavailable block is asked about at most this often
-REQUEST_TIMEOUT = 5.0
 MAX_HEIGHTS = 100_000  # heights remembered (ours pending, peers' announcements)
 MAX_MSG_HEIGHTS = 4096
 
@@ -77,10 +83,6 @@ class Replicator:
                       "vote_fetches": 0, "announced": 0, "announce_failures": 0, "asked": 0}
 
     # ---- lifecycle ---------------------------------------------------------------------------
-    def attach(self, net: Any) -> None:
-        """Register the announcement protocol on ``net`` (before it starts)."""
-        net.serve(PROTOCOL, self._on_request, max_request=64 * 1024)
-
     def start(self, net: Any) -> None:
         """Replicate over ``net`` (a started P2PNode with bitswap). Without one (a single
         validator) the loop starts on the first commit and only pins."""
@@ -148,7 +150,7 @@ class Replicator:
                 self._asked[height] = now
                 _trim(self._asked)
                 self.stats["asked"] += 1
-                self._spawn(self._ask([height]))
+                self._ask([height])
         return {"cid": str(root), "holders": count, "held_here": held_here, "quorum": self.quorum,
                 "available": count >= self.quorum}
 
@@ -176,17 +178,23 @@ class Replicator:
         roots = self.roots_of(height)  # not seen since our start: check the store
         return bool(roots) and all(self.store.has_blob(r) for r in roots)
 
-    async def _on_request(self, peer: str, req: bytes) -> bytes:
+    def on_held(self, peer: str, data: bytes) -> None:
+        """A peer's [T_HELD, heights it holds, heights it asks about] (its direct stream, on the
+        asyncio loop): record what it holds, and answer what it asks with what we hold of it. A
+        malformed message is dropped (logged): a peer's bad message must not cost more than that."""
         try:
-            held, ask = decode(req, 64 * 1024)
-            held = [h for h in held if isinstance(h, int)][:MAX_MSG_HEIGHTS]
-            ask = [h for h in ask if isinstance(h, int)][:MAX_MSG_HEIGHTS]
+            tag, held, ask = decode(data, MAX_HELD_BYTES)
+            if tag != T_HELD or not (isinstance(held, list) and isinstance(ask, list)):
+                raise ValueError("not [T_HELD, [height, ...], [height, ...]]")
         except (WireError, ValueError, TypeError) as exc:
-            raise ValueError(f"bad blobs-held message: {exc}") from None
-        for h in held:
+            log.debug("dropped a bad blobs-held message from %s: %s", peer, exc)
+            return
+        for h in [h for h in held if type(h) is int][:MAX_MSG_HEIGHTS]:
             self.peer_held.setdefault(h, set()).add(peer)
         _trim(self.peer_held)
-        return encode([h for h in ask if self._held_block(h)])
+        ask = [h for h in ask if type(h) is int][:MAX_MSG_HEIGHTS]
+        if ask:
+            self._send(peer, [h for h in ask if self._held_block(h)], [])
 
     def _mark_complete(self) -> None:
         done = [h for h, left in self._pending.items() if not left]
@@ -206,13 +214,14 @@ class Replicator:
         """Tell peers which blocks' blobs we now hold; what fails is retried next round."""
         while True:
             await self._announce_evt.wait()
-            # gather a round's worth of heights first: one request per peer per round, not per block
-            # (a request is a new libp2p stream; per block it was the largest p2p cost at light load)
+            # gather a round's worth of heights first: one message per peer per round, not per block
             await asyncio.sleep(ANNOUNCE_EVERY_S)
             self._announce_evt.clear()
             batch, self._announce = self._announce, {}
-            results = await asyncio.gather(*(self._send(p, sorted(hs)[:MAX_MSG_HEIGHTS], []) for p, hs in batch.items()),
-                                           return_exceptions=True)
+            # a peer whose stream is down would lose the message (frames for it expire): it is
+            # told in a later round instead, as a failed send is
+            up = set(self.net.streaming_peers())
+            results = [p in up and self._send(p, sorted(hs)[:MAX_MSG_HEIGHTS], []) for p, hs in batch.items()]
             for (p, hs), ok in zip(batch.items(), results, strict=True):
                 # what failed goes again, and so does what one message could not hold (after an
                 # outage more than MAX_MSG_HEIGHTS heights may wait): the newest were left out
@@ -223,22 +232,22 @@ class Replicator:
                 await asyncio.sleep(RETRY_MIN)
                 self._announce_evt.set()
 
-    async def _send(self, peer: str, held: list[int], ask: list[int]) -> bool:
+    def _send(self, peer: str, held: list[int], ask: list[int]) -> bool:
+        """Queue [T_HELD, held, ask] on the direct stream to `peer`; False if it is not a peer (or
+        the network is not running). Delivery is not confirmed: see the module doc."""
         try:
-            resp = await self.net.request(peer, PROTOCOL, encode([held, ask]), REQUEST_TIMEOUT)
-            for h in decode(resp, 64 * 1024):
-                if isinstance(h, int) and h in ask:
-                    self.peer_held.setdefault(h, set()).add(peer)
-            self.stats["announced"] += len(held)
-            return True
-        except Exception as exc:  # noqa: BLE001 - P2PError: peer down; retried
+            self.net.send(peer, encode([T_HELD, held, ask]))
+        except Exception as exc:  # noqa: BLE001 - P2PError: not started, or not a peer
             self.stats["announce_failures"] += 1
             log.debug("blobs-held to %s failed: %s", peer, exc)
             return False
+        self.stats["announced"] += len(held)
+        return True
 
-    async def _ask(self, heights: list[int]) -> None:
+    def _ask(self, heights: list[int]) -> None:
         mine = [h for h in heights if self._held_block(h)]
-        await asyncio.gather(*(self._send(p, mine, heights) for p in self._peers()))
+        for p in self._peers():
+            self._send(p, mine, heights)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

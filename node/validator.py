@@ -51,7 +51,7 @@ from node.mempool import AdmissionError, KeyedLimiter, Mempool, origin
 from node.metrics import Metrics
 from node.multiaddr import host_port, peer_id
 from node.pipeline import Pipeline, propose_now
-from node.replication import Replicator, roots_from_ledger
+from node.replication import HELD_PREFIX, Replicator, roots_from_ledger
 from node.sidecar import (
     TXS_PREFIX,
     Item,
@@ -180,7 +180,6 @@ class Validator:
             self.net = P2PNode(self.identity.p2p_secret, host, port, [v.p2p for v in self.genesis.validators],
                                self._on_net, mode=self.p2p_mode, max_frame=MAX_MESSAGE_BYTES + 4096,
                                blockstore=self.blobs, external_peers=self.ipfs_peers, psk=swarmkey.load(self.home))
-            self.replicator.attach(self.net)
             self.sync.register()
             await self.net.start()
             self.replicator.start(self.net)
@@ -370,6 +369,9 @@ class Validator:
         self.msgs_in += 1
         if self.faults.cut and self._peer_index.get(peer) in self.faults.cut:
             return  # fault injection: cut off from that validator
+        if data[:2] == HELD_PREFIX:  # which blocks' blobs the peer holds (node/replication.py)
+            self.replicator.on_held(peer, data)
+            return
         if data[:2] == _TXS_PREFIX and self._peer_limit.take(peer, time.monotonic(), len(data)) > 0:
             self.metrics.throttled.labels("peer").inc()
             return  # over this peer's forwarding budget; its entry validator re-forwards what is pending

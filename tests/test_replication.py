@@ -14,7 +14,8 @@ from devices.patient.phone import Phone
 from node.crypto.keys import Identity
 from node.ipfs.blockstore import BlockStore
 from node.ipfs.cid import Cid, cid_v1_raw
-from node.replication import ASK_EVERY_S, MAX_MSG_HEIGHTS, Replicator
+from node.p2p import P2PError
+from node.replication import ASK_EVERY_S, HELD_PREFIX, MAX_MSG_HEIGHTS, T_HELD, Replicator
 from node.tx import DATA_TYPES
 from node.tx.model import Write
 from node.wire import decode, encode
@@ -96,6 +97,10 @@ def test_committed_blob_replicates_becomes_available_and_is_read_anywhere(net4):
                 assert await c2.download(pat, g["chain_id"], str(cid), cid.to_bytes()) == big
                 metrics = await (await c2.session.get(net4[2].url + "/metrics")).text()
                 assert "medchain_blob_integrity_failures_total 1.0" in metrics
+                # availability came from blobs-held messages on the direct streams, both ways
+                for direction in ("in", "out"):
+                    line = f'medchain_p2p_messages_by_type_total{{direction="{direction}",type="blobs_held"}} '
+                    assert float(metrics.split(line)[1].split()[0]) > 0, metrics[-3000:]
                 status = await c2.status()
                 assert status["replication"]["read_fetches"] >= 1
             # a blob nobody holds any more (all copies deleted): a clear refusal, not a hang
@@ -122,20 +127,28 @@ async def _all_hold(nodes, cid: Cid) -> bool:
 
 
 class _Peers:
-    """The three other validators as the replicator's `net` sees them (P2PNode's `peers` and
-    `request`): each records what it is asked and holds nothing yet."""
+    """The three other validators as the replicator's `net` sees them (P2PNode's `peers`,
+    `streaming_peers` and `send`): each records the blobs-held messages it is sent."""
 
     def __init__(self) -> None:
         self.peers = ["v1", "v2", "v3"]
+        self.up = set(self.peers)  # whose direct stream is open
         self.asked: list[tuple[str, list[int]]] = []
         self.told: dict[str, list[int]] = {}
+        self.sent: list[tuple[str, bytes]] = []
 
-    async def request(self, peer: str, protocol: str, payload: bytes, timeout: float) -> bytes:
-        held, ask = decode(payload)
+    def streaming_peers(self) -> list[str]:
+        return sorted(self.up)
+
+    def send(self, peer: str, data: bytes) -> None:
+        if peer not in self.peers:
+            raise P2PError(f"unknown peer {peer}")
+        self.sent.append((peer, data))
+        tag, held, ask = decode(data)
+        assert tag == T_HELD and data[:2] == HELD_PREFIX
         if ask:
             self.asked.append((peer, ask))
         self.told.setdefault(peer, []).extend(held)
-        return encode([])
 
 
 def test_a_fresh_commit_is_not_asked_about_an_old_or_unseen_height_is(tmp_path) -> None:
@@ -191,3 +204,77 @@ def test_announcements_beyond_one_message_go_in_the_next_round(tmp_path) -> None
     finally:
         store.close()
     assert sorted(net.told["v1"]) == sorted(waiting) and not r._announce
+
+
+def test_a_peer_s_blobs_held_message_is_recorded_and_its_question_answered(tmp_path) -> None:
+    """[T_HELD, held, ask] from a peer: what it holds counts towards availability, what it asks is
+    answered with what this validator holds of it, in one message on the direct stream."""
+    store = BlockStore(tmp_path / "blobs")
+    r = Replicator(store, 4)
+    net = r.net = _Peers()
+    try:
+        r._complete.update({5: None, 6: None})  # this validator holds every blob of blocks 5 and 6
+        r._pending[7] = {b"x"}  # and not yet block 7's
+        r.on_held("v2", encode([T_HELD, [3, 4], [5, 7, 6]]))
+        assert r.peer_held == {3: {"v2"}, 4: {"v2"}}
+        assert net.sent == [("v2", encode([T_HELD, [5, 6], []]))]  # one answer, to the asker only
+        r.on_held("v3", encode([T_HELD, [4], []]))  # nothing asked: nothing answered
+        assert r.peer_held == {3: {"v2"}, 4: {"v2", "v3"}} and len(net.sent) == 1
+        r.on_held("v1", encode([T_HELD, [], [8]]))  # asked about what it does not hold: an empty answer
+        assert net.sent[-1] == ("v1", encode([T_HELD, [], []]))
+        # at most MAX_MSG_HEIGHTS heights of each list are taken, and only ints
+        r.on_held("v1", encode([T_HELD, [*range(100, 100 + MAX_MSG_HEIGHTS + 5), "9", True], []]))
+        assert {h for h, ps in r.peer_held.items() if "v1" in ps} == set(range(100, 100 + MAX_MSG_HEIGHTS))
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("bad", [
+    b"", b"\x93\x11", encode([T_HELD, [1]]), encode([T_HELD, 1, []]), encode([T_HELD, [], 2]),
+    encode([T_HELD + 1, [1], []]), encode({"held": [1]}), encode([T_HELD, [1], [], 4]),
+    encode([T_HELD, [0] * 70_000, []]),  # over the 64 KiB a message may be
+    bytes([0x93, T_HELD, 0x91]) + b"\xcb" + bytes(8) + b"\x90",  # a float: not on the wire
+])
+def test_a_malformed_blobs_held_message_is_dropped(tmp_path, bad: bytes) -> None:
+    store = BlockStore(tmp_path / "blobs")
+    r = Replicator(store, 4)
+    net = r.net = _Peers()
+    try:
+        r.on_held("v1", bad)  # no exception reaches the network's delivery loop
+        assert r.peer_held == {} and net.sent == []
+    finally:
+        store.close()
+
+
+def test_a_peer_whose_stream_is_down_is_told_in_a_later_round(tmp_path) -> None:
+    """A message queued for a peer whose stream is down would be lost (its frames expire): the
+    announcer keeps those heights for the next round, as for a failed send."""
+    store = BlockStore(tmp_path / "blobs")
+    r = Replicator(store, 4)
+    net = r.net = _Peers()
+    net.up = {"v1", "v3"}
+
+    async def go() -> None:
+        r._announce = {p: {1, 2} for p in net.peers}
+        task = asyncio.create_task(r._announcer())
+        r._announce_evt.set()
+        try:
+            for _ in range(60):
+                await asyncio.sleep(0.05)
+                if "v1" in net.told and "v3" in net.told:
+                    break
+            assert "v2" not in net.told and r._announce == {"v2": {1, 2}}
+            net.up.add("v2")
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if "v2" in net.told:
+                    break
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    try:
+        asyncio.run(go())
+    finally:
+        store.close()
+    assert {p: sorted(hs) for p, hs in net.told.items()} == {"v1": [1, 2], "v2": [1, 2], "v3": [1, 2]}
+    assert not r._announce and r.stats["announced"] == 6
