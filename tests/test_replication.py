@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
+from collections.abc import AsyncIterator, Callable
 
 import lmdb
 import pytest
@@ -179,6 +181,24 @@ def test_a_fresh_commit_is_not_asked_about_an_old_or_unseen_height_is(tmp_path) 
         store.close()
 
 
+@contextlib.asynccontextmanager
+async def _announcing(r: Replicator) -> AsyncIterator[None]:
+    """The replicator's announcer running, with a round due."""
+    task = asyncio.create_task(r._announcer())
+    r._announce_evt.set()
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _until_true(cond: Callable[[], bool], timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while not cond() and time.monotonic() < end:
+        await asyncio.sleep(0.05)
+
+
 def test_announcements_beyond_one_message_go_in_the_next_round(tmp_path) -> None:
     """After an outage more heights may wait than one blobs-held message holds (MAX_MSG_HEIGHTS):
     the rest go in the next round instead of being dropped (a peer would then have to ask)."""
@@ -189,16 +209,8 @@ def test_announcements_beyond_one_message_go_in_the_next_round(tmp_path) -> None
 
     async def go() -> None:
         r._announce = {"v1": set(waiting)}
-        task = asyncio.create_task(r._announcer())
-        r._announce_evt.set()
-        try:
-            for _ in range(100):
-                await asyncio.sleep(0.1)
-                if len(net.told.get("v1", [])) == len(waiting):
-                    break
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        async with _announcing(r):
+            await _until_true(lambda: len(net.told.get("v1", [])) == len(waiting), 10)
     try:
         asyncio.run(go())
     finally:
@@ -256,22 +268,11 @@ def test_a_peer_whose_stream_is_down_is_told_in_a_later_round(tmp_path) -> None:
 
     async def go() -> None:
         r._announce = {p: {1, 2} for p in net.peers}
-        task = asyncio.create_task(r._announcer())
-        r._announce_evt.set()
-        try:
-            for _ in range(60):
-                await asyncio.sleep(0.05)
-                if "v1" in net.told and "v3" in net.told:
-                    break
+        async with _announcing(r):
+            await _until_true(lambda: "v1" in net.told and "v3" in net.told, 3)
             assert "v2" not in net.told and r._announce == {"v2": {1, 2}}
             net.up.add("v2")
-            for _ in range(100):
-                await asyncio.sleep(0.05)
-                if "v2" in net.told:
-                    break
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await _until_true(lambda: "v2" in net.told, 5)
     try:
         asyncio.run(go())
     finally:
