@@ -56,6 +56,25 @@ def test_cli_errors_are_clear(tmp_path):
     os.chmod(bad, 0o644)
     p = medchain("patient", "audit", "--key", str(bad), ok=False)
     assert p.returncode == 1 and "must be 0600" in p.stderr
+    # the client's trust anchor is checked as a node checks it: a genesis edited after it was
+    # finalized, or one listing a validator key twice (so that one key would count twice towards
+    # every quorum), is refused before anything is sent
+    from node.genesis import init_home
+    home = init_home(tmp_path / "net", "medchain-cli", ["127.0.0.1:9", "127.0.0.1:10"], 0,
+                     p2p=["127.0.0.1:11", "127.0.0.1:12"])[0]
+    key = tmp_path / "p.json"
+    medchain("keygen", "--out", str(key))
+    g = json.loads((home / "genesis.json").read_text())
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps({**g, "params": {**g["params"], "block_max_txs": 1}}))
+    doubled = tmp_path / "doubled.json"
+    v0, v1 = g["validators"]
+    doubled.write_text(json.dumps({k: v for k, v in {**g, "validators": [v0, {**v1, "public_key": v0["public_key"]}]}.items()
+                                   if k != "genesis_hash"}))
+    for gfile, why in ((edited, "genesis hash mismatch"), (doubled, "genesis validator 1: the key of validator 0 again")):
+        p = medchain("patient", "audit", "--key", str(key), "--node", "http://127.0.0.1:9", "--genesis", str(gfile),
+                     ok=False)
+        assert p.returncode == 1 and why in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert "usage" in medchain("--help").stdout
     for sub in ("patient", "staff", "node", "verify", "init", "keygen", "demo"):
         assert medchain(sub, "--help").returncode == 0

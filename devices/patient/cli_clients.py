@@ -14,6 +14,7 @@ from devices.patient.phone import Phone
 from devices.patient.staff import Staff
 from devices.patient.verified_reads import VerifiedReader
 from node.crypto.keys import Identity
+from node.genesis import load_checked
 from node.tx.model import BREAK_GLASS_REASONS, DATA_TYPES, data_type_name
 
 DEFAULT_NODE = "http://127.0.0.1:8545"
@@ -40,16 +41,17 @@ async def _connect(args: argparse.Namespace) -> tuple[NodeClient, str, list[byte
     await c.__aenter__()
     gfile = _genesis_file(args)
     try:
-        g = json.loads(gfile.read_text()) if gfile else await c.genesis()
+        if gfile is None:  # no trust anchor: the validator's word (and no reader that checks it)
+            g = await c.genesis()
+            return c, g["chain_id"], [bytes.fromhex(v["public_key"]) for v in g["validators"]], None
+        # the trust anchor: checked as a node checks it (its recorded hash, each validator key valid
+        # and listed once, so no one key counts twice towards a certificate's quorum)
+        gen = load_checked(gfile)
     except BaseException:
         await c.close()
         raise
-    vals = [bytes.fromhex(v["public_key"]) for v in g["validators"]]
-    reader = None
-    if gfile:
-        urls = [args.node] + [u for v in g["validators"] if (u := f"http://{v['api']}") != args.node.rstrip("/")]
-        reader = VerifiedReader(urls, g["chain_id"], vals, session=c.session)
-    return c, g["chain_id"], vals, reader
+    urls = [args.node] + [u for v in gen.validators if (u := f"http://{v.api}") != args.node.rstrip("/")]
+    return c, gen.chain_id, gen.validator_keys, VerifiedReader(urls, gen.chain_id, gen.validator_keys, session=c.session)
 
 
 def _refusals(reader: VerifiedReader | None) -> str:
@@ -203,8 +205,7 @@ def issuer_cmd(args: argparse.Namespace) -> int:
     from node.tx.credential import issue, to_json
     ident = Identity.load(args.key)
     if args.genesis:
-        from node.genesis import Genesis
-        gen = Genesis.load(args.genesis)
+        gen = load_checked(args.genesis)
         chain = gen.chain_id
         if ident.public_key not in gen.rules.issuers:
             raise ValueError(f"this key ({ident.public_key.hex()}) is not an issuer in {args.genesis}: the chain "
