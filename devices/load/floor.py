@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 _DEFAULT = Path(__file__).resolve().parents[3] / "shared" / "bench" / "floor.py"
@@ -19,7 +20,11 @@ def measure_floor(n: int = 20000) -> float | None:
     script = Path(os.environ.get("MEDCHAIN_FLOOR_SCRIPT", _DEFAULT))
     if not script.exists():
         return None
-    out = subprocess.run([sys.executable, str(script), str(n)], capture_output=True, text=True, timeout=300)
+    # the script opens its LMDB in a mkdtemp() directory it leaves behind (12 MB a run): give it a
+    # temporary directory of ours, removed afterwards
+    with tempfile.TemporaryDirectory(prefix="medchain-floor-") as tmp:
+        out = subprocess.run([sys.executable, str(script), str(n)], capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "TMPDIR": tmp})
     m = re.search(r"floor: ([0-9.]+) us", out.stdout)
     return float(m.group(1)) if m else None
 
