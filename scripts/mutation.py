@@ -65,6 +65,12 @@ MODULES: dict[str, list[str]] = {
     "devices/load/follow.py": ["tests/test_proof.py"],
     # the genesis every node and client checks certificates against (its loading and refusals)
     "node/genesis.py": ["tests/test_genesis.py"],
+    # of replication, what a peer's blobs-held message does here (the rest runs in validator processes)
+    "node/replication.py": [f"tests/test_replication.py::{t}" for t in (
+        "test_a_peer_s_blobs_held_message_is_recorded_and_its_question_answered",
+        "test_a_malformed_blobs_held_message_is_dropped", "test_a_peer_whose_stream_is_down_is_told_in_a_later_round",
+        "test_announcements_beyond_one_message_go_in_the_next_round",
+        "test_a_fresh_commit_is_not_asked_about_an_old_or_unseen_height_is")],
     "node/api/blobs.py": [f"tests/test_blob_auth.py::test_read_covers_{t}" for t in (
         "serves_the_blobs_a_committed_read_allows", "refuses_each_case_for_its_own_reason",
         "applies_the_patient_s_policy_and_the_emergency_window_now")],
@@ -72,6 +78,8 @@ MODULES: dict[str, list[str]] = {
 # modules mutated only in part (mutmut's mutant-name pattern): of the API, the blob authorisation; its
 # handlers run in a validator process, where mutmut cannot see which test reaches them
 ONLY = {"node/api/blobs.py": "node.api.blobs.x_read_covers__mutmut_*",
+        # of replication, the handling of a peer's blobs-held message
+        "node/replication.py": "node.replication.xǁReplicatorǁon_held__mutmut_*",
         # of the follower, the check of each block (the rest is its polling loop, over HTTP)
         "devices/load/follow.py": "devices.load.follow.xǁFollowerǁcheck__mutmut_*"}
 # pytest -k for every module: the tests that start validator processes are left out
