@@ -68,9 +68,10 @@ class Params:
         for f in fields(self):
             v = getattr(self, f.name)
             # a float parameter may be written as an int ("sender_rate": 1000)
-            ok = type(v) is int if f.type == "int" else type(v) in (int, float) and math.isfinite(v)
+            is_int = f.type in ("int", int)
+            ok = type(v) is int if is_int else type(v) in (int, float) and math.isfinite(v)
             if not ok:
-                raise ValueError(f"genesis parameter {f.name}: {v!r} is not {'an int' if f.type == 'int' else 'a number'}")
+                raise ValueError(f"genesis parameter {f.name}: {v!r} is not {'an int' if is_int else 'a number'}")
             zero = f.name in _MAY_BE_ZERO
             if v < 0 or (v == 0 and not zero):
                 raise ValueError(f"genesis parameter {f.name}: {v!r} must be {'at least 0' if zero else 'positive'}")
@@ -122,8 +123,8 @@ class Genesis:
                 peers[pid] = i
         issuers: set[bytes] = set()
         for i in self.issuers:
-            if not isinstance(i.name, str):
-                raise ValueError(f"genesis issuer {i.name!r}: the name is a string")
+            if not (isinstance(i.name, str) and i.name):
+                raise ValueError(f"genesis issuer {i.name!r}: the name is a non-empty string")
             key = _pubkey(i.public_key, f"genesis issuer {i.name!r}")
             if key in issuers:
                 raise ValueError(f"genesis issuer {i.name!r}: its key is listed already")
@@ -167,10 +168,7 @@ class Genesis:
     def load(cls, path: str | Path) -> Genesis:
         """A genesis file a node runs on (or a client checks certificates against); ValueError naming
         the file and what is wrong. It lists at least one validator."""
-        try:
-            d = json.loads(Path(path).read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: not a medchain genesis file (not JSON: {exc})") from None
+        d = _read_json(path)
         try:
             gen = cls(d["chain_id"], d["time_ms"], tuple(ValidatorInfo(**v) for v in d["validators"]),
                       Params(**d.get("params", {})), tuple(IssuerInfo(**i) for i in d.get("issuers", [])))
@@ -185,6 +183,16 @@ class Genesis:
 
 HASH_FIELD = "genesis_hash"  # in a finished genesis file: the hash of everything else in it
 DRAFT_FIELD = "draft"  # in a genesis still being assembled (node/operator.py): not for a node
+
+
+def _read_json(path: str | Path) -> dict:
+    try:
+        d = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a medchain genesis file (not JSON: {exc})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: not a medchain genesis file (not a JSON object)")
+    return d
 
 
 def _pubkey(hexkey: str, what: str) -> bytes:
@@ -202,7 +210,7 @@ def load_checked(path: str | Path) -> Genesis:
     content (edited after it was finished, or damaged) and one still being assembled. A file without
     a hash (written before hashes were recorded) loads, with a warning."""
     path = Path(path)
-    d = json.loads(path.read_text())
+    d = _read_json(path)
     if d.get(DRAFT_FIELD):
         raise ValueError(f"{path} is a draft genesis: run `medchain genesis finalize` on it first")
     gen = Genesis.load(path)
@@ -248,7 +256,9 @@ def init_home(home: str | Path, chain_id: str, apis: list[str], time_ms: int,
         from node.p2p import peer_id_from_secret
         for k, (ident, hp) in enumerate(zip(idents, p2p, strict=True)):
             host, port = hp.rsplit(":", 1)
-            addrs[k] = f"/{'ip6' if ':' in host else 'ip4'}/{host}/tcp/{port}/p2p/{peer_id_from_secret(ident.p2p_secret)}"
+            if ":" in host or "[" in host:  # the p2p adapter listens on /ip4/ only
+                raise ValueError(f"p2p address {hp!r}: an IPv4 HOST:PORT (IPv6 is not supported)")
+            addrs[k] = f"/ip4/{host}/tcp/{port}/p2p/{peer_id_from_secret(ident.p2p_secret)}"
     elif len(apis) > 1:
         raise ValueError("a network of several validators needs p2p addresses")
     gen = Genesis(chain_id, time_ms, tuple(ValidatorInfo(idents[k].public_key.hex(), apis[k], addrs[k])

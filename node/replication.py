@@ -55,15 +55,23 @@ ANNOUNCE_EVERY_S = 1.0  # holdings are announced at most this often (availabilit
 ASK_EVERY_S = 5.0  # an unavailable block is asked about at most this often
 MAX_HEIGHTS = 100_000  # heights remembered (ours pending, peers' announcements)
 MAX_MSG_HEIGHTS = 4096
+# what a peer's message may ask and claim: an honest validator asks about one height at a time (a
+# client's status poll), and each asked height we cannot answer from memory costs a block's decode
+MAX_ASK = 16  # asked heights answered per message, and per peer per ASK_BUDGET_S
+ASK_BUDGET_S = 1.0
+AHEAD = MAX_MSG_HEIGHTS  # held heights believed this far above our head (a peer may be ahead of us)
 
 
 class Replicator:
-    def __init__(self, store: BlockStore, n: int, roots_of: Callable[[int], list[Cid]] | None = None) -> None:
+    def __init__(self, store: BlockStore, n: int, roots_of: Callable[[int], list[Cid]] | None = None,
+                 head_of: Callable[[], int] | None = None) -> None:
         self.store = store
         self.n = n
         self.f = max_faulty(n)
         self.quorum = availability(n)  # holders for "available": 2f+1 (node/block.py says why)
         self.roots_of = roots_of  # height -> blob roots of that committed block (from the ledger)
+        self.head_of = head_of  # our committed height (None: no bound on what peers may claim or ask)
+        self._ask_budget: dict[str, tuple[float, int]] = {}  # peer -> (window start, heights answered)
         self.net: Any = None  # the P2PNode, with bitswap on (None for a single validator)
         self.peer_held: OrderedDict[int, set[str]] = OrderedDict()  # height -> peers holding all its blobs
         self._pending: OrderedDict[int, set[bytes]] = OrderedDict()  # height -> roots not held yet
@@ -181,7 +189,11 @@ class Replicator:
     def on_held(self, peer: str, data: bytes) -> None:
         """A peer's [T_HELD, heights it holds, heights it asks about] (its direct stream, on the
         asyncio loop): record what it holds, and answer what it asks with what we hold of it. A
-        malformed message is dropped (logged): a peer's bad message must not cost more than that."""
+        malformed message is dropped (logged). What one message can cost is bounded: heights are
+        positive and at most AHEAD above our head (made-up future heights would push real ones out
+        of `peer_held`), at most MAX_ASK asked heights at or below our head are answered per peer
+        per ASK_BUDGET_S, and the answer is worked out off the loop (a height not in memory costs a
+        block's decode), so a byzantine peer cannot hold up this validator's PBFT messages."""
         try:
             tag, held, ask = decode(data, MAX_HELD_BYTES)
             if tag != T_HELD or not (isinstance(held, list) and isinstance(ask, list)):
@@ -189,12 +201,27 @@ class Replicator:
         except (WireError, ValueError, TypeError) as exc:
             log.debug("dropped a bad blobs-held message from %s: %s", peer, exc)
             return
-        for h in [h for h in held if type(h) is int][:MAX_MSG_HEIGHTS]:
+        head = self.head_of() if self.head_of is not None else 2 ** 63 - 1 - AHEAD
+        for h in [h for h in held if type(h) is int and 0 < h <= head + AHEAD][:MAX_MSG_HEIGHTS]:
             self.peer_held.setdefault(h, set()).add(peer)
         _trim(self.peer_held)
-        ask = [h for h in ask if type(h) is int][:MAX_MSG_HEIGHTS]
+        ask = self._allowed(peer, [h for h in ask if type(h) is int and 0 < h <= head])
         if ask:
-            self._send(peer, [h for h in ask if self._held_block(h)], [])
+            self._spawn(self._answer(peer, ask))
+
+    def _allowed(self, peer: str, ask: list[int]) -> list[int]:
+        """The asked heights this peer may have answered now: at most MAX_ASK per ASK_BUDGET_S."""
+        now = time.monotonic()
+        start, used = self._ask_budget.get(peer, (now, 0))
+        if now - start >= ASK_BUDGET_S:
+            start, used = now, 0
+        ask = ask[:MAX_ASK - used]
+        self._ask_budget[peer] = (start, used + len(ask))
+        return ask
+
+    async def _answer(self, peer: str, ask: list[int]) -> None:
+        mine = await asyncio.to_thread(lambda: [h for h in ask if self._held_block(h)])
+        self._send(peer, mine, [])
 
     def _mark_complete(self) -> None:
         done = [h for h, left in self._pending.items() if not left]
@@ -227,7 +254,10 @@ class Replicator:
                 # outage more than MAX_MSG_HEIGHTS heights may wait): the newest were left out
                 left = hs if ok is not True else set(sorted(hs)[MAX_MSG_HEIGHTS:])
                 if left:
-                    self._announce.setdefault(p, set()).update(left)
+                    keep = self._announce.setdefault(p, set())
+                    keep.update(left)
+                    if len(keep) > MAX_HEIGHTS:  # a peer down for long: the newest, it asks for the rest
+                        self._announce[p] = set(sorted(keep)[-MAX_HEIGHTS:])
             if self._announce:
                 await asyncio.sleep(RETRY_MIN)
                 self._announce_evt.set()
@@ -329,6 +359,15 @@ class Replicator:
             self._inflight.difference_update(r.multihash for r in roots)
             slots.release()
             self._queue.put_nowait([])  # wake the loop: retries may be due now
+
+
+def head_from_ledger(ledger: Any) -> Callable[[], int]:
+    """Our committed height, for bounding what peers' blobs-held messages may claim and ask."""
+
+    def head_of() -> int:
+        head = ledger.head()
+        return head.height if head is not None else 0
+    return head_of
 
 
 def roots_from_ledger(ledger: Any) -> Callable[[int], list[Cid]]:

@@ -51,7 +51,7 @@ from node.mempool import AdmissionError, KeyedLimiter, Mempool, origin
 from node.metrics import Metrics
 from node.multiaddr import host_port, peer_id
 from node.pipeline import Pipeline, propose_now
-from node.replication import HELD_PREFIX, Replicator, roots_from_ledger
+from node.replication import HELD_PREFIX, Replicator, head_from_ledger, roots_from_ledger
 from node.sidecar import (
     TXS_PREFIX,
     Item,
@@ -98,7 +98,7 @@ class Validator:
                                        storage.Store("block store", self.home / "blobs", self.blobs.env,
                                                      self.blobs.spare)])
         self.blob_writer = BlobWriter(self.blobs)  # uploads: one synced transaction per batch, off the loop
-        self.replicator = Replicator(self.blobs, self.n, roots_from_ledger(self.ledger))  # blobs over bitswap
+        self.replicator = Replicator(self.blobs, self.n, roots_from_ledger(self.ledger), head_from_ledger(self.ledger))  # blobs over bitswap
         self.ipfs_peers = list(ipfs_peers or [])  # external IPFS peers (multiaddrs), bitswap only
         self.mempool = Mempool(p.mempool_capacity, p.sender_rate, p.sender_burst, origin_share=p.client_mempool_share)
         self._peer_limit = KeyedLimiter(p.peer_forward_bytes, 2 * p.peer_forward_bytes)  # per peer, bytes

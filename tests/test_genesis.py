@@ -148,14 +148,20 @@ def test_init_home_writes_the_same_genesis_to_every_home(tmp_path: Path) -> None
     assert load_checked(one / "genesis.json").validators[0].p2p == ""
     with pytest.raises(ValueError, match="zip"):  # a p2p address for each validator, no more, no fewer
         init_home(tmp_path / "c", "c", ["h:1", "h:2"], 0, p2p=["127.0.0.1:3", "127.0.0.1:4", "127.0.0.1:5"])
-    # an IPv6 host, the issuers and the parameters are written into the genesis; a home whose
-    # directories exist already (made empty beforehand) is filled in
+    # the issuers and the parameters are written into the genesis; a home whose directories exist
+    # already (made empty beforehand) is filled in
     (tmp_path / "six" / "node0").mkdir(parents=True)
     issuer = IssuerInfo("General Hospital", KEYS[3])
-    dirs = init_home(tmp_path / "six", "c", ["[::1]:1", "[::1]:2"], 0, params=Params(block_max_txs=7),
-                     p2p=["::1:3", "::1:4"], issuers=(issuer,))
+    dirs = init_home(tmp_path / "six", "c", ["127.0.0.1:1", "127.0.0.1:2"], 0, params=Params(block_max_txs=7),
+                     p2p=["10.0.0.1:3", "10.0.0.2:4"], issuers=(issuer,))
     gen = load_checked(dirs[0] / "genesis.json")
-    assert [v.p2p.split("/p2p/")[0] for v in gen.validators] == ["/ip6/::1/tcp/3", "/ip6/::1/tcp/4"]
+    assert [v.p2p.split("/p2p/")[0] for v in gen.validators] == ["/ip4/10.0.0.1/tcp/3", "/ip4/10.0.0.2/tcp/4"]
+    # the p2p adapter listens on IPv4 only: an IPv6 host is refused, not written as an address
+    # no node could listen on
+    for six in ("::1:3", "[::1]:3"):
+        with pytest.raises(ValueError) as err:
+            init_home(tmp_path / "v6", "c", ["h:1", "h:2"], 0, p2p=[six, "10.0.0.2:4"])
+        assert str(err.value) == f"p2p address {six!r}: an IPv4 HOST:PORT (IPv6 is not supported)"
     assert gen.issuers == (issuer,) and gen.params == Params(block_max_txs=7)
 
 
@@ -170,7 +176,10 @@ def test_not_a_genesis_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"not a medchain genesis file \(not JSON: "):
         Genesis.load(p)
     d = _genesis().to_json()
-    assert _refused(tmp_path, []) == "not a medchain genesis file (TypeError: list indices must be integers or slices, not str)"
+    assert _refused(tmp_path, []) == "not a medchain genesis file (not a JSON object)"
+    for checked in (Genesis.load, load_checked):  # each names the file, whatever its content
+        with pytest.raises(ValueError, match=rf"^{tmp_path}/genesis.json: not a medchain genesis file \(not a JSON object\)$"):
+            checked(_file(tmp_path, [1]))
     assert _refused(tmp_path, {k: v for k, v in d.items() if k != "chain_id"}) == \
         "not a medchain genesis file (KeyError: 'chain_id')"
     assert _refused(tmp_path, {**d, "validators": [{"public_key": KEYS[0]}]}).startswith(
@@ -243,7 +252,9 @@ def test_issuers(tmp_path: Path) -> None:
     d["issuers"][1]["public_key"] = "02" + "00" * 32
     assert _refused(tmp_path, d) == f"genesis issuer 'b': {'02' + '00' * 32!r} is not a compressed secp256k1 public key (hex)"
     d["issuers"][1] = {"name": 3, "public_key": KEYS[1]}
-    assert _refused(tmp_path, d) == "genesis issuer 3: the name is a string"
+    assert _refused(tmp_path, d) == "genesis issuer 3: the name is a non-empty string"
+    d["issuers"][1] = {"name": "", "public_key": KEYS[1]}
+    assert _refused(tmp_path, d) == "genesis issuer '': the name is a non-empty string"
 
 
 _INTS = [f.name for f in dataclasses.fields(Params) if f.type == "int"]

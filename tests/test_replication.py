@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -17,7 +18,7 @@ from node.crypto.keys import Identity
 from node.ipfs.blockstore import BlockStore
 from node.ipfs.cid import Cid, cid_v1_raw
 from node.p2p import P2PError
-from node.replication import ASK_EVERY_S, HELD_PREFIX, MAX_MSG_HEIGHTS, T_HELD, Replicator
+from node.replication import ASK_EVERY_S, HELD_PREFIX, MAX_ASK, MAX_MSG_HEIGHTS, T_HELD, Replicator
 from node.tx import DATA_TYPES
 from node.tx.model import Write
 from node.wire import decode, encode
@@ -222,21 +223,97 @@ def test_a_peer_s_blobs_held_message_is_recorded_and_its_question_answered(tmp_p
     """[T_HELD, held, ask] from a peer: what it holds counts towards availability, what it asks is
     answered with what this validator holds of it, in one message on the direct stream."""
     store = BlockStore(tmp_path / "blobs")
-    r = Replicator(store, 4)
+    r = Replicator(store, 4, head_of=lambda: 50)
     net = r.net = _Peers()
-    try:
+
+    async def go() -> None:
         r._complete.update({5: None, 6: None})  # this validator holds every blob of blocks 5 and 6
         r._pending[7] = {b"x"}  # and not yet block 7's
         r.on_held("v2", encode([T_HELD, [3, 4], [5, 7, 6]]))
         assert r.peer_held == {3: {"v2"}, 4: {"v2"}}
+        await _until_true(lambda: net.sent, 5)
         assert net.sent == [("v2", encode([T_HELD, [5, 6], []]))]  # one answer, to the asker only
         r.on_held("v3", encode([T_HELD, [4], []]))  # nothing asked: nothing answered
+        await asyncio.sleep(0.05)
         assert r.peer_held == {3: {"v2"}, 4: {"v2", "v3"}} and len(net.sent) == 1
         r.on_held("v1", encode([T_HELD, [], [8]]))  # asked about what it does not hold: an empty answer
+        await _until_true(lambda: len(net.sent) == 2, 5)
         assert net.sent[-1] == ("v1", encode([T_HELD, [], []]))
-        # at most MAX_MSG_HEIGHTS heights of each list are taken, and only ints
-        r.on_held("v1", encode([T_HELD, [*range(100, 100 + MAX_MSG_HEIGHTS + 5), "9", True], []]))
-        assert {h for h, ps in r.peer_held.items() if "v1" in ps} == set(range(100, 100 + MAX_MSG_HEIGHTS))
+        # heights from 1 to 4,096 above our head (50) are believed, at most MAX_MSG_HEIGHTS of a
+        # message, and only ints; 0, negative and farther heights are not (made-up future heights
+        # would push real ones out of what is remembered)
+        r.on_held("v1", encode([T_HELD, [*range(1, 30), *range(40 + MAX_MSG_HEIGHTS, 60 + MAX_MSG_HEIGHTS), 0, -1,
+                                         -(2 ** 63), 2 ** 64 - 1, "9", True], []]))
+        assert {h for h, ps in r.peer_held.items() if "v1" in ps} == {*range(1, 30),
+                                                                      *range(40 + MAX_MSG_HEIGHTS, 51 + MAX_MSG_HEIGHTS)}
+        r.on_held("v2", encode([T_HELD, list(range(1, MAX_MSG_HEIGHTS + 6)), []]))
+        assert {h for h, ps in r.peer_held.items() if "v2" in ps} == {3, 4, *range(1, MAX_MSG_HEIGHTS + 1)}
+        # only heights at or below our head are answered, and never 0 or a negative one
+        r.on_held("v3", encode([T_HELD, [], [0, -1, 51, 2 ** 63, 5]]))
+        await _until_true(lambda: len(net.sent) == 3, 5)
+        assert net.sent[-1] == ("v3", encode([T_HELD, [5], []]))
+    try:
+        asyncio.run(go())
+    finally:
+        store.close()
+
+
+def test_a_peer_may_have_only_so_many_heights_answered_a_second(tmp_path, monkeypatch) -> None:
+    """An asked height this validator does not hold in memory costs a block's decode: a peer's
+    questions are answered for at most MAX_ASK heights per ASK_BUDGET_S, off the event loop, so a
+    byzantine validator cannot hold up the PBFT messages queued behind its message."""
+    import node.replication as rep
+    store = BlockStore(tmp_path / "blobs")
+    looked: list[tuple[int, bool]] = []
+    loop_thread = threading.get_ident()
+
+    def roots_of(h: int) -> list[Cid]:
+        looked.append((h, threading.get_ident() == loop_thread))
+        return []
+    r = Replicator(store, 4, roots_of=roots_of, head_of=lambda: 10_000)
+    net = r.net = _Peers()
+    monkeypatch.setattr(rep, "ASK_BUDGET_S", 0.5)
+
+    async def go() -> None:
+        r.on_held("v1", encode([T_HELD, [], list(range(1, 41))]))
+        await _until_true(lambda: net.sent, 5)
+        assert sorted(h for h, _ in looked) == list(range(1, MAX_ASK + 1))
+        assert not any(on_loop for _, on_loop in looked)  # worked out off the event loop
+        r.on_held("v1", encode([T_HELD, [], [100]]))  # within the same window: nothing more
+        r.on_held("v2", encode([T_HELD, [], [200]]))  # another peer has its own budget
+        await _until_true(lambda: len(net.sent) == 2, 5)
+        await asyncio.sleep(0.05)
+        assert [p for p, _ in net.sent] == ["v1", "v2"] and 100 not in {h for h, _ in looked}
+        await asyncio.sleep(0.5)  # a new window
+        r.on_held("v1", encode([T_HELD, [], [100]]))
+        await _until_true(lambda: len(net.sent) == 3, 5)
+        assert (100, False) in looked
+    try:
+        asyncio.run(go())
+    finally:
+        store.close()
+
+
+def test_what_waits_for_a_peer_that_stays_down_is_bounded(tmp_path, monkeypatch) -> None:
+    """Heights to announce pile up for a peer whose stream stays down; the newest MAX_HEIGHTS are
+    kept (the peer asks about the rest when a client asks it)."""
+    import node.replication as rep
+    monkeypatch.setattr(rep, "MAX_HEIGHTS", 10)
+    monkeypatch.setattr(rep, "RETRY_MIN", 0.01)
+    monkeypatch.setattr(rep, "ANNOUNCE_EVERY_S", 0.01)
+    store = BlockStore(tmp_path / "blobs")
+    r = Replicator(store, 4)
+    net = r.net = _Peers()
+    net.up = {"v1", "v3"}
+
+    async def go() -> None:
+        r._announce = {"v2": set(range(1, 31))}
+        async with _announcing(r):
+            await _until_true(lambda: "v1" in net.told, 0.3)  # a few rounds
+            await asyncio.sleep(0.1)
+        assert r._announce["v2"] == set(range(21, 31))
+    try:
+        asyncio.run(go())
     finally:
         store.close()
 
