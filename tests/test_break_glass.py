@@ -233,15 +233,16 @@ def test_break_glass_cli(node, tmp_path):
              "--genesis", str(node.home / "genesis.json"), "--days", "1", "--out", str(cred))
     medchain("staff", "register", "--key", str(sk), "--name", "Dr. ER", "--credential", str(cred), *url)
     medchain("patient", "upload", "--type", "heart_rate", "--seconds", "20", "--key", str(pk), *url)
+    genesis = ["--genesis", str(node.home / "genesis.json")]
     rd = json.loads(medchain("staff", "read", pat["address"], "--type", "heart_rate", "--break-glass", "ETREAT",
                              "--key", str(sk), *url, "--json").stdout)
     assert rd["windows"] == 1 and len(rd["sealed"]) == 1 and rd["readings"] == []
     text = medchain("patient", "audit", "--key", str(pk), *url).stdout
     assert text.startswith("!! 1 EMERGENCY (BREAK-GLASS) READ(S) OF YOUR DATA !!") and "BREAK-GLASS (ETREAT)" in text
-    bad = medchain("patient", "break-glass", "release", "--key", str(pk), *url, ok=False)
+    bad = medchain("patient", "break-glass", "release", "--key", str(pk), *url, *genesis, ok=False)
     assert bad.returncode == 1 and "needs your confirmation" in bad.stderr and "heart_rate" in bad.stderr
-    assert at_a_terminal("n\n", "patient", "break-glass", "release", "--key", str(pk), *url).endswith("nothing released\n")
-    out = json.loads(medchain("patient", "break-glass", "release", "--yes", "--key", str(pk), *url, "--json").stdout)
+    assert at_a_terminal("n\n", "patient", "break-glass", "release", "--key", str(pk), *url, *genesis).endswith("nothing released\n")
+    out = json.loads(medchain("patient", "break-glass", "release", "--yes", "--key", str(pk), *url, *genesis, "--json").stdout)
     assert [r["type"] for r in out["released"]] == ["heart_rate"] and len(out["tx"]) == 1
     rd = json.loads(medchain("staff", "read", pat["address"], "--type", "heart_rate", "--break-glass", "ETREAT",
                              "--key", str(sk), *url, "--json").stdout)

@@ -36,7 +36,12 @@ def test_cli_flow(node, tmp_path):
     denied = medchain("staff", "read", pat["address"], "--type", "glucose", "--key", str(sk), *url, ok=False)
     assert denied.returncode != 0 and "denied" in denied.stderr
 
-    medchain("patient", "revoke", doc["address"], "--key", str(pk), *url)
+    # without the genesis, what seals data keys to a key read from the chain is refused, not done on
+    # one validator's word
+    for action in (["grant", doc["address"], "heart_rate"], ["revoke", doc["address"]], ["break-glass", "release"]):
+        p = medchain("patient", *action, "--key", str(pk), *url, ok=False)
+        assert p.returncode == 1 and "seals your data keys" in p.stderr and "--genesis FILE" in p.stderr, p.stderr
+    medchain("patient", "revoke", doc["address"], "--key", str(pk), *url, *genesis)
     audit = json.loads(medchain("patient", "audit", "--key", str(pk), *url).stdout)
     assert [(r["reader"], r["type"]) for r in audit["reads"]] == [(doc["address"], "heart_rate")]
 
@@ -115,8 +120,13 @@ def test_every_refusal_is_one_line_and_a_non_zero_exit(node, tmp_path):
                 obj = json.loads(p.stdout)
                 assert obj["command"] == f"{argv[0]} {argv[1]}" and words in obj["error"] and obj["kind"], obj
 
-    refused(["patient", "grant", doc["address"], "heart_rate", "--key", str(pk)], "has not registered a profile")
-    refused(["patient", "revoke", "zz", "--key", str(pk)], "hex")
+    genesis = ["--genesis", str(node.home / "genesis.json")]
+    other = tmp_path / "other.json"  # a block on the chain: the genesis-checked reads prove against it
+    medchain("keygen", "--out", str(other))
+    medchain("staff", "register", "--key", str(other), "--name", "Dr. O", *url)
+    refused(["patient", "grant", doc["address"], "heart_rate", "--key", str(pk)], "seals your data keys")  # no genesis
+    refused(["patient", "grant", doc["address"], "heart_rate", "--key", str(pk), *genesis], "has not registered a profile")
+    refused(["patient", "revoke", "zz", "--key", str(pk), *genesis], "hex")
     medchain("staff", "register", "--key", str(sk), "--name", "Dr. R", *url)
     refused(["staff", "read", pat["address"], "--type", "glucose", "--key", str(sk)], "access denied")
     refused(["staff", "read", pat["address"], "--type", "glucose", "--break-glass", "ETREAT", "--key", str(sk)],

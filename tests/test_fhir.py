@@ -162,7 +162,8 @@ def test_cli_fhir_exports(node, tmp_path):
     doc = json.loads(medchain("keygen", "--out", str(sk), "--json").stdout)
     url = ["--node", node.url]
     medchain("staff", "register", "--key", str(sk), "--name", "Dr. F", *url)
-    medchain("patient", "grant", doc["address"], "blood_pressure", "--key", str(pk), *url)
+    medchain("patient", "grant", doc["address"], "blood_pressure", "--key", str(pk), *url,
+             "--genesis", str(node.home / "genesis.json"))
     medchain("patient", "upload", "--type", "blood_pressure", "--seconds", "600", "--key", str(pk), *url)
     out = json.loads(medchain("staff", "read", pat["address"], "--type", "blood_pressure", "--fhir",
                               "--key", str(sk), *url).stdout)

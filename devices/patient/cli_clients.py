@@ -67,8 +67,19 @@ def _addr(s: str) -> bytes:
     return b
 
 
+# actions that seal the patient's data keys to a staff member's X25519 key read from the chain
+# (a grant; a revoke, which re-grants the others under new keys; an emergency release)
+SEALS_KEYS = ("grant", "revoke", "release")
+
+
 def patient_cmd(args: argparse.Namespace) -> int:
     ident = Identity.load(args.key)
+    action = "release" if args.action == "break-glass" and args.setting == "release" else args.action
+    if action in SEALS_KEYS and _genesis_file(args) is None:
+        raise ValueError(f"`patient {args.action}{' release' if action == 'release' else ''}` seals your data keys to a "
+                         "staff member's key read from the chain; without the network's genesis that key is one "
+                         "validator's word, and a lying validator could put its own there. Give --genesis FILE (or "
+                         "keep the genesis.json beside your key file or in this directory)")
 
     async def go() -> tuple[object, str]:
         c, chain, vals, reader = await _connect(args)
