@@ -256,7 +256,7 @@ def init_home(home: str | Path, chain_id: str, apis: list[str], time_ms: int,
         from node.p2p import peer_id_from_secret
         for k, (ident, hp) in enumerate(zip(idents, p2p, strict=True)):
             host, port = hp.rsplit(":", 1)
-            if ":" in host or "[" in host:  # the p2p adapter listens on /ip4/ only
+            if ":" in host:  # an IPv6 host ("[::1]" or "::1"): the p2p adapter listens on /ip4/ only
                 raise ValueError(f"p2p address {hp!r}: an IPv4 HOST:PORT (IPv6 is not supported)")
             addrs[k] = f"/ip4/{host}/tcp/{port}/p2p/{peer_id_from_secret(ident.p2p_secret)}"
     elif len(apis) > 1:

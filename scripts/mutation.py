@@ -68,6 +68,10 @@ MODULES: dict[str, list[str]] = {
     # of replication, what a peer's blobs-held message does here (the rest runs in validator processes)
     "node/replication.py": [f"tests/test_replication.py::{t}" for t in (
         "test_a_peer_s_blobs_held_message_is_recorded_and_its_question_answered",
+        "test_a_peer_may_have_only_so_many_heights_answered_a_second",
+        "test_without_a_head_any_height_a_message_can_hold_is_taken",
+        "test_a_valid_message_up_to_64_kib_is_read_and_a_bad_one_is_logged",
+        "test_what_waits_for_a_peer_that_stays_down_is_bounded",
         "test_a_malformed_blobs_held_message_is_dropped", "test_a_peer_whose_stream_is_down_is_told_in_a_later_round",
         "test_announcements_beyond_one_message_go_in_the_next_round",
         "test_a_fresh_commit_is_not_asked_about_an_old_or_unseen_height_is")],

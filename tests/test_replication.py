@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -223,7 +224,12 @@ def test_a_peer_s_blobs_held_message_is_recorded_and_its_question_answered(tmp_p
     """[T_HELD, held, ask] from a peer: what it holds counts towards availability, what it asks is
     answered with what this validator holds of it, in one message on the direct stream."""
     store = BlockStore(tmp_path / "blobs")
-    r = Replicator(store, 4, head_of=lambda: 50)
+    looked: list[int] = []  # heights not in memory, looked up in the ledger
+
+    def roots_of(h: int) -> list[Cid]:
+        looked.append(h)
+        return []
+    r = Replicator(store, 4, roots_of=roots_of, head_of=lambda: 50)
     net = r.net = _Peers()
 
     async def go() -> None:
@@ -249,9 +255,10 @@ def test_a_peer_s_blobs_held_message_is_recorded_and_its_question_answered(tmp_p
         r.on_held("v2", encode([T_HELD, list(range(1, MAX_MSG_HEIGHTS + 6)), []]))
         assert {h for h, ps in r.peer_held.items() if "v2" in ps} == {3, 4, *range(1, MAX_MSG_HEIGHTS + 1)}
         # only heights at or below our head are answered, and never 0 or a negative one
-        r.on_held("v3", encode([T_HELD, [], [0, -1, 51, 2 ** 63, 5]]))
+        looked.clear()
+        r.on_held("v3", encode([T_HELD, [], [0, -1, 51, 2 ** 63, 5, 1, 50, "2", True]]))
         await _until_true(lambda: len(net.sent) == 3, 5)
-        assert net.sent[-1] == ("v3", encode([T_HELD, [5], []]))
+        assert net.sent[-1] == ("v3", encode([T_HELD, [5], []])) and looked == [1, 50]
     try:
         asyncio.run(go())
     finally:
@@ -290,6 +297,42 @@ def test_a_peer_may_have_only_so_many_heights_answered_a_second(tmp_path, monkey
         assert (100, False) in looked
     try:
         asyncio.run(go())
+    finally:
+        store.close()
+
+
+def test_without_a_head_any_height_a_message_can_hold_is_taken(tmp_path) -> None:
+    """A replicator told no head (a test's, or a tool's) bounds heights by what a height can be."""
+    store = BlockStore(tmp_path / "blobs")
+    r = Replicator(store, 4)
+    net = r.net = _Peers()
+    top = 2 ** 63 - 1
+
+    async def go() -> None:
+        r.on_held("v1", encode([T_HELD, [top, top + 1, 2 ** 64 - 1], []]))
+        assert list(r.peer_held) == [top]
+        r._complete.update({top - 4096: None, top - 4095: None})
+        r.on_held("v1", encode([T_HELD, [], [top - 4096, top - 4095]]))  # asked: up to 4,096 below the top
+        await _until_true(lambda: net.sent, 5)
+        assert net.sent == [("v1", encode([T_HELD, [top - 4096], []]))]
+    try:
+        asyncio.run(go())
+    finally:
+        store.close()
+
+
+def test_a_valid_message_up_to_64_kib_is_read_and_a_bad_one_is_logged(tmp_path, caplog) -> None:
+    store = BlockStore(tmp_path / "blobs")
+    r = Replicator(store, 4)
+    r.net = _Peers()
+    try:
+        big = encode([T_HELD, list(range(2 ** 32, 2 ** 32 + 4096)), []])  # 9 bytes a height: ~36 KiB
+        assert 32 * 1024 < len(big) < 64 * 1024
+        r.on_held("v1", big)
+        assert len(r.peer_held) == 4096
+        with caplog.at_level(logging.DEBUG, logger="medchain.replication"):
+            r.on_held("v2", encode([T_HELD, 1, []]))
+        assert caplog.messages == ["dropped a bad blobs-held message from v2: not [T_HELD, [height, ...], [height, ...]]"]
     finally:
         store.close()
 
