@@ -224,6 +224,7 @@ def test_break_glass_cli(node, tmp_path):
     pat = json.loads(medchain("keygen", "--out", str(pk), "--json").stdout)
     medchain("keygen", "--out", str(sk), "--json")
     url = ["--node", node.url]
+    (tmp_path / "genesis.json").write_text((node.home / "genesis.json").read_text())  # beside the keys: the trust anchor
     bad = medchain("issuer", "credential", "--key", str(sk), "--staff", "00" * 32, "--genesis",
                    str(node.home / "genesis.json"), ok=False)  # not an issuer of this network
     assert bad.returncode == 1 and "is not an issuer" in bad.stderr

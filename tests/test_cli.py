@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -24,11 +25,20 @@ def test_cli_flow(node, tmp_path):
 
     url = ["--node", node.url, "--json"]
     genesis = ["--genesis", str(node.home / "genesis.json")]
-    medchain("staff", "register", "--key", str(sk), "--name", "Dr. X", "--role", "nurse", *url)
+    # without the genesis (none given, none beside the key file or here) a client trusts no answer
+    bare = tmp_path / "bare" / "patient.json"
+    bare.parent.mkdir()
+    shutil.copy(pk, bare)
+    for argv in (["patient", "audit"], ["patient", "upload", "--type", "heart_rate"], ["staff", "read", "00" * 32,
+                                                                                      "--type", "glucose"]):
+        p = medchain(*argv, "--key", str(bare), *url, ok=False)
+        assert p.returncode == 1 and "trust anchor" in p.stderr and "--genesis FILE" in p.stderr, p.stderr
+    medchain("staff", "register", "--key", str(sk), "--name", "Dr. X", "--role", "nurse", *url, *genesis)
     medchain("patient", "grant", doc["address"], "heart_rate", "spo2", "--key", str(pk), *url, *genesis)
     up = json.loads(medchain("patient", "upload", "--type", "heart_rate", "--seconds", "30", "--key", str(pk),
                              *url, *genesis).stdout)
     assert up["readings"] == 30 and up["cid"].startswith("bafkrei")
+    (tmp_path / "genesis.json").write_text((node.home / "genesis.json").read_text())  # beside the keys from here on
     rd = json.loads(medchain("staff", "read", pat["address"], "--type", "heart_rate", "--key", str(sk), *url).stdout)
     assert rd["windows"] == 1 and len(rd["readings"]) == 30
     assert all(40 <= r["heart_rate"] <= 200 for r in rd["readings"]), rd["readings"][:2]
@@ -39,7 +49,7 @@ def test_cli_flow(node, tmp_path):
     # without the genesis, what seals data keys to a key read from the chain is refused, not done on
     # one validator's word
     for action in (["grant", doc["address"], "heart_rate"], ["revoke", doc["address"]], ["break-glass", "release"]):
-        p = medchain("patient", *action, "--key", str(pk), *url, ok=False)
+        p = medchain("patient", *action, "--key", str(bare), *url, ok=False)
         assert p.returncode == 1 and "seals your data keys" in p.stderr and "--genesis FILE" in p.stderr, p.stderr
     medchain("patient", "revoke", doc["address"], "--key", str(pk), *url, *genesis)
     audit = json.loads(medchain("patient", "audit", "--key", str(pk), *url).stdout)
@@ -109,6 +119,10 @@ def test_every_refusal_is_one_line_and_a_non_zero_exit(node, tmp_path):
     pat = json.loads(medchain("keygen", "--out", str(pk), "--json").stdout)
     doc = json.loads(medchain("keygen", "--out", str(sk), "--json").stdout)
     url = ["--node", node.url]
+    bare = tmp_path / "bare" / "patient.json"  # a key with no genesis beside it
+    bare.parent.mkdir()
+    shutil.copy(pk, bare)
+    (tmp_path / "genesis.json").write_text((node.home / "genesis.json").read_text())  # beside the keys
 
     def refused(argv: list[str], words: str) -> None:
         for extra in ([], ["--json"]):
@@ -124,7 +138,8 @@ def test_every_refusal_is_one_line_and_a_non_zero_exit(node, tmp_path):
     other = tmp_path / "other.json"  # a block on the chain: the genesis-checked reads prove against it
     medchain("keygen", "--out", str(other))
     medchain("staff", "register", "--key", str(other), "--name", "Dr. O", *url)
-    refused(["patient", "grant", doc["address"], "heart_rate", "--key", str(pk)], "seals your data keys")  # no genesis
+    refused(["patient", "grant", doc["address"], "heart_rate", "--key", str(bare)], "seals your data keys")
+    refused(["patient", "audit", "--key", str(bare)], "trust anchor")
     refused(["patient", "grant", doc["address"], "heart_rate", "--key", str(pk), *genesis], "has not registered a profile")
     refused(["patient", "revoke", "zz", "--key", str(pk), *genesis], "hex")
     medchain("staff", "register", "--key", str(sk), "--name", "Dr. R", *url)

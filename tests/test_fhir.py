@@ -161,6 +161,7 @@ def test_cli_fhir_exports(node, tmp_path):
     pat = json.loads(medchain("keygen", "--out", str(pk), "--json").stdout)
     doc = json.loads(medchain("keygen", "--out", str(sk), "--json").stdout)
     url = ["--node", node.url]
+    (tmp_path / "genesis.json").write_text((node.home / "genesis.json").read_text())  # beside the keys: the trust anchor
     medchain("staff", "register", "--key", str(sk), "--name", "Dr. F", *url)
     medchain("patient", "grant", doc["address"], "blood_pressure", "--key", str(pk), *url,
              "--genesis", str(node.home / "genesis.json"))

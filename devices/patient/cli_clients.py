@@ -34,16 +34,18 @@ def _genesis_file(args: argparse.Namespace) -> Path | None:
     return None
 
 
-async def _connect(args: argparse.Namespace) -> tuple[NodeClient, str, list[bytes], VerifiedReader | None]:
-    """The client, chain id and validator keys; with a genesis file, also a reader that checks every
-    state read by proof and certificate and falls back across the genesis validators."""
+async def _connect(args: argparse.Namespace) -> tuple[NodeClient, str, list[bytes], VerifiedReader]:
+    """The client, chain id and validator keys from the genesis file, and a reader that checks every
+    state read by proof and certificate and falls back across the genesis validators. Without a
+    genesis file: refused (no client trusts a single validator)."""
     c = NodeClient(args.node)
     await c.__aenter__()
     gfile = _genesis_file(args)
     try:
-        if gfile is None:  # no trust anchor: the validator's word (and no reader that checks it)
-            g = await c.genesis()
-            return c, g["chain_id"], [bytes.fromhex(v["public_key"]) for v in g["validators"]], None
+        if gfile is None:  # no trust anchor: every answer would be one validator's word
+            raise ValueError("the network's genesis is this client's trust anchor: every commit and every state "
+                             "read is checked against its validator keys. Give --genesis FILE (or keep the "
+                             "genesis.json beside your key file or in this directory)")
         # the trust anchor: checked as a node checks it (its recorded hash, each validator key valid
         # and listed once, so no one key counts twice towards a certificate's quorum)
         gen = load_checked(gfile)
@@ -238,9 +240,9 @@ def register(sub: argparse._SubParsersAction, add) -> None:
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--key", required=True, help="key file (from `medchain keygen`)")
         sp.add_argument("--node", default=DEFAULT_NODE, help="validator API URL")
-        sp.add_argument("--genesis", help="genesis.json: commits and every state read are then checked by proof and "
-                                          "certificate, across its validators (default: a genesis.json beside the "
-                                          "key file or here; without one, the node is trusted)")
+        sp.add_argument("--genesis", help="the network's genesis.json (required): every commit and state read is "
+                                          "checked by proof and certificate against it, across its validators "
+                                          "(default: a genesis.json beside the key file or here)")
         sp.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = add("patient", patient_cmd, "The patient's phone: grant, revoke, upload readings, audit reads.")
