@@ -34,18 +34,23 @@ def _genesis_file(args: argparse.Namespace) -> Path | None:
     return None
 
 
-async def _connect(args: argparse.Namespace) -> tuple[NodeClient, str, list[bytes], VerifiedReader]:
+async def _connect(args: argparse.Namespace,
+                   seals: str = "") -> tuple[NodeClient, str, list[bytes], VerifiedReader]:
     """The client, chain id and validator keys from the genesis file, and a reader that checks every
     state read by proof and certificate and falls back across the genesis validators. Without a
-    genesis file: refused (no client trusts a single validator)."""
+    genesis file: refused (no client trusts a single validator); `seals` names a command that seals
+    the patient's data keys, for the refusal to say so."""
     c = NodeClient(args.node)
     await c.__aenter__()
     gfile = _genesis_file(args)
     try:
         if gfile is None:  # no trust anchor: every answer would be one validator's word
-            raise ValueError("the network's genesis is this client's trust anchor: every commit and every state "
-                             "read is checked against its validator keys. Give --genesis FILE (or keep the "
-                             "genesis.json beside your key file or in this directory)")
+            why = (f"`patient {seals}` seals your data keys to a staff member's key read from the chain; without the "
+                   "network's genesis that key is one validator's word, and a lying validator could put its own there"
+                   if seals else "the network's genesis is this client's trust anchor: every commit and every state "
+                   "read is checked against its validator keys")
+            raise ValueError(f"{why}. Give --genesis FILE (or keep the genesis.json beside your key file or in this "
+                             "directory)")
         # the trust anchor: checked as a node checks it (its recorded hash, each validator key valid
         # and listed once, so no one key counts twice towards a certificate's quorum)
         gen = load_checked(gfile)
@@ -56,8 +61,8 @@ async def _connect(args: argparse.Namespace) -> tuple[NodeClient, str, list[byte
     return c, gen.chain_id, gen.validator_keys, VerifiedReader(urls, gen.chain_id, gen.validator_keys, session=c.session)
 
 
-def _refusals(reader: VerifiedReader | None) -> str:
-    if reader is None or not reader.refused:
+def _refusals(reader: VerifiedReader) -> str:
+    if not reader.refused:
         return ""
     return "\n".join(f"warning: refused an answer: {r}" for r in reader.refused) + "\n"
 
@@ -69,25 +74,19 @@ def _addr(s: str) -> bytes:
     return b
 
 
-# actions that seal the patient's data keys to a staff member's X25519 key read from the chain
-# (a grant; a revoke, which re-grants the others under new keys; an emergency release)
-SEALS_KEYS = ("grant", "revoke", "release")
+# what seals the patient's data keys to a staff member's X25519 key read from the chain (a grant; a
+# revoke, which re-grants the others under new keys; an emergency release)
+SEALS_KEYS = ("grant", "revoke", "break-glass release")
 
 
 def patient_cmd(args: argparse.Namespace) -> int:
     ident = Identity.load(args.key)
-    action = "release" if args.action == "break-glass" and args.setting == "release" else args.action
-    if action in SEALS_KEYS and _genesis_file(args) is None:
-        raise ValueError(f"`patient {args.action}{' release' if action == 'release' else ''}` seals your data keys to a "
-                         "staff member's key read from the chain; without the network's genesis that key is one "
-                         "validator's word, and a lying validator could put its own there. Give --genesis FILE (or "
-                         "keep the genesis.json beside your key file or in this directory)")
+    command = f"{args.action} release" if args.action == "break-glass" and args.setting == "release" else args.action
 
     async def go() -> tuple[object, str]:
-        c, chain, vals, reader = await _connect(args)
+        c, chain, vals, reader = await _connect(args, command if command in SEALS_KEYS else "")
         try:
-            ph = Phone(ident, c, chain, vals, reader=reader,
-                       record=Path(args.key).with_suffix(".record.json") if reader else None)
+            ph = Phone(ident, c, chain, vals, reader=reader, record=Path(args.key).with_suffix(".record.json"))
             if args.action == "grant":
                 txid = await ph.grant(_addr(args.staff), args.types, args.expiry_ms)
                 return {"tx": txid, "staff": args.staff, "types": args.types}, f"granted {args.types}: tx {txid}"
@@ -184,7 +183,7 @@ def staff_cmd(args: argparse.Namespace) -> int:
     async def go() -> tuple[object, str]:
         c, chain, vals, reader = await _connect(args)
         try:
-            st = Staff(ident, c, chain, reader=reader, validators=vals if reader else None)
+            st = Staff(ident, c, chain, reader=reader, validators=vals)
             if args.action == "register":
                 cred = None
                 if args.credential:
