@@ -19,6 +19,13 @@ from node.wire import MAX_BLOCK_BYTES, WireError, decode_canonical, encode
 
 BLOCK_VERSION = 1
 GENESIS_PREV = bytes(32)
+# What a block's transactions may take of MAX_BLOCK_BYTES, each counted with its framing
+# (TX_FRAMING): the rest holds the header (~200 bytes) and the certificate (~80 bytes a vote, so
+# room for some 800 validators). block_max_txs counts transactions, and a transaction may be 16 KiB:
+# a block over MAX_BLOCK_BYTES is refused by every replica, and the next primary, holding the same
+# pool, would propose the same (tests/test_block_bytes.py).
+TXS_MAX_BYTES = MAX_BLOCK_BYTES - 64 * 1024
+TX_FRAMING = 5  # at most what msgpack adds around one transaction's bytes (a bin 32 header)
 
 
 class BlockError(ValueError):

@@ -393,11 +393,15 @@ class Mempool:
         if not o.senders:
             del self.origins[s.origin]
 
-    def batch(self, max_txs: int, exclude: Container[bytes] = ()) -> list[Tx]:
+    def batch(self, max_txs: int, exclude: Container[bytes] = (), max_bytes: int | None = None,
+              framing: int = 0) -> list[Tx]:
         """Up to max_txs transactions, round-robin over senders, each sender's contiguous nonce run
-        (skipping ids in `exclude`, e.g. those already proposed). They stay in the pool until
-        committed (remove), so a failed round loses nothing."""
+        (skipping ids in `exclude`, e.g. those already proposed), and with `max_bytes` at most that
+        many bytes, each transaction counted with `framing`: a sender whose next transaction would
+        not fit takes no more in this batch. They stay in the pool until committed (remove), so a
+        failed round loses nothing."""
         out: list[Tx] = []
+        room = max_bytes
         cursors: dict[bytes, int] = {}
         for addr, s in self.senders.items():
             n = s.base
@@ -410,9 +414,11 @@ class Mempool:
                 s = self.senders[addr]
                 n = cursors[addr]
                 tx = s.txs.get(n)
-                if tx is None or tx.id in exclude:
+                if tx is None or tx.id in exclude or (room is not None and len(tx.raw) + framing > room):
                     del cursors[addr]
                     continue
+                if room is not None:
+                    room -= len(tx.raw) + framing
                 out.append(tx)
                 cursors[addr] = n + 1
                 if len(out) >= max_txs:

@@ -21,7 +21,7 @@ from node import clock, faults, storage
 from node.admission import REFORWARD_S, Admission
 from node.availability import AvailabilityGate
 from node.backlog import Backlog
-from node.block import Block
+from node.block import TX_FRAMING, TXS_MAX_BYTES, Block
 from node.commit import Commit
 from node.config import max_queue_s
 from node.consensus import (
@@ -291,7 +291,7 @@ class Validator:
             exclude = self.pipeline.proposed_ids()
             if len(self.mempool) - len(exclude) < self.params.block_max_txs:
                 await asyncio.sleep(interval)  # let a batch fill: one round should carry many transactions
-            txs = self.mempool.batch(self.params.block_max_txs, exclude)
+            txs = self.mempool.batch(self.params.block_max_txs, exclude, TXS_MAX_BYTES, TX_FRAMING)
             if not txs:
                 self._wake.clear()
                 await self._wake.wait()
