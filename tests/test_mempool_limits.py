@@ -1,0 +1,274 @@
+"""The mempool's limits at their exact edges, what each refusal tells the client, and the
+bookkeeping behind them (sidecar bytes, origins, the lazy heaps, the token buckets).
+
+These are the rules a hostile client meets first: each refusal must say what was refused, of
+which kind (the API's HTTP status follows from it) and when to retry."""
+
+from __future__ import annotations
+
+import pytest
+
+from node.crypto.keys import Identity
+from node.mempool import MAX_FORWARD_GAP, AdmissionError, KeyedLimiter, Mempool, Refusal, TokenBucket
+from node.tx import Tx
+from tests.test_mempool import A, B, C, big_pool, pending, tx
+
+
+def ident(i: int) -> Identity:
+    return Identity.from_seed(b"limits-%d" % i)
+
+
+def refusal(mp: Mempool, t: Tx, committed: int = 0, now: float = 0.0, **kw: object) -> AdmissionError:
+    with pytest.raises(AdmissionError) as ei:
+        mp.admit(t, committed, now, **kw)  # type: ignore[arg-type]
+    return ei.value
+
+
+def said(e: AdmissionError) -> tuple[Refusal, str, float | None]:
+    return e.kind, e.reason, e.retry_after
+
+
+# ---- what each refusal says ----
+
+def test_the_per_sender_cap_says_how_many_and_to_retry_in_a_second():
+    mp = big_pool(max_per_sender=2)
+    mp.admit(tx(A, 1), 0, 0.0)
+    mp.admit(tx(A, 2), 0, 0.0)
+    assert said(refusal(mp, tx(A, 3))) == (Refusal.RATE_LIMITED, "rate limited: 2 transactions already pending", 1.0)
+
+
+def test_sidecar_bytes_are_bounded_to_the_byte_and_released_with_their_write():
+    mp = big_pool(max_sidecar_bytes=100)
+    t1, t2, t3 = tx(A, 1), tx(B, 1), tx(C, 1)
+    mp.admit(t1, 0, 0.0, sidecar=b"a" * 60)
+    mp.admit(t2, 0, 0.0, sidecar=b"b" * 40)  # exactly at the bound
+    assert mp.sidecar_bytes == 100 and mp.sidecar(t1.id) == b"a" * 60 and mp.sidecar(t2.id) == b"b" * 40
+    assert mp.by_id[t1.id] is t1  # the validator re-forwards pending transactions from here
+    e = refusal(mp, t3, sidecar=b"c")
+    assert said(e) == (Refusal.OVERLOADED, "mempool full: 100 bytes of sidecars pending", 1.0)
+    assert t3.id not in mp and mp.sidecar(t3.id) is None and mp.sidecar_bytes == 100
+    mp.remove([t1])  # committed: its sidecar's bytes are free again
+    assert mp.sidecar_bytes == 40 and mp.sidecar(t1.id) is None
+    mp.admit(t3, 0, 0.0, sidecar=b"c" * 60)
+    assert mp.sidecar_bytes == 100 and mp.sidecar(t3.id) == b"c" * 60
+
+
+def test_an_evicted_write_frees_its_sidecar_bytes():
+    mp = big_pool(capacity=2, max_sidecar_bytes=1000)
+    mp.admit(tx(A, 1), 0, 0.0, origin="heavy", sidecar=b"x" * 300)
+    mp.admit(tx(A, 2), 0, 0.0, origin="heavy", sidecar=b"y" * 200)
+    evicted = mp.admit(tx(B, 1), 0, 0.0, origin="light", sidecar=b"z" * 10)
+    assert [(t.address, t.nonce) for t in evicted] == [(A.address, 2)]
+    assert mp.sidecar_bytes == 310 and mp.sidecar(evicted[0].id) is None
+
+
+def test_a_full_pool_with_nobody_heavier_says_try_again_later():
+    mp = big_pool(capacity=2)
+    mp.admit(tx(A, 1), 0, 0.0, origin="x")
+    mp.admit(tx(B, 1), 0, 0.0, origin="y")
+    # from a third origin: x and y hold one each, not more than its 0 + 1
+    assert said(refusal(mp, tx(C, 1), origin="z")) == (Refusal.OVERLOADED, "mempool full: try again later", 1.0)
+    # from x itself: its one sender holds one, as the newcomer would
+    assert said(refusal(mp, tx(C, 1), origin="x")) == (Refusal.OVERLOADED, "mempool full: try again later", 1.0)
+
+
+def test_a_pool_of_no_capacity_refuses_everything_as_overloaded():
+    e = refusal(big_pool(capacity=0), tx(A, 1))
+    assert (e.kind, e.retry_after) == (Refusal.OVERLOADED, 1.0)
+
+
+def test_the_sender_holding_the_most_is_told_it_is_the_one():
+    mp = big_pool(capacity=4)
+    for n in (1, 2, 3):
+        mp.admit(tx(A, n), 0, 0.0, origin="x")
+    mp.admit(tx(B, 1), 0, 0.0, origin="x")
+    assert said(refusal(mp, tx(A, 4), origin="x")) == (
+        Refusal.RATE_LIMITED, "mempool full: this sender holds the most pending transactions", 1.0)
+
+
+def test_the_backlog_bound_refusal_says_retry_later_or_elsewhere():
+    mp = big_pool(capacity=100, origin_share=0.5)
+    for i in range(4):
+        mp.admit(tx(ident(i), 1), 0, 0.0, origin="flood", limit=100)
+    assert said(refusal(mp, tx(ident(9), 1), origin="flood", limit=4)) == (
+        Refusal.OVERLOADED, "overloaded: 4 transactions pending, the 4 this validator takes at the chain's "
+        "current rate: retry later or elsewhere", 1.0)
+
+
+def test_an_origin_without_an_address_is_named_as_unknown():
+    mp = big_pool(capacity=4, origin_share=0.5)
+    mp.admit(tx(A, 1), 0, 0.0)
+    mp.admit(tx(B, 1), 0, 0.0)
+    e = refusal(mp, tx(C, 1))
+    assert e.kind == Refusal.RATE_LIMITED and e.reason.startswith("rate limited: client ? holds its share")
+
+
+# ---- edges ----
+
+def test_a_forwarded_transaction_may_run_exactly_the_gap_ahead():
+    mp = big_pool()
+    mp.admit(tx(A, 5 + MAX_FORWARD_GAP), 5, 0.0, forwarded=True)
+    e = refusal(mp, tx(B, 6 + MAX_FORWARD_GAP), 5, forwarded=True)
+    assert e.kind == Refusal.CONFLICT and e.expected == 6
+
+
+def test_a_commit_seen_at_admission_drops_the_committed_transaction():
+    mp = big_pool()
+    mp.admit(tx(A, 1), 0, 0.0, origin="x")
+    mp.admit(tx(B, 1), 0, 0.0, origin="x")
+    mp.admit(tx(A, 2), 1, 0.0, origin="x")  # nonce 1 committed meanwhile
+    assert len(mp) == 2 and pending(mp, A) == [2]
+    assert list(mp.origins["x"].fresh) == [B.address]  # A has history now
+
+
+def test_the_share_of_the_backlog_bound_is_at_least_one_transaction():
+    """With a bound of 2 and a share of a half, an origin holding one transaction holds its share."""
+    mp = big_pool(capacity=100, origin_share=0.5)
+    mp.admit(tx(A, 1), 0, 0.0, origin="x", limit=100)
+    mp.admit(tx(B, 1), 0, 0.0, origin="y", limit=100)
+    assert refusal(mp, tx(C, 1), origin="x", limit=2).kind == Refusal.OVERLOADED
+    mp.admit(tx(C, 1), 0, 0.0, origin="z", limit=3)  # an origin holding none, under twice the bound
+
+
+def test_at_capacity_the_heavier_origin_gives_way_even_beyond_the_backlog_bound():
+    """At capacity the fair eviction decides, not the bound: a light origin's transaction evicts
+    the heaviest origin's newest (the bound refuses only below capacity)."""
+    mp = big_pool(capacity=4)
+    for n in (1, 2, 3, 4):
+        mp.admit(tx(A, n), 0, 0.0, forwarded=True, origin="peer:1")
+    evicted = mp.admit(tx(B, 1), 0, 0.0, origin="10.0.0.9", limit=2)
+    assert [(t.address, t.nonce) for t in evicted] == [(A.address, 4)]
+
+
+@pytest.mark.parametrize("heavy_n, evicts", [(3, True), (2, False)])
+def test_another_origin_gives_way_only_when_it_holds_two_more(heavy_n, evicts):
+    mp = big_pool(capacity=heavy_n + 1)
+    for n in range(1, heavy_n + 1):
+        mp.admit(tx(A, n), 0, 0.0, origin="heavy")
+    mp.admit(tx(B, 1), 0, 0.0, origin="mine")  # the newcomer's origin holds one
+    if evicts:
+        evicted = mp.admit(tx(C, 1), 0, 0.0, origin="mine")
+        assert [(t.address, t.nonce) for t in evicted] == [(A.address, heavy_n)]
+    else:
+        assert refusal(mp, tx(C, 1), origin="mine").kind == Refusal.OVERLOADED and len(mp) == heavy_n + 1
+
+
+def test_a_new_origin_evicts_from_one_holding_two():
+    mp = big_pool(capacity=2)
+    mp.admit(tx(A, 1), 0, 0.0, origin="heavy")
+    mp.admit(tx(A, 2), 0, 0.0, origin="heavy")
+    evicted = mp.admit(tx(B, 1), 0, 0.0, origin="new")
+    assert [(t.address, t.nonce) for t in evicted] == [(A.address, 2)]
+
+
+def test_one_committed_transaction_is_history():
+    """A sender with one committed transaction goes before its origin's brand-new senders: the
+    newest brand-new sender gives way, not the one holding the most."""
+    mp = big_pool(capacity=3)
+    f1, f2 = ident(1), ident(2)
+    mp.admit(tx(f1, 1), 0, 0.0, origin="x")
+    mp.admit(tx(f1, 2), 0, 0.0, origin="x")
+    mp.admit(tx(f2, 1), 0, 0.0, origin="x")
+    evicted = mp.admit(tx(A, 2), 1, 0.0, origin="x")
+    assert [(t.address, t.nonce) for t in evicted] == [(f2.address, 1)]
+
+
+# ---- the lazy heaps ----
+
+def test_the_heaviest_origin_is_found_past_stale_heap_entries():
+    """The origins' heap is lazy: an origin that left the pool, or shrank by commits, leaves stale
+    entries above the live ones, and the search must pass them to the one that holds the most."""
+    mp = big_pool(capacity=4)
+    gone = [tx(C, n) for n in (1, 2, 3, 4)]
+    for t in gone:
+        mp.admit(t, 0, 0.0, origin="left")
+    mp.remove(gone)  # committed: the origin is gone, its heap entries stale
+    xs = [tx(A, n) for n in (1, 2, 3)]
+    for t in xs:
+        mp.admit(t, 0, 0.0, origin="x")
+    mp.remove(xs[:2])  # x shrank from 3 to 1
+    mp.admit(tx(B, 1), 0, 0.0, origin="y")
+    mp.admit(tx(B, 2), 0, 0.0, origin="y")  # y holds 2, the most
+    mp.admit(tx(ident(1), 1), 0, 0.0, origin="z")
+    evicted = mp.admit(tx(ident(2), 1), 0, 0.0, origin="new")
+    assert [(t.address, t.nonce) for t in evicted] == [(B.address, 2)]
+
+
+def test_the_heaviest_sender_is_found_after_its_heap_was_compacted_and_it_committed():
+    """An origin's heap of senders is compacted after enough entries; a sender whose count then
+    fell by commits has only stale entries left, and the search must still find it."""
+    mp = big_pool(capacity=100_000, max_per_sender=2000)
+    txs = [tx(A, n) for n in range(1, 1101)]
+    for t in txs:
+        mp.admit(t, 0, 0.0, origin="x")
+    mp.remove(txs[:1099])
+    assert mp._victim("x", prefer_fresh=False) == A.address
+
+
+def test_the_sender_heap_is_compacted_at_its_bound_and_still_finds_the_heaviest():
+    mp = big_pool(capacity=100_000)
+    for n in (1, 2, 3):
+        mp.admit(tx(B, n), 0, 0.0, origin="x")  # stays pending: the origin lives on
+    o = mp.origins["x"]
+    for n in range(1, 1100):
+        t = tx(A, n)
+        mp.admit(t, n - 1, 0.0, origin="x")
+        assert len(o.heavy) <= 4 * len(o.senders) + 1024
+        mp.remove([t])
+    mp.admit(tx(A, 1100), 1099, 0.0, origin="x")
+    assert mp._victim("x", prefer_fresh=False) == B.address  # B holds 3, A 1
+
+
+def test_the_origin_heap_is_compacted_at_its_bound_and_still_finds_the_heaviest():
+    mp = big_pool(capacity=100_000)
+    for n in (1, 2, 3):
+        mp.admit(tx(B, n), 0, 0.0, origin="y")
+    for n in range(1, 1100):
+        t = tx(A, n)
+        mp.admit(t, n - 1, 0.0, origin="x")
+        assert len(mp._heavy_origins) <= 4 * len(mp.origins) + 1024
+        mp.remove([t])
+    mp.admit(tx(A, 1100), 1099, 0.0, origin="x")
+    assert mp._heaviest_origin() == "y"
+
+
+# ---- token buckets ----
+
+def test_a_penalty_drains_a_new_key_from_full_and_into_a_bounded_debt():
+    lim = KeyedLimiter(rate=2.0, burst=10.0)
+    lim.penalise("ip", 0.0, 4.0)
+    assert (lim.buckets["ip"].tokens, lim.buckets["ip"].stamp) == (6.0, 0.0)
+    lim.penalise("ip", 1.0, 100.0)  # refilled by 2 first, then into debt, at most one burst deep
+    assert (lim.buckets["ip"].tokens, lim.buckets["ip"].stamp) == (-10.0, 1.0)
+    assert lim.take("ip", 1.0) == pytest.approx(11.0 / 2.0)
+
+
+def test_drain_refills_before_it_takes():
+    b = TokenBucket(rate=2.0, burst=10.0, tokens=0.0, stamp=0.0)
+    b.drain(3.0, 1.0)
+    assert (b.tokens, b.stamp) == (5.0, 3.0)
+
+
+def test_a_bucket_is_full_exactly_when_its_refill_reaches_the_burst():
+    b = TokenBucket(rate=4.0, burst=10.0, tokens=2.0, stamp=1.0)
+    assert not b.full(2.99) and b.full(3.0)
+
+
+def test_a_limiter_never_holds_more_keys_than_its_bound_and_forgets_the_least_recent():
+    lim = KeyedLimiter(rate=1.0, burst=5.0, max_keys=2)
+    lim.take("a", 0.0, 5.0)
+    lim.take("b", 0.0, 5.0)
+    lim.take("a", 0.0, 0.0)  # a is the most recently used; neither bucket is full
+    lim.take("c", 0.0)
+    assert list(lim.buckets) == ["a", "c"]
+
+
+def test_an_upload_is_charged_to_its_sender_s_bucket():
+    mp = Mempool(rate=2.0, burst=4.0)
+    assert mp.charge(A.address, 0.0, 3.0) == 0.0
+    assert mp.charge(A.address, 0.0) == 0.0
+    assert mp.charge(A.address, 0.0) == pytest.approx(0.5)  # its bucket is empty: 1 token at 2/s
+    assert mp.charge(B.address, 0.0, 4.0) == 0.0  # another sender has its own
+    assert mp.charge(A.address, 1.0, 2.0) == 0.0  # refilled by time
+    e = refusal(mp, tx(A, 1), now=1.0)  # admission draws on the same bucket
+    assert e.kind == Refusal.RATE_LIMITED and e.retry_after == pytest.approx(0.5)
