@@ -135,13 +135,12 @@ class KeyedLimiter:
 
 
 class _Sender:
-    __slots__ = ("base", "end", "fresh", "origin", "txs")
+    __slots__ = ("base", "end", "origin", "txs")
 
     def __init__(self, base: int, origin: str) -> None:
         self.base = base  # the next nonce the chain will accept from this sender
         self.txs: dict[int, Tx] = {}
         self.origin = origin  # the origin of its first pending transaction: it is counted there
-        self.fresh = base == 1  # no committed transaction yet: first to go when its origin must give way
         # every nonce from base up to here is pending: the run only grows at its end, a commit moves its
         # start, and an eviction (of the newest) cuts it, so admitting k transactions is O(k), not O(k^2)
         self.end = base
@@ -256,7 +255,7 @@ class Mempool:
             if o is None:
                 o = self.origins[key] = _Origin()
             o.senders.add(addr)
-            if s.fresh:
+            if committed_nonce == 0:  # no committed transaction yet: first to go when its origin must give way
                 o.fresh[addr] = None
         else:
             o = self.origins[key]
@@ -432,8 +431,7 @@ class Mempool:
         s.base = base
         o = self.origins[s.origin]
         o.n -= len(gone)
-        s.fresh = False  # it has committed history now
-        o.fresh.pop(addr, None)
+        o.fresh.pop(addr, None)  # it has committed history now
         if gone:
             self._weigh_origin(s.origin, o.n)
         if not s.txs:

@@ -3,7 +3,8 @@
 `block_max_txs` counts transactions, but a transaction may be up to MAX_TX_BYTES: 2,000 grants of
 64 sealed keys each are 17 MB, twice the size any validator decodes. A primary that proposed such a
 block had it refused by every replica; the next primary held the same pool and did the same, and
-the chain stopped for good. A few registered patients with a burst of large grants each could do it.
+the chain stopped for good. A few registered patients with a burst of large grants each could do it. The batch's byte budget
+itself is tested in tests/test_mempool_limits.py.
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ import asyncio
 import time
 
 from devices.patient.client import NodeClient
-from node.block import TX_FRAMING, TXS_MAX_BYTES
 from node.crypto.keys import Identity
-from node.mempool import Mempool
 from node.tx import Grant, Profile, Tx
 from node.tx.model import MAX_KEYS_PER_GRANT, MAX_SEALED, SealedKey
 from node.wire import MAX_BLOCK_BYTES
@@ -25,36 +24,10 @@ PATIENTS = 5
 GRANTS = 390  # each patient's burst of large grants (its per-sender burst is 400)
 
 
-def _big_grants(patient: Identity, staff: bytes, chain: str, first_nonce: int, n: int) -> list[Tx]:
+def big_grants(patient: Identity, staff: bytes, chain: str, first_nonce: int, n: int) -> list[Tx]:
     """Grants of the largest size a transaction of this kind can take (~8.7 KB each)."""
     keys = tuple(SealedKey(1, 0, bytes([k]) * MAX_SEALED) for k in range(MAX_KEYS_PER_GRANT))
     return Tx.build_batch(patient, chain, first_nonce, [Grant(staff, (1,), 0, keys)] * n)
-
-
-def test_a_batch_stops_at_the_block_byte_budget():
-    staff = Identity.from_seed(b"staff").address
-    pool = Mempool(capacity=10_000, rate=1e6, burst=1e6)
-    txs = [t for p in range(4) for t in _big_grants(Identity.from_seed(b"p%d" % p), staff, CHAIN, 1, 400)]
-    for t in txs:
-        pool.admit(t, 0, 0.0)
-    size = len(txs[0].raw)
-    assert sum(len(t.raw) for t in txs) > MAX_BLOCK_BYTES + 4 * 1024 * 1024
-    batch = pool.batch(2000, max_bytes=TXS_MAX_BYTES, framing=TX_FRAMING)
-    total = sum(len(t.raw) + TX_FRAMING for t in batch)
-    assert total <= TXS_MAX_BYTES < total + size + TX_FRAMING  # full: the next one would not have fitted
-    assert TXS_MAX_BYTES < MAX_BLOCK_BYTES
-    # still round-robin over senders, each one's run contiguous from its next nonce
-    by_sender: dict[bytes, list[int]] = {}
-    for t in batch:
-        by_sender.setdefault(t.address, []).append(t.nonce)
-    assert len(by_sender) == 4
-    assert all(ns == list(range(1, len(ns) + 1)) for ns in by_sender.values())
-    assert max(map(len, by_sender.values())) - min(map(len, by_sender.values())) <= 1
-    # what did not fit is the next block's
-    rest = pool.batch(2000, {t.id for t in batch}, TXS_MAX_BYTES, TX_FRAMING)
-    assert rest and not {t.id for t in rest} & {t.id for t in batch}
-    # a budget below one transaction gives an empty batch, not an oversized one
-    assert pool.batch(2000, max_bytes=size - 1) == []
 
 
 def test_a_pool_of_large_grants_commits_in_blocks_every_replica_decodes(tmp_path):
@@ -73,7 +46,7 @@ def test_a_pool_of_large_grants_commits_in_blocks_every_replica_decodes(tmp_path
             for t in profiles:
                 assert (await c0.wait_committed(t.id.hex(), 30))["status"] == "committed"
             head0 = (await c0.status())["height"]
-            grants = [_big_grants(p, staff.address, chain, 2, GRANTS) for p in patients]
+            grants = [big_grants(p, staff.address, chain, 2, GRANTS) for p in patients]
             assert sum(len(t.raw) for g in grants for t in g) > 2 * MAX_BLOCK_BYTES
 
             async def submit(i: int, txs: list[Tx]) -> None:  # each patient to its own validator

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import pytest
 
+from node.block import TX_FRAMING, TXS_MAX_BYTES
 from node.crypto.keys import Identity
 from node.mempool import MAX_FORWARD_GAP, AdmissionError, KeyedLimiter, Mempool, Refusal, TokenBucket
 from node.tx import Tx
+from node.wire import MAX_BLOCK_BYTES
+from tests.test_block_bytes import big_grants
 from tests.test_mempool import A, B, C, big_pool, pending, tx
 
 
@@ -226,8 +229,9 @@ def test_the_origin_heap_is_compacted_at_its_bound_and_still_finds_the_heaviest(
     for n in range(1, 1100):
         t = tx(A, n)
         mp.admit(t, n - 1, 0.0, origin="x")
-        assert len(mp._heavy_origins) <= 4 * len(mp.origins) + 1024
+        assert len(mp._heavy_origins) <= 4 * 2 + 1024  # two origins at most when it is pushed to
         mp.remove([t])
+        assert len(mp._heavy_origins) <= 4 * 2 + 1024
     mp.admit(tx(A, 1100), 1099, 0.0, origin="x")
     assert mp._heaviest_origin() == "y"
 
@@ -272,3 +276,105 @@ def test_an_upload_is_charged_to_its_sender_s_bucket():
     assert mp.charge(A.address, 1.0, 2.0) == 0.0  # refilled by time
     e = refusal(mp, tx(A, 1), now=1.0)  # admission draws on the same bucket
     assert e.kind == Refusal.RATE_LIMITED and e.retry_after == pytest.approx(0.5)
+
+
+# ---- batches ----
+
+def test_a_batch_stops_at_the_block_byte_budget():
+    """block_max_txs counts transactions; a block of the largest ones would be over the 8 MiB every
+    replica decodes (tests/test_block_bytes.py), so a batch also stops at a byte budget."""
+    staff = Identity.from_seed(b"staff").address
+    pool = big_pool(capacity=10_000)
+    txs = [t for p in range(4) for t in big_grants(Identity.from_seed(b"p%d" % p), staff, "mempool-test", 1, 400)]
+    for t in txs:
+        pool.admit(t, 0, 0.0)
+    size = len(txs[0].raw)
+    assert sum(len(t.raw) for t in txs) > MAX_BLOCK_BYTES + 4 * 1024 * 1024
+    batch = pool.batch(2000, max_bytes=TXS_MAX_BYTES, framing=TX_FRAMING)
+    total = sum(len(t.raw) + TX_FRAMING for t in batch)
+    assert total <= TXS_MAX_BYTES < total + size + TX_FRAMING  # full: the next one would not have fitted
+    assert TXS_MAX_BYTES < MAX_BLOCK_BYTES
+    by_sender: dict[bytes, list[int]] = {}  # still round-robin, each sender's run contiguous from its base
+    for t in batch:
+        by_sender.setdefault(t.address, []).append(t.nonce)
+    assert len(by_sender) == 4 and all(ns == list(range(1, len(ns) + 1)) for ns in by_sender.values())
+    assert max(map(len, by_sender.values())) - min(map(len, by_sender.values())) <= 1
+    rest = pool.batch(2000, {t.id for t in batch}, TXS_MAX_BYTES, TX_FRAMING)  # the next block's
+    assert rest and not {t.id for t in rest} & {t.id for t in batch}
+    assert pool.batch(2000, max_bytes=size - 1) == []  # under one transaction: empty, never oversized
+
+
+def test_a_batch_counts_exact_bytes_without_framing_and_each_one_with_it():
+    pool = big_pool()
+    txs = [tx(A, 1), tx(A, 2), tx(A, 3)]
+    for t in txs:
+        pool.admit(t, 0, 0.0)
+    two = len(txs[0].raw) + len(txs[1].raw)
+    assert pool.batch(10, max_bytes=two) == txs[:2]  # exactly full
+    assert pool.batch(10, max_bytes=two - 1) == txs[:1]
+    assert pool.batch(10, max_bytes=two + 10, framing=5) == txs[:2]
+    assert pool.batch(10, max_bytes=two + 9, framing=5) == txs[:1]
+
+
+def test_a_sender_whose_next_transaction_does_not_fit_lets_the_others_go_first():
+    """Round-robin goes on past a sender that no longer fits: the senders after it in the round get
+    their turn before those before it get a second."""
+    pool = big_pool()
+    small_w, small_y = [tx(A, 1), tx(A, 2)], [tx(C, 1)]
+    big = big_grants(B, A.address, "mempool-test", 1, 1)
+    for t in (*small_w, *big, *small_y):
+        pool.admit(t, 0, 0.0)
+    room = sum(len(t.raw) for t in (*small_w, *small_y))
+    assert pool.batch(2, max_bytes=room) == [small_w[0], small_y[0]]
+
+
+def test_a_batch_never_passes_an_excluded_transaction_in_a_sender_s_run():
+    """Already proposed ones are skipped at the start of a run; one excluded further on ends the
+    sender's run for this batch (its later nonces cannot go before it)."""
+    pool = big_pool()
+    a = [tx(A, n) for n in (1, 2, 3)]
+    for t in a:
+        pool.admit(t, 0, 0.0)
+    assert pool.batch(10, {a[0].id}) == a[1:]
+    assert pool.batch(10, {a[1].id}) == a[:1]
+
+
+# ---- the pool's own defaults and clamps ----
+
+def test_a_sender_may_hold_1024_pending_by_default():
+    mp = big_pool()
+    for n in range(1, 1025):
+        mp.admit(tx(A, n), 0, 0.0)
+    assert refusal(mp, tx(A, 1025)).kind == Refusal.RATE_LIMITED
+
+
+def test_a_limiter_holds_at_most_65536_keys_by_default():
+    lim = KeyedLimiter(rate=1.0, burst=2.0)
+    for k in range(65_537):
+        lim.take(k, 0.0)
+    assert len(lim.buckets) == 65_536
+
+
+def test_an_origin_s_share_of_a_tiny_pool_is_one_transaction():
+    mp = big_pool(capacity=2, origin_share=0.5)
+    mp.admit(tx(A, 1), 0, 0.0, origin="x")
+    e = refusal(mp, tx(B, 1), origin="x")
+    assert (e.kind, e.retry_after) == (Refusal.RATE_LIMITED, 1.0)
+    assert e.reason == "rate limited: client x holds its share of the mempool (1 pending transactions)"
+
+
+def test_a_share_above_one_counts_as_the_whole_backlog_bound():
+    mp = big_pool(capacity=100, origin_share=1.5)
+    for n in (1, 2, 3, 4):
+        mp.admit(tx(ident(n), 1), 0, 0.0, origin="x", limit=100)
+    assert refusal(mp, tx(A, 1), origin="x", limit=4).kind == Refusal.OVERLOADED
+
+
+def test_buckets_refilled_to_full_are_pruned_and_others_kept():
+    mp = Mempool(rate=10.0, burst=10.0)
+    mp.charge(A.address, 1000.0, 10.0)  # emptied at t = 1000
+    mp.charge(B.address, 1000.0, 10.0)
+    mp.prune_buckets(1000.5)  # half refilled
+    assert set(mp.buckets) == {A.address, B.address}
+    mp.prune_buckets(1001.0)
+    assert not mp.buckets
