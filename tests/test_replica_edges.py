@@ -1,0 +1,201 @@
+"""The PBFT replica at its edges: certified blocks a peer pushes (every field checked against the
+block, the window's last sequence, an index past the validators), pre-prepares whose header does
+not match, conflicting votes kept as evidence, stale execution answers, and what delivery resets.
+
+A lying peer meets these checks first; each refusal is counted under its reason, and none of them
+may raise (an exception in the replica is a crash of the validator's consensus task)."""
+
+from __future__ import annotations
+
+import pytest
+
+from node import merkle
+from node.block import GENESIS_PREV, Block, Header, vote_digest
+from node.consensus import Checkpoint, Commit, Execute, Prepare, PrePrepare
+from node.consensus.messages import T_PREPARE
+from node.consensus.state import Phase
+from node.crypto import ecdsa
+from tests.consensus_sim import (
+    CHAIN,
+    IDS,
+    T0,
+    delivered,
+    make_block,
+    make_replica,
+    pre_prepare,
+    raw_replica,
+    sent,
+    signed,
+)
+
+
+def certify(block: Block, signers: range | list[int] = range(3), view: int = 0) -> Block:
+    d = vote_digest(CHAIN, view, block.header.seq, block.hash)
+    return block.with_cert([(i, IDS[i].sign(d)) for i in signers], view)
+
+
+def chain(k: int) -> list[Block]:
+    """k blocks, each on its parent."""
+    out: list[Block] = []
+    for seq in range(1, k + 1):
+        out.append(make_block(seq, prev=out[-1].hash if out else GENESIS_PREV))
+    return out
+
+
+def odd_block(height: int, seq: int) -> Block:
+    """A block whose header's height and sequence differ."""
+    h = Header(CHAIN, height, GENESIS_PREV, 0, seq, T0 + seq, merkle.root([]), ecdsa.sha256(b"odd"), 0)
+    return Block(h, ())
+
+
+# ---- certified blocks pushed by a peer ----
+
+def test_a_certified_block_is_checked_against_what_carries_it():
+    r = make_replica(4, 3)
+    a = certify(make_block(1))
+    assert r.offer_certified(None) == []  # a message whose block did not decode
+    assert r.offer_certified(a, digest=ecdsa.sha256(b"another")) == []  # not the block the message names
+    assert r.offer_certified(a, seq=2) == []  # offered for another sequence
+    assert r.offer_certified(certify(odd_block(2, 1))) == []  # height and sequence differ
+    assert r.offer_certified(certify(odd_block(1, 2)), seq=2) == []
+    assert r.ignored_by_reason() == {"malformed": 5} and r.last_delivered == 0 and not r.certified
+    (d,) = delivered(r.offer_certified(a, digest=a.hash, seq=1))
+    assert d.seq == 1 and d.certified
+
+
+def test_a_certificate_naming_an_index_past_the_validators_is_refused_without_raising():
+    r = make_replica(4, 3)
+    b = make_block(1)
+    d = vote_digest(CHAIN, 0, 1, b.hash)
+    forged = b.with_cert([(0, IDS[0].sign(d)), (1, IDS[1].sign(d)), (2, IDS[2].sign(d)), (4, IDS[4].sign(d))], 0)
+    assert r.offer_certified(forged) == []
+    assert r.ignored_by_reason() == {"bad-certificate": 1} and r.last_delivered == 0
+
+
+def test_a_delivered_block_offered_again_is_dropped_quietly():
+    r = make_replica(4, 3)
+    (a,) = chain(1)
+    assert delivered(r.offer_certified(certify(a)))
+    assert r.offer_certified(certify(a, [1, 2, 3])) == []  # the same block, another quorum
+    assert r.certified == {} and r.ignored == 0
+
+
+def test_certified_blocks_wait_up_to_four_windows_ahead():
+    r = make_replica(4, 3, window=2)
+    last = certify(make_block(8))
+    assert r.offer_certified(last) == [] and r.certified == {8: last}  # kept until its turn
+    assert r.offer_certified(certify(make_block(9))) == []
+    assert r.ignored_by_reason() == {"outside-window": 1} and set(r.certified) == {8}
+
+
+def test_delivery_from_certified_blocks_moves_every_cursor():
+    r = make_replica(4, 1)
+    r.state.vc_attempt = 3
+    blocks = chain(2)
+    assert r.offer_certified(certify(blocks[1])) == []  # ahead of its turn: kept
+    got = delivered(r.offer_certified(certify(blocks[0])))
+    assert [d.seq for d in got] == [1, 2]
+    assert (r.last_delivered, r.last_hash, r.next_seq) == (2, blocks[1].hash, 3)
+    assert r.certified == {} and r.state.vc_attempt == 0
+
+
+def test_a_delivery_ends_a_suspicion():
+    r = make_replica(4, 1)
+    r.state.phase = Phase.SUSPECTING
+    assert delivered(r.offer_certified(certify(make_block(1))))
+    assert r.state.phase is Phase.NORMAL
+
+
+def test_a_checkpoint_holds_the_own_signature_and_becomes_stable_with_a_quorum():
+    r = make_replica(4, 1, window=4)  # a checkpoint every block
+    (a,) = chain(1)
+    acts = r.offer_certified(certify(a))
+    (cp,) = sent(acts, Checkpoint)
+    votes = r.state.checkpoints[1][a.header.state_root]
+    assert votes == {1: cp.sig} and ecdsa.verify(IDS[1].public_key, cp.signing_digest(CHAIN), cp.sig)
+    assert r.stable == 0
+    for s in (2, 3):
+        r.on_message(signed(Checkpoint, s, 0, 1, a.header.state_root))
+    assert r.stable == 1 and r.state.checkpoints == {}
+
+
+# ---- pre-prepares ----
+
+def test_a_pre_prepare_whose_block_height_is_not_its_sequence_is_malformed():
+    r = make_replica(4, 1)
+    assert r.on_message(pre_prepare(odd_block(2, 1))) == []  # no Execute asked, no vote
+    assert r.ignored_by_reason() == {"malformed": 1}
+
+
+def test_each_bad_pre_prepare_is_counted_under_its_reason():
+    a = make_block(1)
+    r = make_replica(4, 1, check_block=Block.check_tx_root)
+    r.on_message(pre_prepare(make_block(1, proposer=2), sender=2))  # not from the primary
+    r.on_message(signed(PrePrepare, 0, 0, 1, ecdsa.sha256(b"x"), block=a))  # digest != hash
+    r.on_message(pre_prepare(make_block(1, proposer=3), sender=0))  # header proposer != sender
+    r.on_message(pre_prepare(Block(make_block(1, salt=b"s").header, (b"t",))))  # does not execute
+    assert r.ignored_by_reason() == {"not-primary": 1, "malformed": 2, "invalid-block": 1}
+
+
+# ---- votes ----
+
+def test_a_second_vote_for_another_block_is_kept_as_evidence():
+    r = make_replica(4, 1)
+    a, b = make_block(1, txs=[b"A"]), make_block(1, txs=[b"B"])
+    r.on_message(pre_prepare(a))
+    first = signed(Prepare, 2, 0, 1, a.hash)
+    second = signed(Prepare, 2, 0, 1, b.hash)
+    r.on_message(first)
+    assert r.on_message(second) == []
+    assert r.ignored_by_reason() == {"conflicting-vote": 1}
+    assert r.evidence == [{"kind": "conflicting-votes", "validator": 2, "tag": T_PREPARE, "view": 0, "seq": 1,
+                           "digests": [a.hash.hex(), b.hash.hex()], "sigs": [first.sig.hex(), second.sig.hex()]}]
+
+
+def test_a_prepare_carrying_another_signed_pre_prepare_names_the_sequence_in_its_evidence():
+    r = make_replica(4, 1)
+    a, b = make_block(1, txs=[b"A"]), make_block(1, txs=[b"B"])
+    r.on_message(pre_prepare(a))
+    other = pre_prepare(b)
+    r.on_message(signed(Prepare, 2, 0, 1, b.hash, pp_sig=other.sig))
+    (ev,) = [e for e in r.evidence if e["kind"] != "conflicting-votes"]
+    assert ev["seq"] == 1 and ev["validator"] == 0 and set(ev["digests"]) == {a.hash.hex(), b.hash.hex()}
+
+
+# ---- execution answers ----
+
+def test_an_answer_that_comes_while_the_view_changes_changes_nothing():
+    r = raw_replica(4, 1)
+    a = make_block(1)
+    assert [x.seq for x in r.on_message(pre_prepare(a)) if isinstance(x, Execute)] == [1]
+    r.start_view_change(1)
+    assert r.executed(1, a.hash, True) == [] and r.last_delivered == 0
+
+
+# ---- proposing ----
+
+def test_the_primary_may_propose_up_to_the_window_s_last_sequence():
+    p = make_replica(4, 0, window=2)
+    b1 = make_block(1)
+    p.propose(b1)
+    assert p.can_propose()  # sequence 2 is the window's last
+    p.propose(make_block(2, prev=b1.hash))
+    assert not p.can_propose()
+    with pytest.raises(RuntimeError, match="^sequence window full$"):
+        p.propose(make_block(3))
+
+
+def test_proposing_says_why_it_cannot():
+    with pytest.raises(RuntimeError, match="^only the primary of an active view proposes$"):
+        make_replica(4, 1).propose(make_block(1))
+    with pytest.raises(ValueError, match=r"^block header must carry the view and sequence \(= height\) it is proposed at$"):
+        make_replica(4, 0).propose(make_block(2))
+
+
+def test_votes_after_delivery_leave_the_log_empty():
+    r = make_replica(4, 1)
+    a = make_block(1)
+    acts = r.on_message(pre_prepare(a))
+    for m in (signed(Prepare, 2, 0, 1, a.hash), signed(Commit, 0, 0, 1, a.hash), signed(Commit, 2, 0, 1, a.hash)):
+        acts += r.on_message(m)
+    assert [d.seq for d in delivered(acts)] == [1] and 1 not in r.state.log
