@@ -83,7 +83,7 @@ MODULES: dict[str, list[str]] = {
     # admission under hostile load: the bounded, origin-fair pool and the per-sender checks before it
     "node/mempool.py": ["tests/test_mempool.py", "tests/test_mempool_limits.py", "tests/test_backlog.py",
                         "tests/test_driver.py"],
-    "node/admission.py": ["tests/test_mempool.py", "tests/test_backlog.py", "tests/test_driver.py"],
+    "node/admission.py": ["tests/test_admission.py", "tests/test_mempool.py", "tests/test_backlog.py", "tests/test_driver.py"],
     "node/api/blobs.py": [f"tests/test_blob_auth.py::test_read_covers_{t}" for t in (
         "serves_the_blobs_a_committed_read_allows", "refuses_each_case_for_its_own_reason",
         "applies_the_patient_s_policy_and_the_emergency_window_now")],
