@@ -378,3 +378,15 @@ def test_buckets_refilled_to_full_are_pruned_and_others_kept():
     assert set(mp.buckets) == {A.address, B.address}
     mp.prune_buckets(1001.0)
     assert not mp.buckets
+
+
+def test_the_heaviest_sender_of_an_origin_gives_way_whatever_the_addresses():
+    """Whichever sender's heap entry is read first, the one holding the most loses its newest."""
+    light, heavy = sorted([A, B], key=lambda i: i.address)  # the lighter one sorts first
+    mp = big_pool(capacity=8)
+    for n in (1, 2, 3):
+        mp.admit(tx(light, n), 0, 0.0, origin="o")
+    for n in (1, 2, 3, 4, 5):
+        mp.admit(tx(heavy, n), 0, 0.0, origin="o")
+    evicted = mp.admit(tx(C, 1), 0, 0.0, origin="o")
+    assert [(t.address, t.nonce) for t in evicted] == [(heavy.address, 5)]
