@@ -28,6 +28,11 @@ TXS_MAX_BYTES = MAX_BLOCK_BYTES - 64 * 1024
 TX_FRAMING = 5  # at most what msgpack adds around one transaction's bytes (a bin 32 header)
 
 
+def txs_bytes(txs: Sequence[bytes]) -> int:
+    """What a block's transactions take against TXS_MAX_BYTES."""
+    return sum(len(t) for t in txs) + TX_FRAMING * len(txs)
+
+
 class BlockError(ValueError):
     pass
 

@@ -3,31 +3,81 @@
 `block_max_txs` counts transactions, but a transaction may be up to MAX_TX_BYTES: 2,000 grants of
 64 sealed keys each are 17 MB, twice the size any validator decodes. A primary that proposed such a
 block had it refused by every replica; the next primary held the same pool and did the same, and
-the chain stopped for good. A few registered patients with a burst of large grants each could do it. The batch's byte budget
-itself is tested in tests/test_mempool_limits.py.
+the chain stopped for good. A few registered patients with a burst of large grants each could do it.
+Here: the primary's production in process on a full pool (deterministic), a block at the budget
+with a large certificate, and the whole path on a real devnet. The batch's byte budget itself is
+tested in tests/test_mempool_limits.py, a replica's refusal of a larger proposal in
+tests/test_replica_edges.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from pathlib import Path
 
 from devices.patient.client import NodeClient
+from node.block import TXS_MAX_BYTES, Block, Header, txs_bytes
 from node.crypto.keys import Identity
-from node.tx import Grant, Profile, Tx
-from node.tx.model import MAX_KEYS_PER_GRANT, MAX_SEALED, SealedKey
-from node.wire import MAX_BLOCK_BYTES
+from node.genesis import Params, init_home
+from node.tx import Profile, Tx
+from node.validator import Validator
+from node.wire import MAX_BLOCK_BYTES, MAX_TX_BYTES
 from tests.conftest import run, running_network
+from tests.large_txs import big_grants
 
 CHAIN = "medchain-test"
 PATIENTS = 5
 GRANTS = 390  # each patient's burst of large grants (its per-sender burst is 400)
 
 
-def big_grants(patient: Identity, staff: bytes, chain: str, first_nonce: int, n: int) -> list[Tx]:
-    """Grants of the largest size a transaction of this kind can take (~8.7 KB each)."""
-    keys = tuple(SealedKey(1, 0, bytes([k]) * MAX_SEALED) for k in range(MAX_KEYS_PER_GRANT))
-    return Tx.build_batch(patient, chain, first_nonce, [Grant(staff, (1,), 0, keys)] * n)
+def test_the_primary_proposes_at_most_the_byte_budget_from_a_pool_of_large_grants(tmp_path: Path) -> None:
+    """The primary's block production, in process on a real ledger, with 1,950 of the largest grants
+    (17 MB) pending: the block it proposes holds as many as the byte budget takes, and no more.
+    Before the budget it took 2,000 transactions by count, 17 MB, which no replica decodes."""
+    homes = init_home(tmp_path, "bytes-test", [f"127.0.0.1:{9000 + i}" for i in range(4)],
+                      int(time.time() * 1000), Params(), p2p=[f"127.0.0.1:{9100 + i}" for i in range(4)])
+    v = Validator(homes[0])  # validator 0: the primary of view 0
+    try:
+        staff = Identity.from_seed(b"staff-big").address
+        for i in range(PATIENTS):  # straight into the pool: this is about what the primary builds from it
+            for t in big_grants(Identity.from_seed(b"patient-%d" % i), staff, v.chain_id, 1, GRANTS):
+                v.mempool.admit(t, 0, 0.0, forwarded=True)
+        assert len(v.mempool) == PATIENTS * GRANTS
+
+        async def first_proposal() -> Block:
+            task = asyncio.create_task(v._produce())
+            try:
+                kind, block = await asyncio.wait_for(v._inbox.get(), 60)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            assert kind == "propose"
+            return block
+
+        block = asyncio.run(first_proposal())
+        used = txs_bytes(block.txs)
+        assert TXS_MAX_BYTES - MAX_TX_BYTES < used <= TXS_MAX_BYTES  # full to the budget
+        assert len(block.txs) < 2000 and len(block.encode()) <= MAX_BLOCK_BYTES
+        assert Block.decode(block.encode()).hash == block.hash  # what every replica does first
+    finally:
+        v.close()
+
+
+def test_a_block_at_the_budget_with_a_hundred_votes_decodes() -> None:
+    """The 64 KiB left beside the budget holds the header and a certificate: a block of 16 KiB
+    transactions filled to the budget, with a 100-validator certificate, is still one every node
+    decodes."""
+    tx = bytes(MAX_TX_BYTES)
+    n = TXS_MAX_BYTES // (len(tx) + 5)
+    txs = (tx,) * n + (bytes(TXS_MAX_BYTES - txs_bytes((tx,) * n) - 5),)
+    assert txs_bytes(txs) == TXS_MAX_BYTES
+    h = Header("c" * 32, 2**40, bytes(32), 2**40, 2**40, 2**60, bytes(32), bytes(32), 99)
+    b = Block(h, txs).with_cert([(i, bytes([i]) * 64) for i in range(100)], 2**40)
+    raw = b.encode()
+    assert len(raw) <= MAX_BLOCK_BYTES and Block.decode(raw) == b
 
 
 def test_a_pool_of_large_grants_commits_in_blocks_every_replica_decodes(tmp_path):

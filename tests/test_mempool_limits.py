@@ -13,7 +13,7 @@ from node.crypto.keys import Identity
 from node.mempool import MAX_FORWARD_GAP, AdmissionError, KeyedLimiter, Mempool, Refusal, TokenBucket
 from node.tx import Tx
 from node.wire import MAX_BLOCK_BYTES
-from tests.test_block_bytes import big_grants
+from tests.large_txs import big_grants
 from tests.test_mempool import A, B, C, big_pool, pending, tx
 
 

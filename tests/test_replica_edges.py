@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 
 from node import merkle
-from node.block import GENESIS_PREV, Block, Header, vote_digest
-from node.consensus import Checkpoint, Commit, Execute, Prepare, PrePrepare
+from node.block import GENESIS_PREV, TX_FRAMING, TXS_MAX_BYTES, Block, Header, vote_digest
+from node.consensus import Checkpoint, Commit, Prepare, PrePrepare
 from node.consensus.messages import T_PREPARE
 from node.consensus.state import Phase
 from node.crypto import ecdsa
@@ -23,7 +23,6 @@ from tests.consensus_sim import (
     make_block,
     make_replica,
     pre_prepare,
-    raw_replica,
     sent,
     signed,
 )
@@ -137,6 +136,17 @@ def test_each_bad_pre_prepare_is_counted_under_its_reason():
     assert r.ignored_by_reason() == {"not-primary": 1, "malformed": 2, "invalid-block": 1}
 
 
+def test_a_fresh_proposal_over_the_byte_budget_is_refused():
+    """An honest primary fills a block to TXS_MAX_BYTES; a byzantine one proposing more could get a
+    block certified that, with its certificate, passes the 8 MiB every node decodes."""
+    fits = (bytes(TXS_MAX_BYTES - TX_FRAMING),)
+    over = (bytes(TXS_MAX_BYTES - TX_FRAMING + 1),)
+    r = make_replica(4, 1)
+    assert r.on_message(pre_prepare(make_block(1, txs=over))) == []
+    assert r.ignored_by_reason() == {"too-large": 1}
+    assert sent(r.on_message(pre_prepare(make_block(1, txs=fits))), Prepare)
+
+
 # ---- votes ----
 
 def test_a_second_vote_for_another_block_is_kept_as_evidence():
@@ -160,16 +170,6 @@ def test_a_prepare_carrying_another_signed_pre_prepare_names_the_sequence_in_its
     r.on_message(signed(Prepare, 2, 0, 1, b.hash, pp_sig=other.sig))
     (ev,) = [e for e in r.evidence if e["kind"] != "conflicting-votes"]
     assert ev["seq"] == 1 and ev["validator"] == 0 and set(ev["digests"]) == {a.hash.hex(), b.hash.hex()}
-
-
-# ---- execution answers ----
-
-def test_an_answer_that_comes_while_the_view_changes_changes_nothing():
-    r = raw_replica(4, 1)
-    a = make_block(1)
-    assert [x.seq for x in r.on_message(pre_prepare(a)) if isinstance(x, Execute)] == [1]
-    r.start_view_change(1)
-    assert r.executed(1, a.hash, True) == [] and r.last_delivered == 0
 
 
 # ---- proposing ----

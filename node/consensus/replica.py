@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from node.block import Block, vote_digest
+from node.block import TXS_MAX_BYTES, Block, txs_bytes, vote_digest
 from node.consensus.actions import Action, Broadcast, Catchup, Deliver, Execute, Persist, Send, ViewChanged
 from node.consensus.messages import (
     T_BLOCK,
@@ -332,6 +332,12 @@ class Replica:
                 return []
         elif h.view != pp.view or h.proposer != pp.sender:
             self.s.ignore(Ignored.MALFORMED)
+            return []
+        elif txs_bytes(pp.block.txs) > TXS_MAX_BYTES:
+            # the budget honest primaries fill to: once certified, a larger block could pass the 8 MiB
+            # every node decodes (restart, catch-up, verify and proofs would fail on it). Only fresh
+            # proposals: a block a view change carried over was proposed under the rules of its time
+            self.s.ignore(Ignored.TOO_LARGE)
             return []
         inst = self.s.log.setdefault(pp.seq, Instance())
         ex = inst.executing

@@ -51,6 +51,7 @@ class Ignored(Enum):
     UNKNOWN_TYPE = "unknown-type"
     NOT_PRIMARY = "not-primary"  # a pre-prepare from a replica that is not the view's primary
     MALFORMED = "malformed"  # a block or header that does not match the message carrying it
+    TOO_LARGE = "too-large"  # a fresh proposal whose transactions pass the block byte budget
     BELOW_FLOOR = "below-floor"  # a pre-prepare at or below the new view's base (committed already)
     NOT_FIXED = "not-fixed"  # a pre-prepare other than the block the new view decided for that sequence
     EQUIVOCATION = "equivocation"  # a second block for one sequence from the primary
