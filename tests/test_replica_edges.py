@@ -11,8 +11,9 @@ import pytest
 
 from node import merkle
 from node.block import GENESIS_PREV, TX_FRAMING, TXS_MAX_BYTES, Block, Header, vote_digest
-from node.consensus import Checkpoint, Commit, Prepare, PrePrepare
-from node.consensus.messages import T_PREPARE
+from node.consensus import Checkpoint, Commit, Persist, Prepare, PrePrepare
+from node.consensus.messages import T_CHECKPOINT, T_PREPARE, CertifiedBlock
+from node.consensus.recovery import decode_record
 from node.consensus.state import Phase
 from node.crypto import ecdsa
 from tests.consensus_sim import (
@@ -199,3 +200,126 @@ def test_votes_after_delivery_leave_the_log_empty():
     for m in (signed(Prepare, 2, 0, 1, a.hash), signed(Commit, 0, 0, 1, a.hash), signed(Commit, 2, 0, 1, a.hash)):
         acts += r.on_message(m)
     assert [d.seq for d in delivered(acts)] == [1] and 1 not in r.state.log
+
+
+# ---- what delivery and checkpoints keep ----
+
+def test_the_round_time_average_and_the_view_change_attempts_follow_each_delivery():
+    r = make_replica(4, 1)
+    s = r.state
+    s.round_ema, s.progress_at, s.now_ms, s.vc_attempt = 100.0, 1000, 1300, 2
+    blocks = chain(2)
+    assert delivered(r.offer_certified(certify(blocks[0])))
+    assert s.round_ema == pytest.approx(0.7 * 100 + 0.3 * 300) and s.progress_at == 1300 and s.vc_attempt == 0
+    assert delivered(r.offer_certified(certify(blocks[1])))  # at once: a round of no time
+    assert s.round_ema == pytest.approx(0.7 * 160)
+
+
+def test_a_single_validator_is_stable_at_each_delivery_and_sends_no_checkpoint():
+    r = make_replica(1, 0, window=4)
+    acts = r.propose(make_block(1, n=1))
+    assert delivered(acts) and not sent(acts, Checkpoint) and r.stable == 1
+
+
+def test_checkpoints_that_came_first_make_the_own_delivery_stable_at_once():
+    r = make_replica(4, 1, window=4)
+    (a,) = chain(1)
+    for s in (0, 2):
+        r.on_message(signed(Checkpoint, s, 0, 1, a.header.state_root))
+    assert r.stable == 0
+    assert delivered(r.offer_certified(certify(a)))
+    assert r.stable == 1
+
+
+def test_a_quorum_on_another_state_root_is_kept_as_evidence_of_divergence():
+    r = make_replica(4, 1, window=4)
+    (a,) = chain(1)
+    acts = r.offer_certified(certify(a))
+    (mine,) = sent(acts, Checkpoint)
+    other = ecdsa.sha256(b"another state")
+    for s in (0, 2, 3):
+        r.on_message(signed(Checkpoint, s, 0, 1, other))
+    assert r.stable == 0  # ours differs: never stable on a root we did not compute
+    assert r.evidence == [{"kind": "state-divergence", "validator": 1, "tag": T_CHECKPOINT, "view": 0, "seq": 1,
+                           "digests": [a.header.state_root.hex(), other.hex()], "sigs": [mine.sig.hex(), ""]}]
+
+
+def test_a_minority_root_seen_first_does_not_hide_the_quorum():
+    r = make_replica(4, 1, window=4)
+    (a,) = chain(1)
+    r.on_message(signed(Checkpoint, 3, 0, 1, ecdsa.sha256(b"a byzantine root")))  # the first root seen
+    r.offer_certified(certify(a))
+    for s in (0, 2):
+        r.on_message(signed(Checkpoint, s, 0, 1, a.header.state_root))
+    assert r.stable == 1 and r.evidence == []
+
+
+def test_checkpoints_are_kept_only_on_the_interval_and_up_to_sixteen_windows_ahead():
+    r = make_replica(4, 1, window=8)  # a checkpoint every 2 blocks; 128 sequences ahead at most
+    root = ecdsa.sha256(b"root")
+    for seq in (3, 128, 130):
+        r.on_message(signed(Checkpoint, 2, 0, seq, root))
+    assert set(r.state.checkpoints) == {128}
+    cp = signed(Checkpoint, 2, 0, 128, root)
+    assert r.state.checkpoints[128] == {root: {2: cp.sig}}  # the signature, kept as proof
+
+
+# ---- votes and prepared certificates ----
+
+def test_a_retransmitted_vote_is_neither_a_conflict_nor_evidence():
+    r = make_replica(4, 1)
+    a = make_block(1)
+    r.on_message(pre_prepare(a))
+    p = signed(Prepare, 2, 0, 1, a.hash)
+    r.on_message(p)
+    assert r.on_message(p) == []
+    assert r.ignored == 0 and r.evidence == []
+
+
+def test_the_prepared_certificate_is_the_first_quorum_and_persisted_with_the_commit():
+    r = make_replica(4, 1)
+    a = make_block(1)
+    r.on_message(pre_prepare(a))
+    acts = r.on_message(signed(Prepare, 2, 0, 1, a.hash))  # prepared: the primary's pre-prepare, ours, 2's
+    cert, block = r.state.prepared[1]
+    assert block.hash == a.hash and [i for i, _ in cert.prepares] == [1, 2] and cert.view == 0
+    (persist,) = [x for x in acts if isinstance(x, Persist)]
+    rec = decode_record(persist.record)
+    assert rec.pcert is not None and rec.pcert[0] == cert and rec.pcert[1].hash == a.hash
+    r.on_message(signed(Prepare, 3, 0, 1, a.hash))  # a later prepare does not rewrite it
+    assert r.state.prepared[1][0] == cert
+
+
+# ---- certified blocks as messages; pre-prepares after a view change ----
+
+def test_a_certified_block_message_is_checked_against_its_own_sequence_and_digest():
+    r = make_replica(4, 3)
+    a = certify(make_block(1))
+    assert r.on_message(signed(CertifiedBlock, 0, 0, 2, a.hash, block=a)) == []
+    assert r.on_message(signed(CertifiedBlock, 0, 0, 1, ecdsa.sha256(b"x"), block=a)) == []
+    assert r.ignored_by_reason() == {"malformed": 2}
+    assert delivered(r.on_message(signed(CertifiedBlock, 0, 0, 1, a.hash, block=a)))
+
+
+def test_below_the_new_view_s_floor_a_pre_prepare_is_refused():
+    r = make_replica(4, 1)
+    r.state.floor = 1  # a new view's base: committed already, taken only from its certificate
+    assert r.on_message(pre_prepare(make_block(1))) == []
+    assert r.ignored_by_reason() == {"below-floor": 1}
+
+
+def test_a_sequence_the_new_view_fixed_takes_only_that_block_as_first_proposed():
+    a = make_block(1, txs=[b"A"])
+    cases = {
+        "other block": make_block(1, txs=[b"B"]),
+        "header from a later view": make_block(1, view=1, proposer=0, txs=[b"A"]),
+        "proposer not the primary of its view": make_block(1, proposer=2, txs=[b"A"]),
+    }
+    for name, b in cases.items():
+        r = make_replica(4, 1)
+        r.state.fixed[1] = a.hash if name == "other block" else b.hash
+        assert r.on_message(signed(PrePrepare, 0, 0, 1, b.hash, block=b)) == [], name  # in view 0, from its primary
+        assert r.ignored_by_reason() == {"not-fixed": 1}, name
+    r = make_replica(4, 1)
+    r.state.fixed[1] = a.hash
+    assert sent(r.on_message(pre_prepare(a)), Prepare)
