@@ -11,8 +11,8 @@ import pytest
 
 from node import merkle
 from node.block import GENESIS_PREV, TX_FRAMING, TXS_MAX_BYTES, Block, Header, vote_digest
-from node.consensus import Checkpoint, Commit, Persist, Prepare, PrePrepare
-from node.consensus.messages import T_CHECKPOINT, T_PREPARE, CertifiedBlock
+from node.consensus import Broadcast, Checkpoint, Commit, Persist, Prepare, PrePrepare, Send
+from node.consensus.messages import T_CHECKPOINT, T_PREPARE, T_STATUS, CertifiedBlock, Status
 from node.consensus.recovery import decode_record
 from node.consensus.state import Phase
 from node.crypto import ecdsa
@@ -323,3 +323,102 @@ def test_a_sequence_the_new_view_fixed_takes_only_that_block_as_first_proposed()
     r = make_replica(4, 1)
     r.state.fixed[1] = a.hash
     assert sent(r.on_message(pre_prepare(a)), Prepare)
+
+
+# ---- time: retransmission, heartbeats; peers' status ----
+
+def test_open_messages_are_resent_with_a_doubling_backoff_capped_at_sixteen_rounds():
+    p = make_replica(4, 0)  # the primary, retransmit every 250 ms at first
+    p.tick(1_000)
+    a = make_block(1)
+    p.propose(a)
+    p.on_message(signed(Prepare, 2, 0, 1, a.hash))  # 2 holds the block (it voted)
+    inst = p.state.log[1]
+    sent_at = inst.sent_at
+    times, backoffs = [], []
+    t = sent_at
+    for _ in range(8):
+        t += inst.backoff
+        assert [x for x in p.tick(t - 1) if isinstance(x, Send)] == []  # not yet
+        resent = [x for x in p.tick(t) if isinstance(x, Send)]
+        assert sorted(x.to for x in resent) == [1, 3]  # the block only to those that have not voted
+        times.append(t)
+        backoffs.append(inst.backoff)
+    assert backoffs == [500, 1000, 2000, 4000, 4000, 4000, 4000, 4000]
+
+
+def test_a_backup_resends_its_vote_to_everyone_until_the_block_commits():
+    r = make_replica(4, 1)
+    r.tick(1_000)
+    a = make_block(1)
+    r.on_message(pre_prepare(a))
+    t = r.state.log[1].sent_at + 250
+    acts = r.tick(t)
+    assert [type(x.msg).__name__ for x in acts if isinstance(x, Broadcast) and not isinstance(x.msg, Status)] \
+        == ["Prepare"]
+
+
+def test_a_heartbeat_goes_out_every_status_interval_exactly():
+    r = make_replica(4, 1)
+    first = [x for x in r.tick(10_000) if isinstance(x, Broadcast) and isinstance(x.msg, Status)]
+    assert len(first) == 1
+    assert not [x for x in r.tick(10_499) if isinstance(x, Broadcast) and isinstance(x.msg, Status)]
+    assert [x for x in r.tick(10_500) if isinstance(x, Broadcast) and isinstance(x.msg, Status)]
+
+
+def test_the_own_checkpoint_is_repeated_with_the_heartbeat_until_it_is_stable():
+    r = make_replica(4, 1, window=4)
+    (a,) = chain(1)
+    r.offer_certified(certify(a))
+    beats = [x.msg for x in r.tick(10_000) if isinstance(x, Broadcast)]
+    assert [type(m).__name__ for m in beats] == ["Status", "Checkpoint"]
+    for s in (0, 2):
+        r.on_message(signed(Checkpoint, s, 0, 1, a.header.state_root))
+    assert r.stable == 1
+    assert [type(x.msg).__name__ for x in r.tick(10_500) if isinstance(x, Broadcast)] == ["Status"]
+
+
+def test_a_peer_that_signs_another_block_at_our_height_is_evidence_of_a_fork():
+    r = make_replica(4, 1)
+    (a,) = chain(1)
+    r.offer_certified(certify(a))
+    other = ecdsa.sha256(b"another block 1")
+    st = signed(Status, 2, 0, 1, other)
+    r.on_message(st)
+    assert r.evidence == [{"kind": "fork", "validator": 2, "tag": T_STATUS, "view": 0, "seq": 1,
+                           "digests": [a.hash.hex(), other.hex()], "sigs": ["", st.sig.hex()]}]
+    r2 = make_replica(4, 1)
+    r2.on_message(signed(Status, 2, 0, 0, other))  # at height 0 there is no block to fork from
+    assert r2.evidence == []
+
+
+def test_a_peer_behind_is_sent_certified_blocks_once_a_status_round():
+    r = make_replica(4, 1)
+    blocks = chain(3)
+    for b in blocks:
+        r.offer_certified(certify(b))
+    r.tick(10_000)
+    assert r.on_message(signed(Status, 2, 0, 1, blocks[0].hash)) == []  # first word from it: it may be moving
+    r.tick(10_100)
+    (c,) = r.on_message(signed(Status, 2, 0, 1, blocks[0].hash))  # still at 1: behind, not moving
+    assert (c.to, c.first, c.last) == (2, 2, 3)
+    r.tick(10_599)
+    assert r.on_message(signed(Status, 2, 0, 1, blocks[0].hash)) == []  # within the status interval
+    r.tick(10_600)
+    assert len(r.on_message(signed(Status, 2, 0, 1, blocks[0].hash))) == 1
+
+
+def test_a_peer_far_behind_is_left_to_state_transfer():
+    r = make_replica(4, 1, push_gap_max=2)
+    blocks = chain(4)
+    for b in blocks:
+        r.offer_certified(certify(b))
+    r.tick(10_000)
+    for _ in range(2):
+        assert r.on_message(signed(Status, 2, 0, 1, blocks[0].hash)) == []  # 3 behind: more than 2
+    r3 = make_replica(4, 1, push_gap_max=3)
+    for b in blocks:
+        r3.offer_certified(certify(b))
+    r3.tick(10_000)
+    r3.on_message(signed(Status, 2, 0, 1, blocks[0].hash))
+    assert len(r3.on_message(signed(Status, 2, 0, 1, blocks[0].hash))) == 1  # exactly the gap: pushed
