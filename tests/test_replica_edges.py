@@ -422,3 +422,25 @@ def test_a_peer_far_behind_is_left_to_state_transfer():
     r3.tick(10_000)
     r3.on_message(signed(Status, 2, 0, 1, blocks[0].hash))
     assert len(r3.on_message(signed(Status, 2, 0, 1, blocks[0].hash))) == 1  # exactly the gap: pushed
+
+
+def test_a_single_validator_proposes_delivers_and_ticks_with_nothing_to_send():
+    r = make_replica(1, 0)
+    acts = r.propose(make_block(1, n=1))
+    assert acts == delivered(acts) and len(acts) == 1  # no consensus-log record, no broadcast
+    assert r.tick(10_000) == []
+
+
+def test_a_quorum_for_an_older_checkpoint_is_not_compared_with_a_newer_own_one():
+    """Our own checkpoint moved on to sequence 2 when a quorum for 1 arrives: 1's root is not
+    compared with 2's (that would be false evidence of divergence); 2's quorum then makes 2 stable."""
+    blocks = chain(2)
+    r = make_replica(4, 1, window=4)  # a checkpoint every block
+    for b in blocks:
+        r.offer_certified(certify(b))
+    for s in (0, 2, 3):
+        r.on_message(signed(Checkpoint, s, 0, 1, blocks[0].header.state_root))
+    assert r.evidence == [] and r.peer_stable == 1
+    for s in (0, 2):
+        r.on_message(signed(Checkpoint, s, 0, 2, blocks[1].header.state_root))
+    assert r.stable == 2 and r.evidence == []
