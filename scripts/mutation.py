@@ -78,8 +78,10 @@ MODULES: dict[str, list[str]] = {
     # the PBFT replica: its normal case, votes and certificates, the state it keeps, its recovery
     "node/consensus/replica.py": ["tests/test_consensus.py", "tests/test_replica_edges.py", "tests/test_viewchange.py",
                                   "tests/test_consensus_messages.py"],
-    "node/consensus/state.py": ["tests/test_consensus.py", "tests/test_viewchange.py", "tests/test_consensus_messages.py"],
-    "node/consensus/recovery.py": ["tests/test_consensus.py", "tests/test_viewchange.py", "tests/test_recovery.py"],
+    "node/consensus/state.py": ["tests/test_consensus.py", "tests/test_viewchange.py", "tests/test_consensus_messages.py",
+                                "tests/test_recovery_records.py"],
+    "node/consensus/recovery.py": ["tests/test_consensus.py", "tests/test_viewchange.py", "tests/test_recovery.py",
+                                   "tests/test_recovery_records.py"],
     # admission under hostile load: the bounded, origin-fair pool and the per-sender checks before it
     "node/mempool.py": ["tests/test_mempool.py", "tests/test_mempool_limits.py", "tests/test_backlog.py",
                         "tests/test_driver.py"],
