@@ -2,7 +2,7 @@
 
 Precedence, highest first: command-line flags, environment variables (MEDCHAIN_P2P_MODE,
 MEDCHAIN_LOG_FORMAT, MEDCHAIN_LMDB_MAP_GB, MEDCHAIN_DISK_RESERVE_MB, MEDCHAIN_LMDB_WRITEMAP,
-MEDCHAIN_MAX_QUEUE_S), the file, then defaults (the
+MEDCHAIN_MAX_QUEUE_S, MEDCHAIN_MEMPOOL_MB), the file, then defaults (the
 genesis gives the API and p2p addresses a validator advertises, and by default listens on). Every
 setting is optional; unknown sections or keys and wrong types are refused with the file and key
 named, so a typo never passes silently. See deploy/node.toml for a commented example.
@@ -33,9 +33,12 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
                "lmdb_writemap": (bool, "write the LMDB maps in place: less anonymous memory, and data files "
                                  "that are sparse files the size of the map (node/mapfile.py)"),
                "max_queue_s": ((int, float), "clients' transactions are taken on while the pool holds less "
-                               "than this many seconds of the chain's work (beyond: 503, Retry-After)")},
+                               "than this many seconds of the chain's work (beyond: 503, Retry-After)"),
+               "mempool_mb": ((int, float), "bytes of pending transactions the pool holds, MiB (beyond: 503, "
+                              "Retry-After; one client IP takes at most its share)")},
 }
 P2P_MODES = ("direct", "gossipsub")
+MIN_MEMPOOL_MB = 9  # a full block's byte budget (node/block.py TXS_MAX_BYTES) must fit in the pool
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -60,6 +63,7 @@ class NodeSettings:
     disk_reserve_mb: float | None = None
     lmdb_writemap: bool | None = None
     max_queue_s: float | None = None
+    mempool_mb: float | None = None
 
 
 def _hostport(value: str, where: str) -> tuple[str, int]:
@@ -118,6 +122,8 @@ def _check(s: NodeSettings, where: str) -> NodeSettings:
             raise ConfigError(f"{where}: limits.{name} must not be negative")
     if s.max_queue_s is not None and not s.max_queue_s > 0:
         raise ConfigError(f"{where}: limits.max_queue_s must be above 0")
+    if s.mempool_mb is not None and not s.mempool_mb >= MIN_MEMPOOL_MB:
+        raise ConfigError(f"{where}: limits.mempool_mb must be at least {MIN_MEMPOOL_MB} (a block's worth)")
     return s
 
 
@@ -152,6 +158,7 @@ def resolve(args: argparse.Namespace, env: dict[str, str] | None = None) -> Node
         disk_reserve_mb=_num(pick(None, "MEDCHAIN_DISK_RESERVE_MB", "limits.disk_reserve_mb", None)),
         lmdb_writemap=_flag(pick(None, "MEDCHAIN_LMDB_WRITEMAP", "limits.lmdb_writemap", None)),
         max_queue_s=_num(pick(None, "MEDCHAIN_MAX_QUEUE_S", "limits.max_queue_s", None)),
+        mempool_mb=_num(pick(None, "MEDCHAIN_MEMPOOL_MB", "limits.mempool_mb", None)),
     )
     if s.home is None:
         raise ConfigError(f"{where}: no home: pass --home DIR or set home = \"DIR\" in the configuration file")
@@ -188,6 +195,8 @@ def apply_environment(s: NodeSettings) -> None:
         os.environ["MEDCHAIN_LMDB_WRITEMAP"] = "1" if s.lmdb_writemap else "0"
     if s.max_queue_s is not None:
         os.environ["MEDCHAIN_MAX_QUEUE_S"] = repr(s.max_queue_s)
+    if s.mempool_mb is not None:
+        os.environ["MEDCHAIN_MEMPOOL_MB"] = repr(s.mempool_mb)
     from node.logs import configure
     configure(getattr(logging, s.log_level.upper()), s.log_format == "json")
 
@@ -203,3 +212,16 @@ def max_queue_s() -> float:
     if not value > 0:
         raise ConfigError(f"MEDCHAIN_MAX_QUEUE_S={raw!r}: must be above 0")
     return value
+
+
+def mempool_bytes() -> int:
+    """limits.mempool_mb in bytes as the validator reads it (MEDCHAIN_MEMPOOL_MB; node/mempool.py)."""
+    from node.mempool import MAX_TX_POOL_BYTES
+    raw = os.environ.get("MEDCHAIN_MEMPOOL_MB", "")
+    try:
+        value = float(raw) if raw else MAX_TX_POOL_BYTES / 2**20
+    except ValueError:
+        raise ConfigError(f"MEDCHAIN_MEMPOOL_MB={raw!r}: a number of MiB") from None
+    if not value >= MIN_MEMPOOL_MB:
+        raise ConfigError(f"MEDCHAIN_MEMPOOL_MB={raw!r}: must be at least {MIN_MEMPOOL_MB} (a block's worth)")
+    return int(value * 2**20)

@@ -30,6 +30,9 @@ from node.tx import Tx
 from node.tx.model import BAD_SIGNATURE
 
 MAX_FORWARD_GAP = 256
+# the pool's transaction bytes (node config limits.mempool_mb): 200,000 writes of ~250 bytes fit, and
+# the largest grants (~8.7 KB) then number ~7,700, eight blocks' byte budget, not 1.7 GB
+MAX_TX_POOL_BYTES = 64 * 1024 * 1024
 
 # Where the transactions being admitted come from (client IP, "peer:<id>"), set by the caller around
 # a submission: admission reads it without every layer in between passing it along.
@@ -157,10 +160,11 @@ class _Sender:
 class _Origin:
     """The senders one origin brought in: their pending count, the brand-new ones in arrival order,
     and a lazy max-heap of (-pending, sender) to find its heaviest sender."""
-    __slots__ = ("fresh", "heavy", "n", "senders")
+    __slots__ = ("fresh", "heavy", "n", "nbytes", "senders")
 
     def __init__(self) -> None:
         self.n = 0
+        self.nbytes = 0  # the wire bytes of its pending transactions
         self.senders: set[bytes] = set()
         self.fresh: dict[bytes, None] = {}
         self.heavy: list[tuple[int, bytes]] = []
@@ -169,7 +173,7 @@ class _Origin:
 class Mempool:
     def __init__(self, capacity: int = 100_000, rate: float = 200.0, burst: float = 400.0,
                  max_per_sender: int = 1024, origin_share: float = 1.0,
-                 max_sidecar_bytes: int = 64 * 1024 * 1024) -> None:
+                 max_sidecar_bytes: int = 64 * 1024 * 1024, max_tx_bytes: int = MAX_TX_POOL_BYTES) -> None:
         self.capacity, self.rate, self.burst, self.max_per_sender = capacity, rate, burst, max_per_sender
         # for client origins (not forwarded); a share of 1 or more: no cap beyond the pool's own
         self.max_per_origin = max(1, int(capacity * origin_share)) if origin_share < 1 else None
@@ -177,6 +181,9 @@ class Mempool:
         # sidecars (node/sidecar.py) wait here with their writes, bounded in bytes: memory stays flat
         self.sidecars: dict[bytes, bytes] = {}
         self.sidecar_bytes, self.max_sidecar_bytes = 0, max_sidecar_bytes
+        # the transactions' own bytes: a count alone lets 16 KiB grants hold gigabytes
+        self.tx_bytes, self.max_tx_bytes = 0, max_tx_bytes
+        self.max_origin_bytes = max(1, int(max_tx_bytes * origin_share)) if origin_share < 1 else None
         self.senders: OrderedDict[bytes, _Sender] = OrderedDict()
         self.by_id: dict[bytes, Tx] = {}
         self.buckets: dict[bytes, TokenBucket] = {}
@@ -232,10 +239,18 @@ class Mempool:
             raise AdmissionError(Refusal.RATE_LIMITED, f"rate limited: {self.max_per_sender} transactions already pending", 1.0)
         if sidecar is not None and self.sidecar_bytes + len(sidecar) > self.max_sidecar_bytes:
             raise AdmissionError(Refusal.OVERLOADED, f"mempool full: {self.sidecar_bytes} bytes of sidecars pending", 1.0)
+        size = len(tx.raw)
+        if self.tx_bytes + size > self.max_tx_bytes:
+            raise AdmissionError(Refusal.OVERLOADED, f"mempool full: {self.tx_bytes} bytes of transactions pending", 1.0)
         key = origin if s is None else s.origin
         if not forwarded and self.origin_full(key):
             raise AdmissionError(Refusal.RATE_LIMITED, f"rate limited: client {key or '?'} holds its share of the mempool "
                                       f"({self.max_per_origin} pending transactions)", 1.0)
+        if not forwarded and self.max_origin_bytes is not None:
+            held = self.origins[key].nbytes if key in self.origins else 0
+            if held + size > self.max_origin_bytes:
+                raise AdmissionError(Refusal.RATE_LIMITED, f"rate limited: client {key or '?'} holds its share of the "
+                                     f"mempool ({held} of {self.max_origin_bytes} bytes pending)", 1.0)
         if not forwarded:
             bucket = self.buckets.get(addr)
             if bucket is None:
@@ -261,6 +276,8 @@ class Mempool:
             o = self.origins[key]
         s.txs[tx.nonce] = tx
         self.by_id[tx.id] = tx
+        self.tx_bytes += size
+        o.nbytes += size
         if sidecar is not None:
             self.sidecars[tx.id] = sidecar
             self.sidecar_bytes += len(sidecar)
@@ -355,9 +372,9 @@ class Mempool:
         s = self.senders[addr]
         victim = s.txs.pop(max(s.txs))
         s.end = min(s.end, victim.nonce)
-        self._drop_tx(victim.id)
-        self.evictions += 1
         o = self.origins[s.origin]
+        self._drop_tx(victim, o)
+        self.evictions += 1
         o.n -= 1
         if s.txs:
             self._weigh_sender(o, addr, len(s.txs))
@@ -374,9 +391,11 @@ class Mempool:
             bucket = self.buckets[addr] = TokenBucket(self.rate, self.burst, self.burst, now)
         return bucket.take(now, n)
 
-    def _drop_tx(self, txid: bytes) -> None:
-        self.by_id.pop(txid, None)
-        side = self.sidecars.pop(txid, None)
+    def _drop_tx(self, tx: Tx, o: _Origin) -> None:
+        del self.by_id[tx.id]
+        self.tx_bytes -= len(tx.raw)
+        o.nbytes -= len(tx.raw)
+        side = self.sidecars.pop(tx.id, None)
         if side is not None:
             self.sidecar_bytes -= len(side)
 
@@ -426,10 +445,10 @@ class Mempool:
 
     def _advance(self, addr: bytes, s: _Sender, base: int) -> None:
         gone = [n for n in s.txs if n < base]
-        for n in gone:
-            self._drop_tx(s.txs.pop(n).id)
-        s.base = base
         o = self.origins[s.origin]
+        for n in gone:
+            self._drop_tx(s.txs.pop(n), o)
+        s.base = base
         o.n -= len(gone)
         o.fresh.pop(addr, None)  # it has committed history now
         if gone:

@@ -141,6 +141,10 @@ class _ValidatorCollector:
         yield CounterMetricFamily("medchain_mempool_evictions", "Transactions evicted from a full mempool "
                                   "(the heaviest sender's newest)", value=v.mempool.evictions)
         yield GaugeMetricFamily("medchain_mempool_capacity", "Mempool capacity", value=v.mempool.capacity)
+        yield GaugeMetricFamily("medchain_mempool_bytes", "Wire bytes of the transactions pending in the mempool",
+                                value=v.mempool.tx_bytes)
+        yield GaugeMetricFamily("medchain_mempool_max_bytes", "limits.mempool_mb in bytes: beyond it, 503",
+                                value=v.mempool.max_tx_bytes)
         b = v.backlog
         yield GaugeMetricFamily("medchain_admission_backlog_limit", "Client transactions this validator takes on "
                                 "(pool and verifier) before answering 503: the chain's commit rate times "

@@ -23,7 +23,7 @@ from node.availability import AvailabilityGate
 from node.backlog import Backlog
 from node.block import TX_FRAMING, TXS_MAX_BYTES, Block
 from node.commit import Commit
-from node.config import max_queue_s
+from node.config import max_queue_s, mempool_bytes
 from node.consensus import (
     Broadcast,
     Catchup,
@@ -100,7 +100,8 @@ class Validator:
         self.blob_writer = BlobWriter(self.blobs)  # uploads: one synced transaction per batch, off the loop
         self.replicator = Replicator(self.blobs, self.n, roots_from_ledger(self.ledger), head_from_ledger(self.ledger))  # blobs over bitswap
         self.ipfs_peers = list(ipfs_peers or [])  # external IPFS peers (multiaddrs), bitswap only
-        self.mempool = Mempool(p.mempool_capacity, p.sender_rate, p.sender_burst, origin_share=p.client_mempool_share)
+        self.mempool = Mempool(p.mempool_capacity, p.sender_rate, p.sender_burst, origin_share=p.client_mempool_share,
+                               max_tx_bytes=mempool_bytes())
         self._peer_limit = KeyedLimiter(p.peer_forward_bytes, 2 * p.peer_forward_bytes)  # per peer, bytes
         self.metrics = Metrics()
         head = self.ledger.head()

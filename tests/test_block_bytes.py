@@ -32,6 +32,20 @@ PATIENTS = 5
 GRANTS = 390  # each patient's burst of large grants (its per-sender burst is 400)
 
 
+async def register_patients(c: NodeClient, tag: bytes) -> list[list[Tx]]:
+    """A staff member and PATIENTS patients registered (committed); each patient's GRANTS largest
+    grants to the staff member, signed and not sent."""
+    staff = Identity.from_seed(b"staff-" + tag)
+    patients = [Identity.from_seed(b"patient-%s-%d" % (tag, i)) for i in range(PATIENTS)]
+    chain = (await c.status())["chain_id"]
+    profiles = [Tx.build(staff, chain, 1, Profile("s", "nurse", "org", staff.box_public))]
+    profiles += [Tx.build(p, chain, 1, Profile(f"p{i}", "patient", "", p.box_public)) for i, p in enumerate(patients)]
+    assert all(r["status"] == 202 for r in await c.submit_many([t.raw for t in profiles]))
+    for t in profiles:
+        assert (await c.wait_committed(t.id.hex(), 30))["status"] == "committed"
+    return [big_grants(p, staff.address, chain, 2, GRANTS) for p in patients]
+
+
 def test_the_primary_proposes_at_most_the_byte_budget_from_a_pool_of_large_grants(tmp_path: Path) -> None:
     """The primary's block production, in process on a real ledger, with 1,950 of the largest grants
     (17 MB) pending: the block it proposes holds as many as the byte budget takes, and no more.
@@ -85,18 +99,9 @@ def test_a_pool_of_large_grants_commits_in_blocks_every_replica_decodes(tmp_path
     commits, in blocks each at most MAX_BLOCK_BYTES."""
 
     async def go(urls: list[str]) -> None:
-        staff = Identity.from_seed(b"staff-big")
-        patients = [Identity.from_seed(b"patient-big-%d" % i) for i in range(PATIENTS)]
         async with NodeClient(urls[0]) as c0:
-            chain = (await c0.status())["chain_id"]
-            profiles = [Tx.build(staff, chain, 1, Profile("s", "nurse", "org", staff.box_public))]
-            profiles += [Tx.build(p, chain, 1, Profile(f"p{i}", "patient", "", p.box_public))
-                         for i, p in enumerate(patients)]
-            assert all(r["status"] == 202 for r in await c0.submit_many([t.raw for t in profiles]))
-            for t in profiles:
-                assert (await c0.wait_committed(t.id.hex(), 30))["status"] == "committed"
+            grants = await register_patients(c0, b"big")
             head0 = (await c0.status())["height"]
-            grants = [big_grants(p, staff.address, chain, 2, GRANTS) for p in patients]
             assert sum(len(t.raw) for g in grants for t in g) > 2 * MAX_BLOCK_BYTES
 
             async def submit(i: int, txs: list[Tx]) -> None:  # each patient to its own validator
@@ -121,3 +126,65 @@ def test_a_pool_of_large_grants_commits_in_blocks_every_replica_decodes(tmp_path
 
     with running_network(tmp_path, 4, block_interval_ms=3000) as nodes:
         run(go([n.url for n in nodes]))
+
+
+def test_a_pool_at_its_byte_bound_answers_503_with_retry_after_and_loses_nothing(tmp_path):
+    """A validator with the smallest pool an operator may set (limits.mempool_mb = 9) takes bursts
+    of the largest grants (17 MB in all) faster than blocks (one per 3 s) take them: what does not
+    fit is refused with 503 and a Retry-After, never held beyond the bound; sent again when told,
+    every grant commits."""
+    import aiohttp
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from devices.net.localnet import make_network, start_all
+
+    async def pool_bytes(url: str) -> float:
+        async with aiohttp.ClientSession() as s, s.get(url + "/metrics") as resp:
+            text = await resp.text()
+        return next(f.samples[0].value for f in text_string_to_metric_families(text)
+                    if f.name == "medchain_mempool_bytes")
+
+    (node,) = make_network(tmp_path, 1, params=Params(sender_rate=1e5, sender_burst=1e5, client_rate=1e5, client_tx_rate=1e5,
+                                                   client_burst=1e5, client_tx_burst=1e5, block_interval_ms=3000,
+                                                   client_mempool_share=1.0))  # the whole bound, to one client
+    node.env["MEDCHAIN_MEMPOOL_MB"] = "9"
+
+    async def go(url: str) -> None:
+        async with NodeClient(url) as c:
+            grants = await register_patients(c, b"pool")
+            left = [list(g) for g in grants]  # each patient's grants not yet taken, in nonce order
+            refusals, peak = [], 0
+            deadline = time.monotonic() + 120
+            while any(left) and time.monotonic() < deadline:
+                wait = 0.0
+                for q in left:
+                    if not q:
+                        continue
+                    res = await c.submit_many([t.raw for t in q[:50]])
+                    took = 0
+                    for r in res:
+                        if r["status"] != 202:
+                            break
+                        took += 1
+                    del q[:took]
+                    for r in res[took:took + 1]:  # the first refused: the rest wait behind its nonce
+                        assert r["status"] in (429, 503), r  # only ever "not now"
+                        refusals.append(r)
+                        wait = max(wait, r.get("retry_after", 0))
+                peak = max(peak, await pool_bytes(url))
+                if wait:
+                    await asyncio.sleep(wait)
+            assert not any(left), f"not all taken in 120 s: {sum(map(len, left))} left"
+            full = [r for r in refusals if r["status"] == 503 and "bytes of transactions pending" in r["error"]]
+            assert full, refusals[:3]  # the bound was met, and said so
+            assert all(r.get("retry_after", 0) >= 1 for r in full)
+            assert 8 * 2**20 < peak <= 9 * 2**20, peak  # filled to its bound, never past it
+            for g in grants:
+                assert (await c.wait_committed(g[-1].id.hex(), 90))["status"] == "committed"
+
+    start_all([node])
+    try:
+        run(go(node.url))
+    finally:
+        node.stop()
+    assert "Traceback" not in node.log_tail(200_000), node.log_tail()

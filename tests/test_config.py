@@ -35,6 +35,7 @@ lmdb_map_gb = 2
 disk_reserve_mb = 32.5
 lmdb_writemap = true
 max_queue_s = 0.5
+mempool_mb = 12
 """
 
 
@@ -51,7 +52,7 @@ def test_the_file_alone(tmp_path: Path) -> None:
     assert s.ipfs_peers == ["/ip4/10.0.0.9/tcp/4001/p2p/12D3KooWabc"]
     assert (s.log_format, s.log_level, s.metrics_listen, s.lmdb_map_gb, s.disk_reserve_mb, s.max_queue_s) == (
         "json", "warning", "127.0.0.1:9100", 2.0, 32.5, 0.5)
-    assert s.lmdb_writemap is True
+    assert s.lmdb_writemap is True and s.mempool_mb == 12.0
 
 
 def test_flags_then_environment_then_file(tmp_path: Path) -> None:
@@ -80,6 +81,7 @@ def test_flags_then_environment_then_file(tmp_path: Path) -> None:
     ('home = "/h"\n[p2p]\nlisten = "nowhere"', "p2p.listen: 'nowhere' is not HOST:PORT"),
     ('home = "/h"\n[log]\nformat = "xml"', "log.format 'xml'"),
     ('home = "/h"\n[limits]\nmax_queue_s = 0', "limits.max_queue_s must be above 0"),
+    ('home = "/h"\n[limits]\nmempool_mb = 8', "limits.mempool_mb must be at least 9 (a block's worth)"),
     ("[log]\nlevel = \"info\"", "no home"),
 ])
 def test_bad_files_are_refused_clearly(tmp_path: Path, text: str, message: str) -> None:
@@ -100,7 +102,7 @@ def test_a_validator_runs_from_a_configuration_file(tmp_path: Path) -> None:
     (home,) = init_home(tmp_path, "medchain-cfg", [f"127.0.0.1:{genesis_port}"], int(time.time() * 1000))
     cfg = tmp_path / "node.toml"
     cfg.write_text(f'home = "{home}"\n[api]\nlisten = "127.0.0.1:{api}"\n[metrics]\nlisten = "127.0.0.1:{metrics}"\n'
-                   '[log]\nformat = "json"\n[limits]\ndisk_reserve_mb = 1\n')
+                   '[log]\nformat = "json"\n[limits]\ndisk_reserve_mb = 1\nmempool_mb = 10\n')
     log = tmp_path / "node.log"
     with open(log, "wb") as out:
         p = subprocess.Popen([sys.executable, "-m", "node.cli", "node", "--config", str(cfg)], stdout=out,
@@ -117,6 +119,9 @@ def test_a_validator_runs_from_a_configuration_file(tmp_path: Path) -> None:
         assert st["chain_id"] == "medchain-cfg"
         text = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read().decode()
         assert "medchain_block_height" in text and "medchain_p2p_messages_total" in text
+        from prometheus_client.parser import text_string_to_metric_families
+        pool = {f.name: f.samples[0].value for f in text_string_to_metric_families(text) if f.name.startswith("medchain_mempool")}
+        assert pool["medchain_mempool_max_bytes"] == 10 * 2**20  # limits.mempool_mb reached the pool
         reserve = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{api}/v1/status").read())["storage"]
         assert reserve["reserve_bytes"] == 1024 * 1024, reserve
     finally:
@@ -142,3 +147,15 @@ def test_the_backlog_bound_reaches_the_validator_through_the_environment(monkeyp
         monkeypatch.setenv("MEDCHAIN_MAX_QUEUE_S", bad)
         with pytest.raises(ConfigError, match="MEDCHAIN_MAX_QUEUE_S"):
             max_queue_s()
+
+
+def test_the_pool_s_byte_bound_reaches_the_validator_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from node.config import mempool_bytes
+    monkeypatch.delenv("MEDCHAIN_MEMPOOL_MB", raising=False)
+    assert mempool_bytes() == 64 * 2**20
+    monkeypatch.setenv("MEDCHAIN_MEMPOOL_MB", "9.5")
+    assert mempool_bytes() == int(9.5 * 2**20)
+    for bad in ("lots", "8.9", "0", "-64"):
+        monkeypatch.setenv("MEDCHAIN_MEMPOOL_MB", bad)
+        with pytest.raises(ConfigError, match="MEDCHAIN_MEMPOOL_MB"):
+            mempool_bytes()

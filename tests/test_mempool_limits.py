@@ -14,7 +14,7 @@ from node.mempool import MAX_FORWARD_GAP, AdmissionError, KeyedLimiter, Mempool,
 from node.tx import Tx
 from node.wire import MAX_BLOCK_BYTES
 from tests.large_txs import big_grants
-from tests.test_mempool import A, B, C, big_pool, pending, tx
+from tests.test_mempool import CHAIN, A, B, C, big_pool, pending, tx
 
 
 def ident(i: int) -> Identity:
@@ -390,3 +390,89 @@ def test_the_heaviest_sender_of_an_origin_gives_way_whatever_the_addresses():
         mp.admit(tx(heavy, n), 0, 0.0, origin="o")
     evicted = mp.admit(tx(C, 1), 0, 0.0, origin="o")
     assert [(t.address, t.nonce) for t in evicted] == [(heavy.address, 5)]
+
+
+# ---- the pool's transaction bytes (limits.mempool_mb) ----
+
+def test_transaction_bytes_are_bounded_to_the_byte_for_everyone_and_say_retry():
+    t1, t2, t3 = tx(A, 1), tx(B, 1), tx(C, 1)
+    mp = big_pool(max_tx_bytes=len(t1.raw) + len(t2.raw))
+    mp.admit(t1, 0, 0.0)
+    mp.admit(t2, 0, 0.0, forwarded=True)
+    assert mp.tx_bytes == mp.max_tx_bytes
+    for kw in ({}, {"forwarded": True}):  # a peer's batch meets the bound too: it is this node's memory
+        assert said(refusal(mp, t3, **kw)) == (
+            Refusal.OVERLOADED, f"mempool full: {mp.max_tx_bytes} bytes of transactions pending", 1.0)
+    assert t3.id not in mp and mp.tx_bytes == mp.max_tx_bytes
+    mp.remove([t1])  # committed: its bytes are free again
+    assert mp.tx_bytes == len(t2.raw)
+    mp.admit(t3, 0, 0.0)
+    assert mp.tx_bytes == len(t2.raw) + len(t3.raw)
+
+
+def test_one_byte_short_is_refused_and_exactly_full_is_not():
+    t1 = tx(A, 1)
+    assert refusal(big_pool(max_tx_bytes=len(t1.raw) - 1), t1).kind is Refusal.OVERLOADED
+    mp = big_pool(max_tx_bytes=len(t1.raw))
+    mp.admit(t1, 0, 0.0)
+    assert mp.tx_bytes == len(t1.raw)
+
+
+def test_an_evicted_transaction_frees_its_bytes_and_its_origin_s():
+    mp = big_pool(capacity=2)
+    heavy1, heavy2, light = tx(A, 1), tx(A, 2), tx(B, 1)
+    mp.admit(heavy1, 0, 0.0, origin="heavy")
+    mp.admit(heavy2, 0, 0.0, origin="heavy")
+    evicted = mp.admit(light, 0, 0.0, origin="light")
+    assert evicted == [heavy2]
+    assert mp.tx_bytes == len(heavy1.raw) + len(light.raw)
+    assert mp.origins["heavy"].nbytes == len(heavy1.raw) and mp.origins["light"].nbytes == len(light.raw)
+
+
+def test_a_client_origin_holds_at_most_its_share_of_the_bytes_and_a_peer_is_not_held_to_it():
+    grants = [big_grants(ident(10 + k), bytes(32), CHAIN, 1, 1)[0] for k in range(5)]  # ~8.7 KB each
+    size = len(grants[0].raw)
+    assert all(len(g.raw) == size for g in grants)
+    mp = big_pool(max_tx_bytes=5 * size, origin_share=0.5)
+    assert mp.max_origin_bytes == int(2.5 * size)
+    mp.admit(grants[0], 0, 0.0, origin="10.0.0.1")
+    mp.admit(grants[1], 0, 0.0, origin="10.0.0.1")
+    assert said(refusal(mp, grants[2], origin="10.0.0.1")) == (
+        Refusal.RATE_LIMITED, "rate limited: client 10.0.0.1 holds its share of the mempool "
+        f"({2 * size} of {int(2.5 * size)} bytes pending)", 1.0)
+    mp.admit(grants[2], 0, 0.0, origin="10.0.0.2")  # another client still gets in
+    mp.admit(grants[3], 0, 0.0, origin="peer:x", forwarded=True)  # a peer's batch is not held to a client share
+    mp.admit(grants[4], 0, 0.0, origin="peer:x", forwarded=True)
+    assert mp.tx_bytes == 5 * size and mp.origins["peer:x"].nbytes == 2 * size
+
+
+def test_byte_bookkeeping_matches_what_is_pending_through_admits_evictions_and_commits():
+    import random
+    rng = random.Random(7)
+    senders = [ident(i) for i in range(6)]
+    committed = dict.fromkeys(range(6), 0)
+    mp = big_pool(capacity=12, max_tx_bytes=40 * len(tx(A, 1).raw), origin_share=0.75)
+    for _ in range(400):
+        i = rng.randrange(6)
+        if rng.random() < 0.7:
+            t = tx(senders[i], mp.next_nonce(senders[i].address, committed[i]))
+            try:
+                mp.admit(t, committed[i], 0.0, origin=f"o{i % 3}")
+            except AdmissionError:
+                pass
+        else:
+            run = [t for t in mp.batch(len(mp) + 1) if t.address == senders[i].address]
+            if run:
+                upto = run[: rng.randrange(1, len(run) + 1)]
+                mp.remove(upto)
+                committed[i] = upto[-1].nonce
+        assert mp.tx_bytes == sum(len(t.raw) for t in mp.by_id.values())
+        for key, o in mp.origins.items():
+            assert o.nbytes == sum(len(t.raw) for a in o.senders for t in mp.senders[a].txs.values()), key
+    assert mp.evictions > 0  # the walk reached the count bound, so eviction's bookkeeping was checked too
+
+
+def test_the_smallest_pool_an_operator_may_set_holds_a_full_block():
+    from node.config import MIN_MEMPOOL_MB
+    from node.mempool import MAX_TX_POOL_BYTES
+    assert MIN_MEMPOOL_MB * 2**20 >= TXS_MAX_BYTES and MAX_TX_POOL_BYTES >= TXS_MAX_BYTES
