@@ -19,7 +19,7 @@ from typing import Any
 
 from node import clock
 from node.admission import Admission
-from node.block import Block
+from node.block import TXS_MAX_BYTES, Block
 from node.crypto.batch import verify_batch
 from node.execution import Executed, InvalidBlock, Tip, build_block, check_block
 from node.ledger import Ledger
@@ -33,17 +33,19 @@ log = logging.getLogger("medchain.validator")
 FILL = 4  # with blocks in flight, a further one waits for 1/FILL of a full block
 
 
-def propose_now(in_flight: int, waiting: int, block_max_txs: int, depth: int) -> bool:
+def propose_now(in_flight: int, waiting: int, block_max_txs: int, depth: int,
+                waiting_bytes: int = 0, max_bytes: int = TXS_MAX_BYTES) -> bool:
     """Whether the primary proposes a block now, with `in_flight` of its blocks not yet committed and
     `waiting` transactions not in any of them. None in flight: yes. Otherwise only while fewer than
     `depth` are, and only once 1/FILL of a full block is waiting. Every block costs each validator
     the same messages, signatures and synced commits however few transactions it carries: at light
     load one block per round then carries all that arrived during the round, instead of a block of
     a handful every batch interval (measured in bench/README.md), and a heavy load still overlaps
-    up to `depth` full blocks."""
+    up to `depth` full blocks. A block is full by count or by bytes (`max_bytes` of transactions,
+    `waiting_bytes` of them waiting), whichever comes first: large grants fill it by bytes."""
     if in_flight == 0:
         return waiting > 0
-    return in_flight < depth and waiting >= max(1, block_max_txs // FILL)
+    return in_flight < depth and (waiting >= max(1, block_max_txs // FILL) or waiting_bytes >= max_bytes // FILL)
 
 
 class Pipeline:
@@ -98,6 +100,10 @@ class Pipeline:
     def in_flight_txs(self) -> int:
         """How many transactions the executed, uncommitted blocks carry."""
         return sum(len(ex.txs) for ex in self.executed.values())
+
+    def in_flight_bytes(self) -> int:
+        """The wire bytes of those transactions."""
+        return sum(len(t.raw) for ex in self.executed.values() for t in ex.txs)
 
     def proposed_ids(self) -> set[bytes]:
         """The transactions of blocks in flight (not free for another block, not to be re-forwarded)."""

@@ -279,7 +279,8 @@ class Validator:
             if (self.disk.stalled or not r.can_propose() or len(self.mempool) == 0
                     or not propose_now(max(r.in_flight(), len(self.pipeline.executed)),
                                        len(self.mempool) - self.pipeline.in_flight_txs(),
-                                       self.params.block_max_txs, PIPELINE)):
+                                       self.params.block_max_txs, PIPELINE,
+                                       self.mempool.tx_bytes - self.pipeline.in_flight_bytes())):
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -290,7 +291,8 @@ class Validator:
                     await asyncio.wait_for(self._wake.wait(), interval)
                 continue
             exclude = self.pipeline.proposed_ids()
-            if len(self.mempool) - len(exclude) < self.params.block_max_txs:
+            if (len(self.mempool) - len(exclude) < self.params.block_max_txs
+                    and self.mempool.tx_bytes - self.pipeline.in_flight_bytes() < TXS_MAX_BYTES):
                 await asyncio.sleep(interval)  # let a batch fill: one round should carry many transactions
             txs = self.mempool.batch(self.params.block_max_txs, exclude, TXS_MAX_BYTES, TX_FRAMING)
             if not txs:

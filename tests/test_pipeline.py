@@ -8,6 +8,7 @@ import weakref
 from pathlib import Path
 
 from node import clock
+from node.block import TXS_MAX_BYTES
 from node.crypto.keys import Identity
 from node.execution import Executed
 from node.ledger import Ledger
@@ -114,19 +115,31 @@ def test_a_further_block_waits_for_a_quarter_of_a_full_one() -> None:
     assert propose_now(1, 1, 3, 4)  # a tiny block size still lets one transaction through
 
 
-def test_in_flight_txs_counts_the_transactions_of_executed_blocks(tmp_path: Path) -> None:
+def test_a_block_fills_by_bytes_as_well_as_by_count():
+    """Large grants (~8.7 KB) fill the byte budget at ~950 transactions: with a block in flight a
+    further one goes once a quarter of the byte budget waits, however few transactions that is."""
+    assert not propose_now(1, 100, 2000, 4, 1000 - 1, 4000)
+    assert propose_now(1, 100, 2000, 4, 1000, 4000)
+    assert not propose_now(4, 100, 2000, 4, 10**9, 4000)  # the depth still bounds it
+    assert propose_now(1, 100, 2000, 4, TXS_MAX_BYTES // FILL)  # the block budget by default
+    assert not propose_now(1, 100, 2000, 4, TXS_MAX_BYTES // FILL - 1)
+
+
+def test_in_flight_txs_counts_the_transactions_of_executed_blocks_and_their_bytes(tmp_path: Path) -> None:
     """The producer's count of transactions already proposed (what `propose_now` subtracts from the pool)."""
     led = Ledger(tmp_path / "ledger", genesis_root=bytes(32))
     pipe = Pipeline(CHAIN, led, None, None, clock.ChainClock(clock.now_ms()))  # type: ignore[arg-type]  # build only
 
     async def run() -> None:
-        assert pipe.in_flight_txs() == 0
-        first = await pipe.build(pipe.build_tip(), _profiles(1), 0, 0, clock.now_ms())
-        await pipe.build(pipe.build_tip(), _profiles(2)[:2], 0, 0, clock.now_ms())
+        assert pipe.in_flight_txs() == 0 and pipe.in_flight_bytes() == 0
+        a, b = _profiles(1), _profiles(2)[:2]
+        first = await pipe.build(pipe.build_tip(), a, 0, 0, clock.now_ms())
+        await pipe.build(pipe.build_tip(), b, 0, 0, clock.now_ms())
         assert pipe.in_flight_txs() == 5
+        assert pipe.in_flight_bytes() == sum(len(t.raw) for t in a + b)
         led.commit_block(first.block, first.writes, first.nodes)
         pipe.committed(first.block)
-        assert pipe.in_flight_txs() == 2
+        assert pipe.in_flight_txs() == 2 and pipe.in_flight_bytes() == sum(len(t.raw) for t in b)
     try:
         asyncio.run(run())
     finally:
