@@ -29,6 +29,7 @@ from node.mempool import AdmissionError, Mempool, Refusal, admission_origin
 from node.metrics import Metrics
 from node.sidecar import SIDECAR_MAX, Item, check_sidecar
 from node.state import CODES, OK, Code, Overlay, check_tx, keys
+from node.state.machine import break_glass_reopens_ms
 from node.state.rules import NO_ISSUERS, Rules
 from node.tx import KIND_WRITE, Tx, TxError
 from node.tx.model import BAD_SIGNATURE
@@ -39,7 +40,7 @@ _CODE_REFUSAL = {Code.NO_PROFILE: Refusal.UNPROCESSABLE, Code.DENIED: Refusal.FO
                  Code.CID_UNKNOWN: Refusal.NOT_FOUND, Code.STALE_EPOCH: Refusal.CONFLICT,
                  Code.CID_RECORDED: Refusal.CONFLICT, Code.INVALID_GRANT: Refusal.UNPROCESSABLE,
                  Code.CID_MISMATCH: Refusal.UNPROCESSABLE, Code.BREAK_GLASS_OFF: Refusal.FORBIDDEN,
-                 Code.BREAK_GLASS_LIMIT: Refusal.RATE_LIMITED, Code.KEY_EXPIRED: Refusal.CONFLICT,
+                 Code.KEY_EXPIRED: Refusal.CONFLICT,
                  Code.NO_CREDENTIAL: Refusal.FORBIDDEN}
 # Bounded caches, sized for memory on edge hardware (~170 bytes an entry): ids verified at admission
 # (a block's transactions are not verified twice while they wait: seconds, not minutes; 32,768 is
@@ -207,7 +208,7 @@ class Admission:
         # a full pool, or the backlog bound: come back when the chain has worked it down
         retry = self.backlog.retry_after() if exc.kind is Refusal.OVERLOADED else exc.retry_after
         err = self.reject(tx.id, exc.kind, exc.reason, retry)
-        if exc.kind in (Refusal.OVERLOADED, Refusal.RATE_LIMITED):  # refused for now: remembered (_held_back)
+        if exc.kind in (Refusal.OVERLOADED, Refusal.RATE_LIMITED) and not exc.lasting:  # for now: _held_back
             held = self.refused_for_now.get(tx.address)
             if held is None or held[0] >= tx.nonce or now >= held[1]:
                 self.refused_for_now[tx.address] = (tx.nonce, now + 2 * max(1.0, retry or 1.0), err)
@@ -239,6 +240,11 @@ class Admission:
         if snap.has_tx(tx.id):
             raise AdmissionError(Refusal.CONFLICT, "duplicate: transaction already committed (replay)")
         code = check_tx(view, tx, now_ms, self.rules)
+        if code == Code.BREAK_GLASS_LIMIT:
+            wait = break_glass_reopens_ms(view, tx.address, tx.body.patient, now_ms, self.rules)  # type: ignore[union-attr]
+            raise AdmissionError(Refusal.RATE_LIMITED, f"refused: {CODES[code]}" + (
+                " for good (a limit of 0)" if wait is None else f" until its window ends in {-(-wait // 1000)} s"),
+                None if wait is None else max(1, -(-wait // 1000)), lasting=True)
         if code != OK:
             raise AdmissionError(_CODE_REFUSAL.get(code, Refusal.UNPROCESSABLE), f"refused: {CODES[code]}")
         forward_side = sidecar

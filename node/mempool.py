@@ -67,10 +67,13 @@ class AdmissionError(Exception):
     """A transaction refused at admission: the kind of refusal, why, and when to retry (if ever)."""
 
     def __init__(self, kind: Refusal, reason: str, retry_after: float | None = None,
-                 expected: int | None = None) -> None:
+                 expected: int | None = None, lasting: bool = False) -> None:
         super().__init__(reason)
         self.kind, self.reason, self.retry_after = kind, reason, retry_after
         self.expected = expected  # a nonce out of order: the one the pool takes next
+        # a limit of the chain's state, not of this validator's load (an emergency-read window of a
+        # day): the sender's next nonces are not held back behind it
+        self.lasting = lasting
 
     @property
     def bad_signature(self) -> bool:

@@ -428,8 +428,9 @@ def test_past_the_backlog_bound_a_client_is_told_the_backlogs_retry_after(
 def test_committed_state_replays_and_a_break_glass_read_over_its_limit(make: Callable[..., Validator]) -> None:
     """A transaction already on the ledger is a CONFLICT (replay); the state checks read the committed
     state (a grant to staff whose profile is on chain, the committed nonce) and the clock (an expired
-    grant). An emergency read past its limit is RATE_LIMITED with no Retry-After: the reader's next
-    nonce is held back behind it for the shortest window (2 s), not refused as out of order."""
+    grant). An emergency read past a limit of 0 is RATE_LIMITED for good, with no Retry-After, and
+    the reader's next nonce is not held back behind it: it is out of order, and the 409 names the
+    nonce the pool takes (a client reuses it for its next transaction)."""
     v = make(break_glass_per_staff=0)
     adm = v.admission
     staff, patient = _id("replay staff"), _id("replay patient")
@@ -445,12 +446,35 @@ def test_committed_state_replays_and_a_break_glass_read_over_its_limit(make: Cal
     r2 = Tx.build(staff, CHAIN, 2, Read(patient.address, HR, b"", 0, clock.now_ms(), "ETREAT"))
     r3 = _profile(staff, 3)  # passes the state checks: only its nonce is out of order
     res = _at(adm, _items([r2, r3]), T)
-    limit = ("refused: break-glass refused: an emergency-read limit (of the staff member, their credential's "
-             "issuer or the patient) is reached")
     assert [_refused(r) for r in res] == [
-        (Refusal.RATE_LIMITED, limit, None),
-        (Refusal.RATE_LIMITED, f"refused: held back, nonce 2 of this sender was refused first ({limit})", None)]
-    assert adm.refused_for_now[staff.address][:2] == (2, T + 2.0)
+        (Refusal.RATE_LIMITED, LIMIT + " for good (a limit of 0)", None),
+        (Refusal.CONFLICT, "nonce out of order: got 3, expected 2", None)]
+    assert staff.address not in adm.refused_for_now  # nothing held back behind it
+
+
+LIMIT = ("refused: break-glass refused: an emergency-read limit (of the staff member, their credential's "
+         "issuer or the patient) is reached")
+
+
+def test_an_emergency_read_over_its_daily_limit_says_when_its_window_ends(make: Callable[..., Validator]) -> None:
+    """One emergency read a day: the second is refused (429) with a Retry-After of the time left in
+    the window (a day, counted from the first read's block), and the reader's other transactions go
+    on at once: a limit of the chain's state is not a load to wait out in seconds."""
+    v = make(break_glass_per_staff=1)
+    adm = v.admission
+    staff, patient = _id("window staff"), _id("window patient")
+    assert _commit(v, [_profile(staff, credential_until=clock.now_ms() + 2 * DAY_MS)]) == [0]
+    first = Tx.build(staff, CHAIN, 2, Read(patient.address, HR, b"", 0, clock.now_ms(), "ETREAT"))
+    assert _commit(v, [first]) == [0]
+    second = Tx.build(staff, CHAIN, 3, Read(patient.address, HR, b"", 0, clock.now_ms(), "ETREAT"))
+    other = _profile(staff, 4)
+    res = _at(adm, _items([second, other]), T)
+    kind, reason, retry = _refused(res[0])
+    assert kind is Refusal.RATE_LIMITED and retry is not None and 86_300 <= retry <= 86_400, (reason, retry)
+    assert reason == f"{LIMIT} until its window ends in {int(retry)} s"
+    assert _refused(res[1]) == (Refusal.CONFLICT, "nonce out of order: got 4, expected 3", None)
+    assert staff.address not in adm.refused_for_now
+    assert _at(adm, _items([_profile(staff, 3)]), T + 0.1)[0] == _profile(staff, 3).id  # nonce 3, at once
 
 
 def test_a_batch_is_checked_against_one_snapshot_of_the_ledger(make: Callable[..., Validator],

@@ -100,6 +100,35 @@ def test_rate_limit_per_staff_member_in_block_time():
     assert ch.obj(keys.break_glass(DOC.address)) == [T0 + BREAK_GLASS_WINDOW_MS, 1]
 
 
+def test_when_an_emergency_read_is_allowed_again_is_the_last_full_window_s_end():
+    """What admission tells a refused reader (Retry-After): the time until every window holding the
+    read at its limit has ended; the staff member's and the patient's windows start apart."""
+    from node.state import Overlay
+    from node.state.machine import break_glass_reopens_ms
+    from node.state.rules import Rules
+
+    ch = Chain()
+    ch.rules = Rules(ch.rules.issuers, per_staff=2, per_issuer=100, per_patient=2)
+    ch.clinician(DOC)
+    ch.clinician(NURSE)
+
+    def reopens(reader: Identity, at: int) -> int | None:
+        return break_glass_reopens_ms(Overlay(ch.state.get), reader.address, PAT.address, at, ch.rules)
+
+    assert reopens(DOC, T0) == 0  # nothing read yet: nothing to wait for
+    assert ch.run(NURSE, emergency(PAT2), T0) == 0  # the nurse's own window starts at T0
+    assert ch.run(DOC, emergency(PAT), T0 + 1000) == 0  # the patient's window starts at T0 + 1 s
+    assert reopens(DOC, T0 + 2000) == 0  # one read each: no window is full
+    assert ch.run(NURSE, emergency(PAT), T0 + 5000) == 0  # the nurse's window and the patient's are full
+    assert ch.run(DOC, emergency(PAT), T0 + 6000) == Code.BREAK_GLASS_LIMIT
+    assert reopens(DOC, T0 + 6000) == BREAK_GLASS_WINDOW_MS + 1000 - 6000  # the patient's, for the doctor
+    assert reopens(NURSE, T0 + 6000) == BREAK_GLASS_WINDOW_MS + 1000 - 6000  # both full: the later end
+    assert reopens(DOC, T0 + 1000 + BREAK_GLASS_WINDOW_MS) == 0
+    ch.rules = Rules(ch.rules.issuers, per_staff=2, per_issuer=100, per_patient=0)
+    assert reopens(DOC, T0 + 6000) is None  # a limit of 0 never reopens
+    assert reopens(PAT2, T0 + 6000) is None  # not a clinician: no window applies to it at all
+
+
 def test_patient_opt_out_and_back():
     ch = Chain()
     ch.clinician(DOC)

@@ -138,6 +138,22 @@ def _break_glass_check(view: Overlay, reader: bytes, patient: bytes, time_ms: in
     return OK
 
 
+def break_glass_reopens_ms(view: Overlay, reader: bytes, patient: bytes, time_ms: int, rules: Rules) -> int | None:
+    """How long from `time_ms` until every window that holds `reader`'s emergency read of `patient`
+    at its limit has run out (0: none does); None if one never will (a limit of 0, or no issuer)."""
+    issuer = clinician_issuer(view, reader, time_ms, rules)
+    if issuer is None:
+        return None
+    wait = 0
+    for key, limit in _windows(reader, issuer, patient, rules):
+        rl = _window_reads(view, key, time_ms)
+        if rl.reads >= limit:
+            if limit <= 0:
+                return None
+            wait = max(wait, rl.window_start_ms + BREAK_GLASS_WINDOW_MS - time_ms)
+    return wait
+
+
 def _check_release(view: Overlay, patient: bytes, r: Release, time_ms: int) -> int:
     if r.staff == patient or view.get(keys.profile(r.staff)) is None:
         return Code.NO_PROFILE
@@ -350,6 +366,7 @@ __all__ = [
     "apply_block",
     "apply_tx",
     "break_glass_enabled",
+    "break_glass_reopens_ms",
     "check_tx",
     "clinician_issuer",
     "genesis_state_root",
