@@ -7,10 +7,36 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from node.consensus import ConsensusError, Persist, Prepare
+from node.block import Block, verify_cert
+from node.consensus import (
+    Broadcast,
+    Commit,
+    ConsensusError,
+    NewView,
+    Persist,
+    Prepare,
+    PrePrepare,
+    Replica,
+    Send,
+    ViewChange,
+    decode_message,
+)
+from node.consensus import viewchange as vcm
+from node.consensus.messages import T_COMMIT, T_PREPREPARE, Message
 from node.consensus.recovery import decode_record
+from node.crypto import ecdsa
 from node.wire import encode
-from tests.consensus_sim import make_block, make_replica, pre_prepare, signed
+from tests.consensus_sim import (
+    CHAIN,
+    HandNet,
+    delivered,
+    make_block,
+    make_replica,
+    pre_prepare,
+    pubs,
+    sent,
+    signed,
+)
 
 
 def _prepared_record(txs: tuple[bytes, ...] = (b"A",)) -> tuple[bytes, object]:
@@ -99,3 +125,213 @@ def test_how_far_behind_counts_the_f_plus_first_highest_peer_or_a_stable_checkpo
     r2 = make_replica(4, 1, last_delivered=5, last_hash=bytes(32))
     r2.state.peer_delivered.update({0: 1, 2: 1, 3: 1})
     assert r2.behind_by() == 0  # everyone else is behind us
+
+
+# ---- what a restart restores from the records (Recovery.record, restore_record, reinstall, resume_view_change) ----
+
+def _backup_run(second: int = 2) -> tuple[Replica, Block, list[bytes], dict[type, Message]]:
+    """Backup 1 in view 0 takes block A's pre-prepare, then a prepare from `second`: the replica, the
+    block, its two records (written with its prepare, then with its commit) and what it broadcast."""
+    r = make_replica(4, 1)
+    a = make_block(1, txs=(b"A",))
+    acts = r.on_message(pre_prepare(a)) + r.on_message(signed(Prepare, second, 0, 1, a.hash))
+    records = [x.record for x in acts if isinstance(x, Persist)]
+    return r, a, records, {type(x.msg): x.msg for x in acts if isinstance(x, Broadcast)}
+
+
+def _resent(acts: list) -> list[bytes]:
+    """The phase messages a tick sent (broadcast or to one replica), encoded, in order."""
+    return [x.msg.encode() for x in acts if isinstance(x, Broadcast | Send) and x.msg.tag in (1, 2, 3)]
+
+
+def test_a_record_is_of_the_instance_given_or_else_of_the_one_in_the_log():
+    r, _, (_, raw), _ = _backup_run()
+    assert r.record(1) == raw == r.record(1, r.state.log[1])
+    # a primary whose block commits on votes that came before its pre-prepare (no honest validator sends
+    # them, the replica keeps them all the same): the delivery pops the sequence from the log before the
+    # pre-prepare's record is written, so it is written from the instance passed
+    p = make_replica(4, 0)
+    a = make_block(1, txs=(b"A",))
+    for j in (1, 2):
+        p.on_message(signed(Prepare, j, 0, 1, a.hash))
+        p.on_message(signed(Commit, j, 0, 1, a.hash))
+    acts = p.propose(a)
+    assert [d.seq for d in delivered(acts)] == [1] and 1 not in p.state.log
+    first = decode_record(next(x.record for x in acts if isinstance(x, Persist)))
+    assert first.block.hash == a.hash and first.tags == (T_PREPREPARE, T_COMMIT)
+
+
+def test_a_restored_record_binds_its_messages_again_byte_for_byte_and_the_commit_completes():
+    _, a, (_, raw), mine = _backup_run()
+    r = make_replica(4, 1)  # restarted: its clock at 0, like a test network's
+    assert r.restore_record(1, decode_record(raw)) is True  # the driver re-executes the block
+    inst = r.state.log[1]
+    assert inst.block is not None and inst.block.hash == a.hash and inst.sent_commit is True
+    assert inst.prepares == {1: mine[Prepare].sig} and inst.commits == {1: mine[Commit].sig}
+    # the next tick sends them again, whatever the clock reads: the same bytes as before the crash
+    assert _resent(r.tick(1)) == [mine[Prepare].encode(), mine[Commit].encode()]
+    # the others' commits complete it: delivered under a certificate that holds our own commit
+    acts = r.on_message(signed(Commit, 0, 0, 1, a.hash)) + r.on_message(signed(Commit, 2, 0, 1, a.hash))
+    (d,) = delivered(acts)
+    assert d.block.hash == a.hash and dict(d.block.cert)[1] == mine[Commit].sig
+    assert verify_cert(d.block, pubs(4))
+
+
+def test_a_record_written_before_the_replica_prepared_binds_only_its_prepare():
+    _, a, (raw, raw_commit), mine = _backup_run()
+    r = make_replica(4, 1)
+    assert r.restore_record(1, decode_record(raw)) is True
+    assert not r.state.log[1].sent_commit and r.state.log[1].commits == {} and 1 not in r.state.prepared
+    assert _resent(r.tick(1)) == [mine[Prepare].encode()]
+    # a second prepare makes it prepared: the certificate holds our restored prepare, and the commit and
+    # its record are byte for byte those written before the crash
+    acts = r.on_message(signed(Prepare, 2, 0, 1, a.hash))
+    assert [x.record for x in acts if isinstance(x, Persist)] == [raw_commit]
+    assert sent(acts, Commit) == [mine[Commit]]
+    assert r.state.prepared[1][0].prepares == ((1, mine[Prepare].sig), (2, signed(Prepare, 2, 0, 1, a.hash).sig))
+
+
+def test_a_restarted_primary_sends_its_pre_prepare_again_and_never_a_second_block_there():
+    p = make_replica(4, 0)
+    a = make_block(1, txs=(b"A",))
+    acts = p.propose(a)
+    (raw,) = [x.record for x in acts if isinstance(x, Persist)]
+    (pp,) = sent(acts, PrePrepare)
+    r = make_replica(4, 0)
+    assert r.restore_record(1, decode_record(raw)) is True and r.next_seq == 2
+    out = r.tick(1)
+    assert [(x.to, x.msg) for x in out if isinstance(x, Send)] == [(j, pp) for j in (1, 2, 3)]
+    assert _resent(out) == [pp.encode()] * 3  # the block only: a primary sends no prepare
+    with pytest.raises(ValueError, match="^block header must carry"):
+        r.propose(make_block(1, txs=(b"B",)))  # a second block at the sequence it pre-prepared
+    assert sent(r.propose(make_block(2, txs=(b"C",), prev=a.hash)), PrePrepare)[0].seq == 2
+
+
+def test_a_record_at_or_below_the_delivered_height_or_under_another_key_restores_nothing():
+    _, a, (_, raw), _ = _backup_run()
+    rec = decode_record(raw)
+    # delivered before the crash, its record not yet dropped from the log
+    r = make_replica(4, 1, last_delivered=1, last_hash=a.hash)
+    assert r.restore_record(1, rec) is False and r.state.log == {} and r.state.prepared == {}
+    r = make_replica(4, 1)
+    assert r.restore_record(2, rec) is False and r.state.log == {} and r.state.prepared == {}
+
+
+def test_a_prepared_certificate_of_fewer_than_2f_prepares_is_not_restored():
+    _, _, (_, raw), _ = _backup_run()
+    f = _fields(raw)
+    short = decode_record(encode([*f[:4], [*f[4][:3], f[4][3][:1]]]))
+    assert short.pcert is not None and len(short.pcert[0].prepares) == 1
+    r = make_replica(4, 1)
+    assert r.restore_record(1, short) is True and r.state.prepared == {}  # the signed messages still bind
+
+
+def test_a_certificate_of_the_same_view_does_not_replace_the_one_held():
+    ra, _, (_, raw_a), _ = _backup_run(2)
+    rb, _, (_, raw_b), _ = _backup_run(3)
+    held, other = ra.state.prepared[1][0], rb.state.prepared[1][0]
+    assert held.view == other.view == 0 and held.prepares != other.prepares
+    r = make_replica(4, 1)
+    for raw in (raw_a, raw_b):
+        r.restore_record(1, decode_record(raw))
+    assert r.state.prepared[1][0] == held
+
+
+@pytest.fixture(scope="module")
+def two_views() -> dict[str, bytes]:
+    """Block A prepared everywhere in view 0 (commits lost); view 1 installed (its primary re-proposes A,
+    prepared again, commits lost); then view 2. Replica 2's records of A in views 0 and 1, and the
+    NEW-VIEWs of views 1 and 2, as the replicas persisted them."""
+    net = HandNet(4)
+    n = net.nodes
+    n[0].handle(n[0].r.propose(make_block(1, txs=(b"A",))), net)
+    net.deliver(lambda s, d, m: m.tag in (1, 2))
+    net.drop(lambda s, d, m: m.tag == 3)
+    out = {"rec0": n[2].disk_log[1]}
+    for i in range(4):
+        n[i].handle(n[i].r.start_view_change(1), net)
+    net.deliver(lambda s, d, m: m.tag in (6, 7))
+    assert n[2].disk_view == 1 and n[2].disk_log[1] == out["rec0"]
+    out["nv1"] = n[2].disk_nv
+    net.deliver(lambda s, d, m: m.tag in (1, 2))
+    net.drop(lambda s, d, m: m.tag == 3)
+    out["rec1"] = n[2].disk_log[1]
+    for i in range(4):
+        n[i].handle(n[i].r.start_view_change(2), net)
+    net.deliver(lambda s, d, m: m.tag in (6, 7))
+    out["nv2"] = n[2].disk_nv
+    assert [decode_record(out[k]).pcert[0].view for k in ("rec0", "rec1")] == [0, 1]
+    return out
+
+
+def _in_view_1(two_views: dict[str, bytes]) -> Replica:
+    """Replica 2 restarted after view 1 was installed: its NEW-VIEW reinstalled."""
+    r = make_replica(4, 2, view=1, awaiting_new_view=True)
+    assert r.reinstall(decode_message(two_views["nv1"])) is True
+    assert r.view == 1 and not r.changing and r.view_changes == 0
+    return r
+
+
+def test_a_record_of_an_earlier_view_binds_nothing_but_its_certificate_counts(two_views):
+    r = _in_view_1(two_views)
+    assert r.restore_record(1, decode_record(two_views["rec0"])) is False
+    assert r.state.prepared[1][0].view == 0
+    assert 1 not in r.state.log and _resent(r.tick(1)) == []  # nothing signed in view 1 for it
+
+
+def test_the_highest_view_certificate_is_held_whatever_order_the_records_come_in(two_views):
+    for order in (("rec0", "rec1"), ("rec1", "rec0")):
+        r = _in_view_1(two_views)
+        for k in order:
+            assert r.restore_record(1, decode_record(two_views[k])) is (k == "rec1")
+        assert r.state.prepared[1][0] == decode_record(two_views["rec1"]).pcert[0]
+
+
+def test_only_the_new_view_of_the_view_awaited_is_reinstalled(two_views):
+    nv1, nv2 = decode_message(two_views["nv1"]), decode_message(two_views["nv2"])
+    r = make_replica(4, 2, view=1, awaiting_new_view=True)
+    assert r.reinstall(nv2) is False and r.view == 1 and r.changing  # a later view's
+    r = make_replica(4, 2, view=1)  # in view 1 already (not waiting for its NEW-VIEW)
+    assert r.reinstall(nv1) is False and r.view_changes == 0
+    # one that does not hold: not from the view's primary, or fewer than 2f+1 view changes
+    r = make_replica(4, 2, view=1, awaiting_new_view=True)
+    assert r.reinstall(signed(NewView, 3, 1, 0, nv1.digest, body=nv1.body)) is False and r.changing
+    body = encode(_fields(nv1.body)[:2])
+    assert r.reinstall(signed(NewView, 1, 1, 0, vcm.body_hash(body), body=body)) is False and r.changing
+    assert r.reinstall(nv1) is True and not r.changing
+
+
+def test_a_replica_restarted_in_a_view_change_sends_its_view_change_on_the_next_tick(two_views):
+    r = make_replica(4, 2, view=1, awaiting_new_view=True)  # persisted view 1, not yet its NEW-VIEW
+    assert r.restore_record(1, decode_record(two_views["rec0"])) is False
+    r.resume_view_change()
+    (vc,) = sent(r.tick(1), ViewChange)
+    info = vcm.parse(vc, CHAIN, 4, lambda i, d, s: ecdsa.verify(pubs(4)[i], d, s))
+    assert vc.view == 1 and info.prepared[1] == decode_record(two_views["rec0"]).pcert[0]
+
+
+def test_resuming_leaves_a_view_change_under_way_as_it_is():
+    r = make_replica(4, 2)
+    r.start_view_change(1)  # at clock 0: its VIEW-CHANGE has just gone out
+    vc = r.state.own_vc
+    r.resume_view_change()
+    assert r.state.own_vc is vc and sent(r.tick(1), ViewChange) == []  # not rebuilt, not sent again early
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "DEFECT (outside the fault model; replica.pre_prepare with restore_record): a primary that commits on "
+    "2f prepares that came before its pre-prepare persists the pre-prepare's record first and the commit's "
+    "record (computed earlier, tags without PRE-PREPARE) last; restored from it, the primary does not "
+    "count the sequence as pre-prepared and signs a second block there"))
+def test_a_primary_whose_last_record_was_its_commit_is_still_bound_by_its_pre_prepare():
+    p = make_replica(4, 0)
+    a = make_block(1, txs=(b"A",))
+    for j in (1, 2):  # votes no honest validator sends before the block is proposed
+        p.on_message(signed(Prepare, j, 0, 1, a.hash))
+    acts = p.propose(a)
+    assert sent(acts, PrePrepare) and sent(acts, Commit)
+    last = [x.record for x in acts if isinstance(x, Persist)][-1]  # the driver writes them in order
+    r = make_replica(4, 0)
+    assert r.restore_record(1, decode_record(last)) is True
+    with pytest.raises(ValueError):
+        r.propose(make_block(1, txs=(b"B",)))  # today it signs B's pre-prepare at (view 0, seq 1)
