@@ -49,6 +49,7 @@ _CODE_REFUSAL = {Code.NO_PROFILE: Refusal.UNPROCESSABLE, Code.DENIED: Refusal.FO
 _VERIFIED_CACHE = 1 << 15
 _BAD_SIG_CACHE = 1 << 16
 _REJECTED_CACHE = 50_000
+MAX_REASON = 240  # characters of a refusal's reason kept and answered (the cache is then ~15 MB at most)
 _REFUSED_FOR_NOW_CACHE = 1 << 15  # senders whose nonce was refused for now (bounded)
 REFORWARD_S = 5.0  # well above a healthy p99 commit latency: only stranded transactions are resent
 
@@ -84,6 +85,8 @@ class Admission:
 
     def reject(self, txid: bytes | None, kind: Refusal, reason: str,
                 retry_after: float | None = None) -> AdmissionError:
+        if len(reason) > MAX_REASON:  # a reason may quote what was sent (a 16 KB field): kept short
+            reason = reason[:MAX_REASON - 3] + "..."
         self.metrics.rejected.labels(reason.split(":")[0]).inc()
         if txid is not None:
             self.rejected[txid] = reason

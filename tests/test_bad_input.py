@@ -72,6 +72,14 @@ def test_bad_transactions(node, genesis):
             for body, status, reason in cases:
                 got = await post(c, body)
                 assert got[0] == status and reason in got[1], (body[:40], got)
+            # a reason quoting a 15 KB field is cut short, in the answer and in what is kept for
+            # GET /v1/tx (50,000 such reasons would otherwise hold 3 GB)
+            long = raw_tx(alice, profile_fields(alice, chain, 2, version=b"v" * 15_000))
+            status, reason = await post(c, long)
+            assert status == 400 and reason.startswith("invalid transaction: unsupported transaction version b'vvv")
+            assert len(reason) == 240 and reason.endswith("...")
+            kept = await c.tx(ecdsa.sha256(long).hex())
+            assert kept["status"] == "rejected" and kept["reason"] == reason, kept
             # high-S is rejected although (r, n-s) is the same signature mathematically
             assert ecdsa.verify(alice.public_key, ecdsa.sha256(encode(p2)), valid_sig)
 
@@ -133,6 +141,9 @@ def test_bad_http_requests(node, genesis):
                 assert r.status == 413 and "too large" in (await r.json())["error"]
             async with s.get(node.url + "/v1/tx/zz") as r:
                 assert r.status == 400
+            from node.api.chain import PROOFS_BODY_MAX  # read within the body budgets like every route
+            async with s.post(node.url + "/v1/proofs", data=b"\x00" * (PROOFS_BODY_MAX + 1)) as r:
+                assert r.status == 413 and "too large" in (await r.json())["error"]
             async with s.get(node.url + "/v1/tx/" + "00" * 32) as r:
                 assert r.status == 404 and (await r.json())["status"] == "unknown"
             async with s.get(node.url + "/v1/blocks/999") as r:

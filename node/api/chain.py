@@ -13,6 +13,7 @@ from node.api.common import (
     err,
     hex_param,
     int_query,
+    read_body,
     validator,
 )
 from node.crypto.batch import backend_name
@@ -133,12 +134,15 @@ def add_availability(v: Validator, st: dict) -> None:
         st["blob"] = blob
 
 
+PROOFS_BODY_MAX = 256 * proofs.MAX_KEYS + 16  # the array's header, MAX_KEYS keys of at most 256 bytes
+
+
 @routes.post("/v1/proofs")
 async def post_proofs(req: web.Request) -> web.Response:
     """State keys -> their values and proofs against the certified head (node/api/proofs.py)."""
-    body = await req.read()
+    body = await read_body(req, PROOFS_BODY_MAX, "proofs request")  # in the body budgets like every route
     try:
-        ks = decode(body, 256 * proofs.MAX_KEYS)
+        ks = decode(body, PROOFS_BODY_MAX)
     except WireError as exc:
         return err(400, f"invalid request: {exc}")
     if not (isinstance(ks, list) and 0 < len(ks) <= proofs.MAX_KEYS
