@@ -125,14 +125,20 @@ TXS_PREFIX = bytes([0x92, T_TXS])  # how an encoded [T_TXS, batch] starts: check
 FORWARD_CHUNK = 768 * 1024  # bytes per forwarded message: under a p2p frame and the 1 MiB mmap threshold
 
 
+# items per forwarded batch, as many as a client's POST /v1/txs: a receiver refuses a batch declaring
+# more before decoding it (8 MiB of 2-byte items decodes to ~200 MB of objects and holds the loop)
+MAX_FORWARD_ITEMS = 4096
+
+
 def forward_messages(items: list[Item], chunk: int = FORWARD_CHUNK) -> list[bytes]:
-    """Encode items as forwarded-batch messages of at most ~`chunk` bytes each."""
+    """Encode items as forwarded-batch messages of at most ~`chunk` bytes and MAX_FORWARD_ITEMS
+    items each."""
     out: list[bytes] = []
     cur: list[bytes | list[bytes]] = []
     size = 0
     for raw, side in items:
         n = len(raw) + (len(side) + 16 if side is not None else 0) + 8
-        if cur and size + n > chunk:
+        if cur and (size + n > chunk or len(cur) >= MAX_FORWARD_ITEMS):
             out.append(encode([T_TXS, cur]))
             cur, size = [], 0
         cur.append(item_obj(raw, side))
@@ -143,8 +149,27 @@ def forward_messages(items: list[Item], chunk: int = FORWARD_CHUNK) -> list[byte
 
 
 def decode_forwarded(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> list[Item]:
-    """A forwarded-batch message -> its items; WireError or SidecarError if malformed."""
+    """A forwarded-batch message -> its items; WireError or SidecarError if malformed or if it
+    declares more than MAX_FORWARD_ITEMS items (read from its array header, before decoding)."""
+    declared = _declared_items(data)
+    if declared > MAX_FORWARD_ITEMS:
+        raise SidecarError(f"a forwarded batch holds at most {MAX_FORWARD_ITEMS} items, this one declares {declared}")
     obj = decode(data, max_bytes)
     if not (isinstance(obj, list) and len(obj) == 2 and obj[0] == T_TXS and isinstance(obj[1], list)):
         raise SidecarError("a forwarded batch is [16, [item, ...]]")
     return [parse_item(x) for x in obj[1]]
+
+
+def _declared_items(data: bytes) -> int:
+    """How many items the batch array of an encoded [T_TXS, batch] declares; 0 if it is not one
+    (decoding then says why)."""
+    if data[:2] != TXS_PREFIX or len(data) < 3:
+        return 0
+    h = data[2]
+    if 0x90 <= h <= 0x9F:
+        return h & 0x0F
+    if h == 0xDC:
+        return int.from_bytes(data[3:5], "big")
+    if h == 0xDD:
+        return int.from_bytes(data[3:7], "big")
+    return 0

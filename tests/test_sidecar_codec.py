@@ -16,6 +16,7 @@ from node.crypto.keys import Identity
 from node.ipfs.cid import CODEC_DAG_PB, Cid, multihash_sha256, raw_cid_bytes
 from node.sidecar import (
     FORWARD_CHUNK,
+    MAX_FORWARD_ITEMS,
     SIDECAR_MAX,
     T_TXS,
     SidecarCache,
@@ -145,6 +146,19 @@ def test_chunking_at_the_limit() -> None:
     assert len(forward_messages([(b"t" * 100, None)] * 2, 216)) == 1  # 108 each without a sidecar
     assert len(forward_messages([(b"t" * 100, None)] * 2, 215)) == 2
     assert len(forward_messages([item] * 1000)) == 1 and FORWARD_CHUNK > 224_000
+
+
+def test_a_batch_holds_at_most_4096_items_and_more_are_refused_before_decoding() -> None:
+    item = (b"t" * 10, None)
+    msgs = forward_messages([item] * (2 * MAX_FORWARD_ITEMS + 1))
+    assert [len(decode_forwarded(m)) for m in msgs] == [MAX_FORWARD_ITEMS, MAX_FORWARD_ITEMS, 1]
+    assert len(decode_forwarded(encode([T_TXS, [b"t"] * MAX_FORWARD_ITEMS]))) == MAX_FORWARD_ITEMS
+    for n in (MAX_FORWARD_ITEMS + 1, 70_000, 2**32 - 1):  # array 16 and array 32 headers
+        header = bytes([0x92, T_TXS]) + (bytes([0xDC]) + n.to_bytes(2, "big") if n < 2**16
+                                          else bytes([0xDD]) + n.to_bytes(4, "big"))
+        body = header + b"\xc4\x01t" * min(n, MAX_FORWARD_ITEMS + 1)  # truncated past that: never decoded
+        with pytest.raises(SidecarError, match=f"at most {MAX_FORWARD_ITEMS} items, this one declares {n}"):
+            decode_forwarded(body)
 
 
 @pytest.mark.parametrize("obj", [[T_TXS], [T_TXS, b""], [15, []], [T_TXS, [], 1], b"x", 16, [True, []], ["16", []]])
