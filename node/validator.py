@@ -350,18 +350,21 @@ class Validator:
 
     def _reforward(self, now: float) -> None:
         """A forwarded batch can be lost (a peer down or restarting): transactions still pending here
-        after REFORWARD_S go to the primary again, so a client's accepted transaction is not stranded."""
-        if self.replica.is_primary:
-            return
+        after REFORWARD_S go to the primary again, so a client's accepted transaction is not stranded.
+        Every validator, the primary too, forgets here what left the pool without a commit."""
+        primary = self.replica.is_primary
         # first after REFORWARD_S, then every 4 x REFORWARD_S while it stays pending, so an overloaded
         # primary is not flooded with copies; ones already proposed are not resent
-        proposed = self.pipeline.proposed_ids()
+        proposed = set() if primary else self.pipeline.proposed_ids()
         stale = []
         for t, due in list(self.admission.pending_since.items()):
-            if t not in self.mempool:
-                del self.admission.pending_since[t]  # dropped without a commit (superseded nonce)
-            elif due <= now and t not in proposed and len(stale) < MAX_REFORWARD:
+            if t not in self.mempool:  # dropped without a commit here (its nonce committed with another body)
+                del self.admission.pending_since[t]
+                self.admission.submitted_at.pop(t, None)  # a subset of pending_since's ids
+            elif not primary and due <= now and t not in proposed and len(stale) < MAX_REFORWARD:
                 stale.append(t)
+        if primary:
+            return
         for t in stale:
             self.admission.pending_since[t] = now + REFORWARD_S * 4
         items = [(self.mempool.by_id[t].raw, self.mempool.sidecar(t)) for t in stale]

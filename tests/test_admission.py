@@ -551,3 +551,21 @@ def test_one_fifo_verifier_thread_keeps_submission_order(make: Callable[..., Val
     r1, r2, _ = asyncio.run(both())
     assert (r1, r2) == ([t1.id], [t2.id])
     assert seen == [["verify_0", 2], ["verify_0", None]] and adm.checking == 0
+
+
+def test_a_transaction_superseded_by_another_body_of_its_nonce_is_forgotten_everywhere(
+        make: Callable[..., Validator]) -> None:
+    """A sender's nonce 1 is admitted here with one body and commits with another (sent to another
+    validator): the pool drops ours, and so must the latency and re-forward bookkeeping, on every
+    validator, the primary too (it kept both for ever: ~150 bytes per such pair, without bound)."""
+    v = make()
+    adm = v.admission
+    sender = _id("superseded")
+    mine, theirs = _profile(sender), Tx.build(sender, CHAIN, 1, Profile("other", "nurse", "ward", sender.box_public))
+    assert _at(adm, _items([mine]), T) == [mine.id]
+    assert mine.id in adm.submitted_at and mine.id in adm.pending_since
+    assert _commit(v, [theirs]) == [0]
+    assert mine.id not in v.mempool
+    assert v.replica.is_primary  # the one validator: the sweep must not be a backup's alone
+    v._reforward(time.monotonic())
+    assert mine.id not in adm.submitted_at and mine.id not in adm.pending_since
