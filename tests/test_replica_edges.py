@@ -1,6 +1,8 @@
 """The PBFT replica at its edges: certified blocks a peer pushes (every field checked against the
 block, the window's last sequence, an index past the validators), pre-prepares whose header does
-not match, conflicting votes kept as evidence, stale execution answers, and what delivery resets.
+not match, conflicting votes kept as evidence, stale execution answers, and what delivery resets;
+what the constructor takes and its defaults, the view timer's pacing, what a replica sends while its
+view changes, and the recovery role's entry points.
 
 A lying peer meets these checks first; each refusal is counted under its reason, and none of them
 may raise (an exception in the replica is a crash of the validator's consensus task)."""
@@ -11,10 +13,21 @@ import pytest
 
 from node import merkle
 from node.block import GENESIS_PREV, TX_FRAMING, TXS_MAX_BYTES, Block, Header, vote_digest
-from node.consensus import Broadcast, Checkpoint, Commit, Persist, Prepare, PrePrepare, Send
-from node.consensus.messages import T_CHECKPOINT, T_PREPARE, T_STATUS, CertifiedBlock, Status
+from node.consensus import (
+    Broadcast,
+    Checkpoint,
+    Commit,
+    NewView,
+    Persist,
+    Prepare,
+    PrePrepare,
+    Replica,
+    Send,
+    ViewChange,
+)
+from node.consensus.messages import T_CHECKPOINT, T_PREPARE, T_STATUS, CertifiedBlock, Status, Suspect
 from node.consensus.recovery import decode_record
-from node.consensus.state import Phase
+from node.consensus.state import Instance, Phase
 from node.crypto import ecdsa
 from tests.consensus_sim import (
     CHAIN,
@@ -24,6 +37,7 @@ from tests.consensus_sim import (
     make_block,
     make_replica,
     pre_prepare,
+    raw_replica,
     sent,
     signed,
 )
@@ -444,3 +458,218 @@ def test_a_quorum_for_an_older_checkpoint_is_not_compared_with_a_newer_own_one()
     for s in (0, 2):
         r.on_message(signed(Checkpoint, s, 0, 2, blocks[1].header.state_root))
     assert r.stable == 2 and r.evidence == []
+
+
+# ---- the constructor: what the validator passes, and the defaults it leaves ----
+# (mutation testing found these unchecked: docs/TESTING.md, the replica paragraph)
+
+def test_a_replica_index_outside_the_validators_is_refused_with_its_reason():
+    for index in (-1, 4):
+        with pytest.raises(ValueError, match="^replica index out of range$"):
+            Replica(CHAIN, 4, index, IDS[0].sign, lambda i, d, s: True)
+
+
+def test_a_replica_waits_for_a_new_view_only_when_told_and_only_above_view_0():
+    assert make_replica(4, 2, view=1).phase is Phase.NORMAL  # the default: not waiting
+    assert make_replica(4, 2, view=1, awaiting_new_view=True).changing
+    assert make_replica(4, 2, view=2, awaiting_new_view=True).changing
+    assert make_replica(4, 2, view=0, awaiting_new_view=True).phase is Phase.NORMAL  # no view change into view 0
+
+
+def test_a_replica_restarted_at_a_height_proposes_commits_and_changes_view_from_there():
+    """What node/validator.py passes after a restart: the height, the last block's hash and its
+    certificate, the view. The low watermark, the next sequence and the parent a commit needs all
+    start there, and a view change carries that certificate."""
+    b10 = certify(make_block(10, prev=ecdsa.sha256(b"block 9")))
+    p = make_replica(4, 2, window=2, view=2, last_delivered=10, last_hash=b10.hash, last_cert=(0, b10.cert))
+    assert (p.view, p.primary, p.stable, p.next_seq, p.last_hash) == (2, 2, 10, 11, b10.hash)
+    assert p.can_propose()  # 11 is within the window above the watermark 10
+    b11 = make_block(11, view=2, prev=b10.hash)
+    pp = sent(p.propose(b11), PrePrepare)[0]
+    assert pp.view == 2
+    acts = p.on_message(signed(Prepare, 0, 2, 11, b11.hash, pp_sig=pp.sig))
+    acts += p.on_message(signed(Prepare, 1, 2, 11, b11.hash, pp_sig=pp.sig))
+    assert [c.seq for c in sent(acts, Commit)] == [11]  # 11's parent is the block we restarted on
+    (vc,) = sent(p.start_view_change(3), ViewChange)
+    other = make_replica(4, 3, view=2, last_delivered=10, last_hash=b10.hash, last_cert=(0, b10.cert))
+    other.on_message(vc)
+    assert other.ignored == 0 and other.state.vcs[3][2].cert == b10.cert  # its certificate holds
+
+
+def test_the_default_window_is_64_and_its_checkpoint_interval_a_quarter_rounded_down():
+    r = make_replica(4, 1)
+    assert r.offer_certified(certify(make_block(256))) == [] and set(r.certified) == {256}  # 4 windows ahead
+    assert r.offer_certified(certify(make_block(257))) == []
+    assert r.ignored_by_reason() == {"outside-window": 1}
+    blocks = chain(16)
+    cps = [cp.seq for b in blocks for cp in sent(r.offer_certified(certify(b)), Checkpoint)]
+    assert cps == [16]
+    r7 = make_replica(4, 1, window=7)  # 7 // 4 = 1: a checkpoint every block
+    assert [cp.seq for cp in sent(r7.offer_certified(certify(blocks[0])), Checkpoint)] == [1]
+
+
+def test_a_peer_behind_is_sent_32_blocks_at_most_by_default():
+    r = make_replica(4, 1, last_delivered=40, last_hash=ecdsa.sha256(b"block 40"))
+    r.tick(10_000)
+    assert r.on_message(signed(Status, 2, 0, 0, GENESIS_PREV)) == []  # first word: it may be moving
+    r.tick(10_100)
+    (c,) = r.on_message(signed(Status, 2, 0, 0, GENESIS_PREV))
+    assert (c.to, c.first, c.last) == (2, 1, 32)
+
+
+def test_a_peer_level_with_us_is_sent_nothing():
+    r = make_replica(4, 1)
+    (a,) = chain(1)
+    r.offer_certified(certify(a))
+    r.tick(10_000)
+    for t in (10_000, 10_600):
+        r.tick(t)
+        assert r.on_message(signed(Status, 2, 0, 1, a.hash)) == []
+
+
+# ---- the view timer in tick ----
+
+def _hear(r, senders=(0, 2)):
+    for j in senders:
+        r.on_message(signed(Status, j, r.view, r.last_delivered, r.last_hash))
+
+
+def _suspects(acts):
+    return [a for a in acts if isinstance(a, Broadcast) and isinstance(a.msg, Suspect)]
+
+
+def test_the_default_view_timeout_is_1500_ms_while_work_waits():
+    r = raw_replica(4, 1)
+    t0 = 10_000
+    for t in (t0, t0 + 500, t0 + 1000, t0 + 1499):
+        assert not _suspects(r.tick(t, pending=True))
+        _hear(r)
+    assert _suspects(r.tick(t0 + 1500, pending=True))
+
+
+def test_without_work_waiting_the_view_timer_does_not_run_by_default():
+    r = raw_replica(4, 1)
+    for t in range(10_000, 14_001, 500):
+        assert not _suspects(r.tick(t))
+        _hear(r)
+    assert r.phase is Phase.NORMAL
+
+
+def test_a_pause_of_exactly_the_view_timeout_restarts_the_timer():
+    """A replica not run for a whole timeout (paused, descheduled) does not blame the primary for it."""
+    r = raw_replica(4, 1, view_timeout_ms=1000)
+    r.tick(10_000, pending=True)
+    _hear(r)
+    assert not _suspects(r.tick(11_000, pending=True))  # 1000 ms since the last tick: the timer starts here
+    _hear(r)
+    assert not _suspects(r.tick(11_500, pending=True))
+    _hear(r)
+    assert _suspects(r.tick(12_000, pending=True))
+
+
+# ---- while a view changes: the status sent, the own VIEW-CHANGE repeated, early messages kept ----
+
+def _view_1(prepared=None):
+    """Replicas 0..3 of view 0 leave it for view 1 (each after `prepared`'s pre-prepare and prepares,
+    if given); 1, the new primary, gathers 2's and 3's VIEW-CHANGE and installs view 1.
+    Returns the replicas, the NEW-VIEW and what 1 did on installing it."""
+    rs = [make_replica(4, i) for i in range(4)]
+    for r in rs:
+        r.tick(10_000)
+    if prepared is not None:
+        pp = pre_prepare(prepared)
+        for r in rs[1:]:
+            r.on_message(pp)
+        for r in rs[1:]:
+            for j in (1, 2, 3):
+                if j != r.index:
+                    r.on_message(signed(Prepare, j, 0, prepared.header.seq, prepared.hash, pp_sig=pp.sig))
+    vcs = {r.index: sent(r.start_view_change(1), ViewChange)[0] for r in rs}
+    acts = rs[1].on_message(vcs[2]) + rs[1].on_message(vcs[3])
+    (nv,) = sent(acts, NewView)
+    return rs, nv, acts
+
+
+def test_a_replica_awaiting_a_new_view_reports_the_view_before_it_and_its_primary_answers():
+    rs, nv, _ = _view_1()
+    late = make_replica(4, 2, view=1, awaiting_new_view=True)
+    (st,) = [a.msg for a in late.tick(20_000) if isinstance(a, Broadcast) and isinstance(a.msg, Status)]
+    assert (st.view, st.seq, st.digest, st.sender) == (0, 0, late.last_hash, 2)
+    assert ecdsa.verify(IDS[2].public_key, st.signing_digest(CHAIN), st.sig)
+    assert rs[1].on_message(st) == [Send(2, nv)]
+
+
+def test_the_new_primary_sends_its_new_view_to_a_replica_below_it_every_two_heartbeats():
+    rs, nv, _ = _view_1()
+    p = rs[1]
+    below = signed(Status, 0, 0, 0, GENESIS_PREV)
+    assert p.on_message(below) == [Send(0, nv)]
+    p.tick(10_999)
+    assert p.on_message(below) == []
+    p.tick(11_000)  # 2 x 500 ms
+    assert p.on_message(below) == [Send(0, nv)]
+    p.tick(12_000)
+    assert p.on_message(signed(Status, 0, 1, 0, GENESIS_PREV)) == []  # in the view: it has the NEW-VIEW
+
+
+def test_the_own_view_change_is_repeated_every_four_heartbeats_while_the_view_changes():
+    r = make_replica(4, 2)
+    r.tick(10_000)
+    (vc,) = sent(r.start_view_change(1), ViewChange)
+    assert not sent(r.tick(11_999), ViewChange)
+    assert sent(r.tick(12_000), ViewChange) == [vc]
+    assert not sent(r.tick(13_999), ViewChange)
+    assert sent(r.tick(14_000), ViewChange) == [vc]
+
+
+def test_a_view_change_keeps_up_to_4_n_window_messages_of_the_awaited_view():
+    r = make_replica(4, 2, window=2, view=1, awaiting_new_view=True)  # 4 * 4 * 2 = 32
+    digest = ecdsa.sha256(b"a block of view 1")
+    msgs = [signed(Commit, j, 1, seq, digest) for seq in range(1, 12) for j in (0, 1, 3)][:33]
+    for m in msgs[:32]:
+        assert r.on_message(m) == []
+    assert r.ignored == 0 and len(r.state.early_view) == 32
+    r.on_message(msgs[32])
+    assert r.ignored_by_reason() == {"view-changing": 1}
+
+
+def test_a_block_prepared_again_in_a_new_view_holds_that_view_s_certificate():
+    """Prepared in view 0 and re-proposed by view 1's primary: the certificate of view 1 replaces the
+    older one, in the state and in the consensus-log record written with the commit."""
+    a = make_block(1)
+    rs, nv, acts = _view_1(prepared=a)
+    p = rs[1]
+    assert p.state.prepared[1][0].view == 0
+    (pp,) = sent(acts, PrePrepare)
+    assert (pp.view, pp.seq, pp.digest) == (1, 1, a.hash)
+    acts = p.on_message(signed(Prepare, 2, 1, 1, a.hash, pp_sig=pp.sig))
+    acts += p.on_message(signed(Prepare, 3, 1, 1, a.hash, pp_sig=pp.sig))
+    cert = p.state.prepared[1][0]
+    assert cert.view == 1 and [i for i, _ in cert.prepares] == [2, 3] and cert.pp_sig == pp.sig
+    (persist,) = [x for x in acts if isinstance(x, Persist)]
+    assert decode_record(persist.record).pcert[0] == cert
+
+
+# ---- the recovery role's entry points ----
+
+def test_record_is_of_the_instance_given_or_else_of_the_log_s():
+    r = make_replica(4, 1)
+    a = make_block(1)
+    r.on_message(pre_prepare(a))
+    acts = r.on_message(signed(Prepare, 2, 0, 1, a.hash))  # prepared: the commit's record
+    (persist,) = [x for x in acts if isinstance(x, Persist)]
+    assert r.record(1) == persist.record
+    other = Instance(digest=ecdsa.sha256(b"b"), block=make_block(1, txs=[b"B"]))
+    rec = decode_record(r.record(1, other))
+    assert rec.block.hash == other.block.hash and rec.tags == () and rec.pcert == r.state.prepared[1]
+
+
+def test_a_restarted_replica_reinstalls_its_new_view_and_resumes_its_view_change():
+    _, nv, _ = _view_1()
+    r = make_replica(4, 2, view=1, awaiting_new_view=True)
+    assert r.reinstall(nv)
+    assert not r.changing and r.view == 1 and r.view_changes == 0
+    w = make_replica(4, 3, view=1, awaiting_new_view=True)  # no NEW-VIEW on its disk: still changing
+    w.resume_view_change()
+    (vc,) = sent(w.tick(20_000), ViewChange)
+    assert (vc.view, vc.sender) == (1, 3)
