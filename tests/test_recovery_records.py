@@ -318,12 +318,11 @@ def test_resuming_leaves_a_view_change_under_way_as_it_is():
     assert r.state.own_vc is vc and sent(r.tick(1), ViewChange) == []  # not rebuilt, not sent again early
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "DEFECT (outside the fault model; replica.pre_prepare with restore_record): a primary that commits on "
-    "2f prepares that came before its pre-prepare persists the pre-prepare's record first and the commit's "
-    "record (computed earlier, tags without PRE-PREPARE) last; restored from it, the primary does not "
-    "count the sequence as pre-prepared and signs a second block there"))
 def test_a_primary_whose_last_record_was_its_commit_is_still_bound_by_its_pre_prepare():
+    """A primary that commits at once on 2f prepares that came before its own pre-prepare (votes no
+    honest validator sends first) made that commit's record before the pre-prepare joined its
+    messages; the driver writes records in order, so the last one must hold both, or the primary,
+    restored from it, would sign a second block at the sequence (found by mutation testing)."""
     p = make_replica(4, 0)
     a = make_block(1, txs=(b"A",))
     for j in (1, 2):  # votes no honest validator sends before the block is proposed
@@ -334,4 +333,4 @@ def test_a_primary_whose_last_record_was_its_commit_is_still_bound_by_its_pre_pr
     r = make_replica(4, 0)
     assert r.restore_record(1, decode_record(last)) is True
     with pytest.raises(ValueError):
-        r.propose(make_block(1, txs=(b"B",)))  # today it signs B's pre-prepare at (view 0, seq 1)
+        r.propose(make_block(1, txs=(b"B",)))  # it signed B's pre-prepare at (view 0, seq 1) before the fix

@@ -225,7 +225,14 @@ class Replica:
         pp = self.s.make(PrePrepare, seq, block.hash, block=block)
         inst = self.s.log.setdefault(seq, Instance())
         after = self._on_preprepare(pp)  # takes the block in (with n = 1 it is delivered at once)
-        return self._send_mine(inst, pp) + after
+        mine = self._send_mine(inst, pp)
+        if any(isinstance(a, Persist) for a in after):
+            # 2f prepares came before our own pre-prepare and we committed at once: that commit's
+            # record was made before the pre-prepare joined our messages, and the driver writes the
+            # records in order, so the last one written must be the whole of them (a primary
+            # restored without its pre-prepare would sign another block at this sequence)
+            after.append(Persist(seq, self.recovery.record(seq, inst)))
+        return mine + after
 
     def tick(self, now_ms: int, pending: bool = False) -> list[Action]:
         """Time passes: heartbeat, re-send our open messages, and run the view-change timer, which
