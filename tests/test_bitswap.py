@@ -142,6 +142,13 @@ def test_client_side_matching_unwanted_and_duplicates() -> None:
     cancels = eng.got([a])
     assert cancels == [("q", Message(entries=[Entry(a, 1, True)]))]
     assert eng.receive("q", Message(blocks=[(a, b"a")])).duplicates == 1  # late copy: not "bad"
+    # a block already on its way when its want was withdrawn (a failed or finished fetch) is late
+    # too: before, it counted as unwanted and got its peer marked bad in the next fetch
+    c = cid_v1_raw(b"c")
+    eng.want(c, ["p"], WANT_BLOCK)
+    assert eng.cancel(c) == [("p", Message(entries=[Entry(c, 1, True)]))]
+    r = eng.receive("p", Message(blocks=[(c, b"c")]))
+    assert (r.duplicates, r.unwanted, r.blocks) == (1, 0, [])
     # presences only count for our wants, and a HAVE for a want-have completes it there
     eng.want(b, ["r"], WANT_HAVE, send_dont_have=False)
     r = eng.receive("r", Message(presences=[(b, HAVE), (cid_v1_raw(b"zz"), HAVE)]))

@@ -82,6 +82,37 @@ def test_two_hosts_exchange_0b_12b_1mib_10mib(tmp_path: Path, profile: str) -> N
     run(main())
 
 
+def test_a_validator_fetches_no_dag_past_its_blob_bound(tmp_path: Path) -> None:
+    """A validator's node bounds what one fetched blob may hold (the genesis's max_blob_bytes): a
+    peer serving a 10 MiB DAG under a root is refused once the fetch passes twice the bound (it was
+    1 GiB per fetch, held in memory until it ended); a blob within it is fetched as before."""
+    h = Hosts(tmp_path, 2)
+    bound = 2 * MiB
+    h.nodes[1].max_blob_bytes = bound  # what the validator passes at construction (max_blob_bytes=)
+
+    async def main() -> None:
+        await h.start()
+        b = h.nodes[1]
+        try:
+            small, _ = h.stores[0].put_blob(os.urandom(bound), "kubo-default")
+            assert (await b.fetch_blob(small, timeout=60))["size"] == bound
+            big, _ = h.stores[0].put_blob(os.urandom(10 * MiB), "kubo-default")
+            with pytest.raises(P2PError, match=f"DAG larger than {2 * bound + 65536} bytes"):
+                await b.fetch_blob(big, timeout=60)
+            assert not h.stores[1].has_blob(big)
+            over, _ = h.stores[0].put_blob(os.urandom(bound + 1), "kubo-default")  # whole, and one byte too many
+            with pytest.raises(P2PError, match=f"{bound + 1} bytes, past the {bound} a blob may hold"):
+                await b.fetch_blob(over, timeout=60)
+            assert not h.stores[1].has_blob(over)
+            # the refusals failed those fetches, not the peer's stream: the next one still comes
+            after, _ = h.stores[0].put_blob(os.urandom(1000), "kubo-default")
+            assert (await b.fetch_blob(after, timeout=20))["size"] == 1000
+        finally:
+            await h.stop()
+
+    run(main())
+
+
 def test_deleted_copy_is_refetched_and_late_want_is_answered(tmp_path: Path) -> None:
     h = Hosts(tmp_path, 3)
 

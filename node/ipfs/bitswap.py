@@ -92,9 +92,14 @@ class Engine:
             for p in [p for p in asked if only is None or p in only]:
                 del asked[p]
                 per_peer.setdefault(p, []).append(Entry(self._want_cid.get(mh, cid), 1, True))
+            # a block already on its way when we withdrew the want is late, not corrupt: counted as
+            # a duplicate (its peer stays usable), as a block we hold is
+            self._recent[mh] = None
             if not asked:
                 self.wants.pop(mh, None)
                 self._want_cid.pop(mh, None)
+        while len(self._recent) > RECENT:
+            self._recent.popitem(last=False)
         return [(p, Message(entries=es)) for p, es in per_peer.items()]
 
     def got(self, cids: Cid | Iterable[Cid]) -> list[tuple[str, Message]]:

@@ -56,6 +56,7 @@ class DagFetch:
         self.bad_peers: set[str] = set()
         self.stats = {"blocks": 0, "bytes": 0, "dont_have": 0, "timeouts": 0, "bad_blocks": 0}
         self._rr = 0
+        self.failed: FetchError | None = None  # what on_block raised, when a caller records it
 
     @property
     def done(self) -> bool:

@@ -64,6 +64,9 @@ class BitswapService:
         self.side = side
         self.store = store
         self.on_have = on_have
+        # a validator's blobs are at most the genesis's max_blob_bytes: a fetch of n roots holds at
+        # most n times that in memory (twice it and 64 KiB for the DAG's links), not 1 GiB
+        self.max_blob_bytes: int | None = None
         self.engine = Engine(self._get_block, has_block=store.has)
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self.outs: dict[str, _Out] = {}
@@ -198,7 +201,11 @@ class BitswapService:
         haves = [cid.to_bytes() for cid, _ in r.blocks]  # a peer that sends a block holds it
         for cid, data in r.blocks:
             for f in self.fetches:
-                if f.on_block(peer, cid, data):
+                try:
+                    if f.on_block(peer, cid, data):
+                        self._wakeups[f].set()
+                except FetchError as exc:  # that fetch fails (too large, malformed): not the stream
+                    f.failed = exc
                     self._wakeups[f].set()
         if r.unwanted:  # bytes that hash to nothing we asked for: a corrupt or lying peer
             self.stats["unwanted_blocks"] += r.unwanted
@@ -293,18 +300,24 @@ class BitswapService:
             res["error"] = "fetch of a blob being fetched by another session did not complete"
         return res
 
+    def _bounds(self, n: int) -> dict[str, int]:
+        per = self.max_blob_bytes
+        return {} if per is None else {"max_bytes": n * (2 * per + 65536), "max_blocks": n * (per // 256 + 64)}
+
     async def _session(self, roots: list[Cid], timeout: float, peers: list[str] | None, held: set[bytes]) -> dict:
         done = trio.Event()
         for r in roots:
             self._running[r.multihash] = done
         self.stats["fetches"] += 1
-        f = DagFetch(roots, peers or self.default_peers())
+        f = DagFetch(roots, peers or self.default_peers(), **self._bounds(len(roots)))
         wakeup = self._wakeups[f] = trio.Event()
         self.fetches.add(f)
         error = None
         try:
             with trio.fail_after(timeout):
                 while not f.done:
+                    if f.failed is not None:
+                        raise f.failed
                     now = trio.current_time()
                     out = [m for peer, cid in f.expire(now) for m in self.engine.cancel(cid, [peer])]
                     out += [m for peer, cid in f.requests(now)
@@ -316,6 +329,8 @@ class BitswapService:
                     with trio.move_on_after(max(0.0, (nxt or now + 1.0) - now)):
                         await wakeup.wait()
                     wakeup = self._wakeups[f] = trio.Event()
+                if f.failed is not None:  # its last block may have been the one that failed it
+                    raise f.failed
         except trio.TooSlowError:
             error = (f"fetching {roots[0]}{f' and {len(roots) - 1} more' if len(roots) > 1 else ''} timed out "
                      f"after {timeout:g} s ({len(f.blocks)} blocks in; {f.stats})")
@@ -331,11 +346,16 @@ class BitswapService:
             blocks = {c.multihash: d for c, d in f.blocks.values()}
             for r in roots:  # every complete, well-formed file is kept, even after a timeout
                 try:
-                    sizes[r.multihash] = len(export_bytes(r, lambda c: blocks[c.multihash]))
+                    size = len(export_bytes(r, lambda c: blocks[c.multihash]))
                 except KeyError:
                     continue  # incomplete
                 except ValueError as exc:
                     error = error or f"{r}: not a valid UnixFS file: {exc}"
+                    continue
+                if self.max_blob_bytes is not None and size > self.max_blob_bytes:
+                    error = error or f"{r}: {size} bytes, past the {self.max_blob_bytes} a blob may hold"
+                    continue
+                sizes[r.multihash] = size
             if sizes:
                 await trio.to_thread.run_sync(self._store_complete, roots, sizes, f.blocks)
                 held.update(sizes)

@@ -142,6 +142,7 @@ class P2PNode:
         external_peers: list[str] | None = None,
         on_have: Callable[[str, list[bytes]], None] | None = None,
         psk: bytes | None = None,
+        max_blob_bytes: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
@@ -184,6 +185,7 @@ class P2PNode:
         # bitswap (node/p2p/_bitswap.py): on when a block store is given; external peers are
         # IPFS nodes (kubo, Helia, a cluster) admitted for bitswap only
         self.blockstore = blockstore
+        self.max_blob_bytes = max_blob_bytes  # what one fetched blob may hold (None: no bound but 1 GiB)
         self._on_have = on_have
         self._external: dict[str, str] = {}
         for addr in external_peers or ():
@@ -296,6 +298,8 @@ class P2PNode:
                 host_uses_signal_set_wakeup_fd=True,
             )
         self._side = side
+        if side.bitswap is not None:
+            side.bitswap.max_blob_bytes = self.max_blob_bytes
         try:
             exc, port = await ready
         except asyncio.CancelledError:
