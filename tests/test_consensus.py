@@ -380,9 +380,9 @@ def test_ignored_messages_are_counted_by_reason():
     assert r.state.ignored == Counter({Ignored.OLD_VIEW: 1})
     assert r.on_message(signed(Commit, 2, 2, 1, a.hash)) == []  # and one of a view beyond ours is early
     assert r.state.ignored[Ignored.FUTURE_VIEW] == 1
-    r.state.early_view.extend([signed(Prepare, 2, 1, 1, a.hash)] * (4 * r.n * r.window))  # the buffer is full
-    assert r.on_message(signed(Prepare, 3, 1, 1, a.hash)) == []
-    assert r.state.ignored[Ignored.VIEW_CHANGING] == 1
+    assert r.on_message(signed(Prepare, 3, 1, 1, a.hash)) == [] and len(r.state.early_view) == 1  # kept for view 1
+    assert r.on_message(signed(Prepare, 3, 1, 1, a.hash)) == []  # the same one again is not kept twice
+    assert r.state.ignored[Ignored.VIEW_CHANGING] == 1 and len(r.state.early_view) == 1
     assert r.on_message(signed(Suspect, 9, 1, 0, bytes(32), signer=2)) == []
     assert r.state.ignored[Ignored.BAD_SENDER] == 1
     assert r.ignored == 4 == sum(r.ignored_by_reason().values())

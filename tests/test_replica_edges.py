@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from node import merkle
-from node.block import GENESIS_PREV, TX_FRAMING, TXS_MAX_BYTES, Block, Header, vote_digest
+from node.block import GENESIS_PREV, TX_FRAMING, TXS_MAX_BYTES, Block, Header, txs_bytes, vote_digest
 from node.consensus import (
     Broadcast,
     Checkpoint,
@@ -29,6 +29,7 @@ from node.consensus.messages import T_CHECKPOINT, T_PREPARE, T_STATUS, Certified
 from node.consensus.recovery import decode_record
 from node.consensus.state import Instance, Phase
 from node.crypto import ecdsa
+from node.wire import MAX_TX_BYTES
 from tests.consensus_sim import (
     CHAIN,
     IDS,
@@ -622,15 +623,42 @@ def test_the_own_view_change_is_repeated_every_four_heartbeats_while_the_view_ch
     assert sent(r.tick(14_000), ViewChange) == [vc]
 
 
-def test_a_view_change_keeps_up_to_4_n_window_messages_of_the_awaited_view():
-    r = make_replica(4, 2, window=2, view=1, awaiting_new_view=True)  # 4 * 4 * 2 = 32
+def test_a_view_change_keeps_one_message_per_type_sender_and_sequence_of_the_window():
+    """While a view changes, phase messages of the awaited view are kept until its NEW-VIEW: a
+    byzantine validator could otherwise make every replica hold thousands of blocks (the count
+    bound of 4 x n x window messages allowed 1,024 pre-prepares of up to 8 MiB each). Kept: one per
+    (type, sender, sequence) in the window, a pre-prepare only from the view's primary and for the
+    block it carries, and at most EARLY_BLOCK_BYTES of blocks."""
+    r = make_replica(4, 2, window=2, view=1, awaiting_new_view=True)  # view 1: validator 1 is primary
     digest = ecdsa.sha256(b"a block of view 1")
-    msgs = [signed(Commit, j, 1, seq, digest) for seq in range(1, 12) for j in (0, 1, 3)][:33]
-    for m in msgs[:32]:
-        assert r.on_message(m) == []
-    assert r.ignored == 0 and len(r.state.early_view) == 32
-    r.on_message(msgs[32])
-    assert r.ignored_by_reason() == {"view-changing": 1}
+    for seq in (1, 2):
+        for j in (0, 1, 3):
+            assert r.on_message(signed(Commit, j, 1, seq, digest)) == []
+    assert r.ignored == 0 and len(r.state.early_view) == 6
+    r.on_message(signed(Commit, 0, 1, 1, digest))  # again
+    r.on_message(signed(Commit, 0, 1, 1, ecdsa.sha256(b"another")))  # another digest, same slot
+    r.on_message(signed(Commit, 0, 1, 3, digest))  # past the window
+    a = make_block(1, view=1, proposer=1)
+    assert r.on_message(pre_prepare(a, sender=3)) == []  # not the view's primary
+    forged = PrePrepare(1, 1, ecdsa.sha256(b"not a"), 1, bytes(64), block=a)
+    r.on_message(forged)  # its block is not the digest it names
+    assert r.ignored_by_reason() == {"view-changing": 2, "outside-window": 1, "not-primary": 1, "malformed": 1}
+    assert r.on_message(pre_prepare(a, sender=1)) == [] and r.state.early_bytes == txs_bytes(a.txs)
+    assert len(r.state.early_view) == 7
+
+
+def test_early_pre_prepares_are_kept_up_to_their_byte_budget():
+    from node.consensus.replica import EARLY_BLOCK_BYTES
+    r = make_replica(4, 2, view=1, awaiting_new_view=True)
+    tx = bytes(MAX_TX_BYTES)
+    per = TXS_MAX_BYTES // (len(tx) + TX_FRAMING)
+    blocks = [make_block(seq, view=1, proposer=1, txs=(tx,) * per) for seq in range(1, 6)]
+    assert EARLY_BLOCK_BYTES // txs_bytes(blocks[0].txs) == 4
+    for b in blocks[:4]:
+        assert r.on_message(pre_prepare(b, sender=1)) == []
+    assert r.ignored == 0 and r.state.early_bytes == 4 * txs_bytes(blocks[0].txs)
+    r.on_message(pre_prepare(blocks[4], sender=1))  # past the budget: its primary sends it again
+    assert r.ignored_by_reason() == {"view-changing": 1} and len(r.state.early_view) == 4
 
 
 def test_a_block_prepared_again_in_a_new_view_holds_that_view_s_certificate():

@@ -71,6 +71,8 @@ from node.consensus.state import (
 )
 from node.consensus.viewchange import ViewChanges
 
+EARLY_BLOCK_BYTES = 4 * TXS_MAX_BYTES  # blocks of early pre-prepares kept while the view changes
+
 
 class Replica:
     """The normal case (pre-prepare, prepare, commit, delivery, checkpoints, catch-up) and the one
@@ -281,18 +283,21 @@ class Replica:
             s.ignore(Ignored.BAD_SENDER)
             return []
         ordered = msg.tag in (T_PREPREPARE, T_PREPARE, T_COMMIT)
-        early = ordered and s.changing and msg.view == s.view and len(s.early_view) < 4 * s.n * s.window
+        early = ordered and s.changing and msg.view == s.view
         # cheap checks before the signature, so out-of-window floods cost little CPU
-        if ordered and not early:
-            reason = self._out_of_turn(msg)
+        if ordered:
+            reason = self._unkept(msg) if early else self._out_of_turn(msg)
             if reason is not None:
                 s.ignore(reason)
                 return []
         if not s.verify(msg.sender, msg.signing_digest(s.chain_id), msg.sig):
             s.ignore(Ignored.BAD_SIGNATURE)
             return []
-        if early:
-            s.early_view.append(msg)  # it overtook the NEW-VIEW (other senders, other paths): keep it
+        if early:  # it overtook the NEW-VIEW (other senders, other paths): keep it
+            s.early_view.append(msg)
+            s.early_keys.add((msg.tag, msg.sender, msg.seq))
+            if isinstance(msg, PrePrepare) and msg.block is not None:
+                s.early_bytes += txs_bytes(msg.block.txs)
             return []
         s.heard[msg.sender] = s.now_ms
         handler = self._handlers.get(msg.tag)
@@ -300,6 +305,25 @@ class Replica:
             s.ignore(Ignored.UNKNOWN_TYPE)
             return []
         return handler(msg)
+
+    def _unkept(self, msg: Message) -> Ignored | None:
+        """Why a phase message of the view we wait to enter is not kept for it (None: it is). Kept
+        messages are held until the NEW-VIEW comes, so what a byzantine validator can make us hold is
+        bounded: one per (type, sender, sequence) in the window, a pre-prepare only from the view's
+        primary and for the block it carries, and at most EARLY_BLOCK_BYTES of their blocks."""
+        s = self.s
+        if not s.last_delivered < msg.seq <= s.stable + s.window:
+            return Ignored.OUTSIDE_WINDOW
+        if (msg.tag, msg.sender, msg.seq) in s.early_keys:
+            return Ignored.VIEW_CHANGING
+        if isinstance(msg, PrePrepare):
+            if msg.sender != msg.view % s.n:
+                return Ignored.NOT_PRIMARY
+            if msg.block is None or msg.block.hash != msg.digest:
+                return Ignored.MALFORMED
+            if s.early_bytes + txs_bytes(msg.block.txs) > EARLY_BLOCK_BYTES:
+                return Ignored.VIEW_CHANGING  # the primary sends it again after its NEW-VIEW
+        return None
 
     def _out_of_turn(self, msg: Message) -> Ignored | None:
         """Why a phase message cannot be taken now (None: it can): not of our view, our view is being

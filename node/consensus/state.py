@@ -155,6 +155,8 @@ class ReplicaState:
     vc_started: int = 0
     vc_attempt: int = 0  # view changes since the last delivery: the timeout doubles with each
     early_view: list[Message] = field(default_factory=list)  # messages of the view we wait to enter, replayed in it
+    early_keys: set[tuple[int, int, int]] = field(default_factory=set)  # their (tag, sender, seq): one each
+    early_bytes: int = 0  # the transaction bytes of their blocks (replica.EARLY_BLOCK_BYTES)
     suspects: dict[int, int] = field(default_factory=dict)  # validator -> when its SUSPECT for our view last came
     round_ema: float = 0.0  # moving average of the time between deliveries while work waited (ms)
     progress_at: int = 0

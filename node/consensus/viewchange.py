@@ -268,7 +268,7 @@ class ViewChanges:
         self.s.view, self.s.phase = new_view, Phase.VIEW_CHANGE
         self.s.suspects = {}
         self.s.vc_started = self.s.now_ms
-        self.s.early_view = []
+        self.s.early_view, self.s.early_keys, self.s.early_bytes = [], set(), 0
         self.s.fixed, self.s.new_view_msg = {}, None
         self.s.log = {s: i for s, i in self.s.log.items() if s <= self.s.last_delivered}
         vc = self.build_view_change()
@@ -373,7 +373,7 @@ class ViewChanges:
                 if b is None:
                     break  # a view change could not carry it: this view times out, a later primary leads
                 out += self.ordering.pre_prepare(b)
-        early, self.s.early_view = self.s.early_view, []
+        early, self.s.early_view, self.s.early_keys, self.s.early_bytes = self.s.early_view, [], set(), 0
         for m in early:
             out += self.ordering.on_message(m)
         return out
