@@ -563,6 +563,9 @@ def test_only_the_new_views_primary_keeps_the_carried_blocks_and_view_changes_st
     primary.on_message(vc)
     backup.on_message(vc)
     assert primary.state.vcs[1][3].blocks == {b.hash: b} and backup.state.vcs[1][3].blocks == {}
+    # nor their bytes: a backup held every view change's raw blocks too (up to ~32 MiB each)
+    assert primary.state.vcs[1][3].msg.blocks == vc.blocks and backup.state.vcs[1][3].msg.blocks == ()
+    assert vcm.strip(backup.state.vcs[1][3].msg) == vcm.strip(vc)  # what a NEW-VIEW would carry is unchanged
     assert backup.state.vcs[1][3].prepared == primary.state.vcs[1][3].prepared  # the certificates stay
     # a replica already changing to view 1 does not start it again, nor go back to an older view
     assert backup.start_view_change(1) == [] and backup.start_view_change(0) == []

@@ -305,8 +305,8 @@ class ViewChanges:
         except ConsensusError:
             self.s.ignore(Ignored.BAD_VIEW_CHANGE)
             return []
-        if msg.view % self.s.n != self.s.index:
-            info = replace(info, blocks={})  # only that view's primary needs the blocks
+        if msg.view % self.s.n != self.s.index:  # only that view's primary needs the blocks, decoded or raw
+            info = replace(info, blocks={}, msg=replace(msg, blocks=()))
         self.s.vcs.setdefault(msg.view, {})[msg.sender] = info
         out: list[Action] = []
         # f+1 replicas moved past our view: at least one is honest, so follow to the lowest such view
