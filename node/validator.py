@@ -80,6 +80,7 @@ QUIET_S = 0.05  # a client submission after this long without one is forwarded w
 TXIN_MAX = 4096  # forwarded batches waiting for admission; beyond, they are dropped (and re-forwarded)
 TXIN_MAX_BYTES = 64 * 1024 * 1024  # and their bytes (sidecars ride in them): memory stays flat
 INBOX_MAX = 16_384  # consensus messages waiting; beyond, dropped (PBFT retransmits what is missing)
+INBOX_MAX_BYTES = 128 * 1024 * 1024  # and their bytes: 16 full blocks (a frame may be up to 32 MiB)
 
 
 class Validator:
@@ -122,6 +123,7 @@ class Validator:
                                 self.replicator, self.metrics, self.pipeline.run)
         self.replica = self._new_replica()
         self._inbox: asyncio.Queue = asyncio.Queue()
+        self._inbox_bytes = 0  # of the peers' frames in it (INBOX_MAX_BYTES)
         self._calls: collections.deque[tuple[Callable[[], Awaitable[None]], asyncio.Future[None]]] = (
             collections.deque())  # see in_consensus
         # a backup votes for a block only once it holds the blobs its writes record (node/availability.py)
@@ -402,9 +404,10 @@ class Validator:
             self._txin_bytes += len(data)
             self._txin.put_nowait((peer, items, len(data)))
             return
-        if self._inbox.qsize() >= INBOX_MAX:
+        if self._inbox.qsize() >= INBOX_MAX or self._inbox_bytes + len(data) > INBOX_MAX_BYTES:
             self.metrics.throttled.labels("consensus_backlog").inc()
             return  # a flood of consensus messages: PBFT tolerates the loss and retransmits
+        self._inbox_bytes += len(data)
         self._inbox.put_nowait(("net", data))
 
     async def _admit_forwarded(self) -> None:
@@ -422,6 +425,8 @@ class Validator:
     async def _consensus(self) -> None:
         while True:
             kind, item = ("call", self._calls.popleft()) if self._calls else await self._inbox.get()
+            if kind == "net":
+                self._inbox_bytes -= len(item)
             if self.disk.stalled or kind == "resume":
                 if kind == "call" and item is not None and not item[1].done():  # its caller must not wait on
                     item[1].set_exception(storage.StorageFull("storage stalled: not run"))  # a dropped step

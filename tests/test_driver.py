@@ -143,3 +143,33 @@ def test_stop_forwards_what_was_admitted_and_not_yet_forwarded(tmp_path: Path) -
         await v.stop()  # closes the stores too
         assert [raw for k in range(len(net.messages)) for raw in net.forwarded(k)] == [txs[0].raw, txs[1].raw]
     asyncio.run(go())
+
+
+def test_the_consensus_inbox_is_bounded_in_bytes_and_gives_them_back_as_it_is_read(tmp_path: Path) -> None:
+    """A peer's frames wait in the consensus inbox; a frame may be up to 32 MiB, so a count alone
+    (16,384 frames) let a byzantine peer park gigabytes behind a slow consensus task. Beyond
+    INBOX_MAX_BYTES a frame is dropped (PBFT retransmits), and reading frames frees their bytes."""
+    from node.validator import INBOX_MAX_BYTES
+    v = Validator(_homes(tmp_path)[1])
+    try:
+        frame = b"\x00" * (INBOX_MAX_BYTES // 4)
+        peer = next(iter(v._peer_index))
+        for _ in range(4):
+            v._on_net(peer, frame)
+        assert v._inbox.qsize() == 4 and v._inbox_bytes == INBOX_MAX_BYTES
+        v._on_net(peer, b"\x00")  # one byte more: dropped
+        assert v._inbox.qsize() == 4
+        assert v.metrics.registry.get_sample_value("medchain_throttled_total", {"scope": "consensus_backlog"}) == 1
+
+        async def read_all() -> None:  # the consensus task reads them (malformed frames: dropped)
+            task = asyncio.create_task(v._consensus())
+            while v._inbox.qsize() > 0:
+                await asyncio.sleep(0.01)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        asyncio.run(read_all())
+        assert v._inbox_bytes == 0
+        v._on_net(peer, frame)
+        assert v._inbox.qsize() == 1 and v._inbox_bytes == len(frame)
+    finally:
+        v.close()
