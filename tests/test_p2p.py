@@ -283,6 +283,48 @@ def test_oversized_frame_refused_then_stream_recovers() -> None:
     run(main())
 
 
+def test_a_peer_holds_only_a_few_inbound_streams_open_and_the_rest_are_reset() -> None:
+    """Each open inbound PBFT stream may hold a partial frame of up to a whole frame's bytes, and
+    py-libp2p bounds neither how many streams a peer opens nor (yamux) what it sends past its
+    window: a validator opening 12 streams, each with a frame begun, gets all but
+    MAX_DIRECT_STREAMS reset, and the one it keeps for PBFT still carries messages."""
+    import trio
+    from libp2p.peer.id import ID
+
+    from node.p2p._trio_side import DIRECT_PROTOCOL, MAX_DIRECT_STREAMS
+
+    net = Net(2, "direct")
+
+    async def main() -> None:
+        a, b = net.make(0), net.make(1)
+        await asyncio.gather(a.start(), b.start())
+        try:
+            await net.wait_mesh()
+            host, pid = a._side.host, ID.from_base58(net.ids[1])
+
+            async def open_streams(k: int) -> int:
+                opened = 0
+                for _ in range(k):
+                    try:  # a stream b resets may fail here already, in its protocol negotiation
+                        s = await host.new_stream(pid, [DIRECT_PROTOCOL])
+                        await s.write((1 << 20).to_bytes(4, "big") + b"a frame begun, never ended")
+                        opened += 1
+                    except Exception:  # noqa: BLE001
+                        pass
+                return opened
+
+            opened = await asyncio.to_thread(trio.from_thread.run, open_streams, 12, trio_token=a._side.token)
+            assert opened >= MAX_DIRECT_STREAMS - 1
+            # a's own stream to b is one of b's slots: 12 + 1 opened, MAX_DIRECT_STREAMS kept
+            await until(lambda: b.stats.get("streams_refused", 0) == 13 - MAX_DIRECT_STREAMS, 10)
+            a.send(net.ids[1], b"still through")
+            await until(lambda: b"still through" in [d for _, d in net.got[1]], 10)
+        finally:
+            await net.stop()
+
+    run(main())
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_stop_closes_sockets_when_the_graceful_close_is_cut_short(mode: str, monkeypatch) -> None:
     """On a loaded machine the bounded graceful close can run out of time: the sockets must be

@@ -41,6 +41,7 @@ PROTOCOLS = [TProtocol("/ipfs/bitswap/1.2.0"), TProtocol("/ipfs/bitswap/1.1.0")]
 OUT_QUEUE = 4096  # messages queued per peer; beyond this, or OUT_BYTES, new ones are dropped
 OUT_BYTES = 64 * 1024 * 1024  # (a peer that asks for much and reads slowly cannot grow our memory)
 DIAL_TIMEOUT = 5.0
+MAX_BITSWAP_STREAMS = 8  # inbound bitswap streams open at once per peer
 STAT_KEYS = ("msgs_in", "msgs_out", "blocks_in", "blocks_out", "bytes_in", "bytes_out", "haves_in",
              "dont_haves_in", "unwanted_blocks", "duplicate_blocks", "bad_messages", "oversized",
              "corrupt_local", "dropped_out", "send_failed", "fetches", "fetch_failures")
@@ -168,6 +169,14 @@ class BitswapService:
             with contextlib.suppress(Exception):
                 await stream.reset()
             return
+        with self.side.slots.take(peer, "bitswap", MAX_BITSWAP_STREAMS) as ok:
+            if not ok:  # each open stream may hold a partial message of up to MAX_MESSAGE
+                with contextlib.suppress(Exception):
+                    await stream.reset()
+                return
+            await self._read_messages(stream, peer)
+
+    async def _read_messages(self, stream: Any, peer: str) -> None:
         reader = StreamReader(stream)
         try:
             while True:

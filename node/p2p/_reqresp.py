@@ -35,6 +35,7 @@ log = logging.getLogger("medchain.p2p")
 OK, HANDLER_ERROR, TOO_LARGE = 0, 1, 2
 SERVE_TIMEOUT = 60.0  # an inbound request (read, handle, reply) never holds a stream longer
 ERROR_MAX = 1024  # bytes of a handler's error reason sent to the requester
+MAX_REQUEST_STREAMS = 16  # inbound requests served at once per peer (over all request protocols)
 
 # (protocol, peer name, request) -> future of (status, body), resolved on the asyncio loop
 HandlerCall = Callable[[str, str, bytes], concurrent.futures.Future]
@@ -68,6 +69,15 @@ async def serve_stream(side: Any, stream: Any, protocol: str, max_request: int, 
         with contextlib.suppress(Exception):
             await stream.reset()
         return
+    with side.slots.take(name, "request", MAX_REQUEST_STREAMS) as ok:
+        if not ok:  # each open request may hold a reply of up to 16 MiB until it is read
+            with contextlib.suppress(Exception):
+                await stream.reset()
+            return
+        await _serve(side, stream, name, protocol, max_request, call)
+
+
+async def _serve(side: Any, stream: Any, name: str, protocol: str, max_request: int, call: HandlerCall) -> None:
     reader = StreamReader(stream)
     try:
         with trio.fail_after(SERVE_TIMEOUT):

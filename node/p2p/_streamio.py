@@ -6,11 +6,41 @@ py-libp2p's ``stream.read(n)`` returns whatever the muxer has buffered (up to n 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from libp2p.network.stream.exceptions import StreamEOF
 
 READ_CHUNK = 256 * 1024
+
+
+class StreamSlots:
+    """Inbound streams open per (peer, kind), each at most `limit`: every open stream may hold a
+    partial frame (up to a whole frame's bytes) or a reply, and py-libp2p bounds neither the streams
+    a peer opens nor, in yamux, what it sends past the window. Over the limit a stream is reset."""
+
+    def __init__(self, stats: dict[str, int]) -> None:
+        self.open: dict[tuple[str, str], int] = {}
+        self.stats = stats
+
+    @contextlib.contextmanager
+    def take(self, peer: str, kind: str, limit: int) -> Iterator[bool]:
+        key = (peer, kind)
+        n = self.open.get(key, 0)
+        if n >= limit:
+            self.stats["streams_refused"] = self.stats.get("streams_refused", 0) + 1
+            yield False
+            return
+        self.open[key] = n + 1
+        try:
+            yield True
+        finally:
+            left = self.open[key] - 1
+            if left:
+                self.open[key] = left
+            else:
+                del self.open[key]
 
 
 class StreamClosedEarly(Exception):

@@ -32,6 +32,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.transport.exceptions import SecurityUpgradeFailure
 
+from node.p2p._streamio import StreamSlots
 from node.p2p._wake import wait_for_items, wake
 
 log = logging.getLogger("medchain.p2p")
@@ -72,6 +73,7 @@ os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 
 DIRECT_PROTOCOL = TProtocol("/medchain/pbft/1.0.0")
 READ_CHUNK = 256 * 1024  # bytes asked of the muxer per read
+MAX_DIRECT_STREAMS = 4  # inbound PBFT streams open per peer (it keeps one; more while it redials)
 WRITE_BATCH_BYTES = 256 * 1024  # queued frames coalesced into one stream write
 WRITE_BATCH_FRAMES = 1024
 DIAL_TIMEOUT = 5.0
@@ -170,6 +172,7 @@ class TrioSide:
         self.deliver = deliver
         self.backlog = backlog
         self.stats = stats
+        self.slots = StreamSlots(stats)  # inbound streams open per peer (direct, request, bitswap)
         self.mode = mode
         self.topic = topic
         self.max_frame = max_frame
@@ -503,6 +506,14 @@ class TrioSide:
             with contextlib.suppress(Exception):
                 await stream.reset()
             return
+        with self.slots.take(name, "direct", MAX_DIRECT_STREAMS) as ok:
+            if not ok:  # a peer keeps one stream to us; a few more while it redials
+                with contextlib.suppress(Exception):
+                    await stream.reset()
+                return
+            await self._read_frames(stream, name)
+
+    async def _read_frames(self, stream: Any, name: str) -> None:
         stats, deliver, max_frame = self.stats, self.deliver, self.max_frame
         buf = bytearray()
         try:
