@@ -69,6 +69,8 @@ class Limits:
         self.body_timeout = p.body_timeout_ms / 1000
         self.in_flight: Counter[str] = Counter()  # body bytes held per client IP
         self.in_flight_total = 0
+        self.out_flight: Counter[str] = Counter()  # bytes of large answers being written, per client IP
+        self.out_total = 0
         self.throttled = throttled
         self.origin_full = origin_full  # the mempool holds this client's whole share
         self._freed = 0  # body bytes released since the heap was last trimmed
@@ -81,9 +83,48 @@ class Limits:
         ip = client_ip(req)
         try:
             with origin(ip):
-                return await handler(req)
+                resp = await handler(req)
         finally:
             self._release(ip, req.get(_RESERVED, 0))
+        return await self._send_large(req, ip, resp)
+
+    async def _send_large(self, req: web.Request, ip: str, resp: web.StreamResponse) -> web.StreamResponse:
+        """A large answer (a block, a blob) is written here, within the same budgets as request
+        bodies, counted apart (per client IP, overall) and within the body timeout: a client that
+        does not read left the whole body in the connection's write buffer for as long as it
+        stayed open (1,024 connections of one IP x an 8 MiB block). A client's first large answer
+        always goes; while it holds the budget, another gets 429 (the server's, 503)."""
+        body = resp.body if type(resp) is web.Response else None
+        if not isinstance(body, bytes) or len(body) <= SMALL_BODY or req.method == "HEAD":
+            return resp
+        n = len(body)
+        held = self.out_flight[ip]
+        if held and held + n > self.per_ip:
+            self.throttled("client_response")
+            return web.json_response({"error": f"too many response bytes in flight to {ip} (limit {self.per_ip})"},
+                                     status=429, headers={"Retry-After": "1"})
+        if self.out_total and self.out_total + n > self.total:
+            self.throttled("server_response")
+            return web.json_response({"error": "too many response bytes in flight: try again later"},
+                                     status=503, headers={"Retry-After": "1"})
+        self.out_flight[ip] += n
+        self.out_total += n
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                await resp.prepare(req)
+                await resp.write_eof()  # returns once the body is down to the transport's low-water mark
+        except TimeoutError:
+            self.throttled("slow_reader")
+            if req.transport is not None:
+                req.transport.abort()  # the buffered body goes with the connection
+        except ConnectionError:
+            pass  # the client went away: nothing more to send
+        finally:
+            self.out_total -= n
+            self.out_flight[ip] -= n
+            if self.out_flight[ip] <= 0:
+                del self.out_flight[ip]
+        return resp
 
     def charge_txs(self, req: web.Request, n: int) -> web.Response | None:
         """Charge `n` transactions to the client IP's transaction bucket: None if allowed, else the
