@@ -77,7 +77,7 @@ MODULES: dict[str, list[str]] = {
         "test_a_fresh_commit_is_not_asked_about_an_old_or_unseen_height_is")],
     # the PBFT replica: its normal case, votes and certificates, the state it keeps, its recovery
     "node/consensus/replica.py": ["tests/test_consensus.py", "tests/test_replica_edges.py", "tests/test_viewchange.py",
-                                  "tests/test_consensus_messages.py"],
+                                  "tests/test_consensus_messages.py", "tests/test_recovery_records.py"],
     "node/consensus/state.py": ["tests/test_consensus.py", "tests/test_viewchange.py", "tests/test_consensus_messages.py",
                                 "tests/test_recovery_records.py"],
     "node/consensus/recovery.py": ["tests/test_consensus.py", "tests/test_viewchange.py", "tests/test_recovery.py",

@@ -638,11 +638,12 @@ def test_a_view_change_keeps_one_message_per_type_sender_and_sequence_of_the_win
     r.on_message(signed(Commit, 0, 1, 1, digest))  # again
     r.on_message(signed(Commit, 0, 1, 1, ecdsa.sha256(b"another")))  # another digest, same slot
     r.on_message(signed(Commit, 0, 1, 3, digest))  # past the window
+    r.on_message(signed(Commit, 0, 1, 0, digest))  # at the delivered height (0): below it
     a = make_block(1, view=1, proposer=1)
     assert r.on_message(pre_prepare(a, sender=3)) == []  # not the view's primary
     forged = PrePrepare(1, 1, ecdsa.sha256(b"not a"), 1, bytes(64), block=a)
     r.on_message(forged)  # its block is not the digest it names
-    assert r.ignored_by_reason() == {"view-changing": 2, "outside-window": 1, "not-primary": 1, "malformed": 1}
+    assert r.ignored_by_reason() == {"view-changing": 2, "outside-window": 2, "not-primary": 1, "malformed": 1}
     assert r.on_message(pre_prepare(a, sender=1)) == [] and r.state.early_bytes == txs_bytes(a.txs)
     assert len(r.state.early_view) == 7
 
@@ -652,11 +653,13 @@ def test_early_pre_prepares_are_kept_up_to_their_byte_budget():
     r = make_replica(4, 2, view=1, awaiting_new_view=True)
     tx = bytes(MAX_TX_BYTES)
     per = TXS_MAX_BYTES // (len(tx) + TX_FRAMING)
-    blocks = [make_block(seq, view=1, proposer=1, txs=(tx,) * per) for seq in range(1, 6)]
-    assert EARLY_BLOCK_BYTES // txs_bytes(blocks[0].txs) == 4
-    for b in blocks[:4]:
+    txs = (tx,) * per
+    txs += (bytes(TXS_MAX_BYTES - txs_bytes(txs) - TX_FRAMING),)  # each block exactly at the budget
+    blocks = [make_block(seq, view=1, proposer=1, txs=txs) for seq in range(1, 6)]
+    assert txs_bytes(blocks[0].txs) == TXS_MAX_BYTES and EARLY_BLOCK_BYTES == 4 * TXS_MAX_BYTES
+    for b in blocks[:4]:  # the fourth fills the budget to the byte: kept
         assert r.on_message(pre_prepare(b, sender=1)) == []
-    assert r.ignored == 0 and r.state.early_bytes == 4 * txs_bytes(blocks[0].txs)
+    assert r.ignored == 0 and r.state.early_bytes == EARLY_BLOCK_BYTES
     r.on_message(pre_prepare(blocks[4], sender=1))  # past the budget: its primary sends it again
     assert r.ignored_by_reason() == {"view-changing": 1} and len(r.state.early_view) == 4
 
