@@ -329,8 +329,12 @@ def test_a_primary_whose_last_record_was_its_commit_is_still_bound_by_its_pre_pr
         p.on_message(signed(Prepare, j, 0, 1, a.hash))
     acts = p.propose(a)
     assert sent(acts, PrePrepare) and sent(acts, Commit)
-    last = [x.record for x in acts if isinstance(x, Persist)][-1]  # the driver writes them in order
+    persisted = [x for x in acts if isinstance(x, Persist)]
+    last = persisted[-1].record  # the driver writes them in order
+    rec = decode_record(last)
+    assert persisted[-1].seq == 1 and set(rec.tags) == {T_PREPREPARE, T_COMMIT}
+    assert rec.pcert is not None and rec.pcert[0].seq == 1 and rec.pcert[1] == a  # the certificate it committed on
     r = make_replica(4, 0)
-    assert r.restore_record(1, decode_record(last)) is True
+    assert r.restore_record(1, rec) is True
     with pytest.raises(ValueError):
         r.propose(make_block(1, txs=(b"B",)))  # it signed B's pre-prepare at (view 0, seq 1) before the fix

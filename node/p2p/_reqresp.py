@@ -36,6 +36,7 @@ OK, HANDLER_ERROR, TOO_LARGE = 0, 1, 2
 SERVE_TIMEOUT = 60.0  # an inbound request (read, handle, reply) never holds a stream longer
 ERROR_MAX = 1024  # bytes of a handler's error reason sent to the requester
 MAX_REQUEST_STREAMS = 16  # inbound requests served at once per peer (over all request protocols)
+MAX_REQUEST_WAITING = 240  # and waiting for one of those slots; beyond, the stream is reset
 
 # (protocol, peer name, request) -> future of (status, body), resolved on the asyncio loop
 HandlerCall = Callable[[str, str, bytes], concurrent.futures.Future]
@@ -69,12 +70,19 @@ async def serve_stream(side: Any, stream: Any, protocol: str, max_request: int, 
         with contextlib.suppress(Exception):
             await stream.reset()
         return
-    with side.slots.take(name, "request", MAX_REQUEST_STREAMS) as ok:
-        if not ok:  # each open request may hold a reply of up to 16 MiB until it is read
+    # each request served may hold a reply of up to 16 MiB until it is read: MAX_REQUEST_STREAMS of a
+    # peer's are served at once, the next wait (holding at most their request), and past
+    # MAX_REQUEST_WAITING more a stream is reset
+    with side.slots.take(name, "request", MAX_REQUEST_STREAMS + MAX_REQUEST_WAITING) as ok:
+        if not ok:
             with contextlib.suppress(Exception):
                 await stream.reset()
             return
-        await _serve(side, stream, name, protocol, max_request, call)
+        sem = side.request_slots.get(name)
+        if sem is None:
+            sem = side.request_slots[name] = trio.Semaphore(MAX_REQUEST_STREAMS)
+        async with sem:
+            await _serve(side, stream, name, protocol, max_request, call)
 
 
 async def _serve(side: Any, stream: Any, name: str, protocol: str, max_request: int, call: HandlerCall) -> None:

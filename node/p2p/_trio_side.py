@@ -173,6 +173,7 @@ class TrioSide:
         self.backlog = backlog
         self.stats = stats
         self.slots = StreamSlots(stats)  # inbound streams open per peer (direct, request, bitswap)
+        self.request_slots: dict[str, trio.Semaphore] = {}  # requests served at once per peer (_reqresp)
         self.mode = mode
         self.topic = topic
         self.max_frame = max_frame
