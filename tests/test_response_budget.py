@@ -25,6 +25,7 @@ async def _serve(limits: Limits, body: bytes) -> tuple[web.AppRunner, int]:
         return web.Response(body=body, content_type="application/octet-stream")
 
     app.router.add_get("/big", big)
+    app.router.add_post("/big", big)  # as POST /v1/txs answers a batch with its per-item results
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -62,6 +63,8 @@ def test_a_client_that_does_not_read_holds_the_budget_only_until_the_body_timeou
                 async with c.get(f"http://127.0.0.1:{port}/big") as r:  # a second one from that IP
                     assert r.status == 429 and r.headers["Retry-After"] == "1"
                     assert "too many response bytes in flight to 127.0.0.1" in (await r.json())["error"]
+                async with c.post(f"http://127.0.0.1:{port}/big") as r:  # a POST's answer reports what
+                    assert r.status == 200 and await r.read() == body  # was done: never replaced
                 await asyncio.sleep(2.0)  # past the body timeout: the slow connection is cut
                 assert "slow_reader" in scopes and limits.out_total == 0 and not limits.out_flight
                 async with c.get(f"http://127.0.0.1:{port}/big") as r:  # and a reader gets it whole

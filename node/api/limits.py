@@ -89,13 +89,15 @@ class Limits:
         return await self._send_large(req, ip, resp)
 
     async def _send_large(self, req: web.Request, ip: str, resp: web.StreamResponse) -> web.StreamResponse:
-        """A large answer (a block, a blob) is written here, within the same budgets as request
+        """A large answer to a GET (a block, a blob) is written here, within the same budgets as request
         bodies, counted apart (per client IP, overall) and within the body timeout: a client that
         does not read left the whole body in the connection's write buffer for as long as it
         stayed open (1,024 connections of one IP x an 8 MiB block). A client's first large answer
         always goes; while it holds the budget, another gets 429 (the server's, 503)."""
         body = resp.body if type(resp) is web.Response else None
-        if not isinstance(body, bytes) or len(body) <= SMALL_BODY or req.method == "HEAD":
+        # only a GET's answer may be refused here: a POST's (the per-item results of a batch) reports
+        # what was already done, and a 429 in its place would make the client send it all again
+        if not isinstance(body, bytes) or len(body) <= SMALL_BODY or req.method != "GET":
             return resp
         n = len(body)
         held = self.out_flight[ip]
