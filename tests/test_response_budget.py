@@ -46,7 +46,7 @@ async def _slow_reader(port: int) -> socket.socket:
 
 def test_a_client_that_does_not_read_holds_the_budget_only_until_the_body_timeout() -> None:
     scopes: list[str] = []
-    limits = Limits(Params(client_body_bytes=4 * MIB, server_body_bytes=64 * MIB, body_timeout_ms=1500),
+    limits = Limits(Params(client_body_bytes=4 * MIB, server_body_bytes=12 * MIB, body_timeout_ms=1500),
                     scopes.append, 1)
     body = os.urandom(8 * MIB)
 
@@ -87,8 +87,8 @@ def test_a_client_that_does_not_read_holds_the_budget_only_until_the_body_timeou
 
 def test_small_answers_and_one_large_answer_per_client_are_not_held_back() -> None:
     scopes: list[str] = []
-    limits = Limits(Params(client_body_bytes=1 * MIB, server_body_bytes=64 * MIB), scopes.append, 1)
-    body = os.urandom(2 * MIB)  # larger than the per-IP budget: still served, alone
+    limits = Limits(Params(client_body_bytes=1 * MIB, server_body_bytes=2 * MIB), scopes.append, 1)
+    body = os.urandom(2 * MIB)  # larger than a client's budget (half the server's): still served, alone
 
     async def go() -> None:
         runner, port = await _serve(limits, body)
