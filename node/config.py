@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,27 +202,27 @@ def apply_environment(s: NodeSettings) -> None:
     configure(getattr(logging, s.log_level.upper()), s.log_format == "json")
 
 
+def _env_number(name: str, default: float, ok: Callable[[float], bool], unit: str, must: str) -> float:
+    """A number the validator reads from the environment (set from the file by apply_environment)."""
+    raw = os.environ.get(name, "")
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: a number of {unit}") from None
+    if not ok(value):
+        raise ConfigError(f"{name}={raw!r}: must be {must}")
+    return value
+
+
 def max_queue_s() -> float:
     """limits.max_queue_s as the validator reads it (MEDCHAIN_MAX_QUEUE_S; node/backlog.py)."""
     from node.backlog import MAX_WAIT_S
-    raw = os.environ.get("MEDCHAIN_MAX_QUEUE_S", "")
-    try:
-        value = float(raw) if raw else MAX_WAIT_S
-    except ValueError:
-        raise ConfigError(f"MEDCHAIN_MAX_QUEUE_S={raw!r}: a number of seconds") from None
-    if not value > 0:
-        raise ConfigError(f"MEDCHAIN_MAX_QUEUE_S={raw!r}: must be above 0")
-    return value
+    return _env_number("MEDCHAIN_MAX_QUEUE_S", MAX_WAIT_S, lambda v: v > 0, "seconds", "above 0")
 
 
 def mempool_bytes() -> int:
     """limits.mempool_mb in bytes as the validator reads it (MEDCHAIN_MEMPOOL_MB; node/mempool.py)."""
     from node.mempool import MAX_TX_POOL_BYTES
-    raw = os.environ.get("MEDCHAIN_MEMPOOL_MB", "")
-    try:
-        value = float(raw) if raw else MAX_TX_POOL_BYTES / 2**20
-    except ValueError:
-        raise ConfigError(f"MEDCHAIN_MEMPOOL_MB={raw!r}: a number of MiB") from None
-    if not value >= MIN_MEMPOOL_MB:
-        raise ConfigError(f"MEDCHAIN_MEMPOOL_MB={raw!r}: must be at least {MIN_MEMPOOL_MB} (a block's worth)")
-    return int(value * 2**20)
+    mib = _env_number("MEDCHAIN_MEMPOOL_MB", MAX_TX_POOL_BYTES / 2**20, lambda v: v >= MIN_MEMPOOL_MB, "MiB",
+                      f"at least {MIN_MEMPOOL_MB} (a block's worth)")
+    return int(mib * 2**20)
