@@ -283,7 +283,7 @@ class Validator:
                     or not propose_now(max(r.in_flight(), len(self.pipeline.executed)),
                                        len(self.mempool) - self.pipeline.in_flight_txs(),
                                        self.params.block_max_txs, PIPELINE,
-                                       self.mempool.tx_bytes - self.pipeline.in_flight_bytes())):
+                                       (waiting_bytes := self.mempool.tx_bytes - self.pipeline.in_flight_bytes()))):
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -294,8 +294,8 @@ class Validator:
                     await asyncio.wait_for(self._wake.wait(), interval)
                 continue
             exclude = self.pipeline.proposed_ids()
-            if (len(self.mempool) - len(exclude) < self.params.block_max_txs
-                    and self.mempool.tx_bytes - self.pipeline.in_flight_bytes() < TXS_MAX_BYTES):
+            # nothing ran since the check above (no await): the pool and the blocks in flight are as they were
+            if len(self.mempool) - len(exclude) < self.params.block_max_txs and waiting_bytes < TXS_MAX_BYTES:
                 await asyncio.sleep(interval)  # let a batch fill: one round should carry many transactions
             txs = self.mempool.batch(self.params.block_max_txs, exclude, TXS_MAX_BYTES, TX_FRAMING)
             if not txs:
