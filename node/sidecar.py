@@ -24,6 +24,8 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Iterable
 
+import msgpack
+
 from node.consensus.messages import MAX_MESSAGE_BYTES
 from node.ipfs.cid import CODEC_RAW, CidError
 from node.tx import Tx, Write
@@ -163,13 +165,11 @@ def decode_forwarded(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> list[It
 def _declared_items(data: bytes) -> int:
     """How many items the batch array of an encoded [T_TXS, batch] declares; 0 if it is not one
     (decoding then says why)."""
-    if data[:2] != TXS_PREFIX or len(data) < 3:
+    if data[:2] != TXS_PREFIX:
         return 0
-    h = data[2]
-    if 0x90 <= h <= 0x9F:
-        return h & 0x0F
-    if h == 0xDC:
-        return int.from_bytes(data[3:5], "big")
-    if h == 0xDD:
-        return int.from_bytes(data[3:7], "big")
-    return 0
+    head = msgpack.Unpacker()
+    head.feed(data[2:7])  # an array header is at most 5 bytes
+    try:
+        return int(head.read_array_header())
+    except (ValueError, msgpack.OutOfData):
+        return 0
