@@ -78,3 +78,30 @@ def test_the_edge_workload_confines_every_validator_to_one_core_in_every_step():
     steps = _steps(sp.parse_args(["edge", "--rates", "300,600"]))
     assert [(label, cfg.rate, pin) for label, cfg, pin in steps] == [
         ("300 tx/s, 1 core", 300.0, "validators"), ("600 tx/s, 1 core", 600.0, "validators")]
+
+
+def test_fleet_under_overload_resends_in_order_and_loses_nothing(tmp_path):
+    """Each phone may send 3 writes a second and is offered about 6: the validator refuses the rest
+    with 429s, inside batches whose other writes it admits. The fleet, a good client, sends each
+    refused transaction again after the Retry-After, in nonce order with the ones behind it: no write
+    is ever refused for a nonce it skipped or reused, and every reading commits."""
+    from devices.net.localnet import make_network
+    from node.genesis import Genesis, Params
+
+    (n,) = make_network(tmp_path, 1, params=Params(sender_rate=3, sender_burst=3))
+    n.start()
+    try:
+        cfg = FleetConfig(wearables=300, phones=20, seconds=5, rate=200, staff=2, grants=4, linger_ms=20,
+                          drain_timeout=120)
+        res = run(run_fleet([n.url], cfg, genesis=Genesis.load(n.home / "genesis.json")))
+    finally:
+        n.stop()
+    print({k: res[k] for k in ("overloaded_retried", "overload_refusals", "conflicts_resent", "conflicts", "failed",
+                               "failed_by_kind", "unfinished", "committed_by_kind")})
+    assert res["overloaded_retried"] > 100  # the limit was real
+    assert res["failed"] == 0 and res["unfinished"] == 0, res["failed_by_kind"]
+    # a write sealed before a revoke committed is sealed again under the new key epoch; nothing else
+    assert all("stale key epoch" in r for r in res["conflicts"]), res["conflicts"]
+    # every reading is in a write committed in a block whose certificate checked, or still on its phone
+    assert res["blocks_proven"] > 0 and res["blocks_refused"] == 0
+    assert res["readings_committed"] + res["readings_unsent"] == res["readings_emitted"]

@@ -134,7 +134,7 @@ def _row(label: str, cfg: FleetConfig, res: dict, d: dict, eng: dict) -> dict:
         "open loop" if cfg.rate else "natural windows"), "wearables": cfg.wearables, "phones": cfg.phones,
         "seconds": cfg.seconds, **{k: res[k] for k in (
             "send_rate", "tps", "submitted", "committed", "committed_by_kind", "failed", "failed_by_kind",
-            "overloaded_retried", "unfinished", "blocks_proven", "blocks_refused", "latency_ms", "window_to_commit_ms", "generator_cpu_s", "generator_cpu_ms_per_tx",
+            "overloaded_retried", "overload_refusals", "conflicts_resent", "conflicts", "unfinished", "blocks_proven", "blocks_refused", "latency_ms", "window_to_commit_ms", "generator_cpu_s", "generator_cpu_ms_per_tx",
             "generator_cpu_wearables_s", "generator_cpu_us_per_reading", "generator_cpu_phones_ms_per_tx",
             "readings_emitted", "readings_committed", "readings_unsent", "drain", "starved_arrivals", "reads_decrypted", "reads_refused", "reads_failed", "ble")},
         **d, "energy": eng, **({"check": res["check"]} if "check" in res else {})}
@@ -248,7 +248,8 @@ def _line(s: dict) -> str:
           "  ".join(f"{k} {m['j_per_tx']:.4f} J/tx" for k, m in e.get("models", {}).items() if m["j_per_tx"]))
     out = (f"  {s['label']}: sent {s['send_rate']:.0f}/s, committed {s['tps']:.0f} tx/s ({s['committed']} ok, "
            f"{s['failed']} failed, {s['unfinished']} unfinished, {s.get('overloaded_retried', 0)} refused with 429/503 "
-           f"and sent again; blocks {describe(s.get('blocks_proven'), s.get('blocks_refused', 0))}); latency ms min {lat['min']:.0f} avg {lat['avg']:.0f}"
+           f"and sent again ({s.get('overload_refusals', 0)} refusals), {s.get('conflicts_resent', 0)} refused with 409 "
+           f"and signed again; blocks {describe(s.get('blocks_proven'), s.get('blocks_refused', 0))}); latency ms min {lat['min']:.0f} avg {lat['avg']:.0f}"
            f" p50 {lat['p50']:.0f} p95 {lat['p95']:.0f} p99 {lat['p99']:.0f} max {lat['max']:.0f}; window closed to "
            f"commit p50 {e2e.get(50, float('nan')):.0f} p99 {e2e.get(99, float('nan')):.0f}\n"
            f"    generator {s['generator_cpu_ms_per_tx']:.3f} ms CPU per tx ({s['generator_cpu_s']:.1f} s: wearables"

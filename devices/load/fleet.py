@@ -56,6 +56,7 @@ log = logging.getLogger("medchain.fleet")
 KINDS = ["heart_rate", "spo2", "body_temperature", "blood_pressure", "glucose"]
 ALL_TYPES = tuple(sorted(data_type_id(k) for k in KINDS))
 HISTORY_EPOCHS = 12  # as devices/patient/phone.py: past key epochs a grant carries
+PHONE_KINDS = ("write", "grant")  # signed by a phone, in its one nonce run
 MAX_BATCH = 4000  # transactions per POST /v1/txs (the API allows 4096)
 MAX_BATCH_BYTES = 1900 * 1024  # and bytes, sidecars included (the API allows 2 MiB)
 
@@ -153,7 +154,11 @@ class Fleet:
         self.written: dict[bytes, Meta] = {}  # committed writes by CID
         self.first_submit = self.last_submit = self.last_commit = 0.0
         self.submitted = self.emitted = self.starved = self.reads_decrypted = self.reads_refused = 0
-        self.overloaded = 0  # writes refused with 429/503 and sent again after the Retry-After
+        self.overloaded = 0  # transactions refused with 429/503 (once or more) and sent again after the Retry-After
+        self.overload_refusals = 0  # every such refusal
+        # phone transactions refused with 409 (a nonce or key epoch out of date) and signed again
+        self.conflicts_resent = 0
+        self.conflicts: dict[str, int] = {}
         self.reads_failed = 0
         self.work: asyncio.Queue = asyncio.Queue()
         self.lanes: list[list[Meta]] = [[] for _ in urls]
@@ -278,63 +283,90 @@ class Fleet:
                 self.drain_submitted += len(batch) - timed
                 back, wait, held = [], 0.0, set()
                 for m, r in zip(batch, res, strict=True):
-                    again = r["status"] == 503 or (r["status"] == 429 and m.kind != "read")  # not a read limit
-                    # a later write of a phone refused earlier in this batch is "out of order" only for that
-                    again = again or (r["status"] == 409 and m.kind == "write" and m.owner in held
-                                      and "out of order" in str(r.get("error", "")))
-                    if again:
-                        if m.kind == "write":
-                            held.add(m.owner)
-                        back.append(m)  # the validator is overloaded, or limits this client's rate
+                    st = r["status"]
+                    if st == 202:
+                        continue
+                    self.tracked.pop(m.tx.id, None)
+                    if m.kind in PHONE_KINDS:
+                        # a phone's transactions share its nonce run: once one of them goes back, every
+                        # later one of that phone goes back with it and is signed again after it
+                        if st in (429, 503) or m.owner in held:
+                            wait = max(wait, float(r.get("retry_after") or 1.0))  # refused for now: not a try
+                            self._for_now(m)
+                        elif not self._resend(m, r):
+                            continue
+                        held.add(m.owner)
+                        back.append(m)
+                    elif st == 503 or (st == 429 and m.kind != "read"):  # not a read limit: wait at the lane's head
+                        back.append(m)
+                        self._for_now(m)
                         wait = max(wait, float(r.get("retry_after") or 1.0))
-                    if r["status"] != 202:
-                        self.tracked.pop(m.tx.id, None)
-                        if not again:
-                            self._refused(m, r)
+                    else:
+                        self._refused(m, r)
                 if back:
                     await self._hold_back(v, back, wait)
 
     async def _hold_back(self, v: int, back: list[Meta], wait: float) -> None:
         """A good client: transactions refused with 429/503 wait for the Retry-After, and are neither
-        failures nor one of their window's tries. The lane pauses meanwhile. A phone's writes (the
-        refused ones and those of its still queued behind them) are signed again, in order, from the
-        nonce the validator expects next: the refused nonces were never taken, and re-signing only
-        some of them would collide with the others ("nonce conflict"). Other kinds keep their place
-        at the head of the lane, in order."""
-        self.overloaded += len(back)
-        for m in back:
-            m.overloaded = True
-        phones = {m.owner for m in back if m.kind == "write"}
-        writes = [m for m in back if m.kind == "write"]
-        writes += [m for m in self.lanes[v] if m.kind == "write" and m.owner in phones]
-        self.lanes[v] = [m for m in back if m.kind != "write"] + [
-            m for m in self.lanes[v] if not (m.kind == "write" and m.owner in phones)]
+        failures nor one of their window's tries. The lane pauses meanwhile. A phone's transactions
+        (the refused ones and those of its still queued behind them) are signed again, in order, from
+        the nonce the validator expects next: the refused nonces were never taken, and re-signing only
+        some of them would collide with the others ("nonce conflict"), or leave a gap that refuses the
+        rest ("nonce out of order"). Staff reads keep their place at the head of the lane, in order."""
+        phones = {m.owner for m in back if m.kind in PHONE_KINDS}
+        again = [m for m in back if m.kind in PHONE_KINDS]
+        again += [m for m in self.lanes[v] if m.kind in PHONE_KINDS and m.owner in phones]
+        self.lanes[v] = [m for m in back if m.kind not in PHONE_KINDS] + [
+            m for m in self.lanes[v] if not (m.kind in PHONE_KINDS and m.owner in phones)]
         for k in phones:
-            self.phones[k].resync = True  # windows signed meanwhile start from the validator's next nonce
-        await asyncio.sleep(wait)
-        if writes:
-            self.work.put_nowait(writes)  # the proxy signs them again after those
+            self.phones[k].resync = True  # signed again from the validator's next nonce and key epochs
+        if wait > 0:
+            await asyncio.sleep(wait)
+        if again:
+            self.work.put_nowait(again)  # the proxy signs them again, in this order
+
+    def _for_now(self, m: Meta) -> None:
+        """Refused with 429/503, sent again after the Retry-After: counted once in the send rate."""
+        self.overload_refusals += 1
+        if not m.overloaded:
+            m.overloaded = True
+            self.overloaded += 1
+
+    def _resend(self, m: Meta, r: dict) -> bool:
+        """A phone's transaction refused other than for now: whether it is sent again (a try, at most
+        five), signed anew; a write refused for a key epoch that a revoke rotated is sealed again under
+        the new one. False: refused for good (counted as failed)."""
+        if r["status"] in (400, 413) or m.tries >= 5 or (m.kind == "grant" and r["status"] != 409):
+            self._refused(m, r)
+            return False
+        m.tries += 1
+        if r["status"] == 409:
+            self.conflicts_resent += 1
+            self._reason(self.conflicts, r)
+        if m.kind == "write" and "stale key epoch" in str(r.get("error", "")):
+            m.body = None  # sealed again under the epoch the proxy reads next
+        return True
 
     def _refused(self, m: Meta, r: dict) -> None:
+        """Refused for good: counted as failed, with its reason."""
         m.done = True
-        if m.kind != "write" or m.tries >= 5:
-            self.open_ops -= 1
+        self.open_ops -= 1
         self.failed[m.kind] = self.failed.get(m.kind, 0) + 1
-        self.failed.setdefault("reasons", {})
-        key = f"{r['status']} {str(r.get('error', ''))[:60]}"
-        self.failed["reasons"][key] = self.failed["reasons"].get(key, 0) + 1
-        if m.kind in ("write", "grant"):
+        self._reason(self.failed.setdefault("reasons", {}), r)
+        if m.kind in PHONE_KINDS:
             ph = self.phones[m.owner]
             ph.resync = True  # the nonce sequence has a gap now: re-read it before signing again
-            if m.kind == "write" and m.tries < 5:  # a window is retried, never dropped
-                m.tries += 1
-                self.work.put_nowait([m])
-            elif m.kind == "write":
+            if m.kind == "write":
                 ph.outstanding -= 1
             else:
                 ph.blocked = False
         elif m.kind == "read":
             self.staff_resync = True
+
+    @staticmethod
+    def _reason(into: dict, r: dict) -> None:
+        key = f"{r['status']} {str(r.get('error', ''))[:60]}"
+        into[key] = into.get(key, 0) + 1
 
     # --- the follower -----------------------------------------------------------------------
     async def _follow(self) -> None:
@@ -364,7 +396,7 @@ class Fleet:
             self.hist_e2e.record_value(max(1, int((t - m.t_sched) * 1e6)))
         if m.kind == "write":
             ph = self.phones[m.owner]
-            m.blob = b""  # committed: every validator holds it now
+            m.blob, m.readings = b"", None  # committed: every validator holds it now
             ph.outstanding -= 1
             self.written[m.cid] = m
             ph.cids.append((m.dtype, m.cid, m.body.epoch))
@@ -412,25 +444,42 @@ class Fleet:
             items: list[Meta] = await self.work.get()
             while not self.work.empty():
                 items += self.work.get_nowait()
+            await self._resync(items)
             fresh = [m for m in items if m.kind == "write" and m.body is None]
             self._seal(fresh)
             for m in fresh:  # one raw block: the CID is one SHA-256 here (node/sidecar.py)
                 m.cid = raw_cid_bytes(m.blob)
                 m.body = Write(m.dtype, m.cid, len(m.blob), m.epoch, m.t0, m.t1)
-                m.readings = None
-            for k in {m.owner for m in items if m.kind != "read" and self.phones[m.owner].resync}:
-                ph = self.phones[k]
-                ph.nonce = (await self.clients[ph.v].account(ph.addr))["next_nonce"]
-                ph.resync = False
-            if getattr(self, "staff_resync", False):
-                for s, st in enumerate(self.staff):
-                    self.staff_nonce[s] = (await self.clients[0].account(st.address))["next_nonce"]
-                self.staff_resync = False
-            self._sign_batch([m for m in items if m.kind in ("write", "grant")])
+            self._sign_batch([m for m in items if m.kind in PHONE_KINDS])
             for m in items:
                 if m.kind == "read":
                     self._sign(m)
                 self._enqueue(m)
+
+    async def _resync(self, items: list[Meta]) -> None:
+        """Re-read the next nonce and the key epochs of every phone of `items` that must start again
+        from the validator's, and the staff's nonces if a read was refused: all at once, and again for
+        any phone that a refusal marked meanwhile, so nothing is signed from a stale count."""
+        sem = asyncio.Semaphore(64)
+
+        async def read(ph: FleetPhone) -> None:
+            async with sem:
+                acct = await self.clients[ph.v].account(ph.addr)
+            ph.nonce = acct["next_nonce"]
+            ph.epochs = {data_type_id(k): v for k, v in acct["epochs"].items()}
+
+        while True:
+            due = [self.phones[k] for k in {m.owner for m in items if m.kind in PHONE_KINDS}
+                   if self.phones[k].resync]
+            if not due and not self.staff_resync:
+                return
+            for ph in due:
+                ph.resync = False  # set before the read: a refusal that comes meanwhile sets it again
+            await asyncio.gather(*(read(ph) for ph in due))
+            if self.staff_resync:
+                self.staff_resync = False
+                for s, st in enumerate(self.staff):
+                    self.staff_nonce[s] = (await self.clients[0].account(st.address))["next_nonce"]
 
     def _seal(self, ms: list[Meta]) -> None:
         """Encrypt each window as envelope.seal_window does, one batch AEAD call per data key."""
@@ -632,7 +681,8 @@ class Fleet:
         return {
             "submitted": self.submitted, "committed": n, "committed_by_kind": dict(self.committed),
             "failed": sum(v for k, v in self.failed.items() if k != "reasons"), "failed_by_kind": dict(self.failed),
-            "overloaded_retried": self.overloaded,
+            "overloaded_retried": self.overloaded, "overload_refusals": self.overload_refusals,
+            "conflicts_resent": self.conflicts_resent, "conflicts": dict(self.conflicts),
             # None: no genesis keys given, commits taken on the followed validator's word
             "blocks_proven": self.follower.proven_or_none if self.follower else None,
             "blocks_refused": self.follower.refused if self.follower else 0,
