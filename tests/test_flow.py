@@ -115,3 +115,37 @@ def test_rekey_reaches_other_grantees(node, genesis):
             assert [w.readings for w in wins] == [first, second]
             assert [w.epoch for w in wins] == [0, 1]
     run(go())
+
+
+def test_a_phone_over_its_senders_rate_waits_the_retry_after_and_loses_nothing(tmp_path):
+    """One transaction a second per sender: a phone's second and third grants in a row are refused
+    with 429 and a Retry-After. The client sends the same signed bytes again after it (a refusal
+    for now admitted nothing), so every grant commits, in order, none of them twice."""
+    from devices.net.localnet import make_network
+    from node.genesis import Genesis, Params
+
+    (n,) = make_network(tmp_path, 1, params=Params(sender_rate=1, sender_burst=1))
+    n.start()
+    gen = Genesis.load(n.home / "genesis.json")
+
+    async def go():
+        async with NodeClient(n.url) as c:
+            phone = Phone(Identity.from_seed(b"patient-429"), c, gen.chain_id, gen.validator_keys)
+            docs = [Identity.from_seed(f"doctor-429-{i}".encode()) for i in range(3)]
+            for i, d in enumerate(docs):  # each its own sender: its one transaction is within its rate
+                await Staff(d, c, gen.chain_id).register(f"Dr. {i}", "physician", "General Hospital")
+            t0 = time.monotonic()
+            for d in docs:
+                await phone.grant(d.address, ["heart_rate"])
+            grants = (await c.get_json(f"/v1/patients/{phone.address.hex()}/grants"))["grants"]
+            acct = await c.account(phone.address)
+            return time.monotonic() - t0, grants, acct
+
+    try:
+        took, grants, acct = run(go())
+    finally:
+        n.stop()
+    assert sorted(g["staff"] for g in grants) == sorted(d.address.hex() for d in
+                                                        [Identity.from_seed(f"doctor-429-{i}".encode()) for i in range(3)])
+    assert acct["nonce"] == 3  # three transactions, each committed once
+    assert took >= 1.5  # the second and third waited for the sender's bucket (the 429's Retry-After)

@@ -49,6 +49,8 @@ from node.crypto.batch import aead_seal_batch
 from node.crypto.keys import Identity
 from node.genesis import Genesis
 from node.ipfs.cid import Cid, raw_cid_bytes
+from node.proof import verify_status
+from node.state.records import CODES, Code
 from node.tx import Grant, Profile, Read, SealedKey, Tx, Write, data_type_id
 from node.wire import encode
 
@@ -107,12 +109,14 @@ class Meta:
     done: bool = False  # committed or refused
     final: bool = False  # the end-of-run flush of partial windows: counted, but not in rate or latency
     overloaded: bool = False  # refused with 429/503 and sent again: counted once in the send rate
+    grants_at_admit: int = 0  # a write: its phone's committed grants when it was admitted
 
 
 class FleetPhone:
     """One emulated phone's state in the fleet: its keys, nonce, key epochs, buffers and grants."""
 
-    __slots__ = ("addr", "blocked", "bufs", "cids", "clinician", "epochs", "granted", "ident", "keys", "master",
+    __slots__ = ("addr", "blocked", "bufs", "cids", "clinician", "epochs", "granted", "grants_committed", "ident", "keys",
+                 "master",
                  "nonce", "outstanding", "resync", "v")
 
     def data_key(self, dtype: int, epoch: int) -> bytes:
@@ -133,6 +137,7 @@ class FleetPhone:
         self.blocked = False  # a grant change is in flight: hold writes until it commits
         self.outstanding = 0
         self.resync = False
+        self.grants_committed = 0  # as the follower saw them, in chain order
 
 
 class Fleet:
@@ -285,6 +290,8 @@ class Fleet:
                 for m, r in zip(batch, res, strict=True):
                     st = r["status"]
                     if st == 202:
+                        if m.kind == "write":
+                            m.grants_at_admit = self.phones[m.owner].grants_committed
                         continue
                     self.tracked.pop(m.tx.id, None)
                     if m.kind in PHONE_KINDS:
@@ -347,15 +354,16 @@ class Fleet:
             m.body = None  # sealed again under the epoch the proxy reads next
         return True
 
-    def _refused(self, m: Meta, r: dict) -> None:
-        """Refused for good: counted as failed, with its reason."""
+    def _refused(self, m: Meta, r: dict, gap: bool = True) -> None:
+        """Refused for good: counted as failed, with its reason. `gap`: refused at admission, so its
+        nonce was never taken (False: it executed, as a failure, and took it)."""
         m.done = True
         self.open_ops -= 1
         self.failed[m.kind] = self.failed.get(m.kind, 0) + 1
         self._reason(self.failed.setdefault("reasons", {}), r)
         if m.kind in PHONE_KINDS:
             ph = self.phones[m.owner]
-            ph.resync = True  # the nonce sequence has a gap now: re-read it before signing again
+            ph.resync = ph.resync or gap  # the nonce sequence has a gap now: re-read it before signing again
             if m.kind == "write":
                 ph.outstanding -= 1
             else:
@@ -381,7 +389,12 @@ class Fleet:
                 if m is not None:
                     self._on_commit(m, t)
 
-    def _on_commit(self, m: Meta, t: float) -> None:
+    def _on_commit(self, m: Meta, t: float, confirmed: bool = False) -> None:
+        if m.kind == "write" and not confirmed and self.phones[m.owner].grants_committed > m.grants_at_admit:
+            # a grant of its phone committed after the write was admitted and before it: a revoke in it
+            # rotated a key epoch, and the write may have executed as stale. Its receipt tells.
+            self._spawn(self._confirm(m, t))
+            return
         m.done = True
         self.open_ops -= 1
         if m.final:
@@ -400,10 +413,40 @@ class Fleet:
             ph.outstanding -= 1
             self.written[m.cid] = m
             ph.cids.append((m.dtype, m.cid, m.body.epoch))
-        elif m.kind == "grant" and self.phones[m.owner].blocked:
-            self._spawn(self._after_grant(m))
+        elif m.kind == "grant":
+            self.phones[m.owner].grants_committed += 1
+            if self.phones[m.owner].blocked:
+                self._spawn(self._after_grant(m))
         elif m.kind == "read" and self.rng.random() < self.cfg.read_fetch:
             self._spawn(self._fetch(m))
+
+    async def _confirm(self, m: Meta, t: float) -> None:
+        """A write whose block may have found its key epoch rotated: its proven receipt says whether
+        it was recorded. If not (stale key epoch), it is sealed again under the new epoch and sent
+        again, as a refusal at admission would have it; any other failed code is a failure."""
+        ph = self.phones[m.owner]
+        try:
+            st = await self.clients[ph.v].tx(m.tx.id.hex())
+            if self.genesis is not None:
+                verify_status(m.tx.id, st, self.genesis.validator_keys, self.chain)
+            code = st["code"]
+        except Exception as exc:  # noqa: BLE001 - the receipt could not be had or proven: a failure, said so
+            self._refused(m, {"status": 599, "error": f"receipt of a write after a grant change: {exc}"}, gap=False)
+            return
+        if code == Code.OK:
+            self._on_commit(m, t, confirmed=True)
+            return
+        r = {"status": 409, "error": f"at execution: {CODES.get(code, code)}"}
+        if code != Code.STALE_EPOCH or m.tries >= 5:
+            self._refused(m, r, gap=False)
+            return
+        m.tries += 1
+        self.conflicts_resent += 1
+        self._reason(self.conflicts, r)
+        acct = await self.clients[ph.v].account(ph.addr)  # the nonce it took stays taken: epochs only
+        ph.epochs = {data_type_id(k): v for k, v in acct["epochs"].items()}
+        m.body = None
+        self.work.put_nowait([m])
 
     async def _after_grant(self, m: Meta) -> None:
         ph = self.phones[m.owner]

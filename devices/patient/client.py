@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -58,14 +59,23 @@ class NodeClient:
     async def get_json(self, path: str, **params: Any) -> dict:
         """GET a JSON document; a 429 or 503 is retried after its Retry-After (reads are idempotent),
         up to RETRY_FOR seconds in all."""
+        return await self._retrying(lambda: self._get_once(path, params))
+
+    async def _get_once(self, path: str, params: dict) -> dict:
         if self.session is None:
             await self.__aenter__()
+        async with self.session.get(self.base + path, params=params or None) as resp:
+            await self._check(resp)
+            return await resp.json()
+
+    @staticmethod
+    async def _retrying(call: Callable[[], Awaitable[dict]]) -> dict:
+        """`call()`, again after the Retry-After of each 429 or 503 (1 s if none), up to RETRY_FOR
+        seconds in all; any other refusal, or one whose wait would pass that, is raised."""
         deadline = time.monotonic() + RETRY_FOR
         while True:
             try:
-                async with self.session.get(self.base + path, params=params or None) as resp:
-                    await self._check(resp)
-                    return await resp.json()
+                return await call()
             except ApiError as exc:
                 wait = exc.retry_after or 1.0
                 if exc.status not in (429, 503) or time.monotonic() + wait > deadline:
@@ -94,18 +104,22 @@ class NodeClient:
             return await resp.json()
 
     async def submit(self, raw: bytes, sidecar: bytes | None = None) -> str:
-        """One transaction; a data write may carry its ciphertext as a sidecar (node/sidecar.py)."""
-        return (await self._post("/v1/tx", encode_submission(raw, sidecar), "application/msgpack"))["id"]
+        """One transaction; a data write may carry its ciphertext as a sidecar (node/sidecar.py). A
+        429 or 503 admitted nothing: the same signed bytes are sent again after its Retry-After."""
+        body = encode_submission(raw, sidecar)
+        return (await self._retrying(lambda: self._post("/v1/tx", body, "application/msgpack")))["id"]
 
     async def submit_and_wait(self, raw: bytes, sidecar: bytes | None, wait: float) -> dict:
         """One transaction, answered when it commits (up to `wait` seconds, at most 30): the
-        answer of GET /v1/tx/{id} with its proofs, or {"id", "status": "pending"} if it has not."""
-        return await self._post(f"/v1/tx?wait={max(1, min(30, int(wait)))}", encode_submission(raw, sidecar),
-                                "application/msgpack")
+        answer of GET /v1/tx/{id} with its proofs, or {"id", "status": "pending"} if it has not.
+        Sent again after a 429 or 503, as `submit` is."""
+        body, path = encode_submission(raw, sidecar), f"/v1/tx?wait={max(1, min(30, int(wait)))}"
+        return await self._retrying(lambda: self._post(path, body, "application/msgpack"))
 
     async def submit_many(self, items: list[bytes | tuple[bytes, bytes | None]]) -> list[dict]:
         """Submit a batch of transactions or (transaction, sidecar) pairs; one result each:
-        {"status": 202, "id"} or {"status", "error"}."""
+        {"status": 202, "id"} or {"status", "error"}. A refusal of the whole batch is raised, not
+        retried: batch senders (the fleet, the load generator) pace and count their own retries."""
         body = msgpack.packb([x if isinstance(x, bytes) else item_obj(*x) for x in items], use_bin_type=True)
         return (await self._post("/v1/txs", body, "application/msgpack"))["results"]
 
