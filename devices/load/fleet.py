@@ -9,10 +9,12 @@ Each phone buffers the readings it receives per data type. A window closes (the 
     taking the oldest non-empty buffer in round-robin order; arrivals never wait for commits, so a
     slow network shows up as latency, not as a slower load;
   - closed loop: a phone flushes only when its previous write has committed.
-The proxy then, for all windows closed since its last pass: encrypts each with AES-256-GCM
-(envelope format, node/crypto/batch.py's batch AEAD, one call per key), uploads the ciphertext to
-the phone's validator, signs each phone's transactions in one batch call, and submits them per
-validator in one POST /v1/txs. A follower reads every new block and stamps commit times.
+The proxy (devices/load/fleet_proxy.py) then, for all windows closed since its last pass: encrypts
+each with AES-256-GCM (envelope format, node/crypto/batch.py's batch AEAD, one call per key), signs
+each phone's transactions in one batch call, and submits them per validator in one POST /v1/txs,
+each ciphertext as its write's sidecar; refused ones go again, in nonce order. A follower reads every
+new block (its certificate checked against the genesis when given) and stamps commit times; a write
+admitted before a revoke that committed ahead of it counts only once its proven receipt says OK.
 Mixes add staff reads (a committed Read of one CID, then a signed fetch and decryption with the
 key unsealed from the chain) and grant changes / revokes (the phone holds its writes until the
 grant commits, then re-reads its key epochs).
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
 import heapq
 import logging
 import math
@@ -34,113 +35,27 @@ import os
 import random
 import time
 from collections import deque
-from dataclasses import dataclass, field
 
 import aiohttp
 from hdrh.histogram import HdrHistogram
 
+from devices.load.fleet_model import ALL_TYPES, HISTORY_EPOCHS, KINDS, FleetConfig, FleetPhone, Meta
+from devices.load.fleet_proxy import ProxyLanes
 from devices.load.follow import Follower
 from devices.patient import envelope
 from devices.patient.client import ApiError, NodeClient
-from devices.wearable.ble import Link, LinkParams
+from devices.wearable.ble import Link
 from devices.wearable.wearables import make_wearable
 from node.crypto import seal
-from node.crypto.batch import aead_seal_batch
 from node.crypto.keys import Identity
 from node.genesis import Genesis
-from node.ipfs.cid import Cid, raw_cid_bytes
+from node.ipfs.cid import Cid
 from node.proof import verify_status
 from node.state.records import CODES, Code
-from node.tx import Grant, Profile, Read, SealedKey, Tx, Write, data_type_id
-from node.wire import encode
+from node.tx import Grant, Profile, Read, SealedKey, data_type_id
 
 log = logging.getLogger("medchain.fleet")
-KINDS = ["heart_rate", "spo2", "body_temperature", "blood_pressure", "glucose"]
-ALL_TYPES = tuple(sorted(data_type_id(k) for k in KINDS))
-HISTORY_EPOCHS = 12  # as devices/patient/phone.py: past key epochs a grant carries
-PHONE_KINDS = ("write", "grant")  # signed by a phone, in its one nonce run
-MAX_BATCH = 4000  # transactions per POST /v1/txs (the API allows 4096)
-MAX_BATCH_BYTES = 1900 * 1024  # and bytes, sidecars included (the API allows 2 MiB)
-
-
-@dataclass
-class FleetConfig:
-    wearables: int = 50
-    phones: int = 10
-    seconds: float = 5.0
-    window_s: float = 10.0  # natural mode: how long a phone collects one type before it writes
-    rate: float = 0.0  # open loop: windows per second over the fleet (0: natural windows)
-    closed: bool = False  # closed loop: one write in flight per phone
-    reads: float = 0.0  # staff reads per second (open loop)
-    read_fetch: float = 1.0  # fraction of committed reads whose blob is fetched and decrypted
-    grants: float = 0.0  # grant changes / revokes per second (open loop)
-    staff: int = 2
-    link: LinkParams = field(default_factory=LinkParams)
-    tick_ms: float = 20.0
-    # a proxy lane holds its first queued transaction this long before it posts, so one POST carries
-    # a few ticks' worth: each POST costs the proxy and the validator ~0.2 ms whatever it carries
-    linger_ms: float = 40.0
-    # concurrent uploads over the fleet: 2,000 real phones would each have their own connection, so
-    # a slow validator must not throttle the offered load through a small client pool
-    uploads_in_flight: int = 512
-    seed: int = 1
-    drain_timeout: float = 300.0  # after the run: how long to wait for every transaction to commit
-
-
-@dataclass
-class Meta:
-    kind: str  # write | read | grant | profile
-    owner: int  # phone index (write, grant) or staff index (read, profile)
-    t_sched: float  # when the workload asked for it (monotonic)
-    t_sent: float = 0.0
-    dtype: int = 0
-    cid: bytes = b""  # binary CID (its text form only when a staff read fetches it)
-    n: int = 0  # readings in the window
-    digest: bytes = b""  # SHA-256 of the window's plaintext (compared after decryption)
-    body: object = None
-    tx: Tx | None = None
-    tries: int = 0
-    readings: list | None = None
-    blob: bytes = b""
-    epoch: int = 0
-    t0: int = 0
-    t1: int = 0
-    patient: int = -1  # reads: the phone whose data is read
-    done: bool = False  # committed or refused
-    final: bool = False  # the end-of-run flush of partial windows: counted, but not in rate or latency
-    overloaded: bool = False  # refused with 429/503 and sent again: counted once in the send rate
-    grants_at_admit: int = 0  # a write: its phone's committed grants when it was admitted
-
-
-class FleetPhone:
-    """One emulated phone's state in the fleet: its keys, nonce, key epochs, buffers and grants."""
-
-    __slots__ = ("addr", "blocked", "bufs", "cids", "clinician", "epochs", "granted", "grants_committed", "ident", "keys",
-                 "master",
-                 "nonce", "outstanding", "resync", "v")
-
-    def data_key(self, dtype: int, epoch: int) -> bytes:
-        k = self.keys.get((dtype, epoch))
-        if k is None:
-            k = self.keys[(dtype, epoch)] = envelope.data_key(self.master, dtype, epoch)
-        return k
-
-    def __init__(self, ident: Identity, v: int, clinician: int) -> None:
-        self.ident, self.addr, self.v, self.clinician = ident, ident.address, v, clinician
-        self.master = envelope.master_secret(ident.secret)
-        self.keys: dict[tuple[int, int], bytes] = {}  # (dtype, epoch) -> data key, derived once
-        self.nonce = 1  # nonces start at 1
-        self.epochs: dict[int, int] = {}
-        self.bufs: dict[int, list[envelope.Reading]] = {}
-        self.granted: tuple[int, ...] = ()
-        self.cids: list[tuple[int, bytes, int]] = []  # committed (dtype, cid, epoch), for staff reads
-        self.blocked = False  # a grant change is in flight: hold writes until it commits
-        self.outstanding = 0
-        self.resync = False
-        self.grants_committed = 0  # as the follower saw them, in chain order
-
-
-class Fleet:
+class Fleet(ProxyLanes):
     def __init__(self, urls: list[str], cfg: FleetConfig, progress=None, mark=None,
                  genesis: Genesis | None = None) -> None:
         # mark(name) is called at "start" (setup done) and "end" (everything committed, before the
@@ -220,161 +135,6 @@ class Fleet:
         bad = [m for m in metas if m.kind in self.failed]
         if bad:
             raise RuntimeError(f"setup transactions refused: {self.failed}")
-
-    # --- signing and submission -----------------------------------------------------------
-    def _sign(self, m: Meta) -> None:
-        if m.kind in ("read", "profile"):
-            s = m.owner
-            m.tx = Tx.build(self.staff[s], self.chain, self.staff_nonce[s], m.body)
-            self.staff_nonce[s] += 1
-        else:
-            ph = self.phones[m.owner]
-            m.tx = Tx.build(ph.ident, self.chain, ph.nonce, m.body)
-            ph.nonce += 1
-
-    def _sign_batch(self, ms: list[Meta]) -> None:
-        """A phone's transactions of one pass, signed in one batch call with consecutive nonces."""
-        by: dict[int, list[Meta]] = {}
-        for m in ms:
-            by.setdefault(m.owner, []).append(m)
-        for k, group in by.items():
-            ph = self.phones[k]
-            for m, tx in zip(group, Tx.build_batch(ph.ident, self.chain, ph.nonce, [m.body for m in group]),
-                             strict=True):
-                m.tx = tx
-            ph.nonce += len(group)
-
-    def _lane_of(self, m: Meta) -> int:
-        return m.owner % len(self.clients) if m.kind in ("read", "profile") else self.phones[m.owner].v
-
-    def _enqueue(self, m: Meta) -> None:
-        # latency counts from here (the first time only): the lane's linger and any wait behind a
-        # POST in flight are the client's time too
-        m.t_sent = m.t_sent or time.monotonic()
-        v = self._lane_of(m)
-        self.lanes[v].append(m)
-        self.lane_wake[v].set()
-
-    async def _lane(self, v: int) -> None:
-        """Submit lane v's transactions in order, as many per POST as have queued up."""
-        c = self.clients[v]
-        while True:
-            await self.lane_wake[v].wait()
-            self.lane_wake[v].clear()
-            if self.cfg.linger_ms > 0:
-                await asyncio.sleep(self.cfg.linger_ms / 1000)  # more of the phones' windows join this POST
-            while self.lanes[v]:
-                lane, size, k = self.lanes[v], 0, 0
-                while k < len(lane) and k < MAX_BATCH and (k == 0 or size + len(lane[k].blob) < MAX_BATCH_BYTES):
-                    size += len(lane[k].tx.raw) + len(lane[k].blob) + 16
-                    k += 1
-                batch, self.lanes[v] = lane[:k], lane[k:]
-                t = time.monotonic()
-                for m in batch:
-                    self.tracked[m.tx.id] = m
-                timed = sum(1 for m in batch if not m.final and not m.overloaded)
-                if timed:
-                    self.first_submit = self.first_submit or t
-                try:
-                    # a write carries its ciphertext as a sidecar: no upload, no bitswap fetch
-                    res = await c.submit_many([(m.tx.raw, m.blob or None) for m in batch])
-                except ApiError as exc:  # a whole batch refused (the client IP's rate, a full server)
-                    res = [{"status": exc.status, "error": exc.reason, "retry_after": exc.retry_after}] * len(batch)
-                except Exception as exc:  # noqa: BLE001 - a lane must survive one bad request
-                    res = [{"status": 599, "error": str(exc)}] * len(batch)
-                if timed:
-                    self.last_submit = time.monotonic()
-                self.submitted += timed
-                self.drain_submitted += len(batch) - timed
-                back, wait, held = [], 0.0, set()
-                for m, r in zip(batch, res, strict=True):
-                    st = r["status"]
-                    if st == 202:
-                        if m.kind == "write":
-                            m.grants_at_admit = self.phones[m.owner].grants_committed
-                        continue
-                    self.tracked.pop(m.tx.id, None)
-                    if m.kind in PHONE_KINDS:
-                        # a phone's transactions share its nonce run: once one of them goes back, every
-                        # later one of that phone goes back with it and is signed again after it
-                        if st in (429, 503) or m.owner in held:
-                            wait = max(wait, float(r.get("retry_after") or 1.0))  # refused for now: not a try
-                            self._for_now(m)
-                        elif not self._resend(m, r):
-                            continue
-                        held.add(m.owner)
-                        back.append(m)
-                    elif st == 503 or (st == 429 and m.kind != "read"):  # not a read limit: wait at the lane's head
-                        back.append(m)
-                        self._for_now(m)
-                        wait = max(wait, float(r.get("retry_after") or 1.0))
-                    else:
-                        self._refused(m, r)
-                if back:
-                    await self._hold_back(v, back, wait)
-
-    async def _hold_back(self, v: int, back: list[Meta], wait: float) -> None:
-        """A good client: transactions refused with 429/503 wait for the Retry-After, and are neither
-        failures nor one of their window's tries. The lane pauses meanwhile. A phone's transactions
-        (the refused ones and those of its still queued behind them) are signed again, in order, from
-        the nonce the validator expects next: the refused nonces were never taken, and re-signing only
-        some of them would collide with the others ("nonce conflict"), or leave a gap that refuses the
-        rest ("nonce out of order"). Staff reads keep their place at the head of the lane, in order."""
-        phones = {m.owner for m in back if m.kind in PHONE_KINDS}
-        again = [m for m in back if m.kind in PHONE_KINDS]
-        again += [m for m in self.lanes[v] if m.kind in PHONE_KINDS and m.owner in phones]
-        self.lanes[v] = [m for m in back if m.kind not in PHONE_KINDS] + [
-            m for m in self.lanes[v] if not (m.kind in PHONE_KINDS and m.owner in phones)]
-        for k in phones:
-            self.phones[k].resync = True  # signed again from the validator's next nonce and key epochs
-        if wait > 0:
-            await asyncio.sleep(wait)
-        if again:
-            self.work.put_nowait(again)  # the proxy signs them again, in this order
-
-    def _for_now(self, m: Meta) -> None:
-        """Refused with 429/503, sent again after the Retry-After: counted once in the send rate."""
-        self.overload_refusals += 1
-        if not m.overloaded:
-            m.overloaded = True
-            self.overloaded += 1
-
-    def _resend(self, m: Meta, r: dict) -> bool:
-        """A phone's transaction refused other than for now: whether it is sent again (a try, at most
-        five), signed anew; a write refused for a key epoch that a revoke rotated is sealed again under
-        the new one. False: refused for good (counted as failed)."""
-        if r["status"] in (400, 413) or m.tries >= 5 or (m.kind == "grant" and r["status"] != 409):
-            self._refused(m, r)
-            return False
-        m.tries += 1
-        if r["status"] == 409:
-            self.conflicts_resent += 1
-            self._reason(self.conflicts, r)
-        if m.kind == "write" and "stale key epoch" in str(r.get("error", "")):
-            m.body = None  # sealed again under the epoch the proxy reads next
-        return True
-
-    def _refused(self, m: Meta, r: dict, gap: bool = True) -> None:
-        """Refused for good: counted as failed, with its reason. `gap`: refused at admission, so its
-        nonce was never taken (False: it executed, as a failure, and took it)."""
-        m.done = True
-        self.open_ops -= 1
-        self.failed[m.kind] = self.failed.get(m.kind, 0) + 1
-        self._reason(self.failed.setdefault("reasons", {}), r)
-        if m.kind in PHONE_KINDS:
-            ph = self.phones[m.owner]
-            ph.resync = ph.resync or gap  # the nonce sequence has a gap now: re-read it before signing again
-            if m.kind == "write":
-                ph.outstanding -= 1
-            else:
-                ph.blocked = False
-        elif m.kind == "read":
-            self.staff_resync = True
-
-    @staticmethod
-    def _reason(into: dict, r: dict) -> None:
-        key = f"{r['status']} {str(r.get('error', ''))[:60]}"
-        into[key] = into.get(key, 0) + 1
 
     # --- the follower -----------------------------------------------------------------------
     async def _follow(self) -> None:
@@ -480,66 +240,6 @@ class Fleet:
                 self.reads_failed += 1
         except Exception:  # noqa: BLE001 - counted: anything else is a failed read (must be 0)
             self.reads_failed += 1
-
-    # --- the proxy: seal, sign, enqueue (each ciphertext rides as its write's sidecar) ---------
-    async def _proxy(self) -> None:
-        while True:
-            items: list[Meta] = await self.work.get()
-            while not self.work.empty():
-                items += self.work.get_nowait()
-            await self._resync(items)
-            fresh = [m for m in items if m.kind == "write" and m.body is None]
-            self._seal(fresh)
-            for m in fresh:  # one raw block: the CID is one SHA-256 here (node/sidecar.py)
-                m.cid = raw_cid_bytes(m.blob)
-                m.body = Write(m.dtype, m.cid, len(m.blob), m.epoch, m.t0, m.t1)
-            self._sign_batch([m for m in items if m.kind in PHONE_KINDS])
-            for m in items:
-                if m.kind == "read":
-                    self._sign(m)
-                self._enqueue(m)
-
-    async def _resync(self, items: list[Meta]) -> None:
-        """Re-read the next nonce and the key epochs of every phone of `items` that must start again
-        from the validator's, and the staff's nonces if a read was refused: all at once, and again for
-        any phone that a refusal marked meanwhile, so nothing is signed from a stale count."""
-        sem = asyncio.Semaphore(64)
-
-        async def read(ph: FleetPhone) -> None:
-            async with sem:
-                acct = await self.clients[ph.v].account(ph.addr)
-            ph.nonce = acct["next_nonce"]
-            ph.epochs = {data_type_id(k): v for k, v in acct["epochs"].items()}
-
-        while True:
-            due = [self.phones[k] for k in {m.owner for m in items if m.kind in PHONE_KINDS}
-                   if self.phones[k].resync]
-            if not due and not self.staff_resync:
-                return
-            for ph in due:
-                ph.resync = False  # set before the read: a refusal that comes meanwhile sets it again
-            await asyncio.gather(*(read(ph) for ph in due))
-            if self.staff_resync:
-                self.staff_resync = False
-                for s, st in enumerate(self.staff):
-                    self.staff_nonce[s] = (await self.clients[0].account(st.address))["next_nonce"]
-
-    def _seal(self, ms: list[Meta]) -> None:
-        """Encrypt each window as envelope.seal_window does, one batch AEAD call per data key."""
-        by_key: dict[bytes, list[tuple[Meta, bytes, bytes, bytes]]] = {}
-        for m in ms:
-            ph = self.phones[m.owner]
-            m.epoch = ph.epochs.get(m.dtype, 0)
-            m.t0, m.t1 = min(r[0] for r in m.readings), max(r[0] for r in m.readings)
-            ad = envelope.aad(self.chain, ph.addr, m.dtype, m.epoch, m.t0, m.t1)
-            pt = encode([1, [list(r) for r in m.readings]])
-            m.digest = hashlib.sha256(pt).digest()
-            key = ph.data_key(m.dtype, m.epoch)
-            by_key.setdefault(key, []).append((m, os.urandom(12), pt, ad))
-        for key, group in by_key.items():
-            for (m, nonce, _, _), ct in zip(group, aead_seal_batch(key, [(n, p, a) for _, n, p, a in group]),
-                                            strict=True):
-                m.blob = nonce + ct
 
     # --- the workload ------------------------------------------------------------------------
     def _flush(self, k: int, dtype: int, t: float, final: bool = False) -> None:

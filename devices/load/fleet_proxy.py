@@ -1,0 +1,270 @@
+"""The phones' proxy of the fleet (devices/load/fleet.py): it seals each closed window (the
+ciphertext rides as its write's sidecar), signs each phone's transactions in one batch call, submits
+them per validator lane in one POST /v1/txs, and decides what each refusal means.
+
+A refusal for now (429, 503) is no failure: the transaction goes back after the Retry-After, with
+every later transaction of its phone (a phone's writes and grants share one nonce run), and all are
+signed again, in order, from the nonce and key epochs the validator gives. A 409 (a nonce or key
+epoch out of date) sends the transaction again the same way, as one of its five tries, sealed again
+if a revoke rotated its key epoch. Anything else, or a sixth refusal, is a failure, counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+
+from devices.load.fleet_model import PHONE_KINDS, FleetConfig, FleetPhone, Meta
+from devices.patient import envelope
+from devices.patient.client import ApiError, NodeClient
+from node.crypto.batch import aead_seal_batch
+from node.crypto.keys import Identity
+from node.ipfs.cid import raw_cid_bytes
+from node.tx import Tx, Write, data_type_id
+from node.wire import encode
+
+MAX_BATCH = 4000  # transactions per POST /v1/txs (the API allows 4096)
+MAX_BATCH_BYTES = 1900 * 1024  # and bytes, sidecars included (the API allows 2 MiB)
+
+
+class ProxyLanes:
+    """The proxy's half of the Fleet (a mixin: the Fleet sets these attributes up)."""
+
+    cfg: FleetConfig
+    chain: str
+    clients: list[NodeClient]
+    phones: list[FleetPhone]
+    staff: list[Identity]
+    staff_nonce: list[int]
+    staff_resync: bool
+    work: asyncio.Queue
+    lanes: list[list[Meta]]
+    lane_wake: list[asyncio.Event]
+    tracked: dict[bytes, Meta]
+    failed: dict
+    conflicts: dict[str, int]
+    conflicts_resent: int
+    overloaded: int
+    overload_refusals: int
+    open_ops: int
+    submitted: int
+    drain_submitted: int
+    first_submit: float
+    last_submit: float
+
+    # --- signing and submission -----------------------------------------------------------
+    def _sign(self, m: Meta) -> None:
+        if m.kind in ("read", "profile"):
+            s = m.owner
+            m.tx = Tx.build(self.staff[s], self.chain, self.staff_nonce[s], m.body)
+            self.staff_nonce[s] += 1
+        else:
+            ph = self.phones[m.owner]
+            m.tx = Tx.build(ph.ident, self.chain, ph.nonce, m.body)
+            ph.nonce += 1
+
+    def _sign_batch(self, ms: list[Meta]) -> None:
+        """A phone's transactions of one pass, signed in one batch call with consecutive nonces."""
+        by: dict[int, list[Meta]] = {}
+        for m in ms:
+            by.setdefault(m.owner, []).append(m)
+        for k, group in by.items():
+            ph = self.phones[k]
+            for m, tx in zip(group, Tx.build_batch(ph.ident, self.chain, ph.nonce, [m.body for m in group]),
+                             strict=True):
+                m.tx = tx
+            ph.nonce += len(group)
+
+    def _lane_of(self, m: Meta) -> int:
+        return m.owner % len(self.clients) if m.kind in ("read", "profile") else self.phones[m.owner].v
+
+    def _enqueue(self, m: Meta) -> None:
+        # latency counts from here (the first time only): the lane's linger and any wait behind a
+        # POST in flight are the client's time too
+        m.t_sent = m.t_sent or time.monotonic()
+        v = self._lane_of(m)
+        self.lanes[v].append(m)
+        self.lane_wake[v].set()
+
+    async def _lane(self, v: int) -> None:
+        """Submit lane v's transactions in order, as many per POST as have queued up."""
+        c = self.clients[v]
+        while True:
+            await self.lane_wake[v].wait()
+            self.lane_wake[v].clear()
+            if self.cfg.linger_ms > 0:
+                await asyncio.sleep(self.cfg.linger_ms / 1000)  # more of the phones' windows join this POST
+            while self.lanes[v]:
+                lane, size, k = self.lanes[v], 0, 0
+                while k < len(lane) and k < MAX_BATCH and (k == 0 or size + len(lane[k].blob) < MAX_BATCH_BYTES):
+                    size += len(lane[k].tx.raw) + len(lane[k].blob) + 16
+                    k += 1
+                batch, self.lanes[v] = lane[:k], lane[k:]
+                t = time.monotonic()
+                for m in batch:
+                    self.tracked[m.tx.id] = m
+                timed = sum(1 for m in batch if not m.final and not m.overloaded)
+                if timed:
+                    self.first_submit = self.first_submit or t
+                try:
+                    # a write carries its ciphertext as a sidecar: no upload, no bitswap fetch
+                    res = await c.submit_many([(m.tx.raw, m.blob or None) for m in batch])
+                except ApiError as exc:  # a whole batch refused (the client IP's rate, a full server)
+                    res = [{"status": exc.status, "error": exc.reason, "retry_after": exc.retry_after}] * len(batch)
+                except Exception as exc:  # noqa: BLE001 - a lane must survive one bad request
+                    res = [{"status": 599, "error": str(exc)}] * len(batch)
+                if timed:
+                    self.last_submit = time.monotonic()
+                self.submitted += timed
+                self.drain_submitted += len(batch) - timed
+                back, wait, held = [], 0.0, set()
+                for m, r in zip(batch, res, strict=True):
+                    st = r["status"]
+                    if st == 202:
+                        if m.kind == "write":
+                            m.grants_at_admit = self.phones[m.owner].grants_committed
+                        continue
+                    self.tracked.pop(m.tx.id, None)
+                    if m.kind in PHONE_KINDS:
+                        # a phone's transactions share its nonce run: once one of them goes back, every
+                        # later one of that phone goes back with it and is signed again after it
+                        if st in (429, 503) or m.owner in held:
+                            wait = max(wait, float(r.get("retry_after") or 1.0))  # refused for now: not a try
+                            self._for_now(m)
+                        elif not self._resend(m, r):
+                            continue
+                        held.add(m.owner)
+                        back.append(m)
+                    elif st == 503 or (st == 429 and m.kind != "read"):  # not a read limit: wait at the lane's head
+                        back.append(m)
+                        self._for_now(m)
+                        wait = max(wait, float(r.get("retry_after") or 1.0))
+                    else:
+                        self._refused(m, r)
+                if back:
+                    await self._hold_back(v, back, wait)
+
+    async def _hold_back(self, v: int, back: list[Meta], wait: float) -> None:
+        """A good client: transactions refused with 429/503 wait for the Retry-After, and are neither
+        failures nor one of their window's tries. The lane pauses meanwhile. A phone's transactions
+        (the refused ones and those of its still queued behind them) are signed again, in order, from
+        the nonce the validator expects next: the refused nonces were never taken, and re-signing only
+        some of them would collide with the others ("nonce conflict"), or leave a gap that refuses the
+        rest ("nonce out of order"). Staff reads keep their place at the head of the lane, in order."""
+        phones = {m.owner for m in back if m.kind in PHONE_KINDS}
+        again = [m for m in back if m.kind in PHONE_KINDS]
+        again += [m for m in self.lanes[v] if m.kind in PHONE_KINDS and m.owner in phones]
+        self.lanes[v] = [m for m in back if m.kind not in PHONE_KINDS] + [
+            m for m in self.lanes[v] if not (m.kind in PHONE_KINDS and m.owner in phones)]
+        for k in phones:
+            self.phones[k].resync = True  # signed again from the validator's next nonce and key epochs
+        if wait > 0:
+            await asyncio.sleep(wait)
+        if again:
+            self.work.put_nowait(again)  # the proxy signs them again, in this order
+
+    def _for_now(self, m: Meta) -> None:
+        """Refused with 429/503, sent again after the Retry-After: counted once in the send rate."""
+        self.overload_refusals += 1
+        if not m.overloaded:
+            m.overloaded = True
+            self.overloaded += 1
+
+    def _resend(self, m: Meta, r: dict) -> bool:
+        """A phone's transaction refused other than for now: whether it is sent again (a try, at most
+        five), signed anew; a write refused for a key epoch that a revoke rotated is sealed again under
+        the new one. False: refused for good (counted as failed)."""
+        if r["status"] in (400, 413) or m.tries >= 5 or (m.kind == "grant" and r["status"] != 409):
+            self._refused(m, r)
+            return False
+        m.tries += 1
+        if r["status"] == 409:
+            self.conflicts_resent += 1
+            self._reason(self.conflicts, r)
+        if m.kind == "write" and "stale key epoch" in str(r.get("error", "")):
+            m.body = None  # sealed again under the epoch the proxy reads next
+        return True
+
+    def _refused(self, m: Meta, r: dict, gap: bool = True) -> None:
+        """Refused for good: counted as failed, with its reason. `gap`: refused at admission, so its
+        nonce was never taken (False: it executed, as a failure, and took it)."""
+        m.done = True
+        self.open_ops -= 1
+        self.failed[m.kind] = self.failed.get(m.kind, 0) + 1
+        self._reason(self.failed.setdefault("reasons", {}), r)
+        if m.kind in PHONE_KINDS:
+            ph = self.phones[m.owner]
+            ph.resync = ph.resync or gap  # the nonce sequence has a gap now: re-read it before signing again
+            if m.kind == "write":
+                ph.outstanding -= 1
+            else:
+                ph.blocked = False
+        elif m.kind == "read":
+            self.staff_resync = True
+
+    @staticmethod
+    def _reason(into: dict, r: dict) -> None:
+        key = f"{r['status']} {str(r.get('error', ''))[:60]}"
+        into[key] = into.get(key, 0) + 1
+
+    # --- the proxy: seal, sign, enqueue (each ciphertext rides as its write's sidecar) ---------
+    async def _proxy(self) -> None:
+        while True:
+            items: list[Meta] = await self.work.get()
+            while not self.work.empty():
+                items += self.work.get_nowait()
+            await self._resync(items)
+            fresh = [m for m in items if m.kind == "write" and m.body is None]
+            self._seal(fresh)
+            for m in fresh:  # one raw block: the CID is one SHA-256 here (node/sidecar.py)
+                m.cid = raw_cid_bytes(m.blob)
+                m.body = Write(m.dtype, m.cid, len(m.blob), m.epoch, m.t0, m.t1)
+            self._sign_batch([m for m in items if m.kind in PHONE_KINDS])
+            for m in items:
+                if m.kind == "read":
+                    self._sign(m)
+                self._enqueue(m)
+
+    async def _resync(self, items: list[Meta]) -> None:
+        """Re-read the next nonce and the key epochs of every phone of `items` that must start again
+        from the validator's, and the staff's nonces if a read was refused: all at once, and again for
+        any phone that a refusal marked meanwhile, so nothing is signed from a stale count."""
+        sem = asyncio.Semaphore(64)
+
+        async def read(ph: FleetPhone) -> None:
+            async with sem:
+                acct = await self.clients[ph.v].account(ph.addr)
+            ph.nonce = acct["next_nonce"]
+            ph.epochs = {data_type_id(k): v for k, v in acct["epochs"].items()}
+
+        while True:
+            due = [self.phones[k] for k in {m.owner for m in items if m.kind in PHONE_KINDS}
+                   if self.phones[k].resync]
+            if not due and not self.staff_resync:
+                return
+            for ph in due:
+                ph.resync = False  # set before the read: a refusal that comes meanwhile sets it again
+            await asyncio.gather(*(read(ph) for ph in due))
+            if self.staff_resync:
+                self.staff_resync = False
+                for s, st in enumerate(self.staff):
+                    self.staff_nonce[s] = (await self.clients[0].account(st.address))["next_nonce"]
+
+    def _seal(self, ms: list[Meta]) -> None:
+        """Encrypt each window as envelope.seal_window does, one batch AEAD call per data key."""
+        by_key: dict[bytes, list[tuple[Meta, bytes, bytes, bytes]]] = {}
+        for m in ms:
+            ph = self.phones[m.owner]
+            m.epoch = ph.epochs.get(m.dtype, 0)
+            m.t0, m.t1 = min(r[0] for r in m.readings), max(r[0] for r in m.readings)
+            ad = envelope.aad(self.chain, ph.addr, m.dtype, m.epoch, m.t0, m.t1)
+            pt = encode([1, [list(r) for r in m.readings]])
+            m.digest = hashlib.sha256(pt).digest()
+            key = ph.data_key(m.dtype, m.epoch)
+            by_key.setdefault(key, []).append((m, os.urandom(12), pt, ad))
+        for key, group in by_key.items():
+            for (m, nonce, _, _), ct in zip(group, aead_seal_batch(key, [(n, p, a) for _, n, p, a in group]),
+                                            strict=True):
+                m.blob = nonce + ct
