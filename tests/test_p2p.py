@@ -7,6 +7,7 @@ import contextlib
 import os
 import socket
 import threading
+import time
 from collections import Counter, defaultdict
 
 import pytest
@@ -436,3 +437,40 @@ def test_an_identify_answer_to_a_peer_that_hung_up_is_not_logged_as_an_error() -
                                  ("QmPeer", exc, type(exc), "Traceback (most recent call last): ..."), None)
     assert not lg.filter(record(StreamError("Write operation failed: TCP connection reset by remote peer")))
     assert lg.filter(record(ValueError("a bug in the answer")))
+
+
+def test_big_frames_pause_reads_by_their_bytes_while_the_loop_is_behind() -> None:
+    """The asyncio side takes 40 ms per message; the peer sends 48 frames of 1 MiB. Reads pause
+    once 2 MiB wait undelivered (not at 20,000 messages), so the muxer's window pushes back on
+    the sender, and every frame still arrives, in order."""
+    net = Net(2, "direct")
+    peak = [0]
+
+    async def main() -> None:
+        a = net.make(0, max_frame=2 << 20)
+        b_node: list[P2PNode] = []
+
+        def slow(peer: str, data: bytes) -> None:
+            if data != PROBE:
+                peak[0] = max(peak[0], b_node[0]._backlog()[1] + len(data))
+                time.sleep(0.04)
+            (net.probes if data == PROBE else net.got)[1].append((peer, data))
+
+        b = P2PNode(secret(1), "127.0.0.1", net.ports[1], net.allowed, slow, max_frame=2 << 20,
+                    inbox_high_bytes=2 << 20)
+        b_node.append(b)
+        net.nodes[1] = b
+        await asyncio.gather(a.start(), b.start())
+        try:
+            await net.wait_mesh()
+            frames = [bytes([k]) * (1 << 20) for k in range(48)]
+            for f in frames:
+                a.send(net.ids[1], f)
+            await until(lambda: len(net.got[1]) == 48, 50)
+            assert [d for _, d in net.got[1]] == frames
+            assert b.stats["inbound_paused"] >= 1
+            assert peak[0] <= 4 << 20, peak[0]  # the bound, plus what one read can complete
+        finally:
+            await net.stop()
+
+    run(main())

@@ -80,6 +80,9 @@ DIAL_TIMEOUT = 5.0
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 1.0
 TEARDOWN_S = 2.0  # graceful close of connections and listener after stop(); then sockets are closed hard
 INBOX_HIGH = 20_000  # undelivered inbound messages at which direct-stream reads pause
+# and their bytes: a frame may be up to max_frame (9 MiB by default), so a count alone let a peer's
+# big frames pile up gigabytes here while the asyncio loop was busy
+INBOX_HIGH_BYTES = 64 * 1024 * 1024
 
 
 class PeerOut:
@@ -136,7 +139,7 @@ class TrioSide:
         queues: dict[str, deque],  # per peer: (time.monotonic() when queued, frame)
         gossip_queue: deque,
         deliver: Callable[[str, bytes], None],
-        backlog: Callable[[], int],
+        backlog: Callable[[], tuple[int, int]],  # undelivered inbound (messages, bytes)
         stats: dict[str, int],
         mode: str,
         topic: str,
@@ -150,8 +153,10 @@ class TrioSide:
         external: dict[str, str] | None = None,  # bitswap-only peers: peer id -> multiaddr
         psk: bytes | None = None,  # private network: a 32-byte pre-shared key wraps every connection
         queue_max_age: float = float("inf"),  # a frame queued longer is dropped unsent
+        inbox_high_bytes: int = INBOX_HIGH_BYTES,
     ) -> None:
         self.queue_max_age = queue_max_age
+        self.inbox_high_bytes = inbox_high_bytes
         self.key_pair = key_pair
         self.psk = psk
         self.services = dict(services or {})
@@ -514,6 +519,11 @@ class TrioSide:
                 return
             await self._read_frames(stream, name)
 
+    def _behind(self, div: int) -> bool:
+        """Whether the undelivered inbound messages are over 1/div of their bounds (count or bytes)."""
+        n, nbytes = self.backlog()
+        return n > INBOX_HIGH // div or nbytes > self.inbox_high_bytes // div
+
     async def _read_frames(self, stream: Any, name: str) -> None:
         stats, deliver, max_frame = self.stats, self.deliver, self.max_frame
         buf = bytearray()
@@ -540,9 +550,9 @@ class TrioSide:
                     deliver(name, payload)
                 if pos:
                     del buf[:pos]
-                if self.backlog() > INBOX_HIGH:  # the asyncio loop is behind: stop reading, so
-                    stats["inbound_paused"] += 1  # the muxer/TCP windows push back on the sender
-                    while self.backlog() > INBOX_HIGH // 2:
+                if self._behind(1):  # the asyncio loop is behind: stop reading, so the
+                    stats["inbound_paused"] += 1  # muxer/TCP windows push back on the sender
+                    while self._behind(2):
                         await trio.sleep(0.002)
         except Exception as exc:  # noqa: BLE001 - EOF / reset / connection gone
             log.debug("inbound stream from %s ended: %r", name, exc)

@@ -117,7 +117,8 @@ class P2PNode:
     - gossipsub may drop silently while a (re)connected peer is not yet in the mesh (~1 heartbeat);
     - ``on_message(peer_id, payload)`` runs on the asyncio loop, never on the trio thread.
 
-    Keyword-only extras: ``queue_max`` (frames per peer), ``queue_max_age`` (seconds), ``muxer``
+    Keyword-only extras: ``queue_max`` (frames per peer), ``queue_max_age`` (seconds),
+    ``inbox_high_bytes`` (undelivered inbound bytes at which reads pause; default 64 MiB), ``muxer``
     ("yamux"/"mplex"; default per mode), ``strict_signing`` (gossipsub message signatures), ``runner`` ("thread", or "guest" for
     measurement only).
     """
@@ -143,6 +144,7 @@ class P2PNode:
         on_have: Callable[[str, list[bytes]], None] | None = None,
         psk: bytes | None = None,
         max_blob_bytes: int | None = None,
+        inbox_high_bytes: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
@@ -181,6 +183,10 @@ class P2PNode:
         self._done: asyncio.Future | None = None
         self._inbox: deque = deque()
         self._inbox_scheduled = False
+        # the undelivered inbound bytes, as two counters each written by one thread only (the trio
+        # thread adds, the asyncio loop takes): their difference needs no lock
+        self._inbox_in = self._inbox_out = 0
+        self._inbox_high_bytes = inbox_high_bytes
         self._services: dict[str, tuple[Callable[[str, bytes], Awaitable[bytes]], int]] = {}
         # bitswap (node/p2p/_bitswap.py): on when a block store is given; external peers are
         # IPFS nodes (kubo, Helia, a cluster) admitted for bitswap only
@@ -243,7 +249,8 @@ class P2PNode:
             queue_max_age=self._queue_max_age,
             gossip_queue=self._gossip_queue,
             deliver=self._deliver,
-            backlog=self._inbox.__len__,
+            backlog=self._backlog,
+            **({} if self._inbox_high_bytes is None else {"inbox_high_bytes": self._inbox_high_bytes}),
             stats=self.stats,
             mode=self.mode,
             topic=self.topic,
@@ -536,7 +543,11 @@ class P2PNode:
             return 1, f"{type(exc).__name__}: {exc}".encode()[:1024]
 
     # ---- receiving ----------------------------------------------------------------------------
+    def _backlog(self) -> tuple[int, int]:  # trio thread
+        return len(self._inbox), self._inbox_in - self._inbox_out
+
     def _deliver(self, peer: str, payload: bytes) -> None:  # trio thread
+        self._inbox_in += len(payload)
         self._inbox.append((peer, payload))
         if not self._inbox_scheduled:
             self._inbox_scheduled = True
@@ -550,6 +561,7 @@ class P2PNode:
         inbox, cb, tags = self._inbox, self._on_message, self.tags_in
         while inbox:
             peer, payload = inbox.popleft()
+            self._inbox_out += len(payload)
             tag = message_tag(payload)
             tags[tag] = tags.get(tag, 0) + 1
             try:
