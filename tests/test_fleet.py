@@ -96,8 +96,6 @@ def test_fleet_under_overload_resends_in_order_and_loses_nothing(tmp_path):
         res = run(run_fleet([n.url], cfg, check_sample=2, genesis=Genesis.load(n.home / "genesis.json")))
     finally:
         n.stop()
-    print({k: res[k] for k in ("overloaded_retried", "overload_refusals", "conflicts_resent", "conflicts", "failed",
-                               "failed_by_kind", "unfinished", "committed_by_kind")})
     assert res["overloaded_retried"] > 100  # the limit was real
     assert res["failed"] == 0 and res["unfinished"] == 0, res["failed_by_kind"]
     # a write sealed before a revoke committed is sealed again under the new key epoch; nothing else

@@ -15,6 +15,8 @@ import asyncio
 import hashlib
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 from devices.load.fleet_model import PHONE_KINDS, FleetConfig, FleetPhone, Meta
 from devices.patient import envelope
@@ -53,6 +55,8 @@ class ProxyLanes:
     drain_submitted: int
     first_submit: float
     last_submit: float
+
+    _spawn: Callable[[Any], None]  # the Fleet's: runs a coroutine as a task kept until done
 
     # --- signing and submission -----------------------------------------------------------
     def _sign(self, m: Meta) -> None:
@@ -108,18 +112,20 @@ class ProxyLanes:
                 timed = sum(1 for m in batch if not m.final and not m.overloaded)
                 if timed:
                     self.first_submit = self.first_submit or t
+                whole = False  # the whole batch refused: the lane waits, whatever the refusal
                 try:
                     # a write carries its ciphertext as a sidecar: no upload, no bitswap fetch
                     res = await c.submit_many([(m.tx.raw, m.blob or None) for m in batch])
                 except ApiError as exc:  # a whole batch refused (the client IP's rate, a full server)
                     res = [{"status": exc.status, "error": exc.reason, "retry_after": exc.retry_after}] * len(batch)
+                    whole = True
                 except Exception as exc:  # noqa: BLE001 - a lane must survive one bad request
                     res = [{"status": 599, "error": str(exc)}] * len(batch)
                 if timed:
                     self.last_submit = time.monotonic()
                 self.submitted += timed
                 self.drain_submitted += len(batch) - timed
-                back, wait, held = [], 0.0, set()
+                back, wait, held, pause = [], 0.0, set(), whole
                 for m, r in zip(batch, res, strict=True):
                     st = r["status"]
                     if st == 202:
@@ -133,6 +139,9 @@ class ProxyLanes:
                         if st in (429, 503) or m.owner in held:
                             wait = max(wait, float(r.get("retry_after") or 1.0))  # refused for now: not a try
                             self._for_now(m)
+                            # the validator is full, or this client over its share: the lane waits; a
+                            # limit of this phone alone (its rate, its pending count) holds only its own
+                            pause = pause or st == 503 or (st == 429 and "sender" not in str(r.get("error", "")))
                         elif not self._resend(m, r):
                             continue
                         held.add(m.owner)
@@ -141,14 +150,20 @@ class ProxyLanes:
                         back.append(m)
                         self._for_now(m)
                         wait = max(wait, float(r.get("retry_after") or 1.0))
+                        pause = True
                     else:
                         self._refused(m, r)
                 if back:
-                    await self._hold_back(v, back, wait)
+                    again = self._hold_back(v, back)
+                    if pause:
+                        await self._requeue(again, wait)
+                    else:
+                        self._spawn(self._requeue(again, wait))
 
-    async def _hold_back(self, v: int, back: list[Meta], wait: float) -> None:
+    def _hold_back(self, v: int, back: list[Meta]) -> list[Meta]:
         """A good client: transactions refused with 429/503 wait for the Retry-After, and are neither
-        failures nor one of their window's tries. The lane pauses meanwhile. A phone's transactions
+        failures nor one of their window's tries. The lane pauses meanwhile, unless only limits of
+        single phones refused them (then only those phones' transactions wait). A phone's transactions
         (the refused ones and those of its still queued behind them) are signed again, in order, from
         the nonce the validator expects next: the refused nonces were never taken, and re-signing only
         some of them would collide with the others ("nonce conflict"), or leave a gap that refuses the
@@ -160,6 +175,9 @@ class ProxyLanes:
             m for m in self.lanes[v] if not (m.kind in PHONE_KINDS and m.owner in phones)]
         for k in phones:
             self.phones[k].resync = True  # signed again from the validator's next nonce and key epochs
+        return again
+
+    async def _requeue(self, again: list[Meta], wait: float) -> None:
         if wait > 0:
             await asyncio.sleep(wait)
         if again:
