@@ -63,6 +63,20 @@ async def _fill(v: Validator, tag: bytes, timeout: float = 60.0) -> int:
     raise AssertionError(f"the disk never filled: {v.disk.status()}")
 
 
+async def _until_stalled(v: Validator, tag: bytes, timeout: float = 30.0) -> None:
+    """Once clients are refused for the disk, what was pending may still fit in what is left (a fast
+    machine commits nearly all of it before the refusal): other validators' forwarded transactions
+    are still admitted (they are the network's), so they are sent until a block's write fails."""
+    deadline, k = time.monotonic() + timeout, 0
+    while not v.disk.stalled:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for the consensus stage to stop: {v.disk.status()}")
+        if len(v.mempool) < 1000:
+            await v.submit_many(_txs(v.chain_id, tag + b"%d-" % k, 200), forwarded=True)
+            k += 1
+        await asyncio.sleep(0.05)
+
+
 async def _until(cond, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -82,7 +96,7 @@ def test_a_full_map_stops_consensus_refuses_work_and_a_restart_with_a_larger_map
         await v.start()
         try:
             await _fill(v, b"map-")
-            await _until(lambda: v.disk.stalled, 30, "the consensus stage to stop")
+            await _until_stalled(v, b"map-fwd-")
             assert "LMDB map is full" in v.disk.stalled and "MEDCHAIN_LMDB_MAP_GB" in v.disk.stalled
             with pytest.raises(StorageFull, match="LMDB map is full"):
                 await v.submit_many(_txs(v.chain_id, b"late-", 1))
@@ -169,7 +183,7 @@ def test_a_full_filesystem_stops_consensus_and_freeing_space_resumes_it_without_
             await v.start()
             try:
                 admitted = await _fill(v, b"fs-")
-                await _until(lambda: v.disk.stalled, 30, "the consensus stage to stop")
+                await _until_stalled(v, b"fs-fwd-")
                 assert "filesystem holding the" in v.disk.stalled and str(mnt) in v.disk.stalled
                 stalled_at, delivered = v.ledger.head().height, v.replica.last_delivered
                 await asyncio.sleep(1.5)
