@@ -44,6 +44,9 @@ PANELS = [  # (title, unit, [(expr, legend)], kind)
      "timeseries"),
     ("Checkpoint state received", "Bps", [
         (f"rate(medchain_state_transfer_received_bytes_total{{{SEL}}}[1m])", "{{instance}}")], "timeseries"),
+    ("Consensus stage waiting on the ledger (s/s; near 1: the bottleneck)", "none", [
+        (f"sum by (instance, step) (rate(medchain_consensus_wait_seconds_total{{{SEL}}}[1m]))",
+         "{{step}} {{instance}}")], "timeseries"),
     ("p2p messages/s by type", "ops", [
         (f"sum by (direction, type) (rate(medchain_p2p_messages_by_type_total{{{SEL}}}[1m]))",
          "{{direction}} {{type}}")], "timeseries"),

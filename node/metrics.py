@@ -36,6 +36,7 @@ class Observed(Protocol):
 
 
 XFER_REFUSALS = ("block", "state", "peer", "overtaken")
+CONSENSUS_STEPS = ("execute", "persist", "deliver")
 
 
 class Metrics:
@@ -60,6 +61,12 @@ class Metrics:
         self.blob_integrity = Counter("medchain_blob_integrity_failures", "Stored blocks that failed their hash",
                                       registry=r)
         self.http = Counter("medchain_http_requests", "HTTP requests", ["route", "status"], registry=r)
+        # the consensus stage awaits the ledger worker for these steps and handles no message meanwhile:
+        # near one second per second, it is the bottleneck (rate() of it, by step)
+        self.consensus_wait = Counter("medchain_consensus_wait_seconds", "Seconds the consensus stage awaited a "
+                                      "step on the ledger worker (execute, persist, deliver)", ["step"], registry=r)
+        for step in CONSENSUS_STEPS:
+            self.consensus_wait.labels(step)
         self.throttled = Counter("medchain_throttled", "Requests or messages refused by a rate limit, by scope "
                                  "(client_ip at the API, peer for forwarded transaction batches)", ["scope"],
                                  registry=r)

@@ -161,6 +161,9 @@ def test_sigterm_under_load_drains_restarts_and_verifies(tmp_path: Path) -> None
                 line = f'medchain_p2p_messages_by_type_total{{direction="{direction}",type="{kind}"}}'
                 if (direction, kind) != ("out", "pre_prepare"):  # validator 1 is a backup: it proposes nothing
                     assert line in text and float(text.split(line)[1].split()[0]) > 0, (line, text[-3000:])
+        for step in ("execute", "persist", "deliver"):  # what the consensus stage awaited the ledger for
+            line = f'medchain_consensus_wait_seconds_total{{step="{step}"}}'
+            assert line in text and float(text.split(line)[1].split()[0]) > 0, (line, text[-3000:])
         status, body = _get(victim.url + "/readyz")
         assert status == 200 and body["ready"] and body["peers"] == 3, body
     for n in nodes:
