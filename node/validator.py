@@ -541,19 +541,25 @@ class Validator:
         for act in actions:
             if isinstance(act, Execute):
                 t0 = time.perf_counter()
-                then = await self._execute(act)
-                waited.labels("execute").inc(time.perf_counter() - t0)
+                try:
+                    then = await self._execute(act)
+                finally:
+                    waited.labels("execute").inc(time.perf_counter() - t0)
                 await self._handle(then)
             elif isinstance(act, Deliver):
                 t0 = time.perf_counter()
-                await self._deliver(act.block)
-                waited.labels("deliver").inc(time.perf_counter() - t0)
+                try:
+                    await self._deliver(act.block)
+                finally:
+                    waited.labels("deliver").inc(time.perf_counter() - t0)
             elif isinstance(act, ViewChanged):
                 await self._view_changed(act)
             elif isinstance(act, Persist):  # synced before the message it covers leaves
                 t0 = time.perf_counter()
-                await self.pipeline.run(self.ledger.log_put, act.seq, act.record)
-                waited.labels("persist").inc(time.perf_counter() - t0)
+                try:
+                    await self.pipeline.run(self.ledger.log_put, act.seq, act.record)
+                finally:
+                    waited.labels("persist").inc(time.perf_counter() - t0)
             elif isinstance(act, Broadcast) and self.net is not None:
                 if self._byzantine == "equivocate" and act.msg.tag == T_PREPREPARE and self._equivocate(act.msg):
                     continue

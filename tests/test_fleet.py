@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from devices.load.fleet import FleetConfig
 from devices.load.fleet_check import run_fleet
 from devices.wearable.ble import LinkParams
@@ -80,22 +82,25 @@ def test_the_edge_workload_confines_every_validator_to_one_core_in_every_step():
         ("300 tx/s, 1 core", 300.0, "validators"), ("600 tx/s, 1 core", 600.0, "validators")]
 
 
-def test_fleet_under_overload_resends_in_order_and_loses_nothing(tmp_path):
+@pytest.mark.parametrize("validators", [1, 4])
+def test_fleet_under_overload_resends_in_order_and_loses_nothing(tmp_path, validators):
     """Each phone may send 3 writes a second and is offered about 6: the validator refuses the rest
     with 429s, inside batches whose other writes it admits. The fleet, a good client, sends each
     refused transaction again after the Retry-After, in nonce order with the ones behind it: no write
     is ever refused for a nonce it skipped or reused, and every reading commits."""
-    from devices.net.localnet import make_network
+    from devices.net.localnet import make_network, start_all
     from node.genesis import Genesis, Params
 
-    (n,) = make_network(tmp_path, 1, params=Params(sender_rate=3, sender_burst=3))
-    n.start()
+    nodes = make_network(tmp_path, validators, params=Params(sender_rate=3, sender_burst=3))
+    start_all(nodes)
     try:
         cfg = FleetConfig(wearables=300, phones=20, seconds=5, rate=200, staff=2, grants=4, linger_ms=20,
                           drain_timeout=120)
-        res = run(run_fleet([n.url], cfg, check_sample=2, genesis=Genesis.load(n.home / "genesis.json")))
+        res = run(run_fleet([n.url for n in nodes], cfg, check_sample=2,
+                            genesis=Genesis.load(nodes[0].home / "genesis.json")))
     finally:
-        n.stop()
+        for n in nodes:
+            n.stop()
     assert res["overloaded_retried"] > 100  # the limit was real
     assert res["failed"] == 0 and res["unfinished"] == 0, res["failed_by_kind"]
     # a write sealed before a revoke committed is sealed again under the new key epoch; nothing else

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import urllib.request
 
 import pytest
 
@@ -143,8 +144,11 @@ def test_a_phone_over_its_senders_rate_waits_the_retry_after_and_loses_nothing(t
 
     try:
         took, grants, acct = run(go())
+        metrics = urllib.request.urlopen(n.url + "/metrics", timeout=5).read().decode()
     finally:
         n.stop()
+    line = 'medchain_tx_rejected_total{reason="rate limited"}'
+    assert line in metrics and float(metrics.split(line)[1].split()[0]) >= 2, metrics[-2000:]  # the 429s came
     assert sorted(g["staff"] for g in grants) == sorted(d.address.hex() for d in
                                                         [Identity.from_seed(f"doctor-429-{i}".encode()) for i in range(3)])
     assert acct["nonce"] == 3  # three transactions, each committed once

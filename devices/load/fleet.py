@@ -150,9 +150,12 @@ class Fleet(ProxyLanes):
                     self._on_commit(m, t)
 
     def _on_commit(self, m: Meta, t: float, confirmed: bool = False) -> None:
-        if m.kind == "write" and not confirmed and self.phones[m.owner].grants_committed > m.grants_at_admit:
-            # a grant of its phone committed after the write was admitted and before it: a revoke in it
-            # rotated a key epoch, and the write may have executed as stale. Its receipt tells.
+        if m.done:  # counted once (a transaction whose POST failed may still have been admitted)
+            return
+        if m.kind == "write" and not confirmed and m.body.epoch < self.phones[m.owner].chain_epochs.get(m.dtype, 0):
+            # a grant of its phone that committed before it rotated its key epoch: the write executed
+            # as stale and recorded nothing, unless that grant failed. Its proven receipt tells.
+            m.done = True  # until the receipt is read
             self._spawn(self._confirm(m, t))
             return
         m.done = True
@@ -174,8 +177,11 @@ class Fleet(ProxyLanes):
             self.written[m.cid] = m
             ph.cids.append((m.dtype, m.cid, m.body.epoch))
         elif m.kind == "grant":
-            self.phones[m.owner].grants_committed += 1
-            if self.phones[m.owner].blocked:
+            ph = self.phones[m.owner]
+            for d in set(ph.chain_types) - set(m.body.types):
+                ph.chain_epochs[d] = ph.chain_epochs.get(d, 0) + 1
+            ph.chain_types = m.body.types
+            if ph.blocked:
                 self._spawn(self._after_grant(m))
         elif m.kind == "read" and self.rng.random() < self.cfg.read_fetch:
             self._spawn(self._fetch(m))
@@ -185,13 +191,18 @@ class Fleet(ProxyLanes):
         it was recorded. If not (stale key epoch), it is sealed again under the new epoch and sent
         again, as a refusal at admission would have it; any other failed code is a failure."""
         ph = self.phones[m.owner]
+        m.done = False
         try:
-            st = await self.clients[ph.v].tx(m.tx.id.hex())
+            # asked of the phone's validator, which may commit the block after the followed one
+            st = await self.clients[ph.v].wait_committed(m.tx.id.hex(), 30.0)
             if self.genesis is not None:
                 verify_status(m.tx.id, st, self.genesis.validator_keys, self.chain)
             code = st["code"]
+            if code == Code.STALE_EPOCH:  # the nonce it took stays taken: epochs only
+                acct = await self.clients[ph.v].account(ph.addr)
+                ph.epochs = {data_type_id(k): v for k, v in acct["epochs"].items()}
         except Exception as exc:  # noqa: BLE001 - the receipt could not be had or proven: a failure, said so
-            self._refused(m, {"status": 599, "error": f"receipt of a write after a grant change: {exc}"}, gap=False)
+            self._refused(m, {"status": 599, "error": f"receipt of a write after a grant change: {exc!r}"}, gap=False)
             return
         if code == Code.OK:
             self._on_commit(m, t, confirmed=True)
@@ -203,14 +214,19 @@ class Fleet(ProxyLanes):
         m.tries += 1
         self.conflicts_resent += 1
         self._reason(self.conflicts, r)
-        acct = await self.clients[ph.v].account(ph.addr)  # the nonce it took stays taken: epochs only
-        ph.epochs = {data_type_id(k): v for k, v in acct["epochs"].items()}
         m.body = None
         self.work.put_nowait([m])
 
     async def _after_grant(self, m: Meta) -> None:
         ph = self.phones[m.owner]
-        acct = await self.clients[ph.v].account(ph.addr)
+        c = self.clients[ph.v]
+        try:  # the phone's validator may commit the grant after the followed one: its epochs then
+            await c.wait_committed(m.tx.id.hex(), 30.0)
+            acct = await c.account(ph.addr)
+        except Exception:
+            log.warning("epochs of phone %d not re-read after its grant", m.owner, exc_info=True)
+            ph.blocked = False
+            return
         ph.epochs = {data_type_id(k): v for k, v in acct["epochs"].items()}
         ph.granted = m.body.types
         ph.blocked = False

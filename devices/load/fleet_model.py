@@ -62,14 +62,13 @@ class Meta:
     done: bool = False  # committed or refused
     final: bool = False  # the end-of-run flush of partial windows: counted, but not in rate or latency
     overloaded: bool = False  # refused with 429/503 and sent again: counted once in the send rate
-    grants_at_admit: int = 0  # a write: its phone's committed grants when it was admitted
 
 
 class FleetPhone:
     """One emulated phone's state in the fleet: its keys, nonce, key epochs, buffers and grants."""
 
-    __slots__ = ("addr", "blocked", "bufs", "cids", "clinician", "epochs", "granted", "grants_committed", "ident", "keys",
-                 "master",
+    __slots__ = ("addr", "blocked", "bufs", "chain_epochs", "chain_types", "cids", "clinician", "epochs", "granted",
+                 "ident", "keys", "master",
                  "nonce", "outstanding", "resync", "v")
 
     def data_key(self, dtype: int, epoch: int) -> bytes:
@@ -90,4 +89,8 @@ class FleetPhone:
         self.blocked = False  # a grant change is in flight: hold writes until it commits
         self.outstanding = 0
         self.resync = False
-        self.grants_committed = 0  # as the follower saw them, in chain order
+        # the phone's key epochs as the follower's blocks set them, in chain order: a committed grant
+        # that takes a type away from the types of the one before rotates that type (the phone grants
+        # to one clinician only; node/state/machine.py)
+        self.chain_types: tuple[int, ...] = ()
+        self.chain_epochs: dict[int, int] = {}

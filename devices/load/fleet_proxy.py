@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -27,8 +28,16 @@ from node.ipfs.cid import raw_cid_bytes
 from node.tx import Tx, Write, data_type_id
 from node.wire import encode
 
+log = logging.getLogger("medchain.fleet")
 MAX_BATCH = 4000  # transactions per POST /v1/txs (the API allows 4096)
 MAX_BATCH_BYTES = 1900 * 1024  # and bytes, sidecars included (the API allows 2 MiB)
+
+
+def _phone_limit(r: dict) -> bool:
+    """A 429 by a limit of one sender (its token bucket, its pending count), not of the client or the
+    pool (node/mempool.py); a "held back" refusal quotes the first, so it reads the same."""
+    err = str(r.get("error", ""))
+    return "sender exceeds" in err or "transactions already pending" in err
 
 
 class ProxyLanes:
@@ -129,20 +138,23 @@ class ProxyLanes:
                 for m, r in zip(batch, res, strict=True):
                     st = r["status"]
                     if st == 202:
-                        if m.kind == "write":
-                            m.grants_at_admit = self.phones[m.owner].grants_committed
                         continue
                     self.tracked.pop(m.tx.id, None)
                     if m.kind in PHONE_KINDS:
                         # a phone's transactions share its nonce run: once one of them goes back, every
                         # later one of that phone goes back with it and is signed again after it
-                        if st in (429, 503) or m.owner in held:
-                            wait = max(wait, float(r.get("retry_after") or 1.0))  # refused for now: not a try
+                        if st in (429, 503):  # refused for now: not a try
+                            wait = max(wait, float(r.get("retry_after") or 1.0))
                             self._for_now(m)
                             # the validator is full, or this client over its share: the lane waits; a
                             # limit of this phone alone (its rate, its pending count) holds only its own
-                            pause = pause or st == 503 or (st == 429 and "sender" not in str(r.get("error", "")))
+                            pause = pause or st == 503 or not _phone_limit(r)
+                        elif m.owner in held:  # out of order behind its refused one: not a try either
+                            wait = max(wait, float(r.get("retry_after") or 0.0))
+                            if "stale key epoch" in str(r.get("error", "")):
+                                m.body = None  # sealed again under the epoch read next
                         elif not self._resend(m, r):
+                            held.add(m.owner)  # refused for good: the ones behind it are signed again
                             continue
                         held.add(m.owner)
                         back.append(m)
@@ -208,6 +220,8 @@ class ProxyLanes:
     def _refused(self, m: Meta, r: dict, gap: bool = True) -> None:
         """Refused for good: counted as failed, with its reason. `gap`: refused at admission, so its
         nonce was never taken (False: it executed, as a failure, and took it)."""
+        if m.done:  # already counted (committed, or refused for good)
+            return
         m.done = True
         self.open_ops -= 1
         self.failed[m.kind] = self.failed.get(m.kind, 0) + 1
@@ -252,8 +266,14 @@ class ProxyLanes:
         sem = asyncio.Semaphore(64)
 
         async def read(ph: FleetPhone) -> None:
-            async with sem:
-                acct = await self.clients[ph.v].account(ph.addr)
+            try:
+                async with sem:
+                    acct = await self.clients[ph.v].account(ph.addr)
+            except Exception as exc:  # noqa: BLE001 - a validator that did not answer: read it again
+                log.warning("nonce of phone %s not read (%r): trying again", ph.addr.hex()[:12], exc)
+                ph.resync = True
+                await asyncio.sleep(0.5)
+                return
             ph.nonce = acct["next_nonce"]
             ph.epochs = {data_type_id(k): v for k, v in acct["epochs"].items()}
 
@@ -267,8 +287,13 @@ class ProxyLanes:
             await asyncio.gather(*(read(ph) for ph in due))
             if self.staff_resync:
                 self.staff_resync = False
-                for s, st in enumerate(self.staff):
-                    self.staff_nonce[s] = (await self.clients[0].account(st.address))["next_nonce"]
+                try:
+                    for s, st in enumerate(self.staff):
+                        self.staff_nonce[s] = (await self.clients[0].account(st.address))["next_nonce"]
+                except Exception as exc:  # noqa: BLE001 - read again on the next pass
+                    log.warning("staff nonces not read (%r): trying again", exc)
+                    self.staff_resync = True
+                    await asyncio.sleep(0.5)
 
     def _seal(self, ms: list[Meta]) -> None:
         """Encrypt each window as envelope.seal_window does, one batch AEAD call per data key."""
