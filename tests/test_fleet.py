@@ -84,17 +84,18 @@ def test_the_edge_workload_confines_every_validator_to_one_core_in_every_step():
 
 @pytest.mark.parametrize("validators", [1, 4])
 def test_fleet_under_overload_resends_in_order_and_loses_nothing(tmp_path, validators):
-    """Each phone may send 3 writes a second and is offered about 6: the validator refuses the rest
-    with 429s, inside batches whose other writes it admits. The fleet, a good client, sends each
-    refused transaction again after the Retry-After, in nonce order with the ones behind it: no write
-    is ever refused for a nonce it skipped or reused, and every reading commits."""
+    """Each phone may send 3 writes a second and is offered about 6, each staff member 3 reads a
+    second and is offered 4: the validator refuses the rest with 429s, inside batches whose other
+    transactions it admits. The fleet, a good client, sends each refused transaction again after the
+    Retry-After, in nonce order with the ones behind it: no write is ever refused for a nonce it
+    skipped or reused, no read fails, and every reading commits."""
     from devices.net.localnet import make_network, start_all
     from node.genesis import Genesis, Params
 
     nodes = make_network(tmp_path, validators, params=Params(sender_rate=3, sender_burst=3))
     start_all(nodes)
     try:
-        cfg = FleetConfig(wearables=300, phones=20, seconds=5, rate=200, staff=2, grants=4, linger_ms=20,
+        cfg = FleetConfig(wearables=300, phones=20, seconds=5, rate=200, staff=2, grants=4, reads=8, linger_ms=20,
                           drain_timeout=120)
         res = run(run_fleet([n.url for n in nodes], cfg, check_sample=2,
                             genesis=Genesis.load(nodes[0].home / "genesis.json")))
@@ -103,6 +104,7 @@ def test_fleet_under_overload_resends_in_order_and_loses_nothing(tmp_path, valid
             n.stop()
     assert res["overloaded_retried"] > 100  # the limit was real
     assert res["failed"] == 0 and res["unfinished"] == 0, res["failed_by_kind"]
+    assert res["committed_by_kind"].get("read", 0) > 20 and res["reads_failed"] == 0
     # a write sealed before a revoke committed is sealed again under the new key epoch; nothing else
     assert all("stale key epoch" in r for r in res["conflicts"]), res["conflicts"]
     # every reading is in a write committed in a block whose certificate checked, or still on its phone;

@@ -158,7 +158,8 @@ class ProxyLanes:
                             continue
                         held.add(m.owner)
                         back.append(m)
-                    elif st == 503 or (st == 429 and m.kind != "read"):  # not a read limit: wait at the lane's head
+                    elif st == 503 or (st == 429 and "break-glass" not in str(r.get("error", ""))):
+                        # anything but an emergency-read limit (a window of hours): wait at the lane's head
                         back.append(m)
                         self._for_now(m)
                         wait = max(wait, float(r.get("retry_after") or 1.0))
@@ -289,7 +290,9 @@ class ProxyLanes:
                 self.staff_resync = False
                 try:
                     for s, st in enumerate(self.staff):
-                        self.staff_nonce[s] = (await self.clients[0].account(st.address))["next_nonce"]
+                        # from the validator of the staff member's lane: its pool holds the pending reads
+                        c = self.clients[s % len(self.clients)]
+                        self.staff_nonce[s] = (await c.account(st.address))["next_nonce"]
                 except Exception as exc:  # noqa: BLE001 - read again on the next pass
                     log.warning("staff nonces not read (%r): trying again", exc)
                     self.staff_resync = True
