@@ -169,12 +169,9 @@ class BitswapService:
             with contextlib.suppress(Exception):
                 await stream.reset()
             return
-        with self.side.slots.take(peer, "bitswap", MAX_BITSWAP_STREAMS) as ok:
-            if not ok:  # each open stream may hold a partial message of up to MAX_MESSAGE
-                with contextlib.suppress(Exception):
-                    await stream.reset()
-                return
-            await self._read_messages(stream, peer)
+        # each open stream may hold a partial message of up to MAX_MESSAGE
+        await self.side.slots.serve(stream, peer, "bitswap", MAX_BITSWAP_STREAMS,
+                                    lambda: self._read_messages(stream, peer))
 
     async def _read_messages(self, stream: Any, peer: str) -> None:
         reader = StreamReader(stream)

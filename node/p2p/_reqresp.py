@@ -73,16 +73,14 @@ async def serve_stream(side: Any, stream: Any, protocol: str, max_request: int, 
     # each request served may hold a reply of up to 16 MiB until it is read: MAX_REQUEST_STREAMS of a
     # peer's are served at once, the next wait (holding at most their request), and past
     # MAX_REQUEST_WAITING more a stream is reset
-    with side.slots.take(name, "request", MAX_REQUEST_STREAMS + MAX_REQUEST_WAITING) as ok:
-        if not ok:
-            with contextlib.suppress(Exception):
-                await stream.reset()
-            return
-        sem = side.request_slots.get(name)
-        if sem is None:
-            sem = side.request_slots[name] = trio.Semaphore(MAX_REQUEST_STREAMS)
+    sem = side.request_slots.get(name)
+    if sem is None:
+        sem = side.request_slots[name] = trio.Semaphore(MAX_REQUEST_STREAMS)
+
+    async def served() -> None:
         async with sem:
             await _serve(side, stream, name, protocol, max_request, call)
+    await side.slots.serve(stream, name, "request", MAX_REQUEST_STREAMS + MAX_REQUEST_WAITING, served)
 
 
 async def _serve(side: Any, stream: Any, name: str, protocol: str, max_request: int, call: HandlerCall) -> None:

@@ -7,7 +7,7 @@ py-libp2p's ``stream.read(n)`` returns whatever the muxer has buffered (up to n 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from libp2p.network.stream.exceptions import StreamEOF
@@ -41,6 +41,15 @@ class StreamSlots:
                 self.open[key] = left
             else:
                 del self.open[key]
+
+    async def serve(self, stream: Any, peer: str, kind: str, limit: int, run: Callable[[], Awaitable[None]]) -> None:
+        """`run()` holding one of the peer's `limit` slots of `kind`; over the limit the stream is reset."""
+        with self.take(peer, kind, limit) as ok:
+            if ok:
+                await run()
+                return
+        with contextlib.suppress(Exception):
+            await stream.reset()
 
 
 class StreamClosedEarly(Exception):

@@ -80,9 +80,6 @@ DIAL_TIMEOUT = 5.0
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 1.0
 TEARDOWN_S = 2.0  # graceful close of connections and listener after stop(); then sockets are closed hard
 INBOX_HIGH = 20_000  # undelivered inbound messages at which direct-stream reads pause
-# and their bytes: a frame may be up to max_frame (9 MiB by default), so a count alone let a peer's
-# big frames pile up gigabytes here while the asyncio loop was busy
-INBOX_HIGH_BYTES = 64 * 1024 * 1024
 
 
 class PeerOut:
@@ -153,7 +150,7 @@ class TrioSide:
         external: dict[str, str] | None = None,  # bitswap-only peers: peer id -> multiaddr
         psk: bytes | None = None,  # private network: a 32-byte pre-shared key wraps every connection
         queue_max_age: float = float("inf"),  # a frame queued longer is dropped unsent
-        inbox_high_bytes: int = INBOX_HIGH_BYTES,
+        inbox_high_bytes: int,  # undelivered inbound bytes at which reads pause (node.py INBOX_HIGH_BYTES)
     ) -> None:
         self.queue_max_age = queue_max_age
         self.inbox_high_bytes = inbox_high_bytes
@@ -512,12 +509,8 @@ class TrioSide:
             with contextlib.suppress(Exception):
                 await stream.reset()
             return
-        with self.slots.take(name, "direct", MAX_DIRECT_STREAMS) as ok:
-            if not ok:  # a peer keeps one stream to us; a few more while it redials
-                with contextlib.suppress(Exception):
-                    await stream.reset()
-                return
-            await self._read_frames(stream, name)
+        # a peer keeps one stream to us; a few more while it redials
+        await self.slots.serve(stream, name, "direct", MAX_DIRECT_STREAMS, lambda: self._read_frames(stream, name))
 
     def _behind(self, div: int) -> bool:
         """Whether the undelivered inbound messages are over 1/div of their bounds (count or bytes)."""

@@ -58,6 +58,9 @@ QUEUE_MAX = 10_000  # frames per peer; when full the oldest is dropped (PBFT ret
 QUEUE_MAX_AGE_S = 10.0
 GOSSIP_MAX = 1024 * 1024 - 16 * 1024  # pubsub refuses RPCs over 1 MiB: larger payloads go direct
 STOP_TIMEOUT = 3.0
+# undelivered inbound bytes at which direct-stream reads pause (as at 20,000 messages): a frame may be
+# up to max_frame, so a count alone let a peer's big frames pile up while the asyncio loop was busy
+INBOX_HIGH_BYTES = 64 * 1024 * 1024
 MAX_REQUEST = 1024 * 1024  # default request size a served protocol accepts
 MAX_RESPONSE = 16 * 1024 * 1024  # default response size request() accepts (blocks are <= 8 MiB)
 STAT_KEYS = (
@@ -144,7 +147,7 @@ class P2PNode:
         on_have: Callable[[str, list[bytes]], None] | None = None,
         psk: bytes | None = None,
         max_blob_bytes: int | None = None,
-        inbox_high_bytes: int | None = None,
+        inbox_high_bytes: int = INBOX_HIGH_BYTES,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
@@ -250,7 +253,7 @@ class P2PNode:
             gossip_queue=self._gossip_queue,
             deliver=self._deliver,
             backlog=self._backlog,
-            **({} if self._inbox_high_bytes is None else {"inbox_high_bytes": self._inbox_high_bytes}),
+            inbox_high_bytes=self._inbox_high_bytes,
             stats=self.stats,
             mode=self.mode,
             topic=self.topic,
