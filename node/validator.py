@@ -14,7 +14,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 from node import clock, faults, storage
@@ -476,6 +476,15 @@ class Validator:
             return []
         return self.replica.on_message(msg)
 
+    @contextlib.contextmanager
+    def _waited(self, step: str) -> Iterator[None]:
+        """Count the time the consensus task awaits `step` (medchain_consensus_wait_seconds_total)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.metrics.consensus_wait.labels(step).inc(time.perf_counter() - t0)
+
     async def _execute(self, act: Execute) -> list:
         """The replica's Execute: run the proposed block on its parent (once; a retransmission finds it
         executed) and answer `executed`, or park the answer until the blobs its writes record are here."""
@@ -537,29 +546,20 @@ class Validator:
         r.resume_view_change()
 
     async def _handle(self, actions: list) -> None:
-        waited = self.metrics.consensus_wait
+        waited = self._waited
         for act in actions:
             if isinstance(act, Execute):
-                t0 = time.perf_counter()
-                try:
+                with waited("execute"):
                     then = await self._execute(act)
-                finally:
-                    waited.labels("execute").inc(time.perf_counter() - t0)
                 await self._handle(then)
             elif isinstance(act, Deliver):
-                t0 = time.perf_counter()
-                try:
+                with waited("deliver"):
                     await self._deliver(act.block)
-                finally:
-                    waited.labels("deliver").inc(time.perf_counter() - t0)
             elif isinstance(act, ViewChanged):
                 await self._view_changed(act)
             elif isinstance(act, Persist):  # synced before the message it covers leaves
-                t0 = time.perf_counter()
-                try:
+                with waited("persist"):
                     await self.pipeline.run(self.ledger.log_put, act.seq, act.record)
-                finally:
-                    waited.labels("persist").inc(time.perf_counter() - t0)
             elif isinstance(act, Broadcast) and self.net is not None:
                 if self._byzantine == "equivocate" and act.msg.tag == T_PREPREPARE and self._equivocate(act.msg):
                     continue
