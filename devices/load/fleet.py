@@ -200,7 +200,7 @@ class Fleet(ProxyLanes):
             code = st["code"]
             if code == Code.STALE_EPOCH:  # the nonce it took stays taken: epochs only
                 acct = await self.clients[ph.v].account(ph.addr)
-                ph.epochs = {data_type_id(k): v for k, v in acct["epochs"].items()}
+                ph.take_epochs(acct)
         except Exception as exc:  # noqa: BLE001 - the receipt could not be had or proven: a failure, said so
             self._refused(m, {"status": 599, "error": f"receipt of a write after a grant change: {exc!r}"}, gap=False)
             return
@@ -227,7 +227,7 @@ class Fleet(ProxyLanes):
             log.warning("epochs of phone %d not re-read after its grant", m.owner, exc_info=True)
             ph.blocked = False
             return
-        ph.epochs = {data_type_id(k): v for k, v in acct["epochs"].items()}
+        ph.take_epochs(acct)
         ph.granted = m.body.types
         ph.blocked = False
 

@@ -71,6 +71,10 @@ class FleetPhone:
                  "ident", "keys", "master",
                  "nonce", "outstanding", "resync", "v")
 
+    def take_epochs(self, acct: dict) -> None:
+        """The key epochs of an account answer (NodeClient.account) as the phone's own."""
+        self.epochs = {data_type_id(k): v for k, v in acct["epochs"].items()}
+
     def data_key(self, dtype: int, epoch: int) -> bytes:
         k = self.keys.get((dtype, epoch))
         if k is None:

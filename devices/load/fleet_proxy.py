@@ -25,7 +25,7 @@ from devices.patient.client import ApiError, NodeClient
 from node.crypto.batch import aead_seal_batch
 from node.crypto.keys import Identity
 from node.ipfs.cid import raw_cid_bytes
-from node.tx import Tx, Write, data_type_id
+from node.tx import Tx, Write
 from node.wire import encode
 
 log = logging.getLogger("medchain.fleet")
@@ -276,7 +276,7 @@ class ProxyLanes:
                 await asyncio.sleep(0.5)
                 return
             ph.nonce = acct["next_nonce"]
-            ph.epochs = {data_type_id(k): v for k, v in acct["epochs"].items()}
+            ph.take_epochs(acct)
 
         while True:
             due = [self.phones[k] for k in {m.owner for m in items if m.kind in PHONE_KINDS}
