@@ -11,7 +11,7 @@ import pytest
 from devices.load.fleet import FleetConfig
 from devices.load.fleet_check import run_fleet
 from devices.wearable.ble import LinkParams
-from tests.conftest import run
+from tests.conftest import run, running_network
 
 
 def test_fleet_loses_no_reading(node, genesis):
@@ -89,19 +89,13 @@ def test_fleet_under_overload_resends_in_order_and_loses_nothing(tmp_path, valid
     transactions it admits. The fleet, a good client, sends each refused transaction again after the
     Retry-After, in nonce order with the ones behind it: no write is ever refused for a nonce it
     skipped or reused, no read fails, and every reading commits."""
-    from devices.net.localnet import make_network, start_all
-    from node.genesis import Genesis, Params
+    from node.genesis import Genesis
 
-    nodes = make_network(tmp_path, validators, params=Params(sender_rate=3, sender_burst=3))
-    start_all(nodes)
-    try:
+    with running_network(tmp_path, validators, sender_rate=3, sender_burst=3) as nodes:
         cfg = FleetConfig(wearables=300, phones=20, seconds=5, rate=200, staff=2, grants=4, reads=8, linger_ms=20,
                           drain_timeout=120)
         res = run(run_fleet([n.url for n in nodes], cfg, check_sample=2,
                             genesis=Genesis.load(nodes[0].home / "genesis.json")))
-    finally:
-        for n in nodes:
-            n.stop()
     assert res["overloaded_retried"] > 100  # the limit was real
     assert res["failed"] == 0 and res["unfinished"] == 0, res["failed_by_kind"]
     assert res["committed_by_kind"].get("read", 0) > 20 and res["reads_failed"] == 0

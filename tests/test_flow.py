@@ -16,7 +16,7 @@ from node.crypto import aead, seal
 from node.crypto.keys import Identity
 from node.ipfs.cid import Cid
 from node.tx import DATA_TYPES
-from tests.conftest import run
+from tests.conftest import run, running_network
 
 KINDS = ["heart_rate", "blood_pressure", "body_temperature", "glucose", "spo2"]
 
@@ -122,34 +122,28 @@ def test_a_phone_over_its_senders_rate_waits_the_retry_after_and_loses_nothing(t
     """One transaction a second per sender: a phone's second and third grants in a row are refused
     with 429 and a Retry-After. The client sends the same signed bytes again after it (a refusal
     for now admitted nothing), so every grant commits, in order, none of them twice."""
-    from devices.net.localnet import make_network
-    from node.genesis import Genesis, Params
+    from node.genesis import Genesis
 
-    (n,) = make_network(tmp_path, 1, params=Params(sender_rate=1, sender_burst=1))
-    n.start()
-    gen = Genesis.load(n.home / "genesis.json")
+    docs = [Identity.from_seed(f"doctor-429-{i}".encode()) for i in range(3)]
+    with running_network(tmp_path, 1, sender_rate=1, sender_burst=1) as (n,):
+        gen = Genesis.load(n.home / "genesis.json")
 
-    async def go():
-        async with NodeClient(n.url) as c:
-            phone = Phone(Identity.from_seed(b"patient-429"), c, gen.chain_id, gen.validator_keys)
-            docs = [Identity.from_seed(f"doctor-429-{i}".encode()) for i in range(3)]
-            for i, d in enumerate(docs):  # each its own sender: its one transaction is within its rate
-                await Staff(d, c, gen.chain_id).register(f"Dr. {i}", "physician", "General Hospital")
-            t0 = time.monotonic()
-            for d in docs:
-                await phone.grant(d.address, ["heart_rate"])
-            grants = (await c.get_json(f"/v1/patients/{phone.address.hex()}/grants"))["grants"]
-            acct = await c.account(phone.address)
-            return time.monotonic() - t0, grants, acct
+        async def go():
+            async with NodeClient(n.url) as c:
+                phone = Phone(Identity.from_seed(b"patient-429"), c, gen.chain_id, gen.validator_keys)
+                for i, d in enumerate(docs):  # each its own sender: its one transaction is within its rate
+                    await Staff(d, c, gen.chain_id).register(f"Dr. {i}", "physician", "General Hospital")
+                t0 = time.monotonic()
+                for d in docs:
+                    await phone.grant(d.address, ["heart_rate"])
+                grants = (await c.get_json(f"/v1/patients/{phone.address.hex()}/grants"))["grants"]
+                acct = await c.account(phone.address)
+                return time.monotonic() - t0, grants, acct
 
-    try:
         took, grants, acct = run(go())
         metrics = urllib.request.urlopen(n.url + "/metrics", timeout=5).read().decode()
-    finally:
-        n.stop()
     line = 'medchain_tx_rejected_total{reason="rate limited"}'
     assert line in metrics and float(metrics.split(line)[1].split()[0]) >= 2, metrics[-2000:]  # the 429s came
-    assert sorted(g["staff"] for g in grants) == sorted(d.address.hex() for d in
-                                                        [Identity.from_seed(f"doctor-429-{i}".encode()) for i in range(3)])
+    assert sorted(g["staff"] for g in grants) == sorted(d.address.hex() for d in docs)
     assert acct["nonce"] == 3  # three transactions, each committed once
     assert took >= 1.5  # the second and third waited for the sender's bucket (the 429's Retry-After)
