@@ -284,8 +284,11 @@ class Admission:
         without it (a faulty peer dropped it) is refused unless the blob is held here already.
         Only a dag-pb blob (a standalone upload, over 1 MiB) comes without, and is repaired at commit."""
         cid = self._cid_of(tx)
-        if cid.codec == CODEC_RAW and self.blobs.blob_size(cid) is None:
+        size = self.blobs.blob_size(cid)
+        if cid.codec == CODEC_RAW and size is None:
             raise AdmissionError(Refusal.UNPROCESSABLE, "blob not held: a forwarded write of one raw block must carry its sidecar")
+        if size is not None and size != tx.body.size:  # else an honest primary would propose a write no one votes for
+            raise AdmissionError(Refusal.UNPROCESSABLE, f"size mismatch: blob {cid} is {size} bytes, transaction says {tx.body.size}")
 
     def _held_blob(self, tx: Tx) -> bytes | None:
         """A write without a sidecar: its blob must be held here with the size the write states.

@@ -15,6 +15,9 @@
   sidecars and commit nothing to the block store. As primary it proposes writes whose blobs no
   other validator holds; honest backups must not vote for them (node/availability.py), so no
   certificate names a blob that nobody holds.
+- ``missize``: admit a client's write without a sidecar whatever size it states for the blob held
+  here (a patient colluding to record a false size), and forward and propose it. Honest backups
+  hold the blob with its true size and must not vote for the write (node/availability.py).
 """
 
 from __future__ import annotations
@@ -28,10 +31,11 @@ from pathlib import Path
 from node.admission import Admission
 from node.consensus import PrePrepare
 from node.execution import Executed, Tip, build_block
+from node.ipfs.cid import CODEC_RAW
 from node.mempool import Mempool
 
 log = logging.getLogger("medchain.faults")
-MODES = ("equivocate", "withhold")
+MODES = ("equivocate", "withhold", "missize")
 
 
 class FaultFile:
@@ -108,3 +112,15 @@ def withhold_sidecars(mempool: Mempool, admission: Admission) -> None:
 
     mempool.admit = admit_without  # type: ignore[method-assign]
     admission.take_forward = lambda: [(raw, None) for raw, _ in take()]  # type: ignore[method-assign]
+
+
+def admit_any_size(admission: Admission) -> None:
+    """The ``missize`` mode: a write naming a blob held here is admitted whatever size it states."""
+    def held_blob(tx):  # noqa: ANN001, ANN202
+        cid = admission._cid_of(tx)
+        if admission.blobs.blob_size(cid) is None:
+            return admission._held_blob_checked(tx)  # its honest refusal: not held
+        return admission.blobs.get(cid) if cid.codec == CODEC_RAW else None
+
+    admission._held_blob_checked = admission._held_blob  # type: ignore[attr-defined]
+    admission._held_blob = held_blob  # type: ignore[method-assign]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from node import clock, faults, storage
 from node.admission import REFORWARD_S, Admission
-from node.availability import AvailabilityGate
+from node.availability import AvailabilityGate, SizeMismatch
 from node.backlog import Backlog
 from node.block import TX_FRAMING, TXS_MAX_BYTES, Block
 from node.commit import Commit
@@ -127,7 +127,7 @@ class Validator:
         self._calls: collections.deque[tuple[Callable[[], Awaitable[None]], asyncio.Future[None]]] = (
             collections.deque())  # see in_consensus
         # a backup votes for a block only once it holds the blobs its writes record (node/availability.py)
-        self.gate = AvailabilityGate(self._blob_here, lambda cid, t: self.replicator.ensure(cid, t, "vote"),
+        self.gate = AvailabilityGate(self._blob_size, lambda cid, t: self.replicator.ensure(cid, t, "vote"),
                                      lambda answer: self._inbox.put_nowait(("executed", answer)))
         self._txin: asyncio.Queue = asyncio.Queue()  # forwarded transaction batches, admitted apart
         self._txin_bytes = 0
@@ -145,6 +145,8 @@ class Validator:
             log.critical("BYZANTINE MODE %r (fault-injection tests only)", self._byzantine)
             if self._byzantine == "withhold":
                 faults.withhold_sidecars(self.mempool, self.admission)
+            elif self._byzantine == "missize":
+                faults.admit_any_size(self.admission)
         log.info("validator %d of %d, chain %s, height %d", self.index, self.n, self.chain_id, head.height)
 
     async def _rebuild_from_disk(self) -> tuple[int, int]:
@@ -497,17 +499,25 @@ class Validator:
             ex = None
         if ex is None:
             return self.replica.executed(act.seq, block.hash, False)
-        missing = self.gate.missing(ex)
+        try:
+            missing = self.gate.missing(ex)
+        except SizeMismatch as exc:
+            log.warning("not voting for block %s at %d: %s", block.hash.hex()[:16], act.seq, exc)
+            return self.replica.executed(act.seq, block.hash, False)
         if missing:
             self.gate.park(block.hash, (act.seq, block.hash), missing)  # no PREPARE before the blobs are here
             return []
         return self.replica.executed(act.seq, block.hash, True)
 
-    def _blob_here(self, txid: bytes, cid: Cid) -> bool:
-        """Whether a write's blob is here: its sidecar in the pool or the forwarded-sidecar cache, or stored."""
-        return (self.mempool.sidecar(txid) is not None
-                or (cid.codec == CODEC_RAW and self.sidecars.get(cid.digest) is not None)
-                or self.blobs.has_blob(cid))
+    def _blob_size(self, txid: bytes, cid: Cid) -> int | None:
+        """The size of a write's blob if it is here: its sidecar in the pool or the forwarded-sidecar
+        cache, or stored (None if it is not)."""
+        side = self.mempool.sidecar(txid)
+        if side is None and cid.codec == CODEC_RAW:
+            side = self.sidecars.get(cid.digest)
+        if side is not None:
+            return len(side)
+        return self.blobs.blob_size(cid) if self.blobs.has(cid) else None
 
     async def _recover(self) -> None:
         """Reload what this replica persisted before a crash: the NEW-VIEW of its view, then its consensus

@@ -247,7 +247,8 @@ def test_a_write_without_sidecar_needs_its_blob_held_here_with_its_size(make: Ca
 
 def test_a_forwarded_write_of_one_raw_block_must_carry_its_sidecar(make: Callable[..., Validator]) -> None:
     """An honest entry validator forwards a raw-blob write with its sidecar: one without (a faulty
-    peer dropped it) is refused unless the blob is held here; a dag-pb write comes without and is
+    peer dropped it) is refused unless the blob is held here, with the size the write states; a
+    dag-pb write comes without and is
     admitted (repaired at commit). Forwarded transactions are never forwarded again."""
     v = make()
     adm = v.admission
@@ -264,6 +265,12 @@ def test_a_forwarded_write_of_one_raw_block_must_carry_its_sidecar(make: Callabl
         assert adm.submit_many_sync([(wa.raw, blob)], forwarded=True) == [wa.id]
     assert v.mempool.sidecar(wa.id) == blob and v.mempool.sidecar(wb.id) is None
     assert adm.forward == [] and adm.submitted_at == {} and not adm.rejected  # wa's refusal forgotten
+    # a bare forward naming a blob held here with another size: refused, or an honest primary would
+    # propose a write that no honest backup votes for (node/availability.py)
+    wd = _write(_id("fd"), held_cid.to_bytes(), 61)
+    with origin("peer:1"):
+        (res,) = adm.submit_many_sync(_items([wd]), forwarded=True)
+    assert _refused(res) == (Refusal.UNPROCESSABLE, f"size mismatch: blob {held_cid} is 60 bytes, transaction says 61", None)
 
 
 def test_client_and_forwarded_admissions_leave_their_own_bookkeeping(make: Callable[..., Validator]) -> None:

@@ -13,14 +13,16 @@ import asyncio
 import os
 import time
 
+import pytest
+
 from devices.net import faultharness
 from devices.patient.client import ApiError, NodeClient
-from node.availability import MAX_PARKED, AvailabilityGate
+from node.availability import MAX_PARKED, AvailabilityGate, SizeMismatch
 from node.crypto.keys import Identity
 from node.execution import Executed
 from node.ipfs.cid import Cid, cid_v1_raw
 from node.state import OK
-from node.tx import DATA_TYPES, Tx, Write
+from node.tx import DATA_TYPES, Profile, Tx, Write
 from tests.conftest import run
 from tests.test_faults import _network
 from tests.test_sidecars import _held
@@ -29,8 +31,12 @@ HR = DATA_TYPES["heart_rate"]
 PAT = Identity.from_seed(b"availability patient")
 
 
+_LEN: dict[bytes, int] = {}  # a test blob's true length, by digest
+
+
 def _writes(n: int, chain: str = "c", t0: int = 1_700_000_000_000) -> tuple[list[Tx], list[bytes]]:
     blobs = [os.urandom(64 + k) for k in range(n)]
+    _LEN.update((cid_v1_raw(b).digest, len(b)) for b in blobs)
     txs = [Tx.build(PAT, chain, k + 1, Write(HR, cid_v1_raw(b).to_bytes(), len(b), 0, t0 + 1000 * k,
                                              t0 + 1000 * k + 999)) for k, b in enumerate(blobs)]
     return txs, blobs
@@ -48,11 +54,12 @@ class _World:
     def __init__(self, peers_hold: set[bytes] = frozenset()) -> None:
         self.here: set[bytes] = set()
         self.peers_hold = set(peers_hold)
+        self.off_by: dict[bytes, int] = {}  # a blob held (or served) with another size than its write's
         self.fetches: list[Cid] = []
         self.released: list[bytes] = []
 
-    def held(self, txid: bytes, cid: Cid) -> bool:
-        return cid.digest in self.here
+    def held(self, txid: bytes, cid: Cid) -> int | None:
+        return _LEN[cid.digest] + self.off_by.get(cid.digest, 0) if cid.digest in self.here else None
 
     async def fetch(self, cid: Cid, timeout: float) -> bool:
         self.fetches.append(cid)
@@ -71,7 +78,7 @@ def test_held_blobs_pass_and_failed_writes_are_not_asked_for():
     txs, blobs = _writes(3)
     w.here = {cid_v1_raw(blobs[0]).digest, cid_v1_raw(blobs[1]).digest}
     g = w.gate()
-    assert [c for _, c in g.missing(_executed(txs))] == [cid_v1_raw(blobs[2])]
+    assert g.missing(_executed(txs)) == [(txs[2].id, cid_v1_raw(blobs[2]), len(blobs[2]))]
     # a write that failed in execution records no blob: nothing to hold
     assert g.missing(_executed(txs, [OK, OK, 5])) == []
 
@@ -119,6 +126,44 @@ def test_a_blob_nobody_holds_means_no_vote():
     run(go())
 
 
+def test_a_blob_held_with_another_size_than_its_write_states_means_no_vote():
+    """The write's size is signed; a blob here of another length (a standalone upload the write
+    names with a false size) must not get the block a vote, however the blob came: stored before,
+    arriving as a sidecar while parked, or fetched after the grace."""
+    txs, blobs = _writes(2)
+    w = _World()
+    w.here = {cid_v1_raw(b).digest for b in blobs}
+    w.off_by[cid_v1_raw(blobs[1]).digest] = 1
+    g = w.gate()
+    with pytest.raises(SizeMismatch, match=f"is {len(blobs[1]) + 1} bytes, its write .* says {len(blobs[1])}"):
+        g.missing(_executed(txs))
+    assert g.stats["size_mismatch"] == 1
+    assert g.missing(_executed(txs[:1])) == []  # the other write is fine alone
+
+    async def arriving():
+        w = _World()
+        g = w.gate(grace=0.3)
+        g.park(b"B" * 32, b"pp", g.missing(_executed(txs)))
+        w.here.add(cid_v1_raw(blobs[0]).digest)
+        w.here.add(cid_v1_raw(blobs[1]).digest)
+        w.off_by[cid_v1_raw(blobs[1]).digest] = -1
+        g.recheck()
+        assert g.parked() == 0 and w.released == [] and g.stats["size_mismatch"] == 1
+        await asyncio.sleep(0.4)
+        assert w.fetches == [] and w.released == []  # dropped, not fetched and released later
+
+    async def fetched():
+        w = _World(peers_hold={cid_v1_raw(b).digest for b in blobs})
+        w.off_by[cid_v1_raw(blobs[0]).digest] = 7  # a peer served a blob that hashes right but the write lies
+        g = w.gate()
+        g.park(b"B" * 32, b"pp", g.missing(_executed(txs)))
+        await asyncio.sleep(0.2)
+        assert len(w.fetches) == 2 and w.released == [] and g.parked() == 0
+        assert g.stats["size_mismatch"] == 1 and g.stats["released_by_fetch"] == 0
+    run(arriving())
+    run(fetched())
+
+
 def test_a_block_decided_meanwhile_is_forgotten_and_parking_is_bounded():
     async def go():
         txs, blobs = _writes(1)
@@ -136,6 +181,20 @@ def test_a_block_decided_meanwhile_is_forgotten_and_parking_is_bounded():
     run(go())
 
 
+async def _honest_traffic(nodes: list, tag: bytes) -> list[str]:
+    """Steady acknowledged traffic through the honest validators until 21 commits (or 40 s)."""
+    committed: list[str] = []
+    stop = asyncio.Event()
+    load = asyncio.create_task(faultharness.acknowledged_load(nodes, stop, committed, tag))
+    for _ in range(400):
+        if len(committed) > 20:
+            break
+        await asyncio.sleep(0.1)
+    stop.set()
+    await load
+    return committed
+
+
 def test_a_primary_withholding_ciphertexts_certifies_none_of_them(tmp_path):
     """Validator 0, the first primary, keeps no ciphertext: it admits writes with their sidecars,
     forwards them bare and stores nothing at commit. Honest backups refuse the bare forwards, park
@@ -144,7 +203,6 @@ def test_a_primary_withholding_ciphertexts_certifies_none_of_them(tmp_path):
     validator, and every write they commit has its blob held by each of them."""
     nodes = _network(tmp_path, env={0: {"MEDCHAIN_BYZANTINE": "withhold"}})
     honest = nodes[1:]
-    committed: list[str] = []
     try:
         async def go():
             async with NodeClient(nodes[0].url) as c0, NodeClient(nodes[1].url) as c1:
@@ -157,15 +215,7 @@ def test_a_primary_withholding_ciphertexts_certifies_none_of_them(tmp_path):
                 gt, gb = _writes(1, chain, int(time.time() * 1000))
                 gtx = Tx.build(good, chain, 1, gt[0].body)
                 await c1.submit(gtx.raw, gb[0])
-                stop = asyncio.Event()
-                load = asyncio.create_task(faultharness.acknowledged_load(nodes, stop, committed, b"da-"))
-                for _ in range(400):
-                    if len(committed) > 20:
-                        break
-                    await asyncio.sleep(0.1)
-                stop.set()
-                await load
-                assert len(committed) > 20, "honest traffic stalled behind the withholding primary"
+                assert len(await _honest_traffic(nodes, b"da-")) > 20, "honest traffic stalled behind the withholding primary"
                 st = await c1.wait_committed(gtx.id.hex(), 30)
                 assert st["status"] == "committed" and st["code"] == 0, st
                 for n in honest:
@@ -193,3 +243,51 @@ def test_a_primary_withholding_ciphertexts_certifies_none_of_them(tmp_path):
             n.stop()
     for n in honest:
         assert _held(n.home, cid_v1_raw(good_blob))
+
+
+def test_a_primary_recording_a_false_blob_size_gets_no_vote(tmp_path):
+    """A Sybil patient and validator 0, the first primary, collude: the patient uploads a blob to every
+    validator and signs a write naming it with a size one byte more; validator 0 admits it
+    (MEDCHAIN_BYZANTINE=missize) and proposes it. Every honest validator holds the blob with its true
+    size, so none votes for the block: the write is never committed, the network moves to the next
+    primary and goes on committing."""
+    nodes = _network(tmp_path, env={0: {"MEDCHAIN_BYZANTINE": "missize"}})
+    liar = Identity.from_seed(b"availability missizer")
+    try:
+        async def go():
+            clients = [NodeClient(n.url) for n in nodes]
+            for c in clients:
+                await c.__aenter__()
+            try:
+                chain = (await clients[1].status())["chain_id"]
+                # uploads are for accounts with a committed transaction
+                first = Tx.build(liar, chain, 1, Profile("p", "r", "o", bytes(32)))
+                await clients[1].submit(first.raw)
+                assert (await clients[1].wait_committed(first.id.hex(), 30))["code"] == 0
+                blob = os.urandom(300)
+                for c in clients:  # each once it has committed the patient's first transaction
+                    assert (await c.wait_committed(first.id.hex(), 30))["code"] == 0
+                    assert await c.upload(blob, liar, chain) == str(cid_v1_raw(blob))
+                now = int(time.time() * 1000)
+                bad = Tx.build(liar, chain, 2, Write(HR, cid_v1_raw(blob).to_bytes(), len(blob) + 1, 0, now, now + 999))
+                with pytest.raises(ApiError) as refused:  # an honest validator refuses it itself
+                    await clients[1].submit(bad.raw)
+                assert refused.value.status == 422 and "size mismatch" in str(refused.value)
+                await clients[0].submit(bad.raw)  # the byzantine primary admits it
+                assert len(await _honest_traffic(nodes, b"ms-")) > 20, "honest traffic stalled behind the lying primary"
+                for c in clients[1:]:
+                    try:
+                        st = await c.tx(bad.id.hex())
+                        assert st["status"] != "committed", st
+                    except ApiError as exc:
+                        assert exc.status == 404
+                    status = await c.status()
+                    assert status["consensus"]["view"] >= 1
+                    assert status["availability"]["size_mismatch"] >= 1, status["availability"]
+            finally:
+                for c in clients:
+                    await c.close()
+        run(go())
+    finally:
+        for n in nodes:
+            n.stop()
