@@ -78,6 +78,20 @@ def test_a_certified_block_is_checked_against_what_carries_it():
     assert d.seq == 1 and d.certified
 
 
+def test_a_certified_header_with_other_transactions_under_it_is_refused():
+    """The certificate signs the header only: a peer that swaps the transactions of a truly certified
+    block (sync, a pushed certified block) must not get them delivered. Before, the validator executed
+    them, found another transaction root and stopped (or stored them beside the honest state)."""
+    r = make_replica(4, 3)
+    honest = certify(make_block(1, txs=[b"tx-1", b"tx-2"]))
+    for txs in ((b"tx-1",), (b"tx-2", b"tx-1"), (b"tx-1", b"tx-2", b"tx-3"), ()):
+        swapped = Block(honest.header, txs, honest.cert, honest.cert_view)
+        assert r.cert_valid(swapped) and r.offer_certified(swapped, digest=honest.hash, seq=1) == []
+    assert r.ignored_by_reason() == {"malformed": 4} and not r.certified and r.last_delivered == 0
+    (d,) = delivered(r.offer_certified(honest))  # the honest copy is not crowded out
+    assert d.block.txs == (b"tx-1", b"tx-2")
+
+
 def test_a_certificate_naming_an_index_past_the_validators_is_refused_without_raising():
     r = make_replica(4, 3)
     b = make_block(1)

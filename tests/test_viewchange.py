@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from node.block import GENESIS_PREV, verify_cert, vote_digest
+from node.block import GENESIS_PREV, Block, verify_cert, vote_digest
 from node.consensus import (
     Broadcast,
     Checkpoint,
@@ -361,10 +361,12 @@ def _bad_bodies():
         (_vc([a.hash, 0, cert[:2] + [[2, cert[2][1], b""]], []]), "certificate does not verify"),
         (_vc([a.hash, 0, cert, [prep]], blocks=[other.encode()]), "^view change carries a block it did not prepare$"),
         (_vc([a.hash, 0, cert, [prep]], blocks=[b"junk"]), "^view change block: "),
+        (_vc([a.hash, 0, cert, [prep]], blocks=[Block(b.header, (b"swapped",)).encode()]),
+         "^view change block: its transactions do not match its header's tx_root$"),
     ]
 
 
-@pytest.mark.parametrize("i", range(30))
+@pytest.mark.parametrize("i", range(31))
 def test_parse_refuses_each_malformed_view_change_for_its_own_reason(i):
     vc, why = _bad_bodies()[i]
     verify = lambda i, d, s: ecdsa.verify(pubs(4)[i], d, s)  # noqa: E731

@@ -563,7 +563,8 @@ class Replica:
 
     def offer_certified(self, b: Block | None, digest: bytes | None = None, seq: int | None = None) -> list[Action]:
         """A committed block with its certificate, pushed by a peer or fetched by state transfer: it is
-        checked against the validator keys alone, so no single peer is trusted."""
+        checked against the validator keys alone, so no single peer is trusted. The certificate signs
+        the header, so the transactions must hash to its tx_root too (checked last: it hashes them all)."""
         if b is None or (digest is not None and b.hash != digest) or b.header.height != b.header.seq or \
                 (seq is not None and b.header.seq != seq):
             self.s.ignore(Ignored.MALFORMED)
@@ -576,6 +577,9 @@ class Replica:
             return []
         if not self.cert_valid(b):
             self.s.ignore(Ignored.BAD_CERTIFICATE)
+            return []
+        if not b.check_tx_root():  # the certificate signs the header: transactions swapped under it
+            self.s.ignore(Ignored.MALFORMED)
             return []
         self.s.certified[seq] = b
         return self.deliver()

@@ -114,6 +114,8 @@ def parse(vc: ViewChange, chain_id: str, n: int, verify: Verifier) -> ViewChange
             raise ConsensusError(f"view change block: {exc}") from None
         if b.hash not in digests:
             raise ConsensusError("view change carries a block it did not prepare")
+        if not b.check_tx_root():  # the prepares sign the header: transactions swapped under it
+            raise ConsensusError("view change block: its transactions do not match its header's tx_root")
         blocks[b.hash] = b
     return ViewChangeInfo(vc, vc.seq, last_hash, prepared, blocks, cert_view,
                           tuple((c[0], c[1]) for c in cert))
@@ -360,7 +362,7 @@ class ViewChanges:
         self.s.progress_at = self.s.now_ms
         self.s.vcs = {v: vs for v, vs in self.s.vcs.items() if v > self.s.view}
         own = {b.hash: b for _, b in self.s.prepared.values()}
-        chain = [blocks.get(d) or own.get(d) for s, d in sel.chain if s > self.s.last_delivered]
+        chain = [own.get(d) or blocks.get(d) for s, d in sel.chain if s > self.s.last_delivered]
         out: list[Action] = [ViewChanged(self.s.view, True, tuple(b for b in chain if b is not None), nv.encode())]
         base = own.get(sel.base_hash) or blocks.get(sel.base_hash)
         if sel.base_seq == self.s.last_delivered + 1 and base is not None and sel.base_cert:
