@@ -30,6 +30,11 @@ MAX_CHUNK_KEYS = 4096
 MAX_CHUNK_BYTES = 1024 * 1024  # keys and values of one chunk; one pair may exceed it alone
 MAX_PAIR_BYTES = 4 * 1024 * 1024
 MAX_STATE_BYTES = 4 * 1024 * 1024 * 1024  # what a peer or a file may make us hold before the root check
+# what one pair costs the installer beyond its bytes (the Python objects StateAssembler and the tree
+# build hold: ~300 bytes measured), counted against MAX_STATE_BYTES so that many tiny pairs cannot
+# make it hold some 80 times what was counted
+PAIR_OVERHEAD = 256
+MAX_STATE_KEYS = MAX_STATE_BYTES // PAIR_OVERHEAD
 MAX_CHUNK_FRAME = MAX_CHUNK_BYTES + MAX_PAIR_BYTES + 64 * 1024
 
 Pairs = list[tuple[bytes, bytes]]
@@ -130,7 +135,7 @@ class StateChecker:
             if len(k) + len(v) > MAX_PAIR_BYTES:
                 raise CheckpointError(f"state chunk {self.chunks}: a pair of {len(k) + len(v)} bytes")
             self.last = k
-            self.size += len(k) + len(v)
+            self.size += len(k) + len(v) + PAIR_OVERHEAD
         self.count += len(pairs)
         self.chunks += 1
         if self.count > self.cp.keys:

@@ -6,11 +6,12 @@ Protocol `/medchain/state/1.0.0` (request-response over the p2p adapter, like no
   the head block with its commit certificate and how many state pairs it holds.
 - `[1, height, after]` -> `[[key, value], ...]`: the next chunk of that pinned state, keys after
   `after` in order (an empty list: the end). A peer holds a pinned view PIN_IDLE_S after its last
-  use and at most PINS of them; a request for one it dropped is refused, and the node starts over.
+  use and at most PINS of them per asking peer; a request for one it dropped is refused, and the
+  node starts over.
 
 No single peer is trusted (node/checkpoint.py): the block must be certified by 2f+1 genesis keys,
-and the pairs must hash to its state root. A peer that fails either, answers malformed frames or
-stalls is skipped and another is tried. Only then is the state installed, in the consensus task
+and the pairs must hash to its state root. A peer that fails either, answers malformed frames, stalls
+or drips its chunks (too_slow) is skipped and another is tried. Only then is the state installed, in the consensus task
 between its steps, and the replica is rebuilt on it; node/sync.py pulls the blocks after it as usual.
 
 When: the validator is new (it holds fewer than MEDCHAIN_STATE_SYNC_BLOCKS, default 512, blocks plus
@@ -42,6 +43,7 @@ from node.block import max_faulty
 from node.checkpoint import (
     MAX_CHUNK_FRAME,
     MAX_MANIFEST,
+    MAX_STATE_KEYS,
     Checkpoint,
     CheckpointError,
     StateChecker,
@@ -65,9 +67,14 @@ log = logging.getLogger("medchain.statesync")
 
 PROTOCOL = "/medchain/state/1.0.0"
 PIN_IDLE_S = 30.0
-PINS = 2
+PINS = 2  # per peer: one peer's requests never evict the view another is fetching
 TIMEOUT_S = 20.0
 RETRY_S = 5.0  # after every peer failed, before the next round
+# A transfer must keep up this average (counting each pair as in StateChecker, so a peer dripping a
+# pair per request fails at once), past its first TIMEOUT_S, and end within TRANSFER_MAX_S: a
+# byzantine peer that answers just in time with a few valid pairs cannot hold catch-up for ever.
+MIN_RATE = 128 * 1024  # bytes per second
+TRANSFER_MAX_S = 1800.0
 TRANSFER_FILE = "state-transfer.snapshot"  # in the home, while a transfer is fetched and installed
 
 
@@ -140,6 +147,8 @@ def decode_offer(raw: bytes) -> tuple[int, bytes, int]:
     if not (isinstance(o, list) and len(o) == 3 and type(o[0]) is int and isinstance(o[1], bytes)
             and type(o[2]) is int and o[2] >= 0):
         raise StateSyncError("a state offer is [height, block, keys]")
+    if o[2] > MAX_STATE_KEYS:
+        raise StateSyncError(f"a state offer of {o[2]} keys: more than the {MAX_STATE_KEYS} a transfer may hold")
     return o[0], o[1], o[2]
 
 
@@ -148,7 +157,7 @@ class CheckpointServer:
 
     def __init__(self, ledger: Any) -> None:
         self.ledger = ledger
-        self._pins: dict[int, tuple[StateView, float]] = {}  # height -> (view, last used)
+        self._pins: dict[tuple[str, int], tuple[StateView, float]] = {}  # (peer, height) -> (view, last used)
         self._expiry: asyncio.TimerHandle | None = None
 
     def expire_idle(self, now: float | None = None) -> None:
@@ -173,17 +182,18 @@ class CheckpointServer:
         if self._expiry is None:
             self._expiry = asyncio.get_running_loop().call_later(PIN_IDLE_S / 2, self._expire_later)
 
-    def _pin(self) -> StateView:
+    def _pin(self, peer: str) -> StateView:
         now = time.monotonic()
         self.expire_idle(now)
         head = self.ledger.head().height
-        if head in self._pins:
-            return self._pins[head][0]
-        if len(self._pins) >= PINS:
-            oldest = min(self._pins, key=lambda h: self._pins[h][1])
+        if (peer, head) in self._pins:
+            return self._pins[peer, head][0]
+        mine = [k for k in self._pins if k[0] == peer]
+        if len(mine) >= PINS:  # the peer's own oldest view gives way, never another peer's
+            oldest = min(mine, key=lambda k: self._pins[k][1])
             self._pins.pop(oldest)[0].close()
         view = self.ledger.state_view()
-        self._pins[view.height] = (view, now)
+        self._pins[peer, view.height] = (view, now)
         self._schedule_expiry()
         return view
 
@@ -198,13 +208,13 @@ class CheckpointServer:
                 raise NothingToOffer("no block committed here yet" if head == 0 else
                                      f"this chain is {head} blocks high, under the {min_blocks()} a checkpoint is "
                                      "worth: replay its blocks")
-            view = self._pin()  # heights only grow: the view is at `head` or above, with its block
+            view = self._pin(peer)  # heights only grow: the view is at `head` or above, with its block
             return encode([view.height, view.block_raw, view.keys])
-        pinned = self._pins.get(height)
+        pinned = self._pins.get((peer, height))
         if pinned is None:
             raise StateSyncError(f"the state at block {height} is no longer held here: ask for a new offer")
         view = pinned[0]
-        self._pins[height] = (view, time.monotonic())
+        self._pins[peer, height] = (view, time.monotonic())
         return encode_chunk(next(chunked(view.pairs(after)), []))
 
     def close(self) -> None:
@@ -216,6 +226,15 @@ class CheckpointServer:
         self._pins.clear()
 
 
+def too_slow(size: int, elapsed: float) -> None:
+    """CheckpointError if a transfer that has taken `elapsed` seconds for `size` bytes (as counted by
+    StateChecker) falls under MIN_RATE past its first TIMEOUT_S, or runs past TRANSFER_MAX_S."""
+    if elapsed > TRANSFER_MAX_S:
+        raise CheckpointError(f"the transfer ran past {TRANSFER_MAX_S:.0f} s")
+    if elapsed > TIMEOUT_S and size < MIN_RATE * (elapsed - TIMEOUT_S):
+        raise CheckpointError(f"the transfer is too slow: {size} bytes in {elapsed:.0f} s")
+
+
 class CheckpointClient:
     """Fetches, proves and installs a peer's checkpoint (see the module doc)."""
 
@@ -225,6 +244,7 @@ class CheckpointClient:
                                       "keys": 0, "last_error": None}
         self._next_try = 0.0
         self._asked = False  # the one round of offers a new validator asks for at the start
+        self._failed_peers: set[int] = set()  # asked last in the next round
         for leftover in (TRANSFER_FILE, TRANSFER_FILE + ".partial"):  # of a transfer a crash cut short
             (v.home / leftover).unlink(missing_ok=True)
 
@@ -245,10 +265,18 @@ class CheckpointClient:
         return r.behind_by() >= min_blocks()
 
     async def run(self) -> bool:
-        """Try the peers in random order until one's checkpoint, far enough ahead, proves and installs."""
+        """Try the peers in random order (those that failed last time at the end) until one's checkpoint,
+        far enough ahead, proves and installs. Whatever ends it, the next round waits RETRY_S."""
+        try:
+            return await self._round()
+        finally:
+            self._next_try = time.monotonic() + RETRY_S
+
+    async def _round(self) -> bool:
         v = self.v
         peers = [j for j in range(len(v.genesis.validators)) if j != v.index and j not in v.faults.cut]
         random.shuffle(peers)
+        peers.sort(key=lambda j: j in self._failed_peers)
         for j in peers:
             stage = ["peer"]  # what failed, for the refusal metric: "peer", then "block", then "state"
             try:
@@ -269,10 +297,10 @@ class CheckpointClient:
                 path.unlink(missing_ok=True)
             v.metrics.xfer_refused.labels("overtaken").inc()
             break
-        self._next_try = time.monotonic() + RETRY_S
         return False
 
     def _failed(self, j: int, exc: Exception, reason: str) -> None:
+        self._failed_peers.add(j)
         self.stats["failures"] += 1
         self.stats["last_error"] = f"validator {j}: {exc}"
         self.v.metrics.xfer_refused.labels(reason).inc()
@@ -302,6 +330,7 @@ class CheckpointClient:
         checker = StateChecker(cp)
         log.info("state transfer: validator %d offers block %d with %d state keys", j, height, keys)
         writer = SnapshotWriter(v.home / TRANSFER_FILE, v.genesis.hash, block_raw, block, keys)
+        started = time.monotonic()
         try:
             after = b""
             while True:
@@ -313,6 +342,7 @@ class CheckpointClient:
                 if not pairs:
                     break
                 checker.add(pairs)
+                too_slow(checker.size, time.monotonic() - started)
                 await asyncio.to_thread(writer.chunk, pairs)
                 self.stats["chunks"] += 1
                 v.metrics.xfer_chunks.inc()

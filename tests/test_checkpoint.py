@@ -13,6 +13,8 @@ from node.block import GENESIS_PREV, Block, Header, vote_digest
 from node.checkpoint import (
     MAX_CHUNK_KEYS,
     MAX_PAIR_BYTES,
+    MAX_STATE_KEYS,
+    PAIR_OVERHEAD,
     SNAPSHOT_VERSION,
     Checkpoint,
     CheckpointError,
@@ -128,7 +130,7 @@ def test_the_state_is_assembled_in_order_and_proven_against_the_certified_root()
     state, nodes = a.finish()
     assert state == STATE and smt.root_of(nodes.get) == ROOT
     assert (a.count, a.chunks, a.last) == (50, 8, b"k049")
-    assert a.size == sum(len(k) + len(v) for k, v in STATE.items())
+    assert a.size == sum(len(k) + len(v) + PAIR_OVERHEAD for k, v in STATE.items())
     assert cp().height == 5 and cp().state_root == ROOT
 
 
@@ -160,9 +162,15 @@ def test_chunks_out_of_order_repeated_or_beyond_the_declared_count_are_refused()
 
 
 def test_the_size_limits() -> None:
-    c = StateChecker(cp(), max_bytes=100)
-    c.add([(b"a", b"x" * 99)])  # exactly at the cap
-    refused("the state passes 100 bytes before its root was checked", c.add, [(b"b", b"")])
+    """Each pair counts its bytes and PAIR_OVERHEAD (what the installer holds for it beyond them), so
+    a peer sending many tiny pairs meets the cap as soon as one sending their bytes in large ones."""
+    c = StateChecker(cp(), max_bytes=101 + 2 * PAIR_OVERHEAD)
+    c.add([(b"a", b"x" * 99), (b"b", b"")])  # exactly at the cap
+    refused(f"the state passes {101 + 2 * PAIR_OVERHEAD} bytes before its root was checked", c.add, [(b"c", b"")])
+    cap = 1000 * (4 + PAIR_OVERHEAD)
+    tiny = StateChecker(Checkpoint(block(), MAX_STATE_KEYS), max_bytes=cap)
+    tiny.add([(b"%04d" % k, b"") for k in range(1000)])  # 4 bytes each, each counted as 260: at the cap
+    refused(f"the state passes {cap} bytes before its root was checked", tiny.add, [(b"9999", b"")])
     big = StateChecker(cp())
     big.add([(b"a", b"x" * (MAX_PAIR_BYTES - 1))])  # the largest pair
     refused(f"state chunk 1: a pair of {MAX_PAIR_BYTES + 1} bytes", big.add, [(b"b", b"x" * MAX_PAIR_BYTES)])

@@ -16,6 +16,8 @@ from node import merkle, statesync
 from node.block import Block, Header, vote_digest
 from node.checkpoint import (
     MAX_CHUNK_KEYS,
+    MAX_STATE_KEYS,
+    PAIR_OVERHEAD,
     Checkpoint,
     CheckpointError,
     StateAssembler,
@@ -184,6 +186,112 @@ def test_server_pins_one_view_and_refuses_a_dropped_one(tmp_path: Path, monkeypa
     srv.ledger.close()
 
 
+class Drip(CheckpointServer):
+    """Serves its honest state one pair per chunk, each answer a little late: every chunk checks, and
+    without a bound on the whole transfer it would hold the newcomer's catch-up for ever."""
+
+    async def serve(self, peer: str, raw: bytes) -> bytes:
+        out = await super().serve(peer, raw)
+        if decode_request(raw)[0] == 1:
+            await asyncio.sleep(0.005)
+            out = encode(decode(out, 1 << 24)[:1])
+        return out
+
+
+class Down(CheckpointServer):
+    def __init__(self) -> None:
+        self.asked = 0
+
+    async def serve(self, peer: str, raw: bytes) -> bytes:
+        self.asked += 1
+        raise RuntimeError("not connected")
+
+
+def test_a_peer_dripping_valid_chunks_is_dropped_as_too_slow_and_asked_last(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MEDCHAIN_STATE_SYNC_BLOCKS", "10")
+    monkeypatch.setattr(statesync.random, "shuffle", lambda xs: None)  # peers in order: 1, 2, 3
+    monkeypatch.setattr(statesync, "TIMEOUT_S", 0.05)  # the grace before the rate counts
+    monkeypatch.setattr(statesync, "MIN_RATE", 1 << 20)  # in-process, an honest peer sends far more
+    state = make_state(3000)
+    good = certified(state)
+    drip = Drip(serving_ledger(tmp_path / "drip", good, state))
+    down, honest = Down(), CheckpointServer(serving_ledger(tmp_path / "honest", good, state))
+    servers: dict[str, CheckpointServer] = {"peer1": drip, "peer2": down, "peer3": down}
+    v = validator_host(tmp_path, servers)
+    client = CheckpointClient(v)
+    assert not asyncio.run(client.run())
+    assert "the transfer is too slow" in client.stats["last_error"] and client.stats["failures"] == 1
+    assert 3 <= client.stats["chunks"] < 3000 and down.asked == 2
+    assert not client.due() and v.ledger.head().height == 0
+    servers["peer3"] = honest  # the next round asks peers 2 and 3 before the one that failed
+    client._next_try = 0
+    assert asyncio.run(client.run())
+    assert down.asked == 3 and client.stats["failures"] == 1 and v.ledger.head().hash == good.hash
+    for srv in (drip, honest):
+        srv.close()
+        srv.ledger.close()
+
+
+def test_a_transfer_is_bounded_in_rate_time_and_declared_keys() -> None:
+    slow, t = statesync.too_slow, statesync.TIMEOUT_S
+    slow(0, t)  # within the grace: anything goes
+    slow(statesync.MIN_RATE * 10, t + 10)  # exactly the rate
+    with pytest.raises(CheckpointError, match="too slow"):
+        slow(statesync.MIN_RATE * 10 - 1, t + 10)
+    with pytest.raises(CheckpointError, match="ran past"):
+        slow(1 << 40, statesync.TRANSFER_MAX_S + 1)
+    block = certified({}).encode()
+    assert decode_offer(encode([HEIGHT, block, MAX_STATE_KEYS]))[2] == MAX_STATE_KEYS
+    with pytest.raises(StateSyncError, match="more than the"):
+        decode_offer(encode([HEIGHT, block, MAX_STATE_KEYS + 1]))
+
+
+def test_a_round_that_fails_unexpectedly_still_waits_before_the_next(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MEDCHAIN_STATE_SYNC_BLOCKS", "10")
+    state = make_state(100)
+    honest = CheckpointServer(serving_ledger(tmp_path / "honest", certified(state), state))
+    v = validator_host(tmp_path, {f"peer{j}": honest for j in (1, 2, 3)})
+
+    async def in_consensus(fn):
+        raise TimeoutError("the consensus task did not take the install in time")
+    v.in_consensus = in_consensus
+    client = CheckpointClient(v)
+    assert client.due()
+    with pytest.raises(TimeoutError):
+        asyncio.run(client.run())
+    assert not client.due()  # not asked again at once, by every peer's next heartbeat
+    honest.close()
+    honest.ledger.close()
+
+
+def test_one_peers_offers_never_evict_the_view_another_peer_is_fetching(tmp_path: Path, monkeypatch) -> None:
+    """A byzantine validator asking for an offer at every new head must not drop the view an honest
+    newcomer is fetching (before, PINS views were kept in all, and the oldest went)."""
+    monkeypatch.setenv("MEDCHAIN_STATE_SYNC_BLOCKS", str(HEIGHT))
+    state = make_state(100)
+    good = certified(state)
+    srv = CheckpointServer(serving_ledger(tmp_path / "s", good, state))
+
+    async def go() -> None:
+        assert decode_offer(await srv.serve("newcomer", encode([0])))[0] == HEIGHT
+        prev = good
+        for h in range(HEIGHT + 1, HEIGHT + 4):  # the chain moves on; the other peer asks at each head
+            nxt = Block(Header(CHAIN, h, prev.hash, 0, h, prev.header.time_ms + 1, merkle.root([]),
+                               good.header.state_root, 0), ())
+            srv.ledger.commit_block(nxt, {})
+            prev = nxt
+            assert decode_offer(await srv.serve("pest", encode([0])))[0] == h
+        assert decode_chunk(await srv.serve("newcomer", encode([1, HEIGHT, b""]))) == sorted(state.items())
+        with pytest.raises(StateSyncError, match="no longer held"):  # its own oldest view gave way
+            await srv.serve("pest", encode([1, HEIGHT + 1, b""]))
+        assert decode_chunk(await srv.serve("pest", encode([1, HEIGHT + 3, b""]))) == sorted(state.items())
+        with pytest.raises(StateSyncError, match="no longer held"):  # views are per peer
+            await srv.serve("newcomer", encode([1, HEIGHT + 3, b""]))
+    asyncio.run(go())
+    srv.close()
+    srv.ledger.close()
+
+
 def test_a_pinned_view_is_released_when_idle_even_if_no_request_comes(tmp_path: Path, monkeypatch) -> None:
     """A pinned view is an open LMDB read transaction: while it is open LMDB reuses no page freed
     after it, so every block's rewritten pages grow the ledger file. A network's newcomers ask for
@@ -239,7 +347,7 @@ def test_chunks_are_checked_in_order_and_within_limits() -> None:
     with pytest.raises(CheckpointError, match="more state pairs than"):
         StateAssembler(Checkpoint(cp.block, 10)).add(items[:11])
     with pytest.raises(CheckpointError, match="bytes before its root"):
-        StateAssembler(cp, max_bytes=100).add(items)
+        StateAssembler(cp, max_bytes=100 + PAIR_OVERHEAD).add(items)
     ok = StateAssembler(cp)
     ok.add(items)
     assert ok.finish()[0] == state
