@@ -10,7 +10,10 @@ import pytest
 
 from devices.load.fleet import FleetConfig
 from devices.load.fleet_check import run_fleet
+from devices.load.fleet_model import FleetPhone
 from devices.wearable.ble import LinkParams
+from node.crypto.keys import Identity
+from node.tx import DATA_TYPES
 from tests.conftest import run, running_network
 
 
@@ -107,3 +110,16 @@ def test_fleet_under_overload_resends_in_order_and_loses_nothing(tmp_path, valid
     assert res["readings_committed"] + res["readings_unsent"] == res["readings_emitted"]
     chk = res["check"]
     assert chk["writes_missing_on_chain"] == 0 and chk["readings_lost"] == 0 and chk["sampled_windows_mismatched"] == 0
+
+
+def test_a_phone_never_takes_key_epochs_below_those_its_proven_blocks_set():
+    """The fleet re-reads a phone's key epochs from its validator after a grant change; a validator
+    answering an older epoch would have the next windows sealed under a key the revoked clinician
+    still holds, so the epochs the followed (proven) blocks set are a floor."""
+    ph = FleetPhone(Identity.from_seed(b"fleet epochs"), 0, 0)
+    hr, bp = DATA_TYPES["heart_rate"], DATA_TYPES["blood_pressure"]
+    ph.chain_epochs = {hr: 3, bp: 1}
+    ph.take_epochs({"epochs": {"heart_rate": 1, "glucose": 2}})  # a stale (or lying) answer
+    assert ph.epochs == {hr: 3, bp: 1, DATA_TYPES["glucose"]: 2}
+    ph.take_epochs({"epochs": {"heart_rate": 4, "blood_pressure": 1}})  # newer than the followed blocks: taken
+    assert ph.epochs == {hr: 4, bp: 1}

@@ -35,6 +35,7 @@ from node.ipfs.unixfs import (
     export_bytes,
     import_bytes,
     import_chunks,
+    is_blob,
     iter_chunks,
 )
 from tests.conftest import VECTORS as SHARED_VECTORS
@@ -420,3 +421,18 @@ def test_import_export_round_trip(data: bytes, chunk: int, links: int, raw: bool
         root, blocks = import_bytes(data, prof)
         assert export_bytes(root, blocks.__getitem__) == data
         assert Cid.parse(str(root)) == root
+
+
+def test_is_blob_checks_downloaded_bytes_against_raw_and_dag_pb_cids():
+    """What a client checks a blob download with: the bytes a raw CID hashes, or a dag-pb root that a
+    known import profile builds from them; a byte more, less or changed is not the blob."""
+    small = b"s" * 1000
+    assert is_blob(cid_v1_raw(small), small)
+    big = bytes(range(256)) * 5000  # 1.25 MB: more than one chunk in every profile
+    for profile in PROFILES:
+        root, _ = import_bytes(big, profile)
+        assert root.codec == CODEC_DAG_PB and is_blob(root, big), profile
+        for other in (big[:-1], big + b"\x00", b"\x01" + big[1:]):
+            assert not is_blob(root, other), profile
+    for other in (small[:-1], small + b"s", b"t" + small[1:], b""):
+        assert not is_blob(cid_v1_raw(small), other)

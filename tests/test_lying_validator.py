@@ -1,8 +1,9 @@
 """Clients trust no single validator: a rewriting HTTP proxy in front of one real validator of a
 real 4-validator devnet lies in each way a validator could (swapped X25519 key, lower epoch, dropped
 or forged audit entries, forged grants, a tampered sealed key, a forged header, a stale header,
-another transaction's commit answer given for ours, a wrong result code); the phone and the staff
-client refuse every lie, name the proxy, and succeed through honest validators.
+another transaction's commit answer given for ours, a wrong result code, another ciphertext for a
+blob, another CID for an upload); the phone and the staff client refuse every lie, name the proxy,
+and succeed through honest validators.
 Also: a validator whose stored state was rewritten while it was stopped refuses to start."""
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import pytest
 from aiohttp import web
 
 from devices.net.localnet import free_ports
-from devices.patient.client import NodeClient
+from devices.patient import envelope
+from devices.patient.client import BlobMismatch, NodeClient
 from devices.patient.phone import Phone, wait_proven
 from devices.patient.staff import Staff
 from devices.patient.verified_reads import NoHonestAnswer, VerifiedReader
@@ -26,6 +28,7 @@ from devices.wearable.wearables import make_wearable
 from node.crypto import seal
 from node.crypto.keys import Identity
 from node.genesis import Genesis
+from node.ipfs.cid import Cid, cid_v1_raw
 from node.proof import ProofError
 from node.state import keys
 from node.tx import DATA_TYPES
@@ -44,6 +47,8 @@ class LyingProxy:
         self.recorded: dict[bytes, bytes] = {}  # request body -> first answer, for "replay"
         self.decoy = b""  # mode "tx_decoy": the answer every GET /v1/tx/{id} gets (another tx's commit)
         self.paths: list[str] = []
+        self.forged_blob = b""  # mode "blob": the answer to every blob download
+        self.forged_cid = ""  # mode "upload_cid": the CID every standalone upload is answered with
         self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -73,6 +78,10 @@ class LyingProxy:
             out = json.dumps(st).encode()
         if req.path == "/v1/proofs" and status == 200:
             out = self.rewrite(body, out)
+        if self.mode == "blob" and req.method == "GET" and req.path.startswith("/v1/blobs/") and status == 200:
+            out = self.forged_blob
+        if self.mode == "upload_cid" and req.method == "POST" and req.path == "/v1/blobs" and status < 300:
+            out = json.dumps({"cid": self.forged_cid}).encode()
         return web.Response(body=out, status=status, content_type=ctype)
 
     def rewrite(self, req_body: bytes, raw: bytes) -> bytes:
@@ -124,152 +133,203 @@ def _named(reader: VerifiedReader, url: str, what: str) -> None:
     assert all(r.url == url or r.reason.startswith("stale header") for r in reader.refused), said
 
 
-def test_every_client_refuses_a_lying_validator(tmp_path):
+def _with_a_liar(tmp_path, body) -> None:
+    """Run `body(proxy, nodes, vals, chain, honest)` on a real devnet with a LyingProxy before validator 0
+    (`honest`: the other validators' URLs)."""
     with running_network(tmp_path) as nodes:
         genesis = Genesis.load(nodes[0].home / "genesis.json")
-        vals, chain = genesis.validator_keys, genesis.chain_id
-        honest = [n.url for n in nodes[1:]]
 
         async def go():
             proxy = LyingProxy(nodes[0].url)
             await proxy.start()
             try:
-                async with NodeClient(nodes[1].url) as c:
-                    def reader(**kw) -> VerifiedReader:
-                        return VerifiedReader([proxy.url, *honest], chain, vals, session=c.session, **kw)
-
-                    pat, doc = Identity.from_seed(b"patient"), Identity.from_seed(b"doctor")
-                    nurse = Identity.from_seed(b"nurse")
-                    await Staff(doc, c, chain).register("Dr D", "physician", "H")
-                    await Staff(nurse, c, chain).register("N", "nurse", "H")
-                    now = int(time.time() * 1000)
-                    frames = list(make_wearable("heart_rate", "hr", seed=1).frames_between(now - 60_000, now))
-
-                    # 1. swapped X25519 key: the phone seals the data key to the doctor's real key
-                    proxy.mode = "x25519"
-                    r = reader()
-                    phone = Phone(pat, c, chain, vals, reader=r, record=tmp_path / "pat.record.json")
-                    await phone.grant(doc.address, ["heart_rate"])
-                    _named(r, proxy.url, "does not lead to the certified state root")
-                    await phone.write_window("heart_rate", frames)
-                    sr = reader()
-                    staff = Staff(doc, c, chain, reader=sr, validators=vals)
-                    assert (await staff.read(pat.address, "heart_rate"))[0].readings == frames
-
-                    # 2. a tampered sealed key: the staff client refuses it and decrypts with the real one
-                    proxy.mode = "sealed"
-                    sr = reader()
-                    staff = Staff(doc, c, chain, reader=sr, validators=vals)
-                    assert (await staff.read(pat.address, "heart_rate"))[0].readings == frames
-                    _named(sr, proxy.url, "proof")
-
-                    # 3. forged grant (Mallory among the grantees): the phone does not believe it
-                    proxy.mode = "forge_grant"
-                    r = reader()
-                    phone = Phone(pat, c, chain, vals, reader=r, record=tmp_path / "pat.record.json")
-                    gs = (await phone.reads.grants(pat.address))["grants"]
-                    assert [g["staff"] for g in gs] == [doc.address.hex()]
-                    _named(r, proxy.url, "proof")
-
-                    # record an honest answer to the account read (before the revoke), for replay
-                    proxy.mode = "record"
-                    await reader().account(pat.address)
-
-                    # the doctor reads (audit entry), then the patient revokes: heart rate -> epoch 1
-                    await staff.read(pat.address, "heart_rate")
-                    await phone.revoke(doc.address)
-                    assert phone.epochs[HR] == 1 and phone.own_epochs[HR] == 1
-
-                    # 4. lower epoch by rewriting: refused; the next window is sealed under epoch 1
-                    proxy.mode = "epoch"
-                    r = reader()
-                    phone = Phone(pat, c, chain, vals, reader=r, record=tmp_path / "pat.record.json")
-                    res = await phone.write_window("heart_rate", frames)
-                    assert res.epoch == 1
-                    _named(r, proxy.url, "proof")
-
-                    # 5. stale header: the recorded pre-revoke answer (valid proofs, old block), to a
-                    # fresh phone process whose only memory is its own record file
-                    proxy.mode = "replay"
-                    r = reader()
-                    phone = Phone(pat, c, chain, vals, reader=r, record=tmp_path / "pat.record.json")
-                    await phone.sync()
-                    assert phone.epochs[HR] == 1
-                    _named(r, proxy.url, "stale header")
-                    # ...and a reader that has seen nothing refuses it: f+1 validators report a newer head
-                    r = reader()
-                    assert (await r.account(pat.address))["epochs"]["heart_rate"] == 1
-                    _named(r, proxy.url, "stale header")
-                    # ...and with no record at all, a phone that committed after that block refuses it too
-                    r = reader()
-                    phone = Phone(pat, c, chain, vals, reader=r)
-                    await phone.confirm(res.txid)
-                    await phone.sync()
-                    assert phone.epochs[HR] == 1
-                    _named(r, proxy.url, "stale header")
-
-                    # 6. dropped and forged audit entries: the patient sees exactly the committed reads
-                    truth = (await VerifiedReader(honest, chain, vals, session=c.session).audit(pat.address))["reads"]
-                    assert len(truth) == 3 and all(e["reader"] == doc.address.hex() for e in truth)
-                    for mode in ("drop_audit", "forge_audit"):
-                        proxy.mode = mode
-                        r = reader()
-                        phone = Phone(pat, c, chain, vals, reader=r)
-                        assert await phone.audit() == truth
-                        _named(r, proxy.url, "proof")
-
-                    # the command-line clients (genesis.json beside the key file: verifying by default)
-                    kdir = tmp_path / "cli"
-                    kdir.mkdir()
-                    pat.save(kdir / "pat.json")
-                    doc.save(kdir / "doc.json")
-                    (kdir / "genesis.json").write_text((nodes[0].home / "genesis.json").read_text())
-                    proxy.mode = "forge_audit"
-                    out, err = await _cli("patient", "audit", "--key", str(kdir / "pat.json"), "--node", proxy.url,
-                                          "--json")
-                    assert [r["reader"] for r in json.loads(out)["reads"]] == [doc.address.hex()] * 3
-                    assert f"validator {proxy.url} lied or is stale" in err
-                    proxy.mode = "sealed"
-                    await phone.grant(doc.address, ["heart_rate"])
-                    out, err = await _cli("staff", "read", pat.address.hex(), "--type", "heart_rate", "--key",
-                                          str(kdir / "doc.json"), "--node", proxy.url, "--json")
-                    assert len(json.loads(out)["readings"]) == 2 * len(frames)
-                    assert f"validator {proxy.url} lied or is stale" in err
-
-                    # 7. a forged header (another state root under the real certificate)
-                    proxy.mode = "forged_header"
-                    r = reader()
-                    assert (await r.account(pat.address))["epochs"]["heart_rate"] == 1
-                    _named(r, proxy.url, "certificate")
-
-                    # 8. with only the liar to ask, the client refuses outright, naming it
-                    proxy.mode = "x25519"
-                    alone = VerifiedReader([proxy.url], chain, vals)
-                    with pytest.raises(NoHonestAnswer, match=proxy.url):
-                        await alone.account(doc.address)
-                    await alone.close()
-
-                    # 9. a commit claimed with another transaction's certified answer (valid header,
-                    # certificate and path, for the other one): the phone refuses it; it checks the
-                    # honest answer from that answer alone, with no block download
-                    proxy.mode = "honest"
-                    phone = Phone(pat, c, chain, vals)
-                    decoy = await phone.write_window("heart_rate", frames)
-                    res = await phone.write_window("heart_rate", frames, wait=False)
-                    async with NodeClient(proxy.url) as pc:
-                        proxy.decoy = json.dumps(await pc.wait_committed(decoy.txid, 30)).encode()
-                        proxy.mode = "tx_decoy"
-                        with pytest.raises(ProofError, match="Merkle"):
-                            await wait_proven(pc, res.txid, 30, vals, chain, None)
-                        proxy.mode = "tx_code"  # the right commit, the wrong result code
-                        with pytest.raises(ProofError, match="receipt"):
-                            await wait_proven(pc, res.txid, 30, vals, chain, None)
-                        proxy.mode, proxy.paths = "honest", []
-                        assert (await wait_proven(pc, res.txid, 30, vals, chain, None))["status"] == "committed"
-                        assert not [p for p in proxy.paths if p.startswith("/v1/blocks")], proxy.paths
+                await body(proxy, nodes, genesis.validator_keys, genesis.chain_id, [n.url for n in nodes[1:]])
             finally:
                 await proxy.stop()
         run(go())
+
+
+def test_every_client_refuses_a_lying_validator(tmp_path):
+    async def body(proxy, nodes, vals, chain, honest):
+        async with NodeClient(nodes[1].url) as c:
+            def reader(**kw) -> VerifiedReader:
+                return VerifiedReader([proxy.url, *honest], chain, vals, session=c.session, **kw)
+
+            pat, doc = Identity.from_seed(b"patient"), Identity.from_seed(b"doctor")
+            nurse = Identity.from_seed(b"nurse")
+            await Staff(doc, c, chain).register("Dr D", "physician", "H")
+            await Staff(nurse, c, chain).register("N", "nurse", "H")
+            now = int(time.time() * 1000)
+            frames = list(make_wearable("heart_rate", "hr", seed=1).frames_between(now - 60_000, now))
+
+            # 1. swapped X25519 key: the phone seals the data key to the doctor's real key
+            proxy.mode = "x25519"
+            r = reader()
+            phone = Phone(pat, c, chain, vals, reader=r, record=tmp_path / "pat.record.json")
+            await phone.grant(doc.address, ["heart_rate"])
+            _named(r, proxy.url, "does not lead to the certified state root")
+            await phone.write_window("heart_rate", frames)
+            sr = reader()
+            staff = Staff(doc, c, chain, reader=sr, validators=vals)
+            assert (await staff.read(pat.address, "heart_rate"))[0].readings == frames
+
+            # 2. a tampered sealed key: the staff client refuses it and decrypts with the real one
+            proxy.mode = "sealed"
+            sr = reader()
+            staff = Staff(doc, c, chain, reader=sr, validators=vals)
+            assert (await staff.read(pat.address, "heart_rate"))[0].readings == frames
+            _named(sr, proxy.url, "proof")
+
+            # 3. forged grant (Mallory among the grantees): the phone does not believe it
+            proxy.mode = "forge_grant"
+            r = reader()
+            phone = Phone(pat, c, chain, vals, reader=r, record=tmp_path / "pat.record.json")
+            gs = (await phone.reads.grants(pat.address))["grants"]
+            assert [g["staff"] for g in gs] == [doc.address.hex()]
+            _named(r, proxy.url, "proof")
+
+            # record an honest answer to the account read (before the revoke), for replay
+            proxy.mode = "record"
+            await reader().account(pat.address)
+
+            # the doctor reads (audit entry), then the patient revokes: heart rate -> epoch 1
+            await staff.read(pat.address, "heart_rate")
+            await phone.revoke(doc.address)
+            assert phone.epochs[HR] == 1 and phone.own_epochs[HR] == 1
+
+            # 4. lower epoch by rewriting: refused; the next window is sealed under epoch 1
+            proxy.mode = "epoch"
+            r = reader()
+            phone = Phone(pat, c, chain, vals, reader=r, record=tmp_path / "pat.record.json")
+            res = await phone.write_window("heart_rate", frames)
+            assert res.epoch == 1
+            _named(r, proxy.url, "proof")
+
+            # 5. stale header: the recorded pre-revoke answer (valid proofs, old block), to a
+            # fresh phone process whose only memory is its own record file
+            proxy.mode = "replay"
+            r = reader()
+            phone = Phone(pat, c, chain, vals, reader=r, record=tmp_path / "pat.record.json")
+            await phone.sync()
+            assert phone.epochs[HR] == 1
+            _named(r, proxy.url, "stale header")
+            # ...and a reader that has seen nothing refuses it: f+1 validators report a newer head
+            r = reader()
+            assert (await r.account(pat.address))["epochs"]["heart_rate"] == 1
+            _named(r, proxy.url, "stale header")
+            # ...and with no record at all, a phone that committed after that block refuses it too
+            r = reader()
+            phone = Phone(pat, c, chain, vals, reader=r)
+            await phone.confirm(res.txid)
+            await phone.sync()
+            assert phone.epochs[HR] == 1
+            _named(r, proxy.url, "stale header")
+
+            # 6. dropped and forged audit entries: the patient sees exactly the committed reads
+            truth = (await VerifiedReader(honest, chain, vals, session=c.session).audit(pat.address))["reads"]
+            assert len(truth) == 3 and all(e["reader"] == doc.address.hex() for e in truth)
+            for mode in ("drop_audit", "forge_audit"):
+                proxy.mode = mode
+                r = reader()
+                phone = Phone(pat, c, chain, vals, reader=r)
+                assert await phone.audit() == truth
+                _named(r, proxy.url, "proof")
+
+            # the command-line clients (genesis.json beside the key file: verifying by default)
+            kdir = tmp_path / "cli"
+            kdir.mkdir()
+            pat.save(kdir / "pat.json")
+            doc.save(kdir / "doc.json")
+            (kdir / "genesis.json").write_text((nodes[0].home / "genesis.json").read_text())
+            proxy.mode = "forge_audit"
+            out, err = await _cli("patient", "audit", "--key", str(kdir / "pat.json"), "--node", proxy.url,
+                                  "--json")
+            assert [r["reader"] for r in json.loads(out)["reads"]] == [doc.address.hex()] * 3
+            assert f"validator {proxy.url} lied or is stale" in err
+            proxy.mode = "sealed"
+            await phone.grant(doc.address, ["heart_rate"])
+            out, err = await _cli("staff", "read", pat.address.hex(), "--type", "heart_rate", "--key",
+                                  str(kdir / "doc.json"), "--node", proxy.url, "--json")
+            assert len(json.loads(out)["readings"]) == 2 * len(frames)
+            assert f"validator {proxy.url} lied or is stale" in err
+
+            # 7. a forged header (another state root under the real certificate)
+            proxy.mode = "forged_header"
+            r = reader()
+            assert (await r.account(pat.address))["epochs"]["heart_rate"] == 1
+            _named(r, proxy.url, "certificate")
+
+            # 8. with only the liar to ask, the client refuses outright, naming it
+            proxy.mode = "x25519"
+            alone = VerifiedReader([proxy.url], chain, vals)
+            with pytest.raises(NoHonestAnswer, match=proxy.url):
+                await alone.account(doc.address)
+            await alone.close()
+
+            # 9. a commit claimed with another transaction's certified answer (valid header,
+            # certificate and path, for the other one): the phone refuses it; it checks the
+            # honest answer from that answer alone, with no block download
+            proxy.mode = "honest"
+            phone = Phone(pat, c, chain, vals)
+            decoy = await phone.write_window("heart_rate", frames)
+            res = await phone.write_window("heart_rate", frames, wait=False)
+            async with NodeClient(proxy.url) as pc:
+                proxy.decoy = json.dumps(await pc.wait_committed(decoy.txid, 30)).encode()
+                proxy.mode = "tx_decoy"
+                with pytest.raises(ProofError, match="Merkle"):
+                    await wait_proven(pc, res.txid, 30, vals, chain, None)
+                proxy.mode = "tx_code"  # the right commit, the wrong result code
+                with pytest.raises(ProofError, match="receipt"):
+                    await wait_proven(pc, res.txid, 30, vals, chain, None)
+                proxy.mode, proxy.paths = "honest", []
+                assert (await wait_proven(pc, res.txid, 30, vals, chain, None))["status"] == "committed"
+                assert not [p for p in proxy.paths if p.startswith("/v1/blocks")], proxy.paths
+    _with_a_liar(tmp_path, body)
+
+
+def test_blob_bytes_and_upload_cids_are_checked_against_the_cid(tmp_path):
+    """A validator colluding with someone who holds a data key (a revoked clinician) serves another
+    ciphertext for a window, sealed under the same key and window: AES-GCM alone accepts it, so the
+    staff client and the patient check the bytes against the CID, and fetch from an honest validator.
+    A validator that answers a standalone upload with another CID is refused before the write is signed."""
+    async def body(proxy, nodes, vals, chain, honest):
+        async with NodeClient(proxy.url) as pc, NodeClient(nodes[1].url) as c:
+            def reader() -> VerifiedReader:
+                return VerifiedReader([proxy.url, *honest], chain, vals, session=c.session)
+
+            pat, doc = Identity.from_seed(b"blob patient"), Identity.from_seed(b"blob doctor")
+            await Staff(doc, c, chain).register("Dr B", "physician", "H")
+            phone = Phone(pat, pc, chain, vals, reader=reader())
+            await phone.grant(doc.address, ["heart_rate"])
+            now = int(time.time() * 1000)
+            frames = list(make_wearable("heart_rate", "hr", seed=2).frames_between(now - 60_000, now))
+            res = await phone.write_window("heart_rate", frames)
+            rec = (await reader().data(pat.address))["data"][0]
+            fake = [(t, k, b"\x00\xfe") for t, k, _ in frames]  # heart rate 254: what the colluder would show
+            key = envelope.data_key(envelope.master_secret(pat.secret), HR, res.epoch)
+            ad = envelope.aad(chain, pat.address, HR, res.epoch, rec["t_start_ms"], rec["t_end_ms"])
+            proxy.forged_blob = envelope.seal_window(key, ad, fake)
+            assert envelope.open_window(key, ad, proxy.forged_blob) == fake  # AES-GCM takes it
+            proxy.mode, proxy.paths = "blob", []
+            staff = Staff(doc, pc, chain, reader=reader(), validators=vals)
+            assert (await staff.read(pat.address, "heart_rate"))[0].readings == frames
+            assert await phone.read_own("heart_rate") == frames
+            assert len([p for p in proxy.paths if p.startswith("/v1/blobs/")]) == 2  # asked, and passed over
+            with pytest.raises(BlobMismatch, match=f"{proxy.url} answered .* not blob {res.cid}"):
+                await pc.download(pat, chain, res.cid, Cid.parse(res.cid).to_bytes())
+            alone = Staff(doc, pc, chain)  # no other validator to ask: refused, not decrypted
+            with pytest.raises(BlobMismatch):
+                await alone.read(pat.address, "heart_rate")
+
+            # a window over 1 MiB is a standalone upload: the CID answered is checked
+            proxy.mode, proxy.forged_cid = "upload_cid", str(cid_v1_raw(b"the colluder's bytes"))
+            big = Phone(pat, pc, chain, vals, reader=reader(), pad_to=(1 << 20) + 4096)
+            with pytest.raises(BlobMismatch, match=f"stored the upload as {proxy.forged_cid}"):
+                await big.write_window("heart_rate", frames)
+            proxy.mode = "honest"
+            big = Phone(pat, pc, chain, vals, reader=reader(), pad_to=(1 << 20) + 4096)
+            assert (await big.write_window("heart_rate", frames)).size > 1 << 20
+    _with_a_liar(tmp_path, body)
 
 
 def test_validator_refuses_to_serve_rewritten_state(tmp_path):

@@ -15,6 +15,7 @@ import hashlib
 from devices.load.fleet import ALL_TYPES, KINDS, Fleet, FleetConfig, FleetPhone
 from devices.patient.phone import Phone
 from devices.patient.staff import Staff
+from devices.patient.verified_reads import VerifiedReader
 from node.genesis import Genesis
 from node.ipfs.cid import Cid
 from node.wire import encode
@@ -36,11 +37,16 @@ async def check_fleet(fleet: Fleet, sample: int = 10) -> dict:
     verifier = fleet.staff[-1]
     picks = fleet.rng.sample(range(len(fleet.phones)), min(sample, len(fleet.phones)))
     windows = readings = mismatched = 0
+    vals = None if fleet.genesis is None else fleet.genesis.validator_keys
+    urls = [cl.base for cl in fleet.clients]
     for k in picks:
         ph = fleet.phones[k]
         c = fleet.clients[ph.v]
-        await Phone(ph.ident, c, fleet.chain).grant(verifier.address, list(KINDS))
-        st = Staff(verifier, c, fleet.chain)
+        # with the genesis, the grant seals keys to the staff member's key as proven on the chain,
+        # and the staff member reads the index and keys by proof: not one validator's word
+        reader = None if vals is None else VerifiedReader(urls, fleet.chain, vals, session=c.session)
+        await Phone(ph.ident, c, fleet.chain, vals, reader=reader).grant(verifier.address, list(KINDS))
+        st = Staff(verifier, c, fleet.chain, reader=reader, validators=vals)
         for d in ALL_TYPES:
             if not any(m.owner == k and m.dtype == d for m in fleet.written.values()):
                 continue

@@ -72,8 +72,13 @@ class FleetPhone:
                  "nonce", "outstanding", "resync", "v")
 
     def take_epochs(self, acct: dict) -> None:
-        """The key epochs of an account answer (NodeClient.account) as the phone's own."""
-        self.epochs = {data_type_id(k): v for k, v in acct["epochs"].items()}
+        """The key epochs of an account answer (NodeClient.account) as the phone's own, never below
+        those the followed blocks set (proven with the genesis): a validator answering an older epoch
+        would have the next windows sealed under a key a revoked clinician holds."""
+        epochs = {data_type_id(k): v for k, v in acct["epochs"].items()}
+        for d, e in self.chain_epochs.items():
+            epochs[d] = max(epochs.get(d, 0), e)
+        self.epochs = epochs
 
     def data_key(self, dtype: int, epoch: int) -> bytes:
         k = self.keys.get((dtype, epoch))

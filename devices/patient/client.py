@@ -12,6 +12,8 @@ import aiohttp
 import msgpack
 
 from node.crypto.keys import Identity
+from node.ipfs.cid import Cid
+from node.ipfs.unixfs import import_bytes, is_blob
 from node.sidecar import encode_submission, item_obj
 from node.tx.requests import blob_request_digest, blob_upload_digest
 
@@ -22,6 +24,10 @@ class ApiError(Exception):
     def __init__(self, status: int, reason: str, retry_after: float | None = None) -> None:
         super().__init__(f"HTTP {status}: {reason}")
         self.status, self.reason, self.retry_after = status, reason, retry_after
+
+
+class BlobMismatch(Exception):
+    """A validator answered a blob request with bytes that are not the blob the CID names."""
 
 
 class NodeClient:
@@ -165,7 +171,11 @@ class NodeClient:
                    "X-Medchain-Time": str(t), "X-Medchain-Signature": sig.hex()}
         async with self.session.post(self.base + "/v1/blobs", data=data, headers=headers) as resp:
             await self._check(resp)
-            return (await resp.json())["cid"]
+            cid = (await resp.json())["cid"]
+        mine = import_bytes(data)[0]  # the validator imports as Helia does; its answer is not taken on trust
+        if cid != str(mine):
+            raise BlobMismatch(f"{self.base} stored the upload as {cid}, not {mine}")
+        return cid
 
     async def download(self, ident: Identity, chain_id: str, cid: str, cid_bytes: bytes,
                        read_txid: bytes = b"") -> bytes:
@@ -181,7 +191,24 @@ class NodeClient:
             headers["X-Medchain-Read"] = read_txid.hex()
         async with self.session.get(f"{self.base}/v1/blobs/{cid}", headers=headers) as resp:
             await self._check(resp)
-            return await resp.read()
+            data = await resp.read()
+        if not is_blob(Cid.from_bytes(cid_bytes), data):  # AES-GCM alone would take another ciphertext of the window
+            raise BlobMismatch(f"{self.base} answered {len(data)} bytes that are not blob {cid}")
+        return data
+
+    async def download_any(self, others: list[str], ident: Identity, chain_id: str, cid: str, cid_bytes: bytes,
+                           read_txid: bytes = b"") -> bytes:
+        """`download` from this validator, or, if it fails or lies, from the next of `others`; if none
+        serves the blob, this validator's error is raised."""
+        first: Exception | None = None
+        for url in [self.base, *(u.rstrip("/") for u in others if u.rstrip("/") != self.base)]:
+            c = self if url == self.base else NodeClient(url, self.session)
+            try:
+                return await c.download(ident, chain_id, cid, cid_bytes, read_txid)
+            except (TimeoutError, BlobMismatch, ApiError, aiohttp.ClientError) as exc:
+                first = first or exc
+        assert first is not None
+        raise first
 
     async def account(self, addr: bytes) -> dict:
         return await self.get_json(f"/v1/accounts/{addr.hex()}")

@@ -288,7 +288,8 @@ class Phone:
         out: list[envelope.Reading] = []
         for rec in (await self.reads.data(self.address, type=data_type_name(tid)))["data"]:
             cid = Cid.parse(rec["cid"])
-            blob = await self.client.download(self.identity, self.chain_id, rec["cid"], cid.to_bytes())
+            blob = await self.client.download_any(self.reader.urls if self.reader else [], self.identity, self.chain_id,
+                                                  rec["cid"], cid.to_bytes())
             ad = envelope.aad(self.chain_id, self.address, tid, rec["epoch"], rec["t_start_ms"], rec["t_end_ms"])
             out += envelope.open_window(self.data_key(tid, rec["epoch"]), ad, blob)
         return out

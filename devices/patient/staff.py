@@ -85,8 +85,8 @@ class Staff:
                   for k in (await self.reads.sealed_keys(patient, self.address))["keys"]}
         out = []
         for r in recs:
-            blob = await self.client.download(self.identity, self.chain_id, r["cid"], Cid.parse(r["cid"]).to_bytes(),
-                                              bytes.fromhex(txid))
+            blob = await self.client.download_any(self.reader.urls if self.reader else [], self.identity, self.chain_id,
+                                                  r["cid"], Cid.parse(r["cid"]).to_bytes(), bytes.fromhex(txid))
             key_sealed = sealed.get((tid, r["epoch"]))
             if key_sealed is None and break_glass:
                 out.append(Window(r["cid"], r["epoch"], r["t_start_ms"], r["t_end_ms"], [], sealed=True))

@@ -37,6 +37,7 @@ __all__ = [
     "export_bytes",
     "import_bytes",
     "import_chunks",
+    "is_blob",
     "iter_chunks",
 ]
 
@@ -359,6 +360,14 @@ def import_bytes(data: bytes, profile: Profile | str = "helia-default") -> tuple
 
 
 # --- exporter --------------------------------------------------------------------------------
+
+
+def is_blob(cid: Cid, data: bytes) -> bool:
+    """Whether `data` is the file `cid` names: a raw CID's digest, or a dag-pb root that one of the
+    known import profiles builds from it (a client checks a downloaded blob without its DAG)."""
+    if cid.codec == CODEC_RAW:
+        return verify(cid, data)
+    return any(import_bytes(data, p)[0] == cid for p in PROFILES)
 
 
 def export_bytes(root: Cid, get_block: Callable[[Cid], bytes]) -> bytes:
