@@ -79,8 +79,9 @@ class VerifiedReader:
         """Before the first read: raise min_height to the (f+1)-th highest head height the validators
         report, a height at least one honest validator has reached, so a validator cannot serve an
         old (validly certified) state to a client that has seen nothing newer. f liars cannot raise it
-        past every honest validator (they can only lower it while fewer than f+1 honest ones answer)."""
-        self._fresh = True
+        past every honest validator (they can only lower it while fewer than f+1 honest ones answer).
+        With fewer than f+1 answers nothing tells a fresh state from an old one: NoHonestAnswer, and
+        the next read asks again."""
         f = max_faulty(len(self.validators))
 
         async def height(url: str) -> int | None:
@@ -91,8 +92,11 @@ class VerifiedReader:
                 return None
         hs = sorted((h for h in await asyncio.gather(*(height(u) for u in self.urls)) if h is not None),
                     reverse=True)
-        if len(hs) > f:
-            self.saw_height(hs[f])
+        if len(hs) <= f:
+            raise NoHonestAnswer([f"{len(hs)} of the validators asked ({', '.join(self.urls)}) reported their height; "
+                                  f"{f + 1} must, so that an old state cannot pass for the current one"])
+        self.saw_height(hs[f])
+        self._fresh = True
 
     async def fetch(self, state_keys: list[bytes], check: Callable[[Values], None] | None = None) -> Values:
         """The proven values of `state_keys` from the first validator whose answer verifies (and
