@@ -21,7 +21,7 @@ from node.admission import Admission
 from node.block import Block
 from node.execution import Executed
 from node.ipfs.blockstore import BlockStore
-from node.ipfs.cid import CODEC_RAW, Cid, CidError
+from node.ipfs.cid import CODEC_RAW, Cid
 from node.ledger import Ledger
 from node.mempool import Mempool
 from node.metrics import Metrics
@@ -87,10 +87,7 @@ class Commit:
         for t, c in zip(ex.txs, ex.codes, strict=True):
             if t.kind != KIND_WRITE or c != OK:
                 continue
-            try:
-                cid = t.body.root
-            except CidError:
-                continue
+            cid = t.body.root  # parses: Write.parse takes only a CIDv1 of sha2-256
             roots.append(cid)
             side = self.mempool.sidecar(t.id)
             if side is None and cid.codec == CODEC_RAW:

@@ -37,7 +37,7 @@ from typing import Any
 
 from node.block import availability, max_faulty
 from node.ipfs.blockstore import BlockStore
-from node.ipfs.cid import Cid, CidError
+from node.ipfs.cid import Cid
 from node.state import Code, keys
 from node.state.records import Receipt
 from node.tx import KIND_WRITE, Tx
@@ -382,8 +382,7 @@ def roots_from_ledger(ledger: Any) -> Callable[[int], list[Cid]]:
             if tx.kind == KIND_WRITE:
                 rec = ledger.get_state(keys.receipt(tx.id))
                 if rec is not None and Receipt.decode(rec).code == Code.OK:
-                    with contextlib.suppress(CidError):
-                        out.append(tx.body.root)
+                    out.append(tx.body.root)
         return out
 
     return roots_of

@@ -15,20 +15,24 @@ import aiohttp
 import pytest
 
 from devices.net.localnet import dev_issuer
-from devices.patient.client import NodeClient
+from devices.patient.client import ApiError, NodeClient
 from devices.patient.phone import Phone
 from devices.patient.staff import Staff
 from devices.wearable.wearables import make_wearable
 from node.api import blobs
+from node.api.common import SeenRequests
+from node.crypto.ecdsa import sha256
 from node.crypto.keys import Identity
 from node.execution import build_block
 from node.genesis import Genesis, IssuerInfo, Params, init_home
-from node.ipfs.cid import Cid
+from node.ipfs.cid import CODEC_DAG_PB, CODEC_RAW, Cid
+from node.ipfs.unixfs import import_bytes
 from node.state.machine import BREAK_GLASS_ACCESS_MS, BREAK_GLASS_LIMIT
 from node.tx import DATA_TYPES, Grant, Policy, Profile, Read, Tx, Write
 from node.tx.credential import issue
 from node.tx.requests import blob_request_digest, blob_upload_digest
 from node.validator import Validator
+from node.wire import encode
 from tests.conftest import run, running_network
 
 SKEW_MS = Params().request_skew_ms
@@ -243,6 +247,62 @@ def test_read_covers_applies_the_patient_s_policy_and_the_emergency_window_now(m
     assert _covers(monkeypatch, covers, "cid", now_ms=EXPIRY) == "access denied by the patient's current policy"
     assert _covers(monkeypatch, covers, "range", now_ms=EXPIRY) == "access denied by the patient's current policy"
     bg = {"reader": NURSE, "dtype": BP}
-    assert _covers(monkeypatch, covers, "emergency", now_ms=T + BREAK_GLASS_ACCESS_MS, **bg) is None
-    assert _covers(monkeypatch, covers, "emergency", now_ms=T + BREAK_GLASS_ACCESS_MS + 1, **bg) == \
+    # less than 24 hours after the read's block time (docs/PROTOCOL.md 7), as a release's expiry ends it
+    assert _covers(monkeypatch, covers, "emergency", now_ms=T + BREAK_GLASS_ACCESS_MS - 1, **bg) is None
+    assert _covers(monkeypatch, covers, "emergency", now_ms=T + BREAK_GLASS_ACCESS_MS, **bg) == \
         "the break-glass read is too old: commit a new one"
+
+
+def test_a_stranger_cannot_record_another_patients_blob_under_another_cid(node, genesis):
+    """The blob store is keyed by hash, and a download is allowed to a blob's patient of record: a
+    stranger who recorded another patient's large (dag-pb) blob under a second CID of the same bytes
+    (its CIDv0, its hash as a raw CID, or one of its raw leaves) downloaded it, unaudited. Each such
+    write is refused now: a write names a CIDv1 of sha2-256 only, and a blob is held for a write only
+    if it is listed as a root of the write's codec."""
+    async def go():
+        async with NodeClient(node.url) as c:
+            chain = genesis.chain_id
+            pat, stranger = Identity.from_seed(b"alias-patient"), Identity.from_seed(b"alias-stranger")
+            first = Tx.build(pat, chain, 1, Profile("p", "patient", "", pat.box_public))  # uploads need one
+            await c.submit(first.raw)
+            await c.wait_committed(first.id.hex())
+            big = Phone(pat, c, chain, genesis.validator_keys, pad_to=(1 << 20) + 4096)
+            now = int(time.time() * 1000)
+            res = await big.write_window("heart_rate", list(make_wearable("heart_rate", "hr", 1).frames_between(
+                now - 60_000, now)))
+            root = Cid.parse(res.cid)
+            blob = await c.download(pat, chain, res.cid, root.to_bytes())
+            leaf = next(cid for cid in import_bytes(blob)[1] if cid.codec == CODEC_RAW)
+            assert root.codec == CODEC_DAG_PB and len(blob) == res.size > 1 << 20
+            await c.submit(Tx.build(stranger, chain, 1, Profile("s", "patient", "", stranger.box_public)).raw)
+
+            async def submit(nonce: int, cid: bytes, size: int) -> tuple[int, str]:
+                payload = encode([1, Write.kind, chain, stranger.public_key, nonce, HR, cid, size, 0, now, now + 1])
+                try:
+                    await c.submit(encode([payload, stranger.sign(sha256(payload))]))
+                except ApiError as exc:
+                    return exc.status, exc.reason
+                return 202, ""
+            v0 = root.multihash  # the CIDv0 of the dag-pb root: the same bytes
+            assert await submit(2, v0, res.size) == (400, "invalid transaction: cid: a write names a binary CIDv1, "
+                                                          "raw or dag-pb, with a sha2-256 digest (36 bytes)")
+            status, why = await submit(2, b"\x01\x55" + root.multihash, res.size)  # its hash as a raw CID
+            assert status == 422 and why.startswith("blob not held"), why
+            status, why = await submit(2, leaf.to_bytes(), 1 << 20)  # a raw leaf of its DAG
+            assert status == 422 and why.startswith("blob not held"), why
+            status, _ = await _get_blob(c, stranger, chain, res.cid, root.to_bytes(), b"", int(time.time() * 1000))
+            assert status == 403
+            assert (await c.audit(pat.address))["reads"] == []
+
+    run(go())
+
+
+def test_the_record_of_served_requests_never_drops_one_that_could_be_replayed():
+    """Full, the record answers "retry later" (the API's 503) instead of dropping its oldest entry: a
+    flood that evicted a captured request let it be served again within the clock skew."""
+    seen = SeenRequests(keep_s=60, cap=3)
+    assert [seen.first_use(s, 0) for s in (b"a", b"b", b"c")] == [True, True, True]
+    assert seen.first_use(b"d", 1) is None and seen.retry_s(1) == 60
+    assert seen.first_use(b"a", 59) is False  # still a replay: nothing was dropped for "d"
+    assert seen.first_use(b"d", 60.5) is True  # a, b and c expired at 60
+    assert seen.first_use(b"a", 61) is True and seen.retry_s(61) == 60

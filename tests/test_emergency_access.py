@@ -188,6 +188,30 @@ def test_a_release_of_the_current_epoch_ends_like_an_expiry(ch):
     assert ch.run(PAT, end(DOC, GLU)) == Code.INVALID_GRANT  # nothing left to end
 
 
+def test_a_release_replacing_one_that_held_the_current_epoch_rotates_like_its_end(ch):
+    """A release replaces the reader's last one of the type. When the last one held the current key
+    epoch and the new one does not, the reader still holds that key: the chain rotates the type as
+    the end of the old one would. Before, the hold was dropped with no rotation, and new data stayed
+    under a key the emergency reader held (a second emergency read naming an old blob, after the first
+    release expired, was enough)."""
+    first = T0 + 10 + BREAK_GLASS_ACCESS_MS
+    assert ch.run(PAT, release(DOC, GLU, first, 0, 1)) == Code.OK
+    assert ch.run(PAT, Write(GLU, cid("g2"), 10, 1, 5, 6), first) == Code.KEY_EXPIRED  # it expired
+    again = first + 1
+    assert ch.run(DOC, Read(PAT.address, GLU, cid("g0"), 0, 2**62, "ETREAT"), again) == Code.OK
+    assert ch.run(PAT, release(DOC, GLU, again + BREAK_GLASS_ACCESS_MS, 0), again) == Code.OK  # epoch 0 only
+    assert ch.epoch(PAT, GLU) == 2 and ch.obj(keys.expiring(PAT.address, GLU)) == []
+    assert ch.run(PAT, Write(GLU, cid("g2"), 10, 1, 5, 6), again) == Code.STALE_EPOCH  # not under DOC's key
+    assert ch.run(PAT, Write(GLU, cid("g2"), 10, 2, 5, 6), again) == Code.OK
+    # a replacement that still lists the current epoch keeps the hold, and one of past epochs only
+    # after a release of past epochs only rotates nothing
+    assert ch.run(PAT, release(DOC, GLU, again + 5, 0, 2), again) == Code.OK
+    assert ch.epoch(PAT, GLU) == 2 and ch.obj(keys.expiring(PAT.address, GLU)) == [[DOC.address, again + 5]]
+    assert ch.run(PAT, release(DOC, GLU, again + 6, 0, 2), again) == Code.OK and ch.epoch(PAT, GLU) == 2
+    assert ch.run(PAT, release(DOC, GLU, again + 7, 0), again) == Code.OK and ch.epoch(PAT, GLU) == 3
+    assert ch.run(PAT, release(DOC, GLU, again + 8, 0), again) == Code.OK and ch.epoch(PAT, GLU) == 3
+
+
 def test_a_release_of_past_epochs_only_needs_no_rotation(ch):
     assert ch.run(PAT, release(DOC, GLU, T0 + 1000, 0)) == Code.OK
     assert ch.obj(keys.expiring(PAT.address, GLU)) in (None, [])

@@ -60,8 +60,6 @@ def test_each_mismatch_is_refused_for_its_reason() -> None:
     big = os.urandom(SIDECAR_MAX + 1)
     assert check_sidecar(write(big), big) == (
         f"sidecar of {SIDECAR_MAX + 1} bytes exceeds {SIDECAR_MAX}: upload larger blobs with POST /v1/blobs")
-    bad = write(data, cid=raw_cid_bytes(data)[:-1])  # a write whose CID does not parse
-    assert (check_sidecar(bad, data) or "").startswith("bad cid: ")
     dag = Cid(1, CODEC_DAG_PB, multihash_sha256(data)).to_bytes()  # the right digest, the wrong codec
     assert check_sidecar(write(data, cid=dag), data) == (
         f"a sidecar's CID must be raw (one block of at most {SIDECAR_MAX} bytes), not dag-pb")

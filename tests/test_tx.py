@@ -85,12 +85,32 @@ def test_revoke_and_range_read():
     assert Tx.decode(Tx.build(STAFF, CHAIN, 1, Read(ALICE.address, 5, b"", 10, 20)).raw, CHAIN).body.cid == b""
 
 
-@given(st.integers(1, 5), st.binary(min_size=2, max_size=MAX_CID), st.integers(0, 1 << 40),
+_cids = st.builds(lambda codec, digest: bytes((1, codec, 0x12, 0x20)) + digest, st.sampled_from([0x55, 0x70]),
+                  st.binary(min_size=32, max_size=32))  # CIDv1, raw or dag-pb, sha2-256: what a write names
+
+
+@given(st.integers(1, 5), _cids, st.integers(0, 1 << 40),
        st.integers(0, 2**32 - 1), st.integers(0, (1 << 63) - 1), st.integers(0, 1000), st.integers(1, (1 << 63) - 1))
 def test_write_round_trip(dtype, cid, size, epoch, start, dur, nonce):
     body = Write(dtype, cid, size, epoch, start, min(start + dur, (1 << 63) - 1))
     tx = Tx.build(BOB, CHAIN, nonce, body)
     assert Tx.decode(tx.raw, CHAIN).body == body
+
+
+def test_a_write_names_its_blob_in_one_form_only():
+    """A CIDv0 names the same bytes as its CIDv1 dag-pb twin: a second form of another patient's CID,
+    recorded as one's own write, made its writer that blob's patient of record (free to download it).
+    Only a CIDv1, raw or dag-pb, with a sha2-256 digest is a write's CID."""
+    digest = bytes(range(32))
+    for ok in (b"\x01\x55\x12\x20" + digest, b"\x01\x70\x12\x20" + digest):
+        assert Write.parse([1, ok, 10, 0, 5, 9]).root.multihash == b"\x12\x20" + digest
+    for bad in (b"\x12\x20" + digest,  # the CIDv0 of the dag-pb one
+                b"\x01\x55\x12\x20" + digest[:31], b"\x01\x55\x12\x20" + digest + b"\x00",
+                b"\x01\x71\x12\x20" + digest,  # dag-cbor
+                b"\x01\x55\x13\x40" + digest * 2,  # sha2-512
+                b"\x00\x00"):
+        with pytest.raises(TxError, match="^cid: a write names a binary CIDv1, raw or dag-pb, with a sha2-256"):
+            Write.parse([1, bad, 10, 0, 5, 9])
 
 
 def test_wrong_chain_id():
@@ -216,8 +236,8 @@ def test_grant_limits_accepted():
     (KIND_PROFILE, 2, "o" * 64, b"o"),
     (KIND_PROFILE, 3, bytes(32), bytes(33)),
     (KIND_WRITE, 0, 5, 6),
-    (KIND_WRITE, 1, bytes(MAX_CID), bytes(MAX_CID + 1)),
-    (KIND_WRITE, 1, b"ab", b"a"),
+    (KIND_WRITE, 1, CID, CID[:-1]),  # a write's CID: CIDv1, raw or dag-pb, sha2-256 (36 bytes)
+    (KIND_WRITE, 1, b"\x01\x70\x12\x20" + bytes(32), b"\x12\x20" + bytes(32)),  # not its CIDv0 twin
     (KIND_WRITE, 2, 1 << 40, (1 << 40) + 1),
     (KIND_WRITE, 3, 2**32 - 1, 2**32),
     (KIND_WRITE, 5, 1_000, 999),  # t_end before t_start
@@ -489,6 +509,8 @@ def _write_reference(f: list) -> Write:
               _uint(f[3], "epoch", 2**32 - 1), _uint(f[4], "t_start_ms"), _uint(f[5], "t_end_ms"))
     if w.t_end_ms < w.t_start_ms:
         raise TxError("t_end_ms before t_start_ms")
+    if not (len(w.cid) == 36 and w.cid[:4] in (b"\x01\x55\x12\x20", b"\x01\x70\x12\x20")):
+        raise TxError("cid: a write names a binary CIDv1, raw or dag-pb, with a sha2-256 digest (36 bytes)")
     return w
 
 
@@ -496,7 +518,7 @@ def _write_reference(f: list) -> Write:
 def test_write_parse_fast_path_agrees_with_the_field_checks(fields: list, data) -> None:
     if len(fields) == 6 and data.draw(st.booleans()):  # mostly-valid writes, so the fast path runs
         fields[0] = data.draw(st.sampled_from([1, 5, 0, 6, True]))
-        fields[1] = data.draw(st.binary(min_size=0, max_size=130))
+        fields[1] = data.draw(st.one_of(st.binary(min_size=0, max_size=130), _cids))
     try:
         want = _write_reference(fields)
     except TxError as exc:

@@ -251,13 +251,18 @@ class Phone:
         """End an emergency release; if it held the current key epoch the chain rotates the type
         (as for a revoke) and the phone re-seals the new key to the type's remaining grantees."""
         await self.sync()
+        return await self._send_release(Release(staff, dtype, 0, ()))
+
+    async def _send_release(self, r: Release) -> str:
+        """Send a release (or its end). One that ends, or replaces, a release holding the current key
+        epoch rotates the type on chain: the new key is then re-sealed to the type's other grantees."""
         before = {g["staff"]: g for g in (await self.reads.grants(self.address))["grants"]}
-        epoch = self.epochs.get(dtype, 0)
+        epoch = self.epochs.get(r.dtype, 0)
         self._expiry_due = {}
-        txid = await self.send(Release(staff, dtype, 0, ()))
+        txid = await self.send(r)
         await self.sync()
-        if self.epochs.get(dtype, 0) > epoch:
-            await self._rekey(before, {dtype}, staff)
+        if self.epochs.get(r.dtype, 0) > epoch:
+            await self._rekey(before, {r.dtype}, r.staff)
         return txid
 
     async def _rekey(self, before: dict[str, dict], rotated: set[int], staff: bytes) -> None:
@@ -350,8 +355,7 @@ class Phone:
         for p in plans:
             staff = bytes.fromhex(p.staff)
             keys = await self._seal_to(staff, {p.dtype: p.epochs})
-            self._expiry_due = {}
-            txids.append(await self.send(Release(staff, p.dtype, p.expiry_ms, keys)))
+            txids.append(await self._send_release(Release(staff, p.dtype, p.expiry_ms, keys)))
         return txids
 
     async def answer_break_glass(self, within_ms: int = BREAK_GLASS_ACCESS_MS) -> list[str]:

@@ -10,6 +10,7 @@ from aiohttp import web
 from node import clock
 from node.api.common import (
     err,
+    first_use,
     read_body,
     retry_after,
     signed_by,
@@ -70,7 +71,7 @@ async def get_blob(req: web.Request) -> web.Response:
         read_id = None
     me = v.identity.public_key
     pub = signed_by(req, v, "request", lambda t_ms: blob_request_digest(v.chain_id, me, cid.to_bytes(), read_id, t_ms),
-                     " (and X-Medchain-Read for staff)", read_id is not None, once=True)
+                     " (and X-Medchain-Read for staff)", read_id is not None)
     if isinstance(pub, web.Response):
         return pub
     reader = address_of(pub)
@@ -83,6 +84,9 @@ async def get_blob(req: web.Request) -> web.Response:
                              rec.t_end_ms, rec.height)
         if reason:
             return err(403, reason)
+    refused = first_use(req, "request")  # recorded only once authorised: a flood of others cannot fill it
+    if refused is not None:
+        return refused
     data = await load_blob(v, cid)
     if isinstance(data, web.Response):
         return data
@@ -117,7 +121,7 @@ def read_covers(v: Validator, read_id: bytes, reader: bytes, patient: bytes, dty
     if r.reason:  # break-glass: no grant needed, but the patient's opt-out and the access window apply
         if not break_glass_enabled(view, patient):
             return "break-glass refused: the patient has disabled emergency access"
-        if now_ms - block.header.time_ms > BREAK_GLASS_ACCESS_MS:
+        if now_ms - block.header.time_ms >= BREAK_GLASS_ACCESS_MS:  # "less than 24 hours" (PROTOCOL.md 7)
             return "the break-glass read is too old: commit a new one"
         return None
     if not read_allowed(view, reader, patient, dtype, now_ms):

@@ -25,20 +25,29 @@ MSGPACK = "application/msgpack"
 class SeenRequests:
     """Signatures of signed requests already served, kept for twice the allowed clock skew (after
     that the time check refuses them anyway): a captured request is served once. ECDSA here is
-    deterministic (RFC 6979), so the same request always carries the same signature. Bounded:
-    beyond `cap` entries the oldest go (refilling it takes that many authorised requests)."""
+    deterministic (RFC 6979), so the same request always carries the same signature. Bounded: with
+    `cap` unexpired entries a new request cannot be told from a replay and waits (never is an entry
+    dropped early: flooding the record to evict a captured request would let it be replayed). Only
+    authorised requests are recorded (the caller asks once it has checked the request)."""
 
     def __init__(self, keep_s: float, cap: int = 200_000) -> None:
         self.keep_s, self.cap = keep_s, cap
         self._seen: OrderedDict[bytes, float] = OrderedDict()
 
-    def first_use(self, sig: bytes, now: float) -> bool:
-        while self._seen and (next(iter(self._seen.values())) < now or len(self._seen) >= self.cap):
+    def first_use(self, sig: bytes, now: float) -> bool | None:
+        """True the first time, False for a replay, None while the record is full (retry later)."""
+        while self._seen and next(iter(self._seen.values())) < now:
             self._seen.popitem(last=False)
         if sig in self._seen:
             return False
+        if len(self._seen) >= self.cap:
+            return None
         self._seen[sig] = now + self.keep_s
         return True
+
+    def retry_s(self, now: float) -> int:
+        """Seconds until the oldest entry expires (a full record's Retry-After)."""
+        return max(1, int(next(iter(self._seen.values())) - now) + 1) if self._seen else 1
 
 
 VALIDATOR = web.AppKey("validator", Validator)
@@ -91,10 +100,10 @@ def with_proof(req: web.Request, out: dict, read: list[bytes]) -> web.Response:
 
 
 def signed_by(req: web.Request, v: Validator, what: str, digest: Callable[[int], bytes], extra: str = "",
-              well_formed: bool = True, once: bool = False) -> bytes | web.Response:
+              well_formed: bool = True) -> bytes | web.Response:
     """The signer's public key once X-Medchain-Pubkey, -Time and -Signature check out against
-    `digest(time_ms)` (docs/PROTOCOL.md 6.1 and 7), else the 401 to answer. With `once`, a
-    request already served (the same signature) is refused too."""
+    `digest(time_ms)` (docs/PROTOCOL.md 6.1 and 7), else the 401 to answer. A request served only
+    once is then checked with `first_use`, after it is authorised."""
     h = req.headers
     try:
         pub = bytes.fromhex(h["X-Medchain-Pubkey"])
@@ -114,6 +123,18 @@ def signed_by(req: web.Request, v: Validator, what: str, digest: Callable[[int],
         return err(401, why)
     if not ecdsa.verify(pub, digest(t_ms), sig):
         return err(401, f"bad {what} signature")
-    if once and not req.app[SEEN].first_use(sig, time.monotonic()):
-        return err(401, f"this signed {what} was used already: sign a new one")
     return pub
+
+
+def first_use(req: web.Request, what: str) -> web.Response | None:
+    """None the first time an (authorised) signed request is served; else the answer: 401 for a
+    replay, 503 while the record of served requests is full. No await since the caller's checks:
+    two copies of one request cannot both pass."""
+    seen, now = req.app[SEEN], time.monotonic()
+    first = seen.first_use(bytes.fromhex(req.headers["X-Medchain-Signature"]), now)
+    if first is None:
+        return err(503, f"too many signed {what}s served lately to tell this one from a replay: retry later",
+                   {"Retry-After": str(seen.retry_s(now))})
+    if not first:
+        return err(401, f"this signed {what} was used already: sign a new one")
+    return None

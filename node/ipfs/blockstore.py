@@ -20,7 +20,7 @@ from pathlib import Path
 
 import lmdb
 
-from node.ipfs.cid import CODEC_DAG_PB, CODEC_RAW, Cid, cid_v1_raw, verify
+from node.ipfs.cid import CODEC_DAG_PB, Cid, cid_v1_raw, verify
 from node.ipfs.unixfs import decode_pbnode, export_bytes, import_bytes
 from node.mapfile import MapFile
 
@@ -234,15 +234,15 @@ class BlockStore:
         txn.put(key, ((0 if v is None else int.from_bytes(v, "big")) + 1).to_bytes(8, "big"), db=self.pins)
 
     def blob_size(self, root: Cid) -> int | None:
-        """File size of a stored blob; a bare raw block (stored with ``put``) counts as a blob."""
+        """File size of a stored blob: one listed as a root (a sidecar, an upload, a fetched DAG) of
+        this CID's codec. A block inside another blob's DAG, or a root named with another codec, is no
+        blob: a write naming it would make its writer the patient of record of another's bytes."""
         with self.env.begin(buffers=True) as txn:
             meta = txn.get(root.multihash, db=self.roots)
-            if meta is not None:
-                return _ROOT.unpack(bytes(meta))[0]
-            if root.codec == CODEC_RAW:
-                v = txn.get(root.multihash, db=self.blocks)
-                return None if v is None else len(v)
-        return None
+        if meta is None:
+            return None
+        size, _, codec = _ROOT.unpack(bytes(meta))
+        return size if codec == root.codec else None
 
     def has_blob(self, root: Cid) -> bool:
         """True if the root is listed and its root block is present (a cheap check: a deleted

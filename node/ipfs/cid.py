@@ -180,6 +180,14 @@ def _check_multihash(mh: bytes) -> None:
 _V1_SHA256 = {bytes((1, codec, SHA2_256, SHA2_256_LEN)): codec for codec in (CODEC_RAW, CODEC_DAG_PB)}
 
 
+def is_v1_sha256(b: bytes) -> bool:
+    """Whether `b` is a binary CIDv1, raw or dag-pb, with a sha2-256 digest: the one form a data
+    write may name. One form per blob: a CIDv0 names the same bytes as its CIDv1 dag-pb twin, and a
+    write naming another patient's blob under a second form would make its writer that blob's patient
+    of record, free to download it."""
+    return len(b) == 4 + SHA2_256_LEN and b[:4] in _V1_SHA256
+
+
 @dataclass(frozen=True)
 class Cid:
     """A validated CID. ``multihash`` is the full multihash (code, length, digest)."""

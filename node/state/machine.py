@@ -256,6 +256,9 @@ def _apply_release(view: Overlay, patient: bytes, r: Release, height: int, txid:
             _rotate(view, patient, r.dtype)  # ends like a revoke: later data is under a key it never held
     else:
         rel = Released(r.dtype, r.expiry_ms, [k.epoch for k in r.keys], txid)
+        if (old is not None and (cur := _epoch(view, patient, r.dtype)) in old.epochs and cur not in rel.epochs
+                and r.dtype not in g.types):
+            _rotate(view, patient, r.dtype)  # the release it replaces held the current key: that one ends here
         g = g._replace(released=tuple(sorted((*others, rel))))
         for k in r.keys:
             view.put(keys.sealed_key(patient, r.staff, r.dtype, k.epoch), k.sealed)

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from node.crypto import ecdsa
 from node.crypto.keys import Identity, address_of
 from node.frozen import frozen_from
-from node.ipfs.cid import Cid
+from node.ipfs.cid import Cid, is_v1_sha256
 from node.wire import MAX_TX_BYTES, WireError, check_size, decode, decode_canonical, encode
 
 VERSION = 1
@@ -272,6 +272,8 @@ class Write:
             epoch, t0, t1 = _uint(epoch, "epoch", 2**32 - 1), _uint(t0, "t_start_ms"), _uint(t1, "t_end_ms")
         if t1 < t0:
             raise TxError("t_end_ms before t_start_ms")
+        if not is_v1_sha256(cid):
+            raise TxError("cid: a write names a binary CIDv1, raw or dag-pb, with a sha2-256 digest (36 bytes)")
         return frozen_from(cls, {"dtype": dtype, "cid": cid, "size": size, "epoch": epoch, "t_start_ms": t0,
                                  "t_end_ms": t1})
 
