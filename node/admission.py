@@ -62,6 +62,7 @@ class Admission:
         self.checking = 0  # client transactions in the verifier thread: taken on, not yet in the pool
         self.rules = rules  # the genesis's: credential issuers and break-glass limits
         self.forwarding = False  # set once the p2p adapter runs: client transactions are then forwarded
+        self.check_held_size = True  # off only in the byzantine fault-injection mode "missize" (node/faults.py)
         self.verified: OrderedDict[bytes, None] = OrderedDict()
         self.bad_sigs: OrderedDict[bytes, None] = OrderedDict()
         self.rejected: OrderedDict[bytes, str] = OrderedDict()
@@ -295,7 +296,7 @@ class Admission:
         if size is None:
             raise AdmissionError(Refusal.UNPROCESSABLE, f"blob not held: send the ciphertext as the write's sidecar, or upload "
                                       f"{cid} (POST /v1/blobs) to this validator first")
-        if size != tx.body.size:
+        if size != tx.body.size and self.check_held_size:
             raise AdmissionError(Refusal.UNPROCESSABLE, f"size mismatch: blob {cid} is {size} bytes, transaction says {tx.body.size}")
         if cid.codec == CODEC_RAW and size <= SIDECAR_MAX:
             return self.blobs.get(cid)

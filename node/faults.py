@@ -31,7 +31,6 @@ from pathlib import Path
 from node.admission import Admission
 from node.consensus import PrePrepare
 from node.execution import Executed, Tip, build_block
-from node.ipfs.cid import CODEC_RAW
 from node.mempool import Mempool
 
 log = logging.getLogger("medchain.faults")
@@ -116,11 +115,4 @@ def withhold_sidecars(mempool: Mempool, admission: Admission) -> None:
 
 def admit_any_size(admission: Admission) -> None:
     """The ``missize`` mode: a write naming a blob held here is admitted whatever size it states."""
-    def held_blob(tx):  # noqa: ANN001, ANN202
-        cid = admission._cid_of(tx)
-        if admission.blobs.blob_size(cid) is None:
-            return admission._held_blob_checked(tx)  # its honest refusal: not held
-        return admission.blobs.get(cid) if cid.codec == CODEC_RAW else None
-
-    admission._held_blob_checked = admission._held_blob  # type: ignore[attr-defined]
-    admission._held_blob = held_blob  # type: ignore[method-assign]
+    admission.check_held_size = False
