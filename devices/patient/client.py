@@ -230,4 +230,10 @@ class NodeClient:
         return await self.get_json(f"/v1/patients/{patient.hex()}/keys/{staff.hex()}")
 
     async def data(self, patient: bytes, **query: Any) -> dict:
-        return await self.get_json(f"/v1/patients/{patient.hex()}/data", **query)
+        """The patient's data index, every page of it (the API answers at most 1,000 entries a page)."""
+        out = await self.get_json(f"/v1/patients/{patient.hex()}/data", **query)
+        while out.get("next"):
+            page = await self.get_json(f"/v1/patients/{patient.hex()}/data", **{**query, "after": out["next"]})
+            out = {**page, "data": out["data"] + page["data"]}
+        out.pop("next", None)  # the whole index: no cursor left
+        return out

@@ -86,12 +86,18 @@ def int_query(req: web.Request, name: str, default: int) -> int:
                                  content_type="application/json") from None
 
 
-def with_proof(req: web.Request, out: dict, read: list[bytes]) -> web.Response:
-    """`out` as JSON; with ?proof=1, plus the proof bundle for the state keys the route `read`."""
+def too_many_keys(n: int) -> str:
+    return f"{n} keys: fetch them from POST /v1/proofs in requests of at most {proofs.MAX_KEYS}"
+
+
+def with_proof(req: web.Request, out: dict, read: list[bytes] | int) -> web.Response:
+    """`out` as JSON; with ?proof=1, plus the proof bundle for the state keys the route `read` (or,
+    an int: how many it would read, over MAX_KEYS, without reading them)."""
     if proofs.wants_proof(req):
-        if len(read) > proofs.MAX_KEYS:
-            out["proof"], out["proof_error"] = None, (f"{len(read)} keys: fetch them from POST /v1/proofs "
-                                                      f"in requests of at most {proofs.MAX_KEYS}")
+        if isinstance(read, int) or len(read) > proofs.MAX_KEYS:
+            out["proof"], out["proof_error"] = None, too_many_keys(read if isinstance(read, int) else len(read))
+            out["proof_keys"] = None  # as many as that are not listed either
+            return web.json_response(out)
         else:
             b = proofs.bundle(validator(req), read) if read else None
             out["proof"] = None if b is None else b.hex()

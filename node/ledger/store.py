@@ -201,15 +201,17 @@ class Ledger:
         finally:
             txn.abort()
 
-    def scan_state(self, prefix: bytes, limit: int = 10_000) -> list[tuple[bytes, bytes]]:
+    def scan_state(self, prefix: bytes, limit: int = 10_000, after: bytes = b"") -> list[tuple[bytes, bytes]]:
+        """Up to `limit` state pairs whose key starts with `prefix`, in key order, past the key `after`."""
         out = []
         with self.env.begin(db=self.state) as txn:
             cur = txn.cursor()
-            if cur.set_range(prefix):
+            if cur.set_range(max(prefix, after)):
                 for k, v in cur:
                     if not k.startswith(prefix) or len(out) >= limit:
                         break
-                    out.append((bytes(k), bytes(v)))
+                    if k != after:
+                        out.append((bytes(k), bytes(v)))
         return out
 
     def _head_reader(self) -> lmdb.Transaction:
