@@ -23,7 +23,7 @@ from node.execution import Executed
 from node.ipfs.blockstore import BlockStore
 from node.ipfs.cid import CODEC_RAW, Cid
 from node.ledger import Ledger
-from node.mempool import Mempool
+from node.mempool import Mempool, Refusal
 from node.metrics import Metrics
 from node.replication import Replicator
 from node.sidecar import SidecarCache
@@ -54,7 +54,11 @@ class Commit:
     async def commit(self, block: Block, ex: Executed) -> None:
         roots, sidecars = self.blobs_of(ex)
         stored, wanted = await self._run(self.write, block, ex, sidecars, roots)
-        self.mempool.remove([t for t, c in zip(ex.txs, ex.codes, strict=True) if c != Code.BAD_NONCE])  # a nonce gap may close: keep those
+        in_block = {t.id for t in ex.txs}
+        for t in self.mempool.remove([t for t, c in zip(ex.txs, ex.codes, strict=True) if c != Code.BAD_NONCE]):  # a nonce gap may close: keep those
+            if t.id not in in_block:  # accepted (202) here: its client polls for a status, not a 404
+                self.admission.reject(t.id, Refusal.CONFLICT, f"superseded: nonce {t.nonce} of this sender was "
+                                                              "committed by another transaction")
         now = time.monotonic()
         self.admission.backlog.committed(len(ex.txs), now)
         for tx in ex.txs:

@@ -446,11 +446,14 @@ class Mempool:
                     break
         return out
 
-    def _advance(self, addr: bytes, s: _Sender, base: int) -> None:
+    def _advance(self, addr: bytes, s: _Sender, base: int) -> list[Tx]:
+        """Drop the sender's transactions below nonce `base` (committed, or superseded by another
+        transaction with the same nonce that committed); returns them."""
         gone = [n for n in s.txs if n < base]
         o = self.origins[s.origin]
-        for n in gone:
-            self._drop_tx(s.txs.pop(n), o)
+        dropped = [s.txs.pop(n) for n in gone]
+        for tx in dropped:
+            self._drop_tx(tx, o)
         s.base = base
         o.n -= len(gone)
         o.fresh.pop(addr, None)  # it has committed history now
@@ -458,18 +461,23 @@ class Mempool:
             self._weigh_origin(s.origin, o.n)
         if not s.txs:
             self._forget(addr, s)
+        return dropped
 
-    def remove(self, txs: list[Tx]) -> None:
-        """Drop committed transactions (and any stale ones for the same nonces)."""
+    def remove(self, txs: list[Tx]) -> list[Tx]:
+        """Drop committed transactions and any others for the same nonces; returns those others (each
+        superseded: another transaction of its sender took its nonce)."""
         top: dict[bytes, int] = {}
         for tx in txs:
             top[tx.address] = max(top.get(tx.address, 0), tx.nonce)
+        dropped: list[Tx] = []
         for addr, nonce in top.items():
             s = self.senders.get(addr)
             if s is not None and nonce >= s.base:
-                self._advance(addr, s, nonce + 1)
+                dropped += self._advance(addr, s, nonce + 1)
                 if addr in self.senders:
                     self.senders.move_to_end(addr)
+        ids = {tx.id for tx in txs}
+        return [tx for tx in dropped if tx.id not in ids]
 
     def prune_buckets(self, now: float) -> None:
         """Forget full buckets of idle senders so memory stays bounded by active senders."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import urllib.request
 
@@ -15,7 +16,7 @@ from devices.wearable.wearables import make_wearable
 from node.crypto import aead, seal
 from node.crypto.keys import Identity
 from node.ipfs.cid import Cid
-from node.tx import DATA_TYPES
+from node.tx import DATA_TYPES, Profile, Tx
 from tests.conftest import run, running_network
 
 KINDS = ["heart_rate", "blood_pressure", "body_temperature", "glucose", "spo2"]
@@ -147,3 +148,34 @@ def test_a_phone_over_its_senders_rate_waits_the_retry_after_and_loses_nothing(t
     assert sorted(g["staff"] for g in grants) == sorted(d.address.hex() for d in docs)
     assert acct["nonce"] == 3  # three transactions, each committed once
     assert took >= 1.5  # the second and third waited for the sender's bucket (the 429's Retry-After)
+
+
+def test_a_transaction_superseded_by_another_with_its_nonce_gets_a_status_not_a_404(tmp_path):
+    """Two transactions of one sender with the same nonce, accepted (202) by two validators at once
+    (a client that signs a retry anew): one commits; the other's status at the validator that
+    accepted it says it was rejected (superseded), instead of 404 "unknown" for ever."""
+    with running_network(tmp_path) as nodes:
+        async def go():
+            async with NodeClient(nodes[2].url) as c2, NodeClient(nodes[3].url) as c3:
+                chain = (await c2.status())["chain_id"]
+                for k in range(3):  # a few senders: the race goes either way, each must end with a status
+                    who = Identity.from_seed(b"superseded %d" % k)
+                    a = Tx.build(who, chain, 1, Profile("first", "patient", "", who.box_public))
+                    b = Tx.build(who, chain, 1, Profile("second", "patient", "", who.box_public))
+                    await asyncio.gather(c2.submit(a.raw), c3.submit(b.raw))
+                    statuses = {}
+                    for c, t in ((c2, a), (c3, b)):
+                        for _ in range(200):
+                            try:
+                                st = await c.tx(t.id.hex())
+                            except ApiError as exc:
+                                assert exc.status == 404
+                                st = {"status": "unknown"}
+                            if st["status"] in ("committed", "rejected"):
+                                break
+                            await asyncio.sleep(0.05)
+                        statuses[t.id] = st
+                    assert sorted(s["status"] for s in statuses.values()) == ["committed", "rejected"], statuses
+                    lost = next(s for s in statuses.values() if s["status"] == "rejected")
+                    assert "nonce" in lost["reason"], lost
+        run(go())

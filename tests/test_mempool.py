@@ -203,14 +203,14 @@ def test_remove_drops_committed_and_stale():
     b = [tx(B, n) for n in range(1, 3)]
     for t in a + b:
         mp.admit(t, 0, 0.0)
-    mp.remove([a[2]])  # nonce 3 committed: 1 and 2 are stale now
+    assert mp.remove([a[2]]) == [a[0], a[1]]  # nonce 3 committed: 1 and 2 are stale now
     assert pending(mp, A) == [4, 5]
     assert all(t.id not in mp for t in a[:3]) and len(mp) == 4
     assert mp.next_nonce(A.address, 3) == 6
     mp.remove([tx(C, 1)])  # unknown sender: no effect
     mp.remove([a[0]])  # already gone: no effect
     assert len(mp) == 4
-    mp.remove(b)
+    assert mp.remove(b) == []  # both committed: none superseded
     assert pending(mp, B) == [] and len(mp) == 2
     mp.remove([a[4], a[3]])
     assert len(mp) == 0 and mp.batch(10) == []
@@ -219,9 +219,11 @@ def test_remove_drops_committed_and_stale():
 
 def test_remove_drops_pending_tx_whose_nonce_was_committed_by_another_tx():
     mp = big_pool()
-    mp.admit(tx(A, 1), 0, 0.0)
+    mine = tx(A, 1)
+    mp.admit(mine, 0, 0.0)
     mp.admit(tx(A, 2), 0, 0.0)
-    mp.remove([tx(A, 1, b"submitted elsewhere")])  # a different tx with nonce 1 was committed
+    # a different tx with nonce 1 was committed: ours is returned as superseded (its status is told)
+    assert mp.remove([tx(A, 1, b"submitted elsewhere")]) == [mine]
     assert pending(mp, A) == [2] and len(mp) == 1
 
 
