@@ -20,7 +20,7 @@ from devices.patient.phone import Phone
 from devices.patient.staff import Staff
 from devices.wearable.wearables import make_wearable
 from node.api import blobs
-from node.api.common import SeenRequests
+from node.api.common import SeenRequests, UploadBudget
 from node.crypto.ecdsa import sha256
 from node.crypto.keys import Identity
 from node.execution import build_block
@@ -84,7 +84,7 @@ async def _get_blob(c: NodeClient, ident: Identity, chain_id: str, cid: str, cid
 
 
 async def _put_blob(c: NodeClient, ident: Identity, chain_id: str, data: bytes, t_ms: int) -> tuple[int, str]:
-    sig = ident.sign(blob_upload_digest(chain_id, hashlib.sha256(data).digest(), len(data), t_ms))
+    sig = ident.sign(blob_upload_digest(chain_id, await c.validator_key(), hashlib.sha256(data).digest(), len(data), t_ms))
     headers = {"Content-Type": "application/octet-stream", "X-Medchain-Pubkey": ident.public_key.hex(),
                "X-Medchain-Time": str(t_ms), "X-Medchain-Signature": sig.hex()}
     async with aiohttp.ClientSession() as s, s.post(f"{c.base}/v1/blobs", data=data, headers=headers) as resp:
@@ -306,3 +306,59 @@ def test_the_record_of_served_requests_never_drops_one_that_could_be_replayed():
     assert seen.first_use(b"a", 59) is False  # still a replay: nothing was dropped for "d"
     assert seen.first_use(b"d", 60.5) is True  # a, b and c expired at 60
     assert seen.first_use(b"a", 61) is True and seen.retry_s(61) == 60
+
+
+def test_uploads_are_single_use_and_bounded_per_account_within_the_grace(node, genesis):
+    """A standalone upload is signed for the validator it is sent to and stored once (a captured one
+    replayed emptied its signer's rate); what one account uploads within the collection grace is
+    bounded (one account stored ~113 MB/s before, and could fill a validator's disk)."""
+    async def go():
+        async with NodeClient(node.url) as c:
+            chain, who = genesis.chain_id, Identity.from_seed(b"upload budget")
+            first = Tx.build(who, chain, 1, Profile("u", "patient", "", who.box_public))
+            await c.submit(first.raw)
+            await c.wait_committed(first.id.hex())
+            t = int(time.time() * 1000)
+            data = b"replayed" * 1000
+            sig = who.sign(blob_upload_digest(chain, await c.validator_key(), hashlib.sha256(data).digest(), len(data), t))
+            headers = {"Content-Type": "application/octet-stream", "X-Medchain-Pubkey": who.public_key.hex(),
+                       "X-Medchain-Time": str(t), "X-Medchain-Signature": sig.hex()}
+            async with aiohttp.ClientSession() as s:
+                async with s.post(f"{c.base}/v1/blobs", data=data, headers=headers) as r:
+                    assert r.status == 201
+                async with s.post(f"{c.base}/v1/blobs", data=data, headers=headers) as r:
+                    assert r.status == 401 and "used already" in (await r.json())["error"]
+            big = genesis.params.max_blob_bytes
+            budget = max(64 << 20, 32 * big)
+            stored = len(data)
+            for k in range(budget // big):
+                status, body = await _put_blob(c, who, chain, k.to_bytes(4, "big") * (big // 4), int(time.time() * 1000))
+                if status != 201:
+                    break
+                stored += big
+            assert status == 429 and "upload budget: at most 64 MiB of uploads per account" in body, (status, body)
+            assert budget - big < stored <= budget
+            other = Identity.from_seed(b"upload budget, another account")
+            first = Tx.build(other, chain, 1, Profile("o", "patient", "", other.box_public))
+            await c.submit(first.raw)
+            await c.wait_committed(first.id.hex())
+            assert (await _put_blob(c, other, chain, b"its own budget", int(time.time() * 1000)))[0] == 201
+
+    run(go())
+
+
+def test_the_upload_budget_counts_bytes_per_account_and_in_all_within_its_window():
+    b = UploadBudget(window_s=10, per_account=10_240, total=25_000)
+    a, c, d = b"a" * 32, b"c" * 32, b"d" * 32
+    assert b.refusal(a, 6000, 0) is None
+    b.take(a, 6000, 0)
+    assert b.refusal(a, 4000, 1) is None and b.refusal(a, 4241, 1)[:1] == (429,)
+    b.take(a, 4000, 2)  # counted as UPLOAD_MIN_CHARGE (4,096): 10,096 in all
+    status, why, wait = b.refusal(a, 1, 3)
+    assert status == 429 and wait == 7 and "per account" in why  # its oldest leaves the window at 10
+    b.take(c, 9000, 3)
+    status, why, wait = b.refusal(d, 5905, 4)  # 19,096 + 5,905 > 25,000 in all
+    assert status == 503 and wait == 6 and "retry later" in why
+    assert b.refusal(d, 5904, 4) is None
+    assert b.refusal(a, 6000, 10) is None and b.bytes == 13_096  # the first upload left the window
+    assert b.refusal(a, 6001, 12) is None and b.bytes == 9000  # and the second

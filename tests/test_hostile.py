@@ -15,6 +15,7 @@ from collections import Counter
 from devices.load.attacks import MIB, MSGPACK, post_batches, session, slow_headers, stalled_upload, sybil_batches
 from devices.load.attacks import rss_mb as _rss_mb
 from devices.net.localnet import NodeProcess, make_network
+from devices.patient.client import NodeClient
 from node.crypto.keys import Identity
 from node.genesis import Params
 from node.tx import Profile, Tx
@@ -53,7 +54,9 @@ async def upload_headers(url: str, data: bytes) -> dict:
     if acct["nonce"] == 0:
         await honest_commits(url, chain, UPLOADER, 1)
     t = int(time.time() * 1000)
-    sig = ident.sign(blob_upload_digest(chain, hashlib.sha256(data).digest(), len(data), t))
+    async with NodeClient(url) as c:
+        me = await c.validator_key()
+    sig = ident.sign(blob_upload_digest(chain, me, hashlib.sha256(data).digest(), len(data), t))
     return {"X-Medchain-Pubkey": ident.public_key.hex(), "X-Medchain-Time": str(t), "X-Medchain-Signature": sig.hex()}
 
 

@@ -244,7 +244,7 @@ def test_a_running_validator_answers_as_the_openapi_schemas_say(node) -> None:  
         t = int(time.time() * 1000)
         up = b"an upload" * 100
         hdr = {"X-Medchain-Pubkey": patient.public_key.hex(), "X-Medchain-Time": str(t),
-               "X-Medchain-Signature": patient.sign(blob_upload_digest(chain, hashlib.sha256(up).digest(), len(up), t)).hex()}
+               "X-Medchain-Signature": patient.sign(blob_upload_digest(chain, me, hashlib.sha256(up).digest(), len(up), t)).hex()}
         await api.call("post", "/v1/blobs", "/v1/blobs", 201, data=up, headers=hdr)
         await api.call("post", "/v1/blobs", "/v1/blobs", 401, data=up)
         hdr = {"X-Medchain-Pubkey": staff.public_key.hex(), "X-Medchain-Time": str(t), "X-Medchain-Read": reads[0].id.hex(),

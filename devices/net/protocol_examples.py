@@ -223,7 +223,7 @@ def examples() -> dict[str, Example]:  # one linear story, told in order
         "X-Medchain-Read": txs[4].id.hex(),
         "X-Medchain-Signature": staff.sign(blob_request_digest(CHAIN_ID, asked, cid.to_bytes(), txs[4].id,
                                                                t_req)).hex()}
-    out["request/blob-put-digest"] = blob_upload_digest(CHAIN_ID, hashlib.sha256(blob).digest(), len(blob), t_req)
+    out["request/blob-put-digest"] = blob_upload_digest(CHAIN_ID, asked, hashlib.sha256(blob).digest(), len(blob), t_req)
 
     # ---- execution of block 1 on the empty state, and its header ----
     state: dict[bytes, bytes] = {}

@@ -165,8 +165,9 @@ class NodeClient:
         """A standalone upload (blobs too large for a sidecar), signed by the uploading patient."""
         if self.session is None:
             await self.__aenter__()
+        me = await self.validator_key()
         t = int(time.time() * 1000)
-        sig = ident.sign(blob_upload_digest(chain_id, hashlib.sha256(data).digest(), len(data), t))
+        sig = ident.sign(blob_upload_digest(chain_id, me, hashlib.sha256(data).digest(), len(data), t))
         headers = {"Content-Type": "application/octet-stream", "X-Medchain-Pubkey": ident.public_key.hex(),
                    "X-Medchain-Time": str(t), "X-Medchain-Signature": sig.hex()}
         async with self.session.post(self.base + "/v1/blobs", data=data, headers=headers) as resp:

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from node import clock
 from node.api.common import (
+    UPLOADS,
     err,
     first_use,
     read_body,
@@ -37,17 +38,28 @@ async def post_blob(req: web.Request) -> web.Response:
     v = validator(req)
     v.disk.check()  # a full disk refuses before the body is read
     data = await read_body(req, v.params.max_blob_bytes, "blob")
-    pub = signed_by(req, v, "upload", lambda t_ms: blob_upload_digest(v.chain_id, ecdsa.sha256(data), len(data), t_ms))
+    me = v.identity.public_key
+    pub = signed_by(req, v, "upload", lambda t_ms: blob_upload_digest(v.chain_id, me, ecdsa.sha256(data), len(data), t_ms))
     if isinstance(pub, web.Response):
         return pub
     uploader = address_of(pub)
     if v.committed_nonce(uploader) == 0:
         return err(403, "uploads are for accounts with a committed transaction: send small blobs as sidecars")
+    now = time.monotonic()
+    budget = req.app[UPLOADS]
+    over = budget.refusal(uploader, len(data), now)
+    if over is not None:  # unpinned uploads stay for the grace: their bytes are bounded, per account and in all
+        status, why, wait = over
+        return err(status, why, {"Retry-After": retry_after(wait)})
     # one sender token per started MiB: an upload costs its patient's rate like a transaction
-    wait = v.mempool.charge(uploader, time.monotonic(), 1 + len(data) // (1024 * 1024))
+    wait = v.mempool.charge(uploader, now, 1 + len(data) // (1024 * 1024))
     if wait > 0:
         return err(429, f"rate limited: sender exceeds {v.params.sender_rate:g} tx/s",
                     {"Retry-After": retry_after(wait)})
+    refused = first_use(req, "upload")
+    if refused is not None:
+        return refused
+    budget.take(uploader, len(data), now)
     # UnixFS, Helia's defaults (<= 1 MiB is one raw block), group-committed off the event loop
     try:
         cid, blocks = await v.blob_writer.put(data)

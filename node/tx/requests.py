@@ -15,9 +15,11 @@ def blob_request_digest(chain_id: str, validator: bytes, cid: bytes, read_txid: 
     return ecdsa.sha256(encode([BLOB_GET_DOMAIN, chain_id, validator, cid, read_txid, time_ms]))
 
 
-BLOB_PUT_DOMAIN = "medchain/blob-put/v1"
+BLOB_PUT_DOMAIN = "medchain/blob-put/v2"
 
 
-def blob_upload_digest(chain_id: str, blob_sha256: bytes, size: int, time_ms: int) -> bytes:
-    """SHA-256 of the canonical [domain, chain_id, SHA-256 of the blob, its size, time_ms]."""
-    return ecdsa.sha256(encode([BLOB_PUT_DOMAIN, chain_id, blob_sha256, size, time_ms]))
+def blob_upload_digest(chain_id: str, validator: bytes, blob_sha256: bytes, size: int, time_ms: int) -> bytes:
+    """SHA-256 of the canonical [domain, chain_id, validator (the public key of the validator the
+    upload is sent to), SHA-256 of the blob, its size, time_ms]: a captured upload is stored once,
+    by that validator only (a replay cannot spend its signer's rate and upload budget)."""
+    return ecdsa.sha256(encode([BLOB_PUT_DOMAIN, chain_id, validator, blob_sha256, size, time_ms]))
