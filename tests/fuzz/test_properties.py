@@ -35,11 +35,15 @@ def grants(draw: st.DrawFn) -> Grant:
     return Grant(draw(addr), types, draw(u63), keys)
 
 
+# a write's CID: a CIDv1, raw or dag-pb, of a sha2-256 digest (anything else does not parse)
+cids = st.builds(lambda codec, digest: bytes((1, codec, 0x12, 0x20)) + digest, st.sampled_from([0x55, 0x70]),
+                 st.binary(min_size=32, max_size=32))
+
 bodies = st.one_of(
     grants(),
     st.builds(Profile, name, name, name, st.binary(min_size=32, max_size=32)),
     st.builds(Policy, st.booleans()),
-    st.builds(Write, dtype, st.binary(min_size=2, max_size=128), st.integers(0, 1 << 40), u32, u63, u63)
+    st.builds(Write, dtype, cids, st.integers(0, 1 << 40), u32, u63, u63)
     .filter(lambda w: w.t_end_ms >= w.t_start_ms),
     st.builds(Read, addr, dtype, st.binary(max_size=128), u63, u63, st.sampled_from(("", *BREAK_GLASS_REASONS)))
     .filter(lambda r: r.t_to_ms >= r.t_from_ms),
