@@ -108,6 +108,10 @@ CASES = [
     (WRITE, with_(WRITE, 0, 0), "unknown data type 0"),
     (WRITE, with_(WRITE, 1, b"c"), f"cid must be 2..{MAX_CID} bytes"),
     (WRITE, with_(WRITE, 1, bytes(MAX_CID + 1)), f"cid must be 2..{MAX_CID} bytes"),
+    (WRITE, with_(WRITE, 1, bytes(MAX_CID)),
+     "cid: a write names a binary CIDv1, raw or dag-pb, with a sha2-256 digest (36 bytes)"),
+    (WRITE, with_(WRITE, 1, b"\x12\x20" + bytes(32)),  # a CIDv0
+     "cid: a write names a binary CIDv1, raw or dag-pb, with a sha2-256 digest (36 bytes)"),
     (WRITE, with_(WRITE, 2, (1 << 40) + 1), uint("size", 1 << 40)),
     (WRITE, with_(WRITE, 3, 2**32), uint("epoch", 2**32 - 1)),
     (WRITE, with_(WRITE, 4, -1), uint("t_start_ms")),
@@ -162,8 +166,8 @@ def test_boundary_values_are_accepted() -> None:
                          (RELEASE, [A32, 5, U63, [[0, b"k"], [2**32 - 1, bytes(MAX_SEALED)]]]),
                          (RELEASE, [A32, 1, 0, []]),  # the end of a release
                          (RELEASE, [A32, 1, 5, [[e, b"k"] for e in range(MAX_KEYS_PER_GRANT)]]),
-                         (WRITE, [5, bytes(2), 1 << 40, 2**32 - 1, 7, 7]),
-                         (WRITE, [1, bytes(MAX_CID), 0, 0, 0, U63]),
+                         (WRITE, [5, b"\x01\x55\x12\x20" + bytes(32), 1 << 40, 2**32 - 1, 7, 7]),
+                         (WRITE, [1, b"\x01\x70\x12\x20" + bytes(32), 0, 0, 0, U63]),
                          (READ, [A32, 1, bytes(MAX_CID), 5, 5]),
                          (READ, [A32, 1, b"", 0, U63, "ETREAT"])]:
         tx = Tx.decode(raw_tx(kind, fields), CHAIN)
