@@ -386,6 +386,15 @@ class Mempool:
         self._weigh_origin(s.origin, o.n)
         return victim
 
+    def withdraw(self, tx: Tx) -> list[Tx]:
+        """Drop a pending transaction that cannot be proposed, with every later one of its sender
+        (they could never commit behind the gap); returns them, newest first ([] if not pending)."""
+        out: list[Tx] = []
+        while tx.id in self.by_id:
+            out.append(self._evict(tx.address))
+            self.evictions -= 1  # not the pool's fair eviction (the metric counts only those)
+        return out
+
     def charge(self, addr: bytes, now: float, n: float = 1.0) -> float:
         """Take n tokens from a sender's bucket outside admission (a standalone upload); 0.0 if
         taken, else the seconds to wait."""

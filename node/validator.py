@@ -19,7 +19,7 @@ from pathlib import Path
 
 from node import clock, faults, storage
 from node.admission import REFORWARD_S, Admission
-from node.availability import AvailabilityGate, SizeMismatch
+from node.availability import FETCH_TIMEOUT_S, AvailabilityGate, SizeMismatch
 from node.backlog import Backlog
 from node.block import TX_FRAMING, TXS_MAX_BYTES, Block
 from node.commit import Commit
@@ -47,7 +47,7 @@ from node.ipfs.blobwriter import BlobWriter
 from node.ipfs.blockstore import BlockStore
 from node.ipfs.cid import CODEC_RAW, Cid
 from node.ledger import Ledger
-from node.mempool import AdmissionError, KeyedLimiter, Mempool, origin
+from node.mempool import AdmissionError, KeyedLimiter, Mempool, Refusal, origin
 from node.metrics import Metrics
 from node.multiaddr import host_port, peer_id
 from node.pipeline import Pipeline, propose_now
@@ -62,6 +62,7 @@ from node.sidecar import (
 )
 from node.sync import THRESHOLD as SYNC_THRESHOLD
 from node.sync import StateSync
+from node.tx import KIND_WRITE, Tx
 from node.verify import refuse_unless_certified_state
 from node.wire import WireError
 
@@ -70,6 +71,7 @@ log = logging.getLogger("medchain.validator")
 _TXS_PREFIX = TXS_PREFIX
 PIPELINE = 4  # blocks executed and not yet written to the ledger, at most, on the primary
 MAX_REFORWARD = 4000
+MAX_BLOB_CHECKS = 256  # writes whose missing blob the producer fetches at once
 TICK_S = 0.05
 FORWARD_SOON_S = 0.005  # client transactions after a quiet spell are forwarded this soon
 # client transactions go to the other validators in one message per peer this often: py-libp2p
@@ -135,6 +137,7 @@ class Validator:
         self._last_flush = self._last_client = 0.0
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self._blob_checks: dict[bytes, asyncio.Task] = {}  # writes whose blob the producer is fetching
         self._stopping = False
         self.msgs_in = self.msgs_out = 0
         self.synced_blocks = 0  # blocks fetched by state transfer
@@ -206,9 +209,10 @@ class Validator:
         self._flush_forward()  # client transactions admitted here and not yet forwarded go now
         self._wake.set()
         self.gate.close()
-        for t in self._tasks:
+        checks = list(self._blob_checks.values())
+        for t in [*self._tasks, *checks]:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *checks, return_exceptions=True)
         await self.replicator.stop()
         await self.sync.stop()
         if self.net is not None:
@@ -246,6 +250,14 @@ class Validator:
         out = await self.admission.submit_many(items, forwarded)
         if not forwarded and any(isinstance(r, bytes) for r in out):
             self._last_client = now  # a refused submission (and its retry) does not end a quiet spell
+        if forwarded and not self._byzantine:
+            # a bare forwarded write (a dag-pb upload held elsewhere): its blob is fetched and checked
+            # now, at every validator, so a write no honest validator could propose leaves every pool
+            # (a backup holding it pending would suspect each honest primary that leaves it out)
+            for (_, side), r in zip(items, out, strict=True):
+                t = self.mempool.by_id.get(r) if side is None and isinstance(r, bytes) else None
+                if t is not None and t.kind == KIND_WRITE and self._blob_size(t.id, t.body.root) is None:
+                    self._check_blob(t)
         self._wake.set()
         if not forwarded and self.gate.parked():
             self.gate.recheck()  # a client's sidecar may be what a held-back vote waits for
@@ -299,7 +311,7 @@ class Validator:
             # nothing ran since the check above (no await): the pool and the blocks in flight are as they were
             if len(self.mempool) - len(exclude) < self.params.block_max_txs and waiting_bytes < TXS_MAX_BYTES:
                 await asyncio.sleep(interval)  # let a batch fill: one round should carry many transactions
-            txs = self.mempool.batch(self.params.block_max_txs, exclude, TXS_MAX_BYTES, TX_FRAMING)
+            txs = self._proposable(self.mempool.batch(self.params.block_max_txs, exclude, TXS_MAX_BYTES, TX_FRAMING))
             if not txs:
                 self._wake.clear()
                 await self._wake.wait()
@@ -508,6 +520,59 @@ class Validator:
             self.gate.park(block.hash, (act.seq, block.hash), missing)  # no PREPARE before the blobs are here
             return []
         return self.replica.executed(act.seq, block.hash, True)
+
+    def _proposable(self, txs: list[Tx]) -> list[Tx]:
+        """The batch without the writes whose blob is not here with the size they state, nor the later
+        transactions of their senders: the backups would not vote for them (node/availability.py), and
+        a write no one votes for, proposed by every honest primary in turn, would hold the chain in
+        view changes. A missing blob is fetched in the background (its write is proposed once it is
+        here); a blob of another size, or one no reachable validator holds, gets its write refused."""
+        if self._byzantine in ("withhold", "missize"):
+            return txs  # fault injection: a byzantine primary proposes them anyway
+        out: list[Tx] = []
+        held_back: set[bytes] = set()
+        for t in txs:
+            if t.address in held_back:
+                continue
+            if t.kind == KIND_WRITE:
+                size = self._blob_size(t.id, t.body.root)
+                if size != t.body.size:
+                    held_back.add(t.address)
+                    if size is None:
+                        self._check_blob(t)
+                    else:
+                        self._withdraw(t, f"size mismatch: blob {t.body.root} is {size} bytes, transaction says {t.body.size}")
+                    continue
+            out.append(t)
+        return out
+
+    def _check_blob(self, t: Tx) -> None:
+        """Fetch a write's missing blob in the background (at most MAX_BLOB_CHECKS at once), then wake
+        the producer, or refuse the write if the blob cannot be had or is not its size."""
+        if t.id in self._blob_checks or len(self._blob_checks) >= MAX_BLOB_CHECKS:
+            return
+
+        async def check() -> None:
+            try:
+                got = await self.replicator.ensure(t.body.root, FETCH_TIMEOUT_S, "vote")
+                size = self._blob_size(t.id, t.body.root)
+                if not got or size is None:
+                    self._withdraw(t, f"blob not held: {t.body.root} is held by no reachable validator")
+                elif size != t.body.size:
+                    self._withdraw(t, f"size mismatch: blob {t.body.root} is {size} bytes, transaction says {t.body.size}")
+            finally:
+                self._blob_checks.pop(t.id, None)
+                self._wake.set()
+        self._blob_checks[t.id] = asyncio.get_running_loop().create_task(check())
+
+    def _withdraw(self, t: Tx, reason: str) -> None:
+        """Refuse a pending write that cannot be proposed, and its sender's later transactions."""
+        for gone in self.mempool.withdraw(t):
+            why = reason if gone.id == t.id else f"held back: nonce {t.nonce} of this sender was refused ({reason})"
+            self.admission.reject(gone.id, Refusal.UNPROCESSABLE, why[:200])
+            self.admission.submitted_at.pop(gone.id, None)
+            self.admission.pending_since.pop(gone.id, None)
+        log.warning("refused pending write %s: %s", t.id.hex()[:16], reason)
 
     def _blob_size(self, txid: bytes, cid: Cid) -> int | None:
         """The size of a write's blob if it is here: its sidecar in the pool or the forwarded-sidecar

@@ -291,3 +291,47 @@ def test_a_primary_recording_a_false_blob_size_gets_no_vote(tmp_path):
     finally:
         for n in nodes:
             n.stop()
+
+
+def test_honest_primaries_never_propose_a_write_whose_blob_is_not_its_size(tmp_path):
+    """A byzantine validator (with a colluding patient) holds the only copy of a dag-pb upload and
+    forwards a write naming it with a size one byte more: the honest validators admit the bare forward
+    (they hold nothing to compare with). Before, every honest primary proposed it in turn and no
+    honest backup voted for it: the chain stood still (0 commits in 44 s in a review's run). A primary
+    now proposes a write only once it holds its blob with the stated size (fetching it first), and
+    refuses the write otherwise, so honest traffic goes on and the write's status says why."""
+    nodes = _network(tmp_path, env={0: {"MEDCHAIN_BYZANTINE": "missize"}})
+    liar = Identity.from_seed(b"availability dag-pb missizer")
+    try:
+        async def go():
+            clients = [NodeClient(n.url) for n in nodes]
+            for c in clients:
+                await c.__aenter__()
+            try:
+                chain = (await clients[1].status())["chain_id"]
+                first = Tx.build(liar, chain, 1, Profile("p", "r", "o", bytes(32)))
+                await clients[1].submit(first.raw)
+                assert (await clients[0].wait_committed(first.id.hex(), 30))["code"] == 0
+                blob = os.urandom((1 << 20) + 5000)
+                cid = Cid.parse(await clients[0].upload(blob, liar, chain))  # to the byzantine validator only
+                now = int(time.time() * 1000)
+                bad = Tx.build(liar, chain, 2, Write(HR, cid.to_bytes(), len(blob) + 1, 0, now, now + 999))
+                await clients[0].submit(bad.raw)
+                assert len(await _honest_traffic(nodes, b"dp-")) > 20, "honest traffic stalled behind the write"
+                for c in clients[1:]:
+                    for _ in range(100):
+                        st = await c.tx(bad.id.hex())
+                        if st["status"] == "rejected":
+                            break
+                        await asyncio.sleep(0.1)
+                    assert st["status"] == "rejected" and "size mismatch" in st["reason"], (c.base, st)
+                    # every honest validator checked the bare forward's blob on arrival and refused it: no
+                    # backup held it pending behind an honest primary (each such primary was suspected, in turn)
+                    assert (await c.status())["consensus"]["view"] <= 2
+            finally:
+                for c in clients:
+                    await c.close()
+        run(go())
+    finally:
+        for n in nodes:
+            n.stop()

@@ -463,3 +463,14 @@ def test_the_lazy_heaps_stay_bounded_in_a_pool_that_never_fills():
     assert len(mp) == 1000
     evicted = mp.admit(tx(Identity.from_seed(b"newcomer"), 1), 0, 900.0, origin="10.0.0.4")
     assert [(t.address, t.nonce) for t in evicted] == [(heavy.address, 995)]
+
+
+def test_withdraw_drops_a_transaction_and_its_senders_later_ones():
+    mp = big_pool()
+    a = [tx(A, n) for n in range(1, 5)]
+    for t in [*a, tx(B, 1)]:
+        mp.admit(t, 0, 0.0)
+    assert mp.withdraw(a[1]) == [a[3], a[2], a[1]]  # newest first: they could never commit behind the gap
+    assert pending(mp, A) == [1] and pending(mp, B) == [1] and mp.evictions == 0
+    assert mp.withdraw(a[1]) == []  # not pending any more
+    assert mp.next_nonce(A.address, 0) == 2  # the sender may send nonce 2 again
