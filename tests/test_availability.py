@@ -245,14 +245,11 @@ def test_a_primary_withholding_ciphertexts_certifies_none_of_them(tmp_path):
         assert _held(n.home, cid_v1_raw(good_blob))
 
 
-def test_a_primary_recording_a_false_blob_size_gets_no_vote(tmp_path):
-    """A Sybil patient and validator 0, the first primary, collude: the patient uploads a blob to every
-    validator and signs a write naming it with a size one byte more; validator 0 admits it
-    (MEDCHAIN_BYZANTINE=missize) and proposes it. Every honest validator holds the blob with its true
-    size, so none votes for the block: the write is never committed, the network moves to the next
-    primary and goes on committing."""
+def _with_a_missizer(tmp_path, seed: bytes, body) -> None:
+    """Run `body(clients, chain, liar)` on 4 real validators, validator 0 in MEDCHAIN_BYZANTINE=missize
+    and `liar` a patient with one committed transaction (uploads need one)."""
     nodes = _network(tmp_path, env={0: {"MEDCHAIN_BYZANTINE": "missize"}})
-    liar = Identity.from_seed(b"availability missizer")
+    liar = Identity.from_seed(seed)
     try:
         async def go():
             clients = [NodeClient(n.url) for n in nodes]
@@ -260,30 +257,11 @@ def test_a_primary_recording_a_false_blob_size_gets_no_vote(tmp_path):
                 await c.__aenter__()
             try:
                 chain = (await clients[1].status())["chain_id"]
-                # uploads are for accounts with a committed transaction
                 first = Tx.build(liar, chain, 1, Profile("p", "r", "o", bytes(32)))
                 await clients[1].submit(first.raw)
-                assert (await clients[1].wait_committed(first.id.hex(), 30))["code"] == 0
-                blob = os.urandom(300)
-                for c in clients:  # each once it has committed the patient's first transaction
+                for c in clients:  # each, before anything is uploaded to it
                     assert (await c.wait_committed(first.id.hex(), 30))["code"] == 0
-                    assert await c.upload(blob, liar, chain) == str(cid_v1_raw(blob))
-                now = int(time.time() * 1000)
-                bad = Tx.build(liar, chain, 2, Write(HR, cid_v1_raw(blob).to_bytes(), len(blob) + 1, 0, now, now + 999))
-                with pytest.raises(ApiError) as refused:  # an honest validator refuses it itself
-                    await clients[1].submit(bad.raw)
-                assert refused.value.status == 422 and "size mismatch" in str(refused.value)
-                await clients[0].submit(bad.raw)  # the byzantine primary admits it
-                assert len(await _honest_traffic(nodes, b"ms-")) > 20, "honest traffic stalled behind the lying primary"
-                for c in clients[1:]:
-                    try:
-                        st = await c.tx(bad.id.hex())
-                        assert st["status"] != "committed", st
-                    except ApiError as exc:
-                        assert exc.status == 404
-                    status = await c.status()
-                    assert status["consensus"]["view"] >= 1
-                    assert status["availability"]["size_mismatch"] >= 1, status["availability"]
+                await body(nodes, clients, chain, liar)
             finally:
                 for c in clients:
                     await c.close()
@@ -291,6 +269,35 @@ def test_a_primary_recording_a_false_blob_size_gets_no_vote(tmp_path):
     finally:
         for n in nodes:
             n.stop()
+
+
+def test_a_primary_recording_a_false_blob_size_gets_no_vote(tmp_path):
+    """A Sybil patient and validator 0, the first primary, collude: the patient uploads a blob to every
+    validator and signs a write naming it with a size one byte more; validator 0 admits it
+    (MEDCHAIN_BYZANTINE=missize) and proposes it. Every honest validator holds the blob with its true
+    size, so none votes for the block: the write is never committed, the network moves to the next
+    primary and goes on committing."""
+    async def body(nodes, clients, chain, liar):
+        blob = os.urandom(300)
+        for c in clients:
+            assert await c.upload(blob, liar, chain) == str(cid_v1_raw(blob))
+        now = int(time.time() * 1000)
+        bad = Tx.build(liar, chain, 2, Write(HR, cid_v1_raw(blob).to_bytes(), len(blob) + 1, 0, now, now + 999))
+        with pytest.raises(ApiError) as refused:  # an honest validator refuses it itself
+            await clients[1].submit(bad.raw)
+        assert refused.value.status == 422 and "size mismatch" in str(refused.value)
+        await clients[0].submit(bad.raw)  # the byzantine primary admits it
+        assert len(await _honest_traffic(nodes, b"ms-")) > 20, "honest traffic stalled behind the lying primary"
+        for c in clients[1:]:
+            try:
+                st = await c.tx(bad.id.hex())
+                assert st["status"] != "committed", st
+            except ApiError as exc:
+                assert exc.status == 404
+            status = await c.status()
+            assert status["consensus"]["view"] >= 1
+            assert status["availability"]["size_mismatch"] >= 1, status["availability"]
+    _with_a_missizer(tmp_path, b"availability missizer", body)
 
 
 def test_honest_primaries_never_propose_a_write_whose_blob_is_not_its_size(tmp_path):
@@ -300,38 +307,21 @@ def test_honest_primaries_never_propose_a_write_whose_blob_is_not_its_size(tmp_p
     honest backup voted for it: the chain stood still (0 commits in 44 s in a review's run). A primary
     now proposes a write only once it holds its blob with the stated size (fetching it first), and
     refuses the write otherwise, so honest traffic goes on and the write's status says why."""
-    nodes = _network(tmp_path, env={0: {"MEDCHAIN_BYZANTINE": "missize"}})
-    liar = Identity.from_seed(b"availability dag-pb missizer")
-    try:
-        async def go():
-            clients = [NodeClient(n.url) for n in nodes]
-            for c in clients:
-                await c.__aenter__()
-            try:
-                chain = (await clients[1].status())["chain_id"]
-                first = Tx.build(liar, chain, 1, Profile("p", "r", "o", bytes(32)))
-                await clients[1].submit(first.raw)
-                assert (await clients[0].wait_committed(first.id.hex(), 30))["code"] == 0
-                blob = os.urandom((1 << 20) + 5000)
-                cid = Cid.parse(await clients[0].upload(blob, liar, chain))  # to the byzantine validator only
-                now = int(time.time() * 1000)
-                bad = Tx.build(liar, chain, 2, Write(HR, cid.to_bytes(), len(blob) + 1, 0, now, now + 999))
-                await clients[0].submit(bad.raw)
-                assert len(await _honest_traffic(nodes, b"dp-")) > 20, "honest traffic stalled behind the write"
-                for c in clients[1:]:
-                    for _ in range(100):
-                        st = await c.tx(bad.id.hex())
-                        if st["status"] == "rejected":
-                            break
-                        await asyncio.sleep(0.1)
-                    assert st["status"] == "rejected" and "size mismatch" in st["reason"], (c.base, st)
-                    # every honest validator checked the bare forward's blob on arrival and refused it: no
-                    # backup held it pending behind an honest primary (each such primary was suspected, in turn)
-                    assert (await c.status())["consensus"]["view"] <= 2
-            finally:
-                for c in clients:
-                    await c.close()
-        run(go())
-    finally:
-        for n in nodes:
-            n.stop()
+    async def body(nodes, clients, chain, liar):
+        blob = os.urandom((1 << 20) + 5000)
+        cid = Cid.parse(await clients[0].upload(blob, liar, chain))  # to the byzantine validator only
+        now = int(time.time() * 1000)
+        bad = Tx.build(liar, chain, 2, Write(HR, cid.to_bytes(), len(blob) + 1, 0, now, now + 999))
+        await clients[0].submit(bad.raw)
+        assert len(await _honest_traffic(nodes, b"dp-")) > 20, "honest traffic stalled behind the write"
+        for c in clients[1:]:
+            for _ in range(100):
+                st = await c.tx(bad.id.hex())
+                if st["status"] == "rejected":
+                    break
+                await asyncio.sleep(0.1)
+            assert st["status"] == "rejected" and "size mismatch" in st["reason"], (c.base, st)
+            # every honest validator checked the bare forward's blob on arrival and refused it: no
+            # backup held it pending behind an honest primary (each such primary was suspected, in turn)
+            assert (await c.status())["consensus"]["view"] <= 2
+    _with_a_missizer(tmp_path, b"availability dag-pb missizer", body)
