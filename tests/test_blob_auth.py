@@ -301,11 +301,16 @@ def test_the_record_of_served_requests_never_drops_one_that_could_be_replayed():
     """Full, the record answers "retry later" (the API's 503) instead of dropping its oldest entry: a
     flood that evicted a captured request let it be served again within the clock skew."""
     seen = SeenRequests(keep_s=60, cap=3)
-    assert [seen.first_use(s, 0) for s in (b"a", b"b", b"c")] == [True, True, True]
-    assert seen.first_use(b"d", 1) is None and seen.retry_s(1) == 60
-    assert seen.first_use(b"a", 59) is False  # still a replay: nothing was dropped for "d"
-    assert seen.first_use(b"d", 60.5) is True  # a, b and c expired at 60
-    assert seen.first_use(b"a", 61) is True and seen.retry_s(61) == 60
+    assert [seen.first_use(s, 0) for s in (b"a", b"b", b"c")] == ["ok", "ok", "ok"]
+    assert seen.first_use(b"d", 1) == "full" and seen.retry_s(1) == 60
+    assert seen.first_use(b"a", 59) == "replay"  # still a replay: nothing was dropped for "d"
+    assert seen.first_use(b"d", 60.5) == "ok"  # a, b and c expired at 60
+    assert seen.first_use(b"a", 61) == "ok" and seen.retry_s(61) == 60
+    # one signer holds at most its share, so it cannot fill the record for everyone
+    per = SeenRequests(keep_s=60, cap=10, per_signer=2)
+    assert [per.first_use(s, 0, b"P") for s in (b"1", b"2", b"3")] == ["ok", "ok", "quota"]
+    assert per.first_use(b"4", 5, b"Q") == "ok" and per.retry_s(5, b"P") == 56 and per.retry_s(5, b"Q") == 61
+    assert per.first_use(b"3", 60.5, b"P") == "ok"  # its first two expired
 
 
 def test_uploads_are_single_use_and_bounded_per_account_within_the_grace(node, genesis):

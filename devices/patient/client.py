@@ -235,6 +235,8 @@ class NodeClient:
         out = await self.get_json(f"/v1/patients/{patient.hex()}/data", **query)
         while out.get("next"):
             page = await self.get_json(f"/v1/patients/{patient.hex()}/data", **{**query, "after": out["next"]})
+            if page.get("next") is not None and page["next"] <= out["next"]:  # index keys only grow
+                raise ApiError(502, f"{self.base} answered a data page cursor that does not advance")
             out = {**page, "data": out["data"] + page["data"]}
         out.pop("next", None)  # the whole index: no cursor left
         return out

@@ -51,14 +51,14 @@ async def post_blob(req: web.Request) -> web.Response:
     if over is not None:  # unpinned uploads stay for the grace: their bytes are bounded, per account and in all
         status, why, wait = over
         return err(status, why, {"Retry-After": retry_after(wait)})
-    # one sender token per started MiB: an upload costs its patient's rate like a transaction
-    wait = v.mempool.charge(uploader, now, 1 + len(data) // (1024 * 1024))
-    if wait > 0:
-        return err(429, f"rate limited: sender exceeds {v.params.sender_rate:g} tx/s",
-                    {"Retry-After": retry_after(wait)})
-    refused = first_use(req, "upload")
+    refused = first_use(req, "upload")  # before the rate is charged: a replay costs its signer nothing
     if refused is not None:
         return refused
+    # one sender token per started MiB: an upload costs its patient's rate like a transaction
+    wait = v.mempool.charge(uploader, now, 1 + len(data) // (1024 * 1024))
+    if wait > 0:  # the client signs its retry anew (this signature counts as used)
+        return err(429, f"rate limited: sender exceeds {v.params.sender_rate:g} tx/s",
+                    {"Retry-After": retry_after(wait)})
     budget.take(uploader, len(data), now)
     # UnixFS, Helia's defaults (<= 1 MiB is one raw block), group-committed off the event loop
     try:

@@ -30,24 +30,37 @@ class SeenRequests:
     dropped early: flooding the record to evict a captured request would let it be replayed). Only
     authorised requests are recorded (the caller asks once it has checked the request)."""
 
-    def __init__(self, keep_s: float, cap: int = 200_000) -> None:
-        self.keep_s, self.cap = keep_s, cap
-        self._seen: OrderedDict[bytes, float] = OrderedDict()
+    def __init__(self, keep_s: float, cap: int = 200_000, per_signer: int = 20_000) -> None:
+        self.keep_s, self.cap, self.per_signer = keep_s, cap, per_signer
+        self._seen: OrderedDict[bytes, tuple[float, bytes]] = OrderedDict()  # sig -> (expiry, signer)
+        self._by: dict[bytes, int] = {}  # entries per signer: one signer cannot fill the record alone
 
-    def first_use(self, sig: bytes, now: float) -> bool | None:
-        """True the first time, False for a replay, None while the record is full (retry later)."""
-        while self._seen and next(iter(self._seen.values())) < now:
-            self._seen.popitem(last=False)
+    def first_use(self, sig: bytes, now: float, signer: bytes = b"") -> str:
+        """"ok" the first time, "replay", "full" while the record is (retry later), or "quota" while
+        this signer holds its share of it."""
+        while self._seen and next(iter(self._seen.values()))[0] < now:
+            _, (_, who) = self._seen.popitem(last=False)
+            left = self._by[who] - 1
+            if left:
+                self._by[who] = left
+            else:
+                del self._by[who]
         if sig in self._seen:
-            return False
+            return "replay"
+        if self._by.get(signer, 0) >= self.per_signer:
+            return "quota"
         if len(self._seen) >= self.cap:
-            return None
-        self._seen[sig] = now + self.keep_s
-        return True
+            return "full"
+        self._seen[sig] = (now + self.keep_s, signer)
+        self._by[signer] = self._by.get(signer, 0) + 1
+        return "ok"
 
-    def retry_s(self, now: float) -> int:
-        """Seconds until the oldest entry expires (a full record's Retry-After)."""
-        return max(1, int(next(iter(self._seen.values())) - now) + 1) if self._seen else 1
+    def retry_s(self, now: float, signer: bytes | None = None) -> int:
+        """Seconds until the oldest entry (of `signer`, if given) expires: a refusal's Retry-After."""
+        for expiry, who in self._seen.values():
+            if signer is None or who == signer:
+                return max(1, int(expiry - now) + 1)
+        return 1
 
 
 MIB = 1024 * 1024
@@ -184,10 +197,14 @@ def first_use(req: web.Request, what: str) -> web.Response | None:
     replay, 503 while the record of served requests is full. No await since the caller's checks:
     two copies of one request cannot both pass."""
     seen, now = req.app[SEEN], time.monotonic()
-    first = seen.first_use(bytes.fromhex(req.headers["X-Medchain-Signature"]), now)
-    if first is None:
+    signer = bytes.fromhex(req.headers["X-Medchain-Pubkey"])
+    first = seen.first_use(bytes.fromhex(req.headers["X-Medchain-Signature"]), now, signer)
+    if first == "full":
         return err(503, f"too many signed {what}s served lately to tell this one from a replay: retry later",
                    {"Retry-After": str(seen.retry_s(now))})
-    if not first:
+    if first == "quota":
+        return err(429, f"too many signed {what}s of this key served lately: retry later",
+                   {"Retry-After": str(seen.retry_s(now, signer))})
+    if first == "replay":
         return err(401, f"this signed {what} was used already: sign a new one")
     return None
