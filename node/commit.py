@@ -29,6 +29,7 @@ from node.replication import Replicator
 from node.sidecar import SidecarCache
 from node.state import CODES, OK, Code
 from node.tx import KIND_WRITE
+from node.uploads import UploadBudget
 
 Run = Callable[..., Awaitable[Any]]  # runs blocking work in the ledger worker thread
 # Committed blocks kept decoded with their transaction tree, for the status polls that follow a
@@ -50,10 +51,13 @@ class Commit:
         self._height_waiters: dict[int, list[asyncio.Future]] = {}
         self._recent: dict[int, tuple[Block, merkle.Tree, int]] = {}  # height -> block, tree, bytes
         self._recent_bytes = 0
+        self.uploads: UploadBudget | None = None  # the validator's, told what each block pinned
 
     async def commit(self, block: Block, ex: Executed) -> None:
         roots, sidecars = self.blobs_of(ex)
         stored, wanted = await self._run(self.write, block, ex, sidecars, roots)
+        if self.uploads is not None:
+            self.uploads.pinned(r.multihash for r in roots)  # pinned by the chain: off the upload budget
         in_block = {t.id for t in ex.txs}
         for t in self.mempool.remove([t for t, c in zip(ex.txs, ex.codes, strict=True) if c != Code.BAD_NONCE]):  # a nonce gap may close: keep those
             if t.id not in in_block:  # accepted (202) here: its client polls for a status, not a 404

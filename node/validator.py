@@ -63,6 +63,7 @@ from node.sidecar import (
 from node.sync import THRESHOLD as SYNC_THRESHOLD
 from node.sync import StateSync
 from node.tx import KIND_WRITE, Tx
+from node.uploads import UploadBudget
 from node.verify import refuse_unless_certified_state
 from node.wire import WireError
 
@@ -121,8 +122,10 @@ class Validator:
         # blocks executed on an uncommitted tip, and the worker thread all blocking work runs on
         self.pipeline = Pipeline(self.chain_id, self.ledger, self.admission, self.mempool, self.chain_clock,
                                  self.genesis.rules)
+        self.uploads = UploadBudget.for_params(self.params.upload_grace_s, self.params.max_blob_bytes)
         self.committer = Commit(self.ledger, self.blobs, self.mempool, self.admission, self.sidecars,
                                 self.replicator, self.metrics, self.pipeline.run)
+        self.committer.uploads = self.uploads
         self.replica = self._new_replica()
         self._inbox: asyncio.Queue = asyncio.Queue()
         self._inbox_bytes = 0  # of the peers' frames in it (INBOX_MAX_BYTES)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 
 import aiohttp
@@ -20,7 +21,7 @@ from devices.patient.phone import Phone
 from devices.patient.staff import Staff
 from devices.wearable.wearables import make_wearable
 from node.api import blobs
-from node.api.common import SeenRequests, UploadBudget
+from node.api.common import SeenRequests
 from node.crypto.ecdsa import sha256
 from node.crypto.keys import Identity
 from node.execution import build_block
@@ -31,6 +32,7 @@ from node.state.machine import BREAK_GLASS_ACCESS_MS, BREAK_GLASS_LIMIT
 from node.tx import DATA_TYPES, Grant, Policy, Profile, Read, Tx, Write
 from node.tx.credential import issue
 from node.tx.requests import blob_request_digest, blob_upload_digest
+from node.uploads import UploadBudget
 from node.validator import Validator
 from node.wire import encode
 from tests.conftest import run, running_network
@@ -336,13 +338,22 @@ def test_uploads_are_single_use_and_bounded_per_account_within_the_grace(node, g
             big = genesis.params.max_blob_bytes
             budget = max(64 << 20, 32 * big)
             stored = len(data)
+            last = b""
             for k in range(budget // big):
                 status, body = await _put_blob(c, who, chain, k.to_bytes(4, "big") * (big // 4), int(time.time() * 1000))
                 if status != 201:
                     break
-                stored += big
+                stored, last = stored + big, body
             assert status == 429 and "upload budget: at most 64 MiB of uploads per account" in body, (status, body)
             assert budget - big < stored <= budget
+            # a write that names an upload pins it: its bytes are the chain's, and the account may upload again
+            cid = Cid.parse(json.loads(last)["cid"])
+            now = int(time.time() * 1000)
+            pin = Tx.build(who, chain, 2, Write(HR, cid.to_bytes(), big, 0, now, now + 1))
+            await c.submit(pin.raw)
+            assert (await c.wait_committed(pin.id.hex()))["code"] == 0
+            again = (b"after the pin" * (big // 13 + 1))[:big]  # as large as the one refused
+            assert (await _put_blob(c, who, chain, again, int(time.time() * 1000)))[0] == 201
             other = Identity.from_seed(b"upload budget, another account")
             first = Tx.build(other, chain, 1, Profile("o", "patient", "", other.box_public))
             await c.submit(first.raw)
@@ -353,17 +364,25 @@ def test_uploads_are_single_use_and_bounded_per_account_within_the_grace(node, g
 
 
 def test_the_upload_budget_counts_bytes_per_account_and_in_all_within_its_window():
+    """Uploads count per account and in all until a write pins them or the grace ends (an upload of
+    the same blob again is counted once); each counts at least 4 KiB."""
     b = UploadBudget(window_s=10, per_account=10_240, total=25_000)
     a, c, d = b"a" * 32, b"c" * 32, b"d" * 32
     assert b.refusal(a, 6000, 0) is None
-    b.take(a, 6000, 0)
+    b.take(a, 6000, 0, b"r1")
+    b.take(a, 6000, 0.5, b"r1")  # the same blob again: counted once
     assert b.refusal(a, 4000, 1) is None and b.refusal(a, 4241, 1)[:1] == (429,)
-    b.take(a, 4000, 2)  # counted as UPLOAD_MIN_CHARGE (4,096): 10,096 in all
+    b.take(a, 4000, 2, b"r2")  # counted as 4,096: 10,096 in all
     status, why, wait = b.refusal(a, 1, 3)
     assert status == 429 and wait == 7 and "per account" in why  # its oldest leaves the window at 10
-    b.take(c, 9000, 3)
+    b.take(c, 9000, 3, b"r3")
     status, why, wait = b.refusal(d, 5905, 4)  # 19,096 + 5,905 > 25,000 in all
     assert status == 503 and wait == 6 and "retry later" in why
     assert b.refusal(d, 5904, 4) is None
-    assert b.refusal(a, 6000, 10) is None and b.bytes == 13_096  # the first upload left the window
-    assert b.refusal(a, 6001, 12) is None and b.bytes == 9000  # and the second
+    b.pinned([b"r1", b"unknown"])  # a committed write named r1: it is the chain's now
+    assert b.bytes == 13_096 and b.refusal(a, 6000, 4) is None
+    assert b.refusal(a, 6145, 4)[:1] == (429,)
+    assert b.refusal(a, 6001, 12) is None and b.bytes == 9000  # r2 left the window
+    b.pinned([b"r3"])
+    assert b.bytes == 0 and b.refusal(d, 10_240, 20) is None
+    assert b.refusal(d, 10_241, 20) == (429, b.refusal(d, 10_241, 20)[1], 10)  # more than an account's all

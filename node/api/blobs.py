@@ -9,7 +9,6 @@ from aiohttp import web
 
 from node import clock
 from node.api.common import (
-    UPLOADS,
     err,
     first_use,
     read_body,
@@ -46,7 +45,7 @@ async def post_blob(req: web.Request) -> web.Response:
     if v.committed_nonce(uploader) == 0:
         return err(403, "uploads are for accounts with a committed transaction: send small blobs as sidecars")
     now = time.monotonic()
-    budget = req.app[UPLOADS]
+    budget = v.uploads
     over = budget.refusal(uploader, len(data), now)
     if over is not None:  # unpinned uploads stay for the grace: their bytes are bounded, per account and in all
         status, why, wait = over
@@ -59,12 +58,12 @@ async def post_blob(req: web.Request) -> web.Response:
     if wait > 0:  # the client signs its retry anew (this signature counts as used)
         return err(429, f"rate limited: sender exceeds {v.params.sender_rate:g} tx/s",
                     {"Retry-After": retry_after(wait)})
-    budget.take(uploader, len(data), now)
     # UnixFS, Helia's defaults (<= 1 MiB is one raw block), group-committed off the event loop
     try:
         cid, blocks = await v.blob_writer.put(data)
     except Exception as exc:
         raise v.disk.refusal("storing an upload", exc) from exc
+    budget.take(uploader, len(data), time.monotonic(), cid.multihash)  # until a write pins it, or the grace ends
     v.replicator.stored(blocks)
     v.metrics.blobs.set(v.blobs.count())
     return web.json_response({"cid": str(cid), "size": len(data)}, status=201)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 
 from aiohttp import web
@@ -63,56 +63,9 @@ class SeenRequests:
         return 1
 
 
-MIB = 1024 * 1024
-GIB = 1024 * MIB
-UPLOAD_MIN_CHARGE = 4096  # an upload counts at least this: the log's entries are bounded by the total too
-
-
-class UploadBudget:
-    """Bytes of standalone uploads taken within the last `window_s` (the collection grace: an upload
-    no write pins stays on disk that long), per uploading account and in all. Without it one account
-    stored ~113 MB/s, as fast as its sender rate let it, and could fill a validator's disk."""
-
-    def __init__(self, window_s: float, per_account: int, total: int) -> None:
-        self.window_s, self.per_account, self.total = window_s, per_account, total
-        self._log: deque[tuple[float, bytes, int]] = deque()
-        self._by: dict[bytes, int] = {}
-        self.bytes = 0
-
-    def _expire(self, now: float) -> None:
-        while self._log and self._log[0][0] + self.window_s <= now:
-            _, who, n = self._log.popleft()
-            left = self._by[who] - n
-            if left:
-                self._by[who] = left
-            else:
-                del self._by[who]
-            self.bytes -= n
-
-    def refusal(self, who: bytes, size: int, now: float) -> tuple[int, str, float] | None:
-        """None if `who` may upload `size` bytes now; else (status, reason, seconds to wait)."""
-        self._expire(now)
-        n = max(size, UPLOAD_MIN_CHARGE)
-        if self._by.get(who, 0) + n > self.per_account:
-            first = next(t for t, w, _ in self._log if w == who)
-            return 429, (f"upload budget: at most {self.per_account // MIB} MiB of uploads per account within "
-                         f"{self.window_s:.0f} s (what no write names is collected after that)"), first + self.window_s - now
-        if self.bytes + n > self.total:
-            return 503, (f"upload budget: this validator holds {self.total // MIB} MiB of recent uploads, "
-                         "not yet collected: retry later"), self._log[0][0] + self.window_s - now
-        return None
-
-    def take(self, who: bytes, size: int, now: float) -> None:
-        n = max(size, UPLOAD_MIN_CHARGE)
-        self._log.append((now, who, n))
-        self._by[who] = self._by.get(who, 0) + n
-        self.bytes += n
-
-
 VALIDATOR = web.AppKey("validator", Validator)
 LIMITS = web.AppKey("limits", Limits)
 SEEN = web.AppKey("seen_requests", SeenRequests)
-UPLOADS = web.AppKey("upload_budget", UploadBudget)
 
 
 def validator(req: web.Request) -> Validator:

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from node.api import blobs, chain, health, patients, submit
-from node.api.common import GIB, LIMITS, MIB, SEEN, UPLOADS, VALIDATOR, SeenRequests, UploadBudget, err, retry_after
+from node.api.common import LIMITS, SEEN, VALIDATOR, SeenRequests, err, retry_after
 from node.api.limits import Limits, cap_connections, serve_kwargs
 from node.api.submit import MAX_BATCH_TXS
 from node.mempool import KeyedLimiter
@@ -35,9 +35,6 @@ def make_app(v: Validator) -> web.Application:
     app = web.Application(client_max_size=v.params.max_blob_bytes + 4096)
     app[VALIDATOR] = v
     app[SEEN] = SeenRequests(2 * v.params.request_skew_ms / 1000)
-    # at least 32 of the largest uploads per account, and 16 accounts' worth in all
-    per_account = max(64 * MIB, 32 * v.params.max_blob_bytes)
-    app[UPLOADS] = UploadBudget(v.params.upload_grace_s, per_account, max(GIB, 16 * per_account))
     app[health.SERVICE] = health.ServiceState()
 
     @web.middleware
