@@ -210,8 +210,8 @@ class Down(CheckpointServer):
 def test_a_peer_dripping_valid_chunks_is_dropped_as_too_slow_and_asked_last(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("MEDCHAIN_STATE_SYNC_BLOCKS", "10")
     monkeypatch.setattr(statesync.random, "shuffle", lambda xs: None)  # peers in order: 1, 2, 3
-    monkeypatch.setattr(statesync, "TIMEOUT_S", 0.05)  # the grace before the rate counts
-    monkeypatch.setattr(statesync, "MIN_RATE", 1 << 20)  # in-process, an honest peer sends far more
+    monkeypatch.setattr(statesync, "TIMEOUT_S", 0.2)  # the grace before the rate counts
+    monkeypatch.setattr(statesync, "MIN_RATE", 256 << 10)  # the drip sends < 100 KB/s, an honest peer MB/s
     state = make_state(3000)
     good = certified(state)
     drip = Drip(serving_ledger(tmp_path / "drip", good, state))
@@ -221,7 +221,7 @@ def test_a_peer_dripping_valid_chunks_is_dropped_as_too_slow_and_asked_last(tmp_
     client = CheckpointClient(v)
     assert not asyncio.run(client.run())
     assert "the transfer is too slow" in client.stats["last_error"] and client.stats["failures"] == 1
-    assert 3 <= client.stats["chunks"] < 3000 and down.asked == 2
+    assert client.stats["chunks"] < 3000 and down.asked == 2  # dropped long before its end
     assert not client.due() and v.ledger.head().height == 0
     servers["peer3"] = honest  # the next round asks peers 2 and 3 before the one that failed
     client._next_try = 0

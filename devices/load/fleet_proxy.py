@@ -135,6 +135,7 @@ class ProxyLanes:
                 self.submitted += timed
                 self.drain_submitted += len(batch) - timed
                 back, wait, held, pause = [], 0.0, set(), whole
+                resign: list[Meta] = []
                 for m, r in zip(batch, res, strict=True):
                     st = r["status"]
                     if st == 202:
@@ -164,8 +165,18 @@ class ProxyLanes:
                         self._for_now(m)
                         wait = max(wait, float(r.get("retry_after") or 1.0))
                         pause = True
+                    elif st == 409 and "nonce" in str(r.get("error", "")) and m.tries < 5:
+                        # signed behind a read of its staff member refused for good (a revoke came first):
+                        # its nonce was never taken, so it is signed again from the one expected next
+                        m.tries += 1
+                        self.conflicts_resent += 1
+                        self._reason(self.conflicts, r)
+                        resign.append(m)
                     else:
                         self._refused(m, r)
+                if resign:
+                    self.staff_resync = True
+                    self._spawn(self._requeue(resign, 0.0))
                 if back:
                     again = self._hold_back(v, back)
                     if pause:
