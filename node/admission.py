@@ -54,6 +54,11 @@ _REFUSED_FOR_NOW_CACHE = 1 << 15  # senders whose nonce was refused for now (bou
 REFORWARD_S = 5.0  # well above a healthy p99 commit latency: only stranded transactions are resent
 
 
+def size_mismatch(cid: Cid, held: int, stated: int) -> str:
+    """Why a write is refused whose blob, held here, is not the size it states."""
+    return f"size mismatch: blob {cid} is {held} bytes, transaction says {stated}"
+
+
 class Admission:
     def __init__(self, chain_id: str, ledger: Ledger, blobs: BlockStore, mempool: Mempool, metrics: Metrics,
                  backlog: Backlog, rules: Rules = NO_ISSUERS) -> None:
@@ -286,7 +291,7 @@ class Admission:
         if cid.codec == CODEC_RAW and size is None:
             raise AdmissionError(Refusal.UNPROCESSABLE, "blob not held: a forwarded write of one raw block must carry its sidecar")
         if size is not None and size != tx.body.size:  # else an honest primary would propose a write no one votes for
-            raise AdmissionError(Refusal.UNPROCESSABLE, f"size mismatch: blob {cid} is {size} bytes, transaction says {tx.body.size}")
+            raise AdmissionError(Refusal.UNPROCESSABLE, size_mismatch(cid, size, tx.body.size))
 
     def _held_blob(self, tx: Tx) -> bytes | None:
         """A write without a sidecar: its blob must be held here with the size the write states.
@@ -297,7 +302,7 @@ class Admission:
             raise AdmissionError(Refusal.UNPROCESSABLE, f"blob not held: send the ciphertext as the write's sidecar, or upload "
                                       f"{cid} (POST /v1/blobs) to this validator first")
         if size != tx.body.size and self.check_held_size:
-            raise AdmissionError(Refusal.UNPROCESSABLE, f"size mismatch: blob {cid} is {size} bytes, transaction says {tx.body.size}")
+            raise AdmissionError(Refusal.UNPROCESSABLE, size_mismatch(cid, size, tx.body.size))
         if cid.codec == CODEC_RAW and size <= SIDECAR_MAX:
             return self.blobs.get(cid)
         return None

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 from node import clock, faults, storage
-from node.admission import REFORWARD_S, Admission
+from node.admission import REFORWARD_S, Admission, size_mismatch
 from node.availability import FETCH_TIMEOUT_S, AvailabilityGate, SizeMismatch
 from node.backlog import Backlog
 from node.block import TX_FRAMING, TXS_MAX_BYTES, Block
@@ -544,7 +544,7 @@ class Validator:
                     if size is None:
                         self._check_blob(t)
                     else:
-                        self._withdraw(t, f"size mismatch: blob {t.body.root} is {size} bytes, transaction says {t.body.size}")
+                        self._withdraw(t, size_mismatch(t.body.root, size, t.body.size))
                     continue
             out.append(t)
         return out
@@ -562,7 +562,7 @@ class Validator:
                 if not got or size is None:
                     self._withdraw(t, f"blob not held: {t.body.root} is held by no reachable validator")
                 elif size != t.body.size:
-                    self._withdraw(t, f"size mismatch: blob {t.body.root} is {size} bytes, transaction says {t.body.size}")
+                    self._withdraw(t, size_mismatch(t.body.root, size, t.body.size))
             finally:
                 self._blob_checks.pop(t.id, None)
                 self._wake.set()
