@@ -76,6 +76,10 @@ class LyingProxy:
             st = json.loads(out)
             st["code"] = 1 - st.get("code", 0)  # "your write failed" (or "it was applied")
             out = json.dumps(st).encode()
+        if self.mode == "head" and req.path == "/v1/head" and status == 200:
+            st = json.loads(out)
+            st["height"] = 10**6  # "the chain is far ahead of what the others serve"
+            out = json.dumps(st).encode()
         if req.path == "/v1/proofs" and status == 200:
             out = self.rewrite(body, out)
         if self.mode == "blob" and req.method == "GET" and req.path.startswith("/v1/blobs/") and status == 200:
@@ -264,8 +268,29 @@ def test_every_client_refuses_a_lying_validator(tmp_path):
             # before, the check was skipped and any certified old state taken), then for the lie itself
             proxy.mode = "x25519"
             alone = VerifiedReader([proxy.url], chain, vals)
-            with pytest.raises(NoHonestAnswer, match=rf"1 of the validators asked \({proxy.url}\) reported"):
+            with pytest.raises(NoHonestAnswer, match=rf"1 distinct validators of those asked \({proxy.url}\) reported"):
                 await alone.account(doc.address)
+            # ...and so with the same validator at two addresses: its signed head heights count once
+            # (counted by address, the liar passed for f+1 and the second address answered)
+            twin = LyingProxy(nodes[0].url)
+            await twin.start()
+            try:
+                two = VerifiedReader([proxy.url, twin.url], chain, vals)
+                with pytest.raises(NoHonestAnswer, match="1 distinct validators"):
+                    await two.account(doc.address)
+                await two.close()
+            finally:
+                await twin.stop()
+            # a head height rewritten on its way (or signed by a key outside the genesis) is not counted
+            proxy.mode = "head"
+            r = VerifiedReader([proxy.url, *honest[:1]], chain, vals)
+            with pytest.raises(NoHonestAnswer, match="1 distinct validators"):
+                await r.account(doc.address)
+            r = VerifiedReader([proxy.url, *honest], chain, vals)
+            assert (await r.account(pat.address))["epochs"]["heart_rate"] == 1
+            assert r.min_height < 10**6
+            await r.close()
+            proxy.mode = "x25519"
             alone._fresh = True  # as if f+1 had reported their heights
             with pytest.raises(NoHonestAnswer, match=f"{proxy.url} lied or is stale: .*certified state root"):
                 await alone.account(doc.address)

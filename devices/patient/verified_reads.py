@@ -4,7 +4,8 @@ against the state root of a block whose commit certificate carries 2f+1 valid si
 genesis validators. A validator whose answer does not check is named and the next one is asked.
 
 Also refused: a header older than one the client has already seen or committed in, or than the
-(f+1)-th highest head height the validators report when the reader starts (a stale header), and
+(f+1)-th highest head height that distinct validators report, signed, when the reader starts
+(a stale header), and
 any answer a caller's own record contradicts (`check`). Lists are committed as a
 count plus indexed entries, so every entry below the proven count is fetched with its proof.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,12 +25,14 @@ import aiohttp
 
 from node.api.shapes import audit_entry, data_entry, grant_entry, profile_entry, sealed_entry
 from node.block import max_faulty
+from node.crypto import ecdsa
 from node.crypto.keys import address_of
 from node.proof import Values, check_bundle
 from node.state import keys
 from node.state.records import AuditRec, BlobRec, GrantRec, PolicyRec, ProfileRec, Receipt
 from node.tx import data_type_name
 from node.tx.model import DATA_TYPES
+from node.tx.requests import NONCE_BYTES, head_digest
 from node.wire import decode, encode
 
 log = logging.getLogger("medchain.verified")
@@ -76,26 +80,42 @@ class VerifiedReader:
             return await resp.read()
 
     async def _freshness(self) -> None:
-        """Before the first read: raise min_height to the (f+1)-th highest head height the validators
-        report, a height at least one honest validator has reached, so a validator cannot serve an
-        old (validly certified) state to a client that has seen nothing newer. f liars cannot raise it
-        past every honest validator (they can only lower it while fewer than f+1 honest ones answer).
-        With fewer than f+1 answers nothing tells a fresh state from an old one: NoHonestAnswer, and
-        the next read asks again."""
+        """Before the first read: raise min_height to the (f+1)-th highest head height that distinct
+        genesis validators report, each signing it over this reader's fresh nonce (`GET /v1/head`):
+        a height at least one honest validator has reached, so a validator cannot serve an old
+        (validly certified) state to a client that has seen nothing newer. f liars cannot raise it
+        past every honest validator, and one validator reached at several addresses counts once
+        (counting addresses let a liar at two of them pass for f+1). With fewer than f+1
+        validators' reports nothing tells a fresh state from an old one: NoHonestAnswer, and the
+        next read asks again."""
         f = max_faulty(len(self.validators))
+        genesis = set(self.validators)
 
-        async def height(url: str) -> int | None:
+        async def report(url: str) -> tuple[bytes, int] | None:
+            nonce = os.urandom(NONCE_BYTES)
             try:
-                async with self.session.get(url + "/v1/status", timeout=aiohttp.ClientTimeout(total=5)) as r:
-                    return int((await r.json())["height"]) if r.status == 200 else None
+                async with self.session.get(url + "/v1/head", params={"nonce": nonce.hex()},
+                                            timeout=aiohttp.ClientTimeout(total=5)) as r:
+                    if r.status != 200:
+                        return None
+                    a = await r.json()
+                who, height, sig = bytes.fromhex(a["validator"]), a["height"], bytes.fromhex(a["signature"])
             except (TimeoutError, aiohttp.ClientError, OSError, ValueError, KeyError, TypeError):
                 return None
-        hs = sorted((h for h in await asyncio.gather(*(height(u) for u in self.urls)) if h is not None),
-                    reverse=True)
-        if len(hs) <= f:
-            raise NoHonestAnswer([f"{len(hs)} of the validators asked ({', '.join(self.urls)}) reported their height; "
-                                  f"{f + 1} must, so that an old state cannot pass for the current one"])
-        self.saw_height(hs[f])
+            if (who not in genesis or type(height) is not int or height < 0
+                    or not ecdsa.verify(who, head_digest(self.chain_id, who, nonce, height), sig)):
+                log.warning("validator %s sent a head height that does not verify", url)
+                return None
+            return who, height
+        heights: dict[bytes, int] = {}
+        for got in await asyncio.gather(*(report(u) for u in self.urls)):
+            if got is not None:
+                heights[got[0]] = max(heights.get(got[0], 0), got[1])
+        if len(heights) <= f:
+            raise NoHonestAnswer([f"{len(heights)} distinct validators of those asked ({', '.join(self.urls)}) "
+                                  f"reported a signed head height; {f + 1} must, so that an old state cannot "
+                                  "pass for the current one"])
+        self.saw_height(sorted(heights.values(), reverse=True)[f])
         self._fresh = True
 
     async def fetch(self, state_keys: list[bytes], check: Callable[[Values], None] | None = None) -> Values:

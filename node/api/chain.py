@@ -20,6 +20,7 @@ from node.crypto.batch import backend_name
 from node.ipfs.cid import CidError
 from node.state import keys
 from node.tx import KIND_WRITE, Tx
+from node.tx.requests import NONCE_BYTES, head_digest
 from node.validator import Validator
 from node.wire import WireError, decode
 
@@ -44,6 +45,19 @@ async def status(req: web.Request) -> web.Response:
         "consensus": v.consensus_status(), "storage": v.disk.status(),
         "base_height": v.ledger.base_height(), "state_transfer": v.sync.checkpoint_stats,
     })
+
+
+@routes.get("/v1/head")
+async def head(req: web.Request) -> web.Response:
+    """This validator's head height, signed with its validator key over the client's nonce
+    (docs/PROTOCOL.md 5, "Proofs in the API"): a client tells f+1 distinct validators' reports apart
+    from one validator reached at several addresses."""
+    v = validator(req)
+    nonce = hex_param(req.query.get("nonce", ""), NONCE_BYTES, "nonce")
+    height = v.ledger.head().height
+    me = v.identity.public_key
+    sig = v.identity.sign(head_digest(v.chain_id, me, nonce, height))
+    return web.json_response({"height": height, "validator": me.hex(), "nonce": nonce.hex(), "signature": sig.hex()})
 
 
 @routes.get("/v1/genesis")

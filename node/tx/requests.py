@@ -23,3 +23,15 @@ def blob_upload_digest(chain_id: str, validator: bytes, blob_sha256: bytes, size
     upload is sent to), SHA-256 of the blob, its size, time_ms]: a captured upload is stored once,
     by that validator only (a replay cannot spend its signer's rate and upload budget)."""
     return ecdsa.sha256(encode([BLOB_PUT_DOMAIN, chain_id, validator, blob_sha256, size, time_ms]))
+
+
+HEAD_DOMAIN = "medchain/head/v1"
+NONCE_BYTES = 16
+
+
+def head_digest(chain_id: str, validator: bytes, nonce: bytes, height: int) -> bytes:
+    """SHA-256 of the canonical [domain, chain_id, validator (its public key), nonce (the client's,
+    fresh), height]: a validator's signed word that its head was `height` when asked, so a client
+    counts each validator's report once however many addresses reach it, and a report cannot be
+    replayed to another client."""
+    return ecdsa.sha256(encode([HEAD_DOMAIN, chain_id, validator, nonce, height]))

@@ -21,12 +21,13 @@ from node.tx.credential import issue
 from node.validator import Validator
 
 ROUTES = [
-    ("GET", "/v1/status"), ("GET", "/v1/genesis"), ("GET", "/metrics"), ("POST", "/v1/tx"), ("POST", "/v1/txs"),
+    ("GET", "/v1/status"), ("GET", "/v1/head"), ("GET", "/v1/genesis"), ("GET", "/metrics"), ("POST", "/v1/tx"),
+    ("POST", "/v1/txs"),
     ("GET", "/v1/tx/{}"), ("GET", "/v1/blocks/{}"), ("POST", "/v1/blobs"), ("GET", "/v1/blobs/{}"),
     ("GET", "/v1/accounts/{}"), ("GET", "/v1/patients/{}/audit"), ("GET", "/v1/patients/{}/grants"),
     ("GET", "/v1/patients/{}/keys/{}"), ("GET", "/v1/patients/{}/data"), ("GET", "/{}"), ("PUT", "/v1/tx"),
 ]
-QUERY_KEYS = ["format", "type", "from", "to", "limit", "wait", "x"]
+QUERY_KEYS = ["format", "type", "from", "to", "limit", "wait", "nonce", "x"]
 HEADERS = ["X-Medchain-Pubkey", "X-Medchain-Time", "X-Medchain-Signature", "X-Medchain-Read", "Content-Type"]
 
 
