@@ -29,6 +29,7 @@ behind replays too (cheaper than moving the state).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -75,6 +76,11 @@ RETRY_S = 5.0  # after every peer failed, before the next round
 # byzantine peer that answers just in time with a few valid pairs cannot hold catch-up for ever.
 MIN_RATE = 128 * 1024  # bytes per second
 TRANSFER_MAX_S = 1800.0
+# the installer process (node/snapshot.py install_main) gets this long, plus a second per INSTALL_RATE
+# bytes of the transfer file, before it is killed: the replica waits for it, paused
+INSTALLER = (sys.executable, "-m", "node.snapshot")
+INSTALL_TIMEOUT_S = 300.0
+INSTALL_RATE = 4 * 1024 * 1024  # bytes per second
 TRANSFER_FILE = "state-transfer.snapshot"  # in the home, while a transfer is fetched and installed
 
 
@@ -361,15 +367,28 @@ class CheckpointClient:
         whole state here. CheckpointError if it fails (the state does not prove, the disk is full)."""
         v = self.v
         installed: list[bool] = []
+        budget = INSTALL_TIMEOUT_S + path.stat().st_size / INSTALL_RATE
 
         async def step() -> None:
             if v.ledger.head().height >= cp.height:
                 installed.append(False)  # blocks got us there meanwhile: keep replaying
                 return
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "node.snapshot", str(v.home), str(path),
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-            out, err = await proc.communicate()
+                *INSTALLER, str(v.home), str(path), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            try:
+                out, err = await asyncio.wait_for(proc.communicate(), budget)
+            except BaseException as exc:
+                # too slow, or the validator stops: kill it rather than leave the replica paused for
+                # it (its LMDB transaction dies with it: the writer lock is robust)
+                with contextlib.suppress(ProcessLookupError):  # it may have just exited
+                    proc.kill()
+                await proc.wait()
+                v.ledger.invalidate_reads()
+                if v.ledger.base_height() == cp.height:  # killed between its commit and its exit
+                    await v.rebuild_from_disk()
+                if isinstance(exc, TimeoutError):
+                    raise CheckpointError(f"the installer did not finish within {budget:.0f} s: killed") from None
+                raise
             v.ledger.invalidate_reads()  # another process wrote: cached read transactions are stale
             if proc.returncode != 0:
                 why = err.decode(errors="replace").strip().splitlines()
@@ -380,7 +399,8 @@ class CheckpointClient:
             await v.rebuild_from_disk()
             installed.append(True)
 
-        await asyncio.wait_for(v.in_consensus(step), 300)  # raises what the step raised
+        # the outer bound adds the wait for the consensus task's turn
+        await asyncio.wait_for(v.in_consensus(step), budget + INSTALL_TIMEOUT_S)  # raises what the step raised
         ok = installed[0]
         if ok:
             self.stats["installed_height"] = cp.height

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -404,3 +405,32 @@ def test_transactions_are_located_by_their_receipts_and_one_below_the_base_is_kn
             assert snap.has_tx(old) and snap.has_tx(at) and not snap.has_tx(os.urandom(32))
     finally:
         led.close()
+
+
+def test_an_installer_past_its_time_is_killed_and_nothing_is_installed(tmp_path: Path, monkeypatch) -> None:
+    """The replica waits, paused, for the installer process: one that hangs (a slow disk, a bug) is
+    killed after its budget and the transfer counts as failed, instead of holding the validator."""
+    monkeypatch.setenv("MEDCHAIN_STATE_SYNC_BLOCKS", "10")
+    marker = f"medchain-hung-installer-{os.getpid()}-{id(tmp_path)}"
+    monkeypatch.setattr(statesync, "INSTALLER", (sys.executable, "-c", f"import time; time.sleep(600)  # {marker}"))
+    monkeypatch.setattr(statesync, "INSTALL_TIMEOUT_S", 1.0)
+    state = make_state(2000)
+    honest = CheckpointServer(serving_ledger(tmp_path / "honest", certified(state), state))
+    v = validator_host(tmp_path, {f"peer{j}": honest for j in (1, 2, 3)})
+    client = CheckpointClient(v)
+    assert not asyncio.run(client.run())
+    assert "did not finish within" in client.stats["last_error"], client.stats
+    assert client.stats["failures"] == 3  # each peer's, each installer killed
+    running = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_has(p, marker)]
+    assert not running, "the installer outlived its budget"
+    assert v.ledger.head().height == 0 and not list(v.ledger.iter_state())
+    assert sorted(p.name for p in v.home.iterdir()) == ["genesis.json", "ledger"]
+    honest.close()
+    honest.ledger.close()
+
+
+def _cmdline_has(proc: Path, marker: str) -> bool:
+    try:
+        return marker.encode() in (proc / "cmdline").read_bytes()
+    except OSError:
+        return False
