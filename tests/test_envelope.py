@@ -54,8 +54,11 @@ def test_swapped_nonce_or_short_blob_is_refused() -> None:
 
 def test_associated_data_and_key_derivation_are_the_documented_formats() -> None:
     assert envelope.aad(*RECORD) == msgpack.packb(["medchain/blob/v1", *RECORD], use_bin_type=True)
-    master = envelope.master_secret(b"\x07" * 32)
-    assert master == hashlib.sha256(b"medchain/data-master/v1" + b"\x07" * 32).digest()
+    master = envelope.master_secret(b"\x07" * 32, "c")
+    want_master = hmac.new(b"\x07" * 32, msgpack.packb(["medchain/data-master/v2", "c"]), hashlib.sha256).digest()
+    assert master == want_master
+    # the same patient key on another chain (a test network, a re-genesis) derives other data keys
+    assert envelope.master_secret(b"\x07" * 32, "c2") != master
     want = hmac.new(master, msgpack.packb(["medchain/data-key/v1", 1, 2]), hashlib.sha256).digest()
     assert envelope.data_key(master, 1, 2) == want
     assert len({envelope.data_key(master, t, e) for t in (1, 2) for e in (0, 1)}) == 4

@@ -116,7 +116,7 @@ def test_a_phone_never_takes_key_epochs_below_those_its_proven_blocks_set():
     """The fleet re-reads a phone's key epochs from its validator after a grant change; a validator
     answering an older epoch would have the next windows sealed under a key the revoked clinician
     still holds, so the epochs the followed (proven) blocks set are a floor."""
-    ph = FleetPhone(Identity.from_seed(b"fleet epochs"), 0, 0)
+    ph = FleetPhone(Identity.from_seed(b"fleet epochs"), 0, 0, "c")
     hr, bp = DATA_TYPES["heart_rate"], DATA_TYPES["blood_pressure"]
     ph.chain_epochs = {hr: 3, bp: 1}
     ph.take_epochs({"epochs": {"heart_rate": 1, "glucose": 2}})  # a stale (or lying) answer

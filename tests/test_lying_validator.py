@@ -336,7 +336,7 @@ def test_blob_bytes_and_upload_cids_are_checked_against_the_cid(tmp_path):
             res = await phone.write_window("heart_rate", frames)
             rec = (await reader().data(pat.address))["data"][0]
             fake = [(t, k, b"\x00\xfe") for t, k, _ in frames]  # heart rate 254: what the colluder would show
-            key = envelope.data_key(envelope.master_secret(pat.secret), HR, res.epoch)
+            key = envelope.data_key(envelope.master_secret(pat.secret, chain), HR, res.epoch)
             ad = envelope.aad(chain, pat.address, HR, res.epoch, rec["t_start_ms"], rec["t_end_ms"])
             proxy.forged_blob = envelope.seal_window(key, ad, fake)
             assert envelope.open_window(key, ad, proxy.forged_blob) == fake  # AES-GCM takes it

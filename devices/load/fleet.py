@@ -106,8 +106,8 @@ class Fleet(ProxyLanes):
         tag = os.urandom(4).hex()  # fresh accounts per run: the chain may have seen earlier fleets
         self.staff = [Identity.from_seed(f"staff|{tag}|{s}".encode()) for s in range(cfg.staff + 1)]
         self.staff_nonce = [1] * len(self.staff)
-        self.phones = [FleetPhone(Identity.from_seed(f"phone|{tag}|{k}".encode()), (k % cfg.staff) % nv, k % cfg.staff)
-                       for k in range(cfg.phones)]
+        self.phones = [FleetPhone(Identity.from_seed(f"phone|{tag}|{k}".encode()), (k % cfg.staff) % nv, k % cfg.staff,
+                                  self.chain) for k in range(cfg.phones)]
         t = time.monotonic()
         profiles = [Meta("profile", s, t, body=Profile(f"Dr. {s}", "clinician", "bench", st.box_public))
                     for s, st in enumerate(self.staff)]

@@ -86,9 +86,9 @@ class FleetPhone:
             k = self.keys[(dtype, epoch)] = envelope.data_key(self.master, dtype, epoch)
         return k
 
-    def __init__(self, ident: Identity, v: int, clinician: int) -> None:
+    def __init__(self, ident: Identity, v: int, clinician: int, chain_id: str) -> None:
         self.ident, self.addr, self.v, self.clinician = ident, ident.address, v, clinician
-        self.master = envelope.master_secret(ident.secret)
+        self.master = envelope.master_secret(ident.secret, chain_id)
         self.keys: dict[tuple[int, int], bytes] = {}  # (dtype, epoch) -> data key, derived once
         self.nonce = 1  # nonces start at 1
         self.epochs: dict[int, int] = {}

@@ -163,7 +163,7 @@ def examples() -> dict[str, Example]:  # one linear story, told in order
 
     # ---- data key, the sealed keys of the grant, the blob ----
     from devices.patient.envelope import aad, data_key, master_secret
-    master = master_secret(patient.secret)
+    master = master_secret(patient.secret, CHAIN_ID)
     k_hr, k_bp = data_key(master, HR, 0), data_key(master, BP, 0)
     out["blob/data-key-hr-0"] = k_hr
     sealed_hr = sealed_box(staff.box_public, k_hr, ecdsa.sha256(b"example/ephemeral/1"))

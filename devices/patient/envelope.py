@@ -26,8 +26,10 @@ def data_key(master: bytes, dtype: int, epoch: int) -> bytes:
     return hmac.new(master, encode(["medchain/data-key/v1", dtype, epoch]), hashlib.sha256).digest()
 
 
-def master_secret(identity_secret: bytes) -> bytes:
-    return hashlib.sha256(b"medchain/data-master/v1" + identity_secret).digest()
+def master_secret(identity_secret: bytes, chain_id: str) -> bytes:
+    """The patient's data-key master on one chain: a key sealed to someone on a test network (or
+    before a re-genesis, where epochs start again at 0) opens nothing on another chain."""
+    return hmac.new(identity_secret, encode(["medchain/data-master/v2", chain_id]), hashlib.sha256).digest()
 
 
 def aad(chain_id: str, patient: bytes, dtype: int, epoch: int, t_start_ms: int, t_end_ms: int) -> bytes:

@@ -65,7 +65,7 @@ class Phone:
         self.client = client
         self.chain_id = chain_id
         self.validators = validators  # genesis keys: when set, commits are checked by proof, not trusted
-        self.master = envelope.master_secret(identity.secret)
+        self.master = envelope.master_secret(identity.secret, chain_id)
         self.next_nonce: int | None = None
         self.epochs: dict[int, int] = {}
         self.rekey_failures: dict[str, str] = {}  # grantee (hex) -> why its new keys did not commit
