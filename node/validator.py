@@ -614,6 +614,13 @@ class Validator:
             if not r.restore_record(seq, rec):
                 log.info("consensus log entry %d (view %d) binds nothing in view %d", seq, rec.view, r.view)
                 continue
+            if self.pipeline.tip_for(rec.block.header.prev_hash) is None:
+                # its parent was executed here but never recorded (our vote for it was held back for
+                # a blob, or it came in an earlier view): the binding stands, and the block executes
+                # once its parent comes again (a retransmission, a commit certificate, catch-up)
+                log.warning("consensus log entry %d is bound, but its parent is not on the ledger: it executes "
+                            "when the parent comes", seq)
+                continue
             ex = await self.pipeline.execute(rec.block, check_time=False)
             if ex is None:
                 log.critical("consensus log entry %d does not execute on the ledger: refusing to start", seq)
