@@ -108,7 +108,7 @@ class Commit:
                roots: list[Cid]) -> tuple[list[Cid], list[Cid]]:
         """The blocking part of a commit (on the worker thread): the blobs, then the block with its state,
         each in one synced LMDB transaction. Returns the blobs stored now and the ones still wanted."""
-        done = self.blobs.commit_blobs(sidecars, roots, block.header.height) if roots else ([], [])
+        done = self.blobs.commit_blobs(sidecars, roots, block.header.height, block.hash) if roots else ([], [])
         self.ledger.commit_block(block, ex.writes, ex.nodes)
         return done
 

@@ -225,6 +225,27 @@ def test_a_block_whose_ledger_write_failed_is_not_pinned_twice_when_it_commits_a
     store.close()
 
 
+def test_another_block_at_a_height_whose_pins_were_counted_pins_its_own(tmp_path) -> None:
+    """A single validator killed between the block store's commit and the ledger's may commit another
+    block at that height (no certificate fixes it): its blobs are pinned, so the collector and
+    `ipfs gc` keep them (before, the height alone said "counted" and they went). The lost block's
+    pins stay: blobs kept, never deleted too soon. The same block again is still counted once."""
+    from node.ipfs.blockstore import BlockStore
+    from node.ipfs.cid import cid_v1_raw
+
+    store = BlockStore(tmp_path / "blobs")
+    a, b = b"in the block that was lost", b"in the block that committed"
+    ca, cb = cid_v1_raw(a), cid_v1_raw(b)
+    store.commit_blobs([(ca, a)], [ca], height=5, block_hash=b"\x01" * 32)
+    store.commit_blobs([(cb, b)], [cb], height=5, block_hash=b"\x02" * 32)
+    store.commit_blobs([(cb, b)], [cb], height=5, block_hash=b"\x02" * 32)  # its ledger write failed: again
+    assert (store.pin_count(ca), store.pin_count(cb)) == (1, 1)
+    store.commit_blobs([(ca, a)], [ca], height=4, block_hash=b"\x03" * 32)  # below: counted before
+    assert store.pin_count(ca) == 1
+    assert store.gc(grace=0.0, now=time.time() + 1) == 0 and store.has_blob(cb)
+    store.close()
+
+
 @pytest.mark.parametrize("writemap", ["0", "1"])
 def test_a_block_store_on_a_full_filesystem_refuses_the_commit_whole(tmp_path, monkeypatch, writemap) -> None:
     """Sidecars until the filesystem is full: the failing commit is a storage error, and none of its

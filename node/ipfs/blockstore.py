@@ -55,7 +55,7 @@ class BlockStore:
         # blobs committed blocks recorded but this store lacks (root CID -> height): repair survives a
         # restart, so a validator killed before its fetch finished still fetches them afterwards
         self.wanted = self.env.open_db(b"wanted")
-        # b"pinned": the height of the last block whose pins were counted (commit_blobs)
+        # b"pinned": the height and hash of the last block whose pins were counted (commit_blobs)
         self.meta = self.env.open_db(b"meta")
         self.corrupt_reads = 0
 
@@ -143,19 +143,21 @@ class BlockStore:
                     txn.put(_upload_key(now) + root.multihash, b"", db=self.uploads)
 
     def commit_blobs(self, sidecars: Iterable[tuple[Cid, bytes]], pins: Iterable[Cid],
-                     height: int = 0) -> tuple[list[Cid], list[Cid]]:
+                     height: int = 0, block_hash: bytes = b"") -> tuple[list[Cid], list[Cid]]:
         """A committed block's blobs: its sidecars (raw blocks, each checked against its CID) stored
         and listed, every blob the block records pinned, and the ones still not held here recorded
         as wanted, in one synced transaction. Returns (CIDs newly stored, roots wanted).
 
         A block's pins are counted once: the ledger commits the block after this, in another store,
-        so a commit retried after the ledger write failed (a crash, a full disk) must not pin again."""
+        so a commit retried after the ledger write failed (a crash, a full disk) must not pin again.
+        The marker names the block, not only its height: a single validator (whose blocks no
+        certificate fixes) may commit another block at that height after a crash, and its pins
+        count (the lost block's stay: blobs kept too long, never one deleted too soon)."""
         now = time.time()
         stored, wanted = [], []
         sidecars, pins = list(sidecars), list(pins)
         with self._map.write(2 * len(sidecars) + 2 * len(pins) + 1, sum(len(d) for _, d in sidecars)) as txn:
-            last = txn.get(b"pinned", db=self.meta)
-            counted = bool(height) and last is not None and height <= struct.unpack(">Q", last)[0]
+            counted = bool(height) and _counted(txn.get(b"pinned", db=self.meta), height, block_hash)
             for cid, data in sidecars:
                 if not verify(cid, data):
                     raise IntegrityError(f"bytes do not match {cid}")
@@ -170,7 +172,7 @@ class BlockStore:
                     txn.put(root.to_v1().to_bytes(), struct.pack(">Q", height), db=self.wanted)
                     wanted.append(root)
             if height and not counted:
-                txn.put(b"pinned", struct.pack(">Q", height), db=self.meta)
+                txn.put(b"pinned", struct.pack(">Q", height) + block_hash, db=self.meta)
         return stored, wanted
 
     def wanted_blobs(self, limit: int = 100_000) -> list[tuple[Cid, int]]:
@@ -342,3 +344,12 @@ class BlockStore:
                 if k not in live:
                     txn.delete(k, db=self.roots)
         return deleted
+
+
+def _counted(marker: bytes | None, height: int, block_hash: bytes) -> bool:
+    """Whether block `height` (`block_hash`) had its pins counted, by the last block that did: any
+    block below it (committed in order), or this very block (a marker without a hash: this one)."""
+    if marker is None:
+        return False
+    last = struct.unpack(">Q", marker[:8])[0]
+    return height < last or (height == last and (len(marker) == 8 or not block_hash or marker[8:] == block_hash))
