@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from node.ipfs import blockstore
 from node.ipfs.bitswap import MAX_BLOCK, SEND_BUDGET, Engine, merge, pack
 from node.ipfs.bitswap_pb import (
     DONT_HAVE,
@@ -255,5 +257,51 @@ def test_blob_store_pins_and_gc(tmp_path: Path) -> None:
         with pytest.raises(IntegrityError):
             s.put_dag(r, [(r, b"not the root")], 1)
         assert s.blob_size(cid_v1_raw(b"never")) is None
+    finally:
+        s.close()
+
+
+def test_gc_keeps_what_is_committed_or_uploaded_while_it_walks(tmp_path: Path) -> None:
+    """`medchain ipfs gc` runs beside a live validator: it walks the live DAGs outside its write
+    transaction, and a block committed (a sidecar stored and pinned) or a dag-pb blob uploaded
+    meanwhile was deleted with the garbage, pin and all. (Found by a crash-consistency review.)"""
+    s = BlockStore(tmp_path / "s")
+    try:
+        old = os.urandom(500)
+        s.commit_blobs([(cid_v1_raw(old), old)], [cid_v1_raw(old)], 1, b"\x01" * 32)
+        garbage, _ = s.put_blob(os.urandom(700))
+        side = os.urandom(600)
+        big = os.urandom(1024 * 1024 + 10)
+        walk = s.dag_cids
+        meanwhile: list[Cid] = []
+
+        def dag_cids(root: Cid, txn=None) -> list[Cid]:  # the validator writes while gc walks
+            if not meanwhile:
+                s.commit_blobs([(cid_v1_raw(side), side)], [cid_v1_raw(side)], 2, b"\x02" * 32)
+                meanwhile.append(s.put_blob(big)[0])
+            return walk(root) if txn is None else walk(root, txn)
+        s.dag_cids = dag_cids  # type: ignore[method-assign]
+        assert s.gc(grace=0.0) == 1 and not s.has_blob(garbage)
+        assert s.get_blob(cid_v1_raw(side)) == side and s.pin_count(cid_v1_raw(side)) == 1
+        assert s.get_blob(meanwhile[0]) == big and s.get_blob(cid_v1_raw(old)) == old
+    finally:
+        s.close()
+
+
+def test_the_upload_collector_keeps_a_blob_uploaded_again_within_the_grace(tmp_path: Path, monkeypatch) -> None:
+    """The same bytes uploaded twice, 500 s apart: the first upload's expiry deleted the blob while
+    the second, acknowledged 101 s before, was well within its grace. (Found by a crash-consistency
+    review.)"""
+    clock = [1_000_000.0]
+    monkeypatch.setattr(blockstore, "time", SimpleNamespace(time=lambda: clock[0]))
+    s = BlockStore(tmp_path / "s")
+    try:
+        data = os.urandom(1024 * 1024 + 50)
+        root, blocks = import_bytes(data, "helia-default")
+        s.put_dags([(root, blocks.items(), len(data))], upload=True)
+        clock[0] += 500
+        s.put_dags([(root, blocks.items(), len(data))], upload=True)
+        assert s.collect_uploads(600.0, now=clock[0] + 101) == 0 and s.get_blob(root) == data
+        assert s.collect_uploads(600.0, now=clock[0] + 601) == 1 and not s.has_blob(root)
     finally:
         s.close()

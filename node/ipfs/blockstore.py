@@ -216,6 +216,9 @@ class BlockStore:
                 txn.delete(k, db=self.uploads)
                 if root is None or txn.get(root.to_bytes(), db=self.pins):
                     continue
+                listed = txn.get(mh, db=self.roots)  # the newest upload of the same bytes set its time
+                if listed is None or now - _ROOT.unpack(bytes(listed))[1] < grace:
+                    continue
                 txn.delete(mh, db=self.roots)
                 for c in inner:
                     if c.multihash == mh or txn.get(c.multihash, db=self.roots) is None:
@@ -262,24 +265,26 @@ class BlockStore:
 
         return export_bytes(root, block)
 
-    def dag_cids(self, root: Cid) -> list[Cid]:
-        """Every CID of the DAG below ``root`` that is held (root first)."""
+    def dag_cids(self, root: Cid, txn: lmdb.Transaction | None = None) -> list[Cid]:
+        """Every CID of the DAG below ``root`` that is held (root first); in `txn` if given."""
+        if txn is None:
+            with self.env.begin() as own:
+                return self.dag_cids(root, own)
         out, stack, seen = [], [root], set()
-        with self.env.begin(db=self.blocks) as txn:
-            while stack:
-                cid = stack.pop()
-                if cid.multihash in seen:
-                    continue
-                seen.add(cid.multihash)
-                data = txn.get(cid.multihash)
-                if data is None:
-                    continue
-                out.append(cid)
-                if cid.codec == CODEC_DAG_PB:
-                    try:
-                        stack.extend(link.hash for link in decode_pbnode(data).links)
-                    except ValueError:
-                        pass  # a corrupt block: nothing below it is reachable
+        while stack:
+            cid = stack.pop()
+            if cid.multihash in seen:
+                continue
+            seen.add(cid.multihash)
+            data = txn.get(cid.multihash, db=self.blocks)
+            if data is None:
+                continue
+            out.append(cid)
+            if cid.codec == CODEC_DAG_PB:
+                try:
+                    stack.extend(link.hash for link in decode_pbnode(data).links)
+                except ValueError:
+                    pass  # a corrupt block: nothing below it is reachable
         return out
 
     def unlist(self, root: Cid) -> None:
@@ -320,14 +325,10 @@ class BlockStore:
     def gc(self, grace: float = 3600.0, now: float | None = None) -> int:
         """Delete blocks not reachable from a pinned root or a root younger than ``grace``
         seconds; returns how many blocks were deleted."""
-        now = time.time() if now is None else now
-        keep: list[Cid] = []
+        started = time.time()
+        now = started if now is None else now
         with self.env.begin() as txn:
-            keep += [Cid.from_bytes(bytes(k)) for k, _ in txn.cursor(db=self.pins)]
-            for k, v in txn.cursor(db=self.roots):
-                _size, added, codec = _ROOT.unpack(bytes(v))
-                if now - added < grace:
-                    keep.append(Cid(1, codec, bytes(k)))
+            keep = self._kept(txn, grace, now, started)
         live: set[bytes] = set()
         for root in keep:
             live.update(c.multihash for c in self.dag_cids(root))
@@ -336,6 +337,10 @@ class BlockStore:
             stats = [txn.stat(db) for db in (self.blocks, self.roots)]
         entries = sum(s["entries"] for s in stats) + 1
         with self._map.write(entries, most_pages=sum(s["branch_pages"] + s["leaf_pages"] + 8 for s in stats)) as txn:
+            # what a commit pinned, or an upload listed, since the walk above (it ran outside this
+            # transaction, and a live validator writes meanwhile) is walked again, in here
+            for root in self._kept(txn, grace, now, started) - keep:
+                live.update(c.multihash for c in self.dag_cids(root, txn))
             doomed = [bytes(k) for k in txn.cursor(db=self.blocks).iternext(keys=True, values=False)
                       if bytes(k) not in live]
             for k in doomed:
@@ -344,6 +349,16 @@ class BlockStore:
                 if k not in live:
                     txn.delete(k, db=self.roots)
         return deleted
+
+    def _kept(self, txn: lmdb.Transaction, grace: float, now: float, started: float) -> set[Cid]:
+        """The roots gc keeps: pinned ones, and listed ones younger than `grace` at `now` or listed
+        since `started` (the gc's own start)."""
+        keep = {Cid.from_bytes(bytes(k)) for k, _ in txn.cursor(db=self.pins)}
+        for k, v in txn.cursor(db=self.roots):
+            _size, added, codec = _ROOT.unpack(bytes(v))
+            if now - added < grace or added >= started:
+                keep.add(Cid(1, codec, bytes(k)))
+        return keep
 
 
 def _counted(marker: bytes | None, height: int, block_hash: bytes) -> bool:
