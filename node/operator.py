@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 from node.block import max_faulty
 from node.crypto import ecdsa
 from node.crypto.keys import Identity
+from node.files import write_durably
 from node.genesis import (
     DRAFT_FIELD,
     HASH_FIELD,
@@ -133,9 +133,7 @@ def install_genesis(home: Path, genesis_path: Path, expect_hash: str | None = No
         if old.hash != gen.hash:
             raise FileExistsError(f"{dest} holds another genesis (chain {old.chain_id}); a home runs one "
                                   "network: use a new home, or --force if its ledger is empty")
-    tmp = dest.with_suffix(".tmp")
-    shutil.copyfile(genesis_path, tmp)
-    os.replace(tmp, dest)
+    write_durably(dest, Path(genesis_path).read_bytes())
     return gen, index
 
 
@@ -150,9 +148,7 @@ def _read_draft(path: Path) -> dict[str, Any]:
 
 
 def _write(path: Path, d: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(d, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_durably(path, json.dumps(d, indent=1) + "\n")
 
 
 def parse_params(pairs: list[str]) -> Params:

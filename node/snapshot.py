@@ -18,9 +18,11 @@ from the snapshot on).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import hashlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -45,6 +47,7 @@ from node.checkpoint import (
     manifest_frame,
 )
 from node.crypto.keys import Identity
+from node.files import replace_durably
 from node.genesis import Genesis, load_checked
 from node.ledger import Ledger
 from node.storage import map_size
@@ -79,7 +82,10 @@ class SnapshotWriter:
         if sync:
             os.fsync(self._fh.fileno())
         self._fh.close()
-        os.replace(self.tmp, self.out)
+        if sync:
+            replace_durably(self.tmp, self.out)
+        else:
+            os.replace(self.tmp, self.out)
 
     def abort(self) -> None:
         self._fh.close()
@@ -197,7 +203,11 @@ def install_main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m node.snapshot")
     ap.add_argument("home")
     ap.add_argument("file")
+    ap.add_argument("--parent", type=int, default=0, help="the validator's pid: die with it")
     args = ap.parse_args(argv)
+    if args.parent and not _die_with(args.parent):
+        print(f"the validator (pid {args.parent}) is gone: nothing installed", file=sys.stderr)
+        return 1
     try:
         home = Path(args.home)
         out = install(home / "ledger", Genesis.load(home / "genesis.json"), Path(args.file), replace=True)
@@ -206,6 +216,15 @@ def install_main(argv: list[str] | None = None) -> int:
         return 1
     print(json.dumps(out))
     return 0
+
+
+def _die_with(parent: int) -> bool:
+    """Be killed when `parent` dies (Linux PR_SET_PDEATHSIG), so a validator killed mid-install and
+    restarted never has an orphan installer replace its ledger under it; False if it died already."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    return os.getppid() == parent  # checked after: a parent that died before the prctl is seen here
 
 
 def _cmd_snapshot(args: argparse.Namespace) -> int:

@@ -374,7 +374,7 @@ class CheckpointClient:
                 installed.append(False)  # blocks got us there meanwhile: keep replaying
                 return
             proc = await asyncio.create_subprocess_exec(
-                *INSTALLER, str(v.home), str(path), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                *INSTALLER, str(v.home), str(path), f"--parent={os.getpid()}", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
             try:
                 out, err = await asyncio.wait_for(proc.communicate(), budget)
             except BaseException as exc:

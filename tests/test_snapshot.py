@@ -207,3 +207,39 @@ def test_snapshot_of_a_running_network_restores_a_wiped_validator(tmp_path: Path
         run(go())
     rep = json.loads(_cli("verify", "--home", str(nodes[3].home), "--json").stdout)
     assert rep["ok"] and rep["base"] > 0, rep
+
+
+def test_an_installer_dies_with_the_validator_that_started_it(tmp_path: Path) -> None:
+    """A validator killed while its state-transfer installer runs must not find, once restarted, an
+    orphan replacing its ledger under it: the installer arms PR_SET_PDEATHSIG against the pid it is
+    given and refuses to start if that process is already gone. (Found by a crash-consistency review.)"""
+    import os
+    import signal
+    import time
+
+    child = ("import os, sys, time\n"
+             "from node.snapshot import _die_with\n"
+             "print(os.getpid(), _die_with(os.getppid()), flush=True)\n"
+             "time.sleep(120)\n")
+    parent = ("import subprocess, sys\n"
+              f"c = subprocess.Popen([sys.executable, '-c', {child!r}], stdout=sys.stdout)\n"
+              "c.wait()\n")
+    p = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    pid, armed = p.stdout.readline().split()
+    assert armed == "True"
+    os.kill(p.pid, signal.SIGKILL)  # the validator dies
+    p.wait()
+    for _ in range(100):
+        try:  # gone, or a zombie nobody reaped yet (no init in some containers)
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(int(pid), signal.SIGKILL)
+        raise AssertionError("the installer outlived the validator")
+    # a parent already gone: nothing is installed
+    out = subprocess.run([sys.executable, "-m", "node.snapshot", str(tmp_path), str(tmp_path / "none"), "--parent=1"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "is gone: nothing installed" in out.stderr

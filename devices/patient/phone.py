@@ -13,6 +13,7 @@ from devices.patient import envelope
 from devices.patient.client import ApiError, NodeClient
 from devices.patient.verified_reads import VerifiedReader
 from node.crypto import seal
+from node.files import write_durably
 from node.ipfs.cid import Cid, cid_v1_raw
 from node.proof import verify_status
 from node.sidecar import SIDECAR_MAX
@@ -102,9 +103,7 @@ class Phone:
             self.own_epochs[t] = max(e, self.own_epochs.get(t, 0))
         if self.record_path is not None:
             h = self.reader.min_height if self.reader is not None else 0
-            tmp = self.record_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"epochs": self.own_epochs, "height": h}))
-            tmp.replace(self.record_path)
+            write_durably(self.record_path, json.dumps({"epochs": self.own_epochs, "height": h}))
 
     async def _nonce(self) -> int:
         if self.next_nonce is None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from coincurve import PrivateKey
 
 from node.crypto import ecdsa, seal
+from node.files import write_durably
 
 
 def address_of(pubkey: bytes) -> bytes:
@@ -69,14 +70,7 @@ class Identity:
         """Write atomically with 0600 permissions (created so, never widened)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)  # a leftover temp file keeps its old mode otherwise
-        with os.fdopen(fd, "w") as fh:
-            json.dump(self.to_json(), fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_durably(path, json.dumps(self.to_json(), indent=1), 0o600)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Identity:

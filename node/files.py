@@ -1,0 +1,39 @@
+"""Files replaced whole and durably: written beside their name, synced, renamed over it, and the
+rename synced through the directory, so that after a crash or a power cut the path holds either
+the old content or the new, never an empty or partial file, nor the old one after a reported save."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make the entries of directory `path` (a rename into it) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_durably(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
+    """Rename the synced file `tmp` over `path` and sync the directory."""
+    os.replace(tmp, path)
+    fsync_dir(Path(path).parent)
+
+
+def write_durably(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o644) -> None:
+    """Replace `path` with `data` (created with `mode`, never left wider by a leftover temp file)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data.encode() if isinstance(data, str) else data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    replace_durably(tmp, path)
