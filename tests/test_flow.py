@@ -179,3 +179,30 @@ def test_a_transaction_superseded_by_another_with_its_nonce_gets_a_status_not_a_
                     lost = next(s for s in statuses.values() if s["status"] == "rejected")
                     assert "nonce" in lost["reason"], lost
         run(go())
+
+
+def test_a_transaction_the_validator_lost_is_sent_again_while_its_commit_is_awaited(node, genesis):
+    """A validator keeps an admitted transaction in memory until it commits: one that crashed after
+    answering 202 (before forwarding it) answers 404 once restarted. A client waiting for the commit
+    sends the same signed bytes again instead of failing; without a way to resend, the 404 is raised.
+    (The validator here never saw the transaction: the state such a crash leaves.)"""
+    async def go():
+        async with NodeClient(node.url) as c:
+            ident = Identity.from_seed(b"lost in a restart")
+            tx = Tx.build(ident, genesis.chain_id, 1, Profile("p", "r", "o", bytes(32)))
+            with pytest.raises(ApiError) as ei:
+                await c.wait_committed(tx.id.hex(), 3)
+            assert ei.value.status == 404
+            sent = []
+
+            async def resubmit():
+                sent.append(await c.submit(tx.raw))
+            st = await c.wait_committed(tx.id.hex(), 30, resubmit)
+            assert st["status"] == "committed" and sent == [tx.id.hex()]
+            # committed: sending it again is refused (never applied twice) and the wait ends
+            st = await c.wait_committed(tx.id.hex(), 30, resubmit)
+            assert st["status"] == "committed" and len(sent) == 1
+            with pytest.raises(ApiError):
+                await resubmit()
+            assert (await c.account(ident.address))["next_nonce"] == 2
+    run(go())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,6 +18,7 @@ from node.ipfs.unixfs import import_bytes, is_blob
 from node.sidecar import encode_submission, item_obj
 from node.tx.requests import blob_request_digest, blob_upload_digest
 
+log = logging.getLogger("medchain.client")
 RETRY_FOR = 60.0  # how long a read keeps retrying a validator that answers 429/503
 
 
@@ -132,11 +134,27 @@ class NodeClient:
     async def tx(self, txid: str, wait: float = 0) -> dict:
         return await self.get_json(f"/v1/tx/{txid}", **({"wait": int(wait)} if wait else {}))
 
-    async def wait_committed(self, txid: str, timeout: float = 30.0) -> dict:
+    async def wait_committed(self, txid: str, timeout: float = 30.0,
+                             resubmit: Callable[[], Awaitable[object]] | None = None) -> dict:
+        """The status of `txid` once committed or rejected, or at `timeout`. An admitted transaction
+        lives in the validators' memory until it commits: one that crashed before forwarding it
+        answers 404 after its restart, and with `resubmit` (sending the same signed bytes again:
+        never applied twice) the transaction is sent again instead of the 404 raised."""
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
-            st = await self.tx(txid, wait=max(1, min(10, left)))
+            try:
+                st = await self.tx(txid, wait=max(1, min(10, left)))
+            except ApiError as exc:
+                if exc.status != 404 or resubmit is None or left <= 0:
+                    raise
+                log.warning("transaction %s is unknown to %s (lost in a restart?): sending it again", txid, self.base)
+                try:
+                    await resubmit()
+                except ApiError as again:  # e.g. committed meanwhile (its nonce is used): the status tells
+                    log.info("sending %s again: %s", txid, again)
+                await asyncio.sleep(min(1.0, max(0.0, left)))
+                continue
             if st["status"] in ("committed", "rejected") or left <= 0:
                 return st
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,14 +33,16 @@ class TxRejected(Exception):
 
 
 async def wait_proven(client: NodeClient, txid: str, timeout: float, validators: list[bytes] | None,
-                      chain_id: str, reader: VerifiedReader | None, answer: dict | None = None) -> dict:
+                      chain_id: str, reader: VerifiedReader | None, answer: dict | None = None,
+                      resubmit: Callable[[], Awaitable[object]] | None = None) -> dict:
     """The committed status of `txid` (TxRejected if it did not commit); with the genesis keys, its
     inclusion and result are checked against the certified header and receipt the answer carries
     (no block download), and the reader takes that height as seen. `answer`: what a submission
-    with ?wait already said (asked again only if it was not committed yet)."""
+    with ?wait already said (asked again only if it was not committed yet); `resubmit`: send it again
+    if the validator has lost it (NodeClient.wait_committed)."""
     st = answer if answer is not None and answer.get("status") == "committed" else None
     if st is None:
-        st = await client.wait_committed(txid, timeout)
+        st = await client.wait_committed(txid, timeout, resubmit)
     if st["status"] != "committed":
         raise TxRejected(st)
     if validators is not None:
@@ -127,11 +129,13 @@ class Phone:
             self.next_nonce = None  # resync on the next send
             raise
         if wait:
-            await self.confirm(txid, timeout, answer)
+            await self.confirm(txid, timeout, answer, lambda: self.client.submit(tx.raw, sidecar))
         return txid
 
-    async def confirm(self, txid: str, timeout: float = 30.0, answer: dict | None = None) -> dict:
-        st = await wait_proven(self.client, txid, timeout, self.validators, self.chain_id, self.reader, answer)
+    async def confirm(self, txid: str, timeout: float = 30.0, answer: dict | None = None,
+                      resubmit: Callable[[], Awaitable[object]] | None = None) -> dict:
+        st = await wait_proven(self.client, txid, timeout, self.validators, self.chain_id, self.reader, answer,
+                               resubmit)
         if st["code"] != 0:
             raise TxRejected(st)
         return st
