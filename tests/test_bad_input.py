@@ -210,3 +210,22 @@ def test_client_disconnect_does_not_hurt(node, genesis):
             assert (await c.status())["height"] == 0
     run(go())
     assert aiohttp  # the client library is the one the devices use
+
+
+@pytest.mark.parametrize("bad, why", [
+    ("glucose frame", "is of characteristic 10776, not 0x2a37"),
+    ("garbage frame", "is not a heart_rate frame"),
+    ("negative time", "time_ms must be a non-negative int"),
+])
+def test_a_window_holding_another_characteristic_or_a_broken_frame_is_never_sealed(bad, why):
+    """A device on the short-range link sending glucose notifications into the heart-rate window (or
+    frames that do not decode) must not have them sealed under the heart-rate key, which a staff
+    member granted only heart rate holds: refused before anything is signed or sent (the client
+    points nowhere). (Found by a review: the row decoded as glucose at the staff member's.)"""
+    hr = list(make_wearable("heart_rate", "hr", seed=1).frames_between(0, 5000))
+    glucose = next(make_wearable("glucose", "g", seed=1).frames_between(0, 3_600_000))
+    row = {"glucose frame": (hr[0][0], glucose[1], glucose[2]), "garbage frame": (hr[0][0], hr[0][1], b"\xff"),
+           "negative time": (-1, hr[0][1], hr[0][2])}[bad]
+    phone = Phone(Identity.from_seed(b"window checks"), NodeClient("http://127.0.0.1:9"), "c")
+    with pytest.raises(ValueError, match=why):
+        run(phone.write_window("heart_rate", [*hr, row]))

@@ -17,6 +17,7 @@ from devices.patient import envelope
 from devices.patient.client import ApiError, NodeClient
 from devices.patient.phone import Phone
 from devices.patient.staff import AccessDenied, Staff
+from devices.wearable.wearables import make_wearable
 from node.crypto.keys import Identity
 from node.genesis import Genesis, Params
 from node.ipfs.cid import Cid, cid_v1_raw
@@ -32,8 +33,10 @@ def clinician(node, genesis, staff: bytes):
     return issue(dev_issuer(node.home), genesis.chain_id, staff, int(time.time() * 1000) + 10**8)
 
 
-def _readings(t0: int, n: int = 5) -> list[envelope.Reading]:
-    return [(t0 + 1000 * k, HR, b"%d bpm" % (60 + k)) for k in range(n)]
+def _readings(t0: int, n: int = 5, kind: str = "heart_rate") -> list[envelope.Reading]:
+    """n real frames of `kind` (the phone seals only its type's characteristic), a second apart."""
+    frames = list(make_wearable(kind, "t", seed=t0).frames_between(0, 6 * 3_600_000))[:n]
+    return [(t0 + 1000 * k, uuid, frame) for k, (_, uuid, frame) in enumerate(frames)]
 
 
 async def _wait_until(ms: int) -> None:
@@ -227,10 +230,10 @@ def test_break_glass_is_for_clinicians_and_a_release_is_scoped_and_ends(node, ge
             await doc.register("Dr S", "physician", "ER", clinician(node, genesis, doc.address))
             await phone.grant(doc.address, ["heart_rate"])  # a lasting grant of another type
             now = int(time.time() * 1000)
-            w0 = await phone.write_window("glucose", _readings(now - 90_000))
+            w0 = await phone.write_window("glucose", _readings(now - 90_000, kind="glucose"))
             await phone.grant(nurse.address, ["glucose"])
             await phone.revoke(nurse.address)  # glucose moves to epoch 1
-            w1 = await phone.write_window("glucose", _readings(now - 60_000))
+            w1 = await phone.write_window("glucose", _readings(now - 60_000, kind="glucose"))
             assert (w0.epoch, w1.epoch) == (0, 1)
 
             # an emergency read of one blob: the release holds that blob's epoch only
@@ -256,7 +259,7 @@ def test_break_glass_is_for_clinicians_and_a_release_is_scoped_and_ends(node, ge
 
             # it ends like an expiry: the next write rotates, and the reader never gets the new key
             await _wait_until(plan.expiry_ms)
-            w2 = await phone.write_window("glucose", _readings(int(time.time() * 1000) - 30_000))
+            w2 = await phone.write_window("glucose", _readings(int(time.time() * 1000) - 30_000, kind="glucose"))
             assert w2.epoch == 2  # the phone ended the expired release, and the chain rotated
             g = next(x for x in (await c.grants(me.address))["grants"] if x["staff"] == doc.address.hex())
             assert g["released"] == [] and g["types"] == ["heart_rate"]

@@ -12,6 +12,7 @@ from pathlib import Path
 from devices.patient import envelope
 from devices.patient.client import ApiError, NodeClient
 from devices.patient.verified_reads import VerifiedReader
+from devices.wearable.gatt import UUID_BY_KIND, decode_measurement
 from node.crypto import seal
 from node.files import write_durably
 from node.ipfs.cid import Cid, cid_v1_raw
@@ -50,6 +51,24 @@ async def wait_proven(client: NodeClient, txid: str, timeout: float, validators:
         if reader is not None:  # proven committed at this height: older state is stale now
             reader.saw_height(header.height)
     return st
+
+
+def _check_readings(tid: int, readings: list[envelope.Reading]) -> None:
+    """Every reading of a window is a frame of its type's characteristic that decodes (ValueError
+    naming the first that is not): a device on the short-range link sending another characteristic's
+    frames must not have them sealed under this type's key, which a staff member granted only this
+    type holds."""
+    want = UUID_BY_KIND[data_type_name(tid)]
+    for i, (t, uuid, frame) in enumerate(readings):
+        if uuid != want:
+            raise ValueError(f"reading {i} is of characteristic {uuid!r}, not {want:#06x} "
+                             f"({data_type_name(tid)}): refused, not sealed under this type's key")
+        if type(t) is not int or t < 0:
+            raise ValueError(f"reading {i}: time_ms must be a non-negative int, got {t!r}")
+        try:
+            decode_measurement(uuid, bytes(frame))
+        except ValueError as exc:
+            raise ValueError(f"reading {i} is not a {data_type_name(tid)} frame: {exc}") from None
 
 
 @dataclass
@@ -150,6 +169,7 @@ class Phone:
         tid = data_type_id(dtype)
         if not readings and slot is None:
             raise ValueError("empty window")
+        _check_readings(tid, readings)
         if self.next_nonce is None:
             await self.sync()
         t0, t1 = slot if slot is not None else (min(r[0] for r in readings), max(r[0] for r in readings))
