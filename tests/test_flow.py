@@ -206,3 +206,42 @@ def test_a_transaction_the_validator_lost_is_sent_again_while_its_commit_is_awai
                 await resubmit()
             assert (await c.account(ident.address))["next_nonce"] == 2
     run(go())
+
+
+def test_a_window_whose_cid_another_account_recorded_first_is_sealed_again(node, genesis):
+    """A CID is public once its write is sent: a front-runner (a byzantine validator holding the
+    sidecar) records it first in a write of its own, and the patient's write is refused "cid already
+    recorded". The phone seals the window again under a fresh nonce (another blob, another CID) and
+    records that; the staff member reads the readings. (Found by a review: the window was lost.)"""
+    from typing import ClassVar
+
+    from node.tx import Write
+
+    class FrontRunning(NodeClient):
+        """The validator the phone talks to copies the first write it is sent, sidecar and all."""
+        stolen: ClassVar[list[str]] = []
+
+        async def submit_and_wait(self, raw, sidecar, wait):
+            tx = Tx.decode(raw, genesis.chain_id)
+            if isinstance(tx.body, Write) and not self.stolen:
+                b = tx.body
+                copy = Tx.build(eve, genesis.chain_id, 1, Write(b.dtype, b.cid, b.size, 0, b.t_start_ms, b.t_end_ms))
+                st = await super().submit_and_wait(copy.raw, sidecar, 10)
+                assert st["status"] == "committed" and st["code"] == 0, st
+                self.stolen.append(str(Cid.from_bytes(b.cid)))
+            return await super().submit_and_wait(raw, sidecar, wait)
+
+    eve = Identity.from_seed(b"front-runner")
+    async def go():
+        async with FrontRunning(node.url) as c:
+            pat, doc = Identity.from_seed(b"front-run patient"), Identity.from_seed(b"front-run doctor")
+            phone = Phone(pat, c, genesis.chain_id, genesis.validator_keys)
+            staff = Staff(doc, c, genesis.chain_id, validators=genesis.validator_keys)
+            await staff.register("Dr F", "physician", "ER")
+            await phone.grant(doc.address, ["heart_rate"])
+            now = int(time.time() * 1000)
+            frames = list(make_wearable("heart_rate", "hr", seed=3).frames_between(now - 60_000, now - 50_000))
+            res = await phone.write_window("heart_rate", frames)
+            assert c.stolen and res.cid != c.stolen[0]  # sealed again: another CID
+            assert [w.readings for w in await staff.read(pat.address, "heart_rate")] == [frames]
+    run(go())

@@ -25,6 +25,7 @@ from node.tx.model import DATA_TYPES
 
 log = logging.getLogger("medchain.phone")
 HISTORY_EPOCHS = 12  # how many past key epochs a new grant carries (history a grantee can read)
+CID_TRIES = 3  # a window sealed again after its CID was recorded first by another write
 
 
 class TxRejected(Exception):
@@ -184,6 +185,22 @@ class Phone:
 
     async def _seal_and_write(self, tid: int, readings: list[envelope.Reading], t0: int, t1: int,
                               wait: bool) -> WriteResult:
+        """Seal and record the window. A blob's CID is public once sent: anyone who saw it (a byzantine
+        validator) may record it first in a write of its own, and ours is refused as recorded; sealed
+        again under a fresh nonce it is another blob with another CID (a few tries)."""
+        for _ in range(CID_TRIES - 1):
+            try:
+                return await self._seal_and_write_once(tid, readings, t0, t1, wait)
+            except (ApiError, TxRejected) as exc:  # refused at admission (409), or in the block
+                if not (exc.status.get("code") == Code.CID_RECORDED if isinstance(exc, TxRejected)
+                        else exc.status == 409 and CODES[Code.CID_RECORDED] in exc.reason):
+                    raise
+                log.warning("window %d-%d of type %d: its CID was recorded first by another write; sealed again",
+                            t0, t1, tid)
+        return await self._seal_and_write_once(tid, readings, t0, t1, wait)
+
+    async def _seal_and_write_once(self, tid: int, readings: list[envelope.Reading], t0: int, t1: int,
+                                   wait: bool) -> WriteResult:
         await self.rotate_expired(tid)
         epoch = self.epochs.get(tid, 0)
         ad = envelope.aad(self.chain_id, self.address, tid, epoch, t0, t1)
