@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import urllib.request
 
@@ -116,6 +117,55 @@ def test_rekey_reaches_other_grantees(node, genesis):
             wins = await sb.read(pat.address, "glucose")
             assert [w.readings for w in wins] == [first, second]
             assert [w.epoch for w in wins] == [0, 1]
+    run(go())
+
+
+def test_a_rekey_that_failed_after_a_revoke_is_sent_at_the_next_sync_even_after_a_restart(node, genesis, tmp_path):
+    """The revoke commits and rotates the type; the new key's grant to the other grantee is then lost
+    (a dropped connection, or the phone dies between the two). The phone records, before the revoke
+    is sent, that a re-key is owed, and its next sync (here a restarted phone's next write) re-seals
+    the current key to every grantee lacking it: the other grantee reads the new data. (Found by a
+    review: it stayed without the key for good, and the CLI said "revoked".)"""
+    from node.tx import Grant
+
+    class Dropping(NodeClient):
+        """Loses the first grant that carries keys to `victim` after the revoke."""
+        drop = True
+
+        async def submit_and_wait(self, raw, sidecar, wait):
+            tx = Tx.decode(raw, genesis.chain_id)
+            if self.drop and isinstance(tx.body, Grant) and tx.body.staff == b.address and revoked:
+                self.drop = False
+                raise ApiError(503, "connection lost")
+            return await super().submit_and_wait(raw, sidecar, wait)
+
+    pat = Identity.from_seed(b"rekey owed")
+    a, b = Identity.from_seed(b"rekey owed a"), Identity.from_seed(b"rekey owed b")
+    record = tmp_path / "pat.record.json"
+    revoked: list[bool] = []
+
+    async def go():
+        async with Dropping(node.url) as c:
+            phone = Phone(pat, c, genesis.chain_id, genesis.validator_keys, record=record)
+            sa, sb = Staff(a, c, genesis.chain_id), Staff(b, c, genesis.chain_id)
+            await sa.register("A", "nurse", "X")
+            await sb.register("B", "nurse", "X")
+            await phone.grant(a.address, ["heart_rate"])
+            await phone.grant(b.address, ["heart_rate"])
+            revoked.append(True)
+            await phone.revoke(a.address)
+            assert list(phone.rekey_failures) == [b.address.hex()] and phone.rekey_pending
+            assert json.loads(record.read_text())["rekey_pending"] is True
+            # the phone restarts: its record alone says a re-key is owed
+            phone = Phone(pat, c, genesis.chain_id, genesis.validator_keys, record=record)
+            now = int(time.time() * 1000)
+            frames = list(make_wearable("heart_rate", "hr", seed=4).frames_between(now - 60_000, now - 50_000))
+            res = await phone.write_window("heart_rate", frames)
+            assert res.epoch == 1 and not phone.rekey_pending and not phone.rekey_failures
+            assert json.loads(record.read_text())["rekey_pending"] is False
+            assert [w.readings for w in await sb.read(pat.address, "heart_rate")] == [frames]
+            with pytest.raises(AccessDenied):
+                await sa.read(pat.address, "heart_rate")
     run(go())
 
 

@@ -83,37 +83,49 @@ def patient_cmd(args: argparse.Namespace) -> int:
     ident = Identity.load(args.key)
     command = f"{args.action} release" if args.action == "break-glass" and args.setting == "release" else args.action
 
+    owed: dict[str, str] = {}  # grantees the new keys of a rotation did not reach
+
     async def go() -> tuple[object, str]:
         c, chain, vals, reader = await _connect(args, command if command in SEALS_KEYS else "")
         try:
             ph = Phone(ident, c, chain, vals, reader=reader, record=Path(args.key).with_suffix(".record.json"))
-            if args.action == "grant":
-                txid = await ph.grant(_addr(args.staff), args.types, args.expiry_ms)
-                return {"tx": txid, "staff": args.staff, "types": args.types}, f"granted {args.types}: tx {txid}"
-            if args.action == "revoke":
-                txid = await ph.revoke(_addr(args.staff))
-                return {"tx": txid}, f"revoked: tx {txid}"
-            if args.action == "upload":
-                from devices.wearable.wearables import make_wearable
-                now = int(time.time() * 1000)
-                w = make_wearable(args.type, "cli", args.seed)
-                frames = list(w.frames_between(now - args.seconds * 1000, now))
-                res = await ph.write_window(args.type, frames)
-                return ({"tx": res.txid, "cid": res.cid, "epoch": res.epoch, "size": res.size, "readings": len(frames)},
-                        f"uploaded {len(frames)} {args.type} readings: cid {res.cid} tx {res.txid}")
-            if args.action == "break-glass":
-                if args.setting == "release":
-                    return await _release(args, ph)
-                txid = await ph.set_break_glass(args.setting == "on")
-                return {"tx": txid, "break_glass": args.setting == "on"}, f"break-glass {args.setting}: tx {txid}"
-            if args.action == "grants":
-                return await _grants(args, ph.reads, ph.address)
-            return await _audit(args, ph.reads, ph.address)
+            try:
+                return await act(ph)
+            finally:
+                owed.update(ph.rekey_failures if ph.rekey_pending else {})
         finally:
             print(_refusals(reader), end="", file=sys.stderr)
             await c.close()
+
+    async def act(ph: Phone) -> tuple[object, str]:
+        if args.action == "grant":
+            txid = await ph.grant(_addr(args.staff), args.types, args.expiry_ms)
+            return {"tx": txid, "staff": args.staff, "types": args.types}, f"granted {args.types}: tx {txid}"
+        if args.action == "revoke":
+            txid = await ph.revoke(_addr(args.staff))
+            return {"tx": txid}, f"revoked: tx {txid}"
+        if args.action == "upload":
+            from devices.wearable.wearables import make_wearable
+            now = int(time.time() * 1000)
+            w = make_wearable(args.type, "cli", args.seed)
+            frames = list(w.frames_between(now - args.seconds * 1000, now))
+            res = await ph.write_window(args.type, frames)
+            return ({"tx": res.txid, "cid": res.cid, "epoch": res.epoch, "size": res.size, "readings": len(frames)},
+                    f"uploaded {len(frames)} {args.type} readings: cid {res.cid} tx {res.txid}")
+        if args.action == "break-glass":
+            if args.setting == "release":
+                return await _release(args, ph)
+            txid = await ph.set_break_glass(args.setting == "on")
+            return {"tx": txid, "break_glass": args.setting == "on"}, f"break-glass {args.setting}: tx {txid}"
+        if args.action == "grants":
+            return await _grants(args, ph.reads, ph.address)
+        return await _audit(args, ph.reads, ph.address)
     obj, text = asyncio.run(go())
     _print(args, obj, text)
+    if owed:  # the rotation committed; some grantees lack its new key until the next run re-seals it
+        print("the new data keys did not reach " + "; ".join(f"{s}: {why}" for s, why in owed.items())
+              + ": they are sent again at the phone's next sync (its next grant, revoke or upload)", file=sys.stderr)
+        return 1
     return 0
 
 

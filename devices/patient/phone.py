@@ -92,6 +92,7 @@ class Phone:
         self.next_nonce: int | None = None
         self.epochs: dict[int, int] = {}
         self.rekey_failures: dict[str, str] = {}  # grantee (hex) -> why its new keys did not commit
+        self._healing = False
         self._expiry_due: dict[int, int] = {}  # data type -> the earliest expiry of a grant holding it
         # Reads a phone acts on: proven (reader) or taken on trust from one validator (client)
         self.reader = reader
@@ -100,9 +101,13 @@ class Phone:
         # it committed in: no answer below either is believed, and no window is sealed under less.
         self.record_path = record
         self.own_epochs: dict[int, int] = {}
+        # a key rotation whose re-sealing to the other grantees has not all committed (a failure, or
+        # a crash between the two): the next sync re-seals to whoever lacks a current key
+        self.rekey_pending = False
         if record is not None and record.exists():
             r = json.loads(record.read_text())
             self.own_epochs = {int(t): e for t, e in r["epochs"].items()}
+            self.rekey_pending = bool(r.get("rekey_pending"))
             if reader is not None:
                 reader.saw_height(r["height"])
 
@@ -119,13 +124,26 @@ class Phone:
         proven = {DATA_TYPES[k]: v for k, v in acct["epochs"].items()}
         self.epochs = {t: max(e, self.own_epochs.get(t, 0)) for t, e in proven.items()}
         self._save_record()
+        if self.rekey_pending and not self._healing:
+            self._healing = True
+            try:
+                await self.heal_keys()
+            finally:
+                self._healing = False
 
     def _save_record(self) -> None:
         for t, e in self.epochs.items():
             self.own_epochs[t] = max(e, self.own_epochs.get(t, 0))
         if self.record_path is not None:
             h = self.reader.min_height if self.reader is not None else 0
-            write_durably(self.record_path, json.dumps({"epochs": self.own_epochs, "height": h}))
+            write_durably(self.record_path, json.dumps({"epochs": self.own_epochs, "height": h,
+                                                        "rekey_pending": self.rekey_pending}))
+
+    def _rekey_owed(self, owed: bool) -> None:
+        """Record (durably, before the rotation is sent) that grantees may lack the current keys."""
+        if owed != self.rekey_pending:
+            self.rekey_pending = owed
+            self._save_record()
 
     async def _nonce(self) -> int:
         if self.next_nonce is None:
@@ -280,6 +298,8 @@ class Phone:
         removed = prev - set(tids)
         keys = await self._sealed_keys(staff, tids, self.epochs)
         self._expiry_due = {}  # the grants change: read them again before the next write
+        if removed:
+            self._rekey_owed(True)
         txid = await self.send(Grant(staff, tids, expiry_ms, keys))
         if removed:  # the chain moved these types to a new epoch: record it before anyone answers
             for t in removed:
@@ -299,21 +319,44 @@ class Phone:
         before = {g["staff"]: g for g in (await self.reads.grants(self.address))["grants"]}
         epoch = self.epochs.get(r.dtype, 0)
         self._expiry_due = {}
+        self._rekey_owed(True)  # it may rotate the type
         txid = await self.send(r)
         await self.sync()
         if self.epochs.get(r.dtype, 0) > epoch:
             await self._rekey(before, {r.dtype}, r.staff)
+        else:
+            self._rekey_owed(False)
         return txid
 
     async def _rekey(self, before: dict[str, dict], rotated: set[int], staff: bytes) -> None:
         """Re-seal the new epochs of the `rotated` types to every unexpired grantee of them but `staff`."""
-        await self.sync()
+        self._healing = True  # this is the healing: the syncs below must not start another
+        try:
+            await self.sync()
+            await self._reseal({other: g for other, g in before.items()
+                                if other != staff.hex() and rotated & {data_type_id(t) for t in g["types"]}})
+        finally:
+            self._healing = False
+
+    async def heal_keys(self) -> dict[str, str]:
+        """Re-seal the current keys to every unexpired grantee lacking the current epoch of a type it
+        holds (after a rotation whose re-sealing failed, or a crash before it); the failures, by grantee."""
+        grants = (await self.reads.grants(self.address))["grants"]
+        lacking = {}
+        for g in grants:
+            held = {(data_type_id(k["type"]), k["epoch"])
+                    for k in (await self.reads.sealed_keys(self.address, bytes.fromhex(g["staff"])))["keys"]}
+            if any((data_type_id(t), self.epochs.get(data_type_id(t), 0)) not in held for t in g["types"]):
+                lacking[g["staff"]] = g
+        await self._reseal(lacking)
+        return self.rekey_failures
+
+    async def _reseal(self, grantees: dict[str, dict]) -> None:
+        """A grant of the same types and expiry, carrying the current keys, to each of `grantees`."""
         now = int(time.time() * 1000)
         self.rekey_failures = {}
-        for other, g in before.items():
+        for other, g in grantees.items():
             gt = tuple(sorted(data_type_id(t) for t in g["types"]))
-            if other == staff.hex() or not rotated & set(gt):
-                continue
             if 0 < g["expiry_ms"] <= now:
                 continue  # expired: it gets no new key (and the chain would refuse its grant)
             try:  # one grantee's failure must not leave the others without the new key
@@ -322,6 +365,7 @@ class Phone:
             except (ApiError, TxRejected, ValueError) as exc:
                 self.rekey_failures[other] = str(exc)
                 log.warning("re-keying grantee %s failed (the others go on): %s", other, exc)
+        self._rekey_owed(bool(self.rekey_failures))
 
     async def revoke(self, staff: bytes) -> str:
         return await self.grant(staff, [])
