@@ -123,3 +123,27 @@ def test_a_phone_never_takes_key_epochs_below_those_its_proven_blocks_set():
     assert ph.epochs == {hr: 3, bp: 1, DATA_TYPES["glucose"]: 2}
     ph.take_epochs({"epochs": {"heart_rate": 4, "blood_pressure": 1}})  # newer than the followed blocks: taken
     assert ph.epochs == {hr: 4, bp: 1}
+
+
+def test_a_read_refused_by_the_policy_counts_as_denied_only_after_a_grant_change():
+    """A staff read refused 429 and sent again after its Retry-After can come after a revoke staged
+    later, and is then refused 403 at admission, as the policy says: counted with the reads denied
+    (the fresh-clone run failed on one). With no grant change since it was staged, a 403 is the
+    fleet's own fault and stays a failure."""
+    from types import SimpleNamespace
+
+    from devices.load.fleet_model import Meta
+    from devices.load.fleet_proxy import ProxyLanes
+
+    hr = DATA_TYPES["heart_rate"]
+    ph = FleetPhone(Identity.from_seed(b"fleet denied"), 0, 0, "c")
+    ph.granted = (hr,)
+    host = SimpleNamespace(phones=[ph])
+    read = Meta("read", 0, 100.0, dtype=hr, patient=0)
+    assert not ProxyLanes._grant_moved(host, read)  # type: ignore[arg-type]
+    ph.blocked = True  # a grant change in flight
+    assert ProxyLanes._grant_moved(host, read)  # type: ignore[arg-type]
+    ph.blocked, ph.granted, ph.grants_changed = False, (hr,), 101.0  # changed (away and back) since staged
+    assert ProxyLanes._grant_moved(host, read)  # type: ignore[arg-type]
+    ph.grants_changed, ph.granted = 99.0, ()
+    assert ProxyLanes._grant_moved(host, read)  # type: ignore[arg-type]

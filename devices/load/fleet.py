@@ -225,10 +225,12 @@ class Fleet(ProxyLanes):
             acct = await c.account(ph.addr)
         except Exception:
             log.warning("epochs of phone %d not re-read after its grant", m.owner, exc_info=True)
+            ph.grants_changed = time.monotonic()  # it may have committed
             ph.blocked = False
             return
         ph.take_epochs(acct)
         ph.granted = m.body.types
+        ph.grants_changed = time.monotonic()
         ph.blocked = False
 
     async def _fetch(self, m: Meta) -> None:

@@ -68,7 +68,7 @@ class FleetPhone:
     """One emulated phone's state in the fleet: its keys, nonce, key epochs, buffers and grants."""
 
     __slots__ = ("addr", "blocked", "bufs", "chain_epochs", "chain_types", "cids", "clinician", "epochs", "granted",
-                 "ident", "keys", "master",
+                 "grants_changed", "ident", "keys", "master",
                  "nonce", "outstanding", "resync", "v")
 
     def take_epochs(self, acct: dict) -> None:
@@ -94,6 +94,7 @@ class FleetPhone:
         self.epochs: dict[int, int] = {}
         self.bufs: dict[int, list[envelope.Reading]] = {}
         self.granted: tuple[int, ...] = ()
+        self.grants_changed = 0.0  # when a grant change of this phone last committed (monotonic)
         self.cids: list[tuple[int, bytes, int]] = []  # committed (dtype, cid, epoch), for staff reads
         self.blocked = False  # a grant change is in flight: hold writes until it commits
         self.outstanding = 0

@@ -172,6 +172,8 @@ class ProxyLanes:
                         self.conflicts_resent += 1
                         self._reason(self.conflicts, r)
                         resign.append(m)
+                    elif st == 403 and m.kind == "read" and self._grant_moved(m):
+                        self._refused(m, r, denied=True)
                     else:
                         self._refused(m, r)
                 if resign:
@@ -229,15 +231,26 @@ class ProxyLanes:
             m.body = None  # sealed again under the epoch the proxy reads next
         return True
 
-    def _refused(self, m: Meta, r: dict, gap: bool = True) -> None:
-        """Refused for good: counted as failed, with its reason. `gap`: refused at admission, so its
-        nonce was never taken (False: it executed, as a failure, and took it)."""
+    def _grant_moved(self, m: Meta) -> bool:
+        """Whether the patient's grants changed since the read was staged (it is staged only for a
+        type granted, with no grant change in flight): a read refused 429 and sent again after its
+        Retry-After may come after a revoke staged later, and is then denied, as the policy says."""
+        ph = self.phones[m.patient]
+        return ph.blocked or m.dtype not in ph.granted or ph.grants_changed > m.t_sched
+
+    def _refused(self, m: Meta, r: dict, gap: bool = True, denied: bool = False) -> None:
+        """Refused for good: counted as failed, with its reason (`denied`: a staff read the policy
+        denies since a grant change, counted with the reads denied after their commit). `gap`: refused
+        at admission, so its nonce was never taken (False: it executed, as a failure, and took it)."""
         if m.done:  # already counted (committed, or refused for good)
             return
         m.done = True
         self.open_ops -= 1
-        self.failed[m.kind] = self.failed.get(m.kind, 0) + 1
-        self._reason(self.failed.setdefault("reasons", {}), r)
+        if denied:
+            self.reads_refused += 1
+        else:
+            self.failed[m.kind] = self.failed.get(m.kind, 0) + 1
+            self._reason(self.failed.setdefault("reasons", {}), r)
         if m.kind in PHONE_KINDS:
             ph = self.phones[m.owner]
             ph.resync = ph.resync or gap  # the nonce sequence has a gap now: re-read it before signing again
