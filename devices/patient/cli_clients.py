@@ -25,13 +25,12 @@ def _print(args: argparse.Namespace, obj: object, text: str) -> None:
 
 
 def _genesis_file(args: argparse.Namespace) -> Path | None:
-    """--genesis, else a genesis.json at hand (beside the key file, or here): the trust anchor."""
+    """--genesis, else the genesis.json beside the key file: the trust anchor. Never one found in the
+    working directory, which anyone who can write there (a shared or downloaded folder) could swap."""
     if args.genesis:
         return Path(args.genesis)
-    for p in (Path(args.key).parent / "genesis.json", Path("genesis.json")):
-        if p.exists():
-            return p
-    return None
+    p = Path(args.key).parent / "genesis.json"
+    return p if p.exists() else None
 
 
 async def _connect(args: argparse.Namespace,
@@ -49,8 +48,7 @@ async def _connect(args: argparse.Namespace,
                    "network's genesis that key is one validator's word, and a lying validator could put its own there"
                    if seals else "the network's genesis is this client's trust anchor: every commit and every state "
                    "read is checked against its validator keys")
-            raise ValueError(f"{why}. Give --genesis FILE (or keep the genesis.json beside your key file or in this "
-                             "directory)")
+            raise ValueError(f"{why}. Give --genesis FILE (or keep the genesis.json beside your key file)")
         # the trust anchor: checked as a node checks it (its recorded hash, each validator key valid
         # and listed once, so no one key counts twice towards a certificate's quorum)
         gen = load_checked(gfile)
@@ -253,7 +251,7 @@ def register(sub: argparse._SubParsersAction, add) -> None:
         sp.add_argument("--node", default=DEFAULT_NODE, help="validator API URL")
         sp.add_argument("--genesis", help="the network's genesis.json (required): every commit and state read is "
                                           "checked by proof and certificate against it, across its validators "
-                                          "(default: a genesis.json beside the key file or here)")
+                                          "(default: the genesis.json beside the key file)")
         sp.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = add("patient", patient_cmd, "The patient's phone: grant, revoke, upload readings, audit reads.")
