@@ -18,6 +18,11 @@ from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint16_t, uint32_t, 
 DEF MAX_DEPTH = 8
 
 
+class TooManyValues(Exception):
+    """More values than the caller's budget: a verdict, not a miss (the reference is not run, so a
+    frame of millions of one-byte values costs the budget's work, not the frame's)."""
+
+
 cdef inline uint16_t _u16(const unsigned char* p) noexcept nogil:
     return (<uint16_t>p[0] << 8) | p[1]
 
@@ -35,6 +40,7 @@ cdef class _Reader:
     cdef Py_ssize_t n
     cdef Py_ssize_t pos
     cdef bint canon
+    cdef Py_ssize_t left  # values still allowed
 
     cdef inline const unsigned char* take(self, Py_ssize_t k) except NULL:
         cdef const unsigned char* p
@@ -64,6 +70,9 @@ cdef class _Reader:
         cdef Py_ssize_t ln
         cdef uint64_t u
         cdef int64_t s
+        if self.left == 0:
+            raise TooManyValues()
+        self.left -= 1
         if c <= 0x7f:
             return <long>c
         if c >= 0xe0:
@@ -153,20 +162,24 @@ cdef class _Reader:
             raise ValueError("nesting too deep")
         if count > self.n - self.pos:  # every item takes a byte at least
             raise ValueError("truncated")
+        if count > self.left:  # before the list is made
+            raise TooManyValues()
         out = [None] * count
         for i in range(count):
             out[i] = self.value(depth + 1)
         return out
 
 
-def decode(bytes data, bint canonical):
-    """The value `data` encodes, or ValueError (which the caller answers with the reference)."""
+def decode(bytes data, bint canonical, Py_ssize_t max_values=-1):
+    """The value `data` encodes, or ValueError (which the caller answers with the reference), or
+    TooManyValues past `max_values` values (each scalar and each array counts one; -1: no limit)."""
     cdef _Reader r = _Reader.__new__(_Reader)
     cdef object v
     r.buf = <const unsigned char*>data
     r.n = len(data)
     r.pos = 0
     r.canon = canonical
+    r.left = max_values if max_values >= 0 else len(data) + 1  # a value takes a byte at least
     v = r.value(0)
     if r.pos != r.n:
         raise ValueError("trailing bytes")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from node import merkle
 from node.crypto import ecdsa
 from node.crypto.batch import verify_batch  # the native batch path when it is built
-from node.wire import MAX_BLOCK_BYTES, WireError, decode_canonical, encode
+from node.wire import MAX_BLOCK_BYTES, WireError, decode_canonical, encode, value_budget
 
 BLOCK_VERSION = 1
 GENESIS_PREV = bytes(32)
@@ -104,7 +104,7 @@ class Block:
     @classmethod
     def decode(cls, raw: bytes) -> Block:
         try:
-            b = decode_canonical(raw, MAX_BLOCK_BYTES)
+            b = decode_canonical(raw, MAX_BLOCK_BYTES, value_budget(raw))
         except WireError as exc:
             raise BlockError(f"block encoding: {exc}") from None
         if not isinstance(b, list) or len(b) != 4 or not isinstance(b[0], bytes):

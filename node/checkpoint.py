@@ -84,7 +84,7 @@ def encode_chunk(pairs: Pairs) -> bytes:
 def decode_chunk(raw: bytes) -> Pairs:
     """A chunk's pairs, shape-checked (order and limits are the assembler's)."""
     try:
-        obj = decode_canonical(raw, MAX_CHUNK_FRAME)
+        obj = decode_canonical(raw, MAX_CHUNK_FRAME, 1 + 3 * (MAX_CHUNK_KEYS + 1))
     except WireError as exc:
         raise CheckpointError(f"state chunk: {exc}") from None
     if not isinstance(obj, list) or len(obj) > MAX_CHUNK_KEYS:
@@ -214,7 +214,7 @@ class Manifest:
 
 def decode_manifest(raw: bytes) -> Manifest:
     try:
-        m = decode_canonical(raw, MAX_MANIFEST)
+        m = decode_canonical(raw, MAX_MANIFEST, 64)
     except WireError as exc:
         raise CheckpointError(f"snapshot manifest: {exc}") from None
     if not (isinstance(m, list) and len(m) == 8 and m[0] == SNAPSHOT_VERSION):

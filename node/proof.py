@@ -13,7 +13,7 @@ from node import merkle
 from node.block import Block, BlockError, Header, verify_cert
 from node.state import keys, smt
 from node.state.records import Receipt
-from node.wire import WireError, decode_canonical
+from node.wire import WireError, decode_canonical, value_budget
 
 MAX_BUNDLE = 32 * 1024 * 1024
 Values = dict[bytes, "bytes | None"]
@@ -134,7 +134,7 @@ def check_bundle(raw: bytes, state_keys: Sequence[bytes], chain_id: str, validat
     (a ValueError) unless the header is of `chain_id`, certified by 2f+1 of `validators`, at height
     `min_height` or above, and every key's proof leads to its state root."""
     try:
-        b = decode_canonical(raw, MAX_BUNDLE)
+        b = decode_canonical(raw, MAX_BUNDLE, value_budget(raw))
     except WireError as exc:
         raise ProofError(f"proof bundle does not decode: {exc}") from None
     if not (isinstance(b, list) and len(b) == 4 and isinstance(b[0], bytes) and isinstance(b[1], list)

@@ -62,7 +62,7 @@ def decode_submission(body: bytes, max_bytes: int) -> Item:
     """The body of `POST /v1/tx` -> (transaction bytes, sidecar or None)."""
     if body[:1] == b"\x92" and body[1:2] in (b"\xc4", b"\xc5", b"\xc6"):
         try:
-            obj = decode(body, max_bytes)
+            obj = decode(body, max_bytes, 3)
         except WireError:
             return body, None  # not a submission: the transaction decoder says what is wrong
         if isinstance(obj, list) and len(obj) == 2 and isinstance(obj[0], bytes) and obj[0][:1] == b"\x92":
@@ -153,7 +153,7 @@ def decode_forwarded(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> list[It
     declared = _declared_items(data)
     if declared > MAX_FORWARD_ITEMS:
         raise SidecarError(f"a forwarded batch holds at most {MAX_FORWARD_ITEMS} items, this one declares {declared}")
-    obj = decode(data, max_bytes)
+    obj = decode(data, max_bytes, 3 + 3 * MAX_FORWARD_ITEMS)  # [T_TXS, [item or [tx, sidecar], ...]]
     if not (isinstance(obj, list) and len(obj) == 2 and obj[0] == T_TXS and isinstance(obj[1], list)):
         raise SidecarError("a forwarded batch is [16, [item, ...]]")
     return [parse_item(x) for x in obj[1]]

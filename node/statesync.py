@@ -147,7 +147,7 @@ def decode_request(raw: bytes) -> tuple[int, int, bytes]:
 
 def decode_offer(raw: bytes) -> tuple[int, bytes, int]:
     try:
-        o = decode_canonical(raw, MAX_MANIFEST)
+        o = decode_canonical(raw, MAX_MANIFEST, 16)
     except WireError as exc:
         raise StateSyncError(f"state offer: {exc}") from None
     if not (isinstance(o, list) and len(o) == 3 and type(o[0]) is int and isinstance(o[1], bytes)

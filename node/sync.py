@@ -85,7 +85,7 @@ def decode_request(raw: bytes) -> tuple[int, int]:
 
 def decode_response(raw: bytes) -> list[Block]:
     try:
-        blocks = decode_canonical(raw, MAX_RESPONSE)
+        blocks = decode_canonical(raw, MAX_RESPONSE, 1 + MAX_BLOCKS)
     except WireError as exc:
         raise SyncError(f"sync response: {exc}") from None
     if not isinstance(blocks, list) or not all(isinstance(b, bytes) for b in blocks) or len(blocks) > MAX_BLOCKS:

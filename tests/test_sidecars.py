@@ -149,6 +149,11 @@ def test_bad_sidecars_are_refused_and_nothing_is_stored(node, genesis):
                              msgpack.packb([{"tx": good.raw}]), msgpack.packb([7])):
                     async with s.post(node.url + "/v1/txs", data=body) as r:
                         assert r.status == 400 and "invalid batch" in (await r.json())["error"]
+                # a batch of 2 MiB of one-byte values (an item of empty arrays): refused by its
+                # value budget before it is built (it cost 1 s and 120 MB, unauthenticated)
+                bomb = b"\x91\xdd" + (2_000_000).to_bytes(4, "big") + b"\x90" * 2_000_000
+                async with s.post(node.url + "/v1/txs", data=bomb) as r:
+                    assert r.status == 400 and "values" in (await r.json())["error"]
             # no sidecar and no held blob: 422 that says what to do
             got = await _post_tx(node.url, good.raw)
             assert got[0] == 422 and "sidecar" in got[1], got

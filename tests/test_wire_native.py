@@ -32,17 +32,38 @@ scalars = st.one_of(
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=20), max_leaves=60)
 
 
-def agree(data: bytes) -> None:
-    """The native decoder and the reference give the same value, or both refuse, in both modes."""
+def agree(data: bytes, budget: int = -1) -> None:
+    """The native decoder and the reference give the same value, or both refuse, in both modes; with
+    a value budget, a native verdict of too many values is the reference's too (the codec does not
+    run the reference after it)."""
     for canonical, reference in ((False, decode_py), (True, decode_canonical_py)):
         try:
-            want = reference(data, len(data) + 1)
-        except WireError:
-            with pytest.raises(ValueError):
-                native.decode(data, canonical)
+            want = reference(data, len(data) + 1, budget)
+        except WireError as exc:
+            with pytest.raises((ValueError, native.TooManyValues)) as got_exc:
+                native.decode(data, canonical, budget)
+            if got_exc.type is native.TooManyValues:
+                assert str(exc) == f"more than {budget} values", (data.hex(), canonical, exc)
             continue
-        got = native.decode(data, canonical)
+        got = native.decode(data, canonical, budget)
         assert same(got, want), (data.hex(), canonical, got, want)
+
+
+def _values_in(v: object) -> int:
+    return 1 + sum(_values_in(x) for x in v) if isinstance(v, list) else 1
+
+
+@given(values)
+def test_a_value_budget_is_counted_alike_and_refused_alike(value: object) -> None:
+    """Each scalar and each array counts one: the budget of exactly the value's count decodes it, one
+    less is refused by both, with the same words (node/wire/codec.py decode's max_values)."""
+    raw, n = encode(value), _values_in(value)
+    agree(raw, n)
+    agree(raw, n - 1)
+    with pytest.raises(native.TooManyValues):
+        native.decode(raw, True, n - 1)
+    with pytest.raises(WireError, match=f"more than {n - 1} values"):
+        codec.decode_canonical(raw, len(raw), n - 1)
 
 
 @pytest.mark.skipif(native_pkg.forced_off(), reason="MEDCHAIN_NO_NATIVE=1 forces the reference")
@@ -77,6 +98,7 @@ def test_mutated_encodings_agree(value: object, data: st.DataObject) -> None:
         else:
             raw.insert(data.draw(st.integers(0, len(raw))), data.draw(st.integers(0, 255)))
     agree(bytes(raw))
+    agree(bytes(raw), data.draw(st.integers(0, 70)))
 
 
 @settings(max_examples=400, deadline=None)

@@ -73,7 +73,7 @@ async def post_txs(req: web.Request) -> web.Response:
     if (full := v.admission.full()) is not None:  # before paying to decode it
         return _refusal(full)
     try:
-        raws = decode(body, MAX_BATCH_BYTES)
+        raws = decode(body, MAX_BATCH_BYTES, 1 + 3 * (MAX_BATCH_TXS + 1))  # items, each bytes or [tx, sidecar]
         if not isinstance(raws, list):
             raise SidecarError("expected a msgpack array of items")
         if len(raws) > MAX_BATCH_TXS:

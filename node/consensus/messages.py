@@ -23,6 +23,7 @@ _DOMAIN = {T_PREPREPARE: "medchain/pre-prepare", T_PREPARE: "medchain/prepare", 
 # a view change carries the sender's prepared blocks (at most a window of them) and a new view carries
 # 2f+1 view changes without their blocks: both may exceed one block
 MAX_MESSAGE_BYTES = 4 * MAX_BLOCK_BYTES + 64 * 1024
+MAX_CARRIED_BLOCKS = 65536  # blocks a view change may carry (its window's prepared ones, at most)
 
 
 class ConsensusError(ValueError):
@@ -134,7 +135,9 @@ class CertifiedBlock(PrePrepare):
 
 def decode_message(raw: bytes) -> Message:
     try:
-        m = decode_canonical(raw, MAX_MESSAGE_BYTES)
+        # its fields and, in a view change, one value per block it carries: the block and body are
+        # bytes, decoded (with budgets of their own) only once the frame's shape holds
+        m = decode_canonical(raw, MAX_MESSAGE_BYTES, 8 + MAX_CARRIED_BLOCKS)
     except WireError as exc:
         raise ConsensusError(f"consensus message: {exc}") from None
     if not isinstance(m, list) or len(m) < 6:

@@ -38,7 +38,7 @@ from node.consensus.messages import (
 )
 from node.consensus.state import Ignored, Phase, PreparedCert, ReplicaState, Verifier, ViewChangeInfo
 from node.crypto import ecdsa
-from node.wire import MAX_BLOCK_BYTES, WireError, decode_canonical, encode
+from node.wire import MAX_BLOCK_BYTES, WireError, decode_canonical, encode, value_budget
 
 VC_BLOCK_BUDGET = 3 * MAX_BLOCK_BYTES  # prepared blocks a view change carries (the message limit is 4 blocks)
 
@@ -71,7 +71,7 @@ def parse(vc: ViewChange, chain_id: str, n: int, verify: Verifier) -> ViewChange
     of its prepared blocks as fit in one message; a new primary lacking one cannot lead the view)."""
     q = quorum(n)
     try:
-        body = decode_canonical(vc.body, len(vc.body))
+        body = decode_canonical(vc.body, len(vc.body), value_budget(vc.body))
     except WireError as exc:
         raise ConsensusError(f"view change body: {exc}") from None
     if not (isinstance(body, list) and len(body) == 4 and isinstance(body[0], bytes) and len(body[0]) == 32
@@ -156,7 +156,7 @@ def parse_new_view_body(body: bytes) -> list[ViewChange]:
     from node.consensus.messages import decode_message  # local: messages imports nothing from here
 
     try:
-        raws = decode_canonical(body, len(body))
+        raws = decode_canonical(body, len(body), value_budget(body))
     except WireError as exc:
         raise ConsensusError(f"new view body: {exc}") from None
     if not isinstance(raws, list) or not all(isinstance(r, bytes) for r in raws):

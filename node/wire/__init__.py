@@ -8,6 +8,8 @@ from node.wire.codec import (
     decode,
     decode_canonical,
     encode,
+    value_budget,
 )
 
-__all__ = ["MAX_BLOCK_BYTES", "MAX_TX_BYTES", "WireError", "check_size", "decode", "decode_canonical", "encode"]
+__all__ = ["MAX_BLOCK_BYTES", "MAX_TX_BYTES", "WireError", "check_size", "decode", "decode_canonical", "encode",
+           "value_budget"]

@@ -85,36 +85,86 @@ def check_size(data: bytes, max_bytes: int) -> None:
 # native/_wire.pyx: the same answers for valid input, ~5x faster; on anything it refuses (ValueError)
 # the reference below runs and says why, so the native path never decides what is accepted
 _native = native.load("_wire")
-_native_decode: Callable[[bytes, bool], Any] | None = None if _native is None else _native.decode
+_native_decode: Callable[[bytes, bool, int], Any] | None = None if _native is None else _native.decode
+_TooMany: type[Exception] = Exception if _native is None else _native.TooManyValues
 BACKEND = "native" if _native_decode is not None else "python"
 
 
-def decode(data: bytes, max_bytes: int = MAX_TX_BYTES) -> Any:
-    """Decode exactly one msgpack value; reject oversized input, trailing bytes, maps, floats, ext."""
-    obj = _fast(data, max_bytes, False)
-    return decode_py(data, max_bytes) if obj is _MISS else obj
+def decode(data: bytes, max_bytes: int = MAX_TX_BYTES, max_values: int = -1) -> Any:
+    """Decode exactly one msgpack value; reject oversized input, trailing bytes, maps, floats, ext,
+    and (with `max_values` >= 0) more values than that: each scalar and each array counts one. A
+    frame from the network gets a budget its kind needs: a byte each, millions of empty arrays cost
+    seconds and gigabytes to build, before any check could refuse them."""
+    obj = _fast(data, max_bytes, False, max_values)
+    return decode_py(data, max_bytes, max_values) if obj is _MISS else obj
 
 
 _MISS = object()
 
 
-def _fast(data: bytes, max_bytes: int, canonical: bool) -> Any:
+def value_budget(data: bytes, bytes_per_value: int = 16) -> int:
+    """A decode budget for a structure whose shape its data decides (a block, a proof bundle, a view
+    change body): a value for every `bytes_per_value` bytes, and 64 more. Honest ones need far fewer
+    (a transaction or a signature is tens of bytes a value); a frame of one-byte values is cut at a
+    sixteenth of its length."""
+    return len(data) // bytes_per_value + 64
+
+
+def _too_many(max_values: int) -> WireError:
+    return WireError(f"more than {max_values} values")
+
+
+def _fast(data: bytes, max_bytes: int, canonical: bool, max_values: int = -1) -> Any:
     """The native decoder's value, or _MISS for what it does not take (the reference then says why)."""
     if _native_decode is not None and type(data) is bytes and len(data) <= max_bytes:
         try:
-            return _native_decode(data, canonical)
+            return _native_decode(data, canonical, max_values)
         except ValueError:
             pass
+        except _TooMany:
+            raise _too_many(max_values) from None
     return _MISS
 
 
-def decode_py(data: bytes, max_bytes: int = MAX_TX_BYTES) -> Any:
+def _check_values(data: bytes, max_values: int) -> None:
+    """WireError if `data` holds more than `max_values` values, walked by their headers without
+    building any (the reference's budget; anything malformed is left for msgpack to name)."""
+    pos, n, pending, left = 0, len(data), 1, max_values
+    while pending and pos < n:
+        c = data[pos]
+        pos += 1
+        pending -= 1
+        left -= 1
+        if left < 0:
+            raise _too_many(max_values)
+        if 0x90 <= c <= 0x9f:
+            pending += c & 0x0F
+        elif c in (0xDC, 0xDD):
+            w = 2 if c == 0xDC else 4
+            pending += int.from_bytes(data[pos:pos + w], "big")
+            pos += w
+        elif 0xA0 <= c <= 0xBF:
+            pos += c & 0x1F
+        elif c in (0xC4, 0xC5, 0xC6, 0xD9, 0xDA, 0xDB):
+            w = {0xC4: 1, 0xC5: 2, 0xC6: 4, 0xD9: 1, 0xDA: 2, 0xDB: 4}[c]
+            pos += w + int.from_bytes(data[pos:pos + w], "big")
+        elif 0xCC <= c <= 0xD3:
+            pos += 1 << ((c - 0xCC) & 3)
+        elif not (c <= 0x7F or c >= 0xE0 or c in (0xC0, 0xC2, 0xC3)):
+            return  # a type the wire refuses: msgpack says which
+        if pending > left:  # more items announced than the budget allows
+            raise _too_many(max_values)
+
+
+def decode_py(data: bytes, max_bytes: int = MAX_TX_BYTES, max_values: int = -1) -> Any:
     """`decode` in pure Python: the reference (and the fallback without the native build)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise WireError("expected bytes")
     check_size(data, max_bytes)
     if len(data) == 0:
         raise WireError("empty input")
+    if max_values >= 0:
+        _check_values(bytes(data), max_values)
     try:
         obj = msgpack.unpackb(
             bytes(data),
@@ -137,15 +187,15 @@ def decode_py(data: bytes, max_bytes: int = MAX_TX_BYTES) -> Any:
     return obj
 
 
-def decode_canonical(data: bytes, max_bytes: int = MAX_TX_BYTES) -> Any:
+def decode_canonical(data: bytes, max_bytes: int = MAX_TX_BYTES, max_values: int = -1) -> Any:
     """Decode and require that the bytes are the canonical encoding of the value."""
-    obj = _fast(data, max_bytes, True)
-    return decode_canonical_py(data, max_bytes) if obj is _MISS else obj
+    obj = _fast(data, max_bytes, True, max_values)
+    return decode_canonical_py(data, max_bytes, max_values) if obj is _MISS else obj
 
 
-def decode_canonical_py(data: bytes, max_bytes: int = MAX_TX_BYTES) -> Any:
+def decode_canonical_py(data: bytes, max_bytes: int = MAX_TX_BYTES, max_values: int = -1) -> Any:
     """`decode_canonical` in pure Python (the reference)."""
-    obj = decode_py(data, max_bytes)
+    obj = decode_py(data, max_bytes, max_values)
     if encode(obj) != bytes(data):
         raise WireError("non-canonical msgpack encoding")
     return obj
