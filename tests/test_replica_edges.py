@@ -17,6 +17,7 @@ from node.consensus import (
     Broadcast,
     Checkpoint,
     Commit,
+    ConsensusError,
     NewView,
     Persist,
     Prepare,
@@ -25,6 +26,7 @@ from node.consensus import (
     Send,
     ViewChange,
 )
+from node.consensus import viewchange as vcm
 from node.consensus.messages import T_CHECKPOINT, T_PREPARE, T_STATUS, CertifiedBlock, Status, Suspect
 from node.consensus.recovery import decode_record
 from node.consensus.state import Instance, Phase
@@ -718,3 +720,65 @@ def test_a_restarted_replica_reinstalls_its_new_view_and_resumes_its_view_change
     w.resume_view_change()
     (vc,) = sent(w.tick(20_000), ViewChange)
     assert (vc.view, vc.sender) == (1, 3)
+
+
+def test_a_certificate_is_checked_for_its_shape_before_any_signature() -> None:
+    """A certified block whose certificate repeats one genuine commit vote 100,000 times cost as many
+    verifications (5 s a message, refused, so sent again and again): a certificate of more entries
+    than validators, a repeated or unknown index, is refused with no verification at all; a good one
+    verifies its 2f+1 votes. (Found by a review.)"""
+    victim = raw_replica(4, 0)
+    calls = []
+    verify = victim.s.verify
+    victim.s.verify = lambda i, d, s: calls.append(i) or verify(i, d, s)
+    b = make_block(1)
+    vote = [IDS[1].sign(vote_digest(CHAIN, 0, 1, b.hash))]
+    for cert in ([(1, vote[0])] * 100_000, [(1, vote[0]), (1, vote[0]), (2, vote[0])], [(1, vote[0]), (9, vote[0])]):
+        assert not victim.cert_valid(Block(b.header, b.txs, tuple(cert), 0))
+    assert calls == []
+    good = tuple((i, IDS[i].sign(vote_digest(CHAIN, 0, 1, b.hash))) for i in (0, 1, 2))
+    assert victim.cert_valid(Block(b.header, b.txs, good, 0)) and sorted(calls) == [0, 1, 2]
+
+
+def test_a_view_change_carries_prepared_entries_only_within_a_window_above_what_it_delivered() -> None:
+    """A prepared entry above vc.seq + window is refused: otherwise a view change could carry the
+    chain's whole history of genuine certificates, every one verified (~98,000 in one message)."""
+    r = make_replica(4, 1)
+    b = make_block(2, prev=make_block(1).hash)  # prepared at 2 (block 1 still on its way)
+    r.on_message(pre_prepare(b))
+    for j in (2, 3):
+        r.on_message(signed(Prepare, j, 0, 2, b.hash))
+    (vc,) = [a.msg for a in r.start_view_change(1) if isinstance(a, Broadcast) and isinstance(a.msg, ViewChange)]
+    verify = r.s.verify
+    assert vc.seq == 0 and list(vcm.parse(vc, CHAIN, 4, verify, window=2).prepared) == [2]  # within (0, 2]
+    with pytest.raises(ConsensusError, match="out of range"):
+        vcm.parse(vc, CHAIN, 4, verify, window=1)
+    with pytest.raises(ConsensusError, match="more than 0 prepared entries"):
+        vcm.parse(vc, CHAIN, 4, verify, window=0)
+
+
+def test_a_suspect_from_below_our_height_is_stale_and_a_delivery_clears_suspicion() -> None:
+    """A SUSPECT carries the height its sender had delivered. A byzantine replica replaying an honest
+    one's old SUSPECT (its timer ran out once, the view went on) beside its own made f+1 and forced a
+    view change at a moment of its choosing (a review did so 1,200 blocks later). Counted now: only
+    one from at or above our height, and only until the next delivery."""
+    r = raw_replica(4, 0)
+    r.s.last_delivered = 5
+    stale, own = signed(Suspect, 2, 0, 2, bytes(32)), signed(Suspect, 3, 0, 5, bytes(32))
+    r.on_message(stale)
+    r.on_message(own)
+    assert r.phase is Phase.NORMAL and r.ignored_by_reason().get("outside-window") == 1
+    fresh = signed(Suspect, 2, 0, 5, bytes(32))
+    assert sent(r.on_message(fresh), Suspect)  # f+1 = 2 stuck where we are: we join, and with us 2f+1
+    assert r.phase is Phase.VIEW_CHANGE
+    r2 = make_replica(4, 1)
+    r2.on_message(signed(Suspect, 2, 0, 0, bytes(32)))
+    a = make_block(1)
+    r2.on_message(pre_prepare(a))
+    for j in (2, 3):
+        r2.on_message(signed(Prepare, j, 0, 1, a.hash))
+    for j in (0, 2):
+        r2.on_message(signed(Commit, j, 0, 1, a.hash))
+    assert r2.last_delivered == 1 and r2.s.suspects == {}  # delivered: the suspicion before it is gone
+    r2.on_message(signed(Suspect, 3, 0, 1, bytes(32)))
+    assert r2.phase is Phase.NORMAL  # one suspicion, not f+1

@@ -65,10 +65,13 @@ def _quorum_signed(pairs: list[object], digest: bytes, n: int, verify: Verifier,
     return signers
 
 
-def parse(vc: ViewChange, chain_id: str, n: int, verify: Verifier) -> ViewChangeInfo:
+def parse(vc: ViewChange, chain_id: str, n: int, verify: Verifier, window: int = 1 << 16) -> ViewChangeInfo:
     """Check a view change's certificates (its own signature is checked by the caller); raise
     ConsensusError on anything that does not hold. Blocks are optional (a view change carries as many
-    of its prepared blocks as fit in one message; a new primary lacking one cannot lead the view)."""
+    of its prepared blocks as fit in one message; a new primary lacking one cannot lead the view).
+    Prepared entries lie in (vc.seq, vc.seq + window]: a replica prepares only within its window
+    above its stable checkpoint, which is at or below what it delivered. Without that bound a view
+    change could carry the chain's whole history of genuine certificates, each verified."""
     q = quorum(n)
     try:
         body = decode_canonical(vc.body, len(vc.body), value_budget(vc.body))
@@ -85,6 +88,8 @@ def parse(vc: ViewChange, chain_id: str, n: int, verify: Verifier) -> ViewChange
         signers = _quorum_signed(cert, vote_digest(chain_id, cert_view, vc.seq, last_hash), n, verify)
         if signers is None or len(signers) < q:
             raise ConsensusError("the last committed block's certificate does not verify")
+    if len(plist) > window:
+        raise ConsensusError(f"more than {window} prepared entries")
     prepared: dict[int, PreparedCert] = {}
     for e in plist:
         if not (isinstance(e, list) and len(e) == 5 and type(e[0]) is int and type(e[1]) is int
@@ -95,7 +100,8 @@ def parse(vc: ViewChange, chain_id: str, n: int, verify: Verifier) -> ViewChange
             header = Header.decode(hraw)
         except BlockError as exc:
             raise ConsensusError(f"prepared header: {exc}") from None
-        if seq <= vc.seq or seq in prepared or not 0 <= view < vc.view or header.seq != seq or header.view > view:
+        if seq <= vc.seq or seq > vc.seq + window or seq in prepared or not 0 <= view < vc.view \
+                or header.seq != seq or header.view > view:
             raise ConsensusError("prepared entry out of range or repeated")
         primary = view % n
         if not verify(primary, signed_digest(T_PREPREPARE, chain_id, view, seq, header.hash), pp_sig):
@@ -205,7 +211,14 @@ class ViewChanges:
         return out + self._suspicion_ripe()
 
     def on_suspect(self, msg: Suspect) -> list[Action]:
+        """A peer's suspicion of this view counts if it is stuck where we are or beyond (its SUSPECT's
+        seq is what it had delivered): one from below our height is stale, the view went on since. A
+        byzantine replica replaying an honest one's old SUSPECT beside its own forced a view change
+        at a moment of its choosing, 1,200 blocks later."""
         if msg.view != self.s.view or self.s.changing:
+            return []
+        if msg.seq < self.s.last_delivered:
+            self.s.ignore(Ignored.OUTSIDE_WINDOW)
             return []
         self.s.suspects[msg.sender] = self.s.now_ms
         return self._suspicion_ripe()
@@ -303,7 +316,7 @@ class ViewChanges:
         if msg.view > self.s.view + 4 * self.s.n or msg.sender in self.s.vcs.get(msg.view, {}):
             return []  # bounded: a byzantine replica cannot make us hold view changes for endless views
         try:
-            info = parse(msg, self.s.chain_id, self.s.n, self.s.verify)
+            info = parse(msg, self.s.chain_id, self.s.n, self.s.verify, self.s.window)
         except ConsensusError:
             self.s.ignore(Ignored.BAD_VIEW_CHANGE)
             return []
@@ -339,7 +352,7 @@ class ViewChanges:
                         not self.s.verify(vc.sender, vc.signing_digest(self.s.chain_id), vc.sig):
                     raise ConsensusError("new view holds a bad or repeated view change")
                 senders.add(vc.sender)
-                infos.append(parse(vc, self.s.chain_id, self.s.n, self.s.verify))
+                infos.append(parse(vc, self.s.chain_id, self.s.n, self.s.verify, self.s.window))
             if len(infos) < self.s.q:
                 raise ConsensusError("new view holds fewer than 2f+1 view changes")
         except ConsensusError:
