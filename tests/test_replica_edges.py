@@ -416,7 +416,7 @@ def test_a_peer_that_signs_another_block_at_our_height_is_evidence_of_a_fork():
     other = ecdsa.sha256(b"another block 1")
     st = signed(Status, 2, 0, 1, other)
     r.on_message(st)
-    assert r.evidence == [{"kind": "fork", "validator": 2, "tag": T_STATUS, "view": 0, "seq": 1,
+    assert r.evidence == [{"kind": "conflicting-status", "validator": 2, "tag": T_STATUS, "view": 0, "seq": 1,
                            "digests": [a.hash.hex(), other.hex()], "sigs": ["", st.sig.hex()]}]
     r2 = make_replica(4, 1)
     r2.on_message(signed(Status, 2, 0, 0, other))  # at height 0 there is no block to fork from

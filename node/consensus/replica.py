@@ -605,9 +605,10 @@ class Replica:
                 self.s.nv_sent[j] = self.s.now_ms
                 out.append(Send(j, self.s.new_view_msg))
         if theirs == self.s.last_delivered and theirs > 0 and msg.digest != self.s.last_hash:
-            # a validator signs that it delivered another block at our height: the chain forked, which
-            # only more than f faulty validators can cause (kept as evidence, reported loudly)
-            self.s.add_evidence("fork", j, T_STATUS, msg.view, theirs, (self.s.last_hash, b""), (msg.digest, msg.sig))
+            # a validator signs that it delivered another block at our height: the chain forked (only
+            # more than f faulty validators can cause that), or that validator lies; its signature is
+            # evidence against it either way, not by itself of a fork (one byzantine validator can sign it)
+            self.s.add_evidence("conflicting-status", j, T_STATUS, msg.view, theirs, (self.s.last_hash, b""), (msg.digest, msg.sig))
         before = self.s.peer_delivered.get(j)
         self.s.peer_delivered[j] = max(before or 0, theirs)
         if theirs >= self.s.last_delivered or before is None or theirs > before:

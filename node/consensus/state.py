@@ -161,6 +161,7 @@ class ReplicaState:
     round_ema: float = 0.0  # moving average of the time between deliveries while work waited (ms)
     progress_at: int = 0
     nv_sent: dict[int, int] = field(default_factory=dict)  # validator -> when we last relayed our NEW-VIEW to it
+    nv_answered: dict[int, int] = field(default_factory=dict)  # validator -> when we last answered its VIEW-CHANGE
     # ---- peers and time ----
     now_ms: int = 0
     last_status: int = -(10**12)

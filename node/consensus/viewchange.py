@@ -311,7 +311,12 @@ class ViewChanges:
     def on_view_change(self, msg: ViewChange) -> list[Action]:
         if msg.view < self.s.view or (msg.view == self.s.view and not self.s.changing):
             if self.s.is_primary and msg.view == self.s.view and self.s.new_view_msg is not None:
-                return [Send(msg.sender, self.s.new_view_msg)]  # a straggler: it missed our NEW-VIEW
+                # a straggler: it missed our NEW-VIEW. Once per two heartbeats per sender (as a STATUS
+                # gets it): a byzantine one repeating its VIEW-CHANGE had one NEW-VIEW queued per copy
+                sent = self.s.nv_answered.get(msg.sender)
+                if sent is None or self.s.now_ms - sent >= 2 * self.s.status_ms:
+                    self.s.nv_answered[msg.sender] = self.s.now_ms
+                    return [Send(msg.sender, self.s.new_view_msg)]
             return []
         if msg.view > self.s.view + 4 * self.s.n or msg.sender in self.s.vcs.get(msg.view, {}):
             return []  # bounded: a byzantine replica cannot make us hold view changes for endless views

@@ -37,6 +37,7 @@ from typing import Any
 
 from node.multiaddr import split_peer
 
+from .framequeue import FrameQueue
 from .identity import key_pair_from_secret, peer_id_from_secret
 
 log = logging.getLogger("medchain.p2p")
@@ -50,7 +51,7 @@ log = logging.getLogger("medchain.p2p")
 os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 
 MODES = ("direct", "gossipsub")
-QUEUE_MAX = 10_000  # frames per peer; when full the oldest is dropped (PBFT retransmits)
+QUEUE_MAX = 10_000  # frames per peer, and framequeue.MAX_BYTES; when full the oldest go (PBFT retransmits)
 # A frame still queued after this long is dropped unsent: PBFT retransmits what still matters,
 # heartbeats repeat, forwarded transactions are forwarded again. Without it, a validator that joins
 # (or comes back) was sent everything queued for it since the network started, up to QUEUE_MAX
@@ -173,9 +174,9 @@ class P2PNode:
         self.muxer = muxer
         self.strict_signing = strict_signing
         self.runner = runner
-        self._queues: dict[str, deque] = {pid: deque(maxlen=queue_max) for pid in self._peers}
+        self._queues: dict[str, FrameQueue] = {pid: FrameQueue(queue_max) for pid in self._peers}
         self._queue_max_age = queue_max_age
-        self._gossip_queue: deque = deque(maxlen=queue_max)
+        self._gossip_queue = FrameQueue(queue_max)
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         # messages by tag (message_tag): out counts send/broadcast calls, in counts deliveries
         self.tags_out: dict[int, int] = {}
@@ -350,11 +351,9 @@ class P2PNode:
             raise P2PError(f"message of {n} bytes over max_frame {self.max_frame}")
         return n.to_bytes(4, "big") + data
 
-    def _enqueue(self, q: deque, item: Any) -> None:
+    def _enqueue(self, q: FrameQueue, item: Any) -> None:
         """`item`: a direct queue's (time queued, frame), or a gossip queue's payload."""
-        if len(q) == q.maxlen:
-            self.stats["drops"] += 1
-        q.append(item)
+        self.stats["drops"] += q.put(item)
 
     def broadcast(self, data: bytes) -> None:
         """Queue ``data`` for every other validator."""
