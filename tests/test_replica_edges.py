@@ -52,10 +52,10 @@ def certify(block: Block, signers: range | list[int] = range(3), view: int = 0) 
 
 
 def chain(k: int) -> list[Block]:
-    """k blocks, each on its parent."""
+    """k blocks, each on its parent, each carrying a transaction (work: progress)."""
     out: list[Block] = []
     for seq in range(1, k + 1):
-        out.append(make_block(seq, prev=out[-1].hash if out else GENESIS_PREV))
+        out.append(make_block(seq, prev=out[-1].hash if out else GENESIS_PREV, txs=[b"tx %d" % seq]))
     return out
 
 
@@ -133,8 +133,22 @@ def test_delivery_from_certified_blocks_moves_every_cursor():
 def test_a_delivery_ends_a_suspicion():
     r = make_replica(4, 1)
     r.state.phase = Phase.SUSPECTING
-    assert delivered(r.offer_certified(certify(make_block(1))))
+    assert delivered(r.offer_certified(certify(make_block(1, txs=[b"work"]))))
     assert r.state.phase is Phase.NORMAL
+
+
+def test_an_empty_block_is_not_progress():
+    """A byzantine primary proposing empty blocks just inside the view timeout (an honest one proposes
+    none) stretched the timeout to 8x through the delivery pace and kept its seat while every client
+    transaction waited (a review: 55 empty blocks in 10 minutes, no view change). An empty delivery
+    neither resets the timer nor feeds the pace nor ends a suspicion."""
+    r = make_replica(4, 1)
+    s = r.state
+    s.phase, s.round_ema, s.progress_at, s.now_ms, s.vc_attempt = Phase.SUSPECTING, 100.0, 1000, 5000, 2
+    s.suspects = {2: 5000}
+    assert delivered(r.offer_certified(certify(make_block(1))))
+    assert (s.phase, s.round_ema, s.progress_at, s.vc_attempt, s.progress_seq) == (Phase.SUSPECTING, 100.0, 1000, 2, 0)
+    assert s.suspects == {2: 5000} and r.last_delivered == 1
 
 
 def test_a_checkpoint_holds_the_own_signature_and_becomes_stable_with_a_quorum():
@@ -761,9 +775,8 @@ def test_a_suspect_from_below_our_height_is_stale_and_a_delivery_clears_suspicio
     """A SUSPECT carries the height its sender had delivered. A byzantine replica replaying an honest
     one's old SUSPECT (its timer ran out once, the view went on) beside its own made f+1 and forced a
     view change at a moment of its choosing (a review did so 1,200 blocks later). Counted now: only
-    one from at or above our height, and only until the next delivery."""
-    r = raw_replica(4, 0)
-    r.s.last_delivered = 5
+    one from at or above our last progress, and only until the next delivery carrying work."""
+    r = raw_replica(4, 0, last_delivered=5)
     stale, own = signed(Suspect, 2, 0, 2, bytes(32)), signed(Suspect, 3, 0, 5, bytes(32))
     r.on_message(stale)
     r.on_message(own)
@@ -773,7 +786,7 @@ def test_a_suspect_from_below_our_height_is_stale_and_a_delivery_clears_suspicio
     assert r.phase is Phase.VIEW_CHANGE
     r2 = make_replica(4, 1)
     r2.on_message(signed(Suspect, 2, 0, 0, bytes(32)))
-    a = make_block(1)
+    a = make_block(1, txs=[b"work"])
     r2.on_message(pre_prepare(a))
     for j in (2, 3):
         r2.on_message(signed(Prepare, j, 0, 1, a.hash))

@@ -95,7 +95,7 @@ class Replica:
             # sent (or owe) a view change: waiting for the NEW-VIEW
             phase=Phase.VIEW_CHANGE if awaiting_new_view and view > 0 else Phase.NORMAL,
             stable=last_delivered, last_delivered=last_delivered, last_hash=last_hash, last_cert=last_cert,
-            next_seq=last_delivered + 1)
+            next_seq=last_delivered + 1, progress_seq=last_delivered)
         self.views = ViewChanges(self.s, self)
         self.recovery = Recovery(self.s, self.views)
         # by tag; each handler takes the message class decode_message gives for that tag
@@ -508,14 +508,18 @@ class Replica:
         for s in [s for s in self.s.prepared if s <= seq]:
             del self.s.prepared[s]
         self.s.next_seq = max(self.s.next_seq, seq + 1)
-        # the time this delivery took while work waited feeds the adaptive timeout
-        self.s.round_ema = 0.7 * self.s.round_ema + 0.3 * max(0, self.s.now_ms - self.s.progress_at)
-        self.s.progress_at, self.s.vc_attempt = self.s.now_ms, 0
-        if self.s.phase is Phase.SUSPECTING:
-            self.s.phase = Phase.NORMAL
-        # the view went on: a suspicion from before counts no more (a replica still stuck says so
-        # again with its next heartbeat, at its new height)
-        self.s.suspects.clear()
+        # Progress is a block that carries work: an honest primary proposes none empty, and a
+        # byzantine one proposing empty blocks just inside the timeout (stretching it, through the
+        # pace below, to 8x) held its seat for ever while every client transaction waited
+        if block.txs:
+            # the time this delivery took while work waited feeds the adaptive timeout
+            self.s.round_ema = 0.7 * self.s.round_ema + 0.3 * max(0, self.s.now_ms - self.s.progress_at)
+            self.s.progress_at, self.s.vc_attempt, self.s.progress_seq = self.s.now_ms, 0, seq
+            if self.s.phase is Phase.SUSPECTING:
+                self.s.phase = Phase.NORMAL
+            # the view went on: a suspicion from before counts no more (a replica still stuck says so
+            # again with its next heartbeat, at its new height)
+            self.s.suspects.clear()
         if self.s.n == 1:
             self.s.stable = seq
             return []

@@ -160,6 +160,7 @@ class ReplicaState:
     suspects: dict[int, int] = field(default_factory=dict)  # validator -> when its SUSPECT for our view last came
     round_ema: float = 0.0  # moving average of the time between deliveries while work waited (ms)
     progress_at: int = 0
+    progress_seq: int = 0  # the last delivery that carried transactions (a SUSPECT from below it is stale)
     nv_sent: dict[int, int] = field(default_factory=dict)  # validator -> when we last relayed our NEW-VIEW to it
     nv_answered: dict[int, int] = field(default_factory=dict)  # validator -> when we last answered its VIEW-CHANGE
     # ---- peers and time ----

@@ -212,12 +212,13 @@ class ViewChanges:
 
     def on_suspect(self, msg: Suspect) -> list[Action]:
         """A peer's suspicion of this view counts if it is stuck where we are or beyond (its SUSPECT's
-        seq is what it had delivered): one from below our height is stale, the view went on since. A
+        seq is what it had delivered): one from below our last progress is stale, the view went on
+        since (empty blocks are not progress, so suspicion of a primary making only those holds). A
         byzantine replica replaying an honest one's old SUSPECT beside its own forced a view change
         at a moment of its choosing, 1,200 blocks later."""
         if msg.view != self.s.view or self.s.changing:
             return []
-        if msg.seq < self.s.last_delivered:
+        if msg.seq < self.s.progress_seq:
             self.s.ignore(Ignored.OUTSIDE_WINDOW)
             return []
         self.s.suspects[msg.sender] = self.s.now_ms
