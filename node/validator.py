@@ -129,6 +129,11 @@ class Validator:
         self.replica = self._new_replica()
         self._inbox: asyncio.Queue = asyncio.Queue()
         self._inbox_bytes = 0  # of the peers' frames in it (INBOX_MAX_BYTES)
+        # each peer's frames and bytes in it: a peer holds at most its share (of the others'), so one
+        # flooding validly signed messages cannot fill the inbox and have the honest ones dropped
+        self._inbox_peer: dict[str, list[int]] = {}
+        others = max(1, self.n - 1)
+        self._inbox_share = (max(1, INBOX_MAX // others), max(INBOX_MAX_BYTES // others, MAX_MESSAGE_BYTES))
         self._calls: collections.deque[tuple[Callable[[], Awaitable[None]], asyncio.Future[None]]] = (
             collections.deque())  # see in_consensus
         # a backup votes for a block only once it holds the blobs its writes record (node/availability.py)
@@ -421,11 +426,15 @@ class Validator:
             self._txin_bytes += len(data)
             self._txin.put_nowait((peer, items, len(data)))
             return
-        if self._inbox.qsize() >= INBOX_MAX or self._inbox_bytes + len(data) > INBOX_MAX_BYTES:
+        held = self._inbox_peer.setdefault(peer, [0, 0])
+        if self._inbox.qsize() >= INBOX_MAX or self._inbox_bytes + len(data) > INBOX_MAX_BYTES \
+                or held[0] >= self._inbox_share[0] or held[1] + len(data) > self._inbox_share[1]:
             self.metrics.throttled.labels("consensus_backlog").inc()
             return  # a flood of consensus messages: PBFT tolerates the loss and retransmits
         self._inbox_bytes += len(data)
-        self._inbox.put_nowait(("net", data))
+        held[0] += 1
+        held[1] += len(data)
+        self._inbox.put_nowait(("net", (peer, data)))
 
     async def _admit_forwarded(self) -> None:
         while True:
@@ -443,7 +452,11 @@ class Validator:
         while True:
             kind, item = ("call", self._calls.popleft()) if self._calls else await self._inbox.get()
             if kind == "net":
+                peer, item = item
                 self._inbox_bytes -= len(item)
+                held = self._inbox_peer[peer]
+                held[0] -= 1
+                held[1] -= len(item)
             if self.disk.stalled or kind == "resume":
                 if kind == "call" and item is not None and not item[1].done():  # its caller must not wait on
                     item[1].set_exception(storage.StorageFull("storage stalled: not run"))  # a dropped step

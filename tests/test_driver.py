@@ -145,21 +145,28 @@ def test_stop_forwards_what_was_admitted_and_not_yet_forwarded(tmp_path: Path) -
     asyncio.run(go())
 
 
-def test_the_consensus_inbox_is_bounded_in_bytes_and_gives_them_back_as_it_is_read(tmp_path: Path) -> None:
+def test_the_consensus_inbox_is_bounded_in_bytes_and_per_peer_and_gives_them_back_as_it_is_read(
+        tmp_path: Path) -> None:
     """A peer's frames wait in the consensus inbox; a frame may be up to 32 MiB, so a count alone
     (16,384 frames) let a byzantine peer park gigabytes behind a slow consensus task. Beyond
-    INBOX_MAX_BYTES a frame is dropped (PBFT retransmits), and reading frames frees their bytes."""
+    INBOX_MAX_BYTES a frame is dropped (PBFT retransmits), and reading frames frees their bytes. Each
+    peer holds at most its share (a third of the bound, with four validators): one peer flooding
+    validly signed messages filled the whole inbox and had the honest ones dropped."""
     from node.validator import INBOX_MAX_BYTES
     v = Validator(_homes(tmp_path)[1])
     try:
-        frame = b"\x00" * (INBOX_MAX_BYTES // 4)
-        peer = next(iter(v._peer_index))
-        for _ in range(4):
-            v._on_net(peer, frame)
-        assert v._inbox.qsize() == 4 and v._inbox_bytes == INBOX_MAX_BYTES
-        v._on_net(peer, b"\x00")  # one byte more: dropped
-        assert v._inbox.qsize() == 4
-        assert v.metrics.registry.get_sample_value("medchain_throttled_total", {"scope": "consensus_backlog"}) == 1
+        frame = b"\x00" * (INBOX_MAX_BYTES // 6)
+        flooder, *honest = list(v._peer_index)[:1] + [p for p, j in v._peer_index.items() if j not in (0, 1)]
+        for _ in range(5):
+            v._on_net(flooder, frame)
+        assert v._inbox.qsize() == 2  # its share: two such frames
+        for p in honest:
+            for _ in range(2):
+                v._on_net(p, frame)
+        assert v._inbox.qsize() == 6 and v._inbox_bytes == 6 * len(frame)  # the others' frames all in
+        v._on_net(honest[0], b"\x00" * (INBOX_MAX_BYTES - 6 * len(frame) + 1))  # one byte over the bound
+        assert v._inbox.qsize() == 6
+        assert v.metrics.registry.get_sample_value("medchain_throttled_total", {"scope": "consensus_backlog"}) == 4
 
         async def read_all() -> None:  # the consensus task reads them (malformed frames: dropped)
             task = asyncio.create_task(v._consensus())
@@ -168,8 +175,8 @@ def test_the_consensus_inbox_is_bounded_in_bytes_and_gives_them_back_as_it_is_re
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         asyncio.run(read_all())
-        assert v._inbox_bytes == 0
-        v._on_net(peer, frame)
+        assert v._inbox_bytes == 0 and all(held == [0, 0] for held in v._inbox_peer.values())
+        v._on_net(flooder, frame)
         assert v._inbox.qsize() == 1 and v._inbox_bytes == len(frame)
     finally:
         v.close()
