@@ -127,8 +127,10 @@ def _fast(data: bytes, max_bytes: int, canonical: bool, max_values: int = -1) ->
 
 
 def _check_values(data: bytes, max_values: int) -> None:
-    """WireError if `data` holds more than `max_values` values, walked by their headers without
-    building any (the reference's budget; anything malformed is left for msgpack to name)."""
+    """WireError if `data` holds more than `max_values` values, or a type the wire refuses, walked by
+    their headers without building any (the reference's budget; a truncation is left for msgpack to
+    name). A refused type must be refused here: msgpack would build the whole frame first (an empty
+    map or a float before a million empty arrays did, a review found)."""
     pos, n, pending, left = 0, len(data), 1, max_values
     while pending and pos < n:
         c = data[pos]
@@ -151,7 +153,7 @@ def _check_values(data: bytes, max_values: int) -> None:
         elif 0xCC <= c <= 0xD3:
             pos += 1 << ((c - 0xCC) & 3)
         elif not (c <= 0x7F or c >= 0xE0 or c in (0xC0, 0xC2, 0xC3)):
-            return  # a type the wire refuses: msgpack says which
+            raise WireError("a type the wire does not allow (map, float, ext)")
         if pending > left:  # more items announced than the budget allows
             raise _too_many(max_values)
 
