@@ -337,10 +337,13 @@ class BlockStore:
             stats = [txn.stat(db) for db in (self.blocks, self.roots)]
         entries = sum(s["entries"] for s in stats) + 1
         with self._map.write(entries, most_pages=sum(s["branch_pages"] + s["leaf_pages"] + 8 for s in stats)) as txn:
-            # what a commit pinned, or an upload listed, since the walk above (it ran outside this
-            # transaction, and a live validator writes meanwhile) is walked again, in here
-            for root in self._kept(txn, grace, now, started) - keep:
-                live.update(c.multihash for c in self.dag_cids(root, txn))
+            # what a commit pinned, or an upload or a repair listed, since the walk above (it ran
+            # outside this transaction, and a live validator writes meanwhile) is walked again, in
+            # here: a root kept before but listed since (a pinned blob repair fetched meanwhile,
+            # which the first walk found absent) too
+            for root, added in self._kept(txn, grace, now, started).items():
+                if root not in keep or added >= started:
+                    live.update(c.multihash for c in self.dag_cids(root, txn))
             doomed = [bytes(k) for k in txn.cursor(db=self.blocks).iternext(keys=True, values=False)
                       if bytes(k) not in live]
             for k in doomed:
@@ -350,14 +353,18 @@ class BlockStore:
                     txn.delete(k, db=self.roots)
         return deleted
 
-    def _kept(self, txn: lmdb.Transaction, grace: float, now: float, started: float) -> set[Cid]:
-        """The roots gc keeps: pinned ones, and listed ones younger than `grace` at `now` or listed
-        since `started` (the gc's own start)."""
-        keep = {Cid.from_bytes(bytes(k)) for k, _ in txn.cursor(db=self.pins)}
+    def _kept(self, txn: lmdb.Transaction, grace: float, now: float, started: float) -> dict[Cid, float]:
+        """The roots gc keeps, with when each was listed (-1: pinned, not listed here): pinned ones,
+        and listed ones younger than `grace` at `now` or listed since `started` (the gc's own start)."""
+        keep: dict[Cid, float] = {}
+        for k, _ in txn.cursor(db=self.pins):
+            cid = Cid.from_bytes(bytes(k))
+            meta = txn.get(cid.multihash, db=self.roots)
+            keep[cid] = -1.0 if meta is None else _ROOT.unpack(bytes(meta))[1]
         for k, v in txn.cursor(db=self.roots):
             _size, added, codec = _ROOT.unpack(bytes(v))
             if now - added < grace or added >= started:
-                keep.add(Cid(1, codec, bytes(k)))
+                keep.setdefault(Cid(1, codec, bytes(k)), added)
         return keep
 
 
