@@ -293,10 +293,12 @@ def test_gc_keeps_what_is_committed_or_uploaded_while_it_walks(tmp_path: Path) -
         repaired: list[bool] = []
 
         def repair_meanwhile(r: Cid, txn=None) -> list[Cid]:
-            if not repaired:
+            out = walk(r) if txn is None else walk(r, txn)
+            if r == root and not repaired:  # just after the walk found it absent
+                assert out == []
                 repaired.append(True)
                 s.put_dags([(root, blocks.items(), len(data))])
-            return walk(r) if txn is None else walk(r, txn)
+            return out
         s.dag_cids = repair_meanwhile  # type: ignore[method-assign]
         s.gc(grace=0.0)  # (the upload above, unpinned, goes now)
         assert s.get_blob(root) == data and s.pin_count(root) == 1
