@@ -120,6 +120,18 @@ def test_rekey_reaches_other_grantees(node, genesis):
     run(go())
 
 
+async def _with_two_grantees(c: NodeClient, genesis, record, seed: bytes) -> tuple[Phone, Staff, Staff]:
+    """A patient (identity from `seed`) whose phone keeps `record`, and staff A and B (seeds + " a",
+    " b"), both granted heart rate."""
+    phone = Phone(Identity.from_seed(seed), c, genesis.chain_id, genesis.validator_keys, record=record)
+    sa, sb = (Staff(Identity.from_seed(seed + x), c, genesis.chain_id) for x in (b" a", b" b"))
+    await sa.register("A", "nurse", "X")
+    await sb.register("B", "nurse", "X")
+    for st in (sa, sb):
+        await phone.grant(st.address, ["heart_rate"])
+    return phone, sa, sb
+
+
 def test_a_rekey_that_failed_after_a_revoke_is_sent_at_the_next_sync_even_after_a_restart(node, genesis, tmp_path):
     """The revoke commits and rotates the type; the new key's grant to the other grantee is then lost
     (a dropped connection, or the phone dies between the two). The phone records, before the revoke
@@ -140,32 +152,71 @@ def test_a_rekey_that_failed_after_a_revoke_is_sent_at_the_next_sync_even_after_
             return await super().submit_and_wait(raw, sidecar, wait)
 
     pat = Identity.from_seed(b"rekey owed")
-    a, b = Identity.from_seed(b"rekey owed a"), Identity.from_seed(b"rekey owed b")
+    b = Identity.from_seed(b"rekey owed b")
     record = tmp_path / "pat.record.json"
     revoked: list[bool] = []
 
     async def go():
         async with Dropping(node.url) as c:
-            phone = Phone(pat, c, genesis.chain_id, genesis.validator_keys, record=record)
-            sa, sb = Staff(a, c, genesis.chain_id), Staff(b, c, genesis.chain_id)
-            await sa.register("A", "nurse", "X")
-            await sb.register("B", "nurse", "X")
-            await phone.grant(a.address, ["heart_rate"])
-            await phone.grant(b.address, ["heart_rate"])
+            phone, sa, sb = await _with_two_grantees(c, genesis, record, b"rekey owed")
+            a = sa.identity
             revoked.append(True)
             await phone.revoke(a.address)
-            assert list(phone.rekey_failures) == [b.address.hex()] and phone.rekey_pending
-            assert json.loads(record.read_text())["rekey_pending"] is True
+            assert list(phone.rekey_failures) == [b.address.hex()] and phone.rekey_pending is not None
+            assert json.loads(record.read_text())["rekey_pending"] == phone.rekey_pending  # the revoke's nonce
             # the phone restarts: its record alone says a re-key is owed
             phone = Phone(pat, c, genesis.chain_id, genesis.validator_keys, record=record)
             now = int(time.time() * 1000)
             frames = list(make_wearable("heart_rate", "hr", seed=4).frames_between(now - 60_000, now - 50_000))
             res = await phone.write_window("heart_rate", frames)
-            assert res.epoch == 1 and not phone.rekey_pending and not phone.rekey_failures
-            assert json.loads(record.read_text())["rekey_pending"] is False
+            assert res.epoch == 1 and phone.rekey_pending is None and not phone.rekey_failures
+            assert json.loads(record.read_text())["rekey_pending"] is None
             assert [w.readings for w in await sb.read(pat.address, "heart_rate")] == [frames]
             with pytest.raises(AccessDenied):
                 await sa.read(pat.address, "heart_rate")
+    run(go())
+
+
+def test_a_rekey_owed_waits_for_its_rotation_to_commit(node, genesis, tmp_path):
+    """The revoke is admitted late (its submission lost for now, delivered later): a restarted
+    phone's sync must not clear the re-key it owes while the chain has not taken the revoke's nonce
+    (nothing is rotated yet, so nothing lacks a key); once the revoke commits, its next sync re-seals
+    the new key to the other grantee. (Found by the review of the first version, which cleared it.)"""
+    from node.tx import Grant
+
+    held: list[bytes] = []
+
+    class Holding(NodeClient):
+        """Holds back the first grant that revokes (empty types), as if lost in transit."""
+
+        async def submit_and_wait(self, raw, sidecar, wait):
+            tx = Tx.decode(raw, genesis.chain_id)
+            if not held and isinstance(tx.body, Grant) and not tx.body.types:
+                held.append(raw)
+                raise ApiError(503, "connection lost")
+            return await super().submit_and_wait(raw, sidecar, wait)
+
+    pat = Identity.from_seed(b"rekey late")
+    record = tmp_path / "pat.record.json"
+
+    async def go():
+        async with Holding(node.url) as c:
+            phone, sa, sb = await _with_two_grantees(c, genesis, record, b"rekey late")
+            a = sa.identity
+            with pytest.raises(ApiError):
+                await phone.revoke(a.address)
+            owed = phone.rekey_pending
+            assert owed is not None and held
+            phone = Phone(pat, c, genesis.chain_id, genesis.validator_keys, record=record)  # restarted
+            await phone.sync()
+            assert phone.rekey_pending == owed  # the revoke has not committed: still owed
+            await c.submit_and_wait(held[0], None, 10)  # the revoke arrives after all
+            await phone.sync()  # its nonce is taken: the new key goes to B
+            assert phone.rekey_pending is None and phone.epochs[DATA_TYPES["heart_rate"]] == 1
+            now = int(time.time() * 1000)
+            frames = list(make_wearable("heart_rate", "hr", seed=5).frames_between(now - 60_000, now - 50_000))
+            await phone.write_window("heart_rate", frames)
+            assert [w.readings for w in await sb.read(pat.address, "heart_rate")] == [frames]
     run(go())
 
 

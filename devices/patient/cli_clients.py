@@ -90,7 +90,7 @@ def patient_cmd(args: argparse.Namespace) -> int:
             try:
                 return await act(ph)
             finally:
-                owed.update(ph.rekey_failures if ph.rekey_pending else {})
+                owed.update(ph.rekey_failures if ph.rekey_pending is not None else {})
         finally:
             print(_refusals(reader), end="", file=sys.stderr)
             await c.close()

@@ -102,12 +102,15 @@ class Phone:
         self.record_path = record
         self.own_epochs: dict[int, int] = {}
         # a key rotation whose re-sealing to the other grantees has not all committed (a failure, or
-        # a crash between the two): the next sync re-seals to whoever lacks a current key
-        self.rekey_pending = False
+        # a crash between the two): the nonce of the rotating transaction; once the chain has taken
+        # that nonce, the next sync re-seals to whoever lacks a current key (not before: a rotation
+        # committing late would come after a heal that found nothing to do)
+        self.rekey_pending: int | None = None
         if record is not None and record.exists():
             r = json.loads(record.read_text())
             self.own_epochs = {int(t): e for t, e in r["epochs"].items()}
-            self.rekey_pending = bool(r.get("rekey_pending"))
+            owed = r.get("rekey_pending")
+            self.rekey_pending = None if owed in (None, False) else 0 if owed is True else int(owed)
             if reader is not None:
                 reader.saw_height(r["height"])
 
@@ -124,7 +127,7 @@ class Phone:
         proven = {DATA_TYPES[k]: v for k, v in acct["epochs"].items()}
         self.epochs = {t: max(e, self.own_epochs.get(t, 0)) for t, e in proven.items()}
         self._save_record()
-        if self.rekey_pending and not self._healing:
+        if self.rekey_pending is not None and self.next_nonce > self.rekey_pending and not self._healing:
             self._healing = True
             try:
                 await self.heal_keys()
@@ -139,10 +142,11 @@ class Phone:
             write_durably(self.record_path, json.dumps({"epochs": self.own_epochs, "height": h,
                                                         "rekey_pending": self.rekey_pending}))
 
-    def _rekey_owed(self, owed: bool) -> None:
-        """Record (durably, before the rotation is sent) that grantees may lack the current keys."""
-        if owed != self.rekey_pending:
-            self.rekey_pending = owed
+    def _rekey_owed(self, nonce: int | None) -> None:
+        """Record (durably, before the rotation is sent, with the nonce it is sent under) that
+        grantees may lack the current keys; None: nothing owed."""
+        if nonce != self.rekey_pending:
+            self.rekey_pending = nonce
             self._save_record()
 
     async def _nonce(self) -> int:
@@ -299,7 +303,7 @@ class Phone:
         keys = await self._sealed_keys(staff, tids, self.epochs)
         self._expiry_due = {}  # the grants change: read them again before the next write
         if removed:
-            self._rekey_owed(True)
+            self._rekey_owed(self.next_nonce)  # the nonce send() signs it with (sync() read it above)
         txid = await self.send(Grant(staff, tids, expiry_ms, keys))
         if removed:  # the chain moved these types to a new epoch: record it before anyone answers
             for t in removed:
@@ -319,13 +323,15 @@ class Phone:
         before = {g["staff"]: g for g in (await self.reads.grants(self.address))["grants"]}
         epoch = self.epochs.get(r.dtype, 0)
         self._expiry_due = {}
-        self._rekey_owed(True)  # it may rotate the type
+        if self.next_nonce is None:
+            await self.sync()
+        self._rekey_owed(self.next_nonce)  # it may rotate the type
         txid = await self.send(r)
         await self.sync()
         if self.epochs.get(r.dtype, 0) > epoch:
             await self._rekey(before, {r.dtype}, r.staff)
         else:
-            self._rekey_owed(False)
+            self._rekey_owed(None)
         return txid
 
     async def _rekey(self, before: dict[str, dict], rotated: set[int], staff: bytes) -> None:
@@ -365,7 +371,7 @@ class Phone:
             except (ApiError, TxRejected, ValueError) as exc:
                 self.rekey_failures[other] = str(exc)
                 log.warning("re-keying grantee %s failed (the others go on): %s", other, exc)
-        self._rekey_owed(bool(self.rekey_failures))
+        self._rekey_owed(self.rekey_pending if self.rekey_failures else None)
 
     async def revoke(self, staff: bytes) -> str:
         return await self.grant(staff, [])
