@@ -684,6 +684,8 @@ class Validator:
 
     @staticmethod
     async def _call(fn: Callable[[], Awaitable[None]], done: asyncio.Future[None]) -> None:
+        if done.done():  # its caller gave up waiting (a timeout cancels the future): not run late
+            return
         try:
             await fn()
         except Exception as exc:  # noqa: BLE001 - the caller of in_consensus gets it

@@ -180,3 +180,31 @@ def test_the_consensus_inbox_is_bounded_in_bytes_and_per_peer_and_gives_them_bac
         assert v._inbox.qsize() == 1 and v._inbox_bytes == len(frame)
     finally:
         v.close()
+
+
+def test_a_step_whose_caller_gave_up_waiting_is_not_run_late(tmp_path: Path) -> None:
+    """in_consensus queues a step for the consensus task; a caller that timed out (state transfer's
+    install) cancels its wait, and the step must not run afterwards with no one waiting for it (an
+    installer started on a transfer the caller had already counted as failed)."""
+    v = Validator(_homes(tmp_path)[1])
+    ran: list[str] = []
+
+    async def step() -> None:
+        ran.append("step")
+
+    async def go() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(v.in_consensus(step), 0.01)  # the consensus task is not running yet
+        task = asyncio.create_task(v._consensus())
+        await v.in_consensus(lambda: _note(ran))
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    try:
+        asyncio.run(go())
+    finally:
+        v.close()
+    assert ran == ["later"]
+
+
+async def _note(ran: list[str]) -> None:
+    ran.append("later")
