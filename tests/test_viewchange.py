@@ -466,6 +466,9 @@ def test_the_new_primary_resends_its_new_view_to_stragglers_only():
     nv = [x.msg for x in acts if isinstance(x, Broadcast) and x.msg.tag == 7][0]
     # the new primary installs its own view (persisted first) and re-proposes the carried-over block
     assert ViewChanged(1, True, (b,), nv.encode()) in acts and [p.digest for p in sent(acts, PrePrepare)] == [b.hash]
+    # persisted (ViewChanged) before it leaves (a review: a primary killed in between built another)
+    assert acts.index(ViewChanged(1, True, (b,), nv.encode())) < next(
+        i for i, x in enumerate(acts) if isinstance(x, Broadcast) and x.msg.tag == 7)
     assert (nv.view, nv.seq, nv.sender) == (1, 0, 1)
     backup.on_message(nv)
     assert primary.view == backup.view == 1 and not primary.changing and not backup.changing

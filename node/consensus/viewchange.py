@@ -344,7 +344,10 @@ class ViewChanges:
         body = encode([strip(i.msg) for i in infos])
         nv = self.s.make(NewView, 0, body_hash(body), body=body)
         blocks = {h: b for i in infos for h, b in i.blocks.items()}
-        return [Broadcast(nv)] + self._install(nv, select(infos), blocks)
+        acts = self._install(nv, select(infos), blocks)
+        # the NEW-VIEW leaves after ViewChanged (which the driver persists first, with the NEW-VIEW):
+        # a primary killed in between would otherwise build another one for the view after restart
+        return acts[:1] + [Broadcast(nv)] + acts[1:]
 
     def on_new_view(self, msg: NewView) -> list[Action]:
         w = msg.view
