@@ -30,7 +30,17 @@ from node.ipfs.bitswap_pb import (
 from node.ipfs.blockstore import BlockStore, IntegrityError, MissingBlock
 from node.ipfs.cid import CODEC_DAG_PB, Cid, cid_v1_raw, multihash_sha256
 from node.ipfs.fetch import DagFetch, FetchError
-from node.ipfs.unixfs import import_bytes
+from node.ipfs.unixfs import (
+    TYPE_FILE,
+    PBLink,
+    PBNode,
+    UnixfsData,
+    UnixfsError,
+    encode_pbnode,
+    encode_unixfs_data,
+    export_bytes,
+    import_bytes,
+)
 
 HELLO = b"hello world\n"
 HELLO_V0 = Cid.parse("QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o")
@@ -323,3 +333,29 @@ def test_the_upload_collector_keeps_a_blob_uploaded_again_within_the_grace(tmp_p
         assert s.collect_uploads(600.0, now=clock[0] + 601) == 1 and not s.has_blob(root)
     finally:
         s.close()
+
+
+def test_a_dag_linking_one_block_many_times_is_rebuilt_only_within_its_bound() -> None:
+    """Three distinct blocks (a root of 1,000 links to one node of 1,000 links to one 1 MiB leaf) pass
+    every bound on what a fetch holds, and describe 976 GiB: rebuilding it ran every validator that
+    fetched it out of memory (a byzantine validator forwarding a write naming it makes them all
+    fetch it; a review). It is refused before anything is rebuilt past the bound, and a file that
+    repeats a chunk (zeros) still rebuilds within it."""
+    def node(child: Cid, size: int, k: int) -> tuple[Cid, bytes]:
+        meta = encode_unixfs_data(UnixfsData(TYPE_FILE, filesize=k * size, blocksizes=(size,) * k))
+        b = encode_pbnode(PBNode(tuple(PBLink(child, "", size) for _ in range(k)), meta))
+        return Cid(1, CODEC_DAG_PB, multihash_sha256(b)), b
+    leaf = os.urandom(1 << 20)
+    blocks = {cid_v1_raw(leaf): leaf}
+    mid, mb = node(cid_v1_raw(leaf), len(leaf), 1000)
+    root, rb = node(mid, 1000 * len(leaf), 1000)
+    blocks.update({mid: mb, root: rb})
+    with pytest.raises(UnixfsError, match="declares more than the 2097152 bytes"):
+        export_bytes(root, blocks.__getitem__, 2 << 20)
+    liar, lb = node(mid, 1, 1)  # declares one byte under a node that holds 1,000 MiB
+    blocks[liar] = lb
+    with pytest.raises(UnixfsError):
+        export_bytes(liar, blocks.__getitem__)
+    zeros = bytes(3 << 20)  # three identical chunks: one leaf linked three times
+    r, zb = import_bytes(zeros, "helia-default")
+    assert len(zb) == 2 and export_bytes(r, zb.__getitem__, len(zeros)) == zeros

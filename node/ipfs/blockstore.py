@@ -263,7 +263,7 @@ class BlockStore:
                 raise MissingBlock(f"block {cid} of {root} is not held")
             return data
 
-        return export_bytes(root, block)
+        return export_bytes(root, block, self.blob_size(root))  # never more than it was listed with
 
     def dag_cids(self, root: Cid, txn: lmdb.Transaction | None = None) -> list[Cid]:
         """Every CID of the DAG below ``root`` that is held (root first); in `txn` if given."""

@@ -370,20 +370,27 @@ def is_blob(cid: Cid, data: bytes) -> bool:
     return any(import_bytes(data, p)[0] == cid for p in PROFILES)
 
 
-def export_bytes(root: Cid, get_block: Callable[[Cid], bytes]) -> bytes:
-    """Reassemble a UnixFS file, verifying every block against its CID and every size field."""
+def export_bytes(root: Cid, get_block: Callable[[Cid], bytes], max_size: int | None = None) -> bytes:
+    """Reassemble a UnixFS file, verifying every block against its CID and every size field; with
+    `max_size`, UnixfsError as soon as the file would pass it. A DAG may link one block many times
+    (a file of repeated chunks does), so three distinct blocks can describe terabytes: the bound
+    is on what is rebuilt, checked before each piece is appended and against each node's declared
+    sizes before descending."""
     out = bytearray()
-    _export(root, get_block, out, 0)
+    _export(root, get_block, out, 0, (1 << 62) if max_size is None else max_size)
     return bytes(out)
 
 
-def _export(cid: Cid, get_block: Callable[[Cid], bytes], out: bytearray, depth: int) -> None:
+def _export(cid: Cid, get_block: Callable[[Cid], bytes], out: bytearray, depth: int, limit: int) -> None:
+    """Append `cid`'s content to `out`, which must stay within `limit` bytes."""
     if depth > _MAX_DEPTH:
         raise UnixfsError(f"DAG deeper than {_MAX_DEPTH} levels")
     block = bytes(get_block(cid))
     if not verify(cid, block):
         raise CidError(f"block does not match its CID {cid}")
     if cid.codec == CODEC_RAW:
+        if len(out) + len(block) > limit:
+            raise UnixfsError(f"the file passes {limit} bytes")
         out += block
         return
     node = decode_pbnode(block)
@@ -393,13 +400,17 @@ def _export(cid: Cid, get_block: Callable[[Cid], bytes], out: bytearray, depth: 
     if meta.type not in _FILE_TYPES:
         raise UnixfsError(f"node {cid} is UnixFS type {meta.type}, not a file")
     start = len(out)
+    if meta.filesize is not None:
+        limit = min(limit, start + meta.filesize)  # what it declares bounds it, as the size checks below need
+    if len(out) + len(meta.data or b"") + sum(meta.blocksizes) > limit:
+        raise UnixfsError(f"node {cid} declares more than the {limit - start} bytes it may hold")
     if meta.data:
         out += meta.data
     if len(meta.blocksizes) != len(node.links):
         raise UnixfsError(f"node {cid}: {len(node.links)} links but {len(meta.blocksizes)} blocksizes")
     for link, expected in zip(node.links, meta.blocksizes, strict=True):
         before = len(out)
-        _export(link.hash, get_block, out, depth + 1)
+        _export(link.hash, get_block, out, depth + 1, min(limit, before + expected))
         if len(out) - before != expected:
             raise UnixfsError(f"child {link.hash} holds {len(out) - before} bytes, blocksize says {expected}")
     if meta.filesize is not None and len(out) - start != meta.filesize:

@@ -352,7 +352,7 @@ class BitswapService:
             blocks = {c.multihash: d for c, d in f.blocks.values()}
             for r in roots:  # every complete, well-formed file is kept, even after a timeout
                 try:
-                    size = len(export_bytes(r, lambda c: blocks[c.multihash]))
+                    size = len(export_bytes(r, lambda c: blocks[c.multihash], self.max_blob_bytes))
                 except KeyError:
                     continue  # incomplete
                 except ValueError as exc:
