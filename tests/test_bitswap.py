@@ -116,6 +116,22 @@ def test_want_block_have_and_dont_have() -> None:
     assert sorted(c.multihash for c in eng.wanted_by("p")) == sorted([missing.multihash, cid_v1_raw(b"x").multihash])
 
 
+def test_a_want_list_reads_each_block_once_and_within_the_budget() -> None:
+    """One message repeating a held 1 MiB CID 99,800 times (within the 4 MiB message cap) had the
+    block read and buffered as often: 100 GiB, the trio thread blocked (a review). Each entry counts
+    once, and blocks are read for the answer only within the budget; past it the peer hears HAVE
+    and asks again once it has read what came."""
+    blobs = [os.urandom(1 << 20) for _ in range(5)]
+    eng = Engine(store_of({cid_v1_raw(b): b for b in blobs}))
+    r = eng.receive("p", Message(entries=[Entry(cid_v1_raw(blobs[0]), want_type=WANT_BLOCK)] * 10_000))
+    assert [len(d) for _, m in r.replies for _, d in m.blocks] == [1 << 20]
+    r = eng.receive("p", Message(entries=[Entry(cid_v1_raw(b), want_type=WANT_BLOCK) for b in blobs]),
+                    send_budget=(2 << 20) + 1)
+    assert len([d for _, m in r.replies for _, d in m.blocks]) == 3  # read until the budget is spent
+    assert sorted(c.multihash for c, p in (x for _, m in r.replies for x in m.presences) if p == HAVE) == sorted(
+        cid_v1_raw(b).multihash for b in blobs[3:])
+
+
 def test_late_want_is_answered_when_the_block_arrives() -> None:
     """py-libp2p defect: blocks added after a want were lost. Here the ledger keeps the want."""
     held: dict[Cid, bytes] = {}

@@ -27,6 +27,7 @@ from .cid import Cid
 MAX_BLOCK = 2 * 1024 * 1024  # blocks we send or accept (kubo and Helia allow at least this)
 MAX_WANTS_PER_PEER = 8192  # ledger entries kept per peer; the oldest go first
 SEND_BUDGET = MAX_MESSAGE - 64 * 1024  # bytes of blocks per outgoing message
+REPLY_BUDGET = 16 * 1024 * 1024  # bytes of blocks read to answer one message (the adapter may pass less)
 RECENT = 16384  # multihashes we wanted and got, so late duplicates are not counted as bad
 
 
@@ -119,9 +120,11 @@ class Engine:
         return out
 
     # ---- inbound ---------------------------------------------------------------------------------
-    def receive(self, peer: str, msg: Message) -> Received:
+    def receive(self, peer: str, msg: Message, send_budget: int = REPLY_BUDGET) -> Received:
+        """What `msg` brings and what to answer; at most `send_budget` bytes of blocks are read for
+        the answer (the adapter passes what is left of the peer's send queue)."""
         r = Received()
-        self._receive_wants(peer, msg, r)
+        self._receive_wants(peer, msg, r, send_budget)
         for cid, data in msg.blocks:
             mh = cid.multihash
             if len(data) > self.max_block:
@@ -141,7 +144,10 @@ class Engine:
                 r.presences.append((cid, kind))
         return r
 
-    def _receive_wants(self, peer: str, msg: Message, r: Received) -> None:
+    def _receive_wants(self, peer: str, msg: Message, r: Received, budget: int) -> None:
+        """Each entry once (a message repeating one held 1 MiB CID 99,800 times had as many read and
+        buffered, 100 GiB); blocks read for the answer stop at `budget` bytes, the rest answered HAVE
+        (the peer asks again once it has read what came)."""
         book = self.ledger.get(peer)
         if msg.full and book:
             for key in list(book):
@@ -151,14 +157,19 @@ class Engine:
         book = self.ledger.setdefault(peer, OrderedDict())
         blocks: list[tuple[Cid, bytes]] = []
         presences: list[tuple[Cid, int]] = []
+        seen: set[tuple[bytes, int, bool]] = set()
         for e in msg.entries:
             key = e.cid.to_bytes()
+            if (key, e.want_type, e.cancel) in seen:
+                continue
+            seen.add((key, e.want_type, e.cancel))
             if e.cancel:
                 self._drop(peer, key)
                 continue
-            if e.want_type == WANT_BLOCK:
+            if e.want_type == WANT_BLOCK and budget > 0:
                 data = self.get_block(e.cid)
                 held = data is not None
+                budget -= len(data) if data is not None else 0
             else:
                 data, held = None, self.has_block(e.cid)
             if held:

@@ -25,7 +25,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
-from node.ipfs.bitswap import Engine, merge
+from node.ipfs.bitswap import REPLY_BUDGET, Engine, merge
 from node.ipfs.bitswap_pb import HAVE, MAX_MESSAGE, WANT_BLOCK, WANT_HAVE, MessageError, decode_message, encode_message
 from node.ipfs.blockstore import IntegrityError
 from node.ipfs.cid import Cid, encode_varint
@@ -199,7 +199,8 @@ class BitswapService:
             log.debug("bitswap stream from %s ended: %r", peer, exc)
 
     def handle(self, peer: str, msg: Any) -> None:
-        r = self.engine.receive(peer, msg)
+        o = self.outs.get(peer)
+        r = self.engine.receive(peer, msg, min(REPLY_BUDGET, OUT_BYTES - (o.bytes if o is not None else 0)))
         self.send(r.replies)
         self.stats["blocks_in"] += len(r.blocks)
         self.stats["duplicate_blocks"] += r.duplicates
