@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -29,7 +30,7 @@ from node.ipfs.bitswap import REPLY_BUDGET, Engine, merge
 from node.ipfs.bitswap_pb import HAVE, MAX_MESSAGE, WANT_BLOCK, WANT_HAVE, MessageError, decode_message, encode_message
 from node.ipfs.blockstore import IntegrityError
 from node.ipfs.cid import Cid, encode_varint
-from node.ipfs.fetch import DagFetch, FetchError
+from node.ipfs.fetch import BLOCK_TIMEOUT, DagFetch, FetchError
 from node.ipfs.unixfs import export_bytes
 
 from ._streamio import StreamReader
@@ -316,7 +317,13 @@ class BitswapService:
         for r in roots:
             self._running[r.multihash] = done
         self.stats["fetches"] += 1
-        f = DagFetch(roots, peers or self.default_peers(), **self._bounds(len(roots)))
+        # peers in random order, and a block unanswered for a quarter of the fetch's time goes to the
+        # next one: with the whole budget per block and genesis order, one silent (or crashed) first
+        # validator failed every fetch of a large blob in time for a vote (a review)
+        order = list(peers or self.default_peers())
+        random.shuffle(order)
+        f = DagFetch(roots, order, block_timeout=max(0.5, min(BLOCK_TIMEOUT, timeout / 4)),
+                     **self._bounds(len(roots)))
         wakeup = self._wakeups[f] = trio.Event()
         self.fetches.add(f)
         error = None
