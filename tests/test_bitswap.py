@@ -181,6 +181,13 @@ def test_client_side_matching_unwanted_and_duplicates() -> None:
     eng.want(b, ["r"], WANT_HAVE, send_dont_have=False)
     r = eng.receive("r", Message(presences=[(b, HAVE), (cid_v1_raw(b"zz"), HAVE)]))
     assert r.presences == [(b, HAVE)] and "r" not in eng.wants[b.multihash]
+    # once every peer asked has answered, the want goes: each fetched block left one behind for the
+    # life of the node (a review), and with it its CID's codec, which a later fetch then used
+    d, e = cid_v1_raw(b"d"), cid_v1_raw(b"e")
+    eng.want([d, e], ["p"], WANT_BLOCK)
+    assert eng.receive("p", Message(blocks=[(d, b"d")], presences=[(e, DONT_HAVE)])).blocks == [(d, b"d")]
+    assert d.multihash not in eng.wants and e.multihash not in eng.wants and d.multihash not in eng._want_cid
+    assert eng.receive("p", Message(blocks=[(d, b"d")])).duplicates == 1  # a late copy is still not "bad"
 
 
 def test_pack_and_merge_respect_the_message_cap() -> None:

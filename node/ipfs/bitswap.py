@@ -130,8 +130,8 @@ class Engine:
             if len(data) > self.max_block:
                 r.oversized += 1
             elif mh in self.wants:
-                self.wants[mh].pop(peer, None)
                 r.blocks.append((self._want_cid.get(mh, cid), data))
+                self._answered(mh, peer)
             elif mh in self._recent:
                 r.duplicates += 1
             else:
@@ -140,9 +140,23 @@ class Engine:
             asked = self.wants.get(cid.multihash)
             if asked is not None and peer in asked:
                 if kind == DONT_HAVE or asked[peer] == WANT_HAVE:
-                    del asked[peer]  # answered: that peer dropped the want from its ledger
+                    self._answered(cid.multihash, peer)  # that peer dropped the want from its ledger
                 r.presences.append((cid, kind))
         return r
+
+    def _answered(self, mh: bytes, peer: str) -> None:
+        """`peer` answered our want of `mh`; once no peer is asked the want goes (every block fetched
+        left one behind, for the life of the node: a review), and a late copy counts as a duplicate."""
+        asked = self.wants.get(mh)
+        if asked is None:
+            return
+        asked.pop(peer, None)
+        if not asked:
+            del self.wants[mh]
+            self._want_cid.pop(mh, None)
+            self._recent[mh] = None
+            while len(self._recent) > RECENT:
+                self._recent.popitem(last=False)
 
     def _receive_wants(self, peer: str, msg: Message, r: Received, budget: int) -> None:
         """Each entry once (a message repeating one held 1 MiB CID 99,800 times had as many read and
