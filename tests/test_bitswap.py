@@ -382,3 +382,17 @@ def test_a_dag_linking_one_block_many_times_is_rebuilt_only_within_its_bound() -
     zeros = bytes(3 << 20)  # three identical chunks: one leaf linked three times
     r, zb = import_bytes(zeros, "helia-default")
     assert len(zb) == 2 and export_bytes(r, zb.__getitem__, len(zeros)) == zeros
+
+
+def test_a_blob_stays_listed_when_its_digest_is_stored_under_the_other_codec(tmp_path: Path) -> None:
+    """The raw twin of a dag-pb root (the root node's bytes under a raw CID) stored after it relisted
+    the digest as a raw blob: the honest blob read as not held (a review). The first listing stands."""
+    s = BlockStore(tmp_path / "s")
+    try:
+        data = os.urandom(1_500_000)
+        root, _ = s.put_blob(data)
+        twin = Cid(1, 0x55, root.multihash)
+        s.put_dags([(twin, [(twin, s.get(root))], len(s.get(root)))])
+        assert s.has_blob(root) and s.blob_size(root) == len(data) and s.blob_size(twin) is None
+    finally:
+        s.close()

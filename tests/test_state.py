@@ -254,6 +254,18 @@ def test_duplicate_cid_refused(chain):
     assert codes == [OK, 6]
 
 
+def test_the_twin_of_a_recorded_cid_is_refused(chain):
+    """The same digest under the other codec (the raw CID of another patient's dag-pb root) named the
+    same bytes in every block store, which lists a blob by digest: a validator fetching the twin for
+    a vote relisted the honest blob as raw and stopped holding it (a review). Recorded either way
+    round, its twin is refused."""
+    pb = b"\x01\x70" + cid("big")[2:]
+    assert chain.run(PAT, Write(HR, pb, 3_000_000, 0, T0 - 60_000, T0)) == OK
+    assert chain.write(PAT2, HR, "big") == Code.CID_RECORDED  # raw(digest of that root)
+    assert chain.write(PAT2, HR, "small") == OK
+    assert chain.run(PAT, Write(BP, b"\x01\x70" + cid("small")[2:], 10, 0, T0 - 60_000, T0)) == Code.CID_RECORDED
+
+
 def test_read_of_cid_not_on_chain(chain):
     assert chain.grant(PAT, DOC, [HR]) == OK
     assert chain.read(DOC, PAT, HR, "missing") == 4

@@ -138,6 +138,9 @@ class BlockStore:
                     if not verify(cid, data):
                         raise IntegrityError(f"bytes do not match {cid}")
                     txn.put(cid.multihash, data, db=self.blocks)
+                listed = txn.get(root.multihash, db=self.roots)
+                if listed is not None and _ROOT.unpack(bytes(listed))[2] != root.codec:
+                    continue  # its digest is listed as the other codec's blob: that listing stands
                 txn.put(root.multihash, _ROOT.pack(filesize, now, root.codec), db=self.roots)
                 if upload:
                     txn.put(_upload_key(now) + root.multihash, b"", db=self.uploads)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from node.crypto import ecdsa
+from node.ipfs.cid import CODEC_DAG_PB, CODEC_RAW
 from node.state import keys, smt
 from node.state.records import (
     CODES,
@@ -196,8 +197,8 @@ def check_tx(view: Overlay, tx: Tx, time_ms: int, rules: Rules = NO_ISSUERS) -> 
             return Code.STALE_EPOCH
         if any(h[1] <= time_ms for h in view.get_obj(keys.expiring(addr, b.dtype)) or ()):  # expiries are > 0
             return Code.KEY_EXPIRED  # a grantee whose access ended holds this epoch's key
-        if view.get(keys.blob(b.cid)) is not None:
-            return Code.CID_RECORDED
+        if view.get(keys.blob(b.cid)) is not None or view.get(keys.blob(_codec_twin(b.cid))) is not None:
+            return Code.CID_RECORDED  # by this CID, or its twin: the same digest under the other codec
         return OK
     if isinstance(b, Read):
         if b.reason:
@@ -375,3 +376,12 @@ __all__ = [
     "genesis_state_root",
     "read_allowed",
 ]
+
+
+def _codec_twin(cid: bytes) -> bytes:
+    """The CIDv1 naming the same sha2-256 digest under the other codec (raw <-> dag-pb). A write's CID is
+    exactly `01 codec 12 20 digest` (Write refuses any other at decode). A block store lists a blob by
+    its digest: a write of a blob's twin (the raw CID of another patient's dag-pb root, its stated size
+    the root node's) had a validator that fetched it relist the honest blob as a raw one, not held."""
+    return bytes((cid[0], CODEC_DAG_PB if cid[1] == CODEC_RAW else CODEC_RAW)) + cid[2:]
+
