@@ -50,15 +50,24 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    from node.config import apply_environment, resolve
+    """Exit 2 for what a restart cannot mend (no or a bad configuration, genesis or key file: the
+    service unit does not restart on it), else what the validator exits with."""
+    from node.config import ConfigError, apply_environment, resolve
+    from node.crypto.keys import Identity
+    from node.genesis import load_checked
     from node.run import main as run_main
-    settings = resolve(args)  # flags, then environment, then --config FILE (node/config.py)
-    assert settings.home is not None
-    if not (settings.home / "genesis.json").exists():
-        print(f"{settings.home} has no genesis.json: run `medchain init --dir DIR` (one host) or "
-              "`medchain operator install-genesis` first", file=sys.stderr)
+    try:
+        settings = resolve(args)  # flags, then environment, then --config FILE (node/config.py)
+        assert settings.home is not None
+        if not (settings.home / "genesis.json").exists():
+            raise ConfigError(f"{settings.home} has no genesis.json: run `medchain init --dir DIR` (one host) or "
+                              "`medchain operator install-genesis` first")
+        gen = load_checked(settings.home / "genesis.json")  # its recorded hash, every field
+        gen.index_of(Identity.load(settings.home / "node_key.json").public_key)  # a validator of this genesis
+        apply_environment(settings)
+    except (ValueError, OSError, KeyError) as exc:  # ConfigError is a ValueError
+        print(f"medchain node: {exc}", file=sys.stderr)
         return 2
-    apply_environment(settings)
     return run_main(settings)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import tomllib
 from collections.abc import Callable
@@ -117,10 +118,12 @@ def _check(s: NodeSettings, where: str) -> NodeSettings:
             _hostport(value, f"{where}: {name.replace('_', '.')}")
     if not all(isinstance(p, str) and "/p2p/" in p for p in s.ipfs_peers):
         raise ConfigError(f"{where}: p2p.ipfs_peers: multiaddrs ending in /p2p/<peer id>")
-    for name in ("lmdb_map_gb", "disk_reserve_mb"):
+    for name in ("lmdb_map_gb", "disk_reserve_mb", "max_queue_s", "mempool_mb"):
         value = getattr(s, name)
         if value is not None and value < 0:
             raise ConfigError(f"{where}: limits.{name} must not be negative")
+        if value is not None and value > _MOST[name]:
+            raise ConfigError(f"{where}: limits.{name} must be at most {_MOST[name]:g}")
     if s.max_queue_s is not None and not s.max_queue_s > 0:
         raise ConfigError(f"{where}: limits.max_queue_s must be above 0")
     if s.mempool_mb is not None and not s.mempool_mb >= MIN_MEMPOOL_MB:
@@ -155,24 +158,33 @@ def resolve(args: argparse.Namespace, env: dict[str, str] | None = None) -> Node
                                                                          "text"),
         log_level=pick(getattr(args, "log_level", None), None, "log.level", "info"),
         metrics_listen=pick(getattr(args, "metrics_listen", None), None, "metrics.listen", None),
-        lmdb_map_gb=_num(pick(None, "MEDCHAIN_LMDB_MAP_GB", "limits.lmdb_map_gb", None)),
-        disk_reserve_mb=_num(pick(None, "MEDCHAIN_DISK_RESERVE_MB", "limits.disk_reserve_mb", None)),
+        lmdb_map_gb=_num(pick(None, "MEDCHAIN_LMDB_MAP_GB", "limits.lmdb_map_gb", None), f"{where}: limits.lmdb_map_gb"),
+        disk_reserve_mb=_num(pick(None, "MEDCHAIN_DISK_RESERVE_MB", "limits.disk_reserve_mb", None), f"{where}: limits.disk_reserve_mb"),
         lmdb_writemap=_flag(pick(None, "MEDCHAIN_LMDB_WRITEMAP", "limits.lmdb_writemap", None)),
-        max_queue_s=_num(pick(None, "MEDCHAIN_MAX_QUEUE_S", "limits.max_queue_s", None)),
-        mempool_mb=_num(pick(None, "MEDCHAIN_MEMPOOL_MB", "limits.mempool_mb", None)),
+        max_queue_s=_num(pick(None, "MEDCHAIN_MAX_QUEUE_S", "limits.max_queue_s", None), f"{where}: limits.max_queue_s"),
+        mempool_mb=_num(pick(None, "MEDCHAIN_MEMPOOL_MB", "limits.mempool_mb", None), f"{where}: limits.mempool_mb"),
     )
     if s.home is None:
         raise ConfigError(f"{where}: no home: pass --home DIR or set home = \"DIR\" in the configuration file")
     return _check(s, where)
 
 
-def _num(v: Any) -> float | None:
+# what each limit may be at most: beyond, a map or a reserve no disk holds, a queue no client waits
+_MOST = {"lmdb_map_gb": 1 << 20, "disk_reserve_mb": 1 << 30, "max_queue_s": 86_400, "mempool_mb": 1 << 20}
+
+
+def _num(v: Any, what: str = "") -> float | None:
+    """A finite number (TOML and float() take inf and nan, which passed every range check below and
+    then crashed the node at start, or answered every submission 500: a review)."""
     if v is None:
         return None
     try:
-        return float(v)
-    except ValueError:
-        raise ConfigError(f"{v!r} is not a number") from None
+        f = float(v)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{what}{': ' if what else ''}{v!r} is not a number") from None
+    if not math.isfinite(f):
+        raise ConfigError(f"{what}{': ' if what else ''}{v!r} is not a finite number")
+    return f
 
 
 def _flag(v: Any) -> bool | None:
@@ -209,7 +221,7 @@ def _env_number(name: str, default: float, ok: Callable[[float], bool], unit: st
         value = float(raw) if raw else default
     except ValueError:
         raise ConfigError(f"{name}={raw!r}: a number of {unit}") from None
-    if not ok(value):
+    if not math.isfinite(value) or not ok(value):
         raise ConfigError(f"{name}={raw!r}: must be {must}")
     return value
 

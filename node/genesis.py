@@ -75,6 +75,10 @@ class Params:
             zero = f.name in _MAY_BE_ZERO
             if v < 0 or (v == 0 and not zero):
                 raise ValueError(f"genesis parameter {f.name}: {v!r} must be {'at least 0' if zero else 'positive'}")
+            lo, hi = _BOUNDS.get(f.name, (None, None))
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                raise ValueError(f"genesis parameter {f.name}: {v!r} is outside [{lo if lo is not None else 0}, "
+                                 f"{hi if hi is not None else 'no limit'}]")
         if self.client_mempool_share > 1:
             raise ValueError(f"genesis parameter client_mempool_share: {self.client_mempool_share!r} is a share, at most 1")
 
@@ -83,6 +87,16 @@ class Params:
 # at once, no break-glass reads); every other parameter is positive
 _MAY_BE_ZERO = frozenset({"block_interval_ms", "upload_grace_s", "break_glass_per_staff", "break_glass_per_issuer",
                           "break_glass_per_patient"})
+# bounds beyond "positive": a value outside them passes the type checks and yet leaves the network
+# unusable (a token bucket whose burst is below 1 never grants one: every request 429, /healthz
+# included), breaks a protocol bound (a window past what a view change may carry), or lets one blob
+# fetch hold gigabytes (a review of what a coordinator could put in a genesis)
+_BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    "sender_burst": (1, None), "client_burst": (1, None), "client_tx_burst": (1, None),
+    "view_timeout_ms": (100, 3_600_000), "request_skew_ms": (1000, None), "body_timeout_ms": (100, None),
+    "idle_timeout_ms": (100, None), "pbft_window": (1, 65_536), "max_blob_bytes": (1, 1 << 30),
+    "block_max_txs": (1, 1_000_000),
+}
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,11 @@ def test_flags_then_environment_then_file(tmp_path: Path) -> None:
     ('home = "/h"\n[log]\nformat = "xml"', "log.format 'xml'"),
     ('home = "/h"\n[limits]\nmax_queue_s = 0', "limits.max_queue_s must be above 0"),
     ('home = "/h"\n[limits]\nmempool_mb = 8', "limits.mempool_mb must be at least 9 (a block's worth)"),
+    # TOML takes inf and nan; they passed every range check and crashed the node at start, or answered
+    # every submission 500 (a review)
+    ('home = "/h"\n[limits]\nmax_queue_s = inf', "inf is not a finite number"),
+    ('home = "/h"\n[limits]\ndisk_reserve_mb = nan', "nan is not a finite number"),
+    ('home = "/h"\n[limits]\nlmdb_map_gb = 1e30', "limits.lmdb_map_gb must be at most"),
     ("[log]\nlevel = \"info\"", "no home"),
 ])
 def test_bad_files_are_refused_clearly(tmp_path: Path, text: str, message: str) -> None:
@@ -91,7 +96,7 @@ def test_bad_files_are_refused_clearly(tmp_path: Path, text: str, message: str) 
 
 
 def test_the_command_line_says_what_is_wrong(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["node", "--config", str(tmp_path / "missing.toml")]) == 1
+    assert main(["node", "--config", str(tmp_path / "missing.toml")]) == 2  # not restarted by the service unit
     assert "missing.toml: no such configuration file" in capsys.readouterr().err
     with pytest.raises(ConfigError):
         read_file(tmp_path / "missing.toml")
@@ -143,7 +148,7 @@ def test_the_backlog_bound_reaches_the_validator_through_the_environment(monkeyp
     assert max_queue_s() == 2.0
     monkeypatch.setenv("MEDCHAIN_MAX_QUEUE_S", "0.25")
     assert max_queue_s() == 0.25
-    for bad in ("soon", "0", "-1"):
+    for bad in ("soon", "0", "-1", "inf", "nan"):
         monkeypatch.setenv("MEDCHAIN_MAX_QUEUE_S", bad)
         with pytest.raises(ConfigError, match="MEDCHAIN_MAX_QUEUE_S"):
             max_queue_s()

@@ -12,6 +12,7 @@ import pytest
 
 from node.crypto.keys import Identity
 from node.genesis import (
+    _BOUNDS,
     HASH_FIELD,
     Genesis,
     IssuerInfo,
@@ -281,8 +282,9 @@ def test_an_int_parameter(tmp_path: Path, name: str) -> None:
         assert getattr(Genesis.load(_file(tmp_path, d)).params, name) == 0
     else:
         assert _refused(tmp_path, d) == f"genesis parameter {name}: 0 must be positive"
-    d["params"] = {name: 1}
-    assert getattr(Genesis.load(_file(tmp_path, d)).params, name) == 1
+    least = _BOUNDS.get(name, (None, None))[0] or 1
+    d["params"] = {name: least}
+    assert getattr(Genesis.load(_file(tmp_path, d)).params, name) == least
 
 
 @pytest.mark.parametrize("name", _FLOATS)
@@ -299,9 +301,23 @@ def test_a_float_parameter(tmp_path: Path, name: str) -> None:
     else:
         with pytest.raises(ValueError, match=f"^genesis parameter {name}: 0 must be positive$"):
             Params(**{name: 0})
-    small = 0.5 if name != "client_mempool_share" else 1
+    small = 0.5 if name != "client_mempool_share" and name not in _BOUNDS else 1
     assert getattr(Params(**{name: small}), name) == small  # an int where a float belongs is a number too
     assert getattr(Params(**{name: 1}), name) == 1
+
+
+@pytest.mark.parametrize("name", sorted(_BOUNDS))
+def test_a_bounded_parameter_is_refused_just_outside_its_bounds(name: str) -> None:
+    """Values that pass the type checks yet leave a network unusable (a burst below 1: every request
+    429, /healthz too), break a protocol bound, or let a blob fetch hold gigabytes (a review)."""
+    lo, hi = _BOUNDS[name]
+    is_int = name in _INTS
+    for bad, ok in ((lo - (1 if is_int else 0.5), lo), (hi + 1 if hi is not None else None, hi)):
+        if bad is None or (bad <= 0):
+            continue
+        with pytest.raises(ValueError, match=f"^genesis parameter {name}: .* is outside"):
+            Params(**{name: bad})
+        assert getattr(Params(**{name: ok}), name) == ok
 
 
 def test_the_mempool_share_is_at_most_one() -> None:

@@ -109,4 +109,5 @@ def test_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (home / "genesis.json").write_text(json.dumps(d))
     p = subprocess.run([sys.executable, "-m", "node.cli", "node", "--home", str(home)], capture_output=True,
                        text=True, timeout=60)
-    assert p.returncode == 1 and "genesis hash mismatch" in p.stderr, p.stderr[-2000:]
+    # exit 2: the service unit does not restart on it (RestartPreventExitStatus=2 3; it exited 1)
+    assert p.returncode == 2 and "genesis hash mismatch" in p.stderr, p.stderr[-2000:]
