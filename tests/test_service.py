@@ -249,3 +249,31 @@ def test_loadtest_sigterm_mid_run_leaves_no_validator(tmp_path: Path) -> None:
         p.wait()
         for q in _validators_under(tmp_path):  # never leave one behind, even when the test fails
             os.kill(q, signal.SIGKILL)
+
+
+def test_readyz_while_far_behind_its_peers(tmp_path: Path) -> None:
+    """A validator catching up (or in a state transfer) answered ready: a load balancer sent clients to
+    stale reads and 404s for committed transactions (a review). More than a PBFT window behind the
+    (f+1)-th most advanced peer, it is not ready; within it, that check passes."""
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from node.api.server import make_app
+    from node.genesis import Params, init_home
+    from node.validator import Validator
+    homes = init_home(tmp_path, "ready-test", [f"127.0.0.1:{9000 + i}" for i in range(4)],
+                      int(time.time() * 1000), Params(), p2p=[f"127.0.0.1:{9100 + i}" for i in range(4)])
+    v = Validator(homes[0])
+
+    async def failed() -> list[str]:
+        async with TestClient(TestServer(make_app(v))) as c:
+            r = await c.get("/readyz")
+            return (await r.json())["failed"]
+    try:
+        v.replica.state.peer_delivered = {1: 5000, 2: 5000, 3: 0}  # f+1 = 2 peers far ahead
+        assert "5000 blocks behind its peers: catching up" in asyncio.run(failed())
+        v.replica.state.peer_delivered = {1: v.replica.window, 2: 5000, 3: 0}  # within a window of f+1
+        assert not any("behind" in f for f in asyncio.run(failed()))
+    finally:
+        v.close()

@@ -2,7 +2,9 @@
 
 - /healthz: the process is alive and its event loop answers (200 while it serves at all).
 - /readyz: it can do useful work: its ledger is open, it is connected to enough validators to form a
-  quorum with itself, consensus has not stopped on a storage failure, and it is not shutting down.
+  quorum with itself, it is not more than a PBFT window behind them (catching up or in a state
+  transfer, it would answer stale reads and 404 for committed transactions), consensus has not
+  stopped on a storage failure, and it is not shutting down.
   503 with the failed checks otherwise, so a load balancer sends clients elsewhere.
 """
 
@@ -49,6 +51,9 @@ async def readyz(req: web.Request) -> web.Response:
     need = quorum(v.n) - 1  # the others needed beside this validator
     if peers < need:
         failed.append(f"connected to {peers} of the {need} other validators a quorum needs")
+    behind = v.replica.behind_by()  # the (f+1)-th most advanced peer's lead: no liar inflates it
+    if behind > v.replica.window:
+        failed.append(f"{behind} blocks behind its peers: catching up")
     disk = v.disk
     if disk.stalled or disk.panic or disk.map_full:
         failed.append(f"consensus stopped on a storage failure: {disk.stalled or disk.low or 'see /v1/status'}")
