@@ -54,6 +54,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     service unit does not restart on it), else what the validator exits with."""
     from node.config import ConfigError, apply_environment, resolve
     from node.crypto.keys import Identity
+    from node.files import hold_home
     from node.genesis import load_checked
     from node.run import main as run_main
     try:
@@ -64,6 +65,7 @@ def cmd_node(args: argparse.Namespace) -> int:
                               "`medchain operator install-genesis` first")
         gen = load_checked(settings.home / "genesis.json")  # its recorded hash, every field
         gen.index_of(Identity.load(settings.home / "node_key.json").public_key)  # a validator of this genesis
+        hold_home(settings.home)  # held until the process exits: no restore into a running validator's home
         apply_environment(settings)
     except (ValueError, OSError, KeyError) as exc:  # ConfigError is a ValueError
         print(f"medchain node: {exc}", file=sys.stderr)

@@ -47,7 +47,7 @@ from node.checkpoint import (
     manifest_frame,
 )
 from node.crypto.keys import Identity
-from node.files import replace_durably
+from node.files import hold_home, replace_durably
 from node.genesis import Genesis, load_checked
 from node.ledger import Ledger
 from node.storage import map_size
@@ -176,7 +176,11 @@ def restore(home: Path, path: Path) -> dict[str, Any]:
         if head is not None and head.height > 0:
             raise ValueError(f"{ledger_dir} already holds a ledger at height {head.height}: restore only into a "
                              "fresh or wiped home (stop the validator and move that directory away first)")
-    return {**install(ledger_dir, gen, path), "home": str(home)}
+    fd = hold_home(home)  # refused while a validator runs on this home
+    try:
+        return {**install(ledger_dir, gen, path), "home": str(home)}
+    finally:
+        os.close(fd)
 
 
 def install(ledger_dir: Path, gen: Genesis, path: Path, replace: bool = False) -> dict[str, Any]:

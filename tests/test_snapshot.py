@@ -109,6 +109,23 @@ def test_restore_into_a_fresh_home_verifies_and_commits(one_node_snapshot, tmp_p
     assert rep["ok"] and rep["base"] == height and rep["height"] > height, rep
 
 
+def test_a_restore_into_the_home_of_a_running_validator_is_refused(one_node_snapshot, tmp_path: Path) -> None:
+    """A fresh validator's ledger is at height 0, so a restore into its home passed every check and
+    replaced the ledger under the running replica, which then committed nothing more (a review). The
+    running validator holds its home's lock; a restore takes it or is refused, and nothing is installed."""
+    src, snap, height = one_node_snapshot
+    home = _fresh_home(src, tmp_path / "busy")
+    (n,) = make_network(tmp_path / "unused", 1)
+    node = NodeProcess(home, n.port)
+    node.start()
+    try:
+        _refused(home, snap, "in use by another process")
+    finally:
+        assert node.stop() == 0
+    p = _cli("restore", "--home", str(home), str(snap), "--json")  # stopped: the restore goes ahead
+    assert p.returncode == 0 and json.loads(p.stdout)["height"] == height, p.stderr
+
+
 def _refused(home: Path, snap: Path, why: str) -> None:
     p = _cli("restore", "--home", str(home), str(snap))
     assert p.returncode == 1, p.stdout
