@@ -3,7 +3,8 @@
 1. Each operator, on its own host: `medchain operator init --home DIR --api HOST:PORT --p2p HOST:PORT`
    makes the validator's key (DIR/node_key.json, mode 0600) and writes its public part
    (DIR/validator.json: signing key, libp2p peer id, advertised API and p2p addresses, signed with
-   the validator's key so a coordinator knows the operator holds it), to send to the coordinator.
+   the validator's key and with the libp2p key of that peer id, so a coordinator knows the operator
+   holds both: a part naming another operator's peer id is refused), to send to the coordinator.
 2. The coordinator: `medchain genesis new --out G`, `medchain genesis add-validator G PART` per part
    (each signature checked; duplicate keys and addresses refused), `medchain genesis finalize G`,
    which writes the genesis hash into G and prints it. G and the hash go to every operator.
@@ -66,17 +67,20 @@ def make_part(ident: Identity, api: str, p2p: str, name: str = "") -> dict[str, 
     from node.p2p import peer_id_from_secret
     _hostport(api, "API address")
     host, port = _hostport(p2p, "p2p address")
+    from node.p2p.identity import key_pair_from_secret
     pid = peer_id_from_secret(ident.p2p_secret)
     part = {"kind": PART_KIND, "name": name, "public_key": ident.public_key.hex(), "peer_id": pid, "api": api,
             "p2p": f"/{'ip6' if ':' in host else 'ip4'}/{host}/tcp/{port}/p2p/{pid}"}
-    return {**part, "signature": ident.sign(_part_digest(part)).hex()}
+    digest = _part_digest(part)
+    return {**part, "signature": ident.sign(digest).hex(),
+            "p2p_signature": key_pair_from_secret(ident.p2p_secret).private_key.sign(digest).hex()}
 
 
 def check_part(part: dict[str, Any], source: str = "part") -> ValidatorInfo:
     """A public part's genesis entry, once its shape and signature check; ValueError saying what is wrong."""
     if not isinstance(part, dict) or part.get("kind") != PART_KIND:
         raise ValueError(f"{source}: not a validator part ({PART_KIND}); make one with `medchain operator init`")
-    missing = [k for k in (*_SIGNED, "signature") if not isinstance(part.get(k), str)]
+    missing = [k for k in (*_SIGNED, "signature", "p2p_signature") if not isinstance(part.get(k), str)]
     if missing:
         raise ValueError(f"{source}: missing or not a string: {', '.join(missing)}")
     try:
@@ -91,7 +95,21 @@ def check_part(part: dict[str, Any], source: str = "part") -> ValidatorInfo:
     host_port(part["p2p"])
     if split_peer(part["p2p"])[1] != part["peer_id"]:
         raise ValueError(f"{source}: the p2p address does not end in /p2p/{part['peer_id']}")
+    if not _p2p_signed(part["peer_id"], _part_digest(part), part["p2p_signature"]):
+        raise ValueError(f"{source}: the part is not signed by the libp2p key of peer id {part['peer_id']}: its "
+                         "operator must hold that key (anyone can copy another operator's public part)")
     return ValidatorInfo(part["public_key"], part["api"], part["p2p"])
+
+
+def _p2p_signed(peer_id: str, digest: bytes, sig_hex: str) -> bool:
+    """Whether `sig_hex` is a signature of `digest` by the key the peer id names (an Ed25519 peer id
+    carries its public key)."""
+    from libp2p.peer.id import ID
+    try:
+        pub = ID.from_base58(peer_id).extract_public_key()
+        return pub is not None and bool(pub.verify(digest, bytes.fromhex(sig_hex)))
+    except Exception:  # noqa: BLE001 - a malformed id, key or signature: not signed
+        return False
 
 
 # ---- the operator's host ------------------------------------------------------------------------

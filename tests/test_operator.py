@@ -93,6 +93,18 @@ def test_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     part = json.loads((home / "validator.json").read_text())
     with pytest.raises(ValueError, match="bad signature"):  # a coordinator cannot redirect a validator
         check_part({**part, "api": "203.0.113.9:8545"})
+    # a co-operator copying this public part's peer id and p2p address into a part of its own key
+    # (signed by that key) was accepted, and the real validator's part then refused (a review)
+    from node.operator import make_part
+    evil = Identity.from_seed(b"evil operator")
+    forged = make_part(evil, "203.0.113.7:8545", "203.0.113.7:9000")
+    forged = {**forged, "peer_id": part["peer_id"], "p2p": part["p2p"], "p2p_signature": part["p2p_signature"]}
+    from node.operator import _part_digest
+    forged["signature"] = evil.sign(_part_digest(forged)).hex()
+    with pytest.raises(ValueError, match="not signed by the libp2p key of peer id"):
+        check_part(forged)
+    with pytest.raises(ValueError, match="p2p_signature"):
+        check_part({k: v for k, v in part.items() if k != "p2p_signature"})
     assert main(["operator", "init", "--home", str(home), "--api", "h:1", "--p2p", "h:2"]) == 1  # key kept
     assert "exists" in capsys.readouterr().err
     assert main(["genesis", "add-validator", str(g), str(home / "validator.json")]) == 1  # finalized: closed
