@@ -24,11 +24,19 @@ def replace_durably(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -
     fsync_dir(Path(path).parent)
 
 
+def create_fresh(tmp: Path, mode: int) -> int:
+    """A new file at `tmp` for writing, never one found there: a leftover is removed first, and a
+    symlink planted at that name (in a shared directory, say /tmp) is neither followed nor written
+    through (O_EXCL | O_NOFOLLOW: created anew or refused)."""
+    tmp.unlink(missing_ok=True)  # a symlink itself, not what it points to
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+
+
 def write_durably(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o644) -> None:
     """Replace `path` with `data` (created with `mode`, never left wider by a leftover temp file)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd = create_fresh(tmp, mode)
     try:
         os.fchmod(fd, mode)
         view = memoryview(data.encode() if isinstance(data, str) else data)

@@ -47,7 +47,7 @@ from node.checkpoint import (
     manifest_frame,
 )
 from node.crypto.keys import Identity
-from node.files import hold_home, replace_durably
+from node.files import create_fresh, hold_home, replace_durably
 from node.genesis import Genesis, load_checked
 from node.ledger import Ledger
 from node.storage import map_size
@@ -64,7 +64,7 @@ class SnapshotWriter:
     def __init__(self, out: Path, genesis_hash: bytes, block_raw: bytes, block: Block, keys: int) -> None:
         self.out, self.tmp = out, out.with_name(out.name + ".partial")
         self._digest = hashlib.sha256()
-        self._fh = open(self.tmp, "wb")  # noqa: SIM115 - closed by finish or abort
+        self._fh = os.fdopen(create_fresh(self.tmp, 0o644), "wb")  # closed by finish or abort
         self._put(MAGIC)
         self._put(manifest_frame(genesis_hash, block_raw, block, keys))
 
