@@ -151,7 +151,8 @@ def install_genesis(home: Path, genesis_path: Path, expect_hash: str | None = No
         if old.hash != gen.hash:
             raise FileExistsError(f"{dest} holds another genesis (chain {old.chain_id}); a home runs one "
                                   "network: use a new home, or --force if its ledger is empty")
-    write_durably(dest, Path(genesis_path).read_bytes())
+    # what was checked is what is installed (reading the file again, a local writer could swap it between)
+    write_durably(dest, json.dumps({**gen.to_json(), HASH_FIELD: gen.hash.hex()}, indent=1) + "\n")
     return gen, index
 
 
