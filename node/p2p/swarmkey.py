@@ -5,9 +5,10 @@ on top of admitting only genesis peer ids. Absent file: no private network."""
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
+
+from node.files import write_durably
 
 FILENAME = "swarm.key"
 
@@ -24,12 +25,7 @@ def write(home: str | Path, key: bytes) -> Path:
     if len(key) != 32:
         raise SwarmKeyError("a swarm key is 32 bytes")
     path = Path(home) / FILENAME
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        os.fchmod(fh.fileno(), 0o600)
-        fh.write(key.hex() + "\n")
-    os.replace(tmp, path)
+    write_durably(path, key.hex() + "\n", 0o600)
     return path
 
 
