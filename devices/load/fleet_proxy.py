@@ -134,57 +134,74 @@ class ProxyLanes:
                     self.last_submit = time.monotonic()
                 self.submitted += timed
                 self.drain_submitted += len(batch) - timed
-                back, wait, held, pause = [], 0.0, set(), whole
-                resign: list[Meta] = []
-                for m, r in zip(batch, res, strict=True):
-                    st = r["status"]
-                    if st == 202:
-                        continue
-                    self.tracked.pop(m.tx.id, None)
-                    if m.kind in PHONE_KINDS:
-                        # a phone's transactions share its nonce run: once one of them goes back, every
-                        # later one of that phone goes back with it and is signed again after it
-                        if st in (429, 503):  # refused for now: not a try
-                            wait = max(wait, float(r.get("retry_after") or 1.0))
-                            self._for_now(m)
-                            # the validator is full, or this client over its share: the lane waits; a
-                            # limit of this phone alone (its rate, its pending count) holds only its own
-                            pause = pause or st == 503 or not _phone_limit(r)
-                        elif m.owner in held:  # out of order behind its refused one: not a try either
-                            wait = max(wait, float(r.get("retry_after") or 0.0))
-                            if "stale key epoch" in str(r.get("error", "")):
-                                m.body = None  # sealed again under the epoch read next
-                        elif not self._resend(m, r):
-                            held.add(m.owner)  # refused for good: the ones behind it are signed again
-                            continue
-                        held.add(m.owner)
-                        back.append(m)
-                    elif st == 503 or (st == 429 and "break-glass" not in str(r.get("error", ""))):
-                        # anything but an emergency-read limit (a window of hours): wait at the lane's head
-                        back.append(m)
-                        self._for_now(m)
-                        wait = max(wait, float(r.get("retry_after") or 1.0))
-                        pause = True
-                    elif st == 409 and "nonce" in str(r.get("error", "")) and m.tries < 5:
-                        # signed behind a read of its staff member refused for good (a revoke came first):
-                        # its nonce was never taken, so it is signed again from the one expected next
-                        m.tries += 1
-                        self.conflicts_resent += 1
-                        self._reason(self.conflicts, r)
-                        resign.append(m)
-                    elif st == 403 and m.kind == "read" and self._grant_moved(m):
-                        self._refused(m, r, denied=True)
-                    else:
-                        self._refused(m, r)
-                if resign:
-                    self.staff_resync = True
-                    self._spawn(self._requeue(resign, 0.0))
+                back, wait, pause = self._answers(v, batch, res, whole)
                 if back:
                     again = self._hold_back(v, back)
                     if pause:
                         await self._requeue(again, wait)
                     else:
                         self._spawn(self._requeue(again, wait))
+
+    def _answers(self, v: int, batch: list[Meta], res: list[dict], whole: bool) -> tuple[list[Meta], float, bool]:
+        """What each answer of one POST on lane v means. Returns the transactions that go back after
+        the Retry-After (with the wait, and whether the whole lane pauses). A refusal for good leaves
+        a gap in its signer's nonce run: the signer's transactions behind it (later in this batch,
+        answered "nonce out of order", or still queued in the lane) are signed again from the nonce
+        expected next, as no try and no conflict of their own."""
+        back, wait, held, pause = [], 0.0, set(), whole
+        resign: list[Meta] = []
+        gapped: set[int] = set()  # staff members with a read refused for good in this batch
+        for m, r in zip(batch, res, strict=True):
+            st = r["status"]
+            if st == 202:
+                continue
+            self.tracked.pop(m.tx.id, None)
+            if m.kind in PHONE_KINDS:
+                # a phone's transactions share its nonce run: once one of them goes back, every
+                # later one of that phone goes back with it and is signed again after it
+                if st in (429, 503):  # refused for now: not a try
+                    wait = max(wait, float(r.get("retry_after") or 1.0))
+                    self._for_now(m)
+                    # the validator is full, or this client over its share: the lane waits; a
+                    # limit of this phone alone (its rate, its pending count) holds only its own
+                    pause = pause or st == 503 or not _phone_limit(r)
+                elif m.owner in held:  # out of order behind its refused one: not a try either
+                    wait = max(wait, float(r.get("retry_after") or 0.0))
+                    if "stale key epoch" in str(r.get("error", "")):
+                        m.body = None  # sealed again under the epoch read next
+                elif not self._resend(m, r):
+                    held.add(m.owner)  # refused for good: the ones behind it are signed again
+                    continue
+                held.add(m.owner)
+                back.append(m)
+            elif st == 503 or (st == 429 and "break-glass" not in str(r.get("error", ""))):
+                # anything but an emergency-read limit (a window of hours): wait at the lane's head
+                back.append(m)
+                self._for_now(m)
+                wait = max(wait, float(r.get("retry_after") or 1.0))
+                pause = True
+            elif st == 409 and "nonce" in str(r.get("error", "")) and m.owner in gapped:
+                resign.append(m)  # behind its staff member's read refused for good: its nonce was never taken
+            elif st == 409 and "nonce" in str(r.get("error", "")) and m.tries < 5:
+                # signed behind a read refused for good in an earlier POST: signed again likewise,
+                # but a conflict all the same (that read's queued followers are re-signed below)
+                m.tries += 1
+                self.conflicts_resent += 1
+                self._reason(self.conflicts, r)
+                resign.append(m)
+            else:
+                if st == 403 and m.kind == "read" and self._grant_moved(m):
+                    self._refused(m, r, denied=True)
+                else:
+                    self._refused(m, r)
+                gapped.add(m.owner)
+        if gapped:  # their reads still queued in the lane were signed from nonces now out of order
+            resign += [m for m in self.lanes[v] if m.kind not in PHONE_KINDS and m.owner in gapped]
+            self.lanes[v] = [m for m in self.lanes[v] if m.kind in PHONE_KINDS or m.owner not in gapped]
+        if resign:
+            self.staff_resync = True
+            self._spawn(self._requeue(resign, 0.0))
+        return back, wait, pause
 
     def _hold_back(self, v: int, back: list[Meta]) -> list[Meta]:
         """A good client: transactions refused with 429/503 wait for the Retry-After, and are neither
