@@ -238,6 +238,15 @@ class Admission:
         return self.reject(tx.id, first.kind, f"{first.reason.split(':')[0]}: held back, nonce {held[0]} of this "
                            f"sender was refused first ({first.reason})", first.retry_after)
 
+    def still_valid(self, tx: Tx) -> bool:
+        """Whether a pooled transaction would be admitted on the chain's state now (not committed, and
+        its stateful checks pass): one a commit since made invalid (a read after its grant's revoke)
+        stays pooled, and no honest primary proposes it (node/consensus/censor.py must not watch it)."""
+        with self.ledger.snapshot() as snap:
+            if snap.has_tx(tx.id):
+                return False
+            return check_tx(Overlay(snap.get_state), tx, clock.now_ms(), self.rules) == OK
+
     def mark_verified(self, txid: bytes) -> None:
         self.verified[txid] = None
         if len(self.verified) > _VERIFIED_CACHE:

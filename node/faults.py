@@ -18,6 +18,11 @@
 - ``missize``: admit a client's write without a sidecar whatever size it states for the blob held
   here (a patient colluding to record a false size), and forward and propose it. Honest backups
   hold the blob with its true size and must not vote for the write (node/availability.py).
+- ``censor``: as primary, leave out of its blocks every transaction of a sender with a grant, change
+  or revoke waiting (a patient's revoke held back so a clinician keeps reading), and propose the rest
+  as usual, so blocks keep coming. Honest backups hold the grant, watch it left out of blocks with
+  room for it, stop counting the primary's blocks as progress and move to a new view
+  (node/consensus/censor.py).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from node.execution import Executed, Tip, build_block
 from node.mempool import Mempool
 
 log = logging.getLogger("medchain.faults")
-MODES = ("equivocate", "withhold", "missize")
+MODES = ("equivocate", "withhold", "missize", "censor")
 
 
 class FaultFile:

@@ -455,6 +455,18 @@ class Mempool:
                     break
         return out
 
+    def waiting_heads(self, scan: int = 256) -> Iterator[Tx]:
+        """The next transaction of each sender that can execute now (its nonce is the one the chain
+        takes next), the longest waiting first: senders stand in the order they arrived, and go to
+        the back at each commit of theirs, so one whose work never commits drifts to the front.
+        Looks at the first `scan` senders only (those whose run starts past a gap are skipped)."""
+        for k, s in enumerate(self.senders.values()):
+            if k >= scan:
+                return
+            tx = s.txs.get(s.base)
+            if tx is not None:
+                yield tx
+
     def _advance(self, addr: bytes, s: _Sender, base: int) -> list[Tx]:
         """Drop the sender's transactions below nonce `base` (committed, or superseded by another
         transaction with the same nonce that committed); returns them."""

@@ -37,6 +37,7 @@ from node.consensus import (
     ViewChanged,
     decode_message,
 )
+from node.consensus.censor import CensorWatch
 from node.consensus.messages import MAX_MESSAGE_BYTES, T_PREPREPARE, PrePrepare
 from node.consensus.recovery import decode_record
 from node.crypto import ecdsa
@@ -62,7 +63,7 @@ from node.sidecar import (
 )
 from node.sync import THRESHOLD as SYNC_THRESHOLD
 from node.sync import StateSync
-from node.tx import KIND_WRITE, Tx
+from node.tx import KIND_GRANT, KIND_WRITE, Tx
 from node.uploads import UploadBudget
 from node.verify import refuse_unless_certified_state
 from node.wire import WireError
@@ -72,6 +73,7 @@ log = logging.getLogger("medchain.validator")
 _TXS_PREFIX = TXS_PREFIX
 PIPELINE = 4  # blocks executed and not yet written to the ledger, at most, on the primary
 MAX_REFORWARD = 4000
+WATCH_CHECKS = 8  # pooled transactions checked per tick for one to watch for censorship
 MAX_BLOB_CHECKS = 256  # writes whose missing blob the producer fetches at once
 TICK_S = 0.05
 FORWARD_SOON_S = 0.005  # client transactions after a quiet spell are forwarded this soon
@@ -146,6 +148,7 @@ class Validator:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._blob_checks: dict[bytes, asyncio.Task] = {}  # writes whose blob the producer is fetching
+        self._unwatchable: dict[bytes, int] = {}  # pooled, invalid on the state of that height: not watched
         self._stopping = False
         self.msgs_in = self.msgs_out = 0
         self.synced_blocks = 0  # blocks fetched by state transfer
@@ -183,7 +186,8 @@ class Validator:
                        last_delivered=head.height, view=view, last_hash=head.hash,
                        last_cert=(last.cert_view, last.cert) if last else (0, ()),
                        view_timeout_ms=self.params.view_timeout_ms, awaiting_new_view=view > block_view,
-                       window=self.params.pbft_window, push_gap_max=SYNC_THRESHOLD)
+                       window=self.params.pbft_window, push_gap_max=SYNC_THRESHOLD,
+                       censor=CensorWatch(self.params.block_max_txs) if self.n > 1 else None)
 
     # ---- start and stop ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -474,6 +478,8 @@ class Validator:
                         continue
                     acts = r.propose(item)
                 elif kind == "tick":
+                    if self.replica.censor is not None and not self.replica.is_primary:
+                        self.replica.watch(self._watch_candidate())
                     acts = self.replica.tick(self._now_ms(), pending=len(self.mempool) > 0)
                 elif kind == "executed":  # a parked block's blobs are here now (node/availability.py)
                     acts = self.replica.executed(*item, True)
@@ -537,6 +543,25 @@ class Validator:
             return []
         return self.replica.executed(act.seq, block.hash, True)
 
+    def _watch_candidate(self) -> bytes | None:
+        """The transaction the replica watches for censorship: the head of the longest waiting sender
+        that is still valid on the chain's state (one a commit made invalid waits for no primary)."""
+        watched = self.replica.censor.target if self.replica.censor is not None else None
+        height = self.replica.last_delivered
+        for k, tx in enumerate(self.mempool.waiting_heads()):
+            if tx.raw == watched:
+                return watched
+            if k >= WATCH_CHECKS:
+                break
+            if self._unwatchable.get(tx.id) == height:
+                continue
+            if self.admission.still_valid(tx):
+                return tx.raw
+            if len(self._unwatchable) >= 1024:
+                self._unwatchable.clear()
+            self._unwatchable[tx.id] = height  # checked again after the next delivery
+        return None
+
     def _proposable(self, txs: list[Tx]) -> list[Tx]:
         """The batch without the writes whose blob is not here with the size they state, nor the later
         transactions of their senders: the backups would not vote for them (node/availability.py), and
@@ -545,6 +570,9 @@ class Validator:
         here); a blob of another size, or one no reachable validator holds, gets its write refused."""
         if self._byzantine in ("withhold", "missize"):
             return txs  # fault injection: a byzantine primary proposes them anyway
+        if self._byzantine == "censor":  # fault injection: every sender with an access change waiting is left out
+            censored = {t.address for t in txs if t.kind == KIND_GRANT}
+            txs = [t for t in txs if t.address not in censored]
         out: list[Tx] = []
         held_back: set[bytes] = set()
         for t in txs:

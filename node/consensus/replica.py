@@ -26,7 +26,9 @@ it: this module (the normal case, and the one entry point), `ViewChanges` (viewc
   view change that does not lead to a delivery, so views do not churn. A replica waiting for a NEW-VIEW
   asks for the next view only after 2f+1 replicas gave up on its view (a VIEW-CHANGE for it or a later
   one) and a timeout in which it heard 2f others; any replica in a view relays its NEW-VIEW to one
-  whose heartbeat shows it still below (docs/PROTOCOL.md section 8).
+  whose heartbeat shows it still below (docs/PROTOCOL.md section 8). "Delivered" counts only blocks
+  that carry work, and not those of a primary seen leaving out a transaction this replica holds
+  (node/consensus/censor.py).
 - Evidence: two conflicting signed messages from one validator are kept (self-verifying) and reported.
 """
 
@@ -37,6 +39,7 @@ from typing import Any
 
 from node.block import TXS_MAX_BYTES, Block, txs_bytes, vote_digest
 from node.consensus.actions import Action, Broadcast, Catchup, Deliver, Execute, Persist, Send, ViewChanged
+from node.consensus.censor import CensorWatch
 from node.consensus.messages import (
     T_BLOCK,
     T_CHECKPOINT,
@@ -83,7 +86,7 @@ class Replica:
                  view: int = 0, last_hash: bytes = bytes(32), retransmit_ms: int = 250,
                  status_ms: int = 500, catchup_batch: int = 32, last_cert: tuple[int, Votes] = (0, ()),
                  view_timeout_ms: int = 1500, checkpoint_interval: int = 0, awaiting_new_view: bool = False,
-                 push_gap_max: int | None = None) -> None:
+                 push_gap_max: int | None = None, censor: CensorWatch | None = None) -> None:
         if not 0 <= index < n:
             raise ValueError("replica index out of range")
         self.s = ReplicaState(
@@ -97,6 +100,8 @@ class Replica:
             stable=last_delivered, last_delivered=last_delivered, last_hash=last_hash, last_cert=last_cert,
             next_seq=last_delivered + 1, progress_seq=last_delivered)
         self.views = ViewChanges(self.s, self)
+        # a transaction this replica holds, left out by the primary (None: not watched; node/consensus/censor.py)
+        self.censor = censor
         self.recovery = Recovery(self.s, self.views)
         # by tag; each handler takes the message class decode_message gives for that tag
         self._handlers: dict[int, Callable[[Any], list[Action]]] = {
@@ -236,6 +241,12 @@ class Replica:
             after.append(Persist(seq, self.recovery.record(seq, inst)))
         return mine + after
 
+    def watch(self, raw: bytes | None) -> None:
+        """The driver's transaction to watch for censorship: the longest waiting one it holds, ready to
+        execute (None: none waits). Ignored unless the replica was made with a CensorWatch."""
+        if self.censor is not None:
+            self.censor.offer(raw, self.s.now_ms)
+
     def tick(self, now_ms: int, pending: bool = False) -> list[Action]:
         """Time passes: heartbeat, re-send our open messages, and run the view-change timer, which
         runs only while work is waiting (`pending`: the driver holds uncommitted transactions)."""
@@ -245,6 +256,8 @@ class Replica:
         out: list[Action] = []
         if self.s.n == 1:
             return out
+        if self.censor is not None:
+            self.censor.tick(now_ms, self.s.view, lambda: max(self.s.log, default=self.s.last_delivered))
         if now_ms - self.s.last_status >= self.s.status_ms:
             self.s.last_status = now_ms
             # while waiting for a new view, report the view before it, so its primary re-sends NEW-VIEW
@@ -510,8 +523,12 @@ class Replica:
         self.s.next_seq = max(self.s.next_seq, seq + 1)
         # Progress is a block that carries work: an honest primary proposes none empty, and a
         # byzantine one proposing empty blocks just inside the timeout (stretching it, through the
-        # pace below, to 8x) held its seat for ever while every client transaction waited
-        if block.txs:
+        # pace below, to 8x) held its seat for ever while every client transaction waited. Nor is a
+        # block progress once the primary has left out a transaction we hold, again and again, from
+        # blocks with room for it (censorship: node/consensus/censor.py)
+        if self.censor is not None and not self.s.is_primary:
+            self.censor.delivered(seq, block, self.s.now_ms)
+        if block.txs and not (self.censor is not None and self.censor.censoring and not self.s.is_primary):
             # the time this delivery took while work waited feeds the adaptive timeout
             self.s.round_ema = 0.7 * self.s.round_ema + 0.3 * max(0, self.s.now_ms - self.s.progress_at)
             self.s.progress_at, self.s.vc_attempt, self.s.progress_seq = self.s.now_ms, 0, seq

@@ -1,0 +1,86 @@
+"""PBFT's request timer, for a primary that censors (sans-IO: driven by the replica).
+
+The view timer (node/consensus/viewchange.py) runs while work waits and stops at each delivered block
+that carries transactions. A byzantine primary proposing full-enough blocks of other senders' work,
+and leaving one transaction out for ever (a patient's revoke, say), is never suspected by it. PBFT
+keeps a timer per waiting request; here one transaction is watched at a time: the one the driver
+offers (the head of the pool's longest-waiting sender, still valid on the chain's state).
+
+Once the watched transaction has been in this pool for the grace (long enough to have reached the
+primary, re-forwarded to it if a forward was lost: node/admission.py REFORWARD_S; longer while the
+recent watched transactions took longer to commit: an overloaded primary is slow, not faulty), every block
+proposed after that moment (a sequence above the highest one known then) that had room for it and
+leaves it out is a skip. After `skips` of them the primary's blocks stop counting as progress here:
+the view timer runs out and this replica says SUSPECT as for a silent primary. Every honest replica
+holds the transaction (forwarded to all), so 2f+1 come to suspect the view together. A new view
+starts the grace again; the transaction's delivery, or its leaving the pool, ends the watch.
+
+An honest primary leaves a ready transaction out of a block with room only if it does not hold it
+(both forwards lost) or holds back a write whose blob it is still fetching: the grace and the count of
+skips cover both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from node.block import TX_FRAMING, TXS_MAX_BYTES, Block, txs_bytes
+
+GRACE_MS = 6_000  # REFORWARD_S (5 s) and a second: a lost forward has been sent to the primary again
+SKIPS = 3
+
+
+class CensorWatch:
+    """One watched transaction (raw bytes) and the blocks that left it out with room for it."""
+
+    __slots__ = ("armed_at", "grace_ms", "horizon", "max_bytes", "max_txs", "pace_ms", "skipped", "skips", "target",
+                 "view")
+
+    def __init__(self, max_txs: int, max_bytes: int = TXS_MAX_BYTES, grace_ms: int = GRACE_MS,
+                 skips: int = SKIPS) -> None:
+        self.max_txs, self.max_bytes, self.grace_ms, self.skips = max_txs, max_bytes, grace_ms, skips
+        self.target: bytes | None = None
+        self.armed_at = 0
+        self.view = -1
+        self.horizon: int | None = None  # the highest sequence known when the grace ran out
+        self.skipped = 0
+        self.pace_ms = 0.0  # recent time from watching a transaction to its delivery
+
+    @property
+    def censoring(self) -> bool:
+        """Whether the primary left the watched transaction out often enough to lose its progress."""
+        return self.skipped >= self.skips
+
+    def offer(self, raw: bytes | None, now_ms: int) -> None:
+        """The transaction to watch now (None: nothing ready waits). The same one keeps its count."""
+        if raw != self.target:
+            self.target, self.armed_at, self.horizon, self.skipped = raw, now_ms, None, 0
+
+    def tick(self, now_ms: int, view: int, known_seq: Callable[[], int]) -> None:
+        """Time passes in `view`; `known_seq()`: the highest sequence proposed that this replica knows."""
+        if view != self.view:  # a new primary: it gets the whole grace
+            self.view, self.armed_at, self.horizon, self.skipped = view, now_ms, None, 0
+        if self.target is not None and self.horizon is None and now_ms - self.armed_at >= self.grace:
+            self.horizon = known_seq()
+
+    @property
+    def grace(self) -> int:
+        """GRACE_MS, or 4x the recent time from watching a transaction to its delivery if that is
+        longer (an overloaded validator takes seconds to admit what it is forwarded, and may drop a
+        forward to be sent again), at most 8x: as the view timer adapts to the pace of deliveries."""
+        return min(max(self.grace_ms, 4 * int(self.pace_ms)), 8 * self.grace_ms)
+
+    def delivered(self, seq: int, block: Block, now_ms: int) -> None:
+        """A block was delivered: it carries the watched transaction (the watch ends), or it left it
+        out though proposed after the grace with room for it (a skip), or neither."""
+        if self.target is None:
+            return
+        if self.target in block.txs:
+            self.pace_ms = 0.7 * self.pace_ms + 0.3 * max(0, now_ms - self.armed_at)
+            self.target, self.horizon, self.skipped = None, None, 0
+            return
+        if self.horizon is None or seq <= self.horizon or block.header.view != self.view:
+            return
+        if len(block.txs) < self.max_txs and \
+                txs_bytes(block.txs) + len(self.target) + TX_FRAMING <= self.max_bytes:
+            self.skipped += 1

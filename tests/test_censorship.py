@@ -1,0 +1,175 @@
+"""A primary that censors (node/consensus/censor.py): it keeps proposing blocks, so the view timer
+sees progress, and leaves one transaction out for ever. The watch's rules are driven directly, the
+protocol on the seeded simulated network (tests/consensus_sim.py), and the attack on real processes
+(MEDCHAIN_BYZANTINE=censor: the first primary leaves out every sender with a grant waiting)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from devices.patient.client import NodeClient
+from node.block import TX_FRAMING
+from node.consensus.censor import CensorWatch
+from node.crypto.keys import Identity
+from node.mempool import Mempool
+from node.tx import DATA_TYPES, Grant, Profile, Tx
+from tests.conftest import run
+from tests.consensus_sim import SimNet, make_block
+from tests.test_faults import _network
+
+TARGET = b"a patient's revoke"
+
+
+def _watch(max_txs: int = 10, max_bytes: int = 10_000) -> CensorWatch:
+    w = CensorWatch(max_txs, max_bytes, grace_ms=1000, skips=3)
+    w.tick(0, 0, lambda: 0)
+    w.offer(TARGET, 0)
+    return w
+
+
+def test_only_blocks_proposed_after_the_grace_with_room_left_count_as_skips():
+    w = _watch()
+    w.tick(500, 0, lambda: 99)
+    w.delivered(1, make_block(1, txs=[b"x"]), 0)  # within the grace: the primary may not hold it yet
+    assert w.skipped == 0 and w.horizon is None
+    w.tick(1000, 0, lambda: 4)  # the grace ran out while sequences up to 4 were proposed
+    for seq in (2, 3, 4):
+        w.delivered(seq, make_block(seq, txs=[b"x"]), 0)  # proposed before then
+    assert w.skipped == 0 and w.horizon == 4
+    w.delivered(5, make_block(5, txs=[b"x%d" % k for k in range(10)]), 0)  # full by count
+    w.delivered(6, make_block(6, txs=[bytes(10_001 - 2 * TX_FRAMING - len(TARGET))]), 0)  # no room in bytes
+    w.delivered(7, make_block(7, view=1, txs=[b"x"]), 0)  # another view's block (a stale watch)
+    assert w.skipped == 0 and not w.censoring
+    for seq in (8, 9):
+        w.delivered(seq, make_block(seq, txs=[b"x"]), 0)
+    w.offer(TARGET, 2000)  # the same transaction offered again keeps its count
+    assert w.skipped == 2 and not w.censoring
+    w.delivered(10, make_block(10), 0)  # an empty block has room too
+    assert w.censoring
+
+
+def test_the_watch_ends_with_the_transaction_and_a_new_view_gives_the_grace_again():
+    w = _watch()
+    w.tick(1000, 0, lambda: 0)
+    for seq in (1, 2, 3):
+        w.delivered(seq, make_block(seq, txs=[b"x"]), 0)
+    assert w.censoring
+    w.tick(1100, 1, lambda: 3)  # a new view: its primary gets the whole grace
+    assert not w.censoring and w.horizon is None and w.target == TARGET
+    w.tick(2100, 1, lambda: 3)
+    w.delivered(4, make_block(4, view=1, txs=[b"x", TARGET]), 0)
+    assert w.target is None and not w.censoring
+    w.offer(b"another", 2200)
+    assert w.target == b"another" and w.horizon is None
+
+
+def test_the_grace_follows_the_pace_of_watched_transactions_within_bounds():
+    """An overloaded validator admits its forwards seconds late (and may drop one, sent again after
+    REFORWARD_S): while the watched transactions take long to commit, the grace is 4x that, at most
+    8x the base, as the view timer follows the pace of deliveries."""
+    w = _watch()
+    assert w.grace == 1000
+    for k in range(20):  # each watched transaction took 1.5 s to commit
+        w.offer(b"t%d" % k, 10_000 * k)
+        w.delivered(k + 1, make_block(k + 1, txs=[b"t%d" % k]), 10_000 * k + 1500)
+    assert 5_500 < w.grace <= 6_000
+    w.offer(b"slow", 200_000)
+    w.delivered(99, make_block(99, txs=[b"slow"]), 400_000)  # 200 s
+    assert w.grace == 8000
+
+
+def test_the_pool_offers_the_head_of_the_longest_waiting_sender_that_can_execute():
+    ids = [Identity.from_seed(b"censor pool %d" % k) for k in range(3)]
+    pool = Mempool()
+    tx = {(k, n): Tx.build(ids[k], "c", n, Profile("p", "r", "o", bytes(32))) for k in range(3) for n in (1, 2)}
+    pool.admit(tx[0, 2], 0, 0.0, forwarded=True)  # runs ahead of a gap: cannot execute yet
+    pool.admit(tx[1, 1], 0, 0.0)
+    pool.admit(tx[2, 1], 0, 0.0)
+    assert [t.id for t in pool.waiting_heads()] == [tx[1, 1].id, tx[2, 1].id]
+    pool.remove([tx[1, 1]])  # sender 1 committed: it goes to the back
+    pool.admit(tx[1, 2], 1, 0.0)
+    assert [t.id for t in pool.waiting_heads()] == [tx[2, 1].id, tx[1, 2].id]
+    assert [t.id for t in pool.waiting_heads(scan=2)] == [tx[2, 1].id]
+
+
+def _censored_net(watch: bool, full: bool = False, seconds: int = 30) -> SimNet:
+    """Four replicas; primary 0 proposes a block of other work every ~200 ms and never TARGET, which
+    every replica holds (the driver offers it each tick). `full`: its blocks are full."""
+    net = SimNet(4, 7)
+    for r in net.replicas:
+        r.censor = CensorWatch(3, grace_ms=2000) if watch else None
+    for t in range(seconds * 10):
+        for r in net.replicas:
+            r.watch(TARGET)
+        net.tick_all(pending=True)
+        r = net.replicas[net.replicas[1].primary]
+        if t % 2 == 0 and r.can_propose() and r.in_flight() == 0:
+            txs = [b"other %d.%d" % (t, k) for k in range(3 if full else 1)]
+            if r.index != 0:
+                txs[0] = TARGET  # an honest primary proposes what waits
+            net.send(r.index, r.propose(make_block(r.next_seq, view=r.view, txs=txs, prev=r.last_hash,
+                                                   proposer=r.index)))
+        while net.queue:
+            net.step()
+    return net
+
+
+def test_a_primary_leaving_one_transaction_out_of_blocks_with_room_loses_its_view():
+    net = _censored_net(watch=True)
+    assert all(r.view >= 1 for r in net.replicas), [r.view for r in net.replicas]
+    delivered = [d.block for d in net.out[1]]
+    assert any(TARGET in b.txs for b in delivered)  # the next primary proposed it
+    assert sum(1 for b in delivered if b.header.view == 0) > 10  # the censor's blocks kept coming meanwhile
+    net.check_agreement(delivered, count=len(delivered))
+
+
+def test_without_the_watch_the_censor_keeps_its_seat_for_ever():
+    """What the watch fixes: every censor's block carries work, so the view timer never runs out."""
+    net = _censored_net(watch=False)
+    assert all(r.view == 0 for r in net.replicas)
+    assert not any(TARGET in d.block.txs for d in net.out[1]) and len(net.out[1]) > 100
+
+
+def test_a_primary_whose_blocks_are_full_is_not_suspected():
+    net = _censored_net(watch=True, full=True)
+    assert all(r.view == 0 for r in net.replicas) and len(net.out[1]) > 100
+
+
+def test_a_censoring_primary_on_real_validators_loses_its_view_and_the_revoke_commits(tmp_path):
+    """Validator 0, the first primary, leaves out every transaction of a sender with a grant waiting
+    (MEDCHAIN_BYZANTINE=censor) and proposes the rest. A patient's grant sent to validator 1 waits
+    while other senders' work commits steadily; the honest backups watch it left out of blocks with
+    room, stop counting the censor's blocks as progress, and move to a new view whose primary
+    commits it."""
+    nodes = _network(tmp_path, env={0: {"MEDCHAIN_BYZANTINE": "censor"}})
+    try:
+        async def go() -> None:
+            async with NodeClient(nodes[1].url) as c1, NodeClient(nodes[2].url) as c2:
+                chain = (await c1.status())["chain_id"]
+                patient, doctor = Identity.from_seed(b"censored patient"), Identity.from_seed(b"censor doctor")
+                prof = Tx.build(doctor, chain, 1, Profile("Dr. C", "clinician", "o", doctor.box_public))
+                await c1.submit(prof.raw)
+                assert (await c1.wait_committed(prof.id.hex(), 30))["code"] == 0  # the censor lets profiles in
+                grant = Tx.build(patient, chain, 1, Grant(doctor.address, (DATA_TYPES["heart_rate"],), 0, ()))
+                await c1.submit(grant.raw)
+                busy = [Identity.from_seed(b"busy sender %d" % k) for k in range(4)]
+                nonce, t0, views = 1, time.monotonic(), []
+                while time.monotonic() - t0 < 60:
+                    # other senders' work, committed under the censor: its blocks keep coming
+                    for b in busy:
+                        await c2.submit(Tx.build(b, chain, nonce, Profile("p", "r", "o", bytes(32))).raw)
+                    nonce += 1
+                    st = await c1.tx(grant.id.hex())
+                    views.append((await c2.status())["consensus"]["view"])
+                    if st["status"] == "committed":
+                        break
+                    await asyncio.sleep(0.3)
+                assert st["status"] == "committed" and st["code"] == 0, st
+                assert views[0] == 0 and views[-1] >= 1, views
+                # the censor's blocks carried the busy senders' work before the view changed
+                assert nonce > 5
+        run(go())
+    finally:
+        for n in nodes:
+            n.stop()
