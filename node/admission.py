@@ -272,6 +272,8 @@ class Admission:
             forward_side = self._held_blob(tx)
         elif tx.kind == KIND_WRITE and sidecar is None:
             self._check_forwarded_write(tx)
+        if forwarded:
+            self._supersede_blobless(tx, sidecar)
         for ev in self.mempool.admit(tx, self.committed_nonce(tx.address, snap.get_state), now, forwarded,
                                      admission_origin.get(), sidecar, limit):
             # fair eviction made room: the heaviest origin's (client IP's) newest sender gave way
@@ -286,6 +288,26 @@ class Admission:
             self.submitted_at[tx.id] = now
         self.pending_since[tx.id] = now + REFORWARD_S
         return forward_side
+
+    def _supersede_blobless(self, tx: Tx, sidecar: bytes | None) -> None:
+        """A forwarded transaction whose nonce is pending here with a write whose blob is not here
+        (a bare dag-pb forward, its blob being fetched): its sender signed both, and the one this
+        validator can propose takes the nonce. Else a byzantine validator forwarding writes of blobs
+        nobody holds to the primary, one after another, kept the other body, which the backups hold,
+        out of its blocks, and had them depose an honest primary for censoring it
+        (node/consensus/censor.py)."""
+        held = self.mempool.pending(tx.address, tx.nonce)
+        if held is None or held.id == tx.id or held.kind != KIND_WRITE or self.mempool.sidecar(held.id) is not None \
+                or self.blobs.blob_size(self._cid_of(held)) is not None:
+            return
+        if tx.kind == KIND_WRITE and sidecar is None and self.blobs.blob_size(self._cid_of(tx)) is None:
+            return  # no better: the first stays
+        for gone in self.mempool.withdraw(held):
+            why = "superseded: another transaction of its nonce came with its blob" if gone.id == held.id else \
+                f"held back: nonce {held.nonce} of this sender was superseded"
+            self.reject(gone.id, Refusal.CONFLICT, why)
+            self.submitted_at.pop(gone.id, None)
+            self.pending_since.pop(gone.id, None)
 
     @staticmethod
     def _cid_of(tx: Tx) -> Cid:

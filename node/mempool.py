@@ -455,6 +455,11 @@ class Mempool:
                     break
         return out
 
+    def pending(self, addr: bytes, nonce: int) -> Tx | None:
+        """The transaction pending for this sender's nonce, if any."""
+        s = self.senders.get(addr)
+        return None if s is None else s.txs.get(nonce)
+
     def waiting_heads(self, scan: int = 256) -> Iterator[Tx]:
         """The next transaction of each sender that can execute now (its nonce is the one the chain
         takes next), the longest waiting first: senders stand in the order they arrived, and go to

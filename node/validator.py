@@ -149,6 +149,7 @@ class Validator:
         self._tasks: list[asyncio.Task] = []
         self._blob_checks: dict[bytes, asyncio.Task] = {}  # writes whose blob the producer is fetching
         self._unwatchable: dict[bytes, int] = {}  # pooled, invalid on the state of that height: not watched
+        self._pushed: tuple[bytes, int] | None = None  # the watched transaction and skip count last sent to the primary
         self._stopping = False
         self.msgs_in = self.msgs_out = 0
         self.synced_blocks = 0  # blocks fetched by state transfer
@@ -480,6 +481,7 @@ class Validator:
                 elif kind == "tick":
                     if self.replica.censor is not None and not self.replica.is_primary:
                         self.replica.watch(self._watch_candidate())
+                        self._push_watched(self.replica.censor)
                     acts = self.replica.tick(self._now_ms(), pending=len(self.mempool) > 0)
                 elif kind == "executed":  # a parked block's blobs are here now (node/availability.py)
                     acts = self.replica.executed(*item, True)
@@ -561,6 +563,19 @@ class Validator:
                 self._unwatchable.clear()
             self._unwatchable[tx.id] = height  # checked again after the next delivery
         return None
+
+    def _push_watched(self, c: CensorWatch) -> None:
+        """PBFT's backup sends a request it waits on to the primary itself: the watched transaction
+        goes to the primary (with its sidecar) when its grace runs out and again at each skip, so a
+        primary that lacked it (a forward lost, or its nonce taken by a body it cannot propose, which
+        this one supersedes: node/admission.py) has it before a third skip."""
+        if c.target is None or c.horizon is None or self.net is None or (c.target, c.skipped) == self._pushed:
+            return
+        self._pushed = (c.target, c.skipped)
+        tx = self.mempool.by_id.get(ecdsa.sha256(c.target))
+        if tx is not None:
+            for msg in forward_messages([(tx.raw, self.mempool.sidecar(tx.id))]):
+                self._send(self.replica.primary, msg)
 
     def _proposable(self, txs: list[Tx]) -> list[Tx]:
         """The batch without the writes whose blob is not here with the size they state, nor the later

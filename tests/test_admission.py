@@ -275,6 +275,39 @@ def test_a_forwarded_write_of_one_raw_block_must_carry_its_sidecar(make: Callabl
     assert _refused(res) == (Refusal.UNPROCESSABLE, f"size mismatch: blob {held_cid} is 60 bytes, transaction says 61", None)
 
 
+def test_a_forwarded_body_with_its_blob_supersedes_a_pending_write_whose_blob_is_nowhere_here(
+        make: Callable[..., Validator]) -> None:
+    """A sender signed two bodies for one nonce: a dag-pb write whose blob nobody sent here (a
+    byzantine validator forwards such writes to the primary, one after another) and one this
+    validator can propose, which the backups hold. The one it can propose takes the nonce, with
+    the first's later transactions withdrawn; else the backups, watching it left out of the
+    primary's blocks, depose an honest primary for censorship (node/consensus/censor.py). A body
+    no better (another bare write) is refused as before, and a client's never supersedes."""
+    v = make()
+    adm = v.admission
+    who = _id("equivocating sender")
+    nowhere = Cid(1, 0x70, cid_v1_raw(b"nobody holds this").multihash).to_bytes()
+    bare = Tx.build(who, CHAIN, 1, Write(HR, nowhere, 5_000_000, 0, 1_000, 2_000))
+    behind = Tx.build(who, CHAIN, 2, Profile("p", "nurse", "ward", who.box_public))
+    other_bare = Tx.build(who, CHAIN, 1, Write(HR, Cid(1, 0x70, cid_v1_raw(b"nor this").multihash).to_bytes(),
+                                                 5_000_000, 0, 1_000, 2_000))
+    blob = b"b" * 40
+    good = Tx.build(who, CHAIN, 1, Write(HR, cid_v1_raw(blob).to_bytes(), 40, 0, 1_000, 2_000))
+    with origin("peer:1"):
+        assert adm.submit_many_sync(_items([bare, behind]), forwarded=True) == [bare.id, behind.id]
+        (r,) = adm.submit_many_sync(_items([other_bare]), forwarded=True)
+        assert _refused(r)[1] == "nonce conflict: 1 already pending with another transaction"
+    with origin("10.0.0.9"):  # a client: the pool's nonce rules as ever
+        (r,) = adm.submit_many_sync([(good.raw, blob)])
+        assert _refused(r)[0] is Refusal.CONFLICT and bare.id in v.mempool
+    with origin("peer:2"):
+        assert adm.submit_many_sync([(good.raw, blob)], forwarded=True) == [good.id]
+    assert good.id in v.mempool and bare.id not in v.mempool and behind.id not in v.mempool
+    assert adm.rejected[bare.id] == "superseded: another transaction of its nonce came with its blob"
+    assert adm.rejected[behind.id] == "held back: nonce 1 of this sender was superseded"
+    assert bare.id not in adm.pending_since and behind.id not in adm.pending_since
+
+
 def test_client_and_forwarded_admissions_leave_their_own_bookkeeping(make: Callable[..., Validator]) -> None:
     """A client's transaction is timed for the commit-latency metric and, once the p2p adapter runs,
     queued for forwarding with its sidecar; a forwarded one is neither, and may run ahead of its

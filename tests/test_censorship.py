@@ -173,3 +173,45 @@ def test_a_censoring_primary_on_real_validators_loses_its_view_and_the_revoke_co
     finally:
         for n in nodes:
             n.stop()
+
+
+def test_a_backup_sends_the_watched_transaction_to_the_primary_at_the_grace_and_each_skip(tmp_path):
+    """PBFT's backup forwards a request it waits on to the primary itself: the driver sends the
+    watched transaction, with its sidecar, once its grace has run out and again after each skip,
+    never twice for the same count (a real validator's pool and replica; the p2p host is a recorder)."""
+    from types import SimpleNamespace
+
+    from node.genesis import Params, init_home
+    from node.ipfs.cid import cid_v1_raw
+    from node.multiaddr import peer_id
+    from node.sidecar import decode_forwarded
+    from node.tx import Write
+    from node.validator import Validator
+
+    homes = init_home(tmp_path, "censor-push", [f"127.0.0.1:{9000 + k}" for k in range(4)], int(time.time() * 1000),
+                      Params(), p2p=[f"127.0.0.1:{9100 + k}" for k in range(4)])
+    v = Validator(homes[1])
+    try:
+        sent: list[tuple[str, bytes]] = []
+        v.net = SimpleNamespace(send=lambda peer, data: sent.append((peer, data)))
+        blob = b"w" * 64
+        w = Tx.build(Identity.from_seed(b"push writer"), "censor-push", 1,
+                     Write(DATA_TYPES["heart_rate"], cid_v1_raw(blob).to_bytes(), 64, 0, 1_000, 2_000))
+        assert v.submit_many_sync([(w.raw, blob)]) == [w.id]
+        c = v.replica.censor
+        c.tick(0, v.replica.view, lambda: 0)
+        v.replica.watch(v._watch_candidate())
+        assert c.target == w.raw
+        v._push_watched(c)
+        assert sent == []  # within the grace
+        c.tick(c.armed_at + c.grace, v.replica.view, lambda: 0)
+        v._push_watched(c)
+        v._push_watched(c)
+        (peer, data), = sent
+        assert decode_forwarded(data) == [(w.raw, blob)]
+        assert peer == peer_id(v.genesis.validators[v.replica.primary].p2p) and v.replica.primary == 0
+        c.delivered(1, make_block(1, txs=[b"other"]), c.armed_at + c.grace)
+        v._push_watched(c)
+        assert len(sent) == 2 and c.skipped == 1
+    finally:
+        v.close()
