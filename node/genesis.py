@@ -163,6 +163,12 @@ class Genesis:
     def hash(self) -> bytes:
         return ecdsa.sha256(json.dumps(self.to_json(), sort_keys=True).encode())
 
+    @property
+    def network(self) -> str:
+        """The network's name in its p2p protocol ids (node/p2p/node.py): the genesis hash, shortened.
+        Validators running another genesis (other parameters under the same keys) do not connect."""
+        return self.hash.hex()[:16]
+
     def index_of(self, public_key: bytes) -> int:
         keys = self.validator_keys
         if public_key not in keys:

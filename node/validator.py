@@ -201,7 +201,7 @@ class Validator:
             self.net = P2PNode(self.identity.p2p_secret, host, port, [v.p2p for v in self.genesis.validators],
                                self._on_net, mode=self.p2p_mode, max_frame=MAX_MESSAGE_BYTES + 4096,
                                blockstore=self.blobs, external_peers=self.ipfs_peers, psk=swarmkey.load(self.home),
-                               max_blob_bytes=self.params.max_blob_bytes)
+                               max_blob_bytes=self.params.max_blob_bytes, network=self.genesis.network)
             self.sync.register()
             await self.net.start()
             self.replicator.start(self.net)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import threading
@@ -474,3 +475,43 @@ def test_big_frames_pause_reads_by_their_bytes_while_the_loop_is_behind() -> Non
             await net.stop()
 
     run(main())
+
+
+def test_validators_of_another_genesis_do_not_connect_and_say_why(caplog: pytest.LogCaptureFixture) -> None:
+    """The same validator keys under two genesis files (other parameters, an old copy): each names its
+    network (the genesis hash) in its protocol ids, so the PBFT stream does not open and no frame of
+    one reaches the other; the dialer says why, instead of a silent debug line. A request-response
+    protocol is scoped the same way; two nodes of one network talk as before."""
+    net = Net(3, "direct")
+
+    async def main() -> None:
+        a, b, c = (net.make(0, network="aaaa1111"), net.make(1, network="bbbb2222"), net.make(2, network="aaaa1111"))
+
+        async def echo(peer: str, req: bytes) -> bytes:
+            return req
+
+        b.serve("/medchain/echo/1.0.0", echo)
+        c.serve("/medchain/echo/1.0.0", echo)
+        assert c.scoped("/medchain/echo/1.0.0") == "/medchain/aaaa1111/echo/1.0.0"
+        assert a.scoped("/ipfs/bitswap/1.2.0") == "/ipfs/bitswap/1.2.0"
+        await asyncio.gather(a.start(), b.start(), c.start())
+        try:
+            await until(lambda: a.stats["network_mismatch"] >= 1 and b.stats["network_mismatch"] >= 1, 20)
+            for _ in range(10):
+                a.send(net.ids[2], b"same network")
+                a.send(net.ids[1], b"other network")
+                b.send(net.ids[0], b"other network")
+                await asyncio.sleep(0.1)
+            await until(lambda: net.from_(2, 0), 10)
+            assert net.from_(1, 0) == [] and net.from_(0, 1) == []
+            assert await a.request(net.ids[2], "/medchain/echo/1.0.0", b"hi", 5) == b"hi"
+            with pytest.raises(P2PError):
+                await a.request(net.ids[1], "/medchain/echo/1.0.0", b"hi", 5)
+        finally:
+            await net.stop()
+
+    with caplog.at_level(logging.WARNING, logger="medchain"):
+        run(main())
+    assert any("runs another genesis" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError):
+        P2PNode(secret(0), "127.0.0.1", 0, [], lambda p, d: None, network="../x")

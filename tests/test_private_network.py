@@ -146,7 +146,7 @@ def test_private_network_key_keeps_out_even_a_stolen_validator_identity(tmp_path
             stolen = Ident.load(nodes[3].home / "node_key.json")
             me = genesis.validators[3].p2p
             impostor = P2PNode(stolen.p2p_secret, "127.0.0.1", int(me.split("/")[4]),
-                               [v.p2p for v in genesis.validators], lambda p, d: None)
+                               [v.p2p for v in genesis.validators], lambda p, d: None, network=genesis.network)
             await impostor.start()
             try:
                 await asyncio.sleep(4.0)

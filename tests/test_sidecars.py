@@ -299,7 +299,7 @@ def test_a_lying_validator_cannot_forward_forged_transactions_or_sidecars(tmp_pa
 
         async def go() -> list[dict]:
             host = P2PNode(secret, me.split("/")[2], int(me.split("/")[4]), [v.p2p for v in genesis.validators],
-                           lambda p, d: None, max_frame=MAX_MESSAGE_BYTES + 4096)
+                           lambda p, d: None, max_frame=MAX_MESSAGE_BYTES + 4096, network=genesis.network)
             await host.start()
             try:
                 for _ in range(25):  # ~5 s: past connection set-up and a re-forward

@@ -72,6 +72,7 @@ for _name in ("libp2p.transport.tcp.tcp", "libp2p.host.basic_host", "libp2p.prot
 os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 
 DIRECT_PROTOCOL = TProtocol("/medchain/pbft/1.0.0")
+MISMATCH_WARN_S = 60.0  # a peer that answers but speaks another network's protocol: warned this often
 READ_CHUNK = 256 * 1024  # bytes asked of the muxer per read
 MAX_DIRECT_STREAMS = 4  # inbound PBFT streams open per peer (it keeps one; more while it redials)
 WRITE_BATCH_BYTES = 256 * 1024  # queued frames coalesced into one stream write
@@ -125,6 +126,19 @@ class _ConnWatch(INotifee):
         return None
 
 
+def _not_spoken(exc: BaseException) -> bool:
+    """Whether a new stream failed because the peer does not serve the protocol (multistream-select
+    answered "na"), not because the connection broke."""
+    seen: BaseException | None = exc
+    for _ in range(4):  # py-libp2p wraps it: StreamFailure from MultiselectClientError("protocols not supported")
+        if seen is None:
+            return False
+        if "protocols not supported" in str(seen) or "protocol not supported" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class TrioSide:
     def __init__(
         self,
@@ -149,11 +163,14 @@ class TrioSide:
         on_have: Callable[[str, list[bytes]], None] | None = None,  # bitswap HAVEs (peer, cids), trio thread
         external: dict[str, str] | None = None,  # bitswap-only peers: peer id -> multiaddr
         psk: bytes | None = None,  # private network: a 32-byte pre-shared key wraps every connection
+        direct: str = DIRECT_PROTOCOL,  # the PBFT stream's protocol id (node.py direct_protocol: per network)
         queue_max_age: float = float("inf"),  # a frame queued longer is dropped unsent
         inbox_high_bytes: int,  # undelivered inbound bytes at which reads pause (node.py INBOX_HIGH_BYTES)
     ) -> None:
         self.queue_max_age = queue_max_age
         self.inbox_high_bytes = inbox_high_bytes
+        self.direct = TProtocol(direct)
+        self._mismatch_warned: dict[str, float] = {}
         self.key_pair = key_pair
         self.psk = psk
         self.services = dict(services or {})
@@ -325,7 +342,7 @@ class TrioSide:
         swarm.register_notifee(_ConnWatch(self))
         for o in self.outs.values():
             swarm.protect(o.pid, "medchain-validator")  # never pruned by the connection manager
-        host.set_stream_handler(DIRECT_PROTOCOL, self._on_stream)
+        host.set_stream_handler(self.direct, self._on_stream)
         if self.services:
             from ._reqresp import serve_stream
 
@@ -433,18 +450,34 @@ class TrioSide:
         raise OSError(f"could not listen on {self.listen} (port busy?)")
 
     # ---- direct streams ---------------------------------------------------------------------
+    def _warn_mismatch(self, o: PeerOut) -> None:
+        """The peer is a genesis validator and completed the handshake, but does not speak this
+        network's PBFT protocol: it runs another genesis (other parameters under the same keys, or
+        an old copy). Said plainly, at most once a minute per peer, not buried in debug logs."""
+        now = time.monotonic()
+        if now - self._mismatch_warned.get(o.name, -MISMATCH_WARN_S) < MISMATCH_WARN_S:
+            return
+        self._mismatch_warned[o.name] = now
+        self.stats["network_mismatch"] += 1
+        log.warning("validator %s at %s answers but does not speak %s: it runs another genesis than this "
+                    "validator (compare the genesis_hash of both genesis.json files)", o.name, o.addr, self.direct)
+
     async def _peer_loop(self, o: PeerOut) -> None:
         """Dial, open one long-lived stream, pump the queue into it; redial with backoff."""
         swarm = self.host.get_network()
         delay = BACKOFF_MIN
         while True:
+            connected = False
             try:
                 swarm.unblock_peer(o.pid)  # py-libp2p blocks a failed peer for 60 s otherwise
                 with trio.fail_after(DIAL_TIMEOUT):
                     await self.host.connect(PeerInfo(o.pid, [o.addr]))
-                    stream = await self.host.new_stream(o.pid, [DIRECT_PROTOCOL])
+                    connected = True
+                    stream = await self.host.new_stream(o.pid, [self.direct])
             except Exception as exc:  # noqa: BLE001 - peer down / not up yet / refused
                 log.debug("dial %s failed: %r", o.name, exc)
+                if connected and _not_spoken(exc):
+                    self._warn_mismatch(o)
                 o.redial = trio.Event()
                 with trio.move_on_after(delay * (0.75 + random.random() / 2)):
                     await o.redial.wait()  # at startup peers come up in any order: a connection

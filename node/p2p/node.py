@@ -29,6 +29,7 @@ import contextlib
 import itertools
 import logging
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -62,6 +63,7 @@ STOP_TIMEOUT = 3.0
 # undelivered inbound bytes at which direct-stream reads pause (as at 20,000 messages): a frame may be
 # up to max_frame, so a count alone let a peer's big frames pile up while the asyncio loop was busy
 INBOX_HIGH_BYTES = 64 * 1024 * 1024
+NETWORK_RE = re.compile(r"[0-9a-z]{0,32}")
 MAX_REQUEST = 1024 * 1024  # default request size a served protocol accepts
 MAX_RESPONSE = 16 * 1024 * 1024  # default response size request() accepts (blocks are <= 8 MiB)
 STAT_KEYS = (
@@ -74,6 +76,7 @@ STAT_KEYS = (
     "send_failed",  # lost with a broken stream, or a failed publish
     "oversized",  # inbound frames over max_frame (stream closed)
     "refused_peers",  # connections from peer ids outside the validator set
+    "network_mismatch",  # a validator answered but speaks another network's protocol (another genesis)
     "unknown_dropped",  # messages from peers outside the validator set
     "reconnects",  # outbound streams re-established after the first
     "gossip_published",
@@ -108,6 +111,11 @@ def _leaf(exc: BaseException) -> BaseException:
 
 class P2PError(Exception):
     """Adapter failure: busy port, not started, unknown peer, oversized message."""
+
+
+def direct_protocol(network: str = "") -> str:
+    """The protocol id of the PBFT streams of a network ("" : the one before networks were named)."""
+    return f"/medchain/{network}/pbft/1.0.0" if network else "/medchain/pbft/1.0.0"
 
 
 class P2PNode:
@@ -149,7 +157,10 @@ class P2PNode:
         psk: bytes | None = None,
         max_blob_bytes: int | None = None,
         inbox_high_bytes: int = INBOX_HIGH_BYTES,
+        network: str = "",
     ) -> None:
+        if not NETWORK_RE.fullmatch(network):
+            raise ValueError(f"network must be 0-32 lowercase letters or digits, not {network!r}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         if muxer is None:  # measured fastest per mode (see measure.py / the module docstring)
@@ -169,7 +180,11 @@ class P2PNode:
                 self._peers[pid] = head
         self._on_message = on_message
         self.mode = mode
-        self.topic = topic
+        # the network (node/validator.py: the genesis hash) is in every medchain protocol id and the
+        # topic: a validator running another genesis under the same keys cannot open a PBFT stream
+        self.network = network
+        self.direct_protocol = direct_protocol(network)
+        self.topic = f"medchain/{network}/pbft/1" if network and topic == "medchain/pbft/1" else topic
         self.max_frame = max_frame
         self.muxer = muxer
         self.strict_signing = strict_signing
@@ -267,6 +282,7 @@ class P2PNode:
             on_have=self._have_from_trio if self._on_have is not None else None,
             external=self._external,
             psk=self.psk,
+            direct=self.direct_protocol,
         )
 
         def set_once(fut: asyncio.Future, value: Any) -> None:
@@ -401,11 +417,19 @@ class P2PNode:
             raise P2PError("serve() must be called before start()")
         if not protocol_id.startswith("/") or protocol_id == "/medchain/pbft/1.0.0":
             raise ValueError(f"bad protocol id {protocol_id!r}")
+        protocol_id = self.scoped(protocol_id)
         if protocol_id in self._services:
             raise ValueError(f"protocol {protocol_id} is already served")
         if max_request < 0:
             raise ValueError("max_request must be >= 0")
         self._services[protocol_id] = (handler, max_request)
+
+    def scoped(self, protocol_id: str) -> str:
+        """A medchain protocol id as this network speaks it ("/medchain/<network>/..."); others
+        (bitswap) as they are."""
+        if self.network and protocol_id.startswith("/medchain/"):
+            return f"/medchain/{self.network}/{protocol_id[len('/medchain/'):]}"
+        return protocol_id
 
     async def request(
         self,
@@ -420,6 +444,7 @@ class P2PNode:
         response over ``max_response``, the peer's handler raising or refusing the request as too
         large) raises P2PError with a message saying which."""
         side = self._require()
+        protocol_id = self.scoped(protocol_id)
         if peer_id not in self._peers:
             raise P2PError(f"{protocol_id} request to unknown peer {peer_id} (not a validator)")
         if timeout <= 0:
