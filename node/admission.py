@@ -11,6 +11,7 @@ its own errors (AdmissionError); what they become on the wire is the API's busin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -238,15 +239,6 @@ class Admission:
         return self.reject(tx.id, first.kind, f"{first.reason.split(':')[0]}: held back, nonce {held[0]} of this "
                            f"sender was refused first ({first.reason})", first.retry_after)
 
-    def still_valid(self, tx: Tx) -> bool:
-        """Whether a pooled transaction would be admitted on the chain's state now (not committed, and
-        its stateful checks pass): one a commit since made invalid (a read after its grant's revoke)
-        stays pooled, and no honest primary proposes it (node/consensus/censor.py must not watch it)."""
-        with self.ledger.snapshot() as snap:
-            if snap.has_tx(tx.id):
-                return False
-            return check_tx(Overlay(snap.get_state), tx, clock.now_ms(), self.rules) == OK
-
     def mark_verified(self, txid: bytes) -> None:
         self.verified[txid] = None
         if len(self.verified) > _VERIFIED_CACHE:
@@ -272,10 +264,26 @@ class Admission:
             forward_side = self._held_blob(tx)
         elif tx.kind == KIND_WRITE and sidecar is None:
             self._check_forwarded_write(tx)
-        if forwarded:
-            self._supersede_blobless(tx, sidecar)
-        for ev in self.mempool.admit(tx, self.committed_nonce(tx.address, snap.get_state), now, forwarded,
-                                     admission_origin.get(), sidecar, limit):
+            forward_side = self._small_held(tx)
+        # the pool keeps what goes with the transaction when it is sent on (a re-forward, the
+        # censorship watch's send to the primary): a raw blob held here rides too, or the
+        # primary, lacking it, would refuse the bare write
+        committed = self.committed_nonce(tx.address, snap.get_state)
+        displaced = self._supersede_blobless(tx, forward_side) if forwarded else []
+        try:
+            evicted = self.mempool.admit(tx, committed, now, forwarded, admission_origin.get(), forward_side, limit)
+        except AdmissionError:
+            for back, side in displaced:  # the newcomer did not get in after all: the first stays
+                with contextlib.suppress(AdmissionError):
+                    self.mempool.admit(back, committed, now, True, admission_origin.get(), side)
+            raise
+        for gone, _side in displaced:
+            why = "superseded: another transaction of its nonce came with its blob" if gone.nonce == tx.nonce else \
+                f"held back: nonce {tx.nonce} of this sender was superseded"
+            self.reject(gone.id, Refusal.CONFLICT, why)
+            self.submitted_at.pop(gone.id, None)
+            self.pending_since.pop(gone.id, None)
+        for ev in evicted:
             # fair eviction made room: the heaviest origin's (client IP's) newest sender gave way
             self.submitted_at.pop(ev.id, None)
             self.pending_since.pop(ev.id, None)  # only non-primaries sweep it: it would outlive the tx
@@ -289,25 +297,22 @@ class Admission:
         self.pending_since[tx.id] = now + REFORWARD_S
         return forward_side
 
-    def _supersede_blobless(self, tx: Tx, sidecar: bytes | None) -> None:
+    def _supersede_blobless(self, tx: Tx, sidecar: bytes | None) -> list[tuple[Tx, bytes | None]]:
         """A forwarded transaction whose nonce is pending here with a write whose blob is not here
         (a bare dag-pb forward, its blob being fetched): its sender signed both, and the one this
         validator can propose takes the nonce. Else a byzantine validator forwarding writes of blobs
         nobody holds to the primary, one after another, kept the other body, which the backups hold,
         out of its blocks, and had them depose an honest primary for censoring it
-        (node/consensus/censor.py)."""
+        (node/consensus/censor.py). Returns what was withdrawn (the write and its sender's later
+        transactions, with their sidecars), oldest first."""
         held = self.mempool.pending(tx.address, tx.nonce)
         if held is None or held.id == tx.id or held.kind != KIND_WRITE or self.mempool.sidecar(held.id) is not None \
                 or self.blobs.blob_size(self._cid_of(held)) is not None:
-            return
+            return []
         if tx.kind == KIND_WRITE and sidecar is None and self.blobs.blob_size(self._cid_of(tx)) is None:
-            return  # no better: the first stays
-        for gone in self.mempool.withdraw(held):
-            why = "superseded: another transaction of its nonce came with its blob" if gone.id == held.id else \
-                f"held back: nonce {held.nonce} of this sender was superseded"
-            self.reject(gone.id, Refusal.CONFLICT, why)
-            self.submitted_at.pop(gone.id, None)
-            self.pending_since.pop(gone.id, None)
+            return []  # no better: the first stays
+        sides = {t.nonce: self.mempool.sidecar(t.id) for t in self.mempool.pending_from(held)}
+        return [(t, sides.get(t.nonce)) for t in reversed(self.mempool.withdraw(held))]
 
     @staticmethod
     def _cid_of(tx: Tx) -> Cid:
@@ -323,6 +328,12 @@ class Admission:
             raise AdmissionError(Refusal.UNPROCESSABLE, "blob not held: a forwarded write of one raw block must carry its sidecar")
         if size is not None and size != tx.body.size:  # else an honest primary would propose a write no one votes for
             raise AdmissionError(Refusal.UNPROCESSABLE, size_mismatch(cid, size, tx.body.size))
+
+    def _small_held(self, tx: Tx) -> bytes | None:
+        """A forwarded bare write's raw blob when it is held here and small enough to ride as a sidecar."""
+        cid = self._cid_of(tx)
+        size = self.blobs.blob_size(cid)
+        return self.blobs.get(cid) if cid.codec == CODEC_RAW and size is not None and size <= SIDECAR_MAX else None
 
     def _held_blob(self, tx: Tx) -> bytes | None:
         """A write without a sidecar: its blob must be held here with the size the write states.

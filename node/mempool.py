@@ -193,6 +193,12 @@ class Mempool:
         self.origins: dict[str, _Origin] = {}
         self._heavy_origins: list[tuple[int, str]] = []  # lazy max-heap of (-pending, origin)
         self.evictions = 0
+        # when each pending transaction arrived here, and a lazy min-heap of (arrival, k, sender,
+        # nonce) of the transactions that can execute now (their sender's next nonce): the
+        # censorship watch (node/consensus/censor.py) takes the longest waiting of them
+        self.arrived: dict[bytes, float] = {}
+        self._ready: list[tuple[float, int, bytes, int]] = []
+        self._ready_k = 0
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -279,6 +285,9 @@ class Mempool:
             o = self.origins[key]
         s.txs[tx.nonce] = tx
         self.by_id[tx.id] = tx
+        self.arrived[tx.id] = now
+        if tx.nonce == s.base:
+            self._now_ready(addr, tx)
         self.tx_bytes += size
         o.nbytes += size
         if sidecar is not None:
@@ -405,6 +414,7 @@ class Mempool:
 
     def _drop_tx(self, tx: Tx, o: _Origin) -> None:
         del self.by_id[tx.id]
+        self.arrived.pop(tx.id, None)
         self.tx_bytes -= len(tx.raw)
         o.nbytes -= len(tx.raw)
         side = self.sidecars.pop(tx.id, None)
@@ -455,22 +465,50 @@ class Mempool:
                     break
         return out
 
+    def pending_from(self, tx: Tx) -> list[Tx]:
+        """The pending transactions of tx's sender from tx's nonce on."""
+        s = self.senders.get(tx.address)
+        return [] if s is None else [t for n, t in sorted(s.txs.items()) if n >= tx.nonce]
+
     def pending(self, addr: bytes, nonce: int) -> Tx | None:
         """The transaction pending for this sender's nonce, if any."""
         s = self.senders.get(addr)
         return None if s is None else s.txs.get(nonce)
 
-    def waiting_heads(self, scan: int = 256) -> Iterator[Tx]:
-        """The next transaction of each sender that can execute now (its nonce is the one the chain
-        takes next), the longest waiting first: senders stand in the order they arrived, and go to
-        the back at each commit of theirs, so one whose work never commits drifts to the front.
-        Looks at the first `scan` senders only (those whose run starts past a gap are skipped)."""
-        for k, s in enumerate(self.senders.values()):
-            if k >= scan:
-                return
-            tx = s.txs.get(s.base)
-            if tx is not None:
-                yield tx
+    def _now_ready(self, addr: bytes, tx: Tx) -> None:
+        self._ready_k += 1
+        heapq.heappush(self._ready, (self.arrived[tx.id], self._ready_k, addr, tx.nonce))
+        if len(self._ready) > 2 * len(self.senders) + 1024:  # stale entries piled up under a live top
+            self._ready = [(self.arrived[t.id], k, a, t.nonce) for k, (a, sd) in enumerate(self.senders.items())
+                           if (t := sd.txs.get(sd.base)) is not None]
+            heapq.heapify(self._ready)
+
+    def longest_waiting(self, limit: int = 8) -> list[tuple[Tx, float]]:
+        """Up to `limit` transactions that can execute now (each its sender's next nonce), those that
+        arrived here first first, with their arrival times. Senders whose run starts past a gap (a
+        forward ahead of its predecessors) are not in the way: only ready ones are kept in order."""
+        out: list[tuple[Tx, float]] = []
+        keep: list[tuple[float, int, bytes, int]] = []
+        h = self._ready
+        while h and len(out) < limit:
+            entry = heapq.heappop(h)
+            t, _, addr, nonce = entry
+            s = self.senders.get(addr)
+            tx = None if s is None or s.base != nonce else s.txs.get(nonce)
+            if tx is not None and self.arrived.get(tx.id) == t:
+                out.append((tx, t))
+                keep.append(entry)
+        for entry in keep:
+            heapq.heappush(h, entry)
+        return out
+
+    def settle(self, addr: bytes, committed_nonce: int) -> list[Tx]:
+        """Drop the sender's transactions the chain has passed (committed with other bodies, as after
+        a state transfer that no block delivery told the pool about); returns them."""
+        s = self.senders.get(addr)
+        if s is None or s.base > committed_nonce:
+            return []
+        return self._advance(addr, s, committed_nonce + 1)
 
     def _advance(self, addr: bytes, s: _Sender, base: int) -> list[Tx]:
         """Drop the sender's transactions below nonce `base` (committed, or superseded by another
@@ -481,6 +519,8 @@ class Mempool:
         for tx in dropped:
             self._drop_tx(tx, o)
         s.base = base
+        if base in s.txs:
+            self._now_ready(addr, s.txs[base])
         o.n -= len(gone)
         o.fresh.pop(addr, None)  # it has committed history now
         if gone:

@@ -148,8 +148,7 @@ class Validator:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._blob_checks: dict[bytes, asyncio.Task] = {}  # writes whose blob the producer is fetching
-        self._unwatchable: dict[bytes, int] = {}  # pooled, invalid on the state of that height: not watched
-        self._pushed: tuple[bytes, int] | None = None  # the watched transaction and skip count last sent to the primary
+        self._pushed: tuple[int, bytes, int] | None = None  # view, watched transaction, skips: last sent to the primary
         self._stopping = False
         self.msgs_in = self.msgs_out = 0
         self.synced_blocks = 0  # blocks fetched by state transfer
@@ -480,7 +479,7 @@ class Validator:
                     acts = r.propose(item)
                 elif kind == "tick":
                     if self.replica.censor is not None and not self.replica.is_primary:
-                        self.replica.watch(self._watch_candidate())
+                        self.replica.watch(*(self._watch_candidate() or (None, 0)))
                         self._push_watched(self.replica.censor)
                     acts = self.replica.tick(self._now_ms(), pending=len(self.mempool) > 0)
                 elif kind == "executed":  # a parked block's blobs are here now (node/availability.py)
@@ -545,23 +544,27 @@ class Validator:
             return []
         return self.replica.executed(act.seq, block.hash, True)
 
-    def _watch_candidate(self) -> bytes | None:
-        """The transaction the replica watches for censorship: the head of the longest waiting sender
-        that is still valid on the chain's state (one a commit made invalid waits for no primary)."""
-        watched = self.replica.censor.target if self.replica.censor is not None else None
-        height = self.replica.last_delivered
-        for k, tx in enumerate(self.mempool.waiting_heads()):
-            if tx.raw == watched:
-                return watched
-            if k >= WATCH_CHECKS:
+    def _watch_candidate(self) -> tuple[bytes, int] | None:
+        """The transaction the replica watches for censorship, and when it arrived (replica ms): the
+        longest waiting one that can execute now. A stale one (its nonce committed with another body,
+        as a state transfer leaves the pool) is settled out of the pool; a write without its blob
+        here (a bare dag-pb forward) is not watched: the primary may have to fetch it, and a
+        byzantine validator could keep its nonce taken there by a body nobody can fetch."""
+        now_ms, now = self._now_ms(), time.monotonic()
+        for _ in range(2):
+            stale = False
+            for tx, arrived in self.mempool.longest_waiting(WATCH_CHECKS):
+                if tx.nonce <= self.admission.committed_nonce(tx.address):
+                    for gone in self.mempool.settle(tx.address, self.admission.committed_nonce(tx.address)):
+                        self.admission.pending_since.pop(gone.id, None)
+                        self.admission.submitted_at.pop(gone.id, None)
+                    stale = True
+                    continue
+                if tx.kind == KIND_WRITE and self.mempool.sidecar(tx.id) is None:
+                    continue
+                return tx.raw, now_ms - int((now - arrived) * 1000)
+            if not stale:
                 break
-            if self._unwatchable.get(tx.id) == height:
-                continue
-            if self.admission.still_valid(tx):
-                return tx.raw
-            if len(self._unwatchable) >= 1024:
-                self._unwatchable.clear()
-            self._unwatchable[tx.id] = height  # checked again after the next delivery
         return None
 
     def _push_watched(self, c: CensorWatch) -> None:
@@ -569,9 +572,9 @@ class Validator:
         goes to the primary (with its sidecar) when its grace runs out and again at each skip, so a
         primary that lacked it (a forward lost, or its nonce taken by a body it cannot propose, which
         this one supersedes: node/admission.py) has it before a third skip."""
-        if c.target is None or c.horizon is None or self.net is None or (c.target, c.skipped) == self._pushed:
+        if c.target is None or c.horizon is None or self.net is None or (c.view, c.target, c.skipped) == self._pushed:
             return
-        self._pushed = (c.target, c.skipped)
+        self._pushed = (c.view, c.target, c.skipped)
         tx = self.mempool.by_id.get(ecdsa.sha256(c.target))
         if tx is not None:
             for msg in forward_messages([(tx.raw, self.mempool.sidecar(tx.id))]):

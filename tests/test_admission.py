@@ -242,7 +242,9 @@ def test_a_write_without_sidecar_needs_its_blob_held_here_with_its_size(make: Ca
         (Refusal.UNPROCESSABLE, f"size mismatch: blob {short} is 100 bytes, transaction says 101", None)]
     assert res[2:] == [ws[2].id, ws[3].id]
     assert adm.take_forward() == [(ws[2].raw, big), (ws[3].raw, None)]
-    assert v.mempool.sidecar(ws[2].id) is None  # the pool holds what was submitted: the blob is in the store
+    # the pool holds what is sent on with it (a re-forward, the censorship watch's send to the primary):
+    # the held raw blob too, or a primary lacking it would refuse the bare write; a dag-pb one rides never
+    assert v.mempool.sidecar(ws[2].id) == big and v.mempool.sidecar(ws[3].id) is None
     assert dict(adm.rejected) == {ws[0].id: _refused(res[0])[1], ws[1].id: _refused(res[1])[1]}
     assert _rejections(v, "blob not held") == 1
 
@@ -265,7 +267,8 @@ def test_a_forwarded_write_of_one_raw_block_must_carry_its_sidecar(make: Callabl
         res = adm.submit_many_sync(_items([wa, wb, wc]), forwarded=True)
         assert _refused(res[0]) == (Refusal.UNPROCESSABLE, reason, None) and res[1:] == [wb.id, wc.id]
         assert adm.submit_many_sync([(wa.raw, blob)], forwarded=True) == [wa.id]
-    assert v.mempool.sidecar(wa.id) == blob and v.mempool.sidecar(wb.id) is None
+    assert v.mempool.sidecar(wa.id) == blob and v.mempool.sidecar(wb.id) == b"h" * 60  # held here: it rides on
+    assert v.mempool.sidecar(wc.id) is None
     assert adm.forward == [] and adm.submitted_at == {} and not adm.rejected  # wa's refusal forgotten
     # a bare forward naming a blob held here with another size: refused, or an honest primary would
     # propose a write that no honest backup votes for (node/availability.py)
@@ -300,6 +303,11 @@ def test_a_forwarded_body_with_its_blob_supersedes_a_pending_write_whose_blob_is
     with origin("10.0.0.9"):  # a client: the pool's nonce rules as ever
         (r,) = adm.submit_many_sync([(good.raw, blob)])
         assert _refused(r)[0] is Refusal.CONFLICT and bare.id in v.mempool
+    v.mempool.max_sidecar_bytes = 10  # the newcomer would not get in after all: nothing is displaced
+    with origin("peer:2"):
+        (r,) = adm.submit_many_sync([(good.raw, blob)], forwarded=True)
+        assert _refused(r)[0] is Refusal.OVERLOADED and bare.id in v.mempool and behind.id in v.mempool
+    v.mempool.max_sidecar_bytes = 1 << 20
     with origin("peer:2"):
         assert adm.submit_many_sync([(good.raw, blob)], forwarded=True) == [good.id]
     assert good.id in v.mempool and bare.id not in v.mempool and behind.id not in v.mempool

@@ -23,17 +23,17 @@ TARGET = b"a patient's revoke"
 
 def _watch(max_txs: int = 10, max_bytes: int = 10_000) -> CensorWatch:
     w = CensorWatch(max_txs, max_bytes, grace_ms=1000, skips=3)
-    w.tick(0, 0, lambda: 0)
+    w.tick(0, 0, False, lambda: 0)
     w.offer(TARGET, 0)
     return w
 
 
 def test_only_blocks_proposed_after_the_grace_with_room_left_count_as_skips():
     w = _watch()
-    w.tick(500, 0, lambda: 99)
+    w.tick(500, 0, False, lambda: 99)
     w.delivered(1, make_block(1, txs=[b"x"]), 0)  # within the grace: the primary may not hold it yet
     assert w.skipped == 0 and w.horizon is None
-    w.tick(1000, 0, lambda: 4)  # the grace ran out while sequences up to 4 were proposed
+    w.tick(1000, 0, False, lambda: 4)  # the grace ran out while sequences up to 4 were proposed
     for seq in (2, 3, 4):
         w.delivered(seq, make_block(seq, txs=[b"x"]), 0)  # proposed before then
     assert w.skipped == 0 and w.horizon == 4
@@ -43,25 +43,44 @@ def test_only_blocks_proposed_after_the_grace_with_room_left_count_as_skips():
     assert w.skipped == 0 and not w.censoring
     for seq in (8, 9):
         w.delivered(seq, make_block(seq, txs=[b"x"]), 0)
-    w.offer(TARGET, 2000)  # the same transaction offered again keeps its count
+    w.offer(TARGET, 900)  # the same transaction offered again keeps its count
     assert w.skipped == 2 and not w.censoring
     w.delivered(10, make_block(10), 0)  # an empty block has room too
     assert w.censoring
 
 
-def test_the_watch_ends_with_the_transaction_and_a_new_view_gives_the_grace_again():
+def test_the_watch_ends_with_the_transaction_and_a_new_view_gives_the_grace_from_its_start():
     w = _watch()
-    w.tick(1000, 0, lambda: 0)
+    w.tick(1000, 0, False, lambda: 0)
     for seq in (1, 2, 3):
         w.delivered(seq, make_block(seq, txs=[b"x"]), 0)
     assert w.censoring
-    w.tick(1100, 1, lambda: 3)  # a new view: its primary gets the whole grace
-    assert not w.censoring and w.horizon is None and w.target == TARGET
-    w.tick(2100, 1, lambda: 3)
-    w.delivered(4, make_block(4, view=1, txs=[b"x", TARGET]), 0)
+    w.tick(1100, 1, True, lambda: 3)  # view 1 asked for: no primary works, nothing is counted
+    w.tick(9000, 1, True, lambda: 3)  # a long view change does not use up the next primary's grace
+    assert w.view == 0
+    w.tick(9100, 1, False, lambda: 3)  # view 1 installed: its primary gets the whole grace from now
+    assert not w.censoring and w.horizon is None and w.target == TARGET and w.armed_at == 9100
+    w.tick(10_000, 1, False, lambda: 3)
+    assert w.horizon is None
+    w.tick(10_100, 1, False, lambda: 3)
+    w.delivered(4, make_block(4, view=1, txs=[b"x", TARGET]), 10_200)
     assert w.target is None and not w.censoring
-    w.offer(b"another", 2200)
+    w.offer(b"another", 10_150)
     assert w.target == b"another" and w.horizon is None
+
+
+def test_the_grace_runs_from_arrival_so_a_changing_front_restarts_no_clock():
+    """The longest waiting transaction is watched; when the one before it commits, the next one's
+    grace has been running since it arrived (a censor cannot buy a fresh grace per transaction
+    ahead of its victim, nor by making the front change)."""
+    w = _watch()
+    w.offer(b"first", 0)
+    w.offer(b"victim", 100)
+    w.tick(1200, 0, False, lambda: 7)
+    assert w.horizon == 7  # its grace ran out at 1100: skips count at once
+    w.offer(b"first", 0)
+    w.offer(b"victim", 100)  # back again: no new grace, only a new horizon
+    assert w.horizon is None and w.since == 100
 
 
 def test_the_grace_follows_the_pace_of_watched_transactions_within_bounds():
@@ -72,6 +91,7 @@ def test_the_grace_follows_the_pace_of_watched_transactions_within_bounds():
     assert w.grace == 1000
     for k in range(20):  # each watched transaction took 1.5 s to commit
         w.offer(b"t%d" % k, 10_000 * k)
+        w.tick(10_000 * k, 0, False, lambda: 0)
         w.delivered(k + 1, make_block(k + 1, txs=[b"t%d" % k]), 10_000 * k + 1500)
     assert 5_500 < w.grace <= 6_000
     w.offer(b"slow", 200_000)
@@ -79,18 +99,39 @@ def test_the_grace_follows_the_pace_of_watched_transactions_within_bounds():
     assert w.grace == 8000
 
 
-def test_the_pool_offers_the_head_of_the_longest_waiting_sender_that_can_execute():
+def test_the_pool_offers_the_transactions_that_can_execute_longest_waiting_first():
+    """In arrival order, and never blinded: a byzantine validator's forwards of nonce 2 from a
+    thousand fresh keys (no honest primary can propose them) stand in nobody's way."""
     ids = [Identity.from_seed(b"censor pool %d" % k) for k in range(3)]
     pool = Mempool()
     tx = {(k, n): Tx.build(ids[k], "c", n, Profile("p", "r", "o", bytes(32))) for k in range(3) for n in (1, 2)}
-    pool.admit(tx[0, 2], 0, 0.0, forwarded=True)  # runs ahead of a gap: cannot execute yet
-    pool.admit(tx[1, 1], 0, 0.0)
-    pool.admit(tx[2, 1], 0, 0.0)
-    assert [t.id for t in pool.waiting_heads()] == [tx[1, 1].id, tx[2, 1].id]
-    pool.remove([tx[1, 1]])  # sender 1 committed: it goes to the back
-    pool.admit(tx[1, 2], 1, 0.0)
-    assert [t.id for t in pool.waiting_heads()] == [tx[2, 1].id, tx[1, 2].id]
-    assert [t.id for t in pool.waiting_heads(scan=2)] == [tx[2, 1].id]
+    for k in range(1000):
+        gap = Tx.build(Identity.from_seed(b"gapped %d" % k), "c", 2, Profile("p", "r", "o", bytes(32)))
+        pool.admit(gap, 0, 0.5, forwarded=True)
+    pool.admit(tx[0, 2], 0, 1.0, forwarded=True)  # runs ahead of a gap: cannot execute yet
+    pool.admit(tx[1, 1], 0, 2.0)
+    pool.admit(tx[2, 1], 0, 3.0)
+    assert [(t.id, at) for t, at in pool.longest_waiting()] == [(tx[1, 1].id, 2.0), (tx[2, 1].id, 3.0)]
+    pool.admit(tx[0, 1], 0, 4.0)  # the gap filled: nonce 1 can execute, it arrived last
+    pool.remove([tx[1, 1]])  # sender 1 committed: its next one arrives later
+    pool.admit(tx[1, 2], 1, 5.0)
+    assert [t.id for t, _ in pool.longest_waiting()] == [tx[2, 1].id, tx[0, 1].id, tx[1, 2].id]
+    assert [t.id for t, _ in pool.longest_waiting(1)] == [tx[2, 1].id]
+    pool.remove([tx[0, 1]])  # sender 0's nonce 2 arrived at 1.0, before the others
+    assert [t.id for t, _ in pool.longest_waiting(2)] == [tx[0, 2].id, tx[2, 1].id]
+    assert pool.settle(ids[2].address, 1) == [tx[2, 1]] and [t.id for t, _ in pool.longest_waiting()] == [
+        tx[0, 2].id, tx[1, 2].id]
+
+
+def test_a_vote_for_a_far_sequence_does_not_move_the_horizon():
+    """A log entry made by a vote alone (anyone's signed COMMIT for seq 64) must not count as a
+    proposal: it gave the primary a window of blocks that could not be skips."""
+    from node.consensus import Commit
+    from tests.consensus_sim import make_replica, signed
+    r = make_replica(4, 1)
+    r.censor = CensorWatch(10, grace_ms=0)
+    r.on_message(signed(Commit, 2, 0, 60, bytes(32)))
+    assert 60 in r.state.log and r._proposed_up_to() == 0
 
 
 def _censored_net(watch: bool, full: bool = False, seconds: int = 30) -> SimNet:
@@ -101,7 +142,7 @@ def _censored_net(watch: bool, full: bool = False, seconds: int = 30) -> SimNet:
         r.censor = CensorWatch(3, grace_ms=2000) if watch else None
     for t in range(seconds * 10):
         for r in net.replicas:
-            r.watch(TARGET)
+            r.watch(TARGET, 0)
         net.tick_all(pending=True)
         r = net.replicas[net.replicas[1].primary]
         if t % 2 == 0 and r.can_propose() and r.in_flight() == 0:
@@ -199,12 +240,12 @@ def test_a_backup_sends_the_watched_transaction_to_the_primary_at_the_grace_and_
                      Write(DATA_TYPES["heart_rate"], cid_v1_raw(blob).to_bytes(), 64, 0, 1_000, 2_000))
         assert v.submit_many_sync([(w.raw, blob)]) == [w.id]
         c = v.replica.censor
-        c.tick(0, v.replica.view, lambda: 0)
-        v.replica.watch(v._watch_candidate())
+        c.tick(0, v.replica.view, False, lambda: 0)
+        v.replica.watch(*v._watch_candidate())
         assert c.target == w.raw
         v._push_watched(c)
         assert sent == []  # within the grace
-        c.tick(c.armed_at + c.grace, v.replica.view, lambda: 0)
+        c.tick(c.armed_at + c.grace, v.replica.view, False, lambda: 0)
         v._push_watched(c)
         v._push_watched(c)
         (peer, data), = sent

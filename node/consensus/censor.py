@@ -33,41 +33,54 @@ SKIPS = 3
 class CensorWatch:
     """One watched transaction (raw bytes) and the blocks that left it out with room for it."""
 
-    __slots__ = ("armed_at", "grace_ms", "horizon", "max_bytes", "max_txs", "pace_ms", "skipped", "skips", "target",
-                 "view")
+    __slots__ = ("grace_ms", "horizon", "max_bytes", "max_txs", "pace_ms", "since", "skipped", "skips", "target",
+                 "view", "view_since")
 
     def __init__(self, max_txs: int, max_bytes: int = TXS_MAX_BYTES, grace_ms: int = GRACE_MS,
                  skips: int = SKIPS) -> None:
         self.max_txs, self.max_bytes, self.grace_ms, self.skips = max_txs, max_bytes, grace_ms, skips
         self.target: bytes | None = None
-        self.armed_at = 0
+        self.since = 0  # when the watched transaction arrived in this replica's pool
         self.view = -1
-        self.horizon: int | None = None  # the highest sequence known when the grace ran out
+        self.view_since = 0  # when this replica entered the view (its NEW-VIEW installed)
+        self.horizon: int | None = None  # the highest sequence proposed that was known when the grace ran out
         self.skipped = 0
-        self.pace_ms = 0.0  # recent time from watching a transaction to its delivery
+        self.pace_ms = 0.0  # recent time from a watched transaction's grace starting to its delivery
 
     @property
     def censoring(self) -> bool:
         """Whether the primary left the watched transaction out often enough to lose its progress."""
         return self.skipped >= self.skips
 
-    def offer(self, raw: bytes | None, now_ms: int) -> None:
-        """The transaction to watch now (None: nothing ready waits). The same one keeps its count."""
-        if raw != self.target:
-            self.target, self.armed_at, self.horizon, self.skipped = raw, now_ms, None, 0
+    @property
+    def armed_at(self) -> int:
+        """When the grace started: the transaction's arrival here, or the view's start if later (a new
+        primary gets the whole grace)."""
+        return max(self.since, self.view_since)
 
-    def tick(self, now_ms: int, view: int, known_seq: Callable[[], int]) -> None:
-        """Time passes in `view`; `known_seq()`: the highest sequence proposed that this replica knows."""
-        if view != self.view:  # a new primary: it gets the whole grace
-            self.view, self.armed_at, self.horizon, self.skipped = view, now_ms, None, 0
+    def offer(self, raw: bytes | None, since_ms: int = 0) -> None:
+        """The transaction to watch now (None: nothing ready waits) and when it arrived here. Its grace
+        runs from its arrival, so which one is watched (the longest waiting) changing does not
+        restart any clock; the same one offered again keeps its count."""
+        if raw != self.target:
+            self.target, self.since, self.horizon, self.skipped = raw, since_ms, None, 0
+
+    def tick(self, now_ms: int, view: int, changing: bool, known_seq: Callable[[], int]) -> None:
+        """Time passes in `view` (`changing`: a view change is under way, no primary is working);
+        `known_seq()`: the highest sequence with a proposal this replica knows."""
+        if changing:
+            return  # the next primary's grace starts when its view is installed
+        if view != self.view:
+            self.view, self.view_since, self.horizon, self.skipped = view, now_ms, None, 0
         if self.target is not None and self.horizon is None and now_ms - self.armed_at >= self.grace:
             self.horizon = known_seq()
 
     @property
     def grace(self) -> int:
-        """GRACE_MS, or 4x the recent time from watching a transaction to its delivery if that is
-        longer (an overloaded validator takes seconds to admit what it is forwarded, and may drop a
-        forward to be sent again), at most 8x: as the view timer adapts to the pace of deliveries."""
+        """GRACE_MS, or 4x the recent time from a watched transaction's grace starting to its
+        delivery if that is longer (an overloaded validator takes seconds to admit what it is
+        forwarded, and may drop a forward to be sent again), at most 8x: as the view timer adapts to
+        the pace of deliveries. A primary can stretch it so to 48 s, no further."""
         return min(max(self.grace_ms, 4 * int(self.pace_ms)), 8 * self.grace_ms)
 
     def delivered(self, seq: int, block: Block, now_ms: int) -> None:
@@ -76,7 +89,7 @@ class CensorWatch:
         if self.target is None:
             return
         if self.target in block.txs:
-            self.pace_ms = 0.7 * self.pace_ms + 0.3 * max(0, now_ms - self.armed_at)
+            self.pace_ms = 0.7 * self.pace_ms + 0.3 * min(max(0, now_ms - self.armed_at), 8 * self.grace_ms)
             self.target, self.horizon, self.skipped = None, None, 0
             return
         if self.horizon is None or seq <= self.horizon or block.header.view != self.view:

@@ -241,11 +241,17 @@ class Replica:
             after.append(Persist(seq, self.recovery.record(seq, inst)))
         return mine + after
 
-    def watch(self, raw: bytes | None) -> None:
+    def watch(self, raw: bytes | None, since_ms: int = 0) -> None:
         """The driver's transaction to watch for censorship: the longest waiting one it holds, ready to
-        execute (None: none waits). Ignored unless the replica was made with a CensorWatch."""
+        execute, and when it arrived (None: none waits). Ignored unless the replica has a CensorWatch."""
         if self.censor is not None:
-            self.censor.offer(raw, self.s.now_ms)
+            self.censor.offer(raw, since_ms)
+
+    def _proposed_up_to(self) -> int:
+        """The highest sequence with a pre-prepare here (a vote alone makes a log entry too: anyone
+        could push the censorship watch's horizon a window ahead with one signed COMMIT)."""
+        return max((seq for seq, i in self.s.log.items() if i.block is not None or i.executing is not None),
+                   default=self.s.last_delivered)
 
     def tick(self, now_ms: int, pending: bool = False) -> list[Action]:
         """Time passes: heartbeat, re-send our open messages, and run the view-change timer, which
@@ -257,7 +263,7 @@ class Replica:
         if self.s.n == 1:
             return out
         if self.censor is not None:
-            self.censor.tick(now_ms, self.s.view, lambda: max(self.s.log, default=self.s.last_delivered))
+            self.censor.tick(now_ms, self.s.view, self.s.changing, self._proposed_up_to)
         if now_ms - self.s.last_status >= self.s.status_ms:
             self.s.last_status = now_ms
             # while waiting for a new view, report the view before it, so its primary re-sends NEW-VIEW
