@@ -18,6 +18,10 @@
 - ``missize``: admit a client's write without a sidecar whatever size it states for the blob held
   here (a patient colluding to record a false size), and forward and propose it. Honest backups
   hold the blob with its true size and must not vote for the write (node/availability.py).
+- ``drop``: answer clients' submissions 202 and keep them, but never forward them to the other
+  validators (nor re-forward, nor propose them): a validator censoring the clients that use it.
+  The client, its transaction not committed in time, sends the same signed bytes to the other
+  validators (devices/patient/phone.py wait_proven).
 - ``censor``: as primary, leave out of its blocks every transaction of a sender with a grant, change
   or revoke waiting (a patient's revoke held back so a clinician keeps reading), and propose the rest
   as usual, so blocks keep coming. Honest backups hold the grant, watch it left out of blocks with
@@ -39,7 +43,7 @@ from node.execution import Executed, Tip, build_block
 from node.mempool import Mempool
 
 log = logging.getLogger("medchain.faults")
-MODES = ("equivocate", "withhold", "missize", "censor")
+MODES = ("equivocate", "withhold", "missize", "censor", "drop")
 
 
 class FaultFile:

@@ -204,7 +204,7 @@ class Validator:
             self.sync.register()
             await self.net.start()
             self.replicator.start(self.net)
-            self.admission.forwarding = True
+            self.admission.forwarding = self._byzantine != "drop"  # fault injection: clients' transactions stay here
             log.info("p2p %s listening on %s (%s)", self.net.peer_id, self.net.listen_addr, self.p2p_mode)
         self._tasks = [asyncio.create_task(self._produce(), name="producer"),
                        asyncio.create_task(self._consensus(), name="consensus"),
@@ -381,6 +381,8 @@ class Validator:
         """A forwarded batch can be lost (a peer down or restarting): transactions still pending here
         after REFORWARD_S go to the primary again, so a client's accepted transaction is not stranded.
         Every validator, the primary too, forgets here what left the pool without a commit."""
+        if self._byzantine == "drop":
+            return  # fault injection: its clients' transactions go nowhere
         primary = self.replica.is_primary
         # first after REFORWARD_S, then every 4 x REFORWARD_S while it stays pending, so an overloaded
         # primary is not flooded with copies; ones already proposed are not resent
@@ -572,7 +574,8 @@ class Validator:
         goes to the primary (with its sidecar) when its grace runs out and again at each skip, so a
         primary that lacked it (a forward lost, or its nonce taken by a body it cannot propose, which
         this one supersedes: node/admission.py) has it before a third skip."""
-        if c.target is None or c.horizon is None or self.net is None or (c.view, c.target, c.skipped) == self._pushed:
+        if c.target is None or c.horizon is None or self.net is None or (c.view, c.target, c.skipped) == self._pushed \
+                or self._byzantine == "drop":
             return
         self._pushed = (c.view, c.target, c.skipped)
         tx = self.mempool.by_id.get(ecdsa.sha256(c.target))
@@ -588,6 +591,8 @@ class Validator:
         here); a blob of another size, or one no reachable validator holds, gets its write refused."""
         if self._byzantine in ("withhold", "missize"):
             return txs  # fault injection: a byzantine primary proposes them anyway
+        if self._byzantine == "drop":  # fault injection: its own clients' transactions are never proposed
+            txs = [t for t in txs if t.id not in self.admission.submitted_at]
         if self._byzantine == "censor":  # fault injection: every sender with an access change waiting is left out
             censored = {t.address for t in txs if t.kind == KIND_GRANT}
             txs = [t for t in txs if t.address not in censored]

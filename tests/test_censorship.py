@@ -256,3 +256,35 @@ def test_a_backup_sends_the_watched_transaction_to_the_primary_at_the_grace_and_
         assert len(sent) == 2 and c.skipped == 1
     finally:
         v.close()
+
+
+def test_a_client_whose_validator_forwards_nothing_gets_its_transaction_committed_by_the_others(tmp_path):
+    """Validator 1 answers 202 and keeps its clients' transactions to itself (MEDCHAIN_BYZANTINE=drop):
+    the phone, its transaction not committed through it within FAILOVER_S, sends the same signed
+    bytes to the other validators and takes the first commit whose proof checks against the genesis."""
+    from devices.patient.phone import FAILOVER_S, Phone
+    from devices.patient.verified_reads import VerifiedReader
+    from node.genesis import Genesis
+
+    nodes = _network(tmp_path, env={1: {"MEDCHAIN_BYZANTINE": "drop"}})
+    try:
+        async def go() -> float:
+            gen = Genesis.load(nodes[0].home / "genesis.json")
+            async with NodeClient(nodes[0].url) as c0:  # a first block: state reads are proven against one
+                first = Tx.build(Identity.from_seed(b"first sender"), gen.chain_id, 1, Profile("p", "r", "o", bytes(32)))
+                await c0.submit(first.raw)
+                assert (await c0.wait_committed(first.id.hex(), 30))["status"] == "committed"
+            async with NodeClient(nodes[1].url) as c:
+                reader = VerifiedReader([n.url for n in nodes], gen.chain_id, gen.validator_keys, session=c.session)
+                phone = Phone(Identity.from_seed(b"dropped patient"), c, gen.chain_id, gen.validator_keys, reader=reader)
+                t0 = time.monotonic()
+                txid = await phone.set_break_glass(False)
+                took = time.monotonic() - t0
+                async with NodeClient(nodes[2].url) as c2:
+                    assert (await c2.tx(txid))["status"] == "committed"
+                return took
+        took = run(go())
+        assert took >= FAILOVER_S  # it went through the others, after waiting on its own validator
+    finally:
+        for n in nodes:
+            n.stop()

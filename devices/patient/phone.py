@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+import aiohttp
 
 from devices.patient import envelope
 from devices.patient.client import ApiError, NodeClient
@@ -24,6 +27,7 @@ from node.tx import Grant, Policy, Read, Release, SealedKey, Tx, Write, data_typ
 from node.tx.model import DATA_TYPES
 
 log = logging.getLogger("medchain.phone")
+FAILOVER_S = 10.0  # not committed through its validator this long: the transaction goes to the others too
 HISTORY_EPOCHS = 12  # how many past key epochs a new grant carries (history a grantee can read)
 CID_TRIES = 3  # a window sealed again after its CID was recorded first by another write
 
@@ -36,15 +40,24 @@ class TxRejected(Exception):
 
 async def wait_proven(client: NodeClient, txid: str, timeout: float, validators: list[bytes] | None,
                       chain_id: str, reader: VerifiedReader | None, answer: dict | None = None,
-                      resubmit: Callable[[], Awaitable[object]] | None = None) -> dict:
+                      resubmit: Callable[[], Awaitable[object]] | None = None,
+                      item: tuple[bytes, bytes | None] | None = None) -> dict:
     """The committed status of `txid` (TxRejected if it did not commit); with the genesis keys, its
     inclusion and result are checked against the certified header and receipt the answer carries
     (no block download), and the reader takes that height as seen. `answer`: what a submission
     with ?wait already said (asked again only if it was not committed yet); `resubmit`: send it again
-    if the validator has lost it (NodeClient.wait_committed)."""
+    if the validator has lost it (NodeClient.wait_committed). `item`, the signed bytes and sidecar:
+    with the genesis keys and a reader's validators, a transaction that has not committed through
+    its validator within FAILOVER_S is sent to the others too (that validator may be one that
+    answers 202 and forwards nothing: no client trusts a single validator)."""
     st = answer if answer is not None and answer.get("status") == "committed" else None
     if st is None:
-        st = await client.wait_committed(txid, timeout, resubmit)
+        others = [u for u in reader.urls if u != client.base] if reader is not None and item is not None \
+            and validators is not None else []
+        first = min(timeout, FAILOVER_S) if others else timeout
+        st = await client.wait_committed(txid, first, resubmit)
+        if st["status"] not in ("committed", "rejected") and others and item is not None and reader is not None:
+            st = await _failover(txid, item, others, reader, timeout - first, validators, chain_id)
     if st["status"] != "committed":
         raise TxRejected(st)
     if validators is not None:
@@ -52,6 +65,41 @@ async def wait_proven(client: NodeClient, txid: str, timeout: float, validators:
         if reader is not None:  # proven committed at this height: older state is stale now
             reader.saw_height(header.height)
     return st
+
+
+async def _failover(txid: str, item: tuple[bytes, bytes | None], urls: list[str], reader: VerifiedReader,
+                    timeout: float, validators: list[bytes], chain_id: str) -> dict:
+    """PBFT's client, its request not answered in time, sends it to every replica: the same signed
+    bytes (never applied twice) to each other validator, then the first proven commit any of them
+    shows. An answer whose proof does not check is refused and the next validator asked."""
+    log.warning("transaction %s not committed through its validator in %.0f s: sending it to %d others",
+                txid, FAILOVER_S, len(urls))
+    clients = [NodeClient(u, session=reader.session) for u in urls]
+
+    async def send(c: NodeClient) -> None:
+        try:
+            await c.submit(*item)
+        except (TimeoutError, ApiError, aiohttp.ClientError) as exc:  # pending or committed already, or down
+            log.info("sending %s to %s: %s", txid, c.base, exc)
+
+    await asyncio.gather(*(send(c) for c in clients))
+    deadline = time.monotonic() + max(1.0, timeout)
+    last: dict = {"status": "pending"}
+    while time.monotonic() < deadline:
+        for c in clients:
+            try:
+                st = await c.tx(txid, wait=max(1, min(2, deadline - time.monotonic())))
+            except (TimeoutError, ApiError, aiohttp.ClientError):
+                continue
+            if st["status"] == "committed":
+                try:
+                    verify_status(bytes.fromhex(txid), st, validators, chain_id)
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.warning("%s answered a commit of %s that does not prove: %s", c.base, txid, exc)
+                    continue
+                return st
+            last = st
+    return last
 
 
 def _check_readings(tid: int, readings: list[envelope.Reading]) -> None:
@@ -171,13 +219,14 @@ class Phone:
             self.next_nonce = None  # resync on the next send
             raise
         if wait:
-            await self.confirm(txid, timeout, answer, lambda: self.client.submit(tx.raw, sidecar))
+            await self.confirm(txid, timeout, answer, lambda: self.client.submit(tx.raw, sidecar), (tx.raw, sidecar))
         return txid
 
     async def confirm(self, txid: str, timeout: float = 30.0, answer: dict | None = None,
-                      resubmit: Callable[[], Awaitable[object]] | None = None) -> dict:
+                      resubmit: Callable[[], Awaitable[object]] | None = None,
+                      item: tuple[bytes, bytes | None] | None = None) -> dict:
         st = await wait_proven(self.client, txid, timeout, self.validators, self.chain_id, self.reader, answer,
-                               resubmit)
+                               resubmit, item)
         if st["code"] != 0:
             raise TxRejected(st)
         return st

@@ -58,7 +58,7 @@ class Staff:
             raise
         self.next_nonce += 1
         st = await wait_proven(self.client, txid, timeout, self.validators, self.chain_id, self.reader, answer,
-                               lambda: self.client.submit(tx.raw, None))
+                               lambda: self.client.submit(tx.raw, None), (tx.raw, None))
         if st["code"] in (Code.DENIED, Code.BREAK_GLASS_OFF, Code.BREAK_GLASS_LIMIT, Code.NO_CREDENTIAL):
             raise AccessDenied(st["result"])
         if st["code"] != 0:
