@@ -11,7 +11,6 @@ its own errors (AdmissionError); what they become on the wire is the API's busin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -269,20 +268,21 @@ class Admission:
         # censorship watch's send to the primary): a raw blob held here rides too, or the
         # primary, lacking it, would refuse the bare write
         committed = self.committed_nonce(tx.address, snap.get_state)
+        was_origin = self.mempool.origin_of(tx.address)
         displaced = self._supersede_blobless(tx, forward_side) if forwarded else []
         try:
             evicted = self.mempool.admit(tx, committed, now, forwarded, admission_origin.get(), forward_side, limit)
         except AdmissionError:
-            for back, side in displaced:  # the newcomer did not get in after all: the first stays
-                with contextlib.suppress(AdmissionError):
-                    self.mempool.admit(back, committed, now, True, admission_origin.get(), side)
+            for back, side, arrived in displaced:  # the newcomer did not get in after all: the first stays
+                try:  # as it was: its origin, its arrival
+                    self.mempool.admit(back, committed, now, True, was_origin or "", side, arrived=arrived)
+                except AdmissionError as exc:
+                    self.forget(back, Refusal.CONFLICT, f"superseded: its place was lost ({exc.reason})")
             raise
-        for gone, _side in displaced:
+        for gone, _side, _arrived in displaced:
             why = "superseded: another transaction of its nonce came with its blob" if gone.nonce == tx.nonce else \
                 f"held back: nonce {tx.nonce} of this sender was superseded"
-            self.reject(gone.id, Refusal.CONFLICT, why)
-            self.submitted_at.pop(gone.id, None)
-            self.pending_since.pop(gone.id, None)
+            self.forget(gone, Refusal.CONFLICT, why)
         for ev in evicted:
             # fair eviction made room: the heaviest origin's (client IP's) newest sender gave way
             self.submitted_at.pop(ev.id, None)
@@ -297,22 +297,30 @@ class Admission:
         self.pending_since[tx.id] = now + REFORWARD_S
         return forward_side
 
-    def _supersede_blobless(self, tx: Tx, sidecar: bytes | None) -> list[tuple[Tx, bytes | None]]:
+    def forget(self, tx: Tx, kind: Refusal, reason: str) -> None:
+        """A pooled transaction left the pool without a commit: its status says why, and nothing is
+        kept for it (timing, re-forwarding)."""
+        self.reject(tx.id, kind, reason)
+        self.submitted_at.pop(tx.id, None)
+        self.pending_since.pop(tx.id, None)
+
+    def _supersede_blobless(self, tx: Tx, sidecar: bytes | None) -> list[tuple[Tx, bytes | None, float | None]]:
         """A forwarded transaction whose nonce is pending here with a write whose blob is not here
         (a bare dag-pb forward, its blob being fetched): its sender signed both, and the one this
         validator can propose takes the nonce. Else a byzantine validator forwarding writes of blobs
         nobody holds to the primary, one after another, kept the other body, which the backups hold,
         out of its blocks, and had them depose an honest primary for censoring it
         (node/consensus/censor.py). Returns what was withdrawn (the write and its sender's later
-        transactions, with their sidecars), oldest first."""
+        transactions, with their sidecars and arrivals), oldest first."""
         held = self.mempool.pending(tx.address, tx.nonce)
         if held is None or held.id == tx.id or held.kind != KIND_WRITE or self.mempool.sidecar(held.id) is not None \
                 or self.blobs.blob_size(self._cid_of(held)) is not None:
             return []
         if tx.kind == KIND_WRITE and sidecar is None and self.blobs.blob_size(self._cid_of(tx)) is None:
             return []  # no better: the first stays
-        sides = {t.nonce: self.mempool.sidecar(t.id) for t in self.mempool.pending_from(held)}
-        return [(t, sides.get(t.nonce)) for t in reversed(self.mempool.withdraw(held))]
+        kept = {t.nonce: (self.mempool.sidecar(t.id), self.mempool.arrived.get(t.id))
+                for t in self.mempool.pending_from(held)}
+        return [(t, *kept.get(t.nonce, (None, None))) for t in reversed(self.mempool.withdraw(held))]
 
     @staticmethod
     def _cid_of(tx: Tx) -> Cid:

@@ -26,7 +26,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import Enum
 
-from node.tx import Tx
+from node.tx import KIND_WRITE, Tx
 from node.tx.model import BAD_SIGNATURE
 
 MAX_FORWARD_GAP = 256
@@ -199,6 +199,8 @@ class Mempool:
         self.arrived: dict[bytes, float] = {}
         self._ready: list[tuple[float, int, bytes, int]] = []
         self._ready_k = 0
+        self._ready_at: dict[bytes, float] = {}  # when each ready one became ready (its order in _ready)
+        self._clock = 0.0  # the latest time admit or remove was given
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -222,7 +224,8 @@ class Mempool:
         return self.max_per_origin is not None and o is not None and o.n >= self.max_per_origin
 
     def admit(self, tx: Tx, committed_nonce: int, now: float, forwarded: bool = False,
-              origin: str = "", sidecar: bytes | None = None, limit: int | None = None) -> list[Tx]:
+              origin: str = "", sidecar: bytes | None = None, limit: int | None = None,
+              arrived: float | None = None) -> list[Tx]:
         """Queue a transaction that passed stateless and stateful checks; enforce nonce order and limits.
         `forwarded` batches (from other validators) skip the rate limit and the origin share, which
         their entry validator applied, and may run ahead of the next nonce by up to MAX_FORWARD_GAP.
@@ -285,14 +288,15 @@ class Mempool:
             o = self.origins[key]
         s.txs[tx.nonce] = tx
         self.by_id[tx.id] = tx
-        self.arrived[tx.id] = now
-        if tx.nonce == s.base:
-            self._now_ready(addr, tx)
+        self._clock = max(self._clock, now)
+        self.arrived[tx.id] = now if arrived is None else arrived  # a restored one keeps its own
         self.tx_bytes += size
         o.nbytes += size
         if sidecar is not None:
             self.sidecars[tx.id] = sidecar
             self.sidecar_bytes += len(sidecar)
+        if tx.nonce == s.base:
+            self._now_ready(addr, tx)
         o.n += 1
         self._weigh_sender(o, addr, len(s.txs))
         self._weigh_origin(key, o.n)
@@ -415,6 +419,7 @@ class Mempool:
     def _drop_tx(self, tx: Tx, o: _Origin) -> None:
         del self.by_id[tx.id]
         self.arrived.pop(tx.id, None)
+        self._ready_at.pop(tx.id, None)
         self.tx_bytes -= len(tx.raw)
         o.nbytes -= len(tx.raw)
         side = self.sidecars.pop(tx.id, None)
@@ -470,22 +475,35 @@ class Mempool:
         s = self.senders.get(tx.address)
         return [] if s is None else [t for n, t in sorted(s.txs.items()) if n >= tx.nonce]
 
+    def origin_of(self, addr: bytes) -> str | None:
+        """The origin a pending sender is counted in (None: nothing pending)."""
+        s = self.senders.get(addr)
+        return None if s is None else s.origin
+
     def pending(self, addr: bytes, nonce: int) -> Tx | None:
         """The transaction pending for this sender's nonce, if any."""
         s = self.senders.get(addr)
         return None if s is None else s.txs.get(nonce)
 
     def _now_ready(self, addr: bytes, tx: Tx) -> None:
+        """tx can execute now: it joins the ready ones, in the order of when it became ready (its
+        arrival, or now if it waited behind a gap: a transaction forwarded early and made ready
+        later must not step in front of one that has waited ready all along). A write without its
+        blob here (a bare dag-pb forward) is not kept in order: the censorship watch skips those,
+        and a few of them at the front must not hide the rest."""
+        if tx.kind == KIND_WRITE and tx.id not in self.sidecars:
+            return
+        at = self._ready_at[tx.id] = max(self.arrived[tx.id], self._clock)
         self._ready_k += 1
-        heapq.heappush(self._ready, (self.arrived[tx.id], self._ready_k, addr, tx.nonce))
+        heapq.heappush(self._ready, (at, self._ready_k, addr, tx.nonce))
         if len(self._ready) > 2 * len(self.senders) + 1024:  # stale entries piled up under a live top
-            self._ready = [(self.arrived[t.id], k, a, t.nonce) for k, (a, sd) in enumerate(self.senders.items())
-                           if (t := sd.txs.get(sd.base)) is not None]
+            self._ready = [(at, k, a, t.nonce) for k, (a, sd) in enumerate(self.senders.items())
+                           if (t := sd.txs.get(sd.base)) is not None and (at := self._ready_at.get(t.id)) is not None]
             heapq.heapify(self._ready)
 
     def longest_waiting(self, limit: int = 8) -> list[tuple[Tx, float]]:
-        """Up to `limit` transactions that can execute now (each its sender's next nonce), those that
-        arrived here first first, with their arrival times. Senders whose run starts past a gap (a
+        """Up to `limit` transactions that can execute now (each its sender's next nonce), those
+        ready here first first, with when they became ready. Senders whose run starts past a gap (a
         forward ahead of its predecessors) are not in the way: only ready ones are kept in order."""
         out: list[tuple[Tx, float]] = []
         keep: list[tuple[float, int, bytes, int]] = []
@@ -495,7 +513,7 @@ class Mempool:
             t, _, addr, nonce = entry
             s = self.senders.get(addr)
             tx = None if s is None or s.base != nonce else s.txs.get(nonce)
-            if tx is not None and self.arrived.get(tx.id) == t:
+            if tx is not None and self._ready_at.get(tx.id) == t:
                 out.append((tx, t))
                 keep.append(entry)
         for entry in keep:
@@ -529,9 +547,11 @@ class Mempool:
             self._forget(addr, s)
         return dropped
 
-    def remove(self, txs: list[Tx]) -> list[Tx]:
+    def remove(self, txs: list[Tx], now: float | None = None) -> list[Tx]:
         """Drop committed transactions and any others for the same nonces; returns those others (each
         superseded: another transaction of its sender took its nonce)."""
+        if now is not None:
+            self._clock = max(self._clock, now)  # when the next ones of these senders become ready
         top: dict[bytes, int] = {}
         for tx in txs:
             top[tx.address] = max(top.get(tx.address, 0), tx.nonce)

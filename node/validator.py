@@ -90,9 +90,12 @@ INBOX_MAX_BYTES = 128 * 1024 * 1024  # and their bytes: 16 full blocks (a frame 
 
 class Validator:
     def __init__(self, home: str | Path, identity: Identity | None = None, genesis: Genesis | None = None,
-                 p2p_mode: str = "direct", ipfs_peers: list[str] | None = None) -> None:
+                 p2p_mode: str = "direct", ipfs_peers: list[str] | None = None, network: str | None = None) -> None:
         self.home = Path(home)
         self.genesis = genesis or Genesis.load(self.home / "genesis.json")
+        # the network's name in its p2p protocol ids: the genesis file's, which every validator shares
+        # (`genesis` may have this validator's own p2p entry rewritten to where it listens: node/run.py)
+        self.network = network if network is not None else self.genesis.network
         self.identity = identity or Identity.load(self.home / "node_key.json")
         self.chain_id = self.genesis.chain_id
         self.index = self.genesis.index_of(self.identity.public_key)
@@ -200,7 +203,7 @@ class Validator:
             self.net = P2PNode(self.identity.p2p_secret, host, port, [v.p2p for v in self.genesis.validators],
                                self._on_net, mode=self.p2p_mode, max_frame=MAX_MESSAGE_BYTES + 4096,
                                blockstore=self.blobs, external_peers=self.ipfs_peers, psk=swarmkey.load(self.home),
-                               max_blob_bytes=self.params.max_blob_bytes, network=self.genesis.network)
+                               max_blob_bytes=self.params.max_blob_bytes, network=self.network)
             self.sync.register()
             await self.net.start()
             self.replicator.start(self.net)
@@ -481,8 +484,11 @@ class Validator:
                     acts = r.propose(item)
                 elif kind == "tick":
                     if self.replica.censor is not None and not self.replica.is_primary:
-                        self.replica.watch(*(self._watch_candidate() or (None, 0)))
-                        self._push_watched(self.replica.censor)
+                        try:  # a failure here must not cost the heartbeat and the view timer
+                            self.replica.watch(*(self._watch_candidate() or (None, 0)))
+                            self._push_watched(self.replica.censor)
+                        except Exception:
+                            log.exception("censorship watch failed on this tick")
                     acts = self.replica.tick(self._now_ms(), pending=len(self.mempool) > 0)
                 elif kind == "executed":  # a parked block's blobs are here now (node/availability.py)
                     acts = self.replica.executed(*item, True)
@@ -558,8 +564,8 @@ class Validator:
             for tx, arrived in self.mempool.longest_waiting(WATCH_CHECKS):
                 if tx.nonce <= self.admission.committed_nonce(tx.address):
                     for gone in self.mempool.settle(tx.address, self.admission.committed_nonce(tx.address)):
-                        self.admission.pending_since.pop(gone.id, None)
-                        self.admission.submitted_at.pop(gone.id, None)
+                        self.admission.forget(gone, Refusal.CONFLICT, "superseded: its nonce was committed with "
+                                              "another transaction")
                     stale = True
                     continue
                 if tx.kind == KIND_WRITE and self.mempool.sidecar(tx.id) is None:

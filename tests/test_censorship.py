@@ -117,10 +117,33 @@ def test_the_pool_offers_the_transactions_that_can_execute_longest_waiting_first
     pool.admit(tx[1, 2], 1, 5.0)
     assert [t.id for t, _ in pool.longest_waiting()] == [tx[2, 1].id, tx[0, 1].id, tx[1, 2].id]
     assert [t.id for t, _ in pool.longest_waiting(1)] == [tx[2, 1].id]
-    pool.remove([tx[0, 1]])  # sender 0's nonce 2 arrived at 1.0, before the others
-    assert [t.id for t, _ in pool.longest_waiting(2)] == [tx[0, 2].id, tx[2, 1].id]
+    # sender 0's nonce 2 arrived at 1.0, but became ready only now: it does not step in front of those
+    # ready all along (a censor making early-forwarded ones ready one by one kept its victim unwatched)
+    pool.remove([tx[0, 1]], now=6.0)
+    assert [(t.id, at) for t, at in pool.longest_waiting()] == [(tx[2, 1].id, 3.0), (tx[1, 2].id, 5.0),
+                                                                (tx[0, 2].id, 6.0)]
     assert pool.settle(ids[2].address, 1) == [tx[2, 1]] and [t.id for t, _ in pool.longest_waiting()] == [
-        tx[0, 2].id, tx[1, 2].id]
+        tx[1, 2].id, tx[0, 2].id]
+
+
+def test_bare_writes_are_not_in_the_ready_order_so_a_few_cannot_hide_the_rest():
+    """A bare dag-pb write (no blob here; the watch skips it) is kept out of the ready order: eight of
+    them forwarded by a byzantine validator blinded the watch, which looks at the first eight."""
+    from node.ipfs.cid import Cid, cid_v1_raw
+    from node.tx import Write
+    pool = Mempool()
+    for k in range(20):
+        cid = Cid(1, 0x70, cid_v1_raw(b"nowhere %d" % k).multihash).to_bytes()
+        bare = Tx.build(Identity.from_seed(b"bare %d" % k), "c", 1, Write(DATA_TYPES["heart_rate"], cid, 5_000_000, 0,
+                                                                           1_000, 2_000))
+        pool.admit(bare, 0, float(k), forwarded=True)
+    blob = b"r" * 40
+    raw = Tx.build(Identity.from_seed(b"raw writer"), "c", 1, Write(DATA_TYPES["heart_rate"], cid_v1_raw(blob).to_bytes(),
+                                                                     40, 0, 1_000, 2_000))
+    victim = Tx.build(Identity.from_seed(b"victim"), "c", 1, Profile("p", "r", "o", bytes(32)))
+    pool.admit(raw, 0, 30.0, sidecar=blob)
+    pool.admit(victim, 0, 31.0)
+    assert [t.id for t, _ in pool.longest_waiting(8)] == [raw.id, victim.id]
 
 
 def test_a_vote_for_a_far_sequence_does_not_move_the_horizon():

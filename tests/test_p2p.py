@@ -515,3 +515,25 @@ def test_validators_of_another_genesis_do_not_connect_and_say_why(caplog: pytest
     assert any("runs another genesis" in r.getMessage() for r in caplog.records)
     with pytest.raises(ValueError):
         P2PNode(secret(0), "127.0.0.1", 0, [], lambda p, d: None, network="../x")
+
+
+def test_a_validator_listening_elsewhere_than_it_advertises_keeps_its_network(tmp_path) -> None:
+    """`p2p.listen` (behind NAT, or binding 0.0.0.0) rewrites the validator's own genesis entry for
+    listening: its network name must stay the genesis file's, which the peers use, or it would speak
+    another protocol id to all of them (a review's reproduction)."""
+    import time as _time
+
+    from node.genesis import Params, init_home, load_checked
+    from node.run import _listening_on
+    from node.validator import Validator
+
+    homes = init_home(tmp_path, "listen-net", [f"127.0.0.1:{9000 + k}" for k in range(4)], int(_time.time() * 1000),
+                      Params(), p2p=[f"127.0.0.1:{9100 + k}" for k in range(4)])
+    gen = load_checked(homes[1] / "genesis.json")
+    moved = _listening_on(gen, 1, "0.0.0.0:9700")
+    assert moved.network != gen.network  # the address is in the hash: why the file's name is passed
+    v = Validator(homes[1], genesis=moved, network=gen.network)
+    try:
+        assert v.network == gen.network == load_checked(homes[2] / "genesis.json").network
+    finally:
+        v.close()

@@ -41,7 +41,7 @@ class TxRejected(Exception):
 async def wait_proven(client: NodeClient, txid: str, timeout: float, validators: list[bytes] | None,
                       chain_id: str, reader: VerifiedReader | None, answer: dict | None = None,
                       resubmit: Callable[[], Awaitable[object]] | None = None,
-                      item: tuple[bytes, bytes | None] | None = None) -> dict:
+                      item: tuple[bytes, bytes | None] | None = None, started: float | None = None) -> dict:
     """The committed status of `txid` (TxRejected if it did not commit); with the genesis keys, its
     inclusion and result are checked against the certified header and receipt the answer carries
     (no block download), and the reader takes that height as seen. `answer`: what a submission
@@ -49,15 +49,23 @@ async def wait_proven(client: NodeClient, txid: str, timeout: float, validators:
     if the validator has lost it (NodeClient.wait_committed). `item`, the signed bytes and sidecar:
     with the genesis keys and a reader's validators, a transaction that has not committed through
     its validator within FAILOVER_S is sent to the others too (that validator may be one that
-    answers 202 and forwards nothing: no client trusts a single validator)."""
+    answers 202 and forwards nothing, or be down: no client trusts a single validator). `started`:
+    when the submission went out (time.monotonic()), if it already waited."""
     st = answer if answer is not None and answer.get("status") == "committed" else None
     if st is None:
         others = [u for u in reader.urls if u != client.base] if reader is not None and item is not None \
             and validators is not None else []
-        first = min(timeout, FAILOVER_S) if others else timeout
-        st = await client.wait_committed(txid, first, resubmit)
+        waited = 0.0 if started is None else time.monotonic() - started
+        first = max(0.0, min(timeout, FAILOVER_S) - waited) if others else timeout
+        try:
+            st = await client.wait_committed(txid, first, resubmit)
+        except (TimeoutError, ApiError, aiohttp.ClientError) as exc:
+            if not others:
+                raise
+            log.warning("transaction %s: its validator %s failed (%s)", txid, client.base, exc)
+            st = {"status": "pending"}
         if st["status"] not in ("committed", "rejected") and others and item is not None and reader is not None:
-            st = await _failover(txid, item, others, reader, timeout - first, validators, chain_id)
+            st = await _failover(txid, item, others, reader, timeout - first - waited, validators, chain_id)
     if st["status"] != "committed":
         raise TxRejected(st)
     if validators is not None:
@@ -82,24 +90,32 @@ async def _failover(txid: str, item: tuple[bytes, bytes | None], urls: list[str]
         except (TimeoutError, ApiError, aiohttp.ClientError) as exc:  # pending or committed already, or down
             log.info("sending %s to %s: %s", txid, c.base, exc)
 
-    await asyncio.gather(*(send(c) for c in clients))
-    deadline = time.monotonic() + max(1.0, timeout)
-    last: dict = {"status": "pending"}
-    while time.monotonic() < deadline:
-        for c in clients:
-            try:
-                st = await c.tx(txid, wait=max(1, min(2, deadline - time.monotonic())))
-            except (TimeoutError, ApiError, aiohttp.ClientError):
-                continue
-            if st["status"] == "committed":
+    try:
+        await asyncio.gather(*(send(c) for c in clients))
+        deadline = time.monotonic() + max(1.0, timeout)
+        last: dict = {"status": "pending"}
+        while time.monotonic() < deadline:
+            rejected = 0
+            for c in clients:
                 try:
-                    verify_status(bytes.fromhex(txid), st, validators, chain_id)
-                except (ValueError, KeyError, TypeError) as exc:
-                    log.warning("%s answered a commit of %s that does not prove: %s", c.base, txid, exc)
+                    st = await c.tx(txid, wait=max(1, min(2, deadline - time.monotonic())))
+                except (TimeoutError, ApiError, aiohttp.ClientError):
                     continue
-                return st
-            last = st
-    return last
+                if st["status"] == "committed":
+                    try:
+                        verify_status(bytes.fromhex(txid), st, validators, chain_id)
+                    except (ValueError, KeyError, TypeError) as exc:
+                        log.warning("%s answered a commit of %s that does not prove: %s", c.base, txid, exc)
+                        continue
+                    return st
+                rejected += st["status"] == "rejected"
+                last = st
+            if rejected == len(clients):  # every other validator refused it too: it will not commit
+                return last
+        return last
+    finally:
+        for c in clients:  # each closes only a session of its own (none when the reader's is shared)
+            await c.close()
 
 
 def _check_readings(tid: int, readings: list[envelope.Reading]) -> None:
@@ -210,6 +226,7 @@ class Phone:
         and check it was applied."""
         tx = Tx.build(self.identity, self.chain_id, await self._nonce(), body)
         txid = tx.id.hex()  # our own: never the answer's word
+        started = time.monotonic()
         try:
             if wait:  # one request: the answer comes with the commit and its proofs
                 answer = await self.client.submit_and_wait(tx.raw, sidecar, min(timeout, 10))
@@ -219,14 +236,15 @@ class Phone:
             self.next_nonce = None  # resync on the next send
             raise
         if wait:
-            await self.confirm(txid, timeout, answer, lambda: self.client.submit(tx.raw, sidecar), (tx.raw, sidecar))
+            await self.confirm(txid, timeout, answer, lambda: self.client.submit(tx.raw, sidecar), (tx.raw, sidecar),
+                               started)
         return txid
 
     async def confirm(self, txid: str, timeout: float = 30.0, answer: dict | None = None,
                       resubmit: Callable[[], Awaitable[object]] | None = None,
-                      item: tuple[bytes, bytes | None] | None = None) -> dict:
+                      item: tuple[bytes, bytes | None] | None = None, started: float | None = None) -> dict:
         st = await wait_proven(self.client, txid, timeout, self.validators, self.chain_id, self.reader, answer,
-                               resubmit, item)
+                               resubmit, item, started)
         if st["code"] != 0:
             raise TxRejected(st)
         return st

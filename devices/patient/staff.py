@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from devices.patient import envelope
@@ -49,6 +50,7 @@ class Staff:
             self.next_nonce = (await self.client.account(self.address))["next_nonce"]
         tx = Tx.build(self.identity, self.chain_id, self.next_nonce, body)
         txid = tx.id.hex()
+        started = time.monotonic()
         try:
             answer = await self.client.submit_and_wait(tx.raw, None, min(timeout, 10))
         except ApiError as exc:
@@ -58,7 +60,7 @@ class Staff:
             raise
         self.next_nonce += 1
         st = await wait_proven(self.client, txid, timeout, self.validators, self.chain_id, self.reader, answer,
-                               lambda: self.client.submit(tx.raw, None), (tx.raw, None))
+                               lambda: self.client.submit(tx.raw, None), (tx.raw, None), started)
         if st["code"] in (Code.DENIED, Code.BREAK_GLASS_OFF, Code.BREAK_GLASS_LIMIT, Code.NO_CREDENTIAL):
             raise AccessDenied(st["result"])
         if st["code"] != 0:
