@@ -44,7 +44,9 @@ def test_outsider_cannot_connect_or_inject(devnet):
 
     async def go() -> tuple[list[str], list[dict], dict]:
         # the outsider believes it is part of the set and dials every validator
-        outsider = P2PNode(secret, "127.0.0.1", port, [*validators, me], lambda p, d: got.append((p, d)))
+        # (and speaks the network's protocol ids: what keeps it out is the validator set and the swarm key)
+        outsider = P2PNode(secret, "127.0.0.1", port, [*validators, me], lambda p, d: got.append((p, d)),
+                           network=genesis.network)
         await outsider.start()
         try:
             async with NodeClient(nodes[1].url) as c:
