@@ -311,3 +311,32 @@ def test_a_client_whose_validator_forwards_nothing_gets_its_transaction_committe
     finally:
         for n in nodes:
             n.stop()
+
+
+def test_a_client_whose_validator_is_down_gets_its_transaction_committed_by_the_others(tmp_path):
+    """The phone's own validator is down (killed): its submission fails to connect, and the same signed
+    bytes go to the other genesis validators at once; the commit is taken with its proof. Before, the
+    connection error was the phone's answer."""
+    from devices.patient.phone import Phone
+    from devices.patient.verified_reads import VerifiedReader
+    from node.genesis import Genesis
+
+    nodes = _network(tmp_path)
+    try:
+        async def go() -> None:
+            gen = Genesis.load(nodes[0].home / "genesis.json")
+            async with NodeClient(nodes[0].url) as c0:  # a first block: state reads are proven against one
+                first = Tx.build(Identity.from_seed(b"first sender"), gen.chain_id, 1, Profile("p", "r", "o", bytes(32)))
+                await c0.submit(first.raw)
+                assert (await c0.wait_committed(first.id.hex(), 30))["status"] == "committed"
+            nodes[1].stop()
+            async with NodeClient(nodes[1].url) as c:
+                reader = VerifiedReader([n.url for n in nodes], gen.chain_id, gen.validator_keys, session=c.session)
+                phone = Phone(Identity.from_seed(b"stranded patient"), c, gen.chain_id, gen.validator_keys, reader=reader)
+                txid = await phone.set_break_glass(False)
+                async with NodeClient(nodes[2].url) as c2:
+                    assert (await c2.tx(txid))["status"] == "committed"
+        run(go())
+    finally:
+        for n in nodes:
+            n.stop()

@@ -235,6 +235,12 @@ class Phone:
         except ApiError:
             self.next_nonce = None  # resync on the next send
             raise
+        except (aiohttp.ClientError, TimeoutError) as exc:  # its validator is down or unreachable
+            if not (wait and self.reader is not None and self.validators is not None):
+                self.next_nonce = None
+                raise
+            log.warning("validator %s unreachable (%s): %s goes to the others", self.client.base, exc, txid)
+            answer, started = None, started - FAILOVER_S  # the failover at once
         if wait:
             await self.confirm(txid, timeout, answer, lambda: self.client.submit(tx.raw, sidecar), (tx.raw, sidecar),
                                started)
