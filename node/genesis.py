@@ -106,6 +106,9 @@ class Genesis:
     validators: tuple[ValidatorInfo, ...]
     params: Params = field(default_factory=Params)
     issuers: tuple[IssuerInfo, ...] = ()
+    # the JSON object of the file it was loaded from, as written (set by load; a copy made with
+    # dataclasses.replace has none and is its own content)
+    source: dict | None = field(default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         """What every certificate check rests on: each validator key a valid compressed secp256k1
@@ -161,7 +164,18 @@ class Genesis:
 
     @property
     def hash(self) -> bytes:
-        return ecdsa.sha256(json.dumps(self.to_json(), sort_keys=True).encode())
+        """SHA-256 of the genesis JSON without its recorded hash: of the file as written when loaded
+        from one. A release that adds a parameter (with its default) then changes no existing
+        network's hash, nor its name on the p2p layer (node/p2p), nor load_checked's verdict; the
+        content re-serialised would carry the new field, and every node of the new release would
+        refuse its genesis."""
+        return content_hash(self.source if self.source is not None else self.to_json())
+
+    def document(self) -> dict:
+        """The finished genesis as a file holds it: its content (the file's own, when loaded from
+        one) and its hash."""
+        body = {k: v for k, v in (self.source or self.to_json()).items() if k not in (HASH_FIELD, DRAFT_FIELD)}
+        return {**body, HASH_FIELD: self.hash.hex()}
 
     @property
     def network(self) -> str:
@@ -182,7 +196,7 @@ class Genesis:
 
     def save(self, path: str | Path) -> None:
         """Write the finished genesis with its hash beside the content (load_checked checks it)."""
-        Path(path).write_text(json.dumps({**self.to_json(), HASH_FIELD: self.hash.hex()}, indent=1) + "\n")
+        Path(path).write_text(json.dumps(self.document(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> Genesis:
@@ -198,11 +212,19 @@ class Genesis:
             raise ValueError(f"{path}: {exc}") from None
         if not gen.validators:
             raise ValueError(f"{path}: the genesis lists no validator")
+        object.__setattr__(gen, "source", d)
         return gen
 
 
 HASH_FIELD = "genesis_hash"  # in a finished genesis file: the hash of everything else in it
 DRAFT_FIELD = "draft"  # in a genesis still being assembled (node/operator.py): not for a node
+
+
+def content_hash(d: dict) -> bytes:
+    """The genesis hash of a genesis JSON object: SHA-256 of its canonical JSON (sorted keys) without
+    the recorded hash and the draft mark."""
+    return ecdsa.sha256(json.dumps({k: v for k, v in d.items() if k not in (HASH_FIELD, DRAFT_FIELD)},
+                                   sort_keys=True).encode())
 
 
 def _read_json(path: str | Path) -> dict:

@@ -152,7 +152,7 @@ def install_genesis(home: Path, genesis_path: Path, expect_hash: str | None = No
             raise FileExistsError(f"{dest} holds another genesis (chain {old.chain_id}); a home runs one "
                                   "network: use a new home, or --force if its ledger is empty")
     # what was checked is what is installed (reading the file again, a local writer could swap it between)
-    write_durably(dest, json.dumps({**gen.to_json(), HASH_FIELD: gen.hash.hex()}, indent=1) + "\n")
+    write_durably(dest, json.dumps(gen.document(), indent=1) + "\n")
     return gen, index
 
 
@@ -282,7 +282,7 @@ def genesis_cmd(args: argparse.Namespace) -> int:
                f"send the file and this hash to every operator{note}")
     else:  # show
         gen = load_checked(path)
-        _print(args, {**gen.to_json(), HASH_FIELD: gen.hash.hex()},
+        _print(args, gen.document(),
                f"chain {gen.chain_id}, {len(gen.validators)} validators, genesis hash {gen.hash.hex()}\n" +
                "\n".join(f"  {i}: {v.public_key} api {v.api} p2p {v.p2p}" for i, v in enumerate(gen.validators)))
     return 0

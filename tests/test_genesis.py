@@ -341,3 +341,25 @@ def test_new_chain_ids_differ() -> None:
     a, b = new_chain_id(), new_chain_id("clinic")
     assert a.startswith("medchain-") and len(a) == len("medchain-") + 16 and int(a[9:], 16) >= 0
     assert b.startswith("clinic-") and a != new_chain_id()
+
+
+def test_a_genesis_written_before_a_parameter_existed_keeps_its_hash_and_loads(tmp_path: Path) -> None:
+    """A release that adds a parameter (with its default): a finished genesis of the release before
+    lacks it, and its recorded hash is of what it holds. Its hash stays the file's (so its network's
+    name on the p2p layer too, and every node of either release agrees on it); re-serialised with
+    the new default it differed, and load_checked refused every such file. What install-genesis
+    writes (`document()`) is the file's own content, so it loads again."""
+    import hashlib
+
+    d = _genesis().to_json()
+    del d["params"]["block_max_txs"]  # as if the parameter came in a later release
+    old = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()  # as that release recorded it
+    p = _file(tmp_path, {**d, HASH_FIELD: old})
+    gen = load_checked(p)
+    assert gen.hash.hex() == old and gen.params.block_max_txs == Params().block_max_txs
+    assert gen.network == old[:16]
+    assert gen.document() == json.loads(p.read_text())
+    q = tmp_path / "again.json"
+    gen.save(q)
+    assert load_checked(q).hash.hex() == old
+    assert dataclasses.replace(gen, time_ms=gen.time_ms + 1).hash != gen.hash  # a changed copy hashes itself
