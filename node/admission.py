@@ -284,10 +284,9 @@ class Admission:
                 f"held back: nonce {tx.nonce} of this sender was superseded"
             self.forget(gone, Refusal.CONFLICT, why)
         for ev in evicted:
-            # fair eviction made room: the heaviest origin's (client IP's) newest sender gave way
-            self.submitted_at.pop(ev.id, None)
-            self.pending_since.pop(ev.id, None)  # only non-primaries sweep it: it would outlive the tx
-            self.reject(ev.id, Refusal.OVERLOADED, "evicted: mempool full and its client or sender held the most pending transactions")
+            # fair eviction made room: the heaviest origin's (client IP's) newest sender gave way (its
+            # pending_since goes too: only non-primaries sweep it, it would outlive the tx)
+            self.forget(ev, Refusal.OVERLOADED, "evicted: mempool full and its client or sender held the most pending transactions")
         self.rejected.pop(tx.id, None)
         held = self.refused_for_now.get(tx.address)
         if held is not None and held[0] <= tx.nonce:

@@ -174,8 +174,7 @@ class Genesis:
     def document(self) -> dict:
         """The finished genesis as a file holds it: its content (the file's own, when loaded from
         one) and its hash."""
-        body = {k: v for k, v in (self.source or self.to_json()).items() if k not in (HASH_FIELD, DRAFT_FIELD)}
-        return {**body, HASH_FIELD: self.hash.hex()}
+        return {**_content(self.source or self.to_json()), HASH_FIELD: self.hash.hex()}
 
     @property
     def network(self) -> str:
@@ -223,8 +222,12 @@ DRAFT_FIELD = "draft"  # in a genesis still being assembled (node/operator.py): 
 def content_hash(d: dict) -> bytes:
     """The genesis hash of a genesis JSON object: SHA-256 of its canonical JSON (sorted keys) without
     the recorded hash and the draft mark."""
-    return ecdsa.sha256(json.dumps({k: v for k, v in d.items() if k not in (HASH_FIELD, DRAFT_FIELD)},
-                                   sort_keys=True).encode())
+    return ecdsa.sha256(json.dumps(_content(d), sort_keys=True).encode())
+
+
+def _content(d: dict) -> dict:
+    """A genesis JSON object without what a file records about it (its hash, the draft mark)."""
+    return {k: v for k, v in d.items() if k not in (HASH_FIELD, DRAFT_FIELD)}
 
 
 def _read_json(path: str | Path) -> dict:

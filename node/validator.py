@@ -554,21 +554,19 @@ class Validator:
 
     def _watch_candidate(self) -> tuple[bytes, int] | None:
         """The transaction the replica watches for censorship, and when it arrived (replica ms): the
-        longest waiting one that can execute now. A stale one (its nonce committed with another body,
-        as a state transfer leaves the pool) is settled out of the pool; a write without its blob
-        here (a bare dag-pb forward) is not watched: the primary may have to fetch it, and a
-        byzantine validator could keep its nonce taken there by a body nobody can fetch."""
+        longest waiting one that can execute now (the pool never offers a write without its blob
+        here, Mempool._now_ready). A stale one (its nonce committed with another body, as a state
+        transfer leaves the pool) is settled out of the pool."""
         now_ms, now = self._now_ms(), time.monotonic()
         for _ in range(2):
             stale = False
             for tx, arrived in self.mempool.longest_waiting(WATCH_CHECKS):
-                if tx.nonce <= self.admission.committed_nonce(tx.address):
-                    for gone in self.mempool.settle(tx.address, self.admission.committed_nonce(tx.address)):
+                committed = self.admission.committed_nonce(tx.address)
+                if tx.nonce <= committed:
+                    for gone in self.mempool.settle(tx.address, committed):
                         self.admission.forget(gone, Refusal.CONFLICT, "superseded: its nonce was committed with "
                                               "another transaction")
                     stale = True
-                    continue
-                if tx.kind == KIND_WRITE and self.mempool.sidecar(tx.id) is None:
                     continue
                 return tx.raw, now_ms - int((now - arrived) * 1000)
             if not stale:
@@ -642,9 +640,7 @@ class Validator:
         """Refuse a pending write that cannot be proposed, and its sender's later transactions."""
         for gone in self.mempool.withdraw(t):
             why = reason if gone.id == t.id else f"held back: nonce {t.nonce} of this sender was refused ({reason})"
-            self.admission.reject(gone.id, Refusal.UNPROCESSABLE, why[:200])
-            self.admission.submitted_at.pop(gone.id, None)
-            self.admission.pending_since.pop(gone.id, None)
+            self.admission.forget(gone, Refusal.UNPROCESSABLE, why[:200])
         log.warning("refused pending write %s: %s", t.id.hex()[:16], reason)
 
     def _blob_size(self, txid: bytes, cid: Cid) -> int | None:

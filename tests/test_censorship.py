@@ -281,25 +281,39 @@ def test_a_backup_sends_the_watched_transaction_to_the_primary_at_the_grace_and_
         v.close()
 
 
+async def _first_block(nodes):
+    """The network's genesis, once a first block committed (state reads are proven against one)."""
+    from node.genesis import Genesis
+
+    gen = Genesis.load(nodes[0].home / "genesis.json")
+    async with NodeClient(nodes[0].url) as c0:
+        first = Tx.build(Identity.from_seed(b"first sender"), gen.chain_id, 1, Profile("p", "r", "o", bytes(32)))
+        await c0.submit(first.raw)
+        assert (await c0.wait_committed(first.id.hex(), 30))["status"] == "committed"
+    return gen
+
+
+def _phone(seed: bytes, client: NodeClient, nodes, gen):
+    """A phone submitting through `client`, reading and failing over through every validator."""
+    from devices.patient.phone import Phone
+    from devices.patient.verified_reads import VerifiedReader
+
+    reader = VerifiedReader([n.url for n in nodes], gen.chain_id, gen.validator_keys, session=client.session)
+    return Phone(Identity.from_seed(seed), client, gen.chain_id, gen.validator_keys, reader=reader)
+
+
 def test_a_client_whose_validator_forwards_nothing_gets_its_transaction_committed_by_the_others(tmp_path):
     """Validator 1 answers 202 and keeps its clients' transactions to itself (MEDCHAIN_BYZANTINE=drop):
     the phone, its transaction not committed through it within FAILOVER_S, sends the same signed
     bytes to the other validators and takes the first commit whose proof checks against the genesis."""
-    from devices.patient.phone import FAILOVER_S, Phone
-    from devices.patient.verified_reads import VerifiedReader
-    from node.genesis import Genesis
+    from devices.patient.phone import FAILOVER_S
 
     nodes = _network(tmp_path, env={1: {"MEDCHAIN_BYZANTINE": "drop"}})
     try:
         async def go() -> float:
-            gen = Genesis.load(nodes[0].home / "genesis.json")
-            async with NodeClient(nodes[0].url) as c0:  # a first block: state reads are proven against one
-                first = Tx.build(Identity.from_seed(b"first sender"), gen.chain_id, 1, Profile("p", "r", "o", bytes(32)))
-                await c0.submit(first.raw)
-                assert (await c0.wait_committed(first.id.hex(), 30))["status"] == "committed"
+            gen = await _first_block(nodes)
             async with NodeClient(nodes[1].url) as c:
-                reader = VerifiedReader([n.url for n in nodes], gen.chain_id, gen.validator_keys, session=c.session)
-                phone = Phone(Identity.from_seed(b"dropped patient"), c, gen.chain_id, gen.validator_keys, reader=reader)
+                phone = _phone(b"dropped patient", c, nodes, gen)
                 t0 = time.monotonic()
                 txid = await phone.set_break_glass(False)
                 took = time.monotonic() - t0
@@ -317,22 +331,13 @@ def test_a_client_whose_validator_is_down_gets_its_transaction_committed_by_the_
     """The phone's own validator is down (killed): its submission fails to connect, and the same signed
     bytes go to the other genesis validators at once; the commit is taken with its proof. Before, the
     connection error was the phone's answer."""
-    from devices.patient.phone import Phone
-    from devices.patient.verified_reads import VerifiedReader
-    from node.genesis import Genesis
-
     nodes = _network(tmp_path)
     try:
         async def go() -> None:
-            gen = Genesis.load(nodes[0].home / "genesis.json")
-            async with NodeClient(nodes[0].url) as c0:  # a first block: state reads are proven against one
-                first = Tx.build(Identity.from_seed(b"first sender"), gen.chain_id, 1, Profile("p", "r", "o", bytes(32)))
-                await c0.submit(first.raw)
-                assert (await c0.wait_committed(first.id.hex(), 30))["status"] == "committed"
+            gen = await _first_block(nodes)
             nodes[1].stop()
             async with NodeClient(nodes[1].url) as c:
-                reader = VerifiedReader([n.url for n in nodes], gen.chain_id, gen.validator_keys, session=c.session)
-                phone = Phone(Identity.from_seed(b"stranded patient"), c, gen.chain_id, gen.validator_keys, reader=reader)
+                phone = _phone(b"stranded patient", c, nodes, gen)
                 txid = await phone.set_break_glass(False)
                 async with NodeClient(nodes[2].url) as c2:
                     assert (await c2.tx(txid))["status"] == "committed"

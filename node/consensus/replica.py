@@ -532,9 +532,10 @@ class Replica:
         # pace below, to 8x) held its seat for ever while every client transaction waited. Nor is a
         # block progress once the primary has left out a transaction we hold, again and again, from
         # blocks with room for it (censorship: node/consensus/censor.py)
-        if self.censor is not None and not self.s.is_primary:
-            self.censor.delivered(seq, block, self.s.now_ms)
-        if block.txs and not (self.censor is not None and self.censor.censoring and not self.s.is_primary):
+        watch = self.censor if not self.s.is_primary else None
+        if watch is not None:
+            watch.delivered(seq, block, self.s.now_ms)
+        if block.txs and not (watch is not None and watch.censoring):
             # the time this delivery took while work waited feeds the adaptive timeout
             self.s.round_ema = 0.7 * self.s.round_ema + 0.3 * max(0, self.s.now_ms - self.s.progress_at)
             self.s.progress_at, self.s.vc_attempt, self.s.progress_seq = self.s.now_ms, 0, seq
