@@ -21,7 +21,7 @@ from node import merkle
 from node.block import Block, Header, verify_cert
 from node.crypto import seal
 from node.crypto.keys import Identity
-from node.genesis import Genesis
+from node.genesis import Genesis, content_hash, load_checked
 from node.ipfs.cid import Cid
 from node.proof import check_bundle
 from node.sidecar import check_sidecar, decode_submission
@@ -143,7 +143,8 @@ def test_key_file_and_genesis_json_load(ex: dict, tmp_path: Path) -> None:
     assert Identity.load(p) == seed_identity("patient")
     g = tmp_path / "genesis.json"
     g.write_text(json.dumps(ex["api/genesis"]))
-    assert Genesis.load(g).to_json() == ex["api/genesis"]
+    assert Genesis.load(g).document() == ex["api/genesis"]
+    assert load_checked(g).hash.hex() == ex["api/genesis"]["genesis_hash"]
 
 
 # ---- docs/openapi.json against a running validator ----------------------------------------------
@@ -208,6 +209,7 @@ def test_a_running_validator_answers_as_the_openapi_schemas_say(node) -> None:  
         st = await api.call("get", "/v1/status", "/v1/status", 200)
         chain = st["chain_id"]
         g = await api.call("get", "/v1/genesis", "/v1/genesis", 200)
+        assert g["genesis_hash"] == content_hash(g).hex()  # the file as loaded, with its recorded hash
         me = bytes.fromhex(g["validators"][st["validator_index"]]["public_key"])  # a download names its validator
         now = int(time.time() * 1000)
         blob = b"\x00" * 12 + b"ciphertext of the example window" + b"\x00" * 16

@@ -302,7 +302,7 @@ def examples() -> dict[str, Example]:  # one linear story, told in order
         ValidatorInfo(v.public_key.hex(), f"127.0.0.1:{8545 + i}",
                       f"/ip4/127.0.0.1/tcp/{9545 + i}/p2p/{peer_id_from_secret(v.p2p_secret)}")
         for i, v in enumerate(validators)), Params(), (IssuerInfo("General Hospital", issuer.public_key.hex()),))
-    out["api/genesis"] = gen.to_json()
+    out["api/genesis"] = gen.document()
     return out
 
 

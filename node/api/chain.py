@@ -62,8 +62,10 @@ async def head(req: web.Request) -> web.Response:
 
 @routes.get("/v1/genesis")
 async def genesis(req: web.Request) -> web.Response:
+    """The genesis file as the validator loaded it (its own JSON and its recorded hash), so a client can
+    compare it byte for byte with its copy and the hash the p2p network is named by."""
     v = validator(req)
-    return web.json_response(v.genesis.to_json())
+    return web.json_response(v.genesis.document())
 
 
 @routes.get("/v1/tx/{id}")
