@@ -345,3 +345,56 @@ def test_a_client_whose_validator_is_down_gets_its_transaction_committed_by_the_
     finally:
         for n in nodes:
             n.stop()
+
+
+def test_a_staff_member_whose_validator_is_down_registers_through_the_others(tmp_path):
+    """The staff client as the phone: its nonce is read proven through every validator (its own is
+    down), and its submission, failing to connect, goes to the others at once and commits with its
+    proof. Before, the nonce read or the connection error was its answer."""
+    from devices.patient.staff import Staff
+    from devices.patient.verified_reads import VerifiedReader
+
+    nodes = _network(tmp_path)
+    try:
+        async def go() -> None:
+            gen = await _first_block(nodes)
+            nodes[2].stop()
+            async with NodeClient(nodes[2].url) as c:
+                reader = VerifiedReader([n.url for n in nodes], gen.chain_id, gen.validator_keys, session=c.session)
+                staff = Staff(Identity.from_seed(b"stranded nurse"), c, gen.chain_id, reader, gen.validator_keys)
+                txid = await staff.register("N", "nurse", "General Hospital")
+                async with NodeClient(nodes[0].url) as c0:
+                    assert (await c0.tx(txid))["status"] == "committed"
+                assert staff.next_nonce == 2
+        run(go())
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def test_a_client_whose_validator_dies_while_it_waits_gets_its_transaction_committed_by_the_others(tmp_path):
+    """Validator 1 takes the phone's transaction and forwards nothing (MEDCHAIN_BYZANTINE=drop), then is
+    killed while the phone waits on its answer: the broken wait sends the same signed bytes to the
+    others then, before FAILOVER_S, and the commit is taken with its proof."""
+    from devices.patient.phone import FAILOVER_S
+
+    nodes = _network(tmp_path, env={1: {"MEDCHAIN_BYZANTINE": "drop"}})
+    try:
+        async def go() -> float:
+            gen = await _first_block(nodes)
+            async with NodeClient(nodes[1].url) as c:
+                phone = _phone(b"abandoned patient", c, nodes, gen)
+                await phone.sync()
+                loop = asyncio.get_running_loop()
+                loop.call_later(2.0, nodes[1].kill)  # SIGKILL: dead at once
+                t0 = time.monotonic()
+                txid = await phone.set_break_glass(False)
+                took = time.monotonic() - t0
+                async with NodeClient(nodes[2].url) as c2:
+                    assert (await c2.tx(txid))["status"] == "committed"
+                return took
+        took = run(go())
+        assert took < FAILOVER_S  # the broken wait, not the failover timer, sent it to the others
+    finally:
+        for n in nodes:
+            n.stop()
