@@ -51,6 +51,7 @@ _BAD_SIG_CACHE = 1 << 16
 _REJECTED_CACHE = 50_000
 MAX_REASON = 240  # characters of a refusal's reason kept and answered (the cache is then ~15 MB at most)
 _REFUSED_FOR_NOW_CACHE = 1 << 15  # senders whose nonce was refused for now (bounded)
+WATCH_CHECKS = 8  # pooled transactions checked per tick for one to watch for censorship
 REFORWARD_S = 5.0  # well above a healthy p99 commit latency: only stranded transactions are resent
 
 
@@ -302,6 +303,26 @@ class Admission:
         self.reject(tx.id, kind, reason)
         self.submitted_at.pop(tx.id, None)
         self.pending_since.pop(tx.id, None)
+
+    def watch_candidate(self, now_ms: int, now: float, checks: int = WATCH_CHECKS) -> tuple[bytes, int] | None:
+        """The transaction a backup watches for censorship (node/consensus/censor.py), and when it
+        arrived (`now_ms`'s clock): the longest waiting one that can execute now (the pool never
+        offers a write without its blob here, Mempool._now_ready). A stale one (its nonce committed
+        with another body, as a state transfer leaves the pool) is settled out of the pool."""
+        for _ in range(2):
+            stale = False
+            for tx, arrived in self.mempool.longest_waiting(checks):
+                committed = self.committed_nonce(tx.address)
+                if tx.nonce <= committed:
+                    for gone in self.mempool.settle(tx.address, committed):
+                        self.forget(gone, Refusal.CONFLICT, "superseded: its nonce was committed with another "
+                                    "transaction")
+                    stale = True
+                    continue
+                return tx.raw, now_ms - int((now - arrived) * 1000)
+            if not stale:
+                break
+        return None
 
     def _supersede_blobless(self, tx: Tx, sidecar: bytes | None) -> list[tuple[Tx, bytes | None, float | None]]:
         """A forwarded transaction whose nonce is pending here with a write whose blob is not here

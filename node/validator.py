@@ -18,9 +18,10 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 from node import clock, faults, storage
-from node.admission import REFORWARD_S, Admission, size_mismatch
-from node.availability import FETCH_TIMEOUT_S, AvailabilityGate, SizeMismatch
+from node.admission import Admission
+from node.availability import AvailabilityGate, SizeMismatch
 from node.backlog import Backlog
+from node.blobcheck import BlobChecks
 from node.block import TX_FRAMING, TXS_MAX_BYTES, Block
 from node.commit import Commit
 from node.config import max_queue_s, mempool_bytes
@@ -43,12 +44,12 @@ from node.consensus.recovery import decode_record
 from node.crypto import ecdsa
 from node.crypto.keys import Identity
 from node.execution import MAX_FUTURE_MS
+from node.forwarding import Forwarder
 from node.genesis import Genesis
 from node.ipfs.blobwriter import BlobWriter
 from node.ipfs.blockstore import BlockStore
-from node.ipfs.cid import CODEC_RAW, Cid
 from node.ledger import Ledger
-from node.mempool import AdmissionError, KeyedLimiter, Mempool, Refusal, origin
+from node.mempool import AdmissionError, KeyedLimiter, Mempool, origin
 from node.metrics import Metrics
 from node.multiaddr import host_port, peer_id
 from node.pipeline import Pipeline, propose_now
@@ -59,11 +60,9 @@ from node.sidecar import (
     SidecarCache,
     SidecarError,
     decode_forwarded,
-    forward_messages,
 )
 from node.sync import THRESHOLD as SYNC_THRESHOLD
 from node.sync import StateSync
-from node.tx import KIND_GRANT, KIND_WRITE, Tx
 from node.uploads import UploadBudget
 from node.verify import refuse_unless_certified_state
 from node.wire import WireError
@@ -72,16 +71,7 @@ log = logging.getLogger("medchain.validator")
 
 _TXS_PREFIX = TXS_PREFIX
 PIPELINE = 4  # blocks executed and not yet written to the ledger, at most, on the primary
-MAX_REFORWARD = 4000
-WATCH_CHECKS = 8  # pooled transactions checked per tick for one to watch for censorship
-MAX_BLOB_CHECKS = 256  # writes whose missing blob the producer fetches at once
 TICK_S = 0.05
-FORWARD_SOON_S = 0.005  # client transactions after a quiet spell are forwarded this soon
-# client transactions go to the other validators in one message per peer this often: py-libp2p
-# spends ~0.5 ms of CPU per message at each end, whatever its size, so under load fewer and fuller
-# messages (50 -> 150 ms: 9% less CPU per write at 700 writes/s, and a lower p99, bench/README.md)
-FORWARD_S = 0.15
-QUIET_S = 0.05  # a client submission after this long without one is forwarded within FORWARD_SOON_S
 TXIN_MAX = 4096  # forwarded batches waiting for admission; beyond, they are dropped (and re-forwarded)
 TXIN_MAX_BYTES = 64 * 1024 * 1024  # and their bytes (sidecars ride in them): memory stays flat
 INBOX_MAX = 16_384  # consensus messages waiting; beyond, dropped (PBFT retransmits what is missing)
@@ -141,23 +131,24 @@ class Validator:
         self._inbox_share = (max(1, INBOX_MAX // others), max(INBOX_MAX_BYTES // others, MAX_MESSAGE_BYTES))
         self._calls: collections.deque[tuple[Callable[[], Awaitable[None]], asyncio.Future[None]]] = (
             collections.deque())  # see in_consensus
-        # a backup votes for a block only once it holds the blobs its writes record (node/availability.py)
-        self.gate = AvailabilityGate(self._blob_size, lambda cid, t: self.replicator.ensure(cid, t, "vote"),
+        self._byzantine = faults.mode()
+        # a primary proposes a write only once its blob is here (node/blobcheck.py), and a backup votes
+        # for a block only once it holds the blobs its writes record (node/availability.py)
+        self.blob_checks = BlobChecks(self.mempool, self.admission, self.sidecars, self.blobs, self.replicator,
+                                      lambda: self._wake.set(), self._byzantine)
+        self.forwarder = Forwarder(self.admission, self.mempool, self.pipeline, lambda: self.replica, self._send,
+                                   self._broadcast, lambda: self.net is not None, self._byzantine == "drop")
+        self.gate = AvailabilityGate(self.blob_checks.size, lambda cid, t: self.replicator.ensure(cid, t, "vote"),
                                      lambda answer: self._inbox.put_nowait(("executed", answer)))
         self._txin: asyncio.Queue = asyncio.Queue()  # forwarded transaction batches, admitted apart
         self._txin_bytes = 0
-        self._early_flush: asyncio.TimerHandle | None = None
-        self._last_flush = self._last_client = 0.0
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self._blob_checks: dict[bytes, asyncio.Task] = {}  # writes whose blob the producer is fetching
-        self._pushed: tuple[int, bytes, int] | None = None  # view, watched transaction, skips: last sent to the primary
         self._stopping = False
         self.msgs_in = self.msgs_out = 0
         self.synced_blocks = 0  # blocks fetched by state transfer
         self.sync = StateSync(self)
         self.faults = faults.FaultFile(self.home)
-        self._byzantine = faults.mode()
         if self._byzantine:
             log.critical("BYZANTINE MODE %r (fault-injection tests only)", self._byzantine)
             if self._byzantine == "withhold":
@@ -221,13 +212,12 @@ class Validator:
 
     async def stop(self) -> None:
         self._stopping = True
-        self._flush_forward()  # client transactions admitted here and not yet forwarded go now
+        self.forwarder.flush()  # client transactions admitted here and not yet forwarded go now
         self._wake.set()
         self.gate.close()
-        checks = list(self._blob_checks.values())
-        for t in [*self._tasks, *checks]:
+        for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, *checks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, self.blob_checks.stop(), return_exceptions=True)
         await self.replicator.stop()
         await self.sync.stop()
         if self.net is not None:
@@ -261,26 +251,21 @@ class Validator:
         if not forwarded:
             self.disk.check()
             now = time.monotonic()
-            quiet = now - self._last_client >= QUIET_S
+            quiet = self.forwarder.quiet(now)
         out = await self.admission.submit_many(items, forwarded)
-        if not forwarded and any(isinstance(r, bytes) for r in out):
-            self._last_client = now  # a refused submission (and its retry) does not end a quiet spell
         if forwarded and not self._byzantine:
             # a bare forwarded write (a dag-pb upload held elsewhere): its blob is fetched and checked
             # now, at every validator, so a write no honest validator could propose leaves every pool
             # (a backup holding it pending would suspect each honest primary that leaves it out)
             for (_, side), r in zip(items, out, strict=True):
                 t = self.mempool.by_id.get(r) if side is None and isinstance(r, bytes) else None
-                if t is not None and t.kind == KIND_WRITE and self._blob_size(t.id, t.body.root) is None:
-                    self._check_blob(t)
+                if t is not None:
+                    self.blob_checks.check_bare(t)
         self._wake.set()
         if not forwarded and self.gate.parked():
             self.gate.recheck()  # a client's sidecar may be what a held-back vote waits for
-        if quiet and self.admission.forward and self._early_flush is None:
-            # the first client submission after a quiet spell is forwarded within FORWARD_SOON_S,
-            # not at the next FORWARD_S: a lightly loaded network (a phone writing and waiting for
-            # each commit) commits sooner; a steady stream is batched FORWARD_S per message
-            self._early_flush = asyncio.get_running_loop().call_later(FORWARD_SOON_S, self._flush_forward)
+        if not forwarded:
+            self.forwarder.submitted(now, any(isinstance(r, bytes) for r in out), quiet)
         return out
 
     def submit_many_sync(self, items: list[Item], forwarded: bool = False) -> list[bytes | AdmissionError]:
@@ -326,12 +311,12 @@ class Validator:
             # nothing ran since the check above (no await): the pool and the blocks in flight are as they were
             if len(self.mempool) - len(exclude) < self.params.block_max_txs and waiting_bytes < TXS_MAX_BYTES:
                 await asyncio.sleep(interval)  # let a batch fill: one round should carry many transactions
-            txs = self._proposable(self.mempool.batch(self.params.block_max_txs, exclude, TXS_MAX_BYTES, TX_FRAMING))
+            txs = self.blob_checks.proposable(self.mempool.batch(self.params.block_max_txs, exclude, TXS_MAX_BYTES, TX_FRAMING))
             if not txs:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            self._flush_forward()  # the sidecars of our own clients' writes travel ahead of the block
+            self.forwarder.flush()  # the sidecars of our own clients' writes travel ahead of the block
             try:
                 now = self._now_ms()
                 ex = await self.pipeline.build(tip, txs, r.view, self.index, now)
@@ -342,19 +327,13 @@ class Validator:
                 await asyncio.sleep(interval)
 
     async def _ticker(self) -> None:
-        last_reforward = time.monotonic()
         while not self._stopping:
             await asyncio.sleep(TICK_S)
             await self._inbox.put(("tick", None))
             self.faults.poll()
             if self.net is None:
                 continue
-            now = time.monotonic()
-            if now - self._last_flush >= FORWARD_S - TICK_S / 2:
-                self._flush_forward()
-            if now - last_reforward >= REFORWARD_S:
-                last_reforward = now
-                self._reforward(now)
+            self.forwarder.tick(time.monotonic(), TICK_S)
 
     async def _collect_uploads(self) -> None:
         """Standalone uploads that no committed write pinned within the grace are deleted: an
@@ -370,40 +349,6 @@ class Validator:
             if n:
                 self.metrics.uploads_collected.inc(n)
                 log.info("collected %d unreferenced upload(s) older than %.0f s", n, grace)
-
-    def _flush_forward(self) -> None:
-        if self._early_flush is not None:
-            self._early_flush.cancel()
-            self._early_flush = None
-        if self.net is not None and self.admission.forward:
-            self._last_flush = time.monotonic()
-            for msg in forward_messages(self.admission.take_forward()):
-                self._broadcast(msg)
-
-    def _reforward(self, now: float) -> None:
-        """A forwarded batch can be lost (a peer down or restarting): transactions still pending here
-        after REFORWARD_S go to the primary again, so a client's accepted transaction is not stranded.
-        Every validator, the primary too, forgets here what left the pool without a commit."""
-        if self._byzantine == "drop":
-            return  # fault injection: its clients' transactions go nowhere
-        primary = self.replica.is_primary
-        # first after REFORWARD_S, then every 4 x REFORWARD_S while it stays pending, so an overloaded
-        # primary is not flooded with copies; ones already proposed are not resent
-        proposed = set() if primary else self.pipeline.proposed_ids()
-        stale = []
-        for t, due in list(self.admission.pending_since.items()):
-            if t not in self.mempool:  # dropped without a commit here (its nonce committed with another body)
-                del self.admission.pending_since[t]
-                self.admission.submitted_at.pop(t, None)  # a subset of pending_since's ids
-            elif not primary and due <= now and t not in proposed and len(stale) < MAX_REFORWARD:
-                stale.append(t)
-        if primary:
-            return
-        for t in stale:
-            self.admission.pending_since[t] = now + REFORWARD_S * 4
-        items = [(self.mempool.by_id[t].raw, self.mempool.sidecar(t)) for t in stale]
-        for msg in forward_messages(items):
-            self._send(self.replica.primary, msg)
 
     def _on_net(self, peer: str, data: bytes) -> None:
         self.msgs_in += 1
@@ -485,8 +430,9 @@ class Validator:
                 elif kind == "tick":
                     if self.replica.censor is not None and not self.replica.is_primary:
                         try:  # a failure here must not cost the heartbeat and the view timer
-                            self.replica.watch(*(self._watch_candidate() or (None, 0)))
-                            self._push_watched(self.replica.censor)
+                            watched = self.admission.watch_candidate(self._now_ms(), time.monotonic())
+                            self.replica.watch(*(watched or (None, 0)))
+                            self.forwarder.push_watched(self.replica.censor)
                         except Exception:
                             log.exception("censorship watch failed on this tick")
                     acts = self.replica.tick(self._now_ms(), pending=len(self.mempool) > 0)
@@ -551,107 +497,6 @@ class Validator:
             self.gate.park(block.hash, (act.seq, block.hash), missing)  # no PREPARE before the blobs are here
             return []
         return self.replica.executed(act.seq, block.hash, True)
-
-    def _watch_candidate(self) -> tuple[bytes, int] | None:
-        """The transaction the replica watches for censorship, and when it arrived (replica ms): the
-        longest waiting one that can execute now (the pool never offers a write without its blob
-        here, Mempool._now_ready). A stale one (its nonce committed with another body, as a state
-        transfer leaves the pool) is settled out of the pool."""
-        now_ms, now = self._now_ms(), time.monotonic()
-        for _ in range(2):
-            stale = False
-            for tx, arrived in self.mempool.longest_waiting(WATCH_CHECKS):
-                committed = self.admission.committed_nonce(tx.address)
-                if tx.nonce <= committed:
-                    for gone in self.mempool.settle(tx.address, committed):
-                        self.admission.forget(gone, Refusal.CONFLICT, "superseded: its nonce was committed with "
-                                              "another transaction")
-                    stale = True
-                    continue
-                return tx.raw, now_ms - int((now - arrived) * 1000)
-            if not stale:
-                break
-        return None
-
-    def _push_watched(self, c: CensorWatch) -> None:
-        """PBFT's backup sends a request it waits on to the primary itself: the watched transaction
-        goes to the primary (with its sidecar) when its grace runs out and again at each skip, so a
-        primary that lacked it (a forward lost, or its nonce taken by a body it cannot propose, which
-        this one supersedes: node/admission.py) has it before a third skip."""
-        if c.target is None or c.horizon is None or self.net is None or (c.view, c.target, c.skipped) == self._pushed \
-                or self._byzantine == "drop":
-            return
-        self._pushed = (c.view, c.target, c.skipped)
-        tx = self.mempool.by_id.get(ecdsa.sha256(c.target))
-        if tx is not None:
-            for msg in forward_messages([(tx.raw, self.mempool.sidecar(tx.id))]):
-                self._send(self.replica.primary, msg)
-
-    def _proposable(self, txs: list[Tx]) -> list[Tx]:
-        """The batch without the writes whose blob is not here with the size they state, nor the later
-        transactions of their senders: the backups would not vote for them (node/availability.py), and
-        a write no one votes for, proposed by every honest primary in turn, would hold the chain in
-        view changes. A missing blob is fetched in the background (its write is proposed once it is
-        here); a blob of another size, or one no reachable validator holds, gets its write refused."""
-        if self._byzantine in ("withhold", "missize"):
-            return txs  # fault injection: a byzantine primary proposes them anyway
-        if self._byzantine == "drop":  # fault injection: its own clients' transactions are never proposed
-            txs = [t for t in txs if t.id not in self.admission.submitted_at]
-        if self._byzantine == "censor":  # fault injection: every sender with an access change waiting is left out
-            censored = {t.address for t in txs if t.kind == KIND_GRANT}
-            txs = [t for t in txs if t.address not in censored]
-        out: list[Tx] = []
-        held_back: set[bytes] = set()
-        for t in txs:
-            if t.address in held_back:
-                continue
-            if t.kind == KIND_WRITE:
-                size = self._blob_size(t.id, t.body.root)
-                if size != t.body.size:
-                    held_back.add(t.address)
-                    if size is None:
-                        self._check_blob(t)
-                    else:
-                        self._withdraw(t, size_mismatch(t.body.root, size, t.body.size))
-                    continue
-            out.append(t)
-        return out
-
-    def _check_blob(self, t: Tx) -> None:
-        """Fetch a write's missing blob in the background (at most MAX_BLOB_CHECKS at once), then wake
-        the producer, or refuse the write if the blob cannot be had or is not its size."""
-        if t.id in self._blob_checks or len(self._blob_checks) >= MAX_BLOB_CHECKS:
-            return
-
-        async def check() -> None:
-            try:
-                got = await self.replicator.ensure(t.body.root, FETCH_TIMEOUT_S, "vote")
-                size = self._blob_size(t.id, t.body.root)
-                if not got or size is None:
-                    self._withdraw(t, f"blob not held: {t.body.root} is held by no reachable validator")
-                elif size != t.body.size:
-                    self._withdraw(t, size_mismatch(t.body.root, size, t.body.size))
-            finally:
-                self._blob_checks.pop(t.id, None)
-                self._wake.set()
-        self._blob_checks[t.id] = asyncio.get_running_loop().create_task(check())
-
-    def _withdraw(self, t: Tx, reason: str) -> None:
-        """Refuse a pending write that cannot be proposed, and its sender's later transactions."""
-        for gone in self.mempool.withdraw(t):
-            why = reason if gone.id == t.id else f"held back: nonce {t.nonce} of this sender was refused ({reason})"
-            self.admission.forget(gone, Refusal.UNPROCESSABLE, why[:200])
-        log.warning("refused pending write %s: %s", t.id.hex()[:16], reason)
-
-    def _blob_size(self, txid: bytes, cid: Cid) -> int | None:
-        """The size of a write's blob if it is here: its sidecar in the pool or the forwarded-sidecar
-        cache, or stored (None if it is not)."""
-        side = self.mempool.sidecar(txid)
-        if side is None and cid.codec == CODEC_RAW:
-            side = self.sidecars.get(cid.digest)
-        if side is not None:
-            return len(side)
-        return self.blobs.blob_size(cid) if self.blobs.has(cid) else None
 
     async def _recover(self) -> None:
         """Reload what this replica persisted before a crash: the NEW-VIEW of its view, then its consensus

@@ -617,5 +617,5 @@ def test_a_transaction_superseded_by_another_body_of_its_nonce_is_forgotten_ever
     assert _commit(v, [theirs]) == [0]
     assert mine.id not in v.mempool
     assert v.replica.is_primary  # the one validator: the sweep must not be a backup's alone
-    v._reforward(time.monotonic())
+    v.forwarder.reforward(time.monotonic())
     assert mine.id not in adm.submitted_at and mine.id not in adm.pending_since

@@ -264,18 +264,18 @@ def test_a_backup_sends_the_watched_transaction_to_the_primary_at_the_grace_and_
         assert v.submit_many_sync([(w.raw, blob)]) == [w.id]
         c = v.replica.censor
         c.tick(0, v.replica.view, False, lambda: 0)
-        v.replica.watch(*v._watch_candidate())
+        v.replica.watch(*v.admission.watch_candidate(v._now_ms(), time.monotonic()))
         assert c.target == w.raw
-        v._push_watched(c)
+        v.forwarder.push_watched(c)
         assert sent == []  # within the grace
         c.tick(c.armed_at + c.grace, v.replica.view, False, lambda: 0)
-        v._push_watched(c)
-        v._push_watched(c)
+        v.forwarder.push_watched(c)
+        v.forwarder.push_watched(c)
         (peer, data), = sent
         assert decode_forwarded(data) == [(w.raw, blob)]
         assert peer == peer_id(v.genesis.validators[v.replica.primary].p2p) and v.replica.primary == 0
         c.delivered(1, make_block(1, txs=[b"other"]), c.armed_at + c.grace)
-        v._push_watched(c)
+        v.forwarder.push_watched(c)
         assert len(sent) == 2 and c.skipped == 1
     finally:
         v.close()

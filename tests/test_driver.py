@@ -12,11 +12,12 @@ import pytest
 
 from node import clock
 from node.crypto.keys import Identity
+from node.forwarding import FORWARD_S
 from node.genesis import Params, init_home
 from node.mempool import AdmissionError
 from node.sidecar import decode_forwarded
 from node.tx import Profile, Tx
-from node.validator import FORWARD_S, TICK_S, Validator
+from node.validator import TICK_S, Validator
 
 
 def _homes(tmp_path: Path) -> list[Path]:
@@ -99,10 +100,10 @@ def test_a_client_submission_after_a_quiet_spell_is_forwarded_at_once_a_stream_e
             assert await v.submit_many([(txs[0].raw, None)]) == [txs[0].id]  # after a quiet spell
             await _until(lambda: bool(net.messages))
             assert len(net.messages) == 1 and net.forwarded(0) == [txs[0].raw]
-            v._last_client = time.monotonic()  # another client submitted a moment ago: a stream
+            v.forwarder.last_client = time.monotonic()  # another client submitted a moment ago: a stream
             assert await v.submit_many([(txs[1].raw, None)]) == [txs[1].id]
             assert await v.submit_many([(txs[2].raw, None)]) == [txs[2].id]
-            assert v._early_flush is None and len(net.messages) == 1  # waits for the next FORWARD_S
+            assert v.forwarder.early is None and len(net.messages) == 1  # waits for the next FORWARD_S
             ticker = asyncio.create_task(v._ticker())
             await _until(lambda: len(net.messages) > 1)
             ticker.cancel()
@@ -137,7 +138,7 @@ def test_stop_forwards_what_was_admitted_and_not_yet_forwarded(tmp_path: Path) -
     v, net, txs = _backup_with_recorded_net(tmp_path, 2)
 
     async def go() -> None:
-        v._last_client = time.monotonic()  # a stream: waits for the next round
+        v.forwarder.last_client = time.monotonic()  # a stream: waits for the next round
         assert await v.submit_many([(txs[0].raw, None), (txs[1].raw, None)]) == [txs[0].id, txs[1].id]
         assert net.messages == []
         await v.stop()  # closes the stores too
