@@ -504,15 +504,20 @@ class Validator:
         guess past, so the validator stops loudly."""
         r = self.replica
         nv_raw = self.ledger.get_new_view()
-        if nv_raw is not None and r.changing:
+        if nv_raw is not None:
+            # awaited (the view persisted is above the head's): without it the replica cannot take
+            # part; else (a block of the view is on the ledger) it brings back the view's obligations
+            awaited = r.changing
             try:
                 nv = decode_message(nv_raw)
                 if not isinstance(nv, NewView) or not r.reinstall(nv):
                     raise ConsensusError("it does not install our view")
+                log.info("back in view %d (its NEW-VIEW reinstalled)", r.view)
             except ConsensusError as exc:
-                log.critical("the persisted NEW-VIEW is unusable (%s): refusing to start", exc)
-                raise SystemExit(4) from None
-            log.info("back in view %d (its NEW-VIEW reinstalled)", r.view)
+                if awaited:
+                    log.critical("the persisted NEW-VIEW is unusable (%s): refusing to start", exc)
+                    raise SystemExit(4) from None
+                log.info("the persisted NEW-VIEW binds nothing in view %d (%s)", r.view, exc)
         head = self.ledger.head()
         for seq, raw in self.ledger.log_entries():
             if seq <= head.height:

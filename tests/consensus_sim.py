@@ -107,8 +107,9 @@ def recover_replica(n, i, ledger, view, nv, log, now, **kw):
                      last_cert=(last.cert_view, last.cert) if last else (0, ()), view=view,
                      awaiting_new_view=view > block_view, **kw)
     r.state.now_ms = now
-    if nv is not None and r.changing:
-        assert r.reinstall(decode_message(nv))
+    if nv is not None:
+        awaited = r.changing
+        assert r.reinstall(decode_message(nv)) or not awaited
     for seq, raw in sorted(log.items()):
         if seq > r.last_delivered:
             r.restore_record(seq, decode_record(raw))

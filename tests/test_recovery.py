@@ -157,3 +157,38 @@ def test_replica_restarted_during_a_view_change_sends_its_view_change_again():
             break
     assert all(len(n[i].ledger) > b for i, b in zip(alive, before, strict=True)), "stalled"
     net.assert_no_fork()
+
+
+def test_a_replica_restarted_in_a_view_with_a_block_of_it_committed_keeps_the_new_views_obligations():
+    """Blocks A1 and A2 prepared in view 0, nothing committed; the NEW-VIEW of view 1 fixes both; A1
+    commits in view 1, A2's messages of view 1 are lost. Replicas 2 and 3 restart: their heads are
+    certified in view 1, so they start in that view, not waiting for its NEW-VIEW. Byzantine primary 1
+    then offers B2 at sequence 2. Before, the restarted replicas had forgotten what the NEW-VIEW fixed
+    and prepared B2; now its obligations are reinstalled, B2 is refused, and the NEW-VIEW is relayed
+    again to a replica below the view."""
+    net = HandNet(4)
+    n = net.nodes
+    a1 = make_block(1, view=0, proposer=0, txs=[b"A1"])
+    a2 = make_block(2, view=0, proposer=0, txs=[b"A2"], prev=a1.hash)
+    for b in (a1, a2):
+        n[0].handle(n[0].r.propose(b), net)
+    net.deliver(lambda s, d, m: m.tag in (1, 2))  # pre-prepares and prepares
+    net.drop(lambda s, d, m: m.tag == 3)  # no commit in view 0
+    for i in range(4):
+        n[i].handle(n[i].r.start_view_change(1), net)
+    net.deliver(lambda s, d, m: not (m.tag in (1, 2, 3) and m.seq == 2))  # view 1 commits A1 only
+    net.drop(lambda s, d, m: True)
+    assert all([b.hash for b in nd.ledger] == [a1.hash] and nd.ledger[0].cert_view == 1 for nd in n)
+    assert all(nd.r.state.fixed.get(2) == a2.hash for nd in n)
+    b2 = make_block(2, view=1, proposer=1, txs=[b"B2"], prev=a1.hash)
+    for i in (2, 3):
+        n[i].restart(net.now)
+        r = n[i].r
+        assert r.view == 1 and not r.changing
+        assert r.state.fixed.get(2) == a2.hash and r.state.new_view_msg is not None  # before: {} and None
+        assert r.view_changes == 0  # a view change reinstalled is not counted as another one
+    for i in (2, 3):
+        net.inject(i, pre_prepare(b2))
+    assert not [m for s, d, m in net.pending if m.tag == 2 and m.digest == b2.hash]  # nobody prepares B2
+    assert all(n[i].r.ignored_by_reason().get("not-fixed", 0) == 1 for i in (2, 3))
+    net.assert_no_fork()

@@ -287,12 +287,14 @@ def test_the_highest_view_certificate_is_held_whatever_order_the_records_come_in
         assert r.state.prepared[1][0] == decode_record(two_views["rec1"]).pcert[0]
 
 
-def test_only_the_new_view_of_the_view_awaited_is_reinstalled(two_views):
+def test_only_the_new_view_of_the_replicas_view_is_reinstalled(two_views):
     nv1, nv2 = decode_message(two_views["nv1"]), decode_message(two_views["nv2"])
     r = make_replica(4, 2, view=1, awaiting_new_view=True)
     assert r.reinstall(nv2) is False and r.view == 1 and r.changing  # a later view's
-    r = make_replica(4, 2, view=1)  # in view 1 already (not waiting for its NEW-VIEW)
-    assert r.reinstall(nv1) is False and r.view_changes == 0
+    r = make_replica(4, 2, view=1)  # in view 1 already (a block of it on the ledger): its obligations come back
+    assert r.reinstall(nv2) is False and r.view == 1 and not r.changing
+    assert r.reinstall(signed(NewView, 3, 1, 0, nv1.digest, body=nv1.body)) is False and not r.changing  # stays NORMAL
+    assert r.reinstall(nv1) is True and r.view_changes == 0 and not r.changing and r.state.new_view_msg == nv1
     # one that does not hold: not from the view's primary, or fewer than 2f+1 view changes
     r = make_replica(4, 2, view=1, awaiting_new_view=True)
     assert r.reinstall(signed(NewView, 3, 1, 0, nv1.digest, body=nv1.body)) is False and r.changing

@@ -27,7 +27,7 @@ from node.consensus.messages import (
     Prepare,
     PrePrepare,
 )
-from node.consensus.state import Instance, PreparedCert, ReplicaState
+from node.consensus.state import Instance, Phase, PreparedCert, ReplicaState
 from node.consensus.viewchange import ViewChanges
 from node.wire import MAX_BLOCK_BYTES, WireError, decode_canonical, encode
 
@@ -85,12 +85,20 @@ class Recovery:
         return encode([self.s.view, inst.block.encode(), sorted({m.tag for m in inst.mine}), inst.pp_sig, pcert])
 
     def reinstall(self, nv: NewView) -> bool:
-        """After a restart: re-enter the view the persisted NEW-VIEW installed (checked again)."""
-        if not self.s.changing or nv.view != self.s.view:
+        """After a restart: re-enter the view the persisted NEW-VIEW installed (checked again), with
+        its obligations: the blocks it fixed above the head (a pre-prepare of another block there is
+        refused), its floor, and the message itself (relayed to a replica still below the view). Also
+        when the replica restarts in that view already, a block of it certified on its ledger (the
+        driver starts it NORMAL then): without this, a byzantine primary could get it to prepare
+        another block at a sequence the NEW-VIEW fixed, and a straggler could not be given the view."""
+        if nv.view != self.s.view or nv.view == 0:
             return False
+        phase = self.s.phase
+        self.s.phase = Phase.VIEW_CHANGE  # on_new_view installs only a view being changed to
         before = self.s.view_changes
         self.views.on_new_view(nv)
         if self.s.view_changes == before:
+            self.s.phase = phase
             return False
         self.s.view_changes = before  # the same view change, not another one
         return True
