@@ -5,7 +5,9 @@ server, through the in-process transport of tests/test_statesync.py) and a valid
 client fetches, proves and installs it into its own LMDB ledger. Prints the process's anonymous memory
 before and after, and the installed ledger's size. The client streams the chunks to a snapshot file
 and installs it from a process of its own (node/snapshot.py install_main), so what it keeps should not
-grow with N; installed in-process, LMDB keeps a malloc'd copy of every page the install wrote.
+grow with N; installed in-process, LMDB keeps a malloc'd copy of every page the install wrote. The
+installer's own peak RSS is printed too: it streams the state into its LMDB transaction
+(node/checkpoint.py StateAssembler), so it should not grow with N past LMDB's dirty-page list.
 
     .venv/bin/python bench/state_transfer_memory.py [--keys 200000]
 """
@@ -52,9 +54,10 @@ def main(keys: int) -> None:
     source.close()  # the serving side's own LMDB copy goes with its environment
     after = anon_mb()
     size = (tmp / "mine" / "ledger" / "data.mdb").stat().st_blocks * 512 / 2**20  # a sparse file (node/mapfile.py)
+    installer = client.stats.get("installer_peak_mb")  # its VmHWM (ru_maxrss keeps ours from the fork)
     print(f"state transfer of {keys} keys: installed {ok}; anonymous memory {start:.0f} MB at the start, "
           f"{after:.0f} MB once installed and the source closed: {after - start:+.0f} MB kept "
-          f"(installed ledger {size:.0f} MB)")
+          f"(installed ledger {size:.0f} MB); the installer process's peak RSS {installer} MB")
     shutil.rmtree(tmp)
 
 

@@ -11,9 +11,11 @@ node/snapshot.py) and state transfer from peers (node/sync.py), feed it through 
    of all of them must equal the certified block's state root. One wrong byte anywhere fails that
    check, and nothing is installed until it passes.
 
-The installer assembles the state in memory (about its own size) before the root check (see
-MAX_STATE_BYTES); a running validator streams a transferred state to a file and installs it from a
-short-lived process, so neither the state nor LMDB's copy of every page it writes stays in its memory.
+The installer writes the pairs and the state tree, built batch by batch, into one LMDB write
+transaction as they are read, and commits it only once the root checks (StateAssembler): its memory
+does not grow with the state. A running validator streams a transferred state to a file and installs
+it from a short-lived process, so LMDB's copy of every page that transaction writes does not stay in
+the validator's memory.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from node.block import Block, BlockError, verify_cert
 from node.state import smt
@@ -29,11 +32,13 @@ from node.wire import MAX_BLOCK_BYTES, WireError, decode_canonical, encode
 MAX_CHUNK_KEYS = 4096
 MAX_CHUNK_BYTES = 1024 * 1024  # keys and values of one chunk; one pair may exceed it alone
 MAX_PAIR_BYTES = 4 * 1024 * 1024
-MAX_STATE_BYTES = 4 * 1024 * 1024 * 1024  # what a peer or a file may make us hold before the root check
-# what one pair costs the installer beyond its bytes (the Python objects StateAssembler and the tree
-# build hold: ~300 bytes measured), counted against MAX_STATE_BYTES so that many tiny pairs cannot
-# make it hold some 80 times what was counted
-PAIR_OVERHEAD = 256
+# what a peer or a file may make us write (to a transfer file, then the ledger's install transaction)
+# before the root check: disk, not memory (the installer streams, StateAssembler)
+MAX_STATE_BYTES = 64 * 1024 * 1024 * 1024
+# what one pair costs on disk beyond its bytes (LMDB's entry header, its share of the state tree's
+# inline leaf and internal nodes), counted against MAX_STATE_BYTES so that many tiny pairs count
+PAIR_OVERHEAD = 128
+TREE_BATCH = 32_768  # pairs per state-tree update while a checkpoint is assembled
 MAX_STATE_KEYS = MAX_STATE_BYTES // PAIR_OVERHEAD
 MAX_CHUNK_FRAME = MAX_CHUNK_BYTES + MAX_PAIR_BYTES + 64 * 1024
 
@@ -148,26 +153,64 @@ class StateChecker:
             raise CheckpointError(f"{self.count} state pairs, but {self.cp.keys} were declared")
 
 
-class StateAssembler(StateChecker):
-    """Rebuilds a checkpoint's state from its chunks and proves it against the certified root."""
+class StateSink(Protocol):
+    """Where an assembled state goes: the ledger's install transaction (node/ledger/store.py), or
+    memory (MemorySink, for tests and small tools)."""
 
-    def __init__(self, cp: Checkpoint, max_bytes: int = MAX_STATE_BYTES) -> None:
-        super().__init__(cp, max_bytes)
+    def put_state(self, key: bytes, value: bytes) -> None: ...
+    def get_node(self, pos: bytes) -> bytes | None: ...
+    def put_nodes(self, nodes: dict[bytes, bytes]) -> None: ...
+
+
+class MemorySink:
+    def __init__(self) -> None:
         self.state: dict[bytes, bytes] = {}
+        self.nodes: dict[bytes, bytes] = {}
+
+    def put_state(self, key: bytes, value: bytes) -> None:
+        self.state[key] = value
+
+    def get_node(self, pos: bytes) -> bytes | None:
+        return self.nodes.get(pos)
+
+    def put_nodes(self, nodes: dict[bytes, bytes]) -> None:
+        self.nodes.update(nodes)
+
+
+class StateAssembler(StateChecker):
+    """Rebuilds a checkpoint's state from its chunks into `sink` and proves it against the certified
+    root. The state tree is built as the pairs arrive, TREE_BATCH pairs at a time (the tree is
+    canonical for its key set and the state never deletes, so batches give the one-shot tree): beyond
+    what the sink keeps, only one batch is held, whatever the size of the state."""
+
+    def __init__(self, cp: Checkpoint, max_bytes: int = MAX_STATE_BYTES, sink: StateSink | None = None) -> None:
+        super().__init__(cp, max_bytes)
+        self.sink: StateSink = sink if sink is not None else MemorySink()
+        self._batch: dict[bytes, bytes] = {}
+        self.root = smt.EMPTY_ROOT
 
     def add(self, pairs: Pairs) -> None:
         super().add(pairs)
-        self.state.update(pairs)
+        for k, v in pairs:
+            self.sink.put_state(k, v)
+        self._batch.update(pairs)
+        if len(self._batch) >= TREE_BATCH:
+            self._grow()
 
-    def finish(self) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
-        """(state, state-tree nodes) once the pairs hash to the certified root; CheckpointError if not."""
+    def _grow(self) -> None:
+        if self._batch:
+            self.root, nodes = smt.update(self.sink.get_node, self._batch)
+            self.sink.put_nodes(nodes)
+            self._batch = {}
+
+    def finish(self) -> None:
+        """Return once every declared pair came and they hash to the certified root; CheckpointError if
+        not (the caller then discards what the sink took)."""
         self.complete()
-        empty: dict[bytes, bytes] = {}
-        root, nodes = smt.update(empty.get, self.state)
-        if root != self.cp.state_root:
-            raise CheckpointError(f"the state's root {root.hex()[:16]}… is not the state root "
+        self._grow()
+        if self.root != self.cp.state_root:
+            raise CheckpointError(f"the state's root {self.root.hex()[:16]}… is not the state root "
                                   f"{self.cp.state_root.hex()[:16]}… certified by block {self.cp.height}")
-        return self.state, nodes
 
 
 # ---- the snapshot file: MAGIC, then frames (u32 big-endian length || msgpack) ----------------------

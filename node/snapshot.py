@@ -18,12 +18,15 @@ from the snapshot on).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import hashlib
 import json
 import os
 import signal
 import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -35,8 +38,10 @@ from node.checkpoint import (
     Checkpoint,
     CheckpointError,
     Manifest,
+    MemorySink,
     Pairs,
     StateAssembler,
+    StateSink,
     check_manifest,
     chunk_or_end,
     chunked,
@@ -133,10 +138,12 @@ def _read_frame(fh: BinaryIO, limit: int, digest: Any) -> bytes:
     return body
 
 
-def read_snapshot(path: Path, gen: Genesis) -> tuple[Checkpoint, dict[bytes, bytes], dict[bytes, bytes]]:
-    """Read and prove a snapshot file against `gen`: (checkpoint, state, tree nodes). CheckpointError
-    (a ValueError) says what is wrong: another chain or genesis, a damaged file, an uncertified block,
-    a state that does not hash to the certified root."""
+def read_snapshot(path: Path, gen: Genesis, into: Callable[[Checkpoint], ContextManager[StateSink]] | None = None
+                  ) -> tuple[Checkpoint, StateAssembler]:
+    """Read and prove a snapshot file against `gen`, its state going into the sink `into(checkpoint)`
+    opens (in memory when None): (checkpoint, the assembler). CheckpointError (a ValueError) says what
+    is wrong: another chain or genesis, a damaged file, an uncertified block, a state that does not
+    hash to the certified root; the sink's context then exits with it (nothing installed)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         magic = fh.read(len(MAGIC))
@@ -145,19 +152,20 @@ def read_snapshot(path: Path, gen: Genesis) -> tuple[Checkpoint, dict[bytes, byt
         digest.update(magic)
         cp = check_manifest(decode_manifest(_read_frame(fh, MAX_MANIFEST, digest)), gen.chain_id, gen.hash,
                             gen.validator_keys)
-        asm = StateAssembler(cp)
-        while True:
-            at = digest.copy()
-            item = chunk_or_end(_read_frame(fh, MAX_CHUNK_FRAME, digest))
-            if isinstance(item, bytes):
-                if item != at.digest():
-                    raise CheckpointError("the snapshot's digest does not match its content: the file is damaged")
-                if fh.read(1):
-                    raise CheckpointError("bytes after the snapshot's end frame")
-                break
-            asm.add(item)
-    state, nodes = asm.finish()
-    return cp, state, nodes
+        with into(cp) if into is not None else contextlib.nullcontext(MemorySink()) as sink:
+            asm = StateAssembler(cp, sink=sink)
+            while True:
+                at = digest.copy()
+                item = chunk_or_end(_read_frame(fh, MAX_CHUNK_FRAME, digest))
+                if isinstance(item, bytes):
+                    if item != at.digest():
+                        raise CheckpointError("the snapshot's digest does not match its content: the file is damaged")
+                    if fh.read(1):
+                        raise CheckpointError("bytes after the snapshot's end frame")
+                    break
+                asm.add(item)
+            asm.finish()
+    return cp, asm
 
 
 def restore(home: Path, path: Path) -> dict[str, Any]:
@@ -186,23 +194,24 @@ def restore(home: Path, path: Path) -> dict[str, Any]:
 def install(ledger_dir: Path, gen: Genesis, path: Path, replace: bool = False) -> dict[str, Any]:
     """Prove the snapshot at `path` against `gen` and install it into the ledger at `ledger_dir`: into an
     empty ledger, or with `replace` over one whose head is below it."""
-    cp, state, nodes = read_snapshot(path, gen)
     # the running validator's map size, if it runs (two sizes on one environment do not mix)
     led = Ledger(ledger_dir, genesis_root=gen.state_root, map_size=map_size())
+    # the pairs and the tree built from them take about the file's bytes and an inline leaf per key
+    size = path.stat().st_size
     try:
-        led.install_base(cp.block, state, nodes, replace=replace)
+        cp, asm = read_snapshot(path, gen, lambda cp: led.installing(cp.block, replace, size + 128 * cp.keys))
     finally:
         led.close()
     return {"height": cp.height, "block_hash": cp.block.hash.hex(), "state_root": cp.state_root.hex(),
-            "state_keys": len(state)}
+            "state_keys": asm.count}
 
 
 def install_main(argv: list[str] | None = None) -> int:
     """`python -m node.snapshot HOME FILE`: a running validator's state transfer installs the snapshot
     it received into HOME's ledger (over the blocks it holds below it) here, in a process of its own.
     LMDB keeps a copy of every page one transaction wrote (its dirty-page list is reused, never
-    freed), and the state is held in memory for its root check: for a state of 200,000 keys that is
-    64 MB the validator would otherwise keep for its lifetime. Prints what was installed as JSON;
+    freed): memory the validator would otherwise keep for its lifetime (the state itself streams,
+    node/checkpoint.py StateAssembler). Prints what was installed as JSON;
     exit 1 with the reason on stderr."""
     ap = argparse.ArgumentParser(prog="python -m node.snapshot")
     ap.add_argument("home")
@@ -218,8 +227,21 @@ def install_main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the validator reads the reason
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(out))
+    print(json.dumps({**out, "peak_rss_mb": _peak_rss_mb()}))
     return 0
+
+
+def _peak_rss_mb() -> int | None:
+    """This process's peak resident set (VmHWM: of this program, unlike ru_maxrss, which keeps the
+    parent's at the fork), for the validator's log and the benchmarks."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return None
 
 
 def _die_with(parent: int) -> bool:

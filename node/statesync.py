@@ -393,7 +393,8 @@ class CheckpointClient:
             if proc.returncode != 0:
                 why = err.decode(errors="replace").strip().splitlines()
                 raise CheckpointError("the installer failed: " + (why[-1] if why else f"exit {proc.returncode}"))
-            self.stats["keys"] = json.loads(out)["state_keys"]
+            done = json.loads(out)
+            self.stats["keys"], self.stats["installer_peak_mb"] = done["state_keys"], done.get("peak_rss_mb")
             v.chain_clock.committed(cp.block.header.time_ms)
             v.metrics.height.set(cp.height)
             await v.rebuild_from_disk()
@@ -406,6 +407,7 @@ class CheckpointClient:
             self.stats["installed_height"] = cp.height
             v.metrics.xfer_installed.inc()
             v.metrics.xfer_height.set(cp.height)
-            log.warning("state transfer: installed the certified state at block %d (%d keys); pulling the "
-                        "blocks after it", cp.height, self.stats["keys"])
+            log.warning("state transfer: installed the certified state at block %d (%d keys; the installer's "
+                        "peak RSS %s MB); pulling the blocks after it", cp.height, self.stats["keys"],
+                        self.stats["installer_peak_mb"])
         return ok

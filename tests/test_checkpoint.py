@@ -127,7 +127,8 @@ def test_the_state_is_assembled_in_order_and_proven_against_the_certified_root()
     a = StateAssembler(cp())
     for c in chunked(sorted(STATE.items()), max_keys=7):
         a.add(c)
-    state, nodes = a.finish()
+    a.finish()
+    state, nodes = a.sink.state, a.sink.nodes
     assert state == STATE and smt.root_of(nodes.get) == ROOT
     assert (a.count, a.chunks, a.last) == (50, 8, b"k049")
     assert a.size == sum(len(k) + len(v) + PAIR_OVERHEAD for k, v in STATE.items())
@@ -251,7 +252,8 @@ def test_edges_of_the_order_the_split_and_the_manifest_size() -> None:
     low = {b"\x01": b"", b"A": b"1", b"B": b"2"}
     a = StateAssembler(Checkpoint(block(state_root=smt.naive_root(low)), 3))
     a.add(sorted(low.items()))
-    assert a.finish()[0] == low
+    a.finish()
+    assert a.sink.state == low
     # every chunk's byte count starts from zero
     four = [(b"a", b"1"), (b"b", b"2"), (b"c", b"3"), (b"d", b"4")]
     assert list(chunked(four, max_bytes=4)) == [four[:2], four[2:]]
@@ -259,3 +261,16 @@ def test_edges_of_the_order_the_split_and_the_manifest_size() -> None:
     b = block(txs=tuple(b"t%05d" % i + bytes(100) for i in range(300)))
     raw = manifest_frame(GENESIS_HASH, b.encode(), b, 0)[4:]
     assert len(raw) > 16 * 1024 and decode_manifest(raw).block_raw == b.encode()
+
+
+def test_the_tree_built_batch_by_batch_is_the_tree_built_at_once(monkeypatch) -> None:
+    """The installer grows the state tree TREE_BATCH pairs at a time (over chunks of any size) so that
+    it holds one batch, not the state: the tree is canonical for its key set, node for node."""
+    import node.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint, "TREE_BATCH", 7)
+    a = StateAssembler(cp())
+    for c in chunked(sorted(STATE.items()), max_keys=3):
+        a.add(c)
+    a.finish()
+    assert a.sink.nodes == smt.update({}.get, STATE)[1] and a.root == ROOT

@@ -133,6 +133,13 @@ def _refused(home: Path, snap: Path, why: str) -> None:
     assert "Traceback" not in p.stderr
     assert not (home / "ledger" / "data.mdb").exists() or json.loads(
         _cli("verify", "--home", str(home), "--json").stdout)["height"] == 0  # nothing was installed
+    if (home / "ledger" / "data.mdb").exists():  # the pairs streamed in before the check went with it
+        from node.ledger import Ledger
+        led = Ledger(home / "ledger", readonly=True)
+        try:
+            assert led.scan_state(b"", limit=1) == []
+        finally:
+            led.close()
 
 
 def _frames(raw: bytes) -> list[bytes]:
@@ -149,6 +156,39 @@ def _reseal(frames: list[bytes]) -> bytes:
     import hashlib
     body = MAGIC + b"".join(len(f).to_bytes(4, "big") + f for f in frames[:-1])
     return body + end_frame(hashlib.sha256(body).digest())
+
+
+def test_the_installer_builds_the_state_tree_batch_by_batch_into_the_ledger(one_node_snapshot, tmp_path: Path,
+                                                                             monkeypatch) -> None:
+    """The state streams into the ledger's install transaction and its tree is built TREE_BATCH pairs
+    at a time (here 5, across the chunks' edges): the ledger holds the certified root's tree, node for
+    node the one built at once, and its state."""
+    from node import checkpoint
+    from node.ledger import Ledger
+    from node.snapshot import install, read_snapshot
+    from node.state import smt
+    from node.wire import decode, encode
+
+    src, whole_file, height = one_node_snapshot
+    home = _fresh_home(src, tmp_path / "h")
+    gen = Genesis.load(home / "genesis.json")
+    _, whole = read_snapshot(whole_file, gen)  # in memory, one batch
+    frames = _frames(whole_file.read_bytes())
+    pairs = [p for f in frames[1:-1] for p in decode(f)]
+    snap = tmp_path / "small-chunks.snap"  # the same state in chunks of 3 pairs
+    snap.write_bytes(_reseal([frames[0], *(encode(pairs[i:i + 3]) for i in range(0, len(pairs), 3)), frames[-1]]))
+    monkeypatch.setattr(checkpoint, "TREE_BATCH", 5)
+    out = install(home / "ledger", gen, snap)
+    assert out["height"] == height and out["state_keys"] == len(whole.sink.state) > 20
+    led = Ledger(home / "ledger", readonly=True)
+    try:
+        state = dict(led.scan_state(b"", limit=10**6))
+        with led.env.begin(db=led.tree) as txn:
+            nodes = dict(txn.cursor())
+    finally:
+        led.close()
+    assert state == whole.sink.state
+    assert nodes == smt.update({}.get, state)[1] and smt.root_of(nodes.get).hex() == out["state_root"]
 
 
 def test_a_damaged_forged_or_foreign_snapshot_is_refused(one_node_snapshot, tmp_path: Path) -> None:

@@ -34,6 +34,26 @@ class Head:
     time_ms: int
 
 
+class BaseWriter:
+    """A checkpoint's state going into the ledger's install transaction (Ledger.installing): the
+    node/checkpoint.py StateSink that StateAssembler fills."""
+
+    def __init__(self, txn: lmdb.Transaction, state: object, tree: object) -> None:
+        self._txn, self._state, self._tree = txn, state, tree
+
+    def put_state(self, key: bytes, value: bytes) -> None:
+        # appended: the keys come in strictly increasing order (StateChecker) into an emptied table
+        if not self._txn.put(key, value, db=self._state, append=True):
+            raise LedgerError(f"state key {key.hex()[:32]} out of order in a checkpoint's install")
+
+    def get_node(self, pos: bytes) -> bytes | None:
+        return self._txn.get(pos, db=self._tree)
+
+    def put_nodes(self, nodes: dict[bytes, bytes]) -> None:
+        for k, v in sorted(nodes.items()):
+            self._txn.put(k, v, db=self._tree)
+
+
 class Snapshot:
     """State lookups inside one LMDB read transaction (Ledger.snapshot)."""
 
@@ -150,16 +170,28 @@ class Ledger:
 
     def install_base(self, block: Block, state: dict[bytes, bytes], nodes: dict[bytes, bytes],
                      replace: bool = False) -> Head:
+        """installing() with the whole state and its state-tree nodes in hand (tests, small tools)."""
+        payload = sum(len(k) + len(v) + 8 for d in (state, nodes) for k, v in d.items())
+        with self.installing(block, replace, payload) as base:
+            for k, v in sorted(state.items()):
+                base.put_state(k, v)
+            base.put_nodes(nodes)
+        return Head(block.header.height, block.hash, block.header.state_root, block.header.time_ms)
+
+    @contextmanager
+    def installing(self, block: Block, replace: bool = False, payload: int = 0) -> Iterator[BaseWriter]:
         """Start the ledger from a proven checkpoint (node/checkpoint.py): its block (the new head and
-        base), the whole state at it and its state-tree nodes, in one transaction. Into an empty
-        ledger only, or with `replace` over one whose head is below the checkpoint (state transfer
-        to a validator that took a few blocks meanwhile: they are history below the new base)."""
+        base), the whole state at it and its state-tree nodes, in one transaction, which the caller
+        fills through the writer it is given (the state in key order) and which commits only if the
+        caller's block raises nothing (a root that does not check: nothing installed). Into an
+        empty ledger only, or with `replace` over one whose head is below the checkpoint (state
+        transfer to a validator that took a few blocks meanwhile: they are history below the new
+        base). `payload`: about how many bytes the state and its tree take (room is made ahead)."""
         h = block.header
         raw = block.encode()
-        # the state and its nodes go in in key order: pages fill up, so their bytes (and LMDB's 8 per
-        # entry) bound what they take, not a path of pages per put as for a block's scattered writes
-        payload = len(raw) + sum(len(k) + len(v) + 8 for d in (state, nodes) for k, v in d.items())
-        with self._write(64, payload) as txn:
+        # the state goes in in key order: pages fill up, so its bytes (and LMDB's 8 per entry) bound
+        # what it takes, not a path of pages per put as for a block's scattered writes
+        with self._write(64, payload + len(raw)) as txn:
             cur = decode(txn.get(b"head", db=self.meta))
             if replace and cur[0] < h.height:
                 for db in (self.blocks, self.hashes, self.txloc, self.state, self.tree):
@@ -167,20 +199,17 @@ class Ledger:
             elif cur[0] != 0 or txn.stat(self.blocks)["entries"] or txn.stat(self.state)["entries"]:
                 raise LedgerError(f"the ledger already holds blocks (head {cur[0]}): a checkpoint is installed "
                                   "only into an empty ledger")
+            else:
+                txn.drop(self.tree, delete=False)  # the tree is built on what it holds: nothing
             for seq, _ in list(txn.cursor(db=self.consensus)):  # what we signed at or below it binds nothing
                 if struct.unpack(">Q", seq)[0] <= h.height:
                     txn.delete(seq, db=self.consensus)
             txn.put(_h(h.height), raw, db=self.blocks)
             txn.put(block.hash, _h(h.height), db=self.hashes)
-            for k, v in sorted(state.items()):
-                txn.put(k, v, db=self.state)
-            for k, v in sorted(nodes.items()):
-                txn.put(k, v, db=self.tree)
-            head = Head(h.height, block.hash, h.state_root, h.time_ms)
-            txn.put(b"head", encode([head.height, head.hash, head.state_root, head.time_ms]), db=self.meta)
+            yield BaseWriter(txn, self.state, self.tree)
+            txn.put(b"head", encode([h.height, block.hash, h.state_root, h.time_ms]), db=self.meta)
             txn.put(b"base", encode(h.height), db=self.meta)
         self._gen += 1
-        return head
 
     def get_state(self, key: bytes) -> bytes | None:
         with self.env.begin(db=self.state) as txn:
