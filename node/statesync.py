@@ -44,7 +44,9 @@ from node.block import max_faulty
 from node.checkpoint import (
     MAX_CHUNK_FRAME,
     MAX_MANIFEST,
+    MAX_STATE_BYTES,
     MAX_STATE_KEYS,
+    PAIR_OVERHEAD,
     Checkpoint,
     CheckpointError,
     StateChecker,
@@ -55,6 +57,7 @@ from node.checkpoint import (
 )
 from node.multiaddr import peer_id
 from node.snapshot import SnapshotWriter
+from node.storage import reserve_bytes
 from node.wire import WireError, decode_canonical, encode
 
 if TYPE_CHECKING:  # types only
@@ -143,6 +146,15 @@ def decode_request(raw: bytes) -> tuple[int, int, bytes]:
             and isinstance(req[2], bytes)):
         return 1, req[1], req[2]
     raise StateSyncError("a state request is [0] (offer) or [1, height, after_key] (chunk)")
+
+
+def transfer_budget(home: Path) -> int:
+    """The counted bytes (StateChecker) a transfer into `home` may take before its root is checked:
+    the transfer file and then the installed ledger each take about them, so half of what its
+    filesystem has free above the validator's reserve (node/storage.py), and at most MAX_STATE_BYTES.
+    A lying peer's state that will not prove cannot fill the disk the validator commits to."""
+    st = os.statvfs(home)
+    return max(0, min(MAX_STATE_BYTES, (st.f_bavail * st.f_frsize - reserve_bytes()) // 2))
 
 
 def decode_offer(raw: bytes) -> tuple[int, bytes, int]:
@@ -333,7 +345,11 @@ class CheckpointClient:
         if block.header.height != height:
             raise CheckpointError(f"offered height {height}, but its block is {block.header.height}")
         cp = Checkpoint(block, keys)
-        checker = StateChecker(cp)
+        budget = transfer_budget(v.home)
+        if keys * PAIR_OVERHEAD > budget:
+            raise CheckpointError(f"an offer of {keys} state keys: more than this disk has room for "
+                                  f"({budget} bytes for a transfer, each pair counted at {PAIR_OVERHEAD} at least)")
+        checker = StateChecker(cp, budget)
         log.info("state transfer: validator %d offers block %d with %d state keys", j, height, keys)
         writer = SnapshotWriter(v.home / TRANSFER_FILE, v.genesis.hash, block_raw, block, keys)
         started = time.monotonic()

@@ -503,3 +503,62 @@ def test_a_long_data_index_is_served_a_page_at_a_time_and_never_read_whole(node,
             reader = VerifiedReader([node.url], chain, genesis.validator_keys, session=c.session)
             assert len((await reader.data(pat.address))["data"]) == 1100  # proven, in requests of 1,024 keys
     run(go())
+
+
+class _HeadOnly:
+    """A validator's HTTP face that signs its head height (`GET /v1/head`, with its real genesis key)
+    and answers `POST /v1/proofs` with `proofs_status` and nothing to check."""
+
+    def __init__(self, ident: Identity, chain: str, height: int, proofs_status: int) -> None:
+        self.ident, self.chain, self.height, self.proofs_status = ident, chain, height, proofs_status
+        self.port = free_ports(1)[0]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        from node.tx.requests import head_digest
+
+        async def head(req: web.Request) -> web.Response:
+            nonce = bytes.fromhex(req.query["nonce"])
+            me = self.ident.public_key
+            sig = self.ident.sign(head_digest(self.chain, me, nonce, self.height))
+            return web.json_response({"height": self.height, "validator": me.hex(), "nonce": nonce.hex(),
+                                      "signature": sig.hex()})
+
+        async def proofs(req: web.Request) -> web.Response:
+            return web.json_response({"error": "no block is committed yet"}, status=self.proofs_status)
+        app = web.Application()
+        app.router.add_get("/v1/head", head)
+        app.router.add_post("/v1/proofs", proofs)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+
+def test_a_chain_at_its_genesis_reads_as_the_empty_state_only_when_its_validators_sign_height_0():
+    """At height 0 no block certifies a state, and the state is the genesis state: empty (a staff member
+    registering on a new network reads its nonce so). The reader takes it only when f+1 genesis
+    validators sign a head of 0 over its nonce and none a higher one: a lying validator answering "no
+    block yet" while another signs height 5 gets no answer taken."""
+    ids = [Identity.from_seed(b"genesis-reader-%d" % i) for i in range(4)]
+    vals = [i.public_key for i in ids]
+    addr = MALLORY.address
+
+    async def go() -> None:
+        fresh = [_HeadOnly(ids[0], "gen-chain", 0, 404), _HeadOnly(ids[1], "gen-chain", 0, 404)]
+        liar_and_ahead = [_HeadOnly(ids[0], "gen-chain", 0, 404), _HeadOnly(ids[1], "gen-chain", 5, 503)]
+        for s in (*fresh, *liar_and_ahead):
+            await s.start()
+        try:
+            async with aiohttp.ClientSession() as session:
+                r = VerifiedReader([s.url for s in fresh], "gen-chain", vals, session=session, wait_s=0.5)
+                acct = await r.account(addr)
+                assert acct["next_nonce"] == 1 and acct["profile"] is None and r.min_height == 0
+                with pytest.raises(NoHonestAnswer, match="below the owner's own record"):  # a later state
+                    await r.account(addr, min_epochs={HR: 1})
+                r = VerifiedReader([s.url for s in liar_and_ahead], "gen-chain", vals, session=session, wait_s=0.5)
+                with pytest.raises(NoHonestAnswer):
+                    await r.account(addr)
+        finally:
+            for s in (*fresh, *liar_and_ahead):
+                await s.runner.cleanup()
+    run(go())

@@ -435,3 +435,30 @@ def _cmdline_has(proc: Path, marker: str) -> bool:
         return marker.encode() in (proc / "cmdline").read_bytes()
     except OSError:
         return False
+
+
+def test_a_transfer_takes_at_most_half_the_disk_room_above_the_reserve(tmp_path: Path, monkeypatch) -> None:
+    """A lying peer can declare and send a state that never proves: what a transfer may write before
+    its root check is bounded by the home's filesystem (half its room above the validator's disk
+    reserve: the transfer file, then the installed ledger), not only by MAX_STATE_BYTES. With no
+    room every offer is refused before a chunk is asked for; with room for the offer's count but not
+    its bytes, the transfer stops once the chunks pass it. Nothing is installed either way."""
+    monkeypatch.setenv("MEDCHAIN_STATE_SYNC_BLOCKS", "10")
+    state = make_state(200)
+    honest = CheckpointServer(serving_ledger(tmp_path / "honest", certified(state), state))
+    v = validator_host(tmp_path, {"peer1": honest, "peer2": honest, "peer3": honest})
+    st = os.statvfs(v.home)
+    monkeypatch.setenv("MEDCHAIN_DISK_RESERVE_MB", str(st.f_bavail * st.f_frsize // 2**20 + 1024))
+    assert statesync.transfer_budget(v.home) == 0
+    client = CheckpointClient(v)
+    assert not asyncio.run(client.run())
+    assert client.stats["failures"] == 3 and client.stats["chunks"] == 0
+    assert "more than this disk has room for" in client.stats["last_error"]
+    monkeypatch.delenv("MEDCHAIN_DISK_RESERVE_MB")
+    assert statesync.transfer_budget(v.home) > 0
+    room = len(state) * PAIR_OVERHEAD + 1000  # the count fits, the ~220 bytes of each pair do not
+    monkeypatch.setattr(statesync, "transfer_budget", lambda home: room)
+    client = CheckpointClient(v)
+    assert not asyncio.run(client.run())
+    assert f"the state passes {room} bytes before its root was checked" in client.stats["last_error"]
+    assert v.ledger.head().height == 0 and not (v.home / statesync.TRANSFER_FILE).exists()

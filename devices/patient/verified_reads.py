@@ -53,6 +53,10 @@ class NoHonestAnswer(Exception):
         self.failures = failures
 
 
+class NoBlockYet(ConnectionError):
+    """A validator answered that its chain holds no block yet (HTTP 404 from /v1/proofs)."""
+
+
 class VerifiedReader:
     def __init__(self, urls: Sequence[str], chain_id: str, validators: Sequence[bytes],
                  session: aiohttp.ClientSession | None = None, min_height: int = 0, wait_s: float = 10.0) -> None:
@@ -75,6 +79,8 @@ class VerifiedReader:
     async def _ask(self, url: str, state_keys: list[bytes]) -> bytes:
         async with self.session.post(url + "/v1/proofs", data=encode(state_keys),
                                      headers={"Content-Type": "application/msgpack"}) as resp:
+            if resp.status == 404:  # the validator's chain is at its genesis: nothing to prove against
+                raise NoBlockYet(f"{url}: no block is committed yet")
             if resp.status != 200:
                 raise ConnectionError(f"HTTP {resp.status}")
             return await resp.read()
@@ -89,6 +95,17 @@ class VerifiedReader:
         validators' reports nothing tells a fresh state from an old one: NoHonestAnswer, and the
         next read asks again."""
         f = max_faulty(len(self.validators))
+        heights = await self._heads()
+        if len(heights) <= f:
+            raise NoHonestAnswer([f"{len(heights)} distinct validators of those asked ({', '.join(self.urls)}) "
+                                  f"reported a signed head height; {f + 1} must, so that an old state cannot "
+                                  "pass for the current one"])
+        self.saw_height(sorted(heights.values(), reverse=True)[f])
+        self._fresh = True
+
+    async def _heads(self) -> dict[bytes, int]:
+        """The head height each genesis validator reached signs over a fresh nonce (`GET /v1/head`),
+        by validator (one reached at several addresses counts once, with its highest)."""
         genesis = set(self.validators)
 
         async def report(url: str) -> tuple[bytes, int] | None:
@@ -111,12 +128,14 @@ class VerifiedReader:
         for got in await asyncio.gather(*(report(u) for u in self.urls)):
             if got is not None:
                 heights[got[0]] = max(heights.get(got[0], 0), got[1])
-        if len(heights) <= f:
-            raise NoHonestAnswer([f"{len(heights)} distinct validators of those asked ({', '.join(self.urls)}) "
-                                  f"reported a signed head height; {f + 1} must, so that an old state cannot "
-                                  "pass for the current one"])
-        self.saw_height(sorted(heights.values(), reverse=True)[f])
-        self._fresh = True
+        return heights
+
+    async def _at_genesis(self) -> bool:
+        """Whether the chain is at its genesis now: f+1 or more genesis validators sign a head of 0
+        over a fresh nonce and none signs a higher one (a validator's unsigned "no block yet" alone
+        is one validator's word)."""
+        heights = await self._heads()
+        return len(heights) > max_faulty(len(self.validators)) and max(heights.values()) == 0
 
     async def fetch(self, state_keys: list[bytes], check: Callable[[Values], None] | None = None) -> Values:
         """The proven values of `state_keys` from the first validator whose answer verifies (and
@@ -128,10 +147,14 @@ class VerifiedReader:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait_s
         while True:
-            failures, stale = [], 0
+            failures, stale, at_genesis = [], 0, 0
             for url in self.urls:
                 try:
                     raw = await self._ask(url, state_keys)
+                except NoBlockYet as exc:
+                    failures.append(str(exc))
+                    at_genesis += 1
+                    continue
                 except (TimeoutError, aiohttp.ClientError, ConnectionError, OSError) as exc:
                     failures.append(f"{url}: unreachable ({exc})")
                     continue
@@ -148,6 +171,16 @@ class VerifiedReader:
                     continue
                 self.saw_height(header.height)
                 return values
+            if at_genesis and self.min_height == 0 and await self._at_genesis():
+                # the state at height 0 is the genesis state, which holds no key (node/state/machine.py):
+                # nothing needs a validator's proof
+                values: Values = dict.fromkeys(state_keys)
+                try:
+                    if check is not None:
+                        check(values)
+                    return values
+                except ValueError as exc:  # the caller knows of a later state (its own record)
+                    failures.append(f"the genesis state: {exc}")
             # only staleness (a validator behind, or lying about the head) is worth waiting out
             if stale == 0 or loop.time() >= deadline:
                 raise NoHonestAnswer(failures)
