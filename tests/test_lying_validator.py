@@ -536,17 +536,22 @@ class _HeadOnly:
 
 def test_a_chain_at_its_genesis_reads_as_the_empty_state_only_when_its_validators_sign_height_0():
     """At height 0 no block certifies a state, and the state is the genesis state: empty (a staff member
-    registering on a new network reads its nonce so). The reader takes it only when f+1 genesis
-    validators sign a head of 0 over its nonce and none a higher one: a lying validator answering "no
-    block yet" while another signs height 5 gets no answer taken."""
+    registering on a new network reads its nonce so). The reader takes it only when a quorum (2f+1) of
+    genesis validators sign a head of 0 over its nonce and none a higher one: a lying validator
+    answering "no block yet" while another signs height 5, or beside one other at 0 (an honest one
+    wiped and catching up), gets no answer taken."""
     ids = [Identity.from_seed(b"genesis-reader-%d" % i) for i in range(4)]
     vals = [i.public_key for i in ids]
     addr = MALLORY.address
 
     async def go() -> None:
-        fresh = [_HeadOnly(ids[0], "gen-chain", 0, 404), _HeadOnly(ids[1], "gen-chain", 0, 404)]
-        liar_and_ahead = [_HeadOnly(ids[0], "gen-chain", 0, 404), _HeadOnly(ids[1], "gen-chain", 5, 503)]
-        for s in (*fresh, *liar_and_ahead):
+        fresh = [_HeadOnly(ids[k], "gen-chain", 0, 404) for k in range(3)]  # a quorum of 4 at height 0
+        liar_and_ahead = [_HeadOnly(ids[0], "gen-chain", 0, 404), _HeadOnly(ids[1], "gen-chain", 0, 404),
+                          _HeadOnly(ids[2], "gen-chain", 5, 503)]
+        # f+1 at 0, the others unreachable: a liar and an honest validator wiped and catching up say so too
+        liar_and_wiped = [_HeadOnly(ids[0], "gen-chain", 0, 404), _HeadOnly(ids[1], "gen-chain", 0, 404)]
+        servers = (*fresh, *liar_and_ahead, *liar_and_wiped)
+        for s in servers:
             await s.start()
         try:
             async with aiohttp.ClientSession() as session:
@@ -555,10 +560,11 @@ def test_a_chain_at_its_genesis_reads_as_the_empty_state_only_when_its_validator
                 assert acct["next_nonce"] == 1 and acct["profile"] is None and r.min_height == 0
                 with pytest.raises(NoHonestAnswer, match="below the owner's own record"):  # a later state
                     await r.account(addr, min_epochs={HR: 1})
-                r = VerifiedReader([s.url for s in liar_and_ahead], "gen-chain", vals, session=session, wait_s=0.5)
-                with pytest.raises(NoHonestAnswer):
-                    await r.account(addr)
+                for group in (liar_and_ahead, liar_and_wiped):
+                    r = VerifiedReader([s.url for s in group], "gen-chain", vals, session=session, wait_s=0.5)
+                    with pytest.raises(NoHonestAnswer):
+                        await r.account(addr)
         finally:
-            for s in (*fresh, *liar_and_ahead):
+            for s in servers:
                 await s.runner.cleanup()
     run(go())

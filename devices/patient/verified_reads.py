@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 
 from node.api.shapes import audit_entry, data_entry, grant_entry, profile_entry, sealed_entry
-from node.block import max_faulty
+from node.block import max_faulty, quorum
 from node.crypto import ecdsa
 from node.crypto.keys import address_of
 from node.proof import Values, check_bundle
@@ -131,11 +131,12 @@ class VerifiedReader:
         return heights
 
     async def _at_genesis(self) -> bool:
-        """Whether the chain is at its genesis now: f+1 or more genesis validators sign a head of 0
-        over a fresh nonce and none signs a higher one (a validator's unsigned "no block yet" alone
-        is one validator's word)."""
+        """Whether the chain is at its genesis now: a quorum (2f+1) of genesis validators sign a head of
+        0 over a fresh nonce and none signs a higher one. f+1 would not do: an honest validator
+        that was wiped and is catching up reports 0 too, and with f liars it would make f+1. (A
+        validator's unsigned "no block yet" alone is one validator's word.)"""
         heights = await self._heads()
-        return len(heights) > max_faulty(len(self.validators)) and max(heights.values()) == 0
+        return len(heights) >= quorum(len(self.validators)) and max(heights.values()) == 0
 
     async def fetch(self, state_keys: list[bytes], check: Callable[[Values], None] | None = None) -> Values:
         """The proven values of `state_keys` from the first validator whose answer verifies (and
