@@ -11,11 +11,11 @@ node/snapshot.py) and state transfer from peers (node/sync.py), feed it through 
    of all of them must equal the certified block's state root. One wrong byte anywhere fails that
    check, and nothing is installed until it passes.
 
-The installer writes the pairs and the state tree, built batch by batch, into one LMDB write
-transaction as they are read, and commits it only once the root checks (StateAssembler): its memory
-does not grow with the state. A running validator streams a transferred state to a file and installs
-it from a short-lived process, so LMDB's copy of every page that transaction writes does not stay in
-the validator's memory.
+The installer proves the root first with the state tree grown batch by batch apart from the ledger
+(StateAssembler into node/ledger/scratch.py), then reads the pairs again into one ledger transaction:
+its memory does not grow with the state, and a state that does not prove never touches the ledger.
+A running validator streams a transferred state to a file and installs it from a short-lived process,
+so LMDB's copy of every page that transaction writes does not stay in the validator's memory.
 """
 
 from __future__ import annotations
@@ -38,7 +38,10 @@ MAX_STATE_BYTES = 64 * 1024 * 1024 * 1024
 # what one pair costs on disk beyond its bytes (LMDB's entry header, its share of the state tree's
 # inline leaf and internal nodes), counted against MAX_STATE_BYTES so that many tiny pairs count
 PAIR_OVERHEAD = 128
-TREE_BATCH = 32_768  # pairs per state-tree update while a checkpoint is assembled
+# pairs per state-tree update while a checkpoint is assembled, and at most these bytes of theirs (the
+# batch holds their values until the tree takes them: large values would make it hold far more)
+TREE_BATCH = 32_768
+TREE_BATCH_BYTES = 16 * 1024 * 1024
 MAX_STATE_KEYS = MAX_STATE_BYTES // PAIR_OVERHEAD
 MAX_CHUNK_FRAME = MAX_CHUNK_BYTES + MAX_PAIR_BYTES + 64 * 1024
 
@@ -179,29 +182,31 @@ class MemorySink:
 
 class StateAssembler(StateChecker):
     """Rebuilds a checkpoint's state from its chunks into `sink` and proves it against the certified
-    root. The state tree is built as the pairs arrive, TREE_BATCH pairs at a time (the tree is
-    canonical for its key set and the state never deletes, so batches give the one-shot tree): beyond
-    what the sink keeps, only one batch is held, whatever the size of the state."""
+    root. The state tree is built as the pairs arrive, TREE_BATCH pairs (TREE_BATCH_BYTES) at a time
+    (the tree is canonical for its key set and the state never deletes, so batches give the one-shot
+    tree): beyond what the sink keeps, only one batch is held, whatever the size of the state."""
 
     def __init__(self, cp: Checkpoint, max_bytes: int = MAX_STATE_BYTES, sink: StateSink | None = None) -> None:
         super().__init__(cp, max_bytes)
         self.sink: StateSink = sink if sink is not None else MemorySink()
         self._batch: dict[bytes, bytes] = {}
+        self._batch_bytes = 0
         self.root = smt.EMPTY_ROOT
 
     def add(self, pairs: Pairs) -> None:
         super().add(pairs)
         for k, v in pairs:
             self.sink.put_state(k, v)
-        self._batch.update(pairs)
-        if len(self._batch) >= TREE_BATCH:
-            self._grow()
+            self._batch[k] = v
+            self._batch_bytes += len(k) + len(v)
+            if len(self._batch) >= TREE_BATCH or self._batch_bytes >= TREE_BATCH_BYTES:
+                self._grow()
 
     def _grow(self) -> None:
         if self._batch:
             self.root, nodes = smt.update(self.sink.get_node, self._batch)
             self.sink.put_nodes(nodes)
-            self._batch = {}
+            self._batch, self._batch_bytes = {}, 0
 
     def finish(self) -> None:
         """Return once every declared pair came and they hash to the certified root; CheckpointError if

@@ -18,17 +18,16 @@ from the snapshot on).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sys
-from collections.abc import Callable
-from contextlib import AbstractContextManager as ContextManager
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from node.block import Block
 from node.checkpoint import (
@@ -38,9 +37,9 @@ from node.checkpoint import (
     Checkpoint,
     CheckpointError,
     Manifest,
-    MemorySink,
     Pairs,
     StateAssembler,
+    StateChecker,
     StateSink,
     check_manifest,
     chunk_or_end,
@@ -55,6 +54,7 @@ from node.crypto.keys import Identity
 from node.files import create_fresh, hold_home, replace_durably
 from node.genesis import Genesis, load_checked
 from node.ledger import Ledger
+from node.ledger.scratch import ScratchTree
 from node.storage import map_size
 
 
@@ -138,33 +138,47 @@ def _read_frame(fh: BinaryIO, limit: int, digest: Any) -> bytes:
     return body
 
 
-def read_snapshot(path: Path, gen: Genesis, into: Callable[[Checkpoint], ContextManager[StateSink]] | None = None
-                  ) -> tuple[Checkpoint, StateAssembler]:
-    """Read and prove a snapshot file against `gen`, its state going into the sink `into(checkpoint)`
-    opens (in memory when None): (checkpoint, the assembler). CheckpointError (a ValueError) says what
-    is wrong: another chain or genesis, a damaged file, an uncertified block, a state that does not
-    hash to the certified root; the sink's context then exits with it (nothing installed)."""
+def _chunks(path: Path, gen: Genesis) -> tuple[Checkpoint, Iterator[Pairs]]:
+    """The snapshot's checked manifest, and its state chunks as they are read; the iterator raises
+    CheckpointError (a ValueError) at a damaged, truncated or foreign file, its digest checked at the
+    end (so only a fully consumed iterator has proven the file intact)."""
+    frames = _read(path, gen)
+    cp = next(frames)
+    assert isinstance(cp, Checkpoint)
+    return cp, cast(Iterator[Pairs], frames)
+
+
+def _read(path: Path, gen: Genesis) -> Iterator[Checkpoint | Pairs]:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         magic = fh.read(len(MAGIC))
         if magic != MAGIC:
             raise CheckpointError(f"{path} is not a medchain snapshot")
         digest.update(magic)
-        cp = check_manifest(decode_manifest(_read_frame(fh, MAX_MANIFEST, digest)), gen.chain_id, gen.hash,
-                            gen.validator_keys)
-        with into(cp) if into is not None else contextlib.nullcontext(MemorySink()) as sink:
-            asm = StateAssembler(cp, sink=sink)
-            while True:
-                at = digest.copy()
-                item = chunk_or_end(_read_frame(fh, MAX_CHUNK_FRAME, digest))
-                if isinstance(item, bytes):
-                    if item != at.digest():
-                        raise CheckpointError("the snapshot's digest does not match its content: the file is damaged")
-                    if fh.read(1):
-                        raise CheckpointError("bytes after the snapshot's end frame")
-                    break
-                asm.add(item)
-            asm.finish()
+        yield check_manifest(decode_manifest(_read_frame(fh, MAX_MANIFEST, digest)), gen.chain_id, gen.hash,
+                             gen.validator_keys)
+        while True:
+            at = digest.copy()
+            item = chunk_or_end(_read_frame(fh, MAX_CHUNK_FRAME, digest))
+            if isinstance(item, bytes):
+                if item != at.digest():
+                    raise CheckpointError("the snapshot's digest does not match its content: the file is damaged")
+                if fh.read(1):
+                    raise CheckpointError("bytes after the snapshot's end frame")
+                return
+            yield item
+
+
+def read_snapshot(path: Path, gen: Genesis, sink: StateSink | None = None) -> tuple[Checkpoint, StateAssembler]:
+    """Read and prove a snapshot file against `gen`, its pairs and tree going to `sink` (memory when
+    None): (checkpoint, the assembler). CheckpointError (a ValueError) says what is wrong: another
+    chain or genesis, a damaged file, an uncertified block, a state that does not hash to the
+    certified root."""
+    cp, chunks = _chunks(path, gen)
+    asm = StateAssembler(cp, sink=sink)
+    for c in chunks:
+        asm.add(c)
+    asm.finish()
     return cp, asm
 
 
@@ -194,14 +208,31 @@ def restore(home: Path, path: Path) -> dict[str, Any]:
 def install(ledger_dir: Path, gen: Genesis, path: Path, replace: bool = False) -> dict[str, Any]:
     """Prove the snapshot at `path` against `gen` and install it into the ledger at `ledger_dir`: into an
     empty ledger, or with `replace` over one whose head is below it."""
-    # the running validator's map size, if it runs (two sizes on one environment do not mix)
-    led = Ledger(ledger_dir, genesis_root=gen.state_root, map_size=map_size())
-    # the pairs and the tree built from them take about the file's bytes and an inline leaf per key
-    size = path.stat().st_size
+    # first the proof: the tree is grown apart (node/ledger/scratch.py), so a state that does not
+    # prove never touches the ledger and its memory stays at one batch; then the pairs again, with it
+    for stale in ledger_dir.parent.glob(".state-tree-*"):  # an earlier installer's, killed
+        shutil.rmtree(stale, ignore_errors=True)
+    tree = ScratchTree(ledger_dir.parent, map_size())
     try:
-        cp, asm = read_snapshot(path, gen, lambda cp: led.installing(cp.block, replace, size + 128 * cp.keys))
+        cp, asm = read_snapshot(path, gen, tree)
+        # the running validator's map size, if it runs (two sizes on one environment do not mix)
+        led = Ledger(ledger_dir, genesis_root=gen.state_root, map_size=map_size())
+        try:
+            again, chunks = _chunks(path, gen)
+            check = StateChecker(again)
+            with led.installing(cp.block, replace, path.stat().st_size + tree.size()) as base:
+                for c in chunks:  # the file again, its order, count and digest checked again
+                    check.add(c)
+                    for k, v in c:
+                        base.put_state(k, v)
+                check.complete()
+                if again.block.hash != cp.block.hash:
+                    raise CheckpointError("the snapshot changed while it was installed")
+                base.append_nodes(tree.nodes())
+        finally:
+            led.close()
     finally:
-        led.close()
+        tree.close()
     return {"height": cp.height, "block_hash": cp.block.hash.hex(), "state_root": cp.state_root.hex(),
             "state_keys": asm.count}
 

@@ -150,11 +150,14 @@ def decode_request(raw: bytes) -> tuple[int, int, bytes]:
 
 def transfer_budget(home: Path) -> int:
     """The counted bytes (StateChecker) a transfer into `home` may take before its root is checked:
-    the transfer file and then the installed ledger each take about them, so half of what its
-    filesystem has free above the validator's reserve (node/storage.py), and at most MAX_STATE_BYTES.
-    A lying peer's state that will not prove cannot fill the disk the validator commits to."""
+    a third of what its filesystem has free above the validator's reserve (node/storage.py), at most
+    MAX_STATE_BYTES. The transfer file, the state tree the installer proves it with (apart from the
+    ledger: node/ledger/scratch.py) and, once proven, the installed state each take about them (more
+    with values that fill LMDB overflow pages, which the state's records do not). A lying peer's
+    state that will not prove cannot fill the disk the validator commits to, nor leave a page of it
+    in the ledger's file."""
     st = os.statvfs(home)
-    return max(0, min(MAX_STATE_BYTES, (st.f_bavail * st.f_frsize - reserve_bytes()) // 2))
+    return max(0, min(MAX_STATE_BYTES, (st.f_bavail * st.f_frsize - reserve_bytes()) // 3))
 
 
 def decode_offer(raw: bytes) -> tuple[int, bytes, int]:

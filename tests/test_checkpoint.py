@@ -19,6 +19,7 @@ from node.checkpoint import (
     Checkpoint,
     CheckpointError,
     Manifest,
+    MemorySink,
     StateAssembler,
     StateChecker,
     check_block,
@@ -274,3 +275,22 @@ def test_the_tree_built_batch_by_batch_is_the_tree_built_at_once(monkeypatch) ->
         a.add(c)
     a.finish()
     assert a.sink.nodes == smt.update({}.get, STATE)[1] and a.root == ROOT
+
+
+def test_a_batch_of_large_values_is_taken_into_the_tree_by_its_bytes(monkeypatch) -> None:
+    """The batch holds its values until the tree takes them: a state of large values is taken into
+    the tree every TREE_BATCH_BYTES, not every TREE_BATCH pairs (a peer's 16,000 pairs of 4 MiB
+    would otherwise be held at once before the root check)."""
+    import node.checkpoint as checkpoint
+
+    big = {b"k%03d" % i: bytes([i]) * 1000 for i in range(40)}
+    monkeypatch.setattr(checkpoint, "TREE_BATCH_BYTES", 4000)
+    sink = MemorySink()
+    grown = []
+    put_nodes = sink.put_nodes
+    monkeypatch.setattr(sink, "put_nodes", lambda nodes: (grown.append(len(nodes)), put_nodes(nodes)))
+    a = StateAssembler(Checkpoint(block(state_root=smt.naive_root(big)), len(big)), sink=sink)
+    a.add(sorted(big.items()))  # one chunk
+    assert len(grown) == 10  # every 4 pairs of 1,004 bytes
+    a.finish()
+    assert sink.nodes == smt.update({}.get, big)[1]

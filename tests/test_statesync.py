@@ -437,10 +437,11 @@ def _cmdline_has(proc: Path, marker: str) -> bool:
         return False
 
 
-def test_a_transfer_takes_at_most_half_the_disk_room_above_the_reserve(tmp_path: Path, monkeypatch) -> None:
+def test_a_transfer_takes_at_most_a_third_of_the_disk_room_above_the_reserve(tmp_path: Path, monkeypatch) -> None:
     """A lying peer can declare and send a state that never proves: what a transfer may write before
-    its root check is bounded by the home's filesystem (half its room above the validator's disk
-    reserve: the transfer file, then the installed ledger), not only by MAX_STATE_BYTES. With no
+    its root check is bounded by the home's filesystem (a third of its room above the validator's disk
+    reserve: the transfer file, the tree proven apart, then the installed ledger), not only by
+    MAX_STATE_BYTES. With no
     room every offer is refused before a chunk is asked for; with room for the offer's count but not
     its bytes, the transfer stops once the chunks pass it. Nothing is installed either way."""
     monkeypatch.setenv("MEDCHAIN_STATE_SYNC_BLOCKS", "10")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +35,7 @@ class Head:
 
 
 class BaseWriter:
-    """A checkpoint's state going into the ledger's install transaction (Ledger.installing): the
-    node/checkpoint.py StateSink that StateAssembler fills."""
+    """A proven checkpoint's state going into the ledger's install transaction (Ledger.installing)."""
 
     def __init__(self, txn: lmdb.Transaction, state: object, tree: object) -> None:
         self._txn, self._state, self._tree = txn, state, tree
@@ -46,12 +45,14 @@ class BaseWriter:
         if not self._txn.put(key, value, db=self._state, append=True):
             raise LedgerError(f"state key {key.hex()[:32]} out of order in a checkpoint's install")
 
-    def get_node(self, pos: bytes) -> bytes | None:
-        return self._txn.get(pos, db=self._tree)
-
     def put_nodes(self, nodes: dict[bytes, bytes]) -> None:
-        for k, v in sorted(nodes.items()):
-            self._txn.put(k, v, db=self._tree)
+        self.append_nodes(sorted(nodes.items()))
+
+    def append_nodes(self, nodes: Iterable[tuple[bytes, bytes]]) -> None:
+        """State-tree nodes in strictly increasing position order (into the emptied table)."""
+        for k, v in nodes:
+            if not self._txn.put(k, v, db=self._tree, append=True):
+                raise LedgerError(f"state-tree node {k.hex()[:32]} out of order in a checkpoint's install")
 
 
 class Snapshot:
@@ -182,8 +183,8 @@ class Ledger:
     def installing(self, block: Block, replace: bool = False, payload: int = 0) -> Iterator[BaseWriter]:
         """Start the ledger from a proven checkpoint (node/checkpoint.py): its block (the new head and
         base), the whole state at it and its state-tree nodes, in one transaction, which the caller
-        fills through the writer it is given (the state in key order) and which commits only if the
-        caller's block raises nothing (a root that does not check: nothing installed). Into an
+        fills through the writer it is given (the state and the nodes each in key order) and which
+        commits only if the caller's block raises nothing. Into an
         empty ledger only, or with `replace` over one whose head is below the checkpoint (state
         transfer to a validator that took a few blocks meanwhile: they are history below the new
         base). `payload`: about how many bytes the state and its tree take (room is made ahead)."""

@@ -1,0 +1,63 @@
+"""A checkpoint's state tree built apart from the ledger, to prove its root before the ledger is touched.
+
+The installer (node/snapshot.py) reads a checkpoint twice: first it grows the state tree here, in a
+throwaway LMDB environment beside the ledger, committing after every batch so that its memory stays
+at one batch whatever the state's size; only if the root is the certified one does it read the
+pairs again into the ledger's install transaction, with these nodes (Ledger.installing). A state
+that does not prove never touches the ledger: no page of it is left in the ledger's file, and LMDB's
+copies of the pages one large transaction writes are taken only for a proven state.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import lmdb
+
+
+class ScratchTree:
+    """The node/checkpoint.py StateSink of the first pass: tree nodes only (the pairs are read again)."""
+
+    def __init__(self, beside: Path, map_size: int) -> None:
+        beside.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix=".state-tree-", dir=beside))
+        self.env = lmdb.open(str(self.path), map_size=map_size, sync=False, metasync=False, lock=False)
+        self._read: lmdb.Transaction | None = None
+
+    def put_state(self, key: bytes, value: bytes) -> None:
+        """Not kept: the second pass reads the pairs from the checkpoint again."""
+
+    def get_node(self, pos: bytes) -> bytes | None:
+        if self._read is None:
+            self._read = self.env.begin()
+        return self._read.get(pos)
+
+    def put_nodes(self, nodes: dict[bytes, bytes]) -> None:
+        self._end_read()
+        with self.env.begin(write=True) as txn:
+            for k, v in sorted(nodes.items()):
+                txn.put(k, v)
+
+    def nodes(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every node, in key order."""
+        self._end_read()
+        with self.env.begin() as txn:
+            yield from txn.cursor()
+
+    def size(self) -> int:
+        """Bytes of its data file (for the room the ledger makes ahead)."""
+        return (self.path / "data.mdb").stat().st_size
+
+    def _end_read(self) -> None:
+        if self._read is not None:
+            self._read.abort()
+            self._read = None
+
+    def close(self) -> None:
+        """Close and delete it (it is scratch: a crash leaves a `.state-tree-*` directory to remove)."""
+        self._end_read()
+        self.env.close()
+        shutil.rmtree(self.path, ignore_errors=True)
