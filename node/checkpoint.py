@@ -40,7 +40,7 @@ MAX_STATE_BYTES = 64 * 1024 * 1024 * 1024
 PAIR_OVERHEAD = 128
 # pairs per state-tree update while a checkpoint is assembled, and at most these bytes of theirs (the
 # batch holds their values until the tree takes them: large values would make it hold far more)
-TREE_BATCH = 32_768
+TREE_BATCH = 8_192
 TREE_BATCH_BYTES = 16 * 1024 * 1024
 MAX_STATE_KEYS = MAX_STATE_BYTES // PAIR_OVERHEAD
 MAX_CHUNK_FRAME = MAX_CHUNK_BYTES + MAX_PAIR_BYTES + 64 * 1024

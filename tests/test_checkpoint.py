@@ -294,3 +294,23 @@ def test_a_batch_of_large_values_is_taken_into_the_tree_by_its_bytes(monkeypatch
     assert len(grown) == 10  # every 4 pairs of 1,004 bytes
     a.finish()
     assert sink.nodes == smt.update({}.get, big)[1]
+
+
+def test_the_installers_scratch_tree_has_the_ledgers_room_and_leaves_nothing(tmp_path, monkeypatch) -> None:
+    """The tree a checkpoint is proven with lives in a throwaway LMDB environment beside the ledger:
+    with the ledger's address space (LMDB's own default, 10 MiB, held a tree of ~100,000 keys at
+    most: every real transfer failed MDB_MAP_FULL), its nodes read back in order, removed on close."""
+    from node.ledger import scratch
+    from node.ledger.scratch import ScratchTree
+    from node.ledger.store import DEFAULT_MAP_SIZE
+
+    monkeypatch.setattr(scratch, "NODES_READ", 3)  # read back 3 at a time, reopened in between
+    t = ScratchTree(tmp_path)
+    try:
+        assert t.env.info()["map_size"] == DEFAULT_MAP_SIZE
+        nodes = smt.update(t.get_node, STATE)[1]
+        t.put_nodes(nodes)
+        assert smt.root_of(t.get_node) == ROOT and list(t.nodes()) == sorted(nodes.items())
+    finally:
+        t.close()
+    assert list(tmp_path.iterdir()) == []

@@ -17,15 +17,32 @@ from pathlib import Path
 
 import lmdb
 
+from node.ledger.store import DEFAULT_MAP_SIZE
+
+NODES_READ = 65_536  # nodes read back per opening of the environment
+
 
 class ScratchTree:
-    """The node/checkpoint.py StateSink of the first pass: tree nodes only (the pairs are read again)."""
+    """The node/checkpoint.py StateSink of the first pass: tree nodes only (the pairs are read again).
 
-    def __init__(self, beside: Path, map_size: int) -> None:
+    Its environment is closed after every batch and every NODES_READ nodes read back: the pages a
+    batch touched at random across the tree stay mapped (resident) while it is open, and would add
+    up to the whole tree."""
+
+    def __init__(self, beside: Path, map_size: int | None = None) -> None:
+        """`map_size`: as the ledger's (node/storage.py map_size; None: its default, 64 GiB of address
+        space: the file grows only as nodes are written)."""
         beside.mkdir(parents=True, exist_ok=True)
         self.path = Path(tempfile.mkdtemp(prefix=".state-tree-", dir=beside))
-        self.env = lmdb.open(str(self.path), map_size=map_size, sync=False, metasync=False, lock=False)
+        self._map_size = map_size or DEFAULT_MAP_SIZE
+        self._env: lmdb.Environment | None = None
         self._read: lmdb.Transaction | None = None
+
+    @property
+    def env(self) -> lmdb.Environment:
+        if self._env is None:
+            self._env = lmdb.open(str(self.path), map_size=self._map_size, sync=False, metasync=False, lock=False)
+        return self._env
 
     def put_state(self, key: bytes, value: bytes) -> None:
         """Not kept: the second pass reads the pairs from the checkpoint again."""
@@ -40,12 +57,27 @@ class ScratchTree:
         with self.env.begin(write=True) as txn:
             for k, v in sorted(nodes.items()):
                 txn.put(k, v)
+        self._unmap()
 
     def nodes(self) -> Iterator[tuple[bytes, bytes]]:
         """Every node, in key order."""
-        self._end_read()
-        with self.env.begin() as txn:
-            yield from txn.cursor()
+        self._unmap()
+        after = b""
+        while True:
+            with self.env.begin() as txn:
+                cur = txn.cursor()
+                got = cur.set_range(after) if after else cur.first()
+                batch = []
+                while got and len(batch) < NODES_READ:
+                    k, v = cur.item()
+                    if k != after:
+                        batch.append((bytes(k), bytes(v)))
+                    got = cur.next()
+            self._unmap()
+            if not batch:
+                return
+            yield from batch
+            after = batch[-1][0]
 
     def size(self) -> int:
         """Bytes of its data file (for the room the ledger makes ahead)."""
@@ -56,8 +88,13 @@ class ScratchTree:
             self._read.abort()
             self._read = None
 
+    def _unmap(self) -> None:
+        self._end_read()
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+
     def close(self) -> None:
         """Close and delete it (it is scratch: a crash leaves a `.state-tree-*` directory to remove)."""
-        self._end_read()
-        self.env.close()
+        self._unmap()
         shutil.rmtree(self.path, ignore_errors=True)

@@ -19,7 +19,7 @@ from node.state import keys, smt
 from node.state.records import Receipt
 from node.wire import decode, encode
 
-_MAP_SIZE = 1 << 36  # 64 GiB of address space; the file grows only as data is written
+DEFAULT_MAP_SIZE = _MAP_SIZE = 1 << 36  # 64 GiB of address space; the file grows only as data is written
 
 
 class LedgerError(RuntimeError):
