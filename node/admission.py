@@ -52,6 +52,7 @@ _REJECTED_CACHE = 50_000
 MAX_REASON = 240  # characters of a refusal's reason kept and answered (the cache is then ~15 MB at most)
 _REFUSED_FOR_NOW_CACHE = 1 << 15  # senders whose nonce was refused for now (bounded)
 WATCH_CHECKS = 8  # pooled transactions checked per tick for one to watch for censorship
+GAP_MAX_S = 60.0  # a forwarded transaction waits this long at most for its sender's missing nonce
 REFORWARD_S = 5.0  # well above a healthy p99 commit latency: only stranded transactions are resent
 
 
@@ -303,6 +304,31 @@ class Admission:
         self.reject(tx.id, kind, reason)
         self.submitted_at.pop(tx.id, None)
         self.pending_since.pop(tx.id, None)
+
+    def expire_gapped(self, now: float, max_age: float = GAP_MAX_S) -> int:
+        """Drop what has waited behind a nonce gap for more than `max_age`: transactions forwarded
+        ahead of their sender's next nonce, which never came (a byzantine validator's forwards from
+        keys of its own, or a client that gave up). They could not execute, and held pool room
+        until evicted. An honest entry validator keeps its own and forwards them again
+        (REFORWARD_S), so a gap that closes late costs a re-forward, nothing more. A sender whose
+        base here is stale (the chain moved past it by blocks this pool never saw) is settled
+        first. Returns how many were dropped."""
+        dropped = 0
+        for addr in self.mempool.gapped(now - max_age):
+            committed = self.committed_nonce(addr)
+            for gone in self.mempool.settle(addr, committed):
+                self.forget(gone, Refusal.CONFLICT, "superseded: its nonce was committed with another transaction")
+                dropped += 1
+            if self.mempool.pending(addr, committed + 1) is not None:
+                continue  # its next nonce is here after all: it can execute
+            first = self.mempool.first_pending(addr)
+            if first is None:
+                continue
+            for gone in self.mempool.withdraw(first):
+                self.forget(gone, Refusal.CONFLICT, f"waited more than {max_age:.0f} s behind a nonce gap: "
+                            f"nonce {committed + 1} of this sender never came")
+                dropped += 1
+        return dropped
 
     def watch_candidate(self, now_ms: int, now: float, checks: int = WATCH_CHECKS) -> tuple[bytes, int] | None:
         """The transaction a backup watches for censorship (node/consensus/censor.py), and when it

@@ -480,6 +480,11 @@ class Mempool:
         s = self.senders.get(addr)
         return None if s is None else s.origin
 
+    def first_pending(self, addr: bytes) -> Tx | None:
+        """The sender's pending transaction with the lowest nonce, if any."""
+        s = self.senders.get(addr)
+        return None if s is None or not s.txs else s.txs[min(s.txs)]
+
     def pending(self, addr: bytes, nonce: int) -> Tx | None:
         """The transaction pending for this sender's nonce, if any."""
         s = self.senders.get(addr)
@@ -518,6 +523,15 @@ class Mempool:
                 keep.append(entry)
         for entry in keep:
             heapq.heappush(h, entry)
+        return out
+
+    def gapped(self, before: float) -> list[bytes]:
+        """Senders whose pending transactions all wait behind a gap (forwarded ahead of the sender's
+        next nonce, which never came here) and arrived before `before`."""
+        out = []
+        for addr, s in self.senders.items():
+            if s.base not in s.txs and min(self.arrived.get(t.id, 0.0) for t in s.txs.values()) < before:
+                out.append(addr)
         return out
 
     def settle(self, addr: bytes, committed_nonce: int) -> list[Tx]:

@@ -72,6 +72,7 @@ log = logging.getLogger("medchain.validator")
 _TXS_PREFIX = TXS_PREFIX
 PIPELINE = 4  # blocks executed and not yet written to the ledger, at most, on the primary
 TICK_S = 0.05
+GAP_CHECK_S = 10.0
 TXIN_MAX = 4096  # forwarded batches waiting for admission; beyond, they are dropped (and re-forwarded)
 TXIN_MAX_BYTES = 64 * 1024 * 1024  # and their bytes (sidecars ride in them): memory stays flat
 INBOX_MAX = 16_384  # consensus messages waiting; beyond, dropped (PBFT retransmits what is missing)
@@ -327,13 +328,19 @@ class Validator:
                 await asyncio.sleep(interval)
 
     async def _ticker(self) -> None:
+        gaps_checked = time.monotonic()
         while not self._stopping:
             await asyncio.sleep(TICK_S)
             await self._inbox.put(("tick", None))
             self.faults.poll()
             if self.net is None:
                 continue
-            self.forwarder.tick(time.monotonic(), TICK_S)
+            now = time.monotonic()
+            self.forwarder.tick(now, TICK_S)
+            if now - gaps_checked >= GAP_CHECK_S:  # forwards that wait behind a gap for ever (node/admission.py)
+                gaps_checked = now
+                if n := self.admission.expire_gapped(now):
+                    log.info("dropped %d forwarded transaction(s) that waited behind a nonce gap", n)
 
     async def _collect_uploads(self) -> None:
         """Standalone uploads that no committed write pinned within the grace are deleted: an

@@ -619,3 +619,26 @@ def test_a_transaction_superseded_by_another_body_of_its_nonce_is_forgotten_ever
     assert v.replica.is_primary  # the one validator: the sweep must not be a backup's alone
     v.forwarder.reforward(time.monotonic())
     assert mine.id not in adm.submitted_at and mine.id not in adm.pending_since
+
+
+def test_forwards_that_wait_behind_a_nonce_gap_expire_and_the_rest_stay(make) -> None:
+    """A byzantine validator can forward, from keys of its own, transactions ahead of nonces it never
+    sends: they could not execute and held pool room until evicted. After GAP_MAX_S they go (with
+    a status saying why); a sender whose next nonce is here, or whose gap the chain closed with a
+    block this pool never held (its base is settled first), keeps its transactions."""
+    from node.admission import GAP_MAX_S
+
+    v = make()
+    adm = v.admission
+    gapped, ready, closed = _id("gapped"), _id("ready"), _id("closed by a block")
+    g3, g4 = _profile(gapped, 3), _profile(gapped, 4)
+    r1, c1, c2 = _profile(ready, 1), _profile(closed, 1), _profile(closed, 2)
+    assert _at(adm, _items([g3, g4, r1, c2]), T, forwarded=True) == [g3.id, g4.id, r1.id, c2.id]
+    assert _commit(v, [c1]) == [0]  # the chain takes closed's nonce 1 from elsewhere
+    assert adm.expire_gapped(T + GAP_MAX_S - 1) == 0  # not yet
+    assert adm.expire_gapped(T + GAP_MAX_S + 1) == 2
+    assert g3.id not in v.mempool and g4.id not in v.mempool
+    assert r1.id in v.mempool and c2.id in v.mempool
+    st = v.tx_status(g3.id)
+    assert st["status"] == "rejected" and "behind a nonce gap: nonce 1 of this sender never came" in st["reason"]
+    assert adm.expire_gapped(T + 10 * GAP_MAX_S) == 0  # the others stay however long
