@@ -277,23 +277,42 @@ def test_the_tree_built_batch_by_batch_is_the_tree_built_at_once(monkeypatch) ->
     assert a.sink.nodes == smt.update({}.get, STATE)[1] and a.root == ROOT
 
 
+def _boundaries(state: dict[bytes, bytes], chunk: int) -> tuple[list[int], dict[bytes, bytes]]:
+    """How many pairs had come each time the assembler took its batch into the tree, and the nodes."""
+    sink = MemorySink()
+    at: list[int] = []
+    put_nodes = sink.put_nodes
+    sink.put_nodes = lambda nodes: (at.append(len(sink.state)), put_nodes(nodes))  # type: ignore[method-assign]
+    a = StateAssembler(Checkpoint(block(state_root=smt.naive_root(state)), len(state)), sink=sink)
+    for c in chunked(sorted(state.items()), max_keys=chunk):
+        a.add(c)
+    a.finish()
+    return at, sink.nodes
+
+
 def test_a_batch_of_large_values_is_taken_into_the_tree_by_its_bytes(monkeypatch) -> None:
     """The batch holds its values until the tree takes them: a state of large values is taken into
-    the tree every TREE_BATCH_BYTES, not every TREE_BATCH pairs (a peer's 16,000 pairs of 4 MiB
-    would otherwise be held at once before the root check)."""
+    the tree once TREE_BATCH_BYTES have come, not every TREE_BATCH pairs (a peer's 16,000 pairs of
+    4 MiB would otherwise be held at once before the root check), counted from zero each batch."""
     import node.checkpoint as checkpoint
 
-    big = {b"k%03d" % i: bytes([i]) * 1000 for i in range(40)}
-    monkeypatch.setattr(checkpoint, "TREE_BATCH_BYTES", 4000)
-    sink = MemorySink()
-    grown = []
-    put_nodes = sink.put_nodes
-    monkeypatch.setattr(sink, "put_nodes", lambda nodes: (grown.append(len(nodes)), put_nodes(nodes)))
-    a = StateAssembler(Checkpoint(block(state_root=smt.naive_root(big)), len(big)), sink=sink)
-    a.add(sorted(big.items()))  # one chunk
-    assert len(grown) == 10  # every 4 pairs of 1,004 bytes
-    a.finish()
-    assert sink.nodes == smt.update({}.get, big)[1]
+    big = {b"k%03d" % i: bytes([i]) * 1000 for i in range(40)}  # 1,004 bytes a pair
+    monkeypatch.setattr(checkpoint, "TREE_BATCH_BYTES", 4 * 1004)  # reached at the 4th pair
+    at, nodes = _boundaries(big, 40)
+    assert at == [4, 8, 12, 16, 20, 24, 28, 32, 36, 40] and nodes == smt.update({}.get, big)[1]
+    monkeypatch.setattr(checkpoint, "TREE_BATCH_BYTES", 4 * 1004 + 1)  # only at the 5th
+    assert _boundaries(big, 40)[0] == [5, 10, 15, 20, 25, 30, 35, 40]
+
+
+def test_the_tree_is_grown_every_tree_batch_pairs_and_an_empty_state_proves(monkeypatch) -> None:
+    import node.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint, "TREE_BATCH", 7)
+    at, nodes = _boundaries(STATE, 3)
+    assert at == [7, 14, 21, 28, 35, 42, 49, 50] and nodes == smt.update({}.get, STATE)[1]
+    empty = StateAssembler(Checkpoint(block(state_root=smt.EMPTY_ROOT), 0))
+    empty.finish()  # a checkpoint of no state (nothing written yet) proves against the empty root
+    assert empty.root == smt.EMPTY_ROOT and empty.sink.nodes == {}
 
 
 def test_the_installers_scratch_tree_has_the_ledgers_room_and_leaves_nothing(tmp_path, monkeypatch) -> None:
@@ -314,3 +333,18 @@ def test_the_installers_scratch_tree_has_the_ledgers_room_and_leaves_nothing(tmp
     finally:
         t.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_chunk_or_manifest_of_too_many_values_is_refused_by_the_decoder_at_its_limit() -> None:
+    """The decoder's value budget stops a frame before its values are built: a chunk holds at most
+    1 + 3 per pair (its list, each entry and its two strings) for MAX_CHUNK_KEYS + 1 pairs, a manifest
+    64. Values packed into few entries pass the count of entries, and the shape check alone would
+    refuse them only once all were built."""
+
+    limit = 1 + 3 * (MAX_CHUNK_KEYS + 1)
+    at = encode([[b"k", b"v", *([0] * (limit - 4))]])  # the chunk's list, one entry, 2 strings, the ints
+    refused("a state chunk entry is [key (non-empty bytes), value (bytes)]", decode_chunk, at)
+    over = encode([[b"k", b"v", *([0] * (limit - 3))]])
+    refused(f"state chunk: more than {limit} values", decode_chunk, over)
+    refused("not a version-1 snapshot manifest", decode_manifest, encode([1, *([0] * 62)]))  # 64 values
+    refused("snapshot manifest: more than 64 values", decode_manifest, encode([1, *([0] * 63)]))
