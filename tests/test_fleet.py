@@ -191,3 +191,37 @@ def test_reads_behind_a_read_refused_for_good_are_signed_again_and_are_no_confli
     assert back == [] and fl.reads_refused == 1 and denied.done
     assert again == [behind, queued] and fl.lanes[0] == [queued_other] and fl.staff_resync
     assert fl.conflicts == {} and fl.conflicts_resent == 0 and behind.tries == 0
+
+
+def test_a_phones_queued_writes_behind_one_refused_for_good_are_signed_again_and_are_no_conflict():
+    """A phone's write refused for good (400) with nothing of its phone going back in that POST leaves
+    a gap: its writes still queued in the lane were signed past it. They are taken out of the lane and
+    signed again from the validator's next nonce (the phone re-reads it), as no try and no conflict;
+    before, they went out as signed and came back "nonce out of order", each counted a conflict."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from devices.load.fleet import Fleet
+    from devices.load.fleet_model import Meta
+
+    async def go() -> tuple:
+        fl = Fleet(["http://127.0.0.1:1"], FleetConfig())
+        ph, other = (FleetPhone(Identity.from_seed(s), 0, 0, "c") for s in (b"fleet lost", b"fleet other"))
+        fl.phones = [ph, other]
+
+        def write(k: int, i: int) -> Meta:
+            m = Meta("write", k, 100.0, dtype=DATA_TYPES["heart_rate"])
+            m.tx = SimpleNamespace(id=bytes([k, i]) * 16)
+            return m
+
+        bad, ok, queued, queued_other = write(0, 1), write(1, 1), write(0, 2), write(1, 2)
+        fl.lanes[0] = [queued, queued_other]
+        fl.open_ops = ph.outstanding = 2
+        back, wait, pause = fl._answers(0, [bad, ok], [{"status": 400, "error": "bad body"}, {"status": 202}], False)
+        await asyncio.sleep(0)  # the re-sign is queued by a task
+        return fl, ph, back, (bad, queued, queued_other), fl.work.get_nowait()
+
+    fl, ph, back, (bad, queued, queued_other), again = asyncio.run(go())
+    assert back == [] and bad.done and fl.failed["write"] == 1
+    assert again == [queued] and fl.lanes[0] == [queued_other] and ph.resync and not fl.staff_resync
+    assert fl.conflicts == {} and fl.conflicts_resent == 0 and queued.tries == 0

@@ -198,8 +198,17 @@ class ProxyLanes:
         if gapped:  # their reads still queued in the lane were signed from nonces now out of order
             resign += [m for m in self.lanes[v] if m.kind not in PHONE_KINDS and m.owner in gapped]
             self.lanes[v] = [m for m in self.lanes[v] if m.kind in PHONE_KINDS or m.owner not in gapped]
+        # a phone's transaction refused for good with nothing of its phone going back: its ones still
+        # queued in the lane were signed past the gap it leaves (_hold_back takes them only for a phone
+        # with one going back), so they are signed again from the validator's next nonce likewise
+        lost = held - {m.owner for m in back}
+        if lost:
+            resign += [m for m in self.lanes[v] if m.kind in PHONE_KINDS and m.owner in lost]
+            self.lanes[v] = [m for m in self.lanes[v] if m.kind not in PHONE_KINDS or m.owner not in lost]
+            for k in lost:
+                self.phones[k].resync = True
         if resign:
-            self.staff_resync = True
+            self.staff_resync = self.staff_resync or any(m.kind not in PHONE_KINDS for m in resign)
             self._spawn(self._requeue(resign, 0.0))
         return back, wait, pause
 
