@@ -38,6 +38,22 @@ class TxRejected(Exception):
         self.status = status
 
 
+async def submit_waiting(client: NodeClient, tx: Tx, sidecar: bytes | None, timeout: float,
+                         can_fail_over: bool) -> tuple[dict | None, float]:
+    """Submit and wait for the commit at the client's validator: (its answer, when it went out) for
+    wait_proven. A validator that is down or unreachable, if the client `can_fail_over` (it has the
+    genesis keys and a reader's validators), hands the transaction to the others at once: no answer,
+    its failover timer run out. Otherwise the connection error is raised."""
+    started = time.monotonic()
+    try:
+        return await client.submit_and_wait(tx.raw, sidecar, min(timeout, 10)), started
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        if not can_fail_over:
+            raise
+        log.warning("validator %s unreachable (%s): %s goes to the others", client.base, exc, tx.id.hex())
+        return None, started - FAILOVER_S
+
+
 async def wait_proven(client: NodeClient, txid: str, timeout: float, validators: list[bytes] | None,
                       chain_id: str, reader: VerifiedReader | None, answer: dict | None = None,
                       resubmit: Callable[[], Awaitable[object]] | None = None,
@@ -226,21 +242,15 @@ class Phone:
         and check it was applied."""
         tx = Tx.build(self.identity, self.chain_id, await self._nonce(), body)
         txid = tx.id.hex()  # our own: never the answer's word
-        started = time.monotonic()
         try:
             if wait:  # one request: the answer comes with the commit and its proofs
-                answer = await self.client.submit_and_wait(tx.raw, sidecar, min(timeout, 10))
+                answer, started = await submit_waiting(self.client, tx, sidecar, timeout,
+                                                       self.reader is not None and self.validators is not None)
             else:
                 await self.client.submit(tx.raw, sidecar)
-        except ApiError:
+        except (ApiError, aiohttp.ClientError, TimeoutError):
             self.next_nonce = None  # resync on the next send
             raise
-        except (aiohttp.ClientError, TimeoutError) as exc:  # its validator is down or unreachable
-            if not (wait and self.reader is not None and self.validators is not None):
-                self.next_nonce = None
-                raise
-            log.warning("validator %s unreachable (%s): %s goes to the others", self.client.base, exc, txid)
-            answer, started = None, started - FAILOVER_S  # the failover at once
         if wait:
             await self.confirm(txid, timeout, answer, lambda: self.client.submit(tx.raw, sidecar), (tx.raw, sidecar),
                                started)

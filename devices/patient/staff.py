@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import logging
-import time
 from dataclasses import dataclass
 
 import aiohttp
 
 from devices.patient import envelope
 from devices.patient.client import ApiError, NodeClient
-from devices.patient.phone import FAILOVER_S, TxRejected, wait_proven
+from devices.patient.phone import TxRejected, submit_waiting, wait_proven
 from devices.patient.verified_reads import VerifiedReader
 from node.crypto import seal
 from node.crypto.keys import Identity
 from node.ipfs.cid import Cid
 from node.state import Code
 from node.tx import Credential, Profile, Read, Tx, data_type_id
-
-log = logging.getLogger("medchain.staff")
 
 
 class AccessDenied(Exception):
@@ -57,20 +53,17 @@ class Staff:
             self.next_nonce = acct["next_nonce"]
         tx = Tx.build(self.identity, self.chain_id, self.next_nonce, body)
         txid = tx.id.hex()
-        started = time.monotonic()
         try:
-            answer = await self.client.submit_and_wait(tx.raw, None, min(timeout, 10))
+            answer, started = await submit_waiting(self.client, tx, None, timeout,
+                                                   self.reader is not None and self.validators is not None)
         except ApiError as exc:
             self.next_nonce = None
             if exc.status == 403 or (exc.status == 429 and "break-glass" in exc.reason):
                 raise AccessDenied(exc.reason) from None
             raise
-        except (aiohttp.ClientError, TimeoutError) as exc:  # its validator is down or unreachable
-            if self.reader is None or self.validators is None:
-                self.next_nonce = None
-                raise
-            log.warning("validator %s unreachable (%s): %s goes to the others", self.client.base, exc, txid)
-            answer, started = None, started - FAILOVER_S  # the failover at once (devices/patient/phone.py)
+        except (aiohttp.ClientError, TimeoutError):
+            self.next_nonce = None
+            raise
         self.next_nonce += 1
         st = await wait_proven(self.client, txid, timeout, self.validators, self.chain_id, self.reader, answer,
                                lambda: self.client.submit(tx.raw, None), (tx.raw, None), started)
