@@ -82,6 +82,24 @@ def test_sign_refuses_a_digest_that_is_not_32_bytes() -> None:
             ecdsa.sign(SK, bytes(n))
 
 
+def test_sign_refuses_a_secret_out_of_range_or_not_32_bytes_and_matches_coincurve_at_the_edges() -> None:
+    """ecdsa.sign calls libsecp256k1 itself (no PrivateKey, whose two public keys cost more than
+    the signature): it refuses what PrivateKey refused, and signs as it did at the range's ends."""
+    n = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+    d = ecdsa.sha256(b"edge")
+    for bad in (bytes(32), n.to_bytes(32, "big"), (n + 1).to_bytes(32, "big"), b"\xff" * 32):
+        with pytest.raises(ValueError, match="^invalid secret"):
+            ecdsa.sign(bad, d)
+    for bad in (bytes(31), bytes(33), b""):
+        with pytest.raises(ValueError, match="^secret must be 32 bytes$"):
+            ecdsa.sign(bad, d)
+    for k in (1, 2, n - 1):
+        sk = k.to_bytes(32, "big")
+        assert ecdsa.sign(sk, d) == PrivateKeyCC(sk).sign_recoverable(d, hasher=None)[:64]
+        assert ecdsa.sign(bytearray(sk), d) == ecdsa.sign(sk, d)
+        assert ecdsa.verify(ecdsa.public_key(sk), d, ecdsa.sign(sk, d))
+
+
 def test_verify_refuses_each_wrong_length_on_its_own() -> None:
     d = ecdsa.sha256(b"m")
     sig = ecdsa.sign(SK, d)

@@ -703,9 +703,10 @@ def test_switching_library_while_other_threads_verify_and_sign():
 def test_falls_back_to_the_system_libsecp256k1_when_coincurves_is_unusable():
     code = (
         "import coincurve._libsecp256k1 as cc\n"
-        "cc.ffi = None  # no cffi module to take addresses from\n"
+        "from node.crypto import ecdsa  # the reference signer keeps coincurve's (ecdsa.sign calls it)\n"
+        "cc.ffi = None  # no cffi module for the batch module to take addresses from\n"
         "import hashlib\n"
-        "from node.crypto import batch, ecdsa\n"
+        "from node.crypto import batch\n"
         "print(batch.secp_library()); print(batch.backend_name())\n"
         "sk = hashlib.sha256(b'fallback lib').digest(); pk = ecdsa.public_key(sk)\n"
         "ds = [hashlib.sha256(bytes([i])).digest() for i in range(40)]\n"
