@@ -166,9 +166,13 @@ class VerifiedReader:
                 except ValueError as exc:
                     lie = LyingValidator(url, str(exc))
                     self.refused.append(lie)
-                    log.warning("%s", lie)
                     failures.append(str(lie))
-                    stale += str(exc).startswith("stale header")
+                    behind = str(exc).startswith("stale header")
+                    stale += behind
+                    # a proven header older than one seen: a validator a block or two behind, every
+                    # moment under load (a lie about the head looks the same, and is waited out
+                    # likewise); anything else failed its proof
+                    log.log(logging.INFO if behind else logging.WARNING, "%s", lie)
                     continue
                 self.saw_height(header.height)
                 return values
