@@ -330,6 +330,12 @@ class Admission:
                 dropped += 1
         return dropped
 
+    def placed_age_ms(self, raw: bytes) -> int | None:
+        """How long ago (ms) the pool placed the sender of the raw transaction in its proposal order,
+        None if it is not pending here: the censorship watch judges a full block by it."""
+        placed = self.mempool.placed(ecdsa.sha256(raw))
+        return None if placed is None else int((time.monotonic() - placed) * 1000)
+
     def watch_candidate(self, now_ms: int, now: float, checks: int = WATCH_CHECKS) -> tuple[bytes, int] | None:
         """The transaction a backup watches for censorship (node/consensus/censor.py), and when it
         arrived (`now_ms`'s clock): the longest waiting one that can execute now (the pool never

@@ -54,7 +54,7 @@ class BlobChecks:
             return txs  # fault injection: a byzantine primary proposes them anyway
         if self.byzantine == "drop":  # fault injection: its own clients' transactions are never proposed
             txs = [t for t in txs if t.id not in self.admission.submitted_at]
-        if self.byzantine == "censor":  # fault injection: every sender with an access change waiting is left out
+        if self.byzantine in ("censor", "fill"):  # fault injection: every sender with an access change waiting is left out
             censored = {t.address for t in txs if t.kind == KIND_GRANT}
             txs = [t for t in txs if t.address not in censored]
         out: list[Tx] = []

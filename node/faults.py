@@ -27,6 +27,11 @@
   as usual, so blocks keep coming. Honest backups hold the grant, watch it left out of blocks with
   room for it, stop counting the primary's blocks as progress and move to a new view
   (node/consensus/censor.py).
+- ``fill``: as ``censor``, and every block it proposes is padded to the genesis's block_max_txs with
+  profile updates of fresh keys (Sybil senders) that it never forwarded, so its blocks are full by
+  count and carry work even when nothing else waits. Honest backups hold none of the fillers: most of
+  each full block is of senders placed after the grant, which an honest primary's round-robin would
+  have reached first, and they move to a new view all the same (node/consensus/censor.py).
 """
 
 from __future__ import annotations
@@ -39,11 +44,13 @@ from pathlib import Path
 
 from node.admission import Admission
 from node.consensus import PrePrepare
+from node.crypto.keys import Identity
 from node.execution import Executed, Tip, build_block
 from node.mempool import Mempool
+from node.tx import Profile, Tx
 
 log = logging.getLogger("medchain.faults")
-MODES = ("equivocate", "withhold", "missize", "censor", "drop")
+MODES = ("equivocate", "withhold", "missize", "censor", "drop", "fill")
 
 
 class FaultFile:
@@ -125,3 +132,10 @@ def withhold_sidecars(mempool: Mempool, admission: Admission) -> None:
 def admit_any_size(admission: Admission) -> None:
     """The ``missize`` mode: a write naming a blob held here is admitted whatever size it states."""
     admission.check_held_size = False
+
+
+def sybil_fill(txs: list[Tx], max_txs: int, chain_id: str) -> list[Tx]:
+    """``fill``: the proposal padded to `max_txs` with a profile update of a fresh key each, signed
+    here and sent to no one before the block."""
+    return txs + [Tx.build(Identity.generate(), chain_id, 1, Profile("filler", "r", "o", bytes(32)))
+                  for _ in range(max_txs - len(txs))]

@@ -141,12 +141,15 @@ class KeyedLimiter:
 
 
 class _Sender:
-    __slots__ = ("base", "end", "origin", "txs")
+    __slots__ = ("base", "end", "origin", "placed", "txs")
 
-    def __init__(self, base: int, origin: str) -> None:
+    def __init__(self, base: int, origin: str, placed: float = 0.0) -> None:
         self.base = base  # the next nonce the chain will accept from this sender
         self.txs: dict[int, Tx] = {}
         self.origin = origin  # the origin of its first pending transaction: it is counted there
+        # when it took its place in the proposal order (batch: round-robin over senders in order), at
+        # the end: when it came, or when its last commit moved it there (the censorship watch asks)
+        self.placed = placed
         # every nonce from base up to here is pending: the run only grows at its end, a commit moves its
         # start, and an eviction (of the newest) cuts it, so admitting k transactions is O(k), not O(k^2)
         self.end = base
@@ -277,7 +280,7 @@ class Mempool:
             # never the newcomer's own sender: it holds less than the victim, or has history
             evicted = self._make_room(key, s, committed_nonce > 0)
         if s is None:
-            s = self.senders[addr] = _Sender(committed_nonce + 1, key)
+            s = self.senders[addr] = _Sender(committed_nonce + 1, key, now)
             o = self.origins.get(key)
             if o is None:
                 o = self.origins[key] = _Origin()
@@ -470,6 +473,12 @@ class Mempool:
                     break
         return out
 
+    def placed(self, txid: bytes) -> float | None:
+        """When the sender of pending transaction `txid` took its place in the proposal order (the
+        clock admit and remove are given), None if `txid` is not pending here."""
+        tx = self.by_id.get(txid)
+        return None if tx is None else self.senders[tx.address].placed
+
     def pending_from(self, tx: Tx) -> list[Tx]:
         """The pending transactions of tx's sender from tx's nonce on."""
         s = self.senders.get(tx.address)
@@ -576,6 +585,7 @@ class Mempool:
                 dropped += self._advance(addr, s, nonce + 1)
                 if addr in self.senders:
                     self.senders.move_to_end(addr)
+                    s.placed = self._clock
         ids = {tx.id for tx in txs}
         return [tx for tx in dropped if tx.id not in ids]
 

@@ -177,12 +177,15 @@ class Validator:
         # the view: the persisted one (a view change in progress survives a restart), else the last block's
         block_view = last.cert_view if last else 0
         view = max(self.ledger.get_view(), block_view)
+        censor = None
+        if self.n > 1:
+            censor = CensorWatch(self.params.block_max_txs)
+            censor.placed_age = self.admission.placed_age_ms  # a full block is judged by the pool's order
         return Replica(self.chain_id, self.n, self.index, self.identity.sign, self._verify_vote,
                        last_delivered=head.height, view=view, last_hash=head.hash,
                        last_cert=(last.cert_view, last.cert) if last else (0, ()),
                        view_timeout_ms=self.params.view_timeout_ms, awaiting_new_view=view > block_view,
-                       window=self.params.pbft_window, push_gap_max=SYNC_THRESHOLD,
-                       censor=CensorWatch(self.params.block_max_txs) if self.n > 1 else None)
+                       window=self.params.pbft_window, push_gap_max=SYNC_THRESHOLD, censor=censor)
 
     # ---- start and stop ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -313,6 +316,8 @@ class Validator:
             if len(self.mempool) - len(exclude) < self.params.block_max_txs and waiting_bytes < TXS_MAX_BYTES:
                 await asyncio.sleep(interval)  # let a batch fill: one round should carry many transactions
             txs = self.blob_checks.proposable(self.mempool.batch(self.params.block_max_txs, exclude, TXS_MAX_BYTES, TX_FRAMING))
+            if self._byzantine == "fill":  # fault injection: full blocks of Sybil senders' work
+                txs = faults.sybil_fill(txs, self.params.block_max_txs, self.chain_id)
             if not txs:
                 self._wake.clear()
                 await self._wake.wait()

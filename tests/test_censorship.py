@@ -126,6 +126,49 @@ def test_the_pool_offers_the_transactions_that_can_execute_longest_waiting_first
         tx[1, 2].id, tx[0, 2].id]
 
 
+def test_the_pool_says_when_each_sender_took_its_place_in_the_proposal_order():
+    """A sender takes its place at the end of the batch order when it comes and again when a commit of
+    its moves it there; the watch reads that time (Mempool.placed) to judge a full block."""
+    ids = [Identity.from_seed(b"placed %d" % k) for k in range(2)]
+    tx = {(k, n): Tx.build(ids[k], "c", n, Profile("p", "r", "o", bytes(32))) for k in range(2) for n in (1, 2)}
+    pool = Mempool()
+    pool.admit(tx[0, 1], 0, 1.0)
+    pool.admit(tx[0, 2], 0, 2.0)
+    pool.admit(tx[1, 1], 0, 3.0)
+    assert (pool.placed(tx[0, 2].id), pool.placed(tx[1, 1].id), pool.placed(bytes(32))) == (1.0, 3.0, None)
+    assert [t.id for t in pool.batch(1)] == [tx[0, 1].id]
+    pool.remove([tx[0, 1]], now=4.0)  # its commit moves sender 0 behind sender 1
+    assert pool.placed(tx[0, 2].id) == 4.0 and pool.placed(tx[1, 1].id) == 3.0
+    assert [t.id for t in pool.batch(1)] == [tx[1, 1].id]
+
+
+def test_a_full_block_is_a_skip_when_most_of_it_is_of_senders_placed_late_or_not_held():
+    """Placed more than the grace after the watched transaction's arrival (here 0 + 1,000 ms), or not
+    held here, is late; a block full by count is a skip when more than half of it is late, and one
+    full by bytes never is."""
+    w = _watch(max_txs=4)
+    w.tick(1000, 0, False, lambda: 0)
+    now, ages = 5000, {}
+    w.placed_age = ages.get
+    full = [b"sender %d" % k for k in range(4)]
+    ages.update(dict.fromkeys(full, now - 1000))  # placed exactly a grace after it: not late
+    w.delivered(1, make_block(1, txs=full), now)
+    assert w.skipped == 0
+    ages[full[0]] = now - 1001
+    del ages[full[1]]  # two of four late: not most of it
+    w.delivered(2, make_block(2, txs=full), now)
+    assert w.skipped == 0
+    ages[full[2]] = now - 1001  # three of four
+    w.delivered(3, make_block(3, txs=full), now)
+    assert w.skipped == 1
+    big = [bytes(10_001 - 2 * TX_FRAMING - len(TARGET) - 3 * (7 + TX_FRAMING)), b"other 1", b"other 2", b"other 3"]
+    w.delivered(4, make_block(4, txs=big), now)  # full by bytes too, all of it late: no room for it
+    assert w.skipped == 1
+    w.placed_age = None  # a driver that cannot say: full blocks are not judged
+    w.delivered(5, make_block(5, txs=full), now)
+    assert w.skipped == 1
+
+
 def test_bare_writes_are_not_in_the_ready_order_so_a_few_cannot_hide_the_rest():
     """A bare dag-pb write (no blob here; the watch skips it) is kept out of the ready order: eight of
     them forwarded by a byzantine validator blinded the watch, which looks at the first eight."""
@@ -157,12 +200,19 @@ def test_a_vote_for_a_far_sequence_does_not_move_the_horizon():
     assert 60 in r.state.log and r._proposed_up_to() == 0
 
 
-def _censored_net(watch: bool, full: bool = False, seconds: int = 30) -> SimNet:
+def _censored_net(watch: bool, full: bool = False, seconds: int = 30, late: int | None = None) -> SimNet:
     """Four replicas; primary 0 proposes a block of other work every ~200 ms and never TARGET, which
-    every replica holds (the driver offers it each tick). `full`: its blocks are full."""
+    every replica holds (the driver offers it each tick). `full`: its blocks are full. `late`: the
+    replicas judge full blocks by their pools' order, in which that many of each block's 3
+    transactions are of senders they do not hold (a Sybil filler's), the rest placed with TARGET."""
     net = SimNet(4, 7)
     for r in net.replicas:
         r.censor = CensorWatch(3, grace_ms=2000) if watch else None
+        if watch and late is not None:
+            def placed_age(raw: bytes, r=r) -> int | None:
+                k = int(raw.rsplit(b".", 1)[1]) if raw.startswith(b"other") else 0
+                return None if k < late else r.state.now_ms  # placed at time 0, as TARGET arrived
+            r.censor.placed_age = placed_age
     for t in range(seconds * 10):
         for r in net.replicas:
             r.watch(TARGET, 0)
@@ -200,6 +250,37 @@ def test_a_primary_whose_blocks_are_full_is_not_suspected():
     assert all(r.view == 0 for r in net.replicas) and len(net.out[1]) > 100
 
 
+def test_a_primary_filling_its_blocks_with_senders_no_replica_holds_loses_its_view():
+    """A Sybil filler: every block full by count, two of its three transactions of senders no honest
+    replica holds (never forwarded). An honest primary's round-robin would have reached TARGET's
+    sender, placed before them, first: each such block is a skip, and the view changes."""
+    net = _censored_net(watch=True, full=True, late=2)
+    assert all(r.view >= 1 for r in net.replicas), [r.view for r in net.replicas]
+    delivered = [d.block for d in net.out[1]]
+    assert any(TARGET in b.txs for b in delivered)
+    net.check_agreement(delivered, count=len(delivered))
+
+
+def test_full_blocks_mostly_of_senders_placed_before_the_watched_one_are_not_skips():
+    """An honest primary at overload: its full blocks hold senders placed in its order before the
+    watched one's (here all three, then two of three), so it keeps its view."""
+    for late in (0, 1):
+        net = _censored_net(watch=True, full=True, late=late)
+        assert all(r.view == 0 for r in net.replicas) and len(net.out[1]) > 100, late
+
+
+async def _grant_waiting(c: NodeClient, chain: str, seed: bytes) -> Tx:
+    """A clinician's profile committed (a censor lets profiles in), then a patient's grant to them
+    submitted: the transaction the censoring primary leaves out."""
+    patient, doctor = Identity.from_seed(seed + b" patient"), Identity.from_seed(seed + b" doctor")
+    prof = Tx.build(doctor, chain, 1, Profile("Dr. C", "clinician", "o", doctor.box_public))
+    await c.submit(prof.raw)
+    assert (await c.wait_committed(prof.id.hex(), 30))["code"] == 0
+    grant = Tx.build(patient, chain, 1, Grant(doctor.address, (DATA_TYPES["heart_rate"],), 0, ()))
+    await c.submit(grant.raw)
+    return grant
+
+
 def test_a_censoring_primary_on_real_validators_loses_its_view_and_the_revoke_commits(tmp_path):
     """Validator 0, the first primary, leaves out every transaction of a sender with a grant waiting
     (MEDCHAIN_BYZANTINE=censor) and proposes the rest. A patient's grant sent to validator 1 waits
@@ -211,12 +292,7 @@ def test_a_censoring_primary_on_real_validators_loses_its_view_and_the_revoke_co
         async def go() -> None:
             async with NodeClient(nodes[1].url) as c1, NodeClient(nodes[2].url) as c2:
                 chain = (await c1.status())["chain_id"]
-                patient, doctor = Identity.from_seed(b"censored patient"), Identity.from_seed(b"censor doctor")
-                prof = Tx.build(doctor, chain, 1, Profile("Dr. C", "clinician", "o", doctor.box_public))
-                await c1.submit(prof.raw)
-                assert (await c1.wait_committed(prof.id.hex(), 30))["code"] == 0  # the censor lets profiles in
-                grant = Tx.build(patient, chain, 1, Grant(doctor.address, (DATA_TYPES["heart_rate"],), 0, ()))
-                await c1.submit(grant.raw)
+                grant = await _grant_waiting(c1, chain, b"censored")
                 busy = [Identity.from_seed(b"busy sender %d" % k) for k in range(4)]
                 nonce, t0, views = 1, time.monotonic(), []
                 while time.monotonic() - t0 < 60:
@@ -233,6 +309,36 @@ def test_a_censoring_primary_on_real_validators_loses_its_view_and_the_revoke_co
                 assert views[0] == 0 and views[-1] >= 1, views
                 # the censor's blocks carried the busy senders' work before the view changed
                 assert nonce > 5
+        run(go())
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def test_a_primary_filling_full_blocks_with_sybil_senders_on_real_validators_loses_its_view(tmp_path):
+    """Validator 0, the first primary, leaves out the senders with a grant waiting and pads every block
+    to block_max_txs (16 here) with profile updates of fresh keys it never forwarded
+    (MEDCHAIN_BYZANTINE=fill): full blocks, which the watch used to take as an overloaded honest
+    primary's. The honest backups hold none of the fillers, count each such block a skip, and move to
+    a new view whose primary commits the grant."""
+    from devices.net.localnet import make_network, start_all
+    from node.block import Block
+    from node.genesis import Params
+
+    nodes = make_network(tmp_path, 4, params=Params(sender_rate=1e5, sender_burst=1e5, block_max_txs=16))
+    nodes[0].env["MEDCHAIN_BYZANTINE"] = "fill"
+    start_all(nodes)
+    try:
+        async def go() -> None:
+            async with NodeClient(nodes[1].url) as c1, NodeClient(nodes[2].url) as c2:
+                grant = await _grant_waiting(c1, (await c1.status())["chain_id"], b"filled")
+                st = await c1.wait_committed(grant.id.hex(), 60)
+                assert st["status"] == "committed" and st["code"] == 0, st
+                assert (await c2.status())["consensus"]["view"] >= 1
+                at = st["height"]
+                filled = [Block.decode(await c2.block_raw(h)) for h in range(1, at)]
+                full = [b for b in filled if b.header.view == 0 and len(b.txs) == 16]
+                assert len(full) >= 3, [(b.header.view, len(b.txs)) for b in filled]  # its blocks kept coming
         run(go())
     finally:
         for n in nodes:

@@ -18,6 +18,16 @@ starts the grace again; the transaction's delivery, or its leaving the pool, end
 An honest primary leaves a ready transaction out of a block with room only if it does not hold it
 (both forwards lost) or holds back a write whose blob it is still fetching: the grace and the count of
 skips cover both.
+
+A block full by count is no skip by room, so a byzantine primary could fill every block with its own
+Sybil senders' transactions. An honest primary batches round-robin over its senders in the order they
+took their place (node/mempool.py `batch`: on arrival, or moved to the end by a commit), so a block it
+fills by count in the first round without the watched transaction holds only senders placed before
+the watched one's. Here those were placed by the watched one's arrival plus forwarding delays; so a
+full block (with bytes to spare for it) whose transactions are mostly of senders this replica placed
+more than a grace after the watched one's arrival, or does not hold at all, is a skip too. A Sybil
+filler must then have its senders placed here early, each usable once (a commit places it anew), as
+many as the pools take (the pool's bound, the forwarding validator's origin evicted first).
 """
 
 from __future__ import annotations
@@ -33,8 +43,8 @@ SKIPS = 3
 class CensorWatch:
     """One watched transaction (raw bytes) and the blocks that left it out with room for it."""
 
-    __slots__ = ("grace_ms", "horizon", "max_bytes", "max_txs", "pace_ms", "since", "skipped", "skips", "target",
-                 "view", "view_since")
+    __slots__ = ("grace_ms", "horizon", "max_bytes", "max_txs", "pace_ms", "placed_age", "since", "skipped", "skips",
+                 "target", "view", "view_since")
 
     def __init__(self, max_txs: int, max_bytes: int = TXS_MAX_BYTES, grace_ms: int = GRACE_MS,
                  skips: int = SKIPS) -> None:
@@ -46,6 +56,9 @@ class CensorWatch:
         self.horizon: int | None = None  # the highest sequence proposed that was known when the grace ran out
         self.skipped = 0
         self.pace_ms = 0.0  # recent time from a watched transaction's grace starting to its delivery
+        # the driver's: how long ago (ms) this replica's pool placed the sender of a raw transaction in
+        # its proposal order, None if it does not hold it; None: full blocks are never judged
+        self.placed_age: Callable[[bytes], int | None] | None = None
 
     @property
     def censoring(self) -> bool:
@@ -94,6 +107,20 @@ class CensorWatch:
             return
         if self.horizon is None or seq <= self.horizon or block.header.view != self.view:
             return
-        if len(block.txs) < self.max_txs and \
-                txs_bytes(block.txs) + len(self.target) + TX_FRAMING <= self.max_bytes:
+        if txs_bytes(block.txs) + len(self.target) + TX_FRAMING > self.max_bytes:
+            return  # full by bytes: no room for it
+        if len(block.txs) < self.max_txs or self._filled_late(block, now_ms):
             self.skipped += 1
+
+    def _filled_late(self, block: Block, now_ms: int) -> bool:
+        """Whether most of a block full by count are of senders placed here more than a grace after
+        the watched transaction's arrival, or not held here: an honest primary's first round of its
+        batch would have reached the watched one before them."""
+        if self.placed_age is None:
+            return False
+        late_after = self.armed_at + self.grace
+        late = 0
+        for raw in block.txs:
+            age = self.placed_age(raw)
+            late += age is None or now_ms - age > late_after
+        return 2 * late > len(block.txs)
