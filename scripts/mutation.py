@@ -86,6 +86,23 @@ MODULES: dict[str, list[str]] = {
     "node/mempool.py": ["tests/test_mempool.py", "tests/test_mempool_limits.py", "tests/test_backlog.py",
                         "tests/test_driver.py"],
     "node/admission.py": ["tests/test_admission.py", "tests/test_mempool.py", "tests/test_backlog.py", "tests/test_driver.py"],
+    # the censorship watch (its own tests and the hand-scheduled network's; the real-validator ones left out)
+    "node/consensus/censor.py": [f"tests/test_censorship.py::{t}" for t in (
+        "test_only_blocks_proposed_after_the_grace_with_room_left_count_as_skips",
+        "test_the_watch_ends_with_the_transaction_and_a_new_view_gives_the_grace_from_its_start",
+        "test_the_grace_runs_from_arrival_so_a_changing_front_restarts_no_clock",
+        "test_the_grace_follows_the_pace_of_watched_transactions_within_bounds",
+        "test_a_vote_for_a_far_sequence_does_not_move_the_horizon",
+        "test_a_primary_leaving_one_transaction_out_of_blocks_with_room_loses_its_view",
+        "test_without_the_watch_the_censor_keeps_its_seat_for_ever",
+        "test_a_primary_whose_blocks_are_full_is_not_suspected")] + ["tests/test_liveness.py", "tests/test_consensus.py"],
+    # the backlog bound: what a validator takes on at the chain's current rate
+    "node/backlog.py": [f"tests/test_backlog.py::{t}" for t in (
+        "test_a_fresh_chain_takes_the_floor_and_a_busy_one_its_rate_times_the_wait",
+        "test_a_stalled_chain_takes_on_less_and_less", "test_retry_after_is_half_the_wait_within_bounds",
+        "test_nonsense_bounds_are_refused",
+        "test_at_the_bound_a_client_is_refused_not_evicted_for_and_a_light_client_still_gets_in")]
+    + ["tests/test_mempool.py", "tests/test_admission.py"],
     "node/api/blobs.py": [f"tests/test_blob_auth.py::test_read_covers_{t}" for t in (
         "serves_the_blobs_a_committed_read_allows", "refuses_each_case_for_its_own_reason",
         "applies_the_patient_s_policy_and_the_emergency_window_now")],
