@@ -95,13 +95,21 @@ MODULES: dict[str, list[str]] = {
         "test_a_vote_for_a_far_sequence_does_not_move_the_horizon",
         "test_a_primary_leaving_one_transaction_out_of_blocks_with_room_loses_its_view",
         "test_without_the_watch_the_censor_keeps_its_seat_for_ever",
-        "test_a_primary_whose_blocks_are_full_is_not_suspected")] + ["tests/test_liveness.py", "tests/test_consensus.py"],
+        "test_a_primary_whose_blocks_are_full_is_not_suspected",
+        "test_the_watch_s_edges_a_block_at_its_byte_limit_a_first_view_above_zero_and_skips_counted_afresh",
+        "test_a_full_block_is_a_skip_when_most_of_it_is_of_senders_placed_late_or_not_held",
+        "test_a_primary_filling_its_blocks_with_senders_no_replica_holds_loses_its_view",
+        "test_full_blocks_mostly_of_senders_placed_before_the_watched_one_are_not_skips")]
+    + ["tests/test_liveness.py", "tests/test_consensus.py"],
     # the backlog bound: what a validator takes on at the chain's current rate
     "node/backlog.py": [f"tests/test_backlog.py::{t}" for t in (
         "test_a_fresh_chain_takes_the_floor_and_a_busy_one_its_rate_times_the_wait",
         "test_a_stalled_chain_takes_on_less_and_less", "test_retry_after_is_half_the_wait_within_bounds",
         "test_nonsense_bounds_are_refused",
-        "test_at_the_bound_a_client_is_refused_not_evicted_for_and_a_light_client_still_gets_in")]
+        "test_at_the_bound_a_client_is_refused_not_evicted_for_and_a_light_client_still_gets_in",
+        "test_the_rate_moves_by_the_half_life_once_a_window_has_passed_and_each_window_counts_afresh",
+        "test_the_current_rate_decays_by_the_half_life_only_after_two_windows_idle",
+        "test_the_status_reports_the_rate_the_bound_and_what_was_taken_on_and_refused")]
     + ["tests/test_mempool.py", "tests/test_admission.py"],
     "node/api/blobs.py": [f"tests/test_blob_auth.py::test_read_covers_{t}" for t in (
         "serves_the_blobs_a_committed_read_allows", "refuses_each_case_for_its_own_reason",

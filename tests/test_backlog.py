@@ -50,6 +50,47 @@ def test_a_stalled_chain_takes_on_less_and_less() -> None:
     assert b.limit(t + 20 * HALF_LIFE_S) == 100
 
 
+def test_the_rate_moves_by_the_half_life_once_a_window_has_passed_and_each_window_counts_afresh() -> None:
+    """The arithmetic, exactly: a window closes at WINDOW_S (0.5 s) or later, the measured rate enters
+    with weight 1 - 0.5 ** (dt / HALF_LIFE_S), and the next window counts from nothing."""
+    b = Backlog(2.0, floor=1, cap=10**9)
+    b.committed(0, 0.0)  # opens the window
+    b.committed(10, 0.4)
+    assert b.rate == 0.0  # not yet half a second
+    b.committed(0, 0.5)  # exactly the window: the rate moves
+    keep = 0.5 ** (0.5 / HALF_LIFE_S)
+    assert b.rate == pytest.approx(10 / 0.5 * (1 - keep))
+    first = b.rate
+    b.committed(100, 1.5)  # a window of one second, 100 committed in it (none carried over)
+    keep = 0.5 ** (1.0 / HALF_LIFE_S)
+    assert b.rate == pytest.approx(first * keep + 100 * (1 - keep))
+    second = b.rate
+    b.committed(0, 2.5)  # an empty window: only decay
+    assert b.rate == pytest.approx(second * keep)
+
+
+def test_the_current_rate_decays_by_the_half_life_only_after_two_windows_idle() -> None:
+    b = Backlog(2.0, floor=1, cap=10**9)
+    b.committed(0, 0.0)
+    b.committed(500, 1.0)
+    rate = b.rate
+    assert b.current_rate(1.0 + 2 * 0.5) == rate  # idle exactly two windows: not yet decayed
+    assert b.current_rate(1.0 + 1.2) == pytest.approx(rate * 0.5 ** (1.2 / HALF_LIFE_S))
+    assert b.current_rate(1.0 + HALF_LIFE_S) == pytest.approx(rate / 2)
+    assert Backlog(2.0, 1, 1).current_rate(5.0) == 0.0  # nothing committed yet
+
+
+def test_the_status_reports_the_rate_the_bound_and_what_was_taken_on_and_refused() -> None:
+    b = Backlog(2.0, floor=10, cap=10**9)
+    b.committed(0, 0.0)
+    b.committed(1000, 1.0)
+    b.refused = 7
+    rate = b.current_rate(1.5)
+    assert b.status(42, 1.5) == {"commit_rate": round(rate, 1), "max_wait_s": 2.0, "limit": int(rate * 2.0),
+                                 "taken_on": 42, "refused": 7}
+    assert b.status(0, 30.0)["limit"] == 10 and b.status(0, 30.0)["commit_rate"] < 0.1  # stalled: the floor
+
+
 def test_retry_after_is_half_the_wait_within_bounds() -> None:
     assert Backlog(2.0, 1, 1).retry_after() == 1.0
     assert Backlog(0.1, 1, 1).retry_after() == RETRY_MIN_S

@@ -69,6 +69,31 @@ def test_the_watch_ends_with_the_transaction_and_a_new_view_gives_the_grace_from
     assert w.target == b"another" and w.horizon is None
 
 
+def test_the_watch_s_edges_a_block_at_its_byte_limit_a_first_view_above_zero_and_skips_counted_afresh():
+    """Exactly at the byte limit there is room; a replica whose watch starts in view 1 gives that
+    view's primary the grace from the first tick; a new view counts its skips from none; the pace is
+    0.3 of the first watched transaction's time from its grace starting to its delivery."""
+    w = _watch()
+    w.tick(1000, 0, False, lambda: 0)
+    at_limit = [bytes(10_000 - 2 * TX_FRAMING - len(TARGET))]  # it would fit exactly
+    w.delivered(1, make_block(1, txs=at_limit), 0)
+    assert w.skipped == 1
+    w.tick(1100, 1, False, lambda: 1)  # a new view: no skips, a new grace
+    w.tick(2100, 1, False, lambda: 1)
+    for seq in (2, 3):
+        w.delivered(seq, make_block(seq, view=1, txs=[b"x"]), 2200)
+    assert w.skipped == 2 and not w.censoring
+    late = CensorWatch(10, grace_ms=1000)
+    late.offer(TARGET, 0)
+    late.tick(5000, 1, False, lambda: 9)  # this replica's first tick, in view 1
+    assert late.armed_at == 5000 and late.horizon is None
+    paced = CensorWatch(10, grace_ms=1000)
+    paced.tick(0, 0, False, lambda: 0)
+    paced.offer(TARGET, 0)
+    paced.delivered(1, make_block(1, txs=[TARGET]), 2000)
+    assert paced.pace_ms == 600.0 and paced.target is None and paced.skipped == 0
+
+
 def test_the_grace_runs_from_arrival_so_a_changing_front_restarts_no_clock():
     """The longest waiting transaction is watched; when the one before it commits, the next one's
     grace has been running since it arrived (a censor cannot buy a fresh grace per transaction
