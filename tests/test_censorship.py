@@ -94,6 +94,27 @@ def test_the_watch_s_edges_a_block_at_its_byte_limit_a_first_view_above_zero_and
     assert paced.pace_ms == 600.0 and paced.target is None and paced.skipped == 0
 
 
+def test_the_pace_counts_from_the_grace_s_start_never_below_zero_nor_above_8x_the_grace():
+    """Exact pace arithmetic: a delivery at the grace's start adds nothing, one 100 s late adds 0.3 of
+    8 graces; a watch delivered to before its first tick is not censoring; a transaction offered
+    without its arrival time arrived at 0."""
+    w = CensorWatch(10, grace_ms=1000)
+    w.delivered(1, make_block(1, txs=[TARGET]), 0)  # before any tick or offer: nothing watched
+    assert not w.censoring and w.target is None
+    w.offer(TARGET, 500)
+    w.delivered(2, make_block(2, txs=[TARGET]), 500)  # delivered as its grace starts
+    assert w.pace_ms == 0.0 and w.target is None
+    w.tick(0, 0, False, lambda: 0)
+    w.offer(b"slow", 0)
+    w.delivered(3, make_block(3, txs=[b"slow"]), 100_000)
+    assert w.pace_ms == 0.3 * 8 * 1000
+    fresh = CensorWatch(10, grace_ms=1000)
+    fresh.tick(0, 0, False, lambda: 0)
+    fresh.offer(TARGET)  # arrived at 0
+    fresh.tick(1000, 0, False, lambda: 4)
+    assert fresh.since == 0 and fresh.horizon == 4
+
+
 def test_the_grace_runs_from_arrival_so_a_changing_front_restarts_no_clock():
     """The longest waiting transaction is watched; when the one before it commits, the next one's
     grace has been running since it arrived (a censor cannot buy a fresh grace per transaction
