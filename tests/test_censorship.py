@@ -108,6 +108,10 @@ def test_the_pace_counts_from_the_grace_s_start_never_below_zero_nor_above_8x_th
     w.offer(b"slow", 0)
     w.delivered(3, make_block(3, txs=[b"slow"]), 100_000)
     assert w.pace_ms == 0.3 * 8 * 1000
+    early = CensorWatch(10, grace_ms=1000)
+    early.offer(TARGET, 0)
+    early.delivered(1, make_block(1, txs=[TARGET]), 2000)  # before its first tick: the view began at 0
+    assert early.pace_ms == 600.0
     fresh = CensorWatch(10, grace_ms=1000)
     fresh.tick(0, 0, False, lambda: 0)
     fresh.offer(TARGET)  # arrived at 0
