@@ -330,10 +330,11 @@ class Admission:
                 dropped += 1
         return dropped
 
-    def placed_age_ms(self, raw: bytes) -> int | None:
-        """How long ago (ms) the pool placed the sender of the raw transaction in its proposal order,
-        None if it is not pending here: the censorship watch judges a full block by it."""
-        placed = self.mempool.placed(ecdsa.sha256(raw))
+    def placed_age_ms(self, raw: bytes, upto: int | None = None) -> int | None:
+        """How long ago (ms) the pool placed the sender of the raw transaction in its proposal order
+        (as it was once the blocks up to height `upto` had committed: Mempool.placed), None if it is
+        not pending here: the censorship watch judges a full block by it."""
+        placed = self.mempool.placed(ecdsa.sha256(raw), upto)
         return None if placed is None else int((time.monotonic() - placed) * 1000)
 
     def watch_candidate(self, now_ms: int, now: float, checks: int = WATCH_CHECKS) -> tuple[bytes, int] | None:

@@ -60,7 +60,7 @@ class Commit:
             self.uploads.pinned(r.multihash for r in roots)  # pinned by the chain: off the upload budget
         in_block = {t.id for t in ex.txs}
         for t in self.mempool.remove([t for t, c in zip(ex.txs, ex.codes, strict=True) if c != Code.BAD_NONCE],
-                                     time.monotonic()):  # a nonce gap may close: keep those
+                                     time.monotonic(), block.header.height):  # a nonce gap may close: keep those
             if t.id not in in_block:  # accepted (202) here: its client polls for a status, not a 404
                 self.admission.reject(t.id, Refusal.CONFLICT, f"superseded: nonce {t.nonce} of this sender was "
                                                               "committed by another transaction")

@@ -140,16 +140,19 @@ class KeyedLimiter:
             self.buckets.popitem(last=False)
 
 
+PLACINGS = 8  # places in the order remembered per sender: more than the blocks a primary has in flight
+
+
 class _Sender:
-    __slots__ = ("base", "end", "origin", "placed", "txs")
+    __slots__ = ("base", "end", "origin", "placings", "txs")
 
     def __init__(self, base: int, origin: str, placed: float = 0.0) -> None:
         self.base = base  # the next nonce the chain will accept from this sender
         self.txs: dict[int, Tx] = {}
         self.origin = origin  # the origin of its first pending transaction: it is counted there
-        # when it took its place in the proposal order (batch: round-robin over senders in order), at
-        # the end: when it came, or when its last commit moved it there (the censorship watch asks)
-        self.placed = placed
+        # when it took its place at the end of the proposal order (batch: round-robin over senders in
+        # order), and by which block's commit (-1: it came): the last few (the censorship watch asks)
+        self.placings: list[tuple[int, float]] = [(-1, placed)]
         # every nonce from base up to here is pending: the run only grows at its end, a commit moves its
         # start, and an eviction (of the newest) cuts it, so admitting k transactions is O(k), not O(k^2)
         self.end = base
@@ -473,11 +476,22 @@ class Mempool:
                     break
         return out
 
-    def placed(self, txid: bytes) -> float | None:
+    def placed(self, txid: bytes, upto: int | None = None) -> float | None:
         """When the sender of pending transaction `txid` took its place in the proposal order (the
-        clock admit and remove are given), None if `txid` is not pending here."""
+        clock admit and remove are given), None if `txid` is not pending here. With `upto`, the place
+        it held once the blocks up to that height had committed (a primary proposing a block while
+        the blocks before it are in flight batches by the order before their commits moved anyone;
+        the earliest place remembered if every one kept came later)."""
         tx = self.by_id.get(txid)
-        return None if tx is None else self.senders[tx.address].placed
+        if tx is None:
+            return None
+        placings = self.senders[tx.address].placings
+        if upto is None:
+            return placings[-1][1]
+        for height, t in reversed(placings):
+            if height <= upto:
+                return t
+        return placings[0][1]
 
     def pending_from(self, tx: Tx) -> list[Tx]:
         """The pending transactions of tx's sender from tx's nonce on."""
@@ -570,9 +584,10 @@ class Mempool:
             self._forget(addr, s)
         return dropped
 
-    def remove(self, txs: list[Tx], now: float | None = None) -> list[Tx]:
+    def remove(self, txs: list[Tx], now: float | None = None, height: int = -1) -> list[Tx]:
         """Drop committed transactions and any others for the same nonces; returns those others (each
-        superseded: another transaction of its sender took its nonce)."""
+        superseded: another transaction of its sender took its nonce). `height`: of the block they
+        committed in (a sender with more pending takes its place at the end of the order by it)."""
         if now is not None:
             self._clock = max(self._clock, now)  # when the next ones of these senders become ready
         top: dict[bytes, int] = {}
@@ -585,7 +600,9 @@ class Mempool:
                 dropped += self._advance(addr, s, nonce + 1)
                 if addr in self.senders:
                     self.senders.move_to_end(addr)
-                    s.placed = self._clock
+                    s.placings.append((height, self._clock))
+                    if len(s.placings) > PLACINGS:
+                        del s.placings[0]
         ids = {tx.id for tx in txs}
         return [tx for tx in dropped if tx.id not in ids]
 

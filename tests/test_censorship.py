@@ -11,8 +11,9 @@ import time
 from devices.patient.client import NodeClient
 from node.block import TX_FRAMING
 from node.consensus.censor import CensorWatch
+from node.crypto import ecdsa
 from node.crypto.keys import Identity
-from node.mempool import Mempool
+from node.mempool import PLACINGS, Mempool
 from node.tx import DATA_TYPES, Grant, Profile, Tx
 from tests.conftest import run
 from tests.consensus_sim import SimNet, make_block
@@ -187,9 +188,49 @@ def test_the_pool_says_when_each_sender_took_its_place_in_the_proposal_order():
     pool.admit(tx[1, 1], 0, 3.0)
     assert (pool.placed(tx[0, 2].id), pool.placed(tx[1, 1].id), pool.placed(bytes(32))) == (1.0, 3.0, None)
     assert [t.id for t in pool.batch(1)] == [tx[0, 1].id]
-    pool.remove([tx[0, 1]], now=4.0)  # its commit moves sender 0 behind sender 1
+    pool.remove([tx[0, 1]], now=4.0, height=5)  # its commit in block 5 moves sender 0 behind sender 1
     assert pool.placed(tx[0, 2].id) == 4.0 and pool.placed(tx[1, 1].id) == 3.0
     assert [t.id for t in pool.batch(1)] == [tx[1, 1].id]
+    # as it was once the blocks up to 4 had committed (a block proposed while 5 was in flight)
+    assert pool.placed(tx[0, 2].id, upto=4) == 1.0 and pool.placed(tx[0, 2].id, upto=5) == 4.0
+    committed = 1
+    for h in range(6, 6 + PLACINGS):  # a sender moved by more commits than are remembered
+        pool.admit(Tx.build(ids[0], "c", committed + 2, Profile("p", "r", "o", bytes(32))), committed, float(h))
+        pool.remove([pool.first_pending(ids[0].address)], now=float(h), height=h)
+        committed += 1
+    last = pool.first_pending(ids[0].address)
+    assert last is not None and last.nonce == committed + 1
+    assert pool.placed(last.id) == 5.0 + PLACINGS and pool.placed(last.id, upto=4) == 6.0  # the earliest kept
+
+
+def test_a_full_block_proposed_while_the_block_that_moved_its_senders_was_in_flight_is_no_skip():
+    """Overload, honestly: a primary with blocks in flight batches from its order before their commits,
+    so block 11 may repeat block 10's senders (their next transactions). Here block 10's commit moved
+    them to the end well after the watched transaction; judged by their place once the blocks up to
+    11 - PIPELINE had committed (as the driver asks), they came before it, and block 11 is no skip.
+    A block proposed after that commit certainly was (PIPELINE above it), and it is."""
+    from node.validator import PIPELINE
+
+    ids = [Identity.from_seed(b"front %d" % k) for k in range(4)]
+    pool = Mempool()
+    for ident in ids:  # four front senders, two transactions each, placed at 0 s
+        for n in (1, 2):
+            pool.admit(Tx.build(ident, "c", n, Profile("p", "r", "o", bytes(32))), 0, 0.0)
+    first = [pool.pending(i.address, 1) for i in ids]
+    pool.remove(first, now=30.0, height=10)  # block 10 committed at 30 s: they move to the end
+    second = [pool.pending(i.address, 2).raw for i in ids]
+    w = _watch(max_txs=4)  # TARGET arrived at 0, grace 1 s
+    w.tick(1000, 0, False, lambda: 0)
+    now = 31_000  # ms, the pool's clock x 1000
+
+    def placed_age(raw: bytes, seq: int) -> int | None:
+        t = pool.placed(ecdsa.sha256(raw), seq - PIPELINE)
+        return None if t is None else now - int(t * 1000)
+    w.placed_age = placed_age
+    w.delivered(11, make_block(11, txs=second), now)
+    assert w.skipped == 0
+    w.delivered(10 + PIPELINE, make_block(10 + PIPELINE, txs=second), now)
+    assert w.skipped == 1
 
 
 def test_a_full_block_is_a_skip_when_most_of_it_is_of_senders_placed_late_or_not_held():
@@ -199,7 +240,7 @@ def test_a_full_block_is_a_skip_when_most_of_it_is_of_senders_placed_late_or_not
     w = _watch(max_txs=4)
     w.tick(1000, 0, False, lambda: 0)
     now, ages = 5000, {}
-    w.placed_age = ages.get
+    w.placed_age = lambda raw, seq: ages.get(raw)
     full = [b"sender %d" % k for k in range(4)]
     ages.update(dict.fromkeys(full, now - 1000))  # placed exactly a grace after it: not late
     w.delivered(1, make_block(1, txs=full), now)
@@ -259,7 +300,7 @@ def _censored_net(watch: bool, full: bool = False, seconds: int = 30, late: int 
     for r in net.replicas:
         r.censor = CensorWatch(3, grace_ms=2000) if watch else None
         if watch and late is not None:
-            def placed_age(raw: bytes, r=r) -> int | None:
+            def placed_age(raw: bytes, seq: int, r=r) -> int | None:
                 k = int(raw.rsplit(b".", 1)[1]) if raw.startswith(b"other") else 0
                 return None if k < late else r.state.now_ms  # placed at time 0, as TARGET arrived
             r.censor.placed_age = placed_age

@@ -23,7 +23,8 @@ A block full by count is no skip by room, so a byzantine primary could fill ever
 Sybil senders' transactions. An honest primary batches round-robin over its senders in the order they
 took their place (node/mempool.py `batch`: on arrival, or moved to the end by a commit), so a block it
 fills by count in the first round without the watched transaction holds only senders placed before
-the watched one's. Here those were placed by the watched one's arrival plus forwarding delays; so a
+the watched one's (in the order before the commits of the blocks it had in flight: the driver asks
+for the place as it was then). Here those were placed by the watched one's arrival plus forwarding delays; so a
 full block (with bytes to spare for it) whose transactions are mostly of senders this replica placed
 more than a grace after the watched one's arrival, or does not hold at all, is a skip too. A Sybil
 filler must then have its senders placed here early, each usable once (a commit places it anew), as
@@ -57,8 +58,9 @@ class CensorWatch:
         self.skipped = 0
         self.pace_ms = 0.0  # recent time from a watched transaction's grace starting to its delivery
         # the driver's: how long ago (ms) this replica's pool placed the sender of a raw transaction in
-        # its proposal order, None if it does not hold it; None: full blocks are never judged
-        self.placed_age: Callable[[bytes], int | None] | None = None
+        # its proposal order, as it was when the block of that sequence could be proposed; None if it
+        # does not hold it. None: full blocks are never judged
+        self.placed_age: Callable[[bytes, int], int | None] | None = None
 
     @property
     def censoring(self) -> bool:
@@ -109,10 +111,10 @@ class CensorWatch:
             return
         if txs_bytes(block.txs) + len(self.target) + TX_FRAMING > self.max_bytes:
             return  # full by bytes: no room for it
-        if len(block.txs) < self.max_txs or self._filled_late(block, now_ms):
+        if len(block.txs) < self.max_txs or self._filled_late(seq, block, now_ms):
             self.skipped += 1
 
-    def _filled_late(self, block: Block, now_ms: int) -> bool:
+    def _filled_late(self, seq: int, block: Block, now_ms: int) -> bool:
         """Whether most of a block full by count are of senders placed here more than a grace after
         the watched transaction's arrival, or not held here: an honest primary's first round of its
         batch would have reached the watched one before them."""
@@ -121,6 +123,6 @@ class CensorWatch:
         late_after = self.armed_at + self.grace
         late = 0
         for raw in block.txs:
-            age = self.placed_age(raw)
+            age = self.placed_age(raw, seq)
             late += age is None or now_ms - age > late_after
         return 2 * late > len(block.txs)
