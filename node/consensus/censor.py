@@ -27,8 +27,8 @@ the watched one's (in the order before the commits of the blocks it had in fligh
 for the place as it was then). Here those were placed by the watched one's arrival plus forwarding delays; so a
 full block (with bytes to spare for it) whose transactions are mostly of senders this replica placed
 more than a grace after the watched one's arrival, or does not hold at all, is a skip too. A Sybil
-filler must then have its senders placed here early, each usable once (a commit places it anew), as
-many as the pools take (the pool's bound, the forwarding validator's origin evicted first).
+filler must then have its senders placed here early, each usable only until a commit places it anew
+(in the blocks proposed before that commit: at most PIPELINE of them), as many as the pools take (the pool's bound, the forwarding validator's origin evicted first).
 """
 
 from __future__ import annotations
