@@ -20,15 +20,16 @@ An honest primary leaves a ready transaction out of a block with room only if it
 skips cover both.
 
 A block full by count is no skip by room, so a byzantine primary could fill every block with its own
-Sybil senders' transactions. An honest primary batches round-robin over its senders in the order they
-took their place (node/mempool.py `batch`: on arrival, or moved to the end by a commit), so a block it
-fills by count in the first round without the watched transaction holds only senders placed before
-the watched one's (in the order before the commits of the blocks it had in flight: the driver asks
-for the place as it was then). Here those were placed by the watched one's arrival plus forwarding delays; so a
-full block (with bytes to spare for it) whose transactions are mostly of senders this replica placed
-more than a grace after the watched one's arrival, or does not hold at all, is a skip too. A Sybil
-filler must then have its senders placed here early, each usable only until a commit places it anew
-(in the blocks proposed before that commit: at most PIPELINE of them), as many as the pools take (the pool's bound, the forwarding validator's origin evicted first).
+Sybil senders' transactions. An honest primary batches round-robin over its senders in the order
+they took their place (node/mempool.py `batch`: on arrival, or moved to the end by a commit), so a
+block it fills by count in the first round without the watched transaction holds only senders placed
+before the watched one's (in the order before the commits of the blocks it had in flight: the driver
+asks for the place as it was then). Here those were placed by the watched one's arrival plus
+forwarding delays; so a full block (with bytes to spare for it) whose transactions are mostly of
+senders this replica placed more than a grace after the watched one's arrival, or does not hold at
+all, is a skip too. A Sybil filler must then have its senders placed here early, each usable only
+until a commit places it anew (in the blocks proposed before that commit: at most PIPELINE of them),
+as many as the pools take (the pool's bound, the forwarding validator's origin evicted first).
 """
 
 from __future__ import annotations
