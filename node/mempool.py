@@ -140,19 +140,21 @@ class KeyedLimiter:
             self.buckets.popitem(last=False)
 
 
-PLACINGS = 8  # places in the order remembered per sender: more than the blocks a primary has in flight
+PLACINGS = 6  # places in the order remembered per sender: more than the blocks a primary has in flight (4)
 
 
 class _Sender:
-    __slots__ = ("base", "end", "origin", "placings", "txs")
+    __slots__ = ("base", "end", "origin", "placed", "placings", "txs")
 
     def __init__(self, base: int, origin: str, placed: float = 0.0) -> None:
         self.base = base  # the next nonce the chain will accept from this sender
         self.txs: dict[int, Tx] = {}
         self.origin = origin  # the origin of its first pending transaction: it is counted there
         # when it took its place at the end of the proposal order (batch: round-robin over senders in
-        # order), and by which block's commit (-1: it came): the last few (the censorship watch asks)
-        self.placings: list[tuple[int, float]] = [(-1, placed)]
+        # order); once a commit has moved it there, its last few places, each with the height of the
+        # block whose commit moved it (-1: it came), oldest first (the censorship watch asks)
+        self.placed = placed
+        self.placings: list[tuple[int, float]] | None = None
         # every nonce from base up to here is pending: the run only grows at its end, a commit moves its
         # start, and an eviction (of the newest) cuts it, so admitting k transactions is O(k), not O(k^2)
         self.end = base
@@ -485,13 +487,13 @@ class Mempool:
         tx = self.by_id.get(txid)
         if tx is None:
             return None
-        placings = self.senders[tx.address].placings
-        if upto is None:
-            return placings[-1][1]
-        for height, t in reversed(placings):
+        s = self.senders[tx.address]
+        if upto is None or s.placings is None:
+            return s.placed
+        for height, t in reversed(s.placings):
             if height <= upto:
                 return t
-        return placings[0][1]
+        return s.placings[0][1]
 
     def pending_from(self, tx: Tx) -> list[Tx]:
         """The pending transactions of tx's sender from tx's nonce on."""
@@ -600,9 +602,12 @@ class Mempool:
                 dropped += self._advance(addr, s, nonce + 1)
                 if addr in self.senders:
                     self.senders.move_to_end(addr)
+                    if s.placings is None:
+                        s.placings = [(-1, s.placed)]
                     s.placings.append((height, self._clock))
                     if len(s.placings) > PLACINGS:
                         del s.placings[0]
+                    s.placed = self._clock
         ids = {tx.id for tx in txs}
         return [tx for tx in dropped if tx.id not in ids]
 
