@@ -40,6 +40,7 @@ RECENT_BYTES = 8 * 1024 * 1024
 # A block long-polled for (GET /v1/blocks/{h}?wait=S) is waited for only this far past the head: a
 # client following the chain asks for the next one; nobody parks a waiter on a height years ahead.
 WAIT_AHEAD = 64
+NO_NONCE = (Code.BAD_NONCE, Code.DUPLICATE)  # executed without taking the sender's nonce
 
 
 class Commit:
@@ -59,8 +60,15 @@ class Commit:
         if self.uploads is not None:
             self.uploads.pinned(r.multihash for r in roots)  # pinned by the chain: off the upload budget
         in_block = {t.id for t in ex.txs}
-        for t in self.mempool.remove([t for t, c in zip(ex.txs, ex.codes, strict=True) if c != Code.BAD_NONCE],
-                                     time.monotonic(), block.header.height):  # a nonce gap may close: keep those
+        # a transaction executed as a bad nonce, or again as a duplicate, did not take its nonce: it
+        # moves no sender's run (a duplicate of a later nonce, included by a byzantine primary, dropped
+        # every pending transaction below it here as superseded), and it can never commit now (it has
+        # its receipt), so it alone leaves the pool
+        took = [t for t, c in zip(ex.txs, ex.codes, strict=True) if c not in NO_NONCE]
+        for t, c in zip(ex.txs, ex.codes, strict=True):
+            if c in NO_NONCE:
+                self.mempool.discard(t)
+        for t in self.mempool.remove(took, time.monotonic(), block.header.height):
             if t.id not in in_block:  # accepted (202) here: its client polls for a status, not a 404
                 self.admission.reject(t.id, Refusal.CONFLICT, f"superseded: nonce {t.nonce} of this sender was "
                                                               "committed by another transaction")

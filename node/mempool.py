@@ -407,6 +407,24 @@ class Mempool:
         self._weigh_origin(s.origin, o.n)
         return victim
 
+    def discard(self, tx: Tx) -> bool:
+        """Drop exactly this pending transaction (its sender's later ones stay, behind a gap until its
+        nonce comes again with other bytes); False if it is not pending here."""
+        if tx.id not in self.by_id:
+            return False
+        s = self.senders[tx.address]
+        del s.txs[tx.nonce]
+        s.end = min(s.end, tx.nonce)
+        o = self.origins[s.origin]
+        self._drop_tx(tx, o)
+        o.n -= 1
+        if s.txs:
+            self._weigh_sender(o, tx.address, len(s.txs))
+        else:
+            self._forget(tx.address, s)
+        self._weigh_origin(s.origin, o.n)
+        return True
+
     def withdraw(self, tx: Tx) -> list[Tx]:
         """Drop a pending transaction that cannot be proposed, with every later one of its sender
         (they could never commit behind the gap); returns them, newest first ([] if not pending)."""

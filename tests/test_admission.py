@@ -389,21 +389,27 @@ def test_an_eviction_is_recorded_and_the_evicted_transaction_forgotten(make: Cal
     assert _rejections(v, "evicted") == 1
 
 
-def test_evicting_a_transaction_a_block_recorded_as_failed_is_clean(make: Callable[..., Validator]) -> None:
-    """A block may carry a transaction that fails there (its predecessor is not in the block): it stays
-    pending for a later block, though the commit dropped its re-forward entry; evicted later, it is
-    still recorded as evicted."""
-    v = make(mempool_capacity=2, client_mempool_share=1.0)
+def test_a_transaction_a_block_executed_without_its_nonce_leaves_the_pool_and_moves_no_run(
+        make: Callable[..., Validator]) -> None:
+    """A block may carry a transaction that fails there as a bad nonce (its predecessor is not in the
+    block): it has its receipt now, so it can never commit (again it would be a duplicate), and it
+    alone leaves the pool; its sender's run stays. A byzantine primary including it a second time
+    (a duplicate) moved the pool's run past it, dropping the pending nonce 1 as superseded."""
+    v = make()
     adm = v.admission
-    s1, s2 = _run(_id("gap"), 2)
+    s1, s2, s3 = _run(_id("gap"), 3)
     with origin("10.0.0.1"):
-        assert adm.submit_many_sync(_items([s1, s2])) == [s1.id, s2.id]
-    assert _commit(v, [s2]) == [Code.BAD_NONCE] and s2.id in v.mempool and s2.id not in adm.pending_since
-    n = _profile(_id("gap newcomer"))
-    with origin("10.0.0.2"):
-        assert adm.submit_many_sync(_items([n])) == [n.id]
-    assert s2.id not in v.mempool and adm.rejected[s2.id].startswith("evicted: ")
-    assert set(adm.pending_since) == {s1.id, n.id}
+        assert adm.submit_many_sync(_items([s1, s2, s3])) == [s1.id, s2.id, s3.id]
+    assert _commit(v, [s2]) == [Code.BAD_NONCE]
+    assert s2.id not in v.mempool and s1.id in v.mempool and s3.id in v.mempool and s2.id not in adm.pending_since
+    assert _commit(v, [s2]) == [Code.DUPLICATE]
+    assert s1.id in v.mempool and s3.id in v.mempool and s1.id not in adm.rejected
+    assert [t.id for t in v.mempool.batch(10)] == [s1.id]  # nonce 2 is a gap now: 3 waits behind it
+    assert _commit(v, [s1]) == [Code.OK] and s1.id not in v.mempool and s3.id in v.mempool
+    again = _profile(_id("gap"), 2)  # nonce 2 signed again (other bytes): the gap closes
+    with origin("10.0.0.1"):
+        assert adm.submit_many_sync(_items([again])) == [again.id]
+    assert [t.id for t in v.mempool.batch(10)] == [again.id, s3.id]
 
 
 def test_a_nonce_refused_for_now_holds_back_the_senders_later_ones_until_its_window_ends(
