@@ -330,12 +330,22 @@ class Admission:
                 dropped += 1
         return dropped
 
-    def placed_age_ms(self, raw: bytes, upto: int | None = None) -> int | None:
-        """How long ago (ms) the pool placed the sender of the raw transaction in its proposal order
-        (as it was once the blocks up to height `upto` had committed: Mempool.placed), None if it is
-        not pending here: the censorship watch judges a full block by it."""
-        placed = self.mempool.placed(ecdsa.sha256(raw), upto)
-        return None if placed is None else int((time.monotonic() - placed) * 1000)
+    def placed_age_ms(self, raw: bytes, upto: int | None = None) -> tuple[bytes, int | None]:
+        """The sender of a raw transaction (of a block this validator executed) and how long ago (ms)
+        the pool placed it in its proposal order (as it was once the blocks up to height `upto` had
+        committed: Mempool.placed), None if nothing of it is pending here: the censorship watch
+        judges a full block by it. By sender: one whose newest transaction is not admitted here yet
+        holds its place all the same."""
+        tx = self.mempool.by_id.get(ecdsa.sha256(raw))
+        if tx is not None:
+            addr = tx.address
+        else:
+            try:
+                addr = Tx.decode(raw, check_sig=False).address
+            except (TxError, WireError):
+                return raw, None  # never in a block this validator executed
+        placed = self.mempool.placed(addr, upto)
+        return addr, None if placed is None else int((time.monotonic() - placed) * 1000)
 
     def watch_candidate(self, now_ms: int, now: float, checks: int = WATCH_CHECKS) -> tuple[bytes, int] | None:
         """The transaction a backup watches for censorship (node/consensus/censor.py), and when it

@@ -496,16 +496,15 @@ class Mempool:
                     break
         return out
 
-    def placed(self, txid: bytes, upto: int | None = None) -> float | None:
-        """When the sender of pending transaction `txid` took its place in the proposal order (the
-        clock admit and remove are given), None if `txid` is not pending here. With `upto`, the place
-        it held once the blocks up to that height had committed (a primary proposing a block while
-        the blocks before it are in flight batches by the order before their commits moved anyone;
-        the earliest place remembered if every one kept came later)."""
-        tx = self.by_id.get(txid)
-        if tx is None:
+    def placed(self, addr: bytes, upto: int | None = None) -> float | None:
+        """When sender `addr` took its place in the proposal order (the clock admit and remove are
+        given), None if nothing of it is pending here. With `upto`, the place it held once the blocks
+        up to that height had committed (a primary proposing a block while the blocks before it are
+        in flight batches by the order before their commits moved anyone; the earliest place
+        remembered if every one kept came later)."""
+        s = self.senders.get(addr)
+        if s is None:
             return None
-        s = self.senders[tx.address]
         if upto is None or s.placings is None:
             return s.placed
         for height, t in reversed(s.placings):

@@ -412,6 +412,23 @@ def test_a_transaction_a_block_executed_without_its_nonce_leaves_the_pool_and_mo
     assert [t.id for t in v.mempool.batch(10)] == [again.id, s3.id]
 
 
+def test_the_watch_is_told_each_block_transactions_sender_and_when_the_pool_placed_it(
+        make: Callable[..., Validator]) -> None:
+    """Admission.placed_age_ms, the censorship watch's question: by sender, so one placed here whose
+    newest transaction is not admitted yet still holds its place; an unknown sender, or bytes that
+    are no transaction, have none."""
+    v = make()
+    s1, s2 = _run(_id("placed"), 2)
+    with origin("10.0.0.1"):
+        assert v.admission.submit_many_sync(_items([s1])) == [s1.id]
+    for raw in (s1.raw, s2.raw):
+        who, age = v.admission.placed_age_ms(raw)
+        assert who == s1.address and age is not None and 0 <= age < 60_000
+    stranger = _profile(_id("placed stranger"))
+    assert v.admission.placed_age_ms(stranger.raw) == (stranger.address, None)
+    assert v.admission.placed_age_ms(b"junk") == (b"junk", None)
+
+
 def test_a_nonce_refused_for_now_holds_back_the_senders_later_ones_until_its_window_ends(
         make: Callable[..., Validator]) -> None:
     """Nonce 3 refused as rate limited: nonce 4 behind it is refused the same way, with the same

@@ -11,7 +11,6 @@ import time
 from devices.patient.client import NodeClient
 from node.block import TX_FRAMING
 from node.consensus.censor import CensorWatch
-from node.crypto import ecdsa
 from node.crypto.keys import Identity
 from node.mempool import PLACINGS, Mempool
 from node.tx import DATA_TYPES, Grant, Profile, Tx
@@ -186,13 +185,13 @@ def test_the_pool_says_when_each_sender_took_its_place_in_the_proposal_order():
     pool.admit(tx[0, 1], 0, 1.0)
     pool.admit(tx[0, 2], 0, 2.0)
     pool.admit(tx[1, 1], 0, 3.0)
-    assert (pool.placed(tx[0, 2].id), pool.placed(tx[1, 1].id), pool.placed(bytes(32))) == (1.0, 3.0, None)
+    assert (pool.placed(ids[0].address), pool.placed(ids[1].address), pool.placed(bytes(33))) == (1.0, 3.0, None)
     assert [t.id for t in pool.batch(1)] == [tx[0, 1].id]
     pool.remove([tx[0, 1]], now=4.0, height=5)  # its commit in block 5 moves sender 0 behind sender 1
-    assert pool.placed(tx[0, 2].id) == 4.0 and pool.placed(tx[1, 1].id) == 3.0
+    assert pool.placed(ids[0].address) == 4.0 and pool.placed(ids[1].address) == 3.0
     assert [t.id for t in pool.batch(1)] == [tx[1, 1].id]
     # as it was once the blocks up to 4 had committed (a block proposed while 5 was in flight)
-    assert pool.placed(tx[0, 2].id, upto=4) == 1.0 and pool.placed(tx[0, 2].id, upto=5) == 4.0
+    assert pool.placed(ids[0].address, upto=4) == 1.0 and pool.placed(ids[0].address, upto=5) == 4.0
     committed = 1
     for h in range(6, 6 + PLACINGS):  # a sender moved by more commits than are remembered
         pool.admit(Tx.build(ids[0], "c", committed + 2, Profile("p", "r", "o", bytes(32))), committed, float(h))
@@ -200,7 +199,7 @@ def test_the_pool_says_when_each_sender_took_its_place_in_the_proposal_order():
         committed += 1
     last = pool.first_pending(ids[0].address)
     assert last is not None and last.nonce == committed + 1
-    assert pool.placed(last.id) == 5.0 + PLACINGS and pool.placed(last.id, upto=4) == 6.0  # the earliest kept
+    assert pool.placed(ids[0].address) == 5.0 + PLACINGS and pool.placed(ids[0].address, upto=4) == 6.0  # the earliest kept
 
 
 def test_a_full_block_proposed_while_the_block_that_moved_its_senders_was_in_flight_is_no_skip():
@@ -223,9 +222,10 @@ def test_a_full_block_proposed_while_the_block_that_moved_its_senders_was_in_fli
     w.tick(1000, 0, False, lambda: 0)
     now = 31_000  # ms, the pool's clock x 1000
 
-    def placed_age(raw: bytes, seq: int) -> int | None:
-        t = pool.placed(ecdsa.sha256(raw), seq - PIPELINE)
-        return None if t is None else now - int(t * 1000)
+    def placed_age(raw: bytes, seq: int) -> tuple[bytes, int | None]:
+        who = Tx.decode(raw, check_sig=False).address
+        t = pool.placed(who, seq - PIPELINE)
+        return who, None if t is None else now - int(t * 1000)
     w.placed_age = placed_age
     w.delivered(11, make_block(11, txs=second), now)
     assert w.skipped == 0
@@ -240,7 +240,7 @@ def test_a_full_block_is_a_skip_when_most_of_it_is_of_senders_placed_late_or_not
     w = _watch(max_txs=4)
     w.tick(1000, 0, False, lambda: 0)
     now, ages = 5000, {}
-    w.placed_age = lambda raw, seq: ages.get(raw)
+    w.placed_age = lambda raw, seq: (raw, ages.get(raw))
     full = [b"sender %d" % k for k in range(4)]
     ages.update(dict.fromkeys(full, now - 1000))  # placed exactly a grace after it: not late
     w.delivered(1, make_block(1, txs=full), now)
@@ -258,6 +258,13 @@ def test_a_full_block_is_a_skip_when_most_of_it_is_of_senders_placed_late_or_not
     w.placed_age = None  # a driver that cannot say: full blocks are not judged
     w.delivered(5, make_block(5, txs=full), now)
     assert w.skipped == 1
+    # one sender placed early takes one place of an honest first round, not four
+    w.placed_age = lambda raw, seq: (b"sender a" if raw in full[:2] else b"sender b", now)
+    w.delivered(6, make_block(6, txs=full), now)  # two senders, two transactions each: 2 of 4 late
+    assert w.skipped == 1
+    w.placed_age = lambda raw, seq: (b"early sender", now)
+    w.delivered(7, make_block(7, txs=full), now)  # one sender's four: 3 of 4 late
+    assert w.skipped == 2
 
 
 def test_bare_writes_are_not_in_the_ready_order_so_a_few_cannot_hide_the_rest():
@@ -300,9 +307,9 @@ def _censored_net(watch: bool, full: bool = False, seconds: int = 30, late: int 
     for r in net.replicas:
         r.censor = CensorWatch(3, grace_ms=2000) if watch else None
         if watch and late is not None:
-            def placed_age(raw: bytes, seq: int, r=r) -> int | None:
+            def placed_age(raw: bytes, seq: int, r=r) -> tuple[bytes, int | None]:
                 k = int(raw.rsplit(b".", 1)[1]) if raw.startswith(b"other") else 0
-                return None if k < late else r.state.now_ms  # placed at time 0, as TARGET arrived
+                return raw, None if k < late else r.state.now_ms  # placed at time 0, as TARGET arrived
             r.censor.placed_age = placed_age
     for t in range(seconds * 10):
         for r in net.replicas:

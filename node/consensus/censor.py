@@ -58,10 +58,10 @@ class CensorWatch:
         self.horizon: int | None = None  # the highest sequence proposed that was known when the grace ran out
         self.skipped = 0
         self.pace_ms = 0.0  # recent time from a watched transaction's grace starting to its delivery
-        # the driver's: how long ago (ms) this replica's pool placed the sender of a raw transaction in
-        # its proposal order, as it was when the block of that sequence could be proposed; None if it
-        # does not hold it. None: full blocks are never judged
-        self.placed_age: Callable[[bytes, int], int | None] | None = None
+        # the driver's: the sender of a raw transaction and how long ago (ms) this replica's pool placed
+        # it in its proposal order, as it was when the block of that sequence could be proposed (None:
+        # nothing of it pending here). None: full blocks are never judged
+        self.placed_age: Callable[[bytes, int], tuple[bytes, int | None]] | None = None
 
     @property
     def censoring(self) -> bool:
@@ -117,13 +117,19 @@ class CensorWatch:
 
     def _filled_late(self, seq: int, block: Block, now_ms: int) -> bool:
         """Whether most of a block full by count are of senders placed here more than a grace after
-        the watched transaction's arrival, or not held here: an honest primary's first round of its
-        batch would have reached the watched one before them."""
+        the watched transaction's arrival, or not held here, or are a sender's second transaction in
+        it: an honest primary's first round of its batch, one transaction a sender, would have
+        reached the watched one before them."""
         if self.placed_age is None:
             return False
         late_after = self.armed_at + self.grace
         late = 0
+        senders: set[bytes] = set()
         for raw in block.txs:
-            age = self.placed_age(raw, seq)
+            who, age = self.placed_age(raw, seq)
+            if who in senders:
+                late += 1
+                continue
+            senders.add(who)
             late += age is None or now_ms - age > late_after
         return 2 * late > len(block.txs)
