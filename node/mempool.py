@@ -196,6 +196,9 @@ class Mempool:
         self.tx_bytes, self.max_tx_bytes = 0, max_tx_bytes
         self.max_origin_bytes = max(1, int(max_tx_bytes * origin_share)) if origin_share < 1 else None
         self.senders: OrderedDict[bytes, _Sender] = OrderedDict()
+        # senders whose last pending transaction committed in the last PLACINGS blocks: (that height,
+        # their places), oldest first, for one that comes again (the censorship watch asks)
+        self._emptied: OrderedDict[bytes, tuple[int, list[tuple[int, float]]]] = OrderedDict()
         self.by_id: dict[bytes, Tx] = {}
         self.buckets: dict[bytes, TokenBucket] = {}
         self.origins: dict[str, _Origin] = {}
@@ -286,6 +289,12 @@ class Mempool:
             evicted = self._make_room(key, s, committed_nonce > 0)
         if s is None:
             s = self.senders[addr] = _Sender(committed_nonce + 1, key, now)
+            emptied = self._emptied.pop(addr, None)
+            if emptied is not None:
+                # its last pending one committed in block h a moment ago: a primary that proposed while h
+                # was in flight still had it in its old place, and this one came to it there
+                s.placings = list(emptied[1])
+                self._placed_anew(s, emptied[0], now)
             o = self.origins.get(key)
             if o is None:
                 o = self.origins[key] = _Origin()
@@ -619,14 +628,25 @@ class Mempool:
                 dropped += self._advance(addr, s, nonce + 1)
                 if addr in self.senders:
                     self.senders.move_to_end(addr)
-                    if s.placings is None:
-                        s.placings = [(-1, s.placed)]
-                    s.placings.append((height, self._clock))
-                    if len(s.placings) > PLACINGS:
-                        del s.placings[0]
-                    s.placed = self._clock
+                    self._placed_anew(s, height, self._clock)
+                elif height >= 0:  # its last pending one committed: its places are kept a few blocks
+                    self._emptied.pop(addr, None)
+                    self._emptied[addr] = (height, s.placings or [(-1, s.placed)])
+        if height >= 0:
+            while self._emptied and next(iter(self._emptied.values()))[0] < height - PLACINGS:
+                self._emptied.popitem(last=False)
         ids = {tx.id for tx in txs}
         return [tx for tx in dropped if tx.id not in ids]
+
+    @staticmethod
+    def _placed_anew(s: _Sender, height: int, t: float) -> None:
+        """Sender `s` takes its place at the end of the order at `t`, by the commit of block `height`."""
+        if s.placings is None:
+            s.placings = [(-1, s.placed)]
+        s.placings.append((height, t))
+        if len(s.placings) > PLACINGS:
+            del s.placings[0]
+        s.placed = t
 
     def prune_buckets(self, now: float) -> None:
         """Forget full buckets of idle senders so memory stays bounded by active senders."""

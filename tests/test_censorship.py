@@ -202,6 +202,28 @@ def test_the_pool_says_when_each_sender_took_its_place_in_the_proposal_order():
     assert pool.placed(ids[0].address) == 5.0 + PLACINGS and pool.placed(ids[0].address, upto=4) == 6.0  # the earliest kept
 
 
+def test_a_sender_whose_last_pending_one_committed_a_moment_ago_comes_back_to_its_old_place():
+    """Its last pending transaction committed in block 10 and it left the pool; its next one came at
+    once. A primary that batched block 11 while 10 was in flight still had it in its old place, so it
+    is judged by that place up to 10 - 1, and by its new one after; a sender gone for more blocks
+    than are remembered comes back new."""
+    a, b = Identity.from_seed(b"emptied a"), Identity.from_seed(b"emptied b")
+    pool = Mempool()
+    first = Tx.build(a, "c", 1, Profile("p", "r", "o", bytes(32)))
+    pool.admit(first, 0, 1.0)
+    pool.remove([first], now=5.0, height=10)
+    assert pool.placed(a.address) is None
+    pool.admit(Tx.build(a, "c", 2, Profile("p", "r", "o", bytes(32))), 1, 6.0)
+    assert (pool.placed(a.address, upto=9), pool.placed(a.address, upto=10), pool.placed(a.address)) == (1.0, 6.0, 6.0)
+    old = Tx.build(b, "c", 1, Profile("p", "r", "o", bytes(32)))
+    pool.admit(old, 0, 7.0)
+    pool.remove([old], now=8.0, height=11)
+    for h in range(12, 13 + PLACINGS):  # blocks without it
+        pool.remove([], now=float(h), height=h)
+    pool.admit(Tx.build(b, "c", 2, Profile("p", "r", "o", bytes(32))), 1, 30.0)
+    assert pool.placed(b.address, upto=9) == 30.0
+
+
 def test_a_full_block_proposed_while_the_block_that_moved_its_senders_was_in_flight_is_no_skip():
     """Overload, honestly: a primary with blocks in flight batches from its order before their commits,
     so block 11 may repeat block 10's senders (their next transactions). Here block 10's commit moved
