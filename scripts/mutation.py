@@ -98,6 +98,7 @@ MODULES: dict[str, list[str]] = {
         "test_a_primary_whose_blocks_are_full_is_not_suspected",
         "test_the_watch_s_edges_a_block_at_its_byte_limit_a_first_view_above_zero_and_skips_counted_afresh",
         "test_the_pace_counts_from_the_grace_s_start_never_below_zero_nor_above_8x_the_grace",
+        "test_a_full_block_proposed_while_the_block_that_moved_its_senders_was_in_flight_is_no_skip",
         "test_a_full_block_is_a_skip_when_most_of_it_is_of_senders_placed_late_or_not_held",
         "test_a_primary_filling_its_blocks_with_senders_no_replica_holds_loses_its_view",
         "test_full_blocks_mostly_of_senders_placed_before_the_watched_one_are_not_skips")]

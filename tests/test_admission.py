@@ -429,6 +429,34 @@ def test_the_watch_is_told_each_block_transactions_sender_and_when_the_pool_plac
     assert v.admission.placed_age_ms(b"junk") == (b"junk", None)
 
 
+def test_the_driver_answers_the_watch_with_places_before_the_commits_a_primary_had_in_flight(tmp_path: Path) -> None:
+    """A backup of four (constructed, never started): its watch asks the driver for a block's sender
+    and its place as it was when the primary could propose that block. Sender s committed nonce 1 in
+    block h and waits with nonce 2: for block h + 1 (proposed while h was in flight) its place is the
+    one it took on arriving; for block h + PIPELINE, the one h's commit gave it."""
+    from node.validator import PIPELINE
+
+    homes = init_home(tmp_path / "net", CHAIN, [f"127.0.0.1:{9000 + k}" for k in range(4)], int(time.time() * 1000),
+                      Params(), p2p=[f"127.0.0.1:{10000 + k}" for k in range(4)])
+    v = Validator(homes[1])
+    try:
+        assert v.replica.censor is not None and v.replica.censor.placed_age is not None
+        for k in range(6):  # a chain some blocks long: heights below the pipeline's reach exist
+            assert _commit(v, [_profile(_id(f"earlier {k}"))]) == [Code.OK]
+        s1, s2 = _run(_id("pipelined"), 2)
+        with origin("10.0.0.1"):
+            assert v.admission.submit_many_sync(_items([s1, s2])) == [s1.id, s2.id]
+        time.sleep(0.05)
+        assert _commit(v, [s1]) == [Code.OK]
+        h = v.ledger.head().height
+        who, before = v.replica.censor.placed_age(s2.raw, h + 1)
+        who_after, after = v.replica.censor.placed_age(s2.raw, h + PIPELINE)
+        assert who == who_after == s1.address and before is not None and after is not None
+        assert before >= after + 40  # arrived 50 ms before the commit moved it
+    finally:
+        v.close()
+
+
 def test_a_nonce_refused_for_now_holds_back_the_senders_later_ones_until_its_window_ends(
         make: Callable[..., Validator]) -> None:
     """Nonce 3 refused as rate limited: nonce 4 behind it is refused the same way, with the same

@@ -288,6 +288,12 @@ def test_a_full_block_is_a_skip_when_most_of_it_is_of_senders_placed_late_or_not
     w.delivered(7, make_block(7, txs=full), now)  # one sender's four: 3 of 4 late
     assert w.skipped == 2
 
+    def broken(raw: bytes, seq: int) -> tuple[bytes, int | None]:
+        raise KeyError(raw)
+    w.placed_age = broken  # a driver whose answer fails: the block is delivered, not judged
+    w.delivered(8, make_block(8, txs=full), now)
+    assert w.skipped == 2
+
 
 def test_bare_writes_are_not_in_the_ready_order_so_a_few_cannot_hide_the_rest():
     """A bare dag-pb write (no blob here; the watch skips it) is kept out of the ready order: eight of

@@ -126,7 +126,10 @@ class CensorWatch:
         late = 0
         senders: set[bytes] = set()
         for raw in block.txs:
-            who, age = self.placed_age(raw, seq)
+            try:
+                who, age = self.placed_age(raw, seq)
+            except Exception:  # noqa: BLE001 - the driver's question must never break a delivery
+                return False
             if who in senders:
                 late += 1
                 continue
