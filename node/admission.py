@@ -19,8 +19,10 @@ from typing import Any
 
 from node import clock
 from node.backlog import Backlog
+from node.block import Block
 from node.crypto import ecdsa
 from node.crypto.batch import verify_batch
+from node.execution import Executed
 from node.ipfs.blockstore import BlockStore
 from node.ipfs.cid import CODEC_RAW, Cid
 from node.ledger import Ledger
@@ -30,6 +32,7 @@ from node.metrics import Metrics
 from node.sidecar import SIDECAR_MAX, Item, check_sidecar
 from node.state import CODES, OK, Code, Overlay, check_tx, keys
 from node.state.machine import break_glass_reopens_ms
+from node.state.records import NO_NONCE
 from node.state.rules import NO_ISSUERS, Rules
 from node.tx import KIND_WRITE, Tx, TxError
 from node.tx.model import BAD_SIGNATURE
@@ -329,6 +332,21 @@ class Admission:
                             f"nonce {committed + 1} of this sender never came")
                 dropped += 1
         return dropped
+
+    def placed_ages_ms(self, block: Block, ex: Executed | None, upto: int | None = None) -> list[tuple[bytes, int | None]]:
+        """For each transaction of a block the censorship watch judges, its sender and how long ago the
+        pool placed it (placed_age_ms). With the block's execution here (`ex`), one that executed
+        without taking its nonce (a bad nonce, a duplicate) has no place: no honest primary batches
+        one (its batch takes each sender's run from its next nonce), and it would let a byzantine
+        primary fill blocks with the forwards of an early sender, never moving it."""
+        if ex is None or len(ex.txs) != len(block.txs):
+            return [self.placed_age_ms(raw, upto) for raw in block.txs]
+        now = time.monotonic()
+        out: list[tuple[bytes, int | None]] = []
+        for tx, code in zip(ex.txs, ex.codes, strict=True):
+            placed = None if code in NO_NONCE else self.mempool.placed(tx.address, upto)
+            out.append((tx.address, None if placed is None else int((now - placed) * 1000)))
+        return out
 
     def placed_age_ms(self, raw: bytes, upto: int | None = None) -> tuple[bytes, int | None]:
         """The sender of a raw transaction (of a block this validator executed) and how long ago (ms)

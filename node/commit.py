@@ -27,7 +27,8 @@ from node.mempool import Mempool, Refusal
 from node.metrics import Metrics
 from node.replication import Replicator
 from node.sidecar import SidecarCache
-from node.state import CODES, OK, Code
+from node.state import CODES, OK
+from node.state.records import NO_NONCE
 from node.tx import KIND_WRITE
 from node.uploads import UploadBudget
 
@@ -40,7 +41,6 @@ RECENT_BYTES = 8 * 1024 * 1024
 # A block long-polled for (GET /v1/blocks/{h}?wait=S) is waited for only this far past the head: a
 # client following the chain asks for the next one; nobody parks a waiter on a height years ahead.
 WAIT_AHEAD = 64
-NO_NONCE = (Code.BAD_NONCE, Code.DUPLICATE)  # executed without taking the sender's nonce
 
 
 class Commit:

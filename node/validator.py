@@ -182,7 +182,8 @@ class Validator:
             censor = CensorWatch(self.params.block_max_txs)
             # a full block is judged by the pool's order as it was when the primary could propose it:
             # before the commits of the PIPELINE blocks below it, which may have been in flight then
-            censor.placed_age = lambda raw, seq: self.admission.placed_age_ms(raw, seq - PIPELINE)
+            censor.placed_ages = lambda block, seq: self.admission.placed_ages_ms(
+                block, self.pipeline.executed.get(block.hash), seq - PIPELINE)
         return Replica(self.chain_id, self.n, self.index, self.identity.sign, self._verify_vote,
                        last_delivered=head.height, view=view, last_hash=head.hash,
                        last_cert=(last.cert_view, last.cert) if last else (0, ()),

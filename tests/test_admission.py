@@ -435,12 +435,14 @@ def test_the_driver_answers_the_watch_with_places_before_the_commits_a_primary_h
     block h and waits with nonce 2: for block h + 1 (proposed while h was in flight) its place is the
     one it took on arriving; for block h + PIPELINE, the one h's commit gave it."""
     from node.validator import PIPELINE
+    from tests.consensus_sim import make_block
 
     homes = init_home(tmp_path / "net", CHAIN, [f"127.0.0.1:{9000 + k}" for k in range(4)], int(time.time() * 1000),
                       Params(), p2p=[f"127.0.0.1:{10000 + k}" for k in range(4)])
     v = Validator(homes[1])
     try:
-        assert v.replica.censor is not None and v.replica.censor.placed_age is not None
+        ages = v.replica.censor.placed_ages if v.replica.censor is not None else None
+        assert ages is not None
         for k in range(6):  # a chain some blocks long: heights below the pipeline's reach exist
             assert _commit(v, [_profile(_id(f"earlier {k}"))]) == [Code.OK]
         s1, s2 = _run(_id("pipelined"), 2)
@@ -449,10 +451,17 @@ def test_the_driver_answers_the_watch_with_places_before_the_commits_a_primary_h
         time.sleep(0.05)
         assert _commit(v, [s1]) == [Code.OK]
         h = v.ledger.head().height
-        who, before = v.replica.censor.placed_age(s2.raw, h + 1)
-        who_after, after = v.replica.censor.placed_age(s2.raw, h + PIPELINE)
+        block = make_block(h + 1, txs=[s2.raw])  # not executed here: judged by its bytes
+        [(who, before)] = ages(block, h + 1)
+        [(who_after, after)] = ages(block, h + PIPELINE)
         assert who == who_after == s1.address and before is not None and after is not None
         assert before >= after + 40  # arrived 50 ms before the commit moved it
+        # executed here: one that did not take its nonce has no place (no honest batch holds one)
+        s3 = _run(_id("pipelined"), 3)[2]
+        ex = build_block(v.pipeline.head_tip(), [s3, s2], v.chain_id, 0, 0, clock.now_ms())
+        assert list(ex.codes) == [Code.BAD_NONCE, Code.OK]
+        [(w3, a3), (w2, a2)] = v.admission.placed_ages_ms(ex.block, ex, h)
+        assert (w3, a3) == (s1.address, None) and w2 == s1.address and a2 is not None
     finally:
         v.close()
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from devices.patient.client import NodeClient
-from node.block import TX_FRAMING
+from node.block import TX_FRAMING, Block
 from node.consensus.censor import CensorWatch
 from node.crypto.keys import Identity
 from node.mempool import PLACINGS, Mempool
@@ -19,6 +20,11 @@ from tests.consensus_sim import SimNet, make_block
 from tests.test_faults import _network
 
 TARGET = b"a patient's revoke"
+
+
+def _per_tx(placed_age: Callable[[bytes, int], tuple[bytes, int | None]]) -> Callable[[Block, int], list]:
+    """A driver's answer for a whole block from one for each of its transactions."""
+    return lambda block, seq: [placed_age(raw, seq) for raw in block.txs]
 
 
 def _watch(max_txs: int = 10, max_bytes: int = 10_000) -> CensorWatch:
@@ -248,7 +254,7 @@ def test_a_full_block_proposed_while_the_block_that_moved_its_senders_was_in_fli
         who = Tx.decode(raw, check_sig=False).address
         t = pool.placed(who, seq - PIPELINE)
         return who, None if t is None else now - int(t * 1000)
-    w.placed_age = placed_age
+    w.placed_ages = _per_tx(placed_age)
     w.delivered(11, make_block(11, txs=second), now)
     assert w.skipped == 0
     w.delivered(10 + PIPELINE, make_block(10 + PIPELINE, txs=second), now)
@@ -262,7 +268,7 @@ def test_a_full_block_is_a_skip_when_most_of_it_is_of_senders_placed_late_or_not
     w = _watch(max_txs=4)
     w.tick(1000, 0, False, lambda: 0)
     now, ages = 5000, {}
-    w.placed_age = lambda raw, seq: (raw, ages.get(raw))
+    w.placed_ages = _per_tx(lambda raw, seq: (raw, ages.get(raw)))
     full = [b"sender %d" % k for k in range(4)]
     ages.update(dict.fromkeys(full, now - 1000))  # placed exactly a grace after it: not late
     w.delivered(1, make_block(1, txs=full), now)
@@ -277,20 +283,20 @@ def test_a_full_block_is_a_skip_when_most_of_it_is_of_senders_placed_late_or_not
     big = [bytes(10_001 - 2 * TX_FRAMING - len(TARGET) - 3 * (7 + TX_FRAMING)), b"other 1", b"other 2", b"other 3"]
     w.delivered(4, make_block(4, txs=big), now)  # full by bytes too, all of it late: no room for it
     assert w.skipped == 1
-    w.placed_age = None  # a driver that cannot say: full blocks are not judged
+    w.placed_ages = None  # a driver that cannot say: full blocks are not judged
     w.delivered(5, make_block(5, txs=full), now)
     assert w.skipped == 1
     # one sender placed early takes one place of an honest first round, not four
-    w.placed_age = lambda raw, seq: (b"sender a" if raw in full[:2] else b"sender b", now)
+    w.placed_ages = _per_tx(lambda raw, seq: (b"sender a" if raw in full[:2] else b"sender b", now))
     w.delivered(6, make_block(6, txs=full), now)  # two senders, two transactions each: 2 of 4 late
     assert w.skipped == 1
-    w.placed_age = lambda raw, seq: (b"early sender", now)
+    w.placed_ages = _per_tx(lambda raw, seq: (b"early sender", now))
     w.delivered(7, make_block(7, txs=full), now)  # one sender's four: 3 of 4 late
     assert w.skipped == 2
 
-    def broken(raw: bytes, seq: int) -> tuple[bytes, int | None]:
-        raise KeyError(raw)
-    w.placed_age = broken  # a driver whose answer fails: the block is delivered, not judged
+    def broken(block: Block, seq: int) -> list[tuple[bytes, int | None]]:
+        raise KeyError(seq)
+    w.placed_ages = broken  # a driver whose answer fails: the block is delivered, not judged
     w.delivered(8, make_block(8, txs=full), now)
     assert w.skipped == 2
 
@@ -338,7 +344,7 @@ def _censored_net(watch: bool, full: bool = False, seconds: int = 30, late: int 
             def placed_age(raw: bytes, seq: int, r=r) -> tuple[bytes, int | None]:
                 k = int(raw.rsplit(b".", 1)[1]) if raw.startswith(b"other") else 0
                 return raw, None if k < late else r.state.now_ms  # placed at time 0, as TARGET arrived
-            r.censor.placed_age = placed_age
+            r.censor.placed_ages = _per_tx(placed_age)
     for t in range(seconds * 10):
         for r in net.replicas:
             r.watch(TARGET, 0)

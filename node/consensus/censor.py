@@ -45,8 +45,8 @@ SKIPS = 3
 class CensorWatch:
     """One watched transaction (raw bytes) and the blocks that left it out with room for it."""
 
-    __slots__ = ("grace_ms", "horizon", "max_bytes", "max_txs", "pace_ms", "placed_age", "since", "skipped", "skips",
-                 "target", "view", "view_since")
+    __slots__ = ("grace_ms", "horizon", "max_bytes", "max_txs", "pace_ms", "placed_ages", "since", "skipped",
+                 "skips", "target", "view", "view_since")
 
     def __init__(self, max_txs: int, max_bytes: int = TXS_MAX_BYTES, grace_ms: int = GRACE_MS,
                  skips: int = SKIPS) -> None:
@@ -58,10 +58,11 @@ class CensorWatch:
         self.horizon: int | None = None  # the highest sequence proposed that was known when the grace ran out
         self.skipped = 0
         self.pace_ms = 0.0  # recent time from a watched transaction's grace starting to its delivery
-        # the driver's: the sender of a raw transaction and how long ago (ms) this replica's pool placed
-        # it in its proposal order, as it was when the block of that sequence could be proposed (None:
-        # nothing of it pending here). None: full blocks are never judged
-        self.placed_age: Callable[[bytes, int], tuple[bytes, int | None]] | None = None
+        # the driver's: for each transaction of the block at a sequence, its sender and how long ago (ms)
+        # this replica's pool placed it in its proposal order, as it was when that block could be
+        # proposed (None: nothing of it pending here, or it executed without taking its nonce). None:
+        # full blocks are never judged
+        self.placed_ages: Callable[[Block, int], list[tuple[bytes, int | None]]] | None = None
 
     @property
     def censoring(self) -> bool:
@@ -120,19 +121,19 @@ class CensorWatch:
         the watched transaction's arrival, or not held here, or are a sender's second transaction in
         it: an honest primary's first round of its batch, one transaction a sender, would have
         reached the watched one before them."""
-        if self.placed_age is None:
+        if self.placed_ages is None:
+            return False
+        try:
+            places = self.placed_ages(block, seq)
+        except Exception:  # noqa: BLE001 - the driver's question must never break a delivery
             return False
         late_after = self.armed_at + self.grace
         late = 0
         senders: set[bytes] = set()
-        for raw in block.txs:
-            try:
-                who, age = self.placed_age(raw, seq)
-            except Exception:  # noqa: BLE001 - the driver's question must never break a delivery
-                return False
+        for who, age in places:
             if who in senders:
                 late += 1
                 continue
             senders.add(who)
             late += age is None or now_ms - age > late_after
-        return 2 * late > len(block.txs)
+        return 2 * late > len(places)

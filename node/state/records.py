@@ -37,6 +37,9 @@ class Code(IntEnum):
     NO_EMERGENCY_READ = 15
 
 
+# executed without taking the sender's nonce (no receipt of its nonce's: the sender's run does not move)
+NO_NONCE = (Code.BAD_NONCE, Code.DUPLICATE)
+
 CODES: dict[int, str] = {
     Code.OK: "ok",
     Code.BAD_NONCE: "bad nonce: not the sender's next nonce",
