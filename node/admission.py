@@ -380,6 +380,14 @@ class Admission:
                                     "transaction")
                     stale = True
                     continue
+                if self.ledger.get_state(keys.receipt(tx.id)) is not None:
+                    # executed without taking its nonce (a bad nonce) in a block this pool did not see
+                    # committed (a state transfer passed it): it can never commit, its receipt says so
+                    self.mempool.discard(tx)
+                    self.submitted_at.pop(tx.id, None)
+                    self.pending_since.pop(tx.id, None)
+                    stale = True
+                    continue
                 return tx.raw, now_ms - int((now - arrived) * 1000)
             if not stale:
                 break

@@ -65,9 +65,13 @@ class Commit:
         # every pending transaction below it here as superseded), and it can never commit now (it has
         # its receipt), so it alone leaves the pool
         took = [t for t, c in zip(ex.txs, ex.codes, strict=True) if c not in NO_NONCE]
-        for t, c in zip(ex.txs, ex.codes, strict=True):
-            if c in NO_NONCE:
-                self.mempool.discard(t)
+        burned = [t for t, c in zip(ex.txs, ex.codes, strict=True) if c in NO_NONCE]
+        for t in burned:
+            self.mempool.discard(t)
+        for addr in {t.address for t in burned}:  # a pool behind the chain (it missed a commit) catches up
+            for t in self.mempool.settle(addr, self.admission.committed_nonce(addr)):
+                self.admission.forget(t, Refusal.CONFLICT, "superseded: its nonce was committed with another "
+                                      "transaction")
         for t in self.mempool.remove(took, time.monotonic(), block.header.height):
             if t.id not in in_block:  # accepted (202) here: its client polls for a status, not a 404
                 self.admission.reject(t.id, Refusal.CONFLICT, f"superseded: nonce {t.nonce} of this sender was "

@@ -196,8 +196,8 @@ class Mempool:
         self.tx_bytes, self.max_tx_bytes = 0, max_tx_bytes
         self.max_origin_bytes = max(1, int(max_tx_bytes * origin_share)) if origin_share < 1 else None
         self.senders: OrderedDict[bytes, _Sender] = OrderedDict()
-        # senders whose last pending transaction committed in the last PLACINGS blocks: (that height,
-        # their places), oldest first, for one that comes again (the censorship watch asks)
+        # senders whose last pending transaction committed in the last PLACINGS + 1 blocks: (that
+        # height, their places), oldest first, for one that comes again (the censorship watch asks)
         self._emptied: OrderedDict[bytes, tuple[int, list[tuple[int, float]]]] = OrderedDict()
         self.by_id: dict[bytes, Tx] = {}
         self.buckets: dict[bytes, TokenBucket] = {}
@@ -513,7 +513,12 @@ class Mempool:
         remembered if every one kept came later)."""
         s = self.senders.get(addr)
         if s is None:
-            return None
+            emptied = self._emptied.get(addr)
+            if emptied is None or upto is None or upto >= emptied[0]:
+                return None
+            # it left the pool at block h's commit and nothing of it came since: up to h - 1 it held its
+            # place (its next transaction may be on its way here)
+            return next((t for height, t in reversed(emptied[1]) if height <= upto), emptied[1][0][1])
         if upto is None or s.placings is None:
             return s.placed
         for height, t in reversed(s.placings):

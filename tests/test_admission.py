@@ -412,6 +412,29 @@ def test_a_transaction_a_block_executed_without_its_nonce_leaves_the_pool_and_mo
     assert [t.id for t in v.mempool.batch(10)] == [again.id, s3.id]
 
 
+def test_a_pool_behind_the_chain_catches_up_on_a_duplicate_and_never_watches_a_burned_transaction(
+        make: Callable[..., Validator]) -> None:
+    """A pool that missed commits (a state transfer passed them) may hold a transaction the chain has
+    already executed: proposed again it executes as a duplicate, and its sender's run catches up with
+    the chain's nonce (its next one is ready); one the chain executed as a bad nonce has its receipt
+    and can never commit, so the censorship watch drops it instead of watching it for ever."""
+    v = make()
+    adm = v.admission
+    s1, s2, s3 = _run(_id("behind"), 3)
+    with origin("10.0.0.1"):
+        assert adm.submit_many_sync(_items([s1, s2])) == [s1.id, s2.id]
+    assert _commit(v, [s1]) == [Code.OK]
+    v.mempool.discard(s2)  # the pool as if it had not seen that commit
+    for t in (s1, s2):
+        v.mempool.admit(t, 0, time.monotonic())
+    assert _commit(v, [s1]) == [Code.DUPLICATE]
+    assert s1.id not in v.mempool and [t.id for t in v.mempool.batch(10)] == [s2.id]
+    assert _commit(v, [s3]) == [Code.BAD_NONCE] and s3.id not in v.mempool
+    assert _commit(v, [s2]) == [Code.OK]
+    v.mempool.admit(s3, 2, time.monotonic())  # again as if a transfer had passed its block: ready now
+    assert adm.watch_candidate(clock.now_ms(), time.monotonic()) is None and s3.id not in v.mempool
+
+
 def test_the_watch_is_told_each_block_transactions_sender_and_when_the_pool_placed_it(
         make: Callable[..., Validator]) -> None:
     """Admission.placed_age_ms, the censorship watch's question: by sender, so one placed here whose

@@ -218,7 +218,8 @@ def test_a_sender_whose_last_pending_one_committed_a_moment_ago_comes_back_to_it
     first = Tx.build(a, "c", 1, Profile("p", "r", "o", bytes(32)))
     pool.admit(first, 0, 1.0)
     pool.remove([first], now=5.0, height=10)
-    assert pool.placed(a.address) is None
+    assert pool.placed(a.address) is None and pool.placed(a.address, upto=10) is None
+    assert pool.placed(a.address, upto=9) == 1.0  # gone at 10's commit; its next one may be on its way
     pool.admit(Tx.build(a, "c", 2, Profile("p", "r", "o", bytes(32))), 1, 6.0)
     assert (pool.placed(a.address, upto=9), pool.placed(a.address, upto=10), pool.placed(a.address)) == (1.0, 6.0, 6.0)
     old = Tx.build(b, "c", 1, Profile("p", "r", "o", bytes(32)))

@@ -37,7 +37,8 @@ class Code(IntEnum):
     NO_EMERGENCY_READ = 15
 
 
-# executed without taking the sender's nonce (no receipt of its nonce's: the sender's run does not move)
+# executed without taking the sender's nonce (its receipt is written, the sender's nonce is not: its run
+# does not move)
 NO_NONCE = (Code.BAD_NONCE, Code.DUPLICATE)
 
 CODES: dict[int, str] = {
