@@ -273,6 +273,8 @@ class Admission:
         # censorship watch's send to the primary): a raw blob held here rides too, or the
         # primary, lacking it, would refuse the bare write
         committed = self.committed_nonce(tx.address, snap.get_state)
+        for gone in self.mempool.settle(tx.address, committed):  # the pool missed a commit: told, not lost
+            self.forget(gone, Refusal.CONFLICT, "superseded: its nonce was committed with another transaction")
         was_origin = self.mempool.origin_of(tx.address)
         displaced = self._supersede_blobless(tx, forward_side) if forwarded else []
         try:

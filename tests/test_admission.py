@@ -435,6 +435,24 @@ def test_a_pool_behind_the_chain_catches_up_on_a_duplicate_and_never_watches_a_b
     assert adm.watch_candidate(clock.now_ms(), time.monotonic()) is None and s3.id not in v.mempool
 
 
+def test_a_pending_transaction_the_chain_passed_is_told_superseded_when_its_sender_sends_again(
+        make: Callable[..., Validator]) -> None:
+    """The pool missed the commit of another body for nonce 1 (as a state transfer passes blocks): the
+    sender's next admission settles its run with the chain's nonce, and the transaction it drops is
+    told superseded (its client polled "unknown" before)."""
+    v = make()
+    adm = v.admission
+    ident = _id("passed")
+    mine, other = _profile(ident), Tx.build(ident, CHAIN, 1, Profile("other", "nurse", "ward", ident.box_public))
+    assert _commit(v, [other]) == [Code.OK]
+    v.mempool.admit(mine, 0, time.monotonic())  # as if the pool had not seen that commit
+    nxt = _profile(ident, 2)
+    with origin("10.0.0.1"):
+        assert adm.submit_many_sync(_items([nxt])) == [nxt.id]
+    assert mine.id not in v.mempool and adm.rejected[mine.id].startswith("superseded: its nonce was committed")
+    assert v.committer.tx_status(mine.id)["status"] == "rejected"
+
+
 def test_the_watch_is_told_each_block_transactions_sender_and_when_the_pool_placed_it(
         make: Callable[..., Validator]) -> None:
     """Admission.placed_age_ms, the censorship watch's question: by sender, so one placed here whose
