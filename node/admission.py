@@ -273,8 +273,7 @@ class Admission:
         # censorship watch's send to the primary): a raw blob held here rides too, or the
         # primary, lacking it, would refuse the bare write
         committed = self.committed_nonce(tx.address, snap.get_state)
-        for gone in self.mempool.settle(tx.address, committed):  # the pool missed a commit: told, not lost
-            self.forget(gone, Refusal.CONFLICT, "superseded: its nonce was committed with another transaction")
+        self.settle(tx.address, committed)  # the pool missed a commit: told, not lost
         was_origin = self.mempool.origin_of(tx.address)
         displaced = self._supersede_blobless(tx, forward_side) if forwarded else []
         try:
@@ -310,6 +309,14 @@ class Admission:
         self.submitted_at.pop(tx.id, None)
         self.pending_since.pop(tx.id, None)
 
+    def settle(self, addr: bytes, committed: int) -> int:
+        """Drop the sender's pooled transactions the chain has passed (`committed`, its nonce there:
+        blocks this pool never saw committed), each told superseded; how many."""
+        gone = self.mempool.settle(addr, committed)
+        for tx in gone:
+            self.forget(tx, Refusal.CONFLICT, "superseded: its nonce was committed with another transaction")
+        return len(gone)
+
     def expire_gapped(self, now: float, max_age: float = GAP_MAX_S) -> int:
         """Drop what has waited behind a nonce gap for more than `max_age`: transactions forwarded
         ahead of their sender's next nonce, which never came (a byzantine validator's forwards from
@@ -321,9 +328,7 @@ class Admission:
         dropped = 0
         for addr in self.mempool.gapped(now - max_age):
             committed = self.committed_nonce(addr)
-            for gone in self.mempool.settle(addr, committed):
-                self.forget(gone, Refusal.CONFLICT, "superseded: its nonce was committed with another transaction")
-                dropped += 1
+            dropped += self.settle(addr, committed)
             if self.mempool.pending(addr, committed + 1) is not None:
                 continue  # its next nonce is here after all: it can execute
             first = self.mempool.first_pending(addr)
@@ -377,9 +382,7 @@ class Admission:
             for tx, arrived in self.mempool.longest_waiting(checks):
                 committed = self.committed_nonce(tx.address)
                 if tx.nonce <= committed:
-                    for gone in self.mempool.settle(tx.address, committed):
-                        self.forget(gone, Refusal.CONFLICT, "superseded: its nonce was committed with another "
-                                    "transaction")
+                    self.settle(tx.address, committed)
                     stale = True
                     continue
                 if self.ledger.get_state(keys.receipt(tx.id)) is not None:

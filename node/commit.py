@@ -69,9 +69,7 @@ class Commit:
         for t in burned:
             self.mempool.discard(t)
         for addr in {t.address for t in burned}:  # a pool behind the chain (it missed a commit) catches up
-            for t in self.mempool.settle(addr, self.admission.committed_nonce(addr)):
-                self.admission.forget(t, Refusal.CONFLICT, "superseded: its nonce was committed with another "
-                                      "transaction")
+            self.admission.settle(addr, self.admission.committed_nonce(addr))
         for t in self.mempool.remove(took, time.monotonic(), block.header.height):
             if t.id not in in_block:  # accepted (202) here: its client polls for a status, not a 404
                 self.admission.reject(t.id, Refusal.CONFLICT, f"superseded: nonce {t.nonce} of this sender was "

@@ -403,17 +403,9 @@ class Mempool:
     def _evict(self, addr: bytes) -> Tx:
         """Drop the newest pending transaction of `addr` (its run stays contiguous)."""
         s = self.senders[addr]
-        victim = s.txs.pop(max(s.txs))
-        s.end = min(s.end, victim.nonce)
-        o = self.origins[s.origin]
-        self._drop_tx(victim, o)
+        victim = s.txs[max(s.txs)]
+        self._drop_pending(s, victim)
         self.evictions += 1
-        o.n -= 1
-        if s.txs:
-            self._weigh_sender(o, addr, len(s.txs))
-        else:
-            self._forget(addr, s)
-        self._weigh_origin(s.origin, o.n)
         return victim
 
     def discard(self, tx: Tx) -> bool:
@@ -421,7 +413,11 @@ class Mempool:
         nonce comes again with other bytes); False if it is not pending here."""
         if tx.id not in self.by_id:
             return False
-        s = self.senders[tx.address]
+        self._drop_pending(self.senders[tx.address], tx)
+        return True
+
+    def _drop_pending(self, s: _Sender, tx: Tx) -> None:
+        """Take pending `tx` out of sender `s` and its origin's books (the sender leaves with its last)."""
         del s.txs[tx.nonce]
         s.end = min(s.end, tx.nonce)
         o = self.origins[s.origin]
@@ -432,7 +428,6 @@ class Mempool:
         else:
             self._forget(tx.address, s)
         self._weigh_origin(s.origin, o.n)
-        return True
 
     def withdraw(self, tx: Tx) -> list[Tx]:
         """Drop a pending transaction that cannot be proposed, with every later one of its sender
@@ -512,19 +507,18 @@ class Mempool:
         in flight batches by the order before their commits moved anyone; the earliest place
         remembered if every one kept came later)."""
         s = self.senders.get(addr)
-        if s is None:
+        if s is not None:
+            if upto is None or s.placings is None:
+                return s.placed
+            placings = s.placings
+        else:
             emptied = self._emptied.get(addr)
             if emptied is None or upto is None or upto >= emptied[0]:
                 return None
             # it left the pool at block h's commit and nothing of it came since: up to h - 1 it held its
             # place (its next transaction may be on its way here)
-            return next((t for height, t in reversed(emptied[1]) if height <= upto), emptied[1][0][1])
-        if upto is None or s.placings is None:
-            return s.placed
-        for height, t in reversed(s.placings):
-            if height <= upto:
-                return t
-        return s.placings[0][1]
+            placings = emptied[1]
+        return next((t for height, t in reversed(placings) if height <= upto), placings[0][1])
 
     def pending_from(self, tx: Tx) -> list[Tx]:
         """The pending transactions of tx's sender from tx's nonce on."""
