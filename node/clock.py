@@ -45,8 +45,12 @@ def now_ms() -> int:
     return int(time.time() * 1000) + SKEW_MS
 
 
-def _mono_ms() -> int:
+def timer_ms() -> int:
+    """Monotonic ms: what the replica's timers (the view timer, retransmissions, the censorship
+    watch's grace) count intervals with. A wall-clock step (NTP, an operator) must not stop a view
+    timer for as long as the step, nor make every transaction look late to the watch."""
     return int(time.monotonic() * 1000)
+
 
 
 def _s(ms: int) -> str:
@@ -59,17 +63,17 @@ class ChainClock:
         if SKEW_MS:
             log.critical("CLOCK SKEW INJECTED: this validator's clock is %+.1f s off (MEDCHAIN_CLOCK_SKEW_MS; "
                          "fault-injection tests only)", SKEW_MS / 1000)
-        self.offset = anchor_ms - _mono_ms()  # lenient until a block commits: the head may be old
+        self.offset = anchor_ms - timer_ms()  # lenient until a block commits: the head may be old
         self.refused = {"future": 0, "lagging": 0}
         self._refused: OrderedDict[bytes, None] = OrderedDict()  # hashes of blocks refused (and logged)
         self._warned = 0.0
 
     def committed(self, time_ms: int) -> None:
-        self.offset = max(self.offset, time_ms - _mono_ms())
+        self.offset = max(self.offset, time_ms - timer_ms())
 
     def chain_ms(self) -> int:
         """The chain's time now, as our monotonic clock counts it from the blocks we committed."""
-        return self.offset + _mono_ms()
+        return self.offset + timer_ms()
 
     def refuses(self, block: Block, now: int) -> bool:
         """True if the fresh proposal `block` is refused for its time (asked again on each retransmission:

@@ -445,12 +445,12 @@ class Validator:
                 elif kind == "tick":
                     if self.replica.censor is not None and not self.replica.is_primary:
                         try:  # a failure here must not cost the heartbeat and the view timer
-                            watched = self.admission.watch_candidate(self._now_ms(), time.monotonic())
+                            watched = self.admission.watch_candidate(clock.timer_ms(), time.monotonic())
                             self.replica.watch(*(watched or (None, 0)))
                             self.forwarder.push_watched(self.replica.censor)
                         except Exception:
                             log.exception("censorship watch failed on this tick")
-                    acts = self.replica.tick(self._now_ms(), pending=len(self.mempool) > 0)
+                    acts = self.replica.tick(clock.timer_ms(), pending=len(self.mempool) > 0)
                 elif kind == "executed":  # a parked block's blobs are here now (node/availability.py)
                     acts = self.replica.executed(*item, True)
                 elif kind == "synced":

@@ -209,3 +209,29 @@ def test_a_step_whose_caller_gave_up_waiting_is_not_run_late(tmp_path: Path) -> 
 
 async def _note(ran: list[str]) -> None:
     ran.append("later")
+
+
+def test_a_wall_clock_stepped_back_does_not_stop_a_validator_s_timers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replica's timers (its status heartbeat, the view timer, retransmissions, the censorship
+    watch's grace) count monotonic time (clock.timer_ms): when the wall clock steps an hour back
+    (NTP, an operator), the heartbeat goes on every status interval. Fed wall-clock time, every timer
+    read 'an hour to go': no heartbeat (its peers soon count it cut off), no view change."""
+    v = Validator(_homes(tmp_path)[1])
+    net = _Sent()
+    v.net = net  # type: ignore[assignment]
+
+    async def go() -> None:
+        tasks = [asyncio.create_task(v._consensus()), asyncio.create_task(v._ticker())]
+        await _until(lambda: len(net.messages) >= 1, rounds=1000)  # the first heartbeat went
+        monkeypatch.setattr(clock, "SKEW_MS", clock.SKEW_MS - 3_600_000)
+        sent = len(net.messages)
+        await _until(lambda: len(net.messages) >= sent + 2, rounds=1000)  # two status intervals
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert len(net.messages) >= sent + 2, f"{len(net.messages) - sent} heartbeats after the step"
+    try:
+        asyncio.run(go())
+    finally:
+        v.close()
