@@ -21,7 +21,7 @@ from typing import Any
 
 from devices.load.fleet_model import PHONE_KINDS, FleetConfig, FleetPhone, Meta
 from devices.patient import envelope
-from devices.patient.client import ApiError, NodeClient
+from devices.patient.client import ApiError, NodeClient, retry_after
 from node.crypto.batch import aead_seal_batch
 from node.crypto.keys import Identity
 from node.ipfs.cid import raw_cid_bytes
@@ -160,13 +160,13 @@ class ProxyLanes:
                 # a phone's transactions share its nonce run: once one of them goes back, every
                 # later one of that phone goes back with it and is signed again after it
                 if st in (429, 503):  # refused for now: not a try
-                    wait = max(wait, float(r.get("retry_after") or 1.0))
+                    wait = max(wait, retry_after(r.get("retry_after"), 1.0))
                     self._for_now(m)
                     # the validator is full, or this client over its share: the lane waits; a
                     # limit of this phone alone (its rate, its pending count) holds only its own
                     pause = pause or st == 503 or not _phone_limit(r)
                 elif m.owner in held:  # out of order behind its refused one: not a try either
-                    wait = max(wait, float(r.get("retry_after") or 0.0))
+                    wait = max(wait, retry_after(r.get("retry_after"), 0.0))
                     if "stale key epoch" in str(r.get("error", "")):
                         m.body = None  # sealed again under the epoch read next
                 elif not self._resend(m, r):
@@ -178,7 +178,7 @@ class ProxyLanes:
                 # anything but an emergency-read limit (a window of hours): wait at the lane's head
                 back.append(m)
                 self._for_now(m)
-                wait = max(wait, float(r.get("retry_after") or 1.0))
+                wait = max(wait, retry_after(r.get("retry_after"), 1.0))
                 pause = True
             elif st == 409 and "nonce" in str(r.get("error", "")) and m.owner in gapped:
                 resign.append(m)  # behind its staff member's read refused for good: its nonce was never taken

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from devices.load.follow import Follower
-from devices.patient.client import ApiError, NodeClient
+from devices.patient.client import ApiError, NodeClient, retry_after
 from node.crypto.keys import Identity
 from node.genesis import Genesis
 from node.ipfs.cid import raw_cid_bytes
@@ -134,7 +134,7 @@ async def _run(clients: list[NodeClient], senders: int, per_sender: int, batch: 
             except ApiError as exc:  # the whole request refused (the per-client limit)
                 if exc.status not in (429, 503):
                     raise
-                await asyncio.sleep(exc.retry_after or 1.0)
+                await asyncio.sleep(retry_after(exc.retry_after))
                 continue
             again, wait, blocked = [], 0.0, set()
             for (tx, side), r in zip(b, res, strict=True):
@@ -142,7 +142,7 @@ async def _run(clients: list[NodeClient], senders: int, per_sender: int, batch: 
                 if st in (429, 503) or (st == 409 and tx.address in blocked):
                     again.append((tx, side))
                     blocked.add(tx.address)
-                    wait = max(wait, float(r.get("retry_after", 1)))
+                    wait = max(wait, retry_after(r.get("retry_after")))
                 elif st != 202 and not (st == 409 and "already pending" in r.get("error", "")):
                     refused += 1
                     sent_at.pop(tx.id, None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,6 +21,17 @@ from node.tx.requests import blob_request_digest, blob_upload_digest
 
 log = logging.getLogger("medchain.client")
 RETRY_FOR = 60.0  # how long a read keeps retrying a validator that answers 429/503
+
+
+def retry_after(value: object, default: float = 1.0) -> float:
+    """A validator's Retry-After (a header or a batch result's field) as seconds to wait: `default`
+    when it is absent, 0 or not a finite positive number (no spinning), and at most RETRY_FOR. A liar's `nan` made
+    asyncio.sleep wait for ever (and every deadline comparison false), `1e9` paused a lane for good."""
+    try:
+        wait = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return default
+    return min(wait, RETRY_FOR) if math.isfinite(wait) and wait > 0 else default
 
 
 class ApiError(Exception):
@@ -58,11 +70,8 @@ class NodeClient:
                 reason = (await resp.json())["error"]
             except (aiohttp.ContentTypeError, KeyError, ValueError):
                 reason = (await resp.text())[:200]
-            try:
-                retry = float(resp.headers.get("Retry-After", ""))
-            except ValueError:
-                retry = None
-            raise ApiError(resp.status, reason, retry)
+            raw = resp.headers.get("Retry-After")
+            raise ApiError(resp.status, reason, None if raw is None else retry_after(raw))
 
     async def get_json(self, path: str, **params: Any) -> dict:
         """GET a JSON document; a 429 or 503 is retried after its Retry-After (reads are idempotent),
@@ -85,7 +94,7 @@ class NodeClient:
             try:
                 return await call()
             except ApiError as exc:
-                wait = exc.retry_after or 1.0
+                wait = retry_after(exc.retry_after)
                 if exc.status not in (429, 503) or time.monotonic() + wait > deadline:
                     raise
                 await asyncio.sleep(wait)
