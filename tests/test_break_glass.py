@@ -232,6 +232,43 @@ def test_break_glass_end_to_end(node, genesis):
     run(go())
 
 
+def test_a_proven_audit_log_holds_when_a_break_glass_read_commits_while_it_is_read(node, genesis):
+    """The patient's audit log and its emergency index are read with proofs. Their counts were
+    proven at two states: a break-glass read committing in between made the index name an entry
+    the log did not hold yet, and the honest validator's answers were refused as forged
+    (NoHonestAnswer, from a review). Both counts come from one state now."""
+    from devices.patient.verified_reads import VerifiedReader
+
+    async def go():
+        async with NodeClient(node.url) as c:
+            pat, doc = Identity.from_seed(b"bg audit patient"), Identity.from_seed(b"bg audit doctor")
+            now = int(time.time() * 1000)
+            staff = Staff(doc, c, genesis.chain_id)
+            await staff.register("Dr. ER", "emergency physician", "General Hospital",
+                                 issue(dev_issuer(node.home), genesis.chain_id, doc.address, now + 10**8))
+            phone = Phone(pat, c, genesis.chain_id, genesis.validator_keys)
+            await phone.write_window("heart_rate", list(make_wearable("heart_rate", "hr", 7).frames_between(
+                now - 60_000, now)))
+            raced: list[bool] = []
+
+            class Racing(VerifiedReader):
+                """A break-glass read commits right after the first proven answer."""
+
+                async def fetch(self, state_keys, check=None):
+                    out = await super().fetch(state_keys, check)
+                    if not raced:
+                        raced.append(True)
+                        await staff.read(pat.address, "heart_rate", break_glass="ETREAT")
+                    return out
+
+            log = await Racing([node.url], genesis.chain_id, genesis.validator_keys, session=c.session).audit(pat.address)
+            assert raced and log["count"] == 0 and log["break_glass"] == []  # as of the state it began from
+            log = await VerifiedReader([node.url], genesis.chain_id, genesis.validator_keys,
+                                       session=c.session).audit(pat.address)
+            assert [e["break_glass"] for e in log["break_glass"]] == ["ETREAT"]
+    run(go())
+
+
 def at_a_terminal(answer: str, *args: str) -> str:
     """Run `medchain ARGS` with a terminal (a pty) as its stdin, typing `answer`; its stdout."""
     import pty

@@ -194,7 +194,12 @@ class VerifiedReader:
     async def _list(self, count_key: bytes, entry: Callable[[int], bytes],
                     extra: Callable[[bytes], list[bytes]] = lambda _: []) -> list[tuple[bytes, Values]]:
         """Every entry of a committed list, each with the values of `extra(entry_value)` keys."""
-        n = _int((await self.fetch([count_key]))[count_key])
+        return await self._entries(_int((await self.fetch([count_key]))[count_key]), entry, extra)
+
+    async def _entries(self, n: int, entry: Callable[[int], bytes],
+                       extra: Callable[[bytes], list[bytes]] = lambda _: []) -> list[tuple[bytes, Values]]:
+        """The first `n` entries of an append-only list (its count proven by the caller: an entry
+        below it never changes, so it may be proven at a later state), with `extra`'s values."""
         ks = [entry(i) for i in range(n)]
         vals = await self._chunked(ks, _all_present)
         more = await self._chunked([k for e in ks for k in extra(vals[e])])
@@ -245,14 +250,17 @@ class VerifiedReader:
         return {"patient": patient.hex(), "grants": out}
 
     async def audit(self, patient: bytes) -> dict:
-        rows = await self._list(keys.audit_count(patient), lambda i: keys.audit(patient, i),
-                                lambda raw: [keys.receipt(AuditRec.decode(raw).tx)])
+        # both counts from one state: proven apart, a break-glass read committing in between made
+        # the emergency index longer than the log read before it, and honest validators "lied"
+        counts = await self.fetch([keys.audit_count(patient), keys.emergency_count(patient)])
+        rows = await self._entries(_int(counts[keys.audit_count(patient)]), lambda i: keys.audit(patient, i),
+                                   lambda raw: [keys.receipt(AuditRec.decode(raw).tx)])
         entries = [(AuditRec.decode(raw), more) for raw, more in rows]
         reads = [audit_entry(e, Receipt.decode(more[keys.receipt(e.tx)]).height, seq)
                  for seq, (e, more) in enumerate(entries)][::-1]  # newest first, as the API pages them
         # the emergency index, proven on its own: it must name exactly the break-glass entries
-        index = [_int(raw) for raw, _ in await self._list(keys.emergency_count(patient),
-                                                          lambda i: keys.emergency_entry(patient, i))]
+        index = [_int(raw) for raw, _ in await self._entries(_int(counts[keys.emergency_count(patient)]),
+                                                             lambda i: keys.emergency_entry(patient, i))]
         flagged = [seq for seq, (e, _) in enumerate(entries) if e.reason]
         if index != flagged:
             raise NoHonestAnswer([f"the emergency index {index} does not match the audit log's break-glass "
