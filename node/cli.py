@@ -292,7 +292,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     import aiohttp
 
     from devices.patient.client import ApiError
-    from devices.patient.phone import TxRejected
+    from devices.patient.commits import TxRejected
     from devices.patient.staff import AccessDenied
     from devices.patient.verified_reads import NoHonestAnswer
     return (ApiError, TxRejected, AccessDenied, NoHonestAnswer, aiohttp.ClientError, TimeoutError, ValueError,

@@ -552,7 +552,7 @@ def test_a_client_whose_validator_forwards_nothing_gets_its_transaction_committe
     """Validator 1 answers 202 and keeps its clients' transactions to itself (MEDCHAIN_BYZANTINE=drop):
     the phone, its transaction not committed through it within FAILOVER_S, sends the same signed
     bytes to the other validators and takes the first commit whose proof checks against the genesis."""
-    from devices.patient.phone import FAILOVER_S
+    from devices.patient.commits import FAILOVER_S
 
     nodes = _network(tmp_path, env={1: {"MEDCHAIN_BYZANTINE": "drop"}})
     try:
@@ -619,7 +619,7 @@ def test_a_client_whose_validator_dies_while_it_waits_gets_its_transaction_commi
     """Validator 1 takes the phone's transaction and forwards nothing (MEDCHAIN_BYZANTINE=drop), then is
     killed while the phone waits on its answer: the broken wait sends the same signed bytes to the
     others then, before FAILOVER_S, and the commit is taken with its proof."""
-    from devices.patient.phone import FAILOVER_S
+    from devices.patient.commits import FAILOVER_S
 
     nodes = _network(tmp_path, env={1: {"MEDCHAIN_BYZANTINE": "drop"}})
     try:

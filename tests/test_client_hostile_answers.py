@@ -60,3 +60,51 @@ def test_a_retry_after_past_the_client_s_patience_is_raised_at_once() -> None:
                 await asyncio.wait_for(c.status(), 20)
             assert err.value.status == 503 and err.value.retry_after == RETRY_FOR and busy.asked == 1
     asyncio.run(go())
+
+
+def test_a_blob_download_stops_at_its_proven_size() -> None:
+    """A validator streaming without end in answer to a blob request: the client read it all into
+    memory before checking it against the CID. It stops one chunk past the size a proof gave."""
+    from devices.patient.client import BlobMismatch
+    from node.crypto.keys import Identity
+    from node.ipfs.cid import cid_v1_raw
+
+    me = Identity.from_seed(b"a validator")
+    sent = [0]
+
+    async def endless(req: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(req)
+        try:
+            while sent[0] < 1 << 30:
+                await resp.write(bytes(1 << 20))
+                sent[0] += 1 << 20
+        except ConnectionError:  # the client hung up
+            pass
+        return resp
+
+    async def status(_req: web.Request) -> web.Response:
+        return web.json_response({"validator_index": 0})
+
+    async def genesis(_req: web.Request) -> web.Response:
+        return web.json_response({"validators": [{"public_key": me.public_key.hex()}]})
+
+    async def go() -> None:
+        app = web.Application()
+        app.router.add_get("/v1/status", status)
+        app.router.add_get("/v1/genesis", genesis)
+        app.router.add_get("/v1/blobs/{cid}", endless)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        port = free_ports(1)[0]
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            cid = cid_v1_raw(b"the real ciphertext")
+            async with NodeClient(f"http://127.0.0.1:{port}") as c:
+                with pytest.raises(BlobMismatch, match="more than 19 bytes"):
+                    await asyncio.wait_for(c.download(Identity.from_seed(b"staff"), "chain", str(cid),
+                                                      cid.to_bytes(), size=19), 30)
+        finally:
+            await runner.cleanup()
+        assert sent[0] < 64 << 20  # the server was cut off long before it ran out
+    asyncio.run(go())

@@ -132,6 +132,33 @@ async def _with_two_grantees(c: NodeClient, genesis, record, seed: bytes) -> tup
     return phone, sa, sb
 
 
+def _losing_the_first_revoke(chain_id: str, held: list[bytes]) -> type[NodeClient]:
+    """A client whose first submission of a grant that revokes (empty types) is lost in transit
+    (kept in `held`, answered by a dropped connection)."""
+    from node.tx import Grant
+
+    class Losing(NodeClient):
+        async def submit_and_wait(self, raw, sidecar, wait):
+            tx = Tx.decode(raw, chain_id)
+            if not held and isinstance(tx.body, Grant) and not tx.body.types:
+                held.append(raw)
+                raise ApiError(503, "connection lost")
+            return await super().submit_and_wait(raw, sidecar, wait)
+    return Losing
+
+
+async def _revoke_lost_and_restarted(c: NodeClient, genesis, tmp_path, seed: bytes) -> tuple[Phone, int, Staff]:
+    """Two grantees of heart rate, the revoke of the first lost (`c`: _losing_the_first_revoke), and
+    the phone restarted from its record: (the phone, the revoke's nonce it owes, the other grantee)."""
+    record = tmp_path / "pat.record.json"
+    phone, sa, sb = await _with_two_grantees(c, genesis, record, seed)
+    with pytest.raises(ApiError):
+        await phone.revoke(sa.address)
+    owed = phone.rekey_pending
+    assert owed is not None
+    return Phone(phone.identity, c, genesis.chain_id, genesis.validator_keys, record=record), owed, sb
+
+
 def test_a_rekey_that_failed_after_a_revoke_is_sent_at_the_next_sync_even_after_a_restart(node, genesis, tmp_path):
     """The revoke commits and rotates the type; the new key's grant to the other grantee is then lost
     (a dropped connection, or the phone dies between the two). The phone records, before the revoke
@@ -182,32 +209,12 @@ def test_a_rekey_owed_waits_for_its_rotation_to_commit(node, genesis, tmp_path):
     phone's sync must not clear the re-key it owes while the chain has not taken the revoke's nonce
     (nothing is rotated yet, so nothing lacks a key); once the revoke commits, its next sync re-seals
     the new key to the other grantee. (Found by the review of the first version, which cleared it.)"""
-    from node.tx import Grant
-
     held: list[bytes] = []
-
-    class Holding(NodeClient):
-        """Holds back the first grant that revokes (empty types), as if lost in transit."""
-
-        async def submit_and_wait(self, raw, sidecar, wait):
-            tx = Tx.decode(raw, genesis.chain_id)
-            if not held and isinstance(tx.body, Grant) and not tx.body.types:
-                held.append(raw)
-                raise ApiError(503, "connection lost")
-            return await super().submit_and_wait(raw, sidecar, wait)
-
     pat = Identity.from_seed(b"rekey late")
-    record = tmp_path / "pat.record.json"
 
     async def go():
-        async with Holding(node.url) as c:
-            phone, sa, sb = await _with_two_grantees(c, genesis, record, b"rekey late")
-            a = sa.identity
-            with pytest.raises(ApiError):
-                await phone.revoke(a.address)
-            owed = phone.rekey_pending
-            assert owed is not None and held
-            phone = Phone(pat, c, genesis.chain_id, genesis.validator_keys, record=record)  # restarted
+        async with _losing_the_first_revoke(genesis.chain_id, held)(node.url) as c:
+            phone, owed, sb = await _revoke_lost_and_restarted(c, genesis, tmp_path, b"rekey late")
             await phone.sync()
             assert phone.rekey_pending == owed  # the revoke has not committed: still owed
             await c.submit_and_wait(held[0], None, 10)  # the revoke arrives after all
@@ -217,6 +224,31 @@ def test_a_rekey_owed_waits_for_its_rotation_to_commit(node, genesis, tmp_path):
             frames = list(make_wearable("heart_rate", "hr", seed=5).frames_between(now - 60_000, now - 50_000))
             await phone.write_window("heart_rate", frames)
             assert [w.readings for w in await sb.read(pat.address, "heart_rate")] == [frames]
+    run(go())
+
+
+def test_no_window_is_sealed_before_a_revoke_signed_earlier_has_committed(node, genesis, tmp_path):
+    """The revoke's submission is lost (a dropped connection; a byzantine validator answering 503
+    with an hour's Retry-After; the phone killed right after signing it). The phone's next window
+    would have been sealed under the epoch the revoked grantee holds, and its sidecar gone to a
+    validator that may collude with them: the restarted phone sends the revoke it recorded first,
+    and seals the window under the new epoch. (Found by a review: it sealed it under the old one.)"""
+    held: list[bytes] = []
+    pat = Identity.from_seed(b"revoke first")
+
+    async def go():
+        async with _losing_the_first_revoke(genesis.chain_id, held)(node.url) as c:
+            phone, _, sb = await _revoke_lost_and_restarted(c, genesis, tmp_path, b"revoke first")
+            assert phone.rotation == held[0]  # the record kept the signed revoke
+            sa = Staff(Identity.from_seed(b"revoke first a"), c, genesis.chain_id)
+            now = int(time.time() * 1000)
+            frames = list(make_wearable("heart_rate", "hr", seed=6).frames_between(now - 60_000, now - 50_000))
+            res = await phone.write_window("heart_rate", frames)
+            assert res.epoch == 1 and phone.rotation is None and phone.rekey_pending is None
+            assert (await c.tx(Tx.decode(held[0], genesis.chain_id).id.hex()))["status"] == "committed"
+            with pytest.raises(AccessDenied):
+                await sa.read(pat.address, "heart_rate")
+            assert [w.readings for w in await sb.read(pat.address, "heart_rate")] == [frames]  # re-sealed to B
     run(go())
 
 

@@ -21,7 +21,8 @@ from aiohttp import web
 from devices.net.localnet import free_ports
 from devices.patient import envelope
 from devices.patient.client import ApiError, BlobMismatch, NodeClient
-from devices.patient.phone import Phone, wait_proven
+from devices.patient.commits import wait_proven
+from devices.patient.phone import Phone
 from devices.patient.staff import Staff
 from devices.patient.verified_reads import NoHonestAnswer, VerifiedReader
 from devices.wearable.wearables import make_wearable
@@ -39,6 +40,16 @@ MALLORY = Identity.from_seed(b"mallory")
 HR = DATA_TYPES["heart_rate"]
 
 
+# what a validator says of a client's submission (POST /v1/tx), and of its status (GET /v1/tx/{id})
+SUBMISSION_LIES = {"reject_tx": ({"status": "pending"},),
+                   "refuse_tx": ({"error": "refused: break-glass refused: the patient has disabled emergency "
+                                  "access"}, 403),
+                   "malformed_tx": ({},)}
+STATUS_LIES = {"reject_tx": {"status": "rejected", "reason": "superseded: its nonce was committed with another "
+                                                           "transaction"},
+               "malformed_tx": {}}
+
+
 class LyingProxy:
     """Forwards every request to `upstream`; rewrites `POST /v1/proofs` answers per `mode`."""
 
@@ -49,6 +60,7 @@ class LyingProxy:
         self.paths: list[str] = []
         self.forged_blob = b""  # mode "blob": the answer to every blob download
         self.forged_cid = ""  # mode "upload_cid": the CID every standalone upload is answered with
+        self.swallow = False  # mode "tx_decoy": submissions are answered with the decoy too, and dropped
         self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -67,8 +79,12 @@ class LyingProxy:
     async def _handle(self, req: web.Request) -> web.Response:
         body = await req.read()
         self.paths.append(req.path)
-        if self.mode == "tx_decoy" and req.path.startswith("/v1/tx/"):
+        if self.mode == "tx_decoy" and (req.path.startswith("/v1/tx/") or (req.path == "/v1/tx" and self.swallow)):
             return web.Response(body=self.decoy, content_type="application/json")
+        if req.path == "/v1/tx" and req.method == "POST" and self.mode in SUBMISSION_LIES:
+            return web.json_response(*SUBMISSION_LIES[self.mode])  # the transaction goes nowhere
+        if req.path.startswith("/v1/tx/") and self.mode in STATUS_LIES:
+            return web.json_response(STATUS_LIES[self.mode])
         async with self.session.request(req.method, self.upstream + req.path_qs, data=body,
                                         headers={k: v for k, v in req.headers.items() if k.lower() != "host"}) as r:
             out, status, ctype = await r.read(), r.status, r.content_type
@@ -568,3 +584,46 @@ def test_a_chain_at_its_genesis_reads_as_the_empty_state_only_when_its_validator
             for s in servers:
                 await s.runner.cleanup()
     run(go())
+
+
+def test_one_validator_s_refusal_or_unproven_answer_decides_nothing(tmp_path):
+    """A client with the genesis keys takes only a proven commit from its validator: a "rejected"
+    without a proof, a refusal (a clinician told the patient opted out of emergency reads), a
+    status with no status, or another transaction's commit given for ours sends the same signed
+    bytes to the others, and it commits there. A submission every validator refuses is refused,
+    with their reason, without waiting out the failover."""
+    async def body(proxy, nodes, vals, chain, honest):
+        async with NodeClient(proxy.url) as pc, NodeClient(nodes[1].url) as c:
+            truth = VerifiedReader(honest, chain, vals, session=c.session)
+            pat, doc = Identity.from_seed(b"refused patient"), Identity.from_seed(b"refused doctor")
+            await Staff(doc, c, chain).register("Dr R", "physician", "H")
+            both = [proxy.url, *honest]
+            phone = Phone(pat, pc, chain, vals, reader=VerifiedReader(both, chain, vals, session=c.session))
+
+            proxy.mode = "reject_tx"  # the grant dropped and said rejected
+            await phone.grant(doc.address, ["heart_rate"])
+            assert [g["staff"] for g in (await truth.grants(pat.address))["grants"]] == [doc.address.hex()]
+
+            now = int(time.time() * 1000)
+            frames = list(make_wearable("heart_rate", "hr", seed=3).frames_between(now - 60_000, now))
+            proxy.mode = "malformed_tx"  # a status without one: a KeyError ended the write
+            first = await phone.write_window("heart_rate", frames)
+            async with NodeClient(nodes[1].url) as hc:
+                proxy.decoy = json.dumps(await hc.wait_committed(first.txid, 30)).encode()
+            proxy.mode, proxy.swallow = "tx_decoy", True  # the first write's commit given for the second
+            second = await phone.write_window("heart_rate", frames[:-1])
+            assert {r["cid"] for r in (await truth.data(pat.address))["data"]} == {first.cid, second.cid}
+
+            proxy.mode = "refuse_tx"  # "the patient opted out": the read commits through the others
+            staff = Staff(doc, pc, chain, reader=VerifiedReader(both, chain, vals, session=c.session), validators=vals)
+            assert {len(w.readings) for w in await staff.read(pat.address, "heart_rate")} == \
+                {len(frames), len(frames) - 1}
+            assert len((await truth.audit(pat.address))["reads"]) == 1
+
+            proxy.mode, proxy.paths = "honest", []  # refused by all: an old nonce, signed again
+            phone.next_nonce = 1
+            with pytest.raises(ApiError, match="stale nonce"):
+                await phone.set_break_glass(False)
+            assert (await truth.account(pat.address))["break_glass"] is True
+            assert phone.next_nonce is None  # synced again before the next one
+    _with_a_liar(tmp_path, body)

@@ -21,6 +21,7 @@ from node.tx.requests import blob_request_digest, blob_upload_digest
 
 log = logging.getLogger("medchain.client")
 RETRY_FOR = 60.0  # how long a read keeps retrying a validator that answers 429/503
+MAX_DOWNLOAD = 1 << 30  # a blob of unknown size is read up to this (the genesis bound on max_blob_bytes)
 
 
 def retry_after(value: object, default: float = 1.0) -> float:
@@ -131,7 +132,7 @@ class NodeClient:
         answer of GET /v1/tx/{id} with its proofs, or {"id", "status": "pending"} if it has not.
         Sent again after a 429 or 503, as `submit` is."""
         body, path = encode_submission(raw, sidecar), f"/v1/tx?wait={max(1, min(30, int(wait)))}"
-        return await self._retrying(lambda: self._post(path, body, "application/msgpack"))
+        return self._status(await self._retrying(lambda: self._post(path, body, "application/msgpack")))
 
     async def submit_many(self, items: list[bytes | tuple[bytes, bytes | None]]) -> list[dict]:
         """Submit a batch of transactions or (transaction, sidecar) pairs; one result each:
@@ -141,7 +142,14 @@ class NodeClient:
         return (await self._post("/v1/txs", body, "application/msgpack"))["results"]
 
     async def tx(self, txid: str, wait: float = 0) -> dict:
-        return await self.get_json(f"/v1/tx/{txid}", **({"wait": int(wait)} if wait else {}))
+        return self._status(await self.get_json(f"/v1/tx/{txid}", **({"wait": int(wait)} if wait else {})))
+
+    def _status(self, answer: object) -> dict:
+        """A transaction's status answer, or ApiError (502) for one with no status: a caller reading
+        `answer["status"]` must not die of a KeyError that a byzantine validator chose."""
+        if not isinstance(answer, dict) or not isinstance(answer.get("status"), str):
+            raise ApiError(502, f"{self.base} answered a status without one: {str(answer)[:100]}")
+        return answer
 
     async def wait_committed(self, txid: str, timeout: float = 30.0,
                              resubmit: Callable[[], Awaitable[object]] | None = None) -> dict:
@@ -206,8 +214,10 @@ class NodeClient:
         return cid
 
     async def download(self, ident: Identity, chain_id: str, cid: str, cid_bytes: bytes,
-                       read_txid: bytes = b"") -> bytes:
-        """Fetch a blob with a request signed by `ident` (naming its committed read, for staff)."""
+                       read_txid: bytes = b"", size: int | None = None) -> bytes:
+        """Fetch a blob with a request signed by `ident` (naming its committed read, for staff).
+        `size`: its length as a proof gave it (a validator streaming more is cut off there, not
+        read into memory to the end); else at most MAX_DOWNLOAD."""
         if self.session is None:
             await self.__aenter__()
         me = await self.validator_key()
@@ -217,22 +227,28 @@ class NodeClient:
                    "X-Medchain-Signature": sig.hex()}
         if read_txid:
             headers["X-Medchain-Read"] = read_txid.hex()
+        limit = MAX_DOWNLOAD if size is None else size
         async with self.session.get(f"{self.base}/v1/blobs/{cid}", headers=headers) as resp:
             await self._check(resp)
-            data = await resp.read()
+            data = bytearray()
+            async for chunk in resp.content.iter_chunked(1 << 16):
+                data += chunk
+                if len(data) > limit:
+                    raise BlobMismatch(f"{self.base} answered more than {limit} bytes for blob {cid}")
+            data = bytes(data)
         if not is_blob(Cid.from_bytes(cid_bytes), data):  # AES-GCM alone would take another ciphertext of the window
             raise BlobMismatch(f"{self.base} answered {len(data)} bytes that are not blob {cid}")
         return data
 
     async def download_any(self, others: list[str], ident: Identity, chain_id: str, cid: str, cid_bytes: bytes,
-                           read_txid: bytes = b"") -> bytes:
+                           read_txid: bytes = b"", size: int | None = None) -> bytes:
         """`download` from this validator, or, if it fails or lies, from the next of `others`; if none
         serves the blob, this validator's error is raised."""
         first: Exception | None = None
         for url in [self.base, *(u.rstrip("/") for u in others if u.rstrip("/") != self.base)]:
             c = self if url == self.base else NodeClient(url, self.session)
             try:
-                return await c.download(ident, chain_id, cid, cid_bytes, read_txid)
+                return await c.download(ident, chain_id, cid, cid_bytes, read_txid, size)
             except (TimeoutError, BlobMismatch, ApiError, aiohttp.ClientError) as exc:
                 first = first or exc
         assert first is not None

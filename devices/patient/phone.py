@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -14,12 +13,12 @@ import aiohttp
 
 from devices.patient import envelope
 from devices.patient.client import ApiError, NodeClient
+from devices.patient.commits import TxRejected, can_fail_over, submit_waiting, wait_proven
 from devices.patient.verified_reads import VerifiedReader
 from devices.wearable.gatt import UUID_BY_KIND, decode_measurement
 from node.crypto import seal
 from node.files import write_durably
 from node.ipfs.cid import Cid, cid_v1_raw
-from node.proof import verify_status
 from node.sidecar import SIDECAR_MAX
 from node.state import CODES, Code
 from node.state.machine import BREAK_GLASS_ACCESS_MS
@@ -27,111 +26,8 @@ from node.tx import Grant, Policy, Read, Release, SealedKey, Tx, Write, data_typ
 from node.tx.model import DATA_TYPES
 
 log = logging.getLogger("medchain.phone")
-FAILOVER_S = 10.0  # not committed through its validator this long: the transaction goes to the others too
 HISTORY_EPOCHS = 12  # how many past key epochs a new grant carries (history a grantee can read)
 CID_TRIES = 3  # a window sealed again after its CID was recorded first by another write
-
-
-class TxRejected(Exception):
-    def __init__(self, status: dict) -> None:
-        super().__init__(status.get("result") or status.get("reason") or str(status))
-        self.status = status
-
-
-async def submit_waiting(client: NodeClient, tx: Tx, sidecar: bytes | None, timeout: float,
-                         can_fail_over: bool) -> tuple[dict | None, float]:
-    """Submit and wait for the commit at the client's validator: (its answer, when it went out) for
-    wait_proven. A validator that is down or unreachable, if the client `can_fail_over` (it has the
-    genesis keys and a reader's validators), hands the transaction to the others at once: no answer,
-    its failover timer run out. Otherwise the connection error is raised."""
-    started = time.monotonic()
-    try:
-        return await client.submit_and_wait(tx.raw, sidecar, min(timeout, 10)), started
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        if not can_fail_over:
-            raise
-        log.warning("validator %s unreachable (%s): %s goes to the others", client.base, exc, tx.id.hex())
-        return None, started - FAILOVER_S
-
-
-async def wait_proven(client: NodeClient, txid: str, timeout: float, validators: list[bytes] | None,
-                      chain_id: str, reader: VerifiedReader | None, answer: dict | None = None,
-                      resubmit: Callable[[], Awaitable[object]] | None = None,
-                      item: tuple[bytes, bytes | None] | None = None, started: float | None = None) -> dict:
-    """The committed status of `txid` (TxRejected if it did not commit); with the genesis keys, its
-    inclusion and result are checked against the certified header and receipt the answer carries
-    (no block download), and the reader takes that height as seen. `answer`: what a submission
-    with ?wait already said (asked again only if it was not committed yet); `resubmit`: send it again
-    if the validator has lost it (NodeClient.wait_committed). `item`, the signed bytes and sidecar:
-    with the genesis keys and a reader's validators, a transaction that has not committed through
-    its validator within FAILOVER_S is sent to the others too (that validator may be one that
-    answers 202 and forwards nothing, or be down: no client trusts a single validator). `started`:
-    when the submission went out (time.monotonic()), if it already waited."""
-    st = answer if answer is not None and answer.get("status") == "committed" else None
-    if st is None:
-        others = [u for u in reader.urls if u != client.base] if reader is not None and item is not None \
-            and validators is not None else []
-        waited = 0.0 if started is None else time.monotonic() - started
-        first = max(0.0, min(timeout, FAILOVER_S) - waited) if others else timeout
-        try:
-            st = await client.wait_committed(txid, first, resubmit)
-        except (TimeoutError, ApiError, aiohttp.ClientError) as exc:
-            if not others:
-                raise
-            log.warning("transaction %s: its validator %s failed (%s)", txid, client.base, exc)
-            st = {"status": "pending"}
-        if st["status"] not in ("committed", "rejected") and others and item is not None and reader is not None:
-            st = await _failover(txid, item, others, reader, timeout - first - waited, validators, chain_id)
-    if st["status"] != "committed":
-        raise TxRejected(st)
-    if validators is not None:
-        header = verify_status(bytes.fromhex(txid), st, validators, chain_id)
-        if reader is not None:  # proven committed at this height: older state is stale now
-            reader.saw_height(header.height)
-    return st
-
-
-async def _failover(txid: str, item: tuple[bytes, bytes | None], urls: list[str], reader: VerifiedReader,
-                    timeout: float, validators: list[bytes], chain_id: str) -> dict:
-    """PBFT's client, its request not answered in time, sends it to every replica: the same signed
-    bytes (never applied twice) to each other validator, then the first proven commit any of them
-    shows. An answer whose proof does not check is refused and the next validator asked."""
-    log.warning("transaction %s not committed through its validator in %.0f s: sending it to %d others",
-                txid, FAILOVER_S, len(urls))
-    clients = [NodeClient(u, session=reader.session) for u in urls]
-
-    async def send(c: NodeClient) -> None:
-        try:
-            await c.submit(*item)
-        except (TimeoutError, ApiError, aiohttp.ClientError) as exc:  # pending or committed already, or down
-            log.info("sending %s to %s: %s", txid, c.base, exc)
-
-    try:
-        await asyncio.gather(*(send(c) for c in clients))
-        deadline = time.monotonic() + max(1.0, timeout)
-        last: dict = {"status": "pending"}
-        while time.monotonic() < deadline:
-            rejected = 0
-            for c in clients:
-                try:
-                    st = await c.tx(txid, wait=max(1, min(2, deadline - time.monotonic())))
-                except (TimeoutError, ApiError, aiohttp.ClientError):
-                    continue
-                if st["status"] == "committed":
-                    try:
-                        verify_status(bytes.fromhex(txid), st, validators, chain_id)
-                    except (ValueError, KeyError, TypeError) as exc:
-                        log.warning("%s answered a commit of %s that does not prove: %s", c.base, txid, exc)
-                        continue
-                    return st
-                rejected += st["status"] == "rejected"
-                last = st
-            if rejected == len(clients):  # every other validator refused it too: it will not commit
-                return last
-        return last
-    finally:
-        for c in clients:  # each closes only a session of its own (none when the reader's is shared)
-            await c.close()
 
 
 def _check_readings(tid: int, readings: list[envelope.Reading]) -> None:
@@ -186,11 +82,15 @@ class Phone:
         # that nonce, the next sync re-seals to whoever lacks a current key (not before: a rotation
         # committing late would come after a heal that found nothing to do)
         self.rekey_pending: int | None = None
+        # ...and that rotating transaction's signed bytes until the chain has taken its nonce: no window
+        # is sealed before it is (`_rotation_first`), else under a key the revoked grantee holds
+        self.rotation: bytes | None = None
         if record is not None and record.exists():
             r = json.loads(record.read_text())
             self.own_epochs = {int(t): e for t, e in r["epochs"].items()}
             owed = r.get("rekey_pending")
             self.rekey_pending = None if owed in (None, False) else 0 if owed is True else int(owed)
+            self.rotation = bytes.fromhex(r["rotation"]) if r.get("rotation") and self.rekey_pending is not None else None
             if reader is not None:
                 reader.saw_height(r["height"])
 
@@ -220,13 +120,16 @@ class Phone:
         if self.record_path is not None:
             h = self.reader.min_height if self.reader is not None else 0
             write_durably(self.record_path, json.dumps({"epochs": self.own_epochs, "height": h,
-                                                        "rekey_pending": self.rekey_pending}))
+                                                        "rekey_pending": self.rekey_pending,
+                                                        "rotation": self.rotation.hex() if self.rotation else None}))
 
-    def _rekey_owed(self, nonce: int | None) -> None:
-        """Record (durably, before the rotation is sent, with the nonce it is sent under) that
-        grantees may lack the current keys; None: nothing owed."""
-        if nonce != self.rekey_pending:
-            self.rekey_pending = nonce
+    def _rekey_owed(self, nonce: int | None, rotation: bytes | None = None) -> None:
+        """Record (durably, before the rotation is sent, with the nonce it is sent under and, while
+        the chain has not taken that nonce, its signed bytes) that grantees may lack the current
+        keys; None: nothing owed."""
+        rotation = rotation if nonce is not None else None
+        if nonce != self.rekey_pending or rotation != self.rotation:
+            self.rekey_pending, self.rotation = nonce, rotation
             self._save_record()
 
     async def _nonce(self) -> int:
@@ -237,23 +140,26 @@ class Phone:
         return n
 
     async def send(self, body, wait: bool = True, timeout: float = 30.0,
-                   sidecar: bytes | None = None) -> str:
+                   sidecar: bytes | None = None, signed: Callable[[Tx], None] | None = None) -> str:
         """Sign and submit (a write with its ciphertext as sidecar); with wait, block until committed
-        and check it was applied."""
+        and check it was applied. `signed(tx)` runs between signing and the first byte sent."""
         tx = Tx.build(self.identity, self.chain_id, await self._nonce(), body)
+        if signed is not None:
+            signed(tx)
         txid = tx.id.hex()  # our own: never the answer's word
         try:
             if wait:  # one request: the answer comes with the commit and its proofs
                 answer, started = await submit_waiting(self.client, tx, sidecar, timeout,
-                                                       self.reader is not None and self.validators is not None)
+                                                       can_fail_over(self.client, self.reader, self.validators))
             else:
                 await self.client.submit(tx.raw, sidecar)
-        except (ApiError, aiohttp.ClientError, TimeoutError):
-            self.next_nonce = None  # resync on the next send
+            if wait:
+                await self.confirm(txid, timeout, answer, lambda: self.client.submit(tx.raw, sidecar),
+                                   (tx.raw, sidecar), started)
+        except (ApiError, aiohttp.ClientError, TimeoutError, TxRejected) as exc:
+            if not (isinstance(exc, TxRejected) and exc.status.get("status") == "committed"):
+                self.next_nonce = None  # whether its nonce was taken is the chain's to say: resync on the next send
             raise
-        if wait:
-            await self.confirm(txid, timeout, answer, lambda: self.client.submit(tx.raw, sidecar), (tx.raw, sidecar),
-                               started)
         return txid
 
     async def confirm(self, txid: str, timeout: float = 30.0, answer: dict | None = None,
@@ -276,6 +182,8 @@ class Phone:
         if not readings and slot is None:
             raise ValueError("empty window")
         _check_readings(tid, readings)
+        if self.rotation is not None:
+            await self._rotation_first()
         if self.next_nonce is None:
             await self.sync()
         t0, t1 = slot if slot is not None else (min(r[0] for r in readings), max(r[0] for r in readings))
@@ -385,9 +293,7 @@ class Phone:
         removed = prev - set(tids)
         keys = await self._sealed_keys(staff, tids, self.epochs)
         self._expiry_due = {}  # the grants change: read them again before the next write
-        if removed:
-            self._rekey_owed(self.next_nonce)  # the nonce send() signs it with (sync() read it above)
-        txid = await self.send(Grant(staff, tids, expiry_ms, keys))
+        txid = await self.send(Grant(staff, tids, expiry_ms, keys), signed=self._rotating if removed else None)
         if removed:  # the chain moved these types to a new epoch: record it before anyone answers
             for t in removed:
                 self.own_epochs[t] = max(self.own_epochs.get(t, 0), self.epochs.get(t, 0) + 1)
@@ -408,14 +314,32 @@ class Phone:
         self._expiry_due = {}
         if self.next_nonce is None:
             await self.sync()
-        self._rekey_owed(self.next_nonce)  # it may rotate the type
-        txid = await self.send(r)
+        txid = await self.send(r, signed=self._rotating)  # it may rotate the type
         await self.sync()
         if self.epochs.get(r.dtype, 0) > epoch:
             await self._rekey(before, {r.dtype}, r.staff)
         else:
             self._rekey_owed(None)
         return txid
+
+    def _rotating(self, tx: Tx) -> None:
+        self._rekey_owed(tx.nonce, tx.raw)
+
+    async def _rotation_first(self) -> None:
+        """Before a window is sealed: a revoke (or a release's end) signed earlier whose nonce the
+        chain has not taken (its answer lost, refused by every validator for now, the phone killed
+        after signing it) is sent again, and committed, first; signed again under the next nonce if
+        the chain's is below its own (a transaction before it was lost). Sealed under the current
+        epoch meanwhile, a window went, sidecar and all, to validators one of which may collude
+        with the grantee being revoked, who holds that epoch's key. Raises what stops it."""
+        await self.sync()  # the proven next nonce; past the rotation's, it heals what it owes
+        if self.rotation is None or self.rekey_pending is None or self.next_nonce > self.rekey_pending:
+            return
+        tx = Tx.decode(self.rotation, self.chain_id)
+        log.warning("a key rotation signed with nonce %d has not committed: sent again before any data is sealed",
+                    tx.nonce)
+        await self.send(tx.body, signed=self._rotating)
+        await self.sync()  # its nonce is taken: re-seal the new keys to the type's other grantees
 
     async def _rekey(self, before: dict[str, dict], rotated: set[int], staff: bytes) -> None:
         """Re-seal the new epochs of the `rotated` types to every unexpired grantee of them but `staff`."""
@@ -467,7 +391,7 @@ class Phone:
         for rec in (await self.reads.data(self.address, type=data_type_name(tid)))["data"]:
             cid = Cid.parse(rec["cid"])
             blob = await self.client.download_any(self.reader.urls if self.reader else [], self.identity, self.chain_id,
-                                                  rec["cid"], cid.to_bytes())
+                                                  rec["cid"], cid.to_bytes(), size=rec["size"])
             ad = envelope.aad(self.chain_id, self.address, tid, rec["epoch"], rec["t_start_ms"], rec["t_end_ms"])
             out += envelope.open_window(self.data_key(tid, rec["epoch"]), ad, blob)
         return out

@@ -8,7 +8,7 @@ import aiohttp
 
 from devices.patient import envelope
 from devices.patient.client import ApiError, NodeClient
-from devices.patient.phone import TxRejected, submit_waiting, wait_proven
+from devices.patient.commits import TxRejected, can_fail_over, submit_waiting, wait_proven
 from devices.patient.verified_reads import VerifiedReader
 from node.crypto import seal
 from node.crypto.keys import Identity
@@ -54,19 +54,21 @@ class Staff:
         tx = Tx.build(self.identity, self.chain_id, self.next_nonce, body)
         txid = tx.id.hex()
         try:
+            # with a reader and the genesis keys, a refusal is raised only when every validator asked
+            # refused (wait_proven's failover): one validator's 403 is no verdict
             answer, started = await submit_waiting(self.client, tx, None, timeout,
-                                                   self.reader is not None and self.validators is not None)
+                                                   can_fail_over(self.client, self.reader, self.validators))
+            st = await wait_proven(self.client, txid, timeout, self.validators, self.chain_id, self.reader, answer,
+                                   lambda: self.client.submit(tx.raw, None), (tx.raw, None), started)
         except ApiError as exc:
             self.next_nonce = None
             if exc.status == 403 or (exc.status == 429 and "break-glass" in exc.reason):
                 raise AccessDenied(exc.reason) from None
             raise
-        except (aiohttp.ClientError, TimeoutError):
-            self.next_nonce = None
+        except (aiohttp.ClientError, TimeoutError, TxRejected):
+            self.next_nonce = None  # whether its nonce was taken is the chain's to say
             raise
         self.next_nonce += 1
-        st = await wait_proven(self.client, txid, timeout, self.validators, self.chain_id, self.reader, answer,
-                               lambda: self.client.submit(tx.raw, None), (tx.raw, None), started)
         if st["code"] in (Code.DENIED, Code.BREAK_GLASS_OFF, Code.BREAK_GLASS_LIMIT, Code.NO_CREDENTIAL):
             raise AccessDenied(st["result"])
         if st["code"] != 0:
@@ -95,7 +97,7 @@ class Staff:
         out = []
         for r in recs:
             blob = await self.client.download_any(self.reader.urls if self.reader else [], self.identity, self.chain_id,
-                                                  r["cid"], Cid.parse(r["cid"]).to_bytes(), bytes.fromhex(txid))
+                                                  r["cid"], Cid.parse(r["cid"]).to_bytes(), bytes.fromhex(txid), r["size"])
             key_sealed = sealed.get((tid, r["epoch"]))
             if key_sealed is None and break_glass:
                 out.append(Window(r["cid"], r["epoch"], r["t_start_ms"], r["t_end_ms"], [], sealed=True))

@@ -1,0 +1,168 @@
+"""A client's path to a proven commit (the phone's and the staff client's): submit, wait, and with
+the genesis keys take only a commit that proves; when the client's validator does not show one in
+time (down, refusing, saying "rejected" without a proof, or forging an answer), the same signed
+bytes go to the others: no client trusts a single validator."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+
+from devices.patient.client import ApiError, NodeClient
+from devices.patient.verified_reads import VerifiedReader
+from node.proof import verify_status
+from node.tx import Tx
+
+log = logging.getLogger("medchain.phone")
+FAILOVER_S = 10.0  # not committed through its validator this long: the transaction goes to the others too
+
+
+class TxRejected(Exception):
+    def __init__(self, status: dict) -> None:
+        super().__init__(status.get("result") or status.get("reason") or str(status))
+        self.status = status
+
+
+def _others(client: NodeClient, reader: VerifiedReader | None, validators: list[bytes] | None) -> list[str]:
+    """The validators a transaction can fail over to: the reader's other than the client's own,
+    with the genesis keys to check their answers by."""
+    return [u for u in reader.urls if u != client.base] if reader is not None and validators is not None else []
+
+
+def can_fail_over(client: NodeClient, reader: VerifiedReader | None, validators: list[bytes] | None) -> bool:
+    return bool(_others(client, reader, validators))
+
+
+async def submit_waiting(client: NodeClient, tx: Tx, sidecar: bytes | None, timeout: float,
+                         fail_over: bool) -> tuple[dict | None, float]:
+    """Submit and wait for the commit at the client's validator: (its answer, when it went out) for
+    wait_proven. A validator that is down, unreachable or refuses it, if the client can `fail_over`
+    (it has the genesis keys and a reader's validators), hands the transaction to the others at
+    once: no answer, its failover timer run out. A refusal is one validator's word: a byzantine one
+    saying "break-glass is off", or "busy, come back in an hour", must not decide the outcome; the
+    others refuse it too or commit it (_failover). Otherwise the error is raised."""
+    started = time.monotonic()
+    try:
+        return await client.submit_and_wait(tx.raw, sidecar, min(timeout, 10)), started
+    except (aiohttp.ClientError, TimeoutError, ApiError) as exc:
+        if not fail_over:
+            raise
+        # a refusal is most often honest (the others will say the same): not worth a warning
+        log.log(logging.INFO if isinstance(exc, ApiError) else logging.WARNING,
+                "validator %s unreachable or refusing (%s): %s goes to the others", client.base, exc, tx.id.hex())
+        return None, started - FAILOVER_S
+
+
+async def wait_proven(client: NodeClient, txid: str, timeout: float, validators: list[bytes] | None,
+                      chain_id: str, reader: VerifiedReader | None, answer: dict | None = None,
+                      resubmit: Callable[[], Awaitable[object]] | None = None,
+                      item: tuple[bytes, bytes | None] | None = None, started: float | None = None) -> dict:
+    """The committed status of `txid` (TxRejected if it did not commit); with the genesis keys, its
+    inclusion and result are checked against the certified header and receipt the answer carries
+    (no block download), and the reader takes that height as seen. `answer`: what a submission
+    with ?wait already said (asked again only if it was not committed yet); `resubmit`: send it again
+    if the validator has lost it (NodeClient.wait_committed). `item`, the signed bytes and sidecar:
+    with the genesis keys and a reader's validators, a transaction that has not committed through
+    its validator within FAILOVER_S is sent to the others too (that validator may be one that
+    answers 202 and forwards nothing, or says "rejected" without a proof, or be down: no client
+    trusts a single validator). `started`: when the submission went out (time.monotonic()), if it
+    already waited. ApiError: every validator asked refused the submission (with the first refusal)."""
+    others = _others(client, reader, validators) if item is not None else []
+    st = answer if answer is not None and answer.get("status") == "committed" else None
+    forged = st is not None and not _proves(txid, st, validators, chain_id, client.base, others)
+    if forged or st is None:
+        st = None
+        waited = 0.0 if started is None else time.monotonic() - started
+        first = max(0.0, min(timeout, FAILOVER_S) - waited) if others else timeout
+        if not forged:  # a validator that forged a commit is not asked again
+            try:
+                st = await client.wait_committed(txid, first, resubmit)
+            except (TimeoutError, ApiError, aiohttp.ClientError) as exc:
+                if not others:
+                    raise
+                log.warning("transaction %s: its validator %s failed (%s)", txid, client.base, exc)
+            if st is not None and st["status"] == "committed" \
+                    and not _proves(txid, st, validators, chain_id, client.base, others):
+                st = None
+        # only a proven commit ends it here: "rejected" is that validator's word alone
+        if (st is None or st["status"] != "committed") and others and item is not None and reader is not None:
+            st = await _failover(txid, item, others, reader, timeout - first - waited, validators, chain_id)
+    if st is None or st["status"] != "committed":
+        raise TxRejected(st or {"status": "pending"})
+    if validators is not None and reader is not None:  # proven committed at this height: older state is stale now
+        reader.saw_height(verify_status(bytes.fromhex(txid), st, validators, chain_id).height)
+    return st
+
+
+def _proves(txid: str, st: dict, validators: list[bytes] | None, chain_id: str, url: str, others: list[str]) -> bool:
+    """Whether a commit answer proves (always, without the genesis keys to check it against); one
+    that does not is logged when there are others to ask, raised (ProofError) when there are none."""
+    if validators is None:
+        return True
+    try:
+        verify_status(bytes.fromhex(txid), st, validators, chain_id)
+    except (ValueError, KeyError, TypeError) as exc:
+        if not others:
+            raise
+        log.warning("%s answered a commit of %s that does not prove: %s", url, txid, exc)
+        return False
+    return True
+
+
+async def _failover(txid: str, item: tuple[bytes, bytes | None], urls: list[str], reader: VerifiedReader,
+                    timeout: float, validators: list[bytes], chain_id: str) -> dict:
+    """PBFT's client, its request not answered in time, sends it to every replica: the same signed
+    bytes (never applied twice) to each other validator, then the first proven commit any of them
+    shows. An answer whose proof does not check is refused and the next validator asked. A
+    validator that refuses the submission for good (not "already pending or committed") holds no
+    status for it; when every one of them does, the first refusal is raised (ApiError): f+1 of the
+    others are honest."""
+    log.info("transaction %s not committed through its validator: sending it to %d others", txid, len(urls))
+    clients = [NodeClient(u, session=reader.session) for u in urls]
+    refusals: dict[str, ApiError] = {}
+
+    async def send(c: NodeClient) -> None:
+        try:
+            await c.submit(*item)
+        except ApiError as exc:
+            log.info("sending %s to %s: %s", txid, c.base, exc)
+            if 400 <= exc.status < 500 and "duplicate" not in exc.reason:  # a 429 here: past RETRY_FOR
+                refusals[c.base] = exc
+        except (TimeoutError, aiohttp.ClientError) as exc:  # down
+            log.info("sending %s to %s: %s", txid, c.base, exc)
+
+    try:
+        await asyncio.gather(*(send(c) for c in clients))
+        if len(refusals) == len(clients):
+            raise refusals[clients[0].base]
+        deadline = time.monotonic() + max(1.0, timeout)
+        last: dict = {"status": "pending"}
+        while time.monotonic() < deadline:
+            rejected = len(refusals)
+            for c in clients:
+                if c.base in refusals:
+                    continue
+                try:
+                    st = await c.tx(txid, wait=max(1, min(2, deadline - time.monotonic())))
+                except (TimeoutError, ApiError, aiohttp.ClientError):
+                    continue
+                if st["status"] == "committed":
+                    try:
+                        verify_status(bytes.fromhex(txid), st, validators, chain_id)
+                    except (ValueError, KeyError, TypeError) as exc:
+                        log.warning("%s answered a commit of %s that does not prove: %s", c.base, txid, exc)
+                        continue
+                    log.warning("transaction %s committed through %s, not through its own validator", txid, c.base)
+                    return st
+                rejected += st["status"] == "rejected"
+                last = st
+            if rejected == len(clients):  # every other validator refused it too: it will not commit
+                return last
+        return last
+    finally:
+        for c in clients:  # each closes only a session of its own (none when the reader's is shared)
+            await c.close()
