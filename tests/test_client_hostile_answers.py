@@ -4,6 +4,8 @@ server plays the validator and answers with what a byzantine one could send."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web
@@ -18,28 +20,37 @@ def test_retry_after_is_a_finite_positive_wait_of_at_most_retry_for() -> None:
     assert retry_after("nan", 0.0) == 0.0 and retry_after(None, 0.0) == 0.0
 
 
+@contextlib.asynccontextmanager
+async def _serving(routes: dict[tuple[str, str], Callable[[web.Request], Awaitable[web.StreamResponse]]]) \
+        -> AsyncIterator[str]:
+    """A real HTTP server on 127.0.0.1 answering `routes` ((method, path): handler); its URL."""
+    app = web.Application()
+    for (method, path), handler in routes.items():
+        app.router.add_route(method, path, handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_ports(1)[0]
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
 class _Busy:
     """Answers GET /v1/status with 503 and the given Retry-After `refusals` times, then 200."""
 
     def __init__(self, retry: str, refusals: int = 1) -> None:
         self.retry, self.refusals, self.asked = retry, refusals, 0
-        self.port = free_ports(1)[0]
 
-    async def __aenter__(self) -> str:
-        async def status(_req: web.Request) -> web.Response:
-            self.asked += 1
-            if self.asked <= self.refusals:
-                return web.json_response({"error": "busy"}, status=503, headers={"Retry-After": self.retry})
-            return web.json_response({"ok": True})
-        app = web.Application()
-        app.router.add_get("/v1/status", status)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-        return f"http://127.0.0.1:{self.port}"
+    async def status(self, _req: web.Request) -> web.Response:
+        self.asked += 1
+        if self.asked <= self.refusals:
+            return web.json_response({"error": "busy"}, status=503, headers={"Retry-After": self.retry})
+        return web.json_response({"ok": True})
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.runner.cleanup()
+    def serving(self) -> contextlib.AbstractAsyncContextManager[str]:
+        return _serving({("GET", "/v1/status"): self.status})
 
 
 @pytest.mark.parametrize("retry", ["nan", "-5", "inf"])
@@ -47,7 +58,7 @@ def test_a_retry_after_that_is_no_number_of_seconds_is_waited_as_one_second(retr
     """`Retry-After: nan` parsed as a float made the client sleep for ever (asyncio.sleep(nan)) and
     its deadline never came: one validator froze every read and submission of a phone."""
     async def go() -> None:
-        async with _Busy(retry) as url, NodeClient(url) as c:
+        async with _Busy(retry).serving() as url, NodeClient(url) as c:
             assert await asyncio.wait_for(c.status(), 20) == {"ok": True}
     asyncio.run(go())
 
@@ -55,7 +66,7 @@ def test_a_retry_after_that_is_no_number_of_seconds_is_waited_as_one_second(retr
 def test_a_retry_after_past_the_client_s_patience_is_raised_at_once() -> None:
     async def go() -> None:
         busy = _Busy("1e9", refusals=10)
-        async with busy as url, NodeClient(url) as c:
+        async with busy.serving() as url, NodeClient(url) as c:
             with pytest.raises(ApiError) as err:
                 await asyncio.wait_for(c.status(), 20)
             assert err.value.status == 503 and err.value.retry_after == RETRY_FOR and busy.asked == 1
@@ -90,21 +101,47 @@ def test_a_blob_download_stops_at_its_proven_size() -> None:
         return web.json_response({"validators": [{"public_key": me.public_key.hex()}]})
 
     async def go() -> None:
-        app = web.Application()
-        app.router.add_get("/v1/status", status)
-        app.router.add_get("/v1/genesis", genesis)
-        app.router.add_get("/v1/blobs/{cid}", endless)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        port = free_ports(1)[0]
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
-            cid = cid_v1_raw(b"the real ciphertext")
-            async with NodeClient(f"http://127.0.0.1:{port}") as c:
-                with pytest.raises(BlobMismatch, match="more than 19 bytes"):
-                    await asyncio.wait_for(c.download(Identity.from_seed(b"staff"), "chain", str(cid),
-                                                      cid.to_bytes(), size=19), 30)
-        finally:
-            await runner.cleanup()
+        cid = cid_v1_raw(b"the real ciphertext")
+        routes = {("GET", "/v1/status"): status, ("GET", "/v1/genesis"): genesis, ("GET", "/v1/blobs/{cid}"): endless}
+        async with _serving(routes) as url, NodeClient(url) as c:
+            with pytest.raises(BlobMismatch, match="more than 19 bytes"):
+                await asyncio.wait_for(c.download(Identity.from_seed(b"staff"), "chain", str(cid),
+                                                  cid.to_bytes(), size=19), 30)
         assert sent[0] < 64 << 20  # the server was cut off long before it ran out
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("answer", [{"results": [{"status": 202}]}, {"results": [{}, {}]}, {"results": "ok"}, [1, 2],
+                                    {"results": [{"status": "202"}, {"status": 202}]}])
+def test_a_batch_answer_without_a_status_for_each_transaction_is_a_502(answer: object) -> None:
+    """The fleet's lanes and the load generator read `r["status"]` of each result: a validator
+    answering fewer results, or results without a status, killed a lane (KeyError, or zip's
+    length check). It is a refusal of the whole batch now, which they take as for now."""
+    async def go() -> None:
+        async def txs(_req: web.Request) -> web.Response:
+            return web.json_response(answer)
+        async with _serving({("POST", "/v1/txs"): txs}) as url, NodeClient(url) as c:
+            with pytest.raises(ApiError) as err:
+                await c.submit_many([b"tx one", b"tx two"])
+            assert err.value.status == 502 and "without a status for each" in err.value.reason
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("reported, start", [((5, 5, 6, 10**6), 5), ((0, 5, 5, 6), 5), ((5, 10**6, None, None), 5),
+                                             ((7, "high", -1, None), 7)])
+def test_a_run_follows_from_a_height_no_honest_validator_had_passed(reported: tuple, start: int) -> None:
+    """The load generator and the fleet followed from one validator's reported head: a liar's higher
+    one skipped the run's first blocks. With 2f+1 reports the (f+1)-th lowest, else the lowest."""
+    from devices.load.follow import start_height
+
+    def answer(h: object) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def status(_req: web.Request) -> web.Response:
+            return web.json_response({"height": h}) if h is not None else web.json_response({}, status=404)
+        return status
+
+    async def go() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            urls = [await stack.enter_async_context(_serving({("GET", "/v1/status"): answer(h)})) for h in reported]
+            clients = [await stack.enter_async_context(NodeClient(u)) for u in urls]
+            assert await start_height(clients) == start
     asyncio.run(go())

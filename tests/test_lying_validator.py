@@ -32,7 +32,7 @@ from node.genesis import Genesis
 from node.ipfs.cid import Cid, cid_v1_raw
 from node.proof import ProofError
 from node.state import keys
-from node.tx import DATA_TYPES, Tx, Write
+from node.tx import DATA_TYPES, Profile, Tx, Write
 from node.wire import decode, encode
 from tests.conftest import run, running_network
 
@@ -626,4 +626,33 @@ def test_one_validator_s_refusal_or_unproven_answer_decides_nothing(tmp_path):
                 await phone.set_break_glass(False)
             assert (await truth.account(pat.address))["break_glass"] is True
             assert phone.next_nonce is None  # synced again before the next one
+    _with_a_liar(tmp_path, body)
+
+
+def test_a_key_is_sealed_only_to_a_staff_member_s_key_as_of_now(tmp_path):
+    """A long-lived reader took any certified state at or above the last height it saw: a validator
+    replaying the state from before a staff member replaced a (compromised) X25519 key had the
+    phone seal data keys to the old one. Before sealing, the reader asks again how far f+1
+    validators have got, and the old state is refused as stale."""
+    async def body(proxy, nodes, vals, chain, honest):
+        async with NodeClient(nodes[1].url) as c:
+            pat, doc = Identity.from_seed(b"fresh-key patient"), Identity.from_seed(b"fresh-key doctor")
+            old = Staff(doc, c, chain)
+            await old._send(Profile("Dr F", "physician", "H", MALLORY.box_public))  # the key since compromised
+            r = VerifiedReader([proxy.url, *honest], chain, vals, session=c.session)
+            proxy.mode = "record"  # what the phone's reads get while the old key is current
+            await r.account(pat.address)
+            await r.grants(pat.address)
+            await r.account(doc.address)
+            await Staff(doc, c, chain).register("Dr F", "physician", "H")  # the key replaced
+            proxy.mode = "replay"
+            phone = Phone(pat, c, chain, vals, reader=r)
+            await phone.grant(doc.address, ["heart_rate"])
+            _named(r, proxy.url, "stale header")
+            now = int(time.time() * 1000)
+            frames = list(make_wearable("heart_rate", "hr", seed=8).frames_between(now - 60_000, now))
+            await phone.write_window("heart_rate", frames)
+            proxy.mode = "honest"
+            staff = Staff(doc, c, chain, reader=VerifiedReader(honest, chain, vals, session=c.session), validators=vals)
+            assert [w.readings for w in await staff.read(pat.address, "heart_rate")] == [frames]
     _with_a_liar(tmp_path, body)

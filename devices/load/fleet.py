@@ -42,6 +42,7 @@ from hdrh.histogram import HdrHistogram
 from devices.load.fleet_model import ALL_TYPES, HISTORY_EPOCHS, KINDS, FleetConfig, FleetPhone, Meta
 from devices.load.fleet_proxy import ProxyLanes
 from devices.load.follow import Follower
+from devices.load.follow import start_height as follow_from
 from devices.patient import envelope
 from devices.patient.client import ApiError, NodeClient
 from devices.wearable.ble import Link
@@ -138,8 +139,7 @@ class Fleet(ProxyLanes):
 
     # --- the follower -----------------------------------------------------------------------
     async def _follow(self) -> None:
-        c = self.clients[-1]  # a backup: keeps the harness's requests off the primary
-        self.follower = Follower(self.clients, self.genesis, self.chain, (await c.status())["height"])
+        self.follower = Follower(self.clients, self.genesis, self.chain, await follow_from(self.clients))
         async for blk in self.follower.blocks():
             if blk is None:
                 continue

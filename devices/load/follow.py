@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 import aiohttp
 
 from devices.patient.client import ApiError, NodeClient
+from node.block import max_faulty
 from node.genesis import Genesis
 from node.proof import ProofError, verify_block_json
 
@@ -30,6 +31,25 @@ FAILURES_BEFORE_MOVING = 5  # failed requests in a row before the follower asks 
 # empty waits in a row before it asks another: a validator that withholds blocks ("not yet", for
 # ever) must not stall it; on an idle chain this only moves it round the honest ones
 EMPTY_BEFORE_MOVING = 3
+
+
+async def start_height(clients: Sequence[NodeClient]) -> int:
+    """The height a run follows from: one no honest validator had passed when the run began, so no
+    block of the run is skipped. One validator's word would not do: a liar reporting a higher head
+    had the follower skip the run's first blocks (their commits never counted, the drain timing
+    out). With 2f+1 reports the (f+1)-th lowest is at or below an honest one; with fewer, the lowest
+    (a liar reporting less only costs the follower blocks it reads and ignores)."""
+    async def one(c: NodeClient) -> int | None:
+        try:
+            h = (await c.status())["height"]
+        except (TimeoutError, ApiError, aiohttp.ClientError, KeyError, TypeError, ValueError):
+            return None
+        return h if type(h) is int and h >= 0 else None
+    heights = sorted(h for h in await asyncio.gather(*(one(c) for c in clients)) if h is not None)
+    if not heights:
+        raise ConnectionError("no validator reported its head height")
+    f = max_faulty(len(clients))
+    return heights[f] if len(heights) >= 2 * f + 1 else heights[0]
 
 
 def describe(proven: int | None, refused: int) -> str:

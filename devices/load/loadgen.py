@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from devices.load.follow import Follower
+from devices.load.follow import start_height as follow_from
 from devices.patient.client import ApiError, NodeClient, retry_after
 from node.crypto.keys import Identity
 from node.genesis import Genesis
@@ -104,7 +105,7 @@ async def _run(clients: list[NodeClient], senders: int, per_sender: int, batch: 
     sent_at: dict[bytes, float] = {}
     done_at: dict[bytes, float] = {}
     refused = 0
-    start_height = (await c.status())["height"]
+    start_height = await follow_from(clients)
     all_sent = asyncio.Event()
 
     follower = Follower(clients, genesis, chain, start_height)
@@ -131,8 +132,8 @@ async def _run(clients: list[NodeClient], senders: int, per_sender: int, batch: 
                 sent_at.setdefault(tx.id, t)
             try:
                 res = await cl.submit_many([(tx.raw, side) for tx, side in b])
-            except ApiError as exc:  # the whole request refused (the per-client limit)
-                if exc.status not in (429, 503):
+            except ApiError as exc:  # the whole request refused (the per-client limit), or answered malformed
+                if exc.status not in (429, 502, 503):
                     raise
                 await asyncio.sleep(retry_after(exc.retry_after))
                 continue

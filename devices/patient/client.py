@@ -139,7 +139,13 @@ class NodeClient:
         {"status": 202, "id"} or {"status", "error"}. A refusal of the whole batch is raised, not
         retried: batch senders (the fleet, the load generator) pace and count their own retries."""
         body = msgpack.packb([x if isinstance(x, bytes) else item_obj(*x) for x in items], use_bin_type=True)
-        return (await self._post("/v1/txs", body, "application/msgpack"))["results"]
+        out: object = await self._post("/v1/txs", body, "application/msgpack")
+        res = out.get("results") if isinstance(out, dict) else None
+        if not (isinstance(res, list) and len(res) == len(items)
+                and all(isinstance(r, dict) and type(r.get("status")) is int for r in res)):
+            # a lane reading r["status"] must not die of what one validator chose to answer
+            raise ApiError(502, f"{self.base} answered a batch of {len(items)} without a status for each")
+        return res
 
     async def tx(self, txid: str, wait: float = 0) -> dict:
         return self._status(await self.get_json(f"/v1/tx/{txid}", **({"wait": int(wait)} if wait else {})))

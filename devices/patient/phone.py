@@ -245,7 +245,10 @@ class Phone:
 
     async def _seal_to(self, staff: bytes, wanted: dict[int, Iterable[int]]) -> tuple[SealedKey, ...]:
         """The data keys of these (type: epochs), each sealed to the staff member's X25519 key (with a
-        reader, the one a proof binds to its address)."""
+        reader, the one a proof binds to its address, from a state no older than f+1 validators'
+        heads now)."""
+        if self.reader is not None:
+            self.reader.refresh()
         prof = (await self.reads.account(staff))["profile"]
         if prof is None:
             raise ValueError(f"staff {staff.hex()} has not registered a profile")

@@ -73,6 +73,14 @@ class VerifiedReader:
             await self.session.close()
             self.session = None
 
+    def refresh(self) -> None:
+        """Before an act that a stale state would mislead (sealing data keys to a staff member's
+        X25519 key): the next read checks again how far f+1 validators have got. A long-lived
+        reader otherwise trusted any certified state at or above the last height it saw, and a
+        validator serving an old one (stale, or replaying) could hand it a key the staff member
+        has since replaced."""
+        self._fresh = False
+
     def saw_height(self, height: int) -> None:
         self.min_height = max(self.min_height, height)
 
