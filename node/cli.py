@@ -293,9 +293,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     from devices.patient.client import ApiError
     from devices.patient.commits import TxRejected
+    from devices.patient.phone import RotationPending
     from devices.patient.staff import AccessDenied
     from devices.patient.verified_reads import NoHonestAnswer
-    return (ApiError, TxRejected, AccessDenied, NoHonestAnswer, aiohttp.ClientError, TimeoutError, ValueError,
+    return (ApiError, TxRejected, AccessDenied, NoHonestAnswer, RotationPending, aiohttp.ClientError, TimeoutError,
+            ValueError,
             PermissionError, FileNotFoundError, ConnectionError, OSError)
 
 

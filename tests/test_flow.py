@@ -252,6 +252,36 @@ def test_no_window_is_sealed_before_a_revoke_signed_earlier_has_committed(node, 
     run(go())
 
 
+def test_a_rotation_refused_for_good_blocks_no_window(node, genesis, tmp_path):
+    """A release's end (a rotation, recorded before it is sent) that the chain refuses for good
+    (there is no such release): the record is put back as it was, and windows are sealed as before.
+    And one recorded by a phone that died before hearing the refusal: its next write hears it
+    (RotationPending, the revoke did not happen) and the one after is sealed. (Found by a review:
+    every write re-sent it and raised the refusal, for good, across restarts.)"""
+    from devices.patient.phone import RotationPending
+    from node.tx import Release
+
+    async def go():
+        async with NodeClient(node.url) as c:
+            record = tmp_path / "pat.record.json"
+            phone, sa, _ = await _with_two_grantees(c, genesis, record, b"rotation refused")
+            with pytest.raises(ApiError):
+                await phone.end_release(sa.address, DATA_TYPES["heart_rate"])
+            assert phone.rotation is None and phone.rekey_pending is None
+            now = int(time.time() * 1000)
+            frames = list(make_wearable("heart_rate", "hr", seed=9).frames_between(now - 60_000, now - 50_000))
+            await phone.write_window("heart_rate", frames)
+            await phone.sync()
+            phone._rotating(Tx.build(phone.identity, genesis.chain_id, phone.next_nonce,
+                                     Release(sa.address, DATA_TYPES["heart_rate"], 0, ())))  # signed, then killed
+            phone = Phone(phone.identity, c, genesis.chain_id, genesis.validator_keys, record=record)
+            with pytest.raises(RotationPending, match="refused for good, so it did not happen"):
+                await phone.write_window("heart_rate", frames)
+            assert phone.rotation is None
+            await phone.write_window("heart_rate", frames)
+    run(go())
+
+
 def test_a_phone_over_its_senders_rate_waits_the_retry_after_and_loses_nothing(tmp_path):
     """One transaction a second per sender: a phone's second and third grants in a row are refused
     with 429 and a Retry-After. The client sends the same signed bytes again after it (a refusal

@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import aiohttp
 
 from devices.patient.client import ApiError, NodeClient
 from devices.patient.verified_reads import VerifiedReader
+from node.block import quorum
 from node.proof import verify_status
 from node.tx import Tx
 
@@ -37,30 +39,45 @@ def can_fail_over(client: NodeClient, reader: VerifiedReader | None, validators:
     return bool(_others(client, reader, validators))
 
 
+def refused_for_good(exc: BaseException) -> bool:
+    """Whether a refusal says the signed bytes will not be taken as they are: a 4xx that is not a
+    wait (408, 429), not "already pending or committed", nor about a nonce another transaction of
+    the sender holds or has not reached yet (those pass)."""
+    return isinstance(exc, ApiError) and 400 <= exc.status < 500 and exc.status not in (408, 429) \
+        and "duplicate" not in exc.reason and "nonce" not in exc.reason
+
+
+def _verdict(refusals: dict[str, ApiError]) -> ApiError:
+    """The refusal most of the validators that refused gave (by status and reason)."""
+    (key, _), = Counter((e.status, e.reason) for e in refusals.values()).most_common(1)
+    return next(e for e in refusals.values() if (e.status, e.reason) == key)
+
+
 async def submit_waiting(client: NodeClient, tx: Tx, sidecar: bytes | None, timeout: float,
-                         fail_over: bool) -> tuple[dict | None, float]:
-    """Submit and wait for the commit at the client's validator: (its answer, when it went out) for
-    wait_proven. A validator that is down, unreachable or refuses it, if the client can `fail_over`
-    (it has the genesis keys and a reader's validators), hands the transaction to the others at
-    once: no answer, its failover timer run out. A refusal is one validator's word: a byzantine one
-    saying "break-glass is off", or "busy, come back in an hour", must not decide the outcome; the
-    others refuse it too or commit it (_failover). Otherwise the error is raised."""
+                         fail_over: bool) -> tuple[dict | None, float, ApiError | None]:
+    """Submit and wait for the commit at the client's validator: (its answer, when it went out, its
+    refusal) for wait_proven. A validator that is down, unreachable or refuses it, if the client can
+    `fail_over` (it has the genesis keys and a reader's validators), hands the transaction to the
+    others at once: no answer, its failover timer run out. A refusal is one validator's word: a
+    byzantine one saying "break-glass is off", or "busy, come back in an hour", must not decide the
+    outcome; it counts as one of the 2f+1 refusals that do (_failover). Otherwise the error is raised."""
     started = time.monotonic()
     try:
-        return await client.submit_and_wait(tx.raw, sidecar, min(timeout, 10)), started
+        return await client.submit_and_wait(tx.raw, sidecar, min(timeout, 10)), started, None
     except (aiohttp.ClientError, TimeoutError, ApiError) as exc:
         if not fail_over:
             raise
         # a refusal is most often honest (the others will say the same): not worth a warning
         log.log(logging.INFO if isinstance(exc, ApiError) else logging.WARNING,
                 "validator %s unreachable or refusing (%s): %s goes to the others", client.base, exc, tx.id.hex())
-        return None, started - FAILOVER_S
+        return None, started - FAILOVER_S, exc if isinstance(exc, ApiError) else None
 
 
 async def wait_proven(client: NodeClient, txid: str, timeout: float, validators: list[bytes] | None,
                       chain_id: str, reader: VerifiedReader | None, answer: dict | None = None,
                       resubmit: Callable[[], Awaitable[object]] | None = None,
-                      item: tuple[bytes, bytes | None] | None = None, started: float | None = None) -> dict:
+                      item: tuple[bytes, bytes | None] | None = None, started: float | None = None,
+                      refusal: ApiError | None = None) -> dict:
     """The committed status of `txid` (TxRejected if it did not commit); with the genesis keys, its
     inclusion and result are checked against the certified header and receipt the answer carries
     (no block download), and the reader takes that height as seen. `answer`: what a submission
@@ -70,13 +87,15 @@ async def wait_proven(client: NodeClient, txid: str, timeout: float, validators:
     its validator within FAILOVER_S is sent to the others too (that validator may be one that
     answers 202 and forwards nothing, or says "rejected" without a proof, or be down: no client
     trusts a single validator). `started`: when the submission went out (time.monotonic()), if it
-    already waited. ApiError: every validator asked refused the submission (with the first refusal)."""
+    already waited; `refusal`: how the client's validator refused it. ApiError: 2f+1 validators
+    refused the submission, or none took it and some refused (the refusal most of them gave)."""
     others = _others(client, reader, validators) if item is not None else []
     st = answer if answer is not None and answer.get("status") == "committed" else None
     forged = st is not None and not _proves(txid, st, validators, chain_id, client.base, others)
     if forged or st is None:
         st = None
         waited = 0.0 if started is None else time.monotonic() - started
+        t_end = time.monotonic() - waited + timeout
         first = max(0.0, min(timeout, FAILOVER_S) - waited) if others else timeout
         if not forged:  # a validator that forged a commit is not asked again
             try:
@@ -90,7 +109,8 @@ async def wait_proven(client: NodeClient, txid: str, timeout: float, validators:
                 st = None
         # only a proven commit ends it here: "rejected" is that validator's word alone
         if (st is None or st["status"] != "committed") and others and item is not None and reader is not None:
-            st = await _failover(txid, item, others, reader, timeout - first - waited, validators, chain_id)
+            home = {client.base: refusal} if refusal is not None else {}
+            st = await _failover(txid, item, others, reader, t_end - time.monotonic(), validators, chain_id, home)
     if st is None or st["status"] != "committed":
         raise TxRejected(st or {"status": "pending"})
     if validators is not None and reader is not None:  # proven committed at this height: older state is stale now
@@ -114,20 +134,27 @@ def _proves(txid: str, st: dict, validators: list[bytes] | None, chain_id: str, 
 
 
 async def _failover(txid: str, item: tuple[bytes, bytes | None], urls: list[str], reader: VerifiedReader,
-                    timeout: float, validators: list[bytes], chain_id: str) -> dict:
+                    timeout: float, validators: list[bytes], chain_id: str, refusals: dict[str, ApiError]) -> dict:
     """PBFT's client, its request not answered in time, sends it to every replica: the same signed
     bytes (never applied twice) to each other validator, then the first proven commit any of them
     shows. An answer whose proof does not check is refused and the next validator asked. A
     validator that refuses the submission for good (not "already pending or committed") holds no
-    status for it; when every one of them does, the first refusal is raised (ApiError): f+1 of the
-    others are honest."""
+    status for it. `refusals`: the client's own validator's, if it refused. Once 2f+1 of all the
+    validators refused, f+1 honest ones did: the refusal most of them gave is raised (ApiError), as
+    it is at the deadline when some refused and none took it (one down, one byzantine answering
+    202 must not turn an honest refusal into 30 s and a "pending")."""
     log.info("transaction %s not committed through its validator: sending it to %d others", txid, len(urls))
     clients = [NodeClient(u, session=reader.session) for u in urls]
-    refusals: dict[str, ApiError] = {}
+    q = quorum(len(urls) + 1)
+    deadline = time.monotonic() + max(1.0, timeout)
+    refusals = dict(refusals)
+
+    def left() -> float:
+        return max(0.5, deadline - time.monotonic())
 
     async def send(c: NodeClient) -> None:
         try:
-            await c.submit(*item)
+            await asyncio.wait_for(c.submit(*item), left())
         except ApiError as exc:
             log.info("sending %s to %s: %s", txid, c.base, exc)
             if 400 <= exc.status < 500 and "duplicate" not in exc.reason:  # a 429 here: past RETRY_FOR
@@ -137,17 +164,17 @@ async def _failover(txid: str, item: tuple[bytes, bytes | None], urls: list[str]
 
     try:
         await asyncio.gather(*(send(c) for c in clients))
-        if len(refusals) == len(clients):
-            raise refusals[clients[0].base]
-        deadline = time.monotonic() + max(1.0, timeout)
+        if len(refusals) >= q:
+            raise _verdict(refusals)
         last: dict = {"status": "pending"}
         while time.monotonic() < deadline:
-            rejected = len(refusals)
+            rejected, began = len(refusals), time.monotonic()
             for c in clients:
                 if c.base in refusals:
                     continue
                 try:
-                    st = await c.tx(txid, wait=max(1, min(2, deadline - time.monotonic())))
+                    st = await asyncio.wait_for(c.tx(txid, wait=max(1, min(2, deadline - time.monotonic()))),
+                                                left() + 1)
                 except (TimeoutError, ApiError, aiohttp.ClientError):
                     continue
                 if st["status"] == "committed":
@@ -160,8 +187,14 @@ async def _failover(txid: str, item: tuple[bytes, bytes | None], urls: list[str]
                     return st
                 rejected += st["status"] == "rejected"
                 last = st
-            if rejected == len(clients):  # every other validator refused it too: it will not commit
+            if rejected >= q:  # 2f+1 refused or dropped it: it will not commit
+                if refusals:
+                    raise _verdict(refusals)
                 return last
+            if time.monotonic() - began < 0.2:  # every one down or refusing at once: no spinning
+                await asyncio.sleep(0.2)
+        if refusals:
+            raise _verdict(refusals)
         return last
     finally:
         for c in clients:  # each closes only a session of its own (none when the reader's is shared)

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
-
 from devices.patient import envelope
 from devices.patient.client import ApiError, NodeClient
-from devices.patient.commits import TxRejected, can_fail_over, submit_waiting, wait_proven
+from devices.patient.commits import TxRejected, can_fail_over, refused_for_good, submit_waiting, wait_proven
 from devices.patient.verified_reads import VerifiedReader
 from devices.wearable.gatt import UUID_BY_KIND, decode_measurement
 from node.crypto import seal
@@ -22,6 +20,7 @@ from node.ipfs.cid import Cid, cid_v1_raw
 from node.sidecar import SIDECAR_MAX
 from node.state import CODES, Code
 from node.state.machine import BREAK_GLASS_ACCESS_MS
+from node.state.records import NO_NONCE
 from node.tx import Grant, Policy, Read, Release, SealedKey, Tx, Write, data_type_id, data_type_name
 from node.tx.model import DATA_TYPES
 
@@ -46,6 +45,11 @@ def _check_readings(tid: int, readings: list[envelope.Reading]) -> None:
             decode_measurement(uuid, bytes(frame))
         except ValueError as exc:
             raise ValueError(f"reading {i} is not a {data_type_name(tid)} frame: {exc}") from None
+
+
+class RotationPending(Exception):
+    """A key rotation the patient signed (a revoke, a release's end) has not committed, or was
+    refused: no window is sealed before it is settled (Phone._rotation_first)."""
 
 
 @dataclass
@@ -142,31 +146,42 @@ class Phone:
     async def send(self, body, wait: bool = True, timeout: float = 30.0,
                    sidecar: bytes | None = None, signed: Callable[[Tx], None] | None = None) -> str:
         """Sign and submit (a write with its ciphertext as sidecar); with wait, block until committed
-        and check it was applied. `signed(tx)` runs between signing and the first byte sent."""
+        and check it was applied. `signed(tx)` runs between signing and the first byte sent (a
+        rotation recorded: refused for good, the record is put back as it was)."""
         tx = Tx.build(self.identity, self.chain_id, await self._nonce(), body)
+        before = (self.rekey_pending, self.rotation)
         if signed is not None:
             signed(tx)
+        try:
+            await self._submit(tx, wait, timeout, sidecar)
+        except ApiError as exc:
+            if signed is not None and refused_for_good(exc):
+                self._rekey_owed(*before)  # its nonce was never taken: nothing rotated, nothing owed for it
+            raise
+        return tx.id.hex()
+
+    async def _submit(self, tx: Tx, wait: bool, timeout: float, sidecar: bytes | None) -> None:
         txid = tx.id.hex()  # our own: never the answer's word
         try:
-            if wait:  # one request: the answer comes with the commit and its proofs
-                answer, started = await submit_waiting(self.client, tx, sidecar, timeout,
-                                                       can_fail_over(self.client, self.reader, self.validators))
-            else:
+            if not wait:
                 await self.client.submit(tx.raw, sidecar)
-            if wait:
-                await self.confirm(txid, timeout, answer, lambda: self.client.submit(tx.raw, sidecar),
-                                   (tx.raw, sidecar), started)
-        except (ApiError, aiohttp.ClientError, TimeoutError, TxRejected) as exc:
-            if not (isinstance(exc, TxRejected) and exc.status.get("status") == "committed"):
-                self.next_nonce = None  # whether its nonce was taken is the chain's to say: resync on the next send
+                return
+            # one request: the answer comes with the commit and its proofs
+            answer, started, refusal = await submit_waiting(self.client, tx, sidecar, timeout,
+                                                            can_fail_over(self.client, self.reader, self.validators))
+            st = await wait_proven(self.client, txid, timeout, self.validators, self.chain_id, self.reader, answer,
+                                   lambda: self.client.submit(tx.raw, sidecar), (tx.raw, sidecar), started, refusal)
+        except Exception:
+            self.next_nonce = None  # whether its nonce was taken is the chain's to say: resync on the next send
             raise
-        return txid
+        if st["code"] in NO_NONCE:
+            self.next_nonce = None  # executed without taking its nonce (bad nonce, duplicate)
+        if st["code"] != 0:
+            raise TxRejected(st)
 
-    async def confirm(self, txid: str, timeout: float = 30.0, answer: dict | None = None,
-                      resubmit: Callable[[], Awaitable[object]] | None = None,
-                      item: tuple[bytes, bytes | None] | None = None, started: float | None = None) -> dict:
-        st = await wait_proven(self.client, txid, timeout, self.validators, self.chain_id, self.reader, answer,
-                               resubmit, item, started)
+    async def confirm(self, txid: str, timeout: float = 30.0) -> dict:
+        """The proven commit of a transaction sent earlier (TxRejected if it failed)."""
+        st = await wait_proven(self.client, txid, timeout, self.validators, self.chain_id, self.reader)
         if st["code"] != 0:
             raise TxRejected(st)
         return st
@@ -331,17 +346,32 @@ class Phone:
     async def _rotation_first(self) -> None:
         """Before a window is sealed: a revoke (or a release's end) signed earlier whose nonce the
         chain has not taken (its answer lost, refused by every validator for now, the phone killed
-        after signing it) is sent again, and committed, first; signed again under the next nonce if
-        the chain's is below its own (a transaction before it was lost). Sealed under the current
-        epoch meanwhile, a window went, sidecar and all, to validators one of which may collude
-        with the grantee being revoked, who holds that epoch's key. Raises what stops it."""
+        after signing it) is sent again, the same signed bytes, and committed first. Sealed under
+        the current epoch meanwhile, a window went, sidecar and all, to validators one of which may
+        collude with the grantee being revoked, who holds that epoch's key. RotationPending while
+        a transaction before it has not committed; refused for good, the record is dropped and the
+        refusal raised once (the revoke did not happen: the patient must hear it)."""
         await self.sync()  # the proven next nonce; past the rotation's, it heals what it owes
         if self.rotation is None or self.rekey_pending is None or self.next_nonce > self.rekey_pending:
             return
+        if self.next_nonce < self.rekey_pending:
+            raise RotationPending(f"a revoke (or a release's end) signed with nonce {self.rekey_pending} waits for "
+                                  f"this patient's nonce {self.next_nonce} to commit: no data is sealed until it "
+                                  "has (if that transaction was lost, revoke again)")
         tx = Tx.decode(self.rotation, self.chain_id)
         log.warning("a key rotation signed with nonce %d has not committed: sent again before any data is sealed",
                     tx.nonce)
-        await self.send(tx.body, signed=self._rotating)
+        self.next_nonce = tx.nonce + 1
+        try:
+            await self._submit(tx, True, 30.0, None)
+        except ApiError as exc:
+            if refused_for_good(exc):
+                self._rekey_owed(None)
+                raise RotationPending(f"the revoke (or release's end) signed with nonce {tx.nonce} was refused "
+                                      f"for good, so it did not happen ({exc.reason}): revoke again") from exc
+            raise
+        except TxRejected:  # committed as a failure: its nonce is taken, the sync below settles the record
+            pass
         await self.sync()  # its nonce is taken: re-seal the new keys to the type's other grantees
 
     async def _rekey(self, before: dict[str, dict], rotated: set[int], staff: bytes) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiohttp
-
 from devices.patient import envelope
 from devices.patient.client import ApiError, NodeClient
 from devices.patient.commits import TxRejected, can_fail_over, submit_waiting, wait_proven
@@ -14,6 +12,7 @@ from node.crypto import seal
 from node.crypto.keys import Identity
 from node.ipfs.cid import Cid
 from node.state import Code
+from node.state.records import NO_NONCE
 from node.tx import Credential, Profile, Read, Tx, data_type_id
 
 
@@ -56,19 +55,17 @@ class Staff:
         try:
             # with a reader and the genesis keys, a refusal is raised only when every validator asked
             # refused (wait_proven's failover): one validator's 403 is no verdict
-            answer, started = await submit_waiting(self.client, tx, None, timeout,
-                                                   can_fail_over(self.client, self.reader, self.validators))
+            answer, started, refusal = await submit_waiting(self.client, tx, None, timeout,
+                                                            can_fail_over(self.client, self.reader, self.validators))
             st = await wait_proven(self.client, txid, timeout, self.validators, self.chain_id, self.reader, answer,
-                                   lambda: self.client.submit(tx.raw, None), (tx.raw, None), started)
-        except ApiError as exc:
-            self.next_nonce = None
-            if exc.status == 403 or (exc.status == 429 and "break-glass" in exc.reason):
+                                   lambda: self.client.submit(tx.raw, None), (tx.raw, None), started, refusal)
+        except Exception as exc:
+            self.next_nonce = None  # whether its nonce was taken is the chain's to say
+            if isinstance(exc, ApiError) and (exc.status == 403 or (exc.status == 429 and "break-glass" in exc.reason)):
                 raise AccessDenied(exc.reason) from None
             raise
-        except (aiohttp.ClientError, TimeoutError, TxRejected):
-            self.next_nonce = None  # whether its nonce was taken is the chain's to say
-            raise
-        self.next_nonce += 1
+        # executed without taking its nonce (bad nonce, duplicate): read it again
+        self.next_nonce = None if st["code"] in NO_NONCE else self.next_nonce + 1
         if st["code"] in (Code.DENIED, Code.BREAK_GLASS_OFF, Code.BREAK_GLASS_LIMIT, Code.NO_CREDENTIAL):
             raise AccessDenied(st["result"])
         if st["code"] != 0:
