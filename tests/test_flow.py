@@ -252,6 +252,21 @@ def test_no_window_is_sealed_before_a_revoke_signed_earlier_has_committed(node, 
     run(go())
 
 
+def test_a_revoke_signed_earlier_goes_before_any_other_transaction(node, genesis, tmp_path):
+    """The lost revoke's nonce must not be taken by the phone's next transaction of another kind
+    (a policy change): the revoke would be forgotten without a word. It is sent first."""
+    held: list[bytes] = []
+
+    async def go():
+        async with _losing_the_first_revoke(genesis.chain_id, held)(node.url) as c:
+            phone, _, _ = await _revoke_lost_and_restarted(c, genesis, tmp_path, b"revoke before policy")
+            await phone.set_break_glass(False)
+            assert (await c.tx(Tx.decode(held[0], genesis.chain_id).id.hex()))["status"] == "committed"
+            assert phone.rotation is None and phone.epochs[DATA_TYPES["heart_rate"]] == 1
+            assert (await c.account(phone.address))["break_glass"] is False
+    run(go())
+
+
 def test_a_rotation_refused_for_good_blocks_no_window(node, genesis, tmp_path):
     """A release's end (a rotation, recorded before it is sent) that the chain refuses for good
     (there is no such release): the record is put back as it was, and windows are sealed as before.

@@ -147,7 +147,11 @@ class Phone:
                    sidecar: bytes | None = None, signed: Callable[[Tx], None] | None = None) -> str:
         """Sign and submit (a write with its ciphertext as sidecar); with wait, block until committed
         and check it was applied. `signed(tx)` runs between signing and the first byte sent (a
-        rotation recorded: refused for good, the record is put back as it was)."""
+        rotation recorded: refused for good, the record is put back as it was). A rotation signed
+        earlier and not yet taken goes first (a new one replaces it): else this transaction took its
+        nonce, and the revoke was forgotten without a word."""
+        if self.rotation is not None and signed is None and not self._healing:
+            await self._rotation_first()
         tx = Tx.build(self.identity, self.chain_id, await self._nonce(), body)
         before = (self.rekey_pending, self.rotation)
         if signed is not None:
