@@ -145,3 +145,13 @@ def test_a_run_follows_from_a_height_no_honest_validator_had_passed(reported: tu
             clients = [await stack.enter_async_context(NodeClient(u)) for u in urls]
             assert await start_height(clients) == start
     asyncio.run(go())
+
+
+def test_a_verdict_is_the_refusal_most_gave_alike_numbers_aside_and_the_client_s_own_counts_last() -> None:
+    from devices.patient.commits import _verdict
+    home = ApiError(403, "refused: break-glass refused: the patient has disabled emergency access")
+    a = ApiError(409, "stale nonce: 1 already used (replay?); next is 5")
+    b = ApiError(409, "stale nonce: 1 already used (replay?); next is 6")
+    assert _verdict({"home": home, "a": a, "b": b}, "home") == (a, 2)  # honest reasons differ in numbers
+    assert _verdict({"home": home, "a": a}, "home") == (a, 1)  # a tie: not the client's own validator's word
+    assert _verdict({"a": a, "home": home}, "home") == (a, 1)

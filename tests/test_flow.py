@@ -267,6 +267,63 @@ def test_a_revoke_signed_earlier_goes_before_any_other_transaction(node, genesis
     run(go())
 
 
+def test_a_revoke_signed_earlier_commits_before_a_new_grant_seals_its_keys(node, genesis, tmp_path):
+    """A restarted phone owes revoke(A); the patient grants C. The revoke commits first (else C's
+    grant took its nonce and A was never revoked), and C's keys are sealed after it: under the new
+    epoch, so C reads what is written next (sealed before, they stopped at the old one)."""
+    held: list[bytes] = []
+
+    async def go():
+        async with _losing_the_first_revoke(genesis.chain_id, held)(node.url) as c:
+            phone, _, _ = await _revoke_lost_and_restarted(c, genesis, tmp_path, b"revoke before grant")
+            sa = Staff(Identity.from_seed(b"revoke before grant a"), c, genesis.chain_id)
+            sc = Staff(Identity.from_seed(b"revoke before grant c"), c, genesis.chain_id)
+            await sc.register("C", "nurse", "X")
+            await phone.grant(sc.address, ["heart_rate"])
+            assert (await c.tx(Tx.decode(held[0], genesis.chain_id).id.hex()))["status"] == "committed"
+            now = int(time.time() * 1000)
+            frames = list(make_wearable("heart_rate", "hr", seed=10).frames_between(now - 60_000, now - 50_000))
+            assert (await phone.write_window("heart_rate", frames)).epoch == 1
+            assert [w.readings for w in await sc.read(phone.address, "heart_rate")] == [frames]
+            with pytest.raises(AccessDenied):
+                await sa.read(phone.address, "heart_rate")
+    run(go())
+
+
+def test_a_revoke_sent_again_that_stays_pending_seals_nothing(node, genesis, tmp_path, monkeypatch):
+    """The recorded revoke, sent again, does not commit in time (its validator holds it): the write
+    says so (RotationPending) and seals nothing; it was taken as settled, and the window sealed
+    under the epoch the revoked grantee holds (from a review)."""
+    from devices.patient import phone as phone_mod
+    from devices.patient.phone import RotationPending
+
+    held: list[bytes] = []
+    monkeypatch.setattr(phone_mod, "ROTATION_WAIT_S", 2.0)
+
+    class Holding(_losing_the_first_revoke(genesis.chain_id, held)):  # type: ignore[misc]
+        """Also answers every later submission of that revoke as pending, and sends it nowhere."""
+
+        async def submit_and_wait(self, raw, sidecar, wait):
+            if held and raw == held[0]:
+                return {"status": "pending"}
+            return await super().submit_and_wait(raw, sidecar, wait)
+
+        async def submit(self, raw, sidecar=None):
+            if held and raw == held[0]:
+                return Tx.decode(raw, genesis.chain_id).id.hex()
+            return await super().submit(raw, sidecar)
+
+    async def go():
+        async with Holding(node.url) as c:
+            phone, _, _ = await _revoke_lost_and_restarted(c, genesis, tmp_path, b"revoke pending")
+            now = int(time.time() * 1000)
+            frames = list(make_wearable("heart_rate", "hr", seed=11).frames_between(now - 60_000, now - 50_000))
+            with pytest.raises(RotationPending, match="has not committed yet"):
+                await phone.write_window("heart_rate", frames)
+            assert phone.rotation == held[0] and (await c.data(phone.address))["data"] == []
+    run(go())
+
+
 def test_a_rotation_refused_for_good_blocks_no_window(node, genesis, tmp_path):
     """A release's end (a rotation, recorded before it is sent) that the chain refuses for good
     (there is no such release): the record is put back as it was, and windows are sealed as before.

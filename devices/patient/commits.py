@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -15,7 +16,7 @@ import aiohttp
 
 from devices.patient.client import ApiError, NodeClient
 from devices.patient.verified_reads import VerifiedReader
-from node.block import quorum
+from node.block import max_faulty, quorum
 from node.proof import verify_status
 from node.tx import Tx
 
@@ -32,7 +33,9 @@ class TxRejected(Exception):
 def _others(client: NodeClient, reader: VerifiedReader | None, validators: list[bytes] | None) -> list[str]:
     """The validators a transaction can fail over to: the reader's other than the client's own,
     with the genesis keys to check their answers by."""
-    return [u for u in reader.urls if u != client.base] if reader is not None and validators is not None else []
+    if reader is None or validators is None:
+        return []
+    return list(dict.fromkeys(u.rstrip("/") for u in reader.urls if u.rstrip("/") != client.base))
 
 
 def can_fail_over(client: NodeClient, reader: VerifiedReader | None, validators: list[bytes] | None) -> bool:
@@ -41,16 +44,22 @@ def can_fail_over(client: NodeClient, reader: VerifiedReader | None, validators:
 
 def refused_for_good(exc: BaseException) -> bool:
     """Whether a refusal says the signed bytes will not be taken as they are: a 4xx that is not a
-    wait (408, 429), not "already pending or committed", nor about a nonce another transaction of
-    the sender holds or has not reached yet (those pass)."""
-    return isinstance(exc, ApiError) and 400 <= exc.status < 500 and exc.status not in (408, 429) \
+    wait (408, 429), nor "unknown" (404: lost, not refused), nor "already pending or committed",
+    nor about a nonce another transaction of the sender holds or has not reached yet (those pass)."""
+    return isinstance(exc, ApiError) and 400 <= exc.status < 500 and exc.status not in (404, 408, 429) \
         and "duplicate" not in exc.reason and "nonce" not in exc.reason
 
 
-def _verdict(refusals: dict[str, ApiError]) -> ApiError:
-    """The refusal most of the validators that refused gave (by status and reason)."""
-    (key, _), = Counter((e.status, e.reason) for e in refusals.values()).most_common(1)
-    return next(e for e in refusals.values() if (e.status, e.reason) == key)
+def _verdict(refusals: dict[str, ApiError], home: str | None = None) -> tuple[ApiError, int]:
+    """The refusal most of the validators that refused gave, and how many gave it: compared by
+    status and reason with its numbers and ids blanked (honest reasons differ in them: "next is 5",
+    "ends in 37 s"); the client's own validator (`home`) counts last in a tie."""
+    def key(e: ApiError) -> tuple[int, str]:
+        return e.status, re.sub(r"[0-9a-f]{16,}|\d+", "#", e.reason)
+    order = sorted(refusals, key=lambda u: u == home)
+    counts = Counter(key(refusals[u]) for u in order)
+    top, n = counts.most_common(1)[0]
+    return next(refusals[u] for u in order if key(refusals[u]) == top), n
 
 
 async def submit_waiting(client: NodeClient, tx: Tx, sidecar: bytes | None, timeout: float,
@@ -70,7 +79,11 @@ async def submit_waiting(client: NodeClient, tx: Tx, sidecar: bytes | None, time
         # a refusal is most often honest (the others will say the same): not worth a warning
         log.log(logging.INFO if isinstance(exc, ApiError) else logging.WARNING,
                 "validator %s unreachable or refusing (%s): %s goes to the others", client.base, exc, tx.id.hex())
-        return None, started - FAILOVER_S, exc if isinstance(exc, ApiError) else None
+        return None, started, exc if isinstance(exc, ApiError) else _UNREACHABLE
+
+
+# submit_waiting's "no answer at all": the transaction goes to the others at once
+_UNREACHABLE = ApiError(0, "unreachable")
 
 
 async def wait_proven(client: NodeClient, txid: str, timeout: float, validators: list[bytes] | None,
@@ -96,8 +109,10 @@ async def wait_proven(client: NodeClient, txid: str, timeout: float, validators:
         st = None
         waited = 0.0 if started is None else time.monotonic() - started
         t_end = time.monotonic() - waited + timeout
-        first = max(0.0, min(timeout, FAILOVER_S) - waited) if others else timeout
-        if not forged:  # a validator that forged a commit is not asked again
+        # refused or unreachable at its submission: the others are asked at once
+        first = 0.0 if refusal is not None and others else \
+            max(0.0, min(timeout, FAILOVER_S) - waited) if others else timeout
+        if not forged and (first > 0 or refusal is None):  # a forger, or one that refused, is not asked again
             try:
                 st = await client.wait_committed(txid, first, resubmit)
             except (TimeoutError, ApiError, aiohttp.ClientError) as exc:
@@ -109,7 +124,7 @@ async def wait_proven(client: NodeClient, txid: str, timeout: float, validators:
                 st = None
         # only a proven commit ends it here: "rejected" is that validator's word alone
         if (st is None or st["status"] != "committed") and others and item is not None and reader is not None:
-            home = {client.base: refusal} if refusal is not None else {}
+            home = {client.base: refusal} if refusal is not None and refusal is not _UNREACHABLE else {}
             st = await _failover(txid, item, others, reader, t_end - time.monotonic(), validators, chain_id, home)
     if st is None or st["status"] != "committed":
         raise TxRejected(st or {"status": "pending"})
@@ -139,15 +154,23 @@ async def _failover(txid: str, item: tuple[bytes, bytes | None], urls: list[str]
     bytes (never applied twice) to each other validator, then the first proven commit any of them
     shows. An answer whose proof does not check is refused and the next validator asked. A
     validator that refuses the submission for good (not "already pending or committed") holds no
-    status for it. `refusals`: the client's own validator's, if it refused. Once 2f+1 of all the
-    validators refused, f+1 honest ones did: the refusal most of them gave is raised (ApiError), as
-    it is at the deadline when some refused and none took it (one down, one byzantine answering
-    202 must not turn an honest refusal into 30 s and a "pending")."""
+    status for it. `refusals`: the client's own validator's, if it refused. Once 2f+1 of the
+    genesis validators refused, and f+1 of them alike, honest ones did: that refusal is raised
+    (ApiError); so it is at the deadline when some refused and none took it (one down, one
+    byzantine answering 202 must not turn an honest refusal into a "pending"). One that took it
+    leaves the outcome open: "pending"."""
     log.info("transaction %s not committed through its validator: sending it to %d others", txid, len(urls))
     clients = [NodeClient(u, session=reader.session) for u in urls]
-    q = quorum(len(urls) + 1)
+    q, f = quorum(len(validators)), max_faulty(len(validators))
     deadline = time.monotonic() + max(1.0, timeout)
-    refusals = dict(refusals)
+    home = next(iter(refusals), None)
+    refusals, took = dict(refusals), set()
+
+    def final() -> ApiError | None:
+        if len(refusals) < q:
+            return None
+        exc, alike = _verdict(refusals, home)
+        return exc if alike > f else None
 
     def left() -> float:
         return max(0.5, deadline - time.monotonic())
@@ -155,17 +178,20 @@ async def _failover(txid: str, item: tuple[bytes, bytes | None], urls: list[str]
     async def send(c: NodeClient) -> None:
         try:
             await asyncio.wait_for(c.submit(*item), left())
+            took.add(c.base)
         except ApiError as exc:
             log.info("sending %s to %s: %s", txid, c.base, exc)
             if 400 <= exc.status < 500 and "duplicate" not in exc.reason:  # a 429 here: past RETRY_FOR
                 refusals[c.base] = exc
+            elif "duplicate" in exc.reason:
+                took.add(c.base)
         except (TimeoutError, aiohttp.ClientError) as exc:  # down
             log.info("sending %s to %s: %s", txid, c.base, exc)
 
     try:
         await asyncio.gather(*(send(c) for c in clients))
-        if len(refusals) >= q:
-            raise _verdict(refusals)
+        if (verdict := final()) is not None:
+            raise verdict
         last: dict = {"status": "pending"}
         while time.monotonic() < deadline:
             rejected, began = len(refusals), time.monotonic()
@@ -187,14 +213,14 @@ async def _failover(txid: str, item: tuple[bytes, bytes | None], urls: list[str]
                     return st
                 rejected += st["status"] == "rejected"
                 last = st
-            if rejected >= q:  # 2f+1 refused or dropped it: it will not commit
-                if refusals:
-                    raise _verdict(refusals)
+            if (verdict := final()) is not None:
+                raise verdict
+            if rejected >= q and not refusals:  # 2f+1 dropped it: it will not commit
                 return last
             if time.monotonic() - began < 0.2:  # every one down or refusing at once: no spinning
                 await asyncio.sleep(0.2)
-        if refusals:
-            raise _verdict(refusals)
+        if refusals and not took:
+            raise _verdict(refusals, home)[0]
         return last
     finally:
         for c in clients:  # each closes only a session of its own (none when the reader's is shared)

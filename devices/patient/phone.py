@@ -27,6 +27,7 @@ from node.tx.model import DATA_TYPES
 log = logging.getLogger("medchain.phone")
 HISTORY_EPOCHS = 12  # how many past key epochs a new grant carries (history a grantee can read)
 CID_TRIES = 3  # a window sealed again after its CID was recorded first by another write
+ROTATION_WAIT_S = 30.0  # how long a recorded rotation sent again is waited for before a write gives up
 
 
 def _check_readings(tid: int, readings: list[envelope.Reading]) -> None:
@@ -150,8 +151,8 @@ class Phone:
         rotation recorded: refused for good, the record is put back as it was). A rotation signed
         earlier and not yet taken goes first (a new one replaces it): else this transaction took its
         nonce, and the revoke was forgotten without a word."""
-        if self.rotation is not None and signed is None and not self._healing:
-            await self._rotation_first()
+        if signed is None:
+            await self._settle_rotation()
         tx = Tx.build(self.identity, self.chain_id, await self._nonce(), body)
         before = (self.rekey_pending, self.rotation)
         if signed is not None:
@@ -201,8 +202,7 @@ class Phone:
         if not readings and slot is None:
             raise ValueError("empty window")
         _check_readings(tid, readings)
-        if self.rotation is not None:
-            await self._rotation_first()
+        await self._settle_rotation()
         if self.next_nonce is None:
             await self.sync()
         t0, t1 = slot if slot is not None else (min(r[0] for r in readings), max(r[0] for r in readings))
@@ -308,8 +308,12 @@ class Phone:
     async def grant(self, staff: bytes, types: list[str | int], expiry_ms: int = 0) -> str:
         """Grant (or change to) exactly `types`; an empty list revokes. Types taken away get a new key
         epoch on chain; the phone then re-seals the new keys to everyone who still holds those types."""
+        settled = await self._settle_rotation()  # before keys are sealed: it may move an epoch
         await self.sync()
         tids = tuple(sorted({data_type_id(t) for t in types}))
+        if settled is not None and isinstance(settled.body, Grant) and settled.body.staff == staff \
+                and (settled.body.types, settled.body.expiry_ms) == (tids, expiry_ms):
+            return settled.id.hex()  # this very change, signed earlier, has just committed
         before = {g["staff"]: g for g in (await self.reads.grants(self.address))["grants"]}
         prev = {data_type_id(t) for t in before.get(staff.hex(), {}).get("types", [])}
         removed = prev - set(tids)
@@ -325,6 +329,7 @@ class Phone:
     async def end_release(self, staff: bytes, dtype: int) -> str:
         """End an emergency release; if it held the current key epoch the chain rotates the type
         (as for a revoke) and the phone re-seals the new key to the type's remaining grantees."""
+        await self._settle_rotation()
         await self.sync()
         return await self._send_release(Release(staff, dtype, 0, ()))
 
@@ -347,36 +352,54 @@ class Phone:
     def _rotating(self, tx: Tx) -> None:
         self._rekey_owed(tx.nonce, tx.raw)
 
-    async def _rotation_first(self) -> None:
+    async def _settle_rotation(self) -> Tx | None:
+        """_rotation_first, when a rotation is recorded and this is not the healing it starts."""
+        return await self._rotation_first() if self.rotation is not None and not self._healing else None
+
+    async def _rotation_first(self) -> Tx | None:
         """Before a window is sealed: a revoke (or a release's end) signed earlier whose nonce the
         chain has not taken (its answer lost, refused by every validator for now, the phone killed
         after signing it) is sent again, the same signed bytes, and committed first. Sealed under
         the current epoch meanwhile, a window went, sidecar and all, to validators one of which may
         collude with the grantee being revoked, who holds that epoch's key. RotationPending while
         a transaction before it has not committed; refused for good, the record is dropped and the
-        refusal raised once (the revoke did not happen: the patient must hear it)."""
+        refusal raised once (the revoke did not happen: the patient must hear it). Returns the
+        rotation it committed."""
         await self.sync()  # the proven next nonce; past the rotation's, it heals what it owes
         if self.rotation is None or self.rekey_pending is None or self.next_nonce > self.rekey_pending:
-            return
+            return None
+        try:
+            tx = Tx.decode(self.rotation, self.chain_id)
+        except ValueError as exc:  # a record not of this chain, or damaged: it would block every write
+            log.error("the recorded key rotation does not decode (%s): dropped; revoke again if one was meant", exc)
+            self._rekey_owed(None)
+            return None
         if self.next_nonce < self.rekey_pending:
             raise RotationPending(f"a revoke (or a release's end) signed with nonce {self.rekey_pending} waits for "
                                   f"this patient's nonce {self.next_nonce} to commit: no data is sealed until it "
                                   "has (if that transaction was lost, revoke again)")
-        tx = Tx.decode(self.rotation, self.chain_id)
         log.warning("a key rotation signed with nonce %d has not committed: sent again before any data is sealed",
                     tx.nonce)
         self.next_nonce = tx.nonce + 1
         try:
-            await self._submit(tx, True, 30.0, None)
+            await self._submit(tx, True, ROTATION_WAIT_S, None)
         except ApiError as exc:
             if refused_for_good(exc):
                 self._rekey_owed(None)
                 raise RotationPending(f"the revoke (or release's end) signed with nonce {tx.nonce} was refused "
                                       f"for good, so it did not happen ({exc.reason}): revoke again") from exc
-            raise
-        except TxRejected:  # committed as a failure: its nonce is taken, the sync below settles the record
-            pass
+            raise RotationPending(f"the revoke (or release's end) signed with nonce {tx.nonce} has not committed "
+                                  f"yet ({exc}): no data is sealed until it has") from exc
+        except TxRejected as exc:
+            if exc.status.get("status") != "committed":  # pending still, or dropped: not settled
+                raise RotationPending(f"the revoke (or release's end) signed with nonce {tx.nonce} has not committed "
+                                      f"yet ({exc}): no data is sealed until it has") from exc
+            # committed as a failure: its nonce is taken, the sync below settles the record
         await self.sync()  # its nonce is taken: re-seal the new keys to the type's other grantees
+        if self.rotation is not None and self.rekey_pending is not None and self.next_nonce <= self.rekey_pending:
+            raise RotationPending(f"the revoke (or release's end) signed with nonce {tx.nonce} is not yet on the "
+                                  "chain as proven: no data is sealed until it is")
+        return tx
 
     async def _rekey(self, before: dict[str, dict], rotated: set[int], staff: bytes) -> None:
         """Re-seal the new epochs of the `rotated` types to every unexpired grantee of them but `staff`."""
@@ -487,6 +510,7 @@ class Phone:
         separate emergency release that expires and never widens a lasting grant."""
         txids = []
         for p in plans:
+            await self._settle_rotation()  # before keys are sealed: it may move an epoch
             staff = bytes.fromhex(p.staff)
             keys = await self._seal_to(staff, {p.dtype: p.epochs})
             txids.append(await self._send_release(Release(staff, p.dtype, p.expiry_ms, keys)))
