@@ -155,3 +155,35 @@ def test_a_verdict_is_the_refusal_most_gave_alike_numbers_aside_and_the_client_s
     assert _verdict({"home": home, "a": a, "b": b}, "home") == (a, 2)  # honest reasons differ in numbers
     assert _verdict({"home": home, "a": a}, "home") == (a, 1)  # a tie: not the client's own validator's word
     assert _verdict({"a": a, "home": home}, "home") == (a, 1)
+
+
+def test_a_refusal_is_no_outcome_while_the_client_s_own_validator_may_hold_the_transaction() -> None:
+    """The client's own validator took the transaction (pending); another refuses it (a byzantine
+    one, 400); the other two are down until the deadline. The outcome is "pending", never that one
+    refusal: raised, it told a patient a revoke did not happen while it committed (from a review)."""
+    from devices.patient.commits import TxRejected, wait_proven
+    from devices.patient.verified_reads import VerifiedReader
+    from node.crypto.keys import Identity
+    from node.tx import Policy, Tx
+
+    async def pending(_req: web.Request) -> web.Response:
+        return web.json_response({"status": "pending"})
+
+    async def refuse(_req: web.Request) -> web.Response:
+        return web.json_response({"error": "refused: bad signature"}, status=400)
+
+    async def go() -> None:
+        tx = Tx.build(Identity.from_seed(b"a patient"), "chain", 1, Policy(False))
+        keys = [Identity.from_seed(bytes([i]) * 8).public_key for i in range(4)]
+        down = [f"http://127.0.0.1:{p}" for p in free_ports(2)]
+        async with _serving({("GET", "/v1/tx/{id}"): pending}) as home, \
+                _serving({("POST", "/v1/tx"): refuse}) as liar, NodeClient(home) as c:
+            reader = VerifiedReader([home, liar, *down], "chain", keys)
+            try:
+                with pytest.raises(TxRejected) as out:
+                    await wait_proven(c, tx.id.hex(), 3.0, keys, "chain", reader, {"status": "pending"},
+                                      None, (tx.raw, None), None, None)
+                assert out.value.status == {"status": "pending"}
+            finally:
+                await reader.close()
+    asyncio.run(go())

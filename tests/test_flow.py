@@ -324,6 +324,32 @@ def test_a_revoke_sent_again_that_stays_pending_seals_nothing(node, genesis, tmp
     run(go())
 
 
+def test_a_revoke_replaces_a_recorded_one_that_a_lost_nonce_holds_up(node, genesis, tmp_path):
+    """A rotation recorded at a nonce the chain cannot reach (the transaction before it was lost):
+    every write says so, and a revoke signed now replaces it instead of being held up behind it
+    too (from a review: nothing could fill the gap, and the phone was stuck for good)."""
+    from devices.patient.phone import RotationPending
+    from node.tx import Grant
+
+    async def go():
+        async with NodeClient(node.url) as c:
+            record = tmp_path / "pat.record.json"
+            phone, sa, sb = await _with_two_grantees(c, genesis, record, b"rotation held up")
+            await phone.sync()
+            phone._rotating(Tx.build(phone.identity, genesis.chain_id, phone.next_nonce + 1,
+                                     Grant(sa.address, (), 0, ())))  # signed after one that was lost
+            phone = Phone(phone.identity, c, genesis.chain_id, genesis.validator_keys, record=record)
+            now = int(time.time() * 1000)
+            frames = list(make_wearable("heart_rate", "hr", seed=12).frames_between(now - 60_000, now - 50_000))
+            with pytest.raises(RotationPending, match="waits for this patient's nonce"):
+                await phone.write_window("heart_rate", frames)
+            await phone.revoke(sa.address)
+            assert phone.rotation is None and phone.epochs[DATA_TYPES["heart_rate"]] == 1
+            assert (await phone.write_window("heart_rate", frames)).epoch == 1
+            assert [w.readings for w in await sb.read(phone.address, "heart_rate")] == [frames]
+    run(go())
+
+
 def test_a_rotation_refused_for_good_blocks_no_window(node, genesis, tmp_path):
     """A release's end (a rotation, recorded before it is sent) that the chain refuses for good
     (there is no such release): the record is put back as it was, and windows are sealed as before.

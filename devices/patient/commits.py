@@ -50,6 +50,11 @@ def refused_for_good(exc: BaseException) -> bool:
         and "duplicate" not in exc.reason and "nonce" not in exc.reason
 
 
+def _refuses(exc: ApiError) -> bool:
+    """A refusal of a submission: a 4xx but "already pending or committed" (a 429 here: past RETRY_FOR)."""
+    return 400 <= exc.status < 500 and "duplicate" not in exc.reason
+
+
 def _verdict(refusals: dict[str, ApiError], home: str | None = None) -> tuple[ApiError, int]:
     """The refusal most of the validators that refused gave, and how many gave it: compared by
     status and reason with its numbers and ids blanked (honest reasons differ in them: "next is 5",
@@ -124,8 +129,11 @@ async def wait_proven(client: NodeClient, txid: str, timeout: float, validators:
                 st = None
         # only a proven commit ends it here: "rejected" is that validator's word alone
         if (st is None or st["status"] != "committed") and others and item is not None and reader is not None:
-            home = {client.base: refusal} if refusal is not None and refusal is not _UNREACHABLE else {}
-            st = await _failover(txid, item, others, reader, t_end - time.monotonic(), validators, chain_id, home)
+            # the client's own validator refused it, or may hold it (took it, timed out after, "duplicate")
+            refused = refusal is not None and _refuses(refusal)
+            home = {client.base: refusal} if refused else {}
+            st = await _failover(txid, item, others, reader, t_end - time.monotonic(), validators, chain_id, home,
+                                 set() if refused else {client.base})
     if st is None or st["status"] != "committed":
         raise TxRejected(st or {"status": "pending"})
     if validators is not None and reader is not None:  # proven committed at this height: older state is stale now
@@ -149,12 +157,14 @@ def _proves(txid: str, st: dict, validators: list[bytes] | None, chain_id: str, 
 
 
 async def _failover(txid: str, item: tuple[bytes, bytes | None], urls: list[str], reader: VerifiedReader,
-                    timeout: float, validators: list[bytes], chain_id: str, refusals: dict[str, ApiError]) -> dict:
+                    timeout: float, validators: list[bytes], chain_id: str, refusals: dict[str, ApiError],
+                    took: set[str]) -> dict:
     """PBFT's client, its request not answered in time, sends it to every replica: the same signed
     bytes (never applied twice) to each other validator, then the first proven commit any of them
     shows. An answer whose proof does not check is refused and the next validator asked. A
     validator that refuses the submission for good (not "already pending or committed") holds no
-    status for it. `refusals`: the client's own validator's, if it refused. Once 2f+1 of the
+    status for it. `refusals`: the client's own validator's, if it refused; `took`: it, if it may
+    hold the transaction. Once 2f+1 of the
     genesis validators refused, and f+1 of them alike, honest ones did: that refusal is raised
     (ApiError); so it is at the deadline when some refused and none took it (one down, one
     byzantine answering 202 must not turn an honest refusal into a "pending"). One that took it
@@ -164,7 +174,7 @@ async def _failover(txid: str, item: tuple[bytes, bytes | None], urls: list[str]
     q, f = quorum(len(validators)), max_faulty(len(validators))
     deadline = time.monotonic() + max(1.0, timeout)
     home = next(iter(refusals), None)
-    refusals, took = dict(refusals), set()
+    refusals, took = dict(refusals), set(took)
 
     def final() -> ApiError | None:
         if len(refusals) < q:
@@ -181,7 +191,7 @@ async def _failover(txid: str, item: tuple[bytes, bytes | None], urls: list[str]
             took.add(c.base)
         except ApiError as exc:
             log.info("sending %s to %s: %s", txid, c.base, exc)
-            if 400 <= exc.status < 500 and "duplicate" not in exc.reason:  # a 429 here: past RETRY_FOR
+            if _refuses(exc):
                 refusals[c.base] = exc
             elif "duplicate" in exc.reason:
                 took.add(c.base)

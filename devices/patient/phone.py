@@ -308,7 +308,8 @@ class Phone:
     async def grant(self, staff: bytes, types: list[str | int], expiry_ms: int = 0) -> str:
         """Grant (or change to) exactly `types`; an empty list revokes. Types taken away get a new key
         epoch on chain; the phone then re-seals the new keys to everyone who still holds those types."""
-        settled = await self._settle_rotation()  # before keys are sealed: it may move an epoch
+        # before keys are sealed: it may move an epoch (a revoke replaces one a lost nonce holds up)
+        settled = await self._settle_rotation(replacing=not types)
         await self.sync()
         tids = tuple(sorted({data_type_id(t) for t in types}))
         if settled is not None and isinstance(settled.body, Grant) and settled.body.staff == staff \
@@ -329,7 +330,7 @@ class Phone:
     async def end_release(self, staff: bytes, dtype: int) -> str:
         """End an emergency release; if it held the current key epoch the chain rotates the type
         (as for a revoke) and the phone re-seals the new key to the type's remaining grantees."""
-        await self._settle_rotation()
+        await self._settle_rotation(replacing=True)
         await self.sync()
         return await self._send_release(Release(staff, dtype, 0, ()))
 
@@ -352,19 +353,20 @@ class Phone:
     def _rotating(self, tx: Tx) -> None:
         self._rekey_owed(tx.nonce, tx.raw)
 
-    async def _settle_rotation(self) -> Tx | None:
+    async def _settle_rotation(self, replacing: bool = False) -> Tx | None:
         """_rotation_first, when a rotation is recorded and this is not the healing it starts."""
-        return await self._rotation_first() if self.rotation is not None and not self._healing else None
+        return await self._rotation_first(replacing) if self.rotation is not None and not self._healing else None
 
-    async def _rotation_first(self) -> Tx | None:
+    async def _rotation_first(self, replacing: bool = False) -> Tx | None:
         """Before a window is sealed: a revoke (or a release's end) signed earlier whose nonce the
         chain has not taken (its answer lost, refused by every validator for now, the phone killed
         after signing it) is sent again, the same signed bytes, and committed first. Sealed under
         the current epoch meanwhile, a window went, sidecar and all, to validators one of which may
         collude with the grantee being revoked, who holds that epoch's key. RotationPending while
         a transaction before it has not committed; refused for good, the record is dropped and the
-        refusal raised once (the revoke did not happen: the patient must hear it). Returns the
-        rotation it committed."""
+        refusal raised once (the revoke did not happen: the patient must hear it). `replacing`: the
+        caller signs a revoke (or a release's end) next, which takes the place of one a lost nonce
+        holds up. Returns the rotation it committed and applied (None: nothing, or it failed)."""
         await self.sync()  # the proven next nonce; past the rotation's, it heals what it owes
         if self.rotation is None or self.rekey_pending is None or self.next_nonce > self.rekey_pending:
             return None
@@ -374,6 +376,11 @@ class Phone:
             log.error("the recorded key rotation does not decode (%s): dropped; revoke again if one was meant", exc)
             self._rekey_owed(None)
             return None
+        if self.next_nonce < self.rekey_pending and replacing:
+            log.warning("the key rotation signed with nonce %d waits behind nonce %d, never committed: "
+                        "replaced by the one signed now", self.rekey_pending, self.next_nonce)
+            self._rekey_owed(None)
+            return None
         if self.next_nonce < self.rekey_pending:
             raise RotationPending(f"a revoke (or a release's end) signed with nonce {self.rekey_pending} waits for "
                                   f"this patient's nonce {self.next_nonce} to commit: no data is sealed until it "
@@ -381,6 +388,7 @@ class Phone:
         log.warning("a key rotation signed with nonce %d has not committed: sent again before any data is sealed",
                     tx.nonce)
         self.next_nonce = tx.nonce + 1
+        applied: Tx | None = tx
         try:
             await self._submit(tx, True, ROTATION_WAIT_S, None)
         except ApiError as exc:
@@ -394,12 +402,14 @@ class Phone:
             if exc.status.get("status") != "committed":  # pending still, or dropped: not settled
                 raise RotationPending(f"the revoke (or release's end) signed with nonce {tx.nonce} has not committed "
                                       f"yet ({exc}): no data is sealed until it has") from exc
-            # committed as a failure: its nonce is taken, the sync below settles the record
+            log.warning("the key rotation signed with nonce %d committed as a failure: %s", tx.nonce, exc)
+            applied = None  # its nonce is taken all the same: the sync below settles the record
+        self._expiry_due = {}  # the grants changed: read them again before the next write
         await self.sync()  # its nonce is taken: re-seal the new keys to the type's other grantees
         if self.rotation is not None and self.rekey_pending is not None and self.next_nonce <= self.rekey_pending:
             raise RotationPending(f"the revoke (or release's end) signed with nonce {tx.nonce} is not yet on the "
                                   "chain as proven: no data is sealed until it is")
-        return tx
+        return applied
 
     async def _rekey(self, before: dict[str, dict], rotated: set[int], staff: bytes) -> None:
         """Re-seal the new epochs of the `rotated` types to every unexpired grantee of them but `staff`."""
