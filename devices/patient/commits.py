@@ -38,21 +38,17 @@ def _others(client: NodeClient, reader: VerifiedReader | None, validators: list[
     return list(dict.fromkeys(u.rstrip("/") for u in reader.urls if u.rstrip("/") != client.base))
 
 
-def can_fail_over(client: NodeClient, reader: VerifiedReader | None, validators: list[bytes] | None) -> bool:
-    return bool(_others(client, reader, validators))
-
-
-def refused_for_good(exc: BaseException) -> bool:
-    """Whether a refusal says the signed bytes will not be taken as they are: a 4xx that is not a
-    wait (408, 429), nor "unknown" (404: lost, not refused), nor "already pending or committed",
-    nor about a nonce another transaction of the sender holds or has not reached yet (those pass)."""
-    return isinstance(exc, ApiError) and 400 <= exc.status < 500 and exc.status not in (404, 408, 429) \
-        and "duplicate" not in exc.reason and "nonce" not in exc.reason
-
-
 def _refuses(exc: ApiError) -> bool:
     """A refusal of a submission: a 4xx but "already pending or committed" (a 429 here: past RETRY_FOR)."""
     return 400 <= exc.status < 500 and "duplicate" not in exc.reason
+
+
+def refused_for_good(exc: BaseException) -> bool:
+    """Whether a refusal says the signed bytes will not be taken as they are: one (_refuses) that is
+    not a wait (408, 429), nor "unknown" (404: lost, not refused), nor about a nonce another
+    transaction of the sender holds or has not reached yet (those pass)."""
+    return isinstance(exc, ApiError) and _refuses(exc) and exc.status not in (404, 408, 429) \
+        and "nonce" not in exc.reason
 
 
 def _verdict(refusals: dict[str, ApiError], home: str | None = None) -> tuple[ApiError, int]:
@@ -89,6 +85,17 @@ async def submit_waiting(client: NodeClient, tx: Tx, sidecar: bytes | None, time
 
 # submit_waiting's "no answer at all": the transaction goes to the others at once
 _UNREACHABLE = ApiError(0, "unreachable")
+
+
+async def submit_proven(client: NodeClient, tx: Tx, sidecar: bytes | None, timeout: float,
+                        validators: list[bytes] | None, chain_id: str, reader: VerifiedReader | None) -> dict:
+    """Submit `tx` (a write with its sidecar) through the client's validator and return its proven
+    commit (wait_proven), failing over to the others when the client has the reader and the genesis
+    keys to check them by."""
+    answer, started, refusal = await submit_waiting(client, tx, sidecar, timeout,
+                                                    bool(_others(client, reader, validators)))
+    return await wait_proven(client, tx.id.hex(), timeout, validators, chain_id, reader, answer,
+                             lambda: client.submit(tx.raw, sidecar), (tx.raw, sidecar), started, refusal)
 
 
 async def wait_proven(client: NodeClient, txid: str, timeout: float, validators: list[bytes] | None,
@@ -214,10 +221,7 @@ async def _failover(txid: str, item: tuple[bytes, bytes | None], urls: list[str]
                 except (TimeoutError, ApiError, aiohttp.ClientError):
                     continue
                 if st["status"] == "committed":
-                    try:
-                        verify_status(bytes.fromhex(txid), st, validators, chain_id)
-                    except (ValueError, KeyError, TypeError) as exc:
-                        log.warning("%s answered a commit of %s that does not prove: %s", c.base, txid, exc)
+                    if not _proves(txid, st, validators, chain_id, c.base, urls):
                         continue
                     log.warning("transaction %s committed through %s, not through its own validator", txid, c.base)
                     return st

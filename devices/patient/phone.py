@@ -11,7 +11,7 @@ from pathlib import Path
 
 from devices.patient import envelope
 from devices.patient.client import ApiError, NodeClient
-from devices.patient.commits import TxRejected, can_fail_over, refused_for_good, submit_waiting, wait_proven
+from devices.patient.commits import TxRejected, refused_for_good, submit_proven, wait_proven
 from devices.patient.verified_reads import VerifiedReader
 from devices.wearable.gatt import UUID_BY_KIND, decode_measurement
 from node.crypto import seal
@@ -166,16 +166,12 @@ class Phone:
         return tx.id.hex()
 
     async def _submit(self, tx: Tx, wait: bool, timeout: float, sidecar: bytes | None) -> None:
-        txid = tx.id.hex()  # our own: never the answer's word
         try:
             if not wait:
                 await self.client.submit(tx.raw, sidecar)
                 return
             # one request: the answer comes with the commit and its proofs
-            answer, started, refusal = await submit_waiting(self.client, tx, sidecar, timeout,
-                                                            can_fail_over(self.client, self.reader, self.validators))
-            st = await wait_proven(self.client, txid, timeout, self.validators, self.chain_id, self.reader, answer,
-                                   lambda: self.client.submit(tx.raw, sidecar), (tx.raw, sidecar), started, refusal)
+            st = await submit_proven(self.client, tx, sidecar, timeout, self.validators, self.chain_id, self.reader)
         except Exception:
             self.next_nonce = None  # whether its nonce was taken is the chain's to say: resync on the next send
             raise
@@ -391,15 +387,12 @@ class Phone:
         applied: Tx | None = tx
         try:
             await self._submit(tx, True, ROTATION_WAIT_S, None)
-        except ApiError as exc:
-            if refused_for_good(exc):
+        except (ApiError, TxRejected) as exc:
+            if isinstance(exc, ApiError) and refused_for_good(exc):
                 self._rekey_owed(None)
                 raise RotationPending(f"the revoke (or release's end) signed with nonce {tx.nonce} was refused "
                                       f"for good, so it did not happen ({exc.reason}): revoke again") from exc
-            raise RotationPending(f"the revoke (or release's end) signed with nonce {tx.nonce} has not committed "
-                                  f"yet ({exc}): no data is sealed until it has") from exc
-        except TxRejected as exc:
-            if exc.status.get("status") != "committed":  # pending still, or dropped: not settled
+            if isinstance(exc, ApiError) or exc.status.get("status") != "committed":  # pending, dropped, unknown
                 raise RotationPending(f"the revoke (or release's end) signed with nonce {tx.nonce} has not committed "
                                       f"yet ({exc}): no data is sealed until it has") from exc
             log.warning("the key rotation signed with nonce %d committed as a failure: %s", tx.nonce, exc)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from devices.patient import envelope
 from devices.patient.client import ApiError, NodeClient
-from devices.patient.commits import TxRejected, can_fail_over, submit_waiting, wait_proven
+from devices.patient.commits import TxRejected, submit_proven
 from devices.patient.verified_reads import VerifiedReader
 from node.crypto import seal
 from node.crypto.keys import Identity
@@ -55,10 +55,7 @@ class Staff:
         try:
             # with a reader and the genesis keys, a refusal is raised only when every validator asked
             # refused (wait_proven's failover): one validator's 403 is no verdict
-            answer, started, refusal = await submit_waiting(self.client, tx, None, timeout,
-                                                            can_fail_over(self.client, self.reader, self.validators))
-            st = await wait_proven(self.client, txid, timeout, self.validators, self.chain_id, self.reader, answer,
-                                   lambda: self.client.submit(tx.raw, None), (tx.raw, None), started, refusal)
+            st = await submit_proven(self.client, tx, None, timeout, self.validators, self.chain_id, self.reader)
         except Exception as exc:
             self.next_nonce = None  # whether its nonce was taken is the chain's to say
             if isinstance(exc, ApiError) and (exc.status == 403 or (exc.status == 429 and "break-glass" in exc.reason)):
