@@ -372,11 +372,12 @@ class Admission:
         placed = self.mempool.placed(addr, upto)
         return addr, None if placed is None else int((time.monotonic() - placed) * 1000)
 
-    def watch_candidate(self, now_ms: int, now: float, checks: int = WATCH_CHECKS) -> tuple[bytes, int] | None:
+    def watch_candidate(self, checks: int = WATCH_CHECKS) -> tuple[bytes, int] | None:
         """The transaction a backup watches for censorship (node/consensus/censor.py), and when it
-        arrived (`now_ms`'s clock): the longest waiting one that can execute now (the pool never
-        offers a write without its blob here, Mempool._now_ready). A stale one (its nonce committed
-        with another body, as a state transfer leaves the pool) is settled out of the pool."""
+        arrived, in ms of the pool's monotonic clock (clock.timer_ms, the replica timers' clock):
+        the longest waiting one that can execute now (the pool never offers a write without its blob
+        here, Mempool._now_ready). A stale one (its nonce committed with another body, as a state
+        transfer leaves the pool) is settled out of the pool."""
         for _ in range(2):
             stale = False
             for tx, arrived in self.mempool.longest_waiting(checks):
@@ -393,7 +394,7 @@ class Admission:
                     self.pending_since.pop(tx.id, None)
                     stale = True
                     continue
-                return tx.raw, now_ms - int((now - arrived) * 1000)
+                return tx.raw, int(arrived * 1000)
             if not stale:
                 break
         return None

@@ -52,7 +52,6 @@ def timer_ms() -> int:
     return int(time.monotonic() * 1000)
 
 
-
 def _s(ms: int) -> str:
     return f"{ms / 1000:.1f} s"
 

@@ -445,7 +445,7 @@ class Validator:
                 elif kind == "tick":
                     if self.replica.censor is not None and not self.replica.is_primary:
                         try:  # a failure here must not cost the heartbeat and the view timer
-                            watched = self.admission.watch_candidate(clock.timer_ms(), time.monotonic())
+                            watched = self.admission.watch_candidate()
                             self.replica.watch(*(watched or (None, 0)))
                             self.forwarder.push_watched(self.replica.censor)
                         except Exception:

@@ -432,7 +432,7 @@ def test_a_pool_behind_the_chain_catches_up_on_a_duplicate_and_never_watches_a_b
     assert _commit(v, [s3]) == [Code.BAD_NONCE] and s3.id not in v.mempool
     assert _commit(v, [s2]) == [Code.OK]
     v.mempool.admit(s3, 2, time.monotonic())  # again as if a transfer had passed its block: ready now
-    assert adm.watch_candidate(clock.now_ms(), time.monotonic()) is None and s3.id not in v.mempool
+    assert adm.watch_candidate() is None and s3.id not in v.mempool
 
 
 def test_a_pending_transaction_the_chain_passed_is_told_superseded_when_its_sender_sends_again(

@@ -503,7 +503,7 @@ def test_a_backup_sends_the_watched_transaction_to_the_primary_at_the_grace_and_
         assert v.submit_many_sync([(w.raw, blob)]) == [w.id]
         c = v.replica.censor
         c.tick(0, v.replica.view, False, lambda: 0)
-        v.replica.watch(*v.admission.watch_candidate(v._now_ms(), time.monotonic()))
+        v.replica.watch(*v.admission.watch_candidate())
         assert c.target == w.raw
         v.forwarder.push_watched(c)
         assert sent == []  # within the grace
