@@ -4,6 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medchain-installed
 PYTEST_ARGS ?=
+# most of the suite's time is spent waiting on real validator processes: two pytest workers (a file
+# each at a time, so a module's network fixture is started once) take about half the wall time
+TEST_WORKERS ?= 2
 
 FUZZ_SECONDS ?= 300
 
@@ -22,7 +25,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -q -p no:cacheprovider --timeout=300 $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=300 -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
 
 bench: $(STAMP)
 	$(PY) -m pip install -q --no-build-isolation -e ".[bench]"

@@ -94,6 +94,8 @@ setup(
             "pytest>=8,<10",
             "pytest-benchmark>=4,<6",
             "pytest-timeout>=2.2,<3",
+            # `make test` runs the suite in TEST_WORKERS processes, a test file per worker at a time
+            "pytest-xdist>=3.5,<4",
             "hypothesis>=6.100,<7",
             "ruff>=0.5,<1",
             "mypy>=1.10,<2",  # `make test`: strict over the sans-IO core (mypy.ini)

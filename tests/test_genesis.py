@@ -26,7 +26,7 @@ from node.genesis import (
 from node.p2p import peer_id_from_secret
 from node.state import genesis_state_root
 
-IDS = [Identity.generate() for _ in range(4)]
+IDS = [Identity.from_seed(b"genesis test %d" % i) for i in range(4)]  # the same test ids in every pytest worker
 KEYS = [i.public_key.hex() for i in IDS]
 PIDS = [peer_id_from_secret(i.p2p_secret) for i in IDS]
 
