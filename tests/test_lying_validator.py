@@ -632,6 +632,35 @@ def test_one_validator_s_refusal_or_unproven_answer_decides_nothing(tmp_path):
     _with_a_liar(tmp_path, body)
 
 
+def test_validators_down_when_a_transaction_failed_over_get_it_once_they_are_back(tmp_path):
+    """The client's validator drops a transaction ("rejected", no proof) while every other one is
+    down: the failover's first sends all fail. It sends the same bytes again to each that comes back
+    (before, it only asked them for a status they did not have until the deadline: "pending")."""
+    async def body(proxy, nodes, vals, chain, honest):
+        async with NodeClient(proxy.url) as pc:
+            truth = VerifiedReader(honest, chain, vals, session=pc.session)
+            pat = Identity.from_seed(b"resent patient")
+            phone = Phone(pat, pc, chain, vals, reader=VerifiedReader([proxy.url, *honest], chain, vals,
+                                                                      session=pc.session))
+            await phone.sync()
+            for n in nodes[1:]:
+                n.stop()
+            proxy.mode = "reject_tx"
+
+            async def back() -> None:
+                await asyncio.sleep(3)  # after the failover's first round of sends failed
+                for n in nodes[1:]:
+                    n.launch()
+                await asyncio.gather(*(asyncio.to_thread(n.wait_ready) for n in nodes[1:]))
+            returning = asyncio.create_task(back())
+            try:
+                await phone.set_break_glass(False)
+            finally:
+                await returning
+            assert (await truth.account(pat.address))["break_glass"] is False
+    _with_a_liar(tmp_path, body)
+
+
 def test_a_key_is_sealed_only_to_a_staff_member_s_key_as_of_now(tmp_path):
     """A long-lived reader took any certified state at or above the last height it saw: a validator
     replaying the state from before a staff member replaced a (compromised) X25519 key had the

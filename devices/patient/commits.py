@@ -170,7 +170,8 @@ async def _failover(txid: str, item: tuple[bytes, bytes | None], urls: list[str]
     bytes (never applied twice) to each other validator, then the first proven commit any of them
     shows. An answer whose proof does not check is refused and the next validator asked. A
     validator that refuses the submission for good (not "already pending or committed") holds no
-    status for it. `refusals`: the client's own validator's, if it refused; `took`: it, if it may
+    status for it; one that was down, or answers that it does not know the transaction, is sent it
+    again each round. `refusals`: the client's own validator's, if it refused; `took`: it, if it may
     hold the transaction. Once 2f+1 of the
     genesis validators refused, and f+1 of them alike, honest ones did: that refusal is raised
     (ApiError); so it is at the deadline when some refused and none took it (one down, one
@@ -192,9 +193,9 @@ async def _failover(txid: str, item: tuple[bytes, bytes | None], urls: list[str]
     def left() -> float:
         return max(0.5, deadline - time.monotonic())
 
-    async def send(c: NodeClient) -> None:
+    async def send(c: NodeClient, limit: float) -> None:
         try:
-            await asyncio.wait_for(c.submit(*item), left())
+            await asyncio.wait_for(c.submit(*item), limit)
             took.add(c.base)
         except ApiError as exc:
             log.info("sending %s to %s: %s", txid, c.base, exc)
@@ -205,20 +206,30 @@ async def _failover(txid: str, item: tuple[bytes, bytes | None], urls: list[str]
         except (TimeoutError, aiohttp.ClientError) as exc:  # down
             log.info("sending %s to %s: %s", txid, c.base, exc)
 
+    def unsent() -> list[NodeClient]:
+        return [c for c in clients if c.base not in took and c.base not in refusals]
+
     try:
-        await asyncio.gather(*(send(c) for c in clients))
+        await asyncio.gather(*(send(c, left()) for c in clients))
         if (verdict := final()) is not None:
             raise verdict
         last: dict = {"status": "pending"}
         while time.monotonic() < deadline:
             rejected, began = len(refusals), time.monotonic()
+            # one that was down (or lost it in a restart) gets it again: with the client's own
+            # validator dropping it, those may be the only way to a quorum
+            await asyncio.gather(*(send(c, min(2.0, left())) for c in unsent()))
             for c in clients:
-                if c.base in refusals:
+                if c.base in refusals or c.base not in took:
                     continue
                 try:
                     st = await asyncio.wait_for(c.tx(txid, wait=max(1, min(2, deadline - time.monotonic()))),
                                                 left() + 1)
-                except (TimeoutError, ApiError, aiohttp.ClientError):
+                except ApiError as exc:
+                    if exc.status == 404:  # took it, then lost it (restarted before forwarding it)
+                        took.discard(c.base)
+                    continue
+                except (TimeoutError, aiohttp.ClientError):
                     continue
                 if st["status"] == "committed":
                     if not _proves(txid, st, validators, chain_id, c.base, urls):
