@@ -267,6 +267,33 @@ def test_a_revoke_signed_earlier_goes_before_any_other_transaction(node, genesis
     run(go())
 
 
+def test_a_revoke_whose_nonce_another_device_took_is_said_not_to_have_happened(node, genesis, tmp_path):
+    """The revoke is lost; before the restarted phone sends it again, another device with the
+    patient's key takes its nonce (a policy change). The phone took the chain passing that nonce
+    for the revoke done, and sealed its next window under the epoch the grantee it meant to revoke
+    holds, without a word. The revoke's own commit is asked for now: the next write hears that it
+    did not happen (RotationPending), and the one after is sealed as before (said once)."""
+    from devices.patient.phone import RotationPending
+
+    held: list[bytes] = []
+
+    async def go():
+        async with _losing_the_first_revoke(genesis.chain_id, held)(node.url) as c:
+            phone, owed, _ = await _revoke_lost_and_restarted(c, genesis, tmp_path, b"revoke superseded")
+            other = Phone(phone.identity, c, genesis.chain_id, genesis.validator_keys)  # knows of no revoke
+            await other.set_break_glass(False)
+            assert (await c.account(phone.address))["next_nonce"] == owed + 1
+            now = int(time.time() * 1000)
+            frames = list(make_wearable("heart_rate", "hr", seed=13).frames_between(now - 60_000, now - 50_000))
+            with pytest.raises(RotationPending, match="did not happen"):
+                await phone.write_window("heart_rate", frames)
+            assert phone.rotation is None and (await c.data(phone.address))["data"] == []
+            assert (await phone.write_window("heart_rate", frames)).epoch == 0
+            await phone.sync()  # the re-seal owed with it finds every grantee holding the keys
+            assert phone.rekey_pending is None and phone.rotation is None
+    run(go())
+
+
 def test_a_revoke_signed_earlier_commits_before_a_new_grant_seals_its_keys(node, genesis, tmp_path):
     """A restarted phone owes revoke(A); the patient grants C. The revoke commits first (else C's
     grant took its nonce and A was never revoked), and C's keys are sealed after it: under the new

@@ -113,6 +113,8 @@ class Phone:
         self.epochs = {t: max(e, self.own_epochs.get(t, 0)) for t, e in proven.items()}
         self._save_record()
         if self.rekey_pending is not None and self.next_nonce > self.rekey_pending and not self._healing:
+            if self.rotation is not None:
+                await self._rotation_took_its_nonce()
             self._healing = True
             try:
                 await self.heal_keys()
@@ -127,6 +129,43 @@ class Phone:
             write_durably(self.record_path, json.dumps({"epochs": self.own_epochs, "height": h,
                                                         "rekey_pending": self.rekey_pending,
                                                         "rotation": self.rotation.hex() if self.rotation else None}))
+
+    async def _rotation_took_its_nonce(self) -> None:
+        """The chain has passed the nonce of a recorded rotation whose own commit the phone never saw
+        proven (it stopped, or lost the answer, or sent it without waiting). Another transaction
+        with this key (another device) may have taken that nonce, and the revoke would be forgotten
+        without a word. The same signed bytes are sent again: a committed one is "duplicate" (an
+        honest validator says so before judging it again) and its proven commit that took the nonce
+        settles it (the healing goes on). A stale nonce, any other refusal for good, or a commit
+        that did not take the nonce: it did not happen, its bytes are dropped and the patient told
+        once (RotationPending). Anything else (no proven answer yet) keeps the record for the next sync."""
+        try:
+            tx = Tx.decode(self.rotation or b"", self.chain_id)
+        except ValueError:
+            return  # _rotation_first drops it and says so
+
+        def not_happened(why: str) -> RotationPending:
+            self._rekey_owed(tx.nonce)  # its bytes dropped; a re-seal owed from before is still owed
+            return RotationPending(f"the revoke (or release's end) signed with nonce {tx.nonce} did not happen "
+                                   f"({why}): another transaction of this patient took its nonce: revoke again")
+        try:
+            try:
+                st = await submit_proven(self.client, tx, None, ROTATION_WAIT_S, self.validators, self.chain_id,
+                                         self.reader)
+            except ApiError as exc:
+                if "stale nonce" in exc.reason or refused_for_good(exc):
+                    raise not_happened(exc.reason) from exc
+                if "duplicate" not in exc.reason:
+                    raise
+                # with no others to fail over to, "committed" is its validator's word: the proof decides
+                st = await wait_proven(self.client, tx.id.hex(), ROTATION_WAIT_S, self.validators, self.chain_id,
+                                       self.reader)
+        except (TxRejected, ApiError) as exc:
+            raise RotationPending(f"the revoke (or release's end) signed with nonce {tx.nonce} is not proven "
+                                  f"committed yet ({exc}): no data is sealed until it is") from exc
+        if st["code"] in NO_NONCE:
+            raise not_happened(f"committed as {CODES.get(st['code'], st['code'])}, its nonce not taken")
+        self._rekey_owed(tx.nonce)  # its own commit took its nonce, proven: its bytes are not needed again
 
     def _rekey_owed(self, nonce: int | None, rotation: bytes | None = None) -> None:
         """Record (durably, before the rotation is sent, with the nonce it is sent under and, while
@@ -175,6 +214,8 @@ class Phone:
         except Exception:
             self.next_nonce = None  # whether its nonce was taken is the chain's to say: resync on the next send
             raise
+        if self.rotation == tx.raw and st["code"] not in NO_NONCE:  # its own commit took its nonce, proven
+            self._rekey_owed(tx.nonce)
         if st["code"] in NO_NONCE:
             self.next_nonce = None  # executed without taking its nonce (bad nonce, duplicate)
         if st["code"] != 0:
