@@ -85,6 +85,8 @@ class LyingProxy:
             return web.json_response(*SUBMISSION_LIES[self.mode])  # the transaction goes nowhere
         if req.path.startswith("/v1/tx/") and self.mode in STATUS_LIES:
             return web.json_response(STATUS_LIES[self.mode])
+        if self.mode == "hide_data" and req.path.startswith("/v1/patients/") and req.path.endswith("/data"):
+            return web.json_response({"patient": req.path.split("/")[3], "data": []})  # "I hold none of them"
         async with self.session.request(req.method, self.upstream + req.path_qs, data=body,
                                         headers={k: v for k, v in req.headers.items() if k.lower() != "host"}) as r:
             out, status, ctype = await r.read(), r.status, r.content_type
@@ -658,6 +660,24 @@ def test_validators_down_when_a_transaction_failed_over_get_it_once_they_are_bac
             finally:
                 await returning
             assert (await truth.account(pat.address))["break_glass"] is False
+    _with_a_liar(tmp_path, body)
+
+
+def test_the_fleet_check_counts_records_by_proof_not_by_one_validator_s_list(tmp_path):
+    """The fleet's closing check counted each patient's records from the list its phone's validator
+    gave: one listing none made committed writes look lost (or one listing them hid a loss). With
+    the genesis, the records are proven against a certified state, and that list decides nothing."""
+    from devices.load.fleet_check import run_fleet
+    from devices.load.fleet_model import FleetConfig
+
+    async def body(proxy, nodes, vals, chain, honest):
+        proxy.mode = "hide_data"
+        cfg = FleetConfig(wearables=16, phones=4, seconds=3, rate=8, staff=1, linger_ms=20, drain_timeout=60)
+        res = await run_fleet([proxy.url, *honest], cfg, check_sample=1, genesis=Genesis.load(nodes[0].home /
+                                                                                              "genesis.json"))
+        chk = res["check"]
+        assert chk["writes_committed"] > 0 and chk["writes_missing_on_chain"] == 0, chk
+        assert chk["readings_lost"] == 0 and chk["sampled_windows_mismatched"] == 0, chk
     _with_a_liar(tmp_path, body)
 
 
