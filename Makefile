@@ -19,12 +19,19 @@ $(STAMP): setup.py scripts/bootstrap.sh $(wildcard native/*.pyx native/*.h)
 	bash scripts/bootstrap.sh
 	touch $(STAMP)
 
+# every validator, CLI and client process imports ~450 modules: bytecode compiled once (the editable
+# install does not compile the project's own sources, and with PYTHONDONTWRITEBYTECODE set no run
+# writes it) saves each validator start ~0.5 s of CPU on this machine (2.2 -> 1.6 s)
+BYTECODE = $(PY) -m compileall -q node devices > /dev/null
+
 demo: $(STAMP)
+	$(BYTECODE)
 	$(VENV)/bin/medchain demo
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(BYTECODE)
 	$(PY) -m pytest -q -p no:cacheprovider --timeout=300 -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
 
 bench: $(STAMP)
