@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node.multiaddr import is_ip
+
 # section -> key -> (type, meaning); the one description of the file, also used for its errors
 SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
     "": {"home": (str, "the validator's home: key, genesis, ledger, block store")},
@@ -115,7 +117,10 @@ def _check(s: NodeSettings, where: str) -> NodeSettings:
     for name in ("p2p_listen", "metrics_listen"):
         value = getattr(s, name)
         if value is not None:
-            _hostport(value, f"{where}: {name.replace('_', '.')}")
+            host, _ = _hostport(value, f"{where}: {name.replace('_', '.')}")
+            if name == "p2p_listen" and not is_ip(host):  # libp2p binds an address, not a name
+                raise ConfigError(f"{where}: p2p.listen {value!r}: the host must be an IP address (0.0.0.0 or :: "
+                                  "for every interface)")
     if not all(isinstance(p, str) and "/p2p/" in p for p in s.ipfs_peers):
         raise ConfigError(f"{where}: p2p.ipfs_peers: multiaddrs ending in /p2p/<peer id>")
     for name in ("lmdb_map_gb", "disk_reserve_mb", "max_queue_s", "mempool_mb"):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from node.crypto import ecdsa
 from node.crypto.keys import Identity
+from node.files import write_durably
 from node.multiaddr import host_port, peer_id
 from node.state import genesis_state_root
 from node.state.rules import Rules
@@ -194,14 +195,19 @@ class Genesis:
                 "issuers": [asdict(i) for i in self.issuers]}
 
     def save(self, path: str | Path) -> None:
-        """Write the finished genesis with its hash beside the content (load_checked checks it)."""
-        Path(path).write_text(json.dumps(self.document(), indent=1) + "\n")
+        """Write the finished genesis with its hash beside the content (load_checked checks it), in
+        one step: a crash leaves the old file or the new one, never half of it."""
+        write_durably(path, json.dumps(self.document(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> Genesis:
         """A genesis file a node runs on (or a client checks certificates against); ValueError naming
         the file and what is wrong. It lists at least one validator."""
-        d = _read_json(path)
+        return cls.from_json(_read_json(path), str(path))
+
+    @classmethod
+    def from_json(cls, d: dict, path: str) -> Genesis:
+        """load's checks of a genesis JSON object (`path`: where it comes from, for the errors)."""
         try:
             gen = cls(d["chain_id"], d["time_ms"], tuple(ValidatorInfo(**v) for v in d["validators"]),
                       Params(**d.get("params", {})), tuple(IssuerInfo(**i) for i in d.get("issuers", [])))

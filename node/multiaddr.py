@@ -3,6 +3,9 @@ peer id the transport authenticates, and the host and port a validator listens o
 
 from __future__ import annotations
 
+import ipaddress
+import re
+
 
 def split_peer(addr: str) -> tuple[str, str]:
     """(transport address, peer id) of `.../p2p/<peer id>`; ValueError without a peer id."""
@@ -16,12 +19,51 @@ def peer_id(addr: str) -> str:
     return split_peer(addr)[1]
 
 
+_PROTOS = ("ip4", "ip6", "dns4", "dns6", "dns")
+# a DNS name: labels of letters, digits and inner hyphens, 253 characters at most
+_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*",
+                   re.IGNORECASE)
+_PEER_ID = re.compile(r"[1-9A-HJ-NP-Za-km-z]{1,128}")  # base58btc, as libp2p writes peer ids
+
+
+def _host_ok(proto: str, host: str) -> bool:
+    if proto in ("ip4", "ip6"):
+        try:
+            return ipaddress.ip_address(host).version == (4 if proto == "ip4" else 6)
+        except ValueError:
+            return False
+    return _NAME.fullmatch(host) is not None and not host.replace(".", "").isdigit()
+
+
 def host_port(addr: str) -> tuple[str, int]:
-    """(host, port) of `/ip4/HOST/tcp/PORT[/...]`; ValueError otherwise."""
-    parts = addr.split("/")
-    if len(parts) < 5 or parts[1] not in ("ip4", "ip6", "dns4", "dns6", "dns") or parts[3] != "tcp":
-        raise ValueError(f"not a /ip4|ip6|dns/HOST/tcp/PORT address: {addr!r}")
+    """(host, port) of `/ip4|ip6|dns4|dns6|dns/HOST/tcp/PORT`, optionally followed by `/p2p/<peer id>`
+    and nothing else, its host valid for its protocol; ValueError otherwise. Every validator dials
+    every genesis address at start with libp2p's own parser: an address it refuses (a stray
+    segment, a name under /ip4, a bracketed IPv6 address, a port over 65535) would stop them all."""
+    parts = addr.split("/") if isinstance(addr, str) else []
+    if len(parts) not in (5, 7) or parts[0] or parts[1] not in _PROTOS or parts[3] != "tcp" \
+            or (len(parts) == 7 and (parts[5] != "p2p" or _PEER_ID.fullmatch(parts[6]) is None)):
+        raise ValueError(f"not a /ip4|ip6|dns4/HOST/tcp/PORT[/p2p/<peer id>] address: {addr!r}")
+    if not _host_ok(parts[1], parts[2]):
+        raise ValueError(f"{parts[2]!r} is not a valid /{parts[1]} host in {addr!r}")
+    if not (parts[4].isascii() and parts[4].isdigit() and int(parts[4]) < 65536):
+        raise ValueError(f"bad port in {addr!r}")
+    return parts[2], int(parts[4])
+
+
+def is_ip(host: str) -> bool:
     try:
-        return parts[2], int(parts[4])
+        ipaddress.ip_address(host)
     except ValueError:
-        raise ValueError(f"bad port in {addr!r}") from None
+        return False
+    return True
+
+
+def tcp_addr(host: str, port: int) -> str:
+    """`/ip4/HOST/tcp/PORT` for an IPv4 address, `/ip6/...` for an IPv6 one (with or without its
+    brackets), `/dns4/...` for a host name; ValueError for anything else."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    proto = ("ip6" if ":" in bare else "ip4") if is_ip(bare) else "dns4"
+    addr = f"/{proto}/{bare}/tcp/{port}"
+    host_port(addr)
+    return addr

@@ -42,7 +42,7 @@ from node.genesis import (
     new_chain_id,
     parse_issuer,
 )
-from node.multiaddr import host_port, split_peer
+from node.multiaddr import host_port, split_peer, tcp_addr
 
 PART_KIND = "medchain-validator-part/v1"
 PART_FILE = "validator.json"
@@ -70,7 +70,7 @@ def make_part(ident: Identity, api: str, p2p: str, name: str = "") -> dict[str, 
     from node.p2p.identity import key_pair_from_secret
     pid = peer_id_from_secret(ident.p2p_secret)
     part = {"kind": PART_KIND, "name": name, "public_key": ident.public_key.hex(), "peer_id": pid, "api": api,
-            "p2p": f"/{'ip6' if ':' in host else 'ip4'}/{host}/tcp/{port}/p2p/{pid}"}
+            "p2p": f"{tcp_addr(host, port)}/p2p/{pid}"}
     digest = _part_digest(part)
     return {**part, "signature": ident.sign(digest).hex(),
             "p2p_signature": key_pair_from_secret(ident.p2p_secret).private_key.sign(digest).hex()}
@@ -98,7 +98,7 @@ def check_part(part: dict[str, Any], source: str = "part") -> ValidatorInfo:
     if not _p2p_signed(part["peer_id"], _part_digest(part), part["p2p_signature"]):
         raise ValueError(f"{source}: the part is not signed by the libp2p key of peer id {part['peer_id']}: its "
                          "operator must hold that key (anyone can copy another operator's public part)")
-    return ValidatorInfo(part["public_key"], part["api"], part["p2p"])
+    return ValidatorInfo(pub.hex(), part["api"], part["p2p"])  # the key as one spelling: duplicates compare
 
 
 def _p2p_signed(peer_id: str, digest: bytes, sig_hex: str) -> bool:
@@ -199,11 +199,12 @@ def genesis_add(path: Path, part_path: Path) -> ValidatorInfo:
     d = _read_draft(path)
     info = check_part(json.loads(part_path.read_text()), str(part_path))
     for i, v in enumerate(d["validators"]):
-        for field_name in ("public_key", "api", "p2p"):
-            if v[field_name] == getattr(info, field_name):
-                raise ValueError(f"{part_path}: validator {i} already has this {field_name}: {v[field_name]}")
-        if split_peer(v["p2p"])[1] == split_peer(info.p2p)[1]:
-            raise ValueError(f"{part_path}: validator {i} already has this libp2p peer id")
+        same = {"public_key": v["public_key"].lower() == info.public_key, "api": v["api"] == info.api,
+                "p2p address": host_port(v["p2p"]) == host_port(info.p2p),
+                "libp2p peer id": split_peer(v["p2p"])[1] == split_peer(info.p2p)[1]}
+        for what, alike in same.items():
+            if alike:
+                raise ValueError(f"{part_path}: validator {i} already has this {what}")
     d["validators"].append(dataclasses.asdict(info))
     _write(path, d)
     return info
@@ -213,7 +214,7 @@ def genesis_add_issuer(path: Path, spec: str) -> IssuerInfo:
     """List a credential issuer (NAME=PUBLIC_KEY) whose credentials make staff clinicians."""
     d = _read_draft(path)
     info = parse_issuer(spec)
-    if any(i["public_key"] == info.public_key for i in d.get("issuers", [])):
+    if any(i["public_key"].lower() == info.public_key.lower() for i in d.get("issuers", [])):
         raise ValueError(f"issuer key {info.public_key} is listed already")
     d.setdefault("issuers", []).append(dataclasses.asdict(info))
     _write(path, d)
@@ -225,8 +226,7 @@ def genesis_finalize(path: Path) -> Genesis:
     if not d["validators"]:
         raise ValueError(f"{path} has no validators: add their parts with `medchain genesis add-validator`")
     del d[DRAFT_FIELD]
-    _write(path, d)
-    gen = Genesis.load(path)
+    gen = Genesis.from_json(d, str(path))  # every check before the file changes: a refusal leaves the draft
     gen.save(path)  # with its hash
     return gen
 

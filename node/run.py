@@ -25,7 +25,7 @@ from node.api.server import serve
 from node.config import NodeSettings
 from node.crypto.keys import Identity
 from node.genesis import Genesis, load_checked
-from node.multiaddr import split_peer
+from node.multiaddr import split_peer, tcp_addr
 from node.service import die_with_parent, sd_notify
 from node.validator import Validator
 
@@ -42,8 +42,7 @@ def _listening_on(gen: Genesis, index: int, listen: str | None) -> Genesis:
     mine = gen.validators[index]
     host, _, port = listen.rpartition(":")
     _, pid = split_peer(mine.p2p)
-    proto = "ip6" if ":" in host.strip("[]") else "ip4"
-    entry = dataclasses.replace(mine, p2p=f"/{proto}/{host.strip('[]')}/tcp/{port}/p2p/{pid}")
+    entry = dataclasses.replace(mine, p2p=f"{tcp_addr(host, int(port))}/p2p/{pid}")
     return dataclasses.replace(gen, validators=(*gen.validators[:index], entry, *gen.validators[index + 1:]))
 
 

@@ -51,7 +51,7 @@ from node.ipfs.blockstore import BlockStore
 from node.ledger import Ledger
 from node.mempool import AdmissionError, KeyedLimiter, Mempool, origin
 from node.metrics import Metrics
-from node.multiaddr import host_port, peer_id
+from node.multiaddr import host_port, is_ip, peer_id
 from node.pipeline import Pipeline, propose_now
 from node.replication import HELD_PREFIX, Replicator, head_from_ledger, roots_from_ledger
 from node.sidecar import (
@@ -198,6 +198,8 @@ class Validator:
             from node.p2p import P2PNode, swarmkey
             me = self.genesis.validators[self.index].p2p
             host, port = host_port(me)
+            if not is_ip(host):  # advertised by name: listened on every interface (p2p.listen narrows it)
+                host = "0.0.0.0"
             self.net = P2PNode(self.identity.p2p_secret, host, port, [v.p2p for v in self.genesis.validators],
                                self._on_net, mode=self.p2p_mode, max_frame=MAX_MESSAGE_BYTES + 4096,
                                blockstore=self.blobs, external_peers=self.ipfs_peers, psk=swarmkey.load(self.home),

@@ -79,6 +79,8 @@ def test_flags_then_environment_then_file(tmp_path: Path) -> None:
     ('[limits]\nlmdb_map_gb = "big"', "limits.lmdb_map_gb must be a int or float"),
     ('home = "/h"\n[p2p]\nmode = "carrier-pigeon"', "p2p.mode 'carrier-pigeon': one of direct, gossipsub"),
     ('home = "/h"\n[p2p]\nlisten = "nowhere"', "p2p.listen: 'nowhere' is not HOST:PORT"),
+    # libp2p binds an address: a name there stopped the validator at start with a traceback
+    ('home = "/h"\n[p2p]\nlisten = "hospital-a.example:9545"', "the host must be an IP address"),
     ('home = "/h"\n[log]\nformat = "xml"', "log.format 'xml'"),
     ('home = "/h"\n[limits]\nmax_queue_s = 0', "limits.max_queue_s must be above 0"),
     ('home = "/h"\n[limits]\nmempool_mb = 8', "limits.mempool_mb must be at least 9 (a block's worth)"),

@@ -105,6 +105,20 @@ def test_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         check_part(forged)
     with pytest.raises(ValueError, match="p2p_signature"):
         check_part({k: v for k, v in part.items() if k != "p2p_signature"})
+    # a co-operator's own part, signed by both its keys, with an address libp2p cannot parse: every
+    # validator dials every genesis address at start, so it stopped the whole network (a review)
+    from node.p2p.identity import key_pair_from_secret
+    odd = {**make_part(evil, "203.0.113.7:8545", "203.0.113.7:9000")}
+    odd["p2p"] = odd["p2p"].replace("/tcp/9000", "/tcp/9000/bogus")
+    odd["signature"] = evil.sign(_part_digest(odd)).hex()
+    odd["p2p_signature"] = key_pair_from_secret(evil.p2p_secret).private_key.sign(_part_digest(odd)).hex()
+    with pytest.raises(ValueError, match="not a /ip4"):
+        check_part(odd)
+    # an operator's host name or IPv6 address becomes an address libp2p dials (/ip4/NAME was written)
+    for p2p, want in (("hospital-a.example:9545", "/dns4/hospital-a.example/tcp/9545/p2p/"),
+                      ("[2001:db8::7]:9545", "/ip6/2001:db8::7/tcp/9545/p2p/")):
+        named = make_part(evil, "hospital-a.example:8545", p2p)
+        assert named["p2p"].startswith(want) and check_part(named).p2p == named["p2p"]
     assert main(["operator", "init", "--home", str(home), "--api", "h:1", "--p2p", "h:2"]) == 1  # key kept
     assert "exists" in capsys.readouterr().err
     assert main(["genesis", "add-validator", str(g), str(home / "validator.json")]) == 1  # finalized: closed
@@ -123,3 +137,39 @@ def test_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
                        text=True, timeout=60)
     # exit 2: the service unit does not restart on it (RestartPreventExitStatus=2 3; it exited 1)
     assert p.returncode == 2 and "genesis hash mismatch" in p.stderr, p.stderr[-2000:]
+
+
+def test_a_validator_s_key_is_listed_once_however_it_is_spelled(tmp_path: Path) -> None:
+    """A part carrying a listed validator's key in upper-case hex (signed by that key, with another
+    libp2p key) was added to the draft, and `finalize` wrote the file before refusing the duplicate:
+    the file was left neither a draft nor hashed. The key compares as one spelling now, and
+    finalize checks everything before it writes (a review)."""
+    from node.genesis import DRAFT_FIELD
+    from node.operator import _part_digest, genesis_add, genesis_finalize, genesis_new, make_part, parse_params
+    from node.p2p import peer_id_from_secret
+    from node.p2p.identity import key_pair_from_secret
+
+    draft = tmp_path / "draft.json"
+    genesis_new(draft, "medchain-spelling", None, parse_params([]))
+    me = Identity.from_seed(b"spelled twice")
+    (tmp_path / "a.json").write_text(json.dumps(make_part(me, "203.0.113.1:8545", "203.0.113.1:9545")))
+    genesis_add(draft, tmp_path / "a.json")
+    other = bytes([7]) * 32  # another libp2p key, its own peer id
+    twin = make_part(me, "203.0.113.2:8545", "203.0.113.2:9545")
+    pid = peer_id_from_secret(other)
+    twin = {**twin, "public_key": twin["public_key"].upper(), "peer_id": pid,
+            "p2p": f"/ip4/203.0.113.2/tcp/9545/p2p/{pid}"}
+    twin["signature"] = me.sign(_part_digest(twin)).hex()
+    twin["p2p_signature"] = key_pair_from_secret(other).private_key.sign(_part_digest(twin)).hex()
+    (tmp_path / "twin.json").write_text(json.dumps(twin))
+    with pytest.raises(ValueError, match="already has this public_key"):
+        genesis_add(draft, tmp_path / "twin.json")
+    # one that got into a draft all the same (an older release, an edit): finalize leaves the draft as it was
+    d = json.loads(draft.read_text())
+    d["validators"].append({**d["validators"][0], "public_key": d["validators"][0]["public_key"].upper(),
+                            "api": "203.0.113.2:8545", "p2p": twin["p2p"]})
+    draft.write_text(json.dumps(d))
+    before = draft.read_text()
+    with pytest.raises(ValueError, match="the key of validator 0 again"):
+        genesis_finalize(draft)
+    assert draft.read_text() == before and json.loads(before)[DRAFT_FIELD] is True

@@ -32,6 +32,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.transport.exceptions import SecurityUpgradeFailure
 
+from node.multiaddr import tcp_addr
 from node.p2p._streamio import StreamSlots
 from node.p2p._wake import wait_for_items, wake
 
@@ -178,7 +179,7 @@ class TrioSide:
         self.nursery: trio.Nursery | None = None
         self._requests: dict[int, trio.CancelScope] = {}
         self.my_id = ID.from_pubkey(key_pair.public_key)
-        self.listen = multiaddr.Multiaddr(f"/ip4/{listen_host}/tcp/{listen_port}")
+        self.listen = multiaddr.Multiaddr(tcp_addr(listen_host, listen_port))
         self.outs = {name: PeerOut(name, addr, queues[name]) for name, addr in peers.items()}
         self.allowed: dict[ID, str] = {o.pid: o.name for o in self.outs.values()}
         self.allowed_bytes: dict[bytes, str] = {o.pid.to_bytes(): o.name for o in self.outs.values()}

@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from node.multiaddr import split_peer
+from node.multiaddr import split_peer, tcp_addr
 
 from .framequeue import FrameQueue
 from .identity import key_pair_from_secret, peer_id_from_secret
@@ -233,7 +233,7 @@ class P2PNode:
 
     @property
     def listen_addr(self) -> str:
-        return f"/ip4/{self._host}/tcp/{self._port}/p2p/{self._peer_id}"
+        return f"{tcp_addr(self._host, self._port)}/p2p/{self._peer_id}"
 
     @property
     def peers(self) -> list[str]:
