@@ -296,8 +296,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from devices.patient.phone import RotationPending
     from devices.patient.staff import AccessDenied
     from devices.patient.verified_reads import NoHonestAnswer
-    return (ApiError, TxRejected, AccessDenied, NoHonestAnswer, RotationPending, aiohttp.ClientError, TimeoutError,
-            ValueError,
+    from node.ledger import LedgerError
+    return (ApiError, TxRejected, AccessDenied, NoHonestAnswer, RotationPending, LedgerError, aiohttp.ClientError,
+            TimeoutError, ValueError,
             PermissionError, FileNotFoundError, ConnectionError, OSError)
 
 

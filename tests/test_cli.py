@@ -90,6 +90,9 @@ def test_cli_errors_are_clear(tmp_path):
         p = medchain("patient", "audit", "--key", str(key), "--node", "http://127.0.0.1:9", "--genesis", str(gfile),
                      ok=False)
         assert p.returncode == 1 and why in p.stderr and "Traceback" not in p.stderr, p.stderr
+    # a snapshot of a home that has no ledger yet: one line, not a traceback (a review)
+    p = medchain("snapshot", "--home", str(home), "--out", str(tmp_path / "s.snap"), ok=False)
+    assert p.returncode == 1 and "no ledger at" in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert "usage" in medchain("--help").stdout
     for sub in ("patient", "staff", "node", "verify", "init", "keygen", "demo"):
         assert medchain(sub, "--help").returncode == 0
