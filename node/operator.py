@@ -30,7 +30,7 @@ from typing import Any
 from node.block import max_faulty
 from node.crypto import ecdsa
 from node.crypto.keys import Identity
-from node.files import write_durably
+from node.files import hold_home, write_durably
 from node.genesis import (
     DRAFT_FIELD,
     HASH_FIELD,
@@ -146,13 +146,20 @@ def install_genesis(home: Path, genesis_path: Path, expect_hash: str | None = No
             raise ValueError(f"the genesis lists this validator as {gen.validators[index]}, but its part says "
                              f"{mine}: the coordinator used another part of this key")
     dest = home / "genesis.json"
-    if dest.exists() and not force:
-        old = Genesis.load(dest)
-        if old.hash != gen.hash:
-            raise FileExistsError(f"{dest} holds another genesis (chain {old.chain_id}); a home runs one "
-                                  "network: use a new home, or --force if its ledger is empty")
-    # what was checked is what is installed (reading the file again, a local writer could swap it between)
-    write_durably(dest, json.dumps(gen.document(), indent=1) + "\n")
+    lock = hold_home(home)  # not under a running validator
+    try:
+        if dest.exists() and Genesis.load(dest).hash != gen.hash:
+            old = Genesis.load(dest)
+            if not force:
+                raise FileExistsError(f"{dest} holds another genesis (chain {old.chain_id}); a home runs one "
+                                      "network: use a new home, or --force if it has no ledger yet")
+            if (home / "ledger" / "data.mdb").exists():
+                raise FileExistsError(f"{home / 'ledger'} holds the ledger of chain {old.chain_id}: a home runs one "
+                                      "network; move that ledger away first (even --force keeps it)")
+        # what was checked is what is installed (reading the file again, a local writer could swap it between)
+        write_durably(dest, json.dumps(gen.document(), indent=1) + "\n")
+    finally:
+        os.close(lock)
     return gen, index
 
 
@@ -308,7 +315,7 @@ def register(sub: argparse._SubParsersAction, add: Any) -> None:
     gs = g.add_subparsers(dest="action", required=True)
     n = gs.add_parser("new", help="start a draft genesis")
     n.add_argument("--out", dest="genesis", required=True, help="the draft genesis file to write")
-    n.add_argument("--chain-id", help="the network's id (default: a new random one)")
+    n.add_argument("--chain-id", help="the network's id (default: a new random one; give one only to re-make a lost draft: votes, certificates and transactions are signed over it, so two networks must never share it)")
     n.add_argument("--time-ms", type=int, help="genesis time, ms since the epoch (default: now)")
     n.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="a chain parameter (node/genesis.py Params), repeatable")

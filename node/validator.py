@@ -64,7 +64,7 @@ from node.sidecar import (
 from node.sync import THRESHOLD as SYNC_THRESHOLD
 from node.sync import StateSync
 from node.uploads import UploadBudget
-from node.verify import refuse_unless_certified_state
+from node.verify import refuse_unless_certified_state, refuse_unless_this_network
 from node.wire import WireError
 
 log = logging.getLogger("medchain.validator")
@@ -192,6 +192,7 @@ class Validator:
 
     # ---- start and stop ----------------------------------------------------------------------
     async def start(self) -> None:
+        refuse_unless_this_network(self.ledger, self.genesis, self.network)  # a replaced genesis file
         refuse_unless_certified_state(self.ledger)  # a rewritten LMDB record must not be served
         await self._recover()
         if self.n > 1:

@@ -125,6 +125,41 @@ def check_stored_state(led: Ledger) -> list[str]:
     return errors
 
 
+def other_network(led: Ledger, genesis: Genesis, network: str) -> str | None:
+    """Why `led` is not a ledger of the network that `genesis` (named `network`) starts, or None:
+    a home whose genesis file was replaced (`operator install-genesis --force`, a copy) must not run
+    on, serve or hand out as a snapshot another network's blocks and state."""
+    mark = led.network()
+    if mark is not None and mark != network:
+        return f"it was first run on network {mark}, not this genesis's {network}"
+    head = led.head()
+    if head is None:
+        return None
+    if head.height == 0:
+        return None if head.state_root == genesis.state_root else \
+            "its empty chain starts from another genesis state (other validators or chain id)"
+    blk = led.block(head.height)
+    if blk is None:
+        return None  # check_stored_state says what is wrong with it
+    if blk.header.chain_id != genesis.chain_id:
+        return f"its blocks are of chain {blk.header.chain_id!r}, not {genesis.chain_id!r}"
+    if not verify_cert(blk, genesis.validator_keys):
+        return f"its block {head.height} is not certified by 2f+1 of this genesis's validators"
+    return None
+
+
+def refuse_unless_this_network(led: Ledger, genesis: Genesis, network: str) -> None:
+    """At a validator's start: exit (code 2: a supervisor does not restart it) if its ledger is of
+    another network; a ledger without the mark (an older release's) gets this network's."""
+    why = other_network(led, genesis, network)
+    if why is not None:
+        log.critical("the ledger at %s is not this network's: %s; a home runs one network (move the ledger "
+                     "away to start this one afresh)", led.env.path(), why)
+        raise SystemExit(2)
+    if led.network() is None:
+        led.mark_network(network)
+
+
 def refuse_unless_certified_state(led: Ledger) -> None:
     """At a validator's start: exit (code 3) unless the stored state is the one the last certified
     block commits to, so a record rewritten behind the chain's back is never enforced or served."""

@@ -173,3 +173,32 @@ def test_a_validator_s_key_is_listed_once_however_it_is_spelled(tmp_path: Path) 
     with pytest.raises(ValueError, match="the key of validator 0 again"):
         genesis_finalize(draft)
     assert draft.read_text() == before and json.loads(before)[DRAFT_FIELD] is True
+
+
+def test_a_home_runs_one_network(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A trial network's home given the real genesis (same parts, same chain id, another parameter):
+    `install-genesis --force` took it over the trial's ledger, and the validator ran that ledger as
+    the new network's (a review). Now install-genesis refuses while a ledger is there, and a
+    validator whose genesis file was replaced all the same refuses to start (exit 2, named)."""
+    homes, g, _ = build_network(tmp_path, capsys, n=1)
+    home = homes[0]
+    port = int(Genesis.load(home / "genesis.json").validators[0].api.rpartition(":")[2])
+    trial = NodeProcess(home, port)
+    trial.start()
+    trial.stop()
+    real = tmp_path / "real.json"
+    _cli(capsys, "genesis", "new", "--out", str(real), "--chain-id", "medchain-consortium",
+         "--param", "sender_rate=1e5", "--param", "sender_burst=2e5")
+    _cli(capsys, "genesis", "add-validator", str(real), str(tmp_path / "coordinator" / "part0.json"))
+    _cli(capsys, "genesis", "finalize", str(real))
+    assert main(["operator", "install-genesis", "--home", str(home), str(real)]) == 1
+    assert "holds another genesis" in capsys.readouterr().err
+    assert main(["operator", "install-genesis", "--home", str(home), str(real), "--force"]) == 1
+    assert "holds the ledger of chain medchain-consortium" in capsys.readouterr().err
+    shutil.copy(real, home / "genesis.json")  # the file replaced by hand
+    p = subprocess.run([sys.executable, "-m", "node.cli", "node", "--home", str(home)], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 2 and "is not this network's: it was first run on network" in p.stderr, p.stderr[-2000:]
+    shutil.copy(g, home / "genesis.json")  # its own genesis back: it runs
+    trial.start()
+    trial.stop()

@@ -158,6 +158,19 @@ class Ledger:
         h, hsh, root, t = decode(raw)
         return Head(h, hsh, root, t)
 
+    def network(self) -> str | None:
+        """The name of the network (its genesis hash, shortened) this ledger was first run on; None
+        for one written before ledgers kept it."""
+        with self.env.begin(db=self.meta) as txn:
+            raw = txn.get(b"network")
+        return None if raw is None else bytes(raw).decode()
+
+    def mark_network(self, network: str) -> None:
+        if self._map is None:
+            raise LedgerError("a read-only ledger is not marked")
+        with self._map.write() as txn:
+            txn.put(b"network", network.encode(), db=self.meta)
+
     def base_height(self) -> int:
         """The checkpoint this ledger starts from (restored or state-transferred), 0 for genesis:
         blocks below it are not held here."""
