@@ -119,8 +119,9 @@ def operator_init(home: Path, api: str, p2p: str, name: str = "") -> dict[str, A
     key = home / KEY_FILE
     if key.exists():
         raise FileExistsError(f"{key} exists: this home has its key already (its part: {home / PART_FILE})")
-    home.mkdir(parents=True, exist_ok=True)
-    os.chmod(home, 0o700)  # the key file is 0600; the home keeps its ledger and swarm key too
+    if not home.exists():  # an existing directory (a mistyped --home /srv) keeps its permissions
+        home.mkdir(parents=True)
+        os.chmod(home, 0o700)  # the key file is 0600; the home keeps its ledger and swarm key too
     ident = Identity.generate()
     part = make_part(ident, api, p2p, name)
     ident.save(key)

@@ -202,3 +202,19 @@ def test_a_home_runs_one_network(tmp_path: Path, capsys: pytest.CaptureFixture[s
     shutil.copy(g, home / "genesis.json")  # its own genesis back: it runs
     trial.start()
     trial.stop()
+
+
+def test_operator_init_makes_its_home_private_but_leaves_an_existing_directory_as_it_was(tmp_path: Path) -> None:
+    """`operator init --home /srv` (a typo, as root) made /srv mode 0700 (a review): only a home it
+    creates is made private; the key file is 0600 either way."""
+    import os
+    import stat
+
+    from node.operator import operator_init
+    made, existing = tmp_path / "new" / "medchain", tmp_path / "srv"
+    existing.mkdir()
+    os.chmod(existing, 0o755)
+    for home in (made, existing):
+        operator_init(home, "203.0.113.1:8545", "203.0.113.1:9545")
+        assert stat.S_IMODE((home / "node_key.json").stat().st_mode) == 0o600
+    assert stat.S_IMODE(made.stat().st_mode) == 0o700 and stat.S_IMODE(existing.stat().st_mode) == 0o755
