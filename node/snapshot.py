@@ -22,7 +22,6 @@ import ctypes
 import hashlib
 import json
 import os
-import shutil
 import signal
 import sys
 from collections.abc import Iterator
@@ -54,7 +53,7 @@ from node.crypto.keys import Identity
 from node.files import create_fresh, hold_home, replace_durably
 from node.genesis import Genesis, load_checked
 from node.ledger import Ledger
-from node.ledger.scratch import ScratchTree
+from node.ledger.scratch import ScratchTree, remove_stale
 from node.storage import map_size
 
 
@@ -210,8 +209,7 @@ def install(ledger_dir: Path, gen: Genesis, path: Path, replace: bool = False) -
     empty ledger, or with `replace` over one whose head is below it."""
     # first the proof: the tree is grown apart (node/ledger/scratch.py), so a state that does not
     # prove never touches the ledger and its memory stays at one batch; then the pairs again, with it
-    for stale in ledger_dir.parent.glob(".state-tree-*"):  # an earlier installer's, killed
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_stale(ledger_dir.parent)  # an earlier installer's, killed
     tree = ScratchTree(ledger_dir.parent, map_size())
     try:
         cp, asm = read_snapshot(path, gen, tree)

@@ -49,6 +49,7 @@ from node.genesis import Genesis
 from node.ipfs.blobwriter import BlobWriter
 from node.ipfs.blockstore import BlockStore
 from node.ledger import Ledger
+from node.ledger.scratch import remove_stale
 from node.mempool import AdmissionError, KeyedLimiter, Mempool, origin
 from node.metrics import Metrics
 from node.multiaddr import host_port, is_ip, peer_id
@@ -192,6 +193,7 @@ class Validator:
 
     # ---- start and stop ----------------------------------------------------------------------
     async def start(self) -> None:
+        remove_stale(self.home)  # a killed installer's scratch tree (its own runs only after this start)
         refuse_unless_this_network(self.ledger, self.genesis, self.network)  # a replaced genesis file
         refuse_unless_certified_state(self.ledger)  # a rewritten LMDB record must not be served
         await self._recover()

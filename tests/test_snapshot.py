@@ -301,3 +301,20 @@ def test_an_installer_dies_with_the_validator_that_started_it(tmp_path: Path) ->
     out = subprocess.run([sys.executable, "-m", "node.snapshot", str(tmp_path), str(tmp_path / "none"), "--parent=1"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "is gone: nothing installed" in out.stderr
+
+
+def test_a_killed_installer_s_scratch_tree_is_removed_when_the_validator_starts(tmp_path: Path) -> None:
+    """An installer killed with its validator leaves `HOME/.state-tree-*`, as large as the state it
+    was proving; only a next install removed it, and a node that then caught up by replaying
+    blocks kept it for good (a review). The validator's start removes it."""
+    from devices.net.localnet import make_network
+
+    (n,) = make_network(tmp_path, 1)
+    stale = n.home / ".state-tree-killed"
+    stale.mkdir()
+    (stale / "data.mdb").write_bytes(b"\0" * 4096)
+    n.start()
+    try:
+        assert not stale.exists()
+    finally:
+        n.stop()

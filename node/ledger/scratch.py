@@ -22,6 +22,14 @@ from node.ledger.store import DEFAULT_MAP_SIZE
 NODES_READ = 65_536  # nodes read back per opening of the environment
 
 
+def remove_stale(home: Path) -> None:
+    """Remove the scratch trees a killed installer left in `home` (one can be as large as the state):
+    the next install does it, and so does the validator's start, for a node that then catches up by
+    replaying blocks and never installs again."""
+    for stale in home.glob(".state-tree-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 class ScratchTree:
     """The node/checkpoint.py StateSink of the first pass: tree nodes only (the pairs are read again).
 
