@@ -149,6 +149,13 @@ def resolve(args: argparse.Namespace, env: dict[str, str] | None = None) -> Node
             return env[env_key]
         return f.get(file_key, default)
 
+    def named(env_key: str, file_key: str) -> str:
+        """Where a value came from, for its error: the environment wins over the file."""
+        return f"environment {env_key}" if env.get(env_key) else f"{where}: {file_key}"
+
+    def num(env_key: str, file_key: str) -> float | None:
+        return _num(pick(None, env_key, file_key, None), named(env_key, file_key))
+
     api_host, api_port = _hostport(f["api.listen"], f"{where}: api.listen") if "api.listen" in f else (None, None)
     home = pick(args.home, None, "home", None)
     s = NodeSettings(
@@ -163,14 +170,19 @@ def resolve(args: argparse.Namespace, env: dict[str, str] | None = None) -> Node
                                                                          "text"),
         log_level=pick(getattr(args, "log_level", None), None, "log.level", "info"),
         metrics_listen=pick(getattr(args, "metrics_listen", None), None, "metrics.listen", None),
-        lmdb_map_gb=_num(pick(None, "MEDCHAIN_LMDB_MAP_GB", "limits.lmdb_map_gb", None), f"{where}: limits.lmdb_map_gb"),
-        disk_reserve_mb=_num(pick(None, "MEDCHAIN_DISK_RESERVE_MB", "limits.disk_reserve_mb", None), f"{where}: limits.disk_reserve_mb"),
-        lmdb_writemap=_flag(pick(None, "MEDCHAIN_LMDB_WRITEMAP", "limits.lmdb_writemap", None)),
-        max_queue_s=_num(pick(None, "MEDCHAIN_MAX_QUEUE_S", "limits.max_queue_s", None), f"{where}: limits.max_queue_s"),
-        mempool_mb=_num(pick(None, "MEDCHAIN_MEMPOOL_MB", "limits.mempool_mb", None), f"{where}: limits.mempool_mb"),
+        lmdb_map_gb=num("MEDCHAIN_LMDB_MAP_GB", "limits.lmdb_map_gb"),
+        disk_reserve_mb=num("MEDCHAIN_DISK_RESERVE_MB", "limits.disk_reserve_mb"),
+        lmdb_writemap=_flag(pick(None, "MEDCHAIN_LMDB_WRITEMAP", "limits.lmdb_writemap", None),
+                            named("MEDCHAIN_LMDB_WRITEMAP", "limits.lmdb_writemap")),
+        max_queue_s=num("MEDCHAIN_MAX_QUEUE_S", "limits.max_queue_s"),
+        mempool_mb=num("MEDCHAIN_MEMPOOL_MB", "limits.mempool_mb"),
     )
     if s.home is None:
         raise ConfigError(f"{where}: no home: pass --home DIR or set home = \"DIR\" in the configuration file")
+    for value, env_key, allowed in ((s.p2p_mode, "MEDCHAIN_P2P_MODE", P2P_MODES),
+                                    (s.log_format, "MEDCHAIN_LOG_FORMAT", LOG_FORMATS)):
+        if value == env.get(env_key) and value not in allowed:  # not the file's to answer for
+            raise ConfigError(f"environment {env_key} {value!r}: one of {', '.join(allowed)}")
     return _check(s, where)
 
 
@@ -192,12 +204,12 @@ def _num(v: Any, what: str = "") -> float | None:
     return f
 
 
-def _flag(v: Any) -> bool | None:
+def _flag(v: Any, what: str = "") -> bool | None:
     """A boolean from the file (true/false) or the environment (1/0)."""
     if v is None or isinstance(v, bool):
         return v
     if v not in ("0", "1"):
-        raise ConfigError(f"{v!r} is not 1 or 0")
+        raise ConfigError(f"{what}{': ' if what else ''}{v!r} is not 1 or 0")
     return v == "1"
 
 

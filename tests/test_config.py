@@ -97,6 +97,20 @@ def test_bad_files_are_refused_clearly(tmp_path: Path, text: str, message: str) 
     assert message in str(exc.value) and str(tmp_path / "node.toml") in str(exc.value)
 
 
+@pytest.mark.parametrize(("env", "message"), [
+    ({"MEDCHAIN_LMDB_MAP_GB": "abc"}, "environment MEDCHAIN_LMDB_MAP_GB: 'abc' is not a number"),
+    ({"MEDCHAIN_LMDB_WRITEMAP": "true"}, "environment MEDCHAIN_LMDB_WRITEMAP: 'true' is not 1 or 0"),
+    ({"MEDCHAIN_P2P_MODE": "x"}, "environment MEDCHAIN_P2P_MODE 'x': one of direct, gossipsub"),
+    ({"MEDCHAIN_LOG_FORMAT": "xml"}, "environment MEDCHAIN_LOG_FORMAT 'xml': one of"),
+])
+def test_a_bad_environment_value_is_named_as_the_environment_s(tmp_path: Path, env: dict, message: str) -> None:
+    """A bad value from the environment was reported as the configuration file's key, or named
+    nothing at all (a review): the operator looked for it in the wrong place."""
+    with pytest.raises(ConfigError) as exc:
+        _settings(tmp_path, FULL, env=env)
+    assert message in str(exc.value) and "node.toml" not in str(exc.value), str(exc.value)
+
+
 def test_the_command_line_says_what_is_wrong(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["node", "--config", str(tmp_path / "missing.toml")]) == 2  # not restarted by the service unit
     assert "missing.toml: no such configuration file" in capsys.readouterr().err
