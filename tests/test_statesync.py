@@ -95,7 +95,8 @@ def validator_host(tmp_path: Path, servers: dict[str, CheckpointServer]) -> Simp
     """A validator's home (its genesis file, its ledger) and what state transfer uses of the validator."""
     home = tmp_path / "mine"
     home.mkdir()
-    gen = Genesis(CHAIN, 0, tuple(ValidatorInfo(k.hex(), f"127.0.0.1:{8000 + j}", f"/ip4/127.0.0.1/tcp/1/p2p/peer{j}")
+    # peer ids are base58 (no 0): this validator is peerZ, the others peer1..peer3
+    gen = Genesis(CHAIN, 0, tuple(ValidatorInfo(k.hex(), f"127.0.0.1:{8000 + j}", f"/ip4/127.0.0.1/tcp/1/p2p/peer{j or 'Z'}")
                                   for j, k in enumerate(KEYS)))
     gen.save(home / "genesis.json")
     led = Ledger(home / "ledger", genesis_root=bytes(32))
