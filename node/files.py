@@ -56,8 +56,10 @@ def hold_home(home: str | os.PathLike[str]) -> int:
     """An exclusive lock on a validator home, held until the returned descriptor is closed (or the
     process exits): a validator holds it while it runs, and a restore takes it, so a restore into the
     home of a running validator is refused instead of replacing its ledger under it (a review: the
-    running replica never saw the new head and committed nothing more)."""
-    fd = os.open(Path(home) / "node.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    running replica never saw the new head and committed nothing more). The lock is on the home
+    directory itself: a lock file created by root (`sudo medchain operator install-genesis`) was one
+    the validator's own user could not open (a review)."""
+    fd = os.open(Path(home), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -12,7 +12,7 @@ from pathlib import Path
 from node.crypto import ecdsa
 from node.crypto.keys import Identity
 from node.files import write_durably
-from node.multiaddr import host_port, peer_id
+from node.multiaddr import host_port, peer_id, tcp_addr
 from node.state import genesis_state_root
 from node.state.rules import Rules
 from node.tx.model import MAX_CHAIN_ID
@@ -306,10 +306,10 @@ def init_home(home: str | Path, chain_id: str, apis: list[str], time_ms: int,
     if p2p:
         from node.p2p import peer_id_from_secret
         for k, (ident, hp) in enumerate(zip(idents, p2p, strict=True)):
-            host, port = hp.rsplit(":", 1)
-            if ":" in host:  # an IPv6 host ("[::1]" or "::1"): the p2p adapter listens on /ip4/ only
-                raise ValueError(f"p2p address {hp!r}: an IPv4 HOST:PORT (IPv6 is not supported)")
-            addrs[k] = f"/ip4/{host}/tcp/{port}/p2p/{peer_id_from_secret(ident.p2p_secret)}"
+            host, _, port = hp.rpartition(":")
+            if not port.isdigit():
+                raise ValueError(f"p2p address {hp!r}: expected HOST:PORT")
+            addrs[k] = f"{tcp_addr(host, int(port))}/p2p/{peer_id_from_secret(ident.p2p_secret)}"
     elif len(apis) > 1:
         raise ValueError("a network of several validators needs p2p addresses")
     gen = Genesis(chain_id, time_ms, tuple(ValidatorInfo(idents[k].public_key.hex(), apis[k], addrs[k])

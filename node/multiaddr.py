@@ -6,6 +6,8 @@ from __future__ import annotations
 import ipaddress
 import re
 
+import multiaddr
+
 
 def split_peer(addr: str) -> tuple[str, str]:
     """(transport address, peer id) of `.../p2p/<peer id>`; ValueError without a peer id."""
@@ -19,7 +21,7 @@ def peer_id(addr: str) -> str:
     return split_peer(addr)[1]
 
 
-_PROTOS = ("ip4", "ip6", "dns4", "dns6", "dns")
+_PROTOS = ("ip4", "ip6", "dns4")  # a name under /dns6 or /dns may resolve to IPv6 alone: its validator listens on IPv4
 # a DNS name: labels of letters, digits and inner hyphens, 253 characters at most
 _NAME = re.compile(r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*",
                    re.IGNORECASE)
@@ -28,10 +30,7 @@ _PEER_ID = re.compile(r"[1-9A-HJ-NP-Za-km-z]{1,128}")  # base58btc, as libp2p wr
 
 def _host_ok(proto: str, host: str) -> bool:
     if proto in ("ip4", "ip6"):
-        try:
-            return ipaddress.ip_address(host).version == (4 if proto == "ip4" else 6)
-        except ValueError:
-            return False
+        return is_ip(host) and ipaddress.ip_address(host).version == (4 if proto == "ip4" else 6)
     return _NAME.fullmatch(host) is not None and not host.replace(".", "").isdigit()
 
 
@@ -48,15 +47,30 @@ def host_port(addr: str) -> tuple[str, int]:
         raise ValueError(f"{parts[2]!r} is not a valid /{parts[1]} host in {addr!r}")
     if not (parts[4].isascii() and parts[4].isdigit() and int(parts[4]) < 65536):
         raise ValueError(f"bad port in {addr!r}")
+    try:  # and what libp2p's own parser says, which every validator runs over it (a peer id that is no multihash)
+        multiaddr.Multiaddr(addr)
+    except ValueError as exc:
+        raise ValueError(f"libp2p refuses {addr!r}: {exc}") from None
     return parts[2], int(parts[4])
 
 
+def advertisable(addr: str) -> str:
+    """`addr` (a genesis p2p entry) if others can dial it: not 0.0.0.0 or :: (every peer would dial
+    itself); ValueError otherwise."""
+    host, _ = host_port(addr)
+    if is_ip(host) and ipaddress.ip_address(host).is_unspecified:
+        raise ValueError(f"{addr!r}: {host} means every interface of a listener; advertise an address others "
+                         "reach this host at")
+    return addr
+
+
 def is_ip(host: str) -> bool:
+    """An IPv4 or IPv6 address, without a zone (`fe80::1%eth0`: libp2p's parser refuses it)."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
         return False
-    return True
+    return "%" not in host
 
 
 def tcp_addr(host: str, port: int) -> str:

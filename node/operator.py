@@ -42,7 +42,7 @@ from node.genesis import (
     new_chain_id,
     parse_issuer,
 )
-from node.multiaddr import host_port, split_peer, tcp_addr
+from node.multiaddr import advertisable, host_port, split_peer, tcp_addr
 
 PART_KIND = "medchain-validator-part/v1"
 PART_FILE = "validator.json"
@@ -70,7 +70,7 @@ def make_part(ident: Identity, api: str, p2p: str, name: str = "") -> dict[str, 
     from node.p2p.identity import key_pair_from_secret
     pid = peer_id_from_secret(ident.p2p_secret)
     part = {"kind": PART_KIND, "name": name, "public_key": ident.public_key.hex(), "peer_id": pid, "api": api,
-            "p2p": f"{tcp_addr(host, port)}/p2p/{pid}"}
+            "p2p": advertisable(f"{tcp_addr(host, port)}/p2p/{pid}")}
     digest = _part_digest(part)
     return {**part, "signature": ident.sign(digest).hex(),
             "p2p_signature": key_pair_from_secret(ident.p2p_secret).private_key.sign(digest).hex()}
@@ -98,6 +98,7 @@ def check_part(part: dict[str, Any], source: str = "part") -> ValidatorInfo:
     if not _p2p_signed(part["peer_id"], _part_digest(part), part["p2p_signature"]):
         raise ValueError(f"{source}: the part is not signed by the libp2p key of peer id {part['peer_id']}: its "
                          "operator must hold that key (anyone can copy another operator's public part)")
+    advertisable(part["p2p"])
     return ValidatorInfo(pub.hex(), part["api"], part["p2p"])  # the key as one spelling: duplicates compare
 
 
@@ -147,15 +148,23 @@ def install_genesis(home: Path, genesis_path: Path, expect_hash: str | None = No
             raise ValueError(f"the genesis lists this validator as {gen.validators[index]}, but its part says "
                              f"{mine}: the coordinator used another part of this key")
     dest = home / "genesis.json"
+    try:
+        old: Genesis | None = Genesis.load(dest) if dest.exists() else None
+    except ValueError:  # damaged, or refused by a newer release's checks: --force may replace it
+        if not force:
+            raise
+        old = None
+    if old is not None and old.hash == gen.hash:
+        return gen, index  # installed already (a configuration tool running it again, a validator running on it)
     lock = hold_home(home)  # not under a running validator
     try:
-        if dest.exists() and Genesis.load(dest).hash != gen.hash:
-            old = Genesis.load(dest)
+        if dest.exists():
+            chain = old.chain_id if old is not None else "unknown: its genesis does not load"
             if not force:
-                raise FileExistsError(f"{dest} holds another genesis (chain {old.chain_id}); a home runs one "
+                raise FileExistsError(f"{dest} holds another genesis (chain {chain}); a home runs one "
                                       "network: use a new home, or --force if it has no ledger yet")
             if (home / "ledger" / "data.mdb").exists():
-                raise FileExistsError(f"{home / 'ledger'} holds the ledger of chain {old.chain_id}: a home runs one "
+                raise FileExistsError(f"{home / 'ledger'} holds the ledger of chain {chain}: a home runs one "
                                       "network; move that ledger away first (even --force keeps it)")
         # what was checked is what is installed (reading the file again, a local writer could swap it between)
         write_durably(dest, json.dumps(gen.document(), indent=1) + "\n")
@@ -234,6 +243,11 @@ def genesis_finalize(path: Path) -> Genesis:
     if not d["validators"]:
         raise ValueError(f"{path} has no validators: add their parts with `medchain genesis add-validator`")
     del d[DRAFT_FIELD]
+    for i, v in enumerate(d["validators"]):  # a draft edited by hand: each must be dialable by the others
+        try:
+            advertisable(v.get("p2p", ""))
+        except ValueError as exc:
+            raise ValueError(f"{path}: validator {i}: {exc}") from None
     gen = Genesis.from_json(d, str(path))  # every check before the file changes: a refusal leaves the draft
     gen.save(path)  # with its hash
     return gen

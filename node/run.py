@@ -37,9 +37,9 @@ def _listening_on(gen: Genesis, index: int, listen: str | None) -> Genesis:
     """The genesis with this validator's own p2p entry pointing at `listen`: Validator.start listens
     where its genesis entry says, and a host behind NAT (or one binding 0.0.0.0) listens elsewhere than
     it advertises. Only its own entry changes; its peer id, and so every peer's view of it, stays."""
-    if not listen:
-        return gen
     mine = gen.validators[index]
+    if not listen or not mine.p2p:  # a network of one has no p2p entry, and nothing to listen for
+        return gen
     host, _, port = listen.rpartition(":")
     _, pid = split_peer(mine.p2p)
     entry = dataclasses.replace(mine, p2p=f"{tcp_addr(host, int(port))}/p2p/{pid}")

@@ -55,6 +55,7 @@ from node.genesis import Genesis, load_checked
 from node.ledger import Ledger
 from node.ledger.scratch import ScratchTree, remove_stale
 from node.storage import map_size
+from node.verify import other_network
 
 
 def _ledger_dir(home: Path) -> Path:
@@ -101,6 +102,8 @@ def write_snapshot(home: Path, out: Path) -> dict[str, Any]:
     gen = load_checked(home / "genesis.json")
     led = Ledger(_ledger_dir(home), readonly=True, lock=True)
     try:
+        if (why := other_network(led, gen, gen.network)) is not None:  # packed under this genesis's hash
+            raise ValueError(f"{home}: the ledger is not this genesis's network: {why}")
         view = led.state_view()
         try:
             if view.block_raw is None:

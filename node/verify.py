@@ -48,6 +48,9 @@ def verify_ledger(ledger_dir: str | Path, genesis: Genesis, max_errors: int = 20
         replay = rep.base == 0
         expected = rep.base or 1
         keys = genesis.validator_keys
+        mark = led.network()  # the network the ledger was first run on: a copied-in genesis is named
+        if mark is not None and mark != genesis.network:
+            rep.errors.append(f"the ledger was first run on network {mark}, not this genesis's {genesis.network}")
         for height, raw in led.iter_blocks(expected):
             if len(rep.errors) >= max_errors:
                 break

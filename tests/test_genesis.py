@@ -157,12 +157,13 @@ def test_init_home_writes_the_same_genesis_to_every_home(tmp_path: Path) -> None
                      p2p=["10.0.0.1:3", "10.0.0.2:4"], issuers=(issuer,))
     gen = load_checked(dirs[0] / "genesis.json")
     assert [v.p2p.split("/p2p/")[0] for v in gen.validators] == ["/ip4/10.0.0.1/tcp/3", "/ip4/10.0.0.2/tcp/4"]
-    # the p2p adapter listens on IPv4 only: an IPv6 host is refused, not written as an address
-    # no node could listen on
-    for six in ("::1:3", "[::1]:3"):
-        with pytest.raises(ValueError) as err:
-            init_home(tmp_path / "v6", "c", ["h:1", "h:2"], 0, p2p=[six, "10.0.0.2:4"])
-        assert str(err.value) == f"p2p address {six!r}: an IPv4 HOST:PORT (IPv6 is not supported)"
+    # an IPv6 host is written as /ip6 (the p2p adapter listens and dials on IPv6 too), a name as /dns4
+    for k, (six, want) in enumerate((("::1:3", "/ip6/::1/tcp/3"), ("[::1]:3", "/ip6/::1/tcp/3"),
+                                     ("hospital-a.example:3", "/dns4/hospital-a.example/tcp/3"))):
+        (d,) = init_home(tmp_path / f"v6-{k}", "c", ["h:1"], 0, p2p=[six])
+        assert load_checked(d / "genesis.json").validators[0].p2p.split("/p2p/")[0] == want
+    with pytest.raises(ValueError, match="expected HOST:PORT"):
+        init_home(tmp_path / "v6-bad", "c", ["h:1"], 0, p2p=["10.0.0.1"])
     assert gen.issuers == (issuer,) and gen.params == Params(block_max_txs=7)
 
 

@@ -119,6 +119,8 @@ def test_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
                       ("[2001:db8::7]:9545", "/ip6/2001:db8::7/tcp/9545/p2p/")):
         named = make_part(evil, "hospital-a.example:8545", p2p)
         assert named["p2p"].startswith(want) and check_part(named).p2p == named["p2p"]
+    with pytest.raises(ValueError, match="every interface"):  # the listen address is no address to advertise
+        make_part(evil, "203.0.113.7:8545", "0.0.0.0:9545")
     assert main(["operator", "init", "--home", str(home), "--api", "h:1", "--p2p", "h:2"]) == 1  # key kept
     assert "exists" in capsys.readouterr().err
     assert main(["genesis", "add-validator", str(g), str(home / "validator.json")]) == 1  # finalized: closed
@@ -199,9 +201,21 @@ def test_a_home_runs_one_network(tmp_path: Path, capsys: pytest.CaptureFixture[s
     p = subprocess.run([sys.executable, "-m", "node.cli", "node", "--home", str(home)], capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 2 and "is not this network's: it was first run on network" in p.stderr, p.stderr[-2000:]
+    # nor is the trial's state packed into a snapshot under the real genesis's hash, nor verified as its
+    assert main(["snapshot", "--home", str(home), "--out", str(tmp_path / "s.snap")]) == 1
+    assert "is not this genesis's network" in capsys.readouterr().err
+    assert main(["verify", "--home", str(home)]) == 1
+    assert "the ledger was first run on network" in capsys.readouterr().out
     shutil.copy(g, home / "genesis.json")  # its own genesis back: it runs
     trial.start()
-    trial.stop()
+    try:  # installing the genesis it runs on again (a configuration tool's second pass) changes nothing
+        assert main(["operator", "install-genesis", "--home", str(home), str(g)]) == 0
+    finally:
+        trial.stop()
+    capsys.readouterr()
+    (home / "genesis.json").write_text("{damaged")  # --force may replace a file that does not load, not a ledger
+    assert main(["operator", "install-genesis", "--home", str(home), str(g), "--force"]) == 1
+    assert "holds the ledger of chain unknown" in capsys.readouterr().err
 
 
 def test_operator_init_makes_its_home_private_but_leaves_an_existing_directory_as_it_was(tmp_path: Path) -> None:

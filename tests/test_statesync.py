@@ -30,6 +30,7 @@ from node.crypto.keys import Identity
 from node.genesis import Genesis, ValidatorInfo
 from node.ledger import Ledger
 from node.metrics import Metrics
+from node.p2p import peer_id_from_secret
 from node.state import keys, smt
 from node.state.records import Receipt
 from node.statesync import CheckpointClient, CheckpointServer, StateSyncError, decode_offer, decode_request
@@ -39,6 +40,10 @@ from node.wire import decode, encode
 CHAIN = "medchain-test-state"
 IDS = [Identity.from_seed(b"statesync-%d" % i) for i in range(4)]
 KEYS = [i.public_key for i in IDS]
+# the validators' libp2p peer ids in the genesis (real ones: genesis checks them as libp2p parses
+# them); the tests name the servers peer1..peer3 (this validator is peer0)
+PIDS = [peer_id_from_secret(i.p2p_secret) for i in IDS]
+NAME_OF = {pid: f"peer{j}" for j, pid in enumerate(PIDS)}
 HEIGHT = 60
 
 
@@ -85,7 +90,7 @@ class Net:
     async def request(self, peer: str, proto: str, payload: bytes, timeout: float, max_response: int) -> bytes:
         assert proto == statesync.PROTOCOL
         self.requests += 1
-        out = await self.servers[peer].serve("me", payload)
+        out = await self.servers[NAME_OF[peer]].serve("me", payload)
         if len(out) > max_response:
             raise RuntimeError(f"response over {max_response} bytes")
         return out
@@ -95,8 +100,7 @@ def validator_host(tmp_path: Path, servers: dict[str, CheckpointServer]) -> Simp
     """A validator's home (its genesis file, its ledger) and what state transfer uses of the validator."""
     home = tmp_path / "mine"
     home.mkdir()
-    # peer ids are base58 (no 0): this validator is peerZ, the others peer1..peer3
-    gen = Genesis(CHAIN, 0, tuple(ValidatorInfo(k.hex(), f"127.0.0.1:{8000 + j}", f"/ip4/127.0.0.1/tcp/1/p2p/peer{j or 'Z'}")
+    gen = Genesis(CHAIN, 0, tuple(ValidatorInfo(k.hex(), f"127.0.0.1:{8000 + j}", f"/ip4/127.0.0.1/tcp/1/p2p/{PIDS[j]}")
                                   for j, k in enumerate(KEYS)))
     gen.save(home / "genesis.json")
     led = Ledger(home / "ledger", genesis_root=bytes(32))

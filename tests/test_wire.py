@@ -283,8 +283,9 @@ def test_fuzz_mutated_encodings_only_wire_error(value, pos, byte):
 
 def test_multiaddr_parser_takes_the_peer_id_and_listen_address():
     from node.multiaddr import host_port, peer_id, split_peer
-    a = "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWabc"
-    assert split_peer(a) == ("/ip4/127.0.0.1/tcp/4001", "12D3KooWabc") and peer_id(a) == "12D3KooWabc"
+    pid = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"
+    a = f"/ip4/127.0.0.1/tcp/4001/p2p/{pid}"
+    assert split_peer(a) == ("/ip4/127.0.0.1/tcp/4001", pid) and peer_id(a) == pid
     assert host_port(a) == ("127.0.0.1", 4001)
     for bad in ("/ip4/127.0.0.1/tcp/4001", "/p2p/12D3KooWabc", "/ip4/127.0.0.1/tcp/4001/p2p/"):
         with pytest.raises(ValueError, match="peer id"):
@@ -296,11 +297,13 @@ def test_multiaddr_parser_takes_the_peer_id_and_listen_address():
     # (a review: each passed, and a finalized genesis holding one stopped the whole network)
     for bad in ("/ip4/10.0.0.3/tcp/2/bogus/p2p/12D3KooWabc", "/ip4/hospital-a.example/tcp/9545",
                 "/ip6/[::1]/tcp/9545", "/ip4/10.0.0.3/tcp/70000", "/ip4/10.0.0.3/tcp/\uff11",
-                "/ip4/10.0.0.3/tcp/1/p2p/0OIl", "/dns4/10.0.0.3/tcp/1", "/ip4/::1/tcp/1", "/ip4/1.2.3.4/tcp/1/"):
+                "/ip4/10.0.0.3/tcp/1/p2p/0OIl", "/dns4/10.0.0.3/tcp/1", "/ip4/::1/tcp/1", "/ip4/1.2.3.4/tcp/1/",
+                "/ip6/fe80::1%eth0/tcp/1",  # a zone: libp2p refuses it
+                "/ip4/10.0.0.3/tcp/1/p2p/peerZ",  # base58, but no multihash: libp2p refuses it
+                "/dns6/hospital-a.example/tcp/1"):  # a name its validator (listening on IPv4) may not answer at
         with pytest.raises(ValueError):
             host_port(bad)
     import multiaddr
-    pid = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"
     for good in (f"/ip6/::1/tcp/9545/p2p/{pid}", "/dns4/hospital-a.example/tcp/9545", "/ip4/0.0.0.0/tcp/0"):
         host_port(good)
         multiaddr.Multiaddr(good)  # and libp2p takes it
@@ -309,6 +312,10 @@ def test_multiaddr_parser_takes_the_peer_id_and_listen_address():
         "/ip4/10.0.0.1/tcp/1", "/ip6/::1/tcp/1", "/ip6/fe80::1/tcp/1", "/dns4/hospital-a.example/tcp/1"]
     with pytest.raises(ValueError):
         tcp_addr("not a host", 1)
+    from node.multiaddr import advertisable
+    for every in ("/ip4/0.0.0.0/tcp/9545", "/ip6/::/tcp/9545"):  # each peer would dial itself
+        with pytest.raises(ValueError, match="every interface"):
+            advertisable(every)
 
 
 def test_a_failed_encode_leaves_nothing_behind_for_the_next():
