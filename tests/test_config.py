@@ -180,3 +180,13 @@ def test_the_pool_s_byte_bound_reaches_the_validator_through_the_environment(mon
         monkeypatch.setenv("MEDCHAIN_MEMPOOL_MB", bad)
         with pytest.raises(ConfigError, match="MEDCHAIN_MEMPOOL_MB"):
             mempool_bytes()
+
+
+def test_p2p_listen_on_a_network_of_one_changes_nothing(tmp_path: Path) -> None:
+    """deploy/node.toml sets p2p.listen; a network of one validator has no p2p entry to rewrite, and
+    the node exited with a traceback from split_peer("") (a review)."""
+    from node.genesis import Genesis
+    from node.run import _listening_on
+    (home,) = init_home(tmp_path / "one", "medchain-one", ["127.0.0.1:8545"], 0)
+    gen = Genesis.load(home / "genesis.json")
+    assert gen.validators[0].p2p == "" and _listening_on(gen, 0, "0.0.0.0:9545") is gen
