@@ -24,7 +24,7 @@ $(STAMP): setup.py scripts/bootstrap.sh $(wildcard native/*.pyx native/*.h)
 # every validator, CLI and client process imports ~450 modules: bytecode compiled once (the editable
 # install does not compile the project's own sources, and with PYTHONDONTWRITEBYTECODE set no run
 # writes it) saves each validator start ~0.5 s of CPU on this machine (2.2 -> 1.6 s)
-BYTECODE = $(PY) -m compileall -q node devices > /dev/null
+BYTECODE = $(PY) -m compileall -q node devices
 
 demo: $(STAMP)
 	$(BYTECODE)
