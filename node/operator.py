@@ -92,13 +92,12 @@ def check_part(part: dict[str, Any], source: str = "part") -> ValidatorInfo:
     if not ecdsa.verify(pub, _part_digest(part), sig):
         raise ValueError(f"{source}: bad signature: the part was changed after its operator signed it")
     _hostport(part["api"], f"{source}: API address")
-    host_port(part["p2p"])
+    advertisable(part["p2p"])
     if split_peer(part["p2p"])[1] != part["peer_id"]:
         raise ValueError(f"{source}: the p2p address does not end in /p2p/{part['peer_id']}")
     if not _p2p_signed(part["peer_id"], _part_digest(part), part["p2p_signature"]):
         raise ValueError(f"{source}: the part is not signed by the libp2p key of peer id {part['peer_id']}: its "
                          "operator must hold that key (anyone can copy another operator's public part)")
-    advertisable(part["p2p"])
     return ValidatorInfo(pub.hex(), part["api"], part["p2p"])  # the key as one spelling: duplicates compare
 
 
