@@ -189,7 +189,7 @@ def test_reads_behind_a_read_refused_for_good_are_signed_again_and_are_no_confli
 
     fl, back, (denied, behind, queued, queued_other), again = asyncio.run(go())
     assert back == [] and fl.reads_refused == 1 and denied.done
-    assert again == [behind, queued] and fl.lanes[0] == [queued_other] and fl.staff_resync
+    assert again == [behind, queued] and fl.lanes[0] == [queued_other] and fl.staff_resync == {0}
     assert fl.conflicts == {} and fl.conflicts_resent == 0 and behind.tries == 0
 
 
@@ -225,3 +225,74 @@ def test_a_phones_queued_writes_behind_one_refused_for_good_are_signed_again_and
     assert back == [] and bad.done and fl.failed["write"] == 1
     assert again == [queued] and fl.lanes[0] == [queued_other] and ph.resync and not fl.staff_resync
     assert fl.conflicts == {} and fl.conflicts_resent == 0 and queued.tries == 0
+
+
+def test_reads_held_back_behind_a_read_refused_for_good_are_signed_again_after_the_retry_after():
+    """A read sent again after its Retry-After can be denied 403 (a revoke committed meanwhile); the
+    validator answers the same member's later reads of that POST 429 "held back". Those held the
+    nonces after the gap: kept at the lane's head as signed, they came back "nonce out of order" once
+    the validator forgot the refusal (the rare 409s of the fleet under overload). They are signed
+    again after the Retry-After, and only that member's nonce is read again: another member's reads
+    signed and queued in a lane are not yet in the validator's pool, and a fresh count of theirs
+    would reuse those nonces ("nonce conflict")."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from devices.load.fleet import Fleet
+    from devices.load.fleet_model import Meta
+
+    async def go() -> tuple:
+        fl = Fleet(["http://127.0.0.1:1"], FleetConfig())
+        hr = DATA_TYPES["heart_rate"]
+        ph = FleetPhone(Identity.from_seed(b"fleet held"), 0, 0, "c")
+        ph.granted, ph.grants_changed = (), 200.0
+        fl.phones = [ph]
+
+        def read(s: int, i: int) -> Meta:
+            m = Meta("read", s, 100.0, dtype=hr, patient=0)
+            m.tx = SimpleNamespace(id=bytes([s, i]) * 16)
+            return m
+
+        denied, held, slow, queued_other = read(0, 1), read(0, 2), read(1, 1), read(1, 2)
+        fl.lanes[0] = [queued_other]
+        fl.open_ops = 4
+        res = [{"status": 403, "error": "not granted"},
+               {"status": 429, "error": "held back: sender exceeds its rate", "retry_after": 0.05},
+               {"status": 429, "error": "sender exceeds its rate", "retry_after": 0.05}]
+        back, wait, pause = fl._answers(0, [denied, held, slow], res, False)
+        assert fl.work.empty()  # not before the Retry-After
+        return fl, back, wait, (held, slow, queued_other), await asyncio.wait_for(fl.work.get(), 5)
+
+    fl, back, wait, (held, slow, queued_other), again = asyncio.run(go())
+    assert again == [held] and back == [slow] and wait == 0.05
+    assert fl.staff_resync == {0}  # staff member 1's queued read keeps its nonce, and its count stays
+    assert fl.conflicts == {} and held.tries == 0 and not held.done
+
+
+def test_a_staff_read_going_back_does_not_hide_a_phone_of_the_same_index_that_lost_a_write():
+    """`lost` (phones with a write refused for good and nothing of theirs going back) compared phone
+    indices with the owners of everything going back, staff reads included: phone 1's queued writes,
+    signed past its gap, stayed in the lane whenever staff member 1 had a read going back."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from devices.load.fleet import Fleet
+    from devices.load.fleet_model import Meta
+
+    async def go() -> tuple:
+        fl = Fleet(["http://127.0.0.1:1"], FleetConfig())
+        fl.phones = [FleetPhone(Identity.from_seed(bytes([k])), 0, 0, "c") for k in range(2)]
+        bad = Meta("write", 1, 100.0, dtype=DATA_TYPES["heart_rate"])
+        queued = Meta("write", 1, 100.0, dtype=DATA_TYPES["heart_rate"])
+        read = Meta("read", 1, 100.0, dtype=DATA_TYPES["heart_rate"], patient=0)
+        for i, m in enumerate((bad, queued, read)):
+            m.tx = SimpleNamespace(id=bytes([i]) * 32)
+        fl.lanes[0] = [queued]
+        fl.open_ops = fl.phones[1].outstanding = 3
+        res = [{"status": 400, "error": "bad body"}, {"status": 503, "error": "pool full", "retry_after": 1}]
+        back, wait, pause = fl._answers(0, [bad, read], res, False)
+        await asyncio.sleep(0)
+        return fl, back, queued, read, fl.work.get_nowait()
+
+    fl, back, queued, read, again = asyncio.run(go())
+    assert back == [read] and again == [queued] and fl.lanes[0] == [] and fl.phones[1].resync

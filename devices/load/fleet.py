@@ -85,7 +85,7 @@ class Fleet(ProxyLanes):
         self.lanes: list[list[Meta]] = [[] for _ in urls]
         self.lane_wake = [asyncio.Event() for _ in urls]
         self.unseal_cache: dict[tuple, bytes] = {}
-        self.staff_resync = False
+        self.staff_resync: set[int] = set()
         self.cpu_emul = 0.0  # CPU spent emulating wearables and links (not the phones' work)
         self.unsent = self.drain_submitted = self.drain_committed = 0
         self.open_ops = 0  # staged and not yet committed or finally refused (the drain waits for 0)

@@ -49,7 +49,7 @@ class ProxyLanes:
     phones: list[FleetPhone]
     staff: list[Identity]
     staff_nonce: list[int]
-    staff_resync: bool
+    staff_resync: set[int]  # staff members whose next nonce is read again before signing
     work: asyncio.Queue
     lanes: list[list[Meta]]
     lane_wake: list[asyncio.Event]
@@ -195,21 +195,31 @@ class ProxyLanes:
                 else:
                     self._refused(m, r)
                 gapped.add(m.owner)
-        if gapped:  # their reads still queued in the lane were signed from nonces now out of order
+        later: list[Meta] = []  # signed again after the Retry-After
+        if gapped:
+            # their reads going back for now ("held back" behind the one refused for good) and those
+            # still queued in the lane were signed from nonces now out of order: sent as they are,
+            # they would come back "nonce out of order" once the validator forgets the refusal
+            later = [m for m in back if m.kind not in PHONE_KINDS and m.owner in gapped]
+            back = [m for m in back if m.kind in PHONE_KINDS or m.owner not in gapped]
             resign += [m for m in self.lanes[v] if m.kind not in PHONE_KINDS and m.owner in gapped]
             self.lanes[v] = [m for m in self.lanes[v] if m.kind in PHONE_KINDS or m.owner not in gapped]
         # a phone's transaction refused for good with nothing of its phone going back: its ones still
         # queued in the lane were signed past the gap it leaves (_hold_back takes them only for a phone
         # with one going back), so they are signed again from the validator's next nonce likewise
-        lost = held - {m.owner for m in back}
+        lost = held - {m.owner for m in back if m.kind in PHONE_KINDS}  # phone indices, not staff ones
         if lost:
             resign += [m for m in self.lanes[v] if m.kind in PHONE_KINDS and m.owner in lost]
             self.lanes[v] = [m for m in self.lanes[v] if m.kind not in PHONE_KINDS or m.owner not in lost]
             for k in lost:
                 self.phones[k].resync = True
+        # only these staff members' nonces are read again: another member's reads may be signed and
+        # queued in a lane, not yet in the validator's pool, and a fresh count would reuse their nonces
+        self.staff_resync |= {m.owner for m in resign + later if m.kind not in PHONE_KINDS}
         if resign:
-            self.staff_resync = self.staff_resync or any(m.kind not in PHONE_KINDS for m in resign)
             self._spawn(self._requeue(resign, 0.0))
+        if later:
+            self._spawn(self._requeue(later, wait))
         return back, wait, pause
 
     def _hold_back(self, v: int, back: list[Meta]) -> list[Meta]:
@@ -285,7 +295,7 @@ class ProxyLanes:
             else:
                 ph.blocked = False
         elif m.kind == "read":
-            self.staff_resync = True
+            self.staff_resync.add(m.owner)
 
     @staticmethod
     def _reason(into: dict, r: dict) -> None:
@@ -312,8 +322,8 @@ class ProxyLanes:
 
     async def _resync(self, items: list[Meta]) -> None:
         """Re-read the next nonce and the key epochs of every phone of `items` that must start again
-        from the validator's, and the staff's nonces if a read was refused: all at once, and again for
-        any phone that a refusal marked meanwhile, so nothing is signed from a stale count."""
+        from the validator's, and those of the staff members marked (a read of theirs refused): all at
+        once, and again for any that a refusal marked meanwhile, so nothing is signed from a stale count."""
         sem = asyncio.Semaphore(64)
 
         async def read(ph: FleetPhone) -> None:
@@ -336,16 +346,15 @@ class ProxyLanes:
             for ph in due:
                 ph.resync = False  # set before the read: a refusal that comes meanwhile sets it again
             await asyncio.gather(*(read(ph) for ph in due))
-            if self.staff_resync:
-                self.staff_resync = False
+            for s in sorted(self.staff_resync):
+                self.staff_resync.discard(s)
                 try:
-                    for s, st in enumerate(self.staff):
-                        # from the validator of the staff member's lane: its pool holds the pending reads
-                        c = self.clients[s % len(self.clients)]
-                        self.staff_nonce[s] = (await c.account(st.address))["next_nonce"]
+                    # from the validator of the staff member's lane: its pool holds the pending reads
+                    c = self.clients[s % len(self.clients)]
+                    self.staff_nonce[s] = (await c.account(self.staff[s].address))["next_nonce"]
                 except Exception as exc:  # noqa: BLE001 - read again on the next pass
-                    log.warning("staff nonces not read (%r): trying again", exc)
-                    self.staff_resync = True
+                    log.warning("nonce of staff member %d not read (%r): trying again", s, exc)
+                    self.staff_resync.add(s)
                     await asyncio.sleep(0.5)
 
     def _seal(self, ms: list[Meta]) -> None:
