@@ -108,10 +108,9 @@ class _ConnWatch(INotifee):
         self.side = side
 
     async def connected(self, network: Any, conn: Any) -> None:
-        self.side._conn_changed(conn.muxed_conn.peer_id, +1)
+        self.side._conn_opened(conn.muxed_conn.peer_id)
 
     async def disconnected(self, network: Any, conn: Any) -> None:
-        self.side._conn_changed(conn.muxed_conn.peer_id, -1)
         self.side._conn_lost(conn.muxed_conn)
 
     async def opened_stream(self, network: Any, stream: Any) -> None:
@@ -201,8 +200,7 @@ class TrioSide:
         self.strict_signing = strict_signing
         self.token: trio.lowlevel.TrioToken | None = None
         self.port = listen_port
-        self.connected: tuple[str, ...] = ()  # snapshot read by the asyncio side
-        self._conns: dict[str, int] = {}
+        self._running = False  # the host is up: connected() reads its swarm
         self._kick_pending = False
         self.gossip: Any = None  # GossipChannel in gossipsub mode
         self._stop = trio.Event()
@@ -356,19 +354,25 @@ class TrioSide:
             self.bitswap.register(host)
         return host
 
-    def _conn_changed(self, pid: ID, delta: int) -> None:
+    def _conn_opened(self, pid: ID) -> None:
         name = self.allowed.get(pid)
-        if name is None:
-            return
-        n = self._conns.get(name, 0) + delta
-        if n > 0:
-            self._conns[name] = n
-            o = self.outs.get(name)
-            if delta > 0 and o is not None and o.stream is None:
-                o.redial.set()  # it is up (it dialled us): our writer need not sit out its backoff
-        else:
-            self._conns.pop(name, None)
-        self.connected = tuple(sorted(self._conns))
+        o = self.outs.get(name) if name is not None else None
+        if o is not None and o.stream is None:
+            o.redial.set()  # it is up (it dialled us): our writer need not sit out its backoff
+
+    def connected(self) -> tuple[str, ...]:
+        """The validators we hold an open connection to, read from the swarm itself (called from
+        the asyncio thread too). Not a count kept from connect/disconnect notifications: py-libp2p
+        notifies a disconnect only at the end of a connection's clean-up (after resetting its
+        streams), notifies one for a duplicate it never announced, and skips it when that clean-up
+        is cancelled, so a kept count could hold a closed peer as connected for good."""
+        if not self._running or self.host is None:
+            return ()
+        live = list(self.host.get_network().connections.items())  # one C-level copy: atomic under the GIL
+        names = {self.allowed.get(pid) for pid, conns in live
+                 if any(not c.is_closed and not c.muxed_conn.is_closed for c in conns)}
+        names.discard(None)
+        return tuple(sorted(names))  # type: ignore[arg-type]
 
     def _conn_lost(self, muxed_conn: Any) -> None:
         """A connection closed: end the session whose stream rode on it, so the writer redials
@@ -396,6 +400,7 @@ class TrioSide:
                         await self.gossip.start(stack)
                     await stack.enter_async_context(host.run(listen_addrs=[self.listen]))
                     self.port = self._bound_port(host)
+                    self._running = True
                     async with trio.open_nursery() as nursery:
                         self.nursery = nursery
                         for o in self.outs.values():
@@ -429,7 +434,7 @@ class TrioSide:
                 return
             raise
         finally:
-            self.connected = ()
+            self._running = False
             if self.host is not None:
                 # A close cut short by the deadline (a loaded machine) leaves sockets that only the
                 # garbage collector would close: peers would keep a dead validator "connected" and

@@ -241,7 +241,7 @@ class P2PNode:
         return list(self._peers)
 
     def connected_peers(self) -> list[str]:
-        return list(self._side.connected) if self._side is not None else []
+        return list(self._side.connected()) if self._side is not None else []
 
     def streaming_peers(self) -> list[str]:
         """Peers our direct stream to is open for (a connection alone may be the peer's, with our
