@@ -144,7 +144,7 @@ PRIVATE_ALLOWED = {
     "argparse._SubParsersAction",  # the type of add_subparsers(): argparse has no public name for it
     "os._exit",  # the documented way to leave without running cleanup (node/run.py: a stop that overran)
     "queue._queue", "router._handle_dropped_rpc",  # node/p2p/_gossip.py: py-libp2p's pubsub internals
-    "self.side._conn_changed", "self.side._conn_lost",  # node/p2p/_trio_side.py -> its loop side
+    "self.side._conn_opened", "self.side._conn_lost",  # node/p2p/_trio_side.py -> its loop side
 }
 
 NAMEDTUPLE_API = {"_replace", "_asdict", "_fields", "_make", "_field_defaults"}  # public, underscore or not
