@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -21,15 +22,15 @@ def test_retry_after_is_a_finite_positive_wait_of_at_most_retry_for() -> None:
 
 
 @contextlib.asynccontextmanager
-async def _serving(routes: dict[tuple[str, str], Callable[[web.Request], Awaitable[web.StreamResponse]]]) \
-        -> AsyncIterator[str]:
+async def _serving(routes: dict[tuple[str, str], Callable[[web.Request], Awaitable[web.StreamResponse]]],
+                   port: int = 0) -> AsyncIterator[str]:
     """A real HTTP server on 127.0.0.1 answering `routes` ((method, path): handler); its URL."""
     app = web.Application()
     for (method, path), handler in routes.items():
         app.router.add_route(method, path, handler)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    port = free_ports(1)[0]
+    port = port or free_ports(1)[0]
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
         yield f"http://127.0.0.1:{port}"
@@ -187,3 +188,46 @@ def test_a_refusal_is_no_outcome_while_the_client_s_own_validator_may_hold_the_t
             finally:
                 await reader.close()
     asyncio.run(go())
+
+
+def test_the_failover_sends_again_to_a_busy_validator_only_after_its_retry_after() -> None:
+    """A validator down at the failover's first round, then busy (429, Retry-After: 3): the same
+    bytes go to it again once its Retry-After has passed, not every round. Before, each later round
+    cut the client's own wait at 2 s and sent again at once: a busy validator was asked every 2 s
+    by every client failing over to it, whatever it said."""
+    from devices.patient.commits import _failover
+    from devices.patient.verified_reads import VerifiedReader
+    from node.crypto.keys import Identity
+    from node.tx import Policy, Tx
+
+    async def go() -> list[float]:
+        loop = asyncio.get_running_loop()
+        posts: list[float] = []
+
+        async def busy(_req: web.Request) -> web.Response:
+            posts.append(loop.time())
+            return web.json_response({"error": "pool full"}, status=429, headers={"Retry-After": "3"})
+
+        tx = Tx.build(Identity.from_seed(b"a busy patient"), "chain", 1, Policy(False))
+        keys = [Identity.from_seed(bytes([i]) * 8).public_key for i in range(4)]
+        port = free_ports(1)[0]
+        url = f"http://127.0.0.1:{port}"
+
+        async def up_late() -> None:
+            await asyncio.sleep(1)  # after the first round's send found it down
+            async with _serving({("POST", "/v1/tx"): busy}, port=port):
+                await asyncio.sleep(8)
+
+        server = asyncio.create_task(up_late())
+        reader = VerifiedReader([url], "chain", keys)
+        try:
+            out = await _failover(tx.id.hex(), (tx.raw, None), [url], reader, 8.0, keys, "chain", {}, set())
+            assert out == {"status": "pending"}  # busy is no refusal
+        finally:
+            server.cancel()
+            await reader.close()
+        return posts
+
+    posts = asyncio.run(go())
+    assert len(posts) >= 2, posts  # sent again once the wait had passed
+    assert all(b - a >= 2.9 for a, b in itertools.pairwise(posts)), posts

@@ -121,11 +121,15 @@ class NodeClient:
             await self._check(resp)
             return await resp.json()
 
-    async def submit(self, raw: bytes, sidecar: bytes | None = None) -> str:
+    async def submit(self, raw: bytes, sidecar: bytes | None = None, *, retry: bool = True) -> str:
         """One transaction; a data write may carry its ciphertext as a sidecar (node/sidecar.py). A
-        429 or 503 admitted nothing: the same signed bytes are sent again after its Retry-After."""
+        429 or 503 admitted nothing: the same signed bytes are sent again after its Retry-After
+        (`retry=False`: raised, for a caller that has other validators to ask meanwhile)."""
         body = encode_submission(raw, sidecar)
-        return (await self._retrying(lambda: self._post("/v1/tx", body, "application/msgpack")))["id"]
+
+        def once() -> Awaitable[dict]:
+            return self._post("/v1/tx", body, "application/msgpack")
+        return (await (self._retrying(once) if retry else once()))["id"]
 
     async def submit_and_wait(self, raw: bytes, sidecar: bytes | None, wait: float) -> dict:
         """One transaction, answered when it commits (up to `wait` seconds, at most 30): the

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from devices.patient.client import ApiError, NodeClient
+from devices.patient.client import ApiError, NodeClient, retry_after
 from devices.patient.verified_reads import VerifiedReader
 from node.block import max_faulty, quorum
 from node.proof import verify_status
@@ -171,7 +171,7 @@ async def _failover(txid: str, item: tuple[bytes, bytes | None], urls: list[str]
     shows. An answer whose proof does not check is refused and the next validator asked. A
     validator that refuses the submission for good (not "already pending or committed") holds no
     status for it; one that was down, or answers that it does not know the transaction, is sent it
-    again each round. `refusals`: the client's own validator's, if it refused; `took`: it, if it may
+    again each round, and one that was busy (429/503) once its Retry-After has passed. `refusals`: the client's own validator's, if it refused; `took`: it, if it may
     hold the transaction. Once 2f+1 of the
     genesis validators refused, and f+1 of them alike, honest ones did: that refusal is raised
     (ApiError); so it is at the deadline when some refused and none took it (one down, one
@@ -193,13 +193,17 @@ async def _failover(txid: str, item: tuple[bytes, bytes | None], urls: list[str]
     def left() -> float:
         return max(0.5, deadline - time.monotonic())
 
+    later: dict[str, float] = {}  # a busy validator's Retry-After: not sent to again before then
+
     async def send(c: NodeClient, limit: float) -> None:
         try:
-            await asyncio.wait_for(c.submit(*item), limit)
+            await asyncio.wait_for(c.submit(*item, retry=False), limit)
             took.add(c.base)
         except ApiError as exc:
             log.info("sending %s to %s: %s", txid, c.base, exc)
-            if _refuses(exc):
+            if exc.status in (429, 503):  # busy, nothing admitted: sent again once its Retry-After passed
+                later[c.base] = time.monotonic() + retry_after(exc.retry_after)
+            elif _refuses(exc):
                 refusals[c.base] = exc
             elif "duplicate" in exc.reason:
                 took.add(c.base)
@@ -207,7 +211,8 @@ async def _failover(txid: str, item: tuple[bytes, bytes | None], urls: list[str]
             log.info("sending %s to %s: %s", txid, c.base, exc)
 
     def unsent() -> list[NodeClient]:
-        return [c for c in clients if c.base not in took and c.base not in refusals]
+        now = time.monotonic()
+        return [c for c in clients if c.base not in took and c.base not in refusals and later.get(c.base, 0.0) <= now]
 
     try:
         await asyncio.gather(*(send(c, left()) for c in clients))
