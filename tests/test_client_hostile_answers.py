@@ -231,3 +231,32 @@ def test_the_failover_sends_again_to_a_busy_validator_only_after_its_retry_after
     posts = asyncio.run(go())
     assert len(posts) >= 2, posts  # sent again once the wait had passed
     assert all(b - a >= 2.9 for a, b in itertools.pairwise(posts)), posts
+
+
+def test_a_break_glass_limit_is_a_refusal_the_failover_counts_not_a_busy_validator() -> None:
+    """A 429 for a staff member's emergency reads over the patient's limit lasts until its window
+    ends: 2f+1 validators saying so alike end the failover with that refusal (the staff client turns
+    it into AccessDenied). Taken as "busy, ask again later" it waited out the deadline and ended
+    "pending"."""
+    from devices.patient.commits import _failover
+    from devices.patient.verified_reads import VerifiedReader
+    from node.crypto.keys import Identity
+    from node.tx import Policy, Tx
+
+    async def limit(_req: web.Request) -> web.Response:
+        return web.json_response({"error": "refused: break-glass limit reached until its window ends in 3600 s"},
+                                 status=429, headers={"Retry-After": "3600"})
+
+    async def go() -> None:
+        tx = Tx.build(Identity.from_seed(b"an emergency"), "chain", 1, Policy(False))
+        keys = [Identity.from_seed(bytes([i]) * 8).public_key for i in range(4)]
+        async with contextlib.AsyncExitStack() as stack:
+            urls = [await stack.enter_async_context(_serving({("POST", "/v1/tx"): limit})) for _ in range(3)]
+            reader = VerifiedReader(urls, "chain", keys)
+            try:
+                with pytest.raises(ApiError, match="break-glass") as err:
+                    await _failover(tx.id.hex(), (tx.raw, None), urls, reader, 3.0, keys, "chain", {}, set())
+                assert err.value.status == 429
+            finally:
+                await reader.close()
+    asyncio.run(go())

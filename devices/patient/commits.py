@@ -39,8 +39,15 @@ def _others(client: NodeClient, reader: VerifiedReader | None, validators: list[
 
 
 def _refuses(exc: ApiError) -> bool:
-    """A refusal of a submission: a 4xx but "already pending or committed" (a 429 here: past RETRY_FOR)."""
+    """A refusal of a submission: a 4xx but "already pending or committed" (a 429 here: past RETRY_FOR,
+    or a lasting one)."""
     return 400 <= exc.status < 500 and "duplicate" not in exc.reason
+
+
+def _lasting(exc: ApiError) -> bool:
+    """A 429 that no short wait lifts: a staff member's emergency reads over the patient's limit
+    (node/admission.py), refused until its window ends, or for good."""
+    return exc.status == 429 and "break-glass" in exc.reason
 
 
 def refused_for_good(exc: BaseException) -> bool:
@@ -201,7 +208,7 @@ async def _failover(txid: str, item: tuple[bytes, bytes | None], urls: list[str]
             took.add(c.base)
         except ApiError as exc:
             log.info("sending %s to %s: %s", txid, c.base, exc)
-            if exc.status in (429, 503):  # busy, nothing admitted: sent again once its Retry-After passed
+            if exc.status in (429, 503) and not _lasting(exc):  # busy: sent again once its Retry-After passed
                 later[c.base] = time.monotonic() + retry_after(exc.retry_after)
             elif _refuses(exc):
                 refusals[c.base] = exc
