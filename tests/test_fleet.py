@@ -296,3 +296,36 @@ def test_a_staff_read_going_back_does_not_hide_a_phone_of_the_same_index_that_lo
 
     fl, back, queued, read, again = asyncio.run(go())
     assert back == [read] and again == [queued] and fl.lanes[0] == [] and fl.phones[1].resync
+
+
+def test_a_read_signed_again_after_a_nonce_409_takes_its_member_s_queued_reads_with_it():
+    """A read answered 409 "nonce out of order" (the validator dropped the one before it) is signed
+    again from the member's nonce read anew; its member's reads still queued in the lane were signed
+    past the same gap and go with it (from a review: left in the lane, one of them took a nonce the
+    re-signed reads were given, and the next read was refused "nonce conflict")."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from devices.load.fleet import Fleet
+    from devices.load.fleet_model import Meta
+
+    async def go() -> tuple:
+        fl = Fleet(["http://127.0.0.1:1"], FleetConfig())
+        fl.phones = [FleetPhone(Identity.from_seed(b"fleet 409"), 0, 0, "c")]
+
+        def read(s: int, i: int) -> Meta:
+            m = Meta("read", s, 100.0, dtype=DATA_TYPES["heart_rate"], patient=0)
+            m.tx = SimpleNamespace(id=bytes([s, i]) * 16)
+            return m
+
+        ooo, queued, other = read(0, 1), read(0, 2), read(1, 1)
+        fl.lanes[0] = [queued, other]
+        fl.open_ops = 3
+        back, wait, pause = fl._answers(0, [ooo], [{"status": 409, "error": "nonce out of order: got 7, expected 6"}],
+                                        False)
+        await asyncio.sleep(0)
+        return fl, back, (ooo, queued, other), fl.work.get_nowait()
+
+    fl, back, (ooo, queued, other), again = asyncio.run(go())
+    assert back == [] and again == [ooo, queued] and fl.lanes[0] == [other] and fl.staff_resync == {0}
+    assert ooo.tries == 1 and queued.tries == 0 and fl.conflicts_resent == 1

@@ -151,6 +151,7 @@ class ProxyLanes:
         back, wait, held, pause = [], 0.0, set(), whole
         resign: list[Meta] = []
         gapped: set[int] = set()  # staff members with a read refused for good in this batch
+        behind: set[int] = set()  # and those with a read signed again after a 409 "nonce"
         for m, r in zip(batch, res, strict=True):
             st = r["status"]
             if st == 202:
@@ -183,12 +184,13 @@ class ProxyLanes:
             elif st == 409 and "nonce" in str(r.get("error", "")) and m.owner in gapped:
                 resign.append(m)  # behind its staff member's read refused for good: its nonce was never taken
             elif st == 409 and "nonce" in str(r.get("error", "")) and m.tries < 5:
-                # signed behind a read refused for good in an earlier POST: signed again likewise,
-                # but a conflict all the same (that read's queued followers are re-signed below)
+                # signed behind a read refused for good in an earlier POST (or one the validator
+                # dropped): signed again likewise, but a conflict all the same
                 m.tries += 1
                 self.conflicts_resent += 1
                 self._reason(self.conflicts, r)
                 resign.append(m)
+                behind.add(m.owner)  # its queued followers were signed past the same gap
             else:
                 if st == 403 and m.kind == "read" and self._grant_moved(m):
                     self._refused(m, r, denied=True)
@@ -196,14 +198,15 @@ class ProxyLanes:
                     self._refused(m, r)
                 gapped.add(m.owner)
         later: list[Meta] = []  # signed again after the Retry-After
-        if gapped:
+        if gap := gapped | behind:
             # their reads going back for now ("held back" behind the one refused for good) and those
             # still queued in the lane were signed from nonces now out of order: sent as they are,
-            # they would come back "nonce out of order" once the validator forgets the refusal
-            later = [m for m in back if m.kind not in PHONE_KINDS and m.owner in gapped]
-            back = [m for m in back if m.kind in PHONE_KINDS or m.owner not in gapped]
-            resign += [m for m in self.lanes[v] if m.kind not in PHONE_KINDS and m.owner in gapped]
-            self.lanes[v] = [m for m in self.lanes[v] if m.kind in PHONE_KINDS or m.owner not in gapped]
+            # they would come back "nonce out of order" once the validator forgets the refusal (or
+            # collide with the nonces the re-signed ones take: "nonce conflict")
+            later = [m for m in back if m.kind not in PHONE_KINDS and m.owner in gap]
+            back = [m for m in back if m.kind in PHONE_KINDS or m.owner not in gap]
+            resign += [m for m in self.lanes[v] if m.kind not in PHONE_KINDS and m.owner in gap]
+            self.lanes[v] = [m for m in self.lanes[v] if m.kind in PHONE_KINDS or m.owner not in gap]
         # a phone's transaction refused for good with nothing of its phone going back: its ones still
         # queued in the lane were signed past the gap it leaves (_hold_back takes them only for a phone
         # with one going back), so they are signed again from the validator's next nonce likewise
