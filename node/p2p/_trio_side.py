@@ -201,6 +201,7 @@ class TrioSide:
         self.token: trio.lowlevel.TrioToken | None = None
         self.port = listen_port
         self._running = False  # the host is up: connected() reads its swarm
+        self._connected: tuple[str, ...] = ()  # connected()'s last answer
         self._kick_pending = False
         self.gossip: Any = None  # GossipChannel in gossipsub mode
         self._stop = trio.Event()
@@ -368,11 +369,20 @@ class TrioSide:
         is cancelled, so a kept count could hold a closed peer as connected for good."""
         if not self._running or self.host is None:
             return ()
-        live = list(self.host.get_network().connections.items())  # one C-level copy: atomic under the GIL
-        names = {self.allowed.get(pid) for pid, conns in live
-                 if any(not c.is_closed and not c.muxed_conn.is_closed for c in conns)}
+        conns = self.host.get_network().connections
+        for _ in range(8):  # the trio thread may change the dict or a list while it is copied
+            try:
+                live = [(pid, tuple(cs)) for pid, cs in list(conns.items())]
+                break
+            except RuntimeError:
+                continue
+        else:
+            return self._connected
+        names = {self.allowed.get(pid) for pid, cs in live
+                 if any(not c.is_closed and not c.muxed_conn.is_closed for c in cs)}
         names.discard(None)
-        return tuple(sorted(names))  # type: ignore[arg-type]
+        self._connected = tuple(sorted(names))  # type: ignore[arg-type]
+        return self._connected
 
     def _conn_lost(self, muxed_conn: Any) -> None:
         """A connection closed: end the session whose stream rode on it, so the writer redials
