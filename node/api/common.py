@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
 from aiohttp import web
@@ -33,34 +33,39 @@ class SeenRequests:
     def __init__(self, keep_s: float, cap: int = 200_000, per_signer: int = 20_000) -> None:
         self.keep_s, self.cap, self.per_signer = keep_s, cap, per_signer
         self._seen: OrderedDict[bytes, tuple[float, bytes]] = OrderedDict()  # sig -> (expiry, signer)
-        self._by: dict[bytes, int] = {}  # entries per signer: one signer cannot fill the record alone
+        # each signer's entries' expiries, oldest first: one signer cannot fill the record alone, and
+        # its refusal's Retry-After is read in O(1) (a walk of the record cost ~12 ms a refusal at its
+        # cap, on the event loop that also runs consensus)
+        self._by: dict[bytes, deque[float]] = {}
 
     def first_use(self, sig: bytes, now: float, signer: bytes = b"") -> str:
         """"ok" the first time, "replay", "full" while the record is (retry later), or "quota" while
         this signer holds its share of it."""
         while self._seen and next(iter(self._seen.values()))[0] < now:
             _, (_, who) = self._seen.popitem(last=False)
-            left = self._by[who] - 1
-            if left:
-                self._by[who] = left
-            else:
+            mine = self._by[who]
+            mine.popleft()  # entries expire in the order they came, per signer too
+            if not mine:
                 del self._by[who]
         if sig in self._seen:
             return "replay"
-        if self._by.get(signer, 0) >= self.per_signer:
+        mine = self._by.get(signer)
+        if mine is not None and len(mine) >= self.per_signer:
             return "quota"
         if len(self._seen) >= self.cap:
             return "full"
         self._seen[sig] = (now + self.keep_s, signer)
-        self._by[signer] = self._by.get(signer, 0) + 1
+        self._by.setdefault(signer, deque()).append(now + self.keep_s)
         return "ok"
 
     def retry_s(self, now: float, signer: bytes | None = None) -> int:
         """Seconds until the oldest entry (of `signer`, if given) expires: a refusal's Retry-After."""
-        for expiry, who in self._seen.values():
-            if signer is None or who == signer:
-                return max(1, int(expiry - now) + 1)
-        return 1
+        if signer is None:
+            oldest = next(iter(self._seen.values()), (None, b""))[0]
+        else:
+            mine = self._by.get(signer)
+            oldest = mine[0] if mine else None
+        return 1 if oldest is None else max(1, int(oldest - now) + 1)
 
 
 VALIDATOR = web.AppKey("validator", Validator)
