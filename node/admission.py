@@ -257,8 +257,10 @@ class Admission:
         if code == Code.BREAK_GLASS_LIMIT:
             wait = break_glass_reopens_ms(view, tx.address, tx.body.patient, now_ms, self.rules)  # type: ignore[union-attr]
             secs = None if wait is None else max(1, -(-wait // 1000))  # whole seconds, rounded up
-            raise AdmissionError(Refusal.RATE_LIMITED, f"refused: {CODES[code]}" + (
-                " for good (a limit of 0)" if secs is None else f" until its window ends in {secs} s"), secs, lasting=True)
+            if secs is None:  # a limit of 0 (or no issuer): no wait lifts it, so no 429 that clients retry
+                raise AdmissionError(Refusal.FORBIDDEN, f"refused: {CODES[code]} for good (a limit of 0)")
+            raise AdmissionError(Refusal.RATE_LIMITED, f"refused: {CODES[code]} until its window ends in {secs} s",
+                                 secs, lasting=True)
         if code != OK:
             raise AdmissionError(_CODE_REFUSAL.get(code, Refusal.UNPROCESSABLE), f"refused: {CODES[code]}")
         forward_side = sidecar

@@ -579,7 +579,8 @@ def test_past_the_backlog_bound_a_client_is_told_the_backlogs_retry_after(
 def test_committed_state_replays_and_a_break_glass_read_over_its_limit(make: Callable[..., Validator]) -> None:
     """A transaction already on the ledger is a CONFLICT (replay); the state checks read the committed
     state (a grant to staff whose profile is on chain, the committed nonce) and the clock (an expired
-    grant). An emergency read past a limit of 0 is RATE_LIMITED for good, with no Retry-After, and
+    grant). An emergency read past a limit of 0 is FORBIDDEN (403: no wait lifts it, and a 429 had
+    clients retrying it for a minute), and
     the reader's next nonce is not held back behind it: it is out of order, and the 409 names the
     nonce the pool takes (a client reuses it for its next transaction)."""
     v = make(break_glass_per_staff=0)
@@ -598,7 +599,7 @@ def test_committed_state_replays_and_a_break_glass_read_over_its_limit(make: Cal
     r3 = _profile(staff, 3)  # passes the state checks: only its nonce is out of order
     res = _at(adm, _items([r2, r3]), T)
     assert [_refused(r) for r in res] == [
-        (Refusal.RATE_LIMITED, LIMIT + " for good (a limit of 0)", None),
+        (Refusal.FORBIDDEN, LIMIT + " for good (a limit of 0)", None),
         (Refusal.CONFLICT, "nonce out of order: got 3, expected 2", None)]
     assert staff.address not in adm.refused_for_now  # nothing held back behind it
 
