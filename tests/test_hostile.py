@@ -220,6 +220,32 @@ def test_stalled_uploads_are_bounded_timed_out_and_memory_released(tmp_path):
         finish(n)
 
 
+def test_bodies_declared_but_never_sent_hold_no_budget(tmp_path):
+    """Connections that declare a 2 MiB body and send none of it: reserved up front from their
+    Content-Length, 32 of them (8 IPs x 4) held the whole server's 64 MiB for the body timeout, and
+    every other body over 64 KiB got 503 meanwhile (from a review). Now bytes are reserved as they
+    arrive: an honest 1 MiB upload goes through while they wait, and they still end with 408."""
+    n = start(tmp_path, client_body_bytes=8 * MIB, server_body_bytes=64 * MIB, body_timeout_ms=4000)
+    try:
+        async def go() -> tuple[list[str], int]:
+            async def honest_upload() -> int:
+                await asyncio.sleep(1.5)  # while the declared bodies are held
+                data = os.urandom(MIB)
+                async with session() as s, s.post(n.url + "/v1/blobs", data=data,
+                                                  headers=await upload_headers(n.url, data)) as r:
+                    return r.status
+
+            attacks = [stalled_upload(f"127.0.0.{20 + k % 8}", n.port, 8.0, send=0) for k in range(32)]
+            *result, up = await asyncio.gather(*attacks, honest_upload())
+            return result, up
+
+        result, up = run(go())
+        assert up == 201
+        assert result == ["408"] * 32, result  # timed out all the same
+    finally:
+        finish(n)
+
+
 # ---- 4. sybil senders cannot evict honest ones ---------------------------------------------------
 
 def test_sybil_senders_from_one_ip_cannot_evict_honest_ones(tmp_path):

@@ -58,9 +58,10 @@ async def post_batches(url: str, ip: str, bodies: list[bytes], seconds: float) -
     return got
 
 
-async def stalled_upload(ip: str, port: int, hold_s: float) -> str:
-    """Declare a 2 MiB body, send one byte short of it and stall: the status the validator answers
-    ("held" if nothing within `hold_s`, "closed"/"reset" if it hung up without one)."""
+async def stalled_upload(ip: str, port: int, hold_s: float, send: int = 2 * MIB - 1) -> str:
+    """Declare a 2 MiB body, send `send` bytes of it (one short by default, or none) and stall: the
+    status the validator answers ("held" if nothing within `hold_s`, "closed"/"reset" if it hung up
+    without one)."""
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(ip, 0))
     except OSError as exc:
@@ -68,7 +69,7 @@ async def stalled_upload(ip: str, port: int, hold_s: float) -> str:
     try:
         writer.write(b"POST /v1/blobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
                      b"Content-Length: %d\r\n\r\n" % (2 * MIB))
-        body = os.urandom(2 * MIB - 1)
+        body = os.urandom(send)
         for i in range(0, len(body), 256 * 1024):
             writer.write(body[i:i + 256 * 1024])
             await writer.drain()
