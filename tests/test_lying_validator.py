@@ -523,6 +523,40 @@ def test_a_long_data_index_is_served_a_page_at_a_time_and_never_read_whole(node,
     run(go())
 
 
+def test_grants_and_sealed_keys_are_served_a_page_at_a_time(node, genesis):
+    """GET /v1/patients/{p}/grants and /keys/{staff} scanned up to 10,000 entries on the event loop
+    and cut the list there without a word (a patient can hold tens of thousands of either: a review).
+    Both page like /data now: at most 1,000 a page (`?limit=` fewer), `next` the cursor for `?after=`;
+    the client reads every page."""
+    async def go():
+        async with NodeClient(node.url) as c:
+            chain, vals = genesis.chain_id, genesis.validator_keys
+            pat = Identity.from_seed(b"paged patient")
+            phone = Phone(pat, c, chain, vals, reader=VerifiedReader([node.url], chain, vals, session=c.session))
+            docs = [Identity.from_seed(b"paged doctor %d" % k) for k in range(3)]
+            for k, doc in enumerate(docs):
+                await Staff(doc, c, chain).register(f"Dr P{k}", "physician", "H")
+                await phone.grant(doc.address, ["heart_rate", "spo2", "glucose"])
+            path = f"/v1/patients/{pat.address.hex()}/grants"
+            first = await c.get_json(path, limit=2)
+            assert len(first["grants"]) == 2 and first["next"]
+            rest = await c.get_json(path, limit=2, after=first["next"])
+            assert len(rest["grants"]) == 1 and rest["next"] is None
+            staff = [g["staff"] for g in first["grants"] + rest["grants"]]
+            assert sorted(staff) == sorted(d.address.hex() for d in docs) and staff == sorted(staff)
+            assert [g["staff"] for g in (await c.grants(pat.address))["grants"]] == staff  # every page
+            kpath = f"/v1/patients/{pat.address.hex()}/keys/{docs[0].address.hex()}"
+            one = await c.get_json(kpath, limit=2)
+            two = await c.get_json(kpath, limit=2, after=one["next"])
+            assert len(one["keys"]) == 2 and len(two["keys"]) == 1 and two["next"] is None
+            assert (await c.sealed_keys(pat.address, docs[0].address))["keys"] == one["keys"] + two["keys"]
+            assert {k["type"] for k in one["keys"] + two["keys"]} == {"heart_rate", "spo2", "glucose"}
+            for bad, why in (("zz", "after must be the hex cursor"), ("00" * 10, "not a cursor of this patient")):
+                with pytest.raises(ApiError, match=why):
+                    await c.get_json(kpath, after=bad)
+    run(go())
+
+
 class _HeadOnly:
     """A validator's HTTP face that signs its head height (`GET /v1/head`, with its real genesis key)
     and answers `POST /v1/proofs` with `proofs_status` and nothing to check."""

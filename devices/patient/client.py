@@ -278,18 +278,25 @@ class NodeClient:
         return out
 
     async def grants(self, patient: bytes) -> dict:
-        return await self.get_json(f"/v1/patients/{patient.hex()}/grants")
+        """Every grant of the patient: every page (the API answers at most 1,000 a page)."""
+        return await self._pages(f"/v1/patients/{patient.hex()}/grants", "grants")
 
     async def sealed_keys(self, patient: bytes, staff: bytes) -> dict:
-        return await self.get_json(f"/v1/patients/{patient.hex()}/keys/{staff.hex()}")
+        """Every data key sealed to `staff`: every page."""
+        return await self._pages(f"/v1/patients/{patient.hex()}/keys/{staff.hex()}", "keys")
+
+    async def _pages(self, path: str, field: str, **query: Any) -> dict:
+        """A paged list (`next` the cursor to pass as `after`: its last key), read to its end into one
+        answer; a cursor that does not advance is a 502 (a liar would keep the client paging)."""
+        out = await self.get_json(path, **query)
+        while out.get("next"):
+            page = await self.get_json(path, **{**query, "after": out["next"]})
+            if page.get("next") is not None and page["next"] <= out["next"]:  # keys only grow
+                raise ApiError(502, f"{self.base} answered a {field} page cursor that does not advance")
+            out = {**page, field: out[field] + page[field]}
+        out.pop("next", None)  # the whole list: no cursor left
+        return out
 
     async def data(self, patient: bytes, **query: Any) -> dict:
         """The patient's data index, every page of it (the API answers at most 1,000 entries a page)."""
-        out = await self.get_json(f"/v1/patients/{patient.hex()}/data", **query)
-        while out.get("next"):
-            page = await self.get_json(f"/v1/patients/{patient.hex()}/data", **{**query, "after": out["next"]})
-            if page.get("next") is not None and page["next"] <= out["next"]:  # index keys only grow
-                raise ApiError(502, f"{self.base} answered a data page cursor that does not advance")
-            out = {**page, "data": out["data"] + page["data"]}
-        out.pop("next", None)  # the whole index: no cursor left
-        return out
+        return await self._pages(f"/v1/patients/{patient.hex()}/data", "data", **query)

@@ -48,6 +48,27 @@ async def account(req: web.Request) -> web.Response:
 AUDIT_PAGE = 1000
 AUDIT_PAGE_MAX = 1000
 DATA_PAGE_MAX = 1000
+PAGE_MAX = 1000  # grants and sealed keys too: one patient may hold tens of thousands of either
+
+
+def _page(req: web.Request, prefix: bytes, most: int = PAGE_MAX) -> list[tuple[bytes, bytes]] | web.Response:
+    """One page of the state pairs under `prefix`, in key order, from the cursor `?after=` (the
+    `next` of the previous page; `?limit=` at most `most`), with one pair more than the page if
+    there is more: `_next` tells the cursor. A 400 if the cursor is not hex of a key under `prefix`."""
+    limit = min(max(int_query(req, "limit", most), 1), most)
+    try:
+        start = bytes.fromhex(req.query.get("after", ""))
+    except ValueError:
+        return err(400, "after must be the hex cursor `next` of the previous page")
+    if start and not start.startswith(prefix):
+        return err(400, "after is not a cursor of this patient's list")
+    return validator(req).ledger.scan_state(prefix, limit + 1, after=start)
+
+
+def _next(req: web.Request, page: list[tuple[bytes, bytes]], most: int = PAGE_MAX) -> tuple[list, str | None]:
+    """The page without its look-ahead pair, and the cursor of the next page (None on the last)."""
+    limit = min(max(int_query(req, "limit", most), 1), most)
+    return (page[:limit], page[limit - 1][0].hex()) if len(page) > limit else (page, None)
 
 
 @routes.get("/v1/patients/{addr}/audit")
@@ -79,23 +100,36 @@ async def audit(req: web.Request) -> web.Response:
 
 @routes.get("/v1/patients/{addr}/grants")
 async def grants(req: web.Request) -> web.Response:
+    """The patient's grants, a page at a time (`?after=` the cursor `next`), in staff-key order."""
     v = validator(req)
     addr = hex_param(req.match_info["addr"], 32, "address")
-    out = [grant_entry(keys.grant_staff(k), GrantRec.decode(raw)) for k, raw in v.ledger.scan_state(keys.grants_prefix(addr))]
-    n = decode(v.ledger.get_state(keys.grant_count(addr)) or b"\x00")
-    read = [keys.grant_count(addr), *(keys.grant_entry(addr, i) for i in range(n)),
-            *(keys.grant(addr, bytes.fromhex(g["staff"])) for g in out)]
-    return with_proof(req, {"patient": addr.hex(), "grants": out}, read)
+    page = _page(req, keys.grants_prefix(addr))
+    if isinstance(page, web.Response):
+        return page
+    page, nxt = _next(req, page)
+    out = [grant_entry(keys.grant_staff(k), GrantRec.decode(raw)) for k, raw in page]
+    read: list[bytes] | int = []
+    if proofs.wants_proof(req):  # the whole committed list, as for /data: not provable by pages
+        n = decode(v.ledger.get_state(keys.grant_count(addr)) or b"\x00")
+        if 1 + n + len(out) > proofs.MAX_KEYS:
+            read = 1 + n + len(out)  # nothing more is read
+        else:
+            read = [keys.grant_count(addr), *(keys.grant_entry(addr, i) for i in range(n)),
+                    *(keys.grant(addr, bytes.fromhex(g["staff"])) for g in out)]
+    return with_proof(req, {"patient": addr.hex(), "grants": out, "next": nxt}, read)
 
 
 @routes.get("/v1/patients/{addr}/keys/{staff}")
 async def sealed_keys(req: web.Request) -> web.Response:
-    v = validator(req)
+    """The data keys sealed to `staff`, a page at a time (`?after=` the cursor `next`)."""
     addr = hex_param(req.match_info["addr"], 32, "address")
     staff = hex_param(req.match_info["staff"], 32, "staff address")
-    found = v.ledger.scan_state(keys.sealed_keys_prefix(addr, staff))
+    page = _page(req, keys.sealed_keys_prefix(addr, staff))
+    if isinstance(page, web.Response):
+        return page
+    found, nxt = _next(req, page)
     out = [sealed_entry(k, raw) for k, raw in found]
-    return with_proof(req, {"keys": out}, [k for k, _ in found])
+    return with_proof(req, {"keys": out, "next": nxt}, [k for k, _ in found])
 
 
 @routes.get("/v1/patients/{addr}/data")
@@ -108,19 +142,12 @@ async def data(req: web.Request) -> web.Response:
             return err(400, f"unknown data type {req.query['type']!r}")
         dtype = DATA_TYPES[req.query["type"]]
     t_from, t_to = int_query(req, "from", 0), int_query(req, "to", 2**63 - 1)
-    limit = min(max(int_query(req, "limit", DATA_PAGE_MAX), 1), DATA_PAGE_MAX)
-    prefix = keys.data_index_prefix(addr, dtype)
-    after = req.query.get("after", "")
-    try:
-        start = bytes.fromhex(after)
-    except ValueError:
-        return err(400, "after must be the hex cursor `next` of the previous page")
-    if start and not start.startswith(prefix):
-        return err(400, "after is not a cursor of this patient's (and type's) data index")
-    page = v.ledger.scan_state(prefix, limit + 1, after=start)
-    nxt = page[limit - 1][0].hex() if len(page) > limit else None  # one more exists: the page ends here
+    page = _page(req, keys.data_index_prefix(addr, dtype), DATA_PAGE_MAX)
+    if isinstance(page, web.Response):
+        return page
+    page, nxt = _next(req, page, DATA_PAGE_MAX)
     out = []
-    for k, _ in page[:limit]:
+    for k, _ in page:
         cidb = keys.data_index_cid(k)
         rec = BlobRec.decode(v.ledger.get_state(keys.blob(cidb)))
         if rec.t_end_ms < t_from or rec.t_start_ms > t_to:
