@@ -20,9 +20,10 @@ MIN_CHARGE = 4096  # an upload counts at least this: the log's entries are bound
 class UploadBudget:
     def __init__(self, window_s: float, per_account: int, total: int) -> None:
         self.window_s, self.per_account, self.total = window_s, per_account, total
-        self._log: deque[tuple[float, bytes]] = deque()  # (time taken, root multihash), oldest first
-        self._live: dict[bytes, tuple[bytes, int]] = {}  # root -> (account, bytes): counted, not pinned
-        self._by: dict[bytes, int] = {}
+        self._log: deque[tuple[float, bytes, bytes]] = deque()  # (time taken, root multihash, account), oldest first
+        self._live: dict[bytes, tuple[bytes, int, float]] = {}  # root -> (account, bytes, time): not pinned
+        self._mine: dict[bytes, deque[tuple[float, bytes]]] = {}  # the log's entries per account
+        self._by: dict[bytes, int] = {}  # bytes counted per account: live uploads and those being stored
         self.bytes = 0
 
     @classmethod
@@ -31,35 +32,80 @@ class UploadBudget:
         per_account = max(64 * MIB, 32 * max_blob_bytes)
         return cls(grace_s, per_account, max(GIB, 16 * per_account))
 
-    def _forget(self, root: bytes) -> None:
-        entry = self._live.pop(root, None)
-        if entry is None:
-            return
-        who, n = entry
-        left = self._by[who] - n
+    def _count(self, who: bytes, n: int) -> None:
+        left = self._by.get(who, 0) + n
         if left:
             self._by[who] = left
         else:
             del self._by[who]
-        self.bytes -= n
+        self.bytes += n
+
+    def _forget(self, root: bytes, taken: float | None = None) -> None:
+        """Off the budget: pinned, or (`taken`: the log entry's time) its grace ended, unless the
+        same blob was uploaded again after a pin and that later upload is the one counted."""
+        entry = self._live.get(root)
+        if entry is None or (taken is not None and entry[2] != taken):
+            return
+        del self._live[root]
+        self._count(entry[0], -entry[1])
+
+    def _pop_log(self) -> tuple[float, bytes]:
+        """The log's oldest entry, off the log and off its account's entries (a subsequence of it)."""
+        t, root, who = self._log.popleft()
+        mine = self._mine.get(who)
+        if mine and mine[0] == (t, root):
+            mine.popleft()
+        if mine is not None and not mine:
+            del self._mine[who]
+        return t, root
 
     def _expire(self, now: float) -> None:
         while self._log and self._log[0][0] + self.window_s <= now:
-            self._forget(self._log.popleft()[1])
+            t, root = self._pop_log()
+            self._forget(root, t)
+
+    def _counted(self, t: float, root: bytes) -> bool:
+        entry = self._live.get(root)
+        return entry is not None and entry[2] == t
+
+    def _oldest(self, who: bytes | None) -> float | None:
+        """The time of the oldest upload still counted (of `who`, if given). Entries pinned meanwhile
+        leave the head as they are met, so a refusal's Retry-After costs no walk of the log (up to
+        262,144 entries)."""
+        if who is None:
+            while self._log and not self._counted(*self._log[0][:2]):
+                self._pop_log()
+            return self._log[0][0] if self._log else None
+        mine = self._mine.get(who)
+        while mine and not self._counted(*mine[0]):
+            mine.popleft()  # still in the log, which expires it
+        return mine[0][0] if mine else None
 
     def refusal(self, who: bytes, size: int, now: float) -> tuple[int, str, float] | None:
         """None if `who` may upload `size` bytes now; else (HTTP status, reason, seconds to wait)."""
         self._expire(now)
         n = max(size, MIN_CHARGE)
         if self._by.get(who, 0) + n > self.per_account:
-            first = next((t for t, root in self._log if self._live.get(root, (b"",))[0] == who), now)
+            first = self._oldest(who)
+            first = now if first is None else first
             return 429, (f"upload budget: at most {self.per_account // MIB} MiB of uploads per account within "
                          f"{self.window_s:.0f} s (what no write names is collected after that)"), first + self.window_s - now
         if self.bytes + n > self.total:
-            oldest = next((t for t, root in self._log if root in self._live), now)
+            oldest = self._oldest(None)
+            oldest = now if oldest is None else oldest
             return 503, (f"upload budget: this validator holds {self.total // MIB} MiB of recent uploads, "
                          "not yet collected: retry later"), oldest + self.window_s - now
         return None
+
+    def hold(self, who: bytes, size: int) -> int:
+        """Count an upload being stored (checked by `refusal` just before): concurrent uploads of one
+        account each see the others' bytes. Returns what `release` takes back once it is stored."""
+        n = max(size, MIN_CHARGE)
+        self._count(who, n)
+        return n
+
+    def release(self, who: bytes, held: int) -> None:
+        self._count(who, -held)
 
     def take(self, who: bytes, size: int, now: float, root: bytes) -> None:
         """Count an upload stored under `root` (its multihash). The same blob uploaded again while
@@ -67,10 +113,10 @@ class UploadBudget:
         if root in self._live:
             return
         n = max(size, MIN_CHARGE)
-        self._log.append((now, root))
-        self._live[root] = (who, n)
-        self._by[who] = self._by.get(who, 0) + n
-        self.bytes += n
+        self._log.append((now, root, who))
+        self._mine.setdefault(who, deque()).append((now, root))
+        self._live[root] = (who, n, now)
+        self._count(who, n)
 
     def pinned(self, roots: Iterable[bytes]) -> None:
         """A committed block pinned these roots: their bytes are the chain's now, not the budget's."""

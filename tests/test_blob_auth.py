@@ -386,3 +386,27 @@ def test_the_upload_budget_counts_bytes_per_account_and_in_all_within_its_window
     b.pinned([b"r3"])
     assert b.bytes == 0 and b.refusal(d, 10_240, 20) is None
     assert b.refusal(d, 10_241, 20) == (429, b.refusal(d, 10_241, 20)[1], 10)  # more than an account's all
+
+
+def test_the_upload_budget_counts_uploads_being_stored_and_a_blob_uploaded_again_after_its_pin():
+    """Uploads of one account stored concurrently each see the others' bytes (before, each passed
+    the check alone and all were counted after their awaits: a review); a blob uploaded again after a
+    write pinned it is counted for its own grace, not dropped when its first upload's grace ends;
+    and a refusal's wait skips what was pinned without walking the whole log."""
+    b = UploadBudget(window_s=10, per_account=10_240, total=25_000)
+    a, c = b"a" * 32, b"c" * 32
+    first = b.hold(a, 6000)
+    assert b.refusal(a, 6000, 0)[:1] == (429,) and b.refusal(a, 4240, 0) is None
+    b.release(a, first)
+    b.take(a, 6000, 0, b"r1")
+    assert b.bytes == 6000 and b.refusal(a, 4240, 0) is None and b.refusal(a, 4241, 0)[:1] == (429,)
+    b.pinned([b"r1"])
+    b.take(a, 6000, 2, b"r1")  # the same blob, uploaded again after its pin
+    assert b.refusal(a, 4241, 9.0)[2] == 3.0  # its wait: from the upload counted, not the pinned one
+    assert b.refusal(a, 4241, 10.5)[:1] == (429,) and b.bytes == 6000  # its first upload's grace ended: still counted
+    for k in range(1000):  # pinned at once: they stay in the log until their grace ends
+        b.take(c, 1, 3, b"p%d" % k)
+        b.pinned([b"p%d" % k])
+    b.take(c, 19_000, 4, b"big")
+    assert b.refusal(a, 1, 5)[:2] == (503, b.refusal(a, 1, 5)[1]) and b.refusal(a, 1, 5)[2] == 7.0  # r1 at 2
+    assert b.refusal(a, 1, 12.5) is None and b.bytes == 19_000  # r1's own grace ended

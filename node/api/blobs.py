@@ -58,11 +58,15 @@ async def post_blob(req: web.Request) -> web.Response:
     if wait > 0:  # the client signs its retry anew (this signature counts as used)
         return err(429, f"rate limited: sender exceeds {v.params.sender_rate:g} tx/s",
                     {"Retry-After": retry_after(wait)})
-    # UnixFS, Helia's defaults (<= 1 MiB is one raw block), group-committed off the event loop
+    # UnixFS, Helia's defaults (<= 1 MiB is one raw block), group-committed off the event loop;
+    # counted meanwhile, so that concurrent uploads of one account each see the others' bytes
+    held = budget.hold(uploader, len(data))
     try:
         cid, blocks = await v.blob_writer.put(data)
     except Exception as exc:
         raise v.disk.refusal("storing an upload", exc) from exc
+    finally:
+        budget.release(uploader, held)
     budget.take(uploader, len(data), time.monotonic(), cid.multihash)  # until a write pins it, or the grace ends
     v.replicator.stored(blocks)
     v.metrics.blobs.set(v.blobs.count())
