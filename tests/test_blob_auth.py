@@ -315,6 +315,25 @@ def test_the_record_of_served_requests_never_drops_one_that_could_be_replayed():
     assert per.first_use(b"3", 60.5, b"P") == "ok"  # its first two expired
 
 
+def test_a_full_record_still_serves_requests_signed_later_than_any_its_signer_had_served_past_it():
+    """A few Sybil keys at their share filled the record (20,000 entries each), and every signed
+    download and upload then got 503 for everyone (a review). Past the record, a signer's request is
+    served if it is signed later than any that signer had served that way; one at or before that
+    time could be a replay of it and is refused ("stale"), until the mark outlives the skew."""
+    seen = SeenRequests(keep_s=60, cap=2, per_signer=1, marks=2)
+    assert seen.first_use(b"s1", 0, b"S", 1000) == "ok"  # recorded
+    assert seen.first_use(b"m1", 0, b"M", 1000) == "ok"  # recorded: the record is full now
+    assert seen.first_use(b"h1", 1, b"H", 5000) == "ok"  # past the full record: H's mark is 5000
+    assert seen.first_use(b"h1", 2, b"H", 5000) == "stale"  # its replay
+    assert seen.first_use(b"h0", 2, b"H", 4999) == "stale"  # or anything of H's signed no later
+    assert seen.first_use(b"h2", 3, b"H", 5001) == "ok"  # later: served, the mark moves on
+    assert seen.first_use(b"s2", 3, b"S", 1001) == "ok"  # S at its share: served past it likewise
+    assert seen.first_use(b"s1", 3, b"S", 1000) == "replay"  # the recorded one is still a replay
+    assert seen.first_use(b"q1", 4, b"Q", 9000) == "full"  # no room for a third mark: retry later
+    assert seen.first_use(b"q1", 4, b"Q") == "full"  # without its time: the record's answer as before
+    assert seen.first_use(b"h1", 64, b"H", 5000) == "ok"  # marks and entries gone (the time check refuses it by then)
+
+
 def test_uploads_are_single_use_and_bounded_per_account_within_the_grace(node, genesis):
     """A standalone upload is signed for the validator it is sent to and stored once (a captured one
     replayed emptied its signer's rate); what one account uploads within the collection grace is

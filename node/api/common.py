@@ -28,32 +28,52 @@ class SeenRequests:
     deterministic (RFC 6979), so the same request always carries the same signature. Bounded: with
     `cap` unexpired entries a new request cannot be told from a replay and waits (never is an entry
     dropped early: flooding the record to evict a captured request would let it be replayed). Only
-    authorised requests are recorded (the caller asks once it has checked the request)."""
+    authorised requests are recorded (the caller asks once it has checked the request).
 
-    def __init__(self, keep_s: float, cap: int = 200_000, per_signer: int = 20_000) -> None:
-        self.keep_s, self.cap, self.per_signer = keep_s, cap, per_signer
+    Full, or with the signer at its share, a request is still served if it is signed later than any
+    the signer had served that way (given its time, `t_ms`): the signer's latest such time is kept
+    instead of the signature, and anything of that signer's at or before it is refused as a possible
+    replay. A few Sybil keys filling the record (20,000 entries each) used to lock every signed
+    download and upload out; now honest clients go on, one request after another.
+    """
+
+    def __init__(self, keep_s: float, cap: int = 200_000, per_signer: int = 20_000, marks: int = 100_000) -> None:
+        self.keep_s, self.cap, self.per_signer, self.max_marks = keep_s, cap, per_signer, marks
+        # signer -> (latest time served past the record, when that mark may go): a replay of such a
+        # request is refused by this mark while it lasts, and by the time check after it
+        self._marks: OrderedDict[bytes, tuple[int, float]] = OrderedDict()
         self._seen: OrderedDict[bytes, tuple[float, bytes]] = OrderedDict()  # sig -> (expiry, signer)
         # each signer's entries' expiries, oldest first: one signer cannot fill the record alone, and
         # its refusal's Retry-After is read in O(1) (a walk of the record cost ~12 ms a refusal at its
         # cap, on the event loop that also runs consensus)
         self._by: dict[bytes, deque[float]] = {}
 
-    def first_use(self, sig: bytes, now: float, signer: bytes = b"") -> str:
-        """"ok" the first time, "replay", "full" while the record is (retry later), or "quota" while
-        this signer holds its share of it."""
+    def first_use(self, sig: bytes, now: float, signer: bytes = b"", t_ms: int | None = None) -> str:
+        """"ok" the first time, "replay", "stale" (signed no later than one this signer had served
+        past the record), or, with no `t_ms` or no room for the signer's mark, "full" while the
+        record is full (retry later) or "quota" while this signer holds its share of it."""
         while self._seen and next(iter(self._seen.values()))[0] < now:
             _, (_, who) = self._seen.popitem(last=False)
             mine = self._by[who]
             mine.popleft()  # entries expire in the order they came, per signer too
             if not mine:
                 del self._by[who]
+        while self._marks and next(iter(self._marks.values()))[1] < now:
+            self._marks.popitem(last=False)
         if sig in self._seen:
             return "replay"
+        mark = self._marks.get(signer)
+        if mark is not None and t_ms is not None and t_ms <= mark[0]:
+            return "stale"
         mine = self._by.get(signer)
-        if mine is not None and len(mine) >= self.per_signer:
-            return "quota"
-        if len(self._seen) >= self.cap:
-            return "full"
+        over = "quota" if mine is not None and len(mine) >= self.per_signer else \
+            "full" if len(self._seen) >= self.cap else None
+        if over is not None:
+            if t_ms is None or (mark is None and len(self._marks) >= self.max_marks):
+                return over
+            self._marks[signer] = (t_ms, now + self.keep_s)
+            self._marks.move_to_end(signer)  # expiries stay in order
+            return "ok"
         self._seen[sig] = (now + self.keep_s, signer)
         self._by.setdefault(signer, deque()).append(now + self.keep_s)
         return "ok"
@@ -156,7 +176,8 @@ def first_use(req: web.Request, what: str) -> web.Response | None:
     two copies of one request cannot both pass."""
     seen, now = req.app[SEEN], time.monotonic()
     signer = bytes.fromhex(req.headers["X-Medchain-Pubkey"])
-    first = seen.first_use(bytes.fromhex(req.headers["X-Medchain-Signature"]), now, signer)
+    first = seen.first_use(bytes.fromhex(req.headers["X-Medchain-Signature"]), now, signer,
+                           int(req.headers["X-Medchain-Time"]))  # checked by signed_by
     if first == "full":
         return err(503, f"too many signed {what}s served lately to tell this one from a replay: retry later",
                    {"Retry-After": str(seen.retry_s(now))})
@@ -165,4 +186,7 @@ def first_use(req: web.Request, what: str) -> web.Response | None:
                    {"Retry-After": str(seen.retry_s(now, signer))})
     if first == "replay":
         return err(401, f"this signed {what} was used already: sign a new one")
+    if first == "stale":
+        return err(401, f"this signed {what} is no newer than one of this key served while the record of "
+                        f"served requests was full, so it could be a replay: sign a new one")
     return None
