@@ -18,12 +18,19 @@ MIN_CHARGE = 4096  # an upload counts at least this: the log's entries are bound
 
 
 class UploadBudget:
-    def __init__(self, window_s: float, per_account: int, total: int) -> None:
+    """The bytes of recent uploads no write has pinned: per account, per client address (a quarter
+    of the total: Sybil accounts from one address, each within its own share, filled the total and
+    held every other uploader at 503 for the whole grace) and in all."""
+
+    def __init__(self, window_s: float, per_account: int, total: int, per_origin: int | None = None) -> None:
         self.window_s, self.per_account, self.total = window_s, per_account, total
-        self._log: deque[tuple[float, bytes, bytes]] = deque()  # (time taken, root multihash, account), oldest first
-        self._live: dict[bytes, tuple[bytes, int, float]] = {}  # root -> (account, bytes, time): not pinned
-        self._mine: dict[bytes, deque[tuple[float, bytes]]] = {}  # the log's entries per account
-        self._by: dict[bytes, int] = {}  # bytes counted per account: live uploads and those being stored
+        self.per_origin = total // 4 if per_origin is None else per_origin
+        # (time taken, root multihash, account, client address), oldest first
+        self._log: deque[tuple[float, bytes, bytes, str]] = deque()
+        self._live: dict[bytes, tuple[bytes, str, int, float]] = {}  # root -> (account, address, bytes, time)
+        # the log's entries per account and per client address (("o", address)), oldest first
+        self._mine: dict[bytes | tuple[str, str], deque[tuple[float, bytes]]] = {}
+        self._by: dict[bytes | tuple[str, str], int] = {}  # bytes counted, likewise: live and being stored
         self.bytes = 0
 
     @classmethod
@@ -32,31 +39,33 @@ class UploadBudget:
         per_account = max(64 * MIB, 32 * max_blob_bytes)
         return cls(grace_s, per_account, max(GIB, 16 * per_account))
 
-    def _count(self, who: bytes, n: int) -> None:
-        left = self._by.get(who, 0) + n
-        if left:
-            self._by[who] = left
-        else:
-            del self._by[who]
+    def _count(self, who: bytes, origin: str, n: int) -> None:
+        for k in (who, ("o", origin)):
+            left = self._by.get(k, 0) + n
+            if left:
+                self._by[k] = left
+            else:
+                del self._by[k]
         self.bytes += n
 
     def _forget(self, root: bytes, taken: float | None = None) -> None:
         """Off the budget: pinned, or (`taken`: the log entry's time) its grace ended, unless the
         same blob was uploaded again after a pin and that later upload is the one counted."""
         entry = self._live.get(root)
-        if entry is None or (taken is not None and entry[2] != taken):
+        if entry is None or (taken is not None and entry[3] != taken):
             return
         del self._live[root]
-        self._count(entry[0], -entry[1])
+        self._count(entry[0], entry[1], -entry[2])
 
     def _pop_log(self) -> tuple[float, bytes]:
         """The log's oldest entry, off the log and off its account's entries (a subsequence of it)."""
-        t, root, who = self._log.popleft()
-        mine = self._mine.get(who)
-        if mine and mine[0] == (t, root):
-            mine.popleft()
-        if mine is not None and not mine:
-            del self._mine[who]
+        t, root, who, origin = self._log.popleft()
+        for k in (who, ("o", origin)):
+            mine = self._mine.get(k)
+            if mine and mine[0] == (t, root):
+                mine.popleft()
+            if mine is not None and not mine:
+                del self._mine[k]
         return t, root
 
     def _expire(self, now: float) -> None:
@@ -66,9 +75,9 @@ class UploadBudget:
 
     def _counted(self, t: float, root: bytes) -> bool:
         entry = self._live.get(root)
-        return entry is not None and entry[2] == t
+        return entry is not None and entry[3] == t
 
-    def _oldest(self, who: bytes | None) -> float | None:
+    def _oldest(self, who: bytes | tuple[str, str] | None) -> float | None:
         """The time of the oldest upload still counted (of `who`, if given). Entries pinned meanwhile
         leave the head as they are met, so a refusal's Retry-After costs no walk of the log (up to
         262,144 entries)."""
@@ -81,15 +90,18 @@ class UploadBudget:
             mine.popleft()  # still in the log, which expires it
         return mine[0][0] if mine else None
 
-    def refusal(self, who: bytes, size: int, now: float) -> tuple[int, str, float] | None:
-        """None if `who` may upload `size` bytes now; else (HTTP status, reason, seconds to wait)."""
+    def refusal(self, who: bytes, size: int, now: float, origin: str = "") -> tuple[int, str, float] | None:
+        """None if `who` may upload `size` bytes now from client address `origin`; else (HTTP
+        status, reason, seconds to wait)."""
         self._expire(now)
         n = max(size, MIN_CHARGE)
-        if self._by.get(who, 0) + n > self.per_account:
-            first = self._oldest(who)
-            first = now if first is None else first
-            return 429, (f"upload budget: at most {self.per_account // MIB} MiB of uploads per account within "
-                         f"{self.window_s:.0f} s (what no write names is collected after that)"), first + self.window_s - now
+        for key, most, what in ((who, self.per_account, "account"), (("o", origin), self.per_origin, "client address")):
+            if self._by.get(key, 0) + n > most:
+                first = self._oldest(key)
+                first = now if first is None else first
+                return 429, (f"upload budget: at most {most // MIB} MiB of uploads per {what} within "
+                             f"{self.window_s:.0f} s (what no write names is collected after that)"), \
+                    first + self.window_s - now
         if self.bytes + n > self.total:
             oldest = self._oldest(None)
             oldest = now if oldest is None else oldest
@@ -97,26 +109,27 @@ class UploadBudget:
                          "not yet collected: retry later"), oldest + self.window_s - now
         return None
 
-    def hold(self, who: bytes, size: int) -> int:
+    def hold(self, who: bytes, size: int, origin: str = "") -> int:
         """Count an upload being stored (checked by `refusal` just before): concurrent uploads of one
         account each see the others' bytes. Returns what `release` takes back once it is stored."""
         n = max(size, MIN_CHARGE)
-        self._count(who, n)
+        self._count(who, origin, n)
         return n
 
-    def release(self, who: bytes, held: int) -> None:
-        self._count(who, -held)
+    def release(self, who: bytes, held: int, origin: str = "") -> None:
+        self._count(who, origin, -held)
 
-    def take(self, who: bytes, size: int, now: float, root: bytes) -> None:
-        """Count an upload stored under `root` (its multihash). The same blob uploaded again while
-        counted is not counted twice."""
+    def take(self, who: bytes, size: int, now: float, root: bytes, origin: str = "") -> None:
+        """Count an upload stored under `root` (its multihash), from client address `origin`. The
+        same blob uploaded again while counted is not counted twice."""
         if root in self._live:
             return
         n = max(size, MIN_CHARGE)
-        self._log.append((now, root, who))
-        self._mine.setdefault(who, deque()).append((now, root))
-        self._live[root] = (who, n, now)
-        self._count(who, n)
+        self._log.append((now, root, who, origin))
+        for k in (who, ("o", origin)):
+            self._mine.setdefault(k, deque()).append((now, root))
+        self._live[root] = (who, origin, n, now)
+        self._count(who, origin, n)
 
     def pinned(self, roots: Iterable[bytes]) -> None:
         """A committed block pinned these roots: their bytes are the chain's now, not the budget's."""

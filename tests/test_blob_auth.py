@@ -315,6 +315,25 @@ def test_the_record_of_served_requests_never_drops_one_that_could_be_replayed():
     assert per.first_use(b"3", 60.5, b"P") == "ok"  # its first two expired
 
 
+def test_sybil_accounts_from_one_client_address_fill_only_its_share_of_the_upload_budget():
+    """Any account with a committed transaction may upload; 16 fresh ones from one address, each
+    within its own share, filled the whole budget and held every other uploader at 503 for the
+    grace (a review). One client address now holds at most a quarter of it."""
+    mib = 1024 * 1024
+    b = UploadBudget(window_s=600, per_account=64 * mib, total=1024 * mib)
+    sybils = [bytes([k]) * 32 for k in range(16)]
+    took = 0
+    for k, who in enumerate(sybils):
+        for j in range(32):
+            if b.refusal(who, 2 * mib, k + j / 100, "10.0.0.66") is None:
+                b.take(who, 2 * mib, k + j / 100, b"r%d-%d" % (k, j), "10.0.0.66")
+                took += 1
+    assert took == 128 and b.bytes == 256 * mib  # a quarter: 4 accounts' worth
+    status, why, wait = b.refusal(sybils[5], 2 * mib, 20, "10.0.0.66")
+    assert status == 429 and "per client address" in why and wait == 580  # its oldest went in at 0
+    assert b.refusal(b"h" * 32, 2 * mib, 20, "10.0.0.7") is None  # another address's uploads go on
+
+
 def test_a_full_record_still_serves_requests_signed_later_than_any_its_signer_had_served_past_it():
     """A few Sybil keys at their share filled the record (20,000 entries each), and every signed
     download and upload then got 503 for everyone (a review). Past the record, a signer's request is
@@ -385,7 +404,7 @@ def test_uploads_are_single_use_and_bounded_per_account_within_the_grace(node, g
 def test_the_upload_budget_counts_bytes_per_account_and_in_all_within_its_window():
     """Uploads count per account and in all until a write pins them or the grace ends (an upload of
     the same blob again is counted once); each counts at least 4 KiB."""
-    b = UploadBudget(window_s=10, per_account=10_240, total=25_000)
+    b = UploadBudget(window_s=10, per_account=10_240, total=25_000, per_origin=10**9)
     a, c, d = b"a" * 32, b"c" * 32, b"d" * 32
     assert b.refusal(a, 6000, 0) is None
     b.take(a, 6000, 0, b"r1")
@@ -412,7 +431,7 @@ def test_the_upload_budget_counts_uploads_being_stored_and_a_blob_uploaded_again
     the check alone and all were counted after their awaits: a review); a blob uploaded again after a
     write pinned it is counted for its own grace, not dropped when its first upload's grace ends;
     and a refusal's wait skips what was pinned without walking the whole log."""
-    b = UploadBudget(window_s=10, per_account=10_240, total=25_000)
+    b = UploadBudget(window_s=10, per_account=10_240, total=25_000, per_origin=10**9)
     a, c = b"a" * 32, b"c" * 32
     first = b.hold(a, 6000)
     assert b.refusal(a, 6000, 0)[:1] == (429,) and b.refusal(a, 4240, 0) is None

@@ -16,6 +16,7 @@ from node.api.common import (
     signed_by,
     validator,
 )
+from node.api.limits import client_ip
 from node.crypto import ecdsa
 from node.crypto.keys import address_of
 from node.ipfs.blockstore import IntegrityError, MissingBlock
@@ -46,7 +47,8 @@ async def post_blob(req: web.Request) -> web.Response:
         return err(403, "uploads are for accounts with a committed transaction: send small blobs as sidecars")
     now = time.monotonic()
     budget = v.uploads
-    over = budget.refusal(uploader, len(data), now)
+    ip = client_ip(req)
+    over = budget.refusal(uploader, len(data), now, ip)
     if over is not None:  # unpinned uploads stay for the grace: their bytes are bounded, per account and in all
         status, why, wait = over
         return err(status, why, {"Retry-After": retry_after(wait)})
@@ -60,14 +62,14 @@ async def post_blob(req: web.Request) -> web.Response:
                     {"Retry-After": retry_after(wait)})
     # UnixFS, Helia's defaults (<= 1 MiB is one raw block), group-committed off the event loop;
     # counted meanwhile, so that concurrent uploads of one account each see the others' bytes
-    held = budget.hold(uploader, len(data))
+    held = budget.hold(uploader, len(data), ip)
     try:
         cid, blocks = await v.blob_writer.put(data)
     except Exception as exc:
         raise v.disk.refusal("storing an upload", exc) from exc
     finally:
-        budget.release(uploader, held)
-    budget.take(uploader, len(data), time.monotonic(), cid.multihash)  # until a write pins it, or the grace ends
+        budget.release(uploader, held, ip)
+    budget.take(uploader, len(data), time.monotonic(), cid.multihash, ip)  # until a write pins it, or the grace ends
     v.replicator.stored(blocks)
     v.metrics.blobs.set(v.blobs.count())
     return web.json_response({"cid": str(cid), "size": len(data)}, status=201)
