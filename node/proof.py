@@ -105,6 +105,8 @@ def _json_certified_header(d: dict[str, Any], validators: Sequence[bytes], chain
         raise ProofError(f"the answer carries no certified header ({exc!r})") from None
     if not all(type(x) is int for x in (cert_view, *(i for i, _ in cert))):
         raise ProofError("cert_view and validator indexes must be integers")
+    if not 0 <= cert_view < 2**64:  # JSON ints are unbounded: the vote's msgpack encoding would overflow
+        raise ProofError(f"cert_view {cert_view} is out of range")
     return _certified_header(header_raw, cert, cert_view, validators, chain_id)
 
 

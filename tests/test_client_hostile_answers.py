@@ -13,6 +13,7 @@ from aiohttp import web
 
 from devices.net.localnet import free_ports
 from devices.patient.client import RETRY_FOR, ApiError, NodeClient, retry_after
+from node.crypto.keys import Identity
 
 
 def test_retry_after_is_a_finite_positive_wait_of_at_most_retry_for() -> None:
@@ -260,3 +261,102 @@ def test_a_break_glass_limit_is_a_refusal_the_failover_counts_not_a_busy_validat
             finally:
                 await reader.close()
     asyncio.run(go())
+
+
+# ---- a lying validator's malformed answers (a review of the client trust path) -------------------
+
+def test_a_commit_certified_over_a_view_past_msgpack_s_range_is_a_proof_error_not_an_overflow() -> None:
+    """JSON ints are unbounded: `cert_view` 2**64 made the vote digest's encoding raise OverflowError,
+    which the failover did not take as a failed proof: one validator's fake commit stopped the write
+    instead of sending it to the others."""
+    from node.block import Header
+    from node.proof import ProofError, verify_status
+
+    keys = [Identity.from_seed(bytes([i]) * 8).public_key for i in range(4)]
+    h = Header("chain", 1, bytes(32), 0, 1, 1, bytes(32), bytes(32), 0)
+    st = {"status": "committed", "header": h.encode().hex(), "certificate": [[i, "00" * 64] for i in range(3)],
+          "cert_view": 2**64, "index": 0, "tx_count": 1, "proof": []}
+    with pytest.raises(ProofError, match="out of range"):
+        verify_status(bytes(32), st, keys, "chain")
+
+
+def test_json_nested_past_the_parser_s_depth_or_past_its_size_is_a_502() -> None:
+    """A validator's answer of "[" * 100,000 raised RecursionError through every caller (none
+    expected one), and an endless body was buffered to its end; both are ApiError (502) now."""
+    import devices.patient.client as client_mod
+
+    async def nested(_req: web.Request) -> web.Response:
+        return web.Response(body=b"[" * 100_000 + b"]" * 100_000, content_type="application/json")
+
+    async def endless(_req: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(_req)
+        for _ in range(100):
+            await resp.write(b" " * 4096)
+        return resp
+
+    async def go() -> None:
+        async with _serving({("GET", "/v1/status"): nested, ("GET", "/v1/genesis"): endless}) as url, \
+                NodeClient(url) as c:
+            with pytest.raises(ApiError, match="no JSON") as err:
+                await c.status()
+            assert err.value.status == 502
+            with pytest.raises(ApiError, match="more than 300000 bytes") as err:
+                await c.genesis()
+            assert err.value.status == 502
+    old = client_mod.MAX_JSON
+    client_mod.MAX_JSON = 300_000
+    try:
+        asyncio.run(go())
+    finally:
+        client_mod.MAX_JSON = old
+
+
+def test_a_head_report_past_msgpack_s_range_or_nested_json_counts_as_no_report() -> None:
+    """A validator answering GET /v1/head with a height of 2**64 (OverflowError in the digest) or
+    with JSON nested past the parser's depth (RecursionError) broke every proven read of every
+    client that listed it; such a report is now no report, and the honest ones count."""
+    from devices.patient.verified_reads import VerifiedReader
+    from node.tx.requests import head_digest
+
+    idents = [Identity.from_seed(bytes([i]) * 8) for i in range(4)]
+    keys = [i.public_key for i in idents]
+
+    def honest(ident: Identity, height: int) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def head(req: web.Request) -> web.Response:
+            nonce = bytes.fromhex(req.query["nonce"])
+            sig = ident.sign(head_digest("chain", ident.public_key, nonce, height))
+            return web.json_response({"validator": ident.public_key.hex(), "height": height, "signature": sig.hex()})
+        return head
+
+    async def huge(_req: web.Request) -> web.Response:
+        return web.json_response({"validator": keys[2].hex(), "height": 2**64, "signature": "00" * 64})
+
+    async def nested(_req: web.Request) -> web.Response:
+        return web.Response(body=b"[" * 100_000 + b"]" * 100_000, content_type="application/json")
+
+    async def go() -> dict:
+        async with contextlib.AsyncExitStack() as stack:
+            urls = [await stack.enter_async_context(_serving({("GET", "/v1/head"): h}))
+                    for h in (honest(idents[0], 7), honest(idents[1], 9), huge, nested)]
+            async with NodeClient(urls[0]) as c:
+                return await VerifiedReader(urls, "chain", keys, session=c.session)._heads()
+    assert asyncio.run(go()) == {keys[0]: 7, keys[1]: 9}
+
+
+def test_a_busy_validator_s_retry_after_holds_a_client_with_others_to_ask_no_longer_than_its_timer() -> None:
+    """The client's validator answers 429 with Retry-After: 59. The submission retried for up to a
+    minute whatever the caller's deadline, and the failover then had about a second left; with
+    others to ask it now waits no longer than its own timer and hands the transaction over."""
+    from devices.patient.commits import submit_waiting
+    from node.tx import Policy, Tx
+
+    async def busy(_req: web.Request) -> web.Response:
+        return web.json_response({"error": "pool full"}, status=429, headers={"Retry-After": "59"})
+
+    async def go() -> tuple:
+        tx = Tx.build(Identity.from_seed(b"a hurried patient"), "chain", 1, Policy(False))
+        async with _serving({("POST", "/v1/tx"): busy}) as url, NodeClient(url) as c:
+            return await asyncio.wait_for(submit_waiting(c, tx, None, 5.0, True), 20)
+    answer, _, refusal = asyncio.run(go())
+    assert answer is None and refusal is not None and refusal.status == 429

@@ -138,12 +138,12 @@ def _losing_the_first_revoke(chain_id: str, held: list[bytes]) -> type[NodeClien
     from node.tx import Grant
 
     class Losing(NodeClient):
-        async def submit_and_wait(self, raw, sidecar, wait):
+        async def submit_and_wait(self, raw, sidecar, wait, patience=60.0):
             tx = Tx.decode(raw, chain_id)
             if not held and isinstance(tx.body, Grant) and not tx.body.types:
                 held.append(raw)
                 raise ApiError(503, "connection lost")
-            return await super().submit_and_wait(raw, sidecar, wait)
+            return await super().submit_and_wait(raw, sidecar, wait, patience)
     return Losing
 
 
@@ -171,12 +171,12 @@ def test_a_rekey_that_failed_after_a_revoke_is_sent_at_the_next_sync_even_after_
         """Loses the first grant that carries keys to `victim` after the revoke."""
         drop = True
 
-        async def submit_and_wait(self, raw, sidecar, wait):
+        async def submit_and_wait(self, raw, sidecar, wait, patience=60.0):
             tx = Tx.decode(raw, genesis.chain_id)
             if self.drop and isinstance(tx.body, Grant) and tx.body.staff == b.address and revoked:
                 self.drop = False
                 raise ApiError(503, "connection lost")
-            return await super().submit_and_wait(raw, sidecar, wait)
+            return await super().submit_and_wait(raw, sidecar, wait, patience)
 
     pat = Identity.from_seed(b"rekey owed")
     b = Identity.from_seed(b"rekey owed b")
@@ -330,10 +330,10 @@ def test_a_revoke_sent_again_that_stays_pending_seals_nothing(node, genesis, tmp
     class Holding(_losing_the_first_revoke(genesis.chain_id, held)):  # type: ignore[misc]
         """Also answers every later submission of that revoke as pending, and sends it nowhere."""
 
-        async def submit_and_wait(self, raw, sidecar, wait):
+        async def submit_and_wait(self, raw, sidecar, wait, patience=60.0):
             if held and raw == held[0]:
                 return {"status": "pending"}
-            return await super().submit_and_wait(raw, sidecar, wait)
+            return await super().submit_and_wait(raw, sidecar, wait, patience)
 
         async def submit(self, raw, sidecar=None):
             if held and raw == held[0]:
@@ -509,7 +509,7 @@ def test_a_window_whose_cid_another_account_recorded_first_is_sealed_again(node,
         """The validator the phone talks to copies the first write it is sent, sidecar and all."""
         stolen: ClassVar[list[str]] = []
 
-        async def submit_and_wait(self, raw, sidecar, wait):
+        async def submit_and_wait(self, raw, sidecar, wait, patience=60.0):
             tx = Tx.decode(raw, genesis.chain_id)
             if isinstance(tx.body, Write) and not self.stolen:
                 b = tx.body
@@ -517,7 +517,7 @@ def test_a_window_whose_cid_another_account_recorded_first_is_sealed_again(node,
                 st = await super().submit_and_wait(copy.raw, sidecar, 10)
                 assert st["status"] == "committed" and st["code"] == 0, st
                 self.stolen.append(str(Cid.from_bytes(b.cid)))
-            return await super().submit_and_wait(raw, sidecar, wait)
+            return await super().submit_and_wait(raw, sidecar, wait, patience)
 
     eve = Identity.from_seed(b"front-runner")
     async def go():

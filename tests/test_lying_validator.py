@@ -81,6 +81,8 @@ class LyingProxy:
         self.paths.append(req.path)
         if self.mode == "tx_decoy" and (req.path.startswith("/v1/tx/") or (req.path == "/v1/tx" and self.swallow)):
             return web.Response(body=self.decoy, content_type="application/json")
+        if self.mode == "hang_proofs" and req.path == "/v1/proofs":
+            await asyncio.sleep(5)  # accepts, and answers nothing for longer than a client waits in silence
         if req.path == "/v1/tx" and req.method == "POST" and self.mode in SUBMISSION_LIES:
             return web.json_response(*SUBMISSION_LIES[self.mode])  # the transaction goes nowhere
         if req.path.startswith("/v1/tx/") and self.mode in STATUS_LIES:
@@ -694,6 +696,28 @@ def test_validators_down_when_a_transaction_failed_over_get_it_once_they_are_bac
             finally:
                 await returning
             assert (await truth.account(pat.address))["break_glass"] is False
+    _with_a_liar(tmp_path, body)
+
+
+def test_a_validator_that_never_answers_a_proof_request_costs_a_silence_once_then_is_asked_last(tmp_path,
+                                                                                                 monkeypatch):
+    """Listed first, a validator that takes proof requests and never answers held every read for the
+    session's whole timeout (60 s for the CLI's), at every fetch and every chunk. An ask now ends after
+    ASK_SILENCE_S without a byte, and a validator that failed or lied is asked after the others."""
+    import devices.patient.verified_reads as vr
+    monkeypatch.setattr(vr, "ASK_SILENCE_S", 1.0)
+
+    async def body(proxy, nodes, vals, chain, honest):
+        async with NodeClient(honest[0]) as c:
+            pat = Identity.from_seed(b"hung patient")
+            phone = Phone(pat, c, chain, vals, reader=VerifiedReader(honest, chain, vals, session=c.session))
+            await phone.set_break_glass(False)  # a block: the chain is past its genesis
+            proxy.mode = "hang_proofs"
+            reader = VerifiedReader([proxy.url, *honest], chain, vals, session=c.session)
+            for _ in range(3):
+                acct = await asyncio.wait_for(reader.account(pat.address), 20)
+                assert acct["address"] == pat.address.hex() and acct["break_glass"] is False
+            assert proxy.paths.count("/v1/proofs") == 1  # asked once, then after the others
     _with_a_liar(tmp_path, body)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import math
 import time
@@ -22,6 +23,29 @@ from node.tx.requests import blob_request_digest, blob_upload_digest
 log = logging.getLogger("medchain.client")
 RETRY_FOR = 60.0  # how long a read keeps retrying a validator that answers 429/503
 MAX_DOWNLOAD = 1 << 30  # a blob of unknown size is read up to this (the genesis bound on max_blob_bytes)
+# a JSON answer is read up to this: the largest honest ones (a batch's 4,096 results, a page of 1,000
+# entries with ?proof=1) are a few MiB; a liar's endless body is cut here, not buffered to the end
+MAX_JSON = 16 * 1024 * 1024
+
+
+async def read_capped(resp: aiohttp.ClientResponse, cap: int, what: str) -> bytes:
+    """The answer's body, ApiError (502) once it passes `cap` bytes."""
+    data = bytearray()
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        data += chunk
+        if len(data) > cap:
+            raise ApiError(502, f"{resp.url.origin()} answered more than {cap} bytes for {what}")
+    return bytes(data)
+
+
+async def json_answer(resp: aiohttp.ClientResponse) -> Any:
+    """The answer's JSON, read within MAX_JSON; ApiError (502) for a body that is no JSON (a liar's
+    deep nesting is a RecursionError in the parser, not a crash of the caller)."""
+    raw = await read_capped(resp, MAX_JSON, resp.url.path)
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(502, f"{resp.url.origin()} answered {resp.url.path} with no JSON: {str(exc)[:80]}") from None
 
 
 def retry_after(value: object, default: float = 1.0) -> float:
@@ -68,29 +92,34 @@ class NodeClient:
     async def _check(self, resp: aiohttp.ClientResponse) -> None:
         if resp.status >= 400:
             try:
-                reason = (await resp.json())["error"]
-            except (aiohttp.ContentTypeError, KeyError, ValueError):
-                reason = (await resp.text())[:200]
+                raw = await read_capped(resp, MAX_JSON, "a refusal")
+            except ApiError as exc:
+                raw = exc.reason.encode()
+            try:
+                reason = str(json.loads(raw)["error"])[:1000]
+            except (ValueError, RecursionError, KeyError, TypeError):
+                reason = raw[:200].decode(errors="replace")
             raw = resp.headers.get("Retry-After")
             raise ApiError(resp.status, reason, None if raw is None else retry_after(raw))
 
-    async def get_json(self, path: str, **params: Any) -> dict:
+    async def get_json(self, path: str, *, patience: float = RETRY_FOR, **params: Any) -> dict:
         """GET a JSON document; a 429 or 503 is retried after its Retry-After (reads are idempotent),
-        up to RETRY_FOR seconds in all."""
-        return await self._retrying(lambda: self._get_once(path, params))
+        up to `patience` seconds in all."""
+        return await self._retrying(lambda: self._get_once(path, params), patience)
 
     async def _get_once(self, path: str, params: dict) -> dict:
         if self.session is None:
             await self.__aenter__()
         async with self.session.get(self.base + path, params=params or None) as resp:
             await self._check(resp)
-            return await resp.json()
+            return await json_answer(resp)
 
     @staticmethod
-    async def _retrying(call: Callable[[], Awaitable[dict]]) -> dict:
-        """`call()`, again after the Retry-After of each 429 or 503 (1 s if none), up to RETRY_FOR
-        seconds in all; any other refusal, or one whose wait would pass that, is raised."""
-        deadline = time.monotonic() + RETRY_FOR
+    async def _retrying(call: Callable[[], Awaitable[dict]], patience: float = RETRY_FOR) -> dict:
+        """`call()`, again after the Retry-After of each 429 or 503 (1 s if none), up to `patience`
+        seconds in all (a caller's own deadline: a busy validator's Retry-After of a minute must not
+        hold a client with others to ask); any other refusal, or one whose wait would pass that, is raised."""
+        deadline = time.monotonic() + min(patience, RETRY_FOR)
         while True:
             try:
                 return await call()
@@ -119,7 +148,7 @@ class NodeClient:
             await self.__aenter__()
         async with self.session.post(self.base + path, data=body, headers={"Content-Type": content_type}) as resp:
             await self._check(resp)
-            return await resp.json()
+            return await json_answer(resp)
 
     async def submit(self, raw: bytes, sidecar: bytes | None = None, *, retry: bool = True) -> str:
         """One transaction; a data write may carry its ciphertext as a sidecar (node/sidecar.py). A
@@ -131,12 +160,13 @@ class NodeClient:
             return self._post("/v1/tx", body, "application/msgpack")
         return (await (self._retrying(once) if retry else once()))["id"]
 
-    async def submit_and_wait(self, raw: bytes, sidecar: bytes | None, wait: float) -> dict:
+    async def submit_and_wait(self, raw: bytes, sidecar: bytes | None, wait: float,
+                              patience: float = RETRY_FOR) -> dict:
         """One transaction, answered when it commits (up to `wait` seconds, at most 30): the
         answer of GET /v1/tx/{id} with its proofs, or {"id", "status": "pending"} if it has not.
         Sent again after a 429 or 503, as `submit` is."""
         body, path = encode_submission(raw, sidecar), f"/v1/tx?wait={max(1, min(30, int(wait)))}"
-        return self._status(await self._retrying(lambda: self._post(path, body, "application/msgpack")))
+        return self._status(await self._retrying(lambda: self._post(path, body, "application/msgpack"), patience))
 
     async def submit_many(self, items: list[bytes | tuple[bytes, bytes | None]]) -> list[dict]:
         """Submit a batch of transactions or (transaction, sidecar) pairs; one result each:
@@ -151,8 +181,9 @@ class NodeClient:
             raise ApiError(502, f"{self.base} answered a batch of {len(items)} without a status for each")
         return res
 
-    async def tx(self, txid: str, wait: float = 0) -> dict:
-        return self._status(await self.get_json(f"/v1/tx/{txid}", **({"wait": int(wait)} if wait else {})))
+    async def tx(self, txid: str, wait: float = 0, patience: float = RETRY_FOR) -> dict:
+        return self._status(await self.get_json(f"/v1/tx/{txid}", patience=patience,
+                                                **({"wait": int(wait)} if wait else {})))
 
     def _status(self, answer: object) -> dict:
         """A transaction's status answer, or ApiError (502) for one with no status: a caller reading
@@ -171,7 +202,7 @@ class NodeClient:
         while True:
             left = deadline - time.monotonic()
             try:
-                st = await self.tx(txid, wait=max(1, min(10, left)))
+                st = await self.tx(txid, wait=max(1, min(10, left)), patience=max(0.0, left))
             except ApiError as exc:
                 if exc.status != 404 or resubmit is None or left <= 0:
                     raise
@@ -217,7 +248,7 @@ class NodeClient:
                    "X-Medchain-Time": str(t), "X-Medchain-Signature": sig.hex()}
         async with self.session.post(self.base + "/v1/blobs", data=data, headers=headers) as resp:
             await self._check(resp)
-            cid = (await resp.json())["cid"]
+            cid = (await json_answer(resp))["cid"]
         mine = import_bytes(data)[0]  # the validator imports as Helia does; its answer is not taken on trust
         if cid != str(mine):
             raise BlobMismatch(f"{self.base} stored the upload as {cid}, not {mine}")

@@ -80,7 +80,9 @@ async def submit_waiting(client: NodeClient, tx: Tx, sidecar: bytes | None, time
     outcome; it counts as one of the 2f+1 refusals that do (_failover). Otherwise the error is raised."""
     started = time.monotonic()
     try:
-        return await client.submit_and_wait(tx.raw, sidecar, min(timeout, 10)), started, None
+        # with others to ask, a busy validator is waited on no longer than the failover timer
+        patience = min(timeout, FAILOVER_S) if fail_over else timeout
+        return await client.submit_and_wait(tx.raw, sidecar, min(timeout, 10), patience), started, None
     except (aiohttp.ClientError, TimeoutError, ApiError) as exc:
         if not fail_over:
             raise

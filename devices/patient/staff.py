@@ -64,7 +64,7 @@ class Staff:
         # executed without taking its nonce (bad nonce, duplicate): read it again
         self.next_nonce = None if st["code"] in NO_NONCE else self.next_nonce + 1
         if st["code"] in (Code.DENIED, Code.BREAK_GLASS_OFF, Code.BREAK_GLASS_LIMIT, Code.NO_CREDENTIAL):
-            raise AccessDenied(st["result"])
+            raise AccessDenied(str(st.get("result", f"refused with code {st['code']}")))
         if st["code"] != 0:
             raise TxRejected(st)
         return txid, st

@@ -23,11 +23,12 @@ from typing import Any
 
 import aiohttp
 
+from devices.patient.client import ApiError, json_answer, read_capped
 from node.api.shapes import audit_entry, data_entry, grant_entry, profile_entry, sealed_entry
 from node.block import max_faulty, quorum
 from node.crypto import ecdsa
 from node.crypto.keys import address_of
-from node.proof import Values, check_bundle
+from node.proof import MAX_BUNDLE, Values, check_bundle
 from node.state import keys
 from node.state.records import AuditRec, BlobRec, GrantRec, PolicyRec, ProfileRec, Receipt
 from node.tx import data_type_name
@@ -37,6 +38,7 @@ from node.wire import decode, encode
 
 log = logging.getLogger("medchain.verified")
 CHUNK = 1024  # keys per proof request
+ASK_SILENCE_S = 10.0  # a proof request with no byte of answer for this long goes to the next validator
 
 
 class LyingValidator(Exception):
@@ -66,6 +68,7 @@ class VerifiedReader:
         self.min_height = min_height  # the newest block seen or committed in: older headers are stale
         self.wait_s = wait_s  # how long to wait for validators that are merely behind
         self.refused: list[LyingValidator] = []  # every refused answer, for the caller to report
+        self._demoted: set[str] = set()  # failed or lied last time: asked after the others
         self._fresh = False  # min_height raised to a height f+1 validators report (once)
 
     async def close(self) -> None:
@@ -85,13 +88,20 @@ class VerifiedReader:
         self.min_height = max(self.min_height, height)
 
     async def _ask(self, url: str, state_keys: list[bytes]) -> bytes:
+        # silence for ASK_SILENCE_S ends the ask: a validator that accepts and never answers costs
+        # that, not the session's whole timeout, before the next one is asked
         async with self.session.post(url + "/v1/proofs", data=encode(state_keys),
-                                     headers={"Content-Type": "application/msgpack"}) as resp:
+                                     headers={"Content-Type": "application/msgpack"},
+                                     timeout=aiohttp.ClientTimeout(total=60, sock_connect=5,
+                                                                   sock_read=ASK_SILENCE_S)) as resp:
             if resp.status == 404:  # the validator's chain is at its genesis: nothing to prove against
                 raise NoBlockYet(f"{url}: no block is committed yet")
             if resp.status != 200:
                 raise ConnectionError(f"HTTP {resp.status}")
-            return await resp.read()
+            try:
+                return await read_capped(resp, MAX_BUNDLE, "a proof bundle")
+            except ApiError as exc:  # an endless body: cut, not buffered to the end
+                raise ConnectionError(exc.reason) from None
 
     async def _freshness(self) -> None:
         """Before the first read: raise min_height to the (f+1)-th highest head height that distinct
@@ -123,11 +133,11 @@ class VerifiedReader:
                                             timeout=aiohttp.ClientTimeout(total=5)) as r:
                     if r.status != 200:
                         return None
-                    a = await r.json()
+                    a = await json_answer(r)
                 who, height, sig = bytes.fromhex(a["validator"]), a["height"], bytes.fromhex(a["signature"])
-            except (TimeoutError, aiohttp.ClientError, OSError, ValueError, KeyError, TypeError):
+            except (TimeoutError, aiohttp.ClientError, OSError, ValueError, KeyError, TypeError, ApiError):
                 return None
-            if (who not in genesis or type(height) is not int or height < 0
+            if (who not in genesis or type(height) is not int or not 0 <= height < 2**64  # msgpack's range
                     or not ecdsa.verify(who, head_digest(self.chain_id, who, nonce, height), sig)):
                 log.warning("validator %s sent a head height that does not verify", url)
                 return None
@@ -157,7 +167,7 @@ class VerifiedReader:
         deadline = loop.time() + self.wait_s
         while True:
             failures, stale, at_genesis = [], 0, 0
-            for url in self.urls:
+            for url in sorted(self.urls, key=lambda u: u in self._demoted):  # stable: the caller's order else
                 try:
                     raw = await self._ask(url, state_keys)
                 except NoBlockYet as exc:
@@ -166,6 +176,7 @@ class VerifiedReader:
                     continue
                 except (TimeoutError, aiohttp.ClientError, ConnectionError, OSError) as exc:
                     failures.append(f"{url}: unreachable ({exc})")
+                    self._demoted.add(url)
                     continue
                 try:
                     header, values = check_bundle(raw, state_keys, self.chain_id, self.validators, self.min_height)
@@ -181,7 +192,10 @@ class VerifiedReader:
                     # moment under load (a lie about the head looks the same, and is waited out
                     # likewise); anything else failed its proof
                     log.log(logging.INFO if behind else logging.WARNING, "%s", lie)
+                    if not behind:
+                        self._demoted.add(url)
                     continue
+                self._demoted.discard(url)
                 self.saw_height(header.height)
                 return values
             if at_genesis and self.min_height == 0 and await self._at_genesis():
