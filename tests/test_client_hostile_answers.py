@@ -360,3 +360,38 @@ def test_a_busy_validator_s_retry_after_holds_a_client_with_others_to_ask_no_lon
             return await asyncio.wait_for(submit_waiting(c, tx, None, 5.0, True), 20)
     answer, _, refusal = asyncio.run(go())
     assert answer is None and refusal is not None and refusal.status == 429
+
+
+def test_a_download_refused_as_possibly_replayed_is_signed_anew_once_and_requests_are_signed_in_order() -> None:
+    """While a validator's record of served signed requests is full, it serves a signer only requests
+    signed later than the last it served that way, and refuses others 401 "sign a new one". The
+    client signs each blob request later than its last (concurrent downloads too) and signs a
+    refused one anew, once."""
+    from node.ipfs.cid import cid_v1_raw
+
+    me = Identity.from_seed(b"a full validator")
+    blob = b"the ciphertext"
+    times: list[int] = []
+
+    async def status(_req: web.Request) -> web.Response:
+        return web.json_response({"validator_index": 0})
+
+    async def genesis(_req: web.Request) -> web.Response:
+        return web.json_response({"validators": [{"public_key": me.public_key.hex()}]})
+
+    async def get(req: web.Request) -> web.Response:
+        times.append(int(req.headers["X-Medchain-Time"]))
+        if len(times) == 1:
+            return web.json_response({"error": "this signed request is no newer than one of this key served while "
+                                               "the record of served requests was full, so it could be a replay: "
+                                               "sign a new one"}, status=401)
+        return web.Response(body=blob)
+
+    async def go() -> list[bytes]:
+        cid = cid_v1_raw(blob)
+        routes = {("GET", "/v1/status"): status, ("GET", "/v1/genesis"): genesis, ("GET", "/v1/blobs/{cid}"): get}
+        async with _serving(routes) as url, NodeClient(url) as c:
+            staff = Identity.from_seed(b"staff")
+            return await asyncio.gather(*(c.download(staff, "chain", str(cid), cid.to_bytes()) for _ in range(3)))
+    assert asyncio.run(go()) == [blob] * 3
+    assert len(times) == 4 and len(set(times)) == 4  # one refused, signed anew; no two signed alike

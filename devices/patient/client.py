@@ -73,6 +73,7 @@ class NodeClient:
     def __init__(self, base_url: str, session: aiohttp.ClientSession | None = None) -> None:
         self.base = base_url.rstrip("/")
         self._validator_key: bytes | None = None
+        self._last_signed_ms = 0  # the time of the last signed blob request (download)
         self._own = session is None
         self.session = session
 
@@ -262,12 +263,24 @@ class NodeClient:
         if self.session is None:
             await self.__aenter__()
         me = await self.validator_key()
-        t = int(time.time() * 1000)
-        sig = ident.sign(blob_request_digest(chain_id, me, cid_bytes, read_txid, t))
-        headers = {"X-Medchain-Pubkey": ident.public_key.hex(), "X-Medchain-Time": str(t),
-                   "X-Medchain-Signature": sig.hex()}
-        if read_txid:
-            headers["X-Medchain-Read"] = read_txid.hex()
+        for attempt in range(2):
+            # each request signed later than the last (one per ms at least): a validator whose record
+            # of served requests is full serves a signer only requests newer than its last one
+            t = self._last_signed_ms = max(int(time.time() * 1000), self._last_signed_ms + 1)
+            sig = ident.sign(blob_request_digest(chain_id, me, cid_bytes, read_txid, t))
+            headers = {"X-Medchain-Pubkey": ident.public_key.hex(), "X-Medchain-Time": str(t),
+                       "X-Medchain-Signature": sig.hex()}
+            if read_txid:
+                headers["X-Medchain-Read"] = read_txid.hex()
+            try:
+                return await self._download_once(cid, cid_bytes, headers, size)
+            except ApiError as exc:  # one signed before a later one was served: signed anew, once
+                if attempt or exc.status != 401 or "sign a new one" not in exc.reason:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _download_once(self, cid: str, cid_bytes: bytes, headers: dict[str, str], size: int | None) -> bytes:
+        assert self.session is not None
         limit = MAX_DOWNLOAD if size is None else size
         async with self.session.get(f"{self.base}/v1/blobs/{cid}", headers=headers) as resp:
             await self._check(resp)
