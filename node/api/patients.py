@@ -47,27 +47,21 @@ async def account(req: web.Request) -> web.Response:
 # the loop ~0.3-0.5 s: a few such requests a second forced view changes)
 AUDIT_PAGE = 1000
 AUDIT_PAGE_MAX = 1000
-DATA_PAGE_MAX = 1000
-PAGE_MAX = 1000  # grants and sealed keys too: one patient may hold tens of thousands of either
+PAGE_MAX = 1000  # /data, /grants and /keys: one patient may hold tens of thousands of each
 
 
-def _page(req: web.Request, prefix: bytes, most: int = PAGE_MAX) -> list[tuple[bytes, bytes]] | web.Response:
+def _page(req: web.Request, prefix: bytes) -> tuple[list[tuple[bytes, bytes]], str | None] | web.Response:
     """One page of the state pairs under `prefix`, in key order, from the cursor `?after=` (the
-    `next` of the previous page; `?limit=` at most `most`), with one pair more than the page if
-    there is more: `_next` tells the cursor. A 400 if the cursor is not hex of a key under `prefix`."""
-    limit = min(max(int_query(req, "limit", most), 1), most)
+    `next` of the previous page; `?limit=` at most PAGE_MAX), and the cursor of the page after it
+    (None on the last); a 400 if the cursor is not hex of a key under `prefix`."""
+    limit = min(max(int_query(req, "limit", PAGE_MAX), 1), PAGE_MAX)
     try:
         start = bytes.fromhex(req.query.get("after", ""))
     except ValueError:
         return err(400, "after must be the hex cursor `next` of the previous page")
     if start and not start.startswith(prefix):
         return err(400, "after is not a cursor of this patient's list")
-    return validator(req).ledger.scan_state(prefix, limit + 1, after=start)
-
-
-def _next(req: web.Request, page: list[tuple[bytes, bytes]], most: int = PAGE_MAX) -> tuple[list, str | None]:
-    """The page without its look-ahead pair, and the cursor of the next page (None on the last)."""
-    limit = min(max(int_query(req, "limit", most), 1), most)
+    page = validator(req).ledger.scan_state(prefix, limit + 1, after=start)  # one more: is there a next page?
     return (page[:limit], page[limit - 1][0].hex()) if len(page) > limit else (page, None)
 
 
@@ -103,10 +97,10 @@ async def grants(req: web.Request) -> web.Response:
     """The patient's grants, a page at a time (`?after=` the cursor `next`), in staff-key order."""
     v = validator(req)
     addr = hex_param(req.match_info["addr"], 32, "address")
-    page = _page(req, keys.grants_prefix(addr))
-    if isinstance(page, web.Response):
-        return page
-    page, nxt = _next(req, page)
+    paged = _page(req, keys.grants_prefix(addr))
+    if isinstance(paged, web.Response):
+        return paged
+    page, nxt = paged
     out = [grant_entry(keys.grant_staff(k), GrantRec.decode(raw)) for k, raw in page]
     read: list[bytes] | int = []
     if proofs.wants_proof(req):  # the whole committed list, as for /data: not provable by pages
@@ -124,10 +118,10 @@ async def sealed_keys(req: web.Request) -> web.Response:
     """The data keys sealed to `staff`, a page at a time (`?after=` the cursor `next`)."""
     addr = hex_param(req.match_info["addr"], 32, "address")
     staff = hex_param(req.match_info["staff"], 32, "staff address")
-    page = _page(req, keys.sealed_keys_prefix(addr, staff))
-    if isinstance(page, web.Response):
-        return page
-    found, nxt = _next(req, page)
+    paged = _page(req, keys.sealed_keys_prefix(addr, staff))
+    if isinstance(paged, web.Response):
+        return paged
+    found, nxt = paged
     out = [sealed_entry(k, raw) for k, raw in found]
     return with_proof(req, {"keys": out, "next": nxt}, [k for k, _ in found])
 
@@ -142,10 +136,10 @@ async def data(req: web.Request) -> web.Response:
             return err(400, f"unknown data type {req.query['type']!r}")
         dtype = DATA_TYPES[req.query["type"]]
     t_from, t_to = int_query(req, "from", 0), int_query(req, "to", 2**63 - 1)
-    page = _page(req, keys.data_index_prefix(addr, dtype), DATA_PAGE_MAX)
-    if isinstance(page, web.Response):
-        return page
-    page, nxt = _next(req, page, DATA_PAGE_MAX)
+    paged = _page(req, keys.data_index_prefix(addr, dtype))
+    if isinstance(paged, web.Response):
+        return paged
+    page, nxt = paged
     out = []
     for k, _ in page:
         cidb = keys.data_index_cid(k)
