@@ -93,13 +93,13 @@ class NodeClient:
     async def _check(self, resp: aiohttp.ClientResponse) -> None:
         if resp.status >= 400:
             try:
-                raw = await read_capped(resp, MAX_JSON, "a refusal")
+                body = await read_capped(resp, MAX_JSON, "a refusal")
             except ApiError as exc:
-                raw = exc.reason.encode()
+                body = exc.reason.encode()
             try:
-                reason = str(json.loads(raw)["error"])[:1000]
+                reason = str(json.loads(body)["error"])[:1000]
             except (ValueError, RecursionError, KeyError, TypeError):
-                reason = raw[:200].decode(errors="replace")
+                reason = body[:200].decode(errors="replace")
             raw = resp.headers.get("Retry-After")
             raise ApiError(resp.status, reason, None if raw is None else retry_after(raw))
 
@@ -284,12 +284,10 @@ class NodeClient:
         limit = MAX_DOWNLOAD if size is None else size
         async with self.session.get(f"{self.base}/v1/blobs/{cid}", headers=headers) as resp:
             await self._check(resp)
-            data = bytearray()
-            async for chunk in resp.content.iter_chunked(1 << 16):
-                data += chunk
-                if len(data) > limit:
-                    raise BlobMismatch(f"{self.base} answered more than {limit} bytes for blob {cid}")
-            data = bytes(data)
+            try:
+                data = await read_capped(resp, limit, f"blob {cid}")
+            except ApiError:  # a validator streaming more than the blob's proven size: a lie about the blob
+                raise BlobMismatch(f"{self.base} answered more than {limit} bytes for blob {cid}") from None
         if not is_blob(Cid.from_bytes(cid_bytes), data):  # AES-GCM alone would take another ciphertext of the window
             raise BlobMismatch(f"{self.base} answered {len(data)} bytes that are not blob {cid}")
         return data
