@@ -156,7 +156,8 @@ class Limits:
             self.txs.penalise(client_ip(req), time.monotonic(), n * (BAD_SIG_COST - 1))
             self.throttled("bad_signature")
 
-    def _reserve(self, req: web.Request, ip: str, n: int, check_only: bool = False) -> None:
+    def _room(self, req: web.Request, ip: str, n: int) -> None:
+        """429 (the client's budget) or 503 (the server's) unless `n` more body bytes fit."""
         if self.in_flight[ip] + n > self.per_ip:
             self.throttled("client_body")
             raise _json_error(web.HTTPTooManyRequests, f"too many request-body bytes in flight from "
@@ -165,8 +166,9 @@ class Limits:
             self.throttled("server_body")
             raise _json_error(web.HTTPServiceUnavailable, "too many request-body bytes in flight: "
                                                           "try again later", 1.0)
-        if check_only:
-            return
+
+    def _reserve(self, req: web.Request, ip: str, n: int) -> None:
+        self._room(req, ip, n)
         self.in_flight[ip] += n
         self.in_flight_total += n
         req[_RESERVED] = req.get(_RESERVED, 0) + n
@@ -189,8 +191,8 @@ class Limits:
     async def read_body(self, req: web.Request, limit: int, what: str) -> bytes:
         """The request body, read in the chunks the connection delivers: refused with 413 once it
         exceeds `limit`, 429/503 when the bytes would exceed the client's or the server's in-flight
-        budget (reserved as chunks arrive), 408 if it does not
-        arrive within the body timeout. The reservation lasts until the handler returns.
+        budget (reserved as chunks arrive), 408 if it does not arrive within the body timeout. The
+        reservation lasts until the handler returns.
         A declared length is checked against the budgets up front (a body that cannot fit is not
         read) but reserved only as its bytes arrive: reserved up front, connections that declared
         2 MiB and sent nothing held the whole server's budget for the body timeout, for free."""
@@ -199,7 +201,7 @@ class Limits:
             raise _too_large(what, limit, n, f"{n} bytes, limit {limit}")
         ip = client_ip(req)
         if n:
-            self._reserve(req, ip, n, check_only=True)
+            self._room(req, ip, n)
         chunks: list[bytes] = []
         got = 0
         try:
