@@ -39,8 +39,13 @@ class UploadBudget:
         per_account = max(64 * MIB, 32 * max_blob_bytes)
         return cls(grace_s, per_account, max(GIB, 16 * per_account))
 
+    @staticmethod
+    def _keys(who: bytes, origin: str) -> tuple[bytes, tuple[str, str]]:
+        """What an upload is counted under besides the total: its account and its client address."""
+        return who, ("o", origin)
+
     def _count(self, who: bytes, origin: str, n: int) -> None:
-        for k in (who, ("o", origin)):
+        for k in self._keys(who, origin):
             left = self._by.get(k, 0) + n
             if left:
                 self._by[k] = left
@@ -58,9 +63,10 @@ class UploadBudget:
         self._count(entry[0], entry[1], -entry[2])
 
     def _pop_log(self) -> tuple[float, bytes]:
-        """The log's oldest entry, off the log and off its account's entries (a subsequence of it)."""
+        """The log's oldest entry, off the log and off its account's and address's entries (each a
+        subsequence of it)."""
         t, root, who, origin = self._log.popleft()
-        for k in (who, ("o", origin)):
+        for k in self._keys(who, origin):
             mine = self._mine.get(k)
             if mine and mine[0] == (t, root):
                 mine.popleft()
@@ -95,7 +101,8 @@ class UploadBudget:
         status, reason, seconds to wait)."""
         self._expire(now)
         n = max(size, MIN_CHARGE)
-        for key, most, what in ((who, self.per_account, "account"), (("o", origin), self.per_origin, "client address")):
+        for key, most, what in zip(self._keys(who, origin), (self.per_account, self.per_origin),
+                                   ("account", "client address"), strict=True):
             if self._by.get(key, 0) + n > most:
                 first = self._oldest(key)
                 first = now if first is None else first
@@ -126,7 +133,7 @@ class UploadBudget:
             return
         n = max(size, MIN_CHARGE)
         self._log.append((now, root, who, origin))
-        for k in (who, ("o", origin)):
+        for k in self._keys(who, origin):
             self._mine.setdefault(k, deque()).append((now, root))
         self._live[root] = (who, origin, n, now)
         self._count(who, origin, n)
