@@ -39,8 +39,8 @@ def _others(client: NodeClient, reader: VerifiedReader | None, validators: list[
 
 
 def _refuses(exc: ApiError) -> bool:
-    """A refusal of a submission: a 4xx but "already pending or committed" (a 429 here: past RETRY_FOR,
-    or a lasting one)."""
+    """A refusal of a submission: a 4xx but "already pending or committed" (a 429 here: one past the
+    caller's patience, or a lasting one)."""
     return 400 <= exc.status < 500 and "duplicate" not in exc.reason
 
 
@@ -180,10 +180,10 @@ async def _failover(txid: str, item: tuple[bytes, bytes | None], urls: list[str]
     shows. An answer whose proof does not check is refused and the next validator asked. A
     validator that refuses the submission for good (not "already pending or committed") holds no
     status for it; one that was down, or answers that it does not know the transaction, is sent it
-    again each round, and one that was busy (429/503) once its Retry-After has passed. `refusals`: the client's own validator's, if it refused; `took`: it, if it may
-    hold the transaction. Once 2f+1 of the
-    genesis validators refused, and f+1 of them alike, honest ones did: that refusal is raised
-    (ApiError); so it is at the deadline when some refused and none took it (one down, one
+    again each round, and one that was busy (429/503) once its Retry-After has passed. `refusals`:
+    the client's own validator's, if it refused; `took`: it, if it may hold the transaction. Once
+    2f+1 of the genesis validators refused, and f+1 of them alike, honest ones did: that refusal is
+    raised (ApiError); so it is at the deadline when some refused and none took it (one down, one
     byzantine answering 202 must not turn an honest refusal into a "pending"). One that took it
     leaves the outcome open: "pending"."""
     log.info("transaction %s not committed through its validator: sending it to %d others", txid, len(urls))
