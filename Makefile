@@ -4,9 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medchain-installed
 PYTEST_ARGS ?=
-# pytest-xdist workers, a test file each at a time (a module's network fixture starts once): 2, one
-# per core, takes the suite from ~20 to ~8 min on this 2-core machine. 0: one process, no xdist
-TEST_WORKERS ?= 2
+# pytest-xdist workers, a test file each at a time (a module's network fixture starts once). 0: one
+# process, the default and what CI runs. 2, one per core, takes the suite from ~20 to ~8 min on this
+# 2-core machine, but the second worker's load makes load-sensitive tests flaky (one of nine full
+# runs failed in tests/test_snapshot_join.py: the late validator replayed past its "fresh" window
+# before it heard f+1 heartbeats, and never asked for a checkpoint): use it for quick local runs
+TEST_WORKERS ?= 0
 
 FUZZ_SECONDS ?= 300
 
