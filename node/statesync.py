@@ -3,7 +3,8 @@ one of them for its state at its certified head, instead of replaying every bloc
 
 Protocol `/medchain/state/1.0.0` (request-response over the p2p adapter, like node/sync.py):
 - `[0]` -> `[height, block, keys]`: the peer pins its head (one LMDB read transaction) and offers it:
-  the head block with its commit certificate and how many state pairs it holds.
+  the head block with its commit certificate and how many state pairs it holds. A chain younger
+  than MEDCHAIN_STATE_SYNC_BLOCKS answers `[height]` and pins nothing (cheaper to replay).
 - `[1, height, after]` -> `[[key, value], ...]`: the next chunk of that pinned state, keys after
   `after` in order (an empty list: the end). A peer holds a pinned view PIN_IDLE_S after its last
   use and at most PINS of them per asking peer; a request for one it dropped is refused, and the
@@ -14,16 +15,17 @@ and the pairs must hash to its state root. A peer that fails either, answers mal
 or drips its chunks (too_slow) is skipped and another is tried. Only then is the state installed, in the consensus task
 between its steps, and the replica is rebuilt on it; node/sync.py pulls the blocks after it as usual.
 
-When: the validator is new (it holds fewer than MEDCHAIN_STATE_SYNC_BLOCKS, default 512, blocks plus
-one PBFT window: see fresh(); the few it took meanwhile are dropped as history below the new base)
-and, once, as soon as it hears f+1 peers (the first heartbeats can be the stale ones queued for it
-since the network started, see CheckpointClient.due), then whenever the f+1-th highest height in its
-peers' signed heartbeats is at least MEDCHAIN_STATE_SYNC_BLOCKS ahead. It then asks its peers for
-offers (every RETRY_S while none installs) and takes a certified one that far ahead of it. Past that
-first round a young network asks nobody: each offer pins a read transaction on the peer for a
-while. Known gap: blocks pushed and pulled meanwhile can take it past the offer first; it
-then simply replays. A validator with a longer history replays blocks and keeps it; one less far
-behind replays too (cheaper than moving the state).
+When: a validator that starts new (it holds fewer than MEDCHAIN_STATE_SYNC_BLOCKS, default 512, blocks
+plus one PBFT window: see fresh()) asks its peers for offers at once and every RETRY_S until f+1 of
+them have answered (an offer carries the peer's live certified height; heartbeats queued for it since
+the network started can be stale, and block sync may replay past the fresh window before f+1
+heartbeats arrive: neither decides). Anything it replayed meanwhile is dropped as history below the
+new base. Past that, it asks whenever it is still fresh and the f+1-th highest height in its peers'
+signed heartbeats is at least MEDCHAIN_STATE_SYNC_BLOCKS ahead. It takes a certified offer that far
+ahead of it; f liars cannot make it stop asking (f+1 answers include an honest one) nor install a
+state that does not prove. Known gap: blocks pushed and pulled meanwhile can take it past the offer
+first; it then simply replays. A validator that starts with a longer history replays blocks and
+keeps it; one less far behind replays too (cheaper than moving the state).
 """
 
 from __future__ import annotations
@@ -110,12 +112,6 @@ class StateSyncError(ValueError):
     pass
 
 
-class NothingToOffer(StateSyncError):
-    """A peer with no checkpoint worth transferring: an answer, not a fault (logged at debug)."""
-
-    expected = True
-
-
 class CheckpointHost(Protocol):
     """What state transfer uses of its validator (node/validator.py provides it)."""
 
@@ -161,13 +157,16 @@ def transfer_budget(home: Path) -> int:
 
 
 def decode_offer(raw: bytes) -> tuple[int, bytes, int]:
+    """`[height, block, keys]`, or `[height]` from a chain too young to offer (block b"", no keys)."""
     try:
         o = decode_canonical(raw, MAX_MANIFEST, 16)
     except WireError as exc:
         raise StateSyncError(f"state offer: {exc}") from None
+    if isinstance(o, list) and len(o) == 1 and type(o[0]) is int and 0 <= o[0] < 1 << 64:
+        return o[0], b"", 0
     if not (isinstance(o, list) and len(o) == 3 and type(o[0]) is int and isinstance(o[1], bytes)
             and type(o[2]) is int and o[2] >= 0):
-        raise StateSyncError("a state offer is [height, block, keys]")
+        raise StateSyncError("a state offer is [height, block, keys] or [height]")
     if o[2] > MAX_STATE_KEYS:
         raise StateSyncError(f"a state offer of {o[2]} keys: more than the {MAX_STATE_KEYS} a transfer may hold")
     return o[0], o[1], o[2]
@@ -224,11 +223,9 @@ class CheckpointServer:
             head = self.ledger.head().height
             if head < min_blocks():  # min_blocks() >= 1: so past this there is a head block to offer
                 # a young chain is cheaper to replay than to transfer, and every validator of a new
-                # network asks each peer once at start: pinning a view for each would hold LMDB's
-                # freed pages from reuse on every one of them for PIN_IDLE_S
-                raise NothingToOffer("no block committed here yet" if head == 0 else
-                                     f"this chain is {head} blocks high, under the {min_blocks()} a checkpoint is "
-                                     "worth: replay its blocks")
+                # network asks each peer at start: pinning a view for each would hold LMDB's freed
+                # pages from reuse on every one of them for PIN_IDLE_S. Its height alone answers.
+                return encode([head])
             view = self._pin(peer)  # heights only grow: the view is at `head` or above, with its block
             return encode([view.height, view.block_raw, view.keys])
         pinned = self._pins.get((peer, height))
@@ -264,26 +261,26 @@ class CheckpointClient:
         self.stats: dict[str, Any] = {"installed_height": 0, "attempts": 0, "failures": 0, "chunks": 0,
                                       "keys": 0, "last_error": None}
         self._next_try = 0.0
-        self._asked = False  # the one round of offers a new validator asks for at the start
+        self._new: bool | None = None  # whether it started new: decided at the first due()
+        self._answered: set[int] = set()  # peers that sent an offer (their live height) since the start
         self._failed_peers: set[int] = set()  # asked last in the next round
         for leftover in (TRANSFER_FILE, TRANSFER_FILE + ".partial"):  # of a transfer a crash cut short
             (v.home / leftover).unlink(missing_ok=True)
 
     def due(self) -> bool:
-        """Whether to ask for offers now: a fresh ledger, once as soon as f+1 peers are heard, then
-        whenever its peers are far ahead by the replica's own measure (the f+1-th highest height in
-        signed heartbeats: f liars cannot send us after a height that does not exist). Past that first
-        round a young network asks nobody for offers: each offer pins a read transaction on the peer
-        for a while."""
+        """Whether to ask for offers now (see the module doc): a validator that started new asks until f+1
+        peers have answered or a checkpoint installs, whatever it replayed meanwhile; then, while still
+        fresh, whenever its peers are far ahead by the replica's own measure (the f+1-th highest height
+        in signed heartbeats: f liars cannot send us after a height that does not exist). Otherwise it
+        asks nobody: each offer pins a read transaction on the peer for a while."""
         r = self.v.replica
-        if not fresh(r.last_delivered, r.window) or time.monotonic() < self._next_try:
+        if self._new is None:
+            self._new = fresh(r.last_delivered, r.window)
+        if time.monotonic() < self._next_try:
             return False
-        if not self._asked and len(r.peer_delivered) > max_faulty(r.n):
-            # once, as soon as f+1 peers are heard: their first heartbeats can be as old as the frames
-            # queued for us since the network started, and while we replay those behind_by() stays small
-            self._asked = True
+        if self._new and len(self._answered) <= max_faulty(r.n):
             return True
-        return r.behind_by() >= min_blocks()
+        return fresh(r.last_delivered, r.window) and r.behind_by() >= min_blocks()
 
     async def run(self) -> bool:
         """Try the peers in random order (those that failed last time at the end) until one's checkpoint,
@@ -335,11 +332,12 @@ class CheckpointClient:
         try:
             offer = await v.net.request(peer, PROTOCOL, encode([0]), TIMEOUT_S, MAX_MANIFEST)
         except Exception as exc:  # noqa: BLE001 - P2PError: not connected yet, or down: ask the next one
-            log.debug("no state offer from validator %d: %s", j, exc)
+            log.info("no state offer from validator %d: %s", j, exc)
             return None
         v.metrics.xfer_bytes.inc(len(offer))
         height, block_raw, keys = decode_offer(offer)
-        if height < v.replica.last_delivered + min_blocks():
+        self._answered.add(j)  # its live height, even a young chain's [height]
+        if not block_raw or height < v.replica.last_delivered + min_blocks():
             return None
         self.stats["attempts"] += 1
         v.metrics.xfer_started.inc()
@@ -423,6 +421,7 @@ class CheckpointClient:
         await asyncio.wait_for(v.in_consensus(step), budget + INSTALL_TIMEOUT_S)  # raises what the step raised
         ok = installed[0]
         if ok:
+            self._new = False  # installed: the blocks after it come by block sync
             self.stats["installed_height"] = cp.height
             v.metrics.xfer_installed.inc()
             v.metrics.xfer_height.set(cp.height)

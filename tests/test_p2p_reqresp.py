@@ -21,7 +21,7 @@ NOPE = "/medchain/test-nope/1"
 
 
 class Nothing(ValueError):
-    """A handler's expected refusal (as node/statesync.py NothingToOffer)."""
+    """A handler's expected refusal (an `expected` error is logged at debug, not as a fault)."""
 
     expected = True
 

@@ -20,6 +20,7 @@ from tests.conftest import run
 
 ROOT = Path(__file__).resolve().parents[1]
 THRESHOLD = 25
+AHEAD = 300
 
 
 def _status(url: str) -> dict:
@@ -38,7 +39,9 @@ def test_fresh_validator_catches_up_by_state_transfer(tmp_path: Path) -> None:
         async def go() -> None:
             stop = asyncio.Event()
             task = asyncio.create_task(acknowledged_load(nodes[:3], stop, committed, b"join-", avoid=None))
-            while _status(nodes[0].url)["height"] < 2 * THRESHOLD:
+            # far enough ahead that the newcomer is still THRESHOLD behind after what it replays before
+            # its first offers arrive: its peers' queued PBFT frames (up to a window, 64) and pushes
+            while _status(nodes[0].url)["height"] < AHEAD:
                 await asyncio.sleep(0.2)
             height = _status(nodes[0].url)["height"]
             await asyncio.to_thread(late.start)  # a new validator with an empty ledger

@@ -304,7 +304,8 @@ def test_a_pinned_view_is_released_when_idle_even_if_no_request_comes(tmp_path: 
     offers once at start; the view must close after PIN_IDLE_S on its own, not at a next request that
     may never come (it stayed open for the process's life: 973 MB of ledger for 20,000 writes). A
     ledger with no block pins nothing, nor does a chain younger than the state-transfer threshold
-    (cheaper to replay; every validator of a new network asks each peer once at start)."""
+    (cheaper to replay; every validator of a new network asks each peer at start): they answer
+    their height alone."""
     monkeypatch.setattr(statesync, "PIN_IDLE_S", 0.2)
     empty = CheckpointServer(Ledger(tmp_path / "empty", genesis_root=bytes(32)))
     state = make_state(100)
@@ -314,14 +315,12 @@ def test_a_pinned_view_is_released_when_idle_even_if_no_request_comes(tmp_path: 
         return sum(1 for line in led.env.readers().splitlines()[1:] if not line.rstrip().endswith("-"))
 
     monkeypatch.setenv("MEDCHAIN_STATE_SYNC_BLOCKS", str(HEIGHT + 1))
-    with pytest.raises(StateSyncError, match="under the 61 a checkpoint is worth"):
-        asyncio.run(srv.serve("p", encode([0])))
+    assert decode_offer(asyncio.run(srv.serve("p", encode([0])))) == (HEIGHT, b"", 0)  # its height only
     assert open_readers(srv.ledger) == 0
     monkeypatch.setenv("MEDCHAIN_STATE_SYNC_BLOCKS", str(HEIGHT))
 
     async def go() -> tuple[int, int]:
-        with pytest.raises(StateSyncError, match="no block committed"):
-            await empty.serve("p", encode([0]))
+        assert await empty.serve("p", encode([0])) == encode([0])
         await srv.serve("p", encode([0]))
         pinned = open_readers(srv.ledger)
         await asyncio.sleep(0.6)
@@ -370,18 +369,18 @@ def test_chunks_are_checked_in_order_and_within_limits() -> None:
 
 
 def test_only_a_fresh_validator_whose_peers_are_far_ahead_asks_for_a_checkpoint(tmp_path: Path, monkeypatch) -> None:
-    """A young network asks nobody for offers past one round at the start (each offer pins a read
-    transaction on the peer: asked by every validator every few seconds, that grew a 24 MiB ledger
-    disk full), and f liars cannot make a validator throw its history away for a height that does
-    not exist."""
+    """A young network asks nobody for offers once f+1 peers have answered the first rounds (each offer
+    pins a read transaction on the peer: asked by every validator every few seconds, that grew a
+    24 MiB ledger disk full), f liars cannot make a validator throw its history away for a height
+    that does not exist, and one that starts with a history keeps it."""
     monkeypatch.setenv("MEDCHAIN_STATE_SYNC_BLOCKS", "10")
-    v = validator_host(tmp_path, {})
+    state = make_state(10)
+    near = CheckpointServer(serving_ledger(tmp_path / "near", certified(state, height=9), state))
+    v = validator_host(tmp_path, {f"peer{j}": near for j in (1, 2, 3)})
     client = CheckpointClient(v)
-    v.replica.peer_delivered = {1: 9}  # one report: f+1 = 2 are needed, even for the first round
-    assert not client.due()
-    # f+1 peers heard: one round at once, whatever their heartbeats say (the first ones can be stale)
-    v.replica.peer_delivered = {1: 9, 2: 9}
-    assert client.due() and not client.due()
+    v.replica.peer_delivered = {}
+    assert client.due() and not asyncio.run(client.run())  # every peer answers 9: not far enough ahead
+    client._next_try = 0
     v.replica.peer_delivered = {1: 500, 2: 9, 3: 9}  # one peer (maybe lying) far ahead, f+1 near
     assert not client.due()
     v.replica.peer_delivered = {1: 500, 2: 400, 3: 9}
@@ -393,7 +392,16 @@ def test_only_a_fresh_validator_whose_peers_are_far_ahead_asks_for_a_checkpoint(
     assert client.due()
     v.replica.last_delivered = 18  # not fresh any more: it keeps its history and replays
     assert not client.due()
-    v.ledger.close()
+    # a validator that starts with a history never asks, however far ahead its peers say they are
+    (tmp_path / "old").mkdir()
+    old = CheckpointClient(validator_host(tmp_path / "old", {}))
+    old.v.replica.last_delivered = 18
+    assert not old.due()
+    old.v.replica.peer_delivered = {1: 5000, 2: 5000, 3: 5000}
+    assert not old.due()
+    for led in (v.ledger, old.v.ledger, near.ledger):
+        led.close()
+    near.close()
 
 
 def test_transactions_are_located_by_their_receipts_and_one_below_the_base_is_known_but_not_held(tmp_path) -> None:
@@ -468,3 +476,44 @@ def test_a_transfer_takes_at_most_a_third_of_the_disk_room_above_the_reserve(tmp
     assert not asyncio.run(client.run())
     assert f"the state passes {room} bytes before its root was checked" in client.stats["last_error"]
     assert v.ledger.head().height == 0 and not (v.home / statesync.TRANSFER_FILE).exists()
+
+
+def test_a_new_validator_asks_until_f_plus_1_peers_answer_whatever_it_replayed_meanwhile(
+        tmp_path: Path, monkeypatch) -> None:
+    """The race CI hit: block sync (on a stable checkpoint's evidence) replayed the newcomer past its
+    fresh window before f+1 heartbeats arrived, and the one round it was allowed never came. Now a
+    validator that starts new asks at once, with no heartbeat heard, and again (RETRY_S apart) until
+    f+1 peers have answered with their live heights, however far it replayed meanwhile."""
+    monkeypatch.setenv("MEDCHAIN_STATE_SYNC_BLOCKS", "10")
+    monkeypatch.setattr(statesync.random, "shuffle", lambda xs: None)  # peers in order: 1, 2, 3
+    far = 600
+    state = make_state(100)
+    honest = CheckpointServer(serving_ledger(tmp_path / "honest", certified(state, height=far), state))
+    down = Down()
+    servers: dict[str, CheckpointServer] = {"peer1": down, "peer2": down, "peer3": honest}
+    v = validator_host(tmp_path, servers)
+    v.replica.peer_delivered = {}  # no heartbeat heard yet
+    client = CheckpointClient(v)
+    assert client.due()  # started new: asks at once
+    v.replica.last_delivered = far + 1  # peer 3's offer is behind what it holds: not taken
+    assert not asyncio.run(client.run())
+    assert down.asked == 2 and client.stats["attempts"] == 0 and not client.due()  # RETRY_S apart
+    client._next_try = 0
+    v.replica.last_delivered = 200  # replayed far past its fresh window (10 + 8), one peer answered
+    assert client.due()
+    assert asyncio.run(client.run())
+    assert client.stats["installed_height"] == far and v.ledger.head().height == far
+    client._next_try = 0
+    assert not client.due()  # installed: it asks nobody again
+    # f+1 answers end it: a new validator whose peers are level with it stops asking
+    (tmp_path / "b").mkdir()
+    other = CheckpointClient(validator_host(tmp_path / "b", {f"peer{j}": honest for j in (1, 2, 3)}))
+    other.v.replica.peer_delivered = {}
+    assert other.due()  # it started new
+    other.v.replica.last_delivered = far - 5  # and replayed to within the threshold of its peers
+    assert not asyncio.run(other.run())
+    other._next_try = 0
+    assert other.stats["attempts"] == 0 and not other.due()
+    for led in (v.ledger, other.v.ledger, honest.ledger):
+        led.close()
+    honest.close()
