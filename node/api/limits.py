@@ -1,6 +1,7 @@
-"""The API's defences against hostile clients, in one place: transactions charged per client IP,
-request bodies bounded in bytes and time (per client IP and overall), idle and unfinished
-connections timed out, and open connections capped per client IP. Parameters come from genesis.
+"""The API's defences against hostile clients, in one place: transactions charged per client,
+request bodies bounded in bytes and time (per client and overall), idle and unfinished connections
+timed out, and open connections capped per client. A client is an IPv4 address or an IPv6 /64
+(client_key). Parameters come from genesis.
 
 The server wires it in with `Limits.middleware` (every route), `read_body` (every body-reading
 route), `charge_txs` (the transaction routes) and `serve_kwargs` / `cap_connections` (the runner).
@@ -11,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
+import ipaddress
 import logging
 import math
 import os
@@ -54,7 +57,26 @@ def _too_large(what: str, limit: int, actual: int, detail: str) -> web.HTTPExcep
 
 
 def client_ip(req: web.Request) -> str:
-    return req.remote or "unknown"
+    """The key every per-client limit of the API counts under (see client_key)."""
+    return client_key(req.remote)
+
+
+@functools.lru_cache(maxsize=4096)
+def client_key(addr: str | None) -> str:
+    """An IPv4 address is one client; an IPv6 client is its /64, the least a host or subscriber is
+    given (one host owns 2^64 addresses: keyed by address it would be 2^64 clients); an IPv4-mapped
+    IPv6 address (a dual-stack socket's) is its IPv4 address."""
+    if not addr:
+        return "unknown"
+    if ":" not in addr:
+        return addr
+    try:
+        ip = ipaddress.IPv6Address(addr.split("%", 1)[0])
+    except ValueError:
+        return addr
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return f"{ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)).network_address}/64"
 
 
 class Limits:
@@ -255,7 +277,7 @@ def cap_connections(server: web.Server, per_ip: int, refused: Callable[[], None]
     def connection_made(handler: RequestHandler, transport: asyncio.Transport) -> None:
         made(handler, transport)
         peer = transport.get_extra_info("peername")
-        ip = peer[0] if peer else "unknown"
+        ip = client_key(peer[0] if peer else None)
         ip_of[handler] = ip
         open_by_ip[ip] += 1
         if open_by_ip[ip] > per_ip:

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from node.api import blobs, chain, health, patients, submit
 from node.api.common import LIMITS, SEEN, VALIDATOR, SeenRequests, err, retry_after
-from node.api.limits import Limits, cap_connections, serve_kwargs
+from node.api.limits import Limits, cap_connections, client_ip, serve_kwargs
 from node.api.submit import MAX_BATCH_TXS
 from node.mempool import KeyedLimiter
 from node.storage import StorageFull
@@ -50,7 +50,7 @@ def make_app(v: Validator) -> web.Application:
     async def per_client(req: web.Request, handler: Handler) -> web.StreamResponse:
         """The per-connection limit: a token bucket per client IP over all requests, so one host
         cannot monopolise the API (per-sender limits apply to transactions on top)."""
-        ip = req.remote or "unknown"
+        ip = client_ip(req)
         wait = clients.take(ip, time.monotonic())
         if wait > 0:
             v.metrics.throttled.labels("client_ip").inc()
