@@ -1,7 +1,7 @@
 """State transfer from a certified checkpoint: a new or wiped validator far behind its peers asks
 one of them for its state at its certified head, instead of replaying every block from genesis.
 
-Protocol `/medchain/state/1.0.0` (request-response over the p2p adapter, like node/sync.py):
+Protocol `/medchain/state/1.1.0` (request-response over the p2p adapter, like node/sync.py):
 - `[0]` -> `[height, block, keys]`: the peer pins its head (one LMDB read transaction) and offers it:
   the head block with its commit certificate and how many state pairs it holds. A chain younger
   than MEDCHAIN_STATE_SYNC_BLOCKS answers `[height]` and pins nothing (cheaper to replay).
@@ -16,16 +16,19 @@ or drips its chunks (too_slow) is skipped and another is tried. Only then is the
 between its steps, and the replica is rebuilt on it; node/sync.py pulls the blocks after it as usual.
 
 When: a validator that starts new (it holds fewer than MEDCHAIN_STATE_SYNC_BLOCKS, default 512, blocks
-plus one PBFT window: see fresh()) asks its peers for offers at once and every RETRY_S until f+1 of
-them have answered (an offer carries the peer's live certified height; heartbeats queued for it since
-the network started can be stale, and block sync may replay past the fresh window before f+1
-heartbeats arrive: neither decides). Anything it replayed meanwhile is dropped as history below the
-new base. Past that, it asks whenever it is still fresh and the f+1-th highest height in its peers'
-signed heartbeats is at least MEDCHAIN_STATE_SYNC_BLOCKS ahead. It takes a certified offer that far
-ahead of it; f liars cannot make it stop asking (f+1 answers include an honest one) nor install a
-state that does not prove. Known gap: blocks pushed and pulled meanwhile can take it past the offer
-first; it then simply replays. A validator that starts with a longer history replays blocks and
-keeps it; one less far behind replays too (cheaper than moving the state).
+plus one PBFT window: see fresh()) asks every peer for an offer at once, and again RETRY_S after each
+round that installs nothing, until f+1 peers have answered that it is not far behind them (an offer
+under the threshold ahead, or a young chain's `[height]`), or it has replayed NEW_REPLAY thresholds
+of blocks meanwhile. Neither stale heartbeats (those queued for it since the network started) nor
+late ones (block sync can replay past the fresh window before f+1 arrive) decide that. What it
+replayed meanwhile is dropped as history below the new base. Past that, it asks whenever it is
+still fresh and the f+1-th highest height in its peers' signed heartbeats is at least the threshold
+ahead. It takes a certified offer that far ahead; a far offer that then fails, or a forged one, does
+not count as an answer, so f liars cannot stop the asking alone (an honest peer that is itself
+behind can join them: the heartbeats then decide, as for any validator), nor install a state that
+does not prove. Known gap: blocks pushed and pulled meanwhile can take it past the offer first; it
+then simply replays. A validator that starts with a longer history replays blocks and keeps it; one
+less far behind replays too (cheaper than moving the state).
 """
 
 from __future__ import annotations
@@ -71,11 +74,13 @@ if TYPE_CHECKING:  # types only
 
 log = logging.getLogger("medchain.statesync")
 
-PROTOCOL = "/medchain/state/1.0.0"
+PROTOCOL = "/medchain/state/1.1.0"
 PIN_IDLE_S = 30.0
 PINS = 2  # per peer: one peer's requests never evict the view another is fetching
 TIMEOUT_S = 20.0
-RETRY_S = 5.0  # after every peer failed, before the next round
+RETRY_S = 5.0  # after a round that installed nothing, before the next
+# a validator that started new drops at most this many thresholds of blocks it replayed meanwhile
+NEW_REPLAY = 4
 # A transfer must keep up this average (counting each pair as in StateChecker, so a peer dripping a
 # pair per request fails at once), past its first TIMEOUT_S, and end within TRANSFER_MAX_S: a
 # byzantine peer that answers just in time with a few valid pairs cannot hold catch-up for ever.
@@ -191,8 +196,8 @@ class CheckpointServer:
                 del self._pins[h]
 
     def _expire_later(self) -> None:
-        """Expire on a timer, not only at the next request: after a transfer (or a newcomer's one
-        round of offers) no request may ever come."""
+        """Expire on a timer, not only at the next request: after a transfer (or a newcomer's offers)
+        no request may ever come."""
         self._expiry = None
         self.expire_idle()
         if self._pins:
@@ -262,29 +267,32 @@ class CheckpointClient:
                                       "keys": 0, "last_error": None}
         self._next_try = 0.0
         self._new: bool | None = None  # whether it started new: decided at the first due()
-        self._answered: set[int] = set()  # peers that sent an offer (their live height) since the start
+        self._answered: set[int] = set()  # peers whose answer said we are not far behind them
         self._failed_peers: set[int] = set()  # asked last in the next round
         for leftover in (TRANSFER_FILE, TRANSFER_FILE + ".partial"):  # of a transfer a crash cut short
             (v.home / leftover).unlink(missing_ok=True)
 
     def due(self) -> bool:
         """Whether to ask for offers now (see the module doc): a validator that started new asks until f+1
-        peers have answered or a checkpoint installs, whatever it replayed meanwhile; then, while still
-        fresh, whenever its peers are far ahead by the replica's own measure (the f+1-th highest height
-        in signed heartbeats: f liars cannot send us after a height that does not exist). Otherwise it
-        asks nobody: each offer pins a read transaction on the peer for a while."""
+        peers have answered that it is not far behind, a checkpoint installs, or it has replayed
+        NEW_REPLAY thresholds of blocks; then, while still fresh, whenever its peers are far ahead by the
+        replica's own measure (the f+1-th highest height in signed heartbeats: f liars cannot send us
+        after a height that does not exist). Otherwise it asks nobody: each offer pins a read
+        transaction on the peer for a while."""
         r = self.v.replica
         if self._new is None:
             self._new = fresh(r.last_delivered, r.window)
         if time.monotonic() < self._next_try:
             return False
-        if self._new and len(self._answered) <= max_faulty(r.n):
+        if (self._new and len(self._answered) <= max_faulty(r.n)
+                and r.last_delivered < NEW_REPLAY * min_blocks() + r.window):
             return True
         return fresh(r.last_delivered, r.window) and r.behind_by() >= min_blocks()
 
     async def run(self) -> bool:
-        """Try the peers in random order (those that failed last time at the end) until one's checkpoint,
-        far enough ahead, proves and installs. Whatever ends it, the next round waits RETRY_S."""
+        """Ask every peer for an offer at once, then try those far enough ahead in random order (those
+        that failed before at the end) until one's checkpoint proves and installs. Whatever ends it,
+        the next round waits RETRY_S."""
         try:
             return await self._round()
         finally:
@@ -293,15 +301,16 @@ class CheckpointClient:
     async def _round(self) -> bool:
         v = self.v
         peers = [j for j in range(len(v.genesis.validators)) if j != v.index and j not in v.faults.cut]
-        random.shuffle(peers)
-        peers.sort(key=lambda j: j in self._failed_peers)
-        for j in peers:
-            stage = ["peer"]  # what failed, for the refusal metric: "peer", then "block", then "state"
+        # at once: a silent (blackholed, stalling) peer costs the round one TIMEOUT_S, not one per peer,
+        # while block sync waits for the round
+        offers = await asyncio.gather(*(self._offer(j) for j in peers))
+        far = [(j, o) for j, o in zip(peers, offers, strict=True) if o is not None]
+        random.shuffle(far)
+        far.sort(key=lambda jo: jo[0] in self._failed_peers)
+        for j, (height, block_raw, keys) in far:
+            stage = ["block"]  # what failed, for the refusal metric: "block", then "peer" or "state"
             try:
-                got = await self._fetch(j, stage)
-                if got is None:
-                    continue  # not far enough ahead of us (then blocks will do), or not yet reachable
-                cp, path = got
+                cp, path = await self._fetch(j, height, block_raw, keys, stage)
             except Exception as exc:  # noqa: BLE001 - P2PError, a refusal, a lie: try another peer
                 self._failed(j, exc, stage[0] if isinstance(exc, CheckpointError) else "peer")
                 continue
@@ -317,6 +326,30 @@ class CheckpointClient:
             break
         return False
 
+    async def _offer(self, j: int) -> tuple[int, bytes, int] | None:
+        """Peer j's offer if it is far enough ahead of us. None if it is not (the peer then counts as
+        having answered: a far offer that then fails, or a forged one, does not), or if it did not
+        answer (asked at once with the others, a silent peer costs the round one TIMEOUT_S)."""
+        v = self.v
+        try:
+            raw = await v.net.request(peer_id(v.genesis.validators[j].p2p), PROTOCOL, encode([0]), TIMEOUT_S,
+                                      MAX_MANIFEST)
+        except Exception as exc:  # noqa: BLE001 - P2PError: not connected yet, down, or silent
+            log.info("no state offer from validator %d: %s", j, exc)
+            return None
+        v.metrics.xfer_bytes.inc(len(raw))
+        try:
+            height, block_raw, keys = decode_offer(raw)
+        except StateSyncError as exc:
+            self._failed(j, exc, "peer")
+            return None
+        if not block_raw or height < v.replica.last_delivered + min_blocks():
+            # not far ahead (a young chain's [height] included): f+1 such answers hold an honest one,
+            # unless an honest peer is itself behind; then the heartbeats decide, as for any validator
+            self._answered.add(j)
+            return None
+        return height, block_raw, keys
+
     def _failed(self, j: int, exc: Exception, reason: str) -> None:
         self._failed_peers.add(j)
         self.stats["failures"] += 1
@@ -324,24 +357,15 @@ class CheckpointClient:
         self.v.metrics.xfer_refused.labels(reason).inc()
         log.warning("state transfer from validator %d failed: %s", j, exc)
 
-    async def _fetch(self, j: int, stage: list[str]) -> tuple[Checkpoint, Path] | None:
-        """The peer's checkpoint, its chunks checked as they come (order, limits, count) and streamed to a
-        snapshot file in the home (never held here); its root is proven by the installer."""
+    async def _fetch(self, j: int, height: int, block_raw: bytes, keys: int,
+                     stage: list[str]) -> tuple[Checkpoint, Path]:
+        """Peer j's checkpoint at the offered block, its chunks checked as they come (order, limits,
+        count) and streamed to a snapshot file in the home (never held here); its root is proven by
+        the installer."""
         v = self.v
         peer = peer_id(v.genesis.validators[j].p2p)
-        try:
-            offer = await v.net.request(peer, PROTOCOL, encode([0]), TIMEOUT_S, MAX_MANIFEST)
-        except Exception as exc:  # noqa: BLE001 - P2PError: not connected yet, or down: ask the next one
-            log.info("no state offer from validator %d: %s", j, exc)
-            return None
-        v.metrics.xfer_bytes.inc(len(offer))
-        height, block_raw, keys = decode_offer(offer)
-        self._answered.add(j)  # its live height, even a young chain's [height]
-        if not block_raw or height < v.replica.last_delivered + min_blocks():
-            return None
         self.stats["attempts"] += 1
         v.metrics.xfer_started.inc()
-        stage[0] = "block"
         block = check_block(block_raw, v.genesis.chain_id, v.genesis.validator_keys)
         if block.header.height != height:
             raise CheckpointError(f"offered height {height}, but its block is {block.header.height}")

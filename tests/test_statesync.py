@@ -301,7 +301,7 @@ def test_one_peers_offers_never_evict_the_view_another_peer_is_fetching(tmp_path
 def test_a_pinned_view_is_released_when_idle_even_if_no_request_comes(tmp_path: Path, monkeypatch) -> None:
     """A pinned view is an open LMDB read transaction: while it is open LMDB reuses no page freed
     after it, so every block's rewritten pages grow the ledger file. A network's newcomers ask for
-    offers once at start; the view must close after PIN_IDLE_S on its own, not at a next request that
+    offers at start; the view must close after PIN_IDLE_S on its own, not at a next request that
     may never come (it stayed open for the process's life: 973 MB of ledger for 20,000 writes). A
     ledger with no block pins nothing, nor does a chain younger than the state-transfer threshold
     (cheaper to replay; every validator of a new network asks each peer at start): they answer
@@ -499,7 +499,9 @@ def test_a_new_validator_asks_until_f_plus_1_peers_answer_whatever_it_replayed_m
     assert not asyncio.run(client.run())
     assert down.asked == 2 and client.stats["attempts"] == 0 and not client.due()  # RETRY_S apart
     client._next_try = 0
-    v.replica.last_delivered = 200  # replayed far past its fresh window (10 + 8), one peer answered
+    v.replica.last_delivered = 48  # NEW_REPLAY (4) thresholds of 10 and a window of 8: it keeps that
+    assert not client.due()
+    v.replica.last_delivered = 40  # replayed far past its fresh window (10 + 8), one peer answered
     assert client.due()
     assert asyncio.run(client.run())
     assert client.stats["installed_height"] == far and v.ledger.head().height == far
@@ -514,6 +516,16 @@ def test_a_new_validator_asks_until_f_plus_1_peers_answer_whatever_it_replayed_m
     assert not asyncio.run(other.run())
     other._next_try = 0
     assert other.stats["attempts"] == 0 and not other.due()
-    for led in (v.ledger, other.v.ledger, honest.ledger):
+    # a far offer that fails (a forged state, here) is no answer: f+1 of them do not end the asking
+    (tmp_path / "c").mkdir()
+    big = make_state(5000)  # more than one chunk: the Liar forges every chunk after the first
+    liar = Liar(serving_ledger(tmp_path / "liar", certified(big, height=far), big))
+    lied_to = CheckpointClient(validator_host(tmp_path / "c", {f"peer{j}": liar for j in (1, 2, 3)}))
+    lied_to.v.replica.peer_delivered = {}
+    assert lied_to.due() and not asyncio.run(lied_to.run())
+    lied_to._next_try = 0
+    assert lied_to.stats["failures"] == 3 and lied_to.due()
+    for led in (v.ledger, other.v.ledger, lied_to.v.ledger, honest.ledger, liar.ledger):
         led.close()
     honest.close()
+    liar.close()
