@@ -29,7 +29,7 @@ from node.genesis import Genesis, IssuerInfo, Params, init_home
 from node.ipfs.cid import CODEC_DAG_PB, CODEC_RAW, Cid
 from node.ipfs.unixfs import import_bytes
 from node.state.machine import BREAK_GLASS_ACCESS_MS, BREAK_GLASS_LIMIT
-from node.tx import DATA_TYPES, Grant, Policy, Profile, Read, Tx, Write
+from node.tx import DATA_TYPES, Grant, Policy, Profile, Read, SealedKey, Tx, Write
 from node.tx.credential import issue
 from node.tx.requests import blob_request_digest, blob_upload_digest
 from node.uploads import UploadBudget
@@ -190,6 +190,13 @@ def covers(tmp_path_factory):
     }
     codes |= commit(list(reads.values()), T)
     codes |= commit([tx(PAT2, Policy(False))], T + 1000)
+    # the nurse held heart rate's epoch 0 key, was revoked (heart rate moves to epoch 1), then reads
+    # by break-glass
+    held = [tx(PAT, Grant(NURSE.address, (HR,), 0, (SealedKey(HR, 0, bytes(80)),))),
+            tx(PAT, Grant(NURSE.address, (), 0, ()))]
+    codes |= commit(held, T + 1500)
+    reads["revoked_emergency"] = tx(NURSE, Read(PAT.address, HR, b"", 0, T, "ETREAT"))
+    codes |= commit([reads["revoked_emergency"]], T + 2000)
     ids |= reads
     assert codes == {**dict.fromkeys(codes, 0), ids["refused"].id: 3}
     yield v, {k: t.id for k, t in ids.items()}
@@ -198,13 +205,13 @@ def covers(tmp_path_factory):
 
 
 def _covers(monkeypatch, covers, name, now_ms=T, reader=DOC, patient=PAT, dtype=HR, cid=CID_A,
-            t0=T - 60_000, t1=T, read_id=None, written=1):
+            t0=T - 60_000, t1=T, read_id=None, written=1, epoch=0):
     """read_covers with the clock at `now_ms` (the only thing not taken from the ledger), for a blob
-    recorded at height `written` (the reads are at height 2)."""
+    recorded at height `written` under key `epoch` (the reads are at height 2)."""
     v, ids = covers
     monkeypatch.setattr(blobs.clock, "now_ms", lambda: now_ms)
     return blobs.read_covers(v, ids[name] if read_id is None else read_id, reader.address, patient.address,
-                             dtype, cid, t0, t1, written)
+                             dtype, cid, t0, t1, written, epoch)
 
 
 def test_read_covers_serves_the_blobs_a_committed_read_allows(monkeypatch, covers):
@@ -253,6 +260,16 @@ def test_read_covers_applies_the_patient_s_policy_and_the_emergency_window_now(m
     assert _covers(monkeypatch, covers, "emergency", now_ms=T + BREAK_GLASS_ACCESS_MS - 1, **bg) is None
     assert _covers(monkeypatch, covers, "emergency", now_ms=T + BREAK_GLASS_ACCESS_MS, **bg) == \
         "the break-glass read is too old: commit a new one"
+
+
+def test_break_glass_does_not_undo_a_revocation(monkeypatch, covers):
+    """A revoked staff member keeps the keys once sealed to it: a break-glass read must not hand it the
+    ciphertexts of those epochs (the data itself, the patient's revocation undone; from a review).
+    Later epochs' ciphertexts it cannot open: break-glass serves those."""
+    bg = {"reader": NURSE, "now_ms": T + 3000}
+    assert _covers(monkeypatch, covers, "revoked_emergency", epoch=0, **bg).startswith(
+        "break-glass refused: this reader was given this blob's key epoch and no longer holds access")
+    assert _covers(monkeypatch, covers, "revoked_emergency", epoch=1, **bg) is None
 
 
 def test_a_stranger_cannot_record_another_patients_blob_under_another_cid(node, genesis):

@@ -222,8 +222,12 @@ def test_break_glass_end_to_end(node, genesis):
                 await c.download(doc, genesis.chain_id, res.cid, cid_b, rd.id)
             assert e.value.status == 403
 
-            # opting out also closes blobs an earlier emergency read opened
+            # a revoke ends the emergency release too (it held the current epoch: heart rate rotates)
             await phone.revoke(doc.address)
+            (after,) = (await c.grants(pat.address))["grants"]
+            assert after["types"] == [] and after.get("released", []) == [], after
+            assert (await c.account(pat.address))["epochs"]["heart_rate"] == res.epoch + 1
+            # opting out also closes blobs an earlier emergency read opened
             await phone.set_break_glass(False)
             with pytest.raises(ApiError) as e:
                 await c.download(doc, genesis.chain_id, res.cid, cid_b, bytes.fromhex(log["break_glass"][0]["tx"]))

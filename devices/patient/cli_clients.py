@@ -204,15 +204,18 @@ def staff_cmd(args: argparse.Namespace) -> int:
             from devices.wearable.gatt import decode
             wins = await st.read(_addr(args.patient), args.type, args.cid, break_glass=args.break_glass or "")
             sealed = [w.cid for w in wins if w.sealed]
-            note = (f"break-glass: {len(sealed)} window(s) fetched but no data key sealed to you yet; the "
-                    "patient's phone releases keys for emergency reads (`medchain patient break-glass release`)"
-                    if sealed else "")
+            refused = {w.cid: w.refused for w in wins if w.refused}
+            notes = [f"break-glass: {len(sealed)} window(s) fetched but no data key sealed to you yet; the "
+                     "patient's phone releases keys for emergency reads (`medchain patient break-glass release`)"
+                     ] if sealed else []
+            notes += [f"break-glass: window {c} refused: {why}" for c, why in refused.items()]
+            note = "\n".join(notes)
             if args.fhir:
                 from devices.patient import fhir
                 b = fhir.bundle(fhir.observations(args.patient, wins))
                 return b, json.dumps(b, indent=1) + (f"\n{note}" if note else "")
             rows = [{"time_ms": t, **decode(u, f, t).values} for w in wins for t, u, f in w.readings]
-            return ({"windows": len(wins), "readings": rows, "sealed": sealed},
+            return ({"windows": len(wins), "readings": rows, "sealed": sealed, "refused": refused},
                     "\n".join([*(json.dumps(r) for r in rows), *([note] if note else [])]))
         finally:
             print(_refusals(reader), end="", file=sys.stderr)

@@ -323,7 +323,8 @@ class Phone:
         grants = (await self.reads.grants(self.address))["grants"]
         expired = [g for g in grants if g["types"] and 0 < g["expiry_ms"] <= now
                    and (dtype is None or dtype in {data_type_id(t) for t in g["types"]})]
-        txids = [await self.revoke(bytes.fromhex(g["staff"])) for g in expired]
+        # the lasting grant only: a release runs to its own expiry (below)
+        txids = [await self.grant(bytes.fromhex(g["staff"]), []) for g in expired]
         for g in grants:
             for r in g.get("released", []):
                 t = data_type_id(r["type"])
@@ -485,7 +486,17 @@ class Phone:
         self._rekey_owed(self.rekey_pending if self.rekey_failures else None)
 
     async def revoke(self, staff: bytes) -> str:
-        return await self.grant(staff, [])
+        """Take away all `staff` holds of this patient: the lasting grant, then every emergency release
+        still running (left alone, a release of the current epoch kept opening data written after the
+        revoke until it expired, up to 24 h; from a review). The grant's transaction id."""
+        txid = await self.grant(staff, [])
+        now = int(time.time() * 1000)
+        for g in (await self.reads.grants(self.address))["grants"]:
+            if g["staff"] == staff.hex():
+                for r in g.get("released", []):
+                    if r["expiry_ms"] > now:
+                        await self.end_release(staff, data_type_id(r["type"]))
+        return txid
 
     async def read_own(self, dtype: str | int) -> list[envelope.Reading]:
         """The patient reads their own data (no grant needed; the read is still on the ledger)."""

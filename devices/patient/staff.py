@@ -30,6 +30,9 @@ class Window:
     # break-glass only: the ciphertext was fetched but no data key is sealed to us (yet), so the
     # readings are empty; the patient's phone releases keys for emergency reads (Phone.answer_break_glass)
     sealed: bool = False
+    # break-glass only: why a validator refused this ciphertext (403): a key of its epoch was once
+    # sealed to us and that access ended, so only the patient's release opens it again
+    refused: str = ""
 
 
 class Staff:
@@ -90,8 +93,15 @@ class Staff:
                   for k in (await self.reads.sealed_keys(patient, self.address))["keys"]}
         out = []
         for r in recs:
-            blob = await self.client.download_any(self.reader.urls if self.reader else [], self.identity, self.chain_id,
-                                                  r["cid"], Cid.parse(r["cid"]).to_bytes(), bytes.fromhex(txid), r["size"])
+            try:
+                blob = await self.client.download_any(self.reader.urls if self.reader else [], self.identity,
+                                                      self.chain_id, r["cid"], Cid.parse(r["cid"]).to_bytes(),
+                                                      bytes.fromhex(txid), r["size"])
+            except ApiError as exc:
+                if not (break_glass and exc.status == 403):
+                    raise
+                out.append(Window(r["cid"], r["epoch"], r["t_start_ms"], r["t_end_ms"], [], refused=exc.reason))
+                continue
             key_sealed = sealed.get((tid, r["epoch"]))
             if key_sealed is None and break_glass:
                 out.append(Window(r["cid"], r["epoch"], r["t_start_ms"], r["t_end_ms"], [], sealed=True))

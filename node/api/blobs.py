@@ -22,7 +22,7 @@ from node.crypto.keys import address_of
 from node.ipfs.blockstore import IntegrityError, MissingBlock
 from node.ipfs.cid import Cid, CidError
 from node.state import Code, keys
-from node.state.machine import BREAK_GLASS_ACCESS_MS, Overlay, break_glass_enabled, read_allowed
+from node.state.machine import BREAK_GLASS_ACCESS_MS, Overlay, break_glass_enabled, key_access, read_allowed
 from node.state.records import BlobRec
 from node.tx import KIND_READ, Tx
 from node.tx.requests import blob_request_digest, blob_upload_digest
@@ -98,7 +98,7 @@ async def get_blob(req: web.Request) -> web.Response:
     rec = BlobRec.decode(rec_raw)
     if reader != rec.patient:
         reason = read_covers(v, read_id, reader, rec.patient, rec.dtype, cid.to_bytes(), rec.t_start_ms,
-                             rec.t_end_ms, rec.height)
+                             rec.t_end_ms, rec.height, rec.epoch)
         if reason:
             return err(403, reason)
     refused = first_use(req, "request")  # recorded only once authorised: a flood of others cannot fill it
@@ -112,10 +112,11 @@ async def get_blob(req: web.Request) -> web.Response:
 
 
 def read_covers(v: Validator, read_id: bytes, reader: bytes, patient: bytes, dtype: int, cid: bytes,
-                t0: int, t1: int, written: int) -> str | None:
+                t0: int, t1: int, written: int, epoch: int) -> str | None:
     """None if the committed read transaction `read_id` lets `reader` fetch this blob (window
-    t0..t1, recorded at height `written`) now, else why not. A read covers only what was on chain
-    when it committed: its range ends at its block's time, so it never opens a later write."""
+    t0..t1, recorded at height `written`, under key `epoch`) now, else why not. A read covers only
+    what was on chain when it committed: its range ends at its block's time, so it never opens a
+    later write."""
     if len(read_id) != 32:
         return "staff must name their committed read transaction (X-Medchain-Read)"
     rec = v.ledger.receipt(read_id)
@@ -140,6 +141,12 @@ def read_covers(v: Validator, read_id: bytes, reader: bytes, patient: bytes, dty
             return "break-glass refused: the patient has disabled emergency access"
         if now_ms - block.header.time_ms >= BREAK_GLASS_ACCESS_MS:  # "less than 24 hours" (PROTOCOL.md 7)
             return "the break-glass read is too old: commit a new one"
+        if (view.get(keys.sealed_key(patient, reader, dtype, epoch)) is not None
+                and not key_access(view, reader, patient, dtype, epoch, now_ms)):
+            # a former grantee still holds this epoch's key: the ciphertext would be the data, and
+            # break-glass would undo the patient's revocation (only the patient may give it again)
+            return ("break-glass refused: this reader was given this blob's key epoch and no longer holds "
+                    "access to it (revoked or ended): the patient's release is needed")
         return None
     if not read_allowed(view, reader, patient, dtype, now_ms):
         return "access denied by the patient's current policy"

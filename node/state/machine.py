@@ -96,6 +96,16 @@ def read_allowed(view: Overlay, reader: bytes, patient: bytes, dtype: int, time_
     return dtype in g.types and (g.expiry_ms == 0 or time_ms < g.expiry_ms)
 
 
+def key_access(view: Overlay, reader: bytes, patient: bytes, dtype: int, epoch: int, time_ms: int) -> bool:
+    """Whether `reader` may still use the patient's key of (dtype, epoch): by a lasting grant of the
+    type that read_allowed honours, or by an unexpired emergency release of that epoch."""
+    if read_allowed(view, reader, patient, dtype, time_ms):
+        return True
+    raw = view.get(keys.grant(patient, reader))
+    rel = GrantRec.decode(raw).release_of(dtype) if raw is not None else None
+    return rel is not None and epoch in rel.epochs and time_ms < rel.expiry_ms
+
+
 def break_glass_enabled(view: Overlay, patient: bytes) -> bool:
     """Emergency reads are allowed unless the patient's latest policy transaction turned them off."""
     raw = view.get(keys.policy(patient))
@@ -374,6 +384,7 @@ __all__ = [
     "check_tx",
     "clinician_issuer",
     "genesis_state_root",
+    "key_access",
     "read_allowed",
 ]
 
