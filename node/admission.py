@@ -451,5 +451,8 @@ class Admission:
         if size != tx.body.size and self.check_held_size:
             raise AdmissionError(Refusal.UNPROCESSABLE, size_mismatch(cid, size, tx.body.size))
         if cid.codec == CODEC_RAW and size <= SIDECAR_MAX:
-            return self.blobs.get(cid)
+            return self.blobs.get(cid)  # it rides with the write: held at commit whatever is collected
+        # it stays here until the write commits (or leaves the pool): an upload admitted near the end
+        # of its grace was collected before its commit (a review)
+        self.blobs.touch(cid)
         return None

@@ -25,7 +25,9 @@ from node.crypto import ecdsa
 from node.crypto.keys import Identity
 from node.execution import build_block
 from node.genesis import IssuerInfo, Params, init_home
+from node.ipfs import blockstore
 from node.ipfs.cid import Cid, cid_v1_raw
+from node.ipfs.unixfs import import_bytes
 from node.mempool import AdmissionError, Refusal, origin
 from node.sidecar import SIDECAR_MAX, Item
 from node.state import Code
@@ -247,6 +249,24 @@ def test_a_write_without_sidecar_needs_its_blob_held_here_with_its_size(make: Ca
     assert v.mempool.sidecar(ws[2].id) == big and v.mempool.sidecar(ws[3].id) is None
     assert dict(adm.rejected) == {ws[0].id: _refused(res[0])[1], ws[1].id: _refused(res[1])[1]}
     assert _rejections(v, "blob not held") == 1
+
+
+def test_an_upload_a_write_names_is_kept_for_a_grace_from_the_write_s_admission(
+        make: Callable[..., Validator], monkeypatch) -> None:
+    """A standalone upload is collected `upload_grace_s` after it arrived unless a committed write
+    pins it. A write admitted near the end of that grace (or waiting in a busy pool) lost its blob
+    before its commit (a crash-consistency review): admission restarts the grace."""
+    clock = [1_000_000.0]
+    monkeypatch.setattr(blockstore, "time", SimpleNamespace(time=lambda: clock[0]))
+    v = make()
+    data = b"d" * (SIDECAR_MAX + 1)  # too large to ride as a sidecar: it must stay in the store
+    root, blocks = import_bytes(data, "helia-default")
+    v.blobs.put_dags([(root, blocks.items(), len(data))], upload=True)
+    clock[0] += 500
+    w = _write(_id("late writer"), root.to_bytes(), len(data))
+    assert v.admission.submit_many_sync(_items([w])) == [w.id]
+    assert v.blobs.collect_uploads(600.0, now=clock[0] + 101) == 0 and v.blobs.get_blob(root) == data
+    assert v.blobs.collect_uploads(600.0, now=clock[0] + 601) == 1  # no commit pinned it in time
 
 
 def test_a_forwarded_write_of_one_raw_block_must_carry_its_sidecar(make: Callable[..., Validator]) -> None:

@@ -145,6 +145,22 @@ class BlockStore:
                 if upload:
                     txn.put(_upload_key(now) + root.multihash, b"", db=self.uploads)
 
+    def touch(self, root: Cid) -> None:
+        """Restart a listed root's collection grace, as an upload of it again would: a write naming it
+        was admitted and must find it at commit (collect_uploads reads the listing's time in the
+        transaction that deletes), and if no commit pins it, it is collected after the grace."""
+        now = time.time()
+        with self._map.write(2) as txn:
+            listed = txn.get(root.multihash, db=self.roots)
+            if listed is None:
+                return
+            size, _, codec = _ROOT.unpack(bytes(listed))
+            if codec != root.codec:
+                return
+            txn.put(root.multihash, _ROOT.pack(size, now, codec), db=self.roots)
+            if not txn.get(root.to_bytes(), db=self.pins):
+                txn.put(_upload_key(now) + root.multihash, b"", db=self.uploads)
+
     def commit_blobs(self, sidecars: Iterable[tuple[Cid, bytes]], pins: Iterable[Cid],
                      height: int = 0, block_hash: bytes = b"") -> tuple[list[Cid], list[Cid]]:
         """A committed block's blobs: its sidecars (raw blocks, each checked against its CID) stored
