@@ -139,6 +139,14 @@ class Replicator:
         if not self._tasks:
             self.start(self.net)
 
+    def refetch(self, root: Cid, height: int) -> None:
+        """A committed blob (recorded at `height`) found missing or corrupt here: unlisted and wanted in
+        one transaction, then fetched like any wanted blob until held (a read may fetch it first)."""
+        self.store.unlist(root, height)
+        self._pending.setdefault(height, set()).add(root.multihash)
+        self._wanted.add(root.multihash)
+        self._queue.put_nowait([root])
+
     def stored(self, cids: list[Cid]) -> None:
         """Blocks stored here by the API (an upload): answer wants that were waiting for them."""
         if self.net is not None:

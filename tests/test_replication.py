@@ -183,6 +183,31 @@ def test_a_fresh_commit_is_not_asked_about_an_old_or_unseen_height_is(tmp_path) 
         store.close()
 
 
+def test_a_blob_found_bad_at_a_read_stays_wanted_until_repaired(tmp_path) -> None:
+    """A read that finds a committed blob missing or corrupt unlists it to fetch it again. It was
+    unlisted alone: a fetch that failed (or a crash) left it neither held nor wanted, and repair
+    never came back to it (a crash-consistency review). Now unlisted and wanted in one transaction,
+    and queued for the replicator, which survives a restart."""
+    store = BlockStore(tmp_path / "blobs")
+    r = Replicator(store, 4)
+    root, _ = store.put_blob(os.urandom(100))
+
+    async def go() -> None:
+        r.refetch(root, 7)
+        assert r._queue.get_nowait() == [root] and root.multihash in r._pending[7]
+
+    try:
+        asyncio.run(go())
+        assert not store.has_blob(root) and store.wanted_blobs() == [(root, 7)]
+    finally:
+        store.close()
+    again = BlockStore(tmp_path / "blobs")  # a restart: repair reloads what is wanted
+    try:
+        assert again.wanted_blobs() == [(root, 7)]
+    finally:
+        again.close()
+
+
 @contextlib.asynccontextmanager
 async def _announcing(r: Replicator) -> AsyncIterator[None]:
     """The replicator's announcer running, with a round due."""

@@ -104,7 +104,7 @@ async def get_blob(req: web.Request) -> web.Response:
     refused = first_use(req, "request")  # recorded only once authorised: a flood of others cannot fill it
     if refused is not None:
         return refused
-    data = await load_blob(v, cid)
+    data = await load_blob(v, cid, rec.height)
     if isinstance(data, web.Response):
         return data
     return web.Response(body=data, content_type="application/octet-stream",
@@ -153,9 +153,10 @@ def read_covers(v: Validator, read_id: bytes, reader: bytes, patient: bytes, dty
     return None
 
 
-async def load_blob(v: Validator, cid: Cid) -> bytes | web.Response:
-    """The blob, every block verified: the local copy, or (missing or corrupt here) fetched from
-    the other validators over bitswap. A corrupt local block is counted and refused (502)."""
+async def load_blob(v: Validator, cid: Cid, height: int) -> bytes | web.Response:
+    """The blob (recorded at `height`), every block verified: the local copy, or (missing or corrupt
+    here) fetched from the other validators over bitswap; if that fails, repair goes on in the
+    background. A corrupt local block is counted and refused (502)."""
     for attempt in (0, 1):
         try:
             return v.blobs.get_blob(cid)
@@ -168,7 +169,7 @@ async def load_blob(v: Validator, cid: Cid) -> bytes | web.Response:
             failure = err(502, f"integrity error: stored DAG is malformed: {exc}")
         if attempt or v.net is None:
             return failure
-        v.blobs.unlist(cid)  # refetch from peers; fetched blocks replace missing or corrupt ones
+        v.replicator.refetch(cid, height)  # from peers; fetched blocks replace missing or corrupt ones
         if not await v.replicator.ensure(cid):
             return failure
     return failure

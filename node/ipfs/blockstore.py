@@ -306,11 +306,15 @@ class BlockStore:
                     pass  # a corrupt block: nothing below it is reachable
         return out
 
-    def unlist(self, root: Cid) -> None:
+    def unlist(self, root: Cid, height: int | None = None) -> None:
         """Forget that the blob is complete here (a block went missing or is corrupt), so the
-        next fetch re-downloads it; fetched blocks overwrite the bad ones."""
-        with self._map.write(db=self.roots) as txn:
-            txn.delete(root.multihash)
+        next fetch re-downloads it; fetched blocks overwrite the bad ones. With the `height` of the
+        block that recorded it: wanted too, in the same transaction, so a fetch that fails (or a
+        crash) leaves it to repair, not forgotten."""
+        with self._map.write(2) as txn:
+            txn.delete(root.multihash, db=self.roots)
+            if height is not None:
+                txn.put(root.to_v1().to_bytes(), struct.pack(">Q", height), db=self.wanted)
 
     def delete_blob(self, root: Cid) -> int:
         """Delete a blob's blocks and its listing (pins are kept); returns blocks deleted."""
