@@ -147,6 +147,8 @@ DAY = 24 * 3600 * 1000
 HR, BP = DATA_TYPES["heart_rate"], DATA_TYPES["blood_pressure"]
 PAT, PAT2 = Identity.from_seed(b"covers-patient"), Identity.from_seed(b"covers-patient-2")
 DOC, NURSE = Identity.from_seed(b"covers-doctor"), Identity.from_seed(b"covers-nurse")
+LOCUM = Identity.from_seed(b"covers-locum")  # a clinician whose credential ends an hour after T
+HOUR = 3600 * 1000
 CID_A, CID_B = (b"\x01\x55\x12\x20" + hashlib.sha256(n).digest() for n in (b"a", b"b"))
 EXPIRY = T + 2 * DAY  # the doctor's heart-rate grant
 OUTSIDE = "the blob is outside the read transaction's time range (which ends at its block's time)"
@@ -174,6 +176,8 @@ def covers(tmp_path_factory):
     staff = [tx(DOC, Profile("Dr C", "physician", "org", DOC.box_public)),
              tx(NURSE, Profile("N C", "nurse", "org", NURSE.box_public,
                                issue(issuer, "read-covers", NURSE.address, T + 10 * DAY))),
+             tx(LOCUM, Profile("L C", "locum", "org", LOCUM.box_public,
+                               issue(issuer, "read-covers", LOCUM.address, T + HOUR))),
              tx(PAT, Write(HR, CID_B, 100, 0, T - 60_000, T))]
     ids = {
         "write": tx(PAT, Write(HR, CID_A, 100, 0, T - 60_000, T)),
@@ -185,6 +189,7 @@ def covers(tmp_path_factory):
         "range": tx(DOC, Read(PAT.address, HR, b"", T - 60_000, T)),
         "refused": tx(DOC, Read(PAT.address, BP, b"", 0, T)),  # no grant for blood pressure: code 3
         "emergency": tx(NURSE, Read(PAT.address, BP, b"", 0, T, "ETREAT")),
+        "locum_emergency": tx(LOCUM, Read(PAT.address, BP, b"", 0, T, "ETREAT")),
         "opted_out": tx(NURSE, Read(PAT2.address, HR, b"", 0, T, "ETREAT")),  # allowed, then opted out
         "open": tx(DOC, Read(PAT.address, HR, b"", 0, 2**62)),  # a range into the future: it ends at T
     }
@@ -260,6 +265,16 @@ def test_read_covers_applies_the_patient_s_policy_and_the_emergency_window_now(m
     assert _covers(monkeypatch, covers, "emergency", now_ms=T + BREAK_GLASS_ACCESS_MS - 1, **bg) is None
     assert _covers(monkeypatch, covers, "emergency", now_ms=T + BREAK_GLASS_ACCESS_MS, **bg) == \
         "the break-glass read is too old: commit a new one"
+
+
+def test_a_break_glass_download_needs_the_clinician_credential_still_valid(monkeypatch, covers):
+    """The credential is checked when the emergency read commits, and again at each download: a
+    clinician whose credential ended (dismissed, a locum's term over) no longer fetches for the rest
+    of the read's 24-hour window (a review)."""
+    bg = {"reader": LOCUM, "dtype": BP}
+    assert _covers(monkeypatch, covers, "locum_emergency", now_ms=T + HOUR - 1, **bg) is None
+    assert _covers(monkeypatch, covers, "locum_emergency", now_ms=T + HOUR, **bg) == \
+        "break-glass refused: this reader no longer holds a valid clinician credential"
 
 
 def test_break_glass_does_not_undo_a_revocation(monkeypatch, covers):

@@ -22,7 +22,14 @@ from node.crypto.keys import address_of
 from node.ipfs.blockstore import IntegrityError, MissingBlock
 from node.ipfs.cid import Cid, CidError
 from node.state import Code, keys
-from node.state.machine import BREAK_GLASS_ACCESS_MS, Overlay, break_glass_enabled, key_access, read_allowed
+from node.state.machine import (
+    BREAK_GLASS_ACCESS_MS,
+    Overlay,
+    break_glass_enabled,
+    clinician_issuer,
+    key_access,
+    read_allowed,
+)
 from node.state.records import BlobRec
 from node.tx import KIND_READ, Tx
 from node.tx.requests import blob_request_digest, blob_upload_digest
@@ -141,6 +148,8 @@ def read_covers(v: Validator, read_id: bytes, reader: bytes, patient: bytes, dty
             return "break-glass refused: the patient has disabled emergency access"
         if now_ms - block.header.time_ms >= BREAK_GLASS_ACCESS_MS:  # "less than 24 hours" (PROTOCOL.md 7)
             return "the break-glass read is too old: commit a new one"
+        if clinician_issuer(view, reader, now_ms, v.admission.rules) is None:  # ended since the read (a review)
+            return "break-glass refused: this reader no longer holds a valid clinician credential"
         if (view.get(keys.sealed_key(patient, reader, dtype, epoch)) is not None
                 and not key_access(view, reader, patient, dtype, epoch, now_ms)):
             # a former grantee still holds this epoch's key: the ciphertext would be the data, and
