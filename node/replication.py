@@ -39,7 +39,7 @@ from node.block import availability, max_faulty
 from node.ipfs.blockstore import BlockStore
 from node.ipfs.cid import Cid
 from node.state import Code, keys
-from node.state.records import Receipt
+from node.state.records import BlobRec, Receipt
 from node.tx import KIND_WRITE, Tx
 from node.wire import WireError, decode, encode
 
@@ -143,9 +143,39 @@ class Replicator:
         """A committed blob (recorded at `height`) found missing or corrupt here: unlisted and wanted in
         one transaction, then fetched like any wanted blob until held (a read may fetch it first)."""
         self.store.unlist(root, height)
-        self._pending.setdefault(height, set()).add(root.multihash)
-        self._wanted.add(root.multihash)
-        self._queue.put_nowait([root])
+        self.want([(root, height)])
+
+    async def adopt(self, base: int, scan: Callable[[bytes], list[tuple[bytes, bytes]]]) -> int:
+        """Pin, and fetch where not held, the blobs committed below checkpoint `base`, the height this
+        ledger started from (a state transfer, a restore): no commit here pinned them, and without
+        this every validator rebuilt that way lowered how many copies of the history the network
+        keeps. `scan(after)`: the next blob records (keys.blob) after a state key. In batches,
+        resumable after a crash (BlockStore.adopt); returns how many were adopted now."""
+        at, done, after = self.store.adoption()
+        if at == base and done:
+            return 0
+        if at != base:
+            after = b""
+        adopted = 0
+        while True:
+            pairs = await asyncio.to_thread(scan, after)
+            roots = [(Cid.from_bytes(k[1:]), rec.height) for k, raw in pairs
+                     if (rec := BlobRec.decode(raw)).height <= base]  # above it: a commit here pinned it
+            after = pairs[-1][0] if pairs else after
+            self.want(await asyncio.to_thread(self.store.adopt, roots, base, after, not pairs))
+            adopted += len(roots)
+            if not pairs:
+                log.info("adopted %d blobs committed below the checkpoint at %d", adopted, base)
+                return adopted
+
+    def want(self, roots: list[tuple[Cid, int]]) -> None:
+        """Blobs the store recorded as wanted meanwhile (a refetch, a checkpoint's history): fetched like
+        those a commit wanted."""
+        for root, height in roots:
+            self._pending.setdefault(height, set()).add(root.multihash)
+            self._wanted.add(root.multihash)
+        if roots:
+            self._queue.put_nowait([r for r, _ in roots])
 
     def stored(self, cids: list[Cid]) -> None:
         """Blocks stored here by the API (an upload): answer wants that were waiting for them."""

@@ -62,6 +62,7 @@ from node.sidecar import (
     SidecarError,
     decode_forwarded,
 )
+from node.state import keys
 from node.sync import THRESHOLD as SYNC_THRESHOLD
 from node.sync import StateSync
 from node.uploads import UploadBudget
@@ -146,6 +147,7 @@ class Validator:
         self._txin_bytes = 0
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self._adopting: asyncio.Task | None = None
         self._stopping = False
         self.msgs_in = self.msgs_out = 0
         self.synced_blocks = 0  # blocks fetched by state transfer
@@ -165,11 +167,28 @@ class Validator:
         self.pipeline.reset()
         self.replica = self._new_replica()
         await self._recover()
+        self._adopt_checkpoint_blobs()
         self._wake.set()
         # a checkpoint's install (node/statesync.py) moves the head without a commit here: long
         # polls for the heights it passed are answered now, not at their timeout
         self.committer.wake_heights(self.ledger.head().height)
         return self.replica.last_delivered, self.replica.view
+
+    def _adopt_checkpoint_blobs(self) -> None:
+        """A ledger that starts from a checkpoint holds none of the blobs committed below it: pin them
+        and fetch them in the background (Replicator.adopt), once per checkpoint."""
+        base = self.ledger.base_height()
+        if not base or (self._adopting is not None and not self._adopting.done()):
+            return
+
+        async def adopt() -> None:
+            try:
+                await self.replicator.adopt(base, lambda after: self.ledger.scan_state(keys.BLOB_PREFIX, 2000, after))
+            except Exception:  # retried at the next start; the blobs stay fetchable on demand meanwhile
+                log.exception("adopting the blobs below the checkpoint at %d failed", base)
+
+        self._adopting = asyncio.create_task(adopt(), name="adopt-checkpoint-blobs")
+        self._tasks.append(self._adopting)
 
     def _new_replica(self) -> Replica:
         """The PBFT core as on disk: at start, and when a validator whose disk filled resumes (storage.py)."""
@@ -221,6 +240,7 @@ class Validator:
                                            name="disk-watch")]
         if self.net is not None:
             self.sync.start()
+        self._adopt_checkpoint_blobs()  # a restore, or a state transfer a stop cut short
 
     async def stop(self) -> None:
         self._stopping = True

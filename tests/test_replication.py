@@ -20,6 +20,8 @@ from node.ipfs.blockstore import BlockStore
 from node.ipfs.cid import Cid, cid_v1_raw
 from node.p2p import P2PError
 from node.replication import ASK_EVERY_S, HELD_PREFIX, MAX_ASK, MAX_MSG_HEIGHTS, T_HELD, Replicator
+from node.state import keys
+from node.state.records import BlobRec
 from node.tx import DATA_TYPES
 from node.tx.model import Write
 from node.wire import decode, encode
@@ -206,6 +208,43 @@ def test_a_blob_found_bad_at_a_read_stays_wanted_until_repaired(tmp_path) -> Non
         assert again.wanted_blobs() == [(root, 7)]
     finally:
         again.close()
+
+
+def test_blobs_committed_below_a_checkpoint_are_pinned_once_and_wanted(tmp_path) -> None:
+    """A ledger started from a checkpoint (a state transfer, a restore) held none of the blobs
+    committed below it, and nothing pinned or fetched them (a crash-consistency review). Adoption pins
+    each recorded blob once (those recorded above the checkpoint a commit here pinned), wants those
+    not held, and resumes after a crash without pinning twice."""
+    held = cid_v1_raw(b"held here")
+    records = {keys.blob(c.to_bytes()): encode(list(BlobRec(b"p" * 32, 1, 0, 9, 0, 1, h, b"t" * 32)))
+               for c, h in [(cid_v1_raw(b"w%d" % k), 10 + k) for k in range(5)] + [(held, 3), (cid_v1_raw(b"new"), 99)]}
+    batches: list[int] = []
+
+    def scan(after: bytes, limit: int = 2) -> list[tuple[bytes, bytes]]:
+        batches.append(len(batches))
+        if len(batches) == 3 and crash:
+            raise OSError("killed")
+        return [(k, v) for k, v in sorted(records.items()) if k > after][:limit]
+
+    store = BlockStore(tmp_path / "blobs")
+    store.put_blob(b"held here")
+    crash = True
+    try:
+        with pytest.raises(OSError):
+            asyncio.run(Replicator(store, 4).adopt(50, scan))
+        assert store.adoption()[:2] == (50, False)
+        crash = False
+        r = Replicator(store, 4)
+        taken = sum(1 for k in sorted(records)[:4] if k != keys.blob(cid_v1_raw(b"new").to_bytes()))
+        assert asyncio.run(r.adopt(50, scan)) == 6 - taken  # the rest, after the two batches taken
+        below = [cid_v1_raw(b"w%d" % k) for k in range(5)]
+        assert [store.pin_count(c) for c in [*below, held]] == [1] * 6 and store.pin_count(cid_v1_raw(b"new")) == 0
+        assert sorted((str(c), h) for c, h in store.wanted_blobs()) == sorted((str(c), 10 + k) for k, c in enumerate(below))
+        assert store.adoption() == (50, True, max(records))
+        assert asyncio.run(r.adopt(50, scan)) == 0  # done: nothing pinned again
+        assert store.pin_count(held) == 1
+    finally:
+        store.close()
 
 
 @contextlib.asynccontextmanager

@@ -9,13 +9,20 @@ import json
 import re
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from devices.net.faultharness import acknowledged_load, assert_committed, converged
 from devices.net.localnet import make_network, start_all, stop_all
-from node.genesis import Params
+from devices.patient.client import NodeClient
+from devices.patient.phone import Phone
+from devices.wearable.wearables import make_wearable
+from node.crypto.keys import Identity
+from node.genesis import Genesis, Params
+from node.ipfs.blockstore import BlockStore
+from node.ipfs.cid import Cid
 from tests.conftest import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,8 +42,17 @@ def test_fresh_validator_catches_up_by_state_transfer(tmp_path: Path) -> None:
     try:
         start_all(nodes[:3])  # 2f+1 = 3: the network commits without validator 3
         committed: list[str] = []
+        windows: list[str] = []
 
         async def go() -> None:
+            async with NodeClient(nodes[0].url) as c0:  # blobs committed below the coming checkpoint
+                g = Genesis.load(nodes[0].home / "genesis.json")
+                phone = Phone(Identity.from_seed(b"join-patient"), c0, g.chain_id, g.validator_keys)
+                t0 = int(time.time() * 1000) - 600_000
+                hr = make_wearable("heart_rate", "hr", 1)
+                for k in range(3):
+                    windows.append((await phone.write_window(
+                        "heart_rate", list(hr.frames_between(t0 + k * 60_000, t0 + (k + 1) * 60_000)))).cid)
             stop = asyncio.Event()
             task = asyncio.create_task(acknowledged_load(nodes[:3], stop, committed, b"join-", avoid=None))
             # far enough ahead that the newcomer is still THRESHOLD behind after what it replays before
@@ -67,6 +83,10 @@ def test_fresh_validator_catches_up_by_state_transfer(tmp_path: Path) -> None:
             assert float(metrics["medchain_state_transfer_installed_height"]) == xfer["installed_height"], metrics
             assert float(metrics["medchain_state_transfer_chunks_total"]) == xfer["chunks"] >= 1, metrics
             assert float(metrics["medchain_state_transfer_received_bytes_total"]) > 0, metrics
+            # the blobs committed below its checkpoint: pinned and fetched in the background
+            while (rep := _status(late.url)["replication"])["fetched"] < len(windows):
+                assert asyncio.get_running_loop().time() < deadline + 30, rep
+                await asyncio.sleep(0.2)
             before = len(committed)
             stop.set()
             await task
@@ -92,6 +112,12 @@ def test_fresh_validator_catches_up_by_state_transfer(tmp_path: Path) -> None:
     assert codes == [0, 0, 0, 0], codes
     for n in nodes:
         assert "Traceback" not in n.log_tail(1_000_000), n.log_tail()
+    store = BlockStore(late.home / "blobs")
+    try:
+        assert [(store.has_blob(Cid.parse(c)), store.pin_count(Cid.parse(c))) for c in windows] == [(True, 1)] * 3
+        assert store.wanted_blobs() == []
+    finally:
+        store.close()
     p = subprocess.run([sys.executable, "-m", "node.cli", "verify", "--home", str(late.home), "--json"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     rep = json.loads(p.stdout)

@@ -194,6 +194,32 @@ class BlockStore:
                 txn.put(b"pinned", struct.pack(">Q", height) + block_hash, db=self.meta)
         return stored, wanted
 
+    def adoption(self) -> tuple[int, bool, bytes]:
+        """How far the blobs recorded below a checkpoint were adopted (see adopt): (the checkpoint's
+        height, whether done, the last state key taken); (0, True, b"") if none was begun."""
+        with self.env.begin(db=self.meta) as txn:
+            raw = txn.get(b"adopted")
+        if raw is None:
+            return 0, True, b""
+        base, done = struct.unpack(">QB", bytes(raw[:9]))
+        return base, bool(done), bytes(raw[9:])
+
+    def adopt(self, roots: Iterable[tuple[Cid, int]], base: int, last_key: bytes, done: bool) -> list[tuple[Cid, int]]:
+        """Blobs committed below checkpoint `base` (a state transfer or a restore started this ledger
+        there, and no commit here pinned them): each pinned once and, where not held, recorded as
+        wanted at its height, with the progress (the last state key taken) in the same transaction, so
+        a crash resumes without pinning twice. Returns the wanted ones."""
+        roots = list(roots)
+        wanted = []
+        with self._map.write(2 * len(roots) + 1) as txn:
+            for root, height in roots:
+                self._pin_in(txn, root)
+                if txn.get(root.multihash, db=self.roots) is None:
+                    txn.put(root.to_v1().to_bytes(), struct.pack(">Q", height), db=self.wanted)
+                    wanted.append((root, height))
+            txn.put(b"adopted", struct.pack(">QB", base, done) + last_key, db=self.meta)
+        return wanted
+
     def wanted_blobs(self, limit: int = 100_000) -> list[tuple[Cid, int]]:
         """Blobs committed blocks recorded that this store still lacks, with their heights."""
         with self.env.begin(db=self.wanted) as txn:

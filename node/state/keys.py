@@ -38,8 +38,11 @@ def expiring(patient: bytes, dtype: int) -> bytes:
     return b"E" + patient + bytes([dtype])
 
 
+BLOB_PREFIX = b"d"  # every blob record's key starts so (and no other key does)
+
+
 def blob(cid: bytes) -> bytes:
-    return b"d" + cid
+    return BLOB_PREFIX + cid
 
 
 def data_index(patient: bytes, dtype: int, t_start_ms: int, cid: bytes) -> bytes:
