@@ -175,3 +175,36 @@ def test_serve_registration_errors_and_outsider_cannot_ask() -> None:
     node.serve("/x/1", lambda p, r: r)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="already served"):
         node.serve("/x/1", lambda p, r: r)  # type: ignore[arg-type]
+
+
+def test_a_flood_of_inbound_messages_never_holds_the_asyncio_loop() -> None:
+    """Messages are handed to the handler on the asyncio loop; with a peer streaming tiny frames
+    faster than they are handled, the inbox never emptied and the drain never returned: timers,
+    consensus and the API stood still (a review). It now yields every DRAIN_BATCH messages."""
+    from node.p2p import node as p2p_node
+
+    async def go() -> tuple[int, int]:
+        calls = [0]
+        n = p2p_node.P2PNode(secret(0), "127.0.0.1", 0, [], lambda peer, payload: flood(peer))
+
+        def flood(peer: str) -> None:  # the trio side delivering one more for each one handled
+            calls[0] += 1
+            if calls[0] < 50_000:
+                n._deliver(peer, b"\x01x")
+
+        n._loop = asyncio.get_running_loop()
+        seen_at: list[int] = []
+
+        async def other_work() -> None:
+            await asyncio.sleep(0)
+            seen_at.append(calls[0])
+
+        task = asyncio.create_task(other_work())
+        n._deliver("peer", b"\x01x")
+        await task
+        while calls[0] < 50_000:
+            await asyncio.sleep(0)
+        return seen_at[0], calls[0]
+
+    ran_at, total = asyncio.run(go())
+    assert ran_at <= 1024 and total == 50_000  # DRAIN_BATCH (512) a turn

@@ -58,6 +58,7 @@ QUEUE_MAX = 10_000  # frames per peer, and framequeue.MAX_BYTES; when full the o
 # (or comes back) was sent everything queued for it since the network started, up to QUEUE_MAX
 # frames of old rounds and heartbeats, and replayed them before it learned where the network was.
 QUEUE_MAX_AGE_S = 10.0
+DRAIN_BATCH = 512  # inbound messages handled per turn of the asyncio loop
 GOSSIP_MAX = 1024 * 1024 - 16 * 1024  # pubsub refuses RPCs over 1 MiB: larger payloads go direct
 STOP_TIMEOUT = 3.0
 # undelivered inbound bytes at which direct-stream reads pause (as at 20,000 messages): a frame may be
@@ -584,9 +585,14 @@ class P2PNode:
                     loop.call_soon_threadsafe(self._drain_inbox)
 
     def _drain_inbox(self) -> None:  # asyncio loop
+        """Hand at most DRAIN_BATCH messages to the handler, then yield to the loop's other work (timers,
+        consensus, the API) and go on: a peer streaming tiny frames faster than they are handled kept
+        this loop here for good (a review)."""
         self._inbox_scheduled = False
         inbox, cb, tags = self._inbox, self._on_message, self.tags_in
-        while inbox:
+        for _ in range(DRAIN_BATCH):
+            if not inbox:
+                return
             peer, payload = inbox.popleft()
             self._inbox_out += len(payload)
             tag = message_tag(payload)
@@ -595,3 +601,6 @@ class P2PNode:
                 cb(peer, payload)
             except Exception:  # a handler bug must not stall the network
                 log.exception("on_message handler failed")
+        if inbox:
+            self._inbox_scheduled = True  # the trio side need not schedule another: this one goes on
+            asyncio.get_running_loop().call_soon(self._drain_inbox)
