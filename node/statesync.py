@@ -182,16 +182,19 @@ class CheckpointServer:
 
     def __init__(self, ledger: Any) -> None:
         self.ledger = ledger
-        self._pins: dict[tuple[str, int], tuple[StateView, float]] = {}  # (peer, height) -> (view, last used)
+        # (peer, height) -> (view, last used, pinned at)
+        self._pins: dict[tuple[str, int], tuple[StateView, float, float]] = {}
         self._expiry: asyncio.TimerHandle | None = None
 
     def expire_idle(self, now: float | None = None) -> None:
-        """Close the views idle for PIN_IDLE_S. Each holds an LMDB read transaction, and while one is
-        open LMDB reuses no page freed after it: the ledger file (and the pages mapped from it) grows
-        by every block's rewritten pages until it closes."""
+        """Close the views idle for PIN_IDLE_S, or pinned for TRANSFER_MAX_S (as long as a transfer may
+        take: a peer asking for a chunk every few seconds held one for good; a review). Each holds
+        an LMDB read transaction, and while one is open LMDB reuses no page freed after it: the
+        ledger file (and the pages mapped from it) grows by every block's rewritten pages until it
+        closes."""
         now = time.monotonic() if now is None else now
-        for h, (view, used) in list(self._pins.items()):
-            if now - used > PIN_IDLE_S:
+        for h, (view, used, pinned) in list(self._pins.items()):
+            if now - used > PIN_IDLE_S or now - pinned > TRANSFER_MAX_S:
                 view.close()
                 del self._pins[h]
 
@@ -218,7 +221,7 @@ class CheckpointServer:
             oldest = min(mine, key=lambda k: self._pins[k][1])
             self._pins.pop(oldest)[0].close()
         view = self.ledger.state_view()
-        self._pins[peer, view.height] = (view, now)
+        self._pins[peer, view.height] = (view, now, now)
         self._schedule_expiry()
         return view
 
@@ -237,14 +240,14 @@ class CheckpointServer:
         if pinned is None:
             raise StateSyncError(f"the state at block {height} is no longer held here: ask for a new offer")
         view = pinned[0]
-        self._pins[peer, height] = (view, time.monotonic())
+        self._pins[peer, height] = (view, time.monotonic(), pinned[2])
         return encode_chunk(next(chunked(view.pairs(after)), []))
 
     def close(self) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
-        for view, _ in self._pins.values():
+        for view, *_ in self._pins.values():
             view.close()
         self._pins.clear()
 

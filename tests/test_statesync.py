@@ -331,6 +331,23 @@ def test_a_pinned_view_is_released_when_idle_even_if_no_request_comes(tmp_path: 
     assert pinned == 1 and after == 0
     with pytest.raises(StateSyncError, match="no longer held"):  # the released view is gone
         asyncio.run(srv.serve("p", encode([1, HEIGHT, b""])))
+    # a peer asking a chunk every few seconds keeps a view only as long as a transfer may take
+    monkeypatch.setattr(statesync, "TRANSFER_MAX_S", 0.5)
+
+    async def kept_alive() -> tuple[int, int]:
+        await srv.serve("p", encode([0]))
+        held = []
+        for _ in range(8):
+            await asyncio.sleep(0.1)  # well within PIN_IDLE_S (0.2) each time
+            try:
+                await srv.serve("p", encode([1, HEIGHT, b""]))
+                held.append(1)
+            except StateSyncError:
+                held.append(0)
+        return sum(held), open_readers(srv.ledger)
+
+    kept, readers = asyncio.run(kept_alive())
+    assert 3 <= kept < 8 and readers == 0, (kept, readers)
     srv.close()
     srv.ledger.close()
     empty.close()
