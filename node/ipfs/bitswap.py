@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from .bitswap_pb import DONT_HAVE, HAVE, MAX_MESSAGE, WANT_BLOCK, WANT_HAVE, Entry, Message
+from .bitswap_pb import DONT_HAVE, HAVE, MAX_ENTRIES, MAX_MESSAGE, WANT_BLOCK, WANT_HAVE, Entry, Message
 from .cid import Cid
 
 MAX_BLOCK = 2 * 1024 * 1024  # blocks we send or accept (kubo and Helia allow at least this)
@@ -78,7 +78,7 @@ class Engine:
                     continue
                 asked[p] = want_type
                 per_peer.setdefault(p, []).append(Entry(cid, 1, False, want_type, send_dont_have))
-        return [(p, Message(entries=es)) for p, es in per_peer.items()]
+        return _per_peer(per_peer)
 
     def cancel(self, cids: Cid | Iterable[Cid], peers: Iterable[str] | None = None) -> list[tuple[str, Message]]:
         """Withdraw our wants (from ``peers``, or from everyone we asked), one message per peer."""
@@ -101,7 +101,7 @@ class Engine:
                 self._want_cid.pop(mh, None)
         while len(self._recent) > RECENT:
             self._recent.popitem(last=False)
-        return [(p, Message(entries=es)) for p, es in per_peer.items()]
+        return _per_peer(per_peer)
 
     def got(self, cids: Cid | Iterable[Cid]) -> list[tuple[str, Message]]:
         """We hold ``cids`` now: cancel our want-blocks at the peers still asked. Want-haves stay:
@@ -238,8 +238,8 @@ class Engine:
         for key in list(self.ledger.get(peer, ())):
             self._drop(peer, key)
         self.ledger.pop(peer, None)
-        for asked in self.wants.values():
-            asked.pop(peer, None)
+        for mh in [mh for mh, asked in self.wants.items() if peer in asked]:
+            self._answered(mh, peer)  # a want no peer is asked for any more goes (they piled up)
 
     def wanted_by(self, peer: str) -> list[Cid]:
         return [e.cid for e in self.ledger.get(peer, {}).values()]
@@ -266,11 +266,17 @@ def merge(replies: list[tuple[str, Message]]) -> list[tuple[str, Message]]:
     return out
 
 
+def _per_peer(entries: dict[str, list[Entry]]) -> list[tuple[str, Message]]:
+    """Each peer's entries in messages of at most MAX_ENTRIES (what a receiver decodes)."""
+    return [(p, Message(entries=es[i:i + MAX_ENTRIES])) for p, es in entries.items()
+            for i in range(0, len(es), MAX_ENTRIES)]
+
+
 def pack(blocks: list[tuple[Cid, bytes]], presences: list[tuple[Cid, int]]) -> list[Message]:
     """Split blocks into messages under the 4 MiB message cap (one block per message at worst);
-    presences ride on the first message."""
-    out: list[Message] = []
-    cur = Message(presences=list(presences))
+    presences ride on the first message, MAX_ENTRIES to a message."""
+    out = [Message(presences=presences[i:i + MAX_ENTRIES]) for i in range(MAX_ENTRIES, len(presences), MAX_ENTRIES)]
+    cur = Message(presences=list(presences[:MAX_ENTRIES]))
     size = 0
     for cid, data in blocks:
         if cur.blocks and size + len(data) > SEND_BUDGET:
