@@ -159,6 +159,42 @@ def test_replica_restarted_during_a_view_change_sends_its_view_change_again():
     net.assert_no_fork()
 
 
+def test_a_replica_restarted_in_a_view_whose_new_view_it_lost_waits_for_it():
+    """As below, but replicas 2 and 3 come back without the NEW-VIEW of view 1 (a checkpoint installed
+    there, or a crash between the view's block and its NEW-VIEW): they started NORMAL in view 1 with
+    none of its obligations, and byzantine primary 1 could get them to prepare B2 at a sequence the
+    NEW-VIEW fixed (a PBFT review). Now they wait for it: B2 is not prepared, their heartbeat names
+    view 0, and the NEW-VIEW the others send again installs the view with its obligations."""
+    net = HandNet(4)
+    n = net.nodes
+    a1 = make_block(1, view=0, proposer=0, txs=[b"A1"])
+    a2 = make_block(2, view=0, proposer=0, txs=[b"A2"], prev=a1.hash)
+    for b in (a1, a2):
+        n[0].handle(n[0].r.propose(b), net)
+    net.deliver(lambda s, d, m: m.tag in (1, 2))
+    net.drop(lambda s, d, m: m.tag == 3)
+    for i in range(4):
+        n[i].handle(n[i].r.start_view_change(1), net)
+    net.deliver(lambda s, d, m: not (m.tag in (1, 2, 3) and m.seq == 2))
+    net.drop(lambda s, d, m: True)
+    b2 = make_block(2, view=1, proposer=1, txs=[b"B2"], prev=a1.hash)
+    for i in (2, 3):
+        n[i].disk_nv = None  # lost
+        n[i].restart(net.now)
+        assert n[i].r.view == 1 and n[i].r.changing  # before: NORMAL, nothing fixed
+        net.inject(i, pre_prepare(b2))
+    assert not [m for s, d, m in net.pending if m.tag == 2 and m.digest == b2.hash]  # nobody prepares B2
+    for _ in range(20):  # heartbeats (view 0 from the waiting) and the NEW-VIEW sent again
+        net.tick(range(4), dt=500)
+        net.deliver(lambda s, d, m: True)
+        if not n[2].r.changing and not n[3].r.changing:
+            break
+    for i in (2, 3):
+        r = n[i].r
+        assert r.view == 1 and not r.changing and r.state.fixed.get(2) == a2.hash
+    net.assert_no_fork()
+
+
 def test_a_replica_restarted_in_a_view_with_a_block_of_it_committed_keeps_the_new_views_obligations():
     """Blocks A1 and A2 prepared in view 0, nothing committed; the NEW-VIEW of view 1 fixes both; A1
     commits in view 1, A2's messages of view 1 are lost. Replicas 2 and 3 restart: their heads are

@@ -74,6 +74,7 @@ class Recovery:
     def __init__(self, s: ReplicaState, views: ViewChanges) -> None:
         self.s = s
         self.views = views
+        self.reinstalled: int | None = None  # the view whose persisted NEW-VIEW a restart reinstalled
 
     def record(self, seq: int, inst: Instance | None = None) -> bytes:
         """The consensus-log record for `seq` (of instance `inst`, default the one in the log)."""
@@ -101,6 +102,7 @@ class Recovery:
             self.s.phase = phase
             return False
         self.s.view_changes = before  # the same view change, not another one
+        self.reinstalled = nv.view
         return True
 
     def restore_record(self, seq: int, rec: Record) -> bool:
@@ -138,7 +140,14 @@ class Recovery:
 
     def resume_view_change(self) -> None:
         """After a restart in the middle of a view change: our VIEW-CHANGE goes out again on the next
-        tick (rebuilt from the restored prepared certificates), or the change could never complete."""
+        tick (rebuilt from the restored prepared certificates), or the change could never complete.
+        A replica in a view above 0 whose NEW-VIEW it did not reinstall (a checkpoint installed, a
+        crash between a block of the view and its NEW-VIEW) waits for it the same way (its heartbeat
+        names the view before, so peers send it again): started NORMAL with none of the view's
+        obligations, a byzantine primary could get it to prepare another block at a sequence the
+        NEW-VIEW fixed (a review)."""
+        if self.s.view > 0 and not self.s.changing and self.reinstalled != self.s.view:
+            self.s.phase = Phase.VIEW_CHANGE
         if self.s.changing and self.s.own_vc is None:
             self.s.own_vc = self.views.build_view_change()
             self.s.vc_sent_at = -(10**12)
