@@ -159,25 +159,35 @@ def test_replica_restarted_during_a_view_change_sends_its_view_change_again():
     net.assert_no_fork()
 
 
-def test_a_replica_restarted_in_a_view_whose_new_view_it_lost_waits_for_it():
-    """As below, but replicas 2 and 3 come back without the NEW-VIEW of view 1 (a checkpoint installed
-    there, or a crash between the view's block and its NEW-VIEW): they started NORMAL in view 1 with
-    none of its obligations, and byzantine primary 1 could get them to prepare B2 at a sequence the
-    NEW-VIEW fixed (a PBFT review). Now they wait for it: B2 is not prepared, their heartbeat names
-    view 0, and the NEW-VIEW the others send again installs the view with its obligations."""
+def _a2_fixed_by_view_1_a1_committed():
+    """Blocks A1 and A2 prepared in view 0, nothing committed; the NEW-VIEW of view 1 fixes both; A1
+    commits in view 1, A2's messages of view 1 are lost. Returns the network, A1, A2, and B2: another
+    block at sequence 2 that byzantine primary 1 may offer."""
     net = HandNet(4)
     n = net.nodes
     a1 = make_block(1, view=0, proposer=0, txs=[b"A1"])
     a2 = make_block(2, view=0, proposer=0, txs=[b"A2"], prev=a1.hash)
     for b in (a1, a2):
         n[0].handle(n[0].r.propose(b), net)
-    net.deliver(lambda s, d, m: m.tag in (1, 2))
-    net.drop(lambda s, d, m: m.tag == 3)
+    net.deliver(lambda s, d, m: m.tag in (1, 2))  # pre-prepares and prepares
+    net.drop(lambda s, d, m: m.tag == 3)  # no commit in view 0
     for i in range(4):
         n[i].handle(n[i].r.start_view_change(1), net)
-    net.deliver(lambda s, d, m: not (m.tag in (1, 2, 3) and m.seq == 2))
+    net.deliver(lambda s, d, m: not (m.tag in (1, 2, 3) and m.seq == 2))  # view 1 commits A1 only
     net.drop(lambda s, d, m: True)
-    b2 = make_block(2, view=1, proposer=1, txs=[b"B2"], prev=a1.hash)
+    assert all([b.hash for b in nd.ledger] == [a1.hash] and nd.ledger[0].cert_view == 1 for nd in n)
+    assert all(nd.r.state.fixed.get(2) == a2.hash for nd in n)
+    return net, a1, a2, make_block(2, view=1, proposer=1, txs=[b"B2"], prev=a1.hash)
+
+
+def test_a_replica_restarted_in_a_view_whose_new_view_it_lost_waits_for_it():
+    """As below, but replicas 2 and 3 come back without the NEW-VIEW of view 1 (a checkpoint installed
+    there, or a crash between the view's block and its NEW-VIEW): they started NORMAL in view 1 with
+    none of its obligations, and byzantine primary 1 could get them to prepare B2 at a sequence the
+    NEW-VIEW fixed (a PBFT review). Now they wait for it: B2 is not prepared, their heartbeat names
+    view 0, and the NEW-VIEW the others send again installs the view with its obligations."""
+    net, a1, a2, b2 = _a2_fixed_by_view_1_a1_committed()
+    n = net.nodes
     for i in (2, 3):
         n[i].disk_nv = None  # lost
         n[i].restart(net.now)
@@ -202,21 +212,8 @@ def test_a_replica_restarted_in_a_view_with_a_block_of_it_committed_keeps_the_ne
     then offers B2 at sequence 2. Before, the restarted replicas had forgotten what the NEW-VIEW fixed
     and prepared B2; now its obligations are reinstalled, B2 is refused, and the NEW-VIEW is relayed
     again to a replica below the view."""
-    net = HandNet(4)
+    net, a1, a2, b2 = _a2_fixed_by_view_1_a1_committed()
     n = net.nodes
-    a1 = make_block(1, view=0, proposer=0, txs=[b"A1"])
-    a2 = make_block(2, view=0, proposer=0, txs=[b"A2"], prev=a1.hash)
-    for b in (a1, a2):
-        n[0].handle(n[0].r.propose(b), net)
-    net.deliver(lambda s, d, m: m.tag in (1, 2))  # pre-prepares and prepares
-    net.drop(lambda s, d, m: m.tag == 3)  # no commit in view 0
-    for i in range(4):
-        n[i].handle(n[i].r.start_view_change(1), net)
-    net.deliver(lambda s, d, m: not (m.tag in (1, 2, 3) and m.seq == 2))  # view 1 commits A1 only
-    net.drop(lambda s, d, m: True)
-    assert all([b.hash for b in nd.ledger] == [a1.hash] and nd.ledger[0].cert_view == 1 for nd in n)
-    assert all(nd.r.state.fixed.get(2) == a2.hash for nd in n)
-    b2 = make_block(2, view=1, proposer=1, txs=[b"B2"], prev=a1.hash)
     for i in (2, 3):
         n[i].restart(net.now)
         r = n[i].r
