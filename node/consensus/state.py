@@ -29,7 +29,10 @@ from node.consensus.messages import Checkpoint, Message, NewView, PrePrepare, Vi
 Signer = Callable[[bytes], bytes]
 Verifier = Callable[[int, bytes, bytes], bool]  # (validator index, digest, sig) -> ok
 M = TypeVar("M", bound=Message)
-MAX_EVIDENCE = 256
+# evidence records kept per (kind, validator): one validator filing junk about itself (a STATUS's view
+# is its own choice) filled the log, and a real equivocation was then never recorded (a review);
+# in all at most n times the kinds times this
+MAX_EVIDENCE = 8
 Votes = tuple[tuple[int, bytes], ...]  # (validator index, signature), sorted by index
 
 
@@ -172,6 +175,7 @@ class ReplicaState:
     # ---- what went wrong ----
     evidence: list[dict[str, Any]] = field(default_factory=list)
     evidence_keys: set[tuple[str, int, int, int]] = field(default_factory=set)
+    evidence_count: Counter[tuple[str, int]] = field(default_factory=Counter)
     ignored: Counter[Ignored] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
@@ -212,10 +216,12 @@ class ReplicaState:
 
     def add_evidence(self, kind: str, who: int, tag: int, view: int, seq: int,
                      a: tuple[bytes, bytes], b: tuple[bytes, bytes]) -> None:
-        """Keep two conflicting signed statements of one validator (self-verifying), once, boundedly."""
+        """Keep two conflicting signed statements of one validator (self-verifying), once, the first
+        MAX_EVIDENCE of each kind per validator."""
         key = (kind, who, view, seq)
-        if key in self.evidence_keys or len(self.evidence) >= MAX_EVIDENCE:
+        if key in self.evidence_keys or self.evidence_count[kind, who] >= MAX_EVIDENCE:
             return
         self.evidence_keys.add(key)
+        self.evidence_count[kind, who] += 1
         self.evidence.append({"kind": kind, "validator": who, "tag": tag, "view": view, "seq": seq,
                               "digests": [a[0].hex(), b[0].hex()], "sigs": [a[1].hex(), b[1].hex()]})
