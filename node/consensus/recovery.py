@@ -97,8 +97,10 @@ class Recovery:
         phase = self.s.phase
         self.s.phase = Phase.VIEW_CHANGE  # on_new_view installs only a view being changed to
         before = self.s.view_changes
+        self.s.bad_new_views.discard(nv.view)  # what is on our disk is judged afresh, not by the network's
         self.views.on_new_view(nv)
         if self.s.view_changes == before:
+            self.s.bad_new_views.discard(nv.view)
             self.s.phase = phase
             return False
         self.s.view_changes = before  # the same view change, not another one

@@ -166,6 +166,7 @@ class ReplicaState:
     progress_seq: int = 0  # the last delivery that carried transactions (a SUSPECT from below it is stale)
     nv_sent: dict[int, int] = field(default_factory=dict)  # validator -> when we last relayed our NEW-VIEW to it
     nv_answered: dict[int, int] = field(default_factory=dict)  # validator -> when we last answered its VIEW-CHANGE
+    bad_new_views: set[int] = field(default_factory=set)  # views above ours whose primary sent a NEW-VIEW that failed
     # ---- peers and time ----
     now_ms: int = 0
     last_status: int = -(10**12)

@@ -353,8 +353,19 @@ class ViewChanges:
         w = msg.view
         if msg.sender != w % self.s.n or w < self.s.view or (w == self.s.view and not self.s.changing):
             return []
+        if w > self.s.view + 4 * self.s.n:
+            return []  # bounded as view changes are
+        if w in self.s.bad_new_views:
+            # that view's primary signed a NEW-VIEW that failed (every check below depends on nothing
+            # else): it is byzantine, the view ends by timeout; its next ones are not paid for again
+            self.s.ignore(Ignored.BAD_NEW_VIEW)
+            return []
         try:
             vcs = parse_new_view_body(msg.body)
+            # counted before any signature is checked: one view change and 64 certificates cost ~200
+            # checks, and a byzantine primary of a far view could send such NEW-VIEWs without end
+            if len({vc.sender for vc in vcs if vc.view == w and 0 <= vc.sender < self.s.n}) < self.s.q:
+                raise ConsensusError("new view holds fewer than 2f+1 view changes")
             infos, senders = [], set()
             for vc in vcs:
                 if vc.view != w or vc.sender in senders or not 0 <= vc.sender < self.s.n or \
@@ -366,8 +377,10 @@ class ViewChanges:
                 raise ConsensusError("new view holds fewer than 2f+1 view changes")
         except ConsensusError:
             self.s.ignore(Ignored.BAD_NEW_VIEW)
+            self.s.bad_new_views.add(w)
             return []
         self.s.view = w
+        self.s.bad_new_views = {v for v in self.s.bad_new_views if v > w}
         return [ViewChanged(w, False)] + self._install(msg, select(infos), {})
 
     def _install(self, nv: NewView, sel: Selection, blocks: dict[bytes, Block]) -> list[Action]:
