@@ -29,7 +29,9 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
             "ready_file": (str, "write the API URL here once serving")},
     "p2p": {"listen": (str, "HOST:PORT the libp2p host listens on (default: the advertised genesis address)"),
             "mode": (str, "direct or gossipsub"),
-            "ipfs_peers": (list, "external IPFS peers (multiaddrs with /p2p/ID) for bitswap")},
+            "ipfs_peers": (list, "external IPFS peers (multiaddrs with /p2p/ID) for bitswap"),
+            "gate": (bool, "accept connections only from the peers' addresses, before any handshake "
+                     "(default true; false for a peer whose outgoing address is not the one it advertises)")},
     "log": {"format": (str, "text or json"), "level": (str, "debug, info, warning or error")},
     "metrics": {"listen": (str, "HOST:PORT of a separate /metrics listener (it is also on the API)")},
     "limits": {"lmdb_map_gb": ((int, float), "LMDB map size of the ledger and block store, GiB"),
@@ -60,6 +62,7 @@ class NodeSettings:
     p2p_listen: str | None = None
     p2p_mode: str = "direct"
     ipfs_peers: list[str] = field(default_factory=list)
+    p2p_gate: bool = True
     log_format: str = "text"
     log_level: str = "info"
     metrics_listen: str | None = None
@@ -166,6 +169,7 @@ def resolve(args: argparse.Namespace, env: dict[str, str] | None = None) -> Node
         p2p_listen=pick(getattr(args, "p2p_listen", None), None, "p2p.listen", None),
         p2p_mode=pick(getattr(args, "p2p_mode", None), "MEDCHAIN_P2P_MODE", "p2p.mode", "direct"),
         ipfs_peers=list(args.ipfs_peer or f.get("p2p.ipfs_peers", [])),
+        p2p_gate=f.get("p2p.gate", True),
         log_format="json" if getattr(args, "log_json", False) else pick(None, "MEDCHAIN_LOG_FORMAT", "log.format",
                                                                          "text"),
         log_level=pick(getattr(args, "log_level", None), None, "log.level", "info"),

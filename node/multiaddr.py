@@ -73,6 +73,13 @@ def is_ip(host: str) -> bool:
     return "%" not in host
 
 
+def ip_of(addr: object) -> str | None:
+    """The IP address of an `/ip4/...` or `/ip6/...` multiaddr (a string or a parsed one); None for a
+    name (`/dns4/...`) or anything else."""
+    parts = str(addr).split("/")
+    return parts[2] if len(parts) > 2 and parts[1] in ("ip4", "ip6") and is_ip(parts[2]) else None
+
+
 def tcp_addr(host: str, port: int) -> str:
     """`/ip4/HOST/tcp/PORT` for an IPv4 address, `/ip6/...` for an IPv6 one (with or without its
     brackets), `/dns4/...` for a host name; ValueError for anything else."""

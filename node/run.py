@@ -82,7 +82,7 @@ async def run_node(s: NodeSettings) -> int:
     host, _, port = gen.validators[index].api.rpartition(":")
     host, port_n = s.api_host or host, s.api_port if s.api_port is not None else int(port)
     v = Validator(home, genesis=_listening_on(gen, index, s.p2p_listen), p2p_mode=s.p2p_mode,
-                  ipfs_peers=s.ipfs_peers, network=gen.network)
+                  ipfs_peers=s.ipfs_peers, network=gen.network, p2p_gate=s.p2p_gate)
     await v.start()
     v.genesis = gen  # started (listening where told): from now on it serves the genesis as it is
     extra: list[web.AppRunner] = []

@@ -83,7 +83,8 @@ INBOX_MAX_BYTES = 128 * 1024 * 1024  # and their bytes: 16 full blocks (a frame 
 
 class Validator:
     def __init__(self, home: str | Path, identity: Identity | None = None, genesis: Genesis | None = None,
-                 p2p_mode: str = "direct", ipfs_peers: list[str] | None = None, network: str | None = None) -> None:
+                 p2p_mode: str = "direct", ipfs_peers: list[str] | None = None, network: str | None = None,
+                 p2p_gate: bool = True) -> None:
         self.home = Path(home)
         self.genesis = genesis or Genesis.load(self.home / "genesis.json")
         # the network's name in its p2p protocol ids: the genesis file's, which every validator shares
@@ -102,6 +103,7 @@ class Validator:
         self.blob_writer = BlobWriter(self.blobs)  # uploads: one synced transaction per batch, off the loop
         self.replicator = Replicator(self.blobs, self.n, roots_from_ledger(self.ledger), head_from_ledger(self.ledger))  # blobs over bitswap
         self.ipfs_peers = list(ipfs_peers or [])  # external IPFS peers (multiaddrs), bitswap only
+        self.p2p_gate = p2p_gate  # p2p connections only from the peers' addresses (node.toml p2p.gate)
         self.mempool = Mempool(p.mempool_capacity, p.sender_rate, p.sender_burst, origin_share=p.client_mempool_share,
                                max_tx_bytes=mempool_bytes())
         self._peer_limit = KeyedLimiter(p.peer_forward_bytes, 2 * p.peer_forward_bytes)  # per peer, bytes
@@ -225,7 +227,7 @@ class Validator:
             self.net = P2PNode(self.identity.p2p_secret, host, port, [v.p2p for v in self.genesis.validators],
                                self._on_net, mode=self.p2p_mode, max_frame=MAX_MESSAGE_BYTES + 4096,
                                blockstore=self.blobs, external_peers=self.ipfs_peers, psk=swarmkey.load(self.home),
-                               max_blob_bytes=self.params.max_blob_bytes, network=self.network)
+                               max_blob_bytes=self.params.max_blob_bytes, network=self.network, gate=self.p2p_gate)
             self.sync.register()
             await self.net.start()
             self.replicator.start(self.net)

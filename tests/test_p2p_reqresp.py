@@ -6,11 +6,12 @@ import asyncio
 import hashlib
 import logging
 import os
+import socket
 import threading
 
 import pytest
 
-from node.p2p import P2PError, P2PNode
+from node.p2p import P2PError, P2PNode, peer_id_from_secret
 from tests.test_p2p import free_ports, secret, until
 
 PROTO = "/medchain/test-echo/1"
@@ -208,3 +209,32 @@ def test_a_flood_of_inbound_messages_never_holds_the_asyncio_loop() -> None:
 
     ran_at, total = asyncio.run(go())
     assert ran_at <= 1024 and total == 50_000  # DRAIN_BATCH (512) a turn
+
+
+@pytest.mark.parametrize("gate", [True, False])
+def test_connections_from_addresses_no_peer_has_are_closed_before_any_handshake(gate: bool) -> None:
+    """The peer check after the noise handshake held one of the swarm's inbound slots for up to the
+    upgrade timeout: ~40 idle sockets from anywhere kept every validator from reconnecting (a
+    review). Connections from an address no peer has are closed at once (node.toml p2p.gate; off,
+    every address is held for the handshake as before)."""
+    port, peer_port = free_ports(2)
+    peer = f"/ip4/127.0.0.1/tcp/{peer_port}/p2p/{peer_id_from_secret(secret(1))}"
+
+    async def go() -> dict[str, bool]:
+        node = P2PNode(secret(0), "127.0.0.1", port, [peer], lambda p, d: None, gate=gate)
+        await node.start()
+        try:
+            def closed_at_once(src: str) -> bool:
+                with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(src, 0)) as s:
+                    s.settimeout(1.0)
+                    try:
+                        while s.recv(4096):  # what the responder says first, if anything
+                            pass
+                        return True  # closed
+                    except TimeoutError:
+                        return False  # held open, waiting for our handshake
+            return {src: await asyncio.to_thread(closed_at_once, src) for src in ("127.0.0.5", "127.0.0.1")}
+        finally:
+            await node.stop()
+
+    assert asyncio.run(go()) == {"127.0.0.5": gate, "127.0.0.1": False}

@@ -32,7 +32,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.transport.exceptions import SecurityUpgradeFailure
 
-from node.multiaddr import tcp_addr
+from node.multiaddr import ip_of, tcp_addr
 from node.p2p._streamio import StreamSlots
 from node.p2p._wake import wait_for_items, wake
 
@@ -166,7 +166,10 @@ class TrioSide:
         direct: str = DIRECT_PROTOCOL,  # the PBFT stream's protocol id (node.py direct_protocol: per network)
         queue_max_age: float = float("inf"),  # a frame queued longer is dropped unsent
         inbox_high_bytes: int,  # undelivered inbound bytes at which reads pause (node.py INBOX_HIGH_BYTES)
+        gate: bool = True,  # refuse, before any handshake, connections from addresses no peer has
     ) -> None:
+        self.gate = gate
+        self.external_addrs: list[object] = list((external or {}).values())
         self.queue_max_age = queue_max_age
         self.inbox_high_bytes = inbox_high_bytes
         self.direct = TProtocol(direct)
@@ -298,6 +301,18 @@ class TrioSide:
         if self.gossip is not None:
             wake(self.gossip)
 
+    def _allow_list(self) -> list[str]:
+        """The addresses connections may come from, checked before the handshake: the peers' (validators
+        and external IPFS peers). The peer check after the handshake held one of the swarm's inbound
+        slots for up to DIAL_TIMEOUT: ~40 idle sockets from anywhere kept every validator from
+        reconnecting (a review). Empty (every address) when gating is off, or when a peer is named by
+        DNS: its address is not known ahead."""
+        addrs = [o.addr for o in self.outs.values()] + self.external_addrs
+        ips = [ip_of(a) for a in addrs]
+        if not self.gate or not ips or None in ips:
+            return []
+        return sorted({ip for ip in ips if ip is not None})
+
     def _build_host(self) -> Any:
         noise = NoiseTransport(self.key_pair, noise_privkey=_x25519_key())
         if self.muxer == "mplex":
@@ -311,6 +326,7 @@ class TrioSide:
             listen_addrs=[self.listen],
             psk=self.psk.hex() if self.psk is not None else None,
             connection_config=ConnectionConfig(
+                allow_list=self._allow_list(),
                 # a closed validator set: no auto-connector dialing strangers to fill a quota
                 max_connections=16 + 4 * len(self.outs),
                 high_watermark=16 + 4 * len(self.outs),

@@ -159,7 +159,9 @@ class P2PNode:
         max_blob_bytes: int | None = None,
         inbox_high_bytes: int = INBOX_HIGH_BYTES,
         network: str = "",
+        gate: bool = True,
     ) -> None:
+        self.gate = gate  # connections only from the peers' addresses, refused before the handshake
         if not NETWORK_RE.fullmatch(network):
             raise ValueError(f"network must be 0-32 lowercase letters or digits, not {network!r}")
         if mode not in MODES:
@@ -284,6 +286,7 @@ class P2PNode:
             external=self._external,
             psk=self.psk,
             direct=self.direct_protocol,
+            gate=self.gate,
         )
 
         def set_once(fut: asyncio.Future, value: Any) -> None:
