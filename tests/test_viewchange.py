@@ -894,3 +894,19 @@ def test_in_a_view_change_the_next_view_waits_for_2f_others_heard():
     r.state.vc_started = 10_000
     r.state.heard = {0: 30_000}  # but only one other is heard
     assert r.views.timer(30_000, pending=True) == [] and r.state.vc_started == 30_000 and r.view == 1
+
+
+def test_a_view_change_carries_at_most_the_block_budget_and_only_the_primary_decodes_them():
+    """A view change's blocks were bounded only by the 32 MiB message cap on receipt, decoded by every
+    replica, and kept raw and decoded for four views ahead (a review). Past VC_BLOCK_BUDGET (what an
+    honest sender packs) it is refused; a replica not the new view's primary drops them unread."""
+    vc = sent(make_replica(4, 2).start_view_change(1), ViewChange)[0]
+    heavy = signed(ViewChange, 2, 1, vc.seq, vc.digest, body=vc.body, blocks=(b"\x00" * (vcm.VC_BLOCK_BUDGET + 1),))
+    with pytest.raises(ConsensusError, match="bytes of blocks"):
+        vcm.parse(heavy, CHAIN, 4, lambda *a: True)
+    backup = make_replica(4, 3)  # view 1's primary is replica 1
+    backup.on_message(heavy)
+    assert backup.state.vcs[1][2].msg.blocks == () and backup.ignored_by_reason() == {}
+    primary = make_replica(4, 1)
+    primary.on_message(heavy)
+    assert 2 not in primary.state.vcs.get(1, {}) and primary.ignored_by_reason() == {"bad-view-change": 1}

@@ -113,6 +113,8 @@ def parse(vc: ViewChange, chain_id: str, n: int, verify: Verifier, window: int =
         prepared[seq] = PreparedCert(seq, view, header, pp_sig, tuple((p[0], p[1]) for p in preps))
     blocks: dict[bytes, Block] = {}
     digests = {p.digest for p in prepared.values()}
+    if sum(len(raw) for raw in vc.blocks) > VC_BLOCK_BUDGET:  # what an honest sender packs (build_view_change)
+        raise ConsensusError(f"view change carries more than {VC_BLOCK_BUDGET} bytes of blocks")
     for raw in vc.blocks:
         try:
             b = Block.decode(raw)
@@ -321,13 +323,13 @@ class ViewChanges:
             return []
         if msg.view > self.s.view + 4 * self.s.n or msg.sender in self.s.vcs.get(msg.view, {}):
             return []  # bounded: a byzantine replica cannot make us hold view changes for endless views
+        if msg.view % self.s.n != self.s.index:  # only that view's primary needs the blocks: not even decoded
+            msg = replace(msg, blocks=())
         try:
             info = parse(msg, self.s.chain_id, self.s.n, self.s.verify, self.s.window)
         except ConsensusError:
             self.s.ignore(Ignored.BAD_VIEW_CHANGE)
             return []
-        if msg.view % self.s.n != self.s.index:  # only that view's primary needs the blocks, decoded or raw
-            info = replace(info, blocks={}, msg=replace(msg, blocks=()))
         self.s.vcs.setdefault(msg.view, {})[msg.sender] = info
         out: list[Action] = []
         # f+1 replicas moved past our view: at least one is honest, so follow to the lowest such view
