@@ -33,7 +33,8 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from concurrent.futures import Executor
+from typing import Any, TypeVar
 
 from node.block import availability, max_faulty
 from node.ipfs.blockstore import BlockStore
@@ -43,6 +44,7 @@ from node.state.records import BlobRec, Receipt
 from node.tx import KIND_WRITE, Tx
 from node.wire import WireError, decode, encode
 
+T = TypeVar("T")
 log = logging.getLogger("medchain.replication")
 
 T_HELD = 17  # p2p message tag (beside PBFT's and node/sidecar.py's T_TXS = 16)
@@ -64,8 +66,11 @@ AHEAD = MAX_MSG_HEIGHTS  # held heights believed this far above our head (a peer
 
 class Replicator:
     def __init__(self, store: BlockStore, n: int, roots_of: Callable[[int], list[Cid]] | None = None,
-                 head_of: Callable[[], int] | None = None) -> None:
+                 head_of: Callable[[], int] | None = None, io: Executor | None = None) -> None:
         self.store = store
+        # blocking store calls run here: the validator's own executor, which it drains before it
+        # closes the stores (a thread still in LMDB at the close could crash the process)
+        self.io = io
         self.n = n
         self.f = max_faulty(n)
         self.quorum = availability(n)  # holders for "available": 2f+1 (node/block.py says why)
@@ -158,15 +163,18 @@ class Replicator:
             after = b""
         adopted = 0
         while True:
-            pairs = await asyncio.to_thread(scan, after)
+            pairs = await self._off(scan, after)
             roots = [(Cid.from_bytes(k[1:]), rec.height) for k, raw in pairs
                      if (rec := BlobRec.decode(raw)).height <= base]  # above it: a commit here pinned it
             after = pairs[-1][0] if pairs else after
-            self.want(await asyncio.to_thread(self.store.adopt, roots, base, after, not pairs))
+            self.want(await self._off(self.store.adopt, roots, base, after, not pairs))
             adopted += len(roots)
             if not pairs:
                 log.info("adopted %d blobs committed below the checkpoint at %d", adopted, base)
                 return adopted
+
+    async def _off(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
 
     def want(self, roots: list[tuple[Cid, int]]) -> None:
         """Blobs the store recorded as wanted meanwhile (a refetch, a checkpoint's history): fetched like
@@ -258,7 +266,7 @@ class Replicator:
         return ask
 
     async def _answer(self, peer: str, ask: list[int]) -> None:
-        mine = await asyncio.to_thread(lambda: [h for h in ask if self._held_block(h)])
+        mine = await self._off(lambda: [h for h in ask if self._held_block(h)])
         self._send(peer, mine, [])
 
     def _mark_complete(self) -> None:
@@ -364,7 +372,7 @@ class Replicator:
         unwant = [r for r in now_held if r.multihash in self._wanted]
         if unwant:
             self._wanted.difference_update(r.multihash for r in unwant)
-            self._spawn(asyncio.to_thread(self.store.unwant, unwant))
+            self._spawn(self._off(self.store.unwant, unwant))
         for mh in held:
             self._retry.pop(mh, None)
         if held:

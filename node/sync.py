@@ -19,6 +19,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, Protocol
 
 from node.block import Block, BlockError
@@ -48,6 +49,7 @@ class SyncHost(Protocol):
     chain_clock: Any
     metrics: Any
     disk: Any
+    io: Executor  # blocking ledger reads (drained before the ledger closes)
 
     async def submit_certified(self, blocks: list[Block], done: asyncio.Future) -> None: ...
 
@@ -125,7 +127,12 @@ class StateSync:
         self._state_server.close()
 
     async def _serve(self, peer: str, raw: bytes) -> bytes:
+        """Up to `count` blocks from `first`, under MAX_RESPONSE: read and encoded in a worker thread
+        (16 MiB on the event loop, per request, held consensus and the API meanwhile; a review)."""
         first, count = decode_request(raw)
+        return await asyncio.get_running_loop().run_in_executor(self.v.io, self._blocks, first, count)
+
+    def _blocks(self, first: int, count: int) -> bytes:
         out, size = [], 0
         for h in range(first, first + count):
             b = self.v.ledger.block_raw(h)

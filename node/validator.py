@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from node import clock, faults, storage
@@ -101,7 +102,11 @@ class Validator:
                                        storage.Store("block store", self.home / "blobs", self.blobs.env,
                                                      self.blobs.spare)])
         self.blob_writer = BlobWriter(self.blobs)  # uploads: one synced transaction per batch, off the loop
-        self.replicator = Replicator(self.blobs, self.n, roots_from_ledger(self.ledger), head_from_ledger(self.ledger))  # blobs over bitswap
+        # blocking calls into the stores from the event loop's tasks (block serving, replication, the
+        # upload collector): drained by close() before the stores close under them
+        self.io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store")
+        self.replicator = Replicator(self.blobs, self.n, roots_from_ledger(self.ledger), head_from_ledger(self.ledger),
+                                     io=self.io)  # blobs over bitswap
         self.ipfs_peers = list(ipfs_peers or [])  # external IPFS peers (multiaddrs), bitswap only
         self.p2p_gate = p2p_gate  # p2p connections only from the peers' addresses (node.toml p2p.gate)
         self.mempool = Mempool(p.mempool_capacity, p.sender_rate, p.sender_burst, origin_share=p.client_mempool_share,
@@ -262,6 +267,7 @@ class Validator:
     def close(self) -> None:
         """Release the worker threads and the stores: the end of `stop`, and all a validator that was
         constructed but never started (a benchmark, a test) needs."""
+        self.io.shutdown(wait=True)  # a task cancelled by stop() may have left a call into a store running
         self.pipeline.close()
         self.admission.close()
         self.ledger.close()
@@ -384,7 +390,7 @@ class Validator:
         while not self._stopping:
             await asyncio.sleep(min(60.0, max(0.5, grace / 4)))
             try:
-                n = await asyncio.to_thread(self.blobs.collect_uploads, grace)
+                n = await asyncio.get_running_loop().run_in_executor(self.io, self.blobs.collect_uploads, grace)
             except Exception:  # keep collecting next round
                 log.exception("collecting unreferenced uploads failed")
                 continue

@@ -108,3 +108,22 @@ def test_a_backup_restarted_with_a_bound_block_whose_parent_it_never_recorded_st
     finally:
         for v in vals:
             v.close()
+
+
+def test_close_waits_for_calls_into_the_stores_still_running(tmp_path: Path) -> None:
+    """Stop cancels the tasks, but a blocking call one of them handed to a worker thread (a block
+    served to a peer, a replication step, the upload collector, adopting a checkpoint's blobs) runs
+    on: it must not find the ledger or block store closed under it (LMDB then is undefined; a
+    review). close() drains the validator's store executor first."""
+    from node.validator import Validator
+
+    (home,) = init_home(tmp_path, "close-drain", ["127.0.0.1:0"], int(time.time() * 1000))
+    v = Validator(home)
+
+    def slow_read() -> tuple[int, int]:
+        time.sleep(0.3)
+        return v.ledger.head().height, v.blobs.count()
+
+    running = v.io.submit(slow_read)
+    v.close()
+    assert running.result(timeout=5) == (0, 0)
