@@ -14,19 +14,10 @@ from collections import Counter, defaultdict
 import pytest
 
 from node.p2p import P2PError, P2PNode, peer_id_from_secret
+from node.ports import free_ports
 
 MODES = ["direct", "gossipsub"]
 PROBE, GPROBE = b"\0probe", b"\0gossip-probe"
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def secret(i: int) -> bytes:

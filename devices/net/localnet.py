@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,26 +25,12 @@ from node.crypto.keys import Identity
 from node.genesis import Genesis, IssuerInfo, Params, init_home, new_chain_id
 from node.multiaddr import host_port
 from node.p2p import swarmkey
+from node.ports import free_ports
 from node.service import PARENT_ENV, busy_ports, ignore_signals
 
 # A load generator is a whole fleet behind one address: the genesis parameters that lift the
 # per-client-IP limits for it, so a benchmark measures the validators, not the limiter
 ONE_ADDRESS_FLEET: dict[str, float] = {"client_tx_rate": 1e7, "client_tx_burst": 1e7, "client_mempool_share": 1.0}
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free ports: all sockets stay bound until every port is chosen, so the kernel
-    cannot hand out the same port twice (picking them one by one could)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            socks.append(s)
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 @dataclass

@@ -22,26 +22,14 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 
 from node.multiaddr import host_port, peer_id
+from node.ports import free_ports
 
 from .identity import peer_id_from_secret
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 async def _child(args: argparse.Namespace) -> None:
@@ -135,7 +123,7 @@ async def _child(args: argparse.Namespace) -> None:
 
 
 def _run_mode(mode: str, n: int, args: argparse.Namespace) -> dict:
-    ports = _free_ports(args.nodes)
+    ports = free_ports(args.nodes)
     addrs = [f"/ip4/127.0.0.1/tcp/{p}/p2p/{peer_id_from_secret(bytes([i + 1]) * 32)}" for i, p in enumerate(ports)]
     cmd = [sys.executable, "-m", "node.p2p.measure", "--child-mode", mode, "--n", str(n), "--addrs", ",".join(addrs)]
     cmd += ["--muxer", args.muxer, "--runner", args.runner, "--size", str(args.size), "--timeout", str(args.timeout)]
