@@ -31,6 +31,7 @@ from node.crypto.keys import Identity
 from node.genesis import Genesis
 from node.ipfs.cid import Cid, cid_v1_raw
 from node.proof import ProofError
+from node.sidecar import SIDECAR_MAX
 from node.state import keys
 from node.tx import DATA_TYPES, Profile, Tx, Write
 from node.wire import decode, encode
@@ -765,4 +766,28 @@ def test_a_key_is_sealed_only_to_a_staff_member_s_key_as_of_now(tmp_path):
             proxy.mode = "honest"
             staff = Staff(doc, c, chain, reader=VerifiedReader(honest, chain, vals, session=c.session), validators=vals)
             assert [w.readings for w in await staff.read(pat.address, "heart_rate")] == [frames]
+    _with_a_liar(tmp_path, body)
+
+
+def test_a_large_write_its_validator_never_forwarded_commits_through_the_others(tmp_path):
+    """A window too large to ride as a sidecar is uploaded to the phone's validator alone; that
+    validator takes the write and forwards nothing (it died, or lies). The failover's same signed
+    bytes got 422 "blob not held" from every other validator, and the phone gave up on a write they
+    would have taken (a crash-consistency review): now each that says so gets the blob, then the
+    write, once."""
+    async def body(proxy, nodes, vals, chain, honest):
+        async with NodeClient(proxy.url) as pc:
+            truth = VerifiedReader(honest, chain, vals, session=pc.session)
+            pat = Identity.from_seed(b"large-window patient")
+            phone = Phone(pat, pc, chain, vals, reader=VerifiedReader([proxy.url, *honest], chain, vals,
+                                                                      session=pc.session))
+            await phone.set_break_glass(True)  # a committed transaction: the account may upload
+            phone.pad_to = SIDECAR_MAX + 4096  # every window is then uploaded, not a sidecar
+            now = int(time.time() * 1000)
+            frames = list(make_wearable("heart_rate", "hr", seed=5).frames_between(now - 60_000, now))
+            proxy.mode = "reject_tx"  # the write is taken and dropped; the upload went through to validator 0
+            big = await phone.write_window("heart_rate", frames)
+            assert big.size > SIDECAR_MAX
+            assert big.cid in {r["cid"] for r in (await truth.data(pat.address))["data"]}
+            assert "/v1/blobs" in proxy.paths  # uploaded to its own validator first
     _with_a_liar(tmp_path, body)

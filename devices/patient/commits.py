@@ -20,6 +20,8 @@ from node.block import max_faulty, quorum
 from node.proof import verify_status
 from node.tx import Tx
 
+Upload = Callable[[NodeClient], Awaitable[object]]  # puts a write's standalone blob on that validator
+
 log = logging.getLogger("medchain.phone")
 FAILOVER_S = 10.0  # not committed through its validator this long: the transaction goes to the others too
 
@@ -97,21 +99,24 @@ _UNREACHABLE = ApiError(0, "unreachable")
 
 
 async def submit_proven(client: NodeClient, tx: Tx, sidecar: bytes | None, timeout: float,
-                        validators: list[bytes] | None, chain_id: str, reader: VerifiedReader | None) -> dict:
+                        validators: list[bytes] | None, chain_id: str, reader: VerifiedReader | None,
+                        upload: Upload | None = None) -> dict:
     """Submit `tx` (a write with its sidecar) through the client's validator and return its proven
     commit (wait_proven), failing over to the others when the client has the reader and the genesis
-    keys to check them by."""
+    keys to check them by. `upload(c)`: puts a write's standalone blob on validator `c`, which a
+    failover validator answering "blob not held" gets (the write's own validator may have died
+    before forwarding it)."""
     answer, started, refusal = await submit_waiting(client, tx, sidecar, timeout,
                                                     bool(_others(client, reader, validators)))
     return await wait_proven(client, tx.id.hex(), timeout, validators, chain_id, reader, answer,
-                             lambda: client.submit(tx.raw, sidecar), (tx.raw, sidecar), started, refusal)
+                             lambda: client.submit(tx.raw, sidecar), (tx.raw, sidecar), started, refusal, upload)
 
 
 async def wait_proven(client: NodeClient, txid: str, timeout: float, validators: list[bytes] | None,
                       chain_id: str, reader: VerifiedReader | None, answer: dict | None = None,
                       resubmit: Callable[[], Awaitable[object]] | None = None,
                       item: tuple[bytes, bytes | None] | None = None, started: float | None = None,
-                      refusal: ApiError | None = None) -> dict:
+                      refusal: ApiError | None = None, upload: Upload | None = None) -> dict:
     """The committed status of `txid` (TxRejected if it did not commit); with the genesis keys, its
     inclusion and result are checked against the certified header and receipt the answer carries
     (no block download), and the reader takes that height as seen. `answer`: what a submission
@@ -149,7 +154,7 @@ async def wait_proven(client: NodeClient, txid: str, timeout: float, validators:
             refused = refusal is not None and _refuses(refusal)
             home = {client.base: refusal} if refused else {}
             st = await _failover(txid, item, others, reader, t_end - time.monotonic(), validators, chain_id, home,
-                                 set() if refused else {client.base})
+                                 set() if refused else {client.base}, upload)
     if st is None or st["status"] != "committed":
         raise TxRejected(st or {"status": "pending"})
     if validators is not None and reader is not None:  # proven committed at this height: older state is stale now
@@ -174,7 +179,7 @@ def _proves(txid: str, st: dict, validators: list[bytes] | None, chain_id: str, 
 
 async def _failover(txid: str, item: tuple[bytes, bytes | None], urls: list[str], reader: VerifiedReader,
                     timeout: float, validators: list[bytes], chain_id: str, refusals: dict[str, ApiError],
-                    took: set[str]) -> dict:
+                    took: set[str], upload: Upload | None = None) -> dict:
     """PBFT's client, its request not answered in time, sends it to every replica: the same signed
     bytes (never applied twice) to each other validator, then the first proven commit any of them
     shows. An answer whose proof does not check is refused and the next validator asked. A
@@ -203,10 +208,28 @@ async def _failover(txid: str, item: tuple[bytes, bytes | None], urls: list[str]
         return max(0.5, deadline - time.monotonic())
 
     later: dict[str, float] = {}  # a busy validator's Retry-After: not sent to again before then
+    uploaded: set[str] = set()
+
+    async def submit(c: NodeClient) -> None:
+        try:
+            await c.submit(*item, retry=False)
+        except ApiError as exc:
+            if upload is None or c.base in uploaded or exc.status != 422 or "blob not held" not in exc.reason:
+                raise
+            uploaded.add(c.base)  # once: then its answer stands
+            log.info("sending %s to %s: its blob first (%s)", txid, c.base, exc)
+            try:
+                await upload(c)
+            except (TimeoutError, aiohttp.ClientError, ApiError):
+                raise
+            except Exception as bad:  # noqa: BLE001 - it stored something else (BlobMismatch): its refusal stands
+                log.warning("uploading the blob of %s to %s: %s", txid, c.base, bad)
+                raise exc from None
+            await c.submit(*item, retry=False)
 
     async def send(c: NodeClient, limit: float) -> None:
         try:
-            await asyncio.wait_for(c.submit(*item, retry=False), limit)
+            await asyncio.wait_for(submit(c), limit)
             took.add(c.base)
         except ApiError as exc:
             log.info("sending %s to %s: %s", txid, c.base, exc)

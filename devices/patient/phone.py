@@ -11,7 +11,7 @@ from pathlib import Path
 
 from devices.patient import envelope
 from devices.patient.client import ApiError, NodeClient
-from devices.patient.commits import TxRejected, refused_for_good, submit_proven, wait_proven
+from devices.patient.commits import TxRejected, Upload, refused_for_good, submit_proven, wait_proven
 from devices.patient.verified_reads import VerifiedReader
 from devices.wearable.gatt import UUID_BY_KIND, decode_measurement
 from node.crypto import seal
@@ -184,12 +184,14 @@ class Phone:
         return n
 
     async def send(self, body, wait: bool = True, timeout: float = 30.0,
-                   sidecar: bytes | None = None, signed: Callable[[Tx], None] | None = None) -> str:
+                   sidecar: bytes | None = None, signed: Callable[[Tx], None] | None = None,
+                   upload: Upload | None = None) -> str:
         """Sign and submit (a write with its ciphertext as sidecar); with wait, block until committed
         and check it was applied. `signed(tx)` runs between signing and the first byte sent (a
         rotation recorded: refused for good, the record is put back as it was). A rotation signed
         earlier and not yet taken goes first (a new one replaces it): else this transaction took its
-        nonce, and the revoke was forgotten without a word."""
+        nonce, and the revoke was forgotten without a word. `upload`: a write's standalone blob, for a
+        validator the write fails over to (commits.submit_proven)."""
         if signed is None:
             await self._settle_rotation()
         tx = Tx.build(self.identity, self.chain_id, await self._nonce(), body)
@@ -197,20 +199,22 @@ class Phone:
         if signed is not None:
             signed(tx)
         try:
-            await self._submit(tx, wait, timeout, sidecar)
+            await self._submit(tx, wait, timeout, sidecar, upload)
         except ApiError as exc:
             if signed is not None and refused_for_good(exc):
                 self._rekey_owed(*before)  # its nonce was never taken: nothing rotated, nothing owed for it
             raise
         return tx.id.hex()
 
-    async def _submit(self, tx: Tx, wait: bool, timeout: float, sidecar: bytes | None) -> None:
+    async def _submit(self, tx: Tx, wait: bool, timeout: float, sidecar: bytes | None,
+                      upload: Upload | None = None) -> None:
         try:
             if not wait:
                 await self.client.submit(tx.raw, sidecar)
                 return
             # one request: the answer comes with the commit and its proofs
-            st = await submit_proven(self.client, tx, sidecar, timeout, self.validators, self.chain_id, self.reader)
+            st = await submit_proven(self.client, tx, sidecar, timeout, self.validators, self.chain_id, self.reader,
+                                     upload)
         except Exception:
             self.next_nonce = None  # whether its nonce was taken is the chain's to say: resync on the next send
             raise
@@ -274,12 +278,17 @@ class Phone:
         epoch = self.epochs.get(tid, 0)
         ad = envelope.aad(self.chain_id, self.address, tid, epoch, t0, t1)
         blob = envelope.seal_window(self.data_key(tid, epoch), ad, readings, self.pad_to)
+        upload = None
         if len(blob) <= SIDECAR_MAX:  # one raw block: its CID is computed here, the blob rides along
             cid, side = str(cid_v1_raw(blob)), blob
         else:  # a large window: a signed standalone upload, then the write names it
-            cid, side = await self.client.upload(blob, self.identity, self.chain_id), None
+
+            async def upload(c: NodeClient) -> str:  # also to a validator the write fails over to
+                return await c.upload(blob, self.identity, self.chain_id)
+
+            cid, side = await upload(self.client), None
         txid = await self.send(Write(tid, Cid.parse(cid).to_bytes(), len(blob), epoch, t0, t1), wait=wait,
-                               sidecar=side)
+                               sidecar=side, upload=upload)
         return WriteResult(txid, cid, epoch, len(blob))
 
     async def write_slot(self, dtype: str | int, readings: list[envelope.Reading], slot_start_ms: int,
