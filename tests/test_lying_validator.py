@@ -671,16 +671,21 @@ def test_one_validator_s_refusal_or_unproven_answer_decides_nothing(tmp_path):
     _with_a_liar(tmp_path, body)
 
 
+def _phone_behind(proxy, pc: NodeClient, vals, chain: str, honest: list[str], seed: bytes):
+    """A patient's phone whose validator is the proxy (its reader asks every validator), and a reader
+    of the honest validators alone to check what committed."""
+    pat = Identity.from_seed(seed)
+    phone = Phone(pat, pc, chain, vals, reader=VerifiedReader([proxy.url, *honest], chain, vals, session=pc.session))
+    return pat, phone, VerifiedReader(honest, chain, vals, session=pc.session)
+
+
 def test_validators_down_when_a_transaction_failed_over_get_it_once_they_are_back(tmp_path):
     """The client's validator drops a transaction ("rejected", no proof) while every other one is
     down: the failover's first sends all fail. It sends the same bytes again to each that comes back
     (before, it only asked them for a status they did not have until the deadline: "pending")."""
     async def body(proxy, nodes, vals, chain, honest):
         async with NodeClient(proxy.url) as pc:
-            truth = VerifiedReader(honest, chain, vals, session=pc.session)
-            pat = Identity.from_seed(b"resent patient")
-            phone = Phone(pat, pc, chain, vals, reader=VerifiedReader([proxy.url, *honest], chain, vals,
-                                                                      session=pc.session))
+            pat, phone, truth = _phone_behind(proxy, pc, vals, chain, honest, b"resent patient")
             await phone.sync()
             for n in nodes[1:]:
                 n.stop()
@@ -777,10 +782,7 @@ def test_a_large_write_its_validator_never_forwarded_commits_through_the_others(
     write, once."""
     async def body(proxy, nodes, vals, chain, honest):
         async with NodeClient(proxy.url) as pc:
-            truth = VerifiedReader(honest, chain, vals, session=pc.session)
-            pat = Identity.from_seed(b"large-window patient")
-            phone = Phone(pat, pc, chain, vals, reader=VerifiedReader([proxy.url, *honest], chain, vals,
-                                                                      session=pc.session))
+            pat, phone, truth = _phone_behind(proxy, pc, vals, chain, honest, b"large-window patient")
             await phone.set_break_glass(True)  # a committed transaction: the account may upload
             phone.pad_to = SIDECAR_MAX + 4096  # every window is then uploaded, not a sidecar
             now = int(time.time() * 1000)
