@@ -70,6 +70,17 @@ class SyncError(ValueError):
     pass
 
 
+class Busy(SyncError):
+    """A peer asking for more blocks at once than SERVE_AT_ONCE: an answer, not a fault (logged at debug)."""
+
+    expected = True
+
+
+# block requests served at once per peer: an honest validator has one in flight to a peer (the loop
+# below awaits each); a byzantine one held 16 answers of up to 16 MiB, each held twice while written
+SERVE_AT_ONCE = 2
+
+
 def encode_request(first: int, count: int) -> bytes:
     return encode([first, count])
 
@@ -107,6 +118,7 @@ class StateSync:
         self._task: asyncio.Task | None = None
         self.checkpoints = CheckpointClient(v)
         self._state_server = CheckpointServer(v.ledger)
+        self._serving: dict[str, int] = {}  # peer -> block requests being served
 
     @property
     def checkpoint_stats(self) -> dict:
@@ -130,7 +142,16 @@ class StateSync:
         """Up to `count` blocks from `first`, under MAX_RESPONSE: read and encoded in a worker thread
         (16 MiB on the event loop, per request, held consensus and the API meanwhile; a review)."""
         first, count = decode_request(raw)
-        return await asyncio.get_running_loop().run_in_executor(self.v.io, self._blocks, first, count)
+        busy = self._serving.get(peer, 0)
+        if busy >= SERVE_AT_ONCE:
+            raise Busy(f"at most {SERVE_AT_ONCE} block requests are served at once to one peer")
+        self._serving[peer] = busy + 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.v.io, self._blocks, first, count)
+        finally:
+            self._serving[peer] -= 1
+            if not self._serving[peer]:
+                del self._serving[peer]
 
     def _blocks(self, first: int, count: int) -> bytes:
         out, size = [], 0

@@ -75,3 +75,34 @@ def test_a_validator_refuses_a_certified_block_whose_transactions_were_swapped(t
             finally:
                 v.close()
     run(go())
+
+
+def test_a_peer_gets_at_most_serve_at_once_block_requests_served_at_once(tmp_path, monkeypatch) -> None:
+    """An honest validator has one block request in flight to a peer; a byzantine one could have 16
+    answers of up to 16 MiB built and held at once (a review of the p2p adapter). Past SERVE_AT_ONCE
+    the request is refused (Busy, logged at debug) and served again once one finishes; other peers
+    are not affected."""
+    from node import sync
+
+    (home,) = init_home(tmp_path, "serve-at-once", ["127.0.0.1:0"], int(time.time() * 1000))
+    v = Validator(home)
+
+    def slow(first: int, count: int) -> bytes:
+        time.sleep(0.3)
+        return encode([])
+
+    monkeypatch.setattr(v.sync, "_blocks", slow)
+    req = encode_request(1, 1)
+
+    async def go() -> list[object]:
+        first = [v.sync._serve("p", req) for _ in range(sync.SERVE_AT_ONCE + 1)] + [v.sync._serve("q", req)]
+        out = await asyncio.gather(*first, return_exceptions=True)
+        out.append(await v.sync._serve("p", req))  # served again once the others finished
+        return out
+
+    try:
+        got = run(go())
+    finally:
+        v.close()
+    assert [isinstance(x, sync.Busy) for x in got] == [False] * sync.SERVE_AT_ONCE + [True, False, False]
+    assert v.sync._serving == {}
