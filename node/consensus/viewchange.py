@@ -375,8 +375,6 @@ class ViewChanges:
                     raise ConsensusError("new view holds a bad or repeated view change")
                 senders.add(vc.sender)
                 infos.append(parse(vc, self.s.chain_id, self.s.n, self.s.verify, self.s.window))
-            if len(infos) < self.s.q:
-                raise ConsensusError("new view holds fewer than 2f+1 view changes")
         except ConsensusError:
             self.s.ignore(Ignored.BAD_NEW_VIEW)
             self.s.bad_new_views.add(w)

@@ -188,7 +188,7 @@ class BlockStore:
                 if not counted:
                     self._pin_in(txn, root)
                 if txn.get(root.multihash, db=self.roots) is None:
-                    txn.put(root.to_v1().to_bytes(), struct.pack(">Q", height), db=self.wanted)
+                    self._want_in(txn, root, height)
                     wanted.append(root)
             if height and not counted:
                 txn.put(b"pinned", struct.pack(">Q", height) + block_hash, db=self.meta)
@@ -215,7 +215,7 @@ class BlockStore:
             for root, height in roots:
                 self._pin_in(txn, root)
                 if txn.get(root.multihash, db=self.roots) is None:
-                    txn.put(root.to_v1().to_bytes(), struct.pack(">Q", height), db=self.wanted)
+                    self._want_in(txn, root, height)
                     wanted.append((root, height))
             txn.put(b"adopted", struct.pack(">QB", base, done) + last_key, db=self.meta)
         return wanted
@@ -277,6 +277,10 @@ class BlockStore:
         with self._map.write(len(roots)) as txn:
             for root in roots:
                 self._pin_in(txn, root)
+
+    def _want_in(self, txn: lmdb.Transaction, root: Cid, height: int) -> None:
+        """Record a committed blob not held here, with the height of the block that recorded it."""
+        txn.put(root.to_v1().to_bytes(), struct.pack(">Q", height), db=self.wanted)
 
     def _pin_in(self, txn: lmdb.Transaction, root: Cid) -> None:
         key = root.to_v1().to_bytes()
@@ -340,7 +344,7 @@ class BlockStore:
         with self._map.write(2) as txn:
             txn.delete(root.multihash, db=self.roots)
             if height is not None:
-                txn.put(root.to_v1().to_bytes(), struct.pack(">Q", height), db=self.wanted)
+                self._want_in(txn, root, height)
 
     def delete_blob(self, root: Cid) -> int:
         """Delete a blob's blocks and its listing (pins are kept); returns blocks deleted."""
